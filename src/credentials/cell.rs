@@ -1,0 +1,162 @@
+//! The cell the refresher writes and every request reads.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::{ArcSwapOption, Guard};
+use aws_credential_types::Credentials;
+use aws_smithy_runtime_api::client::identity::Identity;
+
+/// Credentials as held by the cell, ready for signing.
+#[derive(Debug)]
+pub struct HeldCredentials {
+    /// The signer's view of the credentials, built once per refresh rather
+    /// than once per request.
+    identity: Identity,
+    credentials: Credentials,
+    /// When the credentials were stored.
+    pub obtained: SystemTime,
+    /// Which source produced them (`web-identity`, `static`).
+    pub source: &'static str,
+}
+
+impl HeldCredentials {
+    pub fn new(credentials: Credentials, obtained: SystemTime, source: &'static str) -> Self {
+        Self {
+            identity: Identity::from(credentials.clone()),
+            credentials,
+            obtained,
+            source,
+        }
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// `None` for credentials that never expire (static keys).
+    pub fn expiry(&self) -> Option<SystemTime> {
+        self.credentials.expiry()
+    }
+
+    pub fn is_usable_at(&self, now: SystemTime) -> bool {
+        self.expiry().is_none_or(|e| now < e)
+    }
+}
+
+/// Why the cell cannot sign right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unusable {
+    /// No credentials have been obtained yet (cold start, or every attempt failed).
+    NotYetObtained,
+    /// The last credentials expired and no refresh has succeeded since.
+    Expired,
+}
+
+impl Unusable {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::NotYetObtained => "no credentials have been obtained yet",
+            Self::Expired => "the held credentials have expired and refreshing them keeps failing",
+        }
+    }
+}
+
+/// Lock-free holder of the current credentials plus the last refresh error,
+/// which readiness reports.
+#[derive(Debug, Default)]
+pub struct CredentialCell {
+    current: ArcSwapOption<HeldCredentials>,
+    last_error: ArcSwapOption<String>,
+}
+
+impl CredentialCell {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces the held credentials and clears the last error.
+    pub fn store(&self, held: HeldCredentials) {
+        self.current.store(Some(Arc::new(held)));
+        self.last_error.store(None);
+    }
+
+    /// Records why the last refresh failed; the held credentials stay.
+    pub fn record_failure(&self, summary: String) {
+        self.last_error.store(Some(Arc::new(summary)));
+    }
+
+    pub fn last_error(&self) -> Option<Arc<String>> {
+        self.last_error.load_full()
+    }
+
+    /// The held credentials, whatever their expiry.
+    pub fn load(&self) -> Guard<Option<Arc<HeldCredentials>>> {
+        self.current.load()
+    }
+
+    /// Credentials that can sign a request at `now`.
+    ///
+    /// The returned guard is cheap and must not be held across an await.
+    pub fn usable(&self, now: SystemTime) -> Result<Guard<Option<Arc<HeldCredentials>>>, Unusable> {
+        let guard = self.current.load();
+        match guard.as_ref() {
+            None => Err(Unusable::NotYetObtained),
+            Some(held) if !held.is_usable_at(now) => Err(Unusable::Expired),
+            Some(_) => Ok(guard),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn usable_until_expiry() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let cell = CredentialCell::new();
+        assert_eq!(cell.usable(t0).err(), Some(Unusable::NotYetObtained));
+        let creds = Credentials::new(
+            "AKID",
+            "secret",
+            None,
+            Some(t0 + Duration::from_secs(10)),
+            "t",
+        );
+        cell.store(HeldCredentials::new(creds, t0, "test"));
+        assert!(cell.usable(t0 + Duration::from_secs(9)).is_ok());
+        assert_eq!(
+            cell.usable(t0 + Duration::from_secs(10)).err(),
+            Some(Unusable::Expired)
+        );
+    }
+
+    #[test]
+    fn a_failure_keeps_the_credentials_and_a_success_clears_the_error() {
+        let t0 = SystemTime::UNIX_EPOCH;
+        let cell = CredentialCell::new();
+        cell.store(HeldCredentials::new(
+            Credentials::new("A", "s", None, None, "t"),
+            t0,
+            "static",
+        ));
+        cell.record_failure("boom".into());
+        assert!(cell.usable(t0).is_ok());
+        assert_eq!(
+            cell.last_error().as_deref().map(String::as_str),
+            Some("boom")
+        );
+        cell.store(HeldCredentials::new(
+            Credentials::new("B", "s", None, None, "t"),
+            t0,
+            "static",
+        ));
+        assert!(cell.last_error().is_none());
+    }
+}

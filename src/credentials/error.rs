@@ -1,0 +1,118 @@
+//! Why a credential fetch failed, grouped by what the operator should do.
+
+use std::path::PathBuf;
+
+/// What a failure means for the refresher and for the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Network trouble, throttling, STS or IdP 5xx: retry, it will pass.
+    Transient,
+    /// STS rejected the web identity token (expired, invalid, rejected
+    /// claim): re-read the token file and retry; the kubelet may be rotating it.
+    Token,
+    /// A configuration problem (trust policy, role, policy document) that
+    /// retrying does not fix until someone changes IAM; retried slowly anyway.
+    Fatal,
+}
+
+impl ErrorClass {
+    /// Metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Transient => "transient",
+            Self::Token => "token",
+            Self::Fatal => "fatal",
+        }
+    }
+}
+
+/// A failed attempt to obtain credentials. Never carries a secret: the token
+/// and the credentials are not part of any variant.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot read the web identity token file {path}: {source}")]
+    TokenFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the web identity token file {path} is empty")]
+    EmptyToken { path: PathBuf },
+    #[error("STS {operation} failed: {code}: {message}")]
+    Service {
+        operation: &'static str,
+        code: String,
+        message: String,
+        status: u16,
+        class: ErrorClass,
+    },
+    #[error("STS {operation} did not complete: {detail}")]
+    Transport {
+        operation: &'static str,
+        detail: String,
+    },
+    #[error("STS {operation} answered without credentials")]
+    MissingCredentials { operation: &'static str },
+}
+
+impl SourceError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            // The kubelet writes the token before the container starts and
+            // swaps it atomically; a missing file is usually a mount problem
+            // that a retry can still outlive (volume not yet projected).
+            Self::TokenFile { .. } | Self::EmptyToken { .. } => ErrorClass::Token,
+            Self::Service { class, .. } => *class,
+            Self::Transport { .. } => ErrorClass::Transient,
+            Self::MissingCredentials { .. } => ErrorClass::Transient,
+        }
+    }
+
+    /// What usually causes this failure and where to look.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            Self::TokenFile { .. } => Some(
+                "the projected service account token is not mounted where AWS_WEB_IDENTITY_TOKEN_FILE points; check the pod's volumes (the injector or the EKS Pod Identity Webhook adds them)",
+            ),
+            Self::EmptyToken { .. } => Some("the kubelet has not written the token yet"),
+            Self::Service { code, .. } => match code.as_str() {
+                "InvalidIdentityToken" => Some(
+                    "STS could not validate the token: the cluster's OIDC issuer must be registered as an IAM OIDC identity provider in the role's account, with the token's audience (normally sts.amazonaws.com) in its client ID list",
+                ),
+                "ExpiredTokenException" | "ExpiredToken" => Some(
+                    "the service account token expired; the kubelet rotates it at 80% of its lifetime, so check the kubelet and the token volume's expirationSeconds",
+                ),
+                "IDPRejectedClaim" => Some("the identity provider rejected the token's claims"),
+                "AccessDenied" => Some(
+                    "the role's trust policy does not allow this service account: its Principal must be the cluster's OIDC provider ARN and its Condition must match <issuer>:sub = system:serviceaccount:<namespace>:<serviceaccount> and <issuer>:aud = sts.amazonaws.com",
+                ),
+                "IDPCommunicationError" => Some(
+                    "STS could not reach the OIDC issuer's discovery document; usually transient",
+                ),
+                "RegionDisabledException" => {
+                    Some("STS is not activated in this region for the account")
+                }
+                "ValidationError" => Some("STS rejected a parameter; check AWS_ROLE_ARN and AWS_ROLE_SESSION_NAME"),
+                "InvalidClientTokenId" | "SignatureDoesNotMatch" => {
+                    Some("the access key is unknown or the secret key does not match it")
+                }
+                _ => None,
+            },
+            Self::Transport { .. } => Some(
+                "STS could not be reached; check DNS, egress network policy, proxies and AWS_ENDPOINT_URL_STS",
+            ),
+            Self::MissingCredentials { .. } => None,
+        }
+    }
+
+    /// The STS error code, or a short label for failures that have none.
+    pub fn code(&self) -> &str {
+        match self {
+            Self::TokenFile { .. } => "TokenFileUnreadable",
+            Self::EmptyToken { .. } => "TokenFileEmpty",
+            Self::Service { code, .. } => code,
+            Self::Transport { .. } => "TransportError",
+            Self::MissingCredentials { .. } => "MissingCredentials",
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Credentials: where they come from (sources), where they live (the cell),
+//! and what keeps them fresh (the refresher).
+//!
+//! As in smithy-rs aws-config, a source knows nothing about caching and the
+//! refresher knows nothing about STS: the refresher asks a
+//! [`CredentialSource`] for credentials and swaps them into the
+//! [`CredentialCell`] that request handling reads without locks.
+
+mod cell;
+mod error;
+mod refresher;
+mod source;
+pub mod sts;
+pub mod token;
+mod web_identity;
+
+pub use cell::{CredentialCell, HeldCredentials, Unusable};
+pub use error::{ErrorClass, SourceError};
+pub use refresher::{RefreshPolicy, Refresher};
+pub use source::{source_for, BoxFuture, CredentialSource, Fetched, StaticSource};
+pub use web_identity::WebIdentitySource;

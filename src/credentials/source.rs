@@ -1,0 +1,87 @@
+//! The credential source abstraction and the static source.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use aws_credential_types::Credentials;
+
+use super::{SourceError, WebIdentitySource};
+use crate::config::{CredentialsConfig, Region, SigV4Source, StaticKeys};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What one successful fetch produced.
+#[derive(Debug)]
+pub struct Fetched {
+    pub credentials: Credentials,
+    /// The assumed-role ARN, when the source knows it (for logs and diagnosis).
+    pub principal: Option<String>,
+    /// `exp` of the web identity token that was exchanged, when it has one.
+    pub token_expiry: Option<SystemTime>,
+}
+
+/// Something that can produce credentials. Knows nothing about caching or
+/// refresh timing: that is the refresher's job.
+pub trait CredentialSource: Send + Sync + fmt::Debug {
+    /// Short name for logs and output (`web-identity`, `static`).
+    fn kind(&self) -> &'static str;
+
+    /// Obtains credentials once.
+    fn fetch(&self) -> BoxFuture<'_, Result<Fetched, SourceError>>;
+}
+
+/// Keys from the environment; they never expire and are never refreshed.
+#[derive(Debug)]
+pub struct StaticSource {
+    keys: StaticKeys,
+}
+
+impl StaticSource {
+    pub fn new(keys: StaticKeys) -> Self {
+        Self { keys }
+    }
+}
+
+impl CredentialSource for StaticSource {
+    fn kind(&self) -> &'static str {
+        "static"
+    }
+
+    fn fetch(&self) -> BoxFuture<'_, Result<Fetched, SourceError>> {
+        let credentials = Credentials::new(
+            self.keys.access_key_id.clone(),
+            self.keys.secret_access_key.expose().to_owned(),
+            self.keys
+                .session_token
+                .as_ref()
+                .map(|t| t.expose().to_owned()),
+            None,
+            "static",
+        );
+        Box::pin(async move {
+            Ok(Fetched {
+                credentials,
+                principal: None,
+                token_expiry: None,
+            })
+        })
+    }
+}
+
+/// Builds the source a configuration describes.
+pub fn source_for(
+    source: &SigV4Source,
+    config: &CredentialsConfig,
+    region: &Region,
+) -> Arc<dyn CredentialSource> {
+    match source {
+        SigV4Source::Static(keys) => Arc::new(StaticSource::new(keys.clone())),
+        SigV4Source::WebIdentity(w) => {
+            let sts = super::sts::client(config, region, None);
+            Arc::new(WebIdentitySource::new(w.clone(), sts))
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The STS client and the classification of its errors.
+
+use std::fmt::Debug;
+
+use aws_credential_types::Credentials;
+use aws_sdk_sts::config::{BehaviorVersion, Region as SdkRegion};
+use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::retry::RetryConfig;
+use aws_smithy_types::timeout::TimeoutConfig;
+
+use super::{ErrorClass, SourceError};
+use crate::config::{CredentialsConfig, Region};
+
+/// An STS client for `region`, honouring `AWS_ENDPOINT_URL_STS` and
+/// `AWS_CA_BUNDLE`. SDK retries are off: the refresher owns retrying, so each
+/// attempt is seen (and counted) once.
+pub fn client(
+    config: &CredentialsConfig,
+    region: &Region,
+    credentials: Option<Credentials>,
+) -> aws_sdk_sts::Client {
+    let mut trust = TrustStore::default();
+    if let Some(bundle) = &config.ca_bundle {
+        trust = trust.with_pem_certificate(bundle.pem.clone());
+    }
+    let tls_context = TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .unwrap_or_default();
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .tls_context(tls_context)
+        .build_https();
+
+    let mut builder = aws_sdk_sts::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(SdkRegion::new(region.as_str().to_owned()))
+        .http_client(http)
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_timeout(config.sts.timeout)
+                .connect_timeout(config.sts.timeout)
+                .build(),
+        );
+    if let Some(endpoint) = &config.sts.endpoint {
+        builder = builder.endpoint_url(endpoint.to_string().trim_end_matches('/'));
+    }
+    if let Some(credentials) = credentials {
+        builder = builder.credentials_provider(credentials);
+    }
+    aws_sdk_sts::Client::from_conf(builder.build())
+}
+
+/// Maps an STS error code and HTTP status to what the refresher should do.
+pub fn classify_code(code: &str, status: u16) -> ErrorClass {
+    match code {
+        "IDPCommunicationError"
+        | "Throttling"
+        | "ThrottlingException"
+        | "RequestLimitExceeded"
+        | "ServiceUnavailable"
+        | "InternalFailure"
+        | "InternalError" => ErrorClass::Transient,
+        "InvalidIdentityToken" | "ExpiredTokenException" | "ExpiredToken" | "IDPRejectedClaim" => {
+            ErrorClass::Token
+        }
+        _ if status >= 500 || status == 429 => ErrorClass::Transient,
+        _ => ErrorClass::Fatal,
+    }
+}
+
+/// Turns an SDK error into a [`SourceError`] without losing the STS code.
+pub fn source_error<E>(operation: &'static str, err: SdkError<E, HttpResponse>) -> SourceError
+where
+    E: ProvideErrorMetadata + std::error::Error + Debug + Send + Sync + 'static,
+{
+    match err {
+        SdkError::ServiceError(context) => {
+            let status = context.raw().status().as_u16();
+            let e = context.err();
+            let code = e.code().unwrap_or("Unknown").to_owned();
+            SourceError::Service {
+                operation,
+                class: classify_code(&code, status),
+                message: e.message().unwrap_or("no message").to_owned(),
+                code,
+                status,
+            }
+        }
+        other => SourceError::Transport {
+            operation,
+            detail: DisplayErrorContext(&other).to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sts_errors_are_classified_by_what_fixes_them() {
+        use ErrorClass::*;
+        for (code, status, class) in [
+            ("IDPCommunicationError", 400, Transient),
+            ("Throttling", 400, Transient),
+            ("InternalFailure", 500, Transient),
+            ("Whatever", 503, Transient),
+            ("Whatever", 429, Transient),
+            ("InvalidIdentityToken", 400, Token),
+            ("ExpiredTokenException", 400, Token),
+            ("AccessDenied", 403, Fatal),
+            ("MalformedPolicyDocument", 400, Fatal),
+            ("ValidationError", 400, Fatal),
+        ] {
+            assert_eq!(classify_code(code, status), class, "{code} {status}");
+        }
+    }
+}

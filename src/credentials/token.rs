@@ -1,0 +1,128 @@
+//! Reading the projected service account token and its `exp` claim.
+//!
+//! The token is a JWT. We never verify it (STS does) and never log it; we
+//! only decode the payload's `exp`, `iss`, `sub` and `aud` for metrics and
+//! for the `credentials` diagnosis.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+
+use super::SourceError;
+use crate::secret::Secret;
+
+/// Reads the token file afresh. The kubelet rotates the token by swapping a
+/// symlink in its directory, so the file must be re-opened on every attempt.
+pub async fn read(path: &Path) -> Result<Secret, SourceError> {
+    let raw = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|source| SourceError::TokenFile {
+            path: path.to_owned(),
+            source,
+        })?;
+    let token = raw.trim();
+    if token.is_empty() {
+        return Err(SourceError::EmptyToken {
+            path: path.to_owned(),
+        });
+    }
+    Ok(Secret::new(token))
+}
+
+/// The non-secret claims of a JWT, when its payload decodes.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Claims {
+    pub iss: Option<String>,
+    pub sub: Option<String>,
+    #[serde(default, deserialize_with = "audience")]
+    pub aud: Vec<String>,
+    pub exp: Option<u64>,
+}
+
+impl Claims {
+    /// Decodes the payload of a compact JWT without verifying it.
+    pub fn decode(token: &str) -> Option<Self> {
+        let payload = token.split('.').nth(1)?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    pub fn expiry(&self) -> Option<SystemTime> {
+        self.exp.map(|s| UNIX_EPOCH + Duration::from_secs(s))
+    }
+}
+
+/// `aud` is a string or an array of strings.
+fn audience<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Aud {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<Aud>::deserialize(d)? {
+        None => Vec::new(),
+        Some(Aud::One(a)) => vec![a],
+        Some(Aud::Many(a)) => a,
+    })
+}
+
+use serde::Deserialize;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(payload: &str) -> String {
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.sig",
+            e.encode("{\"alg\":\"RS256\"}"),
+            e.encode(payload)
+        )
+    }
+
+    #[test]
+    fn decodes_kubernetes_service_account_claims() {
+        let c = Claims::decode(&jwt(
+            r#"{"aud":["sts.amazonaws.com"],"exp":1700000000,"iss":"https://oidc.example","sub":"system:serviceaccount:ns:sa"}"#,
+        ))
+        .unwrap();
+        assert_eq!(c.aud, vec!["sts.amazonaws.com"]);
+        assert_eq!(c.sub.as_deref(), Some("system:serviceaccount:ns:sa"));
+        assert_eq!(
+            c.expiry(),
+            Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
+        let single = Claims::decode(&jwt(r#"{"aud":"x"}"#)).unwrap();
+        assert_eq!(single.aud, vec!["x"]);
+    }
+
+    #[test]
+    fn opaque_tokens_have_no_claims() {
+        assert_eq!(Claims::decode("not-a-jwt"), None);
+        assert_eq!(Claims::decode("a.%%%.c"), None);
+    }
+
+    #[tokio::test]
+    async fn empty_or_missing_token_files_are_errors() {
+        let dir = std::env::temp_dir().join(format!("bb-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("token");
+        std::fs::write(&f, "  \n").unwrap();
+        assert!(matches!(
+            read(&f).await,
+            Err(SourceError::EmptyToken { .. })
+        ));
+        std::fs::write(&f, "abc\n").unwrap();
+        assert_eq!(read(&f).await.unwrap().expose(), "abc");
+        assert!(matches!(
+            read(&dir.join("missing")).await,
+            Err(SourceError::TokenFile { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

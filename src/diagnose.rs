@@ -1,0 +1,144 @@
+//! `bedrock-broker credentials`: obtain credentials exactly as the sidecar
+//! would, ask STS who they belong to, and say so. Never prints a secret.
+
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+use crate::clock::{saturating_sub, SharedClock};
+use crate::config::{CredentialMode, CredentialsConfig, SigV4Source};
+use crate::credentials::{source_for, sts, token, SourceError};
+
+/// What the diagnosis found.
+#[derive(Debug)]
+pub struct Identity {
+    pub source: String,
+    pub account: String,
+    pub arn: String,
+    pub user_id: String,
+    pub expiry: Option<SystemTime>,
+}
+
+/// A failed diagnosis, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct DiagnoseError {
+    pub message: String,
+}
+
+fn describe_failure(step: &str, err: &SourceError) -> DiagnoseError {
+    let mut message = format!("{step} failed: {err}");
+    if let Some(hint) = err.hint() {
+        let _ = write!(message, "\n  hint: {hint}");
+    }
+    DiagnoseError { message }
+}
+
+/// Runs the diagnosis and renders a report; `Err` carries an actionable message.
+pub async fn run(config: &CredentialsConfig, clock: SharedClock) -> Result<String, DiagnoseError> {
+    let mut report = String::new();
+    let source = match &config.mode {
+        CredentialMode::Bearer(token) => {
+            let kind = if token.expose().starts_with("bedrock-api-key-") {
+                "short-term"
+            } else if token.expose().starts_with("ABSK") {
+                "long-term"
+            } else {
+                "unrecognised"
+            };
+            let _ = writeln!(
+                report,
+                "source:   api-key (AWS_BEARER_TOKEN_BEDROCK, {kind} Bedrock API key)"
+            );
+            let _ = writeln!(report, "note:     API keys are checked by Bedrock itself; STS cannot tell who they belong to");
+            return Ok(report);
+        }
+        CredentialMode::SigV4(source) => source,
+    };
+    let region = config.region.as_ref().ok_or_else(|| DiagnoseError {
+        message: "no region configured (set AWS_REGION)".to_owned(),
+    })?;
+
+    match source {
+        SigV4Source::WebIdentity(w) => {
+            let _ = writeln!(report, "source:   web-identity");
+            let _ = writeln!(report, "role:     {}", w.role_arn);
+            let _ = writeln!(report, "session:  {}", w.session_name.as_str());
+            let _ = writeln!(report, "token:    {}", w.token_file.display());
+            if let Ok(t) = token::read(&w.token_file).await {
+                if let Some(c) = token::Claims::decode(t.expose()) {
+                    let _ = writeln!(
+                        report,
+                        "claims:   iss={} sub={} aud={}",
+                        c.iss.as_deref().unwrap_or("-"),
+                        c.sub.as_deref().unwrap_or("-"),
+                        if c.aud.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            c.aud.join(",")
+                        }
+                    );
+                    if let Some(exp) = c.expiry() {
+                        let _ =
+                            writeln!(report, "token expires: {}", describe_time(exp, clock.now()));
+                    }
+                }
+            }
+        }
+        SigV4Source::Static(keys) => {
+            let _ = writeln!(
+                report,
+                "source:   static (AWS_ACCESS_KEY_ID {}…)",
+                keys.access_key_id.chars().take(4).collect::<String>()
+            );
+        }
+    }
+
+    let fetched = source_for(source, config, region)
+        .fetch()
+        .await
+        .map_err(|e| {
+            let mut e = describe_failure("obtaining credentials", &e);
+            e.message = format!("{report}{}", e.message);
+            e
+        })?;
+    let expiry = fetched.credentials.expiry();
+    let client = sts::client(config, region, Some(fetched.credentials));
+    let who = client.get_caller_identity().send().await.map_err(|e| {
+        let e = sts::source_error("GetCallerIdentity", e);
+        let mut d = describe_failure("GetCallerIdentity with the obtained credentials", &e);
+        d.message = format!("{report}{}", d.message);
+        d
+    })?;
+    let _ = writeln!(
+        report,
+        "account:  {}",
+        who.account.as_deref().unwrap_or("-")
+    );
+    let _ = writeln!(report, "arn:      {}", who.arn.as_deref().unwrap_or("-"));
+    let _ = writeln!(
+        report,
+        "user id:  {}",
+        who.user_id.as_deref().unwrap_or("-")
+    );
+    let _ = writeln!(
+        report,
+        "expires:  {}",
+        expiry.map_or_else(
+            || "never (static keys)".to_owned(),
+            |e| describe_time(e, clock.now())
+        )
+    );
+    Ok(report)
+}
+
+/// `2026-11-25T18:00:00Z (in 59m 58s)`.
+fn describe_time(t: SystemTime, now: SystemTime) -> String {
+    let stamp = humantime::format_rfc3339_seconds(t);
+    if t >= now {
+        let left = std::time::Duration::from_secs(saturating_sub(t, now).as_secs());
+        format!("{stamp} (in {})", humantime::format_duration(left))
+    } else {
+        let ago = std::time::Duration::from_secs(saturating_sub(now, t).as_secs());
+        format!("{stamp} (EXPIRED {} ago)", humantime::format_duration(ago))
+    }
+}

@@ -1,0 +1,23 @@
+//! bedrock-broker: holds a pod's AWS credentials and SigV4-signs its Amazon
+//! Bedrock calls, so the app never sees an AWS secret.
+//!
+//! Layout: [`config`] parses flags and environment once; [`credentials`]
+//! obtains and refreshes credentials into a lock-free cell; [`proxy`] is the
+//! data plane that signs and streams; [`admin`] serves metrics and health;
+//! [`sidecar`] wires them together with an explicit shutdown.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod credentials;
+pub mod diagnose;
+pub mod metrics;
+pub mod proxy;
+pub mod secret;
+pub mod serve;
+pub mod sidecar;
+pub mod telemetry;
+pub mod tls;

@@ -1,0 +1,252 @@
+//! Which credentials a request goes out with.
+//!
+//! In order of precedence:
+//! 1. a bearer token in llama-stack's `x-llamastack-provider-data` header;
+//! 2. the client's own `Authorization: Bearer` when it is a Bedrock API key;
+//! 3. the configured API key (`AWS_BEARER_TOKEN_BEDROCK`);
+//! 4. SigV4 with the credentials in the cell.
+
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderValue};
+
+use super::error::BrokerError;
+use super::headers::PROVIDER_DATA;
+
+/// The auth mode, as a bounded metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Decided before auth could be looked at (refused request).
+    None,
+    ProviderData,
+    ClientApiKey,
+    ConfiguredApiKey,
+    SigV4,
+}
+
+impl AuthMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::ProviderData => "provider_data",
+            Self::ClientApiKey => "api_key_passthrough",
+            Self::ConfiguredApiKey => "api_key",
+            Self::SigV4 => "sigv4",
+        }
+    }
+}
+
+/// How to authenticate one request.
+#[derive(Debug)]
+pub enum Decision {
+    /// Send this `Authorization` value (already marked sensitive).
+    Bearer(AuthMode, HeaderValue),
+    /// Sign with SigV4.
+    SigV4,
+}
+
+const PROVIDER_DATA_KEY: &str = "aws_bearer_token_bedrock";
+
+/// Builds `Bearer <token>` as a sensitive header value.
+pub fn bearer_header(token: &str) -> Option<HeaderValue> {
+    let mut v = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
+
+/// Whether an `Authorization` value is a Bedrock API key (`bedrock-api-key-`
+/// for short-term keys, `ABSK` for long-term keys).
+fn is_bedrock_api_key(value: &HeaderValue) -> bool {
+    let Ok(v) = value.to_str() else { return false };
+    let Some((scheme, token)) = v.split_once(' ') else {
+        return false;
+    };
+    let token = token.trim();
+    scheme.eq_ignore_ascii_case("bearer")
+        && (token.starts_with("bedrock-api-key-") || token.starts_with("ABSK"))
+        && token.len() > 4
+}
+
+/// The token in a provider-data header, if it carries a usable one.
+fn provider_data_token(value: &HeaderValue) -> Result<Option<HeaderValue>, BrokerError> {
+    let data: serde_json::Value = serde_json::from_slice(value.as_bytes()).map_err(|e| {
+        BrokerError::invalid_provider_data(format!(
+            "x-llamastack-provider-data is not valid JSON ({e})"
+        ))
+    })?;
+    let object = data.as_object().ok_or_else(|| {
+        BrokerError::invalid_provider_data(
+            "x-llamastack-provider-data must be a JSON object".to_owned(),
+        )
+    })?;
+    match object.get(PROVIDER_DATA_KEY) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(serde_json::Value::String(s)) => bearer_header(s.trim()).map(Some).ok_or_else(|| {
+            BrokerError::invalid_provider_data(format!(
+                "{PROVIDER_DATA_KEY} in x-llamastack-provider-data contains characters not allowed in a header"
+            ))
+        }),
+        Some(_) => Err(BrokerError::invalid_provider_data(format!(
+            "{PROVIDER_DATA_KEY} in x-llamastack-provider-data must be a string or null"
+        ))),
+    }
+}
+
+/// Decides how to authenticate a request from its headers (read before they
+/// are stripped) and the configured API key.
+pub fn decide(
+    headers: &HeaderMap,
+    configured: Option<&HeaderValue>,
+) -> Result<Decision, BrokerError> {
+    if let Some(value) = headers.get(PROVIDER_DATA) {
+        if let Some(token) = provider_data_token(value)? {
+            return Ok(Decision::Bearer(AuthMode::ProviderData, token));
+        }
+    }
+    if let Some(value) = headers.get(AUTHORIZATION) {
+        if is_bedrock_api_key(value) {
+            let mut value = value.clone();
+            value.set_sensitive(true);
+            return Ok(Decision::Bearer(AuthMode::ClientApiKey, value));
+        }
+    }
+    if let Some(value) = configured {
+        return Ok(Decision::Bearer(AuthMode::ConfiguredApiKey, value.clone()));
+    }
+    Ok(Decision::SigV4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderName;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_static(k),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn outcome(pairs: &[(&'static str, &str)], configured: Option<&str>) -> (String, String) {
+        let configured = configured.and_then(bearer_header);
+        match decide(&headers(pairs), configured.as_ref()) {
+            Ok(Decision::Bearer(mode, v)) => {
+                (mode.as_str().to_owned(), v.to_str().unwrap().to_owned())
+            }
+            Ok(Decision::SigV4) => ("sigv4".into(), String::new()),
+            Err(e) => (format!("error:{}", e.status.as_u16()), e.code.to_owned()),
+        }
+    }
+
+    #[test]
+    fn precedence_table() {
+        let pd = "x-llamastack-provider-data";
+        type Case<'a> = (&'a [(&'static str, &'a str)], Option<&'a str>, (&'a str, &'a str));
+        let cases: &[Case] = &[
+            (&[], None, ("sigv4", "")),
+            (&[], Some("ABSKconf"), ("api_key", "Bearer ABSKconf")),
+            (&[("authorization", "Bearer sk-dummy")], None, ("sigv4", "")),
+            (
+                &[("authorization", "Bearer sk-dummy")],
+                Some("ABSKconf"),
+                ("api_key", "Bearer ABSKconf"),
+            ),
+            (
+                &[(
+                    "authorization",
+                    "AWS4-HMAC-SHA256 Credential=AKID/x, SignedHeaders=host, Signature=ab",
+                )],
+                None,
+                ("sigv4", ""),
+            ),
+            (
+                &[("authorization", "Bearer bedrock-api-key-abc")],
+                Some("ABSKconf"),
+                ("api_key_passthrough", "Bearer bedrock-api-key-abc"),
+            ),
+            (
+                &[("authorization", "bearer ABSKclient")],
+                None,
+                ("api_key_passthrough", "bearer ABSKclient"),
+            ),
+            (
+                &[
+                    (
+                        pd,
+                        r#"{"aws_bearer_token_bedrock": " bedrock-api-key-pd "}"#,
+                    ),
+                    ("authorization", "Bearer ABSKclient"),
+                ],
+                Some("ABSKconf"),
+                ("provider_data", "Bearer bedrock-api-key-pd"),
+            ),
+            (
+                &[(pd, r#"{"aws_bearer_token_bedrock": ""}"#)],
+                None,
+                ("sigv4", ""),
+            ),
+            (
+                &[(pd, r#"{"aws_bearer_token_bedrock": "   "}"#)],
+                Some("ABSKconf"),
+                ("api_key", "Bearer ABSKconf"),
+            ),
+            (
+                &[(pd, r#"{"aws_bearer_token_bedrock": null}"#)],
+                None,
+                ("sigv4", ""),
+            ),
+            (
+                &[(pd, r#"{"other_provider_key": "x"}"#)],
+                None,
+                ("sigv4", ""),
+            ),
+            (
+                &[(pd, r#"{not json"#)],
+                None,
+                ("error:400", "invalid_provider_data"),
+            ),
+            (
+                &[(pd, r#"["a"]"#)],
+                None,
+                ("error:400", "invalid_provider_data"),
+            ),
+            (
+                &[(pd, r#"{"aws_bearer_token_bedrock": 42}"#)],
+                None,
+                ("error:400", "invalid_provider_data"),
+            ),
+        ];
+        for (pairs, configured, (mode, value)) in cases {
+            assert_eq!(
+                outcome(pairs, *configured),
+                (mode.to_string(), value.to_string()),
+                "{pairs:?} configured={configured:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn provider_data_errors_never_echo_the_token() {
+        let h = headers(&[(
+            "x-llamastack-provider-data",
+            r#"{"aws_bearer_token_bedrock": "ABSKsecret", "broken": }"#,
+        )]);
+        let err = decide(&h, None).unwrap_err();
+        assert!(!err.message.contains("ABSKsecret"), "{}", err.message);
+    }
+
+    #[test]
+    fn bearer_values_are_marked_sensitive() {
+        let h = headers(&[("authorization", "Bearer ABSKclient")]);
+        let Ok(Decision::Bearer(_, v)) = decide(&h, None) else {
+            panic!()
+        };
+        assert!(v.is_sensitive());
+        assert!(bearer_header("x").unwrap().is_sensitive());
+    }
+}

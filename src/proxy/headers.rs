@@ -1,0 +1,112 @@
+//! Which headers cross the proxy.
+//!
+//! Requests: hop-by-hop headers never cross (RFC 9110 §7.6.1); the client's
+//! own authentication never reaches AWS unless it is a Bedrock API key we
+//! were asked to pass through; `Host` is the upstream's. Everything else is
+//! forwarded as received, and signed.
+
+use http::header::{self, HeaderMap, HeaderName};
+
+/// llama-stack's per-request provider data (may carry a bearer token).
+pub const PROVIDER_DATA: HeaderName = HeaderName::from_static("x-llamastack-provider-data");
+/// Marks errors the broker generated, with a short code.
+pub const BROKER_ERROR: HeaderName = HeaderName::from_static("x-bedrock-broker-error");
+
+const X_AMZ_DATE: HeaderName = HeaderName::from_static("x-amz-date");
+const X_AMZ_SECURITY_TOKEN: HeaderName = HeaderName::from_static("x-amz-security-token");
+const X_AMZ_CONTENT_SHA256: HeaderName = HeaderName::from_static("x-amz-content-sha256");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that describe one connection, not the message.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including any the `Connection` header names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Prepares client request headers for the upstream: removes hop-by-hop
+/// headers, `Host`, the client's `Authorization` and SigV4 headers, the
+/// provider-data header (it may hold a token), `Content-Length` (the body is
+/// re-framed) and `Expect` (the body is already read).
+pub fn prepare_request_headers(headers: &mut HeaderMap) {
+    remove_hop_by_hop(headers);
+    for name in [
+        header::HOST,
+        header::AUTHORIZATION,
+        X_AMZ_DATE,
+        X_AMZ_SECURITY_TOKEN,
+        X_AMZ_CONTENT_SHA256,
+        PROVIDER_DATA,
+        header::CONTENT_LENGTH,
+        header::EXPECT,
+    ] {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn strips_auth_and_hop_by_hop_but_keeps_end_to_end_headers() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("host", "127.0.0.1:9787"),
+            ("authorization", "Bearer sk-dummy"),
+            ("x-amz-date", "20260101T000000Z"),
+            ("x-amz-security-token", "tok"),
+            ("x-amz-content-sha256", "abc"),
+            ("x-llamastack-provider-data", "{}"),
+            ("connection", "keep-alive, x-private"),
+            ("x-private", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic x"),
+            ("content-length", "10"),
+            ("expect", "100-continue"),
+            ("content-type", "application/json"),
+            ("accept", "text/event-stream"),
+            ("x-amzn-bedrock-guardrailidentifier", "gr"),
+            ("user-agent", "openai/python"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        prepare_request_headers(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "accept",
+                "content-type",
+                "user-agent",
+                "x-amzn-bedrock-guardrailidentifier"
+            ]
+        );
+    }
+}

@@ -1,0 +1,395 @@
+//! The data plane: a plain-HTTP proxy on loopback that authenticates every
+//! request (SigV4 or a Bedrock API key) and forwards it to Bedrock,
+//! streaming the response back as it arrives.
+
+mod auth;
+mod body;
+mod error;
+mod headers;
+mod operation;
+mod signing;
+mod upstream;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use prometheus::Histogram;
+
+pub use auth::{bearer_header, AuthMode};
+pub use error::{BrokerError, Dialect};
+pub use operation::Operation;
+pub use signing::Signer;
+pub use upstream::{client as upstream_client, UpstreamClient};
+
+use crate::clock::SharedClock;
+use crate::config::UpstreamConfig;
+use crate::credentials::CredentialCell;
+use crate::metrics::ProxyMetrics;
+use body::{Completion, InFlight, UpstreamBody};
+
+/// What the proxy answers with: a broker-made body or the upstream stream.
+pub type ProxyBody = Either<Full<Bytes>, UpstreamBody>;
+
+/// Everything request handling needs; built once, shared by all connections.
+pub struct Proxy {
+    cell: Arc<CredentialCell>,
+    client: UpstreamClient,
+    upstream: UpstreamConfig,
+    /// `None` in API-key mode without a region; SigV4 is then impossible.
+    signer: Option<Signer>,
+    /// `Bearer <AWS_BEARER_TOKEN_BEDROCK>`, built once.
+    configured_bearer: Option<HeaderValue>,
+    max_body_bytes: usize,
+    clock: SharedClock,
+    metrics: ProxyMetrics,
+    /// Per-operation duration histograms, resolved once instead of per request.
+    durations: Vec<Histogram>,
+}
+
+/// Construction parameters for [`Proxy`].
+pub struct ProxySettings {
+    pub upstream: UpstreamConfig,
+    pub region: Option<String>,
+    pub configured_bearer: Option<HeaderValue>,
+    pub max_body_bytes: usize,
+}
+
+impl Proxy {
+    pub fn new(
+        settings: ProxySettings,
+        cell: Arc<CredentialCell>,
+        client: UpstreamClient,
+        clock: SharedClock,
+        metrics: ProxyMetrics,
+    ) -> Self {
+        let durations = Operation::ALL
+            .iter()
+            .map(|op| metrics.request_duration.with_label_values(&[op.as_str()]))
+            .collect();
+        let signer = settings
+            .region
+            .map(|r| Signer::new(r, settings.upstream.signing_name.clone()));
+        Self {
+            cell,
+            client,
+            upstream: settings.upstream,
+            signer,
+            configured_bearer: settings.configured_bearer,
+            max_body_bytes: settings.max_body_bytes,
+            clock,
+            metrics,
+            durations,
+        }
+    }
+
+    /// Serves one request. Never fails: errors become broker error responses.
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let started = Instant::now();
+        let in_flight = InFlight::new(&self.metrics.in_flight);
+        let path = request.uri().path();
+        let dialect = Dialect::for_path(path);
+        let operation = Operation::from_path(path);
+        let duration = self.durations[operation.index()].clone();
+
+        let (response, auth) = match self.forward(request).await {
+            Ok((mut response, auth)) => {
+                headers::remove_hop_by_hop(response.headers_mut());
+                let completion = Completion::new(started, duration, in_flight);
+                let response =
+                    response.map(|body| Either::Right(UpstreamBody::new(body, completion)));
+                (response, auth)
+            }
+            Err((err, auth)) => {
+                if err.status.is_server_error() {
+                    tracing::warn!(code = err.code, status = err.status.as_u16(), operation = operation.as_str(), error = %err.message, "request failed");
+                } else {
+                    tracing::debug!(code = err.code, status = err.status.as_u16(), operation = operation.as_str(), error = %err.message, "request refused");
+                }
+                drop(Completion::new(started, duration, in_flight));
+                let response = err.into_response::<Full<Bytes>>(dialect).map(Either::Left);
+                (response, auth)
+            }
+        };
+        self.metrics
+            .requests
+            .with_label_values(&[
+                operation.as_str(),
+                response.status().as_str(),
+                auth.as_str(),
+            ])
+            .inc();
+        Ok(response)
+    }
+
+    /// Checks, authenticates, signs and sends one request.
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, AuthMode), (BrokerError, AuthMode)> {
+        let refused = |e| (e, AuthMode::None);
+        check_target(&request).map_err(refused)?;
+        let decision =
+            auth::decide(request.headers(), self.configured_bearer.as_ref()).map_err(refused)?;
+        let mode = match &decision {
+            auth::Decision::Bearer(mode, _) => *mode,
+            auth::Decision::SigV4 => AuthMode::SigV4,
+        };
+        let with_mode = |e| (e, mode);
+
+        let (mut parts, body) = request.into_parts();
+        let body = self
+            .read_body(&parts.headers, body)
+            .await
+            .map_err(with_mode)?;
+        parts.uri = self
+            .upstream_uri(parts.uri.path_and_query())
+            .map_err(with_mode)?;
+        parts.version = Version::HTTP_11;
+        headers::prepare_request_headers(&mut parts.headers);
+
+        match decision {
+            auth::Decision::Bearer(_, value) => {
+                parts.headers.insert(http::header::AUTHORIZATION, value);
+            }
+            auth::Decision::SigV4 => self.sign(&mut parts, &body).map_err(with_mode)?,
+        }
+
+        let outbound = Request::from_parts(parts, Full::new(body));
+        match self.client.request(outbound).await {
+            Ok(response) => Ok((response, mode)),
+            Err(e) => Err((upstream_error(&e), mode)),
+        }
+    }
+
+    async fn read_body(
+        &self,
+        headers: &http::HeaderMap,
+        body: Incoming,
+    ) -> Result<Bytes, BrokerError> {
+        let too_large = || {
+            BrokerError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!(
+                    "request body exceeds the proxy's limit of {} bytes (--max-body-bytes)",
+                    self.max_body_bytes
+                ),
+            )
+        };
+        let declared = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
+            return Err(too_large());
+        }
+        match Limited::new(body, self.max_body_bytes).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+            Err(e) => Err(BrokerError::new(
+                StatusCode::BAD_REQUEST,
+                "body_read_failed",
+                format!("could not read the request body: {e}"),
+            )),
+        }
+    }
+
+    fn upstream_uri(&self, pq: Option<&PathAndQuery>) -> Result<Uri, BrokerError> {
+        let pq = pq.map_or("/", PathAndQuery::as_str);
+        let pq: PathAndQuery = if self.upstream.base_path.is_empty() {
+            PathAndQuery::try_from(pq)
+        } else {
+            PathAndQuery::try_from(format!("{}{pq}", self.upstream.base_path))
+        }
+        .map_err(|e| {
+            BrokerError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                format!("invalid request path: {e}"),
+            )
+        })?;
+        Uri::builder()
+            .scheme(self.upstream.scheme.clone())
+            .authority(self.upstream.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| {
+                BrokerError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_path",
+                    format!("invalid request path: {e}"),
+                )
+            })
+    }
+
+    fn sign(&self, parts: &mut http::request::Parts, body: &[u8]) -> Result<(), BrokerError> {
+        let Some(signer) = &self.signer else {
+            return Err(BrokerError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_credentials",
+                "no SigV4 credentials are configured (API-key mode without a region)",
+            ));
+        };
+        let now = self.clock.now();
+        let held = self.cell.usable(now).map_err(|why| {
+            let code = match why {
+                crate::credentials::Unusable::NotYetObtained => "no_credentials",
+                crate::credentials::Unusable::Expired => "credentials_expired",
+            };
+            BrokerError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code,
+                format!("bedrock-broker cannot sign the request: {}", why.describe()),
+            )
+        })?;
+        let held = held.as_ref().expect("usable() only returns a filled cell");
+        signer
+            .sign(
+                &parts.method,
+                &parts.uri,
+                &mut parts.headers,
+                body,
+                held.identity(),
+                now,
+            )
+            .map_err(|e| {
+                BrokerError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "signing_failed",
+                    e.to_string(),
+                )
+            })
+    }
+}
+
+/// Refuses request targets that would let the client choose the upstream or
+/// would be signed differently from what they mean.
+fn check_target<B>(request: &Request<B>) -> Result<(), BrokerError> {
+    if request.method() == Method::CONNECT {
+        return Err(BrokerError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "connect_refused",
+            "CONNECT is not supported: bedrock-broker is not a forward proxy; send plain HTTP requests to it",
+        ));
+    }
+    // HTTP/2 always carries scheme and authority; in HTTP/1 they mean an
+    // absolute-form target, i.e. a client configured to use us as a proxy.
+    if request.version() < Version::HTTP_2 && request.uri().authority().is_some() {
+        return Err(BrokerError::new(
+            StatusCode::BAD_REQUEST,
+            "absolute_form_refused",
+            "absolute-form request targets are refused: point the client's base URL at bedrock-broker instead of using it as an HTTP proxy",
+        ));
+    }
+    let path = request.uri().path();
+    if !path.starts_with('/') {
+        return Err(BrokerError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            "the request path must start with /",
+        ));
+    }
+    let dot_segment = path.split('/').any(|segment| {
+        let s = segment.to_ascii_lowercase().replace("%2e", ".");
+        s == "." || s == ".."
+    });
+    if dot_segment {
+        return Err(BrokerError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            "paths with . or .. segments are refused",
+        ));
+    }
+    Ok(())
+}
+
+fn upstream_error(e: &hyper_util::client::legacy::Error) -> BrokerError {
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        source = s.source();
+    }
+    let timed_out = detail.contains("timed out") || detail.contains("deadline");
+    if timed_out {
+        BrokerError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            format!("Bedrock did not answer in time: {detail}"),
+        )
+    } else {
+        BrokerError::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_unreachable",
+            format!("could not reach Bedrock: {detail}"),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: Method, target: &str, version: Version) -> Request<()> {
+        Request::builder()
+            .method(method)
+            .uri(target)
+            .version(version)
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn refuses_targets_the_client_could_use_to_pick_the_host() {
+        let code = |m, t, v| {
+            check_target(&req(m, t, v))
+                .err()
+                .map(|e| (e.status.as_u16(), e.code))
+        };
+        assert_eq!(
+            code(Method::POST, "/model/a:0/converse", Version::HTTP_11),
+            None
+        );
+        assert_eq!(
+            code(
+                Method::GET,
+                "http://evil.example/openai/v1/models",
+                Version::HTTP_11
+            ),
+            Some((400, "absolute_form_refused"))
+        );
+        assert_eq!(
+            code(Method::CONNECT, "evil.example:443", Version::HTTP_11),
+            Some((405, "connect_refused"))
+        );
+        assert_eq!(
+            code(
+                Method::GET,
+                "http://127.0.0.1/openai/v1/models",
+                Version::HTTP_2
+            ),
+            None
+        );
+        for bad in ["/model/../x", "/model/./x", "/a/%2E%2e/b", "/a/%2e", "/.."] {
+            assert_eq!(
+                code(Method::GET, bad, Version::HTTP_11),
+                Some((400, "invalid_path")),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            code(Method::GET, "/model/a.b..c/invoke", Version::HTTP_11),
+            None
+        );
+    }
+}

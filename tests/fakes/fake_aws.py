@@ -1,0 +1,1638 @@
+#!/usr/bin/env python3
+"""Fake AWS STS + Amazon Bedrock for bedrock-broker's end-to-end tests.
+
+One process serves two loopback ports that share in-memory state:
+
+* a fake **STS** (plain HTTP): ``AssumeRoleWithWebIdentity`` (unsigned) and
+  ``GetCallerIdentity`` (SigV4, service ``sts``), plus the JSON control API
+  under ``/_control``;
+* a fake **Bedrock** runtime (HTTP, or HTTPS with ``--tls-cert/--tls-key``):
+  ``converse``, ``converse-stream``, ``invoke``, ``invoke-with-response-stream``
+  and the OpenAI-compatible ``/openai/v1`` routes.
+
+Every Bedrock request is authenticated first.  SigV4 signatures are verified
+independently with botocore (``SigV4Auth.canonical_request`` /
+``string_to_sign`` / ``signature``) over the *raw* request path, query,
+the headers named in ``SignedHeaders`` and the raw body, so that the broker's
+Rust signer is checked by a different implementation.
+
+Usage::
+
+    python tests/fakes/fake_aws.py --sts-port 0 --bedrock-port 0 \\
+        [--tls-cert F --tls-key F] [--region us-east-1] [--ready-file PATH]
+
+When both ports listen, one JSON line is printed to stdout (and written to
+``--ready-file``)::
+
+    {"sts": "http://127.0.0.1:P1", "bedrock": "http://127.0.0.1:P2",
+     "control": "http://127.0.0.1:P1/_control"}
+
+See ``tests/fakes/README.md`` for the control API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import calendar
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import signal
+import socket
+import ssl
+import string
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Awaitable, Callable, Optional
+from urllib.parse import parse_qsl, unquote
+from xml.sax.saxutils import escape as xml_escape
+
+from aiohttp import web
+from botocore.auth import SIGNED_HEADERS_BLACKLIST, SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import eventstream  # noqa: E402  (sibling module; works both as script and import)
+
+log = logging.getLogger("fake_aws")
+
+STS_NS = "https://sts.amazonaws.com/doc/2011-06-15/"
+STS_VERSION = "2011-06-15"
+DEFAULT_ACCOUNT = "123456789012"
+DEFAULT_LIFETIME_SECONDS = 3600.0
+DEFAULT_SIGNING_NAME = "bedrock"
+MAX_CLOCK_SKEW_SECONDS = 300.0
+DEFAULT_LOCKSTEP_TIMEOUT_SECONDS = 30.0
+DEFAULT_STREAM_CHUNKS = 5
+DEFAULT_BEARER_PREFIXES = ("bedrock-api-key-", "ABSK")
+DEFAULT_OPENAI_MODELS = (
+    "openai.gpt-oss-20b-1:0",
+    "openai.gpt-oss-120b-1:0",
+)
+BODY_RECORD_LIMIT = 64 * 1024
+AMZ_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+ROLE_ARN_RE = re.compile(r"^arn:aws:iam::(\d{12}):role/(?:[\w+=,.@-]+/)*([\w+=,.@-]{1,64})$", re.ASCII)
+SESSION_NAME_RE = re.compile(r"^[\w+=,.@-]{2,64}$", re.ASCII)
+AUTH_SIGV4_RE = re.compile(r"^AWS4-HMAC-SHA256\s+(?P<params>.+)$", re.S)
+MODEL_ROUTE_RE = re.compile(
+    r"^/model/(?P<model>[^/]+)/(?P<op>converse|converse-stream|invoke|invoke-with-response-stream)$"
+)
+
+# Headers whose presence (not value) is recorded for every Bedrock request.
+PRESENCE_HEADERS = (
+    "authorization",
+    "x-amz-security-token",
+    "x-amz-date",
+    "x-amz-content-sha256",
+    "x-amz-user-agent",
+    "x-llamastack-provider-data",
+    "x-api-key",
+    "x-forwarded-for",
+    "cookie",
+    "proxy-authorization",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "accept",
+    "accept-encoding",
+    "user-agent",
+    "x-test-id",
+)
+
+# Default HTTP status for each injectable STS error code.
+STS_FAIL_STATUS = {
+    "IDPCommunicationError": 400,
+    "AccessDenied": 403,
+    "InvalidIdentityToken": 400,
+    "ExpiredTokenException": 400,
+    "Throttling": 400,
+    "InternalFailure": 500,
+    "ServiceUnavailable": 503,
+}
+
+# AWS error type used for ``x-fake-status`` responses.
+BEDROCK_STATUS_ERRORS = {
+    400: "ValidationException",
+    403: "AccessDeniedException",
+    404: "ResourceNotFoundException",
+    408: "ModelTimeoutException",
+    424: "ModelErrorException",
+    429: "ThrottlingException",
+    500: "InternalServerException",
+    503: "ServiceUnavailableException",
+}
+
+
+# --------------------------------------------------------------------------
+# Shared state
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Credential:
+    """A credential the fakes accept: issued by fake STS or registered static."""
+
+    access_key_id: str
+    secret_access_key: str
+    session_token: Optional[str]
+    expires_at: Optional[float]  # epoch seconds; None = never expires (static)
+    arn: str
+    user_id: str
+    account: str
+    kind: str  # "sts" | "static"
+
+    def expired(self, now: float) -> bool:
+        """True when the fake no longer accepts this credential."""
+        return self.expires_at is not None and now >= self.expires_at
+
+
+@dataclass
+class StsConfig:
+    """Behaviour knobs of the fake STS (``POST /_control/sts``)."""
+
+    lifetime_seconds: Optional[float] = None  # None: DurationSeconds or 3600
+    fail_next: int = 0
+    fail_always: bool = False
+    fail_code: str = "InternalFailure"
+    fail_status: Optional[int] = None
+    accept_tokens: Optional[list] = None  # None: any non-empty token
+    delay_seconds: float = 0.0
+
+
+@dataclass
+class BedrockConfig:
+    """Behaviour knobs of the fake Bedrock (``POST /_control/bedrock``)."""
+
+    signing_name: str = DEFAULT_SIGNING_NAME
+    models: list = field(default_factory=lambda: list(DEFAULT_OPENAI_MODELS))
+
+
+class StreamState:
+    """Progress of one streaming response; lockstep streams wait on releases."""
+
+    def __init__(self, stream_id: str) -> None:
+        self.stream_id = stream_id
+        self.started = False
+        self.route: Optional[str] = None
+        self.model_id: Optional[str] = None
+        self.request_seq: Optional[int] = None
+        self.lockstep = False
+        self.total_chunks: Optional[int] = None
+        self.chunks_sent = 0
+        self.finished = False
+        self.client_disconnected = False
+        self.gave_up = False
+        self.aborted = False
+        self.waiting = False
+        self.releases_received = 0
+        self._credits = 0
+        self._released = asyncio.Event()
+
+    def release(self) -> None:
+        """Allow one more held chunk to be sent (credits accumulate)."""
+        self.releases_received += 1
+        self._credits += 1
+        self._released.set()
+
+    async def wait_release(self, timeout: float) -> bool:
+        """Consume one release credit; False if none arrives within timeout."""
+        self.waiting = True
+        try:
+            deadline = time.monotonic() + timeout
+            while self._credits == 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._released.clear()
+                try:
+                    await asyncio.wait_for(self._released.wait(), remaining)
+                except asyncio.TimeoutError:
+                    return False
+            self._credits -= 1
+            return True
+        finally:
+            self.waiting = False
+
+    def status(self) -> dict:
+        """JSON-able status for ``GET /_control/stream/{id}``."""
+        return {
+            "stream_id": self.stream_id,
+            "started": self.started,
+            "route": self.route,
+            "model_id": self.model_id,
+            "request_seq": self.request_seq,
+            "lockstep": self.lockstep,
+            "total_chunks": self.total_chunks,
+            "chunks_sent": self.chunks_sent,
+            "finished": self.finished,
+            "client_disconnected": self.client_disconnected,
+            "gave_up": self.gave_up,
+            "aborted": self.aborted,
+            "waiting_for_release": self.waiting,
+            "releases_received": self.releases_received,
+            "pending_releases": self._credits,
+        }
+
+
+class FakeState:
+    """All state shared by the STS and Bedrock apps."""
+
+    def __init__(self, region: str) -> None:
+        self.region = region
+        self.credentials: dict[str, Credential] = {}
+        self.sts = StsConfig()
+        self.bedrock = BedrockConfig()
+        self.bearer_tokens: Optional[set] = None  # None: default prefixes
+        self.sts_calls: list[dict] = []
+        self.bedrock_requests: list[dict] = []
+        self.streams: dict[str, StreamState] = {}
+        self._seq = 0
+        self._auto_stream = 0
+
+    def next_seq(self) -> int:
+        """Monotonic sequence number shared by all records."""
+        self._seq += 1
+        return self._seq
+
+    def reset(self) -> None:
+        """Clear records and restore default config.
+
+        Credentials issued by STS stay valid (as real AWS would keep them);
+        registered static keys and bearer tokens are dropped.
+        """
+        self.credentials = {k: c for k, c in self.credentials.items() if c.kind == "sts"}
+        self.sts = StsConfig()
+        self.bedrock = BedrockConfig()
+        self.bearer_tokens = None
+        self.sts_calls.clear()
+        self.bedrock_requests.clear()
+        self.streams.clear()
+
+    def bearer_accepted(self, token: str) -> bool:
+        """Whether a Bedrock API key (bearer token) is accepted."""
+        if self.bearer_tokens is None:
+            return token.startswith(DEFAULT_BEARER_PREFIXES)
+        return token in self.bearer_tokens
+
+    def stream(self, stream_id: str) -> StreamState:
+        """Get or create the stream state for ``stream_id``."""
+        st = self.streams.get(stream_id)
+        if st is None:
+            st = self.streams[stream_id] = StreamState(stream_id)
+        return st
+
+    def new_stream(self, stream_id: Optional[str]) -> StreamState:
+        """State for a starting stream (reusing pre-released, unstarted ids)."""
+        if stream_id is None:
+            self._auto_stream += 1
+            stream_id = f"auto-{self._auto_stream}"
+        st = self.streams.get(stream_id)
+        if st is None or st.started:
+            st = self.streams[stream_id] = StreamState(stream_id)
+        st.started = True
+        return st
+
+
+STATE_KEY = web.AppKey("state", FakeState)
+
+
+# --------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------
+
+
+def random_chars(n: int, alphabet: str = string.ascii_uppercase + string.digits) -> str:
+    """``n`` random characters from ``alphabet``."""
+    return "".join(secrets.choice(alphabet) for _ in range(n))
+
+
+def iso8601_floor(epoch: float) -> str:
+    """Format ``epoch`` as ``YYYY-MM-DDTHH:MM:SSZ``, rounding down."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(epoch)))
+
+
+def parse_amz_date(value: str) -> Optional[float]:
+    """Parse an ``X-Amz-Date`` (``YYYYMMDDTHHMMSSZ``) to epoch seconds."""
+    try:
+        return float(calendar.timegm(time.strptime(value, AMZ_DATE_FORMAT)))
+    except (ValueError, TypeError):
+        return None
+
+
+def new_request_id() -> str:
+    """A UUID4 string like AWS request ids."""
+    return str(uuid.uuid4())
+
+
+def json_response(status: int, payload: Any, headers: Optional[dict] = None) -> web.Response:
+    """Compact JSON response."""
+    return web.Response(
+        status=status,
+        body=json.dumps(payload).encode(),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def aws_json_error(status: int, error_type: str, message: str) -> web.Response:
+    """AWS REST-JSON error: ``{"message"}`` body plus ``x-amzn-ErrorType``."""
+    return json_response(
+        status,
+        {"message": message},
+        headers={"x-amzn-ErrorType": error_type, "x-amzn-RequestId": new_request_id()},
+    )
+
+
+def xml_response(status: int, body: str) -> web.Response:
+    """STS (query protocol) XML response."""
+    return web.Response(status=status, body=body.encode(), content_type="text/xml")
+
+
+def sts_error(status: int, code: str, message: str) -> web.Response:
+    """STS XML error in the ``<ErrorResponse>`` shape."""
+    err_type = "Receiver" if status >= 500 else "Sender"
+    body = (
+        f'<ErrorResponse xmlns="{STS_NS}">'
+        f"<Error><Type>{err_type}</Type><Code>{xml_escape(code)}</Code>"
+        f"<Message>{xml_escape(message)}</Message></Error>"
+        f"<RequestId>{new_request_id()}</RequestId></ErrorResponse>"
+    )
+    return xml_response(status, body)
+
+
+class BadFakeHeader(ValueError):
+    """An ``x-fake-*`` control header has an unusable value."""
+
+
+def header_int(request: web.Request, name: str, default: Optional[int]) -> Optional[int]:
+    """Integer value of a request header, or ``default``."""
+    raw = request.headers.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise BadFakeHeader(f"header {name} must be an integer, got {raw!r}") from None
+
+
+async def read_json(request: web.Request) -> dict:
+    """Parse a control request body as a JSON object (empty body = {})."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    data = json.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError("body must be a JSON object")
+    return data
+
+
+def check_keys(data: dict, allowed: set) -> None:
+    """Reject unknown control keys so typos in tests fail loudly."""
+    unknown = set(data) - allowed
+    if unknown:
+        raise ValueError(f"unknown keys: {sorted(unknown)}; allowed: {sorted(allowed)}")
+
+
+# --------------------------------------------------------------------------
+# SigV4 verification (independent implementation: botocore)
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class SigCheck:
+    """Outcome of verifying one SigV4-signed request.
+
+    ``kind`` is None on success, else one of: ``malformed``, ``unknown_key``,
+    ``expired``, ``bad_token``, ``scope``, ``skew``, ``signature``.
+    """
+
+    kind: Optional[str] = None
+    message: str = ""
+    access_key_id: Optional[str] = None
+    credential: Optional[Credential] = None
+    signed_headers: list = field(default_factory=list)
+    security_token_signed: Optional[bool] = None
+    canonical_request: Optional[str] = None
+    string_to_sign: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.kind is None
+
+
+def parse_sigv4_authorization(value: str) -> Optional[dict]:
+    """Split ``AWS4-HMAC-SHA256 Credential=..., SignedHeaders=..., Signature=...``."""
+    m = AUTH_SIGV4_RE.match(value.strip())
+    if not m:
+        return None
+    params = {}
+    for part in m.group("params").split(","):
+        key, sep, val = part.strip().partition("=")
+        if not sep:
+            return None
+        params[key] = val
+    if not {"Credential", "SignedHeaders", "Signature"} <= params.keys():
+        return None
+    scope = params["Credential"].split("/")
+    if len(scope) != 5:
+        return None
+    params["scope"] = scope
+    return params
+
+
+def _botocore_signed_set(signer: SigV4Auth, req: AWSRequest) -> list:
+    """The header names botocore would put into SignedHeaders for ``req``."""
+    return signer.signed_headers(signer.headers_to_sign(req)).split(";")
+
+
+def verify_sigv4(
+    state: FakeState,
+    *,
+    method: str,
+    scheme: str,
+    raw_path: str,
+    headers: Any,
+    body: bytes,
+    service: str,
+) -> SigCheck:
+    """Verify a SigV4 ``Authorization`` header against the fake's credentials.
+
+    Checks, in order: header syntax, access key known, credential not expired,
+    session token matches, scope region/service, X-Amz-Date skew, the
+    SignedHeaders list, then the signature recomputed by botocore.
+    """
+    now = time.time()
+    parsed = parse_sigv4_authorization(headers.get("Authorization", ""))
+    if parsed is None:
+        return SigCheck("malformed", "Authorization header requires Credential, SignedHeaders, Signature")
+    akid, scope_date, region, svc, terminator = parsed["scope"]
+    check = SigCheck(access_key_id=akid, signed_headers=parsed["SignedHeaders"].split(";"))
+
+    cred = state.credentials.get(akid)
+    if cred is None:
+        return _fail(check, "unknown_key", f"unknown access key id {akid}")
+    check.credential = cred
+    if cred.expired(now):
+        return _fail(check, "expired", f"credential {akid} expired at {cred.expires_at:.3f} (now {now:.3f})")
+
+    problem = _check_session_token(cred, headers.get("X-Amz-Security-Token"))
+    if problem:
+        return _fail(check, "bad_token", problem)
+    if region != state.region:
+        return _fail(check, "scope", f"credential scope region {region!r} != expected {state.region!r}")
+    if svc != service:
+        return _fail(check, "scope", f"credential scope service {svc!r} != expected {service!r}")
+    if terminator != "aws4_request":
+        return _fail(check, "scope", f"credential scope terminator {terminator!r} != 'aws4_request'")
+
+    amz_date = headers.get("X-Amz-Date", "")
+    signed_at = parse_amz_date(amz_date)
+    if signed_at is None:
+        return _fail(check, "malformed", f"missing or invalid X-Amz-Date {amz_date!r}")
+    if abs(now - signed_at) > MAX_CLOCK_SKEW_SECONDS:
+        return _fail(check, "skew", f"Signature expired: X-Amz-Date {amz_date} is more than 5 min from now")
+    if scope_date != amz_date[:8]:
+        return _fail(check, "signature", f"credential scope date {scope_date} != X-Amz-Date day {amz_date[:8]}")
+
+    problem = _check_signed_header_list(check.signed_headers, headers)
+    if problem:
+        return _fail(check, "signature", problem)
+    check.security_token_signed = (
+        "x-amz-security-token" in check.signed_headers if "X-Amz-Security-Token" in headers else None
+    )
+    problem = _check_content_sha256(headers, body)
+    if problem:
+        return _fail(check, "signature", problem)
+
+    return _compare_signature(check, cred, method, scheme, raw_path, headers, body, service, region, amz_date, parsed["Signature"])
+
+
+def _fail(check: SigCheck, kind: str, message: str) -> SigCheck:
+    check.kind = kind
+    check.message = message
+    return check
+
+
+def _check_session_token(cred: Credential, received: Optional[str]) -> Optional[str]:
+    """Problem with the X-Amz-Security-Token header, or None."""
+    if cred.session_token is None:
+        if received is not None:
+            return "X-Amz-Security-Token sent for a key that has no session token"
+        return None
+    if received is None:
+        return "X-Amz-Security-Token missing for a temporary credential"
+    if not hmac.compare_digest(received.encode(), cred.session_token.encode()):
+        return "X-Amz-Security-Token does not match the token issued with this key"
+    return None
+
+
+def _check_signed_header_list(names: list, headers: Any) -> Optional[str]:
+    """Problem with the SignedHeaders list itself, or None."""
+    if names != sorted(set(names)) or any(n != n.lower() or not n for n in names):
+        return f"SignedHeaders must be lowercase, sorted and unique: {';'.join(names)!r}"
+    for required in ("host", "x-amz-date"):
+        if required not in names:
+            return f"SignedHeaders must include {required!r}: {';'.join(names)!r}"
+    never = [n for n in names if n in SIGNED_HEADERS_BLACKLIST]
+    if never:
+        return (
+            f"SignedHeaders contains {never} which botocore never signs "
+            "(hop-by-hop or proxy-mutated headers); the broker must not sign them"
+        )
+    if "authorization" in names:
+        return "SignedHeaders must not contain 'authorization'"
+    missing = [n for n in names if n not in headers]
+    if missing:
+        return f"SignedHeaders lists headers absent from the request: {missing}"
+    return None
+
+
+def _check_content_sha256(headers: Any, body: bytes) -> Optional[str]:
+    """If X-Amz-Content-SHA256 is sent it must be the real body hash."""
+    claimed = headers.get("X-Amz-Content-SHA256")
+    if claimed is None:
+        return None
+    actual = hashlib.sha256(body).hexdigest()
+    if claimed != actual:
+        return f"X-Amz-Content-SHA256 {claimed!r} != sha256(body) {actual!r}"
+    return None
+
+
+def _compare_signature(
+    check: SigCheck,
+    cred: Credential,
+    method: str,
+    scheme: str,
+    raw_path: str,
+    headers: Any,
+    body: bytes,
+    service: str,
+    region: str,
+    amz_date: str,
+    provided: str,
+) -> SigCheck:
+    """Recompute the signature with botocore and compare in constant time."""
+    req = AWSRequest(method=method, url=f"{scheme}://{headers.get('Host', '')}{raw_path}", data=body)
+    for name in check.signed_headers:
+        for value in headers.getall(name):
+            req.headers[name] = value  # HTTPHeaders appends: keeps repeated headers
+    req.context["timestamp"] = amz_date
+    signer = SigV4Auth(
+        Credentials(cred.access_key_id, cred.secret_access_key, cred.session_token), service, region
+    )
+    botocore_set = _botocore_signed_set(signer, req)
+    if botocore_set != check.signed_headers:
+        return _fail(
+            check,
+            "signature",
+            f"botocore would sign {botocore_set} but SignedHeaders is {check.signed_headers}",
+        )
+    check.canonical_request = signer.canonical_request(req)
+    check.string_to_sign = signer.string_to_sign(req, check.canonical_request)
+    expected = signer.signature(check.string_to_sign, req)
+    if not hmac.compare_digest(expected.encode(), provided.encode()):
+        log.warning(
+            "SIGNATURE MISMATCH for %s %s (key %s)\n--- canonical request (botocore) ---\n%s\n"
+            "--- string to sign ---\n%s\n--- expected %s, got %s",
+            method, raw_path, cred.access_key_id, check.canonical_request,
+            check.string_to_sign, expected, provided,
+        )
+        return _fail(check, "signature", "signature mismatch (see canonical_request)")
+    return check
+
+
+# --------------------------------------------------------------------------
+# Fake STS
+# --------------------------------------------------------------------------
+
+
+STS_SIG_ERRORS = {
+    "malformed": "IncompleteSignature",
+    "unknown_key": "InvalidClientTokenId",
+    "bad_token": "InvalidClientTokenId",
+    "expired": "ExpiredToken",
+    "scope": "SignatureDoesNotMatch",
+    "skew": "SignatureDoesNotMatch",
+    "signature": "SignatureDoesNotMatch",
+}
+
+
+async def sts_handler(request: web.Request) -> web.Response:
+    """``POST /`` (or GET with query): dispatch on the ``Action`` parameter."""
+    state = request.app[STATE_KEY]
+    body = await request.read()
+    params = dict(parse_qsl(request.query_string, keep_blank_values=True))
+    params.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    action = params.get("Action")
+    if action == "AssumeRoleWithWebIdentity":
+        resp = await assume_role_with_web_identity(state, request, params)
+    elif action == "GetCallerIdentity":
+        resp = get_caller_identity(state, request, body, params)
+    else:
+        resp = sts_error(400, "InvalidAction", f"Could not find operation {action!r} for version {STS_VERSION}")
+    log.info("sts %s -> %d", action, resp.status)
+    return resp
+
+
+def _sts_record(state: FakeState, request: web.Request, action: str, params: dict) -> dict:
+    record = {
+        "seq": state.next_seq(),
+        "time": time.time(),
+        "action": action,
+        "role_arn": params.get("RoleArn"),
+        "role_session_name": params.get("RoleSessionName"),
+        "token": params.get("WebIdentityToken"),
+        "duration_seconds": params.get("DurationSeconds"),
+        "signed": "Authorization" in request.headers,
+        "user_agent": request.headers.get("User-Agent"),
+        "x_test_id": request.headers.get("x-test-id"),
+        "result": "pending",
+        "status": None,
+        "error_code": None,
+        "access_key_id": None,
+        "expiration": None,
+        "expires_at": None,
+    }
+    state.sts_calls.append(record)
+    return record
+
+
+def _finish(record: dict, resp: web.Response, error_code: Optional[str] = None) -> web.Response:
+    record["status"] = resp.status
+    record["result"] = "ok" if error_code is None else "error"
+    record["error_code"] = error_code
+    return resp
+
+
+def _validate_assume_role(params: dict) -> Optional[str]:
+    """Validation error message for AssumeRoleWithWebIdentity params, or None."""
+    version = params.get("Version")
+    if version is not None and version != STS_VERSION:
+        return f"unsupported Version {version!r}"
+    role_arn = params.get("RoleArn")
+    if not role_arn or not ROLE_ARN_RE.match(role_arn):
+        return f"1 validation error detected: Value {role_arn!r} at 'roleArn' failed to satisfy constraint"
+    session = params.get("RoleSessionName")
+    if not session or not SESSION_NAME_RE.match(session):
+        return (
+            f"1 validation error detected: Value {session!r} at 'roleSessionName' failed to satisfy "
+            "constraint: Member must satisfy regular expression pattern: [\\w+=,.@-]*"
+        )
+    if not params.get("WebIdentityToken"):
+        return "1 validation error detected: Value at 'webIdentityToken' failed to satisfy constraint: Member must have length greater than or equal to 4"
+    duration = params.get("DurationSeconds")
+    if duration is not None:
+        if not duration.isdigit() or not 900 <= int(duration) <= 43200:
+            return f"1 validation error detected: Value {duration!r} at 'durationSeconds' failed to satisfy constraint"
+    return None
+
+
+def _injected_failure(cfg: StsConfig) -> Optional[tuple]:
+    """(status, code) of a configured failure to inject now, or None."""
+    if cfg.fail_always:
+        pass
+    elif cfg.fail_next > 0:
+        cfg.fail_next -= 1
+    else:
+        return None
+    status = cfg.fail_status or STS_FAIL_STATUS.get(cfg.fail_code, 400)
+    return status, cfg.fail_code
+
+
+def _jwt_claims(token: str) -> dict:
+    """Best-effort decode of a JWT's claims (no verification); {} if not a JWT."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return {}
+    try:
+        padded = parts[1] + "=" * (-len(parts[1]) % 4)
+        claims = json.loads(base64.urlsafe_b64decode(padded))
+        return claims if isinstance(claims, dict) else {}
+    except (ValueError, TypeError):
+        return {}
+
+
+def issue_credential(state: FakeState, role_arn: str, session: str, duration: Optional[str]) -> Credential:
+    """Mint and remember a fresh temporary credential for an assumed role."""
+    m = ROLE_ARN_RE.match(role_arn)
+    assert m is not None
+    account, role_name = m.group(1), m.group(2)
+    lifetime = state.sts.lifetime_seconds
+    if lifetime is None:
+        lifetime = float(duration) if duration else DEFAULT_LIFETIME_SECONDS
+    role_id = "AROA" + random_chars(17)
+    cred = Credential(
+        access_key_id="ASIA" + random_chars(16),
+        secret_access_key=random_chars(40, string.ascii_letters + string.digits + "+/"),
+        session_token="FwoGZXIvYXdzE" + random_chars(120, string.ascii_letters + string.digits),
+        expires_at=time.time() + lifetime,
+        arn=f"arn:aws:sts::{account}:assumed-role/{role_name}/{session}",
+        user_id=f"{role_id}:{session}",
+        account=account,
+        kind="sts",
+    )
+    state.credentials[cred.access_key_id] = cred
+    return cred
+
+
+def assume_role_response_xml(cred: Credential, token: str) -> str:
+    """The AssumeRoleWithWebIdentity success XML."""
+    claims = _jwt_claims(token)
+    subject = str(claims.get("sub", "system:serviceaccount:default:fake"))
+    audience = claims.get("aud", "sts.amazonaws.com")
+    if isinstance(audience, list):
+        audience = audience[0] if audience else ""
+    issuer = str(claims.get("iss", "https://oidc.fake.local")).removeprefix("https://")
+    e = xml_escape
+    return (
+        f'<AssumeRoleWithWebIdentityResponse xmlns="{STS_NS}">'
+        "<AssumeRoleWithWebIdentityResult>"
+        "<Credentials>"
+        f"<AccessKeyId>{e(cred.access_key_id)}</AccessKeyId>"
+        f"<SecretAccessKey>{e(cred.secret_access_key)}</SecretAccessKey>"
+        f"<SessionToken>{e(cred.session_token or '')}</SessionToken>"
+        f"<Expiration>{iso8601_floor(cred.expires_at or 0)}</Expiration>"
+        "</Credentials>"
+        f"<SubjectFromWebIdentityToken>{e(subject)}</SubjectFromWebIdentityToken>"
+        "<AssumedRoleUser>"
+        f"<AssumedRoleId>{e(cred.user_id)}</AssumedRoleId>"
+        f"<Arn>{e(cred.arn)}</Arn>"
+        "</AssumedRoleUser>"
+        f"<Provider>arn:aws:iam::{cred.account}:oidc-provider/{e(issuer)}</Provider>"
+        f"<Audience>{e(str(audience))}</Audience>"
+        "</AssumeRoleWithWebIdentityResult>"
+        f"<ResponseMetadata><RequestId>{new_request_id()}</RequestId></ResponseMetadata>"
+        "</AssumeRoleWithWebIdentityResponse>"
+    )
+
+
+async def assume_role_with_web_identity(state: FakeState, request: web.Request, params: dict) -> web.Response:
+    """Handle AssumeRoleWithWebIdentity (unsigned)."""
+    record = _sts_record(state, request, "AssumeRoleWithWebIdentity", params)
+    if state.sts.delay_seconds > 0:
+        await asyncio.sleep(state.sts.delay_seconds)  # simulated latency, not synchronization
+    injected = _injected_failure(state.sts)
+    if injected:
+        status, code = injected
+        return _finish(record, sts_error(status, code, f"injected failure {code}"), code)
+    problem = _validate_assume_role(params)
+    if problem:
+        return _finish(record, sts_error(400, "ValidationError", problem), "ValidationError")
+    token = params["WebIdentityToken"]
+    if state.sts.accept_tokens is not None and token not in state.sts.accept_tokens:
+        msg = "Couldn't retrieve verification key from your identity provider, or token not accepted"
+        return _finish(record, sts_error(400, "InvalidIdentityToken", msg), "InvalidIdentityToken")
+    cred = issue_credential(state, params["RoleArn"], params["RoleSessionName"], params.get("DurationSeconds"))
+    record.update(
+        access_key_id=cred.access_key_id,
+        expiration=iso8601_floor(cred.expires_at or 0),
+        expires_at=cred.expires_at,
+    )
+    return _finish(record, xml_response(200, assume_role_response_xml(cred, token)))
+
+
+def get_caller_identity(state: FakeState, request: web.Request, body: bytes, params: dict) -> web.Response:
+    """Handle GetCallerIdentity: SigV4 (service ``sts``) verified like Bedrock."""
+    record = _sts_record(state, request, "GetCallerIdentity", params)
+    if "Authorization" not in request.headers:
+        return _finish(record, sts_error(403, "MissingAuthenticationToken", "Request is missing Authentication Token"), "MissingAuthenticationToken")
+    check = verify_sigv4(
+        state,
+        method=request.method,
+        scheme="https" if request.secure else "http",
+        raw_path=request.raw_path,
+        headers=request.headers,
+        body=body,
+        service="sts",
+    )
+    record["access_key_id"] = check.access_key_id
+    if not check.ok:
+        code = STS_SIG_ERRORS[check.kind]
+        record["rejection"] = check.message
+        return _finish(record, sts_error(403, code, check.message), code)
+    cred = check.credential
+    assert cred is not None
+    body_xml = (
+        f'<GetCallerIdentityResponse xmlns="{STS_NS}"><GetCallerIdentityResult>'
+        f"<Arn>{xml_escape(cred.arn)}</Arn><UserId>{xml_escape(cred.user_id)}</UserId>"
+        f"<Account>{cred.account}</Account></GetCallerIdentityResult>"
+        f"<ResponseMetadata><RequestId>{new_request_id()}</RequestId></ResponseMetadata>"
+        "</GetCallerIdentityResponse>"
+    )
+    return _finish(record, xml_response(200, body_xml))
+
+
+# --------------------------------------------------------------------------
+# Control API (served on the STS port under /_control)
+# --------------------------------------------------------------------------
+
+
+def control_endpoint(fn: Callable[[FakeState, web.Request], Awaitable[Any]]):
+    """Wrap a control handler: JSON in/out, ValueError/KeyError -> 400."""
+
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            result = await fn(request.app[STATE_KEY], request)
+        except (ValueError, KeyError, TypeError) as exc:
+            return json_response(400, {"error": str(exc)})
+        return json_response(200, result)
+
+    handler.__doc__ = fn.__doc__
+    return handler
+
+
+async def ctl_sts(state: FakeState, request: web.Request) -> dict:
+    """POST /_control/sts: update STS behaviour; returns the new config."""
+    data = await read_json(request)
+    check_keys(data, set(StsConfig.__dataclass_fields__))
+    if "fail_code" in data and data["fail_code"] not in STS_FAIL_STATUS:
+        raise ValueError(f"fail_code must be one of {sorted(STS_FAIL_STATUS)}")
+    if "accept_tokens" in data and data["accept_tokens"] is not None:
+        data["accept_tokens"] = [str(t) for t in data["accept_tokens"]]
+    for key, value in data.items():
+        setattr(state.sts, key, value)
+    return asdict(state.sts)
+
+
+async def ctl_sts_get(state: FakeState, request: web.Request) -> dict:
+    """GET /_control/sts: current STS config."""
+    return asdict(state.sts)
+
+
+async def ctl_sts_calls(state: FakeState, request: web.Request) -> list:
+    """GET /_control/sts/calls[?action=..]: recorded STS calls, oldest first."""
+    action = request.query.get("action")
+    return [c for c in state.sts_calls if action is None or c["action"] == action]
+
+
+async def ctl_credentials(state: FakeState, request: web.Request) -> list:
+    """GET /_control/credentials: every credential the fakes accept."""
+    now = time.time()
+    return [
+        {
+            "access_key_id": c.access_key_id,
+            "kind": c.kind,
+            "arn": c.arn,
+            "expires_at": c.expires_at,
+            "expired": c.expired(now),
+        }
+        for c in state.credentials.values()
+    ]
+
+
+async def ctl_credentials_expire(state: FakeState, request: web.Request) -> dict:
+    """POST /_control/credentials/expire {"access_key_id"?}: expire STS creds now."""
+    data = await read_json(request)
+    check_keys(data, {"access_key_id"})
+    target = data.get("access_key_id")
+    now = time.time()
+    expired = []
+    for cred in state.credentials.values():
+        if cred.kind == "sts" and target in (None, cred.access_key_id):
+            cred.expires_at = min(cred.expires_at or now, now)
+            expired.append(cred.access_key_id)
+    return {"expired": expired}
+
+
+async def ctl_static_keys(state: FakeState, request: web.Request) -> dict:
+    """POST /_control/static_keys: register a never-expiring static credential."""
+    data = await read_json(request)
+    check_keys(data, {"access_key_id", "secret_access_key", "session_token", "account", "user_name"})
+    account = str(data.get("account", DEFAULT_ACCOUNT))
+    user = str(data.get("user_name", "static-user"))
+    cred = Credential(
+        access_key_id=str(data["access_key_id"]),
+        secret_access_key=str(data["secret_access_key"]),
+        session_token=data.get("session_token"),
+        expires_at=None,
+        arn=f"arn:aws:iam::{account}:user/{user}",
+        user_id="AIDA" + random_chars(17),
+        account=account,
+        kind="static",
+    )
+    state.credentials[cred.access_key_id] = cred
+    return {"registered": cred.access_key_id}
+
+
+async def ctl_bearer_tokens(state: FakeState, request: web.Request) -> dict:
+    """POST /_control/bearer_tokens {"tokens": [..]|null}: accepted API keys."""
+    data = await read_json(request)
+    check_keys(data, {"tokens"})
+    tokens = data["tokens"]
+    state.bearer_tokens = None if tokens is None else {str(t) for t in tokens}
+    return {"tokens": None if tokens is None else sorted(state.bearer_tokens)}
+
+
+async def ctl_bedrock(state: FakeState, request: web.Request) -> dict:
+    """POST /_control/bedrock {"signing_name"?, "models"?}: Bedrock behaviour."""
+    data = await read_json(request)
+    check_keys(data, set(BedrockConfig.__dataclass_fields__))
+    for key, value in data.items():
+        setattr(state.bedrock, key, value)
+    return asdict(state.bedrock)
+
+
+async def ctl_bedrock_requests(state: FakeState, request: web.Request) -> list:
+    """GET /_control/bedrock/requests[?test_id=..]: recorded Bedrock requests."""
+    test_id = request.query.get("test_id")
+    return [r for r in state.bedrock_requests if test_id is None or r["x_test_id"] == test_id]
+
+
+async def ctl_reset(state: FakeState, request: web.Request) -> dict:
+    """POST /_control/reset: clear records, restore defaults."""
+    state.reset()
+    return {"reset": True}
+
+
+async def ctl_stream_release(state: FakeState, request: web.Request) -> dict:
+    """POST /_control/stream/release {"stream_id", "count"?}: release held chunks."""
+    data = await read_json(request)
+    check_keys(data, {"stream_id", "count"})
+    stream = state.stream(str(data["stream_id"]))
+    for _ in range(int(data.get("count", 1))):
+        stream.release()
+    return stream.status()
+
+
+async def ctl_stream_status(state: FakeState, request: web.Request) -> dict:
+    """GET /_control/stream/{id}: progress of one stream."""
+    stream_id = request.match_info["stream_id"]
+    if stream_id not in state.streams:
+        raise KeyError(f"unknown stream {stream_id!r}")
+    return state.streams[stream_id].status()
+
+
+async def ctl_streams(state: FakeState, request: web.Request) -> list:
+    """GET /_control/streams: progress of every stream."""
+    return [s.status() for s in state.streams.values()]
+
+
+def build_sts_app(state: FakeState) -> web.Application:
+    """The STS + control application."""
+    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app[STATE_KEY] = state
+    routes = [
+        ("POST", "/_control/sts", ctl_sts),
+        ("GET", "/_control/sts", ctl_sts_get),
+        ("GET", "/_control/sts/calls", ctl_sts_calls),
+        ("GET", "/_control/credentials", ctl_credentials),
+        ("POST", "/_control/credentials/expire", ctl_credentials_expire),
+        ("POST", "/_control/static_keys", ctl_static_keys),
+        ("POST", "/_control/bearer_tokens", ctl_bearer_tokens),
+        ("POST", "/_control/bedrock", ctl_bedrock),
+        ("GET", "/_control/bedrock/requests", ctl_bedrock_requests),
+        ("POST", "/_control/reset", ctl_reset),
+        ("POST", "/_control/stream/release", ctl_stream_release),
+        ("GET", "/_control/streams", ctl_streams),
+        ("GET", "/_control/stream/{stream_id}", ctl_stream_status),
+    ]
+    for method, path, fn in routes:
+        app.router.add_route(method, path, control_endpoint(fn))
+    app.router.add_route("POST", "/", sts_handler)
+    app.router.add_route("GET", "/", sts_handler)
+    return app
+
+
+# --------------------------------------------------------------------------
+# Fake Bedrock: authentication and recording
+# --------------------------------------------------------------------------
+
+
+BEDROCK_SIG_ERRORS = {
+    "malformed": ("IncompleteSignatureException", None),
+    "unknown_key": ("UnrecognizedClientException", "The security token included in the request is invalid."),
+    "bad_token": ("UnrecognizedClientException", "The security token included in the request is invalid."),
+    "expired": ("ExpiredTokenException", "The security token included in the request is expired"),
+    "scope": ("InvalidSignatureException", None),
+    "skew": ("InvalidSignatureException", None),
+    "signature": (
+        "InvalidSignatureException",
+        "The request signature we calculated does not match the signature you provided. "
+        "Check your AWS Secret Access Key and signing method. Consult the service documentation for details.",
+    ),
+}
+
+
+def new_bedrock_record(state: FakeState, request: web.Request, body: bytes) -> dict:
+    """Create and store the record of one Bedrock request."""
+    path, _, query = request.raw_path.partition("?")
+    names = [k.lower() for k in request.headers.keys()]
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    record = {
+        "seq": state.next_seq(),
+        "time": time.time(),
+        "method": request.method,
+        "raw_path": path,
+        "query": query,
+        "route": None,
+        "model_id": None,
+        "auth_kind": "none",
+        "auth": "none",
+        "access_key_id": None,
+        "bearer_token": None,
+        "verified": False,
+        "rejection": None,
+        "status": None,
+        "error_type": None,
+        "header_names": names,
+        "headers_present": {h: h in names for h in PRESENCE_HEADERS},
+        "x_test_id": request.headers.get("x-test-id"),
+        "user_agent": request.headers.get("User-Agent"),
+        "signed_headers": None,
+        "security_token_signed": None,
+        "canonical_request": None,
+        "body_length": len(body),
+        "body_sha256": hashlib.sha256(body).hexdigest(),
+        "body": body[:BODY_RECORD_LIMIT].decode("utf-8", "replace"),
+        "stream_id": None,
+        "peer_port": peer[1] if peer else None,  # same port = same (keep-alive) connection
+    }
+    state.bedrock_requests.append(record)
+    return record
+
+
+def authenticate_bedrock(state: FakeState, request: web.Request, body: bytes, record: dict) -> Optional[web.Response]:
+    """Authenticate a Bedrock request; fills ``record``; returns an error or None."""
+    authz = request.headers.get("Authorization", "")
+    scheme_word = authz.split(" ", 1)[0].lower() if authz else ""
+    if scheme_word == "bearer":
+        return _authenticate_bearer(state, authz[len("bearer"):].strip(), record)
+    if scheme_word == "aws4-hmac-sha256":
+        return _authenticate_sigv4(state, request, body, record)
+    record["rejection"] = "no supported Authorization header"
+    return aws_json_error(403, "MissingAuthenticationTokenException", "Missing Authentication Token")
+
+
+def _authenticate_bearer(state: FakeState, token: str, record: dict) -> Optional[web.Response]:
+    record.update(auth_kind="bearer", auth=f"bearer:{token}", bearer_token=token)
+    if token and state.bearer_accepted(token):
+        record["verified"] = True
+        return None
+    record["rejection"] = "bearer token not accepted"
+    return aws_json_error(403, "UnrecognizedClientException", "Invalid API key")
+
+
+def _authenticate_sigv4(state: FakeState, request: web.Request, body: bytes, record: dict) -> Optional[web.Response]:
+    check = verify_sigv4(
+        state,
+        method=request.method,
+        scheme="https" if request.secure else "http",
+        raw_path=request.raw_path,
+        headers=request.headers,
+        body=body,
+        service=state.bedrock.signing_name,
+    )
+    record.update(
+        auth_kind="sigv4",
+        auth=f"sigv4:{check.access_key_id}",
+        access_key_id=check.access_key_id,
+        signed_headers=check.signed_headers,
+        security_token_signed=check.security_token_signed,
+        canonical_request=check.canonical_request,
+    )
+    if check.ok:
+        record["verified"] = True
+        return None
+    record["rejection"] = f"{check.kind}: {check.message}"
+    error_type, message = BEDROCK_SIG_ERRORS[check.kind]
+    if check.kind == "signature":
+        message = f"{message} [fake: {check.message}]"
+    return aws_json_error(403, error_type, message or check.message)
+
+
+def finalize_record(record: dict, resp: web.StreamResponse) -> None:
+    """Store the response status/error type in the record and log one line."""
+    record["status"] = resp.status
+    record["error_type"] = resp.headers.get("x-amzn-ErrorType")
+    log.info(
+        "bedrock %s %s auth=%s -> %d%s",
+        record["method"],
+        record["raw_path"],
+        record["auth"] if record["auth_kind"] != "bearer" else "bearer:" + (record["bearer_token"] or "")[:20],
+        resp.status,
+        f" ({record['rejection']})" if record["rejection"] else "",
+    )
+
+
+# --------------------------------------------------------------------------
+# Fake Bedrock: response content
+# --------------------------------------------------------------------------
+
+
+def _text_of_content(content: Any) -> str:
+    """Text of a message ``content`` (string, or list of text blocks/parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            str(block.get("text", "")) for block in content if isinstance(block, dict) and "text" in block
+        )
+    return ""
+
+
+def last_user_text(body: dict) -> str:
+    """Last user text of a Converse / Anthropic / OpenAI / Titan-style body."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for msg in reversed(messages):
+            if isinstance(msg, dict) and msg.get("role") == "user":
+                return _text_of_content(msg.get("content"))
+    for key in ("inputText", "prompt"):
+        if isinstance(body.get(key), str):
+            return body[key]
+    return ""
+
+
+def reply_text(model_id: str, user_text: str) -> str:
+    """Deterministic reply text tests can assert on."""
+    return f"fake reply from {model_id} to: {user_text}"
+
+
+def stream_pieces(model_id: str, user_text: str, n: int, pad: int) -> list:
+    """The ``n`` text deltas of a streamed reply, each tagged ``<chunk i/n>``."""
+    pieces = []
+    for i in range(1, n + 1):
+        prefix = reply_text(model_id, user_text) + " " if i == 1 else " "
+        pieces.append(f"{prefix}<chunk {i}/{n}>" + "x" * pad)
+    return pieces
+
+
+def token_counts(user_text: str, output: str) -> tuple:
+    """(input, output) token counts: whitespace-separated words, at least 1."""
+    return max(1, len(user_text.split())), max(1, len(output.split()))
+
+
+def converse_response(model_id: str, user_text: str) -> dict:
+    """Converse JSON response."""
+    text = reply_text(model_id, user_text)
+    inp, out = token_counts(user_text, text)
+    return {
+        "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
+        "stopReason": "end_turn",
+        "usage": {"inputTokens": inp, "outputTokens": out, "totalTokens": inp + out},
+        "metrics": {"latencyMs": 1},
+    }
+
+
+def invoke_response(model_id: str, user_text: str) -> dict:
+    """Anthropic-messages-like InvokeModel JSON response."""
+    text = reply_text(model_id, user_text)
+    inp, out = token_counts(user_text, text)
+    return {
+        "id": "msg_fake_" + random_chars(12).lower(),
+        "type": "message",
+        "role": "assistant",
+        "model": model_id,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": inp, "output_tokens": out},
+    }
+
+
+def openai_completion(model: str, user_text: str) -> dict:
+    """OpenAI ``chat.completion`` object."""
+    text = reply_text(model, user_text)
+    inp, out = token_counts(user_text, text)
+    return {
+        "id": "chatcmpl-fake" + random_chars(12).lower(),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop", "logprobs": None}
+        ],
+        "usage": {"prompt_tokens": inp, "completion_tokens": out, "total_tokens": inp + out},
+    }
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+@dataclass
+class StreamPlan:
+    """Bytes of a streamed response: preamble + pieces[i] ... + trailer."""
+
+    content_type: str
+    preamble: bytes
+    pieces: list
+    trailer: bytes
+    headers: dict = field(default_factory=dict)
+
+
+def plan_converse_stream(model_id: str, user_text: str, n: int, pad: int) -> StreamPlan:
+    """ConverseStream events, as boto3's converse_stream parser expects them."""
+    pieces = stream_pieces(model_id, user_text, n, pad)
+    inp, out = token_counts(user_text, "".join(pieces))
+    ev = eventstream.event
+    return StreamPlan(
+        content_type="application/vnd.amazon.eventstream",
+        preamble=ev("messageStart", _json_bytes({"role": "assistant"})),
+        pieces=[
+            ev("contentBlockDelta", _json_bytes({"contentBlockIndex": 0, "delta": {"text": p}})) for p in pieces
+        ],
+        trailer=b"".join(
+            [
+                ev("contentBlockStop", _json_bytes({"contentBlockIndex": 0})),
+                ev("messageStop", _json_bytes({"stopReason": "end_turn"})),
+                ev(
+                    "metadata",
+                    _json_bytes(
+                        {
+                            "usage": {"inputTokens": inp, "outputTokens": out, "totalTokens": inp + out},
+                            "metrics": {"latencyMs": 1},
+                        }
+                    ),
+                ),
+            ]
+        ),
+    )
+
+
+def _invoke_chunk(obj: dict) -> bytes:
+    """One ``chunk`` event carrying base64(JSON) in ``bytes``."""
+    return eventstream.event("chunk", _json_bytes({"bytes": base64.b64encode(_json_bytes(obj)).decode()}))
+
+
+def plan_invoke_stream(model_id: str, user_text: str, n: int, pad: int) -> StreamPlan:
+    """InvokeModelWithResponseStream: Anthropic-messages streaming events as chunks."""
+    pieces = stream_pieces(model_id, user_text, n, pad)
+    inp, out = token_counts(user_text, "".join(pieces))
+    message = invoke_response(model_id, user_text)
+    message.update(content=[], stop_reason=None, usage={"input_tokens": inp, "output_tokens": 0})
+    return StreamPlan(
+        content_type="application/vnd.amazon.eventstream",
+        headers={"x-amzn-bedrock-content-type": "application/json"},
+        preamble=_invoke_chunk({"type": "message_start", "message": message})
+        + _invoke_chunk({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        pieces=[
+            _invoke_chunk({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}})
+            for p in pieces
+        ],
+        trailer=_invoke_chunk({"type": "content_block_stop", "index": 0})
+        + _invoke_chunk(
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": out}}
+        )
+        + _invoke_chunk(
+            {
+                "type": "message_stop",
+                "amazon-bedrock-invocationMetrics": {
+                    "inputTokenCount": inp,
+                    "outputTokenCount": out,
+                    "invocationLatency": 1,
+                    "firstByteLatency": 1,
+                },
+            }
+        ),
+    )
+
+
+def plan_openai_stream(model: str, user_text: str, n: int, pad: int, include_usage: bool) -> StreamPlan:
+    """OpenAI chat.completion.chunk SSE stream ending in ``data: [DONE]``."""
+    pieces = stream_pieces(model, user_text, n, pad)
+    inp, out = token_counts(user_text, "".join(pieces))
+    base = {"id": "chatcmpl-fake" + random_chars(12).lower(), "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+
+    def sse(choices: list, **extra: Any) -> bytes:
+        return b"data: " + _json_bytes({**base, "choices": choices, **extra}) + b"\n\n"
+
+    encoded = []
+    for i, piece in enumerate(pieces):
+        delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
+        encoded.append(sse([{"index": 0, "delta": delta, "finish_reason": None}]))
+    trailer = sse([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+    if include_usage:
+        trailer += sse([], usage={"prompt_tokens": inp, "completion_tokens": out, "total_tokens": inp + out})
+    return StreamPlan(
+        content_type="text/event-stream",
+        preamble=b"",
+        pieces=encoded,
+        trailer=trailer + b"data: [DONE]\n\n",
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
+# --------------------------------------------------------------------------
+# Fake Bedrock: streaming engine
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class StreamControls:
+    """Per-request streaming controls taken from ``x-fake-*`` headers."""
+
+    chunks: int
+    delay_s: float
+    lockstep_id: Optional[str]
+    lockstep_timeout_s: float
+    abort_after: Optional[int]
+    pad: int
+    stream_id: Optional[str]
+
+    @classmethod
+    def from_request(cls, request: web.Request) -> "StreamControls":
+        lockstep = request.headers.get("x-fake-lockstep") or None
+        timeout_ms = header_int(request, "x-fake-lockstep-timeout-ms", None)
+        return cls(
+            chunks=max(0, header_int(request, "x-fake-chunks", DEFAULT_STREAM_CHUNKS) or 0),
+            delay_s=(header_int(request, "x-fake-chunk-delay-ms", 0) or 0) / 1000.0,
+            lockstep_id=lockstep,
+            lockstep_timeout_s=DEFAULT_LOCKSTEP_TIMEOUT_SECONDS if timeout_ms is None else timeout_ms / 1000.0,
+            abort_after=header_int(request, "x-fake-abort-after", None),
+            pad=max(0, header_int(request, "x-fake-chunk-pad", 0) or 0),
+            stream_id=lockstep or request.headers.get("x-fake-stream-id") or None,
+        )
+
+
+async def send_stream(
+    state: FakeState, request: web.Request, record: dict, route: str, model_id: str,
+    plan: StreamPlan, ctl: StreamControls,
+) -> web.StreamResponse:
+    """Write ``plan`` chunk by chunk, honouring delay / lockstep / abort controls.
+
+    Chunk 1 is sent together with the preamble; the trailer goes out with the
+    last chunk.  Before chunk k+1 the writer sleeps ``delay`` and, in lockstep
+    mode, waits for one ``/_control/stream/release``.  Client disconnects
+    (write errors or handler cancellation) are recorded on the stream.
+    """
+    stream = state.new_stream(ctl.stream_id)
+    stream.route, stream.model_id, stream.request_seq = route, model_id, record["seq"]
+    stream.lockstep, stream.total_chunks = ctl.lockstep_id is not None, len(plan.pieces)
+    record["stream_id"] = stream.stream_id
+    resp = web.StreamResponse(status=200, headers={"Content-Type": plan.content_type, "x-amzn-RequestId": new_request_id(), **plan.headers})
+    resp.enable_chunked_encoding()
+    try:
+        await resp.prepare(request)
+        finalize_record(record, resp)
+        if not plan.pieces:
+            await resp.write(plan.preamble + plan.trailer)
+        for index, piece in enumerate(plan.pieces):
+            if index > 0 and not await _pace(stream, ctl):
+                return _abort(request, stream, resp, gave_up=True)
+            if ctl.abort_after is not None and index >= ctl.abort_after:
+                return _abort(request, stream, resp, gave_up=False)
+            data = (plan.preamble if index == 0 else b"") + piece
+            if index == len(plan.pieces) - 1:
+                data += plan.trailer
+            await resp.write(data)
+            stream.chunks_sent += 1
+        await resp.write_eof()
+        stream.finished = True
+    except ConnectionError:
+        _note_disconnect(stream)
+    except asyncio.CancelledError:  # handler_cancellation: the connection was lost
+        _note_disconnect(stream)
+        raise
+    return resp
+
+
+def _note_disconnect(stream: StreamState) -> None:
+    stream.client_disconnected = True
+    log.info("stream %s: client disconnected after %d chunk(s)", stream.stream_id, stream.chunks_sent)
+
+
+async def _pace(stream: StreamState, ctl: StreamControls) -> bool:
+    """Delay and/or lockstep wait before the next chunk; False = give up."""
+    if ctl.delay_s > 0:
+        await asyncio.sleep(ctl.delay_s)  # simulated model latency
+    if ctl.lockstep_id is None:
+        return True
+    return await stream.wait_release(ctl.lockstep_timeout_s)
+
+
+def _abort(request: web.Request, stream: StreamState, resp: web.StreamResponse, *, gave_up: bool) -> web.StreamResponse:
+    """Kill the connection mid-stream (lockstep timeout or ``x-fake-abort-after``)."""
+    stream.gave_up = gave_up
+    stream.aborted = not gave_up
+    log.info("stream %s: %s after %d chunk(s)", stream.stream_id, "gave up" if gave_up else "aborting", stream.chunks_sent)
+    if request.transport is not None:
+        request.transport.abort()
+    return resp
+
+
+# --------------------------------------------------------------------------
+# Fake Bedrock: routing
+# --------------------------------------------------------------------------
+
+
+def parse_json_body(body: bytes) -> Optional[dict]:
+    """Body as a JSON object, or None if it is not one."""
+    try:
+        data = json.loads(body or b"null")
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+async def bedrock_handler(request: web.Request) -> web.StreamResponse:
+    """Every Bedrock request: authenticate, record, then route on the raw path."""
+    state = request.app[STATE_KEY]
+    body = await request.read()
+    record = new_bedrock_record(state, request, body)
+    resp = authenticate_bedrock(state, request, body, record)
+    if resp is None:
+        try:
+            resp = await route_bedrock(state, request, body, record)
+        except BadFakeHeader as exc:
+            resp = aws_json_error(400, "ValidationException", f"fake: {exc}")
+    if record["status"] is None:
+        finalize_record(record, resp)
+    return resp
+
+
+async def route_bedrock(state: FakeState, request: web.Request, body: bytes, record: dict) -> web.StreamResponse:
+    """Dispatch an authenticated request on the raw (undecoded) path."""
+    path = record["raw_path"]
+    model_match = MODEL_ROUTE_RE.match(path)
+    if model_match and request.method == "POST":
+        record["route"] = model_match.group("op")
+        record["model_id"] = unquote(model_match.group("model"))
+    elif path == "/openai/v1/chat/completions" and request.method == "POST":
+        record["route"] = "openai-chat"
+    elif path == "/openai/v1/models" and request.method == "GET":
+        record["route"] = "openai-models"
+    else:
+        return aws_json_error(404, "UnknownOperationException", "UnknownOperationException")
+
+    forced = header_int(request, "x-fake-status", None)
+    if forced is not None and forced >= 400:
+        err = BEDROCK_STATUS_ERRORS.get(forced, "InternalServerException" if forced >= 500 else "ValidationException")
+        return aws_json_error(forced, err, f"fake {err} (x-fake-status {forced})")
+
+    if record["route"] == "openai-models":
+        return json_response(200, {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in state.bedrock.models]})
+    data = parse_json_body(body)
+    if data is None:
+        return aws_json_error(400, "ValidationException", "Malformed input request, please reformat your input and try again.")
+    if record["route"] == "openai-chat":
+        return await handle_openai_chat(state, request, record, data)
+    return await handle_model_op(state, request, record, data)
+
+
+async def handle_model_op(state: FakeState, request: web.Request, record: dict, data: dict) -> web.StreamResponse:
+    """converse / converse-stream / invoke / invoke-with-response-stream."""
+    op, model_id = record["route"], record["model_id"]
+    user_text = last_user_text(data)
+    rid = {"x-amzn-RequestId": new_request_id()}
+    if op == "converse":
+        return json_response(200, converse_response(model_id, user_text), headers=rid)
+    if op == "invoke":
+        out = invoke_response(model_id, user_text)
+        headers = {
+            **rid,
+            "X-Amzn-Bedrock-Input-Token-Count": str(out["usage"]["input_tokens"]),
+            "X-Amzn-Bedrock-Output-Token-Count": str(out["usage"]["output_tokens"]),
+            "X-Amzn-Bedrock-Invocation-Latency": "1",
+        }
+        return json_response(200, out, headers=headers)
+    ctl = StreamControls.from_request(request)
+    planner = plan_converse_stream if op == "converse-stream" else plan_invoke_stream
+    plan = planner(model_id, user_text, ctl.chunks, ctl.pad)
+    return await send_stream(state, request, record, op, model_id, plan, ctl)
+
+
+async def handle_openai_chat(state: FakeState, request: web.Request, record: dict, data: dict) -> web.StreamResponse:
+    """OpenAI-compatible chat completions (JSON or SSE)."""
+    model = str(data.get("model") or "unknown-model")
+    record["model_id"] = model
+    user_text = last_user_text(data)
+    if not data.get("stream"):
+        return json_response(200, openai_completion(model, user_text), headers={"x-amzn-RequestId": new_request_id()})
+    ctl = StreamControls.from_request(request)
+    include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+    plan = plan_openai_stream(model, user_text, ctl.chunks, ctl.pad, include_usage)
+    return await send_stream(state, request, record, "openai-chat-stream", model, plan, ctl)
+
+
+def build_bedrock_app(state: FakeState) -> web.Application:
+    """The Bedrock application: one catch-all handler routing on the raw path."""
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app[STATE_KEY] = state
+    app.router.add_route("*", "/{tail:.*}", bedrock_handler)
+    return app
+
+
+# --------------------------------------------------------------------------
+# Process entry point
+# --------------------------------------------------------------------------
+
+
+def bind_loopback(port: int) -> socket.socket:
+    """A listening-ready TCP socket on 127.0.0.1:port (0 = ephemeral)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """Server TLS context (HTTP/1.1 only via ALPN)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def write_ready_file(path: str, payload: str) -> None:
+    """Atomically write the ready JSON (tmp file + rename)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(payload + "\n")
+    os.replace(tmp, path)
+
+
+async def start_site(app: web.Application, sock: socket.socket, ssl_ctx: Optional[ssl.SSLContext]) -> web.AppRunner:
+    """Run ``app`` on ``sock``; handler cancellation lets streams see disconnects."""
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.SockSite(runner, sock, ssl_context=ssl_ctx, backlog=1024).start()
+    return runner
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """Start both servers, announce readiness, run until SIGTERM/SIGINT."""
+    state = FakeState(region=args.region)
+    ssl_ctx = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    sts_sock, bedrock_sock = bind_loopback(args.sts_port), bind_loopback(args.bedrock_port)
+    runners = [
+        await start_site(build_sts_app(state), sts_sock, None),
+        await start_site(build_bedrock_app(state), bedrock_sock, ssl_ctx),
+    ]
+    sts_url = f"http://127.0.0.1:{sts_sock.getsockname()[1]}"
+    scheme = "https" if ssl_ctx else "http"
+    ready = json.dumps(
+        {
+            "sts": sts_url,
+            "bedrock": f"{scheme}://127.0.0.1:{bedrock_sock.getsockname()[1]}",
+            "control": f"{sts_url}/_control",
+        }
+    )
+    print(ready, flush=True)
+    if args.ready_file:
+        write_ready_file(args.ready_file, ready)
+    log.info("ready: %s (region %s)", ready, args.region)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watchdog = asyncio.create_task(watch_parent(stop)) if args.exit_with_parent else None
+    await stop.wait()
+    if watchdog:
+        watchdog.cancel()
+    log.info("shutting down")
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def watch_parent(stop: asyncio.Event) -> None:
+    """Set ``stop`` once the process that started us has gone (we got reparented)."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(0.5)
+    log.info("parent %d exited; stopping", parent)
+    stop.set()
+
+
+def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
+    """Command-line arguments."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sts-port", type=int, default=0)
+    p.add_argument("--bedrock-port", type=int, default=0)
+    p.add_argument("--tls-cert", help="PEM certificate chain: serve Bedrock over HTTPS")
+    p.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    p.add_argument("--region", default="us-east-1")
+    p.add_argument("--ready-file", help="also write the ready JSON here (atomically)")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO (one line per request), WARNING")
+    p.add_argument("--log-file", help="append logs here instead of stderr")
+    p.add_argument("--exit-with-parent", action="store_true", help="exit when the parent process dies")
+    args = p.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        p.error("--tls-cert and --tls-key go together")
+    return args
+
+
+def main(argv: Optional[list] = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="fake_aws %(asctime)s %(levelname)s %(message)s",
+        **({"filename": args.log_file} if args.log_file else {"stream": sys.stderr}),
+    )
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1083 @@
+"""Tests of the fakes themselves: fake_aws.py (run as a real process) and eventstream.py.
+
+Real AWS clients (boto3/botocore, the openai SDK) talk to the fake over
+loopback, so the fake's wire formats and its SigV4 verification are checked
+against the reference implementations.  Waiting is always polling with a
+deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+from unittest import mock
+
+import aiohttp
+import boto3
+import botocore.auth
+import pytest
+import urllib3
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.credentials import Credentials
+from botocore.eventstream import EventStreamBuffer
+from botocore.exceptions import ClientError
+
+import eventstream
+
+HERE = Path(__file__).resolve().parent
+FAKE = HERE / "fake_aws.py"
+REGION = "us-east-1"
+ROLE_ARN = "arn:aws:iam::123456789012:role/bedrock-broker"
+PROFILE_ARN = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-haiku-20240307-v1:0"
+MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
+NO_RETRY = Config(retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30)
+
+
+# --------------------------------------------------------------------------
+# Process management and small clients
+# --------------------------------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Fake:
+    """A running fake_aws.py process."""
+
+    proc: subprocess.Popen
+    sts: str
+    bedrock: str
+    control: str
+    ready_line: str
+    ready_file: Path
+    stderr_path: Path
+    ca_path: Optional[str] = None
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+
+def start_fake(tmp: Path, *extra: str) -> Fake:
+    """Start fake_aws.py on ephemeral ports and wait (polling) until it is ready."""
+    ready_file = tmp / "ready.json"
+    stderr_path = tmp / "fake.stderr"
+    proc = subprocess.Popen(
+        [sys.executable, str(FAKE), "--sts-port", "0", "--bedrock-port", "0", "--region", REGION,
+         "--ready-file", str(ready_file), *extra],
+        stdout=subprocess.PIPE,
+        stderr=stderr_path.open("wb"),
+        text=True,
+    )
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"fake exited early ({proc.returncode}): {stderr_path.read_text()}")
+        return ready_file.exists()
+
+    wait_until(ready, timeout=20, what="fake_aws ready file")
+    line = proc.stdout.readline()  # printed before the ready file is written
+    info = json.loads(ready_file.read_text())
+    return Fake(proc, info["sts"], info["bedrock"], info["control"], line, ready_file, stderr_path)
+
+
+def stop_fake(fake: Fake) -> None:
+    """Terminate the fake and wait for it."""
+    fake.proc.terminate()
+    try:
+        fake.proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        fake.proc.kill()
+        fake.proc.wait(timeout=10)
+
+
+HTTP = urllib3.PoolManager(maxsize=16, retries=False, timeout=urllib3.Timeout(connect=5, read=30))
+
+
+def control(fake: Fake, method: str, path: str, body: Any = None) -> Any:
+    """Call the control API; returns decoded JSON, asserting HTTP 200."""
+    data = None if body is None else json.dumps(body).encode()
+    resp = HTTP.request(method, fake.control + path, body=data)
+    assert resp.status == 200, (resp.status, resp.data)
+    return json.loads(resp.data)
+
+
+def control_status(fake: Fake, method: str, path: str, body: Any = None) -> int:
+    """Call the control API and return only the HTTP status."""
+    return HTTP.request(method, fake.control + path, body=json.dumps(body).encode()).status
+
+
+def bedrock_requests(fake: Fake, **query: str) -> list:
+    """Recorded Bedrock requests (optionally filtered by ?test_id=)."""
+    qs = "&".join(f"{k}={v}" for k, v in query.items())
+    return control(fake, "GET", "/bedrock/requests" + (f"?{qs}" if qs else ""))
+
+
+def sts_client(fake: Fake, creds: Optional[dict] = None):
+    """boto3 STS client pointed at the fake."""
+    kwargs = dict(aws_access_key_id="AKIDUNUSED", aws_secret_access_key="unused")
+    if creds:
+        kwargs = dict(aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
+                      aws_session_token=creds.get("SessionToken"))
+    return boto3.client("sts", endpoint_url=fake.sts, region_name=REGION, config=NO_RETRY, **kwargs)
+
+
+def assume(fake: Fake, token: str = "web-identity-token", session: str = "sess-1", **extra: Any) -> dict:
+    """AssumeRoleWithWebIdentity through boto3; returns the full parsed response."""
+    return sts_client(fake).assume_role_with_web_identity(
+        RoleArn=ROLE_ARN, RoleSessionName=session, WebIdentityToken=token, **extra
+    )
+
+
+def runtime_client(fake: Fake, creds: dict, extra_headers: Optional[dict] = None):
+    """boto3 bedrock-runtime client pointed at the fake (optionally adding signed headers)."""
+    client = boto3.client(
+        "bedrock-runtime",
+        endpoint_url=fake.bedrock,
+        region_name=REGION,
+        aws_access_key_id=creds["AccessKeyId"],
+        aws_secret_access_key=creds["SecretAccessKey"],
+        aws_session_token=creds.get("SessionToken"),
+        config=NO_RETRY,
+        verify=fake.ca_path if fake.ca_path else True,
+    )
+    if extra_headers:
+        def add(request: AWSRequest, **_: Any) -> None:
+            for k, v in extra_headers.items():
+                request.headers[k] = v
+        client.meta.events.register("before-sign.bedrock-runtime.*", add)
+    return client
+
+
+def sign(
+    url: str,
+    body: bytes,
+    creds: dict,
+    *,
+    method: str = "POST",
+    service: str = "bedrock",
+    region: str = REGION,
+    headers: Optional[dict] = None,
+    when: Optional[dt.datetime] = None,
+) -> dict:
+    """Headers of a request signed by botocore (optionally at a fixed time)."""
+    req = AWSRequest(method=method, url=url, headers={"Content-Type": "application/json", **(headers or {})}, data=body)
+    signer = SigV4Auth(Credentials(creds["AccessKeyId"], creds["SecretAccessKey"], creds.get("SessionToken")), service, region)
+    if when is None:
+        signer.add_auth(req)
+    else:
+        with mock.patch.object(botocore.auth, "get_current_datetime", return_value=when):
+            signer.add_auth(req)
+    return dict(req.headers.items())
+
+
+def send(url: str, body: bytes, headers: dict, method: str = "POST", ca: Optional[str] = None) -> urllib3.BaseHTTPResponse:
+    """Send a raw request (urllib3; Host comes from the URL, as signed)."""
+    pool = HTTP if ca is None else urllib3.PoolManager(ca_certs=ca, retries=False)
+    return pool.request(method, url, body=body, headers=headers)
+
+
+def converse_body(text: str = "hello there") -> bytes:
+    return json.dumps({"messages": [{"role": "user", "content": [{"text": text}]}]}).encode()
+
+
+def decode_events(data: bytes) -> list:
+    """Decode an event-stream byte string with botocore's decoder."""
+    buf = EventStreamBuffer()
+    buf.add_data(data)
+    return [(m.headers, m.payload) for m in buf]
+
+
+# --------------------------------------------------------------------------
+# Fixtures
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory: pytest.TempPathFactory):
+    f = start_fake(tmp_path_factory.mktemp("fake"))
+    yield f
+    stop_fake(f)
+    if os.environ.get("FAKE_AWS_SHOW_LOG"):
+        print(f.stderr(), file=sys.stderr)
+
+
+@pytest.fixture(autouse=True)
+def _reset(request: pytest.FixtureRequest):
+    if "fake" in request.fixturenames:
+        control(request.getfixturevalue("fake"), "POST", "/reset", {})
+    yield
+
+
+@pytest.fixture
+def sts_creds(fake: Fake) -> dict:
+    return assume(fake)["Credentials"]
+
+
+@pytest.fixture
+def static_creds(fake: Fake) -> dict:
+    creds = {"AccessKeyId": "AKIASTATICFAKE000001", "SecretAccessKey": "static/secret/key/for/tests/only/0000000"}
+    control(fake, "POST", "/static_keys", {"access_key_id": creds["AccessKeyId"], "secret_access_key": creds["SecretAccessKey"]})
+    return creds
+
+
+@pytest.fixture(scope="module")
+def tls_fake(tmp_path_factory: pytest.TempPathFactory):
+    trustme = pytest.importorskip("trustme")
+    tmp = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp / "server.pem"))
+    cert.private_key_pem.write_to_path(str(tmp / "server.key"))
+    ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
+    f = start_fake(tmp, "--tls-cert", str(tmp / "server.pem"), "--tls-key", str(tmp / "server.key"))
+    f.ca_path = str(tmp / "ca.pem")
+    yield f
+    stop_fake(f)
+
+
+# --------------------------------------------------------------------------
+# eventstream.py
+# --------------------------------------------------------------------------
+
+
+def test_eventstream_decodes_with_botocore():
+    messages = [
+        eventstream.event("messageStart", b'{"role":"assistant"}'),
+        eventstream.event("contentBlockDelta", json.dumps({"delta": {"text": "h\u00e9llo \u2603"}}).encode()),
+        eventstream.event("empty", b""),
+        eventstream.exception("throttlingException", b'{"message":"slow down"}'),
+    ]
+    data = b"".join(messages)
+    buf = EventStreamBuffer()
+    for i in range(0, len(data), 7):  # feed in awkward splits
+        buf.add_data(data[i:i + 7])
+    decoded = list(buf)
+    assert [m.headers for m in decoded] == [
+        {":message-type": "event", ":event-type": "messageStart", ":content-type": "application/json"},
+        {":message-type": "event", ":event-type": "contentBlockDelta", ":content-type": "application/json"},
+        {":message-type": "event", ":event-type": "empty", ":content-type": "application/json"},
+        {":message-type": "exception", ":exception-type": "throttlingException", ":content-type": "application/json"},
+    ]
+    assert decoded[1].payload.decode() == json.dumps({"delta": {"text": "h\u00e9llo \u2603"}})
+    assert decoded[2].payload == b""
+    assert all(m.prelude.total_length == len(raw) for m, raw in zip(decoded, messages))
+
+
+def test_eventstream_crc_is_checked():
+    raw = bytearray(eventstream.event("x", b"{}"))
+    raw[-1] ^= 0xFF
+    buf = EventStreamBuffer()
+    buf.add_data(bytes(raw))
+    with pytest.raises(Exception):
+        list(buf)
+
+
+# --------------------------------------------------------------------------
+# Startup
+# --------------------------------------------------------------------------
+
+
+def test_ready_line_matches_ready_file(fake: Fake):
+    info = json.loads(fake.ready_line)
+    assert info == json.loads(fake.ready_file.read_text())
+    assert info["sts"].startswith("http://127.0.0.1:")
+    assert info["bedrock"].startswith("http://127.0.0.1:")
+    assert info["control"] == info["sts"] + "/_control"
+
+
+# --------------------------------------------------------------------------
+# Fake STS
+# --------------------------------------------------------------------------
+
+
+def test_assume_role_response_parses_with_boto3(fake: Fake):
+    before = dt.datetime.now(dt.timezone.utc)
+    resp = assume(fake, token="tok-123", session="pod-a")
+    creds = resp["Credentials"]
+    assert creds["AccessKeyId"].startswith("ASIA") and len(creds["AccessKeyId"]) == 20
+    assert creds["AccessKeyId"][4:].isalnum() and creds["AccessKeyId"][4:].upper() == creds["AccessKeyId"][4:]
+    assert len(creds["SecretAccessKey"]) == 40 and creds["SessionToken"]
+    assert dt.timedelta(seconds=3590) < creds["Expiration"] - before <= dt.timedelta(seconds=3601)
+    assert resp["AssumedRoleUser"]["Arn"] == "arn:aws:sts::123456789012:assumed-role/bedrock-broker/pod-a"
+    assert resp["AssumedRoleUser"]["AssumedRoleId"].endswith(":pod-a")
+    assert resp["Audience"] and resp["Provider"] and resp["SubjectFromWebIdentityToken"]
+    second = assume(fake, token="tok-123", session="pod-a")["Credentials"]
+    assert second["AccessKeyId"] != creds["AccessKeyId"], "fresh credentials on every call"
+    calls = control(fake, "GET", "/sts/calls")
+    assert [c["token"] for c in calls] == ["tok-123", "tok-123"]
+    assert calls[0]["role_arn"] == ROLE_ARN and calls[0]["role_session_name"] == "pod-a"
+    assert calls[0]["result"] == "ok" and calls[0]["access_key_id"] == creds["AccessKeyId"]
+    assert calls[0]["signed"] is False
+
+
+def test_assume_role_lifetime_rounds_expiration_down(fake: Fake):
+    control(fake, "POST", "/sts", {"lifetime_seconds": 2.5})
+    t0 = time.time()
+    creds = assume(fake)["Credentials"]
+    call = control(fake, "GET", "/sts/calls")[-1]
+    assert t0 + 2.5 <= call["expires_at"] <= time.time() + 2.5
+    assert creds["Expiration"].timestamp() == int(call["expires_at"]) <= call["expires_at"]
+
+
+def test_duration_seconds_used_when_lifetime_not_configured(fake: Fake):
+    t0 = time.time()
+    assume(fake, DurationSeconds=900)
+    call = control(fake, "GET", "/sts/calls")[-1]
+    assert call["duration_seconds"] == "900"
+    assert abs(call["expires_at"] - (t0 + 900)) < 5
+
+
+@pytest.mark.parametrize(
+    "role_arn, session, message_part",
+    [
+        ("arn:aws:iam::12345:role/x", "sess", "roleArn"),
+        ("arn:aws:iam::123456789012:user/x", "sess", "roleArn"),
+        (ROLE_ARN, "s", "roleSessionName"),
+        (ROLE_ARN, "bad session!", "roleSessionName"),
+    ],
+)
+def test_assume_role_validation(fake: Fake, role_arn: str, session: str, message_part: str):
+    # Raw form post: boto3 would reject some of these client-side.
+    form = urllib.parse.urlencode({"Action": "AssumeRoleWithWebIdentity", "Version": "2011-06-15", "RoleArn": role_arn,
+                                   "RoleSessionName": session, "WebIdentityToken": "tok1"})
+    resp = HTTP.request("POST", fake.sts + "/", body=form.encode(),
+                        headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert resp.status == 400
+    assert "<Code>ValidationError</Code>" in resp.data.decode() and message_part in resp.data.decode()
+
+
+def test_accept_tokens(fake: Fake):
+    control(fake, "POST", "/sts", {"accept_tokens": ["good-token"]})
+    assert assume(fake, token="good-token")["Credentials"]["AccessKeyId"].startswith("ASIA")
+    with pytest.raises(ClientError) as exc:
+        assume(fake, token="bad-token")
+    assert exc.value.response["Error"]["Code"] == "InvalidIdentityToken"
+    assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    control(fake, "POST", "/sts", {"accept_tokens": None})
+    assume(fake, token="anything")
+    results = [(c["token"], c["result"], c["error_code"]) for c in control(fake, "GET", "/sts/calls")]
+    assert results == [("good-token", "ok", None), ("bad-token", "error", "InvalidIdentityToken"), ("anything", "ok", None)]
+
+
+def test_fail_next_then_recover(fake: Fake):
+    control(fake, "POST", "/sts", {"fail_next": 2, "fail_code": "IDPCommunicationError"})
+    for _ in range(2):
+        with pytest.raises(ClientError) as exc:
+            assume(fake)
+        assert exc.value.response["Error"]["Code"] == "IDPCommunicationError"
+    assert assume(fake)["Credentials"]["AccessKeyId"].startswith("ASIA")
+
+
+@pytest.mark.parametrize(
+    "code, status, expected_status",
+    [("InternalFailure", None, 500), ("AccessDenied", None, 403), ("Throttling", 503, 503), ("ExpiredTokenException", None, 400)],
+)
+def test_fail_always_codes_and_status(fake: Fake, code: str, status: Optional[int], expected_status: int):
+    cfg: dict = {"fail_always": True, "fail_code": code}
+    if status:
+        cfg["fail_status"] = status
+    control(fake, "POST", "/sts", cfg)
+    for _ in range(2):
+        resp = HTTP.request("POST", fake.sts + "/", body=b"Action=AssumeRoleWithWebIdentity&Version=2011-06-15",
+                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert resp.status == expected_status
+        assert f"<Code>{code}</Code>" in resp.data.decode()
+        assert ("<Type>Receiver</Type>" if expected_status >= 500 else "<Type>Sender</Type>") in resp.data.decode()
+
+
+def test_sts_delay_is_applied(fake: Fake):
+    control(fake, "POST", "/sts", {"delay_seconds": 0.3})
+    t0 = time.monotonic()
+    assume(fake)
+    assert time.monotonic() - t0 >= 0.3
+
+
+def test_get_caller_identity(fake: Fake, sts_creds: dict, static_creds: dict):
+    ident = sts_client(fake, sts_creds).get_caller_identity()
+    assert ident["Arn"] == "arn:aws:sts::123456789012:assumed-role/bedrock-broker/sess-1"
+    assert ident["Account"] == "123456789012" and ident["UserId"].endswith(":sess-1")
+    assert sts_client(fake, static_creds).get_caller_identity()["Arn"] == "arn:aws:iam::123456789012:user/static-user"
+
+
+@pytest.mark.parametrize(
+    "mutate, code",
+    [
+        (lambda c: {**c, "SecretAccessKey": "wrong" + c["SecretAccessKey"][5:]}, "SignatureDoesNotMatch"),
+        (lambda c: {**c, "AccessKeyId": "ASIAUNKNOWNKEY000000"}, "InvalidClientTokenId"),
+        (lambda c: {**c, "SessionToken": "not-the-issued-token"}, "InvalidClientTokenId"),
+    ],
+)
+def test_get_caller_identity_rejections(fake: Fake, sts_creds: dict, mutate: Callable, code: str):
+    with pytest.raises(ClientError) as exc:
+        sts_client(fake, mutate(sts_creds)).get_caller_identity()
+    assert exc.value.response["Error"]["Code"] == code
+    assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+
+def test_get_caller_identity_expired(fake: Fake, sts_creds: dict):
+    control(fake, "POST", "/credentials/expire", {"access_key_id": sts_creds["AccessKeyId"]})
+    with pytest.raises(ClientError) as exc:
+        sts_client(fake, sts_creds).get_caller_identity()
+    assert exc.value.response["Error"]["Code"] == "ExpiredToken"
+
+
+def test_unknown_action(fake: Fake):
+    resp = HTTP.request("POST", fake.sts + "/", body=b"Action=Nope&Version=2011-06-15")
+    assert resp.status == 400 and b"<Code>InvalidAction</Code>" in resp.data
+
+
+# --------------------------------------------------------------------------
+# Fake Bedrock via boto3 (SigV4 signed by botocore)
+# --------------------------------------------------------------------------
+
+
+def test_boto3_converse_and_invoke(fake: Fake, sts_creds: dict):
+    client = runtime_client(fake, sts_creds, {"x-test-id": "t-conv", "x-llamastack-provider-data": "{}"})
+    out = client.converse(modelId=MODEL, messages=[{"role": "user", "content": [{"text": "ping"}]}])
+    assert out["output"]["message"]["content"][0]["text"] == f"fake reply from {MODEL} to: ping"
+    assert out["stopReason"] == "end_turn" and out["usage"]["totalTokens"] > 0
+
+    body = json.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 10,
+                       "messages": [{"role": "user", "content": "pong"}]})
+    inv = client.invoke_model(modelId=MODEL, body=body, contentType="application/json", accept="application/json")
+    assert inv["contentType"] == "application/json"
+    assert json.loads(inv["body"].read())["content"][0]["text"] == f"fake reply from {MODEL} to: pong"
+
+    recs = bedrock_requests(fake, test_id="t-conv")
+    assert [r["route"] for r in recs] == ["converse", "invoke"]
+    for r in recs:
+        assert r["verified"] and r["status"] == 200 and r["auth"] == f"sigv4:{sts_creds['AccessKeyId']}"
+        assert r["model_id"] == MODEL
+        assert r["raw_path"].startswith("/model/anthropic.claude-3-haiku-20240307-v1%3A0/")
+        assert r["headers_present"]["x-llamastack-provider-data"] and r["headers_present"]["x-amz-security-token"]
+        assert r["security_token_signed"] is True
+        assert "host" in r["signed_headers"] and "x-amz-date" in r["signed_headers"]
+        assert r["user_agent"] and "botocore" in r["user_agent"].lower()
+    assert recs[1]["body_sha256"] and json.loads(recs[1]["body"])["messages"][0]["content"] == "pong"
+
+
+def test_boto3_converse_stream(fake: Fake, sts_creds: dict):
+    client = runtime_client(fake, sts_creds, {"x-fake-chunks": "4"})
+    events = list(client.converse_stream(modelId=MODEL, messages=[{"role": "user", "content": [{"text": "s"}]}])["stream"])
+    kinds = [next(iter(e)) for e in events]
+    assert kinds == ["messageStart"] + ["contentBlockDelta"] * 4 + ["contentBlockStop", "messageStop", "metadata"]
+    text = "".join(e["contentBlockDelta"]["delta"]["text"] for e in events if "contentBlockDelta" in e)
+    assert text.startswith(f"fake reply from {MODEL} to: s") and text.endswith("<chunk 4/4>")
+    assert events[-2]["messageStop"]["stopReason"] == "end_turn"
+    assert events[-1]["metadata"]["usage"]["totalTokens"] > 0
+    stream_id = bedrock_requests(fake)[-1]["stream_id"]
+    status = control(fake, "GET", f"/stream/{stream_id}")
+    assert status["chunks_sent"] == 4 and status["finished"] and not status["client_disconnected"]
+
+
+def test_boto3_converse_stream_zero_chunks(fake: Fake, sts_creds: dict):
+    client = runtime_client(fake, sts_creds, {"x-fake-chunks": "0"})
+    events = list(client.converse_stream(modelId=MODEL, messages=[{"role": "user", "content": [{"text": "s"}]}])["stream"])
+    assert [next(iter(e)) for e in events] == ["messageStart", "contentBlockStop", "messageStop", "metadata"]
+
+
+def test_boto3_invoke_with_response_stream(fake: Fake, sts_creds: dict):
+    client = runtime_client(fake, sts_creds, {"x-fake-chunks": "3"})
+    body = json.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": "yo"}]}]})
+    resp = client.invoke_model_with_response_stream(modelId=MODEL, body=body)
+    chunks = [json.loads(e["chunk"]["bytes"]) for e in resp["body"]]
+    types = [c["type"] for c in chunks]
+    assert types == ["message_start", "content_block_start"] + ["content_block_delta"] * 3 + [
+        "content_block_stop", "message_delta", "message_stop"]
+    text = "".join(c["delta"]["text"] for c in chunks if c["type"] == "content_block_delta")
+    assert text.startswith(f"fake reply from {MODEL} to: yo") and "<chunk 3/3>" in text
+
+
+def test_inference_profile_arn_is_percent_encoded_in_path(fake: Fake, sts_creds: dict):
+    client = runtime_client(fake, sts_creds)
+    out = client.converse(modelId=PROFILE_ARN, messages=[{"role": "user", "content": [{"text": "arn"}]}])
+    assert PROFILE_ARN in out["output"]["message"]["content"][0]["text"]
+    rec = bedrock_requests(fake)[-1]
+    assert rec["raw_path"] == "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Ainference-profile%2Fus.anthropic.claude-3-haiku-20240307-v1%3A0/converse"
+    assert rec["model_id"] == PROFILE_ARN and rec["verified"]
+    # botocore double-encodes '%' in the canonical URI (non-S3 SigV4 rule).
+    assert "%253Aaws%253Abedrock" in rec["canonical_request"].split("\n")[1]
+
+
+def test_raw_colon_in_path_is_accepted(fake: Fake, sts_creds: dict):
+    url = f"{fake.bedrock}/model/{MODEL}/converse"
+    body = converse_body()
+    resp = send(url, body, sign(url, body, sts_creds))
+    assert resp.status == 200, resp.data
+    rec = bedrock_requests(fake)[-1]
+    assert rec["raw_path"] == f"/model/{MODEL}/converse" and rec["model_id"] == MODEL
+    assert rec["canonical_request"].split("\n")[1] == "/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse"
+
+
+def test_unencoded_arn_slash_is_not_a_route(fake: Fake, sts_creds: dict):
+    url = f"{fake.bedrock}/model/{PROFILE_ARN}/converse"
+    body = converse_body()
+    resp = send(url, body, sign(url, body, sts_creds))
+    assert resp.status == 404
+    assert resp.headers["x-amzn-ErrorType"] == "UnknownOperationException"
+
+
+def test_query_string_is_signed(fake: Fake, static_creds: dict):
+    url = f"{fake.bedrock}/openai/v1/models?b=2&a=1"
+    resp = send(url, b"", sign(url, b"", static_creds, method="GET"), method="GET")
+    assert resp.status == 200, resp.data
+    assert json.loads(resp.data)["object"] == "list"
+    rec = bedrock_requests(fake)[-1]
+    assert rec["query"] == "b=2&a=1" and rec["auth"] == f"sigv4:{static_creds['AccessKeyId']}"
+
+
+def test_unsigned_security_token_is_accepted_and_recorded(fake: Fake, sts_creds: dict):
+    url = f"{fake.bedrock}/model/{MODEL}/converse"
+    body = converse_body()
+    headers = sign(url, body, {**sts_creds, "SessionToken": None})
+    headers["X-Amz-Security-Token"] = sts_creds["SessionToken"]
+    assert send(url, body, headers).status == 200
+    assert bedrock_requests(fake)[-1]["security_token_signed"] is False
+
+
+def test_static_key_with_session_token(fake: Fake):
+    creds = {"AccessKeyId": "AKIASTATICWITHTOKEN1", "SecretAccessKey": "s" * 40, "SessionToken": "static-token"}
+    control(fake, "POST", "/static_keys", {"access_key_id": creds["AccessKeyId"], "secret_access_key": creds["SecretAccessKey"],
+                                           "session_token": creds["SessionToken"]})
+    url = f"{fake.bedrock}/model/{MODEL}/converse"
+    assert send(url, converse_body(), sign(url, converse_body(), creds)).status == 200
+    assert send(url, converse_body(), sign(url, converse_body(), {**creds, "SessionToken": None})).status == 403
+
+
+# --------------------------------------------------------------------------
+# Fake Bedrock: rejections
+# --------------------------------------------------------------------------
+
+def _tamper_cases():
+    """(name, builder(url, body, creds) -> (body, headers), error type, rejection substring)."""
+
+    def body_changed(url, body, creds):
+        return body + b" ", sign(url, body, creds)
+
+    def signed_header_changed(url, body, creds):
+        headers = sign(url, body, creds, headers={"x-test-id": "a"})
+        headers["x-test-id"] = "b"
+        return body, headers
+
+    def wrong_secret(url, body, creds):
+        return body, sign(url, body, {**creds, "SecretAccessKey": "x" * 40})
+
+    def unknown_key(url, body, creds):
+        return body, sign(url, body, {**creds, "AccessKeyId": "ASIAUNKNOWN000000000"})
+
+    def missing_token(url, body, creds):
+        headers = sign(url, body, creds)
+        del headers["X-Amz-Security-Token"]
+        return body, headers
+
+    def wrong_token(url, body, creds):
+        return body, sign(url, body, {**creds, "SessionToken": "forged"})
+
+    def wrong_region(url, body, creds):
+        return body, sign(url, body, creds, region="eu-west-1")
+
+    def wrong_service(url, body, creds):
+        return body, sign(url, body, creds, service="bedrock-runtime")
+
+    def stale_date(url, body, creds):
+        old = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - dt.timedelta(minutes=6)
+        return body, sign(url, body, creds, when=old)
+
+    def content_sha_lie(url, body, creds):
+        return body, sign(url, body, creds, headers={"X-Amz-Content-SHA256": "0" * 64})
+
+    def user_agent_signed(url, body, creds):
+        headers = sign(url, body, creds)
+        headers["Authorization"] = headers["Authorization"].replace(
+            "SignedHeaders=content-type;host;", "SignedHeaders=content-type;host;user-agent;")
+        headers["User-Agent"] = "ua"
+        return body, headers
+
+    def host_not_signed(url, body, creds):
+        headers = sign(url, body, creds)
+        headers["Authorization"] = headers["Authorization"].replace(";host;", ";")
+        return body, headers
+
+    return [
+        ("body_changed", body_changed, "InvalidSignatureException", "signature mismatch"),
+        ("signed_header_changed", signed_header_changed, "InvalidSignatureException", "signature mismatch"),
+        ("wrong_secret", wrong_secret, "InvalidSignatureException", "signature mismatch"),
+        ("unknown_key", unknown_key, "UnrecognizedClientException", "unknown access key"),
+        ("missing_token", missing_token, "UnrecognizedClientException", "missing"),
+        ("wrong_token", wrong_token, "UnrecognizedClientException", "does not match"),
+        ("wrong_region", wrong_region, "InvalidSignatureException", "region"),
+        ("wrong_service", wrong_service, "InvalidSignatureException", "service"),
+        ("stale_date", stale_date, "InvalidSignatureException", "Signature expired"),
+        ("content_sha_lie", content_sha_lie, "InvalidSignatureException", "X-Amz-Content-SHA256"),
+        ("user_agent_signed", user_agent_signed, "InvalidSignatureException", "user-agent"),
+        ("host_not_signed", host_not_signed, "InvalidSignatureException", "'host'"),
+    ]
+
+
+@pytest.mark.parametrize("name, build, error_type, reason", _tamper_cases(), ids=[c[0] for c in _tamper_cases()])
+def test_tampered_sigv4_rejected(fake: Fake, sts_creds: dict, name: str, build: Callable, error_type: str, reason: str):
+    url = f"{fake.bedrock}/model/{MODEL}/converse"
+    body, headers = build(url, converse_body(), sts_creds)
+    resp = send(url, body, headers)
+    assert resp.status == 403, resp.data
+    assert resp.headers["x-amzn-ErrorType"] == error_type
+    assert resp.headers["Content-Type"].startswith("application/json")
+    assert "message" in json.loads(resp.data)
+    rec = bedrock_requests(fake)[-1]
+    assert rec["auth_kind"] == "sigv4" and rec["verified"] is False and rec["status"] == 403
+    assert reason in rec["rejection"], rec["rejection"]
+    if error_type == "InvalidSignatureException" and "mismatch" in reason:
+        assert json.loads(resp.data)["message"].startswith("The request signature we calculated does not match")
+        assert "canonical request" in fake.stderr()
+
+
+def test_expired_sts_credentials_rejected_after_lifetime(fake: Fake):
+    control(fake, "POST", "/sts", {"lifetime_seconds": 1.0})
+    creds = assume(fake)["Credentials"]
+    url = f"{fake.bedrock}/model/{MODEL}/converse"
+
+    def status() -> int:
+        return send(url, converse_body(), sign(url, converse_body(), creds)).status
+
+    assert status() == 200
+    wait_until(lambda: status() == 403, timeout=10, interval=0.2, what="credentials to expire")
+    rec = bedrock_requests(fake)[-1]
+    assert rec["error_type"] == "ExpiredTokenException" and rec["rejection"].startswith("expired")
+
+
+def test_missing_or_foreign_auth(fake: Fake):
+    url = f"{fake.bedrock}/model/{MODEL}/converse"
+    for headers in ({}, {"Authorization": "Basic dXNlcjpwYXNz"}):
+        resp = send(url, converse_body(), headers)
+        assert resp.status == 403
+        assert resp.headers["x-amzn-ErrorType"] == "MissingAuthenticationTokenException"
+        assert json.loads(resp.data) == {"message": "Missing Authentication Token"}
+    assert [r["auth_kind"] for r in bedrock_requests(fake)] == ["none", "none"]
+
+
+def test_auth_checked_before_routing(fake: Fake):
+    resp = send(f"{fake.bedrock}/no/such/path", b"", {}, method="GET")
+    assert resp.status == 403
+    resp = send(f"{fake.bedrock}/no/such/path", b"", {"Authorization": "Bearer ABSK-x"}, method="GET")
+    assert resp.status == 404 and json.loads(resp.data) == {"message": "UnknownOperationException"}
+
+
+def test_signing_name_configurable(fake: Fake, static_creds: dict):
+    control(fake, "POST", "/bedrock", {"signing_name": "bedrock-runtime"})
+    url = f"{fake.bedrock}/model/{MODEL}/converse"
+    assert send(url, converse_body(), sign(url, converse_body(), static_creds)).status == 403
+    assert send(url, converse_body(), sign(url, converse_body(), static_creds, service="bedrock-runtime")).status == 200
+
+
+# --------------------------------------------------------------------------
+# Bearer tokens and the OpenAI-compatible API
+# --------------------------------------------------------------------------
+
+
+def test_bearer_tokens_default_and_configured(fake: Fake):
+    url = f"{fake.bedrock}/model/{MODEL}/converse"
+
+    def call(token: str) -> urllib3.BaseHTTPResponse:
+        return send(url, converse_body(), {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+
+    assert call("bedrock-api-key-abc").status == 200
+    assert call("ABSKxyz").status == 200
+    bad = call("sk-nope")
+    assert bad.status == 403 and json.loads(bad.data) == {"message": "Invalid API key"}
+    assert bad.headers["x-amzn-ErrorType"] == "UnrecognizedClientException"
+    control(fake, "POST", "/bearer_tokens", {"tokens": ["only-this"]})
+    assert call("only-this").status == 200
+    assert call("ABSKxyz").status == 403
+    recs = bedrock_requests(fake)
+    assert [r["auth"] for r in recs] == ["bearer:bedrock-api-key-abc", "bearer:ABSKxyz", "bearer:sk-nope", "bearer:only-this", "bearer:ABSKxyz"]
+    assert [r["verified"] for r in recs] == [True, True, False, True, False]
+
+
+def test_botocore_bearer_token_env(tls_fake: Fake, monkeypatch: pytest.MonkeyPatch):
+    # botocore only sends bearer tokens over HTTPS, hence the TLS fake.
+    control(tls_fake, "POST", "/reset", {})
+    monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", "bedrock-api-key-from-env")
+    client = boto3.client("bedrock-runtime", endpoint_url=tls_fake.bedrock, region_name=REGION, config=NO_RETRY,
+                          verify=tls_fake.ca_path)
+    out = client.converse(modelId=MODEL, messages=[{"role": "user", "content": [{"text": "env"}]}])
+    assert out["output"]["message"]["content"][0]["text"].endswith("to: env")
+    assert bedrock_requests(tls_fake)[-1]["auth"] == "bearer:bedrock-api-key-from-env"
+
+
+def test_openai_sdk(fake: Fake):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{fake.bedrock}/openai/v1", api_key="bedrock-api-key-oai", max_retries=0,
+                           default_headers={"x-test-id": "oai"})
+    out = client.chat.completions.create(model="openai.gpt-oss-20b-1:0", messages=[{"role": "user", "content": "hey"}])
+    assert out.choices[0].message.content == "fake reply from openai.gpt-oss-20b-1:0 to: hey"
+    assert out.usage.total_tokens > 0
+
+    stream = client.chat.completions.create(
+        model="m1", messages=[{"role": "user", "content": "yo"}], stream=True,
+        stream_options={"include_usage": True}, extra_headers={"x-fake-chunks": "3"})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.startswith("fake reply from m1 to: yo") and text.endswith("<chunk 3/3>")
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+
+    models = client.models.list()
+    assert "openai.gpt-oss-20b-1:0" in [m.id for m in models.data]
+
+    bad = openai.OpenAI(base_url=f"{fake.bedrock}/openai/v1", api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError):
+        bad.models.list()
+    recs = bedrock_requests(fake, test_id="oai")
+    assert [r["route"] for r in recs] == ["openai-chat", "openai-chat", "openai-models"]
+    assert all(r["auth"] == "bearer:bedrock-api-key-oai" for r in recs)
+
+
+def test_openai_sse_wire_format(fake: Fake):
+    resp = send(f"{fake.bedrock}/openai/v1/chat/completions",
+                json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]}).encode(),
+                {"Authorization": "Bearer ABSK1", "x-fake-chunks": "2"})
+    assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
+    frames = resp.data.decode().split("\n\n")
+    assert frames[-2:] == ["data: [DONE]", ""]
+    assert all(f.startswith("data: ") for f in frames[:-1])
+    assert json.loads(frames[0][6:])["object"] == "chat.completion.chunk"
+
+
+# --------------------------------------------------------------------------
+# Error injection
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status, error_type", [(429, "ThrottlingException"), (400, "ValidationException"),
+                                                (500, "InternalServerException"), (503, "ServiceUnavailableException")])
+def test_fake_status_passthrough(fake: Fake, sts_creds: dict, status: int, error_type: str):
+    client = runtime_client(fake, sts_creds, {"x-fake-status": str(status)})
+    with pytest.raises(ClientError) as exc:
+        client.converse(modelId=MODEL, messages=[{"role": "user", "content": [{"text": "e"}]}])
+    assert exc.value.response["Error"]["Code"] == error_type
+    assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
+
+
+def test_bad_fake_header_is_a_400(fake: Fake):
+    resp = send(f"{fake.bedrock}/model/{MODEL}/converse-stream", converse_body(),
+                {"Authorization": "Bearer ABSK1", "x-fake-chunks": "many"})
+    assert resp.status == 400 and b"x-fake-chunks" in resp.data
+
+
+def test_double_slash_path_verifies_but_does_not_route(fake: Fake, static_creds: dict):
+    # botocore (both when signing and in the fake) collapses '//' in the canonical URI,
+    # so the signature verifies; routing is on the raw path, so it is not a model route.
+    url = f"{fake.bedrock}//model/{MODEL}/converse"
+    resp = send(url, converse_body(), sign(url, converse_body(), static_creds))
+    assert resp.status == 404
+    rec = bedrock_requests(fake)[-1]
+    assert rec["verified"] and rec["raw_path"].startswith("//model/")
+    assert rec["canonical_request"].split("\n")[1].startswith("/model/")
+
+
+def test_malformed_json_body(fake: Fake):
+    resp = send(f"{fake.bedrock}/model/{MODEL}/converse", b"{not json", {"Authorization": "Bearer ABSK1"})
+    assert resp.status == 400 and resp.headers["x-amzn-ErrorType"] == "ValidationException"
+
+
+def test_control_rejects_unknown_keys(fake: Fake):
+    assert control_status(fake, "POST", "/sts", {"lifetime": 3}) == 400
+    assert control_status(fake, "POST", "/sts", {"fail_code": "Nope"}) == 400
+    assert control_status(fake, "POST", "/bedrock", {"signing": "x"}) == 400
+    assert HTTP.request("GET", fake.control + "/stream/nope").status == 400
+
+
+def test_reset_restores_defaults(fake: Fake, static_creds: dict):
+    control(fake, "POST", "/sts", {"fail_always": True, "lifetime_seconds": 5})
+    control(fake, "POST", "/bearer_tokens", {"tokens": ["x"]})
+    control(fake, "POST", "/reset", {})
+    cfg = control(fake, "GET", "/sts")
+    assert cfg["fail_always"] is False and cfg["lifetime_seconds"] is None
+    assert control(fake, "GET", "/sts/calls") == [] and bedrock_requests(fake) == []
+    assert send(f"{fake.bedrock}/openai/v1/models", b"", {"Authorization": "Bearer ABSK1"}, method="GET").status == 200
+    keys = [c["access_key_id"] for c in control(fake, "GET", "/credentials")]
+    assert static_creds["AccessKeyId"] not in keys
+
+
+# --------------------------------------------------------------------------
+# Streaming: real flushing, lockstep, disconnects
+# --------------------------------------------------------------------------
+
+
+async def _open_stream(session: aiohttp.ClientSession, fake: Fake, headers: dict) -> aiohttp.ClientResponse:
+    """Start a converse-stream request authenticated with a bearer token."""
+    resp = await session.post(
+        f"{fake.bedrock}/model/{MODEL}/converse-stream",
+        data=converse_body("stream me"),
+        headers={"Authorization": "Bearer ABSK-stream", "Content-Type": "application/json", **headers},
+    )
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "application/vnd.amazon.eventstream"
+    return resp
+
+
+async def _read_events(resp: aiohttp.ClientResponse, buf: EventStreamBuffer, want: int, timeout: float = 10.0) -> list:
+    """Read until ``want`` more complete events are decoded."""
+    got: list = []
+    async with asyncio.timeout(timeout):
+        while len(got) < want:
+            data = await resp.content.readany()
+            if not data:
+                break
+            buf.add_data(data)
+            got.extend(buf)
+    return got
+
+
+def _event_types(events: list) -> list:
+    return [m.headers[":event-type"] for m in events]
+
+
+async def _poll_stream(fake: Fake, stream_id: str, pred: Callable[[dict], bool], timeout: float = 10.0) -> dict:
+    """Poll the stream status endpoint (without blocking the event loop)."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while True:
+            async with s.get(f"{fake.control}/stream/{stream_id}") as r:
+                if r.status == 200:
+                    status = await r.json()
+                    if pred(status):
+                        return status
+            if time.monotonic() > deadline:
+                raise AssertionError(f"stream {stream_id} never satisfied predicate; last {status if r.status == 200 else r.status}")
+            await asyncio.sleep(0.02)
+
+
+async def _release(fake: Fake, stream_id: str) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{fake.control}/stream/release", json={"stream_id": stream_id}) as r:
+            assert r.status == 200
+
+
+def test_stream_delay_chunks_are_flushed(fake: Fake):
+    async def run() -> list:
+        async with aiohttp.ClientSession() as session:
+            resp = await _open_stream(session, fake, {"x-fake-chunks": "3", "x-fake-chunk-delay-ms": "300"})
+            buf, arrivals = EventStreamBuffer(), []
+            while True:
+                data = await resp.content.readany()
+                if not data:
+                    break
+                buf.add_data(data)
+                for m in buf:
+                    arrivals.append((m.headers[":event-type"], time.monotonic()))
+            return arrivals
+
+    arrivals = asyncio.run(run())
+    deltas = [t for kind, t in arrivals if kind == "contentBlockDelta"]
+    assert len(deltas) == 3
+    assert deltas[1] - deltas[0] >= 0.25 and deltas[2] - deltas[1] >= 0.25, "each chunk must arrive separately"
+
+
+def test_lockstep_holds_each_chunk_until_released(fake: Fake):
+    sid = "ls-basic"
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as session:
+            resp = await _open_stream(session, fake, {"x-fake-lockstep": sid, "x-fake-chunks": "3"})
+            buf = EventStreamBuffer()
+            assert _event_types(await _read_events(resp, buf, 2)) == ["messageStart", "contentBlockDelta"]
+            st = await _poll_stream(fake, sid, lambda s: s["waiting_for_release"])
+            assert st["chunks_sent"] == 1 and not st["finished"]
+            await _release(fake, sid)
+            second = await _read_events(resp, buf, 1)
+            assert b"<chunk 2/3>" in second[0].payload
+            await _poll_stream(fake, sid, lambda s: s["waiting_for_release"] and s["chunks_sent"] == 2)
+            await _release(fake, sid)
+            rest = await _read_events(resp, buf, 4)
+            assert _event_types(rest) == ["contentBlockDelta", "contentBlockStop", "messageStop", "metadata"]
+            await _poll_stream(fake, sid, lambda s: s["finished"] and s["chunks_sent"] == 3)
+
+    asyncio.run(run())
+
+
+def test_lockstep_release_before_wait_is_not_lost(fake: Fake):
+    sid = "ls-prerelease"
+    control(fake, "POST", "/stream/release", {"stream_id": sid, "count": 2})
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as session:
+            resp = await _open_stream(session, fake, {"x-fake-lockstep": sid, "x-fake-chunks": "3"})
+            events = await _read_events(resp, EventStreamBuffer(), 7)
+            assert _event_types(events)[-1] == "metadata"
+
+    asyncio.run(run())
+    assert control(fake, "GET", f"/stream/{sid}")["finished"]
+
+
+def test_client_disconnect_while_held_is_recorded(fake: Fake):
+    sid = "ls-disconnect"
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as session:
+            resp = await _open_stream(session, fake, {"x-fake-lockstep": sid, "x-fake-chunks": "3"})
+            await _read_events(resp, EventStreamBuffer(), 2)
+            await _poll_stream(fake, sid, lambda s: s["waiting_for_release"])
+            resp.close()  # drops the connection
+        st = await _poll_stream(fake, sid, lambda s: s["client_disconnected"])
+        assert st["chunks_sent"] == 1 and not st["finished"]
+
+    asyncio.run(run())
+
+
+def test_client_disconnect_during_delay_is_recorded(fake: Fake):
+    async def run() -> None:
+        async with aiohttp.ClientSession() as session:
+            resp = await _open_stream(session, fake, {"x-fake-stream-id": "slow-1", "x-fake-chunks": "5",
+                                                      "x-fake-chunk-delay-ms": "5000"})
+            await _read_events(resp, EventStreamBuffer(), 2)
+            resp.close()
+        await _poll_stream(fake, "slow-1", lambda s: s["client_disconnected"] and s["chunks_sent"] == 1)
+
+    asyncio.run(run())
+
+
+def test_lockstep_gives_up_after_timeout(fake: Fake):
+    sid = "ls-timeout"
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as session:
+            resp = await _open_stream(session, fake, {"x-fake-lockstep": sid, "x-fake-chunks": "3",
+                                                      "x-fake-lockstep-timeout-ms": "200"})
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+        st = await _poll_stream(fake, sid, lambda s: s["gave_up"])
+        assert st["chunks_sent"] == 1 and not st["finished"]
+
+    asyncio.run(run())
+
+
+def test_abort_after_k_chunks(fake: Fake):
+    async def run() -> None:
+        async with aiohttp.ClientSession() as session:
+            resp = await _open_stream(session, fake, {"x-fake-stream-id": "abort-1", "x-fake-chunks": "4",
+                                                      "x-fake-abort-after": "2"})
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+        st = await _poll_stream(fake, "abort-1", lambda s: s["aborted"])
+        assert st["chunks_sent"] == 2 and not st["finished"]
+
+    asyncio.run(run())
+
+
+# --------------------------------------------------------------------------
+# Concurrency, keep-alive, TLS
+# --------------------------------------------------------------------------
+
+
+def test_many_concurrent_requests_with_mixed_auth(fake: Fake, sts_creds: dict, static_creds: dict):
+    url = f"{fake.bedrock}/model/{MODEL}/converse"
+    body = converse_body("concurrent")
+    kinds = ["sts", "static", "bearer", "bad-bearer", "bad-sig", "stream"] * 10
+
+    def headers_for(kind: str, i: int) -> dict:
+        h = {"x-test-id": f"conc-{i}"}
+        if kind == "sts":
+            return sign(url, body, sts_creds, headers=h)
+        if kind == "static":
+            return sign(url, body, static_creds, headers=h)
+        if kind == "bad-sig":
+            return sign(url, body, {**static_creds, "SecretAccessKey": "z" * 40}, headers=h)
+        token = "ABSK-ok" if kind in ("bearer", "stream") else "nope"
+        return {**h, "Authorization": f"Bearer {token}", "Content-Type": "application/json",
+                **({"x-fake-chunks": "3", "x-fake-chunk-delay-ms": "20"} if kind == "stream" else {})}
+
+    prepared = [(kind, headers_for(kind, i)) for i, kind in enumerate(kinds)]
+
+    async def one(session: aiohttp.ClientSession, kind: str, headers: dict) -> tuple:
+        target = url.replace("/converse", "/converse-stream") if kind == "stream" else url
+        # Host is signed as 127.0.0.1:PORT, which is what aiohttp sends.
+        async with session.post(target, data=body, headers=headers) as r:
+            await r.read()
+            return kind, r.status
+
+    async def run() -> list:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=12)) as session:
+            return await asyncio.gather(*(one(session, k, h) for k, h in prepared))
+
+    results = asyncio.run(run())
+    expected = {"sts": 200, "static": 200, "bearer": 200, "stream": 200, "bad-bearer": 403, "bad-sig": 403}
+    assert all(status == expected[kind] for kind, status in results), results
+    recs = bedrock_requests(fake)
+    assert len(recs) == len(kinds)
+    by_id = {r["x_test_id"]: r for r in recs}
+    for i, kind in enumerate(kinds):
+        assert by_id[f"conc-{i}"]["verified"] == (expected[kind] == 200)
+    assert len({r["peer_port"] for r in recs}) <= 12, "connections are kept alive and reused"
+
+
+def test_tls_bedrock(tls_fake: Fake):
+    assert tls_fake.bedrock.startswith("https://127.0.0.1:") and tls_fake.sts.startswith("http://")
+    control(tls_fake, "POST", "/reset", {})
+    creds = assume(tls_fake)["Credentials"]
+    client = runtime_client(tls_fake, creds, {"x-fake-chunks": "2"})
+    out = client.converse(modelId=PROFILE_ARN, messages=[{"role": "user", "content": [{"text": "tls"}]}])
+    assert out["output"]["message"]["content"][0]["text"].endswith("to: tls")
+    events = list(client.converse_stream(modelId=MODEL, messages=[{"role": "user", "content": [{"text": "t"}]}])["stream"])
+    assert sum("contentBlockDelta" in e for e in events) == 2
+    url = f"{tls_fake.bedrock}/model/{MODEL}/converse"
+    assert send(url, converse_body(), sign(url, converse_body(), creds), ca=tls_fake.ca_path).status == 200
+    assert all(r["verified"] for r in bedrock_requests(tls_fake))
+
+
+def test_event_payload_base64_roundtrip():
+    """The invoke-stream chunk framing is exactly {"bytes": base64(json)}."""
+    inner = {"type": "content_block_delta", "delta": {"text": "x"}}
+    raw = eventstream.event("chunk", json.dumps({"bytes": base64.b64encode(json.dumps(inner).encode()).decode()}).encode())
+    (headers, payload), = decode_events(raw)
+    assert headers[":event-type"] == "chunk"
+    assert json.loads(base64.b64decode(json.loads(payload)["bytes"])) == inner
+
+
+def _process_gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie awaiting reaping counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_exit_with_parent(tmp_path: Path):
+    ready = tmp_path / "ready.json"
+    launcher = (
+        "import subprocess, sys; "
+        f"p = subprocess.Popen([sys.executable, {str(FAKE)!r}, '--exit-with-parent', '--ready-file', {str(ready)!r}, "
+        f"'--log-file', {str(tmp_path / 'log')!r}], stdout=subprocess.DEVNULL); "
+        "print(p.pid)"
+    )
+    pid = int(subprocess.run([sys.executable, "-c", launcher], capture_output=True, text=True, check=True).stdout)
+    try:
+        wait_until(ready.exists, timeout=20, what="orphaned fake to start")
+        wait_until(lambda: _process_gone(pid), timeout=10, what="orphaned fake to exit")
+        assert "parent" in (tmp_path / "log").read_text()
+    finally:
+        if not _process_gone(pid):
+            os.kill(pid, 9)
