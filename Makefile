@@ -1,0 +1,35 @@
+# One task runner; CI (.ci/run) calls `make test`.
+CARGO ?= cargo
+PY := .venv/bin/python
+
+.PHONY: demo test lint unit e2e build venv fmt clean
+
+## demo: run the whole flow locally (fake STS + fake Bedrock, no AWS account needed)
+demo: build venv
+	$(PY) scripts/demo.py
+
+## test: everything CI runs: format, lints, Rust tests, end-to-end tests with real SDKs
+test: lint unit e2e
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+unit:
+	$(CARGO) test --locked
+
+build:
+	$(CARGO) build --locked
+
+venv:
+	./scripts/venv.sh
+
+e2e: build venv
+	$(PY) -m pytest -q -p no:cacheprovider --timeout 300 tests/fakes tests/e2e
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
+	rm -rf .venv

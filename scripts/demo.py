@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""See the whole bedrock-broker flow locally, without an AWS account.
+
+    projected token file -> fake STS (AssumeRoleWithWebIdentity)
+        -> bedrock-broker sidecar (refresher + signing proxy)
+        -> fake Bedrock (verifies every SigV4 signature with botocore)
+        -> streamed answer back to the OpenAI SDK and boto3
+
+Run it with `make demo`. It keeps the sidecar running afterwards so you can
+try it with curl; Ctrl-C stops everything. `--once` exits after the tour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BINARY = Path(os.environ.get("BEDROCK_BROKER_BIN", ROOT / "target" / "debug" / "bedrock-broker"))
+ROLE_ARN = "arn:aws:iam::123456789012:role/demo-chat-app"
+
+
+def say(text: str) -> None:
+    print(f"\n\033[1m==> {text}\033[0m" if sys.stdout.isatty() else f"\n==> {text}", flush=True)
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception:  # noqa: BLE001 - still starting
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"demo: timed out waiting for {what}")
+
+
+def fake_token() -> str:
+    def enc(obj):
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    claims = {"aud": ["sts.amazonaws.com"], "iss": "https://oidc.demo.local", "sub": "system:serviceaccount:demo:chat-app", "exp": int(time.time()) + 86400}
+    return f"{enc({'alg': 'RS256'})}.{enc(claims)}.ZGVtbw"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--once", action="store_true", help="exit after the tour instead of serving until Ctrl-C")
+    parser.add_argument("--listen", default=os.environ.get("BEDROCK_BROKER_LISTEN", "127.0.0.1:9787"))
+    parser.add_argument("--admin-listen", default=os.environ.get("BEDROCK_BROKER_ADMIN_LISTEN", "127.0.0.1:9788"))
+    parser.add_argument("--lifetime", type=float, default=20.0, help="seconds the fake STS credentials live")
+    args = parser.parse_args()
+
+    import boto3
+    import openai
+    import requests
+    from botocore.config import Config
+
+    work = Path(tempfile.mkdtemp(prefix="bedrock-broker-demo-"))
+    procs: list[subprocess.Popen] = []
+
+    def stop_all(*_):
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    try:
+        say("Starting a fake STS and a fake Bedrock (tests/fakes/fake_aws.py)")
+        ready = work / "fake.json"
+        procs.append(subprocess.Popen(
+            [sys.executable, str(ROOT / "tests/fakes/fake_aws.py"), "--sts-port", "0", "--bedrock-port", "0", "--ready-file", str(ready)],
+            stdout=subprocess.DEVNULL, stderr=open(work / "fake.log", "wb"),
+        ))
+        fake = wait_for(lambda: ready.exists() and ready.stat().st_size and json.loads(ready.read_text()), 30, "the fakes")
+        requests.post(f"{fake['control']}/sts", json={"lifetime_seconds": args.lifetime}, timeout=5).raise_for_status()
+        print(f"   STS:     {fake['sts']}\n   Bedrock: {fake['bedrock']}")
+
+        say("Writing a projected service-account token, as the kubelet would")
+        token = work / "token"
+        token.write_text(fake_token())
+        print(f"   {token}")
+
+        say("Starting bedrock-broker sidecar with only the standard IRSA variables")
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "AWS_REGION": "us-east-1",
+            "AWS_ROLE_ARN": ROLE_ARN,
+            "AWS_WEB_IDENTITY_TOKEN_FILE": str(token),
+            "AWS_ROLE_SESSION_NAME": "demo",
+            "AWS_ENDPOINT_URL_STS": fake["sts"],
+            "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake["bedrock"],
+            "RUST_LOG": os.environ.get("RUST_LOG", "info"),
+        }
+        log = work / "sidecar.log"
+        procs.append(subprocess.Popen(
+            [str(BINARY), "sidecar", "--listen", args.listen, "--admin-listen", args.admin_listen],
+            env=env, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
+        ))
+        admin = f"http://{args.admin_listen}"
+        proxy = f"http://{args.listen}"
+        wait_for(lambda: procs[-1].poll() is None and requests.get(f"{admin}/readyz", timeout=1).status_code == 200, 20, "sidecar readiness (see " + str(log) + ")")
+        calls = requests.get(f"{fake['control']}/sts/calls", timeout=5).json()
+        print(f"   ready: {requests.get(f'{admin}/readyz', timeout=5).text.strip()}")
+        print(f"   STS saw {len(calls)} AssumeRoleWithWebIdentity call(s) for {calls[0].get('role_arn', ROLE_ARN)}")
+
+        say("OpenAI Python SDK, streaming, through the proxy (no AWS code, placeholder API key)")
+        client = openai.OpenAI(base_url=f"{proxy}/openai/v1", api_key="sk-not-used", max_retries=0)
+        stream = client.chat.completions.create(
+            model="openai.gpt-oss-20b-1:0",
+            messages=[{"role": "user", "content": "Say hello from the demo"}],
+            stream=True,
+            extra_headers={"x-fake-chunks": "6", "x-fake-chunk-delay-ms": "250"},
+        )
+        print("   ", end="", flush=True)
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                print(chunk.choices[0].delta.content, end="", flush=True)
+        print()
+
+        say("boto3 bedrock-runtime converse, with an inference-profile ARN as model id")
+        br = boto3.client(
+            "bedrock-runtime", region_name="us-east-1", endpoint_url=proxy,
+            aws_access_key_id="placeholder", aws_secret_access_key="placeholder",
+            config=Config(retries={"max_attempts": 1}),
+        )
+        out = br.converse(
+            modelId="arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-5-haiku-20241022-v1:0",
+            messages=[{"role": "user", "content": [{"text": "Hi from boto3"}]}],
+        )
+        print("   " + out["output"]["message"]["content"][0]["text"])
+
+        recs = requests.get(f"{fake['control']}/bedrock/requests", timeout=5).json()
+        say("What the fake Bedrock verified (independently, with botocore)")
+        for r in recs:
+            print(f"   {r['method']} {r['raw_path'][:70]:70} auth={r['auth_kind']} key={r['access_key_id']} verified={r['verified']}")
+
+        say("Metrics (admin port)")
+        for line in requests.get(f"{admin}/metrics", timeout=5).text.splitlines():
+            if line.startswith(("bedrock_broker_credentials_expiry", "bedrock_broker_credential_refreshes_total", "bedrock_broker_requests_total")):
+                print("   " + line)
+
+        if args.once:
+            say("Done")
+            return 0
+        say("The sidecar keeps running; credentials refresh every ~%ds. Try:" % int(args.lifetime / 2))
+        print(f"""   curl -s {proxy}/openai/v1/chat/completions -H 'content-type: application/json' \\
+        -d '{{"model":"m","messages":[{{"role":"user","content":"hi"}}],"stream":true}}'
+   curl -s {admin}/metrics | grep bedrock_broker_
+   tail -f {log}
+   Ctrl-C to stop.""")
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        print("a process exited; stopping", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

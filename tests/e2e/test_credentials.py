@@ -1,0 +1,154 @@
+"""Credential lifecycle against the fake STS: short lifetimes, failures, rotation."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import openai
+import pytest
+
+from conftest import ROLE_ARN, make_jwt, wait_for
+from test_sdk_clients import MODEL_WITH_COLON, bedrock_client, openai_client
+
+FAST = ["--refresh-max-backoff", "500ms"]
+
+
+def converse(sidecar, tid: str):
+    client = bedrock_client(sidecar)
+
+    def add(request, **_):
+        request.headers["x-test-id"] = tid
+
+    client.meta.events.register_first("before-sign.bedrock-runtime.*", add)
+    return client.converse(modelId=MODEL_WITH_COLON, messages=[{"role": "user", "content": [{"text": "x"}]}])
+
+
+def traffic(sidecar, seconds: float) -> list[str]:
+    """Sends requests back to back for a bounded time; returns their test ids."""
+    ids = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and len(ids) < 2000:
+        tid = uuid.uuid4().hex
+        converse(sidecar, tid)  # raises on any failure
+        ids.append(tid)
+    return ids
+
+
+def test_refreshes_credentials_that_live_for_seconds_without_failing_a_request(start_sidecar, irsa_env, fake_aws):
+    fake_aws.configure_sts(lifetime_seconds=3)
+    sidecar = start_sidecar(irsa_env, FAST)
+    ids = traffic(sidecar, 8)
+    records = fake_aws.requests()
+    assert len(records) == len(ids)
+    assert all(r["verified"] and r["status"] == 200 for r in records), [r for r in records if r["status"] != 200][:3]
+    keys = {r["access_key_id"] for r in records}
+    assert len(keys) >= 3, f"expected several credential generations, saw {keys}"
+    calls = fake_aws.sts_calls()
+    assert all(c["role_arn"] == ROLE_ARN and c["role_session_name"] == "e2e-session" for c in calls)
+    assert sidecar.metric("bedrock_broker_credential_refreshes_total", {"result": "success"}) >= 3
+    assert sidecar.metric("bedrock_broker_credential_refreshes_total", {"result": "failure"}) == 0
+    expiry = sidecar.metric("bedrock_broker_credentials_expiry_timestamp_seconds")
+    assert time.time() - 1 < expiry <= time.time() + 3
+    assert sidecar.stop() == 0
+
+
+def test_keeps_serving_while_sts_fails_then_recovers(start_sidecar, irsa_env, fake_aws):
+    fake_aws.configure_sts(lifetime_seconds=6)
+    sidecar = start_sidecar(irsa_env, FAST)
+    fake_aws.configure_sts(fail_next=3, fail_code="IDPCommunicationError")
+    wait_for(
+        lambda: sidecar.metric("bedrock_broker_credential_refreshes_total", {"result": "failure"}) >= 3,
+        timeout=15,
+        what="three failed refreshes",
+    )
+    # Old credentials are still valid: requests keep working throughout.
+    traffic(sidecar, 1)
+    wait_for(lambda: sidecar.metric("bedrock_broker_credential_refresh_consecutive_failures") == 0, timeout=15, what="recovery")
+    assert sidecar.metric("bedrock_broker_credential_refresh_errors_total", {"class": "transient"}) >= 3
+    assert all(r["status"] == 200 for r in fake_aws.requests())
+    assert sidecar.ready().status_code == 200
+
+
+def test_cold_start_answers_503_and_never_sends_unsigned(start_sidecar, irsa_env, fake_aws):
+    fake_aws.configure_sts(fail_always=True, fail_code="AccessDenied")
+    sidecar = start_sidecar(irsa_env, FAST, wait_ready=False)
+    wait_for(lambda: sidecar.metric("bedrock_broker_credential_refreshes_total", {"result": "failure"}) >= 1, what="a failed refresh")
+
+    ready = sidecar.ready()
+    assert ready.status_code == 503
+    assert ready.json()["ready"] is False
+    assert "AccessDenied" in ready.json()["last_error"]
+
+    with pytest.raises(openai.APIStatusError) as e:
+        openai_client(sidecar).chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+    assert e.value.status_code == 503
+    assert e.value.response.headers["x-bedrock-broker-error"] == "no_credentials"
+    assert e.value.body["code"] == "no_credentials"
+
+    client = bedrock_client(sidecar)
+    with pytest.raises(client.exceptions.ServiceUnavailableException):
+        client.converse(modelId=MODEL_WITH_COLON, messages=[{"role": "user", "content": [{"text": "x"}]}])
+    assert fake_aws.requests() == [], "nothing may reach Bedrock without credentials"
+    assert sidecar.metric("bedrock_broker_credential_refresh_errors_total", {"class": "fatal"}) >= 1
+
+    fake_aws.configure_sts(fail_always=False)
+    wait_for(lambda: sidecar.ready().status_code == 200, timeout=15, what="readiness after STS recovers")
+    converse(sidecar, uuid.uuid4().hex)
+
+
+def test_expired_credentials_are_never_used(start_sidecar, irsa_env, fake_aws):
+    fake_aws.configure_sts(lifetime_seconds=3)
+    sidecar = start_sidecar(irsa_env, FAST)
+    fake_aws.configure_sts(fail_always=True, fail_code="InternalFailure", fail_status=500)
+    wait_for(lambda: sidecar.ready().status_code == 503, timeout=10, what="credentials to expire")
+    client = bedrock_client(sidecar)
+    before = len(fake_aws.requests())
+    with pytest.raises(client.exceptions.ServiceUnavailableException) as e:
+        client.converse(modelId=MODEL_WITH_COLON, messages=[{"role": "user", "content": [{"text": "x"}]}])
+    assert e.value.response["ResponseMetadata"]["HTTPHeaders"]["x-bedrock-broker-error"] == "credentials_expired"
+    assert len(fake_aws.requests()) == before
+    fake_aws.configure_sts(fail_always=False)
+    wait_for(lambda: sidecar.ready().status_code == 200, timeout=10, what="recovery")
+
+
+def test_rereads_the_token_file_after_kubelet_rotation(start_sidecar, irsa_env, fake_aws, token_dir):
+    fake_aws.configure_sts(lifetime_seconds=3)
+    sidecar = start_sidecar(irsa_env, FAST)
+    first_token = token_dir.path.read_text()
+    new_token = make_jwt(exp=time.time() + 7200, marker="rotated")
+    # From now on only the new token is valid; the old one is "expired".
+    fake_aws.configure_sts(accept_tokens=[new_token])
+    token_dir.write(new_token)
+    wait_for(lambda: any(c.get("token") == new_token and c.get("result") == "ok" for c in fake_aws.sts_calls()), timeout=10, what="STS call with the rotated token")
+    assert any(c.get("token") == first_token for c in fake_aws.sts_calls())
+    converse(sidecar, uuid.uuid4().hex)
+    token_exp = sidecar.metric("bedrock_broker_web_identity_token_expiry_timestamp_seconds")
+    wait_for(lambda: sidecar.metric("bedrock_broker_web_identity_token_expiry_timestamp_seconds") > time.time() + 3600, timeout=10, what="token expiry gauge update")
+    assert token_exp is not None
+
+
+def test_rejected_token_is_classified_and_retried(start_sidecar, irsa_env, fake_aws, token_dir):
+    good = make_jwt(marker="good")
+    fake_aws.configure_sts(accept_tokens=[good])
+    sidecar = start_sidecar(irsa_env, FAST, wait_ready=False)
+    wait_for(lambda: (sidecar.metric("bedrock_broker_credential_refresh_errors_total", {"class": "token"}) or 0) >= 1, what="token error")
+    assert sidecar.ready().status_code == 503
+    token_dir.write(good)
+    wait_for(lambda: sidecar.ready().status_code == 200, timeout=10, what="readiness with a valid token")
+
+
+def test_static_credentials_for_local_development(start_sidecar, fake_aws):
+    fake_aws.post("/static_keys", {"access_key_id": "AKIDSTATICDEV", "secret_access_key": "static-dev-secret"})
+    sidecar = start_sidecar({
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "AKIDSTATICDEV",
+        "AWS_SECRET_ACCESS_KEY": "static-dev-secret",
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws.bedrock,
+    })
+    tid = uuid.uuid4().hex
+    converse(sidecar, tid)
+    record = fake_aws.request_for(tid)
+    assert record["access_key_id"] == "AKIDSTATICDEV" and record["verified"]
+    assert sidecar.metric("bedrock_broker_credentials_expiry_timestamp_seconds") == float("inf")
+    assert fake_aws.sts_calls() == []

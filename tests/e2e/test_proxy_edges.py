@@ -1,0 +1,217 @@
+"""What the proxy refuses, how it shuts down, and what never leaks."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import socket
+import subprocess
+import urllib.parse
+import uuid
+
+import pytest
+import requests
+
+from conftest import BINARY, Collector, wait_for
+from test_auth_modes import BODY, CONVERSE, post
+
+
+@pytest.fixture
+def sidecar(start_sidecar, irsa_env):
+    return start_sidecar(irsa_env)
+
+
+def raw(sidecar, method: str, target: str, headers: dict | None = None, body: bytes | None = None):
+    u = urllib.parse.urlparse(sidecar.proxy)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    conn.request(method, target, body=body, headers=headers or {})
+    r = conn.getresponse()
+    data = r.read()
+    conn.close()
+    return r, data
+
+
+def test_absolute_form_targets_are_refused(sidecar, fake_aws):
+    r, data = raw(sidecar, "GET", "http://evil.example/openai/v1/models")
+    assert r.status == 400
+    assert r.getheader("x-bedrock-broker-error") == "absolute_form_refused"
+    assert json.loads(data)["error"]["code"] == "absolute_form_refused"
+    assert fake_aws.requests() == []
+
+
+def test_connect_is_refused(sidecar, fake_aws):
+    r, _ = raw(sidecar, "CONNECT", "evil.example:443")
+    assert 400 <= r.status < 500
+    assert r.getheader("x-bedrock-broker-error") == "connect_refused"
+    assert fake_aws.requests() == []
+
+
+@pytest.mark.parametrize("target", ["/model/../openai/v1/models", "/openai/v1/./models", "/model/%2e%2e/x/converse"])
+def test_dot_segments_are_refused(sidecar, fake_aws, target):
+    r, _ = raw(sidecar, "GET", target)
+    assert r.status == 400
+    assert r.getheader("x-bedrock-broker-error") == "invalid_path"
+    assert fake_aws.requests() == []
+
+
+def test_client_host_header_does_not_choose_the_upstream(sidecar, fake_aws):
+    tid = uuid.uuid4().hex
+    r, _ = raw(sidecar, "POST", CONVERSE, {"Host": "evil.example", "x-test-id": tid, "content-type": "application/json"}, BODY.encode())
+    assert r.status == 200
+    rec = fake_aws.request_for(tid)
+    assert rec["verified"]
+
+
+def test_body_over_the_limit_gets_413(start_sidecar, irsa_env, fake_aws):
+    sidecar = start_sidecar(irsa_env, ["--max-body-bytes", "1024"])
+    r = requests.post(sidecar.url(CONVERSE), data=b"x" * 2048, timeout=10)
+    assert r.status_code == 413
+    assert r.headers["x-bedrock-broker-error"] == "body_too_large"
+    assert "1024" in r.json()["message"]
+    # Chunked, with no Content-Length to check up front.
+    r = requests.post(sidecar.url("/openai/v1/chat/completions"), data=iter([b"y" * 700, b"y" * 700]), timeout=10)
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "body_too_large"
+    ok = requests.post(sidecar.url(CONVERSE), data=BODY, timeout=10)
+    assert ok.status_code == 200
+    assert len(fake_aws.requests()) == 1
+
+
+def test_unreachable_upstream_is_a_502_in_the_clients_dialect(start_sidecar, irsa_env, fake_aws):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(irsa_env, AWS_ENDPOINT_URL_BEDROCK_RUNTIME=f"http://127.0.0.1:{port}")
+    sidecar = start_sidecar(env)
+    r = requests.post(sidecar.url("/openai/v1/chat/completions"), data="{}", timeout=10)
+    assert r.status_code == 502
+    assert r.json()["error"]["code"] == "upstream_unreachable"
+
+
+def test_https_upstream_trusted_through_aws_ca_bundle(start_sidecar, irsa_env, fake_aws_tls, fake_aws, tls_material):
+    # STS stays on the plain fake; Bedrock is the TLS fake (sharing no state),
+    # so register static keys there and sign with them.
+    fake_aws_tls.post("/reset")
+    fake_aws_tls.post("/static_keys", {"access_key_id": "AKIDTLSSTATIC", "secret_access_key": "tls-secret"})
+    env = {
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "AKIDTLSSTATIC",
+        "AWS_SECRET_ACCESS_KEY": "tls-secret",
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws_tls.bedrock,
+    }
+    trusted = start_sidecar(dict(env, AWS_CA_BUNDLE=str(tls_material["ca"])))
+    tid, r = post(trusted, {})
+    assert r.status_code == 200, r.text
+    assert fake_aws_tls.request_for(tid)["verified"]
+
+    untrusted = start_sidecar(env)
+    _, r = post(untrusted, {})
+    assert r.status_code == 502
+    assert r.headers["x-bedrock-broker-error"] == "upstream_unreachable"
+
+
+def test_client_disconnect_cancels_the_upstream_stream(sidecar, fake_aws):
+    sid = "dc-" + uuid.uuid4().hex
+    r = requests.post(
+        sidecar.url("/openai/v1/chat/completions"),
+        json={"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True},
+        headers={"x-fake-lockstep": sid, "x-fake-chunks": "5"},
+        stream=True,
+        timeout=10,
+    )
+    it = r.iter_lines()
+    first = next(line for line in it if line)
+    assert first.startswith(b"data:")
+    r.close()  # the client goes away mid-stream
+    fake_aws.release(sid)
+    wait_for(lambda: fake_aws.stream(sid)["client_disconnected"], timeout=10, what="upstream to see the disconnect")
+    assert fake_aws.stream(sid)["finished"] is False
+    wait_for(lambda: sidecar.metric("bedrock_broker_requests_in_flight") == 0, timeout=5, what="in-flight gauge to drop")
+
+
+def test_sigterm_drains_open_streams_then_exits_zero(sidecar, fake_aws):
+    sid = "gs-" + uuid.uuid4().hex
+    r = requests.post(
+        sidecar.url("/openai/v1/chat/completions"),
+        json={"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True},
+        headers={"x-fake-lockstep": sid, "x-fake-chunks": "3"},
+        stream=True,
+        timeout=20,
+    )
+    reader = Collector(line for line in r.iter_lines() if line)
+    reader.start()
+    reader.wait_count(1)
+    sidecar.proc.send_signal(signal.SIGTERM)
+    # New connections are refused once draining starts.
+    host, port = sidecar.proxy.removeprefix("http://").split(":")
+
+    def refused():
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return False
+        except OSError:
+            return True
+
+    wait_for(refused, timeout=10, what="listener to close")
+    fake_aws.release(sid)
+    fake_aws.release(sid)
+    reader.join(timeout=10)
+    lines = [line for _, line in reader.items]
+    assert lines[-1] == b"data: [DONE]", lines
+    assert sidecar.proc.wait(timeout=10) == 0
+
+
+def test_secrets_never_reach_logs_metrics_or_error_bodies(start_sidecar, irsa_env, fake_aws, token_dir):
+    # The most verbose level a user could set.
+    sc = start_sidecar(irsa_env, rust_log="trace")
+    token = "bedrock-api-key-" + uuid.uuid4().hex
+    post(sc, {"x-llamastack-provider-data": json.dumps({"aws_bearer_token_bedrock": token})})
+    post(sc, {"authorization": "Bearer ABSKpassthroughsecret"})
+    post(sc, {})
+    _, bad = post(sc, {"x-llamastack-provider-data": '{"aws_bearer_token_bedrock": "ABSKinbadjson"'})
+    secrets = [token, "ABSKpassthroughsecret", "ABSKinbadjson", token_dir.path.read_text()]
+    for c in fake_aws.get("/credentials?include_secrets=1"):
+        secrets += [c.get("secret_access_key"), c.get("session_token")]
+    secrets = [s for s in secrets if s]
+    assert len(secrets) >= 6
+    metrics = sc.metrics()
+    assert sc.stop() == 0
+    surfaces = {"log": sc.log_text(), "error body": bad.text, "metrics": metrics}
+    for where, text in surfaces.items():
+        for s in secrets:
+            assert s not in text, f"a secret leaked into the {where}"
+
+
+def test_metrics_scrape_has_contract_names(sidecar):
+    post(sidecar, {})
+    requests.post(sidecar.url("/openai/v1/chat/completions"), json={"model": "m", "messages": []}, timeout=10)
+    text = sidecar.metrics()
+    for name in [
+        "bedrock_broker_credentials_expiry_timestamp_seconds",
+        "bedrock_broker_credentials_last_refresh_timestamp_seconds",
+        "bedrock_broker_credential_refreshes_total",
+        "bedrock_broker_credential_refresh_duration_seconds",
+        "bedrock_broker_credential_refresh_consecutive_failures",
+        "bedrock_broker_web_identity_token_expiry_timestamp_seconds",
+        "bedrock_broker_requests_total",
+        "bedrock_broker_request_duration_seconds",
+    ]:
+        assert name in text, name
+    assert sidecar.metric("bedrock_broker_requests_total", {"operation": "converse", "code": "200", "auth": "sigv4"}) == 1
+    assert sidecar.metric("bedrock_broker_requests_total", {"operation": "chat_completions", "code": "200", "auth": "sigv4"}) == 1
+    assert sidecar.metric("bedrock_broker_request_duration_seconds_count", {"operation": "converse"}) == 1
+    assert requests.get(sidecar.admin + "/healthz", timeout=5).status_code == 200
+
+
+def test_bad_configuration_exits_2_naming_every_problem():
+    out = subprocess.run(
+        [str(BINARY), "sidecar"],
+        env={"PATH": "/usr/bin:/bin", "AWS_ROLE_ARN": "not-an-arn", "BEDROCK_BROKER_LISTEN": "nowhere", "AWS_REGION": "us-east-1"},
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert out.returncode == 2
+    for name in ["AWS_WEB_IDENTITY_TOKEN_FILE", "BEDROCK_BROKER_LISTEN"]:
+        assert name in out.stderr, out.stderr
