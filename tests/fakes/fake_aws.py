@@ -55,10 +55,13 @@ from typing import Any, Awaitable, Callable, Optional
 from urllib.parse import parse_qsl, unquote
 from xml.sax.saxutils import escape as xml_escape
 
-from aiohttp import web
-from botocore.auth import SIGNED_HEADERS_BLACKLIST, SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
+# Recorded before the slow third-party imports, for --exit-with-parent.
+STARTING_PARENT_PID = os.getppid()
+
+from aiohttp import web  # noqa: E402
+from botocore.auth import SIGNED_HEADERS_BLACKLIST, SigV4Auth  # noqa: E402
+from botocore.awsrequest import AWSRequest  # noqa: E402
+from botocore.credentials import Credentials  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import eventstream  # noqa: E402  (sibling module; works both as script and import)
@@ -700,12 +703,10 @@ def _validate_assume_role(params: dict) -> Optional[str]:
 
 def _injected_failure(cfg: StsConfig) -> Optional[tuple]:
     """(status, code) of a configured failure to inject now, or None."""
-    if cfg.fail_always:
-        pass
-    elif cfg.fail_next > 0:
+    if not cfg.fail_always:
+        if cfg.fail_next <= 0:
+            return None
         cfg.fail_next -= 1
-    else:
-        return None
     status = cfg.fail_status or STS_FAIL_STATUS.get(cfg.fail_code, 400)
     return status, cfg.fail_code
 
@@ -838,12 +839,18 @@ def get_caller_identity(state: FakeState, request: web.Request, body: bytes, par
 # --------------------------------------------------------------------------
 
 
+class ControlNotFound(LookupError):
+    """A control request named something that does not exist (-> 404)."""
+
+
 def control_endpoint(fn: Callable[[FakeState, web.Request], Awaitable[Any]]):
-    """Wrap a control handler: JSON in/out, ValueError/KeyError -> 400."""
+    """Wrap a control handler: JSON in/out, ControlNotFound -> 404, bad input -> 400."""
 
     async def handler(request: web.Request) -> web.Response:
         try:
             result = await fn(request.app[STATE_KEY], request)
+        except ControlNotFound as exc:
+            return json_response(404, {"error": str(exc)})
         except (ValueError, KeyError, TypeError) as exc:
             return json_response(400, {"error": str(exc)})
         return json_response(200, result)
@@ -877,18 +884,26 @@ async def ctl_sts_calls(state: FakeState, request: web.Request) -> list:
 
 
 async def ctl_credentials(state: FakeState, request: web.Request) -> list:
-    """GET /_control/credentials: every credential the fakes accept."""
+    """GET /_control/credentials[?include_secrets=1]: every credential the fakes accept.
+
+    Secrets are left out unless asked for (tests use them to check that the
+    broker never leaks them).
+    """
     now = time.time()
-    return [
-        {
+    with_secrets = request.query.get("include_secrets", "") not in ("", "0", "false")
+    out = []
+    for c in state.credentials.values():
+        item = {
             "access_key_id": c.access_key_id,
             "kind": c.kind,
             "arn": c.arn,
             "expires_at": c.expires_at,
             "expired": c.expired(now),
         }
-        for c in state.credentials.values()
-    ]
+        if with_secrets:
+            item.update(secret_access_key=c.secret_access_key, session_token=c.session_token)
+        out.append(item)
+    return out
 
 
 async def ctl_credentials_expire(state: FakeState, request: web.Request) -> dict:
@@ -969,7 +984,7 @@ async def ctl_stream_status(state: FakeState, request: web.Request) -> dict:
     """GET /_control/stream/{id}: progress of one stream."""
     stream_id = request.match_info["stream_id"]
     if stream_id not in state.streams:
-        raise KeyError(f"unknown stream {stream_id!r}")
+        raise ControlNotFound(f"unknown stream {stream_id!r}")
     return state.streams[stream_id].status()
 
 
@@ -1563,6 +1578,8 @@ async def start_site(app: web.Application, sock: socket.socket, ssl_ctx: Optiona
 
 async def serve(args: argparse.Namespace) -> None:
     """Start both servers, announce readiness, run until SIGTERM/SIGINT."""
+    if args.ready_file and os.path.exists(args.ready_file):
+        os.unlink(args.ready_file)  # never let a poller see a previous run's ports
     state = FakeState(region=args.region)
     ssl_ctx = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     sts_sock, bedrock_sock = bind_loopback(args.sts_port), bind_loopback(args.bedrock_port)
@@ -1599,7 +1616,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 async def watch_parent(stop: asyncio.Event) -> None:
     """Set ``stop`` once the process that started us has gone (we got reparented)."""
-    parent = os.getppid()
+    parent = STARTING_PARENT_PID
     while os.getppid() == parent:
         await asyncio.sleep(0.5)
     log.info("parent %d exited; stopping", parent)
@@ -1617,7 +1634,7 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     p.add_argument("--ready-file", help="also write the ready JSON here (atomically)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO (one line per request), WARNING")
     p.add_argument("--log-file", help="append logs here instead of stderr")
-    p.add_argument("--exit-with-parent", action="store_true", help="exit when the parent process dies")
+    p.add_argument("--exit-with-parent", action="store_true", help="exit when the process that started this one dies")
     args = p.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
         p.error("--tls-cert and --tls-key go together")

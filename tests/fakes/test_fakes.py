@@ -436,6 +436,18 @@ def test_get_caller_identity_rejections(fake: Fake, sts_creds: dict, mutate: Cal
     assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
 
 
+def test_credentials_listing_hides_secrets_unless_asked(fake: Fake, sts_creds: dict):
+    # STS-issued credentials survive /reset, so pick ours out of the list.
+    def mine(path: str) -> dict:
+        (cred,) = [c for c in control(fake, "GET", path) if c["access_key_id"] == sts_creds["AccessKeyId"]]
+        return cred
+
+    plain = mine("/credentials")
+    assert plain["kind"] == "sts" and not plain["expired"] and "secret_access_key" not in plain
+    full = mine("/credentials?include_secrets=1")
+    assert full["secret_access_key"] == sts_creds["SecretAccessKey"] and full["session_token"] == sts_creds["SessionToken"]
+
+
 def test_get_caller_identity_expired(fake: Fake, sts_creds: dict):
     control(fake, "POST", "/credentials/expire", {"access_key_id": sts_creds["AccessKeyId"]})
     with pytest.raises(ClientError) as exc:
@@ -806,7 +818,8 @@ def test_control_rejects_unknown_keys(fake: Fake):
     assert control_status(fake, "POST", "/sts", {"lifetime": 3}) == 400
     assert control_status(fake, "POST", "/sts", {"fail_code": "Nope"}) == 400
     assert control_status(fake, "POST", "/bedrock", {"signing": "x"}) == 400
-    assert HTTP.request("GET", fake.control + "/stream/nope").status == 400
+    assert control_status(fake, "POST", "/stream/release", {}) == 400
+    assert HTTP.request("GET", fake.control + "/stream/nope").status == 404
 
 
 def test_reset_restores_defaults(fake: Fake, static_creds: dict):
@@ -1067,15 +1080,20 @@ def _process_gone(pid: int) -> bool:
 
 def test_exit_with_parent(tmp_path: Path):
     ready = tmp_path / "ready.json"
+    # The launcher waits until the fake is ready (so the fake has recorded its parent), then exits.
     launcher = (
-        "import subprocess, sys; "
-        f"p = subprocess.Popen([sys.executable, {str(FAKE)!r}, '--exit-with-parent', '--ready-file', {str(ready)!r}, "
-        f"'--log-file', {str(tmp_path / 'log')!r}], stdout=subprocess.DEVNULL); "
-        "print(p.pid)"
+        "import os, subprocess, sys, time\n"
+        f"p = subprocess.Popen([sys.executable, {str(FAKE)!r}, '--exit-with-parent', '--ready-file', {str(ready)!r},"
+        f" '--log-file', {str(tmp_path / 'log')!r}], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "deadline = time.monotonic() + 20\n"
+        f"while not os.path.exists({str(ready)!r}) and time.monotonic() < deadline and p.poll() is None:\n"
+        "    time.sleep(0.02)\n"
+        "print(p.pid)\n"
     )
-    pid = int(subprocess.run([sys.executable, "-c", launcher], capture_output=True, text=True, check=True).stdout)
+    out = subprocess.run([sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True, check=True, timeout=30)
+    pid = int(out.stdout)
     try:
-        wait_until(ready.exists, timeout=20, what="orphaned fake to start")
+        assert ready.exists()
         wait_until(lambda: _process_gone(pid), timeout=10, what="orphaned fake to exit")
         assert "parent" in (tmp_path / "log").read_text()
     finally:
