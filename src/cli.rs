@@ -84,6 +84,11 @@ pub struct SidecarArgs {
     /// Longest wait between failed refresh attempts [env: BEDROCK_BROKER_REFRESH_MAX_BACKOFF] [default: 30s]
     #[arg(long)]
     pub refresh_max_backoff: Option<String>,
+
+    /// How often to check the web identity token file for a kubelet rotation; 0s disables
+    /// [env: BEDROCK_BROKER_TOKEN_WATCH_INTERVAL] [default: 1s]
+    #[arg(long)]
+    pub token_watch_interval: Option<String>,
 }
 
 #[derive(Debug, Args, Default, Clone)]

@@ -30,6 +30,7 @@ pub mod vars {
     pub const STS_TIMEOUT: &str = "BEDROCK_BROKER_STS_TIMEOUT";
     pub const REFRESH_FRACTION: &str = "BEDROCK_BROKER_REFRESH_FRACTION";
     pub const REFRESH_MAX_BACKOFF: &str = "BEDROCK_BROKER_REFRESH_MAX_BACKOFF";
+    pub const TOKEN_WATCH_INTERVAL: &str = "BEDROCK_BROKER_TOKEN_WATCH_INTERVAL";
 
     pub const AWS_REGION: &str = "AWS_REGION";
     pub const AWS_DEFAULT_REGION: &str = "AWS_DEFAULT_REGION";
@@ -67,6 +68,8 @@ pub mod defaults {
     pub const STS_TIMEOUT: Duration = Duration::from_secs(10);
     /// Signing name for bedrock-runtime, bedrock-agent-runtime and custom endpoints.
     pub const SIGNING_NAME: &str = "bedrock";
+    /// A `stat` a second is free, and a rotated token is exchanged within a second.
+    pub const TOKEN_WATCH_INTERVAL: Duration = Duration::from_secs(1);
     /// Session name prefix, so CloudTrail shows the broker made the call.
     pub const SESSION_NAME_PREFIX: &str = "bedrock-broker";
 }
@@ -500,6 +503,8 @@ pub struct SidecarConfig {
     pub shutdown_grace: Duration,
     pub connect_timeout: Duration,
     pub refresh: RefreshPolicy,
+    /// `None` disables watching the token file for rotations.
+    pub token_watch_interval: Option<Duration>,
 }
 
 fn parse_duration(raw: &str) -> Result<Duration, String> {
@@ -872,6 +877,17 @@ impl SidecarConfig {
             parse_positive_duration,
         );
 
+        let token_watch_interval = errors.parse(
+            &lookup(
+                args.token_watch_interval.as_deref(),
+                "token-watch-interval",
+                env,
+                &[vars::TOKEN_WATCH_INTERVAL],
+            ),
+            Some(defaults::TOKEN_WATCH_INTERVAL),
+            |raw| parse_duration(raw).map(|d| (!d.is_zero()).then_some(d)),
+        );
+
         let upstream = base.map(|(scheme, authority, base_path)| {
             let signing_name = signing_name_override.unwrap_or_else(|| {
                 UpstreamConfig::signing_name_for_host(authority.host()).to_owned()
@@ -893,6 +909,7 @@ impl SidecarConfig {
             shutdown_grace,
             connect_timeout,
             refresh,
+            token_watch_interval,
         });
         match errors.finish(()) {
             Ok(()) => Ok(config.expect("an upstream exists when no error was recorded")),

@@ -44,6 +44,9 @@ pub struct ProxyMetrics {
     pub request_duration: HistogramVec,
     /// Requests currently being served (including open streams).
     pub in_flight: IntGauge,
+    /// Requests Bedrock rejected for expired or unknown credentials, by what
+    /// the proxy did: `retried` with fresher credentials, or `gave_up`.
+    pub auth_retries: IntCounterVec,
 }
 
 const PREFIX: &str = "bedrock_broker";
@@ -123,6 +126,13 @@ impl Metrics {
                 "requests_in_flight",
                 "Requests being served right now, open streams included.",
             ))?,
+            auth_retries: IntCounterVec::new(
+                opts(
+                    "upstream_auth_retries_total",
+                    "Requests Bedrock rejected as expired/unknown credentials: retried with fresher ones, or gave_up.",
+                ),
+                &["result"],
+            )?,
         };
 
         let c = &credentials;
@@ -136,10 +146,14 @@ impl Metrics {
         registry.register(Box::new(proxy.requests.clone()))?;
         registry.register(Box::new(proxy.request_duration.clone()))?;
         registry.register(Box::new(proxy.in_flight.clone()))?;
+        registry.register(Box::new(proxy.auth_retries.clone()))?;
 
         // Both results exist from the start so `rate()` and alerts see zeros.
         for result in ["success", "failure"] {
             c.refreshes.with_label_values(&[result]);
+        }
+        for result in ["retried", "gave_up"] {
+            proxy.auth_retries.with_label_values(&[result]);
         }
         Ok(Self {
             registry,

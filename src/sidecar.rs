@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Readiness};
 use crate::clock::{unix_seconds, SharedClock};
-use crate::config::{CredentialMode, SidecarConfig};
+use crate::config::{CredentialMode, SidecarConfig, SigV4Source};
+use crate::credentials::token_watch::TokenWatch;
 use crate::credentials::{source_for, CredentialCell, Refresher};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Proxy, ProxySettings};
@@ -77,12 +78,12 @@ impl Sidecar {
                 )?;
                 (Readiness::ApiKey, Some(header))
             }
-            CredentialMode::SigV4(source) => {
+            CredentialMode::SigV4(source_config) => {
                 let region = creds
                     .region
                     .as_ref()
                     .context("a region is required for SigV4")?;
-                let source = source_for(source, creds, region);
+                let source = source_for(source_config, creds, region);
                 let refresher = Refresher::new(
                     source,
                     cell.clone(),
@@ -91,6 +92,12 @@ impl Sidecar {
                     metrics.credentials.clone(),
                 );
                 tokio::spawn(refresher.run(background.clone()));
+                if let (SigV4Source::WebIdentity(w), Some(interval)) =
+                    (source_config, config.token_watch_interval)
+                {
+                    let watch = TokenWatch::start(w.token_file.clone()).await;
+                    tokio::spawn(watch.run(cell.clone(), interval, background.clone()));
+                }
                 (
                     Readiness::Credentials {
                         cell: cell.clone(),
@@ -110,6 +117,8 @@ impl Sidecar {
                 region: creds.region.as_ref().map(|r| r.as_str().to_owned()),
                 configured_bearer,
                 max_body_bytes: config.max_body_bytes,
+                // One STS round trip plus the forced-refresh rate limit.
+                self_heal_wait: creds.sts.timeout + std::time::Duration::from_secs(1),
             },
             cell,
             client,

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use arc_swap::{ArcSwapOption, Guard};
 use aws_credential_types::Credentials;
 use aws_smithy_runtime_api::client::identity::Identity;
+use tokio::sync::{watch, Notify};
 
 /// Credentials as held by the cell, ready for signing.
 #[derive(Debug)]
@@ -18,6 +19,8 @@ pub struct HeldCredentials {
     pub obtained: SystemTime,
     /// Which source produced them (`web-identity`, `static`).
     pub source: &'static str,
+    /// Position in the cell's sequence of stores (set by the cell).
+    generation: u64,
 }
 
 impl HeldCredentials {
@@ -27,7 +30,14 @@ impl HeldCredentials {
             credentials,
             obtained,
             source,
+            generation: 0,
         }
+    }
+
+    /// Which store of the cell these credentials came from; a request signed
+    /// with generation `n` can wait for `n + 1` when Bedrock rejects it.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn identity(&self) -> &Identity {
@@ -68,10 +78,29 @@ impl Unusable {
 
 /// Lock-free holder of the current credentials plus the last refresh error,
 /// which readiness reports.
-#[derive(Debug, Default)]
+///
+/// It is also where the data plane and the refresher meet without knowing
+/// each other: the proxy can ask for an early refresh (when Bedrock says the
+/// credentials expired) and wait for the next generation to be stored.
+#[derive(Debug)]
 pub struct CredentialCell {
     current: ArcSwapOption<HeldCredentials>,
     last_error: ArcSwapOption<String>,
+    /// Counts stores, so a waiter can tell "newer than what I signed with".
+    generation: watch::Sender<u64>,
+    /// Wakes the refresher ahead of its schedule.
+    refresh_requested: Notify,
+}
+
+impl Default for CredentialCell {
+    fn default() -> Self {
+        Self {
+            current: ArcSwapOption::empty(),
+            last_error: ArcSwapOption::empty(),
+            generation: watch::Sender::new(0),
+            refresh_requested: Notify::new(),
+        }
+    }
 }
 
 impl CredentialCell {
@@ -80,9 +109,36 @@ impl CredentialCell {
     }
 
     /// Replaces the held credentials and clears the last error.
-    pub fn store(&self, held: HeldCredentials) {
+    pub fn store(&self, mut held: HeldCredentials) {
+        // One writer (the refresher), so reading then bumping does not race.
+        let next = self.generation() + 1;
+        held.generation = next;
         self.current.store(Some(Arc::new(held)));
         self.last_error.store(None);
+        self.generation.send_replace(next);
+    }
+
+    /// How many times credentials have been stored.
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
+    /// Asks the refresher to refresh now (coalesced: many requests, one refresh).
+    pub fn request_refresh(&self) {
+        self.refresh_requested.notify_one();
+    }
+
+    /// Resolves when someone asked for an early refresh.
+    pub async fn refresh_requested(&self) {
+        self.refresh_requested.notified().await;
+    }
+
+    /// Waits until credentials newer than generation `seen` are stored.
+    /// Returns `false` if the cell is gone (never, in practice).
+    pub async fn wait_newer_than(&self, seen: u64) -> bool {
+        let mut rx = self.generation.subscribe();
+        let newer = rx.wait_for(|g| *g > seen).await.is_ok();
+        newer
     }
 
     /// Records why the last refresh failed; the held credentials stay.
@@ -97,6 +153,19 @@ impl CredentialCell {
     /// The held credentials, whatever their expiry.
     pub fn load(&self) -> Guard<Option<Arc<HeldCredentials>>> {
         self.current.load()
+    }
+
+    /// Runs `f` with credentials that can sign a request at `now`.
+    pub fn with_usable<R>(
+        &self,
+        now: SystemTime,
+        f: impl FnOnce(&HeldCredentials) -> R,
+    ) -> Result<R, Unusable> {
+        match self.current.load().as_deref() {
+            None => Err(Unusable::NotYetObtained),
+            Some(held) if !held.is_usable_at(now) => Err(Unusable::Expired),
+            Some(held) => Ok(f(held)),
+        }
     }
 
     /// Credentials that can sign a request at `now`.

@@ -12,6 +12,7 @@ mod refresher;
 mod source;
 pub mod sts;
 pub mod token;
+pub mod token_watch;
 mod web_identity;
 
 pub use cell::{CredentialCell, HeldCredentials, Unusable};

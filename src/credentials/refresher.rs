@@ -39,6 +39,9 @@ pub struct RefreshPolicy {
 /// credentials cannot make the refresher spin.
 const MIN_DELAY: Duration = Duration::from_millis(50);
 
+/// Forced (early) refreshes are at least this far apart.
+const MIN_FORCED_INTERVAL: Duration = Duration::from_secs(1);
+
 impl Default for RefreshPolicy {
     fn default() -> Self {
         Self {
@@ -88,6 +91,7 @@ pub struct Refresher {
     clock: SharedClock,
     metrics: CredentialMetrics,
     rng: fastrand::Rng,
+    last_attempt: tokio::time::Instant,
 }
 
 impl Refresher {
@@ -105,6 +109,7 @@ impl Refresher {
             clock,
             metrics,
             rng: fastrand::Rng::new(),
+            last_attempt: tokio::time::Instant::now(),
         }
     }
 
@@ -141,6 +146,18 @@ impl Refresher {
             };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
+                _ = self.cell.refresh_requested() => {
+                    // Rate-limit forced refreshes so a misbehaving upstream
+                    // cannot turn every request into an STS call.
+                    let since = self.last_attempt.elapsed();
+                    if since < MIN_FORCED_INTERVAL {
+                        tokio::select! {
+                            _ = tokio::time::sleep(MIN_FORCED_INTERVAL - since) => {}
+                            _ = shutdown.cancelled() => return,
+                        }
+                    }
+                    tracing::debug!("early refresh requested");
+                }
                 _ = shutdown.cancelled() => return,
             }
         }
@@ -150,6 +167,7 @@ impl Refresher {
     /// never expire).
     async fn attempt(&mut self) -> Result<Option<Duration>, SourceError> {
         let started = Instant::now();
+        self.last_attempt = tokio::time::Instant::now();
         let result = self.source.fetch().await;
         self.metrics
             .refresh_duration
@@ -465,6 +483,26 @@ mod tests {
         assert!(h.cell.usable(h.clock.now()).is_err());
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(h.cell.usable(h.clock.now()).is_ok());
+        h.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_early_refresh_request_is_honoured_but_rate_limited() {
+        let h = start(vec![
+            Ok(Duration::from_secs(3600)),
+            Ok(Duration::from_secs(3600)),
+            Ok(Duration::from_secs(3600)),
+        ]);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        h.cell.request_refresh();
+        let seen = h.cell.generation();
+        assert!(h.cell.wait_newer_than(seen).await);
+        // Requested 10 ms after the first fetch: held back to 1 s after it.
+        assert_eq!(h.call_offsets(), [0, 1000].map(Duration::from_millis));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        h.cell.request_refresh();
+        assert!(h.cell.wait_newer_than(seen + 1).await);
+        assert_eq!(h.call_offsets(), [0, 1000, 6000].map(Duration::from_millis));
         h.shutdown.cancel();
     }
 

@@ -146,7 +146,11 @@ mod tests {
     #[test]
     fn precedence_table() {
         let pd = "x-llamastack-provider-data";
-        type Case<'a> = (&'a [(&'static str, &'a str)], Option<&'a str>, (&'a str, &'a str));
+        type Case<'a> = (
+            &'a [(&'static str, &'a str)],
+            Option<&'a str>,
+            (&'a str, &'a str),
+        );
         let cases: &[Case] = &[
             (&[], None, ("sigv4", "")),
             (&[], Some("ABSKconf"), ("api_key", "Bearer ABSKconf")),

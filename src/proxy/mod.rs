@@ -12,7 +12,7 @@ mod upstream;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
@@ -46,6 +46,8 @@ pub struct Proxy {
     /// `Bearer <AWS_BEARER_TOKEN_BEDROCK>`, built once.
     configured_bearer: Option<HeaderValue>,
     max_body_bytes: usize,
+    /// How long a rejected request waits for refreshed credentials.
+    self_heal_wait: Duration,
     clock: SharedClock,
     metrics: ProxyMetrics,
     /// Per-operation duration histograms, resolved once instead of per request.
@@ -58,6 +60,7 @@ pub struct ProxySettings {
     pub region: Option<String>,
     pub configured_bearer: Option<HeaderValue>,
     pub max_body_bytes: usize,
+    pub self_heal_wait: Duration,
 }
 
 impl Proxy {
@@ -82,6 +85,7 @@ impl Proxy {
             signer,
             configured_bearer: settings.configured_bearer,
             max_body_bytes: settings.max_body_bytes,
+            self_heal_wait: settings.self_heal_wait,
             clock,
             metrics,
             durations,
@@ -156,18 +160,74 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         headers::prepare_request_headers(&mut parts.headers);
 
-        match decision {
+        let response = match decision {
             auth::Decision::Bearer(_, value) => {
                 parts.headers.insert(http::header::AUTHORIZATION, value);
+                self.send(parts, body).await
             }
-            auth::Decision::SigV4 => self.sign(&mut parts, &body).map_err(with_mode)?,
-        }
+            auth::Decision::SigV4 => self.send_signed(parts, body).await,
+        };
+        response.map(|r| (r, mode)).map_err(with_mode)
+    }
 
-        let outbound = Request::from_parts(parts, Full::new(body));
-        match self.client.request(outbound).await {
-            Ok(response) => Ok((response, mode)),
-            Err(e) => Err((upstream_error(&e), mode)),
+    async fn send(
+        &self,
+        parts: http::request::Parts,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, BrokerError> {
+        self.client
+            .request(Request::from_parts(parts, Full::new(body)))
+            .await
+            .map_err(|e| upstream_error(&e))
+    }
+
+    /// Signs and sends; if Bedrock says the credentials expired (or are
+    /// unknown, e.g. revoked), waits for fresher ones and retries once. The
+    /// body is already buffered, so the retry is exact.
+    async fn send_signed(
+        &self,
+        mut parts: http::request::Parts,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, BrokerError> {
+        let unsigned = (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+        );
+        let used = self.sign(&mut parts, &body)?;
+        let response = self.send(parts, body.clone()).await?;
+        if !rejects_credentials(&response) {
+            return Ok(response);
         }
+        if !self.fresher_credentials(used).await {
+            self.metrics
+                .auth_retries
+                .with_label_values(&["gave_up"])
+                .inc();
+            return Ok(response);
+        }
+        drop(response);
+        let (mut retry, ()) = Request::new(()).into_parts();
+        (retry.method, retry.uri, retry.headers) = unsigned;
+        retry.version = Version::HTTP_11;
+        self.sign(&mut retry, &body)?;
+        self.metrics
+            .auth_retries
+            .with_label_values(&["retried"])
+            .inc();
+        tracing::info!("Bedrock rejected expired credentials; retried with refreshed ones");
+        self.send(retry, body).await
+    }
+
+    /// Newer credentials than generation `used`, refreshing early if needed.
+    async fn fresher_credentials(&self, used: u64) -> bool {
+        if self.cell.generation() > used {
+            return true;
+        }
+        self.cell.request_refresh();
+        tokio::time::timeout(self.self_heal_wait, self.cell.wait_newer_than(used))
+            .await
+            .unwrap_or(false)
     }
 
     async fn read_body(
@@ -231,7 +291,8 @@ impl Proxy {
             })
     }
 
-    fn sign(&self, parts: &mut http::request::Parts, body: &[u8]) -> Result<(), BrokerError> {
+    /// Signs with the cell's credentials; returns their generation.
+    fn sign(&self, parts: &mut http::request::Parts, body: &[u8]) -> Result<u64, BrokerError> {
         let Some(signer) = &self.signer else {
             return Err(BrokerError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -240,34 +301,37 @@ impl Proxy {
             ));
         };
         let now = self.clock.now();
-        let held = self.cell.usable(now).map_err(|why| {
-            let code = match why {
-                crate::credentials::Unusable::NotYetObtained => "no_credentials",
-                crate::credentials::Unusable::Expired => "credentials_expired",
-            };
-            BrokerError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                code,
-                format!("bedrock-broker cannot sign the request: {}", why.describe()),
-            )
-        })?;
-        let held = held.as_ref().expect("usable() only returns a filled cell");
-        signer
-            .sign(
-                &parts.method,
-                &parts.uri,
-                &mut parts.headers,
-                body,
-                held.identity(),
-                now,
-            )
-            .map_err(|e| {
-                BrokerError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "signing_failed",
-                    e.to_string(),
+        let signed = self.cell.with_usable(now, |held| {
+            signer
+                .sign(
+                    &parts.method,
+                    &parts.uri,
+                    &mut parts.headers,
+                    body,
+                    held.identity(),
+                    now,
                 )
-            })
+                .map(|()| held.generation())
+        });
+        match signed {
+            Ok(Ok(generation)) => Ok(generation),
+            Ok(Err(e)) => Err(BrokerError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "signing_failed",
+                e.to_string(),
+            )),
+            Err(why) => {
+                let code = match why {
+                    crate::credentials::Unusable::NotYetObtained => "no_credentials",
+                    crate::credentials::Unusable::Expired => "credentials_expired",
+                };
+                Err(BrokerError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    code,
+                    format!("bedrock-broker cannot sign the request: {}", why.describe()),
+                ))
+            }
+        }
     }
 }
 
@@ -312,6 +376,29 @@ fn check_target<B>(request: &Request<B>) -> Result<(), BrokerError> {
     Ok(())
 }
 
+/// Whether Bedrock refused the credentials themselves (expired, or unknown
+/// such as revoked), which fresher credentials can fix. Signature mismatches
+/// are not retried: new credentials would not change them.
+fn rejects_credentials<B>(response: &Response<B>) -> bool {
+    if response.status() != StatusCode::FORBIDDEN {
+        return false;
+    }
+    let Some(kind) = response
+        .headers()
+        .get("x-amzn-errortype")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    [
+        "ExpiredTokenException",
+        "ExpiredToken",
+        "UnrecognizedClientException",
+    ]
+    .iter()
+    .any(|code| kind == *code || kind.starts_with(&format!("{code}:")))
+}
+
 fn upstream_error(e: &hyper_util::client::legacy::Error) -> BrokerError {
     let mut detail = e.to_string();
     let mut source = std::error::Error::source(e);
@@ -347,6 +434,38 @@ mod tests {
             .version(version)
             .body(())
             .unwrap()
+    }
+
+    #[test]
+    fn only_credential_rejections_are_retried() {
+        let resp = |status: u16, kind: Option<&str>| {
+            let mut b = Response::builder().status(status);
+            if let Some(k) = kind {
+                b = b.header("x-amzn-errortype", k);
+            }
+            b.body(()).unwrap()
+        };
+        assert!(rejects_credentials(&resp(
+            403,
+            Some("ExpiredTokenException")
+        )));
+        assert!(rejects_credentials(&resp(
+            403,
+            Some("UnrecognizedClientException:http://internal.amazon.com/coral/")
+        )));
+        assert!(!rejects_credentials(&resp(
+            403,
+            Some("InvalidSignatureException")
+        )));
+        assert!(!rejects_credentials(&resp(
+            403,
+            Some("AccessDeniedException")
+        )));
+        assert!(!rejects_credentials(&resp(403, None)));
+        assert!(!rejects_credentials(&resp(
+            400,
+            Some("ExpiredTokenException")
+        )));
     }
 
     #[test]

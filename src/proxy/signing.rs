@@ -12,6 +12,28 @@ use http::{HeaderValue, Method, Uri};
 #[error("cannot sign the request: {0}")]
 pub struct SignError(String);
 
+/// Headers forwarded but never signed: ones an egress proxy or tracing
+/// middleware between us and AWS may add to or rewrite (a service mesh
+/// sidecar creates a child span in `traceparent`, for example). Signing them
+/// would turn harmless rewrites into signature failures.
+const UNSIGNED_HEADERS: [&str; 15] = [
+    "authorization",
+    "user-agent",
+    "x-amzn-trace-id",
+    "transfer-encoding",
+    "traceparent",
+    "tracestate",
+    "baggage",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "x-request-id",
+    "x-forwarded-for",
+];
+
 /// Signs with the signing name and region of the upstream. The path is
 /// signed with the double percent-encoding and dot-segment normalization AWS
 /// uses for every service except S3.
@@ -19,13 +41,17 @@ pub struct SignError(String);
 pub struct Signer {
     region: String,
     name: String,
+    settings: SigningSettings,
 }
 
 impl Signer {
     pub fn new(region: impl Into<String>, name: impl Into<String>) -> Self {
+        let mut settings = SigningSettings::default();
+        settings.excluded_headers = Some(UNSIGNED_HEADERS.iter().map(|h| (*h).into()).collect());
         Self {
             region: region.into(),
             name: name.into(),
+            settings,
         }
     }
 
@@ -46,7 +72,7 @@ impl Signer {
             .region(&self.region)
             .name(&self.name)
             .time(time)
-            .settings(SigningSettings::default())
+            .settings(self.settings.clone())
             .build()
             .map_err(|e| SignError(e.to_string()))?
             .into();
@@ -106,6 +132,32 @@ mod tests {
              Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"
         );
         assert!(headers["authorization"].is_sensitive());
+    }
+
+    #[test]
+    fn tracing_headers_are_forwarded_but_not_signed() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("traceparent", HeaderValue::from_static("00-abc-def-01"));
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        let creds = Credentials::new("AKID", "secret", None, None, "t");
+        Signer::new("us-east-1", "bedrock")
+            .sign(
+                &Method::POST,
+                &"https://bedrock-runtime.us-east-1.amazonaws.com/model/m/converse"
+                    .parse()
+                    .unwrap(),
+                &mut headers,
+                b"{}",
+                &Identity::from(creds),
+                UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            )
+            .unwrap();
+        let auth = headers["authorization"].to_str().unwrap();
+        assert!(
+            auth.contains("SignedHeaders=content-type;host;x-amz-date,"),
+            "{auth}"
+        );
+        assert_eq!(headers["traceparent"], "00-abc-def-01");
     }
 
     #[test]

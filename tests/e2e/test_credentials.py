@@ -152,3 +152,44 @@ def test_static_credentials_for_local_development(start_sidecar, fake_aws):
     assert record["access_key_id"] == "AKIDSTATICDEV" and record["verified"]
     assert sidecar.metric("bedrock_broker_credentials_expiry_timestamp_seconds") == float("inf")
     assert fake_aws.sts_calls() == []
+
+
+def test_request_rejected_as_expired_is_retried_once_with_fresh_credentials(start_sidecar, irsa_env, fake_aws):
+    """Credentials revoked or expired early on the AWS side: the sidecar heals the request."""
+    sidecar = start_sidecar(irsa_env, FAST)
+    first = converse(sidecar, uuid.uuid4().hex)
+    assert first["output"]
+    calls_before = len(fake_aws.sts_calls())
+    fake_aws.post("/credentials/expire", {})  # every STS credential is now expired at the fake
+    tid = uuid.uuid4().hex
+    converse(sidecar, tid)  # must succeed
+    attempts = fake_aws.get(f"/bedrock/requests?test_id={tid}")
+    assert [a["status"] for a in attempts] == [403, 200], attempts
+    assert attempts[0]["access_key_id"] != attempts[1]["access_key_id"]
+    assert len(fake_aws.sts_calls()) == calls_before + 1
+    assert sidecar.metric("bedrock_broker_upstream_auth_retries_total", {"result": "retried"}) == 1
+
+
+def test_rejection_is_passed_through_when_no_fresher_credentials_come(start_sidecar, irsa_env, fake_aws):
+    sidecar = start_sidecar(irsa_env, FAST + ["--sts-timeout", "1s"])
+    fake_aws.configure_sts(fail_always=True, fail_code="InternalFailure", fail_status=500)
+    fake_aws.post("/credentials/expire", {})
+    client = bedrock_client(sidecar)
+    with pytest.raises(client.exceptions.ClientError) as e:
+        client.converse(modelId=MODEL_WITH_COLON, messages=[{"role": "user", "content": [{"text": "x"}]}])
+    assert e.value.response["Error"]["Code"] == "ExpiredTokenException"
+    assert sidecar.metric("bedrock_broker_upstream_auth_retries_total", {"result": "gave_up"}) == 1
+
+
+def test_token_rotation_triggers_a_prompt_refresh_even_with_long_lived_credentials(start_sidecar, irsa_env, fake_aws, token_dir):
+    fake_aws.configure_sts(lifetime_seconds=3600)
+    sidecar = start_sidecar(irsa_env)
+    assert len(fake_aws.sts_calls()) == 1
+    rotated = make_jwt(exp=time.time() + 7200, marker="rotated-long")
+    token_dir.write(rotated)
+    wait_for(lambda: any(c["token"] == rotated for c in fake_aws.sts_calls()), timeout=10, what="refresh after rotation")
+    wait_for(
+        lambda: abs(sidecar.metric("bedrock_broker_web_identity_token_expiry_timestamp_seconds") - int(time.time() + 7200)) < 60,
+        timeout=10,
+        what="token expiry gauge to follow the new token",
+    )

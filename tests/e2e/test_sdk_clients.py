@@ -34,7 +34,7 @@ def bedrock_client(sidecar):
         endpoint_url=sidecar.proxy,
         aws_access_key_id="AKIDCLIENTPLACEHOLDER",
         aws_secret_access_key="client-placeholder-secret",
-        config=Config(retries={"max_attempts": 1, "mode": "standard"}, read_timeout=30),
+        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}, read_timeout=30),
     )
     return client
 
