@@ -3,9 +3,9 @@
 
 One process serves two loopback ports that share in-memory state:
 
-* a fake **STS** (plain HTTP): ``AssumeRoleWithWebIdentity`` (unsigned) and
-  ``GetCallerIdentity`` (SigV4, service ``sts``), plus the JSON control API
-  under ``/_control``;
+* a fake **STS** (plain HTTP): ``AssumeRoleWithWebIdentity`` (unsigned),
+  ``AssumeRole`` (role chaining) and ``GetCallerIdentity`` (both SigV4,
+  service ``sts``), plus the JSON control API under ``/_control``;
 * a fake **Bedrock** runtime (HTTP, or HTTPS with ``--tls-cert/--tls-key``):
   ``converse``, ``converse-stream``, ``invoke``, ``invoke-with-response-stream``
   and the OpenAI-compatible ``/openai/v1`` routes.
@@ -87,6 +87,13 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 ROLE_ARN_RE = re.compile(r"^arn:aws:iam::(\d{12}):role/(?:[\w+=,.@-]+/)*([\w+=,.@-]{1,64})$", re.ASCII)
 SESSION_NAME_RE = re.compile(r"^[\w+=,.@-]{2,64}$", re.ASCII)
+EXTERNAL_ID_RE = re.compile(r"^[\w+=,.@:/-]{2,1224}$", re.ASCII)
+POLICY_ARN_RE = re.compile(r"^arn:aws:iam::(?:\d{12}|aws):policy/(?:[\w+=,.@-]+/)*[\w+=,.@-]{1,128}$", re.ASCII)
+POLICY_ARN_PARAM_RE = re.compile(r"^PolicyArns\.member\.(\d+)\.arn$")
+MAX_POLICY_ARNS = 10
+MAX_POLICY_CHARS = 2048
+# Actions whose failures can be injected (``fail_action``); None targets both.
+STS_ISSUING_ACTIONS = ("AssumeRoleWithWebIdentity", "AssumeRole")
 AUTH_SIGV4_RE = re.compile(r"^AWS4-HMAC-SHA256\s+(?P<params>.+)$", re.S)
 MODEL_ROUTE_RE = re.compile(
     r"^/model/(?P<model>[^/]+)/(?P<op>converse|converse-stream|invoke|invoke-with-response-stream)$"
@@ -154,6 +161,7 @@ class Credential:
     user_id: str
     account: str
     kind: str  # "sts" | "static"
+    role_arn: Optional[str] = None  # the IAM role an STS credential was issued for
 
     def expired(self, now: float) -> bool:
         """True when the fake no longer accepts this credential."""
@@ -171,6 +179,9 @@ class StsConfig:
     fail_status: Optional[int] = None
     accept_tokens: Optional[list] = None  # None: any non-empty token
     delay_seconds: float = 0.0
+    fail_action: Optional[str] = None  # None: injected failures hit both issuing actions
+    require_external_id: dict = field(default_factory=dict)  # role arn -> ExternalId (AssumeRole)
+    deny_roles: list = field(default_factory=list)  # role arns AssumeRole may not assume
 
 
 @dataclass
@@ -640,12 +651,34 @@ async def sts_handler(request: web.Request) -> web.Response:
     action = params.get("Action")
     if action == "AssumeRoleWithWebIdentity":
         resp = await assume_role_with_web_identity(state, request, params)
+    elif action == "AssumeRole":
+        resp = await assume_role(state, request, body, params)
     elif action == "GetCallerIdentity":
         resp = get_caller_identity(state, request, body, params)
     else:
         resp = sts_error(400, "InvalidAction", f"Could not find operation {action!r} for version {STS_VERSION}")
     log.info("sts %s -> %d", action, resp.status)
     return resp
+
+
+def policy_arn_params(params: dict) -> list:
+    """The ``PolicyArns.member.N.arn`` values, ordered by N."""
+    found = []
+    for key, value in params.items():
+        m = POLICY_ARN_PARAM_RE.match(key)
+        if m:
+            found.append((int(m.group(1)), value))
+    return [value for _, value in sorted(found)]
+
+
+def recorded_policy(raw: Optional[str]) -> Any:
+    """The ``Policy`` param as recorded: parsed JSON, else the raw string (None if absent)."""
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
 
 
 def _sts_record(state: FakeState, request: web.Request, action: str, params: dict) -> dict:
@@ -657,13 +690,19 @@ def _sts_record(state: FakeState, request: web.Request, action: str, params: dic
         "role_session_name": params.get("RoleSessionName"),
         "token": params.get("WebIdentityToken"),
         "duration_seconds": params.get("DurationSeconds"),
+        "external_id": params.get("ExternalId"),
+        "policy": recorded_policy(params.get("Policy")),
+        "policy_arns": policy_arn_params(params),
         "signed": "Authorization" in request.headers,
+        "source_access_key_id": None,
+        "source_arn": None,
         "user_agent": request.headers.get("User-Agent"),
         "x_test_id": request.headers.get("x-test-id"),
         "result": "pending",
         "status": None,
         "error_code": None,
         "access_key_id": None,
+        "assumed_role_arn": None,
         "expiration": None,
         "expires_at": None,
     }
@@ -678,31 +717,88 @@ def _finish(record: dict, resp: web.Response, error_code: Optional[str] = None) 
     return resp
 
 
-def _validate_assume_role(params: dict) -> Optional[str]:
-    """Validation error message for AssumeRoleWithWebIdentity params, or None."""
+def _validation(message: str) -> tuple:
+    return "ValidationError", f"1 validation error detected: {message}"
+
+
+def _validate_assume_role(params: dict, action: str) -> Optional[tuple]:
+    """``(code, message)`` if AssumeRole[WithWebIdentity] params are invalid, else None."""
     version = params.get("Version")
     if version is not None and version != STS_VERSION:
-        return f"unsupported Version {version!r}"
+        return "ValidationError", f"unsupported Version {version!r}"
     role_arn = params.get("RoleArn")
     if not role_arn or not ROLE_ARN_RE.match(role_arn):
-        return f"1 validation error detected: Value {role_arn!r} at 'roleArn' failed to satisfy constraint"
+        return _validation(f"Value {role_arn!r} at 'roleArn' failed to satisfy constraint")
     session = params.get("RoleSessionName")
     if not session or not SESSION_NAME_RE.match(session):
-        return (
-            f"1 validation error detected: Value {session!r} at 'roleSessionName' failed to satisfy "
+        return _validation(
+            f"Value {session!r} at 'roleSessionName' failed to satisfy "
             "constraint: Member must satisfy regular expression pattern: [\\w+=,.@-]*"
         )
-    if not params.get("WebIdentityToken"):
-        return "1 validation error detected: Value at 'webIdentityToken' failed to satisfy constraint: Member must have length greater than or equal to 4"
+    if action == "AssumeRoleWithWebIdentity" and not params.get("WebIdentityToken"):
+        return _validation(
+            "Value at 'webIdentityToken' failed to satisfy constraint: Member must have length greater than or equal to 4"
+        )
+    external_id = params.get("ExternalId")
+    if action == "AssumeRole" and external_id is not None and not EXTERNAL_ID_RE.match(external_id):
+        return _validation(
+            f"Value {external_id!r} at 'externalId' failed to satisfy constraint: Member must have length "
+            "between 2 and 1224 and satisfy regular expression pattern: [\\w+=,.@:\\/-]*"
+        )
     duration = params.get("DurationSeconds")
     if duration is not None:
         if not duration.isdigit() or not 900 <= int(duration) <= 43200:
-            return f"1 validation error detected: Value {duration!r} at 'durationSeconds' failed to satisfy constraint"
+            return _validation(f"Value {duration!r} at 'durationSeconds' failed to satisfy constraint")
+    return _validate_session_policies(params)
+
+
+def _validate_session_policies(params: dict) -> Optional[tuple]:
+    """Checks of the ``Policy`` and ``PolicyArns.member.N.arn`` params."""
+    policy = params.get("Policy")
+    if policy is not None:
+        if not 1 <= len(policy) <= MAX_POLICY_CHARS:
+            return _validation(
+                f"Value at 'policy' failed to satisfy constraint: Member must have length between 1 and {MAX_POLICY_CHARS}"
+            )
+        try:
+            doc = json.loads(policy)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            return "MalformedPolicyDocument", "The policy is not in the valid JSON format."
+    indexes = sorted(int(m.group(1)) for k in params if (m := POLICY_ARN_PARAM_RE.match(k)))
+    if indexes != list(range(1, len(indexes) + 1)):
+        return _validation(f"PolicyArns members must be numbered 1..N without gaps, got {indexes}")
+    if len(indexes) > MAX_POLICY_ARNS:
+        return _validation(
+            f"Value at 'policyArns' failed to satisfy constraint: Member must have length less than or equal to {MAX_POLICY_ARNS}"
+        )
+    for i, arn in enumerate(policy_arn_params(params), start=1):
+        if not 20 <= len(arn) <= 2048 or not POLICY_ARN_RE.match(arn):
+            return _validation(
+                f"Value {arn!r} at 'policyArns.{i}.member.arn' failed to satisfy constraint: "
+                "Member must be an IAM policy ARN"
+            )
     return None
 
 
-def _injected_failure(cfg: StsConfig) -> Optional[tuple]:
-    """(status, code) of a configured failure to inject now, or None."""
+def packed_policy_size(params: dict) -> int:
+    """Percent of the session-policy limit used (fake estimate: compact JSON + ARNs vs 2048)."""
+    size = 0
+    if params.get("Policy") is not None:
+        size += len(json.dumps(json.loads(params["Policy"]), separators=(",", ":")))
+    size += sum(len(arn) for arn in policy_arn_params(params))
+    return -(-size * 100 // MAX_POLICY_CHARS)
+
+
+def has_session_policies(params: dict) -> bool:
+    return params.get("Policy") is not None or bool(policy_arn_params(params))
+
+
+def _injected_failure(cfg: StsConfig, action: str) -> Optional[tuple]:
+    """(status, code) of a configured failure to inject now into ``action``, or None."""
+    if cfg.fail_action is not None and cfg.fail_action != action:
+        return None
     if not cfg.fail_always:
         if cfg.fail_next <= 0:
             return None
@@ -742,13 +838,35 @@ def issue_credential(state: FakeState, role_arn: str, session: str, duration: Op
         user_id=f"{role_id}:{session}",
         account=account,
         kind="sts",
+        role_arn=role_arn,
     )
     state.credentials[cred.access_key_id] = cred
     return cred
 
 
-def assume_role_response_xml(cred: Credential, token: str) -> str:
-    """The AssumeRoleWithWebIdentity success XML."""
+def _credentials_xml(cred: Credential) -> str:
+    e = xml_escape
+    return (
+        "<Credentials>"
+        f"<AccessKeyId>{e(cred.access_key_id)}</AccessKeyId>"
+        f"<SecretAccessKey>{e(cred.secret_access_key)}</SecretAccessKey>"
+        f"<SessionToken>{e(cred.session_token or '')}</SessionToken>"
+        f"<Expiration>{iso8601_floor(cred.expires_at or 0)}</Expiration>"
+        "</Credentials>"
+    )
+
+
+def _assumed_role_user_xml(cred: Credential) -> str:
+    return (
+        "<AssumedRoleUser>"
+        f"<AssumedRoleId>{xml_escape(cred.user_id)}</AssumedRoleId>"
+        f"<Arn>{xml_escape(cred.arn)}</Arn>"
+        "</AssumedRoleUser>"
+    )
+
+
+def assume_role_response_xml(cred: Credential, token: str, packed_size: Optional[int] = None) -> str:
+    """The AssumeRoleWithWebIdentity success XML (PackedPolicySize only with session policies)."""
     claims = _jwt_claims(token)
     subject = str(claims.get("sub", "system:serviceaccount:default:fake"))
     audience = claims.get("aud", "sts.amazonaws.com")
@@ -756,20 +874,14 @@ def assume_role_response_xml(cred: Credential, token: str) -> str:
         audience = audience[0] if audience else ""
     issuer = str(claims.get("iss", "https://oidc.fake.local")).removeprefix("https://")
     e = xml_escape
+    packed = "" if packed_size is None else f"<PackedPolicySize>{packed_size}</PackedPolicySize>"
     return (
         f'<AssumeRoleWithWebIdentityResponse xmlns="{STS_NS}">'
         "<AssumeRoleWithWebIdentityResult>"
-        "<Credentials>"
-        f"<AccessKeyId>{e(cred.access_key_id)}</AccessKeyId>"
-        f"<SecretAccessKey>{e(cred.secret_access_key)}</SecretAccessKey>"
-        f"<SessionToken>{e(cred.session_token or '')}</SessionToken>"
-        f"<Expiration>{iso8601_floor(cred.expires_at or 0)}</Expiration>"
-        "</Credentials>"
+        f"{_credentials_xml(cred)}"
         f"<SubjectFromWebIdentityToken>{e(subject)}</SubjectFromWebIdentityToken>"
-        "<AssumedRoleUser>"
-        f"<AssumedRoleId>{e(cred.user_id)}</AssumedRoleId>"
-        f"<Arn>{e(cred.arn)}</Arn>"
-        "</AssumedRoleUser>"
+        f"{_assumed_role_user_xml(cred)}"
+        f"{packed}"
         f"<Provider>arn:aws:iam::{cred.account}:oidc-provider/{e(issuer)}</Provider>"
         f"<Audience>{e(str(audience))}</Audience>"
         "</AssumeRoleWithWebIdentityResult>"
@@ -778,36 +890,65 @@ def assume_role_response_xml(cred: Credential, token: str) -> str:
     )
 
 
-async def assume_role_with_web_identity(state: FakeState, request: web.Request, params: dict) -> web.Response:
-    """Handle AssumeRoleWithWebIdentity (unsigned)."""
-    record = _sts_record(state, request, "AssumeRoleWithWebIdentity", params)
+def chained_role_response_xml(cred: Credential, packed_size: int) -> str:
+    """The AssumeRole success XML."""
+    return (
+        f'<AssumeRoleResponse xmlns="{STS_NS}">'
+        "<AssumeRoleResult>"
+        f"{_credentials_xml(cred)}"
+        f"{_assumed_role_user_xml(cred)}"
+        f"<PackedPolicySize>{packed_size}</PackedPolicySize>"
+        "</AssumeRoleResult>"
+        f"<ResponseMetadata><RequestId>{new_request_id()}</RequestId></ResponseMetadata>"
+        "</AssumeRoleResponse>"
+    )
+
+
+def _record_issued(record: dict, cred: Credential) -> None:
+    record.update(
+        access_key_id=cred.access_key_id,
+        assumed_role_arn=cred.arn,
+        expiration=iso8601_floor(cred.expires_at or 0),
+        expires_at=cred.expires_at,
+    )
+
+
+async def _delay_and_inject(state: FakeState, record: dict, action: str) -> Optional[web.Response]:
+    """Apply ``delay_seconds``, then an injected failure for ``action`` if one is due."""
     if state.sts.delay_seconds > 0:
         await asyncio.sleep(state.sts.delay_seconds)  # simulated latency, not synchronization
-    injected = _injected_failure(state.sts)
+    injected = _injected_failure(state.sts, action)
     if injected:
         status, code = injected
         return _finish(record, sts_error(status, code, f"injected failure {code}"), code)
-    problem = _validate_assume_role(params)
+    return None
+
+
+async def assume_role_with_web_identity(state: FakeState, request: web.Request, params: dict) -> web.Response:
+    """Handle AssumeRoleWithWebIdentity (unsigned)."""
+    record = _sts_record(state, request, "AssumeRoleWithWebIdentity", params)
+    failed = await _delay_and_inject(state, record, "AssumeRoleWithWebIdentity")
+    if failed:
+        return failed
+    problem = _validate_assume_role(params, "AssumeRoleWithWebIdentity")
     if problem:
-        return _finish(record, sts_error(400, "ValidationError", problem), "ValidationError")
+        code, message = problem
+        return _finish(record, sts_error(400, code, message), code)
     token = params["WebIdentityToken"]
     if state.sts.accept_tokens is not None and token not in state.sts.accept_tokens:
         msg = "Couldn't retrieve verification key from your identity provider, or token not accepted"
         return _finish(record, sts_error(400, "InvalidIdentityToken", msg), "InvalidIdentityToken")
     cred = issue_credential(state, params["RoleArn"], params["RoleSessionName"], params.get("DurationSeconds"))
-    record.update(
-        access_key_id=cred.access_key_id,
-        expiration=iso8601_floor(cred.expires_at or 0),
-        expires_at=cred.expires_at,
-    )
-    return _finish(record, xml_response(200, assume_role_response_xml(cred, token)))
+    _record_issued(record, cred)
+    packed = packed_policy_size(params) if has_session_policies(params) else None
+    return _finish(record, xml_response(200, assume_role_response_xml(cred, token, packed)))
 
 
-def get_caller_identity(state: FakeState, request: web.Request, body: bytes, params: dict) -> web.Response:
-    """Handle GetCallerIdentity: SigV4 (service ``sts``) verified like Bedrock."""
-    record = _sts_record(state, request, "GetCallerIdentity", params)
+def _verify_sts_signature(state: FakeState, request: web.Request, body: bytes, record: dict) -> tuple:
+    """``(credential, None)`` for a valid SigV4 (service ``sts``) request, else ``(None, error)``."""
     if "Authorization" not in request.headers:
-        return _finish(record, sts_error(403, "MissingAuthenticationToken", "Request is missing Authentication Token"), "MissingAuthenticationToken")
+        code = "MissingAuthenticationToken"
+        return None, _finish(record, sts_error(403, code, "Request is missing Authentication Token"), code)
     check = verify_sigv4(
         state,
         method=request.method,
@@ -817,13 +958,49 @@ def get_caller_identity(state: FakeState, request: web.Request, body: bytes, par
         body=body,
         service="sts",
     )
-    record["access_key_id"] = check.access_key_id
+    record["source_access_key_id"] = check.access_key_id
+    if check.credential is not None:
+        record["source_arn"] = check.credential.arn
     if not check.ok:
         code = STS_SIG_ERRORS[check.kind]
         record["rejection"] = check.message
-        return _finish(record, sts_error(403, code, check.message), code)
-    cred = check.credential
-    assert cred is not None
+        return None, _finish(record, sts_error(403, code, check.message), code)
+    assert check.credential is not None
+    return check.credential, None
+
+
+async def assume_role(state: FakeState, request: web.Request, body: bytes, params: dict) -> web.Response:
+    """Handle AssumeRole (role chaining): SigV4-signed by a credential the fake accepts."""
+    record = _sts_record(state, request, "AssumeRole", params)
+    failed = await _delay_and_inject(state, record, "AssumeRole")
+    if failed:
+        return failed
+    source, failed = _verify_sts_signature(state, request, body, record)
+    if failed:
+        return failed
+    problem = _validate_assume_role(params, "AssumeRole")
+    if problem:
+        code, message = problem
+        return _finish(record, sts_error(400, code, message), code)
+    role_arn = params["RoleArn"]
+    denied = f"User: {source.arn} is not authorized to perform: sts:AssumeRole on resource: {role_arn}"
+    if role_arn in state.sts.deny_roles:
+        return _finish(record, sts_error(403, "AccessDenied", denied), "AccessDenied")
+    required = state.sts.require_external_id.get(role_arn)
+    if required is not None and params.get("ExternalId") != required:
+        return _finish(record, sts_error(403, "AccessDenied", denied), "AccessDenied")
+    cred = issue_credential(state, role_arn, params["RoleSessionName"], params.get("DurationSeconds"))
+    _record_issued(record, cred)
+    return _finish(record, xml_response(200, chained_role_response_xml(cred, packed_policy_size(params))))
+
+
+def get_caller_identity(state: FakeState, request: web.Request, body: bytes, params: dict) -> web.Response:
+    """Handle GetCallerIdentity: SigV4 (service ``sts``) verified like Bedrock."""
+    record = _sts_record(state, request, "GetCallerIdentity", params)
+    cred, failed = _verify_sts_signature(state, request, body, record)
+    record["access_key_id"] = record["source_access_key_id"]
+    if failed:
+        return failed
     body_xml = (
         f'<GetCallerIdentityResponse xmlns="{STS_NS}"><GetCallerIdentityResult>'
         f"<Arn>{xml_escape(cred.arn)}</Arn><UserId>{xml_escape(cred.user_id)}</UserId>"
@@ -867,6 +1044,20 @@ async def ctl_sts(state: FakeState, request: web.Request) -> dict:
         raise ValueError(f"fail_code must be one of {sorted(STS_FAIL_STATUS)}")
     if "accept_tokens" in data and data["accept_tokens"] is not None:
         data["accept_tokens"] = [str(t) for t in data["accept_tokens"]]
+    if data.get("fail_action") not in (None, *STS_ISSUING_ACTIONS):
+        raise ValueError(f"fail_action must be null or one of {list(STS_ISSUING_ACTIONS)}")
+    if "require_external_id" in data:
+        required = data["require_external_id"] or {}
+        if not isinstance(required, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in required.items()
+        ):
+            raise ValueError("require_external_id must be an object mapping role ARN -> external id")
+        data["require_external_id"] = required
+    if "deny_roles" in data:
+        denied = data["deny_roles"] or []
+        if not isinstance(denied, list) or not all(isinstance(r, str) for r in denied):
+            raise ValueError("deny_roles must be a list of role ARNs")
+        data["deny_roles"] = denied
     for key, value in data.items():
         setattr(state.sts, key, value)
     return asdict(state.sts)
@@ -897,6 +1088,7 @@ async def ctl_credentials(state: FakeState, request: web.Request) -> list:
             "access_key_id": c.access_key_id,
             "kind": c.kind,
             "arn": c.arn,
+            "role_arn": c.role_arn,
             "expires_at": c.expires_at,
             "expired": c.expired(now),
         }
@@ -1055,6 +1247,7 @@ def new_bedrock_record(state: FakeState, request: web.Request, body: bytes) -> d
         "auth_kind": "none",
         "auth": "none",
         "access_key_id": None,
+        "principal_arn": None,
         "bearer_token": None,
         "verified": False,
         "rejection": None,
@@ -1115,6 +1308,7 @@ def _authenticate_sigv4(state: FakeState, request: web.Request, body: bytes, rec
         signed_headers=check.signed_headers,
         security_token_signed=check.security_token_signed,
         canonical_request=check.canonical_request,
+        principal_arn=check.credential.arn if check.credential is not None else None,
     )
     if check.ok:
         record["verified"] = True
@@ -1480,6 +1674,11 @@ async def route_bedrock(state: FakeState, request: web.Request, body: bytes, rec
         record["route"] = "openai-models"
     else:
         return aws_json_error(404, "UnknownOperationException", "UnknownOperationException")
+
+    # Simulated model latency before any response header is sent.
+    response_delay_ms = header_int(request, "x-fake-response-delay-ms", 0) or 0
+    if response_delay_ms > 0:
+        await asyncio.sleep(response_delay_ms / 1000.0)
 
     forced = header_int(request, "x-fake-status", None)
     if forced is not None and forced >= 400:
