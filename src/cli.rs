@@ -39,6 +39,30 @@ pub struct AwsArgs {
     /// Timeout of one STS call [env: BEDROCK_BROKER_STS_TIMEOUT] [default: 10s]
     #[arg(long)]
     pub sts_timeout: Option<String>,
+
+    /// Requested lifetime of STS sessions, 15m to 12h (1h at most when chaining)
+    /// [env: BEDROCK_BROKER_SESSION_DURATION] [default: the role's setting, normally 1h]
+    #[arg(long)]
+    pub session_duration: Option<String>,
+
+    /// Inline session policy (JSON, or @FILE) narrowing what the session may do
+    /// [env: BEDROCK_BROKER_SESSION_POLICY]
+    #[arg(long)]
+    pub session_policy: Option<String>,
+
+    /// Comma-separated managed policy ARNs narrowing the session (at most 10)
+    /// [env: BEDROCK_BROKER_SESSION_POLICY_ARNS]
+    #[arg(long)]
+    pub session_policy_arns: Option<String>,
+
+    /// Second hop: AssumeRole into this role with the first credentials
+    /// [env: BEDROCK_BROKER_CHAIN_ROLE_ARN]
+    #[arg(long)]
+    pub chain_role_arn: Option<String>,
+
+    /// ExternalId for the chained AssumeRole [env: BEDROCK_BROKER_CHAIN_EXTERNAL_ID]
+    #[arg(long)]
+    pub chain_external_id: Option<String>,
 }
 
 #[derive(Debug, Args, Default, Clone)]
@@ -76,6 +100,25 @@ pub struct SidecarArgs {
     #[arg(long)]
     pub connect_timeout: Option<String>,
 
+    /// Longest wait for Bedrock's response headers; 0s disables
+    /// [env: BEDROCK_BROKER_RESPONSE_HEADER_TIMEOUT] [default: 15m]
+    #[arg(long)]
+    pub response_header_timeout: Option<String>,
+
+    /// Longest silence inside a streamed response before it is cut off; 0s disables
+    /// [env: BEDROCK_BROKER_STREAM_IDLE_TIMEOUT] [default: 5m]
+    #[arg(long)]
+    pub stream_idle_timeout: Option<String>,
+
+    /// Token usage metrics per model: true or false [env: BEDROCK_BROKER_USAGE_METRICS] [default: true]
+    #[arg(long)]
+    pub usage_metrics: Option<String>,
+
+    /// Comma-separated model ids allowed as the `model` label (others become `other`)
+    /// [env: BEDROCK_BROKER_USAGE_MODELS] [default: the first 20 models seen]
+    #[arg(long)]
+    pub usage_models: Option<String>,
+
     /// Fraction of the credential lifetime after which they are refreshed
     /// [env: BEDROCK_BROKER_REFRESH_FRACTION] [default: 0.5]
     #[arg(long)]
@@ -89,6 +132,17 @@ pub struct SidecarArgs {
     /// [env: BEDROCK_BROKER_TOKEN_WATCH_INTERVAL] [default: 1s]
     #[arg(long)]
     pub token_watch_interval: Option<String>,
+
+    /// Serve the AWS container-credentials protocol on this loopback address so
+    /// other AWS SDKs in the pod share the credentials [env: BEDROCK_BROKER_CREDENTIALS_LISTEN]
+    /// [default: off]
+    #[arg(long)]
+    pub credentials_listen: Option<String>,
+
+    /// File holding the authorization token for --credentials-listen; created with a
+    /// random token if missing [env: BEDROCK_BROKER_CREDENTIALS_TOKEN_FILE]
+    #[arg(long)]
+    pub credentials_token_file: Option<String>,
 }
 
 #[derive(Debug, Args, Default, Clone)]

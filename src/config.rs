@@ -31,6 +31,20 @@ pub mod vars {
     pub const REFRESH_FRACTION: &str = "BEDROCK_BROKER_REFRESH_FRACTION";
     pub const REFRESH_MAX_BACKOFF: &str = "BEDROCK_BROKER_REFRESH_MAX_BACKOFF";
     pub const TOKEN_WATCH_INTERVAL: &str = "BEDROCK_BROKER_TOKEN_WATCH_INTERVAL";
+    pub const RESPONSE_HEADER_TIMEOUT: &str = "BEDROCK_BROKER_RESPONSE_HEADER_TIMEOUT";
+    pub const STREAM_IDLE_TIMEOUT: &str = "BEDROCK_BROKER_STREAM_IDLE_TIMEOUT";
+    pub const USAGE_METRICS: &str = "BEDROCK_BROKER_USAGE_METRICS";
+    pub const USAGE_MODELS: &str = "BEDROCK_BROKER_USAGE_MODELS";
+    pub const SESSION_DURATION: &str = "BEDROCK_BROKER_SESSION_DURATION";
+    pub const SESSION_POLICY: &str = "BEDROCK_BROKER_SESSION_POLICY";
+    pub const SESSION_POLICY_ARNS: &str = "BEDROCK_BROKER_SESSION_POLICY_ARNS";
+    pub const CHAIN_ROLE_ARN: &str = "BEDROCK_BROKER_CHAIN_ROLE_ARN";
+    pub const CHAIN_EXTERNAL_ID: &str = "BEDROCK_BROKER_CHAIN_EXTERNAL_ID";
+    pub const CREDENTIALS_LISTEN: &str = "BEDROCK_BROKER_CREDENTIALS_LISTEN";
+    pub const CREDENTIALS_TOKEN_FILE: &str = "BEDROCK_BROKER_CREDENTIALS_TOKEN_FILE";
+    /// Downward API: the pod's namespace and name, for the default session name.
+    pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
+    pub const POD_NAME: &str = "POD_NAME";
 
     pub const AWS_REGION: &str = "AWS_REGION";
     pub const AWS_DEFAULT_REGION: &str = "AWS_DEFAULT_REGION";
@@ -68,6 +82,13 @@ pub mod defaults {
     pub const STS_TIMEOUT: Duration = Duration::from_secs(10);
     /// Signing name for bedrock-runtime, bedrock-agent-runtime and custom endpoints.
     pub const SIGNING_NAME: &str = "bedrock";
+    /// Generous: a long non-streaming generation can take many minutes, but
+    /// a connection that never answers must not hold a client forever.
+    pub const RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+    /// Models pause between tokens for seconds, not minutes.
+    pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+    /// Distinct `model` label values before the rest become `other`.
+    pub const USAGE_MAX_MODELS: usize = 20;
     /// A `stat` a second is free, and a rotated token is exchanged within a second.
     pub const TOKEN_WATCH_INTERVAL: Duration = Duration::from_secs(1);
     /// Session name prefix, so CloudTrail shows the broker made the call.
@@ -336,11 +357,7 @@ impl SessionName {
     /// A valid session name derived from any string (normally the pod name):
     /// invalid characters become `-`, the result is prefixed and cut to 64.
     pub fn derive(from: Option<&str>) -> Self {
-        let cleaned: String = from
-            .unwrap_or("")
-            .chars()
-            .map(|c| if Self::allowed(c) { c } else { '-' })
-            .collect();
+        let cleaned = Self::clean(from.unwrap_or(""));
         let mut name = if cleaned.is_empty() {
             defaults::SESSION_NAME_PREFIX.to_owned()
         } else {
@@ -348,6 +365,28 @@ impl SessionName {
         };
         name.truncate(64);
         Self(name)
+    }
+
+    /// `<namespace>.<pod>`, so CloudTrail names the calling pod; falls back
+    /// to [`SessionName::derive`] outside Kubernetes.
+    pub fn for_pod(namespace: Option<&str>, pod: Option<&str>) -> Self {
+        match (namespace, pod) {
+            (Some(ns), Some(pod)) => {
+                let mut name = format!("{}.{}", Self::clean(ns), Self::clean(pod));
+                name.truncate(64);
+                match Self::parse(&name) {
+                    Ok(n) => n,
+                    Err(_) => Self::derive(Some(pod)),
+                }
+            }
+            (_, pod) => Self::derive(pod),
+        }
+    }
+
+    fn clean(raw: &str) -> String {
+        raw.chars()
+            .map(|c| if Self::allowed(c) { c } else { '-' })
+            .collect()
     }
 
     pub fn as_str(&self) -> &str {
@@ -361,6 +400,96 @@ pub struct WebIdentityConfig {
     pub role_arn: RoleArn,
     /// Re-read on every attempt: the kubelet rotates the token in place.
     pub token_file: PathBuf,
+    pub session_name: SessionName,
+}
+
+/// What STS is asked to put in the session it issues (on the last hop).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// `DurationSeconds`; `None` leaves the role's default (normally 1 h).
+    pub duration: Option<Duration>,
+    /// Inline session policy (validated JSON): the session may do at most this.
+    pub policy: Option<String>,
+    /// Managed policies narrowing the session.
+    pub policy_arns: Vec<String>,
+}
+
+impl SessionOptions {
+    fn parse_duration(raw: &str, chained: bool) -> Result<Duration, String> {
+        let d = parse_duration(raw)?;
+        let max = if chained { 3600 } else { 43_200 };
+        if d.as_secs() < 900 || d.as_secs() > max || d.subsec_nanos() != 0 {
+            return Err(format!(
+                "{raw:?} is outside what STS accepts: whole seconds from 15m to {}",
+                if chained {
+                    "1h (role chaining limit)"
+                } else {
+                    "12h"
+                }
+            ));
+        }
+        Ok(d)
+    }
+
+    fn parse_policy(raw: &str) -> Result<String, String> {
+        let text = match raw.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the policy file {path}: {e}"))?,
+            None => raw.to_owned(),
+        };
+        match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(serde_json::Value::Object(_)) => {}
+            Ok(_) => return Err("the session policy must be a JSON object".to_owned()),
+            Err(e) => return Err(format!("the session policy is not valid JSON: {e}")),
+        }
+        if text.len() > 2048 {
+            return Err(format!(
+                "the session policy is {} characters; STS accepts at most 2048",
+                text.len()
+            ));
+        }
+        Ok(text)
+    }
+
+    fn parse_policy_arns(raw: &str) -> Result<Vec<String>, String> {
+        let arns: Vec<String> = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if arns.len() > 10 {
+            return Err(format!(
+                "{} policy ARNs given; STS accepts at most 10",
+                arns.len()
+            ));
+        }
+        for arn in &arns {
+            let parts: Vec<&str> = arn.splitn(6, ':').collect();
+            let ok = parts.len() == 6
+                && parts[0] == "arn"
+                && parts[1].starts_with("aws")
+                && parts[2] == "iam"
+                && (parts[4] == "aws"
+                    || (parts[4].len() == 12 && parts[4].bytes().all(|b| b.is_ascii_digit())))
+                && parts[5]
+                    .strip_prefix("policy/")
+                    .is_some_and(|n| !n.is_empty());
+            if !ok {
+                return Err(format!(
+                    "{arn:?} is not an IAM policy ARN (arn:aws:iam::123456789012:policy/NAME)"
+                ));
+            }
+        }
+        Ok(arns)
+    }
+}
+
+/// An optional second hop: AssumeRole into another (often cross-account) role.
+#[derive(Debug, Clone)]
+pub struct ChainConfig {
+    pub role_arn: RoleArn,
+    pub external_id: Option<String>,
     pub session_name: SessionName,
 }
 
@@ -427,6 +556,10 @@ pub struct CredentialsConfig {
     pub mode: CredentialMode,
     pub sts: StsConfig,
     pub ca_bundle: Option<CaBundle>,
+    /// Applied by STS to the session whose credentials sign requests.
+    pub session: SessionOptions,
+    /// Role chaining, when configured.
+    pub chain: Option<ChainConfig>,
     /// Non-fatal remarks about the configuration, logged at start.
     pub warnings: Vec<String>,
 }
@@ -505,6 +638,21 @@ pub struct SidecarConfig {
     pub refresh: RefreshPolicy,
     /// `None` disables watching the token file for rotations.
     pub token_watch_interval: Option<Duration>,
+    /// The optional loopback container-credentials endpoint for other SDKs.
+    pub container_credentials: Option<ContainerCredentialsConfig>,
+    pub response_header_timeout: Option<Duration>,
+    pub stream_idle_timeout: Option<Duration>,
+    /// `None`: usage metrics off; `Some(None)`: first N models; `Some(Some(list))`: allow-list.
+    pub usage_metrics: Option<Option<Vec<String>>>,
+}
+
+/// Serving the AWS container-credentials protocol to the rest of the pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerCredentialsConfig {
+    /// Loopback only: whoever reaches it gets the credentials.
+    pub listen: SocketAddr,
+    /// Shared with the app (`AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`).
+    pub token_file: PathBuf,
 }
 
 fn parse_duration(raw: &str) -> Result<Duration, String> {
@@ -522,6 +670,15 @@ fn parse_positive_duration(raw: &str) -> Result<Duration, String> {
 fn parse_addr(raw: &str) -> Result<SocketAddr, String> {
     raw.parse()
         .map_err(|_| format!("{raw:?} is not an address (expected IP:PORT, e.g. 127.0.0.1:9787)"))
+}
+
+/// The session name used when none is configured: namespace and pod name
+/// from the downward API, else the host name.
+fn default_session_name(env: &Env) -> SessionName {
+    SessionName::for_pod(
+        env.get(vars::POD_NAMESPACE),
+        env.get(vars::POD_NAME).or(env.get(vars::HOSTNAME)),
+    )
 }
 
 impl CredentialsConfig {
@@ -651,6 +808,47 @@ impl CredentialsConfig {
             );
         }
 
+        let chain = Self::parse_chain(args, env, errors);
+        if chain.is_some() && matches!(mode, CredentialMode::Bearer(_)) {
+            warnings.push(format!(
+                "{} is ignored: API-key mode does not use SigV4 credentials",
+                vars::CHAIN_ROLE_ARN
+            ));
+        }
+        let chained = chain.is_some();
+        let session = SessionOptions {
+            duration: errors.parse(
+                &lookup(
+                    args.session_duration.as_deref(),
+                    "session-duration",
+                    env,
+                    &[vars::SESSION_DURATION],
+                ),
+                None,
+                |raw| SessionOptions::parse_duration(raw, chained).map(Some),
+            ),
+            policy: errors.parse(
+                &lookup(
+                    args.session_policy.as_deref(),
+                    "session-policy",
+                    env,
+                    &[vars::SESSION_POLICY],
+                ),
+                None,
+                |raw| SessionOptions::parse_policy(raw).map(Some),
+            ),
+            policy_arns: errors.parse(
+                &lookup(
+                    args.session_policy_arns.as_deref(),
+                    "session-policy-arns",
+                    env,
+                    &[vars::SESSION_POLICY_ARNS],
+                ),
+                Vec::new(),
+                SessionOptions::parse_policy_arns,
+            ),
+        };
+
         Self {
             region,
             mode,
@@ -659,8 +857,60 @@ impl CredentialsConfig {
                 timeout: sts_timeout,
             },
             ca_bundle,
+            session,
+            chain,
             warnings,
         }
+    }
+
+    fn parse_chain(args: &AwsArgs, env: &Env, errors: &mut Errors) -> Option<ChainConfig> {
+        let role_l = lookup(
+            args.chain_role_arn.as_deref(),
+            "chain-role-arn",
+            env,
+            &[vars::CHAIN_ROLE_ARN],
+        );
+        let external_l = lookup(
+            args.chain_external_id.as_deref(),
+            "chain-external-id",
+            env,
+            &[vars::CHAIN_EXTERNAL_ID],
+        );
+        let external_id = errors.parse(&external_l, None, |raw| {
+            let ok = (2..=1224).contains(&raw.len())
+                && raw
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_+=,.@:/-".contains(c));
+            if ok {
+                Ok(Some(raw.to_owned()))
+            } else {
+                Err(
+                    "an ExternalId is 2 to 1224 characters of letters, digits and _+=,.@:/-"
+                        .to_owned(),
+                )
+            }
+        });
+        let Some(raw_role) = role_l.value else {
+            if external_l.value.is_some() {
+                errors.push(
+                    &external_l.origin,
+                    format!("is set without {}", vars::CHAIN_ROLE_ARN),
+                );
+            }
+            return None;
+        };
+        let role_arn = RoleArn::parse(raw_role.trim())
+            .map_err(|m| errors.push(&role_l.origin, m))
+            .ok()?;
+        let session_name = match env.get(vars::AWS_ROLE_SESSION_NAME) {
+            Some(raw) => SessionName::parse(raw.trim()).ok()?,
+            None => default_session_name(env),
+        };
+        Some(ChainConfig {
+            role_arn,
+            external_id,
+            session_name,
+        })
     }
 
     fn parse_web_identity(env: &Env, errors: &mut Errors) -> Option<WebIdentityConfig> {
@@ -696,7 +946,7 @@ impl CredentialsConfig {
                     Some(raw) => SessionName::parse(raw.trim())
                         .map_err(|m| errors.push(vars::AWS_ROLE_SESSION_NAME, m))
                         .ok(),
-                    None => Some(SessionName::derive(env.get(vars::HOSTNAME))),
+                    None => Some(default_session_name(env)),
                 };
                 Some(WebIdentityConfig {
                     role_arn: role?,
@@ -748,6 +998,63 @@ impl CredentialsConfig {
 }
 
 impl SidecarConfig {
+    fn parse_container_credentials(
+        args: &SidecarArgs,
+        env: &Env,
+        credentials: &CredentialsConfig,
+        errors: &mut Errors,
+    ) -> Option<ContainerCredentialsConfig> {
+        let listen_l = lookup(
+            args.credentials_listen.as_deref(),
+            "credentials-listen",
+            env,
+            &[vars::CREDENTIALS_LISTEN],
+        );
+        let token_l = lookup(
+            args.credentials_token_file.as_deref(),
+            "credentials-token-file",
+            env,
+            &[vars::CREDENTIALS_TOKEN_FILE],
+        );
+        let listen = errors.parse(&listen_l, None, |raw| {
+            let addr = parse_addr(raw)?;
+            if addr.ip().is_loopback() {
+                Ok(Some(addr))
+            } else {
+                Err(format!("{raw:?} is not a loopback address; the endpoint hands out credentials, so it must stay inside the pod"))
+            }
+        });
+        match (listen, token_l.value) {
+            (None, None) => None,
+            (None, Some(_)) if listen_l.value.is_none() => {
+                errors.push(
+                    &token_l.origin,
+                    format!("is set without {}", vars::CREDENTIALS_LISTEN),
+                );
+                None
+            }
+            (None, _) => None,
+            (Some(_), None) => {
+                errors.push(
+                    &token_l.origin,
+                    "is required with --credentials-listen: SDKs must present the token (AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE)",
+                );
+                None
+            }
+            (Some(_), Some(_)) if matches!(credentials.mode, CredentialMode::Bearer(_)) => {
+                errors.push(
+                    &listen_l.origin,
+                    "needs SigV4 credentials; API-key mode has none to share",
+                );
+                None
+            }
+            (Some(listen), Some(file)) => Some(ContainerCredentialsConfig {
+                listen,
+                token_file: PathBuf::from(file),
+            }),
+        }
+    }
+
     pub fn from_args(args: &SidecarArgs, env: &Env) -> Result<Self, ConfigErrors> {
         let mut errors = Errors::default();
         let credentials = CredentialsConfig::parse(&args.aws, env, &mut errors);
@@ -888,6 +1195,60 @@ impl SidecarConfig {
             |raw| parse_duration(raw).map(|d| (!d.is_zero()).then_some(d)),
         );
 
+        let container_credentials =
+            Self::parse_container_credentials(args, env, &credentials, &mut errors);
+        let optional_duration =
+            |raw: &str| parse_duration(raw).map(|d| (!d.is_zero()).then_some(d));
+        let response_header_timeout = errors.parse(
+            &lookup(
+                args.response_header_timeout.as_deref(),
+                "response-header-timeout",
+                env,
+                &[vars::RESPONSE_HEADER_TIMEOUT],
+            ),
+            Some(defaults::RESPONSE_HEADER_TIMEOUT),
+            optional_duration,
+        );
+        let stream_idle_timeout = errors.parse(
+            &lookup(
+                args.stream_idle_timeout.as_deref(),
+                "stream-idle-timeout",
+                env,
+                &[vars::STREAM_IDLE_TIMEOUT],
+            ),
+            Some(defaults::STREAM_IDLE_TIMEOUT),
+            optional_duration,
+        );
+        let usage_on = errors.parse(
+            &lookup(
+                args.usage_metrics.as_deref(),
+                "usage-metrics",
+                env,
+                &[vars::USAGE_METRICS],
+            ),
+            true,
+            |raw| match raw {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                _ => Err(format!("{raw:?} is not a boolean (true or false)")),
+            },
+        );
+        let usage_models = lookup(
+            args.usage_models.as_deref(),
+            "usage-models",
+            env,
+            &[vars::USAGE_MODELS],
+        )
+        .value
+        .map(|raw| {
+            raw.split(',')
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        });
+        let usage_metrics = usage_on.then_some(usage_models);
+
         let upstream = base.map(|(scheme, authority, base_path)| {
             let signing_name = signing_name_override.unwrap_or_else(|| {
                 UpstreamConfig::signing_name_for_host(authority.host()).to_owned()
@@ -910,6 +1271,10 @@ impl SidecarConfig {
             connect_timeout,
             refresh,
             token_watch_interval,
+            container_credentials,
+            response_header_timeout,
+            stream_idle_timeout,
+            usage_metrics,
         });
         match errors.finish(()) {
             Ok(()) => Ok(config.expect("an upstream exists when no error was recorded")),
@@ -1112,6 +1477,105 @@ mod tests {
         assert!(matches!(c.credentials.mode, CredentialMode::Bearer(_)));
         assert_eq!(c.credentials.warnings.len(), 1);
         assert!(!format!("{c:?}").contains("bedrock-api-key-abc"));
+    }
+
+    #[test]
+    fn session_name_defaults_to_namespace_and_pod() {
+        let mut env = IRSA.to_vec();
+        env.extend([("POD_NAMESPACE", "team-a"), ("POD_NAME", "chat-7d9f-x2")]);
+        let c = sidecar(&env).unwrap();
+        let CredentialMode::SigV4(SigV4Source::WebIdentity(w)) = &c.credentials.mode else {
+            panic!()
+        };
+        assert_eq!(w.session_name.as_str(), "team-a.chat-7d9f-x2");
+        let long = SessionName::for_pod(Some(&"n".repeat(40)), Some(&"p".repeat(40)));
+        assert_eq!(long.as_str().len(), 64);
+    }
+
+    #[test]
+    fn session_options_and_chaining_are_validated() {
+        let mut env = IRSA.to_vec();
+        env.extend([
+            ("BEDROCK_BROKER_SESSION_DURATION", "2h"),
+            (
+                "BEDROCK_BROKER_SESSION_POLICY",
+                r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"bedrock:InvokeModel*","Resource":"*"}]}"#,
+            ),
+            (
+                "BEDROCK_BROKER_SESSION_POLICY_ARNS",
+                "arn:aws:iam::aws:policy/AmazonBedrockLimitedAccess, arn:aws:iam::123456789012:policy/x",
+            ),
+        ]);
+        let c = sidecar(&env).unwrap();
+        assert_eq!(
+            c.credentials.session.duration,
+            Some(Duration::from_secs(7200))
+        );
+        assert_eq!(c.credentials.session.policy_arns.len(), 2);
+        assert!(c.credentials.chain.is_none());
+
+        // Chaining caps the duration at 1 h and checks the external id.
+        env.extend([
+            (
+                "BEDROCK_BROKER_CHAIN_ROLE_ARN",
+                "arn:aws:iam::210987654321:role/bedrock",
+            ),
+            ("BEDROCK_BROKER_CHAIN_EXTERNAL_ID", "x"),
+        ]);
+        let o = origins(&sidecar(&env).unwrap_err());
+        assert_eq!(
+            o,
+            [
+                "BEDROCK_BROKER_CHAIN_EXTERNAL_ID",
+                "BEDROCK_BROKER_SESSION_DURATION"
+            ]
+        );
+
+        let e = sidecar(&[
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "A"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+            ("BEDROCK_BROKER_SESSION_POLICY", "[1]"),
+            (
+                "BEDROCK_BROKER_SESSION_POLICY_ARNS",
+                "arn:aws:iam::1:role/x",
+            ),
+            ("BEDROCK_BROKER_CHAIN_EXTERNAL_ID", "ext-id"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            origins(&e),
+            [
+                "BEDROCK_BROKER_CHAIN_EXTERNAL_ID",
+                "BEDROCK_BROKER_SESSION_POLICY",
+                "BEDROCK_BROKER_SESSION_POLICY_ARNS"
+            ]
+        );
+    }
+
+    #[test]
+    fn container_credentials_endpoint_is_loopback_only_and_needs_a_token() {
+        let mut env = IRSA.to_vec();
+        env.push(("BEDROCK_BROKER_CREDENTIALS_LISTEN", "0.0.0.0:9790"));
+        let o = origins(&sidecar(&env).unwrap_err());
+        assert_eq!(o, ["BEDROCK_BROKER_CREDENTIALS_LISTEN"]);
+        let mut env = IRSA.to_vec();
+        env.extend([
+            ("BEDROCK_BROKER_CREDENTIALS_LISTEN", "127.0.0.1:9790"),
+            ("BEDROCK_BROKER_CREDENTIALS_TOKEN_FILE", "/var/run/bb/token"),
+        ]);
+        let c = sidecar(&env).unwrap();
+        assert_eq!(
+            c.container_credentials.unwrap().listen.to_string(),
+            "127.0.0.1:9790"
+        );
+        env.truncate(IRSA.len());
+        env.push(("BEDROCK_BROKER_CREDENTIALS_LISTEN", "127.0.0.1:9790"));
+        let o = origins(&sidecar(&env).unwrap_err());
+        assert_eq!(
+            o,
+            ["--credentials-token-file / BEDROCK_BROKER_CREDENTIALS_TOKEN_FILE"]
+        );
     }
 
     #[test]

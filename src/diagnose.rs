@@ -93,6 +93,33 @@ pub async fn run(config: &CredentialsConfig, clock: SharedClock) -> Result<Strin
         }
     }
 
+    if let Some(chain) = &config.chain {
+        let _ = writeln!(
+            report,
+            "chain:    AssumeRole into {} (session {}, external id {})",
+            chain.role_arn,
+            chain.session_name.as_str(),
+            if chain.external_id.is_some() {
+                "set"
+            } else {
+                "not set"
+            }
+        );
+    }
+    let s = &config.session;
+    if s.duration.is_some() || s.policy.is_some() || !s.policy_arns.is_empty() {
+        let _ = writeln!(
+            report,
+            "session:  duration {}, inline policy {}, {} policy ARN(s)",
+            s.duration.map_or_else(
+                || "role default".to_owned(),
+                |d| humantime::format_duration(d).to_string()
+            ),
+            if s.policy.is_some() { "yes" } else { "no" },
+            s.policy_arns.len()
+        );
+    }
+
     let fetched = source_for(source, config, region)
         .fetch()
         .await

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod container_credentials;
 pub mod credentials;
 pub mod diagnose;
 pub mod metrics;

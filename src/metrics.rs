@@ -47,6 +47,10 @@ pub struct ProxyMetrics {
     /// Requests Bedrock rejected for expired or unknown credentials, by what
     /// the proxy did: `retried` with fresher credentials, or `gave_up`.
     pub auth_retries: IntCounterVec,
+    /// Tokens by `model` and `direction` (input, output, cache_read, cache_write).
+    pub tokens: IntCounterVec,
+    /// Time from request to the first streamed chunk, by `operation`.
+    pub time_to_first_token: HistogramVec,
 }
 
 const PREFIX: &str = "bedrock_broker";
@@ -133,6 +137,24 @@ impl Metrics {
                 ),
                 &["result"],
             )?,
+            tokens: IntCounterVec::new(
+                opts(
+                    "tokens_total",
+                    "Tokens reported by Bedrock, by model and direction (input, output, cache_read, cache_write).",
+                ),
+                &["model", "direction"],
+            )?,
+            time_to_first_token: HistogramVec::new(
+                HistogramOpts::new(
+                    "time_to_first_token_seconds",
+                    "Time from request to the first streamed chunk of a streaming response, by operation.",
+                )
+                .namespace(PREFIX)
+                .buckets(vec![
+                    0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0,
+                ]),
+                &["operation"],
+            )?,
         };
 
         let c = &credentials;
@@ -147,6 +169,8 @@ impl Metrics {
         registry.register(Box::new(proxy.request_duration.clone()))?;
         registry.register(Box::new(proxy.in_flight.clone()))?;
         registry.register(Box::new(proxy.auth_retries.clone()))?;
+        registry.register(Box::new(proxy.tokens.clone()))?;
+        registry.register(Box::new(proxy.time_to_first_token.clone()))?;
 
         // Both results exist from the start so `rate()` and alerts see zeros.
         for result in ["success", "failure"] {

@@ -16,13 +16,16 @@ use crate::credentials::token_watch::TokenWatch;
 use crate::credentials::{source_for, CredentialCell, Refresher};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Proxy, ProxySettings};
-use crate::serve;
+use crate::secret::Secret;
+use crate::{container_credentials, serve};
 
 /// A sidecar whose listeners are bound but which is not serving yet.
 pub struct Sidecar {
     config: SidecarConfig,
     proxy_listener: TcpListener,
     admin_listener: TcpListener,
+    /// The container-credentials endpoint and its token, when enabled.
+    credentials_endpoint: Option<(TcpListener, Secret)>,
     clock: SharedClock,
     metrics: Metrics,
 }
@@ -32,10 +35,19 @@ impl Sidecar {
     pub async fn bind(config: SidecarConfig, clock: SharedClock) -> anyhow::Result<Self> {
         let proxy_listener = serve::bind(config.listen, "proxy").await?;
         let admin_listener = serve::bind(config.admin_listen, "admin server").await?;
+        let credentials_endpoint = match &config.container_credentials {
+            None => None,
+            Some(cc) => {
+                let token = container_credentials::load_or_create_token(&cc.token_file)
+                    .context("BEDROCK_BROKER_CREDENTIALS_TOKEN_FILE")?;
+                Some((serve::bind(cc.listen, "credentials endpoint").await?, token))
+            }
+        };
         Ok(Self {
             config,
             proxy_listener,
             admin_listener,
+            credentials_endpoint,
             clock,
             metrics: Metrics::new(),
         })
@@ -55,6 +67,7 @@ impl Sidecar {
             config,
             proxy_listener,
             admin_listener,
+            credentials_endpoint,
             clock,
             metrics,
         } = self;
@@ -108,6 +121,7 @@ impl Sidecar {
             }
         };
 
+        let (cell_for_endpoint, clock_for_endpoint) = (cell.clone(), clock.clone());
         let tls = crate::tls::client_config(creds.ca_bundle.as_ref().map(|b| b.pem.as_slice()))
             .context("building the TLS client configuration")?;
         let client = proxy::upstream_client(tls, config.connect_timeout);
@@ -119,6 +133,11 @@ impl Sidecar {
                 max_body_bytes: config.max_body_bytes,
                 // One STS round trip plus the forced-refresh rate limit.
                 self_heal_wait: creds.sts.timeout + std::time::Duration::from_secs(1),
+                response_header_timeout: config.response_header_timeout,
+                stream_idle_timeout: config.stream_idle_timeout,
+                usage_models: config.usage_metrics.clone().map(|allow| {
+                    proxy::ModelLabels::new(allow, crate::config::defaults::USAGE_MAX_MODELS)
+                }),
             },
             cell,
             client,
@@ -146,6 +165,21 @@ impl Sidecar {
                 .with_graceful_shutdown(async move { admin_shutdown.cancelled().await })
                 .await
         });
+
+        if let Some((listener, token)) = credentials_endpoint {
+            tracing::info!(address = %listener.local_addr()?, path = container_credentials::PATH, "container credentials endpoint listening");
+            let router = container_credentials::router(
+                cell_for_endpoint.clone(),
+                clock_for_endpoint.clone(),
+                token,
+            );
+            let stop = admin_stop.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            });
+        }
 
         let service = service_fn(move |req| proxy.clone().handle(req));
         serve::serve(

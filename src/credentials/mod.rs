@@ -7,6 +7,7 @@
 //! [`CredentialCell`] that request handling reads without locks.
 
 mod cell;
+mod chained;
 mod error;
 mod refresher;
 mod source;
@@ -16,6 +17,7 @@ pub mod token_watch;
 mod web_identity;
 
 pub use cell::{CredentialCell, HeldCredentials, Unusable};
+pub use chained::ChainedSource;
 pub use error::{ErrorClass, SourceError};
 pub use refresher::{RefreshPolicy, Refresher};
 pub use source::{source_for, BoxFuture, CredentialSource, Fetched, StaticSource};

@@ -8,8 +8,8 @@ use std::time::SystemTime;
 
 use aws_credential_types::Credentials;
 
-use super::{SourceError, WebIdentitySource};
-use crate::config::{CredentialsConfig, Region, SigV4Source, StaticKeys};
+use super::{ChainedSource, SourceError, WebIdentitySource};
+use crate::config::{CredentialsConfig, Region, SessionOptions, SigV4Source, StaticKeys};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -71,17 +71,40 @@ impl CredentialSource for StaticSource {
     }
 }
 
-/// Builds the source a configuration describes.
+/// Builds the source a configuration describes: the base source, wrapped in
+/// a second AssumeRole hop when role chaining is configured. Session options
+/// go to whichever hop issues the credentials that sign requests.
 pub fn source_for(
     source: &SigV4Source,
     config: &CredentialsConfig,
     region: &Region,
 ) -> Arc<dyn CredentialSource> {
-    match source {
+    let last_hop_session = |is_last: bool| {
+        if is_last {
+            config.session.clone()
+        } else {
+            SessionOptions::default()
+        }
+    };
+    let base: Arc<dyn CredentialSource> = match source {
         SigV4Source::Static(keys) => Arc::new(StaticSource::new(keys.clone())),
         SigV4Source::WebIdentity(w) => {
             let sts = super::sts::client(config, region, None);
-            Arc::new(WebIdentitySource::new(w.clone(), sts))
+            Arc::new(WebIdentitySource::new(
+                w.clone(),
+                last_hop_session(config.chain.is_none()),
+                sts,
+            ))
         }
+    };
+    match &config.chain {
+        None => base,
+        Some(chain) => Arc::new(ChainedSource::new(
+            base,
+            chain.clone(),
+            last_hop_session(true),
+            config.clone(),
+            region.clone(),
+        )),
     }
 }

@@ -55,6 +55,21 @@ pub fn client(
     aws_sdk_sts::Client::from_conf(builder.build())
 }
 
+/// `PolicyArns` parameter value, `None` when empty.
+pub fn policy_descriptors(
+    arns: &[String],
+) -> Option<Vec<aws_sdk_sts::types::PolicyDescriptorType>> {
+    (!arns.is_empty()).then(|| {
+        arns.iter()
+            .map(|a| {
+                aws_sdk_sts::types::PolicyDescriptorType::builder()
+                    .arn(a)
+                    .build()
+            })
+            .collect()
+    })
+}
+
 /// Maps an STS error code and HTTP status to what the refresher should do.
 pub fn classify_code(code: &str, status: u16) -> ErrorClass {
     match code {

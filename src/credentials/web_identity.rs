@@ -7,7 +7,7 @@ use aws_credential_types::Credentials;
 use super::source::{BoxFuture, CredentialSource, Fetched};
 use super::token::{self, Claims};
 use super::{sts, SourceError};
-use crate::config::WebIdentityConfig;
+use crate::config::{SessionOptions, WebIdentityConfig};
 
 const OPERATION: &str = "AssumeRoleWithWebIdentity";
 
@@ -15,12 +15,22 @@ const OPERATION: &str = "AssumeRoleWithWebIdentity";
 #[derive(Debug)]
 pub struct WebIdentitySource {
     config: WebIdentityConfig,
+    /// Session options, when this is the last hop (no role chaining).
+    session: SessionOptions,
     sts: aws_sdk_sts::Client,
 }
 
 impl WebIdentitySource {
-    pub fn new(config: WebIdentityConfig, sts: aws_sdk_sts::Client) -> Self {
-        Self { config, sts }
+    pub fn new(
+        config: WebIdentityConfig,
+        session: SessionOptions,
+        sts: aws_sdk_sts::Client,
+    ) -> Self {
+        Self {
+            config,
+            session,
+            sts,
+        }
     }
 
     async fn assume(&self) -> Result<Fetched, SourceError> {
@@ -32,6 +42,9 @@ impl WebIdentitySource {
             .role_arn(self.config.role_arn.as_str())
             .role_session_name(self.config.session_name.as_str())
             .web_identity_token(token.expose())
+            .set_duration_seconds(self.session.duration.map(|d| d.as_secs() as i32))
+            .set_policy(self.session.policy.clone())
+            .set_policy_arns(sts::policy_descriptors(&self.session.policy_arns))
             .send()
             .await
             .map_err(|e| sts::source_error(OPERATION, e))?;

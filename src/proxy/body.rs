@@ -1,13 +1,22 @@
-//! The response body: streamed from upstream frame by frame, measured.
+//! The response body: streamed from upstream frame by frame, measured, and
+//! cut off (in the client's dialect) when the upstream goes quiet too long.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use aws_smithy_types::event_stream::{Header, HeaderValue as EventHeaderValue, Message};
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use prometheus::{Histogram, IntGauge};
+use tokio::time::Sleep;
+
+use super::usage::UsageTap;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Counts a request as in flight until dropped.
 #[derive(Debug)]
@@ -51,43 +60,230 @@ impl Drop for Completion {
     }
 }
 
+/// How the response body is framed, which decides how an error is told
+/// to the client once the status line has already gone out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// `text/event-stream` (OpenAI-compatible streaming).
+    Sse,
+    /// `application/vnd.amazon.eventstream` (ConverseStream, InvokeModelWithResponseStream).
+    EventStream,
+    /// Anything else (JSON).
+    Plain,
+}
+
+impl StreamKind {
+    pub fn of(headers: &HeaderMap) -> Self {
+        let ct = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if ct.starts_with("text/event-stream") {
+            Self::Sse
+        } else if ct.starts_with("application/vnd.amazon.eventstream") {
+            Self::EventStream
+        } else {
+            Self::Plain
+        }
+    }
+
+    /// The last bytes to send when the stream is cut off: an error event the
+    /// client's SDK raises. `None` when the framing has no way to say it.
+    fn error_tail(self, message: &str) -> Option<Bytes> {
+        match self {
+            Self::Sse => {
+                let body = serde_json::json!({"error": {
+                    "message": message, "type": "api_error", "code": "upstream_idle_timeout"}});
+                Some(Bytes::from(format!("data: {body}\n\n")))
+            }
+            Self::EventStream => {
+                let payload = serde_json::json!({ "message": message }).to_string();
+                let msg = Message::new(Bytes::from(payload))
+                    .add_header(Header::new(
+                        ":message-type",
+                        EventHeaderValue::String("exception".into()),
+                    ))
+                    .add_header(Header::new(
+                        ":exception-type",
+                        EventHeaderValue::String("modelStreamErrorException".into()),
+                    ))
+                    .add_header(Header::new(
+                        ":content-type",
+                        EventHeaderValue::String("application/json".into()),
+                    ));
+                let mut buf = Vec::new();
+                aws_smithy_eventstream::frame::write_message_to(&msg, &mut buf).ok()?;
+                Some(Bytes::from(buf))
+            }
+            Self::Plain => None,
+        }
+    }
+}
+
+/// Error returned when a stream stalls and no error event can be sent.
+#[derive(Debug, thiserror::Error)]
+#[error("Bedrock sent nothing for {0:?} (--stream-idle-timeout); stream cut off")]
+pub struct IdleTimeout(Duration);
+
 /// The upstream body, passed through without buffering: each frame is handed
 /// to the client as soon as it arrives.
 #[derive(Debug)]
 pub struct UpstreamBody {
     inner: Incoming,
     completion: Option<Completion>,
+    kind: StreamKind,
+    /// Longest allowed gap between frames, and the timer enforcing it.
+    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    /// Sent after a stall, before ending the stream.
+    tail: Option<Bytes>,
+    finished: bool,
+    usage: Option<UsageTap>,
 }
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming, completion: Completion) -> Self {
+    pub fn new(
+        inner: Incoming,
+        completion: Completion,
+        kind: StreamKind,
+        idle_timeout: Option<Duration>,
+        usage: Option<UsageTap>,
+    ) -> Self {
         Self {
             inner,
             completion: Some(completion),
+            kind,
+            idle: idle_timeout.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
+            tail: None,
+            finished: false,
+            usage,
+        }
+    }
+
+    fn finish(&mut self) {
+        self.finished = true;
+        self.completion.take();
+        if let Some(usage) = self.usage.take() {
+            usage.finish();
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A client that disconnects mid-stream still has its usage so far counted.
+        if !self.finished {
+            self.finish();
         }
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            self.completion.take();
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(tail) = this.tail.take() {
+            return Poll::Ready(Some(Ok(Frame::data(tail))));
         }
-        polled
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some((d, sleep)) = &mut this.idle {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + *d);
+                }
+                if let (Some(usage), Some(data)) = (&mut this.usage, frame.data_ref()) {
+                    usage.observe(data);
+                }
+                // With a Content-Length body the server stops polling after
+                // the last byte, so account for the end now, not on drop.
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.finish();
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Pending => {
+                let Some((d, sleep)) = &mut this.idle else {
+                    return Poll::Pending;
+                };
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let d = *d;
+                tracing::warn!(
+                    idle_s = d.as_secs_f64(),
+                    "upstream stream stalled; cutting it off"
+                );
+                this.finish();
+                let message = format!(
+                    "bedrock-broker: Bedrock sent nothing for {}s (--stream-idle-timeout); stream cut off",
+                    d.as_secs()
+                );
+                match this.kind.error_tail(&message) {
+                    Some(tail) => Poll::Ready(Some(Ok(Frame::data(tail)))),
+                    None => Poll::Ready(Some(Err(IdleTimeout(d).into()))),
+                }
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.tail.is_none() && self.finished
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        if self.idle.is_some() && self.kind != StreamKind::Plain {
+            // An error tail may be appended: the length is not known.
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_stream_error_tail_decodes_as_an_exception() {
+        let tail = StreamKind::EventStream.error_tail("stalled").unwrap();
+        let msg = aws_smithy_eventstream::frame::read_message_from(tail).unwrap();
+        let header = |name: &str| {
+            msg.headers()
+                .iter()
+                .find(|h| h.name().as_str() == name)
+                .and_then(|h| h.value().as_string().ok())
+                .map(|s| s.as_str().to_owned())
+        };
+        assert_eq!(header(":message-type").as_deref(), Some("exception"));
+        assert_eq!(
+            header(":exception-type").as_deref(),
+            Some("modelStreamErrorException")
+        );
+        assert_eq!(&msg.payload()[..], br#"{"message":"stalled"}"#);
+    }
+
+    #[test]
+    fn sse_error_tail_is_an_openai_error_event() {
+        let tail = StreamKind::Sse.error_tail("stalled").unwrap();
+        let text = std::str::from_utf8(&tail).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(text.trim().strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(json["error"]["code"], "upstream_idle_timeout");
+        assert!(StreamKind::Plain.error_tail("x").is_none());
     }
 }

@@ -9,6 +9,7 @@ mod headers;
 mod operation;
 mod signing;
 mod upstream;
+mod usage;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,12 +27,13 @@ pub use error::{BrokerError, Dialect};
 pub use operation::Operation;
 pub use signing::Signer;
 pub use upstream::{client as upstream_client, UpstreamClient};
+pub use usage::{ModelLabels, UsageRecorder};
 
 use crate::clock::SharedClock;
 use crate::config::UpstreamConfig;
 use crate::credentials::CredentialCell;
 use crate::metrics::ProxyMetrics;
-use body::{Completion, InFlight, UpstreamBody};
+use body::{Completion, InFlight, StreamKind, UpstreamBody};
 
 /// What the proxy answers with: a broker-made body or the upstream stream.
 pub type ProxyBody = Either<Full<Bytes>, UpstreamBody>;
@@ -48,6 +50,12 @@ pub struct Proxy {
     max_body_bytes: usize,
     /// How long a rejected request waits for refreshed credentials.
     self_heal_wait: Duration,
+    /// Longest wait for Bedrock's response headers.
+    response_header_timeout: Option<Duration>,
+    /// Longest silence inside a streamed response.
+    stream_idle_timeout: Option<Duration>,
+    /// Token usage accounting, when enabled.
+    usage: Option<Arc<UsageRecorder>>,
     clock: SharedClock,
     metrics: ProxyMetrics,
     /// Per-operation duration histograms, resolved once instead of per request.
@@ -61,6 +69,10 @@ pub struct ProxySettings {
     pub configured_bearer: Option<HeaderValue>,
     pub max_body_bytes: usize,
     pub self_heal_wait: Duration,
+    pub response_header_timeout: Option<Duration>,
+    pub stream_idle_timeout: Option<Duration>,
+    /// Enables token usage metrics with this label policy.
+    pub usage_models: Option<ModelLabels>,
 }
 
 impl Proxy {
@@ -86,6 +98,15 @@ impl Proxy {
             configured_bearer: settings.configured_bearer,
             max_body_bytes: settings.max_body_bytes,
             self_heal_wait: settings.self_heal_wait,
+            response_header_timeout: settings.response_header_timeout,
+            stream_idle_timeout: settings.stream_idle_timeout,
+            usage: settings.usage_models.map(|models| {
+                Arc::new(UsageRecorder {
+                    tokens: metrics.tokens.clone(),
+                    time_to_first_token: metrics.time_to_first_token.clone(),
+                    models,
+                })
+            }),
             clock,
             metrics,
             durations,
@@ -105,11 +126,20 @@ impl Proxy {
         let duration = self.durations[operation.index()].clone();
 
         let (response, auth) = match self.forward(request).await {
-            Ok((mut response, auth)) => {
+            Ok((mut response, auth, model)) => {
                 headers::remove_hop_by_hop(response.headers_mut());
                 let completion = Completion::new(started, duration, in_flight);
-                let response =
-                    response.map(|body| Either::Right(UpstreamBody::new(body, completion)));
+                let kind = StreamKind::of(response.headers());
+                let tap = match (&self.usage, model) {
+                    (Some(usage), Some(model)) if response.status().is_success() => {
+                        usage.tap(model, operation, response.headers(), started)
+                    }
+                    _ => None,
+                };
+                let idle = self.stream_idle_timeout;
+                let response = response.map(|body| {
+                    Either::Right(UpstreamBody::new(body, completion, kind, idle, tap))
+                });
                 (response, auth)
             }
             Err((err, auth)) => {
@@ -138,7 +168,7 @@ impl Proxy {
     async fn forward(
         &self,
         request: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, AuthMode), (BrokerError, AuthMode)> {
+    ) -> Result<(Response<Incoming>, AuthMode, Option<Arc<str>>), (BrokerError, AuthMode)> {
         let refused = |e| (e, AuthMode::None);
         check_target(&request).map_err(refused)?;
         let decision =
@@ -154,6 +184,10 @@ impl Proxy {
             .read_body(&parts.headers, body)
             .await
             .map_err(with_mode)?;
+        let model = self
+            .usage
+            .as_ref()
+            .map(|u| u.model_label(parts.uri.path(), &body));
         parts.uri = self
             .upstream_uri(parts.uri.path_and_query())
             .map_err(with_mode)?;
@@ -167,7 +201,7 @@ impl Proxy {
             }
             auth::Decision::SigV4 => self.send_signed(parts, body).await,
         };
-        response.map(|r| (r, mode)).map_err(with_mode)
+        response.map(|r| (r, mode, model)).map_err(with_mode)
     }
 
     async fn send(
@@ -175,10 +209,23 @@ impl Proxy {
         parts: http::request::Parts,
         body: Bytes,
     ) -> Result<Response<Incoming>, BrokerError> {
-        self.client
-            .request(Request::from_parts(parts, Full::new(body)))
-            .await
-            .map_err(|e| upstream_error(&e))
+        let sent = self
+            .client
+            .request(Request::from_parts(parts, Full::new(body)));
+        let Some(limit) = self.response_header_timeout else {
+            return sent.await.map_err(|e| upstream_error(&e));
+        };
+        match tokio::time::timeout(limit, sent).await {
+            Ok(result) => result.map_err(|e| upstream_error(&e)),
+            Err(_) => Err(BrokerError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                format!(
+                    "Bedrock sent no response headers within {} (--response-header-timeout)",
+                    humantime::format_duration(limit)
+                ),
+            )),
+        }
     }
 
     /// Signs and sends; if Bedrock says the credentials expired (or are

@@ -1,0 +1,186 @@
+//! The AWS container-credentials protocol on loopback, so any AWS SDK in the
+//! pod (pointed at it with `AWS_CONTAINER_CREDENTIALS_FULL_URI` and
+//! `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`) shares the sidecar's cached
+//! credentials instead of calling STS itself.
+//!
+//! Off by default. It hands out the secret, so it listens on loopback only
+//! and every request must present the authorization token.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+use crate::clock::SharedClock;
+use crate::credentials::CredentialCell;
+use crate::secret::Secret;
+
+/// The path SDKs are pointed at.
+pub const PATH: &str = "/v1/credentials";
+
+/// Credentials that never expire (static keys) are announced with this
+/// lifetime, so SDKs come back periodically instead of caching forever.
+const NON_EXPIRING_ANNOUNCED: Duration = Duration::from_secs(15 * 60);
+
+/// Why the token file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot create {path}: {source}")]
+    Create {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is empty")]
+    Empty { path: String },
+}
+
+/// Reads the authorization token, or creates the file with a random one
+/// (shared volumes start empty; an operator may also pre-provision it).
+pub fn load_or_create_token(path: &Path) -> Result<Secret, TokenFileError> {
+    let shown = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(t) if t.trim().is_empty() => Err(TokenFileError::Empty { path: shown }),
+        Ok(t) => Ok(Secret::new(t.trim())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 32];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+                .map_err(|source| TokenFileError::Create {
+                    path: shown.clone(),
+                    source,
+                })?;
+            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            // World-readable inside the pod's own volume: the app container
+            // may run as another user and must read it.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(path)
+                .and_then(|mut f| f.write_all(token.as_bytes()))
+                .map_err(|source| TokenFileError::Create {
+                    path: shown,
+                    source,
+                })?;
+            Ok(Secret::new(token))
+        }
+        Err(source) => Err(TokenFileError::Read {
+            path: shown,
+            source,
+        }),
+    }
+}
+
+#[derive(Clone)]
+struct EndpointState {
+    cell: Arc<CredentialCell>,
+    clock: SharedClock,
+    token: Arc<Secret>,
+}
+
+/// The endpoint's routes.
+pub fn router(cell: Arc<CredentialCell>, clock: SharedClock, token: Secret) -> Router {
+    Router::new()
+        .route(PATH, get(credentials))
+        .with_state(EndpointState {
+            cell,
+            clock,
+            token: Arc::new(token),
+        })
+}
+
+/// Compares without an early exit, so timing does not reveal the token.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({"code": code, "message": message})),
+    )
+        .into_response()
+}
+
+async fn credentials(State(state): State<EndpointState>, headers: HeaderMap) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if !same(presented, state.token.expose().as_bytes()) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "missing or wrong authorization token (AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE)",
+        );
+    }
+    let now = state.clock.now();
+    let body = state.cell.with_usable(now, |held| {
+        let c = held.credentials();
+        let expiry = c.expiry().unwrap_or(now + NON_EXPIRING_ANNOUNCED);
+        serde_json::json!({
+            "AccessKeyId": c.access_key_id(),
+            "SecretAccessKey": c.secret_access_key(),
+            "Token": c.session_token(),
+            "Expiration": humantime::format_rfc3339_seconds(expiry).to_string(),
+        })
+    });
+    match body {
+        Ok(body) => {
+            let mut r = Json(body).into_response();
+            r.headers_mut().insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("no-store"),
+            );
+            r
+        }
+        Err(why) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "CredentialsUnavailable",
+            why.describe(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_file_is_created_once_then_reused() {
+        let dir = std::env::temp_dir().join(format!("bb-cc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        let first = load_or_create_token(&path).unwrap();
+        assert_eq!(first.expose().len(), 64);
+        let again = load_or_create_token(&path).unwrap();
+        assert_eq!(first, again);
+        std::fs::write(&path, "").unwrap();
+        assert!(matches!(
+            load_or_create_token(&path),
+            Err(TokenFileError::Empty { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn comparison_needs_exact_equality() {
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abc", b"abd"));
+        assert!(!same(b"abc", b"abcd"));
+        assert!(!same(b"", b"a"));
+    }
+}

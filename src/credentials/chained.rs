@@ -1,0 +1,88 @@
+//! Role chaining: AssumeRole into a second role with the first credentials.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use aws_credential_types::Credentials;
+
+use super::source::{BoxFuture, CredentialSource, Fetched};
+use super::{sts, SourceError};
+use crate::config::{ChainConfig, CredentialsConfig, Region, SessionOptions};
+
+const OPERATION: &str = "AssumeRole";
+
+/// Wraps a source: each fetch obtains base credentials, then exchanges them
+/// for the chained role's. The refresher sees one source, so both hops are
+/// refreshed together and the cell only ever holds the final credentials.
+#[derive(Debug)]
+pub struct ChainedSource {
+    base: Arc<dyn CredentialSource>,
+    chain: ChainConfig,
+    session: SessionOptions,
+    /// STS settings (endpoint, timeout, CA bundle) for the second hop.
+    config: CredentialsConfig,
+    region: Region,
+}
+
+impl ChainedSource {
+    pub fn new(
+        base: Arc<dyn CredentialSource>,
+        chain: ChainConfig,
+        session: SessionOptions,
+        config: CredentialsConfig,
+        region: Region,
+    ) -> Self {
+        Self {
+            base,
+            chain,
+            session,
+            config,
+            region,
+        }
+    }
+
+    async fn assume(&self) -> Result<Fetched, SourceError> {
+        let first = self.base.fetch().await?;
+        // A client per fetch: it is signed with this fetch's base credentials.
+        let client = sts::client(&self.config, &self.region, Some(first.credentials));
+        let out = client
+            .assume_role()
+            .role_arn(self.chain.role_arn.as_str())
+            .role_session_name(self.chain.session_name.as_str())
+            .set_external_id(self.chain.external_id.clone())
+            .set_duration_seconds(self.session.duration.map(|d| d.as_secs() as i32))
+            .set_policy(self.session.policy.clone())
+            .set_policy_arns(sts::policy_descriptors(&self.session.policy_arns))
+            .send()
+            .await
+            .map_err(|e| sts::source_error(OPERATION, e))?;
+        let c = out.credentials.ok_or(SourceError::MissingCredentials {
+            operation: OPERATION,
+        })?;
+        let expiry = SystemTime::try_from(c.expiration).map_err(|_| SourceError::Transport {
+            operation: OPERATION,
+            detail: "credential expiration is out of range".to_owned(),
+        })?;
+        Ok(Fetched {
+            credentials: Credentials::new(
+                c.access_key_id,
+                c.secret_access_key,
+                Some(c.session_token),
+                Some(expiry),
+                "assume-role",
+            ),
+            principal: out.assumed_role_user.map(|u| u.arn),
+            token_expiry: first.token_expiry,
+        })
+    }
+}
+
+impl CredentialSource for ChainedSource {
+    fn kind(&self) -> &'static str {
+        "chained"
+    }
+
+    fn fetch(&self) -> BoxFuture<'_, Result<Fetched, SourceError>> {
+        Box::pin(self.assume())
+    }
+}

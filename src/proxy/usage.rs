@@ -1,0 +1,617 @@
+//! Token usage, read from responses as they stream past.
+//!
+//! The tap sees each frame after it has been handed on (it never delays the
+//! stream) and keeps as little as it can: nothing for SSE but a partial
+//! line, one event-stream message at a time, and for plain JSON bodies only
+//! cheap `Bytes` handles (reference counts, no copies) parsed at the end.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use prometheus::{HistogramVec, IntCounterVec};
+use serde::Deserialize;
+
+use super::body::StreamKind;
+use super::Operation;
+
+/// Usage counts in any of the shapes Bedrock answers with (Converse,
+/// OpenAI-compatible, Anthropic InvokeModel, invocation metrics).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    #[serde(
+        default,
+        alias = "inputTokens",
+        alias = "prompt_tokens",
+        alias = "input_tokens",
+        alias = "inputTokenCount"
+    )]
+    pub input: Option<u64>,
+    #[serde(
+        default,
+        alias = "outputTokens",
+        alias = "completion_tokens",
+        alias = "output_tokens",
+        alias = "outputTokenCount"
+    )]
+    pub output: Option<u64>,
+    #[serde(
+        default,
+        alias = "cacheReadInputTokens",
+        alias = "cache_read_input_tokens",
+        alias = "cacheReadInputTokenCount"
+    )]
+    pub cache_read: Option<u64>,
+    #[serde(
+        default,
+        alias = "cacheWriteInputTokens",
+        alias = "cache_creation_input_tokens",
+        alias = "cacheWriteInputTokenCount"
+    )]
+    pub cache_write: Option<u64>,
+}
+
+/// Where usage sits in a JSON document.
+#[derive(Debug, Default, Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default, rename = "amazon-bedrock-invocationMetrics")]
+    invocation_metrics: Option<Usage>,
+}
+
+impl Envelope {
+    fn usage(slice: &[u8]) -> Option<Usage> {
+        let e: Envelope = serde_json::from_slice(slice).ok()?;
+        e.usage.or(e.invocation_metrics)
+    }
+}
+
+/// The `model` field of an OpenAI-style request body.
+#[derive(Debug, Deserialize)]
+struct ModelField {
+    model: Option<String>,
+}
+
+/// Bounded `model` label values: an allow-list, or the first `limit` models
+/// seen; everything else is `other`.
+#[derive(Debug)]
+pub struct ModelLabels {
+    allow: Option<HashSet<String>>,
+    seen: Mutex<HashSet<Arc<str>>>,
+    limit: usize,
+    other: Arc<str>,
+}
+
+impl ModelLabels {
+    pub fn new(allow: Option<Vec<String>>, limit: usize) -> Self {
+        Self {
+            allow: allow.map(|a| a.into_iter().collect()),
+            seen: Mutex::new(HashSet::new()),
+            limit,
+            other: Arc::from("other"),
+        }
+    }
+
+    pub fn label(&self, model: &str) -> Arc<str> {
+        if let Some(allow) = &self.allow {
+            if !allow.contains(model) {
+                return self.other.clone();
+            }
+        }
+        let Ok(mut seen) = self.seen.lock() else {
+            return self.other.clone();
+        };
+        if let Some(known) = seen.get(model) {
+            return known.clone();
+        }
+        if seen.len() >= self.limit {
+            return self.other.clone();
+        }
+        let label: Arc<str> = Arc::from(model);
+        seen.insert(label.clone());
+        label
+    }
+}
+
+/// The usage metrics and the label policy, shared by all requests.
+#[derive(Debug)]
+pub struct UsageRecorder {
+    pub tokens: IntCounterVec,
+    pub time_to_first_token: HistogramVec,
+    pub models: ModelLabels,
+}
+
+impl UsageRecorder {
+    fn record(&self, model: &str, usage: Usage) {
+        for (direction, n) in [
+            ("input", usage.input),
+            ("output", usage.output),
+            ("cache_read", usage.cache_read),
+            ("cache_write", usage.cache_write),
+        ] {
+            if let Some(n) = n.filter(|n| *n > 0) {
+                self.tokens.with_label_values(&[model, direction]).inc_by(n);
+            }
+        }
+    }
+
+    /// The model a request is for: the `/model/{id}/` path segment, or the
+    /// `model` field of an OpenAI-style body. Bounded to a label.
+    pub fn model_label(&self, path: &str, body: &[u8]) -> Arc<str> {
+        if let Some(rest) = path.strip_prefix("/model/") {
+            let id = rest.split('/').next().unwrap_or("");
+            let decoded = percent_encoding::percent_decode_str(id).decode_utf8_lossy();
+            return self.models.label(&decoded);
+        }
+        match serde_json::from_slice::<ModelField>(body) {
+            Ok(ModelField { model: Some(m) }) => self.models.label(&m),
+            _ => self.models.label("unknown"),
+        }
+    }
+
+    /// Usage that Bedrock reports in headers (InvokeModel).
+    fn from_headers(headers: &HeaderMap) -> Option<Usage> {
+        let get = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let usage = Usage {
+            input: get("x-amzn-bedrock-input-token-count"),
+            output: get("x-amzn-bedrock-output-token-count"),
+            cache_read: get("x-amzn-bedrock-cache-read-input-token-count"),
+            cache_write: get("x-amzn-bedrock-cache-write-input-token-count"),
+        };
+        (usage != Usage::default()).then_some(usage)
+    }
+
+    /// Starts watching one successful response. Returns `None` when there
+    /// is nothing to learn from the body (usage already in the headers).
+    pub fn tap(
+        self: &Arc<Self>,
+        model: Arc<str>,
+        operation: Operation,
+        headers: &HeaderMap,
+        started: Instant,
+    ) -> Option<UsageTap> {
+        if let Some(usage) = Self::from_headers(headers) {
+            self.record(&model, usage);
+            return None;
+        }
+        let parser = match StreamKind::of(headers) {
+            StreamKind::Sse => Parser::Sse {
+                carry: Vec::new(),
+                last: None,
+            },
+            StreamKind::EventStream => Parser::EventStream {
+                queue: VecDeque::new(),
+                queued: 0,
+                last_chunk: None,
+                usage: None,
+            },
+            StreamKind::Plain => Parser::Json {
+                frames: Vec::new(),
+                size: 0,
+            },
+        };
+        let streaming = !matches!(parser, Parser::Json { .. });
+        Some(UsageTap {
+            recorder: self.clone(),
+            model,
+            first_chunk: streaming.then_some((operation, started)),
+            parser,
+        })
+    }
+}
+
+/// Largest plain JSON body kept for usage parsing; bigger ones are skipped.
+const MAX_JSON_BODY: usize = 4 * 1024 * 1024;
+
+#[derive(Debug)]
+enum Parser {
+    Json {
+        frames: Vec<Bytes>,
+        size: usize,
+    },
+    Sse {
+        /// The unfinished last line of the previous frame.
+        carry: Vec<u8>,
+        last: Option<Usage>,
+    },
+    EventStream {
+        queue: VecDeque<Bytes>,
+        queued: usize,
+        /// InvokeModelWithResponseStream reports usage in its last chunk.
+        last_chunk: Option<Bytes>,
+        usage: Option<Usage>,
+    },
+}
+
+/// Watches one response body.
+#[derive(Debug)]
+pub struct UsageTap {
+    recorder: Arc<UsageRecorder>,
+    model: Arc<str>,
+    /// For streams: what to observe at the first chunk.
+    first_chunk: Option<(Operation, Instant)>,
+    parser: Parser,
+}
+
+impl UsageTap {
+    pub fn observe(&mut self, data: &Bytes) {
+        if let Some((operation, started)) = self.first_chunk.take() {
+            self.recorder
+                .time_to_first_token
+                .with_label_values(&[operation.as_str()])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        match &mut self.parser {
+            Parser::Json { frames, size } => {
+                *size += data.len();
+                if *size <= MAX_JSON_BODY {
+                    frames.push(data.clone());
+                } else {
+                    frames.clear();
+                }
+            }
+            Parser::Sse { carry, last } => scan_sse(carry, last, data),
+            Parser::EventStream {
+                queue,
+                queued,
+                last_chunk,
+                usage,
+            } => {
+                queue.push_back(data.clone());
+                *queued += data.len();
+                while let Some(message) = next_message(queue, queued) {
+                    inspect_event(&message, last_chunk, usage);
+                }
+            }
+        }
+    }
+
+    /// The stream ended (or was dropped): record what was found.
+    pub fn finish(self) {
+        let usage = match self.parser {
+            Parser::Json { frames, size } if size <= MAX_JSON_BODY => match frames.as_slice() {
+                [one] => Envelope::usage(one),
+                many => {
+                    let mut all = BytesMut::with_capacity(size);
+                    for f in many {
+                        all.extend_from_slice(f);
+                    }
+                    Envelope::usage(&all)
+                }
+            },
+            Parser::Json { .. } => None,
+            Parser::Sse { last, .. } => last,
+            Parser::EventStream {
+                last_chunk, usage, ..
+            } => usage.or_else(|| last_chunk.and_then(|c| chunk_usage(&c))),
+        };
+        if let Some(usage) = usage {
+            self.recorder.record(&self.model, usage);
+        }
+    }
+}
+
+/// Looks at complete SSE lines for a `data:` payload with usage; keeps the
+/// last one (OpenAI sends usage in the final chunk).
+fn scan_sse(carry: &mut Vec<u8>, last: &mut Option<Usage>, data: &[u8]) {
+    let mut rest = data;
+    while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
+        let (line, after) = rest.split_at(pos);
+        rest = &after[1..];
+        if carry.is_empty() {
+            check_sse_line(line, last);
+        } else {
+            carry.extend_from_slice(line);
+            let joined = std::mem::take(carry);
+            check_sse_line(&joined, last);
+        }
+    }
+    if !rest.is_empty() {
+        // Bound the carry: a usage line is short; give up on giant lines.
+        if carry.len() + rest.len() <= 64 * 1024 {
+            carry.extend_from_slice(rest);
+        } else {
+            carry.clear();
+        }
+    }
+}
+
+fn check_sse_line(line: &[u8], last: &mut Option<Usage>) {
+    let Some(payload) = line.strip_prefix(b"data:") else {
+        return;
+    };
+    if !contains(payload, b"\"usage\"") {
+        return;
+    }
+    if let Some(u) = Envelope::usage(payload.trim_ascii()) {
+        *last = Some(u);
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Takes the next complete event-stream message off the queue, if any.
+fn next_message(queue: &mut VecDeque<Bytes>, queued: &mut usize) -> Option<Bytes> {
+    if *queued < 4 {
+        return None;
+    }
+    let mut prefix = [0u8; 4];
+    let mut filled = 0;
+    for seg in queue.iter() {
+        let n = (4 - filled).min(seg.len());
+        prefix[filled..filled + n].copy_from_slice(&seg[..n]);
+        filled += n;
+        if filled == 4 {
+            break;
+        }
+    }
+    let total = u32::from_be_bytes(prefix) as usize;
+    if total < 16 {
+        // Not an event stream after all: stop parsing.
+        queue.clear();
+        *queued = 0;
+        return None;
+    }
+    if *queued < total {
+        return None;
+    }
+    *queued -= total;
+    let front = queue.front_mut()?;
+    if front.len() >= total {
+        let message = front.split_to(total);
+        if front.is_empty() {
+            queue.pop_front();
+        }
+        return Some(message);
+    }
+    // The message spans frames: gather just this message.
+    let mut message = BytesMut::with_capacity(total);
+    while message.len() < total {
+        let seg = queue.front_mut()?;
+        let take = (total - message.len()).min(seg.len());
+        message.extend_from_slice(&seg.split_to(take));
+        if seg.is_empty() {
+            queue.pop_front();
+        }
+    }
+    Some(message.freeze())
+}
+
+fn inspect_event(message: &Bytes, last_chunk: &mut Option<Bytes>, usage: &mut Option<Usage>) {
+    let Ok(msg) = aws_smithy_eventstream::frame::read_message_from(message.clone()) else {
+        return;
+    };
+    let event_type = msg
+        .headers()
+        .iter()
+        .find(|h| h.name().as_str() == ":event-type")
+        .and_then(|h| h.value().as_string().ok().map(|s| s.as_str().to_owned()));
+    match event_type.as_deref() {
+        // ConverseStream: {"usage": {...}, "metrics": {...}}
+        Some("metadata") => {
+            if let Some(u) = Envelope::usage(msg.payload()) {
+                *usage = Some(u);
+            }
+        }
+        // InvokeModelWithResponseStream: {"bytes": base64(model JSON)}.
+        Some("chunk") => *last_chunk = Some(msg.payload().clone()),
+        _ => {}
+    }
+}
+
+/// Usage in an InvokeModelWithResponseStream chunk's decoded bytes.
+fn chunk_usage(payload: &[u8]) -> Option<Usage> {
+    use base64::Engine;
+    #[derive(Deserialize)]
+    struct Chunk {
+        bytes: String,
+    }
+    let chunk: Chunk = serde_json::from_slice(payload).ok()?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(chunk.bytes)
+        .ok()?;
+    Envelope::usage(&decoded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+    use prometheus::{HistogramOpts, Opts};
+
+    fn recorder() -> Arc<UsageRecorder> {
+        Arc::new(UsageRecorder {
+            tokens: IntCounterVec::new(Opts::new("t", "t"), &["model", "direction"]).unwrap(),
+            time_to_first_token: HistogramVec::new(HistogramOpts::new("h", "h"), &["operation"])
+                .unwrap(),
+            models: ModelLabels::new(None, 2),
+        })
+    }
+
+    fn count(r: &UsageRecorder, model: &str, direction: &str) -> u64 {
+        r.tokens.with_label_values(&[model, direction]).get()
+    }
+
+    fn headers(ct: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", ct.parse().unwrap());
+        h
+    }
+
+    fn event(kind: &str, payload: &str) -> Bytes {
+        let msg = Message::new(Bytes::from(payload.to_owned()))
+            .add_header(Header::new(
+                ":message-type",
+                HeaderValue::String("event".into()),
+            ))
+            .add_header(Header::new(
+                ":event-type",
+                HeaderValue::String(kind.to_owned().into()),
+            ));
+        let mut buf = Vec::new();
+        aws_smithy_eventstream::frame::write_message_to(&msg, &mut buf).unwrap();
+        Bytes::from(buf)
+    }
+
+    #[test]
+    fn reads_usage_from_plain_json_split_over_frames() {
+        let r = recorder();
+        let body = br#"{"output":{},"usage":{"inputTokens":12,"outputTokens":34,"cacheReadInputTokens":5}}"#;
+        let mut tap = r
+            .tap(
+                "m".into(),
+                Operation::Converse,
+                &headers("application/json"),
+                Instant::now(),
+            )
+            .unwrap();
+        tap.observe(&Bytes::copy_from_slice(&body[..20]));
+        tap.observe(&Bytes::copy_from_slice(&body[20..]));
+        tap.finish();
+        assert_eq!(count(&r, "m", "input"), 12);
+        assert_eq!(count(&r, "m", "output"), 34);
+        assert_eq!(count(&r, "m", "cache_read"), 5);
+    }
+
+    #[test]
+    fn reads_openai_usage_from_the_last_sse_chunk_across_frame_boundaries() {
+        let r = recorder();
+        let stream = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n\
+                      data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n";
+        let mut tap = r
+            .tap(
+                "gpt".into(),
+                Operation::ChatCompletions,
+                &headers("text/event-stream"),
+                Instant::now(),
+            )
+            .unwrap();
+        for piece in stream.as_bytes().chunks(9) {
+            tap.observe(&Bytes::copy_from_slice(piece));
+        }
+        tap.finish();
+        assert_eq!(count(&r, "gpt", "input"), 7);
+        assert_eq!(count(&r, "gpt", "output"), 3);
+        assert_eq!(
+            r.time_to_first_token
+                .with_label_values(&["chat_completions"])
+                .get_sample_count(),
+            1
+        );
+    }
+
+    #[test]
+    fn reads_converse_stream_metadata_and_invoke_stream_metrics() {
+        let r = recorder();
+        let mut all = BytesMut::new();
+        all.extend_from_slice(&event("messageStart", r#"{"role":"assistant"}"#));
+        all.extend_from_slice(&event(
+            "metadata",
+            r#"{"usage":{"inputTokens":9,"outputTokens":4,"totalTokens":13}}"#,
+        ));
+        let all = all.freeze();
+        let mut tap = r
+            .tap(
+                "c".into(),
+                Operation::ConverseStream,
+                &headers("application/vnd.amazon.eventstream"),
+                Instant::now(),
+            )
+            .unwrap();
+        for piece in all.chunks(7) {
+            tap.observe(&Bytes::copy_from_slice(piece));
+        }
+        tap.finish();
+        assert_eq!((count(&r, "c", "input"), count(&r, "c", "output")), (9, 4));
+
+        use base64::Engine;
+        let inner = r#"{"type":"message_stop","amazon-bedrock-invocationMetrics":{"inputTokenCount":21,"outputTokenCount":8}}"#;
+        let payload = format!(
+            r#"{{"bytes":"{}"}}"#,
+            base64::engine::general_purpose::STANDARD.encode(inner)
+        );
+        let mut tap = r
+            .tap(
+                "i".into(),
+                Operation::InvokeStream,
+                &headers("application/vnd.amazon.eventstream"),
+                Instant::now(),
+            )
+            .unwrap();
+        tap.observe(&event("chunk", r#"{"bytes":"e30="}"#));
+        tap.observe(&event("chunk", &payload));
+        tap.finish();
+        assert_eq!((count(&r, "i", "input"), count(&r, "i", "output")), (21, 8));
+    }
+
+    #[test]
+    fn invoke_usage_comes_from_headers() {
+        let r = recorder();
+        let mut h = headers("application/json");
+        h.insert("x-amzn-bedrock-input-token-count", "11".parse().unwrap());
+        h.insert("x-amzn-bedrock-output-token-count", "22".parse().unwrap());
+        assert!(r
+            .tap("x".into(), Operation::Invoke, &h, Instant::now())
+            .is_none());
+        assert_eq!(
+            (count(&r, "x", "input"), count(&r, "x", "output")),
+            (11, 22)
+        );
+    }
+
+    #[test]
+    fn model_labels_are_bounded() {
+        let r = recorder();
+        assert_eq!(
+            &*r.model_label(
+                "/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse",
+                b""
+            ),
+            "anthropic.claude-3-haiku-20240307-v1:0"
+        );
+        assert_eq!(
+            &*r.model_label("/openai/v1/chat/completions", br#"{"model":"gpt-oss"}"#),
+            "gpt-oss"
+        );
+        assert_eq!(
+            &*r.model_label("/openai/v1/chat/completions", br#"{"model":"third"}"#),
+            "other"
+        );
+        assert_eq!(
+            &*r.model_label("/openai/v1/chat/completions", br#"{"model":"gpt-oss"}"#),
+            "gpt-oss"
+        );
+        let allow = ModelLabels::new(Some(vec!["a".into()]), 100);
+        assert_eq!(&*allow.label("a"), "a");
+        assert_eq!(&*allow.label("b"), "other");
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let r = recorder();
+        for ct in [
+            "application/json",
+            "text/event-stream",
+            "application/vnd.amazon.eventstream",
+        ] {
+            let mut tap = r
+                .tap("g".into(), Operation::Other, &headers(ct), Instant::now())
+                .unwrap();
+            tap.observe(&Bytes::from_static(
+                b"\x00\x00\x00\x20garbage\n\ndata: {\"usage\": 5}\n",
+            ));
+            tap.observe(&Bytes::from_static(&[0xff; 64]));
+            tap.finish();
+        }
+    }
+}

@@ -1,0 +1,112 @@
+"""Credential depth: sharing with other SDKs in the pod, role chaining, session options."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import uuid
+
+import requests
+
+from conftest import ROLE_ARN, wait_for
+from test_credentials import FAST, converse
+
+CHAIN_ROLE = "arn:aws:iam::210987654321:role/bedrock-cross-account"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+BOTO3_WHOAMI = """
+import json, boto3
+session = boto3.Session()
+creds = session.get_credentials().get_frozen_credentials()
+ident = session.client("sts").get_caller_identity()
+print(json.dumps({"access_key_id": creds.access_key, "arn": ident["Arn"], "method": session.get_credentials().method}))
+"""
+
+
+def test_other_sdks_in_the_pod_share_the_credentials_through_the_container_endpoint(start_sidecar, irsa_env, fake_aws, tmp_path):
+    port = free_port()
+    token_file = tmp_path / "shared" / "cc-token"
+    token_file.parent.mkdir()
+    sidecar = start_sidecar(irsa_env, ["--credentials-listen", f"127.0.0.1:{port}", "--credentials-token-file", str(token_file)])
+    assert len(token_file.read_text()) == 64
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI": f"http://127.0.0.1:{port}/v1/credentials",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": str(token_file),
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_STS": fake_aws.sts,
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+    }
+    out = subprocess.run([sys.executable, "-c", BOTO3_WHOAMI], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    who = json.loads(out.stdout)
+    assert who["method"] == "container-role"
+    assert who["arn"].endswith(":assumed-role/chat-app/e2e-session")
+    issued = [c["access_key_id"] for c in fake_aws.get("/credentials") if c["kind"] == "sts"]
+    assert who["access_key_id"] in issued
+    # Exactly one STS exchange: boto3 reused the sidecar's cached credentials.
+    assert [c["action"] for c in fake_aws.sts_calls()] == ["AssumeRoleWithWebIdentity", "GetCallerIdentity"]
+    # No token, no credentials.
+    r = requests.get(f"http://127.0.0.1:{port}/v1/credentials", headers={"authorization": "wrong"}, timeout=5)
+    assert r.status_code == 401 and "SecretAccessKey" not in r.text
+    assert sidecar.ready().status_code == 200
+
+
+def test_role_chaining_signs_with_the_second_role(start_sidecar, irsa_env, fake_aws):
+    fake_aws.configure_sts(lifetime_seconds=4, require_external_id={CHAIN_ROLE: "tenant-42"})
+    env = dict(irsa_env, BEDROCK_BROKER_CHAIN_ROLE_ARN=CHAIN_ROLE, BEDROCK_BROKER_CHAIN_EXTERNAL_ID="tenant-42")
+    sidecar = start_sidecar(env, FAST)
+    tid = uuid.uuid4().hex
+    converse(sidecar, tid)
+    rec = fake_aws.request_for(tid)
+    assert rec["verified"] and rec["principal_arn"].startswith("arn:aws:sts::210987654321:assumed-role/bedrock-cross-account/")
+    # Both hops are refreshed together, as the short lifetime forces.
+    wait_for(lambda: sum(c["action"] == "AssumeRole" for c in fake_aws.sts_calls()) >= 3, timeout=15, what="chained refreshes")
+    calls = fake_aws.sts_calls()
+    assume = [c for c in calls if c["action"] == "AssumeRole"]
+    assert all(c["external_id"] == "tenant-42" and c["result"] == "ok" for c in assume)
+    assert sum(c["action"] == "AssumeRoleWithWebIdentity" for c in calls) >= len(assume)
+    converse(sidecar, uuid.uuid4().hex)
+
+
+def test_wrong_external_id_is_a_fatal_refresh_error(start_sidecar, irsa_env, fake_aws):
+    fake_aws.configure_sts(require_external_id={CHAIN_ROLE: "tenant-42"})
+    env = dict(irsa_env, BEDROCK_BROKER_CHAIN_ROLE_ARN=CHAIN_ROLE, BEDROCK_BROKER_CHAIN_EXTERNAL_ID="tenant-43")
+    sidecar = start_sidecar(env, FAST, wait_ready=False)
+    wait_for(lambda: (sidecar.metric("bedrock_broker_credential_refresh_errors_total", {"class": "fatal"}) or 0) >= 1, what="fatal error")
+    body = sidecar.ready().json()
+    assert body["ready"] is False and "AssumeRole" in body["last_error"] and "AccessDenied" in body["last_error"]
+
+
+def test_session_policy_duration_and_policy_arns_reach_sts(start_sidecar, irsa_env, fake_aws):
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["bedrock:InvokeModel", "bedrock:InvokeModelWithResponseStream"], "Resource": "*"}]}
+    env = dict(
+        irsa_env,
+        BEDROCK_BROKER_SESSION_DURATION="2h",
+        BEDROCK_BROKER_SESSION_POLICY=json.dumps(policy),
+        BEDROCK_BROKER_SESSION_POLICY_ARNS="arn:aws:iam::aws:policy/AmazonBedrockLimitedAccess",
+    )
+    start_sidecar(env)
+    call = fake_aws.sts_calls()[0]
+    assert call["duration_seconds"] in ("7200", 7200)
+    assert call["policy"] == policy
+    assert call["policy_arns"] == ["arn:aws:iam::aws:policy/AmazonBedrockLimitedAccess"]
+
+
+def test_default_session_name_names_the_pod(start_sidecar, irsa_env, fake_aws):
+    env = {k: v for k, v in irsa_env.items() if k != "AWS_ROLE_SESSION_NAME"}
+    env.update(POD_NAMESPACE="team-a", POD_NAME="chat-api-6d8f9-xk2p1")
+    start_sidecar(env)
+    assert fake_aws.sts_calls()[0]["role_session_name"] == "team-a.chat-api-6d8f9-xk2p1"
+    assert fake_aws.sts_calls()[0]["role_arn"] == ROLE_ARN

@@ -1,0 +1,113 @@
+"""Timeouts answered in the client's dialect, and token usage metrics."""
+
+from __future__ import annotations
+
+import uuid
+
+import botocore.exceptions
+import openai
+import pytest
+
+from conftest import wait_for
+from test_sdk_clients import MODEL_WITH_COLON, PROFILE_ARN, bedrock_client, openai_client
+
+
+def with_headers(client, headers: dict):
+    def add(request, **_):
+        for name, value in headers.items():
+            request.headers[name] = value
+
+    client.meta.events.register_first("before-sign.bedrock-runtime.*", add)
+    return client
+
+
+def test_response_header_timeout_is_a_504_in_each_dialect(start_sidecar, irsa_env, fake_aws):
+    sidecar = start_sidecar(irsa_env, ["--response-header-timeout", "300ms"])
+    with pytest.raises(openai.APIStatusError) as e:
+        openai_client(sidecar).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x"}], extra_headers={"x-fake-response-delay-ms": "3000"}
+        )
+    assert e.value.status_code == 504
+    assert e.value.body["code"] == "upstream_timeout"
+    client = with_headers(bedrock_client(sidecar), {"x-fake-response-delay-ms": "3000"})
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        client.converse(modelId=MODEL_WITH_COLON, messages=[{"role": "user", "content": [{"text": "x"}]}])
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 504
+    assert e.value.response["ResponseMetadata"]["HTTPHeaders"]["x-bedrock-broker-error"] == "upstream_timeout"
+
+
+def test_stalled_openai_stream_ends_with_an_error_event_the_sdk_raises(start_sidecar, irsa_env, fake_aws):
+    sidecar = start_sidecar(irsa_env, ["--stream-idle-timeout", "500ms"])
+    sid = "idle-" + uuid.uuid4().hex
+    stream = openai_client(sidecar).chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "x"}], stream=True,
+        extra_headers={"x-fake-lockstep": sid, "x-fake-chunks": "3"},
+    )
+    got = []
+    with pytest.raises(openai.APIError) as e:
+        for chunk in stream:
+            got.append(chunk)
+    assert got, "the chunk sent before the stall reached the client"
+    assert "stream-idle-timeout" in str(e.value)
+    wait_for(lambda: fake_aws.stream(sid)["client_disconnected"] or fake_aws.stream(sid)["gave_up"], timeout=40, what="upstream stream to be dropped")
+
+
+def test_stalled_event_stream_ends_with_an_exception_boto3_raises(start_sidecar, irsa_env, fake_aws):
+    sidecar = start_sidecar(irsa_env, ["--stream-idle-timeout", "500ms"])
+    sid = "idle-es-" + uuid.uuid4().hex
+    client = with_headers(bedrock_client(sidecar), {"x-fake-lockstep": sid, "x-fake-chunks": "3"})
+    resp = client.converse_stream(modelId=MODEL_WITH_COLON, messages=[{"role": "user", "content": [{"text": "x"}]}])
+    events = []
+    with pytest.raises(botocore.exceptions.EventStreamError) as e:
+        for ev in resp["stream"]:
+            events.append(ev)
+    assert events and "messageStart" in events[0]
+    assert e.value.response["Error"]["Code"] == "modelStreamErrorException"
+    assert "stream-idle-timeout" in e.value.response["Error"]["Message"]
+
+
+def tokens(sidecar, model: str, direction: str) -> float:
+    return sidecar.metric("bedrock_broker_tokens_total", {"model": model, "direction": direction}) or 0
+
+
+def test_token_usage_is_counted_per_model_for_every_response_shape(start_sidecar, irsa_env, fake_aws):
+    sidecar = start_sidecar(irsa_env)
+    client = bedrock_client(sidecar)
+    msgs = [{"role": "user", "content": [{"text": "one two three"}]}]
+    out = client.converse(modelId=MODEL_WITH_COLON, messages=msgs)
+    expected_in, expected_out = out["usage"]["inputTokens"], out["usage"]["outputTokens"]
+    # Counted as the body ends, which can be just after the client has it.
+    wait_for(lambda: tokens(sidecar, MODEL_WITH_COLON, "input") == expected_in, timeout=5, what="converse usage")
+    assert tokens(sidecar, MODEL_WITH_COLON, "output") == expected_out
+
+    streamed = [e for e in client.converse_stream(modelId=PROFILE_ARN, messages=msgs)["stream"]]
+    meta = [e["metadata"] for e in streamed if "metadata" in e][0]
+    wait_for(lambda: tokens(sidecar, PROFILE_ARN, "output") == meta["usage"]["outputTokens"], timeout=5, what="stream usage")
+    assert tokens(sidecar, PROFILE_ARN, "input") == meta["usage"]["inputTokens"]
+
+    inv = client.invoke_model(modelId="anthropic.claude-v2", body=b'{"messages":[{"role":"user","content":"a b"}]}')
+    header_count = int(inv["ResponseMetadata"]["HTTPHeaders"]["x-amzn-bedrock-input-token-count"])
+    wait_for(lambda: tokens(sidecar, "anthropic.claude-v2", "input") == header_count, timeout=5, what="invoke usage")
+
+    resp = client.invoke_model_with_response_stream(modelId="meta.llama3", body=b'{"prompt":"a b c d"}')
+    list(resp["body"])
+    wait_for(lambda: tokens(sidecar, "meta.llama3", "output") > 0, timeout=5, what="invoke stream usage")
+
+    oa = openai_client(sidecar)
+    r = oa.chat.completions.create(model="openai.gpt-oss-20b-1:0", messages=[{"role": "user", "content": "hello big world"}])
+    wait_for(lambda: tokens(sidecar, "openai.gpt-oss-20b-1:0", "input") == r.usage.prompt_tokens, timeout=5, what="chat usage")
+    chunks = list(oa.chat.completions.create(
+        model="openai.gpt-oss-120b-1:0", messages=[{"role": "user", "content": "x y"}], stream=True,
+        stream_options={"include_usage": True},
+    ))
+    usage = [c.usage for c in chunks if c.usage][0]
+    wait_for(lambda: tokens(sidecar, "openai.gpt-oss-120b-1:0", "output") == usage.completion_tokens, timeout=5, what="sse usage")
+    ttft = sidecar.metric("bedrock_broker_time_to_first_token_seconds_count", {"operation": "chat_completions"})
+    assert ttft == 1
+    assert sidecar.metric("bedrock_broker_time_to_first_token_seconds_count", {"operation": "converse_stream"}) == 1
+
+
+def test_usage_metrics_can_be_turned_off(start_sidecar, irsa_env, fake_aws):
+    sidecar = start_sidecar(irsa_env, ["--usage-metrics", "false"])
+    bedrock_client(sidecar).converse(modelId=MODEL_WITH_COLON, messages=[{"role": "user", "content": [{"text": "x"}]}])
+    assert "bedrock_broker_tokens_total{" not in sidecar.metrics()
