@@ -23,6 +23,10 @@ pub enum Command {
     Sidecar(Box<SidecarArgs>),
     /// Resolve credentials exactly as the sidecar would and print who we are.
     Credentials(CredentialsArgs),
+    /// Serve the mutating admission webhook that injects the sidecar into pods.
+    Webhook(Box<WebhookArgs>),
+    /// Inject the sidecar offline: Kubernetes YAML on stdin, mutated YAML on stdout.
+    Inject(Box<InjectArgs>),
 }
 
 /// Flags shared by every subcommand that talks to AWS.
@@ -149,4 +153,139 @@ pub struct SidecarArgs {
 pub struct CredentialsArgs {
     #[command(flatten)]
     pub aws: AwsArgs,
+}
+
+/// Defaults of the injected sidecar, shared by `webhook` and `inject`; pod
+/// annotations override them one by one.
+#[derive(Debug, Args, Default, Clone)]
+pub struct SidecarDefaultsArgs {
+    /// Sidecar image [env: BEDROCK_BROKER_SIDECAR_IMAGE]
+    /// [default: ghcr.io/bedrock-broker/bedrock-broker:<this version>]
+    #[arg(long)]
+    pub sidecar_image: Option<String>,
+
+    /// Sidecar imagePullPolicy: Always, IfNotPresent or Never
+    /// [env: BEDROCK_BROKER_SIDECAR_IMAGE_PULL_POLICY] [default: unset, the cluster decides]
+    #[arg(long)]
+    pub sidecar_image_pull_policy: Option<String>,
+
+    /// AWS region of the sidecar when the pod names none [env: BEDROCK_BROKER_SIDECAR_REGION]
+    #[arg(long)]
+    pub sidecar_region: Option<String>,
+
+    /// native (init container with restartPolicy Always) or classic (regular container)
+    /// [env: BEDROCK_BROKER_SIDECAR_MODE] [default: native]
+    #[arg(long)]
+    pub sidecar_mode: Option<String>,
+
+    /// Audience of the projected service-account token [env: BEDROCK_BROKER_SIDECAR_AUDIENCE]
+    /// [default: sts.amazonaws.com]
+    #[arg(long)]
+    pub sidecar_audience: Option<String>,
+
+    /// Lifetime of the projected token in seconds (at least 600)
+    /// [env: BEDROCK_BROKER_SIDECAR_TOKEN_EXPIRATION] [default: 86400]
+    #[arg(long)]
+    pub sidecar_token_expiration: Option<String>,
+
+    /// Sidecar CPU request [env: BEDROCK_BROKER_SIDECAR_CPU_REQUEST] [default: 10m]
+    #[arg(long)]
+    pub sidecar_cpu_request: Option<String>,
+
+    /// Sidecar memory request [env: BEDROCK_BROKER_SIDECAR_MEMORY_REQUEST] [default: 32Mi]
+    #[arg(long)]
+    pub sidecar_memory_request: Option<String>,
+
+    /// Sidecar CPU limit, or none [env: BEDROCK_BROKER_SIDECAR_CPU_LIMIT] [default: none]
+    #[arg(long)]
+    pub sidecar_cpu_limit: Option<String>,
+
+    /// Sidecar memory limit, or none [env: BEDROCK_BROKER_SIDECAR_MEMORY_LIMIT] [default: 128Mi]
+    #[arg(long)]
+    pub sidecar_memory_limit: Option<String>,
+
+    /// Sidecar log level (RUST_LOG): error, warn, info, debug or trace
+    /// [env: BEDROCK_BROKER_SIDECAR_LOG_LEVEL] [default: info]
+    #[arg(long)]
+    pub sidecar_log_level: Option<String>,
+
+    /// Sidecar log format: text or json [env: BEDROCK_BROKER_SIDECAR_LOG_FORMAT] [default: json]
+    #[arg(long)]
+    pub sidecar_log_format: Option<String>,
+
+    /// UID the sidecar runs as when the pod does not dictate one
+    /// [env: BEDROCK_BROKER_SIDECAR_RUN_AS_USER] [default: 65532]
+    #[arg(long)]
+    pub sidecar_run_as_user: Option<String>,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct WebhookArgs {
+    /// HTTPS listen address for AdmissionReviews [env: BEDROCK_BROKER_WEBHOOK_LISTEN] [default: 0.0.0.0:8443]
+    #[arg(long)]
+    pub listen: Option<String>,
+
+    /// Metrics and health listen address (plain HTTP) [env: BEDROCK_BROKER_WEBHOOK_ADMIN_LISTEN]
+    /// [default: 0.0.0.0:9789]
+    #[arg(long)]
+    pub admin_listen: Option<String>,
+
+    /// PEM certificate chain [env: BEDROCK_BROKER_WEBHOOK_TLS_CERT_FILE]
+    /// [default: /etc/bedrock-broker/tls/tls.crt]
+    #[arg(long)]
+    pub tls_cert_file: Option<String>,
+
+    /// PEM private key [env: BEDROCK_BROKER_WEBHOOK_TLS_KEY_FILE]
+    /// [default: /etc/bedrock-broker/tls/tls.key]
+    #[arg(long)]
+    pub tls_key_file: Option<String>,
+
+    /// How often the certificate files are checked for changes
+    /// [env: BEDROCK_BROKER_WEBHOOK_TLS_RELOAD_INTERVAL] [default: 10s]
+    #[arg(long)]
+    pub tls_reload_interval: Option<String>,
+
+    /// What to do with an opted-in pod when its namespace or ServiceAccount cannot be read:
+    /// deny or skip [env: BEDROCK_BROKER_WEBHOOK_ON_LOOKUP_ERROR] [default: deny]
+    #[arg(long)]
+    pub on_lookup_error: Option<String>,
+
+    /// Timeout of a direct API read of a namespace or ServiceAccount
+    /// [env: BEDROCK_BROKER_WEBHOOK_LOOKUP_TIMEOUT] [default: 3s]
+    #[arg(long)]
+    pub lookup_timeout: Option<String>,
+
+    /// How long open requests may finish after SIGTERM
+    /// [env: BEDROCK_BROKER_WEBHOOK_SHUTDOWN_GRACE_PERIOD] [default: 10s]
+    #[arg(long)]
+    pub shutdown_grace_period: Option<String>,
+
+    /// Log format: text or json [env: BEDROCK_BROKER_LOG_FORMAT] [default: text]
+    #[arg(long)]
+    pub log_format: Option<String>,
+
+    #[command(flatten)]
+    pub sidecar: SidecarDefaultsArgs,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct InjectArgs {
+    /// Namespace of objects that name none [default: default]
+    #[arg(long)]
+    pub namespace: Option<String>,
+
+    /// KEY=VALUE label of every namespace, as the webhook would read it from the cluster
+    /// (e.g. bedrock-broker.io/inject=true); repeatable. Namespace documents in the input
+    /// are used too.
+    #[arg(long = "namespace-label", value_name = "KEY=VALUE")]
+    pub namespace_labels: Vec<String>,
+
+    /// KEY=VALUE annotation of every ServiceAccount not in the input
+    /// (e.g. eks.amazonaws.com/role-arn=arn:aws:iam::123456789012:role/app); repeatable.
+    /// ServiceAccount documents in the input are used too.
+    #[arg(long = "service-account-annotation", value_name = "KEY=VALUE")]
+    pub service_account_annotations: Vec<String>,
+
+    #[command(flatten)]
+    pub sidecar: SidecarDefaultsArgs,
 }

@@ -22,3 +22,4 @@ pub mod serve;
 pub mod sidecar;
 pub mod telemetry;
 pub mod tls;
+pub mod webhook;

@@ -3,9 +3,11 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use bedrock_broker::cli::{Cli, Command};
+use bedrock_broker::cli::{AwsArgs, Cli, Command, InjectArgs};
 use bedrock_broker::clock::SystemClock;
 use bedrock_broker::config::{CredentialsConfig, Env, LogFormat, SidecarConfig};
+use bedrock_broker::webhook::config::{InjectConfig, WebhookConfig};
+use bedrock_broker::webhook::{self, InjectStatus};
 use bedrock_broker::{diagnose, serve, sidecar, telemetry};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -13,9 +15,19 @@ use tokio_util::sync::CancellationToken;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = Env::from_process();
+    let webhook_log_args;
     let aws_args = match &cli.command {
         Command::Sidecar(a) => &a.aws,
         Command::Credentials(a) => &a.aws,
+        Command::Webhook(a) => {
+            webhook_log_args = AwsArgs {
+                log_format: a.log_format.clone(),
+                ..AwsArgs::default()
+            };
+            &webhook_log_args
+        }
+        // Offline and one-shot: messages go to stderr as plain text.
+        Command::Inject(a) => return run_inject(a, &env),
     };
     let log_format = match LogFormat::from_args(aws_args, &env) {
         Ok(f) => f,
@@ -42,6 +54,8 @@ fn main() -> ExitCode {
             Command::Credentials(args) => {
                 run_credentials(CredentialsConfig::from_args(&args.aws, &env)).await
             }
+            Command::Webhook(args) => run_webhook(WebhookConfig::from_args(&args, &env)).await,
+            Command::Inject(_) => ExitCode::FAILURE,
         }
     })
 }
@@ -100,5 +114,52 @@ async fn run_credentials(
             eprintln!("error: credentials do not work");
             ExitCode::FAILURE
         }
+    }
+}
+
+async fn run_webhook(
+    config: Result<WebhookConfig, bedrock_broker::config::ConfigErrors>,
+) -> ExitCode {
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        let signal = serve::shutdown_signal().await;
+        tracing::info!(signal, "shutting down");
+        trigger.cancel();
+    });
+    match webhook::run_webhook(config, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "webhook failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_inject(args: &InjectArgs, env: &Env) -> ExitCode {
+    let config = match InjectConfig::from_args(args, env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("bedrock-broker inject: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let status = webhook::run_inject(
+        &config,
+        std::io::stdin().lock(),
+        std::io::stdout().lock(),
+        std::io::stderr().lock(),
+    );
+    match status {
+        InjectStatus::Ok => ExitCode::SUCCESS,
+        InjectStatus::Denied => ExitCode::FAILURE,
+        InjectStatus::BadInput => ExitCode::from(2),
     }
 }

@@ -1,0 +1,258 @@
+//! `bedrock-broker inject`: the webhook's mutation applied offline to
+//! Kubernetes YAML (GitOps, CI, debugging).
+//!
+//! Every document is read, Pods and the pod templates of workloads are
+//! mutated by the same [`mutate`] the webhook uses, and every document is
+//! written back in order. Namespace and ServiceAccount documents in the
+//! same input stand in for the cluster (namespace opt-in, the IRSA role),
+//! completed by `--namespace-label` and `--service-account-annotation`.
+//!
+//! YAML is read the way `kubectl` reads it (YAML 1.1 scalars: `0644` is
+//! octal, `yes` is a boolean) and written so any YAML 1.1 or 1.2 reader
+//! gets the same values back (ambiguous strings are quoted).
+
+use std::fmt;
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{Patch, PatchOperation};
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Map, Value};
+
+use super::config::InjectConfig;
+use super::lookup::{StaticLookup, StringMap};
+use super::mutate::{self, ClusterFacts, Outcome, Skip};
+
+/// Why `inject` produced no output.
+#[derive(Debug, thiserror::Error)]
+pub enum InjectError {
+    /// The input is not YAML (exit status 2).
+    #[error("the input is not valid YAML: {0}")]
+    Yaml(String),
+    /// Some pods were refused; one line per object (exit status 1).
+    #[error("{}", .0.join("\n"))]
+    Denied(Vec<String>),
+}
+
+/// What happened to one pod or pod template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// `Kind namespace/name`.
+    pub object: String,
+    /// `injected` or the skip reason.
+    pub outcome: String,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.object, self.outcome)
+    }
+}
+
+/// Where the pod template sits inside an object of each kind we mutate.
+fn template_pointer(kind: &str) -> Option<&'static [&'static str]> {
+    match kind {
+        "Pod" => Some(&[]),
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "Job"
+        | "ReplicationController" => Some(&["spec", "template"]),
+        "CronJob" => Some(&["spec", "jobTemplate", "spec", "template"]),
+        "PodTemplate" => Some(&["template"]),
+        _ => None,
+    }
+}
+
+fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
+    v.pointer(pointer).and_then(Value::as_str)
+}
+
+fn string_map(v: Option<&Value>) -> StringMap {
+    v.and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Reads YAML documents as `kubectl` would.
+pub fn parse_documents(input: &str) -> Result<Vec<Value>, InjectError> {
+    let mut options = serde_saphyr::Options::default();
+    options.legacy_octal_numbers = true;
+    let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(input, options)
+        .map_err(|e| InjectError::Yaml(e.to_string()))?;
+    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+/// Writes documents as a YAML stream.
+pub fn write_documents(docs: &[Value]) -> Result<String, InjectError> {
+    serde_saphyr::to_string_multiple(docs).map_err(|e| InjectError::Yaml(e.to_string()))
+}
+
+/// Objects of a document: itself, or the items of a `List`.
+fn objects_mut(doc: &mut Value) -> Vec<&mut Value> {
+    let is_list = str_at(doc, "/kind").is_some_and(|k| k == "List" || k.ends_with("List"))
+        && doc.get("items").is_some_and(Value::is_array);
+    if is_list {
+        match doc.get_mut("items").and_then(Value::as_array_mut) {
+            Some(items) => items.iter_mut().flat_map(objects_mut).collect(),
+            None => Vec::new(),
+        }
+    } else {
+        vec![doc]
+    }
+}
+
+/// Builds the stand-in cluster from Namespace and ServiceAccount documents.
+fn cluster(docs: &mut [Value], config: &InjectConfig) -> StaticLookup {
+    let mut lookup = StaticLookup {
+        default_service_account: config.service_account_annotations.clone(),
+        default_namespace: config.namespace_labels.clone(),
+        ..Default::default()
+    };
+    for doc in docs.iter_mut() {
+        for obj in objects_mut(doc) {
+            let Some(name) = str_at(obj, "/metadata/name").map(str::to_owned) else {
+                continue;
+            };
+            match str_at(obj, "/kind") {
+                Some("Namespace") => {
+                    lookup
+                        .namespaces
+                        .insert(name, string_map(obj.pointer("/metadata/labels")));
+                }
+                Some("ServiceAccount") => {
+                    let ns = str_at(obj, "/metadata/namespace")
+                        .unwrap_or(&config.namespace)
+                        .to_owned();
+                    lookup
+                        .service_accounts
+                        .insert((ns, name), string_map(obj.pointer("/metadata/annotations")));
+                }
+                _ => {}
+            }
+        }
+    }
+    lookup
+}
+
+/// Re-roots a pod patch under the template's location.
+fn rebase(patch: Patch, prefix: &PointerBuf) -> Patch {
+    Patch(
+        patch
+            .0
+            .into_iter()
+            .map(|op| match op {
+                PatchOperation::Add(mut add) => {
+                    add.path = prefix.concat(&add.path);
+                    PatchOperation::Add(add)
+                }
+                other => other,
+            })
+            .collect(),
+    )
+}
+
+/// Mutates one object in place; `Ok(None)` when it holds no pod.
+fn inject_object(
+    obj: &mut Value,
+    lookup: &StaticLookup,
+    config: &InjectConfig,
+) -> Result<Option<Report>, String> {
+    let Some(kind) = str_at(obj, "/kind").map(str::to_owned) else {
+        return Ok(None);
+    };
+    let Some(tokens) = template_pointer(&kind) else {
+        return Ok(None);
+    };
+    let namespace = str_at(obj, "/metadata/namespace")
+        .unwrap_or(&config.namespace)
+        .to_owned();
+    let name = str_at(obj, "/metadata/name")
+        .or_else(|| str_at(obj, "/metadata/generateName"))
+        .unwrap_or("")
+        .to_owned();
+    let object = format!("{kind} {namespace}/{name}");
+    let prefix = PointerBuf::from_tokens(tokens.iter().copied());
+
+    let template = match obj.pointer_mut(prefix.as_str()) {
+        Some(Value::Object(t)) => t,
+        _ => return Err(format!("{object}: has no pod template at {prefix}")),
+    };
+    let pod_value = if kind == "Pod" {
+        Value::Object(template.clone())
+    } else {
+        let mut pod = Map::new();
+        pod.insert("apiVersion".into(), "v1".into());
+        pod.insert("kind".into(), "Pod".into());
+        if let Some(m) = template.get("metadata") {
+            pod.insert("metadata".into(), m.clone());
+        }
+        if let Some(s) = template.get("spec") {
+            pod.insert("spec".into(), s.clone());
+        }
+        Value::Object(pod)
+    };
+    let pod: Pod = serde_json::from_value(pod_value)
+        .map_err(|e| format!("{object}: not a valid pod (template): {e}"))?;
+
+    let ns_labels = lookup.namespace(&namespace);
+    let sa = lookup.service_account(&namespace, mutate::service_account_name(&pod));
+    let facts = ClusterFacts {
+        namespace: Some(&namespace),
+        namespace_labels: Some(&ns_labels),
+        service_account_annotations: Some(&sa),
+    };
+    let outcome = mutate::mutate(&pod, &facts, &config.sidecar)
+        .map_err(|denial| format!("{object}: {denial}"))?;
+    let injection = match outcome {
+        Outcome::Skipped(skip) => {
+            let outcome = match skip {
+                Skip::NotOptedIn => "not opted in",
+                Skip::OptedOut => "opted out",
+                Skip::AlreadyInjected => "already injected",
+                Skip::HasBrokerContainer => "has a bedrock-broker container already",
+            };
+            return Ok(Some(Report {
+                object,
+                outcome: format!("unchanged ({outcome})"),
+            }));
+        }
+        Outcome::Injected(injection) => injection,
+    };
+    if !template.get("metadata").is_some_and(Value::is_object) {
+        template.insert("metadata".into(), Value::Object(Map::new()));
+    }
+    let patch = rebase(injection.patch, &prefix);
+    json_patch::patch(obj, &patch)
+        .map_err(|e| format!("{object}: applying the patch failed: {e}"))?;
+    Ok(Some(Report {
+        object,
+        outcome: "injected".to_owned(),
+    }))
+}
+
+/// Injects every pod and pod template in `input`; returns the YAML to
+/// print and one report per pod. Nothing is returned if any pod is refused.
+pub fn inject(input: &str, config: &InjectConfig) -> Result<(String, Vec<Report>), InjectError> {
+    let mut docs = parse_documents(input)?;
+    let lookup = cluster(&mut docs, config);
+    let mut reports = Vec::new();
+    let mut problems = Vec::new();
+    for doc in docs.iter_mut() {
+        for obj in objects_mut(doc) {
+            match inject_object(obj, &lookup, config) {
+                Ok(Some(report)) => reports.push(report),
+                Ok(None) => {}
+                Err(problem) => problems.push(problem),
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(InjectError::Denied(problems));
+    }
+    Ok((write_documents(&docs)?, reports))
+}

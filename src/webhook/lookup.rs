@@ -1,0 +1,267 @@
+//! What the webhook reads from the cluster: namespace labels (namespace
+//! opt-in) and ServiceAccount annotations (the IRSA role).
+//!
+//! Behind a trait so the admission handler is tested without a cluster. The
+//! kube implementation keeps a metadata-only watch cache of both kinds
+//! (annotations and labels are all we need, and metadata watches are cheap),
+//! and falls back to a direct GET when the cache has not seen an object yet:
+//! a ServiceAccount applied together with its Deployment usually reaches the
+//! webhook before it reaches the watch.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+use super::metrics::WebhookMetrics;
+
+/// Labels or annotations.
+pub type StringMap = BTreeMap<String, String>;
+
+/// Why a namespace or ServiceAccount could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    #[error("the API server did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the API server refused: {0}")]
+    Api(String),
+}
+
+/// Reads what [`super::mutate::mutate`] may need from the cluster.
+pub trait ClusterLookup: Send + Sync + 'static {
+    /// Annotations of a ServiceAccount; `Ok(None)` when it does not exist.
+    fn service_account_annotations(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<StringMap>, LookupError>> + Send;
+
+    /// Labels of a namespace; `Ok(None)` when it does not exist.
+    fn namespace_labels(
+        &self,
+        namespace: &str,
+    ) -> impl Future<Output = Result<Option<StringMap>, LookupError>> + Send;
+
+    /// Whether the lookup has what it needs to answer quickly (readiness).
+    fn ready(&self) -> bool {
+        true
+    }
+}
+
+/// Fixed answers: used by `inject` (from the documents and flags) and tests.
+#[derive(Debug, Clone, Default)]
+pub struct StaticLookup {
+    /// Keyed by (namespace, name).
+    pub service_accounts: HashMap<(String, String), StringMap>,
+    pub namespaces: HashMap<String, StringMap>,
+    /// Annotations of any ServiceAccount not listed.
+    pub default_service_account: StringMap,
+    /// Labels of any namespace not listed (merged under listed ones).
+    pub default_namespace: StringMap,
+}
+
+impl StaticLookup {
+    pub fn service_account(&self, namespace: &str, name: &str) -> StringMap {
+        self.service_accounts
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+            .unwrap_or_else(|| self.default_service_account.clone())
+    }
+
+    pub fn namespace(&self, namespace: &str) -> StringMap {
+        let mut labels = self.default_namespace.clone();
+        if let Some(own) = self.namespaces.get(namespace) {
+            labels.extend(own.clone());
+        }
+        labels
+    }
+}
+
+impl ClusterLookup for StaticLookup {
+    async fn service_account_annotations(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<StringMap>, LookupError> {
+        Ok(Some(self.service_account(namespace, name)))
+    }
+
+    async fn namespace_labels(&self, namespace: &str) -> Result<Option<StringMap>, LookupError> {
+        Ok(Some(self.namespace(namespace)))
+    }
+}
+
+/// The kube-backed lookup: watch caches with a GET fallback.
+#[derive(Clone)]
+pub struct KubeLookup {
+    client: Client,
+    service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
+    namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// Latched once both caches have completed their first list.
+    synced: Arc<AtomicBool>,
+    timeout: Duration,
+    metrics: WebhookMetrics,
+}
+
+impl KubeLookup {
+    /// Starts both watches in the background (until `shutdown`).
+    pub fn start(
+        client: Client,
+        timeout: Duration,
+        metrics: WebhookMetrics,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (service_accounts, sa_writer) = reflector::store();
+        let (namespaces, ns_writer) = reflector::store();
+        spawn_watch(
+            Api::<PartialObjectMeta<ServiceAccount>>::all(client.clone()),
+            sa_writer,
+            "serviceaccounts",
+            shutdown.clone(),
+        );
+        spawn_watch(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            ns_writer,
+            "namespaces",
+            shutdown.clone(),
+        );
+        let synced = Arc::new(AtomicBool::new(false));
+        {
+            let (sa, ns, synced) = (service_accounts.clone(), namespaces.clone(), synced.clone());
+            tokio::spawn(async move {
+                let both = async {
+                    let _ = sa.wait_until_ready().await;
+                    let _ = ns.wait_until_ready().await;
+                };
+                tokio::select! {
+                    _ = both => {
+                        synced.store(true, Ordering::Release);
+                        tracing::info!(
+                            service_accounts = sa.len(),
+                            namespaces = ns.len(),
+                            "cluster caches synced"
+                        );
+                    }
+                    _ = shutdown.cancelled() => {}
+                }
+            });
+        }
+        Self {
+            client,
+            service_accounts,
+            namespaces,
+            synced,
+            timeout,
+            metrics,
+        }
+    }
+
+    async fn get<K>(
+        &self,
+        api: Api<K>,
+        name: &str,
+    ) -> Result<Option<PartialObjectMeta<K>>, LookupError>
+    where
+        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        match tokio::time::timeout(self.timeout, api.get_metadata_opt(name)).await {
+            Err(_) => Err(LookupError::Timeout(self.timeout)),
+            Ok(Err(e)) => Err(LookupError::Api(e.to_string())),
+            Ok(Ok(found)) => Ok(found),
+        }
+    }
+
+    fn record(&self, object: &str, result: &Result<Option<StringMap>, LookupError>, cached: bool) {
+        let outcome = match (result, cached) {
+            (Ok(Some(_)), true) => "cache",
+            (Ok(Some(_)), false) => "api",
+            (Ok(None), _) => "not_found",
+            (Err(_), _) => "error",
+        };
+        self.metrics
+            .lookups
+            .with_label_values(&[object, outcome])
+            .inc();
+    }
+}
+
+fn spawn_watch<K>(
+    api: Api<PartialObjectMeta<K>>,
+    writer: reflector::store::Writer<PartialObjectMeta<K>>,
+    what: &'static str,
+    shutdown: CancellationToken,
+) where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(|o: &mut PartialObjectMeta<K>| o.managed_fields_mut().clear())
+        .reflect(writer);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                _ = shutdown.cancelled() => break,
+            };
+            match item {
+                None => break,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(resource = what, error = %e, "watch failed; retrying with backoff")
+                }
+            }
+        }
+    });
+}
+
+impl ClusterLookup for KubeLookup {
+    async fn service_account_annotations(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<StringMap>, LookupError> {
+        let key = ObjectRef::new(name).within(namespace);
+        if let Some(sa) = self.service_accounts.get(&key) {
+            let result = Ok(Some(sa.annotations().clone()));
+            self.record("service_account", &result, true);
+            return result;
+        }
+        let api = Api::<ServiceAccount>::namespaced(self.client.clone(), namespace);
+        let result = self
+            .get(api, name)
+            .await
+            .map(|found| found.map(|sa| sa.annotations().clone()));
+        self.record("service_account", &result, false);
+        result
+    }
+
+    async fn namespace_labels(&self, namespace: &str) -> Result<Option<StringMap>, LookupError> {
+        if let Some(ns) = self.namespaces.get(&ObjectRef::new(namespace)) {
+            let result = Ok(Some(ns.labels().clone()));
+            self.record("namespace", &result, true);
+            return result;
+        }
+        let api = Api::<Namespace>::all(self.client.clone());
+        let result = self
+            .get(api, namespace)
+            .await
+            .map(|found| found.map(|ns| ns.labels().clone()));
+        self.record("namespace", &result, false);
+        result
+    }
+
+    fn ready(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+}

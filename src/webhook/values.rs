@@ -1,0 +1,474 @@
+//! Value types shared by the webhook's flags and the pod annotations.
+//!
+//! Each type parses from the string a user writes and, on failure, says what
+//! is accepted, so a denial or a start-up error can name the value and the
+//! rule in one line.
+
+use std::fmt;
+
+/// Kubernetes' limit on `expirationSeconds` of a projected token (2^32 s).
+const MAX_TOKEN_EXPIRATION_SECONDS: i64 = 1 << 32;
+/// Kubernetes' floor on `expirationSeconds` of a projected token.
+pub const MIN_TOKEN_EXPIRATION_SECONDS: i64 = 600;
+
+/// How the sidecar is added to the pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SidecarMode {
+    /// An init container with `restartPolicy: Always` (Kubernetes 1.29+):
+    /// starts before the app, stops after it, and lets Jobs complete.
+    #[default]
+    Native,
+    /// A regular container, for clusters older than 1.29.
+    Classic,
+}
+
+impl SidecarMode {
+    pub const ACCEPTED: &'static str = "native or classic";
+
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        match raw {
+            "native" => Ok(Self::Native),
+            "classic" => Ok(Self::Classic),
+            other => Err(format!(
+                "{other:?} is not a sidecar mode; accepted values: {}",
+                Self::ACCEPTED
+            )),
+        }
+    }
+}
+
+/// The sidecar's log level, passed as `RUST_LOG`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub const ACCEPTED: &'static str = "error, warn, info, debug or trace";
+
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        match raw {
+            "error" => Ok(Self::Error),
+            "warn" => Ok(Self::Warn),
+            "info" => Ok(Self::Info),
+            "debug" => Ok(Self::Debug),
+            "trace" => Ok(Self::Trace),
+            other => Err(format!(
+                "{other:?} is not a log level; accepted values: {}",
+                Self::ACCEPTED
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Warn => "warn",
+            Self::Info => "info",
+            Self::Debug => "debug",
+            Self::Trace => "trace",
+        }
+    }
+}
+
+/// `imagePullPolicy` of the sidecar container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        match raw {
+            "Always" => Ok(Self::Always),
+            "IfNotPresent" => Ok(Self::IfNotPresent),
+            "Never" => Ok(Self::Never),
+            other => Err(format!(
+                "{other:?} is not an image pull policy; accepted values: Always, IfNotPresent or Never"
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// A container image reference such as `ghcr.io/org/bedrock-broker:0.1.0`.
+///
+/// Checked loosely (characters and shape only): the container runtime is the
+/// authority on references, but a typo with a space or a quote in it should
+/// be refused here rather than surface as `ErrImagePull` later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef(String);
+
+impl ImageRef {
+    pub const ACCEPTED: &'static str =
+        "a container image reference such as ghcr.io/org/bedrock-broker:0.1.0";
+
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let ok = !raw.is_empty()
+            && raw.len() <= 1024
+            && raw.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && raw
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-/:@+".contains(c))
+            && !raw.ends_with([':', '@', '/'])
+            && !raw.contains("//");
+        if ok {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(format!(
+                "{raw:?} is not an image reference; accepted values: {}",
+                Self::ACCEPTED
+            ))
+        }
+    }
+
+    /// A reference from one of our own constants (checked by a unit test).
+    pub(crate) fn trusted(raw: &str) -> Self {
+        Self(raw.to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The audience of the projected service-account token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audience(String);
+
+impl Audience {
+    pub const ACCEPTED: &'static str =
+        "a non-empty string of printable characters without spaces, such as sts.amazonaws.com";
+
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if !raw.is_empty() && raw.len() <= 1024 && raw.chars().all(|c| c.is_ascii_graphic()) {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(format!(
+                "{raw:?} is not a token audience; accepted values: {}",
+                Self::ACCEPTED
+            ))
+        }
+    }
+
+    /// An audience from one of our own constants (checked by a unit test).
+    pub(crate) fn trusted(raw: &str) -> Self {
+        Self(raw.to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `expirationSeconds` of the projected token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenExpiration(i64);
+
+impl TokenExpiration {
+    /// The kubelet refreshes the token at 80% of this; one day is what the
+    /// EKS Pod Identity Webhook uses.
+    pub const DEFAULT: Self = Self(86_400);
+
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        match raw.parse::<i64>() {
+            Ok(s) if (MIN_TOKEN_EXPIRATION_SECONDS..=MAX_TOKEN_EXPIRATION_SECONDS).contains(&s) => {
+                Ok(Self(s))
+            }
+            _ => Err(format!(
+                "{raw:?} is not a token lifetime; accepted values: a whole number of seconds from {MIN_TOKEN_EXPIRATION_SECONDS} to {MAX_TOKEN_EXPIRATION_SECONDS}"
+            )),
+        }
+    }
+
+    pub fn seconds(self) -> i64 {
+        self.0
+    }
+}
+
+/// A TCP port the sidecar listens on inside the pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Port(u16);
+
+impl Port {
+    /// Ports below 1024 need `CAP_NET_BIND_SERVICE`, which the sidecar drops.
+    pub const ACCEPTED: &'static str = "a whole number from 1024 to 65535";
+
+    pub const fn new_unchecked(port: u16) -> Self {
+        Self(port)
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        match raw.parse::<u16>() {
+            Ok(p) if p >= 1024 => Ok(Self(p)),
+            _ => Err(format!(
+                "{raw:?} is not a usable port; accepted values: {}",
+                Self::ACCEPTED
+            )),
+        }
+    }
+
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+impl fmt::Display for Port {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A Kubernetes resource quantity (`100m`, `64Mi`, `1.5`, `2e3`).
+///
+/// Kept as written (Kubernetes canonicalises it), with its numeric value so a
+/// request above its limit is caught here with a clear message instead of by
+/// the API server's validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quantity {
+    raw: String,
+    value: f64,
+}
+
+impl Quantity {
+    pub const ACCEPTED: &'static str =
+        "a Kubernetes quantity such as 100m, 0.5, 64Mi or 1Gi (not negative)";
+
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        Self::value_of(raw)
+            .map(|value| Self {
+                raw: raw.to_owned(),
+                value,
+            })
+            .ok_or_else(|| {
+                format!(
+                    "{raw:?} is not a resource quantity; accepted values: {}",
+                    Self::ACCEPTED
+                )
+            })
+    }
+
+    /// The quantity's value, following the grammar in
+    /// k8s.io/apimachinery/pkg/api/resource (signed numbers are refused: a
+    /// negative request or limit is never valid).
+    fn value_of(raw: &str) -> Option<f64> {
+        let s = raw.strip_prefix('+').unwrap_or(raw);
+        let number_end = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        let (number, suffix) = s.split_at(number_end);
+        let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+        if (int.is_empty() && frac.is_empty()) || frac.contains('.') {
+            return None;
+        }
+        let base: f64 = format!("{}.{}", if int.is_empty() { "0" } else { int }, frac)
+            .parse()
+            .ok()?;
+        let multiplier = match suffix {
+            "" => 1.0,
+            "m" => 1e-3,
+            "k" => 1e3,
+            "M" => 1e6,
+            "G" => 1e9,
+            "T" => 1e12,
+            "P" => 1e15,
+            "E" => 1e18,
+            "Ki" => 1024.0,
+            "Mi" => 1024f64.powi(2),
+            "Gi" => 1024f64.powi(3),
+            "Ti" => 1024f64.powi(4),
+            "Pi" => 1024f64.powi(5),
+            "Ei" => 1024f64.powi(6),
+            exp => {
+                let digits = exp.strip_prefix(['e', 'E'])?;
+                let unsigned = digits.strip_prefix(['+', '-']).unwrap_or(digits);
+                if unsigned.is_empty() || !unsigned.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                10f64.powi(digits.parse::<i32>().ok()?)
+            }
+        };
+        let value = base * multiplier;
+        value.is_finite().then_some(value)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    pub fn value(&self) -> f64 {
+        self.value
+    }
+}
+
+/// A resource limit: a quantity, or explicitly none (`none` removes a
+/// default limit).
+pub fn parse_limit(raw: &str) -> Result<Option<Quantity>, String> {
+    if raw == "none" {
+        Ok(None)
+    } else {
+        Quantity::parse(raw)
+            .map_err(|_| {
+                format!(
+                    "{raw:?} is not a resource limit; accepted values: {} or none",
+                    Quantity::ACCEPTED
+                )
+            })
+            .map(Some)
+    }
+}
+
+/// A key of a Secret in the pod's namespace: `<secret-name>/<key>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+impl SecretKeyRef {
+    pub const ACCEPTED: &'static str =
+        "<secret-name>/<key> naming a Secret in the pod's namespace, such as bedrock-api-key/token";
+
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "{raw:?} is not a secret reference; accepted values: {}",
+                Self::ACCEPTED
+            )
+        };
+        let (name, key) = raw.split_once('/').ok_or_else(bad)?;
+        if is_dns_subdomain(name) && is_config_key(key) {
+            Ok(Self {
+                name: name.to_owned(),
+                key: key.to_owned(),
+            })
+        } else {
+            Err(bad())
+        }
+    }
+}
+
+/// RFC 1123 subdomain, the rule for most object names.
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// A key of a Secret or ConfigMap.
+fn is_config_key(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_follow_the_kubernetes_grammar() {
+        for (raw, value) in [
+            ("100m", 0.1),
+            ("1", 1.0),
+            ("0.5", 0.5),
+            (".5", 0.5),
+            ("5.", 5.0),
+            ("64Mi", 64.0 * 1024.0 * 1024.0),
+            ("1Gi", 1024f64.powi(3)),
+            ("2k", 2000.0),
+            ("1e3", 1000.0),
+            ("1E-3", 0.001),
+            ("+1", 1.0),
+        ] {
+            let q = Quantity::parse(raw).unwrap_or_else(|e| panic!("{raw}: {e}"));
+            assert!((q.value() - value).abs() < 1e-9, "{raw}");
+            assert_eq!(q.as_str(), raw);
+        }
+        for raw in [
+            "", "-1", "abc", "1.2.3", "1Mb", "1e", "1ee3", "Mi", ".", " 1", "1 ",
+        ] {
+            assert!(Quantity::parse(raw).is_err(), "{raw:?} accepted");
+        }
+    }
+
+    #[test]
+    fn limits_accept_none() {
+        assert_eq!(parse_limit("none"), Ok(None));
+        assert!(parse_limit("128Mi").is_ok_and(|q| q.is_some()));
+        let err = parse_limit("lots").unwrap_err();
+        assert!(err.contains("or none"), "{err}");
+    }
+
+    #[test]
+    fn ports_below_1024_are_refused() {
+        assert_eq!(Port::parse("9787").map(Port::get), Ok(9787));
+        for raw in ["80", "0", "65536", "-1", "x", ""] {
+            assert!(Port::parse(raw).is_err(), "{raw}");
+        }
+    }
+
+    #[test]
+    fn token_expiration_has_kubernetes_bounds() {
+        assert_eq!(
+            TokenExpiration::parse("600").map(TokenExpiration::seconds),
+            Ok(600)
+        );
+        assert!(TokenExpiration::parse("599").is_err());
+        assert!(TokenExpiration::parse("4294967296").is_ok());
+        assert!(TokenExpiration::parse("4294967297").is_err());
+        assert!(TokenExpiration::parse("1h").is_err());
+    }
+
+    #[test]
+    fn secret_refs_need_a_name_and_a_key() {
+        assert_eq!(
+            SecretKeyRef::parse("bedrock-api-key/token"),
+            Ok(SecretKeyRef {
+                name: "bedrock-api-key".into(),
+                key: "token".into()
+            })
+        );
+        for raw in ["nokey", "/k", "name/", "Upper/k", "a/b/c", "a/b c"] {
+            assert!(SecretKeyRef::parse(raw).is_err(), "{raw}");
+        }
+    }
+
+    #[test]
+    fn image_refs_are_checked_for_shape() {
+        for ok in [
+            "bedrock-broker:0.1.0",
+            "ghcr.io/org/bedrock-broker:0.1.0",
+            "localhost:5000/b@sha256:abc",
+        ] {
+            assert!(ImageRef::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a b", ":tag", "repo:", "a//b", "\"x\""] {
+            assert!(ImageRef::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

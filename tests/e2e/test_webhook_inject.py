@@ -1,0 +1,123 @@
+"""``bedrock-broker inject``: the real binary on fixture YAML.
+
+Every output document must validate against the Kubernetes OpenAPI schema
+(offline, strict: unknown fields are errors), running ``inject`` again must
+change nothing, everything the user wrote must survive, and the offline
+mutation must equal the webhook's (the golden answers under
+``tests/fixtures/admission/expected``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import BINARY
+from test_webhook_support import (
+    MANIFESTS,
+    cluster_documents,
+    fixture_names,
+    load_expected,
+    load_fixture,
+    preserved,
+    sidecar_count,
+    validate,
+)
+
+
+def inject(text: str, *args: str) -> subprocess.CompletedProcess:
+    assert BINARY.exists(), f"{BINARY} missing: run cargo build first"
+    return subprocess.run(
+        [str(BINARY), "inject", *args],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+
+
+def docs(text: str) -> list[dict]:
+    # PyYAML reads YAML 1.1, like kubectl: "yes" unquoted would be a boolean.
+    return [d for d in yaml.safe_load_all(text) if d is not None]
+
+
+def test_injected_workloads_validate_and_keep_everything():
+    source = (MANIFESTS / "workloads.yaml").read_text()
+    result = inject(source)
+    assert result.returncode == 0, result.stderr
+    before, after = docs(source), docs(result.stdout)
+    assert len(before) == len(after)
+    for b, a in zip(before, after):
+        preserved(b, a)
+        validate(a)
+    injected = [line for line in result.stderr.splitlines() if line.endswith(": injected")]
+    assert len(injected) == 5, result.stderr
+    # Strings that YAML 1.1 would read as other types stay strings.
+    chat = next(d for d in after if d["kind"] == "Deployment")
+    env = {e["name"]: e["value"] for e in chat["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FEATURE_FLAGS"] == "yes"
+    assert env["UMASK"] == "0644"
+    assert env["OPENAI_BASE_URL"] == "http://127.0.0.1:9787/openai/v1"
+    assert chat["spec"]["template"]["metadata"]["annotations"]["bedrock-broker.io/injected"] == "0.1.0"
+
+
+def test_injecting_twice_changes_nothing():
+    once = inject((MANIFESTS / "workloads.yaml").read_text())
+    twice = inject(once.stdout)
+    assert twice.returncode == 0, twice.stderr
+    assert twice.stdout == once.stdout
+    assert ": injected" not in twice.stderr
+
+
+def test_refusals_name_the_annotation_and_print_nothing():
+    result = inject((MANIFESTS / "denied.yaml").read_text())
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert 'bedrock-broker.io/token-expiration: "300"' in result.stderr
+    assert "accepted values: a whole number of seconds from 600" in result.stderr
+    assert 'bedrock-broker.io/sidecar-mode: "sidecar"' in result.stderr
+    assert "Pod default/no-role" in result.stderr and "no IAM role" in result.stderr
+
+
+def test_bad_flags_and_bad_yaml_exit_2():
+    result = inject("", "--sidecar-token-expiration", "5")
+    assert result.returncode == 2
+    assert "--sidecar-token-expiration" in result.stderr
+    result = inject("kind: [unclosed\n")
+    assert result.returncode == 2
+    assert "not valid YAML" in result.stderr
+
+
+@pytest.mark.parametrize("name", fixture_names())
+def test_inject_equals_the_webhook(name):
+    """The pod of each admission fixture, injected offline, gives the webhook's golden answer."""
+    review = load_fixture(name)
+    pod = review["request"]["object"]
+    pod.setdefault("metadata", {}).setdefault("namespace", review["request"]["namespace"])
+    expected = load_expected(name)
+    stream = yaml.safe_dump_all([*cluster_documents(), pod], sort_keys=False)
+    result = inject(stream, "--sidecar-region", "us-east-1")
+    if not expected["allowed"]:
+        assert result.returncode == 1, result.stderr
+        # The webhook's reason, word for word.
+        assert expected["message"] in result.stderr
+        return
+    assert result.returncode == 0, result.stderr
+    out = docs(result.stdout)[-1]
+    if expected["pod"] is None:
+        assert out == pod
+        return
+    assert out == expected["pod"]
+    assert sidecar_count(out) == 1
+
+
+@pytest.mark.parametrize("name", [n for n in fixture_names() if load_expected(n)["pod"] is not None])
+def test_every_golden_pod_validates(name):
+    pod = load_expected(name)["pod"]
+    original = load_fixture(name)["request"]["object"]
+    validate(pod)
+    preserved(original, pod)
+    assert sidecar_count(pod) == 1

@@ -1,0 +1,295 @@
+"""``bedrock-broker webhook``: the real binary over real TLS on loopback.
+
+The webhook reads namespaces and ServiceAccounts through kube's client from
+a small fake Kubernetes API server (list, watch and get, as the API server
+answers them), pointed at with an ordinary kubeconfig. Every fixture review
+is POSTed; each answer must echo the uid and, patched onto the original pod,
+give the golden pod, which must validate against the Kubernetes schema.
+Certificates come from trustme and are rotated on disk while it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+import requests
+
+from conftest import BINARY, wait_for
+from test_webhook_support import (
+    NAMESPACES,
+    SERVICE_ACCOUNTS,
+    apply_patch,
+    decode_patch,
+    fixture_names,
+    load_expected,
+    load_fixture,
+    validate,
+)
+
+
+def _meta(name: str, namespace: str | None = None, annotations=None, labels=None) -> dict:
+    m = {"name": name, "uid": f"uid-{namespace}-{name}", "resourceVersion": "5", "annotations": annotations or {}, "labels": labels or {}}
+    if namespace:
+        m["namespace"] = namespace
+    return {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": m}
+
+
+class FakeApiServer:
+    """Answers the reads the webhook makes: list/watch/get of namespaces and ServiceAccounts."""
+
+    def __init__(self):
+        self.namespaces = {n: _meta(n, labels=labels) for n, labels in NAMESPACES.items()}
+        self.service_accounts = {(ns, n): _meta(n, ns, annotations=a) for (ns, n), a in SERVICE_ACCOUNTS.items()}
+        self.stopping = threading.Event()
+        self.requests: list[str] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _json(self, code: int, body: dict):
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _not_found(self, what: str):
+                self._json(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": f"{what} not found"})
+
+            def do_GET(self):
+                url = urlparse(self.path)
+                query = parse_qs(url.query)
+                parts = [p for p in url.path.split("/") if p]
+                fake.requests.append(self.path)
+                watching = query.get("watch", [""])[0] in ("true", "1")
+                if parts in (["api", "v1", "serviceaccounts"], ["api", "v1", "namespaces"]):
+                    if watching:
+                        # An open watch with no events, closed at its timeout or at shutdown.
+                        self.send_response(200)
+                        self.send_header("Content-Type", "application/json")
+                        self.end_headers()
+                        self.wfile.flush()
+                        timeout = float(query.get("timeoutSeconds", ["290"])[0])
+                        fake.stopping.wait(timeout)
+                        return
+                    items = list((fake.service_accounts if parts[-1] == "serviceaccounts" else fake.namespaces).values())
+                    return self._json(200, {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {"resourceVersion": "10"}, "items": items})
+                if len(parts) == 4 and parts[:3] == ["api", "v1", "namespaces"]:
+                    found = fake.namespaces.get(parts[3])
+                    return self._json(200, found) if found else self._not_found(parts[3])
+                if len(parts) == 6 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "serviceaccounts":
+                    found = fake.service_accounts.get((parts[3], parts[5]))
+                    return self._json(200, found) if found else self._not_found(parts[5])
+                self._not_found(self.path)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.stopping.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _write_tls(ca, directory: Path) -> None:
+    """Publishes a certificate for 127.0.0.1 the way the kubelet updates a Secret volume (rename)."""
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    chain = b"".join(p.bytes() for p in cert.cert_chain_pems)
+    for name, data in (("tls.key", cert.private_key_pem.bytes()), ("tls.crt", chain)):
+        tmp = directory / f".{name}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, directory / name)
+
+
+def _served_certificate(port: int) -> bytes:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        with ctx.wrap_socket(sock, server_hostname="localhost") as tls:
+            return tls.getpeercert(binary_form=True)
+
+
+class Webhook:
+    def __init__(self, proc, log_path: Path, listen: str, admin: str, ca_path: Path):
+        self.proc, self.log_path, self.ca_path = proc, log_path, ca_path
+        self.url = f"https://{listen}"
+        self.port = int(listen.rsplit(":", 1)[1])
+        self.admin = f"http://{admin}"
+
+    def review(self, body) -> requests.Response:
+        data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+        return requests.post(f"{self.url}/mutate", data=data, headers={"Content-Type": "application/json"}, verify=str(self.ca_path), timeout=10)
+
+    def metric(self, name: str, labels: dict) -> float | None:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = requests.get(f"{self.admin}/metrics", timeout=5).text
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    return s.value
+        return None
+
+
+@pytest.fixture
+def fake_api():
+    api = FakeApiServer()
+    yield api
+    api.stop()
+
+
+@pytest.fixture
+def webhook(tmp_path, fake_api):
+    import trustme
+
+    assert BINARY.exists(), f"{BINARY} missing: run cargo build first"
+    ca = trustme.CA()
+    tls_dir = tmp_path / "tls"
+    tls_dir.mkdir()
+    _write_tls(ca, tls_dir)
+    ca_path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": fake_api.url}}],
+                "users": [{"name": "fake", "user": {}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+                "current-context": "fake",
+            }
+        )
+    )
+    log_path = tmp_path / "webhook.log"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "KUBECONFIG": str(kubeconfig),
+        "RUST_LOG": "info",
+        "BEDROCK_BROKER_LOG_FORMAT": "json",
+        "BEDROCK_BROKER_WEBHOOK_LISTEN": "127.0.0.1:0",
+        "BEDROCK_BROKER_WEBHOOK_ADMIN_LISTEN": "127.0.0.1:0",
+        "BEDROCK_BROKER_WEBHOOK_TLS_CERT_FILE": str(tls_dir / "tls.crt"),
+        "BEDROCK_BROKER_WEBHOOK_TLS_KEY_FILE": str(tls_dir / "tls.key"),
+        "BEDROCK_BROKER_WEBHOOK_TLS_RELOAD_INTERVAL": "100ms",
+        "BEDROCK_BROKER_SIDECAR_REGION": "us-east-1",
+    }
+    proc = subprocess.Popen([str(BINARY), "webhook"], env=env, stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"))
+
+    def serving():
+        if proc.poll() is not None:
+            raise AssertionError(f"webhook exited with {proc.returncode}:\n{log_path.read_text()}")
+        for line in log_path.read_text(errors="replace").splitlines():
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if obj.get("message") == "webhook serving":
+                return obj
+        return None
+
+    line = wait_for(serving, timeout=20, what="webhook to serve")
+    hook = Webhook(proc, log_path, line["listen"], line["admin"], ca_path)
+    hook.ca, hook.tls_dir, hook.fake = ca, tls_dir, fake_api
+    wait_for(lambda: requests.get(f"{hook.admin}/readyz", timeout=5).status_code == 200, timeout=20, what="webhook readiness (caches synced)")
+    yield hook
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_every_fixture_over_tls_matches_the_golden_answer(webhook):
+    for name in fixture_names():
+        review = load_fixture(name)
+        expected = load_expected(name)
+        r = webhook.review(review)
+        assert r.status_code == 200, (name, r.text)
+        answer = r.json()
+        assert answer["apiVersion"] == "admission.k8s.io/v1" and answer["kind"] == "AdmissionReview"
+        response = answer["response"]
+        assert response["uid"] == review["request"]["uid"], name
+        assert response["allowed"] == expected["allowed"], (name, response)
+        if not expected["allowed"]:
+            assert response["status"]["message"] == expected["message"], name
+            continue
+        ops = decode_patch(response)
+        assert ops == expected["patch"], name
+        if ops is None:
+            continue
+        assert response["patchType"] == "JSONPatch"
+        pod = apply_patch(review["request"]["object"], ops)
+        assert pod == expected["pod"], name
+        validate(pod)
+    # Namespaces and ServiceAccounts came from the watch caches, not per-request reads
+    # (the ones no cache can hold are the ServiceAccounts that do not exist).
+    direct = [p for p in webhook.fake.requests if not urlparse(p).query]
+    assert direct and all("/serviceaccounts/" in p for p in direct), direct
+    assert webhook.metric("bedrock_broker_webhook_admissions_total", {"result": "injected"}) >= 12
+    assert webhook.metric("bedrock_broker_webhook_admissions_total", {"result": "denied"}) >= 5
+
+
+def test_reinvocation_changes_nothing(webhook):
+    review = load_fixture("plain")
+    first = webhook.review(review).json()["response"]
+    pod = apply_patch(review["request"]["object"], decode_patch(first))
+    review["request"]["object"] = pod
+    again = webhook.review(review).json()["response"]
+    assert again["allowed"] is True
+    assert decode_patch(again) is None
+
+
+def test_unparseable_reviews_answer_invalid(webhook):
+    r = webhook.review(b"this is not json")
+    assert r.status_code == 400
+    assert r.json()["response"]["allowed"] is False
+    r = webhook.review({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": "u-1", "kind": 7}})
+    assert r.status_code == 200
+    assert r.json()["response"]["uid"] == "u-1"
+    assert r.json()["response"]["allowed"] is False
+    assert webhook.metric("bedrock_broker_webhook_admissions_total", {"result": "invalid"}) == 2
+
+
+def test_rotated_certificate_is_served_without_restart(webhook):
+    before = _served_certificate(webhook.port)
+    _write_tls(webhook.ca, webhook.tls_dir)
+    wait_for(lambda: _served_certificate(webhook.port) != before, timeout=10, what="the rotated certificate")
+    assert webhook.review(load_fixture("plain")).status_code == 200
+    assert webhook.metric("bedrock_broker_webhook_tls_reloads_total", {"result": "success"}) >= 1
+    assert webhook.proc.poll() is None
+
+
+def test_health_and_graceful_stop(webhook):
+    assert requests.get(f"{webhook.admin}/healthz", timeout=5).status_code == 200
+    webhook.proc.send_signal(signal.SIGTERM)
+    assert webhook.proc.wait(timeout=15) == 0
+
+
+def test_bad_configuration_exits_2_naming_the_variable(tmp_path):
+    result = subprocess.run(
+        [str(BINARY), "webhook"],
+        env={"PATH": "/usr/bin:/bin", "BEDROCK_BROKER_WEBHOOK_ON_LOOKUP_ERROR": "maybe", "BEDROCK_BROKER_SIDECAR_TOKEN_EXPIRATION": "10"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "BEDROCK_BROKER_WEBHOOK_ON_LOOKUP_ERROR" in result.stderr
+    assert "BEDROCK_BROKER_SIDECAR_TOKEN_EXPIRATION" in result.stderr

@@ -1,0 +1,205 @@
+//! `bedrock-broker inject`: YAML in, the webhook's mutation applied, YAML out.
+
+mod webhook_support;
+
+use bedrock_broker::cli::InjectArgs;
+use bedrock_broker::config::Env;
+use bedrock_broker::webhook::config::InjectConfig;
+use bedrock_broker::webhook::inject::parse_documents;
+use bedrock_broker::webhook::{run_inject, InjectStatus};
+use serde_json::{json, Value};
+use webhook_support::{fixtures, preserved};
+
+fn config(args: InjectArgs) -> InjectConfig {
+    InjectConfig::from_args(&args, &Env::default()).expect("valid flags")
+}
+
+fn run(input: &str, args: InjectArgs) -> (InjectStatus, String, String) {
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let status = run_inject(&config(args), input.as_bytes(), &mut out, &mut err);
+    (
+        status,
+        String::from_utf8(out).expect("utf-8"),
+        String::from_utf8(err).expect("utf-8"),
+    )
+}
+
+fn manifest(name: &str) -> String {
+    std::fs::read_to_string(fixtures().join("manifests").join(name)).expect("manifest")
+}
+
+/// The pod spec of each object that has one, by `Kind/name`.
+fn pod_specs(docs: &[Value]) -> Vec<(String, Value)> {
+    fn walk(v: &Value, out: &mut Vec<(String, Value)>) {
+        if let Some(items) = v["items"].as_array() {
+            for i in items {
+                walk(i, out);
+            }
+            return;
+        }
+        let id = format!(
+            "{}/{}",
+            v["kind"].as_str().unwrap_or(""),
+            v["metadata"]["name"].as_str().unwrap_or("")
+        );
+        for pointer in [
+            "/spec",
+            "/spec/template/spec",
+            "/spec/jobTemplate/spec/template/spec",
+        ] {
+            if let Some(spec) = v.pointer(pointer).filter(|s| s.get("containers").is_some()) {
+                out.push((id.clone(), spec.clone()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for d in docs {
+        walk(d, &mut out);
+    }
+    out
+}
+
+fn has_sidecar(spec: &Value) -> bool {
+    ["initContainers", "containers"]
+        .iter()
+        .filter_map(|f| spec[f].as_array())
+        .flatten()
+        .any(|c| c["name"] == "bedrock-broker")
+}
+
+#[test]
+fn injects_every_opted_in_workload_and_keeps_everything_else() {
+    let input = manifest("workloads.yaml");
+    let (status, out, err) = run(&input, InjectArgs::default());
+    assert_eq!(status, InjectStatus::Ok, "{err}");
+    let before = parse_documents(&input).expect("input parses");
+    let after = parse_documents(&out).expect("output parses");
+    assert_eq!(before.len(), after.len());
+    for (b, a) in before.iter().zip(&after) {
+        preserved(b, a, "").unwrap_or_else(|e| panic!("{e}"));
+    }
+    let injected: Vec<_> = pod_specs(&after)
+        .into_iter()
+        .map(|(id, spec)| (id, has_sidecar(&spec)))
+        .collect();
+    assert_eq!(
+        injected,
+        [
+            ("Deployment/chat".to_owned(), true),
+            ("StatefulSet/indexer".to_owned(), true),
+            ("DaemonSet/node-agent".to_owned(), false),
+            ("CronJob/nightly-summary".to_owned(), true),
+            ("Job/backfill".to_owned(), true),
+            ("Pod/debug-shell".to_owned(), true),
+            ("ReplicaSet/plain-web".to_owned(), false),
+        ]
+    );
+    assert!(err.contains("Deployment default/chat: injected"), "{err}");
+    assert!(
+        err.contains("ReplicaSet default/plain-web: unchanged (not opted in)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn reads_yaml_as_kubectl_does_and_writes_it_unambiguously() {
+    let (_, out, _) = run(&manifest("workloads.yaml"), InjectArgs::default());
+    let docs = parse_documents(&out).expect("parses");
+    let chat = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("deployment");
+    let spec = &chat["spec"]["template"]["spec"];
+    // `defaultMode: 0644` is octal, as kubectl reads it.
+    assert_eq!(spec["volumes"][0]["configMap"]["defaultMode"], 0o644);
+    // Strings that look like other types stay strings.
+    assert_eq!(spec["containers"][0]["env"][0]["value"], "yes");
+    assert_eq!(spec["containers"][0]["env"][1]["value"], "0644");
+    assert!(out.contains("value: \"yes\""), "{out}");
+    assert!(
+        out.contains("bedrock-broker.io/injected: \"0.1.0\""),
+        "{out}"
+    );
+}
+
+#[test]
+fn running_twice_changes_nothing() {
+    let (_, once, _) = run(&manifest("workloads.yaml"), InjectArgs::default());
+    let (status, twice, err) = run(&once, InjectArgs::default());
+    assert_eq!(status, InjectStatus::Ok);
+    assert_eq!(once, twice);
+    assert!(!err.contains(": injected"), "{err}");
+}
+
+#[test]
+fn refusals_print_nothing_and_name_every_problem() {
+    let (status, out, err) = run(&manifest("denied.yaml"), InjectArgs::default());
+    assert_eq!(status, InjectStatus::Denied);
+    assert!(out.is_empty());
+    for needle in [
+        "Deployment default/typo",
+        "bedrock-broker.io/token-expiration: \"300\"",
+        "bedrock-broker.io/sidecar-mode: \"sidecar\"",
+        "Pod default/no-role",
+        "no IAM role",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in {err}");
+    }
+}
+
+#[test]
+fn flags_stand_in_for_the_cluster() {
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: app\n    image: app:1\n";
+    let (status, out, _) = run(pod, InjectArgs::default());
+    assert_eq!(status, InjectStatus::Ok);
+    assert!(!out.contains("bedrock-broker"), "not opted in: {out}");
+
+    let args = InjectArgs {
+        namespace: Some("apps".into()),
+        namespace_labels: vec!["bedrock-broker.io/inject=true".into()],
+        service_account_annotations: vec![
+            "eks.amazonaws.com/role-arn=arn:aws:iam::123456789012:role/apps".into(),
+        ],
+        sidecar: bedrock_broker::cli::SidecarDefaultsArgs {
+            sidecar_region: Some("us-east-2".into()),
+            ..Default::default()
+        },
+    };
+    let (status, out, err) = run(pod, args);
+    assert_eq!(status, InjectStatus::Ok, "{err}");
+    let docs = parse_documents(&out).expect("parses");
+    let sidecar = &docs[0]["spec"]["initContainers"][0];
+    assert_eq!(sidecar["name"], "bedrock-broker");
+    let env = sidecar["env"].as_array().cloned().unwrap_or_default();
+    assert!(env.contains(
+        &json!({"name": "AWS_ROLE_ARN", "value": "arn:aws:iam::123456789012:role/apps"})
+    ));
+    assert!(env.contains(&json!({"name": "AWS_REGION", "value": "us-east-2"})));
+    assert!(err.contains("Pod apps/p: injected"), "{err}");
+}
+
+#[test]
+fn bad_yaml_and_empty_input() {
+    let (status, out, err) = run("kind: Pod\n  bad: [indent\n", InjectArgs::default());
+    assert_eq!(status, InjectStatus::BadInput);
+    assert!(out.is_empty());
+    assert!(err.contains("not valid YAML"), "{err}");
+
+    let (status, out, _) = run("", InjectArgs::default());
+    assert_eq!(status, InjectStatus::Ok);
+    assert!(out.trim().is_empty());
+}
+
+#[test]
+fn a_workload_without_a_template_is_reported() {
+    let (status, _, err) = run(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\nspec: {}\n",
+        InjectArgs::default(),
+    );
+    assert_eq!(status, InjectStatus::Denied);
+    assert!(
+        err.contains("Deployment default/d: has no pod template"),
+        "{err}"
+    );
+}

@@ -1,0 +1,349 @@
+//! The kube-backed ServiceAccount/namespace lookup against a tiny fake API
+//! server on loopback: kube's real client, watcher and reflector, over HTTP.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::http::Uri;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bedrock_broker::webhook::lookup::{ClusterLookup, KubeLookup, LookupError};
+use bedrock_broker::webhook::metrics::WebhookMetrics;
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// What the fake API server holds.
+#[derive(Default)]
+struct Objects {
+    /// Returned by list calls (what the watch cache starts with).
+    listed: Vec<Value>,
+    /// Returned by direct GETs, keyed by "namespace/name" (or "name").
+    gettable: HashMap<String, Value>,
+    /// Status code for direct GETs of unknown objects (404 normally).
+    missing_status: u16,
+    /// Direct GETs that never answer (to exercise the timeout).
+    hang: Vec<String>,
+}
+
+#[derive(Clone)]
+struct Fake {
+    service_accounts: Arc<Mutex<Objects>>,
+    namespaces: Arc<Mutex<Objects>>,
+    sa_events: broadcast::Sender<Value>,
+    gets: Arc<AtomicUsize>,
+}
+
+fn meta(namespace: Option<&str>, name: &str, annotations: Value, labels: Value) -> Value {
+    let mut m = json!({"name": name, "resourceVersion": "5", "uid": format!("uid-{name}"),
+        "annotations": annotations, "labels": labels});
+    if let Some(ns) = namespace {
+        m["namespace"] = json!(ns);
+    }
+    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": m})
+}
+
+fn list(items: &[Value]) -> Response {
+    axum::Json(json!({
+        "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+        "metadata": {"resourceVersion": "10"}, "items": items,
+    }))
+    .into_response()
+}
+
+fn not_found(name: &str, code: u16) -> Response {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::NOT_FOUND);
+    let reason = if code == 404 { "NotFound" } else { "Forbidden" };
+    (
+        status,
+        axum::Json(
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": format!("{name} {reason}"), "reason": reason, "code": code}),
+        ),
+    )
+        .into_response()
+}
+
+/// A watch stream that stays open and carries whatever the test sends.
+fn watch(events: Option<broadcast::Receiver<Value>>) -> Response {
+    let stream = futures::stream::unfold(events, |rx| async move {
+        match rx {
+            Some(mut rx) => match rx.recv().await {
+                Ok(event) => {
+                    let mut line = serde_json::to_vec(&event).unwrap_or_default();
+                    line.push(b'\n');
+                    Some((Ok::<_, Infallible>(Bytes::from(line)), Some(rx)))
+                }
+                Err(_) => None,
+            },
+            None => std::future::pending().await,
+        }
+    });
+    Response::new(Body::from_stream(stream))
+}
+
+fn is_watch(uri: &Uri) -> bool {
+    uri.query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"))
+}
+
+async fn list_sa(State(f): State<Fake>, uri: Uri) -> Response {
+    if is_watch(&uri) {
+        return watch(Some(f.sa_events.subscribe()));
+    }
+    let items = f
+        .service_accounts
+        .lock()
+        .map(|o| o.listed.clone())
+        .unwrap_or_default();
+    list(&items)
+}
+
+async fn list_ns(State(f): State<Fake>, uri: Uri) -> Response {
+    if is_watch(&uri) {
+        return watch(None);
+    }
+    let items = f
+        .namespaces
+        .lock()
+        .map(|o| o.listed.clone())
+        .unwrap_or_default();
+    list(&items)
+}
+
+async fn direct_get(objects: &Mutex<Objects>, gets: &AtomicUsize, key: String) -> Response {
+    gets.fetch_add(1, Ordering::SeqCst);
+    let (found, code, hang) = match objects.lock() {
+        Ok(o) => (
+            o.gettable.get(&key).cloned(),
+            o.missing_status,
+            o.hang.contains(&key),
+        ),
+        Err(_) => (None, 500, false),
+    };
+    if hang {
+        std::future::pending::<()>().await;
+    }
+    match found {
+        Some(v) => axum::Json(v).into_response(),
+        None => not_found(&key, if code == 0 { 404 } else { code }),
+    }
+}
+
+async fn get_sa(State(f): State<Fake>, Path((ns, name)): Path<(String, String)>) -> Response {
+    direct_get(&f.service_accounts, &f.gets, format!("{ns}/{name}")).await
+}
+
+async fn get_ns(State(f): State<Fake>, Path(name): Path<String>) -> Response {
+    direct_get(&f.namespaces, &f.gets, name).await
+}
+
+async fn start(fake: Fake) -> SocketAddr {
+    let app = Router::new()
+        .route("/api/v1/serviceaccounts", get(list_sa))
+        .route("/api/v1/namespaces", get(list_ns))
+        .route("/api/v1/namespaces/{name}", get(get_ns))
+        .route(
+            "/api/v1/namespaces/{ns}/serviceaccounts/{name}",
+            get(get_sa),
+        )
+        .with_state(fake);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+fn client(addr: SocketAddr) -> kube::Client {
+    let url = format!("http://{addr}").parse().expect("url");
+    kube::Client::try_from(kube::Config::new(url)).expect("client")
+}
+
+fn fake() -> Fake {
+    let mut sa = Objects::default();
+    sa.listed.push(meta(
+        Some("default"),
+        "chat-app",
+        json!({"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/chat-app"}),
+        json!({}),
+    ));
+    sa.gettable.insert(
+        "default/brand-new".into(),
+        meta(
+            Some("default"),
+            "brand-new",
+            json!({"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/new"}),
+            json!({}),
+        ),
+    );
+    let mut ns = Objects::default();
+    ns.listed.push(meta(
+        None,
+        "team-a",
+        json!({}),
+        json!({"bedrock-broker.io/inject": "true"}),
+    ));
+    ns.gettable.insert(
+        "team-b".into(),
+        meta(
+            None,
+            "team-b",
+            json!({}),
+            json!({"bedrock-broker.io/inject": "false"}),
+        ),
+    );
+    Fake {
+        service_accounts: Arc::new(Mutex::new(sa)),
+        namespaces: Arc::new(Mutex::new(ns)),
+        sa_events: broadcast::channel(16).0,
+        gets: Arc::new(AtomicUsize::new(0)),
+    }
+}
+
+async fn synced(lookup: &KubeLookup) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !lookup.ready() {
+        assert!(Instant::now() < end, "caches never synced");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_from_the_watch_cache_and_falls_back_to_a_get() {
+    let f = fake();
+    let addr = start(f.clone()).await;
+    let shutdown = CancellationToken::new();
+    let metrics = WebhookMetrics::new();
+    let lookup = KubeLookup::start(
+        client(addr),
+        Duration::from_secs(2),
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    synced(&lookup).await;
+
+    // Cached: no request to the API server.
+    let sa = lookup
+        .service_account_annotations("default", "chat-app")
+        .await
+        .expect("read");
+    assert_eq!(
+        sa.and_then(|a| a.get("eks.amazonaws.com/role-arn").cloned())
+            .as_deref(),
+        Some("arn:aws:iam::123456789012:role/chat-app")
+    );
+    let ns = lookup.namespace_labels("team-a").await.expect("read");
+    assert_eq!(
+        ns.and_then(|l| l.get("bedrock-broker.io/inject").cloned())
+            .as_deref(),
+        Some("true")
+    );
+    assert_eq!(f.gets.load(Ordering::SeqCst), 0);
+
+    // Not seen by the watch yet: a direct GET finds it.
+    let sa = lookup
+        .service_account_annotations("default", "brand-new")
+        .await
+        .expect("read");
+    assert!(sa.is_some_and(|a| a.contains_key("eks.amazonaws.com/role-arn")));
+    let ns = lookup.namespace_labels("team-b").await.expect("read");
+    assert_eq!(
+        ns.and_then(|l| l.get("bedrock-broker.io/inject").cloned())
+            .as_deref(),
+        Some("false")
+    );
+    assert_eq!(f.gets.load(Ordering::SeqCst), 2);
+
+    // Nowhere: not found is an answer, not an error.
+    assert_eq!(
+        lookup.service_account_annotations("default", "ghost").await,
+        Ok(None)
+    );
+
+    // A ServiceAccount arriving through the watch is served from the cache.
+    let event = json!({"type": "ADDED", "object": meta(Some("team-a"), "watched",
+        json!({"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/watched"}), json!({}))});
+    let gets_before = f.gets.load(Ordering::SeqCst);
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let _ = f.sa_events.send(event.clone());
+        if lookup
+            .service_account_annotations("team-a", "watched")
+            .await
+            == Ok(None)
+        {
+            // Not applied yet (the GET fallback found nothing): try again.
+        } else {
+            break;
+        }
+        assert!(Instant::now() < end, "watch event never reached the cache");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let gets_after = f.gets.load(Ordering::SeqCst);
+    let from_cache = lookup
+        .service_account_annotations("team-a", "watched")
+        .await
+        .expect("read");
+    assert!(from_cache.is_some());
+    assert_eq!(
+        f.gets.load(Ordering::SeqCst),
+        gets_after,
+        "served from the cache"
+    );
+    assert!(gets_after >= gets_before);
+
+    let text = metrics.render();
+    assert!(
+        text.contains(
+            "bedrock_broker_webhook_lookups_total{object=\"service_account\",source=\"cache\"}"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "bedrock_broker_webhook_lookups_total{object=\"service_account\",source=\"api\"} 1"
+        ),
+        "{text}"
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_refusals_and_silence_are_errors() {
+    let f = fake();
+    if let Ok(mut sa) = f.service_accounts.lock() {
+        sa.missing_status = 403;
+        sa.hang.push("default/slow".into());
+    }
+    let addr = start(f.clone()).await;
+    let shutdown = CancellationToken::new();
+    let lookup = KubeLookup::start(
+        client(addr),
+        Duration::from_millis(200),
+        WebhookMetrics::new(),
+        shutdown.clone(),
+    );
+    synced(&lookup).await;
+    match lookup
+        .service_account_annotations("default", "forbidden")
+        .await
+    {
+        Err(LookupError::Api(m)) => assert!(m.contains("Forbidden") || m.contains("403"), "{m}"),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+    assert_eq!(
+        lookup.service_account_annotations("default", "slow").await,
+        Err(LookupError::Timeout(Duration::from_millis(200)))
+    );
+    shutdown.cancel();
+}

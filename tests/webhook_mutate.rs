@@ -1,0 +1,597 @@
+//! The pure mutation and the admission handler's edge cases.
+
+mod webhook_support;
+
+use std::collections::BTreeMap;
+
+use bedrock_broker::webhook::config::LookupErrorPolicy;
+use bedrock_broker::webhook::lookup::{ClusterLookup, LookupError, StringMap};
+use bedrock_broker::webhook::mutate::{
+    self, ClusterFacts, Credentials, Outcome, RoleSource, Skip, TokenAccess,
+};
+use bedrock_broker::webhook::server::review;
+use json_patch::PatchOperation;
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{json, Value};
+use webhook_support::{cluster, defaults, patch_of, state, CHAT_APP_ROLE};
+
+const ROLE: &str = "arn:aws:iam::123456789012:role/app";
+
+fn pod(v: Value) -> Pod {
+    serde_json::from_value(v).expect("a pod")
+}
+
+/// An opted-in pod naming its role, with `spec` merged in.
+fn opted_in(spec: Value) -> Pod {
+    let mut p = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": "p", "namespace": "default",
+            "labels": {"bedrock-broker.io/inject": "true"},
+            "annotations": {"bedrock-broker.io/role-arn": ROLE},
+        },
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+    });
+    if let (Some(base), Some(extra)) = (p["spec"].as_object_mut(), spec.as_object()) {
+        for (k, v) in extra {
+            base.insert(k.clone(), v.clone());
+        }
+    }
+    pod(p)
+}
+
+fn inject(p: &Pod) -> Box<mutate::Injection> {
+    match mutate::mutate(p, &ClusterFacts::default(), &defaults()) {
+        Ok(Outcome::Injected(i)) => i,
+        other => panic!("expected an injection, got {other:?}"),
+    }
+}
+
+fn denial(p: &Pod, facts: &ClusterFacts<'_>) -> String {
+    match mutate::mutate(p, facts, &defaults()) {
+        Err(d) => d.to_string(),
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+fn mutated(p: &Pod, i: &mutate::Injection) -> Value {
+    let original = serde_json::to_value(p).expect("serializes");
+    mutate::apply(&original, &i.patch).expect("patch applies")
+}
+
+fn sidecar(v: &Value) -> Value {
+    ["initContainers", "containers"]
+        .iter()
+        .filter_map(|f| v["spec"][f].as_array())
+        .flatten()
+        .find(|c| c["name"] == "bedrock-broker")
+        .cloned()
+        .expect("sidecar present")
+}
+
+fn env_of(c: &Value, name: &str) -> Option<Value> {
+    c["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+        .cloned()
+}
+
+#[test]
+fn token_is_readable_through_fs_group() {
+    let p = opted_in(json!({"securityContext": {"runAsUser": 1000, "fsGroup": 2000}}));
+    let i = inject(&p);
+    assert_eq!(i.token_access, TokenAccess::FsGroup(2000));
+    assert_eq!(
+        sidecar(&mutated(&p, &i))["securityContext"]["runAsUser"],
+        65532
+    );
+}
+
+#[test]
+fn sidecar_joins_a_shared_non_root_user() {
+    let p = opted_in(json!({
+        "securityContext": {"runAsUser": 1001},
+        "initContainers": [{"name": "init", "image": "i:1", "securityContext": {"runAsUser": 1001}}],
+    }));
+    let i = inject(&p);
+    assert_eq!(i.token_access, TokenAccess::SharedUser(1001));
+    let v = mutated(&p, &i);
+    assert_eq!(sidecar(&v)["securityContext"]["runAsUser"], 1001);
+    assert_eq!(sidecar(&v)["securityContext"]["runAsNonRoot"], true);
+}
+
+#[test]
+fn own_user_and_readable_default_mode_otherwise() {
+    for spec in [
+        json!({}),
+        json!({"securityContext": {"runAsUser": 0}}),
+        json!({"containers": [
+            {"name": "a", "image": "a", "securityContext": {"runAsUser": 1000}},
+            {"name": "b", "image": "b", "securityContext": {"runAsUser": 2000}},
+        ]}),
+    ] {
+        let p = opted_in(spec.clone());
+        let i = inject(&p);
+        assert_eq!(i.token_access, TokenAccess::DefaultMode, "{spec}");
+        let v = mutated(&p, &i);
+        assert_eq!(sidecar(&v)["securityContext"]["runAsUser"], 65532, "{spec}");
+        let volume = v["spec"]["volumes"]
+            .as_array()
+            .and_then(|vs| vs.iter().find(|v| v["name"] == "bedrock-broker-token"))
+            .cloned()
+            .expect("token volume");
+        assert_eq!(volume["projected"]["defaultMode"], 0o444, "{spec}");
+    }
+}
+
+#[test]
+fn the_sidecar_is_locked_down_and_probed() {
+    let p = opted_in(json!({}));
+    let c = sidecar(&mutated(&p, &inject(&p)));
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(c["restartPolicy"], "Always");
+    assert_eq!(c["args"], json!(["sidecar"]));
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["startupProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["ports"][0]["name"], "bb-admin");
+    assert_eq!(c["ports"][0]["containerPort"], 9788);
+    assert_eq!(
+        env_of(&c, "AWS_WEB_IDENTITY_TOKEN_FILE").map(|e| e["value"].clone()),
+        Some(json!(
+            "/var/run/secrets/bedrock-broker/serviceaccount/token"
+        ))
+    );
+    assert_eq!(c["volumeMounts"][0]["readOnly"], true);
+}
+
+#[test]
+fn native_sidecar_goes_first_and_keeps_the_order_of_the_rest() {
+    let p = opted_in(json!({
+        "initContainers": [{"name": "one", "image": "x"}, {"name": "two", "image": "x", "restartPolicy": "Always"}],
+        "containers": [{"name": "app", "image": "x"}, {"name": "other", "image": "x"}],
+    }));
+    let v = mutated(&p, &inject(&p));
+    let names = |f: &str| -> Vec<String> {
+        v["spec"][f]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(names("initContainers"), ["bedrock-broker", "one", "two"]);
+    assert_eq!(names("containers"), ["app", "other"]);
+    // Every existing container, init containers included, can reach the proxy.
+    for f in ["initContainers", "containers"] {
+        for c in v["spec"][f].as_array().into_iter().flatten() {
+            if c["name"] != "bedrock-broker" {
+                assert!(env_of(c, "BEDROCK_BROKER_URL").is_some(), "{c}");
+            }
+        }
+    }
+}
+
+#[test]
+fn classic_mode_appends_a_container_and_leaves_init_containers_alone() {
+    let mut p = opted_in(json!({"initContainers": [{"name": "init", "image": "x"}]}));
+    p.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert("bedrock-broker.io/sidecar-mode".into(), "classic".into());
+    let v = mutated(&p, &inject(&p));
+    let containers = v["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        containers.last().map(|c| c["name"].clone()),
+        Some(json!("bedrock-broker"))
+    );
+    assert!(containers
+        .last()
+        .is_some_and(|c| c.get("restartPolicy").is_none()));
+    assert!(env_of(&v["spec"]["initContainers"][0], "BEDROCK_BROKER_URL").is_none());
+}
+
+#[test]
+fn explicit_env_is_never_overridden() {
+    let p = opted_in(json!({"containers": [{
+        "name": "app", "image": "x",
+        "env": [{"name": "OPENAI_BASE_URL", "value": "https://mine"}],
+    }]}));
+    let v = mutated(&p, &inject(&p));
+    let env = v["spec"]["containers"][0]["env"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let names: Vec<_> = env.iter().map(|e| e["name"].clone()).collect();
+    assert_eq!(
+        names,
+        [
+            json!("OPENAI_BASE_URL"),
+            json!("BEDROCK_BROKER_URL"),
+            json!("AWS_ENDPOINT_URL_BEDROCK_RUNTIME")
+        ]
+    );
+    assert_eq!(env[0]["value"], "https://mine");
+}
+
+#[test]
+fn patch_pointers_are_escaped() {
+    let p = opted_in(json!({}));
+    let i = inject(&p);
+    let first = match &i.patch.0[0] {
+        PatchOperation::Add(a) => a.path.to_string(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(first, "/metadata/annotations/bedrock-broker.io~1injected");
+}
+
+#[test]
+fn role_comes_from_the_service_account_when_the_pod_names_none() {
+    let mut p = opted_in(json!({"serviceAccountName": "chat-app"}));
+    p.metadata.annotations = None;
+    let sa: StringMap = [(
+        "eks.amazonaws.com/role-arn".to_owned(),
+        CHAT_APP_ROLE.to_owned(),
+    )]
+    .into();
+    let facts = ClusterFacts {
+        service_account_annotations: Some(&sa),
+        ..Default::default()
+    };
+    let Ok(Outcome::Injected(i)) = mutate::mutate(&p, &facts, &defaults()) else {
+        panic!("not injected");
+    };
+    assert!(matches!(
+        &i.credentials,
+        Credentials::WebIdentity { role_arn, source: RoleSource::ServiceAccount, .. } if role_arn.as_str() == CHAT_APP_ROLE
+    ));
+    // The annotation map did not exist: it is created whole.
+    let v = mutated(&p, &i);
+    assert_eq!(
+        v["metadata"]["annotations"],
+        json!({"bedrock-broker.io/injected": env!("CARGO_PKG_VERSION")})
+    );
+}
+
+#[test]
+fn a_bad_service_account_role_is_named() {
+    let mut p = opted_in(json!({"serviceAccountName": "chat-app"}));
+    p.metadata.annotations = None;
+    let sa: StringMap = [(
+        "eks.amazonaws.com/role-arn".to_owned(),
+        "chat-role".to_owned(),
+    )]
+    .into();
+    let msg = denial(
+        &p,
+        &ClusterFacts {
+            service_account_annotations: Some(&sa),
+            ..Default::default()
+        },
+    );
+    assert!(
+        msg.contains("ServiceAccount \"chat-app\" annotation eks.amazonaws.com/role-arn"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn eks_token_volume_is_reused_unless_the_pod_asks_for_another_token() {
+    let spec = json!({
+        "volumes": [{"name": "aws-iam-token", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": "sts.amazonaws.com", "expirationSeconds": 86400, "path": "token"}}]}}],
+        "containers": [{"name": "app", "image": "x", "volumeMounts": [
+            {"name": "aws-iam-token", "mountPath": "/eks/token-dir", "readOnly": true}]}],
+    });
+    let p = opted_in(spec.clone());
+    let i = inject(&p);
+    assert!(matches!(
+        i.credentials,
+        Credentials::WebIdentity {
+            reused_eks_volume: true,
+            ..
+        }
+    ));
+    let v = mutated(&p, &i);
+    assert_eq!(v["spec"]["volumes"].as_array().map(Vec::len), Some(1));
+    let c = sidecar(&v);
+    assert_eq!(c["volumeMounts"][0]["name"], "aws-iam-token");
+    assert_eq!(
+        env_of(&c, "AWS_WEB_IDENTITY_TOKEN_FILE").map(|e| e["value"].clone()),
+        Some(json!("/eks/token-dir/token"))
+    );
+
+    let mut p = opted_in(spec);
+    p.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert("bedrock-broker.io/audience".into(), "other-audience".into());
+    let i = inject(&p);
+    assert!(matches!(
+        i.credentials,
+        Credentials::WebIdentity {
+            reused_eks_volume: false,
+            ..
+        }
+    ));
+    assert_eq!(
+        mutated(&p, &i)["spec"]["volumes"].as_array().map(Vec::len),
+        Some(2)
+    );
+}
+
+#[test]
+fn role_from_eks_container_env_is_used_as_a_last_resort() {
+    let mut p = opted_in(json!({"containers": [{"name": "app", "image": "x", "env": [
+        {"name": "AWS_ROLE_ARN", "value": ROLE}]}]}));
+    p.metadata.annotations = None;
+    let Ok(Outcome::Injected(i)) = mutate::mutate(
+        &p,
+        &ClusterFacts {
+            service_account_annotations: Some(&BTreeMap::new()),
+            ..Default::default()
+        },
+        &defaults(),
+    ) else {
+        panic!("not injected");
+    };
+    assert!(matches!(
+        i.credentials,
+        Credentials::WebIdentity {
+            source: RoleSource::ContainerEnv,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn bearer_mode_needs_no_role_and_no_token() {
+    let mut p = opted_in(json!({}));
+    p.metadata.annotations = Some(
+        [(
+            "bedrock-broker.io/api-key-secret".to_owned(),
+            "bedrock-key/token".to_owned(),
+        )]
+        .into(),
+    );
+    let i = inject(&p);
+    assert_eq!(i.credentials, Credentials::ApiKey);
+    let v = mutated(&p, &i);
+    assert!(v["spec"].get("volumes").is_none());
+    let c = sidecar(&v);
+    assert_eq!(
+        env_of(&c, "AWS_BEARER_TOKEN_BEDROCK").map(|e| e["valueFrom"].clone()),
+        Some(json!({"secretKeyRef": {"name": "bedrock-key", "key": "token", "optional": false}}))
+    );
+    assert!(env_of(&c, "AWS_ROLE_ARN").is_none());
+    assert!(c.get("volumeMounts").is_none());
+}
+
+#[test]
+fn opt_in_and_opt_out_rules() {
+    let base = |labels: Value| {
+        pod(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "labels": labels, "annotations": {"bedrock-broker.io/role-arn": ROLE}},
+            "spec": {"containers": [{"name": "app", "image": "x"}]}}))
+    };
+    let ns_in: StringMap = [("bedrock-broker.io/inject".to_owned(), "true".to_owned())].into();
+    let ns_in = ClusterFacts {
+        namespace_labels: Some(&ns_in),
+        ..Default::default()
+    };
+    let d = defaults();
+    let outcome = |p: &Pod, f: &ClusterFacts<'_>| match mutate::mutate(p, f, &d) {
+        Ok(Outcome::Skipped(s)) => Some(s),
+        Ok(Outcome::Injected(_)) => None,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(
+        outcome(&base(json!({})), &ClusterFacts::default()),
+        Some(Skip::NotOptedIn)
+    );
+    assert_eq!(outcome(&base(json!({})), &ns_in), None);
+    assert_eq!(
+        outcome(&base(json!({"bedrock-broker.io/inject": "false"})), &ns_in),
+        Some(Skip::OptedOut)
+    );
+    assert_eq!(
+        outcome(
+            &base(json!({"bedrock-broker.io/inject": "true"})),
+            &ClusterFacts::default()
+        ),
+        None
+    );
+    let msg = denial(&base(json!({"bedrock-broker.io/inject": "True"})), &ns_in);
+    assert!(
+        msg.contains("accepted values: \"true\" or \"false\""),
+        "{msg}"
+    );
+}
+
+#[test]
+fn needs_asks_only_for_what_decides() {
+    let p = opted_in(json!({}));
+    assert_eq!(mutate::needs(&p), mutate::Needs::default());
+    let mut p = opted_in(json!({"serviceAccountName": "chat-app"}));
+    p.metadata.annotations = None;
+    p.metadata.labels = None;
+    let n = mutate::needs(&p);
+    assert!(n.namespace_labels);
+    assert_eq!(n.service_account.as_deref(), Some("chat-app"));
+    p.metadata.annotations =
+        Some([("bedrock-broker.io/injected".to_owned(), "0.1.0".to_owned())].into());
+    assert_eq!(mutate::needs(&p), mutate::Needs::default());
+}
+
+#[test]
+fn pods_that_cannot_be_injected_safely_are_refused() {
+    let msg = denial(
+        &opted_in(json!({"hostNetwork": true})),
+        &ClusterFacts::default(),
+    );
+    assert!(msg.contains("hostNetwork"), "{msg}");
+    let msg = denial(
+        &opted_in(json!({"os": {"name": "windows"}})),
+        &ClusterFacts::default(),
+    );
+    assert!(msg.contains("Linux only"), "{msg}");
+    let mut p = opted_in(json!({}));
+    p.spec = None;
+    assert!(denial(&p, &ClusterFacts::default()).contains("no spec"));
+}
+
+#[test]
+fn a_region_is_required() {
+    let p = opted_in(json!({}));
+    let mut d = defaults();
+    d.region = None;
+    let msg = match mutate::mutate(&p, &ClusterFacts::default(), &d) {
+        Err(e) => e.to_string(),
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        msg.contains("no AWS region: set the pod annotation bedrock-broker.io/region"),
+        "{msg}"
+    );
+}
+
+/// A cluster that cannot be read.
+struct Unreachable;
+
+impl ClusterLookup for Unreachable {
+    async fn service_account_annotations(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> Result<Option<StringMap>, LookupError> {
+        Err(LookupError::Api("forbidden".into()))
+    }
+    async fn namespace_labels(&self, _: &str) -> Result<Option<StringMap>, LookupError> {
+        Err(LookupError::Timeout(std::time::Duration::from_secs(3)))
+    }
+}
+
+fn review_of(object: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "7d5f1c1e-2b7a-4d8e-9f3a-0c1b2d3e4f5a",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "default", "operation": "CREATE",
+            "userInfo": {"username": "tester"},
+            "object": object,
+        }
+    }))
+    .expect("serializes")
+}
+
+#[tokio::test]
+async fn unreadable_cluster_follows_the_lookup_error_policy() {
+    // Opted in by label, role from the ServiceAccount: the SA read fails.
+    let body = review_of(
+        json!({"metadata": {"name": "p", "labels": {"bedrock-broker.io/inject": "true"}},
+        "spec": {"containers": [{"name": "app", "image": "x"}]}}),
+    );
+    let mut st = state(Unreachable);
+    let (status, r) = review(&st, &body).await;
+    let r = serde_json::to_value(r).expect("json");
+    assert_eq!(status, 200);
+    assert_eq!(r["response"]["allowed"], false);
+    let msg = r["response"]["status"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        msg.contains("cannot read ServiceAccount default/default"),
+        "{msg}"
+    );
+
+    st.on_lookup_error = LookupErrorPolicy::Skip;
+    let (_, r) = review(&st, &body).await;
+    let r = serde_json::to_value(r).expect("json");
+    assert_eq!(r["response"]["allowed"], true);
+    assert!(patch_of(&r["response"]).is_none());
+    assert!(r["response"]["warnings"][0]
+        .as_str()
+        .is_some_and(|w| w.contains("admitted without")));
+
+    // A pod whose own annotations settle everything needs no lookup at all.
+    let body = review_of(json!({"metadata": {"name": "p",
+            "labels": {"bedrock-broker.io/inject": "true"},
+            "annotations": {"bedrock-broker.io/role-arn": ROLE}},
+        "spec": {"containers": [{"name": "app", "image": "x"}]}}));
+    st.on_lookup_error = LookupErrorPolicy::Deny;
+    let (_, r) = review(&st, &body).await;
+    let r = serde_json::to_value(r).expect("json");
+    assert_eq!(r["response"]["allowed"], true);
+    assert!(patch_of(&r["response"]).is_some());
+}
+
+#[tokio::test]
+async fn unparseable_reviews_answer_invalid() {
+    let st = state(cluster());
+    let (status, r) = review(&st, b"not json").await;
+    let r = serde_json::to_value(r).expect("json");
+    assert_eq!(status, 400);
+    assert_eq!(r["response"]["allowed"], false);
+    assert_eq!(r["response"]["uid"], "");
+
+    // The uid is echoed whenever it can be read.
+    let body = serde_json::to_vec(
+        &json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "abc", "kind": "nonsense"}}),
+    )
+    .expect("json");
+    let (status, r) = review(&st, &body).await;
+    let r = serde_json::to_value(r).expect("json");
+    assert_eq!(status, 200);
+    assert_eq!(r["response"]["uid"], "abc");
+    assert_eq!(r["response"]["allowed"], false);
+    assert_eq!(r["response"]["status"]["reason"], "InvalidRequest");
+
+    // A pod object that is not a pod.
+    let body = review_of(json!({"spec": {"containers": "many"}}));
+    let (_, r) = review(&st, &body).await;
+    let r = serde_json::to_value(r).expect("json");
+    assert_eq!(r["response"]["allowed"], false);
+    assert!(r["response"]["status"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("not a valid Pod")));
+}
+
+#[tokio::test]
+async fn other_kinds_and_operations_pass_unchanged() {
+    let st = state(cluster());
+    let mut body: Value = serde_json::from_slice(&review_of(json!({
+        "metadata": {"name": "p", "labels": {"bedrock-broker.io/inject": "true"}, "annotations": {"bedrock-broker.io/role-arn": ROLE}},
+        "spec": {"containers": [{"name": "app", "image": "x"}]}})))
+    .expect("json");
+    body["request"]["operation"] = json!("UPDATE");
+    let (_, r) = review(&st, &serde_json::to_vec(&body).expect("json")).await;
+    let r = serde_json::to_value(r).expect("json");
+    assert_eq!(r["response"]["allowed"], true);
+    assert!(patch_of(&r["response"]).is_none());
+
+    body["request"]["operation"] = json!("CREATE");
+    body["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
+    let (_, r) = review(&st, &serde_json::to_vec(&body).expect("json")).await;
+    let r = serde_json::to_value(r).expect("json");
+    assert_eq!(r["response"]["allowed"], true);
+    assert!(patch_of(&r["response"]).is_none());
+    let text = st.metrics.render();
+    assert!(
+        text.contains("bedrock_broker_webhook_admissions_total{result=\"skipped\"} 2"),
+        "{text}"
+    );
+}

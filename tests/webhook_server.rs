@@ -1,0 +1,277 @@
+//! The webhook served over real TLS on loopback: AdmissionReview POSTs, the
+//! admin port, and certificate rotation on disk picked up while running.
+
+mod webhook_support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bedrock_broker::cli::WebhookArgs;
+use bedrock_broker::config::Env;
+use bedrock_broker::webhook::config::WebhookConfig;
+use bedrock_broker::webhook::server::WebhookServer;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use webhook_support::{cluster, fixtures, patch_of, state};
+
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    der: CertificateDer<'static>,
+}
+
+fn ca() -> Ca {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "bedrock-broker test CA");
+    let key = KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("CA cert");
+    Ca {
+        der: cert.der().clone(),
+        issuer: Issuer::new(params, key),
+    }
+}
+
+/// A serving certificate for localhost/127.0.0.1: (cert PEM, key PEM, cert DER).
+fn leaf(ca: &Ca, name: &str) -> (String, String, CertificateDer<'static>) {
+    let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("params");
+    params.distinguished_name.push(DnType::CommonName, name);
+    let key = KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, &ca.issuer).expect("leaf");
+    (cert.pem(), key.serialize_pem(), cert.der().clone())
+}
+
+/// Replaces a file atomically, as the kubelet publishes a rotated Secret.
+fn publish(path: &Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+fn client_config(ca: &Ca) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der.clone()).expect("trust the CA");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // A resumed session shows the certificate of the first handshake; every
+    // connection here must show the one the server serves now.
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
+}
+
+/// One HTTPS request; returns the status, the body and the server's certificate.
+async fn https(
+    tls: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(u16, Bytes, CertificateDer<'static>), String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(tls.clone());
+    let name = ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?;
+    let stream = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let peer = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first().cloned())
+        .ok_or("no peer certificate")?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, bytes, peer))
+}
+
+/// One plain HTTP GET to the admin port.
+async fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let tcp = TcpStream::connect(addr).await.expect("connect admin");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .uri(path)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("response");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Polls `check` until it is true or `deadline` passes.
+async fn eventually<F, Fut>(what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn config(dir: &Path) -> WebhookConfig {
+    let args = WebhookArgs {
+        listen: Some("127.0.0.1:0".into()),
+        admin_listen: Some("127.0.0.1:0".into()),
+        tls_cert_file: Some(dir.join("tls.crt").display().to_string()),
+        tls_key_file: Some(dir.join("tls.key").display().to_string()),
+        tls_reload_interval: Some("50ms".into()),
+        shutdown_grace_period: Some("2s".into()),
+        ..Default::default()
+    };
+    WebhookConfig::from_args(&args, &Env::default()).expect("valid config")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_reviews_over_tls_and_picks_up_rotated_certificates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ca();
+    let (cert1, key1, der1) = leaf(&ca, "webhook-1");
+    publish(&dir.path().join("tls.crt"), &cert1);
+    publish(&dir.path().join("tls.key"), &key1);
+
+    let server = WebhookServer::bind(&config(dir.path()))
+        .await
+        .expect("binds");
+    let addr = server.local_addr().expect("addr");
+    let admin = server.admin_addr().expect("admin addr");
+    let shutdown = CancellationToken::new();
+    let st = state(cluster());
+    let metrics = st.metrics.clone();
+    let running = tokio::spawn(server.run(st, shutdown.clone()));
+    let tls = client_config(&ca);
+
+    // A real review: answered with the uid and a patch, by certificate 1.
+    let body = std::fs::read(fixtures().join("plain.json")).expect("fixture");
+    let request: Value = serde_json::from_slice(&body).expect("json");
+    let (status, answer, peer) = https(&tls, addr, "POST", "/mutate", body.clone())
+        .await
+        .expect("request");
+    assert_eq!(status, 200);
+    assert_eq!(peer, der1);
+    let answer: Value = serde_json::from_slice(&answer).expect("json answer");
+    assert_eq!(answer["response"]["uid"], request["request"]["uid"]);
+    assert_eq!(answer["response"]["allowed"], true);
+    assert_eq!(answer["response"]["patchType"], "JSONPatch");
+    assert!(patch_of(&answer["response"]).is_some());
+
+    // Garbage is refused as a bad request.
+    let (status, _, _) = https(&tls, addr, "POST", "/mutate", b"{".to_vec())
+        .await
+        .expect("request");
+    assert_eq!(status, 400);
+
+    // The admin port.
+    assert_eq!(admin_get(admin, "/healthz").await.0, 200);
+    assert_eq!(admin_get(admin, "/readyz").await.0, 200);
+    let (_, text) = admin_get(admin, "/metrics").await;
+    assert!(
+        text.contains("bedrock_broker_webhook_admissions_total{result=\"injected\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("bedrock_broker_webhook_admissions_total{result=\"invalid\"} 1"),
+        "{text}"
+    );
+
+    // cert-manager rotates the Secret: the running server serves the new pair.
+    let (cert2, key2, der2) = leaf(&ca, "webhook-2");
+    publish(&dir.path().join("tls.key"), &key2);
+    publish(&dir.path().join("tls.crt"), &cert2);
+    eventually("the rotated certificate", Duration::from_secs(10), || {
+        let (tls, body, der2) = (tls.clone(), body.clone(), der2.clone());
+        async move {
+            matches!(https(&tls, addr, "POST", "/mutate", body).await, Ok((200, _, peer)) if peer == der2)
+        }
+    })
+    .await;
+    assert!(metrics.tls_reloads.with_label_values(&["success"]).get() >= 1);
+
+    // A broken file is not swapped in: the server keeps serving the last good pair.
+    publish(&dir.path().join("tls.crt"), "not a certificate");
+    eventually(
+        "the failed reload to be counted",
+        Duration::from_secs(10),
+        || {
+            let m = metrics.clone();
+            async move { m.tls_reloads.with_label_values(&["failure"]).get() >= 1 }
+        },
+    )
+    .await;
+    let (status, _, peer) = https(&tls, addr, "POST", "/mutate", body)
+        .await
+        .expect("still serving");
+    assert_eq!((status, peer), (200, der2));
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("stops within the grace period")
+        .expect("task")
+        .expect("clean stop");
+}
+
+#[tokio::test]
+async fn start_up_fails_clearly_without_a_usable_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = WebhookServer::bind(&config(dir.path()))
+        .await
+        .err()
+        .expect("refuses to start")
+        .to_string();
+    assert!(err.contains("tls.crt"), "{err}");
+
+    let ca = ca();
+    let (cert, _, _) = leaf(&ca, "a");
+    let (_, other_key, _) = leaf(&ca, "b");
+    publish(&dir.path().join("tls.crt"), &cert);
+    publish(&dir.path().join("tls.key"), &other_key);
+    let err = WebhookServer::bind(&config(dir.path()))
+        .await
+        .err()
+        .expect("refuses a mismatched pair")
+        .to_string();
+    assert!(err.contains("does not belong"), "{err}");
+}

@@ -1,0 +1,115 @@
+//! Shared helpers of the webhook integration tests.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine;
+use bedrock_broker::config::Region;
+use bedrock_broker::webhook::config::{LookupErrorPolicy, SidecarDefaults};
+use bedrock_broker::webhook::lookup::{StaticLookup, StringMap};
+use bedrock_broker::webhook::metrics::WebhookMetrics;
+use bedrock_broker::webhook::server::AdmissionState;
+use serde_json::Value;
+
+pub const CHAT_APP_ROLE: &str = "arn:aws:iam::123456789012:role/chat-app";
+pub const TEAM_A_ROLE: &str = "arn:aws:iam::123456789012:role/team-a";
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/admission")
+}
+
+fn map(pairs: &[(&str, &str)]) -> StringMap {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// The cluster every fixture is admitted into (see tests/fixtures/admission/README.md).
+pub fn cluster() -> StaticLookup {
+    let mut lookup = StaticLookup::default();
+    lookup.namespaces.insert("default".into(), BTreeMap::new());
+    lookup.namespaces.insert(
+        "team-a".into(),
+        map(&[("bedrock-broker.io/inject", "true")]),
+    );
+    lookup.service_accounts.insert(
+        ("default".into(), "chat-app".into()),
+        map(&[("eks.amazonaws.com/role-arn", CHAT_APP_ROLE)]),
+    );
+    lookup.service_accounts.insert(
+        ("team-a".into(), "default".into()),
+        map(&[("eks.amazonaws.com/role-arn", TEAM_A_ROLE)]),
+    );
+    lookup
+}
+
+/// The webhook defaults used with the fixtures: the documented defaults
+/// plus a region, as the chart would set it.
+pub fn defaults() -> SidecarDefaults {
+    SidecarDefaults {
+        region: Region::parse("us-east-1").ok(),
+        ..SidecarDefaults::default()
+    }
+}
+
+pub fn state<L>(lookup: L) -> AdmissionState<L> {
+    AdmissionState {
+        defaults: defaults(),
+        lookup: Arc::new(lookup),
+        on_lookup_error: LookupErrorPolicy::Deny,
+        metrics: WebhookMetrics::new(),
+    }
+}
+
+/// The patch bytes of a serialized AdmissionReview response (kube-rs sends
+/// an array of bytes; the API server also accepts base64).
+pub fn patch_of(response: &Value) -> Option<Value> {
+    let bytes = match response.get("patch")? {
+        Value::String(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("patch is base64"),
+        Value::Array(items) => items
+            .iter()
+            .map(|b| {
+                b.as_u64()
+                    .and_then(|b| u8::try_from(b).ok())
+                    .expect("patch byte")
+            })
+            .collect(),
+        other => panic!("unexpected patch encoding: {other}"),
+    };
+    Some(serde_json::from_slice(&bytes).expect("patch is JSON"))
+}
+
+/// Whether everything in `original` is still in `mutated`: object keys
+/// with preserved values, array elements preserved in order (new elements
+/// may be inserted anywhere). Returns the first path that differs.
+pub fn preserved(original: &Value, mutated: &Value, path: &str) -> Result<(), String> {
+    match (original, mutated) {
+        (Value::Object(o), Value::Object(m)) => {
+            for (k, v) in o {
+                let sub = format!("{path}/{k}");
+                let Some(mv) = m.get(k) else {
+                    return Err(format!("{sub} was removed"));
+                };
+                preserved(v, mv, &sub)?;
+            }
+            Ok(())
+        }
+        (Value::Array(o), Value::Array(m)) => {
+            let mut rest = m.iter().enumerate();
+            for (i, v) in o.iter().enumerate() {
+                let sub = format!("{path}/{i}");
+                if !rest.any(|(_, mv)| preserved(v, mv, &sub).is_ok()) {
+                    return Err(format!("{sub} was removed, changed or reordered"));
+                }
+            }
+            Ok(())
+        }
+        (o, m) if o == m => Ok(()),
+        (o, m) => Err(format!("{path} changed from {o} to {m}")),
+    }
+}
