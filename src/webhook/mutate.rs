@@ -479,6 +479,21 @@ struct Plan<'a> {
     token_access: TokenAccess,
 }
 
+/// An environment variable from the downward API.
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
+                api_version: None,
+                field_path: field_path.to_owned(),
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
@@ -687,8 +702,16 @@ impl Plan<'_> {
                         format!("{}/{}", t.mount_path.trim_end_matches('/'), t.file),
                     ));
                 }
-                if let Some(name) = &o.session_name {
-                    vars.push(env(sidecar_vars::AWS_ROLE_SESSION_NAME, name.as_str()));
+                match &o.session_name {
+                    Some(name) => {
+                        vars.push(env(sidecar_vars::AWS_ROLE_SESSION_NAME, name.as_str()))
+                    }
+                    // The sidecar names its STS session <namespace>.<pod>,
+                    // so CloudTrail shows which pod called.
+                    None => {
+                        vars.push(field_env("POD_NAMESPACE", "metadata.namespace"));
+                        vars.push(field_env("POD_NAME", "metadata.name"));
+                    }
                 }
             }
             Credentials::ApiKey => {
