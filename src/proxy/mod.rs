@@ -143,7 +143,8 @@ impl Proxy {
                 (response, auth)
             }
             Err((err, auth)) => {
-                if err.status.is_server_error() {
+                // Missing credentials are logged once by the refresher, not per request.
+                if err.status.is_server_error() && err.status != StatusCode::SERVICE_UNAVAILABLE {
                     tracing::warn!(code = err.code, status = err.status.as_u16(), operation = operation.as_str(), error = %err.message, "request failed");
                 } else {
                     tracing::debug!(code = err.code, status = err.status.as_u16(), operation = operation.as_str(), error = %err.message, "request refused");
