@@ -2,14 +2,14 @@
 CARGO ?= cargo
 PY := .venv/bin/python
 
-.PHONY: demo test lint unit e2e build venv fmt clean
+.PHONY: demo test lint unit e2e packaging bench build venv fmt clean
 
 ## demo: run the whole flow locally (fake STS + fake Bedrock, no AWS account needed)
 demo: build venv
 	$(PY) scripts/demo.py
 
-## test: everything CI runs: format, lints, Rust tests, end-to-end tests with real SDKs
-test: lint unit e2e
+## test: everything CI runs: format, lints, Rust tests, end-to-end tests with real SDKs, packaging
+test: lint unit e2e packaging
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -26,6 +26,10 @@ venv:
 
 e2e: build venv
 	$(PY) -m pytest -q -p no:cacheprovider --timeout 300 tests/fakes tests/e2e
+
+## packaging: render and validate the Helm chart, deploy/ staleness, alert rules, Dockerfile lint
+packaging: build venv
+	./packaging/test.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,0 +1,132 @@
+{{/* Chart name. */}}
+{{- define "bedrock-broker.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name of the release's objects. */}}
+{{- define "bedrock-broker.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the webhook's objects (Deployment, Service, certificates). */}}
+{{- define "bedrock-broker.webhookName" -}}
+{{- printf "%s-webhook" (include "bedrock-broker.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Name of the TLS Secret the webhook mounts. */}}
+{{- define "bedrock-broker.tlsSecretName" -}}
+{{- if eq .Values.tls.mode "secret" }}
+{{- required "tls.secret.name is required when tls.mode=secret" .Values.tls.secret.name }}
+{{- else }}
+{{- printf "%s-tls" (include "bedrock-broker.webhookName" .) }}
+{{- end }}
+{{- end }}
+
+{{/* DNS name the API server uses for the webhook Service. */}}
+{{- define "bedrock-broker.serviceDNS" -}}
+{{- printf "%s.%s.svc" (include "bedrock-broker.webhookName" .) .Release.Namespace }}
+{{- end }}
+
+{{- define "bedrock-broker.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of every object. */}}
+{{- define "bedrock-broker.labels" -}}
+helm.sh/chart: {{ include "bedrock-broker.chart" . }}
+{{ include "bedrock-broker.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: bedrock-broker
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of the webhook pods. */}}
+{{- define "bedrock-broker.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "bedrock-broker.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: webhook
+{{- end }}
+
+{{- define "bedrock-broker.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "bedrock-broker.webhookName" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* An image reference from {repository, tag, digest}, with fallbacks. */}}
+{{- define "bedrock-broker.imageRef" -}}
+{{- $repo := .repository }}
+{{- if .digest }}
+{{- printf "%s@%s" $repo .digest }}
+{{- else }}
+{{- printf "%s:%s" $repo .tag }}
+{{- end }}
+{{- end }}
+
+{{- define "bedrock-broker.image" -}}
+{{- include "bedrock-broker.imageRef" (dict "repository" .Values.image.repository "tag" (default .Chart.AppVersion .Values.image.tag) "digest" .Values.image.digest) }}
+{{- end }}
+
+{{/* The sidecar's image: sidecar.image.*, else the webhook's image. */}}
+{{- define "bedrock-broker.sidecarImage" -}}
+{{- $s := .Values.sidecar.image }}
+{{- $repo := default .Values.image.repository $s.repository }}
+{{- $tag := default (default .Chart.AppVersion .Values.image.tag) $s.tag }}
+{{- $digest := $s.digest }}
+{{- if and (not $s.repository) (not $s.tag) (not $s.digest) }}
+{{- $digest = .Values.image.digest }}
+{{- end }}
+{{- include "bedrock-broker.imageRef" (dict "repository" $repo "tag" $tag "digest" $digest) }}
+{{- end }}
+
+{{/*
+The sidecar defaults, rendered in one place: the webhook's environment.
+The webhook turns them into the injected container (src/webhook/inject.rs).
+*/}}
+{{- define "bedrock-broker.sidecarEnv" -}}
+{{- $s := .Values.sidecar }}
+- name: BEDROCK_BROKER_SIDECAR_IMAGE
+  value: {{ include "bedrock-broker.sidecarImage" . | quote }}
+{{- with $s.imagePullPolicy }}
+- name: BEDROCK_BROKER_SIDECAR_IMAGE_PULL_POLICY
+  value: {{ . | quote }}
+{{- end }}
+{{- with $s.region }}
+- name: BEDROCK_BROKER_SIDECAR_REGION
+  value: {{ . | quote }}
+{{- end }}
+- name: BEDROCK_BROKER_SIDECAR_MODE
+  value: {{ $s.mode | quote }}
+- name: BEDROCK_BROKER_SIDECAR_AUDIENCE
+  value: {{ $s.audience | quote }}
+- name: BEDROCK_BROKER_SIDECAR_TOKEN_EXPIRATION
+  value: {{ $s.tokenExpiration | int64 | quote }}
+- name: BEDROCK_BROKER_SIDECAR_CPU_REQUEST
+  value: {{ $s.resources.requests.cpu | quote }}
+- name: BEDROCK_BROKER_SIDECAR_MEMORY_REQUEST
+  value: {{ $s.resources.requests.memory | quote }}
+- name: BEDROCK_BROKER_SIDECAR_CPU_LIMIT
+  value: {{ $s.resources.limits.cpu | quote }}
+- name: BEDROCK_BROKER_SIDECAR_MEMORY_LIMIT
+  value: {{ $s.resources.limits.memory | quote }}
+- name: BEDROCK_BROKER_SIDECAR_LOG_LEVEL
+  value: {{ $s.logLevel | quote }}
+- name: BEDROCK_BROKER_SIDECAR_LOG_FORMAT
+  value: {{ $s.logFormat | quote }}
+- name: BEDROCK_BROKER_SIDECAR_RUN_AS_USER
+  value: {{ $s.runAsUser | int64 | quote }}
+{{- end }}

