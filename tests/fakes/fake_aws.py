@@ -10,6 +10,13 @@ One process serves two loopback ports that share in-memory state:
   ``converse``, ``converse-stream``, ``invoke``, ``invoke-with-response-stream``
   and the OpenAI-compatible ``/openai/v1`` routes.
 
+The STS port also serves a fake EC2 instance metadata service (IMDSv2) under
+``/imds/`` (point ``AWS_EC2_METADATA_SERVICE_ENDPOINT`` at
+``http://127.0.0.1:P1/imds/``) and a fake container-credentials endpoint
+(ECS / EKS Pod Identity agent) under ``/ecs/`` (for example
+``AWS_CONTAINER_CREDENTIALS_FULL_URI=http://127.0.0.1:P1/ecs/v1/credentials``).
+Both hand out credentials minted like STS ones, so fake Bedrock accepts them.
+
 Every Bedrock request is authenticated first.  SigV4 signatures are verified
 independently with botocore (``SigV4Auth.canonical_request`` /
 ``string_to_sign`` / ``signature``) over the *raw* request path, query,
@@ -94,6 +101,21 @@ MAX_POLICY_ARNS = 10
 MAX_POLICY_CHARS = 2048
 # Actions whose failures can be injected (``fail_action``); None targets both.
 STS_ISSUING_ACTIONS = ("AssumeRoleWithWebIdentity", "AssumeRole")
+
+# Fake EC2 instance metadata service (IMDSv2) and container-credentials
+# endpoint, both served on the STS port under these path prefixes.
+IMDS_PREFIX = "/imds"
+ECS_PREFIX = "/ecs"
+IMDS_DEFAULT_ROLE_NAME = "node-role"
+IMDS_INSTANCE_ID = "i-0123456789abcdef0"
+IMDS_TOKEN_TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
+IMDS_TOKEN_HEADER = "X-aws-ec2-metadata-token"
+IMDS_MAX_TOKEN_TTL = 21600
+IMDS_CREDENTIALS_PATH = "/latest/meta-data/iam/security-credentials/"
+IMDS_ROLE_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}$", re.ASCII)
+ECS_DEFAULT_TOKEN = "ecs-test-token"
+ECS_DEFAULT_ROLE_ARN = f"arn:aws:iam::{DEFAULT_ACCOUNT}:role/pod-identity-role"
+ECS_SESSION_NAME = "eks-pod"
 AUTH_SIGV4_RE = re.compile(r"^AWS4-HMAC-SHA256\s+(?P<params>.+)$", re.S)
 MODEL_ROUTE_RE = re.compile(
     r"^/model/(?P<model>[^/]+)/(?P<op>converse|converse-stream|invoke|invoke-with-response-stream)$"
@@ -192,6 +214,26 @@ class BedrockConfig:
     models: list = field(default_factory=lambda: list(DEFAULT_OPENAI_MODELS))
 
 
+@dataclass
+class ImdsConfig:
+    """Behaviour knobs of the fake IMDS (``POST /_control/imds``)."""
+
+    role_name: Optional[str] = IMDS_DEFAULT_ROLE_NAME  # None: no instance profile (404)
+    fail_next: int = 0  # fail the next N metadata GETs (token PUTs are not affected)
+    fail_status: int = 500
+    disabled: bool = False  # every IMDS request gets 403, as when IMDS is turned off
+
+
+@dataclass
+class EcsConfig:
+    """Behaviour knobs of the fake container-credentials endpoint (``POST /_control/ecs``)."""
+
+    token: Optional[str] = ECS_DEFAULT_TOKEN  # None: no Authorization required
+    role_arn: str = ECS_DEFAULT_ROLE_ARN
+    fail_next: int = 0  # fail the next N authorized requests
+    fail_status: int = 500
+
+
 class StreamState:
     """Progress of one streaming response; lockstep streams wait on releases."""
 
@@ -267,8 +309,13 @@ class FakeState:
         self.credentials: dict[str, Credential] = {}
         self.sts = StsConfig()
         self.bedrock = BedrockConfig()
+        self.imds = ImdsConfig()
+        self.ecs = EcsConfig()
+        self.imds_tokens: dict[str, float] = {}  # IMDSv2 session token -> expiry (epoch)
         self.bearer_tokens: Optional[set] = None  # None: default prefixes
         self.sts_calls: list[dict] = []
+        self.imds_calls: list[dict] = []
+        self.ecs_calls: list[dict] = []
         self.bedrock_requests: list[dict] = []
         self.streams: dict[str, StreamState] = {}
         self._seq = 0
@@ -282,14 +329,19 @@ class FakeState:
     def reset(self) -> None:
         """Clear records and restore default config.
 
-        Credentials issued by STS stay valid (as real AWS would keep them);
+        Credentials issued by STS, IMDS or the container endpoint stay valid
+        (as real AWS would keep them), and so do IMDSv2 session tokens;
         registered static keys and bearer tokens are dropped.
         """
         self.credentials = {k: c for k, c in self.credentials.items() if c.kind == "sts"}
         self.sts = StsConfig()
         self.bedrock = BedrockConfig()
+        self.imds = ImdsConfig()
+        self.ecs = EcsConfig()
         self.bearer_tokens = None
         self.sts_calls.clear()
+        self.imds_calls.clear()
+        self.ecs_calls.clear()
         self.bedrock_requests.clear()
         self.streams.clear()
 
@@ -1185,8 +1237,248 @@ async def ctl_streams(state: FakeState, request: web.Request) -> list:
     return [s.status() for s in state.streams.values()]
 
 
+# --------------------------------------------------------------------------
+# Fake EC2 instance metadata service (IMDSv2) and container credentials
+# (served on the STS port under /imds/ and /ecs/)
+# --------------------------------------------------------------------------
+
+
+def _text(status: int, text: str, headers: Optional[dict] = None) -> web.Response:
+    """A ``text/plain`` response, as IMDS sends (even for the credentials JSON)."""
+    return web.Response(status=status, text=text, content_type="text/plain", headers=headers)
+
+
+def _take_failure(cfg: Any) -> Optional[int]:
+    """Consume one ``fail_next`` of an IMDS/ECS config; the status to fail with, or None."""
+    if cfg.fail_next <= 0:
+        return None
+    cfg.fail_next -= 1
+    return cfg.fail_status
+
+
+def _credential_record_fields(record: dict, cred: Credential) -> None:
+    record.update(
+        access_key_id=cred.access_key_id,
+        principal_arn=cred.arn,
+        expiration=iso8601_floor(cred.expires_at or 0),
+        expires_at=cred.expires_at,
+    )
+
+
+def _imds_record(state: FakeState, request: web.Request, path: str) -> dict:
+    record = {
+        "seq": state.next_seq(),
+        "time": time.time(),
+        "method": request.method,
+        "raw_path": request.raw_path,
+        "path": path,
+        "token_ttl_seconds": request.headers.get(IMDS_TOKEN_TTL_HEADER),
+        "token_sent": IMDS_TOKEN_HEADER in request.headers,
+        "token_valid": None,
+        "user_agent": request.headers.get("User-Agent"),
+        "x_test_id": request.headers.get("x-test-id"),
+        "status": None,
+        "error": None,
+        "role_name": None,
+        "access_key_id": None,
+        "principal_arn": None,
+        "expiration": None,
+        "expires_at": None,
+    }
+    state.imds_calls.append(record)
+    return record
+
+
+async def imds_handler(request: web.Request) -> web.Response:
+    """IMDSv2 under ``/imds``: ``PUT /latest/api/token`` then token-authenticated GETs."""
+    state = request.app[STATE_KEY]
+    path = request.path[len(IMDS_PREFIX):] or "/"
+    record = _imds_record(state, request, path)
+    resp, error = _imds_dispatch(state, request, path, record)
+    record["status"], record["error"] = resp.status, error
+    log.info("imds %s %s -> %d", request.method, path, resp.status)
+    return resp
+
+
+def _imds_dispatch(state: FakeState, request: web.Request, path: str, record: dict) -> tuple:
+    """``(response, error or None)`` for one IMDS request."""
+    cfg = state.imds
+    if cfg.disabled:
+        return _text(403, "Forbidden"), "disabled"
+    if path == "/latest/api/token":
+        if request.method != "PUT":
+            return _text(405, "Method Not Allowed"), "method"
+        return _imds_token(state, request)
+    if request.method != "GET":
+        return _text(405, "Method Not Allowed"), "method"
+    token = request.headers.get(IMDS_TOKEN_HEADER)
+    expiry = state.imds_tokens.get(token or "")
+    record["token_valid"] = expiry is not None and time.time() < expiry
+    if not record["token_valid"]:
+        problem = "missing token" if token is None else "invalid or expired token"
+        return _text(401, "Unauthorized"), problem
+    failed = _take_failure(cfg)
+    if failed is not None:
+        return _text(failed, "injected failure"), f"injected {failed}"
+    return _imds_metadata(state, path, record)
+
+
+def _imds_token(state: FakeState, request: web.Request) -> tuple:
+    """``PUT /latest/api/token``: a session token valid for the requested TTL."""
+    if "X-Forwarded-For" in request.headers:
+        return _text(403, "Forbidden"), "X-Forwarded-For on token request"
+    raw_ttl = request.headers.get(IMDS_TOKEN_TTL_HEADER, "")
+    if not raw_ttl.isdigit() or not 1 <= int(raw_ttl) <= IMDS_MAX_TOKEN_TTL:
+        return _text(400, "Bad Request"), f"bad {IMDS_TOKEN_TTL_HEADER} {raw_ttl!r}"
+    token = "AQAEA" + random_chars(51, string.ascii_letters + string.digits + "-_")
+    state.imds_tokens[token] = time.time() + int(raw_ttl)
+    return _text(200, token, headers={IMDS_TOKEN_TTL_HEADER: raw_ttl}), None
+
+
+def _imds_metadata(state: FakeState, path: str, record: dict) -> tuple:
+    """The token-authenticated metadata GETs."""
+    cfg = state.imds
+    if path in (IMDS_CREDENTIALS_PATH, IMDS_CREDENTIALS_PATH.rstrip("/")):
+        if cfg.role_name is None:
+            return _text(404, "Not Found"), "no instance profile"
+        return _text(200, cfg.role_name), None
+    if path.startswith(IMDS_CREDENTIALS_PATH):
+        role = path[len(IMDS_CREDENTIALS_PATH):]
+        record["role_name"] = role
+        if cfg.role_name is None or role != cfg.role_name:
+            return _text(404, "Not Found"), f"no role {role!r}"
+        role_arn = f"arn:aws:iam::{DEFAULT_ACCOUNT}:role/{role}"
+        cred = issue_credential(state, role_arn, IMDS_INSTANCE_ID, None)
+        _credential_record_fields(record, cred)
+        body = {
+            "Code": "Success",
+            "LastUpdated": iso8601_floor(time.time()),
+            "Type": "AWS-HMAC",
+            "AccessKeyId": cred.access_key_id,
+            "SecretAccessKey": cred.secret_access_key,
+            "Token": cred.session_token,
+            "Expiration": iso8601_floor(cred.expires_at or 0),
+        }
+        return _text(200, json.dumps(body, indent=2)), None
+    if path == "/latest/meta-data/placement/region":
+        return _text(200, state.region), None
+    if path.rstrip("/") == "/latest/meta-data/placement/availability-zone":
+        return _text(200, state.region + "a"), None
+    if path == "/latest/meta-data/instance-id":
+        return _text(200, IMDS_INSTANCE_ID), None
+    return _text(404, "Not Found"), "unknown path"
+
+
+async def ecs_handler(request: web.Request) -> web.Response:
+    """Container credentials (ECS / EKS Pod Identity agent): any GET under ``/ecs/``."""
+    state = request.app[STATE_KEY]
+    cfg = state.ecs
+    authz = request.headers.get("Authorization")
+    record = {
+        "seq": state.next_seq(),
+        "time": time.time(),
+        "method": request.method,
+        "raw_path": request.raw_path,
+        "authorization_sent": authz is not None,
+        "authorized": None,
+        "user_agent": request.headers.get("User-Agent"),
+        "x_test_id": request.headers.get("x-test-id"),
+        "status": None,
+        "error": None,
+        "access_key_id": None,
+        "principal_arn": None,
+        "expiration": None,
+        "expires_at": None,
+    }
+    state.ecs_calls.append(record)
+    resp, error = _ecs_dispatch(state, cfg, request.method, authz, record)
+    record["status"], record["error"] = resp.status, error
+    log.info("ecs %s %s -> %d", request.method, request.path, resp.status)
+    return resp
+
+
+def _ecs_dispatch(state: FakeState, cfg: EcsConfig, method: str, authz: Optional[str], record: dict) -> tuple:
+    if method != "GET":
+        return json_response(405, {"message": "Method Not Allowed"}), "method"
+    record["authorized"] = cfg.token is None or (
+        authz is not None and hmac.compare_digest(authz.encode(), cfg.token.encode())
+    )
+    if not record["authorized"]:
+        problem = "missing Authorization" if authz is None else "wrong Authorization"
+        return json_response(401, {"message": f"Unauthorized: {problem}"}), problem
+    failed = _take_failure(cfg)
+    if failed is not None:
+        return json_response(failed, {"message": "injected failure"}), f"injected {failed}"
+    cred = issue_credential(state, cfg.role_arn, ECS_SESSION_NAME, None)
+    _credential_record_fields(record, cred)
+    body = {
+        "AccessKeyId": cred.access_key_id,
+        "SecretAccessKey": cred.secret_access_key,
+        "Token": cred.session_token,
+        "Expiration": iso8601_floor(cred.expires_at or 0),
+        "RoleArn": cfg.role_arn,
+    }
+    return json_response(200, body), None
+
+
+def _check_fail_fields(data: dict) -> None:
+    if "fail_next" in data and (type(data["fail_next"]) is not int or data["fail_next"] < 0):
+        raise ValueError("fail_next must be a non-negative integer")
+    if "fail_status" in data and (type(data["fail_status"]) is not int or not 400 <= data["fail_status"] <= 599):
+        raise ValueError("fail_status must be an integer 400..599")
+
+
+async def ctl_imds(state: FakeState, request: web.Request) -> dict:
+    """POST /_control/imds {role_name?, fail_next?, fail_status?, disabled?}: IMDS behaviour."""
+    data = await read_json(request)
+    check_keys(data, set(ImdsConfig.__dataclass_fields__))
+    role = data.get("role_name")
+    if role is not None and not (isinstance(role, str) and IMDS_ROLE_NAME_RE.match(role)):
+        raise ValueError("role_name must be null or a role name matching [\\w+=,.@-]{1,64}")
+    if "disabled" in data and not isinstance(data["disabled"], bool):
+        raise ValueError("disabled must be a boolean")
+    _check_fail_fields(data)
+    for key, value in data.items():
+        setattr(state.imds, key, value)
+    return asdict(state.imds)
+
+
+async def ctl_imds_get(state: FakeState, request: web.Request) -> dict:
+    """GET /_control/imds: current IMDS config."""
+    return asdict(state.imds)
+
+
+async def ctl_imds_calls(state: FakeState, request: web.Request) -> list:
+    """GET /_control/imds/calls: recorded IMDS requests, oldest first."""
+    return state.imds_calls
+
+
+async def ctl_ecs(state: FakeState, request: web.Request) -> dict:
+    """POST /_control/ecs {token?, role_arn?, fail_next?, fail_status?}: container-credentials behaviour."""
+    data = await read_json(request)
+    check_keys(data, set(EcsConfig.__dataclass_fields__))
+    if "token" in data and data["token"] is not None and not isinstance(data["token"], str):
+        raise ValueError("token must be a string or null")
+    if "role_arn" in data and not (isinstance(data["role_arn"], str) and ROLE_ARN_RE.match(data["role_arn"])):
+        raise ValueError("role_arn must be an IAM role ARN")
+    _check_fail_fields(data)
+    for key, value in data.items():
+        setattr(state.ecs, key, value)
+    return asdict(state.ecs)
+
+
+async def ctl_ecs_get(state: FakeState, request: web.Request) -> dict:
+    """GET /_control/ecs: current container-credentials config."""
+    return asdict(state.ecs)
+
+
+async def ctl_ecs_calls(state: FakeState, request: web.Request) -> list:
+    """GET /_control/ecs/calls: recorded container-credentials requests, oldest first."""
+    return state.ecs_calls
+
+
 def build_sts_app(state: FakeState) -> web.Application:
-    """The STS + control application."""
+    """The STS + control application, plus the fake IMDS (``/imds/``) and container credentials (``/ecs/``)."""
     app = web.Application(client_max_size=16 * 1024 * 1024)
     app[STATE_KEY] = state
     routes = [
@@ -1203,9 +1495,17 @@ def build_sts_app(state: FakeState) -> web.Application:
         ("POST", "/_control/stream/release", ctl_stream_release),
         ("GET", "/_control/streams", ctl_streams),
         ("GET", "/_control/stream/{stream_id}", ctl_stream_status),
+        ("POST", "/_control/imds", ctl_imds),
+        ("GET", "/_control/imds", ctl_imds_get),
+        ("GET", "/_control/imds/calls", ctl_imds_calls),
+        ("POST", "/_control/ecs", ctl_ecs),
+        ("GET", "/_control/ecs", ctl_ecs_get),
+        ("GET", "/_control/ecs/calls", ctl_ecs_calls),
     ]
     for method, path, fn in routes:
         app.router.add_route(method, path, control_endpoint(fn))
+    app.router.add_route("*", IMDS_PREFIX + "/{tail:.*}", imds_handler)
+    app.router.add_route("*", ECS_PREFIX + "/{tail:.*}", ecs_handler)
     app.router.add_route("POST", "/", sts_handler)
     app.router.add_route("GET", "/", sts_handler)
     return app
