@@ -22,7 +22,7 @@ pub enum Command {
     /// Run the credential refresher, the signing proxy and the admin server.
     Sidecar(Box<SidecarArgs>),
     /// Resolve credentials exactly as the sidecar would and print who we are.
-    Credentials(CredentialsArgs),
+    Credentials(Box<CredentialsArgs>),
     /// Serve the mutating admission webhook that injects the sidecar into pods.
     Webhook(Box<WebhookArgs>),
     /// Inject the sidecar offline: Kubernetes YAML on stdin, mutated YAML on stdout.
@@ -43,6 +43,11 @@ pub struct AwsArgs {
     /// Timeout of one STS call [env: BEDROCK_BROKER_STS_TIMEOUT] [default: 10s]
     #[arg(long)]
     pub sts_timeout: Option<String>,
+
+    /// Where SigV4 credentials come from: auto, web-identity, static, profile, container, imds
+    /// [env: BEDROCK_BROKER_CREDENTIAL_SOURCE] [default: auto]
+    #[arg(long)]
+    pub credential_source: Option<String>,
 
     /// Requested lifetime of STS sessions, 15m to 12h (1h at most when chaining)
     /// [env: BEDROCK_BROKER_SESSION_DURATION] [default: the role's setting, normally 1h]

@@ -59,6 +59,11 @@ pub mod vars {
     pub const AWS_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
     pub const AWS_SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
     pub const AWS_BEARER_TOKEN_BEDROCK: &str = "AWS_BEARER_TOKEN_BEDROCK";
+    pub const AWS_PROFILE: &str = "AWS_PROFILE";
+    pub const AWS_CONTAINER_CREDENTIALS_FULL_URI: &str = "AWS_CONTAINER_CREDENTIALS_FULL_URI";
+    pub const AWS_CONTAINER_CREDENTIALS_RELATIVE_URI: &str =
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI";
+    pub const CREDENTIAL_SOURCE: &str = "BEDROCK_BROKER_CREDENTIAL_SOURCE";
     /// Set by Kubernetes to the pod name; the default session name is built from it.
     pub const HOSTNAME: &str = "HOSTNAME";
 }
@@ -506,6 +511,19 @@ pub struct StaticKeys {
 pub enum SigV4Source {
     WebIdentity(WebIdentityConfig),
     Static(StaticKeys),
+    /// A provider from aws-config.
+    Sdk(SdkSource),
+}
+
+/// The aws-config providers of the standard chain we offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SdkSource {
+    /// Shared config/credentials files; `None` is the default profile.
+    Profile(Option<String>),
+    /// ECS / EKS Pod Identity container credentials endpoint.
+    Container,
+    /// EC2 instance metadata (IMDSv2).
+    Imds,
 }
 
 impl SigV4Source {
@@ -513,7 +531,41 @@ impl SigV4Source {
         match self {
             Self::WebIdentity(_) => "web-identity",
             Self::Static(_) => "static",
+            Self::Sdk(SdkSource::Profile(_)) => "profile",
+            Self::Sdk(SdkSource::Container) => "container",
+            Self::Sdk(SdkSource::Imds) => "imds",
         }
+    }
+}
+
+/// Which credential source to use (`--credential-source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceChoice {
+    /// Static keys, then web identity, then container credentials, then a
+    /// named profile. Never IMDS: in a pod it yields the node's role.
+    Auto,
+    WebIdentity,
+    Static,
+    Profile,
+    Container,
+    Imds,
+}
+
+impl SourceChoice {
+    fn parse(raw: &str) -> Result<Self, String> {
+        Ok(match raw {
+            "auto" => Self::Auto,
+            "web-identity" => Self::WebIdentity,
+            "static" => Self::Static,
+            "profile" => Self::Profile,
+            "container" => Self::Container,
+            "imds" => Self::Imds,
+            _ => {
+                return Err(format!(
+                    "{raw:?} is not a credential source (auto, web-identity, static, profile, container, imds)"
+                ))
+            }
+        })
     }
 }
 
@@ -747,23 +799,57 @@ impl CredentialsConfig {
             None => None,
         };
 
-        let sigv4 = match (web_identity, static_keys) {
-            (Some(_), Some(_)) => {
+        let choice_l = lookup(
+            args.credential_source.as_deref(),
+            "credential-source",
+            env,
+            &[vars::CREDENTIAL_SOURCE],
+        );
+        let choice = errors.parse(&choice_l, SourceChoice::Auto, SourceChoice::parse);
+        let container_env = env.get(vars::AWS_CONTAINER_CREDENTIALS_FULL_URI).is_some()
+            || env
+                .get(vars::AWS_CONTAINER_CREDENTIALS_RELATIVE_URI)
+                .is_some();
+        let profile = env.get(vars::AWS_PROFILE).map(str::to_owned);
+        let mut require = |what: &str, found: Option<SigV4Source>| {
+            if found.is_none() {
                 errors.push(
-                    format!(
-                        "{} / {} and {} / {}",
-                        vars::AWS_ROLE_ARN,
-                        vars::AWS_WEB_IDENTITY_TOKEN_FILE,
-                        vars::AWS_ACCESS_KEY_ID,
-                        vars::AWS_SECRET_ACCESS_KEY
-                    ),
-                    "both web identity and static keys are set; keep only one (IRSA pods: unset the static keys)",
+                    &choice_l.origin,
+                    format!("the {what} source is chosen but not configured"),
                 );
-                None
             }
-            (Some(w), None) => Some(SigV4Source::WebIdentity(w)),
-            (None, Some(s)) => Some(SigV4Source::Static(s)),
-            (None, None) => None,
+            found
+        };
+        let sigv4 = match choice {
+            SourceChoice::Auto => match (web_identity, static_keys) {
+                (Some(_), Some(_)) => {
+                    errors.push(
+                        format!(
+                            "{} / {} and {} / {}",
+                            vars::AWS_ROLE_ARN,
+                            vars::AWS_WEB_IDENTITY_TOKEN_FILE,
+                            vars::AWS_ACCESS_KEY_ID,
+                            vars::AWS_SECRET_ACCESS_KEY
+                        ),
+                        "both web identity and static keys are set; keep only one (IRSA pods: unset the static keys) or pin one with --credential-source",
+                    );
+                    None
+                }
+                (Some(w), None) => Some(SigV4Source::WebIdentity(w)),
+                (None, Some(s)) => Some(SigV4Source::Static(s)),
+                (None, None) if container_env => Some(SigV4Source::Sdk(SdkSource::Container)),
+                (None, None) => profile.map(|p| SigV4Source::Sdk(SdkSource::Profile(Some(p)))),
+            },
+            SourceChoice::WebIdentity => {
+                require("web-identity", web_identity.map(SigV4Source::WebIdentity))
+            }
+            SourceChoice::Static => require("static", static_keys.map(SigV4Source::Static)),
+            SourceChoice::Container => require(
+                "container (AWS_CONTAINER_CREDENTIALS_FULL_URI or _RELATIVE_URI)",
+                container_env.then_some(SigV4Source::Sdk(SdkSource::Container)),
+            ),
+            SourceChoice::Profile => Some(SigV4Source::Sdk(SdkSource::Profile(profile))),
+            SourceChoice::Imds => Some(SigV4Source::Sdk(SdkSource::Imds)),
         };
 
         let mode = match (bearer, sigv4) {
@@ -783,6 +869,7 @@ impl CredentialsConfig {
                         || e.origin.contains(vars::AWS_ACCESS_KEY_ID)
                         || e.origin.contains(vars::AWS_WEB_IDENTITY_TOKEN_FILE)
                         || e.origin.contains(vars::AWS_SECRET_ACCESS_KEY)
+                        || e.origin.contains(vars::CREDENTIAL_SOURCE)
                 }) {
                     errors.push(
                         format!(
@@ -793,7 +880,7 @@ impl CredentialsConfig {
                             vars::AWS_SECRET_ACCESS_KEY,
                             vars::AWS_BEARER_TOKEN_BEDROCK
                         ),
-                        "no credentials configured: set the IRSA pair (role ARN and token file), or static keys for local development, or a Bedrock API key",
+                        "no credentials configured: set the IRSA pair (role ARN and token file), or static keys for local development, or a Bedrock API key, or choose --credential-source profile, container or imds",
                     );
                 }
                 // Placeholder so parsing can go on collecting errors; never returned.
@@ -1576,6 +1663,53 @@ mod tests {
             o,
             ["--credentials-token-file / BEDROCK_BROKER_CREDENTIALS_TOKEN_FILE"]
         );
+    }
+
+    #[test]
+    fn the_rest_of_the_chain_is_chosen_or_pinned() {
+        let base = [("AWS_REGION", "us-east-1")];
+        let source = |extra: &[(&'static str, &'static str)]| {
+            let mut env = base.to_vec();
+            env.extend_from_slice(extra);
+            match sidecar(&env).map(|c| c.credentials.mode) {
+                Ok(CredentialMode::SigV4(s)) => s.kind().to_owned(),
+                Ok(_) => "bearer".to_owned(),
+                Err(e) => format!("error: {}", origins(&e).join(",")),
+            }
+        };
+        assert_eq!(
+            source(&[(
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://169.254.170.23/v1/credentials"
+            )]),
+            "container"
+        );
+        assert_eq!(source(&[("AWS_PROFILE", "dev")]), "profile");
+        assert_eq!(
+            source(&[("BEDROCK_BROKER_CREDENTIAL_SOURCE", "imds")]),
+            "imds"
+        );
+        assert_eq!(
+            source(&[("BEDROCK_BROKER_CREDENTIAL_SOURCE", "profile")]),
+            "profile"
+        );
+        assert_eq!(
+            source(&[("BEDROCK_BROKER_CREDENTIAL_SOURCE", "container")]),
+            "error: BEDROCK_BROKER_CREDENTIAL_SOURCE"
+        );
+        assert!(source(&[("BEDROCK_BROKER_CREDENTIAL_SOURCE", "nope")]).starts_with("error"));
+        // Pinning resolves the web-identity/static contradiction.
+        let mut both = IRSA.to_vec();
+        both.extend([
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+            ("BEDROCK_BROKER_CREDENTIAL_SOURCE", "static"),
+        ]);
+        let c = sidecar(&both).unwrap();
+        assert!(matches!(
+            c.credentials.mode,
+            CredentialMode::SigV4(SigV4Source::Static(_))
+        ));
     }
 
     #[test]

@@ -84,6 +84,12 @@ pub async fn run(config: &CredentialsConfig, clock: SharedClock) -> Result<Strin
                 }
             }
         }
+        SigV4Source::Sdk(sdk) => {
+            let _ = writeln!(report, "source:   {} (aws-config provider)", source.kind());
+            if let crate::config::SdkSource::Profile(Some(name)) = sdk {
+                let _ = writeln!(report, "profile:  {name}");
+            }
+        }
         SigV4Source::Static(keys) => {
             let _ = writeln!(
                 report,

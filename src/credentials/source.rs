@@ -88,6 +88,7 @@ pub fn source_for(
     };
     let base: Arc<dyn CredentialSource> = match source {
         SigV4Source::Static(keys) => Arc::new(StaticSource::new(keys.clone())),
+        SigV4Source::Sdk(sdk) => Arc::new(super::SdkProviderSource::new(sdk, config, region)),
         SigV4Source::WebIdentity(w) => {
             let sts = super::sts::client(config, region, None);
             Arc::new(WebIdentitySource::new(

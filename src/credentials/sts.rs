@@ -6,6 +6,7 @@ use aws_credential_types::Credentials;
 use aws_sdk_sts::config::{BehaviorVersion, Region as SdkRegion};
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::retry::RetryConfig;
@@ -22,18 +23,7 @@ pub fn client(
     region: &Region,
     credentials: Option<Credentials>,
 ) -> aws_sdk_sts::Client {
-    let mut trust = TrustStore::default();
-    if let Some(bundle) = &config.ca_bundle {
-        trust = trust.with_pem_certificate(bundle.pem.clone());
-    }
-    let tls_context = TlsContext::builder()
-        .with_trust_store(trust)
-        .build()
-        .unwrap_or_default();
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-        .tls_context(tls_context)
-        .build_https();
+    let http = http_client(config);
 
     let mut builder = aws_sdk_sts::Config::builder()
         .behavior_version(BehaviorVersion::latest())
@@ -53,6 +43,23 @@ pub fn client(
         builder = builder.credentials_provider(credentials);
     }
     aws_sdk_sts::Client::from_conf(builder.build())
+}
+
+/// The HTTPS client the AWS SDK parts use (STS, and the aws-config
+/// providers): rustls with ring, system roots plus `AWS_CA_BUNDLE`.
+pub fn http_client(config: &CredentialsConfig) -> SharedHttpClient {
+    let mut trust = TrustStore::default();
+    if let Some(bundle) = &config.ca_bundle {
+        trust = trust.with_pem_certificate(bundle.pem.clone());
+    }
+    let tls_context = TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .unwrap_or_default();
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .tls_context(tls_context)
+        .build_https()
 }
 
 /// `PolicyArns` parameter value, `None` when empty.

@@ -11,7 +11,7 @@ import uuid
 
 import requests
 
-from conftest import ROLE_ARN, wait_for
+from conftest import BINARY, ROLE_ARN, wait_for
 from test_credentials import FAST, converse
 
 CHAIN_ROLE = "arn:aws:iam::210987654321:role/bedrock-cross-account"
@@ -110,3 +110,86 @@ def test_default_session_name_names_the_pod(start_sidecar, irsa_env, fake_aws):
     start_sidecar(env)
     assert fake_aws.sts_calls()[0]["role_session_name"] == "team-a.chat-api-6d8f9-xk2p1"
     assert fake_aws.sts_calls()[0]["role_arn"] == ROLE_ARN
+
+
+def test_profile_with_role_arn_and_source_profile(start_sidecar, fake_aws, tmp_path):
+    fake_aws.post("/static_keys", {"access_key_id": "AKIDPROFILEBASE", "secret_access_key": "profile-base-secret"})
+    config = tmp_path / "aws-config"
+    config.write_text(
+        "[profile dev]\n"
+        f"role_arn = {ROLE_ARN}\n"
+        "source_profile = base\n"
+        "role_session_name = from-profile\n"
+        "[profile base]\n"
+        "aws_access_key_id = AKIDPROFILEBASE\n"
+        "aws_secret_access_key = profile-base-secret\n"
+    )
+    sidecar = start_sidecar({
+        "AWS_REGION": "us-east-1",
+        "AWS_PROFILE": "dev",
+        "AWS_CONFIG_FILE": str(config),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_ENDPOINT_URL_STS": fake_aws.sts,
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws.bedrock,
+        "HOME": str(tmp_path),
+    })
+    tid = uuid.uuid4().hex
+    converse(sidecar, tid)
+    rec = fake_aws.request_for(tid)
+    assert rec["verified"] and rec["principal_arn"].endswith(":assumed-role/chat-app/from-profile")
+    call = [c for c in fake_aws.sts_calls() if c["action"] == "AssumeRole"][0]
+    assert call["source_access_key_id"] == "AKIDPROFILEBASE"
+
+
+def test_container_credentials_source_reads_another_sidecars_endpoint(start_sidecar, irsa_env, fake_aws, tmp_path):
+    port = free_port()
+    token_file = tmp_path / "cc-token"
+    start_sidecar(irsa_env, ["--credentials-listen", f"127.0.0.1:{port}", "--credentials-token-file", str(token_file)])
+    consumer = start_sidecar({
+        "AWS_REGION": "us-east-1",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI": f"http://127.0.0.1:{port}/v1/credentials",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": str(token_file),
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws.bedrock,
+    })
+    tid = uuid.uuid4().hex
+    converse(consumer, tid)
+    rec = fake_aws.request_for(tid)
+    assert rec["verified"] and rec["principal_arn"].endswith(":assumed-role/chat-app/e2e-session")
+    assert consumer.metric("bedrock_broker_credentials_expiry_timestamp_seconds") > 0
+
+
+def test_imds_source_when_pinned(start_sidecar, fake_aws):
+    fake_aws.configure_sts(lifetime_seconds=3)
+    sidecar = start_sidecar({
+        "AWS_REGION": "us-east-1",
+        "BEDROCK_BROKER_CREDENTIAL_SOURCE": "imds",
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT": fake_aws.sts + "/imds/",
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws.bedrock,
+    }, FAST)
+    tid = uuid.uuid4().hex
+    converse(sidecar, tid)
+    assert fake_aws.request_for(tid)["principal_arn"].endswith(":assumed-role/node-role/i-0123456789abcdef0")
+    # Short-lived IMDS credentials are refreshed like any other source.
+    wait_for(lambda: sidecar.metric("bedrock_broker_credential_refreshes_total", {"result": "success"}) >= 3, timeout=15, what="imds refreshes")
+
+
+def test_ecs_or_pod_identity_container_source(start_sidecar, fake_aws):
+    sidecar = start_sidecar({
+        "AWS_REGION": "us-east-1",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI": fake_aws.sts + "/ecs/v1/credentials",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN": "ecs-test-token",
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws.bedrock,
+    })
+    tid = uuid.uuid4().hex
+    converse(sidecar, tid)
+    assert fake_aws.request_for(tid)["principal_arn"].endswith(":assumed-role/pod-identity-role/eks-pod")
+
+
+def test_imds_is_never_used_unless_pinned(start_sidecar, fake_aws):
+    out = subprocess.run(
+        [str(BINARY), "sidecar"],
+        env={"PATH": os.environ.get("PATH", ""), "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_SERVICE_ENDPOINT": fake_aws.sts + "/imds/"},
+        capture_output=True, text=True, timeout=20,
+    )
+    assert out.returncode == 2 and "no credentials configured" in out.stderr
+    assert fake_aws.get("/imds/calls") == []

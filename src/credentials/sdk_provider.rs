@@ -1,0 +1,100 @@
+//! The rest of the standard AWS credential chain, from aws-config: shared
+//! config/credentials profiles, container credentials (ECS, EKS Pod
+//! Identity) and EC2 instance metadata (IMDSv2). Each feeds the same
+//! refresher, cell, metrics and readiness as the web identity source.
+
+use aws_config::provider_config::ProviderConfig;
+use aws_credential_types::provider::error::CredentialsError;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_smithy_types::error::display::DisplayErrorContext;
+
+use super::source::{BoxFuture, CredentialSource, Fetched};
+use super::{sts, ErrorClass, SourceError};
+use crate::config::{CredentialsConfig, Region, SdkSource};
+
+/// An aws-config credentials provider seen as a [`CredentialSource`].
+#[derive(Debug)]
+pub struct SdkProviderSource {
+    kind: &'static str,
+    provider: SharedCredentialsProvider,
+}
+
+impl SdkProviderSource {
+    pub fn new(source: &SdkSource, config: &CredentialsConfig, region: &Region) -> Self {
+        let provider_config = ProviderConfig::default()
+            .with_region(Some(aws_config::Region::new(region.as_str().to_owned())))
+            .with_http_client(sts::http_client(config));
+        let (kind, provider) = match source {
+            SdkSource::Profile(name) => {
+                let mut b = aws_config::profile::ProfileFileCredentialsProvider::builder()
+                    .configure(&provider_config);
+                if let Some(name) = name {
+                    b = b.profile_name(name);
+                }
+                ("profile", SharedCredentialsProvider::new(b.build()))
+            }
+            SdkSource::Container => (
+                "container",
+                SharedCredentialsProvider::new(
+                    aws_config::ecs::EcsCredentialsProvider::builder()
+                        .configure(&provider_config)
+                        .build(),
+                ),
+            ),
+            SdkSource::Imds => (
+                "imds",
+                SharedCredentialsProvider::new(
+                    aws_config::imds::credentials::ImdsCredentialsProvider::builder()
+                        .configure(&provider_config)
+                        .build(),
+                ),
+            ),
+        };
+        Self { kind, provider }
+    }
+
+    async fn load(&self) -> Result<Fetched, SourceError> {
+        match self.provider.provide_credentials().await {
+            Ok(credentials) => Ok(Fetched {
+                credentials,
+                principal: None,
+                token_expiry: None,
+            }),
+            Err(e) => Err(provider_error(self.kind, &e)),
+        }
+    }
+}
+
+fn provider_error(kind: &'static str, e: &CredentialsError) -> SourceError {
+    let class = match e {
+        // Nothing to load or a broken configuration: someone has to fix it.
+        CredentialsError::CredentialsNotLoaded(_) | CredentialsError::InvalidConfiguration(_) => {
+            ErrorClass::Fatal
+        }
+        _ => ErrorClass::Transient,
+    };
+    let code = match e {
+        CredentialsError::CredentialsNotLoaded(_) => "CredentialsNotLoaded",
+        CredentialsError::ProviderTimedOut(_) => "ProviderTimedOut",
+        CredentialsError::InvalidConfiguration(_) => "InvalidConfiguration",
+        CredentialsError::ProviderError(_) => "ProviderError",
+        _ => "Unhandled",
+    };
+    SourceError::Service {
+        operation: kind,
+        code: code.to_owned(),
+        message: DisplayErrorContext(e).to_string(),
+        status: 0,
+        class,
+    }
+}
+
+impl CredentialSource for SdkProviderSource {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn fetch(&self) -> BoxFuture<'_, Result<Fetched, SourceError>> {
+        Box::pin(self.load())
+    }
+}
