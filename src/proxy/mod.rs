@@ -410,11 +410,7 @@ fn check_target<B>(request: &Request<B>) -> Result<(), BrokerError> {
             "the request path must start with /",
         ));
     }
-    let dot_segment = path.split('/').any(|segment| {
-        let s = segment.to_ascii_lowercase().replace("%2e", ".");
-        s == "." || s == ".."
-    });
-    if dot_segment {
+    if path.split('/').any(is_dot_segment) {
         return Err(BrokerError::new(
             StatusCode::BAD_REQUEST,
             "invalid_path",
@@ -445,6 +441,23 @@ fn rejects_credentials<B>(response: &Response<B>) -> bool {
     ]
     .iter()
     .any(|code| kind == *code || kind.starts_with(&format!("{code}:")))
+}
+
+/// `.` or `..`, also percent-encoded (`%2e`, `.%2E`, ...), without allocating.
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
+            rest = &rest[1..];
+        } else if rest.len() >= 3 && rest[0] == b'%' && rest[1] == b'2' && rest[2] | 0x20 == b'e' {
+            rest = &rest[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    dots == 1 || dots == 2
 }
 
 fn upstream_error(e: &hyper_util::client::legacy::Error) -> BrokerError {

@@ -46,8 +46,10 @@ pub struct Signer {
 
 impl Signer {
     pub fn new(region: impl Into<String>, name: impl Into<String>) -> Self {
+        // Unsigned headers are filtered out of what the signer sees, so the
+        // settings need no exclusion list (cloning one per request allocates).
         let mut settings = SigningSettings::default();
-        settings.excluded_headers = Some(UNSIGNED_HEADERS.iter().map(|h| (*h).into()).collect());
+        settings.excluded_headers = None;
         Self {
             region: region.into(),
             name: name.into(),
@@ -82,6 +84,7 @@ impl Signer {
             uri.as_str(),
             headers
                 .iter()
+                .filter(|(k, _)| !UNSIGNED_HEADERS.contains(&k.as_str()))
                 .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
             SignableBody::Bytes(body),
         )
