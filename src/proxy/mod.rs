@@ -7,7 +7,7 @@ mod body;
 mod error;
 mod headers;
 mod operation;
-mod signing;
+pub(crate) mod signing;
 mod upstream;
 mod usage;
 
@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use prometheus::Histogram;
+use sha2::{Digest, Sha256};
 
 pub use auth::{bearer_header, AuthMode};
 pub use error::{BrokerError, Dialect};
@@ -34,6 +35,12 @@ use crate::config::UpstreamConfig;
 use crate::credentials::CredentialCell;
 use crate::metrics::ProxyMetrics;
 use body::{Completion, InFlight, StreamKind, UpstreamBody};
+
+/// A request body read in full, with its SHA-256 when SigV4 needs it.
+struct ReadBody {
+    bytes: Bytes,
+    sha256: Option<String>,
+}
 
 /// What the proxy answers with: a broker-made body or the upstream stream.
 pub type ProxyBody = Either<Full<Bytes>, UpstreamBody>;
@@ -181,14 +188,15 @@ impl Proxy {
         let with_mode = |e| (e, mode);
 
         let (mut parts, body) = request.into_parts();
+        let sigv4 = matches!(decision, auth::Decision::SigV4);
         let body = self
-            .read_body(&parts.headers, body)
+            .read_body(&parts.headers, body, sigv4)
             .await
             .map_err(with_mode)?;
         let model = self
             .usage
             .as_ref()
-            .map(|u| u.model_label(parts.uri.path(), &body));
+            .map(|u| u.model_label(parts.uri.path(), &body.bytes));
         parts.uri = self
             .upstream_uri(parts.uri.path_and_query())
             .map_err(with_mode)?;
@@ -198,7 +206,7 @@ impl Proxy {
         let response = match decision {
             auth::Decision::Bearer(_, value) => {
                 parts.headers.insert(http::header::AUTHORIZATION, value);
-                self.send(parts, body).await
+                self.send(parts, body.bytes).await
             }
             auth::Decision::SigV4 => self.send_signed(parts, body).await,
         };
@@ -235,7 +243,7 @@ impl Proxy {
     async fn send_signed(
         &self,
         mut parts: http::request::Parts,
-        body: Bytes,
+        body: ReadBody,
     ) -> Result<Response<Incoming>, BrokerError> {
         let unsigned = (
             parts.method.clone(),
@@ -243,7 +251,7 @@ impl Proxy {
             parts.headers.clone(),
         );
         let used = self.sign(&mut parts, &body)?;
-        let response = self.send(parts, body.clone()).await?;
+        let response = self.send(parts, body.bytes.clone()).await?;
         if !rejects_credentials(&response) {
             return Ok(response);
         }
@@ -264,7 +272,7 @@ impl Proxy {
             .with_label_values(&["retried"])
             .inc();
         tracing::info!("Bedrock rejected expired credentials; retried with refreshed ones");
-        self.send(retry, body).await
+        self.send(retry, body.bytes).await
     }
 
     /// Newer credentials than generation `used`, refreshing early if needed.
@@ -278,11 +286,15 @@ impl Proxy {
             .unwrap_or(false)
     }
 
+    /// Reads the whole body (SigV4 hashes it), hashing each frame as it
+    /// arrives when `hash` is set. A one-frame body is kept as is; larger
+    /// ones are gathered into one buffer sized from `Content-Length`.
     async fn read_body(
         &self,
         headers: &http::HeaderMap,
-        body: Incoming,
-    ) -> Result<Bytes, BrokerError> {
+        mut body: Incoming,
+        hash: bool,
+    ) -> Result<ReadBody, BrokerError> {
         let too_large = || {
             BrokerError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -300,15 +312,49 @@ impl Proxy {
         if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
             return Err(too_large());
         }
-        match Limited::new(body, self.max_body_bytes).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-            Err(e) => Err(BrokerError::new(
-                StatusCode::BAD_REQUEST,
-                "body_read_failed",
-                format!("could not read the request body: {e}"),
-            )),
+        let mut hasher = hash.then(Sha256::new);
+        let mut first: Option<Bytes> = None;
+        let mut rest: Option<bytes::BytesMut> = None;
+        let mut total = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                BrokerError::new(
+                    StatusCode::BAD_REQUEST,
+                    "body_read_failed",
+                    format!("could not read the request body: {e}"),
+                )
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            total += data.len();
+            if total > self.max_body_bytes {
+                return Err(too_large());
+            }
+            if let Some(h) = hasher.as_mut() {
+                h.update(&data);
+            }
+            match (&mut first, &mut rest) {
+                (None, _) => first = Some(data),
+                (Some(f), None) => {
+                    let capacity = declared.map_or(0, |n| n as usize).max(f.len() + data.len());
+                    let mut buf = bytes::BytesMut::with_capacity(capacity);
+                    buf.extend_from_slice(f);
+                    buf.extend_from_slice(&data);
+                    rest = Some(buf);
+                }
+                (Some(_), Some(buf)) => buf.extend_from_slice(&data),
+            }
         }
+        let bytes = match (first, rest) {
+            (_, Some(buf)) => buf.freeze(),
+            (Some(f), None) => f,
+            (None, None) => Bytes::new(),
+        };
+        Ok(ReadBody {
+            bytes,
+            sha256: hasher.map(|h| hex::encode(h.finalize())),
+        })
     }
 
     fn upstream_uri(&self, pq: Option<&PathAndQuery>) -> Result<Uri, BrokerError> {
@@ -340,7 +386,7 @@ impl Proxy {
     }
 
     /// Signs with the cell's credentials; returns their generation.
-    fn sign(&self, parts: &mut http::request::Parts, body: &[u8]) -> Result<u64, BrokerError> {
+    fn sign(&self, parts: &mut http::request::Parts, body: &ReadBody) -> Result<u64, BrokerError> {
         let Some(signer) = &self.signer else {
             return Err(BrokerError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -355,7 +401,7 @@ impl Proxy {
                     &parts.method,
                     &parts.uri,
                     &mut parts.headers,
-                    body,
+                    signing::BodyDigest::new(&body.bytes, body.sha256.as_deref()),
                     held.identity(),
                     now,
                 )

@@ -7,6 +7,39 @@ use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use http::{HeaderValue, Method, Uri};
 
+/// The payload as the signer sees it: its SHA-256 if already computed
+/// (while the body was read), else the bytes to hash.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyDigest<'a> {
+    bytes: &'a [u8],
+    sha256_hex: Option<&'a str>,
+}
+
+impl<'a> BodyDigest<'a> {
+    pub fn new(bytes: &'a [u8], sha256_hex: Option<&'a str>) -> Self {
+        Self { bytes, sha256_hex }
+    }
+
+    fn signable(self) -> SignableBody<'a> {
+        match self.sha256_hex {
+            Some(hex) => SignableBody::Precomputed(hex.to_owned()),
+            None => SignableBody::Bytes(self.bytes),
+        }
+    }
+}
+
+impl<'a> From<&'a [u8]> for BodyDigest<'a> {
+    fn from(bytes: &'a [u8]) -> Self {
+        Self::new(bytes, None)
+    }
+}
+
+impl<'a, const N: usize> From<&'a [u8; N]> for BodyDigest<'a> {
+    fn from(bytes: &'a [u8; N]) -> Self {
+        Self::new(bytes, None)
+    }
+}
+
 /// Why a request could not be signed.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot sign the request: {0}")]
@@ -60,12 +93,12 @@ impl Signer {
     /// Adds `Authorization`, `X-Amz-Date` and (for temporary credentials)
     /// `X-Amz-Security-Token` to `headers`. Every header already in `headers`
     /// that is valid text is signed; `Host` comes from `uri`.
-    pub fn sign(
+    pub fn sign<'b>(
         &self,
         method: &Method,
         uri: &Uri,
         headers: &mut http::HeaderMap,
-        body: &[u8],
+        body: impl Into<BodyDigest<'b>>,
         identity: &Identity,
         time: SystemTime,
     ) -> Result<(), SignError> {
@@ -86,7 +119,7 @@ impl Signer {
                 .iter()
                 .filter(|(k, _)| !UNSIGNED_HEADERS.contains(&k.as_str()))
                 .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
-            SignableBody::Bytes(body),
+            body.into().signable(),
         )
         .map_err(|e| SignError(e.to_string()))?;
         let (instructions, _signature) = sign(signable, &params)
@@ -135,6 +168,35 @@ mod tests {
              Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"
         );
         assert!(headers["authorization"].is_sensitive());
+    }
+
+    #[test]
+    fn a_precomputed_body_hash_signs_like_the_bytes() {
+        use sha2::Digest;
+        let creds = Credentials::new("AKID", "secret", None, None, "t");
+        let uri: Uri = "https://bedrock-runtime.us-east-1.amazonaws.com/model/m/converse"
+            .parse()
+            .unwrap();
+        let body = br#"{"messages":[]}"#;
+        let hex = hex::encode(sha2::Sha256::digest(body));
+        let sign = |digest: BodyDigest<'_>| {
+            let mut headers = http::HeaderMap::new();
+            Signer::new("us-east-1", "bedrock")
+                .sign(
+                    &Method::POST,
+                    &uri,
+                    &mut headers,
+                    digest,
+                    &Identity::from(creds.clone()),
+                    UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+                )
+                .unwrap();
+            headers["authorization"].clone()
+        };
+        assert_eq!(
+            sign(BodyDigest::new(body, None)),
+            sign(BodyDigest::new(b"ignored", Some(&hex)))
+        );
     }
 
     #[test]
