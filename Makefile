@@ -31,6 +31,10 @@ e2e: build venv
 packaging: build venv
 	./packaging/test.sh
 
+## bench: sidecar vs direct under load (wrk, nginx TLS mock): bench/results/latest.md
+bench:
+	python3 bench/run.py
+
 fmt:
 	$(CARGO) fmt --all
 

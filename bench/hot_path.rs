@@ -1,0 +1,100 @@
+//! Micro-benchmarks of the hot-path pieces (issue 6): signing a 1 KB
+//! request and reading the credentials cell.
+//!
+//! Run with `cargo bench --bench hot_path`. Needs in Cargo.toml:
+//!
+//! ```toml
+//! [dev-dependencies]
+//! criterion = { version = "0.5", default-features = false }
+//!
+//! [[bench]]
+//! name = "hot_path"
+//! path = "bench/hot_path.rs"
+//! harness = false
+//! ```
+
+use std::hint::black_box;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_credential_types::Credentials;
+use bedrock_broker::credentials::{CredentialCell, HeldCredentials};
+use bedrock_broker::proxy::Signer;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+
+const URI: &str =
+    "https://bedrock-runtime.us-east-1.amazonaws.com/model/anthropic.claude-3-haiku-20240307-v1:0/converse";
+
+fn held(session_token: bool) -> HeldCredentials {
+    let creds = Credentials::new(
+        "ASIABENCHEXAMPLE",
+        "benchSecretKeyExampleNotRealAtAll000000",
+        session_token.then(|| "IQoJb3JpZ2luX2VjE".repeat(40)),
+        Some(UNIX_EPOCH + Duration::from_secs(4_000_000_000)),
+        "bench",
+    );
+    HeldCredentials::new(creds, SystemTime::now(), "bench")
+}
+
+/// Headers a typical SDK request still carries after the proxy stripped
+/// hop-by-hop and auth headers.
+fn client_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in [
+        ("content-type", "application/json"),
+        ("accept", "application/json"),
+        ("user-agent", "OpenAI/Python 1.99.0"),
+        ("x-stainless-lang", "python"),
+        ("x-stainless-retry-count", "0"),
+    ] {
+        h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+    }
+    h
+}
+
+fn signing(c: &mut Criterion) {
+    let signer = Signer::new("us-east-1", "bedrock");
+    let uri: Uri = URI.parse().unwrap();
+    let body = vec![b'x'; 1024];
+    let now = SystemTime::now();
+    let mut group = c.benchmark_group("sign");
+    group.throughput(Throughput::Elements(1));
+    for (name, token) in [("1 KB, static keys", false), ("1 KB, session token", true)] {
+        let held = held(token);
+        group.bench_function(name, |b| {
+            b.iter_batched_ref(
+                client_headers,
+                |headers| {
+                    signer
+                        .sign(
+                            &Method::POST,
+                            &uri,
+                            headers,
+                            black_box(body.as_slice()),
+                            held.identity(),
+                            now,
+                        )
+                        .unwrap()
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    // The part of the above that is only copying the header map.
+    group.bench_function("clone headers only (baseline)", |b| {
+        b.iter(|| black_box(client_headers()))
+    });
+    group.finish();
+}
+
+fn cell(c: &mut Criterion) {
+    let cell = CredentialCell::new();
+    cell.store(held(true));
+    let now = SystemTime::now();
+    c.bench_function("credentials cell usable()", |b| {
+        b.iter(|| cell.usable(black_box(now)).is_ok())
+    });
+}
+
+criterion_group!(benches, signing, cell);
+criterion_main!(benches);

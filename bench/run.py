@@ -1,0 +1,1013 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark of `bedrock-broker sidecar` against calling the
+upstream directly (issue 6).
+
+One command (`make bench`, or `python3 bench/run.py`):
+
+* builds the release binary (with debug symbols, for the profile) unless
+  --binary is given;
+* starts a TLS mock upstream on loopback: Debian's nginx with a throwaway CA
+  and an ECDSA leaf for 127.0.0.1, serving a converse-like JSON answer, an
+  OpenAI chat completion, a fast SSE stream and a slow SSE stream (5 events
+  200 ms apart, via the echo module);
+* starts the sidecar with static credentials (SigV4 on), trusting the mock
+  through AWS_CA_BUNDLE;
+* drives both with wrk (keep-alive, ~1 KB JSON POST bodies, concurrency 1,
+  16, 64, fixed duration, several repeats, medians), interleaving direct and
+  proxied runs so drift hits both alike;
+* CPU pinning: the sidecar runs alone on --proxy-cpu; wrk, nginx and this
+  script share --load-cpu (the same as `taskset -c`);
+* measures RSS (/proc/PID/status VmRSS, VmHWM reset per row through
+  /proc/PID/clear_refs), CPU time (/proc/PID/stat utime+stime), new upstream
+  connections (nginx stub_status `accepts`), time to first byte of the slow
+  stream, and cold start to /readyz 200;
+* prints a markdown table and writes it to bench/results/latest.md;
+* then (unless --no-profile) runs the sidecar under valgrind callgrind for a
+  fixed number of requests and writes the top entries to
+  bench/results/profile.md.
+
+Only 127.0.0.1 is ever contacted. Needs wrk, nginx (+ echo module), openssl
+and, for the profile, valgrind; as root on Debian it apt-get installs the
+missing ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import glob
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
+ECHO_MODULE = "/usr/lib/nginx/modules/ngx_http_echo_module.so"
+MIB = 1024 * 1024
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+CONVERSE_PATH = "/model/bench.model-v1:0/converse"
+CHAT_PATH = "/openai/v1/chat/completions"
+BIG_CONVERSE_PATH = "/model/bench-big.model-v1:0/converse"
+FAST_STREAM_PATH = "/openai/v1/bench/stream"
+SLOW_STREAM_PATH = "/openai/v1/bench/slow-stream"
+
+# --------------------------------------------------------------------------
+# Fixed payloads (~1 KB each way)
+
+
+def converse_request_body(size: int) -> bytes:
+    """A Bedrock Converse request of about `size` bytes."""
+    base = {
+        "messages": [{"role": "user", "content": [{"text": ""}]}],
+        "inferenceConfig": {"maxTokens": 256, "temperature": 0.2},
+        "system": [{"text": "You are a terse assistant."}],
+    }
+    overhead = len(json.dumps(base, separators=(",", ":")))
+    filler = "lorem ipsum dolor sit amet " * (size // 27 + 1)
+    base["messages"][0]["content"][0]["text"] = filler[: max(0, size - overhead)]
+    return json.dumps(base, separators=(",", ":")).encode()
+
+
+def converse_response_body() -> str:
+    text = ("The quick brown fox jumps over the lazy dog. " * 18).strip()
+    return json.dumps(
+        {
+            "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
+            "stopReason": "end_turn",
+            "usage": {"inputTokens": 212, "outputTokens": 196, "totalTokens": 408},
+            "metrics": {"latencyMs": 412},
+        },
+        separators=(",", ":"),
+    )
+
+
+def chat_response_body() -> str:
+    text = ("The quick brown fox jumps over the lazy dog. " * 17).strip()
+    return json.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion",
+            "created": 1760000000,
+            "model": "openai.gpt-oss-20b-1:0",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 212, "completion_tokens": 196, "total_tokens": 408},
+        },
+        separators=(",", ":"),
+    )
+
+
+def sse_event(i: int) -> str:
+    return (
+        'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk",'
+        f'"choices":[{{"index":0,"delta":{{"content":"token {i} "}}}}]}}\n\n'
+    )
+
+
+# --------------------------------------------------------------------------
+# Process helpers
+
+
+def pinned(cpu: int | None):
+    """preexec_fn pinning the child to one CPU (what `taskset -c CPU` does)."""
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.01)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is state (field 3); utime is field 14, stime field 15.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_mem(pid: int) -> dict[str, float]:
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) / 1024  # kB -> MiB
+    return out
+
+
+def cpu_busy_seconds(cpu: int | None) -> float:
+    """Non-idle time of one CPU (all processes), from /proc/stat."""
+    if cpu is None:
+        return 0.0
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                v = [int(x) for x in line.split()[1:]]
+                idle = v[3] + v[4]
+                return (sum(v[:8]) - idle) / CLK_TCK
+    return 0.0
+
+
+def machine_busy(window: float = 2.0) -> float:
+    """Fraction of all CPUs busy over `window` seconds."""
+    def snap():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v[:8]), v[3] + v[4]
+    t0, i0 = snap()
+    time.sleep(window)
+    t1, i1 = snap()
+    return 1 - (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_idle(limit_s: float, threshold: float = 0.15) -> float:
+    """Waits up to `limit_s` for the machine to be quiet; returns the last busy fraction."""
+    deadline = time.monotonic() + limit_s
+    busy = machine_busy()
+    while busy > threshold and time.monotonic() < deadline:
+        print(f"bench: machine {100 * busy:.0f} % busy; waiting for it to settle ...", flush=True)
+        busy = machine_busy(5.0)
+    return busy
+
+
+def reset_peak_rss(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def run(cmd, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
+
+
+# --------------------------------------------------------------------------
+# Tools
+
+
+def ensure_tools(need_valgrind: bool) -> None:
+    want = {"wrk": "wrk", "nginx": "nginx-light", "openssl": "openssl"}
+    if need_valgrind:
+        want["valgrind"] = "valgrind"
+        want["callgrind_annotate"] = "valgrind"
+    missing = sorted({pkg for tool, pkg in want.items() if not shutil.which(tool)})
+    if not os.path.exists(ECHO_MODULE):
+        missing.append("libnginx-mod-http-echo")
+    if not missing:
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        sys.exit(f"bench: missing {', '.join(missing)}; install them (Debian: apt-get install {' '.join(missing)})")
+    print(f"bench: installing {' '.join(missing)} with apt-get", flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
+
+
+def build_binary(target_dir: Path) -> Path:
+    """Release build with debug symbols (same code as the shipped binary;
+    debug info is not loaded at run time, so RSS is unaffected)."""
+    env = dict(
+        os.environ,
+        CARGO_TARGET_DIR=str(target_dir),
+        CARGO_PROFILE_RELEASE_DEBUG="true",
+        CARGO_PROFILE_RELEASE_STRIP="false",
+    )
+    print(f"bench: cargo build --release (CARGO_TARGET_DIR={target_dir}) ...", flush=True)
+    subprocess.run(["cargo", "build", "--release", "--locked"], cwd=ROOT, env=env, check=True)
+    return target_dir / "release" / "bedrock-broker"
+
+
+# --------------------------------------------------------------------------
+# Mock upstream: nginx with TLS
+
+
+def make_certs(d: Path) -> Path:
+    """A throwaway CA and an ECDSA P-256 leaf for IP 127.0.0.1. Returns the CA PEM."""
+    (d / "leaf.ext").write_text(
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=serverAuth\n"
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+    )
+    o = ["openssl"]
+    run(o + ["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(d / "ca.key")])
+    run(o + ["req", "-x509", "-new", "-key", str(d / "ca.key"), "-sha256", "-days", "2",
+             "-subj", "/CN=bedrock-broker bench CA", "-out", str(d / "ca.pem"),
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+    run(o + ["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(d / "leaf.key")])
+    run(o + ["req", "-new", "-key", str(d / "leaf.key"), "-subj", "/CN=127.0.0.1",
+             "-out", str(d / "leaf.csr")])
+    run(o + ["x509", "-req", "-in", str(d / "leaf.csr"), "-CA", str(d / "ca.pem"),
+             "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "2", "-sha256",
+             "-extfile", str(d / "leaf.ext"), "-out", str(d / "leaf.pem")])
+    return d / "ca.pem"
+
+
+def nginx_quote(s: str) -> str:
+    assert "'" not in s and "\\" not in s and "$" not in s
+    return "'" + s + "'"
+
+
+class Mock:
+    """nginx on loopback: HTTPS API port (HTTP/1.1 only, like the direct
+    path), optional HTTPS port with h2 by ALPN, and a plain status port."""
+
+    def __init__(self, workdir: Path, cpu: int | None, events: int, gap_s: float):
+        self.dir = workdir / "nginx"
+        self.dir.mkdir()
+        self.ca = make_certs(self.dir)
+        self.port = free_port()
+        self.h2_port = free_port()
+        self.status_port = free_port()
+        slow = []
+        for i in range(events):
+            slow.append(f"echo -n {nginx_quote(sse_event(i))};")
+            slow.append("echo_flush;")
+            if i < events - 1:
+                slow.append(f"echo_sleep {gap_s};")
+        slow.append("echo -n 'data: [DONE]\n\n';")
+        fast_stream = "".join(sse_event(i) for i in range(events)) + "data: [DONE]\n\n"
+        d = self.dir
+        tls = f"""
+        ssl_certificate {d}/leaf.pem;
+        ssl_certificate_key {d}/leaf.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:bench:1m;
+        # Large bodies: read the whole body before answering (a bare
+        # `return` would answer early and close the connection mid-upload).
+        location ~ ^/model/bench-big[^/]*/converse$ {{
+            default_type application/json;
+            client_body_buffer_size 16m;
+            echo_read_request_body;
+            echo -n {nginx_quote(converse_response_body())};
+        }}
+        location ~ ^/model/[^/]+/converse$ {{
+            default_type application/json;
+            return 200 {nginx_quote(converse_response_body())};
+        }}
+        location = {CHAT_PATH} {{
+            default_type application/json;
+            return 200 {nginx_quote(chat_response_body())};
+        }}
+        location = {FAST_STREAM_PATH} {{
+            default_type text/event-stream;
+            return 200 {nginx_quote(fast_stream)};
+        }}
+        location = {SLOW_STREAM_PATH} {{
+            default_type text/event-stream;
+            echo_read_request_body;
+            {' '.join(slow)}
+        }}
+        location / {{
+            default_type application/json;
+            return 404 '{{"message":"no such bench route"}}';
+        }}
+"""
+        conf = f"""
+load_module {ECHO_MODULE};
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 8192; multi_accept on; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    client_max_body_size 64m;
+    client_body_buffer_size 1m;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    server {{
+        listen 127.0.0.1:{self.port} ssl;
+{tls}
+    }}
+    server {{
+        listen 127.0.0.1:{self.h2_port} ssl http2;
+{tls}
+    }}
+    server {{
+        listen 127.0.0.1:{self.status_port};
+        location = /status {{ stub_status; }}
+    }}
+}}
+"""
+        (d / "nginx.conf").write_text(conf)
+        self.log = open(d / "stderr.log", "w")
+        self.proc = subprocess.Popen(
+            ["nginx", "-p", str(d), "-c", str(d / "nginx.conf"), "-e", str(d / "error.log")],
+            stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=pinned(cpu),
+        )
+        for p in (self.port, self.h2_port, self.status_port):
+            wait_port(p, 10)
+
+    def accepts(self) -> int:
+        """Connections nginx has accepted so far (all ports)."""
+        c = http.client.HTTPConnection("127.0.0.1", self.status_port, timeout=5)
+        c.request("GET", "/status")
+        text = c.getresponse().read().decode()
+        c.close()
+        # "Active connections: 1 \nserver accepts handled requests\n 5 5 9 \n..."
+        return int(text.splitlines()[2].split()[0]) - 1  # minus this status request
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+# --------------------------------------------------------------------------
+# The sidecar
+
+
+class Sidecar:
+    def __init__(self, binary: Path, upstream_port: int, ca: Path, cpu: int | None,
+                 workdir: Path, wrapper: list[str] | None = None, name: str = "sidecar",
+                 extra_env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(workdir),
+            "AWS_ACCESS_KEY_ID": "AKIDBENCHEXAMPLE",
+            "AWS_SECRET_ACCESS_KEY": "benchSecretKeyExampleNotRealAtAll000000",
+            "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": f"https://127.0.0.1:{upstream_port}",
+            "AWS_CA_BUNDLE": str(ca),
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "BEDROCK_BROKER_LISTEN": f"127.0.0.1:{self.port}",
+            "BEDROCK_BROKER_ADMIN_LISTEN": f"127.0.0.1:{self.admin_port}",
+            "RUST_LOG": "warn",
+            **(extra_env or {}),
+        }
+        self.log_path = workdir / f"{name}-{self.port}.log"
+        self.log = open(self.log_path, "w")
+        cmd = [*(wrapper or []), str(binary), "sidecar"]
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, preexec_fn=pinned(cpu))
+        self.pid = self.proc.pid
+
+    def ready(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.admin_port), timeout=1) as s:
+                s.sendall(b"GET /readyz HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+                return s.recv(64).startswith(b"HTTP/1.1 200")
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout: float) -> float:
+        """Seconds from process start to the first /readyz 200."""
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            if self.ready():
+                return time.perf_counter() - self.started
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sidecar exited: {self.log_path.read_text()[-2000:]}")
+            time.sleep(0.0005)
+        raise RuntimeError(f"sidecar not ready after {timeout}s: {self.log_path.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+# --------------------------------------------------------------------------
+# Load generation
+
+
+def run_wrk(url: str, path: str, body_file: Path, conns: int, duration: float,
+            cpu: int | None) -> dict:
+    env = dict(os.environ, BENCH_PATH=path, BENCH_BODY_FILE=str(body_file))
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
+           "-s", str(BENCH / "wrk.lua"), url]
+    p = subprocess.run(cmd, env=env, text=True, capture_output=True, preexec_fn=pinned(cpu))
+    m = re.search(r"BENCH_JSON (\{.*\})", p.stdout)
+    if p.returncode != 0 or not m:
+        raise RuntimeError(f"wrk failed ({p.returncode}): {p.stdout}\n{p.stderr}")
+    r = json.loads(m.group(1))
+    errors = sum(v for k, v in r.items() if k.startswith("errors_"))
+    r["errors"] = errors
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    return r
+
+
+class Target:
+    """Where wrk sends requests, and what to sample around each run."""
+
+    def __init__(self, name: str, url: str, sidecar: Sidecar | None):
+        self.name = name
+        self.url = url
+        self.sidecar = sidecar
+
+
+def measure(targets: list[Target], mock: Mock, path: str, body_file: Path, conns: int,
+            args) -> dict[str, dict]:
+    """Warm-up then `repeats` interleaved runs per target; medians."""
+    for t in targets:
+        run_wrk(t.url, path, body_file, conns, args.warmup, args.load_cpu)
+    runs: dict[str, list] = {t.name: [] for t in targets}
+    peaks: dict[str, float] = {}
+    for t in targets:
+        if t.sidecar:
+            reset_peak_rss(t.sidecar.pid)
+    for _ in range(args.repeats):
+        for t in targets:
+            a0 = mock.accepts()
+            c0 = proc_cpu_seconds(t.sidecar.pid) if t.sidecar else 0.0
+            b0 = cpu_busy_seconds(args.proxy_cpu)
+            r = run_wrk(t.url, path, body_file, conns, args.duration, args.load_cpu)
+            r["cpu_s"] = (proc_cpu_seconds(t.sidecar.pid) - c0) if t.sidecar else None
+            # How busy the proxy's CPU was with anything else (other jobs on a
+            # shared machine): the noise indicator of the row.
+            r["others_s"] = cpu_busy_seconds(args.proxy_cpu) - b0 - (r["cpu_s"] or 0.0)
+            r["accepts"] = mock.accepts() - a0
+            runs[t.name].append(r)
+    out = {}
+    for t in targets:
+        rs = runs[t.name]
+        total = sum(r["requests"] for r in rs)
+        out[t.name] = {
+            "rps": statistics.median(r["rps"] for r in rs),
+            "p50_ms": statistics.median(r["p50_us"] for r in rs) / 1000,
+            "p99_ms": statistics.median(r["p99_us"] for r in rs) / 1000,
+            "requests": total,
+            "errors": sum(r["errors"] for r in rs),
+            "cpu_per_10k": (sum(r["cpu_s"] for r in rs) / total * 10_000) if t.sidecar else None,
+            "proxy_util": (sum(r["cpu_s"] for r in rs) / sum(r["duration_us"] / 1e6 for r in rs))
+            if t.sidecar else None,
+            "others_util": max(0.0, sum(r["others_s"] for r in rs)
+                               / sum(r["duration_us"] / 1e6 for r in rs)),
+            "conns_per_1k": sum(r["accepts"] for r in rs) / total * 1000,
+            "peak_rss": proc_mem(t.sidecar.pid)["VmHWM"] if t.sidecar else None,
+            "rss_after": proc_mem(t.sidecar.pid)["VmRSS"] if t.sidecar else None,
+            "all_rps": [round(r["rps"]) for r in rs],
+        }
+    return out
+
+
+def stream_timing(conn_factory, path: str, body: bytes, n: int) -> dict:
+    """Time to first body byte and to the end of the slow stream, on a warm
+    keep-alive connection (no handshake in the number)."""
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    conn = conn_factory()
+    conn.request("POST", CHAT_PATH, body=body, headers=headers)
+    conn.getresponse().read()
+    firsts, lasts = [], []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        conn.request("POST", path, body=body, headers=headers)
+        resp = conn.getresponse()
+        first = resp.read1(65536)
+        t1 = time.perf_counter()
+        rest = resp.read()
+        t2 = time.perf_counter()
+        if resp.status != 200 or not first.startswith(b"data:"):
+            raise RuntimeError(f"slow stream: {resp.status} {first[:200]!r}")
+        if (first + rest).count(b"data:") < 2:
+            raise RuntimeError("slow stream: too few events")
+        firsts.append((t1 - t0) * 1000)
+        lasts.append((t2 - t0) * 1000)
+    conn.close()
+    return {"ttfb_ms": statistics.median(firsts), "ttlb_ms": statistics.median(lasts)}
+
+
+# --------------------------------------------------------------------------
+# Profile: callgrind
+
+
+def fixed_load(port: int, path: str, body: bytes, total: int, conc: int) -> int:
+    """Sends exactly `total` requests over `conc` keep-alive connections."""
+    ok = [0] * conc
+    per = [total // conc + (1 if i < total % conc else 0) for i in range(conc)]
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench-placeholder",
+               "User-Agent": "bedrock-broker-bench/1", "Accept": "application/json"}
+
+    def worker(i: int) -> None:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        for _ in range(per[i]):
+            c.request("POST", path, body=body, headers=headers)
+            r = c.getresponse()
+            r.read()
+            ok[i] += r.status == 200
+        c.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(conc)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(ok)
+
+
+def shorten(fn: str) -> str:
+    """Drops generic arguments and hash suffixes from a demangled Rust name,
+    keeping the `<Type as Trait>` of trait methods."""
+    fn = re.sub(r"::h[0-9a-f]{16}", "", fn)
+    keep = 1 if fn.startswith("<") else 0
+    out, depth = [], 0
+    for ch in fn:
+        if ch == "<":
+            depth += 1
+            if depth <= keep:
+                out.append(ch)
+            continue
+        if ch == ">" and depth:
+            if depth <= keep:
+                out.append(ch)
+            depth -= 1
+            continue
+        if depth <= keep:
+            out.append(ch)
+    s = "".join(out)
+    return s if len(s) <= 160 else s[:157] + "..."
+
+
+def annotate(out_file: Path, inclusive: bool, top: int) -> tuple[int, list[tuple[int, str]]]:
+    """Top functions from callgrind_annotate. Entries of one function split
+    over several source files (inlining) are merged: summed for self cost,
+    the largest taken for inclusive cost. Thread-entry frames that were on
+    the stack at the dump (reported with ~100% self) are dropped."""
+    p = run(["callgrind_annotate", f"--inclusive={'yes' if inclusive else 'no'}",
+             "--threshold=100", "--auto=no", str(out_file)])
+    total = None
+    agg: dict[str, int] = {}
+    lines = p.stdout.splitlines()
+    for line in lines:
+        if "PROGRAM TOTALS" in line:
+            total = int(line.split()[0].replace(",", ""))
+    start = next(i for i, line in enumerate(lines) if line.strip().endswith("file:function")) + 2
+    table = []
+    for line in lines[start:]:
+        if not line.strip():
+            break  # the function table ends at the first blank line
+        table.append(line)
+    for line in table:
+        m = re.match(r"^\s*([\d,]+)\s+(?:\([^)]*\)\s+)?(?:\*\s+)?(.+?)\s*$", line)
+        if not m:
+            continue
+        n = int(m.group(1).replace(",", ""))
+        what = m.group(2)
+        if ":" not in what:
+            continue
+        fn = re.sub(r"\s*\[[^\]]*\]$", "", what.split(":", 1)[1])
+        if not inclusive and n >= 0.99 * total:
+            continue
+        key = shorten(fn)
+        agg[key] = agg.get(key, 0) + n if not inclusive else max(agg.get(key, 0), n)
+    rows = sorted(((n, fn) for fn, n in agg.items()), reverse=True)[:top]
+    return total or 0, rows
+
+
+def profile(binary: Path, mock: Mock, body: bytes, args, workdir: Path) -> dict:
+    out = workdir / "callgrind.out"
+    wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+    sc = Sidecar(binary, mock.port, mock.ca, args.proxy_cpu, workdir, wrapper, "callgrind")
+    try:
+        sc.wait_ready(180)
+        fixed_load(sc.port, CONVERSE_PATH, body, 100, args.profile_conc)  # warm the pool
+        # Zero the counters after start-up and warm-up, dump right after the
+        # measured requests: the dump holds only their cost (plus the idle
+        # runtime ticking meanwhile, negligible).
+        run(["callgrind_control", "-z", str(sc.pid)])
+        t0 = time.perf_counter()
+        ok = fixed_load(sc.port, CONVERSE_PATH, body, args.profile_requests, args.profile_conc)
+        wall = time.perf_counter() - t0
+        run(["callgrind_control", "-d", str(sc.pid)])
+    finally:
+        sc.stop()
+    dump = Path(f"{out}.1")
+    if not dump.exists():
+        raise RuntimeError(f"callgrind wrote no dump: {glob.glob(f'{out}*')}")
+    total, incl = annotate(dump, True, args.profile_top)
+    _, selfc = annotate(dump, False, args.profile_top)
+    if args.keep_callgrind:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(dump, RESULTS / "callgrind.out")
+    return {"requests": args.profile_requests, "ok": ok, "conc": args.profile_conc,
+            "total_ir": total, "ir_per_request": total / max(ok, 1), "inclusive": incl,
+            "self": selfc, "wall_s": wall}
+
+
+# --------------------------------------------------------------------------
+# Report
+
+
+def fmt(v, spec=".2f", dash="—"):
+    return dash if v is None else format(v, spec)
+
+
+def machine_line() -> str:
+    cpu = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{cpu}, {os.cpu_count()} CPUs, {mem:.0f} GiB RAM, Linux {platform.release()}, "
+            f"load average before the run {os.getloadavg()[0]:.2f}")
+
+
+def tool_versions() -> str:
+    v = []
+    for cmd in (["wrk", "-v"], ["nginx", "-v"]):
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            v.append((p.stdout + p.stderr).strip().splitlines()[0])
+        except (OSError, IndexError):
+            pass
+    return "; ".join(v)
+
+
+def verdict(ok: bool | None) -> str:
+    return "—" if ok is None else ("met" if ok else "**not met**")
+
+
+def report(res: dict, args, command: str) -> str:
+    L = []
+    L.append(f"# bedrock-broker benchmark — {res['when']}\n")
+    L.append(f"Command: `{command}`  ")
+    L.append(f"Machine: {res['machine']}  ")
+    L.append(f"Binary: `{res['binary']}`" + (f" (built from the work tree at git {res['git']})  "
+             if not args.binary else f" (given with --binary; work tree at git {res['git']})  "))
+    L.append(f"Tools: {res['tools']}  ")
+    L.append(f"Pinning: sidecar on CPU {args.proxy_cpu}; wrk (1 thread), nginx (1 worker) and the "
+             f"driver on CPU {args.load_cpu}. Runs: {args.warmup:g} s warm-up, then {args.repeats} × "
+             f"{args.duration:g} s per row, direct and sidecar interleaved; medians shown.\n")
+    L.append("## Load (wrk, keep-alive, POST)\n")
+    L.append("| row | body | conns | req/s | × direct | p50 ms | p99 ms | +p50 ms | +p99 ms "
+             "| CPU s / 10k req | proxy CPU busy | new upstream conns / 1k req | peak RSS MiB | errors "
+             "| other load on proxy CPU |")
+    L.append("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for row in res["rows"]:
+        d = row["direct"]
+        for name, r in row["results"].items():
+            is_direct = name == "direct"
+            ratio = None if is_direct else r["rps"] / d["rps"]
+            add50 = None if is_direct else r["p50_ms"] - d["p50_ms"]
+            add99 = None if is_direct else r["p99_ms"] - d["p99_ms"]
+            L.append(
+                f"| {name} ({row['endpoint']}) | {row['body']} | {row['conns']} | {r['rps']:,.0f} | "
+                f"{fmt(ratio)} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {fmt(add50, '+.3f')} | "
+                f"{fmt(add99, '+.3f')} | {fmt(r['cpu_per_10k'])} | "
+                f"{fmt(None if r['proxy_util'] is None else 100 * r['proxy_util'], '.0f')}{'' if r['proxy_util'] is None else ' %'} | "
+                f"{r['conns_per_1k']:.2f} | {fmt(r['peak_rss'], '.1f')} | {r['errors']} | "
+                f"{100 * r['others_util']:.0f} % |")
+    L.append("\nDirect rows: wrk → nginx over TLS (its own connections show in the "
+             "connection column). Sidecar rows: wrk → sidecar (plain HTTP) → nginx over TLS; "
+             "the connection column counts connections the sidecar opened to the mock during "
+             "the measured runs (after warm-up). 'API key (no SigV4)' rows are a control: the same "
+             "sidecar with AWS_BEARER_TOKEN_BEDROCK set, so requests go out with a bearer header "
+             "instead of a signature; the gap to the 'sidecar' row is the cost of SigV4. 'usage metrics off' rows "
+             "run with BEDROCK_BROKER_USAGE_METRICS=false (the 'sidecar' rows use the defaults, usage "
+             "metrics on); the gap is the cost of reading token usage from responses. Peak RSS is VmHWM, reset before each row. "
+             "'proxy CPU busy' is the sidecar's CPU time over wall time (100 % = its core is "
+             "saturated); 'other load on proxy CPU' is time that core spent on anything else "
+             "(other jobs on a shared machine; should be ~0 for trustworthy numbers).\n")
+
+    s = res["summary"]
+    L.append("## Against the targets of issue 6\n")
+    L.append("| target | measured | |")
+    L.append("|---|---|---|")
+    for label, measured, ok in s:
+        L.append(f"| {label} | {measured} | {verdict(ok)} |")
+    L.append("")
+    st = res["stream"]
+    L.append(f"Slow stream ({args.events} SSE events {args.gap_ms} ms apart, first at once; "
+             f"median of {args.stream_repeats}): time to first byte direct {st['direct']['ttfb_ms']:.2f} ms, "
+             f"sidecar {st['sidecar']['ttfb_ms']:.2f} ms; time to last byte direct "
+             f"{st['direct']['ttlb_ms']:.1f} ms, sidecar {st['sidecar']['ttlb_ms']:.1f} ms.  ")
+    L.append(f"Cold start (process start → /readyz 200, static keys, no STS), {len(res['cold'])} starts: "
+             f"median {statistics.median(res['cold']):.1f} ms, all {', '.join(f'{c:.1f}' for c in res['cold'])} ms.  ")
+    L.append(f"Idle RSS after start: {res['idle_rss']:.1f} MiB; after the load rows, idle: "
+             f"{res['rss_end']:.1f} MiB.\n")
+    if res.get("profile"):
+        p = res["profile"]
+        L.append("## Profile (valgrind callgrind, sidecar only)\n")
+        L.append(f"{p['ok']}/{p['requests']} converse requests (1 KB bodies) at concurrency {p['conc']} "
+                 f"after 100 warm-up requests; counters zeroed before and dumped right after them "
+                 f"(`callgrind_control -z` / `-d`). "
+                 f"Total {p['total_ir']:,} instructions = **{p['ir_per_request']:,.0f} instructions per request**.\n")
+        for title, key in (("Inclusive", "inclusive"), ("Self (exclusive)", "self")):
+            L.append(f"### {title}, top {len(p[key])}\n")
+            L.append("| Ir / request | % | function |")
+            L.append("|--:|--:|---|")
+            for n, fn in p[key]:
+                L.append(f"| {n / max(p['ok'], 1):,.0f} | {100 * n / p['total_ir']:.1f} | `{fn}` |")
+            L.append("")
+    return "\n".join(L) + "\n"
+
+
+def summary(res: dict, args) -> list:
+    out = []
+    by = {(r["endpoint"], r["body"], r["conns"]): r for r in res["rows"]}
+
+    def get(c, ep="converse", body="1 KB"):
+        return by.get((ep, body, c))
+
+    for c, goal in ((1, 0.5), (16, 0.8), (64, 0.8)):
+        r = get(c)
+        if r:
+            ratio = r["results"]["sidecar"]["rps"] / r["direct"]["rps"]
+            out.append((f"throughput ≥ {goal}× direct at {c} conn", f"{ratio:.2f}×", ratio >= goal))
+    r = get(1)
+    if r:
+        a = r["results"]["sidecar"]["p50_ms"] - r["direct"]["p50_ms"]
+        out.append(("added p50 ≤ 0.05 ms at 1 conn", f"{a:+.3f} ms", a <= 0.05))
+    r = get(64)
+    if r:
+        a = r["results"]["sidecar"]["p99_ms"] - r["direct"]["p99_ms"]
+        out.append(("added p99 ≤ 1 ms at 64 conns", f"{a:+.3f} ms", a <= 1.0))
+    st = res["stream"]
+    a = st["sidecar"]["ttfb_ms"] - st["direct"]["ttfb_ms"]
+    out.append(("stream time to first byte ≤ direct + 1 ms", f"{a:+.2f} ms", a <= 1.0))
+    out.append(("idle RSS ≤ 8 MiB", f"{res['idle_rss']:.1f} MiB", res["idle_rss"] <= 8))
+    r = get(64)
+    if r:
+        pk = r["results"]["sidecar"]["peak_rss"]
+        out.append(("peak RSS ≤ 20 MiB at 64 conns, 1 KB", f"{pk:.1f} MiB", pk <= 20))
+    for r in res["rows"]:
+        if r["body"] != "1 KB":
+            pk = r["results"]["sidecar"]["peak_rss"]
+            out.append((f"peak RSS with {r['body']} bodies at {r['conns']} conns (bounded, documented)",
+                        f"{pk:.1f} MiB", None))
+    cpu = [r["results"]["sidecar"]["cpu_per_10k"] for r in res["rows"] if r["body"] == "1 KB"]
+    if cpu:
+        out.append(("≤ 0.5 CPU s per 10k requests (worst 1 KB row)", f"{max(cpu):.2f} s", max(cpu) <= 0.5))
+    nc = [r["results"]["sidecar"]["conns_per_1k"] for r in res["rows"] if r["body"] == "1 KB"]
+    if nc:
+        out.append(("~0 new upstream connections per 1k requests (worst 1 KB row)", f"{max(nc):.2f}", max(nc) < 0.5))
+    cold = statistics.median(res["cold"])
+    out.append(("cold start to ready ≤ 50 ms (+ one STS round trip; none here)", f"{cold:.1f} ms", cold <= 50))
+    return out
+
+
+# --------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--binary", type=Path, help="sidecar binary (default: build one)")
+    ap.add_argument("--target-dir", type=Path,
+                    default=Path(os.environ.get("BENCH_TARGET_DIR", ROOT / "target" / "bench")),
+                    help="CARGO_TARGET_DIR for the build (default target/bench or $BENCH_TARGET_DIR)")
+    ap.add_argument("--duration", type=int, default=5, help="seconds per measured run (5; wrk takes whole seconds)")
+    ap.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per row (1)")
+    ap.add_argument("--repeats", type=int, default=3, help="measured runs per row (3)")
+    ap.add_argument("--conns", default="1,16,64", help="wrk connections (1,16,64)")
+    ap.add_argument("--body-bytes", type=int, default=1024)
+    ap.add_argument("--big-body-mb", type=float, default=5, help="large-body row size; 0 skips it")
+    ap.add_argument("--big-body-conns", default="16")
+    ap.add_argument("--openai-conns", default="16", help="rows for the OpenAI chat endpoint ('' skips)")
+    ap.add_argument("--h2", action="store_true",
+                    help="also run sidecar rows against an upstream that offers h2 by ALPN")
+    ap.add_argument("--no-feature-rows", action="store_true",
+                    help="skip the rows with data-path features (usage metrics) switched off")
+    ap.add_argument("--no-api-key-row", action="store_true",
+                    help="skip the control rows with a Bedrock API key (no SigV4)")
+    ap.add_argument("--proxy-cpu", type=int, default=1)
+    ap.add_argument("--load-cpu", type=int, default=0)
+    ap.add_argument("--events", type=int, default=5, help="slow stream events (5)")
+    ap.add_argument("--gap-ms", type=int, default=200, help="slow stream gap (200 ms)")
+    ap.add_argument("--stream-repeats", type=int, default=5)
+    ap.add_argument("--cold-starts", type=int, default=7)
+    ap.add_argument("--no-profile", action="store_true", help="skip the callgrind profile")
+    ap.add_argument("--profile-only", action="store_true")
+    ap.add_argument("--profile-requests", type=int, default=2000)
+    ap.add_argument("--profile-conc", type=int, default=2)
+    ap.add_argument("--profile-top", type=int, default=30)
+    ap.add_argument("--keep-callgrind", action="store_true",
+                    help="copy the raw callgrind file to bench/results/")
+    ap.add_argument("--wait-idle", type=float, default=0,
+                    help="wait up to this many seconds for other load on the machine to stop (0)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "latest.md")
+    args = ap.parse_args()
+    command = "python3 bench/run.py " + " ".join(sys.argv[1:])
+
+    ncpu = len(os.sched_getaffinity(0))
+    if ncpu < 2:
+        print("bench: fewer than 2 CPUs; running unpinned", file=sys.stderr)
+        args.proxy_cpu = args.load_cpu = None
+    ensure_tools(need_valgrind=not args.no_profile)
+    binary = args.binary or build_binary(args.target_dir)
+    binary = binary.resolve()
+    if args.load_cpu is not None:
+        os.sched_setaffinity(0, {args.load_cpu})  # the driver itself stays off the proxy's CPU
+
+    busy = wait_idle(args.wait_idle) if args.wait_idle else machine_busy()
+    res: dict = {
+        "when": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "machine": machine_line() + f", CPUs {100 * busy:.0f} % busy just before the run",
+        "tools": tool_versions(),
+        "binary": binary,
+        "git": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                              capture_output=True, text=True).stdout.strip() or "?",
+    }
+    workdir = Path(tempfile.mkdtemp(prefix="bedrock-broker-bench-"))
+    mock = Mock(workdir, args.load_cpu, args.events, args.gap_ms / 1000)
+    sidecars: list[Sidecar] = []
+    try:
+        small = workdir / "body-1k.json"
+        small_body = converse_request_body(args.body_bytes)
+        small.write_bytes(small_body)
+        chat = workdir / "body-chat.json"
+        chat.write_bytes(json.dumps({"model": "openai.gpt-oss-20b-1:0", "messages": [
+            {"role": "user", "content": small_body.decode()[: args.body_bytes - 90]}]}).encode())
+
+        if not args.profile_only:
+            # Cold start: separate short-lived processes.
+            cold = []
+            for _ in range(args.cold_starts):
+                sc = Sidecar(binary, mock.port, mock.ca, args.proxy_cpu, workdir, name="cold")
+                cold.append(sc.wait_ready(10) * 1000)
+                sc.stop()
+            res["cold"] = cold
+
+            sc = Sidecar(binary, mock.port, mock.ca, args.proxy_cpu, workdir)
+            sidecars.append(sc)
+            sc.wait_ready(10)
+            time.sleep(1.0)
+            res["idle_rss"] = proc_mem(sc.pid)["VmRSS"]
+            targets = [Target("direct", f"https://127.0.0.1:{mock.port}", None),
+                       Target("sidecar", f"http://127.0.0.1:{sc.port}", sc)]
+            if not args.no_feature_rows:
+                # The data-path features that are on by default, switched off:
+                # the gap to "sidecar" is what each costs.
+                sc4 = Sidecar(binary, mock.port, mock.ca, args.proxy_cpu, workdir, name="sidecar-nousage",
+                              extra_env={"BEDROCK_BROKER_USAGE_METRICS": "false"})
+                sidecars.append(sc4)
+                sc4.wait_ready(10)
+                targets.append(Target("sidecar, usage metrics off", f"http://127.0.0.1:{sc4.port}", sc4))
+            if not args.no_api_key_row:
+                # Control row: same proxy, but a configured Bedrock API key wins
+                # over SigV4, so the difference to "sidecar" is the signing cost.
+                sc3 = Sidecar(binary, mock.port, mock.ca, args.proxy_cpu, workdir, name="sidecar-apikey",
+                              extra_env={"AWS_BEARER_TOKEN_BEDROCK": "ABSKbenchNotARealKey"})
+                sidecars.append(sc3)
+                sc3.wait_ready(10)
+                targets.append(Target("sidecar, API key (no SigV4)", f"http://127.0.0.1:{sc3.port}", sc3))
+            if args.h2:
+                sc2 = Sidecar(binary, mock.h2_port, mock.ca, args.proxy_cpu, workdir, name="sidecar-h2")
+                sidecars.append(sc2)
+                sc2.wait_ready(10)
+                targets.append(Target("sidecar, h2 upstream", f"http://127.0.0.1:{sc2.port}", sc2))
+
+            plan = [("converse", CONVERSE_PATH, small, "1 KB", int(c)) for c in args.conns.split(",") if c]
+            plan += [("openai chat", CHAT_PATH, chat, "1 KB", int(c)) for c in args.openai_conns.split(",") if c]
+            if args.big_body_mb > 0:
+                big = workdir / "body-big.json"
+                big.write_bytes(converse_request_body(int(args.big_body_mb * MIB)))
+                label = f"{args.big_body_mb:g} MB"
+                plan += [("converse", BIG_CONVERSE_PATH, big, label, int(c))
+                         for c in args.big_body_conns.split(",") if c]
+            rows = []
+            for endpoint, path, body_file, label, conns in plan:
+                print(f"bench: {endpoint} {label} × {conns} conns ...", flush=True)
+                results = measure(targets, mock, path, body_file, conns, args)
+                rows.append({"endpoint": endpoint, "body": label, "conns": conns,
+                             "direct": results["direct"], "results": results})
+                for name, r in results.items():
+                    print(f"  {name:>22}: {r['rps']:9,.0f} req/s  p50 {r['p50_ms']:.3f} ms  "
+                          f"p99 {r['p99_ms']:.3f} ms  runs {r['all_rps']}", flush=True)
+            res["rows"] = rows
+            time.sleep(1.0)
+            res["rss_end"] = proc_mem(sc.pid)["VmRSS"]
+
+            print("bench: slow stream time to first byte ...", flush=True)
+            ctx = ssl.create_default_context(cafile=str(mock.ca))
+            res["stream"] = {
+                "direct": stream_timing(
+                    lambda: http.client.HTTPSConnection("127.0.0.1", mock.port, context=ctx, timeout=10),
+                    SLOW_STREAM_PATH, small_body, args.stream_repeats),
+                "sidecar": stream_timing(
+                    lambda: http.client.HTTPConnection("127.0.0.1", sc.port, timeout=10),
+                    SLOW_STREAM_PATH, small_body, args.stream_repeats),
+            }
+            for s in sidecars:
+                s.stop()
+            sidecars.clear()
+            res["summary"] = summary(res, args)
+
+        if not args.no_profile:
+            print(f"bench: callgrind profile ({args.profile_requests} requests) ...", flush=True)
+            res["profile"] = profile(binary, mock, small_body, args, workdir)
+    finally:
+        for s in sidecars:
+            s.stop()
+        mock.stop()
+
+    if args.profile_only:
+        p = res["profile"]
+        print(f"{p['ir_per_request']:,.0f} instructions per request")
+        for title, key in (("inclusive", "inclusive"), ("self", "self")):
+            print(f"-- {title}")
+            for n, fn in p[key]:
+                print(f"{n / p['ok']:>12,.0f}  {fn}")
+        shutil.rmtree(workdir, ignore_errors=True)
+        return 0
+    text = report(res, args, command)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print()
+    print(text)
+    print(f"bench: written to {args.out}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
