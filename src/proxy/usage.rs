@@ -63,10 +63,35 @@ struct Envelope {
 }
 
 impl Envelope {
+    /// Usage in a JSON document. Bedrock puts it at the end, so the last
+    /// `"usage"` (or invocation-metrics) key is located by a byte search
+    /// and only its object is parsed; the whole document is parsed only
+    /// when that shortcut finds nothing.
     fn usage(slice: &[u8]) -> Option<Usage> {
+        for key in [
+            &b"\"usage\""[..],
+            &b"\"amazon-bedrock-invocationMetrics\""[..],
+        ] {
+            if let Some(u) = value_after_last_key(slice, key) {
+                return Some(u);
+            }
+        }
         let e: Envelope = serde_json::from_slice(slice).ok()?;
         e.usage.or(e.invocation_metrics)
     }
+}
+
+/// Deserializes the value that follows the last unescaped occurrence of
+/// `key` (a quoted JSON key) in `doc`.
+fn value_after_last_key<T: serde::de::DeserializeOwned>(doc: &[u8], key: &[u8]) -> Option<T> {
+    let pos = memchr::memmem::rfind_iter(doc, key).find(|p| *p == 0 || doc[p - 1] != b'\\')?;
+    let rest = &doc[pos + key.len()..];
+    let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    if rest[colon] != b':' {
+        return None;
+    }
+    let mut values = serde_json::Deserializer::from_slice(&rest[colon + 1..]).into_iter::<T>();
+    values.next()?.ok()
 }
 
 /// The `model` field of an OpenAI-style request body.
@@ -337,7 +362,7 @@ fn check_sse_line(line: &[u8], last: &mut Option<Usage>) {
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
 /// Takes the next complete event-stream message off the queue, if any.
@@ -594,6 +619,18 @@ mod tests {
         let allow = ModelLabels::new(Some(vec!["a".into()]), 100);
         assert_eq!(&*allow.label("a"), "a");
         assert_eq!(&*allow.label("b"), "other");
+    }
+
+    #[test]
+    fn the_usage_shortcut_ignores_quoted_text_and_falls_back() {
+        // The reply text mentions "usage" (escaped inside a string).
+        let doc = br#"{"output":{"text":"the \"usage\": {\"inputTokens\": 999}"},"usage":{"inputTokens":3,"outputTokens":4}}"#;
+        assert_eq!(Envelope::usage(doc).unwrap().input, Some(3));
+        let only_text = br#"{"output":{"text":"\"usage\": {\"inputTokens\": 999}"}}"#;
+        assert_eq!(Envelope::usage(only_text), None);
+        let spaced = br#"{"usage" :  {"prompt_tokens": 5}}"#;
+        assert_eq!(Envelope::usage(spaced).unwrap().input, Some(5));
+        assert_eq!(Envelope::usage(br#"{"usage": null}"#), None);
     }
 
     #[test]
