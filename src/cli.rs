@@ -97,6 +97,26 @@ pub struct SidecarArgs {
     #[arg(long)]
     pub signing_name: Option<String>,
 
+    /// Bedrock Agents runtime base URL, served under /agent-runtime/
+    /// [env: AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME]
+    /// [default: https://bedrock-agent-runtime.<region>.amazonaws.com]
+    #[arg(long)]
+    pub agent_runtime_upstream: Option<String>,
+
+    /// Bedrock Mantle base URL, served under /mantle/ [env: BEDROCK_BROKER_MANTLE_UPSTREAM]
+    /// [default: https://bedrock-mantle.<region>.api.aws]
+    #[arg(long)]
+    pub mantle_upstream: Option<String>,
+
+    /// Use FIPS endpoints by default: true or false [env: AWS_USE_FIPS_ENDPOINT] [default: false]
+    #[arg(long)]
+    pub use_fips: Option<String>,
+
+    /// Use dual-stack (IPv6) endpoints by default: true or false
+    /// [env: AWS_USE_DUALSTACK_ENDPOINT] [default: false]
+    #[arg(long)]
+    pub use_dualstack: Option<String>,
+
     /// Largest request body accepted, in bytes [env: BEDROCK_BROKER_MAX_BODY_BYTES] [default: 26214400]
     #[arg(long)]
     pub max_body_bytes: Option<String>,

@@ -50,6 +50,11 @@ pub mod vars {
     pub const AWS_DEFAULT_REGION: &str = "AWS_DEFAULT_REGION";
     pub const AWS_ENDPOINT_URL_BEDROCK_RUNTIME: &str = "AWS_ENDPOINT_URL_BEDROCK_RUNTIME";
     pub const AWS_ENDPOINT_URL: &str = "AWS_ENDPOINT_URL";
+    pub const AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME: &str =
+        "AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME";
+    pub const MANTLE_UPSTREAM: &str = "BEDROCK_BROKER_MANTLE_UPSTREAM";
+    pub const AWS_USE_FIPS_ENDPOINT: &str = "AWS_USE_FIPS_ENDPOINT";
+    pub const AWS_USE_DUALSTACK_ENDPOINT: &str = "AWS_USE_DUALSTACK_ENDPOINT";
     pub const AWS_ENDPOINT_URL_STS: &str = "AWS_ENDPOINT_URL_STS";
     pub const AWS_CA_BUNDLE: &str = "AWS_CA_BUNDLE";
     pub const AWS_ROLE_ARN: &str = "AWS_ROLE_ARN";
@@ -696,6 +701,10 @@ pub struct SidecarConfig {
     pub stream_idle_timeout: Option<Duration>,
     /// `None`: usage metrics off; `Some(None)`: first N models; `Some(Some(list))`: allow-list.
     pub usage_metrics: Option<Option<Vec<String>>>,
+    /// Bedrock Agents runtime, served under `/agent-runtime/`.
+    pub agent_runtime: Option<UpstreamConfig>,
+    /// Bedrock Mantle, served under `/mantle/`.
+    pub mantle: Option<UpstreamConfig>,
 }
 
 /// Serving the AWS container-credentials protocol to the rest of the pod.
@@ -705,6 +714,30 @@ pub struct ContainerCredentialsConfig {
     pub listen: SocketAddr,
     /// Shared with the app (`AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`).
     pub token_file: PathBuf,
+}
+
+fn parse_bool(raw: &str) -> Result<bool, String> {
+    match raw.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("{raw:?} is not a boolean (true or false)")),
+    }
+}
+
+/// The default endpoint of a Bedrock service, honouring FIPS and dual-stack
+/// the way the AWS endpoint rules name them.
+fn default_endpoint(service: &str, region: &Region, fips: bool, dualstack: bool) -> String {
+    let host = if fips {
+        format!("{service}-fips")
+    } else {
+        service.to_owned()
+    };
+    let domain = if dualstack {
+        "api.aws"
+    } else {
+        "amazonaws.com"
+    };
+    format!("https://{host}.{region}.{domain}")
 }
 
 fn parse_duration(raw: &str) -> Result<Duration, String> {
@@ -1171,12 +1204,35 @@ impl SidecarConfig {
                 vars::AWS_ENDPOINT_URL,
             ],
         );
+        let fips = errors.parse(
+            &lookup(
+                args.use_fips.as_deref(),
+                "use-fips",
+                env,
+                &[vars::AWS_USE_FIPS_ENDPOINT],
+            ),
+            false,
+            parse_bool,
+        );
+        let dualstack = errors.parse(
+            &lookup(
+                args.use_dualstack.as_deref(),
+                "use-dualstack",
+                env,
+                &[vars::AWS_USE_DUALSTACK_ENDPOINT],
+            ),
+            false,
+            parse_bool,
+        );
         let base = match (upstream_l.value, &credentials.region) {
             (Some(raw), _) => UpstreamConfig::parse_base_url(raw.trim())
                 .map_err(|m| errors.push(&upstream_l.origin, m))
                 .ok(),
-            (None, Some(region)) => UpstreamConfig::parse_base_url(&format!(
-                "https://bedrock-runtime.{region}.amazonaws.com"
+            (None, Some(region)) => UpstreamConfig::parse_base_url(&default_endpoint(
+                "bedrock-runtime",
+                region,
+                fips,
+                dualstack,
             ))
             .ok(),
             (None, None) => {
@@ -1348,6 +1404,46 @@ impl SidecarConfig {
             }
         });
 
+        // Extra routes: each has an explicit URL or a regional default.
+        let mut extra_route =
+            |flag: Option<&str>, name: &str, var: &str, default: Option<String>| {
+                let l = lookup(flag, name, env, &[var]);
+                let raw = l.value.map(|v| v.trim().to_owned()).or(default)?;
+                let (scheme, authority, base_path) = UpstreamConfig::parse_base_url(&raw)
+                    .map_err(|m| errors.push(&l.origin, m))
+                    .ok()?;
+                Some(UpstreamConfig {
+                    signing_name: UpstreamConfig::signing_name_for_host(authority.host())
+                        .to_owned(),
+                    scheme,
+                    authority,
+                    base_path,
+                })
+            };
+        let region = credentials.region.clone();
+        let agent_runtime = extra_route(
+            args.agent_runtime_upstream.as_deref(),
+            "agent-runtime-upstream",
+            vars::AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME,
+            region
+                .as_ref()
+                .map(|r| default_endpoint("bedrock-agent-runtime", r, fips, dualstack)),
+        );
+        // Mantle is only published as a dual-stack api.aws endpoint.
+        let mantle = extra_route(
+            args.mantle_upstream.as_deref(),
+            "mantle-upstream",
+            vars::MANTLE_UPSTREAM,
+            region
+                .as_ref()
+                .map(|r| format!("https://bedrock-mantle.{r}.api.aws")),
+        )
+        .map(|mut m| {
+            // Mantle signs as bedrock-mantle whatever its (custom) host is.
+            m.signing_name = "bedrock-mantle".to_owned();
+            m
+        });
+
         let config = upstream.map(|upstream| Self {
             listen,
             admin_listen,
@@ -1362,6 +1458,8 @@ impl SidecarConfig {
             response_header_timeout,
             stream_idle_timeout,
             usage_metrics,
+            agent_runtime,
+            mantle,
         });
         match errors.finish(()) {
             Ok(()) => Ok(config.expect("an upstream exists when no error was recorded")),
@@ -1710,6 +1808,50 @@ mod tests {
             c.credentials.mode,
             CredentialMode::SigV4(SigV4Source::Static(_))
         ));
+    }
+
+    #[test]
+    fn extra_routes_and_fips_dualstack_endpoints() {
+        let c = sidecar(&IRSA).unwrap();
+        assert_eq!(
+            c.agent_runtime.unwrap().authority.as_str(),
+            "bedrock-agent-runtime.eu-west-1.amazonaws.com"
+        );
+        let mantle = c.mantle.unwrap();
+        assert_eq!(
+            mantle.authority.as_str(),
+            "bedrock-mantle.eu-west-1.api.aws"
+        );
+        assert_eq!(mantle.signing_name, "bedrock-mantle");
+
+        let mut env = IRSA.to_vec();
+        env.extend([
+            ("AWS_USE_FIPS_ENDPOINT", "true"),
+            ("AWS_USE_DUALSTACK_ENDPOINT", "true"),
+        ]);
+        let c = sidecar(&env).unwrap();
+        assert_eq!(
+            c.upstream.authority.as_str(),
+            "bedrock-runtime-fips.eu-west-1.api.aws"
+        );
+        assert_eq!(
+            c.agent_runtime.unwrap().authority.as_str(),
+            "bedrock-agent-runtime-fips.eu-west-1.api.aws"
+        );
+
+        env.extend([
+            ("BEDROCK_BROKER_MANTLE_UPSTREAM", "http://127.0.0.1:9"),
+            ("AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME", "nope"),
+            ("AWS_USE_FIPS_ENDPOINT", "maybe"),
+        ]);
+        let o = origins(&sidecar(&env).unwrap_err());
+        assert_eq!(
+            o,
+            [
+                "AWS_USE_FIPS_ENDPOINT",
+                "AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME"
+            ]
+        );
     }
 
     #[test]

@@ -128,6 +128,8 @@ impl Sidecar {
         let proxy = Arc::new(Proxy::new(
             ProxySettings {
                 upstream: config.upstream.clone(),
+                agent_runtime: config.agent_runtime.clone(),
+                mantle: config.mantle.clone(),
                 region: creds.region.as_ref().map(|r| r.as_str().to_owned()),
                 configured_bearer,
                 max_body_bytes: config.max_body_bytes,

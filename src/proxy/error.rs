@@ -23,7 +23,7 @@ pub enum Dialect {
 
 impl Dialect {
     pub fn for_path(path: &str) -> Self {
-        if path.starts_with("/openai/") {
+        if path.starts_with("/openai/") || path.starts_with("/mantle/") {
             Self::OpenAi
         } else {
             Self::Aws

@@ -7,6 +7,7 @@ mod body;
 mod error;
 mod headers;
 mod operation;
+mod route;
 pub(crate) mod signing;
 mod upstream;
 mod usage;
@@ -16,8 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::uri::PathAndQuery;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use prometheus::Histogram;
@@ -49,9 +49,8 @@ pub type ProxyBody = Either<Full<Bytes>, UpstreamBody>;
 pub struct Proxy {
     cell: Arc<CredentialCell>,
     client: UpstreamClient,
-    upstream: UpstreamConfig,
-    /// `None` in API-key mode without a region; SigV4 is then impossible.
-    signer: Option<Signer>,
+    /// Where each request goes, and how it is signed there.
+    routes: route::Routes,
     /// `Bearer <AWS_BEARER_TOKEN_BEDROCK>`, built once.
     configured_bearer: Option<HeaderValue>,
     max_body_bytes: usize,
@@ -72,6 +71,8 @@ pub struct Proxy {
 /// Construction parameters for [`Proxy`].
 pub struct ProxySettings {
     pub upstream: UpstreamConfig,
+    pub agent_runtime: Option<UpstreamConfig>,
+    pub mantle: Option<UpstreamConfig>,
     pub region: Option<String>,
     pub configured_bearer: Option<HeaderValue>,
     pub max_body_bytes: usize,
@@ -94,14 +95,16 @@ impl Proxy {
             .iter()
             .map(|op| metrics.request_duration.with_label_values(&[op.as_str()]))
             .collect();
-        let signer = settings
-            .region
-            .map(|r| Signer::new(r, settings.upstream.signing_name.clone()));
+        let routes = route::Routes::new(
+            settings.upstream,
+            settings.agent_runtime,
+            settings.mantle,
+            settings.region.as_deref(),
+        );
         Self {
             cell,
             client,
-            upstream: settings.upstream,
-            signer,
+            routes,
             configured_bearer: settings.configured_bearer,
             max_body_bytes: settings.max_body_bytes,
             self_heal_wait: settings.self_heal_wait,
@@ -197,9 +200,8 @@ impl Proxy {
             .usage
             .as_ref()
             .map(|u| u.model_label(parts.uri.path(), &body.bytes));
-        parts.uri = self
-            .upstream_uri(parts.uri.path_and_query())
-            .map_err(with_mode)?;
+        let route = self.routes.for_path(parts.uri.path()).map_err(with_mode)?;
+        parts.uri = route.uri(parts.uri.path_and_query()).map_err(with_mode)?;
         parts.version = Version::HTTP_11;
         headers::prepare_request_headers(&mut parts.headers);
 
@@ -208,7 +210,7 @@ impl Proxy {
                 parts.headers.insert(http::header::AUTHORIZATION, value);
                 self.send(parts, body.bytes).await
             }
-            auth::Decision::SigV4 => self.send_signed(parts, body).await,
+            auth::Decision::SigV4 => self.send_signed(route.signer(), parts, body).await,
         };
         response.map(|r| (r, mode, model)).map_err(with_mode)
     }
@@ -242,6 +244,7 @@ impl Proxy {
     /// body is already buffered, so the retry is exact.
     async fn send_signed(
         &self,
+        signer: Option<&Signer>,
         mut parts: http::request::Parts,
         body: ReadBody,
     ) -> Result<Response<Incoming>, BrokerError> {
@@ -250,7 +253,7 @@ impl Proxy {
             parts.uri.clone(),
             parts.headers.clone(),
         );
-        let used = self.sign(&mut parts, &body)?;
+        let used = self.sign(signer, &mut parts, &body)?;
         let response = self.send(parts, body.bytes.clone()).await?;
         if !rejects_credentials(&response) {
             return Ok(response);
@@ -266,7 +269,7 @@ impl Proxy {
         let (mut retry, ()) = Request::new(()).into_parts();
         (retry.method, retry.uri, retry.headers) = unsigned;
         retry.version = Version::HTTP_11;
-        self.sign(&mut retry, &body)?;
+        self.sign(signer, &mut retry, &body)?;
         self.metrics
             .auth_retries
             .with_label_values(&["retried"])
@@ -357,37 +360,14 @@ impl Proxy {
         })
     }
 
-    fn upstream_uri(&self, pq: Option<&PathAndQuery>) -> Result<Uri, BrokerError> {
-        let pq = pq.map_or("/", PathAndQuery::as_str);
-        let pq: PathAndQuery = if self.upstream.base_path.is_empty() {
-            PathAndQuery::try_from(pq)
-        } else {
-            PathAndQuery::try_from(format!("{}{pq}", self.upstream.base_path))
-        }
-        .map_err(|e| {
-            BrokerError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_path",
-                format!("invalid request path: {e}"),
-            )
-        })?;
-        Uri::builder()
-            .scheme(self.upstream.scheme.clone())
-            .authority(self.upstream.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|e| {
-                BrokerError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_path",
-                    format!("invalid request path: {e}"),
-                )
-            })
-    }
-
     /// Signs with the cell's credentials; returns their generation.
-    fn sign(&self, parts: &mut http::request::Parts, body: &ReadBody) -> Result<u64, BrokerError> {
-        let Some(signer) = &self.signer else {
+    fn sign(
+        &self,
+        signer: Option<&Signer>,
+        parts: &mut http::request::Parts,
+        body: &ReadBody,
+    ) -> Result<u64, BrokerError> {
+        let Some(signer) = signer else {
             return Err(BrokerError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_credentials",

@@ -16,11 +16,14 @@ pub enum Operation {
     CountTokens,
     ApplyGuardrail,
     AsyncInvoke,
+    Retrieve,
+    RetrieveAndGenerate,
+    InvokeAgent,
     Other,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 13] = [
+    pub const ALL: [Operation; 16] = [
         Self::ChatCompletions,
         Self::Completions,
         Self::Responses,
@@ -33,6 +36,9 @@ impl Operation {
         Self::CountTokens,
         Self::ApplyGuardrail,
         Self::AsyncInvoke,
+        Self::Retrieve,
+        Self::RetrieveAndGenerate,
+        Self::InvokeAgent,
         Self::Other,
     ];
 
@@ -55,6 +61,9 @@ impl Operation {
             Self::CountTokens => "count_tokens",
             Self::ApplyGuardrail => "apply_guardrail",
             Self::AsyncInvoke => "async_invoke",
+            Self::Retrieve => "retrieve",
+            Self::RetrieveAndGenerate => "retrieve_and_generate",
+            Self::InvokeAgent => "invoke_agent",
             Self::Other => "other",
         }
     }
@@ -62,7 +71,22 @@ impl Operation {
     /// Classifies a raw request path (the model id segment is never looked at
     /// beyond its position, so ids with `:` or encoded `/` are fine).
     pub fn from_path(path: &str) -> Self {
-        if let Some(rest) = path.strip_prefix("/openai/v1/") {
+        if let Some(rest) = path.strip_prefix("/agent-runtime/") {
+            let rest = rest.trim_end_matches('/');
+            return if rest == "retrieveAndGenerate" || rest == "retrieveAndGenerateStream" {
+                Self::RetrieveAndGenerate
+            } else if rest.starts_with("knowledgebases/") && rest.ends_with("/retrieve") {
+                Self::Retrieve
+            } else if rest.starts_with("agents/") && rest.ends_with("/text") {
+                Self::InvokeAgent
+            } else {
+                Self::Other
+            };
+        }
+        let openai = path
+            .strip_prefix("/openai/v1/")
+            .or_else(|| path.strip_prefix("/mantle/v1/"));
+        if let Some(rest) = openai {
             return match rest.trim_end_matches('/') {
                 "chat/completions" => Self::ChatCompletions,
                 "completions" => Self::Completions,
@@ -123,6 +147,15 @@ mod tests {
             ("/guardrail/gr1/version/1/apply", "apply_guardrail"),
             ("/async-invoke", "async_invoke"),
             ("/async-invoke/arn%3A", "async_invoke"),
+            ("/mantle/v1/chat/completions", "chat_completions"),
+            ("/mantle/v1/responses", "responses"),
+            ("/agent-runtime/knowledgebases/KB12/retrieve", "retrieve"),
+            ("/agent-runtime/retrieveAndGenerate", "retrieve_and_generate"),
+            (
+                "/agent-runtime/agents/A1/agentAliases/AL1/sessions/s-1/text",
+                "invoke_agent",
+            ),
+            ("/agent-runtime/flows/x", "other"),
             ("/model/m/unknown", "other"),
             ("/", "other"),
             ("/secret-looking-path/abc", "other"),

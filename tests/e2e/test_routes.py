@@ -1,0 +1,62 @@
+"""Agents runtime and Mantle through the same sidecar, by path prefix."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import requests
+
+import pytest
+
+
+@pytest.fixture
+def sidecar(start_sidecar, irsa_env, fake_aws):
+    env = dict(irsa_env, BEDROCK_BROKER_MANTLE_UPSTREAM=fake_aws.bedrock, AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME=fake_aws.bedrock)
+    return start_sidecar(env)
+
+
+def test_mantle_requests_are_signed_as_bedrock_mantle_with_the_prefix_removed(sidecar, fake_aws):
+    fake_aws.post("/bedrock", {"signing_name": "bedrock-mantle"})
+    tid = uuid.uuid4().hex
+    r = requests.post(sidecar.url("/mantle/v1/chat/completions"), json={"model": "m", "messages": []}, headers={"x-test-id": tid}, timeout=10)
+    rec = fake_aws.request_for(tid)
+    assert rec["raw_path"] == "/v1/chat/completions"
+    assert rec["verified"] is True, rec["rejection"]
+    # The fake has no Mantle API: its 404 passes through untouched.
+    assert r.status_code == 404 and "x-bedrock-broker-error" not in r.headers
+    assert sidecar.metric("bedrock_broker_requests_total", {"operation": "chat_completions", "code": "404", "auth": "sigv4"}) == 1
+
+
+def test_agent_runtime_requests_go_to_their_endpoint_signed_as_bedrock(sidecar, fake_aws):
+    tid = uuid.uuid4().hex
+    r = requests.post(
+        sidecar.url("/agent-runtime/knowledgebases/KB123/retrieve"),
+        data=json.dumps({"retrievalQuery": {"text": "q"}}),
+        headers={"x-test-id": tid, "content-type": "application/json"},
+        timeout=10,
+    )
+    rec = fake_aws.request_for(tid)
+    assert rec["raw_path"] == "/knowledgebases/KB123/retrieve"
+    assert rec["verified"] is True, rec["rejection"]
+    assert r.status_code == 404
+    assert sidecar.metric("bedrock_broker_requests_total", {"operation": "retrieve", "code": "404", "auth": "sigv4"}) == 1
+
+
+def test_a_wrong_signing_name_is_caught_by_the_independent_verifier(sidecar, fake_aws):
+    """Control: the fake really checks the service in the credential scope."""
+    fake_aws.post("/bedrock", {"signing_name": "bedrock-mantle"})
+    tid = uuid.uuid4().hex
+    requests.post(sidecar.url("/model/m/converse"), data="{}", headers={"x-test-id": tid}, timeout=10)
+    rec = fake_aws.request_for(tid)
+    assert rec["verified"] is False and rec["status"] == 403
+
+
+def test_unconfigured_route_is_a_clear_404(start_sidecar, fake_aws):
+    sidecar = start_sidecar({
+        "AWS_BEARER_TOKEN_BEDROCK": "ABSKexample",
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws.bedrock,
+    })
+    r = requests.post(sidecar.url("/mantle/v1/chat/completions"), json={}, timeout=10)
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "route_not_configured"
