@@ -171,12 +171,17 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 /// Where a value came from: a flag, or the first environment variable set.
-struct Lookup<'a> {
-    value: Option<&'a str>,
-    origin: String,
+pub(crate) struct Lookup<'a> {
+    pub(crate) value: Option<&'a str>,
+    pub(crate) origin: String,
 }
 
-fn lookup<'a>(flag: Option<&'a str>, flag_name: &str, env: &'a Env, vars: &[&str]) -> Lookup<'a> {
+pub(crate) fn lookup<'a>(
+    flag: Option<&'a str>,
+    flag_name: &str,
+    env: &'a Env,
+    vars: &[&str],
+) -> Lookup<'a> {
     if let Some(v) = flag {
         return Lookup {
             value: Some(v),
@@ -207,15 +212,28 @@ fn lookup<'a>(flag: Option<&'a str>, flag_name: &str, env: &'a Env, vars: &[&str
 
 /// Collects errors while parsing, so all of them are reported at once.
 #[derive(Default)]
-struct Errors(Vec<ConfigError>);
+pub(crate) struct Errors(Vec<ConfigError>);
 
 impl Errors {
-    fn push(&mut self, origin: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn push(&mut self, origin: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigError::new(origin, message));
     }
 
+    /// Parses `flag` (else the variable `var`), or gives `default` when unset.
+    pub(crate) fn value<T: Clone>(
+        &mut self,
+        flag: Option<&str>,
+        flag_name: &str,
+        env: &Env,
+        var: &str,
+        default: T,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> T {
+        self.parse(&lookup(flag, flag_name, env, &[var]), default, parse)
+    }
+
     /// Parse the value if present, record an error if it does not parse.
-    fn parse<T>(
+    pub(crate) fn parse<T>(
         &mut self,
         l: &Lookup<'_>,
         default: T,
@@ -236,7 +254,7 @@ impl Errors {
         }
     }
 
-    fn finish<T>(self, value: T) -> Result<T, ConfigErrors> {
+    pub(crate) fn finish<T>(self, value: T) -> Result<T, ConfigErrors> {
         if self.0.is_empty() {
             Ok(value)
         } else {
@@ -716,7 +734,7 @@ pub struct ContainerCredentialsConfig {
     pub token_file: PathBuf,
 }
 
-fn parse_bool(raw: &str) -> Result<bool, String> {
+pub(crate) fn parse_bool(raw: &str) -> Result<bool, String> {
     match raw.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
@@ -740,19 +758,19 @@ fn default_endpoint(service: &str, region: &Region, fips: bool, dualstack: bool)
     format!("https://{host}.{region}.{domain}")
 }
 
-fn parse_duration(raw: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(raw: &str) -> Result<Duration, String> {
     humantime::parse_duration(raw)
         .map_err(|e| format!("{raw:?} is not a duration (examples: 500ms, 10s, 2m): {e}"))
 }
 
-fn parse_positive_duration(raw: &str) -> Result<Duration, String> {
+pub(crate) fn parse_positive_duration(raw: &str) -> Result<Duration, String> {
     match parse_duration(raw)? {
         d if d.is_zero() => Err("must be greater than zero".to_owned()),
         d => Ok(d),
     }
 }
 
-fn parse_addr(raw: &str) -> Result<SocketAddr, String> {
+pub(crate) fn parse_addr(raw: &str) -> Result<SocketAddr, String> {
     raw.parse()
         .map_err(|_| format!("{raw:?} is not an address (expected IP:PORT, e.g. 127.0.0.1:9787)"))
 }

@@ -1,9 +1,6 @@
 //! Role chaining: AssumeRole into a second role with the first credentials.
 
 use std::sync::Arc;
-use std::time::SystemTime;
-
-use aws_credential_types::Credentials;
 
 use super::source::{BoxFuture, CredentialSource, Fetched};
 use super::{sts, SourceError};
@@ -56,24 +53,13 @@ impl ChainedSource {
             .send()
             .await
             .map_err(|e| sts::source_error(OPERATION, e))?;
-        let c = out.credentials.ok_or(SourceError::MissingCredentials {
-            operation: OPERATION,
-        })?;
-        let expiry = SystemTime::try_from(c.expiration).map_err(|_| SourceError::Transport {
-            operation: OPERATION,
-            detail: "credential expiration is out of range".to_owned(),
-        })?;
-        Ok(Fetched {
-            credentials: Credentials::new(
-                c.access_key_id,
-                c.secret_access_key,
-                Some(c.session_token),
-                Some(expiry),
-                "assume-role",
-            ),
-            principal: out.assumed_role_user.map(|u| u.arn),
-            token_expiry: first.token_expiry,
-        })
+        sts::fetched(
+            OPERATION,
+            "assume-role",
+            out.credentials,
+            out.assumed_role_user.map(|u| u.arn),
+            first.token_expiry,
+        )
     }
 }
 

@@ -77,6 +77,34 @@ pub fn policy_descriptors(
     })
 }
 
+/// Turns the credentials of an STS answer into a [`Fetched`]; `provider`
+/// names the source in the credentials (shown in logs and diagnosis).
+pub fn fetched(
+    operation: &'static str,
+    provider: &'static str,
+    credentials: Option<aws_sdk_sts::types::Credentials>,
+    principal: Option<String>,
+    token_expiry: Option<std::time::SystemTime>,
+) -> Result<super::Fetched, SourceError> {
+    let c = credentials.ok_or(SourceError::MissingCredentials { operation })?;
+    let expiry =
+        std::time::SystemTime::try_from(c.expiration).map_err(|_| SourceError::Transport {
+            operation,
+            detail: "credential expiration is out of range".to_owned(),
+        })?;
+    Ok(super::Fetched {
+        credentials: Credentials::new(
+            c.access_key_id,
+            c.secret_access_key,
+            Some(c.session_token),
+            Some(expiry),
+            provider,
+        ),
+        principal,
+        token_expiry,
+    })
+}
+
 /// Maps an STS error code and HTTP status to what the refresher should do.
 pub fn classify_code(code: &str, status: u16) -> ErrorClass {
     match code {

@@ -1,9 +1,5 @@
 //! Web identity: projected service account token -> STS AssumeRoleWithWebIdentity.
 
-use std::time::SystemTime;
-
-use aws_credential_types::Credentials;
-
 use super::source::{BoxFuture, CredentialSource, Fetched};
 use super::token::{self, Claims};
 use super::{sts, SourceError};
@@ -48,24 +44,13 @@ impl WebIdentitySource {
             .send()
             .await
             .map_err(|e| sts::source_error(OPERATION, e))?;
-        let c = out.credentials.ok_or(SourceError::MissingCredentials {
-            operation: OPERATION,
-        })?;
-        let expiry = SystemTime::try_from(c.expiration).map_err(|_| SourceError::Transport {
-            operation: OPERATION,
-            detail: "credential expiration is out of range".to_owned(),
-        })?;
-        Ok(Fetched {
-            credentials: Credentials::new(
-                c.access_key_id,
-                c.secret_access_key,
-                Some(c.session_token),
-                Some(expiry),
-                "web-identity",
-            ),
-            principal: out.assumed_role_user.map(|u| u.arn),
+        sts::fetched(
+            OPERATION,
+            "web-identity",
+            out.credentials,
+            out.assumed_role_user.map(|u| u.arn),
             token_expiry,
-        })
+        )
     }
 }
 

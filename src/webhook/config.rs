@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::{InjectArgs, SidecarDefaultsArgs, WebhookArgs};
-use crate::config::{ConfigError, ConfigErrors, Env, LogFormat, Region};
+use crate::config::{
+    parse_addr, parse_positive_duration, ConfigErrors, Env, Errors, LogFormat, Region,
+};
 
 use super::values::{
     parse_limit, Audience, ImageRef, LogLevel, PullPolicy, Quantity, SidecarMode, TokenExpiration,
@@ -188,90 +190,6 @@ pub struct InjectConfig {
     /// Annotations assumed for ServiceAccounts not in the input.
     pub service_account_annotations: BTreeMap<String, String>,
     pub sidecar: SidecarDefaults,
-}
-
-/// Where a value came from (flag or variable) and the value.
-struct Source<'a> {
-    value: Option<&'a str>,
-    origin: String,
-}
-
-fn source<'a>(flag: Option<&'a str>, flag_name: &str, env: &'a Env, var: &str) -> Source<'a> {
-    match flag {
-        Some(v) => Source {
-            value: Some(v),
-            origin: format!("--{flag_name}"),
-        },
-        None => match env.get(var) {
-            Some(v) => Source {
-                value: Some(v),
-                origin: var.to_owned(),
-            },
-            None => Source {
-                value: None,
-                origin: format!("--{flag_name} / {var}"),
-            },
-        },
-    }
-}
-
-/// Collects every problem before failing.
-#[derive(Default)]
-struct Errors(Vec<ConfigError>);
-
-impl Errors {
-    fn push(&mut self, origin: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigError {
-            origin: origin.into(),
-            message: message.into(),
-        });
-    }
-
-    /// Parses `flag` (else `var`) with `parse`, or gives `default` when unset.
-    fn value<T: Clone>(
-        &mut self,
-        flag: Option<&str>,
-        flag_name: &str,
-        env: &Env,
-        var: &str,
-        default: T,
-        parse: impl FnOnce(&str) -> Result<T, String>,
-    ) -> T {
-        let s = source(flag, flag_name, env, var);
-        match s.value {
-            None => default,
-            Some(raw) => match parse(raw.trim()) {
-                Ok(v) => v,
-                Err(message) => {
-                    self.push(s.origin, message);
-                    default
-                }
-            },
-        }
-    }
-
-    fn finish<T>(self, value: T) -> Result<T, ConfigErrors> {
-        if self.0.is_empty() {
-            Ok(value)
-        } else {
-            Err(ConfigErrors(self.0))
-        }
-    }
-}
-
-fn parse_addr(raw: &str) -> Result<SocketAddr, String> {
-    raw.parse()
-        .map_err(|_| format!("{raw:?} is not an address (expected IP:PORT, e.g. 0.0.0.0:8443)"))
-}
-
-fn parse_positive_duration(raw: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(raw) {
-        Ok(d) if d.is_zero() => Err("must be greater than zero".to_owned()),
-        Ok(d) => Ok(d),
-        Err(e) => Err(format!(
-            "{raw:?} is not a duration (examples: 500ms, 10s, 2m): {e}"
-        )),
-    }
 }
 
 fn parse_path(raw: &str) -> Result<PathBuf, String> {
