@@ -1,7 +1,7 @@
 """Writes deploy/grafana-dashboard.json (run by packaging/render.sh).
 
-Every expression uses the metric names of the contract (src/metrics.rs,
-src/webhook/metrics.rs); packaging/test_packaging.py checks each name
+Every expression uses the metric names of the contract (src/metrics/,
+src/metrics/webhook.rs); packaging/test_packaging.py checks each name
 against the source.
 """
 
@@ -95,7 +95,7 @@ def dashboard() -> dict:
     return {
         "title": "bedrock-broker",
         "uid": "bedrock-broker",
-        "description": "Credential health, Bedrock requests and the injection webhook (metric names from docs and src/metrics.rs).",
+        "description": "Credential health, Bedrock requests and the injection webhook (metric names from docs and src/metrics/).",
         "tags": ["bedrock-broker", "aws", "bedrock"],
         "schemaVersion": 39,
         "version": 1,

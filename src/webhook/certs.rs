@@ -19,7 +19,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
 
-use super::metrics::WebhookMetrics;
+use crate::metrics::webhook::WebhookMetrics;
 
 /// Why a certificate/key pair cannot be used.
 #[derive(Debug, thiserror::Error)]

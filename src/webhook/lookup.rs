@@ -22,7 +22,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use super::metrics::WebhookMetrics;
+use crate::metrics::webhook::WebhookMetrics;
 
 /// Labels or annotations.
 pub type StringMap = BTreeMap<String, String>;

@@ -11,7 +11,6 @@ pub mod certs;
 pub mod config;
 pub mod inject;
 pub mod lookup;
-pub mod metrics;
 pub mod mutate;
 pub mod options;
 pub mod server;
@@ -24,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use self::config::{InjectConfig, WebhookConfig};
 use self::lookup::KubeLookup;
-use self::metrics::WebhookMetrics;
 use self::server::{AdmissionState, WebhookServer};
+use crate::metrics::webhook::WebhookMetrics;
 
 /// Runs `bedrock-broker webhook` until `shutdown`.
 pub async fn run_webhook(config: WebhookConfig, shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -28,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 use super::certs::{self, ReloadingCert};
 use super::config::{LookupErrorPolicy, SidecarDefaults, TlsFiles, WebhookConfig};
 use super::lookup::{ClusterLookup, LookupError, StringMap};
-use super::metrics::WebhookMetrics;
 use super::mutate::{self, ClusterFacts, Outcome, Skip};
+use crate::metrics::webhook::WebhookMetrics;
 
 /// The path the MutatingWebhookConfiguration points at.
 pub const MUTATE_PATH: &str = "/mutate";

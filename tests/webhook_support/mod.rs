@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use base64::Engine;
 use bedrock_broker::config::Region;
+use bedrock_broker::metrics::webhook::WebhookMetrics;
 use bedrock_broker::webhook::config::{LookupErrorPolicy, SidecarDefaults};
 use bedrock_broker::webhook::lookup::{StaticLookup, StringMap};
-use bedrock_broker::webhook::metrics::WebhookMetrics;
 use bedrock_broker::webhook::server::AdmissionState;
 use serde_json::Value;
 

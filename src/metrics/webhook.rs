@@ -1,5 +1,5 @@
 //! The webhook's own metrics (its own registry: the webhook and the sidecar
-//! are different processes). Same naming rules as [`crate::metrics`].
+//! are different processes). Same naming rules as [`super`].
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 

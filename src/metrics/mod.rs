@@ -1,8 +1,11 @@
-//! The one place metric names are defined.
+//! The one place metric names are defined: the sidecar's here, the
+//! webhook's (a different process, its own registry) in [`webhook`].
 //!
 //! Names and labels are part of the contract dashboards and alerts rely on:
 //! prefix `bedrock_broker_`, base units in the name, `_total` on counters,
 //! bounded label values only (never a raw path, model id or token).
+
+pub mod webhook;
 
 use prometheus::{
     Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
