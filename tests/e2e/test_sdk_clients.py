@@ -208,3 +208,47 @@ class TestBoto3:
         headers = e.value.response["ResponseMetadata"]["HTTPHeaders"]
         assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
         assert "x-bedrock-broker-error" not in headers
+
+
+class TestOtherRuntimeOperations:
+    """Pass-through of the rest of the runtime API, each signed and labelled."""
+
+    def test_count_tokens(self, sidecar, fake_aws):
+        tid = uuid.uuid4().hex
+        client = tag(bedrock_client(sidecar), tid)
+        out = client.count_tokens(
+            modelId=MODEL_WITH_COLON,
+            input={"converse": {"messages": [{"role": "user", "content": [{"text": "count these words"}]}]}},
+        )
+        assert out["inputTokens"] > 0
+        assert_signed_by_sidecar(fake_aws, fake_aws.request_for(tid))
+        assert sidecar.metric("bedrock_broker_requests_total", {"operation": "count_tokens", "code": "200", "auth": "sigv4"}) == 1
+
+    def test_apply_guardrail(self, sidecar, fake_aws):
+        tid = uuid.uuid4().hex
+        client = tag(bedrock_client(sidecar), tid)
+        out = client.apply_guardrail(
+            guardrailIdentifier="gr-abc123", guardrailVersion="1", source="INPUT",
+            content=[{"text": {"text": "something forbidden"}}],
+        )
+        assert out["action"] == "GUARDRAIL_INTERVENED"
+        rec = fake_aws.request_for(tid)
+        assert_signed_by_sidecar(fake_aws, rec)
+        assert rec["raw_path"] == "/guardrail/gr-abc123/version/1/apply"
+        assert sidecar.metric("bedrock_broker_requests_total", {"operation": "apply_guardrail", "code": "200", "auth": "sigv4"}) == 1
+
+    def test_async_invoke_start_get_and_list(self, sidecar, fake_aws):
+        tid = uuid.uuid4().hex
+        client = tag(bedrock_client(sidecar), tid)
+        started = client.start_async_invoke(
+            modelId="amazon.nova-reel-v1:0",
+            modelInput={"taskType": "TEXT_VIDEO", "textToVideoParams": {"text": "a cat"}},
+            outputDataConfig={"s3OutputDataConfig": {"s3Uri": "s3://bucket/out"}},
+        )
+        arn = started["invocationArn"]
+        assert client.get_async_invoke(invocationArn=arn)["status"] == "InProgress"
+        assert client.list_async_invokes()["asyncInvokeSummaries"][0]["invocationArn"] == arn
+        recs = fake_aws.get(f"/bedrock/requests?test_id={tid}")
+        assert [r["method"] for r in recs] == ["POST", "GET", "GET"]
+        assert all(r["verified"] and r["status"] == 200 for r in recs), recs
+        assert sidecar.metric("bedrock_broker_requests_total", {"operation": "async_invoke", "code": "200", "auth": "sigv4"}) == 3

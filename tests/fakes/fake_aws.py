@@ -118,8 +118,10 @@ ECS_DEFAULT_ROLE_ARN = f"arn:aws:iam::{DEFAULT_ACCOUNT}:role/pod-identity-role"
 ECS_SESSION_NAME = "eks-pod"
 AUTH_SIGV4_RE = re.compile(r"^AWS4-HMAC-SHA256\s+(?P<params>.+)$", re.S)
 MODEL_ROUTE_RE = re.compile(
-    r"^/model/(?P<model>[^/]+)/(?P<op>converse|converse-stream|invoke|invoke-with-response-stream)$"
+    r"^/model/(?P<model>[^/]+)/(?P<op>converse|converse-stream|invoke|invoke-with-response-stream|count-tokens)$"
 )
+GUARDRAIL_ROUTE_RE = re.compile(r"^/guardrail/(?P<id>[^/]+)/version/(?P<version>[^/]+)/apply$")
+ASYNC_INVOKE_ROUTE_RE = re.compile(r"^/async-invoke(?:/(?P<arn>[^/]+))?$")
 
 # Headers whose presence (not value) is recorded for every Bedrock request.
 PRESENCE_HEADERS = (
@@ -1972,6 +1974,10 @@ async def route_bedrock(state: FakeState, request: web.Request, body: bytes, rec
         record["route"] = "openai-chat"
     elif path == "/openai/v1/models" and request.method == "GET":
         record["route"] = "openai-models"
+    elif GUARDRAIL_ROUTE_RE.match(path) and request.method == "POST":
+        record["route"] = "apply-guardrail"
+    elif ASYNC_INVOKE_ROUTE_RE.match(path.split("?", 1)[0]):
+        record["route"] = "async-invoke"
     else:
         return aws_json_error(404, "UnknownOperationException", "UnknownOperationException")
 
@@ -1985,6 +1991,8 @@ async def route_bedrock(state: FakeState, request: web.Request, body: bytes, rec
         err = BEDROCK_STATUS_ERRORS.get(forced, "InternalServerException" if forced >= 500 else "ValidationException")
         return aws_json_error(forced, err, f"fake {err} (x-fake-status {forced})")
 
+    if record["route"] == "async-invoke":
+        return handle_async_invoke(request, path, body)
     if record["route"] == "openai-models":
         return json_response(200, {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in state.bedrock.models]})
     data = parse_json_body(body)
@@ -1992,7 +2000,44 @@ async def route_bedrock(state: FakeState, request: web.Request, body: bytes, rec
         return aws_json_error(400, "ValidationException", "Malformed input request, please reformat your input and try again.")
     if record["route"] == "openai-chat":
         return await handle_openai_chat(state, request, record, data)
+    if record["route"] == "apply-guardrail":
+        return handle_apply_guardrail(data)
     return await handle_model_op(state, request, record, data)
+
+
+def handle_apply_guardrail(data: dict) -> web.Response:
+    """ApplyGuardrail: blocks any text containing the word "forbidden"."""
+    texts = [c.get("text", {}).get("text", "") for c in data.get("content", []) if isinstance(c, dict)]
+    blocked = any("forbidden" in t for t in texts)
+    return json_response(200, {
+        "usage": {"topicPolicyUnits": 1, "contentPolicyUnits": 1, "wordPolicyUnits": 1,
+                  "sensitiveInformationPolicyUnits": 0, "sensitiveInformationPolicyFreeUnits": 0,
+                  "contextualGroundingPolicyUnits": 0},
+        "action": "GUARDRAIL_INTERVENED" if blocked else "NONE",
+        "outputs": [{"text": "blocked by fake guardrail"}] if blocked else [],
+        "assessments": [],
+    }, headers={"x-amzn-RequestId": new_request_id()})
+
+
+ASYNC_ARN = "arn:aws:bedrock:us-east-1:123456789012:async-invoke/fake0001"
+
+
+def handle_async_invoke(request: web.Request, path: str, body: bytes) -> web.Response:
+    """StartAsyncInvoke (POST /async-invoke), GetAsyncInvoke, ListAsyncInvokes."""
+    rid = {"x-amzn-RequestId": new_request_id()}
+    summary = {"invocationArn": ASYNC_ARN, "modelArn": "arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-reel-v1:0",
+               "status": "InProgress", "submitTime": "2026-01-01T00:00:00Z",
+               "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": "s3://bucket/out"}}}
+    if request.method == "POST":
+        if parse_json_body(body) is None:
+            return aws_json_error(400, "ValidationException", "Malformed input request")
+        return json_response(200, {"invocationArn": ASYNC_ARN}, headers=rid)
+    match = ASYNC_INVOKE_ROUTE_RE.match(path.split("?", 1)[0])
+    if match and match.group("arn"):
+        if unquote(match.group("arn")) != ASYNC_ARN:
+            return aws_json_error(404, "ResourceNotFoundException", "no such invocation")
+        return json_response(200, summary, headers=rid)
+    return json_response(200, {"asyncInvokeSummaries": [summary]}, headers=rid)
 
 
 async def handle_model_op(state: FakeState, request: web.Request, record: dict, data: dict) -> web.StreamResponse:
@@ -2002,6 +2047,9 @@ async def handle_model_op(state: FakeState, request: web.Request, record: dict, 
     rid = {"x-amzn-RequestId": new_request_id()}
     if op == "converse":
         return json_response(200, converse_response(model_id, user_text), headers=rid)
+    if op == "count-tokens":
+        text = json.dumps(data.get("input", {}))
+        return json_response(200, {"inputTokens": max(1, len(text.split()))}, headers=rid)
     if op == "invoke":
         out = invoke_response(model_id, user_text)
         headers = {
