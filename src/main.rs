@@ -77,13 +77,7 @@ async fn run_sidecar(
             return ExitCode::FAILURE;
         }
     };
-    let shutdown = CancellationToken::new();
-    let trigger = shutdown.clone();
-    tokio::spawn(async move {
-        let signal = serve::shutdown_signal().await;
-        tracing::info!(signal, "shutting down");
-        trigger.cancel();
-    });
+    let shutdown = cancel_on_signal();
     match sidecar.run(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -127,13 +121,7 @@ async fn run_webhook(
             return ExitCode::from(2);
         }
     };
-    let shutdown = CancellationToken::new();
-    let trigger = shutdown.clone();
-    tokio::spawn(async move {
-        let signal = serve::shutdown_signal().await;
-        tracing::info!(signal, "shutting down");
-        trigger.cancel();
-    });
+    let shutdown = cancel_on_signal();
     match webhook::run_webhook(config, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -141,6 +129,18 @@ async fn run_webhook(
             ExitCode::FAILURE
         }
     }
+}
+
+/// A token cancelled by the first SIGTERM or SIGINT.
+fn cancel_on_signal() -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        let signal = serve::shutdown_signal().await;
+        tracing::info!(signal, "shutting down");
+        trigger.cancel();
+    });
+    shutdown
 }
 
 fn run_inject(args: &InjectArgs, env: &Env) -> ExitCode {
