@@ -2,7 +2,7 @@
 CARGO ?= cargo
 PY := .venv/bin/python
 
-.PHONY: demo test lint unit e2e packaging bench build venv fmt clean
+.PHONY: demo test lint unit e2e packaging bench build venv js fmt clean
 
 ## demo: run the whole flow locally (fake STS + fake Bedrock, no AWS account needed)
 demo: build venv
@@ -24,7 +24,11 @@ build:
 venv:
 	./scripts/venv.sh
 
-e2e: build venv
+## js: the AWS SDK for JavaScript clients some end-to-end tests drive
+js:
+	./scripts/node-deps.sh
+
+e2e: build venv js
 	$(PY) -m pytest -q -p no:cacheprovider --timeout 300 tests/fakes tests/e2e
 
 ## packaging: render and validate the Helm chart, deploy/ staleness, alert rules, Dockerfile lint
@@ -40,4 +44,4 @@ fmt:
 
 clean:
 	$(CARGO) clean
-	rm -rf .venv
+	rm -rf .venv tests/e2e/js/node_modules

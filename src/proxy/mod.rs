@@ -5,6 +5,7 @@
 mod auth;
 mod body;
 mod error;
+mod event_stream;
 mod headers;
 mod operation;
 mod route;
@@ -27,12 +28,12 @@ pub use auth::{bearer_header, AuthMode};
 pub use error::{BrokerError, Dialect};
 pub use operation::Operation;
 pub use signing::Signer;
-pub use upstream::{client as upstream_client, UpstreamClient};
+pub use upstream::{client as upstream_client, RequestBody, UpstreamClient};
 pub use usage::{ModelLabels, UsageRecorder};
 
 use crate::clock::SharedClock;
 use crate::config::UpstreamConfig;
-use crate::credentials::CredentialCell;
+use crate::credentials::{CredentialCell, HeldCredentials};
 use crate::metrics::ProxyMetrics;
 use body::{Completion, InFlight, StreamKind, UpstreamBody};
 
@@ -135,7 +136,7 @@ impl Proxy {
         let operation = Operation::from_path(path);
         let duration = self.durations[operation.index()].clone();
 
-        let (response, auth) = match self.forward(request).await {
+        let (response, auth) = match self.forward(request, operation).await {
             Ok((mut response, auth, model)) => {
                 headers::remove_hop_by_hop(response.headers_mut());
                 let completion = Completion::new(started, duration, in_flight);
@@ -179,6 +180,7 @@ impl Proxy {
     async fn forward(
         &self,
         request: Request<Incoming>,
+        operation: Operation,
     ) -> Result<(Response<Incoming>, AuthMode, Option<Arc<str>>), (BrokerError, AuthMode)> {
         let refused = |e| (e, AuthMode::None);
         check_target(&request).map_err(refused)?;
@@ -191,6 +193,24 @@ impl Proxy {
         let with_mode = |e| (e, mode);
 
         let (mut parts, body) = request.into_parts();
+        let route = self.routes.for_path(parts.uri.path()).map_err(with_mode)?;
+        if operation == Operation::InvokeBidirectionalStream {
+            // Never buffered: the client sends while it reads the answers.
+            let upstream_uri = route.uri(parts.uri.path_and_query()).map_err(with_mode)?;
+            parts.uri = upstream_uri;
+            parts.version = Version::HTTP_11;
+            headers::prepare_request_headers(&mut parts.headers);
+            let response = match decision {
+                auth::Decision::Bearer(_, value) => {
+                    parts.headers.insert(http::header::AUTHORIZATION, value);
+                    let body = body.map_err(event_stream::StreamError::Read);
+                    self.send(parts, Either::Right(body.boxed_unsync())).await
+                }
+                auth::Decision::SigV4 => self.send_event_stream(route.signer(), parts, body).await,
+            };
+            return response.map(|r| (r, mode, None)).map_err(with_mode);
+        }
+
         let sigv4 = matches!(decision, auth::Decision::SigV4);
         let body = self
             .read_body(&parts.headers, body, sigv4)
@@ -200,7 +220,6 @@ impl Proxy {
             .usage
             .as_ref()
             .map(|u| u.model_label(parts.uri.path(), &body.bytes));
-        let route = self.routes.for_path(parts.uri.path()).map_err(with_mode)?;
         parts.uri = route.uri(parts.uri.path_and_query()).map_err(with_mode)?;
         parts.version = Version::HTTP_11;
         headers::prepare_request_headers(&mut parts.headers);
@@ -208,21 +227,46 @@ impl Proxy {
         let response = match decision {
             auth::Decision::Bearer(_, value) => {
                 parts.headers.insert(http::header::AUTHORIZATION, value);
-                self.send(parts, body.bytes).await
+                self.send(parts, Either::Left(Full::new(body.bytes))).await
             }
             auth::Decision::SigV4 => self.send_signed(route.signer(), parts, body).await,
         };
         response.map(|r| (r, mode, model)).map_err(with_mode)
     }
 
+    /// Signs the request that opens a bidirectional stream, then forwards
+    /// the client's messages re-signed in a chain seeded by that signature.
+    /// There is no retry with fresher credentials: the body is not kept.
+    async fn send_event_stream(
+        &self,
+        signer: Option<&Signer>,
+        mut parts: http::request::Parts,
+        body: Incoming,
+    ) -> Result<Response<Incoming>, BrokerError> {
+        parts.headers.insert(
+            http::HeaderName::from_static("x-amz-content-sha256"),
+            HeaderValue::from_static(event_stream::STREAMING_PAYLOAD),
+        );
+        let digest = signing::BodyDigest::new(&[], Some(event_stream::STREAMING_PAYLOAD));
+        let chain = self.sign_with(signer, &mut parts, digest, |signer, held, seed| {
+            event_stream::ChainSigner::new(
+                held.identity().clone(),
+                signer.region(),
+                signer.name(),
+                self.clock.clone(),
+                seed,
+            )
+        })?;
+        let body = event_stream::resigned(body, chain);
+        self.send(parts, Either::Right(body)).await
+    }
+
     async fn send(
         &self,
         parts: http::request::Parts,
-        body: Bytes,
+        body: RequestBody,
     ) -> Result<Response<Incoming>, BrokerError> {
-        let sent = self
-            .client
-            .request(Request::from_parts(parts, Full::new(body)));
+        let sent = self.client.request(Request::from_parts(parts, body));
         let Some(limit) = self.response_header_timeout else {
             return sent.await.map_err(|e| upstream_error(&e));
         };
@@ -254,7 +298,9 @@ impl Proxy {
             parts.headers.clone(),
         );
         let used = self.sign(signer, &mut parts, &body)?;
-        let response = self.send(parts, body.bytes.clone()).await?;
+        let response = self
+            .send(parts, Either::Left(Full::new(body.bytes.clone())))
+            .await?;
         if !rejects_credentials(&response) {
             return Ok(response);
         }
@@ -275,7 +321,7 @@ impl Proxy {
             .with_label_values(&["retried"])
             .inc();
         tracing::info!("Bedrock rejected expired credentials; retried with refreshed ones");
-        self.send(retry, body.bytes).await
+        self.send(retry, Either::Left(Full::new(body.bytes))).await
     }
 
     /// Newer credentials than generation `used`, refreshing early if needed.
@@ -367,6 +413,19 @@ impl Proxy {
         parts: &mut http::request::Parts,
         body: &ReadBody,
     ) -> Result<u64, BrokerError> {
+        let digest = signing::BodyDigest::new(&body.bytes, body.sha256.as_deref());
+        self.sign_with(signer, parts, digest, |_, held, _| held.generation())
+    }
+
+    /// Signs with the cell's credentials; `keep` takes what it needs of the
+    /// credentials that signed and of the signature.
+    fn sign_with<T>(
+        &self,
+        signer: Option<&Signer>,
+        parts: &mut http::request::Parts,
+        digest: signing::BodyDigest<'_>,
+        keep: impl FnOnce(&Signer, &HeldCredentials, String) -> T,
+    ) -> Result<T, BrokerError> {
         let Some(signer) = signer else {
             return Err(BrokerError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -381,14 +440,14 @@ impl Proxy {
                     &parts.method,
                     &parts.uri,
                     &mut parts.headers,
-                    signing::BodyDigest::new(&body.bytes, body.sha256.as_deref()),
+                    digest,
                     held.identity(),
                     now,
                 )
-                .map(|()| held.generation())
+                .map(|signature| keep(signer, held, signature))
         });
         match signed {
-            Ok(Ok(generation)) => Ok(generation),
+            Ok(Ok(kept)) => Ok(kept),
             Ok(Err(e)) => Err(BrokerError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "signing_failed",

@@ -13,6 +13,7 @@ pub enum Operation {
     ConverseStream,
     Invoke,
     InvokeStream,
+    InvokeBidirectionalStream,
     CountTokens,
     ApplyGuardrail,
     AsyncInvoke,
@@ -23,7 +24,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 16] = [
+    pub const ALL: [Operation; 17] = [
         Self::ChatCompletions,
         Self::Completions,
         Self::Responses,
@@ -33,6 +34,7 @@ impl Operation {
         Self::ConverseStream,
         Self::Invoke,
         Self::InvokeStream,
+        Self::InvokeBidirectionalStream,
         Self::CountTokens,
         Self::ApplyGuardrail,
         Self::AsyncInvoke,
@@ -58,6 +60,7 @@ impl Operation {
             Self::ConverseStream => "converse_stream",
             Self::Invoke => "invoke",
             Self::InvokeStream => "invoke_stream",
+            Self::InvokeBidirectionalStream => "invoke_bidirectional_stream",
             Self::CountTokens => "count_tokens",
             Self::ApplyGuardrail => "apply_guardrail",
             Self::AsyncInvoke => "async_invoke",
@@ -104,6 +107,7 @@ impl Operation {
                 Some("converse-stream") => Self::ConverseStream,
                 Some("invoke") => Self::Invoke,
                 Some("invoke-with-response-stream") => Self::InvokeStream,
+                Some("invoke-with-bidirectional-stream") => Self::InvokeBidirectionalStream,
                 Some("count-tokens") => Self::CountTokens,
                 _ => Self::Other,
             };
@@ -143,6 +147,10 @@ mod tests {
             ),
             ("/model/m/invoke", "invoke"),
             ("/model/m/invoke-with-response-stream", "invoke_stream"),
+            (
+                "/model/amazon.nova-sonic-v1:0/invoke-with-bidirectional-stream",
+                "invoke_bidirectional_stream",
+            ),
             ("/model/m/count-tokens", "count_tokens"),
             ("/guardrail/gr1/version/1/apply", "apply_guardrail"),
             ("/async-invoke", "async_invoke"),

@@ -92,7 +92,8 @@ impl Signer {
 
     /// Adds `Authorization`, `X-Amz-Date` and (for temporary credentials)
     /// `X-Amz-Security-Token` to `headers`. Every header already in `headers`
-    /// that is valid text is signed; `Host` comes from `uri`.
+    /// that is valid text is signed; `Host` comes from `uri`. Returns the
+    /// signature, which seeds the chain of a signed event stream.
     pub fn sign<'b>(
         &self,
         method: &Method,
@@ -101,7 +102,7 @@ impl Signer {
         body: impl Into<BodyDigest<'b>>,
         identity: &Identity,
         time: SystemTime,
-    ) -> Result<(), SignError> {
+    ) -> Result<String, SignError> {
         let params = v4::SigningParams::builder()
             .identity(identity)
             .region(&self.region)
@@ -122,7 +123,7 @@ impl Signer {
             body.into().signable(),
         )
         .map_err(|e| SignError(e.to_string()))?;
-        let (instructions, _signature) = sign(signable, &params)
+        let (instructions, signature) = sign(signable, &params)
             .map_err(|e| SignError(e.to_string()))?
             .into_parts();
         let (new_headers, _params) = instructions.into_parts();
@@ -132,7 +133,15 @@ impl Signer {
             value.set_sensitive(h.sensitive() || h.name() == "authorization");
             headers.insert(h.name(), value);
         }
-        Ok(())
+        Ok(signature)
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 }
 

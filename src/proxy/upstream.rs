@@ -3,14 +3,19 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{Either, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+/// What is sent upstream: a buffered body (every operation but one), or
+/// the re-signed event stream of a bidirectional stream.
+pub type RequestBody = Either<Full<Bytes>, UnsyncBoxBody<Bytes, super::event_stream::StreamError>>;
+
 /// Keep-alive pool, rustls, HTTP/2 when the upstream offers it by ALPN.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
 /// Idle pooled connections are closed after this; below the idle timeouts
 /// of AWS front ends, so we never reuse a connection they are closing.

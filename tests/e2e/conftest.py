@@ -98,6 +98,8 @@ class FakeAws:
     def __init__(self, info: dict, proc: subprocess.Popen):
         self.sts = info["sts"]
         self.bedrock = info["bedrock"]
+        # HTTP/2 listener (InvokeModelWithBidirectionalStream), with --h2-port.
+        self.bedrock_h2 = info.get("bedrock_h2")
         self.control = info["control"]
         self.proc = proc
         self.http = requests.Session()
@@ -192,6 +194,18 @@ def fake_aws_tls(tmp_path_factory, tls_material) -> FakeAws:
     fake = _start_fake(
         tmp_path_factory.mktemp("fake-tls"),
         ["--tls-cert", str(tls_material["cert"]), "--tls-key", str(tls_material["key"])],
+    )
+    yield fake
+    _stop(fake.proc)
+
+
+@pytest.fixture(scope="session")
+def fake_aws_h2(tmp_path_factory, tls_material) -> FakeAws:
+    """A fake whose Bedrock also listens for HTTP/2 over TLS (ALPN), as the
+    real bidirectional-streaming endpoint does."""
+    fake = _start_fake(
+        tmp_path_factory.mktemp("fake-h2"),
+        ["--tls-cert", str(tls_material["cert"]), "--tls-key", str(tls_material["key"]), "--h2-port", "0"],
     )
     yield fake
     _stop(fake.proc)

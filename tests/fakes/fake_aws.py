@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
 """Fake AWS STS + Amazon Bedrock for bedrock-broker's end-to-end tests.
 
-One process serves two loopback ports that share in-memory state:
+One process serves two (or three) loopback ports that share in-memory state:
 
 * a fake **STS** (plain HTTP): ``AssumeRoleWithWebIdentity`` (unsigned),
   ``AssumeRole`` (role chaining) and ``GetCallerIdentity`` (both SigV4,
   service ``sts``), plus the JSON control API under ``/_control``;
 * a fake **Bedrock** runtime (HTTP, or HTTPS with ``--tls-cert/--tls-key``):
   ``converse``, ``converse-stream``, ``invoke``, ``invoke-with-response-stream``
-  and the OpenAI-compatible ``/openai/v1`` routes.
+  and the OpenAI-compatible ``/openai/v1`` routes;
+* with ``--h2-port``, a fake Bedrock **HTTP/2** listener (TLS with ALPN ``h2``
+  when a certificate is given, else cleartext h2c with prior knowledge) that
+  serves only ``InvokeModelWithBidirectionalStream``, full duplex: each input
+  frame's chained event-stream signature is verified as it arrives and
+  answered at once with an echo event.
 
 The STS port also serves a fake EC2 instance metadata service (IMDSv2) under
 ``/imds/`` (point ``AWS_EC2_METADATA_SERVICE_ENDPOINT`` at
@@ -17,22 +22,30 @@ The STS port also serves a fake EC2 instance metadata service (IMDSv2) under
 ``AWS_CONTAINER_CREDENTIALS_FULL_URI=http://127.0.0.1:P1/ecs/v1/credentials``).
 Both hand out credentials minted like STS ones, so fake Bedrock accepts them.
 
-Every Bedrock request is authenticated first.  SigV4 signatures are verified
+Every Bedrock request is authenticated first (the HTTP/2 listener only
+routes before that, answering 404 for anything but its one route).  SigV4
+signatures are verified
 independently with botocore (``SigV4Auth.canonical_request`` /
 ``string_to_sign`` / ``signature``) over the *raw* request path, query,
 the headers named in ``SignedHeaders`` and the raw body, so that the broker's
-Rust signer is checked by a different implementation.
+Rust signer is checked by a different implementation.  The bidirectional
+stream's initial request goes through the same check (with the signed payload
+hash ``STREAMING-AWS4-HMAC-SHA256-EVENTS``); its frame signatures are checked
+by ``EventStreamVerifier`` here, written with hashlib/hmac.
 
 Usage::
 
-    python tests/fakes/fake_aws.py --sts-port 0 --bedrock-port 0 \\
+    python tests/fakes/fake_aws.py --sts-port 0 --bedrock-port 0 [--h2-port 0] \\
         [--tls-cert F --tls-key F] [--region us-east-1] [--ready-file PATH]
 
-When both ports listen, one JSON line is printed to stdout (and written to
+When every port listens, one JSON line is printed to stdout (and written to
 ``--ready-file``)::
 
     {"sts": "http://127.0.0.1:P1", "bedrock": "http://127.0.0.1:P2",
-     "control": "http://127.0.0.1:P1/_control"}
+     "control": "http://127.0.0.1:P1/_control",
+     "bedrock_h2": "https://127.0.0.1:P3"}
+
+``bedrock_h2`` is present only with ``--h2-port`` (``http://`` for h2c).
 
 See ``tests/fakes/README.md`` for the control API.
 """
@@ -65,7 +78,13 @@ from xml.sax.saxutils import escape as xml_escape
 # Recorded before the slow third-party imports, for --exit-with-parent.
 STARTING_PARENT_PID = os.getppid()
 
+import h2.config  # noqa: E402
+import h2.connection  # noqa: E402
+import h2.errors  # noqa: E402
+import h2.events  # noqa: E402
+import h2.exceptions  # noqa: E402
 from aiohttp import web  # noqa: E402
+from multidict import CIMultiDict  # noqa: E402
 from botocore.auth import SIGNED_HEADERS_BLACKLIST, SigV4Auth  # noqa: E402
 from botocore.awsrequest import AWSRequest  # noqa: E402
 from botocore.credentials import Credentials  # noqa: E402
@@ -91,6 +110,19 @@ DEFAULT_OPENAI_MODELS = (
 BODY_RECORD_LIMIT = 64 * 1024
 AMZ_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+# Event-stream request signing (InvokeModelWithBidirectionalStream over HTTP/2).
+EVENTSTREAM_CONTENT_TYPE = "application/vnd.amazon.eventstream"
+EVENTS_PAYLOAD_HASH = "STREAMING-AWS4-HMAC-SHA256-EVENTS"
+EVENT_SIGNING_ALGORITHM = "AWS4-HMAC-SHA256-PAYLOAD"
+BIDI_ROUTE = "invoke-with-bidirectional-stream"
+BIDI_ROUTE_RE = re.compile(r"^/model/(?P<model>[^/]+)/invoke-with-bidirectional-stream$")
+# A stalled client gets an exception event instead of holding the stream forever.
+BIDI_IDLE_TIMEOUT_SECONDS = 30.0
+# Recorded per frame: enough of the echoed text to assert on, bounded.
+BIDI_TEXT_RECORD_LIMIT = 1024
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+H2_READ_SIZE = 64 * 1024
 
 ROLE_ARN_RE = re.compile(r"^arn:aws:iam::(\d{12}):role/(?:[\w+=,.@-]+/)*([\w+=,.@-]{1,64})$", re.ASCII)
 SESSION_NAME_RE = re.compile(r"^[\w+=,.@-]{2,64}$", re.ASCII)
@@ -443,8 +475,8 @@ class BadFakeHeader(ValueError):
     """An ``x-fake-*`` control header has an unusable value."""
 
 
-def header_int(request: web.Request, name: str, default: Optional[int]) -> Optional[int]:
-    """Integer value of a request header, or ``default``."""
+def header_int(request: Any, name: str, default: Optional[int]) -> Optional[int]:
+    """Integer value of a request header, or ``default`` (``request``: anything with ``.headers``)."""
     raw = request.headers.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -482,7 +514,8 @@ class SigCheck:
     """Outcome of verifying one SigV4-signed request.
 
     ``kind`` is None on success, else one of: ``malformed``, ``unknown_key``,
-    ``expired``, ``bad_token``, ``scope``, ``skew``, ``signature``.
+    ``expired``, ``bad_token``, ``scope``, ``skew``, ``signature``, or (only
+    with ``event_stream=True``) ``payload_hash``.
     """
 
     kind: Optional[str] = None
@@ -533,12 +566,16 @@ def verify_sigv4(
     headers: Any,
     body: bytes,
     service: str,
+    event_stream: bool = False,
 ) -> SigCheck:
     """Verify a SigV4 ``Authorization`` header against the fake's credentials.
 
     Checks, in order: header syntax, access key known, credential not expired,
     session token matches, scope region/service, X-Amz-Date skew, the
-    SignedHeaders list, then the signature recomputed by botocore.
+    SignedHeaders list, the payload hash, then the signature recomputed by
+    botocore.  With ``event_stream`` the payload hash must be the signed
+    literal ``STREAMING-AWS4-HMAC-SHA256-EVENTS`` (the body is a stream of
+    separately signed frames, not known up front) and ``body`` is ignored.
     """
     now = time.time()
     parsed = parse_sigv4_authorization(headers.get("Authorization", ""))
@@ -579,9 +616,15 @@ def verify_sigv4(
     check.security_token_signed = (
         "x-amz-security-token" in check.signed_headers if "X-Amz-Security-Token" in headers else None
     )
-    problem = _check_content_sha256(headers, body)
-    if problem:
-        return _fail(check, "signature", problem)
+    if event_stream:
+        problem = _check_event_stream_payload_hash(headers, check.signed_headers)
+        if problem:
+            return _fail(check, *problem)
+        body = b""  # not read yet, and not needed: botocore takes the signed header as the payload hash
+    else:
+        problem = _check_content_sha256(headers, body)
+        if problem:
+            return _fail(check, "signature", problem)
 
     return _compare_signature(check, cred, method, scheme, raw_path, headers, body, service, region, amz_date, parsed["Signature"])
 
@@ -634,6 +677,23 @@ def _check_content_sha256(headers: Any, body: bytes) -> Optional[str]:
     actual = hashlib.sha256(body).hexdigest()
     if claimed != actual:
         return f"X-Amz-Content-SHA256 {claimed!r} != sha256(body) {actual!r}"
+    return None
+
+
+def _check_event_stream_payload_hash(headers: Any, signed_headers: list) -> Optional[tuple]:
+    """``(kind, message)`` if an event-stream request's payload hash is wrong, else None.
+
+    botocore's canonical request uses the X-Amz-Content-SHA256 value as the
+    payload hash only when that header is among the signed ones, so an
+    unsigned header would make any correct signature look wrong: say so.
+    """
+    claimed = headers.get("X-Amz-Content-SHA256")
+    if claimed != EVENTS_PAYLOAD_HASH:
+        return "payload_hash", (
+            f"x-amz-content-sha256 must be {EVENTS_PAYLOAD_HASH!r} on an event-stream request, got {claimed!r}"
+        )
+    if "x-amz-content-sha256" not in signed_headers:
+        return "signature", "x-amz-content-sha256 must be in SignedHeaders on an event-stream request"
     return None
 
 
@@ -1534,14 +1594,37 @@ BEDROCK_SIG_ERRORS = {
 
 
 def new_bedrock_record(state: FakeState, request: web.Request, body: bytes) -> dict:
-    """Create and store the record of one Bedrock request."""
-    path, _, query = request.raw_path.partition("?")
-    names = [k.lower() for k in request.headers.keys()]
+    """Create and store the record of one Bedrock request (HTTP/1.1 listener)."""
     peer = request.transport.get_extra_info("peername") if request.transport else None
+    return store_bedrock_record(
+        state,
+        method=request.method,
+        raw_path=request.raw_path,
+        headers=request.headers,
+        body=body,
+        peer_port=peer[1] if peer else None,
+        http_version=f"{request.version.major}.{request.version.minor}",
+    )
+
+
+def store_bedrock_record(
+    state: FakeState,
+    *,
+    method: str,
+    raw_path: str,
+    headers: Any,
+    body: bytes,
+    peer_port: Optional[int],
+    http_version: str,
+) -> dict:
+    """Create and store the record of one Bedrock request, from either listener."""
+    path, _, query = raw_path.partition("?")
+    names = [k.lower() for k in headers.keys()]
     record = {
         "seq": state.next_seq(),
         "time": time.time(),
-        "method": request.method,
+        "method": method,
+        "http_version": http_version,
         "raw_path": path,
         "query": query,
         "route": None,
@@ -1557,8 +1640,8 @@ def new_bedrock_record(state: FakeState, request: web.Request, body: bytes) -> d
         "error_type": None,
         "header_names": names,
         "headers_present": {h: h in names for h in PRESENCE_HEADERS},
-        "x_test_id": request.headers.get("x-test-id"),
-        "user_agent": request.headers.get("User-Agent"),
+        "x_test_id": headers.get("x-test-id"),
+        "user_agent": headers.get("User-Agent"),
         "signed_headers": None,
         "security_token_signed": None,
         "canonical_request": None,
@@ -1566,7 +1649,8 @@ def new_bedrock_record(state: FakeState, request: web.Request, body: bytes) -> d
         "body_sha256": hashlib.sha256(body).hexdigest(),
         "body": body[:BODY_RECORD_LIMIT].decode("utf-8", "replace"),
         "stream_id": None,
-        "peer_port": peer[1] if peer else None,  # same port = same (keep-alive) connection
+        "bidi": None,  # invoke-with-bidirectional-stream only: per-frame verification
+        "peer_port": peer_port,  # same port = same (keep-alive) connection
     }
     state.bedrock_requests.append(record)
     return record
@@ -1603,6 +1687,14 @@ def _authenticate_sigv4(state: FakeState, request: web.Request, body: bytes, rec
         body=body,
         service=state.bedrock.signing_name,
     )
+    record_sigv4_check(record, check)
+    if check.ok:
+        return None
+    return aws_json_error(403, *sigv4_rejection(check))
+
+
+def record_sigv4_check(record: dict, check: SigCheck) -> None:
+    """Store a SigV4 verification outcome in a Bedrock request record."""
     record.update(
         auth_kind="sigv4",
         auth=f"sigv4:{check.access_key_id}",
@@ -1611,29 +1703,43 @@ def _authenticate_sigv4(state: FakeState, request: web.Request, body: bytes, rec
         security_token_signed=check.security_token_signed,
         canonical_request=check.canonical_request,
         principal_arn=check.credential.arn if check.credential is not None else None,
+        verified=check.ok,
+        rejection=None if check.ok else f"{check.kind}: {check.message}",
     )
-    if check.ok:
-        record["verified"] = True
-        return None
-    record["rejection"] = f"{check.kind}: {check.message}"
+
+
+def sigv4_rejection(check: SigCheck) -> tuple:
+    """``(error type, message)`` of the 403 for a failed Bedrock SigV4 check."""
     error_type, message = BEDROCK_SIG_ERRORS[check.kind]
     if check.kind == "signature":
         message = f"{message} [fake: {check.message}]"
-    return aws_json_error(403, error_type, message or check.message)
+    return error_type, message or check.message
 
 
 def finalize_record(record: dict, resp: web.StreamResponse) -> None:
     """Store the response status/error type in the record and log one line."""
     record["status"] = resp.status
     record["error_type"] = resp.headers.get("x-amzn-ErrorType")
+    log_bedrock_record(record)
+
+
+def log_bedrock_record(record: dict) -> None:
+    """One log line per Bedrock request, once its status is known."""
     log.info(
-        "bedrock %s %s auth=%s -> %d%s",
+        "bedrock%s %s %s auth=%s -> %d%s",
+        "-h2" if record["http_version"] == "2" else "",
         record["method"],
         record["raw_path"],
         record["auth"] if record["auth_kind"] != "bearer" else "bearer:" + (record["bearer_token"] or "")[:20],
-        resp.status,
+        record["status"],
         f" ({record['rejection']})" if record["rejection"] else "",
     )
+
+
+def forced_status_error(forced: int) -> tuple:
+    """``(status, error type, message)`` for an ``x-fake-status`` of 400 or more."""
+    err = BEDROCK_STATUS_ERRORS.get(forced, "InternalServerException" if forced >= 500 else "ValidationException")
+    return forced, err, f"fake {err} (x-fake-status {forced})"
 
 
 # --------------------------------------------------------------------------
@@ -1988,8 +2094,7 @@ async def route_bedrock(state: FakeState, request: web.Request, body: bytes, rec
 
     forced = header_int(request, "x-fake-status", None)
     if forced is not None and forced >= 400:
-        err = BEDROCK_STATUS_ERRORS.get(forced, "InternalServerException" if forced >= 500 else "ValidationException")
-        return aws_json_error(forced, err, f"fake {err} (x-fake-status {forced})")
+        return aws_json_error(*forced_status_error(forced))
 
     if record["route"] == "async-invoke":
         return handle_async_invoke(request, path, body)
@@ -2087,6 +2192,684 @@ def build_bedrock_app(state: FakeState) -> web.Application:
 
 
 # --------------------------------------------------------------------------
+# Event-stream request signing: independent verifier (hashlib/hmac only)
+# --------------------------------------------------------------------------
+#
+# InvokeModelWithBidirectionalStream sends a body of "outer" event-stream
+# messages, each with a ``:date`` (timestamp) and a ``:chunk-signature``
+# (32-byte array) header around an encoded "inner" message.  Each signature
+# is chained to the one before it, starting from the initial request's
+# SigV4 signature; an outer message with an empty payload ends the stream.
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sigv4_signing_key(secret: str, day: str, region: str, service: str) -> bytes:
+    """The SigV4 signing key: the HMAC chain over day, region, service and ``aws4_request``."""
+    key = ("AWS4" + secret).encode()
+    for part in (day, region, service, "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return key
+
+
+def amz_datetime(millis: int) -> str:
+    """``YYYYMMDDTHHMMSSZ`` of an event-stream ``:date`` value (milliseconds)."""
+    return time.strftime(AMZ_DATE_FORMAT, time.gmtime(millis // 1000))
+
+
+def event_string_to_sign(date_millis: int, scope: str, prev_signature: str, payload: bytes) -> str:
+    """String to sign of one event-stream frame, chained to ``prev_signature``.
+
+    The fifth line hashes the ``:date`` header alone, encoded as on the wire
+    (name length, name, type 8, i64 BE milliseconds); the last line hashes
+    the frame's payload, i.e. the whole encoded inner message (or nothing,
+    for the end frame).
+    """
+    date_header = eventstream.encode_headers([(":date", eventstream.Timestamp(date_millis))])
+    return "\n".join(
+        [
+            EVENT_SIGNING_ALGORITHM,
+            amz_datetime(date_millis),
+            scope,
+            prev_signature,
+            _sha256_hex(date_header),
+            _sha256_hex(payload),
+        ]
+    )
+
+
+def new_frame_entry(index: int, prev_signature: str) -> dict:
+    """The record of one input frame before any check has run."""
+    return {
+        "index": index,
+        "ok": False,
+        "check": None,  # "ok" or the failed check: framing, after_end, headers, date, signature, inner
+        "error": None,
+        "end": None,  # True for the empty end frame
+        "date": None,  # the frame's :date as YYYYMMDDTHHMMSSZ
+        "signature": None,
+        "prev_signature": prev_signature,
+        "payload_length": None,
+        "text": None,  # the decoded input bytes (first 1 KiB), for data frames
+    }
+
+
+class EventStreamVerifier:
+    """Checks the signature chain of one bidirectional stream's input frames.
+
+    Frame n is signed over frame n-1's signature (the initial request's for
+    frame 1), so a dropped, reordered, replayed or altered frame fails.  The
+    chain only advances over frames that verified.
+    """
+
+    def __init__(self, *, secret: str, region: str, service: str, seed_signature: str) -> None:
+        self.secret = secret
+        self.region = region
+        self.service = service
+        self.chain = [seed_signature]  # the seed, then each verified frame's signature
+        self.frames_received = 0
+        self.end_received = False
+
+    def verify(self, message: eventstream.Message, now: float) -> dict:
+        """Check one outer frame; returns its record entry (``ok`` False: rejected)."""
+        self.frames_received += 1
+        entry = new_frame_entry(self.frames_received, self.chain[-1])
+        entry.update(end=not message.payload, payload_length=len(message.payload))
+        problem = self._first_problem(message, entry, now)
+        if problem is not None:
+            entry["check"], entry["error"] = problem
+            return entry
+        entry.update(ok=True, check="ok")
+        self.chain.append(entry["signature"])
+        self.end_received = entry["end"]
+        return entry
+
+    def framing_failure(self, error: str) -> dict:
+        """The record entry of a frame that could not even be decoded."""
+        entry = new_frame_entry(self.frames_received + 1, self.chain[-1])
+        entry.update(check="framing", error=error)
+        return entry
+
+    def _first_problem(self, message: eventstream.Message, entry: dict, now: float) -> Optional[tuple]:
+        """``(check, reason)`` of the first failed check, else None (fills date/signature)."""
+        if self.end_received:
+            return "after_end", "frame arrived after the empty end frame"
+        names = sorted(message.headers)
+        if names != [":chunk-signature", ":date"]:
+            return "headers", f"frame headers must be exactly :date and :chunk-signature, got {names}"
+        date, signature = message.headers[":date"], message.headers[":chunk-signature"]
+        if not isinstance(date, eventstream.Timestamp):
+            return "headers", f":date must be a timestamp header (type 8), got {type(date).__name__}"
+        if not isinstance(signature, bytes) or len(signature) != 32:
+            return "headers", ":chunk-signature must be a 32-byte byte-array header (type 6)"
+        entry["signature"] = signature.hex()
+        if abs(now - date.millis / 1000.0) > MAX_CLOCK_SKEW_SECONDS:
+            return "date", f":date {date.millis} ms is more than 5 min from now ({now * 1000:.0f} ms)"
+        # Each frame's scope is built from its own :date (as in aws-sigv4 and
+        # the Transcribe streaming docs), so a stream may cross UTC midnight.
+        entry["date"] = amz_datetime(date.millis)
+        return self._check_signature(date.millis, message.payload, entry["signature"])
+
+    def _signature(self, millis: int, payload: bytes, prev_signature: str) -> str:
+        day = amz_datetime(millis)[:8]
+        scope = f"{day}/{self.region}/{self.service}/aws4_request"
+        key = sigv4_signing_key(self.secret, day, self.region, self.service)
+        string_to_sign = event_string_to_sign(millis, scope, prev_signature, payload)
+        return hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+
+    def _check_signature(self, millis: int, payload: bytes, provided: str) -> Optional[tuple]:
+        expected = self._signature(millis, payload, self.chain[-1])
+        if hmac.compare_digest(expected, provided):
+            return None
+        return "signature", f"signature mismatch: {self._mismatch_hint(millis, payload, provided)}"
+
+    def _mismatch_hint(self, millis: int, payload: bytes, provided: str) -> str:
+        """Tell a broken chain (intact frame, wrong predecessor) from a bad key or altered frame."""
+        for i, prev in enumerate(self.chain[:-1]):
+            if hmac.compare_digest(self._signature(millis, payload, prev), provided):
+                return (
+                    f"chain broken: signed as if it followed {self._link_name(i)}, "
+                    f"but it follows {self._link_name(len(self.chain) - 1)}"
+                )
+        return "wrong key, altered frame, or a previous signature that is not in this stream's chain"
+
+    @staticmethod
+    def _link_name(chain_index: int) -> str:
+        return "the initial request" if chain_index == 0 else f"frame {chain_index}"
+
+
+def bidi_input_text(payload: bytes) -> str:
+    """Text carried by one inner ``chunk`` event (a BidirectionalInputPayloadPart).
+
+    Raises ValueError (``eventstream.DecodeError`` included) naming the problem.
+    """
+    inner = eventstream.decode_message(payload)
+    kind = (inner.headers.get(":message-type"), inner.headers.get(":event-type"))
+    if kind != ("event", "chunk"):
+        raise ValueError(f"inner message must be :message-type event, :event-type chunk; got {kind}")
+    body = parse_json_body(inner.payload)
+    if body is None or not isinstance(body.get("bytes"), str):
+        raise ValueError('inner payload must be JSON {"bytes": "<base64>"}')
+    try:
+        raw = base64.b64decode(body["bytes"], validate=True)
+    except ValueError:
+        raise ValueError('inner payload "bytes" is not valid base64') from None
+    return raw.decode("utf-8", "replace")
+
+
+# --------------------------------------------------------------------------
+# Fake Bedrock: InvokeModelWithBidirectionalStream (served on the HTTP/2 port)
+# --------------------------------------------------------------------------
+
+
+class FrameRejected(Exception):
+    """The bidirectional stream must stop; the message names the frame and why."""
+
+
+def new_bidi_record(seed_signature: str) -> dict:
+    """The ``bidi`` part of a Bedrock request record (updated as frames arrive)."""
+    return {
+        "seed_signature": seed_signature,
+        "frames_received": 0,
+        "frames_verified": 0,  # frames that passed every check (data frames and the end frame)
+        "data_frames": 0,
+        "events_sent": 0,
+        "end_frame_received": False,
+        "request_body_ended": False,
+        "completed": False,
+        "client_disconnected": False,
+        "exception_type": None,
+        "error": None,
+        "frames": [],
+    }
+
+
+async def handle_h2_request(state: FakeState, stream: "H2Stream") -> None:
+    """Every request on the HTTP/2 listener: route, authenticate, then stream.
+
+    Routing comes first here (unlike the HTTP/1.1 listener): other operations'
+    bodies are not event streams, so checking them as one would only mislead.
+    """
+    record = store_bedrock_record(
+        state, method=stream.method, raw_path=stream.raw_path, headers=stream.headers,
+        body=b"", peer_port=stream.peer_port, http_version="2",
+    )
+    match = BIDI_ROUTE_RE.match(record["raw_path"])
+    if match is None or stream.method != "POST":
+        message = "UnknownOperationException (fake: the HTTP/2 listener serves only POST /model/{id}/invoke-with-bidirectional-stream)"
+        await h2_json_error(stream, record, 404, "UnknownOperationException", message)
+        return
+    record.update(route=BIDI_ROUTE, model_id=unquote(match.group("model")))
+    check, error = authenticate_bidi(state, stream, record)
+    if error is None:
+        try:
+            error = bidi_request_problem(stream)
+        except BadFakeHeader as exc:
+            error = (400, "ValidationException", f"fake: {exc}")
+    if error is not None:
+        await h2_json_error(stream, record, *error)
+        return
+    assert check is not None and check.credential is not None
+    authz = parse_sigv4_authorization(stream.headers["Authorization"])
+    verifier = EventStreamVerifier(
+        secret=check.credential.secret_access_key,
+        region=state.region,
+        service=state.bedrock.signing_name,
+        seed_signature=authz["Signature"],
+    )
+    record["bidi"] = new_bidi_record(authz["Signature"])
+    # Response headers go out before any input frame is read: full duplex.
+    await stream.send_headers(200, [("content-type", EVENTSTREAM_CONTENT_TYPE), ("x-amzn-requestid", new_request_id())])
+    finish_h2_record(record, 200, None)
+    await run_bidi_session(stream, record, verifier)
+
+
+def authenticate_bidi(state: FakeState, stream: "H2Stream", record: dict) -> tuple:
+    """``(check, None)`` when the initial request's SigV4 verifies, else ``(None, (status, type, message))``."""
+    authz = stream.headers.get("Authorization", "")
+    scheme_word = authz.split(" ", 1)[0].lower() if authz else ""
+    if scheme_word == "bearer":
+        token = authz[len("bearer"):].strip()
+        record.update(auth_kind="bearer", auth=f"bearer:{token}", bearer_token=token)
+        record["rejection"] = "bidirectional streams need SigV4: their frames are signed"
+        return None, (403, "AccessDeniedException", "fake: invoke-with-bidirectional-stream requires SigV4 (its frames are signed)")
+    if scheme_word != "aws4-hmac-sha256":
+        record["rejection"] = "no supported Authorization header"
+        return None, (403, "MissingAuthenticationTokenException", "Missing Authentication Token")
+    check = verify_sigv4(
+        state,
+        method=stream.method,
+        scheme=stream.scheme,
+        raw_path=stream.raw_path,
+        headers=stream.headers,
+        body=b"",
+        service=state.bedrock.signing_name,
+        event_stream=True,
+    )
+    record_sigv4_check(record, check)
+    if check.ok:
+        return check, None
+    if check.kind == "payload_hash":
+        return None, (400, "ValidationException", check.message)
+    return None, (403, *sigv4_rejection(check))
+
+
+def bidi_request_problem(stream: "H2Stream") -> Optional[tuple]:
+    """``(status, type, message)`` for an authenticated request the fake will not stream."""
+    content_type = stream.headers.get("Content-Type", "")
+    if content_type.split(";", 1)[0].strip().lower() != EVENTSTREAM_CONTENT_TYPE:
+        return 400, "ValidationException", f"content-type must be {EVENTSTREAM_CONTENT_TYPE}, got {content_type!r}"
+    forced = header_int(stream, "x-fake-status", None)  # header_int only needs .headers
+    if forced is not None and forced >= 400:
+        return forced_status_error(forced)
+    return None
+
+
+async def run_bidi_session(stream: "H2Stream", record: dict, verifier: EventStreamVerifier) -> None:
+    """Verify each input frame as it arrives and answer each data frame at once."""
+    bidi = record["bidi"]
+    decoder = eventstream.MessageDecoder()
+    body_hash = hashlib.sha256()
+    try:
+        while True:
+            chunk = await stream.receive(BIDI_IDLE_TIMEOUT_SECONDS)
+            if chunk is None:
+                break
+            body_hash.update(chunk)
+            record["body_length"] += len(chunk)
+            decoder.feed(chunk)
+            await answer_frames(stream, bidi, verifier, decoder)
+        bidi["request_body_ended"] = True
+        check_stream_end(bidi, verifier, decoder)
+        bidi["completed"] = True
+        await stream.send_data(b"", end_stream=True)
+    except FrameRejected as exc:
+        await send_bidi_exception(stream, bidi, str(exc))
+    except asyncio.TimeoutError:
+        idle = f"no input for {BIDI_IDLE_TIMEOUT_SECONDS:g} s after frame {verifier.frames_received}"
+        await send_bidi_exception(stream, bidi, idle)
+    except StreamGone:
+        bidi["client_disconnected"] = True
+    finally:
+        record["body_sha256"] = body_hash.hexdigest()
+        log.info(
+            "bidi stream (record %d): %d/%d frame(s) verified, end frame %s, %s",
+            record["seq"], bidi["frames_verified"], bidi["frames_received"],
+            "received" if bidi["end_frame_received"] else "missing",
+            "completed" if bidi["completed"] else f"error: {bidi['error'] or 'client disconnected'}",
+        )
+
+
+async def answer_frames(stream: "H2Stream", bidi: dict, verifier: EventStreamVerifier, decoder: eventstream.MessageDecoder) -> None:
+    """Verify every complete frame buffered so far; echo each data frame before reading on."""
+    try:
+        for message in decoder:
+            entry, text = check_frame(verifier, message)
+            bidi["frames"].append(entry)
+            bidi["frames_received"] = verifier.frames_received
+            if not entry["ok"]:
+                raise FrameRejected(f"frame {entry['index']}: {entry['error']}")
+            bidi["frames_verified"] += 1
+            if entry["end"]:
+                bidi["end_frame_received"] = True
+                continue
+            bidi["data_frames"] += 1
+            await stream.send_data(_invoke_chunk({"seq": bidi["data_frames"], "echo": text}))
+            bidi["events_sent"] += 1
+    except eventstream.DecodeError as exc:
+        reject_framing(bidi, verifier, str(exc))
+
+
+def check_frame(verifier: EventStreamVerifier, message: eventstream.Message) -> tuple:
+    """``(record entry, input text or None)``: the signature chain, then a data frame's inner message."""
+    entry = verifier.verify(message, time.time())
+    if not entry["ok"] or entry["end"]:
+        return entry, None
+    try:
+        text = bidi_input_text(message.payload)
+    except ValueError as exc:
+        entry.update(ok=False, check="inner", error=f"inner message: {exc}")
+        return entry, None
+    entry["text"] = text[:BIDI_TEXT_RECORD_LIMIT]
+    return entry, text
+
+
+def reject_framing(bidi: dict, verifier: EventStreamVerifier, error: str) -> None:
+    """Record a frame that could not be decoded, then stop the stream."""
+    entry = verifier.framing_failure(error)
+    bidi["frames"].append(entry)
+    bidi["frames_received"] = entry["index"]  # an undecodable frame was still received
+    raise FrameRejected(f"frame {entry['index']}: {error}")
+
+
+def check_stream_end(bidi: dict, verifier: EventStreamVerifier, decoder: eventstream.MessageDecoder) -> None:
+    """The request body has ended: it must end on a frame boundary, after the end frame."""
+    if decoder.buffered:
+        reject_framing(bidi, verifier, f"request body ended inside a frame ({decoder.buffered} byte(s) left over)")
+    if not verifier.end_received:
+        raise FrameRejected(f"request body ended after frame {verifier.frames_received} without the empty end frame")
+
+
+async def send_bidi_exception(stream: "H2Stream", bidi: dict, message: str) -> None:
+    """Send a modeled ``validationException`` event and end the response."""
+    bidi.update(error=message, exception_type="validationException")
+    # The SDKs match :exception-type against the output union's member
+    # names, which are lowerCamelCase (validationException, not ValidationException).
+    event = eventstream.exception("validationException", _json_bytes({"message": message}))
+    try:
+        await stream.send_data(event, end_stream=True)
+    except StreamGone:
+        bidi["client_disconnected"] = True
+
+
+async def h2_json_error(stream: "H2Stream", record: dict, status: int, error_type: str, message: str) -> None:
+    """An AWS REST-JSON error response on the HTTP/2 listener."""
+    body = json.dumps({"message": message}).encode()
+    headers = [
+        ("content-type", "application/json"),
+        ("x-amzn-errortype", error_type),
+        ("x-amzn-requestid", new_request_id()),
+        ("content-length", str(len(body))),
+    ]
+    finish_h2_record(record, status, error_type)
+    await stream.send_headers(status, headers)
+    await stream.send_data(body, end_stream=True)
+
+
+def finish_h2_record(record: dict, status: int, error_type: Optional[str]) -> None:
+    record["status"], record["error_type"] = status, error_type
+    log_bedrock_record(record)
+
+
+# --------------------------------------------------------------------------
+# HTTP/2 server (h2 library on asyncio streams)
+# --------------------------------------------------------------------------
+#
+# A small server of our own rather than an ASGI server: a stream's response
+# may end (say, after an exception event) while the client is still sending,
+# and those late DATA frames must be acknowledged and ignored.  hypercorn
+# 0.18 forgets a stream once its response ends, and a later DATA frame for it
+# then raises KeyError in its connection loop, dropping the whole connection
+# (and maybe the exception event the client has not read yet).
+
+
+class StreamGone(Exception):
+    """The client reset the HTTP/2 stream, or the connection is gone."""
+
+
+_BODY_END = object()  # queued when the client ends its side of the stream
+
+
+class H2Stream:
+    """One request on the HTTP/2 listener, as a handler sees it."""
+
+    def __init__(self, conn: "H2ServerConnection", stream_id: int, headers: list) -> None:
+        self._conn = conn
+        self.stream_id = stream_id
+        pseudo = {name: value for name, value in headers if name.startswith(":")}
+        self.method = pseudo.get(":method", "")
+        self.raw_path = pseudo.get(":path", "")
+        self.scheme = pseudo.get(":scheme", "")
+        self.headers = CIMultiDict((name, value) for name, value in headers if not name.startswith(":"))
+        # HTTP/2 carries the host as :authority, while SigV4 signs it as `host`.
+        if "host" not in self.headers and ":authority" in pseudo:
+            self.headers["Host"] = pseudo[":authority"]
+        self.peer_port = conn.peer_port
+        self._body: asyncio.Queue = asyncio.Queue()
+
+    def deliver(self, item: Any) -> None:
+        """Queue a body chunk, ``_BODY_END`` or a ``StreamGone`` for ``receive``."""
+        self._body.put_nowait(item)
+
+    async def receive(self, timeout: float) -> Optional[bytes]:
+        """The next request body chunk, or None once the client has ended its side.
+
+        Raises ``StreamGone`` if the client reset the stream or disconnected,
+        and ``asyncio.TimeoutError`` if nothing arrives within ``timeout``.
+        """
+        item = await asyncio.wait_for(self._body.get(), timeout)
+        if isinstance(item, StreamGone):
+            raise StreamGone(str(item))
+        return None if item is _BODY_END else item
+
+    async def send_headers(self, status: int, headers: list) -> None:
+        await self._conn.send_headers(self.stream_id, [(":status", str(status)), *headers])
+
+    async def send_data(self, data: bytes, end_stream: bool = False) -> None:
+        await self._conn.send_data(self.stream_id, data, end_stream)
+
+
+class H2ServerConnection:
+    """One HTTP/2 connection: a read loop feeding h2, one handler task per request.
+
+    Responses can start and continue while request bodies are still arriving.
+    Inbound data is acknowledged as soon as it is queued; outbound data waits
+    for the peer's flow-control window.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 handler: Callable[[H2Stream], Awaitable[None]]) -> None:
+        self.reader, self.writer, self.handler = reader, writer, handler
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        peer = writer.get_extra_info("peername")
+        self.peer_port = peer[1] if peer else None
+        self.streams: dict[int, H2Stream] = {}
+        self.tasks: set[asyncio.Task] = set()
+        self._window_waiters: list[asyncio.Future] = []
+        self.closed = False
+
+    async def run(self, initial: bytes) -> None:
+        """Serve until the peer goes away; ``initial`` is what was read while sniffing the preface."""
+        self.h2.initiate_connection()
+        await self._flush()
+        data = initial
+        try:
+            while data and await self._receive(data):
+                data = await self.reader.read(H2_READ_SIZE)
+        except OSError:
+            pass  # reset or TLS failure: the same as the peer going away
+        finally:
+            self._mark_closed()
+            self.writer.close()
+
+    def close(self) -> None:
+        """Server shutdown: GOAWAY, then close (the read loop then ends)."""
+        if not self.closed:
+            self.h2.close_connection()
+            self.writer.write(self.h2.data_to_send())
+        self._mark_closed()
+        self.writer.close()
+        for task in self.tasks:
+            task.cancel()
+
+    async def _receive(self, data: bytes) -> bool:
+        """Feed bytes to h2 and act on its events; False once the connection is over."""
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            log.info("h2 connection (port %s): protocol error: %s", self.peer_port, exc)
+            await self._flush()  # h2 has queued a GOAWAY
+            return False
+        for event in events:
+            self._on_event(event)
+        await self._flush()
+        return not any(isinstance(e, h2.events.ConnectionTerminated) for e in events)
+
+    def _on_event(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            stream = self.streams[event.stream_id] = H2Stream(self, event.stream_id, event.headers)
+            task = asyncio.create_task(self._run_handler(stream))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        elif isinstance(event, h2.events.DataReceived):
+            # Acknowledge even for streams whose response has ended: the
+            # client may still be sending, and the connection window must not leak.
+            self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            self._deliver(event.stream_id, event.data)
+        elif isinstance(event, h2.events.StreamEnded):
+            self._deliver(event.stream_id, _BODY_END)
+        elif isinstance(event, h2.events.StreamReset):
+            self._deliver(event.stream_id, StreamGone(f"stream reset by client (error code {event.error_code})"))
+            self._wake_window_waiters()
+        elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+            self._wake_window_waiters()
+
+    def _deliver(self, stream_id: int, item: Any) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.deliver(item)
+
+    async def _run_handler(self, stream: H2Stream) -> None:
+        try:
+            await self.handler(stream)
+        except StreamGone:
+            pass
+        except Exception:  # a bug in the fake: make it loud, and do not leave the client hanging
+            log.exception("h2 handler failed on stream %d", stream.stream_id)
+            if not self.closed:
+                self.h2.reset_stream(stream.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+                await self._flush()
+        finally:
+            self.streams.pop(stream.stream_id, None)
+
+    async def send_headers(self, stream_id: int, headers: list) -> None:
+        self._check_open()
+        try:
+            self.h2.send_headers(stream_id, headers)
+        except h2.exceptions.ProtocolError as exc:
+            raise StreamGone(str(exc)) from None
+        await self._flush()
+
+    async def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        """Send ``data`` in frames the peer's flow-control windows allow."""
+        while True:
+            self._check_open()
+            try:
+                window = self.h2.local_flow_control_window(stream_id)
+                size = min(len(data), window, self.h2.max_outbound_frame_size)
+                if data and size <= 0:
+                    await self._window_opened()
+                    continue
+                chunk, data = data[:size], data[size:]
+                self.h2.send_data(stream_id, chunk, end_stream=end_stream and not data)
+            except h2.exceptions.ProtocolError as exc:
+                raise StreamGone(str(exc)) from None
+            await self._flush()
+            if not data:
+                return
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise StreamGone("connection closed")
+
+    async def _window_opened(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._window_waiters.append(waiter)
+        await waiter
+
+    def _wake_window_waiters(self) -> None:
+        for waiter in self._window_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._window_waiters.clear()
+
+    async def _flush(self) -> None:
+        data = self.h2.data_to_send()
+        if not data or self.closed:
+            return
+        self.writer.write(data)
+        try:
+            await self.writer.drain()
+        except OSError:
+            self._mark_closed()
+
+    def _mark_closed(self) -> None:
+        """Connection over: every open stream's handler sees ``StreamGone``."""
+        if self.closed:
+            return
+        self.closed = True
+        for stream in self.streams.values():
+            stream.deliver(StreamGone("connection closed"))
+        self._wake_window_waiters()
+
+
+class H2Listener:
+    """The HTTP/2 port: TLS with ALPN h2 (offered with http/1.1), or cleartext h2c with prior knowledge.
+
+    A connection that does not start with the HTTP/2 preface (an HTTP/1.1
+    client, with or without TLS) gets a 505 JSON error and is closed.
+    """
+
+    def __init__(self, handler: Callable[[H2Stream], Awaitable[None]]) -> None:
+        self.handler = handler
+        self.connections: set[H2ServerConnection] = set()
+        self.connection_tasks: set[asyncio.Task] = set()
+        self.server: Optional[asyncio.Server] = None
+
+    async def start(self, sock: socket.socket, ssl_ctx: Optional[ssl.SSLContext]) -> None:
+        self.server = await asyncio.start_server(self._on_connection, sock=sock, ssl=ssl_ctx, backlog=1024)
+
+    async def close(self) -> None:
+        """Stop accepting, GOAWAY every connection, and let their tasks finish."""
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            conn.close()
+        # Connection tasks left for asyncio.run to cancel make asyncio log
+        # their CancelledError, so wait for them (closing ends their reads).
+        if self.connection_tasks:
+            await asyncio.wait(self.connection_tasks, timeout=1.0)
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.connection_tasks.add(task)
+        task.add_done_callback(self.connection_tasks.discard)
+        try:
+            initial = await read_h2_preface(reader)
+        except OSError:
+            writer.close()
+            return
+        if not initial.startswith(H2_PREFACE):
+            refuse_non_h2(writer, initial)
+            return
+        conn = H2ServerConnection(reader, writer, self.handler)
+        self.connections.add(conn)
+        try:
+            await conn.run(initial)
+        finally:
+            self.connections.discard(conn)
+
+
+async def read_h2_preface(reader: asyncio.StreamReader) -> bytes:
+    """The connection's first bytes: enough to tell the HTTP/2 preface from anything else."""
+    data = b""
+    while len(data) < len(H2_PREFACE) and H2_PREFACE.startswith(data):
+        chunk = await reader.read(H2_READ_SIZE)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def refuse_non_h2(writer: asyncio.StreamWriter, initial: bytes) -> None:
+    """Answer a non-HTTP/2 client (for example HTTP/1.1 after ALPN) with a 505 and close."""
+    if initial:
+        log.info("h2 listener: refusing a non-HTTP/2 connection (%r...)", initial[:16])
+        body = json.dumps({"message": "fake: this port speaks HTTP/2 only (ALPN h2, or h2c with prior knowledge)"}).encode()
+        writer.write(
+            b"HTTP/1.1 505 HTTP Version Not Supported\r\ncontent-type: application/json\r\n"
+            b"x-amzn-errortype: HttpVersionNotSupported\r\nconnection: close\r\n"
+            + f"content-length: {len(body)}\r\n\r\n".encode() + body
+        )
+    writer.close()
+
+
+# --------------------------------------------------------------------------
 # Process entry point
 # --------------------------------------------------------------------------
 
@@ -2099,11 +2882,11 @@ def bind_loopback(port: int) -> socket.socket:
     return sock
 
 
-def tls_context(cert: str, key: str) -> ssl.SSLContext:
-    """Server TLS context (HTTP/1.1 only via ALPN)."""
+def tls_context(cert: str, key: str, alpn: tuple = ("http/1.1",)) -> ssl.SSLContext:
+    """Server TLS context offering ``alpn`` (HTTP/1.1 only by default)."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(list(alpn))
     return ctx
 
 
@@ -2123,8 +2906,17 @@ async def start_site(app: web.Application, sock: socket.socket, ssl_ctx: Optiona
     return runner
 
 
+async def start_h2_listener(state: FakeState, args: argparse.Namespace) -> tuple:
+    """``(listener, base URL)`` of the HTTP/2 port: TLS + ALPN with ``--tls-cert``, else h2c."""
+    sock = bind_loopback(args.h2_port)
+    ssl_ctx = tls_context(args.tls_cert, args.tls_key, alpn=("h2", "http/1.1")) if args.tls_cert else None
+    listener = H2Listener(lambda stream: handle_h2_request(state, stream))
+    await listener.start(sock, ssl_ctx)
+    return listener, f"{'https' if ssl_ctx else 'http'}://127.0.0.1:{sock.getsockname()[1]}"
+
+
 async def serve(args: argparse.Namespace) -> None:
-    """Start both servers, announce readiness, run until SIGTERM/SIGINT."""
+    """Start the servers, announce readiness, run until SIGTERM/SIGINT."""
     if args.ready_file and os.path.exists(args.ready_file):
         os.unlink(args.ready_file)  # never let a poller see a previous run's ports
     state = FakeState(region=args.region)
@@ -2136,13 +2928,15 @@ async def serve(args: argparse.Namespace) -> None:
     ]
     sts_url = f"http://127.0.0.1:{sts_sock.getsockname()[1]}"
     scheme = "https" if ssl_ctx else "http"
-    ready = json.dumps(
-        {
-            "sts": sts_url,
-            "bedrock": f"{scheme}://127.0.0.1:{bedrock_sock.getsockname()[1]}",
-            "control": f"{sts_url}/_control",
-        }
-    )
+    urls = {
+        "sts": sts_url,
+        "bedrock": f"{scheme}://127.0.0.1:{bedrock_sock.getsockname()[1]}",
+        "control": f"{sts_url}/_control",
+    }
+    h2_listener = None
+    if args.h2_port is not None:
+        h2_listener, urls["bedrock_h2"] = await start_h2_listener(state, args)
+    ready = json.dumps(urls)
     print(ready, flush=True)
     if args.ready_file:
         write_ready_file(args.ready_file, ready)
@@ -2157,6 +2951,8 @@ async def serve(args: argparse.Namespace) -> None:
     if watchdog:
         watchdog.cancel()
     log.info("shutting down")
+    if h2_listener is not None:
+        await h2_listener.close()
     for runner in runners:
         await runner.cleanup()
 
@@ -2175,6 +2971,11 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sts-port", type=int, default=0)
     p.add_argument("--bedrock-port", type=int, default=0)
+    p.add_argument(
+        "--h2-port", type=int, default=None,
+        help="also serve invoke-with-bidirectional-stream over HTTP/2 on this port (0 = ephemeral; "
+        "TLS + ALPN with --tls-cert, else h2c with prior knowledge)",
+    )
     p.add_argument("--tls-cert", help="PEM certificate chain: serve Bedrock over HTTPS")
     p.add_argument("--tls-key", help="PEM private key for --tls-cert")
     p.add_argument("--region", default="us-east-1")

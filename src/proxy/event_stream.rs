@@ -1,0 +1,391 @@
+//! The request side of InvokeModelWithBidirectionalStream: the client's
+//! event stream, re-signed message by message on its way to Bedrock.
+//!
+//! The request itself is signed with the payload hash
+//! `STREAMING-AWS4-HMAC-SHA256-EVENTS`; its signature seeds a chain in which
+//! every message is wrapped in an envelope carrying `:date` and
+//! `:chunk-signature`, each signature covering the previous one. The stream
+//! ends with an envelope around an empty payload. aws-sigv4 does the signing
+//! and aws-smithy-eventstream the framing; this module only keeps the chain.
+//!
+//! Clients may send bare messages (no AWS code at all) or messages already
+//! wrapped and signed with throwaway credentials (an AWS SDK pointed at the
+//! proxy): the envelope is taken off and the message inside re-signed.
+
+use aws_sigv4::event_stream::{sign_empty_message, sign_message};
+use aws_sigv4::sign::v4::SigningParams;
+use aws_smithy_eventstream::frame::MessageFrameDecoder;
+use aws_smithy_eventstream::frame::{read_message_from, write_message_to, DecodedFrame};
+use aws_smithy_runtime_api::client::identity::Identity;
+use aws_smithy_types::event_stream::Message;
+use bytes::{Bytes, BytesMut};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Incoming;
+
+use crate::clock::SharedClock;
+
+/// The payload hash of a request whose body is a signed event stream.
+pub const STREAMING_PAYLOAD: &str = "STREAMING-AWS4-HMAC-SHA256-EVENTS";
+
+/// The envelope header holding a message's signature.
+const CHUNK_SIGNATURE: &str = ":chunk-signature";
+
+/// Why the client's event stream could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("could not read the client's event stream: {0}")]
+    Read(#[from] hyper::Error),
+    #[error("the client's event stream is malformed: {0}")]
+    Malformed(#[from] aws_smithy_eventstream::error::Error),
+    #[error("cannot sign an event-stream message: {0}")]
+    Sign(String),
+    #[error("the client sent more messages after ending its event stream")]
+    AfterEnd,
+    #[error("the client's body ended inside an event-stream message ({0} bytes left over)")]
+    Truncated(usize),
+}
+
+/// Signs messages in one chain: same credentials, scope and running
+/// signature for the life of the stream, the time of each message from the
+/// clock.
+pub struct ChainSigner {
+    identity: Identity,
+    region: String,
+    name: String,
+    clock: SharedClock,
+    last_signature: String,
+}
+
+impl std::fmt::Debug for ChainSigner {
+    // The identity holds the secret key: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainSigner")
+            .field("region", &self.region)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChainSigner {
+    /// `seed` is the signature of the request that opened the stream.
+    pub fn new(
+        identity: Identity,
+        region: impl Into<String>,
+        name: impl Into<String>,
+        clock: SharedClock,
+        seed: String,
+    ) -> Self {
+        Self {
+            identity,
+            region: region.into(),
+            name: name.into(),
+            clock,
+            last_signature: seed,
+        }
+    }
+
+    /// Wraps `message` in a signed envelope, or ends the chain when `None`.
+    fn sign(&mut self, message: Option<&Message>) -> Result<Message, StreamError> {
+        let params = SigningParams::builder()
+            .identity(&self.identity)
+            .region(&self.region)
+            .name(&self.name)
+            .time(self.clock.now())
+            .settings(())
+            .build()
+            .map_err(|e| StreamError::Sign(e.to_string()))?;
+        let signed = match message {
+            Some(message) => sign_message(message, &self.last_signature, &params),
+            None => sign_empty_message(&self.last_signature, &params),
+        }
+        .map_err(|e| StreamError::Sign(e.to_string()))?;
+        let (envelope, signature) = signed.into_parts();
+        self.last_signature = signature;
+        Ok(envelope)
+    }
+}
+
+/// Turns the client's bytes into signed envelopes, whatever the framing of
+/// the bytes on the wire.
+#[derive(Debug)]
+struct Resigner {
+    decoder: MessageFrameDecoder,
+    pending: BytesMut,
+    signer: ChainSigner,
+    ended: bool,
+}
+
+impl Resigner {
+    fn new(signer: ChainSigner) -> Self {
+        Self {
+            decoder: MessageFrameDecoder::new(),
+            pending: BytesMut::new(),
+            signer,
+            ended: false,
+        }
+    }
+
+    /// Takes the next bytes from the client; returns the signed envelopes of
+    /// the messages they complete (empty when none is complete yet).
+    fn push(&mut self, data: &[u8]) -> Result<Bytes, StreamError> {
+        self.pending.extend_from_slice(data);
+        let mut out = BytesMut::new();
+        loop {
+            let DecodedFrame::Complete(message) = self.decoder.decode_frame(&mut self.pending)?
+            else {
+                break;
+            };
+            if self.ended {
+                return Err(StreamError::AfterEnd);
+            }
+            let inner = unwrap_envelope(message)?;
+            self.ended = inner.is_none();
+            let envelope = self.signer.sign(inner.as_ref())?;
+            write_message_to(&envelope, &mut out)?;
+        }
+        Ok(out.freeze())
+    }
+
+    /// At the end of the client's body: the end-of-stream envelope, unless
+    /// the client already ended the stream itself.
+    fn finish(&mut self) -> Result<Option<Bytes>, StreamError> {
+        if !self.pending.is_empty() {
+            return Err(StreamError::Truncated(self.pending.len()));
+        }
+        if self.ended {
+            return Ok(None);
+        }
+        self.ended = true;
+        let mut out = BytesMut::new();
+        write_message_to(&self.signer.sign(None)?, &mut out)?;
+        Ok(Some(out.freeze()))
+    }
+}
+
+/// The message a client sent: itself, or what its signed envelope carries.
+/// `None` is the client's end-of-stream envelope.
+fn unwrap_envelope(message: Message) -> Result<Option<Message>, StreamError> {
+    let wrapped = message
+        .headers()
+        .iter()
+        .any(|h| h.name().as_str() == CHUNK_SIGNATURE);
+    if !wrapped {
+        return Ok(Some(message));
+    }
+    if message.payload().is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(read_message_from(message.payload().clone())?))
+}
+
+/// The body sent upstream: the client's body, re-signed as it arrives. A
+/// message is forwarded as soon as its last byte is in; nothing waits for
+/// the end of the body.
+pub fn resigned(
+    client: Incoming,
+    signer: ChainSigner,
+) -> http_body_util::combinators::UnsyncBoxBody<Bytes, StreamError> {
+    struct State {
+        client: Incoming,
+        resigner: Resigner,
+        done: bool,
+    }
+    let state = State {
+        client,
+        resigner: Resigner::new(signer),
+        done: false,
+    };
+    let frames = futures::stream::unfold(state, |mut state| async move {
+        loop {
+            if state.done {
+                return None;
+            }
+            let next = match state.client.frame().await {
+                None => {
+                    state.done = true;
+                    match state.resigner.finish() {
+                        Ok(Some(end)) => Ok(Frame::data(end)),
+                        Ok(None) => return None,
+                        Err(e) => Err(e),
+                    }
+                }
+                Some(Err(e)) => Err(StreamError::Read(e)),
+                Some(Ok(frame)) => match frame.into_data() {
+                    // Trailers mean nothing in an event stream.
+                    Err(_) => continue,
+                    Ok(data) => match state.resigner.push(&data) {
+                        Ok(out) if out.is_empty() => continue,
+                        Ok(out) => Ok(Frame::data(out)),
+                        Err(e) => Err(e),
+                    },
+                },
+            };
+            if let Err(e) = &next {
+                // The response may already be streaming: all that can be
+                // done is to abort the upstream request and say why here.
+                tracing::warn!(error = %e, "bidirectional stream aborted");
+                state.done = true;
+            }
+            return Some((next, state));
+        }
+    });
+    StreamBody::new(frames).boxed_unsync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use aws_credential_types::Credentials;
+    use aws_smithy_types::event_stream::{Header, HeaderValue};
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    #[derive(Debug)]
+    struct Fixed(SystemTime);
+    impl Clock for Fixed {
+        fn now(&self) -> SystemTime {
+            self.0
+        }
+    }
+
+    fn signer(seed: &str) -> ChainSigner {
+        let creds = Credentials::new("AKID", "secret", None, None, "test");
+        ChainSigner::new(
+            Identity::from(creds),
+            "us-east-1",
+            "bedrock",
+            Arc::new(Fixed(UNIX_EPOCH + Duration::from_secs(1_800_000_000))),
+            seed.to_owned(),
+        )
+    }
+
+    fn chunk(text: &str) -> Message {
+        Message::new(Bytes::from(format!(r#"{{"bytes":"{text}"}}"#)))
+            .add_header(Header::new(
+                ":event-type",
+                HeaderValue::String("chunk".into()),
+            ))
+            .add_header(Header::new(
+                ":message-type",
+                HeaderValue::String("event".into()),
+            ))
+    }
+
+    fn encode(message: &Message) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_message_to(message, &mut out).unwrap();
+        out
+    }
+
+    fn decode_all(mut bytes: &[u8]) -> Vec<Message> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+            out.push(read_message_from(&bytes[..len]).unwrap());
+            bytes = &bytes[len..];
+        }
+        out
+    }
+
+    fn signature_of(envelope: &Message) -> String {
+        let h = envelope
+            .headers()
+            .iter()
+            .find(|h| h.name().as_str() == CHUNK_SIGNATURE)
+            .unwrap();
+        match h.value() {
+            HeaderValue::ByteArray(b) => hex::encode(b),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bare_and_wrapped_messages_sign_alike_and_the_chain_continues() {
+        let first = chunk("a");
+        let second = chunk("b");
+
+        // Bare messages, split at an awkward byte boundary.
+        let mut bare = Resigner::new(signer("seed"));
+        let bytes = [encode(&first), encode(&second)].concat();
+        let mut out = bare.push(&bytes[..5]).unwrap().to_vec();
+        out.extend_from_slice(&bare.push(&bytes[5..]).unwrap());
+        out.extend_from_slice(&bare.finish().unwrap().unwrap());
+        let bare_out = decode_all(&out);
+
+        // The same messages inside envelopes signed by someone else, ended
+        // by the client's own empty envelope.
+        let mut theirs = signer("client-seed");
+        let mut wrapped_in = Vec::new();
+        for m in [&first, &second] {
+            wrapped_in.extend(encode(&theirs.sign(Some(m)).unwrap()));
+        }
+        wrapped_in.extend(encode(&theirs.sign(None).unwrap()));
+        let mut wrapped = Resigner::new(signer("seed"));
+        let out = wrapped.push(&wrapped_in).unwrap();
+        assert_eq!(wrapped.finish().unwrap(), None, "no second end envelope");
+        let wrapped_out = decode_all(&out);
+
+        assert_eq!(bare_out.len(), 3);
+        assert_eq!(bare_out, wrapped_out);
+        assert_eq!(
+            read_message_from(bare_out[0].payload().clone()).unwrap(),
+            first
+        );
+        assert!(bare_out[2].payload().is_empty());
+        // Each signature covers the previous: all differ, and the first is
+        // not what the client's own chain produced.
+        let sigs: Vec<String> = bare_out.iter().map(signature_of).collect();
+        assert_ne!(sigs[0], sigs[1]);
+        assert_ne!(sigs[1], sigs[2]);
+        let client_first = signature_of(&decode_all(&wrapped_in)[0]);
+        assert_ne!(sigs[0], client_first);
+    }
+
+    #[test]
+    fn the_chain_matches_aws_sigv4_signing_each_message_in_turn() {
+        let mut reference = signer("seed");
+        let expected = [
+            reference.sign(Some(&chunk("x"))).unwrap(),
+            reference.sign(None).unwrap(),
+        ];
+        let mut r = Resigner::new(signer("seed"));
+        let mut out = r.push(&encode(&chunk("x"))).unwrap().to_vec();
+        out.extend_from_slice(&r.finish().unwrap().unwrap());
+        assert_eq!(decode_all(&out), expected);
+    }
+
+    #[test]
+    fn messages_after_the_end_and_truncated_bodies_are_errors() {
+        let mut theirs = signer("c");
+        let end = encode(&theirs.sign(None).unwrap());
+        let mut r = Resigner::new(signer("seed"));
+        r.push(&end).unwrap();
+        assert!(matches!(
+            r.push(&encode(&chunk("late"))),
+            Err(StreamError::AfterEnd)
+        ));
+
+        let mut r = Resigner::new(signer("seed"));
+        let whole = encode(&chunk("x"));
+        assert!(r.push(&whole[..whole.len() - 1]).unwrap().is_empty());
+        assert!(matches!(r.finish(), Err(StreamError::Truncated(_))));
+    }
+
+    #[test]
+    fn a_corrupted_message_is_refused() {
+        let mut bytes = encode(&chunk("x"));
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff; // breaks the message CRC
+        let mut r = Resigner::new(signer("seed"));
+        assert!(matches!(r.push(&bytes), Err(StreamError::Malformed(_))));
+    }
+
+    #[test]
+    fn debug_hides_the_credentials() {
+        let shown = format!("{:?}", signer("seed"));
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(!shown.contains("seed"), "{shown}");
+    }
+}

@@ -1,0 +1,230 @@
+"""InvokeModelWithBidirectionalStream through the sidecar.
+
+The fake Bedrock listens for HTTP/2 over TLS (as the real endpoint does) and
+checks the opening request's SigV4 with botocore and every event-stream
+frame's chained signature with its own Python code, so the sidecar's
+re-signing is verified by implementations that share nothing with it.
+
+Both directions are driven in lockstep: message n+1 is only sent once the
+answer to message n has arrived, so anything buffered on the way would hang
+the exchange instead of passing slowly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shutil
+import subprocess
+import sys
+import urllib.parse
+
+import pytest
+
+from conftest import REGION, ROLE_ARN, ROOT, wait_for
+
+sys.path.insert(0, str(ROOT / "tests" / "fakes"))
+import eventstream  # noqa: E402  (the fakes' encoder; botocore only decodes)
+from h2client import H2Client  # noqa: E402
+
+JS_DIR = ROOT / "tests" / "e2e" / "js"
+MODEL = "amazon.nova-sonic-v1:0"
+OPERATION = "invoke_bidirectional_stream"
+
+
+@pytest.fixture
+def bidi_env(fake_aws_h2, token_dir, tls_material) -> dict[str, str]:
+    fake_aws_h2.post("/reset")
+    return {
+        "AWS_REGION": REGION,
+        "AWS_ROLE_ARN": ROLE_ARN,
+        "AWS_WEB_IDENTITY_TOKEN_FILE": str(token_dir.path),
+        "AWS_ENDPOINT_URL_STS": fake_aws_h2.sts,
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws_h2.bedrock_h2,
+        "AWS_CA_BUNDLE": str(tls_material["ca"]),
+    }
+
+
+def bidi_records(fake) -> list[dict]:
+    return [r for r in fake.requests() if r["bidi"] is not None]
+
+
+def chunk(text: str) -> bytes:
+    """A bare BidirectionalInputPayloadPart event, as a client without AWS code sends it."""
+    payload = json.dumps({"bytes": base64.b64encode(json.dumps({"text": text}).encode()).decode()}).encode()
+    return eventstream.encode_message(
+        [(":message-type", "event"), (":event-type", "chunk"), (":content-type", "application/json")], payload
+    )
+
+
+def answer(message) -> dict:
+    assert message is not None, "the response ended instead of answering"
+    assert message.headers[":message-type"] == "event", (message.headers, message.payload)
+    return json.loads(base64.b64decode(json.loads(message.payload)["bytes"]))
+
+
+def bidi_headers(proxy: str) -> list[tuple[str, str]]:
+    authority = urllib.parse.urlsplit(proxy).netloc
+    path = f"/model/{urllib.parse.quote(MODEL, safe='')}/invoke-with-bidirectional-stream"
+    return [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":authority", authority),
+        (":path", path),
+        ("content-type", "application/vnd.amazon.eventstream"),
+    ]
+
+
+def run_js_sdk(proxy: str, *texts: str) -> dict:
+    node = shutil.which("node")
+    assert node, "node is required (make js installs the SDK; .ci/run installs node)"
+    assert (JS_DIR / "node_modules" / "@aws-sdk" / "client-bedrock-runtime").is_dir(), "run `make js` first"
+    done = subprocess.run(
+        [node, str(JS_DIR / "bidi_client.mjs"), proxy, MODEL, *texts],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=JS_DIR,
+    )
+    lines = done.stdout.strip().splitlines()
+    assert lines, f"no output from the JS client (exit {done.returncode}):\n{done.stderr}"
+    return json.loads(lines[-1])
+
+
+def test_aws_sdk_for_javascript_streams_both_ways_through_the_sidecar(start_sidecar, bidi_env, fake_aws_h2):
+    sidecar = start_sidecar(bidi_env)
+    texts = ["hello", "how are you?", "bye"]
+    result = run_js_sdk(sidecar.proxy, *texts)
+    assert "error" not in result, result
+    assert [r["seq"] for r in result["received"]] == [1, 2, 3]
+    assert [json.loads(r["echo"])["text"] for r in result["received"]] == texts
+
+    (record,) = bidi_records(fake_aws_h2)
+    assert record["verified"], record
+    assert record["http_version"] == "2"
+    bidi = record["bidi"]
+    assert bidi["data_frames"] == 3 and bidi["frames_verified"] == 4, bidi  # 3 messages + the end
+    assert bidi["end_frame_received"] and bidi["completed"] and bidi["error"] is None, bidi
+    # The SDK signed with "unused" credentials; what reached Bedrock was
+    # signed with the role's, from the fake STS.
+    assert record["access_key_id"] != "unused"
+    assert sidecar.metric("bedrock_broker_requests_total", {"operation": OPERATION, "code": "200", "auth": "sigv4"}) == 1
+
+
+async def lockstep_bare(proxy: str, texts: list[str]) -> list[dict]:
+    """Bare messages over h2c prior knowledge, each answer awaited before the next message."""
+    client = await H2Client.connect(proxy)
+    try:
+        call = await client.start(bidi_headers(proxy))
+        answers = []
+        for text in texts:
+            await call.send(chunk(text))
+            if not answers:
+                assert await call.response_status() == 200, await call.body()
+            answers.append(answer(await call.next_message()))
+        await call.send(b"", end_stream=True)
+        assert await call.next_message() is None, "nothing after the last answer"
+        return answers
+    finally:
+        await client.close()
+
+
+def test_a_client_without_aws_code_sends_bare_messages_over_h2c(start_sidecar, bidi_env, fake_aws_h2):
+    sidecar = start_sidecar(bidi_env)
+    texts = ["one", "two", "three", "four"]
+    answers = asyncio.run(lockstep_bare(sidecar.proxy, texts))
+    assert [a["seq"] for a in answers] == [1, 2, 3, 4]
+    assert [json.loads(a["echo"])["text"] for a in answers] == texts
+
+    (record,) = bidi_records(fake_aws_h2)
+    bidi = record["bidi"]
+    assert record["verified"] and record["auth_kind"] == "sigv4", record
+    assert bidi["data_frames"] == 4 and bidi["frames_verified"] == 5, bidi
+    # The sidecar added the end-of-stream message the client never sent.
+    assert bidi["end_frame_received"] and bidi["completed"], bidi
+    # Every frame's chain link is the previous frame's signature, starting
+    # from the opening request's.
+    frames = bidi["frames"]
+    assert frames[0]["prev_signature"] == bidi["seed_signature"]
+    assert all(b["prev_signature"] == a["signature"] for a, b in zip(frames, frames[1:]))
+    assert sidecar.metric("bedrock_broker_requests_total", {"operation": OPERATION, "code": "200", "auth": "sigv4"}) == 1
+
+
+async def send_garbage(proxy: str) -> tuple[int, dict, bytes]:
+    client = await H2Client.connect(proxy)
+    try:
+        call = await client.start(bidi_headers(proxy))
+        await call.send(chunk("fine"))
+        status = await call.response_status()
+        first = answer(await call.next_message())
+        bad = bytearray(chunk("broken"))
+        bad[-1] ^= 0xFF  # breaks the message CRC
+        await call.send(bytes(bad))
+        rest = await call.body()
+        return status, first, rest
+    finally:
+        await client.close()
+
+
+def test_a_corrupt_client_message_aborts_the_stream_and_is_logged(start_sidecar, bidi_env, fake_aws_h2):
+    sidecar = start_sidecar(bidi_env)
+    status, first, _ = asyncio.run(send_garbage(sidecar.proxy))
+    assert status == 200 and first["seq"] == 1
+    # Nothing unsigned or half-signed reached Bedrock: the upstream request
+    # was cut off after the one good message, without an end frame.
+    def ended() -> dict | None:
+        (record,) = bidi_records(fake_aws_h2)
+        bidi = record["bidi"]
+        return bidi if bidi["client_disconnected"] or bidi["request_body_ended"] or bidi["error"] else None
+
+    bidi = wait_for(ended, timeout=10, what="the upstream stream to end")
+    assert bidi["data_frames"] == 1 and not bidi["end_frame_received"], bidi
+    assert all(f["ok"] for f in bidi["frames"]), bidi["frames"]
+    wait_for(lambda: "bidirectional stream aborted" in sidecar.log_text(), timeout=10, what="the abort to be logged")
+    assert "malformed" in sidecar.log_text()
+
+
+async def lockstep_http1(proxy: str, texts: list[str]) -> tuple[str, list[dict]]:
+    """The same exchange over HTTP/1.1 with a chunked request body: the
+    answers arrive while the request is still open."""
+    from botocore.eventstream import EventStreamBuffer
+
+    netloc = urllib.parse.urlsplit(proxy)
+    reader, writer = await asyncio.open_connection(netloc.hostname, netloc.port)
+    path = f"/model/{urllib.parse.quote(MODEL, safe='')}/invoke-with-bidirectional-stream"
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: {netloc.netloc}\r\n"
+        "Content-Type: application/vnd.amazon.eventstream\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+    )
+    decoder = EventStreamBuffer()
+    status_line, answers = "", []
+    try:
+        for sent, text in enumerate(texts, start=1):
+            message = chunk(text)
+            writer.write(b"%x\r\n%s\r\n" % (len(message), message))
+            await writer.drain()
+            if not status_line:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                status_line = head.decode().splitlines()[0]
+                assert "transfer-encoding: chunked" in head.decode().lower(), head
+            while len(answers) < sent:
+                size = int(await asyncio.wait_for(reader.readuntil(b"\r\n"), 10), 16)
+                decoder.add_data((await asyncio.wait_for(reader.readexactly(size + 2), 10))[:-2])
+                answers.extend(answer(m) for m in decoder)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n"), 10) == b"0\r\n", "the response ends after the request"
+        return status_line, answers
+    finally:
+        writer.close()
+
+
+def test_http1_clients_stream_both_ways_with_a_chunked_body(start_sidecar, bidi_env, fake_aws_h2):
+    sidecar = start_sidecar(bidi_env)
+    status_line, answers = asyncio.run(lockstep_http1(sidecar.proxy, ["x", "y"]))
+    assert status_line == "HTTP/1.1 200 OK"
+    assert [json.loads(a["echo"])["text"] for a in answers] == ["x", "y"]
+    (record,) = bidi_records(fake_aws_h2)
+    assert record["http_version"] == "2", "upstream is HTTP/2 whatever the client speaks"
+    assert record["bidi"]["frames_verified"] == 3 and record["bidi"]["completed"], record["bidi"]
