@@ -124,7 +124,7 @@ impl Sidecar {
         let (cell_for_endpoint, clock_for_endpoint) = (cell.clone(), clock.clone());
         let tls = crate::tls::client_config(creds.ca_bundle.as_ref().map(|b| b.pem.as_slice()))
             .context("building the TLS client configuration")?;
-        let client = proxy::upstream_client(tls, config.connect_timeout);
+        let clients = proxy::upstream_clients(tls, config.connect_timeout);
         let proxy = Arc::new(Proxy::new(
             ProxySettings {
                 upstream: config.upstream.clone(),
@@ -142,7 +142,7 @@ impl Sidecar {
                 }),
             },
             cell,
-            client,
+            clients,
             clock,
             metrics.proxy.clone(),
         ));

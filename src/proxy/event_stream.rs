@@ -12,17 +12,23 @@
 //! wrapped and signed with throwaway credentials (an AWS SDK pointed at the
 //! proxy): the envelope is taken off and the message inside re-signed.
 
+use std::sync::{Arc, OnceLock};
+
 use aws_sigv4::event_stream::{sign_empty_message, sign_message};
 use aws_sigv4::sign::v4::SigningParams;
-use aws_smithy_eventstream::frame::MessageFrameDecoder;
-use aws_smithy_eventstream::frame::{read_message_from, write_message_to, DecodedFrame};
+use aws_smithy_eventstream::frame::{
+    read_message_from, write_message_to, DecodedFrame, MessageFrameDecoder,
+};
 use aws_smithy_runtime_api::client::identity::Identity;
 use aws_smithy_types::event_stream::Message;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
+use http::StatusCode;
 use http_body::Frame;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
 
+use super::error::BrokerError;
 use crate::clock::SharedClock;
 
 /// The payload hash of a request whose body is a signed event stream.
@@ -38,12 +44,54 @@ pub enum StreamError {
     Read(#[from] hyper::Error),
     #[error("the client's event stream is malformed: {0}")]
     Malformed(#[from] aws_smithy_eventstream::error::Error),
+    #[error("the client's event stream is malformed: a signed envelope holds {0} bytes after its message")]
+    TrailingBytes(usize),
+    #[error("an event-stream message from the client exceeds {0} bytes (--max-body-bytes)")]
+    TooLarge(usize),
     #[error("cannot sign an event-stream message: {0}")]
     Sign(String),
+    #[error("cannot encode a signed event-stream message: {0}")]
+    Encode(aws_smithy_eventstream::error::Error),
     #[error("the client sent more messages after ending its event stream")]
     AfterEnd,
     #[error("the client's body ended inside an event-stream message ({0} bytes left over)")]
     Truncated(usize),
+}
+
+impl StreamError {
+    /// How the request is answered when this cut it off before Bedrock's
+    /// response headers: the client's fault, never a 5xx from Bedrock.
+    fn broker_error(&self) -> BrokerError {
+        match self {
+            // nginx's "client closed request": not an error of ours or Bedrock's.
+            Self::Read(_) => BrokerError::new(
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+                "client_closed",
+                self.to_string(),
+            ),
+            Self::Sign(_) | Self::Encode(_) => BrokerError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "signing_failed",
+                self.to_string(),
+            ),
+            _ => BrokerError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_event_stream",
+                self.to_string(),
+            ),
+        }
+    }
+}
+
+/// Why the re-signed body stopped early, for the request's answer when
+/// Bedrock had not sent its response headers yet.
+#[derive(Debug, Clone, Default)]
+pub struct Aborted(Arc<OnceLock<BrokerError>>);
+
+impl Aborted {
+    pub fn reason(&self) -> Option<BrokerError> {
+        self.0.get().cloned()
+    }
 }
 
 /// Signs messages in one chain: same credentials, scope and running
@@ -112,15 +160,20 @@ impl ChainSigner {
 struct Resigner {
     decoder: MessageFrameDecoder,
     pending: BytesMut,
+    /// Most bytes of one message held while waiting for its end: the
+    /// decoder trusts the length prefix, so without this a bad prefix
+    /// would make us buffer without bound.
+    max_message_bytes: usize,
     signer: ChainSigner,
     ended: bool,
 }
 
 impl Resigner {
-    fn new(signer: ChainSigner) -> Self {
+    fn new(signer: ChainSigner, max_message_bytes: usize) -> Self {
         Self {
             decoder: MessageFrameDecoder::new(),
             pending: BytesMut::new(),
+            max_message_bytes,
             signer,
             ended: false,
         }
@@ -142,7 +195,10 @@ impl Resigner {
             let inner = unwrap_envelope(message)?;
             self.ended = inner.is_none();
             let envelope = self.signer.sign(inner.as_ref())?;
-            write_message_to(&envelope, &mut out)?;
+            write_message_to(&envelope, &mut out).map_err(StreamError::Encode)?;
+        }
+        if self.pending.len() > self.max_message_bytes {
+            return Err(StreamError::TooLarge(self.max_message_bytes));
         }
         Ok(out.freeze())
     }
@@ -158,7 +214,7 @@ impl Resigner {
         }
         self.ended = true;
         let mut out = BytesMut::new();
-        write_message_to(&self.signer.sign(None)?, &mut out)?;
+        write_message_to(&self.signer.sign(None)?, &mut out).map_err(StreamError::Encode)?;
         Ok(Some(out.freeze()))
     }
 }
@@ -176,24 +232,33 @@ fn unwrap_envelope(message: Message) -> Result<Option<Message>, StreamError> {
     if message.payload().is_empty() {
         return Ok(None);
     }
-    Ok(Some(read_message_from(message.payload().clone())?))
+    let mut payload = message.payload().clone();
+    let inner = read_message_from(&mut payload)?;
+    if payload.has_remaining() {
+        return Err(StreamError::TrailingBytes(payload.remaining()));
+    }
+    Ok(Some(inner))
 }
 
 /// The body sent upstream: the client's body, re-signed as it arrives. A
 /// message is forwarded as soon as its last byte is in; nothing waits for
-/// the end of the body.
+/// the end of the body. If it has to stop early, [`Aborted`] says why.
 pub fn resigned(
     client: Incoming,
     signer: ChainSigner,
-) -> http_body_util::combinators::UnsyncBoxBody<Bytes, StreamError> {
+    max_message_bytes: usize,
+) -> (UnsyncBoxBody<Bytes, StreamError>, Aborted) {
     struct State {
         client: Incoming,
         resigner: Resigner,
+        aborted: Aborted,
         done: bool,
     }
+    let aborted = Aborted::default();
     let state = State {
         client,
-        resigner: Resigner::new(signer),
+        resigner: Resigner::new(signer, max_message_bytes),
+        aborted: aborted.clone(),
         done: false,
     };
     let frames = futures::stream::unfold(state, |mut state| async move {
@@ -223,14 +288,21 @@ pub fn resigned(
             };
             if let Err(e) = &next {
                 // The response may already be streaming: all that can be
-                // done is to abort the upstream request and say why here.
-                tracing::warn!(error = %e, "bidirectional stream aborted");
+                // done then is to abort the upstream request and say why
+                // here. A client hanging up is ordinary (a call ended).
+                match e {
+                    StreamError::Read(_) => {
+                        tracing::debug!(error = %e, "bidirectional stream ended by the client")
+                    }
+                    _ => tracing::warn!(error = %e, "bidirectional stream aborted"),
+                }
+                let _ = state.aborted.0.set(e.broker_error());
                 state.done = true;
             }
             return Some((next, state));
         }
     });
-    StreamBody::new(frames).boxed_unsync()
+    (StreamBody::new(frames).boxed_unsync(), aborted)
 }
 
 #[cfg(test)]
@@ -307,7 +379,7 @@ mod tests {
         let second = chunk("b");
 
         // Bare messages, split at an awkward byte boundary.
-        let mut bare = Resigner::new(signer("seed"));
+        let mut bare = Resigner::new(signer("seed"), 1 << 20);
         let bytes = [encode(&first), encode(&second)].concat();
         let mut out = bare.push(&bytes[..5]).unwrap().to_vec();
         out.extend_from_slice(&bare.push(&bytes[5..]).unwrap());
@@ -322,7 +394,7 @@ mod tests {
             wrapped_in.extend(encode(&theirs.sign(Some(m)).unwrap()));
         }
         wrapped_in.extend(encode(&theirs.sign(None).unwrap()));
-        let mut wrapped = Resigner::new(signer("seed"));
+        let mut wrapped = Resigner::new(signer("seed"), 1 << 20);
         let out = wrapped.push(&wrapped_in).unwrap();
         assert_eq!(wrapped.finish().unwrap(), None, "no second end envelope");
         let wrapped_out = decode_all(&out);
@@ -343,31 +415,75 @@ mod tests {
         assert_ne!(sigs[0], client_first);
     }
 
+    // Signatures computed by the fake Bedrock's own Python verifier
+    // (tests/fakes/fake_aws.py, EventStreamVerifier) for the same inputs:
+    // secret "secret", us-east-1/bedrock, 2027-01-15T08:00:00Z, seed "seed".
     #[test]
-    fn the_chain_matches_aws_sigv4_signing_each_message_in_turn() {
-        let mut reference = signer("seed");
-        let expected = [
-            reference.sign(Some(&chunk("x"))).unwrap(),
-            reference.sign(None).unwrap(),
-        ];
-        let mut r = Resigner::new(signer("seed"));
-        let mut out = r.push(&encode(&chunk("x"))).unwrap().to_vec();
+    fn the_chain_matches_an_independent_implementation() {
+        let inner = encode(&chunk("x"));
+        assert_eq!(
+            hex::encode(&inner),
+            "000000470000002a544a92e60b3a6576656e742d747970650700056368756e6b0d3a6d6573736167652d\
+             747970650700056576656e747b226279746573223a2278227dce826254"
+        );
+        let mut r = Resigner::new(signer("seed"), 1 << 20);
+        let mut out = r.push(&inner).unwrap().to_vec();
         out.extend_from_slice(&r.finish().unwrap().unwrap());
-        assert_eq!(decode_all(&out), expected);
+        let sigs: Vec<String> = decode_all(&out).iter().map(signature_of).collect();
+        assert_eq!(
+            sigs,
+            [
+                "41441f8ad99985928b64a627191bcabb4a6ba2e97fbc809803d60504afc15c47",
+                "a1c9aba1db9f6e8d30647710e5ccf0cbf33aa6d58ec8b1b6b3d7da0663926018",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_length_prefix_is_not_trusted_beyond_the_limit() {
+        let mut r = Resigner::new(signer("seed"), 64);
+        // A prelude claiming a 1 GiB message, then more bytes than the limit.
+        let mut bytes = (1u32 << 30).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&[0; 8]);
+        bytes.extend_from_slice(&[0; 100]);
+        assert!(matches!(r.push(&bytes), Err(StreamError::TooLarge(64))));
+    }
+
+    #[test]
+    fn an_envelope_must_hold_exactly_one_message() {
+        let mut payload = encode(&chunk("x"));
+        payload.extend_from_slice(b"extra");
+        let envelope = Message::new(Bytes::from(payload)).add_header(Header::new(
+            CHUNK_SIGNATURE,
+            HeaderValue::ByteArray(Bytes::from_static(&[0; 32])),
+        ));
+        let mut r = Resigner::new(signer("seed"), 1 << 20);
+        assert!(matches!(
+            r.push(&encode(&envelope)),
+            Err(StreamError::TrailingBytes(5))
+        ));
+    }
+
+    #[test]
+    fn client_faults_are_answered_as_such() {
+        let e = StreamError::AfterEnd.broker_error();
+        assert_eq!((e.status.as_u16(), e.code), (400, "invalid_event_stream"));
+        let e = StreamError::TooLarge(1).broker_error();
+        assert_eq!(e.status.as_u16(), 400);
     }
 
     #[test]
     fn messages_after_the_end_and_truncated_bodies_are_errors() {
         let mut theirs = signer("c");
         let end = encode(&theirs.sign(None).unwrap());
-        let mut r = Resigner::new(signer("seed"));
+        let mut r = Resigner::new(signer("seed"), 1 << 20);
         r.push(&end).unwrap();
         assert!(matches!(
             r.push(&encode(&chunk("late"))),
             Err(StreamError::AfterEnd)
         ));
 
-        let mut r = Resigner::new(signer("seed"));
+        let mut r = Resigner::new(signer("seed"), 1 << 20);
         let whole = encode(&chunk("x"));
         assert!(r.push(&whole[..whole.len() - 1]).unwrap().is_empty());
         assert!(matches!(r.finish(), Err(StreamError::Truncated(_))));
@@ -378,7 +494,7 @@ mod tests {
         let mut bytes = encode(&chunk("x"));
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff; // breaks the message CRC
-        let mut r = Resigner::new(signer("seed"));
+        let mut r = Resigner::new(signer("seed"), 1 << 20);
         assert!(matches!(r.push(&bytes), Err(StreamError::Malformed(_))));
     }
 

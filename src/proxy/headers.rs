@@ -54,7 +54,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// Prepares client request headers for the upstream: removes hop-by-hop
 /// headers, `Host`, the client's `Authorization` and SigV4 headers, the
 /// provider-data header (it may hold a token), `Content-Length` (the body is
-/// re-framed) and `Expect` (the body is already read).
+/// re-framed) and `Expect` (hyper already answered `100-continue` to the
+/// client; the upstream gets the body without asking).
 pub fn prepare_request_headers(headers: &mut HeaderMap) {
     remove_hop_by_hop(headers);
     for name in [

@@ -28,7 +28,7 @@ pub use auth::{bearer_header, AuthMode};
 pub use error::{BrokerError, Dialect};
 pub use operation::Operation;
 pub use signing::Signer;
-pub use upstream::{client as upstream_client, RequestBody, UpstreamClient};
+pub use upstream::{clients as upstream_clients, RequestBody, UpstreamClient, UpstreamClients};
 pub use usage::{ModelLabels, UsageRecorder};
 
 use crate::clock::SharedClock;
@@ -49,7 +49,7 @@ pub type ProxyBody = Either<Full<Bytes>, UpstreamBody>;
 /// Everything request handling needs; built once, shared by all connections.
 pub struct Proxy {
     cell: Arc<CredentialCell>,
-    client: UpstreamClient,
+    clients: UpstreamClients,
     /// Where each request goes, and how it is signed there.
     routes: route::Routes,
     /// `Bearer <AWS_BEARER_TOKEN_BEDROCK>`, built once.
@@ -88,7 +88,7 @@ impl Proxy {
     pub fn new(
         settings: ProxySettings,
         cell: Arc<CredentialCell>,
-        client: UpstreamClient,
+        clients: UpstreamClients,
         clock: SharedClock,
         metrics: ProxyMetrics,
     ) -> Self {
@@ -104,7 +104,7 @@ impl Proxy {
         );
         Self {
             cell,
-            client,
+            clients,
             routes,
             configured_bearer: settings.configured_bearer,
             max_body_bytes: settings.max_body_bytes,
@@ -194,21 +194,30 @@ impl Proxy {
 
         let (mut parts, body) = request.into_parts();
         let route = self.routes.for_path(parts.uri.path()).map_err(with_mode)?;
+        if matches!(decision, auth::Decision::Bearer(..)) {
+            if let Some(what) = api_keys_unsupported(operation, route) {
+                return Err(with_mode(BrokerError::new(
+                    StatusCode::BAD_REQUEST,
+                    "api_key_unsupported",
+                    format!(
+                        "Amazon Bedrock API keys cannot be used with {what}; \
+                         configure SigV4 credentials for bedrock-broker instead \
+                         (web identity, static keys or the credential chain)"
+                    ),
+                )));
+            }
+        }
         if operation == Operation::InvokeBidirectionalStream {
             // Never buffered: the client sends while it reads the answers.
-            let upstream_uri = route.uri(parts.uri.path_and_query()).map_err(with_mode)?;
-            parts.uri = upstream_uri;
+            // SigV4 only: API keys were refused above.
+            parts.uri = route.uri(parts.uri.path_and_query()).map_err(with_mode)?;
             parts.version = Version::HTTP_11;
             headers::prepare_request_headers(&mut parts.headers);
-            let response = match decision {
-                auth::Decision::Bearer(_, value) => {
-                    parts.headers.insert(http::header::AUTHORIZATION, value);
-                    let body = body.map_err(event_stream::StreamError::Read);
-                    self.send(parts, Either::Right(body.boxed_unsync())).await
-                }
-                auth::Decision::SigV4 => self.send_event_stream(route.signer(), parts, body).await,
-            };
-            return response.map(|r| (r, mode, None)).map_err(with_mode);
+            return self
+                .send_event_stream(route.signer(), parts, body)
+                .await
+                .map(|r| (r, mode, None))
+                .map_err(with_mode);
         }
 
         let sigv4 = matches!(decision, auth::Decision::SigV4);
@@ -227,7 +236,8 @@ impl Proxy {
         let response = match decision {
             auth::Decision::Bearer(_, value) => {
                 parts.headers.insert(http::header::AUTHORIZATION, value);
-                self.send(parts, Either::Left(Full::new(body.bytes))).await
+                let body = Either::Left(Full::new(body.bytes));
+                self.send(&self.clients.pooled, parts, body).await
             }
             auth::Decision::SigV4 => self.send_signed(route.signer(), parts, body).await,
         };
@@ -247,6 +257,13 @@ impl Proxy {
             http::HeaderName::from_static("x-amz-content-sha256"),
             HeaderValue::from_static(event_stream::STREAMING_PAYLOAD),
         );
+        // Bedrock requires it; a client without AWS code may not know that.
+        parts
+            .headers
+            .entry(http::header::CONTENT_TYPE)
+            .or_insert(HeaderValue::from_static(
+                "application/vnd.amazon.eventstream",
+            ));
         let digest = signing::BodyDigest::new(&[], Some(event_stream::STREAMING_PAYLOAD));
         let chain = self.sign_with(signer, &mut parts, digest, |signer, held, seed| {
             event_stream::ChainSigner::new(
@@ -257,16 +274,32 @@ impl Proxy {
                 seed,
             )
         })?;
-        let body = event_stream::resigned(body, chain);
-        self.send(parts, Either::Right(body)).await
+        let (body, aborted) = event_stream::resigned(body, chain, self.max_body_bytes);
+        match self
+            .send(&self.clients.streams, parts, Either::Right(body))
+            .await
+        {
+            Ok(response) => {
+                if rejects_credentials(&response) {
+                    // Not retried (the messages already sent are gone), but
+                    // the next stream should not meet the same answer.
+                    self.cell.request_refresh();
+                }
+                Ok(response)
+            }
+            // A client that broke its stream (or hung up) before Bedrock
+            // answered is the client's fault, not an unreachable Bedrock.
+            Err(err) => Err(aborted.reason().unwrap_or(err)),
+        }
     }
 
     async fn send(
         &self,
+        client: &UpstreamClient,
         parts: http::request::Parts,
         body: RequestBody,
     ) -> Result<Response<Incoming>, BrokerError> {
-        let sent = self.client.request(Request::from_parts(parts, body));
+        let sent = client.request(Request::from_parts(parts, body));
         let Some(limit) = self.response_header_timeout else {
             return sent.await.map_err(|e| upstream_error(&e));
         };
@@ -299,7 +332,11 @@ impl Proxy {
         );
         let used = self.sign(signer, &mut parts, &body)?;
         let response = self
-            .send(parts, Either::Left(Full::new(body.bytes.clone())))
+            .send(
+                &self.clients.pooled,
+                parts,
+                Either::Left(Full::new(body.bytes.clone())),
+            )
             .await?;
         if !rejects_credentials(&response) {
             return Ok(response);
@@ -321,7 +358,12 @@ impl Proxy {
             .with_label_values(&["retried"])
             .inc();
         tracing::info!("Bedrock rejected expired credentials; retried with refreshed ones");
-        self.send(retry, Either::Left(Full::new(body.bytes))).await
+        self.send(
+            &self.clients.pooled,
+            retry,
+            Either::Left(Full::new(body.bytes)),
+        )
+        .await
     }
 
     /// Newer credentials than generation `used`, refreshing early if needed.
@@ -503,6 +545,19 @@ fn check_target<B>(request: &Request<B>) -> Result<(), BrokerError> {
         ));
     }
     Ok(())
+}
+
+/// What Bedrock does not accept API keys for (AWS's API keys reference:
+/// InvokeModelWithBidirectionalStream and the Agents runtime), so the
+/// client gets a clear answer instead of Bedrock's 403.
+fn api_keys_unsupported(operation: Operation, route: &route::Route) -> Option<&'static str> {
+    if operation == Operation::InvokeBidirectionalStream {
+        Some("InvokeModelWithBidirectionalStream")
+    } else if !route.accepts_api_keys() {
+        Some("the Agents runtime (/agent-runtime/)")
+    } else {
+        None
+    }
 }
 
 /// Whether Bedrock refused the credentials themselves (expired, or unknown

@@ -33,6 +33,12 @@ impl Route {
         self.signer.as_ref()
     }
 
+    /// Bedrock API keys are limited to the Bedrock and Bedrock runtime
+    /// APIs; the Agents runtime accepts SigV4 only.
+    pub fn accepts_api_keys(&self) -> bool {
+        self.prefix != AGENT_RUNTIME_PREFIX
+    }
+
     /// The upstream URI for a client path-and-query (prefix removed).
     pub fn uri(&self, pq: Option<&PathAndQuery>) -> Result<Uri, BrokerError> {
         let pq = pq.map_or("/", PathAndQuery::as_str);

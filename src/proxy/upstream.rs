@@ -1,4 +1,4 @@
-//! The pooled HTTPS client to Bedrock.
+//! The pooled HTTPS clients to Bedrock.
 
 use std::time::Duration;
 
@@ -21,7 +21,26 @@ pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 /// of AWS front ends, so we never reuse a connection they are closing.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
-pub fn client(tls: rustls::ClientConfig, connect_timeout: Duration) -> UpstreamClient {
+/// The two clients the proxy sends with.
+#[derive(Clone)]
+pub struct UpstreamClients {
+    /// Every operation but one: HTTP/2 or HTTP/1.1, whichever ALPN picks.
+    pub pooled: UpstreamClient,
+    /// Bidirectional streams only: HTTP/2 always (Bedrock accepts nothing
+    /// else for them), on connections of their own, so a long voice
+    /// session read slowly by its client cannot use up the flow-control
+    /// window or stream limit that ordinary requests share.
+    pub streams: UpstreamClient,
+}
+
+pub fn clients(tls: rustls::ClientConfig, connect_timeout: Duration) -> UpstreamClients {
+    UpstreamClients {
+        pooled: build(tls.clone(), connect_timeout, false),
+        streams: build(tls, connect_timeout, true),
+    }
+}
+
+fn build(tls: rustls::ClientConfig, connect_timeout: Duration, h2_only: bool) -> UpstreamClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -29,13 +48,16 @@ pub fn client(tls: rustls::ClientConfig, connect_timeout: Duration) -> UpstreamC
     http.set_keepalive(Some(Duration::from_secs(30)));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
+        .https_or_http();
+    let https = if h2_only {
+        https.enable_http2().wrap_connector(http)
+    } else {
+        https.enable_http1().enable_http2().wrap_connector(http)
+    };
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
+        .http2_only(h2_only)
         .build(https)
 }

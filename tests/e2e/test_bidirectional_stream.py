@@ -151,7 +151,7 @@ def test_a_client_without_aws_code_sends_bare_messages_over_h2c(start_sidecar, b
     assert sidecar.metric("bedrock_broker_requests_total", {"operation": OPERATION, "code": "200", "auth": "sigv4"}) == 1
 
 
-async def send_garbage(proxy: str) -> tuple[int, dict, bytes]:
+async def send_garbage(proxy: str) -> tuple[int, dict, object]:
     client = await H2Client.connect(proxy)
     try:
         call = await client.start(bidi_headers(proxy))
@@ -161,16 +161,18 @@ async def send_garbage(proxy: str) -> tuple[int, dict, bytes]:
         bad = bytearray(chunk("broken"))
         bad[-1] ^= 0xFF  # breaks the message CRC
         await call.send(bytes(bad))
-        rest = await call.body()
-        return status, first, rest
+        await call.body()  # until the stream ends, one way or the other
+        return status, first, call.reset_code
     finally:
         await client.close()
 
 
 def test_a_corrupt_client_message_aborts_the_stream_and_is_logged(start_sidecar, bidi_env, fake_aws_h2):
     sidecar = start_sidecar(bidi_env)
-    status, first, _ = asyncio.run(send_garbage(sidecar.proxy))
+    status, first, reset_code = asyncio.run(send_garbage(sidecar.proxy))
     assert status == 200 and first["seq"] == 1
+    # The client is told its stream failed (reset), not given a clean end.
+    assert reset_code is not None, "the response ended cleanly after a corrupt message"
     # Nothing unsigned or half-signed reached Bedrock: the upstream request
     # was cut off after the one good message, without an end frame.
     def ended() -> dict | None:
@@ -228,3 +230,29 @@ def test_http1_clients_stream_both_ways_with_a_chunked_body(start_sidecar, bidi_
     (record,) = bidi_records(fake_aws_h2)
     assert record["http_version"] == "2", "upstream is HTTP/2 whatever the client speaks"
     assert record["bidi"]["frames_verified"] == 3 and record["bidi"]["completed"], record["bidi"]
+
+
+def test_api_keys_are_refused_for_bidirectional_streams(start_sidecar, fake_aws_h2):
+    # AWS: "You can't use [API keys] with InvokeModelWithBidirectionalStream".
+    fake_aws_h2.post("/reset")
+    sidecar = start_sidecar(
+        {"AWS_REGION": REGION, "AWS_BEARER_TOKEN_BEDROCK": "ABSKexample", "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws_h2.bedrock_h2}
+    )
+
+    async def refused() -> tuple[int, dict]:
+        client = await H2Client.connect(sidecar.proxy)
+        try:
+            call = await client.start(bidi_headers(sidecar.proxy))
+            await call.send(chunk("hi"), end_stream=True)
+            status = await call.response_status()
+            return status, dict(call.headers), json.loads(await call.body())
+        finally:
+            await client.close()
+
+    status, headers, body = asyncio.run(refused())
+    assert status == 400
+    assert headers["x-bedrock-broker-error"] == "api_key_unsupported"
+    assert "InvokeModelWithBidirectionalStream" in body["message"] and "SigV4" in body["message"]
+    assert "ABSKexample" not in json.dumps(body)
+    assert bidi_records(fake_aws_h2) == [], "nothing was sent upstream"
+    assert sidecar.metric("bedrock_broker_requests_total", {"operation": OPERATION, "code": "400", "auth": "api_key"}) == 1

@@ -60,3 +60,25 @@ def test_unconfigured_route_is_a_clear_404(start_sidecar, fake_aws):
     r = requests.post(sidecar.url("/mantle/v1/chat/completions"), json={}, timeout=10)
     assert r.status_code == 404
     assert r.json()["error"]["code"] == "route_not_configured"
+
+
+def test_api_keys_are_refused_for_the_agents_runtime_but_not_for_mantle(start_sidecar, fake_aws):
+    # AWS: API keys are limited to Bedrock and the Bedrock runtime; the
+    # Agents runtime answers them with 403, so the sidecar says why up front.
+    sidecar = start_sidecar({
+        "AWS_REGION": "us-east-1",
+        "AWS_BEARER_TOKEN_BEDROCK": "ABSKexample",
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws.bedrock,
+        "AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME": fake_aws.bedrock,
+        "BEDROCK_BROKER_MANTLE_UPSTREAM": fake_aws.bedrock,
+    })
+    tid = uuid.uuid4().hex
+    r = requests.post(sidecar.url("/agent-runtime/retrieveAndGenerate"), json={}, headers={"x-test-id": tid}, timeout=10)
+    assert r.status_code == 400
+    assert r.headers["x-bedrock-broker-error"] == "api_key_unsupported"
+    assert "Agents runtime" in r.json()["message"]
+    assert fake_aws.get(f"/bedrock/requests?test_id={tid}") == []
+
+    mantle = uuid.uuid4().hex
+    requests.post(sidecar.url("/mantle/v1/chat/completions"), json={"model": "m", "messages": []}, headers={"x-test-id": mantle}, timeout=10)
+    assert fake_aws.request_for(mantle)["auth_kind"] == "bearer"

@@ -81,6 +81,7 @@ class BidiCall:
         self.headers: dict = {}
         self.raw = b""
         self.ended = False
+        self.reset_code = None  # set when the peer reset the stream (RST_STREAM)
         self.buffer = EventStreamBuffer()  # botocore's decoder: independent of eventstream.py
         self.pending: list = []
 
@@ -105,7 +106,10 @@ class BidiCall:
             self.ended = True
         elif getattr(event, "stream_id", None) != self.stream_id:
             return
-        elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+        elif isinstance(event, h2.events.StreamReset):
+            self.ended = True
+            self.reset_code = event.error_code
+        elif isinstance(event, h2.events.StreamEnded):
             self.ended = True
         elif isinstance(event, h2.events.ResponseReceived):
             self.headers = dict(event.headers)
