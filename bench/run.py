@@ -15,8 +15,13 @@ One command (`make bench`, or `python3 bench/run.py`):
 * drives both with wrk (keep-alive, ~1 KB JSON POST bodies, concurrency 1,
   16, 64, fixed duration, several repeats, medians), interleaving direct and
   proxied runs so drift hits both alike;
-* CPU pinning: the sidecar runs alone on --proxy-cpu; wrk, nginx and this
-  script share --load-cpu (the same as `taskset -c`);
+* unless --no-floor, also drives the 1 KB converse rows and the slow stream
+  through a "floor": a separate plain nginx reverse proxy (no signing,
+  upstream keepalive to the mock), pinned like the sidecar, to show what any
+  second hop costs on this setup;
+* CPU pinning: the sidecar (and the floor nginx) run on --proxy-cpu, one at a
+  time; wrk, the mock nginx and this script share --load-cpu (the same as
+  `taskset -c`);
 * measures RSS (/proc/PID/status VmRSS, VmHWM reset per row through
   /proc/PID/clear_refs), CPU time (/proc/PID/stat utime+stime), new upstream
   connections (nginx stub_status `accepts`), time to first byte of the slow
@@ -296,6 +301,7 @@ class Mock:
         self.port = free_port()
         self.h2_port = free_port()
         self.status_port = free_port()
+        self.status_requests = 0  # see accepts()
         slow = []
         for i in range(events):
             slow.append(f"echo -n {nginx_quote(sse_event(i))};")
@@ -389,7 +395,10 @@ http {{
         text = c.getresponse().read().decode()
         c.close()
         # "Active connections: 1 \nserver accepts handled requests\n 5 5 9 \n..."
-        return int(text.splitlines()[2].split()[0]) - 1  # minus this status request
+        # Each status request is a connection of its own: count none of them,
+        # or every measured delta is one too high.
+        self.status_requests += 1
+        return int(text.splitlines()[2].split()[0]) - self.status_requests
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -397,6 +406,93 @@ http {{
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        self.log.close()
+
+
+# --------------------------------------------------------------------------
+# Floor: a minimal reverse proxy that does no signing
+
+
+FLOOR = "floor: nginx reverse proxy, no signing"
+
+
+class Floor:
+    """A second nginx instance (own config, temp dir and pid file; not the
+    mock): a plain-HTTP listener on loopback that proxy_passes everything to
+    the TLS mock over kept-alive upstream connections, with no signing and
+    no body handling beyond what nginx does anyway. It is pinned to the
+    proxy's CPU exactly like the sidecar and shows what any second hop costs
+    on this setup. `master_process off` with one worker: the process we
+    start is the one worker that serves, so its /proc/PID/stat and VmHWM
+    are the proxy's CPU time and peak RSS."""
+
+    def __init__(self, workdir: Path, upstream_port: int, ca: Path, cpu: int | None):
+        self.dir = workdir / "floor-nginx"
+        self.dir.mkdir()
+        self.port = free_port()
+        d = self.dir
+        conf = f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 8192; multi_accept on; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    client_max_body_size 64m;
+    client_body_buffer_size 1m;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    upstream bench_mock {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 64;
+        keepalive_requests 10000000;  # default 1000 would reconnect every 1k requests
+        keepalive_timeout 300s;
+    }}
+    server {{
+        listen 127.0.0.1:{self.port};
+        location / {{
+            proxy_pass https://bench_mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;  # streams pass through as they arrive
+            proxy_ssl_session_reuse on;
+            proxy_ssl_protocols TLSv1.2 TLSv1.3;
+            # Verify the mock like the sidecar does (costs only on new connections).
+            proxy_ssl_verify on;
+            proxy_ssl_trusted_certificate {ca};
+            proxy_ssl_name localhost;
+        }}
+    }}
+}}
+"""
+        (d / "nginx.conf").write_text(conf)
+        self.log = open(d / "stderr.log", "w")
+        self.proc = subprocess.Popen(
+            ["nginx", "-p", str(d), "-c", str(d / "nginx.conf"), "-e", str(d / "error.log")],
+            stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=pinned(cpu),
+        )
+        self.pid = self.proc.pid
+        try:
+            wait_port(self.port, 10)
+        except RuntimeError:
+            self.stop()
+            raise RuntimeError(f"floor nginx did not start: {(d / 'error.log').read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         self.log.close()
 
 
@@ -483,12 +579,16 @@ def run_wrk(url: str, path: str, body_file: Path, conns: int, duration: float,
 
 
 class Target:
-    """Where wrk sends requests, and what to sample around each run."""
+    """Where wrk sends requests, and what to sample around each run: `proxy`
+    is the process in between (a Sidecar or the Floor nginx; None for the
+    direct path)."""
 
-    def __init__(self, name: str, url: str, sidecar: Sidecar | None):
+    def __init__(self, name: str, url: str, proxy: Sidecar | Floor | None,
+                 rows: str = "all"):
         self.name = name
         self.url = url
-        self.sidecar = sidecar
+        self.proxy = proxy
+        self.rows = rows  # "all", or "1 KB converse" for rows measured only there
 
 
 def measure(targets: list[Target], mock: Mock, path: str, body_file: Path, conns: int,
@@ -499,15 +599,15 @@ def measure(targets: list[Target], mock: Mock, path: str, body_file: Path, conns
     runs: dict[str, list] = {t.name: [] for t in targets}
     peaks: dict[str, float] = {}
     for t in targets:
-        if t.sidecar:
-            reset_peak_rss(t.sidecar.pid)
+        if t.proxy:
+            reset_peak_rss(t.proxy.pid)
     for _ in range(args.repeats):
         for t in targets:
             a0 = mock.accepts()
-            c0 = proc_cpu_seconds(t.sidecar.pid) if t.sidecar else 0.0
+            c0 = proc_cpu_seconds(t.proxy.pid) if t.proxy else 0.0
             b0 = cpu_busy_seconds(args.proxy_cpu)
             r = run_wrk(t.url, path, body_file, conns, args.duration, args.load_cpu)
-            r["cpu_s"] = (proc_cpu_seconds(t.sidecar.pid) - c0) if t.sidecar else None
+            r["cpu_s"] = (proc_cpu_seconds(t.proxy.pid) - c0) if t.proxy else None
             # How busy the proxy's CPU was with anything else (other jobs on a
             # shared machine): the noise indicator of the row.
             r["others_s"] = cpu_busy_seconds(args.proxy_cpu) - b0 - (r["cpu_s"] or 0.0)
@@ -523,14 +623,14 @@ def measure(targets: list[Target], mock: Mock, path: str, body_file: Path, conns
             "p99_ms": statistics.median(r["p99_us"] for r in rs) / 1000,
             "requests": total,
             "errors": sum(r["errors"] for r in rs),
-            "cpu_per_10k": (sum(r["cpu_s"] for r in rs) / total * 10_000) if t.sidecar else None,
+            "cpu_per_10k": (sum(r["cpu_s"] for r in rs) / total * 10_000) if t.proxy else None,
             "proxy_util": (sum(r["cpu_s"] for r in rs) / sum(r["duration_us"] / 1e6 for r in rs))
-            if t.sidecar else None,
+            if t.proxy else None,
             "others_util": max(0.0, sum(r["others_s"] for r in rs)
                                / sum(r["duration_us"] / 1e6 for r in rs)),
             "conns_per_1k": sum(r["accepts"] for r in rs) / total * 1000,
-            "peak_rss": proc_mem(t.sidecar.pid)["VmHWM"] if t.sidecar else None,
-            "rss_after": proc_mem(t.sidecar.pid)["VmRSS"] if t.sidecar else None,
+            "peak_rss": proc_mem(t.proxy.pid)["VmHWM"] if t.proxy else None,
+            "rss_after": proc_mem(t.proxy.pid)["VmRSS"] if t.proxy else None,
             "all_rps": [round(r["rps"]) for r in rs],
         }
     return out
@@ -724,7 +824,7 @@ def report(res: dict, args, command: str) -> str:
     L.append(f"Binary: `{res['binary']}`" + (f" (built from the work tree at git {res['git']})  "
              if not args.binary else f" (given with --binary; work tree at git {res['git']})  "))
     L.append(f"Tools: {res['tools']}  ")
-    L.append(f"Pinning: sidecar on CPU {args.proxy_cpu}; wrk (1 thread), nginx (1 worker) and the "
+    L.append(f"Pinning: sidecar{'' if args.no_floor else ' (and the floor nginx)'} on CPU {args.proxy_cpu}; wrk (1 thread), the mock nginx (1 worker) and the "
              f"driver on CPU {args.load_cpu}. Runs: {args.warmup:g} s warm-up, then {args.repeats} × "
              f"{args.duration:g} s per row, direct and sidecar interleaved; medians shown.\n")
     L.append("## Load (wrk, keep-alive, POST)\n")
@@ -753,23 +853,40 @@ def report(res: dict, args, command: str) -> str:
              "sidecar with AWS_BEARER_TOKEN_BEDROCK set, so requests go out with a bearer header "
              "instead of a signature; the gap to the 'sidecar' row is the cost of SigV4. 'usage metrics off' rows "
              "run with BEDROCK_BROKER_USAGE_METRICS=false (the 'sidecar' rows use the defaults, usage "
-             "metrics on); the gap is the cost of reading token usage from responses. Peak RSS is VmHWM, reset before each row. "
+             "metrics on); the gap is the cost of reading token usage from responses. "
+             f"'{FLOOR}' rows (1 KB converse only; off with --no-floor): wrk → a second, "
+             "separate nginx (one worker, plain HTTP listener, pinned to the proxy's CPU like the sidecar) "
+             "→ the mock over TLS with upstream keepalive, session reuse and no response buffering; it "
+             "does no signing and no body inspection, so it is the floor any second hop costs on this "
+             "machine (CPU, RSS and connection columns are that nginx process's). "
+             "Peak RSS is VmHWM, reset before each row. "
              "'proxy CPU busy' is the sidecar's CPU time over wall time (100 % = its core is "
              "saturated); 'other load on proxy CPU' is time that core spent on anything else "
              "(other jobs on a shared machine; should be ~0 for trustworthy numbers).\n")
 
     s = res["summary"]
     L.append("## Against the targets of issue 6\n")
-    L.append("| target | measured | |")
-    L.append("|---|---|---|")
-    for label, measured, ok in s:
-        L.append(f"| {label} | {measured} | {verdict(ok)} |")
+    has_floor = any(f is not None for *_, f in s)
+    if has_floor:
+        L.append(f"| target | measured (sidecar) | | {FLOOR} |")
+        L.append("|---|---|---|---|")
+    else:
+        L.append("| target | measured | |")
+        L.append("|---|---|---|")
+    for label, measured, ok, floor_value in s:
+        L.append(f"| {label} | {measured} | {verdict(ok)} |"
+                 + (f" {floor_value or '—'} |" if has_floor else ""))
     L.append("")
+    if has_floor:
+        L.append("The last column is the floor row (no signing, nginx as the second hop) against the "
+                 "same targets: where the floor misses a target, no proxy on this setup can meet it.\n")
     st = res["stream"]
     L.append(f"Slow stream ({args.events} SSE events {args.gap_ms} ms apart, first at once; "
              f"median of {args.stream_repeats}): time to first byte direct {st['direct']['ttfb_ms']:.2f} ms, "
              f"sidecar {st['sidecar']['ttfb_ms']:.2f} ms; time to last byte direct "
-             f"{st['direct']['ttlb_ms']:.1f} ms, sidecar {st['sidecar']['ttlb_ms']:.1f} ms.  ")
+             f"{st['direct']['ttlb_ms']:.1f} ms, sidecar {st['sidecar']['ttlb_ms']:.1f} ms"
+             + (f"; floor (nginx, no signing): first byte {st['floor']['ttfb_ms']:.2f} ms, "
+                f"last byte {st['floor']['ttlb_ms']:.1f} ms" if "floor" in st else "") + ".  ")
     L.append(f"Cold start (process start → /readyz 200, static keys, no STS), {len(res['cold'])} starts: "
              f"median {statistics.median(res['cold']):.1f} ms, all {', '.join(f'{c:.1f}' for c in res['cold'])} ms.  ")
     L.append(f"Idle RSS after start: {res['idle_rss']:.1f} MiB; after the load rows, idle: "
@@ -792,46 +909,65 @@ def report(res: dict, args, command: str) -> str:
 
 
 def summary(res: dict, args) -> list:
+    """(target, sidecar measured, met?, floor measured or None) per target of
+    issue 6; the floor value is what the no-signing nginx reverse proxy gets
+    on the same row, i.e. how much of the target any second hop leaves."""
     out = []
     by = {(r["endpoint"], r["body"], r["conns"]): r for r in res["rows"]}
 
     def get(c, ep="converse", body="1 KB"):
         return by.get((ep, body, c))
 
+    def floor(r, f):
+        """f(floor result, direct result) formatted, or None without a floor row."""
+        return f(r["results"][FLOOR], r["direct"]) if r and FLOOR in r["results"] else None
+
     for c, goal in ((1, 0.5), (16, 0.8), (64, 0.8)):
         r = get(c)
         if r:
             ratio = r["results"]["sidecar"]["rps"] / r["direct"]["rps"]
-            out.append((f"throughput ≥ {goal}× direct at {c} conn", f"{ratio:.2f}×", ratio >= goal))
+            out.append((f"throughput ≥ {goal}× direct at {c} conn", f"{ratio:.2f}×", ratio >= goal,
+                        floor(r, lambda f, d: f"{f['rps'] / d['rps']:.2f}×")))
     r = get(1)
     if r:
         a = r["results"]["sidecar"]["p50_ms"] - r["direct"]["p50_ms"]
-        out.append(("added p50 ≤ 0.05 ms at 1 conn", f"{a:+.3f} ms", a <= 0.05))
+        out.append(("added p50 ≤ 0.05 ms at 1 conn", f"{a:+.3f} ms", a <= 0.05,
+                    floor(r, lambda f, d: f"{f['p50_ms'] - d['p50_ms']:+.3f} ms")))
     r = get(64)
     if r:
         a = r["results"]["sidecar"]["p99_ms"] - r["direct"]["p99_ms"]
-        out.append(("added p99 ≤ 1 ms at 64 conns", f"{a:+.3f} ms", a <= 1.0))
+        out.append(("added p99 ≤ 1 ms at 64 conns", f"{a:+.3f} ms", a <= 1.0,
+                    floor(r, lambda f, d: f"{f['p99_ms'] - d['p99_ms']:+.3f} ms")))
     st = res["stream"]
     a = st["sidecar"]["ttfb_ms"] - st["direct"]["ttfb_ms"]
-    out.append(("stream time to first byte ≤ direct + 1 ms", f"{a:+.2f} ms", a <= 1.0))
-    out.append(("idle RSS ≤ 8 MiB", f"{res['idle_rss']:.1f} MiB", res["idle_rss"] <= 8))
+    out.append(("stream time to first byte ≤ direct + 1 ms", f"{a:+.2f} ms", a <= 1.0,
+                f"{st['floor']['ttfb_ms'] - st['direct']['ttfb_ms']:+.2f} ms" if "floor" in st else None))
+    out.append(("idle RSS ≤ 8 MiB", f"{res['idle_rss']:.1f} MiB", res["idle_rss"] <= 8,
+                f"{res['floor_idle_rss']:.1f} MiB" if res.get("floor_idle_rss") is not None else None))
     r = get(64)
     if r:
         pk = r["results"]["sidecar"]["peak_rss"]
-        out.append(("peak RSS ≤ 20 MiB at 64 conns, 1 KB", f"{pk:.1f} MiB", pk <= 20))
+        out.append(("peak RSS ≤ 20 MiB at 64 conns, 1 KB", f"{pk:.1f} MiB", pk <= 20,
+                    floor(r, lambda f, d: f"{f['peak_rss']:.1f} MiB")))
     for r in res["rows"]:
         if r["body"] != "1 KB":
             pk = r["results"]["sidecar"]["peak_rss"]
             out.append((f"peak RSS with {r['body']} bodies at {r['conns']} conns (bounded, documented)",
-                        f"{pk:.1f} MiB", None))
-    cpu = [r["results"]["sidecar"]["cpu_per_10k"] for r in res["rows"] if r["body"] == "1 KB"]
+                        f"{pk:.1f} MiB", None, None))
+    rows_1k = [r for r in res["rows"] if r["body"] == "1 KB"]
+    floor_rows = [r["results"][FLOOR] for r in rows_1k if FLOOR in r["results"]]
+    cpu = [r["results"]["sidecar"]["cpu_per_10k"] for r in rows_1k]
     if cpu:
-        out.append(("≤ 0.5 CPU s per 10k requests (worst 1 KB row)", f"{max(cpu):.2f} s", max(cpu) <= 0.5))
-    nc = [r["results"]["sidecar"]["conns_per_1k"] for r in res["rows"] if r["body"] == "1 KB"]
+        out.append(("≤ 0.5 CPU s per 10k requests (worst 1 KB row)", f"{max(cpu):.2f} s", max(cpu) <= 0.5,
+                    f"{max(f['cpu_per_10k'] for f in floor_rows):.2f} s" if floor_rows else None))
+    nc = [r["results"]["sidecar"]["conns_per_1k"] for r in rows_1k]
     if nc:
-        out.append(("~0 new upstream connections per 1k requests (worst 1 KB row)", f"{max(nc):.2f}", max(nc) < 0.5))
+        out.append(("~0 new upstream connections per 1k requests (worst 1 KB row)", f"{max(nc):.2f}",
+                    max(nc) < 0.5,
+                    f"{max(f['conns_per_1k'] for f in floor_rows):.2f}" if floor_rows else None))
     cold = statistics.median(res["cold"])
-    out.append(("cold start to ready ≤ 50 ms (+ one STS round trip; none here)", f"{cold:.1f} ms", cold <= 50))
+    out.append(("cold start to ready ≤ 50 ms (+ one STS round trip; none here)", f"{cold:.1f} ms",
+                cold <= 50, None))
     return out
 
 
@@ -859,6 +995,9 @@ def main() -> int:
                     help="skip the rows with data-path features (usage metrics) switched off")
     ap.add_argument("--no-api-key-row", action="store_true",
                     help="skip the control rows with a Bedrock API key (no SigV4)")
+    ap.add_argument("--no-floor", action="store_true",
+                    help="skip the floor rows: a plain nginx reverse proxy (no signing) on the "
+                         "proxy CPU, in the 1 KB converse rows and the slow stream")
     ap.add_argument("--proxy-cpu", type=int, default=1)
     ap.add_argument("--load-cpu", type=int, default=0)
     ap.add_argument("--events", type=int, default=5, help="slow stream events (5)")
@@ -876,6 +1015,9 @@ def main() -> int:
                     help="wait up to this many seconds for other load on the machine to stop (0)")
     ap.add_argument("--out", type=Path, default=RESULTS / "latest.md")
     args = ap.parse_args()
+    # Make SIGTERM unwind like Ctrl-C, so the nginx instances and sidecars
+    # started below are stopped by the `finally` in any case.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     command = "python3 bench/run.py " + " ".join(sys.argv[1:])
 
     ncpu = len(os.sched_getaffinity(0))
@@ -900,6 +1042,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bedrock-broker-bench-"))
     mock = Mock(workdir, args.load_cpu, args.events, args.gap_ms / 1000)
     sidecars: list[Sidecar] = []
+    floor: Floor | None = None
     try:
         small = workdir / "body-1k.json"
         small_body = converse_request_body(args.body_bytes)
@@ -945,6 +1088,14 @@ def main() -> int:
                 sidecars.append(sc2)
                 sc2.wait_ready(10)
                 targets.append(Target("sidecar, h2 upstream", f"http://127.0.0.1:{sc2.port}", sc2))
+            if not args.no_floor:
+                # Floor row: a plain nginx reverse proxy (no signing) in the
+                # sidecar's place: what any second hop costs here.
+                floor = Floor(workdir, mock.port, mock.ca, args.proxy_cpu)
+                time.sleep(0.5)
+                res["floor_idle_rss"] = proc_mem(floor.pid)["VmRSS"]
+                targets.append(Target(FLOOR, f"http://127.0.0.1:{floor.port}", floor,
+                                      rows="1 KB converse"))
 
             plan = [("converse", CONVERSE_PATH, small, "1 KB", int(c)) for c in args.conns.split(",") if c]
             plan += [("openai chat", CHAT_PATH, chat, "1 KB", int(c)) for c in args.openai_conns.split(",") if c]
@@ -957,11 +1108,13 @@ def main() -> int:
             rows = []
             for endpoint, path, body_file, label, conns in plan:
                 print(f"bench: {endpoint} {label} × {conns} conns ...", flush=True)
-                results = measure(targets, mock, path, body_file, conns, args)
+                row_targets = [t for t in targets if t.rows == "all"
+                               or (t.rows == "1 KB converse" and endpoint == "converse" and label == "1 KB")]
+                results = measure(row_targets, mock, path, body_file, conns, args)
                 rows.append({"endpoint": endpoint, "body": label, "conns": conns,
                              "direct": results["direct"], "results": results})
                 for name, r in results.items():
-                    print(f"  {name:>22}: {r['rps']:9,.0f} req/s  p50 {r['p50_ms']:.3f} ms  "
+                    print(f"  {name:>38}: {r['rps']:9,.0f} req/s  p50 {r['p50_ms']:.3f} ms  "
                           f"p99 {r['p99_ms']:.3f} ms  runs {r['all_rps']}", flush=True)
             res["rows"] = rows
             time.sleep(1.0)
@@ -977,6 +1130,12 @@ def main() -> int:
                     lambda: http.client.HTTPConnection("127.0.0.1", sc.port, timeout=10),
                     SLOW_STREAM_PATH, small_body, args.stream_repeats),
             }
+            if floor:
+                res["stream"]["floor"] = stream_timing(
+                    lambda: http.client.HTTPConnection("127.0.0.1", floor.port, timeout=10),
+                    SLOW_STREAM_PATH, small_body, args.stream_repeats)
+                floor.stop()
+                floor = None
             for s in sidecars:
                 s.stop()
             sidecars.clear()
@@ -988,6 +1147,8 @@ def main() -> int:
     finally:
         for s in sidecars:
             s.stop()
+        if floor:
+            floor.stop()
         mock.stop()
 
     if args.profile_only:
