@@ -37,6 +37,10 @@ use crate::credentials::{CredentialCell, HeldCredentials};
 use crate::metrics::ProxyMetrics;
 use body::{Completion, InFlight, StreamKind, UpstreamBody};
 
+/// Least lifetime credentials must have left to open a bidirectional
+/// stream with: above the longest Bedrock session (8 minutes for Nova Sonic).
+const STREAM_MIN_CREDENTIAL_LIFETIME: Duration = Duration::from_secs(10 * 60);
+
 /// A request body read in full, with its SHA-256 when SigV4 needs it.
 struct ReadBody {
     bytes: Bytes,
@@ -264,6 +268,7 @@ impl Proxy {
             .or_insert(HeaderValue::from_static(
                 "application/vnd.amazon.eventstream",
             ));
+        self.fresh_enough_for_a_stream().await;
         let digest = signing::BodyDigest::new(&[], Some(event_stream::STREAMING_PAYLOAD));
         let chain = self.sign_with(signer, &mut parts, digest, |signer, held, seed| {
             event_stream::ChainSigner::new(
@@ -364,6 +369,26 @@ impl Proxy {
             Either::Left(Full::new(body.bytes)),
         )
         .await
+    }
+
+    /// A stream signs every message with the credentials that opened it,
+    /// for as long as it lasts. Credentials close to their expiry are
+    /// refreshed first (waiting at most the self-heal wait), so a session
+    /// does not outlive the credentials it is signed with.
+    async fn fresh_enough_for_a_stream(&self) {
+        let now = self.clock.now();
+        let held = self.cell.with_usable(now, |held| {
+            held.expiry().map(|expiry| (held.generation(), expiry))
+        });
+        let Ok(Some((generation, expiry))) = held else {
+            return;
+        };
+        if crate::clock::saturating_sub(expiry, now) >= STREAM_MIN_CREDENTIAL_LIFETIME {
+            return;
+        }
+        self.cell.request_refresh();
+        let newer = self.cell.wait_newer_than(generation);
+        let _ = tokio::time::timeout(self.self_heal_wait, newer).await;
     }
 
     /// Newer credentials than generation `used`, refreshing early if needed.

@@ -256,3 +256,27 @@ def test_api_keys_are_refused_for_bidirectional_streams(start_sidecar, fake_aws_
     assert "ABSKexample" not in json.dumps(body)
     assert bidi_records(fake_aws_h2) == [], "nothing was sent upstream"
     assert sidecar.metric("bedrock_broker_requests_total", {"operation": OPERATION, "code": "400", "auth": "api_key"}) == 1
+
+
+def test_credentials_close_to_expiry_are_refreshed_before_a_stream_opens(start_sidecar, bidi_env, fake_aws_h2):
+    # 9-minute credentials: always under the 10 minutes a stream may need,
+    # so opening one forces a refresh and the stream is signed with the new
+    # credentials, not with ones that could expire mid-session.
+    fake_aws_h2.configure_sts(lifetime_seconds=540)
+
+    def issued() -> list[str]:
+        return [c["access_key_id"] for c in fake_aws_h2.get("/credentials")]
+
+    before = issued()
+    sidecar = start_sidecar(bidi_env)
+    at_start = [k for k in issued() if k not in before]
+    assert len(at_start) == 1, at_start
+
+    answers = asyncio.run(lockstep_bare(sidecar.proxy, ["hi"]))
+    assert answers[0]["seq"] == 1
+
+    refreshed = [k for k in issued() if k not in before and k not in at_start]
+    assert len(refreshed) == 1, refreshed
+    (record,) = bidi_records(fake_aws_h2)
+    assert record["access_key_id"] == refreshed[0]
+    assert record["bidi"]["completed"], record["bidi"]
