@@ -290,6 +290,52 @@ def nginx_quote(s: str) -> str:
     return "'" + s + "'"
 
 
+def nginx_main_and_http_start(d: Path) -> str:
+    """The part of an nginx.conf both bench nginx instances share: one
+    worker in the foreground, everything under `d`, and the `http {` block
+    opened with keep-alive settings that never close a benchmark connection."""
+    return f"""daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 8192; multi_accept on; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    client_max_body_size 64m;
+    client_body_buffer_size 1m;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+"""
+
+
+def start_nginx(d: Path, conf: str, cpu: int | None):
+    """Writes `conf` to d/nginx.conf and starts nginx on it, pinned to `cpu`."""
+    (d / "nginx.conf").write_text(conf)
+    log = open(d / "stderr.log", "w")
+    proc = subprocess.Popen(
+        ["nginx", "-p", str(d), "-c", str(d / "nginx.conf"), "-e", str(d / "error.log")],
+        stdout=log, stderr=subprocess.STDOUT, preexec_fn=pinned(cpu),
+    )
+    return proc, log
+
+
+def stop_nginx(proc: subprocess.Popen, log) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    log.close()
+
+
 class Mock:
     """nginx on loopback: HTTPS API port (HTTP/1.1 only, like the direct
     path), optional HTTPS port with h2 by ALPN, and a plain status port."""
@@ -348,24 +394,7 @@ class Mock:
 """
         conf = f"""
 load_module {ECHO_MODULE};
-daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 8192; multi_accept on; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    client_max_body_size 64m;
-    client_body_buffer_size 1m;
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
-    server {{
+{nginx_main_and_http_start(d)}    server {{
         listen 127.0.0.1:{self.port} ssl;
 {tls}
     }}
@@ -379,12 +408,7 @@ http {{
     }}
 }}
 """
-        (d / "nginx.conf").write_text(conf)
-        self.log = open(d / "stderr.log", "w")
-        self.proc = subprocess.Popen(
-            ["nginx", "-p", str(d), "-c", str(d / "nginx.conf"), "-e", str(d / "error.log")],
-            stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=pinned(cpu),
-        )
+        self.proc, self.log = start_nginx(d, conf, cpu)
         for p in (self.port, self.h2_port, self.status_port):
             wait_port(p, 10)
 
@@ -401,12 +425,7 @@ http {{
         return int(text.splitlines()[2].split()[0]) - self.status_requests
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        stop_nginx(self.proc, self.log)
 
 
 # --------------------------------------------------------------------------
@@ -432,24 +451,7 @@ class Floor:
         self.port = free_port()
         d = self.dir
         conf = f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 8192; multi_accept on; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    client_max_body_size 64m;
-    client_body_buffer_size 1m;
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
-    upstream bench_mock {{
+{nginx_main_and_http_start(d)}    upstream bench_mock {{
         server 127.0.0.1:{upstream_port};
         keepalive 64;
         keepalive_requests 10000000;  # default 1000 would reconnect every 1k requests
@@ -472,12 +474,7 @@ http {{
     }}
 }}
 """
-        (d / "nginx.conf").write_text(conf)
-        self.log = open(d / "stderr.log", "w")
-        self.proc = subprocess.Popen(
-            ["nginx", "-p", str(d), "-c", str(d / "nginx.conf"), "-e", str(d / "error.log")],
-            stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=pinned(cpu),
-        )
+        self.proc, self.log = start_nginx(d, conf, cpu)
         self.pid = self.proc.pid
         try:
             wait_port(self.port, 10)
@@ -486,14 +483,7 @@ http {{
             raise RuntimeError(f"floor nginx did not start: {(d / 'error.log').read_text()[-2000:]}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        stop_nginx(self.proc, self.log)
 
 
 # --------------------------------------------------------------------------
