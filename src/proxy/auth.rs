@@ -24,6 +24,14 @@ pub enum AuthMode {
 }
 
 impl AuthMode {
+    /// Whether the request goes out with a Bedrock API key (bearer token).
+    pub fn is_api_key(self) -> bool {
+        matches!(
+            self,
+            Self::ProviderData | Self::ClientApiKey | Self::ConfiguredApiKey
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::None => "none",

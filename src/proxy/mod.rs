@@ -198,18 +198,18 @@ impl Proxy {
 
         let (mut parts, body) = request.into_parts();
         let route = self.routes.for_path(parts.uri.path()).map_err(with_mode)?;
-        if matches!(decision, auth::Decision::Bearer(..)) {
-            if let Some(what) = api_keys_unsupported(operation, route) {
-                return Err(with_mode(BrokerError::new(
-                    StatusCode::BAD_REQUEST,
-                    "api_key_unsupported",
-                    format!(
-                        "Amazon Bedrock API keys cannot be used with {what}; \
-                         configure SigV4 credentials for bedrock-broker instead \
-                         (web identity, static keys or the credential chain)"
-                    ),
-                )));
-            }
+        if let Some(what) = api_keys_unsupported(operation, route).filter(|_| mode.is_api_key()) {
+            let fix = if mode == AuthMode::ConfiguredApiKey {
+                "configure SigV4 credentials for bedrock-broker instead \
+                 (web identity, static keys or the credential chain)"
+            } else {
+                "send the request without the API key, so bedrock-broker signs it with SigV4"
+            };
+            return Err(with_mode(BrokerError::new(
+                StatusCode::BAD_REQUEST,
+                "api_key_unsupported",
+                format!("Amazon Bedrock API keys cannot be used with {what}; {fix}"),
+            )));
         }
         if operation == Operation::InvokeBidirectionalStream {
             // Never buffered: the client sends while it reads the answers.
@@ -387,6 +387,10 @@ impl Proxy {
             return;
         }
         self.cell.request_refresh();
+        if self.cell.last_error().is_some() {
+            // Refreshing keeps failing: waiting would only delay the stream.
+            return;
+        }
         let newer = self.cell.wait_newer_than(generation);
         let _ = tokio::time::timeout(self.self_heal_wait, newer).await;
     }

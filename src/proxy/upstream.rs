@@ -14,8 +14,12 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 /// the re-signed event stream of a bidirectional stream.
 pub type RequestBody = Either<Full<Bytes>, UnsyncBoxBody<Bytes, super::event_stream::StreamError>>;
 
-/// Keep-alive pool, rustls, HTTP/2 when the upstream offers it by ALPN.
+/// Keep-alive pool over rustls (HTTP/2 by ALPN, or HTTP/2 only: see
+/// [`UpstreamClients`]).
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+
+/// Connection-level HTTP/2 receive window of the streams client.
+const STREAMS_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 
 /// Idle pooled connections are closed after this; below the idle timeouts
 /// of AWS front ends, so we never reuse a connection they are closing.
@@ -27,9 +31,10 @@ pub struct UpstreamClients {
     /// Every operation but one: HTTP/2 or HTTP/1.1, whichever ALPN picks.
     pub pooled: UpstreamClient,
     /// Bidirectional streams only: HTTP/2 always (Bedrock accepts nothing
-    /// else for them), on connections of their own, so a long voice
-    /// session read slowly by its client cannot use up the flow-control
-    /// window or stream limit that ordinary requests share.
+    /// else for them), on a connection apart from ordinary requests, so a
+    /// long voice session read slowly by its client cannot hold up their
+    /// flow-control window or stream slots. Sessions share that connection
+    /// with each other; its window is sized for many stalled readers.
     pub streams: UpstreamClient,
 }
 
@@ -59,5 +64,8 @@ fn build(tls: rustls::ClientConfig, connect_timeout: Duration, h2_only: bool) ->
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .http2_only(h2_only)
+        // hyper's default 5 MiB would let three sessions whose clients stop
+        // reading (2 MiB stream windows) stall every other session.
+        .http2_initial_connection_window_size(h2_only.then_some(STREAMS_CONNECTION_WINDOW))
         .build(https)
 }

@@ -64,7 +64,7 @@ def answer(message) -> dict:
     return json.loads(base64.b64decode(json.loads(message.payload)["bytes"]))
 
 
-def bidi_headers(proxy: str) -> list[tuple[str, str]]:
+def bidi_headers(proxy: str, *extra: tuple[str, str]) -> list[tuple[str, str]]:
     authority = urllib.parse.urlsplit(proxy).netloc
     path = f"/model/{urllib.parse.quote(MODEL, safe='')}/invoke-with-bidirectional-stream"
     return [
@@ -73,7 +73,14 @@ def bidi_headers(proxy: str) -> list[tuple[str, str]]:
         (":authority", authority),
         (":path", path),
         ("content-type", "application/vnd.amazon.eventstream"),
+        *extra,
     ]
+
+
+def corrupt(message: bytes) -> bytes:
+    bad = bytearray(message)
+    bad[-1] ^= 0xFF  # breaks the message CRC
+    return bytes(bad)
 
 
 def run_js_sdk(proxy: str, *texts: str) -> dict:
@@ -158,9 +165,7 @@ async def send_garbage(proxy: str) -> tuple[int, dict, object]:
         await call.send(chunk("fine"))
         status = await call.response_status()
         first = answer(await call.next_message())
-        bad = bytearray(chunk("broken"))
-        bad[-1] ^= 0xFF  # breaks the message CRC
-        await call.send(bytes(bad))
+        await call.send(corrupt(chunk("broken")))
         await call.body()  # until the stream ends, one way or the other
         return status, first, call.reset_code
     finally:
@@ -280,3 +285,53 @@ def test_credentials_close_to_expiry_are_refreshed_before_a_stream_opens(start_s
     (record,) = bidi_records(fake_aws_h2)
     assert record["access_key_id"] == refreshed[0]
     assert record["bidi"]["completed"], record["bidi"]
+
+
+# The fake holds its response headers until input arrives: a stream the
+# client breaks before then fails before Bedrock answered.
+HOLD_HEADERS = ("x-fake-headers-after-input", "1")
+
+
+def test_a_stream_broken_before_bedrock_answers_is_the_clients_error(start_sidecar, bidi_env, fake_aws_h2):
+    sidecar = start_sidecar(bidi_env)
+
+    async def broken() -> tuple[int, dict, dict]:
+        client = await H2Client.connect(sidecar.proxy)
+        try:
+            call = await client.start(bidi_headers(sidecar.proxy, HOLD_HEADERS))
+            await call.send(corrupt(chunk("first")))
+            status = await call.response_status()
+            return status, dict(call.headers), json.loads(await call.body())
+        finally:
+            await client.close()
+
+    status, headers, body = asyncio.run(broken())
+    assert status == 400, body
+    assert headers["x-bedrock-broker-error"] == "invalid_event_stream"
+    assert "malformed" in body["message"], body
+    (record,) = bidi_records(fake_aws_h2)
+    assert record["bidi"]["frames_received"] == 0, "nothing of the broken message reached Bedrock"
+    assert sidecar.metric("bedrock_broker_requests_total", {"operation": OPERATION, "code": "400", "auth": "sigv4"}) == 1
+    assert sidecar.metric("bedrock_broker_requests_total", {"operation": OPERATION, "code": "502", "auth": "sigv4"}) is None
+
+
+def test_an_http1_client_hanging_up_mid_message_is_counted_as_499(start_sidecar, bidi_env, fake_aws_h2):
+    sidecar = start_sidecar(bidi_env)
+
+    async def hang_up() -> None:
+        netloc = urllib.parse.urlsplit(sidecar.proxy)
+        reader, writer = await asyncio.open_connection(netloc.hostname, netloc.port)
+        path = f"/model/{urllib.parse.quote(MODEL, safe='')}/invoke-with-bidirectional-stream"
+        half = chunk("cut short")[:20]
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: {netloc.netloc}\r\n{HOLD_HEADERS[0]}: {HOLD_HEADERS[1]}\r\n"
+            "Content-Type: application/vnd.amazon.eventstream\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+            + b"%x\r\n%s\r\n" % (len(half), half)
+        )
+        await writer.drain()
+        writer.close()
+
+    asyncio.run(hang_up())
+    labels = {"operation": OPERATION, "code": "499", "auth": "sigv4"}
+    wait_for(lambda: sidecar.metric("bedrock_broker_requests_total", labels) == 1, timeout=10, what="the hang-up to be counted")
+    assert "bidirectional stream aborted" not in sidecar.log_text(), "a hang-up is not a warning"

@@ -82,3 +82,19 @@ def test_api_keys_are_refused_for_the_agents_runtime_but_not_for_mantle(start_si
     mantle = uuid.uuid4().hex
     requests.post(sidecar.url("/mantle/v1/chat/completions"), json={"model": "m", "messages": []}, headers={"x-test-id": mantle}, timeout=10)
     assert fake_aws.request_for(mantle)["auth_kind"] == "bearer"
+
+
+def test_a_client_api_key_on_the_agents_runtime_is_told_to_drop_it(sidecar, fake_aws):
+    # The sidecar has SigV4 credentials: the fix is to send no key at all.
+    tid = uuid.uuid4().hex
+    r = requests.post(
+        sidecar.url("/agent-runtime/retrieveAndGenerate"),
+        json={},
+        headers={"x-test-id": tid, "authorization": "Bearer ABSKQmVkcm9ja0FQSUtleS1leGFtcGxl"},
+        timeout=10,
+    )
+    assert r.status_code == 400
+    assert r.headers["x-bedrock-broker-error"] == "api_key_unsupported"
+    assert "without the API key" in r.json()["message"]
+    assert "ABSK" not in r.text
+    assert sidecar.metric("bedrock_broker_requests_total", {"operation": "retrieve_and_generate", "code": "400", "auth": "api_key_passthrough"}) == 1

@@ -2420,10 +2420,19 @@ async def handle_h2_request(state: FakeState, stream: "H2Stream") -> None:
         seed_signature=authz["Signature"],
     )
     record["bidi"] = new_bidi_record(authz["Signature"])
-    # Response headers go out before any input frame is read: full duplex.
+    first: Optional[bytes] = None
+    if stream.headers.get("x-fake-headers-after-input"):
+        # Hold the response headers until input arrives, so a client can see
+        # what a proxy answers when the stream breaks before Bedrock answered.
+        try:
+            first = await stream.receive(BIDI_IDLE_TIMEOUT_SECONDS)
+        except (StreamGone, asyncio.TimeoutError):
+            record["bidi"]["client_disconnected"] = True
+            return
+    # Otherwise response headers go out before any input frame is read: full duplex.
     await stream.send_headers(200, [("content-type", EVENTSTREAM_CONTENT_TYPE), ("x-amzn-requestid", new_request_id())])
     finish_h2_record(record, 200, None)
-    await run_bidi_session(stream, record, verifier)
+    await run_bidi_session(stream, record, verifier, first)
 
 
 def authenticate_bidi(state: FakeState, stream: "H2Stream", record: dict) -> tuple:
@@ -2467,14 +2476,20 @@ def bidi_request_problem(stream: "H2Stream") -> Optional[tuple]:
     return None
 
 
-async def run_bidi_session(stream: "H2Stream", record: dict, verifier: EventStreamVerifier) -> None:
-    """Verify each input frame as it arrives and answer each data frame at once."""
+async def run_bidi_session(stream: "H2Stream", record: dict, verifier: EventStreamVerifier,
+                           first: Optional[bytes] = None) -> None:
+    """Verify each input frame as it arrives and answer each data frame at once.
+
+    ``first`` is input already received (``x-fake-headers-after-input``)."""
     bidi = record["bidi"]
     decoder = eventstream.MessageDecoder()
     body_hash = hashlib.sha256()
     try:
         while True:
-            chunk = await stream.receive(BIDI_IDLE_TIMEOUT_SECONDS)
+            if first is not None:
+                chunk, first = first, None
+            else:
+                chunk = await stream.receive(BIDI_IDLE_TIMEOUT_SECONDS)
             if chunk is None:
                 break
             body_hash.update(chunk)
