@@ -309,7 +309,13 @@ def test_a_stream_broken_before_bedrock_answers_is_the_clients_error(start_sidec
     assert status == 400, body
     assert headers["x-bedrock-broker-error"] == "invalid_event_stream"
     assert "malformed" in body["message"], body
-    (record,) = bidi_records(fake_aws_h2)
+    # The fake may still be handling the reset stream when the client has
+    # its answer.
+    (record,) = wait_for(
+        lambda: [r for r in bidi_records(fake_aws_h2) if r["bidi"]["client_disconnected"]],
+        timeout=10,
+        what="the fake to record the reset stream",
+    )
     assert record["bidi"]["frames_received"] == 0, "nothing of the broken message reached Bedrock"
     assert sidecar.metric("bedrock_broker_requests_total", {"operation": OPERATION, "code": "400", "auth": "sigv4"}) == 1
     assert sidecar.metric("bedrock_broker_requests_total", {"operation": OPERATION, "code": "502", "auth": "sigv4"}) is None
