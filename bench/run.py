@@ -169,7 +169,7 @@ def proc_mem(pid: int) -> dict[str, float]:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
                 out[key] = int(value.split()[0]) / 1024  # kB -> MiB
     return out
 
@@ -879,8 +879,9 @@ def report(res: dict, args, command: str) -> str:
                 f"last byte {st['floor']['ttlb_ms']:.1f} ms" if "floor" in st else "") + ".  ")
     L.append(f"Cold start (process start → /readyz 200, static keys, no STS), {len(res['cold'])} starts: "
              f"median {statistics.median(res['cold']):.1f} ms, all {', '.join(f'{c:.1f}' for c in res['cold'])} ms.  ")
-    L.append(f"Idle RSS after start: {res['idle_rss']:.1f} MiB; after the load rows, idle: "
-             f"{res['rss_end']:.1f} MiB.\n")
+    L.append(f"Idle RSS after start: {res['idle_rss']:.1f} MiB ({res['idle_rss_anon']:.1f} MiB anonymous, "
+             f"{res['idle_rss_file']:.1f} MiB file-backed: code and read-only data, shared by every "
+             f"process mapping the same binary); after the load rows, idle: {res['rss_end']:.1f} MiB.\n")
     if res.get("profile"):
         p = res["profile"]
         L.append("## Profile (valgrind callgrind, sidecar only)\n")
@@ -1054,7 +1055,11 @@ def main() -> int:
             sidecars.append(sc)
             sc.wait_ready(10)
             time.sleep(1.0)
-            res["idle_rss"] = proc_mem(sc.pid)["VmRSS"]
+            idle = proc_mem(sc.pid)
+            res["idle_rss"] = idle["VmRSS"]
+            # Anonymous pages are the pod's own; file-backed ones (code)
+            # are shared by every sidecar on a node running the same image.
+            res["idle_rss_anon"], res["idle_rss_file"] = idle["RssAnon"], idle["RssFile"]
             targets = [Target("direct", f"https://127.0.0.1:{mock.port}", None),
                        Target("sidecar", f"http://127.0.0.1:{sc.port}", sc)]
             if not args.no_feature_rows:
