@@ -214,9 +214,7 @@ impl Proxy {
         if operation == Operation::InvokeBidirectionalStream {
             // Never buffered: the client sends while it reads the answers.
             // SigV4 only: API keys were refused above.
-            parts.uri = route.uri(parts.uri.path_and_query()).map_err(with_mode)?;
-            parts.version = Version::HTTP_11;
-            headers::prepare_request_headers(&mut parts.headers);
+            retarget(&mut parts, route).map_err(with_mode)?;
             return self
                 .send_event_stream(route.signer(), parts, body)
                 .await
@@ -233,9 +231,7 @@ impl Proxy {
             .usage
             .as_ref()
             .map(|u| u.model_label(parts.uri.path(), &body.bytes));
-        parts.uri = route.uri(parts.uri.path_and_query()).map_err(with_mode)?;
-        parts.version = Version::HTTP_11;
-        headers::prepare_request_headers(&mut parts.headers);
+        retarget(&mut parts, route).map_err(with_mode)?;
 
         let response = match decision {
             auth::Decision::Bearer(_, value) => {
@@ -258,7 +254,7 @@ impl Proxy {
         body: Incoming,
     ) -> Result<Response<Incoming>, BrokerError> {
         parts.headers.insert(
-            http::HeaderName::from_static("x-amz-content-sha256"),
+            headers::X_AMZ_CONTENT_SHA256,
             HeaderValue::from_static(event_stream::STREAMING_PAYLOAD),
         );
         // Bedrock requires it; a client without AWS code may not know that.
@@ -386,13 +382,12 @@ impl Proxy {
         if crate::clock::saturating_sub(expiry, now) >= STREAM_MIN_CREDENTIAL_LIFETIME {
             return;
         }
-        self.cell.request_refresh();
         if self.cell.last_error().is_some() {
             // Refreshing keeps failing: waiting would only delay the stream.
+            self.cell.request_refresh();
             return;
         }
-        let newer = self.cell.wait_newer_than(generation);
-        let _ = tokio::time::timeout(self.self_heal_wait, newer).await;
+        self.fresher_credentials(generation).await;
     }
 
     /// Newer credentials than generation `used`, refreshing early if needed.
@@ -537,6 +532,15 @@ impl Proxy {
             }
         }
     }
+}
+
+/// Points a client request at its upstream: the route's URI, HTTP/1.1 as
+/// the request version (ALPN may still pick HTTP/2), headers prepared.
+fn retarget(parts: &mut http::request::Parts, route: &route::Route) -> Result<(), BrokerError> {
+    parts.uri = route.uri(parts.uri.path_and_query())?;
+    parts.version = Version::HTTP_11;
+    headers::prepare_request_headers(&mut parts.headers);
+    Ok(())
 }
 
 /// Refuses request targets that would let the client choose the upstream or
