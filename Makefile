@@ -2,14 +2,22 @@
 CARGO ?= cargo
 PY := .venv/bin/python
 
-.PHONY: demo test lint unit e2e packaging bench build venv js fmt clean
+.PHONY: demo test lint unit e2e packaging bench build venv js fmt clean generate generate-check
 
 ## demo: run the whole flow locally (fake STS + fake Bedrock, no AWS account needed)
 demo: build venv
 	$(PY) scripts/demo.py
 
-## test: everything CI runs: format, lints, Rust tests, end-to-end tests with real SDKs, packaging
-test: lint unit e2e packaging
+## test: everything CI runs: format, lints, generated files, Rust tests, end-to-end tests with real SDKs, packaging
+test: lint generate-check unit e2e packaging
+
+## generate: rewrite the files generated from the code (docs/configuration.md)
+generate:
+	UPDATE_GENERATED=1 $(CARGO) test --locked --test generated
+
+## generate-check: fail when a generated file is stale
+generate-check:
+	$(CARGO) test --locked --test generated
 
 lint:
 	$(CARGO) fmt --all -- --check

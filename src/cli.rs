@@ -1,10 +1,13 @@
 //! Subcommands and flags.
 //!
-//! Flags are kept as raw strings here; [`crate::config`] turns them (and the
-//! environment variables behind them) into typed values, so every parse error
-//! names both the flag and the variable.
+//! Flags are kept as raw strings; [`crate::config`] turns them (and the
+//! environment variables behind them) into typed values, so every problem
+//! names its flag or variable. Names, help and defaults come from
+//! [`crate::config::settings`], where each is written once.
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::config::settings::{aws, inject, injected, log, sidecar, webhook};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,48 +32,43 @@ pub enum Command {
     Inject(Box<InjectArgs>),
 }
 
+impl Command {
+    /// The logging flags of commands that log (`inject` writes plain text).
+    pub fn log_args(&self) -> Option<&LogArgs> {
+        match self {
+            Self::Sidecar(a) => Some(&a.log),
+            Self::Credentials(a) => Some(&a.log),
+            Self::Webhook(a) => Some(&a.log),
+            Self::Inject(_) => None,
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Args, Default, Clone)]
+pub struct LogArgs {
+    #[arg(long = log::FORMAT.flag, help = log::FORMAT.help_text())]
+    pub log_format: Option<String>,
+}
+
 /// Flags shared by every subcommand that talks to AWS.
 #[derive(Debug, Args, Default, Clone)]
 pub struct AwsArgs {
-    /// AWS region for signing and default endpoints [env: AWS_REGION, then AWS_DEFAULT_REGION]
-    #[arg(long)]
+    #[arg(long = aws::REGION.flag, help = aws::REGION.help_text())]
     pub region: Option<String>,
-
-    /// Log format: text or json [env: BEDROCK_BROKER_LOG_FORMAT] [default: text]
-    #[arg(long)]
-    pub log_format: Option<String>,
-
-    /// Timeout of one STS call [env: BEDROCK_BROKER_STS_TIMEOUT] [default: 10s]
-    #[arg(long)]
+    #[arg(long = aws::STS_TIMEOUT.flag, help = aws::STS_TIMEOUT.help_text())]
     pub sts_timeout: Option<String>,
-
-    /// Where SigV4 credentials come from: auto, web-identity, static, profile, container, imds
-    /// [env: BEDROCK_BROKER_CREDENTIAL_SOURCE] [default: auto]
-    #[arg(long)]
+    #[arg(long = aws::CREDENTIAL_SOURCE.flag, help = aws::CREDENTIAL_SOURCE.help_text())]
     pub credential_source: Option<String>,
-
-    /// Requested lifetime of STS sessions, 15m to 12h (1h at most when chaining)
-    /// [env: BEDROCK_BROKER_SESSION_DURATION] [default: the role's setting, normally 1h]
-    #[arg(long)]
+    #[arg(long = aws::SESSION_DURATION.flag, help = aws::SESSION_DURATION.help_text())]
     pub session_duration: Option<String>,
-
-    /// Inline session policy (JSON, or @FILE) narrowing what the session may do
-    /// [env: BEDROCK_BROKER_SESSION_POLICY]
-    #[arg(long)]
+    #[arg(long = aws::SESSION_POLICY.flag, help = aws::SESSION_POLICY.help_text())]
     pub session_policy: Option<String>,
-
-    /// Comma-separated managed policy ARNs narrowing the session (at most 10)
-    /// [env: BEDROCK_BROKER_SESSION_POLICY_ARNS]
-    #[arg(long)]
+    #[arg(long = aws::SESSION_POLICY_ARNS.flag, help = aws::SESSION_POLICY_ARNS.help_text())]
     pub session_policy_arns: Option<String>,
-
-    /// Second hop: AssumeRole into this role with the first credentials
-    /// [env: BEDROCK_BROKER_CHAIN_ROLE_ARN]
-    #[arg(long)]
+    #[arg(long = aws::CHAIN_ROLE_ARN.flag, help = aws::CHAIN_ROLE_ARN.help_text())]
     pub chain_role_arn: Option<String>,
-
-    /// ExternalId for the chained AssumeRole [env: BEDROCK_BROKER_CHAIN_EXTERNAL_ID]
-    #[arg(long)]
+    #[arg(long = aws::CHAIN_EXTERNAL_ID.flag, help = aws::CHAIN_EXTERNAL_ID.help_text())]
     pub chain_external_id: Option<String>,
 }
 
@@ -78,99 +76,47 @@ pub struct AwsArgs {
 pub struct SidecarArgs {
     #[command(flatten)]
     pub aws: AwsArgs,
-
-    /// Proxy listen address [env: BEDROCK_BROKER_LISTEN] [default: 127.0.0.1:9787]
-    #[arg(long)]
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[arg(long = sidecar::LISTEN.flag, help = sidecar::LISTEN.help_text())]
     pub listen: Option<String>,
-
-    /// Admin (metrics, health) listen address [env: BEDROCK_BROKER_ADMIN_LISTEN] [default: 0.0.0.0:9788]
-    #[arg(long)]
+    #[arg(long = sidecar::ADMIN_LISTEN.flag, help = sidecar::ADMIN_LISTEN.help_text())]
     pub admin_listen: Option<String>,
-
-    /// Bedrock base URL [env: AWS_ENDPOINT_URL_BEDROCK_RUNTIME, then AWS_ENDPOINT_URL]
-    /// [default: https://bedrock-runtime.<region>.amazonaws.com]
-    #[arg(long)]
+    #[arg(long = sidecar::UPSTREAM.flag, help = sidecar::UPSTREAM.help_text())]
     pub upstream: Option<String>,
-
-    /// SigV4 signing name, overriding the one derived from the upstream host
-    /// [env: BEDROCK_BROKER_SIGNING_NAME]
-    #[arg(long)]
+    #[arg(long = sidecar::SIGNING_NAME.flag, help = sidecar::SIGNING_NAME.help_text())]
     pub signing_name: Option<String>,
-
-    /// Bedrock Agents runtime base URL, served under /agent-runtime/
-    /// [env: AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME]
-    /// [default: https://bedrock-agent-runtime.<region>.amazonaws.com]
-    #[arg(long)]
+    #[arg(long = sidecar::AGENT_RUNTIME_UPSTREAM.flag, help = sidecar::AGENT_RUNTIME_UPSTREAM.help_text())]
     pub agent_runtime_upstream: Option<String>,
-
-    /// Bedrock Mantle base URL, served under /mantle/ [env: BEDROCK_BROKER_MANTLE_UPSTREAM]
-    /// [default: https://bedrock-mantle.<region>.api.aws]
-    #[arg(long)]
+    #[arg(long = sidecar::MANTLE_UPSTREAM.flag, help = sidecar::MANTLE_UPSTREAM.help_text())]
     pub mantle_upstream: Option<String>,
-
-    /// Use FIPS endpoints by default: true or false [env: AWS_USE_FIPS_ENDPOINT] [default: false]
-    #[arg(long)]
+    #[arg(long = sidecar::USE_FIPS.flag, help = sidecar::USE_FIPS.help_text())]
     pub use_fips: Option<String>,
-
-    /// Use dual-stack (IPv6) endpoints by default: true or false
-    /// [env: AWS_USE_DUALSTACK_ENDPOINT] [default: false]
-    #[arg(long)]
+    #[arg(long = sidecar::USE_DUALSTACK.flag, help = sidecar::USE_DUALSTACK.help_text())]
     pub use_dualstack: Option<String>,
-
-    /// Largest request body accepted, in bytes [env: BEDROCK_BROKER_MAX_BODY_BYTES] [default: 26214400]
-    #[arg(long)]
+    #[arg(long = sidecar::MAX_BODY_BYTES.flag, help = sidecar::MAX_BODY_BYTES.help_text())]
     pub max_body_bytes: Option<String>,
-
-    /// How long in-flight requests may finish after SIGTERM [env: BEDROCK_BROKER_SHUTDOWN_GRACE_PERIOD] [default: 25s]
-    #[arg(long)]
+    #[arg(long = sidecar::SHUTDOWN_GRACE_PERIOD.flag, help = sidecar::SHUTDOWN_GRACE_PERIOD.help_text())]
     pub shutdown_grace_period: Option<String>,
-
-    /// Timeout of a TCP+TLS connect to the upstream [env: BEDROCK_BROKER_CONNECT_TIMEOUT] [default: 5s]
-    #[arg(long)]
+    #[arg(long = sidecar::CONNECT_TIMEOUT.flag, help = sidecar::CONNECT_TIMEOUT.help_text())]
     pub connect_timeout: Option<String>,
-
-    /// Longest wait for Bedrock's response headers; 0s disables
-    /// [env: BEDROCK_BROKER_RESPONSE_HEADER_TIMEOUT] [default: 15m]
-    #[arg(long)]
+    #[arg(long = sidecar::RESPONSE_HEADER_TIMEOUT.flag, help = sidecar::RESPONSE_HEADER_TIMEOUT.help_text())]
     pub response_header_timeout: Option<String>,
-
-    /// Longest silence inside a streamed response before it is cut off; 0s disables
-    /// [env: BEDROCK_BROKER_STREAM_IDLE_TIMEOUT] [default: 5m]
-    #[arg(long)]
+    #[arg(long = sidecar::STREAM_IDLE_TIMEOUT.flag, help = sidecar::STREAM_IDLE_TIMEOUT.help_text())]
     pub stream_idle_timeout: Option<String>,
-
-    /// Token usage metrics per model: true or false [env: BEDROCK_BROKER_USAGE_METRICS] [default: true]
-    #[arg(long)]
+    #[arg(long = sidecar::USAGE_METRICS.flag, help = sidecar::USAGE_METRICS.help_text())]
     pub usage_metrics: Option<String>,
-
-    /// Comma-separated model ids allowed as the `model` label (others become `other`)
-    /// [env: BEDROCK_BROKER_USAGE_MODELS] [default: the first 20 models seen]
-    #[arg(long)]
+    #[arg(long = sidecar::USAGE_MODELS.flag, help = sidecar::USAGE_MODELS.help_text())]
     pub usage_models: Option<String>,
-
-    /// Fraction of the credential lifetime after which they are refreshed
-    /// [env: BEDROCK_BROKER_REFRESH_FRACTION] [default: 0.5]
-    #[arg(long)]
+    #[arg(long = sidecar::REFRESH_FRACTION.flag, help = sidecar::REFRESH_FRACTION.help_text())]
     pub refresh_fraction: Option<String>,
-
-    /// Longest wait between failed refresh attempts [env: BEDROCK_BROKER_REFRESH_MAX_BACKOFF] [default: 30s]
-    #[arg(long)]
+    #[arg(long = sidecar::REFRESH_MAX_BACKOFF.flag, help = sidecar::REFRESH_MAX_BACKOFF.help_text())]
     pub refresh_max_backoff: Option<String>,
-
-    /// How often to check the web identity token file for a kubelet rotation; 0s disables
-    /// [env: BEDROCK_BROKER_TOKEN_WATCH_INTERVAL] [default: 1s]
-    #[arg(long)]
+    #[arg(long = sidecar::TOKEN_WATCH_INTERVAL.flag, help = sidecar::TOKEN_WATCH_INTERVAL.help_text())]
     pub token_watch_interval: Option<String>,
-
-    /// Serve the AWS container-credentials protocol on this loopback address so
-    /// other AWS SDKs in the pod share the credentials [env: BEDROCK_BROKER_CREDENTIALS_LISTEN]
-    /// [default: off]
-    #[arg(long)]
+    #[arg(long = sidecar::CREDENTIALS_LISTEN.flag, help = sidecar::CREDENTIALS_LISTEN.help_text())]
     pub credentials_listen: Option<String>,
-
-    /// File holding the authorization token for --credentials-listen; created with a
-    /// random token if missing [env: BEDROCK_BROKER_CREDENTIALS_TOKEN_FILE]
-    #[arg(long)]
+    #[arg(long = sidecar::CREDENTIALS_TOKEN_FILE.flag, help = sidecar::CREDENTIALS_TOKEN_FILE.help_text())]
     pub credentials_token_file: Option<String>,
 }
 
@@ -178,139 +124,110 @@ pub struct SidecarArgs {
 pub struct CredentialsArgs {
     #[command(flatten)]
     pub aws: AwsArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// Defaults of the injected sidecar, shared by `webhook` and `inject`; pod
 /// annotations override them one by one.
 #[derive(Debug, Args, Default, Clone)]
 pub struct SidecarDefaultsArgs {
-    /// Sidecar image [env: BEDROCK_BROKER_SIDECAR_IMAGE]
-    /// [default: ghcr.io/bedrock-broker/bedrock-broker:<this version>]
-    #[arg(long)]
+    #[arg(long = injected::IMAGE.flag, help = injected::IMAGE.help_text())]
     pub sidecar_image: Option<String>,
-
-    /// Sidecar imagePullPolicy: Always, IfNotPresent or Never
-    /// [env: BEDROCK_BROKER_SIDECAR_IMAGE_PULL_POLICY] [default: unset, the cluster decides]
-    #[arg(long)]
+    #[arg(long = injected::IMAGE_PULL_POLICY.flag, help = injected::IMAGE_PULL_POLICY.help_text())]
     pub sidecar_image_pull_policy: Option<String>,
-
-    /// AWS region of the sidecar when the pod names none [env: BEDROCK_BROKER_SIDECAR_REGION]
-    #[arg(long)]
+    #[arg(long = injected::REGION.flag, help = injected::REGION.help_text())]
     pub sidecar_region: Option<String>,
-
-    /// native (init container with restartPolicy Always) or classic (regular container)
-    /// [env: BEDROCK_BROKER_SIDECAR_MODE] [default: native]
-    #[arg(long)]
+    #[arg(long = injected::MODE.flag, help = injected::MODE.help_text())]
     pub sidecar_mode: Option<String>,
-
-    /// Audience of the projected service-account token [env: BEDROCK_BROKER_SIDECAR_AUDIENCE]
-    /// [default: sts.amazonaws.com]
-    #[arg(long)]
+    #[arg(long = injected::AUDIENCE.flag, help = injected::AUDIENCE.help_text())]
     pub sidecar_audience: Option<String>,
-
-    /// Lifetime of the projected token in seconds (at least 600)
-    /// [env: BEDROCK_BROKER_SIDECAR_TOKEN_EXPIRATION] [default: 86400]
-    #[arg(long)]
+    #[arg(long = injected::TOKEN_EXPIRATION.flag, help = injected::TOKEN_EXPIRATION.help_text())]
     pub sidecar_token_expiration: Option<String>,
-
-    /// Sidecar CPU request [env: BEDROCK_BROKER_SIDECAR_CPU_REQUEST] [default: 10m]
-    #[arg(long)]
+    #[arg(long = injected::CPU_REQUEST.flag, help = injected::CPU_REQUEST.help_text())]
     pub sidecar_cpu_request: Option<String>,
-
-    /// Sidecar memory request [env: BEDROCK_BROKER_SIDECAR_MEMORY_REQUEST] [default: 32Mi]
-    #[arg(long)]
+    #[arg(long = injected::MEMORY_REQUEST.flag, help = injected::MEMORY_REQUEST.help_text())]
     pub sidecar_memory_request: Option<String>,
-
-    /// Sidecar CPU limit, or none [env: BEDROCK_BROKER_SIDECAR_CPU_LIMIT] [default: none]
-    #[arg(long)]
+    #[arg(long = injected::CPU_LIMIT.flag, help = injected::CPU_LIMIT.help_text())]
     pub sidecar_cpu_limit: Option<String>,
-
-    /// Sidecar memory limit, or none [env: BEDROCK_BROKER_SIDECAR_MEMORY_LIMIT] [default: 128Mi]
-    #[arg(long)]
+    #[arg(long = injected::MEMORY_LIMIT.flag, help = injected::MEMORY_LIMIT.help_text())]
     pub sidecar_memory_limit: Option<String>,
-
-    /// Sidecar log level (RUST_LOG): error, warn, info, debug or trace
-    /// [env: BEDROCK_BROKER_SIDECAR_LOG_LEVEL] [default: info]
-    #[arg(long)]
+    #[arg(long = injected::LOG_LEVEL.flag, help = injected::LOG_LEVEL.help_text())]
     pub sidecar_log_level: Option<String>,
-
-    /// Sidecar log format: text or json [env: BEDROCK_BROKER_SIDECAR_LOG_FORMAT] [default: json]
-    #[arg(long)]
+    #[arg(long = injected::LOG_FORMAT.flag, help = injected::LOG_FORMAT.help_text())]
     pub sidecar_log_format: Option<String>,
-
-    /// UID the sidecar runs as when the pod does not dictate one
-    /// [env: BEDROCK_BROKER_SIDECAR_RUN_AS_USER] [default: 65532]
-    #[arg(long)]
+    #[arg(long = injected::RUN_AS_USER.flag, help = injected::RUN_AS_USER.help_text())]
     pub sidecar_run_as_user: Option<String>,
 }
 
 #[derive(Debug, Args, Default, Clone)]
 pub struct WebhookArgs {
-    /// HTTPS listen address for AdmissionReviews [env: BEDROCK_BROKER_WEBHOOK_LISTEN] [default: 0.0.0.0:8443]
-    #[arg(long)]
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[arg(long = webhook::LISTEN.flag, help = webhook::LISTEN.help_text())]
     pub listen: Option<String>,
-
-    /// Metrics and health listen address (plain HTTP) [env: BEDROCK_BROKER_WEBHOOK_ADMIN_LISTEN]
-    /// [default: 0.0.0.0:9789]
-    #[arg(long)]
+    #[arg(long = webhook::ADMIN_LISTEN.flag, help = webhook::ADMIN_LISTEN.help_text())]
     pub admin_listen: Option<String>,
-
-    /// PEM certificate chain [env: BEDROCK_BROKER_WEBHOOK_TLS_CERT_FILE]
-    /// [default: /etc/bedrock-broker/tls/tls.crt]
-    #[arg(long)]
+    #[arg(long = webhook::TLS_CERT_FILE.flag, help = webhook::TLS_CERT_FILE.help_text())]
     pub tls_cert_file: Option<String>,
-
-    /// PEM private key [env: BEDROCK_BROKER_WEBHOOK_TLS_KEY_FILE]
-    /// [default: /etc/bedrock-broker/tls/tls.key]
-    #[arg(long)]
+    #[arg(long = webhook::TLS_KEY_FILE.flag, help = webhook::TLS_KEY_FILE.help_text())]
     pub tls_key_file: Option<String>,
-
-    /// How often the certificate files are checked for changes
-    /// [env: BEDROCK_BROKER_WEBHOOK_TLS_RELOAD_INTERVAL] [default: 10s]
-    #[arg(long)]
+    #[arg(long = webhook::TLS_RELOAD_INTERVAL.flag, help = webhook::TLS_RELOAD_INTERVAL.help_text())]
     pub tls_reload_interval: Option<String>,
-
-    /// What to do with an opted-in pod when its namespace or ServiceAccount cannot be read:
-    /// deny or skip [env: BEDROCK_BROKER_WEBHOOK_ON_LOOKUP_ERROR] [default: deny]
-    #[arg(long)]
+    #[arg(long = webhook::ON_LOOKUP_ERROR.flag, help = webhook::ON_LOOKUP_ERROR.help_text())]
     pub on_lookup_error: Option<String>,
-
-    /// Timeout of a direct API read of a namespace or ServiceAccount
-    /// [env: BEDROCK_BROKER_WEBHOOK_LOOKUP_TIMEOUT] [default: 3s]
-    #[arg(long)]
+    #[arg(long = webhook::LOOKUP_TIMEOUT.flag, help = webhook::LOOKUP_TIMEOUT.help_text())]
     pub lookup_timeout: Option<String>,
-
-    /// How long open requests may finish after SIGTERM
-    /// [env: BEDROCK_BROKER_WEBHOOK_SHUTDOWN_GRACE_PERIOD] [default: 10s]
-    #[arg(long)]
+    #[arg(long = webhook::SHUTDOWN_GRACE_PERIOD.flag, help = webhook::SHUTDOWN_GRACE_PERIOD.help_text())]
     pub shutdown_grace_period: Option<String>,
-
-    /// Log format: text or json [env: BEDROCK_BROKER_LOG_FORMAT] [default: text]
-    #[arg(long)]
-    pub log_format: Option<String>,
-
     #[command(flatten)]
     pub sidecar: SidecarDefaultsArgs,
 }
 
 #[derive(Debug, Args, Default, Clone)]
 pub struct InjectArgs {
-    /// Namespace of objects that name none [default: default]
-    #[arg(long)]
+    #[arg(long = inject::NAMESPACE.flag, help = inject::NAMESPACE.help_text())]
     pub namespace: Option<String>,
-
-    /// KEY=VALUE label of every namespace, as the webhook would read it from the cluster
-    /// (e.g. bedrock-broker.io/inject=true); repeatable. Namespace documents in the input
-    /// are used too.
-    #[arg(long = "namespace-label", value_name = "KEY=VALUE")]
+    #[arg(long = inject::NAMESPACE_LABEL.flag, value_name = "KEY=VALUE", help = inject::NAMESPACE_LABEL.help_text())]
     pub namespace_labels: Vec<String>,
-
-    /// KEY=VALUE annotation of every ServiceAccount not in the input
-    /// (e.g. eks.amazonaws.com/role-arn=arn:aws:iam::123456789012:role/app); repeatable.
-    /// ServiceAccount documents in the input are used too.
-    #[arg(long = "service-account-annotation", value_name = "KEY=VALUE")]
+    #[arg(long = inject::SERVICE_ACCOUNT_ANNOTATION.flag, value_name = "KEY=VALUE", help = inject::SERVICE_ACCOUNT_ANNOTATION.help_text())]
     pub service_account_annotations: Vec<String>,
-
     #[command(flatten)]
     pub sidecar: SidecarDefaultsArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::setting::Setting;
+    use clap::CommandFactory;
+
+    /// Every setting is a flag of the subcommands that read it, with its
+    /// generated help, so `--help` and the reference cannot drift.
+    #[test]
+    fn every_setting_is_a_flag_with_its_help() {
+        let cli = Cli::command();
+        let check = |sub: &str, settings: &[Setting]| {
+            let cmd = cli.find_subcommand(sub).unwrap();
+            for s in settings {
+                let arg = cmd
+                    .get_arguments()
+                    .find(|a| a.get_long() == Some(s.flag))
+                    .unwrap_or_else(|| panic!("{sub} has no --{}", s.flag));
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                assert_eq!(help, s.help_text(), "{sub} --{}", s.flag);
+            }
+        };
+        let log = [log::FORMAT];
+        check("sidecar", sidecar::ALL);
+        check("sidecar", aws::ALL);
+        check("sidecar", &log);
+        check("credentials", aws::ALL);
+        check("webhook", webhook::ALL);
+        check("webhook", injected::ALL);
+        check("webhook", &log);
+        check("inject", inject::ALL);
+        check("inject", injected::ALL);
+        Cli::command().debug_assert();
+    }
 }

@@ -7,8 +7,9 @@
 //! and every request must present the authorization token.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,15 @@ use axum::{Json, Router};
 use crate::clock::SharedClock;
 use crate::credentials::CredentialCell;
 use crate::secret::Secret;
+
+/// Serving the AWS container-credentials protocol to the rest of the pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerCredentialsConfig {
+    /// Loopback only: whoever reaches it gets the credentials.
+    pub listen: SocketAddr,
+    /// Shared with the app (`AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`).
+    pub token_file: PathBuf,
+}
 
 /// The path SDKs are pointed at.
 pub const PATH: &str = "/v1/credentials";

@@ -5,8 +5,9 @@ use std::fmt::Write as _;
 use std::time::SystemTime;
 
 use crate::clock::{saturating_sub, SharedClock};
-use crate::config::{CredentialMode, CredentialsConfig, SigV4Source};
-use crate::credentials::{source_for, sts, token, SourceError};
+use crate::credentials::{
+    source_for, sts, token, CredentialMode, CredentialsConfig, SdkSource, SigV4Source, SourceError,
+};
 
 /// What the diagnosis found.
 #[derive(Debug)]
@@ -37,17 +38,11 @@ fn describe_failure(step: &str, err: &SourceError) -> DiagnoseError {
 pub async fn run(config: &CredentialsConfig, clock: SharedClock) -> Result<String, DiagnoseError> {
     let mut report = String::new();
     let source = match &config.mode {
-        CredentialMode::Bearer(token) => {
-            let kind = if token.expose().starts_with("bedrock-api-key-") {
-                "short-term"
-            } else if token.expose().starts_with("ABSK") {
-                "long-term"
-            } else {
-                "unrecognised"
-            };
+        CredentialMode::ApiKey(key) => {
             let _ = writeln!(
                 report,
-                "source:   api-key (AWS_BEARER_TOKEN_BEDROCK, {kind} Bedrock API key)"
+                "source:   api-key (AWS_BEARER_TOKEN_BEDROCK, {} Bedrock API key)",
+                key.kind().describe()
             );
             let _ = writeln!(report, "note:     API keys are checked by Bedrock itself; STS cannot tell who they belong to");
             return Ok(report);
@@ -86,7 +81,7 @@ pub async fn run(config: &CredentialsConfig, clock: SharedClock) -> Result<Strin
         }
         SigV4Source::Sdk(sdk) => {
             let _ = writeln!(report, "source:   {} (aws-config provider)", source.kind());
-            if let crate::config::SdkSource::Profile(Some(name)) = sdk {
+            if let SdkSource::Profile(Some(name)) = sdk {
                 let _ = writeln!(report, "profile:  {name}");
             }
         }

@@ -3,10 +3,14 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use bedrock_broker::cli::{AwsArgs, Cli, Command, InjectArgs};
+use bedrock_broker::cli::{Cli, Command, InjectArgs};
 use bedrock_broker::clock::SystemClock;
-use bedrock_broker::config::{CredentialsConfig, Env, LogFormat, SidecarConfig};
-use bedrock_broker::webhook::config::{InjectConfig, WebhookConfig};
+use bedrock_broker::config::Env;
+use bedrock_broker::credentials::CredentialsConfig;
+use bedrock_broker::sidecar::SidecarConfig;
+use bedrock_broker::telemetry::LogFormat;
+use bedrock_broker::webhook::inject::InjectConfig;
+use bedrock_broker::webhook::server::WebhookConfig;
 use bedrock_broker::webhook::{self, InjectStatus};
 use bedrock_broker::{diagnose, serve, sidecar, telemetry};
 use clap::Parser;
@@ -15,24 +19,16 @@ use tokio_util::sync::CancellationToken;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = Env::from_process();
-    let webhook_log_args;
-    let aws_args = match &cli.command {
-        Command::Sidecar(a) => &a.aws,
-        Command::Credentials(a) => &a.aws,
-        Command::Webhook(a) => {
-            webhook_log_args = AwsArgs {
-                log_format: a.log_format.clone(),
-                ..AwsArgs::default()
-            };
-            &webhook_log_args
-        }
+    let log_args = match (&cli.command, cli.command.log_args()) {
         // Offline and one-shot: messages go to stderr as plain text.
-        Command::Inject(a) => return run_inject(a, &env),
+        (Command::Inject(a), _) => return run_inject(a, &env),
+        (_, Some(log)) => log,
+        (_, None) => return ExitCode::FAILURE,
     };
-    let log_format = match LogFormat::from_args(aws_args, &env) {
+    let log_format = match LogFormat::from_args(log_args, &env) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("bedrock-broker: invalid configuration: {e}");
+            eprint!("bedrock-broker: {e}");
             return ExitCode::from(2);
         }
     };

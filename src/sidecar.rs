@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use hyper::service::service_fn;
@@ -11,13 +12,34 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Readiness};
 use crate::clock::{unix_seconds, SharedClock};
-use crate::config::{CredentialMode, SidecarConfig, SigV4Source};
+use crate::container_credentials::ContainerCredentialsConfig;
 use crate::credentials::token_watch::TokenWatch;
-use crate::credentials::{source_for, CredentialCell, Refresher};
+use crate::credentials::{
+    source_for, CredentialCell, CredentialMode, CredentialsConfig, RefreshPolicy, Refresher,
+    SigV4Source,
+};
 use crate::metrics::Metrics;
-use crate::proxy::{self, Proxy, ProxySettings};
+use crate::proxy::{self, Proxy};
 use crate::secret::Secret;
 use crate::{container_credentials, serve};
+
+/// Configuration of `bedrock-broker sidecar`.
+#[derive(Debug, Clone)]
+pub struct SidecarConfig {
+    /// The proxy's address: loopback, so only the pod reaches the signer.
+    pub listen: SocketAddr,
+    /// Metrics and probes, reachable from outside the pod.
+    pub admin_listen: SocketAddr,
+    /// How long in-flight requests may finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    pub credentials: CredentialsConfig,
+    pub refresh: RefreshPolicy,
+    /// `None` disables watching the token file for rotations.
+    pub token_watch_interval: Option<Duration>,
+    /// The optional loopback container-credentials endpoint for other SDKs.
+    pub container_credentials: Option<ContainerCredentialsConfig>,
+    pub proxy: proxy::Config,
+}
 
 /// A sidecar whose listeners are bound but which is not serving yet.
 pub struct Sidecar {
@@ -78,18 +100,15 @@ impl Sidecar {
 
         let cell = Arc::new(CredentialCell::new());
         let background = CancellationToken::new();
-        let (readiness, configured_bearer) = match &creds.mode {
-            CredentialMode::Bearer(token) => {
+        let readiness = match &creds.mode {
+            CredentialMode::ApiKey(_) => {
                 // An API key never expires as far as we can tell.
                 metrics.credentials.expiry_timestamp.set(f64::INFINITY);
                 metrics
                     .credentials
                     .last_refresh_timestamp
                     .set(unix_seconds(clock.now()));
-                let header = proxy::bearer_header(token.expose()).context(
-                    "AWS_BEARER_TOKEN_BEDROCK contains characters not allowed in a header",
-                )?;
-                (Readiness::ApiKey, Some(header))
+                Readiness::ApiKey
             }
             CredentialMode::SigV4(source_config) => {
                 let region = creds
@@ -111,36 +130,20 @@ impl Sidecar {
                     let watch = TokenWatch::start(w.token_file.clone()).await;
                     tokio::spawn(watch.run(cell.clone(), interval, background.clone()));
                 }
-                (
-                    Readiness::Credentials {
-                        cell: cell.clone(),
-                        clock: clock.clone(),
-                    },
-                    None,
-                )
+                Readiness::Credentials {
+                    cell: cell.clone(),
+                    clock: clock.clone(),
+                }
             }
         };
 
         let (cell_for_endpoint, clock_for_endpoint) = (cell.clone(), clock.clone());
         let tls = crate::tls::client_config(creds.ca_bundle.as_ref().map(|b| b.pem.as_slice()))
             .context("building the TLS client configuration")?;
-        let clients = proxy::upstream_clients(tls, config.connect_timeout);
+        let clients = proxy::upstream_clients(tls, config.proxy.connect_timeout);
+        let runtime = config.proxy.routes.runtime.clone();
         let proxy = Arc::new(Proxy::new(
-            ProxySettings {
-                upstream: config.upstream.clone(),
-                agent_runtime: config.agent_runtime.clone(),
-                mantle: config.mantle.clone(),
-                region: creds.region.as_ref().map(|r| r.as_str().to_owned()),
-                configured_bearer,
-                max_body_bytes: config.max_body_bytes,
-                // One STS round trip plus the forced-refresh rate limit.
-                self_heal_wait: creds.sts.timeout + std::time::Duration::from_secs(1),
-                response_header_timeout: config.response_header_timeout,
-                stream_idle_timeout: config.stream_idle_timeout,
-                usage_models: config.usage_metrics.clone().map(|allow| {
-                    proxy::ModelLabels::new(allow, crate::config::defaults::USAGE_MAX_MODELS)
-                }),
-            },
+            config.proxy.clone(),
             cell,
             clients,
             clock,
@@ -150,9 +153,9 @@ impl Sidecar {
         tracing::info!(
             proxy = %proxy_listener.local_addr()?,
             admin = %admin_listener.local_addr()?,
-            upstream = %format!("{}://{}{}", config.upstream.scheme, config.upstream.authority, config.upstream.base_path),
-            signing_name = %config.upstream.signing_name,
-            mode = match &creds.mode { CredentialMode::Bearer(_) => "api-key", CredentialMode::SigV4(s) => s.kind() },
+            upstream = %runtime,
+            signing_name = %runtime.signing_name,
+            mode = creds.mode.describe(),
             version = env!("CARGO_PKG_VERSION"),
             "bedrock-broker sidecar listening"
         );

@@ -3,7 +3,44 @@
 use tracing_subscriber::filter::{Directive, EnvFilter};
 use tracing_subscriber::fmt;
 
-use crate::config::LogFormat;
+use crate::cli::LogArgs;
+use crate::config::parse::ParseError;
+use crate::config::setting::{ConfigErrors, Errors};
+use crate::config::settings::log;
+use crate::config::Env;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
+        match raw {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(ParseError::not_a(other, "a log format", "text or json")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
+
+    /// Read before the rest of the configuration, so configuration errors
+    /// are already logged in the chosen format.
+    pub fn from_args(args: &LogArgs, env: &Env) -> Result<Self, ConfigErrors> {
+        let mut errors = Errors::default();
+        let format = errors.read(&log::FORMAT, args.log_format.as_deref(), env, Self::parse);
+        errors.finish(|| format)
+    }
+}
 
 /// Crates whose debug/trace output could include request or response
 /// details; capped so no `RUST_LOG` setting can put secrets in our logs.

@@ -1,6 +1,7 @@
 //! Trust anchors for outbound TLS (STS and Bedrock).
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::RootCertStore;
@@ -35,6 +36,29 @@ fn certificates(pem: &[u8], path: &str) -> Result<Vec<CertificateDer<'static>>, 
         });
     }
     Ok(certs)
+}
+
+/// Extra trust anchors (`AWS_CA_BUNDLE`), read and checked at start.
+#[derive(Clone)]
+pub struct CaBundle {
+    pub path: PathBuf,
+    pub pem: Vec<u8>,
+}
+
+impl CaBundle {
+    /// Reads and checks a PEM bundle.
+    pub fn read(path: PathBuf) -> Result<Self, CaBundleError> {
+        let pem = read_ca_bundle(&path)?;
+        Ok(Self { path, pem })
+    }
+}
+
+impl fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaBundle")
+            .field("path", &self.path)
+            .finish()
+    }
 }
 
 /// Reads and checks a PEM bundle, returning its raw bytes.

@@ -4,8 +4,8 @@ mod webhook_support;
 
 use bedrock_broker::cli::InjectArgs;
 use bedrock_broker::config::Env;
-use bedrock_broker::webhook::config::InjectConfig;
 use bedrock_broker::webhook::inject::parse_documents;
+use bedrock_broker::webhook::inject::InjectConfig;
 use bedrock_broker::webhook::{run_inject, InjectStatus};
 use serde_json::{json, Value};
 use webhook_support::{fixtures, preserved};

@@ -4,12 +4,12 @@ mod webhook_support;
 
 use std::collections::BTreeMap;
 
-use bedrock_broker::webhook::config::LookupErrorPolicy;
 use bedrock_broker::webhook::lookup::{ClusterLookup, LookupError, StringMap};
 use bedrock_broker::webhook::mutate::{
     self, ClusterFacts, Credentials, Outcome, RoleSource, Skip, TokenAccess,
 };
 use bedrock_broker::webhook::server::review;
+use bedrock_broker::webhook::server::LookupErrorPolicy;
 use json_patch::PatchOperation;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};

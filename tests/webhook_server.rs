@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bedrock_broker::cli::WebhookArgs;
 use bedrock_broker::config::Env;
-use bedrock_broker::webhook::config::WebhookConfig;
+use bedrock_broker::webhook::server::WebhookConfig;
 use bedrock_broker::webhook::server::WebhookServer;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;

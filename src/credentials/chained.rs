@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use super::source::{BoxFuture, CredentialSource, Fetched};
 use super::{sts, SourceError};
-use crate::config::{ChainConfig, CredentialsConfig, Region, SessionOptions};
+use super::{ChainConfig, CredentialsConfig, SessionOptions};
+use crate::config::aws::Region;
 
 const OPERATION: &str = "AssumeRole";
 
@@ -46,7 +47,12 @@ impl ChainedSource {
             .assume_role()
             .role_arn(self.chain.role_arn.as_str())
             .role_session_name(self.chain.session_name.as_str())
-            .set_external_id(self.chain.external_id.clone())
+            .set_external_id(
+                self.chain
+                    .external_id
+                    .as_ref()
+                    .map(|e| e.as_str().to_owned()),
+            )
             .set_duration_seconds(self.session.duration.map(|d| d.as_secs() as i32))
             .set_policy(self.session.policy.clone())
             .set_policy_arns(sts::policy_descriptors(&self.session.policy_arns))

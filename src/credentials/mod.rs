@@ -6,19 +6,27 @@
 //! [`CredentialSource`] for credentials and swaps them into the
 //! [`CredentialCell`] that request handling reads without locks.
 
+mod api_key;
 mod cell;
 mod chained;
+mod config;
 mod error;
 mod refresher;
 mod sdk_provider;
+pub mod select;
 mod source;
 pub mod sts;
 pub mod token;
 pub mod token_watch;
 mod web_identity;
 
+pub use api_key::{bearer_header, ApiKey, ApiKeyKind};
 pub use cell::{CredentialCell, HeldCredentials, Unusable};
 pub use chained::ChainedSource;
+pub use config::{
+    ChainConfig, CredentialMode, CredentialsConfig, SdkSource, SessionOptions, SigV4Source,
+    StaticKeys, StsConfig, WebIdentityConfig,
+};
 pub use error::{ErrorClass, SourceError};
 pub use refresher::{RefreshPolicy, Refresher};
 pub use sdk_provider::SdkProviderSource;

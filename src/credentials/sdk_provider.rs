@@ -10,7 +10,8 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 
 use super::source::{BoxFuture, CredentialSource, Fetched};
 use super::{sts, ErrorClass, SourceError};
-use crate::config::{CredentialsConfig, Region, SdkSource};
+use super::{CredentialsConfig, SdkSource};
+use crate::config::aws::Region;
 
 /// An aws-config credentials provider seen as a [`CredentialSource`].
 #[derive(Debug)]

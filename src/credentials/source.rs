@@ -9,7 +9,8 @@ use std::time::SystemTime;
 use aws_credential_types::Credentials;
 
 use super::{ChainedSource, SourceError, WebIdentitySource};
-use crate::config::{CredentialsConfig, Region, SessionOptions, SigV4Source, StaticKeys};
+use super::{CredentialsConfig, SessionOptions, SigV4Source, StaticKeys};
+use crate::config::aws::Region;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

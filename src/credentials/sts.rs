@@ -12,8 +12,9 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
+use super::CredentialsConfig;
 use super::{ErrorClass, SourceError};
-use crate::config::{CredentialsConfig, Region};
+use crate::config::aws::{PolicyArn, Region};
 
 /// An STS client for `region`, honouring `AWS_ENDPOINT_URL_STS` and
 /// `AWS_CA_BUNDLE`. SDK retries are off: the refresher owns retrying, so each
@@ -64,13 +65,13 @@ pub fn http_client(config: &CredentialsConfig) -> SharedHttpClient {
 
 /// `PolicyArns` parameter value, `None` when empty.
 pub fn policy_descriptors(
-    arns: &[String],
+    arns: &[PolicyArn],
 ) -> Option<Vec<aws_sdk_sts::types::PolicyDescriptorType>> {
     (!arns.is_empty()).then(|| {
         arns.iter()
             .map(|a| {
                 aws_sdk_sts::types::PolicyDescriptorType::builder()
-                    .arn(a)
+                    .arn(a.as_str())
                     .build()
             })
             .collect()

@@ -3,7 +3,7 @@
 use super::source::{BoxFuture, CredentialSource, Fetched};
 use super::token::{self, Claims};
 use super::{sts, SourceError};
-use crate::config::{SessionOptions, WebIdentityConfig};
+use super::{SessionOptions, WebIdentityConfig};
 
 const OPERATION: &str = "AssumeRoleWithWebIdentity";
 

@@ -11,6 +11,7 @@ use http::{HeaderMap, HeaderValue};
 
 use super::error::BrokerError;
 use super::headers::PROVIDER_DATA;
+use crate::credentials::{bearer_header, ApiKeyKind};
 
 /// The auth mode, as a bounded metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,13 +55,6 @@ pub enum Decision {
 
 const PROVIDER_DATA_KEY: &str = "aws_bearer_token_bedrock";
 
-/// Builds `Bearer <token>` as a sensitive header value.
-pub fn bearer_header(token: &str) -> Option<HeaderValue> {
-    let mut v = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
-    v.set_sensitive(true);
-    Some(v)
-}
-
 /// Whether an `Authorization` value is a Bedrock API key (`bedrock-api-key-`
 /// for short-term keys, `ABSK` for long-term keys).
 fn is_bedrock_api_key(value: &HeaderValue) -> bool {
@@ -69,9 +63,7 @@ fn is_bedrock_api_key(value: &HeaderValue) -> bool {
         return false;
     };
     let token = token.trim();
-    scheme.eq_ignore_ascii_case("bearer")
-        && (token.starts_with("bedrock-api-key-") || token.starts_with("ABSK"))
-        && token.len() > 4
+    scheme.eq_ignore_ascii_case("bearer") && ApiKeyKind::of(token) != ApiKeyKind::Unrecognised
 }
 
 /// The token in a provider-data header, if it carries a usable one.

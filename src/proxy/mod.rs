@@ -4,6 +4,7 @@
 
 mod auth;
 mod body;
+mod config;
 mod error;
 mod event_stream;
 mod headers;
@@ -24,7 +25,8 @@ use hyper::body::Incoming;
 use prometheus::Histogram;
 use sha2::{Digest, Sha256};
 
-pub use auth::{bearer_header, AuthMode};
+pub use auth::AuthMode;
+pub use config::{Config, RouteTable, Upstream, UsageLabels};
 pub use error::{BrokerError, Dialect};
 pub use operation::Operation;
 pub use signing::Signer;
@@ -32,7 +34,6 @@ pub use upstream::{clients as upstream_clients, RequestBody, UpstreamClient, Ups
 pub use usage::{ModelLabels, UsageRecorder};
 
 use crate::clock::SharedClock;
-use crate::config::UpstreamConfig;
 use crate::credentials::{CredentialCell, HeldCredentials};
 use crate::metrics::ProxyMetrics;
 use body::{Completion, InFlight, StreamKind, UpstreamBody};
@@ -73,24 +74,9 @@ pub struct Proxy {
     durations: Vec<Histogram>,
 }
 
-/// Construction parameters for [`Proxy`].
-pub struct ProxySettings {
-    pub upstream: UpstreamConfig,
-    pub agent_runtime: Option<UpstreamConfig>,
-    pub mantle: Option<UpstreamConfig>,
-    pub region: Option<String>,
-    pub configured_bearer: Option<HeaderValue>,
-    pub max_body_bytes: usize,
-    pub self_heal_wait: Duration,
-    pub response_header_timeout: Option<Duration>,
-    pub stream_idle_timeout: Option<Duration>,
-    /// Enables token usage metrics with this label policy.
-    pub usage_models: Option<ModelLabels>,
-}
-
 impl Proxy {
     pub fn new(
-        settings: ProxySettings,
+        config: Config,
         cell: Arc<CredentialCell>,
         clients: UpstreamClients,
         clock: SharedClock,
@@ -100,22 +86,17 @@ impl Proxy {
             .iter()
             .map(|op| metrics.request_duration.with_label_values(&[op.as_str()]))
             .collect();
-        let routes = route::Routes::new(
-            settings.upstream,
-            settings.agent_runtime,
-            settings.mantle,
-            settings.region.as_deref(),
-        );
+        let routes = route::Routes::new(config.routes, config.region.as_ref().map(|r| r.as_str()));
         Self {
             cell,
             clients,
             routes,
-            configured_bearer: settings.configured_bearer,
-            max_body_bytes: settings.max_body_bytes,
-            self_heal_wait: settings.self_heal_wait,
-            response_header_timeout: settings.response_header_timeout,
-            stream_idle_timeout: settings.stream_idle_timeout,
-            usage: settings.usage_models.map(|models| {
+            configured_bearer: config.api_key.map(|key| key.header().clone()),
+            max_body_bytes: config.max_body_bytes,
+            self_heal_wait: config.self_heal_wait,
+            response_header_timeout: config.response_header_timeout,
+            stream_idle_timeout: config.stream_idle_timeout,
+            usage: ModelLabels::new(&config.usage).map(|models| {
                 Arc::new(UsageRecorder {
                     tokens: metrics.tokens.clone(),
                     time_to_first_token: metrics.time_to_first_token.clone(),

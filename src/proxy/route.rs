@@ -5,22 +5,22 @@
 use http::uri::PathAndQuery;
 use http::{StatusCode, Uri};
 
+use super::config::{RouteTable, Upstream};
 use super::error::BrokerError;
 use super::signing::Signer;
-use crate::config::UpstreamConfig;
 
 /// One upstream and how to sign for it.
 #[derive(Debug)]
 pub struct Route {
     /// Client path prefix, with its trailing slash (`/mantle/`); empty for the default.
     prefix: &'static str,
-    upstream: UpstreamConfig,
+    upstream: Upstream,
     /// `None` without a region (API-key mode): SigV4 is then impossible.
     signer: Option<Signer>,
 }
 
 impl Route {
-    pub fn new(prefix: &'static str, upstream: UpstreamConfig, region: Option<&str>) -> Self {
+    pub fn new(prefix: &'static str, upstream: Upstream, region: Option<&str>) -> Self {
         let signer = region.map(|r| Signer::new(r, upstream.signing_name.clone()));
         Self {
             prefix,
@@ -83,22 +83,19 @@ pub struct Routes {
 }
 
 impl Routes {
-    pub fn new(
-        runtime: UpstreamConfig,
-        agent_runtime: Option<UpstreamConfig>,
-        mantle: Option<UpstreamConfig>,
-        region: Option<&str>,
-    ) -> Self {
+    pub fn new(table: RouteTable, region: Option<&str>) -> Self {
         Self {
-            runtime: Route::new("", runtime, region),
+            runtime: Route::new("", table.runtime, region),
             extra: vec![
                 (
                     AGENT_RUNTIME_PREFIX,
-                    agent_runtime.map(|u| Route::new(AGENT_RUNTIME_PREFIX, u, region)),
+                    table
+                        .agent_runtime
+                        .map(|u| Route::new(AGENT_RUNTIME_PREFIX, u, region)),
                 ),
                 (
                     MANTLE_PREFIX,
-                    mantle.map(|u| Route::new(MANTLE_PREFIX, u, region)),
+                    table.mantle.map(|u| Route::new(MANTLE_PREFIX, u, region)),
                 ),
             ],
         }
@@ -127,9 +124,9 @@ impl Routes {
 mod tests {
     use super::*;
 
-    fn upstream(url: &str, name: &str) -> UpstreamConfig {
-        let (scheme, authority, base_path) = UpstreamConfig::parse_base_url(url).unwrap();
-        UpstreamConfig {
+    fn upstream(url: &str, name: &str) -> Upstream {
+        let (scheme, authority, base_path) = crate::config::endpoints::base_url(url).unwrap();
+        Upstream {
             scheme,
             authority,
             base_path,
@@ -140,15 +137,17 @@ mod tests {
     #[test]
     fn prefixes_choose_the_upstream_and_are_stripped() {
         let routes = Routes::new(
-            upstream("https://bedrock-runtime.us-east-1.amazonaws.com", "bedrock"),
-            Some(upstream(
-                "https://bedrock-agent-runtime.us-east-1.amazonaws.com",
-                "bedrock",
-            )),
-            Some(upstream(
-                "https://bedrock-mantle.us-east-1.api.aws/base",
-                "bedrock-mantle",
-            )),
+            RouteTable {
+                runtime: upstream("https://bedrock-runtime.us-east-1.amazonaws.com", "bedrock"),
+                agent_runtime: Some(upstream(
+                    "https://bedrock-agent-runtime.us-east-1.amazonaws.com",
+                    "bedrock",
+                )),
+                mantle: Some(upstream(
+                    "https://bedrock-mantle.us-east-1.api.aws/base",
+                    "bedrock-mantle",
+                )),
+            },
             Some("us-east-1"),
         );
         let uri = |path: &str| {
@@ -181,7 +180,14 @@ mod tests {
 
     #[test]
     fn unconfigured_routes_are_a_clear_404() {
-        let routes = Routes::new(upstream("http://127.0.0.1:1", "bedrock"), None, None, None);
+        let routes = Routes::new(
+            RouteTable {
+                runtime: upstream("http://127.0.0.1:1", "bedrock"),
+                agent_runtime: None,
+                mantle: None,
+            },
+            None,
+        );
         let err = routes.for_path("/mantle/v1/models").unwrap_err();
         assert_eq!(
             (err.status.as_u16(), err.code),

@@ -15,6 +15,7 @@ use prometheus::{HistogramVec, IntCounterVec};
 use serde::Deserialize;
 
 use super::body::StreamKind;
+use super::config::UsageLabels;
 use super::Operation;
 
 /// Usage counts in any of the shapes Bedrock answers with (Converse,
@@ -111,13 +112,21 @@ pub struct ModelLabels {
 }
 
 impl ModelLabels {
-    pub fn new(allow: Option<Vec<String>>, limit: usize) -> Self {
-        Self {
-            allow: allow.map(|a| a.into_iter().collect()),
+    /// The label policy, or `None` when usage metrics are off.
+    pub fn new(policy: &UsageLabels) -> Option<Self> {
+        let (allow, limit) = match policy {
+            UsageLabels::Off => return None,
+            UsageLabels::FirstSeen(limit) => (None, *limit),
+            UsageLabels::AllowList(models) => {
+                (Some(models.iter().cloned().collect()), models.len())
+            }
+        };
+        Some(Self {
+            allow,
             seen: Mutex::new(HashSet::new()),
             limit,
             other: Arc::from("other"),
-        }
+        })
     }
 
     pub fn label(&self, model: &str) -> Arc<str> {
@@ -459,7 +468,7 @@ mod tests {
             tokens: IntCounterVec::new(Opts::new("t", "t"), &["model", "direction"]).unwrap(),
             time_to_first_token: HistogramVec::new(HistogramOpts::new("h", "h"), &["operation"])
                 .unwrap(),
-            models: ModelLabels::new(None, 2),
+            models: ModelLabels::new(&UsageLabels::FirstSeen(2)).unwrap(),
         })
     }
 
@@ -616,7 +625,7 @@ mod tests {
             &*r.model_label("/openai/v1/chat/completions", br#"{"model":"gpt-oss"}"#),
             "gpt-oss"
         );
-        let allow = ModelLabels::new(Some(vec!["a".into()]), 100);
+        let allow = ModelLabels::new(&UsageLabels::AllowList(vec!["a".into()])).unwrap();
         assert_eq!(&*allow.label("a"), "a");
         assert_eq!(&*allow.label("b"), "other");
     }

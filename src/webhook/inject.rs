@@ -18,9 +18,21 @@ use json_patch::{Patch, PatchOperation};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Map, Value};
 
-use super::config::InjectConfig;
+use super::defaults::SidecarDefaults;
 use super::lookup::{StaticLookup, StringMap};
 use super::mutate::{self, ClusterFacts, Outcome, Skip};
+
+/// Configuration of `bedrock-broker inject`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InjectConfig {
+    /// Namespace of documents that name none.
+    pub namespace: String,
+    /// Labels assumed for every namespace (merged under Namespace documents' own).
+    pub namespace_labels: std::collections::BTreeMap<String, String>,
+    /// Annotations assumed for ServiceAccounts not in the input.
+    pub service_account_annotations: std::collections::BTreeMap<String, String>,
+    pub sidecar: SidecarDefaults,
+}
 
 /// Why `inject` produced no output.
 #[derive(Debug, thiserror::Error)]

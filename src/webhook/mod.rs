@@ -8,7 +8,7 @@
 //! [`lookup`] reading the cluster; [`inject`] is the offline shell over YAML.
 
 pub mod certs;
-pub mod config;
+mod defaults;
 pub mod inject;
 pub mod lookup;
 pub mod mutate;
@@ -21,9 +21,10 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use self::config::{InjectConfig, WebhookConfig};
+pub use self::defaults::{RequestAboveLimit, Resources, SidecarDefaults};
+use self::inject::InjectConfig;
 use self::lookup::KubeLookup;
-use self::server::{AdmissionState, WebhookServer};
+use self::server::{AdmissionState, WebhookConfig, WebhookServer};
 use crate::metrics::webhook::WebhookMetrics;
 
 /// Runs `bedrock-broker webhook` until `shutdown`.

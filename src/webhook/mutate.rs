@@ -21,10 +21,10 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
-use crate::config::vars as sidecar_vars;
-use crate::config::{LogFormat, Region, RoleArn};
+use crate::config::aws::{Region, RoleArn};
+use crate::config::settings::{aws as aws_settings, log, sidecar as sidecar_settings, vars};
 
-use super::config::SidecarDefaults;
+use super::defaults::SidecarDefaults;
 use super::options::{names, PodOptions};
 use super::values::SidecarMode;
 
@@ -390,7 +390,7 @@ fn resolve_role(
             }
         };
     }
-    if let Some(role) = container_env_value(spec, sidecar_vars::AWS_ROLE_ARN)
+    if let Some(role) = container_env_value(spec, vars::AWS_ROLE_ARN.name)
         .and_then(|raw| RoleArn::parse(raw.trim()).ok())
     {
         return Some(CredentialChoice::Role(role, RoleSource::ContainerEnv));
@@ -417,8 +417,8 @@ fn resolve_region(spec: &PodSpec, o: &PodOptions, problems: &mut Vec<String>) ->
     if let Some(r) = &o.region {
         return Some(r.clone());
     }
-    let from_env = container_env_value(spec, sidecar_vars::AWS_REGION)
-        .or_else(|| container_env_value(spec, sidecar_vars::AWS_DEFAULT_REGION))
+    let from_env = container_env_value(spec, aws_settings::REGION.env[0])
+        .or_else(|| container_env_value(spec, aws_settings::REGION.env[1]))
         .and_then(|raw| Region::parse(raw.trim()).ok());
     if from_env.is_none() {
         problems.push(format!(
@@ -692,32 +692,32 @@ impl Plan<'_> {
 
     fn sidecar(&self, credentials: &Credentials, token: Option<&TokenMount>) -> Container {
         let o = self.options;
-        let mut vars = vec![env(sidecar_vars::AWS_REGION, self.region.as_str())];
+        let mut sidecar_env = vec![env(aws_settings::REGION.var(), self.region.as_str())];
         match credentials {
             Credentials::WebIdentity { role_arn, .. } => {
-                vars.push(env(sidecar_vars::AWS_ROLE_ARN, role_arn.as_str()));
+                sidecar_env.push(env(vars::AWS_ROLE_ARN.name, role_arn.as_str()));
                 if let Some(t) = token {
-                    vars.push(env(
-                        sidecar_vars::AWS_WEB_IDENTITY_TOKEN_FILE,
+                    sidecar_env.push(env(
+                        vars::AWS_WEB_IDENTITY_TOKEN_FILE.name,
                         format!("{}/{}", t.mount_path.trim_end_matches('/'), t.file),
                     ));
                 }
                 match &o.session_name {
                     Some(name) => {
-                        vars.push(env(sidecar_vars::AWS_ROLE_SESSION_NAME, name.as_str()))
+                        sidecar_env.push(env(vars::AWS_ROLE_SESSION_NAME.name, name.as_str()))
                     }
                     // The sidecar names its STS session <namespace>.<pod>,
                     // so CloudTrail shows which pod called.
                     None => {
-                        vars.push(field_env("POD_NAMESPACE", "metadata.namespace"));
-                        vars.push(field_env("POD_NAME", "metadata.name"));
+                        sidecar_env.push(field_env(vars::POD_NAMESPACE.name, "metadata.namespace"));
+                        sidecar_env.push(field_env(vars::POD_NAME.name, "metadata.name"));
                     }
                 }
             }
             Credentials::ApiKey => {
                 if let Some(secret) = &o.api_key_secret {
-                    vars.push(EnvVar {
-                        name: sidecar_vars::AWS_BEARER_TOKEN_BEDROCK.to_owned(),
+                    sidecar_env.push(EnvVar {
+                        name: vars::AWS_BEARER_TOKEN_BEDROCK.name.to_owned(),
                         value: None,
                         value_from: Some(EnvVarSource {
                             secret_key_ref: Some(SecretKeySelector {
@@ -731,19 +731,16 @@ impl Plan<'_> {
                 }
             }
         }
-        vars.push(env(sidecar_vars::LISTEN, format!("127.0.0.1:{}", o.port)));
-        vars.push(env(
-            sidecar_vars::ADMIN_LISTEN,
+        sidecar_env.push(env(
+            sidecar_settings::LISTEN.var(),
+            format!("127.0.0.1:{}", o.port),
+        ));
+        sidecar_env.push(env(
+            sidecar_settings::ADMIN_LISTEN.var(),
             format!("0.0.0.0:{}", o.admin_port),
         ));
-        vars.push(env(
-            sidecar_vars::LOG_FORMAT,
-            match self.defaults.log_format {
-                LogFormat::Text => "text",
-                LogFormat::Json => "json",
-            },
-        ));
-        vars.push(env("RUST_LOG", o.log_level.as_str()));
+        sidecar_env.push(env(log::FORMAT.var(), self.defaults.log_format.as_str()));
+        sidecar_env.push(env(vars::RUST_LOG.name, o.log_level.as_str()));
 
         let r = &o.resources;
         let quantities = |cpu: &Option<super::values::Quantity>,
@@ -787,7 +784,7 @@ impl Plan<'_> {
                 .image_pull_policy
                 .map(|p| p.as_str().to_owned()),
             args: Some(vec!["sidecar".to_owned()]),
-            env: Some(vars),
+            env: Some(sidecar_env),
             ports: Some(vec![ContainerPort {
                 name: Some(ADMIN_PORT_NAME.to_owned()),
                 container_port: i32::from(o.admin_port.get()),

@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{Region, RoleArn, SessionName};
+use crate::config::aws::{Region, RoleArn, SessionName};
+use crate::config::parse::ParseError;
 
-use super::config::{Resources, SidecarDefaults};
+use super::defaults::{Resources, SidecarDefaults};
 use super::values::{
     parse_limit, Audience, ImageRef, LogLevel, Port, Quantity, SecretKeyRef, SidecarMode,
     TokenExpiration,
@@ -100,7 +101,7 @@ fn read<T>(
     name: &str,
     default: T,
     problems: &mut Vec<String>,
-    parse: impl FnOnce(&str) -> Result<T, String>,
+    parse: impl FnOnce(&str) -> Result<T, ParseError>,
 ) -> T {
     match annotations.get(name) {
         None => default,
@@ -112,20 +113,6 @@ fn read<T>(
             }
         },
     }
-}
-
-fn role_arn(raw: &str) -> Result<RoleArn, String> {
-    RoleArn::parse(raw).map_err(|m| {
-        format!("{m}; accepted values: an IAM role ARN such as arn:aws:iam::123456789012:role/NAME")
-    })
-}
-
-fn region(raw: &str) -> Result<Region, String> {
-    Region::parse(raw).map_err(|m| format!("{m}; accepted values: an AWS region name"))
-}
-
-fn session_name(raw: &str) -> Result<SessionName, String> {
-    SessionName::parse(raw)
 }
 
 impl PodOptions {
@@ -151,9 +138,11 @@ impl PodOptions {
             }
         }
         let a = annotations;
-        let role_arn = read(a, names::ROLE_ARN, None, &mut p, |r| role_arn(r).map(Some));
+        let role_arn = read(a, names::ROLE_ARN, None, &mut p, |r| {
+            RoleArn::parse(r).map(Some)
+        });
         let region = read(a, names::REGION, defaults.region.clone(), &mut p, |r| {
-            region(r).map(Some)
+            Region::parse(r).map(Some)
         });
         let port = read(a, names::PORT, DEFAULT_PORT, &mut p, Port::parse);
         let admin_port = read(
@@ -187,7 +176,7 @@ impl PodOptions {
         let token_overridden =
             a.contains_key(names::AUDIENCE) || a.contains_key(names::TOKEN_EXPIRATION);
         let session_name = read(a, names::SESSION_NAME, None, &mut p, |r| {
-            session_name(r).map(Some)
+            SessionName::parse(r).map(Some)
         });
         let d = &defaults.resources;
         let resources = Resources {
@@ -216,29 +205,14 @@ impl PodOptions {
                 parse_limit,
             ),
         };
-        for (request_name, limit_name, request, limit) in [
-            (
-                names::CPU_REQUEST,
-                names::CPU_LIMIT,
-                &resources.cpu_request,
-                &resources.cpu_limit,
-            ),
-            (
-                names::MEMORY_REQUEST,
-                names::MEMORY_LIMIT,
-                &resources.memory_request,
-                &resources.memory_limit,
-            ),
-        ] {
-            if let (Some(r), Some(l)) = (request, limit) {
-                if r.value() > l.value() {
-                    p.push(format!(
-                        "{request_name} / {limit_name}: the request {} is above the limit {}; a request must not exceed its limit",
-                        r.as_str(),
-                        l.as_str()
-                    ));
-                }
-            }
+        for problem in resources.problems() {
+            p.push(format!(
+                "{PREFIX}{0}-request / {PREFIX}{0}-limit: the request {1} is above the limit {2}; a request must not exceed its limit",
+                problem.resource,
+                problem.request,
+                problem.limit,
+                PREFIX = names::PREFIX,
+            ));
         }
         let image = read(
             a,
@@ -302,7 +276,10 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        PodOptions::from_annotations(&a, &SidecarDefaults::default())
+        let defaults =
+            SidecarDefaults::from_args(&Default::default(), &crate::config::Env::default())
+                .expect("the documented defaults parse");
+        PodOptions::from_annotations(&a, &defaults)
     }
 
     #[test]

@@ -26,9 +26,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::certs::{self, ReloadingCert};
-use super::config::{LookupErrorPolicy, SidecarDefaults, TlsFiles, WebhookConfig};
+use super::defaults::SidecarDefaults;
 use super::lookup::{ClusterLookup, LookupError, StringMap};
 use super::mutate::{self, ClusterFacts, Outcome, Skip};
+use crate::config::parse::ParseError;
 use crate::metrics::webhook::WebhookMetrics;
 
 /// The path the MutatingWebhookConfiguration points at.
@@ -40,6 +41,54 @@ const MAX_REVIEW_BYTES: usize = 8 * 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; more wait in the accept queue.
 const MAX_PENDING_HANDSHAKES: usize = 256;
+
+/// What the webhook does with an opted-in pod when it cannot read the
+/// namespace or ServiceAccount it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LookupErrorPolicy {
+    /// Refuse the pod with a message saying what could not be read; its
+    /// controller retries, so the pod is created once the API answers. A pod
+    /// never starts without the proxy it expects.
+    #[default]
+    Deny,
+    /// Admit the pod unchanged (with a warning): availability first.
+    Skip,
+}
+
+impl LookupErrorPolicy {
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
+        match raw {
+            "deny" => Ok(Self::Deny),
+            "skip" => Ok(Self::Skip),
+            other => Err(ParseError::not_a(other, "a policy", "deny or skip")),
+        }
+    }
+}
+
+/// The TLS material of the webhook server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// How often both files are re-read; a change is applied without restart.
+    pub reload_interval: Duration,
+}
+
+/// Configuration of `bedrock-broker webhook`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookConfig {
+    /// HTTPS for the API server.
+    pub listen: SocketAddr,
+    /// Plain HTTP for probes and Prometheus.
+    pub admin_listen: SocketAddr,
+    pub tls: TlsFiles,
+    pub on_lookup_error: LookupErrorPolicy,
+    /// Timeout of a direct API read when the watch cache misses.
+    pub lookup_timeout: Duration,
+    /// How long open requests may finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    pub sidecar: SidecarDefaults,
+}
 
 /// What the admission handler works with.
 pub struct AdmissionState<L> {

@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use base64::Engine;
-use bedrock_broker::config::Region;
+use bedrock_broker::cli::SidecarDefaultsArgs;
+use bedrock_broker::config::Env;
 use bedrock_broker::metrics::webhook::WebhookMetrics;
-use bedrock_broker::webhook::config::{LookupErrorPolicy, SidecarDefaults};
 use bedrock_broker::webhook::lookup::{StaticLookup, StringMap};
 use bedrock_broker::webhook::server::AdmissionState;
+use bedrock_broker::webhook::server::LookupErrorPolicy;
+use bedrock_broker::webhook::SidecarDefaults;
 use serde_json::Value;
 
 pub const CHAT_APP_ROLE: &str = "arn:aws:iam::123456789012:role/chat-app";
@@ -49,10 +51,11 @@ pub fn cluster() -> StaticLookup {
 /// The webhook defaults used with the fixtures: the documented defaults
 /// plus a region, as the chart would set it.
 pub fn defaults() -> SidecarDefaults {
-    SidecarDefaults {
-        region: Region::parse("us-east-1").ok(),
-        ..SidecarDefaults::default()
-    }
+    let flags = SidecarDefaultsArgs {
+        sidecar_region: Some("us-east-1".into()),
+        ..Default::default()
+    };
+    SidecarDefaults::from_args(&flags, &Env::default()).expect("the documented defaults parse")
 }
 
 pub fn state<L>(lookup: L) -> AdmissionState<L> {

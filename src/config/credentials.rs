@@ -1,0 +1,368 @@
+//! Fills [`CredentialsConfig`] from the AWS flags and the standard AWS
+//! variables: what is set is gathered into [`Found`], and
+//! [`credentials::select`] (domain logic, next to the sources) chooses.
+
+use std::path::PathBuf;
+
+use http::Uri;
+
+use super::aws::{self, ExternalId, Region, RoleArn, SessionName};
+use super::parse::{self, ParseError};
+use super::setting::Errors;
+use super::settings::{aws as s, vars, Variable};
+use super::{endpoints, Env};
+use crate::cli::AwsArgs;
+use crate::credentials::select::{self, Found, SelectError, SourceChoice};
+use crate::credentials::{
+    ApiKey, ChainConfig, CredentialMode, CredentialsConfig, SessionOptions, StaticKeys, StsConfig,
+    WebIdentityConfig,
+};
+use crate::secret::Secret;
+use crate::tls::CaBundle;
+
+/// A variable's value; empty counts as unset.
+fn var<'a>(env: &'a Env, v: &Variable) -> Option<&'a str> {
+    env.get(v.name)
+}
+
+/// Parses the credential settings, recording every problem in `errors`.
+/// The region is returned even when the rest is invalid: the endpoints
+/// depend on it.
+pub fn parse(
+    args: &AwsArgs,
+    env: &Env,
+    errors: &mut Errors,
+) -> (Option<Region>, Option<CredentialsConfig>) {
+    let region = errors.read(&s::REGION, args.region.as_deref(), env, Region::parse);
+    let sts_endpoint = var(env, &vars::AWS_ENDPOINT_URL_STS).and_then(|raw| {
+        endpoints::base_url(raw.trim())
+            .and_then(|_| {
+                raw.trim()
+                    .parse::<Uri>()
+                    .map_err(|e| ParseError::refused(e.to_string()))
+            })
+            .map_err(|e| errors.push(vars::AWS_ENDPOINT_URL_STS.name, e))
+            .ok()
+    });
+    let sts_timeout = errors.read(
+        &s::STS_TIMEOUT,
+        args.sts_timeout.as_deref(),
+        env,
+        parse::positive_duration,
+    );
+    let ca_bundle = var(env, &vars::AWS_CA_BUNDLE).and_then(|path| {
+        CaBundle::read(PathBuf::from(path))
+            .map_err(|e| errors.push(vars::AWS_CA_BUNDLE.name, e))
+            .ok()
+    });
+
+    let mut warnings = Vec::new();
+    let mode = mode(args, env, errors, &mut warnings);
+    if matches!(mode, Some(CredentialMode::SigV4(_)))
+        && s::REGION.find(args.region.as_deref(), env).is_none()
+    {
+        errors.push(
+            s::REGION.origin(),
+            "a region is required for SigV4 signing (for example us-east-1)",
+        );
+    }
+
+    let chain = chain(args, env, errors);
+    if chain.is_some() && matches!(mode, Some(CredentialMode::ApiKey(_))) {
+        warnings.push(format!(
+            "{} is ignored: API-key mode does not use SigV4 credentials",
+            s::CHAIN_ROLE_ARN.var()
+        ));
+    }
+    let chained = chain.is_some();
+    let session = SessionOptions {
+        duration: errors.read(
+            &s::SESSION_DURATION,
+            args.session_duration.as_deref(),
+            env,
+            |raw| session_duration(raw, chained),
+        ),
+        policy: errors.read(
+            &s::SESSION_POLICY,
+            args.session_policy.as_deref(),
+            env,
+            session_policy,
+        ),
+        policy_arns: errors
+            .read(
+                &s::SESSION_POLICY_ARNS,
+                args.session_policy_arns.as_deref(),
+                env,
+                aws::policy_arns,
+            )
+            .unwrap_or_default(),
+    };
+
+    let config = match (mode, sts_timeout) {
+        (Some(mode), Some(timeout)) => Some(CredentialsConfig {
+            region: region.clone(),
+            mode,
+            sts: StsConfig {
+                endpoint: sts_endpoint,
+                timeout,
+            },
+            ca_bundle,
+            session,
+            chain,
+            warnings,
+        }),
+        _ => None,
+    };
+    (region, config)
+}
+
+/// API key or SigV4 source; records why there is neither.
+fn mode(
+    args: &AwsArgs,
+    env: &Env,
+    errors: &mut Errors,
+    warnings: &mut Vec<String>,
+) -> Option<CredentialMode> {
+    let problems_before = errors.count();
+    let found = Found {
+        web_identity: web_identity(env, errors),
+        static_keys: static_keys(env, errors),
+        container_env: var(env, &vars::AWS_CONTAINER_CREDENTIALS_FULL_URI).is_some()
+            || var(env, &vars::AWS_CONTAINER_CREDENTIALS_RELATIVE_URI).is_some(),
+        profile: var(env, &vars::AWS_PROFILE).map(str::to_owned),
+    };
+    let api_key = var(env, &vars::AWS_BEARER_TOKEN_BEDROCK).and_then(|raw| {
+        ApiKey::parse(raw)
+            .map_err(|e| errors.push(vars::AWS_BEARER_TOKEN_BEDROCK.name, e))
+            .ok()
+    });
+    let choice_raw = args.credential_source.as_deref();
+    let choice = errors.read(&s::CREDENTIAL_SOURCE, choice_raw, env, SourceChoice::parse)?;
+    let sigv4 = match select::select(found, choice) {
+        Ok(source) => source,
+        Err(e @ SelectError::Ambiguous) => {
+            errors.push(
+                format!(
+                    "{} / {} and {} / {}",
+                    vars::AWS_ROLE_ARN.name,
+                    vars::AWS_WEB_IDENTITY_TOKEN_FILE.name,
+                    vars::AWS_ACCESS_KEY_ID.name,
+                    vars::AWS_SECRET_ACCESS_KEY.name
+                ),
+                e,
+            );
+            None
+        }
+        Err(e @ SelectError::NotConfigured(_)) => {
+            let origin = s::CREDENTIAL_SOURCE
+                .find(choice_raw, env)
+                .map_or_else(|| s::CREDENTIAL_SOURCE.origin(), |r| r.origin.to_string());
+            errors.push(origin, e);
+            None
+        }
+    };
+    match (api_key, sigv4) {
+        (Some(key), Some(source)) => {
+            warnings.push(format!(
+                "{} is set, so every request uses that API key; the {} credentials are not used",
+                vars::AWS_BEARER_TOKEN_BEDROCK.name,
+                source.kind()
+            ));
+            Some(CredentialMode::ApiKey(key))
+        }
+        (Some(key), None) => Some(CredentialMode::ApiKey(key)),
+        (None, Some(source)) => Some(CredentialMode::SigV4(source)),
+        (None, None) => {
+            // A half-configured source already said what is missing.
+            if errors.count() == problems_before {
+                errors.push(
+                    format!(
+                        "{} / {}, {} / {}, {}",
+                        vars::AWS_ROLE_ARN.name,
+                        vars::AWS_WEB_IDENTITY_TOKEN_FILE.name,
+                        vars::AWS_ACCESS_KEY_ID.name,
+                        vars::AWS_SECRET_ACCESS_KEY.name,
+                        vars::AWS_BEARER_TOKEN_BEDROCK.name
+                    ),
+                    "no credentials configured: set the IRSA pair (role ARN and token file), or static keys for local development, or a Bedrock API key, or choose --credential-source profile, container or imds",
+                );
+            }
+            None
+        }
+    }
+}
+
+/// The session name used when none is configured: namespace and pod name
+/// from the downward API, else the host name.
+fn default_session_name(env: &Env) -> SessionName {
+    SessionName::for_pod(
+        var(env, &vars::POD_NAMESPACE),
+        var(env, &vars::POD_NAME).or(var(env, &vars::HOSTNAME)),
+    )
+}
+
+/// `AWS_ROLE_SESSION_NAME`, else the default; `None` when it is invalid.
+fn session_name(env: &Env, errors: &mut Errors) -> Option<SessionName> {
+    match var(env, &vars::AWS_ROLE_SESSION_NAME) {
+        Some(raw) => SessionName::parse(raw.trim())
+            .map_err(|e| errors.push(vars::AWS_ROLE_SESSION_NAME.name, e))
+            .ok(),
+        None => Some(default_session_name(env)),
+    }
+}
+
+fn web_identity(env: &Env, errors: &mut Errors) -> Option<WebIdentityConfig> {
+    let (role, token) = (vars::AWS_ROLE_ARN, vars::AWS_WEB_IDENTITY_TOKEN_FILE);
+    match (var(env, &role), var(env, &token)) {
+        (None, None) => None,
+        (Some(_), None) => {
+            errors.push(
+                token.name,
+                format!(
+                    "is not set but {} is; web identity needs both (the path of the projected service account token)",
+                    role.name
+                ),
+            );
+            None
+        }
+        (None, Some(_)) => {
+            errors.push(
+                role.name,
+                format!(
+                    "is not set but {} is; web identity needs both (the IAM role to assume)",
+                    token.name
+                ),
+            );
+            None
+        }
+        (Some(raw_role), Some(token_file)) => {
+            let role_arn = RoleArn::parse(raw_role.trim())
+                .map_err(|e| errors.push(role.name, e))
+                .ok();
+            let session_name = session_name(env, errors);
+            Some(WebIdentityConfig {
+                role_arn: role_arn?,
+                token_file: PathBuf::from(token_file),
+                session_name: session_name?,
+            })
+        }
+    }
+}
+
+fn static_keys(env: &Env, errors: &mut Errors) -> Option<StaticKeys> {
+    let (id_var, secret_var, token_var) = (
+        vars::AWS_ACCESS_KEY_ID,
+        vars::AWS_SECRET_ACCESS_KEY,
+        vars::AWS_SESSION_TOKEN,
+    );
+    match (var(env, &id_var), var(env, &secret_var)) {
+        (None, None) => {
+            if var(env, &token_var).is_some() {
+                errors.push(
+                    token_var.name,
+                    format!("is set without {} and {}", id_var.name, secret_var.name),
+                );
+            }
+            None
+        }
+        (Some(_), None) => {
+            errors.push(
+                secret_var.name,
+                format!("is not set but {} is", id_var.name),
+            );
+            None
+        }
+        (None, Some(_)) => {
+            errors.push(
+                id_var.name,
+                format!("is not set but {} is", secret_var.name),
+            );
+            None
+        }
+        (Some(id), Some(secret)) => Some(StaticKeys {
+            access_key_id: id.trim().to_owned(),
+            secret_access_key: Secret::new(secret.trim()),
+            session_token: var(env, &token_var).map(Secret::new),
+        }),
+    }
+}
+
+fn chain(args: &AwsArgs, env: &Env, errors: &mut Errors) -> Option<ChainConfig> {
+    let external_id = errors.read(
+        &s::CHAIN_EXTERNAL_ID,
+        args.chain_external_id.as_deref(),
+        env,
+        ExternalId::parse,
+    );
+    let Some(role_raw) = s::CHAIN_ROLE_ARN.find(args.chain_role_arn.as_deref(), env) else {
+        if let Some(raw) = s::CHAIN_EXTERNAL_ID.find(args.chain_external_id.as_deref(), env) {
+            errors.push(
+                raw.origin,
+                format!("is set without {}", s::CHAIN_ROLE_ARN.var()),
+            );
+        }
+        return None;
+    };
+    let role_arn = errors.parse(role_raw, RoleArn::parse)?;
+    let session_name = match var(env, &vars::AWS_ROLE_SESSION_NAME) {
+        // An invalid name is reported with the web identity source.
+        Some(raw) => SessionName::parse(raw.trim()).ok()?,
+        None => default_session_name(env),
+    };
+    Some(ChainConfig {
+        role_arn,
+        external_id,
+        session_name,
+    })
+}
+
+/// STS accepts whole seconds from 15 minutes to 12 hours (1 hour when the
+/// credentials come from another AssumeRole).
+fn session_duration(raw: &str, chained: bool) -> Result<std::time::Duration, ParseError> {
+    let d = parse::duration(raw)?;
+    let max = if chained { 3600 } else { 43_200 };
+    if d.as_secs() < 900 || d.as_secs() > max || d.subsec_nanos() != 0 {
+        return Err(ParseError::refused(format!(
+            "{raw:?} is outside what STS accepts: whole seconds from 15m to {}",
+            if chained {
+                "1h (role chaining limit)"
+            } else {
+                "12h"
+            }
+        )));
+    }
+    Ok(d)
+}
+
+/// Most characters STS accepts in an inline session policy.
+const MAX_POLICY_CHARS: usize = 2048;
+
+/// An inline policy (JSON, or `@FILE`), checked to be a JSON object STS
+/// will accept by size.
+fn session_policy(raw: &str) -> Result<String, ParseError> {
+    let text = match raw.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| ParseError::refused(format!("cannot read the policy file {path}: {e}")))?,
+        None => raw.to_owned(),
+    };
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::Object(_)) => {}
+        Ok(_) => {
+            return Err(ParseError::refused(
+                "the session policy must be a JSON object",
+            ))
+        }
+        Err(e) => {
+            return Err(ParseError::refused(format!(
+                "the session policy is not valid JSON: {e}"
+            )))
+        }
+    }
+    if text.len() > MAX_POLICY_CHARS {
+        return Err(ParseError::refused(format!(
+            "the session policy is {} characters; STS accepts at most {MAX_POLICY_CHARS}",
+            text.len()
+        )));
+    }
+    Ok(text)
+}

@@ -1,0 +1,225 @@
+//! Where requests go: base URLs, the SigV4 signing name of each host, and
+//! the default endpoints of each Bedrock service (FIPS and dual-stack as the
+//! AWS endpoint rules name them). Fills the proxy's route table.
+
+use http::uri::{Authority, Scheme};
+use http::Uri;
+
+use super::aws::Region;
+use super::parse::{self, ParseError};
+use super::setting::{Errors, Setting};
+use super::settings::sidecar as s;
+use super::Env;
+use crate::cli::SidecarArgs;
+use crate::proxy::{RouteTable, Upstream};
+
+/// The signing name of everything but Mantle.
+const SIGNING_NAME: &str = "bedrock";
+/// Mantle's signing name, whatever its (custom) host.
+const MANTLE_SIGNING_NAME: &str = "bedrock-mantle";
+
+/// A base URL such as `https://bedrock-runtime.us-east-1.amazonaws.com`,
+/// split into scheme, authority (default port dropped, so the signed host
+/// matches the `Host` the client sends) and path prefix (no trailing slash).
+pub fn base_url(raw: &str) -> Result<(Scheme, Authority, String), ParseError> {
+    let refused = |why: &str| ParseError::refused(format!("{raw:?} {why}"));
+    let uri: Uri = raw
+        .parse()
+        .map_err(|e| ParseError::refused(format!("{raw:?} is not a URL: {e}")))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| refused("has no scheme (expected https://HOST)"))?;
+    if scheme != Scheme::HTTPS && scheme != Scheme::HTTP {
+        return Err(ParseError::refused(format!(
+            "{raw:?}: scheme must be https or http"
+        )));
+    }
+    let authority = uri.authority().ok_or_else(|| refused("has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(refused("must not contain user information"));
+    }
+    if uri.query().is_some() {
+        return Err(refused("must not have a query string"));
+    }
+    let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+    let authority: Authority = match authority.port_u16() {
+        Some(p) if p == default_port => authority
+            .host()
+            .parse()
+            .map_err(|e| ParseError::refused(format!("{raw:?}: {e}")))?,
+        _ => authority.clone(),
+    };
+    let base_path = uri.path().trim_end_matches('/').to_owned();
+    Ok((scheme, authority, base_path))
+}
+
+/// The SigV4 signing name for an upstream host: `bedrock-mantle` for
+/// Bedrock Mantle, `bedrock` for everything else (bedrock-runtime,
+/// bedrock-agent-runtime, VPC endpoints of those, custom endpoints).
+pub fn signing_name_for_host(host: &str) -> &'static str {
+    let mantle = host
+        .split('.')
+        .any(|label| label == MANTLE_SIGNING_NAME || label.starts_with("bedrock-mantle-"));
+    if mantle {
+        MANTLE_SIGNING_NAME
+    } else {
+        SIGNING_NAME
+    }
+}
+
+/// An upstream from a base URL, signed as its host says.
+fn upstream(raw: &str) -> Result<Upstream, ParseError> {
+    let (scheme, authority, base_path) = base_url(raw)?;
+    Ok(Upstream {
+        signing_name: signing_name_for_host(authority.host()).to_owned(),
+        scheme,
+        authority,
+        base_path,
+    })
+}
+
+/// The default endpoint of a Bedrock service.
+fn default_endpoint(service: &str, region: &Region, fips: bool, dualstack: bool) -> String {
+    let host = if fips {
+        format!("{service}-fips")
+    } else {
+        service.to_owned()
+    };
+    let domain = if dualstack {
+        "api.aws"
+    } else {
+        "amazonaws.com"
+    };
+    format!("https://{host}.{region}.{domain}")
+}
+
+fn signing_name(raw: &str) -> Result<String, ParseError> {
+    let ok = !raw.is_empty()
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err(ParseError::not_a(
+            raw,
+            "a signing name",
+            "lowercase letters, digits and -",
+        ))
+    }
+}
+
+/// The route table: the runtime (required: explicit, or from the region),
+/// and the Agents runtime and Mantle (explicit, or from the region when
+/// there is one).
+pub fn routes(
+    args: &SidecarArgs,
+    env: &Env,
+    region: Option<&Region>,
+    region_reported: bool,
+    errors: &mut Errors,
+) -> Option<RouteTable> {
+    let fips = errors.read(&s::USE_FIPS, args.use_fips.as_deref(), env, parse::bool);
+    let dualstack = errors.read(
+        &s::USE_DUALSTACK,
+        args.use_dualstack.as_deref(),
+        env,
+        parse::bool,
+    );
+    let (fips, dualstack) = (fips.unwrap_or(false), dualstack.unwrap_or(false));
+    let signing_override = errors.read(
+        &s::SIGNING_NAME,
+        args.signing_name.as_deref(),
+        env,
+        signing_name,
+    );
+
+    let runtime = match (s::UPSTREAM.find(args.upstream.as_deref(), env), region) {
+        (Some(raw), _) => errors.parse(raw, upstream),
+        (None, Some(region)) => upstream(&default_endpoint(
+            "bedrock-runtime",
+            region,
+            fips,
+            dualstack,
+        ))
+        .ok(),
+        (None, None) => {
+            if !region_reported {
+                errors.push(
+                super::settings::aws::REGION.origin(),
+                "a region (or an explicit --upstream) is required to know which Bedrock endpoint to call",
+            );
+            }
+            None
+        }
+    };
+    let runtime = runtime.map(|mut u| {
+        if let Some(name) = signing_override {
+            u.signing_name = name;
+        }
+        u
+    });
+
+    let mut extra = |setting: &Setting, flag: Option<&str>, default: Option<String>| match (
+        setting.find(flag, env),
+        default,
+    ) {
+        (Some(raw), _) => errors.parse(raw, upstream),
+        (None, Some(url)) => upstream(&url).ok(),
+        (None, None) => None,
+    };
+    let agent_runtime = extra(
+        &s::AGENT_RUNTIME_UPSTREAM,
+        args.agent_runtime_upstream.as_deref(),
+        region.map(|r| default_endpoint("bedrock-agent-runtime", r, fips, dualstack)),
+    );
+    let mantle = extra(
+        &s::MANTLE_UPSTREAM,
+        args.mantle_upstream.as_deref(),
+        region.map(|r| format!("https://bedrock-mantle.{r}.api.aws")),
+    )
+    .map(|mut m| {
+        m.signing_name = MANTLE_SIGNING_NAME.to_owned();
+        m
+    });
+    Some(RouteTable {
+        runtime: runtime?,
+        agent_runtime,
+        mantle,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signing_name_follows_the_host() {
+        for (host, name) in [
+            ("bedrock-runtime.us-east-1.amazonaws.com", "bedrock"),
+            ("bedrock-runtime-fips.us-east-1.amazonaws.com", "bedrock"),
+            ("bedrock-agent-runtime.us-east-1.amazonaws.com", "bedrock"),
+            ("bedrock-mantle.us-east-1.api.aws", "bedrock-mantle"),
+            (
+                "vpce-0abc-xyz.bedrock-runtime.us-east-1.vpce.amazonaws.com",
+                "bedrock",
+            ),
+            ("127.0.0.1", "bedrock"),
+        ] {
+            assert_eq!(signing_name_for_host(host), name, "{host}");
+        }
+    }
+
+    #[test]
+    fn base_urls_drop_default_ports_and_refuse_what_cannot_be_a_base() {
+        let (scheme, authority, path) = base_url("https://h.example:443/base/").unwrap();
+        assert_eq!(
+            (scheme.as_str(), authority.as_str(), path.as_str()),
+            ("https", "h.example", "/base")
+        );
+        for bad in ["ftp://x", "nope", "http://u@h", "http://h/?q=1"] {
+            assert!(base_url(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The configuration reference, `docs/configuration.md`, generated from
+//! [`super::settings`] (`make generate`), so the documented flags,
+//! variables and defaults are the ones the binary reads.
+
+use std::fmt::Write;
+
+use super::setting::{Setting, WhenUnset};
+use super::settings::{self, Variable};
+
+/// Table-cell text: pipes escaped, and `<placeholders>` kept visible
+/// (Markdown renderers drop unknown HTML tags).
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn settings_table(out: &mut String, rows: &[&[Setting]]) {
+    out.push_str("| flag | environment | default | meaning |\n| --- | --- | --- | --- |\n");
+    for s in rows.iter().flat_map(|r| r.iter()) {
+        let env = if s.env.is_empty() {
+            "—".to_owned()
+        } else {
+            s.env
+                .iter()
+                .map(|v| format!("`{v}`"))
+                .collect::<Vec<_>>()
+                .join(", then ")
+        };
+        let default = match s.default {
+            WhenUnset::Nothing => "—".to_owned(),
+            WhenUnset::Value(v) => format!("`{v}`"),
+            WhenUnset::Computed(v) => cell(v),
+        };
+        let _ = writeln!(
+            out,
+            "| `--{}` | {env} | {default} | {} |",
+            s.flag,
+            cell(s.help)
+        );
+    }
+}
+
+fn variables_table(out: &mut String, vars: &[Variable]) {
+    out.push_str("| variable | meaning |\n| --- | --- |\n");
+    for v in vars {
+        let _ = writeln!(out, "| `{}` | {} |", v.name, cell(v.help));
+    }
+}
+
+/// The whole page.
+pub fn markdown() -> String {
+    let mut out = String::from(
+        "# Configuration reference\n\n\
+         <!-- Generated from src/config/settings.rs by `make generate`; do not edit. -->\n\n\
+         Every flag also reads the environment variables listed next to it; a flag \
+         wins over its variables, the first variable set wins over the next, and an \
+         empty variable counts as unset. Every value is checked at start: all \
+         problems are reported at once, each naming its flag or variable, and the \
+         process exits with status 2. Durations take a unit (`500ms`, `10s`, `2m`, \
+         `1h`); booleans accept `true`/`false` (also `yes`/`no`, `on`/`off`, `1`/`0`, \
+         in any case).\n\n",
+    );
+    out.push_str("## `bedrock-broker sidecar`\n\n");
+    settings_table(
+        &mut out,
+        &[
+            settings::sidecar::ALL,
+            settings::aws::ALL,
+            &[settings::log::FORMAT],
+        ],
+    );
+    out.push_str(
+        "\n### Environment variables without a flag\n\n\
+         Standard AWS and Kubernetes variables keep the meaning they have in the AWS \
+         SDKs, so a pod already set up for IRSA needs nothing more.\n\n",
+    );
+    variables_table(&mut out, settings::vars::ALL);
+    out.push_str(
+        "\n## `bedrock-broker credentials`\n\n\
+         Reads the same AWS settings and variables as `sidecar`:\n\n",
+    );
+    settings_table(&mut out, &[settings::aws::ALL]);
+    out.push_str("\n## `bedrock-broker webhook`\n\n");
+    settings_table(
+        &mut out,
+        &[settings::webhook::ALL, &[settings::log::FORMAT]],
+    );
+    out.push_str(
+        "\n### Injected sidecar defaults (`webhook` and `inject`)\n\n\
+         Pod annotations override these one by one (see [injection.md](injection.md)).\n\n",
+    );
+    settings_table(&mut out, &[settings::injected::ALL]);
+    out.push_str(
+        "\n## `bedrock-broker inject`\n\nAlso takes the injected sidecar defaults above.\n\n",
+    );
+    settings_table(&mut out, &[settings::inject::ALL]);
+    out
+}

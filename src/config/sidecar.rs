@@ -1,0 +1,652 @@
+//! Assembles `bedrock-broker sidecar`'s configuration from the parts.
+
+use super::parse::{self, ParseError};
+use super::setting::{ConfigErrors, Errors};
+use super::settings::sidecar as s;
+use super::{credentials, endpoints, Env};
+use crate::cli::SidecarArgs;
+use crate::container_credentials::ContainerCredentialsConfig;
+use crate::credentials::{CredentialMode, CredentialsConfig, RefreshPolicy};
+use crate::proxy::{self, UsageLabels};
+use crate::sidecar::SidecarConfig;
+
+/// Distinct `model` label values before the rest become `other`.
+const USAGE_MAX_MODELS: usize = 20;
+
+/// How long a request Bedrock rejected waits for fresher credentials: one
+/// STS round trip plus the refresher's limit on forced refreshes.
+fn self_heal_wait(sts_timeout: std::time::Duration) -> std::time::Duration {
+    sts_timeout + std::time::Duration::from_secs(1)
+}
+
+impl CredentialsConfig {
+    /// The configuration of `bedrock-broker credentials`.
+    pub fn from_args(args: &crate::cli::AwsArgs, env: &Env) -> Result<Self, ConfigErrors> {
+        let mut errors = Errors::default();
+        let (_, config) = credentials::parse(args, env, &mut errors);
+        errors.finish(|| config)
+    }
+}
+
+impl SidecarConfig {
+    pub fn from_args(args: &SidecarArgs, env: &Env) -> Result<Self, ConfigErrors> {
+        let mut e = Errors::default();
+        let (region, credentials) = credentials::parse(&args.aws, env, &mut e);
+        let listen = e.read(&s::LISTEN, args.listen.as_deref(), env, parse::addr);
+        let admin_listen = e.read(
+            &s::ADMIN_LISTEN,
+            args.admin_listen.as_deref(),
+            env,
+            parse::addr,
+        );
+        // SigV4 already said a region is required.
+        let region_reported = matches!(
+            credentials.as_ref().map(|c| &c.mode),
+            Some(CredentialMode::SigV4(_))
+        );
+        let routes = endpoints::routes(args, env, region.as_ref(), region_reported, &mut e);
+        let max_body_bytes = e.read(
+            &s::MAX_BODY_BYTES,
+            args.max_body_bytes.as_deref(),
+            env,
+            parse::positive_count,
+        );
+        let shutdown_grace = e.read(
+            &s::SHUTDOWN_GRACE_PERIOD,
+            args.shutdown_grace_period.as_deref(),
+            env,
+            parse::duration,
+        );
+        let connect_timeout = e.read(
+            &s::CONNECT_TIMEOUT,
+            args.connect_timeout.as_deref(),
+            env,
+            parse::positive_duration,
+        );
+        let response_header_timeout = e.read(
+            &s::RESPONSE_HEADER_TIMEOUT,
+            args.response_header_timeout.as_deref(),
+            env,
+            parse::optional_duration,
+        );
+        let stream_idle_timeout = e.read(
+            &s::STREAM_IDLE_TIMEOUT,
+            args.stream_idle_timeout.as_deref(),
+            env,
+            parse::optional_duration,
+        );
+        let refresh_fraction = e.read(
+            &s::REFRESH_FRACTION,
+            args.refresh_fraction.as_deref(),
+            env,
+            parse::fraction,
+        );
+        let refresh_max_backoff = e.read(
+            &s::REFRESH_MAX_BACKOFF,
+            args.refresh_max_backoff.as_deref(),
+            env,
+            parse::positive_duration,
+        );
+        let token_watch_interval = e.read(
+            &s::TOKEN_WATCH_INTERVAL,
+            args.token_watch_interval.as_deref(),
+            env,
+            parse::optional_duration,
+        );
+        let usage = usage_labels(args, env, &mut e);
+        let container_credentials = container_credentials(args, env, credentials.as_ref(), &mut e);
+
+        e.finish(|| {
+            let credentials = credentials?;
+            let proxy = proxy::Config {
+                routes: routes?,
+                region: credentials.region.clone(),
+                api_key: match &credentials.mode {
+                    CredentialMode::ApiKey(key) => Some(key.clone()),
+                    CredentialMode::SigV4(_) => None,
+                },
+                max_body_bytes: max_body_bytes?,
+                connect_timeout: connect_timeout?,
+                response_header_timeout: response_header_timeout?,
+                stream_idle_timeout: stream_idle_timeout?,
+                self_heal_wait: self_heal_wait(credentials.sts.timeout),
+                usage: usage?,
+            };
+            Some(SidecarConfig {
+                listen: listen?,
+                admin_listen: admin_listen?,
+                shutdown_grace: shutdown_grace?,
+                refresh: RefreshPolicy {
+                    fraction: refresh_fraction?,
+                    backoff_cap: refresh_max_backoff?,
+                    ..RefreshPolicy::default()
+                },
+                token_watch_interval: token_watch_interval?,
+                container_credentials: container_credentials?,
+                credentials,
+                proxy,
+            })
+        })
+    }
+}
+
+fn usage_labels(args: &SidecarArgs, env: &Env, e: &mut Errors) -> Option<UsageLabels> {
+    let on = e.read(
+        &s::USAGE_METRICS,
+        args.usage_metrics.as_deref(),
+        env,
+        parse::bool,
+    )?;
+    let models = s::USAGE_MODELS
+        .find(args.usage_models.as_deref(), env)
+        .map(|raw| parse::list(raw.value));
+    Some(match (on, models) {
+        (false, _) => UsageLabels::Off,
+        (true, Some(allow)) => UsageLabels::AllowList(allow),
+        (true, None) => UsageLabels::FirstSeen(USAGE_MAX_MODELS),
+    })
+}
+
+/// The optional container-credentials endpoint: `Some(None)` when off,
+/// `None` when its settings are invalid.
+fn container_credentials(
+    args: &SidecarArgs,
+    env: &Env,
+    credentials: Option<&CredentialsConfig>,
+    e: &mut Errors,
+) -> Option<Option<ContainerCredentialsConfig>> {
+    let listen_raw = s::CREDENTIALS_LISTEN.find(args.credentials_listen.as_deref(), env);
+    let token_raw = s::CREDENTIALS_TOKEN_FILE.find(args.credentials_token_file.as_deref(), env);
+    let listen = match listen_raw {
+        None => None,
+        Some(raw) => Some(e.parse(raw, |value| {
+            let addr = parse::addr(value)?;
+            if addr.ip().is_loopback() {
+                Ok(addr)
+            } else {
+                Err(ParseError::refused(format!(
+                    "{value:?} is not a loopback address; the endpoint hands out credentials, so it must stay inside the pod"
+                )))
+            }
+        })?),
+    };
+    match (listen, token_raw) {
+        (None, None) => Some(None),
+        (None, Some(token)) => {
+            e.push(
+                token.origin,
+                format!("is set without {}", s::CREDENTIALS_LISTEN.var()),
+            );
+            None
+        }
+        (Some(_), None) => {
+            e.push(
+                s::CREDENTIALS_TOKEN_FILE.origin(),
+                "is required with --credentials-listen: SDKs must present the token (AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE)",
+            );
+            None
+        }
+        (Some(_), Some(_))
+            if matches!(
+                credentials.map(|c| &c.mode),
+                Some(CredentialMode::ApiKey(_))
+            ) =>
+        {
+            e.push(
+                listen_raw.map_or_else(|| s::CREDENTIALS_LISTEN.origin(), |r| r.origin.to_string()),
+                "needs SigV4 credentials; API-key mode has none to share",
+            );
+            None
+        }
+        (Some(listen), Some(token)) => Some(Some(ContainerCredentialsConfig {
+            listen,
+            token_file: token.value.into(),
+        })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::uri::Scheme;
+
+    use super::*;
+    use crate::config::setting::ConfigErrors;
+    use crate::credentials::SigV4Source;
+
+    fn sidecar(env: &[(&str, &str)]) -> Result<SidecarConfig, ConfigErrors> {
+        SidecarConfig::from_args(
+            &SidecarArgs::default(),
+            &Env::from_pairs(env.iter().copied()),
+        )
+    }
+
+    const IRSA: [(&str, &str); 3] = [
+        ("AWS_REGION", "eu-west-1"),
+        ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/app"),
+        (
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "/var/run/secrets/eks.amazonaws.com/serviceaccount/token",
+        ),
+    ];
+
+    fn origins(e: &ConfigErrors) -> Vec<String> {
+        e.0.iter().map(|e| e.origin.clone()).collect()
+    }
+
+    #[test]
+    fn irsa_environment_alone_is_a_complete_configuration() {
+        let c = sidecar(&IRSA).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9787");
+        assert_eq!(c.admin_listen.to_string(), "0.0.0.0:9788");
+        let runtime = &c.proxy.routes.runtime;
+        assert_eq!(
+            runtime.authority.as_str(),
+            "bedrock-runtime.eu-west-1.amazonaws.com"
+        );
+        assert_eq!(runtime.scheme, Scheme::HTTPS);
+        assert_eq!(runtime.signing_name, "bedrock");
+        assert_eq!(c.proxy.max_body_bytes, 25 * 1024 * 1024);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(25));
+        assert_eq!(c.proxy.connect_timeout, Duration::from_secs(5));
+        assert_eq!(
+            c.proxy.response_header_timeout,
+            Some(Duration::from_secs(900))
+        );
+        assert_eq!(c.proxy.stream_idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(c.proxy.self_heal_wait, Duration::from_secs(11));
+        assert_eq!(c.proxy.usage, UsageLabels::FirstSeen(20));
+        assert_eq!(c.refresh, RefreshPolicy::default());
+        assert_eq!(c.token_watch_interval, Some(Duration::from_secs(1)));
+        assert!(c.container_credentials.is_none());
+        match &c.credentials.mode {
+            CredentialMode::SigV4(SigV4Source::WebIdentity(w)) => {
+                assert_eq!(w.role_arn.as_str(), "arn:aws:iam::123456789012:role/app");
+                assert_eq!(w.session_name.as_str(), "bedrock-broker");
+            }
+            other => panic!("unexpected mode {other:?}"),
+        }
+    }
+
+    #[test]
+    fn session_name_is_derived_from_the_pod() {
+        let mut env = IRSA.to_vec();
+        env.push(("HOSTNAME", "chat-api-7d9f/x y"));
+        let c = sidecar(&env).unwrap();
+        let CredentialMode::SigV4(SigV4Source::WebIdentity(w)) = &c.credentials.mode else {
+            panic!()
+        };
+        assert_eq!(w.session_name.as_str(), "bedrock-broker-chat-api-7d9f-x-y");
+        env.extend([("POD_NAMESPACE", "team-a"), ("POD_NAME", "chat-7d9f-x2")]);
+        let c = sidecar(&env).unwrap();
+        let CredentialMode::SigV4(SigV4Source::WebIdentity(w)) = &c.credentials.mode else {
+            panic!()
+        };
+        assert_eq!(w.session_name.as_str(), "team-a.chat-7d9f-x2");
+    }
+
+    #[test]
+    fn missing_everything_names_every_way_to_configure_credentials() {
+        let e = sidecar(&[]).unwrap_err();
+        let text = e.to_string();
+        for var in [
+            "AWS_ROLE_ARN",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_BEARER_TOKEN_BEDROCK",
+        ] {
+            assert!(text.contains(var), "{text}");
+        }
+    }
+
+    #[test]
+    fn half_configured_sources_name_the_missing_variable() {
+        let e = sidecar(&[
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/app"),
+        ])
+        .unwrap_err();
+        assert_eq!(origins(&e), vec!["AWS_WEB_IDENTITY_TOKEN_FILE"]);
+
+        let e = sidecar(&[
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+        ])
+        .unwrap_err();
+        assert_eq!(origins(&e), vec!["AWS_SECRET_ACCESS_KEY"]);
+    }
+
+    #[test]
+    fn web_identity_and_static_keys_together_are_refused() {
+        let mut env = IRSA.to_vec();
+        env.extend([
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+        ]);
+        let e = sidecar(&env).unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert!(e.0[0].origin.contains("AWS_ROLE_ARN"));
+        assert!(e.0[0].origin.contains("AWS_ACCESS_KEY_ID"));
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_at_once() {
+        let e = SidecarConfig::from_args(
+            &SidecarArgs {
+                listen: Some("nope".into()),
+                max_body_bytes: Some("-1".into()),
+                ..Default::default()
+            },
+            &Env::from_pairs([
+                ("AWS_REGION", "US_EAST"),
+                ("AWS_ROLE_ARN", "role/app"),
+                ("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"),
+                ("AWS_ROLE_SESSION_NAME", "x"),
+                ("BEDROCK_BROKER_SHUTDOWN_GRACE_PERIOD", "soon"),
+                ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "ftp://x"),
+                ("BEDROCK_BROKER_USAGE_METRICS", "maybe"),
+            ]),
+        )
+        .unwrap_err();
+        let o = origins(&e);
+        for expected in [
+            "AWS_REGION",
+            "AWS_ROLE_ARN",
+            "AWS_ROLE_SESSION_NAME",
+            "--listen",
+            "--max-body-bytes",
+            "BEDROCK_BROKER_SHUTDOWN_GRACE_PERIOD",
+            "AWS_ENDPOINT_URL_BEDROCK_RUNTIME",
+            "BEDROCK_BROKER_USAGE_METRICS",
+        ] {
+            assert!(
+                o.iter().any(|x| x == expected),
+                "{expected} missing in {o:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn booleans_are_read_alike_whatever_their_case() {
+        let mut env = IRSA.to_vec();
+        env.extend([
+            ("BEDROCK_BROKER_USAGE_METRICS", "FALSE"),
+            ("AWS_USE_FIPS_ENDPOINT", "TRUE"),
+        ]);
+        let c = sidecar(&env).unwrap();
+        assert_eq!(c.proxy.usage, UsageLabels::Off);
+        assert!(c
+            .proxy
+            .routes
+            .runtime
+            .authority
+            .as_str()
+            .starts_with("bedrock-runtime-fips."));
+    }
+
+    #[test]
+    fn an_api_key_that_cannot_be_a_header_is_a_configuration_error() {
+        let e = sidecar(&[
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_BEARER_TOKEN_BEDROCK", "ABSK\u{7f}oops"),
+        ])
+        .unwrap_err();
+        assert_eq!(origins(&e), ["AWS_BEARER_TOKEN_BEDROCK"]);
+        assert!(!e.to_string().contains("oops"), "{e}");
+    }
+
+    #[test]
+    fn flags_win_over_environment_and_endpoint_url_variables_are_ordered() {
+        let mut env = IRSA.to_vec();
+        env.push(("AWS_ENDPOINT_URL", "http://generic:1"));
+        env.push(("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "http://specific:2"));
+        env.push(("BEDROCK_BROKER_LISTEN", "127.0.0.1:1"));
+        let c = sidecar(&env).unwrap();
+        assert_eq!(c.proxy.routes.runtime.authority.as_str(), "specific:2");
+        assert_eq!(c.listen.port(), 1);
+
+        let args = SidecarArgs {
+            listen: Some("127.0.0.1:0".into()),
+            upstream: Some("https://bedrock-mantle.us-east-1.api.aws:443/".into()),
+            ..Default::default()
+        };
+        let c = SidecarConfig::from_args(&args, &Env::from_pairs(env.iter().copied())).unwrap();
+        assert_eq!(c.listen.port(), 0);
+        let runtime = &c.proxy.routes.runtime;
+        assert_eq!(
+            runtime.authority.as_str(),
+            "bedrock-mantle.us-east-1.api.aws"
+        );
+        assert_eq!(runtime.signing_name, "bedrock-mantle");
+        assert_eq!(runtime.base_path, "");
+    }
+
+    #[test]
+    fn region_falls_back_to_aws_default_region() {
+        let env = [
+            ("AWS_DEFAULT_REGION", "ap-south-1"),
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+        ];
+        let c = sidecar(&env).unwrap();
+        assert_eq!(c.credentials.region.unwrap().as_str(), "ap-south-1");
+    }
+
+    #[test]
+    fn sigv4_without_region_is_refused_but_an_api_key_with_upstream_is_not() {
+        let e = sidecar(&[("AWS_ACCESS_KEY_ID", "A"), ("AWS_SECRET_ACCESS_KEY", "s")]).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert!(e.to_string().contains("region is required"), "{e}");
+        let c = sidecar(&[
+            ("AWS_BEARER_TOKEN_BEDROCK", "ABSKexample"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+        ])
+        .unwrap();
+        assert!(matches!(c.credentials.mode, CredentialMode::ApiKey(_)));
+        let e = sidecar(&[("AWS_BEARER_TOKEN_BEDROCK", "ABSKexample")]).unwrap_err();
+        assert!(e.to_string().contains("explicit --upstream"), "{e}");
+    }
+
+    #[test]
+    fn an_api_key_takes_precedence_with_a_warning() {
+        let mut env = IRSA.to_vec();
+        env.push(("AWS_BEARER_TOKEN_BEDROCK", "bedrock-api-key-abc"));
+        let c = sidecar(&env).unwrap();
+        assert!(matches!(c.credentials.mode, CredentialMode::ApiKey(_)));
+        assert!(c.proxy.api_key.is_some());
+        assert_eq!(c.credentials.warnings.len(), 1);
+        assert!(!format!("{c:?}").contains("bedrock-api-key-abc"));
+    }
+
+    #[test]
+    fn session_options_and_chaining_are_validated() {
+        let mut env = IRSA.to_vec();
+        env.extend([
+            ("BEDROCK_BROKER_SESSION_DURATION", "2h"),
+            (
+                "BEDROCK_BROKER_SESSION_POLICY",
+                r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"bedrock:InvokeModel*","Resource":"*"}]}"#,
+            ),
+            (
+                "BEDROCK_BROKER_SESSION_POLICY_ARNS",
+                "arn:aws:iam::aws:policy/AmazonBedrockLimitedAccess, arn:aws:iam::123456789012:policy/x",
+            ),
+        ]);
+        let c = sidecar(&env).unwrap();
+        assert_eq!(
+            c.credentials.session.duration,
+            Some(Duration::from_secs(7200))
+        );
+        assert_eq!(c.credentials.session.policy_arns.len(), 2);
+        assert!(c.credentials.chain.is_none());
+
+        // Chaining caps the duration at 1 h and checks the external id.
+        env.extend([
+            (
+                "BEDROCK_BROKER_CHAIN_ROLE_ARN",
+                "arn:aws:iam::210987654321:role/bedrock",
+            ),
+            ("BEDROCK_BROKER_CHAIN_EXTERNAL_ID", "x"),
+        ]);
+        let o = origins(&sidecar(&env).unwrap_err());
+        assert_eq!(
+            o,
+            [
+                "BEDROCK_BROKER_CHAIN_EXTERNAL_ID",
+                "BEDROCK_BROKER_SESSION_DURATION"
+            ]
+        );
+
+        let e = sidecar(&[
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "A"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+            ("BEDROCK_BROKER_SESSION_POLICY", "[1]"),
+            (
+                "BEDROCK_BROKER_SESSION_POLICY_ARNS",
+                "arn:aws:iam::1:role/x",
+            ),
+            ("BEDROCK_BROKER_CHAIN_EXTERNAL_ID", "ext-id"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            origins(&e),
+            [
+                "BEDROCK_BROKER_CHAIN_EXTERNAL_ID",
+                "BEDROCK_BROKER_SESSION_POLICY",
+                "BEDROCK_BROKER_SESSION_POLICY_ARNS"
+            ]
+        );
+    }
+
+    #[test]
+    fn container_credentials_endpoint_is_loopback_only_and_needs_a_token() {
+        let mut env = IRSA.to_vec();
+        env.push(("BEDROCK_BROKER_CREDENTIALS_LISTEN", "0.0.0.0:9790"));
+        let o = origins(&sidecar(&env).unwrap_err());
+        assert_eq!(o, ["BEDROCK_BROKER_CREDENTIALS_LISTEN"]);
+        let mut env = IRSA.to_vec();
+        env.extend([
+            ("BEDROCK_BROKER_CREDENTIALS_LISTEN", "127.0.0.1:9790"),
+            ("BEDROCK_BROKER_CREDENTIALS_TOKEN_FILE", "/var/run/bb/token"),
+        ]);
+        let c = sidecar(&env).unwrap();
+        assert_eq!(
+            c.container_credentials.unwrap().listen.to_string(),
+            "127.0.0.1:9790"
+        );
+        env.truncate(IRSA.len());
+        env.push(("BEDROCK_BROKER_CREDENTIALS_LISTEN", "127.0.0.1:9790"));
+        let o = origins(&sidecar(&env).unwrap_err());
+        assert_eq!(
+            o,
+            ["--credentials-token-file / BEDROCK_BROKER_CREDENTIALS_TOKEN_FILE"]
+        );
+    }
+
+    #[test]
+    fn the_rest_of_the_chain_is_chosen_or_pinned() {
+        let base = [("AWS_REGION", "us-east-1")];
+        let source = |extra: &[(&'static str, &'static str)]| {
+            let mut env = base.to_vec();
+            env.extend_from_slice(extra);
+            match sidecar(&env).map(|c| c.credentials.mode) {
+                Ok(mode) => mode.describe().to_owned(),
+                Err(e) => format!("error: {}", origins(&e).join(",")),
+            }
+        };
+        assert_eq!(
+            source(&[(
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://169.254.170.23/v1/credentials"
+            )]),
+            "container"
+        );
+        assert_eq!(source(&[("AWS_PROFILE", "dev")]), "profile");
+        assert_eq!(
+            source(&[("BEDROCK_BROKER_CREDENTIAL_SOURCE", "imds")]),
+            "imds"
+        );
+        assert_eq!(
+            source(&[("BEDROCK_BROKER_CREDENTIAL_SOURCE", "profile")]),
+            "profile"
+        );
+        assert_eq!(
+            source(&[("BEDROCK_BROKER_CREDENTIAL_SOURCE", "container")]),
+            "error: BEDROCK_BROKER_CREDENTIAL_SOURCE"
+        );
+        assert!(source(&[("BEDROCK_BROKER_CREDENTIAL_SOURCE", "nope")]).starts_with("error"));
+        // Pinning resolves the web-identity/static contradiction.
+        let mut both = IRSA.to_vec();
+        both.extend([
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+            ("BEDROCK_BROKER_CREDENTIAL_SOURCE", "static"),
+        ]);
+        let c = sidecar(&both).unwrap();
+        assert!(matches!(
+            c.credentials.mode,
+            CredentialMode::SigV4(SigV4Source::Static(_))
+        ));
+    }
+
+    #[test]
+    fn extra_routes_and_fips_dualstack_endpoints() {
+        let c = sidecar(&IRSA).unwrap();
+        let routes = c.proxy.routes;
+        assert_eq!(
+            routes.agent_runtime.unwrap().authority.as_str(),
+            "bedrock-agent-runtime.eu-west-1.amazonaws.com"
+        );
+        let mantle = routes.mantle.unwrap();
+        assert_eq!(
+            mantle.authority.as_str(),
+            "bedrock-mantle.eu-west-1.api.aws"
+        );
+        assert_eq!(mantle.signing_name, "bedrock-mantle");
+
+        let mut env = IRSA.to_vec();
+        env.extend([
+            ("AWS_USE_FIPS_ENDPOINT", "true"),
+            ("AWS_USE_DUALSTACK_ENDPOINT", "true"),
+        ]);
+        let routes = sidecar(&env).unwrap().proxy.routes;
+        assert_eq!(
+            routes.runtime.authority.as_str(),
+            "bedrock-runtime-fips.eu-west-1.api.aws"
+        );
+        assert_eq!(
+            routes.agent_runtime.unwrap().authority.as_str(),
+            "bedrock-agent-runtime-fips.eu-west-1.api.aws"
+        );
+
+        env.extend([
+            ("BEDROCK_BROKER_MANTLE_UPSTREAM", "http://127.0.0.1:9"),
+            ("AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME", "nope"),
+            ("AWS_USE_FIPS_ENDPOINT", "maybe"),
+        ]);
+        let o = origins(&sidecar(&env).unwrap_err());
+        assert_eq!(
+            o,
+            [
+                "AWS_USE_FIPS_ENDPOINT",
+                "AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME"
+            ]
+        );
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_output() {
+        let c = sidecar(&[
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "topsecretvalue"),
+            ("AWS_SESSION_TOKEN", "sessiontokenvalue"),
+        ])
+        .unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("topsecretvalue"));
+        assert!(!dbg.contains("sessiontokenvalue"));
+    }
+}

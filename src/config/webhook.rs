@@ -1,0 +1,375 @@
+//! Fills the configuration of `webhook` and `inject`, and the injected
+//! sidecar's defaults they share.
+
+use super::aws::Region;
+use super::parse;
+use super::setting::{ConfigErrors, Errors};
+use super::settings::{inject as i, injected as d, webhook as w};
+use super::Env;
+use crate::cli::{InjectArgs, SidecarDefaultsArgs, WebhookArgs};
+use crate::telemetry::LogFormat;
+use crate::webhook::inject::InjectConfig;
+use crate::webhook::server::{LookupErrorPolicy, TlsFiles, WebhookConfig};
+use crate::webhook::values::{
+    parse_limit, Audience, ImageRef, LogLevel, PullPolicy, Quantity, SidecarMode, TokenExpiration,
+};
+use crate::webhook::{Resources, SidecarDefaults};
+
+impl SidecarDefaults {
+    pub fn from_args(args: &SidecarDefaultsArgs, env: &Env) -> Result<Self, ConfigErrors> {
+        let mut errors = Errors::default();
+        let value = sidecar_defaults(args, env, &mut errors);
+        errors.finish(|| value)
+    }
+}
+
+fn sidecar_defaults(a: &SidecarDefaultsArgs, env: &Env, e: &mut Errors) -> Option<SidecarDefaults> {
+    let image = e.read(&d::IMAGE, a.sidecar_image.as_deref(), env, ImageRef::parse);
+    let image_pull_policy =
+        match d::IMAGE_PULL_POLICY.find(a.sidecar_image_pull_policy.as_deref(), env) {
+            None => Some(None),
+            Some(raw) => e.parse(raw, PullPolicy::parse).map(Some),
+        };
+    let region = match d::REGION.find(a.sidecar_region.as_deref(), env) {
+        None => Some(None),
+        Some(raw) => e.parse(raw, Region::parse).map(Some),
+    };
+    let mode = e.read(&d::MODE, a.sidecar_mode.as_deref(), env, SidecarMode::parse);
+    let audience = e.read(
+        &d::AUDIENCE,
+        a.sidecar_audience.as_deref(),
+        env,
+        Audience::parse,
+    );
+    let token_expiration = e.read(
+        &d::TOKEN_EXPIRATION,
+        a.sidecar_token_expiration.as_deref(),
+        env,
+        TokenExpiration::parse,
+    );
+    let cpu_request = e.read(
+        &d::CPU_REQUEST,
+        a.sidecar_cpu_request.as_deref(),
+        env,
+        Quantity::parse,
+    );
+    let memory_request = e.read(
+        &d::MEMORY_REQUEST,
+        a.sidecar_memory_request.as_deref(),
+        env,
+        Quantity::parse,
+    );
+    let cpu_limit = e.read(
+        &d::CPU_LIMIT,
+        a.sidecar_cpu_limit.as_deref(),
+        env,
+        parse_limit,
+    );
+    let memory_limit = e.read(
+        &d::MEMORY_LIMIT,
+        a.sidecar_memory_limit.as_deref(),
+        env,
+        parse_limit,
+    );
+    let resources = Resources {
+        cpu_request: cpu_request.clone(),
+        memory_request: memory_request.clone(),
+        cpu_limit: cpu_limit.clone().flatten(),
+        memory_limit: memory_limit.clone().flatten(),
+    };
+    for problem in resources.problems() {
+        e.push(
+            format!(
+                "--sidecar-{0}-request / --sidecar-{0}-limit",
+                problem.resource
+            ),
+            format!(
+                "the {} request {} is above the limit {}",
+                problem.resource, problem.request, problem.limit
+            ),
+        );
+    }
+    let log_level = e.read(
+        &d::LOG_LEVEL,
+        a.sidecar_log_level.as_deref(),
+        env,
+        LogLevel::parse,
+    );
+    let log_format = e.read(
+        &d::LOG_FORMAT,
+        a.sidecar_log_format.as_deref(),
+        env,
+        LogFormat::parse,
+    );
+    let run_as_user = e.read(
+        &d::RUN_AS_USER,
+        a.sidecar_run_as_user.as_deref(),
+        env,
+        parse::uid,
+    );
+    Some(SidecarDefaults {
+        image: image?,
+        image_pull_policy: image_pull_policy?,
+        region: region?,
+        mode: mode?,
+        audience: audience?,
+        token_expiration: token_expiration?,
+        resources: Resources {
+            cpu_request: Some(cpu_request?),
+            memory_request: Some(memory_request?),
+            cpu_limit: cpu_limit?,
+            memory_limit: memory_limit?,
+        },
+        log_level: log_level?,
+        log_format: log_format?,
+        run_as_user: run_as_user?,
+    })
+}
+
+impl WebhookConfig {
+    pub fn from_args(args: &WebhookArgs, env: &Env) -> Result<Self, ConfigErrors> {
+        let mut e = Errors::default();
+        let listen = e.read(&w::LISTEN, args.listen.as_deref(), env, parse::addr);
+        let admin_listen = e.read(
+            &w::ADMIN_LISTEN,
+            args.admin_listen.as_deref(),
+            env,
+            parse::addr,
+        );
+        let cert = e.read(
+            &w::TLS_CERT_FILE,
+            args.tls_cert_file.as_deref(),
+            env,
+            parse::path,
+        );
+        let key = e.read(
+            &w::TLS_KEY_FILE,
+            args.tls_key_file.as_deref(),
+            env,
+            parse::path,
+        );
+        let reload_interval = e.read(
+            &w::TLS_RELOAD_INTERVAL,
+            args.tls_reload_interval.as_deref(),
+            env,
+            parse::positive_duration,
+        );
+        let on_lookup_error = e.read(
+            &w::ON_LOOKUP_ERROR,
+            args.on_lookup_error.as_deref(),
+            env,
+            LookupErrorPolicy::parse,
+        );
+        let lookup_timeout = e.read(
+            &w::LOOKUP_TIMEOUT,
+            args.lookup_timeout.as_deref(),
+            env,
+            parse::positive_duration,
+        );
+        let shutdown_grace = e.read(
+            &w::SHUTDOWN_GRACE_PERIOD,
+            args.shutdown_grace_period.as_deref(),
+            env,
+            parse::positive_duration,
+        );
+        let sidecar = sidecar_defaults(&args.sidecar, env, &mut e);
+        if let (Some(l), Some(a)) = (listen, admin_listen) {
+            if l.port() != 0 && l.port() == a.port() {
+                e.push(
+                    "--listen / --admin-listen",
+                    format!(
+                        "both use port {}; the webhook and its admin server need different ports",
+                        l.port()
+                    ),
+                );
+            }
+        }
+        e.finish(|| {
+            Some(Self {
+                listen: listen?,
+                admin_listen: admin_listen?,
+                tls: TlsFiles {
+                    cert: cert?,
+                    key: key?,
+                    reload_interval: reload_interval?,
+                },
+                on_lookup_error: on_lookup_error?,
+                lookup_timeout: lookup_timeout?,
+                shutdown_grace: shutdown_grace?,
+                sidecar: sidecar?,
+            })
+        })
+    }
+}
+
+impl InjectConfig {
+    pub fn from_args(args: &InjectArgs, env: &Env) -> Result<Self, ConfigErrors> {
+        let mut e = Errors::default();
+        let namespace = e.read(&i::NAMESPACE, args.namespace.as_deref(), env, |raw| {
+            parse::path(raw).map(|_| raw.to_owned())
+        });
+        let namespace_labels = parse::pairs(&args.namespace_labels)
+            .map_err(|err| e.push(format!("--{}", i::NAMESPACE_LABEL.flag), err))
+            .ok();
+        let service_account_annotations = parse::pairs(&args.service_account_annotations)
+            .map_err(|err| e.push(format!("--{}", i::SERVICE_ACCOUNT_ANNOTATION.flag), err))
+            .ok();
+        let sidecar = sidecar_defaults(&args.sidecar, env, &mut e);
+        e.finish(|| {
+            Some(Self {
+                namespace: namespace?,
+                namespace_labels: namespace_labels?,
+                service_account_annotations: service_account_annotations?,
+                sidecar: sidecar?,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn webhook(args: WebhookArgs, env: &[(&str, &str)]) -> Result<WebhookConfig, ConfigErrors> {
+        WebhookConfig::from_args(&args, &Env::from_pairs(env.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_are_complete_and_the_documented_values() {
+        let c = webhook(WebhookArgs::default(), &[]).expect("defaults parse");
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(c.admin_listen.to_string(), "0.0.0.0:9789");
+        assert_eq!(c.tls.cert, PathBuf::from("/etc/bedrock-broker/tls/tls.crt"));
+        assert_eq!(c.tls.reload_interval, Duration::from_secs(10));
+        assert_eq!(c.on_lookup_error, LookupErrorPolicy::Deny);
+        let s = &c.sidecar;
+        assert_eq!(
+            s.image.as_str(),
+            format!(
+                "ghcr.io/bedrock-broker/bedrock-broker:{}",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+        assert_eq!(s.audience.as_str(), "sts.amazonaws.com");
+        assert_eq!(s.token_expiration.seconds(), 86400);
+        assert_eq!(s.mode, SidecarMode::Native);
+        assert_eq!(s.region, None);
+        assert_eq!(
+            s.resources.cpu_request.as_ref().map(Quantity::as_str),
+            Some("10m")
+        );
+        assert_eq!(
+            s.resources.memory_limit.as_ref().map(Quantity::as_str),
+            Some("128Mi")
+        );
+        assert_eq!(s.resources.cpu_limit, None);
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.run_as_user, 65532);
+    }
+
+    #[test]
+    fn flags_win_over_environment() {
+        let args = WebhookArgs {
+            listen: Some("127.0.0.1:1".into()),
+            sidecar: SidecarDefaultsArgs {
+                sidecar_region: Some("eu-west-1".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let c = webhook(
+            args,
+            &[
+                (w::LISTEN.var(), "127.0.0.1:2"),
+                (d::REGION.var(), "us-east-1"),
+                (d::MODE.var(), "classic"),
+            ],
+        )
+        .expect("parses");
+        assert_eq!(c.listen.port(), 1);
+        assert_eq!(
+            c.sidecar.region.as_ref().map(Region::as_str),
+            Some("eu-west-1")
+        );
+        assert_eq!(c.sidecar.mode, SidecarMode::Classic);
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_at_once_naming_its_origin() {
+        let err = webhook(
+            WebhookArgs {
+                admin_listen: Some("nope".into()),
+                ..Default::default()
+            },
+            &[
+                (w::ON_LOOKUP_ERROR.var(), "maybe"),
+                (w::TLS_RELOAD_INTERVAL.var(), "0s"),
+                (d::TOKEN_EXPIRATION.var(), "60"),
+                (d::MEMORY_REQUEST.var(), "1Gi"),
+                (d::RUN_AS_USER.var(), "0"),
+                (d::IMAGE.var(), "bad image"),
+            ],
+        )
+        .unwrap_err();
+        let origins: Vec<_> = err.0.iter().map(|e| e.origin.as_str()).collect();
+        assert_eq!(
+            origins,
+            [
+                "--admin-listen",
+                w::TLS_RELOAD_INTERVAL.var(),
+                w::ON_LOOKUP_ERROR.var(),
+                d::IMAGE.var(),
+                d::TOKEN_EXPIRATION.var(),
+                "--sidecar-memory-request / --sidecar-memory-limit",
+                d::RUN_AS_USER.var(),
+            ],
+            "{err}"
+        );
+        assert!(err.to_string().contains("deny or skip"), "{err}");
+    }
+
+    #[test]
+    fn listen_and_admin_on_one_port_is_refused() {
+        let err = webhook(
+            WebhookArgs {
+                listen: Some("0.0.0.0:9789".into()),
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("different ports"), "{err}");
+    }
+
+    #[test]
+    fn limits_can_be_removed_with_none() {
+        let c =
+            webhook(WebhookArgs::default(), &[(d::MEMORY_LIMIT.var(), "none")]).expect("parses");
+        assert_eq!(c.sidecar.resources.memory_limit, None);
+    }
+
+    #[test]
+    fn inject_pairs_must_be_key_value() {
+        let args = InjectArgs {
+            namespace_labels: vec!["bedrock-broker.io/inject=true".into(), "oops".into()],
+            ..Default::default()
+        };
+        let err = InjectConfig::from_args(&args, &Env::default()).unwrap_err();
+        assert_eq!(err.0[0].origin, "--namespace-label");
+        let args = InjectArgs {
+            namespace_labels: vec!["bedrock-broker.io/inject=true".into()],
+            ..Default::default()
+        };
+        let c = InjectConfig::from_args(&args, &Env::default()).expect("parses");
+        assert_eq!(c.namespace, "default");
+        assert_eq!(
+            c.namespace_labels
+                .get("bedrock-broker.io/inject")
+                .map(String::as_str),
+            Some("true")
+        );
+    }
+}

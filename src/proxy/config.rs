@@ -1,0 +1,73 @@
+//! What the proxy is configured with: filled by [`crate::config`].
+
+use std::fmt;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+
+use crate::config::aws::Region;
+use crate::credentials::ApiKey;
+
+/// Everything [`super::Proxy`] needs besides its collaborators.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where each request goes, and how it is signed there.
+    pub routes: RouteTable,
+    /// Signing region; `None` only in API-key mode with an explicit upstream.
+    pub region: Option<Region>,
+    /// The configured API key, which replaces SigV4 for every request.
+    pub api_key: Option<ApiKey>,
+    /// Largest request body; SigV4 hashes the body, so it is held in memory.
+    pub max_body_bytes: usize,
+    /// TCP and TLS connect to an upstream.
+    pub connect_timeout: Duration,
+    /// Longest wait for Bedrock's response headers; `None`: no limit.
+    pub response_header_timeout: Option<Duration>,
+    /// Longest silence inside a streamed response; `None`: no limit.
+    pub stream_idle_timeout: Option<Duration>,
+    /// How long a request Bedrock rejected waits for refreshed credentials.
+    pub self_heal_wait: Duration,
+    /// Token usage metrics and their `model` label policy.
+    pub usage: UsageLabels,
+}
+
+/// The upstreams of the three route prefixes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTable {
+    /// The Bedrock runtime: every path without a known prefix.
+    pub runtime: Upstream,
+    /// The Agents runtime, under `/agent-runtime/`.
+    pub agent_runtime: Option<Upstream>,
+    /// Bedrock Mantle, under `/mantle/`.
+    pub mantle: Option<Upstream>,
+}
+
+/// One upstream endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub scheme: Scheme,
+    /// Host and non-default port; default ports are dropped so the signed
+    /// host matches the `Host` header the HTTP client sends.
+    pub authority: Authority,
+    /// Path prefix of the base URL, without trailing slash (usually empty).
+    pub base_path: String,
+    /// The SigV4 service name.
+    pub signing_name: String,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.base_path)
+    }
+}
+
+/// Token usage metrics, and which models get their own `model` label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UsageLabels {
+    /// No usage metrics.
+    Off,
+    /// The first this many models seen; the rest are `other`.
+    FirstSeen(usize),
+    /// These models; the rest are `other`.
+    AllowList(Vec<String>),
+}
