@@ -529,8 +529,8 @@ def test_e2e_script():
 
 def contract_metric_names():
     names = set()
-    for f in ("src/metrics/mod.rs", "src/metrics/webhook.rs"):
-        names |= {"bedrock_broker_" + n for n in re.findall(r'"([a-z_]+)"', (ROOT / f).read_text())}
+    for f in sorted((ROOT / "src/metrics").glob("*.rs")):
+        names |= {"bedrock_broker_" + n for n in re.findall(r'"([a-z_]+)"', f.read_text())}
     return names
 
 

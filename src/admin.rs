@@ -1,6 +1,6 @@
-//! The admin server: `/metrics`, `/healthz`, `/readyz`. Separate from the data
-//! plane (its own port, reachable from outside the pod for probes and
-//! Prometheus), and it never touches a secret.
+//! The admin server of both processes: `/metrics`, `/healthz`, `/readyz`.
+//! Separate from the data plane (its own port, reachable from outside the
+//! pod for probes and Prometheus), and it never touches a secret.
 
 use std::sync::Arc;
 
@@ -9,63 +9,69 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use prometheus::Registry;
+use serde_json::{Map, Value};
 
-use crate::clock::SharedClock;
-use crate::credentials::CredentialCell;
-use crate::metrics::Metrics;
+/// Whether the process can do its work now, and why not.
+pub trait Ready: Send + Sync + 'static {
+    /// Ready or not, with details (the reason when not ready).
+    fn status(&self) -> Status;
+}
 
-/// What readiness depends on.
-#[derive(Clone)]
-pub enum Readiness {
-    /// SigV4: ready while the cell holds unexpired credentials.
-    Credentials {
-        cell: Arc<CredentialCell>,
-        clock: SharedClock,
-    },
-    /// A configured API key: ready as soon as the process serves.
-    ApiKey,
+/// One `/readyz` answer: `{"ready": bool, ...details}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    pub ready: bool,
+    /// Extra fields of the JSON body (`mode`, `reason`, `last_error`, ...).
+    pub details: Map<String, Value>,
+}
+
+impl Status {
+    pub fn new(ready: bool) -> Self {
+        Self {
+            ready,
+            details: Map::new(),
+        }
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.details.insert(key.to_owned(), value.into());
+        self
+    }
 }
 
 #[derive(Clone)]
 struct AdminState {
-    metrics: Metrics,
-    readiness: Readiness,
+    registry: Registry,
+    ready: Arc<dyn Ready>,
 }
 
 /// The admin routes, without a socket (tests call it directly).
-pub fn router(metrics: Metrics, readiness: Readiness) -> Router {
+pub fn router(registry: Registry, ready: Arc<dyn Ready>) -> Router {
     Router::new()
-        .route("/metrics", get(metrics_handler))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready_handler))
-        .with_state(AdminState { metrics, readiness })
+        .route("/readyz", get(readyz))
+        .with_state(AdminState { registry, ready })
 }
 
-async fn metrics_handler(State(state): State<AdminState>) -> Response {
+async fn metrics(State(state): State<AdminState>) -> Response {
     (
         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-        state.metrics.render(),
+        crate::metrics::render(&state.registry),
     )
         .into_response()
 }
 
-async fn ready_handler(State(state): State<AdminState>) -> Response {
-    match &state.readiness {
-        Readiness::ApiKey => {
-            Json(serde_json::json!({"ready": true, "mode": "api_key"})).into_response()
-        }
-        Readiness::Credentials { cell, clock } => match cell.usable(clock.now()) {
-            Ok(_) => Json(serde_json::json!({"ready": true, "mode": "sigv4"})).into_response(),
-            Err(why) => {
-                let mut body = serde_json::json!({
-                    "ready": false,
-                    "reason": why.describe(),
-                });
-                if let Some(err) = cell.last_error() {
-                    body["last_error"] = serde_json::Value::String(err.as_str().to_owned());
-                }
-                (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
-            }
-        },
-    }
+async fn readyz(State(state): State<AdminState>) -> Response {
+    let status = state.ready.status();
+    let mut body = Map::new();
+    body.insert("ready".to_owned(), Value::Bool(status.ready));
+    body.extend(status.details);
+    let code = if status.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(Value::Object(body))).into_response()
 }

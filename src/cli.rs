@@ -32,18 +32,6 @@ pub enum Command {
     Inject(Box<InjectArgs>),
 }
 
-impl Command {
-    /// The logging flags of commands that log (`inject` writes plain text).
-    pub fn log_args(&self) -> Option<&LogArgs> {
-        match self {
-            Self::Sidecar(a) => Some(&a.log),
-            Self::Credentials(a) => Some(&a.log),
-            Self::Webhook(a) => Some(&a.log),
-            Self::Inject(_) => None,
-        }
-    }
-}
-
 /// Logging.
 #[derive(Debug, Args, Default, Clone)]
 pub struct LogArgs {

@@ -11,14 +11,14 @@
 pub mod admin;
 pub mod cli;
 pub mod clock;
+pub mod cmd;
 pub mod config;
 pub mod container_credentials;
 pub mod credentials;
-pub mod diagnose;
 pub mod metrics;
 pub mod proxy;
 pub mod secret;
-pub mod serve;
+pub mod server;
 pub mod sidecar;
 pub mod telemetry;
 pub mod tls;

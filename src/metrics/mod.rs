@@ -1,238 +1,35 @@
-//! The one place metric names are defined: the sidecar's here, the
-//! webhook's (a different process, its own registry) in [`webhook`].
+//! The one place metric names are defined: the sidecar's in [`sidecar`],
+//! the webhook's (a different process, its own registry) in [`webhook`].
 //!
 //! Names and labels are part of the contract dashboards and alerts rely on:
 //! prefix `bedrock_broker_`, base units in the name, `_total` on counters,
-//! bounded label values only (never a raw path, model id or token).
+//! bounded label values only (never a raw path, model id or token). Each
+//! process owns its registry; nothing registers in the global one.
 
+pub mod sidecar;
 pub mod webhook;
 
-use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-};
+use prometheus::{HistogramOpts, Opts, Registry};
 
-/// Everything the sidecar exports, registered in its own registry.
-#[derive(Debug, Clone)]
-pub struct Metrics {
-    pub registry: Registry,
-    pub credentials: CredentialMetrics,
-    pub proxy: ProxyMetrics,
-}
+pub use sidecar::{CredentialMetrics, Metrics, ProxyMetrics};
+pub use webhook::WebhookMetrics;
 
-/// Health of the credential refresher.
-#[derive(Debug, Clone)]
-pub struct CredentialMetrics {
-    /// Unix time at which the held credentials expire (+Inf for keys that never do).
-    pub expiry_timestamp: Gauge,
-    /// Unix time of the last successful refresh.
-    pub last_refresh_timestamp: Gauge,
-    /// Refresh attempts by `result` (`success`, `failure`).
-    pub refreshes: IntCounterVec,
-    /// Failed refresh attempts by `class` (`transient`, `token`, `fatal`).
-    pub refresh_errors: IntCounterVec,
-    /// STS round trip of each attempt.
-    pub refresh_duration: Histogram,
-    /// Failures since the last success.
-    pub consecutive_failures: IntGauge,
-    /// `exp` claim of the projected service account token.
-    pub web_identity_token_expiry_timestamp: Gauge,
-}
-
-/// The data plane.
-#[derive(Debug, Clone)]
-pub struct ProxyMetrics {
-    /// Proxied requests by `operation`, `code` and `auth`.
-    pub requests: IntCounterVec,
-    /// Time to the last byte of the response, by `operation`.
-    pub request_duration: HistogramVec,
-    /// Requests currently being served (including open streams).
-    pub in_flight: IntGauge,
-    /// Requests Bedrock rejected for expired or unknown credentials, by what
-    /// the proxy did: `retried` with fresher credentials, or `gave_up`.
-    pub auth_retries: IntCounterVec,
-    /// Tokens by `model` and `direction` (input, output, cache_read, cache_write).
-    pub tokens: IntCounterVec,
-    /// Time from request to the first streamed chunk, by `operation`.
-    pub time_to_first_token: HistogramVec,
-}
-
+/// The prefix of every metric name.
 const PREFIX: &str = "bedrock_broker";
 
 fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help).namespace(PREFIX)
 }
 
-impl Metrics {
-    pub fn new() -> Self {
-        Self::try_new().expect("metric definitions are valid and unique")
-    }
-
-    fn try_new() -> prometheus::Result<Self> {
-        let registry = Registry::new();
-        let credentials = CredentialMetrics {
-            expiry_timestamp: Gauge::with_opts(opts(
-                "credentials_expiry_timestamp_seconds",
-                "Unix time at which the held credentials expire (+Inf when they never do).",
-            ))?,
-            last_refresh_timestamp: Gauge::with_opts(opts(
-                "credentials_last_refresh_timestamp_seconds",
-                "Unix time of the last successful credential refresh.",
-            ))?,
-            refreshes: IntCounterVec::new(
-                opts(
-                    "credential_refreshes_total",
-                    "Credential refresh attempts by result.",
-                ),
-                &["result"],
-            )?,
-            refresh_errors: IntCounterVec::new(
-                opts(
-                    "credential_refresh_errors_total",
-                    "Failed credential refresh attempts by class: transient, token, fatal.",
-                ),
-                &["class"],
-            )?,
-            refresh_duration: Histogram::with_opts(
-                HistogramOpts::new(
-                    "credential_refresh_duration_seconds",
-                    "Duration of each credential refresh attempt (STS round trip).",
-                )
-                .namespace(PREFIX)
-                .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
-            )?,
-            consecutive_failures: IntGauge::with_opts(opts(
-                "credential_refresh_consecutive_failures",
-                "Credential refresh failures since the last success.",
-            ))?,
-            web_identity_token_expiry_timestamp: Gauge::with_opts(opts(
-                "web_identity_token_expiry_timestamp_seconds",
-                "exp claim of the projected service account token last exchanged.",
-            ))?,
-        };
-        let proxy = ProxyMetrics {
-            requests: IntCounterVec::new(
-                opts(
-                    "requests_total",
-                    "Proxied requests by operation, status code and auth mode.",
-                ),
-                &["operation", "code", "auth"],
-            )?,
-            request_duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "request_duration_seconds",
-                    "Time from request to the last byte of the response, by operation.",
-                )
-                .namespace(PREFIX)
-                .buckets(vec![
-                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                    120.0, 300.0,
-                ]),
-                &["operation"],
-            )?,
-            in_flight: IntGauge::with_opts(opts(
-                "requests_in_flight",
-                "Requests being served right now, open streams included.",
-            ))?,
-            auth_retries: IntCounterVec::new(
-                opts(
-                    "upstream_auth_retries_total",
-                    "Requests Bedrock rejected as expired/unknown credentials: retried with fresher ones, or gave_up.",
-                ),
-                &["result"],
-            )?,
-            tokens: IntCounterVec::new(
-                opts(
-                    "tokens_total",
-                    "Tokens reported by Bedrock, by model and direction (input, output, cache_read, cache_write).",
-                ),
-                &["model", "direction"],
-            )?,
-            time_to_first_token: HistogramVec::new(
-                HistogramOpts::new(
-                    "time_to_first_token_seconds",
-                    "Time from request to the first streamed chunk of a streaming response, by operation.",
-                )
-                .namespace(PREFIX)
-                .buckets(vec![
-                    0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0,
-                ]),
-                &["operation"],
-            )?,
-        };
-
-        let c = &credentials;
-        registry.register(Box::new(c.expiry_timestamp.clone()))?;
-        registry.register(Box::new(c.last_refresh_timestamp.clone()))?;
-        registry.register(Box::new(c.refreshes.clone()))?;
-        registry.register(Box::new(c.refresh_errors.clone()))?;
-        registry.register(Box::new(c.refresh_duration.clone()))?;
-        registry.register(Box::new(c.consecutive_failures.clone()))?;
-        registry.register(Box::new(c.web_identity_token_expiry_timestamp.clone()))?;
-        registry.register(Box::new(proxy.requests.clone()))?;
-        registry.register(Box::new(proxy.request_duration.clone()))?;
-        registry.register(Box::new(proxy.in_flight.clone()))?;
-        registry.register(Box::new(proxy.auth_retries.clone()))?;
-        registry.register(Box::new(proxy.tokens.clone()))?;
-        registry.register(Box::new(proxy.time_to_first_token.clone()))?;
-
-        // Both results exist from the start so `rate()` and alerts see zeros.
-        for result in ["success", "failure"] {
-            c.refreshes.with_label_values(&[result]);
-        }
-        for result in ["retried", "gave_up"] {
-            proxy.auth_retries.with_label_values(&[result]);
-        }
-        Ok(Self {
-            registry,
-            credentials,
-            proxy,
-        })
-    }
-
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
-        let families = self.registry.gather();
-        prometheus::TextEncoder::new()
-            .encode_to_string(&families)
-            .unwrap_or_else(|e| format!("# encoding metrics failed: {e}\n"))
-    }
+fn histogram_opts(name: &str, help: &str, buckets: &[f64]) -> HistogramOpts {
+    HistogramOpts::new(name, help)
+        .namespace(PREFIX)
+        .buckets(buckets.to_vec())
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exposes_the_contract_metric_names() {
-        let m = Metrics::new();
-        m.proxy
-            .requests
-            .with_label_values(&["converse", "200", "sigv4"])
-            .inc();
-        m.proxy
-            .request_duration
-            .with_label_values(&["converse"])
-            .observe(0.1);
-        m.credentials.refresh_duration.observe(0.1);
-        let text = m.render();
-        for name in [
-            "bedrock_broker_credentials_expiry_timestamp_seconds",
-            "bedrock_broker_credentials_last_refresh_timestamp_seconds",
-            "bedrock_broker_credential_refreshes_total{result=\"success\"}",
-            "bedrock_broker_credential_refreshes_total{result=\"failure\"}",
-            "bedrock_broker_credential_refresh_duration_seconds_bucket",
-            "bedrock_broker_credential_refresh_consecutive_failures",
-            "bedrock_broker_web_identity_token_expiry_timestamp_seconds",
-            "bedrock_broker_requests_total{auth=\"sigv4\",code=\"200\",operation=\"converse\"}",
-            "bedrock_broker_request_duration_seconds_bucket",
-        ] {
-            assert!(text.contains(name), "{name} missing from\n{text}");
-        }
-    }
+/// The Prometheus text exposition of every metric in `registry`.
+pub fn render(registry: &Registry) -> String {
+    prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap_or_else(|e| format!("# encoding metrics failed: {e}\n"))
 }

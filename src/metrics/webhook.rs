@@ -1,9 +1,9 @@
 //! The webhook's own metrics (its own registry: the webhook and the sidecar
 //! are different processes). Same naming rules as [`super`].
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramVec, IntCounterVec, Registry};
 
-const PREFIX: &str = "bedrock_broker";
+use super::{histogram_opts, opts};
 
 /// Bounded values of the `result` label of admissions.
 pub const RESULTS: [&str; 5] = ["injected", "skipped", "denied", "invalid", "error"];
@@ -31,38 +31,34 @@ impl WebhookMetrics {
     fn try_new() -> prometheus::Result<Self> {
         let registry = Registry::new();
         let admissions = IntCounterVec::new(
-            Opts::new(
+            opts(
                 "webhook_admissions_total",
                 "Admission reviews answered, by result: injected, skipped, denied, invalid, error.",
-            )
-            .namespace(PREFIX),
+            ),
             &["result"],
         )?;
         let admission_duration = HistogramVec::new(
-            HistogramOpts::new(
+            histogram_opts(
                 "webhook_admission_duration_seconds",
                 "Time to answer one admission review, cluster lookups included.",
-            )
-            .namespace(PREFIX)
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
+                &[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ],
+            ),
             &["result"],
         )?;
         let lookups = IntCounterVec::new(
-            Opts::new(
+            opts(
                 "webhook_lookups_total",
                 "Namespace and ServiceAccount reads by object and source: cache, api, not_found, error.",
-            )
-            .namespace(PREFIX),
+            ),
             &["object", "source"],
         )?;
         let tls_reloads = IntCounterVec::new(
-            Opts::new(
+            opts(
                 "webhook_tls_reloads_total",
                 "Serving certificate reloads from disk by result: success, failure.",
-            )
-            .namespace(PREFIX),
+            ),
             &["result"],
         )?;
         registry.register(Box::new(admissions.clone()))?;
@@ -87,9 +83,7 @@ impl WebhookMetrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        prometheus::TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_else(|e| format!("# encoding metrics failed: {e}\n"))
+        super::render(&self.registry)
     }
 }
 

@@ -7,7 +7,6 @@
 //! the HTTPS shell around it, with [`certs`] reloading the certificate and
 //! [`lookup`] reading the cluster; [`inject`] is the offline shell over YAML.
 
-pub mod certs;
 mod defaults;
 pub mod inject;
 pub mod lookup;
@@ -24,17 +23,16 @@ use tokio_util::sync::CancellationToken;
 pub use self::defaults::{RequestAboveLimit, Resources, SidecarDefaults};
 use self::inject::InjectConfig;
 use self::lookup::KubeLookup;
-use self::server::{AdmissionState, WebhookConfig, WebhookServer};
+use self::server::{AdmissionState, WebhookConfig, WebhookError, WebhookServer};
 use crate::metrics::webhook::WebhookMetrics;
 
 /// Runs `bedrock-broker webhook` until `shutdown`.
-pub async fn run_webhook(config: WebhookConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run_webhook(
+    config: WebhookConfig,
+    shutdown: CancellationToken,
+) -> Result<(), WebhookError> {
     let server = WebhookServer::bind(&config).await?;
-    let client = kube::Client::try_default().await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot create a Kubernetes client (in-cluster service account, or KUBECONFIG): {e}"
-        )
-    })?;
+    let client = kube::Client::try_default().await?;
     let metrics = WebhookMetrics::new();
     let lookup = KubeLookup::start(
         client,

@@ -4,43 +4,40 @@
 //! The handler is a thin shell around [`mutate`]: parse the review, read
 //! what the pod needs from the cluster, call the pure function, answer.
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::{Json, Router};
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::DynamicObject;
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::certs::{self, ReloadingCert};
 use super::defaults::SidecarDefaults;
 use super::lookup::{ClusterLookup, LookupError, StringMap};
 use super::mutate::{self, ClusterFacts, Outcome, Skip};
+use crate::admin::{Ready, Status};
 use crate::config::parse::ParseError;
 use crate::metrics::webhook::WebhookMetrics;
+use crate::server::tls::{self, CertError, ReloadingCert, TlsListener};
+use crate::server::{self, ServeError};
 
 /// The path the MutatingWebhookConfiguration points at.
 pub const MUTATE_PATH: &str = "/mutate";
 /// AdmissionReviews are bounded by the API server's 3 MiB object limit
 /// plus the review envelope (old and new object).
 const MAX_REVIEW_BYTES: usize = 8 * 1024 * 1024;
-/// A client that has not finished the TLS handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; more wait in the accept queue.
-const MAX_PENDING_HANDSHAKES: usize = 256;
+/// The admin server stops this long after the webhook drained.
+const ADMIN_GRACE: Duration = Duration::from_secs(1);
 
 /// What the webhook does with an opted-in pod when it cannot read the
 /// namespace or ServiceAccount it needs.
@@ -347,110 +344,25 @@ async fn admit<L: ClusterLookup>(
     }
 }
 
-/// The admin routes (plain HTTP, its own port).
-pub fn admin_router<L: ClusterLookup>(metrics: WebhookMetrics, lookup: Arc<L>) -> Router {
-    Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let metrics = metrics.clone();
-                async move {
-                    (
-                        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-                        metrics.render(),
-                    )
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let lookup = lookup.clone();
-                async move {
-                    let synced = lookup.ready();
-                    let body = Json(serde_json::json!({
-                        "ready": synced,
-                        "caches_synced": synced,
-                    }));
-                    if synced {
-                        (StatusCode::OK, body)
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, body)
-                    }
-                }
-            }),
-        )
-}
+/// Ready once the namespace and ServiceAccount caches have synced.
+struct LookupReady<L>(Arc<L>);
 
-/// TLS connections whose handshake completed, fed by a background accept
-/// loop so one slow client never holds up the others.
-struct TlsListener {
-    connections: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local_addr: SocketAddr,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.connections.recv().await {
-            Some(conn) => conn,
-            // The accept loop stopped (shutdown): wait for axum to notice.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local_addr)
+impl<L: ClusterLookup> Ready for LookupReady<L> {
+    fn status(&self) -> Status {
+        let synced = self.0.ready();
+        Status::new(synced).with("caches_synced", synced)
     }
 }
 
-fn spawn_tls_accept(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    shutdown: CancellationToken,
-) -> std::io::Result<TlsListener> {
-    let local_addr = listener.local_addr()?;
-    let (tx, rx) = mpsc::channel(64);
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
-    tokio::spawn(async move {
-        loop {
-            let permit = tokio::select! {
-                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                _ = shutdown.cancelled() => break,
-            };
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = shutdown.cancelled() => break,
-            };
-            let (stream, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
-            tokio::spawn(async move {
-                let _permit = permit;
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send((tls, peer)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    Ok(TlsListener {
-        connections: rx,
-        local_addr,
-    })
+/// Why the webhook could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error("cannot load the serving certificate: {0}")]
+    Certificate(#[from] CertError),
+    #[error("cannot create a Kubernetes client (in-cluster service account, or KUBECONFIG): {0}")]
+    Kube(#[from] kube::Error),
 }
 
 /// A webhook whose sockets are bound and certificate loaded, not serving yet.
@@ -469,13 +381,11 @@ pub struct WebhookServer {
 
 impl WebhookServer {
     /// Loads the certificate and binds both ports (port 0 picks a free one).
-    pub async fn bind(config: &WebhookConfig) -> anyhow::Result<Self> {
+    pub async fn bind(config: &WebhookConfig) -> Result<Self, WebhookError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let cert = ReloadingCert::load(&config.tls.cert, &config.tls.key, provider.clone())
-            .map_err(|e| anyhow::anyhow!("cannot load the serving certificate: {e}"))?;
-        let listener = crate::serve::bind(config.listen, "webhook").await?;
-        let admin_listener =
-            crate::serve::bind(config.admin_listen, "webhook admin server").await?;
+        let cert = ReloadingCert::load(&config.tls.cert, &config.tls.key, provider.clone())?;
+        let listener = server::bind(config.listen, "webhook").await?;
+        let admin_listener = server::bind(config.admin_listen, "webhook admin server").await?;
         Ok(Self {
             listener,
             admin_listener,
@@ -486,12 +396,12 @@ impl WebhookServer {
         })
     }
 
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+    pub fn local_addr(&self) -> Result<SocketAddr, ServeError> {
+        server::local_addr(&self.listener, "webhook")
     }
 
-    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
-        self.admin_listener.local_addr()
+    pub fn admin_addr(&self) -> Result<SocketAddr, ServeError> {
+        server::local_addr(&self.admin_listener, "webhook admin server")
     }
 
     /// Serves until `shutdown`, then drains for at most the grace period.
@@ -499,45 +409,42 @@ impl WebhookServer {
         self,
         state: AdmissionState<L>,
         shutdown: CancellationToken,
-    ) -> anyhow::Result<()> {
-        let metrics = state.metrics.clone();
-        let lookup = state.lookup.clone();
-        let tls_config = certs::server_config(self.cert.clone(), self.provider.clone())?;
+    ) -> Result<(), WebhookError> {
+        let tls_config = tls::server_config(self.cert.clone(), self.provider.clone())
+            .map_err(CertError::Config)?;
         let acceptor = TlsAcceptor::from(Arc::new(tls_config));
-        let listen = self.listener.local_addr()?;
-        let admin = self.admin_listener.local_addr()?;
+        let listen = self.local_addr()?;
+        let admin = self.admin_addr()?;
         tracing::info!(%listen, %admin, cert = %self.tls.cert.display(), "webhook serving");
 
         tokio::spawn(self.cert.clone().watch(
             self.tls.reload_interval,
-            metrics.clone(),
+            state.metrics.tls_reloads.clone(),
             shutdown.clone(),
         ));
-        let tls_listener = spawn_tls_accept(self.listener, acceptor, shutdown.clone())?;
-
-        let admin_shutdown = CancellationToken::new();
-        let admin_stop = admin_shutdown.clone();
-        let admin_server = tokio::spawn(
-            axum::serve(self.admin_listener, admin_router(metrics, lookup))
-                .with_graceful_shutdown(async move { admin_stop.cancelled().await })
-                .into_future(),
+        let admin_stop = CancellationToken::new();
+        let admin_router = crate::admin::router(
+            state.metrics.registry.clone(),
+            Arc::new(LookupReady(state.lookup.clone())),
         );
-
-        let stop = shutdown.clone();
-        let server = axum::serve(tls_listener, router(state))
-            .with_graceful_shutdown(async move { stop.cancelled().await });
-        let grace = self.shutdown_grace;
-        let served = tokio::spawn(server.into_future());
-        shutdown.cancelled().await;
-        tracing::info!(grace_s = grace.as_secs_f64(), "stopped accepting; draining");
-        match tokio::time::timeout(grace, served).await {
-            Ok(Ok(Ok(()))) => tracing::info!("drained"),
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "webhook server stopped with an error"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "webhook server task failed"),
-            Err(_) => tracing::warn!("grace period over with requests still open; closing them"),
-        }
-        admin_shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(1), admin_server).await;
+        let admin_server = tokio::spawn(server::serve(
+            self.admin_listener,
+            server::router_service(admin_router),
+            admin_stop.clone(),
+            ADMIN_GRACE,
+            "webhook admin",
+        ));
+        let tls_listener = TlsListener::spawn(self.listener, acceptor, shutdown.clone());
+        server::serve(
+            tls_listener,
+            server::router_service(router(state)),
+            shutdown,
+            self.shutdown_grace,
+            "webhook",
+        )
+        .await;
+        admin_stop.cancel();
+        let _ = admin_server.await;
         Ok(())
     }
 }

@@ -1,42 +1,12 @@
-//! Trust anchors for outbound TLS (STS and Bedrock).
+//! Trust anchors and the client configuration of outbound TLS (STS and Bedrock).
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::RootCertStore;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 
-/// Why an `AWS_CA_BUNDLE` cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum CaBundleError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} holds no PEM certificate")]
-    Empty { path: String },
-    #[error("{path} holds a malformed PEM certificate: {detail}")]
-    Malformed { path: String, detail: String },
-}
-
-fn certificates(pem: &[u8], path: &str) -> Result<Vec<CertificateDer<'static>>, CaBundleError> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| CaBundleError::Malformed {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(CaBundleError::Empty {
-            path: path.to_owned(),
-        });
-    }
-    Ok(certs)
-}
+use super::pem::{self, PemError};
 
 /// Extra trust anchors (`AWS_CA_BUNDLE`), read and checked at start.
 #[derive(Clone)]
@@ -47,8 +17,9 @@ pub struct CaBundle {
 
 impl CaBundle {
     /// Reads and checks a PEM bundle.
-    pub fn read(path: PathBuf) -> Result<Self, CaBundleError> {
-        let pem = read_ca_bundle(&path)?;
+    pub fn read(path: PathBuf) -> Result<Self, PemError> {
+        let pem = pem::read(&path)?;
+        pem::certificates(&pem, &path)?;
         Ok(Self { path, pem })
     }
 }
@@ -59,17 +30,6 @@ impl fmt::Debug for CaBundle {
             .field("path", &self.path)
             .finish()
     }
-}
-
-/// Reads and checks a PEM bundle, returning its raw bytes.
-pub fn read_ca_bundle(path: &Path) -> Result<Vec<u8>, CaBundleError> {
-    let shown = path.display().to_string();
-    let pem = std::fs::read(path).map_err(|source| CaBundleError::Read {
-        path: shown.clone(),
-        source,
-    })?;
-    certificates(&pem, &shown)?;
-    Ok(pem)
 }
 
 /// Mozilla's roots, the system's roots, and the extra bundle if any.
@@ -85,7 +45,7 @@ pub fn root_store(extra_pem: Option<&[u8]>) -> RootCertStore {
     }
     let (_added, _ignored) = roots.add_parsable_certificates(native.certs);
     if let Some(pem) = extra_pem {
-        if let Ok(certs) = certificates(pem, "AWS_CA_BUNDLE") {
+        if let Ok(certs) = pem::certificates(pem, std::path::Path::new("AWS_CA_BUNDLE")) {
             roots.add_parsable_certificates(certs);
         }
     }

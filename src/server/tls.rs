@@ -1,4 +1,6 @@
-//! The serving certificate, reloaded from disk without a restart.
+//! The serving side of TLS (the webhook): a listener whose handshakes run
+//! apart from the accept loop, and a certificate reloaded from disk
+//! without a restart.
 //!
 //! cert-manager renews the Secret and the kubelet swaps the mounted files
 //! atomically; we re-read both files every `--tls-reload-interval` and swap
@@ -7,48 +9,42 @@
 //! the certificate it has, and the next poll tries again.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use prometheus::IntCounterVec;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::webhook::WebhookMetrics;
+use crate::tls::pem::{self, PemError};
+
+/// A client that has not finished the TLS handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; more wait in the accept queue.
+const MAX_PENDING_HANDSHAKES: usize = 256;
 
 /// Why a certificate/key pair cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} holds no PEM certificate")]
-    NoCertificate { path: String },
-    #[error("{path} holds a malformed PEM certificate: {detail}")]
-    MalformedCertificate { path: String, detail: String },
-    #[error("{path} holds no usable PEM private key: {detail}")]
-    Key { path: String, detail: String },
+    #[error(transparent)]
+    Pem(#[from] PemError),
     #[error("the key in {key} does not belong to the certificate in {cert}: {detail}")]
     Mismatch {
         cert: String,
         key: String,
         detail: String,
     },
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, CertError> {
-    std::fs::read(path).map_err(|source| CertError::Read {
-        path: path.display().to_string(),
-        source,
-    })
+    #[error("cannot build the TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
 }
 
 /// Builds a certified key from PEM bytes, checking that key and
@@ -60,24 +56,11 @@ pub fn certified_key(
     key_path: &Path,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, CertError> {
-    let cert_shown = cert_path.display().to_string();
-    let key_shown = key_path.display().to_string();
-    let chain = CertificateDer::pem_slice_iter(cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| CertError::MalformedCertificate {
-            path: cert_shown.clone(),
-            detail: e.to_string(),
-        })?;
-    if chain.is_empty() {
-        return Err(CertError::NoCertificate { path: cert_shown });
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| CertError::Key {
-        path: key_shown.clone(),
-        detail: e.to_string(),
-    })?;
+    let chain = pem::certificates(cert_pem, cert_path)?;
+    let key = pem::private_key(key_pem, key_path)?;
     CertifiedKey::from_der(chain, key, provider).map_err(|e| CertError::Mismatch {
-        cert: cert_shown,
-        key: key_shown,
+        cert: cert_path.display().to_string(),
+        key: key_path.display().to_string(),
         detail: e.to_string(),
     })
 }
@@ -116,8 +99,8 @@ impl ReloadingCert {
         key_path: &Path,
         provider: Arc<CryptoProvider>,
     ) -> Result<Self, CertError> {
-        let cert_pem = read(cert_path)?;
-        let key_pem = read(key_path)?;
+        let cert_pem = pem::read(cert_path)?;
+        let key_pem = pem::read(key_path)?;
         let key = certified_key(&cert_pem, &key_pem, cert_path, key_path, &provider)?;
         Ok(Self {
             cert_path: cert_path.to_owned(),
@@ -131,8 +114,8 @@ impl ReloadingCert {
     /// Re-reads both files and swaps the certificate in if they changed and
     /// are valid. On error the current certificate stays.
     pub fn reload_if_changed(&self) -> Result<Reload, CertError> {
-        let cert_pem = read(&self.cert_path)?;
-        let key_pem = read(&self.key_path)?;
+        let cert_pem = pem::read(&self.cert_path)?;
+        let key_pem = pem::read(&self.key_path)?;
         let mut seen = self
             .seen
             .lock()
@@ -154,11 +137,12 @@ impl ReloadingCert {
         Ok(Reload::Reloaded)
     }
 
-    /// Polls the files every `interval` until `shutdown`.
+    /// Polls the files every `interval` until `shutdown`, counting reloads
+    /// in `reloads` by `result`.
     pub async fn watch(
         self: Arc<Self>,
         interval: Duration,
-        metrics: WebhookMetrics,
+        reloads: IntCounterVec,
         shutdown: CancellationToken,
     ) {
         let mut ticker = tokio::time::interval(interval);
@@ -174,11 +158,11 @@ impl ReloadingCert {
             match result {
                 Ok(Ok(Reload::Unchanged)) => {}
                 Ok(Ok(Reload::Reloaded)) => {
-                    metrics.tls_reloads.with_label_values(&["success"]).inc();
+                    reloads.with_label_values(&["success"]).inc();
                     tracing::info!(cert = %self.cert_path.display(), "serving certificate reloaded");
                 }
                 Ok(Err(e)) => {
-                    metrics.tls_reloads.with_label_values(&["failure"]).inc();
+                    reloads.with_label_values(&["failure"]).inc();
                     tracing::warn!(error = %e, "serving certificate not reloaded; keeping the current one");
                 }
                 Err(e) => tracing::warn!(error = %e, "certificate reload task failed"),
@@ -205,4 +189,70 @@ pub fn server_config(
     // The API server speaks HTTP/1.1 to webhooks just as well as h2.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// TLS connections whose handshake completed, fed by a background accept
+/// loop so one slow client never holds up the others.
+pub struct TlsListener {
+    connections: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+}
+
+impl TlsListener {
+    /// Accepts on `listener` and runs handshakes (at most
+    /// [`MAX_PENDING_HANDSHAKES`] at once, each within
+    /// [`HANDSHAKE_TIMEOUT`]) until `shutdown`.
+    pub fn spawn(
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(64);
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+        tokio::spawn(async move {
+            let mut listener = listener;
+            loop {
+                let permit = tokio::select! {
+                    p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                    _ = shutdown.cancelled() => break,
+                };
+                let accepted = tokio::select! {
+                    a = super::Accept::accept(&mut listener) => a,
+                    _ = shutdown.cancelled() => break,
+                };
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Usually EMFILE: back off briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Self { connections: rx }
+    }
+}
+
+impl super::Accept for TlsListener {
+    type Io = TlsStream<TcpStream>;
+
+    async fn accept(&mut self) -> std::io::Result<(Self::Io, SocketAddr)> {
+        match self.connections.recv().await {
+            Some(conn) => Ok(conn),
+            // The accept loop stopped (shutdown): wait for the server to notice.
+            None => std::future::pending().await,
+        }
+    }
 }

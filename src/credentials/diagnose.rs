@@ -4,34 +4,31 @@
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
-use crate::clock::{saturating_sub, SharedClock};
-use crate::credentials::{
+use super::{
     source_for, sts, token, CredentialMode, CredentialsConfig, SdkSource, SigV4Source, SourceError,
 };
+use crate::clock::{saturating_sub, SharedClock};
 
-/// What the diagnosis found.
-#[derive(Debug)]
-pub struct Identity {
-    pub source: String,
-    pub account: String,
-    pub arn: String,
-    pub user_id: String,
-    pub expiry: Option<SystemTime>,
-}
-
-/// A failed diagnosis, with what to do about it.
+/// A failed diagnosis, with what was found before the failure and what to
+/// do about it.
 #[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct DiagnoseError {
-    pub message: String,
+pub enum DiagnoseError {
+    #[error("no region configured (set AWS_REGION)")]
+    NoRegion,
+    #[error("{found}{step} failed: {source}{}", hint(source))]
+    Failed {
+        /// The report up to the failing step.
+        found: String,
+        step: &'static str,
+        #[source]
+        source: SourceError,
+    },
 }
 
-fn describe_failure(step: &str, err: &SourceError) -> DiagnoseError {
-    let mut message = format!("{step} failed: {err}");
-    if let Some(hint) = err.hint() {
-        let _ = write!(message, "\n  hint: {hint}");
-    }
-    DiagnoseError { message }
+fn hint(err: &SourceError) -> String {
+    err.hint()
+        .map(|h| format!("\n  hint: {h}"))
+        .unwrap_or_default()
 }
 
 /// Runs the diagnosis and renders a report; `Err` carries an actionable message.
@@ -49,9 +46,7 @@ pub async fn run(config: &CredentialsConfig, clock: SharedClock) -> Result<Strin
         }
         CredentialMode::SigV4(source) => source,
     };
-    let region = config.region.as_ref().ok_or_else(|| DiagnoseError {
-        message: "no region configured (set AWS_REGION)".to_owned(),
-    })?;
+    let region = config.region.as_ref().ok_or(DiagnoseError::NoRegion)?;
 
     match source {
         SigV4Source::WebIdentity(w) => {
@@ -124,19 +119,22 @@ pub async fn run(config: &CredentialsConfig, clock: SharedClock) -> Result<Strin
     let fetched = source_for(source, config, region)
         .fetch()
         .await
-        .map_err(|e| {
-            let mut e = describe_failure("obtaining credentials", &e);
-            e.message = format!("{report}{}", e.message);
-            e
+        .map_err(|source| DiagnoseError::Failed {
+            found: report.clone(),
+            step: "obtaining credentials",
+            source,
         })?;
     let expiry = fetched.credentials.expiry();
     let client = sts::client(config, region, Some(fetched.credentials));
-    let who = client.get_caller_identity().send().await.map_err(|e| {
-        let e = sts::source_error("GetCallerIdentity", e);
-        let mut d = describe_failure("GetCallerIdentity with the obtained credentials", &e);
-        d.message = format!("{report}{}", d.message);
-        d
-    })?;
+    let who = client
+        .get_caller_identity()
+        .send()
+        .await
+        .map_err(|e| DiagnoseError::Failed {
+            found: report.clone(),
+            step: "GetCallerIdentity with the obtained credentials",
+            source: sts::source_error("GetCallerIdentity", e),
+        })?;
     let _ = writeln!(
         report,
         "account:  {}",

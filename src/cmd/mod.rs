@@ -1,0 +1,72 @@
+//! The subcommands: each turns its configuration into a running process
+//! and its outcome into an exit status. Everything below `cmd` returns
+//! typed errors; only here do they become log lines and exit codes.
+
+pub mod credentials;
+pub mod inject;
+pub mod sidecar;
+pub mod webhook;
+
+use std::future::Future;
+use std::process::ExitCode;
+
+use crate::cli::{Command, LogArgs};
+use crate::config::{ConfigErrors, Env};
+use crate::telemetry::{self, LogFormat};
+
+/// The process ran (or the command succeeded).
+pub const OK: u8 = 0;
+/// The command failed at run time.
+pub const FAILED: u8 = 1;
+/// The configuration or the input is invalid; nothing was done.
+pub const INVALID: u8 = 2;
+
+/// Runs one subcommand to completion.
+pub fn run(command: Command, env: Env) -> ExitCode {
+    let status = match command {
+        // Offline and one-shot: it reports on stderr as plain text.
+        Command::Inject(args) => inject::run(&args, &env),
+        Command::Sidecar(args) => with_runtime(&args.log, &env, || sidecar::run(&args, &env)),
+        Command::Credentials(args) => {
+            with_runtime(&args.log, &env, || credentials::run(&args, &env))
+        }
+        Command::Webhook(args) => with_runtime(&args.log, &env, || webhook::run(&args, &env)),
+    };
+    ExitCode::from(status)
+}
+
+/// Sets up logging (its format is read first, so every later problem is
+/// logged in it) and a runtime, and runs `command` on it.
+fn with_runtime<F: Future<Output = u8>>(
+    log: &LogArgs,
+    env: &Env,
+    command: impl FnOnce() -> F,
+) -> u8 {
+    let format = match LogFormat::from_args(log, env) {
+        Ok(format) => format,
+        Err(errors) => {
+            eprint!("bedrock-broker: {errors}");
+            return INVALID;
+        }
+    };
+    telemetry::init(format);
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(command()),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            FAILED
+        }
+    }
+}
+
+/// Logs a bad configuration: one structured event per problem, so a JSON
+/// log pipeline sees each with its origin.
+pub fn report(errors: &ConfigErrors) -> u8 {
+    for e in &errors.0 {
+        tracing::error!(origin = %e.origin, problem = %e.message, "invalid configuration");
+    }
+    INVALID
+}

@@ -1,0 +1,56 @@
+//! Reading PEM files: the one reader for trust bundles, serving
+//! certificates and keys, with one error type naming the file.
+
+use std::path::Path;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Why a PEM file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PemError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} holds no PEM certificate")]
+    NoCertificate { path: String },
+    #[error("{path} holds a malformed PEM certificate: {detail}")]
+    MalformedCertificate { path: String, detail: String },
+    #[error("{path} holds no usable PEM private key: {detail}")]
+    Key { path: String, detail: String },
+}
+
+/// The file's bytes.
+pub fn read(path: &Path) -> Result<Vec<u8>, PemError> {
+    std::fs::read(path).map_err(|source| PemError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Every certificate in `pem` (read from `path`); at least one.
+pub fn certificates(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PemError::MalformedCertificate {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(PemError::NoCertificate {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The private key in `pem` (read from `path`).
+pub fn private_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, PemError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| PemError::Key {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    })
+}
