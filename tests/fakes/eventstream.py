@@ -3,7 +3,7 @@
 This is the framing used by ``application/vnd.amazon.eventstream`` bodies:
 Bedrock ``converse-stream`` and ``invoke-with-response-stream`` responses, and
 both directions of ``invoke-with-bidirectional-stream`` (whose input frames
-wrap a signed inner message, see ``fake_aws.py``).
+wrap a signed inner message, see ``fake_aws/eventstream_signing.py``).
 
 A message is::
 

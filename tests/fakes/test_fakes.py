@@ -1,4 +1,4 @@
-"""Tests of the fakes themselves: fake_aws.py (run as a real process) and eventstream.py.
+"""Tests of the fakes themselves: fake_aws (run as a real process) and eventstream.py.
 
 Real AWS clients (boto3/botocore, the openai SDK) talk to the fake over
 loopback, so the fake's wire formats and its SigV4 verification are checked
@@ -42,7 +42,7 @@ import fake_aws
 from h2client import H2Client
 
 HERE = Path(__file__).resolve().parent
-FAKE = HERE / "fake_aws.py"
+FAKE = HERE / "fake_aws"
 REGION = "us-east-1"
 ROLE_ARN = "arn:aws:iam::123456789012:role/bedrock-broker"
 PROFILE_ARN = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-haiku-20240307-v1:0"
@@ -69,7 +69,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
 
 @dataclass
 class Fake:
-    """A running fake_aws.py process."""
+    """A running fake_aws process."""
 
     proc: subprocess.Popen
     sts: str
@@ -86,7 +86,7 @@ class Fake:
 
 
 def start_fake(tmp: Path, *extra: str) -> Fake:
-    """Start fake_aws.py on ephemeral ports and wait (polling) until it is ready."""
+    """Start fake_aws on ephemeral ports and wait (polling) until it is ready."""
     ready_file = tmp / "ready.json"
     stderr_path = tmp / "fake.stderr"
     proc = subprocess.Popen(
