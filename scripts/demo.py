@@ -80,10 +80,10 @@ def main() -> int:
                 p.kill()
 
     try:
-        say("Starting a fake STS and a fake Bedrock (tests/fakes/fake_aws.py)")
+        say("Starting a fake STS and a fake Bedrock (tests/fakes/fake_aws)")
         ready = work / "fake.json"
         procs.append(subprocess.Popen(
-            [sys.executable, str(ROOT / "tests/fakes/fake_aws.py"), "--sts-port", "0", "--bedrock-port", "0", "--ready-file", str(ready)],
+            [sys.executable, str(ROOT / "tests/fakes/fake_aws"), "--sts-port", "0", "--bedrock-port", "0", "--ready-file", str(ready)],
             stdout=subprocess.DEVNULL, stderr=open(work / "fake.log", "wb"),
         ))
         fake = wait_for(lambda: ready.exists() and ready.stat().st_size and json.loads(ready.read_text()), 30, "the fakes")

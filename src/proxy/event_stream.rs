@@ -416,7 +416,7 @@ mod tests {
     }
 
     // Signatures computed by the fake Bedrock's own Python verifier
-    // (tests/fakes/fake_aws.py, EventStreamVerifier) for the same inputs:
+    // (tests/fakes/fake_aws/eventstream_signing.py, EventStreamVerifier) for the same inputs:
     // secret "secret", us-east-1/bedrock, 2027-01-15T08:00:00Z, seed "seed".
     #[test]
     fn the_chain_matches_an_independent_implementation() {

@@ -1,7 +1,8 @@
 """End-to-end fixtures: real processes on real loopback sockets.
 
-* ``fake_aws``: tests/fakes/fake_aws.py, a fake STS and a fake Bedrock that
-  verifies every SigV4 signature with botocore (not with our signer).
+* ``fake_aws``: tests/fakes/fake_aws (a package, run as a script), a fake STS
+  and a fake Bedrock that verifies every SigV4 signature with botocore (not
+  with our signer).
 * ``start_sidecar``: the real ``bedrock-broker sidecar`` binary, configured only
   through CONTRACT flags and standard AWS environment variables.
 * ``token_dir``: a projected service-account token laid out the way the
@@ -30,7 +31,7 @@ import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parents[2]
-FAKE_AWS = ROOT / "tests" / "fakes" / "fake_aws.py"
+FAKE_AWS = ROOT / "tests" / "fakes" / "fake_aws"
 BINARY = Path(os.environ.get("BEDROCK_BROKER_BIN", ROOT / "target" / "debug" / "bedrock-broker"))
 REGION = "us-east-1"
 ROLE_ARN = "arn:aws:iam::123456789012:role/chat-app"

@@ -3,7 +3,7 @@
 This is the framing used by ``application/vnd.amazon.eventstream`` bodies:
 Bedrock ``converse-stream`` and ``invoke-with-response-stream`` responses, and
 both directions of ``invoke-with-bidirectional-stream`` (whose input frames
-wrap a signed inner message, see ``fake_aws.py``).
+wrap a signed inner message, see ``fake_aws/eventstream_signing.py``).
 
 A message is::
 
@@ -16,7 +16,7 @@ The encoder writes header values of type 7 (string: u16 BE length + UTF-8),
 type 6 (byte array: u16 BE length + bytes) and type 8 (timestamp: i64 BE
 milliseconds since the epoch), chosen by the Python type of the value
 (``str``, ``bytes``, ``Timestamp``).  The decoder reads every header type.
-``tests/fakes/test_fakes.py`` checks both against botocore's own decoder
+``tests/fakes/test_eventstream.py`` checks both against botocore's own decoder
 (``botocore.eventstream.EventStreamBuffer``).
 """
 

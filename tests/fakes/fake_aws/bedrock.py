@@ -1,0 +1,169 @@
+"""Fake Bedrock runtime on the Bedrock port (HTTP/1.1, or HTTPS with ``--tls-cert``).
+
+Every request is authenticated and recorded first, then routed on the *raw*
+path: ``converse``, ``converse-stream``, ``invoke``,
+``invoke-with-response-stream``, ``count-tokens``, ApplyGuardrail, the async
+invoke operations and the OpenAI-compatible ``/openai/v1`` routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from .bedrock_auth import authenticate_bedrock
+from .bedrock_errors import aws_json_error, forced_status_error
+from .bedrock_records import finalize_record, new_bedrock_record
+from .bedrock_replies import converse_response, invoke_response, last_user_text, openai_completion
+from .common import BadFakeHeader, header_int, json_response, new_request_id, parse_json_body
+from .state import STATE_KEY, FakeState
+from .stream_plans import plan_converse_stream, plan_invoke_stream, plan_openai_stream
+from .streaming import StreamControls, send_stream
+
+MODEL_ROUTE_RE = re.compile(
+    r"^/model/(?P<model>[^/]+)/(?P<op>converse|converse-stream|invoke|invoke-with-response-stream|count-tokens)$"
+)
+GUARDRAIL_ROUTE_RE = re.compile(r"^/guardrail/(?P<id>[^/]+)/version/(?P<version>[^/]+)/apply$")
+ASYNC_INVOKE_ROUTE_RE = re.compile(r"^/async-invoke(?:/(?P<arn>[^/]+))?$")
+
+
+async def bedrock_handler(request: web.Request) -> web.StreamResponse:
+    """Every Bedrock request: authenticate, record, then route on the raw path."""
+    state = request.app[STATE_KEY]
+    body = await request.read()
+    record = new_bedrock_record(state, request, body)
+    resp = authenticate_bedrock(state, request, body, record)
+    if resp is None:
+        try:
+            resp = await route_bedrock(state, request, body, record)
+        except BadFakeHeader as exc:
+            resp = aws_json_error(400, "ValidationException", f"fake: {exc}")
+    if record["status"] is None:
+        finalize_record(record, resp)
+    return resp
+
+
+async def route_bedrock(state: FakeState, request: web.Request, body: bytes, record: dict) -> web.StreamResponse:
+    """Dispatch an authenticated request on the raw (undecoded) path."""
+    path = record["raw_path"]
+    model_match = MODEL_ROUTE_RE.match(path)
+    if model_match and request.method == "POST":
+        record["route"] = model_match.group("op")
+        record["model_id"] = unquote(model_match.group("model"))
+    elif path == "/openai/v1/chat/completions" and request.method == "POST":
+        record["route"] = "openai-chat"
+    elif path == "/openai/v1/models" and request.method == "GET":
+        record["route"] = "openai-models"
+    elif GUARDRAIL_ROUTE_RE.match(path) and request.method == "POST":
+        record["route"] = "apply-guardrail"
+    elif ASYNC_INVOKE_ROUTE_RE.match(path.split("?", 1)[0]):
+        record["route"] = "async-invoke"
+    else:
+        return aws_json_error(404, "UnknownOperationException", "UnknownOperationException")
+
+    # Simulated model latency before any response header is sent.
+    response_delay_ms = header_int(request, "x-fake-response-delay-ms", 0) or 0
+    if response_delay_ms > 0:
+        await asyncio.sleep(response_delay_ms / 1000.0)
+
+    forced = header_int(request, "x-fake-status", None)
+    if forced is not None and forced >= 400:
+        return aws_json_error(*forced_status_error(forced))
+
+    if record["route"] == "async-invoke":
+        return handle_async_invoke(request, path, body)
+    if record["route"] == "openai-models":
+        return json_response(200, {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in state.bedrock.models]})
+    data = parse_json_body(body)
+    if data is None:
+        return aws_json_error(400, "ValidationException", "Malformed input request, please reformat your input and try again.")
+    if record["route"] == "openai-chat":
+        return await handle_openai_chat(state, request, record, data)
+    if record["route"] == "apply-guardrail":
+        return handle_apply_guardrail(data)
+    return await handle_model_op(state, request, record, data)
+
+
+def handle_apply_guardrail(data: dict) -> web.Response:
+    """ApplyGuardrail: blocks any text containing the word "forbidden"."""
+    texts = [c.get("text", {}).get("text", "") for c in data.get("content", []) if isinstance(c, dict)]
+    blocked = any("forbidden" in t for t in texts)
+    return json_response(200, {
+        "usage": {"topicPolicyUnits": 1, "contentPolicyUnits": 1, "wordPolicyUnits": 1,
+                  "sensitiveInformationPolicyUnits": 0, "sensitiveInformationPolicyFreeUnits": 0,
+                  "contextualGroundingPolicyUnits": 0},
+        "action": "GUARDRAIL_INTERVENED" if blocked else "NONE",
+        "outputs": [{"text": "blocked by fake guardrail"}] if blocked else [],
+        "assessments": [],
+    }, headers={"x-amzn-RequestId": new_request_id()})
+
+
+ASYNC_ARN = "arn:aws:bedrock:us-east-1:123456789012:async-invoke/fake0001"
+
+
+def handle_async_invoke(request: web.Request, path: str, body: bytes) -> web.Response:
+    """StartAsyncInvoke (POST /async-invoke), GetAsyncInvoke, ListAsyncInvokes."""
+    rid = {"x-amzn-RequestId": new_request_id()}
+    summary = {"invocationArn": ASYNC_ARN, "modelArn": "arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-reel-v1:0",
+               "status": "InProgress", "submitTime": "2026-01-01T00:00:00Z",
+               "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": "s3://bucket/out"}}}
+    if request.method == "POST":
+        if parse_json_body(body) is None:
+            return aws_json_error(400, "ValidationException", "Malformed input request")
+        return json_response(200, {"invocationArn": ASYNC_ARN}, headers=rid)
+    match = ASYNC_INVOKE_ROUTE_RE.match(path.split("?", 1)[0])
+    if match and match.group("arn"):
+        if unquote(match.group("arn")) != ASYNC_ARN:
+            return aws_json_error(404, "ResourceNotFoundException", "no such invocation")
+        return json_response(200, summary, headers=rid)
+    return json_response(200, {"asyncInvokeSummaries": [summary]}, headers=rid)
+
+
+async def handle_model_op(state: FakeState, request: web.Request, record: dict, data: dict) -> web.StreamResponse:
+    """converse / converse-stream / invoke / invoke-with-response-stream."""
+    op, model_id = record["route"], record["model_id"]
+    user_text = last_user_text(data)
+    rid = {"x-amzn-RequestId": new_request_id()}
+    if op == "converse":
+        return json_response(200, converse_response(model_id, user_text), headers=rid)
+    if op == "count-tokens":
+        text = json.dumps(data.get("input", {}))
+        return json_response(200, {"inputTokens": max(1, len(text.split()))}, headers=rid)
+    if op == "invoke":
+        out = invoke_response(model_id, user_text)
+        headers = {
+            **rid,
+            "X-Amzn-Bedrock-Input-Token-Count": str(out["usage"]["input_tokens"]),
+            "X-Amzn-Bedrock-Output-Token-Count": str(out["usage"]["output_tokens"]),
+            "X-Amzn-Bedrock-Invocation-Latency": "1",
+        }
+        return json_response(200, out, headers=headers)
+    ctl = StreamControls.from_request(request)
+    planner = plan_converse_stream if op == "converse-stream" else plan_invoke_stream
+    plan = planner(model_id, user_text, ctl.chunks, ctl.pad)
+    return await send_stream(state, request, record, op, model_id, plan, ctl)
+
+
+async def handle_openai_chat(state: FakeState, request: web.Request, record: dict, data: dict) -> web.StreamResponse:
+    """OpenAI-compatible chat completions (JSON or SSE)."""
+    model = str(data.get("model") or "unknown-model")
+    record["model_id"] = model
+    user_text = last_user_text(data)
+    if not data.get("stream"):
+        return json_response(200, openai_completion(model, user_text), headers={"x-amzn-RequestId": new_request_id()})
+    ctl = StreamControls.from_request(request)
+    include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+    plan = plan_openai_stream(model, user_text, ctl.chunks, ctl.pad, include_usage)
+    return await send_stream(state, request, record, "openai-chat-stream", model, plan, ctl)
+
+
+def build_bedrock_app(state: FakeState) -> web.Application:
+    """The Bedrock application: one catch-all handler routing on the raw path."""
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app[STATE_KEY] = state
+    app.router.add_route("*", "/{tail:.*}", bedrock_handler)
+    return app

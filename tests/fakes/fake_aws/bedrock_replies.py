@@ -1,0 +1,95 @@
+"""What fake Bedrock answers: reply text tests can assert on, and the non-streamed JSON bodies around it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .common import random_chars
+
+
+def _text_of_content(content: Any) -> str:
+    """Text of a message ``content`` (string, or list of text blocks/parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            str(block.get("text", "")) for block in content if isinstance(block, dict) and "text" in block
+        )
+    return ""
+
+
+def last_user_text(body: dict) -> str:
+    """Last user text of a Converse / Anthropic / OpenAI / Titan-style body."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for msg in reversed(messages):
+            if isinstance(msg, dict) and msg.get("role") == "user":
+                return _text_of_content(msg.get("content"))
+    for key in ("inputText", "prompt"):
+        if isinstance(body.get(key), str):
+            return body[key]
+    return ""
+
+
+def reply_text(model_id: str, user_text: str) -> str:
+    """Deterministic reply text tests can assert on."""
+    return f"fake reply from {model_id} to: {user_text}"
+
+
+def stream_pieces(model_id: str, user_text: str, n: int, pad: int) -> list:
+    """The ``n`` text deltas of a streamed reply, each tagged ``<chunk i/n>``."""
+    pieces = []
+    for i in range(1, n + 1):
+        prefix = reply_text(model_id, user_text) + " " if i == 1 else " "
+        pieces.append(f"{prefix}<chunk {i}/{n}>" + "x" * pad)
+    return pieces
+
+
+def token_counts(user_text: str, output: str) -> tuple:
+    """(input, output) token counts: whitespace-separated words, at least 1."""
+    return max(1, len(user_text.split())), max(1, len(output.split()))
+
+
+def converse_response(model_id: str, user_text: str) -> dict:
+    """Converse JSON response."""
+    text = reply_text(model_id, user_text)
+    inp, out = token_counts(user_text, text)
+    return {
+        "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
+        "stopReason": "end_turn",
+        "usage": {"inputTokens": inp, "outputTokens": out, "totalTokens": inp + out},
+        "metrics": {"latencyMs": 1},
+    }
+
+
+def invoke_response(model_id: str, user_text: str) -> dict:
+    """Anthropic-messages-like InvokeModel JSON response."""
+    text = reply_text(model_id, user_text)
+    inp, out = token_counts(user_text, text)
+    return {
+        "id": "msg_fake_" + random_chars(12).lower(),
+        "type": "message",
+        "role": "assistant",
+        "model": model_id,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": inp, "output_tokens": out},
+    }
+
+
+def openai_completion(model: str, user_text: str) -> dict:
+    """OpenAI ``chat.completion`` object."""
+    text = reply_text(model, user_text)
+    inp, out = token_counts(user_text, text)
+    return {
+        "id": "chatcmpl-fake" + random_chars(12).lower(),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop", "logprobs": None}
+        ],
+        "usage": {"prompt_tokens": inp, "completion_tokens": out, "total_tokens": inp + out},
+    }

@@ -1,0 +1,120 @@
+"""The bytes of streamed replies: event streams (ConverseStream, InvokeModelWithResponseStream) and OpenAI SSE.
+
+A plan is split into a preamble, one piece per text chunk and a trailer, so
+that ``streaming.py`` can pace, hold or cut the stream between chunks.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import eventstream  # tests/fakes/eventstream.py, next to this package: the tests' clients use it too
+
+from .bedrock_replies import invoke_response, stream_pieces, token_counts
+from .common import json_bytes, random_chars
+
+
+@dataclass
+class StreamPlan:
+    """Bytes of a streamed response: preamble + pieces[i] ... + trailer."""
+
+    content_type: str
+    preamble: bytes
+    pieces: list
+    trailer: bytes
+    headers: dict = field(default_factory=dict)
+
+
+def plan_converse_stream(model_id: str, user_text: str, n: int, pad: int) -> StreamPlan:
+    """ConverseStream events, as boto3's converse_stream parser expects them."""
+    pieces = stream_pieces(model_id, user_text, n, pad)
+    inp, out = token_counts(user_text, "".join(pieces))
+    ev = eventstream.event
+    return StreamPlan(
+        content_type="application/vnd.amazon.eventstream",
+        preamble=ev("messageStart", json_bytes({"role": "assistant"})),
+        pieces=[
+            ev("contentBlockDelta", json_bytes({"contentBlockIndex": 0, "delta": {"text": p}})) for p in pieces
+        ],
+        trailer=b"".join(
+            [
+                ev("contentBlockStop", json_bytes({"contentBlockIndex": 0})),
+                ev("messageStop", json_bytes({"stopReason": "end_turn"})),
+                ev(
+                    "metadata",
+                    json_bytes(
+                        {
+                            "usage": {"inputTokens": inp, "outputTokens": out, "totalTokens": inp + out},
+                            "metrics": {"latencyMs": 1},
+                        }
+                    ),
+                ),
+            ]
+        ),
+    )
+
+
+def invoke_chunk(obj: dict) -> bytes:
+    """One ``chunk`` event carrying base64(JSON) in ``bytes``."""
+    return eventstream.event("chunk", json_bytes({"bytes": base64.b64encode(json_bytes(obj)).decode()}))
+
+
+def plan_invoke_stream(model_id: str, user_text: str, n: int, pad: int) -> StreamPlan:
+    """InvokeModelWithResponseStream: Anthropic-messages streaming events as chunks."""
+    pieces = stream_pieces(model_id, user_text, n, pad)
+    inp, out = token_counts(user_text, "".join(pieces))
+    message = invoke_response(model_id, user_text)
+    message.update(content=[], stop_reason=None, usage={"input_tokens": inp, "output_tokens": 0})
+    return StreamPlan(
+        content_type="application/vnd.amazon.eventstream",
+        headers={"x-amzn-bedrock-content-type": "application/json"},
+        preamble=invoke_chunk({"type": "message_start", "message": message})
+        + invoke_chunk({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        pieces=[
+            invoke_chunk({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}})
+            for p in pieces
+        ],
+        trailer=invoke_chunk({"type": "content_block_stop", "index": 0})
+        + invoke_chunk(
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": out}}
+        )
+        + invoke_chunk(
+            {
+                "type": "message_stop",
+                "amazon-bedrock-invocationMetrics": {
+                    "inputTokenCount": inp,
+                    "outputTokenCount": out,
+                    "invocationLatency": 1,
+                    "firstByteLatency": 1,
+                },
+            }
+        ),
+    )
+
+
+def plan_openai_stream(model: str, user_text: str, n: int, pad: int, include_usage: bool) -> StreamPlan:
+    """OpenAI chat.completion.chunk SSE stream ending in ``data: [DONE]``."""
+    pieces = stream_pieces(model, user_text, n, pad)
+    inp, out = token_counts(user_text, "".join(pieces))
+    base = {"id": "chatcmpl-fake" + random_chars(12).lower(), "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+
+    def sse(choices: list, **extra: Any) -> bytes:
+        return b"data: " + json_bytes({**base, "choices": choices, **extra}) + b"\n\n"
+
+    encoded = []
+    for i, piece in enumerate(pieces):
+        delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
+        encoded.append(sse([{"index": 0, "delta": delta, "finish_reason": None}]))
+    trailer = sse([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+    if include_usage:
+        trailer += sse([], usage={"prompt_tokens": inp, "completion_tokens": out, "total_tokens": inp + out})
+    return StreamPlan(
+        content_type="text/event-stream",
+        preamble=b"",
+        pieces=encoded,
+        trailer=trailer + b"data: [DONE]\n\n",
+        headers={"Cache-Control": "no-cache"},
+    )
