@@ -3,7 +3,7 @@
 //! Credential expiry is wall-clock time (STS says "expires at 17:42:10Z"), so the
 //! refresher and the proxy ask a [`Clock`] for "now" instead of calling
 //! `SystemTime::now()` themselves. Production uses [`SystemClock`], the one place
-//! the real clock is read; tests use [`TokioClock`], which follows tokio's
+//! the real clock is read; tests use `TokioClock`, which follows tokio's
 //! pausable time so a test can fast-forward through hours of credential
 //! lifetimes without sleeping.
 
@@ -32,13 +32,17 @@ impl Clock for SystemClock {
 /// A wall clock that advances with tokio's clock.
 ///
 /// Under `tokio::time::pause()` both this clock and `tokio::time::sleep` move
-/// together, so timer-driven code sees a consistent world.
+/// together, so timer-driven code sees a consistent world. Test support:
+/// not in the shipped binary (the `test-util` feature exposes it to
+/// integration tests and simulations).
+#[cfg(any(test, feature = "test-util"))]
 #[derive(Debug, Clone)]
 pub struct TokioClock {
     origin_wall: SystemTime,
     origin: tokio::time::Instant,
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl TokioClock {
     /// A clock reading `origin_wall` at the current tokio instant.
     pub fn starting_at(origin_wall: SystemTime) -> Self {
@@ -49,6 +53,7 @@ impl TokioClock {
     }
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl Clock for TokioClock {
     fn now(&self) -> SystemTime {
         self.origin_wall + self.origin.elapsed()

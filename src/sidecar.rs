@@ -63,6 +63,26 @@ pub struct Sidecar {
     metrics: Metrics,
 }
 
+/// The container-credentials endpoint, stopped with the admin server.
+fn serve_credentials(
+    listener: TcpListener,
+    token: Secret,
+    cell: Arc<CredentialCell>,
+    clock: SharedClock,
+    stop: &CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, ServeError> {
+    let address = server::local_addr(&listener, "credentials endpoint")?;
+    tracing::info!(%address, path = container_credentials::PATH, "container credentials endpoint listening");
+    let router = container_credentials::router(cell, clock, token);
+    Ok(tokio::spawn(server::serve(
+        listener,
+        server::router_service(router),
+        stop.clone(),
+        ADMIN_GRACE,
+        "credentials endpoint",
+    )))
+}
+
 impl Sidecar {
     /// Binds every listener (port 0 picks a free port).
     pub async fn bind(config: SidecarConfig, clock: SharedClock) -> Result<Self, SidecarError> {
@@ -158,15 +178,13 @@ impl Sidecar {
             "admin",
         ))];
         if let Some((listener, token)) = credentials_endpoint {
-            tracing::info!(address = %server::local_addr(&listener, "credentials endpoint")?, path = container_credentials::PATH, "container credentials endpoint listening");
-            let router = container_credentials::router(cell, clock, token);
-            side_servers.push(tokio::spawn(server::serve(
+            side_servers.push(serve_credentials(
                 listener,
-                server::router_service(router),
-                admin_stop.clone(),
-                ADMIN_GRACE,
-                "credentials endpoint",
-            )));
+                token,
+                cell,
+                clock,
+                &admin_stop,
+            )?);
         }
 
         let service = service_fn(move |req| proxy.clone().handle(req));

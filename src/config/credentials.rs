@@ -74,8 +74,34 @@ pub fn parse(
             s::CHAIN_ROLE_ARN.var()
         ));
     }
-    let chained = chain.is_some();
-    let session = SessionOptions {
+    let session = session_options(args, env, chain.is_some(), errors);
+    let config = match (mode, sts_timeout) {
+        (Some(mode), Some(timeout)) => Some(CredentialsConfig {
+            region: region.clone(),
+            mode,
+            sts: StsConfig {
+                endpoint: sts_endpoint,
+                timeout,
+            },
+            ca_bundle,
+            session,
+            chain,
+            warnings,
+        }),
+        _ => None,
+    };
+    (region, config)
+}
+
+/// What STS is asked to put in the session: duration (1 h at most when
+/// `chained`), inline policy, managed policy ARNs.
+fn session_options(
+    args: &AwsArgs,
+    env: &Env,
+    chained: bool,
+    errors: &mut Errors,
+) -> SessionOptions {
+    SessionOptions {
         duration: errors.read(
             &s::SESSION_DURATION,
             args.session_duration.as_deref(),
@@ -96,24 +122,7 @@ pub fn parse(
                 aws::policy_arns,
             )
             .unwrap_or_default(),
-    };
-
-    let config = match (mode, sts_timeout) {
-        (Some(mode), Some(timeout)) => Some(CredentialsConfig {
-            region: region.clone(),
-            mode,
-            sts: StsConfig {
-                endpoint: sts_endpoint,
-                timeout,
-            },
-            ca_bundle,
-            session,
-            chain,
-            warnings,
-        }),
-        _ => None,
-    };
-    (region, config)
+    }
 }
 
 /// API key or SigV4 source; records why there is neither.

@@ -170,6 +170,21 @@ impl Errors {
         self.parse(raw, parse)
     }
 
+    /// Parses an optional setting: `Some(None)` when unset, `None` when
+    /// invalid (the problem is recorded).
+    pub fn read_optional<T>(
+        &mut self,
+        setting: &Setting,
+        flag: Option<&str>,
+        env: &Env,
+        parse: impl Fn(&str) -> Result<T, ParseError>,
+    ) -> Option<Option<T>> {
+        match setting.find(flag, env) {
+            None => Some(None),
+            Some(raw) => self.parse(raw, parse).map(Some),
+        }
+    }
+
     /// Parses a value already found; records a problem when it is invalid.
     pub fn parse<T>(
         &mut self,

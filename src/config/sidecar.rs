@@ -75,18 +75,7 @@ impl SidecarConfig {
             env,
             parse::optional_duration,
         );
-        let refresh_fraction = e.read(
-            &s::REFRESH_FRACTION,
-            args.refresh_fraction.as_deref(),
-            env,
-            parse::fraction,
-        );
-        let refresh_max_backoff = e.read(
-            &s::REFRESH_MAX_BACKOFF,
-            args.refresh_max_backoff.as_deref(),
-            env,
-            parse::positive_duration,
-        );
+        let refresh = refresh_policy(args, env, &mut e);
         let token_watch_interval = e.read(
             &s::TOKEN_WATCH_INTERVAL,
             args.token_watch_interval.as_deref(),
@@ -116,11 +105,7 @@ impl SidecarConfig {
                 listen: listen?,
                 admin_listen: admin_listen?,
                 shutdown_grace: shutdown_grace?,
-                refresh: RefreshPolicy {
-                    fraction: refresh_fraction?,
-                    backoff_cap: refresh_max_backoff?,
-                    ..RefreshPolicy::default()
-                },
+                refresh: refresh?,
                 token_watch_interval: token_watch_interval?,
                 container_credentials: container_credentials?,
                 credentials,
@@ -128,6 +113,26 @@ impl SidecarConfig {
             })
         })
     }
+}
+
+fn refresh_policy(args: &SidecarArgs, env: &Env, e: &mut Errors) -> Option<RefreshPolicy> {
+    let fraction = e.read(
+        &s::REFRESH_FRACTION,
+        args.refresh_fraction.as_deref(),
+        env,
+        parse::fraction,
+    );
+    let backoff_cap = e.read(
+        &s::REFRESH_MAX_BACKOFF,
+        args.refresh_max_backoff.as_deref(),
+        env,
+        parse::positive_duration,
+    );
+    Some(RefreshPolicy {
+        fraction: fraction?,
+        backoff_cap: backoff_cap?,
+        ..RefreshPolicy::default()
+    })
 }
 
 fn usage_labels(args: &SidecarArgs, env: &Env, e: &mut Errors) -> Option<UsageLabels> {

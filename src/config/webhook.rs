@@ -25,15 +25,13 @@ impl SidecarDefaults {
 
 fn sidecar_defaults(a: &SidecarDefaultsArgs, env: &Env, e: &mut Errors) -> Option<SidecarDefaults> {
     let image = e.read(&d::IMAGE, a.sidecar_image.as_deref(), env, ImageRef::parse);
-    let image_pull_policy =
-        match d::IMAGE_PULL_POLICY.find(a.sidecar_image_pull_policy.as_deref(), env) {
-            None => Some(None),
-            Some(raw) => e.parse(raw, PullPolicy::parse).map(Some),
-        };
-    let region = match d::REGION.find(a.sidecar_region.as_deref(), env) {
-        None => Some(None),
-        Some(raw) => e.parse(raw, Region::parse).map(Some),
-    };
+    let image_pull_policy = e.read_optional(
+        &d::IMAGE_PULL_POLICY,
+        a.sidecar_image_pull_policy.as_deref(),
+        env,
+        PullPolicy::parse,
+    );
+    let region = e.read_optional(&d::REGION, a.sidecar_region.as_deref(), env, Region::parse);
     let mode = e.read(&d::MODE, a.sidecar_mode.as_deref(), env, SidecarMode::parse);
     let audience = e.read(
         &d::AUDIENCE,
@@ -47,6 +45,41 @@ fn sidecar_defaults(a: &SidecarDefaultsArgs, env: &Env, e: &mut Errors) -> Optio
         env,
         TokenExpiration::parse,
     );
+    let resources = resources(a, env, e);
+    let log_level = e.read(
+        &d::LOG_LEVEL,
+        a.sidecar_log_level.as_deref(),
+        env,
+        LogLevel::parse,
+    );
+    let log_format = e.read(
+        &d::LOG_FORMAT,
+        a.sidecar_log_format.as_deref(),
+        env,
+        LogFormat::parse,
+    );
+    let run_as_user = e.read(
+        &d::RUN_AS_USER,
+        a.sidecar_run_as_user.as_deref(),
+        env,
+        parse::uid,
+    );
+    Some(SidecarDefaults {
+        image: image?,
+        image_pull_policy: image_pull_policy?,
+        region: region?,
+        mode: mode?,
+        audience: audience?,
+        token_expiration: token_expiration?,
+        resources: resources?,
+        log_level: log_level?,
+        log_format: log_format?,
+        run_as_user: run_as_user?,
+    })
+}
+
+/// Requests and limits; a request above its limit is a problem of both flags.
+fn resources(a: &SidecarDefaultsArgs, env: &Env, e: &mut Errors) -> Option<Resources> {
     let cpu_request = e.read(
         &d::CPU_REQUEST,
         a.sidecar_cpu_request.as_deref(),
@@ -89,40 +122,12 @@ fn sidecar_defaults(a: &SidecarDefaultsArgs, env: &Env, e: &mut Errors) -> Optio
             ),
         );
     }
-    let log_level = e.read(
-        &d::LOG_LEVEL,
-        a.sidecar_log_level.as_deref(),
-        env,
-        LogLevel::parse,
-    );
-    let log_format = e.read(
-        &d::LOG_FORMAT,
-        a.sidecar_log_format.as_deref(),
-        env,
-        LogFormat::parse,
-    );
-    let run_as_user = e.read(
-        &d::RUN_AS_USER,
-        a.sidecar_run_as_user.as_deref(),
-        env,
-        parse::uid,
-    );
-    Some(SidecarDefaults {
-        image: image?,
-        image_pull_policy: image_pull_policy?,
-        region: region?,
-        mode: mode?,
-        audience: audience?,
-        token_expiration: token_expiration?,
-        resources: Resources {
-            cpu_request: Some(cpu_request?),
-            memory_request: Some(memory_request?),
-            cpu_limit: cpu_limit?,
-            memory_limit: memory_limit?,
-        },
-        log_level: log_level?,
-        log_format: log_format?,
-        run_as_user: run_as_user?,
+    // Both requests have defaults: `None` means one was invalid.
+    Some(Resources {
+        cpu_request: Some(cpu_request?),
+        memory_request: Some(memory_request?),
+        cpu_limit: cpu_limit?,
+        memory_limit: memory_limit?,
     })
 }
 

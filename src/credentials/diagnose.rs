@@ -47,31 +47,70 @@ pub async fn run(config: &CredentialsConfig, clock: SharedClock) -> Result<Strin
         CredentialMode::SigV4(source) => source,
     };
     let region = config.region.as_ref().ok_or(DiagnoseError::NoRegion)?;
+    describe_source(&mut report, source, &clock).await;
+    describe_session(&mut report, config);
 
+    let fetched = source_for(source, config, region)
+        .fetch()
+        .await
+        .map_err(|source| DiagnoseError::Failed {
+            found: report.clone(),
+            step: "obtaining credentials",
+            source,
+        })?;
+    let expiry = fetched.credentials.expiry();
+    let client = sts::client(config, region, Some(fetched.credentials));
+    let who = client
+        .get_caller_identity()
+        .send()
+        .await
+        .map_err(|e| DiagnoseError::Failed {
+            found: report.clone(),
+            step: "GetCallerIdentity with the obtained credentials",
+            source: sts::source_error("GetCallerIdentity", e),
+        })?;
+    let or_dash = |v: Option<&str>| v.unwrap_or("-").to_owned();
+    let _ = writeln!(report, "account:  {}", or_dash(who.account.as_deref()));
+    let _ = writeln!(report, "arn:      {}", or_dash(who.arn.as_deref()));
+    let _ = writeln!(report, "user id:  {}", or_dash(who.user_id.as_deref()));
+    let _ = writeln!(
+        report,
+        "expires:  {}",
+        expiry.map_or_else(
+            || "never (static keys)".to_owned(),
+            |e| describe_time(e, clock.now())
+        )
+    );
+    Ok(report)
+}
+
+/// Where the credentials come from, and what the token says about itself.
+async fn describe_source(report: &mut String, source: &SigV4Source, clock: &SharedClock) {
     match source {
         SigV4Source::WebIdentity(w) => {
             let _ = writeln!(report, "source:   web-identity");
             let _ = writeln!(report, "role:     {}", w.role_arn);
             let _ = writeln!(report, "session:  {}", w.session_name.as_str());
             let _ = writeln!(report, "token:    {}", w.token_file.display());
-            if let Ok(t) = token::read(&w.token_file).await {
-                if let Some(c) = token::Claims::decode(t.expose()) {
-                    let _ = writeln!(
-                        report,
-                        "claims:   iss={} sub={} aud={}",
-                        c.iss.as_deref().unwrap_or("-"),
-                        c.sub.as_deref().unwrap_or("-"),
-                        if c.aud.is_empty() {
-                            "-".to_owned()
-                        } else {
-                            c.aud.join(",")
-                        }
-                    );
-                    if let Some(exp) = c.expiry() {
-                        let _ =
-                            writeln!(report, "token expires: {}", describe_time(exp, clock.now()));
-                    }
-                }
+            let Ok(t) = token::read(&w.token_file).await else {
+                return;
+            };
+            let Some(c) = token::Claims::decode(t.expose()) else {
+                return;
+            };
+            let aud = if c.aud.is_empty() {
+                "-".to_owned()
+            } else {
+                c.aud.join(",")
+            };
+            let _ = writeln!(
+                report,
+                "claims:   iss={} sub={} aud={aud}",
+                c.iss.as_deref().unwrap_or("-"),
+                c.sub.as_deref().unwrap_or("-"),
+            );
+            if let Some(exp) = c.expiry() {
+                let _ = writeln!(report, "token expires: {}", describe_time(exp, clock.now()));
             }
         }
         SigV4Source::Sdk(sdk) => {
@@ -88,7 +127,10 @@ pub async fn run(config: &CredentialsConfig, clock: SharedClock) -> Result<Strin
             );
         }
     }
+}
 
+/// Role chaining and session options, when configured.
+fn describe_session(report: &mut String, config: &CredentialsConfig) {
     if let Some(chain) = &config.chain {
         let _ = writeln!(
             report,
@@ -115,46 +157,6 @@ pub async fn run(config: &CredentialsConfig, clock: SharedClock) -> Result<Strin
             s.policy_arns.len()
         );
     }
-
-    let fetched = source_for(source, config, region)
-        .fetch()
-        .await
-        .map_err(|source| DiagnoseError::Failed {
-            found: report.clone(),
-            step: "obtaining credentials",
-            source,
-        })?;
-    let expiry = fetched.credentials.expiry();
-    let client = sts::client(config, region, Some(fetched.credentials));
-    let who = client
-        .get_caller_identity()
-        .send()
-        .await
-        .map_err(|e| DiagnoseError::Failed {
-            found: report.clone(),
-            step: "GetCallerIdentity with the obtained credentials",
-            source: sts::source_error("GetCallerIdentity", e),
-        })?;
-    let _ = writeln!(
-        report,
-        "account:  {}",
-        who.account.as_deref().unwrap_or("-")
-    );
-    let _ = writeln!(report, "arn:      {}", who.arn.as_deref().unwrap_or("-"));
-    let _ = writeln!(
-        report,
-        "user id:  {}",
-        who.user_id.as_deref().unwrap_or("-")
-    );
-    let _ = writeln!(
-        report,
-        "expires:  {}",
-        expiry.map_or_else(
-            || "never (static keys)".to_owned(),
-            |e| describe_time(e, clock.now())
-        )
-    );
-    Ok(report)
 }
 
 /// `2026-11-25T18:00:00Z (in 59m 58s)`.

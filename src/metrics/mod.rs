@@ -6,6 +6,7 @@
 //! bounded label values only (never a raw path, model id or token). Each
 //! process owns its registry; nothing registers in the global one.
 
+pub mod labels;
 pub mod sidecar;
 pub mod webhook;
 
@@ -25,6 +26,15 @@ fn histogram_opts(name: &str, help: &str, buckets: &[f64]) -> HistogramOpts {
     HistogramOpts::new(name, help)
         .namespace(PREFIX)
         .buckets(buckets.to_vec())
+}
+
+/// Registers `metric` in `registry` and gives it back.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> prometheus::Result<M> {
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
 }
 
 /// The Prometheus text exposition of every metric in `registry`.

@@ -2,7 +2,7 @@
 
 use prometheus::{Gauge, Histogram, HistogramVec, IntCounterVec, IntGauge, Registry};
 
-use super::{histogram_opts, opts};
+use super::{histogram_opts, opts, registered};
 
 /// Everything the sidecar exports, registered in its own registry.
 #[derive(Debug, Clone)]
@@ -56,108 +56,11 @@ impl Metrics {
 
     fn try_new() -> prometheus::Result<Self> {
         let registry = Registry::new();
-        let credentials = CredentialMetrics {
-            expiry_timestamp: Gauge::with_opts(opts(
-                "credentials_expiry_timestamp_seconds",
-                "Unix time at which the held credentials expire (+Inf when they never do).",
-            ))?,
-            last_refresh_timestamp: Gauge::with_opts(opts(
-                "credentials_last_refresh_timestamp_seconds",
-                "Unix time of the last successful credential refresh.",
-            ))?,
-            refreshes: IntCounterVec::new(
-                opts(
-                    "credential_refreshes_total",
-                    "Credential refresh attempts by result.",
-                ),
-                &["result"],
-            )?,
-            refresh_errors: IntCounterVec::new(
-                opts(
-                    "credential_refresh_errors_total",
-                    "Failed credential refresh attempts by class: transient, token, fatal.",
-                ),
-                &["class"],
-            )?,
-            refresh_duration: Histogram::with_opts(histogram_opts(
-                "credential_refresh_duration_seconds",
-                "Duration of each credential refresh attempt (STS round trip).",
-                &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
-            ))?,
-            consecutive_failures: IntGauge::with_opts(opts(
-                "credential_refresh_consecutive_failures",
-                "Credential refresh failures since the last success.",
-            ))?,
-            web_identity_token_expiry_timestamp: Gauge::with_opts(opts(
-                "web_identity_token_expiry_timestamp_seconds",
-                "exp claim of the projected service account token last exchanged.",
-            ))?,
-        };
-        let proxy = ProxyMetrics {
-            requests: IntCounterVec::new(
-                opts(
-                    "requests_total",
-                    "Proxied requests by operation, status code and auth mode.",
-                ),
-                &["operation", "code", "auth"],
-            )?,
-            request_duration: HistogramVec::new(
-                histogram_opts(
-                    "request_duration_seconds",
-                    "Time from request to the last byte of the response, by operation.",
-                    &[
-                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                        120.0, 300.0,
-                    ],
-                ),
-                &["operation"],
-            )?,
-            in_flight: IntGauge::with_opts(opts(
-                "requests_in_flight",
-                "Requests being served right now, open streams included.",
-            ))?,
-            auth_retries: IntCounterVec::new(
-                opts(
-                    "upstream_auth_retries_total",
-                    "Requests Bedrock rejected as expired/unknown credentials: retried with fresher ones, or gave_up.",
-                ),
-                &["result"],
-            )?,
-            tokens: IntCounterVec::new(
-                opts(
-                    "tokens_total",
-                    "Tokens reported by Bedrock, by model and direction (input, output, cache_read, cache_write).",
-                ),
-                &["model", "direction"],
-            )?,
-            time_to_first_token: HistogramVec::new(
-                histogram_opts(
-                    "time_to_first_token_seconds",
-                    "Time from request to the first streamed chunk of a streaming response, by operation.",
-                    &[0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0],
-                ),
-                &["operation"],
-            )?,
-        };
-
-        let c = &credentials;
-        registry.register(Box::new(c.expiry_timestamp.clone()))?;
-        registry.register(Box::new(c.last_refresh_timestamp.clone()))?;
-        registry.register(Box::new(c.refreshes.clone()))?;
-        registry.register(Box::new(c.refresh_errors.clone()))?;
-        registry.register(Box::new(c.refresh_duration.clone()))?;
-        registry.register(Box::new(c.consecutive_failures.clone()))?;
-        registry.register(Box::new(c.web_identity_token_expiry_timestamp.clone()))?;
-        registry.register(Box::new(proxy.requests.clone()))?;
-        registry.register(Box::new(proxy.request_duration.clone()))?;
-        registry.register(Box::new(proxy.in_flight.clone()))?;
-        registry.register(Box::new(proxy.auth_retries.clone()))?;
-        registry.register(Box::new(proxy.tokens.clone()))?;
-        registry.register(Box::new(proxy.time_to_first_token.clone()))?;
-
+        let credentials = CredentialMetrics::register(&registry)?;
+        let proxy = ProxyMetrics::register(&registry)?;
         // Both results exist from the start so `rate()` and alerts see zeros.
         for result in ["success", "failure"] {
-            c.refreshes.with_label_values(&[result]);
+            credentials.refreshes.with_label_values(&[result]);
         }
         for result in ["retried", "gave_up"] {
             proxy.auth_retries.with_label_values(&[result]);
@@ -172,6 +75,120 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         super::render(&self.registry)
+    }
+}
+
+impl CredentialMetrics {
+    fn register(r: &Registry) -> prometheus::Result<Self> {
+        Ok(CredentialMetrics {
+            expiry_timestamp: registered(
+                r,
+                Gauge::with_opts(opts(
+                    "credentials_expiry_timestamp_seconds",
+                    "Unix time at which the held credentials expire (+Inf when they never do).",
+                ))?,
+            )?,
+            last_refresh_timestamp: registered(
+                r,
+                Gauge::with_opts(opts(
+                    "credentials_last_refresh_timestamp_seconds",
+                    "Unix time of the last successful credential refresh.",
+                ))?,
+            )?,
+            refreshes: registered(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "credential_refreshes_total",
+                        "Credential refresh attempts by result.",
+                    ),
+                    &["result"],
+                )?,
+            )?,
+            refresh_errors: registered(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "credential_refresh_errors_total",
+                        "Failed credential refresh attempts by class: transient, token, fatal.",
+                    ),
+                    &["class"],
+                )?,
+            )?,
+            refresh_duration: registered(
+                r,
+                Histogram::with_opts(histogram_opts(
+                    "credential_refresh_duration_seconds",
+                    "Duration of each credential refresh attempt (STS round trip).",
+                    &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+                ))?,
+            )?,
+            consecutive_failures: registered(
+                r,
+                IntGauge::with_opts(opts(
+                    "credential_refresh_consecutive_failures",
+                    "Credential refresh failures since the last success.",
+                ))?,
+            )?,
+            web_identity_token_expiry_timestamp: registered(
+                r,
+                Gauge::with_opts(opts(
+                    "web_identity_token_expiry_timestamp_seconds",
+                    "exp claim of the projected service account token last exchanged.",
+                ))?,
+            )?,
+        })
+    }
+}
+
+impl ProxyMetrics {
+    fn register(r: &Registry) -> prometheus::Result<Self> {
+        Ok(ProxyMetrics {
+            requests: registered(r, IntCounterVec::new(
+                opts(
+                    "requests_total",
+                    "Proxied requests by operation, status code and auth mode.",
+                ),
+                &["operation", "code", "auth"],
+            )?)?,
+            request_duration: registered(r, HistogramVec::new(
+                histogram_opts(
+                    "request_duration_seconds",
+                    "Time from request to the last byte of the response, by operation.",
+                    &[
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                        120.0, 300.0,
+                    ],
+                ),
+                &["operation"],
+            )?)?,
+            in_flight: registered(r, IntGauge::with_opts(opts(
+                "requests_in_flight",
+                "Requests being served right now, open streams included.",
+            ))?)?,
+            auth_retries: registered(r, IntCounterVec::new(
+                opts(
+                    "upstream_auth_retries_total",
+                    "Requests Bedrock rejected as expired/unknown credentials: retried with fresher ones, or gave_up.",
+                ),
+                &["result"],
+            )?)?,
+            tokens: registered(r, IntCounterVec::new(
+                opts(
+                    "tokens_total",
+                    "Tokens reported by Bedrock, by model and direction (input, output, cache_read, cache_write).",
+                ),
+                &["model", "direction"],
+            )?)?,
+            time_to_first_token: registered(r, HistogramVec::new(
+                histogram_opts(
+                    "time_to_first_token_seconds",
+                    "Time from request to the first streamed chunk of a streaming response, by operation.",
+                    &[0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0],
+                ),
+                &["operation"],
+            )?)?,
+        })
     }
 }
 

@@ -9,8 +9,10 @@
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue};
 
-use super::error::BrokerError;
+use super::classify::{Classified, Prefix};
+use super::error::ProxyError;
 use super::headers::PROVIDER_DATA;
+use super::operation::Operation;
 use crate::credentials::{bearer_header, ApiKeyKind};
 
 /// The auth mode, as a bounded metric label.
@@ -53,7 +55,40 @@ pub enum Decision {
     SigV4,
 }
 
+impl Decision {
+    pub fn mode(&self) -> AuthMode {
+        match self {
+            Self::Bearer(mode, _) => *mode,
+            Self::SigV4 => AuthMode::SigV4,
+        }
+    }
+}
+
 const PROVIDER_DATA_KEY: &str = "aws_bearer_token_bedrock";
+
+fn provider_data_error(message: String) -> ProxyError {
+    ProxyError::ProviderData(message.into())
+}
+
+/// Refuses an API key where Bedrock accepts none (AWS's API keys reference:
+/// InvokeModelWithBidirectionalStream and the Agents runtime), so the client
+/// gets a clear answer instead of Bedrock's 403.
+pub fn refuse_unsupported_api_key(class: &Classified, mode: AuthMode) -> Result<(), ProxyError> {
+    if !mode.is_api_key() {
+        return Ok(());
+    }
+    let what = if class.operation == Operation::InvokeBidirectionalStream {
+        "InvokeModelWithBidirectionalStream"
+    } else if class.prefix == Prefix::AgentRuntime {
+        "the Agents runtime (/agent-runtime/)"
+    } else {
+        return Ok(());
+    };
+    Err(ProxyError::ApiKeyUnsupported {
+        what,
+        configured: mode == AuthMode::ConfiguredApiKey,
+    })
+}
 
 /// Whether an `Authorization` value is a Bedrock API key (`bedrock-api-key-`
 /// for short-term keys, `ABSK` for long-term keys).
@@ -67,26 +102,24 @@ fn is_bedrock_api_key(value: &HeaderValue) -> bool {
 }
 
 /// The token in a provider-data header, if it carries a usable one.
-fn provider_data_token(value: &HeaderValue) -> Result<Option<HeaderValue>, BrokerError> {
+fn provider_data_token(value: &HeaderValue) -> Result<Option<HeaderValue>, ProxyError> {
     let data: serde_json::Value = serde_json::from_slice(value.as_bytes()).map_err(|e| {
-        BrokerError::invalid_provider_data(format!(
+        provider_data_error(format!(
             "x-llamastack-provider-data is not valid JSON ({e})"
         ))
     })?;
     let object = data.as_object().ok_or_else(|| {
-        BrokerError::invalid_provider_data(
-            "x-llamastack-provider-data must be a JSON object".to_owned(),
-        )
+        provider_data_error("x-llamastack-provider-data must be a JSON object".to_owned())
     })?;
     match object.get(PROVIDER_DATA_KEY) {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::String(s)) if s.trim().is_empty() => Ok(None),
         Some(serde_json::Value::String(s)) => bearer_header(s.trim()).map(Some).ok_or_else(|| {
-            BrokerError::invalid_provider_data(format!(
+            provider_data_error(format!(
                 "{PROVIDER_DATA_KEY} in x-llamastack-provider-data contains characters not allowed in a header"
             ))
         }),
-        Some(_) => Err(BrokerError::invalid_provider_data(format!(
+        Some(_) => Err(provider_data_error(format!(
             "{PROVIDER_DATA_KEY} in x-llamastack-provider-data must be a string or null"
         ))),
     }
@@ -97,7 +130,7 @@ fn provider_data_token(value: &HeaderValue) -> Result<Option<HeaderValue>, Broke
 pub fn decide(
     headers: &HeaderMap,
     configured: Option<&HeaderValue>,
-) -> Result<Decision, BrokerError> {
+) -> Result<Decision, ProxyError> {
     if let Some(value) = headers.get(PROVIDER_DATA) {
         if let Some(token) = provider_data_token(value)? {
             return Ok(Decision::Bearer(AuthMode::ProviderData, token));
@@ -139,7 +172,10 @@ mod tests {
                 (mode.as_str().to_owned(), v.to_str().unwrap().to_owned())
             }
             Ok(Decision::SigV4) => ("sigv4".into(), String::new()),
-            Err(e) => (format!("error:{}", e.status.as_u16()), e.code.to_owned()),
+            Err(e) => (
+                format!("error:{}", e.status().as_u16()),
+                e.code().name.to_owned(),
+            ),
         }
     }
 
@@ -241,7 +277,7 @@ mod tests {
             r#"{"aws_bearer_token_bedrock": "ABSKsecret", "broken": }"#,
         )]);
         let err = decide(&h, None).unwrap_err();
-        assert!(!err.message.contains("ABSKsecret"), "{}", err.message);
+        assert!(!err.to_string().contains("ABSKsecret"), "{err}");
     }
 
     #[test]

@@ -22,13 +22,12 @@ use aws_smithy_eventstream::frame::{
 use aws_smithy_runtime_api::client::identity::Identity;
 use aws_smithy_types::event_stream::Message;
 use bytes::{Buf, Bytes, BytesMut};
-use http::StatusCode;
-use http_body::Frame;
+use http_body::{Body, Frame};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Incoming;
 
-use super::error::BrokerError;
+use super::error::ProxyError;
+use super::BoxError;
 use crate::clock::SharedClock;
 
 /// The payload hash of a request whose body is a signed event stream.
@@ -41,7 +40,7 @@ const CHUNK_SIGNATURE: &str = ":chunk-signature";
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     #[error("could not read the client's event stream: {0}")]
-    Read(#[from] hyper::Error),
+    Read(BoxError),
     #[error("the client's event stream is malformed: {0}")]
     Malformed(#[from] aws_smithy_eventstream::error::Error),
     #[error("the client's event stream is malformed: a signed envelope holds {0} bytes after its message")]
@@ -61,24 +60,12 @@ pub enum StreamError {
 impl StreamError {
     /// How the request is answered when this cut it off before Bedrock's
     /// response headers: the client's fault, never a 5xx from Bedrock.
-    fn broker_error(&self) -> BrokerError {
+    fn proxy_error(&self) -> ProxyError {
         match self {
             // nginx's "client closed request": not an error of ours or Bedrock's.
-            Self::Read(_) => BrokerError::new(
-                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-                "client_closed",
-                self.to_string(),
-            ),
-            Self::Sign(_) | Self::Encode(_) => BrokerError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "signing_failed",
-                self.to_string(),
-            ),
-            _ => BrokerError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_event_stream",
-                self.to_string(),
-            ),
+            Self::Read(_) => ProxyError::ClientClosed(self.to_string()),
+            Self::Sign(_) | Self::Encode(_) => ProxyError::SigningFailed(self.to_string()),
+            _ => ProxyError::InvalidEventStream(self.to_string()),
         }
     }
 }
@@ -86,10 +73,10 @@ impl StreamError {
 /// Why the re-signed body stopped early, for the request's answer when
 /// Bedrock had not sent its response headers yet.
 #[derive(Debug, Clone, Default)]
-pub struct Aborted(Arc<OnceLock<BrokerError>>);
+pub struct Aborted(Arc<OnceLock<ProxyError>>);
 
 impl Aborted {
-    pub fn reason(&self) -> Option<BrokerError> {
+    pub fn reason(&self) -> Option<ProxyError> {
         self.0.get().cloned()
     }
 }
@@ -243,13 +230,17 @@ fn unwrap_envelope(message: Message) -> Result<Option<Message>, StreamError> {
 /// The body sent upstream: the client's body, re-signed as it arrives. A
 /// message is forwarded as soon as its last byte is in; nothing waits for
 /// the end of the body. If it has to stop early, [`Aborted`] says why.
-pub fn resigned(
-    client: Incoming,
+pub fn resigned<B>(
+    client: B,
     signer: ChainSigner,
     max_message_bytes: usize,
-) -> (UnsyncBoxBody<Bytes, StreamError>, Aborted) {
-    struct State {
-        client: Incoming,
+) -> (UnsyncBoxBody<Bytes, StreamError>, Aborted)
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    struct State<B> {
+        client: B,
         resigner: Resigner,
         aborted: Aborted,
         done: bool,
@@ -275,7 +266,7 @@ pub fn resigned(
                         Err(e) => Err(e),
                     }
                 }
-                Some(Err(e)) => Err(StreamError::Read(e)),
+                Some(Err(e)) => Err(StreamError::Read(e.into())),
                 Some(Ok(frame)) => match frame.into_data() {
                     // Trailers mean nothing in an event stream.
                     Err(_) => continue,
@@ -296,7 +287,7 @@ pub fn resigned(
                     }
                     _ => tracing::warn!(error = %e, "bidirectional stream aborted"),
                 }
-                let _ = state.aborted.0.set(e.broker_error());
+                let _ = state.aborted.0.set(e.proxy_error());
                 state.done = true;
             }
             return Some((next, state));
@@ -466,10 +457,13 @@ mod tests {
 
     #[test]
     fn client_faults_are_answered_as_such() {
-        let e = StreamError::AfterEnd.broker_error();
-        assert_eq!((e.status.as_u16(), e.code), (400, "invalid_event_stream"));
-        let e = StreamError::TooLarge(1).broker_error();
-        assert_eq!(e.status.as_u16(), 400);
+        let e = StreamError::AfterEnd.proxy_error();
+        assert_eq!(
+            (e.status().as_u16(), e.code().name),
+            (400, "invalid_event_stream")
+        );
+        let e = StreamError::TooLarge(1).proxy_error();
+        assert_eq!(e.status().as_u16(), 400);
     }
 
     #[test]

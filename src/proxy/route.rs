@@ -1,26 +1,26 @@
-//! Which upstream a request goes to: the Bedrock runtime by default, the
-//! Agents runtime under `/agent-runtime/`, Bedrock Mantle under `/mantle/`.
-//! The prefix is removed before forwarding and signing.
+//! Where a request goes: the upstream of its prefix, and how to sign for
+//! it. The prefix is removed before forwarding and signing.
 
 use http::uri::PathAndQuery;
-use http::{StatusCode, Uri};
+use http::{Uri, Version};
 
+use super::classify::Prefix;
 use super::config::{RouteTable, Upstream};
-use super::error::BrokerError;
-use super::signing::Signer;
+use super::error::ProxyError;
+use super::headers;
+use super::sigv4::Signer;
 
 /// One upstream and how to sign for it.
 #[derive(Debug)]
 pub struct Route {
-    /// Client path prefix, with its trailing slash (`/mantle/`); empty for the default.
-    prefix: &'static str,
+    prefix: Prefix,
     upstream: Upstream,
     /// `None` without a region (API-key mode): SigV4 is then impossible.
     signer: Option<Signer>,
 }
 
 impl Route {
-    pub fn new(prefix: &'static str, upstream: Upstream, region: Option<&str>) -> Self {
+    fn new(prefix: Prefix, upstream: Upstream, region: Option<&str>) -> Self {
         let signer = region.map(|r| Signer::new(r, upstream.signing_name.clone()));
         Self {
             prefix,
@@ -33,27 +33,16 @@ impl Route {
         self.signer.as_ref()
     }
 
-    /// Bedrock API keys are limited to the Bedrock and Bedrock runtime
-    /// APIs; the Agents runtime accepts SigV4 only.
-    pub fn accepts_api_keys(&self) -> bool {
-        self.prefix != AGENT_RUNTIME_PREFIX
-    }
-
     /// The upstream URI for a client path-and-query (prefix removed).
-    pub fn uri(&self, pq: Option<&PathAndQuery>) -> Result<Uri, BrokerError> {
+    pub fn uri(&self, pq: Option<&PathAndQuery>) -> Result<Uri, ProxyError> {
         let pq = pq.map_or("/", PathAndQuery::as_str);
         // Keep the slash that ends the prefix: "/mantle/v1/x" -> "/v1/x".
-        let pq = match self.prefix {
+        let pq = match self.prefix.path() {
             "" => pq,
             prefix => &pq[prefix.len() - 1..],
         };
-        let invalid = |e: http::Error| {
-            BrokerError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_path",
-                format!("invalid request path: {e}"),
-            )
-        };
+        let invalid =
+            |e: http::Error| ProxyError::InvalidPath(format!("invalid request path: {e}").into());
         let pq: PathAndQuery = if self.upstream.base_path.is_empty() {
             PathAndQuery::try_from(pq)
         } else {
@@ -67,62 +56,53 @@ impl Route {
             .build()
             .map_err(invalid)
     }
-}
 
-/// Prefix of the Agents runtime routes.
-pub const AGENT_RUNTIME_PREFIX: &str = "/agent-runtime/";
-/// Prefix of the Mantle routes.
-pub const MANTLE_PREFIX: &str = "/mantle/";
+    /// Points a client request at this upstream: its URI, HTTP/1.1 as the
+    /// request version (ALPN may still pick HTTP/2), headers prepared.
+    pub fn retarget(&self, parts: &mut http::request::Parts) -> Result<(), ProxyError> {
+        parts.uri = self.uri(parts.uri.path_and_query())?;
+        parts.version = Version::HTTP_11;
+        headers::prepare_request_headers(&mut parts.headers);
+        Ok(())
+    }
+}
 
 /// All routes of one proxy.
 #[derive(Debug)]
 pub struct Routes {
     runtime: Route,
-    /// (prefix, route if configured)
-    extra: Vec<(&'static str, Option<Route>)>,
+    agent_runtime: Option<Route>,
+    mantle: Option<Route>,
 }
 
 impl Routes {
     pub fn new(table: RouteTable, region: Option<&str>) -> Self {
         Self {
-            runtime: Route::new("", table.runtime, region),
-            extra: vec![
-                (
-                    AGENT_RUNTIME_PREFIX,
-                    table
-                        .agent_runtime
-                        .map(|u| Route::new(AGENT_RUNTIME_PREFIX, u, region)),
-                ),
-                (
-                    MANTLE_PREFIX,
-                    table.mantle.map(|u| Route::new(MANTLE_PREFIX, u, region)),
-                ),
-            ],
+            runtime: Route::new(Prefix::Runtime, table.runtime, region),
+            agent_runtime: table
+                .agent_runtime
+                .map(|u| Route::new(Prefix::AgentRuntime, u, region)),
+            mantle: table.mantle.map(|u| Route::new(Prefix::Mantle, u, region)),
         }
     }
 
-    /// The route for a client path.
-    pub fn for_path(&self, path: &str) -> Result<&Route, BrokerError> {
-        for (prefix, route) in &self.extra {
-            if path.starts_with(prefix) {
-                return route.as_ref().ok_or_else(|| {
-                    BrokerError::new(
-                        StatusCode::NOT_FOUND,
-                        "route_not_configured",
-                        format!(
-                            "{prefix} needs an endpoint: set a region or --agent-runtime-upstream / --mantle-upstream"
-                        ),
-                    )
-                });
-            }
-        }
-        Ok(&self.runtime)
+    /// The route of a prefix, if it has an upstream.
+    pub fn get(&self, prefix: Prefix) -> Result<&Route, ProxyError> {
+        let route = match prefix {
+            Prefix::Runtime => return Ok(&self.runtime),
+            Prefix::AgentRuntime => self.agent_runtime.as_ref(),
+            Prefix::Mantle => self.mantle.as_ref(),
+        };
+        route.ok_or(ProxyError::RouteNotConfigured {
+            prefix: prefix.path(),
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::classify::classify;
 
     fn upstream(url: &str, name: &str) -> Upstream {
         let (scheme, authority, base_path) = crate::config::endpoints::base_url(url).unwrap();
@@ -153,7 +133,7 @@ mod tests {
         let uri = |path: &str| {
             let pq: PathAndQuery = path.parse().unwrap();
             routes
-                .for_path(pq.path())
+                .get(classify(pq.path()).prefix)
                 .unwrap()
                 .uri(Some(&pq))
                 .unwrap()
@@ -171,7 +151,6 @@ mod tests {
             uri("/mantle/v1/chat/completions"),
             "https://bedrock-mantle.us-east-1.api.aws/base/v1/chat/completions"
         );
-        // Not a prefix match: stays on the runtime.
         assert_eq!(
             uri("/mantle"),
             "https://bedrock-runtime.us-east-1.amazonaws.com/mantle"
@@ -188,9 +167,9 @@ mod tests {
             },
             None,
         );
-        let err = routes.for_path("/mantle/v1/models").unwrap_err();
+        let err = routes.get(Prefix::Mantle).unwrap_err();
         assert_eq!(
-            (err.status.as_u16(), err.code),
+            (err.status().as_u16(), err.code().name),
             (404, "route_not_configured")
         );
     }

@@ -1,10 +1,13 @@
-//! The pooled HTTPS clients to Bedrock.
+//! Sending to Bedrock: the pooled HTTPS clients, the response-header
+//! timeout, and what a failed send means for the client.
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{Either, Full};
+use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -25,6 +28,8 @@ const STREAMS_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 /// of AWS front ends, so we never reuse a connection they are closing.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
+use super::error::ProxyError;
+
 /// The two clients the proxy sends with.
 #[derive(Clone)]
 pub struct UpstreamClients {
@@ -42,6 +47,39 @@ pub fn clients(tls: rustls::ClientConfig, connect_timeout: Duration) -> Upstream
     UpstreamClients {
         pooled: build(tls.clone(), connect_timeout, false),
         streams: build(tls, connect_timeout, true),
+    }
+}
+
+/// Sends on `client`, waiting at most `header_timeout` for the response
+/// headers (the body then streams for as long as it takes).
+pub async fn send(
+    client: &UpstreamClient,
+    parts: http::request::Parts,
+    body: RequestBody,
+    header_timeout: Option<Duration>,
+) -> Result<Response<Incoming>, ProxyError> {
+    let sent = client.request(Request::from_parts(parts, body));
+    let Some(limit) = header_timeout else {
+        return sent.await.map_err(|e| upstream_error(&e));
+    };
+    match tokio::time::timeout(limit, sent).await {
+        Ok(result) => result.map_err(|e| upstream_error(&e)),
+        Err(_) => Err(ProxyError::NoResponseHeaders(limit)),
+    }
+}
+
+fn upstream_error(e: &hyper_util::client::legacy::Error) -> ProxyError {
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        source = s.source();
+    }
+    if detail.contains("timed out") || detail.contains("deadline") {
+        ProxyError::UpstreamTimeout(detail)
+    } else {
+        ProxyError::UpstreamUnreachable(detail)
     }
 }
 

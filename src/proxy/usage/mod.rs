@@ -1,22 +1,29 @@
 //! Token usage, read from responses as they stream past.
 //!
-//! The tap sees each frame after it has been handed on (it never delays the
-//! stream) and keeps as little as it can: nothing for SSE but a partial
-//! line, one event-stream message at a time, and for plain JSON bodies only
-//! cheap `Bytes` handles (reference counts, no copies) parsed at the end.
+//! The tap ([`tap`]) sees each frame after it has been handed on (it never
+//! delays the stream) and keeps as little as it can: a partial line of an
+//! SSE stream ([`sse`]), one event-stream message at a time
+//! ([`eventstream`]), and for plain JSON bodies only cheap `Bytes` handles
+//! parsed at the end. Usage is found in any of the shapes Bedrock answers
+//! with; the model label comes from the request.
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+mod eventstream;
+mod sse;
+mod tap;
+
+use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use prometheus::{HistogramVec, IntCounterVec};
 use serde::Deserialize;
 
-use super::body::StreamKind;
-use super::config::UsageLabels;
-use super::Operation;
+use super::classify::model_in_path;
+use super::operation::Operation;
+use super::response_body::StreamKind;
+use crate::metrics::labels::ModelLabels;
+use tap::Parser;
+pub use tap::UsageTap;
 
 /// Usage counts in any of the shapes Bedrock answers with (Converse,
 /// OpenAI-compatible, Anthropic InvokeModel, invocation metrics).
@@ -68,7 +75,7 @@ impl Envelope {
     /// `"usage"` (or invocation-metrics) key is located by a byte search
     /// and only its object is parsed; the whole document is parsed only
     /// when that shortcut finds nothing.
-    fn usage(slice: &[u8]) -> Option<Usage> {
+    pub(super) fn usage(slice: &[u8]) -> Option<Usage> {
         for key in [
             &b"\"usage\""[..],
             &b"\"amazon-bedrock-invocationMetrics\""[..],
@@ -101,55 +108,6 @@ struct ModelField {
     model: Option<String>,
 }
 
-/// Bounded `model` label values: an allow-list, or the first `limit` models
-/// seen; everything else is `other`.
-#[derive(Debug)]
-pub struct ModelLabels {
-    allow: Option<HashSet<String>>,
-    seen: Mutex<HashSet<Arc<str>>>,
-    limit: usize,
-    other: Arc<str>,
-}
-
-impl ModelLabels {
-    /// The label policy, or `None` when usage metrics are off.
-    pub fn new(policy: &UsageLabels) -> Option<Self> {
-        let (allow, limit) = match policy {
-            UsageLabels::Off => return None,
-            UsageLabels::FirstSeen(limit) => (None, *limit),
-            UsageLabels::AllowList(models) => {
-                (Some(models.iter().cloned().collect()), models.len())
-            }
-        };
-        Some(Self {
-            allow,
-            seen: Mutex::new(HashSet::new()),
-            limit,
-            other: Arc::from("other"),
-        })
-    }
-
-    pub fn label(&self, model: &str) -> Arc<str> {
-        if let Some(allow) = &self.allow {
-            if !allow.contains(model) {
-                return self.other.clone();
-            }
-        }
-        let Ok(mut seen) = self.seen.lock() else {
-            return self.other.clone();
-        };
-        if let Some(known) = seen.get(model) {
-            return known.clone();
-        }
-        if seen.len() >= self.limit {
-            return self.other.clone();
-        }
-        let label: Arc<str> = Arc::from(model);
-        seen.insert(label.clone());
-        label
-    }
-}
-
 /// The usage metrics and the label policy, shared by all requests.
 #[derive(Debug)]
 pub struct UsageRecorder {
@@ -159,7 +117,7 @@ pub struct UsageRecorder {
 }
 
 impl UsageRecorder {
-    fn record(&self, model: &str, usage: Usage) {
+    pub(super) fn record(&self, model: &str, usage: Usage) {
         for (direction, n) in [
             ("input", usage.input),
             ("output", usage.output),
@@ -175,8 +133,7 @@ impl UsageRecorder {
     /// The model a request is for: the `/model/{id}/` path segment, or the
     /// `model` field of an OpenAI-style body. Bounded to a label.
     pub fn model_label(&self, path: &str, body: &[u8]) -> Arc<str> {
-        if let Some(rest) = path.strip_prefix("/model/") {
-            let id = rest.split('/').next().unwrap_or("");
+        if let Some(id) = model_in_path(path) {
             let decoded = percent_encoding::percent_decode_str(id).decode_utf8_lossy();
             return self.models.label(&decoded);
         }
@@ -216,251 +173,22 @@ impl UsageRecorder {
             self.record(&model, usage);
             return None;
         }
-        let parser = match StreamKind::of(headers) {
-            StreamKind::Sse => Parser::Sse {
-                carry: Vec::new(),
-                last: None,
-            },
-            StreamKind::EventStream => Parser::EventStream {
-                queue: VecDeque::new(),
-                queued: 0,
-                last_chunk: None,
-                usage: None,
-            },
-            StreamKind::Plain => Parser::Json {
-                frames: Vec::new(),
-                size: 0,
-            },
-        };
-        let streaming = !matches!(parser, Parser::Json { .. });
+        let parser = Parser::for_kind(StreamKind::of(headers));
         Some(UsageTap {
             recorder: self.clone(),
             model,
-            first_chunk: streaming.then_some((operation, started)),
+            first_chunk: parser.is_stream().then_some((operation, started)),
             parser,
         })
     }
 }
 
-/// Largest plain JSON body kept for usage parsing; bigger ones are skipped.
-const MAX_JSON_BODY: usize = 4 * 1024 * 1024;
-
-#[derive(Debug)]
-enum Parser {
-    Json {
-        frames: Vec<Bytes>,
-        size: usize,
-    },
-    Sse {
-        /// The unfinished last line of the previous frame.
-        carry: Vec<u8>,
-        last: Option<Usage>,
-    },
-    EventStream {
-        queue: VecDeque<Bytes>,
-        queued: usize,
-        /// InvokeModelWithResponseStream reports usage in its last chunk.
-        last_chunk: Option<Bytes>,
-        usage: Option<Usage>,
-    },
-}
-
-/// Watches one response body.
-#[derive(Debug)]
-pub struct UsageTap {
-    recorder: Arc<UsageRecorder>,
-    model: Arc<str>,
-    /// For streams: what to observe at the first chunk.
-    first_chunk: Option<(Operation, Instant)>,
-    parser: Parser,
-}
-
-impl UsageTap {
-    pub fn observe(&mut self, data: &Bytes) {
-        if let Some((operation, started)) = self.first_chunk.take() {
-            self.recorder
-                .time_to_first_token
-                .with_label_values(&[operation.as_str()])
-                .observe(started.elapsed().as_secs_f64());
-        }
-        match &mut self.parser {
-            Parser::Json { frames, size } => {
-                *size += data.len();
-                if *size <= MAX_JSON_BODY {
-                    frames.push(data.clone());
-                } else {
-                    frames.clear();
-                }
-            }
-            Parser::Sse { carry, last } => scan_sse(carry, last, data),
-            Parser::EventStream {
-                queue,
-                queued,
-                last_chunk,
-                usage,
-            } => {
-                queue.push_back(data.clone());
-                *queued += data.len();
-                while let Some(message) = next_message(queue, queued) {
-                    inspect_event(&message, last_chunk, usage);
-                }
-            }
-        }
-    }
-
-    /// The stream ended (or was dropped): record what was found.
-    pub fn finish(self) {
-        let usage = match self.parser {
-            Parser::Json { frames, size } if size <= MAX_JSON_BODY => match frames.as_slice() {
-                [one] => Envelope::usage(one),
-                many => {
-                    let mut all = BytesMut::with_capacity(size);
-                    for f in many {
-                        all.extend_from_slice(f);
-                    }
-                    Envelope::usage(&all)
-                }
-            },
-            Parser::Json { .. } => None,
-            Parser::Sse { last, .. } => last,
-            Parser::EventStream {
-                last_chunk, usage, ..
-            } => usage.or_else(|| last_chunk.and_then(|c| chunk_usage(&c))),
-        };
-        if let Some(usage) = usage {
-            self.recorder.record(&self.model, usage);
-        }
-    }
-}
-
-/// Looks at complete SSE lines for a `data:` payload with usage; keeps the
-/// last one (OpenAI sends usage in the final chunk).
-fn scan_sse(carry: &mut Vec<u8>, last: &mut Option<Usage>, data: &[u8]) {
-    let mut rest = data;
-    while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
-        let (line, after) = rest.split_at(pos);
-        rest = &after[1..];
-        if carry.is_empty() {
-            check_sse_line(line, last);
-        } else {
-            carry.extend_from_slice(line);
-            let joined = std::mem::take(carry);
-            check_sse_line(&joined, last);
-        }
-    }
-    if !rest.is_empty() {
-        // Bound the carry: a usage line is short; give up on giant lines.
-        if carry.len() + rest.len() <= 64 * 1024 {
-            carry.extend_from_slice(rest);
-        } else {
-            carry.clear();
-        }
-    }
-}
-
-fn check_sse_line(line: &[u8], last: &mut Option<Usage>) {
-    let Some(payload) = line.strip_prefix(b"data:") else {
-        return;
-    };
-    if !contains(payload, b"\"usage\"") {
-        return;
-    }
-    if let Some(u) = Envelope::usage(payload.trim_ascii()) {
-        *last = Some(u);
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(haystack, needle).is_some()
-}
-
-/// Takes the next complete event-stream message off the queue, if any.
-fn next_message(queue: &mut VecDeque<Bytes>, queued: &mut usize) -> Option<Bytes> {
-    if *queued < 4 {
-        return None;
-    }
-    let mut prefix = [0u8; 4];
-    let mut filled = 0;
-    for seg in queue.iter() {
-        let n = (4 - filled).min(seg.len());
-        prefix[filled..filled + n].copy_from_slice(&seg[..n]);
-        filled += n;
-        if filled == 4 {
-            break;
-        }
-    }
-    let total = u32::from_be_bytes(prefix) as usize;
-    if total < 16 {
-        // Not an event stream after all: stop parsing.
-        queue.clear();
-        *queued = 0;
-        return None;
-    }
-    if *queued < total {
-        return None;
-    }
-    *queued -= total;
-    let front = queue.front_mut()?;
-    if front.len() >= total {
-        let message = front.split_to(total);
-        if front.is_empty() {
-            queue.pop_front();
-        }
-        return Some(message);
-    }
-    // The message spans frames: gather just this message.
-    let mut message = BytesMut::with_capacity(total);
-    while message.len() < total {
-        let seg = queue.front_mut()?;
-        let take = (total - message.len()).min(seg.len());
-        message.extend_from_slice(&seg.split_to(take));
-        if seg.is_empty() {
-            queue.pop_front();
-        }
-    }
-    Some(message.freeze())
-}
-
-fn inspect_event(message: &Bytes, last_chunk: &mut Option<Bytes>, usage: &mut Option<Usage>) {
-    let Ok(msg) = aws_smithy_eventstream::frame::read_message_from(message.clone()) else {
-        return;
-    };
-    let event_type = msg
-        .headers()
-        .iter()
-        .find(|h| h.name().as_str() == ":event-type")
-        .and_then(|h| h.value().as_string().ok().map(|s| s.as_str().to_owned()));
-    match event_type.as_deref() {
-        // ConverseStream: {"usage": {...}, "metrics": {...}}
-        Some("metadata") => {
-            if let Some(u) = Envelope::usage(msg.payload()) {
-                *usage = Some(u);
-            }
-        }
-        // InvokeModelWithResponseStream: {"bytes": base64(model JSON)}.
-        Some("chunk") => *last_chunk = Some(msg.payload().clone()),
-        _ => {}
-    }
-}
-
-/// Usage in an InvokeModelWithResponseStream chunk's decoded bytes.
-fn chunk_usage(payload: &[u8]) -> Option<Usage> {
-    use base64::Engine;
-    #[derive(Deserialize)]
-    struct Chunk {
-        bytes: String,
-    }
-    let chunk: Chunk = serde_json::from_slice(payload).ok()?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(chunk.bytes)
-        .ok()?;
-    Envelope::usage(&decoded)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::UsageLabels;
     use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+    use bytes::{Bytes, BytesMut};
     use prometheus::{HistogramOpts, Opts};
 
     fn recorder() -> Arc<UsageRecorder> {

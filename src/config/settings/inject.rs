@@ -1,0 +1,25 @@
+//! `bedrock-broker inject` (flags only: it runs by hand or in CI).
+
+use crate::config::setting::{Setting, WhenUnset::*};
+
+/// What `kubectl apply` assumes for objects that name none.
+pub const NAMESPACE: Setting = Setting {
+    flag: "namespace",
+    env: &[],
+    default: Value("default"),
+    help: "Namespace of objects that name none",
+};
+pub const NAMESPACE_LABEL: Setting = Setting {
+    flag: "namespace-label",
+    env: &[],
+    default: Nothing,
+    help: "KEY=VALUE label of every namespace, as the webhook would read it from the cluster (e.g. bedrock-broker.io/inject=true); repeatable. Namespace documents in the input are used too",
+};
+pub const SERVICE_ACCOUNT_ANNOTATION: Setting = Setting {
+    flag: "service-account-annotation",
+    env: &[],
+    default: Nothing,
+    help: "KEY=VALUE annotation of every ServiceAccount not in the input (e.g. eks.amazonaws.com/role-arn=arn:aws:iam::123456789012:role/app); repeatable. ServiceAccount documents in the input are used too",
+};
+
+pub const ALL: &[Setting] = &[NAMESPACE, NAMESPACE_LABEL, SERVICE_ACCOUNT_ANNOTATION];

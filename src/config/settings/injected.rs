@@ -1,0 +1,112 @@
+//! Defaults of the injected sidecar (`webhook` and `inject`); pod
+//! annotations override them one by one.
+
+use crate::config::setting::{Setting, WhenUnset::*};
+
+/// The image of this very build, so webhook and sidecar versions match.
+pub const IMAGE: Setting = Setting {
+    flag: "sidecar-image",
+    env: &["BEDROCK_BROKER_SIDECAR_IMAGE"],
+    default: Value(concat!(
+        "ghcr.io/bedrock-broker/bedrock-broker:",
+        env!("CARGO_PKG_VERSION")
+    )),
+    help: "Sidecar image",
+};
+pub const IMAGE_PULL_POLICY: Setting = Setting {
+    flag: "sidecar-image-pull-policy",
+    env: &["BEDROCK_BROKER_SIDECAR_IMAGE_PULL_POLICY"],
+    default: Computed("unset, the cluster decides"),
+    help: "Sidecar imagePullPolicy: Always, IfNotPresent or Never",
+};
+pub const REGION: Setting = Setting {
+    flag: "sidecar-region",
+    env: &["BEDROCK_BROKER_SIDECAR_REGION"],
+    default: Nothing,
+    help: "AWS region of the sidecar when the pod names none",
+};
+pub const MODE: Setting = Setting {
+    flag: "sidecar-mode",
+    env: &["BEDROCK_BROKER_SIDECAR_MODE"],
+    default: Value("native"),
+    help: "native (init container with restartPolicy Always) or classic (regular container)",
+};
+/// The audience STS expects for web identity federation.
+pub const AUDIENCE: Setting = Setting {
+    flag: "sidecar-audience",
+    env: &["BEDROCK_BROKER_SIDECAR_AUDIENCE"],
+    default: Value("sts.amazonaws.com"),
+    help: "Audience of the projected service-account token",
+};
+/// The kubelet refreshes the token at 80% of this; one day is what the
+/// EKS Pod Identity Webhook uses.
+pub const TOKEN_EXPIRATION: Setting = Setting {
+    flag: "sidecar-token-expiration",
+    env: &["BEDROCK_BROKER_SIDECAR_TOKEN_EXPIRATION"],
+    default: Value("86400"),
+    help: "Lifetime of the projected token in seconds (at least 600)",
+};
+/// Idle sidecar: a few millicores.
+pub const CPU_REQUEST: Setting = Setting {
+    flag: "sidecar-cpu-request",
+    env: &["BEDROCK_BROKER_SIDECAR_CPU_REQUEST"],
+    default: Value("10m"),
+    help: "Sidecar CPU request",
+};
+/// Idle sidecar: about 10 MiB resident.
+pub const MEMORY_REQUEST: Setting = Setting {
+    flag: "sidecar-memory-request",
+    env: &["BEDROCK_BROKER_SIDECAR_MEMORY_REQUEST"],
+    default: Value("32Mi"),
+    help: "Sidecar memory request",
+};
+pub const CPU_LIMIT: Setting = Setting {
+    flag: "sidecar-cpu-limit",
+    env: &["BEDROCK_BROKER_SIDECAR_CPU_LIMIT"],
+    default: Value("none"),
+    help: "Sidecar CPU limit, or none",
+};
+/// Bodies are held in memory for signing (25 MiB at most per request),
+/// so a few concurrent large requests fit.
+pub const MEMORY_LIMIT: Setting = Setting {
+    flag: "sidecar-memory-limit",
+    env: &["BEDROCK_BROKER_SIDECAR_MEMORY_LIMIT"],
+    default: Value("128Mi"),
+    help: "Sidecar memory limit, or none",
+};
+pub const LOG_LEVEL: Setting = Setting {
+    flag: "sidecar-log-level",
+    env: &["BEDROCK_BROKER_SIDECAR_LOG_LEVEL"],
+    default: Value("info"),
+    help: "Sidecar log level (RUST_LOG): error, warn, info, debug or trace",
+};
+/// JSON: injected sidecars log into a cluster's log pipeline.
+pub const LOG_FORMAT: Setting = Setting {
+    flag: "sidecar-log-format",
+    env: &["BEDROCK_BROKER_SIDECAR_LOG_FORMAT"],
+    default: Value("json"),
+    help: "Sidecar log format: text or json",
+};
+/// The distroless "nonroot" user.
+pub const RUN_AS_USER: Setting = Setting {
+    flag: "sidecar-run-as-user",
+    env: &["BEDROCK_BROKER_SIDECAR_RUN_AS_USER"],
+    default: Value("65532"),
+    help: "UID the sidecar runs as when the pod does not dictate one",
+};
+
+pub const ALL: &[Setting] = &[
+    IMAGE,
+    IMAGE_PULL_POLICY,
+    REGION,
+    MODE,
+    AUDIENCE,
+    TOKEN_EXPIRATION,
+    CPU_REQUEST,
+    MEMORY_REQUEST,
+    CPU_LIMIT,
+    MEMORY_LIMIT,
+    LOG_LEVEL,
+    LOG_FORMAT,
+    RUN_AS_USER,
+];

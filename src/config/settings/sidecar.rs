@@ -1,0 +1,158 @@
+//! `bedrock-broker sidecar`.
+
+use crate::config::setting::{Setting, WhenUnset::*};
+
+/// Loopback only: the proxy signs whatever reaches it, so nothing
+/// outside the pod may reach it.
+pub const LISTEN: Setting = Setting {
+    flag: "listen",
+    env: &["BEDROCK_BROKER_LISTEN"],
+    default: Value("127.0.0.1:9787"),
+    help: "Proxy listen address",
+};
+/// All interfaces: Prometheus and the kubelet's probes come from outside the pod.
+pub const ADMIN_LISTEN: Setting = Setting {
+    flag: "admin-listen",
+    env: &["BEDROCK_BROKER_ADMIN_LISTEN"],
+    default: Value("0.0.0.0:9788"),
+    help: "Admin (metrics, health) listen address",
+};
+pub const UPSTREAM: Setting = Setting {
+    flag: "upstream",
+    env: &["AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "AWS_ENDPOINT_URL"],
+    default: Computed("https://bedrock-runtime.<region>.amazonaws.com"),
+    help: "Bedrock base URL",
+};
+pub const SIGNING_NAME: Setting = Setting {
+    flag: "signing-name",
+    env: &["BEDROCK_BROKER_SIGNING_NAME"],
+    default: Computed("bedrock-mantle for bedrock-mantle.* hosts, else bedrock"),
+    help: "SigV4 signing name, overriding the one derived from the upstream host",
+};
+pub const AGENT_RUNTIME_UPSTREAM: Setting = Setting {
+    flag: "agent-runtime-upstream",
+    env: &["AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME"],
+    default: Computed("https://bedrock-agent-runtime.<region>.amazonaws.com"),
+    help: "Bedrock Agents runtime base URL, served under /agent-runtime/",
+};
+/// Mantle is only published as a dual-stack api.aws endpoint.
+pub const MANTLE_UPSTREAM: Setting = Setting {
+    flag: "mantle-upstream",
+    env: &["BEDROCK_BROKER_MANTLE_UPSTREAM"],
+    default: Computed("https://bedrock-mantle.<region>.api.aws"),
+    help: "Bedrock Mantle base URL, served under /mantle/",
+};
+pub const USE_FIPS: Setting = Setting {
+    flag: "use-fips",
+    env: &["AWS_USE_FIPS_ENDPOINT"],
+    default: Value("false"),
+    help: "Use FIPS endpoints by default: true or false",
+};
+pub const USE_DUALSTACK: Setting = Setting {
+    flag: "use-dualstack",
+    env: &["AWS_USE_DUALSTACK_ENDPOINT"],
+    default: Value("false"),
+    help: "Use dual-stack (IPv6) endpoints by default: true or false",
+};
+/// Bedrock's largest request (InvokeModel with images or documents) is 25 MB.
+pub const MAX_BODY_BYTES: Setting = Setting {
+    flag: "max-body-bytes",
+    env: &["BEDROCK_BROKER_MAX_BODY_BYTES"],
+    default: Value("26214400"),
+    help: "Largest request body accepted, in bytes",
+};
+/// Below Kubernetes' default 30 s termination grace, so we exit before SIGKILL.
+pub const SHUTDOWN_GRACE_PERIOD: Setting = Setting {
+    flag: "shutdown-grace-period",
+    env: &["BEDROCK_BROKER_SHUTDOWN_GRACE_PERIOD"],
+    default: Value("25s"),
+    help: "How long in-flight requests may finish after SIGTERM",
+};
+/// Long enough for a cross-region TLS handshake, short enough to fail fast.
+pub const CONNECT_TIMEOUT: Setting = Setting {
+    flag: "connect-timeout",
+    env: &["BEDROCK_BROKER_CONNECT_TIMEOUT"],
+    default: Value("5s"),
+    help: "Timeout of a TCP+TLS connect to the upstream",
+};
+/// Generous: a long non-streaming generation can take many minutes, but
+/// a connection that never answers must not hold a client forever.
+pub const RESPONSE_HEADER_TIMEOUT: Setting = Setting {
+    flag: "response-header-timeout",
+    env: &["BEDROCK_BROKER_RESPONSE_HEADER_TIMEOUT"],
+    default: Value("15m"),
+    help: "Longest wait for Bedrock's response headers; 0s disables",
+};
+/// Models pause between tokens for seconds, not minutes.
+pub const STREAM_IDLE_TIMEOUT: Setting = Setting {
+    flag: "stream-idle-timeout",
+    env: &["BEDROCK_BROKER_STREAM_IDLE_TIMEOUT"],
+    default: Value("5m"),
+    help: "Longest silence inside a streamed response before it is cut off; 0s disables",
+};
+pub const USAGE_METRICS: Setting = Setting {
+    flag: "usage-metrics",
+    env: &["BEDROCK_BROKER_USAGE_METRICS"],
+    default: Value("true"),
+    help: "Token usage metrics per model: true or false",
+};
+pub const USAGE_MODELS: Setting = Setting {
+    flag: "usage-models",
+    env: &["BEDROCK_BROKER_USAGE_MODELS"],
+    default: Computed("the first 20 models seen"),
+    help: "Comma-separated model ids allowed as the `model` label (others become `other`)",
+};
+pub const REFRESH_FRACTION: Setting = Setting {
+    flag: "refresh-fraction",
+    env: &["BEDROCK_BROKER_REFRESH_FRACTION"],
+    default: Value("0.5"),
+    help: "Fraction of the credential lifetime after which they are refreshed",
+};
+pub const REFRESH_MAX_BACKOFF: Setting = Setting {
+    flag: "refresh-max-backoff",
+    env: &["BEDROCK_BROKER_REFRESH_MAX_BACKOFF"],
+    default: Value("30s"),
+    help: "Longest wait between failed refresh attempts",
+};
+/// A `stat` a second is free, and a rotated token is exchanged within a second.
+pub const TOKEN_WATCH_INTERVAL: Setting = Setting {
+    flag: "token-watch-interval",
+    env: &["BEDROCK_BROKER_TOKEN_WATCH_INTERVAL"],
+    default: Value("1s"),
+    help: "How often to check the web identity token file for a kubelet rotation; 0s disables",
+};
+pub const CREDENTIALS_LISTEN: Setting = Setting {
+    flag: "credentials-listen",
+    env: &["BEDROCK_BROKER_CREDENTIALS_LISTEN"],
+    default: Computed("off"),
+    help: "Serve the AWS container-credentials protocol on this loopback address so other AWS SDKs in the pod share the credentials",
+};
+pub const CREDENTIALS_TOKEN_FILE: Setting = Setting {
+    flag: "credentials-token-file",
+    env: &["BEDROCK_BROKER_CREDENTIALS_TOKEN_FILE"],
+    default: Nothing,
+    help: "File holding the authorization token for --credentials-listen; created with a random token if missing",
+};
+
+pub const ALL: &[Setting] = &[
+    LISTEN,
+    ADMIN_LISTEN,
+    UPSTREAM,
+    SIGNING_NAME,
+    AGENT_RUNTIME_UPSTREAM,
+    MANTLE_UPSTREAM,
+    USE_FIPS,
+    USE_DUALSTACK,
+    MAX_BODY_BYTES,
+    SHUTDOWN_GRACE_PERIOD,
+    CONNECT_TIMEOUT,
+    RESPONSE_HEADER_TIMEOUT,
+    STREAM_IDLE_TIMEOUT,
+    USAGE_METRICS,
+    USAGE_MODELS,
+    REFRESH_FRACTION,
+    REFRESH_MAX_BACKOFF,
+    TOKEN_WATCH_INTERVAL,
+    CREDENTIALS_LISTEN,
+    CREDENTIALS_TOKEN_FILE,
+];

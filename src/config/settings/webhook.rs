@@ -1,0 +1,71 @@
+//! `bedrock-broker webhook`.
+
+use crate::config::setting::{Setting, WhenUnset::*};
+
+/// 8443: unprivileged, and what webhook Services conventionally target.
+pub const LISTEN: Setting = Setting {
+    flag: "listen",
+    env: &["BEDROCK_BROKER_WEBHOOK_LISTEN"],
+    default: Value("0.0.0.0:8443"),
+    help: "HTTPS listen address for AdmissionReviews",
+};
+/// Next to the sidecar's 9788 so the two never clash on one host.
+pub const ADMIN_LISTEN: Setting = Setting {
+    flag: "admin-listen",
+    env: &["BEDROCK_BROKER_WEBHOOK_ADMIN_LISTEN"],
+    default: Value("0.0.0.0:9789"),
+    help: "Metrics and health listen address (plain HTTP)",
+};
+/// Where the chart mounts the cert-manager (or chart-generated) Secret.
+pub const TLS_CERT_FILE: Setting = Setting {
+    flag: "tls-cert-file",
+    env: &["BEDROCK_BROKER_WEBHOOK_TLS_CERT_FILE"],
+    default: Value("/etc/bedrock-broker/tls/tls.crt"),
+    help: "PEM certificate chain",
+};
+pub const TLS_KEY_FILE: Setting = Setting {
+    flag: "tls-key-file",
+    env: &["BEDROCK_BROKER_WEBHOOK_TLS_KEY_FILE"],
+    default: Value("/etc/bedrock-broker/tls/tls.key"),
+    help: "PEM private key",
+};
+/// The kubelet takes up to a minute to publish a rotated Secret anyway;
+/// reading two small files every 10 s costs nothing.
+pub const TLS_RELOAD_INTERVAL: Setting = Setting {
+    flag: "tls-reload-interval",
+    env: &["BEDROCK_BROKER_WEBHOOK_TLS_RELOAD_INTERVAL"],
+    default: Value("10s"),
+    help: "How often the certificate files are checked for changes",
+};
+pub const ON_LOOKUP_ERROR: Setting = Setting {
+    flag: "on-lookup-error",
+    env: &["BEDROCK_BROKER_WEBHOOK_ON_LOOKUP_ERROR"],
+    default: Value("deny"),
+    help: "What to do with an opted-in pod when its namespace or ServiceAccount cannot be read: deny or skip",
+};
+/// Well inside the API server's webhook timeout (10 s by default), so a
+/// slow read ends in our own clear answer, not the API server's timeout.
+pub const LOOKUP_TIMEOUT: Setting = Setting {
+    flag: "lookup-timeout",
+    env: &["BEDROCK_BROKER_WEBHOOK_LOOKUP_TIMEOUT"],
+    default: Value("3s"),
+    help: "Timeout of a direct API read of a namespace or ServiceAccount",
+};
+/// Admission requests take milliseconds; 10 s covers a slow API read.
+pub const SHUTDOWN_GRACE_PERIOD: Setting = Setting {
+    flag: "shutdown-grace-period",
+    env: &["BEDROCK_BROKER_WEBHOOK_SHUTDOWN_GRACE_PERIOD"],
+    default: Value("10s"),
+    help: "How long open requests may finish after SIGTERM",
+};
+
+pub const ALL: &[Setting] = &[
+    LISTEN,
+    ADMIN_LISTEN,
+    TLS_CERT_FILE,
+    TLS_KEY_FILE,
+    TLS_RELOAD_INTERVAL,
+    ON_LOOKUP_ERROR,
+    LOOKUP_TIMEOUT,
+    SHUTDOWN_GRACE_PERIOD,
+];

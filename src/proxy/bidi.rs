@@ -1,0 +1,105 @@
+//! Opening an InvokeModelWithBidirectionalStream: the one request whose body
+//! is never buffered, signed once and then re-signed message by message
+//! ([`super::event_stream`]). There is no retry with fresher credentials:
+//! the messages already sent are gone.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response};
+use http_body::Body;
+use http_body_util::Either;
+use hyper::body::Incoming;
+
+use super::error::ProxyError;
+use super::event_stream::{self, ChainSigner};
+use super::headers;
+use super::self_heal::rejects_credentials;
+use super::sigv4::{BodyDigest, Signer};
+use super::{upstream, BoxError, Proxy};
+
+/// Least lifetime credentials must have left to open a bidirectional
+/// stream with: above the longest Bedrock session (8 minutes for Nova Sonic).
+const STREAM_MIN_CREDENTIAL_LIFETIME: Duration = Duration::from_secs(10 * 60);
+
+impl Proxy {
+    /// Signs the request that opens a bidirectional stream, then forwards
+    /// the client's messages re-signed in a chain seeded by that signature.
+    pub(super) async fn send_event_stream<B>(
+        &self,
+        signer: Option<&Signer>,
+        mut parts: http::request::Parts,
+        body: B,
+    ) -> Result<Response<Incoming>, ProxyError>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        parts.headers.insert(
+            headers::X_AMZ_CONTENT_SHA256,
+            HeaderValue::from_static(event_stream::STREAMING_PAYLOAD),
+        );
+        // Bedrock requires it; a client without AWS code may not know that.
+        parts
+            .headers
+            .entry(http::header::CONTENT_TYPE)
+            .or_insert(HeaderValue::from_static(
+                "application/vnd.amazon.eventstream",
+            ));
+        self.fresh_enough_for_a_stream().await;
+        let digest = BodyDigest::new(&[], Some(event_stream::STREAMING_PAYLOAD));
+        let chain = self.sign_with(signer, &mut parts, digest, |signer, held, seed| {
+            ChainSigner::new(
+                held.identity().clone(),
+                signer.region(),
+                signer.name(),
+                self.clock.clone(),
+                seed,
+            )
+        })?;
+        let (body, aborted) = event_stream::resigned(body, chain, self.max_body_bytes);
+        let sent = upstream::send(
+            &self.clients.streams,
+            parts,
+            Either::Right(body),
+            self.response_header_timeout,
+        )
+        .await;
+        match sent {
+            Ok(response) => {
+                if rejects_credentials(&response) {
+                    // Not retried, but the next stream should not meet the
+                    // same answer.
+                    self.cell.request_refresh();
+                }
+                Ok(response)
+            }
+            // A client that broke its stream (or hung up) before Bedrock
+            // answered is the client's fault, not an unreachable Bedrock.
+            Err(err) => Err(aborted.reason().unwrap_or(err)),
+        }
+    }
+
+    /// A stream signs every message with the credentials that opened it,
+    /// for as long as it lasts. Credentials close to their expiry are
+    /// refreshed first (waiting at most the self-heal wait), so a session
+    /// does not outlive the credentials it is signed with.
+    async fn fresh_enough_for_a_stream(&self) {
+        let now = self.clock.now();
+        let held = self.cell.with_usable(now, |held| {
+            held.expiry().map(|expiry| (held.generation(), expiry))
+        });
+        let Ok(Some((generation, expiry))) = held else {
+            return;
+        };
+        if crate::clock::saturating_sub(expiry, now) >= STREAM_MIN_CREDENTIAL_LIFETIME {
+            return;
+        }
+        if self.cell.last_error().is_some() {
+            // Refreshing keeps failing: waiting would only delay the stream.
+            self.cell.request_refresh();
+            return;
+        }
+        self.fresher_credentials(generation).await;
+    }
+}

@@ -1,0 +1,142 @@
+//! Retry once when Bedrock says the credentials expired (or are unknown,
+//! e.g. revoked): wait for fresher ones and send again. The body is already
+//! buffered, so the retry is exact.
+
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use super::error::ProxyError;
+use super::request_body::ReadBody;
+use super::sigv4::Signer;
+use super::{upstream, Proxy};
+
+impl Proxy {
+    /// Signs and sends; retries once with fresher credentials if Bedrock
+    /// rejects the ones used.
+    pub(super) async fn send_signed(
+        &self,
+        signer: Option<&Signer>,
+        mut parts: http::request::Parts,
+        body: ReadBody,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let unsigned = (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+        );
+        let used = self.sign(signer, &mut parts, &body)?;
+        let response = self
+            .send_pooled(parts, Full::new(body.bytes.clone()))
+            .await?;
+        if !rejects_credentials(&response) {
+            return Ok(response);
+        }
+        if !self.fresher_credentials(used).await {
+            self.metrics
+                .auth_retries
+                .with_label_values(&["gave_up"])
+                .inc();
+            return Ok(response);
+        }
+        drop(response);
+        let (mut retry, ()) = Request::new(()).into_parts();
+        (retry.method, retry.uri, retry.headers) = unsigned;
+        retry.version = Version::HTTP_11;
+        self.sign(signer, &mut retry, &body)?;
+        self.metrics
+            .auth_retries
+            .with_label_values(&["retried"])
+            .inc();
+        tracing::info!("bedrock rejected expired credentials; retried with refreshed ones");
+        self.send_pooled(retry, Full::new(body.bytes)).await
+    }
+
+    pub(super) async fn send_pooled(
+        &self,
+        parts: http::request::Parts,
+        body: Full<bytes::Bytes>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        upstream::send(
+            &self.clients.pooled,
+            parts,
+            Either::Left(body),
+            self.response_header_timeout,
+        )
+        .await
+    }
+
+    /// Newer credentials than generation `used`, refreshing early if needed.
+    pub(super) async fn fresher_credentials(&self, used: u64) -> bool {
+        if self.cell.generation() > used {
+            return true;
+        }
+        self.cell.request_refresh();
+        tokio::time::timeout(self.self_heal_wait, self.cell.wait_newer_than(used))
+            .await
+            .unwrap_or(false)
+    }
+}
+
+/// Whether Bedrock refused the credentials themselves (expired, or unknown
+/// such as revoked), which fresher credentials can fix. Signature mismatches
+/// are not retried: new credentials would not change them.
+pub(super) fn rejects_credentials<B>(response: &Response<B>) -> bool {
+    if response.status() != StatusCode::FORBIDDEN {
+        return false;
+    }
+    let Some(kind) = response
+        .headers()
+        .get("x-amzn-errortype")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    [
+        "ExpiredTokenException",
+        "ExpiredToken",
+        "UnrecognizedClientException",
+    ]
+    .iter()
+    .any(|code| {
+        kind.strip_prefix(code)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_credential_rejections_are_retried() {
+        let resp = |status: u16, kind: Option<&str>| {
+            let mut b = Response::builder().status(status);
+            if let Some(k) = kind {
+                b = b.header("x-amzn-errortype", k);
+            }
+            b.body(()).unwrap()
+        };
+        assert!(rejects_credentials(&resp(
+            403,
+            Some("ExpiredTokenException")
+        )));
+        assert!(rejects_credentials(&resp(
+            403,
+            Some("UnrecognizedClientException:http://internal.amazon.com/coral/")
+        )));
+        assert!(!rejects_credentials(&resp(
+            403,
+            Some("InvalidSignatureException")
+        )));
+        assert!(!rejects_credentials(&resp(
+            403,
+            Some("AccessDeniedException")
+        )));
+        assert!(!rejects_credentials(&resp(403, None)));
+        assert!(!rejects_credentials(&resp(
+            400,
+            Some("ExpiredTokenException")
+        )));
+    }
+}

@@ -1,0 +1,54 @@
+//! Signing a request with the cell's credentials: the glue between the
+//! credential cell and the pure signer ([`super::sigv4`]), and what the
+//! client is told when there is nothing usable to sign with.
+
+use super::error::ProxyError;
+use super::request_body::ReadBody;
+use super::sigv4::{BodyDigest, Signer};
+use super::Proxy;
+use crate::credentials::{HeldCredentials, Unusable};
+
+impl Proxy {
+    /// Signs with the cell's credentials; returns their generation, so a
+    /// rejected request can wait for newer ones.
+    pub(super) fn sign(
+        &self,
+        signer: Option<&Signer>,
+        parts: &mut http::request::Parts,
+        body: &ReadBody,
+    ) -> Result<u64, ProxyError> {
+        let digest = BodyDigest::new(&body.bytes, body.sha256.as_deref());
+        self.sign_with(signer, parts, digest, |_, held, _| held.generation())
+    }
+
+    /// Signs with the cell's credentials; `keep` takes what it needs of the
+    /// credentials that signed and of the signature.
+    pub(super) fn sign_with<T>(
+        &self,
+        signer: Option<&Signer>,
+        parts: &mut http::request::Parts,
+        digest: BodyDigest<'_>,
+        keep: impl FnOnce(&Signer, &HeldCredentials, String) -> T,
+    ) -> Result<T, ProxyError> {
+        let signer = signer.ok_or(ProxyError::NoSigV4)?;
+        let now = self.clock.now();
+        let signed = self.cell.with_usable(now, |held| {
+            signer
+                .sign(
+                    &parts.method,
+                    &parts.uri,
+                    &mut parts.headers,
+                    digest,
+                    held.identity(),
+                    now,
+                )
+                .map(|signature| keep(signer, held, signature))
+        });
+        match signed {
+            Ok(Ok(kept)) => Ok(kept),
+            Ok(Err(e)) => Err(ProxyError::SigningFailed(e.to_string())),
+            Err(Unusable::NotYetObtained) => Err(ProxyError::NotYetObtained),
+            Err(Unusable::Expired) => Err(ProxyError::CredentialsExpired),
+        }
+    }
+}

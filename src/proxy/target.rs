@@ -1,0 +1,106 @@
+//! Never an open proxy: the client never chooses the upstream host, and a
+//! path is forwarded only if it is signed as what it means.
+
+use http::{Method, Request, Version};
+
+use super::error::ProxyError;
+
+/// Refuses request targets that would let the client choose the upstream
+/// or would be signed differently from what they mean.
+pub fn check<B>(request: &Request<B>) -> Result<(), ProxyError> {
+    if request.method() == Method::CONNECT {
+        return Err(ProxyError::Connect);
+    }
+    // HTTP/2 always carries scheme and authority; in HTTP/1 they mean an
+    // absolute-form target, i.e. a client configured to use us as a proxy.
+    if request.version() < Version::HTTP_2 && request.uri().authority().is_some() {
+        return Err(ProxyError::AbsoluteForm);
+    }
+    let path = request.uri().path();
+    if !path.starts_with('/') {
+        return Err(ProxyError::InvalidPath(
+            "the request path must start with /".into(),
+        ));
+    }
+    if path.split('/').any(is_dot_segment) {
+        return Err(ProxyError::InvalidPath(
+            "paths with . or .. segments are refused".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `.` or `..`, also percent-encoded (`%2e`, `.%2E`, ...), without allocating.
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
+            rest = &rest[1..];
+        } else if rest.len() >= 3 && rest[0] == b'%' && rest[1] == b'2' && rest[2] | 0x20 == b'e' {
+            rest = &rest[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    dots == 1 || dots == 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: Method, target: &str, version: Version) -> Request<()> {
+        Request::builder()
+            .method(method)
+            .uri(target)
+            .version(version)
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn refuses_targets_the_client_could_use_to_pick_the_host() {
+        let code = |m, t, v| {
+            check(&req(m, t, v))
+                .err()
+                .map(|e| (e.status().as_u16(), e.code().name))
+        };
+        assert_eq!(
+            code(Method::POST, "/model/a:0/converse", Version::HTTP_11),
+            None
+        );
+        assert_eq!(
+            code(
+                Method::GET,
+                "http://evil.example/openai/v1/models",
+                Version::HTTP_11
+            ),
+            Some((400, "absolute_form_refused"))
+        );
+        assert_eq!(
+            code(Method::CONNECT, "evil.example:443", Version::HTTP_11),
+            Some((405, "connect_refused"))
+        );
+        assert_eq!(
+            code(
+                Method::GET,
+                "http://127.0.0.1/openai/v1/models",
+                Version::HTTP_2
+            ),
+            None
+        );
+        for bad in ["/model/../x", "/model/./x", "/a/%2E%2e/b", "/a/%2e", "/.."] {
+            assert_eq!(
+                code(Method::GET, bad, Version::HTTP_11),
+                Some((400, "invalid_path")),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            code(Method::GET, "/model/a.b..c/invoke", Version::HTTP_11),
+            None
+        );
+    }
+}

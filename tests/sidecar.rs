@@ -1,0 +1,264 @@
+//! The sidecar's lifecycle, driven in process: the proxy's request handler
+//! without a client socket, in front of a scripted upstream. Whether the
+//! signatures themselves are right is proven against botocore by the Python
+//! end-to-end tests (tests/e2e); these check what happens around them.
+
+mod sidecar_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bedrock_broker::clock::SystemClock;
+use bedrock_broker::config::Env;
+use bedrock_broker::credentials::CredentialCell;
+use bedrock_broker::sidecar::{Sidecar, SidecarConfig};
+use http_body_util::BodyExt;
+use sidecar_support::{credentials, post, proxy, text, Answer, FakeUpstream, Setup};
+use tokio_util::sync::CancellationToken;
+
+fn credential_of(seen: &sidecar_support::Seen) -> String {
+    let auth = seen.headers["authorization"].to_str().unwrap();
+    let start = auth.find("Credential=").unwrap() + "Credential=".len();
+    auth[start..].split('/').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn serves_503_until_the_first_credentials_and_never_sends_unsigned() {
+    let upstream = FakeUpstream::start(vec![]).await;
+    let cell = Arc::new(CredentialCell::new());
+    let (proxy, _) = proxy(&upstream, cell.clone(), Setup::default());
+
+    let answer = proxy
+        .clone()
+        .handle(post("/model/m/converse", "{}"))
+        .await
+        .unwrap();
+    let (status, headers, _) = text(answer).await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["x-bedrock-broker-error"], "no_credentials");
+    assert!(
+        upstream.seen().is_empty(),
+        "nothing reaches Bedrock unsigned"
+    );
+
+    cell.store(credentials("AKIDFIRST"));
+    let answer = proxy.handle(post("/model/m/converse", "{}")).await.unwrap();
+    assert_eq!(text(answer).await.0, 200);
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(credential_of(&seen[0]), "AKIDFIRST");
+    assert_eq!(seen[0].headers["x-amz-security-token"], "token");
+}
+
+#[tokio::test]
+async fn retries_once_with_fresher_credentials_when_bedrock_says_they_expired() {
+    let upstream = FakeUpstream::start(vec![Answer::Whole(
+        403,
+        vec![("x-amzn-errortype", "ExpiredTokenException")],
+        r#"{"message":"The security token included in the request is expired"}"#,
+    )])
+    .await;
+    let cell = Arc::new(CredentialCell::new());
+    cell.store(credentials("AKIDOLD"));
+    // Stands in for the refresher: an early refresh stores new credentials.
+    let refresher = {
+        let cell = cell.clone();
+        tokio::spawn(async move {
+            cell.refresh_requested().await;
+            cell.store(credentials("AKIDNEW"));
+        })
+    };
+    let (proxy, metrics) = proxy(&upstream, cell, Setup::default());
+    let answer = proxy
+        .handle(post("/model/m/converse", r#"{"x":1}"#))
+        .await
+        .unwrap();
+    assert_eq!(text(answer).await.0, 200);
+    refresher.await.unwrap();
+    let seen = upstream.seen();
+    assert_eq!(
+        seen.iter().map(credential_of).collect::<Vec<_>>(),
+        ["AKIDOLD", "AKIDNEW"]
+    );
+    assert_eq!(seen[0].body, seen[1].body, "the retry sends the same body");
+    let retries = &metrics.proxy.auth_retries;
+    assert_eq!(retries.with_label_values(&["retried"]).get(), 1);
+    assert_eq!(retries.with_label_values(&["gave_up"]).get(), 0);
+}
+
+#[tokio::test]
+async fn passes_the_rejection_through_when_no_fresher_credentials_come() {
+    let upstream = FakeUpstream::start(vec![Answer::Whole(
+        403,
+        vec![("x-amzn-errortype", "ExpiredTokenException")],
+        r#"{"message":"expired"}"#,
+    )])
+    .await;
+    let cell = Arc::new(CredentialCell::new());
+    cell.store(credentials("AKIDOLD"));
+    let setup = Setup {
+        self_heal_wait: Duration::from_millis(50),
+        ..Setup::default()
+    };
+    let (proxy, metrics) = proxy(&upstream, cell, setup);
+    let answer = proxy.handle(post("/model/m/converse", "{}")).await.unwrap();
+    let (status, headers, body) = text(answer).await;
+    assert_eq!(status, 403);
+    assert_eq!(headers["x-amzn-errortype"], "ExpiredTokenException");
+    assert!(
+        headers.get("x-bedrock-broker-error").is_none(),
+        "Bedrock's answer, unchanged"
+    );
+    assert_eq!(body, r#"{"message":"expired"}"#);
+    assert_eq!(upstream.seen().len(), 1);
+    assert_eq!(
+        metrics
+            .proxy
+            .auth_retries
+            .with_label_values(&["gave_up"])
+            .get(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn answers_413_over_the_body_limit_without_reaching_bedrock() {
+    let upstream = FakeUpstream::start(vec![]).await;
+    let cell = Arc::new(CredentialCell::new());
+    cell.store(credentials("AKID"));
+    let setup = Setup {
+        max_body_bytes: 10,
+        ..Setup::default()
+    };
+    let (proxy, _) = proxy(&upstream, cell, setup);
+    let answer = proxy
+        .handle(post("/model/m/converse", "01234567890"))
+        .await
+        .unwrap();
+    let (status, headers, body) = text(answer).await;
+    assert_eq!(status, 413);
+    assert_eq!(headers["x-bedrock-broker-error"], "body_too_large");
+    assert_eq!(headers["x-amzn-errortype"], "ValidationException");
+    assert!(body.contains("--max-body-bytes"), "{body}");
+    assert!(upstream.seen().is_empty());
+}
+
+#[tokio::test]
+async fn answers_in_the_dialect_of_the_clients_sdk() {
+    let upstream = FakeUpstream::start(vec![]).await;
+    let (proxy, _) = proxy(&upstream, Arc::new(CredentialCell::new()), Setup::default());
+
+    let answer = proxy
+        .clone()
+        .handle(post("/openai/v1/chat/completions", "{}"))
+        .await
+        .unwrap();
+    let (status, headers, body) = text(answer).await;
+    assert_eq!(status, 503);
+    assert!(headers.get("x-amzn-errortype").is_none());
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["error"]["code"], "no_credentials");
+    assert_eq!(json["error"]["type"], "api_error");
+
+    let answer = proxy.handle(post("/model/m/converse", "{}")).await.unwrap();
+    let (_, headers, body) = text(answer).await;
+    assert_eq!(headers["x-amzn-errortype"], "ServiceUnavailableException");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(json["message"].as_str().unwrap().contains("no credentials"));
+}
+
+#[tokio::test]
+async fn cuts_off_a_stalled_stream_with_an_error_event() {
+    let upstream = FakeUpstream::start(vec![Answer::Stall(
+        vec![("content-type", "text/event-stream")],
+        vec!["data: {\"choices\":[]}\n\n"],
+    )])
+    .await;
+    let cell = Arc::new(CredentialCell::new());
+    cell.store(credentials("AKID"));
+    let setup = Setup {
+        stream_idle_timeout: Some(Duration::from_millis(200)),
+        ..Setup::default()
+    };
+    let (proxy, _) = proxy(&upstream, cell, setup);
+    let answer = proxy
+        .handle(post("/openai/v1/chat/completions", "{}"))
+        .await
+        .unwrap();
+    let (status, _, body) = text(answer).await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("data: {\"choices\":[]}"), "{body}");
+    assert!(
+        body.contains("\"code\":\"upstream_idle_timeout\""),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn drains_open_streams_on_shutdown_and_accepts_no_new_connections() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let upstream = FakeUpstream::start(vec![Answer::Gated(
+        "data: first\n\n",
+        gate.clone(),
+        "data: last\n\n",
+    )])
+    .await;
+    let env = Env::from_pairs([
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "AKIDSTATIC"),
+        ("AWS_SECRET_ACCESS_KEY", "secret"),
+        ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", upstream.url().leak()),
+        ("BEDROCK_BROKER_LISTEN", "127.0.0.1:0"),
+        ("BEDROCK_BROKER_ADMIN_LISTEN", "127.0.0.1:0"),
+    ]);
+    let config = SidecarConfig::from_args(&Default::default(), &env).unwrap();
+    let sidecar = Sidecar::bind(config, Arc::new(SystemClock)).await.unwrap();
+    let addr = sidecar.proxy_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(sidecar.run(shutdown.clone()));
+
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    // Static keys are stored as soon as the refresher starts.
+    let mut response = None;
+    for _ in 0..100 {
+        let request = post("/openai/v1/chat/completions", "{}");
+        let (mut parts, body) = request.into_parts();
+        parts.uri = format!("http://{addr}{}", parts.uri).parse().unwrap();
+        let r = client
+            .request(http::Request::from_parts(parts, body))
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            response = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut body = response.expect("the sidecar answers").into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"data: first\n\n");
+
+    shutdown.cancel();
+    let refused = async {
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), refused)
+        .await
+        .expect("the listener closes on shutdown");
+    assert!(!running.is_finished(), "an open stream holds the drain");
+
+    gate.notify_one();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(&rest[..], b"data: last\n\n");
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the sidecar stops once drained")
+        .unwrap()
+        .unwrap();
+}

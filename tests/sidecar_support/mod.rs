@@ -1,0 +1,234 @@
+//! Shared helpers of the sidecar integration tests: a minimal in-process
+//! upstream that records what reached it and answers from a script, and a
+//! proxy wired to it. These tests cover the sidecar's lifecycle; whether a
+//! signature is right is proven against botocore in the Python e2e suite.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::Credentials;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Request, Response, StatusCode};
+use axum::Router;
+use bedrock_broker::clock::SystemClock;
+use bedrock_broker::config::aws::Region;
+use bedrock_broker::config::endpoints::base_url;
+use bedrock_broker::credentials::{CredentialCell, HeldCredentials};
+use bedrock_broker::metrics::Metrics;
+use bedrock_broker::proxy::{self, Proxy, RouteTable, Upstream, UsageLabels};
+use http_body_util::BodyExt;
+
+/// One scripted answer of the upstream.
+pub enum Answer {
+    /// Status, headers and body, sent at once.
+    Whole(u16, Vec<(&'static str, &'static str)>, &'static str),
+    /// Headers, then the chunks, then silence (the connection stays open).
+    Stall(Vec<(&'static str, &'static str)>, Vec<&'static str>),
+    /// Headers and the first chunk, then the second once `gate` is notified.
+    Gated(&'static str, Arc<tokio::sync::Notify>, &'static str),
+}
+
+/// What reached the upstream.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+#[derive(Clone, Default)]
+pub struct Script {
+    script: Arc<Mutex<VecDeque<Answer>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+/// The in-process upstream.
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    state: Script,
+}
+
+impl FakeUpstream {
+    pub async fn start(script: Vec<Answer>) -> Self {
+        let state = Script {
+            script: Arc::new(Mutex::new(script.into())),
+            seen: Arc::default(),
+        };
+        let app = Router::new().fallback(answer).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { addr, state }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+async fn answer(State(state): State<Script>, request: Request<Body>) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
+    state.seen.lock().unwrap().push(Seen {
+        path: parts.uri.path().to_owned(),
+        headers: parts.headers,
+        body,
+    });
+    let next = state.script.lock().unwrap().pop_front();
+    match next {
+        None => Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(Body::from(r#"{"ok":true}"#))
+            .unwrap(),
+        Some(Answer::Whole(status, headers, body)) => {
+            let mut r = Response::builder().status(status);
+            for (k, v) in headers {
+                r = r.header(k, v);
+            }
+            r.body(Body::from(body)).unwrap()
+        }
+        Some(Answer::Gated(first, gate, last)) => {
+            let rest = futures::stream::once(async move {
+                gate.notified().await;
+                Ok::<_, std::io::Error>(bytes::Bytes::from(last))
+            });
+            let stream = futures::stream::iter([Ok(bytes::Bytes::from(first))]).chain(rest);
+            Response::builder()
+                .status(200)
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(stream))
+                .unwrap()
+        }
+        Some(Answer::Stall(headers, chunks)) => {
+            let stream = async_stream(chunks);
+            let mut r = Response::builder().status(StatusCode::OK);
+            for (k, v) in headers {
+                r = r.header(k, v);
+            }
+            r.body(Body::from_stream(stream)).unwrap()
+        }
+    }
+}
+
+fn async_stream(
+    chunks: Vec<&'static str>,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    futures::stream::iter(chunks.into_iter().map(|c| Ok(bytes::Bytes::from(c))))
+        .chain(futures::stream::pending())
+}
+
+use futures::StreamExt;
+
+/// Temporary credentials valid for an hour from now.
+pub fn credentials(key: &str) -> HeldCredentials {
+    let now = SystemTime::now();
+    HeldCredentials::new(
+        Credentials::new(
+            key,
+            "secret",
+            Some("token".into()),
+            Some(now + Duration::from_secs(3600)),
+            "test",
+        ),
+        now,
+        "test",
+    )
+}
+
+/// How the proxy under test is set up.
+pub struct Setup {
+    pub max_body_bytes: usize,
+    pub stream_idle_timeout: Option<Duration>,
+    pub self_heal_wait: Duration,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            stream_idle_timeout: None,
+            self_heal_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A proxy in front of `upstream`, signing with `cell`.
+pub fn proxy(
+    upstream: &FakeUpstream,
+    cell: Arc<CredentialCell>,
+    setup: Setup,
+) -> (Arc<Proxy>, Metrics) {
+    let (scheme, authority, base_path) = base_url(&upstream.url()).unwrap();
+    let config = proxy::Config {
+        routes: RouteTable {
+            runtime: Upstream {
+                scheme,
+                authority,
+                base_path,
+                signing_name: "bedrock".into(),
+            },
+            agent_runtime: None,
+            mantle: None,
+        },
+        region: Region::parse("us-east-1").ok(),
+        api_key: None,
+        max_body_bytes: setup.max_body_bytes,
+        connect_timeout: Duration::from_secs(5),
+        response_header_timeout: Some(Duration::from_secs(30)),
+        stream_idle_timeout: setup.stream_idle_timeout,
+        self_heal_wait: setup.self_heal_wait,
+        usage: UsageLabels::FirstSeen(20),
+    };
+    let metrics = Metrics::new();
+    let tls = bedrock_broker::tls::client_config(None).unwrap();
+    let clients = proxy::upstream_clients(tls, config.connect_timeout);
+    let proxy = Proxy::new(
+        config,
+        cell,
+        clients,
+        Arc::new(SystemClock),
+        metrics.proxy.clone(),
+    );
+    (Arc::new(proxy), metrics)
+}
+
+/// A JSON POST to `path`.
+pub fn post(path: &str, body: &'static str) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    http::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            body.as_bytes(),
+        )))
+        .unwrap()
+}
+
+/// The whole body of a proxy answer, as text.
+pub async fn text<B>(response: http::Response<B>) -> (u16, HeaderMap, String)
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let status = response.status().as_u16();
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (
+        status,
+        parts.headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
