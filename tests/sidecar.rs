@@ -3,6 +3,9 @@
 //! signatures themselves are right is proven against botocore by the Python
 //! end-to-end tests (tests/e2e); these check what happens around them.
 
+// Test code: a failed setup is a failed test, and the real clock is fine.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
 mod sidecar_support;
 
 use std::sync::Arc;

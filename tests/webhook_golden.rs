@@ -10,6 +10,9 @@
 //! contain exactly one sidecar, come from add-only operations, and be left
 //! alone when reviewed again (reinvocation).
 
+// Test code: a failed setup is a failed test, and the real clock is fine.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
 mod webhook_support;
 
 use std::path::Path;

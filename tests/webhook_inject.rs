@@ -1,5 +1,8 @@
 //! `bedrock-broker inject`: YAML in, the webhook's mutation applied, YAML out.
 
+// Test code: a failed setup is a failed test, and the real clock is fine.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
 mod webhook_support;
 
 use bedrock_broker::cli::InjectArgs;

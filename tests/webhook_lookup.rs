@@ -1,6 +1,9 @@
 //! The kube-backed ServiceAccount/namespace lookup against a tiny fake API
 //! server on loopback: kube's real client, watcher and reflector, over HTTP.
 
+// Test code: a failed setup is a failed test, and the real clock is fine.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;

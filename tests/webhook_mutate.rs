@@ -1,5 +1,8 @@
 //! The pure mutation and the admission handler's edge cases.
 
+// Test code: a failed setup is a failed test, and the real clock is fine.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
 mod webhook_support;
 
 use std::collections::BTreeMap;

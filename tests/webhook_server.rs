@@ -1,6 +1,9 @@
 //! The webhook served over real TLS on loopback: AdmissionReview POSTs, the
 //! admin port, and certificate rotation on disk picked up while running.
 
+// Test code: a failed setup is a failed test, and the real clock is fine.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
 mod webhook_support;
 
 use std::net::SocketAddr;

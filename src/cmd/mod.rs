@@ -2,6 +2,10 @@
 //! and its outcome into an exit status. Everything below `cmd` returns
 //! typed errors; only here do they become log lines and exit codes.
 
+// Commands talk to people: `credentials` reports on stdout, and problems
+// found before logging starts go to stderr.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod credentials;
 pub mod inject;
 pub mod sidecar;

@@ -17,7 +17,7 @@ def free_port() -> int:
 
 def test_demo_tour_runs_end_to_end():
     out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "demo.py"), "--once",
+        [sys.executable, str(ROOT / "hack" / "demo.py"), "--once",
          "--listen", f"127.0.0.1:{free_port()}", "--admin-listen", f"127.0.0.1:{free_port()}"],
         capture_output=True, text=True, timeout=120,
     )

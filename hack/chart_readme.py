@@ -1,6 +1,6 @@
 """Prints charts/bedrock-broker/README.md: a fixed introduction plus the
 values table built from values.yaml's helm-docs comments (`# -- text`
-right above a key). packaging/render.sh writes it; the tests fail when a
+right above a key). hack/render.sh writes it; the tests fail when a
 value has no `# --` comment or the README is stale.
 """
 
@@ -114,7 +114,7 @@ rendered from this chart: [deploy/](../../deploy/).
 
 ## Values
 
-Generated from `values.yaml` by `packaging/render.sh`; do not edit by hand.
+Generated from `values.yaml` by `hack/render.sh`; do not edit by hand.
 `values.schema.json` rejects unknown keys and bad values.
 
 | key | default | description |

@@ -1,7 +1,7 @@
-"""Writes deploy/grafana-dashboard.json (run by packaging/render.sh).
+"""Writes deploy/grafana-dashboard.json (run by hack/render.sh).
 
 Every expression uses the metric names of the contract (src/metrics/,
-src/metrics/webhook.rs); packaging/test_packaging.py checks each name
+src/metrics/webhook.rs); tests/packaging/test_packaging.py checks each name
 against the source.
 """
 

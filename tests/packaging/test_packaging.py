@@ -1,7 +1,7 @@
 """Packaging tests: the Helm chart (rendered with Helm's own engine through
 helm-python-sdk), the plain manifests in deploy/, the alert rules (promtool),
 the Grafana dashboard and the Dockerfile (hadolint). Offline; run by
-packaging/test.sh, which installs what they need.
+hack/packaging-test.sh, which installs what they need.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hack"))
 import chart  # noqa: E402
 import chart_readme  # noqa: E402
 import make_dashboard  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S_VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
 # Custom resources: no schema in kubernetes-validate; their shape is checked below.
@@ -83,8 +83,8 @@ SCENARIOS: dict[str, dict] = {
             "prometheusRule": {"enabled": True, "credentialsExpiringMinutes": 20, "refreshFailingMinutes": 3},
         },
     },
-    "e2e-values": yaml.safe_load((DEPLOY / "e2e-values.yaml").read_text()),
-    "deploy-values": chart.load_values([str(ROOT / "packaging/values/deploy.yaml"), str(ROOT / "packaging/values/monitoring.yaml")], []),
+    "e2e-values": yaml.safe_load((ROOT / "hack" / "values" / "e2e.yaml").read_text()),
+    "deploy-values": chart.load_values([str(ROOT / "hack/values/deploy.yaml"), str(ROOT / "hack/values/monitoring.yaml")], []),
 }
 
 
@@ -454,7 +454,7 @@ def test_helm_test_hook():
 
 
 def test_deploy_is_not_stale():
-    run = subprocess.run(["bash", "packaging/render.sh", "--check"], cwd=ROOT, capture_output=True, text=True,
+    run = subprocess.run(["bash", "hack/render.sh", "--check"], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "PY": sys.executable}, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
 
@@ -506,17 +506,22 @@ def test_iam_policies_are_json():
         assert any(k.endswith(":sub") and v.startswith("system:serviceaccount:") for k, v in cond.items())
 
 
+def test_dockerfile_builds_with_the_pinned_toolchain():
+    channel = re.search(r'^channel = "([^"]+)"', (ROOT / "rust-toolchain.toml").read_text(), re.M).group(1)
+    assert f"ARG RUST_VERSION={channel}\n" in (ROOT / "Dockerfile").read_text()
+
+
 def test_e2e_script():
-    script = DEPLOY / "e2e-cluster.sh"
+    script = ROOT / "hack" / "e2e-cluster.sh"
     assert os.access(script, os.X_OK)
     subprocess.run(["bash", "-n", str(script)], check=True)
     if shutil.which("shellcheck"):
-        run = subprocess.run(["shellcheck", str(script), str(ROOT / "packaging" / "render.sh"), str(ROOT / "packaging" / "test.sh")],
-                             capture_output=True, text=True)
+        scripts = sorted(str(p) for p in (ROOT / "hack").glob("*.sh"))
+        run = subprocess.run(["shellcheck", *scripts, str(ROOT / ".ci" / "run")], capture_output=True, text=True)
         assert run.returncode == 0, run.stdout
     text = script.read_text()
     # What it applies is what these tests render and validate.
-    assert "-f deploy/e2e-values.yaml" in text and "deploy/example-app.yaml" in text and "charts/bedrock-broker" in text
+    assert "-f hack/values/e2e.yaml" in text and "deploy/example-app.yaml" in text and "charts/bedrock-broker" in text
     for flag in re.findall(r"--set ([a-zA-Z.]+)=", text):
         node = yaml.safe_load((chart.CHART / "values.yaml").read_text())
         for part in flag.split("."):
@@ -554,7 +559,7 @@ def test_alert_and_dashboard_metrics_exist_in_the_source():
 def promtool():
     path = shutil.which("promtool")
     if not path:
-        pytest.fail("promtool missing: packaging/test.sh installs the Debian package prometheus")
+        pytest.fail("promtool missing: hack/packaging-test.sh installs the Debian package prometheus")
     return path
 
 
@@ -571,9 +576,9 @@ def test_promtool_check_rules(promtool, tmp_path):
 
 
 def test_promtool_test_rules(promtool):
-    run = subprocess.run([promtool, "test", "rules", "packaging/alerts_test.yaml"], cwd=ROOT, capture_output=True, text=True)
+    run = subprocess.run([promtool, "test", "rules", "tests/packaging/alerts_test.yaml"], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
-    tested = set(re.findall(r"alertname: (\w+)", (ROOT / "packaging" / "alerts_test.yaml").read_text()))
+    tested = set(re.findall(r"alertname: (\w+)", (ROOT / "tests" / "packaging" / "alerts_test.yaml").read_text()))
     defined = set(re.findall(r"alert: (\w+)", (DEPLOY / "alerts.yaml").read_text()))
     assert defined == tested, f"alerts without a unit test: {defined - tested}"
 

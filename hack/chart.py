@@ -4,9 +4,9 @@ The engine is Helm v4's Go SDK, loaded through the PyPI package
 `helm-python-sdk` (a C shared library, no `helm` binary and no network).
 `lookup` returns nothing offline, exactly as in `helm template`.
 
-    python packaging/chart.py render [-f VALUES.yaml]... [--set-json JSON]
+    python hack/chart.py render [-f VALUES.yaml]... [--set-json JSON]
         [--name NAME] [--namespace NS] [--no-tests]
-    python packaging/chart.py alerts [-f VALUES.yaml]...   # the rule groups only
+    python hack/chart.py alerts [-f VALUES.yaml]...   # the rule groups only
 """
 
 from __future__ import annotations
