@@ -4,12 +4,10 @@ mod webhook_support;
 
 use std::collections::BTreeMap;
 
-use bedrock_broker::webhook::lookup::{ClusterLookup, LookupError, StringMap};
-use bedrock_broker::webhook::mutate::{
-    self, ClusterFacts, Credentials, Outcome, RoleSource, Skip, TokenAccess,
+use bedrock_broker::webhook::{
+    self, review, ClusterFacts, ClusterLookup, Credentials, LookupError, LookupErrorPolicy,
+    Outcome, RoleSource, Skip, StringMap, TokenAccess,
 };
-use bedrock_broker::webhook::server::review;
-use bedrock_broker::webhook::server::LookupErrorPolicy;
 use json_patch::PatchOperation;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
@@ -40,23 +38,23 @@ fn opted_in(spec: Value) -> Pod {
     pod(p)
 }
 
-fn inject(p: &Pod) -> Box<mutate::Injection> {
-    match mutate::mutate(p, &ClusterFacts::default(), &defaults()) {
+fn inject(p: &Pod) -> Box<webhook::Injection> {
+    match webhook::inject(p, &ClusterFacts::default(), &defaults()) {
         Ok(Outcome::Injected(i)) => i,
         other => panic!("expected an injection, got {other:?}"),
     }
 }
 
 fn denial(p: &Pod, facts: &ClusterFacts<'_>) -> String {
-    match mutate::mutate(p, facts, &defaults()) {
+    match webhook::inject(p, facts, &defaults()) {
         Err(d) => d.to_string(),
         other => panic!("expected a denial, got {other:?}"),
     }
 }
 
-fn mutated(p: &Pod, i: &mutate::Injection) -> Value {
+fn mutated(p: &Pod, i: &webhook::Injection) -> Value {
     let original = serde_json::to_value(p).expect("serializes");
-    mutate::apply(&original, &i.patch).expect("patch applies")
+    webhook::apply(&original, &i.patch).expect("patch applies")
 }
 
 fn sidecar(v: &Value) -> Value {
@@ -249,7 +247,7 @@ fn role_comes_from_the_service_account_when_the_pod_names_none() {
         service_account_annotations: Some(&sa),
         ..Default::default()
     };
-    let Ok(Outcome::Injected(i)) = mutate::mutate(&p, &facts, &defaults()) else {
+    let Ok(Outcome::Injected(i)) = webhook::inject(&p, &facts, &defaults()) else {
         panic!("not injected");
     };
     assert!(matches!(
@@ -336,7 +334,7 @@ fn role_from_eks_container_env_is_used_as_a_last_resort() {
     let mut p = opted_in(json!({"containers": [{"name": "app", "image": "x", "env": [
         {"name": "AWS_ROLE_ARN", "value": ROLE}]}]}));
     p.metadata.annotations = None;
-    let Ok(Outcome::Injected(i)) = mutate::mutate(
+    let Ok(Outcome::Injected(i)) = webhook::inject(
         &p,
         &ClusterFacts {
             service_account_annotations: Some(&BTreeMap::new()),
@@ -391,7 +389,7 @@ fn opt_in_and_opt_out_rules() {
         ..Default::default()
     };
     let d = defaults();
-    let outcome = |p: &Pod, f: &ClusterFacts<'_>| match mutate::mutate(p, f, &d) {
+    let outcome = |p: &Pod, f: &ClusterFacts<'_>| match webhook::inject(p, f, &d) {
         Ok(Outcome::Skipped(s)) => Some(s),
         Ok(Outcome::Injected(_)) => None,
         Err(e) => panic!("{e}"),
@@ -422,16 +420,16 @@ fn opt_in_and_opt_out_rules() {
 #[test]
 fn needs_asks_only_for_what_decides() {
     let p = opted_in(json!({}));
-    assert_eq!(mutate::needs(&p), mutate::Needs::default());
+    assert_eq!(webhook::needs(&p), webhook::Needs::default());
     let mut p = opted_in(json!({"serviceAccountName": "chat-app"}));
     p.metadata.annotations = None;
     p.metadata.labels = None;
-    let n = mutate::needs(&p);
+    let n = webhook::needs(&p);
     assert!(n.namespace_labels);
     assert_eq!(n.service_account.as_deref(), Some("chat-app"));
     p.metadata.annotations =
         Some([("bedrock-broker.io/injected".to_owned(), "0.1.0".to_owned())].into());
-    assert_eq!(mutate::needs(&p), mutate::Needs::default());
+    assert_eq!(webhook::needs(&p), webhook::Needs::default());
 }
 
 #[test]
@@ -456,7 +454,7 @@ fn a_region_is_required() {
     let p = opted_in(json!({}));
     let mut d = defaults();
     d.region = None;
-    let msg = match mutate::mutate(&p, &ClusterFacts::default(), &d) {
+    let msg = match webhook::inject(&p, &ClusterFacts::default(), &d) {
         Err(e) => e.to_string(),
         other => panic!("{other:?}"),
     };

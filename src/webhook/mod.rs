@@ -22,9 +22,13 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub use self::defaults::{RequestAboveLimit, Resources, SidecarDefaults};
-use self::inject::InjectConfig;
-use self::lookup::KubeLookup;
-use self::server::{AdmissionState, WebhookConfig, WebhookServer};
+pub use self::inject::{parse_documents, InjectConfig};
+pub use self::lookup::{ClusterLookup, KubeLookup, LookupError, StaticLookup, StringMap};
+pub use self::mutate::{
+    apply, mutate as inject, needs, opted_in, service_account_name, ClusterFacts, Credentials,
+    Denial, Injection, Needs, Outcome, RoleSource, Skip, TokenAccess, CONTAINER_NAME,
+};
+pub use self::server::{review, AdmissionState, LookupErrorPolicy, WebhookConfig, WebhookServer};
 use crate::metrics::webhook::WebhookMetrics;
 
 /// Runs `bedrock-broker webhook` until `shutdown`.
