@@ -12,6 +12,7 @@
 //! gets the same values back (ambiguous strings are quoted).
 
 use std::fmt;
+use std::io::{Read, Write};
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{Patch, PatchOperation};
@@ -267,4 +268,57 @@ pub fn inject(input: &str, config: &InjectConfig) -> Result<(String, Vec<Report>
         return Err(InjectError::Denied(problems));
     }
     Ok((write_documents(&docs)?, reports))
+}
+
+/// How `bedrock-broker inject` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InjectStatus {
+    Ok,
+    /// At least one pod was refused (exit status 1).
+    Denied,
+    /// The input could not be read (exit status 2).
+    BadInput,
+}
+
+/// Runs `bedrock-broker inject`: YAML from `input` to `output`, reports and
+/// errors to `errors`.
+pub fn run_inject(
+    config: &InjectConfig,
+    mut input: impl Read,
+    mut output: impl Write,
+    mut errors: impl Write,
+) -> InjectStatus {
+    let mut text = String::new();
+    if let Err(e) = input.read_to_string(&mut text) {
+        let _ = writeln!(errors, "bedrock-broker inject: cannot read the input: {e}");
+        return InjectStatus::BadInput;
+    }
+    match inject(&text, config) {
+        Ok((yaml, reports)) => {
+            for r in &reports {
+                let _ = writeln!(errors, "bedrock-broker inject: {r}");
+            }
+            if let Err(e) = output
+                .write_all(yaml.as_bytes())
+                .and_then(|()| output.flush())
+            {
+                let _ = writeln!(
+                    errors,
+                    "bedrock-broker inject: cannot write the output: {e}"
+                );
+                return InjectStatus::BadInput;
+            }
+            InjectStatus::Ok
+        }
+        Err(e @ InjectError::Yaml(_)) => {
+            let _ = writeln!(errors, "bedrock-broker inject: {e}");
+            InjectStatus::BadInput
+        }
+        Err(InjectError::Denied(problems)) => {
+            for p in problems {
+                let _ = writeln!(errors, "bedrock-broker inject: {p}");
+            }
+            InjectStatus::Denied
+        }
+    }
 }
