@@ -9,7 +9,7 @@ use super::Env;
 use crate::cli::{InjectArgs, SidecarDefaultsArgs, WebhookArgs};
 use crate::telemetry::LogFormat;
 use crate::webhook::server::{LookupErrorPolicy, TlsFiles, WebhookConfig};
-use crate::webhook::values::{
+use crate::webhook::types::{
     parse_limit, Audience, ImageRef, LogLevel, PullPolicy, Quantity, SidecarMode, TokenExpiration,
 };
 use crate::webhook::{InjectConfig, Resources, SidecarDefaults};

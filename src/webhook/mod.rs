@@ -1,32 +1,29 @@
 //! Pod injection: the mutating admission webhook (`webhook`) and the same
 //! mutation offline (`inject`).
 //!
-//! Layout: [`mutate`] is the pure function from a Pod (plus its namespace's
+//! Layout: [`inject()`] is the pure function from a Pod (plus its namespace's
 //! labels and its ServiceAccount's annotations) to a typed JSON patch, with
-//! [`options`] reading the `bedrock-broker.io/*` annotations; [`server`] is
+//! `annotations` reading the `bedrock-broker.io/*` annotations; [`server`] is
 //! the HTTPS shell around it, with [`certs`] reloading the certificate and
 //! [`lookup`] reading the cluster; `offline` is the same over YAML
 //! ([`run_inject`]).
 
 pub mod certs;
-mod defaults;
+mod inject;
 pub mod lookup;
-pub mod mutate;
 mod offline;
-pub mod options;
 pub mod server;
-pub mod values;
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-pub use self::defaults::{RequestAboveLimit, Resources, SidecarDefaults};
-pub use self::lookup::{ClusterLookup, KubeLookup, LookupError, StaticLookup, StringMap};
-pub use self::mutate::{
-    apply, mutate as inject, needs, opted_in, service_account_name, ClusterFacts, Credentials,
-    Denial, Injection, Needs, Outcome, RoleSource, Skip, TokenAccess, CONTAINER_NAME,
+pub use self::inject::{
+    apply, inject, needs, opted_in, service_account_name, ClusterFacts, Credentials, Denial,
+    Injection, Needs, Outcome, RoleSource, Skip, TokenAccess, CONTAINER_NAME,
 };
+pub use self::inject::{types, RequestAboveLimit, Resources, SidecarDefaults};
+pub use self::lookup::{ClusterLookup, KubeLookup, LookupError, StaticLookup, StringMap};
 pub use self::offline::{parse_documents, run_inject, InjectConfig, InjectStatus};
 pub use self::server::{review, AdmissionState, LookupErrorPolicy, WebhookConfig, WebhookServer};
 use crate::metrics::webhook::WebhookMetrics;

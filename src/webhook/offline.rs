@@ -2,7 +2,7 @@
 //! Kubernetes YAML (GitOps, CI, debugging).
 //!
 //! Every document is read, Pods and the pod templates of workloads are
-//! mutated by the same [`mutate`] the webhook uses, and every document is
+//! mutated by the same [`super::inject()`] the webhook uses, and every document is
 //! written back in order. Namespace and ServiceAccount documents in the
 //! same input stand in for the cluster (namespace opt-in, the IRSA role),
 //! completed by `--namespace-label` and `--service-account-annotation`.
@@ -19,9 +19,9 @@ use json_patch::{Patch, PatchOperation};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Map, Value};
 
-use super::defaults::SidecarDefaults;
+use super::inject::{self, ClusterFacts, Outcome, Skip};
 use super::lookup::{StaticLookup, StringMap};
-use super::mutate::{self, ClusterFacts, Outcome, Skip};
+use super::SidecarDefaults;
 
 /// Configuration of `bedrock-broker inject`.
 #[derive(Debug, Clone, PartialEq)]
@@ -213,13 +213,13 @@ fn inject_object(
         .map_err(|e| format!("{object}: not a valid pod (template): {e}"))?;
 
     let ns_labels = lookup.namespace(&namespace);
-    let sa = lookup.service_account(&namespace, mutate::service_account_name(&pod));
+    let sa = lookup.service_account(&namespace, inject::service_account_name(&pod));
     let facts = ClusterFacts {
         namespace: Some(&namespace),
         namespace_labels: Some(&ns_labels),
         service_account_annotations: Some(&sa),
     };
-    let outcome = mutate::mutate(&pod, &facts, &config.sidecar)
+    let outcome = inject::inject(&pod, &facts, &config.sidecar)
         .map_err(|denial| format!("{object}: {denial}"))?;
     let injection = match outcome {
         Outcome::Skipped(skip) => {
@@ -250,7 +250,10 @@ fn inject_object(
 
 /// Injects every pod and pod template in `input`; returns the YAML to
 /// print and one report per pod. Nothing is returned if any pod is refused.
-pub fn inject(input: &str, config: &InjectConfig) -> Result<(String, Vec<Report>), InjectError> {
+pub fn inject_yaml(
+    input: &str,
+    config: &InjectConfig,
+) -> Result<(String, Vec<Report>), InjectError> {
     let mut docs = parse_documents(input)?;
     let lookup = cluster(&mut docs, config);
     let mut reports = Vec::new();
@@ -293,7 +296,7 @@ pub fn run_inject(
         let _ = writeln!(errors, "bedrock-broker inject: cannot read the input: {e}");
         return InjectStatus::BadInput;
     }
-    match inject(&text, config) {
+    match inject_yaml(&text, config) {
         Ok((yaml, reports)) => {
             for r in &reports {
                 let _ = writeln!(errors, "bedrock-broker inject: {r}");

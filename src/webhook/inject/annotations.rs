@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use crate::config::aws::{Region, RoleArn, SessionName};
 use crate::config::parse::ParseError;
 
-use super::defaults::{Resources, SidecarDefaults};
-use super::values::{
+use super::spec::{Resources, SidecarDefaults};
+use super::types::{
     parse_limit, Audience, ImageRef, LogLevel, Port, Quantity, SecretKeyRef, SidecarMode,
     TokenExpiration,
 };

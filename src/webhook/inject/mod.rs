@@ -7,6 +7,10 @@
 //! `k8s-openapi` does not know survive untouched, and containers the pod
 //! already has are never removed or reordered.
 
+mod annotations;
+mod spec;
+pub mod types;
+
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -24,9 +28,10 @@ use serde_json::Value;
 use crate::config::aws::{Region, RoleArn};
 use crate::config::settings::{aws as aws_settings, log, sidecar as sidecar_settings, vars};
 
-use super::defaults::SidecarDefaults;
-use super::options::{names, PodOptions};
-use super::values::SidecarMode;
+use self::annotations::{names, PodOptions};
+use self::types::{Quantity, SidecarMode};
+
+pub use self::spec::{RequestAboveLimit, Resources, SidecarDefaults};
 
 /// Name of the injected container.
 pub const CONTAINER_NAME: &str = "bedrock-broker";
@@ -141,7 +146,7 @@ pub struct Injection {
     pub token_access: TokenAccess,
 }
 
-/// The result of [`mutate`] for an admitted pod.
+/// The result of [`inject()`] for an admitted pod.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Skipped(Skip),
@@ -173,7 +178,7 @@ impl fmt::Display for Denial {
     }
 }
 
-/// What must be looked up in the cluster before calling [`mutate`].
+/// What must be looked up in the cluster before calling [`inject()`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Needs {
     /// The namespace's labels decide the opt-in (the pod has no label).
@@ -204,7 +209,7 @@ pub fn service_account_name(pod: &Pod) -> &str {
         .unwrap_or("default")
 }
 
-/// Which cluster lookups [`mutate`] can use for this pod.
+/// Which cluster lookups [`inject()`] can use for this pod.
 pub fn needs(pod: &Pod) -> Needs {
     if already_injected(pod) {
         return Needs::default();
@@ -233,7 +238,7 @@ pub fn opted_in(pod: &Pod, namespace_labels: Option<&BTreeMap<String, String>>) 
 }
 
 /// Decides and builds the injection for one pod.
-pub fn mutate(
+pub fn inject(
     pod: &Pod,
     facts: &ClusterFacts<'_>,
     defaults: &SidecarDefaults,
@@ -515,7 +520,7 @@ fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, Denial> {
         .map_err(|e| Denial::one(format!("internal error building the patch: {e}")))
 }
 
-fn quantity(q: &super::values::Quantity) -> K8sQuantity {
+fn quantity(q: &Quantity) -> K8sQuantity {
     K8sQuantity(q.as_str().to_owned())
 }
 
@@ -743,8 +748,7 @@ impl Plan<'_> {
         sidecar_env.push(env(vars::RUST_LOG.name, o.log_level.as_str()));
 
         let r = &o.resources;
-        let quantities = |cpu: &Option<super::values::Quantity>,
-                          memory: &Option<super::values::Quantity>| {
+        let quantities = |cpu: &Option<Quantity>, memory: &Option<Quantity>| {
             [("cpu", cpu), ("memory", memory)]
                 .into_iter()
                 .filter_map(|(k, q)| Some((k.to_owned(), quantity(q.as_ref()?))))

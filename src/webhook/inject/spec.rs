@@ -1,7 +1,7 @@
 //! The injected sidecar's webhook-wide defaults (the chart sets them);
 //! every one can be overridden per pod by an annotation.
 
-use super::values::{
+use super::types::{
     Audience, ImageRef, LogLevel, PullPolicy, Quantity, SidecarMode, TokenExpiration,
 };
 use crate::config::aws::Region;
