@@ -28,7 +28,8 @@ use serde_json::Value;
 use crate::config::aws::{Region, RoleArn};
 use crate::config::settings::{aws as aws_settings, log, sidecar as sidecar_settings, vars};
 
-use self::annotations::{names, PodOptions};
+use self::annotations::names;
+use self::spec::{Origin, SidecarSpec};
 use self::types::{Quantity, SidecarMode};
 
 pub use self::spec::{RequestAboveLimit, Resources, SidecarDefaults};
@@ -273,13 +274,14 @@ pub fn inject(
 
     let empty = BTreeMap::new();
     let mut problems = Vec::new();
-    let options = match PodOptions::from_annotations(annotations(pod).unwrap_or(&empty), defaults) {
-        Ok(o) => Some(o),
-        Err(p) => {
-            problems.extend(p);
-            None
-        }
-    };
+    let options =
+        match SidecarSpec::from_defaults(defaults).overlay(annotations(pod).unwrap_or(&empty)) {
+            Ok(o) => Some(o),
+            Err(p) => {
+                problems.extend(p);
+                None
+            }
+        };
     check_pod_shape(spec, options.as_ref(), &mut problems);
     let credentials = options
         .as_ref()
@@ -297,8 +299,7 @@ pub fn inject(
     let plan = Plan {
         pod,
         spec,
-        options: &options,
-        defaults,
+        sidecar: &options,
         region: &region,
         token_access,
     };
@@ -313,7 +314,7 @@ fn all_containers(spec: &PodSpec) -> impl Iterator<Item = &Container> {
         .chain(spec.containers.iter())
 }
 
-fn check_pod_shape(spec: &PodSpec, options: Option<&PodOptions>, problems: &mut Vec<String>) {
+fn check_pod_shape(spec: &PodSpec, options: Option<&SidecarSpec>, problems: &mut Vec<String>) {
     if spec.host_network == Some(true) {
         problems.push(format!(
             "hostNetwork: true: the proxy on 127.0.0.1 would sign requests for every process on the node; run the pod without hostNetwork or opt it out with the label {}: \"false\"",
@@ -328,8 +329,8 @@ fn check_pod_shape(spec: &PodSpec, options: Option<&PodOptions>, problems: &mut 
     }
     let Some(o) = options else { return };
     let restart = spec.restart_policy.as_deref().unwrap_or("Always");
-    if o.mode == SidecarMode::Classic && restart != "Always" {
-        let from = if o.mode_from_annotation {
+    if o.mode.value == SidecarMode::Classic && restart != "Always" {
+        let from = if o.mode.origin == Origin::Annotation {
             names::SIDECAR_MODE.to_owned()
         } else {
             "the webhook's --sidecar-mode".to_owned()
@@ -365,7 +366,7 @@ fn container_env_value<'a>(spec: &'a PodSpec, name: &str) -> Option<&'a str> {
 fn resolve_role(
     pod: &Pod,
     spec: &PodSpec,
-    o: &PodOptions,
+    o: &SidecarSpec,
     facts: &ClusterFacts<'_>,
     problems: &mut Vec<String>,
 ) -> Option<CredentialChoice> {
@@ -418,7 +419,7 @@ fn resolve_role(
     None
 }
 
-fn resolve_region(spec: &PodSpec, o: &PodOptions, problems: &mut Vec<String>) -> Option<Region> {
+fn resolve_region(spec: &PodSpec, o: &SidecarSpec, problems: &mut Vec<String>) -> Option<Region> {
     if let Some(r) = &o.region {
         return Some(r.clone());
     }
@@ -475,10 +476,7 @@ struct Plan<'a> {
     /// The pod as received (its annotations decide the first operation).
     pod: &'a Pod,
     spec: &'a PodSpec,
-    /// Annotations over defaults.
-    options: &'a PodOptions,
-    /// Webhook-wide settings no annotation overrides (pull policy, log format, UID).
-    defaults: &'a SidecarDefaults,
+    sidecar: &'a SidecarSpec,
     region: &'a Region,
     /// Decides the sidecar's UID.
     token_access: TokenAccess,
@@ -565,7 +563,7 @@ impl Plan<'_> {
         // which the insertion of the native sidecar below shifts.
         let app_env = self.app_env();
         let mut lists: Vec<(&str, &[Container])> = vec![("containers", &self.spec.containers)];
-        if self.options.mode == SidecarMode::Native {
+        if self.sidecar.mode.value == SidecarMode::Native {
             if let Some(init) = &self.spec.init_containers {
                 lists.push(("initContainers", init));
             }
@@ -597,7 +595,7 @@ impl Plan<'_> {
             }
         }
         let sidecar = name_first(to_value(&sidecar)?);
-        match (self.options.mode, &self.spec.init_containers) {
+        match (self.sidecar.mode.value, &self.spec.init_containers) {
             (SidecarMode::Native, None) => ops.push(add(
                 pointer(["spec", "initContainers"]),
                 Value::Array(vec![sidecar]),
@@ -611,14 +609,14 @@ impl Plan<'_> {
         }
         Ok(Outcome::Injected(Box::new(Injection {
             patch: Patch(ops),
-            mode: self.options.mode,
+            mode: self.sidecar.mode.value,
             credentials,
             token_access: self.token_access,
         })))
     }
 
     fn proxy_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.options.port)
+        format!("http://127.0.0.1:{}", self.sidecar.port)
     }
 
     fn app_env(&self) -> Vec<EnvVar> {
@@ -648,12 +646,12 @@ impl Plan<'_> {
             });
         if let Some((default_mode, sat)) = eks {
             let audience_matches =
-                sat.audience.as_deref().unwrap_or("") == self.options.audience.as_str();
+                sat.audience.as_deref().unwrap_or("") == self.sidecar.audience.value.as_str();
             let readable = match self.token_access {
                 TokenAccess::DefaultMode => default_mode.is_none_or(|m| m & 0o004 != 0),
                 TokenAccess::FsGroup(_) | TokenAccess::SharedUser(_) => true,
             };
-            if audience_matches && readable && !self.options.token_overridden {
+            if audience_matches && readable && !self.sidecar.token_from_annotation() {
                 let mount_path = all_containers(self.spec)
                     .flat_map(|c| c.volume_mounts.iter().flatten())
                     .find(|m| m.name == EKS_TOKEN_VOLUME)
@@ -678,8 +676,8 @@ impl Plan<'_> {
                 default_mode: Some(TOKEN_DEFAULT_MODE),
                 sources: Some(vec![VolumeProjection {
                     service_account_token: Some(ServiceAccountTokenProjection {
-                        audience: Some(self.options.audience.as_str().to_owned()),
-                        expiration_seconds: Some(self.options.token_expiration.seconds()),
+                        audience: Some(self.sidecar.audience.value.as_str().to_owned()),
+                        expiration_seconds: Some(self.sidecar.token_expiration.value.seconds()),
                         path: TOKEN_FILE.to_owned(),
                     }),
                     ..Default::default()
@@ -696,7 +694,7 @@ impl Plan<'_> {
     }
 
     fn sidecar(&self, credentials: &Credentials, token: Option<&TokenMount>) -> Container {
-        let o = self.options;
+        let o = self.sidecar;
         let mut sidecar_env = vec![env(aws_settings::REGION.var(), self.region.as_str())];
         match credentials {
             Credentials::WebIdentity { role_arn, .. } => {
@@ -744,7 +742,7 @@ impl Plan<'_> {
             sidecar_settings::ADMIN_LISTEN.var(),
             format!("0.0.0.0:{}", o.admin_port),
         ));
-        sidecar_env.push(env(log::FORMAT.var(), self.defaults.log_format.as_str()));
+        sidecar_env.push(env(log::FORMAT.var(), o.log_format.as_str()));
         sidecar_env.push(env(vars::RUST_LOG.name, o.log_level.as_str()));
 
         let r = &o.resources;
@@ -777,16 +775,13 @@ impl Plan<'_> {
 
         let run_as_user = match self.token_access {
             TokenAccess::SharedUser(uid) => uid,
-            TokenAccess::FsGroup(_) | TokenAccess::DefaultMode => self.defaults.run_as_user,
+            TokenAccess::FsGroup(_) | TokenAccess::DefaultMode => o.run_as_user,
         };
 
         Container {
             name: CONTAINER_NAME.to_owned(),
             image: Some(o.image.as_str().to_owned()),
-            image_pull_policy: self
-                .defaults
-                .image_pull_policy
-                .map(|p| p.as_str().to_owned()),
+            image_pull_policy: o.pull_policy.map(|p| p.as_str().to_owned()),
             args: Some(vec!["sidecar".to_owned()]),
             env: Some(sidecar_env),
             ports: Some(vec![ContainerPort {
@@ -824,7 +819,7 @@ impl Plan<'_> {
                     ..Default::default()
                 }]
             }),
-            restart_policy: (o.mode == SidecarMode::Native).then(|| "Always".to_owned()),
+            restart_policy: (o.mode.value == SidecarMode::Native).then(|| "Always".to_owned()),
             termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
             ..Default::default()
         }
