@@ -5,8 +5,8 @@ mod webhook_support;
 use std::collections::BTreeMap;
 
 use bedrock_broker::webhook::{
-    self, review, ClusterFacts, ClusterLookup, Credentials, LookupError, LookupErrorPolicy,
-    Outcome, RoleSource, Skip, StringMap, TokenAccess,
+    self, review, ClusterFacts, ClusterLookup, LookupError, LookupErrorPolicy, Outcome, RoleSource,
+    SidecarAuth, Skip, StringMap, TokenAccess, TokenVolume,
 };
 use json_patch::PatchOperation;
 use k8s_openapi::api::core::v1::Pod;
@@ -251,8 +251,8 @@ fn role_comes_from_the_service_account_when_the_pod_names_none() {
         panic!("not injected");
     };
     assert!(matches!(
-        &i.credentials,
-        Credentials::WebIdentity { role_arn, source: RoleSource::ServiceAccount, .. } if role_arn.as_str() == CHAT_APP_ROLE
+        &i.auth,
+        SidecarAuth::WebIdentity { role, source: RoleSource::ServiceAccount, .. } if role.as_str() == CHAT_APP_ROLE
     ));
     // The annotation map did not exist: it is created whole.
     let v = mutated(&p, &i);
@@ -295,9 +295,9 @@ fn eks_token_volume_is_reused_unless_the_pod_asks_for_another_token() {
     let p = opted_in(spec.clone());
     let i = inject(&p);
     assert!(matches!(
-        i.credentials,
-        Credentials::WebIdentity {
-            reused_eks_volume: true,
+        i.auth,
+        SidecarAuth::WebIdentity {
+            token: TokenVolume::ReusedEks { .. },
             ..
         }
     ));
@@ -317,9 +317,9 @@ fn eks_token_volume_is_reused_unless_the_pod_asks_for_another_token() {
         .insert("bedrock-broker.io/audience".into(), "other-audience".into());
     let i = inject(&p);
     assert!(matches!(
-        i.credentials,
-        Credentials::WebIdentity {
-            reused_eks_volume: false,
+        i.auth,
+        SidecarAuth::WebIdentity {
+            token: TokenVolume::Own(_),
             ..
         }
     ));
@@ -345,8 +345,8 @@ fn role_from_eks_container_env_is_used_as_a_last_resort() {
         panic!("not injected");
     };
     assert!(matches!(
-        i.credentials,
-        Credentials::WebIdentity {
+        i.auth,
+        SidecarAuth::WebIdentity {
             source: RoleSource::ContainerEnv,
             ..
         }
@@ -364,7 +364,7 @@ fn bearer_mode_needs_no_role_and_no_token() {
         .into(),
     );
     let i = inject(&p);
-    assert_eq!(i.credentials, Credentials::ApiKey);
+    assert!(matches!(i.auth, SidecarAuth::ApiKey(_)));
     let v = mutated(&p, &i);
     assert!(v["spec"].get("volumes").is_none());
     let c = sidecar(&v);

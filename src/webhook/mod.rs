@@ -19,8 +19,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub use self::inject::{
-    apply, inject, needs, opted_in, service_account_name, ClusterFacts, Credentials, Denial,
-    Injection, Needs, Outcome, RoleSource, Skip, TokenAccess, CONTAINER_NAME,
+    apply, inject, needs, opted_in, service_account_name, ClusterFacts, Denial, Injection, Needs,
+    Outcome, RoleSource, SidecarAuth, Skip, TokenAccess, TokenVolume, CONTAINER_NAME,
 };
 pub use self::inject::{types, RequestAboveLimit, Resources, SidecarDefaults};
 pub use self::lookup::{ClusterLookup, KubeLookup, LookupError, StaticLookup, StringMap};

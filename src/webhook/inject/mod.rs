@@ -30,7 +30,7 @@ use crate::config::settings::{aws as aws_settings, log, sidecar as sidecar_setti
 
 use self::annotations::names;
 use self::spec::{Origin, SidecarSpec};
-use self::types::{Quantity, SidecarMode};
+use self::types::{Quantity, SecretKeyRef, SidecarMode};
 
 pub use self::spec::{RequestAboveLimit, Resources, SidecarDefaults};
 
@@ -115,18 +115,64 @@ pub enum TokenAccess {
     DefaultMode,
 }
 
-/// Where the sidecar's credentials come from.
+/// How the sidecar authenticates its calls to Bedrock.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Credentials {
-    /// Web identity with this role; `reused_eks_volume` when the EKS Pod
-    /// Identity Webhook's token volume was mounted instead of our own.
+pub enum SidecarAuth {
+    /// SigV4, with credentials for `role` from the pod's projected token.
     WebIdentity {
-        role_arn: RoleArn,
+        role: RoleArn,
         source: RoleSource,
-        reused_eks_volume: bool,
+        token: TokenVolume,
     },
-    /// A Bedrock API key from a Secret.
-    ApiKey,
+    /// A Bedrock API key from this Secret key (bearer mode): no role, no token.
+    ApiKey(SecretKeyRef),
+}
+
+impl SidecarAuth {
+    /// The token volume the sidecar mounts (none with an API key).
+    pub fn token(&self) -> Option<&TokenVolume> {
+        match self {
+            Self::WebIdentity { token, .. } => Some(token),
+            Self::ApiKey(_) => None,
+        }
+    }
+}
+
+/// The volume the sidecar reads its web identity token from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenVolume {
+    /// Our own projected volume, added under this name (the first free one).
+    Own(String),
+    /// The EKS Pod Identity Webhook's volume, already in the pod and carrying
+    /// the token we would project: mounted at `mount_path` in the app,
+    /// with the token in `file`.
+    ReusedEks { mount_path: String, file: String },
+}
+
+impl TokenVolume {
+    fn name(&self) -> &str {
+        match self {
+            Self::Own(name) => name,
+            Self::ReusedEks { .. } => EKS_TOKEN_VOLUME,
+        }
+    }
+
+    /// Where the sidecar mounts the volume.
+    fn mount_path(&self) -> &str {
+        match self {
+            Self::Own(_) => TOKEN_MOUNT_PATH,
+            Self::ReusedEks { mount_path, .. } => mount_path,
+        }
+    }
+
+    /// `AWS_WEB_IDENTITY_TOKEN_FILE` of the sidecar.
+    fn token_file(&self) -> String {
+        let file = match self {
+            Self::Own(_) => TOKEN_FILE,
+            Self::ReusedEks { file, .. } => file,
+        };
+        format!("{}/{file}", self.mount_path().trim_end_matches('/'))
+    }
 }
 
 /// Where the role ARN was found.
@@ -143,7 +189,7 @@ pub enum RoleSource {
 pub struct Injection {
     pub patch: Patch,
     pub mode: SidecarMode,
-    pub credentials: Credentials,
+    pub auth: SidecarAuth,
     pub token_access: TokenAccess,
 }
 
@@ -283,19 +329,19 @@ pub fn inject(
             }
         };
     check_pod_shape(spec, options.as_ref(), &mut problems);
-    let credentials = options
+    let token_access = token_access(spec);
+    let auth = options
         .as_ref()
-        .and_then(|o| resolve_role(pod, spec, o, facts, &mut problems));
+        .and_then(|o| resolve_auth(pod, spec, o, facts, token_access, &mut problems));
     let region = options
         .as_ref()
         .and_then(|o| resolve_region(spec, o, &mut problems));
-    let (Some(options), Some(credentials), Some(region), true) =
-        (options, credentials, region, problems.is_empty())
+    let (Some(options), Some(auth), Some(region), true) =
+        (options, auth, region, problems.is_empty())
     else {
         return Err(Denial { problems });
     };
 
-    let token_access = token_access(spec);
     let plan = Plan {
         pod,
         spec,
@@ -303,7 +349,7 @@ pub fn inject(
         region: &region,
         token_access,
     };
-    plan.build(credentials)
+    plan.build(auth)
 }
 
 /// Init containers, then containers.
@@ -363,21 +409,34 @@ fn container_env_value<'a>(spec: &'a PodSpec, name: &str) -> Option<&'a str> {
         .filter(|v| !v.trim().is_empty())
 }
 
+fn resolve_auth(
+    pod: &Pod,
+    spec: &PodSpec,
+    o: &SidecarSpec,
+    facts: &ClusterFacts<'_>,
+    token_access: TokenAccess,
+    problems: &mut Vec<String>,
+) -> Option<SidecarAuth> {
+    if let Some(secret) = &o.api_key_secret {
+        return Some(SidecarAuth::ApiKey(secret.clone()));
+    }
+    let (role, source) = resolve_role(pod, spec, o, facts, problems)?;
+    Some(SidecarAuth::WebIdentity {
+        role,
+        source,
+        token: token_volume(spec, o, token_access),
+    })
+}
+
 fn resolve_role(
     pod: &Pod,
     spec: &PodSpec,
     o: &SidecarSpec,
     facts: &ClusterFacts<'_>,
     problems: &mut Vec<String>,
-) -> Option<CredentialChoice> {
-    if o.api_key_secret.is_some() {
-        return Some(CredentialChoice::ApiKey);
-    }
+) -> Option<(RoleArn, RoleSource)> {
     if let Some(role) = &o.role_arn {
-        return Some(CredentialChoice::Role(
-            role.clone(),
-            RoleSource::PodAnnotation,
-        ));
+        return Some((role.clone(), RoleSource::PodAnnotation));
     }
     let sa = service_account_name(pod);
     if let Some(raw) = facts
@@ -385,7 +444,7 @@ fn resolve_role(
         .and_then(|a| a.get(names::EKS_ROLE_ARN))
     {
         return match RoleArn::parse(raw.trim()) {
-            Ok(role) => Some(CredentialChoice::Role(role, RoleSource::ServiceAccount)),
+            Ok(role) => Some((role, RoleSource::ServiceAccount)),
             Err(m) => {
                 problems.push(format!(
                     "ServiceAccount {sa:?} annotation {}: {m}; fix the ServiceAccount or set {} on the pod",
@@ -399,7 +458,7 @@ fn resolve_role(
     if let Some(role) = container_env_value(spec, vars::AWS_ROLE_ARN.name)
         .and_then(|raw| RoleArn::parse(raw.trim()).ok())
     {
-        return Some(CredentialChoice::Role(role, RoleSource::ContainerEnv));
+        return Some((role, RoleSource::ContainerEnv));
     }
     let ns = facts
         .namespace
@@ -454,21 +513,47 @@ fn token_access(spec: &PodSpec) -> TokenAccess {
     }
 }
 
-enum CredentialChoice {
-    Role(RoleArn, RoleSource),
-    ApiKey,
-}
-
-/// Where the sidecar finds its token.
-struct TokenMount {
-    /// Name of the volume to mount (ours, or the EKS webhook's).
-    volume: String,
-    /// Directory the volume is mounted at in the sidecar.
-    mount_path: String,
-    /// File name of the token inside the volume.
-    file: String,
-    /// `Some` when we add the volume ourselves.
-    new_volume: Option<Volume>,
+/// Reuses the EKS Pod Identity Webhook's token volume when it carries the
+/// token we would project ourselves, and the sidecar can read it; else names
+/// our own.
+fn token_volume(spec: &PodSpec, o: &SidecarSpec, token_access: TokenAccess) -> TokenVolume {
+    let volumes = spec.volumes.as_deref().unwrap_or(&[]);
+    let eks = volumes
+        .iter()
+        .find(|v| v.name == EKS_TOKEN_VOLUME)
+        .and_then(|v| {
+            let projected = v.projected.as_ref()?;
+            let sat = projected
+                .sources
+                .iter()
+                .flatten()
+                .find_map(|s| s.service_account_token.as_ref())?;
+            Some((projected.default_mode, sat))
+        });
+    if let Some((default_mode, sat)) = eks {
+        let audience_matches = sat.audience.as_deref().unwrap_or("") == o.audience.value.as_str();
+        let readable = match token_access {
+            TokenAccess::DefaultMode => default_mode.is_none_or(|m| m & 0o004 != 0),
+            TokenAccess::FsGroup(_) | TokenAccess::SharedUser(_) => true,
+        };
+        if audience_matches && readable && !o.token_from_annotation() {
+            let mount_path = all_containers(spec)
+                .flat_map(|c| c.volume_mounts.iter().flatten())
+                .find(|m| m.name == EKS_TOKEN_VOLUME)
+                .map(|m| m.mount_path.clone())
+                .unwrap_or_else(|| EKS_TOKEN_MOUNT_PATH.to_owned());
+            return TokenVolume::ReusedEks {
+                mount_path,
+                file: sat.path.clone(),
+            };
+        }
+    }
+    let taken = |name: &str| volumes.iter().any(|v| v.name == name);
+    let name = std::iter::once(TOKEN_VOLUME.to_owned())
+        .chain((1..).map(|i| format!("{TOKEN_VOLUME}-{i}")))
+        .find(|n| !taken(n))
+        .unwrap_or_else(|| TOKEN_VOLUME.to_owned());
+    TokenVolume::Own(name)
 }
 
 /// Everything decided about one pod, from which the patch is built.
@@ -523,23 +608,9 @@ fn quantity(q: &Quantity) -> K8sQuantity {
 }
 
 impl Plan<'_> {
-    fn build(&self, credentials: CredentialChoice) -> Result<Outcome, Denial> {
-        let (token, credentials) = match credentials {
-            CredentialChoice::ApiKey => (None, Credentials::ApiKey),
-            CredentialChoice::Role(role_arn, source) => {
-                let token = self.token_mount();
-                let reused_eks_volume = token.new_volume.is_none();
-                (
-                    Some(token),
-                    Credentials::WebIdentity {
-                        role_arn,
-                        source,
-                        reused_eks_volume,
-                    },
-                )
-            }
-        };
-        let sidecar = self.sidecar(&credentials, token.as_ref());
+    fn build(&self, auth: SidecarAuth) -> Result<Outcome, Denial> {
+        let token = auth.token();
+        let sidecar = self.sidecar(&auth);
 
         let mut ops = Vec::new();
         match &self.pod.metadata.annotations {
@@ -552,8 +623,8 @@ impl Plan<'_> {
                 Value::String(env!("CARGO_PKG_VERSION").to_owned()),
             )),
         }
-        if let Some(volume) = token.as_ref().and_then(|t| t.new_volume.as_ref()) {
-            let value = to_value(volume)?;
+        if let Some(TokenVolume::Own(name)) = token {
+            let value = to_value(&self.own_token_volume(name))?;
             match &self.spec.volumes {
                 None => ops.push(add(pointer(["spec", "volumes"]), Value::Array(vec![value]))),
                 Some(_) => ops.push(add(pointer(["spec", "volumes", "-"]), value)),
@@ -610,7 +681,7 @@ impl Plan<'_> {
         Ok(Outcome::Injected(Box::new(Injection {
             patch: Patch(ops),
             mode: self.sidecar.mode.value,
-            credentials,
+            auth,
             token_access: self.token_access,
         })))
     }
@@ -628,50 +699,10 @@ impl Plan<'_> {
         ]
     }
 
-    /// Reuses the EKS Pod Identity Webhook's token volume when it carries
-    /// the token we would project ourselves; else adds our own.
-    fn token_mount(&self) -> TokenMount {
-        let volumes = self.spec.volumes.as_deref().unwrap_or(&[]);
-        let eks = volumes
-            .iter()
-            .find(|v| v.name == EKS_TOKEN_VOLUME)
-            .and_then(|v| {
-                let projected = v.projected.as_ref()?;
-                let sat = projected
-                    .sources
-                    .iter()
-                    .flatten()
-                    .find_map(|s| s.service_account_token.as_ref())?;
-                Some((projected.default_mode, sat))
-            });
-        if let Some((default_mode, sat)) = eks {
-            let audience_matches =
-                sat.audience.as_deref().unwrap_or("") == self.sidecar.audience.value.as_str();
-            let readable = match self.token_access {
-                TokenAccess::DefaultMode => default_mode.is_none_or(|m| m & 0o004 != 0),
-                TokenAccess::FsGroup(_) | TokenAccess::SharedUser(_) => true,
-            };
-            if audience_matches && readable && !self.sidecar.token_from_annotation() {
-                let mount_path = all_containers(self.spec)
-                    .flat_map(|c| c.volume_mounts.iter().flatten())
-                    .find(|m| m.name == EKS_TOKEN_VOLUME)
-                    .map(|m| m.mount_path.clone())
-                    .unwrap_or_else(|| EKS_TOKEN_MOUNT_PATH.to_owned());
-                return TokenMount {
-                    volume: EKS_TOKEN_VOLUME.to_owned(),
-                    mount_path,
-                    file: sat.path.clone(),
-                    new_volume: None,
-                };
-            }
-        }
-        let taken = |name: &str| volumes.iter().any(|v| v.name == name);
-        let name = std::iter::once(TOKEN_VOLUME.to_owned())
-            .chain((1..).map(|i| format!("{TOKEN_VOLUME}-{i}")))
-            .find(|n| !taken(n))
-            .unwrap_or_else(|| TOKEN_VOLUME.to_owned());
-        let volume = Volume {
-            name: name.clone(),
+    /// Our projected token volume, under the free `name`.
+    fn own_token_volume(&self, name: &str) -> Volume {
+        Volume {
+            name: name.to_owned(),
             projected: Some(ProjectedVolumeSource {
                 default_mode: Some(TOKEN_DEFAULT_MODE),
                 sources: Some(vec![VolumeProjection {
@@ -684,27 +715,19 @@ impl Plan<'_> {
                 }]),
             }),
             ..Default::default()
-        };
-        TokenMount {
-            volume: name,
-            mount_path: TOKEN_MOUNT_PATH.to_owned(),
-            file: TOKEN_FILE.to_owned(),
-            new_volume: Some(volume),
         }
     }
 
-    fn sidecar(&self, credentials: &Credentials, token: Option<&TokenMount>) -> Container {
+    fn sidecar(&self, auth: &SidecarAuth) -> Container {
         let o = self.sidecar;
         let mut sidecar_env = vec![env(aws_settings::REGION.var(), self.region.as_str())];
-        match credentials {
-            Credentials::WebIdentity { role_arn, .. } => {
-                sidecar_env.push(env(vars::AWS_ROLE_ARN.name, role_arn.as_str()));
-                if let Some(t) = token {
-                    sidecar_env.push(env(
-                        vars::AWS_WEB_IDENTITY_TOKEN_FILE.name,
-                        format!("{}/{}", t.mount_path.trim_end_matches('/'), t.file),
-                    ));
-                }
+        match auth {
+            SidecarAuth::WebIdentity { role, token, .. } => {
+                sidecar_env.push(env(vars::AWS_ROLE_ARN.name, role.as_str()));
+                sidecar_env.push(env(
+                    vars::AWS_WEB_IDENTITY_TOKEN_FILE.name,
+                    token.token_file(),
+                ));
                 match &o.session_name {
                     Some(name) => {
                         sidecar_env.push(env(vars::AWS_ROLE_SESSION_NAME.name, name.as_str()))
@@ -717,21 +740,19 @@ impl Plan<'_> {
                     }
                 }
             }
-            Credentials::ApiKey => {
-                if let Some(secret) = &o.api_key_secret {
-                    sidecar_env.push(EnvVar {
-                        name: vars::AWS_BEARER_TOKEN_BEDROCK.name.to_owned(),
-                        value: None,
-                        value_from: Some(EnvVarSource {
-                            secret_key_ref: Some(SecretKeySelector {
-                                name: secret.name.clone(),
-                                key: secret.key.clone(),
-                                optional: Some(false),
-                            }),
-                            ..Default::default()
+            SidecarAuth::ApiKey(secret) => {
+                sidecar_env.push(EnvVar {
+                    name: vars::AWS_BEARER_TOKEN_BEDROCK.name.to_owned(),
+                    value: None,
+                    value_from: Some(EnvVarSource {
+                        secret_key_ref: Some(SecretKeySelector {
+                            name: secret.name.clone(),
+                            key: secret.key.clone(),
+                            optional: Some(false),
                         }),
-                    });
-                }
+                        ..Default::default()
+                    }),
+                });
             }
         }
         sidecar_env.push(env(
@@ -811,10 +832,10 @@ impl Plan<'_> {
                 }),
                 ..Default::default()
             }),
-            volume_mounts: token.map(|t| {
+            volume_mounts: auth.token().map(|t| {
                 vec![VolumeMount {
-                    name: t.volume.clone(),
-                    mount_path: t.mount_path.clone(),
+                    name: t.name().to_owned(),
+                    mount_path: t.mount_path().to_owned(),
                     read_only: Some(true),
                     ..Default::default()
                 }]
