@@ -8,6 +8,7 @@
 //! already has are never removed or reordered.
 
 mod annotations;
+mod decide;
 mod spec;
 pub mod types;
 
@@ -29,9 +30,11 @@ use crate::config::aws::{Region, RoleArn};
 use crate::config::settings::{aws as aws_settings, log, sidecar as sidecar_settings, vars};
 
 use self::annotations::names;
+use self::decide::Decision;
 use self::spec::{Origin, SidecarSpec};
 use self::types::{Quantity, SecretKeyRef, SidecarMode};
 
+pub use self::decide::{needs, opted_in, service_account_name, Needs, Skip};
 pub use self::spec::{RequestAboveLimit, Resources, SidecarDefaults};
 
 /// Name of the injected container.
@@ -72,30 +75,6 @@ pub struct ClusterFacts<'a> {
     pub namespace: Option<&'a str>,
     pub namespace_labels: Option<&'a BTreeMap<String, String>>,
     pub service_account_annotations: Option<&'a BTreeMap<String, String>>,
-}
-
-/// Why a pod was admitted unchanged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Skip {
-    /// Neither the pod nor its namespace carries the opt-in label.
-    NotOptedIn,
-    /// The pod's label is `"false"`.
-    OptedOut,
-    /// The pod carries `bedrock-broker.io/injected`.
-    AlreadyInjected,
-    /// The pod already has a container named `bedrock-broker` (added by hand).
-    HasBrokerContainer,
-}
-
-impl Skip {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::NotOptedIn => "not_opted_in",
-            Self::OptedOut => "opted_out",
-            Self::AlreadyInjected => "already_injected",
-            Self::HasBrokerContainer => "has_broker_container",
-        }
-    }
 }
 
 /// How the sidecar's non-root user can read the projected token. The kubelet
@@ -225,109 +204,25 @@ impl fmt::Display for Denial {
     }
 }
 
-/// What must be looked up in the cluster before calling [`inject()`].
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Needs {
-    /// The namespace's labels decide the opt-in (the pod has no label).
-    pub namespace_labels: bool,
-    /// This ServiceAccount's annotations may hold the role (the pod names
-    /// neither a role nor an API key). Only needed once the pod is opted in.
-    pub service_account: Option<String>,
-}
-
-fn labels(pod: &Pod) -> Option<&BTreeMap<String, String>> {
-    pod.metadata.labels.as_ref()
-}
-
-fn annotations(pod: &Pod) -> Option<&BTreeMap<String, String>> {
-    pod.metadata.annotations.as_ref()
-}
-
-fn already_injected(pod: &Pod) -> bool {
-    annotations(pod).is_some_and(|a| a.contains_key(names::INJECTED))
-}
-
-/// The ServiceAccount a pod runs as (`default` when it names none).
-pub fn service_account_name(pod: &Pod) -> &str {
-    let spec = pod.spec.as_ref();
-    spec.and_then(|s| s.service_account_name.as_deref())
-        .or_else(|| spec.and_then(|s| s.service_account.as_deref()))
-        .filter(|n| !n.is_empty())
-        .unwrap_or("default")
-}
-
-/// Which cluster lookups [`inject()`] can use for this pod.
-pub fn needs(pod: &Pod) -> Needs {
-    if already_injected(pod) {
-        return Needs::default();
-    }
-    let pod_label = labels(pod).and_then(|l| l.get(names::INJECT_LABEL));
-    if pod_label.is_some_and(|v| v != "true") {
-        return Needs::default();
-    }
-    let a = annotations(pod);
-    let names_credentials =
-        a.is_some_and(|a| a.contains_key(names::ROLE_ARN) || a.contains_key(names::API_KEY_SECRET));
-    Needs {
-        namespace_labels: pod_label.is_none(),
-        service_account: (!names_credentials).then(|| service_account_name(pod).to_owned()),
-    }
-}
-
-/// Whether the pod is opted in, as far as the labels known can tell.
-pub fn opted_in(pod: &Pod, namespace_labels: Option<&BTreeMap<String, String>>) -> bool {
-    match labels(pod).and_then(|l| l.get(names::INJECT_LABEL)) {
-        Some(v) => v == "true",
-        None => namespace_labels
-            .and_then(|l| l.get(names::INJECT_LABEL))
-            .is_some_and(|v| v == "true"),
-    }
-}
-
 /// Decides and builds the injection for one pod.
 pub fn inject(
     pod: &Pod,
     facts: &ClusterFacts<'_>,
     defaults: &SidecarDefaults,
 ) -> Result<Outcome, Denial> {
-    match labels(pod)
-        .and_then(|l| l.get(names::INJECT_LABEL))
-        .map(String::as_str)
-    {
-        Some("true") => {}
-        Some("false") => return Ok(Outcome::Skipped(Skip::OptedOut)),
-        Some(other) => {
-            return Err(Denial::one(format!(
-                "label {}: {other:?} is not accepted; accepted values: \"true\" or \"false\"",
-                names::INJECT_LABEL
-            )))
-        }
-        None => {
-            if !opted_in(pod, facts.namespace_labels) {
-                return Ok(Outcome::Skipped(Skip::NotOptedIn));
-            }
-        }
-    }
-    if already_injected(pod) {
-        return Ok(Outcome::Skipped(Skip::AlreadyInjected));
-    }
-    let Some(spec) = pod.spec.as_ref() else {
-        return Err(Denial::one("the pod has no spec"));
+    let spec = match decide::decide(pod, facts)? {
+        Decision::Skip(skip) => return Ok(Outcome::Skipped(skip)),
+        Decision::Inject(spec) => spec,
     };
-    if all_containers(spec).any(|c| c.name == CONTAINER_NAME) {
-        return Ok(Outcome::Skipped(Skip::HasBrokerContainer));
-    }
 
-    let empty = BTreeMap::new();
     let mut problems = Vec::new();
-    let options =
-        match SidecarSpec::from_defaults(defaults).overlay(annotations(pod).unwrap_or(&empty)) {
-            Ok(o) => Some(o),
-            Err(p) => {
-                problems.extend(p);
-                None
-            }
-        };
+    let options = match SidecarSpec::from_defaults(defaults).overlay(annotations(pod)) {
+        Ok(o) => Some(o),
+        Err(p) => {
+            problems.extend(p);
+            None
+        }
+    };
     check_pod_shape(spec, options.as_ref(), &mut problems);
     let token_access = token_access(spec);
     let auth = options
@@ -350,6 +245,12 @@ pub fn inject(
         token_access,
     };
     plan.build(auth)
+}
+
+/// The pod's annotations (none is the same as empty).
+fn annotations(pod: &Pod) -> &BTreeMap<String, String> {
+    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+    pod.metadata.annotations.as_ref().unwrap_or(&EMPTY)
 }
 
 /// Init containers, then containers.
