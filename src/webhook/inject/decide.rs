@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 
 use super::annotations::names;
-use super::{all_containers, annotations, ClusterFacts, Denial, CONTAINER_NAME};
+use super::render::CONTAINER_NAME;
+use super::{all_containers, annotations, ClusterFacts, Denial};
 
 /// Why a pod was admitted unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

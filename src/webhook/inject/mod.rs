@@ -9,6 +9,7 @@
 
 mod annotations;
 mod decide;
+mod render;
 mod resolve;
 mod spec;
 pub mod types;
@@ -18,46 +19,19 @@ use std::fmt;
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
-use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Pod, PodSpec,
-    Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretKeySelector,
-    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec};
 use serde_json::Value;
-
-use crate::config::aws::Region;
-use crate::config::settings::{aws as aws_settings, log, sidecar as sidecar_settings, vars};
 
 use self::annotations::names;
 use self::decide::Decision;
-use self::resolve::{Resolved, TOKEN_FILE};
+use self::render::Rendered;
 use self::spec::SidecarSpec;
-use self::types::{Quantity, SidecarMode};
+use self::types::SidecarMode;
 
 pub use self::decide::{needs, opted_in, service_account_name, Needs, Skip};
+pub use self::render::CONTAINER_NAME;
 pub use self::resolve::{RoleSource, SidecarAuth, TokenAccess, TokenVolume};
 pub use self::spec::{RequestAboveLimit, Resources, SidecarDefaults};
-
-/// Name of the injected container.
-pub const CONTAINER_NAME: &str = "bedrock-broker";
-/// Name of the admin port, for PodMonitors and probes.
-pub const ADMIN_PORT_NAME: &str = "bb-admin";
-/// `defaultMode` of our token volume: readable by the sidecar whatever UID
-/// it runs as, when the kubelet does not set an owner (see [`TokenAccess`]).
-/// The volume is mounted into the sidecar only.
-pub const TOKEN_DEFAULT_MODE: i32 = 0o444;
-
-/// Variables the app containers get (when they do not set them already).
-pub mod app_vars {
-    /// The proxy's base URL, for clients configured by hand.
-    pub const BEDROCK_BROKER_URL: &str = "BEDROCK_BROKER_URL";
-    /// The OpenAI SDKs' base URL variable.
-    pub const OPENAI_BASE_URL: &str = "OPENAI_BASE_URL";
-    /// The AWS SDKs' service-specific endpoint variable for bedrock-runtime.
-    pub const AWS_ENDPOINT_URL_BEDROCK_RUNTIME: &str = "AWS_ENDPOINT_URL_BEDROCK_RUNTIME";
-}
 
 /// What the cluster says about the pod's surroundings. `None` means "not
 /// known" (not looked up, or the lookup failed under the `skip` policy).
@@ -133,21 +107,20 @@ pub fn inject(
     let (Some(sidecar), Some(resolved), true) = (sidecar, resolved, problems.is_empty()) else {
         return Err(Denial { problems });
     };
-    let Resolved {
-        auth,
-        region,
-        token_access,
-    } = resolved;
-    let options = sidecar;
+    let rendered = render::render(&sidecar, &resolved);
 
     let plan = Plan {
         pod,
         spec,
-        sidecar: &options,
-        region: &region,
-        token_access,
+        mode: sidecar.mode.value,
     };
-    plan.build(auth)
+    let patch = plan.build(&rendered)?;
+    Ok(Outcome::Injected(Box::new(Injection {
+        patch,
+        mode: sidecar.mode.value,
+        auth: resolved.auth,
+        token_access: resolved.token_access,
+    })))
 }
 
 /// The pod's annotations (none is the same as empty).
@@ -169,33 +142,7 @@ struct Plan<'a> {
     /// The pod as received (its annotations decide the first operation).
     pod: &'a Pod,
     spec: &'a PodSpec,
-    sidecar: &'a SidecarSpec,
-    region: &'a Region,
-    /// Decides the sidecar's UID.
-    token_access: TokenAccess,
-}
-
-/// An environment variable from the downward API.
-fn field_env(name: &str, field_path: &str) -> EnvVar {
-    EnvVar {
-        name: name.to_owned(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
-                api_version: None,
-                field_path: field_path.to_owned(),
-            }),
-            ..Default::default()
-        }),
-    }
-}
-
-fn env(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar {
-        name: name.to_owned(),
-        value: Some(value.into()),
-        value_from: None,
-    }
+    mode: SidecarMode,
 }
 
 fn pointer<'t>(tokens: impl IntoIterator<Item = &'t str>) -> PointerBuf {
@@ -211,15 +158,8 @@ fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, Denial> {
         .map_err(|e| Denial::one(format!("internal error building the patch: {e}")))
 }
 
-fn quantity(q: &Quantity) -> K8sQuantity {
-    K8sQuantity(q.as_str().to_owned())
-}
-
 impl Plan<'_> {
-    fn build(&self, auth: SidecarAuth) -> Result<Outcome, Denial> {
-        let token = auth.token();
-        let sidecar = self.sidecar(&auth);
-
+    fn build(&self, rendered: &Rendered) -> Result<Patch, Denial> {
         let mut ops = Vec::new();
         match &self.pod.metadata.annotations {
             None => ops.push(add(
@@ -231,8 +171,8 @@ impl Plan<'_> {
                 Value::String(env!("CARGO_PKG_VERSION").to_owned()),
             )),
         }
-        if let Some(TokenVolume::Own(name)) = token {
-            let value = to_value(&self.own_token_volume(name))?;
+        if let Some(volume) = &rendered.volume {
+            let value = to_value(volume)?;
             match &self.spec.volumes {
                 None => ops.push(add(pointer(["spec", "volumes"]), Value::Array(vec![value]))),
                 Some(_) => ops.push(add(pointer(["spec", "volumes", "-"]), value)),
@@ -240,9 +180,9 @@ impl Plan<'_> {
         }
         // App env first: these paths use the original container indexes,
         // which the insertion of the native sidecar below shifts.
-        let app_env = self.app_env();
+        let app_env = &rendered.app_env;
         let mut lists: Vec<(&str, &[Container])> = vec![("containers", &self.spec.containers)];
-        if self.sidecar.mode.value == SidecarMode::Native {
+        if self.mode == SidecarMode::Native {
             if let Some(init) = &self.spec.init_containers {
                 lists.push(("initContainers", init));
             }
@@ -273,8 +213,8 @@ impl Plan<'_> {
                 }
             }
         }
-        let sidecar = name_first(to_value(&sidecar)?);
-        match (self.sidecar.mode.value, &self.spec.init_containers) {
+        let sidecar = name_first(to_value(&rendered.container)?);
+        match (self.mode, &self.spec.init_containers) {
             (SidecarMode::Native, None) => ops.push(add(
                 pointer(["spec", "initContainers"]),
                 Value::Array(vec![sidecar]),
@@ -286,172 +226,7 @@ impl Plan<'_> {
                 ops.push(add(pointer(["spec", "containers", "-"]), sidecar))
             }
         }
-        Ok(Outcome::Injected(Box::new(Injection {
-            patch: Patch(ops),
-            mode: self.sidecar.mode.value,
-            auth,
-            token_access: self.token_access,
-        })))
-    }
-
-    fn proxy_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.sidecar.port)
-    }
-
-    fn app_env(&self) -> Vec<EnvVar> {
-        let base = self.proxy_url();
-        vec![
-            env(app_vars::BEDROCK_BROKER_URL, base.clone()),
-            env(app_vars::OPENAI_BASE_URL, format!("{base}/openai/v1")),
-            env(app_vars::AWS_ENDPOINT_URL_BEDROCK_RUNTIME, base),
-        ]
-    }
-
-    /// Our projected token volume, under the free `name`.
-    fn own_token_volume(&self, name: &str) -> Volume {
-        Volume {
-            name: name.to_owned(),
-            projected: Some(ProjectedVolumeSource {
-                default_mode: Some(TOKEN_DEFAULT_MODE),
-                sources: Some(vec![VolumeProjection {
-                    service_account_token: Some(ServiceAccountTokenProjection {
-                        audience: Some(self.sidecar.audience.value.as_str().to_owned()),
-                        expiration_seconds: Some(self.sidecar.token_expiration.value.seconds()),
-                        path: TOKEN_FILE.to_owned(),
-                    }),
-                    ..Default::default()
-                }]),
-            }),
-            ..Default::default()
-        }
-    }
-
-    fn sidecar(&self, auth: &SidecarAuth) -> Container {
-        let o = self.sidecar;
-        let mut sidecar_env = vec![env(aws_settings::REGION.var(), self.region.as_str())];
-        match auth {
-            SidecarAuth::WebIdentity { role, token, .. } => {
-                sidecar_env.push(env(vars::AWS_ROLE_ARN.name, role.as_str()));
-                sidecar_env.push(env(
-                    vars::AWS_WEB_IDENTITY_TOKEN_FILE.name,
-                    token.token_file(),
-                ));
-                match &o.session_name {
-                    Some(name) => {
-                        sidecar_env.push(env(vars::AWS_ROLE_SESSION_NAME.name, name.as_str()))
-                    }
-                    // The sidecar names its STS session <namespace>.<pod>,
-                    // so CloudTrail shows which pod called.
-                    None => {
-                        sidecar_env.push(field_env(vars::POD_NAMESPACE.name, "metadata.namespace"));
-                        sidecar_env.push(field_env(vars::POD_NAME.name, "metadata.name"));
-                    }
-                }
-            }
-            SidecarAuth::ApiKey(secret) => {
-                sidecar_env.push(EnvVar {
-                    name: vars::AWS_BEARER_TOKEN_BEDROCK.name.to_owned(),
-                    value: None,
-                    value_from: Some(EnvVarSource {
-                        secret_key_ref: Some(SecretKeySelector {
-                            name: secret.name.clone(),
-                            key: secret.key.clone(),
-                            optional: Some(false),
-                        }),
-                        ..Default::default()
-                    }),
-                });
-            }
-        }
-        sidecar_env.push(env(
-            sidecar_settings::LISTEN.var(),
-            format!("127.0.0.1:{}", o.port),
-        ));
-        sidecar_env.push(env(
-            sidecar_settings::ADMIN_LISTEN.var(),
-            format!("0.0.0.0:{}", o.admin_port),
-        ));
-        sidecar_env.push(env(log::FORMAT.var(), o.log_format.as_str()));
-        sidecar_env.push(env(vars::RUST_LOG.name, o.log_level.as_str()));
-
-        let r = &o.resources;
-        let quantities = |cpu: &Option<Quantity>, memory: &Option<Quantity>| {
-            [("cpu", cpu), ("memory", memory)]
-                .into_iter()
-                .filter_map(|(k, q)| Some((k.to_owned(), quantity(q.as_ref()?))))
-                .collect::<BTreeMap<_, _>>()
-        };
-        let requests = quantities(&r.cpu_request, &r.memory_request);
-        let limits = quantities(&r.cpu_limit, &r.memory_limit);
-        let resources =
-            (!requests.is_empty() || !limits.is_empty()).then(|| ResourceRequirements {
-                requests: (!requests.is_empty()).then_some(requests),
-                limits: (!limits.is_empty()).then_some(limits),
-                ..Default::default()
-            });
-
-        let probe = |path: &str, period: i32, failures: i32| Probe {
-            http_get: Some(HTTPGetAction {
-                path: Some(path.to_owned()),
-                port: IntOrString::String(ADMIN_PORT_NAME.to_owned()),
-                ..Default::default()
-            }),
-            period_seconds: Some(period),
-            failure_threshold: Some(failures),
-            timeout_seconds: Some(2),
-            ..Default::default()
-        };
-
-        let run_as_user = match self.token_access {
-            TokenAccess::SharedUser(uid) => uid,
-            TokenAccess::FsGroup(_) | TokenAccess::DefaultMode => o.run_as_user,
-        };
-
-        Container {
-            name: CONTAINER_NAME.to_owned(),
-            image: Some(o.image.as_str().to_owned()),
-            image_pull_policy: o.pull_policy.map(|p| p.as_str().to_owned()),
-            args: Some(vec!["sidecar".to_owned()]),
-            env: Some(sidecar_env),
-            ports: Some(vec![ContainerPort {
-                name: Some(ADMIN_PORT_NAME.to_owned()),
-                container_port: i32::from(o.admin_port.get()),
-                protocol: Some("TCP".to_owned()),
-                ..Default::default()
-            }]),
-            resources,
-            // Gates the app (native mode): it starts once credentials are
-            // usable. Two minutes before the kubelet restarts the sidecar.
-            startup_probe: Some(probe("/readyz", 1, 120)),
-            readiness_probe: Some(probe("/readyz", 5, 2)),
-            liveness_probe: Some(probe("/healthz", 10, 3)),
-            security_context: Some(SecurityContext {
-                run_as_non_root: Some(true),
-                run_as_user: Some(run_as_user),
-                read_only_root_filesystem: Some(true),
-                allow_privilege_escalation: Some(false),
-                capabilities: Some(Capabilities {
-                    drop: Some(vec!["ALL".to_owned()]),
-                    add: None,
-                }),
-                seccomp_profile: Some(SeccompProfile {
-                    type_: "RuntimeDefault".to_owned(),
-                    localhost_profile: None,
-                }),
-                ..Default::default()
-            }),
-            volume_mounts: auth.token().map(|t| {
-                vec![VolumeMount {
-                    name: t.name().to_owned(),
-                    mount_path: t.mount_path().to_owned(),
-                    read_only: Some(true),
-                    ..Default::default()
-                }]
-            }),
-            restart_policy: (o.mode.value == SidecarMode::Native).then(|| "Always".to_owned()),
-            termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
-            ..Default::default()
-        }
+        Ok(Patch(ops))
     }
 }
 
