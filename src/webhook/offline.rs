@@ -15,11 +15,10 @@ use std::fmt;
 use std::io::{Read, Write};
 
 use json_patch::jsonptr::PointerBuf;
-use json_patch::{Patch, PatchOperation};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Map, Value};
 
-use super::inject::{self, ClusterFacts, Outcome, Skip};
+use super::inject::{self, rebase, ClusterFacts, Outcome, Skip};
 use super::lookup::{StaticLookup, StringMap};
 use super::SidecarDefaults;
 
@@ -150,23 +149,6 @@ fn cluster(docs: &mut [Value], config: &InjectConfig) -> StaticLookup {
         }
     }
     lookup
-}
-
-/// Re-roots a pod patch under the template's location.
-fn rebase(patch: Patch, prefix: &PointerBuf) -> Patch {
-    Patch(
-        patch
-            .0
-            .into_iter()
-            .map(|op| match op {
-                PatchOperation::Add(mut add) => {
-                    add.path = prefix.concat(&add.path);
-                    PatchOperation::Add(add)
-                }
-                other => other,
-            })
-            .collect(),
-    )
 }
 
 /// Mutates one object in place; `Ok(None)` when it holds no pod.
