@@ -2,8 +2,8 @@
 //! Kubernetes YAML (GitOps, CI, debugging).
 //!
 //! Every document is read, Pods and the pod templates of workloads are
-//! mutated by the same [`super::inject()`] the webhook uses, and every document is
-//! written back in order. Namespace and ServiceAccount documents in the
+//! mutated by the same [`super::inject()`] the webhook uses, and every
+//! document is written back in order. Namespace and ServiceAccount documents in the
 //! same input stand in for the cluster (namespace opt-in, the IRSA role),
 //! completed by `--namespace-label` and `--service-account-annotation`.
 //!
@@ -151,6 +151,32 @@ fn cluster(docs: &mut [Value], config: &InjectConfig) -> StaticLookup {
     lookup
 }
 
+/// The pod a template stands for: the mutation reads a Pod, whatever holds it.
+fn pod_of(kind: &str, template: &Map<String, Value>) -> Value {
+    if kind == "Pod" {
+        return Value::Object(template.clone());
+    }
+    let mut pod = Map::new();
+    pod.insert("apiVersion".into(), "v1".into());
+    pod.insert("kind".into(), "Pod".into());
+    if let Some(m) = template.get("metadata") {
+        pod.insert("metadata".into(), m.clone());
+    }
+    if let Some(s) = template.get("spec") {
+        pod.insert("spec".into(), s.clone());
+    }
+    Value::Object(pod)
+}
+
+fn skip_reason(skip: Skip) -> &'static str {
+    match skip {
+        Skip::NotOptedIn => "not opted in",
+        Skip::OptedOut => "opted out",
+        Skip::AlreadyInjected => "already injected",
+        Skip::HasBrokerContainer => "has a bedrock-broker container already",
+    }
+}
+
 /// Mutates one object in place; `Ok(None)` when it holds no pod.
 fn inject_object(
     obj: &mut Value,
@@ -177,21 +203,7 @@ fn inject_object(
         Some(Value::Object(t)) => t,
         _ => return Err(format!("{object}: has no pod template at {prefix}")),
     };
-    let pod_value = if kind == "Pod" {
-        Value::Object(template.clone())
-    } else {
-        let mut pod = Map::new();
-        pod.insert("apiVersion".into(), "v1".into());
-        pod.insert("kind".into(), "Pod".into());
-        if let Some(m) = template.get("metadata") {
-            pod.insert("metadata".into(), m.clone());
-        }
-        if let Some(s) = template.get("spec") {
-            pod.insert("spec".into(), s.clone());
-        }
-        Value::Object(pod)
-    };
-    let pod: Pod = serde_json::from_value(pod_value)
+    let pod: Pod = serde_json::from_value(pod_of(&kind, template))
         .map_err(|e| format!("{object}: not a valid pod (template): {e}"))?;
 
     let ns_labels = lookup.namespace(&namespace);
@@ -205,15 +217,9 @@ fn inject_object(
         .map_err(|denial| format!("{object}: {denial}"))?;
     let injection = match outcome {
         Outcome::Skipped(skip) => {
-            let outcome = match skip {
-                Skip::NotOptedIn => "not opted in",
-                Skip::OptedOut => "opted out",
-                Skip::AlreadyInjected => "already injected",
-                Skip::HasBrokerContainer => "has a bedrock-broker container already",
-            };
             return Ok(Some(Report {
                 object,
-                outcome: format!("unchanged ({outcome})"),
+                outcome: format!("unchanged ({})", skip_reason(skip)),
             }));
         }
         Outcome::Injected(injection) => injection,
