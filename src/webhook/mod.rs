@@ -1,12 +1,19 @@
 //! Pod injection: the mutating admission webhook (`webhook`) and the same
 //! mutation offline (`inject`).
 //!
-//! Layout: [`inject()`] is the pure function from a Pod (plus its namespace's
-//! labels and its ServiceAccount's annotations) to a typed JSON patch, with
-//! `annotations` reading the `bedrock-broker.io/*` annotations; [`server`] is
-//! the HTTPS shell around it, with [`certs`] reloading the certificate and
-//! [`lookup`] reading the cluster; `offline` is the same over YAML
-//! ([`run_inject`]).
+//! ```text
+//! server (HTTPS shell) ──> inject (pure) <── offline (YAML shell)
+//! ```
+//!
+//! [`inject()`] is the pure function from a Pod (plus its namespace's labels
+//! and its ServiceAccount's annotations) to a typed JSON patch. [`server`]
+//! answers the API server's AdmissionReviews with it, [`lookup`] reading the
+//! cluster and [`certs`] reloading the certificate; `offline` applies it to
+//! YAML streams ([`run_inject`]).
+//!
+//! The re-exports below are the module's interface: the rest of the crate
+//! and the tests name only them, so code can move between these files
+//! without touching its users.
 
 pub mod certs;
 mod inject;
@@ -19,10 +26,10 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub use self::inject::{
-    apply, inject, needs, opted_in, service_account_name, ClusterFacts, Denial, Injection, Needs,
-    Outcome, RoleSource, SidecarAuth, Skip, TokenAccess, TokenVolume, CONTAINER_NAME,
+    apply, inject, needs, opted_in, service_account_name, types, ClusterFacts, Denial, Injection,
+    Needs, Outcome, RequestAboveLimit, Resources, RoleSource, SidecarAuth, SidecarDefaults, Skip,
+    TokenAccess, TokenVolume, CONTAINER_NAME,
 };
-pub use self::inject::{types, RequestAboveLimit, Resources, SidecarDefaults};
 pub use self::lookup::{ClusterLookup, KubeLookup, LookupError, StaticLookup, StringMap};
 pub use self::offline::{parse_documents, run_inject, InjectConfig, InjectStatus};
 pub use self::server::{review, AdmissionState, LookupErrorPolicy, WebhookConfig, WebhookServer};
