@@ -70,8 +70,8 @@ pub enum TokenVolume {
     /// Our own projected volume, added under this name (the first free one).
     Own(String),
     /// The EKS Pod Identity Webhook's volume, already in the pod and carrying
-    /// the token we would project: mounted at `mount_path` in the app,
-    /// with the token in `file`.
+    /// the token we would project; the sidecar mounts it where the app has
+    /// it (`mount_path`) and reads the token from `file`.
     ReusedEks { mount_path: String, file: String },
 }
 
@@ -153,10 +153,10 @@ fn check_pod_shape(spec: &PodSpec, sidecar: Option<&SidecarSpec>, problems: &mut
             names::INJECT_LABEL
         ));
     }
-    let Some(o) = sidecar else { return };
+    let Some(sidecar) = sidecar else { return };
     let restart = spec.restart_policy.as_deref().unwrap_or("Always");
-    if o.mode.value == SidecarMode::Classic && restart != "Always" {
-        let from = if o.mode.origin == Origin::Annotation {
+    if sidecar.mode.value == SidecarMode::Classic && restart != "Always" {
+        let from = if sidecar.mode.origin == Origin::Annotation {
             names::SIDECAR_MODE.to_owned()
         } else {
             "the webhook's --sidecar-mode".to_owned()
@@ -168,7 +168,10 @@ fn check_pod_shape(spec: &PodSpec, sidecar: Option<&SidecarSpec>, problems: &mut
     }
     for c in all_containers(spec) {
         for p in c.ports.iter().flatten() {
-            for (name, port) in [(names::PORT, o.port), (names::ADMIN_PORT, o.admin_port)] {
+            for (name, port) in [
+                (names::PORT, sidecar.port),
+                (names::ADMIN_PORT, sidecar.admin_port),
+            ] {
                 if i32::from(port.get()) == p.container_port {
                     problems.push(format!(
                         "{name}: port {port} is already used by container {:?}; choose another port with {name}",
@@ -192,30 +195,34 @@ fn container_env_value<'a>(spec: &'a PodSpec, name: &str) -> Option<&'a str> {
 fn resolve_auth(
     pod: &Pod,
     spec: &PodSpec,
-    o: &SidecarSpec,
+    sidecar: &SidecarSpec,
     facts: &ClusterFacts<'_>,
     token_access: TokenAccess,
     problems: &mut Vec<String>,
 ) -> Option<SidecarAuth> {
-    if let Some(secret) = &o.api_key_secret {
+    if let Some(secret) = &sidecar.api_key_secret {
         return Some(SidecarAuth::ApiKey(secret.clone()));
     }
-    let (role, source) = resolve_role(pod, spec, o, facts, problems)?;
+    let (role, source) = resolve_role(pod, spec, sidecar, facts, problems)?;
     Some(SidecarAuth::WebIdentity {
         role,
         source,
-        token: token_volume(spec, o, token_access),
+        token: token_volume(spec, sidecar, token_access),
     })
 }
 
+/// The pod's own annotation first; then the ServiceAccount's IRSA
+/// annotation, so a ServiceAccount set up for the EKS Pod Identity Webhook
+/// needs nothing else; last, a role that webhook already put into a
+/// container (it ran first).
 fn resolve_role(
     pod: &Pod,
     spec: &PodSpec,
-    o: &SidecarSpec,
+    sidecar: &SidecarSpec,
     facts: &ClusterFacts<'_>,
     problems: &mut Vec<String>,
 ) -> Option<(RoleArn, RoleSource)> {
-    if let Some(role) = &o.role_arn {
+    if let Some(role) = &sidecar.role_arn {
         return Some((role.clone(), RoleSource::PodAnnotation));
     }
     let sa = service_account_name(pod);
@@ -258,8 +265,15 @@ fn resolve_role(
     None
 }
 
-fn resolve_region(spec: &PodSpec, o: &SidecarSpec, problems: &mut Vec<String>) -> Option<Region> {
-    if let Some(r) = &o.region {
+/// The webhook default beats the containers' `AWS_REGION` on purpose: on
+/// EKS every pod carries the cluster's region, while the platform team sets
+/// the Bedrock region.
+fn resolve_region(
+    spec: &PodSpec,
+    sidecar: &SidecarSpec,
+    problems: &mut Vec<String>,
+) -> Option<Region> {
+    if let Some(r) = &sidecar.region {
         return Some(r.clone());
     }
     let from_env = container_env_value(spec, aws_settings::REGION.env[0])
@@ -296,7 +310,7 @@ fn token_access(spec: &PodSpec) -> TokenAccess {
 /// Reuses the EKS Pod Identity Webhook's token volume when it carries the
 /// token we would project ourselves, and the sidecar can read it; else names
 /// our own.
-fn token_volume(spec: &PodSpec, o: &SidecarSpec, token_access: TokenAccess) -> TokenVolume {
+fn token_volume(spec: &PodSpec, sidecar: &SidecarSpec, token_access: TokenAccess) -> TokenVolume {
     let volumes = spec.volumes.as_deref().unwrap_or(&[]);
     let eks = volumes
         .iter()
@@ -311,12 +325,13 @@ fn token_volume(spec: &PodSpec, o: &SidecarSpec, token_access: TokenAccess) -> T
             Some((projected.default_mode, sat))
         });
     if let Some((default_mode, sat)) = eks {
-        let audience_matches = sat.audience.as_deref().unwrap_or("") == o.audience.value.as_str();
+        let audience_matches =
+            sat.audience.as_deref().unwrap_or("") == sidecar.audience.value.as_str();
         let readable = match token_access {
             TokenAccess::DefaultMode => default_mode.is_none_or(|m| m & 0o004 != 0),
             TokenAccess::FsGroup(_) | TokenAccess::SharedUser(_) => true,
         };
-        if audience_matches && readable && !o.token_from_annotation() {
+        if audience_matches && readable && !sidecar.token_from_annotation() {
             let mount_path = all_containers(spec)
                 .flat_map(|c| c.volume_mounts.iter().flatten())
                 .find(|m| m.name == EKS_TOKEN_VOLUME)

@@ -11,6 +11,7 @@ use super::types::{
     SidecarMode, TokenExpiration,
 };
 use crate::config::aws::{Region, RoleArn, SessionName};
+use crate::config::parse::ParseError;
 use crate::telemetry::LogFormat;
 
 /// The contract's proxy port.
@@ -92,7 +93,7 @@ pub struct Sourced<T> {
 }
 
 impl<T> Sourced<T> {
-    fn default(value: T) -> Self {
+    fn from_default(value: T) -> Self {
         Self {
             value,
             origin: Origin::Default,
@@ -135,9 +136,9 @@ impl SidecarSpec {
             resources: d.resources.clone(),
             log_level: d.log_level,
             log_format: d.log_format,
-            mode: Sourced::default(d.mode),
-            audience: Sourced::default(d.audience.clone()),
-            token_expiration: Sourced::default(d.token_expiration),
+            mode: Sourced::from_default(d.mode),
+            audience: Sourced::from_default(d.audience.clone()),
+            token_expiration: Sourced::from_default(d.token_expiration),
             port: DEFAULT_PORT,
             admin_port: DEFAULT_ADMIN_PORT,
             run_as_user: d.run_as_user,
@@ -201,13 +202,12 @@ impl SidecarSpec {
     }
 }
 
-/// Reads an annotation whose origin is kept: set on the pod, it is the
-/// annotation's (a bad value is a problem either way).
+/// [`Reader::read`], remembering that the pod set the value.
 fn sourced<T>(
     a: &mut Reader<'_>,
     name: &str,
     current: Sourced<T>,
-    parse: impl FnOnce(&str) -> Result<T, crate::config::parse::ParseError>,
+    parse: impl FnOnce(&str) -> Result<T, ParseError>,
 ) -> Sourced<T> {
     if !a.has(name) {
         return current;
