@@ -58,8 +58,14 @@ pub fn render(sidecar: &SidecarSpec, resolved: &Resolved) -> Rendered {
     }
 }
 
+/// Loopback only: nothing outside the pod may have requests signed with
+/// its role.
+fn proxy_addr(sidecar: &SidecarSpec) -> String {
+    format!("127.0.0.1:{}", sidecar.port)
+}
+
 fn app_env(sidecar: &SidecarSpec) -> Vec<EnvVar> {
-    let base = format!("http://127.0.0.1:{}", sidecar.port);
+    let base = format!("http://{}", proxy_addr(sidecar));
     vec![
         env(app_vars::BEDROCK_BROKER_URL, base.clone()),
         env(app_vars::OPENAI_BASE_URL, format!("{base}/openai/v1")),
@@ -150,6 +156,8 @@ fn sidecar_env(sidecar: &SidecarSpec, resolved: &Resolved) -> Vec<EnvVar> {
                 secret_key_ref: Some(SecretKeySelector {
                     name: secret.name.clone(),
                     key: secret.key.clone(),
+                    // A missing Secret then stops the pod with a clear
+                    // event, instead of a sidecar that cannot authenticate.
                     optional: Some(false),
                 }),
                 ..Default::default()
@@ -157,10 +165,7 @@ fn sidecar_env(sidecar: &SidecarSpec, resolved: &Resolved) -> Vec<EnvVar> {
         }),
     }
     env_vars.extend([
-        env(
-            sidecar_settings::LISTEN.var(),
-            format!("127.0.0.1:{}", sidecar.port),
-        ),
+        env(sidecar_settings::LISTEN.var(), proxy_addr(sidecar)),
         env(
             sidecar_settings::ADMIN_LISTEN.var(),
             format!("0.0.0.0:{}", sidecar.admin_port),
