@@ -17,8 +17,7 @@ mod webhook_support;
 
 use std::path::Path;
 
-use bedrock_broker::webhook::mutate;
-use bedrock_broker::webhook::server::review;
+use bedrock_broker::webhook::{self, review};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
 use webhook_support::{cluster, fixtures, patch_of, preserved, state};
@@ -36,7 +35,7 @@ fn sidecars(pod: &Value) -> usize {
         .iter()
         .filter_map(|f| pod["spec"][f].as_array())
         .flatten()
-        .filter(|c| c["name"] == mutate::CONTAINER_NAME)
+        .filter(|c| c["name"] == webhook::CONTAINER_NAME)
         .count()
 }
 
@@ -70,7 +69,7 @@ async fn check(path: &Path) -> Result<(), String> {
                 return Err(format!("{name}: the patch does more than add"));
             }
             Some(
-                mutate::apply(&original, &patch)
+                webhook::apply(&original, &patch)
                     .map_err(|e| format!("{name}: patch does not apply: {e}"))?,
             )
         }

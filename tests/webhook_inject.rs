@@ -7,9 +7,7 @@ mod webhook_support;
 
 use bedrock_broker::cli::InjectArgs;
 use bedrock_broker::config::Env;
-use bedrock_broker::webhook::inject::parse_documents;
-use bedrock_broker::webhook::inject::InjectConfig;
-use bedrock_broker::webhook::{run_inject, InjectStatus};
+use bedrock_broker::webhook::{parse_documents, run_inject, InjectConfig, InjectStatus};
 use serde_json::{json, Value};
 use webhook_support::{fixtures, preserved};
 

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bedrock_broker::metrics::webhook::WebhookMetrics;
-use bedrock_broker::webhook::lookup::{ClusterLookup, KubeLookup, LookupError};
+use bedrock_broker::webhook::{ClusterLookup, KubeLookup, LookupError};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;

@@ -7,12 +7,10 @@ mod webhook_support;
 
 use std::collections::BTreeMap;
 
-use bedrock_broker::webhook::lookup::{ClusterLookup, LookupError, StringMap};
-use bedrock_broker::webhook::mutate::{
-    self, ClusterFacts, Credentials, Outcome, RoleSource, Skip, TokenAccess,
+use bedrock_broker::webhook::{
+    self, review, ClusterFacts, ClusterLookup, LookupError, LookupErrorPolicy, Outcome, RoleSource,
+    SidecarAuth, Skip, StringMap, TokenAccess, TokenVolume,
 };
-use bedrock_broker::webhook::server::review;
-use bedrock_broker::webhook::server::LookupErrorPolicy;
 use json_patch::PatchOperation;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
@@ -43,23 +41,23 @@ fn opted_in(spec: Value) -> Pod {
     pod(p)
 }
 
-fn inject(p: &Pod) -> Box<mutate::Injection> {
-    match mutate::mutate(p, &ClusterFacts::default(), &defaults()) {
+fn inject(p: &Pod) -> Box<webhook::Injection> {
+    match webhook::inject(p, &ClusterFacts::default(), &defaults()) {
         Ok(Outcome::Injected(i)) => i,
         other => panic!("expected an injection, got {other:?}"),
     }
 }
 
 fn denial(p: &Pod, facts: &ClusterFacts<'_>) -> String {
-    match mutate::mutate(p, facts, &defaults()) {
+    match webhook::inject(p, facts, &defaults()) {
         Err(d) => d.to_string(),
         other => panic!("expected a denial, got {other:?}"),
     }
 }
 
-fn mutated(p: &Pod, i: &mutate::Injection) -> Value {
+fn mutated(p: &Pod, i: &webhook::Injection) -> Value {
     let original = serde_json::to_value(p).expect("serializes");
-    mutate::apply(&original, &i.patch).expect("patch applies")
+    webhook::apply(&original, &i.patch).expect("patch applies")
 }
 
 fn sidecar(v: &Value) -> Value {
@@ -252,12 +250,12 @@ fn role_comes_from_the_service_account_when_the_pod_names_none() {
         service_account_annotations: Some(&sa),
         ..Default::default()
     };
-    let Ok(Outcome::Injected(i)) = mutate::mutate(&p, &facts, &defaults()) else {
+    let Ok(Outcome::Injected(i)) = webhook::inject(&p, &facts, &defaults()) else {
         panic!("not injected");
     };
     assert!(matches!(
-        &i.credentials,
-        Credentials::WebIdentity { role_arn, source: RoleSource::ServiceAccount, .. } if role_arn.as_str() == CHAT_APP_ROLE
+        &i.auth,
+        SidecarAuth::WebIdentity { role, source: RoleSource::ServiceAccount, .. } if role.as_str() == CHAT_APP_ROLE
     ));
     // The annotation map did not exist: it is created whole.
     let v = mutated(&p, &i);
@@ -300,9 +298,9 @@ fn eks_token_volume_is_reused_unless_the_pod_asks_for_another_token() {
     let p = opted_in(spec.clone());
     let i = inject(&p);
     assert!(matches!(
-        i.credentials,
-        Credentials::WebIdentity {
-            reused_eks_volume: true,
+        i.auth,
+        SidecarAuth::WebIdentity {
+            token: TokenVolume::ReusedEks { .. },
             ..
         }
     ));
@@ -322,9 +320,9 @@ fn eks_token_volume_is_reused_unless_the_pod_asks_for_another_token() {
         .insert("bedrock-broker.io/audience".into(), "other-audience".into());
     let i = inject(&p);
     assert!(matches!(
-        i.credentials,
-        Credentials::WebIdentity {
-            reused_eks_volume: false,
+        i.auth,
+        SidecarAuth::WebIdentity {
+            token: TokenVolume::Own(_),
             ..
         }
     ));
@@ -339,7 +337,7 @@ fn role_from_eks_container_env_is_used_as_a_last_resort() {
     let mut p = opted_in(json!({"containers": [{"name": "app", "image": "x", "env": [
         {"name": "AWS_ROLE_ARN", "value": ROLE}]}]}));
     p.metadata.annotations = None;
-    let Ok(Outcome::Injected(i)) = mutate::mutate(
+    let Ok(Outcome::Injected(i)) = webhook::inject(
         &p,
         &ClusterFacts {
             service_account_annotations: Some(&BTreeMap::new()),
@@ -350,8 +348,8 @@ fn role_from_eks_container_env_is_used_as_a_last_resort() {
         panic!("not injected");
     };
     assert!(matches!(
-        i.credentials,
-        Credentials::WebIdentity {
+        i.auth,
+        SidecarAuth::WebIdentity {
             source: RoleSource::ContainerEnv,
             ..
         }
@@ -369,7 +367,7 @@ fn bearer_mode_needs_no_role_and_no_token() {
         .into(),
     );
     let i = inject(&p);
-    assert_eq!(i.credentials, Credentials::ApiKey);
+    assert!(matches!(i.auth, SidecarAuth::ApiKey(_)));
     let v = mutated(&p, &i);
     assert!(v["spec"].get("volumes").is_none());
     let c = sidecar(&v);
@@ -394,7 +392,7 @@ fn opt_in_and_opt_out_rules() {
         ..Default::default()
     };
     let d = defaults();
-    let outcome = |p: &Pod, f: &ClusterFacts<'_>| match mutate::mutate(p, f, &d) {
+    let outcome = |p: &Pod, f: &ClusterFacts<'_>| match webhook::inject(p, f, &d) {
         Ok(Outcome::Skipped(s)) => Some(s),
         Ok(Outcome::Injected(_)) => None,
         Err(e) => panic!("{e}"),
@@ -425,16 +423,16 @@ fn opt_in_and_opt_out_rules() {
 #[test]
 fn needs_asks_only_for_what_decides() {
     let p = opted_in(json!({}));
-    assert_eq!(mutate::needs(&p), mutate::Needs::default());
+    assert_eq!(webhook::needs(&p), webhook::Needs::default());
     let mut p = opted_in(json!({"serviceAccountName": "chat-app"}));
     p.metadata.annotations = None;
     p.metadata.labels = None;
-    let n = mutate::needs(&p);
+    let n = webhook::needs(&p);
     assert!(n.namespace_labels);
     assert_eq!(n.service_account.as_deref(), Some("chat-app"));
     p.metadata.annotations =
         Some([("bedrock-broker.io/injected".to_owned(), "0.1.0".to_owned())].into());
-    assert_eq!(mutate::needs(&p), mutate::Needs::default());
+    assert_eq!(webhook::needs(&p), webhook::Needs::default());
 }
 
 #[test]
@@ -459,7 +457,7 @@ fn a_region_is_required() {
     let p = opted_in(json!({}));
     let mut d = defaults();
     d.region = None;
-    let msg = match mutate::mutate(&p, &ClusterFacts::default(), &d) {
+    let msg = match webhook::inject(&p, &ClusterFacts::default(), &d) {
         Err(e) => e.to_string(),
         other => panic!("{other:?}"),
     };

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use bedrock_broker::cli::WebhookArgs;
 use bedrock_broker::config::Env;
-use bedrock_broker::webhook::server::WebhookConfig;
-use bedrock_broker::webhook::server::WebhookServer;
+use bedrock_broker::webhook::{WebhookConfig, WebhookServer};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};

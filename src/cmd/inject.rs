@@ -6,8 +6,7 @@ use std::io::Write;
 use super::{FAILED, INVALID, OK};
 use crate::cli::InjectArgs;
 use crate::config::Env;
-use crate::webhook::inject::InjectConfig;
-use crate::webhook::{self, InjectStatus};
+use crate::webhook::{self, InjectConfig, InjectStatus};
 
 pub fn run(args: &InjectArgs, env: &Env) -> u8 {
     let config = match InjectConfig::from_args(args, env) {

@@ -4,7 +4,7 @@ use super::{report, FAILED, OK};
 use crate::cli::WebhookArgs;
 use crate::config::Env;
 use crate::server::signal::cancel_on_signal;
-use crate::webhook::server::WebhookConfig;
+use crate::webhook::WebhookConfig;
 
 pub async fn run(args: &WebhookArgs, env: &Env) -> u8 {
     let config = match WebhookConfig::from_args(args, env) {

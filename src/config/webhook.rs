@@ -8,12 +8,11 @@ use super::settings::{inject as i, injected as d, webhook as w};
 use super::Env;
 use crate::cli::{InjectArgs, SidecarDefaultsArgs, WebhookArgs};
 use crate::telemetry::LogFormat;
-use crate::webhook::inject::InjectConfig;
-use crate::webhook::server::{LookupErrorPolicy, TlsFiles, WebhookConfig};
-use crate::webhook::values::{
+use crate::webhook::types::{
     parse_limit, Audience, ImageRef, LogLevel, PullPolicy, Quantity, SidecarMode, TokenExpiration,
 };
-use crate::webhook::{Resources, SidecarDefaults};
+use crate::webhook::{InjectConfig, Resources, SidecarDefaults};
+use crate::webhook::{LookupErrorPolicy, TlsFiles, WebhookConfig};
 
 impl SidecarDefaults {
     pub fn from_args(args: &SidecarDefaultsArgs, env: &Env) -> Result<Self, ConfigErrors> {

@@ -36,7 +36,7 @@ pub enum LookupError {
     Api(String),
 }
 
-/// Reads what [`super::mutate::mutate`] may need from the cluster.
+/// Reads what [`super::inject()`] may need from the cluster.
 pub trait ClusterLookup: Send + Sync + 'static {
     /// Annotations of a ServiceAccount; `Ok(None)` when it does not exist.
     fn service_account_annotations(

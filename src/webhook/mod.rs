@@ -1,29 +1,39 @@
 //! Pod injection: the mutating admission webhook (`webhook`) and the same
 //! mutation offline (`inject`).
 //!
-//! Layout: [`mutate`] is the pure function from a Pod (plus its namespace's
-//! labels and its ServiceAccount's annotations) to a typed JSON patch, with
-//! [`options`] reading the `bedrock-broker.io/*` annotations; [`server`] is
-//! the HTTPS shell around it, with [`certs`] reloading the certificate and
-//! [`lookup`] reading the cluster; [`inject`] is the offline shell over YAML.
+//! ```text
+//! server (HTTPS shell) ──> inject (pure) <── offline (YAML shell)
+//! ```
+//!
+//! [`inject()`] is the pure function from a Pod (plus its namespace's labels
+//! and its ServiceAccount's annotations) to a typed JSON patch. [`server`]
+//! answers the API server's AdmissionReviews with it, [`lookup`] reading the
+//! cluster (`server::tls` reloads the certificate); `offline` applies it to
+//! YAML streams ([`run_inject`]).
+//!
+//! The re-exports below are the module's interface: the rest of the crate
+//! and the tests name only them, so code can move between these files
+//! without touching its users.
 
-mod defaults;
-pub mod inject;
+mod inject;
 pub mod lookup;
-pub mod mutate;
-pub mod options;
+mod offline;
 pub mod server;
-pub mod values;
 
-use std::io::{Read, Write};
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-pub use self::defaults::{RequestAboveLimit, Resources, SidecarDefaults};
-use self::inject::InjectConfig;
-use self::lookup::KubeLookup;
-use self::server::{AdmissionState, WebhookConfig, WebhookError, WebhookServer};
+pub use self::inject::{
+    apply, inject, needs, opted_in, service_account_name, types, ClusterFacts, Denial, Injection,
+    Needs, Outcome, RequestAboveLimit, Resources, RoleSource, SidecarAuth, SidecarDefaults, Skip,
+    TokenAccess, TokenVolume, CONTAINER_NAME,
+};
+pub use self::lookup::{ClusterLookup, KubeLookup, LookupError, StaticLookup, StringMap};
+pub use self::offline::{parse_documents, run_inject, InjectConfig, InjectStatus};
+pub use self::server::{
+    review, AdmissionState, LookupErrorPolicy, TlsFiles, WebhookConfig, WebhookError, WebhookServer,
+};
 use crate::metrics::webhook::WebhookMetrics;
 
 /// Runs `bedrock-broker webhook` until `shutdown`.
@@ -47,57 +57,4 @@ pub async fn run_webhook(
         metrics,
     };
     server.run(state, shutdown).await
-}
-
-/// How `bedrock-broker inject` ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InjectStatus {
-    Ok,
-    /// At least one pod was refused (exit status 1).
-    Denied,
-    /// The input could not be read (exit status 2).
-    BadInput,
-}
-
-/// Runs `bedrock-broker inject`: YAML from `input` to `output`, reports and
-/// errors to `errors`.
-pub fn run_inject(
-    config: &InjectConfig,
-    mut input: impl Read,
-    mut output: impl Write,
-    mut errors: impl Write,
-) -> InjectStatus {
-    let mut text = String::new();
-    if let Err(e) = input.read_to_string(&mut text) {
-        let _ = writeln!(errors, "bedrock-broker inject: cannot read the input: {e}");
-        return InjectStatus::BadInput;
-    }
-    match inject::inject(&text, config) {
-        Ok((yaml, reports)) => {
-            for r in &reports {
-                let _ = writeln!(errors, "bedrock-broker inject: {r}");
-            }
-            if let Err(e) = output
-                .write_all(yaml.as_bytes())
-                .and_then(|()| output.flush())
-            {
-                let _ = writeln!(
-                    errors,
-                    "bedrock-broker inject: cannot write the output: {e}"
-                );
-                return InjectStatus::BadInput;
-            }
-            InjectStatus::Ok
-        }
-        Err(e @ inject::InjectError::Yaml(_)) => {
-            let _ = writeln!(errors, "bedrock-broker inject: {e}");
-            InjectStatus::BadInput
-        }
-        Err(inject::InjectError::Denied(problems)) => {
-            for p in problems {
-                let _ = writeln!(errors, "bedrock-broker inject: {p}");
-            }
-            InjectStatus::Denied
-        }
-    }
 }

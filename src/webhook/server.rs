@@ -1,7 +1,7 @@
 //! The admission server: HTTPS `POST /mutate` for the API server, and a
 //! separate plain-HTTP admin port with `/metrics`, `/healthz`, `/readyz`.
 //!
-//! The handler is a thin shell around [`mutate`]: parse the review, read
+//! The handler is a thin shell around [`inject::inject`]: parse the review, read
 //! what the pod needs from the cluster, call the pure function, answer.
 
 use std::net::SocketAddr;
@@ -22,9 +22,9 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::defaults::SidecarDefaults;
+use super::inject::{self, ClusterFacts, Outcome, Skip};
 use super::lookup::{ClusterLookup, LookupError, StringMap};
-use super::mutate::{self, ClusterFacts, Outcome, Skip};
+use super::SidecarDefaults;
 use crate::admin::{Ready, Status};
 use crate::config::parse::ParseError;
 use crate::metrics::webhook::WebhookMetrics;
@@ -250,13 +250,13 @@ async fn admit<L: ClusterLookup>(
         .or(pod.metadata.namespace.as_deref())
         .filter(|n| !n.is_empty())
         .unwrap_or("default");
-    let needs = mutate::needs(pod);
+    let needs = inject::needs(pod);
 
     let namespace_labels = if needs.namespace_labels {
         match state.lookup.namespace_labels(namespace).await {
             Ok(labels) => Some(labels.unwrap_or_default()),
             Err(e) => {
-                if !mutate::opted_in(pod, None) {
+                if !inject::opted_in(pod, None) {
                     // The namespace is the only way in; without it we
                     // cannot tell, and the policy decides.
                     return lookup_failed(state, req, format!("namespace {namespace:?}"), &e);
@@ -269,7 +269,7 @@ async fn admit<L: ClusterLookup>(
     };
 
     let service_account: Option<StringMap> = match &needs.service_account {
-        Some(name) if mutate::opted_in(pod, namespace_labels.as_ref()) => {
+        Some(name) if inject::opted_in(pod, namespace_labels.as_ref()) => {
             match state
                 .lookup
                 .service_account_annotations(namespace, name)
@@ -300,7 +300,7 @@ async fn admit<L: ClusterLookup>(
         .as_deref()
         .or(pod.metadata.generate_name.as_deref())
         .unwrap_or("");
-    match mutate::mutate(pod, &facts, &state.defaults) {
+    match inject::inject(pod, &facts, &state.defaults) {
         Ok(Outcome::Skipped(skip)) => {
             tracing::debug!(
                 namespace,
@@ -312,7 +312,7 @@ async fn admit<L: ClusterLookup>(
             if skip == Skip::HasBrokerContainer {
                 response.warnings = Some(vec![format!(
                     "the pod already has a container named {}; bedrock-broker did not inject another",
-                    mutate::CONTAINER_NAME
+                    inject::CONTAINER_NAME
                 )]);
             }
             Answer {

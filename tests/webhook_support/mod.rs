@@ -9,10 +9,9 @@ use base64::Engine;
 use bedrock_broker::cli::SidecarDefaultsArgs;
 use bedrock_broker::config::Env;
 use bedrock_broker::metrics::webhook::WebhookMetrics;
-use bedrock_broker::webhook::lookup::{StaticLookup, StringMap};
-use bedrock_broker::webhook::server::AdmissionState;
-use bedrock_broker::webhook::server::LookupErrorPolicy;
-use bedrock_broker::webhook::SidecarDefaults;
+use bedrock_broker::webhook::{
+    AdmissionState, LookupErrorPolicy, SidecarDefaults, StaticLookup, StringMap,
+};
 use serde_json::Value;
 
 pub const CHAT_APP_ROLE: &str = "arn:aws:iam::123456789012:role/chat-app";

@@ -95,7 +95,7 @@ app.kubernetes.io/component: webhook
 
 {{/*
 The sidecar defaults, rendered in one place: the webhook's environment.
-The webhook turns them into the injected container (src/webhook/inject.rs).
+The webhook turns them into the injected container (src/webhook/inject/render.rs).
 */}}
 {{- define "bedrock-broker.sidecarEnv" -}}
 {{- $s := .Values.sidecar }}

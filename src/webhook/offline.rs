@@ -2,8 +2,8 @@
 //! Kubernetes YAML (GitOps, CI, debugging).
 //!
 //! Every document is read, Pods and the pod templates of workloads are
-//! mutated by the same [`mutate`] the webhook uses, and every document is
-//! written back in order. Namespace and ServiceAccount documents in the
+//! mutated by the same [`super::inject()`] the webhook uses, and every
+//! document is written back in order. Namespace and ServiceAccount documents in the
 //! same input stand in for the cluster (namespace opt-in, the IRSA role),
 //! completed by `--namespace-label` and `--service-account-annotation`.
 //!
@@ -12,15 +12,15 @@
 //! gets the same values back (ambiguous strings are quoted).
 
 use std::fmt;
+use std::io::{Read, Write};
 
 use json_patch::jsonptr::PointerBuf;
-use json_patch::{Patch, PatchOperation};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Map, Value};
 
-use super::defaults::SidecarDefaults;
+use super::inject::{self, rebase, ClusterFacts, Outcome, Skip};
 use super::lookup::{StaticLookup, StringMap};
-use super::mutate::{self, ClusterFacts, Outcome, Skip};
+use super::SidecarDefaults;
 
 /// Configuration of `bedrock-broker inject`.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,21 +151,30 @@ fn cluster(docs: &mut [Value], config: &InjectConfig) -> StaticLookup {
     lookup
 }
 
-/// Re-roots a pod patch under the template's location.
-fn rebase(patch: Patch, prefix: &PointerBuf) -> Patch {
-    Patch(
-        patch
-            .0
-            .into_iter()
-            .map(|op| match op {
-                PatchOperation::Add(mut add) => {
-                    add.path = prefix.concat(&add.path);
-                    PatchOperation::Add(add)
-                }
-                other => other,
-            })
-            .collect(),
-    )
+/// The pod a template stands for: the mutation reads a Pod, whatever holds it.
+fn pod_of(kind: &str, template: &Map<String, Value>) -> Value {
+    if kind == "Pod" {
+        return Value::Object(template.clone());
+    }
+    let mut pod = Map::new();
+    pod.insert("apiVersion".into(), "v1".into());
+    pod.insert("kind".into(), "Pod".into());
+    if let Some(m) = template.get("metadata") {
+        pod.insert("metadata".into(), m.clone());
+    }
+    if let Some(s) = template.get("spec") {
+        pod.insert("spec".into(), s.clone());
+    }
+    Value::Object(pod)
+}
+
+fn skip_reason(skip: Skip) -> &'static str {
+    match skip {
+        Skip::NotOptedIn => "not opted in",
+        Skip::OptedOut => "opted out",
+        Skip::AlreadyInjected => "already injected",
+        Skip::HasBrokerContainer => "has a bedrock-broker container already",
+    }
 }
 
 /// Mutates one object in place; `Ok(None)` when it holds no pod.
@@ -194,43 +203,23 @@ fn inject_object(
         Some(Value::Object(t)) => t,
         _ => return Err(format!("{object}: has no pod template at {prefix}")),
     };
-    let pod_value = if kind == "Pod" {
-        Value::Object(template.clone())
-    } else {
-        let mut pod = Map::new();
-        pod.insert("apiVersion".into(), "v1".into());
-        pod.insert("kind".into(), "Pod".into());
-        if let Some(m) = template.get("metadata") {
-            pod.insert("metadata".into(), m.clone());
-        }
-        if let Some(s) = template.get("spec") {
-            pod.insert("spec".into(), s.clone());
-        }
-        Value::Object(pod)
-    };
-    let pod: Pod = serde_json::from_value(pod_value)
+    let pod: Pod = serde_json::from_value(pod_of(&kind, template))
         .map_err(|e| format!("{object}: not a valid pod (template): {e}"))?;
 
     let ns_labels = lookup.namespace(&namespace);
-    let sa = lookup.service_account(&namespace, mutate::service_account_name(&pod));
+    let sa = lookup.service_account(&namespace, inject::service_account_name(&pod));
     let facts = ClusterFacts {
         namespace: Some(&namespace),
         namespace_labels: Some(&ns_labels),
         service_account_annotations: Some(&sa),
     };
-    let outcome = mutate::mutate(&pod, &facts, &config.sidecar)
+    let outcome = inject::inject(&pod, &facts, &config.sidecar)
         .map_err(|denial| format!("{object}: {denial}"))?;
     let injection = match outcome {
         Outcome::Skipped(skip) => {
-            let outcome = match skip {
-                Skip::NotOptedIn => "not opted in",
-                Skip::OptedOut => "opted out",
-                Skip::AlreadyInjected => "already injected",
-                Skip::HasBrokerContainer => "has a bedrock-broker container already",
-            };
             return Ok(Some(Report {
                 object,
-                outcome: format!("unchanged ({outcome})"),
+                outcome: format!("unchanged ({})", skip_reason(skip)),
             }));
         }
         Outcome::Injected(injection) => injection,
@@ -249,7 +238,10 @@ fn inject_object(
 
 /// Injects every pod and pod template in `input`; returns the YAML to
 /// print and one report per pod. Nothing is returned if any pod is refused.
-pub fn inject(input: &str, config: &InjectConfig) -> Result<(String, Vec<Report>), InjectError> {
+pub fn inject_yaml(
+    input: &str,
+    config: &InjectConfig,
+) -> Result<(String, Vec<Report>), InjectError> {
     let mut docs = parse_documents(input)?;
     let lookup = cluster(&mut docs, config);
     let mut reports = Vec::new();
@@ -267,4 +259,57 @@ pub fn inject(input: &str, config: &InjectConfig) -> Result<(String, Vec<Report>
         return Err(InjectError::Denied(problems));
     }
     Ok((write_documents(&docs)?, reports))
+}
+
+/// How `bedrock-broker inject` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InjectStatus {
+    Ok,
+    /// At least one pod was refused (exit status 1).
+    Denied,
+    /// The input could not be read (exit status 2).
+    BadInput,
+}
+
+/// Runs `bedrock-broker inject`: YAML from `input` to `output`, reports and
+/// errors to `errors`.
+pub fn run_inject(
+    config: &InjectConfig,
+    mut input: impl Read,
+    mut output: impl Write,
+    mut errors: impl Write,
+) -> InjectStatus {
+    let mut text = String::new();
+    if let Err(e) = input.read_to_string(&mut text) {
+        let _ = writeln!(errors, "bedrock-broker inject: cannot read the input: {e}");
+        return InjectStatus::BadInput;
+    }
+    match inject_yaml(&text, config) {
+        Ok((yaml, reports)) => {
+            for r in &reports {
+                let _ = writeln!(errors, "bedrock-broker inject: {r}");
+            }
+            if let Err(e) = output
+                .write_all(yaml.as_bytes())
+                .and_then(|()| output.flush())
+            {
+                let _ = writeln!(
+                    errors,
+                    "bedrock-broker inject: cannot write the output: {e}"
+                );
+                return InjectStatus::BadInput;
+            }
+            InjectStatus::Ok
+        }
+        Err(e @ InjectError::Yaml(_)) => {
+            let _ = writeln!(errors, "bedrock-broker inject: {e}");
+            InjectStatus::BadInput
+        }
+        Err(InjectError::Denied(problems)) => {
+            for p in problems {
+                let _ = writeln!(errors, "bedrock-broker inject: {p}");
+            }
+            InjectStatus::Denied
+        }
+    }
 }

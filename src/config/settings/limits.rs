@@ -1,0 +1,129 @@
+//! The limits of every listener: header-read and idle timeouts, a
+//! connection limit and the largest request head, each a flag with a
+//! documented default. The proxy is reached from inside the pod only; the
+//! admin ports and the webhook from other pods, so theirs are tighter and
+//! also count connections per peer.
+
+use crate::config::setting::{Setting, WhenUnset::Value};
+
+/// The four limits of one listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    pub header_read_timeout: Setting,
+    pub idle_timeout: Setting,
+    pub max_connections: Setting,
+    pub max_header_bytes: Setting,
+}
+
+impl ServerLimits {
+    pub const fn all(&self) -> [Setting; 4] {
+        [
+            self.header_read_timeout,
+            self.idle_timeout,
+            self.max_connections,
+            self.max_header_bytes,
+        ]
+    }
+}
+
+macro_rules! server_limits {
+    ($flag:literal, $env:literal, $what:literal, $header:literal, $idle:literal, $conns:literal, $bytes:literal) => {
+        ServerLimits {
+            header_read_timeout: Setting {
+                flag: concat!($flag, "header-read-timeout"),
+                env: &[concat!($env, "HEADER_READ_TIMEOUT")],
+                default: Value($header),
+                help: concat!(
+                    "Time a client of the ", $what,
+                    " has to send a request's headers; for HTTP/1 also how long a kept-alive connection may wait for its next request"
+                ),
+            },
+            idle_timeout: Setting {
+                flag: concat!($flag, "idle-timeout"),
+                env: &[concat!($env, "IDLE_TIMEOUT")],
+                default: Value($idle),
+                help: concat!(
+                    "A connection to the ", $what,
+                    " with no request in flight and no traffic for this long is closed"
+                ),
+            },
+            max_connections: Setting {
+                flag: concat!($flag, "max-connections"),
+                env: &[concat!($env, "MAX_CONNECTIONS")],
+                default: Value($conns),
+                help: concat!(
+                    "Open connections to the ", $what,
+                    " at most; more are closed at once"
+                ),
+            },
+            max_header_bytes: Setting {
+                flag: concat!($flag, "max-header-bytes"),
+                env: &[concat!($env, "MAX_HEADER_BYTES")],
+                default: Value($bytes),
+                help: concat!(
+                    "Largest request head (request line and headers) the ", $what,
+                    " reads, in bytes (at least 8192); with the connection limit, its memory budget for heads"
+                ),
+            },
+        }
+    };
+}
+
+/// The signing proxy: in-pod clients only, which may keep pools of
+/// connections and send large headers (long tracing baggage).
+pub const PROXY: ServerLimits = server_limits!(
+    "", "BEDROCK_BROKER_", "proxy", "30s", "90s", "256", "32768"
+);
+
+/// The sidecar's admin port: probes and Prometheus, a handful of clients.
+pub const ADMIN: ServerLimits = server_limits!(
+    "admin-", "BEDROCK_BROKER_ADMIN_", "admin server", "5s", "30s", "32", "8192"
+);
+
+/// The container-credentials endpoint: a few SDKs in the pod.
+pub const CREDENTIALS: ServerLimits = server_limits!(
+    "credentials-", "BEDROCK_BROKER_CREDENTIALS_", "container-credentials endpoint", "5s", "30s", "32", "8192"
+);
+
+/// The webhook: the API server pools a few connections.
+pub const WEBHOOK: ServerLimits = server_limits!(
+    "", "BEDROCK_BROKER_WEBHOOK_", "webhook", "10s", "60s", "256", "16384"
+);
+
+/// The webhook's admin port.
+pub const WEBHOOK_ADMIN: ServerLimits = server_limits!(
+    "admin-", "BEDROCK_BROKER_WEBHOOK_ADMIN_", "webhook's admin server", "5s", "30s", "32", "8192"
+);
+
+/// Kubelet probes and a Prometheus scrape need a few connections each; a
+/// neighbour pod flooding the port gets no more than this.
+pub const ADMIN_PER_PEER: Setting = Setting {
+    flag: "admin-max-connections-per-peer",
+    env: &["BEDROCK_BROKER_ADMIN_MAX_CONNECTIONS_PER_PEER"],
+    default: Value("8"),
+    help: "Open connections to the admin server from one address at most",
+};
+
+/// The API server opens a few; one other pod cannot starve it.
+pub const WEBHOOK_PER_PEER: Setting = Setting {
+    flag: "max-connections-per-peer",
+    env: &["BEDROCK_BROKER_WEBHOOK_MAX_CONNECTIONS_PER_PEER"],
+    default: Value("32"),
+    help: "Connections (TLS handshakes included) to the webhook from one address at most",
+};
+
+pub const WEBHOOK_ADMIN_PER_PEER: Setting = Setting {
+    flag: "admin-max-connections-per-peer",
+    env: &["BEDROCK_BROKER_WEBHOOK_ADMIN_MAX_CONNECTIONS_PER_PEER"],
+    default: Value("8"),
+    help: "Open connections to the webhook's admin server from one address at most",
+};
+
+/// The API server completes its handshake in milliseconds; a peer that
+/// does not within this holds no slot.
+pub const WEBHOOK_TLS_HANDSHAKE_TIMEOUT: Setting = Setting {
+    flag: "tls-handshake-timeout",
+    env: &["BEDROCK_BROKER_WEBHOOK_TLS_HANDSHAKE_TIMEOUT"],
+    default: Value("5s"),
+    help: "Time a client of the webhook has to complete the TLS handshake",
+};

@@ -1,0 +1,129 @@
+//! Whether a pod is injected at all: the opt-in label on the pod or its
+//! namespace, a pod injected already, a sidecar added by hand. Also what
+//! the admission shell must read from the cluster to decide.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
+
+use super::annotations::names;
+use super::render::CONTAINER_NAME;
+use super::{all_containers, annotations, ClusterFacts, Denial};
+
+/// Why a pod was admitted unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// Neither the pod nor its namespace carries the opt-in label.
+    NotOptedIn,
+    /// The pod's label is `"false"`.
+    OptedOut,
+    /// The pod carries `bedrock-broker.io/injected`.
+    AlreadyInjected,
+    /// The pod already has a container named `bedrock-broker` (added by hand).
+    HasBrokerContainer,
+}
+
+impl Skip {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotOptedIn => "not_opted_in",
+            Self::OptedOut => "opted_out",
+            Self::AlreadyInjected => "already_injected",
+            Self::HasBrokerContainer => "has_broker_container",
+        }
+    }
+}
+
+/// What must be looked up in the cluster before calling [`super::inject()`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Needs {
+    /// The namespace's labels decide the opt-in (the pod has no label).
+    pub namespace_labels: bool,
+    /// This ServiceAccount's annotations may hold the role (the pod names
+    /// neither a role nor an API key). Only needed once the pod is opted in.
+    pub service_account: Option<String>,
+}
+
+/// Whether to go on with a pod, and with which spec.
+pub enum Decision<'p> {
+    Skip(Skip),
+    Inject(&'p PodSpec),
+}
+
+fn inject_label(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(names::INJECT_LABEL))
+        .map(String::as_str)
+}
+
+fn already_injected(pod: &Pod) -> bool {
+    annotations(pod).contains_key(names::INJECTED)
+}
+
+/// The ServiceAccount a pod runs as (`default` when it names none).
+pub fn service_account_name(pod: &Pod) -> &str {
+    let spec = pod.spec.as_ref();
+    spec.and_then(|s| s.service_account_name.as_deref())
+        .or_else(|| spec.and_then(|s| s.service_account.as_deref()))
+        .filter(|n| !n.is_empty())
+        .unwrap_or("default")
+}
+
+/// Which cluster lookups [`super::inject()`] can use for this pod.
+pub fn needs(pod: &Pod) -> Needs {
+    if already_injected(pod) {
+        return Needs::default();
+    }
+    let pod_label = inject_label(pod);
+    if pod_label.is_some_and(|v| v != "true") {
+        return Needs::default();
+    }
+    let a = annotations(pod);
+    let names_credentials =
+        a.contains_key(names::ROLE_ARN) || a.contains_key(names::API_KEY_SECRET);
+    Needs {
+        namespace_labels: pod_label.is_none(),
+        service_account: (!names_credentials).then(|| service_account_name(pod).to_owned()),
+    }
+}
+
+/// Whether the pod is opted in, as far as the labels known can tell.
+pub fn opted_in(pod: &Pod, namespace_labels: Option<&BTreeMap<String, String>>) -> bool {
+    match inject_label(pod) {
+        Some(v) => v == "true",
+        None => namespace_labels
+            .and_then(|l| l.get(names::INJECT_LABEL))
+            .is_some_and(|v| v == "true"),
+    }
+}
+
+/// The opt-in rules, then the cases where injecting again would be wrong.
+pub fn decide<'p>(pod: &'p Pod, facts: &ClusterFacts<'_>) -> Result<Decision<'p>, Denial> {
+    match inject_label(pod) {
+        Some("true") => {}
+        Some("false") => return Ok(Decision::Skip(Skip::OptedOut)),
+        Some(other) => {
+            return Err(Denial::one(format!(
+                "label {}: {other:?} is not accepted; accepted values: \"true\" or \"false\"",
+                names::INJECT_LABEL
+            )))
+        }
+        None => {
+            if !opted_in(pod, facts.namespace_labels) {
+                return Ok(Decision::Skip(Skip::NotOptedIn));
+            }
+        }
+    }
+    if already_injected(pod) {
+        return Ok(Decision::Skip(Skip::AlreadyInjected));
+    }
+    let Some(spec) = pod.spec.as_ref() else {
+        return Err(Denial::one("the pod has no spec"));
+    };
+    if all_containers(spec).any(|c| c.name == CONTAINER_NAME) {
+        return Ok(Decision::Skip(Skip::HasBrokerContainer));
+    }
+    Ok(Decision::Inject(spec))
+}

@@ -1,0 +1,135 @@
+//! The pod mutation: a pure function from a Pod (plus what the cluster says
+//! about its namespace and ServiceAccount) to a JSON patch, in the stages
+//! `docs/injection.md` walks through:
+//!
+//! 1. `decide`: opted in, not injected already, no sidecar added by hand;
+//! 2. `spec`: the webhook's defaults with the pod's annotations over them
+//!    (`annotations` knows their names);
+//! 3. `resolve`: pod-shape refusals, role, region, token access;
+//! 4. `render`: the sidecar container, token volume and app variables;
+//! 5. `patch`: add-only operations placing them into the pod.
+//!
+//! Steps 2 and 3 report every problem together, so a refused pod is fixed
+//! in one round.
+
+mod annotations;
+mod decide;
+mod patch;
+mod render;
+mod resolve;
+mod spec;
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use json_patch::Patch;
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+
+use self::decide::Decision;
+use self::spec::SidecarSpec;
+use self::types::SidecarMode;
+
+pub use self::decide::{needs, opted_in, service_account_name, Needs, Skip};
+pub use self::patch::{apply, rebase};
+pub use self::render::CONTAINER_NAME;
+pub use self::resolve::{RoleSource, SidecarAuth, TokenAccess, TokenVolume};
+pub use self::spec::{RequestAboveLimit, Resources, SidecarDefaults};
+
+/// What the cluster says about the pod's surroundings. `None` means "not
+/// known" (not looked up, or the lookup failed under the `skip` policy).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClusterFacts<'a> {
+    /// The pod's namespace, for messages.
+    pub namespace: Option<&'a str>,
+    pub namespace_labels: Option<&'a BTreeMap<String, String>>,
+    pub service_account_annotations: Option<&'a BTreeMap<String, String>>,
+}
+
+/// A successful injection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Injection {
+    pub patch: Patch,
+    pub mode: SidecarMode,
+    pub auth: SidecarAuth,
+    pub token_access: TokenAccess,
+}
+
+/// The result of [`inject()`] for an admitted pod.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Skipped(Skip),
+    Injected(Box<Injection>),
+}
+
+/// Why an opted-in pod is refused: every problem found, each naming the
+/// annotation (or label, or field) to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Denial {
+    pub problems: Vec<String>,
+}
+
+impl Denial {
+    fn one(problem: impl Into<String>) -> Self {
+        Self {
+            problems: vec![problem.into()],
+        }
+    }
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "bedrock-broker cannot inject this pod: {}",
+            self.problems.join("; ")
+        )
+    }
+}
+
+/// Decides and builds the injection for one pod.
+pub fn inject(
+    pod: &Pod,
+    facts: &ClusterFacts<'_>,
+    defaults: &SidecarDefaults,
+) -> Result<Outcome, Denial> {
+    let spec = match decide::decide(pod, facts)? {
+        Decision::Skip(skip) => return Ok(Outcome::Skipped(skip)),
+        Decision::Inject(spec) => spec,
+    };
+
+    let mut problems = Vec::new();
+    let sidecar = match SidecarSpec::from_defaults(defaults).overlay(annotations(pod)) {
+        Ok(sidecar) => Some(sidecar),
+        Err(p) => {
+            problems = p;
+            None
+        }
+    };
+    let resolved = resolve::resolve(pod, spec, sidecar.as_ref(), facts, &mut problems);
+    let (Some(sidecar), Some(resolved), true) = (sidecar, resolved, problems.is_empty()) else {
+        return Err(Denial { problems });
+    };
+    let rendered = render::render(&sidecar, &resolved);
+    let patch = patch::build(pod, spec, sidecar.mode.value, &rendered)?;
+    Ok(Outcome::Injected(Box::new(Injection {
+        patch,
+        mode: sidecar.mode.value,
+        auth: resolved.auth,
+        token_access: resolved.token_access,
+    })))
+}
+
+/// The pod's annotations (none is the same as empty).
+fn annotations(pod: &Pod) -> &BTreeMap<String, String> {
+    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+    pod.metadata.annotations.as_ref().unwrap_or(&EMPTY)
+}
+
+/// Init containers, then containers.
+fn all_containers(spec: &PodSpec) -> impl Iterator<Item = &Container> {
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+}

@@ -1,0 +1,168 @@
+//! The JSON patch that places the rendered sidecar into the pod.
+//!
+//! The patch is built from typed operations on escaped JSON pointers, and
+//! only ever *adds*: new entries are appended (or, for the native sidecar,
+//! inserted first among the init containers), so fields this build of
+//! `k8s-openapi` does not know survive untouched, and containers the pod
+//! already has are never removed or reordered.
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation};
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec};
+use serde_json::Value;
+
+use super::annotations::names;
+use super::render::Rendered;
+use super::types::SidecarMode;
+use super::Denial;
+
+pub fn build(
+    pod: &Pod,
+    spec: &PodSpec,
+    mode: SidecarMode,
+    rendered: &Rendered,
+) -> Result<Patch, Denial> {
+    let mut ops = vec![mark_injected(pod)];
+    if let Some(volume) = &rendered.volume {
+        ops.push(add_volume(spec, to_value(volume)?));
+    }
+    // App env first: these paths use the original container indexes,
+    // which the insertion of the native sidecar below shifts.
+    ops.extend(add_app_env(spec, mode, &rendered.app_env)?);
+    let sidecar = name_first(to_value(&rendered.container)?);
+    ops.push(add_sidecar(spec, mode, sidecar));
+    Ok(Patch(ops))
+}
+
+/// The mark that keeps a pod from being injected twice (webhook
+/// reinvocation, `inject` run again over its own output).
+fn mark_injected(pod: &Pod) -> PatchOperation {
+    let version = env!("CARGO_PKG_VERSION");
+    match &pod.metadata.annotations {
+        None => add(
+            pointer(["metadata", "annotations"]),
+            serde_json::json!({ names::INJECTED: version }),
+        ),
+        Some(_) => add(
+            pointer(["metadata", "annotations", names::INJECTED]),
+            Value::String(version.to_owned()),
+        ),
+    }
+}
+
+fn add_volume(spec: &PodSpec, volume: Value) -> PatchOperation {
+    match &spec.volumes {
+        None => add(pointer(["spec", "volumes"]), Value::Array(vec![volume])),
+        Some(_) => add(pointer(["spec", "volumes", "-"]), volume),
+    }
+}
+
+/// The app variables a container does not set itself. Init containers get
+/// them only in native mode: a classic sidecar starts after they have run.
+fn add_app_env(
+    spec: &PodSpec,
+    mode: SidecarMode,
+    app_env: &[EnvVar],
+) -> Result<Vec<PatchOperation>, Denial> {
+    let mut lists: Vec<(&str, &[Container])> = vec![("containers", &spec.containers)];
+    if mode == SidecarMode::Native {
+        if let Some(init) = &spec.init_containers {
+            lists.push(("initContainers", init));
+        }
+    }
+    let mut ops = Vec::new();
+    for (field, containers) in lists {
+        for (i, c) in containers.iter().enumerate() {
+            let missing: Vec<&EnvVar> = app_env
+                .iter()
+                .filter(|v| !c.env.iter().flatten().any(|e| e.name == v.name))
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            let index = i.to_string();
+            match &c.env {
+                None => ops.push(add(
+                    pointer(["spec", field, &index, "env"]),
+                    to_value(&missing)?,
+                )),
+                Some(_) => {
+                    for v in missing {
+                        ops.push(add(
+                            pointer(["spec", field, &index, "env", "-"]),
+                            to_value(v)?,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(ops)
+}
+
+/// A native sidecar goes first among the init containers, so it is ready
+/// before any other container of the pod starts.
+fn add_sidecar(spec: &PodSpec, mode: SidecarMode, sidecar: Value) -> PatchOperation {
+    match (mode, &spec.init_containers) {
+        (SidecarMode::Native, None) => add(
+            pointer(["spec", "initContainers"]),
+            Value::Array(vec![sidecar]),
+        ),
+        (SidecarMode::Native, Some(_)) => add(pointer(["spec", "initContainers", "0"]), sidecar),
+        (SidecarMode::Classic, _) => add(pointer(["spec", "containers", "-"]), sidecar),
+    }
+}
+
+fn pointer<'t>(tokens: impl IntoIterator<Item = &'t str>) -> PointerBuf {
+    PointerBuf::from_tokens(tokens)
+}
+
+fn add(path: PointerBuf, value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation { path, value })
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, Denial> {
+    serde_json::to_value(v)
+        .map_err(|e| Denial::one(format!("internal error building the patch: {e}")))
+}
+
+/// Puts `name` first in a container object (k8s-openapi serialises fields
+/// alphabetically), so the injected container reads like a hand-written one.
+fn name_first(value: Value) -> Value {
+    match value {
+        Value::Object(mut fields) => {
+            let mut ordered = serde_json::Map::new();
+            if let Some(name) = fields.remove("name") {
+                ordered.insert("name".to_owned(), name);
+            }
+            ordered.extend(fields);
+            Value::Object(ordered)
+        }
+        other => other,
+    }
+}
+
+/// Re-roots a pod patch under the location of a pod template (`inject`
+/// over workloads). Every operation is an `add`, so every path moves.
+pub fn rebase(patch: Patch, prefix: &PointerBuf) -> Patch {
+    Patch(
+        patch
+            .0
+            .into_iter()
+            .map(|op| match op {
+                PatchOperation::Add(mut add) => {
+                    add.path = prefix.concat(&add.path);
+                    PatchOperation::Add(add)
+                }
+                other => other,
+            })
+            .collect(),
+    )
+}
+
+/// Applies `patch` to a pod (or any object) given as JSON, as the API server would.
+pub fn apply(object: &Value, patch: &Patch) -> Result<Value, json_patch::PatchError> {
+    let mut out = object.clone();
+    json_patch::patch(&mut out, patch)?;
+    Ok(out)
+}

@@ -1,0 +1,249 @@
+//! The one place the injected sidecar is written down as Kubernetes
+//! objects: its container (env, resources, probes, securityContext), its
+//! projected token volume, and the variables the app containers get.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+    SecretKeySelector, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+    VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::resolve::{Resolved, SidecarAuth, TokenAccess, TokenVolume, TOKEN_FILE};
+use super::spec::{Resources, SidecarSpec};
+use super::types::{Quantity, SidecarMode};
+use crate::config::settings::{aws as aws_settings, log, sidecar as sidecar_settings, vars};
+
+/// Name of the injected container.
+pub const CONTAINER_NAME: &str = "bedrock-broker";
+/// Name of the admin port, for PodMonitors and probes.
+pub const ADMIN_PORT_NAME: &str = "bb-admin";
+/// `defaultMode` of our token volume: readable by the sidecar whatever UID
+/// it runs as, when the kubelet does not set an owner (see [`TokenAccess`]).
+/// The volume is mounted into the sidecar only.
+pub const TOKEN_DEFAULT_MODE: i32 = 0o444;
+
+/// Variables the app containers get (when they do not set them already).
+pub mod app_vars {
+    /// The proxy's base URL, for clients configured by hand.
+    pub const BEDROCK_BROKER_URL: &str = "BEDROCK_BROKER_URL";
+    /// The OpenAI SDKs' base URL variable.
+    pub const OPENAI_BASE_URL: &str = "OPENAI_BASE_URL";
+    /// The AWS SDKs' service-specific endpoint variable for bedrock-runtime.
+    pub const AWS_ENDPOINT_URL_BEDROCK_RUNTIME: &str = "AWS_ENDPOINT_URL_BEDROCK_RUNTIME";
+}
+
+/// What the patch stage places into the pod.
+pub struct Rendered {
+    pub container: Container,
+    /// Our own token volume, when one is added.
+    pub volume: Option<Volume>,
+    /// For every app container, each unless it sets the variable itself.
+    pub app_env: Vec<EnvVar>,
+}
+
+pub fn render(sidecar: &SidecarSpec, resolved: &Resolved) -> Rendered {
+    let volume = match resolved.auth.token() {
+        Some(TokenVolume::Own(name)) => Some(token_volume(sidecar, name)),
+        _ => None,
+    };
+    Rendered {
+        container: container(sidecar, resolved),
+        volume,
+        app_env: app_env(sidecar),
+    }
+}
+
+/// Loopback only: nothing outside the pod may have requests signed with
+/// its role.
+fn proxy_addr(sidecar: &SidecarSpec) -> String {
+    format!("127.0.0.1:{}", sidecar.port)
+}
+
+fn app_env(sidecar: &SidecarSpec) -> Vec<EnvVar> {
+    let base = format!("http://{}", proxy_addr(sidecar));
+    vec![
+        env(app_vars::BEDROCK_BROKER_URL, base.clone()),
+        env(app_vars::OPENAI_BASE_URL, format!("{base}/openai/v1")),
+        env(app_vars::AWS_ENDPOINT_URL_BEDROCK_RUNTIME, base),
+    ]
+}
+
+/// Our projected token volume, under the free `name`.
+fn token_volume(sidecar: &SidecarSpec, name: &str) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(TOKEN_DEFAULT_MODE),
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(sidecar.audience.value.as_str().to_owned()),
+                    expiration_seconds: Some(sidecar.token_expiration.value.seconds()),
+                    path: TOKEN_FILE.to_owned(),
+                }),
+                ..Default::default()
+            }]),
+        }),
+        ..Default::default()
+    }
+}
+
+fn container(sidecar: &SidecarSpec, resolved: &Resolved) -> Container {
+    let run_as_user = match resolved.token_access {
+        TokenAccess::SharedUser(uid) => uid,
+        TokenAccess::FsGroup(_) | TokenAccess::DefaultMode => sidecar.run_as_user,
+    };
+    Container {
+        name: CONTAINER_NAME.to_owned(),
+        image: Some(sidecar.image.as_str().to_owned()),
+        image_pull_policy: sidecar.pull_policy.map(|p| p.as_str().to_owned()),
+        args: Some(vec!["sidecar".to_owned()]),
+        env: Some(sidecar_env(sidecar, resolved)),
+        ports: Some(vec![ContainerPort {
+            name: Some(ADMIN_PORT_NAME.to_owned()),
+            container_port: i32::from(sidecar.admin_port.get()),
+            protocol: Some("TCP".to_owned()),
+            ..Default::default()
+        }]),
+        resources: resources(&sidecar.resources),
+        // Gates the app (native mode): it starts once credentials are
+        // usable. Two minutes before the kubelet restarts the sidecar.
+        startup_probe: Some(probe("/readyz", 1, 120)),
+        readiness_probe: Some(probe("/readyz", 5, 2)),
+        liveness_probe: Some(probe("/healthz", 10, 3)),
+        security_context: Some(security_context(run_as_user)),
+        volume_mounts: resolved.auth.token().map(|t| {
+            vec![VolumeMount {
+                name: t.name().to_owned(),
+                mount_path: t.mount_path().to_owned(),
+                read_only: Some(true),
+                ..Default::default()
+            }]
+        }),
+        restart_policy: (sidecar.mode.value == SidecarMode::Native).then(|| "Always".to_owned()),
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+        ..Default::default()
+    }
+}
+
+fn sidecar_env(sidecar: &SidecarSpec, resolved: &Resolved) -> Vec<EnvVar> {
+    let mut env_vars = vec![env(aws_settings::REGION.var(), resolved.region.as_str())];
+    match &resolved.auth {
+        SidecarAuth::WebIdentity { role, token, .. } => {
+            env_vars.push(env(vars::AWS_ROLE_ARN.name, role.as_str()));
+            env_vars.push(env(
+                vars::AWS_WEB_IDENTITY_TOKEN_FILE.name,
+                token.token_file(),
+            ));
+            match &sidecar.session_name {
+                Some(name) => env_vars.push(env(vars::AWS_ROLE_SESSION_NAME.name, name.as_str())),
+                // The sidecar names its STS session <namespace>.<pod>,
+                // so CloudTrail shows which pod called.
+                None => {
+                    env_vars.push(field_env(vars::POD_NAMESPACE.name, "metadata.namespace"));
+                    env_vars.push(field_env(vars::POD_NAME.name, "metadata.name"));
+                }
+            }
+        }
+        SidecarAuth::ApiKey(secret) => env_vars.push(EnvVar {
+            name: vars::AWS_BEARER_TOKEN_BEDROCK.name.to_owned(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.name.clone(),
+                    key: secret.key.clone(),
+                    // A missing Secret then stops the pod with a clear
+                    // event, instead of a sidecar that cannot authenticate.
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+        }),
+    }
+    env_vars.extend([
+        env(sidecar_settings::LISTEN.var(), proxy_addr(sidecar)),
+        env(
+            sidecar_settings::ADMIN_LISTEN.var(),
+            format!("0.0.0.0:{}", sidecar.admin_port),
+        ),
+        env(log::FORMAT.var(), sidecar.log_format.as_str()),
+        env(vars::RUST_LOG.name, sidecar.log_level.as_str()),
+    ]);
+    env_vars
+}
+
+/// `None` when nothing is requested or limited, so the field is left out.
+fn resources(r: &Resources) -> Option<ResourceRequirements> {
+    let quantities = |cpu: &Option<Quantity>, memory: &Option<Quantity>| {
+        [("cpu", cpu), ("memory", memory)]
+            .into_iter()
+            .filter_map(|(k, q)| Some((k.to_owned(), K8sQuantity(q.as_ref()?.as_str().to_owned()))))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let requests = quantities(&r.cpu_request, &r.memory_request);
+    let limits = quantities(&r.cpu_limit, &r.memory_limit);
+    (!requests.is_empty() || !limits.is_empty()).then(|| ResourceRequirements {
+        requests: (!requests.is_empty()).then_some(requests),
+        limits: (!limits.is_empty()).then_some(limits),
+        ..Default::default()
+    })
+}
+
+fn probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String(ADMIN_PORT_NAME.to_owned()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Default::default()
+    }
+}
+
+fn security_context(run_as_user: i64) -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(run_as_user),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            localhost_profile: None,
+        }),
+        ..Default::default()
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+/// An environment variable from the downward API.
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                api_version: None,
+                field_path: field_path.to_owned(),
+            }),
+            ..Default::default()
+        }),
+    }
+}
