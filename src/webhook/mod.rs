@@ -2,28 +2,31 @@
 //! mutation offline (`inject`).
 //!
 //! ```text
-//! server (HTTPS shell) ──> inject (pure) <── offline (YAML shell)
+//! admission (HTTPS shell) ──> inject (pure) <── offline (YAML shell)
 //! ```
 //!
 //! [`inject()`] is the pure function from a Pod (plus its namespace's labels
-//! and its ServiceAccount's annotations) to a typed JSON patch. [`server`]
-//! answers the API server's AdmissionReviews with it, [`lookup`] reading the
-//! cluster (`server::tls` reloads the certificate); `offline` applies it to
+//! and its ServiceAccount's annotations) to a typed JSON patch: decide,
+//! spec, resolve, render, patch. `admission` answers the API server's
+//! AdmissionReviews with it, reading the cluster through [`lookup`];
+//! [`server`] serves it on the shared serving kit; `offline` applies it to
 //! YAML streams ([`run_inject`]).
 //!
 //! The re-exports below are the module's interface: the rest of the crate
 //! and the tests name only them, so code can move between these files
 //! without touching its users.
 
+mod admission;
 mod inject;
 pub mod lookup;
 mod offline;
-pub mod server;
+mod server;
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+pub use self::admission::{review, AdmissionState, LookupErrorPolicy, MUTATE_PATH};
 pub use self::inject::{
     apply, inject, needs, opted_in, service_account_name, types, ClusterFacts, Denial, Injection,
     Needs, Outcome, RequestAboveLimit, Resources, RoleSource, SidecarAuth, SidecarDefaults, Skip,
@@ -31,9 +34,7 @@ pub use self::inject::{
 };
 pub use self::lookup::{ClusterLookup, KubeLookup, LookupError, StaticLookup, StringMap};
 pub use self::offline::{parse_documents, run_inject, InjectConfig, InjectStatus};
-pub use self::server::{
-    review, AdmissionState, LookupErrorPolicy, TlsFiles, WebhookConfig, WebhookError, WebhookServer,
-};
+pub use self::server::{TlsFiles, WebhookConfig, WebhookError, WebhookServer};
 use crate::metrics::webhook::WebhookMetrics;
 
 /// Runs `bedrock-broker webhook` until `shutdown`.
