@@ -7,6 +7,7 @@
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::settings::limits::{self, ServerLimits};
 use crate::config::settings::{aws, inject, injected, log, sidecar, webhook};
 
 #[derive(Debug, Parser)]
@@ -31,6 +32,91 @@ pub enum Command {
     /// Inject the sidecar offline: Kubernetes YAML on stdin, mutated YAML on stdout.
     Inject(Box<InjectArgs>),
 }
+
+/// Declares the flags of one listener's limits.
+macro_rules! limit_args {
+    ($(#[$doc:meta])* $name:ident, $limits:path) => {
+        $(#[$doc])*
+        #[derive(Debug, Args, Default, Clone)]
+        pub struct $name {
+            #[arg(id = LIMITS.header_read_timeout.flag, long = LIMITS.header_read_timeout.flag, help = LIMITS.header_read_timeout.help_text())]
+            pub header_read_timeout: Option<String>,
+            #[arg(id = LIMITS.idle_timeout.flag, long = LIMITS.idle_timeout.flag, help = LIMITS.idle_timeout.help_text())]
+            pub idle_timeout: Option<String>,
+            #[arg(id = LIMITS.max_connections.flag, long = LIMITS.max_connections.flag, help = LIMITS.max_connections.help_text())]
+            pub max_connections: Option<String>,
+            #[arg(id = LIMITS.max_header_bytes.flag, long = LIMITS.max_header_bytes.flag, help = LIMITS.max_header_bytes.help_text())]
+            pub max_header_bytes: Option<String>,
+        }
+
+        impl $name {
+            /// The settings these flags stand for.
+            pub const SETTINGS: ServerLimits = $limits;
+
+            /// The flag values, in the order of [`ServerLimits::all`].
+            pub fn values(&self) -> [Option<&str>; 4] {
+                [
+                    self.header_read_timeout.as_deref(),
+                    self.idle_timeout.as_deref(),
+                    self.max_connections.as_deref(),
+                    self.max_header_bytes.as_deref(),
+                ]
+            }
+        }
+    };
+}
+
+// Each macro call needs its own `LIMITS` in scope for the attributes.
+mod proxy_limits {
+    use super::*;
+    const LIMITS: ServerLimits = limits::PROXY;
+    limit_args!(
+        /// Limits of the proxy listener.
+        ProxyLimitArgs,
+        limits::PROXY
+    );
+}
+mod admin_limits {
+    use super::*;
+    const LIMITS: ServerLimits = limits::ADMIN;
+    limit_args!(
+        /// Limits of the sidecar's admin listener.
+        AdminLimitArgs,
+        limits::ADMIN
+    );
+}
+mod credentials_limits {
+    use super::*;
+    const LIMITS: ServerLimits = limits::CREDENTIALS;
+    limit_args!(
+        /// Limits of the container-credentials listener.
+        CredentialsLimitArgs,
+        limits::CREDENTIALS
+    );
+}
+mod webhook_limits {
+    use super::*;
+    const LIMITS: ServerLimits = limits::WEBHOOK;
+    limit_args!(
+        /// Limits of the webhook's HTTPS listener.
+        WebhookLimitArgs,
+        limits::WEBHOOK
+    );
+}
+mod webhook_admin_limits {
+    use super::*;
+    const LIMITS: ServerLimits = limits::WEBHOOK_ADMIN;
+    limit_args!(
+        /// Limits of the webhook's admin listener.
+        WebhookAdminLimitArgs,
+        limits::WEBHOOK_ADMIN
+    );
+}
+pub use admin_limits::AdminLimitArgs;
+pub use credentials_limits::CredentialsLimitArgs;
+pub use proxy_limits::ProxyLimitArgs;
+pub use webhook_admin_limits::WebhookAdminLimitArgs;
+pub use webhook_limits::WebhookLimitArgs;
 
 /// Logging.
 #[derive(Debug, Args, Default, Clone)]
@@ -106,6 +192,32 @@ pub struct SidecarArgs {
     pub credentials_listen: Option<String>,
     #[arg(long = sidecar::CREDENTIALS_TOKEN_FILE.flag, help = sidecar::CREDENTIALS_TOKEN_FILE.help_text())]
     pub credentials_token_file: Option<String>,
+    #[arg(long = sidecar::BODY_READ_TIMEOUT.flag, help = sidecar::BODY_READ_TIMEOUT.help_text())]
+    pub body_read_timeout: Option<String>,
+    #[arg(long = sidecar::REQUEST_BODY_BUDGET.flag, help = sidecar::REQUEST_BODY_BUDGET.help_text())]
+    pub request_body_budget: Option<String>,
+    #[arg(long = sidecar::BODY_BUDGET_WAIT.flag, help = sidecar::BODY_BUDGET_WAIT.help_text())]
+    pub body_budget_wait: Option<String>,
+    #[arg(long = sidecar::MAX_REQUESTS.flag, help = sidecar::MAX_REQUESTS.help_text())]
+    pub max_requests: Option<String>,
+    #[arg(long = sidecar::UPSTREAM_MAX_IDLE.flag, help = sidecar::UPSTREAM_MAX_IDLE.help_text())]
+    pub upstream_max_idle: Option<String>,
+    #[arg(long = sidecar::ALLOWED_HOSTS.flag, help = sidecar::ALLOWED_HOSTS.help_text())]
+    pub allowed_hosts: Option<String>,
+    #[arg(long = sidecar::PROXY_TOKEN.flag, help = sidecar::PROXY_TOKEN.help_text())]
+    pub proxy_token: Option<String>,
+    #[arg(long = sidecar::ALLOW_NON_LOOPBACK_LISTEN.flag, help = sidecar::ALLOW_NON_LOOPBACK_LISTEN.help_text())]
+    pub allow_non_loopback_listen: Option<String>,
+    #[arg(long = sidecar::ALLOW_PLAINTEXT_UPSTREAM.flag, help = sidecar::ALLOW_PLAINTEXT_UPSTREAM.help_text())]
+    pub allow_plaintext_upstream: Option<String>,
+    #[command(flatten)]
+    pub proxy_limits: ProxyLimitArgs,
+    #[command(flatten)]
+    pub admin_limits: AdminLimitArgs,
+    #[arg(long = limits::ADMIN_PER_PEER.flag, help = limits::ADMIN_PER_PEER.help_text())]
+    pub admin_max_connections_per_peer: Option<String>,
+    #[command(flatten)]
+    pub credentials_limits: CredentialsLimitArgs,
 }
 
 #[derive(Debug, Args, Default, Clone)]
@@ -168,6 +280,20 @@ pub struct WebhookArgs {
     pub lookup_timeout: Option<String>,
     #[arg(long = webhook::SHUTDOWN_GRACE_PERIOD.flag, help = webhook::SHUTDOWN_GRACE_PERIOD.help_text())]
     pub shutdown_grace_period: Option<String>,
+    #[arg(long = webhook::BODY_READ_TIMEOUT.flag, help = webhook::BODY_READ_TIMEOUT.help_text())]
+    pub body_read_timeout: Option<String>,
+    #[arg(long = webhook::REVIEW_BUDGET.flag, help = webhook::REVIEW_BUDGET.help_text())]
+    pub review_budget: Option<String>,
+    #[arg(long = limits::WEBHOOK_TLS_HANDSHAKE_TIMEOUT.flag, help = limits::WEBHOOK_TLS_HANDSHAKE_TIMEOUT.help_text())]
+    pub tls_handshake_timeout: Option<String>,
+    #[command(flatten)]
+    pub limits: WebhookLimitArgs,
+    #[arg(long = limits::WEBHOOK_PER_PEER.flag, help = limits::WEBHOOK_PER_PEER.help_text())]
+    pub max_connections_per_peer: Option<String>,
+    #[command(flatten)]
+    pub admin_limits: WebhookAdminLimitArgs,
+    #[arg(long = limits::WEBHOOK_ADMIN_PER_PEER.flag, help = limits::WEBHOOK_ADMIN_PER_PEER.help_text())]
+    pub admin_max_connections_per_peer: Option<String>,
     #[command(flatten)]
     pub sidecar: SidecarDefaultsArgs,
 }
@@ -208,6 +334,20 @@ mod tests {
         };
         let log = [log::FORMAT];
         check("sidecar", sidecar::ALL);
+        check("sidecar", &limits::PROXY.all());
+        check("sidecar", &limits::ADMIN.all());
+        check("sidecar", &limits::CREDENTIALS.all());
+        check("sidecar", &[limits::ADMIN_PER_PEER]);
+        check("webhook", &limits::WEBHOOK.all());
+        check("webhook", &limits::WEBHOOK_ADMIN.all());
+        check(
+            "webhook",
+            &[
+                limits::WEBHOOK_PER_PEER,
+                limits::WEBHOOK_ADMIN_PER_PEER,
+                limits::WEBHOOK_TLS_HANDSHAKE_TIMEOUT,
+            ],
+        );
         check("sidecar", aws::ALL);
         check("sidecar", &log);
         check("credentials", aws::ALL);

@@ -30,6 +30,7 @@ pub struct ContainerCredentialsConfig {
     pub listen: SocketAddr,
     /// Shared with the app (`AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`).
     pub token_file: PathBuf,
+    pub limits: crate::server::Limits,
 }
 
 /// The path SDKs are pointed at.

@@ -15,7 +15,7 @@ use crate::credentials::{self, CredentialCell, CredentialsConfig, RefreshPolicy,
 use crate::metrics::Metrics;
 use crate::proxy::{self, Proxy};
 use crate::secret::Secret;
-use crate::server::{self, ServeError};
+use crate::server::{self, Limits, ServeError};
 
 /// Configuration of `bedrock-broker sidecar`.
 #[derive(Debug, Clone)]
@@ -24,6 +24,8 @@ pub struct SidecarConfig {
     pub listen: SocketAddr,
     /// Metrics and probes, reachable from outside the pod.
     pub admin_listen: SocketAddr,
+    pub proxy_limits: Limits,
+    pub admin_limits: Limits,
     /// How long in-flight requests may finish after SIGTERM.
     pub shutdown_grace: Duration,
     pub credentials: CredentialsConfig,
@@ -58,7 +60,7 @@ pub struct Sidecar {
     proxy_listener: TcpListener,
     admin_listener: TcpListener,
     /// The container-credentials endpoint and its token, when enabled.
-    credentials_endpoint: Option<(TcpListener, Secret)>,
+    credentials_endpoint: Option<(TcpListener, Secret, Limits)>,
     clock: SharedClock,
     metrics: Metrics,
 }
@@ -66,6 +68,7 @@ pub struct Sidecar {
 /// The container-credentials endpoint, stopped with the admin server.
 fn serve_credentials(
     listener: TcpListener,
+    limits: Limits,
     token: Secret,
     cell: Arc<CredentialCell>,
     clock: SharedClock,
@@ -77,6 +80,7 @@ fn serve_credentials(
     Ok(tokio::spawn(server::serve(
         listener,
         server::router_service(router),
+        limits,
         stop.clone(),
         ADMIN_GRACE,
         "credentials endpoint",
@@ -92,10 +96,8 @@ impl Sidecar {
             None => None,
             Some(cc) => {
                 let token = container_credentials::load_or_create_token(&cc.token_file)?;
-                Some((
-                    server::bind(cc.listen, "credentials endpoint").await?,
-                    token,
-                ))
+                let listener = server::bind(cc.listen, "credentials endpoint").await?;
+                Some((listener, token, cc.limits.clone()))
             }
         };
         Ok(Self {
@@ -149,7 +151,11 @@ impl Sidecar {
                 .as_ref()
                 .map(|b| b.pem.as_slice()),
         )?;
-        let clients = proxy::upstream_clients(tls, config.proxy.connect_timeout);
+        let clients = proxy::upstream_clients(
+            tls,
+            config.proxy.connect_timeout,
+            config.proxy.upstream_max_idle,
+        );
         let runtime = &config.proxy.routes.runtime;
         tracing::info!(
             proxy = %server::local_addr(&proxy_listener, "proxy")?,
@@ -173,13 +179,15 @@ impl Sidecar {
         let mut side_servers = vec![tokio::spawn(server::serve(
             admin_listener,
             server::router_service(admin_router),
+            config.admin_limits.clone(),
             admin_stop.clone(),
             ADMIN_GRACE,
             "admin",
         ))];
-        if let Some((listener, token)) = credentials_endpoint {
+        if let Some((listener, token, limits)) = credentials_endpoint {
             side_servers.push(serve_credentials(
                 listener,
+                limits,
                 token,
                 cell,
                 clock,
@@ -191,6 +199,7 @@ impl Sidecar {
         server::serve(
             proxy_listener,
             service,
+            config.proxy_limits.clone(),
             shutdown,
             config.shutdown_grace,
             "proxy",

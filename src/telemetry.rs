@@ -1,6 +1,6 @@
 //! Logging setup.
 
-use tracing_subscriber::filter::{Directive, EnvFilter};
+use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::fmt;
 
 use crate::cli::LogArgs;
@@ -43,25 +43,68 @@ impl LogFormat {
 }
 
 /// Crates whose debug/trace output could include request or response
-/// details; capped so no `RUST_LOG` setting can put secrets in our logs.
-const CAPPED: [&str; 6] = [
-    "aws_sigv4=info",
-    "aws_smithy_runtime=info",
-    "aws_smithy_http_client=info",
-    "aws_sdk_sts=info",
-    "hyper=info",
-    "h2=info",
+/// details (headers with tokens, canonical requests); held at `info`
+/// whatever `RUST_LOG` says, so no setting can put a secret in our logs.
+const CAPPED: [&str; 12] = [
+    "aws_sigv4",
+    "aws_smithy_runtime",
+    "aws_smithy_http_client",
+    "aws_smithy_http",
+    "aws_sdk_sts",
+    "aws_config",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "rustls",
+    "kube_client",
+    "tower",
 ];
 
-/// Installs the global subscriber: levels from `RUST_LOG` (default `info`),
-/// output to stderr as text or JSON.
-pub fn init(format: LogFormat) {
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    for d in CAPPED {
-        if let Ok(d) = d.parse::<Directive>() {
-            filter = filter.add_directive(d);
+/// `RUST_LOG` with every directive that would make a capped crate (or one
+/// of its modules) more verbose than `info` held at `info`, and span-scoped
+/// directives (which apply to every crate inside a span) dropped.
+fn capped(rust_log: &str) -> (String, Vec<String>) {
+    let mut kept = Vec::new();
+    let mut dropped = Vec::new();
+    for directive in rust_log.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if directive.contains('[') {
+            dropped.push(directive.to_owned());
+            continue;
+        }
+        let (target, level) = match directive.split_once('=') {
+            Some((t, l)) => (t, Some(l)),
+            None if directive.parse::<tracing::Level>().is_ok() || directive == "off" => {
+                kept.push(directive.to_owned());
+                continue;
+            }
+            None => (directive, None),
+        };
+        let is_capped = CAPPED
+            .iter()
+            .any(|c| target == *c || target.strip_prefix(c).is_some_and(|r| r.starts_with("::")));
+        let louder = match level {
+            // A bare target means everything it logs.
+            None => true,
+            Some(l) => !matches!(
+                l.to_ascii_lowercase().as_str(),
+                "off" | "error" | "warn" | "info"
+            ),
+        };
+        if is_capped && louder {
+            kept.push(format!("{target}=info"));
+        } else {
+            kept.push(directive.to_owned());
         }
     }
+    kept.extend(CAPPED.iter().map(|c| format!("{c}=info")));
+    (kept.join(","), dropped)
+}
+
+/// Installs the global subscriber: levels from `rust_log` (the process's
+/// `RUST_LOG`, default `info`), output to stderr as text or JSON.
+pub fn init(format: LogFormat, rust_log: Option<&str>) {
+    let (directives, dropped) = capped(rust_log.unwrap_or("info"));
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = fmt()
         .with_env_filter(filter)
@@ -71,4 +114,37 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => builder.with_target(false).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    if !dropped.is_empty() {
+        tracing::warn!(
+            dropped = dropped.join(","),
+            "span-scoped RUST_LOG directives are not supported (they would lift the cap on crates that could log secrets)"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_directive_makes_a_capped_crate_louder_than_info() {
+        let (d, dropped) =
+            capped("hyper::proto=trace,bedrock_broker=debug,aws_sigv4,h2=warn,trace");
+        let parts: Vec<&str> = d.split(',').collect();
+        assert!(parts.contains(&"hyper::proto=info"), "{d}");
+        assert!(parts.contains(&"aws_sigv4=info"), "{d}");
+        assert!(parts.contains(&"bedrock_broker=debug"), "{d}");
+        assert!(parts.contains(&"h2=warn"), "quieter is fine: {d}");
+        assert!(parts.contains(&"trace"), "the global level stays: {d}");
+        assert!(dropped.is_empty());
+        assert!(!d.contains("hyperx"), "{d}");
+        let (d, _) = capped("hyperx=trace");
+        assert!(
+            d.starts_with("hyperx=trace"),
+            "another crate with a similar name: {d}"
+        );
+        let (_, dropped) = capped("[request]=trace");
+        assert_eq!(dropped, ["[request]=trace"]);
+        assert!(EnvFilter::try_new(capped("info").0).is_ok());
+    }
 }

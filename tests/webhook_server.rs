@@ -277,3 +277,136 @@ async fn start_up_fails_clearly_without_a_usable_certificate() {
         .to_string();
     assert!(err.contains("does not belong"), "{err}");
 }
+
+/// A running webhook with `tweak` applied to its flags.
+async fn running(
+    dir: &Path,
+    ca: &Ca,
+    tweak: impl FnOnce(&mut WebhookArgs),
+) -> (SocketAddr, CancellationToken) {
+    let (cert, key, _) = leaf(ca, "webhook");
+    publish(&dir.join("tls.crt"), &cert);
+    publish(&dir.join("tls.key"), &key);
+    let mut args = WebhookArgs {
+        listen: Some("127.0.0.1:0".into()),
+        admin_listen: Some("127.0.0.1:0".into()),
+        tls_cert_file: Some(dir.join("tls.crt").display().to_string()),
+        tls_key_file: Some(dir.join("tls.key").display().to_string()),
+        ..Default::default()
+    };
+    tweak(&mut args);
+    let config = WebhookConfig::from_args(&args, &Env::default()).expect("valid config");
+    let mut state = state(cluster());
+    state.intake =
+        bedrock_broker::webhook::Intake::new(config.body_read_timeout, config.review_budget);
+    let server = WebhookServer::bind(&config).await.expect("binds");
+    let addr = server.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(server.run(state, shutdown.clone()));
+    (addr, shutdown)
+}
+
+/// A TCP connection to `addr` from another loopback address, as another
+/// pod's connections come from another IP.
+async fn connect_from(source: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from((source, 0)))
+        .expect("bind a second loopback address");
+    socket.connect(addr).await.expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_from_one_pod_do_not_starve_the_api_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ca();
+    let (addr, stop) = running(dir.path(), &ca, |_| {}).await;
+    // Another pod opens 300 connections and never starts a handshake.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(connect_from([127, 0, 0, 2], addr).await);
+    }
+    let body = std::fs::read(fixtures().join("plain.json")).expect("fixture");
+    let answered = tokio::time::timeout(
+        Duration::from_secs(5),
+        https(&client_config(&ca), addr, "POST", "/mutate", body),
+    )
+    .await
+    .expect("the API server's review is answered while the other pod waits")
+    .expect("request");
+    assert_eq!(answered.0, 200);
+    drop(idle);
+    stop.cancel();
+}
+
+/// Sends a review's headers over TLS, then only `sent` bytes of a body
+/// declared as `declared` bytes; returns the status, if one comes.
+async fn partial_review(
+    tls: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    declared: usize,
+    sent: usize,
+    wait: Duration,
+) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = TcpStream::connect(addr).await.ok()?;
+    let connector = tokio_rustls::TlsConnector::from(tls.clone());
+    let name = ServerName::try_from("127.0.0.1").ok()?;
+    let mut stream = connector.connect(name, tcp).await.ok()?;
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.ok()?;
+    stream.write_all(&vec![b' '; sent]).await.ok()?;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(wait, stream.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+    line.split(' ').nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_body_that_stalls_is_answered_408() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ca();
+    let (addr, stop) = running(dir.path(), &ca, |a| {
+        a.body_read_timeout = Some("300ms".into());
+    })
+    .await;
+    let status = partial_review(&client_config(&ca), addr, 1000, 10, Duration::from_secs(5)).await;
+    assert_eq!(status, Some(408));
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_beyond_the_memory_budget_are_refused_not_buffered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ca();
+    let (addr, stop) = running(dir.path(), &ca, |a| {
+        a.review_budget = Some((8 * 1024 * 1024).to_string());
+        a.body_read_timeout = Some("10s".into());
+    })
+    .await;
+    let tls = client_config(&ca);
+    // One large review in flight holds most of the budget...
+    let first = {
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            partial_review(&tls, addr, 6 * 1024 * 1024, 1024, Duration::from_secs(8)).await
+        })
+    };
+    // ...so a second one cannot be held beside it (once the first has
+    // reserved its share: poll until it has).
+    let mut second = None;
+    for _ in 0..5 {
+        second = partial_review(&tls, addr, 6 * 1024 * 1024, 1024, Duration::from_secs(2)).await;
+        if second == Some(503) {
+            break;
+        }
+    }
+    assert_eq!(second, Some(503));
+    first.abort();
+    stop.cancel();
+}

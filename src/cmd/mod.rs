@@ -53,7 +53,10 @@ fn with_runtime<F: Future<Output = u8>>(
             return INVALID;
         }
     };
-    telemetry::init(format);
+    telemetry::init(
+        format,
+        env.get(crate::config::settings::vars::RUST_LOG.name),
+    );
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

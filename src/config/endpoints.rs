@@ -11,7 +11,7 @@ use super::setting::{Errors, Setting};
 use super::settings::sidecar as s;
 use super::Env;
 use crate::cli::SidecarArgs;
-use crate::proxy::{RouteTable, Upstream};
+use crate::proxy::{is_loopback_host, RouteTable, Upstream};
 
 /// The signing name of everything but Mantle.
 const SIGNING_NAME: &str = "bedrock";
@@ -66,6 +66,22 @@ pub fn signing_name_for_host(host: &str) -> &'static str {
     } else {
         SIGNING_NAME
     }
+}
+
+/// An upstream from a base URL, signed as its host says. Plain `http://`
+/// only to loopback unless `plaintext_allowed`: the session token and every
+/// prompt would cross the network in clear.
+fn upstream_checked(raw: &str, plaintext_allowed: bool) -> Result<Upstream, ParseError> {
+    let upstream = upstream(raw)?;
+    if upstream.scheme == Scheme::HTTP
+        && !plaintext_allowed
+        && !is_loopback_host(upstream.authority.host())
+    {
+        return Err(ParseError::refused(format!(
+            "{raw:?} is plain http to a host that is not loopback: requests (and their session tokens) would cross the network in clear; use https, or set --allow-plaintext-upstream"
+        )));
+    }
+    Ok(upstream)
 }
 
 /// An upstream from a base URL, signed as its host says.
@@ -128,6 +144,15 @@ pub fn routes(
         parse::bool,
     );
     let (fips, dualstack) = (fips.unwrap_or(false), dualstack.unwrap_or(false));
+    let plaintext = errors
+        .read(
+            &s::ALLOW_PLAINTEXT_UPSTREAM,
+            args.allow_plaintext_upstream.as_deref(),
+            env,
+            parse::bool,
+        )
+        .unwrap_or(false);
+    let explicit = |raw: &str| upstream_checked(raw, plaintext);
     let signing_override = errors.read(
         &s::SIGNING_NAME,
         args.signing_name.as_deref(),
@@ -136,7 +161,7 @@ pub fn routes(
     );
 
     let runtime = match (s::UPSTREAM.find(args.upstream.as_deref(), env), region) {
-        (Some(raw), _) => errors.parse(raw, upstream),
+        (Some(raw), _) => errors.parse(raw, explicit),
         (None, Some(region)) => upstream(&default_endpoint(
             "bedrock-runtime",
             region,
@@ -165,7 +190,7 @@ pub fn routes(
         setting.find(flag, env),
         default,
     ) {
-        (Some(raw), _) => errors.parse(raw, upstream),
+        (Some(raw), _) => errors.parse(raw, explicit),
         (None, Some(url)) => upstream(&url).ok(),
         (None, None) => None,
     };
@@ -209,6 +234,17 @@ mod tests {
         ] {
             assert_eq!(signing_name_for_host(host), name, "{host}");
         }
+    }
+
+    #[test]
+    fn plaintext_upstreams_are_loopback_only_unless_allowed() {
+        assert!(upstream_checked("http://127.0.0.1:9", false).is_ok());
+        assert!(upstream_checked("http://[::1]:9", false).is_ok());
+        assert!(upstream_checked("http://localhost:9", false).is_ok());
+        assert!(upstream_checked("https://bedrock.example", false).is_ok());
+        let refused = upstream_checked("http://bedrock.example", false).unwrap_err();
+        assert!(refused.to_string().contains("--allow-plaintext-upstream"));
+        assert!(upstream_checked("http://bedrock.example", true).is_ok());
     }
 
     #[test]

@@ -16,6 +16,7 @@
 pub mod aws;
 mod credentials;
 pub mod endpoints;
+mod limits;
 pub mod parse;
 pub mod reference;
 pub mod setting;

@@ -86,6 +86,12 @@ pub fn positive_count(raw: &str) -> Result<usize, ParseError> {
     }
 }
 
+/// A whole number, zero included.
+pub fn count(raw: &str) -> Result<usize, ParseError> {
+    raw.parse::<usize>()
+        .map_err(|_| ParseError::not_a(raw, "a number", "a whole number"))
+}
+
 /// A fraction strictly between 0 and 1.
 pub fn fraction(raw: &str) -> Result<f64, ParseError> {
     match raw.parse::<f64>() {

@@ -1,13 +1,18 @@
 //! Assembles `bedrock-broker sidecar`'s configuration from the parts.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use super::parse::{self, ParseError};
 use super::setting::{ConfigErrors, Errors};
-use super::settings::sidecar as s;
-use super::{credentials, endpoints, Env};
-use crate::cli::SidecarArgs;
+use super::settings::{self, sidecar as s};
+use super::{credentials, endpoints, limits, Env};
+use crate::cli::{AdminLimitArgs, CredentialsLimitArgs, ProxyLimitArgs, SidecarArgs};
 use crate::container_credentials::ContainerCredentialsConfig;
 use crate::credentials::{CredentialMode, CredentialsConfig, RefreshPolicy};
-use crate::proxy::{self, UsageLabels};
+use crate::proxy::{self, Gate, UsageLabels};
+use crate::secret::Secret;
+use crate::server::Limits;
 use crate::sidecar::SidecarConfig;
 
 /// Distinct `model` label values before the rest become `other`.
@@ -32,48 +37,31 @@ impl SidecarConfig {
     pub fn from_args(args: &SidecarArgs, env: &Env) -> Result<Self, ConfigErrors> {
         let mut e = Errors::default();
         let (region, credentials) = credentials::parse(&args.aws, env, &mut e);
-        let listen = e.read(&s::LISTEN, args.listen.as_deref(), env, parse::addr);
-        let admin_listen = e.read(
-            &s::ADMIN_LISTEN,
-            args.admin_listen.as_deref(),
-            env,
-            parse::addr,
-        );
+        let listeners = listeners(args, env, &mut e);
         // SigV4 already said a region is required.
         let region_reported = matches!(
             credentials.as_ref().map(|c| &c.mode),
             Some(CredentialMode::SigV4(_))
         );
         let routes = endpoints::routes(args, env, region.as_ref(), region_reported, &mut e);
-        let max_body_bytes = e.read(
-            &s::MAX_BODY_BYTES,
-            args.max_body_bytes.as_deref(),
-            env,
-            parse::positive_count,
-        );
+        let upstream = upstream(args, env, &mut e);
+        let gate = gate(args, env, &mut e);
+        if let (Some(u), Some(g)) = (&upstream, &gate) {
+            if g.body_budget < u.max_body_bytes {
+                e.push(
+                    s::REQUEST_BODY_BUDGET.origin(),
+                    format!(
+                        "{} bytes cannot hold one body of --max-body-bytes ({} bytes); raise it or lower --max-body-bytes",
+                        g.body_budget, u.max_body_bytes
+                    ),
+                );
+            }
+        }
         let shutdown_grace = e.read(
             &s::SHUTDOWN_GRACE_PERIOD,
             args.shutdown_grace_period.as_deref(),
             env,
             parse::duration,
-        );
-        let connect_timeout = e.read(
-            &s::CONNECT_TIMEOUT,
-            args.connect_timeout.as_deref(),
-            env,
-            parse::positive_duration,
-        );
-        let response_header_timeout = e.read(
-            &s::RESPONSE_HEADER_TIMEOUT,
-            args.response_header_timeout.as_deref(),
-            env,
-            parse::optional_duration,
-        );
-        let stream_idle_timeout = e.read(
-            &s::STREAM_IDLE_TIMEOUT,
-            args.stream_idle_timeout.as_deref(),
-            env,
-            parse::optional_duration,
         );
         let refresh = refresh_policy(args, env, &mut e);
         let token_watch_interval = e.read(
@@ -87,6 +75,8 @@ impl SidecarConfig {
 
         e.finish(|| {
             let credentials = credentials?;
+            let listeners = listeners?;
+            let upstream = upstream?;
             let proxy = proxy::Config {
                 routes: routes?,
                 region: credentials.region.clone(),
@@ -94,16 +84,20 @@ impl SidecarConfig {
                     CredentialMode::ApiKey(key) => Some(key.clone()),
                     CredentialMode::SigV4(_) => None,
                 },
-                max_body_bytes: max_body_bytes?,
-                connect_timeout: connect_timeout?,
-                response_header_timeout: response_header_timeout?,
-                stream_idle_timeout: stream_idle_timeout?,
+                max_body_bytes: upstream.max_body_bytes,
+                connect_timeout: upstream.connect_timeout,
+                response_header_timeout: upstream.response_header_timeout,
+                stream_idle_timeout: upstream.stream_idle_timeout,
                 self_heal_wait: self_heal_wait(credentials.sts.timeout),
                 usage: usage?,
+                gate: gate?,
+                upstream_max_idle: upstream.max_idle,
             };
             Some(SidecarConfig {
-                listen: listen?,
-                admin_listen: admin_listen?,
+                listen: listeners.proxy,
+                admin_listen: listeners.admin,
+                proxy_limits: listeners.proxy_limits,
+                admin_limits: listeners.admin_limits,
                 shutdown_grace: shutdown_grace?,
                 refresh: refresh?,
                 token_watch_interval: token_watch_interval?,
@@ -113,6 +107,179 @@ impl SidecarConfig {
             })
         })
     }
+}
+
+/// The proxy's and the admin server's addresses and limits.
+struct Listeners {
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    proxy_limits: Limits,
+    admin_limits: Limits,
+}
+
+fn listeners(args: &SidecarArgs, env: &Env, e: &mut Errors) -> Option<Listeners> {
+    let anywhere = e.read(
+        &s::ALLOW_NON_LOOPBACK_LISTEN,
+        args.allow_non_loopback_listen.as_deref(),
+        env,
+        parse::bool,
+    );
+    let proxy = e.read(&s::LISTEN, args.listen.as_deref(), env, |raw| {
+        let addr = parse::addr(raw)?;
+        if addr.ip().is_loopback() || anywhere == Some(true) {
+            Ok(addr)
+        } else {
+            Err(ParseError::refused(format!(
+                "{raw:?} is not a loopback address: the proxy signs whatever reaches it, so only its own pod may; set --allow-non-loopback-listen to permit it"
+            )))
+        }
+    });
+    let admin = e.read(
+        &s::ADMIN_LISTEN,
+        args.admin_listen.as_deref(),
+        env,
+        parse::addr,
+    );
+    let proxy_limits = limits::limits(
+        limits::Listener {
+            settings: &ProxyLimitArgs::SETTINGS,
+            flags: args.proxy_limits.values(),
+            per_peer: None,
+            http2: true,
+        },
+        env,
+        e,
+    );
+    let admin_limits = limits::limits(
+        limits::Listener {
+            settings: &AdminLimitArgs::SETTINGS,
+            flags: args.admin_limits.values(),
+            per_peer: Some((
+                &settings::limits::ADMIN_PER_PEER,
+                args.admin_max_connections_per_peer.as_deref(),
+            )),
+            http2: false,
+        },
+        env,
+        e,
+    );
+    Some(Listeners {
+        proxy: proxy?,
+        admin: admin?,
+        proxy_limits: proxy_limits?,
+        admin_limits: admin_limits?,
+    })
+}
+
+/// How the proxy talks to Bedrock.
+struct UpstreamSettings {
+    max_body_bytes: usize,
+    connect_timeout: Duration,
+    response_header_timeout: Option<Duration>,
+    stream_idle_timeout: Option<Duration>,
+    max_idle: usize,
+}
+
+fn upstream(args: &SidecarArgs, env: &Env, e: &mut Errors) -> Option<UpstreamSettings> {
+    let max_body_bytes = e.read(
+        &s::MAX_BODY_BYTES,
+        args.max_body_bytes.as_deref(),
+        env,
+        parse::positive_count,
+    );
+    let connect_timeout = e.read(
+        &s::CONNECT_TIMEOUT,
+        args.connect_timeout.as_deref(),
+        env,
+        parse::positive_duration,
+    );
+    let response_header_timeout = e.read(
+        &s::RESPONSE_HEADER_TIMEOUT,
+        args.response_header_timeout.as_deref(),
+        env,
+        parse::optional_duration,
+    );
+    let stream_idle_timeout = e.read(
+        &s::STREAM_IDLE_TIMEOUT,
+        args.stream_idle_timeout.as_deref(),
+        env,
+        parse::optional_duration,
+    );
+    let max_idle = e.read(
+        &s::UPSTREAM_MAX_IDLE,
+        args.upstream_max_idle.as_deref(),
+        env,
+        parse::count,
+    );
+    Some(UpstreamSettings {
+        max_body_bytes: max_body_bytes?,
+        connect_timeout: connect_timeout?,
+        response_header_timeout: response_header_timeout?,
+        stream_idle_timeout: stream_idle_timeout?,
+        max_idle: max_idle?,
+    })
+}
+
+/// What a request must pass: its Host, the optional token, the budgets.
+fn gate(args: &SidecarArgs, env: &Env, e: &mut Errors) -> Option<Gate> {
+    let allowed_hosts = s::ALLOWED_HOSTS
+        .find(args.allowed_hosts.as_deref(), env)
+        .map(|raw| parse::list(raw.value))
+        .unwrap_or_default();
+    let token = e.read_optional(
+        &s::PROXY_TOKEN,
+        args.proxy_token.as_deref(),
+        env,
+        proxy_token,
+    );
+    let body_read_timeout = e.read(
+        &s::BODY_READ_TIMEOUT,
+        args.body_read_timeout.as_deref(),
+        env,
+        parse::positive_duration,
+    );
+    let body_budget = e.read(
+        &s::REQUEST_BODY_BUDGET,
+        args.request_body_budget.as_deref(),
+        env,
+        parse::positive_count,
+    );
+    let body_budget_wait = e.read(
+        &s::BODY_BUDGET_WAIT,
+        args.body_budget_wait.as_deref(),
+        env,
+        parse::duration,
+    );
+    let max_requests = e.read(
+        &s::MAX_REQUESTS,
+        args.max_requests.as_deref(),
+        env,
+        parse::positive_count,
+    );
+    Some(Gate {
+        allowed_hosts,
+        token: token?,
+        body_read_timeout: body_read_timeout?,
+        body_budget: body_budget?,
+        body_budget_wait: body_budget_wait?,
+        max_requests: max_requests?,
+    })
+}
+
+/// The token itself, or `@FILE` to read it from a file (a mounted Secret).
+fn proxy_token(raw: &str) -> Result<Secret, ParseError> {
+    let token = match raw.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| ParseError::refused(format!("cannot read {path}: {e}")))?,
+        None => raw.to_owned(),
+    };
+    let token = token.trim();
+    if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ParseError::refused(
+            "a proxy token is at least 16 printable characters without spaces",
+        ));
+    }
+    Ok(Secret::new(token))
 }
 
 fn refresh_policy(args: &SidecarArgs, env: &Env, e: &mut Errors) -> Option<RefreshPolicy> {
@@ -203,10 +370,23 @@ fn container_credentials(
             );
             None
         }
-        (Some(listen), Some(token)) => Some(Some(ContainerCredentialsConfig {
-            listen,
-            token_file: token.value.into(),
-        })),
+        (Some(listen), Some(token)) => {
+            let limits = limits::limits(
+                limits::Listener {
+                    settings: &CredentialsLimitArgs::SETTINGS,
+                    flags: args.credentials_limits.values(),
+                    per_peer: None,
+                    http2: false,
+                },
+                env,
+                e,
+            )?;
+            Some(Some(ContainerCredentialsConfig {
+                listen,
+                token_file: token.value.into(),
+                limits,
+            }))
+        }
     }
 }
 
@@ -404,8 +584,8 @@ mod tests {
     #[test]
     fn flags_win_over_environment_and_endpoint_url_variables_are_ordered() {
         let mut env = IRSA.to_vec();
-        env.push(("AWS_ENDPOINT_URL", "http://generic:1"));
-        env.push(("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "http://specific:2"));
+        env.push(("AWS_ENDPOINT_URL", "https://generic:1"));
+        env.push(("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "https://specific:2"));
         env.push(("BEDROCK_BROKER_LISTEN", "127.0.0.1:1"));
         let c = sidecar(&env).unwrap();
         assert_eq!(c.proxy.routes.runtime.authority.as_str(), "specific:2");
@@ -639,6 +819,79 @@ mod tests {
                 "AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME"
             ]
         );
+    }
+
+    #[test]
+    fn the_proxy_stays_on_loopback_unless_told_otherwise() {
+        let mut env = IRSA.to_vec();
+        env.push(("BEDROCK_BROKER_LISTEN", "0.0.0.0:9787"));
+        let e = sidecar(&env).unwrap_err();
+        assert_eq!(origins(&e), ["BEDROCK_BROKER_LISTEN"]);
+        assert!(e.to_string().contains("--allow-non-loopback-listen"), "{e}");
+        env.push(("BEDROCK_BROKER_ALLOW_NON_LOOPBACK_LISTEN", "true"));
+        assert_eq!(sidecar(&env).unwrap().listen.to_string(), "0.0.0.0:9787");
+
+        let mut env = IRSA.to_vec();
+        env.push((
+            "AWS_ENDPOINT_URL_BEDROCK_RUNTIME",
+            "http://bedrock.internal:8080",
+        ));
+        let e = sidecar(&env).unwrap_err();
+        assert_eq!(origins(&e), ["AWS_ENDPOINT_URL_BEDROCK_RUNTIME"]);
+        env.push(("BEDROCK_BROKER_ALLOW_PLAINTEXT_UPSTREAM", "yes"));
+        assert!(sidecar(&env).is_ok());
+    }
+
+    #[test]
+    fn every_listener_has_documented_limits() {
+        let c = sidecar(&IRSA).unwrap();
+        assert_eq!(c.proxy_limits.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(c.proxy_limits.max_connections, 256);
+        assert_eq!(c.proxy_limits.max_connections_per_peer, None);
+        assert!(c.proxy_limits.http2, "bidirectional clients may speak h2c");
+        assert_eq!(c.admin_limits.max_connections, 32);
+        assert_eq!(c.admin_limits.max_connections_per_peer, Some(8));
+        assert!(!c.admin_limits.http2);
+        assert_eq!(c.proxy.gate.body_budget, 64 * 1024 * 1024);
+        assert_eq!(c.proxy.gate.max_requests, 512);
+        assert_eq!(c.proxy.upstream_max_idle, 32);
+
+        let mut env = IRSA.to_vec();
+        env.extend([
+            ("BEDROCK_BROKER_ADMIN_MAX_HEADER_BYTES", "100"),
+            ("BEDROCK_BROKER_MAX_CONNECTIONS", "0"),
+            ("BEDROCK_BROKER_PROXY_TOKEN", "short"),
+        ]);
+        let o = origins(&sidecar(&env).unwrap_err());
+        assert_eq!(
+            o,
+            [
+                "BEDROCK_BROKER_MAX_CONNECTIONS",
+                "BEDROCK_BROKER_ADMIN_MAX_HEADER_BYTES",
+                "BEDROCK_BROKER_PROXY_TOKEN",
+            ]
+        );
+        let mut env = IRSA.to_vec();
+        env.push(("BEDROCK_BROKER_REQUEST_BODY_BUDGET", "1000"));
+        let e = sidecar(&env).unwrap_err();
+        assert_eq!(
+            origins(&e),
+            ["--request-body-budget / BEDROCK_BROKER_REQUEST_BODY_BUDGET"]
+        );
+    }
+
+    #[test]
+    fn a_proxy_token_can_come_from_a_file_and_never_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  a-proxy-token-of-32-characters!\n").unwrap();
+        let arg = format!("@{}", file.display());
+        let mut env = IRSA.to_vec();
+        env.push(("BEDROCK_BROKER_PROXY_TOKEN", arg.as_str()));
+        let c = sidecar(&env).unwrap();
+        let token = c.proxy.gate.token.as_ref().unwrap();
+        assert_eq!(token.expose(), "a-proxy-token-of-32-characters!");
+        assert!(!format!("{c:?}").contains("a-proxy-token"));
     }
 
     #[test]

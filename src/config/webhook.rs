@@ -5,8 +5,12 @@ use super::aws::Region;
 use super::parse;
 use super::setting::{ConfigErrors, Errors};
 use super::settings::{inject as i, injected as d, webhook as w};
-use super::Env;
-use crate::cli::{InjectArgs, SidecarDefaultsArgs, WebhookArgs};
+use super::{limits, settings, Env};
+use crate::cli::{
+    InjectArgs, SidecarDefaultsArgs, WebhookAdminLimitArgs, WebhookArgs, WebhookLimitArgs,
+};
+use crate::server::tls::HandshakeLimits;
+use crate::server::Limits;
 use crate::telemetry::LogFormat;
 use crate::webhook::types::{
     parse_limit, Audience, ImageRef, LogLevel, PullPolicy, Quantity, SidecarMode, TokenExpiration,
@@ -140,24 +144,8 @@ impl WebhookConfig {
             env,
             parse::addr,
         );
-        let cert = e.read(
-            &w::TLS_CERT_FILE,
-            args.tls_cert_file.as_deref(),
-            env,
-            parse::path,
-        );
-        let key = e.read(
-            &w::TLS_KEY_FILE,
-            args.tls_key_file.as_deref(),
-            env,
-            parse::path,
-        );
-        let reload_interval = e.read(
-            &w::TLS_RELOAD_INTERVAL,
-            args.tls_reload_interval.as_deref(),
-            env,
-            parse::positive_duration,
-        );
+        let tls = tls_files(args, env, &mut e);
+        let serving = serving(args, env, &mut e);
         let on_lookup_error = e.read(
             &w::ON_LOOKUP_ERROR,
             args.on_lookup_error.as_deref(),
@@ -189,14 +177,16 @@ impl WebhookConfig {
             }
         }
         e.finish(|| {
+            let serving = serving?;
             Some(Self {
                 listen: listen?,
                 admin_listen: admin_listen?,
-                tls: TlsFiles {
-                    cert: cert?,
-                    key: key?,
-                    reload_interval: reload_interval?,
-                },
+                tls: tls?,
+                limits: serving.limits,
+                handshake: serving.handshake,
+                admin_limits: serving.admin_limits,
+                body_read_timeout: serving.body_read_timeout,
+                review_budget: serving.review_budget,
                 on_lookup_error: on_lookup_error?,
                 lookup_timeout: lookup_timeout?,
                 shutdown_grace: shutdown_grace?,
@@ -204,6 +194,105 @@ impl WebhookConfig {
             })
         })
     }
+}
+
+fn tls_files(args: &WebhookArgs, env: &Env, e: &mut Errors) -> Option<TlsFiles> {
+    let cert = e.read(
+        &w::TLS_CERT_FILE,
+        args.tls_cert_file.as_deref(),
+        env,
+        parse::path,
+    );
+    let key = e.read(
+        &w::TLS_KEY_FILE,
+        args.tls_key_file.as_deref(),
+        env,
+        parse::path,
+    );
+    let reload_interval = e.read(
+        &w::TLS_RELOAD_INTERVAL,
+        args.tls_reload_interval.as_deref(),
+        env,
+        parse::positive_duration,
+    );
+    Some(TlsFiles {
+        cert: cert?,
+        key: key?,
+        reload_interval: reload_interval?,
+    })
+}
+
+/// How the webhook's two listeners bound their clients.
+struct Serving {
+    limits: Limits,
+    handshake: HandshakeLimits,
+    admin_limits: Limits,
+    body_read_timeout: std::time::Duration,
+    review_budget: usize,
+}
+
+/// Handshakes in progress at once: one per connection slot is the most that
+/// can ever be useful.
+fn serving(args: &WebhookArgs, env: &Env, e: &mut Errors) -> Option<Serving> {
+    let limits = limits::limits(
+        limits::Listener {
+            settings: &WebhookLimitArgs::SETTINGS,
+            flags: args.limits.values(),
+            per_peer: None,
+            http2: false,
+        },
+        env,
+        e,
+    );
+    let per_peer = e.read(
+        &settings::limits::WEBHOOK_PER_PEER,
+        args.max_connections_per_peer.as_deref(),
+        env,
+        parse::positive_count,
+    );
+    let handshake_timeout = e.read(
+        &settings::limits::WEBHOOK_TLS_HANDSHAKE_TIMEOUT,
+        args.tls_handshake_timeout.as_deref(),
+        env,
+        parse::positive_duration,
+    );
+    let admin_limits = limits::limits(
+        limits::Listener {
+            settings: &WebhookAdminLimitArgs::SETTINGS,
+            flags: args.admin_limits.values(),
+            per_peer: Some((
+                &settings::limits::WEBHOOK_ADMIN_PER_PEER,
+                args.admin_max_connections_per_peer.as_deref(),
+            )),
+            http2: false,
+        },
+        env,
+        e,
+    );
+    let body_read_timeout = e.read(
+        &w::BODY_READ_TIMEOUT,
+        args.body_read_timeout.as_deref(),
+        env,
+        parse::positive_duration,
+    );
+    let review_budget = e.read(
+        &w::REVIEW_BUDGET,
+        args.review_budget.as_deref(),
+        env,
+        parse::positive_count,
+    );
+    let limits = limits?;
+    Some(Serving {
+        handshake: HandshakeLimits {
+            timeout: handshake_timeout?,
+            max_pending: limits.max_connections,
+            per_peer: Some(per_peer?),
+        },
+        limits,
+        admin_limits: admin_limits?,
+        body_read_timeout: body_read_timeout?,
+        review_budget: review_budget?,
+    })
 }
 
 impl InjectConfig {

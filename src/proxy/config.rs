@@ -7,6 +7,7 @@ use http::uri::{Authority, Scheme};
 
 use crate::config::aws::Region;
 use crate::credentials::ApiKey;
+use crate::secret::Secret;
 
 /// Everything [`super::Proxy`] needs besides its collaborators.
 #[derive(Debug, Clone)]
@@ -29,6 +30,28 @@ pub struct Config {
     pub self_heal_wait: Duration,
     /// Token usage metrics and their `model` label policy.
     pub usage: UsageLabels,
+    /// What a request must pass before it is read or forwarded.
+    pub gate: Gate,
+    /// Idle connections kept per upstream host.
+    pub upstream_max_idle: usize,
+}
+
+/// What a request must pass before the proxy spends memory or an upstream
+/// connection on it: the proxy serves only its own pod, within a budget.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    /// `Host` names answered besides loopback names and addresses.
+    pub allowed_hosts: Vec<String>,
+    /// A token every request must present, when configured.
+    pub token: Option<Secret>,
+    /// Longest silence while a request body is received.
+    pub body_read_timeout: Duration,
+    /// Bytes of request bodies held at once, across requests.
+    pub body_budget: usize,
+    /// How long a request waits for room in the budget.
+    pub body_budget_wait: Duration,
+    /// Requests served at once.
+    pub max_requests: usize,
 }
 
 /// The upstreams of the three route prefixes.

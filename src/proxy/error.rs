@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 
 use super::headers::BROKER_ERROR;
@@ -56,6 +56,11 @@ codes! {
     INVALID_EVENT_STREAM = "invalid_event_stream", 400, "a bidirectional stream's client messages are malformed, too large, or continue after the end message (before Bedrock answered)";
     CLIENT_CLOSED = "client_closed", 499, "an HTTP/1.1 client hung up a bidirectional stream before Bedrock answered (recorded in metrics; the client is gone)";
     SIGNING_FAILED = "signing_failed", 500, "aws-sigv4 refused to sign (should not happen)";
+    HOST_NOT_ALLOWED = "host_not_allowed", 403, "the `Host` is not a loopback name or address, nor in `--allowed-hosts` (an SSRF or DNS-rebinding attempt, or a missing `--allowed-hosts` entry)";
+    PROXY_TOKEN_REQUIRED = "proxy_token_required", 401, "`--proxy-token` is set and the request carries no (or the wrong) token";
+    BODY_READ_TIMEOUT = "body_read_timeout", 408, "the request body stalled for `--body-read-timeout`";
+    OVERLOADED = "overloaded", 503, "`--max-requests` are in flight, or `--request-body-budget` had no room within `--body-budget-wait`; comes with `Retry-After`";
+    UPSTREAM_PROTOCOL_ERROR = "upstream_protocol_error", 502, "the upstream answered with something the proxy does not forward (a protocol switch)";
 }
 
 /// Why the broker answers a request itself.
@@ -104,6 +109,16 @@ pub enum ProxyError {
     ClientClosed(String),
     #[error("{0}")]
     SigningFailed(String),
+    #[error("bedrock-broker answers only requests for its own pod: Host {0:?} is not a loopback name or address; add it to --allowed-hosts if it is yours")]
+    HostNotAllowed(String),
+    #[error("this bedrock-broker requires its proxy token (Authorization: Bearer <token>, or x-bedrock-broker-token)")]
+    ProxyTokenRequired,
+    #[error("the request body stalled for {} (--body-read-timeout)", humantime::format_duration(*.0))]
+    BodyReadTimeout(Duration),
+    #[error("bedrock-broker is busy ({0}); retry shortly")]
+    Overloaded(&'static str),
+    #[error("{0}")]
+    UpstreamProtocol(String),
 }
 
 impl ProxyError {
@@ -124,6 +139,11 @@ impl ProxyError {
             Self::InvalidEventStream(_) => &INVALID_EVENT_STREAM,
             Self::ClientClosed(_) => &CLIENT_CLOSED,
             Self::SigningFailed(_) => &SIGNING_FAILED,
+            Self::HostNotAllowed(_) => &HOST_NOT_ALLOWED,
+            Self::ProxyTokenRequired => &PROXY_TOKEN_REQUIRED,
+            Self::BodyReadTimeout(_) => &BODY_READ_TIMEOUT,
+            Self::Overloaded(_) => &OVERLOADED,
+            Self::UpstreamProtocol(_) => &UPSTREAM_PROTOCOL_ERROR,
         }
     }
 
@@ -177,6 +197,10 @@ impl ProxyError {
                 "x-amzn-errortype",
                 HeaderValue::from_static(self.aws_type()),
             );
+        }
+        if matches!(self, Self::Overloaded(_)) {
+            // Busy for a moment, not broken: SDKs honour it and back off.
+            h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }
@@ -246,6 +270,11 @@ mod tests {
             ProxyError::InvalidEventStream("x".into()),
             ProxyError::ClientClosed("x".into()),
             ProxyError::SigningFailed("x".into()),
+            ProxyError::HostNotAllowed("x".into()),
+            ProxyError::ProxyTokenRequired,
+            ProxyError::BodyReadTimeout(Duration::from_secs(1)),
+            ProxyError::Overloaded("x"),
+            ProxyError::UpstreamProtocol("x".into()),
         ];
         let mut used: Vec<&str> = all.iter().map(|e| e.code().name).collect();
         used.sort_unstable();

@@ -9,6 +9,8 @@ use http::header::{self, HeaderMap, HeaderName};
 
 /// llama-stack's per-request provider data (may carry a bearer token).
 pub const PROVIDER_DATA: HeaderName = HeaderName::from_static("x-llamastack-provider-data");
+/// Carries the proxy token for clients that cannot set `Authorization`.
+pub const PROXY_TOKEN: HeaderName = super::gate::PROXY_TOKEN_HEADER;
 /// Marks errors the broker generated, with a short code.
 pub const BROKER_ERROR: HeaderName = HeaderName::from_static("x-bedrock-broker-error");
 
@@ -51,6 +53,18 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Prepares upstream response headers for the client: hop-by-hop headers
+/// go, and with `Transfer-Encoding` so does `Content-Length`. hyper decoded
+/// the body by its transfer coding (RFC 9112 §6.3: it wins over the
+/// length), and the body goes back with framing of its own; a stale length
+/// next to it would leave the client waiting for bytes that never come.
+pub fn prepare_response_headers(headers: &mut HeaderMap) {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    remove_hop_by_hop(headers);
+}
+
 /// Prepares client request headers for the upstream: removes hop-by-hop
 /// headers, `Host`, the client's `Authorization` and SigV4 headers, the
 /// provider-data header (it may hold a token), `Content-Length` (the body is
@@ -65,6 +79,7 @@ pub fn prepare_request_headers(headers: &mut HeaderMap) {
         X_AMZ_SECURITY_TOKEN,
         X_AMZ_CONTENT_SHA256,
         PROVIDER_DATA,
+        PROXY_TOKEN,
         header::CONTENT_LENGTH,
         header::EXPECT,
     ] {
@@ -78,6 +93,20 @@ mod tests {
     use http::HeaderValue;
 
     #[test]
+    fn a_transfer_coding_drops_a_stale_content_length() {
+        let mut h = HeaderMap::new();
+        h.insert("content-length", HeaderValue::from_static("5"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        prepare_response_headers(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        let mut h = HeaderMap::new();
+        h.insert("content-length", HeaderValue::from_static("5"));
+        prepare_response_headers(&mut h);
+        assert_eq!(h["content-length"], "5");
+    }
+
+    #[test]
     fn strips_auth_and_hop_by_hop_but_keeps_end_to_end_headers() {
         let mut h = HeaderMap::new();
         for (k, v) in [
@@ -87,6 +116,7 @@ mod tests {
             ("x-amz-security-token", "tok"),
             ("x-amz-content-sha256", "abc"),
             ("x-llamastack-provider-data", "{}"),
+            ("x-bedrock-broker-token", "secret-proxy-token"),
             ("connection", "keep-alive, x-private"),
             ("x-private", "1"),
             ("keep-alive", "timeout=5"),

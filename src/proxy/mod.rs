@@ -23,6 +23,7 @@ mod classify;
 mod config;
 mod error;
 mod event_stream;
+mod gate;
 mod headers;
 mod operation;
 mod request_body;
@@ -47,8 +48,9 @@ use hyper::body::Incoming;
 use prometheus::Histogram;
 
 pub use auth::AuthMode;
-pub use config::{Config, RouteTable, Upstream, UsageLabels};
+pub use config::{Config, Gate, RouteTable, Upstream, UsageLabels};
 pub use error::{reference_table as error_reference_table, Code, Dialect, ProxyError, CODES};
+pub use gate::is_loopback_host;
 pub use operation::Operation;
 pub use sigv4::Signer;
 pub use upstream::{clients as upstream_clients, RequestBody, UpstreamClient, UpstreamClients};
@@ -91,6 +93,8 @@ pub struct Proxy {
     metrics: ProxyMetrics,
     /// Per-operation duration histograms, resolved once instead of per request.
     durations: Vec<Histogram>,
+    /// What a request must pass before it is read or forwarded.
+    gate: gate::GateState,
 }
 
 impl Proxy {
@@ -125,6 +129,7 @@ impl Proxy {
             clock,
             metrics,
             durations,
+            gate: gate::GateState::new(config.gate),
         }
     }
 
@@ -143,10 +148,16 @@ impl Proxy {
         let operation = class.operation;
         let duration = self.durations[operation.index()].clone();
 
-        let (response, auth) = match self.forward(request, &class).await {
+        let admitted = self.gate.admit();
+        let forwarded = match admitted {
+            Ok(_) => self.forward(request, &class).await,
+            Err(ref e) => Err((e.clone(), AuthMode::None)),
+        };
+        let (response, auth) = match forwarded {
             Ok((mut response, auth, model)) => {
-                headers::remove_hop_by_hop(response.headers_mut());
-                let completion = Completion::new(started, duration, in_flight);
+                headers::prepare_response_headers(response.headers_mut());
+                let slot = admitted.ok();
+                let completion = Completion::new(started, duration, in_flight, slot);
                 let kind = StreamKind::of(response.headers());
                 let tap = match (&self.usage, model) {
                     (Some(usage), Some(model)) if response.status().is_success() => {
@@ -168,7 +179,7 @@ impl Proxy {
                 } else {
                     tracing::debug!(code = err.code().name, status = status.as_u16(), operation = operation.as_str(), error = %err, "request refused");
                 }
-                drop(Completion::new(started, duration, in_flight));
+                drop(Completion::new(started, duration, in_flight, None));
                 let response = err
                     .into_response::<Full<Bytes>>(class.dialect)
                     .map(Either::Left);
@@ -198,6 +209,7 @@ impl Proxy {
     {
         let refused = |e| (e, AuthMode::None);
         target::check(&request).map_err(refused)?;
+        self.gate.check(&request).map_err(refused)?;
         let decision =
             auth::decide(request.headers(), self.configured_bearer.as_ref()).map_err(refused)?;
         let mode = decision.mode();
@@ -213,12 +225,18 @@ impl Proxy {
             return self
                 .send_event_stream(route.signer(), parts, body)
                 .await
+                .and_then(refuse_protocol_switch)
                 .map(|r| (r, mode, None))
                 .map_err(with_mode);
         }
 
         let sigv4 = matches!(decision, auth::Decision::SigV4);
-        let body = request_body::read(&parts.headers, body, self.max_body_bytes, sigv4)
+        let limits = request_body::Limits {
+            max_bytes: self.max_body_bytes,
+            read_timeout: self.gate.body_read_timeout,
+            gate: &self.gate,
+        };
+        let body = request_body::read(&parts.headers, body, limits, sigv4)
             .await
             .map_err(with_mode)?;
         let model = self
@@ -234,6 +252,21 @@ impl Proxy {
             }
             auth::Decision::SigV4 => self.send_signed(route.signer(), parts, body).await,
         };
-        response.map(|r| (r, mode, model)).map_err(with_mode)
+        response
+            .and_then(refuse_protocol_switch)
+            .map(|r| (r, mode, model))
+            .map_err(with_mode)
     }
+}
+
+/// An upstream that answers `101 Switching Protocols` would hand the
+/// client a raw connection to it; the proxy forwards HTTP requests only.
+fn refuse_protocol_switch<B>(response: Response<B>) -> Result<Response<B>, ProxyError> {
+    if response.status().is_informational() {
+        return Err(ProxyError::UpstreamProtocol(format!(
+            "the upstream answered {} and the proxy does not forward protocol switches",
+            response.status()
+        )));
+    }
+    Ok(response)
 }

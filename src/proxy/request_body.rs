@@ -7,28 +7,48 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 
+use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
+
 use super::error::ProxyError;
+use super::gate::GateState;
 use super::BoxError;
 
 /// A request body read in full, with its SHA-256 when SigV4 needs it.
 pub struct ReadBody {
     pub bytes: Bytes,
     pub sha256: Option<String>,
+    /// Its share of `--request-body-budget`, returned when it is dropped.
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+/// How much a body may be, and how slowly it may come.
+pub struct Limits<'a> {
+    pub max_bytes: usize,
+    /// Longest silence between two pieces of the body.
+    pub read_timeout: Duration,
+    /// The budget every buffered body draws from.
+    pub gate: &'a GateState,
 }
 
 /// Reads the whole body, hashing it when `hash` is set. A one-frame body is
 /// kept as is; larger ones are gathered into one buffer sized from
 /// `Content-Length`.
+///
+/// The budget is reserved before the bytes are held: the declared length at
+/// once, or piece by piece for a body without one.
 pub async fn read<B>(
     headers: &http::HeaderMap,
     mut body: B,
-    limit: usize,
+    limits: Limits<'_>,
     hash: bool,
 ) -> Result<ReadBody, ProxyError>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
+    let limit = limits.max_bytes;
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -36,11 +56,21 @@ where
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ProxyError::BodyTooLarge { limit });
     }
+    let mut budget = match declared {
+        Some(n) if n > 0 => Some(limits.gate.reserve(n as usize).await?),
+        _ => None,
+    };
+    let reserved = declared.map_or(0, |n| n as usize);
     let mut hasher = hash.then(Sha256::new);
     let mut first: Option<Bytes> = None;
     let mut rest: Option<BytesMut> = None;
     let mut total = 0usize;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let next = tokio::time::timeout(limits.read_timeout, body.frame()).await;
+        let Some(frame) = next.map_err(|_| ProxyError::BodyReadTimeout(limits.read_timeout))?
+        else {
+            break;
+        };
         let frame = frame.map_err(|e| ProxyError::BodyRead(e.into().to_string()))?;
         let Ok(data) = frame.into_data() else {
             continue;
@@ -48,6 +78,15 @@ where
         total += data.len();
         if total > limit {
             return Err(ProxyError::BodyTooLarge { limit });
+        }
+        if total > reserved {
+            // More than declared (or nothing declared): reserve what came.
+            let extra = total - reserved.max(total - data.len());
+            let more = limits.gate.reserve(extra).await?;
+            match budget.as_mut() {
+                Some(held) => held.merge(more),
+                None => budget = Some(more),
+            }
         }
         if let Some(h) = hasher.as_mut() {
             h.update(&data);
@@ -72,5 +111,6 @@ where
     Ok(ReadBody {
         bytes,
         sha256: hasher.map(|h| hex::encode(h.finalize())),
+        _budget: budget,
     })
 }

@@ -12,6 +12,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use prometheus::{Histogram, IntGauge};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
 
 use super::usage::UsageTap;
@@ -42,14 +43,22 @@ pub struct Completion {
     started: Instant,
     duration: Histogram,
     _in_flight: InFlight,
+    /// The request's slot in `--max-requests`, freed when the response ends.
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Completion {
-    pub fn new(started: Instant, duration: Histogram, in_flight: InFlight) -> Self {
+    pub fn new(
+        started: Instant,
+        duration: Histogram,
+        in_flight: InFlight,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Self {
         Self {
             started,
             duration,
             _in_flight: in_flight,
+            _slot: slot,
         }
     }
 }

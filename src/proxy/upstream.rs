@@ -43,10 +43,15 @@ pub struct UpstreamClients {
     pub streams: UpstreamClient,
 }
 
-pub fn clients(tls: rustls::ClientConfig, connect_timeout: Duration) -> UpstreamClients {
+/// Both clients; `max_idle` idle connections per host are kept for reuse.
+pub fn clients(
+    tls: rustls::ClientConfig,
+    connect_timeout: Duration,
+    max_idle: usize,
+) -> UpstreamClients {
     UpstreamClients {
-        pooled: build(tls.clone(), connect_timeout, false),
-        streams: build(tls, connect_timeout, true),
+        pooled: build(tls.clone(), connect_timeout, max_idle, false),
+        streams: build(tls, connect_timeout, max_idle, true),
     }
 }
 
@@ -83,7 +88,12 @@ fn upstream_error(e: &hyper_util::client::legacy::Error) -> ProxyError {
     }
 }
 
-fn build(tls: rustls::ClientConfig, connect_timeout: Duration, h2_only: bool) -> UpstreamClient {
+fn build(
+    tls: rustls::ClientConfig,
+    connect_timeout: Duration,
+    max_idle: usize,
+    h2_only: bool,
+) -> UpstreamClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -99,6 +109,9 @@ fn build(tls: rustls::ClientConfig, connect_timeout: Duration, h2_only: bool) ->
     };
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        // HTTP/1.1 opens a connection per concurrent request; after a burst
+        // only this many stay open.
+        .pool_max_idle_per_host(max_idle)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .http2_only(h2_only)

@@ -222,7 +222,10 @@ pub struct PeerSlot {
 impl Peers {
     /// A slot for `ip`, unless it already holds `limit`.
     pub fn claim(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<PeerSlot> {
-        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let count = map.entry(ip).or_insert(0);
         if *count >= limit {
             return None;

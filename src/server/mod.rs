@@ -6,22 +6,30 @@
 //! their in-flight requests and streams for at most the grace period, then
 //! closes what is left.
 
+mod conn;
+pub mod limits;
 pub mod signal;
 pub mod tls;
 
+pub use limits::Limits;
+
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use conn::{Activity, Counted, Peers, Watched};
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -73,32 +81,35 @@ impl Accept for TcpListener {
     }
 }
 
-/// Serves HTTP/1.1 and HTTP/2 (prior knowledge, or ALPN over TLS) on
-/// `listener` until `shutdown` fires, then drains for at most `grace`.
+/// Serves HTTP/1.1 (and HTTP/2 when `limits.http2`) on `listener` within
+/// `limits` until `shutdown` fires, then stops accepting and drains for at
+/// most `grace`.
 pub async fn serve<L, S, B>(
     mut listener: L,
     service: S,
+    limits: Limits,
     shutdown: CancellationToken,
     grace: Duration,
     name: &'static str,
 ) where
     L: Accept,
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(builder(&limits));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let peers = Arc::new(Peers::default());
+    let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.cancelled() => break,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Usually EMFILE: back off briefly instead of spinning.
                 tracing::warn!(server = name, error = %e, "accept failed");
@@ -106,27 +117,87 @@ pub async fn serve<L, S, B>(
                 continue;
             }
         };
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service.clone())
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(server = name, error = %e, "connection closed with error");
-            }
+        // Over a limit: closed at once, before any read, so it costs nothing.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(server = name, %peer, "connection limit reached; closing");
+            continue;
+        };
+        let peer_slot = match limits.max_connections_per_peer {
+            None => None,
+            Some(limit) => match peers.claim(peer.ip(), limit) {
+                Some(claimed) => Some(claimed),
+                None => {
+                    tracing::debug!(server = name, %peer, "per-peer connection limit reached; closing");
+                    continue;
+                }
+            },
+        };
+        let activity = Activity::new();
+        let io = TokioIo::new(Watched::new(stream, activity.clone()));
+        let service = Counted::new(service.clone(), activity.clone());
+        let (builder, shutdown, idle) = (builder.clone(), shutdown.clone(), limits.idle_timeout);
+        connections.spawn(async move {
+            let _held = (slot, peer_slot);
+            let conn = builder.serve_connection(io, service);
+            tokio::pin!(conn);
+            let stop = tokio::select! {
+                done = conn.as_mut() => return log_end(name, done),
+                _ = shutdown.cancelled() => "shutdown",
+                _ = activity.idle_for(idle) => "idle",
+            };
+            tracing::trace!(server = name, reason = stop, "closing connection");
+            conn.as_mut().graceful_shutdown();
+            log_end(name, conn.await);
         });
     }
     drop(listener);
+    connections.close();
     tracing::info!(
         server = name,
         grace_s = grace.as_secs_f64(),
+        open = connections.len(),
         "stopped accepting; draining"
     );
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!(server = name, "drained"),
+        _ = connections.wait() => tracing::info!(server = name, "drained"),
         _ = tokio::time::sleep(grace) => tracing::warn!(server = name, "grace period over with requests still open; closing them"),
     }
 }
+
+fn log_end<E: std::fmt::Display>(name: &'static str, result: Result<(), E>) {
+    if let Err(e) = result {
+        tracing::debug!(server = name, error = %e, "connection closed with error");
+    }
+}
+
+/// A connection builder applying `limits`.
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.read_buffer());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .keep_alive_interval(HTTP2_KEEPALIVE)
+        .keep_alive_timeout(HTTP2_KEEPALIVE);
+    if limits.http2 {
+        builder
+    } else {
+        builder.http1_only()
+    }
+}
+
+/// Streams one HTTP/2 connection may have open: ample for one pod's
+/// clients, small enough that one connection cannot hold everything.
+const MAX_CONCURRENT_STREAMS: u32 = 128;
+/// Ping an HTTP/2 peer this often, and drop it when a ping goes unanswered
+/// this long: a vanished peer does not hold its connection.
+const HTTP2_KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// An axum router as a hyper service, for [`serve`].
 pub fn router_service(

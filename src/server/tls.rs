@@ -11,7 +11,9 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -19,18 +21,15 @@ use prometheus::IntCounterVec;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use super::conn::{PeerSlot, Peers};
 use crate::tls::pem::{self, PemError};
-
-/// A client that has not finished the TLS handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; more wait in the accept queue.
-const MAX_PENDING_HANDSHAKES: usize = 256;
 
 /// Why a certificate/key pair cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -191,23 +190,70 @@ pub fn server_config(
     Ok(config)
 }
 
+/// How the TLS listener treats clients before and during their handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandshakeLimits {
+    /// A client that has not finished its handshake by then is dropped.
+    pub timeout: Duration,
+    /// Handshakes in progress at once; more wait in the accept queue.
+    pub max_pending: usize,
+    /// Connections (handshakes included) per peer address.
+    pub per_peer: Option<usize>,
+}
+
+/// A connection whose handshake completed, holding its peer's slot.
+pub struct TlsConn {
+    stream: TlsStream<TcpStream>,
+    _slot: Option<PeerSlot>,
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 /// TLS connections whose handshake completed, fed by a background accept
 /// loop so one slow client never holds up the others.
 pub struct TlsListener {
-    connections: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    connections: mpsc::Receiver<(TlsConn, SocketAddr)>,
 }
 
 impl TlsListener {
-    /// Accepts on `listener` and runs handshakes (at most
-    /// [`MAX_PENDING_HANDSHAKES`] at once, each within
-    /// [`HANDSHAKE_TIMEOUT`]) until `shutdown`.
+    /// Accepts on `listener` and runs handshakes within `limits` until
+    /// `shutdown`. A peer over its limit is closed before its handshake, so
+    /// one pod cannot occupy every handshake slot.
     pub fn spawn(
         listener: TcpListener,
         acceptor: TlsAcceptor,
+        limits: HandshakeLimits,
         shutdown: CancellationToken,
     ) -> Self {
         let (tx, rx) = mpsc::channel(64);
-        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+        let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_pending));
+        let peers = Arc::new(Peers::default());
         tokio::spawn(async move {
             let mut listener = listener;
             loop {
@@ -228,12 +274,30 @@ impl TlsListener {
                         continue;
                     }
                 };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                let slot = match limits.per_peer {
+                    None => None,
+                    Some(limit) => match peers.claim(peer.ip(), limit) {
+                        Some(slot) => Some(slot),
+                        None => {
+                            tracing::debug!(%peer, "per-peer connection limit reached; closing");
+                            continue;
+                        }
+                    },
+                };
+                let (acceptor, tx, timeout) = (acceptor.clone(), tx.clone(), limits.timeout);
                 tokio::spawn(async move {
                     let _permit = permit;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx
+                                .send((
+                                    TlsConn {
+                                        stream,
+                                        _slot: slot,
+                                    },
+                                    peer,
+                                ))
+                                .await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -246,7 +310,7 @@ impl TlsListener {
 }
 
 impl super::Accept for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = TlsConn;
 
     async fn accept(&mut self) -> std::io::Result<(Self::Io, SocketAddr)> {
         match self.connections.recv().await {

@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -19,6 +19,7 @@ use kube::core::DynamicObject;
 use serde_json::Value;
 
 use super::inject::{self, ClusterFacts, Outcome, Skip};
+use super::intake::Intake;
 use super::lookup::{ClusterLookup, LookupError, StringMap};
 use super::SidecarDefaults;
 use crate::config::parse::ParseError;
@@ -26,9 +27,6 @@ use crate::metrics::webhook::WebhookMetrics;
 
 /// The path the MutatingWebhookConfiguration points at.
 pub const MUTATE_PATH: &str = "/mutate";
-/// AdmissionReviews are bounded by the API server's 3 MiB object limit
-/// plus the review envelope (old and new object).
-const MAX_REVIEW_BYTES: usize = 8 * 1024 * 1024;
 
 /// What the webhook does with an opted-in pod when it cannot read the
 /// namespace or ServiceAccount it needs.
@@ -62,6 +60,8 @@ pub struct AdmissionState<L> {
     /// What to do when the lookup fails.
     pub on_lookup_error: LookupErrorPolicy,
     pub metrics: WebhookMetrics,
+    /// How review bodies are received (time and memory bounds).
+    pub intake: Intake,
 }
 
 impl<L> Clone for AdmissionState<L> {
@@ -71,6 +71,7 @@ impl<L> Clone for AdmissionState<L> {
             lookup: self.lookup.clone(),
             on_lookup_error: self.on_lookup_error,
             metrics: self.metrics.clone(),
+            intake: self.intake.clone(),
         }
     }
 }
@@ -79,15 +80,18 @@ impl<L> Clone for AdmissionState<L> {
 pub fn router<L: ClusterLookup>(state: AdmissionState<L>) -> Router {
     Router::new()
         .route(MUTATE_PATH, post(mutate_handler::<L>))
-        .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
         .with_state(Arc::new(state))
 }
 
 async fn mutate_handler<L: ClusterLookup>(
     State(state): State<Arc<AdmissionState<L>>>,
-    body: Bytes,
+    request: Request<Body>,
 ) -> Response {
-    let (status, review) = review(&state, &body).await;
+    let received = match state.intake.receive(request).await {
+        Ok(received) => received,
+        Err(status) => return status.into_response(),
+    };
+    let (status, review) = review(&state, &received.bytes).await;
     (status, Json(review)).into_response()
 }
 

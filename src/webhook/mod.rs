@@ -18,6 +18,7 @@
 
 mod admission;
 mod inject;
+mod intake;
 pub mod lookup;
 mod offline;
 mod server;
@@ -32,6 +33,7 @@ pub use self::inject::{
     Needs, Outcome, RequestAboveLimit, Resources, RoleSource, SidecarAuth, SidecarDefaults, Skip,
     TokenAccess, TokenVolume, CONTAINER_NAME,
 };
+pub use self::intake::Intake;
 pub use self::lookup::{ClusterLookup, KubeLookup, LookupError, StaticLookup, StringMap};
 pub use self::offline::{parse_documents, run_inject, InjectConfig, InjectStatus};
 pub use self::server::{TlsFiles, WebhookConfig, WebhookError, WebhookServer};
@@ -56,6 +58,7 @@ pub async fn run_webhook(
         lookup: Arc::new(lookup),
         on_lookup_error: config.on_lookup_error,
         metrics,
+        intake: Intake::new(config.body_read_timeout, config.review_budget),
     };
     server.run(state, shutdown).await
 }

@@ -14,8 +14,8 @@ use super::admission::{router, AdmissionState, LookupErrorPolicy};
 use super::lookup::ClusterLookup;
 use super::SidecarDefaults;
 use crate::admin::{Ready, Status};
-use crate::server::tls::{self, CertError, ReloadingCert, TlsListener};
-use crate::server::{self, ServeError};
+use crate::server::tls::{self, CertError, HandshakeLimits, ReloadingCert, TlsListener};
+use crate::server::{self, Limits, ServeError};
 
 /// The admin server stops this long after the webhook drained.
 const ADMIN_GRACE: Duration = Duration::from_secs(1);
@@ -42,6 +42,15 @@ pub struct WebhookConfig {
     pub lookup_timeout: Duration,
     /// How long open requests may finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Limits of the HTTPS listener (per-peer counting happens at the TLS
+    /// handshake, see `handshake`).
+    pub limits: Limits,
+    pub handshake: HandshakeLimits,
+    pub admin_limits: Limits,
+    /// Longest silence while a review body is received.
+    pub body_read_timeout: Duration,
+    /// Bytes of review bodies held at once.
+    pub review_budget: usize,
     pub sidecar: SidecarDefaults,
 }
 
@@ -74,10 +83,9 @@ pub struct WebhookServer {
     admin_listener: TcpListener,
     /// Loaded at bind time, so a bad certificate fails start-up.
     cert: Arc<ReloadingCert>,
-    tls: TlsFiles,
     /// ring, the one crypto provider this binary is built with.
     provider: Arc<rustls::crypto::CryptoProvider>,
-    shutdown_grace: Duration,
+    config: WebhookConfig,
 }
 
 impl WebhookServer {
@@ -91,9 +99,8 @@ impl WebhookServer {
             listener,
             admin_listener,
             cert: Arc::new(cert),
-            tls: config.tls.clone(),
             provider,
-            shutdown_grace: config.shutdown_grace,
+            config: config.clone(),
         })
     }
 
@@ -116,10 +123,11 @@ impl WebhookServer {
         let acceptor = TlsAcceptor::from(Arc::new(tls_config));
         let listen = self.local_addr()?;
         let admin = self.admin_addr()?;
-        tracing::info!(%listen, %admin, cert = %self.tls.cert.display(), "webhook serving");
+        let config = self.config;
+        tracing::info!(%listen, %admin, cert = %config.tls.cert.display(), "webhook serving");
 
         tokio::spawn(self.cert.clone().watch(
-            self.tls.reload_interval,
+            config.tls.reload_interval,
             state.metrics.tls_reloads.clone(),
             shutdown.clone(),
         ));
@@ -131,16 +139,23 @@ impl WebhookServer {
         let admin_server = tokio::spawn(server::serve(
             self.admin_listener,
             server::router_service(admin_router),
+            config.admin_limits.clone(),
             admin_stop.clone(),
             ADMIN_GRACE,
             "webhook admin",
         ));
-        let tls_listener = TlsListener::spawn(self.listener, acceptor, shutdown.clone());
+        let tls_listener = TlsListener::spawn(
+            self.listener,
+            acceptor,
+            config.handshake.clone(),
+            shutdown.clone(),
+        );
         server::serve(
             tls_listener,
             server::router_service(router(state)),
+            config.limits.clone(),
             shutdown,
-            self.shutdown_grace,
+            config.shutdown_grace,
             "webhook",
         )
         .await;

@@ -55,9 +55,20 @@ def test_dot_segments_are_refused(sidecar, fake_aws, target):
     assert fake_aws.requests() == []
 
 
-def test_client_host_header_does_not_choose_the_upstream(sidecar, fake_aws):
+def test_client_host_header_does_not_choose_the_upstream(start_sidecar, irsa_env, fake_aws):
+    sidecar = start_sidecar(irsa_env, ["--allowed-hosts", "bedrock-broker.internal"])
+    # A host that is not this pod's (SSRF, DNS rebinding) is refused before
+    # anything is signed.
+    r, data = raw(sidecar, "POST", CONVERSE, {"Host": "evil.example", "content-type": "application/json"}, BODY.encode())
+    assert r.status == 403
+    assert r.getheader("x-bedrock-broker-error") == "host_not_allowed"
+    assert json.loads(data)["message"].startswith("bedrock-broker answers only requests for its own pod")
+    assert fake_aws.requests() == []
+    # A name the operator allowed is answered, and still goes to the
+    # configured upstream, signed for it.
     tid = uuid.uuid4().hex
-    r, _ = raw(sidecar, "POST", CONVERSE, {"Host": "evil.example", "x-test-id": tid, "content-type": "application/json"}, BODY.encode())
+    headers = {"Host": "bedrock-broker.internal:9787", "x-test-id": tid, "content-type": "application/json"}
+    r, _ = raw(sidecar, "POST", CONVERSE, headers, BODY.encode())
     assert r.status == 200
     rec = fake_aws.request_for(tid)
     assert rec["verified"]

@@ -19,7 +19,7 @@ use bedrock_broker::config::aws::Region;
 use bedrock_broker::config::endpoints::base_url;
 use bedrock_broker::credentials::{CredentialCell, HeldCredentials};
 use bedrock_broker::metrics::Metrics;
-use bedrock_broker::proxy::{self, Proxy, RouteTable, Upstream, UsageLabels};
+use bedrock_broker::proxy::{self, Gate, Proxy, RouteTable, Upstream, UsageLabels};
 use http_body_util::BodyExt;
 
 /// One scripted answer of the upstream.
@@ -30,6 +30,8 @@ pub enum Answer {
     Stall(Vec<(&'static str, &'static str)>, Vec<&'static str>),
     /// Headers and the first chunk, then the second once `gate` is notified.
     Gated(&'static str, Arc<tokio::sync::Notify>, &'static str),
+    /// Nothing until `gate` is notified, then a 200.
+    Held(Arc<tokio::sync::Notify>),
 }
 
 /// What reached the upstream.
@@ -112,6 +114,13 @@ async fn answer(State(state): State<Script>, request: Request<Body>) -> Response
                 .body(Body::from_stream(stream))
                 .unwrap()
         }
+        Some(Answer::Held(gate)) => {
+            gate.notified().await;
+            Response::builder()
+                .status(200)
+                .body(Body::from(r#"{"ok":true}"#))
+                .unwrap()
+        }
         Some(Answer::Stall(headers, chunks)) => {
             let stream = async_stream(chunks);
             let mut r = Response::builder().status(StatusCode::OK);
@@ -131,6 +140,35 @@ fn async_stream(
 }
 
 use futures::StreamExt;
+
+/// An upstream that answers every connection with these raw bytes, for
+/// answers no well-behaved HTTP server would give.
+pub async fn raw_upstream(answer: &'static [u8]) -> FakeUpstream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = socket.write_all(answer).await;
+                // Hold the connection open: the client decides when it has it all.
+                let _ = socket.read(&mut buf).await;
+            });
+        }
+    });
+    FakeUpstream {
+        addr,
+        state: Script::default(),
+    }
+}
 
 /// Temporary credentials valid for an hour from now.
 pub fn credentials(key: &str) -> HeldCredentials {
@@ -153,6 +191,7 @@ pub struct Setup {
     pub max_body_bytes: usize,
     pub stream_idle_timeout: Option<Duration>,
     pub self_heal_wait: Duration,
+    pub gate: Gate,
 }
 
 impl Default for Setup {
@@ -161,6 +200,14 @@ impl Default for Setup {
             max_body_bytes: 1024 * 1024,
             stream_idle_timeout: None,
             self_heal_wait: Duration::from_secs(5),
+            gate: Gate {
+                allowed_hosts: Vec::new(),
+                token: None,
+                body_read_timeout: Duration::from_secs(30),
+                body_budget: 64 * 1024 * 1024,
+                body_budget_wait: Duration::from_secs(5),
+                max_requests: 512,
+            },
         }
     }
 }
@@ -191,10 +238,12 @@ pub fn proxy(
         stream_idle_timeout: setup.stream_idle_timeout,
         self_heal_wait: setup.self_heal_wait,
         usage: UsageLabels::FirstSeen(20),
+        gate: setup.gate,
+        upstream_max_idle: 32,
     };
     let metrics = Metrics::new();
     let tls = bedrock_broker::tls::client_config(None).unwrap();
-    let clients = proxy::upstream_clients(tls, config.connect_timeout);
+    let clients = proxy::upstream_clients(tls, config.connect_timeout, config.upstream_max_idle);
     let proxy = Proxy::new(
         config,
         cell,
@@ -205,11 +254,12 @@ pub fn proxy(
     (Arc::new(proxy), metrics)
 }
 
-/// A JSON POST to `path`.
+/// A JSON POST to `path`, as an app in the pod sends it.
 pub fn post(path: &str, body: &'static str) -> http::Request<http_body_util::Full<bytes::Bytes>> {
     http::Request::builder()
         .method("POST")
         .uri(path)
+        .header("host", "127.0.0.1:9787")
         .header("content-type", "application/json")
         .body(http_body_util::Full::new(bytes::Bytes::from_static(
             body.as_bytes(),

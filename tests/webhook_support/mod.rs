@@ -10,7 +10,7 @@ use bedrock_broker::cli::SidecarDefaultsArgs;
 use bedrock_broker::config::Env;
 use bedrock_broker::metrics::webhook::WebhookMetrics;
 use bedrock_broker::webhook::{
-    AdmissionState, LookupErrorPolicy, SidecarDefaults, StaticLookup, StringMap,
+    AdmissionState, Intake, LookupErrorPolicy, SidecarDefaults, StaticLookup, StringMap,
 };
 use serde_json::Value;
 
@@ -63,6 +63,7 @@ pub fn state<L>(lookup: L) -> AdmissionState<L> {
         lookup: Arc::new(lookup),
         on_lookup_error: LookupErrorPolicy::Deny,
         metrics: WebhookMetrics::new(),
+        intake: Intake::default(),
     }
 }
 

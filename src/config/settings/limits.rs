@@ -71,28 +71,51 @@ macro_rules! server_limits {
 
 /// The signing proxy: in-pod clients only, which may keep pools of
 /// connections and send large headers (long tracing baggage).
-pub const PROXY: ServerLimits = server_limits!(
-    "", "BEDROCK_BROKER_", "proxy", "30s", "90s", "256", "32768"
-);
+pub const PROXY: ServerLimits =
+    server_limits!("", "BEDROCK_BROKER_", "proxy", "30s", "90s", "256", "32768");
 
 /// The sidecar's admin port: probes and Prometheus, a handful of clients.
 pub const ADMIN: ServerLimits = server_limits!(
-    "admin-", "BEDROCK_BROKER_ADMIN_", "admin server", "5s", "30s", "32", "8192"
+    "admin-",
+    "BEDROCK_BROKER_ADMIN_",
+    "admin server",
+    "5s",
+    "30s",
+    "32",
+    "8192"
 );
 
 /// The container-credentials endpoint: a few SDKs in the pod.
 pub const CREDENTIALS: ServerLimits = server_limits!(
-    "credentials-", "BEDROCK_BROKER_CREDENTIALS_", "container-credentials endpoint", "5s", "30s", "32", "8192"
+    "credentials-",
+    "BEDROCK_BROKER_CREDENTIALS_",
+    "container-credentials endpoint",
+    "5s",
+    "30s",
+    "32",
+    "8192"
 );
 
 /// The webhook: the API server pools a few connections.
 pub const WEBHOOK: ServerLimits = server_limits!(
-    "", "BEDROCK_BROKER_WEBHOOK_", "webhook", "10s", "60s", "256", "16384"
+    "",
+    "BEDROCK_BROKER_WEBHOOK_",
+    "webhook",
+    "10s",
+    "60s",
+    "256",
+    "16384"
 );
 
 /// The webhook's admin port.
 pub const WEBHOOK_ADMIN: ServerLimits = server_limits!(
-    "admin-", "BEDROCK_BROKER_WEBHOOK_ADMIN_", "webhook's admin server", "5s", "30s", "32", "8192"
+    "admin-",
+    "BEDROCK_BROKER_WEBHOOK_ADMIN_",
+    "webhook's admin server",
+    "5s",
+    "30s",
+    "32",
+    "8192"
 );
 
 /// Kubelet probes and a Prometheus scrape need a few connections each; a

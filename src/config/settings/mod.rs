@@ -14,6 +14,7 @@ pub struct Variable {
 pub mod aws;
 pub mod inject;
 pub mod injected;
+pub mod limits;
 pub mod log;
 pub mod sidecar;
 pub mod vars;

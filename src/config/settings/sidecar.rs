@@ -134,6 +134,69 @@ pub const CREDENTIALS_TOKEN_FILE: Setting = Setting {
     help: "File holding the authorization token for --credentials-listen; created with a random token if missing",
 };
 
+/// Large uploads over a slow link are legitimate, a body that stops is not:
+/// this bounds the silence between two pieces of a body, not the whole.
+pub const BODY_READ_TIMEOUT: Setting = Setting {
+    flag: "body-read-timeout",
+    env: &["BEDROCK_BROKER_BODY_READ_TIMEOUT"],
+    default: Value("30s"),
+    help: "Longest silence while a request body is being received; then 408",
+};
+/// Half of the injected 128Mi memory limit: two 25 MiB requests, or many
+/// small ones, at once; the rest wait (see --body-budget-wait).
+pub const REQUEST_BODY_BUDGET: Setting = Setting {
+    flag: "request-body-budget",
+    env: &["BEDROCK_BROKER_REQUEST_BODY_BUDGET"],
+    default: Value("67108864"),
+    help: "Bytes of request bodies held in memory at once, across all requests (SigV4 signs whole bodies)",
+};
+/// Long enough to ride out a burst, short enough that a client is not left
+/// hanging: then 503 with Retry-After.
+pub const BODY_BUDGET_WAIT: Setting = Setting {
+    flag: "body-budget-wait",
+    env: &["BEDROCK_BROKER_BODY_BUDGET_WAIT"],
+    default: Value("5s"),
+    help: "How long a request waits for room in --request-body-budget before a 503",
+};
+/// Bounds the upstream connections and tasks one pod can open.
+pub const MAX_REQUESTS: Setting = Setting {
+    flag: "max-requests",
+    env: &["BEDROCK_BROKER_MAX_REQUESTS"],
+    default: Value("512"),
+    help: "Requests served at once (streams included); more get 503 with Retry-After",
+};
+/// Idle upstream connections kept per host for reuse.
+pub const UPSTREAM_MAX_IDLE: Setting = Setting {
+    flag: "upstream-max-idle",
+    env: &["BEDROCK_BROKER_UPSTREAM_MAX_IDLE"],
+    default: Value("32"),
+    help: "Idle connections to each upstream kept for reuse",
+};
+pub const ALLOWED_HOSTS: Setting = Setting {
+    flag: "allowed-hosts",
+    env: &["BEDROCK_BROKER_ALLOWED_HOSTS"],
+    default: Computed("loopback names and addresses only"),
+    help: "Comma-separated extra Host names the proxy answers to (beside localhost and loopback addresses)",
+};
+pub const PROXY_TOKEN: Setting = Setting {
+    flag: "proxy-token",
+    env: &["BEDROCK_BROKER_PROXY_TOKEN"],
+    default: Nothing,
+    help: "A token every request must carry (Authorization: Bearer, or x-bedrock-broker-token); @FILE reads it from a file",
+};
+pub const ALLOW_NON_LOOPBACK_LISTEN: Setting = Setting {
+    flag: "allow-non-loopback-listen",
+    env: &["BEDROCK_BROKER_ALLOW_NON_LOOPBACK_LISTEN"],
+    default: Value("false"),
+    help: "Let --listen be a non-loopback address (the proxy then signs for anyone who reaches it)",
+};
+pub const ALLOW_PLAINTEXT_UPSTREAM: Setting = Setting {
+    flag: "allow-plaintext-upstream",
+    env: &["BEDROCK_BROKER_ALLOW_PLAINTEXT_UPSTREAM"],
+    default: Value("false"),
+    help: "Let an upstream that is not on loopback use http:// (the session token then travels in clear)",
+};
+
 pub const ALL: &[Setting] = &[
     LISTEN,
     ADMIN_LISTEN,
@@ -155,4 +218,13 @@ pub const ALL: &[Setting] = &[
     TOKEN_WATCH_INTERVAL,
     CREDENTIALS_LISTEN,
     CREDENTIALS_TOKEN_FILE,
+    BODY_READ_TIMEOUT,
+    REQUEST_BODY_BUDGET,
+    BODY_BUDGET_WAIT,
+    MAX_REQUESTS,
+    UPSTREAM_MAX_IDLE,
+    ALLOWED_HOSTS,
+    PROXY_TOKEN,
+    ALLOW_NON_LOOPBACK_LISTEN,
+    ALLOW_PLAINTEXT_UPSTREAM,
 ];

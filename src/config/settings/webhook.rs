@@ -59,6 +59,22 @@ pub const SHUTDOWN_GRACE_PERIOD: Setting = Setting {
     help: "How long open requests may finish after SIGTERM",
 };
 
+/// The API server sends a review at once; a body that stalls holds memory.
+pub const BODY_READ_TIMEOUT: Setting = Setting {
+    flag: "body-read-timeout",
+    env: &["BEDROCK_BROKER_WEBHOOK_BODY_READ_TIMEOUT"],
+    default: Value("5s"),
+    help: "Longest silence while an AdmissionReview body is being received",
+};
+/// Reviews are kilobytes; the 8 MiB limit per review exists for the
+/// largest pods. A few of those at once fit; a flood waits or is refused.
+pub const REVIEW_BUDGET: Setting = Setting {
+    flag: "review-budget",
+    env: &["BEDROCK_BROKER_WEBHOOK_REVIEW_BUDGET"],
+    default: Value("33554432"),
+    help: "Bytes of AdmissionReview bodies held in memory at once; a review that does not fit within a second gets 503",
+};
+
 pub const ALL: &[Setting] = &[
     LISTEN,
     ADMIN_LISTEN,
@@ -68,4 +84,6 @@ pub const ALL: &[Setting] = &[
     ON_LOOKUP_ERROR,
     LOOKUP_TIMEOUT,
     SHUTDOWN_GRACE_PERIOD,
+    BODY_READ_TIMEOUT,
+    REVIEW_BUDGET,
 ];

@@ -1,0 +1,227 @@
+//! What a request must pass before the proxy spends memory or an upstream
+//! connection on it: it is for this pod (its `Host`, and the optional
+//! proxy token), there is room for it (requests in flight), and its body
+//! fits the memory budget of buffered bodies.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{AUTHORIZATION, HOST};
+use http::uri::Authority;
+use http::{HeaderMap, HeaderName, Request};
+use subtle::ConstantTimeEq;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::config::Gate;
+use super::error::ProxyError;
+use crate::secret::Secret;
+
+/// Where a client may present the proxy token when it cannot set
+/// `Authorization` (an AWS SDK signs that header itself).
+pub const PROXY_TOKEN_HEADER: HeaderName = HeaderName::from_static("x-bedrock-broker-token");
+
+/// Whether `host` (a name or an address, IPv6 in brackets) is this machine.
+pub fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The request's target host: HTTP/2's `:authority`, else the `Host` header.
+fn host_of<B>(request: &Request<B>) -> Option<String> {
+    if let Some(authority) = request.uri().authority() {
+        return Some(authority.host().to_owned());
+    }
+    let value = request.headers().get(HOST)?.to_str().ok()?;
+    let authority: Authority = value.parse().ok()?;
+    Some(authority.host().to_owned())
+}
+
+/// The gate, built once.
+#[derive(Debug)]
+pub struct GateState {
+    /// Lower-cased extra host names.
+    allowed_hosts: Vec<String>,
+    token: Option<Secret>,
+    requests: Arc<Semaphore>,
+    budget: Arc<Semaphore>,
+    budget_wait: Duration,
+    pub body_read_timeout: Duration,
+}
+
+impl GateState {
+    pub fn new(gate: Gate) -> Self {
+        // A budget larger than a semaphore can count is no limit at all.
+        let budget = gate.body_budget.min(Semaphore::MAX_PERMITS);
+        Self {
+            allowed_hosts: gate
+                .allowed_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            token: gate.token,
+            requests: Arc::new(Semaphore::new(gate.max_requests)),
+            budget: Arc::new(Semaphore::new(budget)),
+            budget_wait: gate.body_budget_wait,
+            body_read_timeout: gate.body_read_timeout,
+        }
+    }
+
+    /// A slot for one request, held until its response ends.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, ProxyError> {
+        self.requests
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ProxyError::Overloaded("too many requests in flight (--max-requests)"))
+    }
+
+    /// The request is for this pod: its host is loopback (or allowed), and
+    /// it carries the proxy token when one is configured. A browser-like
+    /// component tricked by DNS rebinding sends its attacker's name.
+    pub fn check<B>(&self, request: &Request<B>) -> Result<(), ProxyError> {
+        let host = host_of(request).unwrap_or_default();
+        let allowed = is_loopback_host(&host)
+            || self
+                .allowed_hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(&host));
+        if !allowed {
+            return Err(ProxyError::HostNotAllowed(host));
+        }
+        match &self.token {
+            None => Ok(()),
+            Some(token) if presents(request.headers(), token) => Ok(()),
+            Some(_) => Err(ProxyError::ProxyTokenRequired),
+        }
+    }
+
+    /// Reserves `bytes` of the body budget, waiting at most the budget wait.
+    pub async fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit, ProxyError> {
+        let busy = || ProxyError::Overloaded("no room for the body in --request-body-budget");
+        let n = u32::try_from(bytes).map_err(|_| busy())?;
+        let acquire = self.budget.clone().acquire_many_owned(n);
+        match tokio::time::timeout(self.budget_wait, acquire).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(busy()),
+        }
+    }
+}
+
+/// Whether the headers carry `token`, in `x-bedrock-broker-token` or as
+/// `Authorization: Bearer`; compared in constant time.
+fn presents(headers: &HeaderMap, token: &Secret) -> bool {
+    let expected = token.expose().as_bytes();
+    let same = |given: &[u8]| bool::from(given.ct_eq(expected));
+    if headers
+        .get(PROXY_TOKEN_HEADER)
+        .is_some_and(|v| same(v.as_bytes()))
+    {
+        return true;
+    }
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .is_some_and(|(scheme, given)| {
+            scheme.eq_ignore_ascii_case("bearer") && same(given.trim().as_bytes())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(hosts: &[&str], token: Option<&str>) -> GateState {
+        GateState::new(Gate {
+            allowed_hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+            token: token.map(Secret::new),
+            body_read_timeout: Duration::from_secs(1),
+            body_budget: 100,
+            body_budget_wait: Duration::from_millis(10),
+            max_requests: 1,
+        })
+    }
+
+    fn request(host: Option<&str>, headers: &[(&'static str, &str)]) -> Request<()> {
+        let mut b = Request::builder().uri("/model/m/converse");
+        if let Some(h) = host {
+            b = b.header(HOST, h);
+        }
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn answers_loopback_hosts_and_configured_names_only() {
+        let g = gate(&["Bedrock.Local"], None);
+        for ok in [
+            "127.0.0.1:9787",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:9787",
+            "127.9.9.9",
+            "bedrock.local:9787",
+        ] {
+            assert!(g.check(&request(Some(ok), &[])).is_ok(), "{ok}");
+        }
+        for bad in [
+            "rebind.attacker.example:9787",
+            "10.0.0.5:9787",
+            "bedrock-runtime.us-east-1.amazonaws.com",
+        ] {
+            let e = g.check(&request(Some(bad), &[])).unwrap_err();
+            assert_eq!(e.code().name, "host_not_allowed", "{bad}");
+        }
+        assert!(g.check(&request(None, &[])).is_err(), "no Host at all");
+        let h2 = Request::builder()
+            .uri("http://127.0.0.1:9787/model/m/converse")
+            .body(())
+            .unwrap();
+        assert!(g.check(&h2).is_ok(), "HTTP/2 :authority");
+    }
+
+    #[test]
+    fn the_proxy_token_is_required_when_configured() {
+        let g = gate(&[], Some("0123456789abcdef"));
+        let host = Some("127.0.0.1:9787");
+        assert!(g.check(&request(host, &[])).is_err());
+        assert!(g
+            .check(&request(
+                host,
+                &[("authorization", "Bearer 0123456789abcdef")]
+            ))
+            .is_ok());
+        assert!(g
+            .check(&request(
+                host,
+                &[("x-bedrock-broker-token", "0123456789abcdef")]
+            ))
+            .is_ok());
+        let wrong = g
+            .check(&request(
+                host,
+                &[("authorization", "Bearer 0123456789abcdeX")],
+            ))
+            .unwrap_err();
+        assert_eq!(wrong.code().name, "proxy_token_required");
+        assert!(!wrong.to_string().contains("0123456789"));
+    }
+
+    #[tokio::test]
+    async fn the_body_budget_waits_then_refuses() {
+        let g = gate(&[], None);
+        let held = g.reserve(80).await.unwrap();
+        let e = g.reserve(30).await.unwrap_err();
+        assert_eq!(e.code().name, "overloaded");
+        drop(held);
+        assert!(g.reserve(30).await.is_ok());
+        let slot = g.admit().unwrap();
+        assert!(g.admit().is_err());
+        drop(slot);
+        assert!(g.admit().is_ok());
+    }
+}

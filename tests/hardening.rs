@@ -1,0 +1,422 @@
+//! What a neighbour pod, or a confused client inside the pod, can do to a
+//! sidecar: each finding of the hardening review reproduced against the
+//! real servers, with the limit that stops it.
+
+// Test code: a failed setup is a failed test, and the real clock is fine.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
+mod sidecar_support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bedrock_broker::clock::SystemClock;
+use bedrock_broker::config::Env;
+use bedrock_broker::credentials::CredentialCell;
+use bedrock_broker::proxy::Gate;
+use bedrock_broker::sidecar::{Sidecar, SidecarConfig};
+use bytes::Bytes;
+use http_body_util::StreamBody;
+use sidecar_support::{credentials, post, proxy, raw_upstream, text, Answer, FakeUpstream, Setup};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// A running sidecar (static keys, in front of `upstream`) with extra
+/// variables; returns its proxy and admin addresses.
+async fn sidecar(
+    upstream: &FakeUpstream,
+    extra: &[(&'static str, &'static str)],
+) -> (SocketAddr, SocketAddr, CancellationToken) {
+    let url: &'static str = upstream.url().leak();
+    let mut vars = vec![
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "AKIDSTATIC"),
+        ("AWS_SECRET_ACCESS_KEY", "secret"),
+        ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", url),
+        ("BEDROCK_BROKER_LISTEN", "127.0.0.1:0"),
+        ("BEDROCK_BROKER_ADMIN_LISTEN", "127.0.0.1:0"),
+    ];
+    vars.extend_from_slice(extra);
+    let config = SidecarConfig::from_args(&Default::default(), &Env::from_pairs(vars)).unwrap();
+    let sidecar = Sidecar::bind(config, Arc::new(SystemClock)).await.unwrap();
+    let (proxy, admin) = (sidecar.proxy_addr().unwrap(), sidecar.admin_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(sidecar.run(shutdown.clone()));
+    (proxy, admin, shutdown)
+}
+
+/// Reads until the server closes the connection, within `deadline`;
+/// returns what it sent.
+async fn closed_within(stream: &mut TcpStream, deadline: Duration) -> Option<Vec<u8>> {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(deadline, read)
+        .await
+        .ok()
+        .map(|()| all)
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    let upstream = FakeUpstream::start(vec![]).await;
+    let (_, admin, stop) = sidecar(
+        &upstream,
+        &[("BEDROCK_BROKER_ADMIN_HEADER_READ_TIMEOUT", "300ms")],
+    )
+    .await;
+    let mut slow = TcpStream::connect(admin).await.unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "the admin server still waits for the headers"
+    );
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_at_once_and_the_rest_still_serve() {
+    let upstream = FakeUpstream::start(vec![]).await;
+    let (_, admin, stop) = sidecar(
+        &upstream,
+        &[
+            ("BEDROCK_BROKER_ADMIN_MAX_CONNECTIONS", "4"),
+            ("BEDROCK_BROKER_ADMIN_MAX_CONNECTIONS_PER_PEER", "100"),
+        ],
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut c = TcpStream::connect(admin).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = c.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "a slot serves");
+        held.push(c);
+    }
+    let mut extra = TcpStream::connect(admin).await.unwrap();
+    let _ = extra
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let answered = closed_within(&mut extra, Duration::from_secs(5)).await;
+    assert_eq!(
+        answered,
+        Some(Vec::new()),
+        "the fifth connection is closed unanswered"
+    );
+    drop(held);
+    let ok = async {
+        loop {
+            let mut c = TcpStream::connect(admin).await.unwrap();
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            if closed_within(&mut c, Duration::from_secs(1))
+                .await
+                .is_some_and(|b| b.starts_with(b"HTTP/1.1 200"))
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), ok)
+        .await
+        .expect("slots are released");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn one_peer_cannot_take_every_admin_slot() {
+    let upstream = FakeUpstream::start(vec![]).await;
+    let (_, admin, stop) = sidecar(
+        &upstream,
+        &[("BEDROCK_BROKER_ADMIN_MAX_CONNECTIONS_PER_PEER", "2")],
+    )
+    .await;
+    let _a = TcpStream::connect(admin).await.unwrap();
+    let _b = TcpStream::connect(admin).await.unwrap();
+    // Let the server register both before the third arrives.
+    let mut third = None;
+    for _ in 0..50 {
+        let mut c = TcpStream::connect(admin).await.unwrap();
+        let _ = c
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        if closed_within(&mut c, Duration::from_millis(500)).await == Some(Vec::new()) {
+            third = Some(());
+            break;
+        }
+    }
+    assert!(
+        third.is_some(),
+        "a third connection from the same peer is refused"
+    );
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let upstream = FakeUpstream::start(vec![]).await;
+    let (_, admin, stop) =
+        sidecar(&upstream, &[("BEDROCK_BROKER_ADMIN_IDLE_TIMEOUT", "300ms")]).await;
+    let mut c = TcpStream::connect(admin).await.unwrap();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = closed_within(&mut c, Duration::from_secs(2))
+        .await
+        .expect("closed when idle");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_head_over_the_limit_is_refused_without_being_buffered() {
+    let upstream = FakeUpstream::start(vec![]).await;
+    let (_, admin, stop) = sidecar(&upstream, &[]).await;
+    let mut c = TcpStream::connect(admin).await.unwrap();
+    let mut head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    head.extend(std::iter::repeat_n(b'a', 64 * 1024));
+    let _ = c.write_all(&head).await;
+    let answer = closed_within(&mut c, Duration::from_secs(5))
+        .await
+        .expect("closed");
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn the_proxy_answers_only_its_own_pod() {
+    let upstream = FakeUpstream::start(vec![]).await;
+    let cell = Arc::new(CredentialCell::new());
+    cell.store(credentials("AKID"));
+    let (proxy, _) = proxy(&upstream, cell, Setup::default());
+    let mut rebound = post("/model/m/converse", "{}");
+    rebound
+        .headers_mut()
+        .insert("host", "rebind.attacker.example:9787".parse().unwrap());
+    let (status, headers, _) = text(proxy.clone().handle(rebound).await.unwrap()).await;
+    assert_eq!(status, 403);
+    assert_eq!(headers["x-bedrock-broker-error"], "host_not_allowed");
+    assert!(
+        upstream.seen().is_empty(),
+        "nothing was signed for the rebound host"
+    );
+    let (status, _, _) = text(proxy.handle(post("/model/m/converse", "{}")).await.unwrap()).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn the_proxy_token_is_checked_and_never_forwarded() {
+    let upstream = FakeUpstream::start(vec![]).await;
+    let cell = Arc::new(CredentialCell::new());
+    cell.store(credentials("AKID"));
+    let mut setup = Setup::default();
+    setup.gate.token = Some(bedrock_broker::secret::Secret::new(
+        "0123456789abcdef-token",
+    ));
+    let (proxy, _) = proxy(&upstream, cell, setup);
+    let (status, headers, _) = text(
+        proxy
+            .clone()
+            .handle(post("/model/m/converse", "{}"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, &headers["x-bedrock-broker-error"]),
+        (
+            401,
+            &"proxy_token_required".parse::<http::HeaderValue>().unwrap()
+        )
+    );
+    let mut with = post("/model/m/converse", "{}");
+    with.headers_mut().insert(
+        "x-bedrock-broker-token",
+        "0123456789abcdef-token".parse().unwrap(),
+    );
+    assert_eq!(text(proxy.handle(with).await.unwrap()).await.0, 200);
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].headers.get("x-bedrock-broker-token").is_none());
+}
+
+#[tokio::test]
+async fn bodies_beyond_the_memory_budget_wait_then_get_503_with_retry_after() {
+    let gate_open = Arc::new(tokio::sync::Notify::new());
+    let upstream = FakeUpstream::start(vec![Answer::Held(gate_open.clone())]).await;
+    let cell = Arc::new(CredentialCell::new());
+    cell.store(credentials("AKID"));
+    let mut setup = Setup::default();
+    setup.gate.body_budget = 20;
+    setup.gate.body_budget_wait = Duration::from_millis(100);
+    let (proxy, _) = proxy(&upstream, cell, setup);
+    // Holds 15 bytes of the budget until its answer comes.
+    let first = tokio::spawn(
+        proxy
+            .clone()
+            .handle(post("/model/m/converse", "{\"a\":\"0123456\"}")),
+    );
+    // Wait until it reached the upstream (its body is then reserved).
+    for _ in 0..200 {
+        if !upstream.seen().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(upstream.seen().len(), 1);
+    let (status, headers, _) = text(
+        proxy
+            .clone()
+            .handle(post("/model/m/converse", "{\"b\":\"0123456\"}"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["x-bedrock-broker-error"], "overloaded");
+    assert_eq!(headers["retry-after"], "1");
+    gate_open.notify_one();
+    assert_eq!(text(first.await.unwrap().unwrap()).await.0, 200);
+    let (status, _, _) = text(
+        proxy
+            .handle(post("/model/m/converse", "{\"c\":\"0123456\"}"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "the budget is returned when a request ends");
+}
+
+#[tokio::test]
+async fn requests_beyond_max_requests_get_503_at_once() {
+    let gate_open = Arc::new(tokio::sync::Notify::new());
+    let upstream = FakeUpstream::start(vec![Answer::Held(gate_open.clone())]).await;
+    let cell = Arc::new(CredentialCell::new());
+    cell.store(credentials("AKID"));
+    let mut setup = Setup::default();
+    setup.gate.max_requests = 1;
+    let (proxy, _) = proxy(&upstream, cell, setup);
+    let first = tokio::spawn(proxy.clone().handle(post("/model/m/converse", "{}")));
+    for _ in 0..200 {
+        if !upstream.seen().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, headers, _) = text(
+        proxy
+            .clone()
+            .handle(post("/model/m/converse", "{}"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, headers["x-bedrock-broker-error"].to_str().unwrap()),
+        (503, "overloaded")
+    );
+    gate_open.notify_one();
+    assert_eq!(text(first.await.unwrap().unwrap()).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_stalled_upload_gets_408() {
+    let upstream = FakeUpstream::start(vec![]).await;
+    let cell = Arc::new(CredentialCell::new());
+    cell.store(credentials("AKID"));
+    let mut setup = Setup::default();
+    setup.gate = Gate {
+        body_read_timeout: Duration::from_millis(200),
+        ..setup.gate
+    };
+    let (proxy, _) = proxy(&upstream, cell, setup);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(1);
+    tx.send(Ok(http_body::Frame::data(Bytes::from_static(
+        b"{\"partial\":",
+    ))))
+    .await
+    .unwrap();
+    let body = StreamBody::new(tokio_stream_from(rx));
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("/model/m/converse")
+        .header("host", "127.0.0.1")
+        .body(body)
+        .unwrap();
+    let (status, headers, _) = text(proxy.handle(request).await.unwrap()).await;
+    assert_eq!(
+        (status, headers["x-bedrock-broker-error"].to_str().unwrap()),
+        (408, "body_read_timeout")
+    );
+    assert!(upstream.seen().is_empty());
+    drop(tx);
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Unpin {
+    Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}
+
+#[tokio::test]
+async fn a_stale_content_length_next_to_chunked_is_dropped() {
+    let upstream = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\nb\r\n{\"ok\":true}\r\n0\r\n\r\n",
+    )
+    .await;
+    let cell = Arc::new(CredentialCell::new());
+    cell.store(credentials("AKID"));
+    let (proxy, _) = proxy(&upstream, cell, Setup::default());
+    let answer = proxy.handle(post("/model/m/converse", "{}")).await.unwrap();
+    assert!(
+        answer.headers().get("content-length").is_none(),
+        "{:?}",
+        answer.headers()
+    );
+    let (status, _, body) = tokio::time::timeout(Duration::from_secs(5), text(answer))
+        .await
+        .expect("the body ends");
+    assert_eq!((status, body.as_str()), (200, "{\"ok\":true}"));
+}
+
+#[tokio::test]
+async fn an_upstream_protocol_switch_is_not_forwarded() {
+    let upstream = raw_upstream(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+    )
+    .await;
+    let cell = Arc::new(CredentialCell::new());
+    cell.store(credentials("AKID"));
+    let (proxy, _) = proxy(&upstream, cell, Setup::default());
+    let answer = proxy.handle(post("/model/m/converse", "{}")).await.unwrap();
+    let (status, headers, _) = text(answer).await;
+    assert_eq!(
+        (status, headers["x-bedrock-broker-error"].to_str().unwrap()),
+        (502, "upstream_protocol_error")
+    );
+}
