@@ -289,4 +289,76 @@ mod tests {
         assert!(v.is_sensitive());
         assert!(bearer_header("x").unwrap().is_sensitive());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json_value() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::Bool),
+                any::<i64>().prop_map(serde_json::Value::from),
+                "\\PC{0,24}".prop_map(serde_json::Value::String),
+                Just(serde_json::Value::String("  bedrock-api-key-x ".into())),
+            ];
+            leaf.prop_recursive(3, 16, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+                    prop::collection::btree_map(
+                        prop_oneof![Just(PROVIDER_DATA_KEY.to_owned()), "[a-z_]{1,8}"],
+                        inner,
+                        0..4,
+                    )
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+
+            /// Whatever the header holds, the decision is the token it
+            /// carries (trimmed, sensitive), a fall-through, or a 400 that
+            /// never quotes it.
+            #[test]
+            fn provider_data_is_used_exactly_when_it_holds_a_token(value in json_value()) {
+                let text = value.to_string();
+                let Ok(header) = HeaderValue::from_str(&text) else { return Ok(()); };
+                let mut h = HeaderMap::new();
+                h.insert(PROVIDER_DATA, header);
+                let expected = value
+                    .as_object()
+                    .and_then(|o| o.get(PROVIDER_DATA_KEY))
+                    .and_then(|v| v.as_str())
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty());
+                match decide(&h, None) {
+                    Ok(Decision::Bearer(AuthMode::ProviderData, v)) => {
+                        prop_assert!(v.is_sensitive());
+                        let want = expected.map(|t| format!("Bearer {t}"));
+                        prop_assert_eq!(Some(v.as_bytes()), want.as_deref().map(str::as_bytes));
+                    }
+                    Ok(Decision::SigV4) => prop_assert!(expected.is_none()),
+                    Ok(other) => prop_assert!(false, "unexpected {other:?}"),
+                    Err(e) => {
+                        prop_assert_eq!(e.code().name, "invalid_provider_data");
+                        if let Some(t) = expected {
+                            prop_assert!(!e.to_string().contains(t));
+                        }
+                    }
+                }
+            }
+
+            /// Arbitrary bytes never panic.
+            #[test]
+            fn arbitrary_header_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..128)) {
+                if let Ok(header) = HeaderValue::from_bytes(&bytes) {
+                    let mut h = HeaderMap::new();
+                    h.insert(PROVIDER_DATA, header);
+                    let _ = decide(&h, None);
+                }
+            }
+        }
+    }
 }

@@ -23,6 +23,8 @@ mod classify;
 mod config;
 mod error;
 mod event_stream;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 mod gate;
 mod headers;
 mod operation;

@@ -103,4 +103,72 @@ mod tests {
             None
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Path pieces that matter to the check: dots plain and encoded,
+        /// separators plain and encoded, and ordinary text.
+        fn piece() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec![
+                ".",
+                "..",
+                "%2e",
+                "%2E",
+                ".%2e",
+                "%2e%2E",
+                "/",
+                "%2F",
+                "%2f",
+                "a",
+                "model",
+                ":0",
+                "%25",
+                "@",
+                "~",
+                "-",
+                "_",
+                "x.y",
+                "...",
+                "%2e%2e%2e",
+            ])
+        }
+
+        fn decoded_segments(path: &str) -> Vec<String> {
+            path.split('/')
+                .map(|s| {
+                    percent_encoding::percent_decode_str(s)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                })
+                .collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+
+            /// A path passes exactly when none of its segments means `.` or
+            /// `..` once decoded: what is signed is what it means.
+            #[test]
+            fn refuses_exactly_the_paths_with_dot_segments(pieces in prop::collection::vec(piece(), 0..12)) {
+                let path = format!("/{}", pieces.concat());
+                let Ok(request) = Request::builder().uri(path.as_str()).body(()) else {
+                    return Ok(());
+                };
+                let dotted = decoded_segments(request.uri().path())
+                    .iter()
+                    .any(|s| s == "." || s == "..");
+                prop_assert_eq!(check(&request).is_err(), dotted, "{}", path);
+            }
+
+            /// Nothing a client can put in the target makes the check panic.
+            #[test]
+            fn never_panics_on_any_target(target in "\\PC{0,64}") {
+                if let Ok(request) = Request::builder().uri(target.as_str()).body(()) {
+                    let _ = check(&request);
+                }
+            }
+        }
+    }
 }
