@@ -18,7 +18,9 @@ use bedrock_broker::proxy::Gate;
 use bedrock_broker::sidecar::{Sidecar, SidecarConfig};
 use bytes::Bytes;
 use http_body_util::StreamBody;
-use sidecar_support::{credentials, post, proxy, raw_upstream, text, Answer, FakeUpstream, Setup};
+use sidecar_support::{
+    counting_upstream, credentials, post, proxy, raw_upstream, text, Answer, FakeUpstream, Setup,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -419,4 +421,31 @@ async fn an_upstream_protocol_switch_is_not_forwarded() {
         (status, headers["x-bedrock-broker-error"].to_str().unwrap()),
         (502, "upstream_protocol_error")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_leaves_no_more_idle_upstream_connections_than_the_pool_keeps() {
+    let (upstream, open) = counting_upstream(Duration::from_millis(300)).await;
+    let cell = Arc::new(CredentialCell::new());
+    cell.store(credentials("AKID"));
+    let (proxy, _) = proxy(&upstream, cell, Setup::default());
+    let burst: Vec<_> = (0..100)
+        .map(|_| tokio::spawn(proxy.clone().handle(post("/model/m/converse", "{}"))))
+        .collect();
+    for request in burst {
+        assert_eq!(text(request.await.unwrap().unwrap()).await.0, 200);
+    }
+    let peak_was_a_burst = open.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        peak_was_a_burst > 32,
+        "the burst opened {peak_was_a_burst} connections"
+    );
+    let settled = async {
+        while open.load(std::sync::atomic::Ordering::SeqCst) > 32 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), settled)
+        .await
+        .expect("idle upstream connections beyond --upstream-max-idle are closed");
 }
