@@ -163,6 +163,18 @@ def test_fake_status_passthrough(fake: Fake, sts_creds: dict, status: int, error
     assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
 
 
+def test_a_denied_model_is_an_access_denied_error(fake: Fake, sts_creds: dict):
+    client = runtime_client(fake, sts_creds)
+    for call in (client.converse, client.converse_stream):
+        with pytest.raises(client.exceptions.AccessDeniedException) as exc:
+            call(modelId="anthropic.fake-denied-v1:0", messages=[{"role": "user", "content": [{"text": "e"}]}])
+        assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    resp = send(f"{fake.bedrock}/openai/v1/chat/completions",
+                json.dumps({"model": "openai.fake-denied", "messages": [{"role": "user", "content": "x"}]}).encode(),
+                {"Authorization": "Bearer ABSK1"})
+    assert resp.status == 403 and resp.headers["x-amzn-ErrorType"] == "AccessDeniedException"
+
+
 def test_bad_fake_header_is_a_400(fake: Fake):
     resp = send(f"{fake.bedrock}/model/{MODEL}/converse-stream", converse_body(),
                 {"Authorization": "Bearer ABSK1", "x-fake-chunks": "many"})
