@@ -239,3 +239,19 @@ def test_tls_bedrock(tls_fake: Fake):
     url = f"{tls_fake.bedrock}/model/{MODEL}/converse"
     assert send(url, converse_body(), sign(url, converse_body(), creds), ca=tls_fake.ca_path).status == 200
     assert all(r["verified"] for r in bedrock_requests(tls_fake))
+
+
+def test_compression_when_configured(fake: Fake):
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "zip"}]}).encode()
+    headers = {"Authorization": "Bearer ABSK1", "Accept-Encoding": "gzip"}
+    plain = send(f"{fake.bedrock}/openai/v1/chat/completions", body, headers)
+    assert "Content-Encoding" not in plain.headers
+    control(fake, "POST", "/bedrock", {"compress": True})
+    for accept, coding in [("gzip", "gzip"), ("deflate", "deflate"), ("identity", None)]:
+        resp = send(f"{fake.bedrock}/openai/v1/chat/completions", body, {**headers, "Accept-Encoding": accept})
+        assert resp.headers.get("Content-Encoding") == coding, accept
+        assert json.loads(resp.data)["usage"]["total_tokens"] > 0  # urllib3 decodes it
+    stream = send(f"{fake.bedrock}/openai/v1/chat/completions",
+                  json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "z"}]}).encode(),
+                  headers)
+    assert stream.headers["Content-Encoding"] == "gzip" and stream.data.decode().endswith("data: [DONE]\n\n")

@@ -177,9 +177,20 @@ async def handle_openai_chat(state: FakeState, request: web.Request, record: dic
     return await send_stream(state, request, record, "openai-chat-stream", model, plan, ctl)
 
 
+@web.middleware
+async def compress_if_configured(request: web.Request, handler) -> web.StreamResponse:
+    """With ``compress`` on, every answer is compressed as the request's
+    Accept-Encoding allows (aiohttp picks gzip or deflate; none: identity).
+    Streams are already sent by then: ``streaming.py`` enables it for them."""
+    response = await handler(request)
+    if request.app[STATE_KEY].bedrock.compress and not response.prepared:
+        response.enable_compression()
+    return response
+
+
 def build_bedrock_app(state: FakeState) -> web.Application:
     """The Bedrock application: one catch-all handler routing on the raw path."""
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[compress_if_configured])
     app[STATE_KEY] = state
     app.router.add_route("*", "/{tail:.*}", bedrock_handler)
     return app
