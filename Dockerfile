@@ -33,7 +33,11 @@ COPY --from=planner /src/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json --bin bedrock-broker
 
 FROM cook AS build
-COPY Cargo.toml Cargo.lock ./
+# The image has no .git: build.rs takes the revision for
+# bedrock_broker_build_info from here ("unknown" when not given).
+ARG REVISION=unknown
+ENV BEDROCK_BROKER_REVISION=${REVISION}
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 RUN cargo build --release --locked --bin bedrock-broker \
  && cp target/release/bedrock-broker /bedrock-broker \

@@ -79,6 +79,9 @@ def dashboard() -> dict:
     p.append(panel(15, "Upstream auth retries",
                    [(f"sum by (result) (rate(bedrock_broker_upstream_auth_retries_total{{{SEL}}}[$__rate_interval]))", "{{result}}")],
                    0, 50, unit="ops"))
+    p.append(panel(21, "Pods by version and revision",
+                   [(f"count by (version, revision) (bedrock_broker_build_info{{{SEL}}})", "{{version}} ({{revision}})")],
+                   12, 50, desc="bedrock_broker_build_info: after an upgrade, a line that does not fall to 0 is pods still running the old image (restart them to get the new sidecar)."))
     p.append(row(16, "Webhook", 58))
     p.append(panel(17, "Admissions by result",
                    [("sum by (result) (rate(bedrock_broker_webhook_admissions_total[$__rate_interval]))", "{{result}}")],

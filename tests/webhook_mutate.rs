@@ -220,7 +220,10 @@ fn explicit_env_is_never_overridden() {
         [
             json!("OPENAI_BASE_URL"),
             json!("BEDROCK_BROKER_URL"),
-            json!("AWS_ENDPOINT_URL_BEDROCK_RUNTIME")
+            // No OPENAI_API_KEY placeholder: the OpenAI SDK points elsewhere.
+            json!("AWS_ENDPOINT_URL_BEDROCK_RUNTIME"),
+            json!("AWS_BEDROCK_RUNTIME_ENDPOINT"),
+            json!("ANTHROPIC_BEDROCK_BASE_URL")
         ]
     );
     assert_eq!(env[0]["value"], "https://mine");

@@ -37,6 +37,30 @@ fn registered<M: prometheus::core::Collector + Clone + 'static>(
     Ok(metric)
 }
 
+/// The version of this build, from Cargo.toml.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The source revision of this build (`build.rs`: git, the
+/// `BEDROCK_BROKER_REVISION` build variable, or `unknown`).
+pub const REVISION: &str = env!("BEDROCK_BROKER_REVISION");
+
+/// `bedrock_broker_build_info{version,revision} 1`, the Prometheus
+/// exporters' convention: `count by (version) (...)` finds the pods still
+/// running an old image after an upgrade.
+fn build_info(registry: &Registry) -> prometheus::Result<()> {
+    let info = registered(
+        registry,
+        prometheus::IntGaugeVec::new(
+            opts(
+                "build_info",
+                "Always 1; the version and source revision of this build as labels.",
+            ),
+            &["version", "revision"],
+        )?,
+    )?;
+    info.with_label_values(&[VERSION, REVISION]).set(1);
+    Ok(())
+}
+
 /// The Prometheus text exposition of every metric in `registry`.
 pub fn render(registry: &Registry) -> String {
     prometheus::TextEncoder::new()

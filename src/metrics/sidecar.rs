@@ -58,6 +58,7 @@ impl Metrics {
         let registry = Registry::new();
         let credentials = CredentialMetrics::register(&registry)?;
         let proxy = ProxyMetrics::register(&registry)?;
+        super::build_info(&registry)?;
         // Both results exist from the start so `rate()` and alerts see zeros.
         for result in ["success", "failure"] {
             credentials.refreshes.with_label_values(&[result]);
@@ -228,5 +229,12 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }
+        let info = format!(
+            "bedrock_broker_build_info{{revision=\"{}\",version=\"{}\"}} 1",
+            super::super::REVISION,
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&info), "{info} missing from\n{text}");
+        assert!(!super::super::REVISION.is_empty());
     }
 }

@@ -65,6 +65,8 @@ impl WebhookMetrics {
         registry.register(Box::new(admission_duration.clone()))?;
         registry.register(Box::new(lookups.clone()))?;
         registry.register(Box::new(tls_reloads.clone()))?;
+        // The same build_info as the sidecar's: one query finds both.
+        super::build_info(&registry)?;
         // Every series exists from the start so rate() and alerts see zeros.
         for r in RESULTS {
             admissions.with_label_values(&[r]);

@@ -2,7 +2,8 @@
 //!
 //! Requests: hop-by-hop headers never cross (RFC 9110 §7.6.1); the client's
 //! own authentication never reaches AWS unless it is a Bedrock API key we
-//! were asked to pass through; `Host` is the upstream's. Everything else is
+//! were asked to pass through; `Host` is the upstream's; `Accept-Encoding`
+//! keeps only the codings the usage tap can read. Everything else is
 //! forwarded as received, and signed.
 
 use http::header::{self, HeaderMap, HeaderName};
@@ -65,13 +66,50 @@ pub fn prepare_response_headers(headers: &mut HeaderMap) {
     remove_hop_by_hop(headers);
 }
 
+/// Content codings the usage tap decodes (`usage/decode.rs`).
+const READABLE_CODINGS: [&str; 4] = ["gzip", "x-gzip", "deflate", "identity"];
+
+/// Narrows `Accept-Encoding` to the codings the usage tap can read, so
+/// Bedrock never answers in one (br, zstd) that would hide token usage.
+/// Only ever removes: the client still gets a coding it asked for, or
+/// `identity`, which every client accepts.
+fn limit_accept_encoding(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::ACCEPT_ENCODING) {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|item| {
+            let coding = item.split(';').next().unwrap_or("").trim();
+            READABLE_CODINGS
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(coding))
+        })
+        .map(str::to_owned)
+        .collect();
+    let value = if kept.is_empty() {
+        "identity".to_owned()
+    } else {
+        kept.join(", ")
+    };
+    if let Ok(value) = http::HeaderValue::from_str(&value) {
+        headers.insert(header::ACCEPT_ENCODING, value);
+    }
+}
+
 /// Prepares client request headers for the upstream: removes hop-by-hop
 /// headers, `Host`, the client's `Authorization` and SigV4 headers, the
 /// provider-data header (it may hold a token), `Content-Length` (the body is
 /// re-framed) and `Expect` (hyper already answered `100-continue` to the
-/// client; the upstream gets the body without asking).
+/// client; the upstream gets the body without asking), and narrows
+/// `Accept-Encoding` to what the usage tap reads.
 pub fn prepare_request_headers(headers: &mut HeaderMap) {
     remove_hop_by_hop(headers);
+    limit_accept_encoding(headers);
     for name in [
         header::HOST,
         header::AUTHORIZATION,
@@ -104,6 +142,29 @@ mod tests {
         h.insert("content-length", HeaderValue::from_static("5"));
         prepare_response_headers(&mut h);
         assert_eq!(h["content-length"], "5");
+    }
+
+    #[test]
+    fn accept_encoding_keeps_only_codings_the_usage_tap_reads() {
+        for (sent, forwarded) in [
+            ("gzip, deflate, br, zstd", Some("gzip, deflate")),
+            ("br;q=1.0, GZIP;q=0.5", Some("GZIP;q=0.5")),
+            ("br", Some("identity")),
+            ("*", Some("identity")),
+            ("identity", Some("identity")),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("accept-encoding", HeaderValue::from_static(sent));
+            prepare_request_headers(&mut h);
+            assert_eq!(
+                h.get("accept-encoding").and_then(|v| v.to_str().ok()),
+                forwarded,
+                "{sent}"
+            );
+        }
+        let mut h = HeaderMap::new();
+        prepare_request_headers(&mut h);
+        assert!(h.get("accept-encoding").is_none());
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub use gate::is_loopback_host;
 pub use operation::Operation;
 pub use sigv4::Signer;
 pub use upstream::{clients as upstream_clients, RequestBody, UpstreamClient, UpstreamClients};
+#[doc(hidden)]
+pub use usage::bench_tap;
 
 use crate::clock::SharedClock;
 use crate::credentials::CredentialCell;

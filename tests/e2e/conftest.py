@@ -266,7 +266,8 @@ def start_sidecar(tmp_path):
     """Starts ``bedrock-broker sidecar`` with exactly the given environment and flags."""
     started: list[Sidecar] = []
 
-    def start(env: dict[str, str], args: list[str] | None = None, wait_ready: bool = True, rust_log: str = "info") -> Sidecar:
+    def start(env: dict[str, str], args: list[str] | None = None, wait_ready: bool = True, rust_log: str = "info",
+              listen: str = "127.0.0.1:0") -> Sidecar:
         assert BINARY.exists(), f"{BINARY} missing: run cargo build first"
         log_path = tmp_path / f"sidecar-{len(started)}.log"
         full_env = {
@@ -276,7 +277,7 @@ def start_sidecar(tmp_path):
             **env,
         }
         proc = subprocess.Popen(
-            [str(BINARY), "sidecar", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", *(args or [])],
+            [str(BINARY), "sidecar", "--listen", listen, "--admin-listen", "127.0.0.1:0", *(args or [])],
             env=full_env,
             stdout=subprocess.DEVNULL,
             stderr=open(log_path, "wb"),

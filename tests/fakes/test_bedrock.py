@@ -163,6 +163,18 @@ def test_fake_status_passthrough(fake: Fake, sts_creds: dict, status: int, error
     assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
 
 
+def test_a_denied_model_is_an_access_denied_error(fake: Fake, sts_creds: dict):
+    client = runtime_client(fake, sts_creds)
+    for call in (client.converse, client.converse_stream):
+        with pytest.raises(client.exceptions.AccessDeniedException) as exc:
+            call(modelId="anthropic.fake-denied-v1:0", messages=[{"role": "user", "content": [{"text": "e"}]}])
+        assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    resp = send(f"{fake.bedrock}/openai/v1/chat/completions",
+                json.dumps({"model": "openai.fake-denied", "messages": [{"role": "user", "content": "x"}]}).encode(),
+                {"Authorization": "Bearer ABSK1"})
+    assert resp.status == 403 and resp.headers["x-amzn-ErrorType"] == "AccessDeniedException"
+
+
 def test_bad_fake_header_is_a_400(fake: Fake):
     resp = send(f"{fake.bedrock}/model/{MODEL}/converse-stream", converse_body(),
                 {"Authorization": "Bearer ABSK1", "x-fake-chunks": "many"})
@@ -227,3 +239,19 @@ def test_tls_bedrock(tls_fake: Fake):
     url = f"{tls_fake.bedrock}/model/{MODEL}/converse"
     assert send(url, converse_body(), sign(url, converse_body(), creds), ca=tls_fake.ca_path).status == 200
     assert all(r["verified"] for r in bedrock_requests(tls_fake))
+
+
+def test_compression_when_configured(fake: Fake):
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "zip"}]}).encode()
+    headers = {"Authorization": "Bearer ABSK1", "Accept-Encoding": "gzip"}
+    plain = send(f"{fake.bedrock}/openai/v1/chat/completions", body, headers)
+    assert "Content-Encoding" not in plain.headers
+    control(fake, "POST", "/bedrock", {"compress": True})
+    for accept, coding in [("gzip", "gzip"), ("deflate", "deflate"), ("identity", None)]:
+        resp = send(f"{fake.bedrock}/openai/v1/chat/completions", body, {**headers, "Accept-Encoding": accept})
+        assert resp.headers.get("Content-Encoding") == coding, accept
+        assert json.loads(resp.data)["usage"]["total_tokens"] > 0  # urllib3 decodes it
+    stream = send(f"{fake.bedrock}/openai/v1/chat/completions",
+                  json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "z"}]}).encode(),
+                  headers)
+    assert stream.headers["Content-Encoding"] == "gzip" and stream.data.decode().endswith("data: [DONE]\n\n")

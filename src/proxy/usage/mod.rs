@@ -7,6 +7,7 @@
 //! parsed at the end. Usage is found in any of the shapes Bedrock answers
 //! with; the model label comes from the request.
 
+mod decode;
 mod eventstream;
 mod sse;
 mod tap;
@@ -22,6 +23,7 @@ use super::classify::model_in_path;
 use super::operation::Operation;
 use super::response_body::StreamKind;
 use crate::metrics::labels::ModelLabels;
+use decode::{Coding, Inflater};
 use tap::Parser;
 pub use tap::UsageTap;
 
@@ -161,7 +163,9 @@ impl UsageRecorder {
     }
 
     /// Starts watching one successful response. Returns `None` when there
-    /// is nothing to learn from the body (usage already in the headers).
+    /// is nothing to learn from the body (usage already in the headers), or
+    /// nothing the tap can read (a `content-encoding` other than gzip or
+    /// deflate).
     pub fn tap(
         self: &Arc<Self>,
         model: Arc<str>,
@@ -173,14 +177,58 @@ impl UsageRecorder {
             self.record(&model, usage);
             return None;
         }
+        let Some(coding) = Coding::of(headers) else {
+            tracing::debug!(
+                operation = operation.as_str(),
+                "no token usage: a content-encoding the proxy cannot read"
+            );
+            return None;
+        };
         let parser = Parser::for_kind(StreamKind::of(headers));
         Some(UsageTap {
             recorder: self.clone(),
             model,
             first_chunk: parser.is_stream().then_some((operation, started)),
             parser,
+            inflater: Inflater::new(coding),
+            decoded: Some(0),
         })
     }
+}
+
+/// Runs one response body through a fresh tap, as the proxy would, and
+/// returns the (input, output) tokens it counted: for `cargo bench` (the
+/// cost of reading usage from a compressed body), not for the proxy.
+#[doc(hidden)]
+pub fn bench_tap(headers: &HeaderMap, frames: &[bytes::Bytes]) -> (u64, u64) {
+    let Ok(tokens) = IntCounterVec::new(
+        prometheus::Opts::new("bench_tokens", "bench"),
+        &["model", "direction"],
+    ) else {
+        return (0, 0);
+    };
+    let Ok(ttft) = HistogramVec::new(
+        prometheus::HistogramOpts::new("bench_ttft", "bench"),
+        &["operation"],
+    ) else {
+        return (0, 0);
+    };
+    let Some(models) = ModelLabels::new(&crate::proxy::UsageLabels::FirstSeen(1)) else {
+        return (0, 0);
+    };
+    let recorder = Arc::new(UsageRecorder {
+        tokens,
+        time_to_first_token: ttft,
+        models,
+    });
+    if let Some(mut tap) = recorder.tap("m".into(), Operation::Other, headers, Instant::now()) {
+        for frame in frames {
+            tap.observe(frame);
+        }
+        tap.finish();
+    }
+    let count = |d: &str| recorder.tokens.with_label_values(&["m", d]).get();
+    (count("input"), count("output"))
 }
 
 #[cfg(test)]
@@ -314,6 +362,61 @@ mod tests {
         tap.observe(&event("chunk", &payload));
         tap.finish();
         assert_eq!((count(&r, "i", "input"), count(&r, "i", "output")), (21, 8));
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn reads_usage_from_gzip_bodies_frame_by_frame() {
+        let r = recorder();
+        let json = gzip(br#"{"output":{},"usage":{"inputTokens":12,"outputTokens":34}}"#);
+        let sse = gzip(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n\
+              data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n",
+        );
+        for (model, ct, body) in [
+            ("j", "application/json", json),
+            ("s", "text/event-stream", sse),
+        ] {
+            let mut h = headers(ct);
+            h.insert("content-encoding", "gzip".parse().unwrap());
+            let mut tap = r
+                .tap(model.into(), Operation::Converse, &h, Instant::now())
+                .unwrap();
+            for piece in body.chunks(5) {
+                tap.observe(&Bytes::copy_from_slice(piece));
+            }
+            tap.finish();
+        }
+        assert_eq!(
+            (count(&r, "j", "input"), count(&r, "j", "output")),
+            (12, 34)
+        );
+        assert_eq!((count(&r, "s", "input"), count(&r, "s", "output")), (7, 3));
+    }
+
+    #[test]
+    fn unreadable_or_corrupt_encodings_give_no_usage_and_never_panic() {
+        let r = recorder();
+        let mut h = headers("application/json");
+        h.insert("content-encoding", "br".parse().unwrap());
+        assert!(r
+            .tap("b".into(), Operation::Converse, &h, Instant::now())
+            .is_none());
+        h.insert("content-encoding", "gzip".parse().unwrap());
+        let mut tap = r
+            .tap("c".into(), Operation::Converse, &h, Instant::now())
+            .unwrap();
+        // Plain JSON labelled gzip: undecodable, so nothing is counted.
+        tap.observe(&Bytes::from_static(br#"{"usage":{"inputTokens":5}}"#));
+        tap.observe(&Bytes::from_static(b"more"));
+        tap.finish();
+        assert_eq!(count(&r, "c", "input"), 0);
     }
 
     #[test]

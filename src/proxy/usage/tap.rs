@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
+use super::decode::Inflater;
 use super::eventstream::EventScanner;
 use super::sse::SseScanner;
 use super::{Envelope, UsageRecorder};
@@ -51,6 +52,10 @@ pub struct UsageTap {
     /// For streams: what to observe at the first chunk.
     pub(super) first_chunk: Option<(Operation, Instant)>,
     pub(super) parser: Parser,
+    /// Undoes a gzip/deflate `content-encoding` for the parser (only).
+    pub(super) inflater: Option<Inflater>,
+    /// Decoded bytes so far; `None` once decoding failed (no usage then).
+    pub(super) decoded: Option<usize>,
 }
 
 impl UsageTap {
@@ -61,6 +66,22 @@ impl UsageTap {
                 .with_label_values(&[operation.as_str()])
                 .observe(started.elapsed().as_secs_f64());
         }
+        let decoded;
+        let data = match (&mut self.inflater, self.decoded) {
+            (None, _) => data,
+            (Some(_), None) => return,
+            (Some(inflater), Some(so_far)) => match inflater.feed(data, so_far) {
+                Some(bytes) => {
+                    self.decoded = Some(so_far + bytes.len());
+                    decoded = bytes;
+                    &decoded
+                }
+                None => {
+                    self.decoded = None;
+                    return;
+                }
+            },
+        };
         match &mut self.parser {
             Parser::Json { frames, size } => {
                 *size += data.len();
@@ -77,6 +98,9 @@ impl UsageTap {
 
     /// The stream ended (or was dropped): record what was found.
     pub fn finish(self) {
+        if self.inflater.is_some() && self.decoded.is_none() {
+            return;
+        }
         let usage = match self.parser {
             Parser::Json { frames, size } if size <= MAX_JSON_BODY => match frames.as_slice() {
                 [one] => Envelope::usage(one),

@@ -31,9 +31,11 @@ pub mod names {
     pub const LOG_LEVEL: &str = "bedrock-broker.io/log-level";
     pub const SIDECAR_MODE: &str = "bedrock-broker.io/sidecar-mode";
     pub const API_KEY_SECRET: &str = "bedrock-broker.io/api-key-secret";
+    /// `"false"` leaves out every app variable but `BEDROCK_BROKER_URL`.
+    pub const CLIENT_ENV: &str = "bedrock-broker.io/client-env";
 
     /// Every annotation we read (anything else under our prefix is a typo).
-    pub const KNOWN: [&str; 16] = [
+    pub const KNOWN: [&str; 17] = [
         INJECTED,
         ROLE_ARN,
         REGION,
@@ -50,6 +52,7 @@ pub mod names {
         LOG_LEVEL,
         SIDECAR_MODE,
         API_KEY_SECRET,
+        CLIENT_ENV,
     ];
 
     /// The IRSA role annotation of a ServiceAccount (EKS Pod Identity Webhook).

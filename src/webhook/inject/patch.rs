@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec};
 use serde_json::Value;
 
 use super::annotations::names;
-use super::render::Rendered;
+use super::render::{AppVar, Rendered};
 use super::types::SidecarMode;
 use super::Denial;
 
@@ -62,7 +62,7 @@ fn add_volume(spec: &PodSpec, volume: Value) -> PatchOperation {
 fn add_app_env(
     spec: &PodSpec,
     mode: SidecarMode,
-    app_env: &[EnvVar],
+    app_env: &[AppVar],
 ) -> Result<Vec<PatchOperation>, Denial> {
     let mut lists: Vec<(&str, &[Container])> = vec![("containers", &spec.containers)];
     if mode == SidecarMode::Native {
@@ -73,9 +73,11 @@ fn add_app_env(
     let mut ops = Vec::new();
     for (field, containers) in lists {
         for (i, c) in containers.iter().enumerate() {
+            let sets = |name: &&str| c.env.iter().flatten().any(|e| e.name == *name);
             let missing: Vec<&EnvVar> = app_env
                 .iter()
-                .filter(|v| !c.env.iter().flatten().any(|e| e.name == v.name))
+                .filter(|v| !v.unless_set.iter().any(sets))
+                .map(|v| &v.var)
                 .collect();
             if missing.is_empty() {
                 continue;

@@ -28,13 +28,36 @@ pub const ADMIN_PORT_NAME: &str = "bb-admin";
 pub const TOKEN_DEFAULT_MODE: i32 = 0o444;
 
 /// Variables the app containers get (when they do not set them already).
+/// Each popular client reads its own; docs/clients.md says which reads which.
 pub mod app_vars {
     /// The proxy's base URL, for clients configured by hand.
     pub const BEDROCK_BROKER_URL: &str = "BEDROCK_BROKER_URL";
-    /// The OpenAI SDKs' base URL variable.
+    /// The OpenAI SDKs' base URL variable (also llama-stack's and
+    /// pydantic-ai's OpenAI providers).
     pub const OPENAI_BASE_URL: &str = "OPENAI_BASE_URL";
-    /// The AWS SDKs' service-specific endpoint variable for bedrock-runtime.
+    /// The OpenAI SDKs refuse to start without a key; the proxy strips it.
+    pub const OPENAI_API_KEY: &str = "OPENAI_API_KEY";
+    /// The AWS SDKs' service-specific endpoint variable for bedrock-runtime
+    /// (boto3 and what builds on it, the AWS CLI, the JavaScript SDK).
     pub const AWS_ENDPOINT_URL_BEDROCK_RUNTIME: &str = "AWS_ENDPOINT_URL_BEDROCK_RUNTIME";
+    /// LiteLLM's own endpoint variable (it ignores the AWS one).
+    pub const AWS_BEDROCK_RUNTIME_ENDPOINT: &str = "AWS_BEDROCK_RUNTIME_ENDPOINT";
+    /// The Anthropic SDKs' `AnthropicBedrock` base URL variable.
+    pub const ANTHROPIC_BEDROCK_BASE_URL: &str = "ANTHROPIC_BEDROCK_BASE_URL";
+}
+
+/// The placeholder `OPENAI_API_KEY`: not a Bedrock API key (those start
+/// with `bedrock-api-key-` or `ABSK`), so the proxy strips it, and it says
+/// where it came from to whoever finds it in the pod.
+pub const OPENAI_API_KEY_PLACEHOLDER: &str = "bedrock-broker-placeholder";
+
+/// One variable for the app containers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppVar {
+    pub var: EnvVar,
+    /// Left out of a container that sets any of these itself (always
+    /// including the variable's own name).
+    pub unless_set: &'static [&'static str],
 }
 
 /// What the patch stage places into the pod.
@@ -43,7 +66,7 @@ pub struct Rendered {
     /// Our own token volume, when one is added.
     pub volume: Option<Volume>,
     /// For every app container, each unless it sets the variable itself.
-    pub app_env: Vec<EnvVar>,
+    pub app_env: Vec<AppVar>,
 }
 
 pub fn render(sidecar: &SidecarSpec, resolved: &Resolved) -> Rendered {
@@ -64,13 +87,34 @@ fn proxy_addr(sidecar: &SidecarSpec) -> String {
     format!("127.0.0.1:{}", sidecar.port)
 }
 
-fn app_env(sidecar: &SidecarSpec) -> Vec<EnvVar> {
+/// `BEDROCK_BROKER_URL` always; with `client-env` on (the default), also
+/// the variable each popular client reads to find Bedrock. No AWS keys,
+/// region or `AWS_BEARER_TOKEN_BEDROCK`: they would change the app's other
+/// AWS calls (botocore would even refuse a bearer token over plain HTTP).
+fn app_env(sidecar: &SidecarSpec) -> Vec<AppVar> {
+    use app_vars::*;
     let base = format!("http://{}", proxy_addr(sidecar));
-    vec![
-        env(app_vars::BEDROCK_BROKER_URL, base.clone()),
-        env(app_vars::OPENAI_BASE_URL, format!("{base}/openai/v1")),
-        env(app_vars::AWS_ENDPOINT_URL_BEDROCK_RUNTIME, base),
-    ]
+    let one = |name: &'static [&'static str], value: String| AppVar {
+        var: env(name[0], value),
+        unless_set: name,
+    };
+    let mut vars = vec![one(&[BEDROCK_BROKER_URL], base.clone())];
+    if sidecar.client_env {
+        vars.extend([
+            one(&[OPENAI_BASE_URL], format!("{base}/openai/v1")),
+            // Only beside our base URL: a container pointing the OpenAI SDK
+            // elsewhere keeps the key it gets from there (even by envFrom,
+            // which an explicit variable would override).
+            one(
+                &[OPENAI_API_KEY, OPENAI_BASE_URL],
+                OPENAI_API_KEY_PLACEHOLDER.to_owned(),
+            ),
+            one(&[AWS_ENDPOINT_URL_BEDROCK_RUNTIME], base.clone()),
+            one(&[AWS_BEDROCK_RUNTIME_ENDPOINT], base.clone()),
+            one(&[ANTHROPIC_BEDROCK_BASE_URL], base),
+        ]);
+    }
+    vars
 }
 
 /// Our projected token volume, under the free `name`.
@@ -245,5 +289,67 @@ fn field_env(name: &str, field_path: &str) -> EnvVar {
             }),
             ..Default::default()
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webhook::inject::spec::SidecarDefaults;
+
+    fn names(client_env: bool) -> Vec<(String, Option<String>)> {
+        let defaults = SidecarDefaults::from_args(&Default::default(), &Default::default())
+            .expect("the documented defaults parse");
+        let mut spec = SidecarSpec::from_defaults(&defaults);
+        spec.client_env = client_env;
+        app_env(&spec)
+            .into_iter()
+            .map(|v| (v.var.name, v.var.value))
+            .collect()
+    }
+
+    #[test]
+    fn every_popular_client_finds_the_proxy_and_no_aws_secret_is_set() {
+        let all = names(true);
+        let get = |n: &str| {
+            all.iter()
+                .find(|(k, _)| k == n)
+                .and_then(|(_, v)| v.clone())
+        };
+        let base = "http://127.0.0.1:9787";
+        assert_eq!(get("BEDROCK_BROKER_URL").as_deref(), Some(base));
+        assert_eq!(
+            get("AWS_ENDPOINT_URL_BEDROCK_RUNTIME").as_deref(),
+            Some(base)
+        );
+        assert_eq!(get("AWS_BEDROCK_RUNTIME_ENDPOINT").as_deref(), Some(base));
+        assert_eq!(get("ANTHROPIC_BEDROCK_BASE_URL").as_deref(), Some(base));
+        assert_eq!(
+            get("OPENAI_BASE_URL").as_deref(),
+            Some("http://127.0.0.1:9787/openai/v1")
+        );
+        let key = get("OPENAI_API_KEY").unwrap_or_default();
+        // Not a Bedrock API key: the proxy strips it instead of passing it on.
+        assert!(!key.starts_with("bedrock-api-key-") && !key.starts_with("ABSK"));
+        for (name, _) in &all {
+            assert!(
+                !name.starts_with("AWS_ACCESS")
+                    && !name.starts_with("AWS_SECRET")
+                    && name != "AWS_BEARER_TOKEN_BEDROCK"
+                    && !name.contains("REGION"),
+                "{name} would change the app's other AWS calls"
+            );
+        }
+    }
+
+    #[test]
+    fn client_env_off_leaves_only_the_broker_url() {
+        assert_eq!(
+            names(false),
+            [(
+                "BEDROCK_BROKER_URL".to_owned(),
+                Some("http://127.0.0.1:9787".to_owned())
+            )]
+        );
     }
 }

@@ -11,7 +11,7 @@ use super::types::{
     SidecarMode, TokenExpiration,
 };
 use crate::config::aws::{Region, RoleArn, SessionName};
-use crate::config::parse::ParseError;
+use crate::config::parse::{self, ParseError};
 use crate::telemetry::LogFormat;
 
 /// The contract's proxy port.
@@ -125,6 +125,9 @@ pub struct SidecarSpec {
     pub session_name: Option<SessionName>,
     /// Bearer mode: a Bedrock API key from this Secret key.
     pub api_key_secret: Option<SecretKeyRef>,
+    /// Whether the app containers get each popular client's endpoint
+    /// variable (and the OpenAI key placeholder), or `BEDROCK_BROKER_URL` only.
+    pub client_env: bool,
 }
 
 impl SidecarSpec {
@@ -146,6 +149,7 @@ impl SidecarSpec {
             role_arn: None,
             session_name: None,
             api_key_secret: None,
+            client_env: true,
         }
     }
 
@@ -184,6 +188,7 @@ impl SidecarSpec {
         self.api_key_secret = a.read(names::API_KEY_SECRET, self.api_key_secret, |r| {
             SecretKeyRef::parse(r).map(Some)
         });
+        self.client_env = a.read(names::CLIENT_ENV, self.client_env, parse::bool);
         if a.has(names::ROLE_ARN) && a.has(names::API_KEY_SECRET) {
             a.problem(format!(
                 "{} and {}: both are set; choose one: a role for SigV4, or a Bedrock API key (bearer mode)",
@@ -263,6 +268,7 @@ mod tests {
         assert_eq!(o.mode.value, SidecarMode::Native);
         assert!(!o.token_from_annotation());
         assert!(o.role_arn.is_none() && o.api_key_secret.is_none());
+        assert!(o.client_env);
     }
 
     #[test]
@@ -282,8 +288,10 @@ mod tests {
             (names::IMAGE, "registry.local/bb:dev"),
             (names::LOG_LEVEL, "debug"),
             (names::SIDECAR_MODE, "classic"),
+            (names::CLIENT_ENV, "false"),
         ])
         .expect("parses");
+        assert!(!o.client_env);
         assert_eq!(o.region.as_ref().map(Region::as_str), Some("eu-central-1"));
         assert_eq!((o.port.get(), o.admin_port.get()), (8080, 8081));
         assert!(o.token_from_annotation());
@@ -303,6 +311,7 @@ mod tests {
             (names::ROLE_ARN, "app-role"),
             (names::CPU_REQUEST, "2"),
             (names::CPU_LIMIT, "1"),
+            (names::CLIENT_ENV, "off please"),
         ])
         .unwrap_err();
         let all = problems.join("\n");
@@ -318,6 +327,7 @@ mod tests {
             "bedrock-broker.io/role-arn",
             "arn:aws:iam::123456789012:role/NAME",
             "bedrock-broker.io/cpu-request / bedrock-broker.io/cpu-limit",
+            "bedrock-broker.io/client-env: \"off please\"",
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }

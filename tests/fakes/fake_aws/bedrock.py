@@ -29,6 +29,16 @@ MODEL_ROUTE_RE = re.compile(
 )
 GUARDRAIL_ROUTE_RE = re.compile(r"^/guardrail/(?P<id>[^/]+)/version/(?P<version>[^/]+)/apply$")
 ASYNC_INVOKE_ROUTE_RE = re.compile(r"^/async-invoke(?:/(?P<arn>[^/]+))?$")
+# A model id containing this is refused as Bedrock refuses a model the role
+# may not use: lets a test reach a client's error path without headers.
+DENIED_MODEL_MARK = "fake-denied"
+
+
+def denied_model(model_id: str) -> web.Response | None:
+    """403 AccessDeniedException for a model id containing ``fake-denied``."""
+    if DENIED_MODEL_MARK not in model_id:
+        return None
+    return aws_json_error(403, "AccessDeniedException", "You don't have access to the model with the specified model ID.")
 
 
 async def bedrock_handler(request: web.Request) -> web.StreamResponse:
@@ -126,6 +136,9 @@ def handle_async_invoke(request: web.Request, path: str, body: bytes) -> web.Res
 async def handle_model_op(state: FakeState, request: web.Request, record: dict, data: dict) -> web.StreamResponse:
     """converse / converse-stream / invoke / invoke-with-response-stream."""
     op, model_id = record["route"], record["model_id"]
+    denied = denied_model(model_id)
+    if denied is not None:
+        return denied
     user_text = last_user_text(data)
     rid = {"x-amzn-RequestId": new_request_id()}
     if op == "converse":
@@ -152,6 +165,9 @@ async def handle_openai_chat(state: FakeState, request: web.Request, record: dic
     """OpenAI-compatible chat completions (JSON or SSE)."""
     model = str(data.get("model") or "unknown-model")
     record["model_id"] = model
+    denied = denied_model(model)
+    if denied is not None:
+        return denied
     user_text = last_user_text(data)
     if not data.get("stream"):
         return json_response(200, openai_completion(model, user_text), headers={"x-amzn-RequestId": new_request_id()})
@@ -161,9 +177,20 @@ async def handle_openai_chat(state: FakeState, request: web.Request, record: dic
     return await send_stream(state, request, record, "openai-chat-stream", model, plan, ctl)
 
 
+@web.middleware
+async def compress_if_configured(request: web.Request, handler) -> web.StreamResponse:
+    """With ``compress`` on, every answer is compressed as the request's
+    Accept-Encoding allows (aiohttp picks gzip or deflate; none: identity).
+    Streams are already sent by then: ``streaming.py`` enables it for them."""
+    response = await handler(request)
+    if request.app[STATE_KEY].bedrock.compress and not response.prepared:
+        response.enable_compression()
+    return response
+
+
 def build_bedrock_app(state: FakeState) -> web.Application:
     """The Bedrock application: one catch-all handler routing on the raw path."""
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[compress_if_configured])
     app[STATE_KEY] = state
     app.router.add_route("*", "/{tail:.*}", bedrock_handler)
     return app

@@ -66,6 +66,9 @@ class BedrockConfig:
 
     signing_name: str = DEFAULT_SIGNING_NAME
     models: list = field(default_factory=lambda: list(DEFAULT_OPENAI_MODELS))
+    # Compress answers (gzip or deflate, as the request's Accept-Encoding
+    # allows), as a server or a proxy in front of Bedrock may.
+    compress: bool = False
 
 
 @dataclass

@@ -64,6 +64,8 @@ async def send_stream(
     record["stream_id"] = stream.stream_id
     resp = web.StreamResponse(status=200, headers={"Content-Type": plan.content_type, "x-amzn-RequestId": new_request_id(), **plan.headers})
     resp.enable_chunked_encoding()
+    if state.bedrock.compress:
+        resp.enable_compression()
     try:
         await resp.prepare(request)
         finalize_record(record, resp)

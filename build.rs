@@ -1,0 +1,50 @@
+//! Stamps the binary with the source revision it was built from, for the
+//! `bedrock_broker_build_info{version,revision}` metric.
+//!
+//! `BEDROCK_BROKER_REVISION` wins (the Docker build has no `.git`: pass
+//! `--build-arg REVISION=$(git rev-parse HEAD)`); otherwise git is asked;
+//! otherwise the revision is `unknown`.
+
+use std::process::Command;
+
+const VAR: &str = "BEDROCK_BROKER_REVISION";
+
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git").args(args).output().ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    let text = text.trim();
+    (out.status.success() && !text.is_empty()).then(|| text.to_owned())
+}
+
+fn main() {
+    println!("cargo:rerun-if-env-changed={VAR}");
+    let revision = match std::env::var(VAR) {
+        Ok(r) if !r.trim().is_empty() => r.trim().to_owned(),
+        _ => {
+            // Rebuild when HEAD moves: a new commit, or another branch.
+            for path in ["HEAD", "packed-refs"] {
+                if let Some(p) = git(&["rev-parse", "--git-path", path]) {
+                    println!("cargo:rerun-if-changed={p}");
+                }
+            }
+            if let Some(reference) = git(&["symbolic-ref", "-q", "HEAD"]) {
+                if let Some(p) = git(&["rev-parse", "--git-path", &reference]) {
+                    println!("cargo:rerun-if-changed={p}");
+                }
+            }
+            git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_owned())
+        }
+    };
+    // Only what is safe in a label value and a log line.
+    let revision: String = revision
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "._-+".contains(*c))
+        .take(64)
+        .collect();
+    let revision = if revision.is_empty() {
+        "unknown".to_owned()
+    } else {
+        revision
+    };
+    println!("cargo:rustc-env={VAR}={revision}");
+}

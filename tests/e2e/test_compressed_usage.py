@@ -1,0 +1,52 @@
+"""Token usage when Bedrock answers compressed (``content-encoding: gzip``).
+
+The client gets Bedrock's compressed bytes unchanged; the usage tap decodes
+a copy. The proxy narrows ``Accept-Encoding`` to gzip and deflate, the
+codings it can read, so Bedrock never answers in one that hides usage.
+"""
+
+from __future__ import annotations
+
+import openai
+import pytest
+import requests
+
+MODEL = "openai.gpt-oss-20b-1:0"
+
+
+@pytest.fixture
+def sidecar(start_sidecar, irsa_env, fake_aws):
+    fake_aws.post("/bedrock", {"compress": True})
+    return start_sidecar(irsa_env)
+
+
+def tokens(sidecar, direction: str) -> float:
+    return sidecar.metric("bedrock_broker_tokens_total", {"model": MODEL, "direction": direction}) or 0
+
+
+def test_openai_sdk_json_and_stream_are_counted_when_gzipped(sidecar, fake_aws):
+    client = openai.OpenAI(base_url=sidecar.url("/openai/v1"), api_key="unused", max_retries=0, timeout=30)
+    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=[{"role": "user", "content": "one two three"}])
+    assert raw.headers.get("content-encoding") in ("gzip", "deflate"), raw.headers
+    reply = raw.parse()
+    assert "one two three" in reply.choices[0].message.content
+    assert tokens(sidecar, "input") == reply.usage.prompt_tokens
+    assert tokens(sidecar, "output") == reply.usage.completion_tokens
+
+    chunks = list(client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "four five"}], stream=True,
+        stream_options={"include_usage": True}))
+    usage = chunks[-1].usage
+    assert usage is not None and "<chunk" in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert tokens(sidecar, "input") == reply.usage.prompt_tokens + usage.prompt_tokens
+
+
+@pytest.mark.parametrize("accept, coding", [("br, gzip;q=0.5", "gzip"), ("br", None), ("zstd, deflate", "deflate")])
+def test_accept_encoding_is_narrowed_to_what_the_tap_reads(sidecar, fake_aws, accept, coding):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "count me"}]}
+    r = requests.post(sidecar.url("/openai/v1/chat/completions"), json=body, headers={"accept-encoding": accept}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.headers.get("content-encoding") == coding
+    assert r.json()["usage"]["prompt_tokens"] == tokens(sidecar, "input") > 0
+    # The signature still matched: the narrowed header is what was signed.
+    assert all(rec["verified"] for rec in fake_aws.requests())
