@@ -596,3 +596,34 @@ async fn other_kinds_and_operations_pass_unchanged() {
         "{text}"
     );
 }
+
+#[test]
+fn pod_level_resources_grow_by_the_sidecars_share_only_where_set() {
+    // Only a memory limit at pod level, and a sidecar without a memory
+    // limit: the pod's limit grows by the sidecar's request, so the pod's
+    // (defaulted) requests stay within it; nothing else is added.
+    let p = opted_in(json!({"resources": {"limits": {"memory": "1Gi"}}}));
+    let mut d = defaults();
+    d.resources.memory_limit = None;
+    let i = match webhook::inject(&p, &ClusterFacts::default(), &d) {
+        Ok(Outcome::Injected(i)) => i,
+        other => panic!("{other:?}"),
+    };
+    let v = mutated(&p, &i);
+    assert_eq!(
+        v["spec"]["resources"],
+        json!({"limits": {"memory": "1056Mi"}})
+    );
+    assert!(
+        i.warnings[0].contains("limits.memory 1Gi -> 1056Mi"),
+        "{:?}",
+        i.warnings
+    );
+    // A pod without pod-level resources is not given any, and no warning.
+    let i = inject(&opted_in(json!({})));
+    assert!(i.warnings.is_empty(), "{:?}", i.warnings);
+    assert!(!i
+        .patch
+        .iter()
+        .any(|op| op.path().to_string().contains("resources")));
+}

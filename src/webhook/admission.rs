@@ -315,10 +315,16 @@ fn answer(
         }
         Ok(Outcome::Injected(injection)) => {
             tracing::debug!(namespace, pod = pod_name, mode = ?injection.mode, "injected");
+            let warnings = injection.warnings;
             match AdmissionResponse::from(req).with_patch(injection.patch) {
-                Ok(response) => Answer {
+                Ok(mut response) => Answer {
+                    response: {
+                        if !warnings.is_empty() {
+                            response.warnings = Some(warnings);
+                        }
+                        response
+                    },
                     result: "injected",
-                    response,
                 },
                 Err(e) => Answer {
                     result: "error",

@@ -52,6 +52,8 @@ pub struct Report {
     pub object: String,
     /// `injected` or the skip reason.
     pub outcome: String,
+    /// What the webhook would return as admission warnings.
+    pub warnings: Vec<String>,
 }
 
 impl fmt::Display for Report {
@@ -220,9 +222,10 @@ fn inject_object(
             return Ok(Some(Report {
                 object,
                 outcome: format!("unchanged ({})", skip_reason(skip)),
+                warnings: Vec::new(),
             }));
         }
-        Outcome::Injected(injection) => injection,
+        Outcome::Injected(injection) => *injection,
     };
     if !template.get("metadata").is_some_and(Value::is_object) {
         template.insert("metadata".into(), Value::Object(Map::new()));
@@ -233,6 +236,7 @@ fn inject_object(
     Ok(Some(Report {
         object,
         outcome: "injected".to_owned(),
+        warnings: injection.warnings,
     }))
 }
 
@@ -288,6 +292,9 @@ pub fn run_inject(
         Ok((yaml, reports)) => {
             for r in &reports {
                 let _ = writeln!(errors, "bedrock-broker inject: {r}");
+                for w in &r.warnings {
+                    let _ = writeln!(errors, "bedrock-broker inject: {}: warning: {w}", r.object);
+                }
             }
             if let Err(e) = output
                 .write_all(yaml.as_bytes())

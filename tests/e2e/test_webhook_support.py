@@ -103,8 +103,10 @@ def validate(obj: dict, versions: list[str] | None = None) -> None:
             validate(item, versions)
         return
     for version in versions or SCHEMA_VERSIONS:
-        # Fields newer than a schema cannot validate against it.
-        if obj.get("spec", {}).get("hostnameOverride") and version < "1.34":
+        # Fields newer than a schema cannot validate against it
+        # (pod-level resources arrived in 1.32, hostnameOverride in 1.34).
+        spec = obj.get("spec", {})
+        if (spec.get("hostnameOverride") and version < "1.34") or (spec.get("resources") and version < "1.32"):
             continue
         kubernetes_validate.validate(obj, version, strict=True)
 
@@ -130,6 +132,31 @@ def preserved(original, mutated, path: str = "") -> None:
                 raise AssertionError(f"{path}/{i} was removed, changed or reordered")
     else:
         assert original == mutated, f"{path} changed from {original!r} to {mutated!r}"
+
+
+def _units(raw: str, resource: str) -> float:
+    """A quantity in millicores or bytes (enough of the grammar for these fixtures)."""
+    suffixes = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    for suffix in sorted(suffixes, key=len, reverse=True):
+        if raw.endswith(suffix):
+            value = float(raw[: -len(suffix)]) * suffixes[suffix]
+            break
+    else:
+        value = float(raw)
+    return round(value * 1000) if resource == "cpu" else value
+
+
+def preserved_pod(original: dict, mutated: dict) -> None:
+    """``preserved`` for a pod: pod-level resource quantities may only grow (the sidecar's share)."""
+    mutated = copy.deepcopy(mutated)
+    for kind in ("requests", "limits"):
+        before = original.get("spec", {}).get("resources", {}).get(kind, {})
+        after = mutated.get("spec", {}).get("resources", {}).get(kind, {})
+        for resource in ("cpu", "memory"):
+            if resource in before and resource in after:
+                assert _units(after[resource], resource) >= _units(before[resource], resource), f"spec.resources.{kind}.{resource} shrank"
+                after[resource] = before[resource]
+    preserved(original, mutated)
 
 
 def sidecar_count(pod: dict) -> int:

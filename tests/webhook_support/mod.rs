@@ -5,10 +5,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod apiserver;
+
 use base64::Engine;
 use bedrock_broker::cli::SidecarDefaultsArgs;
 use bedrock_broker::config::Env;
 use bedrock_broker::metrics::webhook::WebhookMetrics;
+use bedrock_broker::webhook::types::{Quantity, Resource};
 use bedrock_broker::webhook::{
     AdmissionState, Intake, LookupErrorPolicy, SidecarDefaults, StaticLookup, StringMap,
 };
@@ -115,4 +118,29 @@ pub fn preserved(original: &Value, mutated: &Value, path: &str) -> Result<(), St
         (o, m) if o == m => Ok(()),
         (o, m) => Err(format!("{path} changed from {o} to {m}")),
     }
+}
+
+/// [`preserved`] for a pod, where the one value injection may change is a
+/// pod-level resource quantity, and only upwards (the sidecar's share).
+pub fn preserved_pod(original: &Value, mutated: &Value) -> Result<(), String> {
+    let mut mutated = mutated.clone();
+    for kind in ["requests", "limits"] {
+        for r in Resource::BOTH {
+            let ptr = format!("/spec/resources/{kind}/{}", r.as_str());
+            let (Some(before), Some(after)) = (original.pointer(&ptr), mutated.pointer_mut(&ptr))
+            else {
+                continue;
+            };
+            let units = |v: &Value| {
+                v.as_str()
+                    .and_then(|s| Quantity::parse(s).ok())
+                    .map(|q| q.units(r))
+            };
+            if units(after) < units(before) {
+                return Err(format!("{ptr} shrank from {before} to {after}"));
+            }
+            *after = before.clone();
+        }
+    }
+    preserved(original, &mutated, "")
 }

@@ -6,15 +6,18 @@
 //! 2. `spec`: the webhook's defaults with the pod's annotations over them
 //!    (`annotations` knows their names);
 //! 3. `resolve`: pod-shape refusals, role, region, token access;
-//! 4. `render`: the sidecar container, token volume and app variables;
-//! 5. `patch`: add-only operations placing them into the pod.
+//! 4. `fit`: the sidecar's share added to the pod's own resource budget;
+//! 5. `render`: the sidecar container, token volume and app variables;
+//! 6. `patch`: add operations placing them into the pod.
 //!
-//! Steps 2 and 3 report every problem together, so a refused pod is fixed
+//! Steps 2 to 4 report every problem together, so a refused pod is fixed
 //! in one round.
 
 mod annotations;
 mod decide;
+mod fit;
 mod patch;
+mod quantity;
 mod render;
 mod resolve;
 mod spec;
@@ -53,6 +56,9 @@ pub struct Injection {
     pub mode: SidecarMode,
     pub auth: SidecarAuth,
     pub token_access: TokenAccess,
+    /// What the pod got beyond the sidecar, for the admission response's
+    /// `warnings` (shown by kubectl) and `inject`'s report.
+    pub warnings: Vec<String>,
 }
 
 /// The result of [`inject()`] for an admitted pod.
@@ -107,16 +113,22 @@ pub fn inject(
         }
     };
     let resolved = resolve::resolve(pod, spec, sidecar.as_ref(), facts, &mut problems);
-    let (Some(sidecar), Some(resolved), true) = (sidecar, resolved, problems.is_empty()) else {
+    let fitted = sidecar
+        .as_ref()
+        .map(|s| fit::fit(spec, &s.resources, &mut problems));
+    let (Some(sidecar), Some(resolved), Some(fitted), true) =
+        (sidecar, resolved, fitted, problems.is_empty())
+    else {
         return Err(Denial { problems });
     };
     let rendered = render::render(&sidecar, &resolved);
-    let patch = patch::build(pod, spec, sidecar.mode.value, &rendered)?;
+    let patch = patch::build(pod, spec, sidecar.mode.value, &rendered, &fitted)?;
     Ok(Outcome::Injected(Box::new(Injection {
         patch,
         mode: sidecar.mode.value,
         auth: resolved.auth,
         token_access: resolved.token_access,
+        warnings: fitted.warnings,
     })))
 }
 

@@ -1,0 +1,121 @@
+//! Fitting the sidecar into the pod's own resource budget.
+//!
+//! A pod that sets pod-level resources (`spec.resources`, beta and on by
+//! default since Kubernetes 1.34) must request at least what its
+//! containers request together, and no container may be limited above the
+//! pod's limit (`validatePodResourceConsistency` in the API server). Adding
+//! a sidecar breaks both unless the pod's budget grows with it, so every
+//! pod-level quantity the pod sets is raised by the sidecar's share: its
+//! request for `requests`, its limit for `limits` (its request when it has
+//! no limit, so pod requests stay within pod limits). Quantities the pod
+//! does not set are left to the API server's defaulting. The app keeps
+//! exactly the budget it had.
+
+use k8s_openapi::api::core::v1::PodSpec;
+
+use super::quantity::{Quantity, Resource};
+use super::spec::Resources;
+
+/// Requests or limits of `spec.resources`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Requests,
+    Limits,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requests => "requests",
+            Self::Limits => "limits",
+        }
+    }
+}
+
+/// One pod-level quantity raised by the sidecar's share.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Raise {
+    pub kind: Kind,
+    pub resource: Resource,
+    pub from: String,
+    pub to: Quantity,
+}
+
+/// What fitting decided.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Fitted {
+    pub pod_resources: Vec<Raise>,
+    /// For the admission response: what was changed beyond adding the sidecar.
+    pub warnings: Vec<String>,
+}
+
+impl Resources {
+    pub fn request(&self, r: Resource) -> Option<&Quantity> {
+        match r {
+            Resource::Cpu => self.cpu_request.as_ref(),
+            Resource::Memory => self.memory_request.as_ref(),
+        }
+    }
+
+    pub fn limit(&self, r: Resource) -> Option<&Quantity> {
+        match r {
+            Resource::Cpu => self.cpu_limit.as_ref(),
+            Resource::Memory => self.memory_limit.as_ref(),
+        }
+    }
+}
+
+/// Raises the pod-level resources the pod sets by the sidecar's share.
+/// A pod-level quantity that cannot be read is a problem (the API server
+/// accepted it, so this does not happen with a pod it sent).
+pub fn fit(spec: &PodSpec, sidecar: &Resources, problems: &mut Vec<String>) -> Fitted {
+    let mut fitted = Fitted::default();
+    let Some(pod) = spec.resources.as_ref() else {
+        return fitted;
+    };
+    for (kind, list) in [(Kind::Requests, &pod.requests), (Kind::Limits, &pod.limits)] {
+        for resource in Resource::BOTH {
+            let Some(current) = list.as_ref().and_then(|l| l.get(resource.as_str())) else {
+                continue;
+            };
+            let share = match kind {
+                Kind::Requests => sidecar.request(resource),
+                Kind::Limits => sidecar.limit(resource).or(sidecar.request(resource)),
+            };
+            let Some(share) = share else { continue };
+            match Quantity::parse(current.0.trim()) {
+                Ok(q) => fitted.pod_resources.push(Raise {
+                    kind,
+                    resource,
+                    from: current.0.clone(),
+                    to: q.plus(share, resource),
+                }),
+                Err(e) => problems.push(format!(
+                    "spec.resources.{}[{}]: {e}",
+                    kind.as_str(),
+                    resource.as_str()
+                )),
+            }
+        }
+    }
+    if !fitted.pod_resources.is_empty() {
+        let changes: Vec<String> = fitted
+            .pod_resources
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}.{} {} -> {}",
+                    r.kind.as_str(),
+                    r.resource.as_str(),
+                    r.from,
+                    r.to.as_str()
+                )
+            })
+            .collect();
+        fitted.warnings.push(format!(
+            "bedrock-broker raised the pod-level spec.resources by its sidecar's share, so the app keeps its budget: {}",
+            changes.join(", ")
+        ));
+    }
+    fitted
+}
