@@ -287,6 +287,13 @@ def entries_for(mwc, ns: str, ns_label, pod_label):
         ("apps", "true", "false", []),  # the pod opts out
         ("apps", "true", "yes", ["namespace.inject.bedrock-broker.io"]),  # reviewed, so the webhook can refuse it
         ("apps", None, "true", ["pod.inject.bedrock-broker.io"]),
+        # Any value but "false" reaches the webhook, which refuses all but
+        # "true" (as inject does); a selector on "true" alone let these
+        # pods in without a sidecar and without a word.
+        ("apps", None, "True", ["pod.inject.bedrock-broker.io"]),
+        ("apps", None, "yes", ["pod.inject.bedrock-broker.io"]),
+        ("apps", None, "", ["pod.inject.bedrock-broker.io"]),
+        ("apps", "false", "True", ["pod.inject.bedrock-broker.io"]),
         ("apps", "false", "true", ["pod.inject.bedrock-broker.io"]),
         ("apps", None, None, []),
         ("apps", None, "false", []),
