@@ -627,3 +627,70 @@ fn pod_level_resources_grow_by_the_sidecars_share_only_where_set() {
         .iter()
         .any(|op| op.path().to_string().contains("resources")));
 }
+
+#[test]
+fn the_opt_in_written_as_an_annotation_is_named() {
+    let annotated = |value: &str, labels: Value| {
+        pod(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "labels": labels,
+                "annotations": {"bedrock-broker.io/inject": value, "bedrock-broker.io/role-arn": ROLE}},
+            "spec": {"containers": [{"name": "app", "image": "x"}]}}))
+    };
+    let d = defaults();
+    // Not opted in otherwise: admitted unchanged, saying why.
+    match webhook::inject(&annotated("true", json!({})), &ClusterFacts::default(), &d) {
+        Ok(Outcome::Skipped(skip)) => {
+            assert_eq!(skip, Skip::OptInAnnotation);
+            let w = skip.warning().expect("a warning");
+            assert!(
+                w.contains("is an annotation") && w.contains("metadata.labels"),
+                "{w}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Opted in by the label too: injected, the redundant annotation named.
+    match webhook::inject(
+        &annotated("true", json!({"bedrock-broker.io/inject": "true"})),
+        &ClusterFacts::default(),
+        &d,
+    ) {
+        Ok(Outcome::Injected(i)) => assert!(
+            i.warnings
+                .iter()
+                .any(|w| w.contains("annotation bedrock-broker.io/inject is ignored")),
+            "{:?}",
+            i.warnings
+        ),
+        other => panic!("{other:?}"),
+    }
+    // An annotation saying "false" on an opted-in pod is a mistaken opt-out.
+    let msg = denial(
+        &annotated("false", json!({"bedrock-broker.io/inject": "true"})),
+        &ClusterFacts::default(),
+    );
+    assert!(
+        msg.contains("set the label bedrock-broker.io/inject: \"false\""),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_namespace_label_other_than_true_is_named() {
+    let p = pod(
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "app", "image": "x"}]}}),
+    );
+    let labels: StringMap = [("bedrock-broker.io/inject".to_owned(), "True".to_owned())].into();
+    let facts = ClusterFacts {
+        namespace_labels: Some(&labels),
+        ..Default::default()
+    };
+    match webhook::inject(&p, &facts, &defaults()) {
+        Ok(Outcome::Skipped(skip)) => {
+            let w = skip.warning().expect("a warning");
+            assert!(w.contains("\"True\"") && w.contains("only \"true\""), "{w}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -18,7 +18,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use kube::core::DynamicObject;
 use serde_json::Value;
 
-use super::inject::{self, ClusterFacts, Outcome, Skip};
+use super::inject::{self, ClusterFacts, Outcome};
 use super::intake::Intake;
 use super::lookup::{ClusterLookup, LookupError, StringMap};
 use super::SidecarDefaults;
@@ -302,12 +302,7 @@ fn answer(
                 "admitted unchanged"
             );
             let mut response = AdmissionResponse::from(req);
-            if skip == Skip::HasBrokerContainer {
-                response.warnings = Some(vec![format!(
-                    "the pod already has a container named {}; bedrock-broker did not inject another",
-                    inject::CONTAINER_NAME
-                )]);
-            }
+            response.warnings = skip.warning().map(|w| vec![w]);
             Answer {
                 result: "skipped",
                 response,

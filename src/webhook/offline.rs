@@ -170,9 +170,9 @@ fn pod_of(kind: &str, template: &Map<String, Value>) -> Value {
     Value::Object(pod)
 }
 
-fn skip_reason(skip: Skip) -> &'static str {
+fn skip_reason(skip: &Skip) -> &'static str {
     match skip {
-        Skip::NotOptedIn => "not opted in",
+        Skip::NotOptedIn | Skip::OptInAnnotation | Skip::NamespaceLabelValue(_) => "not opted in",
         Skip::OptedOut => "opted out",
         Skip::AlreadyInjected => "already injected",
         Skip::HasBrokerContainer => "has a bedrock-broker container already",
@@ -221,8 +221,8 @@ fn inject_object(
         Outcome::Skipped(skip) => {
             return Ok(Some(Report {
                 object,
-                outcome: format!("unchanged ({})", skip_reason(skip)),
-                warnings: Vec::new(),
+                outcome: format!("unchanged ({})", skip_reason(&skip)),
+                warnings: skip.warning().into_iter().collect(),
             }));
         }
         Outcome::Injected(injection) => *injection,

@@ -105,10 +105,12 @@ pub fn inject(
     };
 
     let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    decide::opt_in_annotation(pod, &mut warnings, &mut problems);
     let sidecar = match SidecarSpec::from_defaults(defaults).overlay(annotations(pod)) {
         Ok(sidecar) => Some(sidecar),
         Err(p) => {
-            problems = p;
+            problems.extend(p);
             None
         }
     };
@@ -128,7 +130,7 @@ pub fn inject(
         mode: sidecar.mode.value,
         auth: resolved.auth,
         token_access: resolved.token_access,
-        warnings: fitted.warnings,
+        warnings: warnings.into_iter().chain(fitted.warnings).collect(),
     })))
 }
 

@@ -324,17 +324,18 @@ mod tests {
     }
 
     #[test]
-    fn typos_and_the_label_as_annotation_are_refused() {
+    fn typos_are_refused_and_the_opt_in_is_left_to_decide() {
+        // The opt-in written as an annotation is judged with the opt-in
+        // (a warning or a refusal depending on its value, see decide.rs).
         let problems = parse(&[
             ("bedrock-broker.io/rol-arn", "x"),
             ("bedrock-broker.io/inject", "true"),
             ("other.io/ignored", "x"),
         ])
         .unwrap_err();
-        assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems[0].contains("is a label, not an annotation"));
-        assert!(problems[1].contains("bedrock-broker.io/rol-arn is not an annotation"));
-        assert!(problems[1].contains("bedrock-broker.io/role-arn"));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("bedrock-broker.io/rol-arn is not an annotation"));
+        assert!(problems[0].contains("bedrock-broker.io/role-arn"));
     }
 
     #[test]
