@@ -18,7 +18,8 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use kube::core::DynamicObject;
 use serde_json::Value;
 
-use super::inject::{self, ClusterFacts, Outcome};
+use super::audit::{self, Subject};
+use super::inject::{self, ClusterFacts, Injection, Outcome};
 use super::intake::Intake;
 use super::lookup::{ClusterLookup, LookupError, StringMap};
 use super::SidecarDefaults;
@@ -95,10 +96,23 @@ async fn mutate_handler<L: ClusterLookup>(
     (status, Json(review)).into_response()
 }
 
-/// The result label and the response of one review.
+/// The result label, the response of one review, and what the audit log
+/// says about it.
 struct Answer {
     result: &'static str,
+    /// Why, for the log: never a value from the pod (see `audit`).
+    reason: String,
     response: AdmissionResponse,
+}
+
+impl Answer {
+    fn new(result: &'static str, reason: impl Into<String>, response: AdmissionResponse) -> Self {
+        Self {
+            result,
+            reason: reason.into(),
+            response,
+        }
+    }
 }
 
 /// Answers one AdmissionReview body: the HTTP status and the review to send.
@@ -108,30 +122,45 @@ pub async fn review<L: ClusterLookup>(
 ) -> (StatusCode, AdmissionReview<DynamicObject>) {
     let started = Instant::now();
     let (status, answer) = match parse(body) {
-        Err((uid, reason)) => {
-            let mut response = AdmissionResponse::invalid(reason);
-            let status = match uid {
+        Err(bad) => {
+            let mut response = AdmissionResponse::invalid(format!("{}: {}", bad.what, bad.detail));
+            let status = match &bad.uid {
                 Some(uid) => {
-                    response.uid = uid;
+                    response.uid = uid.clone();
                     StatusCode::OK
                 }
                 // Nothing to echo: tell the API server the request was bad.
                 None => StatusCode::BAD_REQUEST,
             };
-            let answer = Answer {
-                result: "invalid",
-                response,
+            let subject = Subject {
+                uid: bad.uid.as_deref().unwrap_or(""),
+                ..Default::default()
             };
-            (status, answer)
+            audit::record(&subject, "invalid", bad.what, &[]);
+            (status, Answer::new("invalid", bad.what, response))
         }
-        Ok(Parsed::NotAPod(req)) => (
-            StatusCode::OK,
-            Answer {
-                result: "skipped",
-                response: AdmissionResponse::from(&req),
-            },
-        ),
-        Ok(Parsed::Pod(req, pod)) => (StatusCode::OK, admit(state, &req, &pod).await),
+        Ok(Parsed::NotAPod(req)) => {
+            let subject = Subject {
+                uid: &req.uid,
+                namespace: req.namespace.as_deref().unwrap_or(""),
+                pod: &req.name,
+                owner: None,
+                dry_run: req.dry_run,
+            };
+            audit::record(&subject, "skipped", "not_a_pod_create", &[]);
+            let response = AdmissionResponse::from(&req);
+            (
+                StatusCode::OK,
+                Answer::new("skipped", "not_a_pod_create", response),
+            )
+        }
+        Ok(Parsed::Pod(req, pod)) => {
+            let answer = admit(state, &req, &pod).await;
+            let subject = Subject::of_pod(&req.uid, namespace_of(&req, &pod), &pod, req.dry_run);
+            let warnings = answer.response.warnings.as_deref().unwrap_or(&[]);
+            audit::record(&subject, answer.result, &answer.reason, warnings);
+            (StatusCode::OK, answer)
+        }
     };
     state
         .metrics
@@ -152,20 +181,42 @@ enum Parsed {
     Pod(AdmissionRequest<DynamicObject>, Box<Pod>),
 }
 
+/// A review that could not be read.
+struct Unreadable {
+    /// The uid, if one could be read.
+    uid: Option<String>,
+    /// What was wrong, in words that quote nothing from the body (logged).
+    what: &'static str,
+    /// The parser's error, which may quote the body (answered only).
+    detail: String,
+}
+
+fn unreadable(uid: &Option<String>, what: &'static str, detail: impl ToString) -> Unreadable {
+    Unreadable {
+        uid: uid.clone(),
+        what,
+        detail: detail.to_string(),
+    }
+}
+
 /// Parses a review; on failure gives the uid if one could be read, and why.
-fn parse(body: &[u8]) -> Result<Parsed, (Option<String>, String)> {
+fn parse(body: &[u8]) -> Result<Parsed, Unreadable> {
     let raw: Value =
-        serde_json::from_slice(body).map_err(|e| (None, format!("the body is not JSON: {e}")))?;
+        serde_json::from_slice(body).map_err(|e| unreadable(&None, "the body is not JSON", e))?;
     let uid = raw
         .pointer("/request/uid")
         .and_then(Value::as_str)
         .filter(|u| !u.is_empty())
         .map(str::to_owned);
     let review: AdmissionReview<DynamicObject> = serde_json::from_value(raw.clone())
-        .map_err(|e| (uid.clone(), format!("not an AdmissionReview: {e}")))?;
-    let req: AdmissionRequest<DynamicObject> = review
-        .try_into()
-        .map_err(|_| (uid.clone(), "the AdmissionReview has no request".to_owned()))?;
+        .map_err(|e| unreadable(&uid, "not an AdmissionReview", e))?;
+    let req: AdmissionRequest<DynamicObject> = review.try_into().map_err(|_| {
+        unreadable(
+            &uid,
+            "the AdmissionReview has no request",
+            "request missing",
+        )
+    })?;
     let is_pod = req.kind.group.is_empty() && req.kind.kind == "Pod";
     if !is_pod || req.operation != Operation::Create || req.sub_resource.is_some() {
         return Ok(Parsed::NotAPod(req));
@@ -179,7 +230,7 @@ fn parse(body: &[u8]) -> Result<Parsed, (Option<String>, String)> {
         map.entry("kind").or_insert_with(|| Value::from("Pod"));
     }
     let pod: Pod = serde_json::from_value(object)
-        .map_err(|e| (uid, format!("request.object is not a valid Pod: {e}")))?;
+        .map_err(|e| unreadable(&uid, "request.object is not a valid Pod", e))?;
     Ok(Parsed::Pod(req, Box::new(pod)))
 }
 
@@ -192,21 +243,28 @@ fn lookup_failed(
 ) -> Answer {
     tracing::warn!(object = %what, error = %error, "cluster lookup failed");
     let message = format!("bedrock-broker cannot read {what}: {error}");
+    let reason = format!("cannot read {what}");
     match state.on_lookup_error {
-        LookupErrorPolicy::Deny => Answer {
-            result: "denied",
-            response: AdmissionResponse::from(req)
-                .deny(format!("{message}; the pod is refused so it never starts without its Bedrock proxy (retry, or check the webhook's RBAC)")),
-        },
+        LookupErrorPolicy::Deny => Answer::new(
+            "denied",
+            reason,
+            AdmissionResponse::from(req).deny(format!("{message}; the pod is refused so it never starts without its Bedrock proxy (retry, or check the webhook's RBAC)")),
+        ),
         LookupErrorPolicy::Skip => {
             let mut response = AdmissionResponse::from(req);
             response.warnings = Some(vec![format!("{message}; admitted without the bedrock-broker sidecar")]);
-            Answer {
-                result: "skipped",
-                response,
-            }
+            Answer::new("skipped", reason, response)
         }
     }
+}
+
+/// The namespace a pod is created in (the review's, else the pod's).
+fn namespace_of<'a>(req: &'a AdmissionRequest<DynamicObject>, pod: &'a Pod) -> &'a str {
+    req.namespace
+        .as_deref()
+        .or(pod.metadata.namespace.as_deref())
+        .filter(|n| !n.is_empty())
+        .unwrap_or("default")
 }
 
 async fn admit<L: ClusterLookup>(
@@ -214,12 +272,7 @@ async fn admit<L: ClusterLookup>(
     req: &AdmissionRequest<DynamicObject>,
     pod: &Pod,
 ) -> Answer {
-    let namespace = req
-        .namespace
-        .as_deref()
-        .or(pod.metadata.namespace.as_deref())
-        .filter(|n| !n.is_empty())
-        .unwrap_or("default");
+    let namespace = namespace_of(req, pod);
     let (namespace_labels, service_account) = match read_cluster(state, req, pod, namespace).await {
         Ok(read) => read,
         Err(answer) => return answer,
@@ -229,8 +282,7 @@ async fn admit<L: ClusterLookup>(
         namespace_labels: namespace_labels.as_ref(),
         service_account_annotations: service_account.as_ref(),
     };
-    let outcome = inject::inject(pod, &facts, &state.defaults);
-    answer(req, pod, namespace, outcome)
+    answer(req, inject::inject(pod, &facts, &state.defaults))
 }
 
 /// What the pod needs from the cluster: its namespace's labels (when the
@@ -283,57 +335,36 @@ async fn read_cluster<L: ClusterLookup>(
 /// The review's answer for an injection outcome.
 fn answer(
     req: &AdmissionRequest<DynamicObject>,
-    pod: &Pod,
-    namespace: &str,
     outcome: Result<Outcome, inject::Denial>,
 ) -> Answer {
-    let pod_name = pod
-        .metadata
-        .name
-        .as_deref()
-        .or(pod.metadata.generate_name.as_deref())
-        .unwrap_or("");
     match outcome {
         Ok(Outcome::Skipped(skip)) => {
-            tracing::debug!(
-                namespace,
-                pod = pod_name,
-                reason = skip.as_str(),
-                "admitted unchanged"
-            );
             let mut response = AdmissionResponse::from(req);
             response.warnings = skip.warning().map(|w| vec![w]);
-            Answer {
-                result: "skipped",
-                response,
-            }
+            Answer::new("skipped", skip.as_str(), response)
         }
         Ok(Outcome::Injected(injection)) => {
-            tracing::debug!(namespace, pod = pod_name, mode = ?injection.mode, "injected");
-            let warnings = injection.warnings;
-            match AdmissionResponse::from(req).with_patch(injection.patch) {
-                Ok(mut response) => Answer {
-                    response: {
-                        if !warnings.is_empty() {
-                            response.warnings = Some(warnings);
-                        }
-                        response
-                    },
-                    result: "injected",
-                },
-                Err(e) => Answer {
-                    result: "error",
-                    response: AdmissionResponse::from(req)
+            let reason = audit::injected(&injection);
+            let Injection {
+                patch, warnings, ..
+            } = *injection;
+            match AdmissionResponse::from(req).with_patch(patch) {
+                Ok(mut response) => {
+                    response.warnings = (!warnings.is_empty()).then_some(warnings);
+                    Answer::new("injected", reason, response)
+                }
+                Err(e) => Answer::new(
+                    "error",
+                    "the patch could not be encoded",
+                    AdmissionResponse::from(req)
                         .deny(format!("bedrock-broker could not encode its patch: {e}")),
-                },
+                ),
             }
         }
-        Err(denial) => {
-            tracing::debug!(namespace, pod = pod_name, reason = %denial, "denied");
-            Answer {
-                result: "denied",
-                response: AdmissionResponse::from(req).deny(denial.to_string()),
-            }
-        }
+        Err(denial) => Answer::new(
+            "denied",
+            audit::denied(&denial),
+            AdmissionResponse::from(req).deny(denial.to_string()),
+        ),
     }
 }

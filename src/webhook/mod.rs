@@ -17,6 +17,7 @@
 //! without touching its users.
 
 mod admission;
+mod audit;
 mod inject;
 mod intake;
 pub mod lookup;

@@ -36,6 +36,13 @@ impl SidecarMode {
             other => Err(ParseError::not_a(other, "a sidecar mode", Self::ACCEPTED)),
         }
     }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Classic => "classic",
+        }
+    }
 }
 
 /// The sidecar's log level, passed as `RUST_LOG`.
