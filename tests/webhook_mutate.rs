@@ -694,3 +694,90 @@ fn a_namespace_label_other_than_true_is_named() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The literal variables of the injected sidecar, as the sidecar reads them.
+fn sidecar_env(v: &Value) -> bedrock_broker::config::Env {
+    let c = sidecar(v);
+    bedrock_broker::config::Env::from_pairs(
+        c["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?))),
+    )
+}
+
+#[test]
+fn the_body_budget_follows_the_memory_limit() {
+    let with_limit = |limit: Option<&str>| {
+        let mut d = defaults();
+        d.resources.memory_limit = limit.map(|l| webhook::types::Quantity::parse(l).expect("q"));
+        d.resources.memory_request = None;
+        let p = opted_in(json!({}));
+        let i = match webhook::inject(&p, &ClusterFacts::default(), &d) {
+            Ok(Outcome::Injected(i)) => i,
+            other => panic!("{other:?}"),
+        };
+        (mutated(&p, &i), i.warnings.clone())
+    };
+    // Half the limit: the default 128Mi gives the sidecar's default 64 MiB.
+    let (v, warnings) = with_limit(Some("128Mi"));
+    let c = sidecar(&v);
+    assert_eq!(
+        env_of(&c, "BEDROCK_BROKER_REQUEST_BODY_BUDGET"),
+        Some(json!({"name": "BEDROCK_BROKER_REQUEST_BODY_BUDGET", "value": "67108864"}))
+    );
+    assert_eq!(env_of(&c, "BEDROCK_BROKER_MAX_BODY_BYTES"), None);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let (v, _) = with_limit(Some("1Gi"));
+    assert_eq!(
+        env_of(&sidecar(&v), "BEDROCK_BROKER_REQUEST_BODY_BUDGET").map(|e| e["value"].clone()),
+        Some(json!("536870912"))
+    );
+    // No limit, no variable: the sidecar's own default applies.
+    let (v, _) = with_limit(None);
+    assert_eq!(
+        env_of(&sidecar(&v), "BEDROCK_BROKER_REQUEST_BODY_BUDGET"),
+        None
+    );
+    // A limit whose half cannot hold one 25 MiB body: the largest body
+    // shrinks with it (the sidecar refuses a budget below one body), and
+    // the pod is told.
+    let (v, warnings) = with_limit(Some("40Mi"));
+    let c = sidecar(&v);
+    for var in [
+        "BEDROCK_BROKER_REQUEST_BODY_BUDGET",
+        "BEDROCK_BROKER_MAX_BODY_BYTES",
+    ] {
+        assert_eq!(
+            env_of(&c, var).map(|e| e["value"].clone()),
+            Some(json!("20971520")),
+            "{var}"
+        );
+    }
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("request bodies above 20 MiB")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn the_sidecar_accepts_the_settings_it_is_given() {
+    // What the injector writes must pass the sidecar's own configuration
+    // checks (a budget below one body would stop it at start).
+    for limit in ["128Mi", "40Mi", "1Gi"] {
+        let mut d = defaults();
+        d.resources.memory_limit = Some(webhook::types::Quantity::parse(limit).expect("q"));
+        d.resources.memory_request = None;
+        let p = opted_in(json!({}));
+        let i = match webhook::inject(&p, &ClusterFacts::default(), &d) {
+            Ok(Outcome::Injected(i)) => i,
+            other => panic!("{other:?}"),
+        };
+        let env = sidecar_env(&mutated(&p, &i));
+        let parsed = bedrock_broker::sidecar::SidecarConfig::from_args(&Default::default(), &env);
+        assert!(parsed.is_ok(), "{limit}: {:?}", parsed.err());
+    }
+}

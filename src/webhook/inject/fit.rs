@@ -41,10 +41,41 @@ pub struct Raise {
     pub to: Quantity,
 }
 
+/// The largest request body the sidecar accepts by default (Bedrock's
+/// 25 MB request limit): its `--max-body-bytes`.
+const MAX_BODY_BYTES: u64 = 25 * 1024 * 1024;
+
+/// How much request-body memory the sidecar may hold, derived from its
+/// memory limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyBudget {
+    /// `BEDROCK_BROKER_REQUEST_BODY_BUDGET`: half the memory limit. The
+    /// other half is the process itself (about 10 MiB idle), connection
+    /// and TLS buffers, streamed responses and allocator slack; the
+    /// default 128Mi limit gives the sidecar's default 64 MiB.
+    pub bytes: u64,
+    /// `BEDROCK_BROKER_MAX_BODY_BYTES`, lowered to the budget when the
+    /// budget cannot hold one body of the default size (the sidecar
+    /// refuses to start with a budget below its largest body).
+    pub max_body: Option<u64>,
+}
+
+impl BodyBudget {
+    /// `None` without a memory limit: the sidecar's own default applies.
+    fn for_limit(limit: Option<&Quantity>) -> Option<Self> {
+        let bytes = limit?.units(Resource::Memory) / 2;
+        Some(Self {
+            bytes,
+            max_body: (bytes < MAX_BODY_BYTES).then_some(bytes),
+        })
+    }
+}
+
 /// What fitting decided.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Fitted {
     pub pod_resources: Vec<Raise>,
+    pub body_budget: Option<BodyBudget>,
     /// For the admission response: what was changed beyond adding the sidecar.
     pub warnings: Vec<String>,
 }
@@ -69,9 +100,33 @@ impl Resources {
 /// A pod-level quantity that cannot be read is a problem (the API server
 /// accepted it, so this does not happen with a pod it sent).
 pub fn fit(spec: &PodSpec, sidecar: &Resources, problems: &mut Vec<String>) -> Fitted {
-    let mut fitted = Fitted::default();
+    let mut fitted = Fitted {
+        body_budget: BodyBudget::for_limit(sidecar.memory_limit.as_ref()),
+        ..Default::default()
+    };
+    if let Some(BodyBudget {
+        max_body: Some(max),
+        ..
+    }) = fitted.body_budget
+    {
+        fitted.warnings.push(format!(
+            "the sidecar's memory limit holds request bodies of {:.0} MiB at once: request bodies above {:.0} MiB are refused (413); raise the sidecar's memory limit (bedrock-broker.io/memory-limit) to at least 50Mi to hold one 25 MiB body",
+            max as f64 / 1048576.0,
+            max as f64 / 1048576.0
+        ));
+    }
+    raise_pod_resources(spec, sidecar, &mut fitted, problems);
+    fitted
+}
+
+fn raise_pod_resources(
+    spec: &PodSpec,
+    sidecar: &Resources,
+    fitted: &mut Fitted,
+    problems: &mut Vec<String>,
+) {
     let Some(pod) = spec.resources.as_ref() else {
-        return fitted;
+        return;
     };
     for (kind, list) in [(Kind::Requests, &pod.requests), (Kind::Limits, &pod.limits)] {
         for resource in Resource::BOTH {
@@ -117,5 +172,4 @@ pub fn fit(spec: &PodSpec, sidecar: &Resources, problems: &mut Vec<String>) -> F
             changes.join(", ")
         ));
     }
-    fitted
 }

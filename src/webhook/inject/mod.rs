@@ -123,7 +123,7 @@ pub fn inject(
     else {
         return Err(Denial { problems });
     };
-    let rendered = render::render(&sidecar, &resolved);
+    let rendered = render::render(&sidecar, &resolved, &fitted);
     let patch = patch::build(pod, spec, sidecar.mode.value, &rendered, &fitted)?;
     Ok(Outcome::Injected(Box::new(Injection {
         patch,
