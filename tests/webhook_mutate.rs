@@ -781,3 +781,30 @@ fn the_sidecar_accepts_the_settings_it_is_given() {
         assert!(parsed.is_ok(), "{limit}: {:?}", parsed.err());
     }
 }
+
+#[test]
+fn pods_sharing_process_namespaces_are_refused() {
+    // In a shared PID namespace another process with the sidecar's UID
+    // (the pod's shared UID, which the sidecar would adopt, or an image's
+    // default user the webhook cannot see) reads its environment and
+    // token through /proc; with hostPID, so can the node's processes.
+    for (spec, needle) in [
+        (
+            json!({"shareProcessNamespace": true}),
+            "shareProcessNamespace: true",
+        ),
+        (
+            json!({"shareProcessNamespace": true, "securityContext": {"runAsUser": 1000}}),
+            "shareProcessNamespace: true",
+        ),
+        (json!({"hostPID": true}), "hostPID: true"),
+    ] {
+        let msg = denial(&opted_in(spec.clone()), &ClusterFacts::default());
+        assert!(msg.contains(needle), "{spec}: {msg}");
+        assert!(msg.contains("/proc"), "{spec}: {msg}");
+    }
+    // false is the default and fine.
+    inject(&opted_in(
+        json!({"shareProcessNamespace": false, "hostPID": false}),
+    ));
+}

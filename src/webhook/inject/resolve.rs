@@ -147,6 +147,26 @@ fn check_pod_shape(spec: &PodSpec, sidecar: Option<&SidecarSpec>, problems: &mut
             names::INJECT_LABEL
         ));
     }
+    // A shared PID namespace lets every process in it that runs as the
+    // sidecar's UID read the sidecar's environment, memory and mounted
+    // token through /proc/<pid>/. A UID of its own would not prove safe:
+    // a container without runAsUser runs as its image's user, which the
+    // webhook cannot see. So these pods are refused, like hostNetwork.
+    for (field, set, who) in [
+        (
+            "shareProcessNamespace",
+            spec.share_process_namespace,
+            "the pod's other containers",
+        ),
+        ("hostPID", spec.host_pid, "processes on the node"),
+    ] {
+        if set == Some(true) {
+            problems.push(format!(
+                "{field}: true: {who}, when they run as the sidecar's user, could read its credentials and token through /proc; run the pod without {field} or opt it out with the label {}: \"false\"",
+                names::INJECT_LABEL
+            ));
+        }
+    }
     if spec.os.as_ref().is_some_and(|os| os.name == "windows") {
         problems.push(format!(
             "spec.os.name: windows: the sidecar runs on Linux only; opt the pod out with the label {}: \"false\"",
