@@ -18,6 +18,19 @@ use webhook_support::{cluster, defaults, patch_of, state, CHAT_APP_ROLE};
 
 const ROLE: &str = "arn:aws:iam::123456789012:role/app";
 
+/// The ServiceAccount of the `opted_in` pods: it carries their role, as
+/// the default `--role-policy service-account` requires.
+static APP_SA: std::sync::LazyLock<StringMap> = std::sync::LazyLock::new(|| {
+    [("eks.amazonaws.com/role-arn".to_owned(), ROLE.to_owned())].into()
+});
+
+fn app_facts() -> ClusterFacts<'static> {
+    ClusterFacts {
+        service_account_annotations: Some(&APP_SA),
+        ..Default::default()
+    }
+}
+
 fn pod(v: Value) -> Pod {
     serde_json::from_value(v).expect("a pod")
 }
@@ -42,7 +55,7 @@ fn opted_in(spec: Value) -> Pod {
 }
 
 fn inject(p: &Pod) -> Box<webhook::Injection> {
-    match webhook::inject(p, &ClusterFacts::default(), &defaults()) {
+    match webhook::inject(p, &app_facts(), &defaults()) {
         Ok(Outcome::Injected(i)) => i,
         other => panic!("expected an injection, got {other:?}"),
     }
@@ -333,17 +346,21 @@ fn eks_token_volume_is_reused_unless_the_pod_asks_for_another_token() {
 }
 
 #[test]
-fn role_from_eks_container_env_is_used_as_a_last_resort() {
+fn role_from_eks_container_env_is_a_last_resort_under_role_policy_any() {
+    // Under the default --role-policy service-account a container's
+    // AWS_ROLE_ARN is never used (roles_are_limited_... below).
     let mut p = opted_in(json!({"containers": [{"name": "app", "image": "x", "env": [
         {"name": "AWS_ROLE_ARN", "value": ROLE}]}]}));
     p.metadata.annotations = None;
+    let mut d = defaults();
+    d.role_policy = webhook::RolePolicy::Any;
     let Ok(Outcome::Injected(i)) = webhook::inject(
         &p,
         &ClusterFacts {
             service_account_annotations: Some(&BTreeMap::new()),
             ..Default::default()
         },
-        &defaults(),
+        &d,
     ) else {
         panic!("not injected");
     };
@@ -389,7 +406,7 @@ fn opt_in_and_opt_out_rules() {
     let ns_in: StringMap = [("bedrock-broker.io/inject".to_owned(), "true".to_owned())].into();
     let ns_in = ClusterFacts {
         namespace_labels: Some(&ns_in),
-        ..Default::default()
+        ..app_facts()
     };
     let d = defaults();
     let outcome = |p: &Pod, f: &ClusterFacts<'_>| match webhook::inject(p, f, &d) {
@@ -398,7 +415,7 @@ fn opt_in_and_opt_out_rules() {
         Err(e) => panic!("{e}"),
     };
     assert_eq!(
-        outcome(&base(json!({})), &ClusterFacts::default()),
+        outcome(&base(json!({})), &app_facts()),
         Some(Skip::NotOptedIn)
     );
     assert_eq!(outcome(&base(json!({})), &ns_in), None);
@@ -409,7 +426,7 @@ fn opt_in_and_opt_out_rules() {
     assert_eq!(
         outcome(
             &base(json!({"bedrock-broker.io/inject": "true"})),
-            &ClusterFacts::default()
+            &app_facts()
         ),
         None
     );
@@ -422,34 +439,51 @@ fn opt_in_and_opt_out_rules() {
 
 #[test]
 fn needs_asks_only_for_what_decides() {
+    use webhook::RolePolicy::{Any, ServiceAccount};
+    // A pod naming its role needs no ServiceAccount read under `any`;
+    // under `service-account` (the default) its role must be the
+    // ServiceAccount's, so the read is needed.
     let p = opted_in(json!({}));
-    assert_eq!(webhook::needs(&p), webhook::Needs::default());
+    assert_eq!(webhook::needs(&p, Any), webhook::Needs::default());
+    assert_eq!(
+        webhook::needs(&p, ServiceAccount)
+            .service_account
+            .as_deref(),
+        Some("default")
+    );
     let mut p = opted_in(json!({"serviceAccountName": "chat-app"}));
+    p.metadata.annotations = Some(
+        [(
+            "bedrock-broker.io/api-key-secret".to_owned(),
+            "k/token".to_owned(),
+        )]
+        .into(),
+    );
+    for policy in [Any, ServiceAccount] {
+        assert_eq!(webhook::needs(&p, policy), webhook::Needs::default());
+    }
     p.metadata.annotations = None;
     p.metadata.labels = None;
-    let n = webhook::needs(&p);
+    let n = webhook::needs(&p, Any);
     assert!(n.namespace_labels);
     assert_eq!(n.service_account.as_deref(), Some("chat-app"));
     p.metadata.annotations =
         Some([("bedrock-broker.io/injected".to_owned(), "0.1.0".to_owned())].into());
-    assert_eq!(webhook::needs(&p), webhook::Needs::default());
+    assert_eq!(
+        webhook::needs(&p, ServiceAccount),
+        webhook::Needs::default()
+    );
 }
 
 #[test]
 fn pods_that_cannot_be_injected_safely_are_refused() {
-    let msg = denial(
-        &opted_in(json!({"hostNetwork": true})),
-        &ClusterFacts::default(),
-    );
+    let msg = denial(&opted_in(json!({"hostNetwork": true})), &app_facts());
     assert!(msg.contains("hostNetwork"), "{msg}");
-    let msg = denial(
-        &opted_in(json!({"os": {"name": "windows"}})),
-        &ClusterFacts::default(),
-    );
+    let msg = denial(&opted_in(json!({"os": {"name": "windows"}})), &app_facts());
     assert!(msg.contains("Linux only"), "{msg}");
     let mut p = opted_in(json!({}));
     p.spec = None;
-    assert!(denial(&p, &ClusterFacts::default()).contains("no spec"));
+    assert!(denial(&p, &app_facts()).contains("no spec"));
 }
 
 #[test]
@@ -457,7 +491,7 @@ fn a_region_is_required() {
     let p = opted_in(json!({}));
     let mut d = defaults();
     d.region = None;
-    let msg = match webhook::inject(&p, &ClusterFacts::default(), &d) {
+    let msg = match webhook::inject(&p, &app_facts(), &d) {
         Err(e) => e.to_string(),
         other => panic!("{other:?}"),
     };
@@ -527,16 +561,28 @@ async fn unreadable_cluster_follows_the_lookup_error_policy() {
         .as_str()
         .is_some_and(|w| w.contains("admitted without")));
 
-    // A pod whose own annotations settle everything needs no lookup at all.
-    let body = review_of(json!({"metadata": {"name": "p",
-            "labels": {"bedrock-broker.io/inject": "true"},
-            "annotations": {"bedrock-broker.io/role-arn": ROLE}},
-        "spec": {"containers": [{"name": "app", "image": "x"}]}}));
+    // A pod whose own annotations settle everything needs no lookup at
+    // all: an API key always; its own role only under --role-policy any
+    // (by default the role must be checked against the ServiceAccount's).
+    let with = |annotations: Value| {
+        review_of(json!({"metadata": {"name": "p",
+            "labels": {"bedrock-broker.io/inject": "true"}, "annotations": annotations},
+        "spec": {"containers": [{"name": "app", "image": "x"}]}}))
+    };
+    let api_key = with(json!({"bedrock-broker.io/api-key-secret": "k/token"}));
+    let own_role = with(json!({"bedrock-broker.io/role-arn": ROLE}));
     st.on_lookup_error = LookupErrorPolicy::Deny;
-    let (_, r) = review(&st, &body).await;
-    let r = serde_json::to_value(r).expect("json");
-    assert_eq!(r["response"]["allowed"], true);
-    assert!(patch_of(&r["response"]).is_some());
+    for (body, policy, allowed) in [
+        (&api_key, webhook::RolePolicy::ServiceAccount, true),
+        (&own_role, webhook::RolePolicy::Any, true),
+        (&own_role, webhook::RolePolicy::ServiceAccount, false),
+    ] {
+        st.defaults.role_policy = policy;
+        let (_, r) = review(&st, body).await;
+        let r = serde_json::to_value(r).expect("json");
+        assert_eq!(r["response"]["allowed"], allowed, "{policy:?}: {r}");
+        assert_eq!(patch_of(&r["response"]).is_some(), allowed);
+    }
 }
 
 #[tokio::test]
@@ -605,7 +651,7 @@ fn pod_level_resources_grow_by_the_sidecars_share_only_where_set() {
     let p = opted_in(json!({"resources": {"limits": {"memory": "1Gi"}}}));
     let mut d = defaults();
     d.resources.memory_limit = None;
-    let i = match webhook::inject(&p, &ClusterFacts::default(), &d) {
+    let i = match webhook::inject(&p, &app_facts(), &d) {
         Ok(Outcome::Injected(i)) => i,
         other => panic!("{other:?}"),
     };
@@ -638,7 +684,7 @@ fn the_opt_in_written_as_an_annotation_is_named() {
     };
     let d = defaults();
     // Not opted in otherwise: admitted unchanged, saying why.
-    match webhook::inject(&annotated("true", json!({})), &ClusterFacts::default(), &d) {
+    match webhook::inject(&annotated("true", json!({})), &app_facts(), &d) {
         Ok(Outcome::Skipped(skip)) => {
             assert_eq!(skip, Skip::OptInAnnotation);
             let w = skip.warning().expect("a warning");
@@ -652,7 +698,7 @@ fn the_opt_in_written_as_an_annotation_is_named() {
     // Opted in by the label too: injected, the redundant annotation named.
     match webhook::inject(
         &annotated("true", json!({"bedrock-broker.io/inject": "true"})),
-        &ClusterFacts::default(),
+        &app_facts(),
         &d,
     ) {
         Ok(Outcome::Injected(i)) => assert!(
@@ -667,7 +713,7 @@ fn the_opt_in_written_as_an_annotation_is_named() {
     // An annotation saying "false" on an opted-in pod is a mistaken opt-out.
     let msg = denial(
         &annotated("false", json!({"bedrock-broker.io/inject": "true"})),
-        &ClusterFacts::default(),
+        &app_facts(),
     );
     assert!(
         msg.contains("set the label bedrock-broker.io/inject: \"false\""),
@@ -714,7 +760,7 @@ fn the_body_budget_follows_the_memory_limit() {
         d.resources.memory_limit = limit.map(|l| webhook::types::Quantity::parse(l).expect("q"));
         d.resources.memory_request = None;
         let p = opted_in(json!({}));
-        let i = match webhook::inject(&p, &ClusterFacts::default(), &d) {
+        let i = match webhook::inject(&p, &app_facts(), &d) {
             Ok(Outcome::Injected(i)) => i,
             other => panic!("{other:?}"),
         };
@@ -772,7 +818,7 @@ fn the_sidecar_accepts_the_settings_it_is_given() {
         d.resources.memory_limit = Some(webhook::types::Quantity::parse(limit).expect("q"));
         d.resources.memory_request = None;
         let p = opted_in(json!({}));
-        let i = match webhook::inject(&p, &ClusterFacts::default(), &d) {
+        let i = match webhook::inject(&p, &app_facts(), &d) {
             Ok(Outcome::Injected(i)) => i,
             other => panic!("{other:?}"),
         };
@@ -799,7 +845,7 @@ fn pods_sharing_process_namespaces_are_refused() {
         ),
         (json!({"hostPID": true}), "hostPID: true"),
     ] {
-        let msg = denial(&opted_in(spec.clone()), &ClusterFacts::default());
+        let msg = denial(&opted_in(spec.clone()), &app_facts());
         assert!(msg.contains(needle), "{spec}: {msg}");
         assert!(msg.contains("/proc"), "{spec}: {msg}");
     }
@@ -807,4 +853,62 @@ fn pods_sharing_process_namespaces_are_refused() {
     inject(&opted_in(
         json!({"shareProcessNamespace": false, "hostPID": false}),
     ));
+}
+
+#[test]
+fn roles_are_limited_to_the_service_accounts_by_default() {
+    let sa_role = "arn:aws:iam::123456789012:role/chat-app";
+    let sa: StringMap = [("eks.amazonaws.com/role-arn".to_owned(), sa_role.to_owned())].into();
+    let none = StringMap::new();
+    let facts = |annotations: &'static StringMap| ClusterFacts {
+        namespace: Some("default"),
+        service_account_annotations: Some(annotations),
+        ..Default::default()
+    };
+    let sa: &'static StringMap = Box::leak(Box::new(sa));
+    let none: &'static StringMap = Box::leak(Box::new(none));
+    let with_role = |role: &str| {
+        let mut p = opted_in(json!({"serviceAccountName": "chat-app"}));
+        p.metadata.annotations =
+            Some([("bedrock-broker.io/role-arn".to_owned(), role.to_owned())].into());
+        p
+    };
+    // Another role than the ServiceAccount's: refused, naming both and the policy.
+    let msg = denial(&with_role(ROLE), &facts(sa));
+    for needle in [
+        ROLE,
+        sa_role,
+        "ServiceAccount \"chat-app\"",
+        "--role-policy",
+    ] {
+        assert!(msg.contains(needle), "missing {needle:?}: {msg}");
+    }
+    // No role on the ServiceAccount: a pod cannot bring its own.
+    let msg = denial(&with_role(ROLE), &facts(none));
+    assert!(msg.contains("--role-policy"), "{msg}");
+    // Nor through a container's AWS_ROLE_ARN.
+    let mut p = opted_in(
+        json!({"serviceAccountName": "chat-app", "containers": [{"name": "app", "image": "x",
+        "env": [{"name": "AWS_ROLE_ARN", "value": ROLE}]}]}),
+    );
+    p.metadata.annotations = None;
+    assert!(denial(&p, &facts(none)).contains("no IAM role"));
+    // The ServiceAccount's own role, named again on the pod, is fine.
+    match webhook::inject(&with_role(sa_role), &facts(sa), &defaults()) {
+        Ok(Outcome::Injected(i)) => assert!(matches!(
+            i.auth,
+            SidecarAuth::WebIdentity { ref role, .. } if role.as_str() == sa_role
+        )),
+        other => panic!("{other:?}"),
+    }
+    // --role-policy any: the pod's annotation wins, as before.
+    let mut d = defaults();
+    d.role_policy = webhook::RolePolicy::Any;
+    match webhook::inject(&with_role(ROLE), &facts(sa), &d) {
+        Ok(Outcome::Injected(i)) => assert!(matches!(
+            i.auth,
+            SidecarAuth::WebIdentity { source: RoleSource::PodAnnotation, ref role, .. } if role.as_str() == ROLE
+        )),
+        other => panic!("{other:?}"),
+    }
 }

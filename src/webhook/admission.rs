@@ -294,7 +294,7 @@ async fn read_cluster<L: ClusterLookup>(
     pod: &Pod,
     namespace: &str,
 ) -> Result<(Option<StringMap>, Option<StringMap>), Answer> {
-    let needs = inject::needs(pod);
+    let needs = inject::needs(pod, state.defaults.role_policy);
     let namespace_labels = if needs.namespace_labels {
         match state.lookup.namespace_labels(namespace).await {
             Ok(labels) => Some(labels.unwrap_or_default()),

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub use self::admission::{review, AdmissionState, LookupErrorPolicy, MUTATE_PATH};
+pub use self::inject::types::RolePolicy;
 pub use self::inject::{
     apply, inject, needs, opted_in, service_account_name, types, ClusterFacts, Denial, Injection,
     Needs, Outcome, RequestAboveLimit, Resources, RoleSource, SidecarAuth, SidecarDefaults, Skip,

@@ -24,6 +24,7 @@ MANIFESTS = FIXTURES / "manifests"
 
 CHAT_APP_ROLE = "arn:aws:iam::123456789012:role/chat-app"
 TEAM_A_ROLE = "arn:aws:iam::123456789012:role/team-a"
+LEGACY_IRSA_ROLE = "arn:aws:iam::123456789012:role/legacy-irsa"
 INJECT_LABEL = "bedrock-broker.io/inject"
 
 #: Namespace name -> labels.
@@ -32,6 +33,7 @@ NAMESPACES = {"default": {}, "team-a": {INJECT_LABEL: "true"}}
 SERVICE_ACCOUNTS = {
     ("default", "chat-app"): {"eks.amazonaws.com/role-arn": CHAT_APP_ROLE},
     ("team-a", "default"): {"eks.amazonaws.com/role-arn": TEAM_A_ROLE},
+    ("default", "legacy-irsa"): {"eks.amazonaws.com/role-arn": LEGACY_IRSA_ROLE},
 }
 
 #: Oldest Kubernetes with native sidecars on by default, and the newest schema we have.

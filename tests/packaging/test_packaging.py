@@ -51,6 +51,7 @@ SCENARIOS: dict[str, dict] = {
             "failurePolicy": "Ignore",
             "timeoutSeconds": 5,
             "onLookupError": "skip",
+            "rolePolicy": "any",
             "excludeNamespaces": ["kube-system", "kube-public", "cert-manager"],
             "namespaceSelector": {"matchExpressions": [{"key": "env", "operator": "In", "values": ["prod"]}]},
             "objectSelector": {"matchExpressions": [{"key": "app", "operator": "Exists"}]},
@@ -216,6 +217,7 @@ def test_sidecar_values_reach_the_webhook():
     assert env["BEDROCK_BROKER_SIDECAR_LOG_FORMAT"] == "text"
     assert env["BEDROCK_BROKER_SIDECAR_RUN_AS_USER"] == "1000"
     assert env["BEDROCK_BROKER_WEBHOOK_ON_LOOKUP_ERROR"] == "skip"
+    assert env["BEDROCK_BROKER_WEBHOOK_ROLE_POLICY"] == "any"
     assert env["HTTPS_PROXY"] == "http://proxy:3128"
     assert c["image"] == "ghcr.io/bedrock-broker/bedrock-broker@sha256:" + "a" * 64
     assert not by_kind(objs, "ServiceAccount") and not by_kind(objs, "PodDisruptionBudget")
@@ -230,12 +232,15 @@ def test_sidecar_env_is_accepted_by_the_binary(tmp_path):
         pytest.skip("target/debug/bedrock-broker not built (make build)")
     for scenario in ("defaults", "everything"):
         c = one(chart.render(SCENARIOS[scenario]), "Deployment")["spec"]["template"]["spec"]["containers"][0]
-        env = {e["name"]: e["value"] for e in c["env"] if e["name"].startswith("BEDROCK_BROKER_SIDECAR_")}
+        env = {e["name"]: e["value"] for e in c["env"]
+               if e["name"].startswith("BEDROCK_BROKER_SIDECAR_") or e["name"] == "BEDROCK_BROKER_WEBHOOK_ROLE_POLICY"}
         pod = {"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": "p", "labels": {"bedrock-broker.io/inject": "true"},
                             "annotations": {"bedrock-broker.io/role-arn": "arn:aws:iam::123456789012:role/r", "bedrock-broker.io/region": "us-east-1"}},
                "spec": {"containers": [{"name": "app", "image": "busybox"}]}}
-        run = subprocess.run([str(binary), "inject"], input=yaml.safe_dump(pod), capture_output=True, text=True,
+        # The role the pod names is its ServiceAccount's, as the default role policy requires.
+        run = subprocess.run([str(binary), "inject", "--service-account-annotation", "eks.amazonaws.com/role-arn=arn:aws:iam::123456789012:role/r"],
+                             input=yaml.safe_dump(pod), capture_output=True, text=True,
                              env={"PATH": os.environ["PATH"], **env}, timeout=30)
         assert run.returncode == 0, (scenario, run.stderr)
         out = yaml.safe_load(run.stdout)
@@ -398,6 +403,7 @@ BAD_VALUES = [
     ({"webhook": {"timeoutSeconds": 31}}, "timeoutSeconds"),
     ({"webhook": {"reinvocationPolicy": "Sometimes"}}, "reinvocationPolicy"),
     ({"webhook": {"onLookupError": "ignore"}}, "onLookupError"),
+    ({"webhook": {"rolePolicy": "pod"}}, "rolePolicy"),
     ({"webhook": {"lookupTimeout": "3 seconds"}}, "lookupTimeout"),
     ({"webhook": {"port": 80}}, "port"),
     ({"tls": {"mode": "letsencrypt"}}, "mode"),
@@ -714,9 +720,9 @@ def test_binary_serves_with_the_charts_env_and_generated_tls(tmp_path):
                 "resource": {"group": "", "version": "v1", "resource": "pods"},
                 "namespace": "default", "operation": "CREATE", "userInfo": {"username": "test"},
                 "object": {"apiVersion": "v1", "kind": "Pod",
-                           "metadata": {"name": "p", "namespace": "default", "labels": {"bedrock-broker.io/inject": "true"},
-                                        "annotations": {"bedrock-broker.io/role-arn": "arn:aws:iam::123456789012:role/r"}},
-                           "spec": {"containers": [{"name": "app", "image": "busybox"}]}},
+                           "metadata": {"name": "p", "namespace": "default", "labels": {"bedrock-broker.io/inject": "true"}},
+                           # Its role comes from the fake cluster's ServiceAccount (role policy service-account).
+                           "spec": {"serviceAccountName": "chat-app", "containers": [{"name": "app", "image": "busybox"}]}},
             },
         }
         with socket.create_connection((host, int(port)), timeout=5) as sock:

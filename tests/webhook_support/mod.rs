@@ -19,6 +19,7 @@ use serde_json::Value;
 
 pub const CHAT_APP_ROLE: &str = "arn:aws:iam::123456789012:role/chat-app";
 pub const TEAM_A_ROLE: &str = "arn:aws:iam::123456789012:role/team-a";
+pub const LEGACY_IRSA_ROLE: &str = "arn:aws:iam::123456789012:role/legacy-irsa";
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/admission")
@@ -46,6 +47,12 @@ pub fn cluster() -> StaticLookup {
     lookup.service_accounts.insert(
         ("team-a".into(), "default".into()),
         map(&[("eks.amazonaws.com/role-arn", TEAM_A_ROLE)]),
+    );
+    // Set up for the EKS Pod Identity Webhook, which put this role into
+    // the containers of the eks-pod-identity fixture.
+    lookup.service_accounts.insert(
+        ("default".into(), "legacy-irsa".into()),
+        map(&[("eks.amazonaws.com/role-arn", LEGACY_IRSA_ROLE)]),
     );
     lookup
 }

@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::{Pod, PodSpec};
 
 use super::annotations::names;
 use super::render::CONTAINER_NAME;
+use super::types::RolePolicy;
 use super::{all_containers, annotations, ClusterFacts, Denial};
 
 /// Why a pod was admitted unchanged.
@@ -67,8 +68,10 @@ impl Skip {
 pub struct Needs {
     /// The namespace's labels decide the opt-in (the pod has no label).
     pub namespace_labels: bool,
-    /// This ServiceAccount's annotations may hold the role (the pod names
-    /// neither a role nor an API key). Only needed once the pod is opted in.
+    /// This ServiceAccount's annotations hold the role, or (under
+    /// `--role-policy service-account`) the role the pod's own must match.
+    /// Not needed with an API key, nor with `any` when the pod names its
+    /// role. Only needed once the pod is opted in.
     pub service_account: Option<String>,
 }
 
@@ -100,7 +103,7 @@ pub fn service_account_name(pod: &Pod) -> &str {
 }
 
 /// Which cluster lookups [`super::inject()`] can use for this pod.
-pub fn needs(pod: &Pod) -> Needs {
+pub fn needs(pod: &Pod, role_policy: RolePolicy) -> Needs {
     if already_injected(pod) {
         return Needs::default();
     }
@@ -109,8 +112,8 @@ pub fn needs(pod: &Pod) -> Needs {
         return Needs::default();
     }
     let a = annotations(pod);
-    let names_credentials =
-        a.contains_key(names::ROLE_ARN) || a.contains_key(names::API_KEY_SECRET);
+    let names_credentials = a.contains_key(names::API_KEY_SECRET)
+        || (role_policy == RolePolicy::Any && a.contains_key(names::ROLE_ARN));
     Needs {
         namespace_labels: pod_label.is_none(),
         service_account: (!names_credentials).then(|| service_account_name(pod).to_owned()),

@@ -20,6 +20,7 @@ mod patch;
 mod quantity;
 mod render;
 mod resolve;
+mod role;
 mod spec;
 pub mod types;
 
@@ -36,7 +37,8 @@ use self::types::SidecarMode;
 pub use self::decide::{needs, opted_in, service_account_name, Needs, Skip};
 pub use self::patch::{apply, rebase};
 pub use self::render::CONTAINER_NAME;
-pub use self::resolve::{RoleSource, SidecarAuth, TokenAccess, TokenVolume};
+pub use self::resolve::{SidecarAuth, TokenAccess, TokenVolume};
+pub use self::role::RoleSource;
 pub use self::spec::{RequestAboveLimit, Resources, SidecarDefaults};
 
 /// What the cluster says about the pod's surroundings. `None` means "not

@@ -1,16 +1,16 @@
 //! What the sidecar depends on beyond its own settings: whether the pod's
-//! shape allows it at all, the IAM role (pod annotation, then the
-//! ServiceAccount, then a container's env), the region, and how the
+//! shape allows it at all, the IAM role (`role`), the region, and how the
 //! sidecar's user can read the projected token.
 
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 
 use super::annotations::names;
+use super::role::{resolve_role, RoleSource};
 use super::spec::{Origin, SidecarSpec};
 use super::types::{SecretKeyRef, SidecarMode};
-use super::{all_containers, service_account_name, ClusterFacts};
+use super::{all_containers, ClusterFacts};
 use crate::config::aws::{Region, RoleArn};
-use crate::config::settings::{aws as aws_settings, vars};
+use crate::config::settings::aws as aws_settings;
 
 /// Preferred name of our projected token volume (suffixed if taken).
 pub const TOKEN_VOLUME: &str = "bedrock-broker-token";
@@ -99,15 +99,6 @@ impl TokenVolume {
         };
         format!("{}/{file}", self.mount_path().trim_end_matches('/'))
     }
-}
-
-/// Where the role ARN was found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RoleSource {
-    PodAnnotation,
-    ServiceAccount,
-    /// `AWS_ROLE_ARN` already set in a container (the EKS Pod Identity Webhook's).
-    ContainerEnv,
 }
 
 /// What [`resolve`] found, for the render stage.
@@ -204,7 +195,7 @@ fn check_pod_shape(spec: &PodSpec, sidecar: Option<&SidecarSpec>, problems: &mut
 }
 
 /// A literal value of `name` set in any container (not `valueFrom`).
-fn container_env_value<'a>(spec: &'a PodSpec, name: &str) -> Option<&'a str> {
+pub(super) fn container_env_value<'a>(spec: &'a PodSpec, name: &str) -> Option<&'a str> {
     all_containers(spec)
         .flat_map(|c| c.env.iter().flatten())
         .find(|e| e.name == name && e.value_from.is_none())
@@ -229,60 +220,6 @@ fn resolve_auth(
         source,
         token: token_volume(spec, sidecar, token_access),
     })
-}
-
-/// The pod's own annotation first; then the ServiceAccount's IRSA
-/// annotation, so a ServiceAccount set up for the EKS Pod Identity Webhook
-/// needs nothing else; last, a role that webhook already put into a
-/// container (it ran first).
-fn resolve_role(
-    pod: &Pod,
-    spec: &PodSpec,
-    sidecar: &SidecarSpec,
-    facts: &ClusterFacts<'_>,
-    problems: &mut Vec<String>,
-) -> Option<(RoleArn, RoleSource)> {
-    if let Some(role) = &sidecar.role_arn {
-        return Some((role.clone(), RoleSource::PodAnnotation));
-    }
-    let sa = service_account_name(pod);
-    if let Some(raw) = facts
-        .service_account_annotations
-        .and_then(|a| a.get(names::EKS_ROLE_ARN))
-    {
-        return match RoleArn::parse(raw.trim()) {
-            Ok(role) => Some((role, RoleSource::ServiceAccount)),
-            Err(m) => {
-                problems.push(format!(
-                    "ServiceAccount {sa:?} annotation {}: {m}; fix the ServiceAccount or set {} on the pod",
-                    names::EKS_ROLE_ARN,
-                    names::ROLE_ARN
-                ));
-                None
-            }
-        };
-    }
-    if let Some(role) = container_env_value(spec, vars::AWS_ROLE_ARN.name)
-        .and_then(|raw| RoleArn::parse(raw.trim()).ok())
-    {
-        return Some((role, RoleSource::ContainerEnv));
-    }
-    let ns = facts
-        .namespace
-        .map(|n| format!(" in namespace {n:?}"))
-        .unwrap_or_default();
-    let sa_note = if facts.service_account_annotations.is_none() {
-        " (it could not be read)"
-    } else {
-        ""
-    };
-    problems.push(format!(
-        "no IAM role: set the pod annotation {} to a role ARN, or annotate ServiceAccount {sa:?}{ns}{sa_note} with {}, or use a Bedrock API key with {}: <secret-name>/<key>",
-        names::ROLE_ARN,
-        names::EKS_ROLE_ARN,
-        names::API_KEY_SECRET
-    ));
-    None
 }
 
 /// The webhook default beats the containers' `AWS_REGION` on purpose: on

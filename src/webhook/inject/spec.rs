@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use super::annotations::{names, Reader};
 use super::types::{
-    parse_limit, Audience, ImageRef, LogLevel, Port, PullPolicy, Quantity, SecretKeyRef,
-    SidecarMode, TokenExpiration,
+    parse_limit, Audience, ImageRef, LogLevel, Port, PullPolicy, Quantity, RolePolicy,
+    SecretKeyRef, SidecarMode, TokenExpiration,
 };
 use crate::config::aws::{Region, RoleArn, SessionName};
 use crate::config::parse::ParseError;
@@ -73,6 +73,8 @@ pub struct SidecarDefaults {
     pub log_format: LogFormat,
     /// UID for the sidecar unless the pod's containers share another non-root UID.
     pub run_as_user: i64,
+    /// Which roles a pod may get (not a pod setting: pods cannot change it).
+    pub role_policy: RolePolicy,
 }
 
 /// Where a setting of the sidecar came from.
@@ -125,6 +127,8 @@ pub struct SidecarSpec {
     pub session_name: Option<SessionName>,
     /// Bearer mode: a Bedrock API key from this Secret key.
     pub api_key_secret: Option<SecretKeyRef>,
+    /// The webhook's `--role-policy`.
+    pub role_policy: RolePolicy,
 }
 
 impl SidecarSpec {
@@ -146,6 +150,7 @@ impl SidecarSpec {
             role_arn: None,
             session_name: None,
             api_key_secret: None,
+            role_policy: d.role_policy,
         }
     }
 

@@ -45,6 +45,37 @@ impl SidecarMode {
     }
 }
 
+/// Which IAM roles a pod may get (`--role-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RolePolicy {
+    /// Only the role its ServiceAccount carries (`eks.amazonaws.com/role-arn`):
+    /// whoever may use the ServiceAccount decides the role, as with IRSA.
+    #[default]
+    ServiceAccount,
+    /// The pod's annotation, then the ServiceAccount, then a container's
+    /// `AWS_ROLE_ARN`: only the role's IAM trust policy stands in the way.
+    Any,
+}
+
+impl RolePolicy {
+    pub const ACCEPTED: &'static str = "service-account or any";
+
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
+        match raw {
+            "service-account" => Ok(Self::ServiceAccount),
+            "any" => Ok(Self::Any),
+            other => Err(ParseError::not_a(other, "a role policy", Self::ACCEPTED)),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ServiceAccount => "service-account",
+            Self::Any => "any",
+        }
+    }
+}
+
 /// The sidecar's log level, passed as `RUST_LOG`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogLevel {
