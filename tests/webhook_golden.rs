@@ -32,6 +32,16 @@ async fn answer(body: &Value) -> (u16, Value) {
     (status.as_u16(), review)
 }
 
+fn sidecar_of(pod: &Value) -> Value {
+    ["initContainers", "containers"]
+        .iter()
+        .filter_map(|f| pod["spec"][f].as_array())
+        .flatten()
+        .find(|c| c["name"] == webhook::CONTAINER_NAME)
+        .cloned()
+        .unwrap_or_default()
+}
+
 fn sidecars(pod: &Value) -> usize {
     ["initContainers", "containers"]
         .iter()
@@ -119,6 +129,23 @@ async fn check(path: &Path) -> Result<(), String> {
         if !invalid.is_empty() {
             return Err(format!(
                 "{name}: the API server would refuse the injected pod: {invalid:#?}"
+            ));
+        }
+        // The namespace's LimitRanges, for the sidecar (the fixtures' apps
+        // set no requests of their own).
+        let namespace = body["request"]["namespace"].as_str().unwrap_or("default");
+        let limit_ranges: Vec<Value> = cluster()
+            .limit_ranges
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .map(|lr| serde_json::to_value(lr).unwrap_or_default())
+            .collect();
+        let only_sidecar = json!({"spec": {"containers": [sidecar_of(&mutated)]}});
+        let invalid = apiserver::limit_range_violations(&only_sidecar, &limit_ranges);
+        if !invalid.is_empty() {
+            return Err(format!(
+                "{name}: LimitRanger would refuse the sidecar: {invalid:#?}"
             ));
         }
         if sidecars(&mutated) != 1 {

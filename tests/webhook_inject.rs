@@ -220,3 +220,27 @@ fn the_opt_in_written_as_an_annotation_is_reported() {
         "{err}"
     );
 }
+
+#[test]
+fn limit_range_documents_stand_in_for_the_namespaces() {
+    let input = "apiVersion: v1\nkind: LimitRange\nmetadata:\n  name: l\n  namespace: apps\nspec:\n  limits:\n  - type: Container\n    min:\n      cpu: 50m\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: apps\n  labels:\n    bedrock-broker.io/inject: \"true\"\nspec:\n  containers:\n  - name: app\n    image: app:1\n";
+    let args = InjectArgs {
+        service_account_annotations: vec![
+            "eks.amazonaws.com/role-arn=arn:aws:iam::123456789012:role/apps".into(),
+        ],
+        sidecar: bedrock_broker::cli::SidecarDefaultsArgs {
+            sidecar_region: Some("us-east-2".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (status, out, err) = run(input, args);
+    assert_eq!(status, InjectStatus::Ok, "{err}");
+    let docs = parse_documents(&out).expect("parses");
+    let sidecar = &docs[1]["spec"]["initContainers"][0];
+    assert_eq!(sidecar["resources"]["requests"]["cpu"], "50m");
+    assert!(
+        err.contains("Pod apps/p: warning: bedrock-broker fitted its sidecar to the namespace's LimitRange: cpu request 10m -> 50m (min)"),
+        "{err}"
+    );
+}

@@ -443,8 +443,13 @@ fn needs_asks_only_for_what_decides() {
     // A pod naming its role needs no ServiceAccount read under `any`;
     // under `service-account` (the default) its role must be the
     // ServiceAccount's, so the read is needed.
+    // An opted-in pod always needs its namespace's LimitRanges.
+    let only_limits = webhook::Needs {
+        limit_ranges: true,
+        ..Default::default()
+    };
     let p = opted_in(json!({}));
-    assert_eq!(webhook::needs(&p, Any), webhook::Needs::default());
+    assert_eq!(webhook::needs(&p, Any), only_limits);
     assert_eq!(
         webhook::needs(&p, ServiceAccount)
             .service_account
@@ -460,7 +465,7 @@ fn needs_asks_only_for_what_decides() {
         .into(),
     );
     for policy in [Any, ServiceAccount] {
-        assert_eq!(webhook::needs(&p, policy), webhook::Needs::default());
+        assert_eq!(webhook::needs(&p, policy), only_limits);
     }
     p.metadata.annotations = None;
     p.metadata.labels = None;
@@ -501,8 +506,12 @@ fn a_region_is_required() {
     );
 }
 
-/// A cluster that cannot be read.
-struct Unreachable;
+/// A cluster whose namespaces and ServiceAccounts cannot be read (and,
+/// with `limit_ranges_too`, its LimitRanges).
+#[derive(Default)]
+struct Unreachable {
+    limit_ranges_too: bool,
+}
 
 impl ClusterLookup for Unreachable {
     async fn service_account_annotations(
@@ -514,6 +523,15 @@ impl ClusterLookup for Unreachable {
     }
     async fn namespace_labels(&self, _: &str) -> Result<Option<StringMap>, LookupError> {
         Err(LookupError::Timeout(std::time::Duration::from_secs(3)))
+    }
+    async fn limit_ranges(
+        &self,
+        _: &str,
+    ) -> Result<Vec<k8s_openapi::api::core::v1::LimitRange>, LookupError> {
+        if self.limit_ranges_too {
+            return Err(LookupError::Api("forbidden".into()));
+        }
+        Ok(Vec::new())
     }
 }
 
@@ -539,7 +557,7 @@ async fn unreadable_cluster_follows_the_lookup_error_policy() {
         json!({"metadata": {"name": "p", "labels": {"bedrock-broker.io/inject": "true"}},
         "spec": {"containers": [{"name": "app", "image": "x"}]}}),
     );
-    let mut st = state(Unreachable);
+    let mut st = state(Unreachable::default());
     let (status, r) = review(&st, &body).await;
     let r = serde_json::to_value(r).expect("json");
     assert_eq!(status, 200);
@@ -583,6 +601,22 @@ async fn unreadable_cluster_follows_the_lookup_error_policy() {
         assert_eq!(r["response"]["allowed"], allowed, "{policy:?}: {r}");
         assert_eq!(patch_of(&r["response"]).is_some(), allowed);
     }
+
+    // The LimitRanges the sidecar must fit follow the same policy.
+    let mut st = state(Unreachable {
+        limit_ranges_too: true,
+    });
+    let (_, r) = review(&st, &api_key).await;
+    let r = serde_json::to_value(r).expect("json");
+    assert_eq!(r["response"]["allowed"], false);
+    assert!(r["response"]["status"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("cannot read the LimitRanges of namespace \"default\"")));
+    st.on_lookup_error = LookupErrorPolicy::Skip;
+    let (_, r) = review(&st, &api_key).await;
+    let r = serde_json::to_value(r).expect("json");
+    assert_eq!(r["response"]["allowed"], true);
+    assert!(patch_of(&r["response"]).is_none());
 }
 
 #[tokio::test]
@@ -911,4 +945,71 @@ fn roles_are_limited_to_the_service_accounts_by_default() {
         )),
         other => panic!("{other:?}"),
     }
+}
+
+fn limit_range(item: Value) -> k8s_openapi::api::core::v1::LimitRange {
+    serde_json::from_value(
+        json!({"metadata": {"name": "limits", "namespace": "default"},
+        "spec": {"limits": [item]}}),
+    )
+    .expect("a LimitRange")
+}
+
+#[test]
+fn the_sidecar_fits_the_namespaces_limit_range() {
+    use webhook_support::apiserver::limit_range_violations;
+    let cases = [
+        // A minimum above the sidecar's request: LimitRanger refused the pod
+        // ("minimum cpu usage per Container is 50m, but request is 10m").
+        json!({"type": "Container", "min": {"cpu": "50m", "memory": "64Mi"}}),
+        // A maximum below the sidecar's memory limit, and a maximum CPU
+        // without a default: the sidecar has no CPU limit at all.
+        json!({"type": "Container", "max": {"cpu": "1", "memory": "100Mi"}}),
+        // A default CPU limit (what a ResourceQuota on limits.cpu needs)
+        // and a ratio the defaults break (128Mi / 32Mi = 4 > 2).
+        json!({"type": "Container", "default": {"cpu": "200m"}, "maxLimitRequestRatio": {"memory": "2"}}),
+    ];
+    for item in cases {
+        let lr = vec![limit_range(item.clone())];
+        let facts = ClusterFacts {
+            limit_ranges: Some(&lr),
+            ..app_facts()
+        };
+        let p = opted_in(json!({}));
+        let i = match webhook::inject(&p, &facts, &defaults()) {
+            Ok(Outcome::Injected(i)) => i,
+            other => panic!("{item}: {other:?}"),
+        };
+        // The sidecar alone: the app's own resources are the app's business.
+        let only = json!({"spec": {"initContainers": [sidecar(&mutated(&p, &i))]}});
+        let lr_json = vec![serde_json::to_value(&lr[0]).expect("json")];
+        let violations = limit_range_violations(&only, &lr_json);
+        assert!(violations.is_empty(), "{item}: {violations:#?}");
+        assert!(
+            i.warnings.iter().any(|w| w.contains("LimitRange")),
+            "{item}: {:?}",
+            i.warnings
+        );
+    }
+}
+
+#[test]
+fn the_body_budget_follows_a_limit_range_default() {
+    let lr = vec![limit_range(
+        json!({"type": "Container", "max": {"memory": "100Mi"}}),
+    )];
+    let facts = ClusterFacts {
+        limit_ranges: Some(&lr),
+        ..app_facts()
+    };
+    let p = opted_in(json!({}));
+    let Ok(Outcome::Injected(i)) = webhook::inject(&p, &facts, &defaults()) else {
+        panic!("not injected");
+    };
+    let c = sidecar(&mutated(&p, &i));
+    assert_eq!(c["resources"]["limits"]["memory"], "100Mi");
+    assert_eq!(
+        env_of(&c, "BEDROCK_BROKER_REQUEST_BODY_BUDGET").map(|e| e["value"].clone()),
+        Some(json!("52428800"))
+    );
 }

@@ -19,9 +19,10 @@ use kube::core::DynamicObject;
 use serde_json::Value;
 
 use super::audit::{self, Subject};
-use super::inject::{self, ClusterFacts, Injection, Outcome};
+use super::cluster;
+use super::inject::{self, Injection, Outcome};
 use super::intake::Intake;
-use super::lookup::{ClusterLookup, LookupError, StringMap};
+use super::lookup::{ClusterLookup, LookupError};
 use super::SidecarDefaults;
 use crate::config::parse::ParseError;
 use crate::metrics::webhook::WebhookMetrics;
@@ -273,63 +274,15 @@ async fn admit<L: ClusterLookup>(
     pod: &Pod,
 ) -> Answer {
     let namespace = namespace_of(req, pod);
-    let (namespace_labels, service_account) = match read_cluster(state, req, pod, namespace).await {
+    let read = match cluster::read(&*state.lookup, state.defaults.role_policy, pod, namespace).await
+    {
         Ok(read) => read,
-        Err(answer) => return answer,
+        Err(failed) => return lookup_failed(state, req, failed.what, &failed.error),
     };
-    let facts = ClusterFacts {
-        namespace: Some(namespace),
-        namespace_labels: namespace_labels.as_ref(),
-        service_account_annotations: service_account.as_ref(),
-    };
-    answer(req, inject::inject(pod, &facts, &state.defaults))
-}
-
-/// What the pod needs from the cluster: its namespace's labels (when the
-/// pod has no opt-in label) and its ServiceAccount's annotations (when the
-/// pod names no role). A failed read is answered by the lookup policy.
-async fn read_cluster<L: ClusterLookup>(
-    state: &AdmissionState<L>,
-    req: &AdmissionRequest<DynamicObject>,
-    pod: &Pod,
-    namespace: &str,
-) -> Result<(Option<StringMap>, Option<StringMap>), Answer> {
-    let needs = inject::needs(pod, state.defaults.role_policy);
-    let namespace_labels = if needs.namespace_labels {
-        match state.lookup.namespace_labels(namespace).await {
-            Ok(labels) => Some(labels.unwrap_or_default()),
-            // The namespace is the only way in; without it we cannot tell,
-            // and the policy decides.
-            Err(e) if !inject::opted_in(pod, None) => {
-                return Err(lookup_failed(
-                    state,
-                    req,
-                    format!("namespace {namespace:?}"),
-                    &e,
-                ));
-            }
-            Err(_) => None,
-        }
-    } else {
-        None
-    };
-    let service_account = match &needs.service_account {
-        Some(name) if inject::opted_in(pod, namespace_labels.as_ref()) => {
-            match state
-                .lookup
-                .service_account_annotations(namespace, name)
-                .await
-            {
-                Ok(annotations) => Some(annotations.unwrap_or_default()),
-                Err(e) => {
-                    let what = format!("ServiceAccount {namespace}/{name}");
-                    return Err(lookup_failed(state, req, what, &e));
-                }
-            }
-        }
-        _ => None,
-    };
-    Ok((namespace_labels, service_account))
+    answer(
+        req,
+        inject::inject(pod, &read.facts(namespace), &state.defaults),
+    )
 }
 
 /// The review's answer for an injection outcome.

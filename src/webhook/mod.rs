@@ -18,6 +18,7 @@
 
 mod admission;
 mod audit;
+mod cluster;
 mod inject;
 mod intake;
 pub mod lookup;

@@ -3,8 +3,9 @@
 //!
 //! Every document is read, Pods and the pod templates of workloads are
 //! mutated by the same [`super::inject()`] the webhook uses, and every
-//! document is written back in order. Namespace and ServiceAccount documents in the
-//! same input stand in for the cluster (namespace opt-in, the IRSA role),
+//! document is written back in order. Namespace, ServiceAccount and
+//! LimitRange documents in the same input stand in for the cluster
+//! (namespace opt-in, the IRSA role, the resources the sidecar must fit),
 //! completed by `--namespace-label` and `--service-account-annotation`.
 //!
 //! YAML is read the way `kubectl` reads it (YAML 1.1 scalars: `0644` is
@@ -15,7 +16,7 @@ use std::fmt;
 use std::io::{Read, Write};
 
 use json_patch::jsonptr::PointerBuf;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{LimitRange, Pod};
 use serde_json::{Map, Value};
 
 use super::inject::{self, rebase, ClusterFacts, Outcome, Skip};
@@ -138,6 +139,15 @@ fn cluster(docs: &mut [Value], config: &InjectConfig) -> StaticLookup {
                         .namespaces
                         .insert(name, string_map(obj.pointer("/metadata/labels")));
                 }
+                Some("LimitRange") => {
+                    let ns = str_at(obj, "/metadata/namespace")
+                        .unwrap_or(&config.namespace)
+                        .to_owned();
+                    // A LimitRange that does not parse is left to kubectl.
+                    if let Ok(lr) = serde_json::from_value::<LimitRange>(obj.clone()) {
+                        lookup.limit_ranges.entry(ns).or_default().push(lr);
+                    }
+                }
                 Some("ServiceAccount") => {
                     let ns = str_at(obj, "/metadata/namespace")
                         .unwrap_or(&config.namespace)
@@ -210,10 +220,16 @@ fn inject_object(
 
     let ns_labels = lookup.namespace(&namespace);
     let sa = lookup.service_account(&namespace, inject::service_account_name(&pod));
+    let limit_ranges = lookup
+        .limit_ranges
+        .get(&namespace)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     let facts = ClusterFacts {
         namespace: Some(&namespace),
         namespace_labels: Some(&ns_labels),
         service_account_annotations: Some(&sa),
+        limit_ranges: Some(limit_ranges),
     };
     let outcome = inject::inject(&pod, &facts, &config.sidecar)
         .map_err(|denial| format!("{object}: {denial}"))?;

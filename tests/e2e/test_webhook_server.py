@@ -26,6 +26,7 @@ import requests
 
 from conftest import BINARY, wait_for
 from test_webhook_support import (
+    LIMIT_RANGES,
     NAMESPACES,
     SERVICE_ACCOUNTS,
     apply_patch,
@@ -45,7 +46,8 @@ def _meta(name: str, namespace: str | None = None, annotations=None, labels=None
 
 
 class FakeApiServer:
-    """Answers the reads the webhook makes: list/watch/get of namespaces and ServiceAccounts."""
+    """Answers the reads the webhook makes: list/watch/get of namespaces and
+    ServiceAccounts (metadata), list/watch of LimitRanges."""
 
     def __init__(self):
         self.namespaces = {n: _meta(n, labels=labels) for n, labels in NAMESPACES.items()}
@@ -75,6 +77,17 @@ class FakeApiServer:
                 parts = [p for p in url.path.split("/") if p]
                 fake.requests.append(self.path)
                 watching = query.get("watch", [""])[0] in ("true", "1")
+                if parts in (["api", "v1", "limitranges"], ["api", "v1", "namespaces", parts[-2] if len(parts) == 5 else "", "limitranges"]):
+                    if watching:
+                        self.send_response(200)
+                        self.send_header("Content-Type", "application/json")
+                        self.end_headers()
+                        self.wfile.flush()
+                        fake.stopping.wait(float(query.get("timeoutSeconds", ["290"])[0]))
+                        return
+                    items = [dict(lr, metadata=dict(lr["metadata"], resourceVersion="5", uid="uid-lr")) for lr in LIMIT_RANGES
+                             if len(parts) == 3 or lr["metadata"]["namespace"] == parts[3]]
+                    return self._json(200, {"apiVersion": "v1", "kind": "LimitRangeList", "metadata": {"resourceVersion": "10"}, "items": items})
                 if parts in (["api", "v1", "serviceaccounts"], ["api", "v1", "namespaces"]):
                     if watching:
                         # An open watch with no events, closed at its timeout or at shutdown.

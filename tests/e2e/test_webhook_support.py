@@ -1,7 +1,7 @@
 """Helpers shared by the webhook end-to-end tests (this module holds no tests).
 
-* ``CLUSTER``: the namespaces and ServiceAccounts every admission fixture is
-  admitted into; the same cluster as ``tests/webhook_support/mod.rs``.
+* ``CLUSTER``: the namespaces, ServiceAccounts and LimitRanges every admission
+  fixture is admitted into; the same cluster as ``tests/webhook_support/mod.rs``.
 * ``apply_patch``: RFC 6902 ``add`` operations (all the webhook ever emits),
   applied independently of our Rust code.
 * ``validate``: offline Kubernetes OpenAPI validation with kubernetes-validate.
@@ -27,14 +27,28 @@ TEAM_A_ROLE = "arn:aws:iam::123456789012:role/team-a"
 LEGACY_IRSA_ROLE = "arn:aws:iam::123456789012:role/legacy-irsa"
 INJECT_LABEL = "bedrock-broker.io/inject"
 
+QUOTA_ROLE = "arn:aws:iam::123456789012:role/quota"
+
 #: Namespace name -> labels.
-NAMESPACES = {"default": {}, "team-a": {INJECT_LABEL: "true"}}
+NAMESPACES = {"default": {}, "team-a": {INJECT_LABEL: "true"}, "quota": {INJECT_LABEL: "true"}}
 #: (namespace, name) -> annotations.
 SERVICE_ACCOUNTS = {
     ("default", "chat-app"): {"eks.amazonaws.com/role-arn": CHAT_APP_ROLE},
     ("team-a", "default"): {"eks.amazonaws.com/role-arn": TEAM_A_ROLE},
     ("default", "legacy-irsa"): {"eks.amazonaws.com/role-arn": LEGACY_IRSA_ROLE},
+    ("quota", "default"): {"eks.amazonaws.com/role-arn": QUOTA_ROLE},
 }
+#: The LimitRange of namespace quota (as quota_limit_range() in tests/webhook_support/mod.rs).
+QUOTA_LIMIT_RANGE = {
+    "apiVersion": "v1", "kind": "LimitRange",
+    "metadata": {"name": "container-limits", "namespace": "quota"},
+    "spec": {"limits": [{"type": "Container",
+                         "min": {"cpu": "50m", "memory": "16Mi"},
+                         "max": {"memory": "96Mi"},
+                         "default": {"cpu": "250m"},
+                         "defaultRequest": {"cpu": "100m"}}]},
+}
+LIMIT_RANGES = [QUOTA_LIMIT_RANGE]
 
 #: Oldest Kubernetes with native sidecars on by default, and the newest schema we have.
 SCHEMA_VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
@@ -49,7 +63,7 @@ def cluster_documents() -> list[dict]:
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns, "annotations": ann}}
         for (ns, name), ann in SERVICE_ACCOUNTS.items()
     ]
-    return docs
+    return docs + copy.deepcopy(LIMIT_RANGES)
 
 
 def fixture_names() -> list[str]:

@@ -251,7 +251,7 @@ def test_sidecar_env_is_accepted_by_the_binary(tmp_path):
 
 def test_rbac_is_least_privilege():
     role = one(chart.render({}), "ClusterRole")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["namespaces", "serviceaccounts"], "verbs": ["get", "list", "watch"]}]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["namespaces", "serviceaccounts", "limitranges"], "verbs": ["get", "list", "watch"]}]
     assert not by_kind(chart.render({"rbac": {"create": False}}), "ClusterRole")
 
 

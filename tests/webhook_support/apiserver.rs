@@ -286,3 +286,71 @@ fn pod_level_resources(spec: &Value, out: &mut Vec<String>) {
         }
     }
 }
+
+/// The LimitRanger admission plugin for `type: Container` items
+/// (kubernetes `plugin/pkg/admission/limitranger/admission.go`): its
+/// mutating pass fills unset requests and limits from `defaultRequest` and
+/// `default` (re-run after a webhook changes the pod, `reinvocation.go`),
+/// then `PodValidateLimitFunc` checks `min`, `max` (a limit is required
+/// under a max) and `maxLimitRequestRatio` for every container.
+pub fn limit_range_violations(pod: &Value, limit_ranges: &[Value]) -> Vec<String> {
+    let mut out = Vec::new();
+    let items: Vec<&Value> = limit_ranges
+        .iter()
+        .flat_map(|lr| lr["spec"]["limits"].as_array().into_iter().flatten())
+        .filter(|i| i["type"] == "Container")
+        .collect();
+    for (field, c) in containers(&pod["spec"]) {
+        let mut requests = list(&c["resources"]["requests"]);
+        let mut limits = list(&c["resources"]["limits"]);
+        for item in &items {
+            for (r, v) in list(&item["default"]) {
+                limits.entry(r).or_insert(v);
+            }
+            for (r, v) in list(&item["defaultRequest"]) {
+                requests.entry(r).or_insert(v);
+            }
+        }
+        // Upstream defaults a missing request to the limit.
+        for (r, v) in &limits {
+            requests.entry(*r).or_insert_with(|| v.clone());
+        }
+        for item in &items {
+            for (r, (min, min_raw)) in list(&item["min"]) {
+                let name = r.as_str();
+                match requests.get(&r) {
+                    Some((req, raw)) if req < &min => out.push(format!("{field}: minimum {name} usage per Container is {min_raw}, but request is {raw}")),
+                    None => out.push(format!("{field}: minimum {name} usage per Container is {min_raw}.  No request is specified")),
+                    _ => {}
+                }
+                if let Some((lim, raw)) = limits.get(&r) {
+                    if lim < &min {
+                        out.push(format!("{field}: minimum {name} usage per Container is {min_raw}, but limit is {raw}"));
+                    }
+                }
+            }
+            for (r, (max, max_raw)) in list(&item["max"]) {
+                let name = r.as_str();
+                match limits.get(&r) {
+                    Some((lim, raw)) if lim > &max => out.push(format!("{field}: maximum {name} usage per Container is {max_raw}, but limit is {raw}")),
+                    None => out.push(format!("{field}: maximum {name} usage per Container is {max_raw}.  No limit is specified")),
+                    _ => {}
+                }
+            }
+            for (r, (ratio, ratio_raw)) in list(&item["maxLimitRequestRatio"]) {
+                let (Some((lim, _)), Some((req, _))) = (limits.get(&r), requests.get(&r)) else {
+                    continue;
+                };
+                // Ratios are plain numbers: compare in the resource's units.
+                let ratio = ratio as f64 / if r == Resource::Cpu { 1000.0 } else { 1.0 };
+                if *req == 0 || (*lim as f64) / (*req as f64) > ratio + 1e-9 {
+                    out.push(format!(
+                        "{field}: {} max limit to request ratio per Container is {ratio_raw}",
+                        r.as_str()
+                    ));
+                }
+            }
+        }
+    }
+    out
+}

@@ -20,6 +20,21 @@ use serde_json::Value;
 pub const CHAT_APP_ROLE: &str = "arn:aws:iam::123456789012:role/chat-app";
 pub const TEAM_A_ROLE: &str = "arn:aws:iam::123456789012:role/team-a";
 pub const LEGACY_IRSA_ROLE: &str = "arn:aws:iam::123456789012:role/legacy-irsa";
+pub const QUOTA_ROLE: &str = "arn:aws:iam::123456789012:role/quota";
+
+/// The LimitRange of namespace `quota`: a CPU minimum above the sidecar's
+/// request, a default CPU limit (what a ResourceQuota on `limits.cpu`
+/// needs) and a memory maximum below the sidecar's limit. The same object
+/// as `QUOTA_LIMIT_RANGE` in tests/e2e/test_webhook_support.py.
+pub fn quota_limit_range() -> Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "LimitRange",
+        "metadata": {"name": "container-limits", "namespace": "quota"},
+        "spec": {"limits": [{"type": "Container",
+            "min": {"cpu": "50m", "memory": "16Mi"},
+            "max": {"memory": "96Mi"},
+            "default": {"cpu": "250m"},
+            "defaultRequest": {"cpu": "100m"}}]}})
+}
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/admission")
@@ -53,6 +68,18 @@ pub fn cluster() -> StaticLookup {
     lookup.service_accounts.insert(
         ("default".into(), "legacy-irsa".into()),
         map(&[("eks.amazonaws.com/role-arn", LEGACY_IRSA_ROLE)]),
+    );
+    // A namespace with a quota-minded LimitRange the sidecar must fit.
+    lookup
+        .namespaces
+        .insert("quota".into(), map(&[("bedrock-broker.io/inject", "true")]));
+    lookup.service_accounts.insert(
+        ("quota".into(), "default".into()),
+        map(&[("eks.amazonaws.com/role-arn", QUOTA_ROLE)]),
+    );
+    lookup.limit_ranges.insert(
+        "quota".into(),
+        vec![serde_json::from_value(quota_limit_range()).expect("a LimitRange")],
     );
     lookup
 }

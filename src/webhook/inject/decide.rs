@@ -73,6 +73,9 @@ pub struct Needs {
     /// Not needed with an API key, nor with `any` when the pod names its
     /// role. Only needed once the pod is opted in.
     pub service_account: Option<String>,
+    /// The namespace's LimitRanges, which the sidecar must fit. Only
+    /// needed once the pod is opted in.
+    pub limit_ranges: bool,
 }
 
 /// Whether to go on with a pod, and with which spec.
@@ -117,6 +120,7 @@ pub fn needs(pod: &Pod, role_policy: RolePolicy) -> Needs {
     Needs {
         namespace_labels: pod_label.is_none(),
         service_account: (!names_credentials).then(|| service_account_name(pod).to_owned()),
+        limit_ranges: true,
     }
 }
 

@@ -11,8 +11,9 @@
 //! does not set are left to the API server's defaulting. The app keeps
 //! exactly the budget it had.
 
-use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::api::core::v1::{LimitRange, PodSpec};
 
+use super::limit_range;
 use super::quantity::{Quantity, Resource};
 use super::spec::Resources;
 
@@ -74,6 +75,8 @@ impl BodyBudget {
 /// What fitting decided.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Fitted {
+    /// The sidecar's resources, fitted to the namespace's LimitRanges.
+    pub resources: Resources,
     pub pod_resources: Vec<Raise>,
     pub body_budget: Option<BodyBudget>,
     /// For the admission response: what was changed beyond adding the sidecar.
@@ -96,14 +99,30 @@ impl Resources {
     }
 }
 
-/// Raises the pod-level resources the pod sets by the sidecar's share.
-/// A pod-level quantity that cannot be read is a problem (the API server
-/// accepted it, so this does not happen with a pod it sent).
-pub fn fit(spec: &PodSpec, sidecar: &Resources, problems: &mut Vec<String>) -> Fitted {
+/// Fits the sidecar to the namespace's LimitRanges (`limit_range`), derives
+/// its body budget, and raises the pod-level resources the pod sets by its
+/// share. A pod-level quantity that cannot be read is a problem (the API
+/// server accepted it, so this does not happen with a pod it sent).
+pub fn fit(
+    spec: &PodSpec,
+    sidecar: &Resources,
+    limit_ranges: Option<&[LimitRange]>,
+    problems: &mut Vec<String>,
+) -> Fitted {
+    let (resources, changes) = limit_range::fit(sidecar, limit_ranges.unwrap_or(&[]));
     let mut fitted = Fitted {
-        body_budget: BodyBudget::for_limit(sidecar.memory_limit.as_ref()),
-        ..Default::default()
+        body_budget: BodyBudget::for_limit(resources.memory_limit.as_ref()),
+        warnings: Vec::new(),
+        pod_resources: Vec::new(),
+        resources,
     };
+    if !changes.is_empty() {
+        fitted.warnings.push(format!(
+            "bedrock-broker fitted its sidecar to the namespace's LimitRange: {}",
+            changes.join(", ")
+        ));
+    }
+    let sidecar = &fitted.resources.clone();
     if let Some(BodyBudget {
         max_body: Some(max),
         ..

@@ -6,7 +6,8 @@
 //! 2. `spec`: the webhook's defaults with the pod's annotations over them
 //!    (`annotations` knows their names);
 //! 3. `resolve`: pod-shape refusals, role, region, token access;
-//! 4. `fit`: the sidecar's share added to the pod's own resource budget;
+//! 4. `fit`: the sidecar fitted to the namespace's LimitRanges, and its
+//!    share added to the pod's own resource budget;
 //! 5. `render`: the sidecar container, token volume and app variables;
 //! 6. `patch`: add operations placing them into the pod.
 //!
@@ -16,6 +17,7 @@
 mod annotations;
 mod decide;
 mod fit;
+mod limit_range;
 mod patch;
 mod quantity;
 mod render;
@@ -28,7 +30,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use json_patch::Patch;
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Container, LimitRange, Pod, PodSpec};
 
 use self::decide::Decision;
 use self::spec::SidecarSpec;
@@ -49,6 +51,8 @@ pub struct ClusterFacts<'a> {
     pub namespace: Option<&'a str>,
     pub namespace_labels: Option<&'a BTreeMap<String, String>>,
     pub service_account_annotations: Option<&'a BTreeMap<String, String>>,
+    /// The namespace's LimitRanges (`None`: not read, as if none).
+    pub limit_ranges: Option<&'a [LimitRange]>,
 }
 
 /// A successful injection.
@@ -119,7 +123,7 @@ pub fn inject(
     let resolved = resolve::resolve(pod, spec, sidecar.as_ref(), facts, &mut problems);
     let fitted = sidecar
         .as_ref()
-        .map(|s| fit::fit(spec, &s.resources, &mut problems));
+        .map(|s| fit::fit(spec, &s.resources, facts.limit_ranges, &mut problems));
     let (Some(sidecar), Some(resolved), Some(fitted), true) =
         (sidecar, resolved, fitted, problems.is_empty())
     else {

@@ -110,7 +110,7 @@ fn container(sidecar: &SidecarSpec, resolved: &Resolved, fitted: &Fitted) -> Con
             protocol: Some("TCP".to_owned()),
             ..Default::default()
         }]),
-        resources: resources(&sidecar.resources),
+        resources: resources(&fitted.resources),
         // Gates the app (native mode): it starts once credentials are
         // usable. Two minutes before the kubelet restarts the sidecar.
         startup_probe: Some(probe("/readyz", 1, 120)),

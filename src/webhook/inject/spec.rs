@@ -20,7 +20,7 @@ pub const DEFAULT_PORT: Port = Port::new_unchecked(9787);
 pub const DEFAULT_ADMIN_PORT: Port = Port::new_unchecked(9788);
 
 /// Resource requests and limits of the sidecar.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Resources {
     pub cpu_request: Option<Quantity>,
     pub memory_request: Option<Quantity>,
