@@ -1013,3 +1013,41 @@ fn the_body_budget_follows_a_limit_range_default() {
         Some(json!("52428800"))
     );
 }
+
+#[test]
+fn native_sidecars_are_refused_on_servers_without_them() {
+    // Before 1.29 an API server without the SidecarContainers gate drops
+    // restartPolicy from init containers: the sidecar would run as an init
+    // container that never ends, and the pod would never start.
+    let old = webhook::KubeVersion::parse("1", "28+").expect("a version");
+    let facts = ClusterFacts {
+        kube_version: Some(old),
+        ..app_facts()
+    };
+    let msg = denial(&opted_in(json!({})), &facts);
+    for needle in ["Kubernetes 1.29", "v1.28", "classic", "--sidecar-mode"] {
+        assert!(msg.contains(needle), "missing {needle:?}: {msg}");
+    }
+    // Classic mode works there.
+    let mut p = opted_in(json!({}));
+    p.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert("bedrock-broker.io/sidecar-mode".into(), "classic".into());
+    assert!(matches!(
+        webhook::inject(&p, &facts, &defaults()),
+        Ok(Outcome::Injected(_))
+    ));
+    // 1.29 and later (and an unknown version) inject native sidecars.
+    for v in [Some(("1", "29")), Some(("1", "36")), None] {
+        let facts = ClusterFacts {
+            kube_version: v.map(|(a, b)| webhook::KubeVersion::parse(a, b).expect("v")),
+            ..app_facts()
+        };
+        assert!(matches!(
+            webhook::inject(&opted_in(json!({})), &facts, &defaults()),
+            Ok(Outcome::Injected(_))
+        ));
+    }
+    assert!(webhook::KubeVersion::parse("one", "x").is_none());
+}

@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use super::audit::{self, Subject};
 use super::cluster;
-use super::inject::{self, Injection, Outcome};
+use super::inject::{self, Injection, KubeVersion, Outcome};
 use super::intake::Intake;
 use super::lookup::{ClusterLookup, LookupError};
 use super::SidecarDefaults;
@@ -64,6 +64,8 @@ pub struct AdmissionState<L> {
     pub metrics: WebhookMetrics,
     /// How review bodies are received (time and memory bounds).
     pub intake: Intake,
+    /// The API server's version, read at start (`None`: unknown).
+    pub kube_version: Option<KubeVersion>,
 }
 
 impl<L> Clone for AdmissionState<L> {
@@ -74,6 +76,7 @@ impl<L> Clone for AdmissionState<L> {
             on_lookup_error: self.on_lookup_error,
             metrics: self.metrics.clone(),
             intake: self.intake.clone(),
+            kube_version: self.kube_version,
         }
     }
 }
@@ -281,7 +284,11 @@ async fn admit<L: ClusterLookup>(
     };
     answer(
         req,
-        inject::inject(pod, &read.facts(namespace), &state.defaults),
+        inject::inject(
+            pod,
+            &read.facts(namespace, state.kube_version),
+            &state.defaults,
+        ),
     )
 }
 

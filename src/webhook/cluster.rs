@@ -5,7 +5,7 @@
 
 use k8s_openapi::api::core::v1::{LimitRange, Pod};
 
-use super::inject::{self, types::RolePolicy, ClusterFacts};
+use super::inject::{self, types::RolePolicy, ClusterFacts, KubeVersion};
 use super::lookup::{ClusterLookup, LookupError, StringMap};
 
 /// What was read.
@@ -17,12 +17,51 @@ pub struct Read {
 }
 
 impl Read {
-    pub fn facts<'a>(&'a self, namespace: &'a str) -> ClusterFacts<'a> {
+    pub fn facts<'a>(
+        &'a self,
+        namespace: &'a str,
+        kube_version: Option<KubeVersion>,
+    ) -> ClusterFacts<'a> {
         ClusterFacts {
             namespace: Some(namespace),
             namespace_labels: self.namespace_labels.as_ref(),
             service_account_annotations: self.service_account.as_ref(),
             limit_ranges: self.limit_ranges.as_deref(),
+            kube_version,
+        }
+    }
+}
+
+/// The API server's version, read once at start (`None` when it cannot be
+/// read in time: injection then assumes a recent server, and says so).
+pub async fn kube_version(
+    client: &kube::Client,
+    timeout: std::time::Duration,
+) -> Option<KubeVersion> {
+    match tokio::time::timeout(timeout, client.apiserver_version()).await {
+        Ok(Ok(info)) => {
+            let version = KubeVersion::parse(&info.major, &info.minor);
+            match version {
+                Some(v) if !v.has_native_sidecars() => tracing::warn!(
+                    version = %info.git_version,
+                    "this API server has no native sidecars (Kubernetes 1.29+): pods in native mode are refused; use --sidecar-mode classic"
+                ),
+                Some(_) => tracing::info!(version = %info.git_version, "Kubernetes API server"),
+                None => {
+                    tracing::warn!(major = %info.major, minor = %info.minor, "cannot read the API server's version; assuming native sidecars")
+                }
+            }
+            version
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot read the API server's version; assuming native sidecars");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(
+                "the API server's version did not come in time; assuming native sidecars"
+            );
+            None
         }
     }
 }

@@ -230,6 +230,9 @@ fn inject_object(
         namespace_labels: Some(&ns_labels),
         service_account_annotations: Some(&sa),
         limit_ranges: Some(limit_ranges),
+        // Offline there is no server: injection assumes native sidecars
+        // are available (the chart requires Kubernetes 1.29).
+        kube_version: None,
     };
     let outcome = inject::inject(&pod, &facts, &config.sidecar)
         .map_err(|denial| format!("{object}: {denial}"))?;

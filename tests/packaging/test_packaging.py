@@ -249,6 +249,15 @@ def test_sidecar_env_is_accepted_by_the_binary(tmp_path):
         assert len(sidecars) == 1 and sidecars[0]["image"] == env["BEDROCK_BROKER_SIDECAR_IMAGE"]
 
 
+def test_the_chart_requires_native_sidecars():
+    """The default native sidecar needs Kubernetes 1.29: on older servers the
+    init container's restartPolicy is dropped and injected pods never start,
+    so Helm must refuse those clusters (the offline engine cannot pretend to
+    be one, so the constraint is checked as Helm reads it)."""
+    meta = yaml.safe_load((chart.CHART / "Chart.yaml").read_text())
+    assert meta["kubeVersion"] == ">=1.29.0-0"
+
+
 def test_rbac_is_least_privilege():
     role = one(chart.render({}), "ClusterRole")
     assert role["rules"] == [{"apiGroups": [""], "resources": ["namespaces", "serviceaccounts", "limitranges"], "verbs": ["get", "list", "watch"]}]

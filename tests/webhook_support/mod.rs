@@ -101,6 +101,7 @@ pub fn state<L>(lookup: L) -> AdmissionState<L> {
         on_lookup_error: LookupErrorPolicy::Deny,
         metrics: WebhookMetrics::new(),
         intake: Intake::default(),
+        kube_version: None,
     }
 }
 

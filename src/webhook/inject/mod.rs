@@ -17,6 +17,7 @@
 mod annotations;
 mod decide;
 mod fit;
+mod kube_version;
 mod limit_range;
 mod patch;
 mod quantity;
@@ -37,6 +38,7 @@ use self::spec::SidecarSpec;
 use self::types::SidecarMode;
 
 pub use self::decide::{needs, opted_in, service_account_name, Needs, Skip};
+pub use self::kube_version::KubeVersion;
 pub use self::patch::{apply, rebase};
 pub use self::render::CONTAINER_NAME;
 pub use self::resolve::{SidecarAuth, TokenAccess, TokenVolume};
@@ -53,6 +55,8 @@ pub struct ClusterFacts<'a> {
     pub service_account_annotations: Option<&'a BTreeMap<String, String>>,
     /// The namespace's LimitRanges (`None`: not read, as if none).
     pub limit_ranges: Option<&'a [LimitRange]>,
+    /// The API server's version (`None`: not known, assumed recent).
+    pub kube_version: Option<KubeVersion>,
 }
 
 /// A successful injection.

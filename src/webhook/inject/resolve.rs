@@ -119,7 +119,7 @@ pub fn resolve(
     facts: &ClusterFacts<'_>,
     problems: &mut Vec<String>,
 ) -> Option<Resolved> {
-    check_pod_shape(spec, sidecar, problems);
+    check_pod_shape(spec, sidecar, facts, problems);
     let sidecar = sidecar?;
     let token_access = token_access(spec);
     let auth = resolve_auth(pod, spec, sidecar, facts, token_access, problems);
@@ -131,7 +131,12 @@ pub fn resolve(
     })
 }
 
-fn check_pod_shape(spec: &PodSpec, sidecar: Option<&SidecarSpec>, problems: &mut Vec<String>) {
+fn check_pod_shape(
+    spec: &PodSpec,
+    sidecar: Option<&SidecarSpec>,
+    facts: &ClusterFacts<'_>,
+    problems: &mut Vec<String>,
+) {
     if spec.host_network == Some(true) {
         problems.push(format!(
             "hostNetwork: true: the proxy on 127.0.0.1 would sign requests for every process on the node; run the pod without hostNetwork or opt it out with the label {}: \"false\"",
@@ -165,13 +170,25 @@ fn check_pod_shape(spec: &PodSpec, sidecar: Option<&SidecarSpec>, problems: &mut
         ));
     }
     let Some(sidecar) = sidecar else { return };
-    let restart = spec.restart_policy.as_deref().unwrap_or("Always");
-    if sidecar.mode.value == SidecarMode::Classic && restart != "Always" {
-        let from = if sidecar.mode.origin == Origin::Annotation {
+    let mode_from = || {
+        if sidecar.mode.origin == Origin::Annotation {
             names::SIDECAR_MODE.to_owned()
         } else {
             "the webhook's --sidecar-mode".to_owned()
-        };
+        }
+    };
+    if let Some(v) = facts.kube_version.filter(|v| !v.has_native_sidecars()) {
+        if sidecar.mode.value == SidecarMode::Native {
+            problems.push(format!(
+                "{}: native sidecars need Kubernetes 1.29 or later, and this API server is {v}: set the pod annotation {}: classic, or the webhook's --sidecar-mode classic (chart value sidecar.mode) for every pod",
+                mode_from(),
+                names::SIDECAR_MODE
+            ));
+        }
+    }
+    let restart = spec.restart_policy.as_deref().unwrap_or("Always");
+    if sidecar.mode.value == SidecarMode::Classic && restart != "Always" {
+        let from = mode_from();
         problems.push(format!(
             "{from}: classic mode keeps a pod with restartPolicy {restart} running forever (a Job would never complete); use {}: native (Kubernetes 1.29+)",
             names::SIDECAR_MODE
