@@ -308,6 +308,8 @@ pub struct InjectArgs {
     pub namespace_labels: Vec<String>,
     #[arg(long = inject::SERVICE_ACCOUNT_ANNOTATION.flag, value_name = "KEY=VALUE", help = inject::SERVICE_ACCOUNT_ANNOTATION.help_text())]
     pub service_account_annotations: Vec<String>,
+    #[arg(long = inject::EXCLUDE_NAMESPACES.flag, value_name = "NS,NS", help = inject::EXCLUDE_NAMESPACES.help_text())]
+    pub exclude_namespaces: Option<String>,
     #[command(flatten)]
     pub sidecar: SidecarDefaultsArgs,
 }

@@ -315,9 +315,16 @@ impl InjectConfig {
         let service_account_annotations = parse::pairs(&args.service_account_annotations)
             .map_err(|err| e.push(format!("--{}", i::SERVICE_ACCOUNT_ANNOTATION.flag), err))
             .ok();
+        let exclude_namespaces = e.read(
+            &i::EXCLUDE_NAMESPACES,
+            args.exclude_namespaces.as_deref(),
+            env,
+            |raw| Ok(parse::list(raw)),
+        );
         let sidecar = sidecar_defaults(&args.sidecar, env, &mut e);
         e.finish(|| {
             Some(Self {
+                exclude_namespaces: exclude_namespaces?,
                 namespace: namespace?,
                 namespace_labels: namespace_labels?,
                 service_account_annotations: service_account_annotations?,
@@ -483,6 +490,7 @@ mod tests {
         };
         let c = InjectConfig::from_args(&args, &Env::default()).expect("parses");
         assert_eq!(c.namespace, "default");
+        assert_eq!(c.exclude_namespaces, ["kube-system", "bedrock-broker"]);
         assert_eq!(
             c.namespace_labels
                 .get("bedrock-broker.io/inject")

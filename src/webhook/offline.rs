@@ -32,6 +32,9 @@ pub struct InjectConfig {
     pub namespace_labels: std::collections::BTreeMap<String, String>,
     /// Annotations assumed for ServiceAccounts not in the input.
     pub service_account_annotations: std::collections::BTreeMap<String, String>,
+    /// Namespaces the webhook never sees (its selectors exclude them):
+    /// their pods are left unchanged.
+    pub exclude_namespaces: Vec<String>,
     pub sidecar: SidecarDefaults,
 }
 
@@ -209,6 +212,15 @@ fn inject_object(
         .unwrap_or("")
         .to_owned();
     let object = format!("{kind} {namespace}/{name}");
+    if config.exclude_namespaces.contains(&namespace) {
+        return Ok(Some(Report {
+            object,
+            outcome: format!(
+                "unchanged (namespace {namespace} is excluded: the webhook's selectors never send its pods; --exclude-namespaces)"
+            ),
+            warnings: Vec::new(),
+        }));
+    }
     let prefix = PointerBuf::from_tokens(tokens.iter().copied());
 
     let template = match obj.pointer_mut(prefix.as_str()) {
