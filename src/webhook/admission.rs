@@ -14,15 +14,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use k8s_openapi::api::core::v1::Pod;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::admission::{AdmissionResponse, AdmissionReview};
 use kube::core::DynamicObject;
-use serde_json::Value;
 
 use super::audit::{self, Subject};
 use super::cluster;
 use super::inject::{self, Injection, KubeVersion, Outcome};
 use super::intake::Intake;
 use super::lookup::{ClusterLookup, LookupError};
+use super::review::{self, Request as Review, Unreadable};
 use super::SidecarDefaults;
 use crate::config::parse::ParseError;
 use crate::metrics::webhook::WebhookMetrics;
@@ -125,25 +125,9 @@ pub async fn review<L: ClusterLookup>(
     body: &[u8],
 ) -> (StatusCode, AdmissionReview<DynamicObject>) {
     let started = Instant::now();
-    let (status, answer) = match parse(body) {
-        Err(bad) => {
-            let mut response = AdmissionResponse::invalid(format!("{}: {}", bad.what, bad.detail));
-            let status = match &bad.uid {
-                Some(uid) => {
-                    response.uid = uid.clone();
-                    StatusCode::OK
-                }
-                // Nothing to echo: tell the API server the request was bad.
-                None => StatusCode::BAD_REQUEST,
-            };
-            let subject = Subject {
-                uid: bad.uid.as_deref().unwrap_or(""),
-                ..Default::default()
-            };
-            audit::record(&subject, "invalid", bad.what, &[]);
-            (status, Answer::new("invalid", bad.what, response))
-        }
-        Ok(Parsed::NotAPod(req)) => {
+    let (status, answer) = match review::parse(body) {
+        Err(bad) => invalid(bad),
+        Ok(req) if !req.is_pod_create() => {
             let subject = Subject {
                 uid: &req.uid,
                 namespace: req.namespace.as_deref().unwrap_or(""),
@@ -152,19 +136,20 @@ pub async fn review<L: ClusterLookup>(
                 dry_run: req.dry_run,
             };
             audit::record(&subject, "skipped", "not_a_pod_create", &[]);
-            let response = AdmissionResponse::from(&req);
-            (
-                StatusCode::OK,
-                Answer::new("skipped", "not_a_pod_create", response),
-            )
-        }
-        Ok(Parsed::Pod(req, pod)) => {
-            let answer = admit(state, &req, &pod).await;
-            let subject = Subject::of_pod(&req.uid, namespace_of(&req, &pod), &pod, req.dry_run);
-            let warnings = answer.response.warnings.as_deref().unwrap_or(&[]);
-            audit::record(&subject, answer.result, &answer.reason, warnings);
+            let answer = Answer::new("skipped", "not_a_pod_create", req.response());
             (StatusCode::OK, answer)
         }
+        Ok(req) => match review::pod(&req, body) {
+            Err(bad) => invalid(bad),
+            Ok(pod) => {
+                let answer = admit(state, &req, &pod).await;
+                let namespace = namespace_of(&req, &pod);
+                let subject = Subject::of_pod(&req.uid, namespace, &pod, req.dry_run);
+                let warnings = answer.response.warnings.as_deref().unwrap_or(&[]);
+                audit::record(&subject, answer.result, &answer.reason, warnings);
+                (StatusCode::OK, answer)
+            }
+        },
     };
     state
         .metrics
@@ -179,69 +164,29 @@ pub async fn review<L: ClusterLookup>(
     (status, answer.response.into_review())
 }
 
-enum Parsed {
-    /// Something this webhook does not mutate (not a pod creation).
-    NotAPod(AdmissionRequest<DynamicObject>),
-    Pod(AdmissionRequest<DynamicObject>, Box<Pod>),
-}
-
-/// A review that could not be read.
-struct Unreadable {
-    /// The uid, if one could be read.
-    uid: Option<String>,
-    /// What was wrong, in words that quote nothing from the body (logged).
-    what: &'static str,
-    /// The parser's error, which may quote the body (answered only).
-    detail: String,
-}
-
-fn unreadable(uid: &Option<String>, what: &'static str, detail: impl ToString) -> Unreadable {
-    Unreadable {
-        uid: uid.clone(),
-        what,
-        detail: detail.to_string(),
-    }
-}
-
-/// Parses a review; on failure gives the uid if one could be read, and why.
-fn parse(body: &[u8]) -> Result<Parsed, Unreadable> {
-    let raw: Value =
-        serde_json::from_slice(body).map_err(|e| unreadable(&None, "the body is not JSON", e))?;
-    let uid = raw
-        .pointer("/request/uid")
-        .and_then(Value::as_str)
-        .filter(|u| !u.is_empty())
-        .map(str::to_owned);
-    let review: AdmissionReview<DynamicObject> = serde_json::from_value(raw.clone())
-        .map_err(|e| unreadable(&uid, "not an AdmissionReview", e))?;
-    let req: AdmissionRequest<DynamicObject> = review.try_into().map_err(|_| {
-        unreadable(
-            &uid,
-            "the AdmissionReview has no request",
-            "request missing",
-        )
-    })?;
-    let is_pod = req.kind.group.is_empty() && req.kind.kind == "Pod";
-    if !is_pod || req.operation != Operation::Create || req.sub_resource.is_some() {
-        return Ok(Parsed::NotAPod(req));
-    }
-    let Some(mut object) = raw.pointer("/request/object").cloned() else {
-        return Ok(Parsed::NotAPod(req));
+/// The answer to a review that could not be read: `invalid`, with the uid
+/// when one could be read (else HTTP 400: nothing to echo).
+fn invalid(bad: Unreadable) -> (StatusCode, Answer) {
+    let mut response = AdmissionResponse::invalid(format!("{}: {}", bad.what, bad.detail));
+    let status = match &bad.uid {
+        Some(uid) => {
+            response.uid = uid.clone();
+            StatusCode::OK
+        }
+        None => StatusCode::BAD_REQUEST,
     };
-    if let Some(map) = object.as_object_mut() {
-        // Typed Pod deserialization wants the type fields; some callers omit them.
-        map.entry("apiVersion").or_insert_with(|| Value::from("v1"));
-        map.entry("kind").or_insert_with(|| Value::from("Pod"));
-    }
-    let pod: Pod = serde_json::from_value(object)
-        .map_err(|e| unreadable(&uid, "request.object is not a valid Pod", e))?;
-    Ok(Parsed::Pod(req, Box::new(pod)))
+    let subject = Subject {
+        uid: bad.uid.as_deref().unwrap_or(""),
+        ..Default::default()
+    };
+    audit::record(&subject, "invalid", bad.what, &[]);
+    (status, Answer::new("invalid", bad.what, response))
 }
 
 /// A lookup that failed, and what the policy makes of it.
 fn lookup_failed(
     state: &AdmissionState<impl ClusterLookup>,
-    req: &AdmissionRequest<DynamicObject>,
+    req: &Review<'_>,
     what: String,
     error: &LookupError,
 ) -> Answer {
@@ -252,10 +197,10 @@ fn lookup_failed(
         LookupErrorPolicy::Deny => Answer::new(
             "denied",
             reason,
-            AdmissionResponse::from(req).deny(format!("{message}; the pod is refused so it never starts without its Bedrock proxy (retry, or check the webhook's RBAC)")),
+            req.response().deny(format!("{message}; the pod is refused so it never starts without its Bedrock proxy (retry, or check the webhook's RBAC)")),
         ),
         LookupErrorPolicy::Skip => {
-            let mut response = AdmissionResponse::from(req);
+            let mut response = req.response();
             response.warnings = Some(vec![format!("{message}; admitted without the bedrock-broker sidecar")]);
             Answer::new("skipped", reason, response)
         }
@@ -263,7 +208,7 @@ fn lookup_failed(
 }
 
 /// The namespace a pod is created in (the review's, else the pod's).
-fn namespace_of<'a>(req: &'a AdmissionRequest<DynamicObject>, pod: &'a Pod) -> &'a str {
+fn namespace_of<'a>(req: &'a Review<'_>, pod: &'a Pod) -> &'a str {
     req.namespace
         .as_deref()
         .or(pod.metadata.namespace.as_deref())
@@ -271,11 +216,7 @@ fn namespace_of<'a>(req: &'a AdmissionRequest<DynamicObject>, pod: &'a Pod) -> &
         .unwrap_or("default")
 }
 
-async fn admit<L: ClusterLookup>(
-    state: &AdmissionState<L>,
-    req: &AdmissionRequest<DynamicObject>,
-    pod: &Pod,
-) -> Answer {
+async fn admit<L: ClusterLookup>(state: &AdmissionState<L>, req: &Review<'_>, pod: &Pod) -> Answer {
     let namespace = namespace_of(req, pod);
     let read = match cluster::read(&*state.lookup, state.defaults.role_policy, pod, namespace).await
     {
@@ -293,13 +234,10 @@ async fn admit<L: ClusterLookup>(
 }
 
 /// The review's answer for an injection outcome.
-fn answer(
-    req: &AdmissionRequest<DynamicObject>,
-    outcome: Result<Outcome, inject::Denial>,
-) -> Answer {
+fn answer(req: &Review<'_>, outcome: Result<Outcome, inject::Denial>) -> Answer {
     match outcome {
         Ok(Outcome::Skipped(skip)) => {
-            let mut response = AdmissionResponse::from(req);
+            let mut response = req.response();
             response.warnings = skip.warning().map(|w| vec![w]);
             Answer::new("skipped", skip.as_str(), response)
         }
@@ -308,7 +246,7 @@ fn answer(
             let Injection {
                 patch, warnings, ..
             } = *injection;
-            match AdmissionResponse::from(req).with_patch(patch) {
+            match req.response().with_patch(patch) {
                 Ok(mut response) => {
                     response.warnings = (!warnings.is_empty()).then_some(warnings);
                     Answer::new("injected", reason, response)
@@ -316,7 +254,7 @@ fn answer(
                 Err(e) => Answer::new(
                     "error",
                     "the patch could not be encoded",
-                    AdmissionResponse::from(req)
+                    req.response()
                         .deny(format!("bedrock-broker could not encode its patch: {e}")),
                 ),
             }
@@ -324,7 +262,7 @@ fn answer(
         Err(denial) => Answer::new(
             "denied",
             audit::denied(&denial),
-            AdmissionResponse::from(req).deny(denial.to_string()),
+            req.response().deny(denial.to_string()),
         ),
     }
 }

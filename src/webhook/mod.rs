@@ -23,6 +23,7 @@ mod inject;
 mod intake;
 pub mod lookup;
 mod offline;
+mod review;
 mod server;
 
 use std::sync::Arc;

@@ -180,7 +180,7 @@ def webhook(tmp_path, fake_api):
 
 
 @contextlib.contextmanager
-def running_webhook(tmp_path, fake_api):
+def running_webhook(tmp_path, fake_api, extra_env: dict | None = None):
     import trustme
 
     assert BINARY.exists(), f"{BINARY} missing: run cargo build first"
@@ -215,6 +215,7 @@ def running_webhook(tmp_path, fake_api):
         "BEDROCK_BROKER_WEBHOOK_TLS_KEY_FILE": str(tls_dir / "tls.key"),
         "BEDROCK_BROKER_WEBHOOK_TLS_RELOAD_INTERVAL": "100ms",
         "BEDROCK_BROKER_SIDECAR_REGION": "us-east-1",
+        **(extra_env or {}),
     }
     proc = subprocess.Popen([str(BINARY), "webhook"], env=env, stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"))
 

@@ -52,6 +52,8 @@ SCENARIOS: dict[str, dict] = {
             "timeoutSeconds": 5,
             "onLookupError": "skip",
             "rolePolicy": "any",
+            "reviewBudget": 16777216,
+            "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "160Mi"}},
             "excludeNamespaces": ["kube-system", "kube-public", "cert-manager"],
             "namespaceSelector": {"matchExpressions": [{"key": "env", "operator": "In", "values": ["prod"]}]},
             "objectSelector": {"matchExpressions": [{"key": "app", "operator": "Exists"}]},
@@ -413,6 +415,7 @@ BAD_VALUES = [
     ({"webhook": {"reinvocationPolicy": "Sometimes"}}, "reinvocationPolicy"),
     ({"webhook": {"onLookupError": "ignore"}}, "onLookupError"),
     ({"webhook": {"rolePolicy": "pod"}}, "rolePolicy"),
+    ({"webhook": {"reviewBudget": 1048576}}, "reviewBudget"),
     ({"webhook": {"lookupTimeout": "3 seconds"}}, "lookupTimeout"),
     ({"webhook": {"port": 80}}, "port"),
     ({"tls": {"mode": "letsencrypt"}}, "mode"),
@@ -649,6 +652,77 @@ def test_build_context_is_enough_for_cargo(tmp_path):
 
 
 # --- the chart's webhook configuration, served by the real binary ---------------------------
+
+
+def _bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 10**3, "M": 10**6, "G": 10**9}
+    for suffix in sorted(units, key=len, reverse=True):
+        if quantity.endswith(suffix):
+            return int(float(quantity[: -len(suffix)]) * units[suffix])
+    return int(quantity)
+
+
+@pytest.mark.parametrize("scenario", ["defaults", "everything"])
+def test_webhook_memory_limit_covers_its_review_budget(scenario):
+    """The rule values.yaml states: the memory limit is at least 64 MiB plus
+    5 times the review budget (measured below with the binary)."""
+    container = one(chart.render(SCENARIOS[scenario]), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    budget = int({e["name"]: e["value"] for e in container["env"]}["BEDROCK_BROKER_WEBHOOK_REVIEW_BUDGET"])
+    assert budget >= 8 * 2**20
+    assert _bytes(container["resources"]["limits"]["memory"]) >= 64 * 2**20 + 5 * budget
+
+
+def test_webhook_memory_stays_within_its_limit_under_the_largest_reviews(tmp_path):
+    """The chart's memory limit and review budget agree: a flood of the
+    largest reviews (just under 8 MiB, a pod of many small fields, the
+    costliest shape to hold) keeps the webhook's peak RSS under its limit,
+    the budget refusing (503) what does not fit."""
+    import threading
+
+    import requests
+
+    binary = ROOT / "target" / "debug" / "bedrock-broker"
+    if not binary.exists():
+        pytest.skip("target/debug/bedrock-broker not built (make build)")
+    sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+    from test_webhook_server import FakeApiServer, running_webhook
+    from test_webhook_support import load_fixture
+
+    container = one(chart.render({}), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    limit = _bytes(container["resources"]["limits"]["memory"])
+    budget = {e["name"]: e["value"] for e in container["env"]}["BEDROCK_BROKER_WEBHOOK_REVIEW_BUDGET"]
+    review = load_fixture("plain")
+    review["request"]["object"]["spec"]["containers"][0]["env"] = [{"name": f"V{i}", "value": "y" * 30} for i in range(125000)]
+    body = json.dumps(review)
+    assert 7 * 2**20 < len(body) < 8 * 2**20
+
+    def peak(pid):
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmHWM")
+
+    api = FakeApiServer()
+    try:
+        with running_webhook(tmp_path, api, {"BEDROCK_BROKER_WEBHOOK_REVIEW_BUDGET": budget}) as hook:
+            answers: list = []
+
+            def send():
+                try:
+                    answers.append(hook.review(body).status_code)
+                except requests.ConnectionError:
+                    answers.append("refused")  # answered 503 before the body was read
+            for _ in range(2):
+                threads = [threading.Thread(target=send) for _ in range(12)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+            assert answers.count(200) >= 2 * (int(budget) // (8 * 2**20)), answers
+            assert set(answers) <= {200, 503, "refused"}, answers
+            assert peak(hook.proc.pid) < limit, f"peak RSS {peak(hook.proc.pid) / 2**20:.0f} MiB over the {limit / 2**20:.0f} MiB limit"
+    finally:
+        api.stop()
 
 
 def test_binary_serves_with_the_charts_env_and_generated_tls(tmp_path):
