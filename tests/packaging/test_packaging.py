@@ -80,6 +80,8 @@ SCENARIOS: dict[str, dict] = {
             "logFormat": "text",
             "runAsUser": 1000,
         },
+        "networkPolicy": {"enabled": True, "apiServer": [{"ipBlock": {"cidr": "172.20.0.0/16"}}],
+                          "metrics": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]},
         "metrics": {
             "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
             "podMonitor": {"enabled": True},
@@ -264,6 +266,67 @@ def test_rbac_is_least_privilege():
     role = one(chart.render({}), "ClusterRole")
     assert role["rules"] == [{"apiGroups": [""], "resources": ["namespaces", "serviceaccounts", "limitranges"], "verbs": ["get", "list", "watch"]}]
     assert not by_kind(chart.render({"rbac": {"create": False}}), "ClusterRole")
+
+
+# --- the optional NetworkPolicy -----------------------------------------------------------
+
+API_SERVER_CIDR = "10.0.0.0/24"  # the control plane's subnet, as on EKS
+
+
+def _peer_matches(peer: dict, source: dict) -> bool:
+    """NetworkPolicyPeer semantics: an ipBlock matches addresses (pods too), a
+    pod/namespace selector pair matches pods whose labels both select."""
+    import ipaddress
+
+    if "ipBlock" in peer:
+        if "ip" not in source:
+            return False
+        ip = ipaddress.ip_address(source["ip"])
+        block = peer["ipBlock"]
+        return ip in ipaddress.ip_network(block["cidr"]) and not any(ip in ipaddress.ip_network(e) for e in block.get("except", []))
+    if "pod" not in source:
+        return False
+    ns_ok = "namespaceSelector" in peer and selector_matches(peer["namespaceSelector"], source["namespace"])
+    if "namespaceSelector" not in peer:
+        ns_ok = source["namespace"].get("kubernetes.io/metadata.name") == chart.NAMESPACE
+    return ns_ok and selector_matches(peer.get("podSelector", {}), source["pod"])
+
+
+def admitted(policy: dict, source: dict, port: int) -> bool:
+    return any(
+        any(p["port"] == port for p in rule.get("ports", [])) and any(_peer_matches(peer, source) for peer in rule.get("from", []))
+        for rule in policy["spec"].get("ingress", [])
+    )
+
+
+PROMETHEUS = {"ip": "10.1.2.3", "pod": {"app.kubernetes.io/name": "prometheus"}, "namespace": {"kubernetes.io/metadata.name": "monitoring"}}
+ANY_POD = {"ip": "10.1.2.4", "pod": {"app": "chat"}, "namespace": {"kubernetes.io/metadata.name": "apps"}}
+API_SERVER = {"ip": "10.0.0.17"}
+
+
+def test_network_policy_is_off_by_default():
+    assert not by_kind(chart.render({}), "NetworkPolicy")
+
+
+def test_network_policy_admits_the_api_server_and_prometheus_only():
+    objs = chart.render({"networkPolicy": {"enabled": True, "apiServer": [{"ipBlock": {"cidr": API_SERVER_CIDR}}]}})
+    policy = one(objs, "NetworkPolicy")
+    validate(policy)
+    dep = one(objs, "Deployment")
+    assert policy["spec"]["podSelector"] == dep["spec"]["selector"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    webhook_port, admin_port = 8443, 9789
+    assert admitted(policy, API_SERVER, webhook_port)
+    assert not admitted(policy, API_SERVER, admin_port)
+    assert admitted(policy, PROMETHEUS, admin_port)
+    assert not admitted(policy, PROMETHEUS, webhook_port)
+    for port in (webhook_port, admin_port, 443):
+        assert not admitted(policy, ANY_POD, port), port
+
+
+def test_network_policy_needs_the_api_servers_addresses():
+    with pytest.raises(helm.HelmError, match="networkPolicy.apiServer"):
+        chart.render({"networkPolicy": {"enabled": True}})
 
 
 # --- the MutatingWebhookConfiguration ------------------------------------------------------
