@@ -939,10 +939,20 @@ fn roles_are_limited_to_the_service_accounts_by_default() {
     let mut d = defaults();
     d.role_policy = webhook::RolePolicy::Any;
     match webhook::inject(&with_role(ROLE), &facts(sa), &d) {
-        Ok(Outcome::Injected(i)) => assert!(matches!(
-            i.auth,
-            SidecarAuth::WebIdentity { source: RoleSource::PodAnnotation, ref role, .. } if role.as_str() == ROLE
-        )),
+        Ok(Outcome::Injected(i)) => {
+            assert!(matches!(
+                i.auth,
+                SidecarAuth::WebIdentity { source: RoleSource::PodAnnotation, ref role, .. } if role.as_str() == ROLE
+            ));
+            // Surprising, so said: another role than the ServiceAccount's.
+            assert!(
+                i.warnings
+                    .iter()
+                    .any(|w| w.contains(ROLE) && w.contains(sa_role) && w.contains("trust policy")),
+                "{:?}",
+                i.warnings
+            );
+        }
         other => panic!("{other:?}"),
     }
 }

@@ -398,8 +398,7 @@ async fn reviews_beyond_the_memory_budget_are_refused_not_buffered() {
         tokio::spawn(async move {
             loop {
                 let status =
-                    partial_review(&tls, addr, 6 * 1024 * 1024, 1024, Duration::from_secs(8))
-                        .await;
+                    partial_review(&tls, addr, 6 * 1024 * 1024, 1024, Duration::from_secs(8)).await;
                 if status != Some(503) {
                     return status;
                 }

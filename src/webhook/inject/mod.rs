@@ -133,6 +133,7 @@ pub fn inject(
     else {
         return Err(Denial { problems });
     };
+    warnings.extend(role::warning(&resolved.auth, facts));
     let rendered = render::render(&sidecar, &resolved, &fitted);
     let patch = patch::build(pod, spec, sidecar.mode.value, &rendered, &fitted)?;
     Ok(Outcome::Injected(Box::new(Injection {

@@ -5,6 +5,7 @@ use k8s_openapi::api::core::v1::{Pod, PodSpec};
 
 use super::annotations::names;
 use super::resolve::container_env_value;
+use super::resolve::SidecarAuth;
 use super::spec::SidecarSpec;
 use super::types::RolePolicy;
 use super::{service_account_name, ClusterFacts};
@@ -147,4 +148,29 @@ fn no_role(sa: &str, facts: &ClusterFacts<'_>, pod_may_name_one: bool) -> String
         names::EKS_ROLE_ARN,
         names::API_KEY_SECRET
     )
+}
+
+/// An admission warning when the role is not the ServiceAccount's (only
+/// possible under `--role-policy any`): the pod chose it, and only the
+/// role's IAM trust policy decided that it may.
+pub fn warning(auth: &SidecarAuth, facts: &ClusterFacts<'_>) -> Option<String> {
+    let SidecarAuth::WebIdentity { role, source, .. } = auth else {
+        return None;
+    };
+    let from = match source {
+        RoleSource::ServiceAccount => return None,
+        RoleSource::PodAnnotation => format!("the pod annotation {}", names::ROLE_ARN),
+        RoleSource::ContainerEnv => "a container's AWS_ROLE_ARN".to_owned(),
+    };
+    let sa_role = facts
+        .service_account_annotations
+        .and_then(|a| a.get(names::EKS_ROLE_ARN));
+    if sa_role.is_some_and(|r| r.trim() == role.as_str()) {
+        return None;
+    }
+    let theirs = sa_role.map_or_else(|| "none".to_owned(), |r| r.trim().to_owned());
+    Some(format!(
+        "the sidecar assumes {} from {from}, not its ServiceAccount's role ({theirs}); only the role's IAM trust policy allows this (the webhook's --role-policy is any)",
+        role.as_str()
+    ))
 }
