@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub mod apiserver;
+pub mod pods;
 
 use base64::Engine;
 use bedrock_broker::cli::SidecarDefaultsArgs;
