@@ -88,7 +88,7 @@ kubectl label namespace my-apps bedrock-broker.io/inject=true
 - **Webhook**: Deployment (2 replicas, PodDisruptionBudget, anti-affinity,
   probes on the admin port, restricted security context), Service
   (443 -> 8443), ServiceAccount, ClusterRole with only get/list/watch on
-  namespaces and serviceaccounts.
+  namespaces, serviceaccounts and limitranges.
 - **MutatingWebhookConfiguration**: two entries, because one webhook cannot OR
   a namespace and a pod selector: `namespace.inject.bedrock-broker.io` for pods
   in namespaces labelled `bedrock-broker.io/inject=true` (unless the pod says

@@ -8,7 +8,7 @@
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::settings::limits::{self, ServerLimits};
-use crate::config::settings::{aws, inject, injected, log, sidecar, webhook};
+use crate::config::settings::{aws, inject, injected, log, policy, sidecar, webhook};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -258,6 +258,8 @@ pub struct SidecarDefaultsArgs {
     pub sidecar_log_format: Option<String>,
     #[arg(long = injected::RUN_AS_USER.flag, help = injected::RUN_AS_USER.help_text())]
     pub sidecar_run_as_user: Option<String>,
+    #[arg(long = policy::ROLE_POLICY.flag, help = policy::ROLE_POLICY.help_text())]
+    pub role_policy: Option<String>,
 }
 
 #[derive(Debug, Args, Default, Clone)]
@@ -306,6 +308,8 @@ pub struct InjectArgs {
     pub namespace_labels: Vec<String>,
     #[arg(long = inject::SERVICE_ACCOUNT_ANNOTATION.flag, value_name = "KEY=VALUE", help = inject::SERVICE_ACCOUNT_ANNOTATION.help_text())]
     pub service_account_annotations: Vec<String>,
+    #[arg(long = inject::EXCLUDE_NAMESPACES.flag, value_name = "NS,NS", help = inject::EXCLUDE_NAMESPACES.help_text())]
+    pub exclude_namespaces: Option<String>,
     #[command(flatten)]
     pub sidecar: SidecarDefaultsArgs,
 }
@@ -356,6 +360,8 @@ mod tests {
         check("webhook", &log);
         check("inject", inject::ALL);
         check("inject", injected::ALL);
+        check("webhook", policy::ALL);
+        check("inject", policy::ALL);
         Cli::command().debug_assert();
     }
 }

@@ -6,9 +6,11 @@
 //! `UPDATE_GOLDEN=1 cargo test --test webhook_golden` and review the diff.
 //!
 //! Beyond the goldens, every injected pod must: parse as a Pod, keep
-//! everything the original had (same values, containers in the same order),
-//! contain exactly one sidecar, come from add-only operations, and be left
-//! alone when reviewed again (reinvocation).
+//! everything the original had (same values, containers in the same order;
+//! pod-level resources may only grow), pass the API server's cross-field
+//! rules (`webhook_support::apiserver`), contain exactly one sidecar, come
+//! from add operations, and be left alone when reviewed again
+//! (reinvocation).
 
 // Test code: a failed setup is a failed test, and the real clock is fine.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
@@ -20,7 +22,7 @@ use std::path::Path;
 use bedrock_broker::webhook::{self, review};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
-use webhook_support::{cluster, fixtures, patch_of, preserved, state};
+use webhook_support::{apiserver, cluster, fixtures, patch_of, preserved_pod, state};
 
 async fn answer(body: &Value) -> (u16, Value) {
     let st = state(cluster());
@@ -28,6 +30,16 @@ async fn answer(body: &Value) -> (u16, Value) {
     let (status, review) = review(&st, &bytes).await;
     let review = serde_json::to_value(review).expect("serializes");
     (status.as_u16(), review)
+}
+
+fn sidecar_of(pod: &Value) -> Value {
+    ["initContainers", "containers"]
+        .iter()
+        .filter_map(|f| pod["spec"][f].as_array())
+        .flatten()
+        .find(|c| c["name"] == webhook::CONTAINER_NAME)
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn sidecars(pod: &Value) -> usize {
@@ -45,6 +57,12 @@ async fn check(path: &Path) -> Result<(), String> {
         serde_json::from_str(&std::fs::read_to_string(path).map_err(|e| e.to_string())?)
             .map_err(|e| format!("{name}: fixture is not JSON: {e}"))?;
     let original = body["request"]["object"].clone();
+    let invalid = apiserver::violations(&original);
+    if !invalid.is_empty() {
+        return Err(format!(
+            "{name}: the fixture itself is invalid: {invalid:?}"
+        ));
+    }
     let (status, review) = answer(&body).await;
     let response = &review["response"];
     if status != 200 {
@@ -106,7 +124,30 @@ async fn check(path: &Path) -> Result<(), String> {
     if let Some(mutated) = mutated {
         serde_json::from_value::<Pod>(mutated.clone())
             .map_err(|e| format!("{name}: mutated pod does not parse: {e}"))?;
-        preserved(&original, &mutated, "").map_err(|e| format!("{name}: {e}"))?;
+        preserved_pod(&original, &mutated).map_err(|e| format!("{name}: {e}"))?;
+        let invalid = apiserver::violations(&mutated);
+        if !invalid.is_empty() {
+            return Err(format!(
+                "{name}: the API server would refuse the injected pod: {invalid:#?}"
+            ));
+        }
+        // The namespace's LimitRanges, for the sidecar (the fixtures' apps
+        // set no requests of their own).
+        let namespace = body["request"]["namespace"].as_str().unwrap_or("default");
+        let limit_ranges: Vec<Value> = cluster()
+            .limit_ranges
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .map(|lr| serde_json::to_value(lr).unwrap_or_default())
+            .collect();
+        let only_sidecar = json!({"spec": {"containers": [sidecar_of(&mutated)]}});
+        let invalid = apiserver::limit_range_violations(&only_sidecar, &limit_ranges);
+        if !invalid.is_empty() {
+            return Err(format!(
+                "{name}: LimitRanger would refuse the sidecar: {invalid:#?}"
+            ));
+        }
         if sidecars(&mutated) != 1 {
             return Err(format!("{name}: expected exactly one sidecar"));
         }

@@ -166,6 +166,7 @@ fn flags_stand_in_for_the_cluster() {
             sidecar_region: Some("us-east-2".into()),
             ..Default::default()
         },
+        ..Default::default()
     };
     let (status, out, err) = run(pod, args);
     assert_eq!(status, InjectStatus::Ok, "{err}");
@@ -203,4 +204,82 @@ fn a_workload_without_a_template_is_reported() {
         err.contains("Deployment default/d: has no pod template"),
         "{err}"
     );
+}
+
+#[test]
+fn the_opt_in_written_as_an_annotation_is_reported() {
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n    bedrock-broker.io/inject: \"true\"\nspec:\n  containers:\n  - name: app\n    image: app:1\n";
+    let (status, out, err) = run(pod, InjectArgs::default());
+    assert_eq!(status, InjectStatus::Ok, "{err}");
+    assert!(!out.contains("initContainers"), "{out}");
+    assert!(
+        err.contains("Pod default/p: unchanged (not opted in)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Pod default/p: warning: bedrock-broker.io/inject is an annotation"),
+        "{err}"
+    );
+}
+
+#[test]
+fn limit_range_documents_stand_in_for_the_namespaces() {
+    let input = "apiVersion: v1\nkind: LimitRange\nmetadata:\n  name: l\n  namespace: apps\nspec:\n  limits:\n  - type: Container\n    min:\n      cpu: 50m\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: apps\n  labels:\n    bedrock-broker.io/inject: \"true\"\nspec:\n  containers:\n  - name: app\n    image: app:1\n";
+    let args = InjectArgs {
+        service_account_annotations: vec![
+            "eks.amazonaws.com/role-arn=arn:aws:iam::123456789012:role/apps".into(),
+        ],
+        sidecar: bedrock_broker::cli::SidecarDefaultsArgs {
+            sidecar_region: Some("us-east-2".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (status, out, err) = run(input, args);
+    assert_eq!(status, InjectStatus::Ok, "{err}");
+    let docs = parse_documents(&out).expect("parses");
+    let sidecar = &docs[1]["spec"]["initContainers"][0];
+    assert_eq!(sidecar["resources"]["requests"]["cpu"], "50m");
+    assert!(
+        err.contains("Pod apps/p: warning: bedrock-broker fitted its sidecar to the namespace's LimitRange: cpu request 10m -> 50m (min)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn namespaces_the_webhook_never_sees_are_left_alone() {
+    let pod = |ns: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: {ns}\n  labels:\n    bedrock-broker.io/inject: \"true\"\n  annotations:\n    bedrock-broker.io/api-key-secret: k/token\nspec:\n  containers:\n  - name: app\n    image: app:1\n")
+    };
+    let region = || bedrock_broker::cli::SidecarDefaultsArgs {
+        sidecar_region: Some("us-east-2".into()),
+        ..Default::default()
+    };
+    // kube-system and the webhook's own namespace are excluded by the
+    // chart's selectors: the webhook never sees their pods.
+    for ns in ["kube-system", "bedrock-broker"] {
+        let args = InjectArgs {
+            sidecar: region(),
+            ..Default::default()
+        };
+        let (status, out, err) = run(&pod(ns), args);
+        assert_eq!(status, InjectStatus::Ok, "{err}");
+        assert!(!out.contains("initContainers"), "{ns}: {out}");
+        assert!(
+            err.contains(&format!(
+                "Pod {ns}/p: unchanged (namespace {ns} is excluded"
+            )),
+            "{err}"
+        );
+    }
+    // The same list as the chart's, when it differs from the defaults.
+    let args = InjectArgs {
+        exclude_namespaces: Some("platform".into()),
+        sidecar: region(),
+        ..Default::default()
+    };
+    let (_, out, err) = run(&pod("kube-system"), args.clone());
+    assert!(out.contains("initContainers"), "{err}");
+    let (_, out, _) = run(&pod("platform"), args);
+    assert!(!out.contains("initContainers"), "{out}");
 }

@@ -41,6 +41,11 @@ struct Objects {
 struct Fake {
     service_accounts: Arc<Mutex<Objects>>,
     namespaces: Arc<Mutex<Objects>>,
+    /// LimitRanges (full objects: their spec is what the webhook reads).
+    limit_ranges: Arc<Vec<Value>>,
+    /// The cluster-wide LimitRange list never answers (the cache never
+    /// syncs), so reads fall back to listing the namespace.
+    limit_ranges_unsynced: bool,
     sa_events: broadcast::Sender<Value>,
     gets: Arc<AtomicUsize>,
 }
@@ -122,6 +127,33 @@ async fn list_ns(State(f): State<Fake>, uri: Uri) -> Response {
     list(&items)
 }
 
+fn limit_range_list(items: Vec<Value>) -> Response {
+    axum::Json(json!({"apiVersion": "v1", "kind": "LimitRangeList",
+        "metadata": {"resourceVersion": "10"}, "items": items}))
+    .into_response()
+}
+
+async fn list_lr(State(f): State<Fake>, uri: Uri) -> Response {
+    if is_watch(&uri) {
+        return watch(None);
+    }
+    if f.limit_ranges_unsynced {
+        std::future::pending::<()>().await;
+    }
+    limit_range_list(f.limit_ranges.to_vec())
+}
+
+async fn list_lr_in(State(f): State<Fake>, Path(ns): Path<String>) -> Response {
+    f.gets.fetch_add(1, Ordering::SeqCst);
+    let items = f
+        .limit_ranges
+        .iter()
+        .filter(|lr| lr["metadata"]["namespace"] == ns.as_str())
+        .cloned()
+        .collect();
+    limit_range_list(items)
+}
+
 async fn direct_get(objects: &Mutex<Objects>, gets: &AtomicUsize, key: String) -> Response {
     gets.fetch_add(1, Ordering::SeqCst);
     let (found, code, hang) = match objects.lock() {
@@ -154,6 +186,8 @@ async fn start(fake: Fake) -> SocketAddr {
         .route("/api/v1/serviceaccounts", get(list_sa))
         .route("/api/v1/namespaces", get(list_ns))
         .route("/api/v1/namespaces/{name}", get(get_ns))
+        .route("/api/v1/limitranges", get(list_lr))
+        .route("/api/v1/namespaces/{ns}/limitranges", get(list_lr_in))
         .route(
             "/api/v1/namespaces/{ns}/serviceaccounts/{name}",
             get(get_sa),
@@ -205,9 +239,14 @@ fn fake() -> Fake {
             json!({"bedrock-broker.io/inject": "false"}),
         ),
     );
+    let limit_ranges = vec![json!({"apiVersion": "v1", "kind": "LimitRange",
+        "metadata": {"name": "limits", "namespace": "team-a", "resourceVersion": "7", "uid": "uid-lr"},
+        "spec": {"limits": [{"type": "Container", "min": {"cpu": "50m"}}]}})];
     Fake {
         service_accounts: Arc::new(Mutex::new(sa)),
         namespaces: Arc::new(Mutex::new(ns)),
+        limit_ranges: Arc::new(limit_ranges),
+        limit_ranges_unsynced: false,
         sa_events: broadcast::channel(16).0,
         gets: Arc::new(AtomicUsize::new(0)),
     }
@@ -348,5 +387,54 @@ async fn api_refusals_and_silence_are_errors() {
         lookup.service_account_annotations("default", "slow").await,
         Err(LookupError::Timeout(Duration::from_millis(200)))
     );
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_ranges_come_from_the_cache_or_a_direct_list() {
+    let min_cpu = |found: Vec<k8s_openapi::api::core::v1::LimitRange>| {
+        found
+            .iter()
+            .filter_map(|lr| lr.spec.as_ref())
+            .flat_map(|s| s.limits.iter())
+            .filter_map(|i| i.min.as_ref()?.get("cpu").map(|q| q.0.clone()))
+            .collect::<Vec<_>>()
+    };
+    // Synced: from the cache, none for a namespace without any.
+    let f = fake();
+    let addr = start(f.clone()).await;
+    let shutdown = CancellationToken::new();
+    let lookup = KubeLookup::start(
+        client(addr),
+        Duration::from_secs(2),
+        WebhookMetrics::new(),
+        shutdown.clone(),
+    );
+    synced(&lookup).await;
+    let found = lookup.limit_ranges("team-a").await.expect("read");
+    assert_eq!(min_cpu(found), ["50m"]);
+    assert!(lookup
+        .limit_ranges("default")
+        .await
+        .expect("read")
+        .is_empty());
+    assert_eq!(f.gets.load(Ordering::SeqCst), 0);
+    shutdown.cancel();
+
+    // Not synced yet: the namespace is listed directly.
+    let mut f = fake();
+    f.limit_ranges_unsynced = true;
+    let addr = start(f.clone()).await;
+    let shutdown = CancellationToken::new();
+    let lookup = KubeLookup::start(
+        client(addr),
+        Duration::from_secs(2),
+        WebhookMetrics::new(),
+        shutdown.clone(),
+    );
+    assert!(!lookup.ready());
+    let found = lookup.limit_ranges("team-a").await.expect("read");
+    assert_eq!(min_cpu(found), ["50m"]);
+    assert_eq!(f.gets.load(Ordering::SeqCst), 1);
     shutdown.cancel();
 }

@@ -14,69 +14,10 @@ use bedrock_broker::webhook::{
 use json_patch::PatchOperation;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
+use webhook_support::pods::{
+    app_facts, denial, env_of, inject, mutated, opted_in, pod, sidecar, ROLE,
+};
 use webhook_support::{cluster, defaults, patch_of, state, CHAT_APP_ROLE};
-
-const ROLE: &str = "arn:aws:iam::123456789012:role/app";
-
-fn pod(v: Value) -> Pod {
-    serde_json::from_value(v).expect("a pod")
-}
-
-/// An opted-in pod naming its role, with `spec` merged in.
-fn opted_in(spec: Value) -> Pod {
-    let mut p = json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {
-            "name": "p", "namespace": "default",
-            "labels": {"bedrock-broker.io/inject": "true"},
-            "annotations": {"bedrock-broker.io/role-arn": ROLE},
-        },
-        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
-    });
-    if let (Some(base), Some(extra)) = (p["spec"].as_object_mut(), spec.as_object()) {
-        for (k, v) in extra {
-            base.insert(k.clone(), v.clone());
-        }
-    }
-    pod(p)
-}
-
-fn inject(p: &Pod) -> Box<webhook::Injection> {
-    match webhook::inject(p, &ClusterFacts::default(), &defaults()) {
-        Ok(Outcome::Injected(i)) => i,
-        other => panic!("expected an injection, got {other:?}"),
-    }
-}
-
-fn denial(p: &Pod, facts: &ClusterFacts<'_>) -> String {
-    match webhook::inject(p, facts, &defaults()) {
-        Err(d) => d.to_string(),
-        other => panic!("expected a denial, got {other:?}"),
-    }
-}
-
-fn mutated(p: &Pod, i: &webhook::Injection) -> Value {
-    let original = serde_json::to_value(p).expect("serializes");
-    webhook::apply(&original, &i.patch).expect("patch applies")
-}
-
-fn sidecar(v: &Value) -> Value {
-    ["initContainers", "containers"]
-        .iter()
-        .filter_map(|f| v["spec"][f].as_array())
-        .flatten()
-        .find(|c| c["name"] == "bedrock-broker")
-        .cloned()
-        .expect("sidecar present")
-}
-
-fn env_of(c: &Value, name: &str) -> Option<Value> {
-    c["env"]
-        .as_array()?
-        .iter()
-        .find(|e| e["name"] == name)
-        .cloned()
-}
 
 #[test]
 fn token_is_readable_through_fs_group() {
@@ -336,17 +277,21 @@ fn eks_token_volume_is_reused_unless_the_pod_asks_for_another_token() {
 }
 
 #[test]
-fn role_from_eks_container_env_is_used_as_a_last_resort() {
+fn role_from_eks_container_env_is_a_last_resort_under_role_policy_any() {
+    // Under the default --role-policy service-account a container's
+    // AWS_ROLE_ARN is never used (roles_are_limited_... below).
     let mut p = opted_in(json!({"containers": [{"name": "app", "image": "x", "env": [
         {"name": "AWS_ROLE_ARN", "value": ROLE}]}]}));
     p.metadata.annotations = None;
+    let mut d = defaults();
+    d.role_policy = webhook::RolePolicy::Any;
     let Ok(Outcome::Injected(i)) = webhook::inject(
         &p,
         &ClusterFacts {
             service_account_annotations: Some(&BTreeMap::new()),
             ..Default::default()
         },
-        &defaults(),
+        &d,
     ) else {
         panic!("not injected");
     };
@@ -392,7 +337,7 @@ fn opt_in_and_opt_out_rules() {
     let ns_in: StringMap = [("bedrock-broker.io/inject".to_owned(), "true".to_owned())].into();
     let ns_in = ClusterFacts {
         namespace_labels: Some(&ns_in),
-        ..Default::default()
+        ..app_facts()
     };
     let d = defaults();
     let outcome = |p: &Pod, f: &ClusterFacts<'_>| match webhook::inject(p, f, &d) {
@@ -401,7 +346,7 @@ fn opt_in_and_opt_out_rules() {
         Err(e) => panic!("{e}"),
     };
     assert_eq!(
-        outcome(&base(json!({})), &ClusterFacts::default()),
+        outcome(&base(json!({})), &app_facts()),
         Some(Skip::NotOptedIn)
     );
     assert_eq!(outcome(&base(json!({})), &ns_in), None);
@@ -412,7 +357,7 @@ fn opt_in_and_opt_out_rules() {
     assert_eq!(
         outcome(
             &base(json!({"bedrock-broker.io/inject": "true"})),
-            &ClusterFacts::default()
+            &app_facts()
         ),
         None
     );
@@ -425,34 +370,56 @@ fn opt_in_and_opt_out_rules() {
 
 #[test]
 fn needs_asks_only_for_what_decides() {
+    use webhook::RolePolicy::{Any, ServiceAccount};
+    // A pod naming its role needs no ServiceAccount read under `any`;
+    // under `service-account` (the default) its role must be the
+    // ServiceAccount's, so the read is needed.
+    // An opted-in pod always needs its namespace's LimitRanges.
+    let only_limits = webhook::Needs {
+        limit_ranges: true,
+        ..Default::default()
+    };
     let p = opted_in(json!({}));
-    assert_eq!(webhook::needs(&p), webhook::Needs::default());
+    assert_eq!(webhook::needs(&p, Any), only_limits);
+    assert_eq!(
+        webhook::needs(&p, ServiceAccount)
+            .service_account
+            .as_deref(),
+        Some("default")
+    );
     let mut p = opted_in(json!({"serviceAccountName": "chat-app"}));
+    p.metadata.annotations = Some(
+        [(
+            "bedrock-broker.io/api-key-secret".to_owned(),
+            "k/token".to_owned(),
+        )]
+        .into(),
+    );
+    for policy in [Any, ServiceAccount] {
+        assert_eq!(webhook::needs(&p, policy), only_limits);
+    }
     p.metadata.annotations = None;
     p.metadata.labels = None;
-    let n = webhook::needs(&p);
+    let n = webhook::needs(&p, Any);
     assert!(n.namespace_labels);
     assert_eq!(n.service_account.as_deref(), Some("chat-app"));
     p.metadata.annotations =
         Some([("bedrock-broker.io/injected".to_owned(), "0.1.0".to_owned())].into());
-    assert_eq!(webhook::needs(&p), webhook::Needs::default());
+    assert_eq!(
+        webhook::needs(&p, ServiceAccount),
+        webhook::Needs::default()
+    );
 }
 
 #[test]
 fn pods_that_cannot_be_injected_safely_are_refused() {
-    let msg = denial(
-        &opted_in(json!({"hostNetwork": true})),
-        &ClusterFacts::default(),
-    );
+    let msg = denial(&opted_in(json!({"hostNetwork": true})), &app_facts());
     assert!(msg.contains("hostNetwork"), "{msg}");
-    let msg = denial(
-        &opted_in(json!({"os": {"name": "windows"}})),
-        &ClusterFacts::default(),
-    );
+    let msg = denial(&opted_in(json!({"os": {"name": "windows"}})), &app_facts());
     assert!(msg.contains("Linux only"), "{msg}");
     let mut p = opted_in(json!({}));
     p.spec = None;
-    assert!(denial(&p, &ClusterFacts::default()).contains("no spec"));
+    assert!(denial(&p, &app_facts()).contains("no spec"));
 }
 
 #[test]
@@ -460,7 +427,7 @@ fn a_region_is_required() {
     let p = opted_in(json!({}));
     let mut d = defaults();
     d.region = None;
-    let msg = match webhook::inject(&p, &ClusterFacts::default(), &d) {
+    let msg = match webhook::inject(&p, &app_facts(), &d) {
         Err(e) => e.to_string(),
         other => panic!("{other:?}"),
     };
@@ -470,8 +437,12 @@ fn a_region_is_required() {
     );
 }
 
-/// A cluster that cannot be read.
-struct Unreachable;
+/// A cluster whose namespaces and ServiceAccounts cannot be read (and,
+/// with `limit_ranges_too`, its LimitRanges).
+#[derive(Default)]
+struct Unreachable {
+    limit_ranges_too: bool,
+}
 
 impl ClusterLookup for Unreachable {
     async fn service_account_annotations(
@@ -483,6 +454,15 @@ impl ClusterLookup for Unreachable {
     }
     async fn namespace_labels(&self, _: &str) -> Result<Option<StringMap>, LookupError> {
         Err(LookupError::Timeout(std::time::Duration::from_secs(3)))
+    }
+    async fn limit_ranges(
+        &self,
+        _: &str,
+    ) -> Result<Vec<k8s_openapi::api::core::v1::LimitRange>, LookupError> {
+        if self.limit_ranges_too {
+            return Err(LookupError::Api("forbidden".into()));
+        }
+        Ok(Vec::new())
     }
 }
 
@@ -508,7 +488,7 @@ async fn unreadable_cluster_follows_the_lookup_error_policy() {
         json!({"metadata": {"name": "p", "labels": {"bedrock-broker.io/inject": "true"}},
         "spec": {"containers": [{"name": "app", "image": "x"}]}}),
     );
-    let mut st = state(Unreachable);
+    let mut st = state(Unreachable::default());
     let (status, r) = review(&st, &body).await;
     let r = serde_json::to_value(r).expect("json");
     assert_eq!(status, 200);
@@ -530,16 +510,44 @@ async fn unreadable_cluster_follows_the_lookup_error_policy() {
         .as_str()
         .is_some_and(|w| w.contains("admitted without")));
 
-    // A pod whose own annotations settle everything needs no lookup at all.
-    let body = review_of(json!({"metadata": {"name": "p",
-            "labels": {"bedrock-broker.io/inject": "true"},
-            "annotations": {"bedrock-broker.io/role-arn": ROLE}},
-        "spec": {"containers": [{"name": "app", "image": "x"}]}}));
+    // A pod whose own annotations settle everything needs no lookup at
+    // all: an API key always; its own role only under --role-policy any
+    // (by default the role must be checked against the ServiceAccount's).
+    let with = |annotations: Value| {
+        review_of(json!({"metadata": {"name": "p",
+            "labels": {"bedrock-broker.io/inject": "true"}, "annotations": annotations},
+        "spec": {"containers": [{"name": "app", "image": "x"}]}}))
+    };
+    let api_key = with(json!({"bedrock-broker.io/api-key-secret": "k/token"}));
+    let own_role = with(json!({"bedrock-broker.io/role-arn": ROLE}));
     st.on_lookup_error = LookupErrorPolicy::Deny;
-    let (_, r) = review(&st, &body).await;
+    for (body, policy, allowed) in [
+        (&api_key, webhook::RolePolicy::ServiceAccount, true),
+        (&own_role, webhook::RolePolicy::Any, true),
+        (&own_role, webhook::RolePolicy::ServiceAccount, false),
+    ] {
+        st.defaults.role_policy = policy;
+        let (_, r) = review(&st, body).await;
+        let r = serde_json::to_value(r).expect("json");
+        assert_eq!(r["response"]["allowed"], allowed, "{policy:?}: {r}");
+        assert_eq!(patch_of(&r["response"]).is_some(), allowed);
+    }
+
+    // The LimitRanges the sidecar must fit follow the same policy.
+    let mut st = state(Unreachable {
+        limit_ranges_too: true,
+    });
+    let (_, r) = review(&st, &api_key).await;
+    let r = serde_json::to_value(r).expect("json");
+    assert_eq!(r["response"]["allowed"], false);
+    assert!(r["response"]["status"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("cannot read the LimitRanges of namespace \"default\"")));
+    st.on_lookup_error = LookupErrorPolicy::Skip;
+    let (_, r) = review(&st, &api_key).await;
     let r = serde_json::to_value(r).expect("json");
     assert_eq!(r["response"]["allowed"], true);
-    assert!(patch_of(&r["response"]).is_some());
+    assert!(patch_of(&r["response"]).is_none());
 }
 
 #[tokio::test]

@@ -92,6 +92,11 @@ pub fn markdown() -> String {
     );
     settings_table(&mut out, &[settings::injected::ALL]);
     out.push_str(
+        "\n### Injection policy (`webhook` and `inject`)\n\n\
+         Pods cannot override these (see [security.md](security.md)).\n\n",
+    );
+    settings_table(&mut out, &[settings::policy::ALL]);
+    out.push_str(
         "\n## `bedrock-broker inject`\n\nAlso takes the injected sidecar defaults above.\n\n",
     );
     settings_table(&mut out, &[settings::inject::ALL]);

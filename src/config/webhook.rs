@@ -4,7 +4,7 @@
 use super::aws::Region;
 use super::parse;
 use super::setting::{ConfigErrors, Errors};
-use super::settings::{inject as i, injected as d, webhook as w};
+use super::settings::{inject as i, injected as d, policy, webhook as w};
 use super::{limits, settings, Env};
 use crate::cli::{
     InjectArgs, SidecarDefaultsArgs, WebhookAdminLimitArgs, WebhookArgs, WebhookLimitArgs,
@@ -13,7 +13,8 @@ use crate::server::tls::HandshakeLimits;
 use crate::server::Limits;
 use crate::telemetry::LogFormat;
 use crate::webhook::types::{
-    parse_limit, Audience, ImageRef, LogLevel, PullPolicy, Quantity, SidecarMode, TokenExpiration,
+    parse_limit, Audience, ImageRef, LogLevel, PullPolicy, Quantity, RolePolicy, SidecarMode,
+    TokenExpiration,
 };
 use crate::webhook::{InjectConfig, Resources, SidecarDefaults};
 use crate::webhook::{LookupErrorPolicy, TlsFiles, WebhookConfig};
@@ -67,7 +68,14 @@ fn sidecar_defaults(a: &SidecarDefaultsArgs, env: &Env, e: &mut Errors) -> Optio
         env,
         parse::uid,
     );
+    let role_policy = e.read(
+        &policy::ROLE_POLICY,
+        a.role_policy.as_deref(),
+        env,
+        RolePolicy::parse,
+    );
     Some(SidecarDefaults {
+        role_policy: role_policy?,
         image: image?,
         image_pull_policy: image_pull_policy?,
         region: region?,
@@ -307,9 +315,16 @@ impl InjectConfig {
         let service_account_annotations = parse::pairs(&args.service_account_annotations)
             .map_err(|err| e.push(format!("--{}", i::SERVICE_ACCOUNT_ANNOTATION.flag), err))
             .ok();
+        let exclude_namespaces = e.read(
+            &i::EXCLUDE_NAMESPACES,
+            args.exclude_namespaces.as_deref(),
+            env,
+            |raw| Ok(parse::list(raw)),
+        );
         let sidecar = sidecar_defaults(&args.sidecar, env, &mut e);
         e.finish(|| {
             Some(Self {
+                exclude_namespaces: exclude_namespaces?,
                 namespace: namespace?,
                 namespace_labels: namespace_labels?,
                 service_account_annotations: service_account_annotations?,
@@ -361,6 +376,23 @@ mod tests {
         assert_eq!(s.resources.cpu_limit, None);
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.run_as_user, 65532);
+        assert_eq!(s.role_policy, RolePolicy::ServiceAccount);
+    }
+
+    #[test]
+    fn the_role_policy_is_read_and_checked() {
+        let c = webhook(
+            WebhookArgs::default(),
+            &[(policy::ROLE_POLICY.var(), "any")],
+        )
+        .expect("parses");
+        assert_eq!(c.sidecar.role_policy, RolePolicy::Any);
+        let err = webhook(
+            WebhookArgs::default(),
+            &[(policy::ROLE_POLICY.var(), "pod")],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("service-account or any"), "{err}");
     }
 
     #[test]
@@ -458,6 +490,7 @@ mod tests {
         };
         let c = InjectConfig::from_args(&args, &Env::default()).expect("parses");
         assert_eq!(c.namespace, "default");
+        assert_eq!(c.exclude_namespaces, ["kube-system", "bedrock-broker"]);
         assert_eq!(
             c.namespace_labels
                 .get("bedrock-broker.io/inject")

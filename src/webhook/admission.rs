@@ -14,13 +14,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use k8s_openapi::api::core::v1::Pod;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::admission::{AdmissionResponse, AdmissionReview};
 use kube::core::DynamicObject;
-use serde_json::Value;
 
-use super::inject::{self, ClusterFacts, Outcome, Skip};
+use super::audit::{self, Subject};
+use super::cluster;
+use super::inject::{self, Injection, KubeVersion, Outcome};
 use super::intake::Intake;
-use super::lookup::{ClusterLookup, LookupError, StringMap};
+use super::lookup::{ClusterLookup, LookupError};
+use super::review::{self, Request as Review, Unreadable};
 use super::SidecarDefaults;
 use crate::config::parse::ParseError;
 use crate::metrics::webhook::WebhookMetrics;
@@ -62,6 +64,8 @@ pub struct AdmissionState<L> {
     pub metrics: WebhookMetrics,
     /// How review bodies are received (time and memory bounds).
     pub intake: Intake,
+    /// The API server's version, read at start (`None`: unknown).
+    pub kube_version: Option<KubeVersion>,
 }
 
 impl<L> Clone for AdmissionState<L> {
@@ -72,6 +76,7 @@ impl<L> Clone for AdmissionState<L> {
             on_lookup_error: self.on_lookup_error,
             metrics: self.metrics.clone(),
             intake: self.intake.clone(),
+            kube_version: self.kube_version,
         }
     }
 }
@@ -95,10 +100,23 @@ async fn mutate_handler<L: ClusterLookup>(
     (status, Json(review)).into_response()
 }
 
-/// The result label and the response of one review.
+/// The result label, the response of one review, and what the audit log
+/// says about it.
 struct Answer {
     result: &'static str,
+    /// Why, for the log: never a value from the pod (see `audit`).
+    reason: String,
     response: AdmissionResponse,
+}
+
+impl Answer {
+    fn new(result: &'static str, reason: impl Into<String>, response: AdmissionResponse) -> Self {
+        Self {
+            result,
+            reason: reason.into(),
+            response,
+        }
+    }
 }
 
 /// Answers one AdmissionReview body: the HTTP status and the review to send.
@@ -107,31 +125,31 @@ pub async fn review<L: ClusterLookup>(
     body: &[u8],
 ) -> (StatusCode, AdmissionReview<DynamicObject>) {
     let started = Instant::now();
-    let (status, answer) = match parse(body) {
-        Err((uid, reason)) => {
-            let mut response = AdmissionResponse::invalid(reason);
-            let status = match uid {
-                Some(uid) => {
-                    response.uid = uid;
-                    StatusCode::OK
-                }
-                // Nothing to echo: tell the API server the request was bad.
-                None => StatusCode::BAD_REQUEST,
+    let (status, answer) = match review::parse(body) {
+        Err(bad) => invalid(bad),
+        Ok(req) if !req.is_pod_create() => {
+            let subject = Subject {
+                uid: &req.uid,
+                namespace: req.namespace.as_deref().unwrap_or(""),
+                pod: &req.name,
+                owner: None,
+                dry_run: req.dry_run,
             };
-            let answer = Answer {
-                result: "invalid",
-                response,
-            };
-            (status, answer)
+            audit::record(&subject, "skipped", "not_a_pod_create", &[]);
+            let answer = Answer::new("skipped", "not_a_pod_create", req.response());
+            (StatusCode::OK, answer)
         }
-        Ok(Parsed::NotAPod(req)) => (
-            StatusCode::OK,
-            Answer {
-                result: "skipped",
-                response: AdmissionResponse::from(&req),
-            },
-        ),
-        Ok(Parsed::Pod(req, pod)) => (StatusCode::OK, admit(state, &req, &pod).await),
+        Ok(req) => match review::pod(&req, body) {
+            Err(bad) => invalid(bad),
+            Ok(pod) => {
+                let answer = admit(state, &req, &pod).await;
+                let namespace = namespace_of(&req, &pod);
+                let subject = Subject::of_pod(&req.uid, namespace, &pod, req.dry_run);
+                let warnings = answer.response.warnings.as_deref().unwrap_or(&[]);
+                audit::record(&subject, answer.result, &answer.reason, warnings);
+                (StatusCode::OK, answer)
+            }
+        },
     };
     state
         .metrics
@@ -146,193 +164,105 @@ pub async fn review<L: ClusterLookup>(
     (status, answer.response.into_review())
 }
 
-enum Parsed {
-    /// Something this webhook does not mutate (not a pod creation).
-    NotAPod(AdmissionRequest<DynamicObject>),
-    Pod(AdmissionRequest<DynamicObject>, Box<Pod>),
-}
-
-/// Parses a review; on failure gives the uid if one could be read, and why.
-fn parse(body: &[u8]) -> Result<Parsed, (Option<String>, String)> {
-    let raw: Value =
-        serde_json::from_slice(body).map_err(|e| (None, format!("the body is not JSON: {e}")))?;
-    let uid = raw
-        .pointer("/request/uid")
-        .and_then(Value::as_str)
-        .filter(|u| !u.is_empty())
-        .map(str::to_owned);
-    let review: AdmissionReview<DynamicObject> = serde_json::from_value(raw.clone())
-        .map_err(|e| (uid.clone(), format!("not an AdmissionReview: {e}")))?;
-    let req: AdmissionRequest<DynamicObject> = review
-        .try_into()
-        .map_err(|_| (uid.clone(), "the AdmissionReview has no request".to_owned()))?;
-    let is_pod = req.kind.group.is_empty() && req.kind.kind == "Pod";
-    if !is_pod || req.operation != Operation::Create || req.sub_resource.is_some() {
-        return Ok(Parsed::NotAPod(req));
-    }
-    let Some(mut object) = raw.pointer("/request/object").cloned() else {
-        return Ok(Parsed::NotAPod(req));
+/// The answer to a review that could not be read: `invalid`, with the uid
+/// when one could be read (else HTTP 400: nothing to echo).
+fn invalid(bad: Unreadable) -> (StatusCode, Answer) {
+    let mut response = AdmissionResponse::invalid(format!("{}: {}", bad.what, bad.detail));
+    let status = match &bad.uid {
+        Some(uid) => {
+            response.uid = uid.clone();
+            StatusCode::OK
+        }
+        None => StatusCode::BAD_REQUEST,
     };
-    if let Some(map) = object.as_object_mut() {
-        // Typed Pod deserialization wants the type fields; some callers omit them.
-        map.entry("apiVersion").or_insert_with(|| Value::from("v1"));
-        map.entry("kind").or_insert_with(|| Value::from("Pod"));
-    }
-    let pod: Pod = serde_json::from_value(object)
-        .map_err(|e| (uid, format!("request.object is not a valid Pod: {e}")))?;
-    Ok(Parsed::Pod(req, Box::new(pod)))
+    let subject = Subject {
+        uid: bad.uid.as_deref().unwrap_or(""),
+        ..Default::default()
+    };
+    audit::record(&subject, "invalid", bad.what, &[]);
+    (status, Answer::new("invalid", bad.what, response))
 }
 
 /// A lookup that failed, and what the policy makes of it.
 fn lookup_failed(
     state: &AdmissionState<impl ClusterLookup>,
-    req: &AdmissionRequest<DynamicObject>,
+    req: &Review<'_>,
     what: String,
     error: &LookupError,
 ) -> Answer {
     tracing::warn!(object = %what, error = %error, "cluster lookup failed");
     let message = format!("bedrock-broker cannot read {what}: {error}");
+    let reason = format!("cannot read {what}");
     match state.on_lookup_error {
-        LookupErrorPolicy::Deny => Answer {
-            result: "denied",
-            response: AdmissionResponse::from(req)
-                .deny(format!("{message}; the pod is refused so it never starts without its Bedrock proxy (retry, or check the webhook's RBAC)")),
-        },
+        LookupErrorPolicy::Deny => Answer::new(
+            "denied",
+            reason,
+            req.response().deny(format!("{message}; the pod is refused so it never starts without its Bedrock proxy (retry, or check the webhook's RBAC)")),
+        ),
         LookupErrorPolicy::Skip => {
-            let mut response = AdmissionResponse::from(req);
+            let mut response = req.response();
             response.warnings = Some(vec![format!("{message}; admitted without the bedrock-broker sidecar")]);
-            Answer {
-                result: "skipped",
-                response,
-            }
+            Answer::new("skipped", reason, response)
         }
     }
 }
 
-async fn admit<L: ClusterLookup>(
-    state: &AdmissionState<L>,
-    req: &AdmissionRequest<DynamicObject>,
-    pod: &Pod,
-) -> Answer {
-    let namespace = req
-        .namespace
+/// The namespace a pod is created in (the review's, else the pod's).
+fn namespace_of<'a>(req: &'a Review<'_>, pod: &'a Pod) -> &'a str {
+    req.namespace
         .as_deref()
         .or(pod.metadata.namespace.as_deref())
         .filter(|n| !n.is_empty())
-        .unwrap_or("default");
-    let (namespace_labels, service_account) = match read_cluster(state, req, pod, namespace).await {
-        Ok(read) => read,
-        Err(answer) => return answer,
-    };
-    let facts = ClusterFacts {
-        namespace: Some(namespace),
-        namespace_labels: namespace_labels.as_ref(),
-        service_account_annotations: service_account.as_ref(),
-    };
-    let outcome = inject::inject(pod, &facts, &state.defaults);
-    answer(req, pod, namespace, outcome)
+        .unwrap_or("default")
 }
 
-/// What the pod needs from the cluster: its namespace's labels (when the
-/// pod has no opt-in label) and its ServiceAccount's annotations (when the
-/// pod names no role). A failed read is answered by the lookup policy.
-async fn read_cluster<L: ClusterLookup>(
-    state: &AdmissionState<L>,
-    req: &AdmissionRequest<DynamicObject>,
-    pod: &Pod,
-    namespace: &str,
-) -> Result<(Option<StringMap>, Option<StringMap>), Answer> {
-    let needs = inject::needs(pod);
-    let namespace_labels = if needs.namespace_labels {
-        match state.lookup.namespace_labels(namespace).await {
-            Ok(labels) => Some(labels.unwrap_or_default()),
-            // The namespace is the only way in; without it we cannot tell,
-            // and the policy decides.
-            Err(e) if !inject::opted_in(pod, None) => {
-                return Err(lookup_failed(
-                    state,
-                    req,
-                    format!("namespace {namespace:?}"),
-                    &e,
-                ));
-            }
-            Err(_) => None,
-        }
-    } else {
-        None
+async fn admit<L: ClusterLookup>(state: &AdmissionState<L>, req: &Review<'_>, pod: &Pod) -> Answer {
+    let namespace = namespace_of(req, pod);
+    let read = match cluster::read(&*state.lookup, state.defaults.role_policy, pod, namespace).await
+    {
+        Ok(read) => read,
+        Err(failed) => return lookup_failed(state, req, failed.what, &failed.error),
     };
-    let service_account = match &needs.service_account {
-        Some(name) if inject::opted_in(pod, namespace_labels.as_ref()) => {
-            match state
-                .lookup
-                .service_account_annotations(namespace, name)
-                .await
-            {
-                Ok(annotations) => Some(annotations.unwrap_or_default()),
-                Err(e) => {
-                    let what = format!("ServiceAccount {namespace}/{name}");
-                    return Err(lookup_failed(state, req, what, &e));
-                }
-            }
-        }
-        _ => None,
-    };
-    Ok((namespace_labels, service_account))
+    answer(
+        req,
+        inject::inject(
+            pod,
+            &read.facts(namespace, state.kube_version),
+            &state.defaults,
+        ),
+    )
 }
 
 /// The review's answer for an injection outcome.
-fn answer(
-    req: &AdmissionRequest<DynamicObject>,
-    pod: &Pod,
-    namespace: &str,
-    outcome: Result<Outcome, inject::Denial>,
-) -> Answer {
-    let pod_name = pod
-        .metadata
-        .name
-        .as_deref()
-        .or(pod.metadata.generate_name.as_deref())
-        .unwrap_or("");
+fn answer(req: &Review<'_>, outcome: Result<Outcome, inject::Denial>) -> Answer {
     match outcome {
         Ok(Outcome::Skipped(skip)) => {
-            tracing::debug!(
-                namespace,
-                pod = pod_name,
-                reason = skip.as_str(),
-                "admitted unchanged"
-            );
-            let mut response = AdmissionResponse::from(req);
-            if skip == Skip::HasBrokerContainer {
-                response.warnings = Some(vec![format!(
-                    "the pod already has a container named {}; bedrock-broker did not inject another",
-                    inject::CONTAINER_NAME
-                )]);
-            }
-            Answer {
-                result: "skipped",
-                response,
-            }
+            let mut response = req.response();
+            response.warnings = skip.warning().map(|w| vec![w]);
+            Answer::new("skipped", skip.as_str(), response)
         }
         Ok(Outcome::Injected(injection)) => {
-            tracing::debug!(namespace, pod = pod_name, mode = ?injection.mode, "injected");
-            match AdmissionResponse::from(req).with_patch(injection.patch) {
-                Ok(response) => Answer {
-                    result: "injected",
-                    response,
-                },
-                Err(e) => Answer {
-                    result: "error",
-                    response: AdmissionResponse::from(req)
+            let reason = audit::injected(&injection);
+            let Injection {
+                patch, warnings, ..
+            } = *injection;
+            match req.response().with_patch(patch) {
+                Ok(mut response) => {
+                    response.warnings = (!warnings.is_empty()).then_some(warnings);
+                    Answer::new("injected", reason, response)
+                }
+                Err(e) => Answer::new(
+                    "error",
+                    "the patch could not be encoded",
+                    req.response()
                         .deny(format!("bedrock-broker could not encode its patch: {e}")),
-                },
+                ),
             }
         }
-        Err(denial) => {
-            tracing::debug!(namespace, pod = pod_name, reason = %denial, "denied");
-            Answer {
-                result: "denied",
-                response: AdmissionResponse::from(req).deny(denial.to_string()),
-            }
-        }
+        Err(denial) => Answer::new(
+            "denied",
+            audit::denied(&denial),
+            req.response().deny(denial.to_string()),
+        ),
     }
 }

@@ -1,11 +1,13 @@
 //! What the webhook reads from the cluster: namespace labels (namespace
-//! opt-in) and ServiceAccount annotations (the IRSA role).
+//! opt-in), ServiceAccount annotations (the IRSA role) and LimitRanges
+//! (what the sidecar's resources must fit).
 //!
 //! Behind a trait so the admission handler is tested without a cluster. The
-//! kube implementation keeps a metadata-only watch cache of both kinds
-//! (annotations and labels are all we need, and metadata watches are cheap),
-//! and falls back to a direct GET when the cache has not seen an object yet:
-//! a ServiceAccount applied together with its Deployment usually reaches the
+//! kube implementation keeps a metadata-only watch cache of namespaces and
+//! ServiceAccounts (annotations and labels are all we need, and metadata
+//! watches are cheap) and a watch cache of LimitRanges (few and small), and
+//! falls back to a direct read when a cache has not seen an object yet: a
+//! ServiceAccount applied together with its Deployment usually reaches the
 //! webhook before it reaches the watch.
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ServiceAccount};
+use kube::api::ListParams;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -51,6 +54,12 @@ pub trait ClusterLookup: Send + Sync + 'static {
         namespace: &str,
     ) -> impl Future<Output = Result<Option<StringMap>, LookupError>> + Send;
 
+    /// The LimitRanges of a namespace (empty when it has none).
+    fn limit_ranges(
+        &self,
+        namespace: &str,
+    ) -> impl Future<Output = Result<Vec<LimitRange>, LookupError>> + Send;
+
     /// Whether the lookup has what it needs to answer quickly (readiness).
     fn ready(&self) -> bool {
         true
@@ -67,6 +76,8 @@ pub struct StaticLookup {
     pub default_service_account: StringMap,
     /// Labels of any namespace not listed (merged under listed ones).
     pub default_namespace: StringMap,
+    /// LimitRanges by namespace.
+    pub limit_ranges: HashMap<String, Vec<LimitRange>>,
 }
 
 impl StaticLookup {
@@ -98,6 +109,14 @@ impl ClusterLookup for StaticLookup {
     async fn namespace_labels(&self, namespace: &str) -> Result<Option<StringMap>, LookupError> {
         Ok(Some(self.namespace(namespace)))
     }
+
+    async fn limit_ranges(&self, namespace: &str) -> Result<Vec<LimitRange>, LookupError> {
+        Ok(self
+            .limit_ranges
+            .get(namespace)
+            .cloned()
+            .unwrap_or_default())
+    }
 }
 
 /// The kube-backed lookup: watch caches with a GET fallback.
@@ -106,7 +125,8 @@ pub struct KubeLookup {
     client: Client,
     service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
-    /// Latched once both caches have completed their first list.
+    limit_ranges: Store<LimitRange>,
+    /// Latched once every cache has completed its first list.
     synced: Arc<AtomicBool>,
     timeout: Duration,
     metrics: WebhookMetrics,
@@ -122,6 +142,7 @@ impl KubeLookup {
     ) -> Self {
         let (service_accounts, sa_writer) = reflector::store();
         let (namespaces, ns_writer) = reflector::store();
+        let (limit_ranges, lr_writer) = reflector::store();
         spawn_watch(
             Api::<PartialObjectMeta<ServiceAccount>>::all(client.clone()),
             sa_writer,
@@ -134,13 +155,25 @@ impl KubeLookup {
             "namespaces",
             shutdown.clone(),
         );
+        spawn_watch(
+            Api::<LimitRange>::all(client.clone()),
+            lr_writer,
+            "limitranges",
+            shutdown.clone(),
+        );
         let synced = Arc::new(AtomicBool::new(false));
         {
-            let (sa, ns, synced) = (service_accounts.clone(), namespaces.clone(), synced.clone());
+            let (sa, ns, lr, synced) = (
+                service_accounts.clone(),
+                namespaces.clone(),
+                limit_ranges.clone(),
+                synced.clone(),
+            );
             tokio::spawn(async move {
                 let both = async {
                     let _ = sa.wait_until_ready().await;
                     let _ = ns.wait_until_ready().await;
+                    let _ = lr.wait_until_ready().await;
                 };
                 tokio::select! {
                     _ = both => {
@@ -148,6 +181,7 @@ impl KubeLookup {
                         tracing::info!(
                             service_accounts = sa.len(),
                             namespaces = ns.len(),
+                            limit_ranges = lr.len(),
                             "cluster caches synced"
                         );
                     }
@@ -159,6 +193,7 @@ impl KubeLookup {
             client,
             service_accounts,
             namespaces,
+            limit_ranges,
             synced,
             timeout,
             metrics,
@@ -194,9 +229,23 @@ impl KubeLookup {
     }
 }
 
+impl KubeLookup {
+    fn record_list(&self, object: &str, result: &Result<(), &LookupError>, cached: bool) {
+        let outcome = match (result, cached) {
+            (Ok(()), true) => "cache",
+            (Ok(()), false) => "api",
+            (Err(_), _) => "error",
+        };
+        self.metrics
+            .lookups
+            .with_label_values(&[object, outcome])
+            .inc();
+    }
+}
+
 fn spawn_watch<K>(
-    api: Api<PartialObjectMeta<K>>,
-    writer: reflector::store::Writer<PartialObjectMeta<K>>,
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
     what: &'static str,
     shutdown: CancellationToken,
 ) where
@@ -205,7 +254,7 @@ fn spawn_watch<K>(
 {
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
-        .modify(|o: &mut PartialObjectMeta<K>| o.managed_fields_mut().clear())
+        .modify(|o: &mut K| o.managed_fields_mut().clear())
         .reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -258,6 +307,31 @@ impl ClusterLookup for KubeLookup {
             .await
             .map(|found| found.map(|ns| ns.labels().clone()));
         self.record("namespace", &result, false);
+        result
+    }
+
+    /// From the cache once it has synced (a namespace missing there has
+    /// none); before that, a direct list.
+    async fn limit_ranges(&self, namespace: &str) -> Result<Vec<LimitRange>, LookupError> {
+        if self.synced.load(Ordering::Acquire) {
+            let found: Vec<LimitRange> = self
+                .limit_ranges
+                .state()
+                .iter()
+                .filter(|lr| lr.metadata.namespace.as_deref() == Some(namespace))
+                .map(|lr| (**lr).clone())
+                .collect();
+            self.record_list("limit_range", &Ok(()), true);
+            return Ok(found);
+        }
+        let api = Api::<LimitRange>::namespaced(self.client.clone(), namespace);
+        let result =
+            match tokio::time::timeout(self.timeout, api.list(&ListParams::default())).await {
+                Err(_) => Err(LookupError::Timeout(self.timeout)),
+                Ok(Err(e)) => Err(LookupError::Api(e.to_string())),
+                Ok(Ok(list)) => Ok(list.items),
+            };
+        self.record_list("limit_range", &result.as_ref().map(|_| ()), false);
         result
     }
 

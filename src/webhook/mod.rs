@@ -17,10 +17,13 @@
 //! without touching its users.
 
 mod admission;
+mod audit;
+mod cluster;
 mod inject;
 mod intake;
 pub mod lookup;
 mod offline;
+mod review;
 mod server;
 
 use std::sync::Arc;
@@ -28,10 +31,11 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub use self::admission::{review, AdmissionState, LookupErrorPolicy, MUTATE_PATH};
+pub use self::inject::types::RolePolicy;
 pub use self::inject::{
     apply, inject, needs, opted_in, service_account_name, types, ClusterFacts, Denial, Injection,
-    Needs, Outcome, RequestAboveLimit, Resources, RoleSource, SidecarAuth, SidecarDefaults, Skip,
-    TokenAccess, TokenVolume, CONTAINER_NAME,
+    KubeVersion, Needs, Outcome, RequestAboveLimit, Resources, RoleSource, SidecarAuth,
+    SidecarDefaults, Skip, TokenAccess, TokenVolume, CONTAINER_NAME,
 };
 pub use self::intake::Intake;
 pub use self::lookup::{ClusterLookup, KubeLookup, LookupError, StaticLookup, StringMap};
@@ -46,6 +50,7 @@ pub async fn run_webhook(
 ) -> Result<(), WebhookError> {
     let server = WebhookServer::bind(&config).await?;
     let client = kube::Client::try_default().await?;
+    let kube_version = cluster::kube_version(&client, config.lookup_timeout).await;
     let metrics = WebhookMetrics::new();
     let lookup = KubeLookup::start(
         client,
@@ -59,6 +64,7 @@ pub async fn run_webhook(
         on_lookup_error: config.on_lookup_error,
         metrics,
         intake: Intake::new(config.body_read_timeout, config.review_budget),
+        kube_version,
     };
     server.run(state, shutdown).await
 }

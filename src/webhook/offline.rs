@@ -3,8 +3,9 @@
 //!
 //! Every document is read, Pods and the pod templates of workloads are
 //! mutated by the same [`super::inject()`] the webhook uses, and every
-//! document is written back in order. Namespace and ServiceAccount documents in the
-//! same input stand in for the cluster (namespace opt-in, the IRSA role),
+//! document is written back in order. Namespace, ServiceAccount and
+//! LimitRange documents in the same input stand in for the cluster
+//! (namespace opt-in, the IRSA role, the resources the sidecar must fit),
 //! completed by `--namespace-label` and `--service-account-annotation`.
 //!
 //! YAML is read the way `kubectl` reads it (YAML 1.1 scalars: `0644` is
@@ -15,7 +16,7 @@ use std::fmt;
 use std::io::{Read, Write};
 
 use json_patch::jsonptr::PointerBuf;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{LimitRange, Pod};
 use serde_json::{Map, Value};
 
 use super::inject::{self, rebase, ClusterFacts, Outcome, Skip};
@@ -31,6 +32,9 @@ pub struct InjectConfig {
     pub namespace_labels: std::collections::BTreeMap<String, String>,
     /// Annotations assumed for ServiceAccounts not in the input.
     pub service_account_annotations: std::collections::BTreeMap<String, String>,
+    /// Namespaces the webhook never sees (its selectors exclude them):
+    /// their pods are left unchanged.
+    pub exclude_namespaces: Vec<String>,
     pub sidecar: SidecarDefaults,
 }
 
@@ -52,6 +56,8 @@ pub struct Report {
     pub object: String,
     /// `injected` or the skip reason.
     pub outcome: String,
+    /// What the webhook would return as admission warnings.
+    pub warnings: Vec<String>,
 }
 
 impl fmt::Display for Report {
@@ -136,6 +142,15 @@ fn cluster(docs: &mut [Value], config: &InjectConfig) -> StaticLookup {
                         .namespaces
                         .insert(name, string_map(obj.pointer("/metadata/labels")));
                 }
+                Some("LimitRange") => {
+                    let ns = str_at(obj, "/metadata/namespace")
+                        .unwrap_or(&config.namespace)
+                        .to_owned();
+                    // A LimitRange that does not parse is left to kubectl.
+                    if let Ok(lr) = serde_json::from_value::<LimitRange>(obj.clone()) {
+                        lookup.limit_ranges.entry(ns).or_default().push(lr);
+                    }
+                }
                 Some("ServiceAccount") => {
                     let ns = str_at(obj, "/metadata/namespace")
                         .unwrap_or(&config.namespace)
@@ -168,9 +183,9 @@ fn pod_of(kind: &str, template: &Map<String, Value>) -> Value {
     Value::Object(pod)
 }
 
-fn skip_reason(skip: Skip) -> &'static str {
+fn skip_reason(skip: &Skip) -> &'static str {
     match skip {
-        Skip::NotOptedIn => "not opted in",
+        Skip::NotOptedIn | Skip::OptInAnnotation | Skip::NamespaceLabelValue(_) => "not opted in",
         Skip::OptedOut => "opted out",
         Skip::AlreadyInjected => "already injected",
         Skip::HasBrokerContainer => "has a bedrock-broker container already",
@@ -197,6 +212,15 @@ fn inject_object(
         .unwrap_or("")
         .to_owned();
     let object = format!("{kind} {namespace}/{name}");
+    if config.exclude_namespaces.contains(&namespace) {
+        return Ok(Some(Report {
+            object,
+            outcome: format!(
+                "unchanged (namespace {namespace} is excluded: the webhook's selectors never send its pods; --exclude-namespaces)"
+            ),
+            warnings: Vec::new(),
+        }));
+    }
     let prefix = PointerBuf::from_tokens(tokens.iter().copied());
 
     let template = match obj.pointer_mut(prefix.as_str()) {
@@ -208,10 +232,19 @@ fn inject_object(
 
     let ns_labels = lookup.namespace(&namespace);
     let sa = lookup.service_account(&namespace, inject::service_account_name(&pod));
+    let limit_ranges = lookup
+        .limit_ranges
+        .get(&namespace)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     let facts = ClusterFacts {
         namespace: Some(&namespace),
         namespace_labels: Some(&ns_labels),
         service_account_annotations: Some(&sa),
+        limit_ranges: Some(limit_ranges),
+        // Offline there is no server: injection assumes native sidecars
+        // are available (the chart requires Kubernetes 1.29).
+        kube_version: None,
     };
     let outcome = inject::inject(&pod, &facts, &config.sidecar)
         .map_err(|denial| format!("{object}: {denial}"))?;
@@ -219,10 +252,11 @@ fn inject_object(
         Outcome::Skipped(skip) => {
             return Ok(Some(Report {
                 object,
-                outcome: format!("unchanged ({})", skip_reason(skip)),
+                outcome: format!("unchanged ({})", skip_reason(&skip)),
+                warnings: skip.warning().into_iter().collect(),
             }));
         }
-        Outcome::Injected(injection) => injection,
+        Outcome::Injected(injection) => *injection,
     };
     if !template.get("metadata").is_some_and(Value::is_object) {
         template.insert("metadata".into(), Value::Object(Map::new()));
@@ -233,6 +267,7 @@ fn inject_object(
     Ok(Some(Report {
         object,
         outcome: "injected".to_owned(),
+        warnings: injection.warnings,
     }))
 }
 
@@ -288,6 +323,9 @@ pub fn run_inject(
         Ok((yaml, reports)) => {
             for r in &reports {
                 let _ = writeln!(errors, "bedrock-broker inject: {r}");
+                for w in &r.warnings {
+                    let _ = writeln!(errors, "bedrock-broker inject: {}: warning: {w}", r.object);
+                }
             }
             if let Err(e) = output
                 .write_all(yaml.as_bytes())

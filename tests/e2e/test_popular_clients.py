@@ -40,12 +40,13 @@ def free_port() -> int:
 
 def injected(port: int) -> tuple[dict[str, str], dict[str, str]]:
     """(app env, sidecar env) from `bedrock-broker inject` on clients/pod.yaml."""
-    pod = yaml.safe_load((CLIENTS / "pod.yaml").read_text())
+    docs = list(yaml.safe_load_all((CLIENTS / "pod.yaml").read_text()))
+    pod = next(d for d in docs if d["kind"] == "Pod")
     pod["metadata"]["annotations"]["bedrock-broker.io/port"] = str(port)
-    out = subprocess.run([str(BINARY), "inject"], input=yaml.safe_dump(pod), capture_output=True, text=True,
+    out = subprocess.run([str(BINARY), "inject"], input=yaml.safe_dump_all(docs), capture_output=True, text=True,
                          timeout=30, env={"PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
-    spec = yaml.safe_load(out.stdout)["spec"]
+    spec = next(d for d in yaml.safe_load_all(out.stdout) if d["kind"] == "Pod")["spec"]
     app = next(c for c in spec["containers"] if c["name"] == "app")
     sidecar = next(c for c in spec["initContainers"] if c["name"] == "bedrock-broker")
     values = lambda c: {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}  # noqa: E731

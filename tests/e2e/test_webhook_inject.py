@@ -22,6 +22,7 @@ from test_webhook_support import (
     load_expected,
     load_fixture,
     preserved,
+    preserved_pod,
     sidecar_count,
     validate,
 )
@@ -119,5 +120,5 @@ def test_every_golden_pod_validates(name):
     pod = load_expected(name)["pod"]
     original = load_fixture(name)["request"]["object"]
     validate(pod)
-    preserved(original, pod)
+    preserved_pod(original, pod)
     assert sidecar_count(pod) == 1

@@ -10,6 +10,7 @@ Certificates come from trustme and are rotated on disk while it runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ import requests
 
 from conftest import BINARY, wait_for
 from test_webhook_support import (
+    LIMIT_RANGES,
     NAMESPACES,
     SERVICE_ACCOUNTS,
     apply_patch,
@@ -45,9 +47,12 @@ def _meta(name: str, namespace: str | None = None, annotations=None, labels=None
 
 
 class FakeApiServer:
-    """Answers the reads the webhook makes: list/watch/get of namespaces and ServiceAccounts."""
+    """Answers the reads the webhook makes: list/watch/get of namespaces and
+    ServiceAccounts (metadata), list/watch of LimitRanges."""
 
-    def __init__(self):
+    def __init__(self, version: str | None = None):
+        #: ``/version``'s minor for major 1 (``"28+"`` as EKS writes it); None answers 404.
+        self.version = version
         self.namespaces = {n: _meta(n, labels=labels) for n, labels in NAMESPACES.items()}
         self.service_accounts = {(ns, n): _meta(n, ns, annotations=a) for (ns, n), a in SERVICE_ACCOUNTS.items()}
         self.stopping = threading.Event()
@@ -75,6 +80,19 @@ class FakeApiServer:
                 parts = [p for p in url.path.split("/") if p]
                 fake.requests.append(self.path)
                 watching = query.get("watch", [""])[0] in ("true", "1")
+                if parts == ["version"] and fake.version is not None:
+                    return self._json(200, {"major": "1", "minor": fake.version, "gitVersion": f"v1.{fake.version.rstrip('+')}.9-eks-1"})
+                if parts in (["api", "v1", "limitranges"], ["api", "v1", "namespaces", parts[-2] if len(parts) == 5 else "", "limitranges"]):
+                    if watching:
+                        self.send_response(200)
+                        self.send_header("Content-Type", "application/json")
+                        self.end_headers()
+                        self.wfile.flush()
+                        fake.stopping.wait(float(query.get("timeoutSeconds", ["290"])[0]))
+                        return
+                    items = [dict(lr, metadata=dict(lr["metadata"], resourceVersion="5", uid="uid-lr")) for lr in LIMIT_RANGES
+                             if len(parts) == 3 or lr["metadata"]["namespace"] == parts[3]]
+                    return self._json(200, {"apiVersion": "v1", "kind": "LimitRangeList", "metadata": {"resourceVersion": "10"}, "items": items})
                 if parts in (["api", "v1", "serviceaccounts"], ["api", "v1", "namespaces"]):
                     if watching:
                         # An open watch with no events, closed at its timeout or at shutdown.
@@ -157,6 +175,12 @@ def fake_api():
 
 @pytest.fixture
 def webhook(tmp_path, fake_api):
+    with running_webhook(tmp_path, fake_api) as hook:
+        yield hook
+
+
+@contextlib.contextmanager
+def running_webhook(tmp_path, fake_api, extra_env: dict | None = None):
     import trustme
 
     assert BINARY.exists(), f"{BINARY} missing: run cargo build first"
@@ -191,6 +215,7 @@ def webhook(tmp_path, fake_api):
         "BEDROCK_BROKER_WEBHOOK_TLS_KEY_FILE": str(tls_dir / "tls.key"),
         "BEDROCK_BROKER_WEBHOOK_TLS_RELOAD_INTERVAL": "100ms",
         "BEDROCK_BROKER_SIDECAR_REGION": "us-east-1",
+        **(extra_env or {}),
     }
     proc = subprocess.Popen([str(BINARY), "webhook"], env=env, stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"))
 
@@ -210,10 +235,31 @@ def webhook(tmp_path, fake_api):
     hook = Webhook(proc, log_path, line["listen"], line["admin"], ca_path)
     hook.ca, hook.tls_dir, hook.fake = ca, tls_dir, fake_api
     wait_for(lambda: requests.get(f"{hook.admin}/readyz", timeout=5).status_code == 200, timeout=20, what="webhook readiness (caches synced)")
-    yield hook
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(timeout=10)
+    try:
+        yield hook
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_native_sidecars_are_refused_by_a_server_older_than_1_29(tmp_path):
+    """The webhook reads the server's version once at start: on 1.28 a native
+    sidecar would be an init container that never ends, so such pods are
+    refused with what to do; classic mode is still injected."""
+    api = FakeApiServer(version="28+")
+    try:
+        with running_webhook(tmp_path, api) as hook:
+            plain = load_fixture("plain")
+            answer = hook.review(plain).json()["response"]
+            assert answer["allowed"] is False
+            assert "native sidecars need Kubernetes 1.29 or later, and this API server is v1.28" in answer["status"]["message"]
+            classic = load_fixture("classic-mode")
+            answer = hook.review(classic).json()["response"]
+            assert answer["allowed"] is True and answer.get("patch")
+            assert "has no native sidecars" in hook.log_path.read_text()
+    finally:
+        api.stop()
 
 
 def test_every_fixture_over_tls_matches_the_golden_answer(webhook):
@@ -238,9 +284,12 @@ def test_every_fixture_over_tls_matches_the_golden_answer(webhook):
         pod = apply_patch(review["request"]["object"], ops)
         assert pod == expected["pod"], name
         validate(pod)
-    # Namespaces and ServiceAccounts came from the watch caches, not per-request reads
-    # (the ones no cache can hold are the ServiceAccounts that do not exist).
+    # Namespaces, ServiceAccounts and LimitRanges came from the watch caches, not
+    # per-request reads (the ones no cache can hold are the ServiceAccounts that
+    # do not exist); the server's version was read once, at start.
     direct = [p for p in webhook.fake.requests if not urlparse(p).query]
+    assert direct.count("/version") == 1, direct
+    direct.remove("/version")
     assert direct and all("/serviceaccounts/" in p for p in direct), direct
     assert webhook.metric("bedrock_broker_webhook_admissions_total", {"result": "injected"}) >= 12
     assert webhook.metric("bedrock_broker_webhook_admissions_total", {"result": "denied"}) >= 5

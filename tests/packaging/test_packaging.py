@@ -51,6 +51,9 @@ SCENARIOS: dict[str, dict] = {
             "failurePolicy": "Ignore",
             "timeoutSeconds": 5,
             "onLookupError": "skip",
+            "rolePolicy": "any",
+            "reviewBudget": 16777216,
+            "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "160Mi"}},
             "excludeNamespaces": ["kube-system", "kube-public", "cert-manager"],
             "namespaceSelector": {"matchExpressions": [{"key": "env", "operator": "In", "values": ["prod"]}]},
             "objectSelector": {"matchExpressions": [{"key": "app", "operator": "Exists"}]},
@@ -77,6 +80,8 @@ SCENARIOS: dict[str, dict] = {
             "logFormat": "text",
             "runAsUser": 1000,
         },
+        "networkPolicy": {"enabled": True, "apiServer": [{"ipBlock": {"cidr": "172.20.0.0/16"}}],
+                          "metrics": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]},
         "metrics": {
             "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
             "podMonitor": {"enabled": True},
@@ -216,6 +221,7 @@ def test_sidecar_values_reach_the_webhook():
     assert env["BEDROCK_BROKER_SIDECAR_LOG_FORMAT"] == "text"
     assert env["BEDROCK_BROKER_SIDECAR_RUN_AS_USER"] == "1000"
     assert env["BEDROCK_BROKER_WEBHOOK_ON_LOOKUP_ERROR"] == "skip"
+    assert env["BEDROCK_BROKER_WEBHOOK_ROLE_POLICY"] == "any"
     assert env["HTTPS_PROXY"] == "http://proxy:3128"
     assert c["image"] == "ghcr.io/bedrock-broker/bedrock-broker@sha256:" + "a" * 64
     assert not by_kind(objs, "ServiceAccount") and not by_kind(objs, "PodDisruptionBudget")
@@ -230,12 +236,15 @@ def test_sidecar_env_is_accepted_by_the_binary(tmp_path):
         pytest.skip("target/debug/bedrock-broker not built (make build)")
     for scenario in ("defaults", "everything"):
         c = one(chart.render(SCENARIOS[scenario]), "Deployment")["spec"]["template"]["spec"]["containers"][0]
-        env = {e["name"]: e["value"] for e in c["env"] if e["name"].startswith("BEDROCK_BROKER_SIDECAR_")}
+        env = {e["name"]: e["value"] for e in c["env"]
+               if e["name"].startswith("BEDROCK_BROKER_SIDECAR_") or e["name"] == "BEDROCK_BROKER_WEBHOOK_ROLE_POLICY"}
         pod = {"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": "p", "labels": {"bedrock-broker.io/inject": "true"},
                             "annotations": {"bedrock-broker.io/role-arn": "arn:aws:iam::123456789012:role/r", "bedrock-broker.io/region": "us-east-1"}},
                "spec": {"containers": [{"name": "app", "image": "busybox"}]}}
-        run = subprocess.run([str(binary), "inject"], input=yaml.safe_dump(pod), capture_output=True, text=True,
+        # The role the pod names is its ServiceAccount's, as the default role policy requires.
+        run = subprocess.run([str(binary), "inject", "--service-account-annotation", "eks.amazonaws.com/role-arn=arn:aws:iam::123456789012:role/r"],
+                             input=yaml.safe_dump(pod), capture_output=True, text=True,
                              env={"PATH": os.environ["PATH"], **env}, timeout=30)
         assert run.returncode == 0, (scenario, run.stderr)
         out = yaml.safe_load(run.stdout)
@@ -244,10 +253,80 @@ def test_sidecar_env_is_accepted_by_the_binary(tmp_path):
         assert len(sidecars) == 1 and sidecars[0]["image"] == env["BEDROCK_BROKER_SIDECAR_IMAGE"]
 
 
+def test_the_chart_requires_native_sidecars():
+    """The default native sidecar needs Kubernetes 1.29: on older servers the
+    init container's restartPolicy is dropped and injected pods never start,
+    so Helm must refuse those clusters (the offline engine cannot pretend to
+    be one, so the constraint is checked as Helm reads it)."""
+    meta = yaml.safe_load((chart.CHART / "Chart.yaml").read_text())
+    assert meta["kubeVersion"] == ">=1.29.0-0"
+
+
 def test_rbac_is_least_privilege():
     role = one(chart.render({}), "ClusterRole")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["namespaces", "serviceaccounts"], "verbs": ["get", "list", "watch"]}]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["namespaces", "serviceaccounts", "limitranges"], "verbs": ["get", "list", "watch"]}]
     assert not by_kind(chart.render({"rbac": {"create": False}}), "ClusterRole")
+
+
+# --- the optional NetworkPolicy -----------------------------------------------------------
+
+API_SERVER_CIDR = "10.0.0.0/24"  # the control plane's subnet, as on EKS
+
+
+def _peer_matches(peer: dict, source: dict) -> bool:
+    """NetworkPolicyPeer semantics: an ipBlock matches addresses (pods too), a
+    pod/namespace selector pair matches pods whose labels both select."""
+    import ipaddress
+
+    if "ipBlock" in peer:
+        if "ip" not in source:
+            return False
+        ip = ipaddress.ip_address(source["ip"])
+        block = peer["ipBlock"]
+        return ip in ipaddress.ip_network(block["cidr"]) and not any(ip in ipaddress.ip_network(e) for e in block.get("except", []))
+    if "pod" not in source:
+        return False
+    ns_ok = "namespaceSelector" in peer and selector_matches(peer["namespaceSelector"], source["namespace"])
+    if "namespaceSelector" not in peer:
+        ns_ok = source["namespace"].get("kubernetes.io/metadata.name") == chart.NAMESPACE
+    return ns_ok and selector_matches(peer.get("podSelector", {}), source["pod"])
+
+
+def admitted(policy: dict, source: dict, port: int) -> bool:
+    return any(
+        any(p["port"] == port for p in rule.get("ports", [])) and any(_peer_matches(peer, source) for peer in rule.get("from", []))
+        for rule in policy["spec"].get("ingress", [])
+    )
+
+
+PROMETHEUS = {"ip": "10.1.2.3", "pod": {"app.kubernetes.io/name": "prometheus"}, "namespace": {"kubernetes.io/metadata.name": "monitoring"}}
+ANY_POD = {"ip": "10.1.2.4", "pod": {"app": "chat"}, "namespace": {"kubernetes.io/metadata.name": "apps"}}
+API_SERVER = {"ip": "10.0.0.17"}
+
+
+def test_network_policy_is_off_by_default():
+    assert not by_kind(chart.render({}), "NetworkPolicy")
+
+
+def test_network_policy_admits_the_api_server_and_prometheus_only():
+    objs = chart.render({"networkPolicy": {"enabled": True, "apiServer": [{"ipBlock": {"cidr": API_SERVER_CIDR}}]}})
+    policy = one(objs, "NetworkPolicy")
+    validate(policy)
+    dep = one(objs, "Deployment")
+    assert policy["spec"]["podSelector"] == dep["spec"]["selector"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    webhook_port, admin_port = 8443, 9789
+    assert admitted(policy, API_SERVER, webhook_port)
+    assert not admitted(policy, API_SERVER, admin_port)
+    assert admitted(policy, PROMETHEUS, admin_port)
+    assert not admitted(policy, PROMETHEUS, webhook_port)
+    for port in (webhook_port, admin_port, 443):
+        assert not admitted(policy, ANY_POD, port), port
+
+
+def test_network_policy_needs_the_api_servers_addresses():
+    with pytest.raises(helm.HelmError, match="networkPolicy.apiServer"):
+        chart.render({"networkPolicy": {"enabled": True}})
 
 
 # --- the MutatingWebhookConfiguration ------------------------------------------------------
@@ -287,6 +366,13 @@ def entries_for(mwc, ns: str, ns_label, pod_label):
         ("apps", "true", "false", []),  # the pod opts out
         ("apps", "true", "yes", ["namespace.inject.bedrock-broker.io"]),  # reviewed, so the webhook can refuse it
         ("apps", None, "true", ["pod.inject.bedrock-broker.io"]),
+        # Any value but "false" reaches the webhook, which refuses all but
+        # "true" (as inject does); a selector on "true" alone let these
+        # pods in without a sidecar and without a word.
+        ("apps", None, "True", ["pod.inject.bedrock-broker.io"]),
+        ("apps", None, "yes", ["pod.inject.bedrock-broker.io"]),
+        ("apps", None, "", ["pod.inject.bedrock-broker.io"]),
+        ("apps", "false", "True", ["pod.inject.bedrock-broker.io"]),
         ("apps", "false", "true", ["pod.inject.bedrock-broker.io"]),
         ("apps", None, None, []),
         ("apps", None, "false", []),
@@ -391,6 +477,8 @@ BAD_VALUES = [
     ({"webhook": {"timeoutSeconds": 31}}, "timeoutSeconds"),
     ({"webhook": {"reinvocationPolicy": "Sometimes"}}, "reinvocationPolicy"),
     ({"webhook": {"onLookupError": "ignore"}}, "onLookupError"),
+    ({"webhook": {"rolePolicy": "pod"}}, "rolePolicy"),
+    ({"webhook": {"reviewBudget": 1048576}}, "reviewBudget"),
     ({"webhook": {"lookupTimeout": "3 seconds"}}, "lookupTimeout"),
     ({"webhook": {"port": 80}}, "port"),
     ({"tls": {"mode": "letsencrypt"}}, "mode"),
@@ -629,6 +717,77 @@ def test_build_context_is_enough_for_cargo(tmp_path):
 # --- the chart's webhook configuration, served by the real binary ---------------------------
 
 
+def _bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 10**3, "M": 10**6, "G": 10**9}
+    for suffix in sorted(units, key=len, reverse=True):
+        if quantity.endswith(suffix):
+            return int(float(quantity[: -len(suffix)]) * units[suffix])
+    return int(quantity)
+
+
+@pytest.mark.parametrize("scenario", ["defaults", "everything"])
+def test_webhook_memory_limit_covers_its_review_budget(scenario):
+    """The rule values.yaml states: the memory limit is at least 64 MiB plus
+    5 times the review budget (measured below with the binary)."""
+    container = one(chart.render(SCENARIOS[scenario]), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    budget = int({e["name"]: e["value"] for e in container["env"]}["BEDROCK_BROKER_WEBHOOK_REVIEW_BUDGET"])
+    assert budget >= 8 * 2**20
+    assert _bytes(container["resources"]["limits"]["memory"]) >= 64 * 2**20 + 5 * budget
+
+
+def test_webhook_memory_stays_within_its_limit_under_the_largest_reviews(tmp_path):
+    """The chart's memory limit and review budget agree: a flood of the
+    largest reviews (just under 8 MiB, a pod of many small fields, the
+    costliest shape to hold) keeps the webhook's peak RSS under its limit,
+    the budget refusing (503) what does not fit."""
+    import threading
+
+    import requests
+
+    binary = ROOT / "target" / "debug" / "bedrock-broker"
+    if not binary.exists():
+        pytest.skip("target/debug/bedrock-broker not built (make build)")
+    sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+    from test_webhook_server import FakeApiServer, running_webhook
+    from test_webhook_support import load_fixture
+
+    container = one(chart.render({}), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    limit = _bytes(container["resources"]["limits"]["memory"])
+    budget = {e["name"]: e["value"] for e in container["env"]}["BEDROCK_BROKER_WEBHOOK_REVIEW_BUDGET"]
+    review = load_fixture("plain")
+    review["request"]["object"]["spec"]["containers"][0]["env"] = [{"name": f"V{i}", "value": "y" * 30} for i in range(125000)]
+    body = json.dumps(review)
+    assert 7 * 2**20 < len(body) < 8 * 2**20
+
+    def peak(pid):
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmHWM")
+
+    api = FakeApiServer()
+    try:
+        with running_webhook(tmp_path, api, {"BEDROCK_BROKER_WEBHOOK_REVIEW_BUDGET": budget}) as hook:
+            answers: list = []
+
+            def send():
+                try:
+                    answers.append(hook.review(body).status_code)
+                except requests.ConnectionError:
+                    answers.append("refused")  # answered 503 before the body was read
+            for _ in range(2):
+                threads = [threading.Thread(target=send) for _ in range(12)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+            assert answers.count(200) >= 2 * (int(budget) // (8 * 2**20)), answers
+            assert set(answers) <= {200, 503, "refused"}, answers
+            assert peak(hook.proc.pid) < limit, f"peak RSS {peak(hook.proc.pid) / 2**20:.0f} MiB over the {limit / 2**20:.0f} MiB limit"
+    finally:
+        api.stop()
+
+
 def test_binary_serves_with_the_charts_env_and_generated_tls(tmp_path):
     """The Deployment's environment and the chart-generated Secret, given to
     `bedrock-broker webhook` (fake API server from tests/e2e): it starts,
@@ -707,9 +866,9 @@ def test_binary_serves_with_the_charts_env_and_generated_tls(tmp_path):
                 "resource": {"group": "", "version": "v1", "resource": "pods"},
                 "namespace": "default", "operation": "CREATE", "userInfo": {"username": "test"},
                 "object": {"apiVersion": "v1", "kind": "Pod",
-                           "metadata": {"name": "p", "namespace": "default", "labels": {"bedrock-broker.io/inject": "true"},
-                                        "annotations": {"bedrock-broker.io/role-arn": "arn:aws:iam::123456789012:role/r"}},
-                           "spec": {"containers": [{"name": "app", "image": "busybox"}]}},
+                           "metadata": {"name": "p", "namespace": "default", "labels": {"bedrock-broker.io/inject": "true"}},
+                           # Its role comes from the fake cluster's ServiceAccount (role policy service-account).
+                           "spec": {"serviceAccountName": "chat-app", "containers": [{"name": "app", "image": "busybox"}]}},
             },
         }
         with socket.create_connection((host, int(port)), timeout=5) as sock:

@@ -5,10 +5,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod apiserver;
+pub mod pods;
+
 use base64::Engine;
 use bedrock_broker::cli::SidecarDefaultsArgs;
 use bedrock_broker::config::Env;
 use bedrock_broker::metrics::webhook::WebhookMetrics;
+use bedrock_broker::webhook::types::{Quantity, Resource};
 use bedrock_broker::webhook::{
     AdmissionState, Intake, LookupErrorPolicy, SidecarDefaults, StaticLookup, StringMap,
 };
@@ -16,6 +20,22 @@ use serde_json::Value;
 
 pub const CHAT_APP_ROLE: &str = "arn:aws:iam::123456789012:role/chat-app";
 pub const TEAM_A_ROLE: &str = "arn:aws:iam::123456789012:role/team-a";
+pub const LEGACY_IRSA_ROLE: &str = "arn:aws:iam::123456789012:role/legacy-irsa";
+pub const QUOTA_ROLE: &str = "arn:aws:iam::123456789012:role/quota";
+
+/// The LimitRange of namespace `quota`: a CPU minimum above the sidecar's
+/// request, a default CPU limit (what a ResourceQuota on `limits.cpu`
+/// needs) and a memory maximum below the sidecar's limit. The same object
+/// as `QUOTA_LIMIT_RANGE` in tests/e2e/test_webhook_support.py.
+pub fn quota_limit_range() -> Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "LimitRange",
+        "metadata": {"name": "container-limits", "namespace": "quota"},
+        "spec": {"limits": [{"type": "Container",
+            "min": {"cpu": "50m", "memory": "16Mi"},
+            "max": {"memory": "96Mi"},
+            "default": {"cpu": "250m"},
+            "defaultRequest": {"cpu": "100m"}}]}})
+}
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/admission")
@@ -44,6 +64,24 @@ pub fn cluster() -> StaticLookup {
         ("team-a".into(), "default".into()),
         map(&[("eks.amazonaws.com/role-arn", TEAM_A_ROLE)]),
     );
+    // Set up for the EKS Pod Identity Webhook, which put this role into
+    // the containers of the eks-pod-identity fixture.
+    lookup.service_accounts.insert(
+        ("default".into(), "legacy-irsa".into()),
+        map(&[("eks.amazonaws.com/role-arn", LEGACY_IRSA_ROLE)]),
+    );
+    // A namespace with a quota-minded LimitRange the sidecar must fit.
+    lookup
+        .namespaces
+        .insert("quota".into(), map(&[("bedrock-broker.io/inject", "true")]));
+    lookup.service_accounts.insert(
+        ("quota".into(), "default".into()),
+        map(&[("eks.amazonaws.com/role-arn", QUOTA_ROLE)]),
+    );
+    lookup.limit_ranges.insert(
+        "quota".into(),
+        vec![serde_json::from_value(quota_limit_range()).expect("a LimitRange")],
+    );
     lookup
 }
 
@@ -64,6 +102,7 @@ pub fn state<L>(lookup: L) -> AdmissionState<L> {
         on_lookup_error: LookupErrorPolicy::Deny,
         metrics: WebhookMetrics::new(),
         intake: Intake::default(),
+        kube_version: None,
     }
 }
 
@@ -115,4 +154,29 @@ pub fn preserved(original: &Value, mutated: &Value, path: &str) -> Result<(), St
         (o, m) if o == m => Ok(()),
         (o, m) => Err(format!("{path} changed from {o} to {m}")),
     }
+}
+
+/// [`preserved`] for a pod, where the one value injection may change is a
+/// pod-level resource quantity, and only upwards (the sidecar's share).
+pub fn preserved_pod(original: &Value, mutated: &Value) -> Result<(), String> {
+    let mut mutated = mutated.clone();
+    for kind in ["requests", "limits"] {
+        for r in Resource::BOTH {
+            let ptr = format!("/spec/resources/{kind}/{}", r.as_str());
+            let (Some(before), Some(after)) = (original.pointer(&ptr), mutated.pointer_mut(&ptr))
+            else {
+                continue;
+            };
+            let units = |v: &Value| {
+                v.as_str()
+                    .and_then(|s| Quantity::parse(s).ok())
+                    .map(|q| q.units(r))
+            };
+            if units(after) < units(before) {
+                return Err(format!("{ptr} shrank from {before} to {after}"));
+            }
+            *after = before.clone();
+        }
+    }
+    preserved(original, &mutated, "")
 }

@@ -22,4 +22,19 @@ pub const SERVICE_ACCOUNT_ANNOTATION: Setting = Setting {
     help: "KEY=VALUE annotation of every ServiceAccount not in the input (e.g. eks.amazonaws.com/role-arn=arn:aws:iam::123456789012:role/app); repeatable. ServiceAccount documents in the input are used too",
 };
 
-pub const ALL: &[Setting] = &[NAMESPACE, NAMESPACE_LABEL, SERVICE_ACCOUNT_ANNOTATION];
+/// What the chart's selectors exclude by default: `webhook.excludeNamespaces`
+/// (kube-system) and the release namespace the docs and deploy/ use. The
+/// webhook never sees pods there, so `inject` leaves them alone too.
+pub const EXCLUDE_NAMESPACES: Setting = Setting {
+    flag: "exclude-namespaces",
+    env: &[],
+    default: Value("kube-system,bedrock-broker"),
+    help: "Comma-separated namespaces whose pods are left unchanged, as the webhook's selectors exclude them (the chart's webhook.excludeNamespaces plus its release namespace); empty for none",
+};
+
+pub const ALL: &[Setting] = &[
+    NAMESPACE,
+    NAMESPACE_LABEL,
+    SERVICE_ACCOUNT_ANNOTATION,
+    EXCLUDE_NAMESPACES,
+];

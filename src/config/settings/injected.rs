@@ -66,13 +66,14 @@ pub const CPU_LIMIT: Setting = Setting {
     default: Value("none"),
     help: "Sidecar CPU limit, or none",
 };
-/// Bodies are held in memory for signing (25 MiB at most per request),
-/// so a few concurrent large requests fit.
+/// Bodies are held in memory for signing (25 MiB at most per request);
+/// the injector gives the sidecar half of this as its request-body budget
+/// (BEDROCK_BROKER_REQUEST_BODY_BUDGET), so two large requests fit at once.
 pub const MEMORY_LIMIT: Setting = Setting {
     flag: "sidecar-memory-limit",
     env: &["BEDROCK_BROKER_SIDECAR_MEMORY_LIMIT"],
     default: Value("128Mi"),
-    help: "Sidecar memory limit, or none",
+    help: "Sidecar memory limit, or none; half of it becomes the sidecar's --request-body-budget",
 };
 pub const LOG_LEVEL: Setting = Setting {
     flag: "sidecar-log-level",

@@ -16,6 +16,7 @@ pub mod inject;
 pub mod injected;
 pub mod limits;
 pub mod log;
+pub mod policy;
 pub mod sidecar;
 pub mod vars;
 pub mod webhook;

@@ -60,20 +60,21 @@ pub mod names {
 }
 
 /// Every annotation under our prefix that we do not read: a typo would
-/// otherwise silently leave a default in place.
+/// otherwise silently leave a default in place. The opt-in label written
+/// as an annotation is judged with the opt-in (`decide`).
 fn unknown(annotations: &BTreeMap<String, String>) -> Vec<String> {
     annotations
         .keys()
-        .filter(|key| key.starts_with(names::PREFIX) && !names::KNOWN.contains(&key.as_str()))
+        .filter(|key| {
+            key.starts_with(names::PREFIX)
+                && !names::KNOWN.contains(&key.as_str())
+                && *key != names::INJECT_LABEL
+        })
         .map(|key| {
-            if key == names::INJECT_LABEL {
-                format!("{key} is a label, not an annotation: move it to metadata.labels")
-            } else {
-                format!(
-                    "{key} is not an annotation bedrock-broker knows; known annotations: {}",
-                    names::KNOWN[1..].join(", ")
-                )
-            }
+            format!(
+                "{key} is not an annotation bedrock-broker knows; known annotations: {}",
+                names::KNOWN[1..].join(", ")
+            )
         })
         .collect()
 }

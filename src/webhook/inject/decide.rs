@@ -8,13 +8,22 @@ use k8s_openapi::api::core::v1::{Pod, PodSpec};
 
 use super::annotations::names;
 use super::render::CONTAINER_NAME;
+use super::types::RolePolicy;
 use super::{all_containers, annotations, ClusterFacts, Denial};
 
 /// Why a pod was admitted unchanged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Skip {
     /// Neither the pod nor its namespace carries the opt-in label.
     NotOptedIn,
+    /// Not opted in, but the pod carries the opt-in as an *annotation*
+    /// (the most likely mistake): a selector cannot see annotations, so
+    /// the webhook usually never sees such a pod; `inject` and, when it
+    /// does, the webhook say so.
+    OptInAnnotation,
+    /// Not opted in; the namespace's label has this value, which is not
+    /// `"true"` (or `"false"`).
+    NamespaceLabelValue(String),
     /// The pod's label is `"false"`.
     OptedOut,
     /// The pod carries `bedrock-broker.io/injected`.
@@ -24,12 +33,32 @@ pub enum Skip {
 }
 
 impl Skip {
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             Self::NotOptedIn => "not_opted_in",
+            Self::OptInAnnotation => "opt_in_annotation",
+            Self::NamespaceLabelValue(_) => "namespace_label_value",
             Self::OptedOut => "opted_out",
             Self::AlreadyInjected => "already_injected",
             Self::HasBrokerContainer => "has_broker_container",
+        }
+    }
+
+    /// What a user should be told about a pod admitted unchanged: the
+    /// admission warning (shown by kubectl) and `inject`'s warning line.
+    pub fn warning(&self) -> Option<String> {
+        let label = names::INJECT_LABEL;
+        match self {
+            Self::OptInAnnotation => Some(format!(
+                "{label} is an annotation here, and annotations opt nothing in: the pod gets no bedrock-broker sidecar; move it to metadata.labels"
+            )),
+            Self::NamespaceLabelValue(value) => Some(format!(
+                "the namespace's label {label}: {value:?} opts nothing in: only \"true\" opts a namespace in"
+            )),
+            Self::HasBrokerContainer => Some(format!(
+                "the pod already has a container named {CONTAINER_NAME}; bedrock-broker did not inject another"
+            )),
+            Self::NotOptedIn | Self::OptedOut | Self::AlreadyInjected => None,
         }
     }
 }
@@ -39,9 +68,14 @@ impl Skip {
 pub struct Needs {
     /// The namespace's labels decide the opt-in (the pod has no label).
     pub namespace_labels: bool,
-    /// This ServiceAccount's annotations may hold the role (the pod names
-    /// neither a role nor an API key). Only needed once the pod is opted in.
+    /// This ServiceAccount's annotations hold the role, or (under
+    /// `--role-policy service-account`) the role the pod's own must match.
+    /// Not needed with an API key, nor with `any` when the pod names its
+    /// role. Only needed once the pod is opted in.
     pub service_account: Option<String>,
+    /// The namespace's LimitRanges, which the sidecar must fit. Only
+    /// needed once the pod is opted in.
+    pub limit_ranges: bool,
 }
 
 /// Whether to go on with a pod, and with which spec.
@@ -72,7 +106,7 @@ pub fn service_account_name(pod: &Pod) -> &str {
 }
 
 /// Which cluster lookups [`super::inject()`] can use for this pod.
-pub fn needs(pod: &Pod) -> Needs {
+pub fn needs(pod: &Pod, role_policy: RolePolicy) -> Needs {
     if already_injected(pod) {
         return Needs::default();
     }
@@ -81,11 +115,12 @@ pub fn needs(pod: &Pod) -> Needs {
         return Needs::default();
     }
     let a = annotations(pod);
-    let names_credentials =
-        a.contains_key(names::ROLE_ARN) || a.contains_key(names::API_KEY_SECRET);
+    let names_credentials = a.contains_key(names::API_KEY_SECRET)
+        || (role_policy == RolePolicy::Any && a.contains_key(names::ROLE_ARN));
     Needs {
         namespace_labels: pod_label.is_none(),
         service_account: (!names_credentials).then(|| service_account_name(pod).to_owned()),
+        limit_ranges: true,
     }
 }
 
@@ -112,7 +147,7 @@ pub fn decide<'p>(pod: &'p Pod, facts: &ClusterFacts<'_>) -> Result<Decision<'p>
         }
         None => {
             if !opted_in(pod, facts.namespace_labels) {
-                return Ok(Decision::Skip(Skip::NotOptedIn));
+                return Ok(Decision::Skip(not_opted_in(pod, facts)));
             }
         }
     }
@@ -126,4 +161,34 @@ pub fn decide<'p>(pod: &'p Pod, facts: &ClusterFacts<'_>) -> Result<Decision<'p>
         return Ok(Decision::Skip(Skip::HasBrokerContainer));
     }
     Ok(Decision::Inject(spec))
+}
+
+/// Why a pod is not opted in, naming the likely mistake when there is one.
+fn not_opted_in(pod: &Pod, facts: &ClusterFacts<'_>) -> Skip {
+    if annotations(pod).contains_key(names::INJECT_LABEL) {
+        return Skip::OptInAnnotation;
+    }
+    match facts
+        .namespace_labels
+        .and_then(|l| l.get(names::INJECT_LABEL))
+    {
+        Some(v) if v != "true" && v != "false" => Skip::NamespaceLabelValue(v.clone()),
+        _ => Skip::NotOptedIn,
+    }
+}
+
+/// The opt-in annotation on a pod that is opted in anyway: `"true"` is
+/// redundant (a warning); anything else reads as an attempt to opt out or
+/// change something, which an annotation cannot do (a problem).
+pub fn opt_in_annotation(pod: &Pod, warnings: &mut Vec<String>, problems: &mut Vec<String>) {
+    let label = names::INJECT_LABEL;
+    match annotations(pod).get(label).map(|v| v.trim()) {
+        None => {}
+        Some("true") => warnings.push(format!(
+            "the annotation {label} is ignored (the label, on the pod or its namespace, decides); remove it"
+        )),
+        Some(other) => problems.push(format!(
+            "{label}: {other:?} is set as an annotation, which decides nothing: to keep this pod out, set the label {label}: \"false\"; otherwise remove the annotation"
+        )),
+    }
 }

@@ -6,17 +6,24 @@
 //! 2. `spec`: the webhook's defaults with the pod's annotations over them
 //!    (`annotations` knows their names);
 //! 3. `resolve`: pod-shape refusals, role, region, token access;
-//! 4. `render`: the sidecar container, token volume and app variables;
-//! 5. `patch`: add-only operations placing them into the pod.
+//! 4. `fit`: the sidecar fitted to the namespace's LimitRanges, and its
+//!    share added to the pod's own resource budget;
+//! 5. `render`: the sidecar container, token volume and app variables;
+//! 6. `patch`: add operations placing them into the pod.
 //!
-//! Steps 2 and 3 report every problem together, so a refused pod is fixed
+//! Steps 2 to 4 report every problem together, so a refused pod is fixed
 //! in one round.
 
 mod annotations;
 mod decide;
+mod fit;
+mod kube_version;
+mod limit_range;
 mod patch;
+mod quantity;
 mod render;
 mod resolve;
+mod role;
 mod spec;
 pub mod types;
 
@@ -24,16 +31,18 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use json_patch::Patch;
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Container, LimitRange, Pod, PodSpec};
 
 use self::decide::Decision;
 use self::spec::SidecarSpec;
 use self::types::SidecarMode;
 
 pub use self::decide::{needs, opted_in, service_account_name, Needs, Skip};
+pub use self::kube_version::KubeVersion;
 pub use self::patch::{apply, rebase};
 pub use self::render::CONTAINER_NAME;
-pub use self::resolve::{RoleSource, SidecarAuth, TokenAccess, TokenVolume};
+pub use self::resolve::{SidecarAuth, TokenAccess, TokenVolume};
+pub use self::role::RoleSource;
 pub use self::spec::{RequestAboveLimit, Resources, SidecarDefaults};
 
 /// What the cluster says about the pod's surroundings. `None` means "not
@@ -44,6 +53,10 @@ pub struct ClusterFacts<'a> {
     pub namespace: Option<&'a str>,
     pub namespace_labels: Option<&'a BTreeMap<String, String>>,
     pub service_account_annotations: Option<&'a BTreeMap<String, String>>,
+    /// The namespace's LimitRanges (`None`: not read, as if none).
+    pub limit_ranges: Option<&'a [LimitRange]>,
+    /// The API server's version (`None`: not known, assumed recent).
+    pub kube_version: Option<KubeVersion>,
 }
 
 /// A successful injection.
@@ -53,6 +66,9 @@ pub struct Injection {
     pub mode: SidecarMode,
     pub auth: SidecarAuth,
     pub token_access: TokenAccess,
+    /// What the pod got beyond the sidecar, for the admission response's
+    /// `warnings` (shown by kubectl) and `inject`'s report.
+    pub warnings: Vec<String>,
 }
 
 /// The result of [`inject()`] for an admitted pod.
@@ -99,24 +115,33 @@ pub fn inject(
     };
 
     let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    decide::opt_in_annotation(pod, &mut warnings, &mut problems);
     let sidecar = match SidecarSpec::from_defaults(defaults).overlay(annotations(pod)) {
         Ok(sidecar) => Some(sidecar),
         Err(p) => {
-            problems = p;
+            problems.extend(p);
             None
         }
     };
     let resolved = resolve::resolve(pod, spec, sidecar.as_ref(), facts, &mut problems);
-    let (Some(sidecar), Some(resolved), true) = (sidecar, resolved, problems.is_empty()) else {
+    let fitted = sidecar
+        .as_ref()
+        .map(|s| fit::fit(spec, &s.resources, facts.limit_ranges, &mut problems));
+    let (Some(sidecar), Some(resolved), Some(fitted), true) =
+        (sidecar, resolved, fitted, problems.is_empty())
+    else {
         return Err(Denial { problems });
     };
-    let rendered = render::render(&sidecar, &resolved);
-    let patch = patch::build(pod, spec, sidecar.mode.value, &rendered)?;
+    warnings.extend(role::warning(&resolved.auth, facts));
+    let rendered = render::render(&sidecar, &resolved, &fitted);
+    let patch = patch::build(pod, spec, sidecar.mode.value, &rendered, &fitted)?;
     Ok(Outcome::Injected(Box::new(Injection {
         patch,
         mode: sidecar.mode.value,
         auth: resolved.auth,
         token_access: resolved.token_access,
+        warnings: warnings.into_iter().chain(fitted.warnings).collect(),
     })))
 }
 

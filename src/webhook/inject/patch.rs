@@ -4,7 +4,9 @@
 //! only ever *adds*: new entries are appended (or, for the native sidecar,
 //! inserted first among the init containers), so fields this build of
 //! `k8s-openapi` does not know survive untouched, and containers the pod
-//! already has are never removed or reordered.
+//! already has are never removed or reordered. The one value it changes is
+//! a pod-level resource quantity the sidecar must be counted in (an `add`
+//! onto an existing member replaces it, RFC 6902 4.1; see `fit`).
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
@@ -12,6 +14,7 @@ use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec};
 use serde_json::Value;
 
 use super::annotations::names;
+use super::fit::Fitted;
 use super::render::{AppVar, Rendered};
 use super::types::SidecarMode;
 use super::Denial;
@@ -21,8 +24,20 @@ pub fn build(
     spec: &PodSpec,
     mode: SidecarMode,
     rendered: &Rendered,
+    fitted: &Fitted,
 ) -> Result<Patch, Denial> {
     let mut ops = vec![mark_injected(pod)];
+    ops.extend(fitted.pod_resources.iter().map(|raise| {
+        add(
+            pointer([
+                "spec",
+                "resources",
+                raise.kind.as_str(),
+                raise.resource.as_str(),
+            ]),
+            Value::String(raise.to.as_str().to_owned()),
+        )
+    }));
     if let Some(volume) = &rendered.volume {
         ops.push(add_volume(spec, to_value(volume)?));
     }

@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::fit::Fitted;
 use super::resolve::{Resolved, SidecarAuth, TokenAccess, TokenVolume, TOKEN_FILE};
 use super::spec::{Resources, SidecarSpec};
 use super::types::{Quantity, SidecarMode};
@@ -69,13 +70,13 @@ pub struct Rendered {
     pub app_env: Vec<AppVar>,
 }
 
-pub fn render(sidecar: &SidecarSpec, resolved: &Resolved) -> Rendered {
+pub fn render(sidecar: &SidecarSpec, resolved: &Resolved, fitted: &Fitted) -> Rendered {
     let volume = match resolved.auth.token() {
         Some(TokenVolume::Own(name)) => Some(token_volume(sidecar, name)),
         _ => None,
     };
     Rendered {
-        container: container(sidecar, resolved),
+        container: container(sidecar, resolved, fitted),
         volume,
         app_env: app_env(sidecar),
     }
@@ -136,7 +137,7 @@ fn token_volume(sidecar: &SidecarSpec, name: &str) -> Volume {
     }
 }
 
-fn container(sidecar: &SidecarSpec, resolved: &Resolved) -> Container {
+fn container(sidecar: &SidecarSpec, resolved: &Resolved, fitted: &Fitted) -> Container {
     let run_as_user = match resolved.token_access {
         TokenAccess::SharedUser(uid) => uid,
         TokenAccess::FsGroup(_) | TokenAccess::DefaultMode => sidecar.run_as_user,
@@ -146,14 +147,14 @@ fn container(sidecar: &SidecarSpec, resolved: &Resolved) -> Container {
         image: Some(sidecar.image.as_str().to_owned()),
         image_pull_policy: sidecar.pull_policy.map(|p| p.as_str().to_owned()),
         args: Some(vec!["sidecar".to_owned()]),
-        env: Some(sidecar_env(sidecar, resolved)),
+        env: Some(sidecar_env(sidecar, resolved, fitted)),
         ports: Some(vec![ContainerPort {
             name: Some(ADMIN_PORT_NAME.to_owned()),
             container_port: i32::from(sidecar.admin_port.get()),
             protocol: Some("TCP".to_owned()),
             ..Default::default()
         }]),
-        resources: resources(&sidecar.resources),
+        resources: resources(&fitted.resources),
         // Gates the app (native mode): it starts once credentials are
         // usable. Two minutes before the kubelet restarts the sidecar.
         startup_probe: Some(probe("/readyz", 1, 120)),
@@ -174,7 +175,7 @@ fn container(sidecar: &SidecarSpec, resolved: &Resolved) -> Container {
     }
 }
 
-fn sidecar_env(sidecar: &SidecarSpec, resolved: &Resolved) -> Vec<EnvVar> {
+fn sidecar_env(sidecar: &SidecarSpec, resolved: &Resolved, fitted: &Fitted) -> Vec<EnvVar> {
     let mut env_vars = vec![env(aws_settings::REGION.var(), resolved.region.as_str())];
     match &resolved.auth {
         SidecarAuth::WebIdentity { role, token, .. } => {
@@ -217,6 +218,17 @@ fn sidecar_env(sidecar: &SidecarSpec, resolved: &Resolved) -> Vec<EnvVar> {
         env(log::FORMAT.var(), sidecar.log_format.as_str()),
         env(vars::RUST_LOG.name, sidecar.log_level.as_str()),
     ]);
+    // Buffered request bodies stay within the memory the pod gives the
+    // sidecar (see fit::BodyBudget).
+    if let Some(budget) = fitted.body_budget {
+        env_vars.push(env(
+            sidecar_settings::REQUEST_BODY_BUDGET.var(),
+            budget.bytes.to_string(),
+        ));
+        if let Some(max) = budget.max_body {
+            env_vars.push(env(sidecar_settings::MAX_BODY_BYTES.var(), max.to_string()));
+        }
+    }
     env_vars
 }
 

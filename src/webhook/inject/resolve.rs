@@ -1,16 +1,16 @@
 //! What the sidecar depends on beyond its own settings: whether the pod's
-//! shape allows it at all, the IAM role (pod annotation, then the
-//! ServiceAccount, then a container's env), the region, and how the
+//! shape allows it at all, the IAM role (`role`), the region, and how the
 //! sidecar's user can read the projected token.
 
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 
 use super::annotations::names;
+use super::role::{resolve_role, RoleSource};
 use super::spec::{Origin, SidecarSpec};
 use super::types::{SecretKeyRef, SidecarMode};
-use super::{all_containers, service_account_name, ClusterFacts};
+use super::{all_containers, ClusterFacts};
 use crate::config::aws::{Region, RoleArn};
-use crate::config::settings::{aws as aws_settings, vars};
+use crate::config::settings::aws as aws_settings;
 
 /// Preferred name of our projected token volume (suffixed if taken).
 pub const TOKEN_VOLUME: &str = "bedrock-broker-token";
@@ -101,15 +101,6 @@ impl TokenVolume {
     }
 }
 
-/// Where the role ARN was found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RoleSource {
-    PodAnnotation,
-    ServiceAccount,
-    /// `AWS_ROLE_ARN` already set in a container (the EKS Pod Identity Webhook's).
-    ContainerEnv,
-}
-
 /// What [`resolve`] found, for the render stage.
 pub struct Resolved {
     pub auth: SidecarAuth,
@@ -128,7 +119,7 @@ pub fn resolve(
     facts: &ClusterFacts<'_>,
     problems: &mut Vec<String>,
 ) -> Option<Resolved> {
-    check_pod_shape(spec, sidecar, problems);
+    check_pod_shape(spec, sidecar, facts, problems);
     let sidecar = sidecar?;
     let token_access = token_access(spec);
     let auth = resolve_auth(pod, spec, sidecar, facts, token_access, problems);
@@ -140,12 +131,37 @@ pub fn resolve(
     })
 }
 
-fn check_pod_shape(spec: &PodSpec, sidecar: Option<&SidecarSpec>, problems: &mut Vec<String>) {
+fn check_pod_shape(
+    spec: &PodSpec,
+    sidecar: Option<&SidecarSpec>,
+    facts: &ClusterFacts<'_>,
+    problems: &mut Vec<String>,
+) {
     if spec.host_network == Some(true) {
         problems.push(format!(
             "hostNetwork: true: the proxy on 127.0.0.1 would sign requests for every process on the node; run the pod without hostNetwork or opt it out with the label {}: \"false\"",
             names::INJECT_LABEL
         ));
+    }
+    // A shared PID namespace lets every process in it that runs as the
+    // sidecar's UID read the sidecar's environment, memory and mounted
+    // token through /proc/<pid>/. A UID of its own would not prove safe:
+    // a container without runAsUser runs as its image's user, which the
+    // webhook cannot see. So these pods are refused, like hostNetwork.
+    for (field, set, who) in [
+        (
+            "shareProcessNamespace",
+            spec.share_process_namespace,
+            "the pod's other containers",
+        ),
+        ("hostPID", spec.host_pid, "processes on the node"),
+    ] {
+        if set == Some(true) {
+            problems.push(format!(
+                "{field}: true: {who}, when they run as the sidecar's user, could read its credentials and token through /proc; run the pod without {field} or opt it out with the label {}: \"false\"",
+                names::INJECT_LABEL
+            ));
+        }
     }
     if spec.os.as_ref().is_some_and(|os| os.name == "windows") {
         problems.push(format!(
@@ -154,13 +170,25 @@ fn check_pod_shape(spec: &PodSpec, sidecar: Option<&SidecarSpec>, problems: &mut
         ));
     }
     let Some(sidecar) = sidecar else { return };
-    let restart = spec.restart_policy.as_deref().unwrap_or("Always");
-    if sidecar.mode.value == SidecarMode::Classic && restart != "Always" {
-        let from = if sidecar.mode.origin == Origin::Annotation {
+    let mode_from = || {
+        if sidecar.mode.origin == Origin::Annotation {
             names::SIDECAR_MODE.to_owned()
         } else {
             "the webhook's --sidecar-mode".to_owned()
-        };
+        }
+    };
+    if let Some(v) = facts.kube_version.filter(|v| !v.has_native_sidecars()) {
+        if sidecar.mode.value == SidecarMode::Native {
+            problems.push(format!(
+                "{}: native sidecars need Kubernetes 1.29 or later, and this API server is {v}: set the pod annotation {}: classic, or the webhook's --sidecar-mode classic (chart value sidecar.mode) for every pod",
+                mode_from(),
+                names::SIDECAR_MODE
+            ));
+        }
+    }
+    let restart = spec.restart_policy.as_deref().unwrap_or("Always");
+    if sidecar.mode.value == SidecarMode::Classic && restart != "Always" {
+        let from = mode_from();
         problems.push(format!(
             "{from}: classic mode keeps a pod with restartPolicy {restart} running forever (a Job would never complete); use {}: native (Kubernetes 1.29+)",
             names::SIDECAR_MODE
@@ -184,7 +212,7 @@ fn check_pod_shape(spec: &PodSpec, sidecar: Option<&SidecarSpec>, problems: &mut
 }
 
 /// A literal value of `name` set in any container (not `valueFrom`).
-fn container_env_value<'a>(spec: &'a PodSpec, name: &str) -> Option<&'a str> {
+pub(super) fn container_env_value<'a>(spec: &'a PodSpec, name: &str) -> Option<&'a str> {
     all_containers(spec)
         .flat_map(|c| c.env.iter().flatten())
         .find(|e| e.name == name && e.value_from.is_none())
@@ -209,60 +237,6 @@ fn resolve_auth(
         source,
         token: token_volume(spec, sidecar, token_access),
     })
-}
-
-/// The pod's own annotation first; then the ServiceAccount's IRSA
-/// annotation, so a ServiceAccount set up for the EKS Pod Identity Webhook
-/// needs nothing else; last, a role that webhook already put into a
-/// container (it ran first).
-fn resolve_role(
-    pod: &Pod,
-    spec: &PodSpec,
-    sidecar: &SidecarSpec,
-    facts: &ClusterFacts<'_>,
-    problems: &mut Vec<String>,
-) -> Option<(RoleArn, RoleSource)> {
-    if let Some(role) = &sidecar.role_arn {
-        return Some((role.clone(), RoleSource::PodAnnotation));
-    }
-    let sa = service_account_name(pod);
-    if let Some(raw) = facts
-        .service_account_annotations
-        .and_then(|a| a.get(names::EKS_ROLE_ARN))
-    {
-        return match RoleArn::parse(raw.trim()) {
-            Ok(role) => Some((role, RoleSource::ServiceAccount)),
-            Err(m) => {
-                problems.push(format!(
-                    "ServiceAccount {sa:?} annotation {}: {m}; fix the ServiceAccount or set {} on the pod",
-                    names::EKS_ROLE_ARN,
-                    names::ROLE_ARN
-                ));
-                None
-            }
-        };
-    }
-    if let Some(role) = container_env_value(spec, vars::AWS_ROLE_ARN.name)
-        .and_then(|raw| RoleArn::parse(raw.trim()).ok())
-    {
-        return Some((role, RoleSource::ContainerEnv));
-    }
-    let ns = facts
-        .namespace
-        .map(|n| format!(" in namespace {n:?}"))
-        .unwrap_or_default();
-    let sa_note = if facts.service_account_annotations.is_none() {
-        " (it could not be read)"
-    } else {
-        ""
-    };
-    problems.push(format!(
-        "no IAM role: set the pod annotation {} to a role ARN, or annotate ServiceAccount {sa:?}{ns}{sa_note} with {}, or use a Bedrock API key with {}: <secret-name>/<key>",
-        names::ROLE_ARN,
-        names::EKS_ROLE_ARN,
-        names::API_KEY_SECRET
-    ));
-    None
 }
 
 /// The webhook default beats the containers' `AWS_REGION` on purpose: on

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use super::annotations::{names, Reader};
 use super::types::{
-    parse_limit, Audience, ImageRef, LogLevel, Port, PullPolicy, Quantity, SecretKeyRef,
-    SidecarMode, TokenExpiration,
+    parse_limit, Audience, ImageRef, LogLevel, Port, PullPolicy, Quantity, RolePolicy,
+    SecretKeyRef, SidecarMode, TokenExpiration,
 };
 use crate::config::aws::{Region, RoleArn, SessionName};
 use crate::config::parse::{self, ParseError};
@@ -20,7 +20,7 @@ pub const DEFAULT_PORT: Port = Port::new_unchecked(9787);
 pub const DEFAULT_ADMIN_PORT: Port = Port::new_unchecked(9788);
 
 /// Resource requests and limits of the sidecar.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Resources {
     pub cpu_request: Option<Quantity>,
     pub memory_request: Option<Quantity>,
@@ -73,6 +73,8 @@ pub struct SidecarDefaults {
     pub log_format: LogFormat,
     /// UID for the sidecar unless the pod's containers share another non-root UID.
     pub run_as_user: i64,
+    /// Which roles a pod may get (not a pod setting: pods cannot change it).
+    pub role_policy: RolePolicy,
 }
 
 /// Where a setting of the sidecar came from.
@@ -128,6 +130,8 @@ pub struct SidecarSpec {
     /// Whether the app containers get each popular client's endpoint
     /// variable (and the OpenAI key placeholder), or `BEDROCK_BROKER_URL` only.
     pub client_env: bool,
+    /// The webhook's `--role-policy`.
+    pub role_policy: RolePolicy,
 }
 
 impl SidecarSpec {
@@ -150,6 +154,7 @@ impl SidecarSpec {
             session_name: None,
             api_key_secret: None,
             client_env: true,
+            role_policy: d.role_policy,
         }
     }
 
@@ -334,17 +339,18 @@ mod tests {
     }
 
     #[test]
-    fn typos_and_the_label_as_annotation_are_refused() {
+    fn typos_are_refused_and_the_opt_in_is_left_to_decide() {
+        // The opt-in written as an annotation is judged with the opt-in
+        // (a warning or a refusal depending on its value, see decide.rs).
         let problems = parse(&[
             ("bedrock-broker.io/rol-arn", "x"),
             ("bedrock-broker.io/inject", "true"),
             ("other.io/ignored", "x"),
         ])
         .unwrap_err();
-        assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems[0].contains("is a label, not an annotation"));
-        assert!(problems[1].contains("bedrock-broker.io/rol-arn is not an annotation"));
-        assert!(problems[1].contains("bedrock-broker.io/role-arn"));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("bedrock-broker.io/rol-arn is not an annotation"));
+        assert!(problems[0].contains("bedrock-broker.io/role-arn"));
     }
 
     #[test]

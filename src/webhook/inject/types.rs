@@ -8,6 +8,8 @@ use std::fmt;
 
 use crate::config::parse::ParseError;
 
+pub use super::quantity::{parse_limit, Quantity, Resource};
+
 /// Kubernetes' limit on `expirationSeconds` of a projected token (2^32 s).
 const MAX_TOKEN_EXPIRATION_SECONDS: i64 = 1 << 32;
 /// Kubernetes' floor on `expirationSeconds` of a projected token.
@@ -32,6 +34,44 @@ impl SidecarMode {
             "native" => Ok(Self::Native),
             "classic" => Ok(Self::Classic),
             other => Err(ParseError::not_a(other, "a sidecar mode", Self::ACCEPTED)),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Classic => "classic",
+        }
+    }
+}
+
+/// Which IAM roles a pod may get (`--role-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RolePolicy {
+    /// Only the role its ServiceAccount carries (`eks.amazonaws.com/role-arn`):
+    /// whoever may use the ServiceAccount decides the role, as with IRSA.
+    #[default]
+    ServiceAccount,
+    /// The pod's annotation, then the ServiceAccount, then a container's
+    /// `AWS_ROLE_ARN`: only the role's IAM trust policy stands in the way.
+    Any,
+}
+
+impl RolePolicy {
+    pub const ACCEPTED: &'static str = "service-account or any";
+
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
+        match raw {
+            "service-account" => Ok(Self::ServiceAccount),
+            "any" => Ok(Self::Any),
+            other => Err(ParseError::not_a(other, "a role policy", Self::ACCEPTED)),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ServiceAccount => "service-account",
+            Self::Any => "any",
         }
     }
 }
@@ -214,101 +254,6 @@ impl fmt::Display for Port {
     }
 }
 
-/// A Kubernetes resource quantity (`100m`, `64Mi`, `1.5`, `2e3`).
-///
-/// Kept as written (Kubernetes canonicalises it), with its numeric value so a
-/// request above its limit is caught here with a clear message instead of by
-/// the API server's validation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Quantity {
-    raw: String,
-    value: f64,
-}
-
-impl Quantity {
-    pub const ACCEPTED: &'static str =
-        "a Kubernetes quantity such as 100m, 0.5, 64Mi or 1Gi (not negative)";
-
-    pub fn parse(raw: &str) -> Result<Self, ParseError> {
-        Self::value_of(raw)
-            .map(|value| Self {
-                raw: raw.to_owned(),
-                value,
-            })
-            .ok_or_else(|| ParseError::not_a(raw, "a resource quantity", Self::ACCEPTED))
-    }
-
-    /// The quantity's value, following the grammar in
-    /// k8s.io/apimachinery/pkg/api/resource (signed numbers are refused: a
-    /// negative request or limit is never valid).
-    fn value_of(raw: &str) -> Option<f64> {
-        let s = raw.strip_prefix('+').unwrap_or(raw);
-        let number_end = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
-        let (number, suffix) = s.split_at(number_end);
-        let (int, frac) = number.split_once('.').unwrap_or((number, ""));
-        if (int.is_empty() && frac.is_empty()) || frac.contains('.') {
-            return None;
-        }
-        let base: f64 = format!("{}.{}", if int.is_empty() { "0" } else { int }, frac)
-            .parse()
-            .ok()?;
-        let multiplier = match suffix {
-            "" => 1.0,
-            "m" => 1e-3,
-            "k" => 1e3,
-            "M" => 1e6,
-            "G" => 1e9,
-            "T" => 1e12,
-            "P" => 1e15,
-            "E" => 1e18,
-            "Ki" => 1024.0,
-            "Mi" => 1024f64.powi(2),
-            "Gi" => 1024f64.powi(3),
-            "Ti" => 1024f64.powi(4),
-            "Pi" => 1024f64.powi(5),
-            "Ei" => 1024f64.powi(6),
-            exp => {
-                let digits = exp.strip_prefix(['e', 'E'])?;
-                let unsigned = digits.strip_prefix(['+', '-']).unwrap_or(digits);
-                if unsigned.is_empty() || !unsigned.bytes().all(|b| b.is_ascii_digit()) {
-                    return None;
-                }
-                10f64.powi(digits.parse::<i32>().ok()?)
-            }
-        };
-        let value = base * multiplier;
-        value.is_finite().then_some(value)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.raw
-    }
-
-    pub fn value(&self) -> f64 {
-        self.value
-    }
-}
-
-/// A resource limit: a quantity, or explicitly none (`none` removes a
-/// default limit).
-pub fn parse_limit(raw: &str) -> Result<Option<Quantity>, ParseError> {
-    if raw == "none" {
-        Ok(None)
-    } else {
-        Quantity::parse(raw)
-            .map_err(|_| {
-                ParseError::not_a(
-                    raw,
-                    "a resource limit",
-                    format!("{} or none", Quantity::ACCEPTED),
-                )
-            })
-            .map(Some)
-    }
-}
-
 /// A key of a Secret in the pod's namespace: `<secret-name>/<key>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretKeyRef {
@@ -361,40 +306,6 @@ fn is_config_key(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quantities_follow_the_kubernetes_grammar() {
-        for (raw, value) in [
-            ("100m", 0.1),
-            ("1", 1.0),
-            ("0.5", 0.5),
-            (".5", 0.5),
-            ("5.", 5.0),
-            ("64Mi", 64.0 * 1024.0 * 1024.0),
-            ("1Gi", 1024f64.powi(3)),
-            ("2k", 2000.0),
-            ("1e3", 1000.0),
-            ("1E-3", 0.001),
-            ("+1", 1.0),
-        ] {
-            let q = Quantity::parse(raw).unwrap_or_else(|e| panic!("{raw}: {e}"));
-            assert!((q.value() - value).abs() < 1e-9, "{raw}");
-            assert_eq!(q.as_str(), raw);
-        }
-        for raw in [
-            "", "-1", "abc", "1.2.3", "1Mb", "1e", "1ee3", "Mi", ".", " 1", "1 ",
-        ] {
-            assert!(Quantity::parse(raw).is_err(), "{raw:?} accepted");
-        }
-    }
-
-    #[test]
-    fn limits_accept_none() {
-        assert_eq!(parse_limit("none"), Ok(None));
-        assert!(parse_limit("128Mi").is_ok_and(|q| q.is_some()));
-        let err = parse_limit("lots").unwrap_err().to_string();
-        assert!(err.contains("or none"), "{err}");
-    }
 
     #[test]
     fn ports_below_1024_are_refused() {

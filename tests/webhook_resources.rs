@@ -1,0 +1,198 @@
+//! What the injected sidecar costs and how it fits the pod's budget:
+//! pod-level resources, the namespace's LimitRanges, the body budget
+//! derived from the memory limit.
+
+// Test code: a failed setup is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod webhook_support;
+
+use bedrock_broker::webhook::{self, ClusterFacts, Outcome};
+use serde_json::{json, Value};
+use webhook_support::defaults;
+use webhook_support::pods::{app_facts, env_of, inject, mutated, opted_in, sidecar};
+
+#[test]
+fn pod_level_resources_grow_by_the_sidecars_share_only_where_set() {
+    // Only a memory limit at pod level, and a sidecar without a memory
+    // limit: the pod's limit grows by the sidecar's request, so the pod's
+    // (defaulted) requests stay within it; nothing else is added.
+    let p = opted_in(json!({"resources": {"limits": {"memory": "1Gi"}}}));
+    let mut d = defaults();
+    d.resources.memory_limit = None;
+    let i = match webhook::inject(&p, &app_facts(), &d) {
+        Ok(Outcome::Injected(i)) => i,
+        other => panic!("{other:?}"),
+    };
+    let v = mutated(&p, &i);
+    assert_eq!(
+        v["spec"]["resources"],
+        json!({"limits": {"memory": "1056Mi"}})
+    );
+    assert!(
+        i.warnings[0].contains("limits.memory 1Gi -> 1056Mi"),
+        "{:?}",
+        i.warnings
+    );
+    // A pod without pod-level resources is not given any, and no warning.
+    let i = inject(&opted_in(json!({})));
+    assert!(i.warnings.is_empty(), "{:?}", i.warnings);
+    assert!(!i
+        .patch
+        .iter()
+        .any(|op| op.path().to_string().contains("resources")));
+}
+
+/// The literal variables of the injected sidecar, as the sidecar reads them.
+fn sidecar_env(v: &Value) -> bedrock_broker::config::Env {
+    let c = sidecar(v);
+    bedrock_broker::config::Env::from_pairs(
+        c["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?))),
+    )
+}
+
+#[test]
+fn the_body_budget_follows_the_memory_limit() {
+    let with_limit = |limit: Option<&str>| {
+        let mut d = defaults();
+        d.resources.memory_limit = limit.map(|l| webhook::types::Quantity::parse(l).expect("q"));
+        d.resources.memory_request = None;
+        let p = opted_in(json!({}));
+        let i = match webhook::inject(&p, &app_facts(), &d) {
+            Ok(Outcome::Injected(i)) => i,
+            other => panic!("{other:?}"),
+        };
+        (mutated(&p, &i), i.warnings.clone())
+    };
+    // Half the limit: the default 128Mi gives the sidecar's default 64 MiB.
+    let (v, warnings) = with_limit(Some("128Mi"));
+    let c = sidecar(&v);
+    assert_eq!(
+        env_of(&c, "BEDROCK_BROKER_REQUEST_BODY_BUDGET"),
+        Some(json!({"name": "BEDROCK_BROKER_REQUEST_BODY_BUDGET", "value": "67108864"}))
+    );
+    assert_eq!(env_of(&c, "BEDROCK_BROKER_MAX_BODY_BYTES"), None);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let (v, _) = with_limit(Some("1Gi"));
+    assert_eq!(
+        env_of(&sidecar(&v), "BEDROCK_BROKER_REQUEST_BODY_BUDGET").map(|e| e["value"].clone()),
+        Some(json!("536870912"))
+    );
+    // No limit, no variable: the sidecar's own default applies.
+    let (v, _) = with_limit(None);
+    assert_eq!(
+        env_of(&sidecar(&v), "BEDROCK_BROKER_REQUEST_BODY_BUDGET"),
+        None
+    );
+    // A limit whose half cannot hold one 25 MiB body: the largest body
+    // shrinks with it (the sidecar refuses a budget below one body), and
+    // the pod is told.
+    let (v, warnings) = with_limit(Some("40Mi"));
+    let c = sidecar(&v);
+    for var in [
+        "BEDROCK_BROKER_REQUEST_BODY_BUDGET",
+        "BEDROCK_BROKER_MAX_BODY_BYTES",
+    ] {
+        assert_eq!(
+            env_of(&c, var).map(|e| e["value"].clone()),
+            Some(json!("20971520")),
+            "{var}"
+        );
+    }
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("request bodies above 20 MiB")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn the_sidecar_accepts_the_settings_it_is_given() {
+    // What the injector writes must pass the sidecar's own configuration
+    // checks (a budget below one body would stop it at start).
+    for limit in ["128Mi", "40Mi", "1Gi"] {
+        let mut d = defaults();
+        d.resources.memory_limit = Some(webhook::types::Quantity::parse(limit).expect("q"));
+        d.resources.memory_request = None;
+        let p = opted_in(json!({}));
+        let i = match webhook::inject(&p, &app_facts(), &d) {
+            Ok(Outcome::Injected(i)) => i,
+            other => panic!("{other:?}"),
+        };
+        let env = sidecar_env(&mutated(&p, &i));
+        let parsed = bedrock_broker::sidecar::SidecarConfig::from_args(&Default::default(), &env);
+        assert!(parsed.is_ok(), "{limit}: {:?}", parsed.err());
+    }
+}
+
+fn limit_range(item: Value) -> k8s_openapi::api::core::v1::LimitRange {
+    serde_json::from_value(
+        json!({"metadata": {"name": "limits", "namespace": "default"},
+        "spec": {"limits": [item]}}),
+    )
+    .expect("a LimitRange")
+}
+
+#[test]
+fn the_sidecar_fits_the_namespaces_limit_range() {
+    use webhook_support::apiserver::limit_range_violations;
+    let cases = [
+        // A minimum above the sidecar's request: LimitRanger refused the pod
+        // ("minimum cpu usage per Container is 50m, but request is 10m").
+        json!({"type": "Container", "min": {"cpu": "50m", "memory": "64Mi"}}),
+        // A maximum below the sidecar's memory limit, and a maximum CPU
+        // without a default: the sidecar has no CPU limit at all.
+        json!({"type": "Container", "max": {"cpu": "1", "memory": "100Mi"}}),
+        // A default CPU limit (what a ResourceQuota on limits.cpu needs)
+        // and a ratio the defaults break (128Mi / 32Mi = 4 > 2).
+        json!({"type": "Container", "default": {"cpu": "200m"}, "maxLimitRequestRatio": {"memory": "2"}}),
+    ];
+    for item in cases {
+        let lr = vec![limit_range(item.clone())];
+        let facts = ClusterFacts {
+            limit_ranges: Some(&lr),
+            ..app_facts()
+        };
+        let p = opted_in(json!({}));
+        let i = match webhook::inject(&p, &facts, &defaults()) {
+            Ok(Outcome::Injected(i)) => i,
+            other => panic!("{item}: {other:?}"),
+        };
+        // The sidecar alone: the app's own resources are the app's business.
+        let only = json!({"spec": {"initContainers": [sidecar(&mutated(&p, &i))]}});
+        let lr_json = vec![serde_json::to_value(&lr[0]).expect("json")];
+        let violations = limit_range_violations(&only, &lr_json);
+        assert!(violations.is_empty(), "{item}: {violations:#?}");
+        assert!(
+            i.warnings.iter().any(|w| w.contains("LimitRange")),
+            "{item}: {:?}",
+            i.warnings
+        );
+    }
+}
+
+#[test]
+fn the_body_budget_follows_a_limit_range_default() {
+    let lr = vec![limit_range(
+        json!({"type": "Container", "max": {"memory": "100Mi"}}),
+    )];
+    let facts = ClusterFacts {
+        limit_ranges: Some(&lr),
+        ..app_facts()
+    };
+    let p = opted_in(json!({}));
+    let Ok(Outcome::Injected(i)) = webhook::inject(&p, &facts, &defaults()) else {
+        panic!("not injected");
+    };
+    let c = sidecar(&mutated(&p, &i));
+    assert_eq!(c["resources"]["limits"]["memory"], "100Mi");
+    assert_eq!(
+        env_of(&c, "BEDROCK_BROKER_REQUEST_BODY_BUDGET").map(|e| e["value"].clone()),
+        Some(json!("52428800"))
+    );
+}
