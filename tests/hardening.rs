@@ -435,13 +435,13 @@ async fn a_burst_leaves_no_more_idle_upstream_connections_than_the_pool_keeps() 
     for request in burst {
         assert_eq!(text(request.await.unwrap().unwrap()).await.0, 200);
     }
-    let peak_was_a_burst = open.load(std::sync::atomic::Ordering::SeqCst);
+    let peak_was_a_burst = open.peak.load(std::sync::atomic::Ordering::SeqCst);
     assert!(
         peak_was_a_burst > 32,
         "the burst opened {peak_was_a_burst} connections"
     );
     let settled = async {
-        while open.load(std::sync::atomic::Ordering::SeqCst) > 32 {
+        while open.open.load(std::sync::atomic::Ordering::SeqCst) > 32 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };

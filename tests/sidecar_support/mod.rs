@@ -170,21 +170,27 @@ pub async fn raw_upstream(answer: &'static [u8]) -> FakeUpstream {
     }
 }
 
+/// Connections to a `counting_upstream`: open now, and the most at once.
+#[derive(Default)]
+pub struct Connections {
+    pub open: std::sync::atomic::AtomicUsize,
+    pub peak: std::sync::atomic::AtomicUsize,
+}
+
 /// An HTTP/1.1 upstream that answers every request after `delay` and
 /// counts the connections open to it.
-pub async fn counting_upstream(
-    delay: Duration,
-) -> (FakeUpstream, Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+pub async fn counting_upstream(delay: Duration) -> (FakeUpstream, Arc<Connections>) {
+    use std::sync::atomic::Ordering;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let open = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(Connections::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let counter = open.clone();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
             let open = counter.clone();
-            open.fetch_add(1, Ordering::SeqCst);
+            let now = open.open.fetch_add(1, Ordering::SeqCst) + 1;
+            open.peak.fetch_max(now, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 * 1024];
                 let mut seen = Vec::new();
@@ -212,7 +218,7 @@ pub async fn counting_upstream(
                         }
                     }
                 }
-                open.fetch_sub(1, Ordering::SeqCst);
+                open.open.fetch_sub(1, Ordering::SeqCst);
             });
         }
     });
