@@ -110,7 +110,22 @@ fn pods_sharing_process_namespaces_are_refused() {
 }
 
 #[test]
-fn roles_are_limited_to_the_service_accounts_by_default() {
+fn roles_are_limited_to_the_service_accounts_under_that_policy() {
+    // As the chart installs the webhook.
+    let service_account = || {
+        let mut d = defaults();
+        d.role_policy = webhook::RolePolicy::ServiceAccount;
+        d
+    };
+    let denial =
+        |p: &k8s_openapi::api::core::v1::Pod, facts: &ClusterFacts<'_>| match webhook::inject(
+            p,
+            facts,
+            &service_account(),
+        ) {
+            Err(d) => d.to_string(),
+            other => panic!("expected a denial, got {other:?}"),
+        };
     let sa_role = "arn:aws:iam::123456789012:role/chat-app";
     let sa: StringMap = [("eks.amazonaws.com/role-arn".to_owned(), sa_role.to_owned())].into();
     let none = StringMap::new();
@@ -148,17 +163,15 @@ fn roles_are_limited_to_the_service_accounts_by_default() {
     p.metadata.annotations = None;
     assert!(denial(&p, &facts(none)).contains("no IAM role"));
     // The ServiceAccount's own role, named again on the pod, is fine.
-    match webhook::inject(&with_role(sa_role), &facts(sa), &defaults()) {
+    match webhook::inject(&with_role(sa_role), &facts(sa), &service_account()) {
         Ok(Outcome::Injected(i)) => assert!(matches!(
             i.auth,
             SidecarAuth::WebIdentity { ref role, .. } if role.as_str() == sa_role
         )),
         other => panic!("{other:?}"),
     }
-    // --role-policy any: the pod's annotation wins, as before.
-    let mut d = defaults();
-    d.role_policy = webhook::RolePolicy::Any;
-    match webhook::inject(&with_role(ROLE), &facts(sa), &d) {
+    // --role-policy any (the binary's default): the pod's annotation wins.
+    match webhook::inject(&with_role(ROLE), &facts(sa), &defaults()) {
         Ok(Outcome::Injected(i)) => {
             assert!(matches!(
                 i.auth,

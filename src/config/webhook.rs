@@ -376,17 +376,17 @@ mod tests {
         assert_eq!(s.resources.cpu_limit, None);
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.run_as_user, 65532);
-        assert_eq!(s.role_policy, RolePolicy::ServiceAccount);
+        assert_eq!(s.role_policy, RolePolicy::Any);
     }
 
     #[test]
     fn the_role_policy_is_read_and_checked() {
         let c = webhook(
             WebhookArgs::default(),
-            &[(policy::ROLE_POLICY.var(), "any")],
+            &[(policy::ROLE_POLICY.var(), "service-account")],
         )
         .expect("parses");
-        assert_eq!(c.sidecar.role_policy, RolePolicy::Any);
+        assert_eq!(c.sidecar.role_policy, RolePolicy::ServiceAccount);
         let err = webhook(
             WebhookArgs::default(),
             &[(policy::ROLE_POLICY.var(), "pod")],

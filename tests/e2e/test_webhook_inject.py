@@ -100,7 +100,8 @@ def test_inject_equals_the_webhook(name):
     pod.setdefault("metadata", {}).setdefault("namespace", review["request"]["namespace"])
     expected = load_expected(name)
     stream = yaml.safe_dump_all([*cluster_documents(), pod], sort_keys=False)
-    result = inject(stream, "--sidecar-region", "us-east-1")
+    # The goldens are the webhook as the chart installs it.
+    result = inject(stream, "--sidecar-region", "us-east-1", "--role-policy", "service-account")
     if not expected["allowed"]:
         assert result.returncode == 1, result.stderr
         # The webhook's reason, word for word.

@@ -215,6 +215,8 @@ def running_webhook(tmp_path, fake_api, extra_env: dict | None = None):
         "BEDROCK_BROKER_WEBHOOK_TLS_KEY_FILE": str(tls_dir / "tls.key"),
         "BEDROCK_BROKER_WEBHOOK_TLS_RELOAD_INTERVAL": "100ms",
         "BEDROCK_BROKER_SIDECAR_REGION": "us-east-1",
+        # As the chart installs it (the binary's default is `any`).
+        "BEDROCK_BROKER_WEBHOOK_ROLE_POLICY": "service-account",
         **(extra_env or {}),
     }
     proc = subprocess.Popen([str(BINARY), "webhook"], env=env, stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"))
