@@ -30,6 +30,7 @@ mod response_body;
 mod route;
 mod self_heal;
 mod sign;
+pub mod signer;
 pub(crate) mod sigv4;
 mod target;
 mod upstream;
@@ -50,7 +51,8 @@ pub use auth::AuthMode;
 pub use config::{Config, RouteTable, Upstream, UsageLabels};
 pub use error::{reference_table as error_reference_table, Code, Dialect, ProxyError, CODES};
 pub use operation::Operation;
-pub use sigv4::Signer;
+pub use signer::{RequestSigner, SignError as RequestSignError, Signature};
+pub use sigv4::{BodyDigest, Signer};
 pub use upstream::{clients as upstream_clients, RequestBody, UpstreamClient, UpstreamClients};
 
 use crate::clock::SharedClock;
@@ -232,7 +234,7 @@ impl Proxy {
                 parts.headers.insert(http::header::AUTHORIZATION, value);
                 self.send_pooled(parts, Full::new(body.bytes)).await
             }
-            auth::Decision::SigV4 => self.send_signed(route.signer(), parts, body).await,
+            auth::Decision::SigV4 => self.send_signed(route.request_signer(), parts, body).await,
         };
         response.map(|r| (r, mode, model)).map_err(with_mode)
     }

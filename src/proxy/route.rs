@@ -8,6 +8,7 @@ use super::classify::Prefix;
 use super::config::{RouteTable, Upstream};
 use super::error::ProxyError;
 use super::headers;
+use super::signer::RequestSigner;
 use super::sigv4::Signer;
 
 /// One upstream and how to sign for it.
@@ -17,20 +18,30 @@ pub struct Route {
     upstream: Upstream,
     /// `None` without a region (API-key mode): SigV4 is then impossible.
     signer: Option<Signer>,
+    /// The same, for buffered requests (everything but event streams).
+    request_signer: Option<RequestSigner>,
 }
 
 impl Route {
     fn new(prefix: Prefix, upstream: Upstream, region: Option<&str>) -> Self {
         let signer = region.map(|r| Signer::new(r, upstream.signing_name.clone()));
+        let request_signer = region.map(|r| RequestSigner::new(r, upstream.signing_name.clone()));
         Self {
             prefix,
             upstream,
             signer,
+            request_signer,
         }
     }
 
+    /// The event-stream signer (aws-sigv4).
     pub fn signer(&self) -> Option<&Signer> {
         self.signer.as_ref()
+    }
+
+    /// The buffered-request signer.
+    pub fn request_signer(&self) -> Option<&RequestSigner> {
+        self.request_signer.as_ref()
     }
 
     /// The upstream URI for a client path-and-query (prefix removed).
