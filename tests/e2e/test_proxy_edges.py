@@ -215,3 +215,15 @@ def test_bad_configuration_exits_2_naming_every_problem():
     assert out.returncode == 2
     for name in ["AWS_WEB_IDENTITY_TOKEN_FILE", "BEDROCK_BROKER_LISTEN"]:
         assert name in out.stderr, out.stderr
+
+
+def test_a_query_with_unencoded_colon_and_slash_is_forwarded_as_signed(sidecar, fake_aws):
+    # botocore (like some AWS front ends) canonicalises the query as it
+    # arrives; the proxy must send it in the one encoding it signed.
+    tid = uuid.uuid4().hex
+    r, data = raw(sidecar, "GET", "/openai/v1/models?next=http://x:1/&b=a+b&&flag", {"x-test-id": tid})
+    assert r.status == 200, data
+    rec = fake_aws.request_for(tid)
+    assert rec["verified"], rec["rejection"]
+    assert rec["query"] == "next=http%3A%2F%2Fx%3A1%2F&b=a%20b&flag="
+
