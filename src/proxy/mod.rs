@@ -58,6 +58,7 @@ pub use upstream::{clients as upstream_clients, RequestBody, UpstreamClient, Ups
 use crate::clock::SharedClock;
 use crate::credentials::CredentialCell;
 use crate::metrics::labels::ModelLabels;
+use crate::metrics::requests::RequestCounters;
 use crate::metrics::ProxyMetrics;
 use classify::Classified;
 use response_body::{Completion, InFlight, StreamKind, UpstreamBody};
@@ -93,6 +94,8 @@ pub struct Proxy {
     metrics: ProxyMetrics,
     /// Per-operation duration histograms, resolved once instead of per request.
     durations: Vec<Histogram>,
+    /// `requests_total` by operation × auth mode × status, resolved once.
+    requests: RequestCounters,
 }
 
 impl Proxy {
@@ -124,6 +127,11 @@ impl Proxy {
                     models,
                 })
             }),
+            requests: RequestCounters::new(
+                &metrics.requests,
+                Operation::ALL.len(),
+                AuthMode::COUNT,
+            ),
             clock,
             metrics,
             durations,
@@ -177,14 +185,11 @@ impl Proxy {
                 (response, auth)
             }
         };
-        self.metrics
-            .requests
-            .with_label_values(&[
-                operation.as_str(),
-                response.status().as_str(),
-                auth.as_str(),
-            ])
-            .inc();
+        self.requests.inc(
+            (operation.index(), operation.as_str()),
+            (auth.index(), auth.as_str()),
+            response.status(),
+        );
         Ok(response)
     }
 
