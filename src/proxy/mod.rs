@@ -57,7 +57,7 @@ pub use upstream::{clients as upstream_clients, RequestBody, UpstreamClient, Ups
 
 use crate::clock::SharedClock;
 use crate::credentials::CredentialCell;
-use crate::metrics::labels::ModelLabels;
+use crate::metrics::labels::{ModelLabels, ModelRef};
 use crate::metrics::requests::RequestCounters;
 use crate::metrics::ProxyMetrics;
 use classify::Classified;
@@ -70,8 +70,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = Either<Full<Bytes>, UpstreamBody>;
 
 /// A forwarded request: Bedrock's answer, how the request was
-/// authenticated, and the `model` label usage is counted under.
-type Forwarded = (Response<Incoming>, AuthMode, Option<Arc<str>>);
+/// authenticated, and the model usage is counted for if it succeeds.
+type Forwarded = (Response<Incoming>, AuthMode, Option<ModelRef>);
 
 /// Everything request handling needs; built once, shared by all connections.
 pub struct Proxy {
@@ -120,13 +120,8 @@ impl Proxy {
             self_heal_wait: config.self_heal_wait,
             response_header_timeout: config.response_header_timeout,
             stream_idle_timeout: config.stream_idle_timeout,
-            usage: ModelLabels::new(&config.usage).map(|models| {
-                Arc::new(UsageRecorder {
-                    tokens: metrics.tokens.clone(),
-                    time_to_first_token: metrics.time_to_first_token.clone(),
-                    models,
-                })
-            }),
+            usage: ModelLabels::new(&config.usage, &metrics.tokens)
+                .map(|models| Arc::new(UsageRecorder::new(&metrics.time_to_first_token, models))),
             requests: RequestCounters::new(
                 &metrics.requests,
                 Operation::ALL.len(),
@@ -154,20 +149,11 @@ impl Proxy {
         let duration = self.durations[operation.index()].clone();
 
         let (response, auth) = match self.forward(request, &class).await {
-            Ok((mut response, auth, model)) => {
-                headers::remove_hop_by_hop(response.headers_mut());
+            Ok((response, auth, model)) => {
                 let completion = Completion::new(started, duration, in_flight);
-                let kind = StreamKind::of(response.headers());
-                let tap = match (&self.usage, model) {
-                    (Some(usage), Some(model)) if response.status().is_success() => {
-                        usage.tap(model, operation, response.headers(), started)
-                    }
-                    _ => None,
-                };
-                let idle = self.stream_idle_timeout;
-                let response = response.map(|body| {
-                    Either::Right(UpstreamBody::new(body, completion, kind, idle, tap))
-                });
+                let response = self
+                    .respond(response, model, operation, completion, started)
+                    .await;
                 (response, auth)
             }
             Err((err, auth)) => {
@@ -191,6 +177,28 @@ impl Proxy {
             response.status(),
         );
         Ok(response)
+    }
+
+    /// Bedrock's answer, on its way back: streamed and measured, its usage
+    /// read if it succeeded.
+    async fn respond(
+        &self,
+        mut response: Response<Incoming>,
+        model: Option<ModelRef>,
+        operation: Operation,
+        completion: Completion,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        headers::remove_hop_by_hop(response.headers_mut());
+        let kind = StreamKind::of(response.headers());
+        let tap = match (&self.usage, model) {
+            (Some(usage), Some(model)) if response.status().is_success() => {
+                usage.tap(model, operation, response.headers(), kind, started)
+            }
+            _ => None,
+        };
+        let idle = self.stream_idle_timeout;
+        response.map(|body| Either::Right(UpstreamBody::new(body, completion, kind, idle, tap)))
     }
 
     /// Checks, authenticates, signs and sends one request.
@@ -231,7 +239,7 @@ impl Proxy {
         let model = self
             .usage
             .as_ref()
-            .map(|u| u.model_label(parts.uri.path(), &body.bytes));
+            .map(|u| u.model(parts.uri.path(), &body.bytes));
         route.retarget(&mut parts).map_err(with_mode)?;
 
         let response = match decision {
