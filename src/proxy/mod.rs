@@ -25,6 +25,7 @@ mod error;
 mod event_stream;
 mod headers;
 mod operation;
+mod redact;
 mod request_body;
 mod response_body;
 mod route;
@@ -152,7 +153,7 @@ impl Proxy {
             Ok((response, auth, model)) => {
                 let completion = Completion::new(started, duration, in_flight);
                 let response = self
-                    .respond(response, model, operation, completion, started)
+                    .respond(response, auth, model, operation, completion, started)
                     .await;
                 (response, auth)
             }
@@ -180,16 +181,22 @@ impl Proxy {
     }
 
     /// Bedrock's answer, on its way back: streamed and measured, its usage
-    /// read if it succeeded.
+    /// read if it succeeded; a signature error's body cleaned of the
+    /// session token it may quote.
     async fn respond(
         &self,
         mut response: Response<Incoming>,
+        auth: AuthMode,
         model: Option<ModelRef>,
         operation: Operation,
         completion: Completion,
         started: Instant,
     ) -> Response<ProxyBody> {
         headers::remove_hop_by_hop(response.headers_mut());
+        if auth == AuthMode::SigV4 && redact::is_signature_error(&response) {
+            let timeout = self.stream_idle_timeout;
+            return redact::redacted(response, timeout).await.map(Either::Left);
+        }
         let kind = StreamKind::of(response.headers());
         let tap = match (&self.usage, model) {
             (Some(usage), Some(model)) if response.status().is_success() => {
