@@ -8,9 +8,42 @@ pub trait Sink {
     fn put(&mut self, bytes: &[u8]);
 }
 
-impl Sink for sha2::Sha256 {
+/// SHA-256 fed through a small buffer: the canonical request arrives in
+/// dozens of pieces of a few bytes, and each call into the hash costs more
+/// than copying them.
+pub struct BufferedSha256 {
+    hash: sha2::Sha256,
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl BufferedSha256 {
+    pub fn new() -> Self {
+        Self {
+            hash: sha2::Digest::new(),
+            buf: [0; 256],
+            len: 0,
+        }
+    }
+
+    pub fn finalize(mut self) -> [u8; 32] {
+        sha2::Digest::update(&mut self.hash, &self.buf[..self.len]);
+        sha2::Digest::finalize(self.hash).into()
+    }
+}
+
+impl Sink for BufferedSha256 {
     fn put(&mut self, bytes: &[u8]) {
-        sha2::Digest::update(self, bytes);
+        if self.len + bytes.len() > self.buf.len() {
+            sha2::Digest::update(&mut self.hash, &self.buf[..self.len]);
+            self.len = 0;
+            if bytes.len() > self.buf.len() {
+                sha2::Digest::update(&mut self.hash, bytes);
+                return;
+            }
+        }
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
     }
 }
 

@@ -100,10 +100,12 @@ impl DerivedKey {
         })
     }
 
-    /// HMAC-SHA256 of `data` under the signing key.
-    pub fn sign(&self, data: &[u8]) -> [u8; 32] {
+    /// HMAC-SHA256 under the signing key of the concatenated `parts`.
+    pub fn sign(&self, parts: &[&[u8]]) -> [u8; 32] {
         let mut mac = self.mac.clone();
-        mac.update(data);
+        for part in parts {
+            mac.update(part);
+        }
         let mut out = [0u8; 32];
         out.copy_from_slice(mac.finalize().as_bytes());
         out

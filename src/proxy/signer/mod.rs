@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use super::sigv4::BodyDigest;
 use crate::credentials::HeldCredentials;
 use canonical::{SignedHeaders, X_AMZ_DATE, X_AMZ_SECURITY_TOKEN};
-use encode::Sink;
+use encode::{BufferedSha256, Sink};
 use key::KeyCache;
 use time::AmzDate;
 
@@ -106,7 +106,7 @@ impl RequestSigner {
         let token = held.credentials().session_token();
         let (signature, authorization) = {
             let signed = SignedHeaders::new(headers, host(uri)?, date.as_str(), token);
-            let mut creq = Sha256::new();
+            let mut creq = BufferedSha256::new();
             canonical::Request {
                 method,
                 uri,
@@ -115,18 +115,15 @@ impl RequestSigner {
                 payload_sha256_hex: payload.as_str(),
             }
             .write(&mut creq);
-            let creq_hex: [u8; 64] = hex(&creq.finalize().into());
-            let mut string_to_sign = Vec::with_capacity(160);
-            for part in [
+            let creq_hex: [u8; 64] = hex(&creq.finalize());
+            let string_to_sign = [
                 &b"AWS4-HMAC-SHA256\n"[..],
                 date.as_str().as_bytes(),
                 b"\n",
                 key.scope.as_bytes(),
                 b"\n",
                 &creq_hex,
-            ] {
-                string_to_sign.put(part);
-            }
+            ];
             let signature = Signature(hex(&key.sign(&string_to_sign)));
             let mut authorization = Vec::with_capacity(key.authorization_prefix.len() + 200);
             authorization.put(key.authorization_prefix.as_bytes());
