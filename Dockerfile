@@ -1,27 +1,26 @@
 # syntax=docker/dockerfile:1.7
 #
-# bedrock-broker: one static binary in a distroless, non-root image.
+# bedrock-broker: one binary in a distroless, non-root image.
 #
 #   docker build -t ghcr.io/bedrock-broker/bedrock-broker:0.1.0 .
 #   docker buildx build --platform linux/amd64,linux/arm64 -t ... --push .
 #
 # Stages (cargo-chef): planner writes the dependency recipe, cook builds only
 # the dependencies (cached until Cargo.toml/Cargo.lock change), build compiles
-# the crate. Alpine's Rust targets musl natively, so the binary is static
-# (rustls + ring, no OpenSSL, no glibc) and runs on distroless/static.
-# See docs/packaging.md.
+# the crate. The binary links glibc (rustls + ring, no OpenSSL) and runs on
+# distroless/cc, whose glibc is Debian 12's like the build stage's: the same
+# libc and malloc that `make bench` measures (see docs/performance.md).
+# Nothing is fetched but the base images and crates. See docs/packaging.md.
 
 # Keep equal to rust-toolchain.toml (checked by tests/packaging).
 ARG RUST_VERSION=1.95.0
-ARG ALPINE_VERSION=3.22
 ARG CARGO_CHEF_VERSION=0.1.73
 
-FROM rust:${RUST_VERSION}-alpine${ALPINE_VERSION} AS chef
+# bookworm = Debian 12, the release of distroless/cc-debian12 below: the
+# binary needs a glibc at least as new as the one it was built against.
+FROM rust:${RUST_VERSION}-bookworm AS chef
 ARG CARGO_CHEF_VERSION
-# musl-dev: the C runtime ring's build script links against.
-# hadolint ignore=DL3018
-RUN apk add --no-cache musl-dev \
- && cargo install cargo-chef --locked --version "${CARGO_CHEF_VERSION}"
+RUN cargo install cargo-chef --locked --version "${CARGO_CHEF_VERSION}"
 WORKDIR /src
 
 FROM chef AS planner
@@ -43,9 +42,9 @@ RUN cargo build --release --locked --bin bedrock-broker \
  && cp target/release/bedrock-broker /bedrock-broker \
  && /bedrock-broker --version
 
-# distroless/static: CA certificates, /etc/passwd with nonroot (65532),
-# tzdata, nothing else (no shell, no package manager).
-FROM gcr.io/distroless/static-debian12:nonroot
+# distroless/cc: glibc, libgcc, CA certificates, /etc/passwd with nonroot
+# (65532), tzdata, nothing else (no shell, no package manager).
+FROM gcr.io/distroless/cc-debian12:nonroot
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown
@@ -58,7 +57,14 @@ LABEL org.opencontainers.image.title="bedrock-broker" \
       org.opencontainers.image.source="https://github.com/bedrock-broker/bedrock-broker" \
       org.opencontainers.image.url="https://github.com/bedrock-broker/bedrock-broker" \
       org.opencontainers.image.documentation="https://github.com/bedrock-broker/bedrock-broker/blob/main/docs/packaging.md" \
-      org.opencontainers.image.base.name="gcr.io/distroless/static-debian12:nonroot"
+      org.opencontainers.image.base.name="gcr.io/distroless/cc-debian12:nonroot"
+# glibc's malloc serves buffers of 128 KiB and more (request bodies) from
+# their own mappings and unmaps them when freed. Its default threshold
+# grows to the largest block freed, after which large bodies come from the
+# heap arenas, which keep the memory: 74 MiB held after bursts of 5 MB
+# bodies instead of 14 MiB. `make bench` runs the sidecar with this
+# environment too (read from here).
+ENV MALLOC_MMAP_THRESHOLD_=131072
 COPY --from=build --chown=0:0 --chmod=0755 /bedrock-broker /bedrock-broker
 # Numeric so Kubernetes' runAsNonRoot can verify it without /etc/passwd.
 USER 65532:65532

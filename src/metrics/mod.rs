@@ -7,6 +7,7 @@
 //! process owns its registry; nothing registers in the global one.
 
 pub mod labels;
+pub mod requests;
 pub mod sidecar;
 pub mod webhook;
 

@@ -27,6 +27,14 @@ pub enum AuthMode {
 }
 
 impl AuthMode {
+    /// How many modes there are, for per-mode arrays.
+    pub const COUNT: usize = 5;
+
+    /// Position among the modes, for per-mode arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// Whether the request goes out with a Bedrock API key (bearer token).
     pub fn is_api_key(self) -> bool {
         matches!(

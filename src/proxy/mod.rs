@@ -28,11 +28,13 @@ pub mod fuzz;
 mod gate;
 mod headers;
 mod operation;
+mod redact;
 mod request_body;
 mod response_body;
 mod route;
 mod self_heal;
 mod sign;
+pub mod signer;
 pub(crate) mod sigv4;
 mod target;
 mod upstream;
@@ -54,14 +56,16 @@ pub use config::{Config, Gate, RouteTable, Upstream, UsageLabels};
 pub use error::{reference_table as error_reference_table, Code, Dialect, ProxyError, CODES};
 pub use gate::is_loopback_host;
 pub use operation::Operation;
-pub use sigv4::Signer;
+pub use signer::{RequestSigner, SignError as RequestSignError, Signature};
+pub use sigv4::{BodyDigest, Signer};
 pub use upstream::{clients as upstream_clients, RequestBody, UpstreamClient, UpstreamClients};
 #[doc(hidden)]
 pub use usage::bench_tap;
 
 use crate::clock::SharedClock;
 use crate::credentials::CredentialCell;
-use crate::metrics::labels::ModelLabels;
+use crate::metrics::labels::{ModelLabels, ModelRef};
+use crate::metrics::requests::RequestCounters;
 use crate::metrics::ProxyMetrics;
 use classify::Classified;
 use response_body::{Completion, InFlight, StreamKind, UpstreamBody};
@@ -73,8 +77,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = Either<Full<Bytes>, UpstreamBody>;
 
 /// A forwarded request: Bedrock's answer, how the request was
-/// authenticated, and the `model` label usage is counted under.
-type Forwarded = (Response<Incoming>, AuthMode, Option<Arc<str>>);
+/// authenticated, and the model usage is counted for if it succeeds.
+type Forwarded = (Response<Incoming>, AuthMode, Option<ModelRef>);
 
 /// Everything request handling needs; built once, shared by all connections.
 pub struct Proxy {
@@ -99,6 +103,8 @@ pub struct Proxy {
     durations: Vec<Histogram>,
     /// What a request must pass before it is read or forwarded.
     gate: gate::GateState,
+    /// `requests_total` by operation × auth mode × status, resolved once.
+    requests: RequestCounters,
 }
 
 impl Proxy {
@@ -123,13 +129,13 @@ impl Proxy {
             self_heal_wait: config.self_heal_wait,
             response_header_timeout: config.response_header_timeout,
             stream_idle_timeout: config.stream_idle_timeout,
-            usage: ModelLabels::new(&config.usage).map(|models| {
-                Arc::new(UsageRecorder {
-                    tokens: metrics.tokens.clone(),
-                    time_to_first_token: metrics.time_to_first_token.clone(),
-                    models,
-                })
-            }),
+            usage: ModelLabels::new(&config.usage, &metrics.tokens)
+                .map(|models| Arc::new(UsageRecorder::new(&metrics.time_to_first_token, models))),
+            requests: RequestCounters::new(
+                &metrics.requests,
+                Operation::ALL.len(),
+                AuthMode::COUNT,
+            ),
             clock,
             metrics,
             durations,
@@ -158,21 +164,12 @@ impl Proxy {
             Err(ref e) => Err((e.clone(), AuthMode::None)),
         };
         let (response, auth) = match forwarded {
-            Ok((mut response, auth, model)) => {
-                headers::prepare_response_headers(response.headers_mut());
+            Ok((response, auth, model)) => {
                 let slot = admitted.ok();
                 let completion = Completion::new(started, duration, in_flight, slot);
-                let kind = StreamKind::of(response.headers());
-                let tap = match (&self.usage, model) {
-                    (Some(usage), Some(model)) if response.status().is_success() => {
-                        usage.tap(model, operation, response.headers(), started)
-                    }
-                    _ => None,
-                };
-                let idle = self.stream_idle_timeout;
-                let response = response.map(|body| {
-                    Either::Right(UpstreamBody::new(body, completion, kind, idle, tap))
-                });
+                let response = self
+                    .respond(response, auth, model, operation, completion, started)
+                    .await;
                 (response, auth)
             }
             Err((err, auth)) => {
@@ -190,15 +187,40 @@ impl Proxy {
                 (response, auth)
             }
         };
-        self.metrics
-            .requests
-            .with_label_values(&[
-                operation.as_str(),
-                response.status().as_str(),
-                auth.as_str(),
-            ])
-            .inc();
+        self.requests.inc(
+            (operation.index(), operation.as_str()),
+            (auth.index(), auth.as_str()),
+            response.status(),
+        );
         Ok(response)
+    }
+
+    /// Bedrock's answer, on its way back: streamed and measured, its usage
+    /// read if it succeeded; a signature error's body cleaned of the
+    /// session token it may quote.
+    async fn respond(
+        &self,
+        mut response: Response<Incoming>,
+        auth: AuthMode,
+        model: Option<ModelRef>,
+        operation: Operation,
+        completion: Completion,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        headers::prepare_response_headers(response.headers_mut());
+        if auth == AuthMode::SigV4 && redact::is_signature_error(&response) {
+            let timeout = self.stream_idle_timeout;
+            return redact::redacted(response, timeout).await.map(Either::Left);
+        }
+        let kind = StreamKind::of(response.headers());
+        let tap = match (&self.usage, model) {
+            (Some(usage), Some(model)) if response.status().is_success() => {
+                usage.tap(model, operation, response.headers(), kind, started)
+            }
+            _ => None,
+        };
+        let idle = self.stream_idle_timeout;
+        response.map(|body| Either::Right(UpstreamBody::new(body, completion, kind, idle, tap)))
     }
 
     /// Checks, authenticates, signs and sends one request.
@@ -246,7 +268,7 @@ impl Proxy {
         let model = self
             .usage
             .as_ref()
-            .map(|u| u.model_label(parts.uri.path(), &body.bytes));
+            .map(|u| u.model(parts.uri.path(), &body.bytes));
         route.retarget(&mut parts).map_err(with_mode)?;
 
         let response = match decision {
@@ -254,7 +276,7 @@ impl Proxy {
                 parts.headers.insert(http::header::AUTHORIZATION, value);
                 self.send_pooled(parts, Full::new(body.bytes)).await
             }
-            auth::Decision::SigV4 => self.send_signed(route.signer(), parts, body).await,
+            auth::Decision::SigV4 => self.send_signed(route.request_signer(), parts, body).await,
         };
         response
             .and_then(refuse_protocol_switch)

@@ -1,6 +1,8 @@
 //! Where a request goes: the upstream of its prefix, and how to sign for
 //! it. The prefix is removed before forwarding and signing.
 
+use std::borrow::Cow;
+
 use http::uri::PathAndQuery;
 use http::{Uri, Version};
 
@@ -8,6 +10,7 @@ use super::classify::Prefix;
 use super::config::{RouteTable, Upstream};
 use super::error::ProxyError;
 use super::headers;
+use super::signer::{query, RequestSigner};
 use super::sigv4::Signer;
 
 /// One upstream and how to sign for it.
@@ -17,25 +20,46 @@ pub struct Route {
     upstream: Upstream,
     /// `None` without a region (API-key mode): SigV4 is then impossible.
     signer: Option<Signer>,
+    /// The same, for buffered requests (everything but event streams).
+    request_signer: Option<RequestSigner>,
 }
 
 impl Route {
     fn new(prefix: Prefix, upstream: Upstream, region: Option<&str>) -> Self {
         let signer = region.map(|r| Signer::new(r, upstream.signing_name.clone()));
+        let request_signer = region.map(|r| RequestSigner::new(r, upstream.signing_name.clone()));
         Self {
             prefix,
             upstream,
             signer,
+            request_signer,
         }
     }
 
+    /// The event-stream signer (aws-sigv4).
     pub fn signer(&self) -> Option<&Signer> {
         self.signer.as_ref()
     }
 
-    /// The upstream URI for a client path-and-query (prefix removed).
+    /// The buffered-request signer.
+    pub fn request_signer(&self) -> Option<&RequestSigner> {
+        self.request_signer.as_ref()
+    }
+
+    /// The upstream URI for a client path-and-query (prefix removed), its
+    /// query in the encoding it is signed in ([`query::normalised`]).
     pub fn uri(&self, pq: Option<&PathAndQuery>) -> Result<Uri, ProxyError> {
-        let pq = pq.map_or("/", PathAndQuery::as_str);
+        let normalised = pq.and_then(|pq| {
+            let q = pq.query()?;
+            match query::normalised(q) {
+                Cow::Borrowed(_) => None,
+                Cow::Owned(n) if n.is_empty() => Some(pq.path().to_owned()),
+                Cow::Owned(n) => Some(format!("{}?{n}", pq.path())),
+            }
+        });
+        let pq = normalised
+            .as_deref()
+            .unwrap_or_else(|| pq.map_or("/", PathAndQuery::as_str));
         // Keep the slash that ends the prefix: "/mantle/v1/x" -> "/v1/x".
         let pq = match self.prefix.path() {
             "" => pq,
@@ -154,6 +178,14 @@ mod tests {
         assert_eq!(
             uri("/mantle"),
             "https://bedrock-runtime.us-east-1.amazonaws.com/mantle"
+        );
+        assert_eq!(
+            uri("/openai/v1/models?next=http://x:1/&&b"),
+            "https://bedrock-runtime.us-east-1.amazonaws.com/openai/v1/models?next=http%3A%2F%2Fx%3A1%2F&b="
+        );
+        assert_eq!(
+            uri("/openai/v1/models?"),
+            "https://bedrock-runtime.us-east-1.amazonaws.com/openai/v1/models?"
         );
     }
 

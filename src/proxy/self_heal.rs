@@ -8,7 +8,7 @@ use hyper::body::Incoming;
 
 use super::error::ProxyError;
 use super::request_body::ReadBody;
-use super::sigv4::Signer;
+use super::signer::RequestSigner;
 use super::{upstream, Proxy};
 
 impl Proxy {
@@ -16,7 +16,7 @@ impl Proxy {
     /// rejects the ones used.
     pub(super) async fn send_signed(
         &self,
-        signer: Option<&Signer>,
+        signer: Option<&RequestSigner>,
         mut parts: http::request::Parts,
         body: ReadBody,
     ) -> Result<Response<Incoming>, ProxyError> {

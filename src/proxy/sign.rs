@@ -4,25 +4,41 @@
 
 use super::error::ProxyError;
 use super::request_body::ReadBody;
+use super::signer::RequestSigner;
 use super::sigv4::{BodyDigest, Signer};
 use super::Proxy;
 use crate::credentials::{HeldCredentials, Unusable};
 
 impl Proxy {
-    /// Signs with the cell's credentials; returns their generation, so a
-    /// rejected request can wait for newer ones.
+    /// Signs a buffered request with the cell's credentials; returns their
+    /// generation, so a rejected request can wait for newer ones.
     pub(super) fn sign(
         &self,
-        signer: Option<&Signer>,
+        signer: Option<&RequestSigner>,
         parts: &mut http::request::Parts,
         body: &ReadBody,
     ) -> Result<u64, ProxyError> {
+        let signer = signer.ok_or(ProxyError::NoSigV4)?;
         let digest = BodyDigest::new(&body.bytes, body.sha256.as_deref());
-        self.sign_with(signer, parts, digest, |_, held, _| held.generation())
+        let now = self.clock.now();
+        let signed = self.cell.with_usable(now, |held| {
+            signer
+                .sign(
+                    &parts.method,
+                    &parts.uri,
+                    &mut parts.headers,
+                    digest,
+                    held,
+                    now,
+                )
+                .map(|_| held.generation())
+        });
+        unpack(signed)
     }
 
-    /// Signs with the cell's credentials; `keep` takes what it needs of the
-    /// credentials that signed and of the signature.
+    /// Signs with aws-sigv4 (the bidirectional stream) and the cell's
+    /// credentials; `keep` takes what it needs of the credentials that
+    /// signed and of the signature.
     pub(super) fn sign_with<T>(
         &self,
         signer: Option<&Signer>,
@@ -44,11 +60,17 @@ impl Proxy {
                 )
                 .map(|signature| keep(signer, held, signature))
         });
-        match signed {
-            Ok(Ok(kept)) => Ok(kept),
-            Ok(Err(e)) => Err(ProxyError::SigningFailed(e.to_string())),
-            Err(Unusable::NotYetObtained) => Err(ProxyError::NotYetObtained),
-            Err(Unusable::Expired) => Err(ProxyError::CredentialsExpired),
-        }
+        unpack(signed)
+    }
+}
+
+fn unpack<T, E: std::fmt::Display>(
+    signed: Result<Result<T, E>, Unusable>,
+) -> Result<T, ProxyError> {
+    match signed {
+        Ok(Ok(kept)) => Ok(kept),
+        Ok(Err(e)) => Err(ProxyError::SigningFailed(e.to_string())),
+        Err(Unusable::NotYetObtained) => Err(ProxyError::NotYetObtained),
+        Err(Unusable::Expired) => Err(ProxyError::CredentialsExpired),
     }
 }

@@ -1,4 +1,6 @@
-//! SigV4 signing of an outbound request, with aws-sigv4.
+//! SigV4 signing with aws-sigv4: the bidirectional stream's opening
+//! request (its signature seeds the message chain), and the judge of the
+//! buffered path's own signer ([`super::signer`]) in tests.
 
 use std::time::SystemTime;
 
@@ -6,6 +8,8 @@ use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettin
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use http::{HeaderValue, Method, Uri};
+
+use super::signer::UNSIGNED_HEADERS;
 
 /// The payload as the signer sees it: its SHA-256 if already computed
 /// (while the body was read), else the bytes to hash.
@@ -18,6 +22,16 @@ pub struct BodyDigest<'a> {
 impl<'a> BodyDigest<'a> {
     pub fn new(bytes: &'a [u8], sha256_hex: Option<&'a str>) -> Self {
         Self { bytes, sha256_hex }
+    }
+
+    /// The payload's SHA-256 as hex, when it was computed while reading.
+    pub fn sha256_hex(self) -> Option<&'a str> {
+        self.sha256_hex
+    }
+
+    /// The payload itself.
+    pub fn bytes(self) -> &'a [u8] {
+        self.bytes
     }
 
     fn signable(self) -> SignableBody<'a> {
@@ -44,28 +58,6 @@ impl<'a, const N: usize> From<&'a [u8; N]> for BodyDigest<'a> {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot sign the request: {0}")]
 pub struct SignError(String);
-
-/// Headers forwarded but never signed: ones an egress proxy or tracing
-/// middleware between us and AWS may add to or rewrite (a service mesh
-/// sidecar creates a child span in `traceparent`, for example). Signing them
-/// would turn harmless rewrites into signature failures.
-const UNSIGNED_HEADERS: [&str; 15] = [
-    "authorization",
-    "user-agent",
-    "x-amzn-trace-id",
-    "transfer-encoding",
-    "traceparent",
-    "tracestate",
-    "baggage",
-    "b3",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-    "x-b3-flags",
-    "x-request-id",
-    "x-forwarded-for",
-];
 
 /// Signs with the signing name and region of the upstream. The path is
 /// signed with the double percent-encoding and dot-segment normalization AWS

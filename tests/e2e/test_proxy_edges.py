@@ -226,3 +226,32 @@ def test_bad_configuration_exits_2_naming_every_problem():
     assert out.returncode == 2
     for name in ["AWS_WEB_IDENTITY_TOKEN_FILE", "BEDROCK_BROKER_LISTEN"]:
         assert name in out.stderr, out.stderr
+
+
+def test_a_query_with_unencoded_colon_and_slash_is_forwarded_as_signed(sidecar, fake_aws):
+    # botocore (like some AWS front ends) canonicalises the query as it
+    # arrives; the proxy must send it in the one encoding it signed.
+    tid = uuid.uuid4().hex
+    r, data = raw(sidecar, "GET", "/openai/v1/models?next=http://x:1/&b=a+b&&flag", {"x-test-id": tid})
+    assert r.status == 200, data
+    rec = fake_aws.request_for(tid)
+    assert rec["verified"], rec["rejection"]
+    assert rec["query"] == "next=http%3A%2F%2Fx%3A1%2F&b=a%20b&flag="
+
+
+def test_signature_errors_reach_the_client_without_the_session_token(sidecar, fake_aws):
+    tid = uuid.uuid4().hex
+    r, data = raw(sidecar, "POST", CONVERSE, {
+        "x-test-id": tid, "content-type": "application/json", "x-fake-sigv4-mismatch": "1",
+    }, BODY.encode())
+    assert r.status == 403
+    assert r.getheader("x-amzn-errortype") == "InvalidSignatureException"
+    message = json.loads(data)["message"]
+    assert "The Canonical String for this request should have been" in message
+    assert "x-amz-security-token:** redacted **" in message
+    rec = fake_aws.request_for(tid)
+    creds = {c["access_key_id"]: c for c in fake_aws.get("/credentials?include_secrets=1")}
+    token = creds[rec["access_key_id"]]["session_token"]
+    # The fake signed (and quoted) the token; the proxy took it out.
+    assert token and rec["security_token_signed"]
+    assert token not in data.decode()

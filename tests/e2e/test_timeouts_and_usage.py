@@ -111,3 +111,22 @@ def test_usage_metrics_can_be_turned_off(start_sidecar, irsa_env, fake_aws):
     sidecar = start_sidecar(irsa_env, ["--usage-metrics", "false"])
     bedrock_client(sidecar).converse(modelId=MODEL_WITH_COLON, messages=[{"role": "user", "content": [{"text": "x"}]}])
     assert "bedrock_broker_tokens_total{" not in sidecar.metrics()
+
+
+def test_model_label_slots_go_to_models_that_answered(start_sidecar, irsa_env, fake_aws):
+    sidecar = start_sidecar(irsa_env)
+    client = bedrock_client(sidecar)
+    msgs = [{"role": "user", "content": [{"text": "x"}]}]
+    # More failing models than there are label slots (20).
+    failing = with_headers(bedrock_client(sidecar), {"x-fake-status": "404"})
+    for i in range(25):
+        with pytest.raises(botocore.exceptions.ClientError):
+            failing.converse(modelId=f"no.such-model-{i}", messages=msgs)
+    client.converse(modelId=MODEL_WITH_COLON, messages=msgs)
+    wait_for(lambda: tokens(sidecar, MODEL_WITH_COLON, "input") > 0, timeout=5, what="a slot for the model that answered")
+    assert "no.such-model" not in sidecar.metrics()
+    # A model id too long to be a label is counted, as `other`.
+    long_id = "m" * 4096
+    client.converse(modelId=long_id, messages=msgs)
+    wait_for(lambda: tokens(sidecar, "other", "input") > 0, timeout=5, what="long id counted as other")
+    assert long_id[:300] not in sidecar.metrics()

@@ -684,7 +684,11 @@ def test_dockerfile_shape():
     text = (ROOT / "Dockerfile").read_text()
     stages = re.findall(r"^FROM (\S+)(?: AS (\w+))?", text, re.M)
     assert [s for _, s in stages] == ["chef", "planner", "cook", "build", ""]
-    assert stages[-1][0].startswith("gcr.io/distroless/static") and stages[-1][0].endswith(":nonroot")
+    assert stages[-1][0].startswith("gcr.io/distroless/cc-debian12") and stages[-1][0].endswith(":nonroot")
+    # The build stage's glibc is the runtime's (Debian 12 both).
+    assert stages[0][0].endswith("-bookworm"), stages[0]
+    # What the bench applies to the sidecar too (bench/run.py reads it here).
+    assert re.search(r"^ENV MALLOC_MMAP_THRESHOLD_=131072$", text, re.M)
     assert "cargo chef prepare" in text and "cargo chef cook --release --locked" in text
     assert re.search(r'^ENTRYPOINT \["/bedrock-broker"\]$', text, re.M)
     assert re.search(r"^USER 65532:65532$", text, re.M)

@@ -99,7 +99,7 @@ pub const USAGE_METRICS: Setting = Setting {
 pub const USAGE_MODELS: Setting = Setting {
     flag: "usage-models",
     env: &["BEDROCK_BROKER_USAGE_MODELS"],
-    default: Computed("the first 20 models seen"),
+    default: Computed("the first 20 models that answered"),
     help: "Comma-separated model ids allowed as the `model` label (others become `other`)",
 };
 pub const REFRESH_FRACTION: Setting = Setting {

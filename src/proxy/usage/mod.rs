@@ -12,17 +12,18 @@ mod eventstream;
 mod sse;
 mod tap;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::HeaderMap;
-use prometheus::{HistogramVec, IntCounterVec};
+use http::{HeaderMap, HeaderName};
+use prometheus::{Histogram, HistogramVec};
 use serde::Deserialize;
 
 use super::classify::model_in_path;
 use super::operation::Operation;
 use super::response_body::StreamKind;
-use crate::metrics::labels::ModelLabels;
+use crate::metrics::labels::{ModelCounters, ModelLabels, ModelRef};
 use decode::{Coding, Inflater};
 use tap::Parser;
 pub use tap::UsageTap;
@@ -104,77 +105,107 @@ fn value_after_last_key<T: serde::de::DeserializeOwned>(doc: &[u8], key: &[u8]) 
     values.next()?.ok()
 }
 
-/// The `model` field of an OpenAI-style request body.
+/// The `model` field of an OpenAI-style request body (borrowed unless it
+/// has escapes).
 #[derive(Debug, Deserialize)]
-struct ModelField {
-    model: Option<String>,
+struct ModelField<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
 }
+
+const INPUT_TOKENS: HeaderName = HeaderName::from_static("x-amzn-bedrock-input-token-count");
+const OUTPUT_TOKENS: HeaderName = HeaderName::from_static("x-amzn-bedrock-output-token-count");
+const CACHE_READ_TOKENS: HeaderName =
+    HeaderName::from_static("x-amzn-bedrock-cache-read-input-token-count");
+const CACHE_WRITE_TOKENS: HeaderName =
+    HeaderName::from_static("x-amzn-bedrock-cache-write-input-token-count");
 
 /// The usage metrics and the label policy, shared by all requests.
 #[derive(Debug)]
 pub struct UsageRecorder {
-    pub tokens: IntCounterVec,
-    pub time_to_first_token: HistogramVec,
+    /// Time to first token, one histogram per [`Operation`] (by index),
+    /// resolved once.
+    time_to_first_token: Vec<Histogram>,
     pub models: ModelLabels,
 }
 
 impl UsageRecorder {
-    pub(super) fn record(&self, model: &str, usage: Usage) {
-        for (direction, n) in [
-            ("input", usage.input),
-            ("output", usage.output),
-            ("cache_read", usage.cache_read),
-            ("cache_write", usage.cache_write),
-        ] {
+    pub fn new(time_to_first_token: &HistogramVec, models: ModelLabels) -> Self {
+        Self {
+            time_to_first_token: Operation::ALL
+                .iter()
+                .map(|op| time_to_first_token.with_label_values(&[op.as_str()]))
+                .collect(),
+            models,
+        }
+    }
+
+    pub(super) fn record(model: &ModelCounters, usage: Usage) {
+        let counts = [
+            usage.input,
+            usage.output,
+            usage.cache_read,
+            usage.cache_write,
+        ];
+        for (i, n) in counts.into_iter().enumerate() {
             if let Some(n) = n.filter(|n| *n > 0) {
-                self.tokens.with_label_values(&[model, direction]).inc_by(n);
+                model.tokens(i).inc_by(n);
             }
         }
     }
 
+    pub(super) fn first_token(&self, operation: Operation, started: Instant) {
+        if let Some(h) = self.time_to_first_token.get(operation.index()) {
+            h.observe(started.elapsed().as_secs_f64());
+        }
+    }
+
     /// The model a request is for: the `/model/{id}/` path segment, or the
-    /// `model` field of an OpenAI-style body. Bounded to a label.
-    pub fn model_label(&self, path: &str, body: &[u8]) -> Arc<str> {
+    /// `model` field of an OpenAI-style body. A label only once the request
+    /// succeeds ([`Self::tap`]).
+    pub fn model(&self, path: &str, body: &[u8]) -> ModelRef {
         if let Some(id) = model_in_path(path) {
             let decoded = percent_encoding::percent_decode_str(id).decode_utf8_lossy();
-            return self.models.label(&decoded);
+            return self.models.lookup(&decoded);
         }
-        match serde_json::from_slice::<ModelField>(body) {
-            Ok(ModelField { model: Some(m) }) => self.models.label(&m),
-            _ => self.models.label("unknown"),
+        match serde_json::from_slice::<ModelField<'_>>(body) {
+            Ok(ModelField { model: Some(m) }) => self.models.lookup(&m),
+            _ => self.models.lookup("unknown"),
         }
     }
 
     /// Usage that Bedrock reports in headers (InvokeModel).
     fn from_headers(headers: &HeaderMap) -> Option<Usage> {
-        let get = |name: &str| {
+        let get = |name: &HeaderName| {
             headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok())
         };
         let usage = Usage {
-            input: get("x-amzn-bedrock-input-token-count"),
-            output: get("x-amzn-bedrock-output-token-count"),
-            cache_read: get("x-amzn-bedrock-cache-read-input-token-count"),
-            cache_write: get("x-amzn-bedrock-cache-write-input-token-count"),
+            input: get(&INPUT_TOKENS),
+            output: get(&OUTPUT_TOKENS),
+            cache_read: get(&CACHE_READ_TOKENS),
+            cache_write: get(&CACHE_WRITE_TOKENS),
         };
         (usage != Usage::default()).then_some(usage)
     }
 
-    /// Starts watching one successful response. Returns `None` when there
-    /// is nothing to learn from the body (usage already in the headers), or
-    /// nothing the tap can read (a `content-encoding` other than gzip or
-    /// deflate).
+    /// Starts watching one successful response, whose model now counts.
+    /// Returns `None` when there is nothing to learn from the body (usage
+    /// already in the headers), or nothing the tap can read (a
+    /// `content-encoding` other than gzip or deflate).
     pub fn tap(
         self: &Arc<Self>,
-        model: Arc<str>,
+        model: ModelRef,
         operation: Operation,
         headers: &HeaderMap,
+        kind: StreamKind,
         started: Instant,
     ) -> Option<UsageTap> {
+        let model = self.models.resolve(model);
         if let Some(usage) = Self::from_headers(headers) {
-            self.record(&model, usage);
+            Self::record(&model, usage);
             return None;
         }
         let Some(coding) = Coding::of(headers) else {
@@ -184,7 +215,7 @@ impl UsageRecorder {
             );
             return None;
         };
-        let parser = Parser::for_kind(StreamKind::of(headers));
+        let parser = Parser::for_kind(kind);
         Some(UsageTap {
             recorder: self.clone(),
             model,
@@ -201,7 +232,7 @@ impl UsageRecorder {
 /// cost of reading usage from a compressed body), not for the proxy.
 #[doc(hidden)]
 pub fn bench_tap(headers: &HeaderMap, frames: &[bytes::Bytes]) -> (u64, u64) {
-    let Ok(tokens) = IntCounterVec::new(
+    let Ok(tokens) = prometheus::IntCounterVec::new(
         prometheus::Opts::new("bench_tokens", "bench"),
         &["model", "direction"],
     ) else {
@@ -213,21 +244,19 @@ pub fn bench_tap(headers: &HeaderMap, frames: &[bytes::Bytes]) -> (u64, u64) {
     ) else {
         return (0, 0);
     };
-    let Some(models) = ModelLabels::new(&crate::proxy::UsageLabels::FirstSeen(1)) else {
+    let Some(models) = ModelLabels::new(&crate::proxy::UsageLabels::FirstSeen(1), &tokens) else {
         return (0, 0);
     };
-    let recorder = Arc::new(UsageRecorder {
-        tokens,
-        time_to_first_token: ttft,
-        models,
-    });
-    if let Some(mut tap) = recorder.tap("m".into(), Operation::Other, headers, Instant::now()) {
+    let recorder = Arc::new(UsageRecorder::new(&ttft, models));
+    let model = recorder.models.lookup("m");
+    let kind = StreamKind::of(headers);
+    if let Some(mut tap) = recorder.tap(model, Operation::Other, headers, kind, Instant::now()) {
         for frame in frames {
             tap.observe(frame);
         }
         tap.finish();
     }
-    let count = |d: &str| recorder.tokens.with_label_values(&["m", d]).get();
+    let count = |d: &str| tokens.with_label_values(&["m", d]).get();
     (count("input"), count("output"))
 }
 
@@ -237,19 +266,42 @@ mod tests {
     use crate::proxy::UsageLabels;
     use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
     use bytes::{Bytes, BytesMut};
-    use prometheus::{HistogramOpts, Opts};
+    use prometheus::{HistogramOpts, IntCounterVec, Opts};
 
-    fn recorder() -> Arc<UsageRecorder> {
-        Arc::new(UsageRecorder {
-            tokens: IntCounterVec::new(Opts::new("t", "t"), &["model", "direction"]).unwrap(),
-            time_to_first_token: HistogramVec::new(HistogramOpts::new("h", "h"), &["operation"])
-                .unwrap(),
-            models: ModelLabels::new(&UsageLabels::FirstSeen(2)).unwrap(),
-        })
+    struct Recorder {
+        r: Arc<UsageRecorder>,
+        tokens: IntCounterVec,
+        ttft: HistogramVec,
     }
 
-    fn count(r: &UsageRecorder, model: &str, direction: &str) -> u64 {
+    impl std::ops::Deref for Recorder {
+        type Target = Arc<UsageRecorder>;
+        fn deref(&self) -> &Self::Target {
+            &self.r
+        }
+    }
+
+    fn recorder() -> Recorder {
+        let tokens = IntCounterVec::new(Opts::new("t", "t"), &["model", "direction"]).unwrap();
+        let ttft = HistogramVec::new(HistogramOpts::new("h", "h"), &["operation"]).unwrap();
+        let models = ModelLabels::new(&UsageLabels::FirstSeen(2), &tokens).unwrap();
+        Recorder {
+            r: Arc::new(UsageRecorder::new(&ttft, models)),
+            tokens,
+            ttft,
+        }
+    }
+
+    fn count(r: &Recorder, model: &str, direction: &str) -> u64 {
         r.tokens.with_label_values(&[model, direction]).get()
+    }
+
+    fn known(r: &Recorder, model: &str) -> ModelRef {
+        r.models.lookup(model)
+    }
+
+    fn label(r: &Recorder, path: &str, body: &[u8]) -> String {
+        r.models.resolve(r.model(path, body)).label().to_owned()
     }
 
     fn headers(ct: &str) -> HeaderMap {
@@ -279,9 +331,10 @@ mod tests {
         let body = br#"{"output":{},"usage":{"inputTokens":12,"outputTokens":34,"cacheReadInputTokens":5}}"#;
         let mut tap = r
             .tap(
-                "m".into(),
+                known(&r, "m"),
                 Operation::Converse,
                 &headers("application/json"),
+                StreamKind::of(&headers("application/json")),
                 Instant::now(),
             )
             .unwrap();
@@ -300,9 +353,10 @@ mod tests {
                       data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n";
         let mut tap = r
             .tap(
-                "gpt".into(),
+                known(&r, "gpt"),
                 Operation::ChatCompletions,
                 &headers("text/event-stream"),
+                StreamKind::of(&headers("text/event-stream")),
                 Instant::now(),
             )
             .unwrap();
@@ -313,7 +367,7 @@ mod tests {
         assert_eq!(count(&r, "gpt", "input"), 7);
         assert_eq!(count(&r, "gpt", "output"), 3);
         assert_eq!(
-            r.time_to_first_token
+            r.ttft
                 .with_label_values(&["chat_completions"])
                 .get_sample_count(),
             1
@@ -332,9 +386,10 @@ mod tests {
         let all = all.freeze();
         let mut tap = r
             .tap(
-                "c".into(),
+                known(&r, "c"),
                 Operation::ConverseStream,
                 &headers("application/vnd.amazon.eventstream"),
+                StreamKind::of(&headers("application/vnd.amazon.eventstream")),
                 Instant::now(),
             )
             .unwrap();
@@ -352,9 +407,10 @@ mod tests {
         );
         let mut tap = r
             .tap(
-                "i".into(),
+                known(&r, "i"),
                 Operation::InvokeStream,
                 &headers("application/vnd.amazon.eventstream"),
+                StreamKind::of(&headers("application/vnd.amazon.eventstream")),
                 Instant::now(),
             )
             .unwrap();
@@ -386,7 +442,13 @@ mod tests {
             let mut h = headers(ct);
             h.insert("content-encoding", "gzip".parse().unwrap());
             let mut tap = r
-                .tap(model.into(), Operation::Converse, &h, Instant::now())
+                .tap(
+                    known(&r, model),
+                    Operation::Converse,
+                    &h,
+                    StreamKind::of(&h),
+                    Instant::now(),
+                )
                 .unwrap();
             for piece in body.chunks(5) {
                 tap.observe(&Bytes::copy_from_slice(piece));
@@ -406,11 +468,23 @@ mod tests {
         let mut h = headers("application/json");
         h.insert("content-encoding", "br".parse().unwrap());
         assert!(r
-            .tap("b".into(), Operation::Converse, &h, Instant::now())
+            .tap(
+                known(&r, "b"),
+                Operation::Converse,
+                &h,
+                StreamKind::of(&h),
+                Instant::now(),
+            )
             .is_none());
         h.insert("content-encoding", "gzip".parse().unwrap());
         let mut tap = r
-            .tap("c".into(), Operation::Converse, &h, Instant::now())
+            .tap(
+                known(&r, "c"),
+                Operation::Converse,
+                &h,
+                StreamKind::of(&h),
+                Instant::now(),
+            )
             .unwrap();
         // Plain JSON labelled gzip: undecodable, so nothing is counted.
         tap.observe(&Bytes::from_static(br#"{"usage":{"inputTokens":5}}"#));
@@ -426,7 +500,13 @@ mod tests {
         h.insert("x-amzn-bedrock-input-token-count", "11".parse().unwrap());
         h.insert("x-amzn-bedrock-output-token-count", "22".parse().unwrap());
         assert!(r
-            .tap("x".into(), Operation::Invoke, &h, Instant::now())
+            .tap(
+                known(&r, "x"),
+                Operation::Invoke,
+                &h,
+                StreamKind::of(&h),
+                Instant::now()
+            )
             .is_none());
         assert_eq!(
             (count(&r, "x", "input"), count(&r, "x", "output")),
@@ -435,30 +515,37 @@ mod tests {
     }
 
     #[test]
-    fn model_labels_are_bounded() {
+    fn model_labels_are_bounded_and_taken_on_success() {
         let r = recorder();
         assert_eq!(
-            &*r.model_label(
+            label(
+                &r,
                 "/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse",
                 b""
             ),
             "anthropic.claude-3-haiku-20240307-v1:0"
         );
+        // Requested but never answered with success: no slot.
+        assert!(matches!(
+            r.model("/openai/v1/chat/completions", br#"{"model":"typo"}"#),
+            ModelRef::Pending(_)
+        ));
         assert_eq!(
-            &*r.model_label("/openai/v1/chat/completions", br#"{"model":"gpt-oss"}"#),
+            label(&r, "/openai/v1/chat/completions", br#"{"model":"gpt-oss"}"#),
             "gpt-oss"
         );
         assert_eq!(
-            &*r.model_label("/openai/v1/chat/completions", br#"{"model":"third"}"#),
+            label(&r, "/openai/v1/chat/completions", br#"{"model":"third"}"#),
             "other"
         );
         assert_eq!(
-            &*r.model_label("/openai/v1/chat/completions", br#"{"model":"gpt-oss"}"#),
+            label(&r, "/openai/v1/chat/completions", br#"{"model":"gpt-oss"}"#),
             "gpt-oss"
         );
-        let allow = ModelLabels::new(&UsageLabels::AllowList(vec!["a".into()])).unwrap();
-        assert_eq!(&*allow.label("a"), "a");
-        assert_eq!(&*allow.label("b"), "other");
+        let tokens = IntCounterVec::new(Opts::new("t", "t"), &["model", "direction"]).unwrap();
+        let allow = ModelLabels::new(&UsageLabels::AllowList(vec!["a".into()]), &tokens).unwrap();
+        assert_eq!(allow.resolve(allow.lookup("a")).label(), "a");
+        assert_eq!(allow.resolve(allow.lookup("b")).label(), "other");
     }
 
     #[test]
@@ -482,7 +569,13 @@ mod tests {
             "application/vnd.amazon.eventstream",
         ] {
             let mut tap = r
-                .tap("g".into(), Operation::Other, &headers(ct), Instant::now())
+                .tap(
+                    known(&r, "g"),
+                    Operation::Other,
+                    &headers(ct),
+                    StreamKind::of(&headers(ct)),
+                    Instant::now(),
+                )
                 .unwrap();
             tap.observe(&Bytes::from_static(
                 b"\x00\x00\x00\x20garbage\n\ndata: {\"usage\": 5}\n",

@@ -9,6 +9,7 @@ use super::decode::Inflater;
 use super::eventstream::EventScanner;
 use super::sse::SseScanner;
 use super::{Envelope, UsageRecorder};
+use crate::metrics::labels::ModelCounters;
 use crate::proxy::operation::Operation;
 use crate::proxy::response_body::StreamKind;
 
@@ -18,9 +19,11 @@ const MAX_JSON_BODY: usize = 4 * 1024 * 1024;
 /// How usage is read, by the framing of the body.
 #[derive(Debug)]
 pub enum Parser {
-    /// Plain JSON: handles to the frames (no copies), parsed at the end.
+    /// Plain JSON: handles to the frames (no copies), parsed at the end;
+    /// the first apart, as most answers are one frame.
     Json {
-        frames: Vec<Bytes>,
+        first: Option<Bytes>,
+        more: Vec<Bytes>,
         size: usize,
     },
     Sse(SseScanner),
@@ -33,7 +36,8 @@ impl Parser {
             StreamKind::Sse => Self::Sse(SseScanner::default()),
             StreamKind::EventStream => Self::EventStream(EventScanner::default()),
             StreamKind::Plain => Self::Json {
-                frames: Vec::new(),
+                first: None,
+                more: Vec::new(),
                 size: 0,
             },
         }
@@ -48,7 +52,7 @@ impl Parser {
 #[derive(Debug)]
 pub struct UsageTap {
     pub(super) recorder: Arc<UsageRecorder>,
-    pub(super) model: Arc<str>,
+    pub(super) model: Arc<ModelCounters>,
     /// For streams: what to observe at the first chunk.
     pub(super) first_chunk: Option<(Operation, Instant)>,
     pub(super) parser: Parser,
@@ -61,10 +65,7 @@ pub struct UsageTap {
 impl UsageTap {
     pub fn observe(&mut self, data: &Bytes) {
         if let Some((operation, started)) = self.first_chunk.take() {
-            self.recorder
-                .time_to_first_token
-                .with_label_values(&[operation.as_str()])
-                .observe(started.elapsed().as_secs_f64());
+            self.recorder.first_token(operation, started);
         }
         let decoded;
         let data = match (&mut self.inflater, self.decoded) {
@@ -83,12 +84,15 @@ impl UsageTap {
             },
         };
         match &mut self.parser {
-            Parser::Json { frames, size } => {
+            Parser::Json { first, more, size } => {
                 *size += data.len();
-                if *size <= MAX_JSON_BODY {
-                    frames.push(data.clone());
+                if *size > MAX_JSON_BODY {
+                    *first = None;
+                    *more = Vec::new();
+                } else if first.is_none() {
+                    *first = Some(data.clone());
                 } else {
-                    frames.clear();
+                    more.push(data.clone());
                 }
             }
             Parser::Sse(scanner) => scanner.observe(data),
@@ -102,11 +106,13 @@ impl UsageTap {
             return;
         }
         let usage = match self.parser {
-            Parser::Json { frames, size } if size <= MAX_JSON_BODY => match frames.as_slice() {
-                [one] => Envelope::usage(one),
-                many => {
+            Parser::Json { first, more, size } if size <= MAX_JSON_BODY => match first {
+                None => None,
+                Some(one) if more.is_empty() => Envelope::usage(&one),
+                Some(one) => {
                     let mut all = BytesMut::with_capacity(size);
-                    for f in many {
+                    all.extend_from_slice(&one);
+                    for f in &more {
                         all.extend_from_slice(f);
                     }
                     Envelope::usage(&all)
@@ -117,7 +123,7 @@ impl UsageTap {
             Parser::EventStream(scanner) => scanner.finish(),
         };
         if let Some(usage) = usage {
-            self.recorder.record(&self.model, usage);
+            UsageRecorder::record(&self.model, usage);
         }
     }
 }

@@ -57,6 +57,11 @@ def _authenticate_sigv4(state: FakeState, request: web.Request, body: bytes, rec
         body=body,
         service=state.bedrock.signing_name,
     )
+    if check.ok and request.headers.get("x-fake-sigv4-mismatch"):
+        # A correct signature answered as a wrong one, with the body AWS
+        # sends then (the canonical request, security token and all), so
+        # tests can see what the client gets to read.
+        check.kind, check.message = "signature", "forced by x-fake-sigv4-mismatch"
     record_sigv4_check(record, check)
     if check.ok:
         return None
@@ -83,4 +88,11 @@ def sigv4_rejection(check: SigCheck) -> tuple:
     error_type, message = BEDROCK_SIG_ERRORS[check.kind]
     if check.kind == "signature":
         message = f"{message} [fake: {check.message}]"
+        if check.canonical_request is not None:
+            # What AWS appends: the canonical request and string to sign it
+            # expected, header values (x-amz-security-token too) included.
+            message += (
+                f"\n\nThe Canonical String for this request should have been\n'{check.canonical_request}'"
+                f"\n\nThe String-to-Sign should have been\n'{check.string_to_sign}'\n"
+            )
     return error_type, message or check.message

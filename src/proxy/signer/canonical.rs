@@ -1,0 +1,279 @@
+//! The canonical request of SigV4 for every service but S3, written
+//! straight into a hash: no intermediate strings for the common request.
+//!
+//! What is signed is exactly what aws-sigv4 signs for the same request
+//! (the differential test in `tests/sigv4_differential.rs` holds it to
+//! that): the path with empty and dot segments removed, then encoded again
+//! (so `%2F` is signed as `%252F`); the query decoded and strictly
+//! re-encoded, pairs sorted; the headers lower-case (which `http` already
+//! guarantees), sorted, each value's spaces trimmed and runs of spaces
+//! collapsed, repeated headers joined with `,`.
+
+use http::{HeaderMap, HeaderName, Method, Uri};
+
+use super::encode::{encode, Sink};
+use super::query;
+
+/// Headers forwarded but never signed: ones an egress proxy or tracing
+/// middleware between us and AWS may add to or rewrite (a service mesh
+/// sidecar creates a child span in `traceparent`, for example). Signing them
+/// would turn harmless rewrites into signature failures.
+pub const UNSIGNED_HEADERS: [&str; 15] = [
+    "authorization",
+    "user-agent",
+    "x-amzn-trace-id",
+    "transfer-encoding",
+    "traceparent",
+    "tracestate",
+    "baggage",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "x-request-id",
+    "x-forwarded-for",
+];
+
+/// Whether a header is one of [`UNSIGNED_HEADERS`] (a `match`, which the
+/// compiler turns into a length switch, instead of fifteen comparisons).
+fn is_unsigned(name: &str) -> bool {
+    matches!(
+        name,
+        "authorization"
+            | "user-agent"
+            | "x-amzn-trace-id"
+            | "transfer-encoding"
+            | "traceparent"
+            | "tracestate"
+            | "baggage"
+            | "b3"
+            | "x-b3-traceid"
+            | "x-b3-spanid"
+            | "x-b3-parentspanid"
+            | "x-b3-sampled"
+            | "x-b3-flags"
+            | "x-request-id"
+            | "x-forwarded-for"
+    )
+}
+
+pub const X_AMZ_DATE: &str = "x-amz-date";
+pub const X_AMZ_SECURITY_TOKEN: &str = "x-amz-security-token";
+
+/// Where the value of one signed header comes from.
+#[derive(Debug, Clone, Copy)]
+enum Value<'a> {
+    /// The request's own header of that name (every value that is text).
+    Request(&'a HeaderName),
+    /// Added by the signer: `host`, `x-amz-date`, `x-amz-security-token`.
+    Added(&'a str),
+}
+
+/// The sorted signed headers of one request.
+#[derive(Debug)]
+pub struct SignedHeaders<'a> {
+    entries: Vec<(&'a str, Value<'a>)>,
+}
+
+/// A header value the signer can read: visible ASCII (and tab). Others are
+/// forwarded but not signed, as with aws-sigv4 through [`super::super::sigv4`].
+fn signable(value: &http::HeaderValue) -> Option<&str> {
+    value.to_str().ok()
+}
+
+impl<'a> SignedHeaders<'a> {
+    /// The request's signable headers plus the ones signing adds; `host`
+    /// from `uri` unless the request has its own.
+    pub fn new(
+        headers: &'a HeaderMap,
+        host: &'a str,
+        date: &'a str,
+        token: Option<&'a str>,
+    ) -> Self {
+        let mut entries = Vec::with_capacity(headers.keys_len() + 3);
+        let mut has_host = false;
+        for name in headers.keys() {
+            let n = name.as_str();
+            let replaced = n == X_AMZ_DATE || (token.is_some() && n == X_AMZ_SECURITY_TOKEN);
+            if replaced
+                || is_unsigned(n)
+                || !headers.get_all(name).iter().any(|v| signable(v).is_some())
+            {
+                continue;
+            }
+            has_host |= n == "host";
+            entries.push((n, Value::Request(name)));
+        }
+        if !has_host {
+            entries.push(("host", Value::Added(host)));
+        }
+        entries.push((X_AMZ_DATE, Value::Added(date)));
+        if let Some(token) = token {
+            entries.push((X_AMZ_SECURITY_TOKEN, Value::Added(token)));
+        }
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        Self { entries }
+    }
+
+    /// `content-type;host;x-amz-date`.
+    pub fn write_names(&self, sink: &mut impl Sink) {
+        for (i, (name, _)) in self.entries.iter().enumerate() {
+            if i > 0 {
+                sink.put(b";");
+            }
+            sink.put(name.as_bytes());
+        }
+    }
+
+    /// One `name:value\n` line per header.
+    fn write_lines(&self, sink: &mut impl Sink, headers: &HeaderMap) {
+        for (name, value) in &self.entries {
+            sink.put(name.as_bytes());
+            sink.put(b":");
+            match value {
+                Value::Added(v) => write_trimmed(sink, v.as_bytes()),
+                Value::Request(key) => {
+                    let values = headers.get_all(*key).iter().filter_map(signable);
+                    for (i, v) in values.enumerate() {
+                        if i > 0 {
+                            sink.put(b",");
+                        }
+                        write_trimmed(sink, v.as_bytes());
+                    }
+                }
+            }
+            sink.put(b"\n");
+        }
+    }
+}
+
+/// A header value with leading and trailing spaces removed and runs of
+/// spaces collapsed to one (spaces only: tabs are kept, as AWS does).
+fn write_trimmed(sink: &mut impl Sink, value: &[u8]) {
+    let words = value.split(|b| *b == b' ').filter(|w| !w.is_empty());
+    for (i, word) in words.enumerate() {
+        if i > 0 {
+            sink.put(b" ");
+        }
+        sink.put(word);
+    }
+}
+
+/// Writes the canonical path: `uri_path` with empty and `.` segments
+/// removed and `..` applied (RFC 3986 §5.2.4), then percent-encoded again.
+fn write_path(sink: &mut impl Sink, uri_path: &str) {
+    let path = if uri_path.is_empty() { "/" } else { uri_path };
+    if !(path.contains('.') || path.contains("//")) {
+        if !path.starts_with('/') {
+            sink.put(b"/");
+        }
+        encode(sink, path.as_bytes(), true);
+        return;
+    }
+    let segments = path.split('/').filter(|s| !s.is_empty() && *s != ".");
+    let kept: Vec<&str> = if path.split('/').any(|s| s == "..") {
+        let mut stack = Vec::new();
+        for s in segments {
+            if s == ".." {
+                stack.pop();
+            } else {
+                stack.push(s);
+            }
+        }
+        stack
+    } else {
+        segments.collect()
+    };
+    for s in &kept {
+        sink.put(b"/");
+        encode(sink, s.as_bytes(), false);
+    }
+    let ends_with_slash = ["/", "/.", "/./", "/..", "/../"]
+        .iter()
+        .any(|end| path.ends_with(end));
+    if kept.is_empty() || ends_with_slash {
+        sink.put(b"/");
+    }
+}
+
+/// Everything the canonical request is made of.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+    pub signed: &'a SignedHeaders<'a>,
+    pub payload_sha256_hex: &'a str,
+}
+
+impl Request<'_> {
+    /// Writes the whole canonical request (no trailing newline).
+    pub fn write(&self, sink: &mut impl Sink) {
+        sink.put(self.method.as_str().as_bytes());
+        sink.put(b"\n");
+        write_path(sink, self.uri.path());
+        sink.put(b"\n");
+        query::write_canonical(sink, self.uri.query());
+        sink.put(b"\n");
+        self.signed.write_lines(sink, self.headers);
+        sink.put(b"\n");
+        self.signed.write_names(sink);
+        sink.put(b"\n");
+        sink.put(self.payload_sha256_hex.as_bytes());
+    }
+}
+
+/// The `host` value signed when the request has none: the authority,
+/// without the port when it is the scheme's default.
+pub fn host(uri: &Uri) -> Option<&str> {
+    let authority = uri.authority()?;
+    let port = authority.port();
+    let default_port = matches!(
+        (uri.scheme_str(), port.as_ref().map(|p| p.as_str())),
+        (Some("http"), Some("80")) | (Some("https"), Some("443"))
+    );
+    Some(if default_port {
+        authority.host()
+    } else {
+        authority.as_str()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(p: &str) -> String {
+        let mut out = Vec::new();
+        write_path(&mut out, p);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn paths_are_normalised_then_encoded_again() {
+        assert_eq!(path("/model/a.b:0/converse"), "/model/a.b%3A0/converse");
+        assert_eq!(path("/a//b/"), "/a/b/");
+        assert_eq!(path("//"), "/");
+        assert_eq!(path("/a/./b/../c/.."), "/a/");
+        assert_eq!(path("/../.."), "/");
+        assert_eq!(path("/x%2Fy%25"), "/x%252Fy%2525");
+        assert_eq!(path(""), "/");
+    }
+
+    #[test]
+    fn the_unsigned_list_and_its_match_agree() {
+        for name in UNSIGNED_HEADERS {
+            assert!(is_unsigned(name), "{name}");
+        }
+        assert!(!is_unsigned("content-type"));
+    }
+
+    #[test]
+    fn header_values_lose_only_spaces() {
+        let mut out = Vec::new();
+        write_trimmed(&mut out, b"  a   b\tc  ");
+        assert_eq!(out, b"a b\tc");
+    }
+}
