@@ -34,4 +34,4 @@ pub use refresher::{RefreshPolicy, Refresher};
 pub use sdk_provider::SdkProviderSource;
 pub use source::{source_for, BoxFuture, CredentialSource, Fetched, StaticSource};
 pub use start::{start, Readiness, StartError};
-pub use web_identity::WebIdentitySource;
+pub use web_identity::{TokenRead, WebIdentitySource};

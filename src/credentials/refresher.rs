@@ -113,6 +113,13 @@ impl Refresher {
         }
     }
 
+    /// Draws jitter from `rng` instead of a randomly seeded one, so a
+    /// simulation of many refreshers can be replayed exactly.
+    pub fn with_rng(mut self, rng: fastrand::Rng) -> Self {
+        self.rng = rng;
+        self
+    }
+
     /// Runs until `shutdown` is cancelled, or after the first success for
     /// credentials that never expire.
     pub async fn run(mut self, shutdown: CancellationToken) {

@@ -32,6 +32,13 @@ async fn fingerprint(path: &Path) -> Option<Fingerprint> {
     })
 }
 
+/// What a token rotation triggers. The watch calls it on every change it
+/// sees; the fleet simulation's kubelet calls it directly, so thousands of
+/// simulated pods need no file polling.
+pub fn on_rotation(cell: &CredentialCell) {
+    cell.request_refresh();
+}
+
 /// A watch on one token file, holding the version seen last.
 #[derive(Debug)]
 pub struct TokenWatch {
@@ -63,7 +70,7 @@ impl TokenWatch {
             if current.is_some() && current != self.last {
                 if self.last.is_some() {
                     tracing::info!(path = %self.path.display(), "web identity token rotated; refreshing early");
-                    cell.request_refresh();
+                    on_rotation(&cell);
                 }
                 self.last = current;
             }
