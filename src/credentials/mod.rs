@@ -12,6 +12,7 @@ mod chained;
 mod config;
 pub mod diagnose;
 mod error;
+mod policy;
 mod refresher;
 mod sdk_provider;
 pub mod select;
@@ -30,7 +31,8 @@ pub use config::{
     StaticKeys, StsConfig, WebIdentityConfig,
 };
 pub use error::{ErrorClass, SourceError};
-pub use refresher::{RefreshPolicy, Refresher};
+pub use policy::RefreshPolicy;
+pub use refresher::Refresher;
 pub use sdk_provider::SdkProviderSource;
 pub use source::{source_for, BoxFuture, CredentialSource, Fetched, StaticSource};
 pub use start::{start, Readiness, StartError};
