@@ -20,6 +20,9 @@ pub struct RefreshPolicy {
     pub jitter: f64,
     /// Refresh at the latest this long before expiry (at most half the lifetime).
     pub min_remaining: Duration,
+    /// No two STS calls are closer than this, whatever the schedule, the
+    /// backoff, a forced refresh or the credentials' lifetime says.
+    pub min_interval: Duration,
     /// First retry delay after a failure.
     pub backoff_base: Duration,
     /// Longest retry delay.
@@ -28,19 +31,14 @@ pub struct RefreshPolicy {
     pub backoff_jitter: bool,
 }
 
-/// Never schedule closer than this, so a source returning nearly expired
-/// credentials cannot make the refresher spin.
-const MIN_DELAY: Duration = Duration::from_millis(50);
-
-/// Forced (early) refreshes are at least this far apart.
-pub(super) const MIN_FORCED_INTERVAL: Duration = Duration::from_secs(1);
-
 impl Default for RefreshPolicy {
     fn default() -> Self {
         Self {
             fraction: 0.5,
             jitter: 0.1,
             min_remaining: Duration::from_secs(5 * 60),
+            // Short enough for credentials that live seconds (tests, fakes).
+            min_interval: Duration::from_secs(1),
             backoff_base: Duration::from_millis(200),
             backoff_cap: Duration::from_secs(30),
             backoff_jitter: true,
@@ -55,7 +53,7 @@ impl RefreshPolicy {
         let fraction = (self.fraction - self.jitter * rand).max(0.0);
         let target = lifetime.mul_f64(fraction);
         let latest = lifetime.saturating_sub(self.min_remaining.min(lifetime / 2));
-        target.min(latest).max(MIN_DELAY)
+        target.min(latest).max(self.min_interval)
     }
 
     /// How long to wait after the `failures`-th consecutive failure.
@@ -72,7 +70,7 @@ impl RefreshPolicy {
         if let Some(remaining) = remaining.filter(|r| !r.is_zero()) {
             delay = delay.min(remaining / 4);
         }
-        delay.max(MIN_DELAY)
+        delay.max(self.min_interval)
     }
 }
 
@@ -117,10 +115,15 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let p = policy();
+    fn backoff_doubles_up_to_the_cap_and_never_undercuts_the_minimum_interval() {
+        let p = RefreshPolicy {
+            min_interval: Duration::from_millis(100),
+            ..policy()
+        };
         let ms = |n| p.backoff(n, 0.0, None).as_millis();
         assert_eq!([ms(1), ms(2), ms(3), ms(4)], [200, 400, 800, 1600]);
+        let floored = policy();
+        assert_eq!(floored.backoff(1, 0.0, None), Duration::from_secs(1));
         assert_eq!(p.backoff(30, 0.0, None), Duration::from_secs(30));
         assert_eq!(p.backoff(u32::MAX, 0.0, None), Duration::from_secs(30));
     }
@@ -128,7 +131,7 @@ mod tests {
     #[test]
     fn backoff_with_full_jitter_stays_within_bounds_and_before_expiry() {
         let p = RefreshPolicy::default();
-        assert_eq!(p.backoff(6, 0.0, None), MIN_DELAY);
+        assert_eq!(p.backoff(6, 0.0, None), p.min_interval);
         assert_eq!(p.backoff(6, 0.5, None), Duration::from_millis(3200));
         assert_eq!(
             p.backoff(10, 0.99, Some(Duration::from_secs(8))),

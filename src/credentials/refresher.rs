@@ -2,13 +2,13 @@
 //! [`RefreshPolicy`] sets.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use super::policy::MIN_FORCED_INTERVAL;
 use super::{
-    CredentialCell, CredentialSource, ErrorClass, HeldCredentials, RefreshPolicy, SourceError,
+    CredentialCell, CredentialSource, ErrorClass, Fetched, HeldCredentials, RefreshPolicy,
+    SourceError,
 };
 use crate::clock::{saturating_sub, unix_seconds, SharedClock};
 use crate::metrics::CredentialMetrics;
@@ -21,7 +21,7 @@ pub struct Refresher {
     clock: SharedClock,
     metrics: CredentialMetrics,
     rng: fastrand::Rng,
-    last_attempt: tokio::time::Instant,
+    last_attempt: Option<tokio::time::Instant>,
 }
 
 impl Refresher {
@@ -39,7 +39,7 @@ impl Refresher {
             clock,
             metrics,
             rng: fastrand::Rng::new(),
-            last_attempt: tokio::time::Instant::now(),
+            last_attempt: None,
         }
     }
 
@@ -55,6 +55,9 @@ impl Refresher {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut failures: u32 = 0;
         loop {
+            if !self.hold_back(&shutdown).await {
+                return;
+            }
             let delay = match self.attempt().await {
                 Ok(None) => {
                     tracing::debug!(
@@ -83,20 +86,23 @@ impl Refresher {
             };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = self.cell.refresh_requested() => {
-                    // Rate-limit forced refreshes so a misbehaving upstream
-                    // cannot turn every request into an STS call.
-                    let since = self.last_attempt.elapsed();
-                    if since < MIN_FORCED_INTERVAL {
-                        tokio::select! {
-                            _ = tokio::time::sleep(MIN_FORCED_INTERVAL - since) => {}
-                            _ = shutdown.cancelled() => return,
-                        }
-                    }
-                    tracing::debug!("early refresh requested");
-                }
+                _ = self.cell.refresh_requested() => tracing::debug!("early refresh requested"),
                 _ = shutdown.cancelled() => return,
             }
+        }
+    }
+
+    /// Waits out what is left of the minimum interval since the last STS
+    /// call, whatever woke the refresher (its schedule, a backoff, a forced
+    /// refresh), so neither a misbehaving upstream nor credentials that
+    /// arrive expired can turn it into a loop. `false` on shutdown.
+    async fn hold_back(&self, shutdown: &CancellationToken) -> bool {
+        let Some(last) = self.last_attempt else {
+            return true;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(last + self.policy.min_interval) => true,
+            _ = shutdown.cancelled() => false,
         }
     }
 
@@ -104,12 +110,13 @@ impl Refresher {
     /// never expire).
     async fn attempt(&mut self) -> Result<Option<Duration>, SourceError> {
         let started = Instant::now();
-        self.last_attempt = tokio::time::Instant::now();
+        self.last_attempt = Some(tokio::time::Instant::now());
         let result = self.source.fetch().await;
         self.metrics
             .refresh_duration
             .observe(started.elapsed().as_secs_f64());
-        let fetched = match result {
+        let now = self.clock.now();
+        let fetched = match result.and_then(|f| unexpired(f, now)) {
             Ok(f) => f,
             Err(e) => {
                 self.metrics.refreshes.with_label_values(&["failure"]).inc();
@@ -122,7 +129,6 @@ impl Refresher {
             }
         };
 
-        let now = self.clock.now();
         let expiry = fetched.credentials.expiry();
         if let Some(exp) = fetched.token_expiry {
             self.metrics
@@ -137,18 +143,12 @@ impl Refresher {
         self.metrics.consecutive_failures.set(0);
 
         let lifetime = expiry.map(|e| saturating_sub(e, now));
-        match lifetime {
-            Some(l) if l.is_zero() => tracing::warn!(
-                source = self.source.kind(),
-                "received credentials that are already expired; check the node's clock"
-            ),
-            _ => tracing::info!(
-                source = self.source.kind(),
-                principal = fetched.principal.as_deref().unwrap_or("-"),
-                expires_in_s = lifetime.map(|l| l.as_secs()),
-                "credentials refreshed"
-            ),
-        }
+        tracing::info!(
+            source = self.source.kind(),
+            principal = fetched.principal.as_deref().unwrap_or("-"),
+            expires_in_s = lifetime.map(|l| l.as_secs()),
+            "credentials refreshed"
+        );
         self.cell.store(HeldCredentials::new(
             fetched.credentials,
             now,
@@ -177,6 +177,19 @@ impl Refresher {
             ),
         }
         self.cell.record_failure(summary);
+    }
+}
+
+/// Credentials already expired by this node's clock are a failure, not a
+/// success: storing them would replace usable ones with unusable ones, and
+/// scheduling the next refresh from a zero lifetime is how the refresher
+/// used to spin.
+fn unexpired(fetched: Fetched, now: SystemTime) -> Result<Fetched, SourceError> {
+    match fetched.credentials.expiry() {
+        Some(expiry) if expiry <= now => Err(SourceError::ExpiredOnArrival {
+            expired_s: saturating_sub(now, expiry).as_secs(),
+        }),
+        _ => Ok(fetched),
     }
 }
 

@@ -54,7 +54,9 @@ def test_refreshes_credentials_that_live_for_seconds_without_failing_a_request(s
 
 
 def test_keeps_serving_while_sts_fails_then_recovers(start_sidecar, irsa_env, fake_aws):
-    fake_aws.configure_sts(lifetime_seconds=6)
+    # Long enough for three retries a second apart (the refresher's minimum
+    # interval between STS calls) before the credentials expire.
+    fake_aws.configure_sts(lifetime_seconds=10)
     sidecar = start_sidecar(irsa_env, FAST)
     fake_aws.configure_sts(fail_next=3, fail_code="IDPCommunicationError")
     wait_for(

@@ -150,8 +150,9 @@ async fn keeps_old_credentials_while_sts_fails_then_recovers() {
         Err("Throttling"),
         Ok(Duration::from_secs(40)),
     ]);
-    // First refresh due at 20 s; failures retry after 0.2, 0.4, 0.8 s.
-    tokio::time::sleep(Duration::from_millis(20_700)).await;
+    // First refresh due at 20 s; failures back off 0.2, 0.4, 0.8 s, held
+    // to the one-second minimum interval between STS calls.
+    tokio::time::sleep(Duration::from_millis(22_500)).await;
     assert_eq!(h.call_offsets().len(), 4);
     let now = h.clock.now();
     assert!(
@@ -160,10 +161,10 @@ async fn keeps_old_credentials_while_sts_fails_then_recovers() {
     );
     assert!(h.cell.last_error().is_some());
     assert_eq!(h.metrics.credentials.consecutive_failures.get(), 3);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         h.call_offsets(),
-        [0, 20_000, 20_200, 20_600, 21_400].map(Duration::from_millis)
+        [0, 20, 21, 22, 23].map(Duration::from_secs)
     );
     assert_eq!(h.metrics.credentials.consecutive_failures.get(), 0);
     assert!(h.cell.last_error().is_none());
@@ -184,7 +185,7 @@ async fn cold_start_failures_leave_the_cell_empty_until_the_first_success() {
         Err("IDPCommunicationError"),
         Ok(Duration::from_secs(60)),
     ]);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
     assert!(h.cell.usable(h.clock.now()).is_err());
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(h.cell.usable(h.clock.now()).is_ok());
@@ -225,5 +226,40 @@ async fn retries_several_times_before_held_credentials_expire() {
         .count();
     assert!(before_expiry >= 3, "{calls:?}");
     assert!(h.cell.usable(h.clock.now()).is_err());
+    h.shutdown.cancel();
+}
+
+/// Hardening finding 5: credentials that arrive already expired (a node
+/// clock far ahead, or a very short duration) made one pod call STS 190
+/// times in 10 s.
+#[tokio::test(start_paused = true)]
+async fn credentials_that_arrive_expired_do_not_make_it_spin() {
+    let h = start(vec![Ok(Duration::ZERO); 1000]);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let calls = h.call_offsets();
+    assert!(calls.len() <= 11, "{} STS calls in 10 s", calls.len());
+    let gaps: Vec<_> = calls.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().all(|g| *g >= Duration::from_secs(1)),
+        "{gaps:?}"
+    );
+    assert!(h.cell.usable(h.clock.now()).is_err());
+    h.shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn credentials_that_arrive_expired_never_replace_usable_ones() {
+    let mut script = vec![Ok(Duration::from_secs(40))];
+    script.extend(std::iter::repeat_n(Ok(Duration::ZERO), 10));
+    let h = start(script);
+    tokio::time::sleep(Duration::from_millis(20_500)).await;
+    let held = h.key();
+    assert_eq!(held.as_deref(), Some("AKID40"));
+    assert!(h.cell.usable(h.clock.now()).is_ok());
+    let error = h.cell.last_error().unwrap();
+    assert!(error.contains("expired"), "{error}");
+    let m = &h.metrics.credentials;
+    assert_eq!(m.refresh_errors.with_label_values(&["fatal"]).get(), 1);
+    assert_eq!(m.refreshes.with_label_values(&["success"]).get(), 1);
     h.shutdown.cancel();
 }
