@@ -16,6 +16,7 @@ mod policy;
 mod refresher;
 mod sdk_provider;
 pub mod select;
+pub mod skew;
 mod source;
 mod start;
 pub mod sts;

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
+use super::skew::SkewReport;
 use super::{
     CredentialCell, CredentialSource, ErrorClass, Fetched, HeldCredentials, RefreshPolicy,
     SourceError,
@@ -22,6 +23,7 @@ pub struct Refresher {
     metrics: CredentialMetrics,
     rng: fastrand::Rng,
     last_attempt: Option<tokio::time::Instant>,
+    skew: SkewReport,
 }
 
 impl Refresher {
@@ -40,6 +42,7 @@ impl Refresher {
             metrics,
             rng: fastrand::Rng::new(),
             last_attempt: None,
+            skew: SkewReport::default(),
         }
     }
 
@@ -116,6 +119,9 @@ impl Refresher {
             .refresh_duration
             .observe(started.elapsed().as_secs_f64());
         let now = self.clock.now();
+        if let Some(server) = result.as_ref().ok().and_then(|f| f.server_time) {
+            self.skew.observe(now, server, &self.metrics.clock_skew);
+        }
         let fetched = match result.and_then(|f| unexpired(f, now)) {
             Ok(f) => f,
             Err(e) => {

@@ -112,6 +112,7 @@ pub fn fetched(
         ),
         principal,
         token_expiry,
+        server_time: None,
     })
 }
 

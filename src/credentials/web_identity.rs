@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::skew::ServerDate;
 use super::source::{BoxFuture, CredentialSource, Fetched};
 use super::token::{self, Claims};
 use super::{sts, SourceError};
@@ -63,6 +64,7 @@ impl WebIdentitySource {
     async fn assume(&self) -> Result<Fetched, SourceError> {
         let token = self.token.read().await?;
         let token_expiry = Claims::decode(token.expose()).and_then(|c| c.expiry());
+        let date = ServerDate::default();
         let out = self
             .sts
             .assume_role_with_web_identity()
@@ -72,16 +74,20 @@ impl WebIdentitySource {
             .set_duration_seconds(self.session.duration.map(|d| d.as_secs() as i32))
             .set_policy(self.session.policy.clone())
             .set_policy_arns(sts::policy_descriptors(&self.session.policy_arns))
+            .customize()
+            .interceptor(date.clone())
             .send()
             .await
             .map_err(|e| sts::source_error(OPERATION, e))?;
-        sts::fetched(
+        let mut fetched = sts::fetched(
             OPERATION,
             "web-identity",
             out.credentials,
             out.assumed_role_user.map(|u| u.arn),
             token_expiry,
-        )
+        )?;
+        fetched.server_time = date.get();
+        Ok(fetched)
     }
 }
 

@@ -19,6 +19,8 @@ fn policy() -> RefreshPolicy {
 #[derive(Debug)]
 struct Scripted {
     clock: TokioClock,
+    /// How far the node's clock is ahead of STS's.
+    node_ahead: Duration,
     script: Mutex<VecDeque<Result<Duration, &'static str>>>,
     calls: Mutex<Vec<SystemTime>>,
 }
@@ -29,6 +31,7 @@ impl CredentialSource for Scripted {
     }
     fn fetch(&self) -> BoxFuture<'_, Result<Fetched, SourceError>> {
         let now = self.clock.now();
+        let server_now = now - self.node_ahead;
         self.calls.lock().unwrap().push(now);
         let next = self
             .script
@@ -43,11 +46,12 @@ impl CredentialSource for Scripted {
                         format!("AKID{}", lifetime.as_secs()),
                         "secret",
                         Some("token".into()),
-                        Some(now + lifetime),
+                        Some(server_now + lifetime),
                         "scripted",
                     ),
                     principal: None,
                     token_expiry: None,
+                    server_time: Some(server_now),
                 }),
                 Err(code) => Err(SourceError::Service {
                     operation: "AssumeRoleWithWebIdentity",
@@ -71,10 +75,16 @@ struct Harness {
 }
 
 fn start(script: Vec<Result<Duration, &'static str>>) -> Harness {
+    start_ahead(script, Duration::ZERO)
+}
+
+/// Starts a refresher on a node whose clock is `node_ahead` of STS's.
+fn start_ahead(script: Vec<Result<Duration, &'static str>>, node_ahead: Duration) -> Harness {
     let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let clock = TokioClock::starting_at(start);
     let source = Arc::new(Scripted {
         clock: clock.clone(),
+        node_ahead,
         script: Mutex::new(script.into()),
         calls: Mutex::new(Vec::new()),
     });
@@ -261,5 +271,25 @@ async fn credentials_that_arrive_expired_never_replace_usable_ones() {
     let m = &h.metrics.credentials;
     assert_eq!(m.refresh_errors.with_label_values(&["fatal"]).get(), 1);
     assert_eq!(m.refreshes.with_label_values(&["success"]).get(), 1);
+    h.shutdown.cancel();
+}
+
+/// The same finding as it happens: a node clock two hours ahead receives
+/// one-hour credentials that are an hour past expiry. The skew is exported.
+#[tokio::test(start_paused = true)]
+async fn a_node_clock_far_ahead_is_measured_and_does_not_make_it_spin() {
+    let h = start_ahead(
+        vec![Ok(Duration::from_secs(3600)); 100],
+        Duration::from_secs(7200),
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(h.call_offsets().len() <= 11, "{:?}", h.call_offsets());
+    assert_eq!(h.metrics.credentials.clock_skew.get(), 7200.0);
+    let error = h.cell.last_error().unwrap();
+    assert!(error.contains("3600 s before they arrived"), "{error}");
+    assert!(
+        h.cell.load().is_none(),
+        "expired credentials are never stored"
+    );
     h.shutdown.cancel();
 }
