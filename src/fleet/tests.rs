@@ -165,3 +165,33 @@ fn steady_state_stays_under_three_times_the_nominal_rate() {
     assert!(peak <= bound, "peak {peak:.3}/s over bound {bound:.3}/s");
     assert!(peak > 0.0);
 }
+
+/// Peak calls per second over `window`-second averages in `[from, to)`.
+fn peak(run: &Run, from: Duration, to: Duration, window: usize) -> f64 {
+    let bins = report::per_second(run, from.as_secs(), to.as_secs(), |_| true);
+    report::rates(&bins, window).peak_window
+}
+
+/// Mass restart: every pod needs credentials at once, but pods started in
+/// the same second spread their refreshes over at least a tenth of the
+/// lifetime, and the second lifetime's peak stays within three times the
+/// steady-state mean.
+#[test]
+fn a_mass_restart_spreads_its_refreshes() {
+    let lifetime = Duration::from_secs(900);
+    let mut s = small("mass-restart", 300, lifetime);
+    s.start_within = Duration::from_secs(10);
+    let run = simulate(&s).unwrap();
+    let spread = report::cohort_spread(&run, 10).unwrap();
+    assert!(
+        spread >= 0.10,
+        "same-second pods refresh within {:.1} % of the lifetime",
+        spread * 100.0
+    );
+    let second = peak(&run, lifetime, 2 * lifetime, 60);
+    let bound = 3.0 * report::steady_mean(&run);
+    assert!(
+        second <= bound,
+        "second-lifetime peak {second:.2}/s over {bound:.2}/s"
+    );
+}

@@ -108,6 +108,14 @@ pub const REFRESH_FRACTION: Setting = Setting {
     default: Value("0.5"),
     help: "Fraction of the credential lifetime after which they are refreshed",
 };
+/// A fifth of the lifetime: docs/fleet.md shows a tenth lets a mass
+/// restart's later refresh waves stay too synchronised.
+pub const REFRESH_JITTER: Setting = Setting {
+    flag: "refresh-jitter",
+    env: &["BEDROCK_BROKER_REFRESH_JITTER"],
+    default: Value("0.2"),
+    help: "Up to this fraction of the credential lifetime is taken off each refresh at random, so pods started together spread their STS calls; below --refresh-fraction",
+};
 pub const REFRESH_MAX_BACKOFF: Setting = Setting {
     flag: "refresh-max-backoff",
     env: &["BEDROCK_BROKER_REFRESH_MAX_BACKOFF"],
@@ -151,6 +159,7 @@ pub const ALL: &[Setting] = &[
     USAGE_METRICS,
     USAGE_MODELS,
     REFRESH_FRACTION,
+    REFRESH_JITTER,
     REFRESH_MAX_BACKOFF,
     TOKEN_WATCH_INTERVAL,
     CREDENTIALS_LISTEN,
