@@ -102,6 +102,8 @@ pub struct SidecarArgs {
     pub refresh_jitter: Option<String>,
     #[arg(long = sidecar::REFRESH_MAX_BACKOFF.flag, help = sidecar::REFRESH_MAX_BACKOFF.help_text())]
     pub refresh_max_backoff: Option<String>,
+    #[arg(long = sidecar::REFRESH_COLD_START_MAX_BACKOFF.flag, help = sidecar::REFRESH_COLD_START_MAX_BACKOFF.help_text())]
+    pub refresh_cold_start_max_backoff: Option<String>,
     #[arg(long = sidecar::TOKEN_WATCH_INTERVAL.flag, help = sidecar::TOKEN_WATCH_INTERVAL.help_text())]
     pub token_watch_interval: Option<String>,
     #[arg(long = sidecar::CREDENTIALS_LISTEN.flag, help = sidecar::CREDENTIALS_LISTEN.help_text())]

@@ -38,6 +38,9 @@ struct Args {
     /// Override the backoff cap (humantime, e.g. 30s).
     #[arg(long, value_parser = humantime::parse_duration)]
     backoff_cap: Option<Duration>,
+    /// Override the cold-start backoff cap.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    cold_start_backoff_cap: Option<Duration>,
     /// Credential lifetime (`--session-duration`), 15m to 12h.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     lifetime: Duration,
@@ -55,6 +58,9 @@ fn policy(args: &Args) -> RefreshPolicy {
     }
     if let Some(c) = args.backoff_cap {
         p.backoff_cap = c;
+    }
+    if let Some(c) = args.cold_start_backoff_cap {
+        p.cold_start_backoff_cap = c;
     }
     p
 }

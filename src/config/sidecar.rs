@@ -134,6 +134,12 @@ fn refresh_policy(args: &SidecarArgs, env: &Env, e: &mut Errors) -> Option<Refre
         env,
         parse::positive_duration,
     );
+    let cold_start_backoff_cap = e.read(
+        &s::REFRESH_COLD_START_MAX_BACKOFF,
+        args.refresh_cold_start_max_backoff.as_deref(),
+        env,
+        parse::positive_duration,
+    );
     let (fraction, jitter) = (fraction?, jitter?);
     if jitter >= fraction {
         // Jitter past the fraction would schedule refreshes at once.
@@ -147,6 +153,7 @@ fn refresh_policy(args: &SidecarArgs, env: &Env, e: &mut Errors) -> Option<Refre
         fraction,
         jitter,
         backoff_cap: backoff_cap?,
+        cold_start_backoff_cap: cold_start_backoff_cap?,
         ..RefreshPolicy::default()
     })
 }

@@ -113,6 +113,19 @@ impl SourceError {
         }
     }
 
+    /// STS refused the call because the account is over its request rate.
+    pub fn is_throttling(&self) -> bool {
+        match self {
+            Self::Service { code, status, .. } => {
+                matches!(
+                    code.as_str(),
+                    "Throttling" | "ThrottlingException" | "RequestLimitExceeded"
+                ) || *status == 429
+            }
+            _ => false,
+        }
+    }
+
     /// The STS error code, or a short label for failures that have none.
     pub fn code(&self) -> &str {
         match self {

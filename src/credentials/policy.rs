@@ -4,12 +4,23 @@
 //! passed (default half), minus up to `jitter` of the lifetime at random so
 //! pods started together spread their STS calls, and in any case at least
 //! `min_remaining` before expiry (capped at half the lifetime, so short test
-//! lifetimes still work). After a failure, retry with capped exponential
-//! backoff and full jitter; the old credentials stay in use meanwhile, and
-//! the wait never exceeds a quarter of their remaining life, so several
-//! attempts fit before they expire.
+//! lifetimes still work).
+//!
+//! After a failure, retry with capped exponential backoff, jittered between
+//! the minimum interval and the exponential ceiling; the old credentials
+//! stay in use meanwhile. The cap depends on what is at stake (the fleet
+//! simulation in docs/fleet.md chose the values):
+//! - usable credentials held: no hurry, a long cap (5 min), but never more
+//!   than a quarter of their remaining life, so several attempts fit before
+//!   they expire;
+//! - none held (cold start, or expired): the pod is not ready, so a short
+//!   cap (30 s).
+//!
+//! A throttled pod skips the ramp: the whole account is over its rate.
 
 use std::time::Duration;
+
+use super::ErrorClass;
 
 /// When to refresh and how to back off.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,11 +34,14 @@ pub struct RefreshPolicy {
     /// No two STS calls are closer than this, whatever the schedule, the
     /// backoff, a forced refresh or the credentials' lifetime says.
     pub min_interval: Duration,
-    /// First retry delay after a failure.
+    /// Ceiling of the first retry delay; it doubles with each failure.
     pub backoff_base: Duration,
-    /// Longest retry delay.
+    /// Longest retry delay while usable credentials are held.
     pub backoff_cap: Duration,
-    /// Full jitter on retry delays; off only in tests that check exact timings.
+    /// Longest retry delay while no usable credentials are held (at most
+    /// `backoff_cap`).
+    pub cold_start_backoff_cap: Duration,
+    /// Jitter on retry delays; off only in tests that check exact timings.
     pub backoff_jitter: bool,
 }
 
@@ -42,8 +56,9 @@ impl Default for RefreshPolicy {
             min_remaining: Duration::from_secs(5 * 60),
             // Short enough for credentials that live seconds (tests, fakes).
             min_interval: Duration::from_secs(1),
-            backoff_base: Duration::from_millis(200),
-            backoff_cap: Duration::from_secs(30),
+            backoff_base: Duration::from_secs(2),
+            backoff_cap: Duration::from_secs(5 * 60),
+            cold_start_backoff_cap: Duration::from_secs(30),
             backoff_jitter: true,
         }
     }
@@ -59,22 +74,45 @@ impl RefreshPolicy {
         target.min(latest).max(self.min_interval)
     }
 
-    /// How long to wait after the `failures`-th consecutive failure.
-    /// `remaining` is the life left in the held credentials, if any.
-    pub fn backoff(&self, failures: u32, rand: f64, remaining: Option<Duration>) -> Duration {
-        let exponent = failures.saturating_sub(1).min(16);
-        let mut delay = self
-            .backoff_base
-            .saturating_mul(1u32 << exponent)
-            .min(self.backoff_cap);
-        if self.backoff_jitter {
-            delay = delay.mul_f64(rand);
-        }
-        if let Some(remaining) = remaining.filter(|r| !r.is_zero()) {
+    /// How long to wait after `failure`; `rand` is uniform in [0, 1).
+    pub fn backoff(&self, failure: &Failure, rand: f64) -> Duration {
+        let cap = match failure.remaining {
+            None => self.cold_start_backoff_cap.min(self.backoff_cap),
+            Some(_) => self.backoff_cap,
+        };
+        let exponent = failure.count.saturating_sub(1).min(16);
+        let ramp = self.backoff_base.saturating_mul(1u32 << exponent);
+        // Throttling means the whole account is over its rate: retrying in
+        // a second or two cannot help, so skip the ramp.
+        let ceiling = if failure.throttled {
+            cap
+        } else {
+            ramp.min(cap)
+        };
+        let ceiling = ceiling.max(self.min_interval);
+        let mut delay = if self.backoff_jitter {
+            self.min_interval + (ceiling - self.min_interval).mul_f64(rand)
+        } else {
+            ceiling
+        };
+        if let Some(remaining) = failure.remaining {
             delay = delay.min(remaining / 4);
         }
         delay.max(self.min_interval)
     }
+}
+
+/// What the refresher knows about a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Failure {
+    /// Consecutive failures, this one included.
+    pub count: u32,
+    pub class: ErrorClass,
+    /// STS answered that the account is over its request rate.
+    pub throttled: bool,
+    /// Life left in the held credentials while they are usable; `None`
+    /// when none are (cold start, expired).
+    pub remaining: Option<Duration>,
 }
 
 #[cfg(test)]
@@ -118,27 +156,89 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_up_to_the_cap_and_never_undercuts_the_minimum_interval() {
-        let p = RefreshPolicy {
-            min_interval: Duration::from_millis(100),
-            ..policy()
+    fn backoff_doubles_up_to_the_cap_for_what_is_at_stake() {
+        use ErrorClass::*;
+        let p = policy();
+        let hour = Some(Duration::from_secs(3600));
+        let secs = |count, class, remaining| {
+            let f = Failure {
+                count,
+                class,
+                throttled: false,
+                remaining,
+            };
+            p.backoff(&f, 0.0).as_secs()
         };
-        let ms = |n| p.backoff(n, 0.0, None).as_millis();
-        assert_eq!([ms(1), ms(2), ms(3), ms(4)], [200, 400, 800, 1600]);
-        let floored = policy();
-        assert_eq!(floored.backoff(1, 0.0, None), Duration::from_secs(1));
-        assert_eq!(p.backoff(30, 0.0, None), Duration::from_secs(30));
-        assert_eq!(p.backoff(u32::MAX, 0.0, None), Duration::from_secs(30));
+        // Cold: retried up to 30 s apart.
+        let cold: Vec<_> = (1..=6).map(|n| secs(n, Transient, None)).collect();
+        assert_eq!(cold, [2, 4, 8, 16, 30, 30]);
+        assert_eq!(secs(9, Fatal, None), 30);
+        // Usable credentials held: up to 5 min apart.
+        assert_eq!(secs(9, Transient, hour), 300);
+        assert_eq!(secs(u32::MAX, Token, hour), 300);
+        // A quarter of the remaining life bounds the wait.
+        let soon = Some(Duration::from_secs(40));
+        assert_eq!(secs(9, Transient, soon), 10);
+        assert_eq!(secs(9, Fatal, soon), 10);
     }
 
     #[test]
-    fn backoff_with_full_jitter_stays_within_bounds_and_before_expiry() {
+    fn backoff_never_undercuts_the_minimum_interval() {
+        let p = policy();
+        let almost_expired = Some(Duration::from_millis(400));
+        for class in [ErrorClass::Transient, ErrorClass::Token] {
+            let f = Failure {
+                class,
+                ..transient(3, almost_expired)
+            };
+            assert_eq!(p.backoff(&f, 0.5), p.min_interval);
+        }
+        let tight = RefreshPolicy {
+            backoff_base: Duration::from_millis(100),
+            ..policy()
+        };
+        assert_eq!(tight.backoff(&transient(1, None), 0.0), p.min_interval);
+    }
+
+    #[test]
+    fn jittered_backoff_lies_between_the_minimum_interval_and_the_ceiling() {
         let p = RefreshPolicy::default();
-        assert_eq!(p.backoff(6, 0.0, None), p.min_interval);
-        assert_eq!(p.backoff(6, 0.5, None), Duration::from_millis(3200));
+        assert_eq!(p.backoff(&transient(4, None), 0.0), p.min_interval);
         assert_eq!(
-            p.backoff(10, 0.99, Some(Duration::from_secs(8))),
+            p.backoff(&transient(4, None), 0.5),
+            Duration::from_millis(8500)
+        );
+        assert_eq!(
+            p.backoff(&transient(20, None), 0.999),
+            Duration::from_millis(29_971)
+        );
+        let eight = Some(Duration::from_secs(8));
+        assert_eq!(
+            p.backoff(&transient(10, eight), 0.99),
             Duration::from_secs(2)
         );
+    }
+
+    #[test]
+    fn throttling_spreads_retries_over_the_whole_cap_at_once() {
+        let p = RefreshPolicy::default();
+        let throttled = Failure {
+            throttled: true,
+            ..transient(1, None)
+        };
+        assert_eq!(p.backoff(&throttled, 0.5), Duration::from_millis(15_500));
+        assert_eq!(
+            p.backoff(&transient(1, None), 0.5),
+            Duration::from_millis(1500)
+        );
+    }
+
+    fn transient(count: u32, remaining: Option<Duration>) -> Failure {
+        Failure {
+            count,
+            class: ErrorClass::Transient,
+            throttled: false,
+            remaining,
+        }
     }
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
+use super::policy::Failure;
 use super::skew::SkewReport;
 use super::{
     CredentialCell, CredentialSource, ErrorClass, Fetched, HeldCredentials, RefreshPolicy,
@@ -76,13 +77,21 @@ impl Refresher {
                 Err(err) => {
                     failures = failures.saturating_add(1);
                     let now = self.clock.now();
+                    // The life left in usable credentials; none once expired.
                     let remaining = self
                         .cell
                         .load()
                         .as_ref()
                         .and_then(|h| h.expiry())
-                        .map(|e| saturating_sub(e, now));
-                    let delay = self.policy.backoff(failures, self.rng.f64(), remaining);
+                        .map(|e| saturating_sub(e, now))
+                        .filter(|r| !r.is_zero());
+                    let failure = Failure {
+                        count: failures,
+                        class: err.class(),
+                        throttled: err.is_throttling(),
+                        remaining,
+                    };
+                    let delay = self.policy.backoff(&failure, self.rng.f64());
                     self.report_failure(&err, failures, delay);
                     delay
                 }

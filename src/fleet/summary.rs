@@ -32,6 +32,9 @@ pub struct Summary {
     pub recovery: Option<f64>,
     /// Peak calls per second after the (last) fault ended.
     pub peak_after_fault: Option<f64>,
+    /// Seconds in which more calls reached STS (refused connections do not)
+    /// than its quota refills.
+    pub seconds_over_quota: usize,
 }
 
 impl Summary {
@@ -60,11 +63,19 @@ impl Summary {
             failed: run.calls.len() - throttled - issued,
             rates: report::rates(&all, RATE_WINDOW),
             peak_settled: report::rates(&settled, RATE_WINDOW).peak_window,
-            cohort_spread: report::cohort_spread(run, 10),
+            cohort_spread: s
+                .faults
+                .is_empty()
+                .then(|| report::cohort_spread(run, 10))
+                .flatten(),
             quota: s.quota.per_second,
             availability: report::availability(run),
             recovery: report::recovery(run),
             peak_after_fault,
+            seconds_over_quota: report::per_second(run, 0, end, |o| o != Outcome::Refused)
+                .iter()
+                .filter(|&&n| f64::from(n) > s.quota.per_second)
+                .count(),
         }
     }
 
@@ -82,8 +93,8 @@ fn or_dash(v: Option<f64>, unit: &str) -> String {
 /// A markdown table of `rows`.
 pub fn markdown(rows: &[Summary]) -> String {
     let mut out = String::from(
-        "| scenario | pods | STS calls | calls/s peak / p99 / mean | peak 10 s avg: all / settled | same-second cohort spread | quota/s | throttled | other failed calls | most pods not ready / lost creds | failed requests | time to ready p50 / p99 / max | last pod fresh after fault | peak calls/s after fault |\n\
-         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+        "| scenario | pods | STS calls | calls/s peak / p99 / mean | peak 10 s avg: all / settled | same-second cohort spread | quota/s | seconds over quota | throttled | other failed calls | most pods not ready / lost creds | failed requests | time to ready p50 / p99 / max | last pod fresh after fault | peak calls/s after fault |\n\
+         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for r in rows {
         let a = &r.availability;
@@ -95,7 +106,7 @@ pub fn markdown(rows: &[Summary]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.0} / {:.0} / {:.1} | {:.1} / {:.1} | {} | {:.0} | {} | {} | {} / {} | {:.0} | {:.1} / {:.1} / {:.1} s{} | {} | {} |",
+            "| {} | {} | {} | {:.0} / {:.0} / {:.1} | {:.1} / {:.1} | {} | {:.0} | {} | {} | {} | {} / {} | {:.0} | {:.1} / {:.1} / {:.1} s{} | {} | {} |",
             r.name,
             r.pods,
             r.calls,
@@ -106,6 +117,7 @@ pub fn markdown(rows: &[Summary]) -> String {
             r.peak_settled,
             r.cohort_spread.map_or_else(|| "-".to_owned(), |f| format!("{:.1} %", f * 100.0)),
             r.quota,
+            r.seconds_over_quota,
             r.throttled,
             r.failed,
             a.max_not_ready,

@@ -124,15 +124,16 @@ async fn faults_and_expired_tokens_are_classified_by_the_production_code() {
     assert_eq!(seen, expected);
 }
 
+/// A named scenario at full quota.
+fn named(name: &str, pods: u32, lifetime: Duration) -> Scenario {
+    let policy = crate::credentials::RefreshPolicy::default();
+    Scenario::named(name, pods, lifetime, policy).unwrap()
+}
+
+/// A named scenario whose quota keeps a 10,000-pod fleet's ratio to the
+/// published one, so a small fleet meets the same pressure.
 fn small(name: &str, pods: u32, lifetime: Duration) -> Scenario {
-    Scenario::named(
-        name,
-        pods,
-        lifetime,
-        crate::credentials::RefreshPolicy::default(),
-    )
-    .unwrap()
-    .with_quota_scaled_from(10_000)
+    named(name, pods, lifetime).with_quota_scaled_from(10_000)
 }
 
 #[test]
@@ -179,7 +180,7 @@ fn peak(run: &Run, from: Duration, to: Duration, window: usize) -> f64 {
 #[test]
 fn a_mass_restart_spreads_its_refreshes() {
     let lifetime = Duration::from_secs(900);
-    let mut s = small("mass-restart", 300, lifetime);
+    let mut s = named("mass-restart", 300, lifetime);
     s.start_within = Duration::from_secs(10);
     let run = simulate(&s).unwrap();
     let spread = report::cohort_spread(&run, 10).unwrap();
@@ -194,4 +195,94 @@ fn a_mass_restart_spreads_its_refreshes() {
         second <= bound,
         "second-lifetime peak {second:.2}/s over {bound:.2}/s"
     );
+    // With STS fine, a cold start takes one round trip.
+    let ready = report::availability(&run).time_to_ready;
+    assert!(report::quantile(&ready, 1.0) < 1.0, "{:?}", ready.last());
+}
+
+/// STS answers 5xx for a quarter of the lifetime from the first refresh
+/// wave on, so every pod's first refresh fails: nobody loses credentials,
+/// and after recovery the retries stay under the quota.
+#[test]
+fn an_outage_shorter_than_the_remaining_life_costs_nothing() {
+    let lifetime = Duration::from_secs(3600);
+    let mut s = small("outage", 300, lifetime);
+    let fault = s.faults[0];
+    s.run_for = fault.until + 15 * MINUTE;
+    let run = simulate(&s).unwrap();
+    let summary = Summary::of(&run);
+    let a = &summary.availability;
+    assert_eq!((a.max_lost, a.lost_pod_seconds), (0, 0.0));
+    assert_eq!(summary.failed_requests(), 0.0);
+    assert!(
+        summary.failed > s.pods as usize,
+        "the outage must hit every pod"
+    );
+    let after = peak(&run, fault.until, s.run_for, 1);
+    let quota = s.quota.per_second;
+    assert!(after <= quota, "{after}/s after recovery, quota {quota}/s");
+    assert_eq!(summary.throttled, 0);
+    // Pods holding credentials retry up to --refresh-max-backoff apart.
+    let fresh = summary.recovery.unwrap();
+    assert!(
+        fresh <= s.policy.backoff_cap.as_secs_f64() + 5.0,
+        "{fresh} s"
+    );
+}
+
+/// Pods that start while STS is unreachable are ready within the
+/// cold-start backoff cap of its return, and the fleet's retries exceed
+/// the quota for seconds at most.
+#[test]
+fn cold_starts_recover_fast_without_flooding_sts() {
+    let mut s = small("cold-start-outage", 300, Duration::from_secs(900));
+    // Two minutes bring every pod to the cap; what follows is the point.
+    s.faults[0].until = 2 * MINUTE;
+    let fault = s.faults[0];
+    s.run_for = fault.until + 2 * MINUTE;
+    let run = simulate(&s).unwrap();
+    let summary = Summary::of(&run);
+    assert_eq!(summary.availability.never_ready, 0);
+    let last_ready = summary.recovery.unwrap();
+    let cap = s.policy.cold_start_backoff_cap.as_secs_f64();
+    assert!(
+        last_ready <= cap + 2.0,
+        "last pod ready {last_ready} s after recovery"
+    );
+    let over = summary.seconds_over_quota;
+    assert!(over <= 5, "{over} s over quota");
+}
+
+/// The most calls one pod made in any ten seconds.
+fn busiest_pod(run: &Run) -> usize {
+    let mut by_pod: std::collections::HashMap<u32, Vec<u64>> = Default::default();
+    for c in &run.calls {
+        by_pod.entry(c.pod).or_default().push(c.at_ms);
+    }
+    let in_ten_seconds = |times: &Vec<u64>| {
+        let within = |a: u64| times.iter().filter(|&&b| b >= a && b < a + 10_000).count();
+        times.iter().map(|&a| within(a)).max().unwrap_or(0)
+    };
+    by_pod.values().map(in_ten_seconds).max().unwrap_or(0)
+}
+
+/// A quota below a mass restart's demand: throttled pods back off (never
+/// more than a few calls a pod in any ten seconds, and the fleet within a
+/// few times the quota) and all get credentials.
+#[test]
+fn throttled_pods_back_off_and_all_get_credentials() {
+    // The scenario's quota is already 60 % of the restart's demand.
+    let mut s = named("throttling", 400, Duration::from_secs(900));
+    s.run_for = 5 * MINUTE;
+    let run = simulate(&s).unwrap();
+    let summary = Summary::of(&run);
+    assert!(summary.throttled > 0, "the quota must bite");
+    assert_eq!(summary.availability.never_ready, 0);
+    let slowest = report::quantile(&summary.availability.time_to_ready, 1.0);
+    assert!(slowest <= 180.0, "last pod ready after {slowest} s");
+    let busiest = busiest_pod(&run);
+    assert!(busiest <= 4, "a pod called STS {busiest} times in 10 s");
+    let offered = peak(&run, Duration::ZERO, s.run_for, 10);
+    let quota = s.quota.per_second;
+    assert!(offered <= 5.0 * quota, "{offered}/s against {quota}/s");
 }

@@ -160,9 +160,9 @@ async fn keeps_old_credentials_while_sts_fails_then_recovers() {
         Err("Throttling"),
         Ok(Duration::from_secs(40)),
     ]);
-    // First refresh due at 20 s; failures back off 0.2, 0.4, 0.8 s, held
-    // to the one-second minimum interval between STS calls.
-    tokio::time::sleep(Duration::from_millis(22_500)).await;
+    // First refresh due at 20 s; failures back off 2 s, 4 s, then a quarter
+    // of the 14 s left.
+    tokio::time::sleep(Duration::from_millis(26_500)).await;
     assert_eq!(h.call_offsets().len(), 4);
     let now = h.clock.now();
     assert!(
@@ -171,10 +171,10 @@ async fn keeps_old_credentials_while_sts_fails_then_recovers() {
     );
     assert!(h.cell.last_error().is_some());
     assert_eq!(h.metrics.credentials.consecutive_failures.get(), 3);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_eq!(
         h.call_offsets(),
-        [0, 20, 21, 22, 23].map(Duration::from_secs)
+        [0, 20_000, 22_000, 26_000, 29_500].map(Duration::from_millis)
     );
     assert_eq!(h.metrics.credentials.consecutive_failures.get(), 0);
     assert!(h.cell.last_error().is_none());
@@ -195,7 +195,8 @@ async fn cold_start_failures_leave_the_cell_empty_until_the_first_success() {
         Err("IDPCommunicationError"),
         Ok(Duration::from_secs(60)),
     ]);
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    // A cold start retries after the base delay, 2 s.
+    tokio::time::sleep(Duration::from_millis(1900)).await;
     assert!(h.cell.usable(h.clock.now()).is_err());
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(h.cell.usable(h.clock.now()).is_ok());
