@@ -13,8 +13,13 @@
 //! - usable credentials held: no hurry, a long cap (5 min), but never more
 //!   than a quarter of their remaining life, so several attempts fit before
 //!   they expire;
-//! - none held (cold start, or expired): the pod is not ready, so a short
-//!   cap (30 s).
+//! - none held (cold start, or expired) and a transient error: the pod is
+//!   not ready, so a short cap (30 s);
+//! - fatal and token errors: retrying fast fixes neither IAM nor a clock,
+//!   and a whole fleet doing so would throttle everyone in the account, so
+//!   the long cap whatever is held (the first retries still come within
+//!   seconds: IAM changes take seconds to propagate). A rotated token
+//!   triggers its own retry.
 //!
 //! A throttled pod skips the ramp: the whole account is over its rate.
 
@@ -36,10 +41,11 @@ pub struct RefreshPolicy {
     pub min_interval: Duration,
     /// Ceiling of the first retry delay; it doubles with each failure.
     pub backoff_base: Duration,
-    /// Longest retry delay while usable credentials are held.
+    /// Longest retry delay while usable credentials are held, and after
+    /// fatal or token errors.
     pub backoff_cap: Duration,
-    /// Longest retry delay while no usable credentials are held (at most
-    /// `backoff_cap`).
+    /// Longest retry delay after transient errors while no usable
+    /// credentials are held (at most `backoff_cap`).
     pub cold_start_backoff_cap: Duration,
     /// Jitter on retry delays; off only in tests that check exact timings.
     pub backoff_jitter: bool,
@@ -76,9 +82,9 @@ impl RefreshPolicy {
 
     /// How long to wait after `failure`; `rand` is uniform in [0, 1).
     pub fn backoff(&self, failure: &Failure, rand: f64) -> Duration {
-        let cap = match failure.remaining {
-            None => self.cold_start_backoff_cap.min(self.backoff_cap),
-            Some(_) => self.backoff_cap,
+        let cap = match (failure.class, failure.remaining) {
+            (ErrorClass::Transient, None) => self.cold_start_backoff_cap.min(self.backoff_cap),
+            _ => self.backoff_cap,
         };
         let exponent = failure.count.saturating_sub(1).min(16);
         let ramp = self.backoff_base.saturating_mul(1u32 << exponent);
@@ -95,7 +101,13 @@ impl RefreshPolicy {
         } else {
             ceiling
         };
-        if let Some(remaining) = failure.remaining {
+        // Retrying a fatal error sooner because expiry nears cannot fix IAM
+        // or a clock; it only multiplies the calls of a fleet that will
+        // fail anyway.
+        if let Some(remaining) = failure
+            .remaining
+            .filter(|_| failure.class != ErrorClass::Fatal)
+        {
             delay = delay.min(remaining / 4);
         }
         delay.max(self.min_interval)
@@ -169,17 +181,20 @@ mod tests {
             };
             p.backoff(&f, 0.0).as_secs()
         };
-        // Cold: retried up to 30 s apart.
+        // Cold: transient errors are retried up to 30 s apart.
         let cold: Vec<_> = (1..=6).map(|n| secs(n, Transient, None)).collect();
         assert_eq!(cold, [2, 4, 8, 16, 30, 30]);
-        assert_eq!(secs(9, Fatal, None), 30);
-        // Usable credentials held: up to 5 min apart.
+        // Usable credentials held, or fatal/token errors: up to 5 min apart.
+        let fatal: Vec<_> = (1..=10).map(|n| secs(n, Fatal, None)).collect();
+        assert_eq!(fatal, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(secs(9, Token, None), 300);
         assert_eq!(secs(9, Transient, hour), 300);
         assert_eq!(secs(u32::MAX, Token, hour), 300);
-        // A quarter of the remaining life bounds the wait.
+        // A quarter of the remaining life bounds the wait, except for fatal
+        // errors, which retrying sooner cannot fix.
         let soon = Some(Duration::from_secs(40));
         assert_eq!(secs(9, Transient, soon), 10);
-        assert_eq!(secs(9, Fatal, soon), 10);
+        assert_eq!(secs(9, Fatal, soon), 300);
     }
 
     #[test]

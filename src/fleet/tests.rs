@@ -286,3 +286,26 @@ fn throttled_pods_back_off_and_all_get_credentials() {
     let quota = s.quota.per_second;
     assert!(offered <= 5.0 * quota, "{offered}/s against {quota}/s");
 }
+
+/// A bad IAM change denies every pod for a whole lifetime, then is fixed.
+/// Nothing can succeed meanwhile, so the fleet must not hammer STS (and
+/// throttle everyone else in the account); the fix must still be picked up
+/// within minutes.
+#[test]
+fn a_fleet_wide_access_denied_is_retried_slowly_and_the_fix_picked_up() {
+    let mut s = small("fatal", 300, Duration::from_secs(900));
+    let fault = s.faults[0];
+    s.run_for = fault.until + 7 * MINUTE;
+    let run = simulate(&s).unwrap();
+    let during = peak(&run, fault.from, fault.until, 10);
+    let quota = s.quota.per_second;
+    assert!(during <= quota, "{during}/s while denied, quota {quota}/s");
+    let summary = Summary::of(&run);
+    assert_eq!(summary.throttled, 0);
+    let fixed = summary.recovery.unwrap();
+    let cap = s.policy.backoff_cap.as_secs_f64();
+    assert!(
+        fixed <= cap + 10.0,
+        "last pod fresh {fixed} s after the fix"
+    );
+}

@@ -123,7 +123,7 @@ pub const REFRESH_MAX_BACKOFF: Setting = Setting {
     flag: "refresh-max-backoff",
     env: &["BEDROCK_BROKER_REFRESH_MAX_BACKOFF"],
     default: Value("5m"),
-    help: "Longest wait between failed refresh attempts while usable credentials are held (at most a quarter of their remaining life)",
+    help: "Longest wait between failed refresh attempts while usable credentials are held (at most a quarter of their remaining life), and after fatal or token errors",
 };
 /// Short, as the pod is not ready meanwhile; 10,000 such pods still stay
 /// near STS's quota (docs/fleet.md).
@@ -131,7 +131,7 @@ pub const REFRESH_COLD_START_MAX_BACKOFF: Setting = Setting {
     flag: "refresh-cold-start-max-backoff",
     env: &["BEDROCK_BROKER_REFRESH_COLD_START_MAX_BACKOFF"],
     default: Value("30s"),
-    help: "Longest wait between failed refresh attempts while no usable credentials are held (cold start, expired)",
+    help: "Longest wait between refresh attempts failing for transient reasons while no usable credentials are held (cold start, expired)",
 };
 /// A `stat` a second is free, and a rotated token is exchanged within a second.
 pub const TOKEN_WATCH_INTERVAL: Setting = Setting {
