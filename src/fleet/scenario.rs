@@ -108,7 +108,7 @@ impl Scenario {
                     per_second: 0.6 * demand,
                     burst: 0.6 * demand,
                 };
-                s.run_for = HOUR;
+                s.run_for = 10 * MINUTE;
             }
             "token-rotation" => {
                 s.name = "token-rotation";
@@ -119,7 +119,7 @@ impl Scenario {
             "cold-start-outage" => {
                 s.name = "cold-start-outage";
                 s.faults = vec![s.fault(Duration::ZERO, 5 * MINUTE, FaultKind::Refused)];
-                s.run_for = HOUR;
+                s.run_for = 15 * MINUTE;
             }
             "fatal" => {
                 s.name = "fatal";
