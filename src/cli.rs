@@ -184,8 +184,12 @@ pub struct SidecarArgs {
     pub usage_models: Option<String>,
     #[arg(long = sidecar::REFRESH_FRACTION.flag, help = sidecar::REFRESH_FRACTION.help_text())]
     pub refresh_fraction: Option<String>,
+    #[arg(long = sidecar::REFRESH_JITTER.flag, help = sidecar::REFRESH_JITTER.help_text())]
+    pub refresh_jitter: Option<String>,
     #[arg(long = sidecar::REFRESH_MAX_BACKOFF.flag, help = sidecar::REFRESH_MAX_BACKOFF.help_text())]
     pub refresh_max_backoff: Option<String>,
+    #[arg(long = sidecar::REFRESH_COLD_START_MAX_BACKOFF.flag, help = sidecar::REFRESH_COLD_START_MAX_BACKOFF.help_text())]
+    pub refresh_cold_start_max_backoff: Option<String>,
     #[arg(long = sidecar::TOKEN_WATCH_INTERVAL.flag, help = sidecar::TOKEN_WATCH_INTERVAL.help_text())]
     pub token_watch_interval: Option<String>,
     #[arg(long = sidecar::CREDENTIALS_LISTEN.flag, help = sidecar::CREDENTIALS_LISTEN.help_text())]

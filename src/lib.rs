@@ -15,6 +15,8 @@ pub mod cmd;
 pub mod config;
 pub mod container_credentials;
 pub mod credentials;
+#[cfg(any(test, feature = "test-util"))]
+pub mod fleet;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod metrics;

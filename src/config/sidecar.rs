@@ -289,17 +289,52 @@ fn refresh_policy(args: &SidecarArgs, env: &Env, e: &mut Errors) -> Option<Refre
         env,
         parse::fraction,
     );
+    let jitter = e.read(
+        &s::REFRESH_JITTER,
+        args.refresh_jitter.as_deref(),
+        env,
+        jitter_fraction,
+    );
     let backoff_cap = e.read(
         &s::REFRESH_MAX_BACKOFF,
         args.refresh_max_backoff.as_deref(),
         env,
         parse::positive_duration,
     );
+    let cold_start_backoff_cap = e.read(
+        &s::REFRESH_COLD_START_MAX_BACKOFF,
+        args.refresh_cold_start_max_backoff.as_deref(),
+        env,
+        parse::positive_duration,
+    );
+    let (fraction, jitter) = (fraction?, jitter?);
+    if jitter >= fraction {
+        // Jitter past the fraction would schedule refreshes at once.
+        e.push(
+            s::REFRESH_JITTER.origin(),
+            format!("{jitter} is not below the refresh fraction {fraction}"),
+        );
+        return None;
+    }
     Some(RefreshPolicy {
-        fraction: fraction?,
+        fraction,
+        jitter,
         backoff_cap: backoff_cap?,
+        cold_start_backoff_cap: cold_start_backoff_cap?,
         ..RefreshPolicy::default()
     })
+}
+
+/// A fraction in [0, 1): zero turns jitter off.
+fn jitter_fraction(raw: &str) -> Result<f64, ParseError> {
+    match raw.parse::<f64>() {
+        Ok(f) if (0.0..1.0).contains(&f) => Ok(f),
+        _ => Err(ParseError::not_a(
+            raw,
+            "a jitter fraction",
+            "a number from 0 up to (not including) 1, e.g. 0.2",
+        )),
+    }
 }
 
 fn usage_labels(args: &SidecarArgs, env: &Env, e: &mut Errors) -> Option<UsageLabels> {
@@ -877,6 +912,29 @@ mod tests {
         assert_eq!(
             origins(&e),
             ["--request-body-budget / BEDROCK_BROKER_REQUEST_BODY_BUDGET"]
+        );
+    }
+
+    #[test]
+    fn refresh_knobs_are_read_and_jitter_stays_below_the_fraction() {
+        let mut env = IRSA.to_vec();
+        env.extend([
+            ("BEDROCK_BROKER_REFRESH_FRACTION", "0.6"),
+            ("BEDROCK_BROKER_REFRESH_JITTER", "0"),
+        ]);
+        let c = sidecar(&env).unwrap();
+        assert_eq!((c.refresh.fraction, c.refresh.jitter), (0.6, 0.0));
+        env.push(("BEDROCK_BROKER_REFRESH_JITTER", "0.6"));
+        let e = sidecar(&env).unwrap_err();
+        assert_eq!(
+            origins(&e),
+            ["--refresh-jitter / BEDROCK_BROKER_REFRESH_JITTER"]
+        );
+        let mut env = IRSA.to_vec();
+        env.push(("BEDROCK_BROKER_REFRESH_JITTER", "1"));
+        assert_eq!(
+            origins(&sidecar(&env).unwrap_err()),
+            ["BEDROCK_BROKER_REFRESH_JITTER"]
         );
     }
 

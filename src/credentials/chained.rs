@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::skew::ServerDate;
 use super::source::{BoxFuture, CredentialSource, Fetched};
 use super::{sts, SourceError};
 use super::{ChainConfig, CredentialsConfig, SessionOptions};
@@ -43,6 +44,7 @@ impl ChainedSource {
         let first = self.base.fetch().await?;
         // A client per fetch: it is signed with this fetch's base credentials.
         let client = sts::client(&self.config, &self.region, Some(first.credentials));
+        let date = ServerDate::default();
         let out = client
             .assume_role()
             .role_arn(self.chain.role_arn.as_str())
@@ -56,16 +58,20 @@ impl ChainedSource {
             .set_duration_seconds(self.session.duration.map(|d| d.as_secs() as i32))
             .set_policy(self.session.policy.clone())
             .set_policy_arns(sts::policy_descriptors(&self.session.policy_arns))
+            .customize()
+            .interceptor(date.clone())
             .send()
             .await
             .map_err(|e| sts::source_error(OPERATION, e))?;
-        sts::fetched(
+        let mut fetched = sts::fetched(
             OPERATION,
             "assume-role",
             out.credentials,
             out.assumed_role_user.map(|u| u.arn),
             first.token_expiry,
-        )
+        )?;
+        fetched.server_time = date.get().or(first.server_time);
+        Ok(fetched)
     }
 }
 

@@ -11,7 +11,8 @@ pub enum ErrorClass {
     /// claim): re-read the token file and retry; the kubelet may be rotating it.
     Token,
     /// A configuration problem (trust policy, role, policy document) that
-    /// retrying does not fix until someone changes IAM; retried slowly anyway.
+    /// retrying does not fix until someone changes IAM, or a node clock so
+    /// far off that credentials arrive expired; retried slowly anyway.
     Fatal,
 }
 
@@ -53,6 +54,8 @@ pub enum SourceError {
     },
     #[error("STS {operation} answered without credentials")]
     MissingCredentials { operation: &'static str },
+    #[error("the credentials STS issued had expired {expired_s} s before they arrived, by this node's clock")]
+    ExpiredOnArrival { expired_s: u64 },
 }
 
 impl SourceError {
@@ -65,6 +68,8 @@ impl SourceError {
             Self::Service { class, .. } => *class,
             Self::Transport { .. } => ErrorClass::Transient,
             Self::MissingCredentials { .. } => ErrorClass::Transient,
+            // Only the node's clock can fix it; retrying fast cannot.
+            Self::ExpiredOnArrival { .. } => ErrorClass::Fatal,
         }
     }
 
@@ -102,6 +107,22 @@ impl SourceError {
                 "STS could not be reached; check DNS, egress network policy, proxies and AWS_ENDPOINT_URL_STS",
             ),
             Self::MissingCredentials { .. } => None,
+            Self::ExpiredOnArrival { .. } => Some(
+                "this node's clock is probably ahead of AWS's: check its NTP synchronisation",
+            ),
+        }
+    }
+
+    /// STS refused the call because the account is over its request rate.
+    pub fn is_throttling(&self) -> bool {
+        match self {
+            Self::Service { code, status, .. } => {
+                matches!(
+                    code.as_str(),
+                    "Throttling" | "ThrottlingException" | "RequestLimitExceeded"
+                ) || *status == 429
+            }
+            _ => false,
         }
     }
 
@@ -113,6 +134,7 @@ impl SourceError {
             Self::Service { code, .. } => code,
             Self::Transport { .. } => "TransportError",
             Self::MissingCredentials { .. } => "MissingCredentials",
+            Self::ExpiredOnArrival { .. } => "CredentialsExpiredOnArrival",
         }
     }
 }

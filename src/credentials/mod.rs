@@ -12,9 +12,11 @@ mod chained;
 mod config;
 pub mod diagnose;
 mod error;
+mod policy;
 mod refresher;
 mod sdk_provider;
 pub mod select;
+pub mod skew;
 mod source;
 mod start;
 pub mod sts;
@@ -30,8 +32,9 @@ pub use config::{
     StaticKeys, StsConfig, WebIdentityConfig,
 };
 pub use error::{ErrorClass, SourceError};
-pub use refresher::{RefreshPolicy, Refresher};
+pub use policy::RefreshPolicy;
+pub use refresher::Refresher;
 pub use sdk_provider::SdkProviderSource;
 pub use source::{source_for, BoxFuture, CredentialSource, Fetched, StaticSource};
 pub use start::{start, Readiness, StartError};
-pub use web_identity::WebIdentitySource;
+pub use web_identity::{TokenRead, WebIdentitySource};

@@ -60,6 +60,7 @@ impl SdkProviderSource {
                 credentials,
                 principal: None,
                 token_expiry: None,
+                server_time: None,
             }),
             Err(e) => Err(provider_error(self.kind, &e)),
         }

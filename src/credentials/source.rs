@@ -22,6 +22,8 @@ pub struct Fetched {
     pub principal: Option<String>,
     /// `exp` of the web identity token that was exchanged, when it has one.
     pub token_expiry: Option<SystemTime>,
+    /// The `Date` of the server's answer, when it had one (clock skew).
+    pub server_time: Option<SystemTime>,
 }
 
 /// Something that can produce credentials. Knows nothing about caching or
@@ -67,6 +69,7 @@ impl CredentialSource for StaticSource {
                 credentials,
                 principal: None,
                 token_expiry: None,
+                server_time: None,
             })
         })
     }

@@ -24,8 +24,17 @@ pub fn client(
     region: &Region,
     credentials: Option<Credentials>,
 ) -> aws_sdk_sts::Client {
-    let http = http_client(config);
+    client_over(config, region, credentials, http_client(config))
+}
 
+/// [`client`] over another HTTP client: the fleet simulation's in-process
+/// STS answers here, so everything above HTTP is the production code.
+pub fn client_over(
+    config: &CredentialsConfig,
+    region: &Region,
+    credentials: Option<Credentials>,
+    http: SharedHttpClient,
+) -> aws_sdk_sts::Client {
     let mut builder = aws_sdk_sts::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(SdkRegion::new(region.as_str().to_owned()))
@@ -103,6 +112,7 @@ pub fn fetched(
         ),
         principal,
         token_expiry,
+        server_time: None,
     })
 }
 

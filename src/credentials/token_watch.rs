@@ -1,4 +1,4 @@
-//! Notices kubelet token rotations and asks for an early refresh.
+//! Notices kubelet token rotations; a failing refresh is retried at once.
 //!
 //! The kubelet writes a new token into a fresh timestamped directory and
 //! swaps the `..data` symlink, so the resolved path (and usually the mtime)
@@ -32,6 +32,25 @@ async fn fingerprint(path: &Path) -> Option<Fingerprint> {
     })
 }
 
+/// What a token rotation triggers; `true` when it asked for a refresh. The
+/// watch calls it on every change it sees; the fleet simulation's kubelet
+/// calls it directly, so thousands of simulated pods need no file polling.
+///
+/// A new token changes nothing about credentials already issued, and the
+/// next scheduled refresh reads it anyway. Refreshing at every rotation
+/// brought back the waves the refresh jitter spreads: pods started
+/// together have their tokens rotated together (at 80 % of the same
+/// lifetime), and 10,000 of them called STS 100 times a second
+/// (docs/fleet.md). So only a failing refresh is hurried: the new token may
+/// be what it was missing.
+pub fn on_rotation(cell: &CredentialCell) -> bool {
+    let failing = cell.last_error().is_some();
+    if failing {
+        cell.request_refresh();
+    }
+    failing
+}
+
 /// A watch on one token file, holding the version seen last.
 #[derive(Debug)]
 pub struct TokenWatch {
@@ -62,8 +81,12 @@ impl TokenWatch {
             let current = fingerprint(&self.path).await;
             if current.is_some() && current != self.last {
                 if self.last.is_some() {
-                    tracing::info!(path = %self.path.display(), "web identity token rotated; refreshing early");
-                    cell.request_refresh();
+                    let retrying = on_rotation(&cell);
+                    tracing::info!(
+                        path = %self.path.display(),
+                        retrying,
+                        "web identity token rotated; the next refresh exchanges it (at once if refreshes are failing)"
+                    );
                 }
                 self.last = current;
             }
@@ -75,8 +98,16 @@ impl TokenWatch {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_rotation_hurries_only_a_failing_refresh() {
+        let cell = CredentialCell::new();
+        assert!(!on_rotation(&cell));
+        cell.record_failure("InvalidIdentityToken".into());
+        assert!(on_rotation(&cell));
+    }
+
     #[tokio::test]
-    async fn a_symlink_swap_requests_a_refresh() {
+    async fn a_symlink_swap_retries_a_failing_refresh() {
         let dir = std::env::temp_dir().join(format!("bb-watch-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("..v1")).unwrap();
@@ -87,6 +118,7 @@ mod tests {
         std::os::unix::fs::symlink("..data/token", dir.join("token")).unwrap();
 
         let cell = Arc::new(CredentialCell::new());
+        cell.record_failure("ExpiredTokenException".into());
         let shutdown = CancellationToken::new();
         let watch = TokenWatch::start(dir.join("token")).await;
         std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap();

@@ -1,16 +1,40 @@
 //! Web identity: projected service account token -> STS AssumeRoleWithWebIdentity.
 
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::skew::ServerDate;
 use super::source::{BoxFuture, CredentialSource, Fetched};
 use super::token::{self, Claims};
 use super::{sts, SourceError};
 use super::{SessionOptions, WebIdentityConfig};
+use crate::secret::Secret;
 
 const OPERATION: &str = "AssumeRoleWithWebIdentity";
+
+/// Where each attempt reads the web identity token: the projected file in
+/// the sidecar; memory in the fleet simulation, so ten thousand simulated
+/// pods need no ten thousand files (and stay deterministic).
+pub trait TokenRead: Send + Sync + fmt::Debug {
+    fn read(&self) -> BoxFuture<'_, Result<Secret, SourceError>>;
+}
+
+/// The token file, re-read on every attempt.
+#[derive(Debug)]
+struct TokenFile(PathBuf);
+
+impl TokenRead for TokenFile {
+    fn read(&self) -> BoxFuture<'_, Result<Secret, SourceError>> {
+        Box::pin(token::read(&self.0))
+    }
+}
 
 /// Exchanges the pod's service account token for role credentials.
 #[derive(Debug)]
 pub struct WebIdentitySource {
     config: WebIdentityConfig,
+    token: Arc<dyn TokenRead>,
     /// Session options, when this is the last hop (no role chaining).
     session: SessionOptions,
     sts: aws_sdk_sts::Client,
@@ -22,16 +46,25 @@ impl WebIdentitySource {
         session: SessionOptions,
         sts: aws_sdk_sts::Client,
     ) -> Self {
+        let token = Arc::new(TokenFile(config.token_file.clone()));
         Self {
             config,
+            token,
             session,
             sts,
         }
     }
 
+    /// Reads the token from `token` instead of the configured file.
+    pub fn with_token(mut self, token: Arc<dyn TokenRead>) -> Self {
+        self.token = token;
+        self
+    }
+
     async fn assume(&self) -> Result<Fetched, SourceError> {
-        let token = token::read(&self.config.token_file).await?;
+        let token = self.token.read().await?;
         let token_expiry = Claims::decode(token.expose()).and_then(|c| c.expiry());
+        let date = ServerDate::default();
         let out = self
             .sts
             .assume_role_with_web_identity()
@@ -41,16 +74,20 @@ impl WebIdentitySource {
             .set_duration_seconds(self.session.duration.map(|d| d.as_secs() as i32))
             .set_policy(self.session.policy.clone())
             .set_policy_arns(sts::policy_descriptors(&self.session.policy_arns))
+            .customize()
+            .interceptor(date.clone())
             .send()
             .await
             .map_err(|e| sts::source_error(OPERATION, e))?;
-        sts::fetched(
+        let mut fetched = sts::fetched(
             OPERATION,
             "web-identity",
             out.credentials,
             out.assumed_role_user.map(|u| u.arn),
             token_expiry,
-        )
+        )?;
+        fetched.server_time = date.get();
+        Ok(fetched)
     }
 }
 

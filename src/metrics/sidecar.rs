@@ -29,6 +29,8 @@ pub struct CredentialMetrics {
     pub consecutive_failures: IntGauge,
     /// `exp` claim of the projected service account token.
     pub web_identity_token_expiry_timestamp: Gauge,
+    /// This node's clock minus STS's `Date`, in seconds (positive: ahead).
+    pub clock_skew: Gauge,
 }
 
 /// The data plane.
@@ -138,6 +140,13 @@ impl CredentialMetrics {
                     "exp claim of the projected service account token last exchanged.",
                 ))?,
             )?,
+            clock_skew: registered(
+                r,
+                Gauge::with_opts(opts(
+                    "clock_skew_seconds",
+                    "This node's clock minus the Date of STS's last answer, in seconds; positive when the node is ahead.",
+                ))?,
+            )?,
         })
     }
 }
@@ -224,6 +233,7 @@ mod tests {
             "bedrock_broker_credential_refresh_duration_seconds_bucket",
             "bedrock_broker_credential_refresh_consecutive_failures",
             "bedrock_broker_web_identity_token_expiry_timestamp_seconds",
+            "bedrock_broker_clock_skew_seconds",
             "bedrock_broker_requests_total{auth=\"sigv4\",code=\"200\",operation=\"converse\"}",
             "bedrock_broker_request_duration_seconds_bucket",
         ] {

@@ -108,11 +108,30 @@ pub const REFRESH_FRACTION: Setting = Setting {
     default: Value("0.5"),
     help: "Fraction of the credential lifetime after which they are refreshed",
 };
+/// A fifth of the lifetime: docs/fleet.md shows a tenth lets a mass
+/// restart's later refresh waves stay too synchronised.
+pub const REFRESH_JITTER: Setting = Setting {
+    flag: "refresh-jitter",
+    env: &["BEDROCK_BROKER_REFRESH_JITTER"],
+    default: Value("0.2"),
+    help: "Up to this fraction of the credential lifetime is taken off each refresh at random, so pods started together spread their STS calls; below --refresh-fraction",
+};
+/// Long: 10,000 pods retrying up to 5 minutes apart call STS ~70 times a
+/// second, far under its quota, while each still holds credentials
+/// (docs/fleet.md).
 pub const REFRESH_MAX_BACKOFF: Setting = Setting {
     flag: "refresh-max-backoff",
     env: &["BEDROCK_BROKER_REFRESH_MAX_BACKOFF"],
+    default: Value("5m"),
+    help: "Longest wait between failed refresh attempts while usable credentials are held (at most a quarter of their remaining life), and after fatal or token errors",
+};
+/// Short, as the pod is not ready meanwhile; 10,000 such pods still stay
+/// near STS's quota (docs/fleet.md).
+pub const REFRESH_COLD_START_MAX_BACKOFF: Setting = Setting {
+    flag: "refresh-cold-start-max-backoff",
+    env: &["BEDROCK_BROKER_REFRESH_COLD_START_MAX_BACKOFF"],
     default: Value("30s"),
-    help: "Longest wait between failed refresh attempts",
+    help: "Longest wait between refresh attempts failing for transient reasons while no usable credentials are held (cold start, expired)",
 };
 /// A `stat` a second is free, and a rotated token is exchanged within a second.
 pub const TOKEN_WATCH_INTERVAL: Setting = Setting {
@@ -214,7 +233,9 @@ pub const ALL: &[Setting] = &[
     USAGE_METRICS,
     USAGE_MODELS,
     REFRESH_FRACTION,
+    REFRESH_JITTER,
     REFRESH_MAX_BACKOFF,
+    REFRESH_COLD_START_MAX_BACKOFF,
     TOKEN_WATCH_INTERVAL,
     CREDENTIALS_LISTEN,
     CREDENTIALS_TOKEN_FILE,

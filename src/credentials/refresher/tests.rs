@@ -1,0 +1,296 @@
+use super::*;
+use crate::clock::{Clock, TokioClock};
+use crate::credentials::{BoxFuture, Fetched};
+use crate::metrics::Metrics;
+use aws_credential_types::Credentials;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+fn policy() -> RefreshPolicy {
+    RefreshPolicy {
+        jitter: 0.0,
+        backoff_jitter: false,
+        ..RefreshPolicy::default()
+    }
+}
+
+/// A source that plays back a script of results and records call times.
+#[derive(Debug)]
+struct Scripted {
+    clock: TokioClock,
+    /// How far the node's clock is ahead of STS's.
+    node_ahead: Duration,
+    script: Mutex<VecDeque<Result<Duration, &'static str>>>,
+    calls: Mutex<Vec<SystemTime>>,
+}
+
+impl CredentialSource for Scripted {
+    fn kind(&self) -> &'static str {
+        "scripted"
+    }
+    fn fetch(&self) -> BoxFuture<'_, Result<Fetched, SourceError>> {
+        let now = self.clock.now();
+        let server_now = now - self.node_ahead;
+        self.calls.lock().unwrap().push(now);
+        let next = self
+            .script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(Err("script exhausted"));
+        Box::pin(async move {
+            match next {
+                Ok(lifetime) => Ok(Fetched {
+                    credentials: Credentials::new(
+                        format!("AKID{}", lifetime.as_secs()),
+                        "secret",
+                        Some("token".into()),
+                        Some(server_now + lifetime),
+                        "scripted",
+                    ),
+                    principal: None,
+                    token_expiry: None,
+                    server_time: Some(server_now),
+                }),
+                Err(code) => Err(SourceError::Service {
+                    operation: "AssumeRoleWithWebIdentity",
+                    code: code.into(),
+                    message: "scripted".into(),
+                    status: 400,
+                    class: ErrorClass::Transient,
+                }),
+            }
+        })
+    }
+}
+
+struct Harness {
+    source: Arc<Scripted>,
+    cell: Arc<CredentialCell>,
+    metrics: Metrics,
+    clock: TokioClock,
+    start: SystemTime,
+    shutdown: CancellationToken,
+}
+
+fn start(script: Vec<Result<Duration, &'static str>>) -> Harness {
+    start_ahead(script, Duration::ZERO)
+}
+
+/// Starts a refresher on a node whose clock is `node_ahead` of STS's.
+fn start_ahead(script: Vec<Result<Duration, &'static str>>, node_ahead: Duration) -> Harness {
+    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let clock = TokioClock::starting_at(start);
+    let source = Arc::new(Scripted {
+        clock: clock.clone(),
+        node_ahead,
+        script: Mutex::new(script.into()),
+        calls: Mutex::new(Vec::new()),
+    });
+    let cell = Arc::new(CredentialCell::new());
+    let metrics = Metrics::new();
+    let shutdown = CancellationToken::new();
+    let refresher = Refresher::new(
+        source.clone(),
+        cell.clone(),
+        policy(),
+        Arc::new(clock.clone()),
+        metrics.credentials.clone(),
+    );
+    tokio::spawn(refresher.run(shutdown.clone()));
+    Harness {
+        source,
+        cell,
+        metrics,
+        clock,
+        start,
+        shutdown,
+    }
+}
+
+impl Harness {
+    fn call_offsets(&self) -> Vec<Duration> {
+        self.source
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|t| saturating_sub(*t, self.start))
+            .collect()
+    }
+    fn key(&self) -> Option<String> {
+        self.cell
+            .load()
+            .as_ref()
+            .map(|h| h.credentials().access_key_id().to_owned())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn refreshes_at_half_life_while_credentials_keep_arriving() {
+    let h = start(vec![
+        Ok(Duration::from_secs(3600)),
+        Ok(Duration::from_secs(10)),
+        Ok(Duration::from_secs(3600)),
+    ]);
+    tokio::time::sleep(Duration::from_secs(1805)).await;
+    assert_eq!(h.key().as_deref(), Some("AKID10"));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(h.key().as_deref(), Some("AKID3600"));
+    assert_eq!(
+        h.call_offsets(),
+        [0, 1800, 1805].map(Duration::from_secs).to_vec()
+    );
+    let m = &h.metrics.credentials;
+    assert_eq!(m.refreshes.with_label_values(&["success"]).get(), 3);
+    assert_eq!(
+        m.expiry_timestamp.get(),
+        unix_seconds(h.clock.now()) - 10.0 + 3600.0
+    );
+    h.shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn keeps_old_credentials_while_sts_fails_then_recovers() {
+    let h = start(vec![
+        Ok(Duration::from_secs(40)),
+        Err("IDPCommunicationError"),
+        Err("IDPCommunicationError"),
+        Err("Throttling"),
+        Ok(Duration::from_secs(40)),
+    ]);
+    // First refresh due at 20 s; failures back off 2 s, 4 s, then a quarter
+    // of the 14 s left.
+    tokio::time::sleep(Duration::from_millis(26_500)).await;
+    assert_eq!(h.call_offsets().len(), 4);
+    let now = h.clock.now();
+    assert!(
+        h.cell.usable(now).is_ok(),
+        "old credentials must stay usable"
+    );
+    assert!(h.cell.last_error().is_some());
+    assert_eq!(h.metrics.credentials.consecutive_failures.get(), 3);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(
+        h.call_offsets(),
+        [0, 20_000, 22_000, 26_000, 29_500].map(Duration::from_millis)
+    );
+    assert_eq!(h.metrics.credentials.consecutive_failures.get(), 0);
+    assert!(h.cell.last_error().is_none());
+    assert_eq!(
+        h.metrics
+            .credentials
+            .refresh_errors
+            .with_label_values(&["transient"])
+            .get(),
+        3
+    );
+    h.shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn cold_start_failures_leave_the_cell_empty_until_the_first_success() {
+    let h = start(vec![
+        Err("IDPCommunicationError"),
+        Ok(Duration::from_secs(60)),
+    ]);
+    // A cold start retries after the base delay, 2 s.
+    tokio::time::sleep(Duration::from_millis(1900)).await;
+    assert!(h.cell.usable(h.clock.now()).is_err());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(h.cell.usable(h.clock.now()).is_ok());
+    h.shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_early_refresh_request_is_honoured_but_rate_limited() {
+    let h = start(vec![
+        Ok(Duration::from_secs(3600)),
+        Ok(Duration::from_secs(3600)),
+        Ok(Duration::from_secs(3600)),
+    ]);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    h.cell.request_refresh();
+    let seen = h.cell.generation();
+    assert!(h.cell.wait_newer_than(seen).await);
+    // Requested 10 ms after the first fetch: held back to 1 s after it.
+    assert_eq!(h.call_offsets(), [0, 1000].map(Duration::from_millis));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    h.cell.request_refresh();
+    assert!(h.cell.wait_newer_than(seen + 1).await);
+    assert_eq!(h.call_offsets(), [0, 1000, 6000].map(Duration::from_millis));
+    h.shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_several_times_before_held_credentials_expire() {
+    // 8 s credentials: refresh at 4 s; with 4 s left, waits are capped at 1 s.
+    let mut script = vec![Ok(Duration::from_secs(8))];
+    script.extend(std::iter::repeat_n(Err("InternalFailure"), 20));
+    let h = start(script);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let calls = h.call_offsets();
+    let before_expiry = calls
+        .iter()
+        .filter(|t| **t > Duration::from_secs(4) && **t < Duration::from_secs(8))
+        .count();
+    assert!(before_expiry >= 3, "{calls:?}");
+    assert!(h.cell.usable(h.clock.now()).is_err());
+    h.shutdown.cancel();
+}
+
+/// Credentials that arrive already expired (a node
+/// clock far ahead, or a very short duration) made one pod call STS 190
+/// times in 10 s.
+#[tokio::test(start_paused = true)]
+async fn credentials_that_arrive_expired_do_not_make_it_spin() {
+    let h = start(vec![Ok(Duration::ZERO); 1000]);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let calls = h.call_offsets();
+    assert!(calls.len() <= 11, "{} STS calls in 10 s", calls.len());
+    let gaps: Vec<_> = calls.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().all(|g| *g >= Duration::from_secs(1)),
+        "{gaps:?}"
+    );
+    assert!(h.cell.usable(h.clock.now()).is_err());
+    h.shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn credentials_that_arrive_expired_never_replace_usable_ones() {
+    let mut script = vec![Ok(Duration::from_secs(40))];
+    script.extend(std::iter::repeat_n(Ok(Duration::ZERO), 10));
+    let h = start(script);
+    tokio::time::sleep(Duration::from_millis(20_500)).await;
+    let held = h.key();
+    assert_eq!(held.as_deref(), Some("AKID40"));
+    assert!(h.cell.usable(h.clock.now()).is_ok());
+    let error = h.cell.last_error().unwrap();
+    assert!(error.contains("expired"), "{error}");
+    let m = &h.metrics.credentials;
+    assert_eq!(m.refresh_errors.with_label_values(&["fatal"]).get(), 1);
+    assert_eq!(m.refreshes.with_label_values(&["success"]).get(), 1);
+    h.shutdown.cancel();
+}
+
+/// The same finding as it happens: a node clock two hours ahead receives
+/// one-hour credentials that are an hour past expiry. The skew is exported.
+#[tokio::test(start_paused = true)]
+async fn a_node_clock_far_ahead_is_measured_and_does_not_make_it_spin() {
+    let h = start_ahead(
+        vec![Ok(Duration::from_secs(3600)); 100],
+        Duration::from_secs(7200),
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(h.call_offsets().len() <= 11, "{:?}", h.call_offsets());
+    assert_eq!(h.metrics.credentials.clock_skew.get(), 7200.0);
+    let error = h.cell.last_error().unwrap();
+    assert!(error.contains("3600 s before they arrived"), "{error}");
+    assert!(
+        h.cell.load().is_none(),
+        "expired credentials are never stored"
+    );
+    h.shutdown.cancel();
+}

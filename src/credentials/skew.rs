@@ -1,0 +1,130 @@
+//! Clock skew between this node and STS, read from the `Date` header of
+//! STS's answers. Credentials expire by this node's clock and AWS refuses
+//! signatures more than five minutes off, so a skewed node clock breaks
+//! signing in ways that look like STS or Bedrock faults.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use aws_smithy_types::date_time::{DateTime, Format};
+use prometheus::Gauge;
+
+/// Skew worth a warning: well beyond the `Date` header's one-second
+/// resolution plus a round trip.
+pub const NOTABLE: Duration = Duration::from_secs(10);
+
+/// Captures the `Date` of one SDK call's answer (`.customize().interceptor(..)`).
+#[derive(Debug, Clone, Default)]
+pub struct ServerDate(Arc<Mutex<Option<SystemTime>>>);
+
+impl ServerDate {
+    /// The server's time of the last answer seen, if it had a valid `Date`.
+    pub fn get(&self) -> Option<SystemTime> {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Intercept for ServerDate {
+    fn name(&self) -> &'static str {
+        "ServerDate"
+    }
+
+    fn read_before_deserialization(
+        &self,
+        context: &BeforeDeserializationInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let date = context
+            .response()
+            .headers()
+            .get("date")
+            .and_then(|d| DateTime::from_str(d, Format::HttpDate).ok())
+            .and_then(|d| SystemTime::try_from(d).ok());
+        if date.is_some() {
+            *self.0.lock().unwrap_or_else(PoisonError::into_inner) = date;
+        }
+        Ok(())
+    }
+}
+
+/// This node's clock minus the server's, in seconds: positive when the
+/// node is ahead.
+pub fn seconds(local: SystemTime, server: SystemTime) -> f64 {
+    match local.duration_since(server) {
+        Ok(ahead) => ahead.as_secs_f64(),
+        Err(behind) => -behind.duration().as_secs_f64(),
+    }
+}
+
+/// Exports every measurement and warns the first time the skew is notable.
+#[derive(Debug, Default)]
+pub struct SkewReport {
+    warned: bool,
+}
+
+impl SkewReport {
+    pub fn observe(&mut self, local: SystemTime, server: SystemTime, gauge: &Gauge) {
+        let skew = seconds(local, server);
+        gauge.set(skew);
+        if skew.abs() >= NOTABLE.as_secs_f64() && !self.warned {
+            self.warned = true;
+            tracing::warn!(
+                skew_s = skew.round(),
+                hint = "check the node's NTP synchronisation: credentials expire by this clock, and AWS refuses signatures more than 5 minutes off",
+                "this node's clock differs from STS's (positive: the node is ahead); bedrock_broker_clock_skew_seconds follows it"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Collects formatted log lines.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn exports_every_skew_and_warns_once_when_it_is_notable() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let gauge = Gauge::new("skew", "test").unwrap();
+        let server = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut report = SkewReport::default();
+        tracing::subscriber::with_default(subscriber, || {
+            report.observe(server + Duration::from_secs(2), server, &gauge);
+            assert_eq!(gauge.get(), 2.0);
+            report.observe(server - Duration::from_secs(90), server, &gauge);
+            report.observe(server + Duration::from_secs(7200), server, &gauge);
+        });
+        assert_eq!(gauge.get(), 7200.0);
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.matches("WARN").count(), 1, "{text}");
+        assert!(
+            text.contains("skew_s=-90") && text.contains("NTP"),
+            "{text}"
+        );
+    }
+}
