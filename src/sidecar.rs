@@ -87,6 +87,38 @@ fn serve_credentials(
     )))
 }
 
+/// The HTTPS clients the proxy sends upstream with, trusting the configured
+/// CA bundle (for a private endpoint) on top of the platform roots.
+fn upstream_clients(config: &SidecarConfig) -> Result<proxy::UpstreamClients, SidecarError> {
+    let ca_bundle = config.credentials.ca_bundle.as_ref();
+    let tls = crate::tls::client_config(ca_bundle.map(|b| b.pem.as_slice()))?;
+    Ok(proxy::upstream_clients(
+        tls,
+        config.proxy.connect_timeout,
+        config.proxy.upstream_max_idle,
+    ))
+}
+
+/// One start-up line that says where everything listens and what it signs
+/// for: the first thing an operator looks for in the logs.
+fn log_listening(
+    config: &SidecarConfig,
+    proxy: &TcpListener,
+    admin: &TcpListener,
+) -> Result<(), ServeError> {
+    let runtime = &config.proxy.routes.runtime;
+    tracing::info!(
+        proxy = %server::local_addr(proxy, "proxy")?,
+        admin = %server::local_addr(admin, "admin server")?,
+        upstream = %runtime,
+        signing_name = %runtime.signing_name,
+        mode = config.credentials.mode.describe(),
+        version = env!("CARGO_PKG_VERSION"),
+        "bedrock-broker sidecar listening"
+    );
+    Ok(())
+}
+
 impl Sidecar {
     /// Binds every listener (port 0 picks a free port).
     pub async fn bind(config: SidecarConfig, clock: SharedClock) -> Result<Self, SidecarError> {
@@ -144,28 +176,8 @@ impl Sidecar {
         )
         .await?;
 
-        let tls = crate::tls::client_config(
-            config
-                .credentials
-                .ca_bundle
-                .as_ref()
-                .map(|b| b.pem.as_slice()),
-        )?;
-        let clients = proxy::upstream_clients(
-            tls,
-            config.proxy.connect_timeout,
-            config.proxy.upstream_max_idle,
-        );
-        let runtime = &config.proxy.routes.runtime;
-        tracing::info!(
-            proxy = %server::local_addr(&proxy_listener, "proxy")?,
-            admin = %server::local_addr(&admin_listener, "admin server")?,
-            upstream = %runtime,
-            signing_name = %runtime.signing_name,
-            mode = config.credentials.mode.describe(),
-            version = env!("CARGO_PKG_VERSION"),
-            "bedrock-broker sidecar listening"
-        );
+        let clients = upstream_clients(&config)?;
+        log_listening(&config, &proxy_listener, &admin_listener)?;
         let proxy = Arc::new(Proxy::new(
             config.proxy.clone(),
             cell.clone(),

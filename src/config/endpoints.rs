@@ -160,26 +160,16 @@ pub fn routes(
         signing_name,
     );
 
-    let runtime = match (s::UPSTREAM.find(args.upstream.as_deref(), env), region) {
-        (Some(raw), _) => errors.parse(raw, explicit),
-        (None, Some(region)) => upstream(&default_endpoint(
-            "bedrock-runtime",
-            region,
-            fips,
-            dualstack,
-        ))
-        .ok(),
-        (None, None) => {
-            if !region_reported {
-                errors.push(
-                super::settings::aws::REGION.origin(),
-                "a region (or an explicit --upstream) is required to know which Bedrock endpoint to call",
-            );
-            }
-            None
-        }
-    };
-    let runtime = runtime.map(|mut u| {
+    let runtime = runtime_upstream(
+        args,
+        env,
+        region,
+        region_reported,
+        (fips, dualstack),
+        explicit,
+        errors,
+    )
+    .map(|mut u| {
         if let Some(name) = signing_override {
             u.signing_name = name;
         }
@@ -213,6 +203,39 @@ pub fn routes(
         agent_runtime,
         mantle,
     })
+}
+
+/// The runtime endpoint every non-prefixed request goes to: the explicit
+/// `--upstream`, else the region's (FIPS/dual-stack) default. Without either
+/// nothing can be signed, so that is a configuration error, reported once.
+fn runtime_upstream(
+    args: &SidecarArgs,
+    env: &Env,
+    region: Option<&Region>,
+    region_reported: bool,
+    (fips, dualstack): (bool, bool),
+    explicit: impl Fn(&str) -> Result<Upstream, ParseError>,
+    errors: &mut Errors,
+) -> Option<Upstream> {
+    match (s::UPSTREAM.find(args.upstream.as_deref(), env), region) {
+        (Some(raw), _) => errors.parse(raw, explicit),
+        (None, Some(region)) => upstream(&default_endpoint(
+            "bedrock-runtime",
+            region,
+            fips,
+            dualstack,
+        ))
+        .ok(),
+        (None, None) => {
+            if !region_reported {
+                errors.push(
+                    super::settings::aws::REGION.origin(),
+                    "a region (or an explicit --upstream) is required to know which Bedrock endpoint to call",
+                );
+            }
+            None
+        }
+    }
 }
 
 #[cfg(test)]
