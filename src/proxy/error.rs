@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 
-use super::headers::BROKER_ERROR;
+use super::headers::{BROKER_ERROR, X_AMZN_ERRORTYPE};
 
 /// Which error shape the client understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,10 +193,7 @@ impl ProxyError {
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert(BROKER_ERROR, HeaderValue::from_static(self.code().name));
         if dialect == Dialect::Aws {
-            h.insert(
-                "x-amzn-errortype",
-                HeaderValue::from_static(self.aws_type()),
-            );
+            h.insert(X_AMZN_ERRORTYPE, HeaderValue::from_static(self.aws_type()));
         }
         if matches!(self, Self::Overloaded(_)) {
             // Busy for a moment, not broken: SDKs honour it and back off.

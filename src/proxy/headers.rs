@@ -21,6 +21,21 @@ pub const X_AMZ_CONTENT_SHA256: HeaderName = HeaderName::from_static("x-amz-cont
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// The AWS error code an upstream answer carries, if any.
+pub const X_AMZN_ERRORTYPE: HeaderName = HeaderName::from_static("x-amzn-errortype");
+
+/// Whether the upstream's `x-amzn-errortype` names one of `codes`. AWS
+/// appends `:<namespace>` to the code, so a code matches only whole.
+pub fn aws_error_is(headers: &HeaderMap, codes: &[&str]) -> bool {
+    let Some(kind) = headers.get(X_AMZN_ERRORTYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    codes.iter().any(|code| {
+        kind.strip_prefix(code)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
+    })
+}
+
 /// Headers that describe one connection, not the message.
 const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,

@@ -30,20 +30,14 @@ pub fn is_signature_error<B>(response: &Response<B>) -> bool {
     ) {
         return false;
     }
-    let Some(kind) = response
-        .headers()
-        .get("x-amzn-errortype")
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    [
-        "InvalidSignatureException",
-        "SignatureDoesNotMatch",
-        "IncompleteSignatureException",
-    ]
-    .iter()
-    .any(|code| kind.starts_with(code))
+    super::headers::aws_error_is(
+        response.headers(),
+        &[
+            "InvalidSignatureException",
+            "SignatureDoesNotMatch",
+            "IncompleteSignatureException",
+        ],
+    )
 }
 
 /// The same answer with every security-token value in its body blanked.

@@ -85,23 +85,14 @@ pub(super) fn rejects_credentials<B>(response: &Response<B>) -> bool {
     if response.status() != StatusCode::FORBIDDEN {
         return false;
     }
-    let Some(kind) = response
-        .headers()
-        .get("x-amzn-errortype")
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    [
-        "ExpiredTokenException",
-        "ExpiredToken",
-        "UnrecognizedClientException",
-    ]
-    .iter()
-    .any(|code| {
-        kind.strip_prefix(code)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
-    })
+    super::headers::aws_error_is(
+        response.headers(),
+        &[
+            "ExpiredTokenException",
+            "ExpiredToken",
+            "UnrecognizedClientException",
+        ],
+    )
 }
 
 #[cfg(test)]
