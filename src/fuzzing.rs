@@ -23,6 +23,7 @@ pub fn admission_review(data: &[u8]) {
         on_lookup_error: LookupErrorPolicy::Deny,
         metrics: WebhookMetrics::new(),
         intake: Intake::default(),
+        kube_version: None,
     };
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else {
         return;
