@@ -210,14 +210,12 @@ fn a_workload_without_a_template_is_reported() {
 fn the_opt_in_written_as_an_annotation_is_reported() {
     let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n    bedrock-broker.io/inject: \"true\"\nspec:\n  containers:\n  - name: app\n    image: app:1\n";
     let (status, out, err) = run(pod, InjectArgs::default());
-    assert_eq!(status, InjectStatus::Ok, "{err}");
-    assert!(!out.contains("initContainers"), "{out}");
+    // Refused, as the webhook refuses it: `inject` and the webhook agree.
+    assert_eq!(status, InjectStatus::Denied, "{err}");
+    assert!(out.is_empty(), "{out}");
     assert!(
-        err.contains("Pod default/p: unchanged (not opted in)"),
-        "{err}"
-    );
-    assert!(
-        err.contains("Pod default/p: warning: bedrock-broker.io/inject is an annotation"),
+        err.contains("Pod default/p: ")
+            && err.contains("bedrock-broker.io/inject: \"true\" is set as an annotation"),
         "{err}"
     );
 }

@@ -16,7 +16,7 @@ use webhook_support::defaults;
 use webhook_support::pods::{app_facts, denial, inject, opted_in, pod, ROLE};
 
 #[test]
-fn the_opt_in_written_as_an_annotation_is_named() {
+fn the_opt_in_written_as_an_annotation_is_refused() {
     let annotated = |value: &str, labels: Value| {
         pod(json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "p", "labels": labels,
@@ -24,15 +24,22 @@ fn the_opt_in_written_as_an_annotation_is_named() {
             "spec": {"containers": [{"name": "app", "image": "x"}]}}))
     };
     let d = defaults();
-    // Not opted in otherwise: admitted unchanged, saying why.
-    match webhook::inject(&annotated("true", json!({})), &app_facts(), &d) {
+    // Not opted in otherwise: a failed opt-in, refused where it is seen
+    // (CONTRACT: "the opt-in written as an annotation is refused").
+    for value in ["true", "True", "yes"] {
+        let msg = denial(&annotated(value, json!({})), &app_facts());
+        assert!(
+            msg.contains("set as an annotation") && msg.contains("metadata.labels"),
+            "{msg}"
+        );
+    }
+    // "false" as an annotation asks for what happens anyway: admitted
+    // unchanged, with a word that the annotation decided nothing.
+    match webhook::inject(&annotated("false", json!({})), &app_facts(), &d) {
         Ok(Outcome::Skipped(skip)) => {
             assert_eq!(skip, Skip::OptInAnnotation);
             let w = skip.warning().expect("a warning");
-            assert!(
-                w.contains("is an annotation") && w.contains("metadata.labels"),
-                "{w}"
-            );
+            assert!(w.contains("decides nothing"), "{w}");
         }
         other => panic!("{other:?}"),
     }
@@ -63,7 +70,7 @@ fn the_opt_in_written_as_an_annotation_is_named() {
 }
 
 #[test]
-fn a_namespace_label_other_than_true_is_named() {
+fn a_namespace_label_other_than_true_or_false_is_refused() {
     let p = pod(
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
         "spec": {"containers": [{"name": "app", "image": "x"}]}}),
@@ -73,12 +80,22 @@ fn a_namespace_label_other_than_true_is_named() {
         namespace_labels: Some(&labels),
         ..Default::default()
     };
-    match webhook::inject(&p, &facts, &defaults()) {
-        Ok(Outcome::Skipped(skip)) => {
-            let w = skip.warning().expect("a warning");
-            assert!(w.contains("\"True\"") && w.contains("only \"true\""), "{w}");
+    let msg = denial(&p, &facts);
+    assert!(
+        msg.contains("namespace's label bedrock-broker.io/inject: \"True\" is not accepted"),
+        "{msg}"
+    );
+    // "false", or no label, on the namespace is simply not opted in.
+    let labels: StringMap = [("bedrock-broker.io/inject".to_owned(), "false".to_owned())].into();
+    for namespace_labels in [Some(&labels), None] {
+        let facts = ClusterFacts {
+            namespace_labels,
+            ..Default::default()
+        };
+        match webhook::inject(&p, &facts, &defaults()) {
+            Ok(Outcome::Skipped(Skip::NotOptedIn)) => {}
+            other => panic!("{other:?}"),
         }
-        other => panic!("{other:?}"),
     }
 }
 

@@ -185,7 +185,7 @@ fn pod_of(kind: &str, template: &Map<String, Value>) -> Value {
 
 fn skip_reason(skip: &Skip) -> &'static str {
     match skip {
-        Skip::NotOptedIn | Skip::OptInAnnotation | Skip::NamespaceLabelValue(_) => "not opted in",
+        Skip::NotOptedIn | Skip::OptInAnnotation => "not opted in",
         Skip::OptedOut => "opted out",
         Skip::AlreadyInjected => "already injected",
         Skip::HasBrokerContainer => "has a bedrock-broker container already",

@@ -16,14 +16,10 @@ use super::{all_containers, annotations, ClusterFacts, Denial};
 pub enum Skip {
     /// Neither the pod nor its namespace carries the opt-in label.
     NotOptedIn,
-    /// Not opted in, but the pod carries the opt-in as an *annotation*
-    /// (the most likely mistake): a selector cannot see annotations, so
-    /// the webhook usually never sees such a pod; `inject` and, when it
-    /// does, the webhook say so.
+    /// Not opted in, and the pod carries the opt-in *annotation* set to
+    /// `"false"`: what it asks for happens, but the annotation decided
+    /// nothing. (Any other value is an attempted opt-in, refused.)
     OptInAnnotation,
-    /// Not opted in; the namespace's label has this value, which is not
-    /// `"true"` (or `"false"`).
-    NamespaceLabelValue(String),
     /// The pod's label is `"false"`.
     OptedOut,
     /// The pod carries `bedrock-broker.io/injected`.
@@ -37,7 +33,6 @@ impl Skip {
         match self {
             Self::NotOptedIn => "not_opted_in",
             Self::OptInAnnotation => "opt_in_annotation",
-            Self::NamespaceLabelValue(_) => "namespace_label_value",
             Self::OptedOut => "opted_out",
             Self::AlreadyInjected => "already_injected",
             Self::HasBrokerContainer => "has_broker_container",
@@ -50,10 +45,7 @@ impl Skip {
         let label = names::INJECT_LABEL;
         match self {
             Self::OptInAnnotation => Some(format!(
-                "{label} is an annotation here, and annotations opt nothing in: the pod gets no bedrock-broker sidecar; move it to metadata.labels"
-            )),
-            Self::NamespaceLabelValue(value) => Some(format!(
-                "the namespace's label {label}: {value:?} opts nothing in: only \"true\" opts a namespace in"
+                "the annotation {label}: \"false\" decides nothing (the pod is not opted in anyway); to opt out explicitly, set the label {label}: \"false\""
             )),
             Self::HasBrokerContainer => Some(format!(
                 "the pod already has a container named {CONTAINER_NAME}; bedrock-broker did not inject another"
@@ -147,7 +139,7 @@ pub fn decide<'p>(pod: &'p Pod, facts: &ClusterFacts<'_>) -> Result<Decision<'p>
         }
         None => {
             if !opted_in(pod, facts.namespace_labels) {
-                return Ok(Decision::Skip(not_opted_in(pod, facts)));
+                return not_opted_in(pod, facts).map(Decision::Skip);
             }
         }
     }
@@ -163,17 +155,28 @@ pub fn decide<'p>(pod: &'p Pod, facts: &ClusterFacts<'_>) -> Result<Decision<'p>
     Ok(Decision::Inject(spec))
 }
 
-/// Why a pod is not opted in, naming the likely mistake when there is one.
-fn not_opted_in(pod: &Pod, facts: &ClusterFacts<'_>) -> Skip {
-    if annotations(pod).contains_key(names::INJECT_LABEL) {
-        return Skip::OptInAnnotation;
+/// Why a pod is not opted in. A pod that tried to opt in and got it wrong
+/// is refused, so the mistake is seen at once rather than as a pod running
+/// without its sidecar: the opt-in written as an annotation (selectors read
+/// only labels), or a namespace label other than `"true"`/`"false"`. Under
+/// the chart's selectors such pods rarely reach the webhook; `inject` sees
+/// them all.
+fn not_opted_in(pod: &Pod, facts: &ClusterFacts<'_>) -> Result<Skip, Denial> {
+    let label = names::INJECT_LABEL;
+    match annotations(pod).get(label).map(|v| v.trim()) {
+        Some("false") => return Ok(Skip::OptInAnnotation),
+        Some(value) => {
+            return Err(Denial::one(format!(
+                "{label}: {value:?} is set as an annotation, and annotations opt nothing in: move it to metadata.labels (or label the namespace)"
+            )))
+        }
+        None => {}
     }
-    match facts
-        .namespace_labels
-        .and_then(|l| l.get(names::INJECT_LABEL))
-    {
-        Some(v) if v != "true" && v != "false" => Skip::NamespaceLabelValue(v.clone()),
-        _ => Skip::NotOptedIn,
+    match facts.namespace_labels.and_then(|l| l.get(label)) {
+        Some(v) if v != "true" && v != "false" => Err(Denial::one(format!(
+            "the namespace's label {label}: {v:?} is not accepted; accepted values: \"true\" or \"false\""
+        ))),
+        _ => Ok(Skip::NotOptedIn),
     }
 }
 
