@@ -124,3 +124,23 @@ fn layout() -> String {
 fn layout_in_the_development_guide_is_current() {
     check_section("docs/development.md", "layout", &layout());
 }
+
+#[test]
+fn every_flag_is_in_the_configuration_reference() {
+    use clap::CommandFactory;
+    let reference = bedrock_broker::config::reference::markdown();
+    let cli = bedrock_broker::cli::Cli::command();
+    let mut missing = Vec::new();
+    for command in cli.get_subcommands() {
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if !reference.contains(&format!("| `--{long}` |")) {
+                missing.push(format!("{} --{long}", command.get_name()));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "flags the configuration reference leaves out: {missing:?}"
+    );
+}

@@ -5,7 +5,7 @@
 use std::fmt::Write;
 
 use super::setting::{Setting, WhenUnset};
-use super::settings::{self, Variable};
+use super::settings::{self, limits, Variable};
 
 /// Table-cell text: pipes escaped, and `<placeholders>` kept visible
 /// (Markdown renderers drop unknown HTML tags).
@@ -77,6 +77,23 @@ pub fn markdown() -> String {
     );
     variables_table(&mut out, settings::vars::ALL);
     out.push_str(
+        "\n### Listener limits\n\n\
+         Each listener bounds the time a client has to send its headers, idle \
+         connections, how many connections it holds and the size of a request head; \
+         the admin port, which other pods reach, also counts connections per peer \
+         address. A connection over a limit is closed at once (see \
+         [security.md](security.md)).\n\n",
+    );
+    settings_table(
+        &mut out,
+        &[
+            &limits::PROXY.all(),
+            &limits::ADMIN.all(),
+            &[limits::ADMIN_PER_PEER],
+            &limits::CREDENTIALS.all(),
+        ],
+    );
+    out.push_str(
         "\n## `bedrock-broker credentials`\n\n\
          Reads the same AWS settings and variables as `sidecar`:\n\n",
     );
@@ -85,6 +102,23 @@ pub fn markdown() -> String {
     settings_table(
         &mut out,
         &[settings::webhook::ALL, &[settings::log::FORMAT]],
+    );
+    out.push_str(
+        "\n### Listener limits\n\n\
+         The API server's connections and the webhook's admin port; connections are \
+         counted per peer from the TLS handshake on.\n\n",
+    );
+    settings_table(
+        &mut out,
+        &[
+            &limits::WEBHOOK.all(),
+            &[
+                limits::WEBHOOK_PER_PEER,
+                limits::WEBHOOK_TLS_HANDSHAKE_TIMEOUT,
+            ],
+            &limits::WEBHOOK_ADMIN.all(),
+            &[limits::WEBHOOK_ADMIN_PER_PEER],
+        ],
     );
     out.push_str(
         "\n### Injected sidecar defaults (`webhook` and `inject`)\n\n\
