@@ -288,6 +288,8 @@ pub struct WebhookArgs {
     pub shutdown_grace_period: Option<String>,
     #[arg(long = webhook::BODY_READ_TIMEOUT.flag, help = webhook::BODY_READ_TIMEOUT.help_text())]
     pub body_read_timeout: Option<String>,
+    #[arg(long = webhook::BODY_READ_DEADLINE.flag, help = webhook::BODY_READ_DEADLINE.help_text())]
+    pub body_read_deadline: Option<String>,
     #[arg(long = webhook::REVIEW_BUDGET.flag, help = webhook::REVIEW_BUDGET.help_text())]
     pub review_budget: Option<String>,
     #[arg(long = limits::WEBHOOK_TLS_HANDSHAKE_TIMEOUT.flag, help = limits::WEBHOOK_TLS_HANDSHAKE_TIMEOUT.help_text())]

@@ -297,8 +297,7 @@ async fn running(
     tweak(&mut args);
     let config = WebhookConfig::from_args(&args, &Env::default()).expect("valid config");
     let mut state = state(cluster());
-    state.intake =
-        bedrock_broker::webhook::Intake::new(config.body_read_timeout, config.review_budget);
+    state.intake = bedrock_broker::webhook::Intake::new(config.review_timing, config.review_budget);
     let server = WebhookServer::bind(&config).await.expect("binds");
     let addr = server.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
@@ -340,7 +339,9 @@ async fn idle_sockets_from_one_pod_do_not_starve_the_api_server() {
 }
 
 /// Sends a review's headers over TLS, then only `sent` bytes of a body
-/// declared as `declared` bytes; returns the status, if one comes.
+/// declared as `declared` bytes; returns the status, if one comes. The body
+/// is written while the answer is awaited: a webhook that refuses early
+/// stops reading it.
 async fn partial_review(
     tls: &Arc<rustls::ClientConfig>,
     addr: SocketAddr,
@@ -352,17 +353,23 @@ async fn partial_review(
     let tcp = TcpStream::connect(addr).await.ok()?;
     let connector = tokio_rustls::TlsConnector::from(tls.clone());
     let name = ServerName::try_from("127.0.0.1").ok()?;
-    let mut stream = connector.connect(name, tcp).await.ok()?;
+    let stream = connector.connect(name, tcp).await.ok()?;
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let head = format!(
         "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
     );
-    stream.write_all(head.as_bytes()).await.ok()?;
-    stream.write_all(&vec![b' '; sent]).await.ok()?;
+    let write = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await?;
+        writer.write_all(&vec![b' '; sent]).await?;
+        writer.flush().await?;
+        // Held open (the body unfinished) until the answer is read.
+        std::future::pending::<()>().await;
+        Ok::<_, std::io::Error>(writer)
+    });
     let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(wait, stream.read(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
+    let n = tokio::time::timeout(wait, reader.read(&mut buf)).await;
+    write.abort();
+    let n = n.ok()?.ok()?;
     let line = String::from_utf8_lossy(&buf[..n]).into_owned();
     line.split(' ').nth(1)?.parse().ok()
 }
@@ -390,15 +397,16 @@ async fn reviews_beyond_the_memory_budget_are_refused_not_buffered() {
     })
     .await;
     let tls = client_config(&ca);
-    // One large review in flight holds most of the budget (if a second
-    // attempt below reserved first, this one is refused and tries again,
-    // so one of them always holds it)...
+    // One large review in flight, its bytes received, holds most of the
+    // budget (if a second attempt below reserved first, this one is
+    // refused and tries again, so one of them always holds it)...
+    const BIG: usize = 6 * 1024 * 1024;
     let first = {
         let tls = tls.clone();
         tokio::spawn(async move {
             loop {
                 let status =
-                    partial_review(&tls, addr, 6 * 1024 * 1024, 1024, Duration::from_secs(8)).await;
+                    partial_review(&tls, addr, BIG + 1024, BIG, Duration::from_secs(8)).await;
                 if status != Some(503) {
                     return status;
                 }
@@ -409,12 +417,123 @@ async fn reviews_beyond_the_memory_budget_are_refused_not_buffered() {
     // reserved its share: poll until it has).
     let mut second = None;
     for _ in 0..5 {
-        second = partial_review(&tls, addr, 6 * 1024 * 1024, 1024, Duration::from_secs(2)).await;
+        second = partial_review(&tls, addr, BIG + 1024, BIG, Duration::from_secs(3)).await;
         if second == Some(503) {
             break;
         }
     }
     assert_eq!(second, Some(503));
     first.abort();
+    stop.cancel();
+}
+
+/// Another pod opens a review declaring `declared` bytes and then sends one
+/// byte every `every`, never falling silent long enough to time out; it
+/// says on `started` once its head and first byte are out. Returns the
+/// status the webhook answers, once it does.
+async fn dripping_review(
+    tls: Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    declared: usize,
+    every: Duration,
+    started: tokio::sync::mpsc::Sender<()>,
+) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = connect_from([127, 0, 0, 3], addr).await;
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    let name = ServerName::try_from("127.0.0.1").ok()?;
+    let stream = connector.connect(name, tcp).await.ok()?;
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+    );
+    writer.write_all(head.as_bytes()).await.ok()?;
+    let drip = async move {
+        loop {
+            if writer.write_all(b" ").await.is_err() || writer.flush().await.is_err() {
+                return;
+            }
+            let _ = started.try_send(());
+            tokio::time::sleep(every).await;
+        }
+    };
+    let answer = async move {
+        let mut buf = [0u8; 64];
+        let n = reader.read(&mut buf).await.ok()?;
+        let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+        line.split(' ').nth(1)?.parse().ok()
+    };
+    tokio::select! {
+        status = answer => status,
+        () = drip => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_dripping_large_reviews_cannot_hold_the_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ca();
+    let (addr, stop) = running(dir.path(), &ca, |a| {
+        a.body_read_timeout = Some("2s".into());
+        a.review_budget = Some((16 * 1024 * 1024).to_string());
+    })
+    .await;
+    let tls = client_config(&ca);
+    // Reviews declaring the largest size, each kept alive by a byte every
+    // half second: the whole budget, had it been reserved by what a client
+    // declares rather than by what it sends.
+    let (started, mut ready) = tokio::sync::mpsc::channel(4);
+    let drips: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(dripping_review(
+                tls.clone(),
+                addr,
+                8 * 1024 * 1024,
+                Duration::from_millis(500),
+                started.clone(),
+            ))
+        })
+        .collect();
+    for _ in 0..2 {
+        ready.recv().await.expect("a drip started");
+    }
+    let body = std::fs::read(fixtures().join("plain.json")).expect("fixture");
+    // Several reviews in turn, so the later ones surely find the drips'
+    // heads read: every one is answered.
+    for _ in 0..3 {
+        let (status, _, _) = https(&tls, addr, "POST", "/mutate", body.clone())
+            .await
+            .expect("request");
+        assert_eq!(status, 200, "the API server's review is answered");
+    }
+    for d in drips {
+        d.abort();
+    }
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_body_that_never_ends_is_cut_off_at_the_deadline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ca();
+    let (addr, stop) = running(dir.path(), &ca, |a| {
+        a.body_read_timeout = Some("2s".into());
+        a.body_read_deadline = Some("1s".into());
+    })
+    .await;
+    let started = Instant::now();
+    let status = tokio::time::timeout(
+        Duration::from_secs(20),
+        dripping_review(
+            client_config(&ca),
+            addr,
+            1024 * 1024,
+            Duration::from_millis(100),
+            tokio::sync::mpsc::channel(1).0,
+        ),
+    )
+    .await
+    .expect("answered before the test gives up");
+    assert_eq!(status, Some(408), "after {:?}", started.elapsed());
     stop.cancel();
 }

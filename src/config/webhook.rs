@@ -17,7 +17,7 @@ use crate::webhook::types::{
     TokenExpiration,
 };
 use crate::webhook::{InjectConfig, Resources, SidecarDefaults};
-use crate::webhook::{LookupErrorPolicy, TlsFiles, WebhookConfig};
+use crate::webhook::{LookupErrorPolicy, ReviewTiming, TlsFiles, WebhookConfig};
 
 impl SidecarDefaults {
     pub fn from_args(args: &SidecarDefaultsArgs, env: &Env) -> Result<Self, ConfigErrors> {
@@ -193,7 +193,7 @@ impl WebhookConfig {
                 limits: serving.limits,
                 handshake: serving.handshake,
                 admin_limits: serving.admin_limits,
-                body_read_timeout: serving.body_read_timeout,
+                review_timing: serving.review_timing,
                 review_budget: serving.review_budget,
                 on_lookup_error: on_lookup_error?,
                 lookup_timeout: lookup_timeout?,
@@ -235,7 +235,7 @@ struct Serving {
     limits: Limits,
     handshake: HandshakeLimits,
     admin_limits: Limits,
-    body_read_timeout: std::time::Duration,
+    review_timing: ReviewTiming,
     review_budget: usize,
 }
 
@@ -283,6 +283,12 @@ fn serving(args: &WebhookArgs, env: &Env, e: &mut Errors) -> Option<Serving> {
         env,
         parse::positive_duration,
     );
+    let body_read_deadline = e.read(
+        &w::BODY_READ_DEADLINE,
+        args.body_read_deadline.as_deref(),
+        env,
+        parse::positive_duration,
+    );
     let review_budget = e.read(
         &w::REVIEW_BUDGET,
         args.review_budget.as_deref(),
@@ -298,7 +304,10 @@ fn serving(args: &WebhookArgs, env: &Env, e: &mut Errors) -> Option<Serving> {
         },
         limits,
         admin_limits: admin_limits?,
-        body_read_timeout: body_read_timeout?,
+        review_timing: ReviewTiming {
+            silence: body_read_timeout?,
+            deadline: body_read_deadline?,
+        },
         review_budget: review_budget?,
     })
 }

@@ -1,7 +1,13 @@
-//! Receiving an AdmissionReview body: bounded in time (a body that stalls
-//! is dropped) and in memory (all reviews in flight share one budget, so
-//! a flood of the largest reviews cannot take the webhook over its memory
-//! limit while the API server waits on it).
+//! Receiving an AdmissionReview body: bounded in time (a body that stalls,
+//! or that keeps trickling past the deadline, is dropped) and in memory
+//! (all reviews in flight share one budget, so a flood of the largest
+//! reviews cannot take the webhook over its memory limit while the API
+//! server waits on it).
+//!
+//! The budget is drawn as bytes arrive, not by what a client declares: a
+//! peer that declares the largest review and then sends a byte at a time
+//! would otherwise hold a whole share for as long as it keeps dripping,
+//! and four of them would shut out the API server.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +17,7 @@ use axum::http::{header, Request, StatusCode};
 use bytes::BytesMut;
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 /// AdmissionReviews are bounded by the API server's 3 MiB object limit
 /// plus the review envelope (old and new object).
@@ -20,32 +27,50 @@ pub const MAX_REVIEW_BYTES: usize = 8 * 1024 * 1024;
 /// server's 10 s webhook timeout, so it gets our clear answer.
 const BUDGET_WAIT: Duration = Duration::from_secs(1);
 
+/// How long receiving one review body may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReviewTiming {
+    /// Longest silence between two pieces of a body.
+    pub silence: Duration,
+    /// Longest time for the whole body, however steadily it arrives.
+    pub deadline: Duration,
+}
+
+impl Default for ReviewTiming {
+    fn default() -> Self {
+        Self {
+            silence: Duration::from_secs(5),
+            deadline: Duration::from_secs(10),
+        }
+    }
+}
+
 /// How reviews are received.
 #[derive(Debug, Clone)]
 pub struct Intake {
-    /// Longest silence while a body is received.
-    body_read_timeout: Duration,
+    timing: ReviewTiming,
     budget: Arc<Semaphore>,
 }
 
 /// A review body, holding its share of the budget until dropped.
 pub struct Received {
     pub bytes: Bytes,
-    _budget: OwnedSemaphorePermit,
+    _budget: Option<OwnedSemaphorePermit>,
 }
 
 impl Intake {
     /// `budget` is at least one review of the largest size.
-    pub fn new(body_read_timeout: Duration, budget: usize) -> Self {
+    pub fn new(timing: ReviewTiming, budget: usize) -> Self {
         let budget = budget.clamp(MAX_REVIEW_BYTES, Semaphore::MAX_PERMITS);
         Self {
-            body_read_timeout,
+            timing,
             budget: Arc::new(Semaphore::new(budget)),
         }
     }
 
     /// Reads a review body, or the status to answer instead.
     pub async fn receive(&self, request: Request<Body>) -> Result<Received, StatusCode> {
+        let deadline = Instant::now() + self.timing.deadline;
         let declared = request
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -54,41 +79,54 @@ impl Intake {
         if declared.is_some_and(|n| n > MAX_REVIEW_BYTES) {
             return Err(StatusCode::PAYLOAD_TOO_LARGE);
         }
-        // Without a length, assume the largest review.
-        let want = declared.unwrap_or(MAX_REVIEW_BYTES).max(1);
-        let permits = u32::try_from(want).map_err(|_| StatusCode::PAYLOAD_TOO_LARGE)?;
-        let acquire = self.budget.clone().acquire_many_owned(permits);
-        let permit = match tokio::time::timeout(BUDGET_WAIT, acquire).await {
-            Ok(Ok(permit)) => permit,
-            _ => {
-                tracing::warn!("review budget exhausted; answering 503");
-                return Err(StatusCode::SERVICE_UNAVAILABLE);
-            }
-        };
+        let limit = declared.unwrap_or(MAX_REVIEW_BYTES);
         let mut body = request.into_body();
+        // Untouched capacity costs address space, not memory: only what
+        // arrives is resident, and only that is drawn from the budget.
         let mut bytes = BytesMut::with_capacity(declared.unwrap_or(0));
+        let mut held: Option<OwnedSemaphorePermit> = None;
         loop {
-            let frame = tokio::time::timeout(self.body_read_timeout, body.frame())
+            let silence = Instant::now() + self.timing.silence;
+            let frame = tokio::time::timeout_at(silence.min(deadline), body.frame())
                 .await
                 .map_err(|_| StatusCode::REQUEST_TIMEOUT)?;
             let Some(frame) = frame else { break };
             let frame = frame.map_err(|_| StatusCode::BAD_REQUEST)?;
-            if let Ok(data) = frame.into_data() {
-                if bytes.len() + data.len() > want {
-                    return Err(StatusCode::PAYLOAD_TOO_LARGE);
-                }
-                bytes.extend_from_slice(&data);
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if bytes.len() + data.len() > limit {
+                return Err(StatusCode::PAYLOAD_TOO_LARGE);
             }
+            let share = self.reserve(data.len()).await?;
+            match held.as_mut() {
+                Some(h) => h.merge(share),
+                None => held = Some(share),
+            }
+            bytes.extend_from_slice(&data);
         }
         Ok(Received {
             bytes: bytes.freeze(),
-            _budget: permit,
+            _budget: held,
         })
+    }
+
+    /// `n` more bytes of the budget, waiting briefly for room.
+    async fn reserve(&self, n: usize) -> Result<OwnedSemaphorePermit, StatusCode> {
+        let permits = u32::try_from(n).map_err(|_| StatusCode::PAYLOAD_TOO_LARGE)?;
+        let acquire = self.budget.clone().acquire_many_owned(permits);
+        match tokio::time::timeout(BUDGET_WAIT, acquire).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                tracing::warn!("review budget exhausted; answering 503");
+                Err(StatusCode::SERVICE_UNAVAILABLE)
+            }
+        }
     }
 }
 
 impl Default for Intake {
     fn default() -> Self {
-        Self::new(Duration::from_secs(5), 4 * MAX_REVIEW_BYTES)
+        Self::new(ReviewTiming::default(), 4 * MAX_REVIEW_BYTES)
     }
 }

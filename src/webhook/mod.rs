@@ -37,7 +37,7 @@ pub use self::inject::{
     KubeVersion, Needs, Outcome, RequestAboveLimit, Resources, RoleSource, SidecarAuth,
     SidecarDefaults, Skip, TokenAccess, TokenVolume, CONTAINER_NAME,
 };
-pub use self::intake::Intake;
+pub use self::intake::{Intake, ReviewTiming};
 pub use self::lookup::{ClusterLookup, KubeLookup, LookupError, StaticLookup, StringMap};
 pub use self::offline::{parse_documents, run_inject, InjectConfig, InjectStatus};
 pub use self::server::{TlsFiles, WebhookConfig, WebhookError, WebhookServer};
@@ -63,7 +63,7 @@ pub async fn run_webhook(
         lookup: Arc::new(lookup),
         on_lookup_error: config.on_lookup_error,
         metrics,
-        intake: Intake::new(config.body_read_timeout, config.review_budget),
+        intake: Intake::new(config.review_timing, config.review_budget),
         kube_version,
     };
     server.run(state, shutdown).await

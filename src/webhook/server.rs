@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::admission::{router, AdmissionState, LookupErrorPolicy};
 use super::lookup::ClusterLookup;
-use super::SidecarDefaults;
+use super::{ReviewTiming, SidecarDefaults};
 use crate::admin::{Ready, Status};
 use crate::server::tls::{self, CertError, HandshakeLimits, ReloadingCert, TlsListener};
 use crate::server::{self, Limits, ServeError};
@@ -47,8 +47,8 @@ pub struct WebhookConfig {
     pub limits: Limits,
     pub handshake: HandshakeLimits,
     pub admin_limits: Limits,
-    /// Longest silence while a review body is received.
-    pub body_read_timeout: Duration,
+    /// How long receiving a review body may take.
+    pub review_timing: ReviewTiming,
     /// Bytes of review bodies held at once.
     pub review_budget: usize,
     pub sidecar: SidecarDefaults,

@@ -66,6 +66,16 @@ pub const BODY_READ_TIMEOUT: Setting = Setting {
     default: Value("5s"),
     help: "Longest silence while an AdmissionReview body is being received",
 };
+/// The API server sends a review at once and gives up on the webhook after
+/// its `timeoutSeconds` (10 s in the chart, 30 s at most): a body still
+/// arriving after that is useless, and a client that drips one forever
+/// must not hold its share of the review budget.
+pub const BODY_READ_DEADLINE: Setting = Setting {
+    flag: "body-read-deadline",
+    env: &["BEDROCK_BROKER_WEBHOOK_BODY_READ_DEADLINE"],
+    default: Value("10s"),
+    help: "Longest time to receive a whole AdmissionReview body, however steadily it arrives",
+};
 /// Reviews are kilobytes; the 8 MiB limit per review exists for the
 /// largest pods. A few of those at once fit; a flood waits or is refused.
 pub const REVIEW_BUDGET: Setting = Setting {
@@ -85,5 +95,6 @@ pub const ALL: &[Setting] = &[
     LOOKUP_TIMEOUT,
     SHUTDOWN_GRACE_PERIOD,
     BODY_READ_TIMEOUT,
+    BODY_READ_DEADLINE,
     REVIEW_BUDGET,
 ];
