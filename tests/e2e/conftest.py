@@ -33,6 +33,21 @@ import requests
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_AWS = ROOT / "tests" / "fakes" / "fake_aws"
 BINARY = Path(os.environ.get("BEDROCK_BROKER_BIN", ROOT / "target" / "debug" / "bedrock-broker"))
+
+
+def shipped_env() -> dict[str, str]:
+    """The environment the image gives the binary (the runtime stage's
+    ``ENV`` lines of the Dockerfile), so memory is measured as it ships:
+    glibc's allocator settings there decide how much freed memory is kept."""
+    env: dict[str, str] = {}
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("FROM "):
+            env = {}
+        elif line.startswith("ENV "):
+            name, _, value = line[4:].strip().partition("=")
+            env[name] = value
+    assert env, "the Dockerfile's runtime stage sets no environment"
+    return env
 REGION = "us-east-1"
 ROLE_ARN = "arn:aws:iam::123456789012:role/chat-app"
 

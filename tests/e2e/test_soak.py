@@ -17,7 +17,7 @@ import openai
 import pytest
 import requests
 
-from conftest import make_jwt, wait_for
+from conftest import make_jwt, shipped_env, wait_for
 from test_sdk_clients import bedrock_client
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "120"))
@@ -132,7 +132,7 @@ class Soak:
 @pytest.mark.timeout(SOAK_SECONDS + 180)
 def test_soak_nothing_fails_and_memory_and_files_stay_flat(start_sidecar, irsa_env, fake_aws, token_dir):
     fake_aws.configure_sts(lifetime_seconds=5)
-    sidecar = start_sidecar(irsa_env, [
+    sidecar = start_sidecar({**irsa_env, **shipped_env()}, [
         "--header-read-timeout", "2s", "--idle-timeout", "5s",
         "--admin-header-read-timeout", "2s", "--admin-max-connections", "16",
     ])
