@@ -139,6 +139,11 @@ pub fn decide<'p>(pod: &'p Pod, facts: &ClusterFacts<'_>) -> Result<Decision<'p>
         }
         None => {
             if !opted_in(pod, facts.namespace_labels) {
+                // A reinvocation reads no namespace labels (see `needs`):
+                // an injected pod is left alone, never judged again.
+                if already_injected(pod) {
+                    return Ok(Decision::Skip(Skip::AlreadyInjected));
+                }
                 return not_opted_in(pod, facts).map(Decision::Skip);
             }
         }
