@@ -607,3 +607,60 @@ async fn other_kinds_and_operations_pass_unchanged() {
         "{text}"
     );
 }
+
+#[test]
+fn a_proxy_token_secret_reaches_the_sidecar_and_the_apps() {
+    let mut p = opted_in(json!({"containers": [
+        {"name": "app", "image": "x"},
+        {"name": "own-key", "image": "x",
+         "env": [{"name": "OPENAI_API_KEY", "value": "sk-mine"}]},
+    ]}));
+    p.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(
+            "bedrock-broker.io/proxy-token-secret".to_owned(),
+            "chat-proxy-token/token".to_owned(),
+        );
+    let v = mutated(&p, &inject(&p));
+    let from_secret = json!({"secretKeyRef": {
+        "name": "chat-proxy-token", "key": "token", "optional": false}});
+    // The sidecar requires it...
+    let sc = sidecar(&v);
+    assert_eq!(
+        env_of(&sc, "BEDROCK_BROKER_PROXY_TOKEN").expect("sidecar token")["valueFrom"],
+        from_secret
+    );
+    // ...and every app container carries it, the OpenAI SDK's key too (it
+    // sends it as `Authorization: Bearer`, where the proxy looks).
+    let app = &v["spec"]["containers"][0];
+    for name in ["BEDROCK_BROKER_PROXY_TOKEN", "OPENAI_API_KEY"] {
+        let var = env_of(app, name).unwrap_or_else(|| panic!("{name} in the app"));
+        assert_eq!(var["valueFrom"], from_secret, "{name}");
+        assert!(var.get("value").is_none(), "{name}: never a literal");
+    }
+    // A container with its own key keeps it.
+    let own = &v["spec"]["containers"][1];
+    assert_eq!(
+        env_of(own, "OPENAI_API_KEY").expect("own key")["value"],
+        "sk-mine"
+    );
+    assert!(env_of(own, "BEDROCK_BROKER_PROXY_TOKEN").is_some());
+}
+
+#[test]
+fn a_proxy_token_secret_must_name_a_secret_and_key() {
+    let mut p = opted_in(json!({"containers": [{"name": "app", "image": "x"}]}));
+    p.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(
+            "bedrock-broker.io/proxy-token-secret".to_owned(),
+            "just-a-token-value".to_owned(),
+        );
+    let msg = denial(&p, &app_facts());
+    assert!(
+        msg.contains("bedrock-broker.io/proxy-token-secret"),
+        "{msg}"
+    );
+}

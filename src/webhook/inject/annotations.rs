@@ -33,9 +33,12 @@ pub mod names {
     pub const API_KEY_SECRET: &str = "bedrock-broker.io/api-key-secret";
     /// `"false"` leaves out every app variable but `BEDROCK_BROKER_URL`.
     pub const CLIENT_ENV: &str = "bedrock-broker.io/client-env";
+    /// `<secret>/<key>`: the proxy requires this token, and the app
+    /// containers get it (`BEDROCK_BROKER_PROXY_TOKEN`, `OPENAI_API_KEY`).
+    pub const PROXY_TOKEN_SECRET: &str = "bedrock-broker.io/proxy-token-secret";
 
     /// Every annotation we read (anything else under our prefix is a typo).
-    pub const KNOWN: [&str; 17] = [
+    pub const KNOWN: [&str; 18] = [
         INJECTED,
         ROLE_ARN,
         REGION,
@@ -53,6 +56,7 @@ pub mod names {
         SIDECAR_MODE,
         API_KEY_SECRET,
         CLIENT_ENV,
+        PROXY_TOKEN_SECRET,
     ];
 
     /// The IRSA role annotation of a ServiceAccount (EKS Pod Identity Webhook).

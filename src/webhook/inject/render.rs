@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::fit::Fitted;
 use super::resolve::{Resolved, SidecarAuth, TokenAccess, TokenVolume, TOKEN_FILE};
 use super::spec::{Resources, SidecarSpec};
-use super::types::{Quantity, SidecarMode};
+use super::types::{Quantity, SecretKeyRef, SidecarMode};
 use crate::config::settings::{aws as aws_settings, log, sidecar as sidecar_settings, vars};
 
 /// Name of the injected container.
@@ -45,6 +45,9 @@ pub mod app_vars {
     pub const AWS_BEDROCK_RUNTIME_ENDPOINT: &str = "AWS_BEDROCK_RUNTIME_ENDPOINT";
     /// The Anthropic SDKs' `AnthropicBedrock` base URL variable.
     pub const ANTHROPIC_BEDROCK_BASE_URL: &str = "ANTHROPIC_BEDROCK_BASE_URL";
+    /// The proxy token, when the pod asks for one, for clients configured
+    /// by hand (`Authorization: Bearer` or `x-bedrock-broker-token`).
+    pub const BEDROCK_BROKER_PROXY_TOKEN: &str = "BEDROCK_BROKER_PROXY_TOKEN";
 }
 
 /// The placeholder `OPENAI_API_KEY`: not a Bedrock API key (those start
@@ -100,16 +103,29 @@ fn app_env(sidecar: &SidecarSpec) -> Vec<AppVar> {
         unless_set: name,
     };
     let mut vars = vec![one(&[BEDROCK_BROKER_URL], base.clone())];
+    if let Some(secret) = &sidecar.proxy_token_secret {
+        vars.push(AppVar {
+            var: secret_env(BEDROCK_BROKER_PROXY_TOKEN, secret),
+            unless_set: &[BEDROCK_BROKER_PROXY_TOKEN],
+        });
+    }
     if sidecar.client_env {
+        // The OpenAI SDKs send their key as `Authorization: Bearer`, which
+        // is where the proxy looks for its token; without one the key is
+        // a placeholder the proxy strips.
+        let openai_key = match &sidecar.proxy_token_secret {
+            Some(secret) => secret_env(OPENAI_API_KEY, secret),
+            None => env(OPENAI_API_KEY, OPENAI_API_KEY_PLACEHOLDER),
+        };
         vars.extend([
             one(&[OPENAI_BASE_URL], format!("{base}/openai/v1")),
             // Only beside our base URL: a container pointing the OpenAI SDK
             // elsewhere keeps the key it gets from there (even by envFrom,
             // which an explicit variable would override).
-            one(
-                &[OPENAI_API_KEY, OPENAI_BASE_URL],
-                OPENAI_API_KEY_PLACEHOLDER.to_owned(),
-            ),
+            AppVar {
+                var: openai_key,
+                unless_set: &[OPENAI_API_KEY, OPENAI_BASE_URL],
+            },
             one(&[AWS_ENDPOINT_URL_BEDROCK_RUNTIME], base.clone()),
             one(&[AWS_BEDROCK_RUNTIME_ENDPOINT], base.clone()),
             one(&[ANTHROPIC_BEDROCK_BASE_URL], base),
@@ -175,6 +191,23 @@ fn container(sidecar: &SidecarSpec, resolved: &Resolved, fitted: &Fitted) -> Con
     }
 }
 
+/// A variable read from a Secret key. A missing Secret stops the pod with
+/// a clear event, instead of a sidecar (or app) that cannot authenticate.
+fn secret_env(name: &str, secret: &SecretKeyRef) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
 fn sidecar_env(sidecar: &SidecarSpec, resolved: &Resolved, fitted: &Fitted) -> Vec<EnvVar> {
     let mut env_vars = vec![env(aws_settings::REGION.var(), resolved.region.as_str())];
     match &resolved.auth {
@@ -194,20 +227,12 @@ fn sidecar_env(sidecar: &SidecarSpec, resolved: &Resolved, fitted: &Fitted) -> V
                 }
             }
         }
-        SidecarAuth::ApiKey(secret) => env_vars.push(EnvVar {
-            name: vars::AWS_BEARER_TOKEN_BEDROCK.name.to_owned(),
-            value: None,
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: secret.name.clone(),
-                    key: secret.key.clone(),
-                    // A missing Secret then stops the pod with a clear
-                    // event, instead of a sidecar that cannot authenticate.
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }),
-        }),
+        SidecarAuth::ApiKey(secret) => {
+            env_vars.push(secret_env(vars::AWS_BEARER_TOKEN_BEDROCK.name, secret));
+        }
+    }
+    if let Some(secret) = &sidecar.proxy_token_secret {
+        env_vars.push(secret_env(sidecar_settings::PROXY_TOKEN.var(), secret));
     }
     env_vars.extend([
         env(sidecar_settings::LISTEN.var(), proxy_addr(sidecar)),

@@ -127,6 +127,8 @@ pub struct SidecarSpec {
     pub session_name: Option<SessionName>,
     /// Bearer mode: a Bedrock API key from this Secret key.
     pub api_key_secret: Option<SecretKeyRef>,
+    /// The proxy token every request must carry, from this Secret key.
+    pub proxy_token_secret: Option<SecretKeyRef>,
     /// Whether the app containers get each popular client's endpoint
     /// variable (and the OpenAI key placeholder), or `BEDROCK_BROKER_URL` only.
     pub client_env: bool,
@@ -153,6 +155,7 @@ impl SidecarSpec {
             role_arn: None,
             session_name: None,
             api_key_secret: None,
+            proxy_token_secret: None,
             client_env: true,
             role_policy: d.role_policy,
         }
@@ -191,6 +194,9 @@ impl SidecarSpec {
         self.log_level = a.read(names::LOG_LEVEL, self.log_level, LogLevel::parse);
         self.mode = sourced(&mut a, names::SIDECAR_MODE, self.mode, SidecarMode::parse);
         self.api_key_secret = a.read(names::API_KEY_SECRET, self.api_key_secret, |r| {
+            SecretKeyRef::parse(r).map(Some)
+        });
+        self.proxy_token_secret = a.read(names::PROXY_TOKEN_SECRET, self.proxy_token_secret, |r| {
             SecretKeyRef::parse(r).map(Some)
         });
         self.client_env = a.read(names::CLIENT_ENV, self.client_env, parse::bool);

@@ -1,0 +1,91 @@
+"""A proxy token set up by the injector: `inject` wires a Secret key into the
+sidecar and the app, the kubelet's part (resolving secretKeyRef) is done
+here, and the unchanged OpenAI SDK, given only the app's environment, gets
+through while a request without the token is refused."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+
+import openai
+import pytest
+import requests
+import yaml
+
+from conftest import BINARY
+from test_popular_clients import CLIENTS, free_port
+
+SECRET = "chat-proxy-token"
+KEY = "token"
+
+
+def injected_with_token(port: int, token: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(app env, sidecar env) of the client pod injected with a proxy token,
+    Secret references resolved to `token` as the kubelet would."""
+    docs = list(yaml.safe_load_all((CLIENTS / "pod.yaml").read_text()))
+    pod = next(d for d in docs if d["kind"] == "Pod")
+    pod["metadata"]["annotations"]["bedrock-broker.io/port"] = str(port)
+    pod["metadata"]["annotations"]["bedrock-broker.io/proxy-token-secret"] = f"{SECRET}/{KEY}"
+    out = subprocess.run([str(BINARY), "inject"], input=yaml.safe_dump_all(docs), capture_output=True, text=True,
+                         timeout=30, env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert token not in out.stdout
+    spec = next(d for d in yaml.safe_load_all(out.stdout) if d["kind"] == "Pod")["spec"]
+
+    def resolved(container: dict) -> dict[str, str]:
+        env = {}
+        for e in container.get("env", []):
+            if "value" in e:
+                env[e["name"]] = e["value"]
+            elif ref := e.get("valueFrom", {}).get("secretKeyRef"):
+                assert (ref["name"], ref["key"]) == (SECRET, KEY), e
+                env[e["name"]] = token
+        return env
+
+    app = next(c for c in spec["containers"] if c["name"] == "app")
+    sidecar = next(c for c in spec["initContainers"] if c["name"] == "bedrock-broker")
+    return resolved(app), resolved(sidecar)
+
+
+@pytest.fixture
+def token_pod(start_sidecar, irsa_env):
+    token = secrets.token_hex(32)
+    app, sidecar_env = injected_with_token(free_port(), token)
+    assert sidecar_env["BEDROCK_BROKER_PROXY_TOKEN"] == token
+    sidecar = start_sidecar({**irsa_env, "BEDROCK_BROKER_PROXY_TOKEN": token},
+                            listen=sidecar_env["BEDROCK_BROKER_LISTEN"])
+    return app, sidecar, token
+
+
+def test_the_openai_sdk_passes_with_the_injected_token_only(token_pod):
+    app, _, token = token_pod
+    assert app["OPENAI_API_KEY"] == token
+    assert app["BEDROCK_BROKER_PROXY_TOKEN"] == token
+    # Exactly what the SDK reads from the app's environment, nothing else.
+    client = openai.OpenAI(base_url=app["OPENAI_BASE_URL"], api_key=app["OPENAI_API_KEY"], max_retries=0)
+    r = client.chat.completions.create(model="openai.gpt-oss-20b-1:0", messages=[{"role": "user", "content": "hi"}])
+    assert r.choices[0].message.content
+
+
+def test_requests_without_the_token_are_refused(token_pod, fake_aws):
+    app, sidecar, token = token_pod
+    before = len(fake_aws.requests())
+    placeholder = openai.OpenAI(base_url=app["OPENAI_BASE_URL"], api_key="bedrock-broker-placeholder", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as refused:
+        placeholder.chat.completions.create(model="openai.gpt-oss-20b-1:0", messages=[{"role": "user", "content": "hi"}])
+    assert refused.value.code == "proxy_token_required"
+    # A hand-made client sends the header instead; no token at all is refused.
+    url = app["BEDROCK_BROKER_URL"] + "/model/anthropic.claude-3-haiku-20240307-v1:0/converse"
+    body = {"messages": [{"role": "user", "content": [{"text": "hi"}]}]}
+    assert requests.post(url, json=body, timeout=30).status_code == 401
+    ok = requests.post(url, json=body, headers={"x-bedrock-broker-token": app["BEDROCK_BROKER_PROXY_TOKEN"]}, timeout=30)
+    assert ok.status_code == 200, ok.text
+    # Only the accepted request reached Bedrock: SigV4-signed (verified by
+    # botocore), with neither the token's header nor a bearer token.
+    seen = fake_aws.requests()[before:]
+    assert len(seen) == 1
+    assert seen[0]["auth_kind"] == "sigv4" and seen[0]["verified"], seen[0]
+    assert "x-bedrock-broker-token" not in seen[0]["header_names"]
+    assert seen[0]["bearer_token"] is None
+    assert token not in seen[0]["canonical_request"]
