@@ -4,8 +4,6 @@
 
 use std::path::PathBuf;
 
-use http::Uri;
-
 use super::aws::{self, ExternalId, Region, RoleArn, SessionName};
 use super::parse::{self, ParseError};
 use super::setting::Errors;
@@ -28,19 +26,19 @@ fn var<'a>(env: &'a Env, v: &Variable) -> Option<&'a str> {
 /// Parses the credential settings, recording every problem in `errors`.
 /// The region is returned even when the rest is invalid: the endpoints
 /// depend on it.
+///
+/// `plaintext_allowed` (`--allow-plaintext-upstream`) lets the STS endpoint
+/// be plain `http://` to a host that is not loopback: the web-identity
+/// token and the credentials STS returns would cross the network in clear.
 pub fn parse(
     args: &AwsArgs,
     env: &Env,
+    plaintext_allowed: bool,
     errors: &mut Errors,
 ) -> (Option<Region>, Option<CredentialsConfig>) {
     let region = errors.read(&s::REGION, args.region.as_deref(), env, Region::parse);
     let sts_endpoint = var(env, &vars::AWS_ENDPOINT_URL_STS).and_then(|raw| {
-        endpoints::base_url(raw.trim())
-            .and_then(|_| {
-                raw.trim()
-                    .parse::<Uri>()
-                    .map_err(|e| ParseError::refused(e.to_string()))
-            })
+        endpoints::sts_endpoint(raw.trim(), plaintext_allowed)
             .map_err(|e| errors.push(vars::AWS_ENDPOINT_URL_STS.name, e))
             .ok()
     });

@@ -84,6 +84,19 @@ fn upstream_checked(raw: &str, plaintext_allowed: bool) -> Result<Upstream, Pars
     Ok(upstream)
 }
 
+/// The STS endpoint override, held to the same rule as upstreams: STS
+/// receives the web-identity token and answers with credentials.
+pub fn sts_endpoint(raw: &str, plaintext_allowed: bool) -> Result<http::Uri, ParseError> {
+    let (scheme, authority, _) = base_url(raw)?;
+    if scheme == Scheme::HTTP && !plaintext_allowed && !is_loopback_host(authority.host()) {
+        return Err(ParseError::refused(format!(
+            "{raw:?} is plain http to a host that is not loopback: the web-identity token and the credentials STS returns would cross the network in clear; use https, or set --allow-plaintext-upstream"
+        )));
+    }
+    raw.parse::<http::Uri>()
+        .map_err(|e| ParseError::refused(e.to_string()))
+}
+
 /// An upstream from a base URL, signed as its host says.
 fn upstream(raw: &str) -> Result<Upstream, ParseError> {
     let (scheme, authority, base_path) = base_url(raw)?;

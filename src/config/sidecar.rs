@@ -24,11 +24,21 @@ fn self_heal_wait(sts_timeout: std::time::Duration) -> std::time::Duration {
     sts_timeout + std::time::Duration::from_secs(1)
 }
 
+/// `--allow-plaintext-upstream`, for the STS endpoint check. An invalid
+/// value counts as no and is reported once, by the routes' own read.
+fn plaintext_allowed(flag: Option<&str>, env: &Env) -> bool {
+    s::ALLOW_PLAINTEXT_UPSTREAM
+        .find(flag, env)
+        .is_some_and(|raw| parse::bool(raw.value).unwrap_or(false))
+}
+
 impl CredentialsConfig {
     /// The configuration of `bedrock-broker credentials`.
     pub fn from_args(args: &crate::cli::AwsArgs, env: &Env) -> Result<Self, ConfigErrors> {
         let mut errors = Errors::default();
-        let (_, config) = credentials::parse(args, env, &mut errors);
+        // This command has no flag for it; the pod's variable still counts.
+        let plaintext = plaintext_allowed(None, env);
+        let (_, config) = credentials::parse(args, env, plaintext, &mut errors);
         errors.finish(|| config)
     }
 }
@@ -36,7 +46,8 @@ impl CredentialsConfig {
 impl SidecarConfig {
     pub fn from_args(args: &SidecarArgs, env: &Env) -> Result<Self, ConfigErrors> {
         let mut e = Errors::default();
-        let (region, credentials) = credentials::parse(&args.aws, env, &mut e);
+        let plaintext = plaintext_allowed(args.allow_plaintext_upstream.as_deref(), env);
+        let (region, credentials) = credentials::parse(&args.aws, env, plaintext, &mut e);
         let listeners = listeners(args, env, &mut e);
         // SigV4 already said a region is required.
         let region_reported = matches!(
@@ -874,6 +885,18 @@ mod tests {
         let e = sidecar(&env).unwrap_err();
         assert_eq!(origins(&e), ["AWS_ENDPOINT_URL_BEDROCK_RUNTIME"]);
         env.push(("BEDROCK_BROKER_ALLOW_PLAINTEXT_UPSTREAM", "yes"));
+        assert!(sidecar(&env).is_ok());
+
+        // STS receives the web-identity token and returns credentials.
+        let mut env = IRSA.to_vec();
+        env.push(("AWS_ENDPOINT_URL_STS", "http://sts.internal:8080"));
+        let e = sidecar(&env).unwrap_err();
+        assert_eq!(origins(&e), ["AWS_ENDPOINT_URL_STS"]);
+        assert!(e.to_string().contains("--allow-plaintext-upstream"), "{e}");
+        let mut local = IRSA.to_vec();
+        local.push(("AWS_ENDPOINT_URL_STS", "http://127.0.0.1:4566"));
+        assert!(sidecar(&local).is_ok(), "loopback (a local fake) is fine");
+        env.push(("BEDROCK_BROKER_ALLOW_PLAINTEXT_UPSTREAM", "true"));
         assert!(sidecar(&env).is_ok());
     }
 

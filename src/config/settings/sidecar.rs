@@ -213,7 +213,7 @@ pub const ALLOW_PLAINTEXT_UPSTREAM: Setting = Setting {
     flag: "allow-plaintext-upstream",
     env: &["BEDROCK_BROKER_ALLOW_PLAINTEXT_UPSTREAM"],
     default: Value("false"),
-    help: "Let an upstream that is not on loopback use http:// (the session token then travels in clear)",
+    help: "Let an upstream, or the STS endpoint, that is not on loopback use http:// (tokens and credentials then travel in clear)",
 };
 
 pub const ALL: &[Setting] = &[

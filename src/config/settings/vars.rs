@@ -16,7 +16,7 @@ pub const AWS_ROLE_SESSION_NAME: Variable = Variable {
 };
 pub const AWS_ENDPOINT_URL_STS: Variable = Variable {
     name: "AWS_ENDPOINT_URL_STS",
-    help: "STS endpoint override; default the regional STS endpoint",
+    help: "STS endpoint override; default the regional STS endpoint. Plain http:// only to loopback, unless --allow-plaintext-upstream",
 };
 pub const AWS_CA_BUNDLE: Variable = Variable {
     name: "AWS_CA_BUNDLE",
