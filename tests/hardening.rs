@@ -171,6 +171,58 @@ async fn one_peer_cannot_take_every_admin_slot() {
     stop.cancel();
 }
 
+/// A TCP connection to `addr` from another loopback address, as another
+/// pod's connections come from another IP.
+async fn connect_from(source: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((source, 0))).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Opens a connection from `source` that sends half a request head and
+/// stops, as a slowloris does.
+async fn half_open_from(source: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let mut c = connect_from(source, addr).await;
+    let _ = c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neighbours_filling_the_admin_port_cannot_starve_the_kubelets_probes() {
+    let upstream = FakeUpstream::start(vec![]).await;
+    // The defaults: 32 admin connections, 8 per peer address.
+    let (_, admin, stop) = sidecar(&upstream, &[]).await;
+    let pods: Vec<[u8; 4]> = (2..=5).map(|n| [127, 0, 0, n]).collect();
+    let mut held = Vec::new();
+    for pod in &pods {
+        for _ in 0..8 {
+            held.push(half_open_from(*pod, admin).await);
+        }
+    }
+    for round in 0..3 {
+        // The neighbours take back any slot they lost (a pod at its share
+        // is turned away; one below it gets in and fills the port again).
+        for pod in &pods {
+            held.push(half_open_from(*pod, admin).await);
+        }
+        let mut probe = TcpStream::connect(admin).await.unwrap();
+        probe
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = closed_within(&mut probe, Duration::from_secs(5))
+            .await
+            .expect("the probe's connection ends");
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "probe {round} answered: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    drop(held);
+    stop.cancel();
+}
+
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed() {
     let upstream = FakeUpstream::start(vec![]).await;

@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use hyper::service::Service;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// Activity of one connection.
 #[derive(Debug)]
@@ -209,47 +210,159 @@ impl<B: Body<Data = Bytes> + Unpin> Body for CountedBody<B> {
     }
 }
 
-/// Open connections per peer address.
+/// Open connections per peer address, and a way to make room for a peer
+/// with fewer of them when the listener is full.
 #[derive(Debug, Default)]
-pub struct Peers(Mutex<HashMap<IpAddr, usize>>);
+pub struct Peers(Mutex<PeerTable>);
+
+#[derive(Debug, Default)]
+struct PeerTable {
+    peers: HashMap<IpAddr, Vec<Held>>,
+    next_id: u64,
+}
+
+/// One open connection, oldest first in its peer's list.
+#[derive(Debug)]
+struct Held {
+    id: u64,
+    activity: Arc<Activity>,
+    evict: CancellationToken,
+}
+
+impl PeerTable {
+    fn live(list: &[Held]) -> usize {
+        list.iter().filter(|h| !h.evict.is_cancelled()).count()
+    }
+}
 
 /// One connection's slot in [`Peers`], released on drop.
 pub struct PeerSlot {
     peers: Arc<Peers>,
     ip: IpAddr,
+    id: u64,
+    /// Fires when the connection must close to make room for another peer.
+    pub evicted: CancellationToken,
 }
 
 impl Peers {
-    /// A slot for `ip`, unless it already holds `limit`.
-    pub fn claim(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<PeerSlot> {
-        let mut map = self
-            .0
+    fn table(&self) -> std::sync::MutexGuard<'_, PeerTable> {
+        self.0
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = map.entry(ip).or_insert(0);
-        if *count >= limit {
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A slot for `ip`, unless it already holds `limit`.
+    pub fn claim(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        limit: usize,
+        activity: Arc<Activity>,
+    ) -> Option<PeerSlot> {
+        let mut table = self.table();
+        table.next_id += 1;
+        let id = table.next_id;
+        let list = table.peers.entry(ip).or_default();
+        if PeerTable::live(list) >= limit {
             return None;
         }
-        *count += 1;
+        let evicted = CancellationToken::new();
+        list.push(Held {
+            id,
+            activity,
+            evict: evicted.clone(),
+        });
         Some(PeerSlot {
             peers: self.clone(),
             ip,
+            id,
+            evicted,
         })
+    }
+
+    /// The listener is full and `ip` knocks: if another peer holds more
+    /// connections than `ip` does, its oldest one with no request in flight
+    /// is told to close. So peers that flood the port cannot keep one that
+    /// connects now and then (the kubelet's probes, a Prometheus scrape)
+    /// out: the flooders lose their own connections first. Returns whether
+    /// a connection was told to close.
+    pub fn evict_for(&self, ip: IpAddr) -> bool {
+        let table = self.table();
+        let mine = table.peers.get(&ip).map_or(0, |l| PeerTable::live(l));
+        let busiest = table
+            .peers
+            .values()
+            .map(|l| (PeerTable::live(l), l))
+            .filter(|(n, _)| *n > mine)
+            .max_by_key(|(n, _)| *n);
+        let Some((_, list)) = busiest else {
+            return false;
+        };
+        let victim = list
+            .iter()
+            .find(|h| !h.evict.is_cancelled() && h.activity.in_flight.load(Ordering::Relaxed) == 0);
+        match victim {
+            Some(h) => {
+                h.evict.cancel();
+                true
+            }
+            None => false,
+        }
     }
 }
 
 impl Drop for PeerSlot {
     fn drop(&mut self) {
-        let mut map = self
-            .peers
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = map.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                map.remove(&self.ip);
+        let mut table = self.peers.table();
+        if let Some(list) = table.peers.get_mut(&self.ip) {
+            list.retain(|h| h.id != self.id);
+            if list.is_empty() {
+                table.peers.remove(&self.ip);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, n])
+    }
+
+    #[tokio::test]
+    async fn only_a_busier_peers_idle_connection_makes_room() {
+        let peers = Arc::new(Peers::default());
+        let busy = Activity::new();
+        let flood: Vec<_> = (0..3)
+            .map(|i| {
+                let activity = if i == 0 {
+                    busy.clone()
+                } else {
+                    Activity::new()
+                };
+                peers.claim(ip(1), 8, activity).expect("under the limit")
+            })
+            .collect();
+        let _busy_request = InFlight::new(busy);
+        let other = peers.claim(ip(2), 8, Activity::new()).expect("slot");
+
+        // The flooder knocking again makes no room for itself.
+        assert!(!peers.evict_for(ip(1)));
+        // A peer with fewer connections does; the oldest idle one goes,
+        // never the one serving a request.
+        assert!(peers.evict_for(ip(3)));
+        assert!(!flood[0].evicted.is_cancelled(), "a request is in flight");
+        assert!(flood[1].evicted.is_cancelled());
+        assert!(!other.evicted.is_cancelled());
+        // An evicted connection no longer counts toward its peer's share.
+        assert!(peers.evict_for(ip(2)), "ip 1 still has more live ones");
+        assert!(flood[2].evicted.is_cancelled());
+        assert!(!peers.evict_for(ip(2)), "now equal: nothing to take");
+        drop(flood);
+        assert!(
+            !peers.table().peers.contains_key(&ip(1)),
+            "released on drop"
+        );
     }
 }

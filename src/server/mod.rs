@@ -117,14 +117,31 @@ pub async fn serve<L, S, B>(
                 continue;
             }
         };
-        // Over a limit: closed at once, before any read, so it costs nothing.
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(server = name, %peer, "connection limit reached; closing");
-            continue;
+        // Over a limit: closed at once, before any read, so it costs nothing;
+        // unless another peer holds more than its share (see `evict_for`).
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                let room = limits.max_connections_per_peer.is_some() && peers.evict_for(peer.ip());
+                let freed = async {
+                    match tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned()).await {
+                        Ok(Ok(slot)) => Some(slot),
+                        _ => None,
+                    }
+                };
+                match if room { freed.await } else { None } {
+                    Some(slot) => slot,
+                    None => {
+                        tracing::debug!(server = name, %peer, "connection limit reached; closing");
+                        continue;
+                    }
+                }
+            }
         };
+        let activity = Activity::new();
         let peer_slot = match limits.max_connections_per_peer {
             None => None,
-            Some(limit) => match peers.claim(peer.ip(), limit) {
+            Some(limit) => match peers.claim(peer.ip(), limit, activity.clone()) {
                 Some(claimed) => Some(claimed),
                 None => {
                     tracing::debug!(server = name, %peer, "per-peer connection limit reached; closing");
@@ -132,7 +149,7 @@ pub async fn serve<L, S, B>(
                 }
             },
         };
-        let activity = Activity::new();
+        let evicted = peer_slot.as_ref().map(|p| p.evicted.clone());
         let io = TokioIo::new(Watched::new(stream, activity.clone()));
         let service = Counted::new(service.clone(), activity.clone());
         let (builder, shutdown, idle) = (builder.clone(), shutdown.clone(), limits.idle_timeout);
@@ -140,10 +157,21 @@ pub async fn serve<L, S, B>(
             let _held = (slot, peer_slot);
             let conn = builder.serve_connection(io, service);
             tokio::pin!(conn);
+            let evicted = async {
+                match &evicted {
+                    Some(token) => token.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            };
             let stop = tokio::select! {
                 done = conn.as_mut() => return log_end(name, done),
                 _ = shutdown.cancelled() => "shutdown",
                 _ = activity.idle_for(idle) => "idle",
+                // Nothing in flight (see `evict_for`): closed at once.
+                () = evicted => {
+                    tracing::debug!(server = name, %peer, "closing a connection to make room for another peer");
+                    return;
+                }
             };
             tracing::trace!(server = name, reason = stop, "closing connection");
             conn.as_mut().graceful_shutdown();
@@ -191,6 +219,10 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         builder.http1_only()
     }
 }
+
+/// How long a connection waits for the slot an eviction frees: the evicted
+/// task only has to be polled once.
+const EVICTION_WAIT: Duration = Duration::from_millis(100);
 
 /// Streams one HTTP/2 connection may have open: ample for one pod's
 /// clients, small enough that one connection cannot hold everything.

@@ -28,7 +28,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{PeerSlot, Peers};
+use super::conn::{Activity, PeerSlot, Peers};
 use crate::tls::pem::{self, PemError};
 
 /// Why a certificate/key pair cannot be used.
@@ -276,7 +276,9 @@ impl TlsListener {
                 };
                 let slot = match limits.per_peer {
                     None => None,
-                    Some(limit) => match peers.claim(peer.ip(), limit) {
+                    // Counted only: handshakes are bounded by their timeout,
+                    // and nothing here evicts.
+                    Some(limit) => match peers.claim(peer.ip(), limit, Activity::new()) {
                         Some(slot) => Some(slot),
                         None => {
                             tracing::debug!(%peer, "per-peer connection limit reached; closing");
