@@ -37,7 +37,9 @@ def main():
                                                 messages=[{"role": "user", "content": "x"}], api_key="unused"))
     report(reply=reply.choices[0].message.content, chunks=chunks, async_chunks=async_chunks,
            invoke=invoke.choices[0].message.content, denied=denied,
-           denied_is_own_type=denied["error"].startswith("litellm.exceptions."))
+           # A 403 AccessDeniedException is LiteLLM's permission error, as
+           # it would be without the sidecar.
+           denied_is_own_type=denied["error"] == "litellm.exceptions.PermissionDeniedError")
 
 
 guarded(main)
