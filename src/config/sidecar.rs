@@ -912,7 +912,7 @@ mod tests {
         assert!(!c.admin_limits.http2);
         assert_eq!(c.proxy.gate.body_budget, 64 * 1024 * 1024);
         assert_eq!(c.proxy.gate.max_requests, 512);
-        assert_eq!(c.proxy.upstream_max_idle, 32);
+        assert_eq!(c.proxy.upstream_max_idle, 128);
 
         let mut env = IRSA.to_vec();
         env.extend([
