@@ -338,6 +338,39 @@ async fn idle_sockets_from_one_pod_do_not_starve_the_api_server() {
     stop.cancel();
 }
 
+/// A TLS connection over `tcp` with a review's head sent, declaring a body
+/// of `declared` bytes; split so the body and the answer can flow at once.
+async fn review_head(
+    tls: Arc<rustls::ClientConfig>,
+    tcp: TcpStream,
+    declared: usize,
+) -> Option<(
+    tokio::io::ReadHalf<tokio_rustls::client::TlsStream<TcpStream>>,
+    tokio::io::WriteHalf<tokio_rustls::client::TlsStream<TcpStream>>,
+)> {
+    use tokio::io::AsyncWriteExt;
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    let name = ServerName::try_from("127.0.0.1").ok()?;
+    let stream = connector.connect(name, tcp).await.ok()?;
+    let (reader, mut writer) = tokio::io::split(stream);
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+    );
+    writer.write_all(head.as_bytes()).await.ok()?;
+    Some((reader, writer))
+}
+
+/// The status code of the answer's first line.
+async fn status_of(
+    reader: &mut tokio::io::ReadHalf<tokio_rustls::client::TlsStream<TcpStream>>,
+) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    let n = reader.read(&mut buf).await.ok()?;
+    let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+    line.split(' ').nth(1)?.parse().ok()
+}
+
 /// Sends a review's headers over TLS, then only `sent` bytes of a body
 /// declared as `declared` bytes; returns the status, if one comes. The body
 /// is written while the answer is awaited: a webhook that refuses early
@@ -349,29 +382,19 @@ async fn partial_review(
     sent: usize,
     wait: Duration,
 ) -> Option<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let tcp = TcpStream::connect(addr).await.ok()?;
-    let connector = tokio_rustls::TlsConnector::from(tls.clone());
-    let name = ServerName::try_from("127.0.0.1").ok()?;
-    let stream = connector.connect(name, tcp).await.ok()?;
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let head = format!(
-        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
-    );
+    let (mut reader, mut writer) = review_head(tls.clone(), tcp, declared).await?;
     let write = tokio::spawn(async move {
-        writer.write_all(head.as_bytes()).await?;
         writer.write_all(&vec![b' '; sent]).await?;
         writer.flush().await?;
         // Held open (the body unfinished) until the answer is read.
         std::future::pending::<()>().await;
         Ok::<_, std::io::Error>(writer)
     });
-    let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(wait, reader.read(&mut buf)).await;
+    let status = tokio::time::timeout(wait, status_of(&mut reader)).await;
     write.abort();
-    let n = n.ok()?.ok()?;
-    let line = String::from_utf8_lossy(&buf[..n]).into_owned();
-    line.split(' ').nth(1)?.parse().ok()
+    status.ok()?
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,16 +461,9 @@ async fn dripping_review(
     every: Duration,
     started: tokio::sync::mpsc::Sender<()>,
 ) -> Option<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let tcp = connect_from([127, 0, 0, 3], addr).await;
-    let connector = tokio_rustls::TlsConnector::from(tls);
-    let name = ServerName::try_from("127.0.0.1").ok()?;
-    let stream = connector.connect(name, tcp).await.ok()?;
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let head = format!(
-        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
-    );
-    writer.write_all(head.as_bytes()).await.ok()?;
+    let (mut reader, mut writer) = review_head(tls, tcp, declared).await?;
     let drip = async move {
         loop {
             if writer.write_all(b" ").await.is_err() || writer.flush().await.is_err() {
@@ -457,12 +473,7 @@ async fn dripping_review(
             tokio::time::sleep(every).await;
         }
     };
-    let answer = async move {
-        let mut buf = [0u8; 64];
-        let n = reader.read(&mut buf).await.ok()?;
-        let line = String::from_utf8_lossy(&buf[..n]).into_owned();
-        line.split(' ').nth(1)?.parse().ok()
-    };
+    let answer = status_of(&mut reader);
     tokio::select! {
         status = answer => status,
         () = drip => None,
