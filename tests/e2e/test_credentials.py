@@ -207,3 +207,22 @@ def test_a_rotated_token_is_tried_at_once_while_refreshes_fail(start_sidecar, ir
     )
     token_dir.write(good)
     wait_for(lambda: sidecar.ready().status_code == 200, timeout=3, what="readiness right after the rotation")
+
+
+def test_a_node_clock_ahead_of_sts_is_measured_from_its_answers(start_sidecar, irsa_env, fake_aws):
+    # STS's clock two minutes behind this machine's: the skew comes from the
+    # Date header of the real SDK's STS answer.
+    fake_aws.configure_sts(clock_offset_seconds=-120)
+    sidecar = start_sidecar(irsa_env)
+    skew = sidecar.metric("bedrock_broker_clock_skew_seconds")
+    assert skew is not None and 115 <= skew <= 125, skew
+    # Told once, with what to check.
+    assert sidecar.log_text().count("differs from STS's") == 1
+    assert "NTP" in sidecar.log_text()
+
+
+def test_an_honest_clock_shows_no_skew(start_sidecar, irsa_env, fake_aws):
+    sidecar = start_sidecar(irsa_env)
+    skew = sidecar.metric("bedrock_broker_clock_skew_seconds")
+    assert skew is not None and abs(skew) <= 3, skew
+    assert "differs from STS's" not in sidecar.log_text()

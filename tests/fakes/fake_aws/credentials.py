@@ -27,7 +27,7 @@ def issue_credential(state: FakeState, role_arn: str, session: str, duration: Op
         access_key_id="ASIA" + random_chars(16),
         secret_access_key=random_chars(40, string.ascii_letters + string.digits + "+/"),
         session_token="FwoGZXIvYXdzE" + random_chars(120, string.ascii_letters + string.digits),
-        expires_at=time.time() + lifetime,
+        expires_at=time.time() + state.sts.clock_offset_seconds + lifetime,
         arn=f"arn:aws:sts::{account}:assumed-role/{role_name}/{session}",
         user_id=f"{role_id}:{session}",
         account=account,

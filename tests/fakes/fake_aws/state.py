@@ -58,6 +58,9 @@ class StsConfig:
     fail_action: Optional[str] = None  # None: injected failures hit both issuing actions
     require_external_id: dict = field(default_factory=dict)  # role arn -> ExternalId (AssumeRole)
     deny_roles: list = field(default_factory=list)  # role arns AssumeRole may not assume
+    # STS's clock minus this machine's: its answers' Date header and the
+    # expirations it issues (negative: the caller's clock is ahead).
+    clock_offset_seconds: float = 0.0
 
 
 @dataclass

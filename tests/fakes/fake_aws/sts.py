@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from email.utils import formatdate
 from typing import Optional
 from urllib.parse import parse_qsl
 
@@ -77,6 +78,8 @@ async def sts_handler(request: web.Request) -> web.Response:
         resp = get_caller_identity(state, request, body, params)
     else:
         resp = sts_error(400, "InvalidAction", f"Could not find operation {action!r} for version {STS_VERSION}")
+    # The time an SDK reads clock skew from, as STS's clock has it.
+    resp.headers["Date"] = formatdate(time.time() + state.sts.clock_offset_seconds, usegmt=True)
     log.info("sts %s -> %d", action, resp.status)
     return resp
 
