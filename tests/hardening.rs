@@ -223,6 +223,56 @@ async fn neighbours_filling_the_admin_port_cannot_starve_the_kubelets_probes() {
     stop.cancel();
 }
 
+/// Opens a connection from `source` that asks for many answers and never
+/// reads them, so the sidecar's writes stall with a request in flight.
+async fn never_reading_from(source: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let mut c = connect_from(source, addr).await;
+    let asks = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(20_000);
+    // The write itself stalls once both sides' buffers are full.
+    let _ = tokio::time::timeout(Duration::from_millis(300), c.write_all(&asks)).await;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neighbours_that_never_read_cannot_starve_the_kubelets_probes() {
+    let upstream = FakeUpstream::start(vec![]).await;
+    // A short idle timeout, so the neighbours' stalled connections reach the
+    // closing phase (where they once stayed for good) within the test.
+    let (_, admin, stop) =
+        sidecar(&upstream, &[("BEDROCK_BROKER_ADMIN_IDLE_TIMEOUT", "500ms")]).await;
+    let mut held = Vec::new();
+    for pod in 2..=5u8 {
+        for _ in 0..8 {
+            held.push(never_reading_from([127, 0, 0, pod], admin).await);
+        }
+    }
+    let probe = || async {
+        let mut probe = TcpStream::connect(admin).await.unwrap();
+        probe
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        closed_within(&mut probe, Duration::from_secs(5))
+            .await
+            .is_some_and(|a| a.starts_with(b"HTTP/1.1 200"))
+    };
+    // Probes every 200 ms for three seconds, the neighbours refilling what
+    // they lose before each: every probe is answered, also once their
+    // connections have idled out into a close that never completes.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    let mut round = 0;
+    while std::time::Instant::now() < until {
+        for pod in 2..=5u8 {
+            held.push(never_reading_from([127, 0, 0, pod], admin).await);
+        }
+        assert!(probe().await, "probe {round} refused");
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(held);
+    stop.cancel();
+}
+
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed() {
     let upstream = FakeUpstream::start(vec![]).await;

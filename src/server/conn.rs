@@ -48,12 +48,21 @@ impl Activity {
         self.started + Duration::from_millis(self.last.load(Ordering::Relaxed))
     }
 
-    /// Resolves once nothing has been in flight or crossed the wire for
-    /// `idle`. A request waiting on a slow upstream keeps it open.
-    pub async fn idle_for(&self, idle: Duration) {
+    /// How long since a byte last crossed the connection.
+    pub fn silent_for(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.last())
+    }
+
+    /// Resolves once nothing has crossed the wire for `idle` and, when
+    /// `requests_keep_open`, nothing is in flight either: on the proxy a
+    /// request waiting on a slow upstream keeps its connection. The ports
+    /// other pods reach serve answers made at once, so there a request
+    /// silent that long is a peer that stopped reading.
+    pub async fn idle_for(&self, idle: Duration, requests_keep_open: bool) {
         loop {
             let deadline = self.last() + idle;
-            if Instant::now() >= deadline && self.in_flight.load(Ordering::Relaxed) == 0 {
+            let busy = requests_keep_open && self.in_flight.load(Ordering::Relaxed) > 0;
+            if Instant::now() >= deadline && !busy {
                 return;
             }
             let next = if Instant::now() >= deadline {
@@ -233,7 +242,22 @@ impl PeerTable {
     fn live(list: &[Held]) -> usize {
         list.iter().filter(|h| !h.evict.is_cancelled()).count()
     }
+
+    /// Whether a connection may make room for another peer: nothing in
+    /// flight, or a request whose answer has not moved for [`STALLED`]
+    /// (every answer on these ports is written at once; a peer that does
+    /// not read it would otherwise keep its slot).
+    fn evictable(held: &Held) -> bool {
+        !held.evict.is_cancelled()
+            && (held.activity.in_flight.load(Ordering::Relaxed) == 0
+                || held.activity.silent_for() >= STALLED)
+    }
 }
+
+/// See [`PeerTable::evictable`].
+const STALLED: Duration = Duration::from_secs(1);
+
+impl PeerTable {}
 
 /// One connection's slot in [`Peers`], released on drop.
 pub struct PeerSlot {
@@ -262,7 +286,9 @@ impl Peers {
         table.next_id += 1;
         let id = table.next_id;
         let list = table.peers.entry(ip).or_default();
-        if PeerTable::live(list) >= limit {
+        // Connections told to close still count until they have: a peer
+        // cannot exceed its share by getting itself evicted.
+        if list.len() >= limit {
             return None;
         }
         let evicted = CancellationToken::new();
@@ -288,18 +314,18 @@ impl Peers {
     pub fn evict_for(&self, ip: IpAddr) -> bool {
         let table = self.table();
         let mine = table.peers.get(&ip).map_or(0, |l| PeerTable::live(l));
-        let busiest = table
+        // Busiest peers first; the first of them with a connection that may
+        // go gives up its oldest.
+        let mut heavier: Vec<_> = table
             .peers
             .values()
             .map(|l| (PeerTable::live(l), l))
             .filter(|(n, _)| *n > mine)
-            .max_by_key(|(n, _)| *n);
-        let Some((_, list)) = busiest else {
-            return false;
-        };
-        let victim = list
-            .iter()
-            .find(|h| !h.evict.is_cancelled() && h.activity.in_flight.load(Ordering::Relaxed) == 0);
+            .collect();
+        heavier.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+        let victim = heavier
+            .into_iter()
+            .find_map(|(_, list)| list.iter().find(|h| PeerTable::evictable(h)));
         match victim {
             Some(h) => {
                 h.evict.cancel();

@@ -153,11 +153,12 @@ pub async fn serve<L, S, B>(
         let io = TokioIo::new(Watched::new(stream, activity.clone()));
         let service = Counted::new(service.clone(), activity.clone());
         let (builder, shutdown, idle) = (builder.clone(), shutdown.clone(), limits.idle_timeout);
+        let requests_keep_open = limits.max_connections_per_peer.is_none();
         connections.spawn(async move {
             let _held = (slot, peer_slot);
             let conn = builder.serve_connection(io, service);
             tokio::pin!(conn);
-            let evicted = async {
+            let evicted = || async {
                 match &evicted {
                     Some(token) => token.cancelled().await,
                     None => std::future::pending().await,
@@ -166,16 +167,22 @@ pub async fn serve<L, S, B>(
             let stop = tokio::select! {
                 done = conn.as_mut() => return log_end(name, done),
                 _ = shutdown.cancelled() => "shutdown",
-                _ = activity.idle_for(idle) => "idle",
-                // Nothing in flight (see `evict_for`): closed at once.
-                () = evicted => {
+                _ = activity.idle_for(idle, requests_keep_open) => "idle",
+                // Nothing moving on it (see `evict_for`): closed at once.
+                () = evicted() => {
                     tracing::debug!(server = name, %peer, "closing a connection to make room for another peer");
                     return;
                 }
             };
             tracing::trace!(server = name, reason = stop, "closing connection");
             conn.as_mut().graceful_shutdown();
-            log_end(name, conn.await);
+            // A peer that does not read its answers would hold the slot
+            // here forever: the graceful close is bounded too.
+            tokio::select! {
+                done = conn.as_mut() => log_end(name, done),
+                () = evicted() => {}
+                _ = activity.idle_for(idle, requests_keep_open) => {}
+            }
         });
     }
     drop(listener);
