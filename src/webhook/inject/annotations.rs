@@ -31,7 +31,8 @@ pub mod names {
     pub const LOG_LEVEL: &str = "bedrock-broker.io/log-level";
     pub const SIDECAR_MODE: &str = "bedrock-broker.io/sidecar-mode";
     pub const API_KEY_SECRET: &str = "bedrock-broker.io/api-key-secret";
-    /// `"false"` leaves out every app variable but `BEDROCK_BROKER_URL`.
+    /// `"false"` leaves out every client variable (`BEDROCK_BROKER_URL`
+    /// stays, and `BEDROCK_BROKER_PROXY_TOKEN` with a proxy token).
     pub const CLIENT_ENV: &str = "bedrock-broker.io/client-env";
     /// `<secret>/<key>`: the proxy requires this token, and the app
     /// containers get it (`BEDROCK_BROKER_PROXY_TOKEN`, `OPENAI_API_KEY`).
