@@ -7,7 +7,9 @@
 //! The budget is drawn as bytes arrive, not by what a client declares: a
 //! peer that declares the largest review and then sends a byte at a time
 //! would otherwise hold a whole share for as long as it keeps dripping,
-//! and four of them would shut out the API server.
+//! and four of them would shut out the API server. What is left is
+//! bandwidth: peers sending the whole budget in real bytes hold it until
+//! the deadline; the chart's NetworkPolicy keeps other pods off the port.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,6 +88,10 @@ impl Intake {
         let mut bytes = BytesMut::with_capacity(declared.unwrap_or(0));
         let mut held: Option<OwnedSemaphorePermit> = None;
         loop {
+            // A frame already waiting would be taken even past the deadline.
+            if Instant::now() >= deadline {
+                return Err(StatusCode::REQUEST_TIMEOUT);
+            }
             let silence = Instant::now() + self.timing.silence;
             let frame = tokio::time::timeout_at(silence.min(deadline), body.frame())
                 .await
@@ -98,7 +104,7 @@ impl Intake {
             if bytes.len() + data.len() > limit {
                 return Err(StatusCode::PAYLOAD_TOO_LARGE);
             }
-            let share = self.reserve(data.len()).await?;
+            let share = self.reserve(data.len(), deadline).await?;
             match held.as_mut() {
                 Some(h) => h.merge(share),
                 None => held = Some(share),
@@ -111,11 +117,17 @@ impl Intake {
         })
     }
 
-    /// `n` more bytes of the budget, waiting briefly for room.
-    async fn reserve(&self, n: usize) -> Result<OwnedSemaphorePermit, StatusCode> {
+    /// `n` more bytes of the budget, waiting briefly (never past
+    /// `deadline`) for room.
+    async fn reserve(
+        &self,
+        n: usize,
+        deadline: Instant,
+    ) -> Result<OwnedSemaphorePermit, StatusCode> {
         let permits = u32::try_from(n).map_err(|_| StatusCode::PAYLOAD_TOO_LARGE)?;
         let acquire = self.budget.clone().acquire_many_owned(permits);
-        match tokio::time::timeout(BUDGET_WAIT, acquire).await {
+        let until = (Instant::now() + BUDGET_WAIT).min(deadline);
+        match tokio::time::timeout_at(until, acquire).await {
             Ok(Ok(permit)) => Ok(permit),
             _ => {
                 tracing::warn!("review budget exhausted; answering 503");
