@@ -107,6 +107,7 @@ fn log_listening(
     admin: &TcpListener,
 ) -> Result<(), ServeError> {
     let runtime = &config.proxy.routes.runtime;
+    let scheduler = tokio::runtime::Handle::current();
     tracing::info!(
         proxy = %server::local_addr(proxy, "proxy")?,
         admin = %server::local_addr(admin, "admin server")?,
@@ -114,6 +115,8 @@ fn log_listening(
         signing_name = %runtime.signing_name,
         mode = config.credentials.mode.describe(),
         version = env!("CARGO_PKG_VERSION"),
+        scheduler = ?scheduler.runtime_flavor(),
+        workers = scheduler.metrics().num_workers(),
         "bedrock-broker sidecar listening"
     );
     Ok(())

@@ -254,6 +254,12 @@ class Sidecar:
     def ready(self) -> requests.Response:
         return requests.get(f"{self.admin}/readyz", timeout=5)
 
+    def listening_line(self) -> dict:
+        """The start-up log line: where it listens, what it signs for, how it schedules."""
+        line = _read_listening_line(self.log_path)
+        assert line is not None, self.log_text()
+        return line
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -282,7 +288,7 @@ def start_sidecar(tmp_path):
     started: list[Sidecar] = []
 
     def start(env: dict[str, str], args: list[str] | None = None, wait_ready: bool = True, rust_log: str = "info",
-              listen: str = "127.0.0.1:0") -> Sidecar:
+              listen: str = "127.0.0.1:0", cpus: set[int] | None = None) -> Sidecar:
         assert BINARY.exists(), f"{BINARY} missing: run cargo build first"
         log_path = tmp_path / f"sidecar-{len(started)}.log"
         full_env = {
@@ -296,6 +302,8 @@ def start_sidecar(tmp_path):
             env=full_env,
             stdout=subprocess.DEVNULL,
             stderr=open(log_path, "wb"),
+            # As a CPU limit or a pinned container would: the process sees only these CPUs.
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
 
         def listening():

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 
 import openai
 import pytest
 
-from conftest import ROLE_ARN, make_jwt, wait_for
+from conftest import ROLE_ARN, Collector, make_jwt, wait_for
 from test_sdk_clients import MODEL_WITH_COLON, bedrock_client, openai_client
 
 FAST = ["--refresh-max-backoff", "500ms"]
@@ -226,3 +227,45 @@ def test_an_honest_clock_shows_no_skew(start_sidecar, irsa_env, fake_aws):
     skew = sidecar.metric("bedrock_broker_clock_skew_seconds")
     assert skew is not None and abs(skew) <= 3, skew
     assert "differs from STS's" not in sidecar.log_text()
+
+
+def test_on_one_cpu_refresh_streams_and_requests_share_one_thread(start_sidecar, irsa_env, fake_aws):
+    """A CPU limit under two cores (or a pinned container) gives the sidecar
+    tokio's current-thread scheduler: the refresher, a held-open stream,
+    new requests and the admin port all take turns on one thread."""
+    fake_aws.configure_sts(lifetime_seconds=3)
+    sidecar = start_sidecar(irsa_env, FAST, cpus={0})
+    line = sidecar.listening_line()
+    assert (line["scheduler"], line["workers"]) == ("CurrentThread", 1), line
+
+    sid = "one-cpu-" + uuid.uuid4().hex
+    stream = openai_client(sidecar).chat.completions.create(
+        model="openai.gpt-oss-20b-1:0",
+        messages=[{"role": "user", "content": "stream please"}],
+        stream=True,
+        extra_headers={"x-fake-lockstep": sid, "x-fake-chunks": "2"},
+    )
+    reader = Collector(stream)
+    reader.start()
+    reader.wait_count(1, timeout=10)
+    ids = traffic(sidecar, 5)
+    fake_aws.release(sid)
+    reader.join(timeout=10)
+    assert reader.error is None, reader.error
+    assert fake_aws.stream(sid)["finished"] is True
+
+    records = fake_aws.requests()
+    assert len(records) == len(ids) + 1
+    assert all(r["verified"] and r["status"] == 200 for r in records)
+    assert len({r["access_key_id"] for r in records}) >= 2, "no refresh happened while serving"
+    assert sidecar.metric("bedrock_broker_credential_refreshes_total", {"result": "failure"}) == 0
+    assert sidecar.stop() == 0
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_on_two_cpus_the_sidecar_uses_a_worker_per_core(start_sidecar, irsa_env, fake_aws):
+    sidecar = start_sidecar(irsa_env, cpus=set(sorted(os.sched_getaffinity(0))[:2]))
+    line = sidecar.listening_line()
+    assert (line["scheduler"], line["workers"]) == ("MultiThread", 2), line
+    converse(sidecar, uuid.uuid4().hex)
+    assert sidecar.stop() == 0
