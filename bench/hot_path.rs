@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the hot-path pieces: signing a 1 KB request (the
-//! buffered path's own signer, and aws-sigv4 beside it) and reading the
-//! credentials cell. Run with `cargo bench --bench hot_path`.
+//! buffered path's own signer, aws-sigv4 beside it, and the hashing any
+//! signer needs) and reading the credentials cell. Run with `cargo bench --bench hot_path`.
 
 // A benchmark panics on setup errors, and it reads the real clock.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
@@ -82,6 +82,29 @@ fn request_signer(c: &mut Criterion) {
             )
         });
     }
+    // As in the proxy, where hyper has just written the header map: a warm
+    // template cloned each time (subtract "clone headers only" below).
+    let cell = stored(true);
+    let held = cell.load();
+    let held = held.as_deref().unwrap();
+    let digest = BodyDigest::new(&body, Some(hash.as_str()));
+    let template = client_headers();
+    group.bench_function("1 KB, session token, warm headers (incl. clone)", |b| {
+        b.iter(|| {
+            let mut headers = template.clone();
+            signer
+                .sign(
+                    &Method::POST,
+                    &uri,
+                    &mut headers,
+                    black_box(digest),
+                    held,
+                    now,
+                )
+                .unwrap();
+            headers
+        })
+    });
     group.finish();
 }
 
@@ -126,6 +149,52 @@ fn signing(c: &mut Criterion) {
     group.finish();
 }
 
+/// The hashing any SigV4 signature of the same request needs, with nothing
+/// else: SHA-256 of the canonical request our signer hashes (same bytes,
+/// same length: the session token is most of it), then the string to sign
+/// through an HMAC already keyed with the cached signing key. What the
+/// signer spends beyond this is its own.
+fn hashing_floor(c: &mut Criterion) {
+    use hmac::{Hmac, KeyInit, Mac};
+    let body = vec![b'x'; 1024];
+    let payload = hex::encode(sha2::Sha256::digest(&body));
+    let mut group = c.benchmark_group("hashing floor");
+    group.throughput(Throughput::Elements(1));
+    for (name, token) in [
+        ("1 KB, session token", Some("IQoJb3JpZ2luX2VjE".repeat(40))),
+        ("1 KB, static keys", None),
+    ] {
+        let token_line = token
+            .as_ref()
+            .map(|t| format!("x-amz-security-token:{t}\n"))
+            .unwrap_or_default();
+        let token_name = if token.is_some() {
+            "x-amz-security-token;"
+        } else {
+            ""
+        };
+        let canonical = format!(
+            "POST\n/model/anthropic.claude-3-haiku-20240307-v1%253A0/converse\n\n\
+             accept:application/json\ncontent-type:application/json\n\
+             host:bedrock-runtime.us-east-1.amazonaws.com\nx-amz-date:20261201T120000Z\n\
+             {token_line}x-stainless-lang:python\nx-stainless-retry-count:0\n\n\
+             accept;content-type;host;x-amz-date;{token_name}x-stainless-lang;x-stainless-retry-count\n\
+             {payload}"
+        );
+        let keyed = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&[7u8; 32]).unwrap();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let hashed = hex::encode(sha2::Sha256::digest(black_box(canonical.as_bytes())));
+                let mut mac = keyed.clone();
+                mac.update(b"AWS4-HMAC-SHA256\n20261201T120000Z\n20261201/us-east-1/bedrock/aws4_request\n");
+                mac.update(hashed.as_bytes());
+                hex::encode(mac.finalize().into_bytes())
+            })
+        });
+    }
+    group.finish();
+}
+
 fn cell(c: &mut Criterion) {
     let cell = CredentialCell::new();
     cell.store(held(true));
@@ -135,5 +204,5 @@ fn cell(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, request_signer, signing, cell);
+criterion_group!(benches, request_signer, hashing_floor, signing, cell);
 criterion_main!(benches);

@@ -151,13 +151,25 @@ impl<'a> SignedHeaders<'a> {
 
 /// A header value with leading and trailing spaces removed and runs of
 /// spaces collapsed to one (spaces only: tabs are kept, as AWS does).
+///
+/// Spaces are found with `memchr`: a session token is most of the
+/// canonical request, and a byte-at-a-time scan of it was a tenth of the
+/// signer's time.
 fn write_trimmed(sink: &mut impl Sink, value: &[u8]) {
-    let words = value.split(|b| *b == b' ').filter(|w| !w.is_empty());
-    for (i, word) in words.enumerate() {
-        if i > 0 {
+    let ends = memchr::memchr_iter(b' ', value).chain(std::iter::once(value.len()));
+    let mut start = 0;
+    let mut first = true;
+    for end in ends {
+        let word = &value[start..end];
+        start = end + 1;
+        if word.is_empty() {
+            continue;
+        }
+        if !first {
             sink.put(b" ");
         }
         sink.put(word);
+        first = false;
     }
 }
 
@@ -275,5 +287,17 @@ mod tests {
         let mut out = Vec::new();
         write_trimmed(&mut out, b"  a   b\tc  ");
         assert_eq!(out, b"a b\tc");
+        for (value, trimmed) in [
+            (&b""[..], &b""[..]),
+            (b"   ", b""),
+            (b"x", b"x"),
+            (b"x ", b"x"),
+            (b" x", b"x"),
+            (b"a b", b"a b"),
+        ] {
+            let mut out = Vec::new();
+            write_trimmed(&mut out, value);
+            assert_eq!(out, trimmed, "{value:?}");
+        }
     }
 }
