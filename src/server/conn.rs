@@ -257,8 +257,6 @@ impl PeerTable {
 /// See [`PeerTable::evictable`].
 const STALLED: Duration = Duration::from_secs(1);
 
-impl PeerTable {}
-
 /// One connection's slot in [`Peers`], released on drop.
 pub struct PeerSlot {
     peers: Arc<Peers>,
