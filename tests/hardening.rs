@@ -272,6 +272,51 @@ async fn neighbours_that_never_read_cannot_starve_the_kubelets_probes() {
     stop.cancel();
 }
 
+/// Opens a connection from `source` that keeps asking for `/metrics`,
+/// pipelined, and reads every answer: a request is always in flight and
+/// nothing ever stalls, so the connection is never idle. Ends when the
+/// sidecar closes it.
+async fn hammering_from(source: [u8; 4], addr: SocketAddr) -> tokio::task::JoinHandle<()> {
+    let (mut reader, mut writer) = connect_from(source, addr).await.into_split();
+    tokio::spawn(async move {
+        let asks = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(4);
+        let mut buf = vec![0u8; 64 * 1024];
+        tokio::select! {
+            () = async { while writer.write_all(&asks).await.is_ok() {} } => {}
+            () = async { while reader.read(&mut buf).await.is_ok_and(|n| n > 0) {} } => {}
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neighbours_hammering_the_admin_port_cannot_starve_the_kubelets_probes() {
+    let upstream = FakeUpstream::start(vec![]).await;
+    // The defaults: 32 admin connections, 8 per peer address.
+    let (_, admin, stop) = sidecar(&upstream, &[]).await;
+    let mut hammers = Vec::new();
+    for pod in 2..=5u8 {
+        for _ in 0..8 {
+            hammers.push(hammering_from([127, 0, 0, pod], admin).await);
+        }
+    }
+    for round in 0..5 {
+        // The neighbours try to take back any slot they lost.
+        for pod in 2..=5u8 {
+            hammers.push(hammering_from([127, 0, 0, pod], admin).await);
+        }
+        assert!(
+            probe(admin)
+                .await
+                .is_some_and(|a| a.starts_with(b"HTTP/1.1 200")),
+            "probe {round} refused"
+        );
+    }
+    for hammer in hammers {
+        hammer.abort();
+    }
+    stop.cancel();
+}
+
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed() {
     let upstream = FakeUpstream::start(vec![]).await;

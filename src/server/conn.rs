@@ -304,16 +304,19 @@ impl Peers {
     }
 
     /// The listener is full and `ip` knocks: if another peer holds more
-    /// connections than `ip` does, its oldest one with no request in flight
-    /// is told to close. So peers that flood the port cannot keep one that
-    /// connects now and then (the kubelet's probes, a Prometheus scrape)
-    /// out: the flooders lose their own connections first. Returns whether
-    /// a connection was told to close.
-    pub fn evict_for(&self, ip: IpAddr) -> bool {
+    /// connections than `ip` does, one of them is told to close. So peers
+    /// that flood the port cannot keep one that connects now and then (the
+    /// kubelet's probes, a Prometheus scrape) out: the flooders lose their
+    /// own connections first. The oldest connection with nothing moving
+    /// goes first (see [`PeerTable::evictable`]); if there is none, a peer
+    /// holding its whole share (`limit`) loses its oldest even with a
+    /// request in flight, since answering its requests as fast as they
+    /// come must not keep the port full. Returns whether a connection was
+    /// told to close.
+    pub fn evict_for(&self, ip: IpAddr, limit: usize) -> bool {
         let table = self.table();
         let mine = table.peers.get(&ip).map_or(0, |l| PeerTable::live(l));
-        // Busiest peers first; the first of them with a connection that may
-        // go gives up its oldest.
+        // Busiest peers first.
         let mut heavier: Vec<_> = table
             .peers
             .values()
@@ -321,10 +324,18 @@ impl Peers {
             .filter(|(n, _)| *n > mine)
             .collect();
         heavier.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
-        let victim = heavier
-            .into_iter()
-            .find_map(|(_, list)| list.iter().find(|h| PeerTable::evictable(h)));
-        match victim {
+        let quiet = || {
+            heavier
+                .iter()
+                .find_map(|(_, list)| list.iter().find(|h| PeerTable::evictable(h)))
+        };
+        let greedy = || {
+            heavier
+                .iter()
+                .filter(|(n, _)| *n >= limit)
+                .find_map(|(_, list)| list.iter().find(|h| !h.evict.is_cancelled()))
+        };
+        match quiet().or_else(greedy) {
             Some(h) => {
                 h.evict.cancel();
                 true
@@ -372,21 +383,48 @@ mod tests {
         let other = peers.claim(ip(2), 8, Activity::new()).expect("slot");
 
         // The flooder knocking again makes no room for itself.
-        assert!(!peers.evict_for(ip(1)));
+        assert!(!peers.evict_for(ip(1), 8));
         // A peer with fewer connections does; the oldest idle one goes,
         // never the one serving a request.
-        assert!(peers.evict_for(ip(3)));
+        assert!(peers.evict_for(ip(3), 8));
         assert!(!flood[0].evicted.is_cancelled(), "a request is in flight");
         assert!(flood[1].evicted.is_cancelled());
         assert!(!other.evicted.is_cancelled());
         // An evicted connection no longer counts toward its peer's share.
-        assert!(peers.evict_for(ip(2)), "ip 1 still has more live ones");
+        assert!(peers.evict_for(ip(2), 8), "ip 1 still has more live ones");
         assert!(flood[2].evicted.is_cancelled());
-        assert!(!peers.evict_for(ip(2)), "now equal: nothing to take");
+        assert!(!peers.evict_for(ip(2), 8), "now equal: nothing to take");
         drop(flood);
         assert!(
             !peers.table().peers.contains_key(&ip(1)),
             "released on drop"
         );
+    }
+
+    #[tokio::test]
+    async fn a_peer_at_its_limit_gives_up_a_busy_connection() {
+        // A neighbour holding its whole share, each connection serving a
+        // request that keeps moving (it reads its answers): none is idle or
+        // stalled, and the port must still make room for the kubelet.
+        let peers = Arc::new(Peers::default());
+        let mut requests = Vec::new();
+        let flood: Vec<_> = (0..4)
+            .map(|_| {
+                let activity = Activity::new();
+                requests.push(InFlight::new(activity.clone()));
+                peers.claim(ip(1), 4, activity).expect("under the limit")
+            })
+            .collect();
+        let scraper = Activity::new();
+        let _scrape = InFlight::new(scraper.clone());
+        let prometheus = peers.claim(ip(2), 4, scraper).expect("slot");
+
+        assert!(peers.evict_for(ip(3), 4));
+        assert!(flood[0].evicted.is_cancelled(), "the oldest goes");
+        assert!(flood[1..].iter().all(|s| !s.evicted.is_cancelled()));
+        // Below its limit now: its busy connections stay, and so does a
+        // lone scrape in flight.
+        assert!(!peers.evict_for(ip(3), 4));
+        assert!(!prometheus.evicted.is_cancelled());
     }
 }

@@ -122,7 +122,9 @@ pub async fn serve<L, S, B>(
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
-                let room = limits.max_connections_per_peer.is_some() && peers.evict_for(peer.ip());
+                let room = limits
+                    .max_connections_per_peer
+                    .is_some_and(|limit| peers.evict_for(peer.ip(), limit));
                 let freed = async {
                     match tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned()).await {
                         Ok(Ok(slot)) => Some(slot),
