@@ -18,6 +18,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::Service;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -236,6 +237,9 @@ struct Held {
     id: u64,
     activity: Arc<Activity>,
     evict: CancellationToken,
+    /// Its slot of the listener, kept here so an eviction can hand it to
+    /// the newcomer at once (see [`Peers::evict_for`]).
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl PeerTable {
@@ -243,12 +247,17 @@ impl PeerTable {
         list.iter().filter(|h| !h.evict.is_cancelled()).count()
     }
 
+    /// Not told to close yet, and holding a listener slot to give up.
+    fn can_go(held: &Held) -> bool {
+        !held.evict.is_cancelled() && held.permit.is_some()
+    }
+
     /// Whether a connection may make room for another peer: nothing in
     /// flight, or a request whose answer has not moved for [`STALLED`]
     /// (every answer on these ports is written at once; a peer that does
     /// not read it would otherwise keep its slot).
     fn evictable(held: &Held) -> bool {
-        !held.evict.is_cancelled()
+        Self::can_go(held)
             && (held.activity.in_flight.load(Ordering::Relaxed) == 0
                 || held.activity.silent_for() >= STALLED)
     }
@@ -273,12 +282,15 @@ impl Peers {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A slot for `ip`, unless it already holds `limit`.
+    /// A slot for `ip`, unless it already holds `limit`. `permit`, the
+    /// connection's slot of the whole listener, is kept with it for as long
+    /// as the connection is open, unless an eviction hands it on.
     pub fn claim(
         self: &Arc<Self>,
         ip: IpAddr,
         limit: usize,
         activity: Arc<Activity>,
+        permit: Option<OwnedSemaphorePermit>,
     ) -> Option<PeerSlot> {
         let mut table = self.table();
         table.next_id += 1;
@@ -294,6 +306,7 @@ impl Peers {
             id,
             activity,
             evict: evicted.clone(),
+            permit,
         });
         Some(PeerSlot {
             peers: self.clone(),
@@ -304,44 +317,47 @@ impl Peers {
     }
 
     /// The listener is full and `ip` knocks: if another peer holds more
-    /// connections than `ip` does, one of them is told to close. So peers
-    /// that flood the port cannot keep one that connects now and then (the
-    /// kubelet's probes, a Prometheus scrape) out: the flooders lose their
-    /// own connections first. The oldest connection with nothing moving
-    /// goes first (see [`PeerTable::evictable`]); if there is none, a peer
+    /// connections than `ip` does, one of them is told to close and its
+    /// listener slot is returned for the newcomer. So peers that flood the
+    /// port cannot keep one that connects now and then (the kubelet's
+    /// probes, a Prometheus scrape) out: the flooders lose their own
+    /// connections first. The oldest connection with nothing moving goes
+    /// first (see [`PeerTable::evictable`]); if there is none, a peer
     /// holding its whole share (`limit`) loses its oldest even with a
     /// request in flight, since answering its requests as fast as they
-    /// come must not keep the port full. Returns whether a connection was
-    /// told to close.
-    pub fn evict_for(&self, ip: IpAddr, limit: usize) -> bool {
-        let table = self.table();
+    /// come must not keep the port full.
+    ///
+    /// The slot changes hands here rather than when the evicted task gets
+    /// round to closing: on a busy runtime that can take longer than a
+    /// probe waits. Until it closes, the evicted connection is open beyond
+    /// the limit, holding no slot (it reads nothing more).
+    pub fn evict_for(&self, ip: IpAddr, limit: usize) -> Option<OwnedSemaphorePermit> {
+        let mut table = self.table();
         let mine = table.peers.get(&ip).map_or(0, |l| PeerTable::live(l));
         // Busiest peers first.
         let mut heavier: Vec<_> = table
             .peers
-            .values()
+            .values_mut()
             .map(|l| (PeerTable::live(l), l))
             .filter(|(n, _)| *n > mine)
             .collect();
         heavier.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
-        let quiet = || {
-            heavier
-                .iter()
-                .find_map(|(_, list)| list.iter().find(|h| PeerTable::evictable(h)))
-        };
+        let quiet = heavier
+            .iter()
+            .find_map(|(_, list)| list.iter().find(|h| PeerTable::evictable(h)).map(|h| h.id));
         let greedy = || {
             heavier
                 .iter()
                 .filter(|(n, _)| *n >= limit)
-                .find_map(|(_, list)| list.iter().find(|h| !h.evict.is_cancelled()))
+                .find_map(|(_, list)| list.iter().find(|h| PeerTable::can_go(h)).map(|h| h.id))
         };
-        match quiet().or_else(greedy) {
-            Some(h) => {
-                h.evict.cancel();
-                true
-            }
-            None => false,
-        }
+        let victim = quiet.or_else(greedy)?;
+        let held = heavier
+            .into_iter()
+            .flat_map(|(_, list)| list.iter_mut())
+            .find(|h| h.id == victim)?;
+        held.evict.cancel();
+        held.permit.take()
     }
 }
 
@@ -365,9 +381,18 @@ mod tests {
         IpAddr::from([10, 0, 0, n])
     }
 
+    fn listener(slots: usize) -> Arc<tokio::sync::Semaphore> {
+        Arc::new(tokio::sync::Semaphore::new(slots))
+    }
+
+    fn slot(listener: &Arc<tokio::sync::Semaphore>) -> Option<OwnedSemaphorePermit> {
+        Some(listener.clone().try_acquire_owned().expect("a free slot"))
+    }
+
     #[tokio::test]
     async fn only_a_busier_peers_idle_connection_makes_room() {
         let peers = Arc::new(Peers::default());
+        let slots = listener(4);
         let busy = Activity::new();
         let flood: Vec<_> = (0..3)
             .map(|i| {
@@ -376,25 +401,40 @@ mod tests {
                 } else {
                     Activity::new()
                 };
-                peers.claim(ip(1), 8, activity).expect("under the limit")
+                peers
+                    .claim(ip(1), 8, activity, slot(&slots))
+                    .expect("under the limit")
             })
             .collect();
         let _busy_request = InFlight::new(busy);
-        let other = peers.claim(ip(2), 8, Activity::new()).expect("slot");
+        let other = peers
+            .claim(ip(2), 8, Activity::new(), slot(&slots))
+            .expect("slot");
 
         // The flooder knocking again makes no room for itself.
-        assert!(!peers.evict_for(ip(1), 8));
+        assert!(peers.evict_for(ip(1), 8).is_none());
         // A peer with fewer connections does; the oldest idle one goes,
         // never the one serving a request.
-        assert!(peers.evict_for(ip(3), 8));
+        let handed_on = peers.evict_for(ip(3), 8).expect("room");
+        assert_eq!(slots.available_permits(), 0, "the slot changed hands");
+        drop(handed_on);
+        assert_eq!(slots.available_permits(), 1);
         assert!(!flood[0].evicted.is_cancelled(), "a request is in flight");
         assert!(flood[1].evicted.is_cancelled());
         assert!(!other.evicted.is_cancelled());
         // An evicted connection no longer counts toward its peer's share.
-        assert!(peers.evict_for(ip(2), 8), "ip 1 still has more live ones");
+        assert!(
+            peers.evict_for(ip(2), 8).is_some(),
+            "ip 1 still has more live ones"
+        );
         assert!(flood[2].evicted.is_cancelled());
-        assert!(!peers.evict_for(ip(2), 8), "now equal: nothing to take");
+        assert!(
+            peers.evict_for(ip(2), 8).is_none(),
+            "now equal: nothing to take"
+        );
+        assert_eq!(slots.available_permits(), 2);
         drop(flood);
+        assert_eq!(slots.available_permits(), 3, "the busy one's, on close");
         assert!(
             !peers.table().peers.contains_key(&ip(1)),
             "released on drop"
@@ -407,24 +447,27 @@ mod tests {
         // request that keeps moving (it reads its answers): none is idle or
         // stalled, and the port must still make room for the kubelet.
         let peers = Arc::new(Peers::default());
+        let slots = listener(5);
         let mut requests = Vec::new();
         let flood: Vec<_> = (0..4)
             .map(|_| {
                 let activity = Activity::new();
                 requests.push(InFlight::new(activity.clone()));
-                peers.claim(ip(1), 4, activity).expect("under the limit")
+                peers
+                    .claim(ip(1), 4, activity, slot(&slots))
+                    .expect("under the limit")
             })
             .collect();
         let scraper = Activity::new();
         let _scrape = InFlight::new(scraper.clone());
-        let prometheus = peers.claim(ip(2), 4, scraper).expect("slot");
+        let prometheus = peers.claim(ip(2), 4, scraper, slot(&slots)).expect("slot");
 
-        assert!(peers.evict_for(ip(3), 4));
+        assert!(peers.evict_for(ip(3), 4).is_some());
         assert!(flood[0].evicted.is_cancelled(), "the oldest goes");
         assert!(flood[1..].iter().all(|s| !s.evicted.is_cancelled()));
         // Below its limit now: its busy connections stay, and so does a
         // lone scrape in flight.
-        assert!(!peers.evict_for(ip(3), 4));
+        assert!(peers.evict_for(ip(3), 4).is_none());
         assert!(!prometheus.evicted.is_cancelled());
     }
 }

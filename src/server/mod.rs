@@ -121,30 +121,24 @@ pub async fn serve<L, S, B>(
         // unless another peer holds more than its share (see `evict_for`).
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
-            Err(_) => {
-                let room = limits
-                    .max_connections_per_peer
-                    .is_some_and(|limit| peers.evict_for(peer.ip(), limit));
-                let freed = async {
-                    match tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned()).await {
-                        Ok(Ok(slot)) => Some(slot),
-                        _ => None,
-                    }
-                };
-                match if room { freed.await } else { None } {
-                    Some(slot) => slot,
-                    None => {
-                        tracing::debug!(server = name, %peer, "connection limit reached; closing");
-                        continue;
-                    }
+            Err(_) => match limits
+                .max_connections_per_peer
+                .and_then(|limit| peers.evict_for(peer.ip(), limit))
+            {
+                Some(slot) => slot,
+                None => {
+                    tracing::debug!(server = name, %peer, "connection limit reached; closing");
+                    continue;
                 }
-            }
+            },
         };
         let activity = Activity::new();
-        let peer_slot = match limits.max_connections_per_peer {
-            None => None,
-            Some(limit) => match peers.claim(peer.ip(), limit, activity.clone()) {
-                Some(claimed) => Some(claimed),
+        // With per-peer limits the listener slot lives in the peer table,
+        // where an eviction can hand it on.
+        let (slot, peer_slot) = match limits.max_connections_per_peer {
+            None => (Some(slot), None),
+            Some(limit) => match peers.claim(peer.ip(), limit, activity.clone(), Some(slot)) {
+                Some(claimed) => (None, Some(claimed)),
                 None => {
                     tracing::debug!(server = name, %peer, "per-peer connection limit reached; closing");
                     continue;
@@ -228,10 +222,6 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         builder.http1_only()
     }
 }
-
-/// How long a connection waits for the slot an eviction frees: the evicted
-/// task only has to be polled once.
-const EVICTION_WAIT: Duration = Duration::from_millis(100);
 
 /// Streams one HTTP/2 connection may have open: ample for one pod's
 /// clients, small enough that one connection cannot hold everything.

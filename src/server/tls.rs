@@ -278,7 +278,7 @@ impl TlsListener {
                     None => None,
                     // Counted only: handshakes are bounded by their timeout,
                     // and nothing here evicts.
-                    Some(limit) => match peers.claim(peer.ip(), limit, Activity::new()) {
+                    Some(limit) => match peers.claim(peer.ip(), limit, Activity::new(), None) {
                         Some(slot) => Some(slot),
                         None => {
                             tracing::debug!(%peer, "per-peer connection limit reached; closing");
