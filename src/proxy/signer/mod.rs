@@ -110,7 +110,6 @@ impl RequestSigner {
             canonical::Request {
                 method,
                 uri,
-                headers,
                 signed: &signed,
                 payload_sha256_hex: payload.as_str(),
             }
@@ -165,7 +164,6 @@ impl RequestSigner {
         canonical::Request {
             method,
             uri,
-            headers,
             signed: &signed,
             payload_sha256_hex: payload.as_str(),
         }
