@@ -329,8 +329,8 @@ impl Peers {
     ///
     /// The slot changes hands here rather than when the evicted task gets
     /// round to closing: on a busy runtime that can take longer than a
-    /// probe waits. Until it closes, the evicted connection is open beyond
-    /// the limit, holding no slot (it reads nothing more).
+    /// probe waits. Until its task runs again and closes it, the evicted
+    /// connection is open beyond the limit, holding no slot.
     pub fn evict_for(&self, ip: IpAddr, limit: usize) -> Option<OwnedSemaphorePermit> {
         let mut table = self.table();
         let mine = table.peers.get(&ip).map_or(0, |l| PeerTable::live(l));
