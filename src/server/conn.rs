@@ -333,7 +333,14 @@ impl Peers {
     /// connection is open beyond the limit, holding no slot.
     pub fn evict_for(&self, ip: IpAddr, limit: usize) -> Option<OwnedSemaphorePermit> {
         let mut table = self.table();
-        let mine = table.peers.get(&ip).map_or(0, |l| PeerTable::live(l));
+        let own = table.peers.get(&ip);
+        // A newcomer whose peer is at its share, counting connections still
+        // closing, would be refused by `claim` anyway: evicting for it
+        // would close someone's connection for nothing.
+        if own.is_some_and(|l| l.len() >= limit) {
+            return None;
+        }
+        let mine = own.map_or(0, |l| PeerTable::live(l));
         // Busiest peers first.
         let mut heavier: Vec<_> = table
             .peers
@@ -469,5 +476,29 @@ mod tests {
         // lone scrape in flight.
         assert!(peers.evict_for(ip(3), 4).is_none());
         assert!(!prometheus.evicted.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_peer_at_its_share_evicts_nobody_for_itself() {
+        let peers = Arc::new(Peers::default());
+        let slots = listener(8);
+        let busy = |peer| {
+            let activity = Activity::new();
+            let request = InFlight::new(activity.clone());
+            let held = peers.claim(peer, 4, activity, slot(&slots));
+            (held.expect("under the limit"), request)
+        };
+        let mut first: Vec<_> = (0..4).map(|_| busy(ip(1))).collect();
+        let second: Vec<_> = (0..4).map(|_| busy(ip(2))).collect();
+        // ip 1's oldest is told to close but has not yet: it has fewer live
+        // connections than ip 2, but its claim would still be refused, so
+        // nobody's connection may go for it.
+        first[0].0.evicted.cancel();
+        assert!(peers.evict_for(ip(1), 4).is_none());
+        assert!(second.iter().all(|(s, _)| !s.evicted.is_cancelled()));
+        // Once that connection has closed, it may.
+        drop(first.remove(0));
+        assert!(peers.evict_for(ip(1), 4).is_some());
+        assert!(second[0].0.evicted.is_cancelled());
     }
 }

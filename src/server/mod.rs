@@ -164,7 +164,8 @@ pub async fn serve<L, S, B>(
                 done = conn.as_mut() => return log_end(name, done),
                 _ = shutdown.cancelled() => "shutdown",
                 _ = activity.idle_for(idle, requests_keep_open) => "idle",
-                // Nothing moving on it (see `evict_for`): closed at once.
+                // Evicted to make room for another peer (see `evict_for`):
+                // closed at once, its slot already handed on.
                 () = evicted() => {
                     tracing::debug!(server = name, %peer, "closing a connection to make room for another peer");
                     return;
