@@ -103,20 +103,13 @@ mod tests {
     use tokio::runtime::RuntimeFlavor;
 
     #[test]
-    fn one_core_gets_the_current_thread_scheduler() {
-        let runtime = super::runtime_for(1).unwrap();
-        assert_eq!(
-            runtime.handle().runtime_flavor(),
-            RuntimeFlavor::CurrentThread
-        );
-    }
-
-    #[test]
-    fn more_cores_get_the_multi_thread_scheduler() {
-        let runtime = super::runtime_for(2).unwrap();
-        assert_eq!(
-            runtime.handle().runtime_flavor(),
-            RuntimeFlavor::MultiThread
-        );
+    fn the_scheduler_follows_the_cores() {
+        for (cores, flavor) in [
+            (1, RuntimeFlavor::CurrentThread),
+            (2, RuntimeFlavor::MultiThread),
+        ] {
+            let runtime = super::runtime_for(cores).unwrap();
+            assert_eq!(runtime.handle().runtime_flavor(), flavor, "{cores} cores");
+        }
     }
 }
