@@ -9,11 +9,11 @@ use bytes::Bytes;
 use http::{HeaderValue, Response};
 use http_body::Body;
 use http_body_util::Either;
-use hyper::body::Incoming;
 
 use super::error::ProxyError;
 use super::event_stream::{self, ChainSigner};
 use super::headers;
+use super::pool::PooledBody;
 use super::self_heal::rejects_credentials;
 use super::sigv4::{BodyDigest, Signer};
 use super::{upstream, BoxError, Proxy};
@@ -30,7 +30,7 @@ impl Proxy {
         signer: Option<&Signer>,
         mut parts: http::request::Parts,
         body: B,
-    ) -> Result<Response<Incoming>, ProxyError>
+    ) -> Result<Response<PooledBody>, ProxyError>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -58,7 +58,7 @@ impl Proxy {
             )
         })?;
         let (body, aborted) = event_stream::resigned(body, chain, self.max_body_bytes);
-        let sent = upstream::send(
+        let sent = upstream::send_stream(
             &self.clients.streams,
             parts,
             Either::Right(body),

@@ -28,6 +28,7 @@ pub mod fuzz;
 mod gate;
 mod headers;
 mod operation;
+mod pool;
 mod redact;
 mod request_body;
 mod response_body;
@@ -48,7 +49,6 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use prometheus::Histogram;
 
 pub use auth::AuthMode;
@@ -68,6 +68,7 @@ use crate::metrics::labels::{ModelLabels, ModelRef};
 use crate::metrics::requests::RequestCounters;
 use crate::metrics::ProxyMetrics;
 use classify::Classified;
+use pool::PooledBody;
 use response_body::{Completion, InFlight, StreamKind, UpstreamBody};
 use usage::UsageRecorder;
 
@@ -78,7 +79,7 @@ pub type ProxyBody = Either<Full<Bytes>, UpstreamBody>;
 
 /// A forwarded request: Bedrock's answer, how the request was
 /// authenticated, and the model usage is counted for if it succeeds.
-type Forwarded = (Response<Incoming>, AuthMode, Option<ModelRef>);
+type Forwarded = (Response<PooledBody>, AuthMode, Option<ModelRef>);
 
 /// Everything request handling needs; built once, shared by all connections.
 pub struct Proxy {
@@ -200,7 +201,7 @@ impl Proxy {
     /// session token it may quote.
     async fn respond(
         &self,
-        mut response: Response<Incoming>,
+        mut response: Response<PooledBody>,
         auth: AuthMode,
         model: Option<ModelRef>,
         operation: Operation,

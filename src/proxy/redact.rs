@@ -10,7 +10,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 
 /// Largest signature-error body read for redaction (AWS's are ~2 KiB).
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -43,7 +42,7 @@ pub fn is_signature_error<B>(response: &Response<B>) -> bool {
 /// The same answer with every security-token value in its body blanked.
 /// A body too large or too slow to read is replaced by a short notice.
 pub async fn redacted(
-    response: Response<Incoming>,
+    response: Response<super::pool::PooledBody>,
     timeout: Option<Duration>,
 ) -> Response<Full<Bytes>> {
     let (mut parts, body) = response.into_parts();

@@ -10,11 +10,11 @@ use aws_smithy_types::event_stream::{Header, HeaderValue as EventHeaderValue, Me
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use prometheus::{Histogram, IntGauge};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
 
+use super::pool::PooledBody;
 use super::usage::UsageTap;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -138,7 +138,7 @@ pub struct IdleTimeout(Duration);
 /// to the client as soon as it arrives.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: PooledBody,
     completion: Option<Completion>,
     kind: StreamKind,
     /// Longest allowed gap between frames, and the timer enforcing it.
@@ -151,7 +151,7 @@ pub struct UpstreamBody {
 
 impl UpstreamBody {
     pub fn new(
-        inner: Incoming,
+        inner: PooledBody,
         completion: Completion,
         kind: StreamKind,
         idle_timeout: Option<Duration>,

@@ -3,10 +3,10 @@
 //! buffered, so the retry is exact.
 
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use http_body_util::Full;
 
 use super::error::ProxyError;
+use super::pool::PooledBody;
 use super::request_body::ReadBody;
 use super::signer::RequestSigner;
 use super::{upstream, Proxy};
@@ -19,7 +19,7 @@ impl Proxy {
         signer: Option<&RequestSigner>,
         mut parts: http::request::Parts,
         body: ReadBody,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<PooledBody>, ProxyError> {
         let unsigned = (
             parts.method.clone(),
             parts.uri.clone(),
@@ -56,11 +56,11 @@ impl Proxy {
         &self,
         parts: http::request::Parts,
         body: Full<bytes::Bytes>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<PooledBody>, ProxyError> {
         upstream::send(
             &self.clients.pooled,
             parts,
-            Either::Left(body),
+            body,
             self.response_header_timeout,
         )
         .await

@@ -1,4 +1,4 @@
-//! Sending to Bedrock: the pooled HTTPS clients, the response-header
+//! Sending to Bedrock: the HTTPS connections, the response-header
 //! timeout, and what a failed send means for the client.
 
 use std::time::Duration;
@@ -7,7 +7,6 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -17,24 +16,25 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 /// the re-signed event stream of a bidirectional stream.
 pub type RequestBody = Either<Full<Bytes>, UnsyncBoxBody<Bytes, super::event_stream::StreamError>>;
 
-/// Keep-alive pool over rustls (HTTP/2 by ALPN, or HTTP/2 only: see
+/// The bidirectional streams' client: HTTP/2 only, over rustls (see
 /// [`UpstreamClients`]).
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
 /// Connection-level HTTP/2 receive window of the streams client.
 const STREAMS_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 
-/// Idle pooled connections are closed after this; below the idle timeouts
+/// Idle connections are closed after this; below the idle timeouts
 /// of AWS front ends, so we never reuse a connection they are closing.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
 use super::error::ProxyError;
+use super::pool::{upstream_error, Pool, PooledBody};
 
-/// The two clients the proxy sends with.
+/// The two ways the proxy sends.
 #[derive(Clone)]
 pub struct UpstreamClients {
     /// Every operation but one: HTTP/2 or HTTP/1.1, whichever ALPN picks.
-    pub pooled: UpstreamClient,
+    pub pooled: Pool,
     /// Bidirectional streams only: HTTP/2 always (Bedrock accepts nothing
     /// else for them), on a connection apart from ordinary requests, so a
     /// long voice session read slowly by its client cannot hold up their
@@ -50,50 +50,68 @@ pub fn clients(
     max_idle: usize,
 ) -> UpstreamClients {
     UpstreamClients {
-        pooled: build(tls.clone(), connect_timeout, max_idle, false),
-        streams: build(tls, connect_timeout, max_idle, true),
+        pooled: Pool::new(
+            connector(tls.clone(), connect_timeout, false),
+            max_idle,
+            POOL_IDLE_TIMEOUT,
+        ),
+        streams: streams_client(connector(tls, connect_timeout, true), max_idle),
     }
 }
 
-/// Sends on `client`, waiting at most `header_timeout` for the response
-/// headers (the body then streams for as long as it takes).
+/// Sends a buffered request on the pool, waiting at most `header_timeout`
+/// for the response headers (the body then streams for as long as it takes).
 pub async fn send(
+    pool: &Pool,
+    parts: http::request::Parts,
+    body: Full<Bytes>,
+    header_timeout: Option<Duration>,
+) -> Result<Response<PooledBody>, ProxyError> {
+    // Boxed, as hyper-util's client boxes its own: the send's state is
+    // large, and every future around it (up to the connection's) would
+    // carry it and copy it when moved.
+    let sent = Box::pin(pool.send(Request::from_parts(parts, body)));
+    within(header_timeout, sent).await
+}
+
+/// Opens a bidirectional stream, waiting at most `header_timeout` for the
+/// response headers.
+pub async fn send_stream(
     client: &UpstreamClient,
     parts: http::request::Parts,
     body: RequestBody,
     header_timeout: Option<Duration>,
-) -> Result<Response<Incoming>, ProxyError> {
-    let sent = client.request(Request::from_parts(parts, body));
-    let Some(limit) = header_timeout else {
-        return sent.await.map_err(|e| upstream_error(&e));
+) -> Result<Response<PooledBody>, ProxyError> {
+    let sent = async {
+        client
+            .request(Request::from_parts(parts, body))
+            .await
+            .map(|r| r.map(PooledBody::unpooled))
+            .map_err(|e| upstream_error(&e))
+    };
+    within(header_timeout, sent).await
+}
+
+async fn within<T>(
+    limit: Option<Duration>,
+    sent: impl std::future::Future<Output = Result<T, ProxyError>>,
+) -> Result<T, ProxyError> {
+    let Some(limit) = limit else {
+        return sent.await;
     };
     match tokio::time::timeout(limit, sent).await {
-        Ok(result) => result.map_err(|e| upstream_error(&e)),
+        Ok(result) => result,
         Err(_) => Err(ProxyError::NoResponseHeaders(limit)),
     }
 }
 
-fn upstream_error(e: &hyper_util::client::legacy::Error) -> ProxyError {
-    let mut detail = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        detail.push_str(": ");
-        detail.push_str(&s.to_string());
-        source = s.source();
-    }
-    if detail.contains("timed out") || detail.contains("deadline") {
-        ProxyError::UpstreamTimeout(detail)
-    } else {
-        ProxyError::UpstreamUnreachable(detail)
-    }
-}
-
-fn build(
+/// TCP and TLS to an upstream; offers HTTP/2 and HTTP/1.1 by ALPN, or
+/// HTTP/2 alone.
+pub(super) fn connector(
     tls: rustls::ClientConfig,
     connect_timeout: Duration,
-    max_idle: usize,
     h2_only: bool,
-) -> UpstreamClient {
+) -> HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -102,21 +120,22 @@ fn build(
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http();
-    let https = if h2_only {
+    if h2_only {
         https.enable_http2().wrap_connector(http)
     } else {
         https.enable_http1().enable_http2().wrap_connector(http)
-    };
+    }
+}
+
+fn streams_client(https: HttpsConnector<HttpConnector>, max_idle: usize) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        // HTTP/1.1 opens a connection per concurrent request; after a burst
-        // only this many stay open.
         .pool_max_idle_per_host(max_idle)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .http2_only(h2_only)
+        .http2_only(true)
         // hyper's default 5 MiB would let three sessions whose clients stop
         // reading (2 MiB stream windows) stall every other session.
-        .http2_initial_connection_window_size(h2_only.then_some(STREAMS_CONNECTION_WINDOW))
+        .http2_initial_connection_window_size(STREAMS_CONNECTION_WINDOW)
         .build(https)
 }

@@ -186,7 +186,8 @@ impl RequestSigner {
     }
 }
 
-fn host(uri: &Uri) -> Result<&str, SignError> {
+/// The `host` a request without one is signed with (the pool sends it).
+pub(super) fn host(uri: &Uri) -> Result<&str, SignError> {
     canonical::host(uri).ok_or(SignError::NoHost)
 }
 

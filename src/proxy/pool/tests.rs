@@ -1,0 +1,340 @@
+//! The pool against real upstreams on loopback: hyper servers over plain
+//! HTTP/1.1 and over TLS with ALPN h2, and a raw socket that closes every
+//! connection after one answer.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Either, StreamBody};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use super::*;
+
+/// Connections a test upstream accepted, and how many are still open.
+#[derive(Default)]
+struct Counts {
+    accepted: AtomicUsize,
+    open: AtomicUsize,
+}
+
+struct Upstream {
+    addr: SocketAddr,
+    counts: Arc<Counts>,
+    /// `/hold` answers send their last byte only after a permit is added here.
+    release: Arc<Semaphore>,
+}
+
+impl Upstream {
+    fn accepted(&self) -> usize {
+        self.counts.accepted.load(Ordering::SeqCst)
+    }
+
+    fn open(&self) -> usize {
+        self.counts.open.load(Ordering::SeqCst)
+    }
+}
+
+type TestBody = Either<
+    Full<Bytes>,
+    StreamBody<futures::stream::BoxStream<'static, Result<Frame<Bytes>, Infallible>>>,
+>;
+
+/// `/hold` answers "a", then "b" once released; anything else "ok".
+fn answer(path: &str, release: Arc<Semaphore>) -> Response<TestBody> {
+    if path != "/hold" {
+        return Response::new(Either::Left(Full::new(Bytes::from_static(b"ok"))));
+    }
+    let chunks = futures::stream::unfold(0, move |step| {
+        let release = release.clone();
+        async move {
+            match step {
+                0 => Some((Ok(Frame::data(Bytes::from_static(b"a"))), 1)),
+                1 => {
+                    release.acquire().await.ok()?.forget();
+                    Some((Ok(Frame::data(Bytes::from_static(b"b"))), 2))
+                }
+                _ => None,
+            }
+        }
+    });
+    Response::new(Either::Right(StreamBody::new(futures::StreamExt::boxed(
+        chunks,
+    ))))
+}
+
+async fn upstream(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counts = Arc::new(Counts::default());
+    let release = Arc::new(Semaphore::new(0));
+    let (c, r) = (counts.clone(), release.clone());
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            c.accepted.fetch_add(1, Ordering::SeqCst);
+            c.open.fetch_add(1, Ordering::SeqCst);
+            let (c, r, tls) = (c.clone(), r.clone(), tls.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let r = r.clone();
+                    async move { Ok::<_, Infallible>(answer(req.uri().path(), r)) }
+                });
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let _ = match tls {
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(s) => builder.serve_connection(TokioIo::new(s), service).await,
+                        Err(_) => Ok(()),
+                    },
+                    None => {
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
+                };
+                c.open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    Upstream {
+        addr,
+        counts,
+        release,
+    }
+}
+
+fn plain_pool(max_idle: usize, idle_timeout: Duration) -> Pool {
+    let tls = crate::tls::client_config(None).unwrap();
+    Pool::new(
+        super::super::upstream::connector(tls, Duration::from_secs(5), false),
+        max_idle,
+        idle_timeout,
+    )
+}
+
+fn request(scheme: &str, addr: SocketAddr, path: &str) -> Request<Full<Bytes>> {
+    Request::post(format!("{scheme}://{addr}{path}"))
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap()
+}
+
+async fn read_all(response: Response<PooledBody>) -> Bytes {
+    response.into_body().collect().await.unwrap().to_bytes()
+}
+
+/// Polls `check` until it holds, for at most five seconds.
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn one_connection_serves_requests_one_after_another() {
+    let up = upstream(None).await;
+    let pool = plain_pool(8, Duration::from_secs(60));
+    for _ in 0..5 {
+        let response = pool.send(request("http", up.addr, "/")).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(read_all(response).await, "ok");
+    }
+    assert_eq!(up.accepted(), 1);
+}
+
+#[tokio::test]
+async fn a_connection_is_lent_again_only_once_its_answer_has_ended() {
+    let up = upstream(None).await;
+    let pool = plain_pool(8, Duration::from_secs(60));
+    let held = pool.send(request("http", up.addr, "/hold")).await.unwrap();
+    let mut held = held.into_body();
+    let first = held.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "a");
+
+    // The first answer is still streaming: its connection is not lent.
+    let second = pool.send(request("http", up.addr, "/")).await.unwrap();
+    assert_eq!(read_all(second).await, "ok");
+    assert_eq!(up.accepted(), 2);
+
+    up.release.add_permits(1);
+    let rest = held.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "b");
+    for _ in 0..3 {
+        let again = pool.send(request("http", up.addr, "/")).await.unwrap();
+        assert_eq!(read_all(again).await, "ok");
+    }
+    assert_eq!(up.accepted(), 2, "both connections were reused");
+}
+
+#[tokio::test]
+async fn an_answer_dropped_unread_closes_its_connection_and_the_next_request_still_goes() {
+    let up = upstream(None).await;
+    let pool = plain_pool(8, Duration::from_secs(60));
+    let held = pool.send(request("http", up.addr, "/hold")).await.unwrap();
+    drop(held);
+    eventually("the abandoned connection is closed", || up.open() == 0).await;
+    let next = pool.send(request("http", up.addr, "/")).await.unwrap();
+    assert_eq!(read_all(next).await, "ok");
+    assert_eq!(up.accepted(), 2);
+}
+
+#[tokio::test]
+async fn no_more_than_max_idle_connections_stay_open() {
+    let up = upstream(None).await;
+    let pool = plain_pool(1, Duration::from_secs(60));
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(pool.send(request("http", up.addr, "/hold")).await.unwrap());
+    }
+    assert_eq!(up.accepted(), 3);
+    up.release.add_permits(3);
+    for response in held {
+        assert_eq!(read_all(response).await, "ab");
+    }
+    eventually("two of three connections are closed", || up.open() == 1).await;
+    let again = pool.send(request("http", up.addr, "/")).await.unwrap();
+    assert_eq!(read_all(again).await, "ok");
+    assert_eq!(up.accepted(), 3, "the one kept open was reused");
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_when_they_expire() {
+    let up = upstream(None).await;
+    let pool = plain_pool(8, Duration::from_millis(50));
+    let response = pool.send(request("http", up.addr, "/")).await.unwrap();
+    assert_eq!(read_all(response).await, "ok");
+    assert_eq!(up.open(), 1);
+    // Nothing else is sent: the reaper alone closes it.
+    eventually("the idle connection is closed", || up.open() == 0).await;
+    let next = pool.send(request("http", up.addr, "/")).await.unwrap();
+    assert_eq!(read_all(next).await, "ok");
+    assert_eq!(up.accepted(), 2);
+}
+
+/// An upstream that answers once per connection and closes it when told,
+/// as a front end closes a connection it has kept idle long enough.
+struct Closing {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+    close: Arc<Semaphore>,
+}
+
+async fn closing_upstream() -> Closing {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let close = Arc::new(Semaphore::new(0));
+    let (a, c, close_one) = (accepted.clone(), closed.clone(), close.clone());
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            a.fetch_add(1, Ordering::SeqCst);
+            let (c, close_one) = (c.clone(), close_one.clone());
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !seen.windows(6).any(|w| w == b"\r\n\r\n{}") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                let _ = stream.write_all(answer).await;
+                if let Ok(permit) = close_one.acquire().await {
+                    permit.forget();
+                }
+                drop(stream);
+                c.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    Closing {
+        addr,
+        accepted,
+        closed,
+        close,
+    }
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closed_while_idle_is_replaced_without_an_error() {
+    let up = closing_upstream().await;
+    let pool = plain_pool(8, Duration::from_secs(60));
+    for i in 1..=5 {
+        let response = pool.send(request("http", up.addr, "/")).await.unwrap();
+        assert_eq!(read_all(response).await, "ok");
+        assert_eq!(up.accepted.load(Ordering::SeqCst), i);
+        // Back in the pool, idle; now the upstream closes it.
+        up.close.add_permits(1);
+        eventually("the upstream closed it", || {
+            up.closed.load(Ordering::SeqCst) == i
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_an_unreachable_upstream() {
+    let addr = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let pool = plain_pool(8, Duration::from_secs(60));
+    match pool.send(request("http", addr, "/")).await {
+        Err(ProxyError::UpstreamUnreachable(detail)) => {
+            assert!(detail.contains("onnection refused"), "{detail}")
+        }
+        other => panic!("expected an unreachable upstream, got {other:?}"),
+    }
+}
+
+fn tls_acceptor_and_ca() -> (tokio_rustls::TlsAcceptor, Vec<u8>) {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    (
+        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        cert.pem().into_bytes(),
+    )
+}
+
+#[tokio::test]
+async fn over_http2_concurrent_requests_share_one_connection() {
+    let (acceptor, ca) = tls_acceptor_and_ca();
+    let up = upstream(Some(acceptor)).await;
+    let tls = crate::tls::client_config(Some(&ca)).unwrap();
+    let pool = Pool::new(
+        super::super::upstream::connector(tls, Duration::from_secs(5), false),
+        8,
+        Duration::from_secs(60),
+    );
+    let first = pool.send(request("https", up.addr, "/hold")).await.unwrap();
+    assert_eq!(first.version(), http::Version::HTTP_2);
+    let mut more = Vec::new();
+    for _ in 0..4 {
+        more.push(pool.send(request("https", up.addr, "/")).await.unwrap());
+    }
+    for response in more {
+        assert_eq!(read_all(response).await, "ok");
+    }
+    up.release.add_permits(1);
+    assert_eq!(read_all(first).await, "ab");
+    assert_eq!(up.accepted(), 1);
+}
