@@ -52,9 +52,18 @@ struct Host {
     /// Most recently returned last: reused first, while its TLS state is warm.
     idle: Vec<Idle>,
     /// HTTP/2 (by ALPN) carries every request on one connection.
-    shared_h2: Option<H2>,
+    shared_h2: Option<SharedH2>,
+    /// Numbers the HTTP/2 connections shared, so a failed one is told apart
+    /// from its successor.
+    h2_shared_count: u64,
     /// Whether a task is closing this host's expired idle connections.
     reaping: bool,
+}
+
+struct SharedH2 {
+    id: u64,
+    sender: H2,
+    last_used: Instant,
 }
 
 struct Idle {
@@ -64,8 +73,15 @@ struct Idle {
 
 enum Sender {
     H1(H1),
-    H2(H2),
+    /// With the id it is shared under, if it is.
+    H2(H2, Option<u64>),
 }
+
+/// Longest wait for a reused HTTP/1.1 connection to take a request. It is
+/// lent back when its answer ends, usually before hyper has marked it free;
+/// one still writing a request body the upstream stopped reading (it
+/// answered early) may never be, and is dropped.
+const READY_WAIT: Duration = Duration::from_secs(1);
 
 /// Why a send failed, and whether it may be tried again elsewhere.
 enum Failure {
@@ -134,7 +150,12 @@ impl Pool {
     ) -> Result<Response<PooledBody>, Failure> {
         match sender {
             Sender::H1(mut sender) => {
-                if sender.ready().await.is_err() {
+                let ready = sender.is_ready()
+                    || matches!(
+                        tokio::time::timeout(READY_WAIT, sender.ready()).await,
+                        Ok(Ok(()))
+                    );
+                if !ready {
                     return Err(Failure::Unsent(Box::new(request)));
                 }
                 // HTTP/1.1 names the host in a header, the path alone on the line.
@@ -165,15 +186,15 @@ impl Pool {
                     },
                 }
             }
-            Sender::H2(mut sender) => {
+            Sender::H2(mut sender, id) => {
                 let sent = match sender.ready().await {
                     Ok(()) => sender.try_send_request(request).await,
-                    Err(_) => return Err(self.shared.unsent_on_h2(host, request)),
+                    Err(_) => return Err(self.shared.unsent_on_h2(host, id, request)),
                 };
                 match sent {
                     Ok(response) => Ok(response.map(|body| PooledBody::new(body, None))),
                     Err(mut e) => match e.take_message() {
-                        Some(unsent) => Err(self.shared.unsent_on_h2(host, unsent)),
+                        Some(unsent) => Err(self.shared.unsent_on_h2(host, id, unsent)),
                         None => Err(Failure::Failed(upstream_error(&e.into_error()))),
                     },
                 }
@@ -203,8 +224,8 @@ impl Pool {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 }
             });
-            self.shared.share_h2(host, &sender);
-            Ok(Sender::H2(sender))
+            let id = self.shared.share_h2(host, &sender);
+            Ok(Sender::H2(sender, id))
         } else {
             let (sender, connection) =
                 http1::handshake(io).await.map_err(|e| upstream_error(&e))?;
@@ -243,6 +264,7 @@ impl Shared {
             authority: authority.clone(),
             idle: Vec::new(),
             shared_h2: None,
+            h2_shared_count: 0,
             reaping: false,
         });
         Ok(hosts.len() - 1)
@@ -251,13 +273,14 @@ impl Shared {
     fn checkout(&self, host: usize) -> Option<Sender> {
         let mut hosts = self.hosts();
         let host = hosts.get_mut(host)?;
-        if let Some(h2) = &host.shared_h2 {
-            if !h2.is_closed() {
-                return Some(Sender::H2(h2.clone()));
+        let now = Instant::now();
+        if let Some(h2) = &mut host.shared_h2 {
+            if !h2.sender.is_closed() && now.duration_since(h2.last_used) < self.idle_timeout {
+                h2.last_used = now;
+                return Some(Sender::H2(h2.sender.clone(), Some(h2.id)));
             }
             host.shared_h2 = None;
         }
-        let now = Instant::now();
         while let Some(idle) = host.idle.pop() {
             if !idle.sender.is_closed() && now.duration_since(idle.since) < self.idle_timeout {
                 return Some(Sender::H1(idle.sender));
@@ -266,43 +289,67 @@ impl Shared {
         None
     }
 
-    fn share_h2(&self, host: usize, sender: &H2) {
-        if let Some(host) = self.hosts().get_mut(host) {
-            if host.shared_h2.as_ref().is_none_or(|h2| h2.is_closed()) {
-                host.shared_h2 = Some(sender.clone());
-            }
+    /// Shares a new HTTP/2 connection unless a live one is shared already;
+    /// the id it is shared under.
+    fn share_h2(self: &Arc<Self>, host: usize, sender: &H2) -> Option<u64> {
+        let mut hosts = self.hosts();
+        let entry = hosts.get_mut(host)?;
+        if entry
+            .shared_h2
+            .as_ref()
+            .is_some_and(|h2| !h2.sender.is_closed())
+        {
+            return None;
         }
+        entry.h2_shared_count += 1;
+        let id = entry.h2_shared_count;
+        entry.shared_h2 = Some(SharedH2 {
+            id,
+            sender: sender.clone(),
+            last_used: Instant::now(),
+        });
+        let start = !std::mem::replace(&mut entry.reaping, true);
+        drop(hosts);
+        if start {
+            self.start_reaper(host);
+        }
+        Some(id)
     }
 
     /// An HTTP/2 connection that could not take a request (closing, or
     /// going away) is shared no longer, so the retry opens a new one.
-    fn unsent_on_h2(&self, host: usize, request: Request<Full<Bytes>>) -> Failure {
+    fn unsent_on_h2(&self, host: usize, id: Option<u64>, request: Request<Full<Bytes>>) -> Failure {
         if let Some(host) = self.hosts().get_mut(host) {
-            host.shared_h2 = None;
+            if id.is_some() && host.shared_h2.as_ref().map(|h2| h2.id) == id {
+                host.shared_h2 = None;
+            }
         }
         Failure::Unsent(Box::new(request))
     }
 
-    /// Whether a reaper must be started for `host`.
-    fn checkin(&self, host: usize, sender: H1) -> bool {
+    fn checkin(self: &Arc<Self>, host: usize, sender: H1) {
         if sender.is_closed() {
-            return false;
+            return;
         }
         let mut hosts = self.hosts();
-        let Some(host) = hosts.get_mut(host) else {
-            return false;
+        let Some(entry) = hosts.get_mut(host) else {
+            return;
         };
-        if host.idle.len() >= self.max_idle {
-            return false;
+        if entry.idle.len() >= self.max_idle {
+            return;
         }
-        host.idle.push(Idle {
+        entry.idle.push(Idle {
             sender,
             since: Instant::now(),
         });
-        !std::mem::replace(&mut host.reaping, true)
+        let start = !std::mem::replace(&mut entry.reaping, true);
+        drop(hosts);
+        if start {
+            self.start_reaper(host);
+        }
     }
 
-    /// Closes `host`'s idle connections that have outlived the idle
+    /// Closes `host`'s connections that have been idle longer than the idle
     /// timeout. Whether any remain to watch.
     fn reap(&self, host: usize) -> bool {
         let mut hosts = self.hosts();
@@ -313,28 +360,44 @@ impl Shared {
         let timeout = self.idle_timeout;
         host.idle
             .retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < timeout);
-        host.reaping = !host.idle.is_empty();
+        if host
+            .shared_h2
+            .as_ref()
+            .is_some_and(|h2| h2.sender.is_closed() || now.duration_since(h2.last_used) >= timeout)
+        {
+            // Streams still open keep the connection until they end.
+            host.shared_h2 = None;
+        }
+        host.reaping = !host.idle.is_empty() || host.shared_h2.is_some();
         host.reaping
     }
-}
 
-/// Closes idle connections as they expire, so an idle sidecar holds no
-/// sockets; ends when the host has none left, or the pool is gone.
-fn spawn_reaper(shared: Weak<Shared>, host: usize, every: Duration) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    runtime.spawn(async move {
-        loop {
-            tokio::time::sleep(every).await;
-            let Some(shared) = shared.upgrade() else {
-                return;
-            };
-            if !shared.reap(host) {
-                return;
+    /// Closes idle connections as they expire, so an idle sidecar holds no
+    /// sockets; ends when the host has none left, or the pool is gone.
+    /// Checks every half timeout: a connection is never reused after the
+    /// timeout, and closed at most half of it later.
+    fn start_reaper(self: &Arc<Self>, host: usize) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime to run it: the next checkin tries again.
+            if let Some(entry) = self.hosts().get_mut(host) {
+                entry.reaping = false;
             }
-        }
-    });
+            return;
+        };
+        let every = (self.idle_timeout / 2).max(Duration::from_millis(10));
+        let shared = Arc::downgrade(self);
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                if !shared.reap(host) {
+                    return;
+                }
+            }
+        });
+    }
 }
 
 /// An HTTP/1.1 connection lent to one response, handed back when its body ends.
@@ -349,11 +412,7 @@ impl Lease {
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
-        if shared.checkin(self.host, self.sender) {
-            // Half the timeout: a connection expires at most that late.
-            let every = (shared.idle_timeout / 2).max(Duration::from_millis(10));
-            spawn_reaper(self.shared, self.host, every);
-        }
+        shared.checkin(self.host, self.sender);
     }
 }
 

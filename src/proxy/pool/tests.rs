@@ -149,8 +149,19 @@ async fn one_connection_serves_requests_one_after_another() {
     assert_eq!(up.accepted(), 1);
 }
 
+/// Fails, rather than hangs, when `work` does not finish in five seconds.
+async fn within_5s<T>(work: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), work)
+        .await
+        .expect("did not finish within 5 s")
+}
+
 #[tokio::test]
 async fn a_connection_is_lent_again_only_once_its_answer_has_ended() {
+    within_5s(lent_again_only_once_its_answer_has_ended()).await;
+}
+
+async fn lent_again_only_once_its_answer_has_ended() {
     let up = upstream(None).await;
     let pool = plain_pool(8, Duration::from_secs(60));
     let held = pool.send(request("http", up.addr, "/hold")).await.unwrap();
@@ -170,7 +181,7 @@ async fn a_connection_is_lent_again_only_once_its_answer_has_ended() {
         let again = pool.send(request("http", up.addr, "/")).await.unwrap();
         assert_eq!(read_all(again).await, "ok");
     }
-    assert_eq!(up.accepted(), 2, "both connections were reused");
+    assert_eq!(up.accepted(), 2, "no third connection was opened");
 }
 
 #[tokio::test]
@@ -265,6 +276,9 @@ async fn closing_upstream() -> Closing {
     }
 }
 
+/// Depending on when hyper notices the close, the pool skips the closed
+/// connection or gets the request back unsent and sends it on a new one;
+/// either way the client sees no error.
 #[tokio::test]
 async fn a_connection_the_upstream_closed_while_idle_is_replaced_without_an_error() {
     let up = closing_upstream().await;
@@ -337,4 +351,71 @@ async fn over_http2_concurrent_requests_share_one_connection() {
     up.release.add_permits(1);
     assert_eq!(read_all(first).await, "ab");
     assert_eq!(up.accepted(), 1);
+}
+
+/// An upstream that answers as soon as it has a request head, then never
+/// reads again: a large request body stays half-written on that connection.
+async fn early_answering_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            held.push(stream);
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn a_connection_still_writing_a_request_body_is_not_waited_for() {
+    let (addr, accepted) = early_answering_upstream().await;
+    let pool = plain_pool(8, Duration::from_secs(60));
+    // Far more than loopback socket buffers hold: the upload cannot finish.
+    let big = Request::post(format!("http://{addr}/"))
+        .body(Full::new(Bytes::from(vec![b'x'; 64 * 1024 * 1024])))
+        .unwrap();
+    let answer = within_5s(pool.send(big)).await.unwrap();
+    assert_eq!(within_5s(read_all(answer)).await, "ok");
+    // Its connection came back with the answer but cannot take another
+    // request; the next one goes out on a new connection.
+    let next = within_5s(pool.send(request("http", addr, "/")))
+        .await
+        .unwrap();
+    assert_eq!(within_5s(read_all(next)).await, "ok");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_when_it_expires() {
+    let (acceptor, ca) = tls_acceptor_and_ca();
+    let up = upstream(Some(acceptor)).await;
+    let tls = crate::tls::client_config(Some(&ca)).unwrap();
+    let pool = Pool::new(
+        super::super::upstream::connector(tls, Duration::from_secs(5), false),
+        8,
+        Duration::from_millis(50),
+    );
+    let response = pool.send(request("https", up.addr, "/")).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(read_all(response).await, "ok");
+    eventually("the idle HTTP/2 connection is closed", || up.open() == 0).await;
+    let next = pool.send(request("https", up.addr, "/")).await.unwrap();
+    assert_eq!(read_all(next).await, "ok");
+    assert_eq!(up.accepted(), 2);
 }
