@@ -28,7 +28,7 @@ const STREAMS_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
 use super::error::ProxyError;
-use super::pool::{upstream_error, Pool, PooledBody};
+use super::pool::{Pool, PooledBody};
 
 /// The two ways the proxy sends.
 #[derive(Clone)]
@@ -138,4 +138,20 @@ fn streams_client(https: HttpsConnector<HttpConnector>, max_idle: usize) -> Upst
         // reading (2 MiB stream windows) stall every other session.
         .http2_initial_connection_window_size(STREAMS_CONNECTION_WINDOW)
         .build(https)
+}
+
+/// A send or connect failure, with its causes, as the client sees it.
+pub(super) fn upstream_error(e: &(dyn std::error::Error + 'static)) -> ProxyError {
+    let mut detail = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        source = s.source();
+    }
+    if detail.contains("timed out") || detail.contains("deadline") {
+        ProxyError::UpstreamTimeout(detail)
+    } else {
+        ProxyError::UpstreamUnreachable(detail)
+    }
 }

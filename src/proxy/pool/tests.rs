@@ -6,13 +6,16 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
+use http_body::Frame;
 use http_body_util::{BodyExt, Either, StreamBody};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use super::*;
@@ -229,6 +232,19 @@ async fn idle_connections_are_closed_when_they_expire() {
     assert_eq!(up.accepted(), 2);
 }
 
+/// Reads until `marker` has arrived; false if the peer closed first.
+async fn read_until(stream: &mut TcpStream, marker: &[u8]) -> bool {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !seen.windows(marker.len()).any(|w| w == marker) {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
 /// An upstream that answers once per connection and closes it when told,
 /// as a front end closes a connection it has kept idle long enough.
 struct Closing {
@@ -250,13 +266,9 @@ async fn closing_upstream() -> Closing {
             a.fetch_add(1, Ordering::SeqCst);
             let (c, close_one) = (c.clone(), close_one.clone());
             tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !seen.windows(6).any(|w| w == b"\r\n\r\n{}") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
+                // The test's requests carry the body `{}`.
+                if !read_until(&mut stream, b"\r\n\r\n{}").await {
+                    return;
                 }
                 let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                 let _ = stream.write_all(answer).await;
@@ -365,14 +377,7 @@ async fn early_answering_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
         loop {
             let (mut stream, _) = listener.accept().await.unwrap();
             count.fetch_add(1, Ordering::SeqCst);
-            let mut seen = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => seen.extend_from_slice(&buf[..n]),
-                }
-            }
+            read_until(&mut stream, b"\r\n\r\n").await;
             let _ = stream
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                 .await;
