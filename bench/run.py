@@ -502,6 +502,9 @@ def image_env() -> dict[str, str]:
 
 
 IMAGE_ENV = image_env()
+# --sidecar-env: experiments (an allocator's tunables, LD_PRELOAD) apply to
+# every sidecar the run starts, so load rows, profile and burst agree.
+EXPERIMENT_ENV: dict[str, str] = {}
 
 
 class Sidecar:
@@ -523,6 +526,7 @@ class Sidecar:
             "BEDROCK_BROKER_ADMIN_LISTEN": f"127.0.0.1:{self.admin_port}",
             "RUST_LOG": "warn",
             **IMAGE_ENV,
+            **EXPERIMENT_ENV,
             **(extra_env or {}),
         }
         self.log_path = workdir / f"{name}-{self.port}.log"
@@ -648,8 +652,7 @@ def burst_memory(binary: Path, mock: Mock, body: bytes, conns: int, args, workdi
     `watch_s` seconds of idleness after the last: does it give the memory
     back? `args.bursts` bursts, 2 s apart: after the first, glibc's malloc
     has raised its mmap threshold, so later bursts are the harder case."""
-    sc = Sidecar(binary, mock.port, mock.ca, args.proxy_cpu, workdir, name="burst",
-                 extra_env=dict(kv.split("=", 1) for kv in args.sidecar_env))
+    sc = Sidecar(binary, mock.port, mock.ca, args.proxy_cpu, workdir, name="burst")
     try:
         sc.wait_ready(10)
         time.sleep(1.0)
@@ -893,6 +896,9 @@ def report(res: dict, args, command: str) -> str:
     L.append(f"Tools: {res['tools']}  ")
     L.append("Sidecar environment from the Dockerfile's final stage (as shipped): "
              + (", ".join(f"`{k}={v}`" for k, v in IMAGE_ENV.items()) or "none") + "  ")
+    if EXPERIMENT_ENV:
+        L.append("Experiment environment (`--sidecar-env`, every sidecar of this run): "
+                 + ", ".join(f"`{k}={v}`" for k, v in EXPERIMENT_ENV.items()) + "  ")
     L.append(f"Pinning: sidecar{'' if args.no_floor else ' (and the floor nginx)'} on CPU {args.proxy_cpu}; wrk (1 thread), the mock nginx (1 worker) and the "
              f"driver on CPU {args.load_cpu}. Runs: {args.warmup:g} s warm-up, then {args.repeats} × "
              f"{args.duration:g} s per row, direct and sidecar interleaved; medians shown.\n")
@@ -1100,8 +1106,8 @@ def main() -> int:
     ap.add_argument("--bursts", type=int, default=3,
                     help="bursts of the memory measurement, 2 s apart; measured after the last (3)")
     ap.add_argument("--sidecar-env", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra environment of the burst measurement's sidecar (experiments, "
-                         "e.g. LD_PRELOAD of another allocator)")
+                    help="extra environment of every sidecar this run starts (experiments, "
+                         "e.g. an allocator's tunables or LD_PRELOAD); named in the report")
     ap.add_argument("--no-profile", action="store_true", help="skip the callgrind profile")
     ap.add_argument("--profile-only", action="store_true")
     ap.add_argument("--profile-requests", type=int, default=2000)
@@ -1113,6 +1119,11 @@ def main() -> int:
                     help="wait up to this many seconds for other load on the machine to stop (0)")
     ap.add_argument("--out", type=Path, default=RESULTS / "latest.md")
     args = ap.parse_args()
+    for kv in args.sidecar_env:
+        key, sep, value = kv.partition("=")
+        if not sep or not key:
+            ap.error(f"--sidecar-env: expected KEY=VALUE, got {kv!r}")
+        EXPERIMENT_ENV[key] = value
     # Make SIGTERM unwind like Ctrl-C, so the nginx instances and sidecars
     # started below are stopped by the `finally` in any case.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))

@@ -64,7 +64,10 @@ pub enum ModelRef {
     Pending(Box<str>),
 }
 
-type Seen = HashMap<Box<str>, Arc<ModelCounters>>;
+/// foldhash instead of SipHash: every successful request looks its model
+/// up here, and SipHash was most of that lookup. Flooding is not a concern:
+/// the map holds at most the label limit, and the seed is per process.
+type Seen = HashMap<Box<str>, Arc<ModelCounters>, foldhash::fast::RandomState>;
 
 /// Bounded `model` label values.
 #[derive(Debug)]
@@ -98,7 +101,7 @@ impl ModelLabels {
         };
         Some(Self {
             allow,
-            seen: ArcSwap::from_pointee(HashMap::new()),
+            seen: ArcSwap::from_pointee(Seen::default()),
             claim: Mutex::new(()),
             limit,
             other: ModelCounters::new("other", tokens),

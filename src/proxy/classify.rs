@@ -71,7 +71,10 @@ pub fn classify(path: &str) -> Classified {
 
 /// The model id of a `/model/{modelId}/...` path, still percent-encoded.
 pub fn model_in_path(path: &str) -> Option<&str> {
-    path.strip_prefix("/model/")?.split('/').next()
+    let rest = path.strip_prefix("/model/")?;
+    // `memchr` rather than `split('/')`: this runs on every request with
+    // usage metrics on, and the vectorised search is cheaper on ids.
+    Some(memchr::memchr(b'/', rest.as_bytes()).map_or(rest, |end| &rest[..end]))
 }
 
 fn agent_runtime_operation(rest: &str) -> Operation {
@@ -177,5 +180,7 @@ mod tests {
         assert_eq!(classify("/model/m/converse").dialect, Dialect::Aws);
         assert_eq!(model_in_path("/model/a%3A0/converse"), Some("a%3A0"));
         assert_eq!(model_in_path("/openai/v1/models"), None);
+        assert_eq!(model_in_path("/model/just-an-id"), Some("just-an-id"));
+        assert_eq!(model_in_path("/model//converse"), Some(""));
     }
 }

@@ -16,7 +16,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderMap, HeaderName};
+use http::HeaderMap;
 use prometheus::{Histogram, HistogramVec};
 use serde::Deserialize;
 
@@ -95,7 +95,7 @@ impl Envelope {
 /// Deserializes the value that follows the last unescaped occurrence of
 /// `key` (a quoted JSON key) in `doc`.
 fn value_after_last_key<T: serde::de::DeserializeOwned>(doc: &[u8], key: &[u8]) -> Option<T> {
-    let pos = memchr::memmem::rfind_iter(doc, key).find(|p| *p == 0 || doc[p - 1] != b'\\')?;
+    let pos = last_unescaped_key(doc, key)?;
     let rest = &doc[pos + key.len()..];
     let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
     if rest[colon] != b':' {
@@ -103,6 +103,23 @@ fn value_after_last_key<T: serde::de::DeserializeOwned>(doc: &[u8], key: &[u8]) 
     }
     let mut values = serde_json::Deserializer::from_slice(&rest[colon + 1..]).into_iter::<T>();
     values.next()?.ok()
+}
+
+/// Where the last occurrence of `key` (a quoted JSON key, so it ends in
+/// `"`) not preceded by a backslash starts in `doc`.
+///
+/// Walks the `"` bytes from the end (a vectorised `memrchr`) and compares
+/// the key at each. A reverse substring search costs more here: it builds
+/// its searcher on every call and scans byte by byte, more than parsing the
+/// usage object itself on a typical answer (the key is near the end).
+fn last_unescaped_key(doc: &[u8], key: &[u8]) -> Option<usize> {
+    debug_assert_eq!(key.last(), Some(&b'"'));
+    memchr::memrchr_iter(b'"', doc)
+        .filter_map(|end| {
+            let start = (end + 1).checked_sub(key.len())?;
+            (&doc[start..=end] == key).then_some(start)
+        })
+        .find(|&start| start == 0 || doc[start - 1] != b'\\')
 }
 
 /// The `model` field of an OpenAI-style request body (borrowed unless it
@@ -113,12 +130,9 @@ struct ModelField<'a> {
     model: Option<Cow<'a, str>>,
 }
 
-const INPUT_TOKENS: HeaderName = HeaderName::from_static("x-amzn-bedrock-input-token-count");
-const OUTPUT_TOKENS: HeaderName = HeaderName::from_static("x-amzn-bedrock-output-token-count");
-const CACHE_READ_TOKENS: HeaderName =
-    HeaderName::from_static("x-amzn-bedrock-cache-read-input-token-count");
-const CACHE_WRITE_TOKENS: HeaderName =
-    HeaderName::from_static("x-amzn-bedrock-cache-write-input-token-count");
+/// Bedrock's usage headers are `x-amzn-bedrock-{input,output}-token-count`
+/// and `x-amzn-bedrock-cache-{read,write}-input-token-count`.
+const USAGE_HEADER_PREFIX: &str = "x-amzn-bedrock-";
 
 /// The usage metrics and the label policy, shared by all requests.
 #[derive(Debug)]
@@ -165,6 +179,10 @@ impl UsageRecorder {
     /// succeeds ([`Self::tap`]).
     pub fn model(&self, path: &str, body: &[u8]) -> ModelRef {
         if let Some(id) = model_in_path(path) {
+            // Most ids need no decoding; skip the byte-wise decoder then.
+            if !id.as_bytes().contains(&b'%') {
+                return self.models.lookup(id);
+            }
             let decoded = percent_encoding::percent_decode_str(id).decode_utf8_lossy();
             return self.models.lookup(&decoded);
         }
@@ -174,20 +192,28 @@ impl UsageRecorder {
         }
     }
 
-    /// Usage that Bedrock reports in headers (InvokeModel).
+    /// Usage that Bedrock reports in headers (InvokeModel). One walk over
+    /// the (few) response headers instead of four hashed lookups of long
+    /// names that most answers do not carry; as with `HeaderMap::get`, the
+    /// first value of a name is the one read.
     fn from_headers(headers: &HeaderMap) -> Option<Usage> {
-        let get = |name: &HeaderName| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-        };
-        let usage = Usage {
-            input: get(&INPUT_TOKENS),
-            output: get(&OUTPUT_TOKENS),
-            cache_read: get(&CACHE_READ_TOKENS),
-            cache_write: get(&CACHE_WRITE_TOKENS),
-        };
+        let mut usage = Usage::default();
+        let mut seen = [false; 4];
+        for (name, value) in headers {
+            let Some(rest) = name.as_str().strip_prefix(USAGE_HEADER_PREFIX) else {
+                continue;
+            };
+            let (i, slot) = match rest {
+                "input-token-count" => (0, &mut usage.input),
+                "output-token-count" => (1, &mut usage.output),
+                "cache-read-input-token-count" => (2, &mut usage.cache_read),
+                "cache-write-input-token-count" => (3, &mut usage.cache_write),
+                _ => continue,
+            };
+            if !std::mem::replace(&mut seen[i], true) {
+                *slot = value.to_str().ok().and_then(|v| v.parse::<u64>().ok());
+            }
+        }
         (usage != Usage::default()).then_some(usage)
     }
 
@@ -558,6 +584,101 @@ mod tests {
         let spaced = br#"{"usage" :  {"prompt_tokens": 5}}"#;
         assert_eq!(Envelope::usage(spaced).unwrap().input, Some(5));
         assert_eq!(Envelope::usage(br#"{"usage": null}"#), None);
+    }
+
+    #[test]
+    fn model_ids_with_and_without_escapes_get_the_same_label() {
+        let r = recorder();
+        let plain = label(&r, "/model/amazon.nova-lite-v1:0/converse", b"");
+        assert_eq!(plain, "amazon.nova-lite-v1:0");
+        let escaped = label(&r, "/model/amazon.nova-lite-v1%3A0/converse", b"");
+        assert_eq!(escaped, plain);
+    }
+
+    mod properties {
+        use super::*;
+        use http::HeaderName;
+        use proptest::prelude::*;
+
+        /// The plain reading the one-walk version replaced: a lookup per
+        /// header name.
+        fn usage_by_lookup(headers: &HeaderMap) -> Option<Usage> {
+            let get = |name: &str| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+            };
+            let usage = Usage {
+                input: get("x-amzn-bedrock-input-token-count"),
+                output: get("x-amzn-bedrock-output-token-count"),
+                cache_read: get("x-amzn-bedrock-cache-read-input-token-count"),
+                cache_write: get("x-amzn-bedrock-cache-write-input-token-count"),
+            };
+            (usage != Usage::default()).then_some(usage)
+        }
+
+        fn header_name() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec![
+                "x-amzn-bedrock-input-token-count",
+                "x-amzn-bedrock-output-token-count",
+                "x-amzn-bedrock-cache-read-input-token-count",
+                "x-amzn-bedrock-cache-write-input-token-count",
+                "x-amzn-bedrock-invocation-latency",
+                "x-amzn-bedrock-input-token-count-extra",
+                "x-amzn-bedrock-",
+                "x-amzn-requestid",
+                "content-type",
+            ])
+        }
+
+        fn header_value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<u64>().prop_map(|n| n.to_string()),
+                Just("0".to_owned()),
+                Just(" 7".to_owned()),
+                Just("18446744073709551616".to_owned()),
+                "[0-9a-z -]{0,6}",
+            ]
+        }
+
+        /// JSON-ish bytes dense in the characters the key search cares
+        /// about, with the real keys spliced in.
+        fn doc() -> impl Strategy<Value = Vec<u8>> {
+            let piece = prop_oneof![
+                Just(&b"\"usage\""[..]),
+                Just(&b"\"amazon-bedrock-invocationMetrics\""[..]),
+                Just(&b"\\"[..]),
+                Just(&b"\""[..]),
+                Just(&b"usage"[..]),
+                Just(&b":{}, e"[..]),
+            ];
+            prop::collection::vec(piece, 0..24).prop_map(|p| p.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+
+            #[test]
+            fn header_usage_matches_a_lookup_per_name(
+                pairs in prop::collection::vec((header_name(), header_value()), 0..8)
+            ) {
+                let mut h = HeaderMap::new();
+                for (name, value) in &pairs {
+                    h.append(HeaderName::from_static(name), value.parse().unwrap());
+                }
+                prop_assert_eq!(UsageRecorder::from_headers(&h), usage_by_lookup(&h));
+            }
+
+            #[test]
+            fn key_search_matches_a_reverse_substring_search(doc in doc()) {
+                for key in [&b"\"usage\""[..], &b"\"amazon-bedrock-invocationMetrics\""[..]] {
+                    let expected = memchr::memmem::rfind_iter(&doc, key)
+                        .find(|p| *p == 0 || doc[p - 1] != b'\\');
+                    prop_assert_eq!(last_unescaped_key(&doc, key), expected);
+                }
+            }
+        }
     }
 
     #[test]
