@@ -689,6 +689,7 @@ def test_dockerfile_shape():
     assert stages[0][0].endswith("-bookworm"), stages[0]
     # What the bench applies to the sidecar too (bench/run.py reads it here).
     assert re.search(r"^ENV MALLOC_MMAP_THRESHOLD_=131072$", text, re.M)
+    assert re.search(r"^ENV GLIBC_TUNABLES=glibc\.malloc\.tcache_count=256$", text, re.M)
     assert "cargo chef prepare" in text and "cargo chef cook --release --locked" in text
     assert re.search(r'^ENTRYPOINT \["/bedrock-broker"\]$', text, re.M)
     assert re.search(r"^USER 65532:65532$", text, re.M)
