@@ -507,6 +507,11 @@ IMAGE_ENV = image_env()
 EXPERIMENT_ENV: dict[str, str] = {}
 
 
+def experiment_line() -> str:
+    return ("Experiment environment (`--sidecar-env`, every sidecar of this run, over the image's): "
+            + ", ".join(f"`{k}={v}`" for k, v in EXPERIMENT_ENV.items()))
+
+
 class Sidecar:
     def __init__(self, binary: Path, upstream_port: int, ca: Path, cpu: int | None,
                  workdir: Path, wrapper: list[str] | None = None, name: str = "sidecar",
@@ -895,10 +900,10 @@ def report(res: dict, args, command: str) -> str:
              if not args.binary else f" (given with --binary; work tree at git {res['git']})  "))
     L.append(f"Tools: {res['tools']}  ")
     L.append("Sidecar environment from the Dockerfile's final stage (as shipped): "
-             + (", ".join(f"`{k}={v}`" for k, v in IMAGE_ENV.items()) or "none") + "  ")
+             + (", ".join(f"`{k}={v}`" + (" (replaced in this run, see below)" if k in EXPERIMENT_ENV else "")
+                          for k, v in IMAGE_ENV.items()) or "none") + "  ")
     if EXPERIMENT_ENV:
-        L.append("Experiment environment (`--sidecar-env`, every sidecar of this run): "
-                 + ", ".join(f"`{k}={v}`" for k, v in EXPERIMENT_ENV.items()) + "  ")
+        L.append(experiment_line() + "  ")
     L.append(f"Pinning: sidecar{'' if args.no_floor else ' (and the floor nginx)'} on CPU {args.proxy_cpu}; wrk (1 thread), the mock nginx (1 worker) and the "
              f"driver on CPU {args.load_cpu}. Runs: {args.warmup:g} s warm-up, then {args.repeats} × "
              f"{args.duration:g} s per row, direct and sidecar interleaved; medians shown.\n")
@@ -1107,7 +1112,9 @@ def main() -> int:
                     help="bursts of the memory measurement, 2 s apart; measured after the last (3)")
     ap.add_argument("--sidecar-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra environment of every sidecar this run starts (experiments, "
-                         "e.g. an allocator's tunables or LD_PRELOAD); named in the report")
+                         "e.g. an allocator's tunables or LD_PRELOAD); named in the report. "
+                         "A variable the image sets is replaced, not extended: restate the "
+                         "image's GLIBC_TUNABLES (':'-separated) to add one")
     ap.add_argument("--no-profile", action="store_true", help="skip the callgrind profile")
     ap.add_argument("--profile-only", action="store_true")
     ap.add_argument("--profile-requests", type=int, default=2000)
@@ -1164,6 +1171,8 @@ def main() -> int:
         if args.burst_only:
             b = burst_memory(binary, mock, converse_request_body(int(args.big_body_mb * MIB)), big_conns,
                              args, workdir)
+            if EXPERIMENT_ENV:
+                print(experiment_line())
             print(burst_line(b))
             print("samples (s, MiB):", b["samples"])
             return 0

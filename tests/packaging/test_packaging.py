@@ -680,6 +680,26 @@ def test_hadolint():
     assert run.returncode == 0, run.stdout + run.stderr
 
 
+def test_dockerfile_glibc_tunables_are_ones_glibc_knows():
+    """glibc ignores unknown tunable names and out-of-range values without a
+    word; its loader lists what it took. The host's glibc is Debian 12's,
+    the image's too (test_dockerfile_shape)."""
+    loader = Path("/lib64/ld-linux-x86-64.so.2")
+    if not loader.exists():
+        pytest.skip("no x86-64 glibc loader here")
+    text = (ROOT / "Dockerfile").read_text()
+    final = text[text.rindex("\nFROM "):]
+    m = re.search(r"^ENV GLIBC_TUNABLES=(\S+)$", final, re.M)
+    assert m, "the runtime stage sets no GLIBC_TUNABLES"
+    listed = subprocess.run([str(loader), "--list-tunables"], env={"GLIBC_TUNABLES": m.group(1)},
+                            capture_output=True, text=True, check=True).stdout
+    for tunable in m.group(1).split(":"):
+        name, _, value = tunable.partition("=")
+        line = re.search(rf"^{re.escape(name)}: (\S+) ", listed, re.M)
+        assert line, f"glibc does not know {name}"
+        assert int(line.group(1), 16) == int(value), f"glibc did not take {tunable}: {line.group(0)}"
+
+
 def test_dockerfile_shape():
     text = (ROOT / "Dockerfile").read_text()
     stages = re.findall(r"^FROM (\S+)(?: AS (\w+))?", text, re.M)
