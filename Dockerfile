@@ -68,7 +68,7 @@ ENV MALLOC_MMAP_THRESHOLD_=131072
 # A request allocates and frees many small blocks; with many requests in
 # flight more than the default 7 per size are free at once, the rest go to
 # glibc's fast bins, and the next large allocation sweeps and merges them
-# all (`malloc_consolidate`, 1.5 % of CPU samples at 64 connections). A
+# all (`malloc_consolidate`, 1.5–2.6 % of CPU samples at 64 connections). A
 # deeper per-thread cache keeps them: at most 256 blocks of each size up to
 # 1 KiB, 8.4 MiB per thread even if every slot filled (+1 MiB peak
 # measured at 64 connections). docs/performance.md has the measurements.
