@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::TryFutureExt;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -185,11 +186,16 @@ where
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let in_flight = InFlight::new(self.activity.clone());
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await?;
-            Ok(response.map(|inner| CountedBody { inner, in_flight }))
-        })
+        // A combinator, not an `async` block: the block held the inner
+        // future twice in its layout (the captured value and the awaited
+        // one: 7.6 KB around the proxy's 3.8 KB), and moving it into the
+        // box and between those slots was 4 % of the sidecar's CPU
+        // (`memmove` in a native profile; gone with the combinator).
+        Box::pin(
+            self.inner
+                .call(request)
+                .map_ok(|response| response.map(|inner| CountedBody { inner, in_flight })),
+        )
     }
 }
 
