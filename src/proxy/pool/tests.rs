@@ -112,13 +112,17 @@ async fn upstream(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
     }
 }
 
-fn plain_pool(max_idle: usize, idle_timeout: Duration) -> Pool {
-    let tls = crate::tls::client_config(None).unwrap();
+fn pool_trusting(ca: Option<&[u8]>, max_idle: usize, idle_timeout: Duration) -> Pool {
+    let tls = crate::tls::client_config(ca).unwrap();
     Pool::new(
         super::super::upstream::connector(tls, Duration::from_secs(5), false),
         max_idle,
         idle_timeout,
     )
+}
+
+fn plain_pool(max_idle: usize, idle_timeout: Duration) -> Pool {
+    pool_trusting(None, max_idle, idle_timeout)
 }
 
 fn request(scheme: &str, addr: SocketAddr, path: &str) -> Request<Full<Bytes>> {
@@ -341,16 +345,16 @@ fn tls_acceptor_and_ca() -> (tokio_rustls::TlsAcceptor, Vec<u8>) {
     )
 }
 
-#[tokio::test]
-async fn over_http2_concurrent_requests_share_one_connection() {
+/// An upstream offering HTTP/2 by ALPN, and a pool that trusts it.
+async fn tls_upstream_and_pool(idle_timeout: Duration) -> (Upstream, Pool) {
     let (acceptor, ca) = tls_acceptor_and_ca();
     let up = upstream(Some(acceptor)).await;
-    let tls = crate::tls::client_config(Some(&ca)).unwrap();
-    let pool = Pool::new(
-        super::super::upstream::connector(tls, Duration::from_secs(5), false),
-        8,
-        Duration::from_secs(60),
-    );
+    (up, pool_trusting(Some(&ca), 8, idle_timeout))
+}
+
+#[tokio::test]
+async fn over_http2_concurrent_requests_share_one_connection() {
+    let (up, pool) = tls_upstream_and_pool(Duration::from_secs(60)).await;
     let first = pool.send(request("https", up.addr, "/hold")).await.unwrap();
     assert_eq!(first.version(), http::Version::HTTP_2);
     let mut more = Vec::new();
@@ -408,14 +412,7 @@ async fn a_connection_still_writing_a_request_body_is_not_waited_for() {
 
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed_when_it_expires() {
-    let (acceptor, ca) = tls_acceptor_and_ca();
-    let up = upstream(Some(acceptor)).await;
-    let tls = crate::tls::client_config(Some(&ca)).unwrap();
-    let pool = Pool::new(
-        super::super::upstream::connector(tls, Duration::from_secs(5), false),
-        8,
-        Duration::from_millis(50),
-    );
+    let (up, pool) = tls_upstream_and_pool(Duration::from_millis(50)).await;
     let response = pool.send(request("https", up.addr, "/")).await.unwrap();
     assert_eq!(response.version(), http::Version::HTTP_2);
     assert_eq!(read_all(response).await, "ok");
