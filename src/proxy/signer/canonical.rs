@@ -1,5 +1,6 @@
 //! The canonical request of SigV4 for every service but S3, written
-//! straight into a hash: no intermediate strings for the common request.
+//! piece by piece into one buffer: no intermediate strings for the common
+//! request.
 //!
 //! What is signed is exactly what aws-sigv4 signs for the same request
 //! (the differential test in `tests/sigv4_differential.rs` holds it to
@@ -177,7 +178,7 @@ fn write_trimmed(sink: &mut impl Sink, value: &[u8]) {
 /// removed and `..` applied (RFC 3986 §5.2.4), then percent-encoded again.
 fn write_path(sink: &mut impl Sink, uri_path: &str) {
     let path = if uri_path.is_empty() { "/" } else { uri_path };
-    if !(path.contains('.') || path.contains("//")) {
+    if is_normal(path) {
         if !path.starts_with('/') {
             sink.put(b"/");
         }
@@ -210,6 +211,22 @@ fn write_path(sink: &mut impl Sink, uri_path: &str) {
     }
 }
 
+/// Whether `path` has no empty segment between two slashes and no `.` or
+/// `..` segment: nothing to normalise. Model ids have dots (`anthropic.
+/// claude-...`), so this looks at each dot rather than for any.
+fn is_normal(path: &str) -> bool {
+    let b = path.as_bytes();
+    let segment_end = |rest: &[u8]| matches!(rest.first(), None | Some(b'/'));
+    memchr::memmem::find(b, b"//").is_none()
+        && memchr::memchr_iter(b'.', b).all(|i| {
+            let starts_segment = i == 0 || b[i - 1] == b'/';
+            let rest = &b[i + 1..];
+            let dot_segment =
+                segment_end(rest) || (rest.first() == Some(&b'.') && segment_end(&rest[1..]));
+            !(starts_segment && dot_segment)
+        })
+}
+
 /// Everything the canonical request is made of.
 #[derive(Debug)]
 pub struct Request<'a> {
@@ -222,6 +239,13 @@ pub struct Request<'a> {
 impl Request<'_> {
     /// Writes the whole canonical request (no trailing newline).
     pub fn write(&self, sink: &mut impl Sink) {
+        self.write_prefix(sink);
+        sink.put(self.payload_sha256_hex.as_bytes());
+    }
+
+    /// Writes all but the last line, the payload hash: the part that
+    /// similar requests in the same second share.
+    pub fn write_prefix(&self, sink: &mut impl Sink) {
         sink.put(self.method.as_str().as_bytes());
         sink.put(b"\n");
         write_path(sink, self.uri.path());
@@ -232,7 +256,6 @@ impl Request<'_> {
         sink.put(b"\n");
         self.signed.write_names(sink);
         sink.put(b"\n");
-        sink.put(self.payload_sha256_hex.as_bytes());
     }
 }
 
@@ -271,6 +294,25 @@ mod tests {
         assert_eq!(path("/../.."), "/");
         assert_eq!(path("/x%2Fy%25"), "/x%252Fy%2525");
         assert_eq!(path(""), "/");
+    }
+
+    #[test]
+    fn only_empty_and_dot_segments_need_normalising() {
+        for normal in [
+            "/",
+            "/a",
+            "/a/",
+            "/model/a.b:0/converse",
+            "/.a/b./a..b/...",
+            "a/b",
+        ] {
+            assert!(is_normal(normal), "{normal}");
+        }
+        for not in [
+            "//", "/a//b", "/.", "/./a", "/a/.", "/..", "/a/../b", "/a/..", "./a", "..",
+        ] {
+            assert!(!is_normal(not), "{not}");
+        }
     }
 
     #[test]

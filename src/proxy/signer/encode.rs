@@ -2,49 +2,10 @@
 //! every service but S3: everything except the unreserved characters
 //! (`A-Z a-z 0-9 - . _ ~`) is encoded, with upper-case hex digits.
 
-/// Where canonical bytes go: a hash (signing) or a buffer (tests, the
-/// forwarded query).
+/// Where canonical bytes go: a reused buffer that is then hashed (see
+/// `prefix`), or a buffer for tests and the forwarded query.
 pub trait Sink {
     fn put(&mut self, bytes: &[u8]);
-}
-
-/// SHA-256 fed through a small buffer: the canonical request arrives in
-/// dozens of pieces of a few bytes, and each call into the hash costs more
-/// than copying them.
-pub struct BufferedSha256 {
-    hash: sha2::Sha256,
-    buf: [u8; 256],
-    len: usize,
-}
-
-impl BufferedSha256 {
-    pub fn new() -> Self {
-        Self {
-            hash: sha2::Digest::new(),
-            buf: [0; 256],
-            len: 0,
-        }
-    }
-
-    pub fn finalize(mut self) -> [u8; 32] {
-        sha2::Digest::update(&mut self.hash, &self.buf[..self.len]);
-        sha2::Digest::finalize(self.hash).into()
-    }
-}
-
-impl Sink for BufferedSha256 {
-    fn put(&mut self, bytes: &[u8]) {
-        if self.len + bytes.len() > self.buf.len() {
-            sha2::Digest::update(&mut self.hash, &self.buf[..self.len]);
-            self.len = 0;
-            if bytes.len() > self.buf.len() {
-                sha2::Digest::update(&mut self.hash, bytes);
-                return;
-            }
-        }
-        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
-        self.len += bytes.len();
-    }
 }
 
 impl Sink for Vec<u8> {
@@ -55,16 +16,36 @@ impl Sink for Vec<u8> {
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
-fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
-}
+/// For each byte: `UNRESERVED` when SigV4 leaves it as it is, `SLASH` for
+/// `/`. A table lookup per byte instead of a chain of comparisons: the
+/// model id in the path is encoded on every request.
+const PLAIN: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            table[i] = UNRESERVED;
+        }
+        i += 1;
+    }
+    table[b'/' as usize] = SLASH;
+    table
+};
+const UNRESERVED: u8 = 1;
+const SLASH: u8 = 2;
 
 /// Writes `bytes` percent-encoded, leaving unreserved characters (and `/`
 /// when `keep_slash`) as they are. Runs of plain bytes go out in one piece.
 pub fn encode(sink: &mut impl Sink, bytes: &[u8], keep_slash: bool) {
+    let plain = if keep_slash {
+        UNRESERVED | SLASH
+    } else {
+        UNRESERVED
+    };
     let mut plain_from = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        if is_unreserved(b) || (keep_slash && b == b'/') {
+        if PLAIN[usize::from(b)] & plain != 0 {
             continue;
         }
         sink.put(&bytes[plain_from..i]);
@@ -132,6 +113,24 @@ mod tests {
             "%3A%2F%3F%23%5B%5D%40%21%24%26%27%28%29%2A%2B%2C%3B%3D%25%20"
         );
         assert_eq!(encoded("/a b/ሴ", true), "/a%20b/%E1%88%B4");
+    }
+
+    #[test]
+    fn only_unreserved_bytes_and_kept_slashes_stay() {
+        for b in 0..=255u8 {
+            let unreserved = b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+            for keep_slash in [false, true] {
+                let mut out = Vec::new();
+                encode(&mut out, &[b], keep_slash);
+                let stays = unreserved || (keep_slash && b == b'/');
+                let expected = if stays {
+                    vec![b]
+                } else {
+                    format!("%{b:02X}").into_bytes()
+                };
+                assert_eq!(out, expected, "byte {b:#04x}, keep_slash {keep_slash}");
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! SigV4 for the buffered request path, built for it: the signing key is
-//! derived once per credentials and day ([`key`]), and the canonical
-//! request is written straight into its hash ([`canonical`]).
+//! derived once per credentials and day ([`key`]), the canonical request
+//! is written without intermediate strings ([`canonical`]), and each
+//! thread reuses the hash of the part a request shares with the previous
+//! one ([`prefix`]).
 //!
 //! aws-sigv4 ([`super::sigv4`]) still signs what this does not: the
 //! bidirectional stream, whose signature seeds a chain of signed messages.
@@ -11,6 +13,7 @@
 mod canonical;
 mod encode;
 mod key;
+mod prefix;
 pub mod query;
 mod time;
 
@@ -24,7 +27,7 @@ use sha2::{Digest, Sha256};
 use super::sigv4::BodyDigest;
 use crate::credentials::HeldCredentials;
 use canonical::{SignedHeaders, X_AMZ_DATE, X_AMZ_SECURITY_TOKEN};
-use encode::{BufferedSha256, Sink};
+use encode::Sink;
 use key::KeyCache;
 use time::AmzDate;
 
@@ -106,15 +109,13 @@ impl RequestSigner {
         let token = held.credentials().session_token();
         let (signature, authorization) = {
             let signed = SignedHeaders::new(headers, host(uri)?, date.as_str(), token);
-            let mut creq = BufferedSha256::new();
-            canonical::Request {
+            let creq = prefix::hash(&canonical::Request {
                 method,
                 uri,
                 signed: &signed,
                 payload_sha256_hex: payload.as_str(),
-            }
-            .write(&mut creq);
-            let creq_hex: [u8; 64] = hex(&creq.finalize());
+            });
+            let creq_hex: [u8; 64] = hex(&creq);
             let string_to_sign = [
                 &b"AWS4-HMAC-SHA256\n"[..],
                 date.as_str().as_bytes(),
