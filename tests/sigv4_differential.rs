@@ -8,10 +8,12 @@
 //! SIGV4_DIFF_CASES=1000000 cargo test --release --test sigv4_differential
 //! ```
 //!
-//! Each case also signs twice more with the same signer, so the derived-key
-//! cache is exercised: a new credentials generation per case (a stale key
-//! would sign wrongly) and a second signing time that may fall on another
-//! UTC day.
+//! Each case also signs again with the same signer, so the derived-key
+//! cache and the reused prefix hash are exercised: the same request again
+//! (a new credentials generation per case: a stale key would sign wrongly),
+//! the same request with another body (the prefix reused, another payload
+//! line), a second signing time that may fall on another UTC day, and a
+//! rotated secret under the same key id.
 
 // Test code: a failed setup is a failed test.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]

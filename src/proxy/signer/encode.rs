@@ -16,6 +16,9 @@ impl Sink for Vec<u8> {
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
+const UNRESERVED: u8 = 1;
+const SLASH: u8 = 2;
+
 /// For each byte: `UNRESERVED` when SigV4 leaves it as it is, `SLASH` for
 /// `/`. A table lookup per byte instead of a chain of comparisons: the
 /// model id in the path is encoded on every request.
@@ -32,8 +35,6 @@ const PLAIN: [u8; 256] = {
     table[b'/' as usize] = SLASH;
     table
 };
-const UNRESERVED: u8 = 1;
-const SLASH: u8 = 2;
 
 /// Writes `bytes` percent-encoded, leaving unreserved characters (and `/`
 /// when `keep_slash`) as they are. Runs of plain bytes go out in one piece.

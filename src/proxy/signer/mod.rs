@@ -65,7 +65,8 @@ impl fmt::Debug for Signature {
     }
 }
 
-fn hex<const N: usize, const M: usize>(bytes: &[u8; N]) -> [u8; M] {
+/// `bytes` as lower-case hex (`M` is `2 * N`).
+pub(crate) fn hex<const N: usize, const M: usize>(bytes: &[u8; N]) -> [u8; M] {
     let mut out = [0u8; M];
     // `M == 2 * N` at every call site, so this cannot fail.
     let _ = hex::encode_to_slice(bytes, &mut out);

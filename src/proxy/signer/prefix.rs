@@ -7,31 +7,44 @@
 //! So each thread keeps the bytes of the last canonical request it hashed
 //! without its payload line, and the SHA-256 state after them. When the
 //! next request's bytes are equal, the state is reused and only the
-//! payload line is hashed: 2 SHA-256 blocks instead of about 17 with a
-//! session token. Comparing the bytes costs far less than hashing them.
+//! payload line is hashed: 2 or 3 SHA-256 blocks instead of about 17 with
+//! a session token. Comparing the bytes costs far less than hashing them.
 //!
 //! The state is SHA-256 over exactly the bytes it is stored with, so a hit
 //! hashes the same input as a miss; no key or credential is cached beyond
 //! what the bytes hold. Requests with a per-request signed header (boto3's
 //! `amz-sdk-invocation-id`) always miss, at the cost of one comparison
-//! that usually stops within the first line or two.
+//! that stops at that header's line, before the session token's.
+//!
+//! Each thread keeps its last prefix (and the one before, in the second
+//! buffer) for as long as it runs, which for a runtime's worker is the
+//! life of the process: the session token of the last request it signed
+//! stays in memory, as it does in the credential cell, until a later
+//! request overwrites it. Prefixes over [`MAX_CACHED`] are not kept, so
+//! the two buffers stay small whatever headers a client sends.
 
 use std::cell::RefCell;
 
 use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::canonical::Request;
+
+/// The longest prefix kept: several times a request with a session token
+/// and a dozen headers (about 1.3 KB).
+const MAX_CACHED: usize = 8 * 1024;
 
 /// One thread's last canonical request and the state after it.
 struct Last {
     /// The canonical request without its payload line. It holds the
-    /// session token, so it is wiped when the thread ends. (An allocation
-    /// left behind when the buffer grows is not; hyper's buffers that send
-    /// the token are not wiped either.)
+    /// session token: wiped when the thread ends or a longer prefix than
+    /// [`MAX_CACHED`] passed through. (An allocation left behind when a
+    /// buffer grows is not wiped; nor are hyper's buffers that send the
+    /// token.)
     bytes: Zeroizing<Vec<u8>>,
     /// Where the next request is written before the comparison.
     scratch: Zeroizing<Vec<u8>>,
+    /// SHA-256 after exactly `bytes` (wiped on drop: `sha2`'s `zeroize`).
     state: Sha256,
 }
 
@@ -54,11 +67,17 @@ pub fn hash(request: &Request<'_>) -> [u8; 32] {
         request.write_prefix(&mut *last.scratch);
         let mut state = if last.scratch[..] == last.bytes[..] {
             last.state.clone()
-        } else {
+        } else if last.scratch.len() > MAX_CACHED {
             let state = Sha256::new_with_prefix(&last.scratch[..]);
-            last.state = state.clone();
-            std::mem::swap(&mut last.bytes, &mut last.scratch);
+            // Wipe it and give the memory back.
+            last.scratch.zeroize();
+            last.scratch.shrink_to(2048);
             state
+        } else {
+            // The bytes and their state are replaced together.
+            std::mem::swap(&mut last.bytes, &mut last.scratch);
+            last.state = Sha256::new_with_prefix(&last.bytes[..]);
+            last.state.clone()
         };
         state.update(request.payload_sha256_hex.as_bytes());
         Some(state.finalize().into())
@@ -66,12 +85,15 @@ pub fn hash(request: &Request<'_>) -> [u8; 32] {
     match reused {
         Ok(Some(hash)) => hash,
         // The thread is exiting, or the cache is in use: hash it all.
-        _ => {
-            let mut bytes = Zeroizing::new(Vec::with_capacity(2048));
-            request.write(&mut *bytes);
-            Sha256::digest(&bytes[..]).into()
-        }
+        _ => whole(request),
     }
+}
+
+/// SHA-256 of the whole canonical request, without the cache.
+fn whole(request: &Request<'_>) -> [u8; 32] {
+    let mut bytes = Zeroizing::new(Vec::with_capacity(2048));
+    request.write(&mut *bytes);
+    Sha256::digest(&bytes[..]).into()
 }
 
 #[cfg(test)]
@@ -80,12 +102,6 @@ mod tests {
 
     use super::*;
     use crate::proxy::signer::canonical::SignedHeaders;
-
-    fn full(request: &Request<'_>) -> [u8; 32] {
-        let mut bytes = Vec::new();
-        request.write(&mut bytes);
-        Sha256::digest(&bytes).into()
-    }
 
     fn cached_prefix() -> Option<Vec<u8>> {
         LAST.with(|cell| cell.borrow().as_ref().map(|l| l.bytes.to_vec()))
@@ -123,7 +139,7 @@ mod tests {
             (&uri, &a, &p2),
         ] {
             let r = request(uri, signed, payload.as_str());
-            assert_eq!(hash(&r), full(&r));
+            assert_eq!(hash(&r), whole(&r));
             let mut prefix = Vec::new();
             r.write_prefix(&mut prefix);
             assert_eq!(
@@ -132,5 +148,45 @@ mod tests {
                 "the cache holds this request"
             );
         }
+    }
+
+    #[test]
+    fn a_busy_cache_and_a_long_prefix_hash_the_whole_request() {
+        let uri: Uri = "http://127.0.0.1:9000/model/m/converse".parse().unwrap();
+        let headers = HeaderMap::new();
+        let short = "s".repeat(100);
+        let long = "l".repeat(MAX_CACHED + 1);
+        let payload = "0".repeat(64);
+        let signed = |token| SignedHeaders::new(&headers, "h", "20261201T000000Z", Some(token));
+        let (short, long) = (signed(&short), signed(&long));
+        let request = |signed| Request {
+            method: &Method::POST,
+            uri: &uri,
+            signed,
+            payload_sha256_hex: &payload,
+        };
+        let (short, long) = (request(&short), request(&long));
+
+        // Cached, then a request while the cache is borrowed: no panic,
+        // the right hash, the cache untouched.
+        assert_eq!(hash(&short), whole(&short));
+        let mut prefix = Vec::new();
+        short.write_prefix(&mut prefix);
+        LAST.with(|cell| {
+            let _busy = cell.borrow();
+            assert_eq!(hash(&long), whole(&long));
+        });
+        assert_eq!(cached_prefix(), Some(prefix.clone()));
+
+        // Too long to keep: hashed, not kept, its buffer wiped and shrunk.
+        assert_eq!(hash(&long), whole(&long));
+        assert_eq!(cached_prefix(), Some(prefix));
+        LAST.with(|cell| {
+            let last = cell.borrow();
+            let last = last.as_ref().unwrap();
+            assert!(last.scratch.is_empty());
+            assert!(last.scratch.capacity() < MAX_CACHED);
+        });
+        assert_eq!(hash(&short), whole(&short));
     }
 }
