@@ -12,7 +12,7 @@
 
 use http::{HeaderMap, Method, Uri};
 
-use super::encode::{encode, Sink};
+use super::encode::encode;
 use super::query;
 
 /// Headers forwarded but never signed: ones an egress proxy or tracing
@@ -116,37 +116,37 @@ impl<'a> SignedHeaders<'a> {
     }
 
     /// `content-type;host;x-amz-date`.
-    pub fn write_names(&self, sink: &mut impl Sink) {
+    pub fn write_names(&self, sink: &mut Vec<u8>) {
         let mut previous = None;
         for (name, _) in &self.entries {
             if previous == Some(name) {
                 continue;
             }
             if previous.is_some() {
-                sink.put(b";");
+                sink.extend_from_slice(b";");
             }
-            sink.put(name.as_bytes());
+            sink.extend_from_slice(name.as_bytes());
             previous = Some(name);
         }
     }
 
     /// One `name:value\n` line per header, repeated values joined by `,`.
-    fn write_lines(&self, sink: &mut impl Sink) {
+    fn write_lines(&self, sink: &mut Vec<u8>) {
         let mut previous = None;
         for (name, value) in &self.entries {
             if previous == Some(name) {
-                sink.put(b",");
+                sink.extend_from_slice(b",");
             } else {
                 if previous.is_some() {
-                    sink.put(b"\n");
+                    sink.extend_from_slice(b"\n");
                 }
-                sink.put(name.as_bytes());
-                sink.put(b":");
+                sink.extend_from_slice(name.as_bytes());
+                sink.extend_from_slice(b":");
             }
             write_trimmed(sink, value.as_bytes());
             previous = Some(name);
         }
-        sink.put(b"\n");
+        sink.extend_from_slice(b"\n");
     }
 }
 
@@ -156,7 +156,7 @@ impl<'a> SignedHeaders<'a> {
 /// Spaces are found with `memchr`: a session token is most of the
 /// canonical request, and a byte-at-a-time scan of it was a tenth of the
 /// signer's time.
-fn write_trimmed(sink: &mut impl Sink, value: &[u8]) {
+fn write_trimmed(sink: &mut Vec<u8>, value: &[u8]) {
     let ends = memchr::memchr_iter(b' ', value).chain(std::iter::once(value.len()));
     let mut start = 0;
     let mut first = true;
@@ -167,20 +167,20 @@ fn write_trimmed(sink: &mut impl Sink, value: &[u8]) {
             continue;
         }
         if !first {
-            sink.put(b" ");
+            sink.extend_from_slice(b" ");
         }
-        sink.put(word);
+        sink.extend_from_slice(word);
         first = false;
     }
 }
 
 /// Writes the canonical path: `uri_path` with empty and `.` segments
 /// removed and `..` applied (RFC 3986 §5.2.4), then percent-encoded again.
-fn write_path(sink: &mut impl Sink, uri_path: &str) {
+fn write_path(sink: &mut Vec<u8>, uri_path: &str) {
     let path = if uri_path.is_empty() { "/" } else { uri_path };
     if is_normal(path) {
         if !path.starts_with('/') {
-            sink.put(b"/");
+            sink.extend_from_slice(b"/");
         }
         encode(sink, path.as_bytes(), true);
     } else {
@@ -189,7 +189,7 @@ fn write_path(sink: &mut impl Sink, uri_path: &str) {
 }
 
 /// The general case of [`write_path`]: segment by segment.
-fn write_normalised(sink: &mut impl Sink, path: &str) {
+fn write_normalised(sink: &mut Vec<u8>, path: &str) {
     let segments = path.split('/').filter(|s| !s.is_empty() && *s != ".");
     let kept: Vec<&str> = if path.split('/').any(|s| s == "..") {
         let mut stack = Vec::new();
@@ -205,14 +205,14 @@ fn write_normalised(sink: &mut impl Sink, path: &str) {
         segments.collect()
     };
     for s in &kept {
-        sink.put(b"/");
+        sink.extend_from_slice(b"/");
         encode(sink, s.as_bytes(), false);
     }
     let ends_with_slash = ["/", "/.", "/./", "/..", "/../"]
         .iter()
         .any(|end| path.ends_with(end));
     if kept.is_empty() || ends_with_slash {
-        sink.put(b"/");
+        sink.extend_from_slice(b"/");
     }
 }
 
@@ -243,24 +243,24 @@ pub struct Request<'a> {
 
 impl Request<'_> {
     /// Writes the whole canonical request (no trailing newline).
-    pub fn write(&self, sink: &mut impl Sink) {
+    pub fn write(&self, sink: &mut Vec<u8>) {
         self.write_prefix(sink);
-        sink.put(self.payload_sha256_hex.as_bytes());
+        sink.extend_from_slice(self.payload_sha256_hex.as_bytes());
     }
 
     /// Writes all but the last line, the payload hash: the part that
     /// similar requests in the same second share.
-    pub fn write_prefix(&self, sink: &mut impl Sink) {
-        sink.put(self.method.as_str().as_bytes());
-        sink.put(b"\n");
+    pub fn write_prefix(&self, sink: &mut Vec<u8>) {
+        sink.extend_from_slice(self.method.as_str().as_bytes());
+        sink.extend_from_slice(b"\n");
         write_path(sink, self.uri.path());
-        sink.put(b"\n");
+        sink.extend_from_slice(b"\n");
         query::write_canonical(sink, self.uri.query());
-        sink.put(b"\n");
+        sink.extend_from_slice(b"\n");
         self.signed.write_lines(sink);
-        sink.put(b"\n");
+        sink.extend_from_slice(b"\n");
         self.signed.write_names(sink);
-        sink.put(b"\n");
+        sink.extend_from_slice(b"\n");
     }
 }
 

@@ -2,18 +2,6 @@
 //! every service but S3: everything except the unreserved characters
 //! (`A-Z a-z 0-9 - . _ ~`) is encoded, with upper-case hex digits.
 
-/// Where canonical bytes go: a reused buffer that is then hashed (see
-/// `prefix`), or a buffer for tests and the forwarded query.
-pub trait Sink {
-    fn put(&mut self, bytes: &[u8]);
-}
-
-impl Sink for Vec<u8> {
-    fn put(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes);
-    }
-}
-
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
 const UNRESERVED: u8 = 1;
@@ -38,7 +26,7 @@ const PLAIN: [u8; 256] = {
 
 /// Writes `bytes` percent-encoded, leaving unreserved characters (and `/`
 /// when `keep_slash`) as they are. Runs of plain bytes go out in one piece.
-pub fn encode(sink: &mut impl Sink, bytes: &[u8], keep_slash: bool) {
+pub fn encode(sink: &mut Vec<u8>, bytes: &[u8], keep_slash: bool) {
     let plain = if keep_slash {
         UNRESERVED | SLASH
     } else {
@@ -49,15 +37,15 @@ pub fn encode(sink: &mut impl Sink, bytes: &[u8], keep_slash: bool) {
         if PLAIN[usize::from(b)] & plain != 0 {
             continue;
         }
-        sink.put(&bytes[plain_from..i]);
-        sink.put(&[
+        sink.extend_from_slice(&bytes[plain_from..i]);
+        sink.extend_from_slice(&[
             b'%',
             HEX_UPPER[usize::from(b >> 4)],
             HEX_UPPER[usize::from(b & 0xf)],
         ]);
         plain_from = i + 1;
     }
-    sink.put(&bytes[plain_from..]);
+    sink.extend_from_slice(&bytes[plain_from..]);
 }
 
 fn hex_value(b: u8) -> Option<u8> {

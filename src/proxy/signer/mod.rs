@@ -27,7 +27,6 @@ use sha2::{Digest, Sha256};
 use super::sigv4::BodyDigest;
 use crate::credentials::HeldCredentials;
 use canonical::{SignedHeaders, X_AMZ_DATE, X_AMZ_SECURITY_TOKEN};
-use encode::Sink;
 use key::KeyCache;
 use time::AmzDate;
 
@@ -127,10 +126,10 @@ impl RequestSigner {
             ];
             let signature = Signature(hex(&key.sign(&string_to_sign)));
             let mut authorization = Vec::with_capacity(key.authorization_prefix.len() + 200);
-            authorization.put(key.authorization_prefix.as_bytes());
+            authorization.extend_from_slice(key.authorization_prefix.as_bytes());
             signed.write_names(&mut authorization);
-            authorization.put(b", Signature=");
-            authorization.put(&signature.0);
+            authorization.extend_from_slice(b", Signature=");
+            authorization.extend_from_slice(&signature.0);
             (signature, authorization)
         };
         let mut authorization = HeaderValue::from_maybe_shared(Bytes::from(authorization))

@@ -64,7 +64,7 @@ pub fn hash(request: &Request<'_>) -> [u8; 32] {
             state: Sha256::new(),
         });
         last.scratch.clear();
-        request.write_prefix(&mut *last.scratch);
+        request.write_prefix(&mut last.scratch);
         let mut state = if last.scratch[..] == last.bytes[..] {
             last.state.clone()
         } else if last.scratch.len() > MAX_CACHED {
@@ -92,7 +92,7 @@ pub fn hash(request: &Request<'_>) -> [u8; 32] {
 /// SHA-256 of the whole canonical request, without the cache.
 fn whole(request: &Request<'_>) -> [u8; 32] {
     let mut bytes = Zeroizing::new(Vec::with_capacity(2048));
-    request.write(&mut *bytes);
+    request.write(&mut bytes);
     Sha256::digest(&bytes[..]).into()
 }
 

@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 
-use super::encode::{encode, form_decode, Sink};
+use super::encode::{encode, form_decode};
 
 /// The pairs of a query, decoded, in order; empty pieces (`a&&b`) dropped.
 fn pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
@@ -35,7 +35,7 @@ fn encoded(s: &str) -> String {
 }
 
 /// Writes the canonical query: encoded pairs sorted by key, then value.
-pub fn write_canonical(sink: &mut impl Sink, query: Option<&str>) {
+pub fn write_canonical(sink: &mut Vec<u8>, query: Option<&str>) {
     let Some(query) = query.filter(|q| !q.is_empty()) else {
         return;
     };
@@ -45,11 +45,11 @@ pub fn write_canonical(sink: &mut impl Sink, query: Option<&str>) {
     sorted.sort();
     for (i, (key, value)) in sorted.iter().enumerate() {
         if i > 0 {
-            sink.put(b"&");
+            sink.extend_from_slice(b"&");
         }
-        sink.put(key.as_bytes());
-        sink.put(b"=");
-        sink.put(value.as_bytes());
+        sink.extend_from_slice(key.as_bytes());
+        sink.extend_from_slice(b"=");
+        sink.extend_from_slice(value.as_bytes());
     }
 }
 
