@@ -37,7 +37,7 @@ pub fn aws_error_is(headers: &HeaderMap, codes: &[&str]) -> bool {
 }
 
 /// Headers that describe one connection, not the message.
-const HOP_BY_HOP: [HeaderName; 9] = [
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -49,24 +49,108 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
-/// Removes hop-by-hop headers, including any the `Connection` header names.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most requests have no Connection header: skip collecting its list.
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for name in &named {
+/// What else never goes upstream: the client's `Host`, its authentication
+/// and SigV4 headers, the provider data (it may hold a token),
+/// `Content-Length` (the body is re-framed) and `Expect` (hyper already
+/// answered `100-continue`).
+const NOT_FORWARDED: [HeaderName; 9] = [
+    header::HOST,
+    header::AUTHORIZATION,
+    X_AMZ_DATE,
+    X_AMZ_SECURITY_TOKEN,
+    X_AMZ_CONTENT_SHA256,
+    PROVIDER_DATA,
+    PROXY_TOKEN,
+    header::CONTENT_LENGTH,
+    header::EXPECT,
+];
+
+/// Which of [`HOP_BY_HOP`] (bits 0–8) and [`NOT_FORWARDED`] (bits 9–17)
+/// `headers` holds.
+///
+/// One pass over the few keys a message has instead of a hashed lookup
+/// per name (most of the names are never there), and one `match` per key
+/// instead of comparing it with each name. With `keep-alive` skipped in
+/// [`remove_connection_listed`] this saved about 4,700 of the 85,000
+/// instructions a request takes outside SHA-256 (callgrind).
+fn present(headers: &HeaderMap) -> u32 {
+    headers
+        .keys()
+        .fold(0, |found, key| found | bit(key.as_str()))
+}
+
+/// A name's bit for [`present`], 0 for every other name. The tests check
+/// it against the two tables.
+fn bit(name: &str) -> u32 {
+    let place = match name {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        "host" => 9,
+        "authorization" => 10,
+        "x-amz-date" => 11,
+        "x-amz-security-token" => 12,
+        "x-amz-content-sha256" => 13,
+        "x-llamastack-provider-data" => 14,
+        "x-bedrock-broker-token" => 15,
+        "content-length" => 16,
+        "expect" => 17,
+        _ => return 0,
+    };
+    1 << place
+}
+
+const HOP_BY_HOP_COUNT: usize = 9;
+/// The bits of [`present`] that mark [`HOP_BY_HOP`] names.
+const HOP_BY_HOP_BITS: u32 = (1 << HOP_BY_HOP_COUNT) - 1;
+
+/// Removes the headers of `names` that `found` marks, bit 0 for the first.
+fn remove_found(headers: &mut HeaderMap, names: &[HeaderName], found: u32) {
+    if found == 0 {
+        return;
+    }
+    for (i, name) in names.iter().enumerate() {
+        if found & (1 << i) != 0 {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
+}
+
+/// Removes the headers a `Connection` header names (RFC 9110 §7.6.1).
+fn remove_connection_listed(headers: &mut HeaderMap) {
+    // Hop-by-hop names (`keep-alive`, what it nearly always lists) go with
+    // the table anyway: no name to parse, nothing to collect.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|n| {
+            !HOP_BY_HOP
+                .iter()
+                .any(|h| h.as_str().eq_ignore_ascii_case(n))
+        })
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect();
+    for name in &named {
         headers.remove(name);
     }
+}
+
+/// Removes the hop-by-hop headers `found` (from [`present`]) marks, and
+/// any the `Connection` header names.
+fn remove_hop_by_hop(headers: &mut HeaderMap, found: u32) {
+    if found & (1 << CONNECTION_AT) != 0 {
+        remove_connection_listed(headers);
+    }
+    remove_found(headers, &HOP_BY_HOP, found & HOP_BY_HOP_BITS);
 }
 
 /// Prepares upstream response headers for the client: hop-by-hop headers
@@ -75,11 +159,16 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// length), and the body goes back with framing of its own; a stale length
 /// next to it would leave the client waiting for bytes that never come.
 pub fn prepare_response_headers(headers: &mut HeaderMap) {
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    let found = present(headers);
+    if found & (1 << TRANSFER_ENCODING_AT) != 0 {
         headers.remove(header::CONTENT_LENGTH);
     }
-    remove_hop_by_hop(headers);
+    remove_hop_by_hop(headers, found);
 }
+
+/// `Connection`'s and `Transfer-Encoding`'s places in [`HOP_BY_HOP`].
+const CONNECTION_AT: usize = 0;
+const TRANSFER_ENCODING_AT: usize = 7;
 
 /// Content codings the usage tap decodes (`usage/decode.rs`).
 const READABLE_CODINGS: [&str; 4] = ["gzip", "x-gzip", "deflate", "identity"];
@@ -89,7 +178,17 @@ const READABLE_CODINGS: [&str; 4] = ["gzip", "x-gzip", "deflate", "identity"];
 /// Only ever removes: the client still gets a coding it asked for, or
 /// `identity`, which every client accepts.
 fn limit_accept_encoding(headers: &mut HeaderMap) {
-    if !headers.contains_key(header::ACCEPT_ENCODING) {
+    let mut values = headers.get_all(header::ACCEPT_ENCODING).iter();
+    let (Some(first), second) = (values.next(), values.next()) else {
+        return;
+    };
+    // What clients usually send ("gzip, deflate") stays as it is, unparsed
+    // and unallocated.
+    if second.is_none()
+        && first
+            .to_str()
+            .is_ok_and(|v| v.split(',').all(|item| readable(item.trim())))
+    {
         return;
     }
     let kept: Vec<String> = headers
@@ -98,12 +197,7 @@ fn limit_accept_encoding(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|item| {
-            let coding = item.split(';').next().unwrap_or("").trim();
-            READABLE_CODINGS
-                .iter()
-                .any(|c| c.eq_ignore_ascii_case(coding))
-        })
+        .filter(|item| readable(item))
         .map(str::to_owned)
         .collect();
     let value = if kept.is_empty() {
@@ -116,6 +210,15 @@ fn limit_accept_encoding(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether an `Accept-Encoding` item (`coding[;q=...]`, trimmed) names a
+/// coding the usage tap reads.
+fn readable(item: &str) -> bool {
+    let coding = item.split(';').next().unwrap_or("").trim();
+    READABLE_CODINGS
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case(coding))
+}
+
 /// Prepares client request headers for the upstream: removes hop-by-hop
 /// headers, `Host`, the client's `Authorization` and SigV4 headers, the
 /// provider-data header (it may hold a token), `Content-Length` (the body is
@@ -123,21 +226,10 @@ fn limit_accept_encoding(headers: &mut HeaderMap) {
 /// client; the upstream gets the body without asking), and narrows
 /// `Accept-Encoding` to what the usage tap reads.
 pub fn prepare_request_headers(headers: &mut HeaderMap) {
-    remove_hop_by_hop(headers);
+    let found = present(headers);
+    remove_hop_by_hop(headers, found);
+    remove_found(headers, &NOT_FORWARDED, found >> HOP_BY_HOP_COUNT);
     limit_accept_encoding(headers);
-    for name in [
-        header::HOST,
-        header::AUTHORIZATION,
-        X_AMZ_DATE,
-        X_AMZ_SECURITY_TOKEN,
-        X_AMZ_CONTENT_SHA256,
-        PROVIDER_DATA,
-        PROXY_TOKEN,
-        header::CONTENT_LENGTH,
-        header::EXPECT,
-    ] {
-        headers.remove(name);
-    }
 }
 
 #[cfg(test)]
@@ -167,6 +259,13 @@ mod tests {
             ("br", Some("identity")),
             ("*", Some("identity")),
             ("identity", Some("identity")),
+            ("gzip, deflate", Some("gzip, deflate")),
+            (
+                "gzip;q=1.0, identity;q=0.5",
+                Some("gzip;q=1.0, identity;q=0.5"),
+            ),
+            ("gzip, ", Some("gzip")),
+            ("", Some("identity")),
         ] {
             let mut h = HeaderMap::new();
             h.insert("accept-encoding", HeaderValue::from_static(sent));
@@ -221,5 +320,69 @@ mod tests {
                 "x-amzn-bedrock-guardrailidentifier"
             ]
         );
+    }
+
+    #[test]
+    fn each_tabled_name_has_its_own_bit_and_no_other_name_has_one() {
+        assert_eq!(HOP_BY_HOP[CONNECTION_AT], header::CONNECTION);
+        assert_eq!(HOP_BY_HOP[TRANSFER_ENCODING_AT], header::TRANSFER_ENCODING);
+        for (i, name) in HOP_BY_HOP.iter().chain(&NOT_FORWARDED).enumerate() {
+            assert_eq!(bit(name.as_str()), 1 << i, "{name}");
+        }
+        for other in [
+            "content-type",
+            "accept",
+            "x-amz-target",
+            "hosts",
+            "",
+            "Host",
+        ] {
+            assert_eq!(bit(other), 0, "{other}");
+        }
+    }
+
+    /// The one-pass removal leaves exactly what a lookup per name did.
+    #[test]
+    fn each_stripped_name_goes_with_all_its_values_and_nothing_else_does() {
+        let kept = [("content-type", "application/json"), ("x-custom", "1")];
+        for stripped in HOP_BY_HOP.iter().chain(&NOT_FORWARDED) {
+            let mut h = HeaderMap::new();
+            for (k, v) in kept {
+                h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+            }
+            h.append(stripped.clone(), HeaderValue::from_static("a"));
+            h.append(stripped.clone(), HeaderValue::from_static("b"));
+            let mut response = h.clone();
+            prepare_request_headers(&mut h);
+            let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+            assert_eq!(left, ["content-type", "x-custom"], "request, {stripped}");
+            prepare_response_headers(&mut response);
+            let hop_by_hop = HOP_BY_HOP.contains(stripped);
+            assert_eq!(
+                response.contains_key(stripped),
+                !hop_by_hop,
+                "response, {stripped}"
+            );
+            assert_eq!(response.len(), kept.len() + 2 * usize::from(!hop_by_hop));
+        }
+    }
+
+    #[test]
+    fn a_connection_header_takes_the_headers_it_names_with_it() {
+        let mut h = HeaderMap::new();
+        h.append(
+            "connection",
+            HeaderValue::from_static("close, Keep-Alive, x-private"),
+        );
+        h.append("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.append("x-private", HeaderValue::from_static("1"));
+        h.append("x-public", HeaderValue::from_static("1"));
+        let mut response = h.clone();
+        prepare_request_headers(&mut h);
+        prepare_response_headers(&mut response);
+        for h in [h, response] {
+            let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+            assert_eq!(left, ["x-public"]);
+        }
     }
 }
