@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper::{Request, Response};
@@ -145,7 +146,7 @@ pub async fn serve<L, S, B>(
                 }
             },
         };
-        let evicted = peer_slot.as_ref().map(|p| p.evicted.clone());
+        let evicted_token = peer_slot.as_ref().map(|p| p.evicted.clone());
         let io = TokioIo::new(Watched::new(stream, activity.clone()));
         let service = Counted::new(service.clone(), activity.clone());
         let (builder, shutdown, idle) = (builder.clone(), shutdown.clone(), limits.idle_timeout);
@@ -154,30 +155,44 @@ pub async fn serve<L, S, B>(
             let _held = (slot, peer_slot);
             let conn = builder.serve_connection(io, service);
             tokio::pin!(conn);
-            let evicted = || async {
-                match &evicted {
-                    Some(token) => token.cancelled().await,
+            let evicted = |evicted: Option<CancellationToken>| async move {
+                match evicted {
+                    Some(token) => token.cancelled_owned().await,
                     None => std::future::pending().await,
                 }
             };
+            // The rare ends of a connection, polled only once one of them
+            // has been woken: a connection wakes several times per request,
+            // and polling them each time took two locks and a timer check.
+            let mut rare = FuturesUnordered::new();
+            rare.push({
+                let (activity, evicted) = (activity.clone(), evicted(evicted_token.clone()));
+                async move {
+                    tokio::select! {
+                        _ = shutdown.cancelled_owned() => Stop::Shutdown,
+                        _ = activity.idle_for(idle, requests_keep_open) => Stop::Idle,
+                        () = evicted => Stop::Evicted,
+                    }
+                }
+            });
             let stop = tokio::select! {
+                biased;
                 done = conn.as_mut() => return log_end(name, done),
-                _ = shutdown.cancelled() => "shutdown",
-                _ = activity.idle_for(idle, requests_keep_open) => "idle",
+                Some(stop) = rare.next() => stop,
+            };
+            if stop == Stop::Evicted {
                 // Evicted to make room for another peer (see `evict_for`):
                 // closed at once, its slot already handed on.
-                () = evicted() => {
-                    tracing::debug!(server = name, %peer, "closing a connection to make room for another peer");
-                    return;
-                }
-            };
-            tracing::trace!(server = name, reason = stop, "closing connection");
+                tracing::debug!(server = name, %peer, "closing a connection to make room for another peer");
+                return;
+            }
+            tracing::trace!(server = name, reason = ?stop, "closing connection");
             conn.as_mut().graceful_shutdown();
             // A peer that does not read its answers would hold the slot
             // here forever: the graceful close is bounded too.
             tokio::select! {
                 done = conn.as_mut() => log_end(name, done),
-                () = evicted() => {}
+                () = evicted(evicted_token) => {}
                 _ = activity.idle_for(idle, requests_keep_open) => {}
             }
         });
@@ -194,6 +209,15 @@ pub async fn serve<L, S, B>(
         _ = connections.wait() => tracing::info!(server = name, "drained"),
         _ = tokio::time::sleep(grace) => tracing::warn!(server = name, "grace period over with requests still open; closing them"),
     }
+}
+
+/// Why a connection is closed before its peer closes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Shutdown,
+    Idle,
+    /// To make room for another peer.
+    Evicted,
 }
 
 fn log_end<E: std::fmt::Display>(name: &'static str, result: Result<(), E>) {
