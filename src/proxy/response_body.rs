@@ -141,8 +141,12 @@ pub struct UpstreamBody {
     inner: PooledBody,
     completion: Option<Completion>,
     kind: StreamKind,
-    /// Longest allowed gap between frames, and the timer enforcing it.
-    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    /// Longest allowed gap between frames.
+    idle: Option<Duration>,
+    /// The timer enforcing it, set the first time the upstream keeps the
+    /// proxy waiting: an answer already there when first polled (most
+    /// buffered ones) never needs one.
+    timer: Option<Pin<Box<Sleep>>>,
     /// Sent after a stall, before ending the stream.
     tail: Option<Bytes>,
     finished: bool,
@@ -161,7 +165,8 @@ impl UpstreamBody {
             inner,
             completion: Some(completion),
             kind,
-            idle: idle_timeout.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
+            idle: idle_timeout,
+            timer: None,
             tail: None,
             finished: false,
             usage,
@@ -203,8 +208,8 @@ impl Body for UpstreamBody {
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some((d, sleep)) = &mut this.idle {
-                    sleep.as_mut().reset(tokio::time::Instant::now() + *d);
+                if let (Some(d), Some(timer)) = (this.idle, &mut this.timer) {
+                    timer.as_mut().reset(tokio::time::Instant::now() + d);
                 }
                 if let (Some(usage), Some(data)) = (&mut this.usage, frame.data_ref()) {
                     usage.observe(data);
@@ -225,13 +230,15 @@ impl Body for UpstreamBody {
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Pending => {
-                let Some((d, sleep)) = &mut this.idle else {
+                let Some(d) = this.idle else {
                     return Poll::Pending;
                 };
-                if sleep.as_mut().poll(cx).is_pending() {
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(d)));
+                if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                let d = *d;
                 tracing::warn!(
                     idle_s = d.as_secs_f64(),
                     "upstream stream stalled; cutting it off"
