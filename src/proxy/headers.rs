@@ -36,6 +36,13 @@ pub fn aws_error_is(headers: &HeaderMap, codes: &[&str]) -> bool {
     })
 }
 
+const HOP_BY_HOP_COUNT: usize = 9;
+/// The bits of [`present`] that mark [`HOP_BY_HOP`] names.
+const HOP_BY_HOP_BITS: u32 = (1 << HOP_BY_HOP_COUNT) - 1;
+/// `Connection`'s and `Transfer-Encoding`'s places in [`HOP_BY_HOP`].
+const CONNECTION_AT: usize = 0;
+const TRANSFER_ENCODING_AT: usize = 7;
+
 /// Headers that describe one connection, not the message.
 const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
@@ -106,10 +113,6 @@ fn bit(name: &str) -> u32 {
     1 << place
 }
 
-const HOP_BY_HOP_COUNT: usize = 9;
-/// The bits of [`present`] that mark [`HOP_BY_HOP`] names.
-const HOP_BY_HOP_BITS: u32 = (1 << HOP_BY_HOP_COUNT) - 1;
-
 /// Removes the headers of `names` that `found` marks, bit 0 for the first.
 fn remove_found(headers: &mut HeaderMap, names: &[HeaderName], found: u32) {
     if found == 0 {
@@ -166,10 +169,6 @@ pub fn prepare_response_headers(headers: &mut HeaderMap) {
     remove_hop_by_hop(headers, found);
 }
 
-/// `Connection`'s and `Transfer-Encoding`'s places in [`HOP_BY_HOP`].
-const CONNECTION_AT: usize = 0;
-const TRANSFER_ENCODING_AT: usize = 7;
-
 /// Content codings the usage tap decodes (`usage/decode.rs`).
 const READABLE_CODINGS: [&str; 4] = ["gzip", "x-gzip", "deflate", "identity"];
 
@@ -182,8 +181,8 @@ fn limit_accept_encoding(headers: &mut HeaderMap) {
     let (Some(first), second) = (values.next(), values.next()) else {
         return;
     };
-    // What clients usually send ("gzip, deflate") stays as it is, unparsed
-    // and unallocated.
+    // What clients usually send ("gzip, deflate") is checked and kept as
+    // it is, not rebuilt.
     if second.is_none()
         && first
             .to_str()
@@ -260,6 +259,8 @@ mod tests {
             ("*", Some("identity")),
             ("identity", Some("identity")),
             ("gzip, deflate", Some("gzip, deflate")),
+            // Kept byte for byte: rebuilding would have added a space.
+            ("gzip,deflate", Some("gzip,deflate")),
             (
                 "gzip;q=1.0, identity;q=0.5",
                 Some("gzip;q=1.0, identity;q=0.5"),
@@ -372,10 +373,12 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(
             "connection",
-            HeaderValue::from_static("close, Keep-Alive, x-private"),
+            HeaderValue::from_static("close, Keep-Alive, X-Private"),
         );
+        h.append("connection", HeaderValue::from_static("x-other"));
         h.append("keep-alive", HeaderValue::from_static("timeout=5"));
         h.append("x-private", HeaderValue::from_static("1"));
+        h.append("x-other", HeaderValue::from_static("1"));
         h.append("x-public", HeaderValue::from_static("1"));
         let mut response = h.clone();
         prepare_request_headers(&mut h);
@@ -384,5 +387,11 @@ mod tests {
             let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
             assert_eq!(left, ["x-public"]);
         }
+        // A name the proxy would keep goes when Connection lists it.
+        let mut response = HeaderMap::new();
+        response.append("connection", HeaderValue::from_static("content-length"));
+        response.append("content-length", HeaderValue::from_static("2"));
+        prepare_response_headers(&mut response);
+        assert!(response.is_empty(), "{response:?}");
     }
 }

@@ -155,8 +155,8 @@ pub async fn serve<L, S, B>(
             let _held = (slot, peer_slot);
             let conn = builder.serve_connection(io, service);
             tokio::pin!(conn);
-            let evicted = |evicted: Option<CancellationToken>| async move {
-                match evicted {
+            let evicted = |token: Option<CancellationToken>| async move {
+                match token {
                     Some(token) => token.cancelled_owned().await,
                     None => std::future::pending().await,
                 }
@@ -166,12 +166,12 @@ pub async fn serve<L, S, B>(
             // and polling them each time took two locks and a timer check.
             let mut rare = FuturesUnordered::new();
             rare.push({
-                let (activity, evicted) = (activity.clone(), evicted(evicted_token.clone()));
+                let (activity, eviction) = (activity.clone(), evicted(evicted_token.clone()));
                 async move {
                     tokio::select! {
                         _ = shutdown.cancelled_owned() => Stop::Shutdown,
                         _ = activity.idle_for(idle, requests_keep_open) => Stop::Idle,
-                        () = evicted => Stop::Evicted,
+                        () = eviction => Stop::Evicted,
                     }
                 }
             });
@@ -186,7 +186,7 @@ pub async fn serve<L, S, B>(
                 tracing::debug!(server = name, %peer, "closing a connection to make room for another peer");
                 return;
             }
-            tracing::trace!(server = name, reason = ?stop, "closing connection");
+            tracing::trace!(server = name, reason = stop.as_str(), "closing connection");
             conn.as_mut().graceful_shutdown();
             // A peer that does not read its answers would hold the slot
             // here forever: the graceful close is bounded too.
@@ -218,6 +218,16 @@ enum Stop {
     Idle,
     /// To make room for another peer.
     Evicted,
+}
+
+impl Stop {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Shutdown => "shutdown",
+            Self::Idle => "idle",
+            Self::Evicted => "evicted",
+        }
+    }
 }
 
 fn log_end<E: std::fmt::Display>(name: &'static str, result: Result<(), E>) {
