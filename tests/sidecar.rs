@@ -170,14 +170,14 @@ async fn answers_in_the_dialect_of_the_clients_sdk() {
     assert!(json["message"].as_str().unwrap().contains("no credentials"));
 }
 
-/// The idle timer is set only once the upstream keeps the proxy waiting,
-/// so a stream that stalls before its first event must be cut off too; the
-/// outer limit turns a timer that never starts into a failure, not a hang.
-#[tokio::test]
-async fn cuts_off_a_stream_that_stalls_before_its_first_event() {
+/// An SSE answer that sends `events` and then stalls, through a proxy with
+/// a 200 ms stream idle timeout: its status and the body the client got.
+/// The outer limit turns a cut-off that never comes into a failure, not a
+/// hang.
+async fn stalled_stream(events: Vec<&'static str>) -> (u16, String) {
     let upstream = FakeUpstream::start(vec![Answer::Stall(
         vec![("content-type", "text/event-stream")],
-        vec![],
+        events,
     )])
     .await;
     let cell = Arc::new(CredentialCell::new());
@@ -197,6 +197,14 @@ async fn cuts_off_a_stream_that_stalls_before_its_first_event() {
     let (status, _, body) = tokio::time::timeout(Duration::from_secs(10), cut_off)
         .await
         .expect("the stalled stream was never cut off");
+    (status, body)
+}
+
+/// The idle timer is set only once the upstream keeps the proxy waiting,
+/// so a stream that stalls before its first event must be cut off too.
+#[tokio::test]
+async fn cuts_off_a_stream_that_stalls_before_its_first_event() {
+    let (status, body) = stalled_stream(vec![]).await;
     assert_eq!(status, 200);
     assert!(body.starts_with("data: {\"error\""), "{body}");
     assert!(
@@ -207,28 +215,7 @@ async fn cuts_off_a_stream_that_stalls_before_its_first_event() {
 
 #[tokio::test]
 async fn cuts_off_a_stalled_stream_with_an_error_event() {
-    let upstream = FakeUpstream::start(vec![Answer::Stall(
-        vec![("content-type", "text/event-stream")],
-        vec!["data: {\"choices\":[]}\n\n"],
-    )])
-    .await;
-    let cell = Arc::new(CredentialCell::new());
-    cell.store(credentials("AKID"));
-    let setup = Setup {
-        stream_idle_timeout: Some(Duration::from_millis(200)),
-        ..Setup::default()
-    };
-    let (proxy, _) = proxy(&upstream, cell, setup);
-    let cut_off = async {
-        let answer = proxy
-            .handle(post("/openai/v1/chat/completions", "{}"))
-            .await
-            .unwrap();
-        text(answer).await
-    };
-    let (status, _, body) = tokio::time::timeout(Duration::from_secs(10), cut_off)
-        .await
-        .expect("the stalled stream was never cut off");
+    let (status, body) = stalled_stream(vec!["data: {\"choices\":[]}\n\n"]).await;
     assert_eq!(status, 200);
     assert!(body.starts_with("data: {\"choices\":[]}"), "{body}");
     assert!(

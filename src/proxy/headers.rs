@@ -125,16 +125,22 @@ fn remove_found(headers: &mut HeaderMap, names: &[HeaderName], found: u32) {
     }
 }
 
+/// The trimmed items of a comma-separated list header, over all its
+/// values; values that are not visible ASCII are skipped.
+fn list_items(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
 /// Removes the headers a `Connection` header names (RFC 9110 §7.6.1).
 fn remove_connection_listed(headers: &mut HeaderMap) {
     // Hop-by-hop names (`keep-alive`, what it nearly always lists) go with
     // the table anyway: no name to parse, nothing to collect.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+    let named: Vec<HeaderName> = list_items(headers, header::CONNECTION)
         .filter(|n| {
             !HOP_BY_HOP
                 .iter()
@@ -190,12 +196,7 @@ fn limit_accept_encoding(headers: &mut HeaderMap) {
     {
         return;
     }
-    let kept: Vec<String> = headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+    let kept: Vec<String> = list_items(headers, header::ACCEPT_ENCODING)
         .filter(|item| readable(item))
         .map(str::to_owned)
         .collect();
