@@ -30,6 +30,9 @@ One command (`make bench`, or `python3 bench/run.py`):
 * then (unless --no-profile) runs the sidecar under valgrind callgrind for a
   fixed number of requests and writes the top entries to
   bench/results/profile.md.
+* with --cache-sim 8,64, also runs the sidecar and the floor under
+  callgrind's cache simulator (last level = the proxy core's L2) at those
+  concurrencies: L2 misses per request, and where the sidecar's are.
 
 Only 127.0.0.1 is ever contacted. Needs wrk, nginx (+ echo module), openssl
 and, for the profile, valgrind; as root on Debian it apt-get installs the
@@ -314,12 +317,13 @@ http {{
 """
 
 
-def start_nginx(d: Path, conf: str, cpu: int | None):
-    """Writes `conf` to d/nginx.conf and starts nginx on it, pinned to `cpu`."""
+def start_nginx(d: Path, conf: str, cpu: int | None, wrapper: list[str] | None = None):
+    """Writes `conf` to d/nginx.conf and starts nginx on it, pinned to `cpu`
+    (under `wrapper`, e.g. valgrind, if given)."""
     (d / "nginx.conf").write_text(conf)
     log = open(d / "stderr.log", "w")
     proc = subprocess.Popen(
-        ["nginx", "-p", str(d), "-c", str(d / "nginx.conf"), "-e", str(d / "error.log")],
+        [*(wrapper or []), "nginx", "-p", str(d), "-c", str(d / "nginx.conf"), "-e", str(d / "error.log")],
         stdout=log, stderr=subprocess.STDOUT, preexec_fn=pinned(cpu),
     )
     return proc, log
@@ -445,8 +449,10 @@ class Floor:
     start is the one worker that serves, so its /proc/PID/stat and VmHWM
     are the proxy's CPU time and peak RSS."""
 
-    def __init__(self, workdir: Path, upstream_port: int, ca: Path, cpu: int | None):
-        self.dir = workdir / "floor-nginx"
+    def __init__(self, workdir: Path, upstream_port: int, ca: Path, cpu: int | None,
+                 wrapper: list[str] | None = None, name: str = "floor-nginx",
+                 start_timeout: float = 10):
+        self.dir = workdir / name
         self.dir.mkdir()
         self.port = free_port()
         d = self.dir
@@ -474,10 +480,10 @@ class Floor:
     }}
 }}
 """
-        self.proc, self.log = start_nginx(d, conf, cpu)
+        self.proc, self.log = start_nginx(d, conf, cpu, wrapper)
         self.pid = self.proc.pid
         try:
-            wait_port(self.port, 10)
+            wait_port(self.port, start_timeout)
         except RuntimeError:
             self.stop()
             raise RuntimeError(f"floor nginx did not start: {(d / 'error.log').read_text()[-2000:]}")
@@ -824,19 +830,23 @@ def annotate(out_file: Path, inclusive: bool, top: int) -> tuple[int, list[tuple
     return total or 0, rows
 
 
-def profile(binary: Path, mock: Mock, body: bytes, args, workdir: Path) -> dict:
-    out = workdir / "callgrind.out"
-    wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
-    sc = Sidecar(binary, mock.port, mock.ca, args.proxy_cpu, workdir, wrapper, "callgrind")
+def callgrind(start, body: bytes, requests: int, conc: int, workdir: Path, name: str,
+              tool_args: list[str]) -> tuple[Path, int, float]:
+    """Runs a proxy under callgrind for exactly `requests` converse requests
+    at concurrency `conc`, after warm-up; returns the dump, the number
+    answered 200 and the wall time. `start(wrapper)` starts the proxy (a
+    ready Sidecar or Floor) under that command prefix."""
+    out = workdir / f"{name}.out"
+    sc = start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *tool_args])
     try:
-        sc.wait_ready(180)
-        fixed_load(sc.port, CONVERSE_PATH, body, 100, args.profile_conc)  # warm the pool
+        # Warm the pool: every connection used below exists before counting.
+        fixed_load(sc.port, CONVERSE_PATH, body, max(100, 4 * conc), conc)
         # Zero the counters after start-up and warm-up, dump right after the
         # measured requests: the dump holds only their cost (plus the idle
         # runtime ticking meanwhile, negligible).
         run(["callgrind_control", "-z", str(sc.pid)])
         t0 = time.perf_counter()
-        ok = fixed_load(sc.port, CONVERSE_PATH, body, args.profile_requests, args.profile_conc)
+        ok = fixed_load(sc.port, CONVERSE_PATH, body, requests, conc)
         wall = time.perf_counter() - t0
         run(["callgrind_control", "-d", str(sc.pid)])
     finally:
@@ -844,6 +854,24 @@ def profile(binary: Path, mock: Mock, body: bytes, args, workdir: Path) -> dict:
     dump = Path(f"{out}.1")
     if not dump.exists():
         raise RuntimeError(f"callgrind wrote no dump: {glob.glob(f'{out}*')}")
+    return dump, ok, wall
+
+
+def sidecar_starter(binary: Path, mock: Mock, args, workdir: Path, name: str):
+    def start(wrapper: list[str]) -> Sidecar:
+        sc = Sidecar(binary, mock.port, mock.ca, args.proxy_cpu, workdir, wrapper, name)
+        try:
+            sc.wait_ready(180)
+        except BaseException:
+            sc.stop()
+            raise
+        return sc
+    return start
+
+
+def profile(binary: Path, mock: Mock, body: bytes, args, workdir: Path) -> dict:
+    dump, ok, wall = callgrind(sidecar_starter(binary, mock, args, workdir, "callgrind"), body,
+                               args.profile_requests, args.profile_conc, workdir, "callgrind", [])
     total, incl = annotate(dump, True, args.profile_top)
     _, selfc = annotate(dump, False, args.profile_top)
     if args.keep_callgrind:
@@ -852,6 +880,126 @@ def profile(binary: Path, mock: Mock, body: bytes, args, workdir: Path) -> dict:
     return {"requests": args.profile_requests, "ok": ok, "conc": args.profile_conc,
             "total_ir": total, "ir_per_request": total / max(ok, 1), "inclusive": incl,
             "self": selfc, "wall_s": wall}
+
+
+def l2_geometry(cpu: int | None) -> tuple[int, int, int]:
+    """Size (bytes), ways and line size of `cpu`'s L2 from sysfs; 1 MiB,
+    16 ways, 64 B when sysfs does not say."""
+    base = Path(f"/sys/devices/system/cpu/cpu{cpu or 0}/cache")
+    for idx in sorted(base.glob("index*")):
+        try:
+            if (idx / "level").read_text().strip() != "2":
+                continue
+            size = (idx / "size").read_text().strip()
+            n = int(size.rstrip("KMG"))
+            n *= {"K": 1024, "M": MIB, "G": 1024 * MIB}.get(size[-1], 1)
+            ways = int((idx / "ways_of_associativity").read_text())
+            line = int((idx / "coherency_line_size").read_text())
+            return n, ways, line
+        except (OSError, ValueError):
+            break
+    return MIB, 16, 64
+
+
+CACHE_EVENTS = ["Ir", "D1mr", "D1mw", "DLmr", "DLmw"]
+
+
+def cache_sim(who: str, start, body: bytes, conc: int, args, workdir: Path) -> dict:
+    """callgrind's cache simulator with its last level set to the proxy
+    core's L2: misses per request of `who` at concurrency `conc`, and the
+    functions (self cost) that miss most."""
+    size, ways, line = l2_geometry(args.proxy_cpu)
+    dump, ok, _ = callgrind(start, body, args.profile_requests, conc, workdir,
+                            f"cachesim-{who}-{conc}",
+                            ["--cache-sim=yes", f"--LL={size},{ways},{line}"])
+    p = run(["callgrind_annotate", f"--show={','.join(CACHE_EVENTS)}", "--sort=DLmr,DLmw",
+             "--inclusive=no", "--threshold=100", "--auto=no", str(dump)])
+    cell = r"([\d,]+|\.)\s+(?:\([^)]*\)\s+)?"
+    row = re.compile(r"^\s*" + cell * len(CACHE_EVENTS) + r"(.+?)\s*$")
+    totals: dict[str, int] = {}
+    agg: dict[str, int] = {}
+    for text in p.stdout.splitlines():
+        m = row.match(text)
+        if not m:
+            continue
+        values = [0 if v == "." else int(v.replace(",", "")) for v in m.groups()[:-1]]
+        what = m.group(len(CACHE_EVENTS) + 1)
+        if "PROGRAM TOTALS" in what:
+            totals = dict(zip(CACHE_EVENTS, values))
+        elif ":" in what and totals:
+            misses = values[3] + values[4]
+            if misses and values[0] < 0.99 * totals["Ir"]:  # not the thread-entry frames
+                key = shorten(re.sub(r"\s*\[[^\]]*\]$", "", what.split(":", 1)[1]))
+                agg[key] = agg.get(key, 0) + misses
+    if not totals:
+        raise RuntimeError(f"callgrind_annotate gave no totals for {dump}")
+    per = {k: v / max(ok, 1) for k, v in totals.items()}
+    # Rows under 0.05 misses a request would print as 0.0: left out.
+    top = sorted(((n / max(ok, 1), fn) for fn, n in agg.items()
+                  if n / max(ok, 1) >= 0.05), reverse=True)[:10]
+    copies = [(n / max(ok, 1), fn) for n, fn in memcpy_callers(dump)[:8] if n / max(ok, 1) >= 0.05]
+    return {"who": who, "conc": conc, "ok": ok, "requests": args.profile_requests,
+            "per_request": per, "top": top, "copies": copies, "l2": (size, ways, line)}
+
+
+def memcpy_callers(dump: Path) -> list[tuple[int, str]]:
+    """L2 misses inside `memcpy` by its caller (whose buffer a copy lands
+    in), largest first."""
+    p = run(["callgrind_annotate", "--show=DLmr,DLmw", "--sort=DLmw", "--tree=caller",
+             "--inclusive=no", "--threshold=100", "--auto=no", str(dump)])
+    arc = re.compile(r"^\s*([\d,]+|\.)\s+(?:\([^)]*\)\s+)?([\d,]+|\.)\s+(?:\([^)]*\)\s+)?([<*])\s+(.+?)\s*$")
+    callers: list[tuple[int, str]] = []
+    agg: dict[str, int] = {}
+    for text in p.stdout.splitlines():
+        m = arc.match(text)
+        if not m:
+            callers = [] if not text.strip() else callers
+            continue
+        n = sum(0 if v == "." else int(v.replace(",", "")) for v in m.group(1, 2))
+        what = re.sub(r"\s*\[[^\]]*\]$", "", m.group(4).split(":", 1)[-1])
+        what = re.sub(r"\s*\([\d,]+x\)$", "", what)
+        if m.group(3) == "<":
+            callers.append((n, shorten(what)))
+        elif "memcpy" in what or "memmove" in what:
+            for n, fn in callers:
+                agg[fn] = agg.get(fn, 0) + n
+            callers = []
+        else:
+            callers = []
+    return sorted(((n, fn) for fn, n in agg.items() if n), reverse=True)
+
+
+def cache_sim_lines(sims: list[dict]) -> list[str]:
+    size, ways, line = sims[0]["l2"]
+    L = [f"## Cache simulation (valgrind callgrind `--cache-sim=yes`, last level = this core's L2: "
+         f"{size // 1024} KiB, {ways}-way, {line} B lines)\n",
+         f"{sims[0]['requests']} converse requests (1 KB bodies) per row, after warm-up, each "
+         f"proxy alone on the simulated core. User space only: the kernel's own misses are not "
+         f"counted, and bytes it copies in (a request, TLS records) are invisible to the "
+         f"simulation, so a buffer it refilled looks as warm or as cold as user code last left "
+         f"it. Instructions include the SHA-256 the sidecar computes in software under valgrind "
+         f"(natively it uses the CPU's SHA extensions).\n",
+         "| proxy | concurrency | instructions / request | L1d misses / request | L2 misses / request |",
+         "|---|--:|--:|--:|--:|"]
+    for sim in sims:
+        r = sim["per_request"]
+        L.append(f"| {sim['who']} | {sim['conc']} | {r['Ir']:,.0f} | {r['D1mr'] + r['D1mw']:,.0f} | "
+                 f"**{r['DLmr'] + r['DLmw']:,.0f}** |")
+    last = max((sim for sim in sims if sim["who"] == "sidecar"), key=lambda sim: sim["conc"])
+    L.append(f"\nWhere the sidecar's L2 misses are at concurrency {last['conc']} (self cost, top "
+             f"{len(last['top'])}):\n")
+    L.append("| L2 misses / request | function |")
+    L.append("|--:|---|")
+    for n, fn in last["top"]:
+        L.append(f"| {n:,.1f} | `{fn}` |")
+    if last["copies"]:
+        L.append("\nThe copies: `memcpy`'s misses by the function that called it (whose "
+                 "buffer or value was cold; mostly the destination, a write miss):\n")
+        L.append("| L2 misses / request | caller |")
+        L.append("|--:|---|")
+        for n, fn in last["copies"]:
+            L.append(f"| {n:,.1f} | `{fn}` |")
+    return L
 
 
 # --------------------------------------------------------------------------
@@ -988,6 +1136,8 @@ def report(res: dict, args, command: str) -> str:
             for n, fn in p[key]:
                 L.append(f"| {n / max(p['ok'], 1):,.0f} | {100 * n / p['total_ir']:.1f} | `{fn}` |")
             L.append("")
+    if res.get("cache_sim"):
+        L.extend(cache_sim_lines(res["cache_sim"]))
     return "\n".join(L) + "\n"
 
 
@@ -1120,6 +1270,10 @@ def main() -> int:
     ap.add_argument("--profile-requests", type=int, default=2000)
     ap.add_argument("--profile-conc", type=int, default=2)
     ap.add_argument("--profile-top", type=int, default=30)
+    ap.add_argument("--cache-sim", default="", metavar="CONCS",
+                    help="also run the sidecar and the floor under callgrind's cache "
+                         "simulator at these concurrencies (e.g. 8,64; under a minute "
+                         "each): L2 misses per request, and where the sidecar's are")
     ap.add_argument("--keep-callgrind", action="store_true",
                     help="copy the raw callgrind file to bench/results/")
     ap.add_argument("--wait-idle", type=float, default=0,
@@ -1140,7 +1294,11 @@ def main() -> int:
     if ncpu < 2:
         print("bench: fewer than 2 CPUs; running unpinned", file=sys.stderr)
         args.proxy_cpu = args.load_cpu = None
-    ensure_tools(need_valgrind=not args.no_profile)
+    try:
+        cache_concs = [int(c) for c in args.cache_sim.split(",") if c]
+    except ValueError:
+        ap.error(f"--cache-sim: expected concurrencies like 8,64, got {args.cache_sim!r}")
+    ensure_tools(need_valgrind=not args.no_profile or bool(cache_concs))
     binary = args.binary or build_binary(args.target_dir)
     binary = binary.resolve()
     if args.load_cpu is not None:
@@ -1277,6 +1435,19 @@ def main() -> int:
         if not args.no_profile:
             print(f"bench: callgrind profile ({args.profile_requests} requests) ...", flush=True)
             res["profile"] = profile(binary, mock, small_body, args, workdir)
+        if cache_concs:
+            res["cache_sim"] = []
+            starters = [("sidecar", lambda conc: sidecar_starter(binary, mock, args, workdir,
+                                                                 f"cachesim-{conc}"))]
+            if not args.no_floor:
+                starters.append((FLOOR, lambda conc: lambda wrapper: Floor(
+                    workdir, mock.port, mock.ca, args.proxy_cpu, wrapper,
+                    f"cachesim-floor-{conc}", start_timeout=120)))
+            for conc in cache_concs:
+                for who, starter in starters:
+                    print(f"bench: cache simulation, {who}, concurrency {conc} ...", flush=True)
+                    res["cache_sim"].append(
+                        cache_sim(who, starter(conc), small_body, conc, args, workdir))
     finally:
         for s in sidecars:
             s.stop()
@@ -1285,12 +1456,15 @@ def main() -> int:
         mock.stop()
 
     if args.profile_only:
-        p = res["profile"]
-        print(f"{p['ir_per_request']:,.0f} instructions per request")
-        for title, key in (("inclusive", "inclusive"), ("self", "self")):
-            print(f"-- {title}")
-            for n, fn in p[key]:
-                print(f"{n / p['ok']:>12,.0f}  {fn}")
+        if res.get("profile"):
+            p = res["profile"]
+            print(f"{p['ir_per_request']:,.0f} instructions per request")
+            for title, key in (("inclusive", "inclusive"), ("self", "self")):
+                print(f"-- {title}")
+                for n, fn in p[key]:
+                    print(f"{n / p['ok']:>12,.0f}  {fn}")
+        if res.get("cache_sim"):
+            print("\n".join(cache_sim_lines(res["cache_sim"])))
         shutil.rmtree(workdir, ignore_errors=True)
         return 0
     text = report(res, args, command)
