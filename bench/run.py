@@ -909,8 +909,9 @@ def cache_sim(who: str, start, body: bytes, conc: int, args, workdir: Path) -> d
     core's L2: misses per request of `who` at concurrency `conc`, and the
     functions (self cost) that miss most."""
     size, ways, line = l2_geometry(args.proxy_cpu)
+    slug = re.sub(r"[^a-z0-9]+", "-", who.lower()).strip("-")
     dump, ok, _ = callgrind(start, body, args.profile_requests, conc, workdir,
-                            f"cachesim-{who}-{conc}",
+                            f"cachesim-{slug}-{conc}",
                             ["--cache-sim=yes", f"--LL={size},{ways},{line}"])
     p = run(["callgrind_annotate", f"--show={','.join(CACHE_EVENTS)}", "--sort=DLmr,DLmw",
              "--inclusive=no", "--threshold=100", "--auto=no", str(dump)])
@@ -950,22 +951,24 @@ def memcpy_callers(dump: Path) -> list[tuple[int, str]]:
     arc = re.compile(r"^\s*([\d,]+|\.)\s+(?:\([^)]*\)\s+)?([\d,]+|\.)\s+(?:\([^)]*\)\s+)?([<*])\s+(.+?)\s*$")
     callers: list[tuple[int, str]] = []
     agg: dict[str, int] = {}
+    # Each function's block lists its callers ("<" lines), then the
+    # function itself ("*"); blocks are separated by blank lines.
     for text in p.stdout.splitlines():
         m = arc.match(text)
         if not m:
-            callers = [] if not text.strip() else callers
+            if not text.strip():
+                callers = []
             continue
-        n = sum(0 if v == "." else int(v.replace(",", "")) for v in m.group(1, 2))
+        misses = sum(0 if v == "." else int(v.replace(",", "")) for v in m.group(1, 2))
         what = re.sub(r"\s*\[[^\]]*\]$", "", m.group(4).split(":", 1)[-1])
         what = re.sub(r"\s*\([\d,]+x\)$", "", what)
         if m.group(3) == "<":
-            callers.append((n, shorten(what)))
-        elif "memcpy" in what or "memmove" in what:
-            for n, fn in callers:
-                agg[fn] = agg.get(fn, 0) + n
-            callers = []
-        else:
-            callers = []
+            callers.append((misses, shorten(what)))
+            continue
+        if "memcpy" in what or "memmove" in what:
+            for from_caller, fn in callers:
+                agg[fn] = agg.get(fn, 0) + from_caller
+        callers = []
     return sorted(((n, fn) for fn, n in agg.items() if n), reverse=True)
 
 
@@ -1438,7 +1441,7 @@ def main() -> int:
         if cache_concs:
             res["cache_sim"] = []
             starters = [("sidecar", lambda conc: sidecar_starter(binary, mock, args, workdir,
-                                                                 f"cachesim-{conc}"))]
+                                                                 f"cachesim-sidecar-{conc}"))]
             if not args.no_floor:
                 starters.append((FLOOR, lambda conc: lambda wrapper: Floor(
                     workdir, mock.port, mock.ca, args.proxy_cpu, wrapper,
