@@ -28,8 +28,7 @@ One command (`make bench`, or `python3 bench/run.py`):
   stream, and cold start to /readyz 200;
 * prints a markdown table and writes it to bench/results/latest.md;
 * then (unless --no-profile) runs the sidecar under valgrind callgrind for a
-  fixed number of requests and writes the top entries to
-  bench/results/profile.md.
+  fixed number of requests and adds the top entries to the report.
 * with --cache-sim 8,64, also runs the sidecar and the floor under
   callgrind's cache simulator (last level = the proxy core's L2) at those
   concurrencies: L2 misses per request, and where the sidecar's are.
@@ -149,9 +148,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_port(port: int, timeout: float) -> None:
+def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    """Waits until something accepts on `port`; gives up early if `proc`
+    (the process meant to listen) exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the process meant to listen on {port} exited ({proc.returncode})")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
@@ -483,10 +486,14 @@ class Floor:
         self.proc, self.log = start_nginx(d, conf, cpu, wrapper)
         self.pid = self.proc.pid
         try:
-            wait_port(self.port, start_timeout)
-        except RuntimeError:
+            wait_port(self.port, start_timeout, self.proc)
+        except BaseException as e:
+            # Also on Ctrl-C: nobody else holds this process yet.
             self.stop()
-            raise RuntimeError(f"floor nginx did not start: {(d / 'error.log').read_text()[-2000:]}")
+            logs = [f.read_text()[-2000:] for f in (d / "error.log", d / "stderr.log") if f.exists()]
+            if isinstance(e, RuntimeError):
+                raise RuntimeError(f"floor nginx did not start ({e}): {' '.join(logs)}") from None
+            raise
 
     def stop(self) -> None:
         stop_nginx(self.proc, self.log)
@@ -837,20 +844,20 @@ def callgrind(start, body: bytes, requests: int, conc: int, workdir: Path, name:
     answered 200 and the wall time. `start(wrapper)` starts the proxy (a
     ready Sidecar or Floor) under that command prefix."""
     out = workdir / f"{name}.out"
-    sc = start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *tool_args])
+    proxy = start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *tool_args])
     try:
         # Warm the pool: every connection used below exists before counting.
-        fixed_load(sc.port, CONVERSE_PATH, body, max(100, 4 * conc), conc)
+        fixed_load(proxy.port, CONVERSE_PATH, body, max(100, 4 * conc), conc)
         # Zero the counters after start-up and warm-up, dump right after the
         # measured requests: the dump holds only their cost (plus the idle
         # runtime ticking meanwhile, negligible).
-        run(["callgrind_control", "-z", str(sc.pid)])
+        run(["callgrind_control", "-z", str(proxy.pid)])
         t0 = time.perf_counter()
-        ok = fixed_load(sc.port, CONVERSE_PATH, body, requests, conc)
+        ok = fixed_load(proxy.port, CONVERSE_PATH, body, requests, conc)
         wall = time.perf_counter() - t0
-        run(["callgrind_control", "-d", str(sc.pid)])
+        run(["callgrind_control", "-d", str(proxy.pid)])
     finally:
-        sc.stop()
+        proxy.stop()
     dump = Path(f"{out}.1")
     if not dump.exists():
         raise RuntimeError(f"callgrind wrote no dump: {glob.glob(f'{out}*')}")
@@ -858,6 +865,7 @@ def callgrind(start, body: bytes, requests: int, conc: int, workdir: Path, name:
 
 
 def sidecar_starter(binary: Path, mock: Mock, args, workdir: Path, name: str):
+    """A `start` for callgrind(): the sidecar under the given wrapper, ready."""
     def start(wrapper: list[str]) -> Sidecar:
         sc = Sidecar(binary, mock.port, mock.ca, args.proxy_cpu, workdir, wrapper, name)
         try:
@@ -904,15 +912,17 @@ def l2_geometry(cpu: int | None) -> tuple[int, int, int]:
 CACHE_EVENTS = ["Ir", "D1mr", "D1mw", "DLmr", "DLmw"]
 
 
-def cache_sim(who: str, start, body: bytes, conc: int, args, workdir: Path) -> dict:
+def cache_sim(who: str, start, body: bytes, conc: int, args, workdir: Path,
+              name: str) -> dict:
     """callgrind's cache simulator with its last level set to the proxy
-    core's L2: misses per request of `who` at concurrency `conc`, and the
-    functions (self cost) that miss most."""
+    core's L2: data misses per request of `who` at concurrency `conc`, and
+    the functions (self cost) that miss most."""
     size, ways, line = l2_geometry(args.proxy_cpu)
-    slug = re.sub(r"[^a-z0-9]+", "-", who.lower()).strip("-")
-    dump, ok, _ = callgrind(start, body, args.profile_requests, conc, workdir,
-                            f"cachesim-{slug}-{conc}",
+    dump, ok, _ = callgrind(start, body, args.profile_requests, conc, workdir, name,
                             ["--cache-sim=yes", f"--LL={size},{ways},{line}"])
+    if ok < args.profile_requests:
+        print(f"bench: cache simulation, {who}: only {ok} of {args.profile_requests} requests "
+              f"answered 200; figures are per answered request", file=sys.stderr)
     p = run(["callgrind_annotate", f"--show={','.join(CACHE_EVENTS)}", "--sort=DLmr,DLmw",
              "--inclusive=no", "--threshold=100", "--auto=no", str(dump)])
     cell = r"([\d,]+|\.)\s+(?:\([^)]*\)\s+)?"
@@ -938,7 +948,8 @@ def cache_sim(who: str, start, body: bytes, conc: int, args, workdir: Path) -> d
     # Rows under 0.05 misses a request would print as 0.0: left out.
     top = sorted(((n / max(ok, 1), fn) for fn, n in agg.items()
                   if n / max(ok, 1) >= 0.05), reverse=True)[:10]
-    copies = [(n / max(ok, 1), fn) for n, fn in memcpy_callers(dump)[:8] if n / max(ok, 1) >= 0.05]
+    copies = ([(n / max(ok, 1), fn) for n, fn in memcpy_callers(dump)[:8] if n / max(ok, 1) >= 0.05]
+              if who == "sidecar" else [])  # only the sidecar's are reported
     return {"who": who, "conc": conc, "ok": ok, "requests": args.profile_requests,
             "per_request": per, "top": top, "copies": copies, "l2": (size, ways, line)}
 
@@ -962,10 +973,12 @@ def memcpy_callers(dump: Path) -> list[tuple[int, str]]:
         misses = sum(0 if v == "." else int(v.replace(",", "")) for v in m.group(1, 2))
         what = re.sub(r"\s*\[[^\]]*\]$", "", m.group(4).split(":", 1)[-1])
         what = re.sub(r"\s*\([\d,]+x\)$", "", what)
+        is_copy = "memcpy" in what or "memmove" in what
         if m.group(3) == "<":
-            callers.append((misses, shorten(what)))
+            if not is_copy:  # `__memcpy_chk` calling `__memmove_*`: counted once
+                callers.append((misses, shorten(what)))
             continue
-        if "memcpy" in what or "memmove" in what:
+        if is_copy:
             for from_caller, fn in callers:
                 agg[fn] = agg.get(fn, 0) + from_caller
         callers = []
@@ -982,14 +995,14 @@ def cache_sim_lines(sims: list[dict]) -> list[str]:
          f"simulation, so a buffer it refilled looks as warm or as cold as user code last left "
          f"it. Instructions include the SHA-256 the sidecar computes in software under valgrind "
          f"(natively it uses the CPU's SHA extensions).\n",
-         "| proxy | concurrency | instructions / request | L1d misses / request | L2 misses / request |",
+         "| proxy | concurrency | instructions / request | L1d misses / request | L2 data misses / request |",
          "|---|--:|--:|--:|--:|"]
     for sim in sims:
         r = sim["per_request"]
         L.append(f"| {sim['who']} | {sim['conc']} | {r['Ir']:,.0f} | {r['D1mr'] + r['D1mw']:,.0f} | "
                  f"**{r['DLmr'] + r['DLmw']:,.0f}** |")
     last = max((sim for sim in sims if sim["who"] == "sidecar"), key=lambda sim: sim["conc"])
-    L.append(f"\nWhere the sidecar's L2 misses are at concurrency {last['conc']} (self cost, top "
+    L.append(f"\nWhere the sidecar's L2 data misses are at concurrency {last['conc']} (self cost, top "
              f"{len(last['top'])}):\n")
     L.append("| L2 misses / request | function |")
     L.append("|--:|---|")
@@ -1298,9 +1311,13 @@ def main() -> int:
         print("bench: fewer than 2 CPUs; running unpinned", file=sys.stderr)
         args.proxy_cpu = args.load_cpu = None
     try:
-        cache_concs = [int(c) for c in args.cache_sim.split(",") if c]
+        cache_concs = list(dict.fromkeys(int(c) for c in args.cache_sim.split(",") if c))
     except ValueError:
-        ap.error(f"--cache-sim: expected concurrencies like 8,64, got {args.cache_sim!r}")
+        cache_concs = [0]
+    if any(c < 1 for c in cache_concs):
+        ap.error(f"--cache-sim: expected concurrencies of 1 or more like 8,64, got {args.cache_sim!r}")
+    if args.profile_only and args.no_profile and not cache_concs:
+        ap.error("--profile-only with --no-profile measures nothing: add --cache-sim")
     ensure_tools(need_valgrind=not args.no_profile or bool(cache_concs))
     binary = args.binary or build_binary(args.target_dir)
     binary = binary.resolve()
@@ -1440,17 +1457,19 @@ def main() -> int:
             res["profile"] = profile(binary, mock, small_body, args, workdir)
         if cache_concs:
             res["cache_sim"] = []
-            starters = [("sidecar", lambda conc: sidecar_starter(binary, mock, args, workdir,
-                                                                 f"cachesim-sidecar-{conc}"))]
+            # (label, short name for files, starter for a run name)
+            starters = [("sidecar", "sidecar",
+                         lambda name: sidecar_starter(binary, mock, args, workdir, name))]
             if not args.no_floor:
-                starters.append((FLOOR, lambda conc: lambda wrapper: Floor(
-                    workdir, mock.port, mock.ca, args.proxy_cpu, wrapper,
-                    f"cachesim-floor-{conc}", start_timeout=120)))
+                starters.append((FLOOR, "floor", lambda name: lambda wrapper: Floor(
+                    workdir, mock.port, mock.ca, args.proxy_cpu, wrapper, name,
+                    start_timeout=120)))
             for conc in cache_concs:
-                for who, starter in starters:
+                for who, short, starter in starters:
+                    name = f"cachesim-{short}-{conc}"
                     print(f"bench: cache simulation, {who}, concurrency {conc} ...", flush=True)
                     res["cache_sim"].append(
-                        cache_sim(who, starter(conc), small_body, conc, args, workdir))
+                        cache_sim(who, starter(name), small_body, conc, args, workdir, name))
     finally:
         for s in sidecars:
             s.stop()
