@@ -801,6 +801,22 @@ def shorten(fn: str) -> str:
     return s if len(s) <= 160 else s[:157] + "..."
 
 
+# One number column of callgrind_annotate: "1,234", optionally followed by
+# its share "(0.5%)"; "." where the count is zero.
+ANNOTATE_CELL = r"([\d,]+|\.)\s+(?:\([^)]*\)\s+)?"
+
+
+def annotate_count(cell: str) -> int:
+    return 0 if cell == "." else int(cell.replace(",", ""))
+
+
+def annotate_function(entry: str) -> str:
+    """The short function name of a callgrind_annotate entry
+    ("file:function [object] (N x)")."""
+    fn = re.sub(r"\s*\[[^\]]*\]$", "", entry.split(":", 1)[-1])
+    return shorten(re.sub(r"\s*\([\d,]+x\)$", "", fn))
+
+
 def annotate(out_file: Path, inclusive: bool, top: int) -> tuple[int, list[tuple[int, str]]]:
     """Top functions from callgrind_annotate. Entries of one function split
     over several source files (inlining) are merged: summed for self cost,
@@ -828,10 +844,9 @@ def annotate(out_file: Path, inclusive: bool, top: int) -> tuple[int, list[tuple
         what = m.group(2)
         if ":" not in what:
             continue
-        fn = re.sub(r"\s*\[[^\]]*\]$", "", what.split(":", 1)[1])
         if not inclusive and n >= 0.99 * total:
             continue
-        key = shorten(fn)
+        key = annotate_function(what)
         agg[key] = agg.get(key, 0) + n if not inclusive else max(agg.get(key, 0), n)
     rows = sorted(((n, fn) for fn, n in agg.items()), reverse=True)[:top]
     return total or 0, rows
@@ -925,22 +940,21 @@ def cache_sim(who: str, start, body: bytes, conc: int, args, workdir: Path,
               f"answered 200; figures are per answered request", file=sys.stderr)
     p = run(["callgrind_annotate", f"--show={','.join(CACHE_EVENTS)}", "--sort=DLmr,DLmw",
              "--inclusive=no", "--threshold=100", "--auto=no", str(dump)])
-    cell = r"([\d,]+|\.)\s+(?:\([^)]*\)\s+)?"
-    row = re.compile(r"^\s*" + cell * len(CACHE_EVENTS) + r"(.+?)\s*$")
+    row = re.compile(r"^\s*" + ANNOTATE_CELL * len(CACHE_EVENTS) + r"(.+?)\s*$")
     totals: dict[str, int] = {}
     agg: dict[str, int] = {}
     for text in p.stdout.splitlines():
         m = row.match(text)
         if not m:
             continue
-        values = [0 if v == "." else int(v.replace(",", "")) for v in m.groups()[:-1]]
+        values = [annotate_count(v) for v in m.groups()[:-1]]
         what = m.group(len(CACHE_EVENTS) + 1)
         if "PROGRAM TOTALS" in what:
             totals = dict(zip(CACHE_EVENTS, values))
         elif ":" in what and totals:
             misses = values[3] + values[4]
             if misses and values[0] < 0.99 * totals["Ir"]:  # not the thread-entry frames
-                key = shorten(re.sub(r"\s*\[[^\]]*\]$", "", what.split(":", 1)[1]))
+                key = annotate_function(what)
                 agg[key] = agg.get(key, 0) + misses
     if not totals:
         raise RuntimeError(f"callgrind_annotate gave no totals for {dump}")
@@ -959,7 +973,7 @@ def memcpy_callers(dump: Path) -> list[tuple[int, str]]:
     in), largest first."""
     p = run(["callgrind_annotate", "--show=DLmr,DLmw", "--sort=DLmw", "--tree=caller",
              "--inclusive=no", "--threshold=100", "--auto=no", str(dump)])
-    arc = re.compile(r"^\s*([\d,]+|\.)\s+(?:\([^)]*\)\s+)?([\d,]+|\.)\s+(?:\([^)]*\)\s+)?([<*])\s+(.+?)\s*$")
+    arc = re.compile(r"^\s*" + ANNOTATE_CELL * 2 + r"([<*])\s+(.+?)\s*$")
     callers: list[tuple[int, str]] = []
     agg: dict[str, int] = {}
     # Each function's block lists its callers ("<" lines), then the
@@ -970,13 +984,12 @@ def memcpy_callers(dump: Path) -> list[tuple[int, str]]:
             if not text.strip():
                 callers = []
             continue
-        misses = sum(0 if v == "." else int(v.replace(",", "")) for v in m.group(1, 2))
-        what = re.sub(r"\s*\[[^\]]*\]$", "", m.group(4).split(":", 1)[-1])
-        what = re.sub(r"\s*\([\d,]+x\)$", "", what)
+        misses = sum(annotate_count(v) for v in m.group(1, 2))
+        what = annotate_function(m.group(4))
         is_copy = "memcpy" in what or "memmove" in what
         if m.group(3) == "<":
             if not is_copy:  # `__memcpy_chk` calling `__memmove_*`: counted once
-                callers.append((misses, shorten(what)))
+                callers.append((misses, what))
             continue
         if is_copy:
             for from_caller, fn in callers:
