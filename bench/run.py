@@ -1207,8 +1207,13 @@ def summary(res: dict, args) -> list:
         r = get(c)
         if r and floor(r):
             ratio = r["results"]["sidecar"]["cpu_per_10k"] / floor(r)["cpu_per_10k"]
+            # The gap in µs a request as well: a ratio moves with how much a
+            # request costs the floor on the machine (the kernel's loopback
+            # work), the gap with what the sidecar adds.
+            gap_us = (r["results"]["sidecar"]["cpu_per_10k"] - floor(r)["cpu_per_10k"]) * 100
             out.append((f"CPU s per 10k requests ≤ 1.5× the floor's at {c} conn{'s' if c > 1 else ''}",
-                        f"{r['results']['sidecar']['cpu_per_10k']:.2f} s ({ratio:.2f}×)", ratio <= 1.5,
+                        f"{r['results']['sidecar']['cpu_per_10k']:.2f} s ({ratio:.2f}×; "
+                        f"{gap_us:+.1f} µs a request)", ratio <= 1.5,
                         f"{floor(r)['cpu_per_10k']:.2f} s"))
     r = get(16)
     off = "sidecar, usage metrics off"
