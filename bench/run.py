@@ -837,10 +837,10 @@ def annotate(out_file: Path, inclusive: bool, top: int) -> tuple[int, list[tuple
             break  # the function table ends at the first blank line
         table.append(line)
     for line in table:
-        m = re.match(r"^\s*([\d,]+)\s+(?:\([^)]*\)\s+)?(?:\*\s+)?(.+?)\s*$", line)
+        m = re.match(r"^\s*" + ANNOTATE_CELL + r"(?:\*\s+)?(.+?)\s*$", line)
         if not m:
             continue
-        n = int(m.group(1).replace(",", ""))
+        n = annotate_count(m.group(1))
         what = m.group(2)
         if ":" not in what:
             continue
@@ -889,6 +889,14 @@ def sidecar_starter(binary: Path, mock: Mock, args, workdir: Path, name: str):
             sc.stop()
             raise
         return sc
+    return start
+
+
+def floor_starter(mock: Mock, args, workdir: Path, name: str):
+    """A `start` for callgrind(): the floor nginx under the given wrapper,
+    listening (valgrind makes it slow to start)."""
+    def start(wrapper: list[str]) -> Floor:
+        return Floor(workdir, mock.port, mock.ca, args.proxy_cpu, wrapper, name, start_timeout=120)
     return start
 
 
@@ -947,22 +955,23 @@ def cache_sim(who: str, start, body: bytes, conc: int, args, workdir: Path,
         m = row.match(text)
         if not m:
             continue
-        values = [annotate_count(v) for v in m.groups()[:-1]]
+        counts = dict(zip(CACHE_EVENTS, (annotate_count(v) for v in m.groups()[:-1])))
         what = m.group(len(CACHE_EVENTS) + 1)
         if "PROGRAM TOTALS" in what:
-            totals = dict(zip(CACHE_EVENTS, values))
+            totals = counts
         elif ":" in what and totals:
-            misses = values[3] + values[4]
-            if misses and values[0] < 0.99 * totals["Ir"]:  # not the thread-entry frames
+            misses = counts["DLmr"] + counts["DLmw"]
+            if misses and counts["Ir"] < 0.99 * totals["Ir"]:  # not the thread-entry frames
                 key = annotate_function(what)
                 agg[key] = agg.get(key, 0) + misses
     if not totals:
         raise RuntimeError(f"callgrind_annotate gave no totals for {dump}")
-    per = {k: v / max(ok, 1) for k, v in totals.items()}
+    answered = max(ok, 1)
+    per = {k: v / answered for k, v in totals.items()}
     # Rows under 0.05 misses a request would print as 0.0: left out.
-    top = sorted(((n / max(ok, 1), fn) for fn, n in agg.items()
-                  if n / max(ok, 1) >= 0.05), reverse=True)[:10]
-    copies = ([(n / max(ok, 1), fn) for n, fn in memcpy_callers(dump)[:8] if n / max(ok, 1) >= 0.05]
+    top = sorted(((n / answered, fn) for fn, n in agg.items()
+                  if n / answered >= 0.05), reverse=True)[:10]
+    copies = ([(n / answered, fn) for n, fn in memcpy_callers(dump)[:8] if n / answered >= 0.05]
               if who == "sidecar" else [])  # only the sidecar's are reported
     return {"who": who, "conc": conc, "ok": ok, "requests": args.profile_requests,
             "per_request": per, "top": top, "copies": copies, "l2": (size, ways, line)}
@@ -1258,6 +1267,18 @@ def summary(res: dict, args) -> list:
 # --------------------------------------------------------------------------
 
 
+def concurrencies(text: str) -> list[int]:
+    """--cache-sim's value: concurrencies like 8,64, each once, in order."""
+    problem = argparse.ArgumentTypeError(f"expected concurrencies of 1 or more like 8,64, got {text!r}")
+    try:
+        concs = list(dict.fromkeys(int(c) for c in text.split(",") if c))
+    except ValueError:
+        raise problem from None
+    if any(c < 1 for c in concs):
+        raise problem
+    return concs
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1304,7 +1325,7 @@ def main() -> int:
     ap.add_argument("--profile-requests", type=int, default=2000)
     ap.add_argument("--profile-conc", type=int, default=2)
     ap.add_argument("--profile-top", type=int, default=30)
-    ap.add_argument("--cache-sim", default="", metavar="CONCS",
+    ap.add_argument("--cache-sim", type=concurrencies, default=[], metavar="CONCS",
                     help="also run the sidecar and the floor under callgrind's cache "
                          "simulator at these concurrencies (e.g. 8,64; under a minute "
                          "each): L2 misses per request, and where the sidecar's are")
@@ -1328,12 +1349,7 @@ def main() -> int:
     if ncpu < 2:
         print("bench: fewer than 2 CPUs; running unpinned", file=sys.stderr)
         args.proxy_cpu = args.load_cpu = None
-    try:
-        cache_concs = list(dict.fromkeys(int(c) for c in args.cache_sim.split(",") if c))
-    except ValueError:
-        cache_concs = [0]
-    if any(c < 1 for c in cache_concs):
-        ap.error(f"--cache-sim: expected concurrencies of 1 or more like 8,64, got {args.cache_sim!r}")
+    cache_concs = args.cache_sim
     if args.profile_only and args.no_profile and not cache_concs:
         ap.error("--profile-only with --no-profile measures nothing: add --cache-sim")
     ensure_tools(need_valgrind=not args.no_profile or bool(cache_concs))
@@ -1475,19 +1491,16 @@ def main() -> int:
             res["profile"] = profile(binary, mock, small_body, args, workdir)
         if cache_concs:
             res["cache_sim"] = []
-            # (label, short name for files, starter for a run name)
-            starters = [("sidecar", "sidecar",
-                         lambda name: sidecar_starter(binary, mock, args, workdir, name))]
-            if not args.no_floor:
-                starters.append((FLOOR, "floor", lambda name: lambda wrapper: Floor(
-                    workdir, mock.port, mock.ca, args.proxy_cpu, wrapper, name,
-                    start_timeout=120)))
+            proxies = ["sidecar"] if args.no_floor else ["sidecar", "floor"]
             for conc in cache_concs:
-                for who, short, starter in starters:
+                for short in proxies:
                     name = f"cachesim-{short}-{conc}"
+                    if short == "sidecar":
+                        who, start = "sidecar", sidecar_starter(binary, mock, args, workdir, name)
+                    else:
+                        who, start = FLOOR, floor_starter(mock, args, workdir, name)
                     print(f"bench: cache simulation, {who}, concurrency {conc} ...", flush=True)
-                    res["cache_sim"].append(
-                        cache_sim(who, starter(name), small_body, conc, args, workdir, name))
+                    res["cache_sim"].append(cache_sim(who, start, small_body, conc, args, workdir, name))
     finally:
         for s in sidecars:
             s.stop()
