@@ -19,6 +19,10 @@ One command (`make bench`, or `python3 bench/run.py`):
   through a "floor": a separate plain nginx reverse proxy (no signing,
   upstream keepalive to the mock), pinned like the sidecar, to show what any
   second hop costs on this setup;
+* unless --no-stack-floor, also drives the 1 KB converse rows through
+  bench/stack_floor.rs (built as the `stack_floor` example): the leanest
+  proxy on the sidecar's own stack, to split the sidecar's distance to
+  nginx into what the stack costs and what the sidecar's code adds;
 * CPU pinning: the sidecar (and the floor nginx) run on --proxy-cpu, one at a
   time; wrk, the mock nginx and this script share --load-cpu (the same as
   `taskset -c`);
@@ -31,7 +35,8 @@ One command (`make bench`, or `python3 bench/run.py`):
   fixed number of requests and adds the top entries to the report.
 * with --cache-sim 8,64, also runs the sidecar and the floor under
   callgrind's cache simulator (last level = the proxy core's L2) at those
-  concurrencies: L2 misses per request, and where the sidecar's are.
+  concurrencies (and the stack floor, unless --no-stack-floor): L2 misses
+  per request, and where the sidecar's are.
 
 Only 127.0.0.1 is ever contacted. Needs wrk, nginx (+ echo module), openssl
 and, for the profile, valgrind; as root on Debian it apt-get installs the
@@ -264,6 +269,17 @@ def build_binary(target_dir: Path) -> Path:
     return target_dir / "release" / "bedrock-broker"
 
 
+def build_stack_floor(target_dir: Path) -> Path:
+    """The stack-floor proxy (`bench/stack_floor.rs`), release profile."""
+    env = dict(os.environ, CARGO_TARGET_DIR=str(target_dir),
+               CARGO_PROFILE_RELEASE_DEBUG="true", CARGO_PROFILE_RELEASE_STRIP="false")
+    print(f"bench: cargo build --release --example stack_floor (CARGO_TARGET_DIR={target_dir}) ...",
+          flush=True)
+    subprocess.run(["cargo", "build", "--release", "--locked", "--example", "stack_floor"],
+                   cwd=ROOT, env=env, check=True)
+    return target_dir / "release" / "examples" / "stack_floor"
+
+
 # --------------------------------------------------------------------------
 # Mock upstream: nginx with TLS
 
@@ -440,6 +456,7 @@ load_module {ECHO_MODULE};
 
 
 FLOOR = "floor: nginx reverse proxy, no signing"
+STACK_FLOOR = "stack floor: hyper + rustls, none of the sidecar's code"
 
 
 class Floor:
@@ -605,12 +622,46 @@ def run_wrk(url: str, path: str, body_file: Path, conns: int, duration: float,
     return r
 
 
+class StackFloor:
+    """`bench/stack_floor.rs`: the leanest proxy on the sidecar's own stack
+    (tokio current-thread, hyper HTTP/1.1, tokio-rustls with ring), none of
+    the sidecar's code. Pinned like the sidecar. Between nginx's floor and
+    the sidecar it splits the distance: what the stack costs, and what the
+    sidecar adds to it."""
+
+    def __init__(self, binary: Path, upstream_port: int, ca: Path, cpu: int | None,
+                 workdir: Path, wrapper: list[str] | None = None, name: str = "stack-floor",
+                 start_timeout: float = 10):
+        self.port = free_port()
+        self.log = open(workdir / f"{name}-{self.port}.log", "w")
+        cmd = [*(wrapper or []), str(binary), f"127.0.0.1:{self.port}",
+               f"127.0.0.1:{upstream_port}", str(ca), "localhost"]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     preexec_fn=pinned(cpu))
+        self.pid = self.proc.pid
+        try:
+            wait_port(self.port, start_timeout, self.proc)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
 class Target:
     """Where wrk sends requests, and what to sample around each run: `proxy`
-    is the process in between (a Sidecar or the Floor nginx; None for the
-    direct path)."""
+    is the process in between (a Sidecar, the Floor nginx or the
+    StackFloor; None for the direct path)."""
 
-    def __init__(self, name: str, url: str, proxy: Sidecar | Floor | None,
+    def __init__(self, name: str, url: str, proxy: Sidecar | Floor | StackFloor | None,
                  rows: str = "all"):
         self.name = name
         self.url = url
@@ -900,6 +951,15 @@ def floor_starter(mock: Mock, args, workdir: Path, name: str):
     return start
 
 
+def stack_floor_starter(binary: Path, mock: Mock, args, workdir: Path, name: str):
+    """A `start` for callgrind(): the stack floor under the given wrapper,
+    listening."""
+    def start(wrapper: list[str]) -> StackFloor:
+        return StackFloor(binary, mock.port, mock.ca, args.proxy_cpu, workdir, wrapper, name,
+                          start_timeout=120)
+    return start
+
+
 def profile(binary: Path, mock: Mock, body: bytes, args, workdir: Path) -> dict:
     dump, ok, wall = callgrind(sidecar_starter(binary, mock, args, workdir, "callgrind"), body,
                                args.profile_requests, args.profile_conc, workdir, "callgrind", [])
@@ -1090,7 +1150,11 @@ def report(res: dict, args, command: str) -> str:
                           for k, v in IMAGE_ENV.items()) or "none") + "  ")
     if EXPERIMENT_ENV:
         L.append(experiment_line() + "  ")
-    L.append(f"Pinning: sidecar{'' if args.no_floor else ' (and the floor nginx)'} on CPU {args.proxy_cpu}; wrk (1 thread), the mock nginx (1 worker) and the "
+    if res.get("stack_binary"):
+        L.append(f"Stack floor: `{res['stack_binary']}` (bench/stack_floor.rs)  ")
+    others = [name for name, off in (("the floor nginx", args.no_floor),
+                                     ("the stack floor", args.no_stack_floor)) if not off]
+    L.append(f"Pinning: sidecar{' (and ' + ' and '.join(others) + ')' if others else ''} on CPU {args.proxy_cpu}; wrk (1 thread), the mock nginx (1 worker) and the "
              f"driver on CPU {args.load_cpu}. Runs: {args.warmup:g} s warm-up, then {args.repeats} × "
              f"{args.duration:g} s per row, direct and sidecar interleaved; medians shown.\n")
     L.append("## Load (wrk, keep-alive, POST)\n")
@@ -1125,6 +1189,12 @@ def report(res: dict, args, command: str) -> str:
              "→ the mock over TLS with upstream keepalive, session reuse and no response buffering; it "
              "does no signing and no body inspection, so it is the floor any second hop costs on this "
              "machine (CPU, RSS and connection columns are that nginx process's). "
+             f"'{STACK_FLOOR}' rows (1 KB converse only; off with --no-stack-floor): "
+             "bench/stack_floor.rs in the sidecar's place, the leanest proxy on the sidecar's own "
+             "stack (tokio current-thread, hyper HTTP/1.1, tokio-rustls with ring): no signing, "
+             "metrics, limits, timeouts or body buffering, one upstream connection per client "
+             "connection. The gap from it to the 'sidecar' row is what the sidecar's own code "
+             "costs; from nginx to it, what the stack does. "
              "Peak RSS is VmHWM, reset before each row. "
              "'proxy CPU busy' is the sidecar's CPU time over wall time (100 % = its core is "
              "saturated); 'other load on proxy CPU' is time that core spent on anything else "
@@ -1146,6 +1216,7 @@ def report(res: dict, args, command: str) -> str:
     if has_floor:
         L.append("The last column is the floor row (no signing, nginx as the second hop) against the "
                  "same targets: where the floor misses a target, no proxy on this setup can meet it.\n")
+    L.extend(stack_floor_lines(res))
     st = res["stream"]
     L.append(f"Slow stream ({args.events} SSE events {args.gap_ms} ms apart, first at once; "
              f"median of {args.stream_repeats}): time to first byte direct {st['direct']['ttfb_ms']:.2f} ms, "
@@ -1177,6 +1248,31 @@ def report(res: dict, args, command: str) -> str:
     if res.get("cache_sim"):
         L.extend(cache_sim_lines(res["cache_sim"]))
     return "\n".join(L) + "\n"
+
+
+def stack_floor_lines(res: dict) -> list[str]:
+    """The sidecar and the nginx floor against the stack floor, per 1 KB
+    converse row that measured it: how far the sidecar's own code is from
+    what its stack reaches, in throughput and in CPU µs a request."""
+    rows = [r for r in res["rows"] if r["endpoint"] == "converse" and r["body"] == "1 KB"
+            and STACK_FLOOR in r["results"]]
+    if not rows:
+        return []
+    L = ["Against the stack floor (bench/stack_floor.rs: the sidecar's stack without its code):\n",
+         "| conns | stack floor req/s | sidecar × it | nginx floor × it "
+         "| sidecar CPU over it, µs a request | nginx CPU over it, µs a request |",
+         "|--:|--:|--:|--:|--:|--:|"]
+    for r in rows:
+        base = r["results"][STACK_FLOOR]
+        cells = []
+        for name in ("sidecar", FLOOR):
+            other = r["results"].get(name)
+            cells.append((fmt(other and other["rps"] / base["rps"]),
+                          fmt(other and (other["cpu_per_10k"] - base["cpu_per_10k"]) * 100, "+.1f")))
+        L.append(f"| {r['conns']} | {base['rps']:,.0f} | {cells[0][0]} | {cells[1][0]} | "
+                 f"{cells[0][1]} | {cells[1][1]} |")
+    L.append("")
+    return L
 
 
 def summary(res: dict, args) -> list:
@@ -1303,6 +1399,11 @@ def main() -> int:
     ap.add_argument("--no-floor", action="store_true",
                     help="skip the floor rows: a plain nginx reverse proxy (no signing) on the "
                          "proxy CPU, in the 1 KB converse rows and the slow stream")
+    ap.add_argument("--no-stack-floor", action="store_true",
+                    help="skip the stack-floor rows: bench/stack_floor.rs, the leanest proxy on "
+                         "the sidecar's stack (hyper, rustls, tokio), in the 1 KB converse rows")
+    ap.add_argument("--stack-floor-binary", type=Path,
+                    help="the stack_floor example (default: build it in --target-dir)")
     ap.add_argument("--proxy-cpu", type=int, default=1)
     ap.add_argument("--load-cpu", type=int, default=0)
     ap.add_argument("--events", type=int, default=5, help="slow stream events (5)")
@@ -1326,7 +1427,7 @@ def main() -> int:
     ap.add_argument("--profile-conc", type=int, default=2)
     ap.add_argument("--profile-top", type=int, default=30)
     ap.add_argument("--cache-sim", type=concurrencies, default=[], metavar="CONCS",
-                    help="also run the sidecar and the floor under callgrind's cache "
+                    help="also run the sidecar, the floor and the stack floor under callgrind's cache "
                          "simulator at these concurrencies (e.g. 8,64; under a minute "
                          "each): L2 misses per request, and where the sidecar's are")
     ap.add_argument("--keep-callgrind", action="store_true",
@@ -1355,6 +1456,8 @@ def main() -> int:
     ensure_tools(need_valgrind=not args.no_profile or bool(cache_concs))
     binary = args.binary or build_binary(args.target_dir)
     binary = binary.resolve()
+    stack_binary = None if args.no_stack_floor else (
+        args.stack_floor_binary or build_stack_floor(args.target_dir)).resolve()
     if args.load_cpu is not None:
         os.sched_setaffinity(0, {args.load_cpu})  # the driver itself stays off the proxy's CPU
 
@@ -1364,6 +1467,7 @@ def main() -> int:
         "machine": machine_line() + f", CPUs {100 * busy:.0f} % busy just before the run",
         "tools": tool_versions(),
         "binary": binary,
+        "stack_binary": stack_binary,
         "git": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
                               capture_output=True, text=True).stdout.strip() or "?",
     }
@@ -1371,6 +1475,7 @@ def main() -> int:
     mock = Mock(workdir, args.load_cpu, args.events, args.gap_ms / 1000)
     sidecars: list[Sidecar] = []
     floor: Floor | None = None
+    stack: StackFloor | None = None
     try:
         small = workdir / "body-1k.json"
         small_body = converse_request_body(args.body_bytes)
@@ -1441,6 +1546,10 @@ def main() -> int:
                 res["floor_idle_rss"] = proc_mem(floor.pid)["VmRSS"]
                 targets.append(Target(FLOOR, f"http://127.0.0.1:{floor.port}", floor,
                                       rows="1 KB converse"))
+            if stack_binary:
+                stack = StackFloor(stack_binary, mock.port, mock.ca, args.proxy_cpu, workdir)
+                targets.append(Target(STACK_FLOOR, f"http://127.0.0.1:{stack.port}", stack,
+                                      rows="1 KB converse"))
 
             plan = [("converse", CONVERSE_PATH, small, "1 KB", int(c)) for c in args.conns.split(",") if c]
             plan += [("openai chat", CHAT_PATH, chat, "1 KB", int(c)) for c in args.openai_conns.split(",") if c]
@@ -1481,6 +1590,9 @@ def main() -> int:
                     SLOW_STREAM_PATH, small_body, args.stream_repeats)
                 floor.stop()
                 floor = None
+            if stack:
+                stack.stop()
+                stack = None
             for s in sidecars:
                 s.stop()
             sidecars.clear()
@@ -1491,14 +1603,18 @@ def main() -> int:
             res["profile"] = profile(binary, mock, small_body, args, workdir)
         if cache_concs:
             res["cache_sim"] = []
-            proxies = ["sidecar"] if args.no_floor else ["sidecar", "floor"]
+            proxies = (["sidecar"] + ([] if args.no_floor else ["floor"])
+                       + (["stack"] if stack_binary else []))
             for conc in cache_concs:
                 for short in proxies:
                     name = f"cachesim-{short}-{conc}"
                     if short == "sidecar":
                         who, start = "sidecar", sidecar_starter(binary, mock, args, workdir, name)
-                    else:
+                    elif short == "floor":
                         who, start = FLOOR, floor_starter(mock, args, workdir, name)
+                    else:
+                        who, start = STACK_FLOOR, stack_floor_starter(stack_binary, mock, args,
+                                                                      workdir, name)
                     print(f"bench: cache simulation, {who}, concurrency {conc} ...", flush=True)
                     res["cache_sim"].append(cache_sim(who, start, small_body, conc, args, workdir, name))
     finally:
@@ -1506,6 +1622,8 @@ def main() -> int:
             s.stop()
         if floor:
             floor.stop()
+        if stack:
+            stack.stop()
         mock.stop()
 
     if args.profile_only:
