@@ -13,57 +13,62 @@ use super::{upstream, Proxy};
 
 impl Proxy {
     /// Signs and sends; retries once with fresher credentials if Bedrock
-    /// rejects the ones used.
-    pub(super) async fn send_signed(
-        &self,
-        signer: Option<&RequestSigner>,
+    /// rejects the ones used. Signs before the caller awaits, so the
+    /// future holds the send, not the request's parts (see
+    /// [`upstream::send`]).
+    pub(super) fn send_signed<'a>(
+        &'a self,
+        signer: Option<&'a RequestSigner>,
         mut parts: http::request::Parts,
         body: ReadBody,
-    ) -> Result<Response<PooledBody>, ProxyError> {
+    ) -> impl std::future::Future<Output = Result<Response<PooledBody>, ProxyError>> + 'a {
         let unsigned = (
             parts.method.clone(),
             parts.uri.clone(),
             parts.headers.clone(),
         );
-        let used = self.sign(signer, &mut parts, &body)?;
-        let response = self
-            .send_pooled(parts, Full::new(body.bytes.clone()))
-            .await?;
-        if !rejects_credentials(&response) {
-            return Ok(response);
-        }
-        if !self.fresher_credentials(used).await {
+        let first = self
+            .sign(signer, &mut parts, &body)
+            .map(|used| (used, self.send_pooled(parts, Full::new(body.bytes.clone()))));
+        async move {
+            let (used, sent) = first?;
+            let response = sent.await?;
+            if !rejects_credentials(&response) {
+                return Ok(response);
+            }
+            if !self.fresher_credentials(used).await {
+                self.metrics
+                    .auth_retries
+                    .with_label_values(&["gave_up"])
+                    .inc();
+                return Ok(response);
+            }
+            drop(response);
+            let (mut retry, ()) = Request::new(()).into_parts();
+            (retry.method, retry.uri, retry.headers) = unsigned;
+            retry.version = Version::HTTP_11;
+            self.sign(signer, &mut retry, &body)?;
             self.metrics
                 .auth_retries
-                .with_label_values(&["gave_up"])
+                .with_label_values(&["retried"])
                 .inc();
-            return Ok(response);
+            tracing::info!("bedrock rejected expired credentials; retried with refreshed ones");
+            self.send_pooled(retry, Full::new(body.bytes)).await
         }
-        drop(response);
-        let (mut retry, ()) = Request::new(()).into_parts();
-        (retry.method, retry.uri, retry.headers) = unsigned;
-        retry.version = Version::HTTP_11;
-        self.sign(signer, &mut retry, &body)?;
-        self.metrics
-            .auth_retries
-            .with_label_values(&["retried"])
-            .inc();
-        tracing::info!("bedrock rejected expired credentials; retried with refreshed ones");
-        self.send_pooled(retry, Full::new(body.bytes)).await
     }
 
-    pub(super) async fn send_pooled(
+    /// Not an `async fn`, for the reason [`upstream::send`] gives.
+    pub(super) fn send_pooled(
         &self,
         parts: http::request::Parts,
         body: Full<bytes::Bytes>,
-    ) -> Result<Response<PooledBody>, ProxyError> {
+    ) -> impl std::future::Future<Output = Result<Response<PooledBody>, ProxyError>> + '_ {
         upstream::send(
             &self.clients.pooled,
             parts,
             body,
             self.response_header_timeout,
         )
-        .await
     }
 
     /// Newer credentials than generation `used`, refreshing early if needed.

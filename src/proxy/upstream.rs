@@ -61,17 +61,23 @@ pub fn clients(
 
 /// Sends a buffered request on the pool, waiting at most `header_timeout`
 /// for the response headers (the body then streams for as long as it takes).
-pub async fn send(
-    pool: &Pool,
+///
+/// Not an `async fn`: the request is built and its send boxed before the
+/// caller awaits, so the caller's future holds a pointer and a timer, not
+/// the request's parts (twice, as rustc lays out an `async fn`'s
+/// arguments). Every byte of the request's future is copied into place
+/// once per request, so its size costs cache misses at many connections.
+pub fn send<'a>(
+    pool: &'a Pool,
     parts: http::request::Parts,
     body: Full<Bytes>,
     header_timeout: Option<Duration>,
-) -> Result<Response<PooledBody>, ProxyError> {
+) -> impl std::future::Future<Output = Result<Response<PooledBody>, ProxyError>> + 'a {
     // Boxed, as hyper-util's client boxes its own: the send's state is
     // large, and every future around it (up to the connection's) would
     // carry it and copy it when moved.
     let sent = Box::pin(pool.send(Request::from_parts(parts, body)));
-    within(header_timeout, sent).await
+    within(header_timeout, sent)
 }
 
 /// Opens a bidirectional stream, waiting at most `header_timeout` for the
