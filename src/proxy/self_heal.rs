@@ -14,8 +14,9 @@ use super::{upstream, Proxy};
 impl Proxy {
     /// Signs and sends; retries once with fresher credentials if Bedrock
     /// rejects the ones used. Signs before the caller awaits, so the
-    /// future holds the send, not the request's parts (see
-    /// [`upstream::send`]).
+    /// future holds the send, not a second copy of the request's parts (see
+    /// [`upstream::send`]); the unsigned method, URI and headers stay, for
+    /// the retry.
     pub(super) fn send_signed<'a>(
         &'a self,
         signer: Option<&'a RequestSigner>,

@@ -192,9 +192,10 @@ where
 
 pin_project_lite::pin_project! {
     /// The inner service's future, its response's body counted. Not boxed:
-    /// hyper keeps it in its connection's own allocation, reused by every
-    /// request on the connection, where a box per request would be a fresh
-    /// allocation each time, cold in the cache under many connections.
+    /// on HTTP/1.1 hyper keeps it in its connection's own allocation,
+    /// reused by every request on the connection, where a box per request
+    /// would be a fresh allocation each time, cold in the cache under many
+    /// connections.
     pub struct CountedFuture<F> {
         #[pin]
         inner: F,
@@ -210,10 +211,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let response = std::task::ready!(this.inner.poll(cx))?;
-        // Taken once: a future is not polled again after it is ready.
+        let result = std::task::ready!(this.inner.poll(cx));
+        // Taken once (a future is not polled again after it is ready), and
+        // released at once when there is no response to carry it.
         let in_flight = this.in_flight.take();
-        Poll::Ready(Ok(response.map(|inner| CountedBody { inner, in_flight })))
+        Poll::Ready(result.map(|response| response.map(|inner| CountedBody { inner, in_flight })))
     }
 }
 
