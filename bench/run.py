@@ -1264,6 +1264,9 @@ def stack_floor_lines(res: dict) -> list[str]:
          "|--:|--:|--:|--:|--:|--:|"]
     for r in rows:
         base = r["results"][STACK_FLOOR]
+        if not base["rps"]:
+            L.append(f"| {r['conns']} | 0 | — | — | — | — |")
+            continue
         cells = []
         for name in ("sidecar", FLOOR):
             other = r["results"].get(name)
@@ -1403,7 +1406,8 @@ def main() -> int:
                     help="skip the stack-floor rows: bench/stack_floor.rs, the leanest proxy on "
                          "the sidecar's stack (hyper, rustls, tokio), in the 1 KB converse rows")
     ap.add_argument("--stack-floor-binary", type=Path,
-                    help="the stack_floor example (default: build it in --target-dir)")
+                    help="the stack_floor example (default: build it from the work tree in "
+                         "--target-dir, also when --binary is given)")
     ap.add_argument("--proxy-cpu", type=int, default=1)
     ap.add_argument("--load-cpu", type=int, default=0)
     ap.add_argument("--events", type=int, default=5, help="slow stream events (5)")
@@ -1453,11 +1457,16 @@ def main() -> int:
     cache_concs = args.cache_sim
     if args.profile_only and args.no_profile and not cache_concs:
         ap.error("--profile-only with --no-profile measures nothing: add --cache-sim")
+    if args.no_stack_floor and args.stack_floor_binary:
+        ap.error("--stack-floor-binary with --no-stack-floor: the binary would not be used")
     ensure_tools(need_valgrind=not args.no_profile or bool(cache_concs))
     binary = args.binary or build_binary(args.target_dir)
     binary = binary.resolve()
-    stack_binary = None if args.no_stack_floor else (
-        args.stack_floor_binary or build_stack_floor(args.target_dir)).resolve()
+    # Built only when a row or the cache simulation will run it.
+    wants_stack = not args.no_stack_floor and not args.burst_only and (
+        not args.profile_only or bool(cache_concs))
+    stack_binary = (args.stack_floor_binary or build_stack_floor(args.target_dir)).resolve() \
+        if wants_stack else None
     if args.load_cpu is not None:
         os.sched_setaffinity(0, {args.load_cpu})  # the driver itself stays off the proxy's CPU
 
