@@ -255,7 +255,7 @@ def ensure_tools(need_valgrind: bool) -> None:
     subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
 
 
-def build_binary(target_dir: Path) -> Path:
+def cargo_release(target_dir: Path, *extra: str) -> None:
     """Release build with debug symbols (same code as the shipped binary;
     debug info is not loaded at run time, so RSS is unaffected)."""
     env = dict(
@@ -264,19 +264,19 @@ def build_binary(target_dir: Path) -> Path:
         CARGO_PROFILE_RELEASE_DEBUG="true",
         CARGO_PROFILE_RELEASE_STRIP="false",
     )
-    print(f"bench: cargo build --release (CARGO_TARGET_DIR={target_dir}) ...", flush=True)
-    subprocess.run(["cargo", "build", "--release", "--locked"], cwd=ROOT, env=env, check=True)
+    cmd = ["cargo", "build", "--release", "--locked", *extra]
+    print(f"bench: {' '.join(cmd)} (CARGO_TARGET_DIR={target_dir}) ...", flush=True)
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True)
+
+
+def build_binary(target_dir: Path) -> Path:
+    cargo_release(target_dir)
     return target_dir / "release" / "bedrock-broker"
 
 
 def build_stack_floor(target_dir: Path) -> Path:
-    """The stack-floor proxy (`bench/stack_floor.rs`), release profile."""
-    env = dict(os.environ, CARGO_TARGET_DIR=str(target_dir),
-               CARGO_PROFILE_RELEASE_DEBUG="true", CARGO_PROFILE_RELEASE_STRIP="false")
-    print(f"bench: cargo build --release --example stack_floor (CARGO_TARGET_DIR={target_dir}) ...",
-          flush=True)
-    subprocess.run(["cargo", "build", "--release", "--locked", "--example", "stack_floor"],
-                   cwd=ROOT, env=env, check=True)
+    """The stack-floor proxy (`bench/stack_floor.rs`)."""
+    cargo_release(target_dir, "--example", "stack_floor")
     return target_dir / "release" / "examples" / "stack_floor"
 
 
@@ -348,11 +348,12 @@ def start_nginx(d: Path, conf: str, cpu: int | None, wrapper: list[str] | None =
     return proc, log
 
 
-def stop_nginx(proc: subprocess.Popen, log) -> None:
+def stop_process(proc: subprocess.Popen, log, grace: float) -> None:
+    """SIGTERM, SIGKILL after `grace` seconds; then closes its log."""
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(5)
+            proc.wait(grace)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -448,11 +449,11 @@ load_module {ECHO_MODULE};
         return int(text.splitlines()[2].split()[0]) - self.status_requests
 
     def stop(self) -> None:
-        stop_nginx(self.proc, self.log)
+        stop_process(self.proc, self.log, 5)
 
 
 # --------------------------------------------------------------------------
-# Floor: a minimal reverse proxy that does no signing
+# Floors: reverse proxies that do no signing (nginx, and our stack without our code)
 
 
 FLOOR = "floor: nginx reverse proxy, no signing"
@@ -513,7 +514,34 @@ class Floor:
             raise
 
     def stop(self) -> None:
-        stop_nginx(self.proc, self.log)
+        stop_process(self.proc, self.log, 5)
+
+
+class StackFloor:
+    """`bench/stack_floor.rs`: the leanest proxy on the sidecar's own stack
+    (tokio current-thread, hyper HTTP/1.1, tokio-rustls with ring), none of
+    the sidecar's code. Pinned like the sidecar. Between nginx's floor and
+    the sidecar it splits the distance: what the stack costs, and what the
+    sidecar adds to it."""
+
+    def __init__(self, binary: Path, upstream_port: int, ca: Path, cpu: int | None,
+                 workdir: Path, wrapper: list[str] | None = None, name: str = "stack-floor",
+                 start_timeout: float = 10):
+        self.port = free_port()
+        self.log = open(workdir / f"{name}-{self.port}.log", "w")
+        cmd = [*(wrapper or []), str(binary), f"127.0.0.1:{self.port}",
+               f"127.0.0.1:{upstream_port}", str(ca), "localhost"]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     preexec_fn=pinned(cpu))
+        self.pid = self.proc.pid
+        try:
+            wait_port(self.port, start_timeout, self.proc)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        stop_process(self.proc, self.log, 60)  # 60: slow under valgrind
 
 
 # --------------------------------------------------------------------------
@@ -592,14 +620,8 @@ class Sidecar:
         raise RuntimeError(f"sidecar not ready after {timeout}s: {self.log_path.read_text()[-2000:]}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        # Long enough for a graceful drain, also under valgrind.
+        stop_process(self.proc, self.log, 60)
 
 
 # --------------------------------------------------------------------------
@@ -620,40 +642,6 @@ def run_wrk(url: str, path: str, body_file: Path, conns: int, duration: float,
     r["errors"] = errors
     r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
     return r
-
-
-class StackFloor:
-    """`bench/stack_floor.rs`: the leanest proxy on the sidecar's own stack
-    (tokio current-thread, hyper HTTP/1.1, tokio-rustls with ring), none of
-    the sidecar's code. Pinned like the sidecar. Between nginx's floor and
-    the sidecar it splits the distance: what the stack costs, and what the
-    sidecar adds to it."""
-
-    def __init__(self, binary: Path, upstream_port: int, ca: Path, cpu: int | None,
-                 workdir: Path, wrapper: list[str] | None = None, name: str = "stack-floor",
-                 start_timeout: float = 10):
-        self.port = free_port()
-        self.log = open(workdir / f"{name}-{self.port}.log", "w")
-        cmd = [*(wrapper or []), str(binary), f"127.0.0.1:{self.port}",
-               f"127.0.0.1:{upstream_port}", str(ca), "localhost"]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     preexec_fn=pinned(cpu))
-        self.pid = self.proc.pid
-        try:
-            wait_port(self.port, start_timeout, self.proc)
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 class Target:
