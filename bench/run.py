@@ -1014,6 +1014,9 @@ def cache_sim(who: str, start, body: bytes, conc: int, args, workdir: Path,
                 agg[key] = agg.get(key, 0) + misses
     if not totals:
         raise RuntimeError(f"callgrind_annotate gave no totals for {dump}")
+    if args.keep_callgrind:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(dump, RESULTS / f"{name}.out")
     answered = max(ok, 1)
     per = {k: v / answered for k, v in totals.items()}
     # Rows under 0.05 misses a request would print as 0.0: left out.
@@ -1423,7 +1426,7 @@ def main() -> int:
                          "simulator at these concurrencies (e.g. 8,64; under a minute "
                          "each): L2 misses per request, and where the sidecar's are")
     ap.add_argument("--keep-callgrind", action="store_true",
-                    help="copy the raw callgrind file to bench/results/")
+                    help="copy the raw callgrind files (profile, cache simulations) to bench/results/")
     ap.add_argument("--wait-idle", type=float, default=0,
                     help="wait up to this many seconds for other load on the machine to stop (0)")
     ap.add_argument("--out", type=Path, default=RESULTS / "latest.md")
