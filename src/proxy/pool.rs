@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use http_body_util::Full;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -70,12 +70,101 @@ impl Pool {
     /// Sends `request` (absolute URI) on an idle connection to its host, or
     /// a new one. A request that never left because a reused connection had
     /// closed meanwhile is sent again; anything else is answered as is.
-    pub async fn send(
+    ///
+    /// Not an `async fn`: a free connection that is ready takes the request
+    /// here, at once, and the future returned then only waits for the
+    /// answer. The rest (connecting, waiting for a connection to be ready,
+    /// sending again) is boxed and taken only when needed: inline, its
+    /// state would be copied into place for every request.
+    pub fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> impl std::future::Future<Output = Result<Response<PooledBody>, ProxyError>> + '_ {
+        let now = self.send_now(request);
+        async move {
+            let (request, target, free) = match now {
+                Now::H1 {
+                    answer,
+                    sender,
+                    target,
+                    uri,
+                } => match answer.await {
+                    Ok(response) => return Ok(self.lend(&target, sender, response)),
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => {
+                            tracing::trace!("pooled connection closed before use; trying another");
+                            let free = self.hosts.checkout(target.index);
+                            (absolute(unsent, uri), target, free)
+                        }
+                        None => return Err(upstream_error(&e.into_error())),
+                    },
+                },
+                Now::H2 { answer, id, target } => match answer.await {
+                    Ok(response) => return Ok(response.map(|body| PooledBody::new(body, None))),
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => {
+                            self.hosts.forget_h2(target.index, id);
+                            let free = self.hosts.checkout(target.index);
+                            (unsent, target, free)
+                        }
+                        None => return Err(upstream_error(&e.into_error())),
+                    },
+                },
+                Now::Later {
+                    request,
+                    target,
+                    free,
+                } => (request, target, free),
+                Now::Failed(e) => return Err(e),
+            };
+            Box::pin(self.send_later(request, target, free)).await
+        }
+    }
+
+    /// Hands `request` to a free connection that is ready for it, if there
+    /// is one; otherwise gives it back with what the slower path needs.
+    fn send_now(
         &self,
         mut request: Request<Full<Bytes>>,
+    ) -> Now<impl std::future::Future<Output = Answer>, impl std::future::Future<Output = Answer>>
+    {
+        let (target, free) = match self.hosts.checkout_for(request.uri()) {
+            Ok(checked_out) => checked_out,
+            Err(e) => return Now::Failed(e),
+        };
+        match free {
+            Some(Sender::H1(mut sender)) if sender.is_ready() => {
+                let uri = to_origin_form(&target, &mut request);
+                let answer = sender.try_send_request(request);
+                Now::H1 {
+                    answer,
+                    sender,
+                    target,
+                    uri,
+                }
+            }
+            Some(Sender::H2(mut sender, id)) if sender.is_ready() => Now::H2 {
+                answer: sender.try_send_request(request),
+                id,
+                target,
+            },
+            free => Now::Later {
+                request,
+                target,
+                free,
+            },
+        }
+    }
+
+    /// The rest of [`Pool::send`]: waits for `free` to be ready, or for
+    /// another connection, or opens one.
+    async fn send_later(
+        &self,
+        mut request: Request<Full<Bytes>>,
+        target: Target,
+        mut free: Option<Sender>,
     ) -> Result<Response<PooledBody>, ProxyError> {
         let uri = request.uri().clone();
-        let (target, mut free) = self.hosts.checkout_for(&uri)?;
         loop {
             let (sender, reused) = match free.take() {
                 Some(sender) => (sender, true),
@@ -105,6 +194,21 @@ impl Pool {
         }
     }
 
+    /// `response`, with its connection lent to its body until it ends.
+    fn lend(
+        &self,
+        target: &Target,
+        sender: H1,
+        response: Response<hyper::body::Incoming>,
+    ) -> Response<PooledBody> {
+        let lease = Lease {
+            hosts: Arc::downgrade(&self.hosts),
+            host: target.index,
+            sender,
+        };
+        response.map(|body| PooledBody::new(body, Some(lease)))
+    }
+
     async fn send_h1(
         &self,
         target: &Target,
@@ -120,30 +224,11 @@ impl Pool {
         if !ready {
             return Err(Failure::Unsent(Box::new(request)));
         }
-        // HTTP/1.1 names the host in a header, the path alone on the line.
-        let origin = uri.path_and_query().cloned().unwrap_or_else(root);
-        *request.uri_mut() = Uri::from(origin);
-        if let Some(value) = &target.host_header {
-            request
-                .headers_mut()
-                .entry(http::header::HOST)
-                .or_insert_with(|| value.clone());
-        }
+        to_origin_form(target, &mut request);
         match sender.try_send_request(request).await {
-            Ok(response) => {
-                let lease = Lease {
-                    hosts: Arc::downgrade(&self.hosts),
-                    host: target.index,
-                    sender,
-                };
-                Ok(response.map(|body| PooledBody::new(body, Some(lease))))
-            }
+            Ok(response) => Ok(self.lend(target, sender, response)),
             Err(mut e) => match e.take_message() {
-                Some(mut unsent) => {
-                    *unsent.uri_mut() = uri.clone();
-                    unsent.headers_mut().remove(http::header::HOST);
-                    Err(Failure::Unsent(Box::new(unsent)))
-                }
+                Some(unsent) => Err(Failure::Unsent(Box::new(absolute(unsent, uri.clone())))),
                 None => Err(Failure::Failed(upstream_error(&e.into_error()))),
             },
         }
@@ -210,6 +295,55 @@ impl Pool {
             Ok(Sender::H1(sender))
         }
     }
+}
+
+/// A connection's answer to a request handed to it, or the request back.
+type Answer = Result<Response<hyper::body::Incoming>, TrySendError<Request<Full<Bytes>>>>;
+
+/// What [`Pool::send_now`] did with a request.
+enum Now<A1, A2> {
+    /// Handed to a free HTTP/1.1 connection: its answer to come.
+    H1 {
+        answer: A1,
+        sender: H1,
+        target: Target,
+        /// The request's absolute URI, should it have to go again.
+        uri: Uri,
+    },
+    /// Handed to the host's HTTP/2 connection.
+    H2 {
+        answer: A2,
+        id: Option<u64>,
+        target: Target,
+    },
+    /// No connection was ready for it: `free` may be, soon.
+    Later {
+        request: Request<Full<Bytes>>,
+        target: Target,
+        free: Option<Sender>,
+    },
+    Failed(ProxyError),
+}
+
+/// HTTP/1.1 names the host in a header, the path alone on the line: the
+/// request made so, and its absolute URI as it was.
+fn to_origin_form(target: &Target, request: &mut Request<Full<Bytes>>) -> Uri {
+    let origin = request.uri().path_and_query().cloned().unwrap_or_else(root);
+    let uri = std::mem::replace(request.uri_mut(), Uri::from(origin));
+    if let Some(value) = &target.host_header {
+        request
+            .headers_mut()
+            .entry(http::header::HOST)
+            .or_insert_with(|| value.clone());
+    }
+    uri
+}
+
+/// A request that never left, as it was before [`to_origin_form`].
+fn absolute(mut request: Request<Full<Bytes>>, uri: Uri) -> Request<Full<Bytes>> {
+    *request.uri_mut() = uri;
+    request.headers_mut().remove(http::header::HOST);
+    request
 }
 
 fn root() -> PathAndQuery {
