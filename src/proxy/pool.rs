@@ -82,42 +82,37 @@ impl Pool {
     ) -> impl std::future::Future<Output = Result<Response<PooledBody>, ProxyError>> + '_ {
         let now = self.send_now(request);
         async move {
-            let (request, target, free) = match now {
+            let (failure, target) = match now {
                 Now::H1 {
                     answer,
                     sender,
                     target,
                     uri,
-                } => match answer.await {
-                    Ok(response) => return Ok(self.lend(&target, sender, response)),
-                    Err(mut e) => match e.take_message() {
-                        Some(unsent) => {
-                            tracing::trace!("pooled connection closed before use; trying another");
-                            let free = self.hosts.checkout(target.index);
-                            (absolute(unsent, uri), target, free)
-                        }
-                        None => return Err(upstream_error(&e.into_error())),
-                    },
+                } => match self.answered_h1(&target, sender, answer.await, uri) {
+                    Ok(response) => return Ok(response),
+                    Err(failure) => (failure, target),
                 },
-                Now::H2 { answer, id, target } => match answer.await {
-                    Ok(response) => return Ok(response.map(|body| PooledBody::new(body, None))),
-                    Err(mut e) => match e.take_message() {
-                        Some(unsent) => {
-                            self.hosts.forget_h2(target.index, id);
-                            let free = self.hosts.checkout(target.index);
-                            (unsent, target, free)
-                        }
-                        None => return Err(upstream_error(&e.into_error())),
-                    },
-                },
+                Now::H2 { answer, id, target } => {
+                    match self.answered_h2(&target, id, answer.await) {
+                        Ok(response) => return Ok(response),
+                        Err(failure) => (failure, target),
+                    }
+                }
                 Now::Later {
                     request,
                     target,
                     free,
-                } => (request, target, free),
+                } => return Box::pin(self.send_later(request, target, free)).await,
                 Now::Failed(e) => return Err(e),
             };
-            Box::pin(self.send_later(request, target, free)).await
+            match failure {
+                Failure::Unsent(unsent) => {
+                    tracing::trace!("pooled connection closed before use; trying another");
+                    let free = self.hosts.checkout(target.index);
+                    Box::pin(self.send_later(*unsent, target, free)).await
+                }
+                Failure::Failed(e) => Err(e),
+            }
         }
     }
 
@@ -173,7 +168,7 @@ impl Pool {
                 None => (Box::pin(self.connect(target.index, &uri)).await?, false),
             };
             let sent = match sender {
-                Sender::H1(sender) => self.send_h1(&target, sender, request, &uri).await,
+                Sender::H1(sender) => self.send_h1(&target, sender, request).await,
                 Sender::H2(sender, id) => self.send_h2(&target, sender, id, request).await,
             };
             match sent {
@@ -194,61 +189,40 @@ impl Pool {
         }
     }
 
-    /// `response`, with its connection lent to its body until it ends.
-    fn lend(
+    /// An HTTP/1.1 connection's answer, with the connection lent to its
+    /// body until it ends; or the request back, with its absolute `uri`.
+    fn answered_h1(
         &self,
         target: &Target,
         sender: H1,
-        response: Response<hyper::body::Incoming>,
-    ) -> Response<PooledBody> {
-        let lease = Lease {
-            hosts: Arc::downgrade(&self.hosts),
-            host: target.index,
-            sender,
-        };
-        response.map(|body| PooledBody::new(body, Some(lease)))
-    }
-
-    async fn send_h1(
-        &self,
-        target: &Target,
-        mut sender: H1,
-        mut request: Request<Full<Bytes>>,
-        uri: &Uri,
+        answer: Answer,
+        uri: Uri,
     ) -> Result<Response<PooledBody>, Failure> {
-        let ready = sender.is_ready()
-            || matches!(
-                tokio::time::timeout(READY_WAIT, sender.ready()).await,
-                Ok(Ok(()))
-            );
-        if !ready {
-            return Err(Failure::Unsent(Box::new(request)));
-        }
-        to_origin_form(target, &mut request);
-        match sender.try_send_request(request).await {
-            Ok(response) => Ok(self.lend(target, sender, response)),
+        match answer {
+            Ok(response) => {
+                let lease = Lease {
+                    hosts: Arc::downgrade(&self.hosts),
+                    host: target.index,
+                    sender,
+                };
+                Ok(response.map(|body| PooledBody::new(body, Some(lease))))
+            }
             Err(mut e) => match e.take_message() {
-                Some(unsent) => Err(Failure::Unsent(Box::new(absolute(unsent, uri.clone())))),
+                Some(unsent) => Err(Failure::Unsent(Box::new(absolute(unsent, uri)))),
                 None => Err(Failure::Failed(upstream_error(&e.into_error()))),
             },
         }
     }
 
-    async fn send_h2(
+    /// An HTTP/2 connection's answer; a connection that could not take the
+    /// request is shared no longer.
+    fn answered_h2(
         &self,
         target: &Target,
-        mut sender: H2,
         id: Option<u64>,
-        request: Request<Full<Bytes>>,
+        answer: Answer,
     ) -> Result<Response<PooledBody>, Failure> {
-        let sent = match sender.ready().await {
-            Ok(()) => sender.try_send_request(request).await,
-            Err(_) => {
-                self.hosts.forget_h2(target.index, id);
-                return Err(Failure::Unsent(Box::new(request)));
-            }
-        };
-        match sent {
+        match answer {
             Ok(response) => Ok(response.map(|body| PooledBody::new(body, None))),
             Err(mut e) => match e.take_message() {
                 Some(unsent) => {
@@ -258,6 +232,40 @@ impl Pool {
                 None => Err(Failure::Failed(upstream_error(&e.into_error()))),
             },
         }
+    }
+
+    async fn send_h1(
+        &self,
+        target: &Target,
+        mut sender: H1,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<Response<PooledBody>, Failure> {
+        let ready = sender.is_ready()
+            || matches!(
+                tokio::time::timeout(READY_WAIT, sender.ready()).await,
+                Ok(Ok(()))
+            );
+        if !ready {
+            return Err(Failure::Unsent(Box::new(request)));
+        }
+        let uri = to_origin_form(target, &mut request);
+        let answer = sender.try_send_request(request).await;
+        self.answered_h1(target, sender, answer, uri)
+    }
+
+    async fn send_h2(
+        &self,
+        target: &Target,
+        mut sender: H2,
+        id: Option<u64>,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<PooledBody>, Failure> {
+        if sender.ready().await.is_err() {
+            self.hosts.forget_h2(target.index, id);
+            return Err(Failure::Unsent(Box::new(request)));
+        }
+        let answer = sender.try_send_request(request).await;
+        self.answered_h2(target, id, answer)
     }
 
     /// A new connection to `uri`'s host: TCP, TLS, and HTTP/2 when ALPN
