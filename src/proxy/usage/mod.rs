@@ -247,7 +247,7 @@ impl UsageRecorder {
             model,
             first_chunk: parser.is_stream().then_some((operation, started)),
             parser,
-            inflater: Inflater::new(coding),
+            inflater: Inflater::new(coding).map(Box::new),
             decoded: Some(0),
         })
     }

@@ -16,7 +16,9 @@ use crate::proxy::response_body::StreamKind;
 /// Largest plain JSON body kept for usage parsing; bigger ones are skipped.
 const MAX_JSON_BODY: usize = 4 * 1024 * 1024;
 
-/// How usage is read, by the framing of the body.
+/// How usage is read, by the framing of the body. The stream scanners are
+/// boxed: the tap rides inside every response body, which is moved and
+/// stored per request, and most answers are plain JSON.
 #[derive(Debug)]
 pub enum Parser {
     /// Plain JSON: handles to the frames (no copies), parsed at the end;
@@ -26,15 +28,15 @@ pub enum Parser {
         more: Vec<Bytes>,
         size: usize,
     },
-    Sse(SseScanner),
-    EventStream(EventScanner),
+    Sse(Box<SseScanner>),
+    EventStream(Box<EventScanner>),
 }
 
 impl Parser {
     pub fn for_kind(kind: StreamKind) -> Self {
         match kind {
-            StreamKind::Sse => Self::Sse(SseScanner::default()),
-            StreamKind::EventStream => Self::EventStream(EventScanner::default()),
+            StreamKind::Sse => Self::Sse(Box::default()),
+            StreamKind::EventStream => Self::EventStream(Box::default()),
             StreamKind::Plain => Self::Json {
                 first: None,
                 more: Vec::new(),
@@ -57,7 +59,8 @@ pub struct UsageTap {
     pub(super) first_chunk: Option<(Operation, Instant)>,
     pub(super) parser: Parser,
     /// Undoes a gzip/deflate `content-encoding` for the parser (only).
-    pub(super) inflater: Option<Inflater>,
+    /// Boxed: its state is large and compressed answers are rare.
+    pub(super) inflater: Option<Box<Inflater>>,
     /// Decoded bytes so far; `None` once decoding failed (no usage then).
     pub(super) decoded: Option<usize>,
 }
