@@ -10,10 +10,14 @@
 mod body;
 mod hosts;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use http_body_util::Full;
@@ -71,82 +75,49 @@ impl Pool {
     /// a new one. A request that never left because a reused connection had
     /// closed meanwhile is sent again; anything else is answered as is.
     ///
-    /// Not an `async fn`: a free connection that is ready takes the request
-    /// here, at once, and the future returned then only waits for the
-    /// answer. The rest (connecting, waiting for a connection to be ready,
-    /// sending again) is boxed and taken only when needed: inline, its
-    /// state would be copied into place for every request.
+    /// A free connection that is ready takes the request here, at once, and
+    /// the future returned then only waits for the answer. The rest
+    /// (connecting, waiting for a connection to be ready, sending again) is
+    /// boxed and taken only when needed: inline, its state would be copied
+    /// into place for every request.
     pub fn send(
         &self,
         request: Request<Full<Bytes>>,
-    ) -> impl std::future::Future<Output = Result<Response<PooledBody>, ProxyError>> + '_ {
-        let now = self.send_now(request);
-        async move {
-            let (failure, target) = match now {
-                Now::H1 {
-                    answer,
-                    sender,
-                    target,
-                    uri,
-                } => match self.answered_h1(&target, sender, answer.await, uri) {
-                    Ok(response) => return Ok(response),
-                    Err(failure) => (failure, target),
-                },
-                Now::H2 { answer, id, target } => {
-                    match self.answered_h2(&target, id, answer.await) {
-                        Ok(response) => return Ok(response),
-                        Err(failure) => (failure, target),
-                    }
-                }
-                Now::Later {
-                    request,
-                    target,
-                    free,
-                } => return Box::pin(self.send_later(request, target, free)).await,
-                Now::Failed(e) => return Err(e),
-            };
-            match failure {
-                Failure::Unsent(unsent) => {
-                    tracing::trace!("pooled connection closed before use; trying another");
-                    let free = self.hosts.checkout(target.index);
-                    Box::pin(self.send_later(*unsent, target, free)).await
-                }
-                Failure::Failed(e) => Err(e),
-            }
+    ) -> Sending<'_, impl Future<Output = Answer>, impl Future<Output = Answer>> {
+        Sending {
+            pool: self,
+            state: self.send_now(request),
         }
     }
 
     /// Hands `request` to a free connection that is ready for it, if there
-    /// is one; otherwise gives it back with what the slower path needs.
+    /// is one; otherwise starts the slower path.
     fn send_now(
         &self,
         mut request: Request<Full<Bytes>>,
-    ) -> Now<impl std::future::Future<Output = Answer>, impl std::future::Future<Output = Answer>>
-    {
+    ) -> Sent<'_, impl Future<Output = Answer>, impl Future<Output = Answer>> {
         let (target, free) = match self.hosts.checkout_for(request.uri()) {
             Ok(checked_out) => checked_out,
-            Err(e) => return Now::Failed(e),
+            Err(error) => return Sent::Failed { error },
         };
         match free {
             Some(Sender::H1(mut sender)) if sender.is_ready() => {
                 let uri = to_origin_form(&target, &mut request);
                 let answer = sender.try_send_request(request);
-                Now::H1 {
+                Sent::H1 {
                     answer,
                     sender,
                     target,
                     uri,
                 }
             }
-            Some(Sender::H2(mut sender, id)) if sender.is_ready() => Now::H2 {
+            Some(Sender::H2(mut sender, id)) if sender.is_ready() => Sent::H2 {
                 answer: sender.try_send_request(request),
                 id,
                 target,
             },
-            free => Now::Later {
-                request,
-                target,
-                free,
+            free => Sent::Later {
+                rest: Box::pin(self.send_later(request, target, free)),
             },
         }
     }
@@ -308,29 +279,124 @@ impl Pool {
 /// A connection's answer to a request handed to it, or the request back.
 type Answer = Result<Response<hyper::body::Incoming>, TrySendError<Request<Full<Bytes>>>>;
 
-/// What [`Pool::send_now`] did with a request.
-enum Now<A1, A2> {
-    /// Handed to a free HTTP/1.1 connection: its answer to come.
-    H1 {
-        answer: A1,
-        sender: H1,
-        target: Target,
-        /// The request's absolute URI, should it have to go again.
-        uri: Uri,
-    },
-    /// Handed to the host's HTTP/2 connection.
-    H2 {
-        answer: A2,
-        id: Option<u64>,
-        target: Target,
-    },
-    /// No connection was ready for it: `free` may be, soon.
-    Later {
-        request: Request<Full<Bytes>>,
-        target: Target,
-        free: Option<Sender>,
-    },
-    Failed(ProxyError),
+pin_project_lite::pin_project! {
+    /// [`Pool::send`]'s future. Written out, not an `async` block: rustc
+    /// keeps what an async block captures beside the locals it is moved
+    /// into, which doubled this future's size (904 bytes), and every byte
+    /// of it is written once per request.
+    pub struct Sending<'a, A1, A2> {
+        pool: &'a Pool,
+        #[pin]
+        state: Sent<'a, A1, A2>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Where a request is.
+    #[project = SentProj]
+    #[project_replace = SentOwn]
+    enum Sent<'a, A1, A2> {
+        /// Handed to a free HTTP/1.1 connection: its answer to come.
+        H1 {
+            #[pin]
+            answer: A1,
+            sender: H1,
+            target: Target,
+            // The request's absolute URI, should it have to go again.
+            uri: Uri,
+        },
+        /// Handed to the host's HTTP/2 connection.
+        H2 {
+            #[pin]
+            answer: A2,
+            id: Option<u64>,
+            target: Target,
+        },
+        /// Connecting, waiting for a busy connection, or sending again.
+        Later {
+            rest: BoxFuture<'a, Result<Response<PooledBody>, ProxyError>>,
+        },
+        Failed {
+            error: ProxyError,
+        },
+        /// Answered.
+        Done,
+    }
+}
+
+impl<A1, A2> Future for Sending<'_, A1, A2>
+where
+    A1: Future<Output = Answer>,
+    A2: Future<Output = Answer>,
+{
+    type Output = Result<Response<PooledBody>, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let pool = *this.pool;
+        let (failure, target) = match this.state.as_mut().project() {
+            SentProj::H1 { answer, .. } => {
+                let answer = ready!(answer.poll(cx));
+                let SentOwn::H1 {
+                    sender,
+                    target,
+                    uri,
+                    ..
+                } = this.state.as_mut().project_replace(Sent::Done)
+                else {
+                    return Poll::Ready(Err(answered()));
+                };
+                match pool.answered_h1(&target, sender, answer, uri) {
+                    Ok(response) => return Poll::Ready(Ok(response)),
+                    Err(failure) => (failure, target),
+                }
+            }
+            SentProj::H2 { answer, .. } => {
+                let answer = ready!(answer.poll(cx));
+                let SentOwn::H2 { id, target, .. } =
+                    this.state.as_mut().project_replace(Sent::Done)
+                else {
+                    return Poll::Ready(Err(answered()));
+                };
+                match pool.answered_h2(&target, id, answer) {
+                    Ok(response) => return Poll::Ready(Ok(response)),
+                    Err(failure) => (failure, target),
+                }
+            }
+            SentProj::Later { rest } => {
+                let answer = ready!(rest.as_mut().poll(cx));
+                this.state.set(Sent::Done);
+                return Poll::Ready(answer);
+            }
+            SentProj::Failed { .. } => {
+                return Poll::Ready(Err(match this.state.as_mut().project_replace(Sent::Done) {
+                    SentOwn::Failed { error } => error,
+                    _ => answered(),
+                }))
+            }
+            SentProj::Done => return Poll::Ready(Err(answered())),
+        };
+        match failure {
+            Failure::Unsent(unsent) => {
+                tracing::trace!("pooled connection closed before use; trying another");
+                let free = pool.hosts.checkout(target.index);
+                let mut rest = Box::pin(pool.send_later(*unsent, target, free));
+                let polled = rest.as_mut().poll(cx);
+                this.state.set(match polled {
+                    Poll::Ready(_) => Sent::Done,
+                    Poll::Pending => Sent::Later { rest },
+                });
+                polled
+            }
+            Failure::Failed(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+/// What a [`Sending`] polled after its answer gets (a caller's bug, told
+/// as an error rather than a panic).
+fn answered() -> ProxyError {
+    ProxyError::UpstreamProtocol("the upstream send was polled after it was answered".into())
 }
 
 /// HTTP/1.1 names the host in a header, the path alone on the line: the
