@@ -421,3 +421,37 @@ async fn an_idle_http2_connection_is_closed_when_it_expires() {
     assert_eq!(read_all(next).await, "ok");
     assert_eq!(up.accepted(), 2);
 }
+
+#[tokio::test]
+async fn a_request_naming_no_host_is_refused_without_connecting() {
+    let pool = plain_pool(8, Duration::from_secs(60));
+    let relative = Request::post("/model/m/converse")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    match pool.send(relative).await {
+        Err(ProxyError::UpstreamUnreachable(why)) => {
+            assert!(why.contains("names no host"), "{why}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_send_polled_after_its_answer_is_an_error_not_a_panic() {
+    let up = upstream(None).await;
+    let pool = plain_pool(8, Duration::from_secs(60));
+    // The second request goes on the connection the first left free: the
+    // ready path (`Sent::H1`); the first went by `Sent::Later`.
+    for _ in 0..2 {
+        let mut sending = std::pin::pin!(pool.send(request("http", up.addr, "/")));
+        let response = within_5s(sending.as_mut()).await.unwrap();
+        assert_eq!(read_all(response).await, "ok");
+        match futures::poll!(sending.as_mut()) {
+            Poll::Ready(Err(ProxyError::UpstreamProtocol(why))) => {
+                assert!(why.contains("polled after it was answered"), "{why}")
+            }
+            other => panic!("expected an error, got {:?}", other.map(|r| r.map(|_| ()))),
+        }
+    }
+    assert_eq!(up.accepted(), 1);
+}
