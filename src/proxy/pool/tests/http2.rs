@@ -1,0 +1,59 @@
+//! HTTP/2 by ALPN over TLS.
+//!
+//! One connection shared by concurrent requests, closed when idle.
+
+use super::*;
+
+fn tls_acceptor_and_ca() -> (tokio_rustls::TlsAcceptor, Vec<u8>) {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    (
+        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        cert.pem().into_bytes(),
+    )
+}
+
+/// An upstream offering HTTP/2 by ALPN, and a pool that trusts it.
+async fn tls_upstream_and_pool(idle_timeout: Duration) -> (Upstream, Pool) {
+    let (acceptor, ca) = tls_acceptor_and_ca();
+    let up = upstream(Some(acceptor)).await;
+    (up, pool_trusting(Some(&ca), 8, idle_timeout))
+}
+
+#[tokio::test]
+async fn over_http2_concurrent_requests_share_one_connection() {
+    let (up, pool) = tls_upstream_and_pool(Duration::from_secs(60)).await;
+    let first = pool.send(request("https", up.addr, "/hold")).await.unwrap();
+    assert_eq!(first.version(), http::Version::HTTP_2);
+    let mut more = Vec::new();
+    for _ in 0..4 {
+        more.push(pool.send(request("https", up.addr, "/")).await.unwrap());
+    }
+    for response in more {
+        assert_eq!(read_all(response).await, "ok");
+    }
+    up.release.add_permits(1);
+    assert_eq!(read_all(first).await, "ab");
+    assert_eq!(up.accepted(), 1);
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_when_it_expires() {
+    let (up, pool) = tls_upstream_and_pool(Duration::from_millis(50)).await;
+    let response = pool.send(request("https", up.addr, "/")).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(read_all(response).await, "ok");
+    eventually("the idle HTTP/2 connection is closed", || up.open() == 0).await;
+    let next = pool.send(request("https", up.addr, "/")).await.unwrap();
+    assert_eq!(read_all(next).await, "ok");
+    assert_eq!(up.accepted(), 2);
+}
