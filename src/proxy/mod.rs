@@ -75,7 +75,13 @@ use usage::UsageRecorder;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What the proxy answers with: a broker-made body or the upstream stream.
-pub type ProxyBody = Either<Full<Bytes>, UpstreamBody>;
+///
+/// The upstream stream is boxed: every response is moved several times on
+/// its way out and finally into hyper's connection, whose slot for it is
+/// cold by the time the connection comes round again under many
+/// connections. A box a response keeps those moves to a pointer; the
+/// allocation is the one the previous response just freed, still warm.
+pub type ProxyBody = Either<Full<Bytes>, Box<UpstreamBody>>;
 
 /// A forwarded request: Bedrock's answer, how the request was
 /// authenticated, and the model usage is counted for if it succeeds.
@@ -221,7 +227,11 @@ impl Proxy {
             _ => None,
         };
         let idle = self.stream_idle_timeout;
-        response.map(|body| Either::Right(UpstreamBody::new(body, completion, kind, idle, tap)))
+        response.map(|body| {
+            Either::Right(Box::new(UpstreamBody::new(
+                body, completion, kind, idle, tap,
+            )))
+        })
     }
 
     /// Checks, authenticates, signs and sends one request.
