@@ -79,9 +79,11 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The upstream stream is boxed: every response is moved several times on
 /// its way out and finally into hyper's connection, whose slot for it is
 /// cold by the time the connection comes round again under many
-/// connections. Boxed, those moves carry a pointer; and as a body lives
-/// only from the answer to its last byte written, few are alive at once
-/// and the allocator hands back the block the previous one freed, warm.
+/// connections. Boxed, those moves carry a pointer; and as a buffered
+/// answer's body lives only from the answer to its last byte written
+/// (mostly one poll), the allocator hands back the block the previous one
+/// freed, still warm. A stream keeps its box for as long as it runs, the
+/// same bytes it held in hyper's slot before.
 pub type ProxyBody = Either<Full<Bytes>, Box<UpstreamBody>>;
 
 /// A forwarded request: Bedrock's answer, how the request was
