@@ -185,17 +185,20 @@ def proc_mem(pid: int) -> dict[str, float]:
     return out
 
 
-def cpu_busy_seconds(cpu: int | None) -> float:
-    """Non-idle time of one CPU (all processes), from /proc/stat."""
+def cpu_times(cpu: int | None) -> tuple[float, float]:
+    """Seconds one CPU spent busy inside this VM (any process, interrupts)
+    and stolen by the hypervisor (the host ran something else on it), from
+    /proc/stat. Steal is kept apart: it is not load on this machine but
+    time this VM did not get, and it leaves the caches cold."""
     if cpu is None:
-        return 0.0
+        return 0.0, 0.0
     with open("/proc/stat") as f:
         for line in f:
             if line.startswith(f"cpu{cpu} "):
-                v = [int(x) for x in line.split()[1:]]
-                idle = v[3] + v[4]
-                return (sum(v[:8]) - idle) / CLK_TCK
-    return 0.0
+                # user nice system idle iowait irq softirq steal
+                v = [int(x) for x in line.split()[1:9]]
+                return (v[0] + v[1] + v[2] + v[5] + v[6]) / CLK_TCK, v[7] / CLK_TCK
+    return 0.0, 0.0
 
 
 def machine_busy(window: float = 2.0) -> float:
@@ -667,17 +670,39 @@ def measure(targets: list[Target], mock: Mock, path: str, body_file: Path, conns
     for t in targets:
         if t.proxy:
             reset_peak_rss(t.proxy.pid)
+    redone: dict[str, int] = {t.name: 0 for t in targets}
+
+    def one_run(t: Target) -> dict:
+        a0 = mock.accepts()
+        c0 = proc_cpu_seconds(t.proxy.pid) if t.proxy else 0.0
+        b0, s0 = cpu_times(args.proxy_cpu)
+        l0 = cpu_times(args.load_cpu)[1]
+        r = run_wrk(t.url, path, body_file, conns, args.duration, args.load_cpu)
+        b1, s1 = cpu_times(args.proxy_cpu)
+        l1 = cpu_times(args.load_cpu)[1]
+        r["cpu_s"] = (proc_cpu_seconds(t.proxy.pid) - c0) if t.proxy else None
+        # How busy the proxy's CPU was with anything else (other jobs on a
+        # shared machine): the noise indicator of the row.
+        r["others_s"] = b1 - b0 - (r["cpu_s"] or 0.0)
+        r["steal_proxy_s"] = s1 - s0
+        r["steal_load_s"] = l1 - l0
+        r["accepts"] = mock.accepts() - a0
+        return r
+
     for _ in range(args.repeats):
         for t in targets:
-            a0 = mock.accepts()
-            c0 = proc_cpu_seconds(t.proxy.pid) if t.proxy else 0.0
-            b0 = cpu_busy_seconds(args.proxy_cpu)
-            r = run_wrk(t.url, path, body_file, conns, args.duration, args.load_cpu)
-            r["cpu_s"] = (proc_cpu_seconds(t.proxy.pid) - c0) if t.proxy else None
-            # How busy the proxy's CPU was with anything else (other jobs on a
-            # shared machine): the noise indicator of the row.
-            r["others_s"] = cpu_busy_seconds(args.proxy_cpu) - b0 - (r["cpu_s"] or 0.0)
-            r["accepts"] = mock.accepts() - a0
+            # A run during which the hypervisor took a share of either pinned
+            # CPU measures the host's other tenants, not this code: do it
+            # again (a bounded number of times; the report counts them).
+            for attempt in range(args.steal_retries + 1):
+                r = one_run(t)
+                wall = r["duration_us"] / 1e6
+                steal = max(r["steal_proxy_s"], r["steal_load_s"]) / wall
+                if steal <= args.max_steal / 100 or attempt == args.steal_retries:
+                    break
+                redone[t.name] += 1
+                print(f"bench: {t.name}, {conns} conns: the hypervisor took {100 * steal:.0f} % "
+                      f"of a pinned CPU during the run; running it again", flush=True)
             runs[t.name].append(r)
     out = {}
     for t in targets:
@@ -694,6 +719,11 @@ def measure(targets: list[Target], mock: Mock, path: str, body_file: Path, conns
             if t.proxy else None,
             "others_util": max(0.0, sum(r["others_s"] for r in rs)
                                / sum(r["duration_us"] / 1e6 for r in rs)),
+            "steal_proxy": sum(r["steal_proxy_s"] for r in rs)
+            / sum(r["duration_us"] / 1e6 for r in rs),
+            "steal_load": sum(r["steal_load_s"] for r in rs)
+            / sum(r["duration_us"] / 1e6 for r in rs),
+            "redone": redone[t.name],
             "conns_per_1k": sum(r["accepts"] for r in rs) / total * 1000,
             "peak_rss": proc_mem(t.proxy.pid)["VmHWM"] if t.proxy else None,
             "rss_after": proc_mem(t.proxy.pid)["VmRSS"] if t.proxy else None,
@@ -1151,8 +1181,8 @@ def report(res: dict, args, command: str) -> str:
     L.append("## Load (wrk, keep-alive, POST)\n")
     L.append("| row | body | conns | req/s | × direct | p50 ms | p99 ms | +p50 ms | +p99 ms "
              "| CPU s / 10k req | proxy CPU busy | new upstream conns / 1k req | peak RSS MiB | errors "
-             "| other load on proxy CPU |")
-    L.append("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+             "| other load on proxy CPU | steal, proxy / load CPU | runs re-done |")
+    L.append("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for row in res["rows"]:
         d = row["direct"]
         for name, r in row["results"].items():
@@ -1166,7 +1196,8 @@ def report(res: dict, args, command: str) -> str:
                 f"{fmt(add99, '+.3f')} | {fmt(r['cpu_per_10k'])} | "
                 f"{fmt(None if r['proxy_util'] is None else 100 * r['proxy_util'], '.0f')}{'' if r['proxy_util'] is None else ' %'} | "
                 f"{r['conns_per_1k']:.2f} | {fmt(r['peak_rss'], '.1f')} | {r['errors']} | "
-                f"{100 * r['others_util']:.0f} % |")
+                f"{100 * r['others_util']:.0f} % | "
+                f"{100 * r['steal_proxy']:.0f} / {100 * r['steal_load']:.0f} % | {r['redone']} |")
     L.append("\nDirect rows: wrk → nginx over TLS (its own connections show in the "
              "connection column). Sidecar rows: wrk → sidecar (plain HTTP) → nginx over TLS; "
              "the connection column counts connections the sidecar opened to the mock during "
@@ -1189,7 +1220,12 @@ def report(res: dict, args, command: str) -> str:
              "Peak RSS is VmHWM, reset before each row. "
              "'proxy CPU busy' is the sidecar's CPU time over wall time (100 % = its core is "
              "saturated); 'other load on proxy CPU' is time that core spent on anything else "
-             "(other jobs on a shared machine; should be ~0 for trustworthy numbers).\n")
+             "inside this machine (other jobs; should be ~0 for trustworthy numbers). "
+             "'steal' is time the hypervisor gave the pinned CPUs' host cores to another "
+             "guest (the proxy's CPU / wrk's and the mock's), over the runs kept; a run with more "
+             f"than {args.max_steal:g} % steal on either is run again, up to {args.steal_retries} "
+             "times ('runs re-done'), because it measures the host's other tenants: their time "
+             "and the caches they leave cold.\n")
 
     s = res["summary"]
     L.append("## Against the targets\n")
@@ -1427,6 +1463,12 @@ def main() -> int:
                          "each): L2 misses per request, and where the sidecar's are")
     ap.add_argument("--keep-callgrind", action="store_true",
                     help="copy the raw callgrind files (profile, cache simulations) to bench/results/")
+    ap.add_argument("--max-steal", type=float, default=3.0, metavar="PERCENT",
+                    help="run a load run again when the hypervisor stole more than this share "
+                         "of the proxy's or the load's CPU during it (3; 100 turns it off)")
+    ap.add_argument("--steal-retries", type=int, default=3,
+                    help="how many times one run may be re-done for steal before it is kept "
+                         "anyway (3)")
     ap.add_argument("--wait-idle", type=float, default=0,
                     help="wait up to this many seconds for other load on the machine to stop (0)")
     ap.add_argument("--out", type=Path, default=RESULTS / "latest.md")
