@@ -568,9 +568,17 @@ IMAGE_ENV = image_env()
 EXPERIMENT_ENV: dict[str, str] = {}
 
 
+# Variables whose values are credentials: the report names them and their
+# length, never the value (a report gets pasted into issues and docs).
+SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_BEARER_TOKEN_BEDROCK",
+              "BEDROCK_BROKER_PROXY_TOKEN")
+
+
 def experiment_line() -> str:
+    def shown(k: str, v: str) -> str:
+        return f"`{k}=<{len(v)} bytes, redacted>`" if k in SECRET_ENV else f"`{k}={v}`"
     return ("Experiment environment (`--sidecar-env`, every sidecar of this run, over the image's): "
-            + ", ".join(f"`{k}={v}`" for k, v in EXPERIMENT_ENV.items()))
+            + ", ".join(shown(k, v) for k, v in EXPERIMENT_ENV.items()))
 
 
 class Sidecar:
@@ -1481,7 +1489,8 @@ def main() -> int:
     # Make SIGTERM unwind like Ctrl-C, so the nginx instances and sidecars
     # started below are stopped by the `finally` in any case.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    command = "python3 bench/run.py " + " ".join(sys.argv[1:])
+    command = "python3 bench/run.py " + " ".join(
+        re.sub(rf"^({'|'.join(SECRET_ENV)})=.*", r"\1=<redacted>", a) for a in sys.argv[1:])
 
     ncpu = len(os.sched_getaffinity(0))
     if ncpu < 2:
