@@ -1481,6 +1481,10 @@ def main() -> int:
                     help="wait up to this many seconds for other load on the machine to stop (0)")
     ap.add_argument("--out", type=Path, default=RESULTS / "latest.md")
     args = ap.parse_args()
+    if not 0 <= args.max_steal <= 100:
+        ap.error(f"--max-steal: a percentage from 0 to 100, got {args.max_steal:g}")
+    if args.steal_retries < 0:
+        ap.error(f"--steal-retries: 0 or more, got {args.steal_retries}")
     for kv in args.sidecar_env:
         key, sep, value = kv.partition("=")
         if not sep or not key:
@@ -1490,7 +1494,7 @@ def main() -> int:
     # started below are stopped by the `finally` in any case.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     command = "python3 bench/run.py " + " ".join(
-        re.sub(rf"^({'|'.join(SECRET_ENV)})=.*", r"\1=<redacted>", a) for a in sys.argv[1:])
+        re.sub(rf"(^|=)({'|'.join(SECRET_ENV)})=.*", r"\1\2=<redacted>", a) for a in sys.argv[1:])
 
     ncpu = len(os.sched_getaffinity(0))
     if ncpu < 2:
