@@ -716,6 +716,7 @@ def measure(targets: list[Target], mock: Mock, path: str, body_file: Path, conns
     for t in targets:
         rs = runs[t.name]
         total = sum(r["requests"] for r in rs)
+        wall_s = sum(r["duration_us"] / 1e6 for r in rs)
         out[t.name] = {
             "rps": statistics.median(r["rps"] for r in rs),
             "p50_ms": statistics.median(r["p50_us"] for r in rs) / 1000,
@@ -723,14 +724,10 @@ def measure(targets: list[Target], mock: Mock, path: str, body_file: Path, conns
             "requests": total,
             "errors": sum(r["errors"] for r in rs),
             "cpu_per_10k": (sum(r["cpu_s"] for r in rs) / total * 10_000) if t.proxy else None,
-            "proxy_util": (sum(r["cpu_s"] for r in rs) / sum(r["duration_us"] / 1e6 for r in rs))
-            if t.proxy else None,
-            "others_util": max(0.0, sum(r["others_s"] for r in rs)
-                               / sum(r["duration_us"] / 1e6 for r in rs)),
-            "steal_proxy": sum(r["steal_proxy_s"] for r in rs)
-            / sum(r["duration_us"] / 1e6 for r in rs),
-            "steal_load": sum(r["steal_load_s"] for r in rs)
-            / sum(r["duration_us"] / 1e6 for r in rs),
+            "proxy_util": (sum(r["cpu_s"] for r in rs) / wall_s) if t.proxy else None,
+            "others_util": max(0.0, sum(r["others_s"] for r in rs) / wall_s),
+            "steal_proxy": sum(r["steal_proxy_s"] for r in rs) / wall_s,
+            "steal_load": sum(r["steal_load_s"] for r in rs) / wall_s,
             "redone": redone[t.name],
             "conns_per_1k": sum(r["accepts"] for r in rs) / total * 1000,
             "peak_rss": proc_mem(t.proxy.pid)["VmHWM"] if t.proxy else None,
