@@ -8,7 +8,7 @@ use aws_smithy_types::event_stream::Message;
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 
-use super::{Envelope, Usage};
+use super::json::{Envelope, Usage};
 
 /// Most bytes held for one unfinished message; past it the response is not
 /// read for usage any more (Bedrock's events are far smaller).

@@ -2,8 +2,8 @@
 //! OpenAI sends it in the last chunk, so the last `data:` line carrying a
 //! `"usage"` key wins.
 
-use super::Envelope;
-use super::Usage;
+use super::json::Envelope;
+use super::json::Usage;
 
 /// Longest partial line kept between frames: a usage line is short, and a
 /// giant line is not worth holding.

@@ -7,8 +7,9 @@ use bytes::{Bytes, BytesMut};
 
 use super::decode::Inflater;
 use super::eventstream::EventScanner;
+use super::json::Envelope;
 use super::sse::SseScanner;
-use super::{Envelope, UsageRecorder};
+use super::UsageRecorder;
 use crate::metrics::labels::ModelCounters;
 use crate::proxy::operation::Operation;
 use crate::proxy::response_body::StreamKind;
