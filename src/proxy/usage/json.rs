@@ -2,42 +2,128 @@
 //! counts tokens under, and a shortcut to the usage object at the end of
 //! a large answer.
 
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
 /// Usage counts in any of the shapes Bedrock answers with (Converse,
 /// OpenAI-compatible, Anthropic InvokeModel, invocation metrics).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
-    #[serde(
-        default,
-        alias = "inputTokens",
-        alias = "prompt_tokens",
-        alias = "input_tokens",
-        alias = "inputTokenCount"
-    )]
     pub input: Option<u64>,
-    #[serde(
-        default,
-        alias = "outputTokens",
-        alias = "completion_tokens",
-        alias = "output_tokens",
-        alias = "outputTokenCount"
-    )]
     pub output: Option<u64>,
-    #[serde(
-        default,
-        alias = "cacheReadInputTokens",
-        alias = "cache_read_input_tokens",
-        alias = "cacheReadInputTokenCount"
-    )]
     pub cache_read: Option<u64>,
-    #[serde(
-        default,
-        alias = "cacheWriteInputTokens",
-        alias = "cache_creation_input_tokens",
-        alias = "cacheWriteInputTokenCount"
-    )]
     pub cache_write: Option<u64>,
+}
+
+impl Usage {
+    fn slot(&mut self, count: Count) -> &mut Option<u64> {
+        match count {
+            Count::Input => &mut self.input,
+            Count::Output => &mut self.output,
+            Count::CacheRead => &mut self.cache_read,
+            Count::CacheWrite => &mut self.cache_write,
+        }
+    }
+}
+
+/// Which count a key of a usage object holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Count {
+    Input,
+    Output,
+    CacheRead,
+    CacheWrite,
+}
+
+impl Count {
+    /// The keys a count goes by: Converse, OpenAI-compatible, Anthropic
+    /// and invocation-metrics spellings, and the field's own name.
+    fn of(key: &[u8]) -> Option<Self> {
+        Some(match key {
+            b"input" | b"inputTokens" | b"prompt_tokens" | b"input_tokens" | b"inputTokenCount" => {
+                Self::Input
+            }
+            b"output" | b"outputTokens" | b"completion_tokens" | b"output_tokens"
+            | b"outputTokenCount" => Self::Output,
+            b"cache_read"
+            | b"cacheReadInputTokens"
+            | b"cache_read_input_tokens"
+            | b"cacheReadInputTokenCount" => Self::CacheRead,
+            b"cache_write"
+            | b"cacheWriteInputTokens"
+            | b"cache_creation_input_tokens"
+            | b"cacheWriteInputTokenCount" => Self::CacheWrite,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Input => "input",
+            Self::Output => "output",
+            Self::CacheRead => "cache_read",
+            Self::CacheWrite => "cache_write",
+        }
+    }
+}
+
+/// A key of a usage object, asked for as bytes: serde_json then hands it
+/// over (escapes undone) without checking that it is UTF-8, a check that
+/// was a fifth of the cost of reading usage. The keys that count are
+/// ASCII; any other key is skipped with its value, valid or not.
+struct Key(Option<Count>);
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key of a usage object")
+            }
+            fn visit_bytes<E: de::Error>(self, key: &[u8]) -> Result<Key, E> {
+                Ok(Key(Count::of(key)))
+            }
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+                self.visit_bytes(key.as_bytes())
+            }
+        }
+        deserializer.deserialize_bytes(KeyVisitor)
+    }
+}
+
+/// Written out rather than derived so that keys are read as bytes (see
+/// [`Key`]); otherwise what the derive did: unknown keys skipped, a count
+/// given twice (under any of its names) an error, `null` as absent. Only
+/// an object is usage (the derive also took an array, by position).
+impl<'de> Deserialize<'de> for Usage {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct UsageVisitor;
+        impl<'de> Visitor<'de> for UsageVisitor {
+            type Value = Usage;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a usage object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Usage, A::Error> {
+                let mut usage = Usage::default();
+                let mut seen = [false; 4];
+                while let Some(Key(count)) = map.next_key()? {
+                    let Some(count) = count else {
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
+                    };
+                    if std::mem::replace(&mut seen[count as usize], true) {
+                        return Err(de::Error::duplicate_field(count.name()));
+                    }
+                    *usage.slot(count) = map.next_value()?;
+                }
+                Ok(usage)
+            }
+        }
+        deserializer.deserialize_map(UsageVisitor)
+    }
 }
 
 /// Where usage sits in a JSON document.
@@ -68,34 +154,35 @@ impl Envelope {
     }
 }
 
-/// Deserializes the value that follows the last unescaped occurrence of
-/// `key` (a quoted JSON key) in `doc`.
+/// Deserializes the value of the last `key` (a quoted JSON key) in `doc`.
 fn value_after_last_key<T: serde::de::DeserializeOwned>(doc: &[u8], key: &[u8]) -> Option<T> {
-    let pos = last_unescaped_key(doc, key)?;
-    let rest = &doc[pos + key.len()..];
-    let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
-    if rest[colon] != b':' {
-        return None;
-    }
-    let mut values = serde_json::Deserializer::from_slice(&rest[colon + 1..]).into_iter::<T>();
-    values.next()?.ok()
+    let value = after_last_key(doc, key)?;
+    // What follows the value is the rest of the document: not checked.
+    T::deserialize(&mut serde_json::Deserializer::from_slice(&doc[value..])).ok()
 }
 
-/// Where the last occurrence of `key` (a quoted JSON key, so it ends in
-/// `"`) not preceded by a backslash starts in `doc`.
+/// Where the value of the last `key` in `doc` starts: just past the `:`
+/// after it. `key` is a quoted JSON key; an occurrence preceded by a
+/// backslash is text inside a string, and one without a `:` after it is a
+/// value, not a key.
 ///
-/// Walks the `"` bytes from the end (a vectorised `memrchr`) and compares
-/// the key at each. A reverse substring search costs more here: it builds
+/// Walks the `:` bytes from the end (a vectorised `memrchr`) and compares
+/// the key before each: an answer has half as many colons as quotes after
+/// its usage key. A reverse substring search costs more here: it builds
 /// its searcher on every call and scans byte by byte, more than parsing the
 /// usage object itself on a typical answer (the key is near the end).
-fn last_unescaped_key(doc: &[u8], key: &[u8]) -> Option<usize> {
-    debug_assert_eq!(key.last(), Some(&b'"'));
-    memchr::memrchr_iter(b'"', doc)
-        .filter_map(|end| {
-            let start = (end + 1).checked_sub(key.len())?;
-            (&doc[start..=end] == key).then_some(start)
-        })
-        .find(|&start| start == 0 || doc[start - 1] != b'\\')
+fn after_last_key(doc: &[u8], key: &[u8]) -> Option<usize> {
+    // The key's last letter, checked first: most colons follow other keys,
+    // and this spares them a call to `memcmp`.
+    let last_letter = key.len().checked_sub(2).map(|i| key[i])?;
+    memchr::memrchr_iter(b':', doc).find_map(|colon| {
+        let before = doc[..colon].trim_ascii_end();
+        let start = before.len().checked_sub(key.len())?;
+        let found = before[before.len() - 2] == last_letter
+            && &before[start..] == key
+            && (start == 0 || before[start - 1] != b'\\');
+        found.then_some(colon + 1)
+    })
 }
 
 #[cfg(test)]
@@ -114,9 +201,130 @@ mod tests {
         assert_eq!(Envelope::usage(br#"{"usage": null}"#), None);
     }
 
+    #[test]
+    fn usage_objects_in_each_shape() {
+        let read = |doc: &[u8]| serde_json::from_slice::<Usage>(doc).ok();
+        let converse = br#"{"inputTokens":212,"outputTokens":196,"totalTokens":408,"cacheReadInputTokens":5,"cacheWriteInputTokens":6}"#;
+        let expected = Usage {
+            input: Some(212),
+            output: Some(196),
+            cache_read: Some(5),
+            cache_write: Some(6),
+        };
+        assert_eq!(read(converse), Some(expected));
+        let anthropic = br#"{"input_tokens":212,"cache_creation_input_tokens":6,"cache_read_input_tokens":5,"output_tokens":196}"#;
+        assert_eq!(read(anthropic), Some(expected));
+        let openai = br#"{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3,"prompt_tokens_details":{"cached_tokens":0}}"#;
+        assert_eq!(read(openai).unwrap().input, Some(1));
+        assert_eq!(read(openai).unwrap().output, Some(2));
+        // A key spelt with an escape is the same key.
+        assert_eq!(read(br#"{"input\u0054okens":7}"#).unwrap().input, Some(7));
+        // Keys that are not UTF-8 are skipped, not fatal.
+        assert_eq!(
+            read(b"{\"\xff\":1,\"outputTokens\":2}").unwrap().output,
+            Some(2)
+        );
+        assert_eq!(read(br#"{"inputTokens":1,"input_tokens":2}"#), None);
+        assert_eq!(read(br#"{"inputTokens":-1}"#), None);
+        assert_eq!(read(br#"[1,2]"#), None);
+        assert_eq!(read(br#"{"inputTokens":null}"#), Some(Usage::default()));
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
+
+        /// What reading usage was before it was written out: the derive,
+        /// with every spelling an alias.
+        #[derive(Debug, Deserialize)]
+        struct Derived {
+            #[serde(
+                default,
+                alias = "inputTokens",
+                alias = "prompt_tokens",
+                alias = "input_tokens",
+                alias = "inputTokenCount"
+            )]
+            input: Option<u64>,
+            #[serde(
+                default,
+                alias = "outputTokens",
+                alias = "completion_tokens",
+                alias = "output_tokens",
+                alias = "outputTokenCount"
+            )]
+            output: Option<u64>,
+            #[serde(
+                default,
+                alias = "cacheReadInputTokens",
+                alias = "cache_read_input_tokens",
+                alias = "cacheReadInputTokenCount"
+            )]
+            cache_read: Option<u64>,
+            #[serde(
+                default,
+                alias = "cacheWriteInputTokens",
+                alias = "cache_creation_input_tokens",
+                alias = "cacheWriteInputTokenCount"
+            )]
+            cache_write: Option<u64>,
+        }
+
+        fn key() -> impl Strategy<Value = String> {
+            let known = [
+                "input",
+                "inputTokens",
+                "prompt_tokens",
+                "input_tokens",
+                "inputTokenCount",
+                "output",
+                "outputTokens",
+                "completion_tokens",
+                "output_tokens",
+                "outputTokenCount",
+                "cache_read",
+                "cacheReadInputTokens",
+                "cache_read_input_tokens",
+                "cacheReadInputTokenCount",
+                "cache_write",
+                "cacheWriteInputTokens",
+                "cache_creation_input_tokens",
+                "cacheWriteInputTokenCount",
+            ]
+            .map(|k| format!("\"{k}\""));
+            prop_oneof![
+                4 => prop::sample::select(known.to_vec()),
+                1 => Just(r#""input\u0054okens""#.to_owned()),
+                1 => Just(r#""totalTokens""#.to_owned()),
+                1 => Just(r#""InputTokens""#.to_owned()),
+                1 => Just(r#""""#.to_owned()),
+                1 => any::<String>().prop_map(|k| serde_json::to_string(&k).unwrap()),
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => any::<u64>().prop_map(|n| n.to_string()),
+                1 => Just("null".to_owned()),
+                1 => Just("-1".to_owned()),
+                1 => Just("1.5".to_owned()),
+                1 => Just("18446744073709551616".to_owned()),
+                1 => Just(r#""12""#.to_owned()),
+                1 => Just(r#"{"cached_tokens":3,"x":[1,{"y":null}]}"#.to_owned()),
+                1 => Just("[true,false]".to_owned()),
+            ]
+        }
+
+        fn object() -> impl Strategy<Value = String> {
+            let ws = prop::sample::select(vec!["", " ", "\n\t "]);
+            prop::collection::vec((key(), value(), ws), 0..7).prop_map(|pairs| {
+                let fields: Vec<String> = pairs
+                    .into_iter()
+                    .map(|(k, v, w)| format!("{w}{k}{w}:{w}{v}{w}"))
+                    .collect();
+                format!("{{{}}}", fields.join(","))
+            })
+        }
 
         /// JSON-ish bytes dense in the characters the key search cares
         /// about, with the real keys spliced in.
@@ -128,6 +336,7 @@ mod tests {
                 Just(&b"\""[..]),
                 Just(&b"usage"[..]),
                 Just(&b":{}, e"[..]),
+                Just(&b" \n:"[..]),
             ];
             prop::collection::vec(piece, 0..24).prop_map(|p| p.concat())
         }
@@ -136,11 +345,28 @@ mod tests {
             #![proptest_config(ProptestConfig::with_cases(4000))]
 
             #[test]
+            fn usage_reads_as_the_derive_did(doc in object()) {
+                let ours = serde_json::from_slice::<Usage>(doc.as_bytes()).ok();
+                let derived = serde_json::from_slice::<Derived>(doc.as_bytes()).ok().map(|d| Usage {
+                    input: d.input,
+                    output: d.output,
+                    cache_read: d.cache_read,
+                    cache_write: d.cache_write,
+                });
+                prop_assert_eq!(ours, derived, "{}", doc);
+            }
+
+            #[test]
             fn key_search_matches_a_reverse_substring_search(doc in doc()) {
                 for key in [&b"\"usage\""[..], &b"\"amazon-bedrock-invocationMetrics\""[..]] {
                     let expected = memchr::memmem::rfind_iter(&doc, key)
-                        .find(|p| *p == 0 || doc[p - 1] != b'\\');
-                    prop_assert_eq!(last_unescaped_key(&doc, key), expected);
+                        .filter(|p| *p == 0 || doc[p - 1] != b'\\')
+                        .find_map(|p| {
+                            let after = &doc[p + key.len()..];
+                            let ws = after.iter().take_while(|b| b.is_ascii_whitespace()).count();
+                            (after.get(ws) == Some(&b':')).then_some(p + key.len() + ws + 1)
+                        });
+                    prop_assert_eq!(after_last_key(&doc, key), expected);
                 }
             }
         }
