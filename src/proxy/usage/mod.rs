@@ -17,6 +17,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::header::CONTENT_ENCODING;
 use http::HeaderMap;
 use prometheus::{Histogram, HistogramVec};
 use serde::Deserialize;
@@ -100,14 +101,20 @@ impl UsageRecorder {
         }
     }
 
-    /// Usage that Bedrock reports in headers (InvokeModel). One walk over
-    /// the (few) response headers instead of four hashed lookups of long
-    /// names that most answers do not carry; as with `HeaderMap::get`, the
-    /// first value of a name is the one read.
-    fn from_headers(headers: &HeaderMap) -> Option<Usage> {
+    /// Usage that Bedrock reports in headers (InvokeModel), and whether
+    /// the body has a `content-encoding`. One walk over the (few) response
+    /// headers instead of five hashed lookups of names that most answers
+    /// do not carry; as with `HeaderMap::get`, the first value of a name is
+    /// the one read.
+    fn from_headers(headers: &HeaderMap) -> (Option<Usage>, bool) {
         let mut usage = Usage::default();
         let mut seen = [false; 4];
+        let mut encoded = false;
         for (name, value) in headers {
+            if name == CONTENT_ENCODING {
+                encoded = true;
+                continue;
+            }
             let Some(rest) = name.as_str().strip_prefix(USAGE_HEADER_PREFIX) else {
                 continue;
             };
@@ -122,7 +129,7 @@ impl UsageRecorder {
                 *slot = value.to_str().ok().and_then(|v| v.parse::<u64>().ok());
             }
         }
-        (usage != Usage::default()).then_some(usage)
+        ((usage != Usage::default()).then_some(usage), encoded)
     }
 
     /// Starts watching one successful response, whose model now counts.
@@ -138,11 +145,17 @@ impl UsageRecorder {
         started: Instant,
     ) -> Option<UsageTap> {
         let model = self.models.resolve(model);
-        if let Some(usage) = Self::from_headers(headers) {
+        let (usage, encoded) = Self::from_headers(headers);
+        if let Some(usage) = usage {
             Self::record(&model, usage);
             return None;
         }
-        let Some(coding) = Coding::of(headers) else {
+        let coding = if encoded {
+            Coding::of(headers)
+        } else {
+            Some(Coding::Identity)
+        };
+        let Some(coding) = coding else {
             tracing::debug!(
                 operation = operation.as_str(),
                 "no token usage: a content-encoding the proxy cannot read"
@@ -525,6 +538,7 @@ mod tests {
                 "x-amzn-bedrock-",
                 "x-amzn-requestid",
                 "content-type",
+                "content-encoding",
             ])
         }
 
@@ -549,7 +563,9 @@ mod tests {
                 for (name, value) in &pairs {
                     h.append(HeaderName::from_static(name), value.parse().unwrap());
                 }
-                prop_assert_eq!(UsageRecorder::from_headers(&h), usage_by_lookup(&h));
+                let (usage, encoded) = UsageRecorder::from_headers(&h);
+                prop_assert_eq!(usage, usage_by_lookup(&h));
+                prop_assert_eq!(encoded, h.contains_key(CONTENT_ENCODING));
             }
         }
     }
