@@ -70,9 +70,11 @@ impl Count {
 }
 
 /// A key of a usage object, asked for as bytes: serde_json then hands it
-/// over (escapes undone) without checking that it is UTF-8, a check that
-/// was a fifth of the cost of reading usage. The keys that count are
-/// ASCII; any other key is skipped with its value, valid or not.
+/// over (escapes undone) without checking that it is UTF-8 or free of
+/// control characters and lone surrogate escapes; those checks were about
+/// 480 of the 3,660 instructions reading usage cost a converse answer. The
+/// keys that count are ASCII; any other key is skipped with its value,
+/// valid or not.
 struct Key(Option<Count>);
 
 impl<'de> Deserialize<'de> for Key {
@@ -96,8 +98,11 @@ impl<'de> Deserialize<'de> for Key {
 
 /// Written out rather than derived so that keys are read as bytes (see
 /// [`Key`]); otherwise what the derive did: unknown keys skipped, a count
-/// given twice (under any of its names) an error, `null` as absent. Only
-/// an object is usage (the derive also took an array, by position).
+/// given twice (under any of its names) an error, `null` as absent. Two
+/// differences: a key that is not valid UTF-8 (or has a raw control
+/// character or a lone surrogate escape) is skipped where the derive
+/// failed the object, and only an object is usage (the derive also took
+/// an array, by position).
 impl<'de> Deserialize<'de> for Usage {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct UsageVisitor;
@@ -139,14 +144,17 @@ impl Envelope {
     /// Usage in a JSON document. Bedrock puts it at the end, so the last
     /// `"usage"` (or invocation-metrics) key is located by a byte search
     /// and only its object is parsed; the whole document is parsed only
-    /// when that shortcut finds nothing.
+    /// when that shortcut finds no token counts. An object without any is
+    /// most likely not the answer's: a guardrail's trace, written after
+    /// the answer's usage, has a `"usage"` of its own (policy units).
     pub(super) fn usage(slice: &[u8]) -> Option<Usage> {
         for key in [
             &b"\"usage\""[..],
             &b"\"amazon-bedrock-invocationMetrics\""[..],
         ] {
-            if let Some(u) = value_after_last_key(slice, key) {
-                return Some(u);
+            match value_after_last_key::<Usage>(slice, key) {
+                Some(u) if u != Usage::default() => return Some(u),
+                _ => {}
             }
         }
         let e: Envelope = serde_json::from_slice(slice).ok()?;
@@ -202,6 +210,33 @@ mod tests {
     }
 
     #[test]
+    fn a_guardrail_trace_after_the_usage_does_not_hide_it() {
+        // With a guardrail's trace, Bedrock writes another "usage" (policy
+        // units, none of them tokens) after the answer's own.
+        let trace = r#""trace":{"guardrail":{"inputAssessment":{"g1":{"invocationMetrics":{"usage":{"topicPolicyUnits":1,"contentPolicyUnits":1}}}}}}"#;
+        let converse = format!(
+            r#"{{"output":{{}},"usage":{{"inputTokens":3,"outputTokens":4,"totalTokens":7}},"metrics":{{"latencyMs":1}},{trace}}}"#
+        );
+        let usage = Envelope::usage(converse.as_bytes()).unwrap();
+        assert_eq!((usage.input, usage.output), (Some(3), Some(4)));
+        let anthropic = format!(
+            r#"{{"content":[],"usage":{{"input_tokens":5,"output_tokens":6}},"amazon-bedrock-trace":{{"guardrail":{{{trace}}}}}}}"#
+        );
+        assert_eq!(
+            Envelope::usage(anthropic.as_bytes()).unwrap().input,
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn the_shortcut_reads_usage_the_whole_document_would_not() {
+        // Only the usage object is parsed: whatever follows it is not checked.
+        let cut = br#"{"usage":{"inputTokens":3}}, and then not JSON"#;
+        assert!(serde_json::from_slice::<serde_json::Value>(cut).is_err());
+        assert_eq!(Envelope::usage(cut).unwrap().input, Some(3));
+    }
+
+    #[test]
     fn usage_objects_in_each_shape() {
         let read = |doc: &[u8]| serde_json::from_slice::<Usage>(doc).ok();
         let converse = br#"{"inputTokens":212,"outputTokens":196,"totalTokens":408,"cacheReadInputTokens":5,"cacheWriteInputTokens":6}"#;
@@ -219,11 +254,12 @@ mod tests {
         assert_eq!(read(openai).unwrap().output, Some(2));
         // A key spelt with an escape is the same key.
         assert_eq!(read(br#"{"input\u0054okens":7}"#).unwrap().input, Some(7));
-        // Keys that are not UTF-8 are skipped, not fatal.
-        assert_eq!(
-            read(b"{\"\xff\":1,\"outputTokens\":2}").unwrap().output,
-            Some(2)
-        );
+        // Keys that are not valid strings are skipped, not fatal.
+        for bad in [&b"\xff"[..], b"\x01", br"\ud800"] {
+            let doc = [&b"{\""[..], bad, br#"":1,"outputTokens":2}"#].concat();
+            assert_eq!(read(&doc).unwrap().output, Some(2));
+            assert!(serde_json::from_slice::<serde_json::Value>(&doc).is_err());
+        }
         assert_eq!(read(br#"{"inputTokens":1,"input_tokens":2}"#), None);
         assert_eq!(read(br#"{"inputTokens":-1}"#), None);
         assert_eq!(read(br#"[1,2]"#), None);
