@@ -7,6 +7,8 @@ use std::fmt;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
+use crate::metrics::labels::DIRECTIONS;
+
 /// Usage counts in any of the shapes Bedrock answers with (Converse,
 /// OpenAI-compatible, Anthropic InvokeModel, invocation metrics).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -18,7 +20,16 @@ pub struct Usage {
 }
 
 impl Usage {
-    fn slot(&mut self, count: Count) -> &mut Option<u64> {
+    pub(super) fn get(&self, count: Count) -> Option<u64> {
+        match count {
+            Count::Input => self.input,
+            Count::Output => self.output,
+            Count::CacheRead => self.cache_read,
+            Count::CacheWrite => self.cache_write,
+        }
+    }
+
+    pub(super) fn slot(&mut self, count: Count) -> &mut Option<u64> {
         match count {
             Count::Input => &mut self.input,
             Count::Output => &mut self.output,
@@ -28,9 +39,10 @@ impl Usage {
     }
 }
 
-/// Which count a key of a usage object holds.
+/// Which count a key of a usage object (or a usage header) holds; as an
+/// index, its position in the metrics' [`DIRECTIONS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Count {
+pub(super) enum Count {
     Input,
     Output,
     CacheRead,
@@ -38,6 +50,9 @@ enum Count {
 }
 
 impl Count {
+    pub(super) const ALL: [Self; 4] =
+        [Self::Input, Self::Output, Self::CacheRead, Self::CacheWrite];
+
     /// The keys a count goes by: Converse, OpenAI-compatible, Anthropic
     /// and invocation-metrics spellings, and the field's own name.
     fn of(key: &[u8]) -> Option<Self> {
@@ -57,15 +72,6 @@ impl Count {
             | b"cacheWriteInputTokenCount" => Self::CacheWrite,
             _ => return None,
         })
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::Input => "input",
-            Self::Output => "output",
-            Self::CacheRead => "cache_read",
-            Self::CacheWrite => "cache_write",
-        }
     }
 }
 
@@ -120,7 +126,7 @@ impl<'de> Deserialize<'de> for Usage {
                         continue;
                     };
                     if std::mem::replace(&mut seen[count as usize], true) {
-                        return Err(de::Error::duplicate_field(count.name()));
+                        return Err(de::Error::duplicate_field(DIRECTIONS[count as usize]));
                     }
                     *usage.slot(count) = map.next_value()?;
                 }
@@ -152,7 +158,7 @@ impl Envelope {
             &b"\"usage\""[..],
             &b"\"amazon-bedrock-invocationMetrics\""[..],
         ] {
-            match value_after_last_key::<Usage>(slice, key) {
+            match usage_after_last_key(slice, key) {
                 Some(u) if u != Usage::default() => return Some(u),
                 _ => {}
             }
@@ -163,10 +169,10 @@ impl Envelope {
 }
 
 /// Deserializes the value of the last `key` (a quoted JSON key) in `doc`.
-fn value_after_last_key<T: serde::de::DeserializeOwned>(doc: &[u8], key: &[u8]) -> Option<T> {
+fn usage_after_last_key(doc: &[u8], key: &[u8]) -> Option<Usage> {
     let value = after_last_key(doc, key)?;
     // What follows the value is the rest of the document: not checked.
-    T::deserialize(&mut serde_json::Deserializer::from_slice(&doc[value..])).ok()
+    Usage::deserialize(&mut serde_json::Deserializer::from_slice(&doc[value..])).ok()
 }
 
 /// Where the value of the last `key` in `doc` starts: just past the `:`

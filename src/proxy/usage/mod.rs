@@ -27,6 +27,7 @@ use super::operation::Operation;
 use super::response_body::StreamKind;
 use crate::metrics::labels::{ModelCounters, ModelLabels, ModelRef};
 use decode::{Coding, Inflater};
+use json::Count;
 pub use json::Usage;
 use tap::Parser;
 pub use tap::UsageTap;
@@ -64,15 +65,9 @@ impl UsageRecorder {
     }
 
     pub(super) fn record(model: &ModelCounters, usage: Usage) {
-        let counts = [
-            usage.input,
-            usage.output,
-            usage.cache_read,
-            usage.cache_write,
-        ];
-        for (i, n) in counts.into_iter().enumerate() {
-            if let Some(n) = n.filter(|n| *n > 0) {
-                model.tokens(i).inc_by(n);
+        for count in Count::ALL {
+            if let Some(n) = usage.get(count).filter(|n| *n > 0) {
+                model.tokens(count as usize).inc_by(n);
             }
         }
     }
@@ -118,15 +113,15 @@ impl UsageRecorder {
             let Some(rest) = name.as_str().strip_prefix(USAGE_HEADER_PREFIX) else {
                 continue;
             };
-            let (i, slot) = match rest {
-                "input-token-count" => (0, &mut usage.input),
-                "output-token-count" => (1, &mut usage.output),
-                "cache-read-input-token-count" => (2, &mut usage.cache_read),
-                "cache-write-input-token-count" => (3, &mut usage.cache_write),
+            let count = match rest {
+                "input-token-count" => Count::Input,
+                "output-token-count" => Count::Output,
+                "cache-read-input-token-count" => Count::CacheRead,
+                "cache-write-input-token-count" => Count::CacheWrite,
                 _ => continue,
             };
-            if !std::mem::replace(&mut seen[i], true) {
-                *slot = value.to_str().ok().and_then(|v| v.parse::<u64>().ok());
+            if !std::mem::replace(&mut seen[count as usize], true) {
+                *usage.slot(count) = value.to_str().ok().and_then(|v| v.parse::<u64>().ok());
             }
         }
         ((usage != Usage::default()).then_some(usage), encoded)
