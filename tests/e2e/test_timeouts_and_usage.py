@@ -107,6 +107,28 @@ def test_token_usage_is_counted_per_model_for_every_response_shape(start_sidecar
     assert sidecar.metric("bedrock_broker_time_to_first_token_seconds_count", {"operation": "converse_stream"}) == 1
 
 
+def test_a_guardrail_trace_does_not_hide_the_answers_tokens(start_sidecar, irsa_env, fake_aws):
+    """With a guardrail's trace, Bedrock writes a second ``usage`` (policy
+    units, no tokens) after the answer's; the answer's tokens still count."""
+    sidecar = start_sidecar(irsa_env)
+    client = bedrock_client(sidecar)
+    msgs = [{"role": "user", "content": [{"text": "one two three"}]}]
+    guardrail = {"guardrailIdentifier": "fake-guardrail", "guardrailVersion": "1", "trace": "enabled"}
+
+    out = client.converse(modelId=MODEL_WITH_COLON, messages=msgs, guardrailConfig=guardrail)
+    assert out["trace"]["guardrail"]["inputAssessment"]["fake-guardrail"]["invocationMetrics"]["usage"]
+    wait_for(lambda: tokens(sidecar, MODEL_WITH_COLON, "input") == out["usage"]["inputTokens"], timeout=5,
+             what="converse usage beside a guardrail trace")
+    assert tokens(sidecar, MODEL_WITH_COLON, "output") == out["usage"]["outputTokens"]
+
+    streamed = list(client.converse_stream(modelId=PROFILE_ARN, messages=msgs, guardrailConfig=guardrail)["stream"])
+    meta = [e["metadata"] for e in streamed if "metadata" in e][0]
+    assert meta["trace"]["guardrail"]["outputAssessments"]["fake-guardrail"]
+    wait_for(lambda: tokens(sidecar, PROFILE_ARN, "output") == meta["usage"]["outputTokens"], timeout=5,
+             what="stream usage beside a guardrail trace")
+    assert tokens(sidecar, PROFILE_ARN, "input") == meta["usage"]["inputTokens"]
+
+
 def test_usage_metrics_can_be_turned_off(start_sidecar, irsa_env, fake_aws):
     sidecar = start_sidecar(irsa_env, ["--usage-metrics", "false"])
     bedrock_client(sidecar).converse(modelId=MODEL_WITH_COLON, messages=[{"role": "user", "content": [{"text": "x"}]}])

@@ -52,6 +52,25 @@ def test_boto3_converse_and_invoke(fake: Fake, sts_creds: dict):
     assert recs[1]["body_sha256"] and json.loads(recs[1]["body"])["messages"][0]["content"] == "pong"
 
 
+def test_guardrail_trace_follows_the_usage_only_when_asked_for(fake: Fake, sts_creds: dict):
+    client = runtime_client(fake, sts_creds, {"x-test-id": "t-trace"})
+    msgs = [{"role": "user", "content": [{"text": "ping"}]}]
+    assert "trace" not in client.converse(modelId=MODEL, messages=msgs)
+    guardrail = {"guardrailIdentifier": "fake-guardrail", "guardrailVersion": "1", "trace": "enabled"}
+    out = client.converse(modelId=MODEL, messages=msgs, guardrailConfig=guardrail)
+    metrics = out["trace"]["guardrail"]["inputAssessment"]["fake-guardrail"]["invocationMetrics"]
+    assert metrics["usage"]["topicPolicyUnits"] == 1 and out["usage"]["totalTokens"] > 0
+    meta = [e["metadata"] for e in client.converse_stream(modelId=MODEL, messages=msgs, guardrailConfig=guardrail)["stream"]
+            if "metadata" in e][0]
+    assert meta["trace"]["guardrail"]["outputAssessments"]["fake-guardrail"][0]["invocationMetrics"]["usage"]
+    assert meta["usage"]["totalTokens"] > 0
+    # The order the proxy's usage reader must cope with: the trace's usage comes last.
+    url = f"{fake.bedrock}/model/{MODEL}/converse"
+    body = json.dumps({"messages": msgs, "guardrailConfig": guardrail}).encode()
+    raw = send(url, body, sign(url, body, sts_creds)).data
+    assert raw.index(b'"trace"') > raw.index(b'"inputTokens"') and raw.rindex(b'"usage"') > raw.index(b'"trace"')
+
+
 def test_boto3_converse_stream(fake: Fake, sts_creds: dict):
     client = runtime_client(fake, sts_creds, {"x-fake-chunks": "4"})
     events = list(client.converse_stream(modelId=MODEL, messages=[{"role": "user", "content": [{"text": "s"}]}])["stream"])

@@ -18,7 +18,7 @@ from aiohttp import web
 from .bedrock_auth import authenticate_bedrock
 from .bedrock_errors import aws_json_error, forced_status_error
 from .bedrock_records import finalize_record, new_bedrock_record
-from .bedrock_replies import converse_response, invoke_response, last_user_text, openai_completion
+from .bedrock_replies import converse_response, invoke_response, last_user_text, openai_completion, wants_guardrail_trace
 from .common import BadFakeHeader, header_int, json_response, new_request_id, parse_json_body
 from .state import STATE_KEY, FakeState
 from .stream_plans import plan_converse_stream, plan_invoke_stream, plan_openai_stream
@@ -142,7 +142,7 @@ async def handle_model_op(state: FakeState, request: web.Request, record: dict, 
     user_text = last_user_text(data)
     rid = {"x-amzn-RequestId": new_request_id()}
     if op == "converse":
-        return json_response(200, converse_response(model_id, user_text), headers=rid)
+        return json_response(200, converse_response(model_id, user_text, wants_guardrail_trace(data)), headers=rid)
     if op == "count-tokens":
         text = json.dumps(data.get("input", {}))
         return json_response(200, {"inputTokens": max(1, len(text.split()))}, headers=rid)
@@ -156,8 +156,10 @@ async def handle_model_op(state: FakeState, request: web.Request, record: dict, 
         }
         return json_response(200, out, headers=headers)
     ctl = StreamControls.from_request(request)
-    planner = plan_converse_stream if op == "converse-stream" else plan_invoke_stream
-    plan = planner(model_id, user_text, ctl.chunks, ctl.pad)
+    if op == "converse-stream":
+        plan = plan_converse_stream(model_id, user_text, ctl.chunks, ctl.pad, wants_guardrail_trace(data))
+    else:
+        plan = plan_invoke_stream(model_id, user_text, ctl.chunks, ctl.pad)
     return await send_stream(state, request, record, op, model_id, plan, ctl)
 
 

@@ -51,16 +51,44 @@ def token_counts(user_text: str, output: str) -> tuple:
     return max(1, len(user_text.split())), max(1, len(output.split()))
 
 
-def converse_response(model_id: str, user_text: str) -> dict:
-    """Converse JSON response."""
+def converse_response(model_id: str, user_text: str, traced: bool = False) -> dict:
+    """Converse JSON response; with ``traced``, a guardrail trace after the usage."""
     text = reply_text(model_id, user_text)
     inp, out = token_counts(user_text, text)
-    return {
+    reply = {
         "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
         "stopReason": "end_turn",
         "usage": {"inputTokens": inp, "outputTokens": out, "totalTokens": inp + out},
         "metrics": {"latencyMs": 1},
     }
+    if traced:
+        reply["trace"] = guardrail_trace(text)
+    return reply
+
+
+def wants_guardrail_trace(data: dict) -> bool:
+    """Converse and ConverseStream: ``guardrailConfig.trace`` asks for the trace."""
+    config = data.get("guardrailConfig")
+    return isinstance(config, dict) and config.get("trace") in ("enabled", "enabled_full")
+
+
+def guardrail_trace(text: str) -> dict:
+    """A guardrail's trace as Bedrock writes it (``ConverseTrace``), after the
+    answer's usage: each assessment carries a ``usage`` object of its own, in
+    policy units, with no token counts."""
+    assessment = {
+        "invocationMetrics": {
+            "guardrailProcessingLatency": 1,
+            "usage": {
+                "topicPolicyUnits": 1, "contentPolicyUnits": 1, "wordPolicyUnits": 1,
+                "sensitiveInformationPolicyUnits": 0, "sensitiveInformationPolicyFreeUnits": 0,
+                "contextualGroundingPolicyUnits": 0,
+            },
+            "guardrailCoverage": {"textCharacters": {"guarded": len(text), "total": len(text)}},
+        }
+    }
+    return {"guardrail": {"modelOutput": [], "inputAssessment": {"fake-guardrail": assessment},
+                          "outputAssessments": {"fake-guardrail": [assessment]}}}
 
 
 def invoke_response(model_id: str, user_text: str) -> dict:

@@ -13,7 +13,7 @@ from typing import Any
 
 import eventstream  # tests/fakes/eventstream.py, next to this package: the tests' clients use it too
 
-from .bedrock_replies import invoke_response, stream_pieces, token_counts
+from .bedrock_replies import guardrail_trace, invoke_response, stream_pieces, token_counts
 from .common import json_bytes, random_chars
 
 
@@ -28,10 +28,14 @@ class StreamPlan:
     headers: dict = field(default_factory=dict)
 
 
-def plan_converse_stream(model_id: str, user_text: str, n: int, pad: int) -> StreamPlan:
-    """ConverseStream events, as boto3's converse_stream parser expects them."""
+def plan_converse_stream(model_id: str, user_text: str, n: int, pad: int, traced: bool = False) -> StreamPlan:
+    """ConverseStream events, as boto3's converse_stream parser expects them;
+    with ``traced``, the metadata event carries a guardrail trace after the usage."""
     pieces = stream_pieces(model_id, user_text, n, pad)
     inp, out = token_counts(user_text, "".join(pieces))
+    metadata = {"usage": {"inputTokens": inp, "outputTokens": out, "totalTokens": inp + out}, "metrics": {"latencyMs": 1}}
+    if traced:
+        metadata["trace"] = guardrail_trace("".join(pieces))
     ev = eventstream.event
     return StreamPlan(
         content_type="application/vnd.amazon.eventstream",
@@ -43,15 +47,7 @@ def plan_converse_stream(model_id: str, user_text: str, n: int, pad: int) -> Str
             [
                 ev("contentBlockStop", json_bytes({"contentBlockIndex": 0})),
                 ev("messageStop", json_bytes({"stopReason": "end_turn"})),
-                ev(
-                    "metadata",
-                    json_bytes(
-                        {
-                            "usage": {"inputTokens": inp, "outputTokens": out, "totalTokens": inp + out},
-                            "metrics": {"latencyMs": 1},
-                        }
-                    ),
-                ),
+                ev("metadata", json_bytes(metadata)),
             ]
         ),
     )
