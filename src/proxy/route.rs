@@ -48,8 +48,8 @@ impl Route {
 
     /// The upstream URI for a client path-and-query (prefix removed), its
     /// query in the encoding it is signed in ([`query::normalised`]).
-    pub fn uri(&self, pq: Option<&PathAndQuery>) -> Result<Uri, ProxyError> {
-        let normalised = pq.and_then(|pq| {
+    pub fn uri(&self, original: Option<&PathAndQuery>) -> Result<Uri, ProxyError> {
+        let normalised = original.and_then(|pq| {
             let q = pq.query()?;
             match query::normalised(q) {
                 Cow::Borrowed(_) => None,
@@ -59,7 +59,7 @@ impl Route {
         });
         let pq = normalised
             .as_deref()
-            .unwrap_or_else(|| pq.map_or("/", PathAndQuery::as_str));
+            .unwrap_or_else(|| original.map_or("/", PathAndQuery::as_str));
         // Keep the slash that ends the prefix: "/mantle/v1/x" -> "/v1/x".
         let pq = match self.prefix.path() {
             "" => pq,
@@ -67,10 +67,13 @@ impl Route {
         };
         let invalid =
             |e: http::Error| ProxyError::InvalidPath(format!("invalid request path: {e}").into());
-        let pq: PathAndQuery = if self.upstream.base_path.is_empty() {
-            PathAndQuery::try_from(pq)
-        } else {
-            PathAndQuery::try_from(format!("{}{pq}", self.upstream.base_path))
+        let pq: PathAndQuery = match (original, self.upstream.base_path.is_empty()) {
+            // Most requests go out with the path and query they came with:
+            // keep the parsed value (a reference count) instead of copying
+            // and parsing it again.
+            (Some(original), true) if original.as_str() == pq => Ok(original.clone()),
+            (_, true) => PathAndQuery::try_from(pq),
+            (_, false) => PathAndQuery::try_from(format!("{}{pq}", self.upstream.base_path)),
         }
         .map_err(|e| invalid(e.into()))?;
         Uri::builder()
