@@ -139,7 +139,7 @@ where
 /// once before a timer exists: a frame hyper already holds (a small body's
 /// nearly always) then costs no timer, which tokio would set up and take
 /// down for every frame.
-async fn within<F: Future>(limit: Duration, future: F) -> Result<F::Output, Elapsed> {
+pub(super) async fn within<F: Future>(limit: Duration, future: F) -> Result<F::Output, Elapsed> {
     let mut future = std::pin::pin!(future);
     match future.as_mut().now_or_never() {
         Some(output) => Ok(output),
