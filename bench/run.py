@@ -461,6 +461,7 @@ load_module {ECHO_MODULE};
 
 FLOOR = "floor: nginx reverse proxy, no signing"
 STACK_FLOOR = "stack floor: hyper + rustls, none of the sidecar's code"
+BASELINE = "sidecar, --baseline-binary"
 
 
 class Floor:
@@ -1170,6 +1171,8 @@ def report(res: dict, args, command: str) -> str:
     L.append(f"Machine: {res['machine']}  ")
     L.append(f"Binary: `{res['binary']}`" + (f" (built from the work tree at git {res['git']})  "
              if not args.binary else f" (given with --binary; work tree at git {res['git']})  "))
+    if args.baseline_binary:
+        L.append(f"Baseline binary (A/B, 1 KB converse rows): `{args.baseline_binary}`  ")
     L.append(f"Tools: {res['tools']}  ")
     L.append("Sidecar environment from the Dockerfile's final stage (as shipped): "
              + (", ".join(f"`{k}={v}`" + (" (replaced in this run, see below)" if k in EXPERIMENT_ENV else "")
@@ -1222,6 +1225,9 @@ def report(res: dict, args, command: str) -> str:
              "metrics, limits, timeouts or body buffering, one upstream connection per client "
              "connection. The gap from it to the 'sidecar' row is what the sidecar's own code "
              "costs; from nginx to it, what the stack does. "
+             + ("'sidecar, --baseline-binary' rows (1 KB converse only): another build of the sidecar, run in "
+                "every round beside the 'sidecar' row, for an A/B in the same minutes. "
+                if args.baseline_binary else "") +
              "Peak RSS is VmHWM, reset before each row. "
              "'proxy CPU busy' is the sidecar's CPU time over wall time (100 % = its core is "
              "saturated); 'other load on proxy CPU' is time that core spent on anything else "
@@ -1352,6 +1358,13 @@ def summary(res: dict, args) -> list:
                         f"({r['results']['sidecar']['rps'] / r['direct']['rps']:.2f}× direct; "
                         f"{by_round(r['results']['sidecar'], floor(r), '.2f')})", ratio >= 0.85,
                         f"{floor(r)['rps'] / r['direct']['rps']:.2f}× direct"))
+    for c in (1, 16, 64):
+        r = get(c)
+        if r and BASELINE in r["results"]:
+            ratio = r["results"]["sidecar"]["rps"] / r["results"][BASELINE]["rps"]
+            out.append((f"throughput against --baseline-binary at {c} conn{'s' if c > 1 else ''} (no target)",
+                        f"{ratio:.3f}× ({by_round(r['results']['sidecar'], r['results'][BASELINE], '.3f')})",
+                        None, None))
     r = get(1)
     if r and floor(r):
         a = r["results"]["sidecar"]["p50_ms"] - r["direct"]["p50_ms"]
@@ -1437,6 +1450,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--binary", type=Path, help="sidecar binary (default: build one)")
+    ap.add_argument("--baseline-binary", type=Path, metavar="PATH",
+                    help="another sidecar build, run beside this one in every round of the 1 KB converse "
+                         "rows; the summary gives this one's throughput over it, by round (an A/B)")
     ap.add_argument("--target-dir", type=Path,
                     default=Path(os.environ.get("BENCH_TARGET_DIR", ROOT / "target" / "bench")),
                     help="CARGO_TARGET_DIR for the build (default target/bench or $BENCH_TARGET_DIR)")
@@ -1621,6 +1637,14 @@ def main() -> int:
                 res["floor_idle_rss"] = proc_mem(floor.pid)["VmRSS"]
                 targets.append(Target(FLOOR, f"http://127.0.0.1:{floor.port}", floor,
                                       rows="1 KB converse"))
+            if args.baseline_binary:
+                # An A/B in the same minutes: another build of the sidecar,
+                # run in every round beside this one.
+                scb = Sidecar(args.baseline_binary, mock.port, mock.ca, args.proxy_cpu, workdir,
+                              name="sidecar-baseline")
+                sidecars.append(scb)
+                scb.wait_ready(10)
+                targets.append(Target(BASELINE, f"http://127.0.0.1:{scb.port}", scb, rows="1 KB converse"))
             if stack_binary:
                 stack = StackFloor(stack_binary, mock.port, mock.ca, args.proxy_cpu, workdir)
                 targets.append(Target(STACK_FLOOR, f"http://127.0.0.1:{stack.port}", stack,
