@@ -290,6 +290,23 @@ mod tests {
         assert!(!wrong.to_string().contains("0123456789"));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_body_waiting_for_the_budget_gets_it_when_freed() {
+        let mut g = gate(&[], None);
+        g.budget_wait = Duration::from_secs(5);
+        let g = Arc::new(g);
+        let held = g.reserve(80).await.unwrap();
+        let waiting = tokio::spawn({
+            let g = g.clone();
+            async move { g.reserve(30).await.map(drop) }
+        });
+        // Let it queue (its first poll finds no room), then free the room:
+        // the waiter must be woken, not left for its timeout to refuse.
+        tokio::task::yield_now().await;
+        drop(held);
+        assert!(waiting.await.unwrap().is_ok());
+    }
+
     #[tokio::test]
     async fn the_body_budget_waits_then_refuses() {
         let g = gate(&[], None);
