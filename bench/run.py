@@ -1394,7 +1394,7 @@ def summary(res: dict, args) -> list:
     if r and off in r["results"]:
         cost = 1 - r["results"]["sidecar"]["rps"] / r["results"][off]["rps"]
         out.append(("usage metrics cost ≤ 3 % throughput at 16 conns",
-                    f"{100 * cost:+.1f} % ({by_round(r['results']['sidecar'], r['results'][off], '+.1f', cost=True)})",
+                    f"{100 * cost:+.1f} % ({by_round(r['results']['sidecar'], r['results'][off], '+.1f', cost=True)} %)",
                     cost <= 0.03, None))
     st = res["stream"]
     a = st["sidecar"]["ttfb_ms"] - st["direct"]["ttfb_ms"]
@@ -1541,6 +1541,12 @@ def main() -> int:
         ap.error("--profile-only with --no-profile measures nothing: add --cache-sim")
     if args.no_stack_floor and args.stack_floor_binary:
         ap.error("--stack-floor-binary with --no-stack-floor: the binary would not be used")
+    if args.baseline_binary:
+        if args.profile_only or args.burst_only:
+            ap.error("--baseline-binary runs in the load rows only: not with --profile-only or --burst-only")
+        args.baseline_binary = args.baseline_binary.resolve()
+        if not os.access(args.baseline_binary, os.X_OK):
+            ap.error(f"--baseline-binary: {args.baseline_binary} is not an executable file")
     ensure_tools(need_valgrind=not args.no_profile or bool(cache_concs))
     binary = args.binary or build_binary(args.target_dir)
     binary = binary.resolve()

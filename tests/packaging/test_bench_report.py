@@ -19,6 +19,13 @@ def test_ratios_pair_runs_of_the_same_round():
     assert bench.by_round(sidecar, floor, ".2f") == "by round: median 0.80, 0.80 to 0.82 over 3"
 
 
+def test_a_round_is_paired_with_its_own_round_only():
+    # Sorted separately, these lists would pair 50/50 and 90/100.
+    sidecar = {"all_rps": [50, 90, 82]}
+    floor = {"all_rps": [100, 50, 100]}
+    assert bench.round_ratios(sidecar, floor) == [0.5, 0.82, 1.8]
+
+
 def test_costs_are_shown_in_percent():
     on = {"all_rps": [97, 95]}
     off = {"all_rps": [100, 100]}
