@@ -39,8 +39,8 @@ fn host_of<B>(request: &Request<B>) -> Option<String> {
     Some(authority.host().to_owned())
 }
 
-/// An HTTP/1 request whose `Host` is `127.0.0.1`, `localhost` or `[::1]`,
-/// with or without a port: what nearly every client of the sidecar sends,
+/// An HTTP/1 request whose `Host` is `127.0.0.1` or `localhost` with or
+/// without a port, or `[::1]` with one: what nearly every client sends,
 /// recognised without parsing an `Authority` (a copy and two allocations a
 /// request). Only ever `true` where [`host_of`] and [`is_loopback_host`]
 /// would allow the request too; anything else takes that path.
@@ -241,6 +241,14 @@ mod tests {
             .body(())
             .unwrap();
         assert!(!plainly_loopback(&h2), ":authority is what counts there");
+        let g = gate(&[], None);
+        let rebound = Request::builder()
+            .uri("http://rebind.attacker.example:9787/model/m/converse")
+            .header(HOST, "127.0.0.1:9787")
+            .body(())
+            .unwrap();
+        let e = g.check(&rebound).unwrap_err();
+        assert_eq!(e.code().name, "host_not_allowed");
     }
 
     proptest::proptest! {
@@ -300,9 +308,12 @@ mod tests {
             let g = g.clone();
             async move { g.reserve(30).await.map(drop) }
         });
-        // Let it queue (its first poll finds no room), then free the room:
-        // the waiter must be woken, not left for its timeout to refuse.
+        // Let it queue (its first poll finds no room and takes what there
+        // is), then free the room: the waiter must be woken, not left for
+        // its timeout to refuse.
         tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert_eq!(g.budget.available_permits(), 0, "the waiter holds the rest");
         drop(held);
         assert!(waiting.await.unwrap().is_ok());
     }
