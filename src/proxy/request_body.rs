@@ -17,30 +17,15 @@ use tokio::time::error::Elapsed;
 
 use super::error::ProxyError;
 use super::gate::GateState;
+use super::signer::Sha256Hex;
 use super::BoxError;
 
 /// A request body read in full, with its SHA-256 when SigV4 needs it.
 pub struct ReadBody {
     pub bytes: Bytes,
-    pub sha256: Option<BodySha256>,
+    pub sha256: Option<Sha256Hex>,
     /// Its share of `--request-body-budget`, returned when it is dropped.
     _budget: Option<OwnedSemaphorePermit>,
-}
-
-/// A body's SHA-256 as lower-case hex, held inline: no allocation, and no
-/// UTF-8 check beyond the one `as_str` makes on 64 ASCII digits.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct BodySha256([u8; 64]);
-
-impl BodySha256 {
-    fn of(hasher: Sha256) -> Self {
-        Self(super::signer::hex(&hasher.finalize().into()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        // Only hex digits are ever written.
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
 }
 
 /// How much a body may be, and how slowly it may come.
@@ -130,7 +115,7 @@ where
     };
     Ok(ReadBody {
         bytes,
-        sha256: hasher.map(BodySha256::of),
+        sha256: hasher.map(Sha256Hex::of),
         _budget: budget,
     })
 }
@@ -179,7 +164,7 @@ mod tests {
             let mut hasher = Sha256::new();
             hasher.update(body);
             assert_eq!(
-                BodySha256::of(hasher).as_str(),
+                Sha256Hex::of(hasher).as_str(),
                 hex::encode(Sha256::digest(body))
             );
         }

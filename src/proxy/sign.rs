@@ -3,8 +3,8 @@
 //! client is told when there is nothing usable to sign with.
 
 use super::error::ProxyError;
-use super::request_body::{BodySha256, ReadBody};
-use super::signer::RequestSigner;
+use super::request_body::ReadBody;
+use super::signer::{RequestSigner, Sha256Hex};
 use super::sigv4::{BodyDigest, Signer};
 use super::Proxy;
 use crate::credentials::{HeldCredentials, Unusable};
@@ -19,7 +19,7 @@ impl Proxy {
         body: &ReadBody,
     ) -> Result<u64, ProxyError> {
         let signer = signer.ok_or(ProxyError::NoSigV4)?;
-        let digest = BodyDigest::new(&body.bytes, body.sha256.as_ref().map(BodySha256::as_str));
+        let digest = BodyDigest::new(&body.bytes, body.sha256.as_ref().map(Sha256Hex::as_str));
         let now = self.clock.now();
         let signed = self.cell.with_usable(now, |held| {
             signer

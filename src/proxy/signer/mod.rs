@@ -192,25 +192,40 @@ pub(super) fn host(uri: &Uri) -> Result<&str, SignError> {
     canonical::host(uri).ok_or(SignError::NoHost)
 }
 
+/// A SHA-256 as lower-case hex, held inline (no allocation): a payload
+/// hash, computed here or while the body was read.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Sha256Hex([u8; 64]);
+
+impl Sha256Hex {
+    pub fn of(hasher: Sha256) -> Self {
+        Self(hex(&hasher.finalize().into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only hex digits are ever written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
 /// The payload hash as hex: the precomputed one, or the body's.
 enum Payload<'a> {
     Given(&'a str),
-    Computed([u8; 64]),
+    Computed(Sha256Hex),
 }
 
 impl<'a> Payload<'a> {
     fn of(body: BodyDigest<'a>) -> Self {
         match body.sha256_hex() {
             Some(hex) => Self::Given(hex),
-            None => Self::Computed(hex(&Sha256::digest(body.bytes()).into())),
+            None => Self::Computed(Sha256Hex::of(Sha256::new_with_prefix(body.bytes()))),
         }
     }
 
     fn as_str(&self) -> &str {
         match self {
             Self::Given(s) => s,
-            // Only hex digits are ever written.
-            Self::Computed(h) => std::str::from_utf8(h).unwrap_or_default(),
+            Self::Computed(h) => h.as_str(),
         }
     }
 }
