@@ -18,7 +18,14 @@ from aiohttp import web
 from .bedrock_auth import authenticate_bedrock
 from .bedrock_errors import aws_json_error, forced_status_error
 from .bedrock_records import finalize_record, new_bedrock_record
-from .bedrock_replies import converse_response, invoke_response, last_user_text, openai_completion, wants_guardrail_trace
+from .bedrock_replies import (
+    GUARDRAIL_USAGE,
+    converse_response,
+    invoke_response,
+    last_user_text,
+    openai_completion,
+    wants_guardrail_trace,
+)
 from .common import BadFakeHeader, header_int, json_response, new_request_id, parse_json_body
 from .state import STATE_KEY, FakeState
 from .stream_plans import plan_converse_stream, plan_invoke_stream, plan_openai_stream
@@ -103,9 +110,7 @@ def handle_apply_guardrail(data: dict) -> web.Response:
     texts = [c.get("text", {}).get("text", "") for c in data.get("content", []) if isinstance(c, dict)]
     blocked = any("forbidden" in t for t in texts)
     return json_response(200, {
-        "usage": {"topicPolicyUnits": 1, "contentPolicyUnits": 1, "wordPolicyUnits": 1,
-                  "sensitiveInformationPolicyUnits": 0, "sensitiveInformationPolicyFreeUnits": 0,
-                  "contextualGroundingPolicyUnits": 0},
+        "usage": dict(GUARDRAIL_USAGE),
         "action": "GUARDRAIL_INTERVENED" if blocked else "NONE",
         "outputs": [{"text": "blocked by fake guardrail"}] if blocked else [],
         "assessments": [],

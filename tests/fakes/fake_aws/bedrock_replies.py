@@ -66,6 +66,15 @@ def converse_response(model_id: str, user_text: str, traced: bool = False) -> di
     return reply
 
 
+# What one guardrail check costs, in policy units (ApplyGuardrail's and a
+# trace's `usage`): no token counts.
+GUARDRAIL_USAGE = {
+    "topicPolicyUnits": 1, "contentPolicyUnits": 1, "wordPolicyUnits": 1,
+    "sensitiveInformationPolicyUnits": 0, "sensitiveInformationPolicyFreeUnits": 0,
+    "contextualGroundingPolicyUnits": 0,
+}
+
+
 def wants_guardrail_trace(data: dict) -> bool:
     """Converse and ConverseStream: ``guardrailConfig.trace`` asks for the trace."""
     config = data.get("guardrailConfig")
@@ -79,11 +88,7 @@ def guardrail_trace(text: str) -> dict:
     assessment = {
         "invocationMetrics": {
             "guardrailProcessingLatency": 1,
-            "usage": {
-                "topicPolicyUnits": 1, "contentPolicyUnits": 1, "wordPolicyUnits": 1,
-                "sensitiveInformationPolicyUnits": 0, "sensitiveInformationPolicyFreeUnits": 0,
-                "contextualGroundingPolicyUnits": 0,
-            },
+            "usage": dict(GUARDRAIL_USAGE),
             "guardrailCoverage": {"textCharacters": {"guarded": len(text), "total": len(text)}},
         }
     }
