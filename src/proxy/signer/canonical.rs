@@ -218,18 +218,22 @@ fn write_normalised(sink: &mut Vec<u8>, path: &str) {
 
 /// Whether `path` has no empty segment between two slashes and no `.` or
 /// `..` segment: nothing to normalise. Model ids have dots (`anthropic.
-/// claude-...`), so this looks at each dot rather than for any.
+/// claude-...`), so this looks at each dot rather than for any; slashes and
+/// dots are found in one scan (a `memmem` search for `//` set up a searcher
+/// on every request).
 fn is_normal(path: &str) -> bool {
     let b = path.as_bytes();
     let segment_end = |rest: &[u8]| matches!(rest.first(), None | Some(b'/'));
-    memchr::memmem::find(b, b"//").is_none()
-        && memchr::memchr_iter(b'.', b).all(|i| {
-            let starts_segment = i == 0 || b[i - 1] == b'/';
-            let rest = &b[i + 1..];
-            let dot_segment =
-                segment_end(rest) || (rest.first() == Some(&b'.') && segment_end(&rest[1..]));
-            !(starts_segment && dot_segment)
-        })
+    memchr::memchr2_iter(b'/', b'.', b).all(|i| {
+        let rest = &b[i + 1..];
+        if b[i] == b'/' {
+            return rest.first() != Some(&b'/');
+        }
+        let starts_segment = i == 0 || b[i - 1] == b'/';
+        let dot_segment =
+            segment_end(rest) || (rest.first() == Some(&b'.') && segment_end(&rest[1..]));
+        !(starts_segment && dot_segment)
+    })
 }
 
 /// Everything the canonical request is made of.
@@ -326,6 +330,19 @@ mod tests {
             "//", "/a//b", "/.", "/./a", "/a/.", "/..", "/a/../b", "/a/..", "./a", "..",
         ] {
             assert!(!is_normal(not), "{not}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The one-scan check against its definition, on paths made of the
+        /// bytes it looks at.
+        #[test]
+        fn is_normal_means_no_double_slash_and_no_dot_segment(
+            path in "[/.a%]{0,12}"
+        ) {
+            let defined =
+                !path.contains("//") && path.split('/').all(|s| s != "." && s != "..");
+            proptest::prop_assert_eq!(is_normal(&path), defined, "{}", path);
         }
     }
 
