@@ -163,7 +163,7 @@ impl UsageRecorder {
             model,
             first_chunk: parser.is_stream().then_some((operation, started)),
             parser,
-            inflater: Inflater::new(coding).map(Box::new),
+            inflater: Inflater::new(coding),
             decoded: Some(0),
         })
     }
