@@ -1330,12 +1330,18 @@ def by_round(a: dict, b: dict, spec: str, cost: bool = False) -> str:
     ratio of medians the targets are judged on, so a reader can tell a
     real change from the run's own spread."""
     rs = round_ratios(a, b)
-    if not rs:
-        return "no rounds"
     if cost:
         rs = sorted(100 * (1 - x) for x in rs)
-    return (f"by round: median {statistics.median(rs):{spec}}, "
-            f"{rs[0]:{spec}} to {rs[-1]:{spec}} over {len(rs)}")
+    return spread(rs, spec)
+
+
+def spread(sorted_values: list[float], spec: str, unit: str = "") -> str:
+    """'by round: median M, LO to HI over N' of figures already sorted."""
+    v = sorted_values
+    if not v:
+        return "no rounds"
+    return (f"by round: median {statistics.median(v):{spec}}{unit}, "
+            f"{v[0]:{spec}} to {v[-1]:{spec}}{unit} over {len(v)}")
 
 
 def round_gaps(a: dict, b: dict, key: str) -> list[float]:
@@ -1348,11 +1354,7 @@ def round_gaps(a: dict, b: dict, key: str) -> list[float]:
 
 def by_round_gap(a: dict, b: dict, key: str) -> str:
     """The latency verdicts' spread, in ms: see by_round()."""
-    gs = round_gaps(a, b, key)
-    if not gs:
-        return "no rounds"
-    return (f"by round: median {statistics.median(gs):+.3f} ms, {gs[0]:+.3f} to {gs[-1]:+.3f} ms "
-            f"over {len(gs)}")
+    return spread(round_gaps(a, b, key), "+.3f", " ms")
 
 
 def summary(res: dict, args) -> list:
