@@ -44,7 +44,11 @@ const CONNECTION_AT: usize = 0;
 const TRANSFER_ENCODING_AT: usize = 7;
 
 /// Headers that describe one connection, not the message.
-const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
+///
+/// `static`, not `const`: `HeaderName` has drop glue, so a `const` array
+/// is not promoted and every `&HOP_BY_HOP` would build the nine names on
+/// the stack and drop them again, on every request.
+static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -59,8 +63,9 @@ const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
 /// What else never goes upstream: the client's `Host`, its authentication
 /// and SigV4 headers, the provider data (it may hold a token),
 /// `Content-Length` (the body is re-framed) and `Expect` (hyper already
-/// answered `100-continue`).
-const NOT_FORWARDED: [HeaderName; 9] = [
+/// answered `100-continue`). `static` for the reason given at
+/// [`HOP_BY_HOP`].
+static NOT_FORWARDED: [HeaderName; 9] = [
     header::HOST,
     header::AUTHORIZATION,
     X_AMZ_DATE,
