@@ -81,3 +81,37 @@ def test_latency_verdicts_show_the_rounds_beside_the_medians():
     m, ok = lines["added p99 at 64 conns ≤ the floor's + 0.5 ms"]
     assert ok is True
     assert "by round: median +0.100 ms, +0.100 to +1.500 ms over 3)" in m
+
+
+def test_usage_instructions_are_the_difference_of_the_two_profiles():
+    p = {"ir_per_request": 150_000, "usage_off_ir_per_request": 147_000, "sha_ir_per_request": 75_000}
+    # 3,000 of 150,000 is 2 %; of the 75,000 that are not SHA-256, 4 %.
+    assert bench.usage_instructions(p) == (
+        "+3,000 instructions a request, +2.0 % of 150,000, +4.0 % of the 75,000 besides SHA-256")
+    del p["sha_ir_per_request"]
+    assert bench.usage_instructions(p) == "+3,000 instructions a request, +2.0 % of 150,000"
+
+
+def test_usage_instructions_need_both_profiles():
+    assert bench.usage_instructions(None) is None
+    assert bench.usage_instructions({"ir_per_request": 150_000}) is None
+
+
+def test_the_usage_verdict_stays_with_throughput():
+    # The instructions say 2 %, the throughput rows 5 %: the verdict is
+    # the throughput's, the instructions stand beside it.
+    def rows(rps: float) -> dict:
+        return {"rps": rps, "all_rps": [rps], "p50_ms": 1.0, "p99_ms": 1.0, "cpu_per_10k": 1.0,
+                "peak_rss": 10.0, "conns_per_1k": 0.0, "all_p50_ms": [1.0], "all_p99_ms": [1.0]}
+    res = {
+        "rows": [{"endpoint": "converse", "body": "1 KB", "conns": 16, "direct": rows(1000.0),
+                  "results": {"sidecar": rows(950.0), "sidecar, usage metrics off": rows(1000.0)}}],
+        "stream": {"sidecar": {"ttfb_ms": 0.5}, "direct": {"ttfb_ms": 0.4}},
+        "idle_rss_anon": 1.0, "idle_rss": 10.0, "cold": [10.0],
+        "profile": {"ir_per_request": 150_000, "usage_off_ir_per_request": 147_000},
+    }
+    lines = {t: (m, ok) for t, m, ok, _ in bench.summary(res, None)}
+    m, ok = lines["usage metrics cost ≤ 3 % throughput at 16 conns"]
+    assert ok is False
+    assert m.startswith("+5.0 % (")
+    assert m.endswith("; in callgrind +3,000 instructions a request, +2.0 % of 150,000")
