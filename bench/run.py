@@ -50,6 +50,7 @@ import datetime as _dt
 import glob
 import http.client
 import json
+import mmap
 import os
 import platform
 import re
@@ -270,6 +271,21 @@ def cargo_release(target_dir: Path, *extra: str) -> None:
     cmd = ["cargo", "build", "--release", "--locked", *extra]
     print(f"bench: {' '.join(cmd)} (CARGO_TARGET_DIR={target_dir}) ...", flush=True)
     subprocess.run(cmd, cwd=ROOT, env=env, check=True)
+
+
+def built_with_test_clock(binary: Path) -> bool:
+    """Whether tokio's test-util clock is linked into `binary`. Building the
+    sidecar in one cargo invocation with an example or a test (`cargo build
+    --bin bedrock-broker --example stack_floor`) switches on the
+    dev-dependencies' features for the whole build, tokio's `test-util`
+    among them, whose clock costs about 600 instructions a request: not the
+    binary that ships. Seen by its symbol, so only in binaries that keep
+    their symbols, as this script's builds do."""
+    with open(binary, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return False
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            return m.find(b"DID_PAUSE_CLOCK") != -1
 
 
 def build_binary(target_dir: Path) -> Path:
@@ -1626,6 +1642,11 @@ def main() -> int:
     ensure_tools(need_valgrind=not args.no_profile or bool(cache_concs))
     binary = args.binary or build_binary(args.target_dir)
     binary = binary.resolve()
+    for flag, path in (("--binary", binary), ("--baseline-binary", args.baseline_binary)):
+        if path and built_with_test_clock(path):
+            ap.error(f"{flag}: {path} has tokio's test-util clock, so it was built together with an "
+                     "example or a test and is not the binary that ships; build it alone: "
+                     "cargo build --release --bin bedrock-broker")
     # Built only when a row or the cache simulation will run it.
     wants_stack = not args.no_stack_floor and not args.burst_only and (
         not args.profile_only or bool(cache_concs))

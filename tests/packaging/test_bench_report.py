@@ -115,3 +115,16 @@ def test_the_usage_verdict_stays_with_throughput():
     assert ok is False
     assert m.startswith("+5.0 % (")
     assert m.endswith("; in callgrind +3,000 instructions a request, +2.0 % of 150,000")
+
+
+def test_a_binary_with_the_test_clock_is_recognised(tmp_path):
+    # A symbol as rustc mangles it, in otherwise arbitrary bytes.
+    with_clock = tmp_path / "with"
+    with_clock.write_bytes(b"\x7fELF" + b"\0" * 100 + b"_ZN5tokio4time5clock15DID_PAUSE_CLOCK17h0123E" + b"\0" * 10)
+    without = tmp_path / "without"
+    without.write_bytes(b"\x7fELF" + b"\0" * 100 + b"_ZN5tokio4time5clock5Clock3now17h0123E")
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert bench.built_with_test_clock(with_clock) is True
+    assert bench.built_with_test_clock(without) is False
+    assert bench.built_with_test_clock(empty) is False
