@@ -84,7 +84,8 @@ def test_latency_verdicts_show_the_rounds_beside_the_medians():
 
 
 def test_usage_instructions_are_the_difference_of_the_two_profiles():
-    p = {"ir_per_request": 150_000, "usage_off_ir_per_request": 147_000, "sha_ir_per_request": 75_000}
+    p = {"ir_per_request": 150_000, "usage_off_ir_per_request": 147_000, "sha_ir_per_request": 75_000,
+         "ok": 2000, "usage_off_ok": 2000, "requests": 2000}
     # 3,000 of 150,000 is 2 %; of the 75,000 that are not SHA-256, 4 %.
     assert bench.usage_instructions(p) == (
         "+3,000 instructions a request, +2.0 % of 150,000, +4.0 % of the 75,000 besides SHA-256")
@@ -92,29 +93,50 @@ def test_usage_instructions_are_the_difference_of_the_two_profiles():
     assert bench.usage_instructions(p) == "+3,000 instructions a request, +2.0 % of 150,000"
 
 
-def test_usage_instructions_need_both_profiles():
+def test_usage_instructions_need_both_profiles_whole():
     assert bench.usage_instructions(None) is None
-    assert bench.usage_instructions({"ir_per_request": 150_000}) is None
+    assert bench.usage_instructions({"ir_per_request": 150_000, "ok": 2000, "requests": 2000}) is None
+    # A failed request does less work: no difference is given then.
+    whole = {"ir_per_request": 150_000, "usage_off_ir_per_request": 147_000,
+             "ok": 2000, "usage_off_ok": 2000, "requests": 2000}
+    assert bench.usage_instructions(whole) is not None
+    assert bench.usage_instructions({**whole, "usage_off_ok": 1999}) is None
+    assert bench.usage_instructions({**whole, "ok": 1999}) is None
 
 
-def test_the_usage_verdict_stays_with_throughput():
-    # The instructions say 2 %, the throughput rows 5 %: the verdict is
-    # the throughput's, the instructions stand beside it.
+def _usage_verdict(usage_on_rps: float, profile: dict | None) -> tuple[str, bool]:
+    """The usage verdict of a run whose 16-connection usage-off row did
+    1,000 req/s."""
     def rows(rps: float) -> dict:
         return {"rps": rps, "all_rps": [rps], "p50_ms": 1.0, "p99_ms": 1.0, "cpu_per_10k": 1.0,
                 "peak_rss": 10.0, "conns_per_1k": 0.0, "all_p50_ms": [1.0], "all_p99_ms": [1.0]}
     res = {
         "rows": [{"endpoint": "converse", "body": "1 KB", "conns": 16, "direct": rows(1000.0),
-                  "results": {"sidecar": rows(950.0), "sidecar, usage metrics off": rows(1000.0)}}],
+                  "results": {"sidecar": rows(usage_on_rps), "sidecar, usage metrics off": rows(1000.0)}}],
         "stream": {"sidecar": {"ttfb_ms": 0.5}, "direct": {"ttfb_ms": 0.4}},
         "idle_rss_anon": 1.0, "idle_rss": 10.0, "cold": [10.0],
-        "profile": {"ir_per_request": 150_000, "usage_off_ir_per_request": 147_000},
     }
+    if profile is not None:
+        res["profile"] = profile
     lines = {t: (m, ok) for t, m, ok, _ in bench.summary(res, None)}
-    m, ok = lines["usage metrics cost ≤ 3 % throughput at 16 conns"]
+    return lines["usage metrics cost ≤ 3 % throughput at 16 conns"]
+
+
+def test_the_usage_verdict_stays_with_throughput():
+    # The instructions say 2 %, the throughput rows 5 %: the verdict is
+    # the throughput's, the instructions stand beside it.
+    m, ok = _usage_verdict(950.0, {"ir_per_request": 150_000, "usage_off_ir_per_request": 147_000,
+                                   "ok": 2000, "usage_off_ok": 2000, "requests": 2000})
     assert ok is False
     assert m.startswith("+5.0 % (")
     assert m.endswith("; in callgrind +3,000 instructions a request, +2.0 % of 150,000")
+
+
+def test_without_a_profile_the_usage_verdict_has_no_instructions():
+    m, ok = _usage_verdict(990.0, None)
+    assert ok is True
+    assert m.startswith("+1.0 % (")
+    assert "callgrind" not in m
 
 
 def test_a_binary_with_the_test_clock_is_recognised(tmp_path):
@@ -128,3 +150,4 @@ def test_a_binary_with_the_test_clock_is_recognised(tmp_path):
     assert bench.built_with_test_clock(with_clock) is True
     assert bench.built_with_test_clock(without) is False
     assert bench.built_with_test_clock(empty) is False
+
