@@ -1840,9 +1840,10 @@ def main() -> int:
         if res.get("profile"):
             p = res["profile"]
             print(f"{p['ir_per_request']:,.0f} instructions per request")
-            if usage_instructions(p):
+            instructions = usage_instructions(p)
+            if instructions:
                 print(f"usage metrics off: {p['usage_off_ir_per_request']:,.0f}; "
-                      f"reading usage: {usage_instructions(p)}")
+                      f"reading usage: {instructions}")
             for title, key in (("inclusive", "inclusive"), ("self", "self")):
                 print(f"-- {title}")
                 for n, fn in p[key]:

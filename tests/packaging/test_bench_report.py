@@ -52,28 +52,38 @@ def test_latency_gaps_of_an_old_result_are_said_missing():
     assert bench.by_round_gap({"all_rps": [1]}, {"all_rps": [1]}, "all_p99_ms") == "no rounds"
 
 
-def _row(conns: int, sidecar: dict, floor: dict) -> dict:
-    def target(rps: float, p50: list[float], p99: list[float]) -> dict:
-        return {"rps": rps, "p50_ms": sorted(p50)[len(p50) // 2], "p99_ms": sorted(p99)[len(p99) // 2],
-                "cpu_per_10k": 1.0, "peak_rss": 10.0, "conns_per_1k": 0.0, "all_rps": [rps] * len(p50),
-                "all_p50_ms": p50, "all_p99_ms": p99}
+def _target(rps: float, p50: list[float], p99: list[float]) -> dict:
+    return {"rps": rps, "p50_ms": sorted(p50)[len(p50) // 2], "p99_ms": sorted(p99)[len(p99) // 2],
+            "cpu_per_10k": 1.0, "peak_rss": 10.0, "conns_per_1k": 0.0, "all_rps": [rps] * len(p50),
+            "all_p50_ms": p50, "all_p99_ms": p99}
+
+
+def _row(conns: int, results: dict) -> dict:
+    """A 1 KB converse row; `results` maps target names to `_target` arguments."""
     return {"endpoint": "converse", "body": "1 KB", "conns": conns,
             "direct": {"rps": 1000.0, "p50_ms": 0.1, "p99_ms": 0.2},
-            "results": {"sidecar": target(**sidecar), bench.FLOOR: target(**floor)}}
+            "results": {name: _target(**t) for name, t in results.items()}}
 
 
-def test_latency_verdicts_show_the_rounds_beside_the_medians():
+def _verdicts(rows: list[dict], profile: dict | None = None) -> dict:
+    """The summary of a run with these rows: target -> (measured, met)."""
     res = {
-        "rows": [
-            _row(1, {"rps": 900.0, "p50": [0.30, 0.33, 0.31], "p99": [1.0, 1.0, 1.0]},
-                 {"rps": 950.0, "p50": [0.29, 0.29, 0.29], "p99": [1.0, 1.0, 1.0]}),
-            _row(64, {"rps": 900.0, "p50": [1.0, 1.0, 1.0], "p99": [3.0, 4.5, 3.2]},
-                 {"rps": 950.0, "p50": [1.0, 1.0, 1.0], "p99": [2.9, 3.0, 3.1]}),
-        ],
+        "rows": rows,
         "stream": {"sidecar": {"ttfb_ms": 0.5}, "direct": {"ttfb_ms": 0.4}},
         "idle_rss_anon": 1.0, "idle_rss": 10.0, "cold": [10.0],
     }
-    lines = {t: (m, ok) for t, m, ok, _ in bench.summary(res, None)}
+    if profile is not None:
+        res["profile"] = profile
+    return {t: (m, ok) for t, m, ok, _ in bench.summary(res, None)}
+
+
+def test_latency_verdicts_show_the_rounds_beside_the_medians():
+    lines = _verdicts([
+        _row(1, {"sidecar": {"rps": 900.0, "p50": [0.30, 0.33, 0.31], "p99": [1.0, 1.0, 1.0]},
+                 bench.FLOOR: {"rps": 950.0, "p50": [0.29, 0.29, 0.29], "p99": [1.0, 1.0, 1.0]}}),
+        _row(64, {"sidecar": {"rps": 900.0, "p50": [1.0, 1.0, 1.0], "p99": [3.0, 4.5, 3.2]},
+                  bench.FLOOR: {"rps": 950.0, "p50": [1.0, 1.0, 1.0], "p99": [2.9, 3.0, 3.1]}}),
+    ])
     m, ok = lines["added p50 at 1 conn ≤ the floor's + 0.03 ms"]
     # Medians 0.31 and 0.29: 0.02 over the floor, met; one round was 0.04.
     assert ok is True
@@ -107,18 +117,10 @@ def test_usage_instructions_need_both_profiles_whole():
 def _usage_verdict(usage_on_rps: float, profile: dict | None) -> tuple[str, bool]:
     """The usage verdict of a run whose 16-connection usage-off row did
     1,000 req/s."""
-    def rows(rps: float) -> dict:
-        return {"rps": rps, "all_rps": [rps], "p50_ms": 1.0, "p99_ms": 1.0, "cpu_per_10k": 1.0,
-                "peak_rss": 10.0, "conns_per_1k": 0.0, "all_p50_ms": [1.0], "all_p99_ms": [1.0]}
-    res = {
-        "rows": [{"endpoint": "converse", "body": "1 KB", "conns": 16, "direct": rows(1000.0),
-                  "results": {"sidecar": rows(usage_on_rps), "sidecar, usage metrics off": rows(1000.0)}}],
-        "stream": {"sidecar": {"ttfb_ms": 0.5}, "direct": {"ttfb_ms": 0.4}},
-        "idle_rss_anon": 1.0, "idle_rss": 10.0, "cold": [10.0],
-    }
-    if profile is not None:
-        res["profile"] = profile
-    lines = {t: (m, ok) for t, m, ok, _ in bench.summary(res, None)}
+    lines = _verdicts([_row(16, {
+        "sidecar": {"rps": usage_on_rps, "p50": [1.0], "p99": [1.0]},
+        "sidecar, usage metrics off": {"rps": 1000.0, "p50": [1.0], "p99": [1.0]},
+    })], profile)
     return lines["usage metrics cost ≤ 3 % throughput at 16 conns"]
 
 
