@@ -75,7 +75,8 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// On one core, tokio's current-thread scheduler: the multi-thread one
 /// would pass every wake-up between the main thread and its single worker,
 /// and measured 10 % fewer requests per second at 64 connections
-/// (docs/performance.md). linkerd2-proxy makes the same choice.
+/// (docs/performance-history.md, the run of 9e9a4d5). linkerd2-proxy
+/// makes the same choice.
 fn runtime_for(cores: usize) -> std::io::Result<tokio::runtime::Runtime> {
     if cores <= 1 {
         tokio::runtime::Builder::new_current_thread()
