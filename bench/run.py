@@ -8,8 +8,9 @@ One command (`make bench`, or `python3 bench/run.py`):
   --binary is given;
 * starts a TLS mock upstream on loopback: Debian's nginx with a throwaway CA
   and an ECDSA leaf for 127.0.0.1, serving a converse-like JSON answer, an
-  OpenAI chat completion, a fast SSE stream and a slow SSE stream (5 events
-  200 ms apart, via the echo module);
+  OpenAI chat completion, a ConverseStream answer (event-stream messages,
+  all at once), a fast SSE stream and a slow SSE stream (5 events 200 ms
+  apart, via the echo module);
 * starts the sidecar with static credentials (SigV4 on), trusting the mock
   through AWS_CA_BUNDLE;
 * drives both with wrk (keep-alive, ~1 KB JSON POST bodies, concurrency 1,
@@ -49,6 +50,7 @@ import argparse
 import datetime as _dt
 import glob
 import http.client
+import importlib.util
 import json
 import mmap
 import os
@@ -76,6 +78,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 CONVERSE_PATH = "/model/bench.model-v1:0/converse"
 CHAT_PATH = "/openai/v1/chat/completions"
 BIG_CONVERSE_PATH = "/model/bench-big.model-v1:0/converse"
+CONVERSE_STREAM_PATH = "/model/bench.model-v1:0/converse-stream"
 FAST_STREAM_PATH = "/openai/v1/bench/stream"
 SLOW_STREAM_PATH = "/openai/v1/bench/slow-stream"
 
@@ -107,6 +110,43 @@ def converse_response_body() -> str:
         },
         separators=(",", ":"),
     )
+
+
+def _eventstream_encoder():
+    """The test fakes' event-stream encoder (tests/fakes/eventstream.py,
+    checked there against botocore's decoder), loaded by path: the
+    benchmark needs none of the fakes' own dependencies."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_eventstream", ROOT / "tests" / "fakes" / "eventstream.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def converse_stream_messages() -> list[bytes]:
+    """A ConverseStream answer framed as Bedrock frames it: messageStart, the
+    converse answer's text in deltas of three words (a model streams a few
+    tokens an event), contentBlockStop, messageStop and the metadata event
+    with the usage the sidecar reads."""
+    es = _eventstream_encoder()
+    words = ("The quick brown fox jumps over the lazy dog. " * 18).strip().split(" ")
+    pieces = [" ".join(words[i:i + 3]) + " " for i in range(0, len(words), 3)]
+
+    def event(kind: str, payload: dict) -> bytes:
+        return es.event(kind, json.dumps(payload, separators=(",", ":")).encode())
+
+    return (
+        [event("messageStart", {"role": "assistant"})]
+        + [event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": p}}) for p in pieces]
+        + [event("contentBlockStop", {"contentBlockIndex": 0}),
+           event("messageStop", {"stopReason": "end_turn"}),
+           event("metadata", {"usage": {"inputTokens": 212, "outputTokens": 196, "totalTokens": 408},
+                              "metrics": {"latencyMs": 412}})])
+
+
+def converse_stream_response_body() -> bytes:
+    return b"".join(converse_stream_messages())
 
 
 def chat_response_body() -> str:
@@ -400,6 +440,10 @@ class Mock:
         slow.append("echo -n 'data: [DONE]\n\n';")
         fast_stream = "".join(sse_event(i) for i in range(events)) + "data: [DONE]\n\n"
         d = self.dir
+        # Binary, so not a `return` string: served as a file. nginx's static
+        # handler refuses POST (405); the error page's internal redirect
+        # turns the request into a GET of the file, keeping the connection.
+        (d / "converse-stream.bin").write_bytes(converse_stream_response_body())
         tls = f"""
         ssl_certificate {d}/leaf.pem;
         ssl_certificate_key {d}/leaf.key;
@@ -416,6 +460,17 @@ class Mock:
         location ~ ^/model/[^/]+/converse$ {{
             default_type application/json;
             return 200 {nginx_quote(converse_response_body())};
+        }}
+        location ~ ^/model/[^/]+/converse-stream$ {{
+            error_page 405 =200 /converse-stream.bin;
+            return 405;
+        }}
+        location = /converse-stream.bin {{
+            internal;
+            root {d};
+            open_file_cache max=4;
+            types {{ }}
+            default_type application/vnd.amazon.eventstream;
         }}
         location = {CHAT_PATH} {{
             default_type application/json;
@@ -1267,6 +1322,7 @@ def report(res: dict, args, command: str) -> str:
                 f"{r['conns_per_1k']:.2f} | {fmt(r['peak_rss'], '.1f')} | {r['errors']} | "
                 f"{100 * r['others_util']:.0f} % | "
                 f"{100 * r['steal_proxy']:.0f} / {100 * r['steal_load']:.0f} % | {r['redone']} |")
+    stream = converse_stream_messages()
     L.append("\nDirect rows: wrk → nginx over TLS (its own connections show in the "
              "connection column). Sidecar rows: wrk → sidecar (plain HTTP) → nginx over TLS; "
              "the connection column counts connections the sidecar opened to the mock during "
@@ -1275,6 +1331,11 @@ def report(res: dict, args, command: str) -> str:
              "instead of a signature; the gap to the 'sidecar' row is the cost of SigV4. 'usage metrics off' rows "
              "run with BEDROCK_BROKER_USAGE_METRICS=false (the 'sidecar' rows use the defaults, usage "
              "metrics on); the gap is the cost of reading token usage from responses. "
+             "'converse stream' rows: a ConverseStream answer of "
+             f"{len(stream)} event-stream messages ({sum(map(len, stream)):,} bytes, the converse answer's "
+             "text in deltas of three words, usage in the last message), all written at once by the "
+             "mock: the sidecar's streaming path (answer passed on as it arrives, never buffered "
+             "whole; usage read from the metadata event) under load. "
              f"'{FLOOR}' rows (1 KB converse only; off with --no-floor): wrk → a second, "
              "separate nginx (one worker, plain HTTP listener, pinned to the proxy's CPU like the sidecar) "
              "→ the mock over TLS with upstream keepalive, session reuse and no response buffering; it "
@@ -1492,6 +1553,14 @@ def summary(res: dict, args) -> list:
         if instructions:
             measured += f"; in callgrind {instructions}"
         out.append(("usage metrics cost ≤ 3 % throughput at 16 conns", measured, cost <= 0.03, None))
+    r = get(16, ep="converse stream")
+    if r and off in r["results"]:
+        # Streamed answers are read message by message: their own line.
+        cost = 1 - r["results"]["sidecar"]["rps"] / r["results"][off]["rps"]
+        out.append(("usage metrics cost on streamed answers at 16 conns (no target)",
+                    f"{100 * cost:+.1f} % "
+                    f"({by_round(r['results']['sidecar'], r['results'][off], '+.1f', cost=True)} %)",
+                    None, None))
     st = res["stream"]
     a = st["sidecar"]["ttfb_ms"] - st["direct"]["ttfb_ms"]
     out.append(("stream time to first byte ≤ direct + 1 ms", f"{a:+.2f} ms", a <= 1.0,
@@ -1560,6 +1629,8 @@ def main() -> int:
     ap.add_argument("--big-body-mb", type=float, default=5, help="large-body row size; 0 skips it")
     ap.add_argument("--big-body-conns", default="16")
     ap.add_argument("--openai-conns", default="16", help="rows for the OpenAI chat endpoint ('' skips)")
+    ap.add_argument("--stream-conns", default="16",
+                    help="rows for ConverseStream answers, the streaming path under load ('' skips)")
     ap.add_argument("--h2", action="store_true",
                     help="also run sidecar rows against an upstream that offers h2 by ALPN")
     ap.add_argument("--no-feature-rows", action="store_true",
@@ -1762,6 +1833,8 @@ def main() -> int:
 
             plan = [("converse", CONVERSE_PATH, small, "1 KB", int(c)) for c in args.conns.split(",") if c]
             plan += [("openai chat", CHAT_PATH, chat, "1 KB", int(c)) for c in args.openai_conns.split(",") if c]
+            plan += [("converse stream", CONVERSE_STREAM_PATH, small, "1 KB", int(c))
+                     for c in args.stream_conns.split(",") if c]
             if args.big_body_mb > 0:
                 big = workdir / "body-big.json"
                 big.write_bytes(converse_request_body(int(args.big_body_mb * MIB)))

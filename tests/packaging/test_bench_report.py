@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,9 +59,10 @@ def _target(rps: float, p50: list[float], p99: list[float]) -> dict:
             "all_p50_ms": p50, "all_p99_ms": p99}
 
 
-def _row(conns: int, results: dict) -> dict:
-    """A 1 KB converse row; `results` maps target names to `_target` arguments."""
-    return {"endpoint": "converse", "body": "1 KB", "conns": conns,
+def _row(conns: int, results: dict, endpoint: str = "converse") -> dict:
+    """A 1 KB row (converse unless told); `results` maps target names to
+    `_target` arguments."""
+    return {"endpoint": endpoint, "body": "1 KB", "conns": conns,
             "direct": {"rps": 1000.0, "p50_ms": 0.1, "p99_ms": 0.2},
             "results": {name: _target(**t) for name, t in results.items()}}
 
@@ -141,6 +143,21 @@ def test_without_a_profile_the_usage_verdict_has_no_instructions():
     assert "callgrind" not in m
 
 
+def test_streamed_answers_get_their_own_usage_line():
+    lines = _verdicts([
+        _row(16, {"sidecar": {"rps": 990.0, "p50": [1.0], "p99": [1.0]},
+                  "sidecar, usage metrics off": {"rps": 1000.0, "p50": [1.0], "p99": [1.0]}}),
+        _row(16, {"sidecar": {"rps": 600.0, "p50": [1.0], "p99": [1.0]},
+                  "sidecar, usage metrics off": {"rps": 1000.0, "p50": [1.0], "p99": [1.0]}},
+             endpoint="converse stream"),
+    ])
+    # The target stays the converse row's; the stream's is beside it.
+    assert lines["usage metrics cost ≤ 3 % throughput at 16 conns"][0].startswith("+1.0 % (")
+    m, ok = lines["usage metrics cost on streamed answers at 16 conns (no target)"]
+    assert ok is None
+    assert m.startswith("+40.0 % (by round: median +40.0")
+
+
 def test_a_binary_with_the_test_clock_is_recognised(tmp_path):
     # A symbol as rustc mangles it, in otherwise arbitrary bytes.
     with_clock = tmp_path / "with"
@@ -153,3 +170,22 @@ def test_a_binary_with_the_test_clock_is_recognised(tmp_path):
     assert bench.built_with_test_clock(without) is False
     assert bench.built_with_test_clock(empty) is False
 
+
+
+def test_the_mock_streams_a_converse_answer_botocore_reads():
+    # The streamed rows mean something only if the answer is one a client
+    # (and the sidecar's usage reader) takes for ConverseStream.
+    from botocore.eventstream import EventStreamBuffer
+
+    buf = EventStreamBuffer()
+    buf.add_data(bench.converse_stream_response_body())
+    messages = list(buf)
+    kinds = [m.headers[":event-type"] for m in messages]
+    assert kinds[0] == "messageStart"
+    assert kinds[-3:] == ["contentBlockStop", "messageStop", "metadata"]
+    deltas = [json.loads(m.payload) for m in messages if m.headers[":event-type"] == "contentBlockDelta"]
+    assert len(deltas) == len(messages) - 4 > 40
+    text = "".join(d["delta"]["text"] for d in deltas).strip()
+    assert text == json.loads(bench.converse_response_body())["output"]["message"]["content"][0]["text"]
+    assert json.loads(messages[-1].payload)["usage"] == {"inputTokens": 212, "outputTokens": 196, "totalTokens": 408}
+    assert all(m.headers[":message-type"] == "event" for m in messages)
