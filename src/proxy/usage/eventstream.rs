@@ -1,12 +1,19 @@
 //! Usage in an `application/vnd.amazon.eventstream` response: the
 //! `metadata` event of ConverseStream, or the last `chunk` of
-//! InvokeModelWithResponseStream. Messages are framed by
-//! aws-smithy-eventstream's decoder, one at a time.
+//! InvokeModelWithResponseStream. Both are among the last messages of a
+//! stream, so messages are only split apart as they arrive (by their
+//! length prefix, with tokio-util's codec) and the last few are decoded,
+//! by aws-smithy-eventstream, when the stream ends. Decoding every message
+//! as it came cost more than all the rest of the proxy's work on a
+//! streamed answer (docs/performance.md, "Streamed answers").
 
-use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
+use std::collections::VecDeque;
+
+use aws_smithy_eventstream::frame::read_message_from;
 use aws_smithy_types::event_stream::Message;
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
+use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
 use super::json::{Envelope, Usage};
 
@@ -14,16 +21,46 @@ use super::json::{Envelope, Usage};
 /// read for usage any more (Bedrock's events are far smaller).
 const MAX_PENDING: usize = 4 * 1024 * 1024;
 
-/// Decodes messages as frames arrive.
-#[derive(Debug, Default)]
+/// The shortest message: a prelude (two lengths and their CRC) and the
+/// message's CRC. The splitter hands back whatever length a message
+/// declares, and a length of 0 would be taken, forever, from the same place.
+const MIN_MESSAGE: usize = 16;
+
+/// Messages kept for decoding at the end. Bedrock ends a ConverseStream
+/// with `messageStop` and `metadata`, and an InvokeModelWithResponseStream
+/// with the chunk carrying its metrics; three leaves a margin.
+pub(super) const KEPT: usize = 3;
+
+/// Splits messages as frames arrive and keeps the last [`KEPT`].
+#[derive(Debug)]
 pub struct EventScanner {
-    decoder: MessageFrameDecoder,
+    splitter: LengthDelimitedCodec,
     pending: BytesMut,
     /// The stream stopped making sense (or grew too large): ignore the rest.
     broken: bool,
-    /// InvokeModelWithResponseStream reports usage in its last chunk.
-    last_chunk: Option<Bytes>,
-    usage: Option<Usage>,
+    /// The newest last.
+    recent: VecDeque<Bytes>,
+}
+
+impl Default for EventScanner {
+    fn default() -> Self {
+        Self {
+            // A message's first four bytes are its whole length, their own
+            // included (with nothing skipped, the codec reads the length as
+            // the frame's, head and all); the frame is the whole message.
+            splitter: LengthDelimitedCodec::builder()
+                .length_field_offset(0)
+                .length_field_length(4)
+                .length_adjustment(0)
+                .num_skip(0)
+                .big_endian()
+                .max_frame_length(MAX_PENDING)
+                .new_codec(),
+            pending: BytesMut::new(),
+            broken: false,
+            recent: VecDeque::with_capacity(KEPT),
+        }
+    }
 }
 
 impl EventScanner {
@@ -33,9 +70,18 @@ impl EventScanner {
         }
         self.pending.extend_from_slice(data);
         loop {
-            match self.decoder.decode_frame(&mut self.pending) {
-                Ok(DecodedFrame::Complete(message)) => self.inspect(message),
-                Ok(DecodedFrame::Incomplete) => break,
+            match self.splitter.decode(&mut self.pending) {
+                Ok(Some(message)) if message.len() < MIN_MESSAGE => {
+                    self.stop();
+                    return;
+                }
+                Ok(Some(message)) => {
+                    if self.recent.len() == KEPT {
+                        self.recent.pop_front();
+                    }
+                    self.recent.push_back(message.freeze());
+                }
+                Ok(None) => break,
                 Err(_) => {
                     self.stop();
                     return;
@@ -47,34 +93,44 @@ impl EventScanner {
         }
     }
 
+    /// Decodes the kept messages, oldest first, up to the first that does
+    /// not decode (as a stream that stops making sense is read no further):
+    /// the newest `metadata` usage wins, else the newest `chunk`'s.
     pub fn finish(self) -> Option<Usage> {
-        self.usage
-            .or_else(|| self.last_chunk.and_then(|c| chunk_usage(&c)))
+        let mut usage = None;
+        let mut last_chunk = None;
+        for raw in self.recent {
+            let Ok(message) = read_message_from(raw) else {
+                break;
+            };
+            match event_type(&message) {
+                // ConverseStream: {"usage": {...}, "metrics": {...}}
+                Some("metadata") => {
+                    if let Some(u) = Envelope::usage(message.payload()) {
+                        usage = Some(u);
+                    }
+                }
+                // InvokeModelWithResponseStream: {"bytes": base64(model JSON)}.
+                Some("chunk") => last_chunk = Some(message.payload().clone()),
+                _ => {}
+            }
+        }
+        usage.or_else(|| last_chunk.and_then(|c| chunk_usage(&c)))
     }
 
     fn stop(&mut self) {
         self.broken = true;
         self.pending = BytesMut::new();
     }
+}
 
-    fn inspect(&mut self, message: Message) {
-        let event_type = message
-            .headers()
-            .iter()
-            .find(|h| h.name().as_str() == ":event-type")
-            .and_then(|h| h.value().as_string().ok());
-        match event_type.map(|s| s.as_str()) {
-            // ConverseStream: {"usage": {...}, "metrics": {...}}
-            Some("metadata") => {
-                if let Some(u) = Envelope::usage(message.payload()) {
-                    self.usage = Some(u);
-                }
-            }
-            // InvokeModelWithResponseStream: {"bytes": base64(model JSON)}.
-            Some("chunk") => self.last_chunk = Some(message.payload().clone()),
-            _ => {}
-        }
-    }
+fn event_type(message: &Message) -> Option<&str> {
+    message
+        .headers()
+        .iter()
+        .find(|h| h.name().as_str() == ":event-type")
+        .and_then(|h| h.value().as_string().ok())
+        .map(|s| s.as_str())
 }
 
 /// Usage in an InvokeModelWithResponseStream chunk's decoded bytes.
@@ -89,4 +145,230 @@ fn chunk_usage(payload: &[u8]) -> Option<Usage> {
         .decode(chunk.bytes)
         .ok()?;
     Envelope::usage(&decoded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_smithy_eventstream::frame::{write_message_to, DecodedFrame, MessageFrameDecoder};
+    use aws_smithy_types::event_stream::{Header, HeaderValue};
+    use proptest::prelude::*;
+
+    fn message(kind: &str, payload: &str) -> Vec<u8> {
+        let msg = Message::new(Bytes::from(payload.to_owned()))
+            .add_header(Header::new(
+                ":message-type",
+                HeaderValue::String("event".into()),
+            ))
+            .add_header(Header::new(
+                ":event-type",
+                HeaderValue::String(kind.to_owned().into()),
+            ))
+            .add_header(Header::new(
+                ":content-type",
+                HeaderValue::String("application/json".into()),
+            ));
+        let mut buf = Vec::new();
+        write_message_to(&msg, &mut buf).unwrap();
+        buf
+    }
+
+    /// What the scanner did before it kept only the last messages: decode
+    /// every message as it arrives, with aws-smithy-eventstream's streaming
+    /// decoder, and stop at the first that does not decode.
+    fn every_message_decoded(pieces: &[&[u8]]) -> Option<Usage> {
+        let mut decoder = MessageFrameDecoder::new();
+        let mut pending = BytesMut::new();
+        let (mut usage, mut last_chunk) = (None, None);
+        'feed: for piece in pieces {
+            pending.extend_from_slice(piece);
+            loop {
+                match decoder.decode_frame(&mut pending) {
+                    Ok(DecodedFrame::Complete(m)) => match event_type(&m) {
+                        Some("metadata") => {
+                            if let Some(u) = Envelope::usage(m.payload()) {
+                                usage = Some(u);
+                            }
+                        }
+                        Some("chunk") => last_chunk = Some(m.payload().clone()),
+                        _ => {}
+                    },
+                    Ok(DecodedFrame::Incomplete) => break,
+                    Err(_) => break 'feed,
+                }
+            }
+        }
+        usage.or_else(|| last_chunk.and_then(|c| chunk_usage(&c)))
+    }
+
+    fn scanned(pieces: &[&[u8]]) -> Option<Usage> {
+        let mut scanner = EventScanner::default();
+        for piece in pieces {
+            scanner.observe(piece);
+        }
+        scanner.finish()
+    }
+
+    fn chunk(inner: &str) -> String {
+        use base64::Engine;
+        format!(
+            r#"{{"bytes":"{}"}}"#,
+            base64::engine::general_purpose::STANDARD.encode(inner)
+        )
+    }
+
+    /// One message of the kinds Bedrock sends, usage-bearing or not.
+    fn any_message() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            "[a-z ]{0,40}".prop_map(|t| message(
+                "contentBlockDelta",
+                &format!(r#"{{"contentBlockIndex":0,"delta":{{"text":"{t}"}}}}"#)
+            )),
+            Just(message("messageStop", r#"{"stopReason":"end_turn"}"#)),
+            (0u32..5000, 0u32..5000).prop_map(|(i, o)| message(
+                "metadata",
+                &format!(r#"{{"usage":{{"inputTokens":{i},"outputTokens":{o}}},"metrics":{{"latencyMs":1}}}}"#)
+            )),
+            Just(message("metadata", r#"{"metrics":{"latencyMs":1}}"#)),
+            (0u32..5000, 0u32..5000).prop_map(|(i, o)| message(
+                "chunk",
+                &chunk(&format!(
+                    r#"{{"type":"message_stop","amazon-bedrock-invocationMetrics":{{"inputTokenCount":{i},"outputTokenCount":{o}}}}}"#
+                ))
+            )),
+            Just(message("chunk", &chunk(r#"{"type":"content_block_delta"}"#))),
+        ]
+    }
+
+    /// Messages that carry no usage: what a stream holds before its end.
+    fn body_message() -> impl Strategy<Value = Vec<u8>> {
+        "[a-z ]{0,40}".prop_map(|t| {
+            message(
+                "contentBlockDelta",
+                &format!(r#"{{"contentBlockIndex":0,"delta":{{"text":"{t}"}}}}"#),
+            )
+        })
+    }
+
+    /// Cuts `bytes` where `cuts` say (fractions of its length), as frames
+    /// arrive.
+    fn split<'a>(bytes: &'a [u8], cuts: &[u16]) -> Vec<&'a [u8]> {
+        let mut at: Vec<usize> = cuts
+            .iter()
+            .map(|c| bytes.len() * usize::from(*c) / usize::from(u16::MAX))
+            .collect();
+        at.push(0);
+        at.push(bytes.len());
+        at.sort_unstable();
+        at.windows(2).map(|w| &bytes[w[0]..w[1]]).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        // Usage where Bedrock puts it, at the end: the same answer as
+        // decoding every message, however the bytes are cut.
+        #[test]
+        fn finds_what_decoding_every_message_finds(
+            body in prop::collection::vec(body_message(), 0..40),
+            tail in prop::collection::vec(any_message(), 0..=KEPT),
+            cuts in prop::collection::vec(any::<u16>(), 0..12),
+        ) {
+            let stream: Vec<u8> = body.into_iter().chain(tail).flatten().collect();
+            let pieces = split(&stream, &cuts);
+            prop_assert_eq!(scanned(&pieces), every_message_decoded(&pieces));
+        }
+
+        // A message that does not decode ends the reading, before and now.
+        #[test]
+        fn a_corrupt_message_near_the_end_stops_the_reading(
+            tail in prop::collection::vec(any_message(), 1..=KEPT),
+            bad in any::<prop::sample::Index>(),
+            flip in any::<prop::sample::Index>(),
+            cuts in prop::collection::vec(any::<u16>(), 0..6),
+        ) {
+            let mut tail = tail;
+            let victim = bad.index(tail.len());
+            // A payload or CRC byte: the length prefix stays, so the
+            // message is still split where it ends.
+            let m = &mut tail[victim];
+            let at = 12 + flip.index(m.len() - 12);
+            m[at] ^= 0x5a;
+            let stream: Vec<u8> = tail.into_iter().flatten().collect();
+            let pieces = split(&stream, &cuts);
+            prop_assert_eq!(scanned(&pieces), every_message_decoded(&pieces));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        // Whatever Bedrock (or something in its place) sends, the scanner
+        // returns; valid messages mixed with raw bytes, cut anywhere.
+        #[test]
+        fn any_bytes_end_the_scan(
+            parts in prop::collection::vec(prop_oneof![
+                any_message(),
+                prop::collection::vec(any::<u8>(), 0..24),
+                prop::collection::vec(Just(0u8), 4..8),
+            ], 0..8),
+            cuts in prop::collection::vec(any::<u16>(), 0..8),
+        ) {
+            let stream: Vec<u8> = parts.into_iter().flatten().collect();
+            let _ = scanned(&split(&stream, &cuts));
+        }
+    }
+
+    #[test]
+    fn usage_before_the_last_messages_is_not_looked_for() {
+        // The trade: a metadata event followed by more than KEPT others
+        // (Bedrock sends it last) is not read.
+        let mut stream = message(
+            "metadata",
+            r#"{"usage":{"inputTokens":3,"outputTokens":4}}"#,
+        );
+        for _ in 0..KEPT {
+            stream.extend(message("messageStop", "{}"));
+        }
+        assert_eq!(scanned(&[&stream]), None);
+        assert!(every_message_decoded(&[&stream]).is_some());
+    }
+
+    #[test]
+    fn lengths_too_short_for_a_message_stop_the_reading() {
+        // A length of 0 would be a frame of nothing, taken forever from
+        // the same place; 4 to 15 cannot hold a prelude and its CRC.
+        for declared in [0u32, 1, 3, 4, 15] {
+            let mut stream = message(
+                "metadata",
+                r#"{"usage":{"inputTokens":3,"outputTokens":4}}"#,
+            );
+            stream.extend(declared.to_be_bytes());
+            stream.extend([0u8; 40]);
+            let mut scanner = EventScanner::default();
+            scanner.observe(&stream);
+            assert!(scanner.broken, "{declared}");
+            assert_eq!(
+                scanner.finish().and_then(|u| u.input),
+                Some(3),
+                "{declared}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_declared_length_past_the_limit_stops_the_reading() {
+        let mut stream = message(
+            "metadata",
+            r#"{"usage":{"inputTokens":3,"outputTokens":4}}"#,
+        );
+        stream.extend(((MAX_PENDING + 1) as u32).to_be_bytes());
+        stream.extend([0u8; 64]);
+        let mut scanner = EventScanner::default();
+        scanner.observe(&stream);
+        assert!(scanner.broken);
+        assert!(scanner.pending.is_empty());
+        // What was complete before it still counts.
+        assert_eq!(scanner.finish().and_then(|u| u.input), Some(3));
+    }
 }

@@ -2,9 +2,9 @@
 //!
 //! The tap ([`tap`]) sees each frame after it has been handed on (it never
 //! delays the stream) and keeps as little as it can: a partial line of an
-//! SSE stream ([`sse`]), one event-stream message at a time
-//! ([`eventstream`]), and for plain JSON bodies only cheap `Bytes` handles
-//! parsed at the end. Usage is found in any of the shapes Bedrock answers
+//! SSE stream ([`sse`]), the last few event-stream messages, decoded when
+//! the stream ends ([`eventstream`]), and for plain JSON bodies only cheap
+//! `Bytes` handles parsed at the end. Usage is found in any of the shapes Bedrock answers
 //! with ([`json`]); the model label comes from the request.
 
 mod decode;
