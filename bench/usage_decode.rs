@@ -1,5 +1,5 @@
-//! What reading token usage from a compressed response costs: the same
-//! bodies through the usage tap as Bedrock sends them plain and gzipped.
+//! What reading token usage from a response costs: the same bodies
+//! through the usage tap as Bedrock sends them plain and gzipped.
 //! Run with `cargo bench --bench usage_decode`; results in
 //! docs/performance.md.
 
@@ -46,6 +46,47 @@ fn sse(n: usize) -> Vec<u8> {
     out
 }
 
+/// A ConverseStream answer of `n` text deltas, framed by
+/// aws-smithy-eventstream, the metadata event with the usage last.
+fn converse_stream(n: usize) -> Vec<u8> {
+    use aws_smithy_types::event_stream::{Header, HeaderValue as Value, Message};
+    let event = |kind: &str, payload: String| {
+        let message = Message::new(Bytes::from(payload))
+            .add_header(Header::new(":message-type", Value::String("event".into())))
+            .add_header(Header::new(
+                ":event-type",
+                Value::String(kind.to_owned().into()),
+            ))
+            .add_header(Header::new(
+                ":content-type",
+                Value::String("application/json".into()),
+            ));
+        let mut out = Vec::new();
+        aws_smithy_eventstream::frame::write_message_to(&message, &mut out).unwrap();
+        out
+    };
+    let mut out = event("messageStart", r#"{"role":"assistant"}"#.to_owned());
+    for word in prose(n, &mut 13) {
+        out.extend(event(
+            "contentBlockDelta",
+            format!(r#"{{"contentBlockIndex":0,"delta":{{"text":" {word}"}}}}"#),
+        ));
+    }
+    out.extend(event(
+        "contentBlockStop",
+        r#"{"contentBlockIndex":0}"#.to_owned(),
+    ));
+    out.extend(event(
+        "messageStop",
+        r#"{"stopReason":"end_turn"}"#.to_owned(),
+    ));
+    out.extend(event(
+        "metadata",
+        format!(r#"{{"usage":{{"inputTokens":12,"outputTokens":{n},"totalTokens":{}}},"metrics":{{"latencyMs":812}}}}"#, n + 12),
+    ));
+    out
+}
+
 fn gzip(body: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     e.write_all(body).unwrap();
@@ -81,6 +122,12 @@ fn usage(c: &mut Criterion) {
             16 * 1024,
         ),
         ("sse 2,000 chunks", "text/event-stream", sse(2_000), 512),
+        (
+            "converse-stream 2,000 events",
+            "application/vnd.amazon.eventstream",
+            converse_stream(2_000),
+            512,
+        ),
     ];
     let mut group = c.benchmark_group("usage tap");
     for (name, ct, body, frame) in cases {
