@@ -440,9 +440,10 @@ class Mock:
         slow.append("echo -n 'data: [DONE]\n\n';")
         fast_stream = "".join(sse_event(i) for i in range(events)) + "data: [DONE]\n\n"
         d = self.dir
-        # Binary, so not a `return` string: served as a file. nginx's static
-        # handler refuses POST (405); the error page's internal redirect
-        # turns the request into a GET of the file, keeping the connection.
+        # Binary, so not a `return` string but a file, and nginx's static
+        # handler serves files to GET only: the route answers 405 and its
+        # error page's internal redirect (which makes the request a GET)
+        # serves the file with status 200, on the same connection.
         (d / "converse-stream.bin").write_bytes(converse_stream_response_body())
         tls = f"""
         ssl_certificate {d}/leaf.pem;
@@ -1331,11 +1332,12 @@ def report(res: dict, args, command: str) -> str:
              "instead of a signature; the gap to the 'sidecar' row is the cost of SigV4. 'usage metrics off' rows "
              "run with BEDROCK_BROKER_USAGE_METRICS=false (the 'sidecar' rows use the defaults, usage "
              "metrics on); the gap is the cost of reading token usage from responses. "
-             "'converse stream' rows: a ConverseStream answer of "
-             f"{len(stream)} event-stream messages ({sum(map(len, stream)):,} bytes, the converse answer's "
-             "text in deltas of three words, usage in the last message), all written at once by the "
-             "mock: the sidecar's streaming path (answer passed on as it arrives, never buffered "
-             "whole; usage read from the metadata event) under load. "
+             + (("'converse stream' rows: a ConverseStream answer of "
+                 f"{len(stream)} event-stream messages ({sum(map(len, stream)):,} bytes, the converse "
+                 "answer's text in deltas of three words, usage in the last message), all written at "
+                 "once by the mock: the sidecar's streaming path (answer passed on as it arrives, never "
+                 "buffered whole; usage read from its last messages) under load. ")
+                if args.stream_conns else "") +
              f"'{FLOOR}' rows (1 KB converse only; off with --no-floor): wrk → a second, "
              "separate nginx (one worker, plain HTTP listener, pinned to the proxy's CPU like the sidecar) "
              "→ the mock over TLS with upstream keepalive, session reuse and no response buffering; it "
@@ -1555,7 +1557,8 @@ def summary(res: dict, args) -> list:
         out.append(("usage metrics cost ≤ 3 % throughput at 16 conns", measured, cost <= 0.03, None))
     r = get(16, ep="converse stream")
     if r and off in r["results"]:
-        # Streamed answers are read message by message: their own line.
+        # Streamed answers are read for usage by other code than plain
+        # ones: their own line, beside the converse target.
         cost = 1 - r["results"]["sidecar"]["rps"] / r["results"][off]["rps"]
         out.append(("usage metrics cost on streamed answers at 16 conns (no target)",
                     f"{100 * cost:+.1f} % "

@@ -171,7 +171,6 @@ def test_a_binary_with_the_test_clock_is_recognised(tmp_path):
     assert bench.built_with_test_clock(empty) is False
 
 
-
 def test_the_mock_streams_a_converse_answer_botocore_reads():
     # The streamed rows mean something only if the answer is one a client
     # (and the sidecar's usage reader) takes for ConverseStream.

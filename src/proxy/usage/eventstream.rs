@@ -17,9 +17,10 @@ use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
 use super::json::{Envelope, Usage};
 
-/// Most bytes held for one unfinished message; past it the response is not
-/// read for usage any more (Bedrock's events are far smaller).
-const MAX_PENDING: usize = 4 * 1024 * 1024;
+/// Longest message read; a longer one ends the reading (Bedrock's events
+/// are a few KiB). Up to [`KEPT`] messages are held besides the unfinished
+/// one, so a stream's tap holds at most four times this.
+const MAX_MESSAGE: usize = 1024 * 1024;
 
 /// The shortest message: a prelude (two lengths and their CRC) and the
 /// message's CRC. The splitter hands back whatever length a message
@@ -54,7 +55,7 @@ impl Default for EventScanner {
                 .length_adjustment(0)
                 .num_skip(0)
                 .big_endian()
-                .max_frame_length(MAX_PENDING)
+                .max_frame_length(MAX_MESSAGE)
                 .new_codec(),
             pending: BytesMut::new(),
             broken: false,
@@ -88,14 +89,13 @@ impl EventScanner {
                 }
             }
         }
-        if self.pending.len() > MAX_PENDING {
-            self.stop();
-        }
     }
 
     /// Decodes the kept messages, oldest first, up to the first that does
-    /// not decode (as a stream that stops making sense is read no further):
-    /// the newest `metadata` usage wins, else the newest `chunk`'s.
+    /// not decode: the newest `metadata` usage wins, else the newest
+    /// `chunk`'s. Messages before them are never decoded, so one of those
+    /// that would not decode no longer hides the usage after it: Bedrock
+    /// billed those tokens, and the client got the answer.
     pub fn finish(self) -> Option<Usage> {
         let mut usage = None;
         let mut last_chunk = None;
@@ -319,6 +319,48 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        // Before the last messages nothing is decoded, so what is there,
+        // corrupt or not, does not change the answer: it is the tail's.
+        #[test]
+        fn what_comes_before_the_last_messages_does_not_count(
+            body in prop::collection::vec((any_message(), any::<Option<prop::sample::Index>>()), 0..20),
+            tail in prop::collection::vec(any_message(), KEPT..=KEPT),
+            cuts in prop::collection::vec(any::<u16>(), 0..12),
+        ) {
+            let body: Vec<u8> = body
+                .into_iter()
+                .flat_map(|(mut m, corrupt)| {
+                    if let Some(at) = corrupt {
+                        let at = 12 + at.index(m.len() - 12);
+                        m[at] ^= 0x5a;
+                    }
+                    m
+                })
+                .collect();
+            let tail: Vec<u8> = tail.into_iter().flatten().collect();
+            let stream: Vec<u8> = body.iter().chain(&tail).copied().collect();
+            prop_assert_eq!(
+                scanned(&split(&stream, &cuts)),
+                every_message_decoded(&[&tail])
+            );
+        }
+    }
+
+    #[test]
+    fn usage_two_messages_from_the_end_is_read() {
+        // KEPT is three: the margin past the last message holds.
+        let mut stream = message(
+            "metadata",
+            r#"{"usage":{"inputTokens":3,"outputTokens":4}}"#,
+        );
+        stream.extend(message("messageStop", "{}"));
+        stream.extend(message("messageStop", "{}"));
+        assert_eq!(scanned(&[&stream]).and_then(|u| u.output), Some(4));
+    }
+
     #[test]
     fn usage_before_the_last_messages_is_not_looked_for() {
         // The trade: a metadata event followed by more than KEPT others
@@ -362,7 +404,7 @@ mod tests {
             "metadata",
             r#"{"usage":{"inputTokens":3,"outputTokens":4}}"#,
         );
-        stream.extend(((MAX_PENDING + 1) as u32).to_be_bytes());
+        stream.extend(((MAX_MESSAGE + 1) as u32).to_be_bytes());
         stream.extend([0u8; 64]);
         let mut scanner = EventScanner::default();
         scanner.observe(&stream);
