@@ -36,11 +36,14 @@ fn converse(words: usize) -> Vec<u8> {
     format!(r#"{{"output":{{"message":{{"role":"assistant","content":[{{"text":"{text}"}}]}}}},"stopReason":"end_turn","usage":{{"inputTokens":12,"outputTokens":{words},"totalTokens":{}}},"metrics":{{"latencyMs":812}}}}"#, words + 12).into_bytes()
 }
 
-/// An OpenAI-compatible SSE stream of `n` chunks, the usage chunk last.
-fn sse(n: usize) -> Vec<u8> {
+/// An OpenAI-compatible SSE stream of `n` chunks, the usage chunk last;
+/// with `null_usage`, every other chunk says `"usage":null`, as OpenAI's
+/// API does when a client asks for usage.
+fn sse(n: usize, null_usage: bool) -> Vec<u8> {
+    let usage = if null_usage { r#","usage":null"# } else { "" };
     let mut out = Vec::new();
     for word in prose(n, &mut 11) {
-        out.extend_from_slice(format!("data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"openai.gpt-oss-120b-1:0\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" {word}\"}},\"finish_reason\":null}}]}}\n\n").as_bytes());
+        out.extend_from_slice(format!("data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"openai.gpt-oss-120b-1:0\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" {word}\"}},\"finish_reason\":null}}]{usage}}}\n\n").as_bytes());
     }
     out.extend_from_slice(format!("data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":12,\"completion_tokens\":{n},\"total_tokens\":{}}}}}\n\ndata: [DONE]\n\n", n + 12).as_bytes());
     out
@@ -121,7 +124,18 @@ fn usage(c: &mut Criterion) {
             converse(10_000),
             16 * 1024,
         ),
-        ("sse 2,000 chunks", "text/event-stream", sse(2_000), 512),
+        (
+            "sse 2,000 chunks",
+            "text/event-stream",
+            sse(2_000, false),
+            512,
+        ),
+        (
+            "sse 2,000 chunks, usage null in each",
+            "text/event-stream",
+            sse(2_000, true),
+            512,
+        ),
         (
             "converse-stream 2,000 events",
             "application/vnd.amazon.eventstream",
