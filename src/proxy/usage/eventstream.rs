@@ -148,13 +148,15 @@ fn chunk_usage(payload: &[u8]) -> Option<Usage> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use aws_smithy_eventstream::frame::{write_message_to, DecodedFrame, MessageFrameDecoder};
     use aws_smithy_types::event_stream::{Header, HeaderValue};
     use proptest::prelude::*;
 
-    fn message(kind: &str, payload: &str) -> Vec<u8> {
+    /// An event message as Bedrock frames it, by aws-smithy-eventstream
+    /// (the usage tap's tests use it too).
+    pub(in crate::proxy::usage) fn message(kind: &str, payload: &str) -> Vec<u8> {
         let msg = Message::new(Bytes::from(payload.to_owned()))
             .add_header(Header::new(
                 ":message-type",

@@ -4,8 +4,8 @@
 //! delays the stream) and keeps as little as it can: a partial line of an
 //! SSE stream ([`sse`]), the last few event-stream messages, decoded when
 //! the stream ends ([`eventstream`]), and for plain JSON bodies only cheap
-//! `Bytes` handles parsed at the end. Usage is found in any of the shapes Bedrock answers
-//! with ([`json`]); the model label comes from the request.
+//! `Bytes` handles parsed at the end. Usage is found in any of the shapes
+//! Bedrock answers with ([`json`]); the model label comes from the request.
 
 mod decode;
 mod eventstream;
@@ -206,7 +206,6 @@ pub fn bench_tap(headers: &HeaderMap, frames: &[bytes::Bytes]) -> (u64, u64) {
 mod tests {
     use super::*;
     use crate::proxy::UsageLabels;
-    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
     use bytes::{Bytes, BytesMut};
     use prometheus::{HistogramOpts, IntCounterVec, Opts};
 
@@ -253,18 +252,7 @@ mod tests {
     }
 
     fn event(kind: &str, payload: &str) -> Bytes {
-        let msg = Message::new(Bytes::from(payload.to_owned()))
-            .add_header(Header::new(
-                ":message-type",
-                HeaderValue::String("event".into()),
-            ))
-            .add_header(Header::new(
-                ":event-type",
-                HeaderValue::String(kind.to_owned().into()),
-            ));
-        let mut buf = Vec::new();
-        aws_smithy_eventstream::frame::write_message_to(&msg, &mut buf).unwrap();
-        Bytes::from(buf)
+        Bytes::from(eventstream::tests::message(kind, payload))
     }
 
     #[test]
