@@ -170,6 +170,19 @@ def test_openai_sse_wire_format(fake: Fake):
     assert frames[-2:] == ["data: [DONE]", ""]
     assert all(f.startswith("data: ") for f in frames[:-1])
     assert json.loads(frames[0][6:])["object"] == "chat.completion.chunk"
+    assert not any("usage" in json.loads(f[6:]) for f in frames[:-2])
+
+
+def test_openai_sse_with_include_usage_sends_null_usage_until_the_last_chunk(fake: Fake):
+    body = {"model": "m", "stream": True, "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "x"}]}
+    resp = send(f"{fake.bedrock}/openai/v1/chat/completions", json.dumps(body).encode(),
+                {"Authorization": "Bearer ABSK1", "x-fake-chunks": "2"})
+    frames = resp.data.decode().split("\n\n")[:-2]
+    assert all('"usage":null' in f for f in frames[:-1])
+    chunks = [json.loads(f[6:]) for f in frames]
+    assert [c["usage"] for c in chunks[:-1]] == [None] * (len(chunks) - 1) and len(chunks) == 4
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
 
 
 @pytest.mark.parametrize("status, error_type", [(429, "ThrottlingException"), (400, "ValidationException"),

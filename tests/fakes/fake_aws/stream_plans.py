@@ -92,10 +92,15 @@ def plan_invoke_stream(model_id: str, user_text: str, n: int, pad: int) -> Strea
 
 
 def plan_openai_stream(model: str, user_text: str, n: int, pad: int, include_usage: bool) -> StreamPlan:
-    """OpenAI chat.completion.chunk SSE stream ending in ``data: [DONE]``."""
+    """OpenAI chat.completion.chunk SSE stream ending in ``data: [DONE]``.
+
+    With ``include_usage``, every chunk before the usage chunk carries
+    ``"usage": null``, as OpenAI's API documents for ``stream_options``."""
     pieces = stream_pieces(model, user_text, n, pad)
     inp, out = token_counts(user_text, "".join(pieces))
     base = {"id": "chatcmpl-fake" + random_chars(12).lower(), "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+    if include_usage:
+        base["usage"] = None
 
     def sse(choices: list, **extra: Any) -> bytes:
         return b"data: " + json_bytes({**base, "choices": choices, **extra}) + b"\n\n"
