@@ -8,9 +8,10 @@ One command (`make bench`, or `python3 bench/run.py`):
   --binary is given;
 * starts a TLS mock upstream on loopback: Debian's nginx with a throwaway CA
   and an ECDSA leaf for 127.0.0.1, serving a converse-like JSON answer, an
-  OpenAI chat completion, a ConverseStream answer (event-stream messages,
-  all at once), a fast SSE stream and a slow SSE stream (5 events 200 ms
-  apart, via the echo module);
+  OpenAI chat completion, plain and streamed (SSE, all at once), a
+  ConverseStream answer (event-stream messages, all at once), a fast SSE
+  stream and a slow SSE stream (5 events 200 ms apart, via the echo
+  module);
 * starts the sidecar with static credentials (SigV4 on), trusting the mock
   through AWS_CA_BUNDLE;
 * drives both with wrk (keep-alive, ~1 KB JSON POST bodies, concurrency 1,
@@ -79,6 +80,9 @@ CONVERSE_PATH = "/model/bench.model-v1:0/converse"
 CHAT_PATH = "/openai/v1/chat/completions"
 BIG_CONVERSE_PATH = "/model/bench-big.model-v1:0/converse"
 CONVERSE_STREAM_PATH = "/model/bench.model-v1:0/converse-stream"
+# The same route as a client's streamed chat; the query picks the mock's
+# streamed answer (nginx cannot route on the body's "stream": true).
+CHAT_STREAM_PATH = CHAT_PATH + "?stream=1"
 FAST_STREAM_PATH = "/openai/v1/bench/stream"
 SLOW_STREAM_PATH = "/openai/v1/bench/slow-stream"
 
@@ -168,6 +172,26 @@ def chat_response_body() -> str:
         },
         separators=(",", ":"),
     )
+
+
+def chat_stream_response_body() -> str:
+    """A streamed chat completion as OpenAI's API writes one when a client
+    sets `stream_options.include_usage`: the chat answer's text in deltas
+    of three words, `"usage":null` in every chunk, then a chunk with no
+    choices and the usage, then `[DONE]`."""
+    words = ("The quick brown fox jumps over the lazy dog. " * 17).strip().split(" ")
+    pieces = [" ".join(words[i:i + 3]) + " " for i in range(0, len(words), 3)]
+    base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1760000000,
+            "model": "openai.gpt-oss-20b-1:0"}
+
+    def chunk(choices: list, usage: dict | None) -> str:
+        return "data: " + json.dumps({**base, "choices": choices, "usage": usage}, separators=(",", ":")) + "\n\n"
+
+    deltas = [{"role": "assistant", "content": p} if i == 0 else {"content": p} for i, p in enumerate(pieces)]
+    return ("".join(chunk([{"index": 0, "delta": d, "finish_reason": None}], None) for d in deltas)
+            + chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}], None)
+            + chunk([], {"prompt_tokens": 212, "completion_tokens": 196, "total_tokens": 408})
+            + "data: [DONE]\n\n")
 
 
 def sse_event(i: int) -> str:
@@ -440,11 +464,13 @@ class Mock:
         slow.append("echo -n 'data: [DONE]\n\n';")
         fast_stream = "".join(sse_event(i) for i in range(events)) + "data: [DONE]\n\n"
         d = self.dir
-        # Binary, so not a `return` string but a file, and nginx's static
+        # Binary (or, for the chat stream, longer than an nginx parameter
+        # may be), so not a `return` string but a file, and nginx's static
         # handler serves files to GET only: the route answers 405 and its
         # error page's internal redirect (which makes the request a GET)
         # serves the file with status 200, on the same connection.
         (d / "converse-stream.bin").write_bytes(converse_stream_response_body())
+        (d / "chat-stream.sse").write_text(chat_stream_response_body())
         tls = f"""
         ssl_certificate {d}/leaf.pem;
         ssl_certificate_key {d}/leaf.key;
@@ -474,8 +500,19 @@ class Mock:
             default_type application/vnd.amazon.eventstream;
         }}
         location = {CHAT_PATH} {{
+            error_page 405 =200 /chat-stream.sse;
+            if ($arg_stream) {{
+                return 405;
+            }}
             default_type application/json;
             return 200 {nginx_quote(chat_response_body())};
+        }}
+        location = /chat-stream.sse {{
+            internal;
+            root {d};
+            open_file_cache max=4;
+            types {{ }}
+            default_type text/event-stream;
         }}
         location = {FAST_STREAM_PATH} {{
             default_type text/event-stream;
@@ -1338,6 +1375,12 @@ def report(res: dict, args, command: str) -> str:
                  "once by the mock: the sidecar's streaming path (answer passed on as it arrives, never "
                  "buffered whole; usage read from its last messages) under load. ")
                 if args.stream_conns else "") +
+             (("'chat stream' rows: a streamed chat completion of "
+               f"{chat_stream_response_body().count('data: ')} SSE events "
+               f"({len(chat_stream_response_body()):,} bytes; the chat answer's text in deltas of three "
+               "words, `\"usage\":null` in every chunk as OpenAI writes them when a client sets "
+               "`stream_options.include_usage`, then the usage chunk and `[DONE]`), all written at once. ")
+              if args.chat_stream_conns else "") +
              f"'{FLOOR}' rows (1 KB converse only; off with --no-floor): wrk → a second, "
              "separate nginx (one worker, plain HTTP listener, pinned to the proxy's CPU like the sidecar) "
              "→ the mock over TLS with upstream keepalive, session reuse and no response buffering; it "
@@ -1555,15 +1598,16 @@ def summary(res: dict, args) -> list:
         if instructions:
             measured += f"; in callgrind {instructions}"
         out.append(("usage metrics cost ≤ 3 % throughput at 16 conns", measured, cost <= 0.03, None))
-    r = get(16, ep="converse stream")
-    if r and off in r["results"]:
-        # Streamed answers are read for usage by other code than plain
-        # ones: their own line, beside the converse target.
-        cost = 1 - r["results"]["sidecar"]["rps"] / r["results"][off]["rps"]
-        out.append(("usage metrics cost on streamed answers at 16 conns (no target)",
-                    f"{100 * cost:+.1f} % "
-                    f"({by_round(r['results']['sidecar'], r['results'][off], '+.1f', cost=True)} %)",
-                    None, None))
+    # Streamed answers are read for usage by other code than plain ones
+    # (event-stream and SSE scanners): their own lines, beside the target.
+    for ep, what in (("converse stream", "streamed answers"), ("chat stream", "streamed chat answers")):
+        r = get(16, ep=ep)
+        if r and off in r["results"]:
+            cost = 1 - r["results"]["sidecar"]["rps"] / r["results"][off]["rps"]
+            out.append((f"usage metrics cost on {what} at 16 conns (no target)",
+                        f"{100 * cost:+.1f} % "
+                        f"({by_round(r['results']['sidecar'], r['results'][off], '+.1f', cost=True)} %)",
+                        None, None))
     st = res["stream"]
     a = st["sidecar"]["ttfb_ms"] - st["direct"]["ttfb_ms"]
     out.append(("stream time to first byte ≤ direct + 1 ms", f"{a:+.2f} ms", a <= 1.0,
@@ -1634,6 +1678,8 @@ def main() -> int:
     ap.add_argument("--openai-conns", default="16", help="rows for the OpenAI chat endpoint ('' skips)")
     ap.add_argument("--stream-conns", default="16",
                     help="rows for ConverseStream answers, the streaming path under load ('' skips)")
+    ap.add_argument("--chat-stream-conns", default="16",
+                    help="rows for streamed OpenAI chat completions (SSE, usage in the last chunk) ('' skips)")
     ap.add_argument("--h2", action="store_true",
                     help="also run sidecar rows against an upstream that offers h2 by ALPN")
     ap.add_argument("--no-feature-rows", action="store_true",
@@ -1756,8 +1802,12 @@ def main() -> int:
         small_body = converse_request_body(args.body_bytes)
         small.write_bytes(small_body)
         chat = workdir / "body-chat.json"
-        chat.write_bytes(json.dumps({"model": "openai.gpt-oss-20b-1:0", "messages": [
-            {"role": "user", "content": small_body.decode()[: args.body_bytes - 90]}]}).encode())
+        chat_request = {"model": "openai.gpt-oss-20b-1:0", "messages": [
+            {"role": "user", "content": small_body.decode()[: args.body_bytes - 90]}]}
+        chat.write_bytes(json.dumps(chat_request).encode())
+        chat_stream = workdir / "body-chat-stream.json"
+        chat_stream.write_bytes(json.dumps(
+            {**chat_request, "stream": True, "stream_options": {"include_usage": True}}).encode())
 
         big_conns = int(args.big_body_conns.split(",")[0] or 16)
         if args.burst_only:
@@ -1838,6 +1888,8 @@ def main() -> int:
             plan += [("openai chat", CHAT_PATH, chat, "1 KB", int(c)) for c in args.openai_conns.split(",") if c]
             plan += [("converse stream", CONVERSE_STREAM_PATH, small, "1 KB", int(c))
                      for c in args.stream_conns.split(",") if c]
+            plan += [("chat stream", CHAT_STREAM_PATH, chat_stream, "1 KB", int(c))
+                     for c in args.chat_stream_conns.split(",") if c]
             if args.big_body_mb > 0:
                 big = workdir / "body-big.json"
                 big.write_bytes(converse_request_body(int(args.big_body_mb * MIB)))

@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
 bench = importlib.util.module_from_spec(spec)
@@ -188,3 +190,44 @@ def test_the_mock_streams_a_converse_answer_botocore_reads():
     assert text == json.loads(bench.converse_response_body())["output"]["message"]["content"][0]["text"]
     assert json.loads(messages[-1].payload)["usage"] == {"inputTokens": 212, "outputTokens": 196, "totalTokens": 408}
     assert all(m.headers[":message-type"] == "event" for m in messages)
+
+
+def test_the_mock_streams_a_chat_answer_the_openai_sdk_reads():
+    # What a client asking for usage in a stream gets from OpenAI's API,
+    # read by the SDK itself (its HTTP transport replaced by the mock's body).
+    openai = pytest.importorskip("openai")
+    import httpx
+
+    body = bench.chat_stream_response_body().encode()
+    seen = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    client = openai.OpenAI(api_key="x", base_url="http://mock/openai/v1", max_retries=0,
+                           http_client=httpx.Client(transport=httpx.MockTransport(answer)))
+    chunks = list(client.chat.completions.create(
+        model="openai.gpt-oss-20b-1:0", messages=[{"role": "user", "content": "hi"}], stream=True,
+        stream_options={"include_usage": True}))
+    assert seen[0]["stream"] is True
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+    assert text == json.loads(bench.chat_response_body())["choices"][0]["message"]["content"]
+    assert len(chunks) > 40 and all(c.usage is None for c in chunks[:-1])
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == 408
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert body.count(b'"usage":null') == len(chunks) - 1
+
+
+def test_streamed_chat_answers_get_their_own_usage_line():
+    lines = _verdicts([
+        _row(16, {"sidecar": {"rps": 990.0, "p50": [1.0], "p99": [1.0]},
+                  "sidecar, usage metrics off": {"rps": 1000.0, "p50": [1.0], "p99": [1.0]}}),
+        _row(16, {"sidecar": {"rps": 800.0, "p50": [1.0], "p99": [1.0]},
+                  "sidecar, usage metrics off": {"rps": 1000.0, "p50": [1.0], "p99": [1.0]}},
+             endpoint="chat stream"),
+    ])
+    m, ok = lines["usage metrics cost on streamed chat answers at 16 conns (no target)"]
+    assert ok is None
+    assert m.startswith("+20.0 % (by round: median +20.0")
+    assert "usage metrics cost on streamed answers at 16 conns (no target)" not in lines
