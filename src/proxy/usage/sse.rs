@@ -2,6 +2,10 @@
 //! OpenAI sends it in the last chunk, so the last `data:` line carrying a
 //! `"usage"` key wins.
 
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+
 use super::json::Envelope;
 use super::json::Usage;
 
@@ -48,7 +52,7 @@ impl SseScanner {
         let Some(payload) = line.strip_prefix(b"data:") else {
             return;
         };
-        let Some(at) = memchr::memmem::find(payload, USAGE_KEY) else {
+        let Some(at) = USAGE_FINDER.find(payload) else {
             return;
         };
         if only_null_usage(&payload[at + USAGE_KEY.len()..]) {
@@ -62,6 +66,11 @@ impl SseScanner {
 
 const USAGE_KEY: &[u8] = b"\"usage\"";
 
+/// Built once: `memmem::find` builds its searcher on every call, which cost
+/// more than the search itself on a stream's short lines (about 250
+/// instructions a call, two calls a line; docs/performance.md).
+static USAGE_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(USAGE_KEY));
+
 /// Whether what follows the line's first `"usage"` is `: null` with no
 /// other `"usage"` after it: a line parsing would find no usage in. OpenAI's
 /// API sends one in every chunk but the last when a client asks for usage
@@ -72,7 +81,7 @@ fn only_null_usage(after_key: &[u8]) -> bool {
         return false;
     };
     let value = value.trim_ascii_start();
-    value.starts_with(b"null") && memchr::memmem::find(value, USAGE_KEY).is_none()
+    value.starts_with(b"null") && USAGE_FINDER.find(value).is_none()
 }
 
 #[cfg(test)]
