@@ -780,11 +780,30 @@ class Target:
         self.rows = rows  # "all", or "1 KB converse" for rows measured only there
 
 
+def answer_bytes(endpoint: str) -> int:
+    """The body of the mock's answer to a row's requests."""
+    return len({"converse": converse_response_body(), "openai chat": chat_response_body(),
+                "converse stream": converse_stream_response_body(),
+                "chat stream": chat_stream_response_body()}[endpoint])
+
+
+def check_answers(target: str, endpoint: str, r: dict) -> None:
+    """A row whose requests reach another of the mock's routes (a route or
+    query lost on the way) still gets 200s from it, and would measure that
+    answer under the row's name: wrk's bytes a request (headers and body)
+    fall short of the row's answer then."""
+    want = answer_bytes(endpoint)
+    got = r["bytes"] / max(r["requests"], 1)
+    if r["requests"] == 0 or got < want:
+        raise RuntimeError(f"{target} ({endpoint}): {got:,.0f} bytes a response, less than the "
+                           f"{want:,}-byte answer the row is for: the mock served another route")
+
+
 def measure(targets: list[Target], mock: Mock, path: str, body_file: Path, conns: int,
-            args) -> dict[str, dict]:
+            args, endpoint: str) -> dict[str, dict]:
     """Warm-up then `repeats` interleaved runs per target; medians."""
     for t in targets:
-        run_wrk(t.url, path, body_file, conns, args.warmup, args.load_cpu)
+        check_answers(t.name, endpoint, run_wrk(t.url, path, body_file, conns, args.warmup, args.load_cpu))
     runs: dict[str, list] = {t.name: [] for t in targets}
     peaks: dict[str, float] = {}
     for t in targets:
@@ -1901,7 +1920,7 @@ def main() -> int:
                 print(f"bench: {endpoint} {label} × {conns} conns ...", flush=True)
                 row_targets = [t for t in targets if t.rows == "all"
                                or (t.rows == "1 KB converse" and endpoint == "converse" and label == "1 KB")]
-                results = measure(row_targets, mock, path, body_file, conns, args)
+                results = measure(row_targets, mock, path, body_file, conns, args, endpoint)
                 rows.append({"endpoint": endpoint, "body": label, "conns": conns,
                              "direct": results["direct"], "results": results})
                 for name, r in results.items():

@@ -231,3 +231,15 @@ def test_streamed_chat_answers_get_their_own_usage_line():
     assert ok is None
     assert m.startswith("+20.0 % (by round: median +20.0")
     assert "usage metrics cost on streamed answers at 16 conns (no target)" not in lines
+
+
+def test_a_row_answered_by_another_route_is_refused():
+    stream = len(bench.chat_stream_response_body())
+    # The chat stream row's requests answered by the plain chat route.
+    plain = {"requests": 100, "bytes": 100 * (len(bench.chat_response_body()) + 150)}
+    with pytest.raises(RuntimeError, match="less than the 11,340-byte answer"):
+        bench.check_answers("sidecar", "chat stream", plain)
+    with pytest.raises(RuntimeError, match="0 bytes a response"):
+        bench.check_answers("sidecar", "converse", {"requests": 0, "bytes": 0})
+    bench.check_answers("sidecar", "chat stream", {"requests": 100, "bytes": 100 * (stream + 150)})
+    bench.check_answers("direct", "openai chat", plain)
