@@ -66,16 +66,16 @@ impl SseScanner {
 
 const USAGE_KEY: &[u8] = b"\"usage\"";
 
-/// Built once: `memmem::find` builds its searcher on every call, which cost
-/// more than the search itself on a stream's short lines (about 250
-/// instructions a call, two calls a line; docs/performance.md).
+/// Built once: `memmem::find` builds a full searcher on every call whose
+/// text is 64 bytes or longer, as nearly every chunk's line is, and on such
+/// lines that cost more than the search (docs/performance.md).
 static USAGE_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(USAGE_KEY));
 
 /// Whether what follows the line's first `"usage"` is `: null` with no
 /// other `"usage"` after it: a line parsing would find no usage in. OpenAI's
 /// API sends one in every chunk but the last when a client asks for usage
-/// (`stream_options.include_usage`), and parsing each made the tap seven
-/// to eight times slower on such streams (docs/performance.md).
+/// (`stream_options.include_usage`), and parsing each made the tap five
+/// to nine times slower on such streams (docs/performance.md).
 fn only_null_usage(after_key: &[u8]) -> bool {
     let Some(value) = after_key.trim_ascii_start().strip_prefix(b":") else {
         return false;

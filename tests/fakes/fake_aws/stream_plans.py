@@ -95,7 +95,9 @@ def plan_openai_stream(model: str, user_text: str, n: int, pad: int, include_usa
     """OpenAI chat.completion.chunk SSE stream ending in ``data: [DONE]``.
 
     With ``include_usage``, every chunk before the usage chunk carries
-    ``"usage": null``, as OpenAI's API documents for ``stream_options``."""
+    ``"usage": null``, as OpenAI's API documents for ``stream_options``.
+    Here the member comes before ``choices``; OpenAI writes it last, as
+    the benchmark's answer does, so between them both orders are run."""
     pieces = stream_pieces(model, user_text, n, pad)
     inp, out = token_counts(user_text, "".join(pieces))
     base = {"id": "chatcmpl-fake" + random_chars(12).lower(), "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
