@@ -97,30 +97,48 @@ impl EventScanner {
     /// that would not decode no longer hides the usage after it: Bedrock
     /// billed those tokens, and the client got the answer.
     pub fn finish(self) -> Option<Usage> {
-        let mut usage = None;
-        let mut last_chunk = None;
+        let mut found = Found::default();
         for raw in self.recent {
             let Ok(message) = read_message_from(raw) else {
                 break;
             };
-            match event_type(&message) {
-                // ConverseStream: {"usage": {...}, "metrics": {...}}
-                Some("metadata") => {
-                    if let Some(u) = Envelope::usage(message.payload()) {
-                        usage = Some(u);
-                    }
-                }
-                // InvokeModelWithResponseStream: {"bytes": base64(model JSON)}.
-                Some("chunk") => last_chunk = Some(message.payload().clone()),
-                _ => {}
-            }
+            found.read(&message);
         }
-        usage.or_else(|| last_chunk.and_then(|c| chunk_usage(&c)))
+        found.usage()
     }
 
     fn stop(&mut self) {
         self.broken = true;
         self.pending = BytesMut::new();
+    }
+}
+
+/// What decoded messages said about usage, oldest first.
+#[derive(Default)]
+struct Found {
+    usage: Option<Usage>,
+    last_chunk: Option<Bytes>,
+}
+
+impl Found {
+    fn read(&mut self, message: &Message) {
+        match event_type(message) {
+            // ConverseStream: {"usage": {...}, "metrics": {...}}
+            Some("metadata") => {
+                if let Some(u) = Envelope::usage(message.payload()) {
+                    self.usage = Some(u);
+                }
+            }
+            // InvokeModelWithResponseStream: {"bytes": base64(model JSON)}.
+            Some("chunk") => self.last_chunk = Some(message.payload().clone()),
+            _ => {}
+        }
+    }
+
+    /// The newest `metadata` usage, else the newest `chunk`'s.
+    fn usage(self) -> Option<Usage> {
+        self.usage
+            .or_else(|| self.last_chunk.and_then(|c| chunk_usage(&c)))
     }
 }
 
@@ -181,26 +199,18 @@ pub(super) mod tests {
     fn every_message_decoded(pieces: &[&[u8]]) -> Option<Usage> {
         let mut decoder = MessageFrameDecoder::new();
         let mut pending = BytesMut::new();
-        let (mut usage, mut last_chunk) = (None, None);
+        let mut found = Found::default();
         'feed: for piece in pieces {
             pending.extend_from_slice(piece);
             loop {
                 match decoder.decode_frame(&mut pending) {
-                    Ok(DecodedFrame::Complete(m)) => match event_type(&m) {
-                        Some("metadata") => {
-                            if let Some(u) = Envelope::usage(m.payload()) {
-                                usage = Some(u);
-                            }
-                        }
-                        Some("chunk") => last_chunk = Some(m.payload().clone()),
-                        _ => {}
-                    },
+                    Ok(DecodedFrame::Complete(m)) => found.read(&m),
                     Ok(DecodedFrame::Incomplete) => break,
                     Err(_) => break 'feed,
                 }
             }
         }
-        usage.or_else(|| last_chunk.and_then(|c| chunk_usage(&c)))
+        found.usage()
     }
 
     fn scanned(pieces: &[&[u8]]) -> Option<Usage> {
@@ -222,10 +232,7 @@ pub(super) mod tests {
     /// One message of the kinds Bedrock sends, usage-bearing or not.
     fn any_message() -> impl Strategy<Value = Vec<u8>> {
         prop_oneof![
-            "[a-z ]{0,40}".prop_map(|t| message(
-                "contentBlockDelta",
-                &format!(r#"{{"contentBlockIndex":0,"delta":{{"text":"{t}"}}}}"#)
-            )),
+            body_message(),
             Just(message("messageStop", r#"{"stopReason":"end_turn"}"#)),
             (0u32..5000, 0u32..5000).prop_map(|(i, o)| message(
                 "metadata",
@@ -250,6 +257,21 @@ pub(super) mod tests {
                 &format!(r#"{{"contentBlockIndex":0,"delta":{{"text":"{t}"}}}}"#),
             )
         })
+    }
+
+    /// Flips a payload or CRC byte: the length prefix stays, so the message
+    /// is still split where it ends.
+    fn corrupt(message: &mut [u8], at: prop::sample::Index) {
+        let at = 12 + at.index(message.len() - 12);
+        message[at] ^= 0x5a;
+    }
+
+    /// A metadata event with usage 3 in, 4 out.
+    fn metadata_3_4() -> Vec<u8> {
+        message(
+            "metadata",
+            r#"{"usage":{"inputTokens":3,"outputTokens":4}}"#,
+        )
     }
 
     /// Cuts `bytes` where `cuts` say (fractions of its length), as frames
@@ -291,11 +313,7 @@ pub(super) mod tests {
         ) {
             let mut tail = tail;
             let victim = bad.index(tail.len());
-            // A payload or CRC byte: the length prefix stays, so the
-            // message is still split where it ends.
-            let m = &mut tail[victim];
-            let at = 12 + flip.index(m.len() - 12);
-            m[at] ^= 0x5a;
+            corrupt(&mut tail[victim], flip);
             let stream: Vec<u8> = tail.into_iter().flatten().collect();
             let pieces = split(&stream, &cuts);
             prop_assert_eq!(scanned(&pieces), every_message_decoded(&pieces));
@@ -334,10 +352,9 @@ pub(super) mod tests {
         ) {
             let body: Vec<u8> = body
                 .into_iter()
-                .flat_map(|(mut m, corrupt)| {
-                    if let Some(at) = corrupt {
-                        let at = 12 + at.index(m.len() - 12);
-                        m[at] ^= 0x5a;
+                .flat_map(|(mut m, corrupt_at)| {
+                    if let Some(at) = corrupt_at {
+                        corrupt(&mut m, at);
                     }
                     m
                 })
@@ -354,10 +371,7 @@ pub(super) mod tests {
     #[test]
     fn usage_two_messages_from_the_end_is_read() {
         // KEPT is three: the margin past the last message holds.
-        let mut stream = message(
-            "metadata",
-            r#"{"usage":{"inputTokens":3,"outputTokens":4}}"#,
-        );
+        let mut stream = metadata_3_4();
         stream.extend(message("messageStop", "{}"));
         stream.extend(message("messageStop", "{}"));
         assert_eq!(scanned(&[&stream]).and_then(|u| u.output), Some(4));
@@ -367,10 +381,7 @@ pub(super) mod tests {
     fn usage_before_the_last_messages_is_not_looked_for() {
         // The trade: a metadata event followed by more than KEPT others
         // (Bedrock sends it last) is not read.
-        let mut stream = message(
-            "metadata",
-            r#"{"usage":{"inputTokens":3,"outputTokens":4}}"#,
-        );
+        let mut stream = metadata_3_4();
         for _ in 0..KEPT {
             stream.extend(message("messageStop", "{}"));
         }
@@ -383,10 +394,7 @@ pub(super) mod tests {
         // A length of 0 would be a frame of nothing, taken forever from
         // the same place; 4 to 15 cannot hold a prelude and its CRC.
         for declared in [0u32, 1, 3, 4, 15] {
-            let mut stream = message(
-                "metadata",
-                r#"{"usage":{"inputTokens":3,"outputTokens":4}}"#,
-            );
+            let mut stream = metadata_3_4();
             stream.extend(declared.to_be_bytes());
             stream.extend([0u8; 40]);
             let mut scanner = EventScanner::default();
@@ -402,10 +410,7 @@ pub(super) mod tests {
 
     #[test]
     fn a_declared_length_past_the_limit_stops_the_reading() {
-        let mut stream = message(
-            "metadata",
-            r#"{"usage":{"inputTokens":3,"outputTokens":4}}"#,
-        );
+        let mut stream = metadata_3_4();
         stream.extend(((MAX_MESSAGE + 1) as u32).to_be_bytes());
         stream.extend([0u8; 64]);
         let mut scanner = EventScanner::default();
