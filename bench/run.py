@@ -103,8 +103,18 @@ def converse_request_body(size: int) -> bytes:
     return json.dumps(base, separators=(",", ":")).encode()
 
 
+def answer_text(sentences: int) -> str:
+    return ("The quick brown fox jumps over the lazy dog. " * sentences).strip()
+
+
+def three_word_deltas(text: str) -> list[str]:
+    """`text` as a model streams it: a few tokens an event."""
+    words = text.split(" ")
+    return [" ".join(words[i:i + 3]) + " " for i in range(0, len(words), 3)]
+
+
 def converse_response_body() -> str:
-    text = ("The quick brown fox jumps over the lazy dog. " * 18).strip()
+    text = answer_text(18)
     return json.dumps(
         {
             "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
@@ -134,8 +144,7 @@ def converse_stream_messages() -> list[bytes]:
     tokens an event), contentBlockStop, messageStop and the metadata event
     with the usage the sidecar reads."""
     es = _eventstream_encoder()
-    words = ("The quick brown fox jumps over the lazy dog. " * 18).strip().split(" ")
-    pieces = [" ".join(words[i:i + 3]) + " " for i in range(0, len(words), 3)]
+    pieces = three_word_deltas(answer_text(18))
 
     def event(kind: str, payload: dict) -> bytes:
         return es.event(kind, json.dumps(payload, separators=(",", ":")).encode())
@@ -154,7 +163,7 @@ def converse_stream_response_body() -> bytes:
 
 
 def chat_response_body() -> str:
-    text = ("The quick brown fox jumps over the lazy dog. " * 17).strip()
+    text = answer_text(17)
     return json.dumps(
         {
             "id": "chatcmpl-bench",
@@ -179,8 +188,7 @@ def chat_stream_response_body() -> str:
     sets `stream_options.include_usage`: the chat answer's text in deltas
     of three words, `"usage":null` in every chunk, then a chunk with no
     choices and the usage, then `[DONE]`."""
-    words = ("The quick brown fox jumps over the lazy dog. " * 17).strip().split(" ")
-    pieces = [" ".join(words[i:i + 3]) + " " for i in range(0, len(words), 3)]
+    pieces = three_word_deltas(answer_text(17))
     base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1760000000,
             "model": "openai.gpt-oss-20b-1:0"}
 
@@ -464,13 +472,23 @@ class Mock:
         slow.append("echo -n 'data: [DONE]\n\n';")
         fast_stream = "".join(sse_event(i) for i in range(events)) + "data: [DONE]\n\n"
         d = self.dir
-        # Binary (or, for the chat stream, longer than an nginx parameter
-        # may be), so not a `return` string but a file, and nginx's static
-        # handler serves files to GET only: the route answers 405 and its
-        # error page's internal redirect (which makes the request a GET)
-        # serves the file with status 200, on the same connection.
-        (d / "converse-stream.bin").write_bytes(converse_stream_response_body())
-        (d / "chat-stream.sse").write_text(chat_stream_response_body())
+
+        def served_file(name: str, body: bytes, content_type: str) -> str:
+            """Writes `body` to a file and gives the internal location that
+            serves it. Binary (or, for the chat stream, longer than an nginx
+            parameter may be), so not a `return` string but a file, and
+            nginx's static handler serves files to GET only: the route
+            answers 405 and its error page's internal redirect (which makes
+            the request a GET) serves the file with status 200, on the same
+            connection."""
+            (d / name).write_bytes(body)
+            return f"""        location = /{name} {{
+            internal;
+            root {d};
+            open_file_cache max=4;
+            types {{ }}
+            default_type {content_type};
+        }}"""
         tls = f"""
         ssl_certificate {d}/leaf.pem;
         ssl_certificate_key {d}/leaf.key;
@@ -492,13 +510,7 @@ class Mock:
             error_page 405 =200 /converse-stream.bin;
             return 405;
         }}
-        location = /converse-stream.bin {{
-            internal;
-            root {d};
-            open_file_cache max=4;
-            types {{ }}
-            default_type application/vnd.amazon.eventstream;
-        }}
+{served_file("converse-stream.bin", converse_stream_response_body(), "application/vnd.amazon.eventstream")}
         location = {CHAT_PATH} {{
             error_page 405 =200 /chat-stream.sse;
             if ($arg_stream) {{
@@ -507,13 +519,7 @@ class Mock:
             default_type application/json;
             return 200 {nginx_quote(chat_response_body())};
         }}
-        location = /chat-stream.sse {{
-            internal;
-            root {d};
-            open_file_cache max=4;
-            types {{ }}
-            default_type text/event-stream;
-        }}
+{served_file("chat-stream.sse", chat_stream_response_body().encode(), "text/event-stream")}
         location = {FAST_STREAM_PATH} {{
             default_type text/event-stream;
             return 200 {nginx_quote(fast_stream)};

@@ -145,19 +145,24 @@ def test_without_a_profile_the_usage_verdict_has_no_instructions():
     assert "callgrind" not in m
 
 
-def test_streamed_answers_get_their_own_usage_line():
+@pytest.mark.parametrize("endpoint, what, rps, cost, other", [
+    ("converse stream", "streamed answers", 600.0, "+40.0", "streamed chat answers"),
+    ("chat stream", "streamed chat answers", 800.0, "+20.0", "streamed answers"),
+])
+def test_streamed_answers_get_their_own_usage_line(endpoint, what, rps, cost, other):
     lines = _verdicts([
         _row(16, {"sidecar": {"rps": 990.0, "p50": [1.0], "p99": [1.0]},
                   "sidecar, usage metrics off": {"rps": 1000.0, "p50": [1.0], "p99": [1.0]}}),
-        _row(16, {"sidecar": {"rps": 600.0, "p50": [1.0], "p99": [1.0]},
+        _row(16, {"sidecar": {"rps": rps, "p50": [1.0], "p99": [1.0]},
                   "sidecar, usage metrics off": {"rps": 1000.0, "p50": [1.0], "p99": [1.0]}},
-             endpoint="converse stream"),
+             endpoint=endpoint),
     ])
     # The target stays the converse row's; the stream's is beside it.
     assert lines["usage metrics cost ≤ 3 % throughput at 16 conns"][0].startswith("+1.0 % (")
-    m, ok = lines["usage metrics cost on streamed answers at 16 conns (no target)"]
+    m, ok = lines[f"usage metrics cost on {what} at 16 conns (no target)"]
     assert ok is None
-    assert m.startswith("+40.0 % (by round: median +40.0")
+    assert m.startswith(f"{cost} % (by round: median {cost}")
+    assert f"usage metrics cost on {other} at 16 conns (no target)" not in lines
 
 
 def test_a_binary_with_the_test_clock_is_recognised(tmp_path):
@@ -217,20 +222,6 @@ def test_the_mock_streams_a_chat_answer_the_openai_sdk_reads():
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == 408
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert body.count(b'"usage":null') == len(chunks) - 1
-
-
-def test_streamed_chat_answers_get_their_own_usage_line():
-    lines = _verdicts([
-        _row(16, {"sidecar": {"rps": 990.0, "p50": [1.0], "p99": [1.0]},
-                  "sidecar, usage metrics off": {"rps": 1000.0, "p50": [1.0], "p99": [1.0]}}),
-        _row(16, {"sidecar": {"rps": 800.0, "p50": [1.0], "p99": [1.0]},
-                  "sidecar, usage metrics off": {"rps": 1000.0, "p50": [1.0], "p99": [1.0]}},
-             endpoint="chat stream"),
-    ])
-    m, ok = lines["usage metrics cost on streamed chat answers at 16 conns (no target)"]
-    assert ok is None
-    assert m.startswith("+20.0 % (by round: median +20.0")
-    assert "usage metrics cost on streamed answers at 16 conns (no target)" not in lines
 
 
 def test_a_row_answered_by_another_route_is_refused():
