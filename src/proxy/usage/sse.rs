@@ -18,6 +18,9 @@ const MAX_CARRY: usize = 64 * 1024;
 pub struct SseScanner {
     /// The unfinished last line of the previous frame.
     carry: Vec<u8>,
+    /// The unfinished line outgrew the carry and was dropped: what comes
+    /// up to its end is still that line, not one to read.
+    dropping: bool,
     last: Option<Usage>,
 }
 
@@ -27,6 +30,9 @@ impl SseScanner {
         while let Some(pos) = memchr::memchr(b'\n', rest) {
             let (line, after) = rest.split_at(pos);
             rest = &after[1..];
+            if std::mem::take(&mut self.dropping) {
+                continue;
+            }
             if self.carry.is_empty() {
                 self.check_line(line);
             } else {
@@ -35,12 +41,14 @@ impl SseScanner {
                 self.check_line(&joined);
             }
         }
-        if !rest.is_empty() {
-            if self.carry.len() + rest.len() <= MAX_CARRY {
-                self.carry.extend_from_slice(rest);
-            } else {
-                self.carry.clear();
-            }
+        if rest.is_empty() || self.dropping {
+            return;
+        }
+        if self.carry.len() + rest.len() <= MAX_CARRY {
+            self.carry.extend_from_slice(rest);
+        } else {
+            self.carry = Vec::new();
+            self.dropping = true;
         }
     }
 
@@ -162,6 +170,27 @@ mod tests {
         ) {
             prop_assert_eq!(scanned(&lines, &cuts), parsed_whenever_named(&lines));
         }
+    }
+
+    #[test]
+    fn the_rest_of_a_line_too_long_to_keep_is_not_read_as_a_line() {
+        // A comment line longer than the carry, cut by a frame just before
+        // text that looks like a usage line: it is still the comment.
+        let long = format!(": {}", "x".repeat(MAX_CARRY));
+        let tail = r#"data: {"usage":{"prompt_tokens":5}}"#;
+        let stream = format!("{long}{tail}\n");
+        let mut whole = SseScanner::default();
+        whole.observe(stream.as_bytes());
+        let mut cut = SseScanner::default();
+        cut.observe(long.as_bytes());
+        cut.observe(format!("{tail}\n").as_bytes());
+        assert_eq!(whole.finish(), None);
+        assert_eq!(cut.finish(), None);
+        // The line after it is read again.
+        let mut next = SseScanner::default();
+        next.observe(long.as_bytes());
+        next.observe(format!("{tail}\n{tail}\n").as_bytes());
+        assert_eq!(next.finish().and_then(|u| u.input), Some(5));
     }
 
     #[test]
