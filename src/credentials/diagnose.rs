@@ -161,12 +161,33 @@ fn describe_session(report: &mut String, config: &CredentialsConfig) {
 
 /// `2026-11-25T18:00:00Z (in 59m 58s)`.
 fn describe_time(t: SystemTime, now: SystemTime) -> String {
-    let stamp = humantime::format_rfc3339_seconds(t);
+    // humantime's timestamp fails to format past year 9999, and `format!`
+    // would panic on that error.
+    let mut stamp = String::new();
+    if write!(stamp, "{}", humantime::format_rfc3339_seconds(t)).is_err() {
+        stamp = "after 9999-12-31T23:59:59Z".to_owned();
+    }
     if t >= now {
         let left = std::time::Duration::from_secs(saturating_sub(t, now).as_secs());
         format!("{stamp} (in {})", humantime::format_duration(left))
     } else {
         let ago = std::time::Duration::from_secs(saturating_sub(now, t).as_secs());
         format!("{stamp} (EXPIRED {} ago)", humantime::format_duration(ago))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    #[test]
+    fn times_past_year_9999_are_described_not_panicked_on() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let far = UNIX_EPOCH + Duration::from_secs(token::LAST_RFC3339_SECOND + 1);
+        assert!(describe_time(far, now).starts_with("after 9999-12-31T23:59:59Z (in "));
+        let soon = now + Duration::from_secs(90);
+        assert_eq!(describe_time(soon, now), "2023-11-14T22:14:50Z (in 1m 30s)");
     }
 }

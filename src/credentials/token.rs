@@ -30,6 +30,9 @@ pub async fn read(path: &Path) -> Result<Secret, SourceError> {
     Ok(Secret::new(token))
 }
 
+/// 9999-12-31T23:59:59Z in seconds since the Unix epoch.
+pub const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
+
 /// The non-secret claims of a JWT, when its payload decodes.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct Claims {
@@ -50,8 +53,13 @@ impl Claims {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// The `exp` claim as a time; none when it is past the last second an
+    /// RFC 3339 timestamp can write (year 9999), which no issuer sets and
+    /// which `SystemTime` may not even hold.
     pub fn expiry(&self) -> Option<SystemTime> {
-        self.exp.map(|s| UNIX_EPOCH + Duration::from_secs(s))
+        self.exp
+            .filter(|s| *s <= LAST_RFC3339_SECOND)
+            .map(|s| UNIX_EPOCH + Duration::from_secs(s))
     }
 }
 
@@ -99,6 +107,21 @@ mod tests {
         );
         let single = Claims::decode(&jwt(r#"{"aud":"x"}"#)).unwrap();
         assert_eq!(single.aud, vec!["x"]);
+    }
+
+    #[test]
+    fn an_exp_past_what_a_timestamp_can_say_is_no_expiry() {
+        // Whatever the token file holds, reading its claims does not panic
+        // (the refresher reads them on every attempt).
+        for exp in [u64::MAX, 1 << 63, LAST_RFC3339_SECOND + 1] {
+            let c = Claims::decode(&jwt(&format!(r#"{{"exp":{exp}}}"#))).unwrap();
+            assert_eq!(c.expiry(), None, "exp {exp}");
+        }
+        let last = Claims::decode(&jwt(&format!(r#"{{"exp":{LAST_RFC3339_SECOND}}}"#))).unwrap();
+        assert_eq!(
+            last.expiry(),
+            Some(UNIX_EPOCH + Duration::from_secs(LAST_RFC3339_SECOND))
+        );
     }
 
     #[test]
