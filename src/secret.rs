@@ -1,4 +1,5 @@
-//! A string that never shows itself in `Debug` or `Display`.
+//! A string that never shows itself in `Debug` or `Display`, and the
+//! blanking of security tokens that AWS quotes back in signature errors.
 
 use std::fmt;
 
@@ -30,6 +31,53 @@ impl fmt::Display for Secret {
     }
 }
 
+const TOKEN_NAME: &[u8] = b"x-amz-security-token";
+const REDACTED: &[u8] = b"** redacted **";
+
+/// Whether `b` ends a token value: tokens are base64 (or its URL
+/// encoding), so any quote, escape, separator or whitespace ends one.
+fn ends_value(b: u8) -> bool {
+    matches!(b, b'\\' | b'\'' | b'"' | b'&' | b',' | b';' | b'<') || b.is_ascii_whitespace()
+}
+
+/// Blanks the value after every `x-amz-security-token:` (or `=`), in any
+/// letter case, whether it stands in a header line or a query string.
+pub fn redact_tokens(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len());
+    let mut i = 0;
+    while i < body.len() {
+        let rest = &body[i..];
+        let is_name = rest.len() > TOKEN_NAME.len()
+            && rest[..TOKEN_NAME.len()].eq_ignore_ascii_case(TOKEN_NAME);
+        if !is_name {
+            out.push(body[i]);
+            i += 1;
+            continue;
+        }
+        let mut j = TOKEN_NAME.len();
+        out.extend_from_slice(&rest[..j]);
+        if !matches!(rest[j], b':' | b'=') {
+            i += j;
+            continue;
+        }
+        out.push(rest[j]);
+        j += 1;
+        let value = rest[j..].iter().take_while(|b| !ends_value(**b)).count();
+        if value > 0 {
+            out.extend_from_slice(REDACTED);
+        }
+        i += j + value;
+    }
+    out
+}
+
+/// [`redact_tokens`] for text: a signature error's message from STS or
+/// Bedrock, before it is logged, served on `/readyz` or printed.
+pub fn redact_token_text(text: &str) -> String {
+    // Only ASCII bytes end a blanked value, so the text stays UTF-8.
+    String::from_utf8_lossy(&redact_tokens(text.as_bytes())).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -39,5 +87,34 @@ mod tests {
         let s = Secret::new("wJalrXUtnFEMI/K7MDENG");
         assert!(!format!("{s:?} {s}").contains("wJalr"));
         assert_eq!(s.expose(), "wJalrXUtnFEMI/K7MDENG");
+    }
+
+    #[test]
+    fn token_values_are_blanked_wherever_they_are_quoted() {
+        let body = br#"{"message":"The request signature we calculated does not match ...\n\nThe Canonical String for this request should have been\n'POST\n/model/m/converse\n\nhost:bedrock-runtime.us-east-1.amazonaws.com\nx-amz-date:20260101T000000Z\nx-amz-security-token:IQoJb3JpZ2luX2VjE/abc+def==\n\nhost;x-amz-date;x-amz-security-token\nabc'"}"#;
+        let out = String::from_utf8(redact_tokens(body)).unwrap();
+        assert!(!out.contains("IQoJ"), "{out}");
+        assert!(
+            out.contains(
+                r"x-amz-security-token:** redacted **\n\nhost;x-amz-date;x-amz-security-token\n"
+            ),
+            "{out}"
+        );
+        let query = b"GET /?X-Amz-Security-Token=IQoJ%2Fabc&X-Amz-Date=1 x-amz-security-token";
+        let out = String::from_utf8(redact_tokens(query)).unwrap();
+        assert_eq!(
+            out,
+            "GET /?X-Amz-Security-Token=** redacted **&X-Amz-Date=1 x-amz-security-token"
+        );
+    }
+
+    #[test]
+    fn messages_keep_their_text_around_the_blanked_token() {
+        let message =
+            "Signature expired … x-amz-security-token:IQoJ/Zé+1==\nhost:sts.amazonaws.com";
+        assert_eq!(
+            redact_token_text(message),
+            "Signature expired … x-amz-security-token:** redacted **\nhost:sts.amazonaws.com"
+        );
     }
 }

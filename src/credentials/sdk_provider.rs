@@ -85,7 +85,8 @@ fn provider_error(kind: &'static str, e: &CredentialsError) -> SourceError {
     SourceError::Service {
         operation: kind,
         code: code.to_owned(),
-        message: DisplayErrorContext(e).to_string(),
+        // Providers that call STS (a profile's role) carry its message.
+        message: crate::secret::redact_token_text(&DisplayErrorContext(e).to_string()),
         status: 0,
         class,
     }

@@ -15,6 +15,7 @@ use aws_smithy_types::timeout::TimeoutConfig;
 use super::CredentialsConfig;
 use super::{ErrorClass, SourceError};
 use crate::config::aws::{PolicyArn, Region};
+use crate::secret::redact_token_text;
 
 /// An STS client for `region`, honouring `AWS_ENDPOINT_URL_STS` and
 /// `AWS_CA_BUNDLE`. SDK retries are off: the refresher owns retrying, so each
@@ -147,14 +148,17 @@ where
             SourceError::Service {
                 operation,
                 class: classify_code(&code, status),
-                message: e.message().unwrap_or("no message").to_owned(),
+                // A signature error quotes the canonical request STS
+                // expected, session token included (role chaining and
+                // GetCallerIdentity sign with one).
+                message: redact_token_text(e.message().unwrap_or("no message")),
                 code,
                 status,
             }
         }
         other => SourceError::Transport {
             operation,
-            detail: DisplayErrorContext(&other).to_string(),
+            detail: redact_token_text(&DisplayErrorContext(&other).to_string()),
         },
     }
 }

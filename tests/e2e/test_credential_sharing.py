@@ -89,6 +89,39 @@ def test_wrong_external_id_is_a_fatal_refresh_error(start_sidecar, irsa_env, fak
     assert body["ready"] is False and "AssumeRole" in body["last_error"] and "AccessDenied" in body["last_error"]
 
 
+def test_a_signature_error_from_sts_never_shows_the_session_token(start_sidecar, fake_aws, tmp_path):
+    # STS, like Bedrock, quotes the canonical request it expected in a
+    # signature error, x-amz-security-token line included. Static keys with
+    # a wrong secret, chained to a role: the AssumeRole hop gets that error.
+    token = "IQoJb3JpZ2luX2VjEE2E-static-session-token-never-shown"
+    fake_aws.post("/static_keys", {"access_key_id": "AKIDCHAINSIG", "secret_access_key": "right-secret", "session_token": token})
+    env = {
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "AKIDCHAINSIG",
+        "AWS_SECRET_ACCESS_KEY": "wrong-secret",
+        "AWS_SESSION_TOKEN": token,
+        "AWS_ENDPOINT_URL_STS": fake_aws.sts,
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws.bedrock,
+        "BEDROCK_BROKER_CHAIN_ROLE_ARN": CHAIN_ROLE,
+    }
+    sidecar = start_sidecar(env, FAST, wait_ready=False)
+    wait_for(lambda: (sidecar.metric("bedrock_broker_credential_refreshes_total", {"result": "failure"}) or 0) >= 1,
+             what="a failed refresh")
+    assert [c["error_code"] for c in fake_aws.sts_calls()][:1] == ["SignatureDoesNotMatch"]
+    ready = sidecar.ready()
+    assert ready.status_code == 503
+    # The message is kept, the token's value blanked.
+    assert "x-amz-security-token:** redacted **" in ready.json()["last_error"]
+    assert token not in ready.text
+    assert "SignatureDoesNotMatch" in sidecar.log_text() and token not in sidecar.log_text()
+    sidecar.stop()
+    # The one-shot diagnosis reports the same failure, without the token.
+    out = subprocess.run([str(BINARY), "credentials"], env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), **env},
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "SignatureDoesNotMatch" in out.stderr, out.stderr
+    assert token not in out.stdout + out.stderr
+
+
 def test_session_policy_duration_and_policy_arns_reach_sts(start_sidecar, irsa_env, fake_aws):
     policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["bedrock:InvokeModel", "bedrock:InvokeModelWithResponseStream"], "Resource": "*"}]}
     env = dict(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import time
 import urllib.parse
@@ -103,6 +104,11 @@ def test_assume_role_signature_rejections(fake: Fake, sts_creds: dict):
     wrong_secret = {**sts_creds, "SecretAccessKey": "x" * 40}
     bad = raw_sts(fake, form, wrong_secret)
     assert bad.status == 403 and error_code(bad) == "SignatureDoesNotMatch"
+    # As AWS does, the message quotes the canonical request it expected,
+    # the session token's header line included.
+    message = html.unescape(bad.data.decode().split("<Message>", 1)[1].split("</Message>", 1)[0])
+    assert "The Canonical String for this request should have been" in message
+    assert f"x-amz-security-token:{sts_creds['SessionToken']}\n" in message
     unknown = raw_sts(fake, form, {**sts_creds, "AccessKeyId": "ASIAUNKNOWNKEY000000"})
     assert unknown.status == 403 and error_code(unknown) == "InvalidClientTokenId"
     wrong_service = send(fake.sts + "/", urllib.parse.urlencode(form).encode(),

@@ -7,7 +7,7 @@ from typing import Optional
 from aiohttp import web
 
 from .bedrock_errors import aws_json_error
-from .sigv4 import SigCheck, verify_sigv4
+from .sigv4 import SigCheck, expected_signing_text, verify_sigv4
 from .state import FakeState
 
 
@@ -88,11 +88,5 @@ def sigv4_rejection(check: SigCheck) -> tuple:
     error_type, message = BEDROCK_SIG_ERRORS[check.kind]
     if check.kind == "signature":
         message = f"{message} [fake: {check.message}]"
-        if check.canonical_request is not None:
-            # What AWS appends: the canonical request and string to sign it
-            # expected, header values (x-amz-security-token too) included.
-            message += (
-                f"\n\nThe Canonical String for this request should have been\n'{check.canonical_request}'"
-                f"\n\nThe String-to-Sign should have been\n'{check.string_to_sign}'\n"
-            )
+        message += expected_signing_text(check)
     return error_type, message or check.message

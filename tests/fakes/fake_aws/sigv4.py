@@ -160,6 +160,18 @@ def verify_sigv4(
     return _compare_signature(check, cred, method, scheme, raw_path, headers, body, service, region, amz_date, parsed["Signature"])
 
 
+def expected_signing_text(check: SigCheck) -> str:
+    """What AWS appends to a signature mismatch's message (Bedrock and STS
+    alike): the canonical request and string to sign it expected, header
+    values, ``x-amz-security-token`` too, included. Empty for other failures."""
+    if check.kind != "signature" or check.canonical_request is None:
+        return ""
+    return (
+        f"\n\nThe Canonical String for this request should have been\n'{check.canonical_request}'"
+        f"\n\nThe String-to-Sign should have been\n'{check.string_to_sign}'\n"
+    )
+
+
 def _fail(check: SigCheck, kind: str, message: str) -> SigCheck:
     check.kind = kind
     check.message = message

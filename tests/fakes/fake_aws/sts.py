@@ -18,7 +18,7 @@ from aiohttp import web
 
 from .common import iso8601_floor
 from .credentials import issue_credential
-from .sigv4 import verify_sigv4
+from .sigv4 import expected_signing_text, verify_sigv4
 from .state import STATE_KEY, Credential, FakeState, StsConfig
 from .sts_params import (
     STS_VERSION,
@@ -192,7 +192,8 @@ def _verify_sts_signature(state: FakeState, request: web.Request, body: bytes, r
     if not check.ok:
         code = STS_SIG_ERRORS[check.kind]
         record["rejection"] = check.message
-        return None, _finish(record, sts_error(403, code, check.message), code)
+        message = check.message + expected_signing_text(check)
+        return None, _finish(record, sts_error(403, code, message), code)
     assert check.credential is not None
     return check.credential, None
 
