@@ -61,6 +61,7 @@ codes! {
     BODY_READ_TIMEOUT = "body_read_timeout", 408, "the request body stalled for `--body-read-timeout`";
     OVERLOADED = "overloaded", 503, "`--max-requests` are in flight, or `--request-body-budget` had no room within `--body-budget-wait`; comes with `Retry-After`";
     UPSTREAM_PROTOCOL_ERROR = "upstream_protocol_error", 502, "the upstream answered with something the proxy does not forward (a protocol switch)";
+    SIGNATURE_ERROR_WITHHELD = "signature_error_withheld", 403, "Bedrock answered a signature error whose body could not be read whole to blank the session token it quotes (over 64 KiB, stalled, corrupt, or in a coding other than gzip and deflate); Bedrock's status (400 or 403) and `x-amzn-ErrorType` are kept";
 }
 
 /// Why the broker answers a request itself.
@@ -119,6 +120,8 @@ pub enum ProxyError {
     Overloaded(&'static str),
     #[error("{0}")]
     UpstreamProtocol(String),
+    #[error("Bedrock answered a signature error; bedrock-broker withheld its body because it could not be read whole (too large, too slow, or in an unreadable encoding) to remove the credentials it quotes")]
+    SignatureErrorWithheld,
 }
 
 impl ProxyError {
@@ -144,6 +147,7 @@ impl ProxyError {
             Self::BodyReadTimeout(_) => &BODY_READ_TIMEOUT,
             Self::Overloaded(_) => &OVERLOADED,
             Self::UpstreamProtocol(_) => &UPSTREAM_PROTOCOL_ERROR,
+            Self::SignatureErrorWithheld => &SIGNATURE_ERROR_WITHHELD,
         }
     }
 
@@ -272,6 +276,7 @@ mod tests {
             ProxyError::BodyReadTimeout(Duration::from_secs(1)),
             ProxyError::Overloaded("x"),
             ProxyError::UpstreamProtocol("x".into()),
+            ProxyError::SignatureErrorWithheld,
         ];
         let mut used: Vec<&str> = all.iter().map(|e| e.code().name).collect();
         used.sort_unstable();

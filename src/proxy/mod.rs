@@ -178,7 +178,7 @@ impl Proxy {
                 let slot = admitted.ok();
                 let completion = Completion::new(started, duration, in_flight, slot);
                 let response = self
-                    .respond(response, auth, model, operation, completion, started)
+                    .respond(response, auth, model, &class, completion, started)
                     .await;
                 (response, auth)
             }
@@ -213,14 +213,17 @@ impl Proxy {
         mut response: Response<PooledBody>,
         auth: AuthMode,
         model: Option<ModelRef>,
-        operation: Operation,
+        class: &classify::Classified,
         completion: Completion,
         started: Instant,
     ) -> Response<ProxyBody> {
+        let operation = class.operation;
         headers::prepare_response_headers(response.headers_mut());
         if auth == AuthMode::SigV4 && redact::is_signature_error(&response) {
             let timeout = self.stream_idle_timeout;
-            return redact::redacted(response, timeout).await.map(Either::Left);
+            return redact::redacted(response, timeout, class.dialect)
+                .await
+                .map(Either::Left);
         }
         let kind = StreamKind::of(response.headers());
         let tap = match (&self.usage, model) {

@@ -8,10 +8,20 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode};
+use std::io::Read;
+
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
 
+use super::error::{Dialect, ProxyError};
+use super::headers::X_AMZN_ERRORTYPE;
+use super::usage::decode::Coding;
 use crate::secret::redact_tokens;
+
+/// Bedrock's request id, kept on a withheld answer for support cases.
+const X_AMZN_REQUESTID: HeaderName = HeaderName::from_static("x-amzn-requestid");
 
 /// Largest signature-error body read for redaction (AWS's are ~2 KiB).
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -38,30 +48,199 @@ pub fn is_signature_error<B>(response: &Response<B>) -> bool {
     )
 }
 
-/// The same answer with every security-token value in its body blanked.
-/// A body too large or too slow to read is replaced by a short notice.
-pub async fn redacted(
-    response: Response<super::pool::PooledBody>,
+/// The same answer with every security-token value in its body blanked,
+/// decompressed if Bedrock compressed it (the token is in there too). A
+/// body that cannot be read whole (too large, too slow, corrupt, or in a
+/// coding the proxy does not read) is withheld: a broker error in the
+/// client's dialect takes its place, with Bedrock's status and error type.
+pub async fn redacted<B>(
+    response: Response<B>,
     timeout: Option<Duration>,
-) -> Response<Full<Bytes>> {
+    dialect: Dialect,
+) -> Response<Full<Bytes>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (mut parts, body) = response.into_parts();
     let read = Limited::new(body, MAX_ERROR_BODY).collect();
-    let body = match tokio::time::timeout(timeout.unwrap_or(DEFAULT_READ_TIMEOUT), read).await {
-        Ok(Ok(collected)) => Bytes::from(redact_tokens(&collected.to_bytes())),
-        _ => Bytes::from_static(
-            br#"{"message":"bedrock-broker: Bedrock's signature error could not be read whole to remove credentials from it; it was withheld"}"#,
-        ),
+    let read = tokio::time::timeout(timeout.unwrap_or(DEFAULT_READ_TIMEOUT), read).await;
+    let plain = match read {
+        Ok(Ok(collected)) => decoded(&parts.headers, collected.to_bytes()),
+        _ => None,
     };
-    parts.headers.remove(http::header::CONTENT_LENGTH);
+    let Some(plain) = plain else {
+        return withheld(&parts, dialect);
+    };
+    let body = Bytes::from(redact_tokens(&plain));
+    parts.headers.remove(CONTENT_ENCODING);
+    parts.headers.remove(CONTENT_LENGTH);
     if let Ok(len) = HeaderValue::from_str(&body.len().to_string()) {
-        parts.headers.insert(http::header::CONTENT_LENGTH, len);
+        parts.headers.insert(CONTENT_LENGTH, len);
     }
     Response::from_parts(parts, Full::new(body))
 }
 
+/// The body without its content coding, at most [`MAX_ERROR_BODY`] bytes
+/// of it; `None` when that cannot be had. Out of line: a decoder's inflate
+/// state passes through the stack, and inlined into the proxy's response
+/// path it would enlarge that frame for every answer (as it once did the
+/// usage tap's, docs/performance.md).
+#[inline(never)]
+fn decoded(headers: &HeaderMap, body: Bytes) -> Option<Bytes> {
+    let mut reader: Box<dyn Read + '_> = match Coding::of(headers)? {
+        Coding::Identity => return Some(body),
+        Coding::Gzip => Box::new(flate2::read::GzDecoder::new(&body[..])),
+        Coding::Deflate => Box::new(flate2::read::ZlibDecoder::new(&body[..])),
+    };
+    let mut out = Vec::new();
+    // One byte past the limit tells a body at the limit from a bomb.
+    (&mut reader)
+        .take(MAX_ERROR_BODY as u64 + 1)
+        .read_to_end(&mut out)
+        .ok()?;
+    (out.len() <= MAX_ERROR_BODY).then(|| Bytes::from(out))
+}
+
+fn withheld(upstream: &http::response::Parts, dialect: Dialect) -> Response<Full<Bytes>> {
+    let mut response: Response<Full<Bytes>> =
+        ProxyError::SignatureErrorWithheld.into_response(dialect);
+    *response.status_mut() = upstream.status;
+    let headers = response.headers_mut();
+    for name in [X_AMZN_ERRORTYPE, X_AMZN_REQUESTID] {
+        if let Some(value) = upstream.headers.get(&name) {
+            headers.insert(name, value.clone());
+        }
+    }
+    response
+}
+
 #[cfg(test)]
 mod tests {
+    use std::convert::Infallible;
+    use std::io::Write;
+
+    use flate2::write::{GzEncoder, ZlibEncoder};
+    use flate2::Compression;
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+
     use super::*;
+
+    const TOKEN: &str = "IQoJb3JpZ2luX2VjEunit+token/value==";
+
+    fn signature_error(coding: Option<&str>, body: Vec<u8>) -> Response<Full<Bytes>> {
+        let mut r = Response::builder()
+            .status(403)
+            .header("x-amzn-errortype", "InvalidSignatureException")
+            .header("x-amzn-requestid", "req-1")
+            .header("content-length", body.len());
+        if let Some(c) = coding {
+            r = r.header("content-encoding", c);
+        }
+        r.body(Full::new(Bytes::from(body))).unwrap()
+    }
+
+    fn aws_message() -> Vec<u8> {
+        format!(r#"{{"message":"mismatch\n'POST\nx-amz-security-token:{TOKEN}\n'"}}"#).into_bytes()
+    }
+
+    fn gzip(b: &[u8]) -> Vec<u8> {
+        let mut e = GzEncoder::new(Vec::new(), Compression::default());
+        e.write_all(b).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn zlib(b: &[u8]) -> Vec<u8> {
+        let mut e = ZlibEncoder::new(Vec::new(), Compression::default());
+        e.write_all(b).unwrap();
+        e.finish().unwrap()
+    }
+
+    async fn text(r: Response<Full<Bytes>>) -> (http::response::Parts, String) {
+        let (parts, body) = r.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (parts, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn compressed_signature_errors_are_decoded_then_cleaned() {
+        for (coding, body) in [
+            (None, aws_message()),
+            (Some("gzip"), gzip(&aws_message())),
+            (Some("deflate"), zlib(&aws_message())),
+        ] {
+            let r = redacted(signature_error(coding, body), None, Dialect::Aws).await;
+            let (parts, text) = text(r).await;
+            assert_eq!(parts.status, 403);
+            assert!(!text.contains(TOKEN), "{coding:?}: {text}");
+            assert!(
+                text.contains("x-amz-security-token:** redacted **"),
+                "{text}"
+            );
+            assert!(parts.headers.get("content-encoding").is_none());
+            assert_eq!(
+                parts.headers["content-length"],
+                text.len().to_string().as_str()
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_cannot_be_cleaned_is_withheld_in_the_clients_dialect() {
+        let big = vec![b'x'; MAX_ERROR_BODY + 1];
+        let bomb = gzip(&vec![b'x'; MAX_ERROR_BODY + 1]);
+        let mut corrupt = gzip(&aws_message());
+        corrupt.truncate(corrupt.len() / 2);
+        let cases = [
+            (None, big),
+            (Some("gzip"), bomb),
+            (Some("gzip"), corrupt),
+            (Some("br"), aws_message()),
+            (Some("gzip, gzip"), gzip(&gzip(&aws_message()))),
+        ];
+        for (coding, body) in cases {
+            let r = redacted(signature_error(coding, body), None, Dialect::OpenAi).await;
+            let (parts, text) = text(r).await;
+            assert_eq!(parts.status, 403, "{coding:?}");
+            assert_eq!(
+                parts.headers["x-bedrock-broker-error"],
+                "signature_error_withheld"
+            );
+            assert_eq!(parts.headers["x-amzn-requestid"], "req-1");
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["error"]["code"], "signature_error_withheld", "{coding:?}");
+            assert!(parts.headers.get("content-encoding").is_none());
+        }
+        // A body that stalls, answered in the AWS dialect: Bedrock's error
+        // type is kept for the SDK to raise.
+        let first = futures::stream::iter([Ok::<_, Infallible>(Frame::data(Bytes::from_static(
+            b"{\"message\":\"x-amz-security-token:IQoJ",
+        )))]);
+        let stalled = StreamBody::new(futures::StreamExt::chain(first, futures::stream::pending()));
+        let upstream = Response::builder()
+            .status(403)
+            .header("x-amzn-errortype", "InvalidSignatureException")
+            .body(stalled)
+            .unwrap();
+        let r = redacted(upstream, Some(Duration::from_secs(5)), Dialect::Aws).await;
+        let (parts, text) = text(r).await;
+        assert_eq!(
+            parts.headers["x-amzn-errortype"],
+            "InvalidSignatureException"
+        );
+        assert_eq!(
+            parts.headers["x-bedrock-broker-error"],
+            "signature_error_withheld"
+        );
+        assert!(!text.contains("IQoJ"));
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()["message"]
+                .as_str()
+                .unwrap()
+                .contains("withheld")
+        );
+    }
 
     #[test]
     fn only_signature_errors_are_read() {

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import urllib.parse
 import uuid
+import zlib
 
 import pytest
 import requests
@@ -255,3 +256,27 @@ def test_signature_errors_reach_the_client_without_the_session_token(sidecar, fa
     # The fake signed (and quoted) the token; the proxy took it out.
     assert token and rec["security_token_signed"]
     assert token not in data.decode()
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_a_compressed_signature_error_reaches_the_client_without_the_session_token(sidecar, fake_aws, coding):
+    # Bedrock may compress its error as the client's Accept-Encoding allows;
+    # the token must go whatever the coding. The client gets the cleaned
+    # message uncompressed.
+    fake_aws.post("/bedrock", {"compress": True})
+    tid = uuid.uuid4().hex
+    r, data = raw(sidecar, "POST", CONVERSE, {
+        "x-test-id": tid, "content-type": "application/json", "x-fake-sigv4-mismatch": "1",
+        "accept-encoding": coding,
+    }, BODY.encode())
+    assert r.status == 403
+    assert r.getheader("x-amzn-errortype") == "InvalidSignatureException"
+    encoding = r.getheader("content-encoding")
+    text = (zlib.decompress(data, 47) if encoding in ("gzip", "deflate") else data).decode()
+    creds = {c["access_key_id"]: c for c in fake_aws.get("/credentials?include_secrets=1")}
+    token = creds[fake_aws.request_for(tid)["access_key_id"]]["session_token"]
+    assert token not in text
+    assert encoding is None and int(r.getheader("content-length")) == len(data)
+    message = json.loads(text)["message"]
+    assert "The Canonical String for this request should have been" in message
+    assert "x-amz-security-token:** redacted **" in message

@@ -7,7 +7,7 @@
 //! `Bytes` handles parsed at the end. Usage is found in any of the shapes
 //! Bedrock answers with ([`json`]); the model label comes from the request.
 
-mod decode;
+pub(super) mod decode;
 mod eventstream;
 mod json;
 mod sse;
