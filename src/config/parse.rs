@@ -36,14 +36,26 @@ impl ParseError {
     }
 }
 
+/// Longest duration any setting takes. Every one is a timeout, an interval
+/// or a grace period, none of which means anything past a year; and a
+/// deadline computed from a far larger one overflows the clock (a panic in
+/// every connection).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Largest count or size any setting takes (1 TiB as bytes). "No limit"
+/// spelled as the largest number made a semaphore too large to build.
+pub const MAX_COUNT: usize = 1 << 40;
+
 pub fn duration(raw: &str) -> Result<Duration, ParseError> {
-    humantime::parse_duration(raw).map_err(|_| {
-        ParseError::not_a(
+    match humantime::parse_duration(raw) {
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        Ok(_) => Err(ParseError::refused("must be at most 365d")),
+        Err(_) => Err(ParseError::not_a(
             raw,
             "a duration",
             "a number with a unit: 500ms, 10s, 2m, 1h",
-        )
-    })
+        )),
+    }
 }
 
 /// A duration above zero.
@@ -76,20 +88,23 @@ pub fn bool(raw: &str) -> Result<bool, ParseError> {
 
 /// A whole number above zero.
 pub fn positive_count(raw: &str) -> Result<usize, ParseError> {
-    match raw.parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(ParseError::not_a(
+    match count(raw) {
+        Ok(0) | Err(ParseError::NotA { .. }) => Err(ParseError::not_a(
             raw,
             "a positive number",
             "a whole number above 0",
         )),
+        other => other,
     }
 }
 
-/// A whole number, zero included.
+/// A whole number, zero included, up to [`MAX_COUNT`].
 pub fn count(raw: &str) -> Result<usize, ParseError> {
-    raw.parse::<usize>()
-        .map_err(|_| ParseError::not_a(raw, "a number", "a whole number"))
+    match raw.parse::<u128>() {
+        Ok(n) if n <= MAX_COUNT as u128 => Ok(n as usize),
+        Ok(_) => Err(ParseError::refused(format!("must be at most {MAX_COUNT}"))),
+        Err(_) => Err(ParseError::not_a(raw, "a number", "a whole number")),
+    }
 }
 
 /// A fraction strictly between 0 and 1.
@@ -165,6 +180,37 @@ mod tests {
             bool("maybe").unwrap_err().to_string(),
             "\"maybe\" is not a boolean; accepted values: true or false"
         );
+    }
+
+    #[test]
+    fn numbers_and_durations_past_their_use_are_refused() {
+        assert_eq!(count("1099511627776"), Ok(MAX_COUNT));
+        assert_eq!(positive_count("7"), Ok(7));
+        for raw in [
+            "1099511627777",
+            "18446744073709551615",
+            "99999999999999999999999",
+        ] {
+            assert_eq!(
+                positive_count(raw).unwrap_err().to_string(),
+                "must be at most 1099511627776"
+            );
+        }
+        assert!(positive_count("0")
+            .unwrap_err()
+            .to_string()
+            .contains("above 0"));
+        assert!(count("-1")
+            .unwrap_err()
+            .to_string()
+            .contains("a whole number"));
+        assert_eq!(duration("365d"), Ok(MAX_DURATION));
+        for raw in ["366d", "18446744073709551615s", "1000years"] {
+            assert_eq!(
+                duration(raw).unwrap_err().to_string(),
+                "must be at most 365d"
+            );
+        }
     }
 
     #[test]

@@ -58,8 +58,9 @@ pub fn markdown() -> String {
          empty variable counts as unset. Every value is checked at start: all \
          problems are reported at once, each naming its flag or variable, and the \
          process exits with status 2. Durations take a unit (`500ms`, `10s`, `2m`, \
-         `1h`); booleans accept `true`/`false` (also `yes`/`no`, `on`/`off`, `1`/`0`, \
-         in any case).\n\n",
+         `1h`) and are at most `365d`; counts and sizes are whole numbers up to \
+         1099511627776 (2^40); booleans accept `true`/`false` (also `yes`/`no`, \
+         `on`/`off`, `1`/`0`, in any case).\n\n",
     );
     out.push_str("## `bedrock-broker sidecar`\n\n");
     settings_table(

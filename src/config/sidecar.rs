@@ -599,6 +599,40 @@ mod tests {
     }
 
     #[test]
+    fn values_too_large_to_use_are_refused_naming_their_flag() {
+        // "Infinite" spelled as the largest number: accepted, they panicked
+        // at start (a semaphore that large) or in every connection (a
+        // deadline past what a clock can hold).
+        let e = SidecarConfig::from_args(
+            &SidecarArgs {
+                max_requests: Some(u64::MAX.to_string()),
+                stream_idle_timeout: Some(format!("{}s", u64::MAX)),
+                ..Default::default()
+            },
+            &Env::from_pairs([
+                ("AWS_REGION", "us-east-1"),
+                ("AWS_ACCESS_KEY_ID", "AKID"),
+                ("AWS_SECRET_ACCESS_KEY", "secret"),
+                ("BEDROCK_BROKER_MAX_CONNECTIONS", "18446744073709551615"),
+                ("BEDROCK_BROKER_IDLE_TIMEOUT", "1000years"),
+            ]),
+        )
+        .unwrap_err();
+        let o = origins(&e);
+        for expected in [
+            "--max-requests",
+            "--stream-idle-timeout",
+            "BEDROCK_BROKER_MAX_CONNECTIONS",
+            "BEDROCK_BROKER_IDLE_TIMEOUT",
+        ] {
+            assert!(
+                o.iter().any(|x| x == expected),
+                "{expected} missing in {o:?}"
+            );
+        }
+    }
+
+    #[test]
     fn booleans_are_read_alike_whatever_their_case() {
         let mut env = IRSA.to_vec();
         env.extend([
