@@ -450,6 +450,35 @@ async fn reviews_beyond_the_memory_budget_are_refused_not_buffered() {
     stop.cancel();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_that_parses_into_far_more_than_its_text_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ca();
+    let (addr, stop) = running(dir.path(), &ca, |_| {}).await;
+    let tls = client_config(&ca);
+    let plain = std::fs::read(fixtures().join("plain.json")).expect("fixture");
+    // 30,000 `{"name":""}` volumes: 360 KB of text, each a 3 KB `Volume`
+    // once parsed (about 100 MB, three times the default budget). Parsed
+    // whole, a few such reviews took the webhook over its memory limit.
+    let mut review: Value = serde_json::from_slice(&plain).expect("json");
+    review["request"]["object"]["spec"]["volumes"] =
+        Value::Array(vec![serde_json::json!({"name": ""}); 30_000]);
+    let bomb = serde_json::to_vec(&review).expect("json");
+    assert!(bomb.len() < 512 * 1024);
+    let (status, _, _) = https(&tls, addr, "POST", "/mutate", bomb)
+        .await
+        .expect("request");
+    assert_eq!(status, 413);
+    // An ordinary review is answered as before: nothing was held.
+    let (status, answer, _) = https(&tls, addr, "POST", "/mutate", plain)
+        .await
+        .expect("request");
+    assert_eq!(status, 200);
+    let answer: Value = serde_json::from_slice(&answer).expect("json answer");
+    assert_eq!(answer["response"]["allowed"], true);
+    stop.cancel();
+}
+
 /// Another pod opens a review declaring `declared` bytes and then sends one
 /// byte every `every`, never falling silent long enough to time out; it
 /// says on `started` once its head and first byte are out. Returns the

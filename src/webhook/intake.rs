@@ -10,6 +10,9 @@
 //! and four of them would shut out the API server. What is left is
 //! bandwidth: peers sending the whole budget in real bytes hold it until
 //! the deadline; the chart's NetworkPolicy keeps other pods off the port.
+//!
+//! Once the text is in, what parsing it will take is drawn from room of
+//! its own, before it is parsed ([`super::parse_cost`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,9 +24,16 @@ use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::parse_cost;
+
 /// AdmissionReviews are bounded by the API server's 3 MiB object limit
 /// plus the review envelope (old and new object).
 pub const MAX_REVIEW_BYTES: usize = 8 * 1024 * 1024;
+
+/// Room for parsed pods, in times the budget for review text: text and
+/// pods in flight together stay within 5 times the budget (the chart's
+/// memory limit: 64 MiB plus 5 times the budget).
+pub const PARSED_PER_TEXT: usize = 4;
 
 /// How long a review waits for room in the budget: well inside the API
 /// server's 10 s webhook timeout, so it gets our clear answer.
@@ -51,22 +61,36 @@ impl Default for ReviewTiming {
 #[derive(Debug, Clone)]
 pub struct Intake {
     timing: ReviewTiming,
+    /// Bytes of review text, drawn as they arrive.
     budget: Arc<Semaphore>,
+    /// Bytes of parsed pods, drawn once a review's text is in. Apart from
+    /// the text's budget, so that reviews holding text and waiting for
+    /// this wait only for reviews already past parsing, which hold
+    /// nothing they wait on: a flood of large reviews cannot deadlock.
+    parsed: Arc<Semaphore>,
+    parsed_capacity: usize,
 }
 
-/// A review body, holding its share of the budget until dropped.
+/// A review body, holding its shares of the budgets until dropped: its
+/// text, and what parsing it will take.
 pub struct Received {
     pub bytes: Bytes,
     _budget: Option<OwnedSemaphorePermit>,
+    _parsed: Option<OwnedSemaphorePermit>,
 }
 
 impl Intake {
     /// `budget` is at least one review of the largest size.
     pub fn new(timing: ReviewTiming, budget: usize) -> Self {
         let budget = budget.clamp(MAX_REVIEW_BYTES, Semaphore::MAX_PERMITS);
+        let parsed = budget
+            .saturating_mul(PARSED_PER_TEXT)
+            .min(Semaphore::MAX_PERMITS);
         Self {
             timing,
             budget: Arc::new(Semaphore::new(budget)),
+            parsed: Arc::new(Semaphore::new(parsed)),
+            parsed_capacity: parsed,
         }
     }
 
@@ -104,35 +128,53 @@ impl Intake {
             if bytes.len() + data.len() > limit {
                 return Err(StatusCode::PAYLOAD_TOO_LARGE);
             }
-            let share = self.reserve(data.len(), deadline).await?;
+            let share = reserve(&self.budget, data.len(), deadline).await?;
             match held.as_mut() {
                 Some(h) => h.merge(share),
                 None => held = Some(share),
             }
             bytes.extend_from_slice(&data);
         }
+        // What the pod will take once parsed, drawn before it is: text of
+        // a few hundred KB can parse into gigabytes (`parse_cost`). Not
+        // JSON: nothing will be parsed (the review is answered as
+        // unreadable).
+        let parsed = match parse_cost::estimate(&bytes) {
+            Ok(parsed) if parsed > self.parsed_capacity => {
+                tracing::warn!(
+                    bytes = bytes.len(),
+                    parsed,
+                    room = self.parsed_capacity,
+                    "review would parse into more than all the room for parsed pods; answering 413"
+                );
+                return Err(StatusCode::PAYLOAD_TOO_LARGE);
+            }
+            Ok(parsed) => Some(reserve(&self.parsed, parsed, deadline).await?),
+            Err(_) => None,
+        };
         Ok(Received {
             bytes: bytes.freeze(),
             _budget: held,
+            _parsed: parsed,
         })
     }
+}
 
-    /// `n` more bytes of the budget, waiting briefly (never past
-    /// `deadline`) for room.
-    async fn reserve(
-        &self,
-        n: usize,
-        deadline: Instant,
-    ) -> Result<OwnedSemaphorePermit, StatusCode> {
-        let permits = u32::try_from(n).map_err(|_| StatusCode::PAYLOAD_TOO_LARGE)?;
-        let acquire = self.budget.clone().acquire_many_owned(permits);
-        let until = (Instant::now() + BUDGET_WAIT).min(deadline);
-        match tokio::time::timeout_at(until, acquire).await {
-            Ok(Ok(permit)) => Ok(permit),
-            _ => {
-                tracing::warn!("review budget exhausted; answering 503");
-                Err(StatusCode::SERVICE_UNAVAILABLE)
-            }
+/// `n` more bytes of `budget`, waiting briefly (never past `deadline`) for
+/// room.
+async fn reserve(
+    budget: &Arc<Semaphore>,
+    n: usize,
+    deadline: Instant,
+) -> Result<OwnedSemaphorePermit, StatusCode> {
+    let permits = u32::try_from(n).map_err(|_| StatusCode::PAYLOAD_TOO_LARGE)?;
+    let acquire = budget.clone().acquire_many_owned(permits);
+    let until = (Instant::now() + BUDGET_WAIT).min(deadline);
+    match tokio::time::timeout_at(until, acquire).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => {
+            tracing::warn!("review budget exhausted; answering 503");
+            Err(StatusCode::SERVICE_UNAVAILABLE)
         }
     }
 }

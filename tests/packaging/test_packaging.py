@@ -760,11 +760,12 @@ def test_webhook_memory_limit_covers_its_review_budget(scenario):
     assert _bytes(container["resources"]["limits"]["memory"]) >= 64 * 2**20 + 5 * budget
 
 
-def test_webhook_memory_stays_within_its_limit_under_the_largest_reviews(tmp_path):
-    """The chart's memory limit and review budget agree: a flood of the
-    largest reviews (just under 8 MiB, a pod of many small fields, the
-    costliest shape to hold) keeps the webhook's peak RSS under its limit,
-    the budget refusing (503) what does not fit."""
+def _flood_webhook(tmp_path, shape, check=None) -> tuple:
+    """Starts the binary as the chart's defaults configure it and sends two
+    rounds of 12 concurrent reviews, the fixture pod changed by `shape`.
+    Returns the answers (status, or "refused" when the webhook answered
+    before reading the body), its peak RSS and the chart's memory limit;
+    `check(hook)` runs against the same webhook afterwards."""
     import threading
 
     import requests
@@ -780,9 +781,8 @@ def test_webhook_memory_stays_within_its_limit_under_the_largest_reviews(tmp_pat
     limit = _bytes(container["resources"]["limits"]["memory"])
     budget = {e["name"]: e["value"] for e in container["env"]}["BEDROCK_BROKER_WEBHOOK_REVIEW_BUDGET"]
     review = load_fixture("plain")
-    review["request"]["object"]["spec"]["containers"][0]["env"] = [{"name": f"V{i}", "value": "y" * 30} for i in range(125000)]
-    body = json.dumps(review)
-    assert 7 * 2**20 < len(body) < 8 * 2**20
+    shape(review["request"]["object"]["spec"])
+    body = json.dumps(review, separators=(",", ":"))
 
     def peak(pid):
         for line in open(f"/proc/{pid}/status"):
@@ -806,11 +806,47 @@ def test_webhook_memory_stays_within_its_limit_under_the_largest_reviews(tmp_pat
                     t.start()
                 for t in threads:
                     t.join()
-            assert answers.count(200) >= 2 * (int(budget) // (8 * 2**20)), answers
-            assert set(answers) <= {200, 503, "refused"}, answers
-            assert peak(hook.proc.pid) < limit, f"peak RSS {peak(hook.proc.pid) / 2**20:.0f} MiB over the {limit / 2**20:.0f} MiB limit"
+            if check is not None:
+                check(hook)
+            return answers, peak(hook.proc.pid), limit, int(budget), len(body)
     finally:
         api.stop()
+
+
+def test_webhook_memory_stays_within_its_limit_under_the_largest_reviews(tmp_path):
+    """The chart's memory limit and review budget agree: a flood of the
+    largest reviews (just under 8 MiB, a pod of many small fields, the
+    costliest shape to hold) keeps the webhook's peak RSS under its limit,
+    the budget refusing (503) what does not fit."""
+    def many_variables(spec):
+        spec["containers"][0]["env"] = [{"name": f"V{i}", "value": "y" * 30} for i in range(125000)]
+
+    answers, peak, limit, budget, size = _flood_webhook(tmp_path, many_variables)
+    assert 7 * 2**20 < size < 8 * 2**20
+    assert answers.count(200) >= 2 * (budget // (8 * 2**20)), answers
+    assert set(answers) <= {200, 503, "refused"}, answers
+    assert peak < limit, f"peak RSS {peak / 2**20:.0f} MiB over the {limit / 2**20:.0f} MiB limit"
+
+
+def test_webhook_memory_stays_within_its_limit_under_reviews_that_parse_large(tmp_path):
+    """Another pod sends reviews whose text is small and whose parsed pod is
+    huge: 1.5 MB listing 125,000 `{"name":""}` volumes, each a 3 KB struct
+    once parsed (one such review took the webhook from 12 MB to 287 MB). They
+    are refused (413) from an estimate made before parsing, and the peak RSS
+    stays under the chart's limit; an ordinary review is still answered."""
+    def many_volumes(spec):
+        spec["volumes"] = [{"name": ""}] * 125000
+
+    def ordinary_review(hook):
+        from test_webhook_support import load_fixture
+        ordinary.append(hook.review(json.dumps(load_fixture("plain"))).status_code)
+
+    ordinary: list = []
+    answers, peak, limit, _, size = _flood_webhook(tmp_path, many_volumes, ordinary_review)
+    assert size < 2 * 2**20
+    assert peak < limit, f"peak RSS {peak / 2**20:.0f} MiB over the {limit / 2**20:.0f} MiB limit"
+    assert answers.count(413) >= 12 and set(answers) <= {413, 503, "refused"}, answers
+    assert ordinary == [200]
 
 
 def test_binary_serves_with_the_charts_env_and_generated_tls(tmp_path):

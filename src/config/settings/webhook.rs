@@ -82,7 +82,7 @@ pub const REVIEW_BUDGET: Setting = Setting {
     flag: "review-budget",
     env: &["BEDROCK_BROKER_WEBHOOK_REVIEW_BUDGET"],
     default: Value("33554432"),
-    help: "Bytes of AdmissionReview bodies held in memory at once; a review that does not fit within a second gets 503",
+    help: "Bytes of AdmissionReview text held in memory at once; parsed pods get 4 times as much room beside it (estimated before parsing). A review that does not fit within a second gets 503; one whose pod would not fit in all that room, 413",
 };
 
 pub const ALL: &[Setting] = &[

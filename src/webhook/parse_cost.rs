@@ -1,0 +1,266 @@
+//! What a review will take in memory once parsed, estimated from its text
+//! before it is parsed.
+//!
+//! A pod is read into k8s-openapi's types, where a JSON object in an array
+//! becomes a struct with every field its type has: `{"name":""}` in
+//! `volumes` is 12 bytes of text and a 3 KB `Volume`. A review of 1.5 MB
+//! listing such objects parsed into 280 MB, and one near the size limit
+//! into 1.4 GB. Room for parsed pods is therefore drawn for this estimate
+//! before the pod is parsed (`intake`).
+//!
+//! The estimate errs high: each array element is counted as its key's
+//! struct (the largest array element of a pod for keys it does not
+//! know), every key as an allocated string, every array as possibly twice
+//! as long as it is (a growing `Vec`).
+
+use std::fmt;
+use std::mem::size_of;
+
+use k8s_openapi::api::core::v1::{
+    Container, ContainerStatus, DownwardAPIVolumeFile, EnvVar, EphemeralContainer, PodCondition,
+    PodResourceClaim, Toleration, TopologySpreadConstraint, Volume, VolumeMount, VolumeProjection,
+    WeightedPodAffinityTerm,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, OwnerReference};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// What an element of the array under `key` may become.
+fn element(key: &str) -> usize {
+    match key {
+        "containers" | "initContainers" => size_of::<Container>(),
+        "ephemeralContainers" => size_of::<EphemeralContainer>(),
+        "volumes" => size_of::<Volume>(),
+        "containerStatuses" | "initContainerStatuses" | "ephemeralContainerStatuses" => {
+            size_of::<ContainerStatus>()
+        }
+        "env" => size_of::<EnvVar>(),
+        _ => ANY_ELEMENT,
+    }
+}
+
+/// The largest element of any other array in a pod (a `projected`
+/// volume's sources, managed fields, affinity terms, ...).
+const ANY_ELEMENT: usize = max_of(&[
+    size_of::<VolumeProjection>(),
+    size_of::<ManagedFieldsEntry>(),
+    size_of::<WeightedPodAffinityTerm>(),
+    size_of::<TopologySpreadConstraint>(),
+    size_of::<PodCondition>(),
+    size_of::<DownwardAPIVolumeFile>(),
+    size_of::<VolumeMount>(),
+    size_of::<Toleration>(),
+    size_of::<OwnerReference>(),
+    size_of::<PodResourceClaim>(),
+]);
+/// An object that is not an array element: a struct inside its parent
+/// (already counted there) or a map's node.
+const OBJECT: usize = 64;
+/// A `String` or `Vec` header; a string's bytes are counted with it.
+const HEADER: usize = 24;
+/// A number, boolean or null.
+const SCALAR: usize = 16;
+
+const fn max_of(sizes: &[usize]) -> usize {
+    let mut max = 0;
+    let mut i = 0;
+    while i < sizes.len() {
+        if sizes[i] > max {
+            max = sizes[i];
+        }
+        i += 1;
+    }
+    max
+}
+
+/// Bytes the JSON text `text` may take once parsed into a pod, or an
+/// error when it is not JSON. One pass, nothing kept.
+pub fn estimate(text: &[u8]) -> Result<usize, serde_json::Error> {
+    let mut total = 0;
+    Cost {
+        total: &mut total,
+        object: OBJECT,
+    }
+    .deserialize(&mut serde_json::Deserializer::from_slice(text))?;
+    Ok(total)
+}
+
+/// One value's cost, added to `total`; `object` is what it weighs if it
+/// is an object (its array's element struct, or [`OBJECT`]).
+struct Cost<'a> {
+    total: &'a mut usize,
+    object: usize,
+}
+
+impl Cost<'_> {
+    fn add(&mut self, n: usize) {
+        *self.total = self.total.saturating_add(n);
+    }
+
+    fn with(&mut self, object: usize) -> Cost<'_> {
+        Cost {
+            total: &mut *self.total,
+            object,
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Cost<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+/// A key: counted as a string, and kept (borrowed when it has no escape)
+/// to weigh the array under it.
+struct Key<'a>(&'a mut usize);
+
+impl<'de> DeserializeSeed<'de> for Key<'_> {
+    type Value = usize;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<usize, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for Key<'_> {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<usize, E> {
+        *self.0 = self.0.saturating_add(HEADER.saturating_add(key.len()));
+        Ok(element(key))
+    }
+}
+
+impl<'de> Visitor<'de> for Cost<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        self.add(self.object);
+        while let Some(element) = map.next_key_seed(Key(&mut *self.total))? {
+            map.next_value_seed(self.with(element))?;
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        self.add(HEADER);
+        // The elements' own room once more: a growing `Vec` may hold up
+        // to twice what its elements need.
+        let slot = self.object;
+        let mut elements = 0usize;
+        while seq.next_element_seed(self.with(slot))?.is_some() {
+            elements += 1;
+        }
+        self.add(elements.saturating_mul(slot));
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(mut self, v: &str) -> Result<(), E> {
+        self.add(HEADER.saturating_add(v.len()));
+        Ok(())
+    }
+
+    fn visit_bool<E: de::Error>(mut self, _: bool) -> Result<(), E> {
+        self.add(SCALAR);
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(mut self, _: i64) -> Result<(), E> {
+        self.add(SCALAR);
+        Ok(())
+    }
+
+    fn visit_u64<E: de::Error>(mut self, _: u64) -> Result<(), E> {
+        self.add(SCALAR);
+        Ok(())
+    }
+
+    fn visit_f64<E: de::Error>(mut self, _: f64) -> Result<(), E> {
+        self.add(SCALAR);
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(mut self) -> Result<(), E> {
+        self.add(SCALAR);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn review(pod: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "u", "operation": "CREATE", "object": pod},
+        }))
+        .unwrap_or_default()
+    }
+
+    #[test]
+    fn tiny_objects_cost_what_their_structs_take() {
+        let volumes = vec![serde_json::json!({"name": ""}); 1000];
+        let text = review(serde_json::json!({"spec": {"containers": [], "volumes": volumes}}));
+        let cost = estimate(&text).unwrap();
+        // Each 12-byte `{"name":""}` may become a `Volume`, twice over.
+        assert!(cost >= 2 * 1000 * size_of::<Volume>(), "{cost}");
+        assert!(cost > 400 * text.len(), "{cost} for {} bytes", text.len());
+        // The same objects where the pod keeps no such struct cost less,
+        // but never less than any of a pod's other array elements.
+        let other = review(
+            serde_json::json!({"spec": {"tolerations": vec![serde_json::json!({"key": ""}); 1000]}}),
+        );
+        let cost = estimate(&other).unwrap();
+        assert!(cost >= 2 * 1000 * size_of::<VolumeProjection>(), "{cost}");
+        assert!(cost < 2 * 1000 * size_of::<Volume>(), "{cost}");
+    }
+
+    #[test]
+    fn an_ordinary_pod_costs_tens_of_kilobytes() {
+        let env: Vec<_> = (0..20)
+            .map(|i| serde_json::json!({"name": format!("VAR_{i}"), "value": "some value"}))
+            .collect();
+        let container = serde_json::json!({"name": "app", "image": "registry.example/team/app:1.2.3",
+            "env": env, "resources": {"limits": {"memory": "128Mi", "cpu": "500m"}}});
+        let text = review(serde_json::json!({
+            "metadata": {"name": "p", "labels": {"app": "x"}},
+            "spec": {"containers": [container.clone(), container], "volumes": [{"name": "v", "emptyDir": {}}]},
+        }));
+        let cost = estimate(&text).unwrap();
+        // Two containers, a volume and 40 variables: about 21 KB as
+        // structs, estimated at twice that (every array may be half empty).
+        assert!(
+            (21_000..64 * 1024).contains(&cost),
+            "{cost} for {} bytes",
+            text.len()
+        );
+    }
+
+    #[test]
+    fn escaped_keys_weigh_as_their_names() {
+        let plain = estimate(br#"{"volumes":[{}]}"#).unwrap();
+        let escaped = estimate(br#"{"vol\u0075mes":[{}]}"#).unwrap();
+        assert_eq!(plain, escaped);
+    }
+
+    #[test]
+    fn text_that_is_not_json_is_an_error() {
+        assert!(estimate(b"{\"a\":").is_err());
+        assert!(estimate(b"nope").is_err());
+        assert!(
+            estimate(&b"[".repeat(200)).is_err(),
+            "past serde_json's depth limit"
+        );
+    }
+}
