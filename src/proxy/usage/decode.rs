@@ -7,7 +7,6 @@
 
 use std::io::Write;
 
-use bytes::Bytes;
 use flate2::write::{GzDecoder, ZlibDecoder};
 use http::header::CONTENT_ENCODING;
 use http::HeaderMap;
@@ -47,17 +46,32 @@ impl Coding {
     }
 }
 
+/// Compressed input decoded per step: deflate expands at most about 1,032
+/// times, so a step's output stays near 1 MiB however a frame is built
+/// (a gzip bomb's 16 KB frame decodes to 16 MB at once otherwise).
+const INPUT_STEP: usize = 1024;
+
+/// Output capacity kept between frames; a larger buffer (left by a step
+/// that expanded a lot) is given back.
+const KEPT_CAPACITY: usize = 64 * 1024;
+
 /// A streaming decoder fed frame by frame.
-pub enum Inflater {
+pub struct Inflater {
+    decoder: Decoder,
+    decoded: usize,
+    broken: bool,
+}
+
+enum Decoder {
     Gzip(GzDecoder<Vec<u8>>),
     Deflate(ZlibDecoder<Vec<u8>>),
 }
 
 impl std::fmt::Debug for Inflater {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Gzip(_) => "Inflater::Gzip",
-            Self::Deflate(_) => "Inflater::Deflate",
+        f.write_str(match self.decoder {
+            Decoder::Gzip(_) => "Inflater::Gzip",
+            Decoder::Deflate(_) => "Inflater::Deflate",
         })
     }
 }
@@ -78,31 +92,59 @@ impl Inflater {
     /// per 4 KB page).
     #[inline(never)]
     fn boxed(gzip: bool) -> Box<Self> {
-        Box::new(if gzip {
-            Self::Gzip(GzDecoder::new(Vec::new()))
-        } else {
-            Self::Deflate(ZlibDecoder::new(Vec::new()))
+        Box::new(Self {
+            decoder: if gzip {
+                Decoder::Gzip(GzDecoder::new(Vec::new()))
+            } else {
+                Decoder::Deflate(ZlibDecoder::new(Vec::new()))
+            },
+            decoded: 0,
+            broken: false,
         })
     }
 
-    /// The bytes `data` decodes to (possibly none yet); `None` once the
-    /// stream is corrupt or past [`MAX_DECODED`].
-    pub fn feed(&mut self, data: &[u8], decoded_so_far: usize) -> Option<Bytes> {
-        let out = match self {
-            Self::Gzip(d) => d
-                .write_all(data)
-                .and_then(|()| d.flush())
-                .map(|()| d.get_mut()),
-            Self::Deflate(d) => d
-                .write_all(data)
-                .and_then(|()| d.flush())
-                .map(|()| d.get_mut()),
+    /// Decodes `data`, handing what it decodes to `sink` a step at a time
+    /// (about 1 MiB at most each). `false` once the stream is corrupt or
+    /// past [`MAX_DECODED`]: nothing more is decoded then.
+    pub fn feed(&mut self, data: &[u8], sink: &mut impl FnMut(&[u8])) -> bool {
+        if self.broken {
+            return false;
         }
-        .ok()?;
-        if decoded_so_far + out.len() > MAX_DECODED {
-            return None;
+        for step in data.chunks(INPUT_STEP) {
+            let out = match &mut self.decoder {
+                Decoder::Gzip(d) => d
+                    .write_all(step)
+                    .and_then(|()| d.flush())
+                    .map(|()| d.get_mut()),
+                Decoder::Deflate(d) => d
+                    .write_all(step)
+                    .and_then(|()| d.flush())
+                    .map(|()| d.get_mut()),
+            };
+            let Ok(out) = out else {
+                self.broken = true;
+                return false;
+            };
+            self.decoded = self.decoded.saturating_add(out.len());
+            if self.decoded > MAX_DECODED {
+                self.broken = true;
+                *out = Vec::new();
+                return false;
+            }
+            if !out.is_empty() {
+                sink(out);
+            }
+            out.clear();
+            if out.capacity() > KEPT_CAPACITY {
+                *out = Vec::new();
+            }
         }
-        Some(Bytes::from(std::mem::take(out)))
+        true
+    }
+
+    /// Whether the stream proved corrupt or too large (no usage then).
+    pub fn is_broken(&self) -> bool {
+        self.broken
     }
 }
 
@@ -151,11 +193,40 @@ mod tests {
             let mut inflater = Inflater::new(coding).unwrap();
             let mut out = Vec::new();
             for byte in compressed.chunks(1) {
-                out.extend_from_slice(&inflater.feed(byte, out.len()).unwrap());
+                assert!(inflater.feed(byte, &mut |d| out.extend_from_slice(d)));
             }
             assert_eq!(out, text);
         }
         let mut inflater = Inflater::new(Coding::Gzip).unwrap();
-        assert!(inflater.feed(b"definitely not gzip", 0).is_none());
+        assert!(!inflater.feed(b"definitely not gzip", &mut |_| {}));
+        assert!(inflater.is_broken());
+        assert!(!inflater.feed(b"", &mut |_| {}));
+    }
+
+    #[test]
+    fn a_bomb_is_decoded_a_step_at_a_time_and_stopped_at_the_cap() {
+        // 16 MB of zeros, compressed to about 16 KB, arriving as one frame.
+        let mut e = GzEncoder::new(Vec::new(), Compression::best());
+        e.write_all(&vec![0u8; 16 * 1024 * 1024]).unwrap();
+        let bomb = e.finish().unwrap();
+        assert!(bomb.len() < 64 * 1024, "{}", bomb.len());
+        let mut inflater = Inflater::new(Coding::Gzip).unwrap();
+        let (mut largest, mut total) = (0, 0);
+        assert!(inflater.feed(&bomb, &mut |d| {
+            largest = largest.max(d.len());
+            total += d.len();
+        }));
+        assert_eq!(total, 16 * 1024 * 1024);
+        assert!(
+            largest <= 1100 * INPUT_STEP,
+            "a step decoded {largest} bytes"
+        );
+        // Past the cap the stream stops, its buffer given back.
+        let mut e = GzEncoder::new(Vec::new(), Compression::best());
+        e.write_all(&vec![0u8; MAX_DECODED + 1]).unwrap();
+        let over = e.finish().unwrap();
+        let mut inflater = Inflater::new(Coding::Gzip).unwrap();
+        assert!(!inflater.feed(&over, &mut |_| {}));
+        assert!(inflater.is_broken());
     }
 }

@@ -168,6 +168,32 @@ impl Envelope {
     }
 }
 
+impl Envelope {
+    /// Usage in the end of a JSON document too large to keep whole: the
+    /// last usage object (or invocation metrics) with token counts, found
+    /// as [`Envelope::usage`] finds it. A guardrail's trace after the
+    /// answer's usage has a `"usage"` of its own, without tokens: the one
+    /// before it is read then. Without the document's beginning there is
+    /// nothing to fall back on.
+    pub(super) fn usage_near_end(tail: &[u8]) -> Option<Usage> {
+        for key in [
+            &b"\"usage\""[..],
+            &b"\"amazon-bedrock-invocationMetrics\""[..],
+        ] {
+            let mut end = tail.len();
+            while let Some(value) = after_last_key(&tail[..end], key) {
+                match Usage::deserialize(&mut serde_json::Deserializer::from_slice(&tail[value..]))
+                {
+                    Ok(u) if u != Usage::default() => return Some(u),
+                    // Before this key's colon: its key no longer matches.
+                    _ => end = value - 1,
+                }
+            }
+        }
+        None
+    }
+}
+
 /// Deserializes the value of the last `key` (a quoted JSON key) in `doc`.
 fn usage_after_last_key(doc: &[u8], key: &[u8]) -> Option<Usage> {
     let value = after_last_key(doc, key)?;
@@ -232,6 +258,23 @@ mod tests {
             Envelope::usage(anthropic.as_bytes()).unwrap().input,
             Some(5)
         );
+    }
+
+    #[test]
+    fn the_end_of_a_large_answer_gives_its_usage_past_a_trace() {
+        let trace =
+            r#""trace":{"guardrail":{"x":{"invocationMetrics":{"usage":{"topicPolicyUnits":1}}}}}"#;
+        let end = format!(
+            r#"xt"}}]}}}},"usage":{{"inputTokens":3,"outputTokens":4}},"metrics":{{"latencyMs":1}},{trace}}}"#
+        );
+        let usage = Envelope::usage_near_end(end.as_bytes()).unwrap();
+        assert_eq!((usage.input, usage.output), (Some(3), Some(4)));
+        let metrics =
+            br#"..."amazon-bedrock-invocationMetrics":{"inputTokenCount":5,"outputTokenCount":6}}"#;
+        assert_eq!(Envelope::usage_near_end(metrics).unwrap().input, Some(5));
+        assert_eq!(Envelope::usage_near_end(br#"text "usage": "#), None);
+        assert_eq!(Envelope::usage_near_end(br#"{"usage":{}}"#), None);
+        assert_eq!(Envelope::usage_near_end(b""), None);
     }
 
     #[test]

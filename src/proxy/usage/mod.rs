@@ -164,7 +164,6 @@ impl UsageRecorder {
             first_chunk: parser.is_stream().then_some((operation, started)),
             parser,
             inflater: Inflater::new(coding),
-            decoded: Some(0),
         })
     }
 }
@@ -274,6 +273,50 @@ mod tests {
         assert_eq!(count(&r, "m", "input"), 12);
         assert_eq!(count(&r, "m", "output"), 34);
         assert_eq!(count(&r, "m", "cache_read"), 5);
+    }
+
+    #[test]
+    fn a_large_answer_is_not_kept_whole_and_its_usage_still_counts() {
+        use std::io::Write;
+        // A 4 MB answer (an image, say) with usage at its end, arriving in
+        // 16 KB frames, plain and gzipped: the tap keeps its end only.
+        let text = "x".repeat(4 * 1024 * 1024);
+        let body = format!(
+            r#"{{"output":{{"text":"{text}"}},"usage":{{"inputTokens":12,"outputTokens":34}}}}"#
+        );
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(body.as_bytes()).unwrap();
+        let gzipped = gz.finish().unwrap();
+        for (encoding, bytes) in [(None, body.as_bytes().to_vec()), (Some("gzip"), gzipped)] {
+            let r = recorder();
+            let mut h = headers("application/json");
+            if let Some(e) = encoding {
+                h.insert(http::header::CONTENT_ENCODING, e.parse().unwrap());
+            }
+            let mut tap = r
+                .tap(
+                    known(&r, "m"),
+                    Operation::Converse,
+                    &h,
+                    StreamKind::of(&h),
+                    Instant::now(),
+                )
+                .unwrap();
+            let mut most = 0;
+            for frame in bytes.chunks(16 * 1024) {
+                tap.observe(&Bytes::copy_from_slice(frame));
+                if let tap::Parser::Json(body) = &tap.parser {
+                    most = most.max(body.held());
+                }
+            }
+            assert!(
+                most <= tap::WHOLE_JSON_BODY + 2 * tap::JSON_TAIL,
+                "{encoding:?}: held {most} bytes"
+            );
+            tap.finish();
+            assert_eq!(count(&r, "m", "input"), 12, "{encoding:?}");
+            assert_eq!(count(&r, "m", "output"), 34, "{encoding:?}");
+        }
     }
 
     #[test]

@@ -7,28 +7,28 @@ use bytes::{Bytes, BytesMut};
 
 use super::decode::Inflater;
 use super::eventstream::EventScanner;
-use super::json::Envelope;
+use super::json::{Envelope, Usage};
 use super::sse::SseScanner;
 use super::UsageRecorder;
 use crate::metrics::labels::ModelCounters;
 use crate::proxy::operation::Operation;
 use crate::proxy::response_body::StreamKind;
 
-/// Largest plain JSON body kept for usage parsing; bigger ones are skipped.
-const MAX_JSON_BODY: usize = 4 * 1024 * 1024;
+/// Largest plain JSON body kept whole: its usage is read as always (the
+/// object near the end, else the whole document).
+pub(super) const WHOLE_JSON_BODY: usize = 256 * 1024;
+
+/// Of a larger body, only its end is kept (Bedrock writes usage last):
+/// the body streams past, and 30 image answers of 4 MB at once held
+/// 100 MB more with the whole bodies kept.
+pub(super) const JSON_TAIL: usize = 64 * 1024;
 
 /// How usage is read, by the framing of the body. The stream scanners are
 /// boxed: the tap rides inside every response body, which is moved and
 /// stored per request, and most answers are plain JSON.
 #[derive(Debug)]
 pub enum Parser {
-    /// Plain JSON: handles to the frames (no copies), parsed at the end;
-    /// the first apart, as most answers are one frame.
-    Json {
-        first: Option<Bytes>,
-        more: Vec<Bytes>,
-        size: usize,
-    },
+    Json(JsonBody),
     Sse(Box<SseScanner>),
     EventStream(Box<EventScanner>),
 }
@@ -38,17 +38,125 @@ impl Parser {
         match kind {
             StreamKind::Sse => Self::Sse(Box::default()),
             StreamKind::EventStream => Self::EventStream(Box::default()),
-            StreamKind::Plain => Self::Json {
-                first: None,
-                more: Vec::new(),
-                size: 0,
-            },
+            StreamKind::Plain => Self::Json(JsonBody::default()),
         }
     }
 
     pub fn is_stream(&self) -> bool {
-        !matches!(self, Self::Json { .. })
+        !matches!(self, Self::Json(_))
     }
+
+    fn observe(&mut self, data: Piece<'_>) {
+        match self {
+            Self::Json(body) => body.push(data),
+            Self::Sse(scanner) => scanner.observe(data.bytes()),
+            Self::EventStream(scanner) => scanner.observe(data.bytes()),
+        }
+    }
+
+    fn finish(self) -> Option<Usage> {
+        match self {
+            Self::Json(body) => body.usage(),
+            Self::Sse(scanner) => scanner.finish(),
+            Self::EventStream(scanner) => scanner.finish(),
+        }
+    }
+}
+
+/// A frame as it came (a handle, kept without copying) or as decoded.
+#[derive(Clone, Copy)]
+enum Piece<'a> {
+    Frame(&'a Bytes),
+    Decoded(&'a [u8]),
+}
+
+impl Piece<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Frame(b) => b,
+            Self::Decoded(d) => d,
+        }
+    }
+
+    fn to_bytes(self) -> Bytes {
+        match self {
+            Self::Frame(b) => b.clone(),
+            Self::Decoded(d) => Bytes::copy_from_slice(d),
+        }
+    }
+}
+
+/// A plain JSON body: handles to its frames while it is small (the first
+/// apart, as most answers are one frame), then only its last bytes.
+#[derive(Debug, Default)]
+pub struct JsonBody {
+    first: Option<Bytes>,
+    more: Vec<Bytes>,
+    size: usize,
+    /// Past [`WHOLE_JSON_BODY`]: the last [`JSON_TAIL`] bytes (up to
+    /// twice that between trims).
+    tail: Option<Vec<u8>>,
+}
+
+impl JsonBody {
+    fn push(&mut self, data: Piece<'_>) {
+        self.size = self.size.saturating_add(data.bytes().len());
+        if self.tail.is_none() && self.size <= WHOLE_JSON_BODY {
+            match &self.first {
+                None => self.first = Some(data.to_bytes()),
+                Some(_) => self.more.push(data.to_bytes()),
+            }
+            return;
+        }
+        let (first, more) = (&mut self.first, &mut self.more);
+        let tail = self.tail.get_or_insert_with(|| {
+            let mut kept = Vec::with_capacity(2 * JSON_TAIL);
+            for frame in first.take().into_iter().chain(std::mem::take(more)) {
+                keep_end(&mut kept, &frame);
+            }
+            kept
+        });
+        keep_end(tail, data.bytes());
+    }
+
+    /// Bytes held, for the tests of what a body may cost.
+    #[cfg(test)]
+    pub(super) fn held(&self) -> usize {
+        self.first.as_ref().map_or(0, Bytes::len)
+            + self.more.iter().map(Bytes::len).sum::<usize>()
+            + self.tail.as_ref().map_or(0, Vec::capacity)
+    }
+
+    fn usage(self) -> Option<Usage> {
+        if let Some(tail) = self.tail {
+            return Envelope::usage_near_end(&tail);
+        }
+        match self.first {
+            None => None,
+            Some(one) if self.more.is_empty() => Envelope::usage(&one),
+            Some(one) => {
+                let mut all = BytesMut::with_capacity(self.size);
+                all.extend_from_slice(&one);
+                for f in &self.more {
+                    all.extend_from_slice(f);
+                }
+                Envelope::usage(&all)
+            }
+        }
+    }
+}
+
+/// Appends `data` to `tail`, keeping its last [`JSON_TAIL`] bytes (trimmed
+/// once it holds twice that, so each byte moves about once).
+fn keep_end(tail: &mut Vec<u8>, data: &[u8]) {
+    let data = &data[data.len().saturating_sub(JSON_TAIL)..];
+    if tail.len() + data.len() > 2 * JSON_TAIL {
+        let drop = (tail.len() + data.len())
+            .saturating_sub(JSON_TAIL)
+            .min(tail.len());
+        tail.drain(..drop);
+    }
+    tail.extend_from_slice(data);
 }
 
 /// Watches one response body.
@@ -62,8 +170,6 @@ pub struct UsageTap {
     /// Undoes a gzip/deflate `content-encoding` for the parser (only).
     /// Boxed: its state is large and compressed answers are rare.
     pub(super) inflater: Option<Box<Inflater>>,
-    /// Decoded bytes so far; `None` once decoding failed (no usage then).
-    pub(super) decoded: Option<usize>,
 }
 
 impl UsageTap {
@@ -71,62 +177,21 @@ impl UsageTap {
         if let Some((operation, started)) = self.first_chunk.take() {
             self.recorder.first_token(operation, started);
         }
-        let decoded;
-        let data = match (&mut self.inflater, self.decoded) {
-            (None, _) => data,
-            (Some(_), None) => return,
-            (Some(inflater), Some(so_far)) => match inflater.feed(data, so_far) {
-                Some(bytes) => {
-                    self.decoded = Some(so_far + bytes.len());
-                    decoded = bytes;
-                    &decoded
-                }
-                None => {
-                    self.decoded = None;
-                    return;
-                }
-            },
-        };
-        match &mut self.parser {
-            Parser::Json { first, more, size } => {
-                *size += data.len();
-                if *size > MAX_JSON_BODY {
-                    *first = None;
-                    *more = Vec::new();
-                } else if first.is_none() {
-                    *first = Some(data.clone());
-                } else {
-                    more.push(data.clone());
-                }
+        let parser = &mut self.parser;
+        match &mut self.inflater {
+            None => parser.observe(Piece::Frame(data)),
+            Some(inflater) => {
+                inflater.feed(data, &mut |d| parser.observe(Piece::Decoded(d)));
             }
-            Parser::Sse(scanner) => scanner.observe(data),
-            Parser::EventStream(scanner) => scanner.observe(data),
         }
     }
 
     /// The stream ended (or was dropped): record what was found.
     pub fn finish(self) {
-        if self.inflater.is_some() && self.decoded.is_none() {
+        if self.inflater.as_ref().is_some_and(|i| i.is_broken()) {
             return;
         }
-        let usage = match self.parser {
-            Parser::Json { first, more, size } if size <= MAX_JSON_BODY => match first {
-                None => None,
-                Some(one) if more.is_empty() => Envelope::usage(&one),
-                Some(one) => {
-                    let mut all = BytesMut::with_capacity(size);
-                    all.extend_from_slice(&one);
-                    for f in &more {
-                        all.extend_from_slice(f);
-                    }
-                    Envelope::usage(&all)
-                }
-            },
-            Parser::Json { .. } => None,
-            Parser::Sse(scanner) => scanner.finish(),
-            Parser::EventStream(scanner) => scanner.finish(),
-        };
-        if let Some(usage) = usage {
+        if let Some(usage) = self.parser.finish() {
             UsageRecorder::record(&self.model, usage);
         }
     }
