@@ -58,39 +58,75 @@ pub enum TokenFileError {
 }
 
 /// Reads the authorization token, or creates the file with a random one
-/// (shared volumes start empty; an operator may also pre-provision it).
+/// (shared volumes start empty; an operator may also pre-provision it). An
+/// empty file is what a write cut short leaves (a full volume, a kill): it
+/// is replaced, or the sidecar could never start again on that volume.
 pub fn load_or_create_token(path: &Path) -> Result<Secret, TokenFileError> {
     let shown = path.display().to_string();
     match std::fs::read_to_string(path) {
-        Ok(t) if t.trim().is_empty() => Err(TokenFileError::Empty { path: shown }),
+        Ok(t) if t.trim().is_empty() => create_token(path, Publish::Replace),
         Ok(t) => Ok(Secret::new(t.trim())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut bytes = [0u8; 32];
-            std::fs::File::open("/dev/urandom")
-                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-                .map_err(|source| TokenFileError::Create {
-                    path: shown.clone(),
-                    source,
-                })?;
-            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            // World-readable inside the pod's own volume: the app container
-            // may run as another user and must read it.
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o644)
-                .open(path)
-                .and_then(|mut f| f.write_all(token.as_bytes()))
-                .map_err(|source| TokenFileError::Create {
-                    path: shown,
-                    source,
-                })?;
-            Ok(Secret::new(token))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_token(path, Publish::IfAbsent),
         Err(source) => Err(TokenFileError::Read {
             path: shown,
             source,
         }),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Publish {
+    /// The file is not there: never overwrite one that appears meanwhile.
+    IfAbsent,
+    /// The file is there and empty.
+    Replace,
+}
+
+/// Writes a fresh token beside `path`, then moves it into place whole: the
+/// file never exists half-written.
+fn create_token(path: &Path, publish: Publish) -> Result<Secret, TokenFileError> {
+    let shown = path.display().to_string();
+    let failed = |source| TokenFileError::Create {
+        path: shown.clone(),
+        source,
+    };
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(failed)?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let name = path
+        .file_name()
+        .map_or_else(|| "token".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    // World-readable inside the pod's own volume: the app container may
+    // run as another user and must read it.
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(token.as_bytes()).and_then(|()| f.sync_all()));
+    let placed = written.and_then(|()| match publish {
+        Publish::IfAbsent => std::fs::hard_link(&tmp, path),
+        Publish::Replace => std::fs::rename(&tmp, path),
+    });
+    let _ = std::fs::remove_file(&tmp);
+    match placed {
+        Ok(()) => Ok(Secret::new(token)),
+        // Created meanwhile by someone else: theirs is the token.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            match std::fs::read_to_string(path) {
+                Ok(t) if !t.trim().is_empty() => Ok(Secret::new(t.trim())),
+                Ok(_) => Err(TokenFileError::Empty { path: shown }),
+                Err(source) => Err(TokenFileError::Read {
+                    path: shown,
+                    source,
+                }),
+            }
+        }
+        Err(source) => Err(failed(source)),
     }
 }
 
@@ -179,11 +215,18 @@ mod tests {
         assert_eq!(first.expose().len(), 64);
         let again = load_or_create_token(&path).unwrap();
         assert_eq!(first, again);
+        // A write cut short left an empty file: replaced, not a crash loop.
         std::fs::write(&path, "").unwrap();
-        assert!(matches!(
-            load_or_create_token(&path),
-            Err(TokenFileError::Empty { .. })
-        ));
+        let replaced = load_or_create_token(&path).unwrap();
+        assert_eq!(replaced.expose().len(), 64);
+        assert_ne!(replaced, first);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), replaced.expose());
+        // Nothing but the token is left in the volume.
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["token"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
