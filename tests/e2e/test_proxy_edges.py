@@ -280,3 +280,34 @@ def test_a_compressed_signature_error_reaches_the_client_without_the_session_tok
     message = json.loads(text)["message"]
     assert "The Canonical String for this request should have been" in message
     assert "x-amz-security-token:** redacted **" in message
+
+
+def test_http2_clients_are_granted_small_flow_control_windows(sidecar):
+    # What an h2c client may send before the proxy reads it sits in the
+    # proxy's buffers, outside the request-body budget: hyper's default
+    # windows (1 MiB a connection) let 250 connections that never finish
+    # their bodies hold 278 MB. The proxy grants HTTP/2's own default.
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    u = urllib.parse.urlparse(sidecar.proxy)
+    with socket.create_connection((u.hostname, u.port), timeout=10) as sock:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        conn.ping(b"12345678")
+        sock.sendall(conn.data_to_send())
+        settings, acked = None, False
+        while not acked:  # the server's preface comes before its ping answer
+            data = sock.recv(65536)
+            assert data, "connection closed"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RemoteSettingsChanged):
+                    settings = event.changed_settings
+                acked = acked or isinstance(event, h2.events.PingAckReceived)
+            sock.sendall(conn.data_to_send())
+        window = conn.remote_settings.initial_window_size
+        assert window <= 65535, settings
+        assert conn.outbound_flow_control_window <= 65535
+        assert conn.remote_settings.max_concurrent_streams <= 128
+
