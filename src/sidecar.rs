@@ -48,6 +48,10 @@ pub enum SidecarError {
     Credentials(#[from] StartError),
     #[error("building the TLS client configuration: {0}")]
     Tls(#[from] rustls::Error),
+    #[error(
+        "the {0} panicked while the sidecar served (a bug); stopped so that the container restarts"
+    )]
+    BackgroundStopped(&'static str),
 }
 
 /// Stops the admin and credentials servers after the proxy drained: probes
@@ -168,7 +172,7 @@ impl Sidecar {
         }
         let background = CancellationToken::new();
         let cell = Arc::new(CredentialCell::new());
-        let readiness = credentials::start(
+        let (readiness, mut credential_tasks) = credentials::start(
             &config.credentials,
             config.refresh.clone(),
             config.token_watch_interval,
@@ -211,20 +215,36 @@ impl Sidecar {
         }
 
         let service = service_fn(move |req| proxy.clone().handle(req));
-        server::serve(
+        let stop = shutdown.child_token();
+        let serving = server::serve(
             proxy_listener,
             service,
             config.proxy_limits.clone(),
-            shutdown,
+            stop.clone(),
             config.shutdown_grace,
             "proxy",
-        )
-        .await;
+        );
+        tokio::pin!(serving);
+        // A credential task that panicked leaves credentials that age out
+        // unseen: drain and stop, so the kubelet restarts the container,
+        // rather than serve 503s later for good.
+        let failed = tokio::select! {
+            () = &mut serving => None,
+            task = credential_tasks.panicked() => {
+                tracing::error!(task, "a credential task panicked while serving; shutting down");
+                stop.cancel();
+                serving.await;
+                Some(task)
+            }
+        };
 
         background.cancel();
         admin_stop.cancel();
         for task in side_servers {
             let _ = task.await;
+        }
+        if let Some(task) = failed {
+            return Err(SidecarError::BackgroundStopped(task));
         }
         tracing::info!("bedrock-broker sidecar stopped");
         Ok(())

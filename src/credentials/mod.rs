@@ -36,5 +36,5 @@ pub use policy::RefreshPolicy;
 pub use refresher::Refresher;
 pub use sdk_provider::SdkProviderSource;
 pub use source::{source_for, BoxFuture, CredentialSource, Fetched, StaticSource};
-pub use start::{start, Readiness, StartError};
+pub use start::{start, Background, Readiness, StartError};
 pub use web_identity::{TokenRead, WebIdentitySource};

@@ -1,9 +1,13 @@
 //! Starting the credential machinery of a sidecar: the refresher and the
 //! token watch as background tasks, and the readiness they make true.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::token_watch::TokenWatch;
@@ -43,6 +47,41 @@ impl Ready for Readiness {
     }
 }
 
+/// The credential machinery's background tasks (none for an API key). One
+/// that panics (a bug) would leave the sidecar serving while its
+/// credentials age out unseen, so the sidecar watches them and stops
+/// ([`Background::panicked`]). Ending is normal: the refresher of
+/// credentials that never expire (static keys) ends after its one fetch.
+#[derive(Default)]
+pub struct Background {
+    tasks: JoinSet<(&'static str, bool)>,
+}
+
+impl Background {
+    fn spawn<F>(&mut self, name: &'static str, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(async move {
+            let panicked = AssertUnwindSafe(task).catch_unwind().await.is_err();
+            (name, panicked)
+        });
+    }
+
+    /// Resolves with a task's name when it panics; never, if none does.
+    pub async fn panicked(&mut self) -> &'static str {
+        loop {
+            match self.tasks.join_next().await {
+                Some(Ok((task, true))) => return task,
+                Some(Ok((_, false))) => {}
+                // Aborted: only the runtime's shutdown does that.
+                Some(Err(_)) => {}
+                None => return std::future::pending().await,
+            }
+        }
+    }
+}
+
 /// Why the credential machinery could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -60,7 +99,7 @@ pub async fn start(
     clock: SharedClock,
     metrics: CredentialMetrics,
     shutdown: CancellationToken,
-) -> Result<Readiness, StartError> {
+) -> Result<(Readiness, Background), StartError> {
     let source = match &config.mode {
         CredentialMode::SigV4(source) => source,
         CredentialMode::ApiKey(_) => {
@@ -69,7 +108,7 @@ pub async fn start(
             metrics
                 .last_refresh_timestamp
                 .set(unix_seconds(clock.now()));
-            return Ok(Readiness::ApiKey);
+            return Ok((Readiness::ApiKey, Background::default()));
         }
     };
     let region = config.region.as_ref().ok_or(StartError::NoRegion)?;
@@ -80,10 +119,38 @@ pub async fn start(
         clock.clone(),
         metrics,
     );
-    tokio::spawn(refresher.run(shutdown.clone()));
+    let mut background = Background::default();
+    background.spawn("credential refresher", refresher.run(shutdown.clone()));
     if let (SigV4Source::WebIdentity(w), Some(interval)) = (source, token_watch_interval) {
         let watch = TokenWatch::start(w.token_file.clone()).await;
-        tokio::spawn(watch.run(cell.clone(), interval, shutdown));
+        background.spawn("token watch", watch.run(cell.clone(), interval, shutdown));
     }
-    Ok(Readiness::Credentials { cell, clock })
+    Ok((Readiness::Credentials { cell, clock }, background))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_that_panics_is_reported_by_name() {
+        let mut background = Background::default();
+        background.spawn("refresher", async {});
+        background.spawn("watch", async {
+            tokio::task::yield_now().await;
+            panic!("a bug")
+        });
+        assert_eq!(background.panicked().await, "watch");
+        // Tasks that end (a static key's refresher) or never do are fine.
+        let mut quiet = Background::default();
+        quiet.spawn("refresher", async {});
+        quiet.spawn("watch", std::future::pending());
+        let mut waiting = Box::pin(quiet.panicked());
+        for _ in 0..10 {
+            assert!((&mut waiting).now_or_never().is_none());
+            tokio::task::yield_now().await;
+        }
+        let mut none = Background::default();
+        assert!(Box::pin(none.panicked()).now_or_never().is_none());
+    }
 }
