@@ -57,7 +57,8 @@ impl Proxy {
                 seed,
             )
         })?;
-        let (body, aborted) = event_stream::resigned(body, chain, self.max_body_bytes);
+        let (body, aborted) =
+            event_stream::resigned(body, chain, self.max_body_bytes, self.gate.body_budget());
         let sent = upstream::send_stream(
             &self.clients.streams,
             parts,

@@ -127,16 +127,46 @@ impl GateState {
 
     /// Reserves `bytes` of the body budget, waiting at most the budget wait.
     pub async fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit, ProxyError> {
-        let busy = || ProxyError::Overloaded("no room for the body in --request-body-budget");
-        let n = u32::try_from(bytes).map_err(|_| busy())?;
-        let acquire = self.budget.clone().acquire_many_owned(n);
-        // Nearly always there is room: `within` takes it without reading
-        // the clock for a timeout that would not fire.
-        let acquired = super::request_body::within(self.budget_wait, acquire).await;
-        match acquired {
-            Ok(Ok(permit)) => Ok(permit),
-            _ => Err(busy()),
+        reserve(&self.budget, self.budget_wait, bytes).await
+    }
+
+    /// The body budget, for a body read after the request's handler has
+    /// returned (a bidirectional stream's messages).
+    pub fn body_budget(&self) -> BodyBudget {
+        BodyBudget {
+            budget: self.budget.clone(),
+            wait: self.budget_wait,
         }
+    }
+}
+
+/// A handle on `--request-body-budget`.
+#[derive(Debug, Clone)]
+pub struct BodyBudget {
+    budget: Arc<Semaphore>,
+    wait: Duration,
+}
+
+impl BodyBudget {
+    /// Reserves `bytes`, waiting at most the budget wait.
+    pub async fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit, ProxyError> {
+        reserve(&self.budget, self.wait, bytes).await
+    }
+}
+
+async fn reserve(
+    budget: &Arc<Semaphore>,
+    wait: Duration,
+    bytes: usize,
+) -> Result<OwnedSemaphorePermit, ProxyError> {
+    let busy = || ProxyError::Overloaded("no room for the body in --request-body-budget");
+    let n = u32::try_from(bytes).map_err(|_| busy())?;
+    let acquire = budget.clone().acquire_many_owned(n);
+    // Nearly always there is room: `within` takes it without reading the
+    // clock for a timeout that would not fire.
+    match super::request_body::within(wait, acquire).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(busy()),
     }
 }
 
