@@ -469,6 +469,22 @@ async fn a_review_that_parses_into_far_more_than_its_text_is_refused() {
         .await
         .expect("request");
     assert_eq!(status, 413);
+    // A value the estimate cannot read, which the parse would skip (an
+    // unknown field): refused, or the same pod would go through unpriced.
+    review["request"]["object"]["spec"]["x"] = Value::Null;
+    let unpriced = String::from_utf8(serde_json::to_vec(&review).expect("json"))
+        .expect("utf-8")
+        .replace(r#""x":null"#, r#""x":1e400"#);
+    let (status, answer, _) = https(&tls, addr, "POST", "/mutate", unpriced.into_bytes())
+        .await
+        .expect("request");
+    assert_eq!(status, 200, "answered with the review's uid");
+    let answer: Value = serde_json::from_slice(&answer).expect("json answer");
+    assert_eq!(answer["response"]["allowed"], false);
+    let message = answer["response"]["status"]["message"]
+        .as_str()
+        .unwrap_or("");
+    assert!(message.contains("not valid JSON"), "{answer}");
     // An ordinary review is answered as before: nothing was held.
     let (status, answer, _) = https(&tls, addr, "POST", "/mutate", plain)
         .await

@@ -19,8 +19,9 @@ pub struct Listener<'a> {
 }
 
 fn header_bytes(raw: &str) -> Result<usize, ParseError> {
-    match raw.parse::<usize>() {
+    match parse::count(raw) {
         Ok(n) if n >= MIN_HEADER_BYTES => Ok(n),
+        Err(too_large @ ParseError::Refused(_)) => Err(too_large),
         _ => Err(ParseError::not_a(
             raw,
             "a head size",

@@ -162,6 +162,10 @@ pub(super) struct Resigner {
     ended: bool,
 }
 
+/// Buffer kept for a stream's unfinished message between messages; more is
+/// given back once the message completes.
+const KEPT_CAPACITY: usize = 64 * 1024;
+
 impl Resigner {
     pub(super) fn new(signer: ChainSigner, max_message_bytes: usize) -> Self {
         Self {
@@ -198,6 +202,14 @@ impl Resigner {
         }
         if self.pending.len() > self.max_message_bytes {
             return Err(StreamError::TooLarge(self.max_message_bytes));
+        }
+        // Taking messages out never shrinks the buffer: after a large one
+        // it would keep its allocation, outside the budget (drawn by what
+        // is pending), for the rest of the stream.
+        if self.pending.capacity() > KEPT_CAPACITY
+            && self.pending.capacity() > 2 * self.pending.len()
+        {
+            self.pending = BytesMut::from(&self.pending[..]);
         }
         Ok(out.freeze())
     }
@@ -508,6 +520,24 @@ mod tests {
             "the message and the end envelope"
         );
         drop(budget.reserve(1000).await.unwrap());
+    }
+
+    #[test]
+    fn a_large_message_does_not_leave_its_buffer_behind() {
+        let message = encode(&chunk(&"x".repeat(1 << 20)));
+        let mut r = Resigner::new(signer("seed"), 2 << 20);
+        let mut most = 0;
+        for piece in message.chunks(64 * 1024) {
+            r.push(piece).unwrap();
+            most = most.max(r.pending.capacity());
+        }
+        assert!(most >= 1 << 19, "the message was held: {most}");
+        assert_eq!(r.pending(), 0);
+        assert!(
+            r.pending.capacity() <= KEPT_CAPACITY,
+            "{}",
+            r.pending.capacity()
+        );
     }
 
     #[test]

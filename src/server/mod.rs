@@ -268,8 +268,9 @@ const MAX_CONCURRENT_STREAMS: u32 = 128;
 /// per connection, and what is queued for it per stream: HTTP/2's own
 /// default. Unread request data sits in hyper's buffers, outside every
 /// body budget; with hyper's defaults (1 MiB a connection) 250 connections
-/// that never finished their bodies held 278 MB. On loopback a small
-/// window costs no throughput.
+/// that never finished their bodies held 278 MB. The proxy's clients are
+/// on loopback, where a small window costs no throughput; the webhook's
+/// reviews (a few MB at most) take a few more round trips.
 const HTTP2_WINDOW: u32 = 65_535;
 /// Ping an HTTP/2 peer this often, and drop it when a ping goes unanswered
 /// this long: a vanished peer does not hold its connection.

@@ -96,7 +96,7 @@ async fn mutate_handler<L: ClusterLookup>(
         Ok(received) => received,
         Err(status) => return status.into_response(),
     };
-    let (status, review) = review(&state, &received.bytes).await;
+    let (status, review) = answer_body(&state, &received.bytes, received.not_json.as_deref()).await;
     (status, Json(review)).into_response()
 }
 
@@ -124,8 +124,22 @@ pub async fn review<L: ClusterLookup>(
     state: &AdmissionState<L>,
     body: &[u8],
 ) -> (StatusCode, AdmissionReview<DynamicObject>) {
+    answer_body(state, body, None).await
+}
+
+/// [`review`], or the answer to a body already found not to be JSON
+/// (`not_json`, why): unreadable, never parsed.
+async fn answer_body<L: ClusterLookup>(
+    state: &AdmissionState<L>,
+    body: &[u8],
+    not_json: Option<&str>,
+) -> (StatusCode, AdmissionReview<DynamicObject>) {
     let started = Instant::now();
-    let (status, answer) = match review::parse(body) {
+    let parsed = match not_json {
+        Some(detail) => Err(review::not_json(body, detail)),
+        None => review::parse(body),
+    };
+    let (status, answer) = match parsed {
         Err(bad) => invalid(bad),
         Ok(req) if !req.is_pod_create() => {
             let subject = Subject {

@@ -75,6 +75,9 @@ pub struct Intake {
 /// text, and what parsing it will take.
 pub struct Received {
     pub bytes: Bytes,
+    /// Why the text is not JSON the estimate could read: the review is
+    /// then answered as unreadable, never parsed.
+    pub not_json: Option<String>,
     _budget: Option<OwnedSemaphorePermit>,
     _parsed: Option<OwnedSemaphorePermit>,
 }
@@ -136,9 +139,12 @@ impl Intake {
             bytes.extend_from_slice(&data);
         }
         // What the pod will take once parsed, drawn before it is: text of
-        // a few hundred KB can parse into gigabytes (`parse_cost`). Not
-        // JSON: nothing will be parsed (the review is answered as
-        // unreadable).
+        // a few hundred KB can parse into gigabytes (`parse_cost`). Text
+        // the estimate cannot read (a number out of range, a lone
+        // surrogate, bytes that are not UTF-8) is answered as unreadable,
+        // not parsed: the parse skips such values in fields it ignores, so
+        // it would go ahead unpriced. The API server never sends them.
+        let mut not_json = None;
         let parsed = match parse_cost::estimate(&bytes) {
             Ok(parsed) if parsed > self.parsed_capacity => {
                 tracing::warn!(
@@ -150,10 +156,14 @@ impl Intake {
                 return Err(StatusCode::PAYLOAD_TOO_LARGE);
             }
             Ok(parsed) => Some(reserve(&self.parsed, parsed, deadline).await?),
-            Err(_) => None,
+            Err(e) => {
+                not_json = Some(e.to_string());
+                None
+            }
         };
         Ok(Received {
             bytes: bytes.freeze(),
+            not_json,
             _budget: held,
             _parsed: parsed,
         })

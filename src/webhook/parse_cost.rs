@@ -4,7 +4,7 @@
 //! A pod is read into k8s-openapi's types, where a JSON object in an array
 //! becomes a struct with every field its type has: `{"name":""}` in
 //! `volumes` is 12 bytes of text and a 3 KB `Volume`. A review of 1.5 MB
-//! listing such objects parsed into 280 MB, and one near the size limit
+//! listing such objects parsed into 287 MB, and one near the size limit
 //! into 1.4 GB. Room for parsed pods is therefore drawn for this estimate
 //! before the pod is parsed (`intake`).
 //!
@@ -79,16 +79,19 @@ pub fn estimate(text: &[u8]) -> Result<usize, serde_json::Error> {
     Cost {
         total: &mut total,
         object: OBJECT,
+        element: ANY_ELEMENT,
     }
     .deserialize(&mut serde_json::Deserializer::from_slice(text))?;
     Ok(total)
 }
 
-/// One value's cost, added to `total`; `object` is what it weighs if it
-/// is an object (its array's element struct, or [`OBJECT`]).
+/// One value's cost, added to `total`: `object` is what it weighs if it is
+/// an object (its array's element struct, or [`OBJECT`]), `element` what
+/// each element weighs if it is an array (by the key it is under).
 struct Cost<'a> {
     total: &'a mut usize,
     object: usize,
+    element: usize,
 }
 
 impl Cost<'_> {
@@ -96,10 +99,11 @@ impl Cost<'_> {
         *self.total = self.total.saturating_add(n);
     }
 
-    fn with(&mut self, object: usize) -> Cost<'_> {
+    fn with(&mut self, object: usize, element: usize) -> Cost<'_> {
         Cost {
             total: &mut *self.total,
             object,
+            element,
         }
     }
 }
@@ -112,8 +116,7 @@ impl<'de> DeserializeSeed<'de> for Cost<'_> {
     }
 }
 
-/// A key: counted as a string, and kept (borrowed when it has no escape)
-/// to weigh the array under it.
+/// A key: counted as a string, and read to weigh the array under it.
 struct Key<'a>(&'a mut usize);
 
 impl<'de> DeserializeSeed<'de> for Key<'_> {
@@ -147,7 +150,7 @@ impl<'de> Visitor<'de> for Cost<'_> {
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
         self.add(self.object);
         while let Some(element) = map.next_key_seed(Key(&mut *self.total))? {
-            map.next_value_seed(self.with(element))?;
+            map.next_value_seed(self.with(OBJECT, element))?;
         }
         Ok(())
     }
@@ -156,9 +159,12 @@ impl<'de> Visitor<'de> for Cost<'_> {
         self.add(HEADER);
         // The elements' own room once more: a growing `Vec` may hold up
         // to twice what its elements need.
-        let slot = self.object;
+        let slot = self.element;
         let mut elements = 0usize;
-        while seq.next_element_seed(self.with(slot))?.is_some() {
+        while seq
+            .next_element_seed(self.with(slot, ANY_ELEMENT))?
+            .is_some()
+        {
             elements += 1;
         }
         self.add(elements.saturating_mul(slot));
@@ -248,6 +254,17 @@ mod tests {
     }
 
     #[test]
+    fn objects_outside_arrays_weigh_little() {
+        // managedFields' fieldsV1: maps of maps, parsed as JSON values.
+        let fields: serde_json::Map<_, _> = (0..1000)
+            .map(|i| (format!("f:k{i}"), serde_json::json!({})))
+            .collect();
+        let text = serde_json::to_vec(&serde_json::json!({"fieldsV1": fields})).unwrap();
+        let cost = estimate(&text).unwrap();
+        assert!(cost < 1000 * (OBJECT + 2 * HEADER), "{cost}");
+    }
+
+    #[test]
     fn escaped_keys_weigh_as_their_names() {
         let plain = estimate(br#"{"volumes":[{}]}"#).unwrap();
         let escaped = estimate(br#"{"vol\u0075mes":[{}]}"#).unwrap();
@@ -262,5 +279,10 @@ mod tests {
             estimate(&b"[".repeat(200)).is_err(),
             "past serde_json's depth limit"
         );
+        // Values the pod's parse would skip unread in a field it ignores:
+        // the estimate must refuse them, not skip them too.
+        assert!(estimate(br#"{"x":1e400}"#).is_err());
+        assert!(estimate(br#"{"x":"\ud800"}"#).is_err());
+        assert!(estimate(b"{\"x\":\"\xff\"}").is_err());
     }
 }

@@ -127,6 +127,11 @@ pub fn parse(body: &[u8]) -> Result<Request<'_>, Unreadable> {
     Ok(request)
 }
 
+/// A body the parse-cost estimate could not read as JSON.
+pub fn not_json(body: &[u8], detail: &str) -> Unreadable {
+    unreadable(body, "the body is not valid JSON", detail)
+}
+
 /// The pod of a pod creation, deserialized from its text.
 pub fn pod(request: &Request<'_>, body: &[u8]) -> Result<Pod, Unreadable> {
     let raw = request.object.map_or("null", RawValue::get);

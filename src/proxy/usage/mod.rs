@@ -320,6 +320,36 @@ mod tests {
     }
 
     #[test]
+    fn a_long_answer_with_a_guardrail_trace_counts_its_usage() {
+        // Converse writes metrics and the trace after usage, and the trace
+        // copies the answer (`modelOutput`): 300 KB of it puts the usage
+        // far from the end. The key falls across a frame boundary too.
+        let text = "word ".repeat(60_000);
+        let body = format!(
+            r#"{{"output":{{"message":{{"content":[{{"text":"{text}"}}]}}}},"usage":{{"inputTokens":12,"outputTokens":34}},"metrics":{{"latencyMs":1}},"trace":{{"guardrail":{{"modelOutput":["{text}"],"outputAssessments":{{"g":[{{"invocationMetrics":{{"usage":{{"topicPolicyUnits":1}}}}}}]}}}}}}}}"#
+        );
+        let key = body.find(r#""usage":{"inputTokens""#).unwrap();
+        let r = recorder();
+        let h = headers("application/json");
+        let mut tap = r
+            .tap(
+                known(&r, "m"),
+                Operation::Converse,
+                &h,
+                StreamKind::of(&h),
+                Instant::now(),
+            )
+            .unwrap();
+        let (a, b) = body.as_bytes().split_at(key + 3);
+        for frame in a.chunks(16 * 1024).chain(b.chunks(16 * 1024)) {
+            tap.observe(&Bytes::copy_from_slice(frame));
+        }
+        tap.finish();
+        assert_eq!(count(&r, "m", "input"), 12);
+        assert_eq!(count(&r, "m", "output"), 34);
+    }
+
+    #[test]
     fn reads_openai_usage_from_the_last_sse_chunk_across_frame_boundaries() {
         let r = recorder();
         let stream = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n\

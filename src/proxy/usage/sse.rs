@@ -72,12 +72,13 @@ impl SseScanner {
     }
 }
 
-const USAGE_KEY: &[u8] = b"\"usage\"";
+pub(super) const USAGE_KEY: &[u8] = b"\"usage\"";
 
 /// Built once: `memmem::find` builds a full searcher on every call whose
 /// text is 64 bytes or longer, as nearly every chunk's line is, and on such
 /// lines that cost more than the search (docs/performance.md).
-static USAGE_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(USAGE_KEY));
+pub(super) static USAGE_FINDER: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(USAGE_KEY));
 
 /// Whether what follows the line's first `"usage"` is `: null` with no
 /// other `"usage"` after it: a line parsing would find no usage in. OpenAI's

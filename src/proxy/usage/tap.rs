@@ -1,5 +1,6 @@
 //! Watching one response body for usage.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -8,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use super::decode::Inflater;
 use super::eventstream::EventScanner;
 use super::json::{Envelope, Usage};
-use super::sse::SseScanner;
+use super::sse::{SseScanner, USAGE_FINDER, USAGE_KEY};
 use super::UsageRecorder;
 use crate::metrics::labels::ModelCounters;
 use crate::proxy::operation::Operation;
@@ -93,9 +94,8 @@ pub struct JsonBody {
     first: Option<Bytes>,
     more: Vec<Bytes>,
     size: usize,
-    /// Past [`WHOLE_JSON_BODY`]: the last [`JSON_TAIL`] bytes (up to
-    /// twice that between trims).
-    tail: Option<Vec<u8>>,
+    /// Past [`WHOLE_JSON_BODY`]: what is kept of it.
+    tail: Option<Box<LargeBody>>,
 }
 
 impl JsonBody {
@@ -109,14 +109,14 @@ impl JsonBody {
             return;
         }
         let (first, more) = (&mut self.first, &mut self.more);
-        let tail = self.tail.get_or_insert_with(|| {
-            let mut kept = Vec::with_capacity(2 * JSON_TAIL);
+        let large = self.tail.get_or_insert_with(|| {
+            let mut large = Box::<LargeBody>::default();
             for frame in first.take().into_iter().chain(std::mem::take(more)) {
-                keep_end(&mut kept, &frame);
+                large.push(&frame);
             }
-            kept
+            large
         });
-        keep_end(tail, data.bytes());
+        large.push(data.bytes());
     }
 
     /// Bytes held, for the tests of what a body may cost.
@@ -124,12 +124,12 @@ impl JsonBody {
     pub(super) fn held(&self) -> usize {
         self.first.as_ref().map_or(0, Bytes::len)
             + self.more.iter().map(Bytes::len).sum::<usize>()
-            + self.tail.as_ref().map_or(0, Vec::capacity)
+            + self.tail.as_ref().map_or(0, |t| t.held())
     }
 
     fn usage(self) -> Option<Usage> {
-        if let Some(tail) = self.tail {
-            return Envelope::usage_near_end(&tail);
+        if let Some(large) = self.tail {
+            return large.usage();
         }
         match self.first {
             None => None,
@@ -143,6 +143,72 @@ impl JsonBody {
                 Envelope::usage(&all)
             }
         }
+    }
+}
+
+/// What is kept of a body too large to keep whole: its last [`JSON_TAIL`]
+/// bytes, and the text after each of its last `"usage"` keys. Usage is
+/// last in most answers, but Converse writes `metrics` and a guardrail's
+/// `trace` after it, and the trace holds a copy of the answer: a long
+/// answer puts its usage out of the tail's reach.
+#[derive(Debug, Default)]
+pub struct LargeBody {
+    /// Up to twice [`JSON_TAIL`] between trims.
+    tail: Vec<u8>,
+    /// The end of the previous frame, for a key cut between two frames.
+    overlap: Vec<u8>,
+    /// Text from a `"usage"` key on (and the byte before it), up to
+    /// [`SNIPPET`] bytes: the newest last, some still filling.
+    snippets: VecDeque<Vec<u8>>,
+}
+
+/// Text kept after a `"usage"` key: a usage object is far shorter.
+const SNIPPET: usize = 2 * 1024;
+/// Snippets kept: the body's last keys.
+const SNIPPETS: usize = 16;
+/// A key and the byte before it.
+const OVERLAP: usize = USAGE_KEY.len() + 1;
+
+impl LargeBody {
+    fn push(&mut self, data: &[u8]) {
+        keep_end(&mut self.tail, data);
+        for s in self.snippets.iter_mut().filter(|s| s.len() < SNIPPET) {
+            let need = SNIPPET - s.len();
+            s.extend_from_slice(&data[..need.min(data.len())]);
+        }
+        let mut window = std::mem::take(&mut self.overlap);
+        let seen = window.len();
+        window.extend_from_slice(data);
+        for at in USAGE_FINDER.find_iter(&window) {
+            // Wholly inside the previous frame's end: found there.
+            if at + USAGE_KEY.len() <= seen {
+                continue;
+            }
+            let start = at.saturating_sub(1);
+            let end = window.len().min(start + SNIPPET);
+            if self.snippets.len() == SNIPPETS {
+                self.snippets.pop_front();
+            }
+            self.snippets.push_back(window[start..end].to_vec());
+        }
+        self.overlap = window[window.len().saturating_sub(OVERLAP)..].to_vec();
+    }
+
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.tail.capacity()
+            + self.overlap.capacity()
+            + self.snippets.iter().map(Vec::capacity).sum::<usize>()
+    }
+
+    /// The tail's usage, else the newest snippet's with token counts.
+    fn usage(self) -> Option<Usage> {
+        Envelope::usage_near_end(&self.tail).or_else(|| {
+            self.snippets
+                .iter()
+                .rev()
+                .find_map(|s| Envelope::usage_near_end(s))
+        })
     }
 }
 
