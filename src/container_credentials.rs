@@ -62,13 +62,27 @@ pub enum TokenFileError {
 /// empty file is what a write cut short leaves (a full volume, a kill): it
 /// is replaced, or the sidecar could never start again on that volume.
 pub fn load_or_create_token(path: &Path) -> Result<Secret, TokenFileError> {
-    let shown = path.display().to_string();
+    match read_token(path)? {
+        Found::Token(token) => Ok(token),
+        Found::Empty => create_token(path, Publish::Replace),
+        Found::Missing => create_token(path, Publish::IfAbsent),
+    }
+}
+
+/// What the token file holds.
+enum Found {
+    Token(Secret),
+    Empty,
+    Missing,
+}
+
+fn read_token(path: &Path) -> Result<Found, TokenFileError> {
     match std::fs::read_to_string(path) {
-        Ok(t) if t.trim().is_empty() => create_token(path, Publish::Replace),
-        Ok(t) => Ok(Secret::new(t.trim())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_token(path, Publish::IfAbsent),
+        Ok(t) if t.trim().is_empty() => Ok(Found::Empty),
+        Ok(t) => Ok(Found::Token(Secret::new(t.trim()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Found::Missing),
         Err(source) => Err(TokenFileError::Read {
-            path: shown,
+            path: path.display().to_string(),
             source,
         }),
     }
@@ -116,16 +130,15 @@ fn create_token(path: &Path, publish: Publish) -> Result<Secret, TokenFileError>
     match placed {
         Ok(()) => Ok(Secret::new(token)),
         // Created meanwhile by someone else: theirs is the token.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            match std::fs::read_to_string(path) {
-                Ok(t) if !t.trim().is_empty() => Ok(Secret::new(t.trim())),
-                Ok(_) => Err(TokenFileError::Empty { path: shown }),
-                Err(source) => Err(TokenFileError::Read {
-                    path: shown,
-                    source,
-                }),
-            }
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match read_token(path)? {
+            Found::Token(token) => Ok(token),
+            Found::Empty => Err(TokenFileError::Empty { path: shown }),
+            // ... and removed again.
+            Found::Missing => Err(TokenFileError::Read {
+                path: shown,
+                source: std::io::ErrorKind::NotFound.into(),
+            }),
+        },
         Err(source) => Err(failed(source)),
     }
 }

@@ -182,9 +182,8 @@ impl Envelope {
         ] {
             let mut end = tail.len();
             while let Some(value) = after_last_key(&tail[..end], key) {
-                match Usage::deserialize(&mut serde_json::Deserializer::from_slice(&tail[value..]))
-                {
-                    Ok(u) if u != Usage::default() => return Some(u),
+                match usage_at(tail, value) {
+                    Some(u) if u != Usage::default() => return Some(u),
                     // Before this key's colon: its key no longer matches.
                     _ => end = value - 1,
                 }
@@ -196,8 +195,12 @@ impl Envelope {
 
 /// Deserializes the value of the last `key` (a quoted JSON key) in `doc`.
 fn usage_after_last_key(doc: &[u8], key: &[u8]) -> Option<Usage> {
-    let value = after_last_key(doc, key)?;
-    // What follows the value is the rest of the document: not checked.
+    usage_at(doc, after_last_key(doc, key)?)
+}
+
+/// Deserializes the usage object starting at `value` in `doc`. What follows
+/// it is the rest of the document: not checked.
+fn usage_at(doc: &[u8], value: usize) -> Option<Usage> {
     Usage::deserialize(&mut serde_json::Deserializer::from_slice(&doc[value..])).ok()
 }
 

@@ -236,6 +236,22 @@ mod tests {
         r.tokens.with_label_values(&[model, direction]).get()
     }
 
+    /// A tap on an answer for `model`, as the proxy opens one.
+    fn open_tap(
+        r: &Recorder,
+        model: &str,
+        operation: Operation,
+        h: &HeaderMap,
+    ) -> Option<UsageTap> {
+        r.tap(
+            known(r, model),
+            operation,
+            h,
+            StreamKind::of(h),
+            Instant::now(),
+        )
+    }
+
     fn known(r: &Recorder, model: &str) -> ModelRef {
         r.models.lookup(model)
     }
@@ -258,15 +274,7 @@ mod tests {
     fn reads_usage_from_plain_json_split_over_frames() {
         let r = recorder();
         let body = br#"{"output":{},"usage":{"inputTokens":12,"outputTokens":34,"cacheReadInputTokens":5}}"#;
-        let mut tap = r
-            .tap(
-                known(&r, "m"),
-                Operation::Converse,
-                &headers("application/json"),
-                StreamKind::of(&headers("application/json")),
-                Instant::now(),
-            )
-            .unwrap();
+        let mut tap = open_tap(&r, "m", Operation::Converse, &headers("application/json")).unwrap();
         tap.observe(&Bytes::copy_from_slice(&body[..20]));
         tap.observe(&Bytes::copy_from_slice(&body[20..]));
         tap.finish();
@@ -293,15 +301,7 @@ mod tests {
             if let Some(e) = encoding {
                 h.insert(http::header::CONTENT_ENCODING, e.parse().unwrap());
             }
-            let mut tap = r
-                .tap(
-                    known(&r, "m"),
-                    Operation::Converse,
-                    &h,
-                    StreamKind::of(&h),
-                    Instant::now(),
-                )
-                .unwrap();
+            let mut tap = open_tap(&r, "m", Operation::Converse, &h).unwrap();
             let mut most = 0;
             for frame in bytes.chunks(16 * 1024) {
                 tap.observe(&Bytes::copy_from_slice(frame));
@@ -331,15 +331,7 @@ mod tests {
         let key = body.find(r#""usage":{"inputTokens""#).unwrap();
         let r = recorder();
         let h = headers("application/json");
-        let mut tap = r
-            .tap(
-                known(&r, "m"),
-                Operation::Converse,
-                &h,
-                StreamKind::of(&h),
-                Instant::now(),
-            )
-            .unwrap();
+        let mut tap = open_tap(&r, "m", Operation::Converse, &h).unwrap();
         let (a, b) = body.as_bytes().split_at(key + 3);
         for frame in a.chunks(16 * 1024).chain(b.chunks(16 * 1024)) {
             tap.observe(&Bytes::copy_from_slice(frame));
@@ -354,15 +346,13 @@ mod tests {
         let r = recorder();
         let stream = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n\
                       data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n";
-        let mut tap = r
-            .tap(
-                known(&r, "gpt"),
-                Operation::ChatCompletions,
-                &headers("text/event-stream"),
-                StreamKind::of(&headers("text/event-stream")),
-                Instant::now(),
-            )
-            .unwrap();
+        let mut tap = open_tap(
+            &r,
+            "gpt",
+            Operation::ChatCompletions,
+            &headers("text/event-stream"),
+        )
+        .unwrap();
         for piece in stream.as_bytes().chunks(9) {
             tap.observe(&Bytes::copy_from_slice(piece));
         }
@@ -387,15 +377,13 @@ mod tests {
             r#"{"usage":{"inputTokens":9,"outputTokens":4,"totalTokens":13}}"#,
         ));
         let all = all.freeze();
-        let mut tap = r
-            .tap(
-                known(&r, "c"),
-                Operation::ConverseStream,
-                &headers("application/vnd.amazon.eventstream"),
-                StreamKind::of(&headers("application/vnd.amazon.eventstream")),
-                Instant::now(),
-            )
-            .unwrap();
+        let mut tap = open_tap(
+            &r,
+            "c",
+            Operation::ConverseStream,
+            &headers("application/vnd.amazon.eventstream"),
+        )
+        .unwrap();
         for piece in all.chunks(7) {
             tap.observe(&Bytes::copy_from_slice(piece));
         }
@@ -408,15 +396,13 @@ mod tests {
             r#"{{"bytes":"{}"}}"#,
             base64::engine::general_purpose::STANDARD.encode(inner)
         );
-        let mut tap = r
-            .tap(
-                known(&r, "i"),
-                Operation::InvokeStream,
-                &headers("application/vnd.amazon.eventstream"),
-                StreamKind::of(&headers("application/vnd.amazon.eventstream")),
-                Instant::now(),
-            )
-            .unwrap();
+        let mut tap = open_tap(
+            &r,
+            "i",
+            Operation::InvokeStream,
+            &headers("application/vnd.amazon.eventstream"),
+        )
+        .unwrap();
         tap.observe(&event("chunk", r#"{"bytes":"e30="}"#));
         tap.observe(&event("chunk", &payload));
         tap.finish();
@@ -444,15 +430,7 @@ mod tests {
         ] {
             let mut h = headers(ct);
             h.insert("content-encoding", "gzip".parse().unwrap());
-            let mut tap = r
-                .tap(
-                    known(&r, model),
-                    Operation::Converse,
-                    &h,
-                    StreamKind::of(&h),
-                    Instant::now(),
-                )
-                .unwrap();
+            let mut tap = open_tap(&r, model, Operation::Converse, &h).unwrap();
             for piece in body.chunks(5) {
                 tap.observe(&Bytes::copy_from_slice(piece));
             }
@@ -470,25 +448,9 @@ mod tests {
         let r = recorder();
         let mut h = headers("application/json");
         h.insert("content-encoding", "br".parse().unwrap());
-        assert!(r
-            .tap(
-                known(&r, "b"),
-                Operation::Converse,
-                &h,
-                StreamKind::of(&h),
-                Instant::now(),
-            )
-            .is_none());
+        assert!(open_tap(&r, "b", Operation::Converse, &h).is_none());
         h.insert("content-encoding", "gzip".parse().unwrap());
-        let mut tap = r
-            .tap(
-                known(&r, "c"),
-                Operation::Converse,
-                &h,
-                StreamKind::of(&h),
-                Instant::now(),
-            )
-            .unwrap();
+        let mut tap = open_tap(&r, "c", Operation::Converse, &h).unwrap();
         // Plain JSON labelled gzip: undecodable, so nothing is counted.
         tap.observe(&Bytes::from_static(br#"{"usage":{"inputTokens":5}}"#));
         tap.observe(&Bytes::from_static(b"more"));
@@ -502,15 +464,7 @@ mod tests {
         let mut h = headers("application/json");
         h.insert("x-amzn-bedrock-input-token-count", "11".parse().unwrap());
         h.insert("x-amzn-bedrock-output-token-count", "22".parse().unwrap());
-        assert!(r
-            .tap(
-                known(&r, "x"),
-                Operation::Invoke,
-                &h,
-                StreamKind::of(&h),
-                Instant::now()
-            )
-            .is_none());
+        assert!(open_tap(&r, "x", Operation::Invoke, &h).is_none());
         assert_eq!(
             (count(&r, "x", "input"), count(&r, "x", "output")),
             (11, 22)
@@ -634,15 +588,7 @@ mod tests {
             "text/event-stream",
             "application/vnd.amazon.eventstream",
         ] {
-            let mut tap = r
-                .tap(
-                    known(&r, "g"),
-                    Operation::Other,
-                    &headers(ct),
-                    StreamKind::of(&headers(ct)),
-                    Instant::now(),
-                )
-                .unwrap();
+            let mut tap = open_tap(&r, "g", Operation::Other, &headers(ct)).unwrap();
             tap.observe(&Bytes::from_static(
                 b"\x00\x00\x00\x20garbage\n\ndata: {\"usage\": 5}\n",
             ));

@@ -176,22 +176,42 @@ impl LargeBody {
             let need = SNIPPET - s.len();
             s.extend_from_slice(&data[..need.min(data.len())]);
         }
-        let mut window = std::mem::take(&mut self.overlap);
-        let seen = window.len();
-        window.extend_from_slice(data);
-        for at in USAGE_FINDER.find_iter(&window) {
-            // Wholly inside the previous frame's end: found there.
-            if at + USAGE_KEY.len() <= seen {
-                continue;
+        // A key cut by the frame boundary: looked for where the previous
+        // frame's last bytes meet this one's first, not in a copy of the
+        // whole frame.
+        let mut edge = std::mem::take(&mut self.overlap);
+        let cut = edge.len();
+        edge.extend_from_slice(&data[..data.len().min(USAGE_KEY.len() - 1)]);
+        for at in USAGE_FINDER.find_iter(&edge) {
+            // Wholly before the cut, it was found with the previous frame.
+            if at < cut && at + USAGE_KEY.len() > cut {
+                self.keep(&edge[at.saturating_sub(1)..cut], data);
             }
-            let start = at.saturating_sub(1);
-            let end = window.len().min(start + SNIPPET);
-            if self.snippets.len() == SNIPPETS {
-                self.snippets.pop_front();
-            }
-            self.snippets.push_back(window[start..end].to_vec());
         }
-        self.overlap = window[window.len().saturating_sub(OVERLAP)..].to_vec();
+        for at in USAGE_FINDER.find_iter(data) {
+            match at.checked_sub(1) {
+                Some(start) => self.keep(&[], &data[start..]),
+                // The byte before it ended the previous frame.
+                None => self.keep(&edge[cut.saturating_sub(1)..cut], data),
+            }
+        }
+        edge.truncate(cut);
+        edge.extend_from_slice(&data[data.len().saturating_sub(OVERLAP)..]);
+        edge.drain(..edge.len().saturating_sub(OVERLAP));
+        self.overlap = edge;
+    }
+
+    /// Keeps a snippet: `head`, then `rest` up to [`SNIPPET`] bytes in all
+    /// (the next frames fill it further).
+    fn keep(&mut self, head: &[u8], rest: &[u8]) {
+        if self.snippets.len() == SNIPPETS {
+            self.snippets.pop_front();
+        }
+        let mut snippet = Vec::with_capacity(SNIPPET);
+        snippet.extend_from_slice(head);
+        let room = SNIPPET - snippet.len();
+        snippet.extend_from_slice(&rest[..rest.len().min(room)]);
+        self.snippets.push_back(snippet);
     }
 
     #[cfg(test)]
