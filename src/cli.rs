@@ -198,6 +198,10 @@ pub struct SidecarArgs {
     pub credentials_token_file: Option<String>,
     #[arg(long = sidecar::BODY_READ_TIMEOUT.flag, help = sidecar::BODY_READ_TIMEOUT.help_text())]
     pub body_read_timeout: Option<String>,
+    #[arg(long = sidecar::BODY_MIN_RATE.flag, help = sidecar::BODY_MIN_RATE.help_text())]
+    pub body_min_rate: Option<String>,
+    #[arg(long = sidecar::BODY_MIN_RATE_GRACE.flag, help = sidecar::BODY_MIN_RATE_GRACE.help_text())]
+    pub body_min_rate_grace: Option<String>,
     #[arg(long = sidecar::REQUEST_BODY_BUDGET.flag, help = sidecar::REQUEST_BODY_BUDGET.help_text())]
     pub request_body_budget: Option<String>,
     #[arg(long = sidecar::BODY_BUDGET_WAIT.flag, help = sidecar::BODY_BUDGET_WAIT.help_text())]

@@ -1,6 +1,7 @@
 //! Assembles `bedrock-broker sidecar`'s configuration from the parts.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::time::Duration;
 
 use super::parse::{self, ParseError};
@@ -10,7 +11,7 @@ use super::{credentials, endpoints, limits, Env};
 use crate::cli::{AdminLimitArgs, CredentialsLimitArgs, ProxyLimitArgs, SidecarArgs};
 use crate::container_credentials::ContainerCredentialsConfig;
 use crate::credentials::{CredentialMode, CredentialsConfig, RefreshPolicy};
-use crate::proxy::{self, Gate, UsageLabels};
+use crate::proxy::{self, Gate, MinRate, UsageLabels};
 use crate::secret::Secret;
 use crate::server::Limits;
 use crate::sidecar::SidecarConfig;
@@ -249,6 +250,18 @@ fn gate(args: &SidecarArgs, env: &Env, e: &mut Errors) -> Option<Gate> {
         env,
         parse::positive_duration,
     );
+    let body_min_rate = e.read(
+        &s::BODY_MIN_RATE,
+        args.body_min_rate.as_deref(),
+        env,
+        parse::count,
+    );
+    let body_min_rate_grace = e.read(
+        &s::BODY_MIN_RATE_GRACE,
+        args.body_min_rate_grace.as_deref(),
+        env,
+        parse::duration,
+    );
     let body_budget = e.read(
         &s::REQUEST_BODY_BUDGET,
         args.request_body_budget.as_deref(),
@@ -271,9 +284,19 @@ fn gate(args: &SidecarArgs, env: &Env, e: &mut Errors) -> Option<Gate> {
         allowed_hosts,
         token: token?,
         body_read_timeout: body_read_timeout?,
+        body_min_rate: min_rate(body_min_rate?, body_min_rate_grace?),
         body_budget: body_budget?,
         body_budget_wait: body_budget_wait?,
         max_requests: max_requests?,
+    })
+}
+
+/// `--body-min-rate` 0 turns the rule off.
+fn min_rate(bytes_per_second: usize, grace: Duration) -> Option<MinRate> {
+    let bytes_per_second = NonZeroU64::new(u64::try_from(bytes_per_second).ok()?)?;
+    Some(MinRate {
+        bytes_per_second,
+        grace,
     })
 }
 
@@ -624,6 +647,36 @@ mod tests {
             "--stream-idle-timeout",
             "BEDROCK_BROKER_MAX_CONNECTIONS",
             "BEDROCK_BROKER_IDLE_TIMEOUT",
+        ] {
+            assert!(
+                o.iter().any(|x| x == expected),
+                "{expected} missing in {o:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_minimum_body_rate_is_on_by_default_and_zero_turns_it_off() {
+        let c = sidecar(&IRSA).unwrap();
+        let rate = c.proxy.gate.body_min_rate.unwrap();
+        assert_eq!(rate.bytes_per_second.get(), 65_536);
+        assert_eq!(rate.grace, Duration::from_secs(10));
+        // Ten seconds, then one more for every 65,536 bytes.
+        assert_eq!(rate.allowance(131_072), Duration::from_secs(12));
+
+        let mut env = IRSA.to_vec();
+        env.push(("BEDROCK_BROKER_BODY_MIN_RATE", "0"));
+        assert_eq!(sidecar(&env).unwrap().proxy.gate.body_min_rate, None);
+
+        let mut env = IRSA.to_vec();
+        env.extend([
+            ("BEDROCK_BROKER_BODY_MIN_RATE", "fast"),
+            ("BEDROCK_BROKER_BODY_MIN_RATE_GRACE", "-1s"),
+        ]);
+        let o = origins(&sidecar(&env).unwrap_err());
+        for expected in [
+            "BEDROCK_BROKER_BODY_MIN_RATE",
+            "BEDROCK_BROKER_BODY_MIN_RATE_GRACE",
         ] {
             assert!(
                 o.iter().any(|x| x == expected),

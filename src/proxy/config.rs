@@ -1,6 +1,7 @@
 //! What the proxy is configured with: filled by [`crate::config`].
 
 use std::fmt;
+use std::num::NonZeroU64;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -46,12 +47,33 @@ pub struct Gate {
     pub token: Option<Secret>,
     /// Longest silence while a request body is received.
     pub body_read_timeout: Duration,
+    /// The least a request body must average, when enforced.
+    pub body_min_rate: Option<MinRate>,
     /// Bytes of request bodies held at once, across requests.
     pub body_budget: usize,
     /// How long a request waits for room in the budget.
     pub body_budget_wait: Duration,
     /// Requests served at once.
     pub max_requests: usize,
+}
+
+/// The least average rate a request body must keep once its grace has
+/// passed. A body that trickles is never silent long enough for the read
+/// timeout, yet holds its share of the body budget until it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinRate {
+    pub bytes_per_second: NonZeroU64,
+    pub grace: Duration,
+}
+
+impl MinRate {
+    /// How long after a body began it may take to deliver `received`
+    /// bytes: the grace, then one second per `bytes_per_second`.
+    pub fn allowance(&self, received: u64) -> Duration {
+        let nanos = u128::from(received) * 1_000_000_000 / u128::from(self.bytes_per_second.get());
+        let earned = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+        self.grace.saturating_add(earned)
+    }
 }
 
 /// The upstreams of the three route prefixes.

@@ -59,6 +59,7 @@ codes! {
     HOST_NOT_ALLOWED = "host_not_allowed", 403, "the `Host` is not a loopback name or address, nor in `--allowed-hosts` (an SSRF or DNS-rebinding attempt, or a missing `--allowed-hosts` entry)";
     PROXY_TOKEN_REQUIRED = "proxy_token_required", 401, "`--proxy-token` is set and the request carries no (or the wrong) token";
     BODY_READ_TIMEOUT = "body_read_timeout", 408, "the request body stalled for `--body-read-timeout`";
+    BODY_TOO_SLOW = "body_too_slow", 408, "the request body arrived slower on average than `--body-min-rate` once `--body-min-rate-grace` had passed";
     OVERLOADED = "overloaded", 503, "`--max-requests` are in flight, or `--request-body-budget` had no room within `--body-budget-wait`; comes with `Retry-After`";
     UPSTREAM_PROTOCOL_ERROR = "upstream_protocol_error", 502, "the upstream answered with something the proxy does not forward (a protocol switch)";
     SIGNATURE_ERROR_WITHHELD = "signature_error_withheld", 403, "Bedrock answered a signature error whose body could not be read whole to blank the session token it quotes (over 64 KiB, stalled, corrupt, or in a coding other than gzip and deflate); Bedrock's status (400 or 403) and `x-amzn-ErrorType` are kept";
@@ -116,6 +117,8 @@ pub enum ProxyError {
     ProxyTokenRequired,
     #[error("the request body stalled for {} (--body-read-timeout)", humantime::format_duration(*.0))]
     BodyReadTimeout(Duration),
+    #[error("the request body arrived slower than {bytes_per_second} bytes a second on average (--body-min-rate)")]
+    BodyTooSlow { bytes_per_second: u64 },
     #[error("bedrock-broker is busy ({0}); retry shortly")]
     Overloaded(&'static str),
     #[error("{0}")]
@@ -145,6 +148,7 @@ impl ProxyError {
             Self::HostNotAllowed(_) => &HOST_NOT_ALLOWED,
             Self::ProxyTokenRequired => &PROXY_TOKEN_REQUIRED,
             Self::BodyReadTimeout(_) => &BODY_READ_TIMEOUT,
+            Self::BodyTooSlow { .. } => &BODY_TOO_SLOW,
             Self::Overloaded(_) => &OVERLOADED,
             Self::UpstreamProtocol(_) => &UPSTREAM_PROTOCOL_ERROR,
             Self::SignatureErrorWithheld => &SIGNATURE_ERROR_WITHHELD,
@@ -274,6 +278,9 @@ mod tests {
             ProxyError::HostNotAllowed("x".into()),
             ProxyError::ProxyTokenRequired,
             ProxyError::BodyReadTimeout(Duration::from_secs(1)),
+            ProxyError::BodyTooSlow {
+                bytes_per_second: 1,
+            },
             ProxyError::Overloaded("x"),
             ProxyError::UpstreamProtocol("x".into()),
             ProxyError::SignatureErrorWithheld,

@@ -458,6 +458,7 @@ mod tests {
             allowed_hosts: Vec::new(),
             token: None,
             body_read_timeout: Duration::from_secs(1),
+            body_min_rate: None,
             body_budget: 1000,
             body_budget_wait: Duration::from_millis(10),
             max_requests: 4,

@@ -73,6 +73,7 @@ pub fn request_target(data: &[u8]) {
         allowed_hosts: vec!["bedrock-broker.internal".to_owned()],
         token: None,
         body_read_timeout: Duration::from_secs(1),
+        body_min_rate: None,
         body_budget: 1,
         body_budget_wait: Duration::ZERO,
         max_requests: 1,

@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderName, Request};
 use subtle::ConstantTimeEq;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::config::Gate;
+use super::config::{Gate, MinRate};
 use super::error::ProxyError;
 use crate::secret::Secret;
 
@@ -75,6 +75,7 @@ pub struct GateState {
     budget: Arc<Semaphore>,
     budget_wait: Duration,
     pub body_read_timeout: Duration,
+    pub body_min_rate: Option<MinRate>,
 }
 
 impl GateState {
@@ -92,6 +93,7 @@ impl GateState {
             budget: Arc::new(Semaphore::new(budget)),
             budget_wait: gate.body_budget_wait,
             body_read_timeout: gate.body_read_timeout,
+            body_min_rate: gate.body_min_rate,
         }
     }
 
@@ -199,6 +201,7 @@ mod tests {
             allowed_hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
             token: token.map(Secret::new),
             body_read_timeout: Duration::from_secs(1),
+            body_min_rate: None,
             body_budget: 100,
             body_budget_wait: Duration::from_millis(10),
             max_requests: 1,

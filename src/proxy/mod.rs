@@ -52,7 +52,7 @@ use http_body_util::{Either, Full};
 use prometheus::Histogram;
 
 pub use auth::AuthMode;
-pub use config::{Config, Gate, RouteTable, Upstream, UsageLabels};
+pub use config::{Config, Gate, MinRate, RouteTable, Upstream, UsageLabels};
 pub use error::{reference_table as error_reference_table, Code, Dialect, ProxyError, CODES};
 pub use gate::is_loopback_host;
 pub use operation::Operation;
@@ -277,6 +277,7 @@ impl Proxy {
         let limits = request_body::Limits {
             max_bytes: self.max_body_bytes,
             read_timeout: self.gate.body_read_timeout,
+            min_rate: self.gate.body_min_rate,
             gate: &self.gate,
         };
         let body = request_body::read(&parts.headers, body, limits, sigv4)

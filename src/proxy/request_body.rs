@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::error::Elapsed;
+use tokio::time::Instant;
 
+use super::config::MinRate;
 use super::error::ProxyError;
 use super::gate::GateState;
 use super::signer::Sha256Hex;
@@ -33,6 +35,8 @@ pub struct Limits<'a> {
     pub max_bytes: usize,
     /// Longest silence between two pieces of the body.
     pub read_timeout: Duration,
+    /// The least average rate once its grace has passed.
+    pub min_rate: Option<MinRate>,
     /// The budget every buffered body draws from.
     pub gate: &'a GateState,
 }
@@ -66,14 +70,23 @@ where
         _ => None,
     };
     let reserved = declared.map_or(0, |n| n as usize);
+    let mut started = Instant::now();
     let mut hasher = hash.then(Sha256::new);
     let mut first: Option<Bytes> = None;
     let mut rest: Option<BytesMut> = None;
     let mut total = 0usize;
     loop {
-        let next = within(limits.read_timeout, body.frame()).await;
-        let Some(frame) = next.map_err(|_| ProxyError::BodyReadTimeout(limits.read_timeout))?
-        else {
+        // A frame hyper already holds needs no clock reading or timer.
+        let next = match body.frame().now_or_never() {
+            Some(next) => next,
+            None => {
+                let (wait, stalled) = patience(&limits, started, total);
+                tokio::time::timeout(wait, body.frame())
+                    .await
+                    .map_err(|_| stalled)?
+            }
+        };
+        let Some(frame) = next else {
             break;
         };
         let frame = frame.map_err(|e| ProxyError::BodyRead(e.into().to_string()))?;
@@ -87,7 +100,10 @@ where
         if total > reserved {
             // More than declared (or nothing declared): reserve what came.
             let extra = total - reserved.max(total - data.len());
+            let waiting = Instant::now();
             let more = limits.gate.reserve(extra).await?;
+            // Waiting for room is the proxy's doing, not the client's.
+            started += waiting.elapsed();
             match budget.as_mut() {
                 Some(held) => held.merge(more),
                 None => budget = Some(more),
@@ -120,6 +136,30 @@ where
     })
 }
 
+/// How long to wait for the next piece of a body that began at `started`
+/// and has brought `received` bytes, and the error if it does not come:
+/// the silence allowed, or less when the minimum rate runs out first.
+fn patience(limits: &Limits<'_>, started: Instant, received: usize) -> (Duration, ProxyError) {
+    let silent = (
+        limits.read_timeout,
+        ProxyError::BodyReadTimeout(limits.read_timeout),
+    );
+    let Some(rate) = limits.min_rate else {
+        return silent;
+    };
+    let left = rate
+        .allowance(received as u64)
+        .saturating_sub(started.elapsed());
+    if left < limits.read_timeout {
+        let slow = ProxyError::BodyTooSlow {
+            bytes_per_second: rate.bytes_per_second.get(),
+        };
+        (left, slow)
+    } else {
+        silent
+    }
+}
+
 /// `future`'s output, or `Elapsed` once `limit` passes without it. Polled
 /// once before a timer exists: a frame hyper already holds (a small body's
 /// nearly always) then costs no timer, which tokio would set up and take
@@ -135,6 +175,152 @@ pub(super) async fn within<F: Future>(limit: Duration, future: F) -> Result<F::O
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::config::Gate;
+    use http_body::Frame;
+    use std::convert::Infallible;
+    use std::num::NonZeroU64;
+
+    type Sender = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
+
+    fn gate() -> GateState {
+        GateState::new(Gate {
+            allowed_hosts: Vec::new(),
+            token: None,
+            body_read_timeout: Duration::from_secs(30),
+            body_min_rate: None,
+            body_budget: 1_000_000,
+            body_budget_wait: Duration::ZERO,
+            max_requests: 4,
+        })
+    }
+
+    /// 1,000 bytes a second after ten seconds; silences of 30 s.
+    fn limits(gate: &GateState, min_rate: bool) -> Limits<'_> {
+        Limits {
+            max_bytes: 1_000_000,
+            read_timeout: Duration::from_secs(30),
+            min_rate: min_rate.then_some(MinRate {
+                bytes_per_second: NonZeroU64::new(1000).unwrap(),
+                grace: Duration::from_secs(10),
+            }),
+            gate,
+        }
+    }
+
+    /// A body declaring `declared` bytes, fed through the returned sender.
+    fn channel_body(
+        declared: usize,
+    ) -> (
+        Sender,
+        http::HeaderMap,
+        impl Body<Data = Bytes, Error = Infallible> + Unpin,
+    ) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let stream = Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::CONTENT_LENGTH, declared.into());
+        (tx, headers, http_body_util::StreamBody::new(stream))
+    }
+
+    /// Sends `size` bytes every `every`, `times` times, then ends the body.
+    fn drip(tx: Sender, size: usize, every: Duration, times: usize) {
+        tokio::spawn(async move {
+            for _ in 0..times {
+                let piece = Frame::data(Bytes::from(vec![b'x'; size]));
+                if tx.send(Ok(piece)).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickling_body_is_cut_off_once_its_grace_has_passed() {
+        let gate = gate();
+        let (tx, headers, body) = channel_body(500_000);
+        // A byte every five seconds: never silent for the 30 s allowed.
+        drip(tx, 1, Duration::from_secs(5), 1000);
+        let started = Instant::now();
+        let Err(error) = read(&headers, body, limits(&gate, true), true).await else {
+            panic!("a trickle was read whole");
+        };
+        assert_eq!(error.code().name, "body_too_slow", "{error}");
+        // Three bytes (at 0, 5 and 10 s) earn 3 ms beyond the grace.
+        assert_eq!(started.elapsed(), Duration::from_millis(10_003));
+        // Its share of the budget came back with the error.
+        assert!(gate.reserve(1_000_000).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_keeping_the_rate_is_read_whole_however_long_it_takes() {
+        let gate = gate();
+        let (tx, headers, body) = channel_body(40_000);
+        // 1,000 bytes a second, the least allowed, and late by the grace.
+        let (late_tx, late) = (tx.clone(), Duration::from_secs(9));
+        drop(tx);
+        tokio::spawn(async move {
+            tokio::time::sleep(late).await;
+            drip(late_tx, 1000, Duration::from_secs(1), 40);
+        });
+        let read = read(&headers, body, limits(&gate, true), true).await;
+        assert_eq!(read.map(|b| b.bytes.len()).ok(), Some(40_000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_spent_waiting_for_budget_room_is_not_the_clients() {
+        let gate = GateState::new(Gate {
+            allowed_hosts: Vec::new(),
+            token: None,
+            body_read_timeout: Duration::from_secs(30),
+            body_min_rate: None,
+            body_budget: 1000,
+            body_budget_wait: Duration::from_secs(20),
+            max_requests: 4,
+        });
+        let everything = gate.reserve(1000).await.unwrap();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            drop(everything);
+        });
+        // No declared length: room is drawn as the pieces come.
+        let (tx, mut headers, body) = channel_body(0);
+        headers.clear();
+        tokio::spawn(async move {
+            for (at, size) in [(0, 1), (16, 10)] {
+                tokio::time::sleep_until(Instant::now() + Duration::from_secs(at)).await;
+                let piece = Frame::data(Bytes::from(vec![b'x'; size]));
+                tx.send(Ok(piece)).await.unwrap();
+            }
+        });
+        let read = read(&headers, body, limits(&gate, true), true).await;
+        assert_eq!(
+            read.map(|b| b.bytes.len()).map_err(|e| e.to_string()),
+            Ok(11)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_is_still_its_own_error_within_the_grace() {
+        let gate = gate();
+        let (tx, headers, body) = channel_body(10);
+        let mut limits = limits(&gate, true);
+        limits.read_timeout = Duration::from_secs(2);
+        let Err(error) = read(&headers, body, limits, true).await else {
+            panic!("a silent body was read");
+        };
+        assert_eq!(error.code().name, "body_read_timeout", "{error}");
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_minimum_rate_a_trickle_is_read_whole() {
+        let gate = gate();
+        let (tx, headers, body) = channel_body(20);
+        drip(tx, 1, Duration::from_secs(5), 20);
+        let read = read(&headers, body, limits(&gate, false), true).await;
+        assert_eq!(read.map(|b| b.bytes.len()).ok(), Some(20));
+    }
 
     #[test]
     fn a_ready_frame_needs_no_timer() {

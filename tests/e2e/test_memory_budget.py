@@ -4,6 +4,7 @@ taking the sidecar over 128Mi (six 24 MiB requests once peaked at 160 MiB)."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -50,3 +51,47 @@ def test_six_large_requests_at_once_stay_under_the_memory_limit(start_sidecar, i
     print(f"\npeak RSS {peak:.1f} MiB, {len(retried)} retries")
     assert statuses == [200] * 6
     assert peak < INJECTED_LIMIT_MIB * 0.9, f"peak RSS {peak:.1f} MiB"
+
+
+def test_a_trickling_upload_gives_its_budget_back_after_the_grace(start_sidecar, irsa_env, fake_aws):
+    # A client that declares a large body and sends a byte now and then is
+    # never silent for --body-read-timeout, yet holds its declared length
+    # of the budget: before --body-min-rate, for as long as it trickled.
+    sidecar = start_sidecar({
+        **irsa_env,
+        "BEDROCK_BROKER_REQUEST_BODY_BUDGET": str(1024 * 1024),
+        "BEDROCK_BROKER_MAX_BODY_BYTES": str(1024 * 1024),
+        "BEDROCK_BROKER_BODY_BUDGET_WAIT": "0s",
+        "BEDROCK_BROKER_BODY_MIN_RATE_GRACE": "2s",
+    })
+    host, port = sidecar.proxy.removeprefix("http://").rsplit(":", 1)
+    small = b'{"messages":[{"role":"user","content":[{"text":"hi"}]}]}'
+    with socket.create_connection((host, int(port)), timeout=30) as trickle:
+        trickle.sendall(
+            f"POST {CONVERSE} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {1024 * 1024}\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        # hyper sends 100 Continue once the proxy reads the body, after it
+        # reserved the declared length.
+        assert trickle.recv(64).startswith(b"HTTP/1.1 100 Continue")
+        started = time.monotonic()
+        held = requests.post(sidecar.url(CONVERSE), data=small, timeout=10)
+        assert (held.status_code, held.headers["x-bedrock-broker-error"]) == (503, "overloaded")
+
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            assert time.monotonic() - started < 20, "the trickle was never cut off"
+            trickle.sendall(b"x")
+            trickle.settimeout(0.25)
+            try:
+                answer += trickle.recv(4096)
+            except socket.timeout:
+                pass
+        elapsed = time.monotonic() - started
+    head = answer.split(b"\r\n\r\n", 1)[0].decode().lower()
+    assert head.startswith("http/1.1 408"), head
+    assert "x-bedrock-broker-error: body_too_slow" in head, head
+    # The grace, and not the 30 s read timeout, ended it.
+    assert 2 <= elapsed < 15, elapsed
+    after = requests.post(sidecar.url(CONVERSE), data=small, timeout=10)
+    assert after.status_code == 200, after.text

@@ -265,6 +265,7 @@ impl Default for Setup {
                 allowed_hosts: Vec::new(),
                 token: None,
                 body_read_timeout: Duration::from_secs(30),
+                body_min_rate: None,
                 body_budget: 64 * 1024 * 1024,
                 body_budget_wait: Duration::from_secs(5),
                 max_requests: 512,

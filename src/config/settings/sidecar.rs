@@ -161,6 +161,23 @@ pub const BODY_READ_TIMEOUT: Setting = Setting {
     default: Value("30s"),
     help: "Longest silence while a request body is being received; then 408",
 };
+/// A body that keeps trickling is never silent for --body-read-timeout,
+/// yet holds its share of --request-body-budget (reserved from its
+/// declared length) until it ends. In-pod clients send from memory over
+/// loopback at many MB/s; 64 KiB/s is far below any of them and still
+/// ends a 25 MB body's hold within seven minutes, a drip's within the grace.
+pub const BODY_MIN_RATE: Setting = Setting {
+    flag: "body-min-rate",
+    env: &["BEDROCK_BROKER_BODY_MIN_RATE"],
+    default: Value("65536"),
+    help: "Least average rate, in bytes a second, at which a request body must arrive once --body-min-rate-grace has passed; then 408; 0 disables",
+};
+pub const BODY_MIN_RATE_GRACE: Setting = Setting {
+    flag: "body-min-rate-grace",
+    env: &["BEDROCK_BROKER_BODY_MIN_RATE_GRACE"],
+    default: Value("10s"),
+    help: "How long a request body may take before --body-min-rate applies",
+};
 /// Half of the injected 128Mi memory limit: two 25 MiB requests, or many
 /// small ones, at once; the rest wait (see --body-budget-wait).
 pub const REQUEST_BODY_BUDGET: Setting = Setting {
@@ -244,6 +261,8 @@ pub const ALL: &[Setting] = &[
     CREDENTIALS_LISTEN,
     CREDENTIALS_TOKEN_FILE,
     BODY_READ_TIMEOUT,
+    BODY_MIN_RATE,
+    BODY_MIN_RATE_GRACE,
     REQUEST_BODY_BUDGET,
     BODY_BUDGET_WAIT,
     MAX_REQUESTS,
