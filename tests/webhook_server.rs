@@ -338,6 +338,44 @@ async fn idle_sockets_from_one_pod_do_not_starve_the_api_server() {
     stop.cancel();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_filling_every_slot_cannot_lock_the_api_server_out() {
+    // Each pod within its per-peer share, together every slot: before, the
+    // API server's connections were closed at once for as long as the
+    // pods reconnected (eight pods kept a real build's 256 slots full).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ca();
+    let (addr, stop) = running(dir.path(), &ca, |a| {
+        a.limits.max_connections = Some("8".into());
+        a.max_connections_per_peer = Some("4".into());
+    })
+    .await;
+    let tls = client_config(&ca);
+    let connector = tokio_rustls::TlsConnector::from(tls.clone());
+    let mut held = Vec::new();
+    for pod in [2, 3] {
+        for _ in 0..4 {
+            let tcp = connect_from([127, 0, 0, pod], addr).await;
+            let name = ServerName::try_from("127.0.0.1").expect("name");
+            held.push(connector.connect(name, tcp).await.expect("handshake"));
+        }
+    }
+    // Handshakes done, nothing sent: every slot of the server is taken.
+    let body = std::fs::read(fixtures().join("plain.json")).expect("fixture");
+    for _ in 0..3 {
+        let answered = tokio::time::timeout(
+            Duration::from_secs(5),
+            https(&tls, addr, "POST", "/mutate", body.clone()),
+        )
+        .await
+        .expect("the API server's review is answered while the pods hold every slot")
+        .expect("request");
+        assert_eq!(answered.0, 200);
+    }
+    drop(held);
+    stop.cancel();
+}
+
 /// A TLS connection over `tcp` with a review's head sent, declaring a body
 /// of `declared` bytes; split so the body and the answer can flow at once.
 async fn review_head(

@@ -295,12 +295,21 @@ fn serving(args: &WebhookArgs, env: &Env, e: &mut Errors) -> Option<Serving> {
         env,
         parse::positive_count,
     );
-    let limits = limits?;
+    let per_peer = per_peer?;
+    // Counted twice: by the TLS listener from the first byte (handshakes
+    // included), and by the server once the handshake is done, where a
+    // full listener makes room for a peer below its share, as on the admin
+    // ports: pods each within their share can together fill every slot,
+    // and the API server needs one.
+    let limits = Limits {
+        max_connections_per_peer: Some(per_peer),
+        ..limits?
+    };
     Some(Serving {
         handshake: HandshakeLimits {
             timeout: handshake_timeout?,
             max_pending: limits.max_connections,
-            per_peer: Some(per_peer?),
+            per_peer: Some(per_peer),
         },
         limits,
         admin_limits: admin_limits?,
