@@ -335,6 +335,39 @@ async fn an_idle_keep_alive_connection_is_closed() {
 }
 
 #[tokio::test]
+async fn an_http2_connection_with_only_pings_on_it_is_closed_when_idle() {
+    // HTTP/2 keeps connections alive with PINGs (hyper sends its own every
+    // 30 s, and any client library answers them): counted as traffic, they
+    // kept connections without a request open for good, and 256 of them
+    // held every slot of the proxy.
+    let upstream = FakeUpstream::start(vec![]).await;
+    let (proxy, _, stop) = sidecar(&upstream, &[("BEDROCK_BROKER_IDLE_TIMEOUT", "1s")]).await;
+    let mut c = TcpStream::connect(proxy).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // SETTINGS
+    c.write_all(&hello).await.unwrap();
+    let (mut reader, mut writer) = c.into_split();
+    let pinging = tokio::spawn(async move {
+        for n in 0u8.. {
+            // PING, 8 bytes of opaque data.
+            let ping = [0, 0, 8, 0x6, 0, 0, 0, 0, 0, n, 0, 0, 0, 0, 0, 0, 0];
+            if writer.write_all(&ping).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while matches!(reader.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    pinging.abort();
+    assert!(closed.is_ok(), "still open after 5 s of PINGs only");
+    stop.cancel();
+}
+
+#[tokio::test]
 async fn a_head_over_the_limit_is_refused_without_being_buffered() {
     let upstream = FakeUpstream::start(vec![]).await;
     let (_, admin, stop) = sidecar(&upstream, &[]).await;

@@ -28,6 +28,9 @@ pub struct Activity {
     started: Instant,
     /// Milliseconds after `started` of the last byte read or written.
     last: AtomicU64,
+    /// Milliseconds after `started` a request last ended. Bytes
+    /// alone do not keep a connection open: HTTP/2 PINGs cross an idle one.
+    last_request: AtomicU64,
     in_flight: AtomicUsize,
 }
 
@@ -36,17 +39,32 @@ impl Activity {
         Arc::new(Self {
             started: Instant::now(),
             last: AtomicU64::new(0),
+            last_request: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
         })
     }
 
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     fn touch(&self) {
-        let ms = self.started.elapsed().as_millis() as u64;
+        self.last.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// A request ended: traffic, and the start of idleness.
+    fn touch_request(&self) {
+        let ms = self.now_ms();
         self.last.store(ms, Ordering::Relaxed);
+        self.last_request.store(ms, Ordering::Relaxed);
+    }
+
+    fn at(&self, ms: &AtomicU64) -> Instant {
+        self.started + Duration::from_millis(ms.load(Ordering::Relaxed))
     }
 
     fn last(&self) -> Instant {
-        self.started + Duration::from_millis(self.last.load(Ordering::Relaxed))
+        self.at(&self.last)
     }
 
     /// How long since a byte last crossed the connection.
@@ -54,15 +72,22 @@ impl Activity {
         Instant::now().saturating_duration_since(self.last())
     }
 
-    /// Resolves once nothing has crossed the wire for `idle` and, when
-    /// `requests_keep_open`, nothing is in flight either: on the proxy a
-    /// request waiting on a slow upstream keeps its connection. The ports
-    /// other pods reach serve answers made at once, so there a request
-    /// silent that long is a peer that stopped reading.
+    /// Resolves once the connection has had no request in flight for
+    /// `idle` (whatever control frames cross it), or, unless
+    /// `requests_keep_open`, once a request in flight has moved no byte for
+    /// `idle`: on the proxy a request waiting on a slow upstream keeps its
+    /// connection. The ports other pods reach serve answers made at once,
+    /// so there a request silent that long is a peer that stopped reading.
     pub async fn idle_for(&self, idle: Duration, requests_keep_open: bool) {
         loop {
-            let deadline = self.last() + idle;
-            let busy = requests_keep_open && self.in_flight.load(Ordering::Relaxed) > 0;
+            let in_flight = self.in_flight.load(Ordering::Relaxed) > 0;
+            let since = if in_flight {
+                self.last()
+            } else {
+                self.at(&self.last_request)
+            };
+            let deadline = since + idle;
+            let busy = requests_keep_open && in_flight;
             if Instant::now() >= deadline && !busy {
                 return;
             }
@@ -148,6 +173,7 @@ pub struct InFlight(Arc<Activity>);
 
 impl InFlight {
     fn new(activity: Arc<Activity>) -> Self {
+        // While it is in flight its bytes count; its end is noted on drop.
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
         Self(activity)
     }
@@ -156,7 +182,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.touch();
+        self.0.touch_request();
     }
 }
 

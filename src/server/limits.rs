@@ -12,8 +12,8 @@ pub struct Limits {
     /// it while a kept-alive connection waits for its next request, so it
     /// bounds HTTP/1 idleness too.
     pub header_read_timeout: Duration,
-    /// A connection with no request in flight and no bytes either way for
-    /// this long is closed (HTTP/2 included).
+    /// A connection that has had no request in flight for this long is
+    /// closed, whatever control frames (HTTP/2 PINGs) cross it.
     pub idle_timeout: Duration,
     /// Open connections at most; more are accepted and closed at once, so
     /// they cost a file descriptor for an instant and no memory.

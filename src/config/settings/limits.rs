@@ -44,7 +44,7 @@ macro_rules! server_limits {
                 default: Value($idle),
                 help: concat!(
                     "A connection to the ", $what,
-                    " with no request in flight and no traffic for this long is closed"
+                    " that has had no request in flight for this long is closed (HTTP/2 PINGs do not keep it open)"
                 ),
             },
             max_connections: Setting {
