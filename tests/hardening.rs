@@ -367,6 +367,86 @@ async fn an_http2_connection_with_only_pings_on_it_is_closed_when_idle() {
     stop.cancel();
 }
 
+/// The status of one request sent on a fresh connection, its answer read
+/// to the end.
+async fn status_of_post(proxy: SocketAddr) -> u16 {
+    let mut c = TcpStream::connect(proxy).await.unwrap();
+    c.write_all(
+        b"POST /model/m/converse HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    )
+    .await
+    .unwrap();
+    let answer = closed_within(&mut c, Duration::from_secs(30))
+        .await
+        .unwrap_or_default();
+    String::from_utf8_lossy(answer.get(9..12).unwrap_or_default())
+        .parse()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_takes_nothing_of_its_answer_gives_up_its_slot() {
+    // Larger than every socket buffer between the upstream and the client.
+    let size = 16 * 1024 * 1024;
+    let mut answer = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    answer.resize(answer.len() + size, b' ');
+    let upstream = raw_upstream(Box::leak(answer.into_boxed_slice())).await;
+    let (proxy, admin, stop) = sidecar(
+        &upstream,
+        &[
+            ("BEDROCK_BROKER_STREAM_IDLE_TIMEOUT", "2s"),
+            ("BEDROCK_BROKER_MAX_REQUESTS", "1"),
+        ],
+    )
+    .await;
+    // Asks, then never reads: hyper stops taking frames of the answer,
+    // and before, the request (its slot and its upstream connection) was
+    // held for as long as the client kept the connection.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut never_reads = socket.connect(proxy).await.unwrap();
+    never_reads
+        .write_all(
+            b"POST /model/m/converse HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}",
+        )
+        .await
+        .unwrap();
+    let in_flight = || async move {
+        let mut c = TcpStream::connect(admin).await.unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let text = closed_within(&mut c, Duration::from_secs(5))
+            .await
+            .unwrap_or_default();
+        String::from_utf8_lossy(&text).contains("\nbedrock_broker_requests_in_flight 1\n")
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !in_flight().await {
+        assert!(tokio::time::Instant::now() < deadline, "never in flight");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Its request holds the one slot, and then must give it up.
+    let mut statuses = Vec::new();
+    for wanted in [503, 200] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let status = status_of_post(proxy).await;
+            statuses.push(status);
+            if status == wanted || tokio::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(statuses.last(), Some(&wanted), "{statuses:?}");
+    }
+    drop(never_reads);
+    stop.cancel();
+}
+
 #[tokio::test]
 async fn a_head_over_the_limit_is_refused_without_being_buffered() {
     let upstream = FakeUpstream::start(vec![]).await;
