@@ -54,6 +54,5 @@ pub fn limits(listener: Listener<'_>, env: &Env, e: &mut Errors) -> Option<Limit
         max_connections_per_peer: per_peer?,
         max_header_bytes: max_header_bytes?,
         http2: listener.http2,
-        answer_stall: None,
     })
 }

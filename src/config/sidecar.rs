@@ -108,11 +108,7 @@ impl SidecarConfig {
             Some(SidecarConfig {
                 listen: listeners.proxy,
                 admin_listen: listeners.admin,
-                // The client's side of a stream's silence.
-                proxy_limits: Limits {
-                    answer_stall: upstream.stream_idle_timeout,
-                    ..listeners.proxy_limits
-                },
+                proxy_limits: listeners.proxy_limits,
                 admin_limits: listeners.admin_limits,
                 shutdown_grace: shutdown_grace?,
                 refresh: refresh?,

@@ -32,11 +32,6 @@ pub struct Activity {
     /// alone do not keep a connection open: HTTP/2 PINGs cross an idle one.
     last_request: AtomicU64,
     in_flight: AtomicUsize,
-    /// Answers whose last frame hyper took and has not come back from:
-    /// it comes back once the client has room for more.
-    handed: AtomicUsize,
-    /// Changes every time hyper asks an answer for its next frame.
-    asked: AtomicU64,
 }
 
 impl Activity {
@@ -46,8 +41,6 @@ impl Activity {
             last: AtomicU64::new(0),
             last_request: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
-            handed: AtomicUsize::new(0),
-            asked: AtomicU64::new(0),
         })
     }
 
@@ -104,27 +97,6 @@ impl Activity {
                 deadline
             };
             tokio::time::sleep_until(next).await;
-        }
-    }
-}
-
-impl Activity {
-    /// Resolves once an answer on this connection has waited `limit` or
-    /// more for its client to take what it was given, with no answer asked
-    /// for more meanwhile: hyper asks for the next frame only once the
-    /// client has room, so a client that reads nothing holds its request
-    /// (and its upstream connection) for as long as it keeps the socket.
-    /// Checked every `limit`, so it fires between one and two `limit`s in.
-    /// On HTTP/2 a stream stuck beside others that move is not caught.
-    pub async fn stalled_for(&self, limit: Duration) {
-        let mut seen = self.asked.load(Ordering::Relaxed);
-        loop {
-            tokio::time::sleep(limit).await;
-            let now = self.asked.load(Ordering::Relaxed);
-            if now == seen && self.handed.load(Ordering::Relaxed) > 0 {
-                return;
-            }
-            seen = now;
         }
     }
 }
@@ -269,45 +241,15 @@ where
         // Taken once (a future is not polled again after it is ready), and
         // released at once when there is no response to carry it.
         let in_flight = this.in_flight.take();
-        Poll::Ready(result.map(|response| {
-            response.map(|inner| CountedBody {
-                inner,
-                in_flight,
-                handed: false,
-            })
-        }))
+        Poll::Ready(result.map(|response| response.map(|inner| CountedBody { inner, in_flight })))
     }
 }
 
-/// A response body that keeps its request in flight until it ends, and
-/// tells its connection when the client is slow to take a frame.
+/// A response body that keeps its request in flight until it ends.
 pub struct CountedBody<B> {
     inner: B,
+    #[allow(dead_code)] // held for its Drop
     in_flight: Option<InFlight>,
-    /// Counted in [`Activity::handed`].
-    handed: bool,
-}
-
-impl<B> CountedBody<B> {
-    fn hand_back(&mut self, handed: bool) {
-        if self.handed == handed {
-            return;
-        }
-        self.handed = handed;
-        if let Some(InFlight(activity)) = &self.in_flight {
-            if handed {
-                activity.handed.fetch_add(1, Ordering::Relaxed);
-            } else {
-                activity.handed.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-impl<B> Drop for CountedBody<B> {
-    fn drop(&mut self) {
-        self.hand_back(false);
-    }
 }
 
 impl<B: Body<Data = Bytes> + Unpin> Body for CountedBody<B> {
@@ -318,18 +260,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for CountedBody<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        if let Some(InFlight(activity)) = &self.in_flight {
-            // Only a change is looked for: two streams racing here may
-            // count once, never zero times, and plain stores cost less than
-            // a locked add on every frame.
-            let asked = activity.asked.load(Ordering::Relaxed);
-            activity
-                .asked
-                .store(asked.wrapping_add(1), Ordering::Relaxed);
-        }
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        self.hand_back(matches!(polled, Poll::Ready(Some(Ok(_)))));
-        polled
+        Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

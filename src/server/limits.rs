@@ -25,11 +25,6 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Whether HTTP/2 is served (prior knowledge, or ALPN over TLS).
     pub http2: bool,
-    /// A connection whose client has taken nothing of an answer for this
-    /// long is closed, its requests with it (the proxy: its
-    /// `--stream-idle-timeout`). Elsewhere answers are small and made at
-    /// once, and the idle timeout closes a silent request.
-    pub answer_stall: Option<Duration>,
 }
 
 /// hyper reads at least this much per read: the smallest head limit it accepts.

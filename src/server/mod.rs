@@ -150,7 +150,6 @@ pub async fn serve<L, S, B>(
         let io = TokioIo::new(Watched::new(stream, activity.clone()));
         let service = Counted::new(service.clone(), activity.clone());
         let (builder, shutdown, idle) = (builder.clone(), shutdown.clone(), limits.idle_timeout);
-        let answer_stall = limits.answer_stall;
         let requests_keep_open = limits.max_connections_per_peer.is_none();
         connections.spawn(async move {
             let _held = (slot, peer_slot);
@@ -169,17 +168,10 @@ pub async fn serve<L, S, B>(
             rare.push({
                 let (activity, eviction) = (activity.clone(), evicted(evicted_token.clone()));
                 async move {
-                    let stalled = async {
-                        match answer_stall {
-                            Some(limit) => activity.stalled_for(limit).await,
-                            None => std::future::pending().await,
-                        }
-                    };
                     tokio::select! {
                         _ = shutdown.cancelled_owned() => Stop::Shutdown,
                         _ = activity.idle_for(idle, requests_keep_open) => Stop::Idle,
                         () = eviction => Stop::Evicted,
-                        () = stalled => Stop::Stalled,
                     }
                 }
             });
@@ -188,21 +180,11 @@ pub async fn serve<L, S, B>(
                 done = conn.as_mut() => return log_end(name, done),
                 Some(stop) = rare.next() => stop,
             };
-            match stop {
-                Stop::Evicted => {
-                    // Evicted to make room for another peer (see
-                    // `evict_for`): closed at once, its slot already
-                    // handed on.
-                    tracing::debug!(server = name, %peer, "closing a connection to make room for another peer");
-                    return;
-                }
-                Stop::Stalled => {
-                    // A graceful close would wait on the very answer the
-                    // client does not take.
-                    tracing::warn!(server = name, %peer, "closing a connection whose client took nothing of its answer for the stream idle timeout");
-                    return;
-                }
-                Stop::Shutdown | Stop::Idle => {}
+            if stop == Stop::Evicted {
+                // Evicted to make room for another peer (see `evict_for`):
+                // closed at once, its slot already handed on.
+                tracing::debug!(server = name, %peer, "closing a connection to make room for another peer");
+                return;
             }
             tracing::trace!(server = name, reason = stop.as_str(), "closing connection");
             conn.as_mut().graceful_shutdown();
@@ -236,8 +218,6 @@ enum Stop {
     Idle,
     /// To make room for another peer.
     Evicted,
-    /// The client took nothing of an answer for too long.
-    Stalled,
 }
 
 impl Stop {
@@ -246,7 +226,6 @@ impl Stop {
             Self::Shutdown => "shutdown",
             Self::Idle => "idle",
             Self::Evicted => "evicted",
-            Self::Stalled => "stalled",
         }
     }
 }

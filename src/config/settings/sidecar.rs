@@ -83,14 +83,12 @@ pub const RESPONSE_HEADER_TIMEOUT: Setting = Setting {
     default: Value("15m"),
     help: "Longest wait for Bedrock's response headers; 0s disables",
 };
-/// Models pause between tokens for seconds, not minutes; a client that
-/// takes nothing for minutes holds a request slot and an upstream
-/// connection for nothing (Envoy's stream idle timeout, 5 m, is both ways).
+/// Models pause between tokens for seconds, not minutes.
 pub const STREAM_IDLE_TIMEOUT: Setting = Setting {
     flag: "stream-idle-timeout",
     env: &["BEDROCK_BROKER_STREAM_IDLE_TIMEOUT"],
     default: Value("5m"),
-    help: "Longest silence inside a response before it is cut off, either way: Bedrock sending nothing, or the client taking nothing (its connection is then closed); 0s disables",
+    help: "Longest silence inside a streamed response before it is cut off; 0s disables",
 };
 pub const USAGE_METRICS: Setting = Setting {
     flag: "usage-metrics",
