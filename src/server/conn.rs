@@ -79,9 +79,22 @@ impl Activity {
     /// connection. The ports other pods reach serve answers made at once,
     /// so there a request silent that long is a peer that stopped reading.
     pub async fn idle_for(&self, idle: Duration, requests_keep_open: bool) {
+        self.quiet(idle, requests_keep_open, true).await;
+    }
+
+    /// Resolves once no byte has crossed the connection for `idle` with
+    /// nothing in flight (or, unless `requests_keep_open`, with a request
+    /// in flight): bounds closing a connection. A request's end is when
+    /// hyper took the last of its answer, which may still sit in hyper's
+    /// buffer for a slow reader; bytes moving mean it is being delivered.
+    pub async fn quiet_for(&self, idle: Duration, requests_keep_open: bool) {
+        self.quiet(idle, requests_keep_open, false).await;
+    }
+
+    async fn quiet(&self, idle: Duration, requests_keep_open: bool, by_requests: bool) {
         loop {
             let in_flight = self.in_flight.load(Ordering::Relaxed) > 0;
-            let since = if in_flight {
+            let since = if in_flight || !by_requests {
                 self.last()
             } else {
                 self.at(&self.last_request)
@@ -497,6 +510,45 @@ mod tests {
         assert!(
             !peers.table().peers.contains_key(&ip(1)),
             "released on drop"
+        );
+    }
+
+    /// Resolves `future` or says it is still pending after `wait`.
+    async fn done_within(wait: Duration, future: impl Future<Output = ()>) -> bool {
+        tokio::time::timeout(wait, future).await.is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn control_frames_do_not_keep_a_connection_but_delivery_bounds_its_close() {
+        let idle = Duration::from_secs(10);
+        let activity = Activity::new();
+        drop(InFlight::new(activity.clone()));
+        // Bytes keep crossing (HTTP/2 PINGs, or the end of an answer
+        // still being written) but no request comes.
+        let ticking = {
+            let activity = activity.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    activity.touch();
+                }
+            })
+        };
+        assert!(
+            done_within(
+                idle + Duration::from_millis(1),
+                activity.idle_for(idle, true)
+            )
+            .await
+        );
+        assert!(!done_within(3 * idle, activity.quiet_for(idle, true)).await);
+        ticking.abort();
+        assert!(
+            done_within(
+                idle + Duration::from_millis(1),
+                activity.quiet_for(idle, true)
+            )
+            .await
         );
     }
 

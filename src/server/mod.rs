@@ -189,11 +189,13 @@ pub async fn serve<L, S, B>(
             tracing::trace!(server = name, reason = stop.as_str(), "closing connection");
             conn.as_mut().graceful_shutdown();
             // A peer that does not read its answers would hold the slot
-            // here forever: the graceful close is bounded too.
+            // here forever: the graceful close is bounded too, by silence
+            // on the wire, so the end of an answer still being written to a
+            // slow reader is not cut off.
             tokio::select! {
                 done = conn.as_mut() => log_end(name, done),
                 () = evicted(evicted_token) => {}
-                _ = activity.idle_for(idle, requests_keep_open) => {}
+                _ = activity.quiet_for(idle, requests_keep_open) => {}
             }
         });
     }
