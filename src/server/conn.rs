@@ -32,6 +32,9 @@ pub struct Activity {
     /// alone do not keep a connection open: HTTP/2 PINGs cross an idle one.
     last_request: AtomicU64,
     in_flight: AtomicUsize,
+    /// Requests in flight whose response is made: the rest are still being
+    /// worked on (a webhook review waits on API reads for seconds).
+    answering: AtomicUsize,
 }
 
 impl Activity {
@@ -41,6 +44,7 @@ impl Activity {
             last: AtomicU64::new(0),
             last_request: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            answering: AtomicUsize::new(0),
         })
     }
 
@@ -180,22 +184,38 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 }
 
 /// Counts a request in flight from the call until its response body ends
-/// or is dropped.
+/// or is dropped, and as answering once its response is out.
 #[derive(Debug)]
-pub struct InFlight(Arc<Activity>);
+pub struct InFlight {
+    activity: Arc<Activity>,
+    answering: bool,
+}
 
 impl InFlight {
     fn new(activity: Arc<Activity>) -> Self {
         // While it is in flight its bytes count; its end is noted on drop.
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self(activity)
+        Self {
+            activity,
+            answering: false,
+        }
+    }
+
+    /// Its response is made and handed to hyper.
+    fn answering(mut self) -> Self {
+        self.activity.answering.fetch_add(1, Ordering::Relaxed);
+        self.answering = true;
+        self
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.touch_request();
+        if self.answering {
+            self.activity.answering.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.activity.touch_request();
     }
 }
 
@@ -254,7 +274,10 @@ where
         // Taken once (a future is not polled again after it is ready), and
         // released at once when there is no response to carry it.
         let in_flight = this.in_flight.take();
-        Poll::Ready(result.map(|response| response.map(|inner| CountedBody { inner, in_flight })))
+        Poll::Ready(result.map(|response| {
+            let in_flight = in_flight.map(InFlight::answering);
+            response.map(|inner| CountedBody { inner, in_flight })
+        }))
     }
 }
 
@@ -318,13 +341,17 @@ impl PeerTable {
     }
 
     /// Whether a connection may make room for another peer: nothing in
-    /// flight, or a request whose answer has not moved for [`STALLED`]
-    /// (every answer on these ports is written at once; a peer that does
-    /// not read it would otherwise keep its slot).
+    /// flight, or every request answered and the answer not moving for
+    /// [`STALLED`] (answers on these ports are written at once; a peer
+    /// that does not read one would otherwise keep its slot). A request
+    /// still being worked on is silent too, and is not stalled.
     fn evictable(held: &Held) -> bool {
+        let activity = &held.activity;
+        let in_flight = activity.in_flight.load(Ordering::Relaxed);
         Self::can_go(held)
-            && (held.activity.in_flight.load(Ordering::Relaxed) == 0
-                || held.activity.silent_for() >= STALLED)
+            && (in_flight == 0
+                || (activity.answering.load(Ordering::Relaxed) >= in_flight
+                    && activity.silent_for() >= STALLED))
     }
 }
 
@@ -550,6 +577,50 @@ mod tests {
             )
             .await
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_still_being_worked_on_is_not_taken_for_stalled() {
+        // The API server's review waits on an API read, silent for more
+        // than a second; two pods hold their whole share with requests
+        // that move. It was the review that went (review finding).
+        let peers = Arc::new(Peers::default());
+        let slots = listener(9);
+        let api = Activity::new();
+        let _review = InFlight::new(api.clone());
+        let api_slot = peers.claim(ip(9), 4, api, slot(&slots)).expect("slot");
+        tokio::time::advance(2 * STALLED).await;
+        let mut requests = Vec::new();
+        let flood: Vec<_> = (0..8)
+            .map(|i| {
+                let activity = Activity::new();
+                requests.push(InFlight::new(activity.clone()).answering());
+                activity.touch();
+                peers
+                    .claim(ip(1 + i / 4), 4, activity, slot(&slots))
+                    .expect("slot")
+            })
+            .collect();
+        assert!(peers.evict_for(ip(3), 4).is_some());
+        assert!(!api_slot.evicted.is_cancelled(), "the review stays");
+        let gone: Vec<_> = flood.iter().map(|s| s.evicted.is_cancelled()).collect();
+        // Either pod's oldest: both hold as many.
+        assert!(gone[0] != gone[4], "{gone:?}");
+        assert_eq!(gone.iter().filter(|g| **g).count(), 1, "{gone:?}");
+
+        // Answered, and the answer not moving: a peer that stopped
+        // reading, below its share, still makes room.
+        let peers = Arc::new(Peers::default());
+        let slots = listener(2);
+        let (reader, working) = (Activity::new(), Activity::new());
+        let _unread = InFlight::new(reader.clone()).answering();
+        let _working = InFlight::new(working.clone());
+        let working = peers.claim(ip(1), 4, working, slot(&slots)).expect("slot");
+        let unread = peers.claim(ip(1), 4, reader, slot(&slots)).expect("slot");
+        tokio::time::advance(2 * STALLED).await;
+        assert!(peers.evict_for(ip(2), 4).is_some());
+        assert!(unread.evicted.is_cancelled());
+        assert!(!working.evicted.is_cancelled());
     }
 
     #[tokio::test]
