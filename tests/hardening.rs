@@ -346,23 +346,44 @@ async fn an_http2_connection_with_only_pings_on_it_is_closed_when_idle() {
     let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     hello.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // SETTINGS
     c.write_all(&hello).await.unwrap();
-    let (mut reader, mut writer) = c.into_split();
-    let pinging = tokio::spawn(async move {
-        for n in 0u8.. {
-            // PING, 8 bytes of opaque data.
-            let ping = [0, 0, 8, 0x6, 0, 0, 0, 0, 0, n, 0, 0, 0, 0, 0, 0, 0];
-            if writer.write_all(&ping).await.is_err() {
-                return;
+    // As a client library does: PINGs of its own every 100 ms, and every
+    // PING of the server's answered (the close begins with one).
+    let client = async {
+        let mut ticks = tokio::time::interval(Duration::from_millis(100));
+        let mut head = [0u8; 9];
+        let mut n = 0u8;
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {
+                    n = n.wrapping_add(1);
+                    let ping = [0, 0, 8, 0x6, 0, 0, 0, 0, 0, n, 0, 0, 0, 0, 0, 0, 0];
+                    if c.write_all(&ping).await.is_err() {
+                        return;
+                    }
+                }
+                read = c.read_exact(&mut head) => {
+                    if read.is_err() {
+                        return;
+                    }
+                    let len = usize::from(head[0]) << 16
+                        | usize::from(head[1]) << 8
+                        | usize::from(head[2]);
+                    let mut payload = vec![0u8; len];
+                    if c.read_exact(&mut payload).await.is_err() {
+                        return;
+                    }
+                    if head[3] == 0x6 && head[4] & 0x1 == 0 {
+                        let mut ack = vec![0, 0, 8, 0x6, 0x1, 0, 0, 0, 0];
+                        ack.extend_from_slice(&payload);
+                        if c.write_all(&ack).await.is_err() {
+                            return;
+                        }
+                    }
+                }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    });
-    let mut buf = [0u8; 4096];
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        while matches!(reader.read(&mut buf).await, Ok(n) if n > 0) {}
-    })
-    .await;
-    pinging.abort();
+    };
+    let closed = tokio::time::timeout(Duration::from_secs(5), client).await;
     assert!(closed.is_ok(), "still open after 5 s of PINGs only");
     stop.cancel();
 }
