@@ -376,6 +376,43 @@ async fn pods_filling_every_slot_cannot_lock_the_api_server_out() {
     stop.cancel();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_holding_every_handshake_cannot_lock_the_api_server_out() {
+    // Each pod within its share, together every handshake slot, and none
+    // sends a ClientHello: the listener stopped accepting until one timed
+    // out, and pods reconnecting faster than that kept the kernel's queue
+    // full, where the API server's connections were dropped (an audit:
+    // 2 of 37 reviews timed out).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ca();
+    let (addr, stop) = running(dir.path(), &ca, |a| {
+        a.limits.max_connections = Some("8".into());
+        a.max_connections_per_peer = Some("4".into());
+        a.tls_handshake_timeout = Some("60s".into());
+    })
+    .await;
+    let mut silent = Vec::new();
+    for pod in [2, 3] {
+        for _ in 0..4 {
+            silent.push(connect_from([127, 0, 0, pod], addr).await);
+        }
+    }
+    let tls = client_config(&ca);
+    let body = std::fs::read(fixtures().join("plain.json")).expect("fixture");
+    for _ in 0..3 {
+        let answered = tokio::time::timeout(
+            Duration::from_secs(5),
+            https(&tls, addr, "POST", "/mutate", body.clone()),
+        )
+        .await
+        .expect("the API server's review is answered while pods hold every handshake")
+        .expect("request");
+        assert_eq!(answered.0, 200);
+    }
+    drop(silent);
+    stop.cancel();
+}
+
 /// A TLS connection over `tcp` with a review's head sent, declaring a body
 /// of `declared` bytes; split so the body and the answer can flow at once.
 async fn review_head(

@@ -253,14 +253,18 @@ impl TlsListener {
     ) -> Self {
         let (tx, rx) = mpsc::channel(64);
         let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_pending));
+        // Every connection a peer holds, handshakes included.
         let peers = Arc::new(Peers::default());
+        // Handshakes in progress, each holding its permit: when they are
+        // all taken, a peer with fewer of them takes the busiest peer's
+        // oldest (as the servers do with connections). Waiting for a
+        // permit instead left the newcomer in the kernel's accept queue,
+        // which pods reconnecting faster than the handshake timeout kept
+        // full, and the API server's connections were dropped there.
+        let pending = Arc::new(Peers::default());
         tokio::spawn(async move {
             let mut listener = listener;
             loop {
-                let permit = tokio::select! {
-                    p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                    _ = shutdown.cancelled() => break,
-                };
                 let accepted = tokio::select! {
                     a = super::Accept::accept(&mut listener) => a,
                     _ = shutdown.cancelled() => break,
@@ -276,8 +280,8 @@ impl TlsListener {
                 };
                 let slot = match limits.per_peer {
                     None => None,
-                    // Counted only: handshakes are bounded by their timeout,
-                    // and nothing here evicts.
+                    // Counted only: a connection is not evicted here for
+                    // its share, only for its handshake permit below.
                     Some(limit) => match peers.claim(peer.ip(), limit, Activity::new(), None) {
                         Some(slot) => Some(slot),
                         None => {
@@ -286,10 +290,30 @@ impl TlsListener {
                         }
                     },
                 };
+                let share = limits.per_peer.unwrap_or(limits.max_pending);
+                let permit = match permits.clone().try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => pending.evict_for(peer.ip(), share),
+                };
+                let Some(handshake) =
+                    permit.and_then(|p| pending.claim(peer.ip(), share, Activity::new(), Some(p)))
+                else {
+                    tracing::debug!(%peer, "every handshake slot is taken; closing");
+                    continue;
+                };
                 let (acceptor, tx, timeout) = (acceptor.clone(), tx.clone(), limits.timeout);
                 tokio::spawn(async move {
-                    let _permit = permit;
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    let evicted = handshake.evicted.clone();
+                    let done = tokio::select! {
+                        done = tokio::time::timeout(timeout, acceptor.accept(stream)) => done,
+                        () = evicted.cancelled_owned() => {
+                            tracing::debug!(%peer, "dropping a TLS handshake to make room for another peer");
+                            return;
+                        }
+                    };
+                    // The permit goes back before the connection is served.
+                    drop(handshake);
+                    match done {
                         Ok(Ok(stream)) => {
                             let _ = tx
                                 .send((
