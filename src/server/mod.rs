@@ -8,6 +8,7 @@
 
 mod conn;
 pub mod limits;
+mod peers;
 pub mod signal;
 pub mod tls;
 
@@ -30,7 +31,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use conn::{Activity, Counted, Peers, Watched};
+use conn::{Activity, Counted, Watched};
+use peers::Peers;
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]

@@ -28,7 +28,8 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{Activity, PeerSlot, Peers};
+use super::conn::Activity;
+use super::peers::{PeerSlot, Peers};
 use crate::tls::pem::{self, PemError};
 
 /// Why a certificate/key pair cannot be used.

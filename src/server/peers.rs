@@ -1,0 +1,340 @@
+//! Open connections per peer address, for the listeners other pods
+//! reach: one peer cannot take more than its share, and a full listener
+//! makes room for a peer holding fewer than another.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use super::conn::Activity;
+
+/// Open connections per peer address, and a way to make room for a peer
+/// with fewer of them when the listener is full.
+#[derive(Debug, Default)]
+pub struct Peers(Mutex<PeerTable>);
+
+#[derive(Debug, Default)]
+struct PeerTable {
+    peers: HashMap<IpAddr, Vec<Held>>,
+    next_id: u64,
+}
+
+/// One open connection, oldest first in its peer's list.
+#[derive(Debug)]
+struct Held {
+    id: u64,
+    activity: Arc<Activity>,
+    evict: CancellationToken,
+    /// Its slot of the listener, kept here so an eviction can hand it to
+    /// the newcomer at once (see [`Peers::evict_for`]).
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl PeerTable {
+    fn live(list: &[Held]) -> usize {
+        list.iter().filter(|h| !h.evict.is_cancelled()).count()
+    }
+
+    /// Not told to close yet, and holding a listener slot to give up.
+    fn can_go(held: &Held) -> bool {
+        !held.evict.is_cancelled() && held.permit.is_some()
+    }
+
+    /// Whether a connection may make room for another peer: nothing in
+    /// flight, or every request answered and the answer not moving for
+    /// [`STALLED`] (answers on these ports are written at once; a peer
+    /// that does not read one would otherwise keep its slot). A request
+    /// still being worked on is silent too, and is not stalled.
+    fn evictable(held: &Held) -> bool {
+        Self::can_go(held) && held.activity.is_quiet(STALLED)
+    }
+}
+
+/// See [`PeerTable::evictable`].
+const STALLED: Duration = Duration::from_secs(1);
+
+/// One connection's slot in [`Peers`], released on drop.
+pub struct PeerSlot {
+    peers: Arc<Peers>,
+    ip: IpAddr,
+    id: u64,
+    /// Fires when the connection must close to make room for another peer.
+    pub evicted: CancellationToken,
+}
+
+impl Peers {
+    fn table(&self) -> std::sync::MutexGuard<'_, PeerTable> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A slot for `ip`, unless it already holds `limit`. `permit`, the
+    /// connection's slot of the whole listener, is kept with it for as long
+    /// as the connection is open, unless an eviction hands it on.
+    pub fn claim(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        limit: usize,
+        activity: Arc<Activity>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Option<PeerSlot> {
+        let mut table = self.table();
+        table.next_id += 1;
+        let id = table.next_id;
+        let list = table.peers.entry(ip).or_default();
+        // Connections told to close still count until they have: a peer
+        // cannot exceed its share by getting itself evicted.
+        if list.len() >= limit {
+            return None;
+        }
+        let evicted = CancellationToken::new();
+        list.push(Held {
+            id,
+            activity,
+            evict: evicted.clone(),
+            permit,
+        });
+        Some(PeerSlot {
+            peers: self.clone(),
+            ip,
+            id,
+            evicted,
+        })
+    }
+
+    /// The listener is full and `ip` knocks: if another peer holds more
+    /// connections than `ip` does, one of them is told to close and its
+    /// listener slot is returned for the newcomer. So peers that flood the
+    /// port cannot keep one that connects now and then (the kubelet's
+    /// probes, a Prometheus scrape) out: the flooders lose their own
+    /// connections first. The oldest connection with nothing moving goes
+    /// first (see [`PeerTable::evictable`]); if there is none, a peer
+    /// holding its whole share (`limit`) loses its oldest even with a
+    /// request in flight, since answering its requests as fast as they
+    /// come must not keep the port full.
+    ///
+    /// The slot changes hands here rather than when the evicted task gets
+    /// round to closing: on a busy runtime that can take longer than a
+    /// probe waits. Until its task runs again and closes it, the evicted
+    /// connection is open beyond the limit, holding no slot.
+    pub fn evict_for(&self, ip: IpAddr, limit: usize) -> Option<OwnedSemaphorePermit> {
+        let mut table = self.table();
+        let own = table.peers.get(&ip);
+        // A newcomer whose peer is at its share, counting connections still
+        // closing, would be refused by `claim` anyway: evicting for it
+        // would close someone's connection for nothing.
+        if own.is_some_and(|l| l.len() >= limit) {
+            return None;
+        }
+        let mine = own.map_or(0, |l| PeerTable::live(l));
+        // Busiest peers first.
+        let mut heavier: Vec<_> = table
+            .peers
+            .values_mut()
+            .map(|l| (PeerTable::live(l), l))
+            .filter(|(n, _)| *n > mine)
+            .collect();
+        heavier.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+        let quiet = heavier
+            .iter()
+            .find_map(|(_, list)| list.iter().find(|h| PeerTable::evictable(h)).map(|h| h.id));
+        let greedy = || {
+            heavier
+                .iter()
+                .filter(|(n, _)| *n >= limit)
+                .find_map(|(_, list)| list.iter().find(|h| PeerTable::can_go(h)).map(|h| h.id))
+        };
+        let victim = quiet.or_else(greedy)?;
+        let held = heavier
+            .into_iter()
+            .flat_map(|(_, list)| list.iter_mut())
+            .find(|h| h.id == victim)?;
+        held.evict.cancel();
+        held.permit.take()
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut table = self.peers.table();
+        if let Some(list) = table.peers.get_mut(&self.ip) {
+            list.retain(|h| h.id != self.id);
+            if list.is_empty() {
+                table.peers.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::conn::InFlight;
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, n])
+    }
+
+    fn listener(slots: usize) -> Arc<tokio::sync::Semaphore> {
+        Arc::new(tokio::sync::Semaphore::new(slots))
+    }
+
+    fn slot(listener: &Arc<tokio::sync::Semaphore>) -> Option<OwnedSemaphorePermit> {
+        Some(listener.clone().try_acquire_owned().expect("a free slot"))
+    }
+
+    #[tokio::test]
+    async fn only_a_busier_peers_idle_connection_makes_room() {
+        let peers = Arc::new(Peers::default());
+        let slots = listener(4);
+        let busy = Activity::new();
+        let flood: Vec<_> = (0..3)
+            .map(|i| {
+                let activity = if i == 0 {
+                    busy.clone()
+                } else {
+                    Activity::new()
+                };
+                peers
+                    .claim(ip(1), 8, activity, slot(&slots))
+                    .expect("under the limit")
+            })
+            .collect();
+        let _busy_request = InFlight::new(busy);
+        let other = peers
+            .claim(ip(2), 8, Activity::new(), slot(&slots))
+            .expect("slot");
+
+        // The flooder knocking again makes no room for itself.
+        assert!(peers.evict_for(ip(1), 8).is_none());
+        // A peer with fewer connections does; the oldest idle one goes,
+        // never the one serving a request.
+        let handed_on = peers.evict_for(ip(3), 8).expect("room");
+        assert_eq!(slots.available_permits(), 0, "the slot changed hands");
+        drop(handed_on);
+        assert_eq!(slots.available_permits(), 1);
+        assert!(!flood[0].evicted.is_cancelled(), "a request is in flight");
+        assert!(flood[1].evicted.is_cancelled());
+        assert!(!other.evicted.is_cancelled());
+        // An evicted connection no longer counts toward its peer's share.
+        assert!(
+            peers.evict_for(ip(2), 8).is_some(),
+            "ip 1 still has more live ones"
+        );
+        assert!(flood[2].evicted.is_cancelled());
+        assert!(
+            peers.evict_for(ip(2), 8).is_none(),
+            "now equal: nothing to take"
+        );
+        assert_eq!(slots.available_permits(), 2);
+        drop(flood);
+        assert_eq!(slots.available_permits(), 3, "the busy one's, on close");
+        assert!(
+            !peers.table().peers.contains_key(&ip(1)),
+            "released on drop"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_still_being_worked_on_is_not_taken_for_stalled() {
+        // The API server's review waits on an API read, silent for more
+        // than a second; two pods hold their whole share with requests
+        // that move. It was the review that went (review finding).
+        let peers = Arc::new(Peers::default());
+        let slots = listener(9);
+        let api = Activity::new();
+        let _review = InFlight::new(api.clone());
+        let api_slot = peers.claim(ip(9), 4, api, slot(&slots)).expect("slot");
+        tokio::time::advance(2 * STALLED).await;
+        let mut requests = Vec::new();
+        let flood: Vec<_> = (0..8)
+            .map(|i| {
+                let activity = Activity::new();
+                requests.push(InFlight::new(activity.clone()).answering());
+                activity.touch();
+                peers
+                    .claim(ip(1 + i / 4), 4, activity, slot(&slots))
+                    .expect("slot")
+            })
+            .collect();
+        assert!(peers.evict_for(ip(3), 4).is_some());
+        assert!(!api_slot.evicted.is_cancelled(), "the review stays");
+        let gone: Vec<_> = flood.iter().map(|s| s.evicted.is_cancelled()).collect();
+        // Either pod's oldest: both hold as many.
+        assert!(gone[0] != gone[4], "{gone:?}");
+        assert_eq!(gone.iter().filter(|g| **g).count(), 1, "{gone:?}");
+
+        // Answered, and the answer not moving: a peer that stopped
+        // reading, below its share, still makes room.
+        let peers = Arc::new(Peers::default());
+        let slots = listener(2);
+        let (reader, working) = (Activity::new(), Activity::new());
+        let _unread = InFlight::new(reader.clone()).answering();
+        let _working = InFlight::new(working.clone());
+        let working = peers.claim(ip(1), 4, working, slot(&slots)).expect("slot");
+        let unread = peers.claim(ip(1), 4, reader, slot(&slots)).expect("slot");
+        tokio::time::advance(2 * STALLED).await;
+        assert!(peers.evict_for(ip(2), 4).is_some());
+        assert!(unread.evicted.is_cancelled());
+        assert!(!working.evicted.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_peer_at_its_limit_gives_up_a_busy_connection() {
+        // A neighbour holding its whole share, each connection serving a
+        // request that keeps moving (it reads its answers): none is idle or
+        // stalled, and the port must still make room for the kubelet.
+        let peers = Arc::new(Peers::default());
+        let slots = listener(5);
+        let mut requests = Vec::new();
+        let flood: Vec<_> = (0..4)
+            .map(|_| {
+                let activity = Activity::new();
+                requests.push(InFlight::new(activity.clone()));
+                peers
+                    .claim(ip(1), 4, activity, slot(&slots))
+                    .expect("under the limit")
+            })
+            .collect();
+        let scraper = Activity::new();
+        let _scrape = InFlight::new(scraper.clone());
+        let prometheus = peers.claim(ip(2), 4, scraper, slot(&slots)).expect("slot");
+
+        assert!(peers.evict_for(ip(3), 4).is_some());
+        assert!(flood[0].evicted.is_cancelled(), "the oldest goes");
+        assert!(flood[1..].iter().all(|s| !s.evicted.is_cancelled()));
+        // Below its limit now: its busy connections stay, and so does a
+        // lone scrape in flight.
+        assert!(peers.evict_for(ip(3), 4).is_none());
+        assert!(!prometheus.evicted.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_peer_at_its_share_evicts_nobody_for_itself() {
+        let peers = Arc::new(Peers::default());
+        let slots = listener(8);
+        let busy = |peer| {
+            let activity = Activity::new();
+            let request = InFlight::new(activity.clone());
+            let held = peers.claim(peer, 4, activity, slot(&slots));
+            (held.expect("under the limit"), request)
+        };
+        let mut first: Vec<_> = (0..4).map(|_| busy(ip(1))).collect();
+        let second: Vec<_> = (0..4).map(|_| busy(ip(2))).collect();
+        // ip 1's oldest is told to close but has not yet: it has fewer live
+        // connections than ip 2, but its claim would still be refused, so
+        // nobody's connection may go for it.
+        first[0].0.evicted.cancel();
+        assert!(peers.evict_for(ip(1), 4).is_none());
+        assert!(second.iter().all(|(s, _)| !s.evicted.is_cancelled()));
+        // Once that connection has closed, it may.
+        drop(first.remove(0));
+        assert!(peers.evict_for(ip(1), 4).is_some());
+        assert!(second[0].0.evicted.is_cancelled());
+    }
+}
