@@ -338,6 +338,22 @@ async fn idle_sockets_from_one_pod_do_not_starve_the_api_server() {
     stop.cancel();
 }
 
+/// Three reviews, as the API server sends them, each answered 200 within
+/// 5 s (its own timeout is 10 s).
+async fn reviews_are_answered(tls: &Arc<rustls::ClientConfig>, addr: SocketAddr, when: &str) {
+    let body = std::fs::read(fixtures().join("plain.json")).expect("fixture");
+    for _ in 0..3 {
+        let answered = tokio::time::timeout(
+            Duration::from_secs(5),
+            https(tls, addr, "POST", "/mutate", body.clone()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the API server's review is not answered {when}"))
+        .expect("request");
+        assert_eq!(answered.0, 200);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_filling_every_slot_cannot_lock_the_api_server_out() {
     // Each pod within its per-peer share, together every slot: before, the
@@ -361,17 +377,7 @@ async fn pods_filling_every_slot_cannot_lock_the_api_server_out() {
         }
     }
     // Handshakes done, nothing sent: every slot of the server is taken.
-    let body = std::fs::read(fixtures().join("plain.json")).expect("fixture");
-    for _ in 0..3 {
-        let answered = tokio::time::timeout(
-            Duration::from_secs(5),
-            https(&tls, addr, "POST", "/mutate", body.clone()),
-        )
-        .await
-        .expect("the API server's review is answered while the pods hold every slot")
-        .expect("request");
-        assert_eq!(answered.0, 200);
-    }
+    reviews_are_answered(&tls, addr, "while the pods hold every slot").await;
     drop(held);
     stop.cancel();
 }
@@ -397,18 +403,7 @@ async fn pods_holding_every_handshake_cannot_lock_the_api_server_out() {
             silent.push(connect_from([127, 0, 0, pod], addr).await);
         }
     }
-    let tls = client_config(&ca);
-    let body = std::fs::read(fixtures().join("plain.json")).expect("fixture");
-    for _ in 0..3 {
-        let answered = tokio::time::timeout(
-            Duration::from_secs(5),
-            https(&tls, addr, "POST", "/mutate", body.clone()),
-        )
-        .await
-        .expect("the API server's review is answered while pods hold every handshake")
-        .expect("request");
-        assert_eq!(answered.0, 200);
-    }
+    reviews_are_answered(&client_config(&ca), addr, "while pods hold every handshake").await;
     drop(silent);
     stop.cancel();
 }
