@@ -16,6 +16,7 @@
 pub mod aws;
 mod credentials;
 pub mod endpoints;
+mod gate;
 mod limits;
 pub mod parse;
 pub mod reference;

@@ -1,0 +1,98 @@
+//! What a request to the proxy must pass, read from the sidecar's flags:
+//! the Host names and token it answers, and the limits on bodies and
+//! requests in flight.
+
+use std::num::NonZeroU64;
+use std::time::Duration;
+
+use super::parse::{self, ParseError};
+use super::setting::Errors;
+use super::settings::sidecar as s;
+use super::Env;
+use crate::cli::SidecarArgs;
+use crate::proxy::{Gate, MinRate};
+use crate::secret::Secret;
+
+/// What a request must pass: its Host, the optional token, the budgets.
+pub(super) fn gate(args: &SidecarArgs, env: &Env, e: &mut Errors) -> Option<Gate> {
+    let allowed_hosts = s::ALLOWED_HOSTS
+        .find(args.allowed_hosts.as_deref(), env)
+        .map(|raw| parse::list(raw.value))
+        .unwrap_or_default();
+    let token = e.read_optional(
+        &s::PROXY_TOKEN,
+        args.proxy_token.as_deref(),
+        env,
+        proxy_token,
+    );
+    let body_read_timeout = e.read(
+        &s::BODY_READ_TIMEOUT,
+        args.body_read_timeout.as_deref(),
+        env,
+        parse::positive_duration,
+    );
+    let body_min_rate = e.read(
+        &s::BODY_MIN_RATE,
+        args.body_min_rate.as_deref(),
+        env,
+        parse::count,
+    );
+    let body_min_rate_grace = e.read(
+        &s::BODY_MIN_RATE_GRACE,
+        args.body_min_rate_grace.as_deref(),
+        env,
+        parse::duration,
+    );
+    let body_budget = e.read(
+        &s::REQUEST_BODY_BUDGET,
+        args.request_body_budget.as_deref(),
+        env,
+        parse::positive_count,
+    );
+    let body_budget_wait = e.read(
+        &s::BODY_BUDGET_WAIT,
+        args.body_budget_wait.as_deref(),
+        env,
+        parse::duration,
+    );
+    let max_requests = e.read(
+        &s::MAX_REQUESTS,
+        args.max_requests.as_deref(),
+        env,
+        parse::positive_count,
+    );
+    Some(Gate {
+        allowed_hosts,
+        token: token?,
+        body_read_timeout: body_read_timeout?,
+        body_min_rate: min_rate(body_min_rate?, body_min_rate_grace?),
+        body_budget: body_budget?,
+        body_budget_wait: body_budget_wait?,
+        max_requests: max_requests?,
+    })
+}
+
+/// `--body-min-rate` 0 turns the rule off.
+fn min_rate(bytes_per_second: usize, grace: Duration) -> Option<MinRate> {
+    let bytes_per_second = NonZeroU64::new(u64::try_from(bytes_per_second).ok()?)?;
+    Some(MinRate {
+        bytes_per_second,
+        grace,
+    })
+}
+
+/// The token itself, or `@FILE` to read it from a file (a mounted Secret).
+fn proxy_token(raw: &str) -> Result<Secret, ParseError> {
+    let token = match raw.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| ParseError::refused(format!("cannot read {path}: {e}")))?,
+        None => raw.to_owned(),
+    };
+    let token = token.trim();
+    if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ParseError::refused(
+            "a proxy token is at least 16 printable characters without spaces",
+        ));
+    }
+    Ok(Secret::new(token))
+}
