@@ -334,6 +334,17 @@ async fn an_idle_keep_alive_connection_is_closed() {
     stop.cancel();
 }
 
+/// An HTTP/2 connection without TLS: the preface, empty SETTINGS, then
+/// `frames`.
+async fn h2c(addr: SocketAddr, frames: &[u8]) -> TcpStream {
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    hello.extend_from_slice(frames);
+    c.write_all(&hello).await.unwrap();
+    c
+}
+
 #[tokio::test]
 async fn an_http2_connection_with_only_pings_on_it_is_closed_when_idle() {
     // HTTP/2 keeps connections alive with PINGs (hyper sends its own every
@@ -342,10 +353,7 @@ async fn an_http2_connection_with_only_pings_on_it_is_closed_when_idle() {
     // held every slot of the proxy.
     let upstream = FakeUpstream::start(vec![]).await;
     let (proxy, _, stop) = sidecar(&upstream, &[("BEDROCK_BROKER_IDLE_TIMEOUT", "1s")]).await;
-    let mut c = TcpStream::connect(proxy).await.unwrap();
-    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    hello.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // SETTINGS
-    c.write_all(&hello).await.unwrap();
+    let mut c = h2c(proxy, &[]).await;
     // As a client library does: PINGs of its own every 100 ms, and every
     // PING of the server's answered (the close begins with one).
     let client = async {
@@ -385,6 +393,42 @@ async fn an_http2_connection_with_only_pings_on_it_is_closed_when_idle() {
     };
     let closed = tokio::time::timeout(Duration::from_secs(5), client).await;
     assert!(closed.is_ok(), "still open after 5 s of PINGs only");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn an_http2_header_block_sent_a_piece_at_a_time_is_cut_off() {
+    // `--header-read-timeout` is HTTP/1's: hyper has no header timer for
+    // HTTP/2. A header block sent a frame at a time is bounded by the
+    // frames it may take instead (h2 allows five CONTINUATIONs at the
+    // proxy's header size), with the default timeouts. The client answers
+    // none of the server's PINGs: in the middle of a header block it may
+    // send nothing else.
+    let upstream = FakeUpstream::start(vec![]).await;
+    let (proxy, _, stop) = sidecar(&upstream, &[]).await;
+    // HEADERS on stream 1 without END_HEADERS: GET http /.
+    let c = h2c(proxy, &[0, 0, 3, 0x1, 0, 0, 0, 0, 1, 0x82, 0x86, 0x84]).await;
+    let (mut read, mut write) = c.into_split();
+    let drip = async move {
+        let mut ticks = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            ticks.tick().await;
+            // CONTINUATION on stream 1, one literal header `x-a: v`.
+            let piece = [0, 0, 7, 0x9, 0, 0, 0, 0, 1, 0, 3, b'x', b'-', b'a', 1, b'v'];
+            if write.write_all(&piece).await.is_err() {
+                return;
+            }
+        }
+    };
+    let drain = async move {
+        let mut buf = [0u8; 4096];
+        while matches!(read.read(&mut buf).await, Ok(n) if n > 0) {}
+    };
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::select! { () = drip => {}, () = drain => {} }
+    })
+    .await;
+    assert!(closed.is_ok(), "still open after 10 s of header pieces");
     stop.cancel();
 }
 

@@ -35,7 +35,7 @@ macro_rules! server_limits {
                 default: Value($header),
                 help: concat!(
                     "Time a client of the ", $what,
-                    " has to send a request's headers; for HTTP/1 also how long a kept-alive connection may wait for its next request"
+                    " has to send a request's headers, and how long a kept-alive connection may wait for its next request (HTTP/1: HTTP/2 connections are bounded by the idle timeout)"
                 ),
             },
             idle_timeout: Setting {
