@@ -17,7 +17,6 @@ pub async fn run(args: &CredentialsArgs, env: &Env) -> u8 {
     match diagnose::run(&config, Arc::new(SystemClock)).await {
         Ok(found) => {
             print!("{found}");
-            println!("ok: credentials work");
             OK
         }
         Err(e) => {

@@ -31,7 +31,8 @@ fn hint(err: &SourceError) -> String {
         .unwrap_or_default()
 }
 
-/// Runs the diagnosis and renders a report; `Err` carries an actionable message.
+/// Runs the diagnosis and renders a report ending in its verdict; `Err`
+/// carries an actionable message.
 pub async fn run(config: &CredentialsConfig, clock: SharedClock) -> Result<String, DiagnoseError> {
     let mut report = String::new();
     let source = match &config.mode {
@@ -42,6 +43,10 @@ pub async fn run(config: &CredentialsConfig, clock: SharedClock) -> Result<Strin
                 key.kind().describe()
             );
             let _ = writeln!(report, "note:     API keys are checked by Bedrock itself; STS cannot tell who they belong to");
+            let _ = writeln!(
+                report,
+                "ok: an API key is set (not checked: send a request through the sidecar to try it)"
+            );
             return Ok(report);
         }
         CredentialMode::SigV4(source) => source,
@@ -81,6 +86,7 @@ pub async fn run(config: &CredentialsConfig, clock: SharedClock) -> Result<Strin
             |e| describe_time(e, clock.now())
         )
     );
+    let _ = writeln!(report, "ok: credentials work");
     Ok(report)
 }
 

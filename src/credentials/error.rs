@@ -80,6 +80,13 @@ impl SourceError {
                 "the projected service account token is not mounted where AWS_WEB_IDENTITY_TOKEN_FILE points; check the pod's volumes (the injector or the EKS Pod Identity Webhook adds them)",
             ),
             Self::EmptyToken { .. } => Some("the kubelet has not written the token yet"),
+            Self::Service {
+                operation: "AssumeRole",
+                code,
+                ..
+            } if code == "AccessDenied" => Some(
+                "the chained role's trust policy must allow the role before it in the chain to call sts:AssumeRole (with sts:ExternalId matching --chain-external-id if the policy asks for one), and that role's own policy must allow sts:AssumeRole on the chained role",
+            ),
             Self::Service { code, .. } => match code.as_str() {
                 "InvalidIdentityToken" => Some(
                     "STS could not validate the token: the cluster's OIDC issuer must be registered as an IAM OIDC identity provider in the role's account, with the token's audience (normally sts.amazonaws.com) in its client ID list",
@@ -98,9 +105,12 @@ impl SourceError {
                     Some("STS is not activated in this region for the account")
                 }
                 "ValidationError" => Some("STS rejected a parameter; check AWS_ROLE_ARN and AWS_ROLE_SESSION_NAME"),
-                "InvalidClientTokenId" | "SignatureDoesNotMatch" => {
-                    Some("the access key is unknown or the secret key does not match it")
-                }
+                "InvalidClientTokenId" => Some(
+                    "the access key (or, for temporary credentials, its session token) is not valid",
+                ),
+                "SignatureDoesNotMatch" => Some(
+                    "the secret key does not match the access key, or the region signed for (AWS_REGION) is not the STS endpoint's",
+                ),
                 _ => None,
             },
             Self::Transport { .. } => Some(

@@ -6,7 +6,6 @@
 use aws_config::provider_config::ProviderConfig;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
-use aws_smithy_types::error::display::DisplayErrorContext;
 
 use super::source::{BoxFuture, CredentialSource, Fetched};
 use super::{sts, ErrorClass, SourceError};
@@ -86,7 +85,7 @@ fn provider_error(kind: &'static str, e: &CredentialsError) -> SourceError {
         operation: kind,
         code: code.to_owned(),
         // Providers that call STS (a profile's role) carry its message.
-        message: crate::secret::redact_token_text(&DisplayErrorContext(e).to_string()),
+        message: crate::secret::redact_token_text(&crate::error_text::with_causes(e)),
         status: 0,
         class,
     }

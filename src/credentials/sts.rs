@@ -8,7 +8,6 @@ use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
@@ -158,7 +157,7 @@ where
         }
         other => SourceError::Transport {
             operation,
-            detail: redact_token_text(&DisplayErrorContext(&other).to_string()),
+            detail: redact_token_text(&crate::error_text::with_causes(&other)),
         },
     }
 }

@@ -148,13 +148,7 @@ fn streams_client(https: HttpsConnector<HttpConnector>, max_idle: usize) -> Upst
 
 /// A send or connect failure, with its causes, as the client sees it.
 pub(super) fn upstream_error(e: &(dyn std::error::Error + 'static)) -> ProxyError {
-    let mut detail = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        detail.push_str(": ");
-        detail.push_str(&s.to_string());
-        source = s.source();
-    }
+    let detail = crate::error_text::with_causes(e);
     if detail.contains("timed out") || detail.contains("deadline") {
         ProxyError::UpstreamTimeout(detail)
     } else {

@@ -59,3 +59,34 @@ def test_missing_configuration_exits_2():
     out = run({})
     assert out.returncode == 2
     assert "AWS_ROLE_ARN" in out.stderr and "AWS_ACCESS_KEY_ID" in out.stderr
+
+
+def test_a_refused_chained_role_points_at_that_role_not_the_token(irsa_env, fake_aws):
+    # The token exchange works; the second hop is refused. Its fix is the
+    # chained role's trust policy, not the OIDC trust of the first role.
+    chained = "arn:aws:iam::210987654321:role/denied"
+    fake_aws.configure_sts(deny_roles=[chained])
+    out = run(dict(irsa_env, BEDROCK_BROKER_CHAIN_ROLE_ARN=chained))
+    assert out.returncode == 1
+    assert "AssumeRole failed: AccessDenied" in out.stderr
+    hint = next(line for line in out.stderr.splitlines() if "hint:" in line)
+    assert "OIDC" not in hint and "service account" not in hint, hint
+    assert "chained role's trust policy" in hint and "sts:AssumeRole" in hint, hint
+
+
+def test_sts_out_of_reach_is_said_plainly(irsa_env):
+    out = run(dict(irsa_env, AWS_ENDPOINT_URL_STS="http://127.0.0.1:1"))
+    assert out.returncode == 1
+    assert "Connection refused" in out.stderr, out.stderr
+    # The causes once, as text: no Rust debug dump of the same error.
+    assert "DispatchFailure(" not in out.stderr and "{" not in out.stderr, out.stderr
+
+
+def test_an_api_key_is_not_claimed_to_work(fake_aws):
+    # Nothing but Bedrock can check an API key; the command must not say
+    # it checked one.
+    out = run({"AWS_REGION": "us-east-1", "AWS_BEARER_TOKEN_BEDROCK": "ABSKZmFrZWtleQ=="})
+    assert out.returncode == 0, out.stderr
+    assert "credentials work" not in out.stdout
+    assert "not checked" in out.stdout, out.stdout
+    assert "ABSKZmFrZWtleQ==" not in out.stdout + out.stderr
