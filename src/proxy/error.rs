@@ -115,6 +115,8 @@ pub enum ProxyError {
     HostNotAllowed(String),
     #[error("this bedrock-broker requires its proxy token (Authorization: Bearer <token>, or x-bedrock-broker-token)")]
     ProxyTokenRequired,
+    #[error("the x-bedrock-broker-token this request carries does not match this bedrock-broker's proxy token (--proxy-token)")]
+    ProxyTokenMismatch,
     #[error("the request body stalled for {} (--body-read-timeout)", humantime::format_duration(*.0))]
     BodyReadTimeout(Duration),
     #[error("the request body arrived slower than {bytes_per_second} bytes a second on average (--body-min-rate)")]
@@ -146,7 +148,7 @@ impl ProxyError {
             Self::ClientClosed(_) => &CLIENT_CLOSED,
             Self::SigningFailed(_) => &SIGNING_FAILED,
             Self::HostNotAllowed(_) => &HOST_NOT_ALLOWED,
-            Self::ProxyTokenRequired => &PROXY_TOKEN_REQUIRED,
+            Self::ProxyTokenRequired | Self::ProxyTokenMismatch => &PROXY_TOKEN_REQUIRED,
             Self::BodyReadTimeout(_) => &BODY_READ_TIMEOUT,
             Self::BodyTooSlow { .. } => &BODY_TOO_SLOW,
             Self::Overloaded(_) => &OVERLOADED,
@@ -277,6 +279,7 @@ mod tests {
             ProxyError::SigningFailed("x".into()),
             ProxyError::HostNotAllowed("x".into()),
             ProxyError::ProxyTokenRequired,
+            ProxyError::ProxyTokenMismatch,
             ProxyError::BodyReadTimeout(Duration::from_secs(1)),
             ProxyError::BodyTooSlow {
                 bytes_per_second: 1,

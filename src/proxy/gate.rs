@@ -123,6 +123,11 @@ impl GateState {
         match &self.token {
             None => Ok(()),
             Some(token) if presents(request.headers(), token) => Ok(()),
+            // A bearer may be an SDK's placeholder key; the broker's own
+            // header can only be meant as the token.
+            Some(_) if request.headers().contains_key(PROXY_TOKEN_HEADER) => {
+                Err(ProxyError::ProxyTokenMismatch)
+            }
             Some(_) => Err(ProxyError::ProxyTokenRequired),
         }
     }
@@ -329,6 +334,22 @@ mod tests {
             .unwrap_err();
         assert_eq!(wrong.code().name, "proxy_token_required");
         assert!(!wrong.to_string().contains("0123456789"));
+        // A bearer may be an SDK's placeholder key; the broker's own header
+        // can only be a token, so a wrong one is said to be wrong.
+        let mismatch = g
+            .check(&request(
+                host,
+                &[("x-bedrock-broker-token", "0123456789abcdeX")],
+            ))
+            .unwrap_err();
+        assert_eq!(mismatch.code().name, "proxy_token_required");
+        assert!(
+            mismatch.to_string().contains("does not match"),
+            "{mismatch}"
+        );
+        assert!(!mismatch.to_string().contains("0123456789"));
+        let missing = g.check(&request(host, &[])).unwrap_err();
+        assert!(!missing.to_string().contains("does not match"), "{missing}");
     }
 
     #[tokio::test(start_paused = true)]

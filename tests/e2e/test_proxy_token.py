@@ -79,6 +79,11 @@ def test_requests_without_the_token_are_refused(token_pod, fake_aws):
     url = app["BEDROCK_BROKER_URL"] + "/model/anthropic.claude-3-haiku-20240307-v1:0/converse"
     body = {"messages": [{"role": "user", "content": [{"text": "hi"}]}]}
     assert requests.post(url, json=body, timeout=30).status_code == 401
+    # A wrong token in the broker's own header is said to be wrong, and
+    # not quoted back.
+    wrong = requests.post(url, json=body, headers={"x-bedrock-broker-token": "not-" + token[:8]}, timeout=30)
+    assert wrong.status_code == 401 and wrong.headers["x-bedrock-broker-error"] == "proxy_token_required"
+    assert "does not match" in wrong.json()["message"] and token[:8] not in wrong.text, wrong.text
     ok = requests.post(url, json=body, headers={"x-bedrock-broker-token": app["BEDROCK_BROKER_PROXY_TOKEN"]}, timeout=30)
     assert ok.status_code == 200, ok.text
     # Only the accepted request reached Bedrock: SigV4-signed (verified by
