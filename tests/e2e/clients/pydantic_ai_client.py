@@ -25,6 +25,7 @@ def main():
     from pydantic_ai.exceptions import ModelHTTPError
 
     # --- snippet: openai ---
+    from pydantic_ai import Agent
     from pydantic_ai.models.openai import OpenAIChatModel
     from pydantic_ai.providers.openai import OpenAIProvider
 

@@ -14,7 +14,8 @@ def main():
     # UNSIGNED sends without credentials (the sidecar signs).
     model = BedrockModel(model_id="anthropic.claude-3-haiku-20240307-v1:0", region_name="us-east-1",
                          boto_client_config=Config(signature_version=UNSIGNED))
-    agent = Agent(model=model)
+    # callback_handler=None: the default one also prints the answer as it streams.
+    agent = Agent(model=model, callback_handler=None)
     print(agent("Hello"))
     # --- end snippet ---
     chunks = []
