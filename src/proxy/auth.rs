@@ -111,11 +111,19 @@ fn is_bedrock_api_key(value: &HeaderValue) -> bool {
 
 /// The token in a provider-data header, if it carries a usable one.
 fn provider_data_token(value: &HeaderValue) -> Result<Option<HeaderValue>, ProxyError> {
+    // A client that always sends the header, empty or `null` when it has
+    // no token, asks for no override.
+    if value.as_bytes().trim_ascii().is_empty() {
+        return Ok(None);
+    }
     let data: serde_json::Value = serde_json::from_slice(value.as_bytes()).map_err(|e| {
         provider_data_error(format!(
             "x-llamastack-provider-data is not valid JSON ({e})"
         ))
     })?;
+    if data.is_null() {
+        return Ok(None);
+    }
     let object = data.as_object().ok_or_else(|| {
         provider_data_error("x-llamastack-provider-data must be a JSON object".to_owned())
     })?;
@@ -248,6 +256,15 @@ mod tests {
                 None,
                 ("sigv4", ""),
             ),
+            // An empty, blank or null header is no override either.
+            (&[(pd, "")], None, ("sigv4", "")),
+            (
+                &[(pd, "   ")],
+                Some("ABSKconf"),
+                ("api_key", "Bearer ABSKconf"),
+            ),
+            (&[(pd, "null")], None, ("sigv4", "")),
+            (&[(pd, " null ")], None, ("sigv4", "")),
             (
                 &[(pd, r#"{"other_provider_key": "x"}"#)],
                 None,

@@ -37,7 +37,7 @@ def test_provider_data_bearer_override_wins(sidecar, fake_aws):
     assert sidecar.metric("bedrock_broker_requests_total", {"operation": "converse", "code": "200", "auth": "provider_data"}) == 1
 
 
-@pytest.mark.parametrize("value", ['{"aws_bearer_token_bedrock": ""}', '{"aws_bearer_token_bedrock": "   "}', '{"aws_bearer_token_bedrock": null}', '{}'])
+@pytest.mark.parametrize("value", ['{"aws_bearer_token_bedrock": ""}', '{"aws_bearer_token_bedrock": "   "}', '{"aws_bearer_token_bedrock": null}', '{}', '', 'null'])
 def test_empty_provider_data_falls_back_to_sigv4(sidecar, fake_aws, value):
     tid, r = post(sidecar, {"x-llamastack-provider-data": value})
     assert r.status_code == 200, r.text
