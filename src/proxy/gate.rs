@@ -78,6 +78,16 @@ pub struct GateState {
     pub body_min_rate: Option<MinRate>,
 }
 
+/// How a request the gate let in is to be forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admitted {
+    AsIs,
+    /// Its `Authorization: Bearer` is the proxy token: the broker's, never
+    /// Bedrock's, whatever it looks like (any 16 printable characters may
+    /// look like a long-term API key, `ABSK…`).
+    BearerIsProxyToken,
+}
+
 impl GateState {
     pub fn new(gate: Gate) -> Self {
         // A budget larger than a semaphore can count is no limit at all.
@@ -108,7 +118,7 @@ impl GateState {
     /// The request is for this pod: its host is loopback (or allowed), and
     /// it carries the proxy token when one is configured. A browser-like
     /// component tricked by DNS rebinding sends its attacker's name.
-    pub fn check<B>(&self, request: &Request<B>) -> Result<(), ProxyError> {
+    pub fn check<B>(&self, request: &Request<B>) -> Result<Admitted, ProxyError> {
         if !plainly_loopback(request) {
             let host = host_of(request).unwrap_or_default();
             let allowed = is_loopback_host(&host)
@@ -120,15 +130,20 @@ impl GateState {
                 return Err(ProxyError::HostNotAllowed(host));
             }
         }
-        match &self.token {
-            None => Ok(()),
-            Some(token) if presents(request.headers(), token) => Ok(()),
+        let Some(token) = &self.token else {
+            return Ok(Admitted::AsIs);
+        };
+        let headers = request.headers();
+        if bearer_is(headers, token) {
+            Ok(Admitted::BearerIsProxyToken)
+        } else if header_is(headers, token) {
+            Ok(Admitted::AsIs)
+        } else if headers.contains_key(PROXY_TOKEN_HEADER) {
             // A bearer may be an SDK's placeholder key; the broker's own
             // header can only be meant as the token.
-            Some(_) if request.headers().contains_key(PROXY_TOKEN_HEADER) => {
-                Err(ProxyError::ProxyTokenMismatch)
-            }
-            Some(_) => Err(ProxyError::ProxyTokenRequired),
+            Err(ProxyError::ProxyTokenMismatch)
+        } else {
+            Err(ProxyError::ProxyTokenRequired)
         }
     }
 
@@ -179,21 +194,25 @@ async fn reserve(
 
 /// Whether the headers carry `token`, in `x-bedrock-broker-token` or as
 /// `Authorization: Bearer`; compared in constant time.
-fn presents(headers: &HeaderMap, token: &Secret) -> bool {
-    let expected = token.expose().as_bytes();
-    let same = |given: &[u8]| bool::from(given.ct_eq(expected));
-    if headers
+fn same(given: &[u8], token: &Secret) -> bool {
+    bool::from(given.ct_eq(token.expose().as_bytes()))
+}
+
+/// The broker's own header carries the token.
+fn header_is(headers: &HeaderMap, token: &Secret) -> bool {
+    headers
         .get(PROXY_TOKEN_HEADER)
-        .is_some_and(|v| same(v.as_bytes()))
-    {
-        return true;
-    }
+        .is_some_and(|v| same(v.as_bytes(), token))
+}
+
+/// `Authorization: Bearer` carries the token.
+fn bearer_is(headers: &HeaderMap, token: &Secret) -> bool {
     headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
         .is_some_and(|(scheme, given)| {
-            scheme.eq_ignore_ascii_case("bearer") && same(given.trim().as_bytes())
+            scheme.eq_ignore_ascii_case("bearer") && same(given.trim().as_bytes(), token)
         })
 }
 
@@ -314,18 +333,23 @@ mod tests {
         let g = gate(&[], Some("0123456789abcdef"));
         let host = Some("127.0.0.1:9787");
         assert!(g.check(&request(host, &[])).is_err());
-        assert!(g
-            .check(&request(
+        // A bearer that is the token is the broker's: it is removed.
+        assert_eq!(
+            g.check(&request(
                 host,
                 &[("authorization", "Bearer 0123456789abcdef")]
             ))
-            .is_ok());
-        assert!(g
-            .check(&request(
+            .unwrap(),
+            Admitted::BearerIsProxyToken
+        );
+        assert_eq!(
+            g.check(&request(
                 host,
                 &[("x-bedrock-broker-token", "0123456789abcdef")]
             ))
-            .is_ok());
+            .unwrap(),
+            Admitted::AsIs
+        );
         let wrong = g
             .check(&request(
                 host,

@@ -252,7 +252,10 @@ impl Proxy {
     {
         let refused = |e| (e, AuthMode::None);
         target::check(&request).map_err(refused)?;
-        self.gate.check(&request).map_err(refused)?;
+        let mut request = request;
+        if self.gate.check(&request).map_err(refused)? == gate::Admitted::BearerIsProxyToken {
+            request.headers_mut().remove(http::header::AUTHORIZATION);
+        }
         let decision =
             auth::decide(request.headers(), self.configured_bearer.as_ref()).map_err(refused)?;
         let mode = decision.mode();

@@ -94,3 +94,22 @@ def test_requests_without_the_token_are_refused(token_pod, fake_aws):
     assert "x-bedrock-broker-token" not in seen[0]["header_names"]
     assert seen[0]["bearer_token"] is None
     assert token not in seen[0]["canonical_request"]
+
+
+def test_a_proxy_token_shaped_like_an_api_key_never_reaches_bedrock(start_sidecar, irsa_env, fake_aws):
+    # The token may be any 16 printable characters, so it may look like a
+    # long-term Bedrock API key; sent as a bearer it is the broker's, never
+    # a client key to pass on.
+    token = "ABSK" + secrets.token_hex(16)
+    sidecar = start_sidecar({**irsa_env, "BEDROCK_BROKER_PROXY_TOKEN": token})
+    url = sidecar.url("/model/anthropic.claude-3-haiku-20240307-v1:0/converse")
+    body = {"messages": [{"role": "user", "content": [{"text": "hi"}]}]}
+    for headers in ({"authorization": f"Bearer {token}"},
+                    {"authorization": f"Bearer {token}", "x-bedrock-broker-token": token}):
+        before = len(fake_aws.requests())
+        r = requests.post(url, json=body, headers=headers, timeout=30)
+        assert r.status_code == 200, r.text
+        (seen,) = fake_aws.requests()[before:]
+        assert seen["auth_kind"] == "sigv4" and seen["verified"], seen
+        assert seen["bearer_token"] is None
+        assert token not in seen["canonical_request"]
