@@ -1,6 +1,6 @@
 //! The sidecar's metrics.
 
-use prometheus::{Gauge, Histogram, HistogramVec, IntCounterVec, IntGauge, Registry};
+use prometheus::{Gauge, GaugeVec, Histogram, HistogramVec, IntCounterVec, IntGauge, Registry};
 
 use super::{histogram_opts, opts, registered};
 
@@ -28,9 +28,20 @@ pub struct CredentialMetrics {
     /// Failures since the last success.
     pub consecutive_failures: IntGauge,
     /// `exp` claim of the projected service account token.
-    pub web_identity_token_expiry_timestamp: Gauge,
+    pub web_identity_token_expiry_timestamp: LateGauge,
     /// This node's clock minus STS's `Date`, in seconds (positive: ahead).
     pub clock_skew: Gauge,
+}
+
+/// A gauge without labels that is exported only once it has a value: for
+/// a time that may be unknown, where 0 would read as 1970.
+#[derive(Debug, Clone)]
+pub struct LateGauge(GaugeVec);
+
+impl LateGauge {
+    pub fn set(&self, value: f64) {
+        self.0.with_label_values(&[] as &[&str]).set(value);
+    }
 }
 
 /// The data plane.
@@ -133,13 +144,16 @@ impl CredentialMetrics {
                     "Credential refresh failures since the last success.",
                 ))?,
             )?,
-            web_identity_token_expiry_timestamp: registered(
+            web_identity_token_expiry_timestamp: LateGauge(registered(
                 r,
-                Gauge::with_opts(opts(
-                    "web_identity_token_expiry_timestamp_seconds",
-                    "exp claim of the projected service account token last exchanged.",
-                ))?,
-            )?,
+                GaugeVec::new(
+                    opts(
+                        "web_identity_token_expiry_timestamp_seconds",
+                        "exp claim of the projected service account token last exchanged.",
+                    ),
+                    &[],
+                )?,
+            )?),
             clock_skew: registered(
                 r,
                 Gauge::with_opts(opts(
@@ -213,6 +227,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_token_expiry_is_absent_until_a_token_has_one() {
+        // Static keys, API keys and a token not yet read have no `exp`: a
+        // 0 read as a time made dashboards show the token 56 years gone.
+        let m = Metrics::new();
+        let name = "bedrock_broker_web_identity_token_expiry_timestamp_seconds";
+        assert!(!m.render().contains(name), "{}", m.render());
+        m.credentials.web_identity_token_expiry_timestamp.set(1.8e9);
+        assert!(
+            m.render().contains(&format!("{name} 1800000000")),
+            "{}",
+            m.render()
+        );
+    }
+
+    #[test]
     fn exposes_the_contract_metric_names() {
         let m = Metrics::new();
         m.proxy
@@ -224,6 +253,7 @@ mod tests {
             .with_label_values(&["converse"])
             .observe(0.1);
         m.credentials.refresh_duration.observe(0.1);
+        m.credentials.web_identity_token_expiry_timestamp.set(1.8e9);
         let text = m.render();
         for name in [
             "bedrock_broker_credentials_expiry_timestamp_seconds",
