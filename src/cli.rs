@@ -232,6 +232,8 @@ pub struct SidecarArgs {
 pub struct CredentialsArgs {
     #[command(flatten)]
     pub aws: AwsArgs,
+    #[arg(long = sidecar::ALLOW_PLAINTEXT_UPSTREAM.flag, help = sidecar::ALLOW_PLAINTEXT_UPSTREAM.help_text())]
+    pub allow_plaintext_upstream: Option<String>,
     #[command(flatten)]
     pub log: LogArgs,
 }

@@ -10,7 +10,7 @@ use crate::config::Env;
 use crate::credentials::{diagnose, CredentialsConfig};
 
 pub async fn run(args: &CredentialsArgs, env: &Env) -> u8 {
-    let config = match CredentialsConfig::from_args(&args.aws, env) {
+    let config = match CredentialsConfig::from_args(args, env) {
         Ok(config) => config,
         Err(errors) => return report(&errors),
     };

@@ -98,7 +98,16 @@ pub fn markdown() -> String {
         "\n## `bedrock-broker credentials`\n\n\
          Reads the same AWS settings and variables as `sidecar`:\n\n",
     );
-    settings_table(&mut out, &[settings::aws::ALL]);
+    settings_table(
+        &mut out,
+        &[
+            settings::aws::ALL,
+            &[
+                settings::sidecar::ALLOW_PLAINTEXT_UPSTREAM,
+                settings::log::FORMAT,
+            ],
+        ],
+    );
     out.push_str("\n## `bedrock-broker webhook`\n\n");
     settings_table(
         &mut out,

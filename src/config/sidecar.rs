@@ -33,11 +33,10 @@ fn plaintext_allowed(flag: Option<&str>, env: &Env) -> bool {
 
 impl CredentialsConfig {
     /// The configuration of `bedrock-broker credentials`.
-    pub fn from_args(args: &crate::cli::AwsArgs, env: &Env) -> Result<Self, ConfigErrors> {
+    pub fn from_args(args: &crate::cli::CredentialsArgs, env: &Env) -> Result<Self, ConfigErrors> {
         let mut errors = Errors::default();
-        // This command has no flag for it; the pod's variable still counts.
-        let plaintext = plaintext_allowed(None, env);
-        let (_, config) = credentials::parse(args, env, plaintext, &mut errors);
+        let plaintext = plaintext_allowed(args.allow_plaintext_upstream.as_deref(), env);
+        let (_, config) = credentials::parse(&args.aws, env, plaintext, &mut errors);
         errors.finish(|| config)
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use super::kubelet::Kubelet;
 use super::pod::{Change, Fleet};
 use super::sts_model::{Call, Fault, FaultKind, Latency, Quota, StsModel};
-use crate::cli::AwsArgs;
+use crate::cli::CredentialsArgs;
 use crate::clock::TokioClock;
 use crate::config::Env;
 use crate::credentials::{sts, CredentialMode, CredentialsConfig, RefreshPolicy, SigV4Source};
@@ -189,7 +189,7 @@ pub(super) fn sidecar_config(lifetime: Duration) -> Result<CredentialsConfig, Si
         ),
         ("BEDROCK_BROKER_SESSION_DURATION", duration.as_str()),
     ]);
-    CredentialsConfig::from_args(&AwsArgs::default(), &env)
+    CredentialsConfig::from_args(&CredentialsArgs::default(), &env)
         .map_err(|e| SimError::Config(e.to_string()))
 }
 

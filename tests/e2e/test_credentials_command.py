@@ -8,9 +8,9 @@ import subprocess
 from conftest import BINARY, ROLE_ARN
 
 
-def run(env: dict[str, str]) -> subprocess.CompletedProcess:
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(BINARY), "credentials"],
+        [str(BINARY), "credentials", *args],
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
         capture_output=True,
         text=True,
@@ -90,3 +90,13 @@ def test_an_api_key_is_not_claimed_to_work(fake_aws):
     assert "credentials work" not in out.stdout
     assert "not checked" in out.stdout, out.stdout
     assert "ABSKZmFrZWtleQ==" not in out.stdout + out.stderr
+
+
+def test_plain_http_sts_off_the_node_needs_the_flag_it_names(irsa_env):
+    env = dict(irsa_env, AWS_ENDPOINT_URL_STS="http://sts.internal.invalid:8080")
+    refused = run(env)
+    assert refused.returncode == 2 and "--allow-plaintext-upstream" in refused.stderr, refused.stderr
+    # With the flag the command goes on to STS (which is not there).
+    allowed = run(env, "--allow-plaintext-upstream", "true")
+    assert allowed.returncode == 1, allowed.stderr
+    assert "STS could not be reached" in allowed.stderr, allowed.stderr
