@@ -92,8 +92,10 @@ kubectl label namespace my-apps bedrock-broker.io/inject=true
 - **MutatingWebhookConfiguration**: two entries, because one webhook cannot OR
   a namespace and a pod selector: `namespace.inject.bedrock-broker.io` for pods
   in namespaces labelled `bedrock-broker.io/inject=true` (unless the pod says
-  `"false"`), `pod.inject.bedrock-broker.io` for pods labelled `"true"` in the
-  other namespaces. They never match the same pod. `kube-system` and the
+  `"false"`), `pod.inject.bedrock-broker.io` for pods carrying the label
+  with any value but `"false"` in the other namespaces (the webhook injects
+  `"true"` and refuses the rest, such as `"True"`, with a message). They
+  never match the same pod. `kube-system` and the
   release namespace are excluded; `failurePolicy: Fail` only ever affects
   opted-in pods. `reinvocationPolicy: IfNeeded` is safe: injection is idempotent.
 - **TLS** (`tls.mode`): `generate` (default; a self-signed CA made by Helm and

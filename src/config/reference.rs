@@ -8,11 +8,21 @@ use super::setting::{Setting, WhenUnset};
 use super::settings::{self, limits, Variable};
 
 /// Table-cell text: pipes escaped, and `<placeholders>` kept visible
-/// (Markdown renderers drop unknown HTML tags).
+/// (Markdown renderers drop unknown HTML tags); inside a code span an
+/// entity would be shown as written, and the tag is shown as it is.
 fn cell(text: &str) -> String {
     text.replace('|', "\\|")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+        .split('`')
+        .enumerate()
+        .map(|(i, part)| {
+            if i % 2 == 1 {
+                part.to_owned()
+            } else {
+                part.replace('<', "&lt;").replace('>', "&gt;")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("`")
 }
 
 fn settings_table(out: &mut String, rows: &[&[Setting]]) {
@@ -56,8 +66,9 @@ pub fn markdown() -> String {
          Every flag also reads the environment variables listed next to it; a flag \
          wins over its variables, the first variable set wins over the next, and an \
          empty variable counts as unset. Every value is checked at start: all \
-         problems are reported at once, each naming its flag or variable, and the \
-         process exits with status 2. Durations take a unit (`500ms`, `10s`, `2m`, \
+         problems are reported at once, each naming its flag or variable (a bad \
+         `--log-format` first, on its own: it decides how the rest is printed), and \
+         the process exits with status 2. Durations take a unit (`500ms`, `10s`, `2m`, \
          `1h`) and are at most `365d`; counts and sizes are whole numbers up to \
          1099511627776 (2^40); booleans accept `true`/`false` (also `yes`/`no`, \
          `on`/`off`, `1`/`0`, in any case).\n\n",
@@ -144,5 +155,20 @@ pub fn markdown() -> String {
         "\n## `bedrock-broker inject`\n\nAlso takes the injected sidecar defaults above.\n\n",
     );
     settings_table(&mut out, &[settings::inject::ALL]);
+    out.push_str(OTHER_VARIABLES);
     out
 }
+
+/// Variables read by the libraries the binary builds on rather than by
+/// its own settings, so that this page names everything the process reads.
+const OTHER_VARIABLES: &str = "
+## Read by the libraries underneath
+
+| variable | read by | meaning |
+| --- | --- | --- |
+| `AWS_CONTAINER_AUTHORIZATION_TOKEN`, `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE` | `--credential-source container` (aws-config) | the token sent to the container credentials endpoint |
+| `AWS_CONFIG_FILE`, `AWS_SHARED_CREDENTIALS_FILE` | `--credential-source profile` (aws-config) | where the shared config and credentials files are |
+| `AWS_EC2_METADATA_SERVICE_ENDPOINT` | `--credential-source imds` (aws-config) | the instance metadata endpoint |
+| `TOKIO_WORKER_THREADS` | every command, with two CPUs or more (tokio) | worker threads; by default one per CPU the container may use; on one CPU a single thread, whatever it says ([operations.md](operations.md)) |
+| `KUBECONFIG` | `webhook` | the cluster to read namespaces, ServiceAccounts and LimitRanges from when not running in one (kube's config discovery) |
+";
