@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -68,6 +69,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bedrock-broker-demo-"))
     procs: list[subprocess.Popen] = []
+    finished = False
 
     def stop_all(*_):
         for p in reversed(procs):
@@ -156,6 +158,7 @@ def main() -> int:
 
         if args.once:
             say("Done")
+            finished = True
             return 0
         say("The sidecar keeps running; credentials refresh every ~%ds. Try:" % int(args.lifetime / 2))
         print(f"""   curl -s {proxy}/openai/v1/chat/completions -H 'content-type: application/json' \\
@@ -169,9 +172,15 @@ def main() -> int:
         print("a process exited; stopping", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        finished = True
         return 0
     finally:
         stop_all()
+        # Logs help only when something went wrong.
+        if finished:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"logs kept in {work}", file=sys.stderr)
 
 
 if __name__ == "__main__":
