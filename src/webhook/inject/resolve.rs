@@ -255,7 +255,7 @@ fn resolve_region(
         .and_then(|raw| Region::parse(raw.trim()).ok());
     if from_env.is_none() {
         problems.push(format!(
-            "no AWS region: set the pod annotation {} (for example us-east-1), or give the webhook a default with --sidecar-region",
+            "no AWS region: set the pod annotation {} (for example us-east-1), or set a default with --sidecar-region (a flag of webhook and inject)",
             names::REGION
         ));
     }
