@@ -116,6 +116,8 @@ class FakeAws:
         self.bedrock = info["bedrock"]
         # HTTP/2 listener (InvokeModelWithBidirectionalStream), with --h2-port.
         self.bedrock_h2 = info.get("bedrock_h2")
+        # STS over TLS, with --tls-cert.
+        self.sts_tls = info.get("sts_tls")
         self.control = info["control"]
         self.proc = proc
         self.http = requests.Session()

@@ -100,3 +100,16 @@ def test_plain_http_sts_off_the_node_needs_the_flag_it_names(irsa_env):
     allowed = run(env, "--allow-plaintext-upstream", "true")
     assert allowed.returncode == 1, allowed.stderr
     assert "STS could not be reached" in allowed.stderr, allowed.stderr
+
+
+def test_sts_over_tls_is_trusted_through_aws_ca_bundle(irsa_env, fake_aws_tls, tls_material):
+    # A TLS-inspecting proxy or a private STS endpoint: the CA bundle that
+    # lets the sidecar reach Bedrock must let it reach STS as well.
+    env = dict(irsa_env, AWS_ENDPOINT_URL_STS=fake_aws_tls.sts_tls)
+    trusted = run(dict(env, AWS_CA_BUNDLE=str(tls_material["ca"])))
+    assert trusted.returncode == 0, trusted.stderr
+    assert "ok: credentials work" in trusted.stdout
+    untrusted = run(env)
+    assert untrusted.returncode == 1
+    assert "STS could not be reached" in untrusted.stderr, untrusted.stderr
+    assert "certificate" in untrusted.stderr.lower() or "UnknownIssuer" in untrusted.stderr, untrusted.stderr

@@ -14,7 +14,8 @@ When every port listens, one JSON line is printed to stdout (and written to
      "control": "http://127.0.0.1:P1/_control",
      "bedrock_h2": "https://127.0.0.1:P3"}
 
-``bedrock_h2`` is present only with ``--h2-port`` (``http://`` for h2c).
+``bedrock_h2`` is present only with ``--h2-port`` (``http://`` for h2c);
+with ``--tls-cert``, ``sts_tls`` is STS over HTTPS too (same state).
 """
 
 from __future__ import annotations
@@ -124,6 +125,12 @@ async def serve(args: argparse.Namespace) -> None:
         "bedrock": f"{scheme}://127.0.0.1:{bedrock_sock.getsockname()[1]}",
         "control": f"{sts_url}/_control",
     }
+    if ssl_ctx:
+        # STS over TLS as well, sharing the state: AWS_CA_BUNDLE is trusted
+        # on the way to STS, not only to Bedrock.
+        sts_tls_sock = bind_loopback(0)
+        runners.append(await start_site(build_sts_app(state), sts_tls_sock, ssl_ctx))
+        urls["sts_tls"] = f"https://127.0.0.1:{sts_tls_sock.getsockname()[1]}"
     h2_listener = None
     if args.h2_port is not None:
         h2_listener, urls["bedrock_h2"] = await start_h2_listener(state, args)
@@ -167,7 +174,7 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
         help="also serve invoke-with-bidirectional-stream over HTTP/2 on this port (0 = ephemeral; "
         "TLS + ALPN with --tls-cert, else h2c with prior knowledge)",
     )
-    p.add_argument("--tls-cert", help="PEM certificate chain: serve Bedrock over HTTPS")
+    p.add_argument("--tls-cert", help="PEM certificate chain: serve Bedrock (and a second STS port) over HTTPS")
     p.add_argument("--tls-key", help="PEM private key for --tls-cert")
     p.add_argument("--region", default="us-east-1")
     p.add_argument("--ready-file", help="also write the ready JSON here (atomically)")
