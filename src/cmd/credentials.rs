@@ -14,6 +14,9 @@ pub async fn run(args: &CredentialsArgs, env: &Env) -> u8 {
         Ok(config) => config,
         Err(errors) => return report(&errors),
     };
+    for warning in &config.warnings {
+        eprintln!("warning: {warning}");
+    }
     match diagnose::run(&config, Arc::new(SystemClock)).await {
         Ok(found) => {
             print!("{found}");

@@ -32,6 +32,21 @@ impl Region {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Shaped like every AWS region so far: groups of letters, then a
+    /// number (`us-east-1`, `us-gov-west-1`, `eusc-de-east-1`). Not a
+    /// refusal: a private endpoint may be signed for a name of its own.
+    pub fn is_aws_shaped(&self) -> bool {
+        let mut parts = self.0.split('-').rev();
+        let number = parts.next().unwrap_or_default();
+        let letters: Vec<&str> = parts.collect();
+        !number.is_empty()
+            && number.bytes().all(|b| b.is_ascii_digit())
+            && letters.len() >= 2
+            && letters
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+    }
 }
 
 impl fmt::Display for Region {

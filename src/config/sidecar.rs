@@ -680,6 +680,37 @@ mod tests {
     }
 
     #[test]
+    fn a_region_not_shaped_like_aws_s_is_warned_about() {
+        // `us-east1` passes as a name, then every STS and Bedrock host built
+        // from it fails to resolve, far from the typo.
+        for region in ["us-east1", "useast-1", "eu-west-1a"] {
+            let mut env = IRSA.to_vec();
+            env[0] = ("AWS_REGION", region);
+            let c = sidecar(&env).unwrap();
+            assert_eq!(c.credentials.warnings.len(), 1, "{region}");
+            assert!(
+                c.credentials.warnings[0].contains("AWS_REGION"),
+                "{:?}",
+                c.credentials.warnings
+            );
+        }
+        for region in [
+            "us-east-1",
+            "us-gov-west-1",
+            "us-isob-east-1",
+            "eusc-de-east-1",
+            "cn-northwest-1",
+        ] {
+            let mut env = IRSA.to_vec();
+            env[0] = ("AWS_REGION", region);
+            assert!(
+                sidecar(&env).unwrap().credentials.warnings.is_empty(),
+                "{region}"
+            );
+        }
+    }
+
+    #[test]
     fn an_api_key_takes_precedence_with_a_warning() {
         let mut env = IRSA.to_vec();
         env.push(("AWS_BEARER_TOKEN_BEDROCK", "bedrock-api-key-abc"));

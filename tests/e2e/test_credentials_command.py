@@ -113,3 +113,11 @@ def test_sts_over_tls_is_trusted_through_aws_ca_bundle(irsa_env, fake_aws_tls, t
     assert untrusted.returncode == 1
     assert "STS could not be reached" in untrusted.stderr, untrusted.stderr
     assert "certificate" in untrusted.stderr.lower() or "UnknownIssuer" in untrusted.stderr, untrusted.stderr
+
+
+def test_a_region_typo_is_pointed_out(irsa_env):
+    # The fake STS answers for any region name; against AWS the host built
+    # from it would not resolve, with nothing pointing at the typo.
+    out = run(dict(irsa_env, AWS_REGION="us-east1"))
+    assert "warning: AWS_REGION" in out.stderr and "not shaped like an AWS region" in out.stderr, out.stderr
+    assert "warning" not in run(irsa_env).stderr
