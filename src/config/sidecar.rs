@@ -35,7 +35,15 @@ impl CredentialsConfig {
     /// The configuration of `bedrock-broker credentials`.
     pub fn from_args(args: &crate::cli::CredentialsArgs, env: &Env) -> Result<Self, ConfigErrors> {
         let mut errors = Errors::default();
-        let plaintext = plaintext_allowed(args.allow_plaintext_upstream.as_deref(), env);
+        // No routes here to read (and report) it, as `sidecar` has.
+        let plaintext = errors
+            .read(
+                &s::ALLOW_PLAINTEXT_UPSTREAM,
+                args.allow_plaintext_upstream.as_deref(),
+                env,
+                parse::bool,
+            )
+            .unwrap_or(false);
         let (_, config) = credentials::parse(&args.aws, env, plaintext, &mut errors);
         errors.finish(|| config)
     }

@@ -100,6 +100,9 @@ def test_plain_http_sts_off_the_node_needs_the_flag_it_names(irsa_env):
     allowed = run(env, "--allow-plaintext-upstream", "true")
     assert allowed.returncode == 1, allowed.stderr
     assert "STS could not be reached" in allowed.stderr, allowed.stderr
+    # A value that is no boolean is named, not read as "no".
+    bad = run(irsa_env, "--allow-plaintext-upstream", "maybe")
+    assert bad.returncode == 2 and "--allow-plaintext-upstream" in bad.stderr and "maybe" in bad.stderr, bad.stderr
 
 
 def test_sts_over_tls_is_trusted_through_aws_ca_bundle(irsa_env, fake_aws_tls, tls_material):
