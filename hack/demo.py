@@ -16,10 +16,10 @@ import argparse
 import base64
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -167,12 +167,15 @@ def main() -> int:
    tail -f {log}
    Ctrl-C to stop.""")
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        finished = True
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         print("a process exited; stopping", file=sys.stderr)
+        finished = False
         return 1
     except KeyboardInterrupt:
-        finished = True
+        # During the tour `finished` is still False: its logs may say why
+        # it was slow to get anywhere.
         return 0
     finally:
         stop_all()

@@ -85,7 +85,7 @@ impl SourceError {
                 code,
                 ..
             } if code == "AccessDenied" => Some(
-                "the chained role's trust policy must allow the role before it in the chain to call sts:AssumeRole (with sts:ExternalId matching --chain-external-id if the policy asks for one), and that role's own policy must allow sts:AssumeRole on the chained role",
+                "the chained role's trust policy must allow the role (or, with static keys, the user) before it in the chain to call sts:AssumeRole (with sts:ExternalId matching --chain-external-id if the policy asks for one), and that role's or user's own policy must allow sts:AssumeRole on the chained role",
             ),
             Self::Service { code, .. } => match code.as_str() {
                 "InvalidIdentityToken" => Some(
