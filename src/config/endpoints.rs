@@ -142,11 +142,20 @@ fn signing_name(raw: &str) -> Result<String, ParseError> {
 /// The route table: the runtime (required: explicit, or from the region),
 /// and the Agents runtime and Mantle (explicit, or from the region when
 /// there is one).
+/// `--allow-plaintext-upstream`, read once per command and reported when
+/// it is no boolean (then counted as no).
+pub fn plaintext_allowed(flag: Option<&str>, env: &Env, errors: &mut Errors) -> bool {
+    errors
+        .read(&s::ALLOW_PLAINTEXT_UPSTREAM, flag, env, parse::bool)
+        .unwrap_or(false)
+}
+
 pub fn routes(
     args: &SidecarArgs,
     env: &Env,
     region: Option<&Region>,
     region_reported: bool,
+    plaintext: bool,
     errors: &mut Errors,
 ) -> Option<RouteTable> {
     let fips = errors.read(&s::USE_FIPS, args.use_fips.as_deref(), env, parse::bool);
@@ -157,14 +166,6 @@ pub fn routes(
         parse::bool,
     );
     let (fips, dualstack) = (fips.unwrap_or(false), dualstack.unwrap_or(false));
-    let plaintext = errors
-        .read(
-            &s::ALLOW_PLAINTEXT_UPSTREAM,
-            args.allow_plaintext_upstream.as_deref(),
-            env,
-            parse::bool,
-        )
-        .unwrap_or(false);
     let explicit = |raw: &str| upstream_checked(raw, plaintext);
     let signing_override = errors.read(
         &s::SIGNING_NAME,

@@ -23,27 +23,15 @@ fn self_heal_wait(sts_timeout: std::time::Duration) -> std::time::Duration {
     sts_timeout + std::time::Duration::from_secs(1)
 }
 
-/// `--allow-plaintext-upstream`, for the STS endpoint check. An invalid
-/// value counts as no and is reported once, by the routes' own read.
-fn plaintext_allowed(flag: Option<&str>, env: &Env) -> bool {
-    s::ALLOW_PLAINTEXT_UPSTREAM
-        .find(flag, env)
-        .is_some_and(|raw| parse::bool(raw.value).unwrap_or(false))
-}
-
 impl CredentialsConfig {
     /// The configuration of `bedrock-broker credentials`.
     pub fn from_args(args: &crate::cli::CredentialsArgs, env: &Env) -> Result<Self, ConfigErrors> {
         let mut errors = Errors::default();
-        // No routes here to read (and report) it, as `sidecar` has.
-        let plaintext = errors
-            .read(
-                &s::ALLOW_PLAINTEXT_UPSTREAM,
-                args.allow_plaintext_upstream.as_deref(),
-                env,
-                parse::bool,
-            )
-            .unwrap_or(false);
+        let plaintext = endpoints::plaintext_allowed(
+            args.allow_plaintext_upstream.as_deref(),
+            env,
+            &mut errors,
+        );
         let (_, config) = credentials::parse(&args.aws, env, plaintext, &mut errors);
         errors.finish(|| config)
     }
@@ -52,7 +40,8 @@ impl CredentialsConfig {
 impl SidecarConfig {
     pub fn from_args(args: &SidecarArgs, env: &Env) -> Result<Self, ConfigErrors> {
         let mut e = Errors::default();
-        let plaintext = plaintext_allowed(args.allow_plaintext_upstream.as_deref(), env);
+        let plaintext =
+            endpoints::plaintext_allowed(args.allow_plaintext_upstream.as_deref(), env, &mut e);
         let (region, credentials) = credentials::parse(&args.aws, env, plaintext, &mut e);
         let listeners = listeners(args, env, &mut e);
         // SigV4 already said a region is required.
@@ -60,7 +49,14 @@ impl SidecarConfig {
             credentials.as_ref().map(|c| &c.mode),
             Some(CredentialMode::SigV4(_))
         );
-        let routes = endpoints::routes(args, env, region.as_ref(), region_reported, &mut e);
+        let routes = endpoints::routes(
+            args,
+            env,
+            region.as_ref(),
+            region_reported,
+            plaintext,
+            &mut e,
+        );
         let upstream = upstream(args, env, &mut e);
         let gate = gate::gate(args, env, &mut e);
         if let (Some(u), Some(g)) = (&upstream, &gate) {
