@@ -139,9 +139,6 @@ fn signing_name(raw: &str) -> Result<String, ParseError> {
     }
 }
 
-/// The route table: the runtime (required: explicit, or from the region),
-/// and the Agents runtime and Mantle (explicit, or from the region when
-/// there is one).
 /// `--allow-plaintext-upstream`, read once per command and reported when
 /// it is no boolean (then counted as no).
 pub fn plaintext_allowed(flag: Option<&str>, env: &Env, errors: &mut Errors) -> bool {
@@ -150,6 +147,9 @@ pub fn plaintext_allowed(flag: Option<&str>, env: &Env, errors: &mut Errors) -> 
         .unwrap_or(false)
 }
 
+/// The route table: the runtime (required: explicit, or from the region),
+/// and the Agents runtime and Mantle (explicit, or from the region when
+/// there is one). `plaintext`: see [`plaintext_allowed`].
 pub fn routes(
     args: &SidecarArgs,
     env: &Env,

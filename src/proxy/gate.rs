@@ -192,8 +192,7 @@ async fn reserve(
     }
 }
 
-/// Whether the headers carry `token`, in `x-bedrock-broker-token` or as
-/// `Authorization: Bearer`; compared in constant time.
+/// `given` is `token`, compared in constant time.
 fn same(given: &[u8], token: &Secret) -> bool {
     bool::from(given.ct_eq(token.expose().as_bytes()))
 }

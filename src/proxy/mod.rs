@@ -243,7 +243,7 @@ impl Proxy {
     /// Checks, authenticates, signs and sends one request.
     async fn forward<B>(
         &self,
-        request: Request<B>,
+        mut request: Request<B>,
         class: &Classified,
     ) -> Result<Forwarded, (ProxyError, AuthMode)>
     where
@@ -252,7 +252,6 @@ impl Proxy {
     {
         let refused = |e| (e, AuthMode::None);
         target::check(&request).map_err(refused)?;
-        let mut request = request;
         if self.gate.check(&request).map_err(refused)? == gate::Admitted::BearerIsProxyToken {
             request.headers_mut().remove(http::header::AUTHORIZATION);
         }

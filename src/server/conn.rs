@@ -282,7 +282,10 @@ where
         let in_flight = this.in_flight.take();
         Poll::Ready(result.map(|response| {
             let in_flight = in_flight.map(InFlight::answering);
-            response.map(|inner| CountedBody { inner, in_flight })
+            response.map(|inner| CountedBody {
+                inner,
+                _in_flight: in_flight,
+            })
         }))
     }
 }
@@ -290,8 +293,8 @@ where
 /// A response body that keeps its request in flight until it ends.
 pub struct CountedBody<B> {
     inner: B,
-    #[allow(dead_code)] // held for its Drop
-    in_flight: Option<InFlight>,
+    /// Held for its `Drop`.
+    _in_flight: Option<InFlight>,
 }
 
 impl<B: Body<Data = Bytes> + Unpin> Body for CountedBody<B> {
