@@ -55,18 +55,18 @@ pub fn parse(
     });
 
     let mut warnings = Vec::new();
-    if let (Some(region), Some(raw)) = (&region, s::REGION.find(args.region.as_deref(), env)) {
+    let region_given = s::REGION.find(args.region.as_deref(), env);
+    if let (Some(region), Some(raw)) = (&region, &region_given) {
         if !region.is_aws_shaped() {
             warnings.push(format!(
-                "{}: {region:?} is not shaped like an AWS region (such as us-east-1 or us-gov-west-1): AWS's STS and Bedrock hosts for it will not resolve, and requests are signed for it",
-                raw.origin
+                "{}: {:?} is not shaped like an AWS region (such as us-east-1 or us-gov-west-1): AWS's STS and Bedrock hosts for it will not resolve, and requests are signed for it",
+                raw.origin,
+                region.as_str()
             ));
         }
     }
     let mode = mode(args, env, errors, &mut warnings);
-    if matches!(mode, Some(CredentialMode::SigV4(_)))
-        && s::REGION.find(args.region.as_deref(), env).is_none()
-    {
+    if matches!(mode, Some(CredentialMode::SigV4(_))) && region_given.is_none() {
         errors.push(
             s::REGION.origin(),
             "a region is required for SigV4 signing (for example us-east-1)",
