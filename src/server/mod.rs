@@ -15,7 +15,7 @@ pub mod tls;
 pub use limits::Limits;
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use hyper::service::Service;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -53,11 +54,72 @@ pub enum ServeError {
 }
 
 /// Binds `addr`, naming the address and the server in the error.
+///
+/// `[::]` means every address of both families: the injector and the
+/// chart listen there so kubelet probes, Prometheus and the API server
+/// reach a pod on IPv4, IPv6-only and dual-stack clusters alike.
 pub async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ServeError> {
+    if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        return bind_every_address(addr.port(), what, ipv6_socket);
+    }
     TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr, what, source })
 }
+
+/// `[::]:port` as one dual-stack socket, set explicitly rather than left
+/// to `net.ipv6.bindv6only`. A node booted without IPv6 cannot make the
+/// socket (or has no `::` to bind): the pod still starts, on `0.0.0.0`,
+/// and says so, since an IPv4-only node has no IPv6 peers to miss.
+fn bind_every_address(
+    port: u16,
+    what: &'static str,
+    ipv6_socket: impl FnOnce() -> std::io::Result<Socket>,
+) -> Result<TcpListener, ServeError> {
+    let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+    let socket = match ipv6_socket() {
+        Ok(socket) => socket,
+        Err(e) => return bind_ipv4_instead(port, what, &e),
+    };
+    let bound = socket
+        .set_only_v6(false)
+        .and_then(|()| socket.set_reuse_address(true))
+        .and_then(|()| socket.set_nonblocking(true))
+        .and_then(|()| socket.bind(&addr.into()));
+    match bound {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+            return bind_ipv4_instead(port, what, &e)
+        }
+        Err(source) => return Err(ServeError::Bind { addr, what, source }),
+        Ok(()) => {}
+    }
+    socket
+        .listen(LISTEN_BACKLOG)
+        .and_then(|()| TcpListener::from_std(socket.into()))
+        .map_err(|source| ServeError::Bind { addr, what, source })
+}
+
+fn bind_ipv4_instead(
+    port: u16,
+    what: &'static str,
+    why: &std::io::Error,
+) -> Result<TcpListener, ServeError> {
+    let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+    tracing::warn!(server = what, error = %why, %addr, "no IPv6 on this node: listening on IPv4 only");
+    std::net::TcpListener::bind(addr)
+        .and_then(|l| {
+            l.set_nonblocking(true)?;
+            TcpListener::from_std(l)
+        })
+        .map_err(|source| ServeError::Bind { addr, what, source })
+}
+
+fn ipv6_socket() -> std::io::Result<Socket> {
+    Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))
+}
+
+/// tokio's own for `TcpListener::bind`.
+const LISTEN_BACKLOG: i32 = 1024;
 
 /// The bound address of a listener, for logs and tests.
 pub fn local_addr(listener: &TcpListener, what: &'static str) -> Result<SocketAddr, ServeError> {
@@ -80,7 +142,12 @@ impl Accept for TcpListener {
     async fn accept(&mut self) -> std::io::Result<(TcpStream, SocketAddr)> {
         let (stream, peer) = TcpListener::accept(self).await?;
         let _ = stream.set_nodelay(true);
-        Ok((stream, peer))
+        // On a dual-stack `[::]` socket IPv4 peers arrive as `::ffff:a.b.c.d`;
+        // logs and the per-peer limits see the address the peer has.
+        Ok((
+            stream,
+            SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+        ))
     }
 }
 
@@ -285,4 +352,59 @@ pub fn router_service(
     router: axum::Router,
 ) -> hyper_util::service::TowerToHyperService<axum::Router> {
     hyper_util::service::TowerToHyperService::new(router)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether this machine can reach anything over IPv6 loopback.
+    fn has_ipv6_loopback() -> bool {
+        std::net::TcpListener::bind("[::1]:0").is_ok()
+    }
+
+    #[tokio::test]
+    async fn every_address_takes_both_families() {
+        let listener = bind("[::]:0".parse().unwrap(), "test server")
+            .await
+            .unwrap();
+        let port = local_addr(&listener, "test server").unwrap().port();
+        let mut targets = vec![SocketAddr::from(([127, 0, 0, 1], port))];
+        // A machine without IPv6 loopback can only check the IPv4 half.
+        if has_ipv6_loopback() {
+            targets.push(SocketAddr::from((Ipv6Addr::LOCALHOST, port)));
+        }
+        let mut listener = listener;
+        for target in targets {
+            let _client = TcpStream::connect(target).await.unwrap();
+            let (_, peer) = Accept::accept(&mut listener).await.unwrap();
+            // IPv4 peers are reported as themselves, not as `::ffff:…`.
+            assert_eq!(peer.ip(), target.ip(), "connected to {target}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_without_ipv6_listens_on_ipv4() {
+        let no_ipv6 = || {
+            Err(std::io::Error::other(
+                "Address family not supported by protocol",
+            ))
+        };
+        let listener = bind_every_address(0, "test server", no_ipv6).unwrap();
+        let addr = local_addr(&listener, "test server").unwrap();
+        assert_eq!(addr.ip(), IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        TcpStream::connect((Ipv4Addr::LOCALHOST, addr.port()))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_port_in_use_is_an_error_not_a_fallback() {
+        let taken = bind("[::]:0".parse().unwrap(), "first").await.unwrap();
+        let port = local_addr(&taken, "first").unwrap().port();
+        let err = bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)), "second")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(&format!("[::]:{port}")), "{err}");
+    }
 }

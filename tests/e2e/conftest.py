@@ -290,7 +290,8 @@ def start_sidecar(tmp_path):
     started: list[Sidecar] = []
 
     def start(env: dict[str, str], args: list[str] | None = None, wait_ready: bool = True, rust_log: str = "info",
-              listen: str = "127.0.0.1:0", cpus: set[int] | None = None) -> Sidecar:
+              listen: str = "127.0.0.1:0", cpus: set[int] | None = None,
+              admin_listen: str = "127.0.0.1:0") -> Sidecar:
         assert BINARY.exists(), f"{BINARY} missing: run cargo build first"
         log_path = tmp_path / f"sidecar-{len(started)}.log"
         full_env = {
@@ -300,7 +301,7 @@ def start_sidecar(tmp_path):
             **env,
         }
         proc = subprocess.Popen(
-            [str(BINARY), "sidecar", "--listen", listen, "--admin-listen", "127.0.0.1:0", *(args or [])],
+            [str(BINARY), "sidecar", "--listen", listen, "--admin-listen", admin_listen, *(args or [])],
             env=full_env,
             stdout=subprocess.DEVNULL,
             stderr=open(log_path, "wb"),

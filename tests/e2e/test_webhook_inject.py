@@ -9,9 +9,11 @@ mutation must equal the webhook's (the golden answers under
 
 from __future__ import annotations
 
+import socket
 import subprocess
 
 import pytest
+import requests
 import yaml
 
 from conftest import BINARY
@@ -63,6 +65,31 @@ def test_injected_workloads_validate_and_keep_everything():
     assert env["UMASK"] == "0644"
     assert env["OPENAI_BASE_URL"] == "http://127.0.0.1:9787/openai/v1"
     assert chat["spec"]["template"]["metadata"]["annotations"]["bedrock-broker.io/injected"] == "0.1.0"
+
+
+def test_the_injected_admin_address_answers_probes_over_ipv4_and_ipv6(start_sidecar, irsa_env):
+    # The kubelet probes the pod's IP: IPv4, or IPv6 on an IPv6-only cluster
+    # (EKS in IPv6 mode), so the admin server must listen on both.
+    result = inject((MANIFESTS / "workloads.yaml").read_text())
+    assert result.returncode == 0, result.stderr
+    chat = next(d for d in docs(result.stdout) if d["kind"] == "Deployment")
+    pod = chat["spec"]["template"]["spec"]
+    sidecar = next(c for c in pod["initContainers"] if c["name"] == "bedrock-broker")
+    admin = {e["name"]: e.get("value") for e in sidecar["env"]}["BEDROCK_BROKER_ADMIN_LISTEN"]
+    host, _, port = admin.rpartition(":")
+    probed = sidecar["readinessProbe"]["httpGet"]["port"]
+    assert port == str(next(p["containerPort"] for p in sidecar["ports"] if p["name"] == probed)), admin
+    sc = start_sidecar(irsa_env, admin_listen=f"{host}:0")
+    bound = int(sc.listening_line()["admin"].rpartition(":")[2])
+    families = ["127.0.0.1"]
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+        families.append("[::1]")
+    except OSError:
+        print("no IPv6 loopback on this machine: only IPv4 is checked")
+    for address in families:
+        r = requests.get(f"http://{address}:{bound}/readyz", timeout=5)
+        assert r.status_code == 200, (address, r.text)
 
 
 def test_injecting_twice_changes_nothing():

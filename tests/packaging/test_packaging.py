@@ -189,8 +189,8 @@ def test_deployment_defaults():
     env = {e["name"]: e.get("value") for e in c["env"]}
     unknown = set(env) - webhook_env_names()
     assert not unknown, f"variables the binary does not read: {unknown}"
-    assert env["BEDROCK_BROKER_WEBHOOK_LISTEN"] == "0.0.0.0:8443"
-    assert env["BEDROCK_BROKER_WEBHOOK_ADMIN_LISTEN"] == "0.0.0.0:9789"
+    assert env["BEDROCK_BROKER_WEBHOOK_LISTEN"] == "[::]:8443"  # both families
+    assert env["BEDROCK_BROKER_WEBHOOK_ADMIN_LISTEN"] == "[::]:9789"
     assert env["BEDROCK_BROKER_SIDECAR_IMAGE"] == "ghcr.io/bedrock-broker/bedrock-broker:0.1.0"
     assert env["BEDROCK_BROKER_SIDECAR_CPU_LIMIT"] == "none"
     assert "BEDROCK_BROKER_SIDECAR_REGION" not in env  # empty region: pods name it

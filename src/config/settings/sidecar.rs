@@ -15,7 +15,7 @@ pub const ADMIN_LISTEN: Setting = Setting {
     flag: "admin-listen",
     env: &["BEDROCK_BROKER_ADMIN_LISTEN"],
     default: Value("0.0.0.0:9788"),
-    help: "Admin (metrics, health) listen address",
+    help: "Admin (metrics, health) listen address; `[::]:<port>` is every IPv4 and IPv6 address (what the injector sets)",
 };
 pub const UPSTREAM: Setting = Setting {
     flag: "upstream",

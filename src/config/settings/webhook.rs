@@ -7,14 +7,14 @@ pub const LISTEN: Setting = Setting {
     flag: "listen",
     env: &["BEDROCK_BROKER_WEBHOOK_LISTEN"],
     default: Value("0.0.0.0:8443"),
-    help: "HTTPS listen address for AdmissionReviews",
+    help: "HTTPS listen address for AdmissionReviews; `[::]:<port>` is every IPv4 and IPv6 address (what the chart sets)",
 };
 /// Next to the sidecar's 9788 so the two never clash on one host.
 pub const ADMIN_LISTEN: Setting = Setting {
     flag: "admin-listen",
     env: &["BEDROCK_BROKER_WEBHOOK_ADMIN_LISTEN"],
     default: Value("0.0.0.0:9789"),
-    help: "Metrics and health listen address (plain HTTP)",
+    help: "Metrics and health listen address (plain HTTP); `[::]:<port>` as for --listen",
 };
 /// Where the chart mounts the cert-manager (or chart-generated) Secret.
 pub const TLS_CERT_FILE: Setting = Setting {

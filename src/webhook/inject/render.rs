@@ -238,7 +238,7 @@ fn sidecar_env(sidecar: &SidecarSpec, resolved: &Resolved, fitted: &Fitted) -> V
         env(sidecar_settings::LISTEN.var(), proxy_addr(sidecar)),
         env(
             sidecar_settings::ADMIN_LISTEN.var(),
-            format!("0.0.0.0:{}", sidecar.admin_port),
+            format!("[::]:{}", sidecar.admin_port),
         ),
         env(log::FORMAT.var(), sidecar.log_format.as_str()),
         env(vars::RUST_LOG.name, sidecar.log_level.as_str()),
