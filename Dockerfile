@@ -73,10 +73,12 @@ ENV MALLOC_MMAP_THRESHOLD_=131072
 # 1 KiB, 8.4 MiB per thread even if every slot filled (+1 MiB peak
 # measured at 64 connections). docs/performance.md has the measurements.
 ENV GLIBC_TUNABLES=glibc.malloc.tcache_count=256
-COPY --from=build --chown=0:0 --chmod=0755 /bedrock-broker /bedrock-broker
+# On distroless' PATH, so `kubectl exec POD -c bedrock-broker -- bedrock-broker
+# credentials` finds it (the injector and the chart pass only args).
+COPY --from=build --chown=0:0 --chmod=0755 /bedrock-broker /usr/local/bin/bedrock-broker
 # Numeric so Kubernetes' runAsNonRoot can verify it without /etc/passwd.
 USER 65532:65532
 # Sidecar proxy (loopback only), sidecar admin, webhook HTTPS, webhook admin.
 EXPOSE 9787 9788 8443 9789
-ENTRYPOINT ["/bedrock-broker"]
+ENTRYPOINT ["/usr/local/bin/bedrock-broker"]
 CMD ["sidecar"]

@@ -711,12 +711,38 @@ def test_dockerfile_shape():
     assert re.search(r"^ENV MALLOC_MMAP_THRESHOLD_=131072$", text, re.M)
     assert re.search(r"^ENV GLIBC_TUNABLES=glibc\.malloc\.tcache_count=256$", text, re.M)
     assert "cargo chef prepare" in text and "cargo chef cook --release --locked" in text
-    assert re.search(r'^ENTRYPOINT \["/bedrock-broker"\]$', text, re.M)
+    assert re.search(r'^ENTRYPOINT \["/usr/local/bin/bedrock-broker"\]$', text, re.M)
     assert re.search(r"^USER 65532:65532$", text, re.M)
     for label in ("title", "version", "revision", "source", "licenses", "created"):
         assert f"org.opencontainers.image.{label}=" in text
     # The image's default ports are the binary's defaults.
     assert "EXPOSE 9787 9788 8443 9789" in text
+
+
+# distroless' PATH (base/base.bzl, `env PATH=...`); the injected container sets none.
+DISTROLESS_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def test_the_documented_exec_commands_find_the_binary():
+    """Troubleshooting starts with ``kubectl exec POD -c bedrock-broker --
+    bedrock-broker credentials``: the bare name must be on the image's PATH,
+    where the final stage puts the binary its ENTRYPOINT runs."""
+    text = (ROOT / "Dockerfile").read_text()
+    final = text[text.rindex("\nFROM "):]
+    installed = re.findall(r"^COPY --from=build \S+ \S+ /bedrock-broker (\S+)$", final, re.M)
+    assert len(installed) == 1, installed
+    entrypoint = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", final, re.M).group(1))
+    assert entrypoint == installed
+    path = DISTROLESS_PATH.split(":")
+    found = [d for d in path if (Path(d) / "bedrock-broker").as_posix() == installed[0]]
+    assert found, f"{installed[0]} is not on the image's PATH {DISTROLESS_PATH}"
+    documented = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "hack").glob("*.sh")),
+                  ROOT / "charts/bedrock-broker/templates/NOTES.txt", ROOT / "charts/bedrock-broker/files/alerts.yaml"]
+    execs = [(f.name, m) for f in documented for m in re.findall(r"-c bedrock-broker -- (\S+)", f.read_text())]
+    assert len(execs) >= 5, execs
+    for where, program in execs:
+        resolved = program if program.startswith("/") else (Path(found[0]) / program).as_posix()
+        assert resolved == installed[0], f"{where}: `{program}` is not the image's binary"
 
 
 def test_build_context_is_enough_for_cargo(tmp_path):
