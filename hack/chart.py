@@ -43,6 +43,26 @@ def render_files(values: dict | None = None, *, name: str = RELEASE, namespace: 
         return chart.render(values=values or {}, name=name, namespace=namespace, is_install=True)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping: PyYAML
+    (like kubectl's decoder) silently keeps the last, the API server's
+    strict field validation and other tools do not, and which one wins
+    can decide what a selector matches."""
+
+
+def _mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} written twice", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
 def render(
     values: dict | None = None,
     *,
@@ -57,7 +77,7 @@ def render(
             continue
         if not tests and "/templates/tests/" in path:
             continue
-        for doc in yaml.safe_load_all(text):
+        for doc in yaml.load_all(text, Loader=_StrictLoader):
             if doc:
                 doc.setdefault("metadata", {})
                 objs.append(doc)

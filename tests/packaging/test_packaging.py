@@ -205,6 +205,17 @@ def test_deployment_defaults():
     assert https["port"] == 443 and https["targetPort"] == "https"
 
 
+@pytest.mark.parametrize("replicas", [0, 1])
+def test_a_single_webhook_replica_gets_no_budget_that_blocks_node_drains(replicas):
+    # minAvailable 1 (or any percentage, rounded up) of one pod refuses every
+    # eviction: `kubectl drain` and node upgrades would hang on its node.
+    objs = chart.render({"webhook": {"replicas": replicas}})
+    assert one(objs, "Deployment")["spec"]["replicas"] == replicas
+    assert not by_kind(objs, "PodDisruptionBudget")
+    two = chart.render({"webhook": {"replicas": 2, "podDisruptionBudget": {"minAvailable": "50%"}}})
+    assert one(two, "PodDisruptionBudget")["spec"]["minAvailable"] == "50%"
+
+
 def test_sidecar_values_reach_the_webhook():
     objs = chart.render(SCENARIOS["everything"])
     c = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
@@ -322,6 +333,14 @@ def test_network_policy_admits_the_api_server_and_prometheus_only():
     assert not admitted(policy, PROMETHEUS, webhook_port)
     for port in (webhook_port, admin_port, 443):
         assert not admitted(policy, ANY_POD, port), port
+    # `helm test` reads /readyz through the Service: its pod gets there and no further.
+    test_pod = next(o for o in objs if o["kind"] == "Pod")
+    tester = {"ip": "10.1.2.5", "pod": test_pod["metadata"]["labels"], "namespace": {"kubernetes.io/metadata.name": chart.NAMESPACE}}
+    assert admitted(policy, tester, admin_port)
+    assert not admitted(policy, tester, webhook_port)
+    assert not admitted(policy, {**tester, "namespace": {"kubernetes.io/metadata.name": "apps"}}, admin_port)
+    # Nor is it taken for a webhook pod (by the Service, the PDB or this policy).
+    assert not selector_matches(dep["spec"]["selector"], test_pod["metadata"]["labels"])
 
 
 def test_network_policy_needs_the_api_servers_addresses():

@@ -42,8 +42,14 @@
 
 {{/* Labels of every object. */}}
 {{- define "bedrock-broker.labels" -}}
-helm.sh/chart: {{ include "bedrock-broker.chart" . }}
 {{ include "bedrock-broker.selectorLabels" . }}
+{{ include "bedrock-broker.releaseLabels" . }}
+{{- end }}
+
+{{/* Labels of everything but the webhook pods' selector, for objects that
+     must not be selected as webhook pods (the `helm test` pod). */}}
+{{- define "bedrock-broker.releaseLabels" -}}
+helm.sh/chart: {{ include "bedrock-broker.chart" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: bedrock-broker
