@@ -417,6 +417,16 @@ fn pods_that_cannot_be_injected_safely_are_refused() {
     assert!(msg.contains("hostNetwork"), "{msg}");
     let msg = denial(&opted_in(json!({"os": {"name": "windows"}})), &app_facts());
     assert!(msg.contains("Linux only"), "{msg}");
+    for key in ["kubernetes.io/os", "beta.kubernetes.io/os"] {
+        let msg = denial(
+            &opted_in(json!({"nodeSelector": {key: "windows"}})),
+            &app_facts(),
+        );
+        assert!(msg.contains(&format!("{key}: windows")), "{msg}");
+        assert!(msg.contains("Linux only"), "{msg}");
+    }
+    let linux = opted_in(json!({"nodeSelector": {"kubernetes.io/os": "linux"}}));
+    assert!(webhook::inject(&linux, &app_facts(), &defaults()).is_ok());
     let mut p = opted_in(json!({}));
     p.spec = None;
     assert!(denial(&p, &app_facts()).contains("no spec"));

@@ -19,6 +19,10 @@ pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/bedrock-broker/serviceaccou
 /// File name of the token inside the volume.
 pub const TOKEN_FILE: &str = "token";
 
+/// Node labels a pod's `nodeSelector` sends it to Windows nodes with (the
+/// beta one is still set by the kubelet).
+const WINDOWS_NODE_LABELS: [&str; 2] = ["kubernetes.io/os", "beta.kubernetes.io/os"];
+
 /// The EKS Pod Identity Webhook's token volume, reused when present.
 pub const EKS_TOKEN_VOLUME: &str = "aws-iam-token";
 /// Where the EKS Pod Identity Webhook mounts its token.
@@ -166,6 +170,17 @@ fn check_pod_shape(
     if spec.os.as_ref().is_some_and(|os| os.name == "windows") {
         problems.push(format!(
             "spec.os.name: windows: the sidecar runs on Linux only; opt the pod out with the label {}: \"false\"",
+            names::INJECT_LABEL
+        ));
+    }
+    // The usual way to send a pod to Windows nodes; spec.os is newer.
+    if let Some(key) = spec.node_selector.as_ref().and_then(|selector| {
+        WINDOWS_NODE_LABELS
+            .into_iter()
+            .find(|key| selector.get(*key).is_some_and(|os| os == "windows"))
+    }) {
+        problems.push(format!(
+            "spec.nodeSelector {key}: windows: the sidecar runs on Linux only; opt the pod out with the label {}: \"false\"",
             names::INJECT_LABEL
         ));
     }
