@@ -513,7 +513,18 @@ BAD_VALUES = [
     ({"image": {"digest": "latest"}}, "digest"),
     ({"metrics": {"prometheusRule": {"credentialsExpiringMinutes": 0}}}, "credentialsExpiringMinutes"),
     ({"metrics": {"podMonitor": {"enabled": "yes"}}}, "enabled"),
+    # Go durations the Prometheus Operator's CRDs refuse (its Duration pattern).
+    ({"metrics": {"serviceMonitor": {"interval": "1.5s"}}}, "interval"),
+    ({"metrics": {"podMonitor": {"interval": "500us"}}}, "interval"),
 ]
+
+
+@pytest.mark.parametrize("interval", ["30s", "1m30s", "15d", "500ms"])
+def test_schema_takes_the_operators_scrape_intervals(interval):
+    objs = chart.render({"metrics": {"serviceMonitor": {"enabled": True, "interval": interval},
+                                     "podMonitor": {"enabled": True, "interval": interval}}})
+    for kind, key in (("ServiceMonitor", "endpoints"), ("PodMonitor", "podMetricsEndpoints")):
+        assert one(objs, kind)["spec"][key][0]["interval"] == interval
 
 
 @pytest.mark.parametrize("values,needle", BAD_VALUES, ids=[json.dumps(v) for v, _ in BAD_VALUES])
