@@ -170,7 +170,7 @@ pub fn warning(auth: &SidecarAuth, facts: &ClusterFacts<'_>) -> Option<String> {
     }
     let theirs = sa_role.map_or_else(|| "none".to_owned(), |r| r.trim().to_owned());
     Some(format!(
-        "the sidecar assumes {} from {from}, not its ServiceAccount's role ({theirs}); only the role's IAM trust policy allows this (the webhook's --role-policy is any)",
+        "the sidecar assumes {} from {from}, not its ServiceAccount's role ({theirs}); only the role's IAM trust policy allows this (--role-policy any; under --role-policy service-account, the chart's default, this pod is refused)",
         role.as_str()
     ))
 }
