@@ -38,6 +38,7 @@ mod sign;
 pub mod signer;
 pub(crate) mod sigv4;
 mod target;
+mod unanswered;
 mod upstream;
 mod usage;
 
@@ -70,6 +71,7 @@ use crate::metrics::ProxyMetrics;
 use classify::Classified;
 use pool::PooledBody;
 use response_body::{Completion, InFlight, StreamKind, UpstreamBody};
+use unanswered::Unanswered;
 use usage::UsageRecorder;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -156,7 +158,7 @@ impl Proxy {
     /// Serves one request. Never fails: errors become broker error responses.
     pub async fn handle<B>(
         self: Arc<Self>,
-        request: Request<B>,
+        mut request: Request<B>,
     ) -> Result<Response<ProxyBody>, Infallible>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -168,21 +170,29 @@ impl Proxy {
         let operation = class.operation;
         let duration = self.durations[operation.index()].clone();
 
+        let mut unanswered = Unanswered::new(&self.requests, operation, started, duration.clone());
         let admitted = self.gate.admit();
         let forwarded = match admitted {
-            Ok(_) => self.forward(request, &class).await,
+            Ok(_) => match self.authenticate(&mut request) {
+                Ok(decision) => {
+                    unanswered.auth = decision.mode();
+                    self.forward(request, decision, &class).await
+                }
+                Err(e) => Err((e, AuthMode::None)),
+            },
             Err(ref e) => Err((e.clone(), AuthMode::None)),
         };
-        let (response, auth) = match forwarded {
+        unanswered.timed();
+        let response = match forwarded {
             Ok((response, auth, model)) => {
+                unanswered.auth = auth;
                 let slot = admitted.ok();
                 let completion = Completion::new(started, duration, in_flight, slot);
-                let response = self
-                    .respond(response, auth, model, &class, completion, started)
-                    .await;
-                (response, auth)
+                self.respond(response, auth, model, &class, completion, started)
+                    .await
             }
             Err((err, auth)) => {
+                unanswered.auth = auth;
                 let status = err.status();
                 // Missing credentials are logged once by the refresher, not per request.
                 if status.is_server_error() && status.as_u16() != 503 {
@@ -191,17 +201,11 @@ impl Proxy {
                     tracing::debug!(code = err.code().name, status = status.as_u16(), operation = operation.as_str(), error = %err, "request refused");
                 }
                 drop(Completion::new(started, duration, in_flight, None));
-                let response = err
-                    .into_response::<Full<Bytes>>(class.dialect)
-                    .map(Either::Left);
-                (response, auth)
+                err.into_response::<Full<Bytes>>(class.dialect)
+                    .map(Either::Left)
             }
         };
-        self.requests.inc(
-            (operation.index(), operation.as_str()),
-            (auth.index(), auth.as_str()),
-            response.status(),
-        );
+        unanswered.answer(response.status());
         Ok(response)
     }
 
@@ -240,23 +244,26 @@ impl Proxy {
         })
     }
 
-    /// Checks, authenticates, signs and sends one request.
+    /// Checks a request and decides how it is authenticated upstream.
+    fn authenticate<B>(&self, request: &mut Request<B>) -> Result<auth::Decision, ProxyError> {
+        target::check(request)?;
+        if self.gate.check(request)? == gate::Admitted::BearerIsProxyToken {
+            request.headers_mut().remove(http::header::AUTHORIZATION);
+        }
+        auth::decide(request.headers(), self.configured_bearer.as_ref())
+    }
+
+    /// Signs (or carries the bearer of) one authenticated request and sends it.
     async fn forward<B>(
         &self,
-        mut request: Request<B>,
+        request: Request<B>,
+        decision: auth::Decision,
         class: &Classified,
     ) -> Result<Forwarded, (ProxyError, AuthMode)>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let refused = |e| (e, AuthMode::None);
-        target::check(&request).map_err(refused)?;
-        if self.gate.check(&request).map_err(refused)? == gate::Admitted::BearerIsProxyToken {
-            request.headers_mut().remove(http::header::AUTHORIZATION);
-        }
-        let decision =
-            auth::decide(request.headers(), self.configured_bearer.as_ref()).map_err(refused)?;
         let mode = decision.mode();
         let with_mode = |e| (e, mode);
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import uuid
 
+import boto3
 import botocore.exceptions
+from botocore.config import Config
 import openai
 import pytest
 
@@ -34,6 +36,35 @@ def test_response_header_timeout_is_a_504_in_each_dialect(start_sidecar, irsa_en
         client.converse(modelId=MODEL_WITH_COLON, messages=[{"role": "user", "content": [{"text": "x"}]}])
     assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 504
     assert e.value.response["ResponseMetadata"]["HTTPHeaders"]["x-bedrock-broker-error"] == "upstream_timeout"
+
+
+def test_requests_a_client_gives_up_on_are_counted_as_499(start_sidecar, irsa_env, fake_aws):
+    # boto3's read timeout (60 s by default) on a slow Converse, retried:
+    # Bedrock got every attempt, and each must show in requests_total and
+    # in the duration histogram, not vanish with the client's connection.
+    sidecar = start_sidecar(irsa_env)
+    client = boto3.client(
+        "bedrock-runtime", region_name="us-east-1", endpoint_url=sidecar.proxy,
+        aws_access_key_id="AKIDCLIENTPLACEHOLDER", aws_secret_access_key="placeholder",
+        config=Config(retries={"total_max_attempts": 2, "mode": "standard"}, read_timeout=0.5),
+    )
+    client = with_headers(client, {"x-fake-response-delay-ms": "3000"})
+    with pytest.raises(botocore.exceptions.ReadTimeoutError):
+        client.converse(modelId=MODEL_WITH_COLON, messages=[{"role": "user", "content": [{"text": "x"}]}])
+    abandoned = {"operation": "converse", "code": "499", "auth": "sigv4"}
+    wait_for(lambda: sidecar.metric("bedrock_broker_requests_total", abandoned) == 2, timeout=10,
+             what="two abandoned requests counted")
+    durations = {"operation": "converse"}
+    assert sidecar.metric("bedrock_broker_request_duration_seconds_count", durations) == 2
+    # Counted once each: nothing else was recorded for them.
+    assert sidecar.metric("bedrock_broker_requests_total", {"operation": "converse", "code": "504"}) is None
+    assert sidecar.metric("bedrock_broker_requests_total", {"operation": "converse", "code": "200"}) is None
+    # An answered request is counted by its status, not as abandoned too.
+    bedrock_client(sidecar).converse(modelId=MODEL_WITH_COLON, messages=[{"role": "user", "content": [{"text": "x"}]}])
+    wait_for(lambda: sidecar.metric("bedrock_broker_requests_total", {**abandoned, "code": "200"}) == 1, timeout=10,
+             what="the answered request counted")
+    assert sidecar.metric("bedrock_broker_requests_total", abandoned) == 2
+    assert sidecar.metric("bedrock_broker_request_duration_seconds_count", durations) == 3
 
 
 def test_stalled_openai_stream_ends_with_an_error_event_the_sdk_raises(start_sidecar, irsa_env, fake_aws):

@@ -1,0 +1,89 @@
+//! The count a request still owes when its client goes away first.
+//!
+//! hyper drops a request's future when the client hangs up (a read
+//! timeout in the SDK, a cancelled task) before Bedrock's response
+//! headers arrive: the upstream request is cancelled with it, and nothing
+//! after the pending await runs. Bedrock may still have done (and billed)
+//! the work, and an SDK that retries on its timeout sends it again, so the
+//! request is counted as `499` (nginx's "client closed request", already
+//! the bidirectional streams' code) with its duration, not left out.
+
+use std::time::Instant;
+
+use http::StatusCode;
+use prometheus::Histogram;
+
+use super::{AuthMode, Operation};
+use crate::metrics::requests::RequestCounters;
+
+/// nginx's "client closed request".
+const CLIENT_CLOSED: u16 = 499;
+
+/// Counts the request in `requests_total` exactly once: with its answer's
+/// status through [`Unanswered::answer`], or as `499` when dropped first.
+pub struct Unanswered<'a> {
+    counters: &'a RequestCounters,
+    operation: Operation,
+    /// `none` until the request is authenticated.
+    pub auth: AuthMode,
+    started: Instant,
+    /// Until the response's own [`super::Completion`] takes over timing.
+    duration: Option<Histogram>,
+    answered: bool,
+}
+
+impl<'a> Unanswered<'a> {
+    pub fn new(
+        counters: &'a RequestCounters,
+        operation: Operation,
+        started: Instant,
+        duration: Histogram,
+    ) -> Self {
+        Self {
+            counters,
+            operation,
+            auth: AuthMode::None,
+            started,
+            duration: Some(duration),
+            answered: false,
+        }
+    }
+
+    /// The duration is observed elsewhere from now on.
+    pub fn timed(&mut self) {
+        self.duration = None;
+    }
+
+    /// Counts the answer the client is about to get.
+    pub fn answer(mut self, status: StatusCode) {
+        self.count(status);
+        self.answered = true;
+    }
+
+    fn count(&self, status: StatusCode) {
+        self.counters.inc(
+            (self.operation.index(), self.operation.as_str()),
+            (self.auth.index(), self.auth.as_str()),
+            status,
+        );
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let Ok(status) = StatusCode::from_u16(CLIENT_CLOSED) else {
+            return;
+        };
+        self.count(status);
+        if let Some(duration) = self.duration.take() {
+            duration.observe(self.started.elapsed().as_secs_f64());
+        }
+        tracing::debug!(
+            operation = self.operation.as_str(),
+            "the client went away before Bedrock answered"
+        );
+    }
+}
