@@ -27,6 +27,14 @@ impl ErrorClass {
     }
 }
 
+/// The operation that presents the service account token.
+pub const WEB_IDENTITY_OPERATION: &str = "AssumeRoleWithWebIdentity";
+
+/// The code of an error answer that carried none (not an STS error document).
+pub const UNKNOWN_CODE: &str = "Unknown";
+
+const CLOCK_HINT: &str = "AWS refused the signature as more than 5 minutes away from its time: this node's clock is off; check its NTP synchronisation (bedrock_broker_clock_skew_seconds shows by how much once STS answers)";
+
 /// A failed attempt to obtain credentials. Never carries a secret: the token
 /// and the credentials are not part of any variant.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +95,29 @@ impl SourceError {
             } if code == "AccessDenied" => Some(
                 "the chained role's trust policy must allow the role (or, with static keys, the user) before it in the chain to call sts:AssumeRole (with sts:ExternalId matching --chain-external-id if the policy asks for one), and that role's or user's own policy must allow sts:AssumeRole on the chained role",
             ),
+            // AWS words it so for a request signed more than 5 minutes
+            // away from its own time; no key or region fixes that.
+            Self::Service { code, message, .. }
+                if code == "SignatureDoesNotMatch" && message.contains("Signature expired") =>
+            {
+                Some(CLOCK_HINT)
+            }
+            // Only the web identity call presents the service account
+            // token; other calls are signed with temporary credentials.
+            Self::Service {
+                operation, code, ..
+            } if matches!(code.as_str(), "ExpiredTokenException" | "ExpiredToken")
+                && *operation != WEB_IDENTITY_OPERATION =>
+            {
+                Some(
+                    "the temporary credentials this call was signed with expired: with static keys, AWS_SESSION_TOKEN is past its expiry (get new ones); in a role chain, the credentials of the hop before ran out",
+                )
+            }
+            Self::Service { code, status, .. } if code == UNKNOWN_CODE => Some(if *status == 200 {
+                "the answer held no credentials STS would send: something other than STS answered (an egress or HTTPS proxy, a captive page) or AWS_ENDPOINT_URL_STS points elsewhere"
+            } else {
+                "the answer carried no STS error code: something other than STS answered (an egress or HTTPS proxy, a firewall page) or AWS_ENDPOINT_URL_STS points elsewhere"
+            }),
             Self::Service { code, .. } => match code.as_str() {
                 "InvalidIdentityToken" => Some(
                     "STS could not validate the token: the cluster's OIDC issuer must be registered as an IAM OIDC identity provider in the role's account, with the token's audience (normally sts.amazonaws.com) in its client ID list",
@@ -116,7 +147,9 @@ impl SourceError {
             Self::Transport { .. } => Some(
                 "STS could not be reached; check DNS, egress network policy, proxies and AWS_ENDPOINT_URL_STS",
             ),
-            Self::MissingCredentials { .. } => None,
+            Self::MissingCredentials { .. } => Some(
+                "the answer held no complete credentials, which STS never sends: something other than STS answered (an egress or HTTPS proxy) or AWS_ENDPOINT_URL_STS points elsewhere",
+            ),
             Self::ExpiredOnArrival { .. } => Some(
                 "this node's clock is probably ahead of AWS's: check its NTP synchronisation",
             ),
@@ -146,5 +179,87 @@ impl SourceError {
             Self::MissingCredentials { .. } => "MissingCredentials",
             Self::ExpiredOnArrival { .. } => "CredentialsExpiredOnArrival",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(operation: &'static str, code: &str, message: &str, status: u16) -> SourceError {
+        SourceError::Service {
+            operation,
+            code: code.to_owned(),
+            message: message.to_owned(),
+            status,
+            class: crate::credentials::sts::classify_code(code, status),
+        }
+    }
+
+    #[test]
+    fn an_expired_signature_points_at_the_clock_not_the_keys() {
+        let expired = service(
+            "AssumeRole",
+            "SignatureDoesNotMatch",
+            "Signature expired: 20261205T080000Z is now earlier than 20261205T080100Z (20261205T080600Z - 5 min.)",
+            403,
+        );
+        assert!(
+            expired.hint().is_some_and(|h| h.contains("clock")),
+            "{:?}",
+            expired.hint()
+        );
+        let wrong = service(
+            "GetCallerIdentity",
+            "SignatureDoesNotMatch",
+            "The request signature we calculated does not match",
+            403,
+        );
+        assert!(
+            wrong.hint().is_some_and(|h| h.contains("secret key")),
+            "{:?}",
+            wrong.hint()
+        );
+    }
+
+    #[test]
+    fn an_expired_token_is_the_service_accounts_only_on_the_web_identity_call() {
+        let web = service(
+            WEB_IDENTITY_OPERATION,
+            "ExpiredTokenException",
+            "Token expired",
+            400,
+        );
+        assert!(web
+            .hint()
+            .is_some_and(|h| h.contains("service account token")));
+        for operation in ["AssumeRole", "GetCallerIdentity"] {
+            let signed = service(
+                operation,
+                "ExpiredToken",
+                "The security token included in the request is expired",
+                400,
+            );
+            let hint = signed.hint().unwrap_or_default();
+            assert!(
+                hint.contains("AWS_SESSION_TOKEN") && !hint.contains("service account"),
+                "{operation}: {hint}"
+            );
+        }
+    }
+
+    #[test]
+    fn answers_that_are_not_from_sts_say_so() {
+        for status in [403, 502, 200] {
+            let e = service(WEB_IDENTITY_OPERATION, UNKNOWN_CODE, "no message", status);
+            assert!(
+                e.hint().is_some_and(|h| h.contains("AWS_ENDPOINT_URL_STS")),
+                "{status}"
+            );
+        }
+        let missing = SourceError::MissingCredentials {
+            operation: WEB_IDENTITY_OPERATION,
+        };
+        assert!(missing.hint().is_some_and(|h| h.contains("proxy")));
     }
 }

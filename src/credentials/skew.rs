@@ -62,7 +62,9 @@ pub fn seconds(local: SystemTime, server: SystemTime) -> f64 {
     }
 }
 
-/// Exports every measurement and warns the first time the skew is notable.
+/// Exports every measurement and warns when the skew becomes notable:
+/// once while it stays so, again after it has been fixed and comes back
+/// (a clock can drift weeks into a pod's life).
 #[derive(Debug, Default)]
 pub struct SkewReport {
     warned: bool,
@@ -72,7 +74,10 @@ impl SkewReport {
     pub fn observe(&mut self, local: SystemTime, server: SystemTime, gauge: &Gauge) {
         let skew = seconds(local, server);
         gauge.set(skew);
-        if skew.abs() >= NOTABLE.as_secs_f64() && !self.warned {
+        let notable = skew.abs() >= NOTABLE.as_secs_f64();
+        if !notable {
+            self.warned = false;
+        } else if !self.warned {
             self.warned = true;
             tracing::warn!(
                 skew_s = skew.round(),
@@ -103,7 +108,7 @@ mod tests {
     }
 
     #[test]
-    fn exports_every_skew_and_warns_once_when_it_is_notable() {
+    fn exports_every_skew_and_warns_each_time_it_becomes_notable() {
         let lines = Lines::default();
         let writer = lines.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -118,10 +123,16 @@ mod tests {
             assert_eq!(gauge.get(), 2.0);
             report.observe(server - Duration::from_secs(90), server, &gauge);
             report.observe(server + Duration::from_secs(7200), server, &gauge);
+            assert_eq!(gauge.get(), 7200.0);
+            // Fixed, then drifting again later: said again.
+            report.observe(server + Duration::from_secs(1), server, &gauge);
+            report.observe(server + Duration::from_secs(400), server, &gauge);
+            report.observe(server + Duration::from_secs(401), server, &gauge);
         });
-        assert_eq!(gauge.get(), 7200.0);
+        assert_eq!(gauge.get(), 401.0);
         let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
-        assert_eq!(text.matches("WARN").count(), 1, "{text}");
+        assert_eq!(text.matches("WARN").count(), 2, "{text}");
+        assert!(text.contains("skew_s=400"), "{text}");
         assert!(
             text.contains("skew_s=-90") && text.contains("NTP"),
             "{text}"

@@ -11,6 +11,7 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
+use super::error::UNKNOWN_CODE;
 use super::CredentialsConfig;
 use super::{ErrorClass, SourceError};
 use crate::config::aws::{PolicyArn, Region};
@@ -97,6 +98,11 @@ pub fn fetched(
     token_expiry: Option<std::time::SystemTime>,
 ) -> Result<super::Fetched, SourceError> {
     let c = credentials.ok_or(SourceError::MissingCredentials { operation })?;
+    // The SDK fills required fields an answer left out with defaults (an
+    // empty key, the epoch): that is not credentials, whoever sent it.
+    if c.access_key_id.is_empty() || c.secret_access_key.is_empty() || c.expiration.secs() == 0 {
+        return Err(SourceError::MissingCredentials { operation });
+    }
     let expiry =
         std::time::SystemTime::try_from(c.expiration).map_err(|_| SourceError::Transport {
             operation,
@@ -143,14 +149,20 @@ where
         SdkError::ServiceError(context) => {
             let status = context.raw().status().as_u16();
             let e = context.err();
-            let code = e.code().unwrap_or("Unknown").to_owned();
+            let code = e.code().unwrap_or(UNKNOWN_CODE).to_owned();
+            // An answer without an STS error document (a proxy's page)
+            // has neither code nor message: its status is all there is.
+            let message = match e.message() {
+                Some(message) => message,
+                None => &format!("HTTP {status} without an STS error message"),
+            };
             SourceError::Service {
                 operation,
                 class: classify_code(&code, status),
                 // A signature error quotes the canonical request STS
                 // expected, session token included (role chaining and
                 // GetCallerIdentity sign with one).
-                message: redact_token_text(e.message().unwrap_or("no message")),
+                message: redact_token_text(message),
                 code,
                 status,
             }

@@ -11,7 +11,7 @@ use super::{sts, SourceError};
 use super::{SessionOptions, WebIdentityConfig};
 use crate::secret::Secret;
 
-const OPERATION: &str = "AssumeRoleWithWebIdentity";
+const OPERATION: &str = super::error::WEB_IDENTITY_OPERATION;
 
 /// Where each attempt reads the web identity token: the projected file in
 /// the sidecar; memory in the fleet simulation, so ten thousand simulated

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
 
 from conftest import BINARY, ROLE_ARN
 
@@ -80,6 +85,51 @@ def test_sts_out_of_reach_is_said_plainly(irsa_env):
     assert "Connection refused" in out.stderr, out.stderr
     # The causes once, as text: no Rust debug dump of the same error.
     assert "DispatchFailure(" not in out.stderr and "{" not in out.stderr, out.stderr
+
+
+@contextmanager
+def not_sts(status: int, content_type: str, body: bytes):
+    """Something other than STS where STS should be: an egress proxy's
+    refusal page, a captive portal, a wrong AWS_ENDPOINT_URL_STS."""
+
+    class Page(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(status)
+            self.send_header("content-type", content_type)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("status,content_type,body", [
+    (403, "text/html", b"<html><body><h1>Access denied by corporate proxy</h1></body></html>"),
+    (200, "text/html", b"<html><body>Welcome to the guest network</body></html>"),
+    # STS-shaped, but cut short: no key, no expiry.
+    (200, "text/xml", b'<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
+                      b"<AssumeRoleWithWebIdentityResult><Credentials><SessionToken>x</SessionToken>"),
+])
+def test_an_answer_that_is_not_from_sts_is_called_that(irsa_env, status, content_type, body):
+    with not_sts(status, content_type, body) as url:
+        out = run(dict(irsa_env, AWS_ENDPOINT_URL_STS=url))
+    assert out.returncode == 1, out.stdout
+    hint = next((line for line in out.stderr.splitlines() if "hint:" in line), "")
+    assert "something other than STS answered" in hint, out.stderr
+    # Not taken for an expired token, a trust policy or a clock problem.
+    assert "NTP" not in out.stderr and "trust policy" not in out.stderr, out.stderr
+    if status != 200:
+        assert f"HTTP {status}" in out.stderr, out.stderr
 
 
 def test_an_api_key_is_not_claimed_to_work(fake_aws):
