@@ -79,15 +79,17 @@ impl TokenWatch {
                 _ = shutdown.cancelled() => return,
             }
             let current = fingerprint(&self.path).await;
+            // A token that appears after the start is news too: the
+            // volume was not projected yet, and the refresher is backing
+            // off from "cannot read the token file" meanwhile.
             if current.is_some() && current != self.last {
-                if self.last.is_some() {
-                    let retrying = on_rotation(&cell);
-                    tracing::info!(
-                        path = %self.path.display(),
-                        retrying,
-                        "web identity token rotated; the next refresh exchanges it (at once if refreshes are failing)"
-                    );
-                }
+                let retrying = on_rotation(&cell);
+                tracing::info!(
+                    path = %self.path.display(),
+                    retrying,
+                    appeared = self.last.is_none(),
+                    "web identity token rotated; the next refresh exchanges it (at once if refreshes are failing)"
+                );
                 self.last = current;
             }
         }
@@ -128,6 +130,26 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), cell.refresh_requested())
             .await
             .expect("rotation noticed");
+        shutdown.cancel();
+        task.await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_token_written_after_the_start_retries_a_failing_refresh() {
+        let dir = std::env::temp_dir().join(format!("bb-watch-late-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cell = Arc::new(CredentialCell::new());
+        cell.record_failure("cannot read the web identity token file".into());
+        let shutdown = CancellationToken::new();
+        let watch = TokenWatch::start(dir.join("token")).await;
+        std::fs::write(dir.join("token"), "late").unwrap();
+        let task =
+            tokio::spawn(watch.run(cell.clone(), Duration::from_millis(10), shutdown.clone()));
+        tokio::time::timeout(Duration::from_secs(5), cell.refresh_requested())
+            .await
+            .expect("the token's appearance noticed");
         shutdown.cancel();
         task.await.unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
