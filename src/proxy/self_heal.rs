@@ -77,6 +77,16 @@ impl Proxy {
         if self.cell.generation() > used {
             return true;
         }
+        // Credentials without an expiry (static keys) are fetched once and
+        // have no refresher to ask: waiting only delays Bedrock's answer.
+        if self
+            .cell
+            .load()
+            .as_ref()
+            .is_some_and(|held| held.expiry().is_none())
+        {
+            return false;
+        }
         self.cell.request_refresh();
         tokio::time::timeout(self.self_heal_wait, self.cell.wait_newer_than(used))
             .await

@@ -184,6 +184,33 @@ def test_rejection_is_passed_through_when_no_fresher_credentials_come(start_side
     assert sidecar.metric("bedrock_broker_upstream_auth_retries_total", {"result": "gave_up"}) == 1
 
 
+def test_rejected_static_keys_are_passed_through_without_waiting(start_sidecar, fake_aws):
+    # Static temporary keys (local development) that expire or are revoked:
+    # nothing can refresh them, so Bedrock's 403 goes back at once instead of
+    # after --sts-timeout plus a second, holding a request slot meanwhile.
+    issued = fake_aws.get("/credentials?include_secrets=1")
+    before = {c["access_key_id"] for c in issued}
+    # A pair of temporary keys from the fake's STS, as `aws sts` would give.
+    fake_aws.http.post(fake_aws.sts, data={"Action": "AssumeRoleWithWebIdentity", "Version": "2011-06-15",
+                                                  "RoleArn": ROLE_ARN, "RoleSessionName": "dev",
+                                                  "WebIdentityToken": make_jwt()}, timeout=10).raise_for_status()
+    keys = next(c for c in fake_aws.get("/credentials?include_secrets=1") if c["access_key_id"] not in before)
+    sidecar = start_sidecar({
+        "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": keys["access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": keys["secret_access_key"], "AWS_SESSION_TOKEN": keys["session_token"],
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws.bedrock,
+    }, ["--sts-timeout", "120s"])
+    client = bedrock_client(sidecar)  # reads for at most 30 s
+    client.converse(modelId=MODEL_WITH_COLON, messages=[{"role": "user", "content": [{"text": "x"}]}])
+    fake_aws.post("/credentials/expire", {"access_key_id": keys["access_key_id"]})
+    # Held for --sts-timeout plus a second (121 s), the answer would reach
+    # the client after its 30 s read timeout, as a ReadTimeoutError.
+    with pytest.raises(client.exceptions.ClientError) as e:
+        client.converse(modelId=MODEL_WITH_COLON, messages=[{"role": "user", "content": [{"text": "x"}]}])
+    assert e.value.response["Error"]["Code"] == "ExpiredTokenException"
+    assert sidecar.metric("bedrock_broker_upstream_auth_retries_total", {"result": "gave_up"}) == 1
+
+
 def test_token_rotation_with_healthy_credentials_waits_for_the_next_refresh(start_sidecar, irsa_env, fake_aws, token_dir):
     """A rotation hurries only a failing refresh: refreshing at every rotation brought back the
     refresh waves of pods started together (docs/fleet.md); the next scheduled refresh reads the new token."""
