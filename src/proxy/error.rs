@@ -49,7 +49,7 @@ codes! {
     CONNECT_REFUSED = "connect_refused", 405, "`CONNECT`";
     INVALID_PATH = "invalid_path", 400, "a `.` or `..` path segment (also percent-encoded): it would be signed differently from what it means";
     BODY_READ_FAILED = "body_read_failed", 400, "the client stopped sending the body";
-    UPSTREAM_UNREACHABLE = "upstream_unreachable", 502, "connect or TLS failure to Bedrock";
+    UPSTREAM_UNREACHABLE = "upstream_unreachable", 502, "connect or TLS failure to Bedrock; or, the message says which, its connection ended before it answered (Bedrock may have processed the request), or it refused the request unprocessed twice (HTTP/2 REFUSED_STREAM or GOAWAY; sent once more the first time)";
     ROUTE_NOT_CONFIGURED = "route_not_configured", 404, "`/agent-runtime/` or `/mantle/` without a region or endpoint";
     UPSTREAM_TIMEOUT = "upstream_timeout", 504, "connect timeout, or no response headers within `--response-header-timeout`";
     API_KEY_UNSUPPORTED = "api_key_unsupported", 400, "a Bedrock API key used where AWS accepts none: InvokeModelWithBidirectionalStream, `/agent-runtime/`";
@@ -105,6 +105,12 @@ pub enum ProxyError {
     UpstreamTimeout(String),
     #[error("could not reach Bedrock: {0}")]
     UpstreamUnreachable(String),
+    #[error(
+        "Bedrock's connection ended before it answered; it may have processed the request: {0}"
+    )]
+    UpstreamLost(String),
+    #[error("Bedrock refused the request before processing it: {0}")]
+    UpstreamRefused(String),
     #[error("{0}")]
     InvalidEventStream(String),
     #[error("{0}")]
@@ -143,7 +149,9 @@ impl ProxyError {
             Self::ApiKeyUnsupported { .. } => &API_KEY_UNSUPPORTED,
             Self::RouteNotConfigured { .. } => &ROUTE_NOT_CONFIGURED,
             Self::NoResponseHeaders(_) | Self::UpstreamTimeout(_) => &UPSTREAM_TIMEOUT,
-            Self::UpstreamUnreachable(_) => &UPSTREAM_UNREACHABLE,
+            Self::UpstreamUnreachable(_) | Self::UpstreamLost(_) | Self::UpstreamRefused(_) => {
+                &UPSTREAM_UNREACHABLE
+            }
             Self::InvalidEventStream(_) => &INVALID_EVENT_STREAM,
             Self::ClientClosed(_) => &CLIENT_CLOSED,
             Self::SigningFailed(_) => &SIGNING_FAILED,

@@ -301,7 +301,7 @@ impl Proxy {
         let response = match decision {
             auth::Decision::Bearer(_, value) => {
                 parts.headers.insert(http::header::AUTHORIZATION, value);
-                self.send_pooled(parts, Full::new(body.bytes)).await
+                self.send_bearer(parts, body.bytes).await
             }
             auth::Decision::SigV4 => self.send_signed(route.request_signer(), parts, body).await,
         };

@@ -28,7 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_service::Service;
 
 use super::error::ProxyError;
-use super::upstream::upstream_error;
+use super::upstream::{answer_error, upstream_error};
 use body::Lease;
 pub use body::PooledBody;
 use hosts::{Hosts, Sender, Target};
@@ -180,7 +180,7 @@ impl Pool {
             }
             Err(mut e) => match e.take_message() {
                 Some(unsent) => Err(Failure::Unsent(Box::new(absolute(unsent, uri)))),
-                None => Err(Failure::Failed(upstream_error(&e.into_error()))),
+                None => Err(Failure::Failed(answer_error(&e.into_error()))),
             },
         }
     }
@@ -200,7 +200,14 @@ impl Pool {
                     self.hosts.forget_h2(target.index, id);
                     Err(Failure::Unsent(Box::new(unsent)))
                 }
-                None => Err(Failure::Failed(upstream_error(&e.into_error()))),
+                None => {
+                    let error = answer_error(&e.into_error());
+                    // A GOAWAY ends the connection for new streams too.
+                    if matches!(error, ProxyError::UpstreamRefused(_)) {
+                        self.hosts.forget_h2(target.index, id);
+                    }
+                    Err(Failure::Failed(error))
+                }
             },
         }
     }

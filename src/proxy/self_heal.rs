@@ -1,8 +1,11 @@
 //! Retry once when Bedrock says the credentials expired (or are unknown,
-//! e.g. revoked): wait for fresher ones and send again. The body is already
-//! buffered, so the retry is exact.
+//! e.g. revoked): wait for fresher ones and send again; and once when it
+//! refused the request unprocessed (HTTP/2 REFUSED_STREAM, or a GOAWAY
+//! that left it out, as when a front end recycles the shared connection).
+//! The body is already buffered, so a retry is exact.
 
-use http::{Request, Response, StatusCode, Version};
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Full;
 
 use super::error::ProxyError;
@@ -32,8 +35,18 @@ impl Proxy {
             .sign(signer, &mut parts, &body)
             .map(|used| (used, self.send_pooled(parts, Full::new(body.bytes.clone()))));
         async move {
-            let (used, sent) = first?;
-            let response = sent.await?;
+            let (mut used, sent) = first?;
+            let response = match sent.await {
+                Err(ProxyError::UpstreamRefused(why)) => {
+                    tracing::debug!(%why, "Bedrock refused the request unprocessed; sending it once more");
+                    let mut again = rebuild(&unsigned);
+                    used = self.sign(signer, &mut again, &body)?;
+                    self.send_pooled(again, Full::new(body.bytes.clone()))
+                        .await
+                        .map_err(refused_twice)?
+                }
+                sent => sent?,
+            };
             if !rejects_credentials(&response) {
                 return Ok(response);
             }
@@ -45,9 +58,7 @@ impl Proxy {
                 return Ok(response);
             }
             drop(response);
-            let (mut retry, ()) = Request::new(()).into_parts();
-            (retry.method, retry.uri, retry.headers) = unsigned;
-            retry.version = Version::HTTP_11;
+            let mut retry = rebuild(&unsigned);
             self.sign(signer, &mut retry, &body)?;
             self.metrics
                 .auth_retries
@@ -55,6 +66,29 @@ impl Proxy {
                 .inc();
             tracing::info!("bedrock rejected expired credentials; retried with refreshed ones");
             self.send_pooled(retry, Full::new(body.bytes)).await
+        }
+    }
+
+    /// Sends a request carrying a bearer token (an API key); once more if
+    /// Bedrock refused it unprocessed.
+    pub(super) async fn send_bearer(
+        &self,
+        parts: http::request::Parts,
+        body: Bytes,
+    ) -> Result<Response<PooledBody>, ProxyError> {
+        let again = (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+        );
+        match self.send_pooled(parts, Full::new(body.clone())).await {
+            Err(ProxyError::UpstreamRefused(why)) => {
+                tracing::debug!(%why, "Bedrock refused the request unprocessed; sending it once more");
+                self.send_pooled(rebuild(&again), Full::new(body))
+                    .await
+                    .map_err(refused_twice)
+            }
+            sent => sent,
         }
     }
 
@@ -91,6 +125,25 @@ impl Proxy {
         tokio::time::timeout(self.self_heal_wait, self.cell.wait_newer_than(used))
             .await
             .unwrap_or(false)
+    }
+}
+
+/// A request to send again, from the method, URI and headers it had
+/// before it was signed.
+fn rebuild((method, uri, headers): &(Method, Uri, HeaderMap)) -> http::request::Parts {
+    let (mut parts, ()) = Request::new(()).into_parts();
+    (parts.method, parts.uri, parts.headers) = (method.clone(), uri.clone(), headers.clone());
+    parts.version = Version::HTTP_11;
+    parts
+}
+
+/// The second refusal of a request sent twice says so.
+fn refused_twice(e: ProxyError) -> ProxyError {
+    match e {
+        ProxyError::UpstreamRefused(why) => {
+            ProxyError::UpstreamRefused(format!("{why} (twice: it was sent once more)"))
+        }
+        other => other,
     }
 }
 

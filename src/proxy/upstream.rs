@@ -93,7 +93,13 @@ pub async fn send_stream(
             .request(Request::from_parts(parts, body))
             .await
             .map(|r| r.map(PooledBody::unpooled))
-            .map_err(|e| upstream_error(&e))
+            .map_err(|e| {
+                if e.is_connect() {
+                    upstream_error(&e)
+                } else {
+                    answer_error(&e)
+                }
+            })
     };
     within(header_timeout, sent).await
 }
@@ -146,7 +152,40 @@ fn streams_client(https: HttpsConnector<HttpConnector>, max_idle: usize) -> Upst
         .build(https)
 }
 
-/// A send or connect failure, with its causes, as the client sees it.
+/// A failure of a request that was handed to a connection: the upstream
+/// may have received it, unless HTTP/2 says it did not.
+pub(super) fn answer_error(e: &(dyn std::error::Error + 'static)) -> ProxyError {
+    let detail = crate::error_text::with_causes(e);
+    if detail.contains("timed out") || detail.contains("deadline") {
+        ProxyError::UpstreamTimeout(detail)
+    } else if refused_unprocessed(e) {
+        ProxyError::UpstreamRefused(detail)
+    } else {
+        ProxyError::UpstreamLost(detail)
+    }
+}
+
+/// Whether an HTTP/2 upstream said it did not process the request: its
+/// stream reset with REFUSED_STREAM, or a graceful GOAWAY whose last
+/// stream came before it. RFC 9113 §8.7 and §6.8: either may be sent
+/// again, on another connection. (h2 gives a stream a remote GOAWAY error
+/// only when the GOAWAY left it out; streams it covered fail otherwise.)
+fn refused_unprocessed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(h2) = c.downcast_ref::<h2::Error>() {
+            let reason = h2.reason();
+            return h2.is_remote()
+                && ((h2.is_reset() && reason == Some(h2::Reason::REFUSED_STREAM))
+                    || (h2.is_go_away() && reason == Some(h2::Reason::NO_ERROR)));
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// A connect failure (or one of a send not yet handed to a connection),
+/// with its causes, as the client sees it.
 pub(super) fn upstream_error(e: &(dyn std::error::Error + 'static)) -> ProxyError {
     let detail = crate::error_text::with_causes(e);
     if detail.contains("timed out") || detail.contains("deadline") {

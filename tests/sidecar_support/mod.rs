@@ -280,7 +280,17 @@ pub fn proxy(
     cell: Arc<CredentialCell>,
     setup: Setup,
 ) -> (Arc<Proxy>, Metrics) {
-    let (scheme, authority, base_path) = base_url(&upstream.url()).unwrap();
+    proxy_to(&upstream.url(), None, cell, setup)
+}
+
+/// A proxy in front of the upstream at `url`, trusting `ca` (PEM) too.
+pub fn proxy_to(
+    url: &str,
+    ca: Option<&[u8]>,
+    cell: Arc<CredentialCell>,
+    setup: Setup,
+) -> (Arc<Proxy>, Metrics) {
+    let (scheme, authority, base_path) = base_url(url).unwrap();
     let config = proxy::Config {
         routes: RouteTable {
             runtime: Upstream {
@@ -304,7 +314,7 @@ pub fn proxy(
         upstream_max_idle: 32,
     };
     let metrics = Metrics::new();
-    let tls = bedrock_broker::tls::client_config(None).unwrap();
+    let tls = bedrock_broker::tls::client_config(ca).unwrap();
     let clients = proxy::upstream_clients(tls, config.connect_timeout, config.upstream_max_idle);
     let proxy = Proxy::new(
         config,

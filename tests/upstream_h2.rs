@@ -1,0 +1,214 @@
+//! Bedrock over HTTP/2 (what ALPN picks against AWS): a request the
+//! upstream says it never processed (REFUSED_STREAM, or a GOAWAY that
+//! left it out, as when a front end recycles the connection all requests
+//! share) is sent once more; one whose connection died after it was sent
+//! is not, and the client is told it may have been processed.
+
+// Test code: a failed setup is a failed test, and the real clock is fine.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
+mod sidecar_support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bedrock_broker::credentials::CredentialCell;
+use bytes::Bytes;
+use sidecar_support::{credentials, post, proxy_to, text, Setup};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// What the upstream does with the first request it is sent; every later
+/// request is answered `200 {}`.
+#[derive(Clone, Copy, Debug)]
+enum First {
+    /// RST_STREAM(REFUSED_STREAM): not processed.
+    RefuseStream,
+    /// GOAWAY(last stream 0, NO_ERROR) on the first connection: its
+    /// requests were not processed.
+    GoAwayBeforeIt,
+    /// The first connection closes after the request arrived, without a
+    /// GOAWAY: it may have been processed.
+    CloseAfterIt,
+}
+
+struct H2Upstream {
+    url: String,
+    ca: Vec<u8>,
+    /// Requests that reached the upstream, refused ones included.
+    seen: Arc<AtomicUsize>,
+}
+
+async fn h2_upstream(first: First) -> H2Upstream {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counted = seen.clone();
+    tokio::spawn(async move {
+        let mut connection = 0;
+        while let Ok((tcp, _)) = listener.accept().await {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            connection += 1;
+            let seen = counted.clone();
+            let raw =
+                connection == 1 && matches!(first, First::GoAwayBeforeIt | First::CloseAfterIt);
+            tokio::spawn(async move {
+                if raw {
+                    until_a_request(tls, first, &seen).await;
+                } else {
+                    serve(tls, first, &seen).await;
+                }
+            });
+        }
+    });
+    H2Upstream {
+        url: format!("https://127.0.0.1:{}", addr.port()),
+        ca: cert.pem().into_bytes(),
+        seen,
+    }
+}
+
+/// HTTP/2 with the h2 crate: refuses the very first request when told to.
+async fn serve<T>(io: T, first: First, seen: &AtomicUsize)
+where
+    T: AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let Ok(mut connection) = h2::server::handshake(io).await else {
+        return;
+    };
+    while let Some(Ok((request, mut respond))) = connection.accept().await {
+        let n = seen.fetch_add(1, Ordering::SeqCst);
+        drop(request);
+        if n == 0 && matches!(first, First::RefuseStream) {
+            respond.send_reset(h2::Reason::REFUSED_STREAM);
+            continue;
+        }
+        let response = http::Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(())
+            .unwrap();
+        if let Ok(mut body) = respond.send_response(response, false) {
+            let _ = body.send_data(Bytes::from_static(b"{}"), true);
+        }
+    }
+}
+
+/// The first connection, by hand: HTTP/2 framing as far as the request's
+/// HEADERS frame, then a GOAWAY that leaves it out, or a bare close.
+async fn until_a_request<T>(mut io: T, first: First, seen: &AtomicUsize)
+where
+    T: AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    const HEADERS: u8 = 0x1;
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    let mut preface = [0u8; 24];
+    if io.read_exact(&mut preface).await.is_err() {
+        return;
+    }
+    // Our (empty) SETTINGS.
+    let _ = io.write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0]).await;
+    loop {
+        let mut header = [0u8; 9];
+        if io.read_exact(&mut header).await.is_err() {
+            return;
+        }
+        let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        if io.read_exact(&mut payload).await.is_err() {
+            return;
+        }
+        match header[3] {
+            // Acknowledge the client's SETTINGS (not an ACK itself).
+            SETTINGS if header[4] & 0x1 == 0 => {
+                let _ = io.write_all(&[0, 0, 0, SETTINGS, 0x1, 0, 0, 0, 0]).await;
+            }
+            HEADERS => break,
+            _ => {}
+        }
+    }
+    seen.fetch_add(1, Ordering::SeqCst);
+    if let First::GoAwayBeforeIt = first {
+        // Last stream 0, NO_ERROR: no request of this connection was processed.
+        let frame = [0, 0, 8, GOAWAY, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let _ = io.write_all(&frame).await;
+        let _ = io.flush().await;
+    }
+    let _ = io.shutdown().await;
+}
+
+fn signing_cell() -> Arc<CredentialCell> {
+    let cell = Arc::new(CredentialCell::new());
+    cell.store(credentials("AKIDH2"));
+    cell
+}
+
+async fn converse(
+    up: &H2Upstream,
+    request: http::Request<http_body_util::Full<Bytes>>,
+) -> (u16, String) {
+    let (proxy, _metrics) = proxy_to(&up.url, Some(&up.ca), signing_cell(), Setup::default());
+    let response = proxy.handle(request).await.unwrap();
+    let (status, _, body) = text(response).await;
+    (status, body)
+}
+
+#[tokio::test]
+async fn a_refused_stream_is_sent_once_more() {
+    let up = h2_upstream(First::RefuseStream).await;
+    let (status, body) = converse(&up, post("/model/m/converse", "{}")).await;
+    assert_eq!((status, body.as_str()), (200, "{}"));
+    assert_eq!(
+        up.seen.load(Ordering::SeqCst),
+        2,
+        "the refused request and its retry"
+    );
+}
+
+#[tokio::test]
+async fn a_request_a_goaway_left_out_is_sent_again_on_a_new_connection() {
+    let up = h2_upstream(First::GoAwayBeforeIt).await;
+    let (status, body) = converse(&up, post("/model/m/converse", "{}")).await;
+    assert_eq!((status, body.as_str()), (200, "{}"));
+    assert_eq!(up.seen.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_api_key_request_is_sent_once_more_too() {
+    let up = h2_upstream(First::RefuseStream).await;
+    let mut request = post("/model/m/converse", "{}");
+    request.headers_mut().insert(
+        "authorization",
+        "Bearer ABSKQmVkcm9ja0FQSUtleS1leGFtcGxl".parse().unwrap(),
+    );
+    let (status, body) = converse(&up, request).await;
+    assert_eq!((status, body.as_str()), (200, "{}"));
+    assert_eq!(up.seen.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_request_whose_connection_died_is_not_sent_again() {
+    // Bedrock got it and may have run it: a second Converse could be a
+    // second bill. The client decides, told what happened.
+    let up = h2_upstream(First::CloseAfterIt).await;
+    let (status, body) = converse(&up, post("/model/m/converse", "{}")).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("may have processed"), "{body}");
+    assert!(!body.contains("could not reach"), "{body}");
+    assert_eq!(up.seen.load(Ordering::SeqCst), 1);
+}
