@@ -77,6 +77,7 @@ fn serve_credentials(
     cell: Arc<CredentialCell>,
     clock: SharedClock,
     stop: &CancellationToken,
+    refused: prometheus::IntCounter,
 ) -> Result<tokio::task::JoinHandle<()>, ServeError> {
     let address = server::local_addr(&listener, "credentials endpoint")?;
     tracing::info!(%address, path = container_credentials::PATH, "container credentials endpoint listening");
@@ -88,6 +89,7 @@ fn serve_credentials(
         stop.clone(),
         ADMIN_GRACE,
         "credentials endpoint",
+        refused,
     )))
 }
 
@@ -202,6 +204,7 @@ impl Sidecar {
             admin_stop.clone(),
             ADMIN_GRACE,
             "admin",
+            metrics.connections_refused.with_label_values(&["admin"]),
         ))];
         if let Some((listener, token, limits)) = credentials_endpoint {
             side_servers.push(serve_credentials(
@@ -211,6 +214,7 @@ impl Sidecar {
                 cell,
                 clock,
                 &admin_stop,
+                metrics.connections_refused.with_label_values(&["credentials"]),
             )?);
         }
 
@@ -223,6 +227,7 @@ impl Sidecar {
             stop.clone(),
             config.shutdown_grace,
             "proxy",
+            metrics.connections_refused.with_label_values(&["proxy"]),
         );
         tokio::pin!(serving);
         // A credential task that panicked leaves credentials that age out

@@ -139,7 +139,35 @@ async fn connections_over_the_limit_are_closed_at_once_and_the_rest_still_serve(
     tokio::time::timeout(Duration::from_secs(5), ok)
         .await
         .expect("slots are released");
+    // The client saw a bare close; the operator sees it counted.
+    let refused = admin_sample(
+        admin,
+        "bedrock_broker_connections_refused_total{listener=\"admin\"}",
+    )
+    .await;
+    assert!(refused >= 1.0, "refused connections counted: {refused}");
+    assert_eq!(
+        admin_sample(
+            admin,
+            "bedrock_broker_connections_refused_total{listener=\"proxy\"}"
+        )
+        .await,
+        0.0
+    );
     stop.cancel();
+}
+
+/// One sample of the admin port's `/metrics`, by its series name and labels.
+async fn admin_sample(admin: SocketAddr, series: &str) -> f64 {
+    let mut c = TcpStream::connect(admin).await.unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = closed_within(&mut c, Duration::from_secs(5)).await.unwrap();
+    let text = String::from_utf8(answer).unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
 }
 
 #[tokio::test]

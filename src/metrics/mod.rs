@@ -38,6 +38,19 @@ fn registered<M: prometheus::core::Collector + Clone + 'static>(
     Ok(metric)
 }
 
+/// `<prefix>connections_refused_total{listener}`: connections a listener
+/// closed at once at its connection limit (whole or per peer). Clients see
+/// a reset or an empty answer, which nothing else records.
+fn connections_refused(prefix: &str) -> prometheus::Result<prometheus::IntCounterVec> {
+    prometheus::IntCounterVec::new(
+        opts(
+            &format!("{prefix}connections_refused_total"),
+            "Connections closed on arrival because a connection limit (of the listener, or per peer) was reached, by listener.",
+        ),
+        &["listener"],
+    )
+}
+
 /// The version of this build, from Cargo.toml.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The source revision of this build (`build.rs`: git, the

@@ -10,6 +10,9 @@ pub struct Metrics {
     pub registry: Registry,
     pub credentials: CredentialMetrics,
     pub proxy: ProxyMetrics,
+    /// Connections turned away at a connection limit, by `listener`
+    /// (`proxy`, `admin`, `credentials`).
+    pub connections_refused: IntCounterVec,
 }
 
 /// Health of the credential refresher.
@@ -71,6 +74,7 @@ impl Metrics {
         let registry = Registry::new();
         let credentials = CredentialMetrics::register(&registry)?;
         let proxy = ProxyMetrics::register(&registry)?;
+        let connections_refused = registered(&registry, super::connections_refused("")?)?;
         super::build_info(&registry)?;
         // Both results exist from the start so `rate()` and alerts see zeros.
         for result in ["success", "failure"] {
@@ -83,6 +87,7 @@ impl Metrics {
             registry,
             credentials,
             proxy,
+            connections_refused,
         })
     }
 

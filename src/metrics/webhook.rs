@@ -21,6 +21,9 @@ pub struct WebhookMetrics {
     pub lookups: IntCounterVec,
     /// Certificate reloads from disk by `result` (`success`, `failure`).
     pub tls_reloads: IntCounterVec,
+    /// Connections turned away at a connection limit, by `listener`
+    /// (`webhook`, `admin`).
+    pub connections_refused: IntCounterVec,
 }
 
 impl WebhookMetrics {
@@ -65,6 +68,8 @@ impl WebhookMetrics {
         registry.register(Box::new(admission_duration.clone()))?;
         registry.register(Box::new(lookups.clone()))?;
         registry.register(Box::new(tls_reloads.clone()))?;
+        let connections_refused = super::connections_refused("webhook_")?;
+        registry.register(Box::new(connections_refused.clone()))?;
         // The same build_info as the sidecar's: one query finds both.
         super::build_info(&registry)?;
         // Every series exists from the start so rate() and alerts see zeros.
@@ -80,6 +85,7 @@ impl WebhookMetrics {
             admission_duration,
             lookups,
             tls_reloads,
+            connections_refused,
         })
     }
 

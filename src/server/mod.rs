@@ -153,7 +153,7 @@ impl Accept for TcpListener {
 
 /// Serves HTTP/1.1 (and HTTP/2 when `limits.http2`) on `listener` within
 /// `limits` until `shutdown` fires, then stops accepting and drains for at
-/// most `grace`.
+/// most `grace`. Connections closed at a limit are counted in `refused`.
 pub async fn serve<L, S, B>(
     mut listener: L,
     service: S,
@@ -161,6 +161,7 @@ pub async fn serve<L, S, B>(
     shutdown: CancellationToken,
     grace: Duration,
     name: &'static str,
+    refused: prometheus::IntCounter,
 ) where
     L: Accept,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
@@ -197,6 +198,7 @@ pub async fn serve<L, S, B>(
             {
                 Some(slot) => slot,
                 None => {
+                    refused.inc();
                     tracing::debug!(server = name, %peer, "connection limit reached; closing");
                     continue;
                 }
@@ -210,6 +212,7 @@ pub async fn serve<L, S, B>(
             Some(limit) => match peers.claim(peer.ip(), limit, activity.clone(), Some(slot)) {
                 Some(claimed) => (None, Some(claimed)),
                 None => {
+                    refused.inc();
                     tracing::debug!(server = name, %peer, "per-peer connection limit reached; closing");
                     continue;
                 }

@@ -143,7 +143,9 @@ impl WebhookServer {
             admin_stop.clone(),
             ADMIN_GRACE,
             "webhook admin",
+            state.metrics.connections_refused.with_label_values(&["admin"]),
         ));
+        let refused = state.metrics.connections_refused.with_label_values(&["webhook"]);
         let tls_listener = TlsListener::spawn(
             self.listener,
             acceptor,
@@ -157,6 +159,7 @@ impl WebhookServer {
             shutdown,
             config.shutdown_grace,
             "webhook",
+            refused,
         )
         .await;
         admin_stop.cancel();
