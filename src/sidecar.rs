@@ -214,7 +214,9 @@ impl Sidecar {
                 cell,
                 clock,
                 &admin_stop,
-                metrics.connections_refused.with_label_values(&["credentials"]),
+                metrics
+                    .connections_refused
+                    .with_label_values(&["credentials"]),
             )?);
         }
 

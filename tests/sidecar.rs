@@ -225,6 +225,51 @@ async fn cuts_off_a_stalled_stream_with_an_error_event() {
 }
 
 #[tokio::test]
+async fn a_stream_stalled_inside_an_event_is_aborted_not_garbled() {
+    // An error event after half an event would be read as part of it: the
+    // OpenAI SDK failed on JSON, boto3 on a checksum. Cut short instead.
+    let upstream = FakeUpstream::start(vec![Answer::Stall(
+        vec![("content-type", "text/event-stream")],
+        vec!["data: {\"choices\":[]}\n\n", "data: {\"choi"],
+    )])
+    .await;
+    let cell = Arc::new(CredentialCell::new());
+    cell.store(credentials("AKID"));
+    let setup = Setup {
+        stream_idle_timeout: Some(Duration::from_millis(200)),
+        ..Setup::default()
+    };
+    let (proxy, _) = proxy(&upstream, cell, setup);
+    let read = async {
+        let answer = proxy
+            .handle(post("/openai/v1/chat/completions", "{}"))
+            .await
+            .unwrap();
+        let mut body = answer.into_body();
+        let mut got = Vec::new();
+        loop {
+            match body.frame().await {
+                Some(Ok(frame)) => got.extend_from_slice(&frame.into_data().unwrap_or_default()),
+                Some(Err(e)) => return (got, Some(e.to_string())),
+                None => return (got, None),
+            }
+        }
+    };
+    let (got, error) = tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the stalled stream was never cut off");
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "data: {\"choices\":[]}\n\ndata: {\"choi",
+        "nothing appended to the half event"
+    );
+    assert!(
+        error.is_some_and(|e| e.contains("--stream-idle-timeout")),
+        "the body ends in an error, not a clean end"
+    );
+}
+
+#[tokio::test]
 async fn drains_open_streams_on_shutdown_and_accepts_no_new_connections() {
     let gate = Arc::new(tokio::sync::Notify::new());
     let upstream = FakeUpstream::start(vec![Answer::Gated(

@@ -129,6 +129,86 @@ impl StreamKind {
     }
 }
 
+/// Where the bytes sent so far end: between two events, where an error
+/// event appended reads as one, or inside one, where it would garble it
+/// (the client's SDK then fails on a JSON or checksum error instead).
+#[derive(Debug, Clone, Copy)]
+enum Boundary {
+    /// SSE: the last (up to) four bytes sent, oldest first in the high
+    /// bytes; an event ends with a blank line.
+    Sse {
+        last: u32,
+        seen: u8,
+    },
+    /// Event stream: bytes still due of the current message, and the
+    /// length prefix of the next one as far as it has arrived (each
+    /// message starts with its total length, a big-endian u32).
+    EventStream {
+        due: u64,
+        prefix: u32,
+        have: u8,
+    },
+    Plain,
+}
+
+impl Boundary {
+    fn of(kind: StreamKind) -> Self {
+        match kind {
+            StreamKind::Sse => Self::Sse { last: 0, seen: 0 },
+            StreamKind::EventStream => Self::EventStream {
+                due: 0,
+                prefix: 0,
+                have: 0,
+            },
+            StreamKind::Plain => Self::Plain,
+        }
+    }
+
+    fn observe(&mut self, mut data: &[u8]) {
+        match self {
+            Self::Sse { last, seen } => {
+                for &b in data.iter().rev().take(4).rev() {
+                    *last = (*last << 8) | u32::from(b);
+                    *seen = (*seen + 1).min(4);
+                }
+            }
+            Self::EventStream { due, prefix, have } => {
+                while !data.is_empty() {
+                    if *due > 0 {
+                        let n = data.len().min(usize::try_from(*due).unwrap_or(usize::MAX));
+                        *due -= n as u64;
+                        data = &data[n..];
+                        continue;
+                    }
+                    *prefix = (*prefix << 8) | u32::from(data[0]);
+                    *have += 1;
+                    data = &data[1..];
+                    if *have == 4 {
+                        // The rest of the message after its length field.
+                        *due = u64::from(*prefix).saturating_sub(4);
+                        (*prefix, *have) = (0, 0);
+                    }
+                }
+            }
+            Self::Plain => {}
+        }
+    }
+
+    fn between_events(&self) -> bool {
+        match *self {
+            Self::Sse { seen: 0, .. } => true,
+            Self::Sse { last, seen } => {
+                let two = last & 0xffff;
+                two == u32::from_be_bytes([0, 0, b'\n', b'\n'])
+                    || two == u32::from_be_bytes([0, 0, b'\r', b'\r'])
+                    || (seen == 4 && last == u32::from_be_bytes(*b"\r\n\r\n"))
+            }
+            Self::EventStream { due, have, .. } => due == 0 && have == 0,
+            Self::Plain => true,
+        }
+    }
+}
+
 /// Error returned when a stream stalls and no error event can be sent.
 #[derive(Debug, thiserror::Error)]
 #[error("Bedrock sent nothing for {0:?} (--stream-idle-timeout); stream cut off")]
@@ -149,6 +229,8 @@ pub struct UpstreamBody {
     timer: Option<Pin<Box<Sleep>>>,
     /// Sent after a stall, before ending the stream.
     tail: Option<Bytes>,
+    /// Whether a stall's error event may be appended now.
+    boundary: Boundary,
     finished: bool,
     usage: Option<UsageTap>,
 }
@@ -168,6 +250,7 @@ impl UpstreamBody {
             idle: idle_timeout,
             timer: None,
             tail: None,
+            boundary: Boundary::of(kind),
             finished: false,
             usage,
         }
@@ -211,8 +294,13 @@ impl Body for UpstreamBody {
                 if let (Some(d), Some(timer)) = (this.idle, &mut this.timer) {
                     timer.as_mut().reset(tokio::time::Instant::now() + d);
                 }
-                if let (Some(usage), Some(data)) = (&mut this.usage, frame.data_ref()) {
-                    usage.observe(data);
+                if let Some(data) = frame.data_ref() {
+                    if let Some(usage) = &mut this.usage {
+                        usage.observe(data);
+                    }
+                    if this.idle.is_some() {
+                        this.boundary.observe(data);
+                    }
                 }
                 // With a Content-Length body the server stops polling after
                 // the last byte, so account for the end now, not on drop.
@@ -226,6 +314,12 @@ impl Body for UpstreamBody {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
+                // The status line has gone out (its code is counted as
+                // sent): only the log can say the answer broke off.
+                tracing::warn!(
+                    error = %crate::error_text::with_causes(&e),
+                    "Bedrock's answer broke off before its end"
+                );
                 this.finish();
                 Poll::Ready(Some(Err(e.into())))
             }
@@ -239,8 +333,10 @@ impl Body for UpstreamBody {
                 if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
+                let mid_event = !this.boundary.between_events();
                 tracing::warn!(
                     idle_s = d.as_secs_f64(),
+                    mid_event,
                     "upstream stream stalled; cutting it off"
                 );
                 this.finish();
@@ -248,7 +344,9 @@ impl Body for UpstreamBody {
                     "bedrock-broker: Bedrock sent nothing for {}s (--stream-idle-timeout); stream cut off",
                     d.as_secs()
                 );
-                match this.kind.error_tail(&message) {
+                // Inside an event the error event would garble it: the
+                // stream is aborted, which clients report as cut short.
+                match this.kind.error_tail(&message).filter(|_| !mid_event) {
                     Some(tail) => Poll::Ready(Some(Ok(Frame::data(tail)))),
                     None => Poll::Ready(Some(Err(IdleTimeout(d).into()))),
                 }
@@ -291,6 +389,54 @@ mod tests {
             Some("modelStreamErrorException")
         );
         assert_eq!(&msg.payload()[..], br#"{"message":"stalled"}"#);
+    }
+
+    fn after(kind: StreamKind, chunks: &[&[u8]]) -> bool {
+        let mut b = Boundary::of(kind);
+        for chunk in chunks {
+            b.observe(chunk);
+        }
+        b.between_events()
+    }
+
+    #[test]
+    fn an_sse_stream_is_between_events_only_after_a_blank_line() {
+        use StreamKind::Sse;
+        assert!(after(Sse, &[]));
+        assert!(after(Sse, &[b"data: {\"a\":1}\n\n"]));
+        assert!(after(Sse, &[b"data: {\"a\":1}\r\n\r\n"]));
+        assert!(
+            after(Sse, &[b"data: x\n", b"\n"]),
+            "the blank line split across chunks"
+        );
+        assert!(after(Sse, &[b"data: x\r\n\r", b"\n"]));
+        assert!(!after(Sse, &[b"data: {\"a\":1}\n\ndata: {\"con"]));
+        assert!(!after(Sse, &[b"data: x\n"]));
+        assert!(!after(Sse, &[b"data: x\r\n"]));
+    }
+
+    #[test]
+    fn an_event_stream_is_between_events_only_after_a_whole_message() {
+        use StreamKind::EventStream;
+        let one = StreamKind::EventStream.error_tail("first").unwrap();
+        let two = StreamKind::EventStream
+            .error_tail("second message")
+            .unwrap();
+        let both = [&one[..], &two[..]].concat();
+        assert!(after(EventStream, &[]));
+        assert!(after(EventStream, &[&both]));
+        // Split anywhere, even inside a length prefix: only the end counts.
+        for cut in 1..both.len() {
+            assert!(
+                after(EventStream, &[&both[..cut], &both[cut..]]),
+                "cut at {cut}"
+            );
+            assert_eq!(
+                after(EventStream, &[&both[..cut]]),
+                cut == one.len(),
+                "cut at {cut}"
+            );
+        }
     }
 
     #[test]

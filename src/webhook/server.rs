@@ -143,9 +143,15 @@ impl WebhookServer {
             admin_stop.clone(),
             ADMIN_GRACE,
             "webhook admin",
-            state.metrics.connections_refused.with_label_values(&["admin"]),
+            state
+                .metrics
+                .connections_refused
+                .with_label_values(&["admin"]),
         ));
-        let refused = state.metrics.connections_refused.with_label_values(&["webhook"]);
+        let refused = state
+            .metrics
+            .connections_refused
+            .with_label_values(&["webhook"]);
         let tls_listener = TlsListener::spawn(
             self.listener,
             acceptor,
