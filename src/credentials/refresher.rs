@@ -62,6 +62,7 @@ impl Refresher {
             if !self.hold_back(&shutdown).await {
                 return;
             }
+            let mut throttled = false;
             let delay = match self.attempt().await {
                 Ok(None) => {
                     tracing::debug!(
@@ -85,10 +86,11 @@ impl Refresher {
                         .and_then(|h| h.expiry())
                         .map(|e| saturating_sub(e, now))
                         .filter(|r| !r.is_zero());
+                    throttled = err.is_throttling();
                     let failure = Failure {
                         count: failures,
                         class: err.class(),
-                        throttled: err.is_throttling(),
+                        throttled,
                         remaining,
                     };
                     let delay = self.policy.backoff(&failure, self.rng.f64());
@@ -96,9 +98,19 @@ impl Refresher {
                     delay
                 }
             };
+            // STS throttling the account is not hurried by anyone: a
+            // rejected request or a token rotation asking for a refresh
+            // would only add to the rate the backoff waits out.
+            let early = async {
+                if throttled {
+                    std::future::pending().await
+                } else {
+                    self.cell.refresh_requested().await
+                }
+            };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = self.cell.refresh_requested() => tracing::debug!("early refresh requested"),
+                () = early => tracing::debug!("early refresh requested"),
                 _ = shutdown.cancelled() => return,
             }
         }

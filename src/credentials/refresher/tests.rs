@@ -224,6 +224,34 @@ async fn an_early_refresh_request_is_honoured_but_rate_limited() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn early_refresh_requests_wait_out_a_throttling_backoff() {
+    // Bedrock rejecting the held credentials asks for a refresh on every
+    // request; STS throttling the account must not be called once a second.
+    let mut script = vec![Ok(Duration::from_secs(3600))];
+    script.extend(std::iter::repeat_n(Err("Throttling"), 10));
+    let h = start(script);
+    // The scheduled refresh at half-life (1800 s) is throttled; the backoff
+    // is the whole cap at once.
+    tokio::time::sleep(Duration::from_secs(1801)).await;
+    assert_eq!(h.call_offsets().len(), 2);
+    let throttled_at = h.call_offsets()[1];
+    for _ in 0..10 {
+        h.cell.request_refresh();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let calls = h.call_offsets();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    // The backoff still ends the wait.
+    tokio::time::sleep(policy().backoff_cap).await;
+    let calls = h.call_offsets();
+    assert!(
+        calls.len() >= 3 && calls[2] >= throttled_at + Duration::from_secs(10),
+        "{calls:?}"
+    );
+    h.shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
 async fn retries_several_times_before_held_credentials_expire() {
     // 8 s credentials: refresh at 4 s; with 4 s left, waits are capped at 1 s.
     let mut script = vec![Ok(Duration::from_secs(8))];
