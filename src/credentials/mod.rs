@@ -35,6 +35,6 @@ pub use error::{ErrorClass, SourceError};
 pub use policy::RefreshPolicy;
 pub use refresher::Refresher;
 pub use sdk_provider::SdkProviderSource;
-pub use source::{source_for, BoxFuture, CredentialSource, Fetched, StaticSource};
+pub use source::{source_for, BoxFuture, CredentialSource, Fetched, StaticSource, TokenExpiry};
 pub use start::{start, Background, Readiness, StartError};
 pub use web_identity::{TokenRead, WebIdentitySource};

@@ -10,7 +10,7 @@ use super::policy::Failure;
 use super::skew::SkewReport;
 use super::{
     CredentialCell, CredentialSource, ErrorClass, Fetched, HeldCredentials, RefreshPolicy,
-    SourceError,
+    SourceError, TokenExpiry,
 };
 use crate::clock::{saturating_sub, unix_seconds, SharedClock};
 use crate::metrics::CredentialMetrics;
@@ -157,10 +157,13 @@ impl Refresher {
         };
 
         let expiry = fetched.credentials.expiry();
-        if let Some(exp) = fetched.token_expiry {
-            self.metrics
-                .web_identity_token_expiry_timestamp
-                .set(unix_seconds(exp));
+        // The token just exchanged: a rotation to one without `exp` must
+        // not leave the previous token's time behind.
+        let token_gauge = &self.metrics.web_identity_token_expiry_timestamp;
+        match fetched.token_expiry {
+            TokenExpiry::At(exp) => token_gauge.set(unix_seconds(exp)),
+            TokenExpiry::Unknown => token_gauge.clear(),
+            TokenExpiry::NoToken => {}
         }
         self.metrics
             .expiry_timestamp

@@ -58,7 +58,7 @@ impl SdkProviderSource {
             Ok(credentials) => Ok(Fetched {
                 credentials,
                 principal: None,
-                token_expiry: None,
+                token_expiry: super::TokenExpiry::NoToken,
                 server_time: None,
             }),
             Err(e) => Err(provider_error(self.kind, &e)),

@@ -14,14 +14,24 @@ use crate::config::aws::Region;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What the web identity token a fetch exchanged said of its own expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenExpiry {
+    /// The source exchanges no token (static keys, the SDK's providers).
+    NoToken,
+    /// A token without a readable `exp` claim (not a JWT, or no claim).
+    Unknown,
+    At(SystemTime),
+}
+
 /// What one successful fetch produced.
 #[derive(Debug)]
 pub struct Fetched {
     pub credentials: Credentials,
     /// The assumed-role ARN, when the source knows it (for logs and diagnosis).
     pub principal: Option<String>,
-    /// `exp` of the web identity token that was exchanged, when it has one.
-    pub token_expiry: Option<SystemTime>,
+    /// `exp` of the web identity token that was exchanged.
+    pub token_expiry: TokenExpiry,
     /// The `Date` of the server's answer, when it had one (clock skew).
     pub server_time: Option<SystemTime>,
 }
@@ -68,7 +78,7 @@ impl CredentialSource for StaticSource {
             Ok(Fetched {
                 credentials,
                 principal: None,
-                token_expiry: None,
+                token_expiry: TokenExpiry::NoToken,
                 server_time: None,
             })
         })

@@ -95,7 +95,7 @@ pub fn fetched(
     provider: &'static str,
     credentials: Option<aws_sdk_sts::types::Credentials>,
     principal: Option<String>,
-    token_expiry: Option<std::time::SystemTime>,
+    token_expiry: super::TokenExpiry,
 ) -> Result<super::Fetched, SourceError> {
     let c = credentials.ok_or(SourceError::MissingCredentials { operation })?;
     // The SDK fills required fields an answer left out with defaults (an

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::skew::ServerDate;
-use super::source::{BoxFuture, CredentialSource, Fetched};
+use super::source::{BoxFuture, CredentialSource, Fetched, TokenExpiry};
 use super::token::{self, Claims};
 use super::{sts, SourceError};
 use super::{SessionOptions, WebIdentityConfig};
@@ -63,7 +63,10 @@ impl WebIdentitySource {
 
     async fn assume(&self) -> Result<Fetched, SourceError> {
         let token = self.token.read().await?;
-        let token_expiry = Claims::decode(token.expose()).and_then(|c| c.expiry());
+        let token_expiry = match Claims::decode(token.expose()).and_then(|c| c.expiry()) {
+            Some(at) => TokenExpiry::At(at),
+            None => TokenExpiry::Unknown,
+        };
         let date = ServerDate::default();
         let out = self
             .sts

@@ -45,6 +45,11 @@ impl LateGauge {
     pub fn set(&self, value: f64) {
         self.0.with_label_values(&[] as &[&str]).set(value);
     }
+
+    /// Unknown again: no longer exported.
+    pub fn clear(&self) {
+        self.0.reset();
+    }
 }
 
 /// The data plane.
@@ -244,6 +249,9 @@ mod tests {
             "{}",
             m.render()
         );
+        // A later token without `exp`: the old time is not left behind.
+        m.credentials.web_identity_token_expiry_timestamp.clear();
+        assert!(!m.render().contains(name), "{}", m.render());
     }
 
     #[test]

@@ -184,6 +184,22 @@ def test_rejection_is_passed_through_when_no_fresher_credentials_come(start_side
     assert sidecar.metric("bedrock_broker_upstream_auth_retries_total", {"result": "gave_up"}) == 1
 
 
+def test_a_token_rotated_to_one_without_exp_leaves_no_stale_expiry(start_sidecar, irsa_env, fake_aws, token_dir):
+    # The gauge is the token's `exp`: after a rotation to a token that has
+    # none (an opaque token from another issuer), the old time would read as
+    # the current token's, hours off.
+    fake_aws.configure_sts(lifetime_seconds=3)
+    sidecar = start_sidecar(irsa_env, FAST)
+    name = "bedrock_broker_web_identity_token_expiry_timestamp_seconds"
+    assert sidecar.metric(name) is not None
+    opaque = "opaque-token-without-claims-" + uuid.uuid4().hex
+    fake_aws.configure_sts(accept_tokens=[opaque])
+    token_dir.write(opaque)
+    wait_for(lambda: any(c.get("token") == opaque and c.get("result") == "ok" for c in fake_aws.sts_calls()),
+             timeout=10, what="STS call with the opaque token")
+    wait_for(lambda: sidecar.metric(name) is None, timeout=10, what="the old token's expiry to go")
+
+
 def test_rejected_static_keys_are_passed_through_without_waiting(start_sidecar, fake_aws):
     # Static temporary keys (local development) that expire or are revoked:
     # nothing can refresh them, so Bedrock's 403 goes back at once instead of

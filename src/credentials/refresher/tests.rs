@@ -50,7 +50,7 @@ impl CredentialSource for Scripted {
                         "scripted",
                     ),
                     principal: None,
-                    token_expiry: None,
+                    token_expiry: TokenExpiry::NoToken,
                     server_time: Some(server_now),
                 }),
                 Err(code) => Err(SourceError::Service {
