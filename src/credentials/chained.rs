@@ -1,6 +1,7 @@
 //! Role chaining: AssumeRole into a second role with the first credentials.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use super::skew::ServerDate;
 use super::source::{BoxFuture, CredentialSource, Fetched};
@@ -21,6 +22,8 @@ pub struct ChainedSource {
     /// STS settings (endpoint, timeout, CA bundle) for the second hop.
     config: CredentialsConfig,
     region: Region,
+    /// The `Date` of the last fetch's answers (either hop's).
+    date: ServerDate,
 }
 
 impl ChainedSource {
@@ -37,15 +40,23 @@ impl ChainedSource {
             session,
             config,
             region,
+            date: ServerDate::default(),
         }
     }
 
     async fn assume(&self) -> Result<Fetched, SourceError> {
-        let first = self.base.fetch().await?;
+        self.date.set(None);
+        let first = match self.base.fetch().await {
+            Ok(first) => first,
+            Err(e) => {
+                self.date.set(self.base.last_answer_time());
+                return Err(e);
+            }
+        };
         // A client per fetch: it is signed with this fetch's base credentials.
         let client = sts::client(&self.config, &self.region, Some(first.credentials));
         let date = ServerDate::default();
-        let out = client
+        let sent = client
             .assume_role()
             .role_arn(self.chain.role_arn.as_str())
             .role_session_name(self.chain.session_name.as_str())
@@ -62,7 +73,11 @@ impl ChainedSource {
             .interceptor(date.clone())
             .send()
             .await
-            .map_err(|e| sts::source_error(OPERATION, e))?;
+            .map_err(|e| sts::source_error(OPERATION, e));
+        // The second hop's answer, or else the first's: a clock off by
+        // minutes fails only the signed second hop.
+        self.date.set(date.get().or(first.server_time));
+        let out = sent?;
         let mut fetched = sts::fetched(
             OPERATION,
             "assume-role",
@@ -82,5 +97,9 @@ impl CredentialSource for ChainedSource {
 
     fn fetch(&self) -> BoxFuture<'_, Result<Fetched, SourceError>> {
         Box::pin(self.assume())
+    }
+
+    fn last_answer_time(&self) -> Option<SystemTime> {
+        self.date.get()
     }
 }

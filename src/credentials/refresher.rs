@@ -140,7 +140,11 @@ impl Refresher {
             .refresh_duration
             .observe(started.elapsed().as_secs_f64());
         let now = self.clock.now();
-        if let Some(server) = result.as_ref().ok().and_then(|f| f.server_time) {
+        let server = match &result {
+            Ok(fetched) => fetched.server_time,
+            Err(_) => self.source.last_answer_time(),
+        };
+        if let Some(server) = server {
             self.skew.observe(now, server, &self.metrics.clock_skew);
         }
         let fetched = match result.and_then(|f| unexpired(f, now)) {

@@ -27,6 +27,11 @@ impl ServerDate {
     pub fn get(&self) -> Option<SystemTime> {
         *self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Records `date` (or forgets the last one, with `None`).
+    pub fn set(&self, date: Option<SystemTime>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = date;
+    }
 }
 
 impl Intercept for ServerDate {

@@ -44,6 +44,13 @@ pub trait CredentialSource: Send + Sync + fmt::Debug {
 
     /// Obtains credentials once.
     fn fetch(&self) -> BoxFuture<'_, Result<Fetched, SourceError>>;
+
+    /// The `Date` of the answers to the last fetch, failed ones included:
+    /// a clock far enough off to break signing fails the signed calls (a
+    /// chained role's), and the skew is worth knowing exactly then.
+    fn last_answer_time(&self) -> Option<SystemTime> {
+        None
+    }
 }
 
 /// Keys from the environment; they never expire and are never refreshed.

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use super::skew::ServerDate;
 use super::source::{BoxFuture, CredentialSource, Fetched, TokenExpiry};
@@ -38,6 +39,8 @@ pub struct WebIdentitySource {
     /// Session options, when this is the last hop (no role chaining).
     session: SessionOptions,
     sts: aws_sdk_sts::Client,
+    /// STS's `Date` of the last fetch, answered or refused.
+    date: ServerDate,
 }
 
 impl WebIdentitySource {
@@ -52,6 +55,7 @@ impl WebIdentitySource {
             token,
             session,
             sts,
+            date: ServerDate::default(),
         }
     }
 
@@ -67,7 +71,8 @@ impl WebIdentitySource {
             Some(at) => TokenExpiry::At(at),
             None => TokenExpiry::Unknown,
         };
-        let date = ServerDate::default();
+        let date = self.date.clone();
+        date.set(None);
         let out = self
             .sts
             .assume_role_with_web_identity()
@@ -101,5 +106,9 @@ impl CredentialSource for WebIdentitySource {
 
     fn fetch(&self) -> BoxFuture<'_, Result<Fetched, SourceError>> {
         Box::pin(self.assume())
+    }
+
+    fn last_answer_time(&self) -> Option<SystemTime> {
+        self.date.get()
     }
 }

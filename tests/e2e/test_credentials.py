@@ -265,6 +265,23 @@ def test_a_node_clock_ahead_of_sts_is_measured_from_its_answers(start_sidecar, i
     assert "NTP" in sidecar.log_text()
 
 
+def test_a_clock_that_breaks_a_chained_role_is_measured_and_named(start_sidecar, irsa_env, fake_aws):
+    # The node 400 s ahead of STS: the web identity hop (unsigned) works,
+    # the chained AssumeRole (signed) is refused "Signature expired" every
+    # time. The skew comes from the refusals, and the hint names the clock,
+    # not the keys.
+    fake_aws.configure_sts(clock_offset_seconds=-400)
+    chained = "arn:aws:iam::210987654321:role/chained"
+    sidecar = start_sidecar(dict(irsa_env, BEDROCK_BROKER_CHAIN_ROLE_ARN=chained), wait_ready=False)
+    wait_for(lambda: (sidecar.metric("bedrock_broker_credential_refreshes_total", {"result": "failure"}) or 0) >= 1,
+             timeout=20, what="a failed refresh")
+    skew = sidecar.metric("bedrock_broker_clock_skew_seconds")
+    assert skew is not None and 395 <= skew <= 405, skew
+    failure = next(line for line in sidecar.log_text().splitlines() if "credential refresh failed" in line)
+    assert "Signature expired" in failure and "NTP" in failure, failure
+    assert "secret key" not in failure, failure
+
+
 def test_an_honest_clock_shows_no_skew(start_sidecar, irsa_env, fake_aws):
     sidecar = start_sidecar(irsa_env)
     skew = sidecar.metric("bedrock_broker_clock_skew_seconds")

@@ -23,16 +23,22 @@ struct Scripted {
     node_ahead: Duration,
     script: Mutex<VecDeque<Result<Duration, &'static str>>>,
     calls: Mutex<Vec<SystemTime>>,
+    /// STS's time when it last answered, refusals included.
+    answered: Mutex<Option<SystemTime>>,
 }
 
 impl CredentialSource for Scripted {
     fn kind(&self) -> &'static str {
         "scripted"
     }
+    fn last_answer_time(&self) -> Option<SystemTime> {
+        *self.answered.lock().unwrap()
+    }
     fn fetch(&self) -> BoxFuture<'_, Result<Fetched, SourceError>> {
         let now = self.clock.now();
         let server_now = now - self.node_ahead;
         self.calls.lock().unwrap().push(now);
+        *self.answered.lock().unwrap() = Some(server_now);
         let next = self
             .script
             .lock()
@@ -87,6 +93,7 @@ fn start_ahead(script: Vec<Result<Duration, &'static str>>, node_ahead: Duration
         node_ahead,
         script: Mutex::new(script.into()),
         calls: Mutex::new(Vec::new()),
+        answered: Mutex::new(None),
     });
     let cell = Arc::new(CredentialCell::new());
     let metrics = Metrics::new();
@@ -220,6 +227,18 @@ async fn an_early_refresh_request_is_honoured_but_rate_limited() {
     h.cell.request_refresh();
     assert!(h.cell.wait_newer_than(seen + 1).await);
     assert_eq!(h.call_offsets(), [0, 1000, 6000].map(Duration::from_millis));
+    h.shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_skew_is_measured_from_refused_answers_too() {
+    // A chained role with the node 400 s ahead: its signed AssumeRole is
+    // refused ("Signature expired") every time, and only the refusals'
+    // Date can say why.
+    let h = start_ahead(vec![Err("SignatureDoesNotMatch")], Duration::from_secs(400));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(h.call_offsets().len(), 1);
+    assert_eq!(h.metrics.credentials.clock_skew.get(), 400.0);
     h.shutdown.cancel();
 }
 

@@ -98,6 +98,7 @@ def verify_sigv4(
     body: bytes,
     service: str,
     event_stream: bool = False,
+    clock_offset: float = 0.0,
 ) -> SigCheck:
     """Verify a SigV4 ``Authorization`` header against the fake's credentials.
 
@@ -107,8 +108,10 @@ def verify_sigv4(
     botocore.  With ``event_stream`` the payload hash must be the signed
     literal ``STREAMING-AWS4-HMAC-SHA256-EVENTS`` (the body is a stream of
     separately signed frames, not known up front) and ``body`` is ignored.
+    ``clock_offset`` is the verifier's clock minus this machine's (STS's
+    ``clock_offset_seconds``): the 5-minute skew check uses that clock.
     """
-    now = time.time()
+    now = time.time() + clock_offset
     parsed = parse_sigv4_authorization(headers.get("Authorization", ""))
     if parsed is None:
         return SigCheck("malformed", "Authorization header requires Credential, SignedHeaders, Signature")

@@ -185,6 +185,7 @@ def _verify_sts_signature(state: FakeState, request: web.Request, body: bytes, r
         headers=request.headers,
         body=body,
         service="sts",
+        clock_offset=state.sts.clock_offset_seconds,
     )
     record["source_access_key_id"] = check.access_key_id
     if check.credential is not None:
