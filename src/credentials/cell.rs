@@ -1,5 +1,6 @@
 //! The cell the refresher writes and every request reads.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -90,6 +91,9 @@ pub struct CredentialCell {
     generation: watch::Sender<u64>,
     /// Wakes the refresher ahead of its schedule.
     refresh_requested: Notify,
+    /// STS answered the last attempt with throttling: the refresher waits
+    /// its backoff out whatever asks, so nobody should wait for it.
+    throttled: AtomicBool,
 }
 
 impl Default for CredentialCell {
@@ -99,6 +103,7 @@ impl Default for CredentialCell {
             last_error: ArcSwapOption::empty(),
             generation: watch::Sender::new(0),
             refresh_requested: Notify::new(),
+            throttled: AtomicBool::new(false),
         }
     }
 }
@@ -131,6 +136,24 @@ impl CredentialCell {
     /// Resolves when someone asked for an early refresh.
     pub async fn refresh_requested(&self) {
         self.refresh_requested.notified().await;
+    }
+
+    /// Forgets a request for an early refresh nobody waited on: made
+    /// against credentials just replaced, it would call STS again for
+    /// nothing.
+    pub fn discard_refresh_request(&self) {
+        let _ = futures::FutureExt::now_or_never(self.refresh_requested.notified());
+    }
+
+    /// Records whether STS is throttling the refresher.
+    pub fn set_throttled(&self, throttled: bool) {
+        self.throttled.store(throttled, Ordering::Relaxed);
+    }
+
+    /// Whether STS is throttling the refresher: an early refresh would not
+    /// come before its backoff ends.
+    pub fn is_throttled(&self) -> bool {
+        self.throttled.load(Ordering::Relaxed)
     }
 
     /// Waits until credentials newer than generation `seen` are stored.

@@ -87,6 +87,7 @@ impl Refresher {
                         .map(|e| saturating_sub(e, now))
                         .filter(|r| !r.is_zero());
                     throttled = err.is_throttling();
+                    self.cell.set_throttled(throttled);
                     let failure = Failure {
                         count: failures,
                         class: err.class(),
@@ -160,6 +161,7 @@ impl Refresher {
             }
         };
 
+        self.cell.set_throttled(false);
         let expiry = fetched.credentials.expiry();
         // The token just exchanged: a rotation to one without `exp` must
         // not leave the previous token's time behind.
@@ -188,6 +190,9 @@ impl Refresher {
             now,
             self.source.kind(),
         ));
+        // Asked for while this fetch ran, or during a throttled wait that
+        // did not listen: about the credentials just replaced.
+        self.cell.discard_refresh_request();
         Ok(lifetime)
     }
 

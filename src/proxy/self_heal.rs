@@ -112,12 +112,14 @@ impl Proxy {
             return true;
         }
         // Credentials without an expiry (static keys) are fetched once and
-        // have no refresher to ask: waiting only delays Bedrock's answer.
-        if self
-            .cell
-            .load()
-            .as_ref()
-            .is_some_and(|held| held.expiry().is_none())
+        // have no refresher to ask, and a throttled refresher waits its
+        // backoff out: waiting only delays Bedrock's answer.
+        if self.cell.is_throttled()
+            || self
+                .cell
+                .load()
+                .as_ref()
+                .is_some_and(|held| held.expiry().is_none())
         {
             return false;
         }

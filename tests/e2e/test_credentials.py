@@ -227,6 +227,25 @@ def test_rejected_static_keys_are_passed_through_without_waiting(start_sidecar, 
     assert sidecar.metric("bedrock_broker_upstream_auth_retries_total", {"result": "gave_up"}) == 1
 
 
+def test_rejections_are_passed_through_at_once_while_sts_throttles(start_sidecar, irsa_env, fake_aws):
+    # A throttled refresher waits its backoff out, whatever asks: a request
+    # Bedrock rejected must not wait --sts-timeout plus a second for
+    # credentials that cannot come sooner, holding its slot and body.
+    fake_aws.configure_sts(lifetime_seconds=6)
+    sidecar = start_sidecar(irsa_env, ["--sts-timeout", "120s"])
+    fake_aws.configure_sts(fail_always=True, fail_code="Throttling", fail_status=400)
+    wait_for(lambda: (sidecar.metric("bedrock_broker_credential_refresh_errors_total", {"class": "transient"}) or 0) >= 1,
+             timeout=20, what="a throttled refresh")
+    fake_aws.post("/credentials/expire", {})
+    client = bedrock_client(sidecar)  # reads for at most 30 s
+    # Held for the self-heal wait (121 s), the answer would reach the client
+    # after its read timeout, as a ReadTimeoutError.
+    with pytest.raises(client.exceptions.ClientError) as e:
+        client.converse(modelId=MODEL_WITH_COLON, messages=[{"role": "user", "content": [{"text": "x"}]}])
+    assert e.value.response["Error"]["Code"] == "ExpiredTokenException"
+    assert sidecar.metric("bedrock_broker_upstream_auth_retries_total", {"result": "gave_up"}) == 1
+
+
 def test_token_rotation_with_healthy_credentials_waits_for_the_next_refresh(start_sidecar, irsa_env, fake_aws, token_dir):
     """A rotation hurries only a failing refresh: refreshing at every rotation brought back the
     refresh waves of pods started together (docs/fleet.md); the next scheduled refresh reads the new token."""

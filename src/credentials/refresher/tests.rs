@@ -260,6 +260,7 @@ async fn early_refresh_requests_wait_out_a_throttling_backoff() {
     }
     let calls = h.call_offsets();
     assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(h.cell.is_throttled(), "the proxy is told not to wait");
     // The backoff still ends the wait.
     tokio::time::sleep(policy().backoff_cap).await;
     let calls = h.call_offsets();
@@ -267,6 +268,31 @@ async fn early_refresh_requests_wait_out_a_throttling_backoff() {
         calls.len() >= 3 && calls[2] >= throttled_at + Duration::from_secs(10),
         "{calls:?}"
     );
+    h.shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_made_during_a_throttled_wait_are_dropped_once_it_succeeds() {
+    let h = start(vec![
+        Ok(Duration::from_secs(3600)),
+        Err("Throttling"),
+        Ok(Duration::from_secs(3600)),
+        Ok(Duration::from_secs(3600)),
+    ]);
+    tokio::time::sleep(Duration::from_secs(1801)).await;
+    for _ in 0..3 {
+        h.cell.request_refresh();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let seen = h.cell.generation();
+    assert!(h.cell.wait_newer_than(seen).await);
+    assert!(!h.cell.is_throttled());
+    let recovered = h.call_offsets().len();
+    assert_eq!(recovered, 3);
+    // The requests were about the credentials the success replaced: no
+    // second call follows a second later.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(h.call_offsets().len(), recovered, "{:?}", h.call_offsets());
     h.shutdown.cancel();
 }
 
