@@ -24,9 +24,14 @@ use tokio::net::TcpListener;
 enum First {
     /// RST_STREAM(REFUSED_STREAM): not processed.
     RefuseStream,
-    /// GOAWAY(last stream 0, NO_ERROR) on the first connection: its
+    /// Every request refused so.
+    RefuseAlways,
+    /// GOAWAY(last stream 0, this error code) on the first connection: its
     /// requests were not processed.
-    GoAwayBeforeIt,
+    GoAwayBeforeIt(u32),
+    /// GOAWAY(last stream 1, NO_ERROR), then a close: the request was
+    /// covered, so it may have been processed.
+    GoAwayCoveringIt,
     /// The first connection closes after the request arrived, without a
     /// GOAWAY: it may have been processed.
     CloseAfterIt,
@@ -64,8 +69,11 @@ async fn h2_upstream(first: First) -> H2Upstream {
             };
             connection += 1;
             let seen = counted.clone();
-            let raw =
-                connection == 1 && matches!(first, First::GoAwayBeforeIt | First::CloseAfterIt);
+            let raw = connection == 1
+                && matches!(
+                    first,
+                    First::GoAwayBeforeIt(_) | First::GoAwayCoveringIt | First::CloseAfterIt
+                );
             tokio::spawn(async move {
                 if raw {
                     until_a_request(tls, first, &seen).await;
@@ -93,7 +101,8 @@ where
     while let Some(Ok((request, mut respond))) = connection.accept().await {
         let n = seen.fetch_add(1, Ordering::SeqCst);
         drop(request);
-        if n == 0 && matches!(first, First::RefuseStream) {
+        if (n == 0 && matches!(first, First::RefuseStream)) || matches!(first, First::RefuseAlways)
+        {
             respond.send_reset(h2::Reason::REFUSED_STREAM);
             continue;
         }
@@ -143,9 +152,20 @@ where
         }
     }
     seen.fetch_add(1, Ordering::SeqCst);
-    if let First::GoAwayBeforeIt = first {
-        // Last stream 0, NO_ERROR: no request of this connection was processed.
-        let frame = [0, 0, 8, GOAWAY, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let goaway = |last: u32, code: u32| {
+        let mut frame = vec![0, 0, 8, GOAWAY, 0, 0, 0, 0, 0];
+        frame.extend_from_slice(&last.to_be_bytes());
+        frame.extend_from_slice(&code.to_be_bytes());
+        frame
+    };
+    let frame = match first {
+        // Last stream 0: no request of this connection was processed.
+        First::GoAwayBeforeIt(code) => Some(goaway(0, code)),
+        // Last stream 1, the request's: it was, or may have been.
+        First::GoAwayCoveringIt => Some(goaway(1, 0)),
+        _ => None,
+    };
+    if let Some(frame) = frame {
         let _ = io.write_all(&frame).await;
         let _ = io.flush().await;
     }
@@ -182,10 +202,40 @@ async fn a_refused_stream_is_sent_once_more() {
 
 #[tokio::test]
 async fn a_request_a_goaway_left_out_is_sent_again_on_a_new_connection() {
-    let up = h2_upstream(First::GoAwayBeforeIt).await;
+    // NO_ERROR (a front end recycling the connection), and an error code:
+    // either way a stream above the GOAWAY's last one was not processed.
+    for code in [0x0, 0xb /* ENHANCE_YOUR_CALM */] {
+        let up = h2_upstream(First::GoAwayBeforeIt(code)).await;
+        let (status, body) = converse(&up, post("/model/m/converse", "{}")).await;
+        assert_eq!((status, body.as_str()), (200, "{}"), "code {code}");
+        assert_eq!(up.seen.load(Ordering::SeqCst), 2, "code {code}");
+    }
+}
+
+#[tokio::test]
+async fn a_request_a_goaway_covered_is_not_sent_again() {
+    let up = h2_upstream(First::GoAwayCoveringIt).await;
     let (status, body) = converse(&up, post("/model/m/converse", "{}")).await;
-    assert_eq!((status, body.as_str()), (200, "{}"));
-    assert_eq!(up.seen.load(Ordering::SeqCst), 2);
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("may have processed"), "{body}");
+    assert_eq!(up.seen.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_request_refused_twice_is_answered_502_saying_so() {
+    let up = h2_upstream(First::RefuseAlways).await;
+    let (status, body) = converse(&up, post("/model/m/converse", "{}")).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("refused the request before processing it"),
+        "{body}"
+    );
+    assert!(body.contains("twice"), "{body}");
+    assert_eq!(
+        up.seen.load(Ordering::SeqCst),
+        2,
+        "sent once more, not again and again"
+    );
 }
 
 #[tokio::test]

@@ -100,7 +100,11 @@ pub fn fetched(
     let c = credentials.ok_or(SourceError::MissingCredentials { operation })?;
     // The SDK fills required fields an answer left out with defaults (an
     // empty key, the epoch): that is not credentials, whoever sent it.
-    if c.access_key_id.is_empty() || c.secret_access_key.is_empty() || c.expiration.secs() == 0 {
+    if c.access_key_id.is_empty()
+        || c.secret_access_key.is_empty()
+        || c.session_token.is_empty()
+        || c.expiration.secs() == 0
+    {
         return Err(SourceError::MissingCredentials { operation });
     }
     let expiry =

@@ -156,28 +156,31 @@ fn streams_client(https: HttpsConnector<HttpConnector>, max_idle: usize) -> Upst
 /// may have received it, unless HTTP/2 says it did not.
 pub(super) fn answer_error(e: &(dyn std::error::Error + 'static)) -> ProxyError {
     let detail = crate::error_text::with_causes(e);
-    if detail.contains("timed out") || detail.contains("deadline") {
-        ProxyError::UpstreamTimeout(detail)
-    } else if refused_unprocessed(e) {
+    // First: a GOAWAY's text is the peer's and may say anything ("idle
+    // timed out").
+    if refused_unprocessed(e) {
         ProxyError::UpstreamRefused(detail)
+    } else if detail.contains("timed out") || detail.contains("deadline") {
+        ProxyError::UpstreamTimeout(detail)
     } else {
         ProxyError::UpstreamLost(detail)
     }
 }
 
 /// Whether an HTTP/2 upstream said it did not process the request: its
-/// stream reset with REFUSED_STREAM, or a graceful GOAWAY whose last
-/// stream came before it. RFC 9113 §8.7 and §6.8: either may be sent
-/// again, on another connection. (h2 gives a stream a remote GOAWAY error
-/// only when the GOAWAY left it out; streams it covered fail otherwise.)
+/// stream reset with REFUSED_STREAM, or a GOAWAY whose last stream came
+/// before it, whatever its error code. RFC 9113 §8.7 and §6.8: either may
+/// be sent again, on another connection. (h2 gives a stream a remote
+/// GOAWAY error only when the GOAWAY left it out, or when it was opened on
+/// a connection already told to go away; streams it covered fail with the
+/// connection's I/O error.)
 fn refused_unprocessed(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(e);
     while let Some(c) = cause {
         if let Some(h2) = c.downcast_ref::<h2::Error>() {
-            let reason = h2.reason();
             return h2.is_remote()
-                && ((h2.is_reset() && reason == Some(h2::Reason::REFUSED_STREAM))
-                    || (h2.is_go_away() && reason == Some(h2::Reason::NO_ERROR)));
+                && (h2.is_go_away()
+                    || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)));
         }
         cause = c.source();
     }
