@@ -284,6 +284,20 @@ async fn running(
     ca: &Ca,
     tweak: impl FnOnce(&mut WebhookArgs),
 ) -> (SocketAddr, CancellationToken) {
+    let (addr, _, shutdown) = running_with_metrics(dir, ca, tweak).await;
+    (addr, shutdown)
+}
+
+/// [`running`], with the webhook's metrics.
+async fn running_with_metrics(
+    dir: &Path,
+    ca: &Ca,
+    tweak: impl FnOnce(&mut WebhookArgs),
+) -> (
+    SocketAddr,
+    bedrock_broker::metrics::WebhookMetrics,
+    CancellationToken,
+) {
     let (cert, key, _) = leaf(ca, "webhook");
     publish(&dir.join("tls.crt"), &cert);
     publish(&dir.join("tls.key"), &key);
@@ -301,8 +315,39 @@ async fn running(
     let server = WebhookServer::bind(&config).await.expect("binds");
     let addr = server.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
+    let metrics = state.metrics.clone();
     tokio::spawn(server.run(state, shutdown.clone()));
-    (addr, shutdown)
+    (addr, metrics, shutdown)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_a_pod_opens_past_its_share_are_counted() {
+    // Closed before their TLS handshake, where the webhook's per-peer
+    // limit applies: the operator sees them in the metric, not only the pod.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ca();
+    let (addr, metrics, stop) = running_with_metrics(dir.path(), &ca, |a| {
+        a.max_connections_per_peer = Some("2".into());
+        a.tls_handshake_timeout = Some("60s".into());
+    })
+    .await;
+    let refused = metrics.connections_refused.with_label_values(&["webhook"]);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(connect_from([127, 0, 0, 2], addr).await);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while refused.get() == 0 && std::time::Instant::now() < deadline {
+        // The server may not have counted the first two yet: try again.
+        let _extra = connect_from([127, 0, 0, 2], addr).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        refused.get() >= 1,
+        "a third connection from the pod counted"
+    );
+    drop(held);
+    stop.cancel();
 }
 
 /// A TCP connection to `addr` from another loopback address, as another

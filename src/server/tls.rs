@@ -245,12 +245,14 @@ pub struct TlsListener {
 impl TlsListener {
     /// Accepts on `listener` and runs handshakes within `limits` until
     /// `shutdown`. A peer over its limit is closed before its handshake, so
-    /// one pod cannot occupy every handshake slot.
+    /// one pod cannot occupy every handshake slot; those closed are counted
+    /// in `refused`, as the server counts its own.
     pub fn spawn(
         listener: TcpListener,
         acceptor: TlsAcceptor,
         limits: HandshakeLimits,
         shutdown: CancellationToken,
+        refused: prometheus::IntCounter,
     ) -> Self {
         let (tx, rx) = mpsc::channel(64);
         let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_pending));
@@ -286,6 +288,7 @@ impl TlsListener {
                     Some(limit) => match peers.claim(peer.ip(), limit, Activity::new(), None) {
                         Some(slot) => Some(slot),
                         None => {
+                            refused.inc();
                             tracing::debug!(%peer, "per-peer connection limit reached; closing");
                             continue;
                         }
@@ -299,6 +302,7 @@ impl TlsListener {
                 let Some(handshake) =
                     permit.and_then(|p| pending.claim(peer.ip(), share, Activity::new(), Some(p)))
                 else {
+                    refused.inc();
                     tracing::debug!(%peer, "every handshake slot is taken; closing");
                     continue;
                 };

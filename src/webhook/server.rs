@@ -157,6 +157,7 @@ impl WebhookServer {
             acceptor,
             config.handshake.clone(),
             shutdown.clone(),
+            refused.clone(),
         );
         server::serve(
             tls_listener,
