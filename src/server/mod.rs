@@ -79,7 +79,8 @@ fn bind_every_address(
     let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
     let socket = match ipv6_socket() {
         Ok(socket) => socket,
-        Err(e) => return bind_ipv4_instead(port, what, &e),
+        Err(e) if no_ipv6(&e) => return bind_ipv4_instead(port, what, &e),
+        Err(source) => return Err(ServeError::Bind { addr, what, source }),
     };
     let bound = socket
         .set_only_v6(false)
@@ -112,6 +113,13 @@ fn bind_ipv4_instead(
             TcpListener::from_std(l)
         })
         .map_err(|source| ServeError::Bind { addr, what, source })
+}
+
+/// `socket(AF_INET6, ..)` on a kernel booted without IPv6 (`ipv6.disable=1`).
+fn no_ipv6(e: &std::io::Error) -> bool {
+    /// Linux's EAFNOSUPPORT, "address family not supported by protocol".
+    const EAFNOSUPPORT: i32 = 97;
+    e.raw_os_error() == Some(EAFNOSUPPORT)
 }
 
 fn ipv6_socket() -> std::io::Result<Socket> {
@@ -388,17 +396,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_node_without_ipv6_listens_on_ipv4() {
-        let no_ipv6 = || {
-            Err(std::io::Error::other(
-                "Address family not supported by protocol",
-            ))
-        };
+        // EAFNOSUPPORT, what a kernel booted with ipv6.disable=1 answers.
+        let no_ipv6 = || Err(std::io::Error::from_raw_os_error(97));
         let listener = bind_every_address(0, "test server", no_ipv6).unwrap();
         let addr = local_addr(&listener, "test server").unwrap();
         assert_eq!(addr.ip(), IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         TcpStream::connect((Ipv4Addr::LOCALHOST, addr.port()))
             .await
             .unwrap();
+        // Out of descriptors (EMFILE), say: an error, not "no IPv6".
+        let exhausted = || Err(std::io::Error::from_raw_os_error(24));
+        let err = bind_every_address(0, "test server", exhausted).unwrap_err();
+        assert!(err.to_string().contains("[::]:0"), "{err}");
     }
 
     #[tokio::test]
@@ -408,6 +417,10 @@ mod tests {
         let err = bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)), "second")
             .await
             .unwrap_err();
-        assert!(err.to_string().contains(&format!("[::]:{port}")), "{err}");
+        // `[::]`, or `0.0.0.0` on a machine without IPv6, where both fell back.
+        assert!(
+            err.to_string().contains(&format!(":{port} for the second")),
+            "{err}"
+        );
     }
 }

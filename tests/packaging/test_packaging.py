@@ -214,6 +214,9 @@ def test_a_single_webhook_replica_gets_no_budget_that_blocks_node_drains(replica
     assert not by_kind(objs, "PodDisruptionBudget")
     two = chart.render({"webhook": {"replicas": 2, "podDisruptionBudget": {"minAvailable": "50%"}}})
     assert one(two, "PodDisruptionBudget")["spec"]["minAvailable"] == "50%"
+    # Keeping every replica is the same trap with more of them.
+    with pytest.raises(helm.HelmError, match="minAvailable \\(3\\) must be below webhook.replicas \\(3\\)"):
+        chart.render({"webhook": {"replicas": 3, "podDisruptionBudget": {"minAvailable": 3}}})
 
 
 def test_sidecar_values_reach_the_webhook():
@@ -516,6 +519,7 @@ BAD_VALUES = [
     # Go durations the Prometheus Operator's CRDs refuse (its Duration pattern).
     ({"metrics": {"serviceMonitor": {"interval": "1.5s"}}}, "interval"),
     ({"metrics": {"podMonitor": {"interval": "500us"}}}, "interval"),
+    ({"metrics": {"serviceMonitor": {"interval": ""}}}, "interval"),
 ]
 
 
@@ -768,7 +772,8 @@ def test_the_documented_exec_commands_find_the_binary():
     assert found, f"{installed[0]} is not on the image's PATH {DISTROLESS_PATH}"
     documented = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "hack").glob("*.sh")),
                   ROOT / "charts/bedrock-broker/templates/NOTES.txt", ROOT / "charts/bedrock-broker/files/alerts.yaml"]
-    execs = [(f.name, m) for f in documented for m in re.findall(r"-c bedrock-broker -- (\S+)", f.read_text())]
+    # `exec POD -c bedrock-broker -- X` and `exec -c bedrock-broker POD -- X`.
+    execs = [(f.name, m) for f in documented for m in re.findall(r"-c bedrock-broker (?:\S+ )?-- (\S+)", f.read_text())]
     assert len(execs) >= 5, execs
     for where, program in execs:
         resolved = program if program.startswith("/") else (Path(found[0]) / program).as_posix()
