@@ -174,6 +174,16 @@ impl Refresher {
         self.metrics
             .expiry_timestamp
             .set(expiry.map_or(f64::INFINITY, unix_seconds));
+        // The same credentials again (IMDS and container endpoints hand
+        // them out until shortly before they expire) keep their lifetime.
+        let same = self.cell.load().as_ref().is_some_and(|held| {
+            held.credentials().access_key_id() == fetched.credentials.access_key_id()
+        });
+        if !same {
+            self.metrics
+                .lifetime
+                .set(expiry.map_or(f64::INFINITY, |e| saturating_sub(e, now).as_secs_f64()));
+        }
         self.metrics.last_refresh_timestamp.set(unix_seconds(now));
         self.metrics.refreshes.with_label_values(&["success"]).inc();
         self.metrics.consecutive_failures.set(0);

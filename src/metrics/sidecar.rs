@@ -22,6 +22,10 @@ pub struct CredentialMetrics {
     pub expiry_timestamp: Gauge,
     /// Unix time of the last successful refresh.
     pub last_refresh_timestamp: Gauge,
+    /// Lifetime the held credentials had when first obtained (+Inf when
+    /// they never expire): unlike expiry minus last refresh, it does not
+    /// shrink when a source hands out the same credentials again.
+    pub lifetime: Gauge,
     /// Refresh attempts by `result` (`success`, `failure`).
     pub refreshes: IntCounterVec,
     /// Failed refresh attempts by `class` (`transient`, `token`, `fatal`).
@@ -105,6 +109,13 @@ impl Metrics {
 impl CredentialMetrics {
     fn register(r: &Registry) -> prometheus::Result<Self> {
         Ok(CredentialMetrics {
+            lifetime: registered(
+                r,
+                Gauge::with_opts(opts(
+                    "credentials_lifetime_seconds",
+                    "Seconds the held credentials were valid for when first obtained (+Inf when they never expire).",
+                ))?,
+            )?,
             expiry_timestamp: registered(
                 r,
                 Gauge::with_opts(opts(

@@ -25,7 +25,13 @@ struct Scripted {
     calls: Mutex<Vec<SystemTime>>,
     /// STS's time when it last answered, refusals included.
     answered: Mutex<Option<SystemTime>>,
+    /// The credentials last handed out, for `Err(AGAIN)`.
+    last: Mutex<Option<Credentials>>,
 }
+
+/// A script entry: the same credentials as the last fetch, as IMDS and
+/// container endpoints hand them out until shortly before they expire.
+const AGAIN: &str = "again";
 
 impl CredentialSource for Scripted {
     fn kind(&self) -> &'static str {
@@ -45,21 +51,30 @@ impl CredentialSource for Scripted {
             .unwrap()
             .pop_front()
             .unwrap_or(Err("script exhausted"));
+        let credentials = match next {
+            Ok(lifetime) => Some(Credentials::new(
+                format!("AKID{}", lifetime.as_secs()),
+                "secret",
+                Some("token".into()),
+                Some(server_now + lifetime),
+                "scripted",
+            )),
+            Err(AGAIN) => self.last.lock().unwrap().clone(),
+            Err(_) => None,
+        };
+        if let Some(c) = &credentials {
+            *self.last.lock().unwrap() = Some(c.clone());
+        }
         Box::pin(async move {
-            match next {
-                Ok(lifetime) => Ok(Fetched {
-                    credentials: Credentials::new(
-                        format!("AKID{}", lifetime.as_secs()),
-                        "secret",
-                        Some("token".into()),
-                        Some(server_now + lifetime),
-                        "scripted",
-                    ),
+            match (credentials, next) {
+                (Some(credentials), _) => Ok(Fetched {
+                    credentials,
                     principal: None,
                     token_expiry: TokenExpiry::NoToken,
                     server_time: Some(server_now),
                 }),
-                Err(code) => Err(SourceError::Service {
+                (None, Ok(_)) => unreachable!("credentials are made for every Ok"),
+                (None, Err(code)) => Err(SourceError::Service {
                     operation: "AssumeRoleWithWebIdentity",
                     code: code.into(),
                     message: "scripted".into(),
@@ -94,6 +109,7 @@ fn start_ahead(script: Vec<Result<Duration, &'static str>>, node_ahead: Duration
         script: Mutex::new(script.into()),
         calls: Mutex::new(Vec::new()),
         answered: Mutex::new(None),
+        last: Mutex::new(None),
     });
     let cell = Arc::new(CredentialCell::new());
     let metrics = Metrics::new();
@@ -239,6 +255,32 @@ async fn the_skew_is_measured_from_refused_answers_too() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(h.call_offsets().len(), 1);
     assert_eq!(h.metrics.credentials.clock_skew.get(), 400.0);
+    h.shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_lifetime_is_the_credentials_not_the_time_since_a_refresh() {
+    // 3600 s credentials, then the same ones again (as IMDS hands them out):
+    // expiry minus the last refresh shrinks to 1800 s, the lifetime stays;
+    // new ones get theirs.
+    let h = start(vec![
+        Ok(Duration::from_secs(3600)),
+        Err(AGAIN),
+        Ok(Duration::from_secs(900)),
+    ]);
+    let m = &h.metrics.credentials;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(m.lifetime.get(), 3600.0);
+    tokio::time::sleep(Duration::from_secs(1800)).await;
+    assert_eq!(h.call_offsets().len(), 2);
+    assert_eq!(
+        m.expiry_timestamp.get() - m.last_refresh_timestamp.get(),
+        1800.0
+    );
+    assert_eq!(m.lifetime.get(), 3600.0);
+    tokio::time::sleep(Duration::from_secs(900)).await;
+    assert_eq!(h.key().as_deref(), Some("AKID900"));
+    assert_eq!(m.lifetime.get(), 900.0);
     h.shutdown.cancel();
 }
 
