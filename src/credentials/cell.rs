@@ -1,6 +1,5 @@
 //! The cell the refresher writes and every request reads.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -93,7 +92,7 @@ pub struct CredentialCell {
     refresh_requested: Notify,
     /// STS answered the last attempt with throttling: the refresher waits
     /// its backoff out whatever asks, so nobody should wait for it.
-    throttled: AtomicBool,
+    throttled: watch::Sender<bool>,
 }
 
 impl Default for CredentialCell {
@@ -103,7 +102,7 @@ impl Default for CredentialCell {
             last_error: ArcSwapOption::empty(),
             generation: watch::Sender::new(0),
             refresh_requested: Notify::new(),
-            throttled: AtomicBool::new(false),
+            throttled: watch::Sender::new(false),
         }
     }
 }
@@ -147,13 +146,20 @@ impl CredentialCell {
 
     /// Records whether STS is throttling the refresher.
     pub fn set_throttled(&self, throttled: bool) {
-        self.throttled.store(throttled, Ordering::Relaxed);
+        self.throttled
+            .send_if_modified(|t| std::mem::replace(t, throttled) != throttled);
     }
 
     /// Whether STS is throttling the refresher: an early refresh would not
     /// come before its backoff ends.
     pub fn is_throttled(&self) -> bool {
-        self.throttled.load(Ordering::Relaxed)
+        *self.throttled.borrow()
+    }
+
+    /// Resolves once STS is throttling the refresher (at once if it is).
+    pub async fn throttled(&self) {
+        let mut rx = self.throttled.subscribe();
+        let _ = rx.wait_for(|t| *t).await;
     }
 
     /// Waits until credentials newer than generation `seen` are stored.

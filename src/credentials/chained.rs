@@ -74,9 +74,13 @@ impl ChainedSource {
             .send()
             .await
             .map_err(|e| sts::source_error(OPERATION, e));
-        // The second hop's answer, or else the first's: a clock off by
-        // minutes fails only the signed second hop.
-        self.date.set(date.get().or(first.server_time));
+        // A refusal's own date (a clock off by minutes fails only the signed
+        // second hop). Not the first hop's when the second got no answer:
+        // read after a timeout, it would add the wait to the skew.
+        self.date.set(match &sent {
+            Ok(_) => date.get().or(first.server_time),
+            Err(_) => date.get(),
+        });
         let out = sent?;
         let mut fetched = sts::fetched(
             OPERATION,

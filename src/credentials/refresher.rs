@@ -195,14 +195,16 @@ impl Refresher {
             expires_in_s = lifetime.map(|l| l.as_secs()),
             "credentials refreshed"
         );
+        // Asked for while this fetch ran, or during a throttled wait that
+        // did not listen: about the credentials about to be replaced.
+        // Before the store, so a request about the new ones is never lost
+        // (one about the old ones slipping in between costs one refresh).
+        self.cell.discard_refresh_request();
         self.cell.store(HeldCredentials::new(
             fetched.credentials,
             now,
             self.source.kind(),
         ));
-        // Asked for while this fetch ran, or during a throttled wait that
-        // did not listen: about the credentials just replaced.
-        self.cell.discard_refresh_request();
         Ok(lifetime)
     }
 

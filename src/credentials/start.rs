@@ -105,6 +105,7 @@ pub async fn start(
         CredentialMode::ApiKey(_) => {
             // An API key never expires as far as we can tell.
             metrics.expiry_timestamp.set(f64::INFINITY);
+            metrics.lifetime.set(f64::INFINITY);
             metrics
                 .last_refresh_timestamp
                 .set(unix_seconds(clock.now()));

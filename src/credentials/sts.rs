@@ -183,6 +183,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_answer_without_complete_credentials_is_no_credentials() {
+        let complete = || {
+            aws_sdk_sts::types::Credentials::builder()
+                .access_key_id("ASIAEXAMPLE")
+                .secret_access_key("secret")
+                .session_token("token")
+                .expiration(aws_smithy_types::DateTime::from_secs(1_800_000_000))
+        };
+        let fetch = |c: aws_sdk_sts::types::builders::CredentialsBuilder| {
+            fetched(
+                "AssumeRoleWithWebIdentity",
+                "web-identity",
+                c.build().ok(),
+                None,
+                super::super::TokenExpiry::NoToken,
+            )
+        };
+        assert!(fetch(complete()).is_ok());
+        // What the SDK fills in for fields an answer left out.
+        for partial in [
+            complete().access_key_id(""),
+            complete().secret_access_key(""),
+            complete().session_token(""),
+            complete().expiration(aws_smithy_types::DateTime::from_secs(0)),
+        ] {
+            assert!(
+                matches!(fetch(partial), Err(SourceError::MissingCredentials { .. })),
+                "accepted"
+            );
+        }
+    }
+
+    #[test]
     fn sts_errors_are_classified_by_what_fixes_them() {
         use ErrorClass::*;
         for (code, status, class) in [

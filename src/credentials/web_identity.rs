@@ -66,13 +66,15 @@ impl WebIdentitySource {
     }
 
     async fn assume(&self) -> Result<Fetched, SourceError> {
+        // This attempt's date only: a failed token read must not leave the
+        // last success's, read later as skew.
+        self.date.set(None);
         let token = self.token.read().await?;
         let token_expiry = match Claims::decode(token.expose()).and_then(|c| c.expiry()) {
             Some(at) => TokenExpiry::At(at),
             None => TokenExpiry::Unknown,
         };
         let date = self.date.clone();
-        date.set(None);
         let out = self
             .sts
             .assume_role_with_web_identity()

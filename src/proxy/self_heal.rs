@@ -124,7 +124,15 @@ impl Proxy {
             return false;
         }
         self.cell.request_refresh();
-        tokio::time::timeout(self.self_heal_wait, self.cell.wait_newer_than(used))
+        // The refresh this asked for may be the one STS throttles: then
+        // nothing comes sooner than its backoff, so stop waiting there too.
+        let fresher = async {
+            tokio::select! {
+                newer = self.cell.wait_newer_than(used) => newer,
+                () = self.cell.throttled() => false,
+            }
+        };
+        tokio::time::timeout(self.self_heal_wait, fresher)
             .await
             .unwrap_or(false)
     }

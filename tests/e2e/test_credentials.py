@@ -231,7 +231,7 @@ def test_rejections_are_passed_through_at_once_while_sts_throttles(start_sidecar
     # A throttled refresher waits its backoff out, whatever asks: a request
     # Bedrock rejected must not wait --sts-timeout plus a second for
     # credentials that cannot come sooner, holding its slot and body.
-    fake_aws.configure_sts(lifetime_seconds=6)
+    fake_aws.configure_sts(lifetime_seconds=20)
     sidecar = start_sidecar(irsa_env, ["--sts-timeout", "120s"])
     fake_aws.configure_sts(fail_always=True, fail_code="Throttling", fail_status=400)
     wait_for(lambda: (sidecar.metric("bedrock_broker_credential_refresh_errors_total", {"class": "transient"}) or 0) >= 1,
@@ -244,6 +244,19 @@ def test_rejections_are_passed_through_at_once_while_sts_throttles(start_sidecar
         client.converse(modelId=MODEL_WITH_COLON, messages=[{"role": "user", "content": [{"text": "x"}]}])
     assert e.value.response["Error"]["Code"] == "ExpiredTokenException"
     assert sidecar.metric("bedrock_broker_upstream_auth_retries_total", {"result": "gave_up"}) == 1
+
+
+def test_a_rejection_whose_refresh_is_throttled_is_passed_through(start_sidecar, irsa_env, fake_aws):
+    # The usual order: Bedrock rejects the credentials, the refresh that
+    # asks for is throttled. The request waiting for it is let go then.
+    sidecar = start_sidecar(irsa_env, ["--sts-timeout", "120s"])
+    fake_aws.configure_sts(fail_always=True, fail_code="Throttling", fail_status=400)
+    fake_aws.post("/credentials/expire", {})
+    client = bedrock_client(sidecar)  # reads for at most 30 s
+    with pytest.raises(client.exceptions.ClientError) as e:
+        client.converse(modelId=MODEL_WITH_COLON, messages=[{"role": "user", "content": [{"text": "x"}]}])
+    assert e.value.response["Error"]["Code"] == "ExpiredTokenException"
+    assert sidecar.metric("bedrock_broker_credential_refresh_errors_total", {"class": "transient"}) == 1
 
 
 def test_token_rotation_with_healthy_credentials_waits_for_the_next_refresh(start_sidecar, irsa_env, fake_aws, token_dir):
@@ -299,6 +312,21 @@ def test_a_clock_that_breaks_a_chained_role_is_measured_and_named(start_sidecar,
     failure = next(line for line in sidecar.log_text().splitlines() if "credential refresh failed" in line)
     assert "Signature expired" in failure and "NTP" in failure, failure
     assert "secret key" not in failure, failure
+
+
+def test_a_failed_token_read_is_not_taken_for_clock_skew(start_sidecar, irsa_env, fake_aws, token_dir):
+    # The refresh after a success fails before STS is called: no answer,
+    # so no skew reading. Taking the last success's Date for this attempt's
+    # made the seconds since then read as the node's clock being ahead.
+    fake_aws.configure_sts(lifetime_seconds=8)
+    sidecar = start_sidecar(irsa_env, FAST)
+    token_dir.path.unlink()
+    wait_for(lambda: (sidecar.metric("bedrock_broker_credential_refresh_errors_total", {"class": "token"}) or 0) >= 1,
+             timeout=20, what="a refresh that cannot read the token")
+    skew = sidecar.metric("bedrock_broker_clock_skew_seconds")
+    # The refresh came 2.4 s or more after the success; a real reading on
+    # this machine is within the Date header's second.
+    assert skew is not None and abs(skew) <= 1.5, skew
 
 
 def test_an_honest_clock_shows_no_skew(start_sidecar, irsa_env, fake_aws):
