@@ -152,17 +152,20 @@ where
         }
     }
     seen.fetch_add(1, Ordering::SeqCst);
-    let goaway = |last: u32, code: u32| {
-        let mut frame = vec![0, 0, 8, GOAWAY, 0, 0, 0, 0, 0];
+    let goaway = |last: u32, code: u32, debug: &[u8]| {
+        let len = u8::try_from(8 + debug.len()).unwrap();
+        let mut frame = vec![0, 0, len, GOAWAY, 0, 0, 0, 0, 0];
         frame.extend_from_slice(&last.to_be_bytes());
         frame.extend_from_slice(&code.to_be_bytes());
+        frame.extend_from_slice(debug);
         frame
     };
     let frame = match first {
-        // Last stream 0: no request of this connection was processed.
-        First::GoAwayBeforeIt(code) => Some(goaway(0, code)),
+        // Last stream 0: no request of this connection was processed. The
+        // debug text is the peer's: it is not taken for our timeout.
+        First::GoAwayBeforeIt(code) => Some(goaway(0, code, b"idle timed out")),
         // Last stream 1, the request's: it was, or may have been.
-        First::GoAwayCoveringIt => Some(goaway(1, 0)),
+        First::GoAwayCoveringIt => Some(goaway(1, 0, b"")),
         _ => None,
     };
     if let Some(frame) = frame {

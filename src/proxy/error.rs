@@ -49,7 +49,7 @@ codes! {
     CONNECT_REFUSED = "connect_refused", 405, "`CONNECT`";
     INVALID_PATH = "invalid_path", 400, "a `.` or `..` path segment (also percent-encoded): it would be signed differently from what it means";
     BODY_READ_FAILED = "body_read_failed", 400, "the client stopped sending the body";
-    UPSTREAM_UNREACHABLE = "upstream_unreachable", 502, "connect or TLS failure to Bedrock; or, the message says which, its connection ended before it answered (Bedrock may have processed the request), or it refused the request unprocessed (HTTP/2 REFUSED_STREAM or GOAWAY) twice: a buffered request is sent once more the first time, a bidirectional stream is not";
+    UPSTREAM_UNREACHABLE = "upstream_unreachable", 502, "connect or TLS failure to Bedrock; or, the message says which, its connection ended before it answered (Bedrock may have processed the request), or it refused the request unprocessed (HTTP/2 REFUSED_STREAM or GOAWAY): a buffered request only the second time (it is sent once more), a bidirectional stream the first";
     ROUTE_NOT_CONFIGURED = "route_not_configured", 404, "`/agent-runtime/` or `/mantle/` without a region or endpoint";
     UPSTREAM_TIMEOUT = "upstream_timeout", 504, "connect timeout, or no response headers within `--response-header-timeout`";
     API_KEY_UNSUPPORTED = "api_key_unsupported", 400, "a Bedrock API key used where AWS accepts none: InvokeModelWithBidirectionalStream, `/agent-runtime/`";

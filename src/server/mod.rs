@@ -117,8 +117,11 @@ fn bind_ipv4_instead(
 
 /// `socket(AF_INET6, ..)` on a kernel booted without IPv6 (`ipv6.disable=1`).
 fn no_ipv6(e: &std::io::Error) -> bool {
-    /// Linux's EAFNOSUPPORT, "address family not supported by protocol".
+    /// EAFNOSUPPORT, "address family not supported by protocol".
+    #[cfg(target_os = "linux")]
     const EAFNOSUPPORT: i32 = 97;
+    #[cfg(not(target_os = "linux"))]
+    const EAFNOSUPPORT: i32 = 47;
     e.raw_os_error() == Some(EAFNOSUPPORT)
 }
 

@@ -214,9 +214,13 @@ def test_a_single_webhook_replica_gets_no_budget_that_blocks_node_drains(replica
     assert not by_kind(objs, "PodDisruptionBudget")
     two = chart.render({"webhook": {"replicas": 2, "podDisruptionBudget": {"minAvailable": "50%"}}})
     assert one(two, "PodDisruptionBudget")["spec"]["minAvailable"] == "50%"
-    # Keeping every replica is the same trap with more of them.
-    with pytest.raises(helm.HelmError, match="minAvailable \\(3\\) must be below webhook.replicas \\(3\\)"):
-        chart.render({"webhook": {"replicas": 3, "podDisruptionBudget": {"minAvailable": 3}}})
+    # Keeping every replica is the same trap with more of them, however written.
+    for replicas, min_available, kept in [(3, 3, 3), (3, "3", 3), (2, "100%", 2), (2, "51%", 2)]:
+        values = {"webhook": {"replicas": replicas, "podDisruptionBudget": {"minAvailable": min_available}}}
+        with pytest.raises(helm.HelmError, match=f"keeps {kept} of webhook.replicas \\({replicas}\\)"):
+            chart.render(values)
+    assert one(chart.render({"webhook": {"replicas": 3, "podDisruptionBudget": {"minAvailable": "66%"}}}),
+               "PodDisruptionBudget")["spec"]["minAvailable"] == "66%"
 
 
 def test_sidecar_values_reach_the_webhook():
