@@ -718,3 +718,39 @@ async fn a_burst_leaves_no_more_idle_upstream_connections_than_the_pool_keeps() 
         .await
         .expect("idle upstream connections beyond --upstream-max-idle are closed");
 }
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_told_goaway_before_it_closes() {
+    // A client reusing a connection the proxy simply dropped gets a broken
+    // pipe on a request it cannot tell was unprocessed; a GOAWAY says no
+    // new stream will be taken, so it opens another connection instead.
+    let upstream = FakeUpstream::start(vec![]).await;
+    let (proxy, _, stop) = sidecar(&upstream, &[("BEDROCK_BROKER_IDLE_TIMEOUT", "1s")]).await;
+    let mut c = h2c(proxy, &[]).await;
+    let mut frames = Vec::new();
+    let read = async {
+        loop {
+            let mut head = [0u8; 9];
+            if c.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            if c.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            frames.push(head[3]);
+            // Answer the server's PINGs, as any client library does.
+            if head[3] == 0x6 && head[4] & 0x1 == 0 {
+                let mut ack = vec![0, 0, 8, 0x6, 0x1, 0, 0, 0, 0];
+                ack.extend_from_slice(&payload);
+                let _ = c.write_all(&ack).await;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("closed when idle");
+    assert!(frames.contains(&0x7), "frames before the close: {frames:?}");
+    stop.cancel();
+}

@@ -271,6 +271,10 @@ pub async fn serve<L, S, B>(
             }
             tracing::trace!(server = name, reason = stop.as_str(), "closing connection");
             conn.as_mut().graceful_shutdown();
+            // The silence that bounds the close starts now: an idle
+            // connection has been silent for the whole idle timeout
+            // already, and was dropped before HTTP/2's GOAWAY went out.
+            activity.touch();
             // A peer that does not read its answers would hold the slot
             // here forever: the graceful close is bounded too, by silence
             // on the wire, so the end of an answer still being written to a
