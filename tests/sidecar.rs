@@ -171,10 +171,10 @@ async fn answers_in_the_dialect_of_the_clients_sdk() {
 }
 
 /// An SSE answer that sends `events` and then stalls, through a proxy with
-/// a 200 ms stream idle timeout: its status and the body the client got.
-/// The outer limit turns a cut-off that never comes into a failure, not a
-/// hang.
-async fn stalled_stream(events: Vec<&'static str>) -> (u16, String) {
+/// a 200 ms stream idle timeout: its status, the bytes the client got, and
+/// the error the body ended with, if it did not end cleanly. The outer
+/// limit turns a cut-off that never comes into a failure, not a hang.
+async fn stalled_stream_read(events: Vec<&'static str>) -> (u16, Vec<u8>, Option<String>) {
     let upstream = FakeUpstream::start(vec![Answer::Stall(
         vec![("content-type", "text/event-stream")],
         events,
@@ -187,17 +187,32 @@ async fn stalled_stream(events: Vec<&'static str>) -> (u16, String) {
         ..Setup::default()
     };
     let (proxy, _) = proxy(&upstream, cell, setup);
-    let cut_off = async {
+    let read = async {
         let answer = proxy
             .handle(post("/openai/v1/chat/completions", "{}"))
             .await
             .unwrap();
-        text(answer).await
+        let status = answer.status().as_u16();
+        let mut body = answer.into_body();
+        let mut got = Vec::new();
+        loop {
+            match body.frame().await {
+                Some(Ok(frame)) => got.extend_from_slice(&frame.into_data().unwrap_or_default()),
+                Some(Err(e)) => return (status, got, Some(e.to_string())),
+                None => return (status, got, None),
+            }
+        }
     };
-    let (status, _, body) = tokio::time::timeout(Duration::from_secs(10), cut_off)
+    tokio::time::timeout(Duration::from_secs(10), read)
         .await
-        .expect("the stalled stream was never cut off");
-    (status, body)
+        .expect("the stalled stream was never cut off")
+}
+
+/// [`stalled_stream_read`] of a stream cut off cleanly: its status and body.
+async fn stalled_stream(events: Vec<&'static str>) -> (u16, String) {
+    let (status, got, error) = stalled_stream_read(events).await;
+    assert_eq!(error, None, "the body ended in an error");
+    (status, String::from_utf8_lossy(&got).into_owned())
 }
 
 /// The idle timer is set only once the upstream keeps the proxy waiting,
@@ -228,36 +243,8 @@ async fn cuts_off_a_stalled_stream_with_an_error_event() {
 async fn a_stream_stalled_inside_an_event_is_aborted_not_garbled() {
     // An error event after half an event would be read as part of it: the
     // OpenAI SDK failed on JSON, boto3 on a checksum. Cut short instead.
-    let upstream = FakeUpstream::start(vec![Answer::Stall(
-        vec![("content-type", "text/event-stream")],
-        vec!["data: {\"choices\":[]}\n\n", "data: {\"choi"],
-    )])
-    .await;
-    let cell = Arc::new(CredentialCell::new());
-    cell.store(credentials("AKID"));
-    let setup = Setup {
-        stream_idle_timeout: Some(Duration::from_millis(200)),
-        ..Setup::default()
-    };
-    let (proxy, _) = proxy(&upstream, cell, setup);
-    let read = async {
-        let answer = proxy
-            .handle(post("/openai/v1/chat/completions", "{}"))
-            .await
-            .unwrap();
-        let mut body = answer.into_body();
-        let mut got = Vec::new();
-        loop {
-            match body.frame().await {
-                Some(Ok(frame)) => got.extend_from_slice(&frame.into_data().unwrap_or_default()),
-                Some(Err(e)) => return (got, Some(e.to_string())),
-                None => return (got, None),
-            }
-        }
-    };
-    let (got, error) = tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .expect("the stalled stream was never cut off");
+    let (_, got, error) =
+        stalled_stream_read(vec!["data: {\"choices\":[]}\n\n", "data: {\"choi"]).await;
     assert_eq!(
         String::from_utf8_lossy(&got),
         "data: {\"choices\":[]}\n\ndata: {\"choi",

@@ -170,7 +170,12 @@ impl Proxy {
         let operation = class.operation;
         let duration = self.durations[operation.index()].clone();
 
-        let mut unanswered = Unanswered::new(&self.requests, operation, started, duration.clone());
+        let mut unanswered = Unanswered::new(
+            &self.requests,
+            operation,
+            started,
+            &self.durations[operation.index()],
+        );
         let admitted = self.gate.admit();
         let forwarded = match admitted {
             Ok(_) => match self.authenticate(&mut request) {

@@ -28,7 +28,7 @@ pub struct Unanswered<'a> {
     pub auth: AuthMode,
     started: Instant,
     /// Until the response's own [`super::Completion`] takes over timing.
-    duration: Option<Histogram>,
+    duration: Option<&'a Histogram>,
     answered: bool,
 }
 
@@ -37,7 +37,7 @@ impl<'a> Unanswered<'a> {
         counters: &'a RequestCounters,
         operation: Operation,
         started: Instant,
-        duration: Histogram,
+        duration: &'a Histogram,
     ) -> Self {
         Self {
             counters,

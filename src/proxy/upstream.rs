@@ -160,7 +160,7 @@ pub(super) fn answer_error(e: &(dyn std::error::Error + 'static)) -> ProxyError 
     // timed out").
     if refused_unprocessed(e) {
         ProxyError::UpstreamRefused(detail)
-    } else if detail.contains("timed out") || detail.contains("deadline") {
+    } else if timed_out(&detail) {
         ProxyError::UpstreamTimeout(detail)
     } else {
         ProxyError::UpstreamLost(detail)
@@ -191,9 +191,15 @@ fn refused_unprocessed(e: &(dyn std::error::Error + 'static)) -> bool {
 /// with its causes, as the client sees it.
 pub(super) fn upstream_error(e: &(dyn std::error::Error + 'static)) -> ProxyError {
     let detail = crate::error_text::with_causes(e);
-    if detail.contains("timed out") || detail.contains("deadline") {
+    if timed_out(&detail) {
         ProxyError::UpstreamTimeout(detail)
     } else {
         ProxyError::UpstreamUnreachable(detail)
     }
+}
+
+/// Whether an error's causes say a timer ran out (the connect timeout's,
+/// hyper's), which only their text tells.
+fn timed_out(detail: &str) -> bool {
+    detail.contains("timed out") || detail.contains("deadline")
 }

@@ -25,6 +25,14 @@ def converse(sidecar, tid: str):
     return client.converse(modelId=MODEL_WITH_COLON, messages=[{"role": "user", "content": [{"text": "x"}]}])
 
 
+def expect_expired_token(client) -> None:
+    """One Converse that Bedrock's ExpiredTokenException must come back from:
+    the rejection passed through, not a wait or a retry that hides it."""
+    with pytest.raises(client.exceptions.ClientError) as e:
+        client.converse(modelId=MODEL_WITH_COLON, messages=[{"role": "user", "content": [{"text": "x"}]}])
+    assert e.value.response["Error"]["Code"] == "ExpiredTokenException"
+
+
 def traffic(sidecar, seconds: float) -> list[str]:
     """Sends requests back to back for a bounded time; returns their test ids."""
     ids = []
@@ -178,9 +186,7 @@ def test_rejection_is_passed_through_when_no_fresher_credentials_come(start_side
     fake_aws.configure_sts(fail_always=True, fail_code="InternalFailure", fail_status=500)
     fake_aws.post("/credentials/expire", {})
     client = bedrock_client(sidecar)
-    with pytest.raises(client.exceptions.ClientError) as e:
-        client.converse(modelId=MODEL_WITH_COLON, messages=[{"role": "user", "content": [{"text": "x"}]}])
-    assert e.value.response["Error"]["Code"] == "ExpiredTokenException"
+    expect_expired_token(client)
     assert sidecar.metric("bedrock_broker_upstream_auth_retries_total", {"result": "gave_up"}) == 1
 
 
@@ -221,9 +227,7 @@ def test_rejected_static_keys_are_passed_through_without_waiting(start_sidecar, 
     fake_aws.post("/credentials/expire", {"access_key_id": keys["access_key_id"]})
     # Held for --sts-timeout plus a second (121 s), the answer would reach
     # the client after its 30 s read timeout, as a ReadTimeoutError.
-    with pytest.raises(client.exceptions.ClientError) as e:
-        client.converse(modelId=MODEL_WITH_COLON, messages=[{"role": "user", "content": [{"text": "x"}]}])
-    assert e.value.response["Error"]["Code"] == "ExpiredTokenException"
+    expect_expired_token(client)
     assert sidecar.metric("bedrock_broker_upstream_auth_retries_total", {"result": "gave_up"}) == 1
 
 
@@ -240,9 +244,7 @@ def test_rejections_are_passed_through_at_once_while_sts_throttles(start_sidecar
     client = bedrock_client(sidecar)  # reads for at most 30 s
     # Held for the self-heal wait (121 s), the answer would reach the client
     # after its read timeout, as a ReadTimeoutError.
-    with pytest.raises(client.exceptions.ClientError) as e:
-        client.converse(modelId=MODEL_WITH_COLON, messages=[{"role": "user", "content": [{"text": "x"}]}])
-    assert e.value.response["Error"]["Code"] == "ExpiredTokenException"
+    expect_expired_token(client)
     assert sidecar.metric("bedrock_broker_upstream_auth_retries_total", {"result": "gave_up"}) == 1
 
 
@@ -253,9 +255,7 @@ def test_a_rejection_whose_refresh_is_throttled_is_passed_through(start_sidecar,
     fake_aws.configure_sts(fail_always=True, fail_code="Throttling", fail_status=400)
     fake_aws.post("/credentials/expire", {})
     client = bedrock_client(sidecar)  # reads for at most 30 s
-    with pytest.raises(client.exceptions.ClientError) as e:
-        client.converse(modelId=MODEL_WITH_COLON, messages=[{"role": "user", "content": [{"text": "x"}]}])
-    assert e.value.response["Error"]["Code"] == "ExpiredTokenException"
+    expect_expired_token(client)
     assert sidecar.metric("bedrock_broker_credential_refresh_errors_total", {"class": "transient"}) == 1
 
 
