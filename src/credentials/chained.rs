@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::skew::ServerDate;
-use super::source::{BoxFuture, CredentialSource, Fetched};
+use super::source::{BoxFuture, CredentialSource, Fetched, TokenExpiry};
 use super::{sts, SourceError};
 use super::{ChainConfig, CredentialsConfig, SessionOptions};
 use crate::config::aws::Region;
@@ -105,5 +105,9 @@ impl CredentialSource for ChainedSource {
 
     fn last_answer_time(&self) -> Option<SystemTime> {
         self.date.get()
+    }
+
+    fn last_token_expiry(&self) -> TokenExpiry {
+        self.base.last_token_expiry()
     }
 }

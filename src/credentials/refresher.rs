@@ -151,6 +151,7 @@ impl Refresher {
         let fetched = match result.and_then(|f| unexpired(f, now)) {
             Ok(f) => f,
             Err(e) => {
+                self.record_token_expiry(self.source.last_token_expiry());
                 self.metrics.refreshes.with_label_values(&["failure"]).inc();
                 self.metrics
                     .refresh_errors
@@ -163,14 +164,7 @@ impl Refresher {
 
         self.cell.set_throttled(false);
         let expiry = fetched.credentials.expiry();
-        // The token just exchanged: a rotation to one without `exp` must
-        // not leave the previous token's time behind.
-        let token_gauge = &self.metrics.web_identity_token_expiry_timestamp;
-        match fetched.token_expiry {
-            TokenExpiry::At(exp) => token_gauge.set(unix_seconds(exp)),
-            TokenExpiry::Unknown => token_gauge.clear(),
-            TokenExpiry::NoToken => {}
-        }
+        self.record_token_expiry(fetched.token_expiry);
         self.metrics
             .expiry_timestamp
             .set(expiry.map_or(f64::INFINITY, unix_seconds));
@@ -206,6 +200,17 @@ impl Refresher {
             self.source.kind(),
         ));
         Ok(lifetime)
+    }
+
+    /// The token just read: a rotation to one without `exp` must not leave
+    /// the previous token's time behind.
+    fn record_token_expiry(&self, token: TokenExpiry) {
+        let gauge = &self.metrics.web_identity_token_expiry_timestamp;
+        match token {
+            TokenExpiry::At(exp) => gauge.set(unix_seconds(exp)),
+            TokenExpiry::Unknown => gauge.clear(),
+            TokenExpiry::NoToken => {}
+        }
     }
 
     fn report_failure(&self, err: &SourceError, failures: u32, retry_in: Duration) {

@@ -51,6 +51,13 @@ pub trait CredentialSource: Send + Sync + fmt::Debug {
     fn last_answer_time(&self) -> Option<SystemTime> {
         None
     }
+
+    /// What the token the last fetch read said of its expiry, failed
+    /// exchanges included: in an STS outage, whether the kubelet still
+    /// rotates the token is the first thing to rule out.
+    fn last_token_expiry(&self) -> TokenExpiry {
+        TokenExpiry::NoToken
+    }
 }
 
 /// Keys from the environment; they never expire and are never refreshed.

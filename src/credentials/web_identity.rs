@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use super::skew::ServerDate;
@@ -41,6 +41,8 @@ pub struct WebIdentitySource {
     sts: aws_sdk_sts::Client,
     /// STS's `Date` of the last fetch, answered or refused.
     date: ServerDate,
+    /// The last token read's expiry, exchanged or not.
+    token_expiry: Mutex<TokenExpiry>,
 }
 
 impl WebIdentitySource {
@@ -56,6 +58,7 @@ impl WebIdentitySource {
             session,
             sts,
             date: ServerDate::default(),
+            token_expiry: Mutex::new(TokenExpiry::NoToken),
         }
     }
 
@@ -74,6 +77,10 @@ impl WebIdentitySource {
             Some(at) => TokenExpiry::At(at),
             None => TokenExpiry::Unknown,
         };
+        *self
+            .token_expiry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = token_expiry;
         let date = self.date.clone();
         let out = self
             .sts
@@ -112,5 +119,12 @@ impl CredentialSource for WebIdentitySource {
 
     fn last_answer_time(&self) -> Option<SystemTime> {
         self.date.get()
+    }
+
+    fn last_token_expiry(&self) -> TokenExpiry {
+        *self
+            .token_expiry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -206,6 +206,25 @@ def test_a_token_rotated_to_one_without_exp_leaves_no_stale_expiry(start_sidecar
     wait_for(lambda: sidecar.metric(name) is None, timeout=10, what="the old token's expiry to go")
 
 
+def test_a_token_rotated_during_an_sts_outage_shows_its_expiry(start_sidecar, irsa_env, fake_aws, token_dir):
+    # Whether the kubelet still rotates the token is the first question in an
+    # STS outage ("is it the token or STS?"): the gauge follows the token the
+    # sidecar read, not only the last one STS accepted.
+    fake_aws.configure_sts(lifetime_seconds=3)
+    sidecar = start_sidecar(irsa_env, FAST)
+    name = "bedrock_broker_web_identity_token_expiry_timestamp_seconds"
+    before = sidecar.metric(name)
+    fake_aws.configure_sts(fail_always=True, fail_code="InternalFailure", fail_status=500)
+    exp = int(time.time()) + 7200
+    rotated = make_jwt(exp=exp, marker="rotated-in-outage")
+    token_dir.write(rotated)
+    wait_for(lambda: any(c.get("token") == rotated for c in fake_aws.sts_calls()),
+             timeout=10, what="STS called with the rotated token")
+    assert before is not None and before != exp
+    wait_for(lambda: sidecar.metric(name) == exp, timeout=10, what="the rotated token's expiry")
+    assert sidecar.metric("bedrock_broker_credential_refreshes_total", {"result": "failure"}) >= 1
+
+
 def test_rejected_static_keys_are_passed_through_without_waiting(start_sidecar, fake_aws):
     # Static temporary keys (local development) that expire or are revoked:
     # nothing can refresh them, so Bedrock's 403 goes back at once instead of
