@@ -77,7 +77,7 @@ fn serve_credentials(
     cell: Arc<CredentialCell>,
     clock: SharedClock,
     stop: &CancellationToken,
-    refused: prometheus::IntCounter,
+    counters: server::LimitCounters,
 ) -> Result<tokio::task::JoinHandle<()>, ServeError> {
     let address = server::local_addr(&listener, "credentials endpoint")?;
     tracing::info!(%address, path = container_credentials::PATH, "container credentials endpoint listening");
@@ -89,8 +89,16 @@ fn serve_credentials(
         stop.clone(),
         ADMIN_GRACE,
         "credentials endpoint",
-        refused,
+        counters,
     )))
+}
+
+/// The counters of a listener inside the pod (no per-peer limit).
+fn limit_counters(metrics: &Metrics, listener: &str) -> server::LimitCounters {
+    server::LimitCounters {
+        refused: metrics.connections_refused.with_label_values(&[listener]),
+        reclaimed: Some(metrics.connections_reclaimed.with_label_values(&[listener])),
+    }
 }
 
 /// The HTTPS clients the proxy sends upstream with, trusting the configured
@@ -204,7 +212,9 @@ impl Sidecar {
             admin_stop.clone(),
             ADMIN_GRACE,
             "admin",
-            metrics.connections_refused.with_label_values(&["admin"]),
+            server::LimitCounters::refused(
+                metrics.connections_refused.with_label_values(&["admin"]),
+            ),
         ))];
         if let Some((listener, token, limits)) = credentials_endpoint {
             side_servers.push(serve_credentials(
@@ -214,9 +224,7 @@ impl Sidecar {
                 cell,
                 clock,
                 &admin_stop,
-                metrics
-                    .connections_refused
-                    .with_label_values(&["credentials"]),
+                limit_counters(&metrics, "credentials"),
             )?);
         }
 
@@ -229,7 +237,7 @@ impl Sidecar {
             stop.clone(),
             config.shutdown_grace,
             "proxy",
-            metrics.connections_refused.with_label_values(&["proxy"]),
+            limit_counters(&metrics, "proxy"),
         );
         tokio::pin!(serving);
         // A credential task that panicked leaves credentials that age out

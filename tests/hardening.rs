@@ -157,6 +157,97 @@ async fn connections_over_the_limit_are_closed_at_once_and_the_rest_still_serve(
     stop.cancel();
 }
 
+/// Sends a request (the fake upstream answers it) and reads the answer's
+/// status line, leaving the connection kept alive.
+async fn answered_on(c: &mut TcpStream) -> Vec<u8> {
+    c.write_all(b"GET /not-a-route HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .expect("an answer in time")
+        .unwrap_or(0);
+    buf[..n].to_vec()
+}
+
+#[tokio::test]
+async fn a_full_proxy_closes_an_idle_kept_alive_connection_for_a_new_one() {
+    // An app whose connection pool is larger than --max-connections keeps
+    // most of it idle; closing a newcomer while idle connections hold every
+    // slot failed its request for nothing (nginx reuses idle keep-alive
+    // connections the same way when it runs out).
+    let upstream = FakeUpstream::start(vec![]).await;
+    let (proxy, admin, stop) = sidecar(&upstream, &[("BEDROCK_BROKER_MAX_CONNECTIONS", "2")]).await;
+    let mut oldest = TcpStream::connect(proxy).await.unwrap();
+    assert!(answered_on(&mut oldest).await.starts_with(b"HTTP/1.1 200"));
+    let mut newer = TcpStream::connect(proxy).await.unwrap();
+    assert!(answered_on(&mut newer).await.starts_with(b"HTTP/1.1 200"));
+    let mut third = TcpStream::connect(proxy).await.unwrap();
+    let answer = answered_on(&mut third).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "the newcomer is served: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(
+        closed_within(&mut oldest, Duration::from_secs(5)).await,
+        Some(Vec::new()),
+        "the longest idle connection made room, closed without a word"
+    );
+    assert!(answered_on(&mut newer).await.starts_with(b"HTTP/1.1 200"));
+    let series =
+        |name: &str| format!("bedrock_broker_connections_{name}_total{{listener=\"proxy\"}}");
+    assert_eq!(admin_sample(admin, &series("reclaimed")).await, 1.0);
+    assert_eq!(admin_sample(admin, &series("refused")).await, 0.0);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_full_proxy_never_closes_a_connection_with_a_request_in_flight() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let upstream = FakeUpstream::start(vec![Answer::Held(gate.clone())]).await;
+    let (proxy, admin, stop) = sidecar(&upstream, &[("BEDROCK_BROKER_MAX_CONNECTIONS", "1")]).await;
+    let mut busy = TcpStream::connect(proxy).await.unwrap();
+    busy.write_all(
+        b"POST /model/m/converse HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}",
+    )
+    .await
+    .unwrap();
+    let upstream_saw = async {
+        while upstream.seen().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), upstream_saw)
+        .await
+        .expect("the request reaches the upstream");
+    let mut newcomer = TcpStream::connect(proxy).await.unwrap();
+    let _ = newcomer
+        .write_all(b"GET /not-a-route HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await;
+    assert_eq!(
+        closed_within(&mut newcomer, Duration::from_secs(5)).await,
+        Some(Vec::new()),
+        "no room: the newcomer is closed"
+    );
+    gate.notify_one();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), busy.read(&mut buf))
+        .await
+        .expect("the answer in time")
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "the request in flight is answered"
+    );
+    let series =
+        |name: &str| format!("bedrock_broker_connections_{name}_total{{listener=\"proxy\"}}");
+    assert_eq!(admin_sample(admin, &series("reclaimed")).await, 0.0);
+    assert_eq!(admin_sample(admin, &series("refused")).await, 1.0);
+    stop.cancel();
+}
+
 /// One sample of the admin port's `/metrics`, by its series name and labels.
 async fn admin_sample(admin: SocketAddr, series: &str) -> f64 {
     let mut c = TcpStream::connect(admin).await.unwrap();

@@ -13,6 +13,9 @@ pub struct Metrics {
     /// Connections turned away at a connection limit, by `listener`
     /// (`proxy`, `admin`, `credentials`).
     pub connections_refused: IntCounterVec,
+    /// Idle kept-alive connections closed to make room for a new one at a
+    /// connection limit, by `listener` (`proxy`, `credentials`).
+    pub connections_reclaimed: IntCounterVec,
 }
 
 /// Health of the credential refresher.
@@ -84,6 +87,16 @@ impl Metrics {
         let credentials = CredentialMetrics::register(&registry)?;
         let proxy = ProxyMetrics::register(&registry)?;
         let connections_refused = registered(&registry, super::connections_refused("")?)?;
+        let connections_reclaimed = registered(
+            &registry,
+            IntCounterVec::new(
+                opts(
+                    "connections_reclaimed_total",
+                    "Idle kept-alive connections closed to make room for a new connection at the connection limit, by listener.",
+                ),
+                &["listener"],
+            )?,
+        )?;
         super::build_info(&registry)?;
         // Both results exist from the start so `rate()` and alerts see zeros.
         for result in ["success", "failure"] {
@@ -97,6 +110,7 @@ impl Metrics {
             credentials,
             proxy,
             connections_refused,
+            connections_reclaimed,
         })
     }
 

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -28,6 +28,8 @@ pub struct Activity {
     /// alone do not keep a connection open: HTTP/2 PINGs cross an idle one.
     last_request: AtomicU64,
     in_flight: AtomicUsize,
+    /// Whether a request has ended on it (it is kept alive, not new).
+    served: AtomicBool,
     /// Requests in flight whose response is made: the rest are still being
     /// worked on (a webhook review waits on API reads for seconds).
     answering: AtomicUsize,
@@ -40,6 +42,7 @@ impl Activity {
             last: AtomicU64::new(0),
             last_request: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
             answering: AtomicUsize::new(0),
         })
     }
@@ -57,6 +60,16 @@ impl Activity {
         let ms = self.now_ms();
         self.last.store(ms, Ordering::Relaxed);
         self.last_request.store(ms, Ordering::Relaxed);
+        self.served.store(true, Ordering::Relaxed);
+    }
+
+    /// Since when it has waited for its next request, if it is a kept-alive
+    /// connection doing nothing: every request it carried has ended. One
+    /// yet to send its first is a client on its way, not a spare in a pool.
+    pub fn kept_alive_since(&self) -> Option<Instant> {
+        let waiting =
+            self.served.load(Ordering::Relaxed) && self.in_flight.load(Ordering::Relaxed) == 0;
+        waiting.then(|| self.at(&self.last_request))
     }
 
     fn at(&self, ms: &AtomicU64) -> Instant {

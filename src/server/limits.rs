@@ -15,8 +15,9 @@ pub struct Limits {
     /// A connection that has had no request in flight for this long is
     /// closed, whatever control frames (HTTP/2 PINGs) cross it.
     pub idle_timeout: Duration,
-    /// Open connections at most; more are accepted and closed at once, so
-    /// they cost a file descriptor for an instant and no memory.
+    /// Open connections at most. A newcomer beyond it takes the slot of an
+    /// idle connection (see `Peers`), or is accepted and closed at once,
+    /// costing a file descriptor for an instant and no memory.
     pub max_connections: usize,
     /// Open connections per peer address, when the listener is reachable
     /// from other pods: one noisy neighbour cannot take every slot.

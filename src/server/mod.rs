@@ -162,9 +162,30 @@ impl Accept for TcpListener {
     }
 }
 
+/// What a listener's connection limit did, for its metrics.
+#[derive(Clone)]
+pub struct LimitCounters {
+    /// Newcomers closed on arrival.
+    pub refused: prometheus::IntCounter,
+    /// Idle kept-alive connections closed to make room for a newcomer
+    /// (only listeners without a per-peer limit do that).
+    pub reclaimed: Option<prometheus::IntCounter>,
+}
+
+impl LimitCounters {
+    /// For a listener with a per-peer limit, which never reclaims.
+    pub fn refused(refused: prometheus::IntCounter) -> Self {
+        Self {
+            refused,
+            reclaimed: None,
+        }
+    }
+}
+
 /// Serves HTTP/1.1 (and HTTP/2 when `limits.http2`) on `listener` within
 /// `limits` until `shutdown` fires, then stops accepting and drains for at
-/// most `grace`. Connections closed at a limit are counted in `refused`.
+/// most `grace`. What it does at its connection limit is counted in
+/// `counters`.
 pub async fn serve<L, S, B>(
     mut listener: L,
     service: S,
@@ -172,7 +193,7 @@ pub async fn serve<L, S, B>(
     shutdown: CancellationToken,
     grace: Duration,
     name: &'static str,
-    refused: prometheus::IntCounter,
+    counters: LimitCounters,
 ) where
     L: Accept,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
@@ -200,50 +221,48 @@ pub async fn serve<L, S, B>(
             }
         };
         // Over a limit: closed at once, before any read, so it costs nothing;
-        // unless another peer holds more than its share (see `evict_for`).
+        // unless another peer holds more than its share (see `evict_for`),
+        // or, inside the pod, a kept-alive connection sits idle (see
+        // `reclaim_idle`).
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
-            Err(_) => match limits
-                .max_connections_per_peer
-                .and_then(|limit| peers.evict_for(peer.ip(), limit))
-            {
-                Some(slot) => slot,
-                None => {
-                    refused.inc();
-                    tracing::debug!(server = name, %peer, "connection limit reached; closing");
-                    continue;
+            Err(_) => {
+                let room = match limits.max_connections_per_peer {
+                    Some(limit) => peers.evict_for(peer.ip(), limit),
+                    None => peers.reclaim_idle().inspect(|_| {
+                        counters.reclaimed.iter().for_each(|c| c.inc());
+                        tracing::debug!(server = name, "closing an idle connection to make room");
+                    }),
+                };
+                match room {
+                    Some(slot) => slot,
+                    None => {
+                        counters.refused.inc();
+                        tracing::debug!(server = name, %peer, "connection limit reached; closing");
+                        continue;
+                    }
                 }
-            },
+            }
         };
         let activity = Activity::new();
-        // With per-peer limits the listener slot lives in the peer table,
-        // where an eviction can hand it on.
-        let (slot, peer_slot) = match limits.max_connections_per_peer {
-            None => (Some(slot), None),
-            Some(limit) => match peers.claim(peer.ip(), limit, activity.clone(), Some(slot)) {
-                Some(claimed) => (None, Some(claimed)),
-                None => {
-                    refused.inc();
-                    tracing::debug!(server = name, %peer, "per-peer connection limit reached; closing");
-                    continue;
-                }
-            },
+        // The listener slot lives in the peer table, where an eviction can
+        // hand it on.
+        let limit = limits.max_connections_per_peer.unwrap_or(usize::MAX);
+        let Some(peer_slot) = peers.claim(peer.ip(), limit, activity.clone(), Some(slot)) else {
+            counters.refused.inc();
+            tracing::debug!(server = name, %peer, "per-peer connection limit reached; closing");
+            continue;
         };
-        let evicted_token = peer_slot.as_ref().map(|p| p.evicted.clone());
+        let evicted_token = peer_slot.evicted.clone();
         let io = TokioIo::new(Watched::new(stream, activity.clone()));
         let service = Counted::new(service.clone(), activity.clone());
         let (builder, shutdown, idle) = (builder.clone(), shutdown.clone(), limits.idle_timeout);
         let requests_keep_open = limits.max_connections_per_peer.is_none();
         connections.spawn(async move {
-            let _held = (slot, peer_slot);
+            let _held = peer_slot;
             let conn = builder.serve_connection(io, service);
             tokio::pin!(conn);
-            let evicted = |token: Option<CancellationToken>| async move {
-                match token {
-                    Some(token) => token.cancelled_owned().await,
-                    None => std::future::pending().await,
-                }
-            };
+            let evicted = |token: CancellationToken| token.cancelled_owned();
             // The rare ends of a connection, polled only once one of them
             // has been woken: a connection wakes several times per request,
             // and polling them each time took two locks and a timer check.
@@ -263,9 +282,12 @@ pub async fn serve<L, S, B>(
                 done = conn.as_mut() => return log_end(name, done),
                 Some(stop) = rare.next() => stop,
             };
-            if stop == Stop::Evicted {
-                // Evicted to make room for another peer (see `evict_for`):
-                // closed at once, its slot already handed on.
+            // Its slot is already handed on. Evicted for another peer (see
+            // `evict_for`): closed at once. Reclaimed while idle (see
+            // `reclaim_idle`): closed like any idle connection, so an
+            // HTTP/2 client gets its GOAWAY.
+            let reclaimed = stop == Stop::Evicted && requests_keep_open;
+            if stop == Stop::Evicted && !reclaimed {
                 tracing::debug!(server = name, %peer, "closing a connection to make room for another peer");
                 return;
             }
@@ -281,7 +303,7 @@ pub async fn serve<L, S, B>(
             // slow reader is not cut off.
             tokio::select! {
                 done = conn.as_mut() => log_end(name, done),
-                () = evicted(evicted_token) => {}
+                () = evicted(evicted_token), if !reclaimed => {}
                 _ = activity.quiet_for(idle, requests_keep_open) => {}
             }
         });

@@ -1,6 +1,7 @@
-//! Open connections per peer address, for the listeners other pods
-//! reach: one peer cannot take more than its share, and a full listener
-//! makes room for a peer holding fewer than another.
+//! Open connections per peer address. On the listeners other pods reach,
+//! one peer cannot take more than its share, and a full listener makes room
+//! for a peer holding fewer than another; on the ones inside the pod, a full
+//! listener makes room by closing a kept-alive connection left idle.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -159,6 +160,29 @@ impl Peers {
     }
 }
 
+impl Peers {
+    /// The listener is full: the kept-alive connection idle the longest
+    /// (nothing in flight, at least one request answered) is told to close
+    /// and its slot returned for the newcomer. An app whose connection pool
+    /// outgrows the limit keeps most of it idle, and refusing its new
+    /// connections instead would fail requests while slots sit unused
+    /// (nginx reuses idle keep-alive connections the same way). The one
+    /// idle the longest is the one a pool is least likely to pick next.
+    pub fn reclaim_idle(&self) -> Option<OwnedSemaphorePermit> {
+        let mut table = self.table();
+        let held = table
+            .peers
+            .values_mut()
+            .flat_map(|list| list.iter_mut())
+            .filter(|h| PeerTable::can_go(h))
+            .filter_map(|h| Some((h.activity.kept_alive_since()?, h)))
+            .min_by_key(|(since, _)| *since)
+            .map(|(_, h)| h)?;
+        held.evict.cancel();
+        held.permit.take()
+    }
+}
+
 impl Drop for PeerSlot {
     fn drop(&mut self) {
         let mut table = self.peers.table();
@@ -238,6 +262,44 @@ mod tests {
             !peers.table().peers.contains_key(&ip(1)),
             "released on drop"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_pod_listener_reclaims_the_longest_idle_kept_alive_connection() {
+        let peers = Arc::new(Peers::default());
+        let slots = listener(4);
+        let local = IpAddr::from([127, 0, 0, 1]);
+        let claim = |activity: &Arc<Activity>| {
+            peers
+                .claim(local, usize::MAX, activity.clone(), slot(&slots))
+                .expect("slot")
+        };
+        let (fresh, busy, idle_long, idle_short) = (
+            Activity::new(),
+            Activity::new(),
+            Activity::new(),
+            Activity::new(),
+        );
+        drop(InFlight::new(idle_long.clone()));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        drop(InFlight::new(idle_short.clone()));
+        drop(InFlight::new(busy.clone()));
+        let _in_flight = InFlight::new(busy.clone());
+        let held: Vec<_> = [&fresh, &busy, &idle_short, &idle_long]
+            .into_iter()
+            .map(claim)
+            .collect();
+
+        let room = peers.reclaim_idle().expect("an idle connection");
+        assert_eq!(slots.available_permits(), 0, "the slot changed hands");
+        drop(room);
+        let gone: Vec<_> = held.iter().map(|h| h.evicted.is_cancelled()).collect();
+        assert_eq!(gone, [false, false, false, true], "the longest idle went");
+        assert!(peers.reclaim_idle().is_some(), "then the next idle one");
+        // What is left is a request in flight and a connection yet to send
+        // its first: neither is a spare.
+        assert!(peers.reclaim_idle().is_none());
+        assert!(!held[0].evicted.is_cancelled() && !held[1].evicted.is_cancelled());
     }
 
     #[tokio::test(start_paused = true)]

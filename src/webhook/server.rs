@@ -143,10 +143,12 @@ impl WebhookServer {
             admin_stop.clone(),
             ADMIN_GRACE,
             "webhook admin",
-            state
-                .metrics
-                .connections_refused
-                .with_label_values(&["admin"]),
+            server::LimitCounters::refused(
+                state
+                    .metrics
+                    .connections_refused
+                    .with_label_values(&["admin"]),
+            ),
         ));
         let refused = state
             .metrics
@@ -166,7 +168,7 @@ impl WebhookServer {
             shutdown,
             config.shutdown_grace,
             "webhook",
-            refused,
+            server::LimitCounters::refused(refused),
         )
         .await;
         admin_stop.cancel();

@@ -53,7 +53,7 @@ macro_rules! server_limits {
                 default: Value($conns),
                 help: concat!(
                     "Open connections to the ", $what,
-                    " at most; more are closed at once"
+                    " at most; beyond it an idle connection is closed to make room, else the newcomer is"
                 ),
             },
             max_header_bytes: Setting {
