@@ -252,3 +252,22 @@ class TestOtherRuntimeOperations:
         assert [r["method"] for r in recs] == ["POST", "GET", "GET"]
         assert all(r["verified"] and r["status"] == 200 for r in recs), recs
         assert sidecar.metric("bedrock_broker_requests_total", {"operation": "async_invoke", "code": "200", "auth": "sigv4"}) == 3
+
+
+def test_apps_with_more_pooled_connections_than_the_limit_lose_no_request(start_sidecar, irsa_env, fake_aws):
+    # Three OpenAI clients (three workers of one app, each with its own
+    # pool) keep a connection each to a proxy that allows two: the third
+    # used to be reset on arrival. Each newcomer now takes the slot of the
+    # connection idle the longest, and the client whose connection went
+    # opens a new one on its next request. No retries, so nothing hides.
+    sidecar = start_sidecar(irsa_env, ["--max-connections", "2"])
+    clients = [openai_client(sidecar) for _ in range(3)]
+    for round_ in range(3):
+        for i, client in enumerate(clients):
+            resp = client.chat.completions.create(
+                model="openai.gpt-oss-20b-1:0",
+                messages=[{"role": "user", "content": f"round {round_} worker {i}"}],
+            )
+            assert f"round {round_} worker {i}" in resp.choices[0].message.content
+    assert sidecar.metric("bedrock_broker_connections_reclaimed_total", {"listener": "proxy"}) >= 1
+    assert sidecar.metric("bedrock_broker_connections_refused_total", {"listener": "proxy"}) == 0
