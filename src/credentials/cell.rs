@@ -93,6 +93,9 @@ pub struct CredentialCell {
     /// STS answered the last attempt with throttling: the refresher waits
     /// its backoff out whatever asks, so nobody should wait for it.
     throttled: watch::Sender<bool>,
+    /// Whether a refresh has failed yet: until one has, a request finding
+    /// no credentials knows the first ones are still on their way.
+    failed: watch::Sender<bool>,
 }
 
 impl Default for CredentialCell {
@@ -103,6 +106,7 @@ impl Default for CredentialCell {
             generation: watch::Sender::new(0),
             refresh_requested: Notify::new(),
             throttled: watch::Sender::new(false),
+            failed: watch::Sender::new(false),
         }
     }
 }
@@ -173,6 +177,14 @@ impl CredentialCell {
     /// Records why the last refresh failed; the held credentials stay.
     pub fn record_failure(&self, summary: String) {
         self.last_error.store(Some(Arc::new(summary)));
+        self.failed
+            .send_if_modified(|f| !std::mem::replace(f, true));
+    }
+
+    /// Resolves once a refresh has failed (at once if one has).
+    pub async fn failed_once(&self) {
+        let mut rx = self.failed.subscribe();
+        let _ = rx.wait_for(|f| *f).await;
     }
 
     pub fn last_error(&self) -> Option<Arc<String>> {

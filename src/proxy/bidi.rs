@@ -17,6 +17,7 @@ use super::pool::PooledBody;
 use super::self_heal::rejects_credentials;
 use super::sigv4::{BodyDigest, Signer};
 use super::{upstream, BoxError, Proxy};
+use crate::credentials::Unusable;
 
 /// Least lifetime credentials must have left to open a bidirectional
 /// stream with: above the longest Bedrock session (8 minutes for Nova Sonic).
@@ -91,6 +92,9 @@ impl Proxy {
             held.expiry().map(|expiry| (held.generation(), expiry))
         });
         let Ok(Some((generation, expiry))) = held else {
+            if held == Err(Unusable::NotYetObtained) {
+                self.first_credentials().await;
+            }
             return;
         };
         if crate::clock::saturating_sub(expiry, now) >= STREAM_MIN_CREDENTIAL_LIFETIME {

@@ -41,8 +41,8 @@ macro_rules! codes {
 }
 
 codes! {
-    NO_CREDENTIALS = "no_credentials", 503, "no credentials obtained yet (or none configured for SigV4)";
-    CREDENTIALS_EXPIRED = "credentials_expired", 503, "held credentials expired and refreshing keeps failing";
+    NO_CREDENTIALS = "no_credentials", 503, "no credentials obtained yet, with `Retry-After` (or none configured for SigV4, without)";
+    CREDENTIALS_EXPIRED = "credentials_expired", 503, "held credentials expired and refreshing keeps failing; comes with `Retry-After`";
     INVALID_PROVIDER_DATA = "invalid_provider_data", 400, "malformed `x-llamastack-provider-data`";
     BODY_TOO_LARGE = "body_too_large", 413, "body over `--max-body-bytes`";
     ABSOLUTE_FORM_REFUSED = "absolute_form_refused", 400, "the client used the sidecar as an HTTP proxy (`GET http://host/...`)";
@@ -213,8 +213,14 @@ impl ProxyError {
         if dialect == Dialect::Aws {
             h.insert(X_AMZN_ERRORTYPE, HeaderValue::from_static(self.aws_type()));
         }
-        if matches!(self, Self::Overloaded(_)) {
-            // Busy for a moment, not broken: SDKs honour it and back off.
+        // Busy for a moment, or credentials still on their way (a cold
+        // start, STS failing for now): SDKs that honour it wait and retry
+        // instead of giving up on their first quick backoff. Not for a
+        // configuration without SigV4, which no retry mends.
+        if matches!(
+            self,
+            Self::Overloaded(_) | Self::NotYetObtained | Self::CredentialsExpired
+        ) {
             h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
@@ -247,6 +253,12 @@ mod tests {
         );
         assert_eq!(v["error"]["type"], "api_error");
         assert_eq!(v["error"]["code"], "no_credentials");
+        assert_eq!(r.headers()["retry-after"], "1");
+        let r: Response<Bytes> = ProxyError::NoSigV4.into_response(Dialect::OpenAi);
+        assert!(
+            r.headers().get("retry-after").is_none(),
+            "no retry mends it"
+        );
     }
 
     #[test]

@@ -35,7 +35,14 @@ impl Proxy {
             .sign(signer, &mut parts, &body)
             .map(|used| (used, self.send_pooled(parts, Full::new(body.bytes.clone()))));
         async move {
-            let (mut used, sent) = first?;
+            let (mut used, sent) = match first {
+                Err(ProxyError::NotYetObtained) if self.first_credentials().await => {
+                    let mut parts = rebuild(&unsigned);
+                    let used = self.sign(signer, &mut parts, &body)?;
+                    (used, self.send_pooled(parts, Full::new(body.bytes.clone())))
+                }
+                first => first?,
+            };
             let response = match sent.await {
                 Err(ProxyError::UpstreamRefused(why)) => {
                     tracing::debug!(%why, "Bedrock refused the request unprocessed; sending it once more");
@@ -104,6 +111,24 @@ impl Proxy {
             body,
             self.response_header_timeout,
         )
+    }
+
+    /// No credentials yet: in a pod whose containers start together the
+    /// app's first call can beat STS's first answer. Until a refresh has
+    /// failed, the first credentials are on their way, so the request
+    /// waits for them (at most the self-heal wait) rather than fail at
+    /// once; after a failure, the answer is at once, with `Retry-After`.
+    /// `true` if credentials arrived.
+    pub(super) async fn first_credentials(&self) -> bool {
+        let arrived = async {
+            tokio::select! {
+                newer = self.cell.wait_newer_than(0) => newer,
+                () = self.cell.failed_once() => false,
+            }
+        };
+        tokio::time::timeout(self.self_heal_wait, arrived)
+            .await
+            .unwrap_or(false)
     }
 
     /// Newer credentials than generation `used`, refreshing early if needed.

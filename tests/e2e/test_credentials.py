@@ -96,6 +96,8 @@ def test_cold_start_answers_503_and_never_sends_unsigned(start_sidecar, irsa_env
     assert e.value.status_code == 503
     assert e.value.response.headers["x-bedrock-broker-error"] == "no_credentials"
     assert e.value.body["code"] == "no_credentials"
+    # A condition that passes: SDKs that honour it retry after a second.
+    assert e.value.response.headers["retry-after"] == "1"
 
     client = bedrock_client(sidecar)
     with pytest.raises(client.exceptions.ServiceUnavailableException):
@@ -106,6 +108,20 @@ def test_cold_start_answers_503_and_never_sends_unsigned(start_sidecar, irsa_env
     fake_aws.configure_sts(fail_always=False)
     wait_for(lambda: sidecar.ready().status_code == 200, timeout=15, what="readiness after STS recovers")
     converse(sidecar, uuid.uuid4().hex)
+
+
+def test_a_call_made_before_the_first_credentials_waits_for_them(start_sidecar, irsa_env, fake_aws):
+    # Containers of a pod start together (classic mode, or an app that
+    # does not wait for readiness): the app's first call can beat STS's
+    # first answer. It waits for that answer instead of failing at once,
+    # and the SDK is told to make no retry of its own.
+    fake_aws.configure_sts(delay_seconds=2)
+    sidecar = start_sidecar(irsa_env, FAST, wait_ready=False)
+    assert sidecar.ready().status_code == 503, "the first credentials are still on their way"
+    resp = openai_client(sidecar).chat.completions.create(
+        model="openai.gpt-oss-20b-1:0", messages=[{"role": "user", "content": "first call"}])
+    assert "first call" in resp.choices[0].message.content
+    assert len(fake_aws.sts_calls()) == 1
 
 
 def test_expired_credentials_are_never_used(start_sidecar, irsa_env, fake_aws):
