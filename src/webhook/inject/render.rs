@@ -172,8 +172,11 @@ fn container(sidecar: &SidecarSpec, resolved: &Resolved, fitted: &Fitted) -> Con
         }]),
         resources: resources(&fitted.resources),
         // Gates the app (native mode): it starts once credentials are
-        // usable. Two minutes before the kubelet restarts the sidecar.
-        startup_probe: Some(probe("/readyz", 1, 120)),
+        // usable. A gate, not a watchdog: the refresher keeps retrying
+        // through an STS outage at start, and a kill would only add
+        // CrashLoopBackOff's growing delay to its recovery (Istio gives
+        // its proxy the same ten minutes).
+        startup_probe: Some(probe("/readyz", 1, STARTUP_FAILURES)),
         readiness_probe: Some(probe("/readyz", 5, 2)),
         liveness_probe: Some(probe("/healthz", 10, 3)),
         security_context: Some(security_context(run_as_user)),
@@ -273,6 +276,10 @@ fn resources(r: &Resources) -> Option<ResourceRequirements> {
         ..Default::default()
     })
 }
+
+/// Startup probe failures (one a second) before the kubelet restarts the
+/// sidecar: ten minutes.
+const STARTUP_FAILURES: i32 = 600;
 
 fn probe(path: &str, period: i32, failures: i32) -> Probe {
     Probe {
