@@ -8,6 +8,7 @@
 mod webhook_support;
 
 use bedrock_broker::webhook::{self, ClusterFacts, Outcome};
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
 use webhook_support::defaults;
 use webhook_support::pods::{app_facts, env_of, inject, mutated, opted_in, sidecar};
@@ -90,7 +91,8 @@ fn the_body_budget_follows_the_memory_limit() {
     );
     // A limit whose half cannot hold one 25 MiB body: the largest body
     // shrinks with it (the sidecar refuses a budget below one body), and
-    // the pod is told.
+    // the pod is told. Small limits keep 24 MiB for the process itself,
+    // so the budget is less than half (16 MiB of 40).
     let (v, warnings) = with_limit(Some("40Mi"));
     let c = sidecar(&v);
     for var in [
@@ -99,14 +101,14 @@ fn the_body_budget_follows_the_memory_limit() {
     ] {
         assert_eq!(
             env_of(&c, var).map(|e| e["value"].clone()),
-            Some(json!("20971520")),
+            Some(json!("16777216")),
             "{var}"
         );
     }
     assert!(
         warnings
             .iter()
-            .any(|w| w.contains("request bodies above 20 MiB")),
+            .any(|w| w.contains("request bodies above 16 MiB")),
         "{warnings:?}"
     );
 }
@@ -115,7 +117,7 @@ fn the_body_budget_follows_the_memory_limit() {
 fn the_sidecar_accepts_the_settings_it_is_given() {
     // What the injector writes must pass the sidecar's own configuration
     // checks (a budget below one body would stop it at start).
-    for limit in ["128Mi", "40Mi", "1Gi"] {
+    for limit in ["128Mi", "40Mi", "32Mi", "1Gi"] {
         let mut d = defaults();
         d.resources.memory_limit = Some(webhook::types::Quantity::parse(limit).expect("q"));
         d.resources.memory_request = None;
@@ -128,6 +130,38 @@ fn the_sidecar_accepts_the_settings_it_is_given() {
         let parsed = bedrock_broker::sidecar::SidecarConfig::from_args(&Default::default(), &env);
         assert!(parsed.is_ok(), "{limit}: {:?}", parsed.err());
     }
+}
+
+#[test]
+fn a_memory_limit_the_sidecar_cannot_run_in_is_refused() {
+    // `memory-limit: "1"` gave a body budget of 0 bytes, which the sidecar
+    // refuses at start: a crash loop (a pod that never starts, natively).
+    // An annotation in bytes, mebibytes below the floor, or a LimitRange
+    // maximum that forces the limit down: each is refused, saying why.
+    let refused = |p: &Pod, facts: &ClusterFacts| match webhook::inject(p, facts, &defaults()) {
+        Err(webhook::Denial { problems }) => problems.join("; "),
+        other => panic!("{other:?}"),
+    };
+    for limit in ["1", "1Mi", "31Mi"] {
+        let mut p = opted_in(json!({}));
+        let notes = p.metadata.annotations.get_or_insert_with(Default::default);
+        notes.insert("bedrock-broker.io/memory-limit".into(), limit.into());
+        notes.insert("bedrock-broker.io/memory-request".into(), limit.into());
+        let why = refused(&p, &app_facts());
+        assert!(
+            why.contains("bedrock-broker.io/memory-limit") && why.contains("32Mi"),
+            "{limit}: {why}"
+        );
+    }
+    let lr = vec![limit_range(
+        json!({"type": "Container", "max": {"memory": "16Mi"}}),
+    )];
+    let facts = ClusterFacts {
+        limit_ranges: Some(&lr),
+        ..app_facts()
+    };
+    let why = refused(&opted_in(json!({})), &facts);
+    assert!(why.contains("LimitRange") && why.contains("32Mi"), "{why}");
 }
 
 fn limit_range(item: Value) -> k8s_openapi::api::core::v1::LimitRange {

@@ -73,7 +73,7 @@ pub const MEMORY_LIMIT: Setting = Setting {
     flag: "sidecar-memory-limit",
     env: &["BEDROCK_BROKER_SIDECAR_MEMORY_LIMIT"],
     default: Value("128Mi"),
-    help: "Sidecar memory limit, or none; half of it becomes the sidecar's --request-body-budget",
+    help: "Sidecar memory limit (at least 32Mi), or none; half of it (at most the limit less 24 MiB) becomes the sidecar's --request-body-budget",
 };
 pub const LOG_LEVEL: Setting = Setting {
     flag: "sidecar-log-level",

@@ -50,8 +50,9 @@ const MAX_BODY_BYTES: u64 = 25 * 1024 * 1024;
 /// memory limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyBudget {
-    /// `BEDROCK_BROKER_REQUEST_BODY_BUDGET`: half the memory limit. The
-    /// other half is the process itself (about 10 MiB idle), connection
+    /// `BEDROCK_BROKER_REQUEST_BODY_BUDGET`: half the memory limit, and
+    /// at most the limit less [`PROCESS_RESERVE`]. The other half is the
+    /// process itself (about 10 MiB idle), connection
     /// and TLS buffers, streamed responses and allocator slack; the
     /// default 128Mi limit gives the sidecar's default 64 MiB.
     pub bytes: u64,
@@ -61,10 +62,20 @@ pub struct BodyBudget {
     pub max_body: Option<u64>,
 }
 
+/// What the process keeps for itself below its memory limit: about 10 MiB
+/// idle and 18 MiB at 64 connections (`make bench`), with allocator slack.
+const PROCESS_RESERVE: u64 = 24 * 1024 * 1024;
+
+/// The least memory limit the sidecar runs in: its reserve and a body
+/// budget of 8 MiB. Below it the budget is nothing (the sidecar refuses
+/// to start with none) or the process itself outgrows the limit.
+const MIN_MEMORY_LIMIT: u64 = 32 * 1024 * 1024;
+
 impl BodyBudget {
     /// `None` without a memory limit: the sidecar's own default applies.
     fn for_limit(limit: Option<&Quantity>) -> Option<Self> {
-        let bytes = limit?.units(Resource::Memory) / 2;
+        let limit = limit?.units(Resource::Memory);
+        let bytes = (limit / 2).min(limit.saturating_sub(PROCESS_RESERVE));
         Some(Self {
             bytes,
             max_body: (bytes < MAX_BODY_BYTES).then_some(bytes),
@@ -110,6 +121,21 @@ pub fn fit(
     problems: &mut Vec<String>,
 ) -> Fitted {
     let (resources, changes) = limit_range::fit(sidecar, limit_ranges.unwrap_or(&[]));
+    if let Some(limit) = resources.memory_limit.as_ref() {
+        if limit.units(Resource::Memory) < MIN_MEMORY_LIMIT {
+            problems.push(if resources.memory_limit == sidecar.memory_limit {
+                format!(
+                    "the sidecar's memory limit {} is below the 32Mi it runs in (about 10 MiB idle, 18 MiB busy, and room for request bodies): raise bedrock-broker.io/memory-limit, or the webhook's --sidecar-memory-limit",
+                    limit.as_str()
+                )
+            } else {
+                format!(
+                    "the namespace's LimitRange holds the sidecar's memory limit to {}, below the 32Mi it runs in: raise the LimitRange's maximum memory for containers",
+                    limit.as_str()
+                )
+            });
+        }
+    }
     let mut fitted = Fitted {
         body_budget: BodyBudget::for_limit(resources.memory_limit.as_ref()),
         warnings: Vec::new(),
