@@ -89,7 +89,7 @@ def dashboard() -> dict:
     p.append(panel(18, "Admission duration p99",
                    [("histogram_quantile(0.99, sum by (le, result) (rate(bedrock_broker_webhook_admission_duration_seconds_bucket[$__rate_interval])))", "{{result}}")],
                    12, 59, unit="s"))
-    p.append(panel(19, "Namespace / ServiceAccount lookups by source",
+    p.append(panel(19, "Namespace / ServiceAccount / LimitRange lookups by source",
                    [("sum by (object, source) (rate(bedrock_broker_webhook_lookups_total[$__rate_interval]))", "{{object}} {{source}}")],
                    0, 67, unit="ops"))
     p.append(panel(20, "Certificate reloads",

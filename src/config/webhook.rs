@@ -2,7 +2,7 @@
 //! sidecar's defaults they share.
 
 use super::aws::Region;
-use super::parse;
+use super::parse::{self, ParseError};
 use super::setting::{ConfigErrors, Errors};
 use super::settings::{inject as i, injected as d, policy, webhook as w};
 use super::{limits, settings, Env};
@@ -293,7 +293,7 @@ fn serving(args: &WebhookArgs, env: &Env, e: &mut Errors) -> Option<Serving> {
         &w::REVIEW_BUDGET,
         args.review_budget.as_deref(),
         env,
-        parse::positive_count,
+        review_budget,
     );
     let per_peer = per_peer?;
     // Counted twice: by the TLS listener from the first byte (handshakes
@@ -352,6 +352,22 @@ impl InjectConfig {
     }
 }
 
+/// At least one review of the largest size: a smaller budget would refuse
+/// the largest pods the API server sends.
+fn review_budget(raw: &str) -> Result<usize, ParseError> {
+    let bytes = parse::positive_count(raw)?;
+    let least = crate::webhook::MAX_REVIEW_BYTES;
+    if bytes < least {
+        return Err(ParseError::Refused(
+            format!(
+                "{bytes} bytes is less than one review of the largest size ({least} bytes, 8 MiB)"
+            )
+            .into(),
+        ));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -395,6 +411,28 @@ mod tests {
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.run_as_user, 65532);
         assert_eq!(s.role_policy, RolePolicy::Any);
+    }
+
+    #[test]
+    fn a_review_budget_below_one_review_is_refused() {
+        // It was raised to 8 MiB without a word: the configuration said
+        // one thing and the webhook did another.
+        let err = webhook(
+            WebhookArgs::default(),
+            &[("BEDROCK_BROKER_WEBHOOK_REVIEW_BUDGET", "1048576")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("REVIEW_BUDGET") && err.contains("8 MiB"),
+            "{err}"
+        );
+        let c = webhook(
+            WebhookArgs::default(),
+            &[("BEDROCK_BROKER_WEBHOOK_REVIEW_BUDGET", "8388608")],
+        )
+        .expect("one review fits");
+        assert_eq!(c.review_budget, 8388608);
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::metrics::webhook::WebhookMetrics;
 pub const MUTATE_PATH: &str = "/mutate";
 
 /// What the webhook does with an opted-in pod when it cannot read the
-/// namespace or ServiceAccount it needs.
+/// namespace, ServiceAccount or LimitRanges it needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LookupErrorPolicy {
     /// Refuse the pod with a message saying what could not be read; its

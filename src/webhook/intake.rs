@@ -83,7 +83,8 @@ pub struct Received {
 }
 
 impl Intake {
-    /// `budget` is at least one review of the largest size.
+    /// `budget` is at least one review of the largest size (the
+    /// configuration refuses less; raised here for callers that skip it).
     pub fn new(timing: ReviewTiming, budget: usize) -> Self {
         let budget = budget.clamp(MAX_REVIEW_BYTES, Semaphore::MAX_PERMITS);
         let parsed = budget

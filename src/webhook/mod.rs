@@ -38,7 +38,7 @@ pub use self::inject::{
     KubeVersion, Needs, Outcome, RequestAboveLimit, Resources, RoleSource, SidecarAuth,
     SidecarDefaults, Skip, TokenAccess, TokenVolume, CONTAINER_NAME,
 };
-pub use self::intake::{Intake, ReviewTiming};
+pub use self::intake::{Intake, ReviewTiming, MAX_REVIEW_BYTES};
 pub use self::lookup::{ClusterLookup, KubeLookup, LookupError, StaticLookup, StringMap};
 pub use self::offline::{parse_documents, run_inject, InjectConfig, InjectStatus};
 pub use self::server::{TlsFiles, WebhookConfig, WebhookError, WebhookServer};

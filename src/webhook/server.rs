@@ -54,7 +54,8 @@ pub struct WebhookConfig {
     pub sidecar: SidecarDefaults,
 }
 
-/// Ready once the namespace and ServiceAccount caches have synced.
+/// Ready once the namespace, ServiceAccount and LimitRange caches have
+/// synced.
 struct LookupReady<L>(Arc<L>);
 
 impl<L: ClusterLookup> Ready for LookupReady<L> {

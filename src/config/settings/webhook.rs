@@ -41,7 +41,7 @@ pub const ON_LOOKUP_ERROR: Setting = Setting {
     flag: "on-lookup-error",
     env: &["BEDROCK_BROKER_WEBHOOK_ON_LOOKUP_ERROR"],
     default: Value("deny"),
-    help: "What to do with an opted-in pod when its namespace or ServiceAccount cannot be read: deny or skip",
+    help: "What to do with an opted-in pod when its namespace, ServiceAccount or LimitRanges cannot be read: deny or skip",
 };
 /// Well inside the API server's webhook timeout (10 s by default), so a
 /// slow read ends in our own clear answer, not the API server's timeout.
@@ -82,7 +82,7 @@ pub const REVIEW_BUDGET: Setting = Setting {
     flag: "review-budget",
     env: &["BEDROCK_BROKER_WEBHOOK_REVIEW_BUDGET"],
     default: Value("33554432"),
-    help: "Bytes of AdmissionReview text held in memory at once; parsed pods get 4 times as much room beside it (estimated before parsing). A review that does not fit within a second gets 503; one whose pod would not fit in all that room, 413",
+    help: "Bytes of AdmissionReview text held in memory at once, at least 8388608 (one review of the largest size); parsed pods get 4 times as much room beside it (estimated before parsing). A review that does not fit within a second gets 503; one whose pod would not fit in all that room, 413",
 };
 
 pub const ALL: &[Setting] = &[
