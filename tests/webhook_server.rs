@@ -566,6 +566,34 @@ async fn reviews_beyond_the_memory_budget_are_refused_not_buffered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_of_nested_managed_fields_is_priced_as_it_parses() {
+    // managedFields' fieldsV1 is a JSON value: every `{"a":...}` in it a
+    // map of its own, about 360 bytes parsed for 6 of text. A 7.5 MiB
+    // review of such chains, priced at a quarter of that, was parsed and
+    // took the webhook to 557 MiB: one neighbour's request, unauthenticated.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ca();
+    let (addr, stop) = running(dir.path(), &ca, |_| {}).await;
+    let tls = client_config(&ca);
+    let plain = std::fs::read(fixtures().join("plain.json")).expect("fixture");
+    let mut review: Value = serde_json::from_slice(&plain).expect("json");
+    let chain = "{\"a\":".repeat(100) + "{}" + &"}".repeat(100);
+    let chains = vec![chain.as_str(); 13_000].join(",");
+    review["request"]["object"]["metadata"]["managedFields"] = serde_json::json!([
+        {"manager": "m", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {"f:x": "CHAINS"}}
+    ]);
+    let text = serde_json::to_string(&review)
+        .expect("json")
+        .replace("\"CHAINS\"", &format!("[{chains}]"));
+    assert!((7 << 20..8 << 20).contains(&text.len()), "{}", text.len());
+    let (status, _, _) = https(&tls, addr, "POST", "/mutate", text.into_bytes())
+        .await
+        .expect("request");
+    assert_eq!(status, 413);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_review_that_parses_into_far_more_than_its_text_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = ca();

@@ -23,7 +23,7 @@ mod inject;
 mod intake;
 pub mod lookup;
 mod offline;
-mod parse_cost;
+pub mod parse_cost;
 mod review;
 mod server;
 

@@ -57,6 +57,15 @@ const ANY_ELEMENT: usize = max_of(&[
 const OBJECT: usize = 64;
 /// A `String` or `Vec` header; a string's bytes are counted with it.
 const HEADER: usize = 24;
+/// An entry of an object that may be a JSON value's map (`fieldsV1`,
+/// labels, annotations): serde_json's ordered map keeps the hash, key and
+/// value in a `Vec` and an index in a hash table, each growing to twice
+/// what it holds. Counted for every object that is not one of the known
+/// structs: a struct's fields are in its size already.
+const MAP_ENTRY: usize = 2 * (size_of::<serde_json::Value>() + HEADER + 2 * size_of::<usize>());
+/// A non-empty map's first allocations (room for a few entries, the hash
+/// table's control bytes): a one-entry object took 366 bytes.
+const MAP_NODE: usize = 256;
 /// A number, boolean or null.
 const SCALAR: usize = 16;
 
@@ -149,8 +158,14 @@ impl<'de> Visitor<'de> for Cost<'_> {
 
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
         self.add(self.object);
+        let maybe_a_map = self.object == OBJECT || self.object == ANY_ELEMENT;
+        let mut entries = 0usize;
         while let Some(element) = map.next_key_seed(Key(&mut *self.total))? {
             map.next_value_seed(self.with(OBJECT, element))?;
+            entries += 1;
+        }
+        if maybe_a_map && entries > 0 {
+            self.add(MAP_NODE.saturating_add(entries.saturating_mul(MAP_ENTRY)));
         }
         Ok(())
     }
@@ -254,14 +269,18 @@ mod tests {
     }
 
     #[test]
-    fn objects_outside_arrays_weigh_little() {
-        // managedFields' fieldsV1: maps of maps, parsed as JSON values.
+    fn empty_objects_outside_arrays_weigh_little() {
+        // An empty JSON value map allocates nothing; its parent's entry
+        // is what it costs (tests/webhook_parse_cost.rs measures both).
         let fields: serde_json::Map<_, _> = (0..1000)
             .map(|i| (format!("f:k{i}"), serde_json::json!({})))
             .collect();
         let text = serde_json::to_vec(&serde_json::json!({"fieldsV1": fields})).unwrap();
         let cost = estimate(&text).unwrap();
-        assert!(cost < 1000 * (OBJECT + 2 * HEADER), "{cost}");
+        assert!(
+            cost < 1000 * (OBJECT + 2 * HEADER + MAP_ENTRY) + 2 * MAP_NODE,
+            "{cost}"
+        );
     }
 
     #[test]
