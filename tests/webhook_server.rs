@@ -566,6 +566,49 @@ async fn reviews_beyond_the_memory_budget_are_refused_not_buffered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_stay_small_whatever_the_review_asks() {
+    // A neighbour that sends reviews and never reads the answers held
+    // every answer in memory: 12,000 tiny containers in a third of a MiB
+    // got a 17 MiB patch back, and an unreadable 7.9 MiB string was quoted
+    // whole in the `invalid` answer.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ca();
+    let (addr, stop) = running(dir.path(), &ca, |_| {}).await;
+    let tls = client_config(&ca);
+    let plain = std::fs::read(fixtures().join("plain.json")).expect("fixture");
+    let mut review: Value = serde_json::from_slice(&plain).expect("json");
+    let containers: Vec<Value> = (0..12_000)
+        .map(|i| serde_json::json!({"name": format!("c{i}"), "image": "x"}))
+        .collect();
+    review["request"]["object"]["spec"]["containers"] = Value::Array(containers);
+    let text = serde_json::to_vec(&review).expect("json");
+    let (status, answer, _) = https(&tls, addr, "POST", "/mutate", text)
+        .await
+        .expect("request");
+    assert_eq!(status, 200);
+    assert!(answer.len() < 64 * 1024, "{} bytes", answer.len());
+    let answer: Value = serde_json::from_slice(&answer).expect("json answer");
+    assert_eq!(answer["response"]["allowed"], false);
+    let message = answer["response"]["status"]["message"]
+        .as_str()
+        .unwrap_or("");
+    assert!(message.contains("could not be stored"), "{message}");
+
+    let junk = format!(
+        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u1","kind":{},"operation":"CREATE"}}}}"#,
+        serde_json::json!("x".repeat(4 << 20))
+    );
+    let (status, answer, _) = https(&tls, addr, "POST", "/mutate", junk.into_bytes())
+        .await
+        .expect("request");
+    assert_eq!(status, 200, "answered with the uid");
+    assert!(answer.len() < 4096, "{} bytes", answer.len());
+    let answer: Value = serde_json::from_slice(&answer).expect("json answer");
+    assert_eq!(answer["response"]["uid"], "u1");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_review_of_nested_managed_fields_is_priced_as_it_parses() {
     // managedFields' fieldsV1 is a JSON value: every `{"a":...}` in it a
     // map of its own, about 360 bytes parsed for 6 of text. A 7.5 MiB

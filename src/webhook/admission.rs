@@ -9,10 +9,11 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Router;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionResponse, AdmissionReview};
 use kube::core::DynamicObject;
@@ -26,6 +27,13 @@ use super::review::{self, Request as Review, Unreadable};
 use super::SidecarDefaults;
 use crate::config::parse::ParseError;
 use crate::metrics::webhook::WebhookMetrics;
+
+/// The largest patch the webhook answers with. Each container of the pod
+/// gets variables, so a pod of thousands of tiny containers asks for
+/// megabytes: a pod that large could not be stored anyway (etcd keeps
+/// objects up to 1.5 MiB), and the answer, its bytes written out as
+/// numbers, would be three to four times the patch.
+const MAX_PATCH_BYTES: usize = 1024 * 1024;
 
 /// The path the MutatingWebhookConfiguration points at.
 pub const MUTATE_PATH: &str = "/mutate";
@@ -97,7 +105,16 @@ async fn mutate_handler<L: ClusterLookup>(
         Err(status) => return status.into_response(),
     };
     let (status, review) = answer_body(&state, &received.bytes, received.not_json.as_deref()).await;
-    (status, Json(review)).into_response()
+    // The review's text and its parsed room go; the answer's bytes are
+    // counted in their place until the connection has taken them.
+    drop(received);
+    let Ok(answer) = serde_json::to_vec(&review) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    match state.intake.answer(answer).await {
+        Ok(body) => (status, [(CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(status) => status.into_response(),
+    }
 }
 
 /// The result label, the response of one review, and what the audit log
@@ -261,6 +278,21 @@ fn answer(req: &Review<'_>, outcome: Result<Outcome, inject::Denial>) -> Answer 
                 patch, warnings, ..
             } = *injection;
             match req.response().with_patch(patch) {
+                Ok(response)
+                    if response
+                        .patch
+                        .as_ref()
+                        .is_some_and(|p| p.len() > MAX_PATCH_BYTES) =>
+                {
+                    let size = response.patch.as_ref().map_or(0, Vec::len);
+                    Answer::new(
+                        "denied",
+                        "the patch is larger than a pod can be",
+                        req.response().deny(format!(
+                            "bedrock-broker's patch for this pod would be {size} bytes, more than the {MAX_PATCH_BYTES} it answers: the pod it made could not be stored (the API server keeps objects up to 1.5 MiB)"
+                        )),
+                    )
+                }
                 Ok(mut response) => {
                     response.warnings = (!warnings.is_empty()).then_some(warnings);
                     Answer::new("injected", reason, response)

@@ -39,6 +39,10 @@ pub const PARSED_PER_TEXT: usize = 4;
 /// server's 10 s webhook timeout, so it gets our clear answer.
 const BUDGET_WAIT: Duration = Duration::from_secs(1);
 
+/// An answer is handed to the connection this much at a time, so what it
+/// has not taken yet stays in the answer, counted.
+const ANSWER_CHUNK: usize = 64 * 1024;
+
 /// How long receiving one review body may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReviewTiming {
@@ -171,6 +175,52 @@ impl Intake {
     }
 }
 
+impl Intake {
+    /// The body of an answer, holding room for its bytes in the text
+    /// budget until the connection has taken the last of them (or closed).
+    /// Answers of large pods can be larger than their reviews, and a peer
+    /// that sends reviews and never reads the answers held them all in
+    /// memory, unpriced; now it holds budget, and the connection's idle
+    /// timeout ends the hold. `receive`'s room should be dropped first.
+    pub async fn answer(&self, answer: Vec<u8>) -> Result<Body, StatusCode> {
+        let room = reserve(&self.budget, answer.len(), Instant::now() + BUDGET_WAIT).await?;
+        Ok(Body::new(AnswerBody {
+            rest: Bytes::from(answer),
+            _room: room,
+        }))
+    }
+}
+
+/// An answer given out a chunk at a time, with its room in the budget.
+struct AnswerBody {
+    rest: Bytes,
+    _room: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for AnswerBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if self.rest.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.rest.len().min(ANSWER_CHUNK);
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(self.rest.split_to(n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.rest.len() as u64)
+    }
+}
+
 /// `n` more bytes of `budget`, waiting briefly (never past `deadline`) for
 /// room.
 async fn reserve(
@@ -193,5 +243,25 @@ async fn reserve(
 impl Default for Intake {
     fn default() -> Self {
         Self::new(ReviewTiming::default(), 4 * MAX_REVIEW_BYTES)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_holds_its_room_until_it_is_taken() {
+        let intake = Intake::new(ReviewTiming::default(), MAX_REVIEW_BYTES);
+        let first = intake.answer(vec![b'x'; 5 << 20]).await.expect("room");
+        // A second one does not fit beside it, as a review would not...
+        assert_eq!(
+            intake.answer(vec![b'y'; 5 << 20]).await.err(),
+            Some(StatusCode::SERVICE_UNAVAILABLE)
+        );
+        // ...until the first has been taken whole.
+        let taken = first.collect().await.expect("a body").to_bytes();
+        assert_eq!(taken.len(), 5 << 20);
+        assert!(intake.answer(vec![b'y'; 5 << 20]).await.is_ok());
     }
 }

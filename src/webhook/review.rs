@@ -146,8 +146,24 @@ fn unreadable(body: &[u8], what: &'static str, detail: impl ToString) -> Unreada
     Unreadable {
         uid,
         what,
-        detail: detail.to_string(),
+        detail: shortened(detail.to_string()),
     }
+}
+
+/// The parser's error quotes what it could not read, whole: a review with
+/// megabytes in one string had them sent back, once per review, to a peer
+/// that need not read its answers.
+fn shortened(mut detail: String) -> String {
+    const LONGEST: usize = 256;
+    if detail.len() > LONGEST {
+        let mut end = LONGEST;
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        detail.truncate(end);
+        detail.push('…');
+    }
+    detail
 }
 
 #[cfg(test)]
