@@ -18,9 +18,11 @@ use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 use super::json::{Envelope, Usage};
 
 /// Longest message read; a longer one ends the reading (Bedrock's events
-/// are a few KiB). Up to [`KEPT`] messages are held besides the unfinished
-/// one, so a stream's tap holds at most four times this.
-const MAX_MESSAGE: usize = 1024 * 1024;
+/// are a few KiB; only the usage metrics of such a stream are lost). Up to
+/// [`KEPT`] messages are held besides the unfinished one, so a stream's tap
+/// holds at most four times this: 1 MiB. At 1 MiB a message, an upstream
+/// sending large events held 3 MiB per stream outside every budget.
+const MAX_MESSAGE: usize = 256 * 1024;
 
 /// The shortest message: a prelude (two lengths and their CRC) and the
 /// message's CRC. The splitter hands back whatever length a message

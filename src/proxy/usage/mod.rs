@@ -284,6 +284,49 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_trickled_a_byte_at_a_time_pins_no_read_buffers() {
+        // Each frame is a slice of the buffer hyper read it into: keeping a
+        // handle per frame kept every buffer alive, about 4 KiB per byte of
+        // a trickled body (one upstream answer took the sidecar from 31 to
+        // 92 MiB).
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct ReadBuffer(Vec<u8>, Arc<AtomicUsize>);
+        impl AsRef<[u8]> for ReadBuffer {
+            fn as_ref(&self) -> &[u8] {
+                &self.0
+            }
+        }
+        impl Drop for ReadBuffer {
+            fn drop(&mut self) {
+                self.1.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let live = Arc::new(AtomicUsize::new(0));
+        let body = format!(
+            r#"{{"output":{{"text":"{}"}},"usage":{{"inputTokens":12,"outputTokens":34}}}}"#,
+            " ".repeat(2000)
+        );
+        let r = recorder();
+        let mut tap = open_tap(&r, "m", Operation::Converse, &headers("application/json")).unwrap();
+        for byte in body.bytes() {
+            let mut buffer = vec![0u8; 8192];
+            buffer[0] = byte;
+            live.fetch_add(1, Ordering::Relaxed);
+            let frame = Bytes::from_owner(ReadBuffer(buffer, live.clone())).slice(0..1);
+            tap.observe(&frame);
+        }
+        let pinned = live.load(Ordering::Relaxed);
+        assert!(
+            pinned <= 1,
+            "{pinned} read buffers of 8 KiB kept for {} bytes",
+            body.len()
+        );
+        tap.finish();
+        assert_eq!(count(&r, "m", "input"), 12);
+        assert_eq!(count(&r, "m", "output"), 34);
+    }
+
+    #[test]
     fn a_large_answer_is_not_kept_whole_and_its_usage_still_counts() {
         use std::io::Write;
         // A 4 MB answer (an image, say) with usage at its end, arriving in

@@ -87,12 +87,15 @@ impl Piece<'_> {
     }
 }
 
-/// A plain JSON body: handles to its frames while it is small (the first
-/// apart, as most answers are one frame), then only its last bytes.
+/// A plain JSON body while it is small, then only its last bytes. Most
+/// answers are one frame, kept as a handle without copying; later frames
+/// are copied: a handle keeps the whole buffer the frame was read into
+/// alive, and a body trickled a byte per frame kept a read buffer per
+/// byte (about 4 KiB each).
 #[derive(Debug, Default)]
 pub struct JsonBody {
     first: Option<Bytes>,
-    more: Vec<Bytes>,
+    more: Vec<u8>,
     size: usize,
     /// Past [`WHOLE_JSON_BODY`]: what is kept of it.
     tail: Option<Box<LargeBody>>,
@@ -104,16 +107,17 @@ impl JsonBody {
         if self.tail.is_none() && self.size <= WHOLE_JSON_BODY {
             match &self.first {
                 None => self.first = Some(data.to_bytes()),
-                Some(_) => self.more.push(data.to_bytes()),
+                Some(_) => self.more.extend_from_slice(data.bytes()),
             }
             return;
         }
         let (first, more) = (&mut self.first, &mut self.more);
         let large = self.tail.get_or_insert_with(|| {
             let mut large = Box::<LargeBody>::default();
-            for frame in first.take().into_iter().chain(std::mem::take(more)) {
-                large.push(&frame);
+            if let Some(first) = first.take() {
+                large.push(&first);
             }
+            large.push(&std::mem::take(more));
             large
         });
         large.push(data.bytes());
@@ -123,7 +127,7 @@ impl JsonBody {
     #[cfg(test)]
     pub(super) fn held(&self) -> usize {
         self.first.as_ref().map_or(0, Bytes::len)
-            + self.more.iter().map(Bytes::len).sum::<usize>()
+            + self.more.len()
             + self.tail.as_ref().map_or(0, |t| t.held())
     }
 
@@ -137,9 +141,7 @@ impl JsonBody {
             Some(one) => {
                 let mut all = BytesMut::with_capacity(self.size);
                 all.extend_from_slice(&one);
-                for f in &self.more {
-                    all.extend_from_slice(f);
-                }
+                all.extend_from_slice(&self.more);
                 Envelope::usage(&all)
             }
         }
