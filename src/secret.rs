@@ -40,6 +40,20 @@ fn ends_value(b: u8) -> bool {
     matches!(b, b'\\' | b'\'' | b'"' | b'&' | b',' | b';' | b'<') || b.is_ascii_whitespace()
 }
 
+/// The length of the token value `rest` starts with. JSON may write its
+/// `/` as `\/`, which is still the token; any other escape ends it.
+fn value_len(rest: &[u8]) -> usize {
+    let mut n = 0;
+    while n < rest.len() {
+        match rest[n] {
+            b'\\' if rest.get(n + 1) == Some(&b'/') => n += 2,
+            b if ends_value(b) => break,
+            _ => n += 1,
+        }
+    }
+    n
+}
+
 /// Blanks the value after every `x-amz-security-token:` (or `=`), in any
 /// letter case, whether it stands in a header line or a query string.
 pub fn redact_tokens(body: &[u8]) -> Vec<u8> {
@@ -62,7 +76,14 @@ pub fn redact_tokens(body: &[u8]) -> Vec<u8> {
         }
         out.push(rest[j]);
         j += 1;
-        let value = rest[j..].iter().take_while(|b| !ends_value(**b)).count();
+        // A header line may put spaces after its colon.
+        let spaces = rest[j..]
+            .iter()
+            .take_while(|b| matches!(b, b' ' | b'\t'))
+            .count();
+        out.extend_from_slice(&rest[j..j + spaces]);
+        j += spaces;
+        let value = value_len(&rest[j..]);
         if value > 0 {
             out.extend_from_slice(REDACTED);
         }
@@ -106,6 +127,21 @@ mod tests {
             out,
             "GET /?X-Amz-Security-Token=** redacted **&X-Amz-Date=1 x-amz-security-token"
         );
+    }
+
+    #[test]
+    fn escaped_slashes_and_a_space_after_the_colon_do_not_end_the_blanking() {
+        // JSON may escape `/` as `\/`, and a header line may put a space
+        // after its colon: the rest of the token went out unblanked.
+        let escaped = br#"{"message":"x-amz-security-token:IQoJabc\/def+ghi==\nhost:b"}"#;
+        let out = String::from_utf8(redact_tokens(escaped)).unwrap();
+        assert_eq!(
+            out,
+            r#"{"message":"x-amz-security-token:** redacted **\nhost:b"}"#
+        );
+        let spaced = b"x-amz-security-token: \tIQoJabc/def==\nhost:b";
+        let out = String::from_utf8(redact_tokens(spaced)).unwrap();
+        assert_eq!(out, "x-amz-security-token: \t** redacted **\nhost:b");
     }
 
     #[test]
