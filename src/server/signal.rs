@@ -25,7 +25,10 @@ pub async fn shutdown_signal() -> &'static str {
     }
 }
 
-/// A token cancelled by the first SIGTERM or SIGINT.
+/// A token cancelled by the first SIGTERM or SIGINT. A second one ends
+/// the process at once, drain or not (status 128 + the signal's number, as
+/// a shell reports it): someone at a terminal pressing Ctrl-C again means
+/// now, and the kubelet never sends two (it sends SIGKILL).
 pub fn cancel_on_signal() -> CancellationToken {
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
@@ -33,6 +36,15 @@ pub fn cancel_on_signal() -> CancellationToken {
         let signal = shutdown_signal().await;
         tracing::info!(signal, "shutting down");
         trigger.cancel();
+        let again = shutdown_signal().await;
+        tracing::warn!(
+            signal = again,
+            "second signal: exiting without waiting for the drain"
+        );
+        std::process::exit(match again {
+            "SIGTERM" => 143,
+            _ => 130,
+        });
     });
     shutdown
 }

@@ -174,6 +174,31 @@ def test_sigterm_drains_open_streams_then_exits_zero(sidecar, fake_aws):
     assert sidecar.proc.wait(timeout=10) == 0
 
 
+def test_a_second_signal_stops_at_once(sidecar, fake_aws):
+    # Ctrl-C while a stream drains: the first waits for it (up to the
+    # grace period), a second one means now, as servers do.
+    sid = "ss-" + uuid.uuid4().hex
+    r = requests.post(
+        sidecar.url("/openai/v1/chat/completions"),
+        json={"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True},
+        headers={"x-fake-lockstep": sid, "x-fake-chunks": "3"},
+        stream=True,
+        timeout=20,
+    )
+    reader = Collector(line for line in r.iter_lines() if line)
+    reader.start()
+    reader.wait_count(1)
+    sidecar.proc.send_signal(signal.SIGINT)
+    wait_for(lambda: "stopped accepting; draining" in sidecar.log_text(), timeout=10, what="draining")
+    assert sidecar.proc.poll() is None, "the stream holds the drain"
+    sidecar.proc.send_signal(signal.SIGINT)
+    assert sidecar.proc.wait(timeout=5) == 130
+    assert "second signal" in sidecar.log_text()
+    fake_aws.release(sid)
+    fake_aws.release(sid)
+    reader.join(timeout=10)
+
+
 def test_secrets_never_reach_logs_metrics_or_error_bodies(start_sidecar, irsa_env, fake_aws, token_dir):
     # The most verbose level a user could set.
     sc = start_sidecar(irsa_env, rust_log="trace")

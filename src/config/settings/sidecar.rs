@@ -66,7 +66,7 @@ pub const SHUTDOWN_GRACE_PERIOD: Setting = Setting {
     flag: "shutdown-grace-period",
     env: &["BEDROCK_BROKER_SHUTDOWN_GRACE_PERIOD"],
     default: Value("25s"),
-    help: "How long in-flight requests may finish after SIGTERM",
+    help: "How long in-flight requests may finish after SIGTERM or SIGINT; a second signal ends the process at once",
 };
 /// Long enough for a cross-region TLS handshake, short enough to fail fast.
 pub const CONNECT_TIMEOUT: Setting = Setting {

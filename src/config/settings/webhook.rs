@@ -56,7 +56,7 @@ pub const SHUTDOWN_GRACE_PERIOD: Setting = Setting {
     flag: "shutdown-grace-period",
     env: &["BEDROCK_BROKER_WEBHOOK_SHUTDOWN_GRACE_PERIOD"],
     default: Value("10s"),
-    help: "How long open requests may finish after SIGTERM",
+    help: "How long open requests may finish after SIGTERM or SIGINT; a second signal ends the process at once",
 };
 
 /// The API server sends a review at once; a body that stalls holds memory.
