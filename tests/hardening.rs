@@ -592,6 +592,44 @@ async fn the_proxy_answers_only_its_own_pod() {
 }
 
 #[tokio::test]
+async fn a_web_page_in_the_pods_browser_cannot_spend_bedrock() {
+    // An agent's headless browser opens a hostile page; the page POSTs a
+    // prompt to 127.0.0.1 as text/plain, which needs no CORS preflight.
+    // It cannot read the answer, but Bedrock runs, and bills, its prompt.
+    // Browsers name the page's origin; SDKs and curl send no Origin.
+    let upstream = FakeUpstream::start(vec![]).await;
+    let cell = Arc::new(CredentialCell::new());
+    cell.store(credentials("AKID"));
+    let (proxy, _) = proxy(&upstream, cell, Setup::default());
+    for origin in [
+        "https://attacker.example",
+        "null",
+        "http://127.0.0.1.attacker.example",
+    ] {
+        let mut page = post("/model/m/converse", "{}");
+        page.headers_mut().insert("origin", origin.parse().unwrap());
+        page.headers_mut()
+            .insert("content-type", "text/plain;charset=UTF-8".parse().unwrap());
+        let (status, headers, body) = text(proxy.clone().handle(page).await.unwrap()).await;
+        assert_eq!(status, 403, "{origin}");
+        assert_eq!(headers["x-bedrock-broker-error"], "host_not_allowed");
+        assert!(body.contains("Origin"), "{body}");
+    }
+    assert!(upstream.seen().is_empty(), "nothing was signed for a page");
+    // The app's own page, served from the pod, may call it.
+    for origin in [
+        "http://localhost:3000",
+        "http://[::1]:8080",
+        "http://127.0.0.1",
+    ] {
+        let mut own = post("/model/m/converse", "{}");
+        own.headers_mut().insert("origin", origin.parse().unwrap());
+        let (status, _, _) = text(proxy.clone().handle(own).await.unwrap()).await;
+        assert_eq!(status, 200, "{origin}");
+    }
+}
+
+#[tokio::test]
 async fn the_proxy_token_is_checked_and_never_forwarded() {
     let upstream = FakeUpstream::start(vec![]).await;
     let cell = Arc::new(CredentialCell::new());

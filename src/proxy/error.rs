@@ -56,7 +56,7 @@ codes! {
     INVALID_EVENT_STREAM = "invalid_event_stream", 400, "a bidirectional stream's client messages are malformed, too large, or continue after the end message (before Bedrock answered)";
     CLIENT_CLOSED = "client_closed", 499, "an HTTP/1.1 client hung up a bidirectional stream before Bedrock answered (recorded in metrics; the client is gone)";
     SIGNING_FAILED = "signing_failed", 500, "aws-sigv4 refused to sign (should not happen)";
-    HOST_NOT_ALLOWED = "host_not_allowed", 403, "the `Host` is not a loopback name or address, nor in `--allowed-hosts` (an SSRF or DNS-rebinding attempt, or a missing `--allowed-hosts` entry)";
+    HOST_NOT_ALLOWED = "host_not_allowed", 403, "the `Host` is not a loopback name or address, nor in `--allowed-hosts` (an SSRF or DNS-rebinding attempt, or a missing `--allowed-hosts` entry); or a browser sent the request for a web page (`Origin`) whose host is neither";
     PROXY_TOKEN_REQUIRED = "proxy_token_required", 401, "`--proxy-token` is set and the request carries no (or the wrong) token";
     BODY_READ_TIMEOUT = "body_read_timeout", 408, "the request body stalled for `--body-read-timeout`";
     BODY_TOO_SLOW = "body_too_slow", 408, "the request body arrived slower on average than `--body-min-rate` once `--body-min-rate-grace` had passed";
@@ -119,6 +119,8 @@ pub enum ProxyError {
     SigningFailed(String),
     #[error("bedrock-broker answers only requests for its own pod: Host {0:?} is not a loopback name or address; add it to --allowed-hosts if it is yours")]
     HostNotAllowed(String),
+    #[error("bedrock-broker answers only requests for its own pod: a web page at Origin {0:?} may not call it; add the page's host to --allowed-hosts if it is yours")]
+    OriginNotAllowed(String),
     #[error("this bedrock-broker requires its proxy token (Authorization: Bearer <token>, or x-bedrock-broker-token)")]
     ProxyTokenRequired,
     #[error("the x-bedrock-broker-token this request carries does not match this bedrock-broker's proxy token (--proxy-token)")]
@@ -155,7 +157,7 @@ impl ProxyError {
             Self::InvalidEventStream(_) => &INVALID_EVENT_STREAM,
             Self::ClientClosed(_) => &CLIENT_CLOSED,
             Self::SigningFailed(_) => &SIGNING_FAILED,
-            Self::HostNotAllowed(_) => &HOST_NOT_ALLOWED,
+            Self::HostNotAllowed(_) | Self::OriginNotAllowed(_) => &HOST_NOT_ALLOWED,
             Self::ProxyTokenRequired | Self::ProxyTokenMismatch => &PROXY_TOKEN_REQUIRED,
             Self::BodyReadTimeout(_) => &BODY_READ_TIMEOUT,
             Self::BodyTooSlow { .. } => &BODY_TOO_SLOW,
@@ -298,6 +300,7 @@ mod tests {
             ProxyError::ClientClosed("x".into()),
             ProxyError::SigningFailed("x".into()),
             ProxyError::HostNotAllowed("x".into()),
+            ProxyError::OriginNotAllowed("x".into()),
             ProxyError::ProxyTokenRequired,
             ProxyError::ProxyTokenMismatch,
             ProxyError::BodyReadTimeout(Duration::from_secs(1)),

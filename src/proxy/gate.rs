@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{AUTHORIZATION, HOST};
+use http::header::{AUTHORIZATION, HOST, ORIGIN};
 use http::uri::Authority;
 use http::{HeaderMap, HeaderName, Request};
 use subtle::ConstantTimeEq;
@@ -130,6 +130,16 @@ impl GateState {
                 return Err(ProxyError::HostNotAllowed(host));
             }
         }
+        // A page open in a browser in the pod (an agent's headless one) can
+        // POST here as text/plain without a CORS preflight: it cannot read
+        // the answer, but Bedrock runs, and bills, the prompt it chose.
+        // Browsers name the page in `Origin`; SDKs and curl send none.
+        if let Some(origin) = request.headers().get(ORIGIN) {
+            if !self.origin_allowed(origin) {
+                let shown = String::from_utf8_lossy(origin.as_bytes()).into_owned();
+                return Err(ProxyError::OriginNotAllowed(shown));
+            }
+        }
         let Some(token) = &self.token else {
             return Ok(Admitted::AsIs);
         };
@@ -145,6 +155,24 @@ impl GateState {
         } else {
             Err(ProxyError::ProxyTokenRequired)
         }
+    }
+
+    /// A page served from this pod (loopback) or an allowed host; `null`
+    /// (a sandboxed or local-file page) and anything unreadable are not.
+    fn origin_allowed(&self, origin: &http::HeaderValue) -> bool {
+        let Some(host) = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.parse::<http::Uri>().ok())
+            .and_then(|u| u.host().map(str::to_owned))
+        else {
+            return false;
+        };
+        is_loopback_host(&host)
+            || self
+                .allowed_hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(&host))
     }
 
     /// Reserves `bytes` of the body budget, waiting at most the budget wait.
