@@ -17,10 +17,12 @@ use crate::sidecar::SidecarConfig;
 /// Distinct `model` label values before the rest become `other`.
 const USAGE_MAX_MODELS: usize = 20;
 
-/// How long a request Bedrock rejected waits for fresher credentials: one
-/// STS round trip plus the refresher's limit on forced refreshes.
-fn self_heal_wait(sts_timeout: std::time::Duration) -> std::time::Duration {
-    sts_timeout + std::time::Duration::from_secs(1)
+/// How long a request waits for fresher (or the first) credentials: one
+/// refresh, an STS round trip per hop (two with a chained role), plus the
+/// refresher's limit on forced refreshes.
+fn self_heal_wait(credentials: &CredentialsConfig) -> std::time::Duration {
+    let hops = if credentials.chain.is_some() { 2 } else { 1 };
+    credentials.sts.timeout * hops + std::time::Duration::from_secs(1)
 }
 
 impl CredentialsConfig {
@@ -101,7 +103,7 @@ impl SidecarConfig {
                 connect_timeout: upstream.connect_timeout,
                 response_header_timeout: upstream.response_header_timeout,
                 stream_idle_timeout: upstream.stream_idle_timeout,
-                self_heal_wait: self_heal_wait(credentials.sts.timeout),
+                self_heal_wait: self_heal_wait(&credentials),
                 usage: usage?,
                 gate: gate?,
                 upstream_max_idle: upstream.max_idle,
@@ -723,6 +725,20 @@ mod tests {
         assert!(c.proxy.api_key.is_some());
         assert_eq!(c.credentials.warnings.len(), 1);
         assert!(!format!("{c:?}").contains("bedrock-api-key-abc"));
+    }
+
+    #[test]
+    fn a_chained_role_waits_for_both_hops() {
+        // The first credentials of a chained role take two STS calls, each
+        // up to --sts-timeout: a request waiting for them waited for one.
+        let mut env = IRSA.to_vec();
+        env.push((
+            "BEDROCK_BROKER_CHAIN_ROLE_ARN",
+            "arn:aws:iam::210987654321:role/bedrock",
+        ));
+        let c = sidecar(&env).unwrap();
+        assert!(c.credentials.chain.is_some());
+        assert_eq!(c.proxy.self_heal_wait, Duration::from_secs(21));
     }
 
     #[test]
