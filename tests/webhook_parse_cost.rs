@@ -51,6 +51,13 @@ fn the_estimate_covers_what_parsing_allocates() {
         .map(|i| (format!("f:k{i}"), json!({"a": 1})))
         .collect();
     let chains: Vec<Value> = (0..200).map(|_| nested(100)).collect();
+    // Inside fieldsV1 a key means nothing to the pod: objects in an array
+    // under `env` or `containers` are JSON value maps there, not structs.
+    let wide_element = |key: &str| {
+        let entries: serde_json::Map<String, Value> =
+            (0..5000).map(|i| (format!("k{i}"), json!(1))).collect();
+        managed(json!({ key: [Value::Object(entries)] }))
+    };
     let labels: serde_json::Map<String, Value> =
         (0..5000).map(|i| (format!("l{i}"), json!("v"))).collect();
     let cases = [
@@ -65,6 +72,11 @@ fn the_estimate_covers_what_parsing_allocates() {
             managed(Value::Object(flat)),
         ),
         ("fieldsV1 one wide object", managed(Value::Object(wide))),
+        ("fieldsV1 a wide object under env", wide_element("env")),
+        (
+            "fieldsV1 a wide object under containers",
+            wide_element("containers"),
+        ),
         (
             "labels",
             json!({"metadata": {"name": "p", "labels": labels}, "spec": {"containers": []}}),
