@@ -105,13 +105,12 @@ async fn mutate_handler<L: ClusterLookup>(
         Err(status) => return status.into_response(),
     };
     let (status, review) = answer_body(&state, &received.bytes, received.not_json.as_deref()).await;
-    // The review's text and its parsed room go; the answer's bytes are
-    // counted in their place until the connection has taken them.
-    drop(received);
     let Ok(answer) = serde_json::to_vec(&review) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    match state.intake.answer(answer).await {
+    // The answer's bytes are counted in the review's place until the
+    // connection has taken them.
+    match state.intake.answer(received, answer).await {
         Ok(body) => (status, [(CONTENT_TYPE, "application/json")], body).into_response(),
         Err(status) => status.into_response(),
     }

@@ -176,25 +176,63 @@ impl Intake {
 }
 
 impl Intake {
-    /// The body of an answer, holding room for its bytes in the text
-    /// budget until the connection has taken the last of them (or closed).
-    /// Answers of large pods can be larger than their reviews, and a peer
-    /// that sends reviews and never reads the answers held them all in
-    /// memory, unpriced; now it holds budget, and the connection's idle
-    /// timeout ends the hold. `receive`'s room should be dropped first.
-    pub async fn answer(&self, answer: Vec<u8>) -> Result<Body, StatusCode> {
-        let room = reserve(&self.budget, answer.len(), Instant::now() + BUDGET_WAIT).await?;
-        Ok(Body::new(AnswerBody {
-            rest: Bytes::from(answer),
+    /// The body of an answer to `received`, holding room for its bytes in
+    /// the text budget until the connection has taken the last of them
+    /// (or closed). Answers of large pods can be larger than their reviews,
+    /// and a peer that sends reviews and never reads the answers held them
+    /// all in memory, unpriced; now it holds budget, and the connection's
+    /// idle timeout ends the hold. The review's own room is kept for it:
+    /// an answer no larger than its review never waits (released and
+    /// asked for again, it would queue behind reviews waiting for room,
+    /// and a review already worked through could end in 503).
+    pub async fn answer(&self, received: Received, answer: Vec<u8>) -> Result<Body, StatusCode> {
+        let Received {
+            _budget: held,
+            _parsed: parsed,
+            ..
+        } = received;
+        drop(parsed);
+        let need = answer.len();
+        let room = match held {
+            Some(mut held) if held.num_permits() >= need => {
+                drop(held.split(held.num_permits() - need));
+                Some(held)
+            }
+            held => {
+                let extra = need - held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+                let mut more = reserve(&self.budget, extra, Instant::now() + BUDGET_WAIT).await?;
+                if let Some(held) = held {
+                    more.merge(held);
+                }
+                Some(more)
+            }
+        };
+        // The room goes with the bytes: chunks handed to the connection
+        // share their allocation, and the last one may sit in its buffer
+        // after the body is done.
+        let rest = Bytes::from_owner(Answer {
+            bytes: answer,
             _room: room,
-        }))
+        });
+        Ok(Body::new(AnswerBody { rest }))
     }
 }
 
-/// An answer given out a chunk at a time, with its room in the budget.
+/// An answer's bytes, with their room in the budget.
+struct Answer {
+    bytes: Vec<u8>,
+    _room: Option<OwnedSemaphorePermit>,
+}
+
+impl AsRef<[u8]> for Answer {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// An answer given out a chunk at a time.
 struct AnswerBody {
     rest: Bytes,
-    _room: OwnedSemaphorePermit,
 }
 
 impl http_body::Body for AnswerBody {
@@ -250,18 +288,67 @@ impl Default for Intake {
 mod tests {
     use super::*;
 
+    fn received(held: Option<OwnedSemaphorePermit>) -> Received {
+        Received {
+            bytes: Bytes::new(),
+            not_json: None,
+            _budget: held,
+            _parsed: None,
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_answer_holds_its_room_until_it_is_taken() {
         let intake = Intake::new(ReviewTiming::default(), MAX_REVIEW_BYTES);
-        let first = intake.answer(vec![b'x'; 5 << 20]).await.expect("room");
+        let review = intake.budget.clone().try_acquire_many_owned(1 << 20).ok();
+        let first = intake
+            .answer(received(review), vec![b'x'; 5 << 20])
+            .await
+            .expect("room");
+        assert_eq!(
+            intake.budget.available_permits(),
+            MAX_REVIEW_BYTES - (5 << 20)
+        );
         // A second one does not fit beside it, as a review would not...
         assert_eq!(
-            intake.answer(vec![b'y'; 5 << 20]).await.err(),
+            intake
+                .answer(received(None), vec![b'y'; 5 << 20])
+                .await
+                .err(),
             Some(StatusCode::SERVICE_UNAVAILABLE)
         );
         // ...until the first has been taken whole.
         let taken = first.collect().await.expect("a body").to_bytes();
         assert_eq!(taken.len(), 5 << 20);
-        assert!(intake.answer(vec![b'y'; 5 << 20]).await.is_ok());
+        drop(taken);
+        assert_eq!(intake.budget.available_permits(), MAX_REVIEW_BYTES);
+        assert!(intake
+            .answer(received(None), vec![b'y'; 5 << 20])
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_no_larger_than_its_review_never_waits() {
+        // Reviews queued for room must not take the room a review already
+        // worked through had: its answer would end in 503.
+        let intake = Intake::new(ReviewTiming::default(), MAX_REVIEW_BYTES);
+        let review = intake.budget.clone().try_acquire_many_owned(2 << 20).ok();
+        let _everything_else = intake
+            .budget
+            .clone()
+            .try_acquire_many_owned((MAX_REVIEW_BYTES - (2 << 20)) as u32)
+            .expect("the rest");
+        // A review waiting for more room than there is: first in line.
+        let queued = tokio::spawn(intake.budget.clone().acquire_many_owned(3 << 20));
+        tokio::task::yield_now().await;
+        let body = intake.answer(received(review), vec![b'x'; 1 << 20]);
+        let body = tokio::time::timeout(Duration::from_millis(1), body)
+            .await
+            .expect("no wait")
+            .expect("room");
+        drop(body);
+        assert!(!queued.is_finished(), "still short of room");
+        queued.abort();
     }
 }
