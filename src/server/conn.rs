@@ -24,6 +24,8 @@ pub struct Activity {
     started: Instant,
     /// Milliseconds after `started` of the last byte read or written.
     last: AtomicU64,
+    /// Milliseconds after `started` of the last byte read.
+    last_read: AtomicU64,
     /// Milliseconds after `started` a request last ended. Bytes
     /// alone do not keep a connection open: HTTP/2 PINGs cross an idle one.
     last_request: AtomicU64,
@@ -40,6 +42,7 @@ impl Activity {
         Arc::new(Self {
             started: Instant::now(),
             last: AtomicU64::new(0),
+            last_read: AtomicU64::new(0),
             last_request: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             served: AtomicBool::new(false),
@@ -55,6 +58,12 @@ impl Activity {
         self.last.store(self.now_ms(), Ordering::Relaxed);
     }
 
+    pub(super) fn touch_read(&self) {
+        let ms = self.now_ms();
+        self.last.store(ms, Ordering::Relaxed);
+        self.last_read.store(ms, Ordering::Relaxed);
+    }
+
     /// A request ended: traffic, and the start of idleness.
     fn touch_request(&self) {
         let ms = self.now_ms();
@@ -64,11 +73,16 @@ impl Activity {
     }
 
     /// Since when it has waited for its next request, if it is a kept-alive
-    /// connection doing nothing: every request it carried has ended. One
-    /// yet to send its first is a client on its way, not a spare in a pool.
+    /// connection doing nothing: every request it carried has ended, and
+    /// nothing has been read since (hyper counts a request in flight only
+    /// once its head is whole, so bytes read are the next one on its way).
+    /// One yet to send its first is a client on its way, not a spare in a
+    /// pool.
     pub fn kept_alive_since(&self) -> Option<Instant> {
-        let waiting =
-            self.served.load(Ordering::Relaxed) && self.in_flight.load(Ordering::Relaxed) == 0;
+        let ended = self.last_request.load(Ordering::Relaxed);
+        let waiting = self.served.load(Ordering::Relaxed)
+            && self.in_flight.load(Ordering::Relaxed) == 0
+            && self.last_read.load(Ordering::Relaxed) < ended;
         waiting.then(|| self.at(&self.last_request))
     }
 
@@ -158,7 +172,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.touch();
+            self.activity.touch_read();
         }
         polled
     }

@@ -58,6 +58,12 @@ impl PeerTable {
 /// See [`PeerTable::evictable`].
 const STALLED: Duration = Duration::from_secs(1);
 
+/// How long a kept-alive connection must have waited for its next request
+/// before [`Peers::reclaim_idle`] may close it: a pool in use picks its
+/// connections again within milliseconds, and closing one just as its
+/// client reuses it fails the request sent on it.
+pub const RECLAIM_AFTER: Duration = Duration::from_secs(1);
+
 /// One connection's slot in [`Peers`], released on drop.
 pub struct PeerSlot {
     peers: Arc<Peers>,
@@ -162,7 +168,8 @@ impl Peers {
 
 impl Peers {
     /// The listener is full: the kept-alive connection idle the longest
-    /// (nothing in flight, at least one request answered) is told to close
+    /// (nothing in flight or on its way, at least one request answered, and
+    /// idle for [`RECLAIM_AFTER`] at least) is told to close
     /// and its slot returned for the newcomer. An app whose connection pool
     /// outgrows the limit keeps most of it idle, and refusing its new
     /// connections instead would fail requests while slots sit unused
@@ -170,12 +177,14 @@ impl Peers {
     /// idle the longest is the one a pool is least likely to pick next.
     pub fn reclaim_idle(&self) -> Option<OwnedSemaphorePermit> {
         let mut table = self.table();
+        let now = tokio::time::Instant::now();
         let held = table
             .peers
             .values_mut()
             .flat_map(|list| list.iter_mut())
             .filter(|h| PeerTable::can_go(h))
             .filter_map(|h| Some((h.activity.kept_alive_since()?, h)))
+            .filter(|(since, _)| now.saturating_duration_since(*since) >= RECLAIM_AFTER)
             .min_by_key(|(since, _)| *since)
             .map(|(_, h)| h)?;
         held.evict.cancel();
@@ -274,32 +283,51 @@ mod tests {
                 .claim(local, usize::MAX, activity.clone(), slot(&slots))
                 .expect("slot")
         };
-        let (fresh, busy, idle_long, idle_short) = (
+        let slots5 = listener(1);
+        let (fresh, busy, idle_long, idle_short, reading) = (
+            Activity::new(),
             Activity::new(),
             Activity::new(),
             Activity::new(),
             Activity::new(),
         );
+        tokio::time::advance(Duration::from_millis(10)).await;
         drop(InFlight::new(idle_long.clone()));
+        drop(InFlight::new(reading.clone()));
         tokio::time::advance(Duration::from_millis(10)).await;
         drop(InFlight::new(idle_short.clone()));
         drop(InFlight::new(busy.clone()));
         let _in_flight = InFlight::new(busy.clone());
-        let held: Vec<_> = [&fresh, &busy, &idle_short, &idle_long]
+        let mut held: Vec<_> = [&fresh, &busy, &idle_short, &idle_long]
             .into_iter()
             .map(claim)
             .collect();
+        held.push(
+            peers
+                .claim(local, usize::MAX, reading.clone(), slot(&slots5))
+                .expect("slot"),
+        );
+        // Just answered: its pool may pick it again any moment.
+        assert!(peers.reclaim_idle().is_none(), "nothing idle long enough");
+        tokio::time::advance(RECLAIM_AFTER).await;
+        // The next request's head arriving, not yet whole.
+        reading.touch_read();
 
         let room = peers.reclaim_idle().expect("an idle connection");
         assert_eq!(slots.available_permits(), 0, "the slot changed hands");
         drop(room);
         let gone: Vec<_> = held.iter().map(|h| h.evicted.is_cancelled()).collect();
-        assert_eq!(gone, [false, false, false, true], "the longest idle went");
+        assert_eq!(
+            gone,
+            [false, false, false, true, false],
+            "the longest idle went"
+        );
         assert!(peers.reclaim_idle().is_some(), "then the next idle one");
-        // What is left is a request in flight and a connection yet to send
-        // its first: neither is a spare.
+        // What is left is a request in flight, one on its way, and a
+        // connection yet to send its first: none is a spare.
         assert!(peers.reclaim_idle().is_none());
         assert!(!held[0].evicted.is_cancelled() && !held[1].evicted.is_cancelled());
+        assert!(!held[4].evicted.is_cancelled());
     }
 
     #[tokio::test(start_paused = true)]

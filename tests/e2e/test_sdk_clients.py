@@ -257,17 +257,22 @@ class TestOtherRuntimeOperations:
 def test_apps_with_more_pooled_connections_than_the_limit_lose_no_request(start_sidecar, irsa_env, fake_aws):
     # Three OpenAI clients (three workers of one app, each with its own
     # pool) keep a connection each to a proxy that allows two: the third
-    # used to be reset on arrival. Each newcomer now takes the slot of the
-    # connection idle the longest, and the client whose connection went
-    # opens a new one on its next request. No retries, so nothing hides.
+    # was reset on arrival. Each newcomer now takes the slot of the
+    # connection idle the longest (a second at least), and the client
+    # whose connection went opens a new one on its next request. No
+    # retries, so nothing hides.
     sidecar = start_sidecar(irsa_env, ["--max-connections", "2"])
     clients = [openai_client(sidecar) for _ in range(3)]
-    for round_ in range(3):
+    for round_ in range(2):
         for i, client in enumerate(clients):
+            if round_ or i == 2:
+                # Reclaiming takes a connection idle a second: the time is
+                # what is tested, so it is slept.
+                time.sleep(1.1)
             resp = client.chat.completions.create(
                 model="openai.gpt-oss-20b-1:0",
                 messages=[{"role": "user", "content": f"round {round_} worker {i}"}],
             )
             assert f"round {round_} worker {i}" in resp.choices[0].message.content
-    assert sidecar.metric("bedrock_broker_connections_reclaimed_total", {"listener": "proxy"}) >= 1
+    assert sidecar.metric("bedrock_broker_connections_reclaimed_total", {"listener": "proxy"}) == 4
     assert sidecar.metric("bedrock_broker_connections_refused_total", {"listener": "proxy"}) == 0
