@@ -28,7 +28,7 @@ pub async fn shutdown_signal() -> &'static str {
 /// A token cancelled by the first SIGTERM or SIGINT. A second one ends
 /// the process at once, drain or not (status 128 + the signal's number, as
 /// a shell reports it): someone at a terminal pressing Ctrl-C again means
-/// now, and the kubelet never sends two (it sends SIGKILL).
+/// now, as does a second `kubectl delete` with a shorter grace period.
 pub fn cancel_on_signal() -> CancellationToken {
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();

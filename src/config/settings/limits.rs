@@ -26,8 +26,19 @@ impl ServerLimits {
     }
 }
 
+/// What a full listener does with a newcomer: inside the pod, or reached
+/// by other pods (which count connections per peer).
+macro_rules! when_full {
+    (in_pod) => {
+        "beyond it a kept-alive connection idle a second or more is closed to make room, else the newcomer is closed at once"
+    };
+    (reached_by_pods) => {
+        "beyond it a busier peer's idle or stalled connection is closed to make room for a peer with fewer, else the newcomer is closed at once"
+    };
+}
+
 macro_rules! server_limits {
-    ($flag:literal, $env:literal, $what:literal, $header:literal, $idle:literal, $conns:literal, $bytes:literal) => {
+    ($flag:literal, $env:literal, $what:literal, $header:literal, $idle:literal, $conns:literal, $bytes:literal, $full:ident) => {
         ServerLimits {
             header_read_timeout: Setting {
                 flag: concat!($flag, "header-read-timeout"),
@@ -53,7 +64,7 @@ macro_rules! server_limits {
                 default: Value($conns),
                 help: concat!(
                     "Open connections to the ", $what,
-                    " at most; beyond it an idle connection is closed to make room, else the newcomer is"
+                    " at most; ", when_full!($full)
                 ),
             },
             max_header_bytes: Setting {
@@ -71,8 +82,16 @@ macro_rules! server_limits {
 
 /// The signing proxy: in-pod clients only, which may keep pools of
 /// connections and send large headers (long tracing baggage).
-pub const PROXY: ServerLimits =
-    server_limits!("", "BEDROCK_BROKER_", "proxy", "30s", "90s", "256", "32768");
+pub const PROXY: ServerLimits = server_limits!(
+    "",
+    "BEDROCK_BROKER_",
+    "proxy",
+    "30s",
+    "90s",
+    "256",
+    "32768",
+    in_pod
+);
 
 /// The sidecar's admin port: probes and Prometheus, a handful of clients.
 pub const ADMIN: ServerLimits = server_limits!(
@@ -82,7 +101,8 @@ pub const ADMIN: ServerLimits = server_limits!(
     "5s",
     "30s",
     "32",
-    "8192"
+    "8192",
+    reached_by_pods
 );
 
 /// The container-credentials endpoint: a few SDKs in the pod.
@@ -93,7 +113,8 @@ pub const CREDENTIALS: ServerLimits = server_limits!(
     "5s",
     "30s",
     "32",
-    "8192"
+    "8192",
+    in_pod
 );
 
 /// The webhook: the API server pools a few connections.
@@ -104,7 +125,8 @@ pub const WEBHOOK: ServerLimits = server_limits!(
     "10s",
     "60s",
     "256",
-    "16384"
+    "16384",
+    reached_by_pods
 );
 
 /// The webhook's admin port.
@@ -115,7 +137,8 @@ pub const WEBHOOK_ADMIN: ServerLimits = server_limits!(
     "5s",
     "30s",
     "32",
-    "8192"
+    "8192",
+    reached_by_pods
 );
 
 /// Kubelet probes and a Prometheus scrape need a few connections each; a
