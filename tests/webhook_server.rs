@@ -278,6 +278,25 @@ async fn start_up_fails_clearly_without_a_usable_certificate() {
     assert!(err.contains("does not belong"), "{err}");
 }
 
+/// A webhook running with default settings, a client that trusts it, and
+/// the `plain` fixture's review to build on (the directory holds the
+/// webhook's certificate while it runs).
+async fn plain_review_to_a_webhook() -> (
+    SocketAddr,
+    CancellationToken,
+    Arc<rustls::ClientConfig>,
+    Value,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ca();
+    let (addr, stop) = running(dir.path(), &ca, |_| {}).await;
+    let tls = client_config(&ca);
+    let plain = std::fs::read(fixtures().join("plain.json")).expect("fixture");
+    let review = serde_json::from_slice(&plain).expect("json");
+    (addr, stop, tls, review, dir)
+}
+
 /// A running webhook with `tweak` applied to its flags.
 async fn running(
     dir: &Path,
@@ -571,12 +590,7 @@ async fn answers_stay_small_whatever_the_review_asks() {
     // every answer in memory: 12,000 tiny containers in a third of a MiB
     // got a 17 MiB patch back, and an unreadable 7.9 MiB string was quoted
     // whole in the `invalid` answer.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca = ca();
-    let (addr, stop) = running(dir.path(), &ca, |_| {}).await;
-    let tls = client_config(&ca);
-    let plain = std::fs::read(fixtures().join("plain.json")).expect("fixture");
-    let mut review: Value = serde_json::from_slice(&plain).expect("json");
+    let (addr, stop, tls, mut review, _dir) = plain_review_to_a_webhook().await;
     let containers: Vec<Value> = (0..12_000)
         .map(|i| serde_json::json!({"name": format!("c{i}"), "image": "x"}))
         .collect();
@@ -614,12 +628,7 @@ async fn a_review_of_nested_managed_fields_is_priced_as_it_parses() {
     // map of its own, about 360 bytes parsed for 6 of text. A 7.5 MiB
     // review of such chains, priced at a quarter of that, was parsed and
     // took the webhook to 557 MiB: one neighbour's request, unauthenticated.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca = ca();
-    let (addr, stop) = running(dir.path(), &ca, |_| {}).await;
-    let tls = client_config(&ca);
-    let plain = std::fs::read(fixtures().join("plain.json")).expect("fixture");
-    let mut review: Value = serde_json::from_slice(&plain).expect("json");
+    let (addr, stop, tls, mut review, _dir) = plain_review_to_a_webhook().await;
     let chain = "{\"a\":".repeat(100) + "{}" + &"}".repeat(100);
     let chains = vec![chain.as_str(); 13_000].join(",");
     review["request"]["object"]["metadata"]["managedFields"] = serde_json::json!([
@@ -638,15 +647,10 @@ async fn a_review_of_nested_managed_fields_is_priced_as_it_parses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_review_that_parses_into_far_more_than_its_text_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca = ca();
-    let (addr, stop) = running(dir.path(), &ca, |_| {}).await;
-    let tls = client_config(&ca);
-    let plain = std::fs::read(fixtures().join("plain.json")).expect("fixture");
+    let (addr, stop, tls, mut review, _dir) = plain_review_to_a_webhook().await;
     // 30,000 `{"name":""}` volumes: 360 KB of text, each a 3 KB `Volume`
     // once parsed (about 100 MB, three times the default budget). Parsed
     // whole, a few such reviews took the webhook over its memory limit.
-    let mut review: Value = serde_json::from_slice(&plain).expect("json");
     review["request"]["object"]["spec"]["volumes"] =
         Value::Array(vec![serde_json::json!({"name": ""}); 30_000]);
     let bomb = serde_json::to_vec(&review).expect("json");
@@ -672,6 +676,7 @@ async fn a_review_that_parses_into_far_more_than_its_text_is_refused() {
         .unwrap_or("");
     assert!(message.contains("not valid JSON"), "{answer}");
     // An ordinary review is answered as before: nothing was held.
+    let plain = std::fs::read(fixtures().join("plain.json")).expect("fixture");
     let (status, answer, _) = https(&tls, addr, "POST", "/mutate", plain)
         .await
         .expect("request");

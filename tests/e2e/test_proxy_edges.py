@@ -142,8 +142,10 @@ def test_client_disconnect_cancels_the_upstream_stream(sidecar, fake_aws):
     wait_for(lambda: sidecar.metric("bedrock_broker_requests_in_flight") == 0, timeout=5, what="in-flight gauge to drop")
 
 
-def test_sigterm_drains_open_streams_then_exits_zero(sidecar, fake_aws):
-    sid = "gs-" + uuid.uuid4().hex
+def a_stream_under_way(sidecar):
+    """A streamed chat completion whose first chunk has arrived; the fake
+    sends each next one on `fake_aws.release(sid)`."""
+    sid = "drain-" + uuid.uuid4().hex
     r = requests.post(
         sidecar.url("/openai/v1/chat/completions"),
         json={"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True},
@@ -154,6 +156,11 @@ def test_sigterm_drains_open_streams_then_exits_zero(sidecar, fake_aws):
     reader = Collector(line for line in r.iter_lines() if line)
     reader.start()
     reader.wait_count(1)
+    return sid, reader
+
+
+def test_sigterm_drains_open_streams_then_exits_zero(sidecar, fake_aws):
+    sid, reader = a_stream_under_way(sidecar)
     sidecar.proc.send_signal(signal.SIGTERM)
     # New connections are refused once draining starts.
     host, port = sidecar.proxy.removeprefix("http://").split(":")
@@ -177,17 +184,7 @@ def test_sigterm_drains_open_streams_then_exits_zero(sidecar, fake_aws):
 def test_a_second_signal_stops_at_once(sidecar, fake_aws):
     # Ctrl-C while a stream drains: the first waits for it (up to the
     # grace period), a second one means now, as servers do.
-    sid = "ss-" + uuid.uuid4().hex
-    r = requests.post(
-        sidecar.url("/openai/v1/chat/completions"),
-        json={"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True},
-        headers={"x-fake-lockstep": sid, "x-fake-chunks": "3"},
-        stream=True,
-        timeout=20,
-    )
-    reader = Collector(line for line in r.iter_lines() if line)
-    reader.start()
-    reader.wait_count(1)
+    sid, reader = a_stream_under_way(sidecar)
     sidecar.proc.send_signal(signal.SIGINT)
     wait_for(lambda: "stopped accepting; draining" in sidecar.log_text(), timeout=10, what="draining")
     assert sidecar.proc.poll() is None, "the stream holds the drain"
