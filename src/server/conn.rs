@@ -24,8 +24,10 @@ pub struct Activity {
     started: Instant,
     /// Milliseconds after `started` of the last byte read or written.
     last: AtomicU64,
-    /// Milliseconds after `started` of the last byte read.
-    last_read: AtomicU64,
+    /// Whether a byte has been read since a request last ended: the next
+    /// request on its way (milliseconds could not tell, a fast request
+    /// reads and ends within one).
+    read_since_request: AtomicBool,
     /// Milliseconds after `started` a request last ended. Bytes
     /// alone do not keep a connection open: HTTP/2 PINGs cross an idle one.
     last_request: AtomicU64,
@@ -42,7 +44,7 @@ impl Activity {
         Arc::new(Self {
             started: Instant::now(),
             last: AtomicU64::new(0),
-            last_read: AtomicU64::new(0),
+            read_since_request: AtomicBool::new(false),
             last_request: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             served: AtomicBool::new(false),
@@ -59,9 +61,8 @@ impl Activity {
     }
 
     pub(super) fn touch_read(&self) {
-        let ms = self.now_ms();
-        self.last.store(ms, Ordering::Relaxed);
-        self.last_read.store(ms, Ordering::Relaxed);
+        self.last.store(self.now_ms(), Ordering::Relaxed);
+        self.read_since_request.store(true, Ordering::Relaxed);
     }
 
     /// A request ended: traffic, and the start of idleness.
@@ -70,6 +71,7 @@ impl Activity {
         self.last.store(ms, Ordering::Relaxed);
         self.last_request.store(ms, Ordering::Relaxed);
         self.served.store(true, Ordering::Relaxed);
+        self.read_since_request.store(false, Ordering::Relaxed);
     }
 
     /// Since when it has waited for its next request, if it is a kept-alive
@@ -79,10 +81,9 @@ impl Activity {
     /// One yet to send its first is a client on its way, not a spare in a
     /// pool.
     pub fn kept_alive_since(&self) -> Option<Instant> {
-        let ended = self.last_request.load(Ordering::Relaxed);
         let waiting = self.served.load(Ordering::Relaxed)
             && self.in_flight.load(Ordering::Relaxed) == 0
-            && self.last_read.load(Ordering::Relaxed) < ended;
+            && !self.read_since_request.load(Ordering::Relaxed);
         waiting.then(|| self.at(&self.last_request))
     }
 
