@@ -172,6 +172,8 @@ pub struct SidecarArgs {
     pub max_body_bytes: Option<String>,
     #[arg(long = sidecar::SHUTDOWN_GRACE_PERIOD.flag, help = sidecar::SHUTDOWN_GRACE_PERIOD.help_text())]
     pub shutdown_grace_period: Option<String>,
+    #[arg(long = sidecar::SHUTDOWN_DELAY.flag, help = sidecar::SHUTDOWN_DELAY.help_text())]
+    pub shutdown_delay: Option<String>,
     #[arg(long = sidecar::CONNECT_TIMEOUT.flag, help = sidecar::CONNECT_TIMEOUT.help_text())]
     pub connect_timeout: Option<String>,
     #[arg(long = sidecar::RESPONSE_HEADER_TIMEOUT.flag, help = sidecar::RESPONSE_HEADER_TIMEOUT.help_text())]

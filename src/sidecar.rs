@@ -28,6 +28,9 @@ pub struct SidecarConfig {
     pub admin_limits: Limits,
     /// How long in-flight requests may finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// After the signal, how long the proxy keeps accepting while clients
+    /// still hold connections to it (see [`linger`]).
+    pub shutdown_delay: Duration,
     pub credentials: CredentialsConfig,
     pub refresh: RefreshPolicy,
     /// `None` disables watching the token file for rotations.
@@ -98,7 +101,38 @@ fn limit_counters(metrics: &Metrics, listener: &str) -> server::LimitCounters {
     server::LimitCounters {
         refused: metrics.connections_refused.with_label_values(&[listener]),
         reclaimed: Some(metrics.connections_reclaimed.with_label_values(&[listener])),
+        open: Some(metrics.connections_open.with_label_values(&[listener])),
     }
+}
+
+/// How often a lingering proxy looks whether its clients are gone.
+const LINGER_POLL: Duration = Duration::from_millis(100);
+
+/// Cancels `stop` once `shutdown` has fired and the proxy's clients hold no
+/// connection any more, or `delay` has passed. In a classic-mode pod the
+/// app is told to stop at the same moment as the sidecar and may still
+/// call Bedrock while it winds down; its pool's connections close when it
+/// exits. A native sidecar is stopped after the app has exited: nothing is
+/// connected, and it stops at once.
+async fn linger(
+    shutdown: CancellationToken,
+    stop: CancellationToken,
+    open: prometheus::IntGauge,
+    delay: Duration,
+) {
+    shutdown.cancelled().await;
+    if !delay.is_zero() && open.get() > 0 {
+        tracing::info!(
+            open = open.get(),
+            delay_s = delay.as_secs_f64(),
+            "still accepting while clients hold connections"
+        );
+        let deadline = tokio::time::Instant::now() + delay;
+        while open.get() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(LINGER_POLL).await;
+        }
+    }
+    stop.cancel();
 }
 
 /// The HTTPS clients the proxy sends upstream with, trusting the configured
@@ -229,7 +263,14 @@ impl Sidecar {
         }
 
         let service = service_fn(move |req| proxy.clone().handle(req));
-        let stop = shutdown.child_token();
+        let stop = CancellationToken::new();
+        let open = metrics.connections_open.with_label_values(&["proxy"]);
+        tokio::spawn(linger(
+            shutdown.clone(),
+            stop.clone(),
+            open,
+            config.shutdown_delay,
+        ));
         let serving = server::serve(
             proxy_listener,
             service,

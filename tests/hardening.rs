@@ -31,6 +31,20 @@ async fn sidecar(
     upstream: &FakeUpstream,
     extra: &[(&'static str, &'static str)],
 ) -> (SocketAddr, SocketAddr, CancellationToken) {
+    let (proxy, admin, shutdown, _) = running_sidecar(upstream, extra).await;
+    (proxy, admin, shutdown)
+}
+
+/// [`sidecar`], and the task that ends when it has stopped.
+async fn running_sidecar(
+    upstream: &FakeUpstream,
+    extra: &[(&'static str, &'static str)],
+) -> (
+    SocketAddr,
+    SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
     let url: &'static str = upstream.url().leak();
     let mut vars = vec![
         ("AWS_REGION", "us-east-1"),
@@ -45,8 +59,11 @@ async fn sidecar(
     let sidecar = Sidecar::bind(config, Arc::new(SystemClock)).await.unwrap();
     let (proxy, admin) = (sidecar.proxy_addr().unwrap(), sidecar.admin_addr().unwrap());
     let shutdown = CancellationToken::new();
-    tokio::spawn(sidecar.run(shutdown.clone()));
-    (proxy, admin, shutdown)
+    let run = sidecar.run(shutdown.clone());
+    let stopped = tokio::spawn(async move {
+        run.await.unwrap();
+    });
+    (proxy, admin, shutdown, stopped)
 }
 
 /// Reads until the server closes the connection, within `deadline`;
@@ -215,6 +232,37 @@ async fn a_full_proxy_closes_an_idle_kept_alive_connection_for_a_new_one() {
     assert_eq!(admin_sample(admin, &series("reclaimed")).await, 1.0);
     assert_eq!(admin_sample(admin, &series("refused")).await, 1.0);
     stop.cancel();
+}
+
+#[tokio::test]
+async fn after_the_signal_the_proxy_serves_while_its_app_is_still_connected() {
+    // A classic-mode pod's containers are told to stop at once: the app,
+    // finishing its work, still called Bedrock and was refused.
+    let upstream = FakeUpstream::start(vec![]).await;
+    let (proxy, _, shutdown, stopped) =
+        running_sidecar(&upstream, &[("BEDROCK_BROKER_SHUTDOWN_DELAY", "30s")]).await;
+    let mut app = TcpStream::connect(proxy).await.unwrap();
+    assert!(answered_on(&mut app).await.starts_with(b"HTTP/1.1 200"));
+    shutdown.cancel();
+    assert!(answered_on(&mut app).await.starts_with(b"HTTP/1.1 200"));
+    let mut late = TcpStream::connect(proxy).await.expect("still accepting");
+    assert!(answered_on(&mut late).await.starts_with(b"HTTP/1.1 200"));
+    // The app exits: its connections close, and the sidecar stops then,
+    // not at the end of the delay.
+    drop((app, late));
+    tokio::time::timeout(Duration::from_secs(5), stopped)
+        .await
+        .expect("stopped once its clients were gone")
+        .unwrap();
+
+    // Nobody connected (a native sidecar, stopped after its app): at once.
+    let (_, _, shutdown, stopped) =
+        running_sidecar(&upstream, &[("BEDROCK_BROKER_SHUTDOWN_DELAY", "30s")]).await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), stopped)
+        .await
+        .expect("stopped at once")
+        .unwrap();
 }
 
 #[tokio::test]

@@ -145,6 +145,42 @@ fn classic_mode_appends_a_container_and_leaves_init_containers_alone() {
 }
 
 #[test]
+fn a_classic_sidecar_serves_its_app_through_the_pods_grace_period() {
+    // Both containers are told to stop at once; the sidecar keeps serving
+    // while the app holds connections, within the pod's own grace.
+    let delay = |spec: Value| {
+        let mut p = opted_in(spec);
+        p.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert("bedrock-broker.io/sidecar-mode".into(), "classic".into());
+        let v = mutated(&p, &inject(&p));
+        let sidecar = v["spec"]["containers"]
+            .as_array()
+            .and_then(|c| c.last())
+            .cloned();
+        env_of(
+            &sidecar.unwrap_or_default(),
+            "BEDROCK_BROKER_SHUTDOWN_DELAY",
+        )
+        .map(|e| e["value"].clone())
+    };
+    assert_eq!(delay(json!({})), Some(json!("30s")), "Kubernetes' default");
+    assert_eq!(
+        delay(json!({"terminationGracePeriodSeconds": 120})),
+        Some(json!("120s"))
+    );
+    // A native sidecar is stopped after the app: nothing to wait for.
+    let p = opted_in(json!({}));
+    let v = mutated(&p, &inject(&p));
+    assert!(env_of(
+        &v["spec"]["initContainers"][0],
+        "BEDROCK_BROKER_SHUTDOWN_DELAY"
+    )
+    .is_none());
+}
+
+#[test]
 fn explicit_env_is_never_overridden() {
     let p = opted_in(json!({"containers": [{
         "name": "app", "image": "x",

@@ -78,6 +78,12 @@ impl SidecarConfig {
             env,
             parse::duration,
         );
+        let shutdown_delay = e.read(
+            &s::SHUTDOWN_DELAY,
+            args.shutdown_delay.as_deref(),
+            env,
+            parse::duration,
+        );
         let refresh = refresh_policy(args, env, &mut e);
         let token_watch_interval = e.read(
             &s::TOKEN_WATCH_INTERVAL,
@@ -114,6 +120,7 @@ impl SidecarConfig {
                 proxy_limits: listeners.proxy_limits,
                 admin_limits: listeners.admin_limits,
                 shutdown_grace: shutdown_grace?,
+                shutdown_delay: shutdown_delay?,
                 refresh: refresh?,
                 token_watch_interval: token_watch_interval?,
                 container_credentials: container_credentials?,
@@ -422,6 +429,7 @@ mod tests {
         assert_eq!(runtime.signing_name, "bedrock");
         assert_eq!(c.proxy.max_body_bytes, 25 * 1024 * 1024);
         assert_eq!(c.shutdown_grace, Duration::from_secs(25));
+        assert_eq!(c.shutdown_delay, Duration::ZERO);
         assert_eq!(c.proxy.connect_timeout, Duration::from_secs(5));
         assert_eq!(
             c.proxy.response_header_timeout,

@@ -1,6 +1,8 @@
 //! The sidecar's metrics.
 
-use prometheus::{Gauge, GaugeVec, Histogram, HistogramVec, IntCounterVec, IntGauge, Registry};
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+};
 
 use super::{histogram_opts, opts, registered};
 
@@ -16,6 +18,8 @@ pub struct Metrics {
     /// Idle kept-alive connections closed to make room for a new one at a
     /// connection limit, by `listener` (`proxy`, `credentials`).
     pub connections_reclaimed: IntCounterVec,
+    /// Connections open now, by `listener` (`proxy`, `credentials`).
+    pub connections_open: IntGaugeVec,
 }
 
 /// Health of the credential refresher.
@@ -105,12 +109,23 @@ impl Metrics {
         for result in ["retried", "gave_up"] {
             proxy.auth_retries.with_label_values(&[result]);
         }
+        let connections_open = registered(
+            &registry,
+            IntGaugeVec::new(
+                opts(
+                    "connections_open",
+                    "Client connections open now, by listener.",
+                ),
+                &["listener"],
+            )?,
+        )?;
         Ok(Self {
             registry,
             credentials,
             proxy,
             connections_refused,
             connections_reclaimed,
+            connections_open,
         })
     }
 

@@ -162,6 +162,22 @@ impl Accept for TcpListener {
     }
 }
 
+/// One open connection in the `open` gauge, until dropped.
+struct Open(prometheus::IntGauge);
+
+impl Open {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// What a listener's connection limit did, for its metrics.
 #[derive(Clone)]
 pub struct LimitCounters {
@@ -170,6 +186,8 @@ pub struct LimitCounters {
     /// Idle kept-alive connections closed to make room for a newcomer
     /// (only listeners without a per-peer limit do that).
     pub reclaimed: Option<prometheus::IntCounter>,
+    /// Connections open now.
+    pub open: Option<prometheus::IntGauge>,
 }
 
 impl LimitCounters {
@@ -178,6 +196,7 @@ impl LimitCounters {
         Self {
             refused,
             reclaimed: None,
+            open: None,
         }
     }
 }
@@ -254,12 +273,13 @@ pub async fn serve<L, S, B>(
             continue;
         };
         let evicted_token = peer_slot.evicted.clone();
+        let open = counters.open.clone().map(Open::new);
         let io = TokioIo::new(Watched::new(stream, activity.clone()));
         let service = Counted::new(service.clone(), activity.clone());
         let (builder, shutdown, idle) = (builder.clone(), shutdown.clone(), limits.idle_timeout);
         let requests_keep_open = limits.max_connections_per_peer.is_none();
         connections.spawn(async move {
-            let _held = peer_slot;
+            let _held = (peer_slot, open);
             let conn = builder.serve_connection(io, service);
             tokio::pin!(conn);
             let evicted = |token: CancellationToken| token.cancelled_owned();

@@ -68,6 +68,15 @@ pub const SHUTDOWN_GRACE_PERIOD: Setting = Setting {
     default: Value("25s"),
     help: "How long in-flight requests may finish after SIGTERM or SIGINT; a second signal ends the process at once",
 };
+/// Off by default: a native sidecar is stopped after the app, when nothing
+/// is connected any more. The injector sets it for classic-mode pods, whose
+/// containers are all told to stop at once.
+pub const SHUTDOWN_DELAY: Setting = Setting {
+    flag: "shutdown-delay",
+    env: &["BEDROCK_BROKER_SHUTDOWN_DELAY"],
+    default: Value("0s"),
+    help: "After SIGTERM or SIGINT, keep accepting requests for up to this long while clients still hold connections to the proxy (an app stopping at the same time may still call Bedrock), then drain",
+};
 /// Long enough for a cross-region TLS handshake, short enough to fail fast.
 pub const CONNECT_TIMEOUT: Setting = Setting {
     flag: "connect-timeout",
@@ -248,6 +257,7 @@ pub const ALL: &[Setting] = &[
     USE_DUALSTACK,
     MAX_BODY_BYTES,
     SHUTDOWN_GRACE_PERIOD,
+    SHUTDOWN_DELAY,
     CONNECT_TIMEOUT,
     RESPONSE_HEADER_TIMEOUT,
     STREAM_IDLE_TIMEOUT,

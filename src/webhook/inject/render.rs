@@ -246,6 +246,16 @@ fn sidecar_env(sidecar: &SidecarSpec, resolved: &Resolved, fitted: &Fitted) -> V
         env(log::FORMAT.var(), sidecar.log_format.as_str()),
         env(vars::RUST_LOG.name, sidecar.log_level.as_str()),
     ]);
+    // A classic sidecar is told to stop with the app, which may still call
+    // Bedrock while it winds down: it keeps serving while the app holds
+    // connections, within the pod's own grace (the kubelet's SIGKILL ends
+    // both then). A native one is stopped after the app has exited.
+    if sidecar.mode.value == SidecarMode::Classic {
+        env_vars.push(env(
+            sidecar_settings::SHUTDOWN_DELAY.var(),
+            format!("{}s", resolved.termination_grace_seconds.max(0)),
+        ));
+    }
     // Buffered request bodies stay within the memory the pod gives the
     // sidecar (see fit::BodyBudget).
     if let Some(budget) = fitted.body_budget {

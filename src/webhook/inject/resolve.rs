@@ -111,6 +111,10 @@ pub struct Resolved {
     pub region: Region,
     /// Decides the sidecar's UID.
     pub token_access: TokenAccess,
+    /// The pod's `terminationGracePeriodSeconds` (Kubernetes' default, 30,
+    /// when unset): how long a classic-mode sidecar may keep serving its
+    /// app after both are told to stop.
+    pub termination_grace_seconds: i64,
 }
 
 /// Checks that the pod can take the sidecar, then finds its role and
@@ -132,6 +136,7 @@ pub fn resolve(
         auth: auth?,
         region: region?,
         token_access,
+        termination_grace_seconds: spec.termination_grace_period_seconds.unwrap_or(30),
     })
 }
 
