@@ -60,9 +60,8 @@ const HEADER: usize = 24;
 /// An entry of an object that may be a JSON value's map (anything in
 /// `fieldsV1`): serde_json's ordered map keeps the hash, key and
 /// value in a `Vec` and an index in a hash table, each growing to twice
-/// what it holds. Counted for every object: a struct's fields are in its
-/// size already, so a pod's own structs are priced high, but which objects
-/// are maps cannot be told from their keys (see `visit_map`).
+/// what it holds. Counted for every object that is not one of the known
+/// structs, and for every object inside a JSON value (see `visit_map`).
 const MAP_ENTRY: usize = 2 * (size_of::<serde_json::Value>() + HEADER + 2 * size_of::<usize>());
 /// A non-empty map's first allocations (room for a few entries, the hash
 /// table's control bytes): a one-entry object took 366 bytes.
@@ -90,6 +89,7 @@ pub fn estimate(text: &[u8]) -> Result<usize, serde_json::Error> {
         total: &mut total,
         object: OBJECT,
         element: ANY_ELEMENT,
+        in_value: false,
     }
     .deserialize(&mut serde_json::Deserializer::from_slice(text))?;
     Ok(total)
@@ -98,10 +98,13 @@ pub fn estimate(text: &[u8]) -> Result<usize, serde_json::Error> {
 /// One value's cost, added to `total`: `object` is what it weighs if it is
 /// an object (its array's element struct, or [`OBJECT`]), `element` what
 /// each element weighs if it is an array (by the key it is under).
+/// `in_value`: inside a JSON value (`fieldsV1`), where every object is a
+/// map whatever its key, and a key such as `env` means nothing to the pod.
 struct Cost<'a> {
     total: &'a mut usize,
     object: usize,
     element: usize,
+    in_value: bool,
 }
 
 impl Cost<'_> {
@@ -114,6 +117,7 @@ impl Cost<'_> {
             total: &mut *self.total,
             object,
             element,
+            in_value: self.in_value,
         }
     }
 }
@@ -126,27 +130,31 @@ impl<'de> DeserializeSeed<'de> for Cost<'_> {
     }
 }
 
-/// A key: counted as a string, and read to weigh the array under it.
+/// The key of the only JSON value a pod holds (`managedFields[].fieldsV1`).
+const JSON_VALUE_KEY: &str = "fieldsV1";
+
+/// A key: counted as a string, and read to weigh the array under it (and
+/// to tell whether its value is a JSON value).
 struct Key<'a>(&'a mut usize);
 
 impl<'de> DeserializeSeed<'de> for Key<'_> {
-    type Value = usize;
+    type Value = (usize, bool);
 
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<usize, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(usize, bool), D::Error> {
         deserializer.deserialize_str(self)
     }
 }
 
 impl Visitor<'_> for Key<'_> {
-    type Value = usize;
+    type Value = (usize, bool);
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a key")
     }
 
-    fn visit_str<E: de::Error>(self, key: &str) -> Result<usize, E> {
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<(usize, bool), E> {
         *self.0 = self.0.saturating_add(HEADER.saturating_add(key.len()));
-        Ok(element(key))
+        Ok((element(key), key == JSON_VALUE_KEY))
     }
 }
 
@@ -159,15 +167,18 @@ impl<'de> Visitor<'de> for Cost<'_> {
 
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
         self.add(self.object);
+        // A known struct's fields are in its size; any other object may be
+        // a map (inside a JSON value, every object is one, whatever the key
+        // above it: `env` or `containers` there mean nothing to the pod).
+        let maybe_a_map = self.in_value || self.object == OBJECT || self.object == ANY_ELEMENT;
         let mut entries = 0usize;
-        while let Some(element) = map.next_key_seed(Key(&mut *self.total))? {
-            map.next_value_seed(self.with(OBJECT, element))?;
+        while let Some((element, value)) = map.next_key_seed(Key(&mut *self.total))? {
+            let mut inner = self.with(OBJECT, element);
+            inner.in_value |= value;
+            map.next_value_seed(inner)?;
             entries += 1;
         }
-        // Every object, a known struct or not: inside a JSON value
-        // (`fieldsV1`) a key such as `env` or `containers` means nothing to
-        // the pod, and the objects in its arrays are maps, not structs.
-        if entries > 0 {
+        if maybe_a_map && entries > 0 {
             self.add(MAP_NODE.saturating_add(entries.saturating_mul(MAP_ENTRY)));
         }
         Ok(())
@@ -263,11 +274,9 @@ mod tests {
         }));
         let cost = estimate(&text).unwrap();
         // Two containers, a volume and 40 variables: about 21 KB as
-        // structs, estimated at twice that (every array may be half empty),
-        // and every object's entries once more as a map's (keys cannot tell
-        // a struct from a JSON value's map): about four times.
+        // structs, estimated at twice that (every array may be half empty).
         assert!(
-            (21_000..128 * 1024).contains(&cost),
+            (21_000..64 * 1024).contains(&cost),
             "{cost} for {} bytes",
             text.len()
         );
