@@ -170,6 +170,18 @@ fn a_classic_sidecar_serves_its_app_through_the_pods_grace_period() {
         delay(json!({"terminationGracePeriodSeconds": 120})),
         Some(json!("120s"))
     );
+    // Kubernetes takes any grace; the sidecar's durations stop at a year,
+    // and a value it refuses would stop it at every start.
+    let huge = delay(json!({"terminationGracePeriodSeconds": 40_000_000}));
+    assert_eq!(huge, Some(json!("31536000s")));
+    let env = bedrock_broker::config::Env::from_pairs([
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "A"),
+        ("AWS_SECRET_ACCESS_KEY", "s"),
+        ("BEDROCK_BROKER_SHUTDOWN_DELAY", "31536000s"),
+    ]);
+    let parsed = bedrock_broker::sidecar::SidecarConfig::from_args(&Default::default(), &env);
+    assert!(parsed.is_ok(), "{:?}", parsed.err());
     // A native sidecar is stopped after the app: nothing to wait for.
     let p = opted_in(json!({}));
     let v = mutated(&p, &inject(&p));

@@ -251,9 +251,13 @@ fn sidecar_env(sidecar: &SidecarSpec, resolved: &Resolved, fitted: &Fitted) -> V
     // connections, within the pod's own grace (the kubelet's SIGKILL ends
     // both then). A native one is stopped after the app has exited.
     if sidecar.mode.value == SidecarMode::Classic {
+        // Kubernetes takes any grace; the sidecar's durations stop at a
+        // year, and a value it refuses would stop it at every start.
+        let most = crate::config::parse::MAX_DURATION.as_secs();
+        let seconds = u64::try_from(resolved.termination_grace_seconds.max(0)).unwrap_or(0);
         env_vars.push(env(
             sidecar_settings::SHUTDOWN_DELAY.var(),
-            format!("{}s", resolved.termination_grace_seconds.max(0)),
+            format!("{}s", seconds.min(most)),
         ));
     }
     // Buffered request bodies stay within the memory the pod gives the
