@@ -266,6 +266,54 @@ async fn after_the_signal_the_proxy_serves_while_its_app_is_still_connected() {
 }
 
 #[tokio::test]
+async fn a_full_proxy_reclaims_an_idle_http2_connection_too() {
+    // An HTTP/2 client's connection is never silent: it pings while idle
+    // (gRPC-style clients), answers the server's PINGs, opens its window
+    // after an answer. Those reads were taken for the next request on its
+    // way, so an idle HTTP/2 connection could never make room.
+    let upstream = FakeUpstream::start(vec![]).await;
+    let (proxy, admin, stop) = sidecar(&upstream, &[("BEDROCK_BROKER_MAX_CONNECTIONS", "1")]).await;
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(proxy).await.unwrap());
+    // A client that pings while idle, as gRPC-style clients do.
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_millis(200))
+            .keep_alive_while_idle(true)
+            .handshake(io)
+            .await
+            .unwrap();
+    let driver = tokio::spawn(conn);
+    let request = http::Request::get("http://localhost/x")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let answer = send.send_request(request).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    http_body_util::BodyExt::collect(answer.into_body())
+        .await
+        .unwrap();
+    // Reclaiming waits for a connection idle a second: time itself is
+    // what is tested, so it is slept, not polled.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut newcomer = TcpStream::connect(proxy).await.unwrap();
+    let answer = answered_on(&mut newcomer).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "the newcomer is served: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    tokio::time::timeout(Duration::from_secs(5), driver)
+        .await
+        .expect("the HTTP/2 connection was told to go, and went")
+        .unwrap()
+        .unwrap();
+    let series =
+        |name: &str| format!("bedrock_broker_connections_{name}_total{{listener=\"proxy\"}}");
+    assert_eq!(admin_sample(admin, &series("reclaimed")).await, 1.0);
+    stop.cancel();
+}
+
+#[tokio::test]
 async fn a_full_proxy_never_closes_a_connection_with_a_request_in_flight() {
     let gate = Arc::new(tokio::sync::Notify::new());
     let upstream = FakeUpstream::start(vec![Answer::Held(gate.clone())]).await;

@@ -24,10 +24,15 @@ pub struct Activity {
     started: Instant,
     /// Milliseconds after `started` of the last byte read or written.
     last: AtomicU64,
-    /// Whether a byte has been read since a request last ended: the next
-    /// request on its way (milliseconds could not tell, a fast request
-    /// reads and ends within one).
+    /// Whether a byte has been read since a request last ended: on HTTP/1,
+    /// the next request on its way (milliseconds could not tell, a fast
+    /// request reads and ends within one).
     read_since_request: AtomicBool,
+    /// The client spoke HTTP/2 (its preface): control frames cross an idle
+    /// connection (PING replies, WINDOW_UPDATE, SETTINGS acknowledgements),
+    /// and a request is dispatched only once its headers are whole, so
+    /// reads say nothing of a request on its way.
+    http2: AtomicBool,
     /// Milliseconds after `started` a request last ended. Bytes
     /// alone do not keep a connection open: HTTP/2 PINGs cross an idle one.
     last_request: AtomicU64,
@@ -45,6 +50,7 @@ impl Activity {
             started: Instant::now(),
             last: AtomicU64::new(0),
             read_since_request: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
             last_request: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             served: AtomicBool::new(false),
@@ -62,7 +68,9 @@ impl Activity {
 
     pub(super) fn touch_read(&self) {
         self.last.store(self.now_ms(), Ordering::Relaxed);
-        self.read_since_request.store(true, Ordering::Relaxed);
+        if !self.http2.load(Ordering::Relaxed) {
+            self.read_since_request.store(true, Ordering::Relaxed);
+        }
     }
 
     /// A request ended: traffic, and the start of idleness.
@@ -75,9 +83,10 @@ impl Activity {
     }
 
     /// Since when it has waited for its next request, if it is a kept-alive
-    /// connection doing nothing: every request it carried has ended, and
-    /// nothing has been read since (hyper counts a request in flight only
-    /// once its head is whole, so bytes read are the next one on its way).
+    /// connection doing nothing: every request it carried has ended, and,
+    /// on HTTP/1, nothing has been read since (hyper counts a request in
+    /// flight only once its head is whole, so bytes read are the next one on
+    /// its way; a pipelined head read with the previous answer is not seen).
     /// One yet to send its first is a client on its way, not a spare in a
     /// pool.
     pub fn kept_alive_since(&self) -> Option<Instant> {
@@ -156,13 +165,23 @@ impl Activity {
 pub struct Watched<T> {
     inner: T,
     activity: Arc<Activity>,
+    /// Whether the first bytes have been looked at for HTTP/2's preface.
+    sniffed: bool,
 }
 
 impl<T> Watched<T> {
     pub fn new(inner: T, activity: Arc<Activity>) -> Self {
-        Self { inner, activity }
+        Self {
+            inner,
+            activity,
+            sniffed: false,
+        }
     }
 }
+
+/// How an HTTP/2 connection begins (RFC 9113, 3.4); no HTTP/1 method is
+/// `PRI`. Its first three bytes tell, and arrive in the first read.
+const HTTP2_PREFACE_START: &[u8] = b"PRI";
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     fn poll_read(
@@ -173,6 +192,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
+            if !self.sniffed {
+                self.sniffed = true;
+                if buf.filled()[before..].starts_with(HTTP2_PREFACE_START) {
+                    self.activity.http2.store(true, Ordering::Relaxed);
+                }
+            }
             self.activity.touch_read();
         }
         polled
@@ -352,6 +377,41 @@ mod tests {
     /// Resolves `future` or says it is still pending after `wait`.
     async fn done_within(wait: Duration, future: impl Future<Output = ()>) -> bool {
         tokio::time::timeout(wait, future).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_read_after_an_answer_is_the_next_request_on_http1_only() {
+        // A fast request reads its head and ends within one millisecond:
+        // stamps could not tell that read from one after the end.
+        let activity = Activity::new();
+        activity.touch_read();
+        drop(InFlight::new(activity.clone()));
+        assert!(
+            activity.kept_alive_since().is_some(),
+            "waiting for the next"
+        );
+        activity.touch_read();
+        assert!(
+            activity.kept_alive_since().is_none(),
+            "the next is on its way"
+        );
+
+        // HTTP/2, told by its preface: reads are control frames.
+        let h2 = Activity::new();
+        let (client, server) = tokio::io::duplex(64);
+        let mut watched = Watched::new(server, h2.clone());
+        let mut client = client;
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"PRI * HTTP/2.0\r\n")
+            .await
+            .unwrap_or_default();
+        let mut buf = [0u8; 64];
+        let n = tokio::io::AsyncReadExt::read(&mut watched, &mut buf)
+            .await
+            .unwrap_or_default();
+        assert!(n > 0);
+        drop(InFlight::new(h2.clone()));
+        h2.touch_read();
+        assert!(h2.kept_alive_since().is_some(), "a PING is not a request");
     }
 
     #[tokio::test(start_paused = true)]
