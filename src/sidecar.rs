@@ -108,7 +108,8 @@ fn limit_counters(metrics: &Metrics, listener: &str) -> server::LimitCounters {
 /// How often a lingering proxy looks whether its clients are gone.
 const LINGER_POLL: Duration = Duration::from_millis(100);
 
-/// Cancels `stop` once `shutdown` has fired and the proxy's clients hold no
+/// Cancels `stop` once `shutdown` has fired and the clients of the proxy
+/// and of the container-credentials endpoint (both `open`) hold no
 /// connection any more, or `delay` has passed. In a classic-mode pod the
 /// app is told to stop at the same moment as the sidecar and may still
 /// call Bedrock while it winds down; its pool's connections close when it
@@ -117,18 +118,19 @@ const LINGER_POLL: Duration = Duration::from_millis(100);
 async fn linger(
     shutdown: CancellationToken,
     stop: CancellationToken,
-    open: prometheus::IntGauge,
+    open: [prometheus::IntGauge; 2],
     delay: Duration,
 ) {
     shutdown.cancelled().await;
-    if !delay.is_zero() && open.get() > 0 {
+    let connected = || open.iter().map(prometheus::IntGauge::get).sum::<i64>();
+    if !delay.is_zero() && connected() > 0 {
         tracing::info!(
-            open = open.get(),
+            open = connected(),
             delay_s = delay.as_secs_f64(),
             "still accepting while clients hold connections"
         );
         let deadline = tokio::time::Instant::now() + delay;
-        while open.get() > 0 && tokio::time::Instant::now() < deadline {
+        while connected() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(LINGER_POLL).await;
         }
     }
@@ -264,7 +266,8 @@ impl Sidecar {
 
         let service = service_fn(move |req| proxy.clone().handle(req));
         let stop = CancellationToken::new();
-        let open = metrics.connections_open.with_label_values(&["proxy"]);
+        let open =
+            ["proxy", "credentials"].map(|l| metrics.connections_open.with_label_values(&[l]));
         tokio::spawn(linger(
             shutdown.clone(),
             stop.clone(),

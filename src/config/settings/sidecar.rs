@@ -75,7 +75,7 @@ pub const SHUTDOWN_DELAY: Setting = Setting {
     flag: "shutdown-delay",
     env: &["BEDROCK_BROKER_SHUTDOWN_DELAY"],
     default: Value("0s"),
-    help: "After SIGTERM or SIGINT, keep accepting requests for up to this long while clients still hold connections to the proxy (an app stopping at the same time may still call Bedrock), then drain",
+    help: "After SIGTERM or SIGINT, keep accepting requests for up to this long while clients still hold connections to the proxy or the container-credentials endpoint (an app stopping at the same time may still call Bedrock), then drain",
 };
 /// Long enough for a cross-region TLS handshake, short enough to fail fast.
 pub const CONNECT_TIMEOUT: Setting = Setting {
