@@ -163,14 +163,7 @@ async fn connections_over_the_limit_are_closed_at_once_and_the_rest_still_serve(
     )
     .await;
     assert!(refused >= 1.0, "refused connections counted: {refused}");
-    assert_eq!(
-        admin_sample(
-            admin,
-            "bedrock_broker_connections_refused_total{listener=\"proxy\"}"
-        )
-        .await,
-        0.0
-    );
+    assert_eq!(proxy_connections(admin, "refused").await, 0.0);
     stop.cancel();
 }
 
@@ -227,10 +220,8 @@ async fn a_full_proxy_closes_an_idle_kept_alive_connection_for_a_new_one() {
         "the longest idle connection made room, closed without a word"
     );
     assert!(answered_on(&mut newer).await.starts_with(b"HTTP/1.1 200"));
-    let series =
-        |name: &str| format!("bedrock_broker_connections_{name}_total{{listener=\"proxy\"}}");
-    assert_eq!(admin_sample(admin, &series("reclaimed")).await, 1.0);
-    assert_eq!(admin_sample(admin, &series("refused")).await, 1.0);
+    assert_eq!(proxy_connections(admin, "reclaimed").await, 1.0);
+    assert_eq!(proxy_connections(admin, "refused").await, 1.0);
     stop.cancel();
 }
 
@@ -307,9 +298,7 @@ async fn a_full_proxy_reclaims_an_idle_http2_connection_too() {
         .expect("the HTTP/2 connection was told to go, and went")
         .unwrap()
         .unwrap();
-    let series =
-        |name: &str| format!("bedrock_broker_connections_{name}_total{{listener=\"proxy\"}}");
-    assert_eq!(admin_sample(admin, &series("reclaimed")).await, 1.0);
+    assert_eq!(proxy_connections(admin, "reclaimed").await, 1.0);
     stop.cancel();
 }
 
@@ -351,11 +340,15 @@ async fn a_full_proxy_never_closes_a_connection_with_a_request_in_flight() {
         buf[..n].starts_with(b"HTTP/1.1 200"),
         "the request in flight is answered"
     );
-    let series =
-        |name: &str| format!("bedrock_broker_connections_{name}_total{{listener=\"proxy\"}}");
-    assert_eq!(admin_sample(admin, &series("reclaimed")).await, 0.0);
-    assert_eq!(admin_sample(admin, &series("refused")).await, 1.0);
+    assert_eq!(proxy_connections(admin, "reclaimed").await, 0.0);
+    assert_eq!(proxy_connections(admin, "refused").await, 1.0);
     stop.cancel();
+}
+
+/// `bedrock_broker_connections_{what}_total` of the proxy listener.
+async fn proxy_connections(admin: SocketAddr, what: &str) -> f64 {
+    let series = format!("bedrock_broker_connections_{what}_total{{listener=\"proxy\"}}");
+    admin_sample(admin, &series).await
 }
 
 /// One sample of the admin port's `/metrics`, by its series name and labels.

@@ -121,12 +121,7 @@ impl GateState {
     pub fn check<B>(&self, request: &Request<B>) -> Result<Admitted, ProxyError> {
         if !plainly_loopback(request) {
             let host = host_of(request).unwrap_or_default();
-            let allowed = is_loopback_host(&host)
-                || self
-                    .allowed_hosts
-                    .iter()
-                    .any(|h| h.eq_ignore_ascii_case(&host));
-            if !allowed {
+            if !self.host_allowed(&host) {
                 return Err(ProxyError::HostNotAllowed(host));
             }
         }
@@ -157,22 +152,23 @@ impl GateState {
         }
     }
 
-    /// A page served from this pod (loopback) or an allowed host; `null`
-    /// (a sandboxed or local-file page) and anything unreadable are not.
-    fn origin_allowed(&self, origin: &http::HeaderValue) -> bool {
-        let Some(host) = origin
-            .to_str()
-            .ok()
-            .and_then(|o| o.parse::<http::Uri>().ok())
-            .and_then(|u| u.host().map(str::to_owned))
-        else {
-            return false;
-        };
-        is_loopback_host(&host)
+    /// A loopback name or address, or one of `--allowed-hosts`.
+    fn host_allowed(&self, host: &str) -> bool {
+        is_loopback_host(host)
             || self
                 .allowed_hosts
                 .iter()
-                .any(|h| h.eq_ignore_ascii_case(&host))
+                .any(|h| h.eq_ignore_ascii_case(host))
+    }
+
+    /// A page served from this pod (loopback) or an allowed host; `null`
+    /// (a sandboxed or local-file page) and anything unreadable are not.
+    fn origin_allowed(&self, origin: &http::HeaderValue) -> bool {
+        origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.parse::<http::Uri>().ok())
+            .is_some_and(|u| u.host().is_some_and(|h| self.host_allowed(h)))
     }
 
     /// Reserves `bytes` of the body budget, waiting at most the budget wait.

@@ -24,10 +24,12 @@ pub struct Activity {
     started: Instant,
     /// Milliseconds after `started` of the last byte read or written.
     last: AtomicU64,
-    /// Whether a byte has been read since a request last ended: on HTTP/1,
-    /// the next request on its way (milliseconds could not tell, a fast
-    /// request reads and ends within one).
-    read_since_request: AtomicBool,
+    /// Whether a request may be on its way: none has ended yet (a new
+    /// connection is a client about to send, not a spare in a pool), or,
+    /// on HTTP/1, a byte has been read since the last one ended
+    /// (milliseconds could not tell, a fast request reads and ends within
+    /// one).
+    request_coming: AtomicBool,
     /// The client spoke HTTP/2 (its preface): control frames cross an idle
     /// connection (PING replies, WINDOW_UPDATE, SETTINGS acknowledgements),
     /// and a request is dispatched only once its headers are whole, so
@@ -37,8 +39,6 @@ pub struct Activity {
     /// alone do not keep a connection open: HTTP/2 PINGs cross an idle one.
     last_request: AtomicU64,
     in_flight: AtomicUsize,
-    /// Whether a request has ended on it (it is kept alive, not new).
-    served: AtomicBool,
     /// Requests in flight whose response is made: the rest are still being
     /// worked on (a webhook review waits on API reads for seconds).
     answering: AtomicUsize,
@@ -49,11 +49,10 @@ impl Activity {
         Arc::new(Self {
             started: Instant::now(),
             last: AtomicU64::new(0),
-            read_since_request: AtomicBool::new(false),
+            request_coming: AtomicBool::new(true),
             http2: AtomicBool::new(false),
             last_request: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
-            served: AtomicBool::new(false),
             answering: AtomicUsize::new(0),
         })
     }
@@ -69,7 +68,7 @@ impl Activity {
     pub(super) fn touch_read(&self) {
         self.last.store(self.now_ms(), Ordering::Relaxed);
         if !self.http2.load(Ordering::Relaxed) {
-            self.read_since_request.store(true, Ordering::Relaxed);
+            self.request_coming.store(true, Ordering::Relaxed);
         }
     }
 
@@ -78,8 +77,7 @@ impl Activity {
         let ms = self.now_ms();
         self.last.store(ms, Ordering::Relaxed);
         self.last_request.store(ms, Ordering::Relaxed);
-        self.served.store(true, Ordering::Relaxed);
-        self.read_since_request.store(false, Ordering::Relaxed);
+        self.request_coming.store(false, Ordering::Relaxed);
     }
 
     /// Since when it has waited for its next request, if it is a kept-alive
@@ -90,9 +88,8 @@ impl Activity {
     /// One yet to send its first is a client on its way, not a spare in a
     /// pool.
     pub fn kept_alive_since(&self) -> Option<Instant> {
-        let waiting = self.served.load(Ordering::Relaxed)
-            && self.in_flight.load(Ordering::Relaxed) == 0
-            && !self.read_since_request.load(Ordering::Relaxed);
+        let waiting = self.in_flight.load(Ordering::Relaxed) == 0
+            && !self.request_coming.load(Ordering::Relaxed);
         waiting.then(|| self.at(&self.last_request))
     }
 

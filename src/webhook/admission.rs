@@ -277,25 +277,19 @@ fn answer(req: &Review<'_>, outcome: Result<Outcome, inject::Denial>) -> Answer 
                 patch, warnings, ..
             } = *injection;
             match req.response().with_patch(patch) {
-                Ok(response)
-                    if response
-                        .patch
-                        .as_ref()
-                        .is_some_and(|p| p.len() > MAX_PATCH_BYTES) =>
-                {
-                    let size = response.patch.as_ref().map_or(0, Vec::len);
-                    Answer::new(
+                Ok(mut response) => match response.patch.as_ref().map_or(0, Vec::len) {
+                    size if size > MAX_PATCH_BYTES => Answer::new(
                         "denied",
                         "the patch is larger than a pod can be",
                         req.response().deny(format!(
                             "bedrock-broker's patch for this pod would be {size} bytes, more than the {MAX_PATCH_BYTES} it answers: the pod it made could not be stored (the API server keeps objects up to 1.5 MiB)"
                         )),
-                    )
-                }
-                Ok(mut response) => {
-                    response.warnings = (!warnings.is_empty()).then_some(warnings);
-                    Answer::new("injected", reason, response)
-                }
+                    ),
+                    _ => {
+                        response.warnings = (!warnings.is_empty()).then_some(warnings);
+                        Answer::new("injected", reason, response)
+                    }
+                },
                 Err(e) => Answer::new(
                     "error",
                     "the patch could not be encoded",
