@@ -317,6 +317,22 @@ async fn running_with_metrics(
     bedrock_broker::metrics::WebhookMetrics,
     CancellationToken,
 ) {
+    let (addr, metrics, _, shutdown) = running_with_intake(dir, ca, tweak).await;
+    (addr, metrics, shutdown)
+}
+
+/// [`running_with_metrics`], with the webhook's review intake (to see what
+/// of its budget is held).
+async fn running_with_intake(
+    dir: &Path,
+    ca: &Ca,
+    tweak: impl FnOnce(&mut WebhookArgs),
+) -> (
+    SocketAddr,
+    bedrock_broker::metrics::WebhookMetrics,
+    bedrock_broker::webhook::Intake,
+    CancellationToken,
+) {
     let (cert, key, _) = leaf(ca, "webhook");
     publish(&dir.join("tls.crt"), &cert);
     publish(&dir.join("tls.key"), &key);
@@ -334,9 +350,9 @@ async fn running_with_metrics(
     let server = WebhookServer::bind(&config).await.expect("binds");
     let addr = server.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
-    let metrics = state.metrics.clone();
+    let (metrics, intake) = (state.metrics.clone(), state.intake.clone());
     tokio::spawn(server.run(state, shutdown.clone()));
-    (addr, metrics, shutdown)
+    (addr, metrics, intake, shutdown)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -782,5 +798,50 @@ async fn a_review_body_that_never_ends_is_cut_off_at_the_deadline() {
     .await
     .expect("answered before the test gives up");
     assert_eq!(status, Some(408), "after {:?}", started.elapsed());
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_filling_the_review_budget_cannot_shut_out_the_api_server() {
+    // A pod sending reviews as fast as it likes holds the budget as long
+    // as it keeps sending (each body within the deadline): every review
+    // the API server sent meanwhile waited its second and got 503, and
+    // with `failurePolicy: Fail` every opted-in pod was refused.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ca();
+    let (addr, _, intake, stop) = running_with_intake(dir.path(), &ca, |a| {
+        a.review_budget = Some((8 * 1024 * 1024).to_string());
+        a.body_read_timeout = Some("30s".into());
+        a.body_read_deadline = Some("60s".into());
+    })
+    .await;
+    let tls = client_config(&ca);
+    const ALL: usize = 8 * 1024 * 1024;
+    let tcp = connect_from([127, 0, 0, 3], addr).await;
+    let (mut reader, mut writer) = review_head(tls.clone(), tcp, ALL).await.expect("head");
+    let fill = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        // All but the last byte: the review stays open, its text held.
+        writer.write_all(&vec![b' '; ALL - 1]).await?;
+        writer.flush().await?;
+        std::future::pending::<()>().await;
+        Ok::<_, std::io::Error>(writer)
+    });
+    eventually(
+        "the pod's review to hold the whole budget",
+        Duration::from_secs(10),
+        || {
+            let held = intake.held();
+            async move { held >= ALL - 1 }
+        },
+    )
+    .await;
+    reviews_are_answered(&tls, addr, "while a pod holds the whole budget").await;
+    // The pod's review made room: its connection was closed, unanswered.
+    let answer = tokio::time::timeout(Duration::from_secs(5), status_of(&mut reader))
+        .await
+        .expect("the pod's connection is closed");
+    assert_eq!(answer, None);
+    fill.abort();
     stop.cancel();
 }

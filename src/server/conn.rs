@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use hyper::body::Incoming;
 use hyper::service::Service;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// Activity of one connection.
 #[derive(Debug)]
@@ -275,16 +277,54 @@ impl Drop for InFlight {
     }
 }
 
+/// The connection a request came on, in the request's extensions on the
+/// listeners other pods reach: who sent it, and a way to close it so a
+/// peer holding more than its share of something gives it up.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    peer: IpAddr,
+    close: CancellationToken,
+}
+
+impl Connection {
+    pub fn new(peer: IpAddr, close: CancellationToken) -> Self {
+        Self { peer, close }
+    }
+
+    /// The peer's address (IPv4 peers of a dual-stack socket as IPv4).
+    pub fn peer(&self) -> IpAddr {
+        self.peer
+    }
+
+    /// Closes the connection at once, whatever is in flight on it.
+    pub fn close(&self) {
+        self.close.cancel();
+    }
+
+    /// Whether [`Self::close`] was called.
+    pub fn is_closing(&self) -> bool {
+        self.close.is_cancelled()
+    }
+}
+
 /// A service whose requests count as in flight on their connection.
 #[derive(Clone)]
 pub struct Counted<S> {
     inner: S,
     activity: Arc<Activity>,
+    /// Handed to each request, where it is wanted (see [`Connection`]):
+    /// not on the proxy's hot path, where the extension map it needs would
+    /// be an allocation per request.
+    connection: Option<Connection>,
 }
 
 impl<S> Counted<S> {
-    pub fn new(inner: S, activity: Arc<Activity>) -> Self {
-        Self { inner, activity }
+    pub fn new(inner: S, activity: Arc<Activity>, connection: Option<Connection>) -> Self {
+        Self {
+            inner,
+            activity,
+            connection,
+        }
     }
 }
 
@@ -297,7 +337,10 @@ where
     type Error = S::Error;
     type Future = CountedFuture<S::Future>;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        if let Some(connection) = &self.connection {
+            request.extensions_mut().insert(connection.clone());
+        }
         CountedFuture {
             inner: self.inner.call(request),
             in_flight: Some(InFlight::new(self.activity.clone())),

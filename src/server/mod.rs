@@ -32,6 +32,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use conn::Connection;
 use conn::{Activity, Counted, Watched};
 use peers::Peers;
 
@@ -275,7 +276,12 @@ pub async fn serve<L, S, B>(
         let evicted_token = peer_slot.evicted.clone();
         let open = counters.open.clone().map(Open::new);
         let io = TokioIo::new(Watched::new(stream, activity.clone()));
-        let service = Counted::new(service.clone(), activity.clone());
+        // Where other pods connect, requests may close their connection to
+        // make room for another peer (the webhook's review budget).
+        let connection = limits
+            .max_connections_per_peer
+            .map(|_| Connection::new(peer.ip(), evicted_token.clone()));
+        let service = Counted::new(service.clone(), activity.clone(), connection);
         let (builder, shutdown, idle) = (builder.clone(), shutdown.clone(), limits.idle_timeout);
         let requests_keep_open = limits.max_connections_per_peer.is_none();
         connections.spawn(async move {

@@ -7,13 +7,14 @@
 //! The budget is drawn as bytes arrive, not by what a client declares: a
 //! peer that declares the largest review and then sends a byte at a time
 //! would otherwise hold a whole share for as long as it keeps dripping,
-//! and four of them would shut out the API server. What is left is
-//! bandwidth: peers sending the whole budget in real bytes hold it until
-//! the deadline; the chart's NetworkPolicy keeps other pods off the port.
+//! and four of them would shut out the API server. Peers sending the
+//! whole budget in real bytes would hold it still: a peer short of room
+//! takes it from one holding more ([`super::fair_share`]).
 //!
 //! Once the text is in, what parsing it will take is drawn from room of
 //! its own, before it is parsed ([`super::parse_cost`]).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +25,9 @@ use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::fair_share::{Holder, Holders};
 use super::parse_cost;
+use crate::server::Connection;
 
 /// AdmissionReviews are bounded by the API server's 3 MiB object limit
 /// plus the review envelope (old and new object).
@@ -73,6 +76,10 @@ pub struct Intake {
     /// nothing they wait on: a flood of large reviews cannot deadlock.
     parsed: Arc<Semaphore>,
     parsed_capacity: usize,
+    capacity: usize,
+    /// Who holds the text budget, so a peer short of room can take it from
+    /// one holding more ([`super::fair_share`]).
+    holders: Arc<Holders>,
 }
 
 /// A review body, holding its shares of the budgets until dropped: its
@@ -82,8 +89,57 @@ pub struct Received {
     /// Why the text is not JSON the estimate could read: the review is
     /// then answered as unreadable, never parsed.
     pub not_json: Option<String>,
-    _budget: Option<OwnedSemaphorePermit>,
+    text: Room,
     _parsed: Option<OwnedSemaphorePermit>,
+}
+
+/// A request's share of the text budget, and whose it is.
+struct Room {
+    permit: Option<OwnedSemaphorePermit>,
+    /// Its entry among the budget's holders (none for a request that came
+    /// on no connection of the listener's, which cannot be closed).
+    holder: Option<Holder>,
+}
+
+impl Room {
+    fn new(holder: Option<Holder>) -> Self {
+        Self {
+            permit: None,
+            holder,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.permit
+            .as_ref()
+            .map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+
+    fn peer(&self) -> Option<IpAddr> {
+        self.holder.as_ref().map(Holder::peer)
+    }
+
+    fn add(&mut self, more: OwnedSemaphorePermit) {
+        match self.permit.as_mut() {
+            Some(permit) => permit.merge(more),
+            None => self.permit = Some(more),
+        }
+        self.noted();
+    }
+
+    /// Gives back all but `bytes` (it holds at least that many).
+    fn keep(&mut self, bytes: usize) {
+        if let Some(permit) = self.permit.as_mut() {
+            drop(permit.split(permit.num_permits().saturating_sub(bytes)));
+        }
+        self.noted();
+    }
+
+    fn noted(&self) {
+        if let Some(holder) = &self.holder {
+            holder.set(self.bytes());
+        }
+    }
 }
 
 impl Intake {
@@ -99,7 +155,15 @@ impl Intake {
             budget: Arc::new(Semaphore::new(budget)),
             parsed: Arc::new(Semaphore::new(parsed)),
             parsed_capacity: parsed,
+            capacity: budget,
+            holders: Arc::default(),
         }
+    }
+
+    /// Bytes of the text budget held now: review text and answers not
+    /// taken yet.
+    pub fn held(&self) -> usize {
+        self.capacity - self.budget.available_permits()
     }
 
     /// Reads a review body, or the status to answer instead.
@@ -114,11 +178,15 @@ impl Intake {
             return Err(StatusCode::PAYLOAD_TOO_LARGE);
         }
         let limit = declared.unwrap_or(MAX_REVIEW_BYTES);
+        let holder = request
+            .extensions()
+            .get::<Connection>()
+            .map(|connection| self.holders.enter(connection));
+        let mut text = Room::new(holder);
         let mut body = request.into_body();
         // Untouched capacity costs address space, not memory: only what
         // arrives is resident, and only that is drawn from the budget.
         let mut bytes = BytesMut::with_capacity(declared.unwrap_or(0));
-        let mut held: Option<OwnedSemaphorePermit> = None;
         loop {
             // A frame already waiting would be taken even past the deadline.
             if Instant::now() >= deadline {
@@ -136,11 +204,8 @@ impl Intake {
             if bytes.len() + data.len() > limit {
                 return Err(StatusCode::PAYLOAD_TOO_LARGE);
             }
-            let share = reserve(&self.budget, data.len(), deadline).await?;
-            match held.as_mut() {
-                Some(h) => h.merge(share),
-                None => held = Some(share),
-            }
+            let share = self.reserve_text(data.len(), deadline, text.peer()).await?;
+            text.add(share);
             bytes.extend_from_slice(&data);
         }
         // What the pod will take once parsed, drawn before it is: text of
@@ -169,9 +234,29 @@ impl Intake {
         Ok(Received {
             bytes: bytes.freeze(),
             not_json,
-            _budget: held,
+            text,
             _parsed: parsed,
         })
+    }
+
+    /// `n` more bytes of the text budget for a request from `peer`: when
+    /// there is not enough room, busier peers make it
+    /// ([`Holders::make_room`]) before the wait.
+    async fn reserve_text(
+        &self,
+        n: usize,
+        deadline: Instant,
+        peer: Option<IpAddr>,
+    ) -> Result<OwnedSemaphorePermit, StatusCode> {
+        let permits = u32::try_from(n).map_err(|_| StatusCode::PAYLOAD_TOO_LARGE)?;
+        if let Ok(permit) = self.budget.clone().try_acquire_many_owned(permits) {
+            return Ok(permit);
+        }
+        if let Some(peer) = peer {
+            let short = n.saturating_sub(self.budget.available_permits());
+            self.holders.make_room(peer, n, short);
+        }
+        reserve(&self.budget, n, deadline).await
     }
 }
 
@@ -187,26 +272,21 @@ impl Intake {
     /// and a review already worked through could end in 503).
     pub async fn answer(&self, received: Received, answer: Vec<u8>) -> Result<Body, StatusCode> {
         let Received {
-            _budget: held,
+            text: mut room,
             _parsed: parsed,
             ..
         } = received;
         drop(parsed);
         let need = answer.len();
-        let room = match held {
-            Some(mut held) if held.num_permits() >= need => {
-                drop(held.split(held.num_permits() - need));
-                Some(held)
-            }
-            held => {
-                let extra = need - held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
-                let mut more = reserve(&self.budget, extra, Instant::now() + BUDGET_WAIT).await?;
-                if let Some(held) = held {
-                    more.merge(held);
-                }
-                Some(more)
-            }
-        };
+        if room.bytes() >= need {
+            room.keep(need);
+        } else {
+            let extra = need - room.bytes();
+            let more = self
+                .reserve_text(extra, Instant::now() + BUDGET_WAIT, room.peer())
+                .await?;
+            room.add(more);
+        }
         // The room goes with the bytes: chunks handed to the connection
         // share their allocation, and the last one may sit in its buffer
         // after the body is done.
@@ -221,7 +301,7 @@ impl Intake {
 /// An answer's bytes, with their room in the budget.
 struct Answer {
     bytes: Vec<u8>,
-    _room: Option<OwnedSemaphorePermit>,
+    _room: Room,
 }
 
 impl AsRef<[u8]> for Answer {
@@ -287,12 +367,16 @@ impl Default for Intake {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_util::sync::CancellationToken;
 
     fn received(held: Option<OwnedSemaphorePermit>) -> Received {
         Received {
             bytes: Bytes::new(),
             not_json: None,
-            _budget: held,
+            text: Room {
+                permit: held,
+                holder: None,
+            },
             _parsed: None,
         }
     }
@@ -326,6 +410,44 @@ mod tests {
             .answer(received(None), vec![b'y'; 5 << 20])
             .await
             .is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_not_reading_its_answers_gives_their_room_to_a_peer_holding_less() {
+        // Answers of large pods, never read, held the budget until the
+        // connection's idle timeout: the API server's reviews got 503.
+        let intake = Intake::new(ReviewTiming::default(), MAX_REVIEW_BYTES);
+        let pod = Connection::new([10, 0, 0, 1].into(), CancellationToken::new());
+        let unread = intake
+            .answer(
+                Received {
+                    bytes: Bytes::new(),
+                    not_json: None,
+                    text: Room::new(Some(intake.holders.enter(&pod))),
+                    _parsed: None,
+                },
+                vec![b'x'; MAX_REVIEW_BYTES],
+            )
+            .await
+            .expect("room");
+        assert_eq!(intake.held(), MAX_REVIEW_BYTES);
+        let api_server = Connection::new([10, 0, 0, 2].into(), CancellationToken::new());
+        let review = tokio::spawn({
+            let intake = intake.clone();
+            async move {
+                let _entry = intake.holders.enter(&api_server);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                intake
+                    .reserve_text(4096, deadline, Some(api_server.peer()))
+                    .await
+            }
+        });
+        tokio::task::yield_now().await;
+        assert!(pod.is_closing(), "the pod's connection is told to close");
+        // Closing it drops the answer, as the server does.
+        drop(unread);
+        let room = review.await.expect("task").expect("room for the review");
+        assert_eq!(room.num_permits(), 4096);
     }
 
     #[tokio::test(start_paused = true)]

@@ -19,6 +19,7 @@
 mod admission;
 mod audit;
 mod cluster;
+mod fair_share;
 mod inject;
 mod intake;
 pub mod lookup;
