@@ -42,6 +42,9 @@ pub const PARSED_PER_TEXT: usize = 4;
 /// server's 10 s webhook timeout, so it gets our clear answer.
 const BUDGET_WAIT: Duration = Duration::from_secs(1);
 
+/// How often a review waiting for room has busier peers make it again.
+const MAKE_ROOM_AGAIN: Duration = Duration::from_millis(100);
+
 /// An answer is handed to the connection this much at a time, so what it
 /// has not taken yet stays in the answer, counted.
 const ANSWER_CHUNK: usize = 64 * 1024;
@@ -252,11 +255,25 @@ impl Intake {
         if let Ok(permit) = self.budget.clone().try_acquire_many_owned(permits) {
             return Ok(permit);
         }
-        if let Some(peer) = peer {
-            let short = n.saturating_sub(self.budget.available_permits());
+        let Some(peer) = peer else {
+            return reserve(&self.budget, n, deadline).await;
+        };
+        let until = (Instant::now() + BUDGET_WAIT).min(deadline);
+        let acquire = self.budget.clone().acquire_many_owned(permits);
+        tokio::pin!(acquire);
+        let mut short = n.saturating_sub(self.budget.available_permits());
+        loop {
             self.holders.make_room(peer, n, short);
+            // Room given back goes to whoever waits first, maybe the peer
+            // it was taken from: asked again while waiting, keeping this
+            // place in line.
+            let next = (Instant::now() + MAKE_ROOM_AGAIN).min(until);
+            match tokio::time::timeout_at(next, &mut acquire).await {
+                Ok(Ok(permit)) => return Ok(permit),
+                Err(_) if next < until => short = n,
+                _ => return Err(exhausted()),
+            }
         }
-        reserve(&self.budget, n, deadline).await
     }
 }
 
@@ -351,11 +368,14 @@ async fn reserve(
     let until = (Instant::now() + BUDGET_WAIT).min(deadline);
     match tokio::time::timeout_at(until, acquire).await {
         Ok(Ok(permit)) => Ok(permit),
-        _ => {
-            tracing::warn!("review budget exhausted; answering 503");
-            Err(StatusCode::SERVICE_UNAVAILABLE)
-        }
+        _ => Err(exhausted()),
     }
+}
+
+/// No room came in time.
+fn exhausted() -> StatusCode {
+    tracing::warn!("review budget exhausted; answering 503");
+    StatusCode::SERVICE_UNAVAILABLE
 }
 
 impl Default for Intake {
@@ -448,6 +468,58 @@ mod tests {
         drop(unread);
         let room = review.await.expect("task").expect("room for the review");
         assert_eq!(room.num_permits(), 4096);
+    }
+
+    /// A review from `peer` holding `bytes` of text, let go of when its
+    /// connection is closed (as the server drops a closed connection's
+    /// request); the connection.
+    async fn holding(intake: &Intake, peer: [u8; 4], bytes: usize) -> Connection {
+        let close = CancellationToken::new();
+        let connection = Connection::new(peer.into(), close.clone());
+        let mut room = Room::new(Some(intake.holders.enter(&connection)));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let permit = intake
+            .reserve_text(bytes, deadline, Some(connection.peer()))
+            .await
+            .expect("room");
+        room.add(permit);
+        tokio::spawn(async move {
+            close.cancelled().await;
+            drop(room);
+        });
+        connection
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_queueing_for_the_room_it_gave_up_cannot_keep_it() {
+        // The room a closed connection gives back goes to whoever waits
+        // first: a pod with a review queued for it takes it back, and the
+        // API server's review, behind it, found no more room a second later.
+        let intake = Intake::new(ReviewTiming::default(), MAX_REVIEW_BYTES);
+        let pod = [10, 0, 0, 1];
+        let held = [
+            holding(&intake, pod, 4 << 20).await,
+            holding(&intake, pod, 4 << 20).await,
+        ];
+        let queued = tokio::spawn({
+            let intake = intake.clone();
+            async move { holding(&intake, pod, 4 << 20).await }
+        });
+        tokio::task::yield_now().await;
+        let api_server = Connection::new([10, 0, 0, 2].into(), CancellationToken::new());
+        let _entry = intake.holders.enter(&api_server);
+        let room = intake
+            .reserve_text(
+                4096,
+                Instant::now() + Duration::from_secs(10),
+                Some(api_server.peer()),
+            )
+            .await;
+        assert_eq!(room.map(|r| r.num_permits()).ok(), Some(4096));
+        // Two of the pod's three reviews gave up their room.
+        let queued = queued.await.expect("the queued review got room");
+        let closed = held.iter().chain([&queued]).filter(|c| c.is_closing());
+        assert_eq!(closed.count(), 2);
     }
 
     #[tokio::test(start_paused = true)]
