@@ -35,6 +35,8 @@ struct Objects {
     missing_status: u16,
     /// Direct GETs that never answer (to exercise the timeout).
     hang: Vec<String>,
+    /// The query of every list call (not watches), in order.
+    list_queries: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -107,22 +109,25 @@ async fn list_sa(State(f): State<Fake>, uri: Uri) -> Response {
     if is_watch(&uri) {
         return watch(Some(f.sa_events.subscribe()));
     }
-    let items = f
-        .service_accounts
-        .lock()
-        .map(|o| o.listed.clone())
-        .unwrap_or_default();
-    list(&items)
+    listed(&f.service_accounts, &uri)
 }
 
 async fn list_ns(State(f): State<Fake>, uri: Uri) -> Response {
     if is_watch(&uri) {
         return watch(None);
     }
-    let items = f
-        .namespaces
+    listed(&f.namespaces, &uri)
+}
+
+/// Every listed object at once (no pages), the query noted.
+fn listed(objects: &Mutex<Objects>, uri: &Uri) -> Response {
+    let items = objects
         .lock()
-        .map(|o| o.listed.clone())
+        .map(|mut o| {
+            o.list_queries
+                .push(uri.query().unwrap_or_default().to_owned());
+            o.listed.clone()
+        })
         .unwrap_or_default();
     list(&items)
 }
@@ -436,5 +441,81 @@ async fn limit_ranges_come_from_the_cache_or_a_direct_list() {
     let found = lookup.limit_ranges("team-a").await.expect("read");
     assert_eq!(min_cpu(found), ["50m"]);
     assert_eq!(f.gets.load(Ordering::SeqCst), 1);
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_caches_keep_only_what_injection_reads() {
+    // Anyone allowed to create ServiceAccounts (the `edit` role) filled
+    // the webhook's cache, which held every ServiceAccount of the cluster
+    // with all its labels and annotations (up to 256 KiB of annotations
+    // each, more of labels): a thousand such are 250 MiB, past its memory
+    // limit, and each restart lists them again.
+    let f = fake();
+    let bulk = "x".repeat(200 * 1024);
+    let labels: serde_json::Map<String, Value> = (0..2000)
+        .map(|i| (format!("label-{i}"), json!("v".repeat(60))))
+        .collect();
+    let role = "arn:aws:iam::123456789012:role/bulky";
+    let bulky = |name: &str| {
+        meta(
+            Some("tenant"),
+            name,
+            json!({"eks.amazonaws.com/role-arn": role, "notes": bulk}),
+            Value::Object(labels.clone()),
+        )
+    };
+    {
+        let mut sa = f.service_accounts.lock().unwrap();
+        sa.listed.push(bulky("bulky"));
+        sa.gettable
+            .insert("tenant/bulky-new".into(), bulky("bulky-new"));
+        let mut ns_labels = labels.clone();
+        ns_labels.insert("bedrock-broker.io/inject".into(), json!("true"));
+        f.namespaces.lock().unwrap().listed.push(meta(
+            None,
+            "tenant",
+            json!({"notes": bulk}),
+            Value::Object(ns_labels),
+        ));
+    }
+    let addr = start(f.clone()).await;
+    let shutdown = CancellationToken::new();
+    let lookup = KubeLookup::start(
+        client(addr),
+        Duration::from_secs(2),
+        WebhookMetrics::new(),
+        shutdown.clone(),
+    );
+    synced(&lookup).await;
+
+    // Keys compared, not whole maps: a failure would print 200 KiB.
+    let keys = |found: Option<std::collections::BTreeMap<String, String>>| {
+        found.map(|m| m.into_iter().map(|(k, v)| (k, v.len())).collect::<Vec<_>>())
+    };
+    let only_the_role = Some(vec![("eks.amazonaws.com/role-arn".to_owned(), role.len())]);
+    let cached = lookup.service_account_annotations("tenant", "bulky").await;
+    assert_eq!(keys(cached.expect("read")), only_the_role);
+    let fetched = lookup
+        .service_account_annotations("tenant", "bulky-new")
+        .await;
+    assert_eq!(
+        keys(fetched.expect("read")),
+        only_the_role,
+        "a direct read too"
+    );
+    let ns = lookup.namespace_labels("tenant").await.expect("read");
+    assert_eq!(
+        keys(ns),
+        Some(vec![("bedrock-broker.io/inject".to_owned(), 4)])
+    );
+    // A list is read whole before anything is dropped: pages stay small.
+    for objects in [&f.service_accounts, &f.namespaces] {
+        let queries = objects.lock().unwrap().list_queries.clone();
+        assert!(!queries.is_empty());
+        for query in queries {
+            assert!(query.split('&').any(|kv| kv == "limit=20"), "{query}");
+        }
+    }
     shutdown.cancel();
 }

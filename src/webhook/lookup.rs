@@ -9,6 +9,12 @@
 //! falls back to a direct read when a cache has not seen an object yet: a
 //! ServiceAccount applied together with its Deployment usually reaches the
 //! webhook before it reaches the watch.
+//!
+//! The caches hold every ServiceAccount of the cluster, and anyone allowed
+//! to create them (the `edit` role) decides how large they are: up to
+//! 256 KiB of annotations each and more of labels. So only what injection
+//! reads is kept ([`Keep`]), and lists come in small pages, since a page is
+//! read whole before anything is dropped.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -19,13 +25,68 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ServiceAccount};
 use kube::api::ListParams;
+use kube::api::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
+use super::inject::annotations::names;
 use crate::metrics::webhook::WebhookMetrics;
+
+/// Objects per list page. A page is read whole: at 20, a namespace whose
+/// ServiceAccounts carry 256 KiB of annotations each costs 5 MiB while it
+/// is read (client-go's default of 500: 125 MiB, past the webhook's memory
+/// limit once parsed), and 10,000 ServiceAccounts take 500 requests.
+const LIST_PAGE: u32 = 20;
+
+/// The labels and annotations of an object that injection reads; the
+/// caches and direct reads keep only these, with the name, namespace and
+/// version the watch needs.
+#[derive(Debug, Clone, Copy)]
+struct Keep {
+    labels: &'static [&'static str],
+    annotations: &'static [&'static str],
+}
+
+impl Keep {
+    /// A ServiceAccount's IRSA role.
+    const SERVICE_ACCOUNT: Self = Self {
+        labels: &[],
+        annotations: &[names::EKS_ROLE_ARN],
+    };
+    /// A namespace's opt-in label.
+    const NAMESPACE: Self = Self {
+        labels: &[names::INJECT_LABEL],
+        annotations: &[],
+    };
+    /// A LimitRange's spec is what counts.
+    const NO_METADATA: Self = Self {
+        labels: &[],
+        annotations: &[],
+    };
+
+    fn slim(self, meta: &mut ObjectMeta) {
+        fn only(map: Option<StringMap>, keys: &[&str]) -> Option<StringMap> {
+            let kept: StringMap = map?
+                .into_iter()
+                .filter(|(k, _)| keys.contains(&k.as_str()))
+                .collect();
+            (!kept.is_empty()).then_some(kept)
+        }
+        let full = std::mem::take(meta);
+        *meta = ObjectMeta {
+            name: full.name,
+            namespace: full.namespace,
+            resource_version: full.resource_version,
+            uid: full.uid,
+            labels: only(full.labels, self.labels),
+            annotations: only(full.annotations, self.annotations),
+            ..ObjectMeta::default()
+        };
+    }
+}
 
 /// Labels or annotations.
 pub type StringMap = BTreeMap<String, String>;
@@ -147,18 +208,21 @@ impl KubeLookup {
             Api::<PartialObjectMeta<ServiceAccount>>::all(client.clone()),
             sa_writer,
             "serviceaccounts",
+            Keep::SERVICE_ACCOUNT,
             shutdown.clone(),
         );
         spawn_watch(
             Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
             ns_writer,
             "namespaces",
+            Keep::NAMESPACE,
             shutdown.clone(),
         );
         spawn_watch(
             Api::<LimitRange>::all(client.clone()),
             lr_writer,
             "limitranges",
+            Keep::NO_METADATA,
             shutdown.clone(),
         );
         let synced = Arc::new(AtomicBool::new(false));
@@ -204,6 +268,7 @@ impl KubeLookup {
         &self,
         api: Api<K>,
         name: &str,
+        keep: Keep,
     ) -> Result<Option<PartialObjectMeta<K>>, LookupError>
     where
         K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -211,7 +276,10 @@ impl KubeLookup {
         match tokio::time::timeout(self.timeout, api.get_metadata_opt(name)).await {
             Err(_) => Err(LookupError::Timeout(self.timeout)),
             Ok(Err(e)) => Err(LookupError::Api(e.to_string())),
-            Ok(Ok(found)) => Ok(found),
+            Ok(Ok(found)) => Ok(found.map(|mut object| {
+                keep.slim(&mut object.metadata);
+                object
+            })),
         }
     }
 
@@ -247,14 +315,15 @@ fn spawn_watch<K>(
     api: Api<K>,
     writer: reflector::store::Writer<K>,
     what: &'static str,
+    keep: Keep,
     shutdown: CancellationToken,
 ) where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    let stream = watcher(api, watcher::Config::default())
+    let stream = watcher(api, watcher::Config::default().page_size(LIST_PAGE))
         .default_backoff()
-        .modify(|o: &mut K| o.managed_fields_mut().clear())
+        .modify(move |o: &mut K| keep.slim(o.meta_mut()))
         .reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -288,7 +357,7 @@ impl ClusterLookup for KubeLookup {
         }
         let api = Api::<ServiceAccount>::namespaced(self.client.clone(), namespace);
         let result = self
-            .get(api, name)
+            .get(api, name, Keep::SERVICE_ACCOUNT)
             .await
             .map(|found| found.map(|sa| sa.annotations().clone()));
         self.record("service_account", &result, false);
@@ -303,7 +372,7 @@ impl ClusterLookup for KubeLookup {
         }
         let api = Api::<Namespace>::all(self.client.clone());
         let result = self
-            .get(api, namespace)
+            .get(api, namespace, Keep::NAMESPACE)
             .await
             .map(|found| found.map(|ns| ns.labels().clone()));
         self.record("namespace", &result, false);

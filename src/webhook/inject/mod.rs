@@ -14,7 +14,7 @@
 //! Steps 2 to 4 report every problem together, so a refused pod is fixed
 //! in one round.
 
-mod annotations;
+pub(crate) mod annotations;
 mod decide;
 mod fit;
 mod kube_version;
