@@ -346,7 +346,8 @@ async fn running_with_intake(
     tweak(&mut args);
     let config = WebhookConfig::from_args(&args, &Env::default()).expect("valid config");
     let mut state = state(cluster());
-    state.intake = bedrock_broker::webhook::Intake::new(config.review_timing, config.review_budget);
+    state.intake = bedrock_broker::webhook::Intake::new(config.review_timing, config.review_budget)
+        .counting(state.metrics.reviews_closed_for_room.clone());
     let server = WebhookServer::bind(&config).await.expect("binds");
     let addr = server.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
@@ -809,7 +810,7 @@ async fn a_pod_filling_the_review_budget_cannot_shut_out_the_api_server() {
     // with `failurePolicy: Fail` every opted-in pod was refused.
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = ca();
-    let (addr, _, intake, stop) = running_with_intake(dir.path(), &ca, |a| {
+    let (addr, metrics, intake, stop) = running_with_intake(dir.path(), &ca, |a| {
         a.review_budget = Some((8 * 1024 * 1024).to_string());
         a.body_read_timeout = Some("30s".into());
         a.body_read_deadline = Some("60s".into());
@@ -842,6 +843,74 @@ async fn a_pod_filling_the_review_budget_cannot_shut_out_the_api_server() {
         .await
         .expect("the pod's connection is closed");
     assert_eq!(answer, None);
+    assert_eq!(metrics.reviews_closed_for_room.get(), 1);
     fill.abort();
+    stop.cancel();
+}
+
+/// A review from `source` declaring `declared` bytes with only `sent` of
+/// them sent, held open; the reader of its answer.
+async fn unfinished_review(
+    tls: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    source: [u8; 4],
+    declared: usize,
+    sent: usize,
+) -> (
+    tokio::io::ReadHalf<tokio_rustls::client::TlsStream<TcpStream>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use tokio::io::AsyncWriteExt;
+    let tcp = connect_from(source, addr).await;
+    let (reader, mut writer) = review_head(tls.clone(), tcp, declared).await.expect("head");
+    let held = tokio::spawn(async move {
+        if writer.write_all(&vec![b' '; sent]).await.is_ok() && writer.flush().await.is_ok() {
+            std::future::pending::<()>().await;
+        }
+    });
+    (reader, held)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_queueing_for_the_room_they_lose_cannot_shut_out_the_api_server() {
+    // Room taken from a pod went back to the budget, where the first in
+    // line got it: the pods' own queued reviews, not the API server's
+    // (an audit: three pods, 15 reviews holding the budget each and 15
+    // more waiting; the API server's review got 503 in 4 runs of 4).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ca();
+    let (addr, metrics, intake, stop) = running_with_intake(dir.path(), &ca, |a| {
+        a.review_budget = Some((8 * 1024 * 1024).to_string());
+        a.body_read_timeout = Some("30s".into());
+        a.body_read_deadline = Some("60s".into());
+    })
+    .await;
+    let tls = client_config(&ca);
+    const SHARE: usize = 182 * 1024;
+    let mut held = Vec::new();
+    for pod in 2..=4 {
+        for _ in 0..15 {
+            held.push(unfinished_review(&tls, addr, [127, 0, 0, pod], 1 << 20, SHARE).await);
+        }
+    }
+    eventually(
+        "the pods to hold the budget",
+        Duration::from_secs(10),
+        || {
+            let full = intake.held() >= 45 * SHARE;
+            async move { full }
+        },
+    )
+    .await;
+    for pod in 2..=4 {
+        for _ in 0..15 {
+            held.push(unfinished_review(&tls, addr, [127, 0, 0, pod], 1 << 20, 8000).await);
+        }
+    }
+    reviews_are_answered(&tls, addr, "while pods hold the budget and queue for more").await;
+    assert!(metrics.reviews_closed_for_room.get() >= 1);
+    for (_, task) in held {
+        task.abort();
+    }
     stop.cancel();
 }

@@ -1,7 +1,7 @@
 //! The webhook's own metrics (its own registry: the webhook and the sidecar
 //! are different processes). Same naming rules as [`super`].
 
-use prometheus::{HistogramVec, IntCounterVec, Registry};
+use prometheus::{HistogramVec, IntCounter, IntCounterVec, Registry};
 
 use super::{histogram_opts, opts};
 
@@ -24,6 +24,9 @@ pub struct WebhookMetrics {
     /// Connections turned away at a connection limit, by `listener`
     /// (`webhook`, `admin`).
     pub connections_refused: IntCounterVec,
+    /// Reviews and unread answers whose connection was closed to hand
+    /// their room in the review budget to a peer holding less.
+    pub reviews_closed_for_room: IntCounter,
 }
 
 impl WebhookMetrics {
@@ -68,6 +71,11 @@ impl WebhookMetrics {
         registry.register(Box::new(admission_duration.clone()))?;
         registry.register(Box::new(lookups.clone()))?;
         registry.register(Box::new(tls_reloads.clone()))?;
+        let reviews_closed_for_room = IntCounter::with_opts(opts(
+            "webhook_reviews_closed_for_room_total",
+            "Reviews and unread answers whose connection was closed to hand their room in the review budget to a peer holding less.",
+        ))?;
+        registry.register(Box::new(reviews_closed_for_room.clone()))?;
         let connections_refused = super::connections_refused("webhook_")?;
         registry.register(Box::new(connections_refused.clone()))?;
         // The same build_info as the sidecar's: one query finds both.
@@ -86,6 +94,7 @@ impl WebhookMetrics {
             lookups,
             tls_reloads,
             connections_refused,
+            reviews_closed_for_room,
         })
     }
 

@@ -2,23 +2,35 @@
 //! from one holding more.
 //!
 //! Bytes of review text are drawn as they arrive, and a pod sending reviews
-//! as fast as it likes (each within the body deadline) could hold the whole
-//! budget for as long as it kept sending, or by never reading large
-//! answers: every review of the API server's then waited its second and got
-//! 503. So when the budget is short, the connections of the peer holding
-//! the most are closed, its largest hold first, for as long as that peer
-//! would still hold more than the one asking: max-min fairness, as the
-//! listener shares its connection slots among peers (`server::peers`). The
-//! API server's reviews are small and answered in milliseconds, so against
-//! any number of pods it holds less than each of them and is never the one
-//! closed; unless it holds more than a newcomer, which only a budget it
-//! fills itself allows.
+//! as fast as it likes (each within the body deadline), or never reading
+//! large answers, could hold the whole budget for as long as it kept on:
+//! every review of the API server's then waited its second and got 503. So
+//! each request's room lives here, by peer, and a request short of room
+//! takes it from the peer holding the most, as long as that peer would
+//! still hold more than the asker: the hold it takes is closed (its
+//! connection dropped) and its room handed to the asker at once, not to
+//! whoever queues first for the budget, which could be the same peer
+//! again. The listener shares its connection slots the same way
+//! (`server::peers`).
+//!
+//! Only holds older than [`TAKE_AFTER`] are taken: reviews the API server
+//! sends are answered in milliseconds, and during its own bursts, when it
+//! may well be the peer holding the most, its reviews must wait their turn
+//! rather than close each other. A hold that stays is what shuts others
+//! out; one that comes and goes leaves its room to the queue in turn.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 
 use crate::server::Connection;
+
+/// How old a hold must be before another peer may take it.
+pub const TAKE_AFTER: Duration = Duration::from_millis(500);
 
 /// Every request holding part of the review budget, by peer.
 #[derive(Debug, Default)]
@@ -33,11 +45,21 @@ struct Table {
 #[derive(Debug)]
 struct Hold {
     id: u64,
-    bytes: usize,
+    since: Instant,
+    /// Its room; gone once taken for another peer.
+    room: Option<OwnedSemaphorePermit>,
     connection: Connection,
 }
 
-/// One request's entry in [`Holders`], removed on drop.
+impl Hold {
+    fn bytes(&self) -> usize {
+        self.room
+            .as_ref()
+            .map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+}
+
+/// One request's room in [`Holders`], given back on drop.
 #[derive(Debug)]
 pub struct Holder {
     holders: Arc<Holders>,
@@ -45,13 +67,8 @@ pub struct Holder {
     id: u64,
 }
 
-/// Bytes held by the holds of one peer not closing already: a closing
-/// connection gives its bytes back as soon as its task runs.
-fn live(list: &[Hold]) -> usize {
-    list.iter()
-        .filter(|h| !h.connection.is_closing())
-        .map(|h| h.bytes)
-        .sum()
+fn held(list: &[Hold]) -> usize {
+    list.iter().map(Hold::bytes).sum()
 }
 
 impl Holders {
@@ -69,7 +86,8 @@ impl Holders {
         let peer = connection.peer();
         table.peers.entry(peer).or_default().push(Hold {
             id,
-            bytes: 0,
+            since: Instant::now(),
+            room: None,
             connection: connection.clone(),
         });
         Holder {
@@ -79,43 +97,57 @@ impl Holders {
         }
     }
 
-    /// `peer` wants `want` more bytes and the budget is `short` of them:
-    /// closes connections of busier peers, the busiest first and its
-    /// largest hold first, until `short` bytes are on their way back or no
-    /// other peer would hold more than `peer` once it has what it wants.
-    /// Returns the bytes on their way back.
-    pub fn make_room(&self, peer: IpAddr, want: usize, short: usize) -> usize {
-        let table = self.table();
+    /// `peer` wants `want` bytes and is `short` of them: takes the room of
+    /// holds older than [`TAKE_AFTER`], from the peer holding the most and
+    /// its largest hold first, closing their connections, until `short`
+    /// bytes are taken or no other peer would hold more than `peer` once it
+    /// has what it wants. Returns what was taken (it may be less than
+    /// `short`, or more), and how many holds it came from.
+    pub fn take_for(
+        &self,
+        peer: IpAddr,
+        want: usize,
+        short: usize,
+    ) -> (Option<OwnedSemaphorePermit>, usize) {
+        let mut table = self.table();
         let after = table
             .peers
             .get(&peer)
-            .map_or(0, |list| live(list))
+            .map_or(0, |list| held(list))
             .saturating_add(want);
-        let mut freed = 0;
-        while freed < short {
+        let now = Instant::now();
+        let mut taken: Option<OwnedSemaphorePermit> = None;
+        let mut closed = 0;
+        while taken.as_ref().map_or(0, |t| t.num_permits()) < short {
             let busiest = table
                 .peers
-                .iter()
+                .iter_mut()
                 .filter(|(ip, _)| **ip != peer)
-                .map(|(_, list)| (live(list), list))
-                .filter(|(held, _)| *held > after)
-                .max_by_key(|(held, _)| *held);
-            let Some(victim) = busiest.and_then(|(_, list)| {
-                list.iter()
-                    .filter(|h| h.bytes > 0 && !h.connection.is_closing())
-                    .max_by_key(|h| h.bytes)
+                .map(|(_, list)| (held(list), list))
+                .filter(|(bytes, _)| *bytes > after)
+                .max_by_key(|(bytes, _)| *bytes);
+            let Some(hold) = busiest.and_then(|(_, list)| {
+                list.iter_mut()
+                    .filter(|h| now.saturating_duration_since(h.since) >= TAKE_AFTER)
+                    .filter(|h| h.bytes() > 0)
+                    .max_by_key(|h| h.bytes())
             }) else {
                 break;
             };
+            let Some(room) = hold.room.take() else { break };
             tracing::debug!(
-                peer = %victim.connection.peer(),
-                bytes = victim.bytes,
+                peer = %hold.connection.peer(),
+                bytes = room.num_permits(),
                 "review budget full; closing a connection of the peer holding the most"
             );
-            victim.connection.close();
-            freed += victim.bytes;
+            hold.connection.close();
+            closed += 1;
+            match taken.as_mut() {
+                Some(t) => t.merge(room),
+                None => taken = Some(room),
+            }
         }
-        freed
+        (taken, closed)
     }
 }
 
@@ -125,16 +157,35 @@ impl Holder {
         self.peer
     }
 
-    /// The request now holds `bytes` of the budget.
-    pub fn set(&self, bytes: usize) {
+    fn with<T>(&self, f: impl FnOnce(&mut Hold) -> T) -> Option<T> {
         let mut table = self.holders.table();
-        if let Some(hold) = table
+        table
             .peers
             .get_mut(&self.peer)
             .and_then(|list| list.iter_mut().find(|h| h.id == self.id))
-        {
-            hold.bytes = bytes;
-        }
+            .map(f)
+    }
+
+    /// Bytes of room the request holds (none once taken for another peer).
+    pub fn bytes(&self) -> usize {
+        self.with(|h| h.bytes()).unwrap_or(0)
+    }
+
+    /// Adds `more` to the request's room.
+    pub fn add(&self, more: OwnedSemaphorePermit) {
+        self.with(|h| match h.room.as_mut() {
+            Some(room) => room.merge(more),
+            None => h.room = Some(more),
+        });
+    }
+
+    /// Gives back all of the request's room but `bytes`.
+    pub fn keep(&self, bytes: usize) {
+        self.with(|h| {
+            if let Some(room) = h.room.as_mut() {
+                drop(room.split(room.num_permits().saturating_sub(bytes)));
+            }
+        });
     }
 }
 
@@ -153,91 +204,135 @@ impl Drop for Holder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::Semaphore;
     use tokio_util::sync::CancellationToken;
 
     fn connection(peer: [u8; 4]) -> Connection {
         Connection::new(IpAddr::from(peer), CancellationToken::new())
     }
 
-    fn holding(holders: &Arc<Holders>, conn: &Connection, bytes: usize) -> Holder {
+    /// A request from `conn`'s peer holding `bytes` of `budget`.
+    fn holding(
+        holders: &Arc<Holders>,
+        budget: &Arc<Semaphore>,
+        conn: &Connection,
+        bytes: usize,
+    ) -> Holder {
         let holder = holders.enter(conn);
-        holder.set(bytes);
+        let room = budget
+            .clone()
+            .try_acquire_many_owned(u32::try_from(bytes).expect("small"))
+            .expect("room");
+        holder.add(room);
         holder
     }
 
-    #[test]
-    fn the_busiest_peer_loses_its_largest_hold_first() {
-        let holders = Arc::new(Holders::default());
+    fn taken(result: (Option<OwnedSemaphorePermit>, usize)) -> (usize, usize) {
+        (result.0.map_or(0, |t| t.num_permits()), result.1)
+    }
+
+    const ASKER: [u8; 4] = [10, 0, 0, 9];
+
+    #[tokio::test(start_paused = true)]
+    async fn the_busiest_peer_loses_its_largest_hold_first_and_the_asker_gets_it() {
+        let (holders, budget) = (Arc::default(), Arc::new(Semaphore::new(10_000)));
         let (small, large, other) = (
             connection([10, 0, 0, 1]),
             connection([10, 0, 0, 1]),
             connection([10, 0, 0, 2]),
         );
-        let _a = holding(&holders, &small, 1000);
-        let _b = holding(&holders, &large, 5000);
-        let _c = holding(&holders, &other, 3000);
+        let a = holding(&holders, &budget, &small, 1000);
+        let b = holding(&holders, &budget, &large, 5000);
+        let _c = holding(&holders, &budget, &other, 3000);
+        tokio::time::advance(TAKE_AFTER).await;
+        let (room, closed) = holders.take_for(IpAddr::from(ASKER), 100, 100);
         assert_eq!(
-            holders.make_room(IpAddr::from([10, 0, 0, 9]), 100, 100),
-            5000
+            (room.as_ref().map(|r| r.num_permits()), closed),
+            (Some(5000), 1)
         );
         assert!(large.is_closing());
         assert!(!small.is_closing() && !other.is_closing());
+        // Handed over, not given back: nobody queueing got it first.
+        assert_eq!(budget.available_permits(), 1000);
+        assert_eq!((a.bytes(), b.bytes()), (1000, 0));
+        drop(b);
+        assert_eq!(budget.available_permits(), 1000, "taken room stays taken");
     }
 
-    #[test]
-    fn closes_as_many_as_the_shortfall_needs_while_others_hold_more() {
-        let holders = Arc::new(Holders::default());
+    #[tokio::test(start_paused = true)]
+    async fn takes_as_many_holds_as_the_shortfall_needs() {
+        let (holders, budget) = (Arc::default(), Arc::new(Semaphore::new(10_000)));
         let conns: Vec<_> = (0..4).map(|_| connection([10, 0, 0, 1])).collect();
-        let _held: Vec<_> = conns.iter().map(|c| holding(&holders, c, 1000)).collect();
-        // 2,500 short: three of the four go; the last would leave the pod
-        // with 1,000, still more than the asker's 100 after, but the
-        // shortfall is covered.
+        let _held: Vec<_> = conns
+            .iter()
+            .map(|c| holding(&holders, &budget, c, 1000))
+            .collect();
+        tokio::time::advance(TAKE_AFTER).await;
         assert_eq!(
-            holders.make_room(IpAddr::from([10, 0, 0, 9]), 100, 2500),
-            3000
+            taken(holders.take_for(IpAddr::from(ASKER), 100, 2500)),
+            (3000, 3)
         );
         assert_eq!(conns.iter().filter(|c| c.is_closing()).count(), 3);
     }
 
-    #[test]
-    fn a_peer_holding_no_more_than_the_asker_keeps_its_hold() {
-        let holders = Arc::new(Holders::default());
-        let (pod, api) = (connection([10, 0, 0, 1]), connection([10, 0, 0, 2]));
-        let _pod = holding(&holders, &pod, 4000);
-        let _api = holding(&holders, &api, 1000);
-        // The API server asking for 100 more: the pod holds more, it goes.
-        // The pod asking for 100 more: the API server holds less, it stays.
-        assert_eq!(holders.make_room(IpAddr::from([10, 0, 0, 1]), 100, 100), 0);
-        assert!(!api.is_closing());
-        // Its own holds are never closed for it.
-        assert!(!pod.is_closing());
+    #[tokio::test(start_paused = true)]
+    async fn young_holds_are_not_taken() {
+        // The API server's reviews in a burst: answered in milliseconds.
+        let (holders, budget) = (Arc::default(), Arc::new(Semaphore::new(10_000)));
+        let api = connection([10, 0, 0, 1]);
+        let _api = holding(&holders, &budget, &api, 4000);
+        tokio::time::advance(TAKE_AFTER / 2).await;
         assert_eq!(
-            holders.make_room(IpAddr::from([10, 0, 0, 2]), 100, 100),
-            4000
+            taken(holders.take_for(IpAddr::from(ASKER), 100, 100)),
+            (0, 0)
+        );
+        assert!(!api.is_closing());
+        tokio::time::advance(TAKE_AFTER / 2).await;
+        assert_eq!(
+            taken(holders.take_for(IpAddr::from(ASKER), 100, 100)),
+            (4000, 1)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_holding_no_more_than_the_asker_keeps_its_hold() {
+        let (holders, budget) = (Arc::default(), Arc::new(Semaphore::new(10_000)));
+        let (pod, api) = (connection([10, 0, 0, 1]), connection([10, 0, 0, 2]));
+        let _pod = holding(&holders, &budget, &pod, 4000);
+        let _api = holding(&holders, &budget, &api, 1000);
+        tokio::time::advance(TAKE_AFTER).await;
+        // The pod asking: the API server holds less, and its own holds are
+        // never taken for it.
+        assert_eq!(
+            taken(holders.take_for(IpAddr::from([10, 0, 0, 1]), 100, 100)),
+            (0, 0)
+        );
+        assert!(!api.is_closing() && !pod.is_closing());
+        // Wanting 5,000: the pod would hold less than the asker.
+        assert_eq!(
+            taken(holders.take_for(IpAddr::from(ASKER), 5000, 5000)),
+            (0, 0)
+        );
+        // The API server asking for 100: the pod holds more.
+        assert_eq!(
+            taken(holders.take_for(IpAddr::from([10, 0, 0, 2]), 100, 100)),
+            (4000, 1)
         );
         assert!(pod.is_closing());
     }
 
-    #[test]
-    fn a_peer_that_would_be_left_with_less_than_the_asker_keeps_its_hold() {
-        let holders = Arc::new(Holders::default());
+    #[tokio::test(start_paused = true)]
+    async fn keep_gives_back_the_rest_and_drop_all_of_it() {
+        let (holders, budget) = (Arc::default(), Arc::new(Semaphore::new(10_000)));
         let pod = connection([10, 0, 0, 1]);
-        let _pod = holding(&holders, &pod, 4000);
-        // Wanting 5,000: the pod holds less than the asker would.
-        assert_eq!(
-            holders.make_room(IpAddr::from([10, 0, 0, 2]), 5000, 5000),
-            0
-        );
-        assert!(!pod.is_closing());
-    }
-
-    #[test]
-    fn holds_leave_the_table_when_dropped() {
-        let holders = Arc::new(Holders::default());
-        let pod = connection([10, 0, 0, 1]);
-        drop(holding(&holders, &pod, 4000));
+        let hold = holding(&holders, &budget, &pod, 4000);
+        hold.keep(1500);
+        assert_eq!((hold.bytes(), budget.available_permits()), (1500, 8500));
+        drop(hold);
+        assert_eq!(budget.available_permits(), 10_000);
         assert!(holders.table().peers.is_empty());
-        assert_eq!(holders.make_room(IpAddr::from([10, 0, 0, 2]), 1, 1), 0);
+        tokio::time::advance(TAKE_AFTER).await;
+        assert_eq!(taken(holders.take_for(IpAddr::from(ASKER), 1, 1)), (0, 0));
         assert!(!pod.is_closing());
     }
 }

@@ -22,6 +22,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, Request, StatusCode};
 use bytes::BytesMut;
 use http_body_util::BodyExt;
+use prometheus::IntCounter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -42,8 +43,8 @@ pub const PARSED_PER_TEXT: usize = 4;
 /// server's 10 s webhook timeout, so it gets our clear answer.
 const BUDGET_WAIT: Duration = Duration::from_secs(1);
 
-/// How often a review waiting for room has busier peers make it again.
-const MAKE_ROOM_AGAIN: Duration = Duration::from_millis(100);
+/// How often a review waiting for room looks again for holds to take.
+const TAKE_AGAIN: Duration = Duration::from_millis(100);
 
 /// An answer is handed to the connection this much at a time, so what it
 /// has not taken yet stays in the answer, counted.
@@ -83,6 +84,8 @@ pub struct Intake {
     /// Who holds the text budget, so a peer short of room can take it from
     /// one holding more ([`super::fair_share`]).
     holders: Arc<Holders>,
+    /// Counts holds taken for another peer.
+    closed: Option<IntCounter>,
 }
 
 /// A review body, holding its shares of the budgets until dropped: its
@@ -96,51 +99,49 @@ pub struct Received {
     _parsed: Option<OwnedSemaphorePermit>,
 }
 
-/// A request's share of the text budget, and whose it is.
-struct Room {
-    permit: Option<OwnedSemaphorePermit>,
-    /// Its entry among the budget's holders (none for a request that came
-    /// on no connection of the listener's, which cannot be closed).
-    holder: Option<Holder>,
+/// A request's share of the text budget: among the budget's holders, where
+/// a peer short of room can take it, when the request came on a
+/// connection of the listener's; else its own.
+enum Room {
+    Held(Holder),
+    Own(Option<OwnedSemaphorePermit>),
 }
 
 impl Room {
     fn new(holder: Option<Holder>) -> Self {
-        Self {
-            permit: None,
-            holder,
-        }
+        holder.map_or(Self::Own(None), Self::Held)
     }
 
     fn bytes(&self) -> usize {
-        self.permit
-            .as_ref()
-            .map_or(0, OwnedSemaphorePermit::num_permits)
+        match self {
+            Self::Held(holder) => holder.bytes(),
+            Self::Own(permit) => permit.as_ref().map_or(0, OwnedSemaphorePermit::num_permits),
+        }
     }
 
     fn peer(&self) -> Option<IpAddr> {
-        self.holder.as_ref().map(Holder::peer)
+        match self {
+            Self::Held(holder) => Some(holder.peer()),
+            Self::Own(_) => None,
+        }
     }
 
     fn add(&mut self, more: OwnedSemaphorePermit) {
-        match self.permit.as_mut() {
-            Some(permit) => permit.merge(more),
-            None => self.permit = Some(more),
+        match self {
+            Self::Held(holder) => holder.add(more),
+            Self::Own(Some(permit)) => permit.merge(more),
+            Self::Own(none) => *none = Some(more),
         }
-        self.noted();
     }
 
-    /// Gives back all but `bytes` (it holds at least that many).
+    /// Gives back all but `bytes`.
     fn keep(&mut self, bytes: usize) {
-        if let Some(permit) = self.permit.as_mut() {
-            drop(permit.split(permit.num_permits().saturating_sub(bytes)));
-        }
-        self.noted();
-    }
-
-    fn noted(&self) {
-        if let Some(holder) = &self.holder {
-            holder.set(self.bytes());
+        match self {
+            Self::Held(holder) => holder.keep(bytes),
+            Self::Own(Some(permit)) => {
+                drop(permit.split(permit.num_permits().saturating_sub(bytes)));
+            }
+            Self::Own(None) => {}
         }
     }
 }
@@ -160,7 +161,14 @@ impl Intake {
             parsed_capacity: parsed,
             capacity: budget,
             holders: Arc::default(),
+            closed: None,
         }
+    }
+
+    /// Counts the holds taken for another peer in `closed`.
+    pub fn counting(mut self, closed: IntCounter) -> Self {
+        self.closed = Some(closed);
+        self
     }
 
     /// Bytes of the text budget held now: review text and answers not
@@ -261,19 +269,62 @@ impl Intake {
         let until = (Instant::now() + BUDGET_WAIT).min(deadline);
         let acquire = self.budget.clone().acquire_many_owned(permits);
         tokio::pin!(acquire);
-        let mut short = n.saturating_sub(self.budget.available_permits());
+        let mut taken: Option<OwnedSemaphorePermit> = None;
         loop {
-            self.holders.make_room(peer, n, short);
-            // Room given back goes to whoever waits first, maybe the peer
-            // it was taken from: asked again while waiting, keeping this
-            // place in line.
-            let next = (Instant::now() + MAKE_ROOM_AGAIN).min(until);
+            if let Some(room) = self.take_for(peer, n, &mut taken) {
+                return Ok(room);
+            }
+            // Holds too young to take now may be old enough later: asked
+            // again while waiting, keeping this place in line.
+            let next = (Instant::now() + TAKE_AGAIN).min(until);
             match tokio::time::timeout_at(next, &mut acquire).await {
                 Ok(Ok(permit)) => return Ok(permit),
-                Err(_) if next < until => short = n,
+                Err(_) if next < until => {}
                 _ => return Err(exhausted()),
             }
         }
+    }
+
+    /// Adds to `taken` what busier peers hold ([`Holders::take_for`]) and
+    /// what the budget has free, and returns `n` bytes of it once there are
+    /// that many.
+    fn take_for(
+        &self,
+        peer: IpAddr,
+        n: usize,
+        taken: &mut Option<OwnedSemaphorePermit>,
+    ) -> Option<OwnedSemaphorePermit> {
+        fn add(taken: &mut Option<OwnedSemaphorePermit>, room: OwnedSemaphorePermit) {
+            match taken.as_mut() {
+                Some(t) => t.merge(room),
+                None => *taken = Some(room),
+            }
+        }
+        let have = |t: &Option<OwnedSemaphorePermit>| t.as_ref().map_or(0, |t| t.num_permits());
+        let short = n
+            .saturating_sub(have(taken))
+            .saturating_sub(self.budget.available_permits());
+        let (more, closed) = self.holders.take_for(peer, n, short);
+        if let Some(counter) = self.closed.as_ref().filter(|_| closed > 0) {
+            counter.inc_by(closed as u64);
+        }
+        if let Some(more) = more {
+            add(taken, more);
+        }
+        let rest = n.saturating_sub(have(taken));
+        if rest > 0 {
+            let rest = u32::try_from(rest).ok()?;
+            add(
+                taken,
+                self.budget.clone().try_acquire_many_owned(rest).ok()?,
+            );
+        }
+        let mut room = taken.take()?;
+        let excess = room.num_permits().saturating_sub(n);
+        if excess > 0 {
+            drop(room.split(excess));
+        }
+        Some(room)
     }
 }
 
@@ -386,6 +437,7 @@ impl Default for Intake {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fair_share::TAKE_AFTER;
     use super::*;
     use tokio_util::sync::CancellationToken;
 
@@ -393,10 +445,7 @@ mod tests {
         Received {
             bytes: Bytes::new(),
             not_json: None,
-            text: Room {
-                permit: held,
-                holder: None,
-            },
+            text: Room::Own(held),
             _parsed: None,
         }
     }
@@ -451,23 +500,22 @@ mod tests {
             .await
             .expect("room");
         assert_eq!(intake.held(), MAX_REVIEW_BYTES);
+        tokio::time::advance(TAKE_AFTER).await;
         let api_server = Connection::new([10, 0, 0, 2].into(), CancellationToken::new());
-        let review = tokio::spawn({
-            let intake = intake.clone();
-            async move {
-                let _entry = intake.holders.enter(&api_server);
-                let deadline = Instant::now() + Duration::from_secs(10);
-                intake
-                    .reserve_text(4096, deadline, Some(api_server.peer()))
-                    .await
-            }
-        });
-        tokio::task::yield_now().await;
-        assert!(pod.is_closing(), "the pod's connection is told to close");
-        // Closing it drops the answer, as the server does.
-        drop(unread);
-        let room = review.await.expect("task").expect("room for the review");
+        let _entry = intake.holders.enter(&api_server);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let review = intake.reserve_text(4096, deadline, Some(api_server.peer()));
+        let room = tokio::time::timeout(Duration::from_millis(1), review)
+            .await
+            .expect("at once")
+            .expect("room for the review");
         assert_eq!(room.num_permits(), 4096);
+        assert!(pod.is_closing(), "the pod's connection is told to close");
+        // The rest of the answer's room went back to the budget; closing
+        // the connection drops the answer, as the server does.
+        assert_eq!(intake.held(), 4096);
+        drop(unread);
+        assert_eq!(intake.held(), 4096);
     }
 
     /// A review from `peer` holding `bytes` of text, let go of when its
@@ -491,10 +539,10 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_pod_queueing_for_the_room_it_gave_up_cannot_keep_it() {
-        // The room a closed connection gives back goes to whoever waits
-        // first: a pod with a review queued for it takes it back, and the
-        // API server's review, behind it, found no more room a second later.
+    async fn room_taken_from_a_pod_goes_to_the_asker_not_the_pods_queue() {
+        // Room a closed connection gives back goes to whoever waits first:
+        // a pod with a review queued for it took it back, and the API
+        // server's review, behind it, found no room a second later.
         let intake = Intake::new(ReviewTiming::default(), MAX_REVIEW_BYTES);
         let pod = [10, 0, 0, 1];
         let held = [
@@ -506,20 +554,24 @@ mod tests {
             async move { holding(&intake, pod, 4 << 20).await }
         });
         tokio::task::yield_now().await;
+        tokio::time::advance(TAKE_AFTER).await;
         let api_server = Connection::new([10, 0, 0, 2].into(), CancellationToken::new());
         let _entry = intake.holders.enter(&api_server);
-        let room = intake
-            .reserve_text(
-                4096,
-                Instant::now() + Duration::from_secs(10),
-                Some(api_server.peer()),
-            )
-            .await;
-        assert_eq!(room.map(|r| r.num_permits()).ok(), Some(4096));
-        // Two of the pod's three reviews gave up their room.
-        let queued = queued.await.expect("the queued review got room");
-        let closed = held.iter().chain([&queued]).filter(|c| c.is_closing());
-        assert_eq!(closed.count(), 2);
+        let review = intake.reserve_text(
+            4096,
+            Instant::now() + Duration::from_secs(10),
+            Some(api_server.peer()),
+        );
+        let room = tokio::time::timeout(Duration::from_millis(1), review)
+            .await
+            .expect("at once");
+        let room = room.expect("room for the review");
+        assert_eq!(room.num_permits(), 4096);
+        assert_eq!(held.iter().filter(|c| c.is_closing()).count(), 1);
+        // The rest of that hold is not enough for the pod's third review.
+        tokio::task::yield_now().await;
+        assert!(!queued.is_finished());
+        queued.abort();
     }
 
     #[tokio::test(start_paused = true)]

@@ -60,12 +60,14 @@ pub async fn run_webhook(
         metrics.clone(),
         shutdown.clone(),
     );
+    let intake = Intake::new(config.review_timing, config.review_budget)
+        .counting(metrics.reviews_closed_for_room.clone());
     let state = AdmissionState {
         defaults: config.sidecar.clone(),
         lookup: Arc::new(lookup),
         on_lookup_error: config.on_lookup_error,
         metrics,
-        intake: Intake::new(config.review_timing, config.review_budget),
+        intake,
         kube_version,
     };
     server.run(state, shutdown).await
