@@ -90,7 +90,10 @@ impl Metrics {
         let registry = Registry::new();
         let credentials = CredentialMetrics::register(&registry)?;
         let proxy = ProxyMetrics::register(&registry)?;
-        let connections_refused = registered(&registry, super::connections_refused("")?)?;
+        let connections_refused = registered(
+            &registry,
+            super::connections_refused("connections_refused_total")?,
+        )?;
         let connections_reclaimed = registered(
             &registry,
             IntCounterVec::new(

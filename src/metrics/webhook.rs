@@ -76,7 +76,7 @@ impl WebhookMetrics {
             "Reviews and unread answers whose connection was closed to hand their room in the review budget to a peer holding less.",
         ))?;
         registry.register(Box::new(reviews_closed_for_room.clone()))?;
-        let connections_refused = super::connections_refused("webhook_")?;
+        let connections_refused = super::connections_refused("webhook_connections_refused_total")?;
         registry.register(Box::new(connections_refused.clone()))?;
         // The same build_info as the sidecar's: one query finds both.
         super::build_info(&registry)?;
