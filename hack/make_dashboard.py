@@ -95,6 +95,11 @@ def dashboard() -> dict:
     p.append(panel(20, "Certificate reloads",
                    [("sum by (result) (increase(bedrock_broker_webhook_tls_reloads_total[$__range]))", "{{result}}")],
                    12, 67))
+    p.append(panel(22, "Webhook connections closed or refused",
+                   [("sum by (listener) (rate(bedrock_broker_webhook_connections_refused_total[$__rate_interval]))", "refused at a limit ({{listener}})"),
+                    ("sum(rate(bedrock_broker_webhook_reviews_closed_for_room_total[$__rate_interval]))", "closed to share the review budget")],
+                   0, 75, unit="ops",
+                   desc="Non-zero while the API server's reviews get 503 or time out: some pod is filling the webhook's connections or review budget (the chart's NetworkPolicy keeps pods off the port)."))
     return {
         "title": "bedrock-broker",
         "uid": "bedrock-broker",
