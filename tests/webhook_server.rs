@@ -876,7 +876,9 @@ async fn pods_queueing_for_the_room_they_lose_cannot_shut_out_the_api_server() {
     // Room taken from a pod went back to the budget, where the first in
     // line got it: the pods' own queued reviews, not the API server's
     // (an audit: three pods, 15 reviews holding the budget each and 15
-    // more waiting; the API server's review got 503 in 4 runs of 4).
+    // more waiting; the API server's review got 503 in 4 runs of 4). The
+    // hand-over itself, rather than taking again while waiting, is what
+    // `room_taken_from_a_pod_goes_to_the_asker_not_the_pods_queue` shows.
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = ca();
     let (addr, metrics, intake, stop) = running_with_intake(dir.path(), &ca, |a| {

@@ -73,7 +73,7 @@ impl WebhookMetrics {
         registry.register(Box::new(tls_reloads.clone()))?;
         let reviews_closed_for_room = IntCounter::with_opts(opts(
             "webhook_reviews_closed_for_room_total",
-            "Reviews and unread answers whose connection was closed to hand their room in the review budget to a peer holding less.",
+            "Reviews and unread answers whose connection was closed to hand their room in the review budget to a peer holding less (a pod filling the budget; or, with several API server addresses, their own slow readers).",
         ))?;
         registry.register(Box::new(reviews_closed_for_room.clone()))?;
         let connections_refused = super::connections_refused("webhook_connections_refused_total")?;

@@ -6,18 +6,19 @@
 //! large answers, could hold the whole budget for as long as it kept on:
 //! every review of the API server's then waited its second and got 503. So
 //! each request's room lives here, by peer, and a request short of room
-//! takes it from the peer holding the most, as long as that peer would
-//! still hold more than the asker: the hold it takes is closed (its
-//! connection dropped) and its room handed to the asker at once, not to
-//! whoever queues first for the budget, which could be the same peer
-//! again. The listener shares its connection slots the same way
+//! takes it from peers holding more than the asker would with it, the one
+//! holding the most first: a hold it takes is closed (its connection
+//! dropped) and its room handed to the asker at once, not to whoever
+//! queues first for the budget, which could be the same peer again. The listener shares its connection slots the same way
 //! (`server::peers`).
 //!
-//! Only holds older than [`TAKE_AFTER`] are taken: reviews the API server
-//! sends are answered in milliseconds, and during its own bursts, when it
-//! may well be the peer holding the most, its reviews must wait their turn
-//! rather than close each other. A hold that stays is what shuts others
-//! out; one that comes and goes leaves its room to the queue in turn.
+//! Only holds the webhook has been waiting on their peer for at least
+//! [`TAKE_AFTER`] are taken: a review whose body is still arriving, or an
+//! answer not read. Never one waiting for room, being parsed or looked up:
+//! that wait is the webhook's, not the peer's. The API server sends its
+//! bodies at once and reads its answers at once, so its reviews are not
+//! taken however long the webhook keeps them; a hold that stays because
+//! its peer keeps it is what shuts others out.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -29,8 +30,20 @@ use tokio::time::Instant;
 
 use crate::server::Connection;
 
-/// How old a hold must be before another peer may take it.
+/// How long the webhook must have been waiting on a hold's peer before
+/// another peer may take the hold.
 pub const TAKE_AFTER: Duration = Duration::from_millis(500);
+
+/// What a request's room waits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Its peer: the rest of the body.
+    Receiving,
+    /// The webhook: room in the budget, the parse, cluster lookups.
+    Working,
+    /// Its peer: reading the answer.
+    Answering,
+}
 
 /// Every request holding part of the review budget, by peer.
 #[derive(Debug, Default)]
@@ -45,6 +58,8 @@ struct Table {
 #[derive(Debug)]
 struct Hold {
     id: u64,
+    phase: Phase,
+    /// When the phase began.
     since: Instant,
     /// Its room; gone once taken for another peer.
     room: Option<OwnedSemaphorePermit>,
@@ -56,6 +71,13 @@ impl Hold {
         self.room
             .as_ref()
             .map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+
+    /// Room the webhook has long been waiting on the peer to move.
+    fn takeable(&self, now: Instant) -> bool {
+        self.phase != Phase::Working
+            && self.bytes() > 0
+            && now.saturating_duration_since(self.since) >= TAKE_AFTER
     }
 }
 
@@ -86,6 +108,7 @@ impl Holders {
         let peer = connection.peer();
         table.peers.entry(peer).or_default().push(Hold {
             id,
+            phase: Phase::Receiving,
             since: Instant::now(),
             room: None,
             connection: connection.clone(),
@@ -98,11 +121,12 @@ impl Holders {
     }
 
     /// `peer` wants `want` bytes and is `short` of them: takes the room of
-    /// holds older than [`TAKE_AFTER`], from the peer holding the most and
-    /// its largest hold first, closing their connections, until `short`
-    /// bytes are taken or no other peer would hold more than `peer` once it
-    /// has what it wants. Returns what was taken (it may be less than
-    /// `short`, or more), and how many holds it came from.
+    /// holds its peer has kept for [`TAKE_AFTER`] or more (see
+    /// [`Hold::takeable`]), from peers holding more than `peer` would once
+    /// it has what it wants, the one holding the most and its largest hold
+    /// first, closing their connections, until `short` bytes are taken.
+    /// Returns what was taken (it may be less than `short`, or more), and
+    /// how many holds it came from.
     pub fn take_for(
         &self,
         peer: IpAddr,
@@ -119,17 +143,18 @@ impl Holders {
         let mut taken: Option<OwnedSemaphorePermit> = None;
         let mut closed = 0;
         while taken.as_ref().map_or(0, |t| t.num_permits()) < short {
-            let busiest = table
+            // The busiest peer with a hold to take: one holding only holds
+            // the webhook is working on does not stop the search.
+            let victim = table
                 .peers
                 .iter_mut()
                 .filter(|(ip, _)| **ip != peer)
                 .map(|(_, list)| (held(list), list))
-                .filter(|(bytes, _)| *bytes > after)
+                .filter(|(bytes, list)| *bytes > after && list.iter().any(|h| h.takeable(now)))
                 .max_by_key(|(bytes, _)| *bytes);
-            let Some(hold) = busiest.and_then(|(_, list)| {
+            let Some(hold) = victim.and_then(|(_, list)| {
                 list.iter_mut()
-                    .filter(|h| now.saturating_duration_since(h.since) >= TAKE_AFTER)
-                    .filter(|h| h.bytes() > 0)
+                    .filter(|h| h.takeable(now))
                     .max_by_key(|h| h.bytes())
             }) else {
                 break;
@@ -164,6 +189,21 @@ impl Holder {
             .get_mut(&self.peer)
             .and_then(|list| list.iter_mut().find(|h| h.id == self.id))
             .map(f)
+    }
+
+    /// What the request waits on now.
+    pub fn waiting_on(&self) -> Phase {
+        self.with(|h| h.phase).unwrap_or(Phase::Working)
+    }
+
+    /// The request now waits on `phase`.
+    pub fn phase(&self, phase: Phase) {
+        self.with(|h| {
+            if h.phase != phase {
+                h.phase = phase;
+                h.since = Instant::now();
+            }
+        });
     }
 
     /// Bytes of room the request holds (none once taken for another peer).
@@ -292,6 +332,55 @@ mod tests {
             taken(holders.take_for(IpAddr::from(ASKER), 100, 100)),
             (4000, 1)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_holds_waiting_on_their_peer_are_taken() {
+        // A review the webhook keeps (waiting for room, parsing, looking
+        // up) is not its peer's doing: the API server's slow reviews were
+        // taken for a pod's.
+        let (holders, budget) = (Arc::default(), Arc::new(Semaphore::new(10_000)));
+        let (working, answering) = (connection([10, 0, 0, 1]), connection([10, 0, 0, 1]));
+        let w = holding(&holders, &budget, &working, 4000);
+        w.phase(Phase::Working);
+        let a = holding(&holders, &budget, &answering, 1000);
+        a.phase(Phase::Answering);
+        tokio::time::advance(TAKE_AFTER).await;
+        assert_eq!(
+            taken(holders.take_for(IpAddr::from(ASKER), 100, 100)),
+            (1000, 1)
+        );
+        assert!(answering.is_closing() && !working.is_closing());
+        assert_eq!(
+            taken(holders.take_for(IpAddr::from(ASKER), 100, 100)),
+            (0, 0)
+        );
+        // Back to waiting on its peer, it is taken once it has waited long.
+        w.phase(Phase::Receiving);
+        assert_eq!(
+            taken(holders.take_for(IpAddr::from(ASKER), 100, 100)),
+            (0, 0)
+        );
+        tokio::time::advance(TAKE_AFTER).await;
+        assert_eq!(
+            taken(holders.take_for(IpAddr::from(ASKER), 100, 100)),
+            (4000, 1)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busiest_peer_with_nothing_to_take_does_not_stop_the_search() {
+        let (holders, budget) = (Arc::default(), Arc::new(Semaphore::new(10_000)));
+        let (busy, next) = (connection([10, 0, 0, 1]), connection([10, 0, 0, 2]));
+        let b = holding(&holders, &budget, &busy, 5000);
+        b.phase(Phase::Working);
+        let _n = holding(&holders, &budget, &next, 3000);
+        tokio::time::advance(TAKE_AFTER).await;
+        assert_eq!(
+            taken(holders.take_for(IpAddr::from(ASKER), 100, 100)),
+            (3000, 1)
+        );
+        assert!(next.is_closing() && !busy.is_closing());
     }
 
     #[tokio::test(start_paused = true)]

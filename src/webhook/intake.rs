@@ -26,7 +26,7 @@ use prometheus::IntCounter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::fair_share::{Holder, Holders};
+use super::fair_share::{Holder, Holders, Phase};
 use super::parse_cost;
 use crate::server::Connection;
 
@@ -119,10 +119,16 @@ impl Room {
         }
     }
 
-    fn peer(&self) -> Option<IpAddr> {
+    fn holder(&self) -> Option<&Holder> {
         match self {
-            Self::Held(holder) => Some(holder.peer()),
+            Self::Held(holder) => Some(holder),
             Self::Own(_) => None,
+        }
+    }
+
+    fn phase(&self, phase: Phase) {
+        if let Self::Held(holder) = self {
+            holder.phase(phase);
         }
     }
 
@@ -215,10 +221,13 @@ impl Intake {
             if bytes.len() + data.len() > limit {
                 return Err(StatusCode::PAYLOAD_TOO_LARGE);
             }
-            let share = self.reserve_text(data.len(), deadline, text.peer()).await?;
+            let share = self
+                .reserve_text(data.len(), deadline, text.holder())
+                .await?;
             text.add(share);
             bytes.extend_from_slice(&data);
         }
+        text.phase(Phase::Working);
         // What the pod will take once parsed, drawn before it is: text of
         // a few hundred KB can parse into gigabytes (`parse_cost`). Text
         // the estimate cannot read (a number out of range, a lone
@@ -250,35 +259,60 @@ impl Intake {
         })
     }
 
-    /// `n` more bytes of the text budget for a request from `peer`: when
-    /// there is not enough room, busier peers make it
-    /// ([`Holders::make_room`]) before the wait.
+    /// `n` more bytes of the text budget for the request `holder` stands
+    /// for: when there is not enough room, it is taken from busier peers
+    /// ([`Holders::take_for`]) or waited for. The wait is the webhook's,
+    /// not the peer's (see [`Phase`]).
     async fn reserve_text(
         &self,
         n: usize,
         deadline: Instant,
-        peer: Option<IpAddr>,
+        holder: Option<&Holder>,
     ) -> Result<OwnedSemaphorePermit, StatusCode> {
-        let permits = u32::try_from(n).map_err(|_| StatusCode::PAYLOAD_TOO_LARGE)?;
-        if let Ok(permit) = self.budget.clone().try_acquire_many_owned(permits) {
+        if let Ok(permit) = self.budget.clone().try_acquire_many_owned(permits(n)?) {
             return Ok(permit);
         }
-        let Some(peer) = peer else {
+        let Some(holder) = holder else {
             return reserve(&self.budget, n, deadline).await;
         };
+        let waiting_on = holder.waiting_on();
+        holder.phase(Phase::Working);
+        let room = self.wait_or_take(n, deadline, holder).await;
+        holder.phase(waiting_on);
+        room
+    }
+
+    async fn wait_or_take(
+        &self,
+        n: usize,
+        deadline: Instant,
+        holder: &Holder,
+    ) -> Result<OwnedSemaphorePermit, StatusCode> {
         let until = (Instant::now() + BUDGET_WAIT).min(deadline);
-        let acquire = self.budget.clone().acquire_many_owned(permits);
-        tokio::pin!(acquire);
         let mut taken: Option<OwnedSemaphorePermit> = None;
+        let mut queued_for = n;
+        let mut acquire = Box::pin(self.budget.clone().acquire_many_owned(permits(n)?));
         loop {
-            if let Some(room) = self.take_for(peer, n, &mut taken) {
+            if let Some(room) = self.take_for(holder.peer(), n, &mut taken) {
                 return Ok(room);
             }
-            // Holds too young to take now may be old enough later: asked
-            // again while waiting, keeping this place in line.
+            // In line for what is still missing only: room taken meanwhile
+            // (handed over, outside the line) counts.
+            let missing = n - taken.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+            if missing != queued_for {
+                acquire = Box::pin(self.budget.clone().acquire_many_owned(permits(missing)?));
+                queued_for = missing;
+            }
+            // Holds not takeable now may be later: asked again while
+            // waiting, keeping this place in line.
             let next = (Instant::now() + TAKE_AGAIN).min(until);
             match tokio::time::timeout_at(next, &mut acquire).await {
-                Ok(Ok(permit)) => return Ok(permit),
+                Ok(Ok(mut permit)) => {
+                    if let Some(taken) = taken {
+                        permit.merge(taken);
+                    }
+                    return Ok(permit);
+                }
                 Err(_) if next < until => {}
                 _ => return Err(exhausted()),
             }
@@ -313,10 +347,12 @@ impl Intake {
         }
         let rest = n.saturating_sub(have(taken));
         if rest > 0 {
-            let rest = u32::try_from(rest).ok()?;
             add(
                 taken,
-                self.budget.clone().try_acquire_many_owned(rest).ok()?,
+                self.budget
+                    .clone()
+                    .try_acquire_many_owned(permits(rest).ok()?)
+                    .ok()?,
             );
         }
         let mut room = taken.take()?;
@@ -351,10 +387,11 @@ impl Intake {
         } else {
             let extra = need - room.bytes();
             let more = self
-                .reserve_text(extra, Instant::now() + BUDGET_WAIT, room.peer())
+                .reserve_text(extra, Instant::now() + BUDGET_WAIT, room.holder())
                 .await?;
             room.add(more);
         }
+        room.phase(Phase::Answering);
         // The room goes with the bytes: chunks handed to the connection
         // share their allocation, and the last one may sit in its buffer
         // after the body is done.
@@ -407,6 +444,11 @@ impl http_body::Body for AnswerBody {
     }
 }
 
+/// `n` as a number of permits; more than a semaphore holds is too large.
+fn permits(n: usize) -> Result<u32, StatusCode> {
+    u32::try_from(n).map_err(|_| StatusCode::PAYLOAD_TOO_LARGE)
+}
+
 /// `n` more bytes of `budget`, waiting briefly (never past `deadline`) for
 /// room.
 async fn reserve(
@@ -414,8 +456,7 @@ async fn reserve(
     n: usize,
     deadline: Instant,
 ) -> Result<OwnedSemaphorePermit, StatusCode> {
-    let permits = u32::try_from(n).map_err(|_| StatusCode::PAYLOAD_TOO_LARGE)?;
-    let acquire = budget.clone().acquire_many_owned(permits);
+    let acquire = budget.clone().acquire_many_owned(permits(n)?);
     let until = (Instant::now() + BUDGET_WAIT).min(deadline);
     match tokio::time::timeout_at(until, acquire).await {
         Ok(Ok(permit)) => Ok(permit),
@@ -502,9 +543,9 @@ mod tests {
         assert_eq!(intake.held(), MAX_REVIEW_BYTES);
         tokio::time::advance(TAKE_AFTER).await;
         let api_server = Connection::new([10, 0, 0, 2].into(), CancellationToken::new());
-        let _entry = intake.holders.enter(&api_server);
+        let entry = intake.holders.enter(&api_server);
         let deadline = Instant::now() + Duration::from_secs(10);
-        let review = intake.reserve_text(4096, deadline, Some(api_server.peer()));
+        let review = intake.reserve_text(4096, deadline, Some(&entry));
         let room = tokio::time::timeout(Duration::from_millis(1), review)
             .await
             .expect("at once")
@@ -524,12 +565,13 @@ mod tests {
     async fn holding(intake: &Intake, peer: [u8; 4], bytes: usize) -> Connection {
         let close = CancellationToken::new();
         let connection = Connection::new(peer.into(), close.clone());
-        let mut room = Room::new(Some(intake.holders.enter(&connection)));
+        let holder = intake.holders.enter(&connection);
         let deadline = Instant::now() + Duration::from_secs(60);
         let permit = intake
-            .reserve_text(bytes, deadline, Some(connection.peer()))
+            .reserve_text(bytes, deadline, Some(&holder))
             .await
             .expect("room");
+        let mut room = Room::new(Some(holder));
         room.add(permit);
         tokio::spawn(async move {
             close.cancelled().await;
@@ -556,12 +598,9 @@ mod tests {
         tokio::task::yield_now().await;
         tokio::time::advance(TAKE_AFTER).await;
         let api_server = Connection::new([10, 0, 0, 2].into(), CancellationToken::new());
-        let _entry = intake.holders.enter(&api_server);
-        let review = intake.reserve_text(
-            4096,
-            Instant::now() + Duration::from_secs(10),
-            Some(api_server.peer()),
-        );
+        let entry = intake.holders.enter(&api_server);
+        let review =
+            intake.reserve_text(4096, Instant::now() + Duration::from_secs(10), Some(&entry));
         let room = tokio::time::timeout(Duration::from_millis(1), review)
             .await
             .expect("at once");
@@ -572,6 +611,35 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!queued.is_finished());
         queued.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn room_waited_for_and_room_taken_add_up() {
+        // Room given to a review waiting in line, and room taken for it,
+        // were never put together: holding all it asked for in two parts,
+        // it got 503 (and the connection taken from was closed for nothing).
+        let intake = Intake::new(ReviewTiming::default(), MAX_REVIEW_BYTES);
+        let pod = [10, 0, 0, 1];
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(holding(&intake, pod, 2 << 20).await);
+        }
+        let answer = tokio::spawn({
+            let intake = intake.clone();
+            async move {
+                let api_server = Connection::new([10, 0, 0, 2].into(), CancellationToken::new());
+                let entry = intake.holders.enter(&api_server);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                intake.reserve_text(4 << 20, deadline, Some(&entry)).await
+            }
+        });
+        tokio::time::advance(Duration::from_millis(200)).await;
+        // One of the pod's reviews is answered: its room goes to the line.
+        held[0].close();
+        tokio::time::advance(TAKE_AFTER).await;
+        let room = answer.await.expect("task").expect("room");
+        assert_eq!(room.num_permits(), 4 << 20);
+        assert_eq!(held[1..].iter().filter(|c| c.is_closing()).count(), 1);
     }
 
     #[tokio::test(start_paused = true)]
