@@ -333,6 +333,21 @@ async fn running_with_intake(
     bedrock_broker::webhook::Intake,
     CancellationToken,
 ) {
+    running_with_lookup(dir, ca, cluster(), tweak).await
+}
+
+/// [`running_with_intake`], reading the cluster through `lookup`.
+async fn running_with_lookup<L: bedrock_broker::webhook::ClusterLookup>(
+    dir: &Path,
+    ca: &Ca,
+    lookup: L,
+    tweak: impl FnOnce(&mut WebhookArgs),
+) -> (
+    SocketAddr,
+    bedrock_broker::metrics::WebhookMetrics,
+    bedrock_broker::webhook::Intake,
+    CancellationToken,
+) {
     let (cert, key, _) = leaf(ca, "webhook");
     publish(&dir.join("tls.crt"), &cert);
     publish(&dir.join("tls.key"), &key);
@@ -345,7 +360,7 @@ async fn running_with_intake(
     };
     tweak(&mut args);
     let config = WebhookConfig::from_args(&args, &Env::default()).expect("valid config");
-    let mut state = state(cluster());
+    let mut state = state(lookup);
     state.intake = bedrock_broker::webhook::Intake::new(config.review_timing, config.review_budget)
         .counting(state.metrics.reviews_closed_for_room.clone());
     let server = WebhookServer::bind(&config).await.expect("binds");
@@ -915,4 +930,120 @@ async fn pods_queueing_for_the_room_they_lose_cannot_shut_out_the_api_server() {
         task.abort();
     }
     stop.cancel();
+}
+
+/// The cluster as [`cluster`] has it, each ServiceAccount read taking
+/// `delay`, as a direct read from a busy API server does.
+struct SlowLookup {
+    inner: bedrock_broker::webhook::StaticLookup,
+    delay: Duration,
+}
+
+impl bedrock_broker::webhook::ClusterLookup for SlowLookup {
+    async fn service_account_annotations(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<bedrock_broker::webhook::StringMap>, bedrock_broker::webhook::LookupError>
+    {
+        tokio::time::sleep(self.delay).await;
+        self.inner
+            .service_account_annotations(namespace, name)
+            .await
+    }
+
+    async fn namespace_labels(
+        &self,
+        namespace: &str,
+    ) -> Result<Option<bedrock_broker::webhook::StringMap>, bedrock_broker::webhook::LookupError>
+    {
+        self.inner.namespace_labels(namespace).await
+    }
+
+    async fn limit_ranges(
+        &self,
+        namespace: &str,
+    ) -> Result<Vec<k8s_openapi::api::core::v1::LimitRange>, bedrock_broker::webhook::LookupError>
+    {
+        self.inner.limit_ranges(namespace).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_queueing_reviews_that_parse_large_cannot_delay_the_api_server() {
+    // Reviews estimated to parse into most of the room for parsed pods go
+    // one at a time, each holding it through its lookups; in one line, a
+    // pod keeping 31 of them queued put the API server's review behind
+    // all of them (a reviewer's test, 40 ms lookups: 10 of 20 got 503).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ca();
+    let slow = SlowLookup {
+        inner: cluster(),
+        delay: Duration::from_millis(40),
+    };
+    let (addr, _, _, stop) = running_with_lookup(dir.path(), &ca, slow, |_| {}).await;
+    let tls = client_config(&ca);
+    let plain: Value =
+        serde_json::from_slice(&std::fs::read(fixtures().join("plain.json")).expect("fixture"))
+            .expect("json");
+    // Volumes enough for 70 % of the room (4 times the 32 MiB budget).
+    let with_volumes = |n: usize| {
+        let mut review = plain.clone();
+        review["request"]["object"]["spec"]["volumes"] =
+            Value::Array(vec![serde_json::json!({"name": ""}); n]);
+        serde_json::to_vec(&review).expect("json")
+    };
+    let cost =
+        |n: usize| bedrock_broker::webhook::parse_cost::estimate(&with_volumes(n)).expect("priced");
+    let per_volume = (cost(1001) - cost(1)) / 1000;
+    let large = with_volumes(7 * 128 * 1024 * 1024 / 10 / per_volume);
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let pod: Vec<_> = (0..31)
+        .map(|_| {
+            let (tls, large, answered) = (tls.clone(), large.clone(), answered.clone());
+            tokio::spawn(async move {
+                loop {
+                    large_review_from(&tls, addr, [127, 0, 0, 3], large.clone()).await;
+                    answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    eventually(
+        "the pod's reviews to be answered",
+        Duration::from_secs(10),
+        || {
+            let n = answered.load(std::sync::atomic::Ordering::Relaxed);
+            async move { n >= 31 }
+        },
+    )
+    .await;
+    let body = std::fs::read(fixtures().join("plain.json")).expect("fixture");
+    for _ in 0..10 {
+        let (status, _, _) = https(&tls, addr, "POST", "/mutate", body.clone())
+            .await
+            .expect("request");
+        assert_eq!(status, 200, "the API server's review is answered");
+    }
+    for task in pod {
+        task.abort();
+    }
+    stop.cancel();
+}
+
+/// One review from `source`; its status, if it is answered.
+async fn large_review_from(
+    tls: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    source: [u8; 4],
+    body: Vec<u8>,
+) -> Option<u16> {
+    use tokio::io::AsyncWriteExt;
+    let tcp = connect_from(source, addr).await;
+    let (mut reader, mut writer) = review_head(tls.clone(), tcp, body.len()).await?;
+    writer.write_all(&body).await.ok()?;
+    writer.flush().await.ok()?;
+    let status = status_of(&mut reader).await;
+    drop(writer);
+    status
 }

@@ -12,7 +12,8 @@
 //! takes it from one holding more ([`super::fair_share`]).
 //!
 //! Once the text is in, what parsing it will take is drawn from room of
-//! its own, before it is parsed ([`super::parse_cost`]).
+//! its own, before it is parsed ([`super::parse_cost`]), handed out to
+//! peers in turn ([`super::turns`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use tokio::time::Instant;
 
 use super::fair_share::{Holder, Holders, Phase};
 use super::parse_cost;
+use super::turns::{self, Turns};
 use crate::server::Connection;
 
 /// AdmissionReviews are bounded by the API server's 3 MiB object limit
@@ -78,7 +80,7 @@ pub struct Intake {
     /// the text's budget, so that reviews holding text and waiting for
     /// this wait only for reviews already past parsing, which hold
     /// nothing they wait on: a flood of large reviews cannot deadlock.
-    parsed: Arc<Semaphore>,
+    parsed: Arc<Turns>,
     parsed_capacity: usize,
     capacity: usize,
     /// Who holds the text budget, so a peer short of room can take it from
@@ -96,7 +98,7 @@ pub struct Received {
     /// then answered as unreadable, never parsed.
     pub not_json: Option<String>,
     text: Room,
-    _parsed: Option<OwnedSemaphorePermit>,
+    _parsed: Option<turns::Room>,
 }
 
 /// A request's share of the text budget: among the budget's holders, where
@@ -163,7 +165,7 @@ impl Intake {
         Self {
             timing,
             budget: Arc::new(Semaphore::new(budget)),
-            parsed: Arc::new(Semaphore::new(parsed)),
+            parsed: Turns::new(parsed),
             parsed_capacity: parsed,
             capacity: budget,
             holders: Arc::default(),
@@ -245,7 +247,7 @@ impl Intake {
                 );
                 return Err(StatusCode::PAYLOAD_TOO_LARGE);
             }
-            Ok(parsed) => Some(reserve(&self.parsed, parsed, deadline).await?),
+            Ok(parsed) => Some(self.reserve_parsed(&text, parsed, deadline).await?),
             Err(e) => {
                 not_json = Some(e.to_string());
                 None
@@ -257,6 +259,23 @@ impl Intake {
             text,
             _parsed: parsed,
         })
+    }
+
+    /// Room for a parsed pod of `n` bytes, in turn among peers
+    /// ([`super::turns`]), waiting briefly (never past `deadline`).
+    async fn reserve_parsed(
+        &self,
+        text: &Room,
+        n: usize,
+        deadline: Instant,
+    ) -> Result<turns::Room, StatusCode> {
+        let peer = text.holder().map(Holder::peer);
+        let granted = self.parsed.ask(peer, n);
+        let until = (Instant::now() + BUDGET_WAIT).min(deadline);
+        match tokio::time::timeout_at(until, granted).await {
+            Ok(Ok(room)) => Ok(room),
+            _ => Err(exhausted()),
+        }
     }
 
     /// `n` more bytes of the text budget for the request `holder` stands

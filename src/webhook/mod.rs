@@ -27,6 +27,7 @@ mod offline;
 pub mod parse_cost;
 mod review;
 mod server;
+mod turns;
 
 use std::sync::Arc;
 

@@ -82,7 +82,7 @@ pub const REVIEW_BUDGET: Setting = Setting {
     flag: "review-budget",
     env: &["BEDROCK_BROKER_WEBHOOK_REVIEW_BUDGET"],
     default: Value("33554432"),
-    help: "Bytes of AdmissionReview text held in memory at once, at least 8388608 (one review of the largest size); parsed pods get 4 times as much room beside it (estimated before parsing). When it is full, a review takes room from peers holding more than it would (closing their connections whose body or answer has waited on them half a second or more); a review that still does not fit within a second gets 503; one whose pod would not fit in all that room, 413",
+    help: "Bytes of AdmissionReview text held in memory at once, at least 8388608 (one review of the largest size); parsed pods get 4 times as much room beside it (estimated before parsing, handed out to peers in turn). When it is full, a review takes room from peers holding more than it would (closing their connections whose body or answer has waited on them half a second or more); a review that still does not fit within a second gets 503; one whose pod would not fit in all that room, 413",
 };
 
 pub const ALL: &[Setting] = &[
