@@ -270,11 +270,15 @@ impl Intake {
         deadline: Instant,
     ) -> Result<turns::Room, StatusCode> {
         let peer = text.holder().map(Holder::peer);
-        let granted = self.parsed.ask(peer, n);
+        let mut granted = self.parsed.ask(peer, n);
         let until = (Instant::now() + BUDGET_WAIT).min(deadline);
-        match tokio::time::timeout_at(until, granted).await {
+        match tokio::time::timeout_at(until, &mut granted).await {
             Ok(Ok(room)) => Ok(room),
-            _ => Err(exhausted()),
+            _ => {
+                drop(granted);
+                self.parsed.gave_up();
+                Err(exhausted())
+            }
         }
     }
 

@@ -85,6 +85,13 @@ impl Turns {
         receiver
     }
 
+    /// A review stopped waiting (its receiver dropped): if its turn was
+    /// next and it did not fit, those behind it may fit now, and no room
+    /// given back would tell them.
+    pub fn gave_up(self: &Arc<Self>) {
+        self.serve(self.lines());
+    }
+
     /// Grants room to the reviews whose turn it is, while it lasts.
     fn serve(self: &Arc<Self>, mut lines: MutexGuard<'_, Lines>) {
         while let Some((peer, mut line)) = lines.lines.pop_front() {
@@ -186,6 +193,19 @@ mod tests {
         drop(first);
         assert!(granted(&mut large).is_some());
         assert!(granted(&mut small).is_some());
+    }
+
+    #[test]
+    fn those_behind_a_review_that_gave_up_are_served() {
+        let turns = Turns::new(100);
+        let first = granted(&mut turns.ask(POD, 50)).expect("room");
+        let large = turns.ask(POD, 80);
+        let mut small = turns.ask(API, 10);
+        assert!(granted(&mut small).is_none(), "behind the large one");
+        drop(large);
+        turns.gave_up();
+        assert!(granted(&mut small).is_some());
+        drop(first);
     }
 
     #[test]
