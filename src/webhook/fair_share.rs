@@ -81,6 +81,15 @@ impl Hold {
     }
 }
 
+/// A hold's phase, and how long it had been in it, while the webhook makes
+/// the request wait.
+#[derive(Debug, Clone, Copy)]
+pub struct Paused {
+    phase: Phase,
+    since: Instant,
+    at: Instant,
+}
+
 /// One request's room in [`Holders`], given back on drop.
 #[derive(Debug)]
 pub struct Holder {
@@ -191,9 +200,31 @@ impl Holder {
             .map(f)
     }
 
-    /// What the request waits on now.
-    pub fn waiting_on(&self) -> Phase {
-        self.with(|h| h.phase).unwrap_or(Phase::Working)
+    /// The webhook makes the request wait (for room): until [`Self::resume`]
+    /// the hold is not its peer's doing, and that time does not count
+    /// towards [`TAKE_AFTER`] (restarting the count instead would let a
+    /// pod whose every frame waits for room keep its holds untakeable).
+    pub fn pause(&self) -> Option<Paused> {
+        let now = Instant::now();
+        self.with(|h| {
+            let paused = Paused {
+                phase: h.phase,
+                since: h.since,
+                at: now,
+            };
+            h.phase = Phase::Working;
+            h.since = now;
+            paused
+        })
+    }
+
+    /// The wait [`Self::pause`] began is over.
+    pub fn resume(&self, paused: Paused) {
+        let waited = Instant::now().saturating_duration_since(paused.at);
+        self.with(|h| {
+            h.phase = paused.phase;
+            h.since = paused.since + waited;
+        });
     }
 
     /// The request now waits on `phase`.
@@ -362,6 +393,32 @@ mod tests {
             (0, 0)
         );
         tokio::time::advance(TAKE_AFTER).await;
+        assert_eq!(
+            taken(holders.take_for(IpAddr::from(ASKER), 100, 100)),
+            (4000, 1)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_the_webhook_makes_a_hold_wait_does_not_count() {
+        let (holders, budget) = (Arc::default(), Arc::new(Semaphore::new(10_000)));
+        let pod = connection([10, 0, 0, 1]);
+        let hold = holding(&holders, &budget, &pod, 4000);
+        tokio::time::advance(TAKE_AFTER * 3 / 5).await;
+        let paused = hold.pause().expect("entered");
+        tokio::time::advance(TAKE_AFTER * 2).await;
+        assert_eq!(
+            taken(holders.take_for(IpAddr::from(ASKER), 100, 100)),
+            (0, 0)
+        );
+        hold.resume(paused);
+        // 300 ms of its own so far: 200 ms to go, not 500 again.
+        tokio::time::advance(TAKE_AFTER * 2 / 5 - Duration::from_millis(1)).await;
+        assert_eq!(
+            taken(holders.take_for(IpAddr::from(ASKER), 100, 100)),
+            (0, 0)
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(
             taken(holders.take_for(IpAddr::from(ASKER), 100, 100)),
             (4000, 1)

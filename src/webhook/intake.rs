@@ -298,10 +298,11 @@ impl Intake {
         let Some(holder) = holder else {
             return reserve(&self.budget, n, deadline).await;
         };
-        let waiting_on = holder.waiting_on();
-        holder.phase(Phase::Working);
+        let paused = holder.pause();
         let room = self.wait_or_take(n, deadline, holder).await;
-        holder.phase(waiting_on);
+        if let Some(paused) = paused {
+            holder.resume(paused);
+        }
         room
     }
 
@@ -327,7 +328,9 @@ impl Intake {
                 queued_for = missing;
             }
             // Holds not takeable now may be later: asked again while
-            // waiting, keeping this place in line.
+            // waiting. A take costs the place in line (the line is asked
+            // for what is still missing, anew), where the part of the room
+            // the old place had been given goes back.
             let next = (Instant::now() + TAKE_AGAIN).min(until);
             match tokio::time::timeout_at(next, &mut acquire).await {
                 Ok(Ok(mut permit)) => {

@@ -11,11 +11,13 @@
 //! and fairness works so): a review waits for at most one review of each
 //! other peer.
 //!
-//! The turn is strict: when the next review in turn does not fit yet, none
-//! behind it is served before it, so a large review is never passed over
-//! for ever by small ones.
+//! When the review whose turn it is does not fit yet, reviews of peers
+//! holding less room than its peer may go before it (in turn among them):
+//! the API server's small review is not kept waiting for a pod's large one
+//! while there is room for it, and a large review of a peer holding
+//! nothing is passed by nobody, so it is never passed over for ever.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -31,6 +33,25 @@ struct Lines {
     /// Peers with reviews waiting, the next in turn first. `None`: requests
     /// that came on no connection (tests, `inject`), one line for all.
     lines: VecDeque<(Option<IpAddr>, VecDeque<Waiting>)>,
+    /// Room each peer holds now.
+    held: HashMap<Option<IpAddr>, usize>,
+}
+
+impl Lines {
+    fn grant(&mut self, peer: Option<IpAddr>, need: usize) {
+        self.free -= need;
+        *self.held.entry(peer).or_default() += need;
+    }
+
+    fn give_back(&mut self, peer: Option<IpAddr>, bytes: usize) {
+        self.free += bytes;
+        if let Some(held) = self.held.get_mut(&peer) {
+            *held = held.saturating_sub(bytes);
+            if *held == 0 {
+                self.held.remove(&peer);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -43,6 +64,7 @@ struct Waiting {
 #[derive(Debug)]
 pub struct Room {
     turns: Arc<Turns>,
+    peer: Option<IpAddr>,
     bytes: usize,
 }
 
@@ -51,6 +73,7 @@ impl Turns {
         Arc::new(Self(Mutex::new(Lines {
             free: capacity,
             lines: VecDeque::new(),
+            held: HashMap::new(),
         })))
     }
 
@@ -67,11 +90,12 @@ impl Turns {
         let (granted, receiver) = oneshot::channel();
         let mut lines = self.lines();
         if lines.lines.is_empty() && lines.free >= need {
-            lines.free -= need;
+            lines.grant(peer, need);
             drop(lines);
             // The receiver is ours: the send cannot fail.
             let _ = granted.send(Room {
                 turns: self.clone(),
+                peer,
                 bytes: need,
             });
             return receiver;
@@ -92,33 +116,54 @@ impl Turns {
         self.serve(self.lines());
     }
 
-    /// Grants room to the reviews whose turn it is, while it lasts.
-    fn serve(self: &Arc<Self>, mut lines: MutexGuard<'_, Lines>) {
-        while let Some((peer, mut line)) = lines.lines.pop_front() {
+    /// Grants room to the reviews whose turn it is, while it lasts (see the
+    /// module's comment for who may go before whom).
+    fn serve(self: &Arc<Self>, mut guard: MutexGuard<'_, Lines>) {
+        let lines = &mut *guard;
+        loop {
             // Reviews that stopped waiting hold no turn.
-            while line.front().is_some_and(|w| w.granted.is_closed()) {
-                line.pop_front();
+            for (_, line) in lines.lines.iter_mut() {
+                while line.front().is_some_and(|w| w.granted.is_closed()) {
+                    line.pop_front();
+                }
             }
-            let Some(next) = line.front() else { continue };
-            if next.need > lines.free {
-                lines.lines.push_front((peer, line));
+            lines.lines.retain(|(_, line)| !line.is_empty());
+            // Peers must hold less than this to go before a review in turn
+            // that does not fit.
+            let mut less_than = usize::MAX;
+            let mut chosen = None;
+            for (i, (peer, line)) in lines.lines.iter().enumerate() {
+                let held = lines.held.get(peer).copied().unwrap_or(0);
+                if held >= less_than {
+                    continue;
+                }
+                match line.front() {
+                    Some(next) if next.need <= lines.free => {
+                        chosen = Some(i);
+                        break;
+                    }
+                    _ => less_than = held,
+                }
+            }
+            let Some((peer, mut line)) = chosen.and_then(|i| lines.lines.remove(i)) else {
                 break;
-            }
+            };
             let Some(Waiting { need, granted }) = line.pop_front() else {
                 continue;
             };
-            lines.free -= need;
             if !line.is_empty() {
                 lines.lines.push_back((peer, line));
             }
+            lines.grant(peer, need);
             let room = Room {
                 turns: self.clone(),
+                peer,
                 bytes: need,
             };
             // A review that stopped waiting just now gives it straight back
             // (emptied, so that dropping it does not lock again).
             if let Err(mut room) = granted.send(room) {
-                lines.free += room.bytes;
+                lines.give_back(peer, need);
                 room.bytes = 0;
             }
         }
@@ -132,7 +177,7 @@ impl Drop for Room {
         }
         let turns = self.turns.clone();
         let mut lines = turns.lines();
-        lines.free += self.bytes;
+        lines.give_back(self.peer, self.bytes);
         turns.serve(lines);
     }
 }
@@ -170,6 +215,35 @@ mod tests {
     }
 
     #[test]
+    fn a_small_review_of_a_peer_holding_less_goes_before_a_large_one() {
+        // The API server's review waited for the pod's room to come back
+        // although there was room for it beside.
+        let turns = Turns::new(100);
+        let held = granted(&mut turns.ask(POD, 70)).expect("room");
+        let mut large = turns.ask(POD, 70);
+        let mut api = turns.ask(API, 10);
+        let room = granted(&mut api);
+        assert!(room.is_some(), "room for it beside the pod's");
+        assert!(granted(&mut large).is_none());
+        drop((held, room));
+        assert!(granted(&mut large).is_some());
+    }
+
+    #[test]
+    fn a_large_review_of_a_peer_holding_nothing_is_passed_by_nobody() {
+        let turns = Turns::new(100);
+        let pod = granted(&mut turns.ask(POD, 50)).expect("room");
+        let mut large = turns.ask(API, 80);
+        // Fits, but the pod holds more than the API server's nothing.
+        let mut small = turns.ask(POD, 10);
+        assert!(granted(&mut small).is_none());
+        drop(pod);
+        let room = granted(&mut large);
+        assert!(room.is_some());
+        assert!(granted(&mut small).is_some());
+    }
+
+    #[test]
     fn a_review_that_stopped_waiting_passes_its_room_on() {
         let turns = Turns::new(100);
         let first = granted(&mut turns.ask(POD, 100)).expect("room");
@@ -183,28 +257,17 @@ mod tests {
     }
 
     #[test]
-    fn a_large_review_in_turn_is_not_passed_over() {
-        let turns = Turns::new(100);
-        let first = granted(&mut turns.ask(POD, 50)).expect("room");
-        let mut large = turns.ask(API, 80);
-        // Fits beside the first, but the large one is ahead of it.
-        let mut small = turns.ask(POD, 10);
-        assert!(granted(&mut small).is_none());
-        drop(first);
-        assert!(granted(&mut large).is_some());
-        assert!(granted(&mut small).is_some());
-    }
-
-    #[test]
     fn those_behind_a_review_that_gave_up_are_served() {
         let turns = Turns::new(100);
         let first = granted(&mut turns.ask(POD, 50)).expect("room");
-        let large = turns.ask(POD, 80);
-        let mut small = turns.ask(API, 10);
+        // The API server holds nothing: nobody goes before its review.
+        let large = turns.ask(API, 80);
+        let mut small = turns.ask(POD, 10);
         assert!(granted(&mut small).is_none(), "behind the large one");
         drop(large);
         turns.gave_up();
-        assert!(granted(&mut small).is_some());
+        let room = granted(&mut small);
+        assert!(room.is_some());
         drop(first);
     }
 
