@@ -817,6 +817,25 @@ async fn a_review_body_that_never_ends_is_cut_off_at_the_deadline() {
     stop.cancel();
 }
 
+/// A webhook with the smallest review budget (one review of the largest
+/// size) and bodies allowed a minute: what holds the budget is the peer.
+async fn patient_with_the_smallest_budget(
+    dir: &Path,
+    ca: &Ca,
+) -> (
+    SocketAddr,
+    bedrock_broker::metrics::WebhookMetrics,
+    bedrock_broker::webhook::Intake,
+    CancellationToken,
+) {
+    running_with_intake(dir, ca, |a| {
+        a.review_budget = Some((8 * 1024 * 1024).to_string());
+        a.body_read_timeout = Some("30s".into());
+        a.body_read_deadline = Some("60s".into());
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_filling_the_review_budget_cannot_shut_out_the_api_server() {
     // A pod sending reviews as fast as it likes holds the budget as long
@@ -825,12 +844,7 @@ async fn a_pod_filling_the_review_budget_cannot_shut_out_the_api_server() {
     // with `failurePolicy: Fail` every opted-in pod was refused.
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = ca();
-    let (addr, metrics, intake, stop) = running_with_intake(dir.path(), &ca, |a| {
-        a.review_budget = Some((8 * 1024 * 1024).to_string());
-        a.body_read_timeout = Some("30s".into());
-        a.body_read_deadline = Some("60s".into());
-    })
-    .await;
+    let (addr, metrics, intake, stop) = patient_with_the_smallest_budget(dir.path(), &ca).await;
     let tls = client_config(&ca);
     const ALL: usize = 8 * 1024 * 1024;
     let tcp = connect_from([127, 0, 0, 3], addr).await;
@@ -896,12 +910,7 @@ async fn pods_queueing_for_the_room_they_lose_cannot_shut_out_the_api_server() {
     // `room_taken_from_a_pod_goes_to_the_asker_not_the_pods_queue` shows.
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = ca();
-    let (addr, metrics, intake, stop) = running_with_intake(dir.path(), &ca, |a| {
-        a.review_budget = Some((8 * 1024 * 1024).to_string());
-        a.body_read_timeout = Some("30s".into());
-        a.body_read_deadline = Some("60s".into());
-    })
-    .await;
+    let (addr, metrics, intake, stop) = patient_with_the_smallest_budget(dir.path(), &ca).await;
     let tls = client_config(&ca);
     const SHARE: usize = 182 * 1024;
     let mut held = Vec::new();
