@@ -322,7 +322,8 @@ impl Intake {
             }
             // In line for what is still missing only: room taken meanwhile
             // (handed over, outside the line) counts.
-            let missing = n - taken.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+            let missing =
+                n.saturating_sub(taken.as_ref().map_or(0, OwnedSemaphorePermit::num_permits));
             if missing != queued_for {
                 acquire = Box::pin(self.budget.clone().acquire_many_owned(permits(missing)?));
                 queued_for = missing;

@@ -8,8 +8,8 @@
 //! of 20 of the API server's reviews wait past their second and get 503.
 //! Here each peer has a line of its own and the lines are served in turn,
 //! one review each, as fair queueing does (the API server's own priority
-//! and fairness works so): a review waits for at most one review of each
-//! other peer.
+//! and fairness works so): once room comes back, a review waits for at
+//! most one review of each other peer.
 //!
 //! When the review whose turn it is does not fit yet, reviews of peers
 //! holding less room than its peer may go before it (in turn among them):
