@@ -15,7 +15,6 @@
 //! its own, before it is parsed ([`super::parse_cost`]), handed out to
 //! peers in turn ([`super::turns`]).
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,13 +23,17 @@ use axum::http::{header, Request, StatusCode};
 use bytes::BytesMut;
 use http_body_util::BodyExt;
 use prometheus::IntCounter;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::fair_share::{Holder, Holders, Phase};
+mod answer_body;
+mod text_budget;
+
+use super::fair_share::{Holder, Phase};
 use super::parse_cost;
 use super::turns::{self, Turns};
 use crate::server::Connection;
+use text_budget::{Room, TextBudget};
 
 /// AdmissionReviews are bounded by the API server's 3 MiB object limit
 /// plus the review envelope (old and new object).
@@ -44,13 +47,6 @@ pub const PARSED_PER_TEXT: usize = 4;
 /// How long a review waits for room in the budget: well inside the API
 /// server's 10 s webhook timeout, so it gets our clear answer.
 const BUDGET_WAIT: Duration = Duration::from_secs(1);
-
-/// How often a review waiting for room looks again for holds to take.
-const TAKE_AGAIN: Duration = Duration::from_millis(100);
-
-/// An answer is handed to the connection this much at a time, so what it
-/// has not taken yet stays in the answer, counted.
-const ANSWER_CHUNK: usize = 64 * 1024;
 
 /// How long receiving one review body may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,20 +70,15 @@ impl Default for ReviewTiming {
 #[derive(Debug, Clone)]
 pub struct Intake {
     timing: ReviewTiming,
-    /// Bytes of review text, drawn as they arrive.
-    budget: Arc<Semaphore>,
+    /// Bytes of review text (and answers), drawn as they arrive, shared
+    /// among peers.
+    text: TextBudget,
     /// Bytes of parsed pods, drawn once a review's text is in. Apart from
     /// the text's budget, so that reviews holding text and waiting for
     /// this wait only for reviews already past parsing, which hold
     /// nothing they wait on: a flood of large reviews cannot deadlock.
     parsed: Arc<Turns>,
     parsed_capacity: usize,
-    capacity: usize,
-    /// Who holds the text budget, so a peer short of room can take it from
-    /// one holding more ([`super::fair_share`]).
-    holders: Arc<Holders>,
-    /// Counts holds taken for another peer.
-    closed: Option<IntCounter>,
 }
 
 /// A review body, holding its shares of the budgets until dropped: its
@@ -101,59 +92,6 @@ pub struct Received {
     _parsed: Option<turns::Room>,
 }
 
-/// A request's share of the text budget: among the budget's holders, where
-/// a peer short of room can take it, when the request came on a
-/// connection of the listener's; else its own.
-enum Room {
-    Held(Holder),
-    Own(Option<OwnedSemaphorePermit>),
-}
-
-impl Room {
-    fn new(holder: Option<Holder>) -> Self {
-        holder.map_or(Self::Own(None), Self::Held)
-    }
-
-    fn bytes(&self) -> usize {
-        match self {
-            Self::Held(holder) => holder.bytes(),
-            Self::Own(permit) => permit.as_ref().map_or(0, OwnedSemaphorePermit::num_permits),
-        }
-    }
-
-    fn holder(&self) -> Option<&Holder> {
-        match self {
-            Self::Held(holder) => Some(holder),
-            Self::Own(_) => None,
-        }
-    }
-
-    fn phase(&self, phase: Phase) {
-        if let Self::Held(holder) = self {
-            holder.phase(phase);
-        }
-    }
-
-    fn add(&mut self, more: OwnedSemaphorePermit) {
-        match self {
-            Self::Held(holder) => holder.add(more),
-            Self::Own(Some(permit)) => permit.merge(more),
-            Self::Own(none) => *none = Some(more),
-        }
-    }
-
-    /// Gives back all but `bytes`.
-    fn keep(&mut self, bytes: usize) {
-        match self {
-            Self::Held(holder) => holder.keep(bytes),
-            Self::Own(Some(permit)) => {
-                drop(permit.split(permit.num_permits().saturating_sub(bytes)));
-            }
-            Self::Own(None) => {}
-        }
-    }
-}
-
 impl Intake {
     /// `budget` is at least one review of the largest size (the
     /// configuration refuses less; raised here for callers that skip it).
@@ -164,25 +102,22 @@ impl Intake {
             .min(Semaphore::MAX_PERMITS);
         Self {
             timing,
-            budget: Arc::new(Semaphore::new(budget)),
+            text: TextBudget::new(budget),
             parsed: Turns::new(parsed),
             parsed_capacity: parsed,
-            capacity: budget,
-            holders: Arc::default(),
-            closed: None,
         }
     }
 
     /// Counts the holds taken for another peer in `closed`.
     pub fn counting(mut self, closed: IntCounter) -> Self {
-        self.closed = Some(closed);
+        self.text.counting(closed);
         self
     }
 
     /// Bytes of the text budget held now: review text and answers not
     /// taken yet.
     pub fn held(&self) -> usize {
-        self.capacity - self.budget.available_permits()
+        self.text.held()
     }
 
     /// Reads a review body, or the status to answer instead.
@@ -197,11 +132,7 @@ impl Intake {
             return Err(StatusCode::PAYLOAD_TOO_LARGE);
         }
         let limit = declared.unwrap_or(MAX_REVIEW_BYTES);
-        let holder = request
-            .extensions()
-            .get::<Connection>()
-            .map(|connection| self.holders.enter(connection));
-        let mut text = Room::new(holder);
+        let mut text = self.text.room(request.extensions().get::<Connection>());
         let mut body = request.into_body();
         // Untouched capacity costs address space, not memory: only what
         // arrives is resident, and only that is drawn from the budget.
@@ -224,7 +155,8 @@ impl Intake {
                 return Err(StatusCode::PAYLOAD_TOO_LARGE);
             }
             let share = self
-                .reserve_text(data.len(), deadline, text.holder())
+                .text
+                .reserve(data.len(), deadline, text.holder())
                 .await?;
             text.add(share);
             bytes.extend_from_slice(&data);
@@ -281,114 +213,6 @@ impl Intake {
             }
         }
     }
-
-    /// `n` more bytes of the text budget for the request `holder` stands
-    /// for: when there is not enough room, it is taken from busier peers
-    /// ([`Holders::take_for`]) or waited for. The wait is the webhook's,
-    /// not the peer's (see [`Phase`]).
-    async fn reserve_text(
-        &self,
-        n: usize,
-        deadline: Instant,
-        holder: Option<&Holder>,
-    ) -> Result<OwnedSemaphorePermit, StatusCode> {
-        if let Ok(permit) = self.budget.clone().try_acquire_many_owned(permits(n)?) {
-            return Ok(permit);
-        }
-        let Some(holder) = holder else {
-            return reserve(&self.budget, n, deadline).await;
-        };
-        let paused = holder.pause();
-        let room = self.wait_or_take(n, deadline, holder).await;
-        if let Some(paused) = paused {
-            holder.resume(paused);
-        }
-        room
-    }
-
-    async fn wait_or_take(
-        &self,
-        n: usize,
-        deadline: Instant,
-        holder: &Holder,
-    ) -> Result<OwnedSemaphorePermit, StatusCode> {
-        let until = (Instant::now() + BUDGET_WAIT).min(deadline);
-        let mut taken: Option<OwnedSemaphorePermit> = None;
-        let mut queued_for = n;
-        let mut acquire = Box::pin(self.budget.clone().acquire_many_owned(permits(n)?));
-        loop {
-            if let Some(room) = self.take_for(holder.peer(), n, &mut taken) {
-                return Ok(room);
-            }
-            // In line for what is still missing only: room taken meanwhile
-            // (handed over, outside the line) counts.
-            let missing =
-                n.saturating_sub(taken.as_ref().map_or(0, OwnedSemaphorePermit::num_permits));
-            if missing != queued_for {
-                acquire = Box::pin(self.budget.clone().acquire_many_owned(permits(missing)?));
-                queued_for = missing;
-            }
-            // Holds not takeable now may be later: asked again while
-            // waiting. A take costs the place in line (the line is asked
-            // for what is still missing, anew), where the part of the room
-            // the old place had been given goes back.
-            let next = (Instant::now() + TAKE_AGAIN).min(until);
-            match tokio::time::timeout_at(next, &mut acquire).await {
-                Ok(Ok(mut permit)) => {
-                    if let Some(taken) = taken {
-                        permit.merge(taken);
-                    }
-                    return Ok(permit);
-                }
-                Err(_) if next < until => {}
-                _ => return Err(exhausted()),
-            }
-        }
-    }
-
-    /// Adds to `taken` what busier peers hold ([`Holders::take_for`]) and
-    /// what the budget has free, and returns `n` bytes of it once there are
-    /// that many.
-    fn take_for(
-        &self,
-        peer: IpAddr,
-        n: usize,
-        taken: &mut Option<OwnedSemaphorePermit>,
-    ) -> Option<OwnedSemaphorePermit> {
-        fn add(taken: &mut Option<OwnedSemaphorePermit>, room: OwnedSemaphorePermit) {
-            match taken.as_mut() {
-                Some(t) => t.merge(room),
-                None => *taken = Some(room),
-            }
-        }
-        let have = |t: &Option<OwnedSemaphorePermit>| t.as_ref().map_or(0, |t| t.num_permits());
-        let short = n
-            .saturating_sub(have(taken))
-            .saturating_sub(self.budget.available_permits());
-        let (more, closed) = self.holders.take_for(peer, n, short);
-        if let Some(counter) = self.closed.as_ref().filter(|_| closed > 0) {
-            counter.inc_by(closed as u64);
-        }
-        if let Some(more) = more {
-            add(taken, more);
-        }
-        let rest = n.saturating_sub(have(taken));
-        if rest > 0 {
-            add(
-                taken,
-                self.budget
-                    .clone()
-                    .try_acquire_many_owned(permits(rest).ok()?)
-                    .ok()?,
-            );
-        }
-        let mut room = taken.take()?;
-        let excess = room.num_permits().saturating_sub(n);
-        if excess > 0 {
-            drop(room.split(excess));
-        }
-        Some(room)
-    }
 }
 
 impl Intake {
@@ -414,80 +238,13 @@ impl Intake {
         } else {
             let extra = need - room.bytes();
             let more = self
-                .reserve_text(extra, Instant::now() + BUDGET_WAIT, room.holder())
+                .text
+                .reserve(extra, Instant::now() + BUDGET_WAIT, room.holder())
                 .await?;
             room.add(more);
         }
         room.phase(Phase::Answering);
-        // The room goes with the bytes: chunks handed to the connection
-        // share their allocation, and the last one may sit in its buffer
-        // after the body is done.
-        let rest = Bytes::from_owner(Answer {
-            bytes: answer,
-            _room: room,
-        });
-        Ok(Body::new(AnswerBody { rest }))
-    }
-}
-
-/// An answer's bytes, with their room in the budget.
-struct Answer {
-    bytes: Vec<u8>,
-    _room: Room,
-}
-
-impl AsRef<[u8]> for Answer {
-    fn as_ref(&self) -> &[u8] {
-        &self.bytes
-    }
-}
-
-/// An answer given out a chunk at a time.
-struct AnswerBody {
-    rest: Bytes,
-}
-
-impl http_body::Body for AnswerBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        if self.rest.is_empty() {
-            return std::task::Poll::Ready(None);
-        }
-        let n = self.rest.len().min(ANSWER_CHUNK);
-        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(self.rest.split_to(n)))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.rest.is_empty()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.rest.len() as u64)
-    }
-}
-
-/// `n` as a number of permits; more than a semaphore holds is too large.
-fn permits(n: usize) -> Result<u32, StatusCode> {
-    u32::try_from(n).map_err(|_| StatusCode::PAYLOAD_TOO_LARGE)
-}
-
-/// `n` more bytes of `budget`, waiting briefly (never past `deadline`) for
-/// room.
-async fn reserve(
-    budget: &Arc<Semaphore>,
-    n: usize,
-    deadline: Instant,
-) -> Result<OwnedSemaphorePermit, StatusCode> {
-    let acquire = budget.clone().acquire_many_owned(permits(n)?);
-    let until = (Instant::now() + BUDGET_WAIT).min(deadline);
-    match tokio::time::timeout_at(until, acquire).await {
-        Ok(Ok(permit)) => Ok(permit),
-        _ => Err(exhausted()),
+        Ok(answer_body::with_room(answer, room))
     }
 }
 
@@ -507,6 +264,7 @@ impl Default for Intake {
 mod tests {
     use super::super::fair_share::TAKE_AFTER;
     use super::*;
+    use tokio::sync::OwnedSemaphorePermit;
     use tokio_util::sync::CancellationToken;
 
     fn received(held: Option<OwnedSemaphorePermit>) -> Received {
@@ -521,13 +279,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_answer_holds_its_room_until_it_is_taken() {
         let intake = Intake::new(ReviewTiming::default(), MAX_REVIEW_BYTES);
-        let review = intake.budget.clone().try_acquire_many_owned(1 << 20).ok();
+        let review = intake
+            .text
+            .budget
+            .clone()
+            .try_acquire_many_owned(1 << 20)
+            .ok();
         let first = intake
             .answer(received(review), vec![b'x'; 5 << 20])
             .await
             .expect("room");
         assert_eq!(
-            intake.budget.available_permits(),
+            intake.text.budget.available_permits(),
             MAX_REVIEW_BYTES - (5 << 20)
         );
         // A second one does not fit beside it, as a review would not...
@@ -542,7 +305,7 @@ mod tests {
         let taken = first.collect().await.expect("a body").to_bytes();
         assert_eq!(taken.len(), 5 << 20);
         drop(taken);
-        assert_eq!(intake.budget.available_permits(), MAX_REVIEW_BYTES);
+        assert_eq!(intake.text.budget.available_permits(), MAX_REVIEW_BYTES);
         assert!(intake
             .answer(received(None), vec![b'y'; 5 << 20])
             .await
@@ -560,7 +323,7 @@ mod tests {
                 Received {
                     bytes: Bytes::new(),
                     not_json: None,
-                    text: Room::new(Some(intake.holders.enter(&pod))),
+                    text: Room::new(Some(intake.text.holders.enter(&pod))),
                     _parsed: None,
                 },
                 vec![b'x'; MAX_REVIEW_BYTES],
@@ -570,9 +333,9 @@ mod tests {
         assert_eq!(intake.held(), MAX_REVIEW_BYTES);
         tokio::time::advance(TAKE_AFTER).await;
         let api_server = Connection::new([10, 0, 0, 2].into(), CancellationToken::new());
-        let entry = intake.holders.enter(&api_server);
+        let entry = intake.text.holders.enter(&api_server);
         let deadline = Instant::now() + Duration::from_secs(10);
-        let review = intake.reserve_text(4096, deadline, Some(&entry));
+        let review = intake.text.reserve(4096, deadline, Some(&entry));
         let room = tokio::time::timeout(Duration::from_millis(1), review)
             .await
             .expect("at once")
@@ -592,10 +355,11 @@ mod tests {
     async fn holding(intake: &Intake, peer: [u8; 4], bytes: usize) -> Connection {
         let close = CancellationToken::new();
         let connection = Connection::new(peer.into(), close.clone());
-        let holder = intake.holders.enter(&connection);
+        let holder = intake.text.holders.enter(&connection);
         let deadline = Instant::now() + Duration::from_secs(60);
         let permit = intake
-            .reserve_text(bytes, deadline, Some(&holder))
+            .text
+            .reserve(bytes, deadline, Some(&holder))
             .await
             .expect("room");
         let mut room = Room::new(Some(holder));
@@ -625,9 +389,11 @@ mod tests {
         tokio::task::yield_now().await;
         tokio::time::advance(TAKE_AFTER).await;
         let api_server = Connection::new([10, 0, 0, 2].into(), CancellationToken::new());
-        let entry = intake.holders.enter(&api_server);
+        let entry = intake.text.holders.enter(&api_server);
         let review =
-            intake.reserve_text(4096, Instant::now() + Duration::from_secs(10), Some(&entry));
+            intake
+                .text
+                .reserve(4096, Instant::now() + Duration::from_secs(10), Some(&entry));
         let room = tokio::time::timeout(Duration::from_millis(1), review)
             .await
             .expect("at once");
@@ -655,9 +421,9 @@ mod tests {
             let intake = intake.clone();
             async move {
                 let api_server = Connection::new([10, 0, 0, 2].into(), CancellationToken::new());
-                let entry = intake.holders.enter(&api_server);
+                let entry = intake.text.holders.enter(&api_server);
                 let deadline = Instant::now() + Duration::from_secs(10);
-                intake.reserve_text(4 << 20, deadline, Some(&entry)).await
+                intake.text.reserve(4 << 20, deadline, Some(&entry)).await
             }
         });
         tokio::time::advance(Duration::from_millis(200)).await;
@@ -674,14 +440,20 @@ mod tests {
         // Reviews queued for room must not take the room a review already
         // worked through had: its answer would end in 503.
         let intake = Intake::new(ReviewTiming::default(), MAX_REVIEW_BYTES);
-        let review = intake.budget.clone().try_acquire_many_owned(2 << 20).ok();
+        let review = intake
+            .text
+            .budget
+            .clone()
+            .try_acquire_many_owned(2 << 20)
+            .ok();
         let _everything_else = intake
+            .text
             .budget
             .clone()
             .try_acquire_many_owned((MAX_REVIEW_BYTES - (2 << 20)) as u32)
             .expect("the rest");
         // A review waiting for more room than there is: first in line.
-        let queued = tokio::spawn(intake.budget.clone().acquire_many_owned(3 << 20));
+        let queued = tokio::spawn(intake.text.budget.clone().acquire_many_owned(3 << 20));
         tokio::task::yield_now().await;
         let body = intake.answer(received(review), vec![b'x'; 1 << 20]);
         let body = tokio::time::timeout(Duration::from_millis(1), body)
