@@ -50,6 +50,8 @@ struct Fake {
     limit_ranges_unsynced: bool,
     sa_events: broadcast::Sender<Value>,
     gets: Arc<AtomicUsize>,
+    /// The query of every direct LimitRange list of a namespace.
+    lr_queries: Arc<Mutex<Vec<String>>>,
 }
 
 fn meta(namespace: Option<&str>, name: &str, annotations: Value, labels: Value) -> Value {
@@ -148,15 +150,35 @@ async fn list_lr(State(f): State<Fake>, uri: Uri) -> Response {
     limit_range_list(f.limit_ranges.to_vec())
 }
 
-async fn list_lr_in(State(f): State<Fake>, Path(ns): Path<String>) -> Response {
+/// Pages as the API server does: `limit` objects, then a continue token
+/// (here the offset of the next page).
+async fn list_lr_in(State(f): State<Fake>, Path(ns): Path<String>, uri: Uri) -> Response {
     f.gets.fetch_add(1, Ordering::SeqCst);
-    let items = f
+    let query = uri.query().unwrap_or_default().to_owned();
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+    };
+    let (limit, from): (usize, usize) = (
+        param("limit").unwrap_or(usize::MAX),
+        param("continue").unwrap_or(0),
+    );
+    f.lr_queries.lock().unwrap().push(query);
+    let all: Vec<Value> = f
         .limit_ranges
         .iter()
         .filter(|lr| lr["metadata"]["namespace"] == ns.as_str())
         .cloned()
         .collect();
-    limit_range_list(items)
+    let page: Vec<Value> = all.iter().skip(from).take(limit).cloned().collect();
+    let next = from.saturating_add(limit);
+    let mut list = json!({"apiVersion": "v1", "kind": "LimitRangeList",
+        "metadata": {"resourceVersion": "10"}, "items": page});
+    if next < all.len() {
+        list["metadata"]["continue"] = json!(next.to_string());
+    }
+    axum::Json(list).into_response()
 }
 
 async fn direct_get(objects: &Mutex<Objects>, gets: &AtomicUsize, key: String) -> Response {
@@ -254,6 +276,7 @@ fn fake() -> Fake {
         limit_ranges_unsynced: false,
         sa_events: broadcast::channel(16).0,
         gets: Arc::new(AtomicUsize::new(0)),
+        lr_queries: Arc::default(),
     }
 }
 
@@ -426,9 +449,18 @@ async fn limit_ranges_come_from_the_cache_or_a_direct_list() {
     assert_eq!(f.gets.load(Ordering::SeqCst), 0);
     shutdown.cancel();
 
-    // Not synced yet: the namespace is listed directly.
+    // Not synced yet: the namespace is listed directly, in pages of 20
+    // (a page is read whole), and kept as the cache keeps it.
     let mut f = fake();
     f.limit_ranges_unsynced = true;
+    let mut limit_ranges = f.limit_ranges.to_vec();
+    limit_ranges.extend((0..24).map(|i| {
+        json!({"apiVersion": "v1", "kind": "LimitRange",
+            "metadata": {"name": format!("bulky-{i}"), "namespace": "team-a",
+                "annotations": {"notes": "x".repeat(64 * 1024)}},
+            "spec": {"limits": [{"type": "Container", "min": {"cpu": format!("{}m", i + 1)}}]}})
+    }));
+    f.limit_ranges = Arc::new(limit_ranges);
     let addr = start(f.clone()).await;
     let shutdown = CancellationToken::new();
     let lookup = KubeLookup::start(
@@ -439,8 +471,19 @@ async fn limit_ranges_come_from_the_cache_or_a_direct_list() {
     );
     assert!(!lookup.ready());
     let found = lookup.limit_ranges("team-a").await.expect("read");
-    assert_eq!(min_cpu(found), ["50m"]);
-    assert_eq!(f.gets.load(Ordering::SeqCst), 1);
+    assert!(
+        found.iter().all(|lr| lr.metadata.annotations.is_none()),
+        "annotations are dropped"
+    );
+    let cpus = min_cpu(found);
+    assert_eq!(cpus.len(), 25, "every page is read: {cpus:?}");
+    assert_eq!(cpus[0], "50m");
+    let queries = f.lr_queries.lock().unwrap().clone();
+    assert_eq!(queries.len(), 2, "{queries:?}");
+    for query in &queries {
+        assert!(query.split('&').any(|kv| kv == "limit=20"), "{query}");
+    }
+    assert_eq!(f.gets.load(Ordering::SeqCst), 2);
     shutdown.cancel();
 }
 

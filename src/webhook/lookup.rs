@@ -343,6 +343,24 @@ fn spawn_watch<K>(
     });
 }
 
+/// A namespace's LimitRanges, page by page like the watches, each kept
+/// as the cache keeps it: a page is all that is held in full at once.
+async fn list_slim(api: &Api<LimitRange>) -> Result<Vec<LimitRange>, kube::Error> {
+    let mut found = Vec::new();
+    let mut params = ListParams::default().limit(LIST_PAGE);
+    loop {
+        let page = api.list(&params).await?;
+        found.extend(page.items.into_iter().map(|mut lr| {
+            Keep::NO_METADATA.slim(&mut lr.metadata);
+            lr
+        }));
+        match page.metadata.continue_.filter(|token| !token.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(found),
+        }
+    }
+}
+
 impl ClusterLookup for KubeLookup {
     async fn service_account_annotations(
         &self,
@@ -394,12 +412,11 @@ impl ClusterLookup for KubeLookup {
             return Ok(found);
         }
         let api = Api::<LimitRange>::namespaced(self.client.clone(), namespace);
-        let result =
-            match tokio::time::timeout(self.timeout, api.list(&ListParams::default())).await {
-                Err(_) => Err(LookupError::Timeout(self.timeout)),
-                Ok(Err(e)) => Err(LookupError::Api(e.to_string())),
-                Ok(Ok(list)) => Ok(list.items),
-            };
+        let result = match tokio::time::timeout(self.timeout, list_slim(&api)).await {
+            Err(_) => Err(LookupError::Timeout(self.timeout)),
+            Ok(Err(e)) => Err(LookupError::Api(e.to_string())),
+            Ok(Ok(found)) => Ok(found),
+        };
         self.record_list("limit_range", &result.as_ref().map(|_| ()), false);
         result
     }
