@@ -363,6 +363,41 @@ mod tests {
     }
 
     #[test]
+    fn a_body_repeating_the_usage_key_costs_a_bounded_copy_per_frame() {
+        // A broken or hostile upstream writing `"usage"` every few bytes:
+        // each key began a 2 KiB copy, ~256 bytes copied per byte read.
+        // Only the last keys of a frame can outlive it.
+        let filler = "x".repeat(tap::WHOLE_JSON_BODY);
+        let keys = r#""usage":"#.repeat(128 * 1024);
+        let body = format!(
+            r#"{{"output":"{filler}","k":[{keys}0],"usage":{{"inputTokens":12,"outputTokens":34}}}}"#
+        );
+        let r = recorder();
+        let h = headers("application/json");
+        let mut tap = open_tap(&r, "m", Operation::Converse, &h).unwrap();
+        let frames = body.as_bytes().chunks(16 * 1024);
+        let n = frames.len();
+        let mut copied = 0;
+        for frame in frames {
+            tap.observe(&Bytes::copy_from_slice(frame));
+            if let tap::Parser::Json(body) = &tap.parser {
+                copied = body.copied();
+            }
+        }
+        // Per frame: the snippets still filling plus the frame's last
+        // keys, 2 KiB each at most.
+        let bound = n * 2 * 16 * 2048;
+        assert!(
+            copied <= bound,
+            "{copied} bytes copied for {} read (bound {bound})",
+            body.len()
+        );
+        tap.finish();
+        assert_eq!(count(&r, "m", "input"), 12);
+        assert_eq!(count(&r, "m", "output"), 34);
+    }
+
+    #[test]
     fn a_long_answer_with_a_guardrail_trace_counts_its_usage() {
         // Converse writes metrics and the trace after usage, and the trace
         // copies the answer (`modelOutput`): 300 KB of it puts the usage

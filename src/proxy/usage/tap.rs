@@ -123,6 +123,12 @@ impl JsonBody {
         large.push(data.bytes());
     }
 
+    /// Bytes copied into usage snippets, for the same tests.
+    #[cfg(test)]
+    pub(super) fn copied(&self) -> usize {
+        self.tail.as_ref().map_or(0, |t| t.copied())
+    }
+
     /// Bytes held, for the tests of what a body may cost.
     #[cfg(test)]
     pub(super) fn held(&self) -> usize {
@@ -162,6 +168,9 @@ pub struct LargeBody {
     /// Text from a `"usage"` key on (and the byte before it), up to
     /// [`SNIPPET`] bytes: the newest last, some still filling.
     snippets: VecDeque<Vec<u8>>,
+    /// Bytes copied into snippets, for the tests of what a body may cost.
+    #[cfg(test)]
+    copied: usize,
 }
 
 /// Text kept after a `"usage"` key: a usage object is far shorter.
@@ -176,7 +185,12 @@ impl LargeBody {
         keep_end(&mut self.tail, data);
         for s in self.snippets.iter_mut().filter(|s| s.len() < SNIPPET) {
             let need = SNIPPET - s.len();
-            s.extend_from_slice(&data[..need.min(data.len())]);
+            let more = &data[..need.min(data.len())];
+            s.extend_from_slice(more);
+            #[cfg(test)]
+            {
+                self.copied += more.len();
+            }
         }
         // A key cut by the frame boundary: looked for where the previous
         // frame's last bytes meet this one's first, not in a copy of the
@@ -190,7 +204,17 @@ impl LargeBody {
                 self.keep(&edge[at.saturating_sub(1)..cut], data);
             }
         }
+        // Only the frame's last keys can outlive it: a body writing the
+        // key every few bytes (a hostile or broken upstream) would
+        // otherwise cost a snippet's copy per key, ~256 bytes per byte.
+        let mut last = [0usize; SNIPPETS];
+        let mut found = 0usize;
         for at in USAGE_FINDER.find_iter(data) {
+            last[found % SNIPPETS] = at;
+            found += 1;
+        }
+        for i in found.saturating_sub(SNIPPETS)..found {
+            let at = last[i % SNIPPETS];
             match at.checked_sub(1) {
                 Some(start) => self.keep(&[], &data[start..]),
                 // The byte before it ended the previous frame.
@@ -206,14 +230,24 @@ impl LargeBody {
     /// Keeps a snippet: `head`, then `rest` up to [`SNIPPET`] bytes in all
     /// (the next frames fill it further).
     fn keep(&mut self, head: &[u8], rest: &[u8]) {
-        if self.snippets.len() == SNIPPETS {
-            self.snippets.pop_front();
-        }
-        let mut snippet = Vec::with_capacity(SNIPPET);
+        let mut snippet = match self.snippets.len() {
+            SNIPPETS => self.snippets.pop_front().unwrap_or_default(),
+            _ => Vec::with_capacity(SNIPPET),
+        };
+        snippet.clear();
         snippet.extend_from_slice(head);
-        let room = SNIPPET - snippet.len();
+        let room = SNIPPET.saturating_sub(snippet.len());
         snippet.extend_from_slice(&rest[..rest.len().min(room)]);
+        #[cfg(test)]
+        {
+            self.copied += snippet.len();
+        }
         self.snippets.push_back(snippet);
+    }
+
+    #[cfg(test)]
+    fn copied(&self) -> usize {
+        self.copied
     }
 
     #[cfg(test)]
