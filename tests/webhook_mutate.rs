@@ -475,9 +475,73 @@ fn pods_that_cannot_be_injected_safely_are_refused() {
     }
     let linux = opted_in(json!({"nodeSelector": {"kubernetes.io/os": "linux"}}));
     assert!(webhook::inject(&linux, &app_facts(), &defaults()).is_ok());
+    // Required node affinity sends a pod to Windows as surely as a
+    // nodeSelector does, when every term (they are alternatives) asks for it.
+    let affinity = |terms: Value| {
+        opted_in(json!({"affinity": {"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}}}))
+    };
+    let os = |key: &str, values: Value| json!({"matchExpressions": [{"key": key, "operator": "In", "values": values}]});
+    for key in ["kubernetes.io/os", "beta.kubernetes.io/os"] {
+        let msg = denial(
+            &affinity(json!([os(key, json!(["windows"]))])),
+            &app_facts(),
+        );
+        assert!(
+            msg.contains(&format!("requires {key} In [windows]")),
+            "{msg}"
+        );
+        assert!(msg.contains("Linux only"), "{msg}");
+    }
+    for may_run_on_linux in [
+        json!([os("kubernetes.io/os", json!(["windows", "linux"]))]),
+        json!([
+            os("kubernetes.io/os", json!(["windows"])),
+            os("kubernetes.io/arch", json!(["amd64"]))
+        ]),
+        json!([os("kubernetes.io/os", json!(["linux"]))]),
+    ] {
+        let p = affinity(may_run_on_linux.clone());
+        assert!(
+            matches!(
+                webhook::inject(&p, &app_facts(), &defaults()),
+                Ok(Outcome::Injected(_))
+            ),
+            "{may_run_on_linux}"
+        );
+    }
     let mut p = opted_in(json!({}));
     p.spec = None;
     assert!(denial(&p, &app_facts()).contains("no spec"));
+}
+
+#[test]
+fn ports_collide_only_over_tcp() {
+    let with_port = |protocol: Option<&str>| {
+        let mut port = json!({"containerPort": 9787});
+        if let Some(p) = protocol {
+            port["protocol"] = json!(p);
+        }
+        opted_in(json!({"containers": [{"name": "app", "image": "app:1", "ports": [port]}]}))
+    };
+    for tcp in [None, Some("TCP")] {
+        let msg = denial(&with_port(tcp), &app_facts());
+        assert!(
+            msg.contains("port 9787 is already used by container \"app\""),
+            "{msg}"
+        );
+    }
+    // A statsd exporter on UDP 9787 leaves the proxy's TCP port free.
+    for other in ["UDP", "SCTP"] {
+        let p = with_port(Some(other));
+        assert!(
+            matches!(
+                webhook::inject(&p, &app_facts(), &defaults()),
+                Ok(Outcome::Injected(_))
+            ),
+            "{other}"
+        );
+    }
 }
 
 #[test]

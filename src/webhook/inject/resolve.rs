@@ -2,7 +2,7 @@
 //! shape allows it at all, the IAM role (`role`), the region, and how the
 //! sidecar's user can read the projected token.
 
-use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use k8s_openapi::api::core::v1::{ContainerPort, NodeSelectorTerm, Pod, PodSpec};
 
 use super::annotations::names;
 use super::role::{resolve_role, RoleSource};
@@ -189,6 +189,12 @@ fn check_pod_shape(
             names::INJECT_LABEL
         ));
     }
+    if let Some(key) = windows_only_affinity(spec) {
+        problems.push(format!(
+            "spec.affinity.nodeAffinity requires {key} In [windows]: the sidecar runs on Linux only; opt the pod out with the label {}: \"false\"",
+            names::INJECT_LABEL
+        ));
+    }
     let Some(sidecar) = sidecar else { return };
     let mode_from = || {
         if sidecar.mode.origin == Origin::Annotation {
@@ -215,7 +221,10 @@ fn check_pod_shape(
         ));
     }
     for c in all_containers(spec) {
-        for p in c.ports.iter().flatten() {
+        // The proxy and admin ports are TCP; a UDP port (statsd) of the
+        // same number does not collide.
+        let tcp = |p: &&ContainerPort| p.protocol.as_deref().is_none_or(|p| p == "TCP");
+        for p in c.ports.iter().flatten().filter(tcp) {
             for (name, port) in [
                 (names::PORT, sidecar.port),
                 (names::ADMIN_PORT, sidecar.admin_port),
@@ -229,6 +238,35 @@ fn check_pod_shape(
             }
         }
     }
+}
+
+/// The node label by which a pod's required node affinity sends it to
+/// Windows nodes only: every term (terms are alternatives) requires the
+/// label to be `windows` and nothing else.
+fn windows_only_affinity(spec: &PodSpec) -> Option<&'static str> {
+    let terms = &spec
+        .affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?
+        .node_selector_terms;
+    // The label of a term sending its pods to Windows only, if it does.
+    let windows_key = |term: &NodeSelectorTerm| {
+        WINDOWS_NODE_LABELS.into_iter().find(|key| {
+            term.match_expressions.iter().flatten().any(|e| {
+                e.key == *key
+                    && e.operator == "In"
+                    && e.values
+                        .as_ref()
+                        .is_some_and(|v| !v.is_empty() && v.iter().all(|os| os == "windows"))
+            })
+        })
+    };
+    let mut keys = terms.iter().map(windows_key);
+    let first = keys.next()??;
+    keys.all(|k| k.is_some()).then_some(first)
 }
 
 /// A literal value of `name` set in any container (not `valueFrom`).
