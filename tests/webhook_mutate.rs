@@ -193,6 +193,66 @@ fn a_classic_sidecar_serves_its_app_through_the_pods_grace_period() {
 }
 
 #[test]
+fn a_native_sidecar_starts_after_a_service_mesh_proxy() {
+    // Istio (CNI) and Linkerd capture the pod's traffic before any of its
+    // containers runs: a sidecar placed ahead of their proxy could never
+    // reach STS, and the pod would never start.
+    let names = |v: &Value| {
+        v["spec"]["initContainers"]
+            .as_array()
+            .map(|c| c.iter().map(|c| c["name"].clone()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let init = |names: &[&str]| {
+        let containers: Vec<Value> = names
+            .iter()
+            .map(|n| json!({"name": n, "image": "x", "restartPolicy": "Always"}))
+            .collect();
+        opted_in(json!({ "initContainers": containers }))
+    };
+    for (before, after) in [
+        (
+            vec!["istio-validation", "istio-proxy", "migrate"],
+            vec![
+                "istio-validation",
+                "istio-proxy",
+                "bedrock-broker",
+                "migrate",
+            ],
+        ),
+        (
+            vec!["linkerd-init", "linkerd-proxy"],
+            vec!["linkerd-init", "linkerd-proxy", "bedrock-broker"],
+        ),
+        // Only at the head: a pod's own container named like a mesh's
+        // further down does not move the sidecar after the pod's others.
+        (
+            vec!["migrate", "istio-proxy"],
+            vec!["bedrock-broker", "migrate", "istio-proxy"],
+        ),
+    ] {
+        let p = init(&before);
+        let v = mutated(&p, &inject(&p));
+        let want: Vec<Value> = after.iter().map(|n| json!(n)).collect();
+        assert_eq!(names(&v), want, "{before:?}");
+        // Containers that start after the sidecar get the app's
+        // variables; the mesh's, which start before it, do not.
+        let containers = v["spec"]["initContainers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let at = after
+            .iter()
+            .position(|n| *n == "bedrock-broker")
+            .unwrap_or_default();
+        for (i, c) in containers.iter().enumerate().filter(|(i, _)| *i != at) {
+            let has_url = env_of(c, "BEDROCK_BROKER_URL").is_some();
+            assert_eq!(has_url, i > at, "{} in {after:?}", c["name"]);
+        }
+    }
+}
+
+#[test]
 fn explicit_env_is_never_overridden() {
     let p = opted_in(json!({"containers": [{
         "name": "app", "image": "x",

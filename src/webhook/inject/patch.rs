@@ -2,7 +2,7 @@
 //!
 //! The patch is built from typed operations on escaped JSON pointers, and
 //! only ever *adds*: new entries are appended (or, for the native sidecar,
-//! inserted first among the init containers), so fields this build of
+//! inserted among the init containers, first but for a service mesh's), so fields this build of
 //! `k8s-openapi` does not know survive untouched, and containers the pod
 //! already has are never removed or reordered. The one value it changes is
 //! a pod-level resource quantity the sidecar must be counted in (an `add`
@@ -87,7 +87,12 @@ fn add_app_env(
     }
     let mut ops = Vec::new();
     for (field, containers) in lists {
-        for (i, c) in containers.iter().enumerate() {
+        // Init containers that start before the sidecar cannot use it.
+        let first = match field {
+            "initContainers" => sidecar_index(spec),
+            _ => 0,
+        };
+        for (i, c) in containers.iter().enumerate().skip(first) {
             let sets = |name: &&str| c.env.iter().flatten().any(|e| e.name == *name);
             let missing: Vec<&EnvVar> = app_env
                 .iter()
@@ -117,15 +122,40 @@ fn add_app_env(
     Ok(ops)
 }
 
-/// A native sidecar goes first among the init containers, so it is ready
-/// before any other container of the pod starts.
+/// Init containers of the service meshes that capture a pod's traffic
+/// from its start (Istio, Linkerd): their proxy must run before anything
+/// else in the pod can reach the network, the sidecar's STS calls too.
+const MESH_INIT_CONTAINERS: [&str; 6] = [
+    "istio-init",
+    "istio-validation",
+    "istio-proxy",
+    "linkerd-init",
+    "linkerd-network-validator",
+    "linkerd-proxy",
+];
+
+/// Where a native sidecar goes among the init containers: first, so it is
+/// ready before any other container of the pod starts, but after a mesh's
+/// containers at the head of the list (where the meshes put them, as
+/// Istio orders its own ahead of the rest).
+fn sidecar_index(spec: &PodSpec) -> usize {
+    spec.init_containers
+        .iter()
+        .flatten()
+        .take_while(|c| MESH_INIT_CONTAINERS.contains(&c.name.as_str()))
+        .count()
+}
+
 fn add_sidecar(spec: &PodSpec, mode: SidecarMode, sidecar: Value) -> PatchOperation {
     match (mode, &spec.init_containers) {
         (SidecarMode::Native, None) => add(
             pointer(["spec", "initContainers"]),
             Value::Array(vec![sidecar]),
         ),
-        (SidecarMode::Native, Some(_)) => add(pointer(["spec", "initContainers", "0"]), sidecar),
+        (SidecarMode::Native, Some(_)) => add(
+            pointer(["spec", "initContainers", &sidecar_index(spec).to_string()]),
+            sidecar,
+        ),
         (SidecarMode::Classic, _) => add(pointer(["spec", "containers", "-"]), sidecar),
     }
 }
