@@ -605,6 +605,88 @@ fn ports_collide_only_over_tcp() {
 }
 
 #[test]
+fn the_sidecar_follows_the_apps_endpoint_choices() {
+    // The app's Bedrock calls leave through the sidecar: an app that asked
+    // for FIPS endpoints was sent to the standard ones without a word.
+    let with_env = |env: Value| {
+        opted_in(json!({"containers": [
+            {"name": "app", "image": "app:1", "env": env},
+            {"name": "worker", "image": "app:1", "env": [{"name": "AWS_USE_FIPS_ENDPOINT", "value": "false"}]},
+        ]}))
+    };
+    let p = with_env(json!([
+        {"name": "AWS_USE_FIPS_ENDPOINT", "value": "true"},
+        {"name": "AWS_USE_DUALSTACK_ENDPOINT", "value": " TRUE "},
+        {"name": "AWS_ENDPOINT_URL_STS", "value": "https://vpce-0abc.sts.us-east-1.vpce.amazonaws.com"},
+    ]));
+    let v = mutated(&p, &inject(&p));
+    let sc = sidecar(&v);
+    for (name, value) in [
+        ("AWS_USE_FIPS_ENDPOINT", "true"),
+        ("AWS_USE_DUALSTACK_ENDPOINT", "TRUE"),
+        (
+            "AWS_ENDPOINT_URL_STS",
+            "https://vpce-0abc.sts.us-east-1.vpce.amazonaws.com",
+        ),
+    ] {
+        let found = env_of(&sc, name).map(|e| e["value"].clone());
+        assert_eq!(found, Some(json!(value)), "{name}");
+    }
+    // What the sidecar gets, it must be able to start with.
+    let env: Vec<(String, String)> = sc["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_owned(),
+                e["value"].as_str()?.to_owned(),
+            ))
+        })
+        .chain([
+            ("AWS_ACCESS_KEY_ID".into(), "A".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "s".into()),
+        ])
+        .filter(|(name, _)| !name.starts_with("AWS_ROLE") && !name.starts_with("AWS_WEB_IDENTITY"))
+        .collect();
+    let env =
+        bedrock_broker::config::Env::from_pairs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let parsed = bedrock_broker::sidecar::SidecarConfig::from_args(&Default::default(), &env);
+    assert!(parsed.is_ok(), "{:?}", parsed.err());
+
+    // Not set, or only through valueFrom: nothing carried.
+    let p = opted_in(
+        json!({"containers": [{"name": "app", "image": "app:1", "env": [
+            {"name": "AWS_USE_FIPS_ENDPOINT", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}},
+        ]}]}),
+    );
+    let sc = sidecar(&mutated(&p, &inject(&p)));
+    for name in [
+        "AWS_USE_FIPS_ENDPOINT",
+        "AWS_USE_DUALSTACK_ENDPOINT",
+        "AWS_ENDPOINT_URL_STS",
+    ] {
+        assert!(env_of(&sc, name).is_none(), "{name}");
+    }
+
+    // A value the sidecar would refuse at start (it would never start).
+    for (name, value, says) in [
+        ("AWS_USE_FIPS_ENDPOINT", "maybe", "a boolean"),
+        (
+            "AWS_ENDPOINT_URL_STS",
+            "http://sts.corp.example",
+            "AWS_ENDPOINT_URL_STS=\"http://sts.corp.example\"",
+        ),
+    ] {
+        let msg = denial(
+            &with_env(json!([{"name": name, "value": value}])),
+            &app_facts(),
+        );
+        assert!(msg.contains(name) && msg.contains(says), "{msg}");
+    }
+}
+
+#[test]
 fn a_region_is_required() {
     let p = opted_in(json!({}));
     let mut d = defaults();
