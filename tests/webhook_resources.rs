@@ -117,7 +117,9 @@ fn the_body_budget_follows_the_memory_limit() {
 fn the_sidecar_accepts_the_settings_it_is_given() {
     // What the injector writes must pass the sidecar's own configuration
     // checks (a budget below one body would stop it at start).
-    for limit in ["128Mi", "40Mi", "32Mi", "1Gi"] {
+    // A limit past 2 TiB once gave a budget the sidecar refuses: it could
+    // never start.
+    for limit in ["128Mi", "40Mi", "32Mi", "1Gi", "4Ti", "1e30"] {
         let mut d = defaults();
         d.resources.memory_limit = Some(webhook::types::Quantity::parse(limit).expect("q"));
         d.resources.memory_request = None;

@@ -75,7 +75,12 @@ impl BodyBudget {
     /// `None` without a memory limit: the sidecar's own default applies.
     fn for_limit(limit: Option<&Quantity>) -> Option<Self> {
         let limit = limit?.units(Resource::Memory);
-        let bytes = (limit / 2).min(limit.saturating_sub(PROCESS_RESERVE));
+        // The sidecar refuses a budget above MAX_COUNT (a memory limit
+        // past 2 TiB would otherwise leave it unable to start).
+        let most = u64::try_from(crate::config::parse::MAX_COUNT).unwrap_or(u64::MAX);
+        let bytes = (limit / 2)
+            .min(limit.saturating_sub(PROCESS_RESERVE))
+            .min(most);
         Some(Self {
             bytes,
             max_body: (bytes < MAX_BODY_BYTES).then_some(bytes),
