@@ -53,6 +53,10 @@ pub struct UsageRecorder {
     pub models: ModelLabels,
 }
 
+/// More tokens than any answer has: the largest context windows hold a
+/// few million.
+const MAX_TOKENS: u64 = 1 << 32;
+
 impl UsageRecorder {
     pub fn new(time_to_first_token: &HistogramVec, models: ModelLabels) -> Self {
         Self {
@@ -66,7 +70,9 @@ impl UsageRecorder {
 
     pub(super) fn record(model: &ModelCounters, usage: Usage) {
         for count in Count::ALL {
-            if let Some(n) = usage.get(count).filter(|n| *n > 0) {
+            // A count no answer can have (a broken or hostile upstream)
+            // would wrap the counter, which reads as a reset to `rate()`.
+            if let Some(n) = usage.get(count).filter(|n| (1..=MAX_TOKENS).contains(n)) {
                 model.tokens(count as usize).inc_by(n);
             }
         }
@@ -360,6 +366,25 @@ mod tests {
             assert_eq!(count(&r, "m", "input"), 12, "{encoding:?}");
             assert_eq!(count(&r, "m", "output"), 34, "{encoding:?}");
         }
+    }
+
+    #[test]
+    fn counts_no_answer_can_have_are_not_added() {
+        // Two answers claiming 2^63 tokens each wrapped the counter to 0,
+        // which Prometheus reads as a restart.
+        let r = recorder();
+        let h = headers("application/json");
+        for body in [
+            r#"{"usage":{"inputTokens":12,"outputTokens":34}}"#,
+            r#"{"usage":{"inputTokens":9223372036854775808,"outputTokens":9223372036854775808}}"#,
+            r#"{"usage":{"inputTokens":9223372036854775808,"outputTokens":4294967297}}"#,
+        ] {
+            let mut tap = open_tap(&r, "m", Operation::Converse, &h).unwrap();
+            tap.observe(&Bytes::from_static(body.as_bytes()));
+            tap.finish();
+        }
+        assert_eq!(count(&r, "m", "input"), 12);
+        assert_eq!(count(&r, "m", "output"), 34);
     }
 
     #[test]
