@@ -159,11 +159,13 @@ fn config(dir: &Path) -> WebhookConfig {
         admin_listen: Some("127.0.0.1:0".into()),
         tls_cert_file: Some(dir.join("tls.crt").display().to_string()),
         tls_key_file: Some(dir.join("tls.key").display().to_string()),
-        tls_reload_interval: Some("50ms".into()),
         shutdown_grace_period: Some("2s".into()),
         ..Default::default()
     };
-    WebhookConfig::from_args(&args, &Env::default()).expect("valid config")
+    let mut config = WebhookConfig::from_args(&args, &Env::default()).expect("valid config");
+    // Faster than a user may set it (at least 1s), so rotations show at once.
+    config.tls.reload_interval = Duration::from_millis(50);
+    config
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

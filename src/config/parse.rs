@@ -66,6 +66,30 @@ pub fn positive_duration(raw: &str) -> Result<Duration, ParseError> {
     }
 }
 
+/// How often something is polled: at least `min`, since a tiny interval
+/// turns a background check into a busy loop.
+pub fn interval(min: Duration) -> impl Fn(&str) -> Result<Duration, ParseError> {
+    move |raw| at_least(duration(raw)?, min)
+}
+
+/// Like [`interval`], where `0s` switches the polling off (`None`).
+pub fn optional_interval(min: Duration) -> impl Fn(&str) -> Result<Option<Duration>, ParseError> {
+    move |raw| match duration(raw)? {
+        d if d.is_zero() => Ok(None),
+        d => at_least(d, min).map(Some),
+    }
+}
+
+fn at_least(d: Duration, min: Duration) -> Result<Duration, ParseError> {
+    if d < min {
+        return Err(ParseError::refused(format!(
+            "must be at least {}",
+            humantime::format_duration(min)
+        )));
+    }
+    Ok(d)
+}
+
 /// A duration where `0s` switches the feature off (`None`).
 pub fn optional_duration(raw: &str) -> Result<Option<Duration>, ParseError> {
     duration(raw).map(|d| (!d.is_zero()).then_some(d))

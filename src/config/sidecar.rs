@@ -89,7 +89,7 @@ impl SidecarConfig {
             &s::TOKEN_WATCH_INTERVAL,
             args.token_watch_interval.as_deref(),
             env,
-            parse::optional_duration,
+            parse::optional_interval(Duration::from_millis(100)),
         );
         let usage = usage_labels(args, env, &mut e);
         let container_credentials = container_credentials(args, env, credentials.as_ref(), &mut e);
@@ -207,7 +207,15 @@ fn upstream(args: &SidecarArgs, env: &Env, e: &mut Errors) -> Option<UpstreamSet
         &s::MAX_BODY_BYTES,
         args.max_body_bytes.as_deref(),
         env,
-        parse::positive_count,
+        |raw| match parse::positive_count(raw)? {
+            // The body budget reserves a body in one go, at most u32::MAX
+            // bytes: a larger one would be "busy" for ever, not 413.
+            n if u32::try_from(n).is_err() => Err(ParseError::refused(format!(
+                "must be at most {} (4 GiB; Bedrock takes 25 MB)",
+                u32::MAX
+            ))),
+            n => Ok(n),
+        },
     );
     let connect_timeout = e.read(
         &s::CONNECT_TIMEOUT,
@@ -924,6 +932,43 @@ mod tests {
                 "AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME"
             ]
         );
+    }
+
+    #[test]
+    fn polling_and_body_sizes_stay_where_they_work() {
+        // A token watch every nanosecond was a busy loop (13 % of a core
+        // idle); a body over 4 GiB could never be reserved, and got 503
+        // "busy, retry" for ever instead of 413.
+        for (var, value) in [
+            ("BEDROCK_BROKER_TOKEN_WATCH_INTERVAL", "1ns"),
+            ("BEDROCK_BROKER_TOKEN_WATCH_INTERVAL", "99ms"),
+            ("BEDROCK_BROKER_MAX_BODY_BYTES", "4294967296"),
+        ] {
+            let mut env = IRSA.to_vec();
+            env.extend([
+                (var, value),
+                ("BEDROCK_BROKER_REQUEST_BODY_BUDGET", "8589934592"),
+            ]);
+            let e = sidecar(&env).unwrap_err();
+            assert_eq!(origins(&e), [var], "{e}");
+            assert!(
+                e.to_string().contains("must be at most")
+                    || e.to_string().contains("must be at least 100ms"),
+                "{e}"
+            );
+        }
+        for (var, value) in [
+            ("BEDROCK_BROKER_TOKEN_WATCH_INTERVAL", "0s"),
+            ("BEDROCK_BROKER_TOKEN_WATCH_INTERVAL", "100ms"),
+            ("BEDROCK_BROKER_MAX_BODY_BYTES", "4294967295"),
+        ] {
+            let mut env = IRSA.to_vec();
+            env.extend([
+                (var, value),
+                ("BEDROCK_BROKER_REQUEST_BODY_BUDGET", "8589934592"),
+            ]);
+            assert!(sidecar(&env).is_ok(), "{var}={value}");
+        }
     }
 
     #[test]

@@ -221,7 +221,7 @@ fn tls_files(args: &WebhookArgs, env: &Env, e: &mut Errors) -> Option<TlsFiles> 
         &w::TLS_RELOAD_INTERVAL,
         args.tls_reload_interval.as_deref(),
         env,
-        parse::positive_duration,
+        parse::interval(std::time::Duration::from_secs(1)),
     );
     Some(TlsFiles {
         cert: cert?,
@@ -510,6 +510,22 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("deny or skip"), "{err}");
+    }
+
+    #[test]
+    fn certificates_are_not_reread_in_a_busy_loop() {
+        // Every nanosecond kept the webhook at 80 % of a core.
+        for (interval, refused) in [("1ns", true), ("999ms", true), ("1s", false)] {
+            let result = webhook(
+                WebhookArgs::default(),
+                &[(w::TLS_RELOAD_INTERVAL.var(), interval)],
+            );
+            match result {
+                Err(e) if refused => assert!(e.to_string().contains("must be at least 1s"), "{e}"),
+                Ok(_) if !refused => {}
+                other => panic!("{interval}: {:?}", other.err()),
+            }
+        }
     }
 
     #[test]

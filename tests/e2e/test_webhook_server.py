@@ -213,7 +213,7 @@ def running_webhook(tmp_path, fake_api, extra_env: dict | None = None):
         "BEDROCK_BROKER_WEBHOOK_ADMIN_LISTEN": "127.0.0.1:0",
         "BEDROCK_BROKER_WEBHOOK_TLS_CERT_FILE": str(tls_dir / "tls.crt"),
         "BEDROCK_BROKER_WEBHOOK_TLS_KEY_FILE": str(tls_dir / "tls.key"),
-        "BEDROCK_BROKER_WEBHOOK_TLS_RELOAD_INTERVAL": "100ms",
+        "BEDROCK_BROKER_WEBHOOK_TLS_RELOAD_INTERVAL": "1s",  # the least allowed
         "BEDROCK_BROKER_SIDECAR_REGION": "us-east-1",
         # As the chart installs it (the binary's default is `any`).
         "BEDROCK_BROKER_WEBHOOK_ROLE_POLICY": "service-account",

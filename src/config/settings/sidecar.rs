@@ -59,7 +59,7 @@ pub const MAX_BODY_BYTES: Setting = Setting {
     flag: "max-body-bytes",
     env: &["BEDROCK_BROKER_MAX_BODY_BYTES"],
     default: Value("26214400"),
-    help: "Largest request body accepted, in bytes",
+    help: "Largest request body accepted, in bytes (at most 4294967295)",
 };
 /// Below Kubernetes' default 30 s termination grace, so we exit before SIGKILL.
 pub const SHUTDOWN_GRACE_PERIOD: Setting = Setting {
@@ -147,7 +147,7 @@ pub const TOKEN_WATCH_INTERVAL: Setting = Setting {
     flag: "token-watch-interval",
     env: &["BEDROCK_BROKER_TOKEN_WATCH_INTERVAL"],
     default: Value("1s"),
-    help: "How often to check the web identity token file for a kubelet rotation; 0s disables",
+    help: "How often to check the web identity token file for a kubelet rotation (at least 100ms); 0s disables",
 };
 pub const CREDENTIALS_LISTEN: Setting = Setting {
     flag: "credentials-listen",
