@@ -35,6 +35,8 @@ enum First {
     /// The first connection closes after the request arrived, without a
     /// GOAWAY: it may have been processed.
     CloseAfterIt,
+    /// Every request answered.
+    AnswerAll,
 }
 
 struct H2Upstream {
@@ -252,6 +254,106 @@ async fn an_api_key_request_is_sent_once_more_too() {
     let (status, body) = converse(&up, request).await;
     assert_eq!((status, body.as_str()), (200, "{}"));
     assert_eq!(up.seen.load(Ordering::SeqCst), 2);
+}
+
+/// A TCP relay to `to` whose connections can be frozen: their bytes stop
+/// flowing both ways and their sockets stay open, as when a path dies
+/// without a FIN or RST (NAT state lost). Connections made later flow.
+struct Relay {
+    url: String,
+    /// Connections numbered below this are frozen.
+    frozen_below: Arc<AtomicUsize>,
+    opened: Arc<AtomicUsize>,
+}
+
+impl Relay {
+    fn freeze_all(&self) {
+        self.frozen_below
+            .store(self.opened.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+async fn relay(to: &str) -> Relay {
+    let port = to.rsplit(':').next().unwrap().to_owned();
+    let upstream = format!("127.0.0.1:{port}");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let frozen_below = Arc::new(AtomicUsize::new(0));
+    let opened = Arc::new(AtomicUsize::new(0));
+    let (frozen, count) = (frozen_below.clone(), opened.clone());
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let id = count.fetch_add(1, Ordering::SeqCst);
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            for (mut from, mut to) in [
+                (
+                    Box::new(cr) as Box<dyn AsyncRead + Send + Unpin>,
+                    Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                ),
+                (Box::new(sr), Box::new(cw)),
+            ] {
+                let frozen = frozen.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let Ok(n @ 1..) = from.read(&mut buf).await else {
+                            let _ = to.shutdown().await;
+                            return;
+                        };
+                        if id < frozen.load(Ordering::SeqCst) {
+                            // Dead path: nothing arrives, nothing closes.
+                            std::future::pending::<()>().await;
+                        }
+                        if to.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    Relay {
+        url: format!("https://127.0.0.1:{}", addr.port()),
+        frozen_below,
+        opened,
+    }
+}
+
+#[tokio::test]
+async fn a_connection_whose_path_died_is_found_out_and_replaced() {
+    // Every request to a host shares one HTTP/2 connection. Its path dying
+    // without a FIN or RST held each request until the response-header
+    // timeout (15 minutes by default), and the next ones after it: the
+    // pool never replaced the connection. PINGs find it out.
+    let up = h2_upstream(First::AnswerAll).await;
+    let relay = relay(&up.url).await;
+    let setup = Setup {
+        h2_ping: Some(std::time::Duration::from_millis(200)),
+        ..Setup::default()
+    };
+    let (proxy, _metrics) = proxy_to(&relay.url, Some(&up.ca), signing_cell(), setup);
+    let ask = |proxy: Arc<bedrock_broker::proxy::Proxy>| async move {
+        let response = proxy.handle(post("/model/m/converse", "{}")).await.unwrap();
+        text(response).await
+    };
+    let (status, _, body) = ask(proxy.clone()).await;
+    assert_eq!((status, body.as_str()), (200, "{}"));
+    relay.freeze_all();
+    // Sent on the dead connection: the PINGs go unanswered, and the
+    // request is answered 504 saying so (not the response-header
+    // timeout's 504, 30 s here). It may have reached Bedrock, so it is
+    // not sent again.
+    let (status, _, body) = ask(proxy.clone()).await;
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("keep-alive timed out"), "{body}");
+    // The next request goes out on a new connection.
+    let (status, _, body) = ask(proxy.clone()).await;
+    assert_eq!((status, body.as_str()), (200, "{}"));
+    assert_eq!(relay.opened.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]

@@ -51,7 +51,7 @@ codes! {
     BODY_READ_FAILED = "body_read_failed", 400, "the client stopped sending the body";
     UPSTREAM_UNREACHABLE = "upstream_unreachable", 502, "connect or TLS failure to Bedrock; or, the message says which, its connection ended before it answered (Bedrock may have processed the request), or it refused the request unprocessed (HTTP/2 REFUSED_STREAM or GOAWAY): a buffered request only the second time (it is sent once more), a bidirectional stream the first";
     ROUTE_NOT_CONFIGURED = "route_not_configured", 404, "`/agent-runtime/` or `/mantle/` without a region or endpoint";
-    UPSTREAM_TIMEOUT = "upstream_timeout", 504, "connect timeout, or no response headers within `--response-header-timeout`";
+    UPSTREAM_TIMEOUT = "upstream_timeout", 504, "connect timeout, no response headers within `--response-header-timeout`, or an HTTP/2 connection to Bedrock that stopped answering PINGs (its path died; Bedrock may have processed the request)";
     API_KEY_UNSUPPORTED = "api_key_unsupported", 400, "a Bedrock API key used where AWS accepts none: InvokeModelWithBidirectionalStream, `/agent-runtime/`";
     INVALID_EVENT_STREAM = "invalid_event_stream", 400, "a bidirectional stream's client messages are malformed, too large, or continue after the end message (before Bedrock answered)";
     CLIENT_CLOSED = "client_closed", 499, "an HTTP/1.1 client hung up a bidirectional stream before Bedrock answered (recorded in metrics; the client is gone)";

@@ -59,7 +59,10 @@ pub use gate::is_loopback_host;
 pub use operation::Operation;
 pub use signer::{RequestSigner, SignError as RequestSignError, Signature};
 pub use sigv4::{BodyDigest, Signer};
-pub use upstream::{clients as upstream_clients, RequestBody, UpstreamClient, UpstreamClients};
+pub use upstream::{
+    clients as upstream_clients, clients_pinging as upstream_clients_pinging, RequestBody,
+    UpstreamClient, UpstreamClients, H2_PING,
+};
 #[doc(hidden)]
 pub use usage::bench_tap;
 

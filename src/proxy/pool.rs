@@ -42,6 +42,9 @@ pub struct Pool {
     /// TCP, TLS and ALPN; owns the connect timeout.
     connector: HttpsConnector<HttpConnector>,
     hosts: Arc<Hosts>,
+    /// PING interval (and timeout) of HTTP/2 connections with requests in
+    /// flight (see [`super::upstream::H2_PING`]); `None`: none.
+    ping: Option<Duration>,
 }
 
 /// Longest wait for a reused HTTP/1.1 connection to take a request. It is
@@ -68,7 +71,15 @@ impl Pool {
         Self {
             connector,
             hosts: Arc::new(Hosts::new(max_idle, idle_timeout)),
+            ping: None,
         }
+    }
+
+    /// PINGs HTTP/2 connections with requests in flight every `interval`,
+    /// and closes one whose answer takes longer.
+    pub fn pinging(mut self, interval: Duration) -> Self {
+        self.ping = Some(interval);
+        self
     }
 
     /// Sends `request` (absolute URI) on an idle connection to its host, or
@@ -258,8 +269,15 @@ impl Pool {
             .await
             .map_err(|e| upstream_error(&*e))?;
         if io.connected().is_negotiated_h2() {
-            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
+            let mut builder = http2::Builder::new(TokioExecutor::new());
+            builder.timer(TokioTimer::new());
+            if let Some(ping) = self.ping {
+                builder
+                    .keep_alive_interval(ping)
+                    .keep_alive_timeout(ping)
+                    .keep_alive_while_idle(false);
+            }
+            let (sender, connection) = builder
                 .handshake(io)
                 .await
                 .map_err(|e| upstream_error(&e))?;

@@ -27,6 +27,14 @@ const STREAMS_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 /// of AWS front ends, so we never reuse a connection they are closing.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
+/// How often an HTTP/2 connection with requests in flight is PINGed, and
+/// how long the answer may take. Every request to a host shares one
+/// connection: one whose path died without a FIN or RST (NAT or conntrack
+/// state lost, a front end gone) would otherwise hold all of them until
+/// the response-header timeout (15 minutes), and stay in the pool. Only
+/// while requests are in flight, as servers count idle PINGs as abuse.
+pub const H2_PING: Duration = Duration::from_secs(20);
+
 use super::error::ProxyError;
 use super::pool::{Pool, PooledBody};
 
@@ -49,13 +57,25 @@ pub fn clients(
     connect_timeout: Duration,
     max_idle: usize,
 ) -> UpstreamClients {
+    clients_pinging(tls, connect_timeout, max_idle, H2_PING)
+}
+
+/// [`clients`], PINGing HTTP/2 connections every `ping` (and giving up on
+/// one whose answer takes longer).
+pub fn clients_pinging(
+    tls: rustls::ClientConfig,
+    connect_timeout: Duration,
+    max_idle: usize,
+    ping: Duration,
+) -> UpstreamClients {
     UpstreamClients {
         pooled: Pool::new(
             connector(tls.clone(), connect_timeout, false),
             max_idle,
             POOL_IDLE_TIMEOUT,
-        ),
-        streams: streams_client(connector(tls, connect_timeout, true), max_idle),
+        )
+        .pinging(ping),
+        streams: streams_client(connector(tls, connect_timeout, true), max_idle, ping),
     }
 }
 
@@ -139,13 +159,20 @@ pub(super) fn connector(
     }
 }
 
-fn streams_client(https: HttpsConnector<HttpConnector>, max_idle: usize) -> UpstreamClient {
+fn streams_client(
+    https: HttpsConnector<HttpConnector>,
+    max_idle: usize,
+    ping: Duration,
+) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_max_idle_per_host(max_idle)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .http2_only(true)
+        .http2_keep_alive_interval(ping)
+        .http2_keep_alive_timeout(ping)
+        .http2_keep_alive_while_idle(false)
         // hyper's default 5 MiB would let three sessions whose clients stop
         // reading (2 MiB stream windows) stall every other session.
         .http2_initial_connection_window_size(STREAMS_CONNECTION_WINDOW)

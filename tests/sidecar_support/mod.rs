@@ -253,6 +253,8 @@ pub struct Setup {
     pub stream_idle_timeout: Option<Duration>,
     pub self_heal_wait: Duration,
     pub gate: Gate,
+    /// HTTP/2 PING interval upstream; `None`: the product's.
+    pub h2_ping: Option<Duration>,
 }
 
 impl Default for Setup {
@@ -270,6 +272,7 @@ impl Default for Setup {
                 body_budget_wait: Duration::from_secs(5),
                 max_requests: 512,
             },
+            h2_ping: None,
         }
     }
 }
@@ -315,7 +318,13 @@ pub fn proxy_to(
     };
     let metrics = Metrics::new();
     let tls = bedrock_broker::tls::client_config(ca).unwrap();
-    let clients = proxy::upstream_clients(tls, config.connect_timeout, config.upstream_max_idle);
+    let ping = setup.h2_ping.unwrap_or(proxy::H2_PING);
+    let clients = proxy::upstream_clients_pinging(
+        tls,
+        config.connect_timeout,
+        config.upstream_max_idle,
+        ping,
+    );
     let proxy = Proxy::new(
         config,
         cell,
