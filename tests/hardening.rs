@@ -908,6 +908,38 @@ async fn a_stale_content_length_next_to_chunked_is_dropped() {
 }
 
 #[tokio::test]
+async fn answers_without_a_body_carry_no_length_and_our_version() {
+    // A 204 (or 304) with a Content-Length went to the client as is: a
+    // 204 must not have one (RFC 9110 §8.6), and hyper's server panics in
+    // a debug build on a length its empty body contradicts. The upstream's
+    // HTTP/1.0 went back as the client's version too (§6.2: each hop
+    // sends its own).
+    let answers: [(&'static [u8], u16); 3] = [
+        (b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", 204),
+        (
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 50\r\n\r\n",
+            304,
+        ),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}", 200),
+    ];
+    for (raw, want) in answers {
+        let upstream = raw_upstream(raw).await;
+        let cell = Arc::new(CredentialCell::new());
+        cell.store(credentials("AKID"));
+        let (proxy, _) = proxy(&upstream, cell, Setup::default());
+        let answer = proxy.handle(post("/model/m/converse", "{}")).await.unwrap();
+        assert_eq!(answer.version(), http::Version::HTTP_11, "{want}");
+        let length = answer.headers().get("content-length").cloned();
+        let (status, _, body) = text(answer).await;
+        assert_eq!(status, want);
+        match want {
+            200 => assert_eq!((length, body.as_str()), (Some("2".parse().unwrap()), "{}")),
+            _ => assert_eq!((length, body.as_str()), (None, ""), "{want}"),
+        }
+    }
+}
+
+#[tokio::test]
 async fn an_upstream_protocol_switch_is_not_forwarded() {
     let upstream = raw_upstream(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",

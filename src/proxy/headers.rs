@@ -172,9 +172,16 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, found: u32) {
 /// the body by its transfer coding (RFC 9112 §6.3: it wins over the
 /// length), and the body goes back with framing of its own; a stale length
 /// next to it would leave the client waiting for bytes that never come.
-pub fn prepare_response_headers(headers: &mut HeaderMap) {
+///
+/// An answer that has no body by its status (1xx, 204, 304) loses its
+/// `Content-Length` too: a 204 must not carry one, and hyper's server
+/// panics in a debug build on a length its empty body contradicts.
+pub fn prepare_response_headers(status: http::StatusCode, headers: &mut HeaderMap) {
     let found = present(headers);
-    if found & (1 << TRANSFER_ENCODING_AT) != 0 {
+    let bodiless = status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED;
+    if bodiless || found & (1 << TRANSFER_ENCODING_AT) != 0 {
         headers.remove(header::CONTENT_LENGTH);
     }
     remove_hop_by_hop(headers, found);
@@ -248,11 +255,11 @@ mod tests {
         h.insert("content-length", HeaderValue::from_static("5"));
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         h.insert("content-type", HeaderValue::from_static("application/json"));
-        prepare_response_headers(&mut h);
+        prepare_response_headers(http::StatusCode::OK, &mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         let mut h = HeaderMap::new();
         h.insert("content-length", HeaderValue::from_static("5"));
-        prepare_response_headers(&mut h);
+        prepare_response_headers(http::StatusCode::OK, &mut h);
         assert_eq!(h["content-length"], "5");
     }
 
@@ -363,7 +370,7 @@ mod tests {
             prepare_request_headers(&mut h);
             let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
             assert_eq!(left, ["content-type", "x-custom"], "request, {stripped}");
-            prepare_response_headers(&mut response);
+            prepare_response_headers(http::StatusCode::OK, &mut response);
             let hop_by_hop = HOP_BY_HOP.contains(stripped);
             assert_eq!(
                 response.contains_key(stripped),
@@ -388,7 +395,7 @@ mod tests {
         h.append("x-public", HeaderValue::from_static("1"));
         let mut response = h.clone();
         prepare_request_headers(&mut h);
-        prepare_response_headers(&mut response);
+        prepare_response_headers(http::StatusCode::OK, &mut response);
         for h in [h, response] {
             let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
             assert_eq!(left, ["x-public"]);
@@ -397,7 +404,7 @@ mod tests {
         let mut response = HeaderMap::new();
         response.append("connection", HeaderValue::from_static("content-length"));
         response.append("content-length", HeaderValue::from_static("2"));
-        prepare_response_headers(&mut response);
+        prepare_response_headers(http::StatusCode::OK, &mut response);
         assert!(response.is_empty(), "{response:?}");
     }
 }

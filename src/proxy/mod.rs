@@ -230,7 +230,10 @@ impl Proxy {
         started: Instant,
     ) -> Response<ProxyBody> {
         let operation = class.operation;
-        headers::prepare_response_headers(response.headers_mut());
+        headers::prepare_response_headers(response.status(), response.headers_mut());
+        // Each hop speaks its own HTTP version to its client (RFC 9110
+        // §6.2), whatever the upstream's was.
+        *response.version_mut() = http::Version::HTTP_11;
         if auth == AuthMode::SigV4 && redact::is_signature_error(&response) {
             let timeout = self.stream_idle_timeout;
             return redact::redacted(response, timeout, class.dialect)
