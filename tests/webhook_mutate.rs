@@ -687,6 +687,74 @@ fn the_sidecar_follows_the_apps_endpoint_choices() {
 }
 
 #[test]
+fn the_pod_is_told_what_it_may_not_expect() {
+    // The API server may cut warnings past 256 characters.
+    let warned = |p: &Pod, about: &str| {
+        let warnings = inject(p).warnings;
+        assert!(warnings.iter().all(|w| w.len() <= 256), "{warnings:?}");
+        warnings.iter().any(|w| w.contains(about))
+    };
+    let annotated = |spec: Value, annotations: &[(&str, &str)]| {
+        let mut p = opted_in(spec);
+        let map = p.metadata.annotations.get_or_insert_with(BTreeMap::new);
+        for (k, v) in annotations {
+            map.insert((*k).to_owned(), (*v).to_owned());
+        }
+        p
+    };
+    // A Guaranteed pod turned Burstable by the sidecar (no CPU limit by
+    // default): exclusive CPUs lost, evicted sooner, without a word.
+    let guaranteed = json!({"containers": [{"name": "app", "image": "app:1", "resources": {
+        "requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "2000m", "memory": "4Gi"}}}]});
+    assert!(warned(
+        &annotated(guaranteed.clone(), &[]),
+        "makes this Guaranteed pod Burstable"
+    ));
+    let kept = annotated(
+        guaranteed,
+        &[
+            ("bedrock-broker.io/cpu-request", "100m"),
+            ("bedrock-broker.io/cpu-limit", "0.1"),
+            ("bedrock-broker.io/memory-request", "128Mi"),
+            ("bedrock-broker.io/memory-limit", "128Mi"),
+        ],
+    );
+    assert!(
+        inject(&kept).warnings.is_empty(),
+        "{:?}",
+        inject(&kept).warnings
+    );
+    let burstable = json!({"containers": [{"name": "app", "image": "app:1", "resources": {
+        "requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "1Gi"}}}]});
+    assert!(!warned(&annotated(burstable, &[]), "Guaranteed"));
+
+    // envFrom loses to explicit env: the injected client variables win.
+    let env_from = json!({"containers": [{"name": "app", "image": "app:1",
+        "envFrom": [{"secretRef": {"name": "openai-creds"}}]}]});
+    let p = annotated(env_from.clone(), &[]);
+    assert!(warned(&p, "container \"app\": injected OPENAI_BASE_URL, OPENAI_API_KEY, AWS_ENDPOINT_URL_BEDROCK_RUNTIME, AWS_BEDROCK_RUNTIME_ENDPOINT, ANTHROPIC_BEDROCK_BASE_URL win over envFrom"));
+    let p = annotated(env_from, &[("bedrock-broker.io/client-env", "false")]);
+    assert!(!warned(&p, "envFrom"), "{:?}", inject(&p).warnings);
+
+    // A Bedrock client pointed elsewhere keeps it, and bypasses the sidecar.
+    let own = |url: &str| {
+        annotated(
+            json!({"containers": [{"name": "app", "image": "app:1",
+            "env": [{"name": "AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "value": url}]}]}),
+            &[],
+        )
+    };
+    assert!(warned(
+        &own("https://vpce-1.bedrock-runtime.us-east-1.vpce.amazonaws.com"),
+        "sets AWS_ENDPOINT_URL_BEDROCK_RUNTIME to another endpoint"
+    ));
+    for ours in ["http://127.0.0.1:9787", "http://localhost:9787/"] {
+        assert!(inject(&own(ours)).warnings.is_empty(), "{ours}");
+    }
+    assert!(opted_in(json!({})).spec.is_some() && inject(&opted_in(json!({}))).warnings.is_empty());
+}
+
+#[test]
 fn a_region_is_required() {
     let p = opted_in(json!({}));
     let mut d = defaults();

@@ -8,7 +8,8 @@
 //! 3. `resolve`: pod-shape refusals, role, region, token access;
 //! 4. `fit`: the sidecar fitted to the namespace's LimitRanges, and its
 //!    share added to the pod's own resource budget;
-//! 5. `render`: the sidecar container, token volume and app variables;
+//! 5. `render`: the sidecar container, token volume and app variables
+//!    (and `notices`: what the pod gets that its owner may not expect);
 //! 6. `patch`: add operations placing them into the pod.
 //!
 //! Steps 2 to 4 report every problem together, so a refused pod is fixed
@@ -19,6 +20,7 @@ mod decide;
 mod fit;
 mod kube_version;
 mod limit_range;
+mod notices;
 mod patch;
 mod quantity;
 mod render;
@@ -135,6 +137,12 @@ pub fn inject(
     };
     warnings.extend(role::warning(&resolved.auth, facts));
     let rendered = render::render(&sidecar, &resolved, &fitted);
+    warnings.extend(notices::notices(
+        spec,
+        &fitted.resources,
+        &rendered.app_env,
+        sidecar.port.get(),
+    ));
     let patch = patch::build(pod, spec, sidecar.mode.value, &rendered, &fitted)?;
     Ok(Outcome::Injected(Box::new(Injection {
         patch,
