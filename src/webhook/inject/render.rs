@@ -213,12 +213,6 @@ fn secret_env(name: &str, secret: &SecretKeyRef) -> EnvVar {
 
 fn sidecar_env(sidecar: &SidecarSpec, resolved: &Resolved, fitted: &Fitted) -> Vec<EnvVar> {
     let mut env_vars = vec![env(aws_settings::REGION.var(), resolved.region.as_str())];
-    env_vars.extend(
-        resolved
-            .endpoint_env
-            .iter()
-            .map(|(name, value)| env(name, value.as_str())),
-    );
     match &resolved.auth {
         SidecarAuth::WebIdentity { role, token, .. } => {
             env_vars.push(env(vars::AWS_ROLE_ARN.name, role.as_str()));

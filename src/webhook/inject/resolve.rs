@@ -10,10 +10,7 @@ use super::spec::{Origin, SidecarSpec};
 use super::types::{SecretKeyRef, SidecarMode};
 use super::{all_containers, ClusterFacts};
 use crate::config::aws::{Region, RoleArn};
-use crate::config::endpoints;
-use crate::config::parse::{self, ParseError};
 use crate::config::settings::aws as aws_settings;
-use crate::config::settings::{sidecar as sidecar_settings, vars};
 
 /// Preferred name of our projected token volume (suffixed if taken).
 pub const TOKEN_VOLUME: &str = "bedrock-broker-token";
@@ -118,9 +115,6 @@ pub struct Resolved {
     /// when unset): how long a classic-mode sidecar may keep serving its
     /// app after both are told to stop.
     pub termination_grace_seconds: i64,
-    /// Endpoint choices of the app's containers the sidecar follows
-    /// (variable, value).
-    pub endpoint_env: Vec<(&'static str, String)>,
 }
 
 /// Checks that the pod can take the sidecar, then finds its role and
@@ -138,50 +132,12 @@ pub fn resolve(
     let token_access = token_access(spec);
     let auth = resolve_auth(pod, spec, sidecar, facts, token_access, problems);
     let region = resolve_region(spec, sidecar, problems);
-    let endpoint_env = endpoint_env(spec, problems);
     Some(Resolved {
         auth: auth?,
         region: region?,
         token_access,
         termination_grace_seconds: spec.termination_grace_period_seconds.unwrap_or(30),
-        endpoint_env,
     })
-}
-
-/// Whether the sidecar can start with a value.
-type Check = fn(&str) -> Result<(), ParseError>;
-
-/// The app's own choice of FIPS or dual-stack endpoints, or of an STS
-/// endpoint, set as a literal in a container (the first one, as for the
-/// region). The app's Bedrock calls now leave through the sidecar, so the
-/// sidecar must honour them: an app asking for FIPS endpoints would
-/// otherwise be sent to the standard ones without a word. A value the
-/// sidecar would refuse at start (and so never start) refuses the pod.
-fn endpoint_env(spec: &PodSpec, problems: &mut Vec<String>) -> Vec<(&'static str, String)> {
-    let checks: [(&'static str, Check); 3] = [
-        (sidecar_settings::USE_FIPS.env[0], |v| {
-            parse::bool(v).map(drop)
-        }),
-        (sidecar_settings::USE_DUALSTACK.env[0], |v| {
-            parse::bool(v).map(drop)
-        }),
-        (vars::AWS_ENDPOINT_URL_STS.name, |v| {
-            endpoints::sts_endpoint(v, false).map(drop)
-        }),
-    ];
-    let mut carried = Vec::new();
-    for (name, check) in checks {
-        let Some(value) = container_env_value(spec, name).map(str::trim) else {
-            continue;
-        };
-        match check(value) {
-            Ok(()) => carried.push((name, value.to_owned())),
-            Err(e) => problems.push(format!(
-                "a container sets {name}={value:?}, which the sidecar follows and cannot use: {e}"
-            )),
-        }
-    }
-    carried
 }
 
 fn check_pod_shape(
