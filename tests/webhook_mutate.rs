@@ -230,8 +230,24 @@ fn a_native_sidecar_starts_after_a_service_mesh_proxy() {
             vec!["migrate", "istio-proxy"],
             vec!["bedrock-broker", "migrate", "istio-proxy"],
         ),
+        // A mesh whose proxy is an ordinary container (below) starts it
+        // after every init container: the sidecar stays first, and gets
+        // its credentials before istio-init captures the traffic.
+        (
+            vec!["istio-init", "migrate"],
+            vec!["bedrock-broker", "istio-init", "migrate"],
+        ),
     ] {
-        let p = init(&before);
+        let mut p = init(&before);
+        if before.contains(&"istio-init") {
+            let spec = p.spec.as_mut().unwrap();
+            for c in spec.init_containers.iter_mut().flatten() {
+                c.restart_policy = None;
+            }
+            let mut proxy = spec.containers[0].clone();
+            proxy.name = "istio-proxy".into();
+            spec.containers.push(proxy);
+        }
         let v = mutated(&p, &inject(&p));
         let want: Vec<Value> = after.iter().map(|n| json!(n)).collect();
         assert_eq!(names(&v), want, "{before:?}");

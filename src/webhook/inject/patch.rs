@@ -134,16 +134,31 @@ const MESH_INIT_CONTAINERS: [&str; 6] = [
     "linkerd-proxy",
 ];
 
+/// The meshes' proxies, when they run as native sidecars.
+const MESH_PROXIES: [&str; 2] = ["istio-proxy", "linkerd-proxy"];
+
 /// Where a native sidecar goes among the init containers: first, so it is
 /// ready before any other container of the pod starts, but after a mesh's
 /// containers at the head of the list (where the meshes put them, as
-/// Istio orders its own ahead of the rest).
+/// Istio orders its own ahead of the rest) when their proxy is among them.
+/// A mesh whose proxy is an ordinary container starts it after every init
+/// container: there the sidecar stays first, and gets its credentials
+/// before the mesh's init container captures the pod's traffic.
 fn sidecar_index(spec: &PodSpec) -> usize {
-    spec.init_containers
+    let head: Vec<&Container> = spec
+        .init_containers
         .iter()
         .flatten()
         .take_while(|c| MESH_INIT_CONTAINERS.contains(&c.name.as_str()))
-        .count()
+        .collect();
+    let native_proxy = head.iter().any(|c| {
+        MESH_PROXIES.contains(&c.name.as_str()) && c.restart_policy.as_deref() == Some("Always")
+    });
+    if native_proxy {
+        head.len()
+    } else {
+        0
+    }
 }
 
 fn add_sidecar(spec: &PodSpec, mode: SidecarMode, sidecar: Value) -> PatchOperation {
