@@ -268,6 +268,8 @@ pub struct SidecarDefaultsArgs {
     pub sidecar_log_level: Option<String>,
     #[arg(long = injected::LOG_FORMAT.flag, help = injected::LOG_FORMAT.help_text())]
     pub sidecar_log_format: Option<String>,
+    #[arg(long = injected::USE_FIPS.flag, help = injected::USE_FIPS.help_text())]
+    pub sidecar_use_fips: Option<String>,
     #[arg(long = injected::RUN_AS_USER.flag, help = injected::RUN_AS_USER.help_text())]
     pub sidecar_run_as_user: Option<String>,
     #[arg(long = policy::ROLE_POLICY.flag, help = policy::ROLE_POLICY.help_text())]

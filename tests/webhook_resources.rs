@@ -232,3 +232,46 @@ fn the_body_budget_follows_a_limit_range_default() {
         Some(json!("52428800"))
     );
 }
+
+#[test]
+fn fips_is_the_platforms_choice_and_the_app_is_told() {
+    // A platform's policy: an app's own AWS_USE_FIPS_ENDPOINT serves its
+    // other AWS calls (and most regions have no FIPS Bedrock host), so it
+    // is not followed, but the app is told its Bedrock calls do not use it.
+    let with = |fips: bool, app_fips: Option<&str>| {
+        let mut d = defaults();
+        d.use_fips = fips;
+        let spec = match app_fips {
+            None => json!({}),
+            Some(v) => json!({"containers": [{"name": "app", "image": "app:1",
+                "env": [{"name": "AWS_USE_FIPS_ENDPOINT", "value": v}]}]}),
+        };
+        let p = opted_in(spec);
+        let i = match webhook::inject(&p, &app_facts(), &d) {
+            Ok(Outcome::Injected(i)) => i,
+            other => panic!("{other:?}"),
+        };
+        (mutated(&p, &i), i.warnings.clone())
+    };
+    let (v, warnings) = with(true, None);
+    assert_eq!(
+        env_of(&sidecar(&v), "AWS_USE_FIPS_ENDPOINT").map(|e| e["value"].clone()),
+        Some(json!("true"))
+    );
+    let parsed =
+        bedrock_broker::sidecar::SidecarConfig::from_args(&Default::default(), &sidecar_env(&v));
+    assert!(parsed.is_ok(), "{:?}", parsed.err());
+    assert!(warnings.is_empty(), "{warnings:?}");
+
+    let (v, warnings) = with(false, Some("TRUE"));
+    assert_eq!(env_of(&sidecar(&v), "AWS_USE_FIPS_ENDPOINT"), None);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("sets AWS_USE_FIPS_ENDPOINT") && w.contains("--sidecar-use-fips")),
+        "{warnings:?}"
+    );
+    for (fips, app) in [(true, "true"), (false, "false")] {
+        assert!(with(fips, Some(app)).1.is_empty(), "{fips} {app}");
+    }
+}

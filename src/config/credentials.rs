@@ -88,6 +88,8 @@ pub fn parse(
             sts: StsConfig {
                 endpoint: sts_endpoint,
                 timeout,
+                // The sidecar's --use-fips sets it (see config::sidecar).
+                use_fips: false,
             },
             ca_bundle,
             session,

@@ -94,8 +94,14 @@ impl SidecarConfig {
         let usage = usage_labels(args, env, &mut e);
         let container_credentials = container_credentials(args, env, credentials.as_ref(), &mut e);
 
+        // FIPS holds for STS as for Bedrock, as in the AWS SDKs; a bad
+        // value was reported with the routes.
+        let sts_fips = s::USE_FIPS
+            .find(args.use_fips.as_deref(), env)
+            .is_some_and(|raw| parse::bool(raw.value).unwrap_or(false));
         e.finish(|| {
-            let credentials = credentials?;
+            let mut credentials = credentials?;
+            credentials.sts.use_fips = sts_fips;
             let listeners = listeners?;
             let upstream = upstream?;
             let proxy = proxy::Config {

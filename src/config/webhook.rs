@@ -62,6 +62,12 @@ fn sidecar_defaults(a: &SidecarDefaultsArgs, env: &Env, e: &mut Errors) -> Optio
         env,
         LogFormat::parse,
     );
+    let use_fips = e.read(
+        &d::USE_FIPS,
+        a.sidecar_use_fips.as_deref(),
+        env,
+        parse::bool,
+    );
     let run_as_user = e.read(
         &d::RUN_AS_USER,
         a.sidecar_run_as_user.as_deref(),
@@ -85,6 +91,7 @@ fn sidecar_defaults(a: &SidecarDefaultsArgs, env: &Env, e: &mut Errors) -> Optio
         resources: resources?,
         log_level: log_level?,
         log_format: log_format?,
+        use_fips: use_fips?,
         run_as_user: run_as_user?,
     })
 }
@@ -491,6 +498,7 @@ mod tests {
                 (d::TOKEN_EXPIRATION.var(), "60"),
                 (d::MEMORY_REQUEST.var(), "1Gi"),
                 (d::RUN_AS_USER.var(), "0"),
+                (d::USE_FIPS.var(), "maybe"),
                 (d::IMAGE.var(), "bad image"),
             ],
         )
@@ -505,6 +513,7 @@ mod tests {
                 d::IMAGE.var(),
                 d::TOKEN_EXPIRATION.var(),
                 "--sidecar-memory-request / --sidecar-memory-limit",
+                d::USE_FIPS.var(),
                 d::RUN_AS_USER.var(),
             ],
             "{err}"

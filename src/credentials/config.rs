@@ -120,4 +120,6 @@ pub struct StsConfig {
     /// `AWS_ENDPOINT_URL_STS`; `None` means the regional endpoint.
     pub endpoint: Option<Uri>,
     pub timeout: Duration,
+    /// STS's FIPS endpoint (`AWS_USE_FIPS_ENDPOINT`), when no endpoint is set.
+    pub use_fips: bool,
 }

@@ -50,6 +50,9 @@ pub fn client_over(
     if let Some(endpoint) = &config.sts.endpoint {
         builder = builder.endpoint_url(endpoint.to_string().trim_end_matches('/'));
     }
+    if config.sts.use_fips {
+        builder = builder.use_fips(true);
+    }
     if let Some(credentials) = credentials {
         builder = builder.credentials_provider(credentials);
     }
@@ -181,6 +184,63 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn fips_reaches_sts_as_it_reaches_bedrock() {
+        // The AWS SDKs send STS calls to its FIPS endpoint under
+        // AWS_USE_FIPS_ENDPOINT; the sidecar sent only Bedrock's there.
+        use aws_smithy_runtime_api::client::http::{
+            http_client_fn, HttpConnector, HttpConnectorFuture, SharedHttpConnector,
+        };
+        use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+        use aws_smithy_runtime_api::client::result::ConnectorError;
+        use std::sync::{Arc, Mutex};
+
+        #[derive(Debug, Clone, Default)]
+        struct Seen(Arc<Mutex<Vec<String>>>);
+        impl HttpConnector for Seen {
+            fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+                if let Ok(mut seen) = self.0.lock() {
+                    seen.push(request.uri().to_owned());
+                }
+                HttpConnectorFuture::ready(Err(ConnectorError::other("seen".into(), None)))
+            }
+        }
+        for (fips, host) in [
+            ("false", "https://sts.us-east-1.amazonaws.com"),
+            ("true", "https://sts-fips.us-east-1.amazonaws.com"),
+        ] {
+            let env = crate::config::Env::from_pairs([
+                ("AWS_REGION", "us-east-1"),
+                ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/app"),
+                ("AWS_WEB_IDENTITY_TOKEN_FILE", "/token"),
+                ("AWS_USE_FIPS_ENDPOINT", fips),
+            ]);
+            let config =
+                crate::sidecar::SidecarConfig::from_args(&Default::default(), &env).expect("valid");
+            let seen = Seen::default();
+            let connector = SharedHttpConnector::new(seen.clone());
+            let region = config.credentials.region.clone().expect("a region");
+            let client = client_over(
+                &config.credentials,
+                &region,
+                None,
+                http_client_fn(move |_, _| connector.clone()),
+            );
+            let _ = client
+                .assume_role_with_web_identity()
+                .role_arn("arn:aws:iam::123456789012:role/app")
+                .role_session_name("s")
+                .web_identity_token("t")
+                .send()
+                .await;
+            let seen = seen.0.lock().expect("lock").clone();
+            assert!(
+                seen.first().is_some_and(|u| u.starts_with(host)),
+                "{fips}: {seen:?}"
+            );
+        }
+    }
 
     #[test]
     fn an_answer_without_complete_credentials_is_no_credentials() {

@@ -79,6 +79,7 @@ SCENARIOS: dict[str, dict] = {
             "logLevel": "debug",
             "logFormat": "text",
             "runAsUser": 1000,
+            "useFips": True,
         },
         "networkPolicy": {"enabled": True, "apiServer": [{"ipBlock": {"cidr": "172.20.0.0/16"}}],
                           "metrics": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]},
@@ -238,6 +239,7 @@ def test_sidecar_values_reach_the_webhook():
     assert env["BEDROCK_BROKER_SIDECAR_CPU_LIMIT"] == "500m"
     assert env["BEDROCK_BROKER_SIDECAR_LOG_FORMAT"] == "text"
     assert env["BEDROCK_BROKER_SIDECAR_RUN_AS_USER"] == "1000"
+    assert env["BEDROCK_BROKER_SIDECAR_USE_FIPS"] == "true"
     assert env["BEDROCK_BROKER_WEBHOOK_ON_LOOKUP_ERROR"] == "skip"
     assert env["BEDROCK_BROKER_WEBHOOK_ROLE_POLICY"] == "any"
     assert env["HTTPS_PROXY"] == "http://proxy:3128"

@@ -133,6 +133,8 @@ The webhook turns them into the injected container (src/webhook/inject/render.rs
   value: {{ $s.logLevel | quote }}
 - name: BEDROCK_BROKER_SIDECAR_LOG_FORMAT
   value: {{ $s.logFormat | quote }}
+- name: BEDROCK_BROKER_SIDECAR_USE_FIPS
+  value: {{ $s.useFips | quote }}
 - name: BEDROCK_BROKER_SIDECAR_RUN_AS_USER
   value: {{ $s.runAsUser | int64 | quote }}
 {{- end }}

@@ -88,6 +88,14 @@ pub const LOG_FORMAT: Setting = Setting {
     default: Value("json"),
     help: "Sidecar log format: text or json",
 };
+/// A platform's policy, not a pod's: the app's own AWS_USE_FIPS_ENDPOINT
+/// serves its other AWS calls, and many regions have no FIPS Bedrock host.
+pub const USE_FIPS: Setting = Setting {
+    flag: "sidecar-use-fips",
+    env: &["BEDROCK_BROKER_SIDECAR_USE_FIPS"],
+    default: Value("false"),
+    help: "Injected sidecars call Bedrock's and STS's FIPS endpoints (AWS_USE_FIPS_ENDPOINT): true or false",
+};
 /// The distroless "nonroot" user.
 pub const RUN_AS_USER: Setting = Setting {
     flag: "sidecar-run-as-user",
@@ -109,5 +117,6 @@ pub const ALL: &[Setting] = &[
     MEMORY_LIMIT,
     LOG_LEVEL,
     LOG_FORMAT,
+    USE_FIPS,
     RUN_AS_USER,
 ];

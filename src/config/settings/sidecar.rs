@@ -46,7 +46,7 @@ pub const USE_FIPS: Setting = Setting {
     flag: "use-fips",
     env: &["AWS_USE_FIPS_ENDPOINT"],
     default: Value("false"),
-    help: "Use FIPS endpoints by default: true or false",
+    help: "Use FIPS endpoints by default (Bedrock's, and STS's unless AWS_ENDPOINT_URL_STS is set): true or false",
 };
 pub const USE_DUALSTACK: Setting = Setting {
     flag: "use-dualstack",

@@ -139,9 +139,9 @@ pub fn inject(
     let rendered = render::render(&sidecar, &resolved, &fitted);
     warnings.extend(notices::notices(
         spec,
+        &sidecar,
         &fitted.resources,
         &rendered.app_env,
-        sidecar.port.get(),
     ));
     let patch = patch::build(pod, spec, sidecar.mode.value, &rendered, &fitted)?;
     Ok(Outcome::Injected(Box::new(Injection {

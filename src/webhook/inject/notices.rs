@@ -10,23 +10,41 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 
 use super::annotations::names;
 use super::render::{app_vars, AppVar};
-use super::spec::Resources;
+use super::spec::{Resources, SidecarSpec};
 use super::types::{Quantity, Resource};
+use crate::config::parse;
+use crate::config::settings::injected;
 
 /// Every notice for this pod, in a stable order.
 pub fn notices(
     spec: &PodSpec,
-    sidecar: &Resources,
+    sidecar: &SidecarSpec,
+    resources: &Resources,
     app_env: &[AppVar],
-    proxy_port: u16,
 ) -> Vec<String> {
     let mut out = Vec::new();
-    out.extend(qos_lost(spec, sidecar));
+    out.extend(qos_lost(spec, resources));
     for c in &spec.containers {
         out.extend(env_from_overridden(c, app_env));
-        out.extend(own_bedrock_endpoint(c, proxy_port));
+        out.extend(own_bedrock_endpoint(c, sidecar.port.get()));
+        out.extend(fips_not_followed(c, sidecar.use_fips));
     }
     out
+}
+
+/// The app's own `AWS_USE_FIPS_ENDPOINT` serves its other AWS calls; its
+/// Bedrock calls now leave through the sidecar, which follows only the
+/// webhook's setting (a platform policy: most regions have no FIPS host).
+fn fips_not_followed(c: &Container, sidecar_fips: bool) -> Option<String> {
+    let name = crate::config::settings::sidecar::USE_FIPS.var();
+    let wants = literal(c, name).is_some_and(|v| parse::bool(v).unwrap_or(false));
+    (wants && !sidecar_fips).then(|| {
+        format!(
+            "container {:?} sets {name}, but its Bedrock calls go through the sidecar, which uses FIPS endpoints only with the webhook's --{}",
+            c.name,
+            injected::USE_FIPS.flag
+        )
+    })
 }
 
 /// A Guaranteed pod stays Guaranteed only if every container, the sidecar

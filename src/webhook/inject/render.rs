@@ -246,6 +246,9 @@ fn sidecar_env(sidecar: &SidecarSpec, resolved: &Resolved, fitted: &Fitted) -> V
         env(log::FORMAT.var(), sidecar.log_format.as_str()),
         env(vars::RUST_LOG.name, sidecar.log_level.as_str()),
     ]);
+    if sidecar.use_fips {
+        env_vars.push(env(sidecar_settings::USE_FIPS.var(), "true"));
+    }
     // A classic sidecar is told to stop with the app, which may still call
     // Bedrock while it winds down: it keeps serving while the app holds
     // connections, within the pod's own grace (the kubelet's SIGKILL ends

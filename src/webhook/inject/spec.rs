@@ -71,6 +71,8 @@ pub struct SidecarDefaults {
     pub resources: Resources,
     pub log_level: LogLevel,
     pub log_format: LogFormat,
+    /// FIPS endpoints for Bedrock and STS.
+    pub use_fips: bool,
     /// UID for the sidecar unless the pod's containers share another non-root UID.
     pub run_as_user: i64,
     /// Which roles a pod may get (not a pod setting: pods cannot change it).
@@ -112,6 +114,8 @@ pub struct SidecarSpec {
     pub resources: Resources,
     pub log_level: LogLevel,
     pub log_format: LogFormat,
+    /// FIPS endpoints for Bedrock and STS (the webhook's setting only).
+    pub use_fips: bool,
     pub mode: Sourced<SidecarMode>,
     pub audience: Sourced<Audience>,
     pub token_expiration: Sourced<TokenExpiration>,
@@ -145,6 +149,7 @@ impl SidecarSpec {
             resources: d.resources.clone(),
             log_level: d.log_level,
             log_format: d.log_format,
+            use_fips: d.use_fips,
             mode: Sourced::from_default(d.mode),
             audience: Sourced::from_default(d.audience.clone()),
             token_expiration: Sourced::from_default(d.token_expiration),
