@@ -682,7 +682,11 @@ fn the_pod_is_told_what_it_may_not_expect() {
         &own("https://vpce-1.bedrock-runtime.us-east-1.vpce.amazonaws.com"),
         "sets AWS_ENDPOINT_URL_BEDROCK_RUNTIME to another endpoint"
     ));
-    for ours in ["http://127.0.0.1:9787", "http://localhost:9787/"] {
+    for ours in [
+        "http://127.0.0.1:9787",
+        "http://localhost:9787/",
+        "http://[::1]:9787",
+    ] {
         assert!(inject(&own(ours)).warnings.is_empty(), "{ours}");
     }
     assert!(opted_in(json!({})).spec.is_some() && inject(&opted_in(json!({}))).warnings.is_empty());

@@ -149,9 +149,10 @@ fn env_from_overridden(c: &Container, app_env: &[AppVar]) -> Option<String> {
 /// A container pointing a Bedrock client elsewhere keeps it (explicit
 /// variables are never overridden), and that client bypasses the sidecar.
 fn own_bedrock_endpoint(c: &Container, proxy_port: u16) -> Vec<String> {
-    let ours = [
+    let ours: [String; 3] = [
         format!("http://127.0.0.1:{proxy_port}"),
         format!("http://localhost:{proxy_port}"),
+        format!("http://[::1]:{proxy_port}"),
     ];
     [
         app_vars::AWS_ENDPOINT_URL_BEDROCK_RUNTIME,
