@@ -658,6 +658,21 @@ fn the_pod_is_told_what_it_may_not_expect() {
         "{:?}",
         inject(&kept).warnings
     );
+    // Pod-level resources decide the class themselves: requests and limits
+    // raised by the sidecar's unequal shares part them.
+    let pod_level = |resources: Value| json!({"resources": resources, "containers": [{"name": "app", "image": "app:1"}]});
+    let equal =
+        json!({"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}});
+    assert!(warned(
+        &annotated(pod_level(equal), &[]),
+        "makes this Guaranteed pod Burstable"
+    ));
+    // Only limits: the requests follow them (defaulting), raised or not.
+    let limits_only = json!({"limits": {"cpu": "2", "memory": "4Gi"}});
+    assert!(!warned(
+        &annotated(pod_level(limits_only), &[]),
+        "Guaranteed"
+    ));
     let burstable = json!({"containers": [{"name": "app", "image": "app:1", "resources": {
         "requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "1Gi"}}}]});
     assert!(!warned(&annotated(burstable, &[]), "Guaranteed"));
@@ -669,6 +684,15 @@ fn the_pod_is_told_what_it_may_not_expect() {
     assert!(warned(&p, "container \"app\": injected OPENAI_BASE_URL, OPENAI_API_KEY, AWS_ENDPOINT_URL_BEDROCK_RUNTIME, AWS_BEDROCK_RUNTIME_ENDPOINT, ANTHROPIC_BEDROCK_BASE_URL win over envFrom"));
     let p = annotated(env_from, &[("bedrock-broker.io/client-env", "false")]);
     assert!(!warned(&p, "envFrom"), "{:?}", inject(&p).warnings);
+    // Init containers after the sidecar get the variables too; a mesh's
+    // ahead of it do not.
+    let init = json!({"initContainers": [
+        {"name": "istio-proxy", "image": "x", "restartPolicy": "Always", "envFrom": [{"configMapRef": {"name": "m"}}]},
+        {"name": "migrate", "image": "x", "envFrom": [{"configMapRef": {"name": "m"}}]},
+    ]});
+    let p = annotated(init, &[]);
+    assert!(warned(&p, "container \"migrate\": injected"));
+    assert!(!warned(&p, "container \"istio-proxy\""));
 
     // A Bedrock client pointed elsewhere keeps it, and bypasses the sidecar.
     let own = |url: &str| {

@@ -137,12 +137,7 @@ pub fn inject(
     };
     warnings.extend(role::warning(&resolved.auth, facts));
     let rendered = render::render(&sidecar, &resolved, &fitted);
-    warnings.extend(notices::notices(
-        spec,
-        &sidecar,
-        &fitted.resources,
-        &rendered.app_env,
-    ));
+    warnings.extend(notices::notices(spec, &sidecar, &fitted, &rendered.app_env));
     let patch = patch::build(pod, spec, sidecar.mode.value, &rendered, &fitted)?;
     Ok(Outcome::Injected(Box::new(Injection {
         patch,

@@ -9,9 +9,11 @@ use k8s_openapi::api::core::v1::{Container, PodSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 
 use super::annotations::names;
+use super::fit::{Fitted, Kind, Raise};
+use super::patch;
 use super::render::{app_vars, AppVar};
 use super::spec::{Resources, SidecarSpec};
-use super::types::{Quantity, Resource};
+use super::types::{Quantity, Resource, SidecarMode};
 use crate::config::parse;
 use crate::config::settings::injected;
 
@@ -19,12 +21,23 @@ use crate::config::settings::injected;
 pub fn notices(
     spec: &PodSpec,
     sidecar: &SidecarSpec,
-    resources: &Resources,
+    fitted: &Fitted,
     app_env: &[AppVar],
 ) -> Vec<String> {
     let mut out = Vec::new();
-    out.extend(qos_lost(spec, resources));
-    for c in &spec.containers {
+    out.extend(qos_lost(spec, &fitted.resources, &fitted.pod_resources));
+    // The containers that get the app variables: init containers too in
+    // native mode, those starting after the sidecar.
+    let init = match sidecar.mode.value {
+        SidecarMode::Native => spec
+            .init_containers
+            .iter()
+            .flatten()
+            .skip(patch::sidecar_index(spec))
+            .collect(),
+        SidecarMode::Classic => Vec::new(),
+    };
+    for c in init.into_iter().chain(&spec.containers) {
         out.extend(env_from_overridden(c, app_env));
         out.extend(own_bedrock_endpoint(c, sidecar.port.get()));
         out.extend(fips_not_followed(c, sidecar.use_fips));
@@ -48,65 +61,84 @@ fn fips_not_followed(c: &Container, sidecar_fips: bool) -> Option<String> {
 }
 
 /// A Guaranteed pod stays Guaranteed only if every container, the sidecar
-/// too, has CPU and memory limits its requests equal. Losing the class
-/// costs exclusive CPUs under the static CPU manager and moves the pod up
-/// the eviction order, silently.
-fn qos_lost(spec: &PodSpec, sidecar: &Resources) -> Option<String> {
-    // Pod-level resources decide the class themselves; `fit` raises them.
-    if spec.resources.is_some() {
-        return None;
-    }
-    let all = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .chain(spec.containers.iter());
-    if !all.into_iter().all(guaranteed) {
-        return None;
-    }
-    let equal = |request: &Option<Quantity>, limit: &Option<Quantity>, r: Resource| match limit {
-        None => false,
-        Some(l) => request.as_ref().is_none_or(|q| q.units(r) == l.units(r)),
+/// too, has CPU and memory limits its requests equal (or, with pod-level
+/// resources, if those stay equal once `fit` has raised them by the
+/// sidecar's share). Losing the class costs exclusive CPUs under the
+/// static CPU manager and moves the pod up the eviction order, silently.
+fn qos_lost(spec: &PodSpec, sidecar: &Resources, raised: &[Raise]) -> Option<String> {
+    let lost = match &spec.resources {
+        Some(pod) => {
+            let before = |kind: Kind, r: Resource| {
+                let map = match kind {
+                    Kind::Requests => pod.requests.as_ref(),
+                    Kind::Limits => pod.limits.as_ref(),
+                };
+                units(map, r)
+            };
+            let after = |kind: Kind, r: Resource| {
+                raised
+                    .iter()
+                    .find(|x| x.kind == kind && x.resource == r)
+                    .map(|x| x.to.units(r))
+                    .or_else(|| before(kind, r))
+            };
+            guaranteed(before) && !guaranteed(after)
+        }
+        None => {
+            let mut all = spec
+                .init_containers
+                .iter()
+                .flatten()
+                .chain(spec.containers.iter());
+            let sidecar = |kind: Kind, r: Resource| {
+                let q = match (kind, r) {
+                    (Kind::Requests, Resource::Cpu) => &sidecar.cpu_request,
+                    (Kind::Requests, Resource::Memory) => &sidecar.memory_request,
+                    (Kind::Limits, Resource::Cpu) => &sidecar.cpu_limit,
+                    (Kind::Limits, Resource::Memory) => &sidecar.memory_limit,
+                };
+                q.as_ref().map(|q| q.units(r))
+            };
+            all.all(|c| {
+                let r = c.resources.as_ref();
+                guaranteed(|kind, res| {
+                    let map = r.and_then(|r| match kind {
+                        Kind::Requests => r.requests.as_ref(),
+                        Kind::Limits => r.limits.as_ref(),
+                    });
+                    units(map, res)
+                })
+            }) && !guaranteed(sidecar)
+        }
     };
-    if equal(&sidecar.cpu_request, &sidecar.cpu_limit, Resource::Cpu)
-        && equal(
-            &sidecar.memory_request,
-            &sidecar.memory_limit,
-            Resource::Memory,
+    lost.then(|| {
+        format!(
+            "the sidecar makes this Guaranteed pod Burstable (requests below limits, or no CPU limit); to keep it Guaranteed set {} = {} and {} = {}",
+            names::CPU_REQUEST,
+            names::CPU_LIMIT,
+            names::MEMORY_REQUEST,
+            names::MEMORY_LIMIT
         )
-    {
-        return None;
-    }
-    Some(format!(
-        "the sidecar makes this Guaranteed pod Burstable (requests below limits, or no CPU limit); to keep it Guaranteed set {} = {} and {} = {}",
-        names::CPU_REQUEST,
-        names::CPU_LIMIT,
-        names::MEMORY_REQUEST,
-        names::MEMORY_LIMIT
-    ))
+    })
 }
 
 /// CPU and memory limits, with requests unset (they default to the
-/// limits) or equal to them.
-fn guaranteed(c: &Container) -> bool {
-    let Some(resources) = &c.resources else {
-        return false;
-    };
-    let units = |map: Option<&BTreeMap<String, K8sQuantity>>, r: Resource| {
-        Quantity::parse(&map?.get(r.as_str())?.0)
-            .ok()
-            .map(|q| q.units(r))
-    };
-    Resource::BOTH.into_iter().all(|r| {
-        match (
-            units(resources.requests.as_ref(), r),
-            units(resources.limits.as_ref(), r),
-        ) {
+/// limits) or equal to them, in whole units as `get` reads them.
+fn guaranteed(get: impl Fn(Kind, Resource) -> Option<u64>) -> bool {
+    Resource::BOTH
+        .into_iter()
+        .all(|r| match (get(Kind::Requests, r), get(Kind::Limits, r)) {
             (_, None) => false,
             (None, Some(_)) => true,
             (Some(request), Some(limit)) => request == limit,
-        }
-    })
+        })
+}
+
+/// A quantity of a resource list, in whole units.
+fn units(map: Option<&BTreeMap<String, K8sQuantity>>, r: Resource) -> Option<u64> {
+    Quantity::parse(&map?.get(r.as_str())?.0)
+        .ok()
+        .map(|q| q.units(r))
 }
 
 /// A literal value of `name` in `c` (not `valueFrom`).

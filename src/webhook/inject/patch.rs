@@ -144,7 +144,7 @@ const MESH_PROXIES: [&str; 2] = ["istio-proxy", "linkerd-proxy"];
 /// A mesh whose proxy is an ordinary container starts it after every init
 /// container: there the sidecar stays first, and gets its credentials
 /// before the mesh's init container captures the pod's traffic.
-fn sidecar_index(spec: &PodSpec) -> usize {
+pub(super) fn sidecar_index(spec: &PodSpec) -> usize {
     let head: Vec<&Container> = spec
         .init_containers
         .iter()
