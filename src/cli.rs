@@ -236,6 +236,9 @@ pub struct CredentialsArgs {
     pub aws: AwsArgs,
     #[arg(long = sidecar::ALLOW_PLAINTEXT_UPSTREAM.flag, help = sidecar::ALLOW_PLAINTEXT_UPSTREAM.help_text())]
     pub allow_plaintext_upstream: Option<String>,
+    /// STS's FIPS endpoint, as the sidecar's `--use-fips` chooses it.
+    #[arg(long = sidecar::USE_FIPS.flag, help = sidecar::USE_FIPS.help_text())]
+    pub use_fips: Option<String>,
     #[command(flatten)]
     pub log: LogArgs,
 }

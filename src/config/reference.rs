@@ -115,6 +115,7 @@ pub fn markdown() -> String {
             settings::aws::ALL,
             &[
                 settings::sidecar::ALLOW_PLAINTEXT_UPSTREAM,
+                settings::sidecar::USE_FIPS,
                 settings::log::FORMAT,
             ],
         ],

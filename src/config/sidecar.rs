@@ -35,7 +35,12 @@ impl CredentialsConfig {
             &mut errors,
         );
         let (_, config) = credentials::parse(&args.aws, env, plaintext, &mut errors);
-        errors.finish(|| config)
+        let fips = errors.read(&s::USE_FIPS, args.use_fips.as_deref(), env, parse::bool);
+        errors.finish(|| {
+            let mut config = config?;
+            config.sts.use_fips = fips?;
+            Some(config)
+        })
     }
 }
 

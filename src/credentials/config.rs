@@ -115,11 +115,11 @@ pub struct ChainConfig {
 }
 
 /// STS client settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StsConfig {
     /// `AWS_ENDPOINT_URL_STS`; `None` means the regional endpoint.
     pub endpoint: Option<Uri>,
     pub timeout: Duration,
-    /// STS's FIPS endpoint (`AWS_USE_FIPS_ENDPOINT`), when no endpoint is set.
+    /// STS's FIPS endpoint (`AWS_USE_FIPS_ENDPOINT`); an `endpoint` wins.
     pub use_fips: bool,
 }

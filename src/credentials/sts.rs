@@ -50,7 +50,9 @@ pub fn client_over(
     if let Some(endpoint) = &config.sts.endpoint {
         builder = builder.endpoint_url(endpoint.to_string().trim_end_matches('/'));
     }
-    if config.sts.use_fips {
+    // STS's endpoint rules refuse FIPS beside a custom endpoint, which
+    // names the host itself (a FIPS one if wanted).
+    if config.sts.use_fips && config.sts.endpoint.is_none() {
         builder = builder.use_fips(true);
     }
     if let Some(credentials) = credentials {
@@ -206,18 +208,31 @@ mod tests {
                 HttpConnectorFuture::ready(Err(ConnectorError::other("seen".into(), None)))
             }
         }
-        for (fips, host) in [
-            ("false", "https://sts.us-east-1.amazonaws.com"),
-            ("true", "https://sts-fips.us-east-1.amazonaws.com"),
+        // An explicit endpoint wins: STS's rules refuse FIPS beside one
+        // ("FIPS and custom endpoint are not supported"), for ever.
+        for (fips, endpoint, host) in [
+            ("false", None, "https://sts.us-east-1.amazonaws.com"),
+            ("true", None, "https://sts-fips.us-east-1.amazonaws.com"),
+            (
+                "true",
+                Some("https://vpce-1.sts.us-east-1.vpce.amazonaws.com"),
+                "https://vpce-1.sts",
+            ),
         ] {
-            let env = crate::config::Env::from_pairs([
+            let mut pairs = vec![
                 ("AWS_REGION", "us-east-1"),
                 ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/app"),
                 ("AWS_WEB_IDENTITY_TOKEN_FILE", "/token"),
                 ("AWS_USE_FIPS_ENDPOINT", fips),
-            ]);
+            ];
+            pairs.extend(endpoint.map(|e| ("AWS_ENDPOINT_URL_STS", e)));
+            let env = crate::config::Env::from_pairs(pairs);
             let config =
                 crate::sidecar::SidecarConfig::from_args(&Default::default(), &env).expect("valid");
+            // `credentials` resolves them as the sidecar does.
+            let alone = crate::credentials::CredentialsConfig::from_args(&Default::default(), &env)
+                .expect("valid");
+            assert_eq!(alone.sts, config.credentials.sts, "{fips}");
             let seen = Seen::default();
             let connector = SharedHttpConnector::new(seen.clone());
             let region = config.credentials.region.clone().expect("a region");

@@ -73,7 +73,7 @@ pub const MEMORY_LIMIT: Setting = Setting {
     flag: "sidecar-memory-limit",
     env: &["BEDROCK_BROKER_SIDECAR_MEMORY_LIMIT"],
     default: Value("128Mi"),
-    help: "Sidecar memory limit (at least 32Mi), or none; half of it (at most the limit less 24 MiB) becomes the sidecar's --request-body-budget",
+    help: "Sidecar memory limit (at least 32Mi), or none; half of it (at most the limit less 24 MiB, and at most 1 TiB) becomes the sidecar's --request-body-budget",
 };
 pub const LOG_LEVEL: Setting = Setting {
     flag: "sidecar-log-level",
@@ -94,7 +94,7 @@ pub const USE_FIPS: Setting = Setting {
     flag: "sidecar-use-fips",
     env: &["BEDROCK_BROKER_SIDECAR_USE_FIPS"],
     default: Value("false"),
-    help: "Injected sidecars call Bedrock's and STS's FIPS endpoints (AWS_USE_FIPS_ENDPOINT): true or false",
+    help: "Injected sidecars call the FIPS endpoints of Bedrock runtime, Agents runtime and STS (AWS_USE_FIPS_ENDPOINT): true or false",
 };
 /// The distroless "nonroot" user.
 pub const RUN_AS_USER: Setting = Setting {

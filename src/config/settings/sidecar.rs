@@ -46,7 +46,7 @@ pub const USE_FIPS: Setting = Setting {
     flag: "use-fips",
     env: &["AWS_USE_FIPS_ENDPOINT"],
     default: Value("false"),
-    help: "Use FIPS endpoints by default (Bedrock's, and STS's unless AWS_ENDPOINT_URL_STS is set): true or false",
+    help: "Use FIPS endpoints by default for Bedrock runtime, Agents runtime and STS (Mantle has none; an explicit endpoint wins): true or false",
 };
 pub const USE_DUALSTACK: Setting = Setting {
     flag: "use-dualstack",

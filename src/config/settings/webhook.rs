@@ -49,7 +49,7 @@ pub const LOOKUP_TIMEOUT: Setting = Setting {
     flag: "lookup-timeout",
     env: &["BEDROCK_BROKER_WEBHOOK_LOOKUP_TIMEOUT"],
     default: Value("3s"),
-    help: "Timeout of a direct API read of a namespace or ServiceAccount",
+    help: "Timeout of a direct API read of a namespace, a ServiceAccount, or a namespace's LimitRanges (all pages)",
 };
 /// Admission requests take milliseconds; 10 s covers a slow API read.
 pub const SHUTDOWN_GRACE_PERIOD: Setting = Setting {
