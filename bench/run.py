@@ -1096,7 +1096,8 @@ def sidecar_starter(binary: Path, mock: Mock, args, workdir: Path, name: str,
                     extra_env: dict[str, str] | None = None):
     """A `start` for callgrind(): the sidecar under the given wrapper, ready."""
     def start(wrapper: list[str]) -> Sidecar:
-        sc = Sidecar(binary, mock.port, mock.ca, args.proxy_cpu, workdir, wrapper, name, extra_env)
+        port = mock.h2_port if args.profile_h2 else mock.port
+        sc = Sidecar(binary, port, mock.ca, args.proxy_cpu, workdir, wrapper, name, extra_env)
         try:
             sc.wait_ready(180)
         except BaseException:
@@ -1739,6 +1740,8 @@ def main() -> int:
                          "image's GLIBC_TUNABLES (':'-separated) to add one")
     ap.add_argument("--no-profile", action="store_true", help="skip the callgrind profile")
     ap.add_argument("--profile-only", action="store_true")
+    ap.add_argument("--profile-h2", action="store_true",
+                    help="callgrind runs against the upstream that offers h2 by ALPN (one shared connection)")
     ap.add_argument("--profile-requests", type=int, default=2000)
     ap.add_argument("--profile-conc", type=int, default=2)
     ap.add_argument("--profile-top", type=int, default=30)
