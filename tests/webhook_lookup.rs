@@ -280,6 +280,16 @@ fn fake() -> Fake {
     }
 }
 
+/// A lookup against the fake at `addr`: 2 s lookups, metrics of its own.
+fn started(addr: SocketAddr, shutdown: &CancellationToken) -> KubeLookup {
+    KubeLookup::start(
+        client(addr),
+        Duration::from_secs(2),
+        WebhookMetrics::new(),
+        shutdown.clone(),
+    )
+}
+
 async fn synced(lookup: &KubeLookup) {
     let end = Instant::now() + Duration::from_secs(10);
     while !lookup.ready() {
@@ -432,12 +442,7 @@ async fn limit_ranges_come_from_the_cache_or_a_direct_list() {
     let f = fake();
     let addr = start(f.clone()).await;
     let shutdown = CancellationToken::new();
-    let lookup = KubeLookup::start(
-        client(addr),
-        Duration::from_secs(2),
-        WebhookMetrics::new(),
-        shutdown.clone(),
-    );
+    let lookup = started(addr, &shutdown);
     synced(&lookup).await;
     let found = lookup.limit_ranges("team-a").await.expect("read");
     assert_eq!(min_cpu(found), ["50m"]);
@@ -463,12 +468,7 @@ async fn limit_ranges_come_from_the_cache_or_a_direct_list() {
     f.limit_ranges = Arc::new(limit_ranges);
     let addr = start(f.clone()).await;
     let shutdown = CancellationToken::new();
-    let lookup = KubeLookup::start(
-        client(addr),
-        Duration::from_secs(2),
-        WebhookMetrics::new(),
-        shutdown.clone(),
-    );
+    let lookup = started(addr, &shutdown);
     assert!(!lookup.ready());
     let found = lookup.limit_ranges("team-a").await.expect("read");
     assert!(
@@ -524,12 +524,7 @@ async fn the_caches_keep_only_what_injection_reads() {
     }
     let addr = start(f.clone()).await;
     let shutdown = CancellationToken::new();
-    let lookup = KubeLookup::start(
-        client(addr),
-        Duration::from_secs(2),
-        WebhookMetrics::new(),
-        shutdown.clone(),
-    );
+    let lookup = started(addr, &shutdown);
     synced(&lookup).await;
 
     // Keys compared, not whole maps: a failure would print 200 KiB.

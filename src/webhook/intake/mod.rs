@@ -267,6 +267,16 @@ mod tests {
     use tokio::sync::OwnedSemaphorePermit;
     use tokio_util::sync::CancellationToken;
 
+    /// `bytes` of the intake's text budget, taken as a review would hold them.
+    fn held(intake: &Intake, bytes: u32) -> Option<OwnedSemaphorePermit> {
+        intake
+            .text
+            .budget
+            .clone()
+            .try_acquire_many_owned(bytes)
+            .ok()
+    }
+
     fn received(held: Option<OwnedSemaphorePermit>) -> Received {
         Received {
             bytes: Bytes::new(),
@@ -279,12 +289,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_answer_holds_its_room_until_it_is_taken() {
         let intake = Intake::new(ReviewTiming::default(), MAX_REVIEW_BYTES);
-        let review = intake
-            .text
-            .budget
-            .clone()
-            .try_acquire_many_owned(1 << 20)
-            .ok();
+        let review = held(&intake, 1 << 20);
         let first = intake
             .answer(received(review), vec![b'x'; 5 << 20])
             .await
@@ -440,18 +445,9 @@ mod tests {
         // Reviews queued for room must not take the room a review already
         // worked through had: its answer would end in 503.
         let intake = Intake::new(ReviewTiming::default(), MAX_REVIEW_BYTES);
-        let review = intake
-            .text
-            .budget
-            .clone()
-            .try_acquire_many_owned(2 << 20)
-            .ok();
-        let _everything_else = intake
-            .text
-            .budget
-            .clone()
-            .try_acquire_many_owned((MAX_REVIEW_BYTES - (2 << 20)) as u32)
-            .expect("the rest");
+        let review = held(&intake, 2 << 20);
+        let _everything_else =
+            held(&intake, (MAX_REVIEW_BYTES - (2 << 20)) as u32).expect("the rest");
         // A review waiting for more room than there is: first in line.
         let queued = tokio::spawn(intake.text.budget.clone().acquire_many_owned(3 << 20));
         tokio::task::yield_now().await;
