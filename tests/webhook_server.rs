@@ -438,6 +438,18 @@ async fn idle_sockets_from_one_pod_do_not_starve_the_api_server() {
 
 /// Three reviews, as the API server sends them, each answered 200 within
 /// 5 s (its own timeout is 10 s).
+/// `n` of the API server's reviews in turn, each answered 200 (however
+/// long that takes: the test's own deadline bounds it).
+async fn each_answered(tls: &Arc<rustls::ClientConfig>, addr: SocketAddr, n: usize) {
+    let body = std::fs::read(fixtures().join("plain.json")).expect("fixture");
+    for _ in 0..n {
+        let (status, _, _) = https(tls, addr, "POST", "/mutate", body.clone())
+            .await
+            .expect("request");
+        assert_eq!(status, 200, "the API server's review is answered");
+    }
+}
+
 async fn reviews_are_answered(tls: &Arc<rustls::ClientConfig>, addr: SocketAddr, when: &str) {
     let body = std::fs::read(fixtures().join("plain.json")).expect("fixture");
     for _ in 0..3 {
@@ -778,15 +790,9 @@ async fn a_pod_dripping_large_reviews_cannot_hold_the_budget() {
     for _ in 0..2 {
         ready.recv().await.expect("a drip started");
     }
-    let body = std::fs::read(fixtures().join("plain.json")).expect("fixture");
     // Several reviews in turn, so the later ones surely find the drips'
     // heads read: every one is answered.
-    for _ in 0..3 {
-        let (status, _, _) = https(&tls, addr, "POST", "/mutate", body.clone())
-            .await
-            .expect("request");
-        assert_eq!(status, 200, "the API server's review is answered");
-    }
+    each_answered(&tls, addr, 3).await;
     for d in drips {
         d.abort();
     }
@@ -1035,13 +1041,7 @@ async fn a_pod_queueing_reviews_that_parse_large_cannot_delay_the_api_server() {
         },
     )
     .await;
-    let body = std::fs::read(fixtures().join("plain.json")).expect("fixture");
-    for _ in 0..10 {
-        let (status, _, _) = https(&tls, addr, "POST", "/mutate", body.clone())
-            .await
-            .expect("request");
-        assert_eq!(status, 200, "the API server's review is answered");
-    }
+    each_answered(&tls, addr, 10).await;
     for task in pod {
         task.abort();
     }

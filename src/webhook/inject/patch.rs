@@ -145,17 +145,19 @@ const MESH_PROXIES: [&str; 2] = ["istio-proxy", "linkerd-proxy"];
 /// container: there the sidecar stays first, and gets its credentials
 /// before the mesh's init container captures the pod's traffic.
 pub(super) fn sidecar_index(spec: &PodSpec) -> usize {
-    let head: Vec<&Container> = spec
+    let native_proxy = |c: &Container| {
+        MESH_PROXIES.contains(&c.name.as_str()) && c.restart_policy.as_deref() == Some("Always")
+    };
+    let (head, native) = spec
         .init_containers
         .iter()
         .flatten()
         .take_while(|c| MESH_INIT_CONTAINERS.contains(&c.name.as_str()))
-        .collect();
-    let native_proxy = head.iter().any(|c| {
-        MESH_PROXIES.contains(&c.name.as_str()) && c.restart_policy.as_deref() == Some("Always")
-    });
-    if native_proxy {
-        head.len()
+        .fold((0, false), |(n, native), c| {
+            (n + 1, native || native_proxy(c))
+        });
+    if native {
+        head
     } else {
         0
     }
