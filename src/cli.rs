@@ -144,6 +144,10 @@ pub struct AwsArgs {
     pub chain_role_arn: Option<String>,
     #[arg(long = aws::CHAIN_EXTERNAL_ID.flag, help = aws::CHAIN_EXTERNAL_ID.help_text())]
     pub chain_external_id: Option<String>,
+    #[arg(long = aws::HTTPS_PROXY.flag, help = aws::HTTPS_PROXY.help_text())]
+    pub https_proxy: Option<String>,
+    #[arg(long = aws::NO_PROXY.flag, help = aws::NO_PROXY.help_text())]
+    pub no_proxy: Option<String>,
 }
 
 #[derive(Debug, Args, Default, Clone)]

@@ -15,6 +15,7 @@ pub mod cmd;
 pub mod config;
 pub mod container_credentials;
 pub mod credentials;
+pub mod egress;
 pub mod error_text;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fleet;

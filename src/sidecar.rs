@@ -145,6 +145,7 @@ fn upstream_clients(config: &SidecarConfig) -> Result<proxy::UpstreamClients, Si
     Ok(proxy::upstream_clients(
         tls,
         config.proxy.connect_timeout,
+        config.credentials.egress_proxy.clone(),
         config.proxy.upstream_max_idle,
     ))
 }
@@ -164,6 +165,11 @@ fn log_listening(
         upstream = %runtime,
         signing_name = %runtime.signing_name,
         mode = config.credentials.mode.describe(),
+        egress_proxy = config
+            .credentials
+            .egress_proxy
+            .as_ref()
+            .map_or("none", |p| p.address()),
         version = env!("CARGO_PKG_VERSION"),
         scheduler = ?scheduler.runtime_flavor(),
         workers = scheduler.metrics().num_workers(),

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bedrock_broker::credentials::CredentialCell;
 use bytes::Bytes;
-use sidecar_support::{credentials, post, proxy_to, text, Setup};
+use sidecar_support::{credentials, post, proxy_to, text, tls_acceptor, Setup};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -47,18 +47,7 @@ struct H2Upstream {
 }
 
 async fn h2_upstream(first: First) -> H2Upstream {
-    let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], key)
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let (acceptor, ca) = tls_acceptor(&["127.0.0.1"], &[b"h2"]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(AtomicUsize::new(0));
@@ -87,7 +76,7 @@ async fn h2_upstream(first: First) -> H2Upstream {
     });
     H2Upstream {
         url: format!("https://127.0.0.1:{}", addr.port()),
-        ca: cert.pem().into_bytes(),
+        ca,
         seen,
     }
 }

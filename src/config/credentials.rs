@@ -15,6 +15,7 @@ use crate::credentials::{
     ApiKey, ChainConfig, CredentialMode, CredentialsConfig, SessionOptions, StaticKeys, StsConfig,
     WebIdentityConfig,
 };
+use crate::egress::EgressProxy;
 use crate::secret::Secret;
 use crate::tls::CaBundle;
 
@@ -54,6 +55,8 @@ pub fn parse(
             .ok()
     });
 
+    let egress_proxy = egress_proxy(args, env, errors);
+
     let mut warnings = Vec::new();
     let region_given = s::REGION.find(args.region.as_deref(), env);
     if let (Some(region), Some(raw)) = (&region, &region_given) {
@@ -92,6 +95,7 @@ pub fn parse(
                 use_fips: false,
             },
             ca_bundle,
+            egress_proxy,
             session,
             chain,
             warnings,
@@ -99,6 +103,17 @@ pub fn parse(
         _ => None,
     };
     (region, config)
+}
+
+/// `--https-proxy` with its `--no-proxy` list; the URL is never repeated
+/// in errors (it may carry a password).
+fn egress_proxy(args: &AwsArgs, env: &Env, errors: &mut Errors) -> Option<EgressProxy> {
+    let no_proxy = s::NO_PROXY.find(args.no_proxy.as_deref(), env);
+    let url = s::HTTPS_PROXY.find(args.https_proxy.as_deref(), env)?;
+    errors.parse(url, |raw| {
+        EgressProxy::parse(raw, no_proxy.map(|n| n.value))
+            .map_err(|e| ParseError::Refused(e.to_string().into()))
+    })
 }
 
 /// What STS is asked to put in the session: duration (1 h at most when

@@ -435,6 +435,33 @@ mod tests {
     }
 
     #[test]
+    fn the_egress_proxy_comes_from_the_standard_variables() {
+        let with = |extra: &[(&str, &str)]| {
+            let mut env = IRSA.to_vec();
+            env.extend_from_slice(extra);
+            sidecar(&env)
+        };
+        assert!(with(&[]).unwrap().credentials.egress_proxy.is_none());
+        let c = with(&[
+            ("https_proxy", "http://u:hunter2@proxy.corp:3128"),
+            ("NO_PROXY", " .internal "),
+        ]);
+        let p = c.unwrap().credentials.egress_proxy.unwrap();
+        assert_eq!(
+            (p.address(), p.no_proxy()),
+            ("proxy.corp:3128", ".internal")
+        );
+        let c = with(&[("HTTPS_PROXY", "proxy.a:1"), ("https_proxy", "proxy.b:2")]);
+        assert_eq!(
+            c.unwrap().credentials.egress_proxy.unwrap().address(),
+            "proxy.a:1"
+        );
+        let e = with(&[("HTTPS_PROXY", "https://u:hunter2@proxy.corp:3128")]).unwrap_err();
+        assert_eq!(origins(&e), ["HTTPS_PROXY"]);
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
     fn irsa_environment_alone_is_a_complete_configuration() {
         let c = sidecar(&IRSA).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:9787");

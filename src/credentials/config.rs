@@ -8,6 +8,7 @@ use http::Uri;
 
 use super::ApiKey;
 use crate::config::aws::{ExternalId, PolicyArn, Region, RoleArn, SessionName};
+use crate::egress::EgressProxy;
 use crate::secret::Secret;
 use crate::tls::CaBundle;
 
@@ -19,6 +20,8 @@ pub struct CredentialsConfig {
     pub mode: CredentialMode,
     pub sts: StsConfig,
     pub ca_bundle: Option<CaBundle>,
+    /// The forward proxy HTTPS to STS and Bedrock goes through, if any.
+    pub egress_proxy: Option<EgressProxy>,
     /// Applied by STS to the session whose credentials sign requests.
     pub session: SessionOptions,
     /// Role chaining, when configured.

@@ -6,6 +6,7 @@ use aws_credential_types::Credentials;
 use aws_sdk_sts::config::{BehaviorVersion, Region as SdkRegion};
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
+use aws_smithy_http_client::Connector;
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_types::retry::RetryConfig;
@@ -62,7 +63,8 @@ pub fn client_over(
 }
 
 /// The HTTPS client the AWS SDK parts use (STS, and the aws-config
-/// providers): rustls with ring, system roots plus `AWS_CA_BUNDLE`.
+/// providers): rustls with ring, system roots plus `AWS_CA_BUNDLE`, HTTPS
+/// through the egress proxy if there is one.
 pub fn http_client(config: &CredentialsConfig) -> SharedHttpClient {
     let mut trust = TrustStore::default();
     if let Some(bundle) = &config.ca_bundle {
@@ -72,10 +74,28 @@ pub fn http_client(config: &CredentialsConfig) -> SharedHttpClient {
         .with_trust_store(trust)
         .build()
         .unwrap_or_default();
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-        .tls_context(tls_context)
-        .build_https()
+    let Some(proxy) = &config.egress_proxy else {
+        return aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+            .tls_context(tls_context)
+            .build_https();
+    };
+    // The SDK's client takes a proxy only through a connector of our own,
+    // set up as `build_https` sets up its own (timeouts and their sleep), and
+    // cached per connector settings by the same builder.
+    let proxy = proxy.sdk_config();
+    aws_smithy_http_client::Builder::new().build_with_connector_fn(move |settings, components| {
+        let mut connector = Connector::builder();
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector
+            .proxy_config(proxy.clone())
+            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+            .tls_context(tls_context.clone())
+            .build()
+    })
 }
 
 /// `PolicyArns` parameter value, `None` when empty.

@@ -21,6 +21,7 @@ mod auth;
 mod bidi;
 mod classify;
 mod config;
+mod dial;
 mod error;
 mod event_stream;
 #[cfg(feature = "fuzzing")]

@@ -20,13 +20,12 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use http_body_util::Full;
 use hyper::client::conn::{http1, http2};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::client::legacy::connect::Connection;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_service::Service;
 
 use super::error::ProxyError;
-use super::upstream::{answer_error, upstream_error};
+use super::upstream::{answer_error, upstream_error, Connector};
 use body::Lease;
 pub use body::PooledBody;
 use hosts::{Hosts, Sender, Target};
@@ -40,7 +39,7 @@ pub(super) type H2 = http2::SendRequest<Full<Bytes>>;
 #[derive(Clone)]
 pub struct Pool {
     /// TCP, TLS and ALPN; owns the connect timeout.
-    connector: HttpsConnector<HttpConnector>,
+    connector: Connector,
     hosts: Arc<Hosts>,
     /// PING interval (and timeout) of HTTP/2 connections with requests in
     /// flight (see [`super::upstream::H2_PING`]); `None`: none.
@@ -63,11 +62,7 @@ enum Failure {
 impl Pool {
     /// A pool connecting through `connector` (which owns the connect
     /// timeout, TCP options and TLS).
-    pub fn new(
-        connector: HttpsConnector<HttpConnector>,
-        max_idle: usize,
-        idle_timeout: Duration,
-    ) -> Self {
+    pub fn new(connector: Connector, max_idle: usize, idle_timeout: Duration) -> Self {
         Self {
             connector,
             hosts: Arc::new(Hosts::new(max_idle, idle_timeout)),

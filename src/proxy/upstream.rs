@@ -16,9 +16,12 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 /// the re-signed event stream of a bidirectional stream.
 pub type RequestBody = Either<Full<Bytes>, UnsyncBoxBody<Bytes, super::event_stream::StreamError>>;
 
+/// TCP (direct or through the egress proxy), TLS and ALPN.
+pub type Connector = HttpsConnector<Dial>;
+
 /// The bidirectional streams' client: HTTP/2 only, over rustls (see
 /// [`UpstreamClients`]).
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+pub type UpstreamClient = Client<Connector, RequestBody>;
 
 /// Connection-level HTTP/2 receive window of the streams client.
 const STREAMS_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
@@ -35,8 +38,10 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// while requests are in flight, as servers count idle PINGs as abuse.
 pub const H2_PING: Duration = Duration::from_secs(20);
 
+use super::dial::Dial;
 use super::error::ProxyError;
 use super::pool::{Pool, PooledBody};
+use crate::egress::EgressProxy;
 
 /// The two ways the proxy sends.
 #[derive(Clone)]
@@ -51,13 +56,15 @@ pub struct UpstreamClients {
     pub streams: UpstreamClient,
 }
 
-/// Both clients; `max_idle` idle connections per host are kept for reuse.
+/// Both clients; `max_idle` idle connections per host are kept for reuse;
+/// HTTPS goes through `via` unless its `NO_PROXY` says otherwise.
 pub fn clients(
     tls: rustls::ClientConfig,
     connect_timeout: Duration,
+    via: Option<EgressProxy>,
     max_idle: usize,
 ) -> UpstreamClients {
-    clients_pinging(tls, connect_timeout, max_idle, H2_PING)
+    clients_pinging(tls, connect_timeout, via, max_idle, H2_PING)
 }
 
 /// [`clients`], PINGing HTTP/2 connections every `ping` (and giving up on
@@ -65,17 +72,19 @@ pub fn clients(
 pub fn clients_pinging(
     tls: rustls::ClientConfig,
     connect_timeout: Duration,
+    via: Option<EgressProxy>,
     max_idle: usize,
     ping: Duration,
 ) -> UpstreamClients {
+    let dial = dial(connect_timeout, via);
     UpstreamClients {
         pooled: Pool::new(
-            connector(tls.clone(), connect_timeout, false),
+            connector(tls.clone(), dial.clone(), false),
             max_idle,
             POOL_IDLE_TIMEOUT,
         )
         .pinging(ping),
-        streams: streams_client(connector(tls, connect_timeout, true), max_idle, ping),
+        streams: streams_client(connector(tls, dial, true), max_idle, ping),
     }
 }
 
@@ -137,33 +146,30 @@ async fn within<T>(
     }
 }
 
-/// TCP and TLS to an upstream; offers HTTP/2 and HTTP/1.1 by ALPN, or
+/// TCP to an upstream, directly or through `via`.
+pub(super) fn dial(connect_timeout: Duration, via: Option<EgressProxy>) -> Dial {
+    let mut tcp = HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(connect_timeout));
+    tcp.set_keepalive(Some(Duration::from_secs(30)));
+    Dial::new(tcp, via, connect_timeout)
+}
+
+/// TLS to an upstream over `dial`; offers HTTP/2 and HTTP/1.1 by ALPN, or
 /// HTTP/2 alone.
-pub(super) fn connector(
-    tls: rustls::ClientConfig,
-    connect_timeout: Duration,
-    h2_only: bool,
-) -> HttpsConnector<HttpConnector> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(30)));
+pub(super) fn connector(tls: rustls::ClientConfig, dial: Dial, h2_only: bool) -> Connector {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http();
     if h2_only {
-        https.enable_http2().wrap_connector(http)
+        https.enable_http2().wrap_connector(dial)
     } else {
-        https.enable_http1().enable_http2().wrap_connector(http)
+        https.enable_http1().enable_http2().wrap_connector(dial)
     }
 }
 
-fn streams_client(
-    https: HttpsConnector<HttpConnector>,
-    max_idle: usize,
-    ping: Duration,
-) -> UpstreamClient {
+fn streams_client(https: Connector, max_idle: usize, ping: Duration) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_max_idle_per_host(max_idle)

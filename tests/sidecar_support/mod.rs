@@ -18,6 +18,7 @@ use bedrock_broker::clock::SystemClock;
 use bedrock_broker::config::aws::Region;
 use bedrock_broker::config::endpoints::base_url;
 use bedrock_broker::credentials::{CredentialCell, HeldCredentials};
+use bedrock_broker::egress::EgressProxy;
 use bedrock_broker::metrics::Metrics;
 use bedrock_broker::proxy::{self, Gate, Proxy, RouteTable, Upstream, UsageLabels};
 use http_body_util::BodyExt;
@@ -255,6 +256,9 @@ pub struct Setup {
     pub gate: Gate,
     /// HTTP/2 PING interval upstream; `None`: the product's.
     pub h2_ping: Option<Duration>,
+    /// HTTPS through this forward proxy.
+    pub egress_proxy: Option<EgressProxy>,
+    pub connect_timeout: Duration,
 }
 
 impl Default for Setup {
@@ -273,6 +277,8 @@ impl Default for Setup {
                 max_requests: 512,
             },
             h2_ping: None,
+            egress_proxy: None,
+            connect_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -308,7 +314,7 @@ pub fn proxy_to(
         region: Region::parse("us-east-1").ok(),
         api_key: None,
         max_body_bytes: setup.max_body_bytes,
-        connect_timeout: Duration::from_secs(5),
+        connect_timeout: setup.connect_timeout,
         response_header_timeout: Some(Duration::from_secs(30)),
         stream_idle_timeout: setup.stream_idle_timeout,
         self_heal_wait: setup.self_heal_wait,
@@ -322,6 +328,7 @@ pub fn proxy_to(
     let clients = proxy::upstream_clients_pinging(
         tls,
         config.connect_timeout,
+        setup.egress_proxy.clone(),
         config.upstream_max_idle,
         ping,
     );
@@ -333,6 +340,27 @@ pub fn proxy_to(
         metrics.proxy.clone(),
     );
     (Arc::new(proxy), metrics)
+}
+
+/// A TLS acceptor with a self-signed certificate for `names`, offering
+/// `alpn`; and the certificate as PEM, for the proxy to trust.
+pub fn tls_acceptor(names: &[&str], alpn: &[&[u8]]) -> (tokio_rustls::TlsAcceptor, Vec<u8>) {
+    let names = names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(names).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key)
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    (
+        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        cert.pem().into_bytes(),
+    )
 }
 
 /// A JSON POST to `path`, as an app in the pod sends it.

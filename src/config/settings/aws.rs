@@ -52,6 +52,20 @@ pub const CHAIN_EXTERNAL_ID: Setting = Setting {
     help: "ExternalId for the chained AssumeRole",
 };
 
+/// The standard variables, as curl, Go and the AWS SDKs read them.
+pub const HTTPS_PROXY: Setting = Setting {
+    flag: "https-proxy",
+    env: &["HTTPS_PROXY", "https_proxy"],
+    default: Nothing,
+    help: "Forward proxy for STS and Bedrock, http://[user:password@]host[:port]: HTTPS is tunnelled through it with CONNECT; loopback and plain-HTTP destinations go direct",
+};
+pub const NO_PROXY: Setting = Setting {
+    flag: "no-proxy",
+    env: &["NO_PROXY", "no_proxy"],
+    default: Nothing,
+    help: "Hosts reached without the --https-proxy: comma-separated host suffixes, IP addresses, CIDR ranges, or * for all",
+};
+
 pub const ALL: &[Setting] = &[
     REGION,
     STS_TIMEOUT,
@@ -61,4 +75,6 @@ pub const ALL: &[Setting] = &[
     SESSION_POLICY_ARNS,
     CHAIN_ROLE_ARN,
     CHAIN_EXTERNAL_ID,
+    HTTPS_PROXY,
+    NO_PROXY,
 ];

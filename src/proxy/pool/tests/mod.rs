@@ -124,7 +124,11 @@ async fn upstream(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
 fn pool_trusting(ca: Option<&[u8]>, max_idle: usize, idle_timeout: Duration) -> Pool {
     let tls = crate::tls::client_config(ca).unwrap();
     Pool::new(
-        super::super::upstream::connector(tls, Duration::from_secs(5), false),
+        super::super::upstream::connector(
+            tls,
+            super::super::upstream::dial(Duration::from_secs(5), None),
+            false,
+        ),
         max_idle,
         idle_timeout,
     )

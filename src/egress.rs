@@ -1,0 +1,246 @@
+//! The forward proxy outbound HTTPS goes through (`HTTPS_PROXY`).
+//!
+//! For clusters whose egress to AWS must pass one: STS and Bedrock alike.
+//! Only `https://` destinations go through it, in a CONNECT tunnel: TLS
+//! stays end to end, so the proxy sees host names, never a request, a
+//! signature or a credential. Plain-HTTP destinations (IMDS, the Pod
+//! Identity agent, a local fake) and loopback hosts always go direct, as
+//! Go's `net/http` does: a sidecar's loopback is its own pod.
+//!
+//! Matching is hyper-util's (the same rules as reqwest and curl: `NO_PROXY`
+//! entries are host suffixes, IP addresses or CIDR ranges, `*` is every
+//! host), so the data plane and the AWS SDK's client agree on every host.
+
+use std::fmt;
+use std::sync::Arc;
+
+use aws_smithy_http_client::proxy::ProxyConfig;
+use http::Uri;
+use hyper_util::client::proxy::matcher::{Intercept, Matcher};
+
+use crate::secret::Secret;
+
+/// Hosts that never go through the proxy, whatever `NO_PROXY` says.
+const ALWAYS_DIRECT: &str = "localhost,127.0.0.0/8,::1";
+
+/// Why a proxy URL was refused. The URL is never repeated: it may carry a
+/// password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EgressError {
+    #[error("not a URL ({0}); expected http://[user:password@]host[:port]")]
+    NotAUrl(String),
+    #[error("{0}:// proxies are not supported; give the proxy's http:// address (the tunnel through it is TLS end to end)")]
+    Scheme(String),
+    #[error("names no host; expected http://[user:password@]host[:port]")]
+    NoHost,
+    #[error("has a path or query; expected http://[user:password@]host[:port]")]
+    Path,
+}
+
+/// A parsed, checked egress proxy and its bypass list.
+#[derive(Clone)]
+pub struct EgressProxy {
+    /// `http://[user:password@]host[:port]`, as the matchers read it.
+    url: Secret,
+    /// `host:port`, safe to show.
+    address: String,
+    has_credentials: bool,
+    /// `NO_PROXY` as given (trimmed), without [`ALWAYS_DIRECT`].
+    no_proxy: String,
+    matcher: Arc<Matcher>,
+}
+
+impl EgressProxy {
+    /// Checks `url` (`HTTPS_PROXY`; `http://` is assumed when it names no
+    /// scheme, port 80 when it names no port) and takes `no_proxy`
+    /// (`NO_PROXY`) as is.
+    pub fn parse(url: &str, no_proxy: Option<&str>) -> Result<Self, EgressError> {
+        let url = url.trim();
+        let url = if url.contains("://") {
+            url.to_owned()
+        } else {
+            format!("http://{url}")
+        };
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| EgressError::NotAUrl(e.to_string()))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(other) => return Err(EgressError::Scheme(other.to_ascii_lowercase())),
+            None => return Err(EgressError::NoHost),
+        }
+        let authority = uri.authority().ok_or(EgressError::NoHost)?;
+        if authority.host().is_empty() {
+            return Err(EgressError::NoHost);
+        }
+        if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+            return Err(EgressError::Path);
+        }
+        let no_proxy = no_proxy.unwrap_or("").trim().to_owned();
+        let bypass = bypass_list(&no_proxy);
+        let matcher = Matcher::builder().https(url.clone()).no(bypass).build();
+        Ok(Self {
+            address: format!(
+                "{}:{}",
+                authority.host(),
+                authority.port_u16().unwrap_or(80)
+            ),
+            has_credentials: authority.as_str().contains('@'),
+            url: Secret::new(url),
+            no_proxy,
+            matcher: Arc::new(matcher),
+        })
+    }
+
+    /// The proxy to tunnel to `dst` through, with its credentials; `None`:
+    /// connect directly.
+    pub fn intercept(&self, dst: &Uri) -> Option<Intercept> {
+        self.matcher.intercept(dst)
+    }
+
+    /// The same proxy and bypass list for the AWS SDK's HTTP client (STS).
+    pub fn sdk_config(&self) -> ProxyConfig {
+        match ProxyConfig::https(self.url.expose()) {
+            Ok(config) => config.no_proxy(bypass_list(&self.no_proxy)),
+            // Unreachable: `parse` checked what the SDK checks (an http
+            // scheme and a host). Direct rather than a panic if it differs.
+            Err(_) => ProxyConfig::disabled(),
+        }
+    }
+
+    /// `host:port` of the proxy, for logs.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// `NO_PROXY` as given.
+    pub fn no_proxy(&self) -> &str {
+        &self.no_proxy
+    }
+}
+
+fn bypass_list(no_proxy: &str) -> String {
+    if no_proxy.is_empty() {
+        ALWAYS_DIRECT.to_owned()
+    } else {
+        format!("{no_proxy},{ALWAYS_DIRECT}")
+    }
+}
+
+impl fmt::Debug for EgressProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EgressProxy")
+            .field("address", &self.address)
+            .field("credentials", &self.has_credentials)
+            .field("no_proxy", &self.no_proxy)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxy(url: &str, no_proxy: &str) -> EgressProxy {
+        EgressProxy::parse(url, Some(no_proxy)).expect("a valid proxy")
+    }
+
+    fn via(p: &EgressProxy, dst: &str) -> Option<String> {
+        p.intercept(&dst.parse().expect("a URI"))
+            .map(|i| i.uri().to_string())
+    }
+
+    #[test]
+    fn https_destinations_go_through_the_proxy_but_loopback_and_http_do_not() {
+        let p = proxy("http://proxy.corp:3128", "");
+        let bedrock = "https://bedrock-runtime.us-east-1.amazonaws.com/model/m/converse";
+        assert_eq!(via(&p, bedrock).as_deref(), Some("http://proxy.corp:3128/"));
+        assert_eq!(
+            via(&p, "https://sts.us-east-1.amazonaws.com/"),
+            via(&p, bedrock)
+        );
+        for direct in [
+            "http://169.254.169.254/latest/api/token",
+            "http://169.254.170.23/v1/credentials",
+            "https://127.0.0.1:8443/",
+            "https://127.9.9.9/",
+            "https://[::1]:8443/",
+            "https://localhost:8443/",
+        ] {
+            assert_eq!(via(&p, direct), None, "{direct}");
+        }
+    }
+
+    #[test]
+    fn no_proxy_names_suffixes_addresses_and_ranges() {
+        let p = proxy(
+            "proxy.corp:3128",
+            " .vpce.amazonaws.com, bedrock.internal ,10.0.0.0/8",
+        );
+        for direct in [
+            "https://vpce-1.bedrock-runtime.us-east-1.vpce.amazonaws.com/",
+            "https://bedrock.internal/",
+            "https://eu.bedrock.internal/",
+            "https://10.1.2.3/",
+        ] {
+            assert_eq!(via(&p, direct), None, "{direct}");
+        }
+        for proxied in [
+            "https://bedrock-runtime.us-east-1.amazonaws.com/",
+            "https://11.0.0.1/",
+        ] {
+            assert_eq!(
+                via(&p, proxied).as_deref(),
+                Some("http://proxy.corp:3128/"),
+                "{proxied}"
+            );
+        }
+        assert_eq!(
+            via(&proxy("proxy.corp:3128", "*"), "https://a.example/"),
+            None
+        );
+    }
+
+    #[test]
+    fn credentials_in_the_url_become_basic_auth_and_stay_out_of_debug() {
+        let p = proxy("http://svc%40corp:p%3Ass@proxy.corp:3128/", "");
+        let intercept = p
+            .intercept(&"https://a.example/".parse().expect("a URI"))
+            .expect("proxied");
+        // base64("svc@corp:p:ss")
+        assert_eq!(
+            intercept.basic_auth().map(|v| v.to_str().ok()),
+            Some(Some("Basic c3ZjQGNvcnA6cDpzcw=="))
+        );
+        let shown = format!("{p:?} {}", p.address());
+        assert!(
+            !shown.contains("p%3Ass") && !shown.contains("svc"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("proxy.corp:3128") && shown.contains("credentials: true"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_url_without_port_means_80() {
+        assert_eq!(proxy("http://proxy.corp", "").address(), "proxy.corp:80");
+    }
+
+    #[test]
+    fn unsupported_or_malformed_urls_are_refused_without_repeating_them() {
+        let cases = [
+            ("https://user:hunter2@proxy.corp:3128", "https:// proxies"),
+            ("socks5://user:hunter2@proxy.corp:1080", "socks5:// proxies"),
+            ("http://user:hunter2@proxy.corp:3128/path", "has a path"),
+            ("http://user:hunter2@proxy corp:3128", "not a URL"),
+            ("http://", "not a URL"),
+        ];
+        for (url, expected) in cases {
+            let error = EgressProxy::parse(url, None).expect_err(url).to_string();
+            assert!(error.contains(expected), "{url}: {error}");
+            assert!(!error.contains("hunter2"), "{url}: {error}");
+        }
+    }
+}
