@@ -277,6 +277,10 @@ pub struct SidecarDefaultsArgs {
     pub sidecar_log_format: Option<String>,
     #[arg(long = injected::USE_FIPS.flag, help = injected::USE_FIPS.help_text())]
     pub sidecar_use_fips: Option<String>,
+    #[arg(long = injected::HTTPS_PROXY.flag, help = injected::HTTPS_PROXY.help_text())]
+    pub sidecar_https_proxy: Option<String>,
+    #[arg(long = injected::NO_PROXY.flag, help = injected::NO_PROXY.help_text())]
+    pub sidecar_no_proxy: Option<String>,
     #[arg(long = injected::RUN_AS_USER.flag, help = injected::RUN_AS_USER.help_text())]
     pub sidecar_run_as_user: Option<String>,
     #[arg(long = policy::ROLE_POLICY.flag, help = policy::ROLE_POLICY.help_text())]

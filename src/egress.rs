@@ -35,6 +35,8 @@ pub enum EgressError {
     NoHost,
     #[error("has a path or query; expected http://[user:password@]host[:port]")]
     Path,
+    #[error("carries credentials, which would be written into every injected pod's spec in plain text; give a proxy that admits the pods without them")]
+    InjectedCredentials,
 }
 
 /// A parsed, checked egress proxy and its bypass list.
@@ -116,6 +118,28 @@ impl EgressProxy {
     /// `NO_PROXY` as given.
     pub fn no_proxy(&self) -> &str {
         &self.no_proxy
+    }
+
+    /// A proxy the webhook gives every injected sidecar (`HTTPS_PROXY` in
+    /// the pod spec): [`parse`](Self::parse), refusing credentials.
+    pub fn parse_injected(url: &str, no_proxy: Option<&str>) -> Result<Self, EgressError> {
+        let proxy = Self::parse(url, no_proxy)?;
+        if proxy.has_credentials {
+            return Err(EgressError::InjectedCredentials);
+        }
+        Ok(proxy)
+    }
+
+    /// The URL for an injected sidecar's `HTTPS_PROXY`, if it carries no
+    /// credentials (as [`parse_injected`](Self::parse_injected) ensures).
+    pub fn injectable_url(&self) -> Option<&str> {
+        (!self.has_credentials).then(|| self.url.expose())
+    }
+}
+
+impl PartialEq for EgressProxy {
+    fn eq(&self, other: &Self) -> bool {
+        self.url.expose() == other.url.expose() && self.no_proxy == other.no_proxy
     }
 }
 
@@ -220,6 +244,22 @@ mod tests {
         assert!(
             shown.contains("proxy.corp:3128") && shown.contains("credentials: true"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn an_injected_proxy_carries_no_credentials() {
+        let refused = EgressProxy::parse_injected("http://u:hunter2@proxy.corp:3128", None);
+        let error = refused.expect_err("credentials").to_string();
+        assert!(
+            error.contains("plain text") && !error.contains("hunter2"),
+            "{error}"
+        );
+        let p = EgressProxy::parse_injected("proxy.corp:3128", Some("a.internal")).expect("valid");
+        assert_eq!(p.injectable_url(), Some("http://proxy.corp:3128"));
+        assert_eq!(
+            proxy("http://u:p@proxy.corp:3128", "").injectable_url(),
+            None
         );
     }
 

@@ -7,6 +7,7 @@
 
 mod webhook_support;
 
+use bedrock_broker::egress::EgressProxy;
 use bedrock_broker::webhook::{self, ClusterFacts, Outcome};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
@@ -230,6 +231,45 @@ fn the_body_budget_follows_a_limit_range_default() {
     assert_eq!(
         env_of(&c, "BEDROCK_BROKER_REQUEST_BODY_BUDGET").map(|e| e["value"].clone()),
         Some(json!("52428800"))
+    );
+}
+
+#[test]
+fn the_platforms_egress_proxy_reaches_the_sidecar_only() {
+    let mut d = defaults();
+    let proxy = EgressProxy::parse_injected("proxy.corp:3128", Some(".internal,10.0.0.0/8"));
+    d.egress_proxy = Some(proxy.unwrap());
+    let p = opted_in(json!({}));
+    let Ok(Outcome::Injected(i)) = webhook::inject(&p, &app_facts(), &d) else {
+        panic!("not injected");
+    };
+    let v = mutated(&p, &i);
+    let value = |c: &Value, name: &str| env_of(c, name).map(|e| e["value"].clone());
+    let c = sidecar(&v);
+    assert_eq!(
+        value(&c, "HTTPS_PROXY"),
+        Some(json!("http://proxy.corp:3128"))
+    );
+    assert_eq!(value(&c, "NO_PROXY"), Some(json!(".internal,10.0.0.0/8")));
+    // The app's own traffic is the app's business.
+    let app = &v["spec"]["containers"][0];
+    assert_eq!(
+        (env_of(app, "HTTPS_PROXY"), env_of(app, "NO_PROXY")),
+        (None, None)
+    );
+    // The sidecar reads them as the webhook did.
+    let parsed =
+        bedrock_broker::sidecar::SidecarConfig::from_args(&Default::default(), &sidecar_env(&v));
+    let egress = parsed.expect("parses").credentials.egress_proxy;
+    assert_eq!(egress, d.egress_proxy);
+
+    let Ok(Outcome::Injected(i)) = webhook::inject(&p, &app_facts(), &defaults()) else {
+        panic!("not injected");
+    };
+    let c = sidecar(&mutated(&p, &i));
+    assert_eq!(
+        (env_of(&c, "HTTPS_PROXY"), env_of(&c, "NO_PROXY")),
+        (None, None)
     );
 }
 

@@ -9,6 +9,7 @@ use super::{limits, settings, Env};
 use crate::cli::{
     InjectArgs, SidecarDefaultsArgs, WebhookAdminLimitArgs, WebhookArgs, WebhookLimitArgs,
 };
+use crate::egress::EgressProxy;
 use crate::server::tls::HandshakeLimits;
 use crate::server::Limits;
 use crate::telemetry::LogFormat;
@@ -68,6 +69,16 @@ fn sidecar_defaults(a: &SidecarDefaultsArgs, env: &Env, e: &mut Errors) -> Optio
         env,
         parse::bool,
     );
+    let no_proxy = d::NO_PROXY.find(a.sidecar_no_proxy.as_deref(), env);
+    let egress_proxy = e.read_optional(
+        &d::HTTPS_PROXY,
+        a.sidecar_https_proxy.as_deref(),
+        env,
+        |raw| {
+            EgressProxy::parse_injected(raw, no_proxy.map(|n| n.value))
+                .map_err(|err| ParseError::Refused(err.to_string().into()))
+        },
+    );
     let run_as_user = e.read(
         &d::RUN_AS_USER,
         a.sidecar_run_as_user.as_deref(),
@@ -92,6 +103,7 @@ fn sidecar_defaults(a: &SidecarDefaultsArgs, env: &Env, e: &mut Errors) -> Optio
         log_level: log_level?,
         log_format: log_format?,
         use_fips: use_fips?,
+        egress_proxy: egress_proxy?,
         run_as_user: run_as_user?,
     })
 }
@@ -499,6 +511,7 @@ mod tests {
                 (d::MEMORY_REQUEST.var(), "1Gi"),
                 (d::RUN_AS_USER.var(), "0"),
                 (d::USE_FIPS.var(), "maybe"),
+                (d::HTTPS_PROXY.var(), "http://u:hunter2@proxy.corp:3128"),
                 (d::IMAGE.var(), "bad image"),
             ],
         )
@@ -514,6 +527,7 @@ mod tests {
                 d::TOKEN_EXPIRATION.var(),
                 "--sidecar-memory-request / --sidecar-memory-limit",
                 d::USE_FIPS.var(),
+                d::HTTPS_PROXY.var(),
                 d::RUN_AS_USER.var(),
             ],
             "{err}"

@@ -80,6 +80,8 @@ SCENARIOS: dict[str, dict] = {
             "logFormat": "text",
             "runAsUser": 1000,
             "useFips": True,
+            "httpsProxy": "http://egress.corp:3128",
+            "noProxy": ".internal,10.0.0.0/8",
         },
         "networkPolicy": {"enabled": True, "apiServer": [{"ipBlock": {"cidr": "172.20.0.0/16"}}],
                           "metrics": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]},
@@ -240,6 +242,8 @@ def test_sidecar_values_reach_the_webhook():
     assert env["BEDROCK_BROKER_SIDECAR_LOG_FORMAT"] == "text"
     assert env["BEDROCK_BROKER_SIDECAR_RUN_AS_USER"] == "1000"
     assert env["BEDROCK_BROKER_SIDECAR_USE_FIPS"] == "true"
+    assert env["BEDROCK_BROKER_SIDECAR_HTTPS_PROXY"] == "http://egress.corp:3128"
+    assert env["BEDROCK_BROKER_SIDECAR_NO_PROXY"] == ".internal,10.0.0.0/8"
     assert env["BEDROCK_BROKER_WEBHOOK_ON_LOOKUP_ERROR"] == "skip"
     assert env["BEDROCK_BROKER_WEBHOOK_ROLE_POLICY"] == "any"
     assert env["HTTPS_PROXY"] == "http://proxy:3128"
@@ -271,6 +275,8 @@ def test_sidecar_env_is_accepted_by_the_binary(tmp_path):
         validate(out)
         sidecars = [x for x in out["spec"].get("initContainers", []) + out["spec"]["containers"] if x["name"] == "bedrock-broker"]
         assert len(sidecars) == 1 and sidecars[0]["image"] == env["BEDROCK_BROKER_SIDECAR_IMAGE"]
+        injected = {e["name"]: e.get("value") for e in sidecars[0]["env"]}
+        assert injected.get("HTTPS_PROXY") == env.get("BEDROCK_BROKER_SIDECAR_HTTPS_PROXY"), scenario
 
 
 def test_the_chart_requires_native_sidecars():
@@ -517,6 +523,9 @@ BAD_VALUES = [
     ({"sidecar": {"runAsUser": 0}}, "runAsUser"),
     ({"sidecar": {"logLevel": "verbose"}}, "logLevel"),
     ({"sidecar": {"audience": "has spaces"}}, "audience"),
+    # Credentials would sit in every injected pod's spec.
+    ({"sidecar": {"httpsProxy": "http://user:pass@egress.corp:3128"}}, "httpsProxy"),
+    ({"sidecar": {"httpsProxy": "http://egress.corp:3128/path"}}, "httpsProxy"),
     ({"sidecar": {"resources": {"requests": {"cpu": "lots", "memory": "32Mi"}, "limits": {"cpu": "none", "memory": "128Mi"}}}}, "cpu"),
     ({"sidecar": {"resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"cpu": "none", "memory": "-1Gi"}}}}, "memory"),
     ({"image": {"digest": "latest"}}, "digest"),

@@ -135,6 +135,14 @@ The webhook turns them into the injected container (src/webhook/inject/render.rs
   value: {{ $s.logFormat | quote }}
 - name: BEDROCK_BROKER_SIDECAR_USE_FIPS
   value: {{ $s.useFips | quote }}
+{{- with $s.httpsProxy }}
+- name: BEDROCK_BROKER_SIDECAR_HTTPS_PROXY
+  value: {{ . | quote }}
+{{- end }}
+{{- with $s.noProxy }}
+- name: BEDROCK_BROKER_SIDECAR_NO_PROXY
+  value: {{ . | quote }}
+{{- end }}
 - name: BEDROCK_BROKER_SIDECAR_RUN_AS_USER
   value: {{ $s.runAsUser | int64 | quote }}
 {{- end }}

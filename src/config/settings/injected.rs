@@ -96,6 +96,20 @@ pub const USE_FIPS: Setting = Setting {
     default: Value("false"),
     help: "Injected sidecars call the FIPS endpoints of Bedrock runtime, Agents runtime and STS (AWS_USE_FIPS_ENDPOINT): true or false",
 };
+/// A platform's egress, not a pod's: the app's own HTTPS_PROXY may be for
+/// other traffic. No credentials: they would sit in every pod spec.
+pub const HTTPS_PROXY: Setting = Setting {
+    flag: "sidecar-https-proxy",
+    env: &["BEDROCK_BROKER_SIDECAR_HTTPS_PROXY"],
+    default: Nothing,
+    help: "Injected sidecars reach STS and Bedrock through this forward proxy (HTTPS_PROXY), http://host[:port], without credentials",
+};
+pub const NO_PROXY: Setting = Setting {
+    flag: "sidecar-no-proxy",
+    env: &["BEDROCK_BROKER_SIDECAR_NO_PROXY"],
+    default: Nothing,
+    help: "Hosts injected sidecars reach without the --sidecar-https-proxy (NO_PROXY): host suffixes, IP addresses, CIDR ranges",
+};
 /// The distroless "nonroot" user.
 pub const RUN_AS_USER: Setting = Setting {
     flag: "sidecar-run-as-user",
@@ -118,5 +132,7 @@ pub const ALL: &[Setting] = &[
     LOG_LEVEL,
     LOG_FORMAT,
     USE_FIPS,
+    HTTPS_PROXY,
+    NO_PROXY,
     RUN_AS_USER,
 ];

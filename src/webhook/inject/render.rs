@@ -249,6 +249,20 @@ fn sidecar_env(sidecar: &SidecarSpec, resolved: &Resolved, fitted: &Fitted) -> V
     if sidecar.use_fips {
         env_vars.push(env(sidecar_settings::USE_FIPS.var(), "true"));
     }
+    if let Some(url) = sidecar
+        .egress_proxy
+        .as_ref()
+        .and_then(|p| p.injectable_url())
+    {
+        env_vars.push(env(aws_settings::HTTPS_PROXY.var(), url));
+        if let Some(p) = sidecar
+            .egress_proxy
+            .as_ref()
+            .filter(|p| !p.no_proxy().is_empty())
+        {
+            env_vars.push(env(aws_settings::NO_PROXY.var(), p.no_proxy()));
+        }
+    }
     // A classic sidecar is told to stop with the app, which may still call
     // Bedrock while it winds down: it keeps serving while the app holds
     // connections, within the pod's own grace (the kubelet's SIGKILL ends

@@ -12,6 +12,7 @@ use super::types::{
 };
 use crate::config::aws::{Region, RoleArn, SessionName};
 use crate::config::parse::{self, ParseError};
+use crate::egress::EgressProxy;
 use crate::telemetry::LogFormat;
 
 /// The contract's proxy port.
@@ -73,6 +74,8 @@ pub struct SidecarDefaults {
     pub log_format: LogFormat,
     /// FIPS endpoints for Bedrock and STS.
     pub use_fips: bool,
+    /// The forward proxy sidecars reach AWS through.
+    pub egress_proxy: Option<EgressProxy>,
     /// UID for the sidecar unless the pod's containers share another non-root UID.
     pub run_as_user: i64,
     /// Which roles a pod may get (not a pod setting: pods cannot change it).
@@ -116,6 +119,8 @@ pub struct SidecarSpec {
     pub log_format: LogFormat,
     /// FIPS endpoints for Bedrock and STS (the webhook's setting only).
     pub use_fips: bool,
+    /// The webhook's forward proxy, if any (no annotation).
+    pub egress_proxy: Option<EgressProxy>,
     pub mode: Sourced<SidecarMode>,
     pub audience: Sourced<Audience>,
     pub token_expiration: Sourced<TokenExpiration>,
@@ -150,6 +155,7 @@ impl SidecarSpec {
             log_level: d.log_level,
             log_format: d.log_format,
             use_fips: d.use_fips,
+            egress_proxy: d.egress_proxy.clone(),
             mode: Sourced::from_default(d.mode),
             audience: Sourced::from_default(d.audience.clone()),
             token_expiration: Sourced::from_default(d.token_expiration),
