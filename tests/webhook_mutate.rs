@@ -713,6 +713,33 @@ fn the_pod_is_told_what_it_may_not_expect() {
     ] {
         assert!(inject(&own(ours)).warnings.is_empty(), "{ours}");
     }
+    // An HTTP proxy for the app's clients would take its calls to the
+    // sidecar, unless NO_PROXY exempts the sidecar's address.
+    let proxied = |env: Value| {
+        annotated(
+            json!({"containers": [{"name": "app", "image": "app:1", "env": env}]}),
+            &[],
+        )
+    };
+    let http_proxy = json!({"name": "http_proxy", "value": "http://egress.corp:3128"});
+    assert!(warned(
+        &proxied(json!([http_proxy])),
+        "container \"app\" sets http_proxy and its NO_PROXY does not name 127.0.0.1"
+    ));
+    for (no_proxy, warns) in [
+        (".svc,localhost", true),
+        ("127.0.0.2", true),
+        ("127.0.0.1/33", true),
+        (".svc, 127.0.0.1", false),
+        ("127.0.0.0/8", false),
+        ("*", false),
+    ] {
+        let p = proxied(json!([http_proxy, {"name": "NO_PROXY", "value": no_proxy}]));
+        assert_eq!(warned(&p, "NO_PROXY does not name"), warns, "{no_proxy}");
+    }
+    // HTTPS_PROXY does not apply to the sidecar's http:// URL.
+    let https_only = json!([{"name": "HTTPS_PROXY", "value": "http://egress.corp:3128"}]);
+    assert!(inject(&proxied(https_only)).warnings.is_empty());
     assert!(opted_in(json!({})).spec.is_some() && inject(&opted_in(json!({}))).warnings.is_empty());
 }
 

@@ -41,8 +41,43 @@ pub fn notices(
         out.extend(env_from_overridden(c, app_env));
         out.extend(own_bedrock_endpoint(c, sidecar.port.get()));
         out.extend(fips_not_followed(c, sidecar.use_fips));
+        out.extend(sidecar_behind_proxy(c));
     }
     out
+}
+
+/// The sidecar is `http://127.0.0.1`: a client honouring the app's
+/// `HTTP_PROXY` (or `ALL_PROXY`) sends its calls there to the proxy unless
+/// `NO_PROXY` names that address. Python's HTTP stacks, botocore and the
+/// OpenAI SDK among them, exempt nothing by themselves; Go exempts
+/// loopback, so this warns of what some of the pod's clients do.
+fn sidecar_behind_proxy(c: &Container) -> Option<String> {
+    const PROXY_VARS: [&str; 4] = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"];
+    let set = PROXY_VARS.into_iter().find(|v| literal(c, v).is_some())?;
+    let no_proxy = literal(c, "NO_PROXY").or_else(|| literal(c, "no_proxy"));
+    if no_proxy.is_some_and(names_loopback) {
+        return None;
+    }
+    Some(format!(
+        "container {:?} sets {set} and its NO_PROXY does not name 127.0.0.1: clients that honour it (Python's do) send calls meant for the sidecar to that proxy",
+        c.name
+    ))
+}
+
+/// Whether a `NO_PROXY` list exempts `127.0.0.1`: the address itself, a
+/// range holding it, or `*`.
+fn names_loopback(no_proxy: &str) -> bool {
+    no_proxy.split(',').map(str::trim).any(|entry| {
+        let (addr, bits) = entry.split_once('/').unwrap_or((entry, "32"));
+        let in_range = match (addr.parse::<std::net::Ipv4Addr>(), bits.parse::<u32>()) {
+            (Ok(addr), Ok(bits @ 0..=32)) => {
+                let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+                u32::from(addr) & mask == u32::from(std::net::Ipv4Addr::LOCALHOST) & mask
+            }
+            _ => false,
+        };
+        entry == "*" || in_range
+    })
 }
 
 /// The app's own `AWS_USE_FIPS_ENDPOINT` serves its other AWS calls; its
