@@ -1,7 +1,10 @@
-//! TCP to an upstream: direct, or in the egress proxy's CONNECT tunnel.
+//! Connecting to an upstream: TCP, direct or in the egress proxy's
+//! CONNECT tunnel, then TLS, the whole within the connect timeout.
 //!
-//! The tunnel is hyper-util's; one connect timeout bounds both ways. TLS
-//! and ALPN happen above, in hyper-rustls, unchanged inside a tunnel.
+//! The tunnel is hyper-util's and TLS hyper-rustls's (ALPN unchanged
+//! inside a tunnel). The timeout is over all of it: a handshake that
+//! never ends (a stuck middlebox, a proxy that stops relaying) would
+//! otherwise hold a request until its response-header timeout.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Uri;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
@@ -18,16 +22,25 @@ use tower_service::Service;
 use super::BoxError;
 use crate::egress::EgressProxy;
 
-/// TCP to an upstream, or to the egress proxy and a tunnel on from it.
+/// TLS over [`Dial`], within a timeout: what the pool and the streams
+/// client connect with.
 #[derive(Clone)]
-pub struct Dial {
-    /// Owns TCP options and the connect timeout of direct connections.
-    tcp: HttpConnector,
+pub struct Connector {
+    tls: HttpsConnector<Dial>,
+    /// The dial's proxy, to name it when the timeout strikes.
     via: Option<EgressProxy>,
     timeout: Duration,
 }
 
-/// Why a tunnel through the egress proxy was not opened.
+/// TCP to an upstream, or to the egress proxy and a tunnel on from it.
+#[derive(Clone)]
+pub struct Dial {
+    /// Owns TCP options, and the timeout of each TCP connect.
+    tcp: HttpConnector,
+    via: Option<EgressProxy>,
+}
+
+/// Why a connection was not opened.
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
     #[error("the egress proxy {proxy} did not open a tunnel to {to}; a 407 means it wants credentials in HTTPS_PROXY, another refusal usually that its allow list lacks the host")]
@@ -37,34 +50,81 @@ pub enum DialError {
         #[source]
         source: BoxError,
     },
-    #[error("connecting through the egress proxy {proxy} to {to} timed out after {after:?}")]
-    TimedOut {
+    #[error("connecting to {to} timed out after {after:?} (TCP and TLS)")]
+    TimedOut { to: String, after: Duration },
+    #[error("connecting through the egress proxy {proxy} to {to} timed out after {after:?} (TCP, CONNECT and TLS)")]
+    TunnelTimedOut {
         proxy: String,
         to: String,
         after: Duration,
     },
 }
 
-impl Dial {
-    /// `tcp` connects (and times out) on its own; `timeout` bounds a
-    /// tunnel's TCP connect and CONNECT exchange together.
-    pub fn new(tcp: HttpConnector, via: Option<EgressProxy>, timeout: Duration) -> Self {
-        Self { tcp, via, timeout }
+type Connecting<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+
+impl Connector {
+    /// Connects through `tls` over `dial`, giving up after `timeout`.
+    pub fn new(
+        dial: Dial,
+        tls: impl FnOnce(Dial) -> HttpsConnector<Dial>,
+        timeout: Duration,
+    ) -> Self {
+        let via = dial.via.clone();
+        Self {
+            tls: tls(dial),
+            via,
+            timeout,
+        }
     }
 }
 
-type Dialing = Pin<Box<dyn Future<Output = Result<TokioIo<TcpStream>, BoxError>> + Send>>;
+impl Service<Uri> for Connector {
+    type Response = MaybeHttpsStream<TokioIo<TcpStream>>;
+    type Error = BoxError;
+    type Future = Connecting<Self::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.tls.poll_ready(cx)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let to = dst.authority().map(|a| a.to_string()).unwrap_or_default();
+        let proxy = self.via.as_ref().and_then(|p| {
+            p.intercept(&dst)?;
+            Some(p.address().to_owned())
+        });
+        let after = self.timeout;
+        let connecting = self.tls.call(dst);
+        Box::pin(async move {
+            match tokio::time::timeout(after, connecting).await {
+                Ok(connected) => connected,
+                Err(_) => Err(match proxy {
+                    Some(proxy) => DialError::TunnelTimedOut { proxy, to, after },
+                    None => DialError::TimedOut { to, after },
+                }
+                .into()),
+            }
+        })
+    }
+}
+
+impl Dial {
+    /// `tcp` connects (and times out each TCP connect) on its own.
+    pub fn new(tcp: HttpConnector, via: Option<EgressProxy>) -> Self {
+        Self { tcp, via }
+    }
+}
 
 impl Service<Uri> for Dial {
     type Response = TokioIo<TcpStream>;
     type Error = BoxError;
-    type Future = Dialing;
+    type Future = Connecting<Self::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.tcp.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, dst: Uri) -> Dialing {
+    fn call(&mut self, dst: Uri) -> Self::Future {
         let intercept = self
             .via
             .as_ref()
@@ -79,19 +139,16 @@ impl Service<Uri> for Dial {
         }
         let proxy = proxy.address().to_owned();
         let to = dst.authority().map(|a| a.to_string()).unwrap_or_default();
-        let after = self.timeout;
         let tunnelled = tunnel.call(dst);
         Box::pin(async move {
-            match tokio::time::timeout(after, tunnelled).await {
-                Ok(Ok(io)) => Ok(io),
-                Ok(Err(e)) => Err(DialError::Tunnel {
+            tunnelled.await.map_err(|e| {
+                DialError::Tunnel {
                     proxy,
                     to,
                     source: e.into(),
                 }
-                .into()),
-                Err(_) => Err(DialError::TimedOut { proxy, to, after }.into()),
-            }
+                .into()
+            })
         })
     }
 }

@@ -7,7 +7,6 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{Either, Full};
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -15,9 +14,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 /// What is sent upstream: a buffered body (every operation but one), or
 /// the re-signed event stream of a bidirectional stream.
 pub type RequestBody = Either<Full<Bytes>, UnsyncBoxBody<Bytes, super::event_stream::StreamError>>;
-
-/// TCP (direct or through the egress proxy), TLS and ALPN.
-pub type Connector = HttpsConnector<Dial>;
 
 /// The bidirectional streams' client: HTTP/2 only, over rustls (see
 /// [`UpstreamClients`]).
@@ -38,6 +34,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// while requests are in flight, as servers count idle PINGs as abuse.
 pub const H2_PING: Duration = Duration::from_secs(20);
 
+pub use super::dial::Connector;
 use super::dial::Dial;
 use super::error::ProxyError;
 use super::pool::{Pool, PooledBody};
@@ -79,12 +76,12 @@ pub fn clients_pinging(
     let dial = dial(connect_timeout, via);
     UpstreamClients {
         pooled: Pool::new(
-            connector(tls.clone(), dial.clone(), false),
+            connector(tls.clone(), dial.clone(), connect_timeout, false),
             max_idle,
             POOL_IDLE_TIMEOUT,
         )
         .pinging(ping),
-        streams: streams_client(connector(tls, dial, true), max_idle, ping),
+        streams: streams_client(connector(tls, dial, connect_timeout, true), max_idle, ping),
     }
 }
 
@@ -153,20 +150,28 @@ pub(super) fn dial(connect_timeout: Duration, via: Option<EgressProxy>) -> Dial 
     tcp.set_nodelay(true);
     tcp.set_connect_timeout(Some(connect_timeout));
     tcp.set_keepalive(Some(Duration::from_secs(30)));
-    Dial::new(tcp, via, connect_timeout)
+    Dial::new(tcp, via)
 }
 
-/// TLS to an upstream over `dial`; offers HTTP/2 and HTTP/1.1 by ALPN, or
-/// HTTP/2 alone.
-pub(super) fn connector(tls: rustls::ClientConfig, dial: Dial, h2_only: bool) -> Connector {
+/// TLS to an upstream over `dial`, the whole within `connect_timeout`;
+/// offers HTTP/2 and HTTP/1.1 by ALPN, or HTTP/2 alone.
+pub(super) fn connector(
+    tls: rustls::ClientConfig,
+    dial: Dial,
+    connect_timeout: Duration,
+    h2_only: bool,
+) -> Connector {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http();
-    if h2_only {
-        https.enable_http2().wrap_connector(dial)
-    } else {
-        https.enable_http1().enable_http2().wrap_connector(dial)
-    }
+    let wrap = |dial| {
+        if h2_only {
+            https.enable_http2().wrap_connector(dial)
+        } else {
+            https.enable_http1().enable_http2().wrap_connector(dial)
+        }
+    };
+    Connector::new(dial, wrap, connect_timeout)
 }
 
 fn streams_client(https: Connector, max_idle: usize, ping: Duration) -> UpstreamClient {

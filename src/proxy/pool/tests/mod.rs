@@ -127,6 +127,7 @@ fn pool_trusting(ca: Option<&[u8]>, max_idle: usize, idle_timeout: Duration) -> 
         super::super::upstream::connector(
             tls,
             super::super::upstream::dial(Duration::from_secs(5), None),
+            Duration::from_secs(5),
             false,
         ),
         max_idle,

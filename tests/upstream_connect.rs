@@ -1,10 +1,11 @@
-//! Bedrock through a forward proxy (`HTTPS_PROXY`).
+//! Connecting to Bedrock: directly or through a forward proxy.
 //!
-//! One CONNECT tunnel per upstream connection, with the proxy's
-//! credentials, TLS end to end inside it; loopback upstreams reached
-//! directly; a refusing proxy answered 502 and a silent one 504, both
-//! naming the proxy. (STS through the proxy, against botocore, is in the
-//! e2e suite.)
+//! Through `HTTPS_PROXY`: one CONNECT tunnel per upstream connection, with
+//! the proxy's credentials, TLS end to end inside it; loopback upstreams
+//! reached directly; a refusing proxy answered 502 and a silent one 504,
+//! both naming the proxy. (STS through the proxy, against botocore, is in
+//! the e2e suite.) Either way `--connect-timeout` bounds the whole
+//! connect: TCP, the proxy's CONNECT, and TLS.
 
 // Test code: a failed setup is a failed test, and the real clock is fine.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
@@ -255,4 +256,56 @@ async fn a_silent_proxy_is_a_504_after_the_connect_timeout() {
     );
     assert!(body.contains(&named), "{body}");
     assert_eq!(proxy.connects().len(), 1);
+}
+
+/// An upstream that accepts TCP and never answers the TLS handshake (a
+/// stuck middlebox, a full accept queue behind a load balancer).
+async fn stalled_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_tls_handshake_that_never_ends_is_a_504_after_the_connect_timeout() {
+    let upstream = stalled_upstream().await;
+    let (_, ca) = tls_acceptor(&["bedrock.example"], &[]);
+    let setup = Setup {
+        connect_timeout: Duration::from_millis(300),
+        ..Setup::default()
+    };
+    let url = format!("https://localhost:{}", upstream.port());
+    let answers = converse(&url, &ca, setup, 1).await;
+    let (answered, body) = &answers[0];
+    assert_eq!(*answered, 504, "{body}");
+    let expected = format!(
+        "connecting to localhost:{} timed out after 300ms",
+        upstream.port()
+    );
+    assert!(body.contains(&expected), "{body}");
+}
+
+#[tokio::test]
+async fn a_tls_handshake_that_never_ends_in_the_tunnel_is_a_504_too() {
+    let proxy = forward_proxy(Behaviour::Tunnel(stalled_upstream().await)).await;
+    let (_, ca) = tls_acceptor(&["bedrock.example"], &[]);
+    let setup = Setup {
+        egress_proxy: Some(proxy.url("")),
+        connect_timeout: Duration::from_millis(300),
+        ..Setup::default()
+    };
+    let answers = converse("https://bedrock.example", &ca, setup, 1).await;
+    let (answered, body) = &answers[0];
+    assert_eq!(*answered, 504, "{body}");
+    let expected = format!(
+        "connecting through the egress proxy {} to bedrock.example timed out after 300ms",
+        proxy.addr
+    );
+    assert!(body.contains(&expected), "{body}");
 }
