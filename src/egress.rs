@@ -35,6 +35,14 @@ pub enum EgressError {
     NoHost,
     #[error("has a path or query; expected http://[user:password@]host[:port]")]
     Path,
+    #[error(
+        "has a #, which would end the URL there; percent-encode it (%23) in a user or password"
+    )]
+    Fragment,
+    #[error("has more than one @; percent-encode @ (%40) in a user or password")]
+    TwoAts,
+    #[error("has a port that is not one (0 to 65535)")]
+    Port,
     #[error("carries credentials, which would be written into every injected pod's spec in plain text; give a proxy that admits the pods without them")]
     InjectedCredentials,
 }
@@ -50,6 +58,9 @@ pub struct EgressProxy {
     /// `NO_PROXY` as given (trimmed), without [`ALWAYS_DIRECT`].
     no_proxy: String,
     matcher: Arc<Matcher>,
+    /// The same for the AWS SDK (its `Debug` shows the password: never
+    /// printed).
+    sdk: ProxyConfig,
 }
 
 impl EgressProxy {
@@ -63,6 +74,18 @@ impl EgressProxy {
         } else {
             format!("http://{url}")
         };
+        // A URL parser ends the authority at `#` (the rest, a password
+        // perhaps, would be dropped and the start taken for a host), and
+        // hyper-util splits user and host at the first `@` where Go and
+        // Python take the last: both refused rather than read differently.
+        if url.contains('#') {
+            return Err(EgressError::Fragment);
+        }
+        let after_scheme = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+        let authority_text = after_scheme.split(['/', '?']).next().unwrap_or("");
+        if authority_text.matches('@').count() > 1 {
+            return Err(EgressError::TwoAts);
+        }
         let uri: Uri = url
             .parse()
             .map_err(|e: http::uri::InvalidUri| EgressError::NotAUrl(e.to_string()))?;
@@ -78,19 +101,30 @@ impl EgressProxy {
         if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
             return Err(EgressError::Path);
         }
+        // `http` reads a port it cannot hold as none, and none means 80.
+        let host_port = authority_text.rsplit('@').next().unwrap_or("");
+        let after_host = host_port
+            .rsplit_once(']')
+            .map_or(host_port, |(_, rest)| rest);
+        let port = match after_host.rsplit_once(':') {
+            Some((_, digits)) if !digits.is_empty() => {
+                digits.parse::<u16>().map_err(|_| EgressError::Port)?
+            }
+            _ => 80,
+        };
         let no_proxy = no_proxy.unwrap_or("").trim().to_owned();
         let bypass = bypass_list(&no_proxy);
+        let sdk = ProxyConfig::https(url.as_str())
+            .map_err(|e| EgressError::NotAUrl(e.to_string()))?
+            .no_proxy(&bypass);
         let matcher = Matcher::builder().https(url.clone()).no(bypass).build();
         Ok(Self {
-            address: format!(
-                "{}:{}",
-                authority.host(),
-                authority.port_u16().unwrap_or(80)
-            ),
-            has_credentials: authority.as_str().contains('@'),
+            address: format!("{}:{port}", authority.host()),
+            has_credentials: authority_text.contains('@'),
             url: Secret::new(url),
             no_proxy,
             matcher: Arc::new(matcher),
+            sdk,
         })
     }
 
@@ -102,12 +136,7 @@ impl EgressProxy {
 
     /// The same proxy and bypass list for the AWS SDK's HTTP client (STS).
     pub fn sdk_config(&self) -> ProxyConfig {
-        match ProxyConfig::https(self.url.expose()) {
-            Ok(config) => config.no_proxy(bypass_list(&self.no_proxy)),
-            // Unreachable: `parse` checked what the SDK checks (an http
-            // scheme and a host). Direct rather than a panic if it differs.
-            Err(_) => ProxyConfig::disabled(),
-        }
+        self.sdk.clone()
     }
 
     /// `host:port` of the proxy, for logs.
@@ -143,12 +172,33 @@ impl PartialEq for EgressProxy {
     }
 }
 
+/// `NO_PROXY` as hyper-util matches it, read as Go reads it too: `*.x`
+/// means `.x` (subdomains), and a port is dropped (the destinations here
+/// are HTTPS on 443); then [`ALWAYS_DIRECT`].
 fn bypass_list(no_proxy: &str) -> String {
-    if no_proxy.is_empty() {
-        ALWAYS_DIRECT.to_owned()
-    } else {
-        format!("{no_proxy},{ALWAYS_DIRECT}")
-    }
+    no_proxy
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let entry = entry
+                .strip_prefix('*')
+                .filter(|e| e.starts_with('.'))
+                .unwrap_or(entry);
+            // A port follows a name or an IPv4 address; an IPv6 address
+            // has colons of its own (and a port only in brackets).
+            match entry.rsplit_once(':') {
+                Some((host, port))
+                    if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    host
+                }
+                _ => entry,
+            }
+        })
+        .chain(std::iter::once(ALWAYS_DIRECT))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl fmt::Debug for EgressProxy {
@@ -261,6 +311,42 @@ mod tests {
             proxy("http://u:p@proxy.corp:3128", "").injectable_url(),
             None
         );
+    }
+
+    #[test]
+    fn what_a_url_parser_would_cut_short_is_refused_not_misread() {
+        // A `#` ends the authority for a URL parser: the password after it
+        // was taken for a host, and the credentials went unnoticed.
+        let cases = [
+            ("http://u:p#hunter2@proxy.corp:3128", "#"),
+            ("http://u:p@hunter2@proxy.corp:3128", "more than one @"),
+            ("http://proxy.corp:65616", "port"),
+        ];
+        for (url, expected) in cases {
+            let error = EgressProxy::parse(url, None).expect_err(url).to_string();
+            assert!(error.contains(expected), "{url}: {error}");
+            assert!(!error.contains("hunter2"), "{url}: {error}");
+            let injected = EgressProxy::parse_injected(url, None);
+            assert!(injected.is_err(), "{url}");
+        }
+    }
+
+    #[test]
+    fn no_proxy_takes_go_style_wildcards_and_ports() {
+        let p = proxy(
+            "proxy.corp:3128",
+            "*.vpce.amazonaws.com, bedrock.internal:443",
+        );
+        for direct in [
+            "https://vpce-1.bedrock-runtime.us-east-1.vpce.amazonaws.com/",
+            "https://bedrock.internal/",
+        ] {
+            assert_eq!(via(&p, direct), None, "{direct}");
+        }
+        let proxied = "https://bedrock-runtime.us-east-1.amazonaws.com/";
+        assert!(via(&p, proxied).is_some());
+        // As given, for the sidecar to read the same way.
+        assert_eq!(p.no_proxy(), "*.vpce.amazonaws.com, bedrock.internal:443");
     }
 
     #[test]

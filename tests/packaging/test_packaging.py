@@ -526,6 +526,8 @@ BAD_VALUES = [
     # Credentials would sit in every injected pod's spec.
     ({"sidecar": {"httpsProxy": "http://user:pass@egress.corp:3128"}}, "httpsProxy"),
     ({"sidecar": {"httpsProxy": "http://egress.corp:3128/path"}}, "httpsProxy"),
+    ({"sidecar": {"httpsProxy": "egress.corp:3128?x=1"}}, "httpsProxy"),
+    ({"sidecar": {"httpsProxy": "http://u:p#x@egress.corp:3128"}}, "httpsProxy"),
     ({"sidecar": {"resources": {"requests": {"cpu": "lots", "memory": "32Mi"}, "limits": {"cpu": "none", "memory": "128Mi"}}}}, "cpu"),
     ({"sidecar": {"resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"cpu": "none", "memory": "-1Gi"}}}}, "memory"),
     ({"image": {"digest": "latest"}}, "digest"),
@@ -544,6 +546,22 @@ def test_schema_takes_the_operators_scrape_intervals(interval):
                                      "podMonitor": {"enabled": True, "interval": interval}}})
     for kind, key in (("ServiceMonitor", "endpoints"), ("PodMonitor", "podMetricsEndpoints")):
         assert one(objs, kind)["spec"][key][0]["interval"] == interval
+
+
+@pytest.mark.parametrize("url", ["HTTP://egress.corp:3128", "egress.corp:3128", "http://[fd00::1]:3128/"])
+def test_schema_takes_the_proxy_urls_the_binary_takes(url):
+    c = one(chart.render({"sidecar": {"httpsProxy": url}}), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"]: e.get("value") for e in c["env"]}["BEDROCK_BROKER_SIDECAR_HTTPS_PROXY"] == url
+    binary = ROOT / "target" / "debug" / "bedrock-broker"
+    if binary.exists():
+        # The webhook takes it too (inject parses the same settings).
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"bedrock-broker.io/inject": "true"},
+               "annotations": {"bedrock-broker.io/region": "us-east-1"}},
+               "spec": {"containers": [{"name": "app", "image": "busybox"}]}}
+        run = subprocess.run([str(binary), "inject", "--service-account-annotation", "eks.amazonaws.com/role-arn=arn:aws:iam::123456789012:role/r"],
+                             input=yaml.safe_dump(pod), capture_output=True, text=True, timeout=30,
+                             env={"PATH": os.environ["PATH"], "BEDROCK_BROKER_SIDECAR_HTTPS_PROXY": url})
+        assert run.returncode == 0, run.stderr
 
 
 @pytest.mark.parametrize("values,needle", BAD_VALUES, ids=[json.dumps(v) for v, _ in BAD_VALUES])
