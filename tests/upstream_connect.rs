@@ -39,6 +39,8 @@ enum Behaviour {
     Refuse(u16),
     /// Reads the CONNECT and never answers.
     Silent,
+    /// Reads the CONNECT and closes.
+    Close,
 }
 
 /// A CONNECT it received: the target and its `Proxy-Authorization`.
@@ -86,6 +88,7 @@ async fn forward_proxy(behaviour: Behaviour) -> ForwardProxy {
                         let head = format!("HTTP/1.1 {status} No\r\ncontent-length: 0\r\n\r\n");
                         let _ = client.write_all(head.as_bytes()).await;
                     }
+                    Behaviour::Close => {}
                     Behaviour::Silent => {
                         let mut rest = Vec::new();
                         let _ = client.read_to_end(&mut rest).await;
@@ -218,24 +221,63 @@ async fn a_loopback_upstream_is_reached_directly() {
 }
 
 #[tokio::test]
-async fn a_refusing_proxy_is_a_502_naming_it() {
-    for (status, reason) in [(407, "proxy authorization required"), (403, "unsuccessful")] {
+async fn a_refusing_proxy_is_a_502_saying_why() {
+    // What each refusal means for the operator, not hyper-util's words.
+    let cases = [
+        (
+            Behaviour::Refuse(407),
+            "",
+            "wants credentials for a tunnel to bedrock.example:443 (407)",
+        ),
+        (
+            Behaviour::Refuse(407),
+            "svc:wrong@",
+            "refused the credentials in HTTPS_PROXY (407) for a tunnel to bedrock.example:443",
+        ),
+        (
+            Behaviour::Refuse(403),
+            "",
+            "refused a tunnel to bedrock.example:443 (an answer other than 200)",
+        ),
+        (
+            Behaviour::Close,
+            "",
+            "broke off while opening a tunnel to bedrock.example:443",
+        ),
+    ];
+    for (behaviour, userinfo, why) in cases {
         let (_upstream, ca) = upstream(&["bedrock.example"]).await;
-        let proxy = forward_proxy(Behaviour::Refuse(status)).await;
+        let proxy = forward_proxy(behaviour).await;
         let setup = Setup {
-            egress_proxy: Some(proxy.url("")),
+            egress_proxy: Some(proxy.url(userinfo)),
             ..Setup::default()
         };
         let answers = converse("https://bedrock.example", &ca, setup, 1).await;
         let (answered, body) = &answers[0];
-        assert_eq!(*answered, 502, "{status}: {body}");
-        let named = format!(
-            "the egress proxy {} did not open a tunnel to bedrock.example",
-            proxy.addr
-        );
-        assert!(body.contains(&named), "{status}: {body}");
-        assert!(body.contains(reason), "{status}: {body}");
+        assert_eq!(*answered, 502, "{why}: {body}");
+        let expected = format!("the egress proxy {} {why}", proxy.addr);
+        assert!(body.contains(&expected), "{body}");
+        assert!(!body.contains("wrong"), "{body}");
     }
+}
+
+#[tokio::test]
+async fn an_unreachable_proxy_is_a_502_naming_it() {
+    let (_upstream, ca) = upstream(&["bedrock.example"]).await;
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let setup = Setup {
+        egress_proxy: Some(EgressProxy::parse(&format!("http://{addr}"), None).unwrap()),
+        ..Setup::default()
+    };
+    let answers = converse("https://bedrock.example", &ca, setup, 1).await;
+    let (answered, body) = &answers[0];
+    assert_eq!(*answered, 502, "{body}");
+    let expected = format!(
+        "could not connect to the egress proxy {addr} (for a tunnel to bedrock.example:443)"
+    );
+    assert!(body.contains(&expected), "{body}");
 }
 
 #[tokio::test]
@@ -251,7 +293,7 @@ async fn a_silent_proxy_is_a_504_after_the_connect_timeout() {
     let (answered, body) = &answers[0];
     assert_eq!(*answered, 504, "{body}");
     let named = format!(
-        "connecting through the egress proxy {} to bedrock.example timed out after 300ms",
+        "connecting through the egress proxy {} to bedrock.example:443 timed out after 300ms",
         proxy.addr
     );
     assert!(body.contains(&named), "{body}");
@@ -304,7 +346,7 @@ async fn a_tls_handshake_that_never_ends_in_the_tunnel_is_a_504_too() {
     let (answered, body) = &answers[0];
     assert_eq!(*answered, 504, "{body}");
     let expected = format!(
-        "connecting through the egress proxy {} to bedrock.example timed out after 300ms",
+        "connecting through the egress proxy {} to bedrock.example:443 timed out after 300ms",
         proxy.addr
     );
     assert!(body.contains(&expected), "{body}");

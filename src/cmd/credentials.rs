@@ -17,6 +17,13 @@ pub async fn run(args: &CredentialsArgs, env: &Env) -> u8 {
     for warning in &config.warnings {
         eprintln!("warning: {warning}");
     }
+    // A failure below may be the proxy's: say it was on the way.
+    if let Some(proxy) = &config.egress_proxy {
+        println!(
+            "egress:   through the proxy {} (HTTPS_PROXY)",
+            proxy.address()
+        );
+    }
     match diagnose::run(&config, Arc::new(SystemClock)).await {
         Ok(found) => {
             print!("{found}");

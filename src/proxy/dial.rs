@@ -43,8 +43,21 @@ pub struct Dial {
 /// Why a connection was not opened.
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
-    #[error("the egress proxy {proxy} did not open a tunnel to {to}; a 407 means it wants credentials in HTTPS_PROXY, another refusal usually that its allow list lacks the host")]
-    Tunnel {
+    #[error("could not connect to the egress proxy {proxy} (for a tunnel to {to})")]
+    ProxyUnreachable {
+        proxy: String,
+        to: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("the egress proxy {proxy} wants credentials for a tunnel to {to} (407): give them in HTTPS_PROXY, http://user:password@host:port")]
+    CredentialsWanted { proxy: String, to: String },
+    #[error("the egress proxy {proxy} refused the credentials in HTTPS_PROXY (407) for a tunnel to {to}")]
+    CredentialsRefused { proxy: String, to: String },
+    #[error("the egress proxy {proxy} refused a tunnel to {to} (an answer other than 200): its allow list may lack the host, or the host belongs in NO_PROXY")]
+    TunnelRefused { proxy: String, to: String },
+    #[error("the egress proxy {proxy} broke off while opening a tunnel to {to}")]
+    TunnelBroken {
         proxy: String,
         to: String,
         #[source]
@@ -88,7 +101,7 @@ impl Service<Uri> for Connector {
     }
 
     fn call(&mut self, dst: Uri) -> Self::Future {
-        let to = dst.authority().map(|a| a.to_string()).unwrap_or_default();
+        let to = host_port(&dst);
         let proxy = self.via.as_ref().and_then(|p| {
             p.intercept(&dst)?;
             Some(p.address().to_owned())
@@ -137,18 +150,51 @@ impl Service<Uri> for Dial {
         if let Some(auth) = intercept.basic_auth() {
             tunnel = tunnel.with_auth(auth.clone());
         }
+        let credentials = intercept.basic_auth().is_some();
         let proxy = proxy.address().to_owned();
-        let to = dst.authority().map(|a| a.to_string()).unwrap_or_default();
+        let to = host_port(&dst);
         let tunnelled = tunnel.call(dst);
         Box::pin(async move {
-            tunnelled.await.map_err(|e| {
-                DialError::Tunnel {
-                    proxy,
-                    to,
-                    source: e.into(),
-                }
-                .into()
-            })
+            tunnelled
+                .await
+                .map_err(|e| refused(e.into(), credentials, proxy, to).into())
         })
+    }
+}
+
+/// `host:port` of a destination, as a CONNECT names it.
+fn host_port(dst: &Uri) -> String {
+    let default = if dst.scheme() == Some(&http::uri::Scheme::HTTPS) {
+        443
+    } else {
+        80
+    };
+    let port = dst.port_u16().unwrap_or(default);
+    format!("{}:{port}", dst.host().unwrap_or_default())
+}
+
+/// What a failed tunnel means for the operator. hyper-util's error type is
+/// not public, only its text (hyper-util 0.1, pinned by the lock file;
+/// the tests name every case).
+fn refused(e: BoxError, credentials: bool, proxy: String, to: String) -> DialError {
+    let text = e.to_string();
+    if text.ends_with("failed to create underlying connection") {
+        DialError::ProxyUnreachable {
+            proxy,
+            to,
+            source: e,
+        }
+    } else if text.ends_with("proxy authorization required") && credentials {
+        DialError::CredentialsRefused { proxy, to }
+    } else if text.ends_with("proxy authorization required") {
+        DialError::CredentialsWanted { proxy, to }
+    } else if text.ends_with("unsuccessful") {
+        DialError::TunnelRefused { proxy, to }
+    } else {
+        DialError::TunnelBroken {
+            proxy,
+            to,
+            source: e,
+        }
     }
 }

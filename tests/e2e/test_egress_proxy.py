@@ -161,7 +161,7 @@ def test_a_proxy_refusing_bedrock_is_named_in_the_answer(start_sidecar, proxied_
     assert r.status_code == 502, r.text
     assert r.headers["x-bedrock-broker-error"] == "upstream_unreachable"
     message = r.json()["message"]
-    assert f"egress proxy 127.0.0.1:{egress.port} did not open a tunnel to {BEDROCK_HOST}" in message, r.text
+    assert f"egress proxy 127.0.0.1:{egress.port} refused a tunnel to {BEDROCK_HOST}:443" in message, r.text
 
 
 def test_no_proxy_sends_a_host_direct(start_sidecar, proxied_env, egress):
@@ -184,6 +184,8 @@ def test_the_credentials_command_goes_through_the_proxy(proxied_env, egress):
     )
     assert out.returncode == 0, out.stderr
     assert "ok: credentials work" in out.stdout
+    assert f"egress:   through the proxy 127.0.0.1:{egress.port} (HTTPS_PROXY)" in out.stdout, out.stdout
+    assert "s3cret" not in out.stdout + out.stderr
     assert {target for target, _ in egress.connects} == {f"{STS_HOST}:443"}
 
 
