@@ -726,17 +726,34 @@ fn the_pod_is_told_what_it_may_not_expect() {
         &proxied(json!([http_proxy])),
         "container \"app\" sets http_proxy and its NO_PROXY does not name 127.0.0.1"
     ));
+    // What exempts 127.0.0.1 for botocore, httpx and requests alike
+    // (each checked with them): the address as an entry, or `*` alone.
     for (no_proxy, warns) in [
         (".svc,localhost", true),
         ("127.0.0.2", true),
-        ("127.0.0.1/33", true),
+        ("127.0.0.0/8", true),
+        ("127.0.0.1:9787", true),
+        ("localhost,*", true),
         (".svc, 127.0.0.1", false),
-        ("127.0.0.0/8", false),
-        ("*", false),
+        (" * ", false),
     ] {
         let p = proxied(json!([http_proxy, {"name": "NO_PROXY", "value": no_proxy}]));
         assert_eq!(warned(&p, "NO_PROXY does not name"), warns, "{no_proxy}");
     }
+    // Lower case wins, as in Python.
+    let both = json!([http_proxy, {"name": "NO_PROXY", "value": "127.0.0.1"},
+        {"name": "no_proxy", "value": ".svc"}]);
+    assert!(warned(&proxied(both), "NO_PROXY does not name"));
+    // A NO_PROXY this review cannot read: nothing said.
+    let from_secret = json!([http_proxy, {"name": "NO_PROXY",
+        "valueFrom": {"configMapKeyRef": {"name": "proxy", "key": "no"}}}]);
+    assert!(!warned(&proxied(from_secret), "NO_PROXY"));
+    let maybe_in_env_from = annotated(
+        json!({"containers": [{"name": "app", "image": "app:1",
+        "env": [http_proxy], "envFrom": [{"configMapRef": {"name": "proxy"}}]}]}),
+        &[],
+    );
+    assert!(!warned(&maybe_in_env_from, "NO_PROXY"));
     // HTTPS_PROXY does not apply to the sidecar's http:// URL.
     let https_only = json!([{"name": "HTTPS_PROXY", "value": "http://egress.corp:3128"}]);
     assert!(inject(&proxied(https_only)).warnings.is_empty());

@@ -48,36 +48,30 @@ pub fn notices(
 
 /// The sidecar is `http://127.0.0.1`: a client honouring the app's
 /// `HTTP_PROXY` (or `ALL_PROXY`) sends its calls there to the proxy unless
-/// `NO_PROXY` names that address. Python's HTTP stacks, botocore and the
-/// OpenAI SDK among them, exempt nothing by themselves; Go exempts
-/// loopback, so this warns of what some of the pod's clients do.
+/// `NO_PROXY` exempts that address. Python's HTTP stacks, botocore and the
+/// OpenAI SDK among them, exempt nothing by themselves (Go exempts
+/// loopback), and read `NO_PROXY` differently: only an entry
+/// `127.0.0.1`, or the whole list `*`, exempts it for all of them
+/// (botocore and httpx ignore `127.0.0.0/8`, requests a port in an
+/// entry). Lower case wins, as in Python. Silent when `NO_PROXY` is not
+/// a literal here (`valueFrom`, or perhaps in `envFrom`): unknown.
 fn sidecar_behind_proxy(c: &Container) -> Option<String> {
-    const PROXY_VARS: [&str; 4] = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"];
+    const PROXY_VARS: [&str; 4] = ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"];
     let set = PROXY_VARS.into_iter().find(|v| literal(c, v).is_some())?;
-    let no_proxy = literal(c, "NO_PROXY").or_else(|| literal(c, "no_proxy"));
-    if no_proxy.is_some_and(names_loopback) {
+    let declared = |name: &str| c.env.iter().flatten().find(|e| e.name == name);
+    let no_proxy = match (declared("no_proxy"), declared("NO_PROXY")) {
+        (Some(e), _) | (None, Some(e)) if e.value_from.is_some() => return None,
+        (Some(e), _) | (None, Some(e)) => e.value.as_deref().unwrap_or(""),
+        (None, None) if c.env_from.as_ref().is_some_and(|f| !f.is_empty()) => return None,
+        (None, None) => "",
+    };
+    if no_proxy.trim() == "*" || no_proxy.split(',').any(|e| e.trim() == "127.0.0.1") {
         return None;
     }
     Some(format!(
         "container {:?} sets {set} and its NO_PROXY does not name 127.0.0.1: clients that honour it (Python's do) send calls meant for the sidecar to that proxy",
         c.name
     ))
-}
-
-/// Whether a `NO_PROXY` list exempts `127.0.0.1`: the address itself, a
-/// range holding it, or `*`.
-fn names_loopback(no_proxy: &str) -> bool {
-    no_proxy.split(',').map(str::trim).any(|entry| {
-        let (addr, bits) = entry.split_once('/').unwrap_or((entry, "32"));
-        let in_range = match (addr.parse::<std::net::Ipv4Addr>(), bits.parse::<u32>()) {
-            (Ok(addr), Ok(bits @ 0..=32)) => {
-                let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
-                u32::from(addr) & mask == u32::from(std::net::Ipv4Addr::LOCALHOST) & mask
-            }
-            _ => false,
-        };
-        entry == "*" || in_range
-    })
 }
 
 /// The app's own `AWS_USE_FIPS_ENDPOINT` serves its other AWS calls; its
