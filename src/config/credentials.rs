@@ -49,11 +49,7 @@ pub fn parse(
         env,
         parse::positive_duration,
     );
-    let ca_bundle = var(env, &vars::AWS_CA_BUNDLE).and_then(|path| {
-        CaBundle::read(PathBuf::from(path))
-            .map_err(|e| errors.push(vars::AWS_CA_BUNDLE.name, e))
-            .ok()
-    });
+    let ca_bundle = ca_bundle(env, errors);
 
     let egress_proxy = egress_proxy(args, env, errors);
 
@@ -103,6 +99,26 @@ pub fn parse(
         _ => None,
     };
     (region, config)
+}
+
+/// `AWS_CA_BUNDLE` (a file) and `BEDROCK_BROKER_CA_BUNDLE_PEM` (text),
+/// either or both.
+fn ca_bundle(env: &Env, errors: &mut Errors) -> Option<CaBundle> {
+    let file = var(env, &vars::AWS_CA_BUNDLE).and_then(|path| {
+        CaBundle::read(PathBuf::from(path))
+            .map_err(|e| errors.push(vars::AWS_CA_BUNDLE.name, e))
+            .ok()
+    });
+    let name = vars::CA_BUNDLE_PEM.name;
+    let text = var(env, &vars::CA_BUNDLE_PEM).and_then(|pem| {
+        CaBundle::from_pem(name, pem.as_bytes().to_vec())
+            .map_err(|e| errors.push(name, e))
+            .ok()
+    });
+    match (file, text) {
+        (Some(file), Some(text)) => Some(file.and(&text)),
+        (file, text) => file.or(text),
+    }
 }
 
 /// `--https-proxy` with its `--no-proxy` list; the URL is never repeated

@@ -435,6 +435,43 @@ mod tests {
     }
 
     #[test]
+    fn trust_anchors_come_from_a_file_or_as_text_or_both() {
+        let pem = |name: &str| {
+            let cert = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+            cert.cert.pem()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ca.pem");
+        std::fs::write(&file, pem("a.example")).unwrap();
+        let file = file.to_str().unwrap();
+        let text = pem("b.example");
+        let with = |extra: &[(&str, &str)]| {
+            let mut env = IRSA.to_vec();
+            env.extend_from_slice(extra);
+            sidecar(&env)
+        };
+        let count = |c: SidecarConfig| {
+            let bundle = c.credentials.ca_bundle.expect("a bundle");
+            crate::tls::pem::certificates(&bundle.pem, std::path::Path::new("x"))
+                .unwrap()
+                .len()
+        };
+        assert_eq!(count(with(&[("AWS_CA_BUNDLE", file)]).unwrap()), 1);
+        assert_eq!(
+            count(with(&[("BEDROCK_BROKER_CA_BUNDLE_PEM", &text)]).unwrap()),
+            1
+        );
+        let both = [
+            ("AWS_CA_BUNDLE", file),
+            ("BEDROCK_BROKER_CA_BUNDLE_PEM", &text),
+        ];
+        assert_eq!(count(with(&both).unwrap()), 2);
+        let e = with(&[("BEDROCK_BROKER_CA_BUNDLE_PEM", "not a certificate")]).unwrap_err();
+        assert_eq!(origins(&e), ["BEDROCK_BROKER_CA_BUNDLE_PEM"]);
+        assert!(e.to_string().contains("holds no PEM certificate"), "{e}");
+    }
+
+    #[test]
     fn the_egress_proxy_comes_from_the_standard_variables() {
         let with = |extra: &[(&str, &str)]| {
             let mut env = IRSA.to_vec();

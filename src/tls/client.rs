@@ -8,10 +8,12 @@ use rustls::RootCertStore;
 
 use super::pem::{self, PemError};
 
-/// Extra trust anchors (`AWS_CA_BUNDLE`), read and checked at start.
-#[derive(Clone)]
+/// Extra trust anchors (`AWS_CA_BUNDLE`, `BEDROCK_BROKER_CA_BUNDLE_PEM`),
+/// read and checked at start.
+#[derive(Clone, PartialEq, Eq)]
 pub struct CaBundle {
-    pub path: PathBuf,
+    /// The file, or the variable, the certificates came from.
+    pub origin: String,
     pub pem: Vec<u8>,
 }
 
@@ -20,14 +22,36 @@ impl CaBundle {
     pub fn read(path: PathBuf) -> Result<Self, PemError> {
         let pem = pem::read(&path)?;
         pem::certificates(&pem, &path)?;
-        Ok(Self { path, pem })
+        Ok(Self {
+            origin: path.display().to_string(),
+            pem,
+        })
+    }
+
+    /// Checks a PEM bundle given as text (`origin` names where from).
+    pub fn from_pem(origin: &str, pem: Vec<u8>) -> Result<Self, PemError> {
+        pem::certificates(&pem, std::path::Path::new("its value"))?;
+        Ok(Self {
+            origin: origin.to_owned(),
+            pem,
+        })
+    }
+
+    /// Both bundles' certificates.
+    pub fn and(mut self, other: &Self) -> Self {
+        if !self.pem.ends_with(b"\n") {
+            self.pem.push(b'\n');
+        }
+        self.pem.extend_from_slice(&other.pem);
+        self.origin = format!("{} and {}", self.origin, other.origin);
+        self
     }
 }
 
 impl fmt::Debug for CaBundle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CaBundle")
-            .field("path", &self.path)
+            .field("origin", &self.origin)
             .finish()
     }
 }

@@ -154,6 +154,18 @@ def test_sts_and_bedrock_are_reached_through_the_proxy(start_sidecar, proxied_en
     assert "s3cret" not in sidecar.log_text()
 
 
+def test_trust_anchors_given_as_text_serve_sts_and_bedrock(start_sidecar, proxied_env, egress, fake_aws_named, aws_named_tls):
+    # As the webhook injects them (--sidecar-ca-bundle): a TLS-inspecting
+    # proxy's CA in BEDROCK_BROKER_CA_BUNDLE_PEM, no file in the pod.
+    env = dict(proxied_env, BEDROCK_BROKER_CA_BUNDLE_PEM=aws_named_tls["ca"].read_text())
+    del env["AWS_CA_BUNDLE"]
+    sidecar = start_sidecar(env)
+    tid, r = post(sidecar, {})
+    assert r.status_code == 200, r.text
+    assert fake_aws_named.request_for(tid)["verified"]
+    assert {target for target, _ in egress.connects} == {f"{STS_HOST}:443", f"{BEDROCK_HOST}:443"}
+
+
 def test_a_proxy_refusing_bedrock_is_named_in_the_answer(start_sidecar, proxied_env, egress):
     del egress.routes[f"{BEDROCK_HOST}:443"]
     sidecar = start_sidecar(proxied_env)

@@ -22,6 +22,10 @@ pub const AWS_CA_BUNDLE: Variable = Variable {
     name: "AWS_CA_BUNDLE",
     help: "extra PEM trust anchors for STS and Bedrock, checked at start",
 };
+pub const CA_BUNDLE_PEM: Variable = Variable {
+    name: "BEDROCK_BROKER_CA_BUNDLE_PEM",
+    help: "extra PEM trust anchors as text, as the webhook injects them (its --sidecar-ca-bundle), added to AWS_CA_BUNDLE's",
+};
 pub const AWS_ACCESS_KEY_ID: Variable = Variable {
     name: "AWS_ACCESS_KEY_ID",
     help: "static credentials, for local development (with AWS_SECRET_ACCESS_KEY)",
@@ -73,6 +77,7 @@ pub const ALL: &[Variable] = &[
     AWS_ROLE_SESSION_NAME,
     AWS_ENDPOINT_URL_STS,
     AWS_CA_BUNDLE,
+    CA_BUNDLE_PEM,
     AWS_ACCESS_KEY_ID,
     AWS_SECRET_ACCESS_KEY,
     AWS_SESSION_TOKEN,
