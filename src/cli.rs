@@ -281,6 +281,8 @@ pub struct SidecarDefaultsArgs {
     pub sidecar_https_proxy: Option<String>,
     #[arg(long = injected::NO_PROXY.flag, help = injected::NO_PROXY.help_text())]
     pub sidecar_no_proxy: Option<String>,
+    #[arg(long = injected::CA_BUNDLE.flag, help = injected::CA_BUNDLE.help_text())]
+    pub sidecar_ca_bundle: Option<String>,
     #[arg(long = injected::RUN_AS_USER.flag, help = injected::RUN_AS_USER.help_text())]
     pub sidecar_run_as_user: Option<String>,
     #[arg(long = policy::ROLE_POLICY.flag, help = policy::ROLE_POLICY.help_text())]

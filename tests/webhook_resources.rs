@@ -8,6 +8,7 @@
 mod webhook_support;
 
 use bedrock_broker::egress::EgressProxy;
+use bedrock_broker::tls::CaBundle;
 use bedrock_broker::webhook::{self, ClusterFacts, Outcome};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
@@ -271,6 +272,37 @@ fn the_platforms_egress_proxy_reaches_the_sidecar_only() {
         (env_of(&c, "HTTPS_PROXY"), env_of(&c, "NO_PROXY")),
         (None, None)
     );
+}
+
+#[test]
+fn the_platforms_trust_anchors_reach_the_sidecar_as_text() {
+    let cert = rcgen::generate_simple_self_signed(vec!["proxy.corp".to_owned()]).unwrap();
+    let pem = cert.cert.pem();
+    let mut d = defaults();
+    d.ca_bundle = Some(CaBundle::from_pem("test", pem.clone().into_bytes()).unwrap());
+    let p = opted_in(json!({}));
+    let Ok(Outcome::Injected(i)) = webhook::inject(&p, &app_facts(), &d) else {
+        panic!("not injected");
+    };
+    let v = mutated(&p, &i);
+    let c = sidecar(&v);
+    assert_eq!(
+        env_of(&c, "BEDROCK_BROKER_CA_BUNDLE_PEM").map(|e| e["value"].clone()),
+        Some(json!(pem))
+    );
+    assert_eq!(
+        env_of(&v["spec"]["containers"][0], "BEDROCK_BROKER_CA_BUNDLE_PEM"),
+        None
+    );
+    // The sidecar trusts exactly that.
+    let parsed =
+        bedrock_broker::sidecar::SidecarConfig::from_args(&Default::default(), &sidecar_env(&v));
+    let bundle = parsed
+        .expect("parses")
+        .credentials
+        .ca_bundle
+        .expect("a bundle");
+    assert_eq!(bundle.pem, pem.into_bytes());
 }
 
 #[test]

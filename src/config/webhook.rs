@@ -13,6 +13,7 @@ use crate::egress::EgressProxy;
 use crate::server::tls::HandshakeLimits;
 use crate::server::Limits;
 use crate::telemetry::LogFormat;
+use crate::tls::CaBundle;
 use crate::webhook::types::{
     parse_limit, Audience, ImageRef, LogLevel, PullPolicy, Quantity, RolePolicy, SidecarMode,
     TokenExpiration,
@@ -79,6 +80,12 @@ fn sidecar_defaults(a: &SidecarDefaultsArgs, env: &Env, e: &mut Errors) -> Optio
                 .map_err(|err| ParseError::Refused(err.to_string().into()))
         },
     );
+    let ca_bundle = e.read_optional(
+        &d::CA_BUNDLE,
+        a.sidecar_ca_bundle.as_deref(),
+        env,
+        injected_ca_bundle,
+    );
     let run_as_user = e.read(
         &d::RUN_AS_USER,
         a.sidecar_run_as_user.as_deref(),
@@ -104,8 +111,34 @@ fn sidecar_defaults(a: &SidecarDefaultsArgs, env: &Env, e: &mut Errors) -> Optio
         log_format: log_format?,
         use_fips: use_fips?,
         egress_proxy: egress_proxy?,
+        ca_bundle: ca_bundle?,
         run_as_user: run_as_user?,
     })
+}
+
+/// Most a sidecar's environment takes in one variable is 128 KiB (Linux's
+/// MAX_ARG_STRLEN): past it the container cannot start at all.
+const MAX_INJECTED_CA_BUNDLE: usize = 64 * 1024;
+
+/// A trust bundle small enough to travel in every pod spec, as text.
+fn injected_ca_bundle(path: &str) -> Result<CaBundle, ParseError> {
+    let bundle =
+        CaBundle::read(path.into()).map_err(|e| ParseError::Refused(e.to_string().into()))?;
+    if bundle.pem.len() > MAX_INJECTED_CA_BUNDLE {
+        return Err(ParseError::Refused(
+            format!(
+                "{path} is {} bytes; at most {MAX_INJECTED_CA_BUNDLE} go into each sidecar's environment: keep only the CAs the sidecars need",
+                bundle.pem.len()
+            )
+            .into(),
+        ));
+    }
+    if std::str::from_utf8(&bundle.pem).is_err() {
+        return Err(ParseError::Refused(
+            format!("{path} is not text (PEM)").into(),
+        ));
+    }
+    Ok(bundle)
 }
 
 /// Requests and limits; a request above its limit is a problem of both flags.
@@ -533,6 +566,33 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("deny or skip"), "{err}");
+    }
+
+    #[test]
+    fn the_sidecars_trust_bundle_must_fit_in_their_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["proxy.corp".to_owned()]).unwrap();
+        let one = cert.cert.pem();
+        let write = |name: &str, copies: usize| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, one.repeat(copies)).unwrap();
+            path.to_str().unwrap().to_owned()
+        };
+        let small = write("small.pem", 2);
+        let c = webhook(WebhookArgs::default(), &[(d::CA_BUNDLE.var(), &small)]).unwrap();
+        assert_eq!(
+            c.sidecar.ca_bundle.map(|b| b.pem.len()),
+            Some(2 * one.len())
+        );
+        // A whole public root store is ~200 KiB: past Linux's 128 KiB a
+        // variable, no injected container could start.
+        let large = write("large.pem", 64 * 1024 / one.len() + 1);
+        let err = webhook(WebhookArgs::default(), &[(d::CA_BUNDLE.var(), &large)]).unwrap_err();
+        assert!(err.to_string().contains("at most 65536"), "{err}");
+        let missing = dir.path().join("missing.pem");
+        let missing = missing.to_str().unwrap();
+        let err = webhook(WebhookArgs::default(), &[(d::CA_BUNDLE.var(), missing)]).unwrap_err();
+        assert!(err.to_string().contains("cannot read"), "{err}");
     }
 
     #[test]

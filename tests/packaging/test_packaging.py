@@ -548,6 +548,23 @@ def test_schema_takes_the_operators_scrape_intervals(interval):
         assert one(objs, kind)["spec"][key][0]["interval"] == interval
 
 
+def test_the_sidecars_trust_bundle_is_mounted_into_the_webhook():
+    values = {"sidecar": {"caBundle": {"configMap": "corp-ca", "key": "bundle.pem"}}}
+    objs = chart.render(values)
+    for obj in objs:
+        validate(obj)
+    spec = one(objs, "Deployment")["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["BEDROCK_BROKER_SIDECAR_CA_BUNDLE"] == "/etc/bedrock-broker/sidecar-ca/bundle.pem"
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "sidecar-ca")
+    assert mount["mountPath"] == "/etc/bedrock-broker/sidecar-ca" and mount["readOnly"]
+    assert next(v for v in spec["volumes"] if v["name"] == "sidecar-ca")["configMap"] == {"name": "corp-ca"}
+    default = one(chart.render({}), "Deployment")["spec"]["template"]["spec"]
+    assert "BEDROCK_BROKER_SIDECAR_CA_BUNDLE" not in {e["name"] for e in default["containers"][0]["env"]}
+    assert [v["name"] for v in default["volumes"]] == ["tls"]
+
+
 @pytest.mark.parametrize("url", ["HTTP://egress.corp:3128", "egress.corp:3128", "http://[fd00::1]:3128/"])
 def test_schema_takes_the_proxy_urls_the_binary_takes(url):
     c = one(chart.render({"sidecar": {"httpsProxy": url}}), "Deployment")["spec"]["template"]["spec"]["containers"][0]

@@ -143,6 +143,10 @@ The webhook turns them into the injected container (src/webhook/inject/render.rs
 - name: BEDROCK_BROKER_SIDECAR_NO_PROXY
   value: {{ . | quote }}
 {{- end }}
+{{- if $s.caBundle.configMap }}
+- name: BEDROCK_BROKER_SIDECAR_CA_BUNDLE
+  value: {{ printf "/etc/bedrock-broker/sidecar-ca/%s" $s.caBundle.key | quote }}
+{{- end }}
 - name: BEDROCK_BROKER_SIDECAR_RUN_AS_USER
   value: {{ $s.runAsUser | int64 | quote }}
 {{- end }}

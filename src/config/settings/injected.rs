@@ -110,6 +110,14 @@ pub const NO_PROXY: Setting = Setting {
     default: Nothing,
     help: "Hosts injected sidecars reach without the --sidecar-https-proxy (NO_PROXY): host suffixes, IP addresses, CIDR ranges",
 };
+/// Read once at start and injected as text (as linkerd injects its trust
+/// anchors): no ConfigMap needs to exist in every namespace.
+pub const CA_BUNDLE: Setting = Setting {
+    flag: "sidecar-ca-bundle",
+    env: &["BEDROCK_BROKER_SIDECAR_CA_BUNDLE"],
+    default: Nothing,
+    help: "PEM file of extra trust anchors for injected sidecars (a TLS-inspecting proxy's CA, a private endpoint's), at most 64 KiB, read at start",
+};
 /// The distroless "nonroot" user.
 pub const RUN_AS_USER: Setting = Setting {
     flag: "sidecar-run-as-user",
@@ -134,5 +142,6 @@ pub const ALL: &[Setting] = &[
     USE_FIPS,
     HTTPS_PROXY,
     NO_PROXY,
+    CA_BUNDLE,
     RUN_AS_USER,
 ];

@@ -249,6 +249,11 @@ fn sidecar_env(sidecar: &SidecarSpec, resolved: &Resolved, fitted: &Fitted) -> V
     if sidecar.use_fips {
         env_vars.push(env(sidecar_settings::USE_FIPS.var(), "true"));
     }
+    if let Some(bundle) = &sidecar.ca_bundle {
+        // Checked to be text when the webhook started.
+        let pem = String::from_utf8_lossy(&bundle.pem);
+        env_vars.push(env(vars::CA_BUNDLE_PEM.name, pem.as_ref()));
+    }
     if let Some(url) = sidecar
         .egress_proxy
         .as_ref()

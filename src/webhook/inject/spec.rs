@@ -14,6 +14,7 @@ use crate::config::aws::{Region, RoleArn, SessionName};
 use crate::config::parse::{self, ParseError};
 use crate::egress::EgressProxy;
 use crate::telemetry::LogFormat;
+use crate::tls::CaBundle;
 
 /// The contract's proxy port.
 pub const DEFAULT_PORT: Port = Port::new_unchecked(9787);
@@ -76,6 +77,8 @@ pub struct SidecarDefaults {
     pub use_fips: bool,
     /// The forward proxy sidecars reach AWS through.
     pub egress_proxy: Option<EgressProxy>,
+    /// Extra trust anchors every sidecar gets.
+    pub ca_bundle: Option<CaBundle>,
     /// UID for the sidecar unless the pod's containers share another non-root UID.
     pub run_as_user: i64,
     /// Which roles a pod may get (not a pod setting: pods cannot change it).
@@ -121,6 +124,8 @@ pub struct SidecarSpec {
     pub use_fips: bool,
     /// The webhook's forward proxy, if any (no annotation).
     pub egress_proxy: Option<EgressProxy>,
+    /// The webhook's extra trust anchors, if any (no annotation).
+    pub ca_bundle: Option<CaBundle>,
     pub mode: Sourced<SidecarMode>,
     pub audience: Sourced<Audience>,
     pub token_expiration: Sourced<TokenExpiration>,
@@ -156,6 +161,7 @@ impl SidecarSpec {
             log_format: d.log_format,
             use_fips: d.use_fips,
             egress_proxy: d.egress_proxy.clone(),
+            ca_bundle: d.ca_bundle.clone(),
             mode: Sourced::from_default(d.mode),
             audience: Sourced::from_default(d.audience.clone()),
             token_expiration: Sourced::from_default(d.token_expiration),
