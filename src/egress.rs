@@ -57,6 +57,9 @@ pub struct EgressProxy {
     has_credentials: bool,
     /// `NO_PROXY` as given (trimmed), without [`ALWAYS_DIRECT`].
     no_proxy: String,
+    /// `NO_PROXY` holds `*`: every host direct, IP addresses too (which
+    /// hyper-util's `*`, a host-name rule, leaves out).
+    all_direct: bool,
     matcher: Arc<Matcher>,
     /// The same for the AWS SDK (its `Debug` shows the password: never
     /// printed).
@@ -113,16 +116,23 @@ impl EgressProxy {
             _ => 80,
         };
         let no_proxy = no_proxy.unwrap_or("").trim().to_owned();
+        let all_direct = no_proxy.split(',').any(|entry| entry.trim() == "*");
         let bypass = bypass_list(&no_proxy);
         let sdk = ProxyConfig::https(url.as_str())
             .map_err(|e| EgressError::NotAUrl(e.to_string()))?
             .no_proxy(&bypass);
+        let sdk = if all_direct {
+            ProxyConfig::disabled()
+        } else {
+            sdk
+        };
         let matcher = Matcher::builder().https(url.clone()).no(bypass).build();
         Ok(Self {
             address: format!("{}:{port}", authority.host()),
             has_credentials: authority_text.contains('@'),
             url: Secret::new(url),
             no_proxy,
+            all_direct,
             matcher: Arc::new(matcher),
             sdk,
         })
@@ -131,6 +141,9 @@ impl EgressProxy {
     /// The proxy to tunnel to `dst` through, with its credentials; `None`:
     /// connect directly.
     pub fn intercept(&self, dst: &Uri) -> Option<Intercept> {
+        if self.all_direct {
+            return None;
+        }
         self.matcher.intercept(dst)
     }
 
@@ -269,10 +282,16 @@ mod tests {
                 "{proxied}"
             );
         }
-        assert_eq!(
-            via(&proxy("proxy.corp:3128", "*"), "https://a.example/"),
-            None
-        );
+        // Every host, IP addresses too (hyper-util's `*` names host names).
+        let all = proxy("proxy.corp:3128", "a.internal, *");
+        for direct in [
+            "https://a.example/",
+            "https://10.1.2.3/",
+            "https://[fd00::1]/",
+        ] {
+            assert_eq!(via(&all, direct), None, "{direct}");
+        }
+        assert!(all.sdk_config().is_disabled());
     }
 
     #[test]
