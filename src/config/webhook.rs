@@ -13,7 +13,7 @@ use crate::egress::EgressProxy;
 use crate::server::tls::HandshakeLimits;
 use crate::server::Limits;
 use crate::telemetry::LogFormat;
-use crate::tls::CaBundle;
+use crate::tls::{pem, CaBundle};
 use crate::webhook::types::{
     parse_limit, Audience, ImageRef, LogLevel, PullPolicy, Quantity, RolePolicy, SidecarMode,
     TokenExpiration,
@@ -80,6 +80,16 @@ fn sidecar_defaults(a: &SidecarDefaultsArgs, env: &Env, e: &mut Errors) -> Optio
                 .map_err(|err| ParseError::Refused(err.to_string().into()))
         },
     );
+    // Said, not ignored: a bypass list alone does nothing.
+    if let (Some(raw), Some(None)) = (no_proxy, &egress_proxy) {
+        e.push(
+            raw.origin,
+            format!(
+                "has no effect without --{}: sidecars go direct",
+                d::HTTPS_PROXY.flag
+            ),
+        );
+    }
     let ca_bundle = e.read_optional(
         &d::CA_BUNDLE,
         a.sidecar_ca_bundle.as_deref(),
@@ -122,8 +132,18 @@ const MAX_INJECTED_CA_BUNDLE: usize = 64 * 1024;
 
 /// A trust bundle small enough to travel in every pod spec, as text.
 fn injected_ca_bundle(path: &str) -> Result<CaBundle, ParseError> {
+    let refused = |e: String| ParseError::Refused(e.into());
+    let raw = pem::read(std::path::Path::new(path)).map_err(|e| refused(e.to_string()))?;
+    let text =
+        std::str::from_utf8(&raw).map_err(|_| refused(format!("{path} is not text (PEM)")))?;
+    // Only the certificates travel, into every pod spec.
+    let blocks = pem::certificate_blocks(text).ok_or_else(|| {
+        refused(format!(
+            "{path} holds a private key; give the CA certificates only (they go into every pod spec)"
+        ))
+    })?;
     let bundle =
-        CaBundle::read(path.into()).map_err(|e| ParseError::Refused(e.to_string().into()))?;
+        CaBundle::from_pem(path, blocks.into_bytes()).map_err(|e| refused(e.to_string()))?;
     if bundle.pem.len() > MAX_INJECTED_CA_BUNDLE {
         return Err(ParseError::Refused(
             format!(
@@ -131,11 +151,6 @@ fn injected_ca_bundle(path: &str) -> Result<CaBundle, ParseError> {
                 bundle.pem.len()
             )
             .into(),
-        ));
-    }
-    if std::str::from_utf8(&bundle.pem).is_err() {
-        return Err(ParseError::Refused(
-            format!("{path} is not text (PEM)").into(),
         ));
     }
     Ok(bundle)
@@ -589,10 +604,55 @@ mod tests {
         let large = write("large.pem", 64 * 1024 / one.len() + 1);
         let err = webhook(WebhookArgs::default(), &[(d::CA_BUNDLE.var(), &large)]).unwrap_err();
         assert!(err.to_string().contains("at most 65536"), "{err}");
+        // Only the certificates travel: a key given by mistake stops the
+        // webhook rather than reach every pod spec; comments and CRLF go.
+        let key = cert.signing_key.serialize_pem();
+        let path = dir.path().join("with-key.pem");
+        std::fs::write(&path, format!("{one}{key}")).unwrap();
+        let with_key = path.to_str().unwrap();
+        let err = webhook(WebhookArgs::default(), &[(d::CA_BUNDLE.var(), with_key)]).unwrap_err();
+        assert!(err.to_string().contains("holds a private key"), "{err}");
+        assert!(!err.to_string().contains("PRIVATE KEY-----"), "{err}");
+        let path = dir.path().join("annotated.pem");
+        let annotated = format!(
+            "# corporate proxy CA\r\n{}\r\nsubject=...\r\n",
+            one.replace('\n', "\r\n")
+        );
+        std::fs::write(&path, annotated).unwrap();
+        let c = webhook(
+            WebhookArgs::default(),
+            &[(d::CA_BUNDLE.var(), path.to_str().unwrap())],
+        );
+        let pem = c.unwrap().sidecar.ca_bundle.unwrap().pem;
+        assert_eq!(String::from_utf8(pem).unwrap(), one);
+        let path = dir.path().join("bom.pem");
+        std::fs::write(&path, format!("\u{feff}{one}")).unwrap();
+        let c = webhook(
+            WebhookArgs::default(),
+            &[(d::CA_BUNDLE.var(), path.to_str().unwrap())],
+        );
+        assert_eq!(c.unwrap().sidecar.ca_bundle.unwrap().pem, one.as_bytes());
         let missing = dir.path().join("missing.pem");
         let missing = missing.to_str().unwrap();
         let err = webhook(WebhookArgs::default(), &[(d::CA_BUNDLE.var(), missing)]).unwrap_err();
         assert!(err.to_string().contains("cannot read"), "{err}");
+    }
+
+    #[test]
+    fn a_bypass_list_without_a_proxy_is_refused() {
+        let err = webhook(WebhookArgs::default(), &[(d::NO_PROXY.var(), ".internal")]).unwrap_err();
+        assert_eq!(
+            err.0.iter().map(|e| e.origin.as_str()).collect::<Vec<_>>(),
+            [d::NO_PROXY.var()]
+        );
+        assert!(err
+            .to_string()
+            .contains("has no effect without --sidecar-https-proxy"));
+        let both = [
+            (d::NO_PROXY.var(), ".internal"),
+            (d::HTTPS_PROXY.var(), "proxy:3128"),
+        ];
+        assert!(webhook(WebhookArgs::default(), &both).is_ok());
     }
 
     #[test]

@@ -47,6 +47,30 @@ pub fn certificates(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'stati
     Ok(certs)
 }
 
+/// The certificate blocks of a PEM text, one after another, with what
+/// surrounds them dropped (a byte-order mark, comments, "Bag Attributes",
+/// CRLF line ends); `None` when it holds a private key: a file given by
+/// mistake, whose key must not travel further.
+pub fn certificate_blocks(text: &str) -> Option<String> {
+    if text.contains("PRIVATE KEY-----") {
+        return None;
+    }
+    let mut blocks = String::new();
+    let mut inside = false;
+    for line in text
+        .lines()
+        .map(|l| l.trim_start_matches('\u{feff}').trim_end())
+    {
+        inside |= line == "-----BEGIN CERTIFICATE-----";
+        if inside {
+            blocks.push_str(line);
+            blocks.push('\n');
+        }
+        inside &= line != "-----END CERTIFICATE-----";
+    }
+    Some(blocks)
+}
+
 /// The private key in `pem` (read from `path`).
 pub fn private_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, PemError> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| PemError::Key {
