@@ -754,6 +754,8 @@ fn the_pod_is_told_what_it_may_not_expect() {
         &[],
     );
     assert!(!warned(&maybe_in_env_from, "NO_PROXY"));
+    let all_proxy = json!([{"name": "ALL_PROXY", "value": "http://egress.corp:3128"}]);
+    assert!(warned(&proxied(all_proxy), "sets ALL_PROXY and its NO_PROXY does not name 127.0.0.1: clients that honour it (requests, httpx and the OpenAI SDK do)"));
     // HTTPS_PROXY does not apply to the sidecar's http:// URL.
     let https_only = json!([{"name": "HTTPS_PROXY", "value": "http://egress.corp:3128"}]);
     assert!(inject(&proxied(https_only)).warnings.is_empty());

@@ -144,6 +144,10 @@ impl SourceError {
                 ),
                 _ => None,
             },
+            // hyper-util's words for a CONNECT that failed.
+            Self::Transport { detail, .. } if detail.contains("tunnel error") => Some(
+                "the egress proxy (HTTPS_PROXY) did not open a tunnel to STS: \"proxy authorization required\" is a 407 (credentials in HTTPS_PROXY, or the pod's address not admitted), \"unsuccessful\" another refusal (its allow list lacks the STS host, or the host belongs in NO_PROXY), \"failed to create underlying connection\" an unreachable proxy",
+            ),
             Self::Transport { .. } => Some(
                 "STS could not be reached; check DNS, egress network policy, proxies and AWS_ENDPOINT_URL_STS",
             ),

@@ -82,7 +82,10 @@ pub fn http_client(config: &CredentialsConfig) -> SharedHttpClient {
     };
     // The SDK's client takes a proxy only through a connector of our own,
     // set up as `build_https` sets up its own (timeouts and their sleep), and
-    // cached per connector settings by the same builder.
+    // cached per connector settings by the same builder. That builder call
+    // is `doc(hidden)` in aws-smithy-http-client 1.x: the lock file pins
+    // it, and tests/e2e/test_egress_proxy.py fails if STS stops going
+    // through the proxy.
     let proxy = proxy.sdk_config();
     aws_smithy_http_client::Builder::new().build_with_connector_fn(move |settings, components| {
         let mut connector = Connector::builder();

@@ -2,7 +2,8 @@
 //! CONNECT tunnel, then TLS, the whole within the connect timeout.
 //!
 //! The tunnel is hyper-util's and TLS hyper-rustls's (ALPN unchanged
-//! inside a tunnel). The timeout is over all of it: a handshake that
+//! inside a tunnel). The timeout is over all of it, name resolution too,
+//! as Go's dialer and the AWS SDK for Rust count theirs: a handshake that
 //! never ends (a stuck middlebox, a proxy that stops relaying) would
 //! otherwise hold a request until its response-header timeout.
 
@@ -63,9 +64,9 @@ pub enum DialError {
         #[source]
         source: BoxError,
     },
-    #[error("connecting to {to} timed out after {after:?} (TCP and TLS)")]
+    #[error("connecting to {to} timed out after {after:?} (DNS, TCP and TLS)")]
     TimedOut { to: String, after: Duration },
-    #[error("connecting through the egress proxy {proxy} to {to} timed out after {after:?} (TCP, CONNECT and TLS)")]
+    #[error("connecting through the egress proxy {proxy} to {to} timed out after {after:?} (DNS, TCP, CONNECT and TLS)")]
     TunnelTimedOut {
         proxy: String,
         to: String,

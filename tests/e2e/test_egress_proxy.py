@@ -201,6 +201,20 @@ def test_the_credentials_command_goes_through_the_proxy(proxied_env, egress):
     assert {target for target, _ in egress.connects} == {f"{STS_HOST}:443"}
 
 
+def test_a_proxy_refusing_sts_is_pointed_at(proxied_env, egress):
+    del egress.routes[f"{STS_HOST}:443"]
+    out = subprocess.run(
+        [str(BINARY), "credentials"],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **proxied_env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1, out.stderr
+    assert "tunnel error: unsuccessful" in out.stderr, out.stderr
+    assert "the egress proxy (HTTPS_PROXY) did not open a tunnel to STS" in out.stderr, out.stderr
+
+
 def test_an_unsupported_proxy_url_stops_the_start_naming_the_variable(proxied_env):
     env = dict(proxied_env, HTTPS_PROXY="https://svc:s3cret@proxy.corp:3128")
     out = subprocess.run(

@@ -82,7 +82,8 @@ pub const CONNECT_TIMEOUT: Setting = Setting {
     flag: "connect-timeout",
     env: &["BEDROCK_BROKER_CONNECT_TIMEOUT"],
     default: Value("5s"),
-    help: "Timeout of a connect to the upstream, all of it: TCP, an egress proxy's CONNECT, TLS",
+    help:
+        "Timeout of a connect to the upstream, all of it: DNS, TCP, an egress proxy's CONNECT, TLS",
 };
 /// Generous: a long non-streaming generation can take many minutes, but
 /// a connection that never answers must not hold a client forever.

@@ -58,6 +58,12 @@ pub fn notices(
 fn sidecar_behind_proxy(c: &Container) -> Option<String> {
     const PROXY_VARS: [&str; 4] = ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"];
     let set = PROXY_VARS.into_iter().find(|v| literal(c, v).is_some())?;
+    // botocore (urllib) reads no ALL_PROXY.
+    let readers = if set.eq_ignore_ascii_case("ALL_PROXY") {
+        "requests, httpx and the OpenAI SDK do"
+    } else {
+        "botocore, requests, httpx and the OpenAI SDK do"
+    };
     let declared = |name: &str| c.env.iter().flatten().find(|e| e.name == name);
     let no_proxy = match (declared("no_proxy"), declared("NO_PROXY")) {
         (Some(e), _) | (None, Some(e)) if e.value_from.is_some() => return None,
@@ -69,7 +75,7 @@ fn sidecar_behind_proxy(c: &Container) -> Option<String> {
         return None;
     }
     Some(format!(
-        "container {:?} sets {set} and its NO_PROXY does not name 127.0.0.1: clients that honour it (Python's do) send calls meant for the sidecar to that proxy",
+        "container {:?} sets {set} and its NO_PROXY does not name 127.0.0.1: clients that honour it ({readers}) send calls meant for the sidecar to that proxy",
         c.name
     ))
 }
