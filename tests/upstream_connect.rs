@@ -280,26 +280,6 @@ async fn an_unreachable_proxy_is_a_502_naming_it() {
     assert!(body.contains(&expected), "{body}");
 }
 
-#[tokio::test]
-async fn a_silent_proxy_is_a_504_after_the_connect_timeout() {
-    let (_upstream, ca) = upstream(&["bedrock.example"]).await;
-    let proxy = forward_proxy(Behaviour::Silent).await;
-    let setup = Setup {
-        egress_proxy: Some(proxy.url("")),
-        connect_timeout: Duration::from_millis(300),
-        ..Setup::default()
-    };
-    let answers = converse("https://bedrock.example", &ca, setup, 1).await;
-    let (answered, body) = &answers[0];
-    assert_eq!(*answered, 504, "{body}");
-    let named = format!(
-        "connecting through the egress proxy {} to bedrock.example:443 timed out after 300ms",
-        proxy.addr
-    );
-    assert!(body.contains(&named), "{body}");
-    assert_eq!(proxy.connects().len(), 1);
-}
-
 /// An upstream that accepts TCP and never answers the TLS handshake (a
 /// stuck middlebox, a full accept queue behind a load balancer).
 async fn stalled_upstream() -> SocketAddr {
@@ -312,6 +292,33 @@ async fn stalled_upstream() -> SocketAddr {
         }
     });
     addr
+}
+
+#[tokio::test]
+async fn a_stalled_tunnel_is_a_504_after_the_connect_timeout() {
+    // A proxy silent after the CONNECT, or one relaying to an upstream
+    // that never answers the TLS handshake inside the tunnel.
+    for behaviour in [
+        Behaviour::Silent,
+        Behaviour::Tunnel(stalled_upstream().await),
+    ] {
+        let (_, ca) = tls_acceptor(&["bedrock.example"], &[]);
+        let proxy = forward_proxy(behaviour).await;
+        let setup = Setup {
+            egress_proxy: Some(proxy.url("")),
+            connect_timeout: Duration::from_millis(300),
+            ..Setup::default()
+        };
+        let answers = converse("https://bedrock.example", &ca, setup, 1).await;
+        let (answered, body) = &answers[0];
+        assert_eq!(*answered, 504, "{body}");
+        let named = format!(
+            "connecting through the egress proxy {} to bedrock.example:443 timed out after 300ms",
+            proxy.addr
+        );
+        assert!(body.contains(&named), "{body}");
+        assert_eq!(proxy.connects().len(), 1);
+    }
 }
 
 #[tokio::test]
@@ -329,25 +336,6 @@ async fn a_tls_handshake_that_never_ends_is_a_504_after_the_connect_timeout() {
     let expected = format!(
         "connecting to localhost:{} timed out after 300ms",
         upstream.port()
-    );
-    assert!(body.contains(&expected), "{body}");
-}
-
-#[tokio::test]
-async fn a_tls_handshake_that_never_ends_in_the_tunnel_is_a_504_too() {
-    let proxy = forward_proxy(Behaviour::Tunnel(stalled_upstream().await)).await;
-    let (_, ca) = tls_acceptor(&["bedrock.example"], &[]);
-    let setup = Setup {
-        egress_proxy: Some(proxy.url("")),
-        connect_timeout: Duration::from_millis(300),
-        ..Setup::default()
-    };
-    let answers = converse("https://bedrock.example", &ca, setup, 1).await;
-    let (answered, body) = &answers[0];
-    assert_eq!(*answered, 504, "{body}");
-    let expected = format!(
-        "connecting through the egress proxy {} to bedrock.example:443 timed out after 300ms",
-        proxy.addr
     );
     assert!(body.contains(&expected), "{body}");
 }

@@ -140,6 +140,17 @@ def proxied_env(egress, aws_named_tls, token_dir) -> dict[str, str]:
 BASIC = "Basic " + base64.b64encode(b"svc:s3cret").decode()
 
 
+def run(command: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``bedrock-broker COMMAND`` with exactly ``env``, to its end."""
+    return subprocess.run(
+        [str(BINARY), command],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_sts_and_bedrock_are_reached_through_the_proxy(start_sidecar, proxied_env, egress, fake_aws_named):
     sidecar = start_sidecar(proxied_env)  # ready: STS answered through the proxy
     tid, r = post(sidecar, {})
@@ -187,13 +198,7 @@ def test_no_proxy_sends_a_host_direct(start_sidecar, proxied_env, egress):
 
 
 def test_the_credentials_command_goes_through_the_proxy(proxied_env, egress):
-    out = subprocess.run(
-        [str(BINARY), "credentials"],
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **proxied_env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run("credentials", proxied_env)
     assert out.returncode == 0, out.stderr
     assert "ok: credentials work" in out.stdout
     assert f"egress:   through the proxy 127.0.0.1:{egress.port} (HTTPS_PROXY)" in out.stdout, out.stdout
@@ -203,13 +208,7 @@ def test_the_credentials_command_goes_through_the_proxy(proxied_env, egress):
 
 def test_a_proxy_refusing_sts_is_pointed_at(proxied_env, egress):
     del egress.routes[f"{STS_HOST}:443"]
-    out = subprocess.run(
-        [str(BINARY), "credentials"],
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **proxied_env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run("credentials", proxied_env)
     assert out.returncode == 1, out.stderr
     assert "tunnel error: unsuccessful" in out.stderr, out.stderr
     assert "the egress proxy (HTTPS_PROXY) did not open a tunnel to STS" in out.stderr, out.stderr
@@ -217,13 +216,7 @@ def test_a_proxy_refusing_sts_is_pointed_at(proxied_env, egress):
 
 def test_an_unsupported_proxy_url_stops_the_start_naming_the_variable(proxied_env):
     env = dict(proxied_env, HTTPS_PROXY="https://svc:s3cret@proxy.corp:3128")
-    out = subprocess.run(
-        [str(BINARY), "sidecar"],
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run("sidecar", env)
     assert out.returncode == 2, out.stderr
     assert "origin=HTTPS_PROXY problem=https:// proxies are not supported" in out.stderr, out.stderr
     assert "s3cret" not in out.stderr
