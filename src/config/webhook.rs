@@ -142,18 +142,16 @@ fn injected_ca_bundle(path: &str) -> Result<CaBundle, ParseError> {
             "{path} holds a private key; give the CA certificates only (they go into every pod spec)"
         ))
     })?;
-    let bundle =
-        CaBundle::from_pem(path, blocks.into_bytes()).map_err(|e| refused(e.to_string()))?;
-    if bundle.pem.len() > MAX_INJECTED_CA_BUNDLE {
-        return Err(ParseError::Refused(
-            format!(
-                "{path} is {} bytes; at most {MAX_INJECTED_CA_BUNDLE} go into each sidecar's environment: keep only the CAs the sidecars need",
-                bundle.pem.len()
-            )
-            .into(),
-        ));
+    // Checked here, naming the file; only CERTIFICATE blocks are kept.
+    pem::certificates(blocks.as_bytes(), std::path::Path::new(path))
+        .map_err(|e| refused(format!("{e} (only CERTIFICATE blocks are used)")))?;
+    if blocks.len() > MAX_INJECTED_CA_BUNDLE {
+        return Err(refused(format!(
+            "{path} holds {} bytes of certificates; at most {MAX_INJECTED_CA_BUNDLE} go into each sidecar's environment: keep only the CAs the sidecars need",
+            blocks.len()
+        )));
     }
-    Ok(bundle)
+    CaBundle::from_pem(path, blocks.into_bytes()).map_err(|e| refused(e.to_string()))
 }
 
 /// Requests and limits; a request above its limit is a problem of both flags.
@@ -632,6 +630,16 @@ mod tests {
             &[(d::CA_BUNDLE.var(), path.to_str().unwrap())],
         );
         assert_eq!(c.unwrap().sidecar.ca_bundle.unwrap().pem, one.as_bytes());
+        let path = dir.path().join("crl-only.pem");
+        std::fs::write(
+            &path,
+            "-----BEGIN X509 CRL-----\nMIIB\n-----END X509 CRL-----\n",
+        )
+        .unwrap();
+        let crl = path.to_str().unwrap();
+        let err = webhook(WebhookArgs::default(), &[(d::CA_BUNDLE.var(), crl)]).unwrap_err();
+        let expected = format!("{crl} holds no PEM certificate (only CERTIFICATE blocks are used)");
+        assert!(err.to_string().contains(&expected), "{err}");
         let missing = dir.path().join("missing.pem");
         let missing = missing.to_str().unwrap();
         let err = webhook(WebhookArgs::default(), &[(d::CA_BUNDLE.var(), missing)]).unwrap_err();

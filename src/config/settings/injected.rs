@@ -116,7 +116,7 @@ pub const CA_BUNDLE: Setting = Setting {
     flag: "sidecar-ca-bundle",
     env: &["BEDROCK_BROKER_SIDECAR_CA_BUNDLE"],
     default: Nothing,
-    help: "PEM file of extra trust anchors for injected sidecars (a TLS-inspecting proxy's CA, a private endpoint's), at most 64 KiB, read at start",
+    help: "PEM file of extra trust anchors for injected sidecars (a TLS-inspecting proxy's CA, a private endpoint's), read at start; its certificates at most 64 KiB",
 };
 /// The distroless "nonroot" user.
 pub const RUN_AS_USER: Setting = Setting {
