@@ -162,6 +162,11 @@ impl EgressProxy {
         &self.no_proxy
     }
 
+    /// Whether `NO_PROXY` is `*`: nothing goes through the proxy.
+    pub fn bypasses_all(&self) -> bool {
+        self.all_direct
+    }
+
     /// A proxy the webhook gives every injected sidecar (`HTTPS_PROXY` in
     /// the pod spec): [`parse`](Self::parse), refusing credentials.
     pub fn parse_injected(url: &str, no_proxy: Option<&str>) -> Result<Self, EgressError> {

@@ -126,10 +126,12 @@ fn ca_bundle(env: &Env, errors: &mut Errors) -> Option<CaBundle> {
 fn egress_proxy(args: &AwsArgs, env: &Env, errors: &mut Errors) -> Option<EgressProxy> {
     let no_proxy = s::NO_PROXY.find(args.no_proxy.as_deref(), env);
     let url = s::HTTPS_PROXY.find(args.https_proxy.as_deref(), env)?;
-    errors.parse(url, |raw| {
+    let proxy = errors.parse(url, |raw| {
         EgressProxy::parse(raw, no_proxy.map(|n| n.value))
             .map_err(|e| ParseError::Refused(e.to_string().into()))
-    })
+    })?;
+    // NO_PROXY=*: as if there were none (the start-up line says `none`).
+    (!proxy.bypasses_all()).then_some(proxy)
 }
 
 /// What STS is asked to put in the session: duration (1 h at most when

@@ -493,6 +493,8 @@ mod tests {
             c.unwrap().credentials.egress_proxy.unwrap().address(),
             "proxy.a:1"
         );
+        let all_direct = with(&[("HTTPS_PROXY", "proxy.a:1"), ("NO_PROXY", "*")]);
+        assert!(all_direct.unwrap().credentials.egress_proxy.is_none());
         let e = with(&[("HTTPS_PROXY", "https://u:hunter2@proxy.corp:3128")]).unwrap_err();
         assert_eq!(origins(&e), ["HTTPS_PROXY"]);
         assert!(!e.to_string().contains("hunter2"), "{e}");

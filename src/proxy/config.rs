@@ -21,7 +21,7 @@ pub struct Config {
     pub api_key: Option<ApiKey>,
     /// Largest request body; SigV4 hashes the body, so it is held in memory.
     pub max_body_bytes: usize,
-    /// TCP and TLS connect to an upstream.
+    /// Opening a connection to an upstream: DNS, TCP, a proxy's CONNECT, TLS.
     pub connect_timeout: Duration,
     /// Longest wait for Bedrock's response headers; `None`: no limit.
     pub response_header_timeout: Option<Duration>,
