@@ -548,6 +548,12 @@ def test_schema_takes_the_operators_scrape_intervals(interval):
         assert one(objs, kind)["spec"][key][0]["interval"] == interval
 
 
+def test_a_bypass_list_without_a_proxy_is_refused_at_install():
+    with pytest.raises(helm.HelmError, match="sidecar.noProxy has no effect without sidecar.httpsProxy"):
+        chart.render({"sidecar": {"noProxy": ".internal"}})
+    chart.render({"sidecar": {"noProxy": ".internal", "httpsProxy": "http://egress.corp:3128"}})
+
+
 def test_the_sidecars_trust_bundle_is_mounted_into_the_webhook():
     values = {"sidecar": {"caBundle": {"configMap": "corp-ca", "key": "bundle.pem"}}}
     objs = chart.render(values)

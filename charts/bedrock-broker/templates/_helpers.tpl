@@ -105,6 +105,9 @@ The webhook turns them into the injected container (src/webhook/inject/render.rs
 */}}
 {{- define "bedrock-broker.sidecarEnv" -}}
 {{- $s := .Values.sidecar }}
+{{- if and $s.noProxy (not $s.httpsProxy) }}
+{{- fail "sidecar.noProxy has no effect without sidecar.httpsProxy (the webhook would refuse to start)" }}
+{{- end }}
 - name: BEDROCK_BROKER_SIDECAR_IMAGE
   value: {{ include "bedrock-broker.sidecarImage" . | quote }}
 {{- with $s.imagePullPolicy }}
