@@ -9,11 +9,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Uri;
-use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
@@ -23,13 +24,14 @@ use tower_service::Service;
 use super::BoxError;
 use crate::egress::EgressProxy;
 
-/// TLS over [`Dial`], within a timeout: what the pool and the streams
-/// client connect with.
+/// TLS over [`Dial`], within the dial's timeout: what the pool and the
+/// streams client connect with. Cheap to clone (hyper-util's client, the
+/// streams', clones its connector for every request).
 #[derive(Clone)]
 pub struct Connector {
     tls: HttpsConnector<Dial>,
     /// The dial's proxy, to name it when the timeout strikes.
-    via: Option<EgressProxy>,
+    via: Option<Arc<EgressProxy>>,
     timeout: Duration,
 }
 
@@ -38,7 +40,9 @@ pub struct Connector {
 pub struct Dial {
     /// Owns TCP options, and the timeout of each TCP connect.
     tcp: HttpConnector,
-    via: Option<EgressProxy>,
+    via: Option<Arc<EgressProxy>>,
+    /// Of the whole connect, TLS included (see [`Connector`]).
+    timeout: Duration,
 }
 
 /// Why a connection was not opened.
@@ -77,18 +81,20 @@ pub enum DialError {
 type Connecting<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 
 impl Connector {
-    /// Connects through `tls` over `dial`, giving up after `timeout`.
-    pub fn new(
-        dial: Dial,
-        tls: impl FnOnce(Dial) -> HttpsConnector<Dial>,
-        timeout: Duration,
-    ) -> Self {
+    /// TLS with `tls` over `dial`, offering HTTP/2 and HTTP/1.1 by ALPN, or
+    /// HTTP/2 alone; the whole connect within the dial's timeout.
+    pub fn new(tls: rustls::ClientConfig, dial: Dial, h2_only: bool) -> Self {
         let via = dial.via.clone();
-        Self {
-            tls: tls(dial),
-            via,
-            timeout,
-        }
+        let timeout = dial.timeout;
+        let https = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        let tls = if h2_only {
+            https.enable_http2().wrap_connector(dial)
+        } else {
+            https.enable_http1().enable_http2().wrap_connector(dial)
+        };
+        Self { tls, via, timeout }
     }
 }
 
@@ -123,9 +129,19 @@ impl Service<Uri> for Connector {
 }
 
 impl Dial {
-    /// `tcp` connects (and times out each TCP connect) on its own.
-    pub fn new(tcp: HttpConnector, via: Option<EgressProxy>) -> Self {
-        Self { tcp, via }
+    /// TCP to an upstream, directly or through `via`; a connect (TLS
+    /// included, by the [`Connector`] over it) gives up after `timeout`.
+    pub fn new(timeout: Duration, via: Option<EgressProxy>) -> Self {
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(timeout));
+        tcp.set_keepalive(Some(Duration::from_secs(30)));
+        Self {
+            tcp,
+            via: via.map(Arc::new),
+            timeout,
+        }
     }
 }
 

@@ -7,7 +7,6 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{Either, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
@@ -35,7 +34,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 pub const H2_PING: Duration = Duration::from_secs(20);
 
 pub use super::dial::Connector;
-use super::dial::Dial;
+pub(super) use super::dial::Dial;
 use super::error::ProxyError;
 use super::pool::{Pool, PooledBody};
 use crate::egress::EgressProxy;
@@ -73,15 +72,15 @@ pub fn clients_pinging(
     max_idle: usize,
     ping: Duration,
 ) -> UpstreamClients {
-    let dial = dial(connect_timeout, via);
+    let dial = Dial::new(connect_timeout, via);
     UpstreamClients {
         pooled: Pool::new(
-            connector(tls.clone(), dial.clone(), connect_timeout, false),
+            Connector::new(tls.clone(), dial.clone(), false),
             max_idle,
             POOL_IDLE_TIMEOUT,
         )
         .pinging(ping),
-        streams: streams_client(connector(tls, dial, connect_timeout, true), max_idle, ping),
+        streams: streams_client(Connector::new(tls, dial, true), max_idle, ping),
     }
 }
 
@@ -141,37 +140,6 @@ async fn within<T>(
         Ok(result) => result,
         Err(_) => Err(ProxyError::NoResponseHeaders(limit)),
     }
-}
-
-/// TCP to an upstream, directly or through `via`.
-pub(super) fn dial(connect_timeout: Duration, via: Option<EgressProxy>) -> Dial {
-    let mut tcp = HttpConnector::new();
-    tcp.enforce_http(false);
-    tcp.set_nodelay(true);
-    tcp.set_connect_timeout(Some(connect_timeout));
-    tcp.set_keepalive(Some(Duration::from_secs(30)));
-    Dial::new(tcp, via)
-}
-
-/// TLS to an upstream over `dial`, the whole within `connect_timeout`;
-/// offers HTTP/2 and HTTP/1.1 by ALPN, or HTTP/2 alone.
-pub(super) fn connector(
-    tls: rustls::ClientConfig,
-    dial: Dial,
-    connect_timeout: Duration,
-    h2_only: bool,
-) -> Connector {
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http();
-    let wrap = |dial| {
-        if h2_only {
-            https.enable_http2().wrap_connector(dial)
-        } else {
-            https.enable_http1().enable_http2().wrap_connector(dial)
-        }
-    };
-    Connector::new(dial, wrap, connect_timeout)
 }
 
 fn streams_client(https: Connector, max_idle: usize, ping: Duration) -> UpstreamClient {

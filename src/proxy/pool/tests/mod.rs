@@ -23,6 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use super::super::upstream::Dial;
 use super::*;
 
 mod failures;
@@ -124,12 +125,7 @@ async fn upstream(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
 fn pool_trusting(ca: Option<&[u8]>, max_idle: usize, idle_timeout: Duration) -> Pool {
     let tls = crate::tls::client_config(ca).unwrap();
     Pool::new(
-        super::super::upstream::connector(
-            tls,
-            super::super::upstream::dial(Duration::from_secs(5), None),
-            Duration::from_secs(5),
-            false,
-        ),
+        Connector::new(tls, Dial::new(Duration::from_secs(5), None), false),
         max_idle,
         idle_timeout,
     )
