@@ -151,7 +151,10 @@ fn injected_ca_bundle(path: &str) -> Result<CaBundle, ParseError> {
             blocks.len()
         )));
     }
-    CaBundle::from_pem(path, blocks.into_bytes()).map_err(|e| refused(e.to_string()))
+    Ok(CaBundle {
+        origin: path.to_owned(),
+        pem: blocks.into_bytes(),
+    })
 }
 
 /// Requests and limits; a request above its limit is a problem of both flags.

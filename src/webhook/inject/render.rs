@@ -254,18 +254,12 @@ fn sidecar_env(sidecar: &SidecarSpec, resolved: &Resolved, fitted: &Fitted) -> V
         let pem = String::from_utf8_lossy(&bundle.pem);
         env_vars.push(env(vars::CA_BUNDLE_PEM.name, pem.as_ref()));
     }
-    if let Some(url) = sidecar
-        .egress_proxy
-        .as_ref()
-        .and_then(|p| p.injectable_url())
-    {
-        env_vars.push(env(aws_settings::HTTPS_PROXY.var(), url));
-        if let Some(p) = sidecar
-            .egress_proxy
-            .as_ref()
-            .filter(|p| !p.no_proxy().is_empty())
-        {
-            env_vars.push(env(aws_settings::NO_PROXY.var(), p.no_proxy()));
+    if let Some(proxy) = &sidecar.egress_proxy {
+        if let Some(url) = proxy.injectable_url() {
+            env_vars.push(env(aws_settings::HTTPS_PROXY.var(), url));
+            if !proxy.no_proxy().is_empty() {
+                env_vars.push(env(aws_settings::NO_PROXY.var(), proxy.no_proxy()));
+            }
         }
     }
     // A classic sidecar is told to stop with the app, which may still call
