@@ -130,11 +130,13 @@ pub fn parse_limit(raw: &str) -> Result<Option<Quantity>, ParseError> {
 impl Quantity {
     /// The value in whole units of `resource` (millicores, bytes), rounded
     /// up as Kubernetes rounds. Written quantities are decimal, so a value
-    /// within a rounding error of a whole unit is that unit.
+    /// within a rounding error of a whole unit is that unit; but never of
+    /// zero, which only a written zero is (anything more is at least 1n to
+    /// the API server).
     pub fn units(&self, resource: Resource) -> u64 {
         let x = self.value / resource.unit();
         let nearest = x.round();
-        let whole = if (x - nearest).abs() <= 1e-9 * nearest.max(1.0) {
+        let whole = if nearest > 0.0 && (x - nearest).abs() <= 1e-9 * nearest {
             nearest
         } else {
             x.ceil()
@@ -228,6 +230,10 @@ mod tests {
             ("1G", "0", Resource::Memory, "1000000000"),
             ("1.5Ki", "0", Resource::Memory, "1536"),
             ("0.5m", "0", Resource::Cpu, "1m"),
+            // Below any rounding error, still more than nothing: the API
+            // server rounds it up to 1n, a whole millicore in limits.
+            ("0.000000001m", "0", Resource::Cpu, "1m"),
+            ("1e-30", "0", Resource::Memory, "1"),
         ] {
             let s = q(a).plus(&q(b), resource);
             assert_eq!(s.as_str(), sum, "{a} + {b}");
