@@ -18,8 +18,9 @@ use prometheus::{IntCounter, IntCounterVec};
 
 use crate::proxy::UsageLabels;
 
-/// Longest `model` label value; longer ids are counted as `other`. Model
-/// ids and inference-profile ARNs are well under it.
+/// Longest `model` label value; longer ids are counted as `other`, as
+/// are ids with a control character. Model ids and inference-profile
+/// ARNs are well under it.
 pub const MAX_MODEL_LABEL_LEN: usize = 200;
 
 /// The four token directions, in counter order.
@@ -120,7 +121,11 @@ impl ModelLabels {
         let seen = self.seen.load();
         match seen.get(model) {
             Some(known) => ModelRef::Known(known.clone()),
-            None if seen.len() >= self.limit => ModelRef::Known(self.other.clone()),
+            // Checked only here: the map holds no such id, so a known
+            // model's lookup pays nothing for it.
+            None if seen.len() >= self.limit || model.chars().any(char::is_control) => {
+                ModelRef::Known(self.other.clone())
+            }
             None => ModelRef::Pending(model.into()),
         }
     }
@@ -193,6 +198,27 @@ mod tests {
             &*fresh.label(&long[..MAX_MODEL_LABEL_LEN]),
             &long[..MAX_MODEL_LABEL_LEN]
         );
+    }
+
+    #[test]
+    fn ids_with_control_characters_are_other() {
+        // A percent-encoded NUL in the path, or an escape in a JSON body,
+        // decodes to a control character: no dashboard should show one.
+        let labels = ModelLabels::new(&UsageLabels::FirstSeen(5), &tokens()).unwrap();
+        for id in [
+            "a\0b",
+            "line\nbreak",
+            "tab\tbed",
+            "c1\u{85}control",
+            "\u{7f}",
+        ] {
+            assert_eq!(&*labels.label(id), "other", "{id:?}");
+        }
+        assert_eq!(
+            &*labels.label("anthropic.claude-3-5-sonnet-20240620-v1:0"),
+            "anthropic.claude-3-5-sonnet-20240620-v1:0"
+        );
+        assert_eq!(&*labels.label("modèle-ü"), "modèle-ü");
     }
 
     #[test]
