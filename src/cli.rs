@@ -243,6 +243,10 @@ pub struct CredentialsArgs {
     /// STS's FIPS endpoint, as the sidecar's `--use-fips` chooses it.
     #[arg(long = sidecar::USE_FIPS.flag, help = sidecar::USE_FIPS.help_text())]
     pub use_fips: Option<String>,
+    /// STS's dual-stack endpoint, as the sidecar's `--use-dualstack`
+    /// chooses it.
+    #[arg(long = sidecar::USE_DUALSTACK.flag, help = sidecar::USE_DUALSTACK.help_text())]
+    pub use_dualstack: Option<String>,
     #[command(flatten)]
     pub log: LogArgs,
 }

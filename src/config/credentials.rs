@@ -87,8 +87,10 @@ pub fn parse(
             sts: StsConfig {
                 endpoint: sts_endpoint,
                 timeout,
-                // The sidecar's --use-fips sets it (see config::sidecar).
+                // The sidecar's --use-fips and --use-dualstack set them
+                // (see config::sidecar).
                 use_fips: false,
+                use_dualstack: false,
             },
             ca_bundle,
             egress_proxy,

@@ -116,6 +116,7 @@ pub fn markdown() -> String {
             &[
                 settings::sidecar::ALLOW_PLAINTEXT_UPSTREAM,
                 settings::sidecar::USE_FIPS,
+                settings::sidecar::USE_DUALSTACK,
                 settings::log::FORMAT,
             ],
         ],

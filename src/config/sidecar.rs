@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::parse::{self, ParseError};
-use super::setting::{ConfigErrors, Errors};
+use super::setting::{ConfigErrors, Errors, Setting};
 use super::settings::{self, sidecar as s};
 use super::{credentials, endpoints, gate, limits, Env};
 use crate::cli::{AdminLimitArgs, CredentialsLimitArgs, ProxyLimitArgs, SidecarArgs};
@@ -36,9 +36,16 @@ impl CredentialsConfig {
         );
         let (_, config) = credentials::parse(&args.aws, env, plaintext, &mut errors);
         let fips = errors.read(&s::USE_FIPS, args.use_fips.as_deref(), env, parse::bool);
+        let dualstack = errors.read(
+            &s::USE_DUALSTACK,
+            args.use_dualstack.as_deref(),
+            env,
+            parse::bool,
+        );
         errors.finish(|| {
             let mut config = config?;
             config.sts.use_fips = fips?;
+            config.sts.use_dualstack = dualstack?;
             Some(config)
         })
     }
@@ -99,14 +106,19 @@ impl SidecarConfig {
         let usage = usage_labels(args, env, &mut e);
         let container_credentials = container_credentials(args, env, credentials.as_ref(), &mut e);
 
-        // FIPS holds for STS as for Bedrock, as in the AWS SDKs; a bad
-        // value was reported with the routes.
-        let sts_fips = s::USE_FIPS
-            .find(args.use_fips.as_deref(), env)
-            .is_some_and(|raw| parse::bool(raw.value).unwrap_or(false));
+        // FIPS and dual-stack hold for STS as for Bedrock, as in the AWS
+        // SDKs; a bad value was reported with the routes.
+        let on = |setting: &Setting, raw: Option<&str>| {
+            setting
+                .find(raw, env)
+                .is_some_and(|raw| parse::bool(raw.value).unwrap_or(false))
+        };
+        let sts_fips = on(&s::USE_FIPS, args.use_fips.as_deref());
+        let sts_dualstack = on(&s::USE_DUALSTACK, args.use_dualstack.as_deref());
         e.finish(|| {
             let mut credentials = credentials?;
             credentials.sts.use_fips = sts_fips;
+            credentials.sts.use_dualstack = sts_dualstack;
             let listeners = listeners?;
             let upstream = upstream?;
             let proxy = proxy::Config {

@@ -125,4 +125,7 @@ pub struct StsConfig {
     pub timeout: Duration,
     /// STS's FIPS endpoint (`AWS_USE_FIPS_ENDPOINT`); an `endpoint` wins.
     pub use_fips: bool,
+    /// STS's dual-stack endpoint (`AWS_USE_DUALSTACK_ENDPOINT`); an
+    /// `endpoint` wins.
+    pub use_dualstack: bool,
 }

@@ -51,10 +51,12 @@ pub fn client_over(
     if let Some(endpoint) = &config.sts.endpoint {
         builder = builder.endpoint_url(endpoint.to_string().trim_end_matches('/'));
     }
-    // STS's endpoint rules refuse FIPS beside a custom endpoint, which
-    // names the host itself (a FIPS one if wanted).
-    if config.sts.use_fips && config.sts.endpoint.is_none() {
-        builder = builder.use_fips(true);
+    // STS's endpoint rules refuse FIPS and dual-stack beside a custom
+    // endpoint, which names the host itself (such a one if wanted).
+    if config.sts.endpoint.is_none() {
+        builder = builder
+            .use_fips(config.sts.use_fips)
+            .use_dual_stack(config.sts.use_dualstack);
     }
     if let Some(credentials) = credentials {
         builder = builder.credentials_provider(credentials);
@@ -211,7 +213,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn fips_reaches_sts_as_it_reaches_bedrock() {
+    async fn fips_and_dualstack_reach_sts_as_they_reach_bedrock() {
         // The AWS SDKs send STS calls to its FIPS endpoint under
         // AWS_USE_FIPS_ENDPOINT; the sidecar sent only Bedrock's there.
         use aws_smithy_runtime_api::client::http::{
@@ -231,22 +233,34 @@ mod tests {
                 HttpConnectorFuture::ready(Err(ConnectorError::other("seen".into(), None)))
             }
         }
-        // An explicit endpoint wins: STS's rules refuse FIPS beside one
-        // ("FIPS and custom endpoint are not supported"), for ever.
-        for (fips, endpoint, host) in [
-            ("false", None, "https://sts.us-east-1.amazonaws.com"),
-            ("true", None, "https://sts-fips.us-east-1.amazonaws.com"),
+        // So under AWS_USE_DUALSTACK_ENDPOINT: an IPv6-only pod reaches
+        // STS only at its dual-stack host (sts.amazonaws.com is IPv4-only).
+        // An explicit endpoint wins: STS's rules refuse FIPS or dual-stack
+        // beside one ("... and custom endpoint are not supported"), for ever.
+        let vpce = "https://vpce-1.sts.us-east-1.vpce.amazonaws.com";
+        for (fips, dualstack, endpoint, host) in [
+            (
+                "false",
+                "false",
+                None,
+                "https://sts.us-east-1.amazonaws.com",
+            ),
             (
                 "true",
-                Some("https://vpce-1.sts.us-east-1.vpce.amazonaws.com"),
-                "https://vpce-1.sts",
+                "false",
+                None,
+                "https://sts-fips.us-east-1.amazonaws.com",
             ),
+            ("false", "true", None, "https://sts.us-east-1.api.aws"),
+            ("true", "true", None, "https://sts-fips.us-east-1.api.aws"),
+            ("true", "true", Some(vpce), "https://vpce-1.sts"),
         ] {
             let mut pairs = vec![
                 ("AWS_REGION", "us-east-1"),
                 ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/app"),
                 ("AWS_WEB_IDENTITY_TOKEN_FILE", "/token"),
                 ("AWS_USE_FIPS_ENDPOINT", fips),
+                ("AWS_USE_DUALSTACK_ENDPOINT", dualstack),
             ];
             pairs.extend(endpoint.map(|e| ("AWS_ENDPOINT_URL_STS", e)));
             let env = crate::config::Env::from_pairs(pairs);
@@ -255,7 +269,7 @@ mod tests {
             // `credentials` resolves them as the sidecar does.
             let alone = crate::credentials::CredentialsConfig::from_args(&Default::default(), &env)
                 .expect("valid");
-            assert_eq!(alone.sts, config.credentials.sts, "{fips}");
+            assert_eq!(alone.sts, config.credentials.sts, "{fips} {dualstack}");
             let seen = Seen::default();
             let connector = SharedHttpConnector::new(seen.clone());
             let region = config.credentials.region.clone().expect("a region");
@@ -275,7 +289,7 @@ mod tests {
             let seen = seen.0.lock().expect("lock").clone();
             assert!(
                 seen.first().is_some_and(|u| u.starts_with(host)),
-                "{fips}: {seen:?}"
+                "{fips} {dualstack}: {seen:?}"
             );
         }
     }

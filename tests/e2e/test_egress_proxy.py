@@ -25,6 +25,9 @@ from test_auth_modes import post
 
 STS_HOST = f"sts.{REGION}.amazonaws.com"
 BEDROCK_HOST = f"bedrock-runtime.{REGION}.amazonaws.com"
+# AWS_USE_DUALSTACK_ENDPOINT's hosts (IPv4 and IPv6).
+STS_DUALSTACK_HOST = f"sts.{REGION}.api.aws"
+BEDROCK_DUALSTACK_HOST = f"bedrock-runtime.{REGION}.api.aws"
 
 
 class ConnectProxy:
@@ -88,7 +91,7 @@ def aws_named_tls(tmp_path_factory):
     import trustme
 
     ca = trustme.CA()
-    cert = ca.issue_cert(STS_HOST, BEDROCK_HOST)
+    cert = ca.issue_cert(STS_HOST, BEDROCK_HOST, STS_DUALSTACK_HOST, BEDROCK_DUALSTACK_HOST)
     d = tmp_path_factory.mktemp("aws-named-tls")
     paths = {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
     ca.cert_pem.write_to_path(str(paths["ca"]))
@@ -116,9 +119,12 @@ def _port(url: str) -> int:
 @pytest.fixture
 def egress(fake_aws_named):
     fake_aws_named.post("/reset")
+    sts, bedrock = ("127.0.0.1", _port(fake_aws_named.sts_tls)), ("127.0.0.1", _port(fake_aws_named.bedrock))
     proxy = ConnectProxy({
-        f"{STS_HOST}:443": ("127.0.0.1", _port(fake_aws_named.sts_tls)),
-        f"{BEDROCK_HOST}:443": ("127.0.0.1", _port(fake_aws_named.bedrock)),
+        f"{STS_HOST}:443": sts,
+        f"{BEDROCK_HOST}:443": bedrock,
+        f"{STS_DUALSTACK_HOST}:443": sts,
+        f"{BEDROCK_DUALSTACK_HOST}:443": bedrock,
     })
     yield proxy
     proxy.close()
@@ -163,6 +169,21 @@ def test_sts_and_bedrock_are_reached_through_the_proxy(start_sidecar, proxied_en
     assert line["egress_proxy"] == f"127.0.0.1:{egress.port}"
     # The proxy's password is the pod's secret too.
     assert "s3cret" not in sidecar.log_text()
+
+
+def test_dualstack_endpoints_serve_sts_as_well_as_bedrock(start_sidecar, proxied_env, egress, fake_aws_named):
+    # As the AWS SDKs do: an IPv6-only pod reaches STS only at its
+    # dual-stack host (sts.REGION.amazonaws.com has no IPv6 address).
+    sidecar = start_sidecar(dict(proxied_env, AWS_USE_DUALSTACK_ENDPOINT="true"))
+    tid, r = post(sidecar, {})
+    assert r.status_code == 200, r.text
+    assert fake_aws_named.request_for(tid)["verified"]
+    assert {target for target, _ in egress.connects} == {f"{STS_DUALSTACK_HOST}:443", f"{BEDROCK_DUALSTACK_HOST}:443"}
+    # `credentials` asks the same STS host as the sidecar.
+    egress.connects.clear()
+    out = run("credentials", dict(proxied_env, AWS_USE_DUALSTACK_ENDPOINT="true"))
+    assert out.returncode == 0, out.stderr
+    assert {target for target, _ in egress.connects} == {f"{STS_DUALSTACK_HOST}:443"}
 
 
 def test_trust_anchors_given_as_text_serve_sts_and_bedrock(start_sidecar, proxied_env, egress, fake_aws_named, aws_named_tls):

@@ -52,7 +52,7 @@ pub const USE_DUALSTACK: Setting = Setting {
     flag: "use-dualstack",
     env: &["AWS_USE_DUALSTACK_ENDPOINT"],
     default: Value("false"),
-    help: "Use dual-stack (IPv6) endpoints by default: true or false",
+    help: "Use dual-stack (IPv6) endpoints by default for Bedrock runtime, Agents runtime and STS (Mantle's is dual-stack anyway; an explicit endpoint wins): true or false",
 };
 /// Bedrock's largest request (InvokeModel with images or documents) is 25 MB.
 pub const MAX_BODY_BYTES: Setting = Setting {
