@@ -281,6 +281,8 @@ pub struct SidecarDefaultsArgs {
     pub sidecar_log_format: Option<String>,
     #[arg(long = injected::USE_FIPS.flag, help = injected::USE_FIPS.help_text())]
     pub sidecar_use_fips: Option<String>,
+    #[arg(long = injected::USE_DUALSTACK.flag, help = injected::USE_DUALSTACK.help_text())]
+    pub sidecar_use_dualstack: Option<String>,
     #[arg(long = injected::HTTPS_PROXY.flag, help = injected::HTTPS_PROXY.help_text())]
     pub sidecar_https_proxy: Option<String>,
     #[arg(long = injected::NO_PROXY.flag, help = injected::NO_PROXY.help_text())]

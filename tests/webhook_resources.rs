@@ -9,7 +9,7 @@ mod webhook_support;
 
 use bedrock_broker::egress::EgressProxy;
 use bedrock_broker::tls::CaBundle;
-use bedrock_broker::webhook::{self, ClusterFacts, Outcome};
+use bedrock_broker::webhook::{self, ClusterFacts, Outcome, SidecarDefaults};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
 use webhook_support::defaults;
@@ -306,44 +306,66 @@ fn the_platforms_trust_anchors_reach_the_sidecar_as_text() {
 }
 
 #[test]
-fn fips_is_the_platforms_choice_and_the_app_is_told() {
-    // A platform's policy: an app's own AWS_USE_FIPS_ENDPOINT serves its
-    // other AWS calls (and most regions have no FIPS Bedrock host), so it
-    // is not followed, but the app is told its Bedrock calls do not use it.
-    let with = |fips: bool, app_fips: Option<&str>| {
-        let mut d = defaults();
-        d.use_fips = fips;
-        let spec = match app_fips {
-            None => json!({}),
-            Some(v) => json!({"containers": [{"name": "app", "image": "app:1",
-                "env": [{"name": "AWS_USE_FIPS_ENDPOINT", "value": v}]}]}),
+fn fips_and_dualstack_are_the_platforms_choice_and_the_app_is_told() {
+    // A platform's policy: an app's own AWS_USE_FIPS_ENDPOINT (or
+    // AWS_USE_DUALSTACK_ENDPOINT) serves its other AWS calls (and most
+    // regions have no FIPS Bedrock host), so it is not followed, but the
+    // app is told its Bedrock calls do not use it.
+    type Set = fn(&mut SidecarDefaults, bool);
+    let set_fips: Set = |d, on| d.use_fips = on;
+    let set_dualstack: Set = |d, on| d.use_dualstack = on;
+    for (var, flag, set) in [
+        ("AWS_USE_FIPS_ENDPOINT", "--sidecar-use-fips", set_fips),
+        (
+            "AWS_USE_DUALSTACK_ENDPOINT",
+            "--sidecar-use-dualstack",
+            set_dualstack,
+        ),
+    ] {
+        let with = |on: bool, app: Option<&str>| {
+            let mut d = defaults();
+            set(&mut d, on);
+            let spec = match app {
+                None => json!({}),
+                Some(v) => json!({"containers": [{"name": "app", "image": "app:1",
+                    "env": [{"name": var, "value": v}]}]}),
+            };
+            let p = opted_in(spec);
+            let i = match webhook::inject(&p, &app_facts(), &d) {
+                Ok(Outcome::Injected(i)) => i,
+                other => panic!("{other:?}"),
+            };
+            (mutated(&p, &i), i.warnings.clone())
         };
-        let p = opted_in(spec);
-        let i = match webhook::inject(&p, &app_facts(), &d) {
-            Ok(Outcome::Injected(i)) => i,
-            other => panic!("{other:?}"),
-        };
-        (mutated(&p, &i), i.warnings.clone())
-    };
-    let (v, warnings) = with(true, None);
-    assert_eq!(
-        env_of(&sidecar(&v), "AWS_USE_FIPS_ENDPOINT").map(|e| e["value"].clone()),
-        Some(json!("true"))
-    );
-    let parsed =
-        bedrock_broker::sidecar::SidecarConfig::from_args(&Default::default(), &sidecar_env(&v));
-    assert!(parsed.is_ok(), "{:?}", parsed.err());
-    assert!(warnings.is_empty(), "{warnings:?}");
+        let (v, warnings) = with(true, None);
+        assert_eq!(
+            env_of(&sidecar(&v), var).map(|e| e["value"].clone()),
+            Some(json!("true")),
+            "{var}"
+        );
+        // The sidecar reads it as meant, for STS too.
+        let parsed = bedrock_broker::sidecar::SidecarConfig::from_args(
+            &Default::default(),
+            &sidecar_env(&v),
+        )
+        .expect("parses");
+        let sts = &parsed.credentials.sts;
+        assert_eq!(
+            (sts.use_fips, sts.use_dualstack),
+            (var.contains("FIPS"), var.contains("DUALSTACK"))
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
 
-    let (v, warnings) = with(false, Some("TRUE"));
-    assert_eq!(env_of(&sidecar(&v), "AWS_USE_FIPS_ENDPOINT"), None);
-    assert!(
-        warnings
-            .iter()
-            .any(|w| w.contains("sets AWS_USE_FIPS_ENDPOINT") && w.contains("--sidecar-use-fips")),
-        "{warnings:?}"
-    );
-    for (fips, app) in [(true, "true"), (false, "false")] {
-        assert!(with(fips, Some(app)).1.is_empty(), "{fips} {app}");
+        let (v, warnings) = with(false, Some("TRUE"));
+        assert_eq!(env_of(&sidecar(&v), var), None);
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains(&format!("sets {var}")) && w.contains(flag)),
+            "{warnings:?}"
+        );
+        for (on, app) in [(true, "true"), (false, "false")] {
+            assert!(with(on, Some(app)).1.is_empty(), "{var} {on} {app}");
+        }
     }
 }

@@ -70,6 +70,12 @@ fn sidecar_defaults(a: &SidecarDefaultsArgs, env: &Env, e: &mut Errors) -> Optio
         env,
         parse::bool,
     );
+    let use_dualstack = e.read(
+        &d::USE_DUALSTACK,
+        a.sidecar_use_dualstack.as_deref(),
+        env,
+        parse::bool,
+    );
     let no_proxy = d::NO_PROXY.find(a.sidecar_no_proxy.as_deref(), env);
     let egress_proxy = e.read_optional(
         &d::HTTPS_PROXY,
@@ -120,6 +126,7 @@ fn sidecar_defaults(a: &SidecarDefaultsArgs, env: &Env, e: &mut Errors) -> Optio
         log_level: log_level?,
         log_format: log_format?,
         use_fips: use_fips?,
+        use_dualstack: use_dualstack?,
         egress_proxy: egress_proxy?,
         ca_bundle: ca_bundle?,
         run_as_user: run_as_user?,

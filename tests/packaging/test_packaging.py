@@ -80,6 +80,7 @@ SCENARIOS: dict[str, dict] = {
             "logFormat": "text",
             "runAsUser": 1000,
             "useFips": True,
+            "useDualstack": True,
             "httpsProxy": "http://egress.corp:3128",
             "noProxy": ".internal,10.0.0.0/8",
         },
@@ -242,6 +243,7 @@ def test_sidecar_values_reach_the_webhook():
     assert env["BEDROCK_BROKER_SIDECAR_LOG_FORMAT"] == "text"
     assert env["BEDROCK_BROKER_SIDECAR_RUN_AS_USER"] == "1000"
     assert env["BEDROCK_BROKER_SIDECAR_USE_FIPS"] == "true"
+    assert env["BEDROCK_BROKER_SIDECAR_USE_DUALSTACK"] == "true"
     assert env["BEDROCK_BROKER_SIDECAR_HTTPS_PROXY"] == "http://egress.corp:3128"
     assert env["BEDROCK_BROKER_SIDECAR_NO_PROXY"] == ".internal,10.0.0.0/8"
     assert env["BEDROCK_BROKER_WEBHOOK_ON_LOOKUP_ERROR"] == "skip"

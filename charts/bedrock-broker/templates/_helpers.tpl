@@ -138,6 +138,8 @@ The webhook turns them into the injected container (src/webhook/inject/render.rs
   value: {{ $s.logFormat | quote }}
 - name: BEDROCK_BROKER_SIDECAR_USE_FIPS
   value: {{ $s.useFips | quote }}
+- name: BEDROCK_BROKER_SIDECAR_USE_DUALSTACK
+  value: {{ $s.useDualstack | quote }}
 {{- with $s.httpsProxy }}
 - name: BEDROCK_BROKER_SIDECAR_HTTPS_PROXY
   value: {{ . | quote }}

@@ -96,6 +96,14 @@ pub const USE_FIPS: Setting = Setting {
     default: Value("false"),
     help: "Injected sidecars call the FIPS endpoints of Bedrock runtime, Agents runtime and STS (AWS_USE_FIPS_ENDPOINT): true or false",
 };
+/// Like FIPS, a platform's policy: dual-stack hosts exist only for some
+/// services and regions, and an app's own setting serves its other calls.
+pub const USE_DUALSTACK: Setting = Setting {
+    flag: "sidecar-use-dualstack",
+    env: &["BEDROCK_BROKER_SIDECAR_USE_DUALSTACK"],
+    default: Value("false"),
+    help: "Injected sidecars call the dual-stack (IPv4 and IPv6) endpoints of Bedrock runtime, Agents runtime and STS (AWS_USE_DUALSTACK_ENDPOINT): true or false",
+};
 /// A platform's egress, not a pod's: the app's own HTTPS_PROXY may be for
 /// other traffic. No credentials: they would sit in every pod spec.
 pub const HTTPS_PROXY: Setting = Setting {
@@ -140,6 +148,7 @@ pub const ALL: &[Setting] = &[
     LOG_LEVEL,
     LOG_FORMAT,
     USE_FIPS,
+    USE_DUALSTACK,
     HTTPS_PROXY,
     NO_PROXY,
     CA_BUNDLE,

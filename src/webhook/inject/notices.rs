@@ -40,7 +40,16 @@ pub fn notices(
     for c in init.into_iter().chain(&spec.containers) {
         out.extend(env_from_overridden(c, app_env));
         out.extend(own_bedrock_endpoint(c, sidecar.port.get()));
-        out.extend(fips_not_followed(c, sidecar.use_fips));
+        out.extend(endpoint_choice_not_followed(
+            c,
+            Choice::Fips,
+            sidecar.use_fips,
+        ));
+        out.extend(endpoint_choice_not_followed(
+            c,
+            Choice::Dualstack,
+            sidecar.use_dualstack,
+        ));
         out.extend(sidecar_behind_proxy(c));
     }
     out
@@ -83,16 +92,32 @@ fn sidecar_behind_proxy(c: &Container) -> Option<String> {
 /// The app's own `AWS_USE_FIPS_ENDPOINT` serves its other AWS calls; its
 /// Bedrock calls now leave through the sidecar, which follows only the
 /// webhook's setting (a platform policy: most regions have no FIPS host).
-fn fips_not_followed(c: &Container, sidecar_fips: bool) -> Option<String> {
-    let name = crate::config::settings::sidecar::USE_FIPS.var();
+fn endpoint_choice_not_followed(
+    c: &Container,
+    choice: Choice,
+    sidecar_uses: bool,
+) -> Option<String> {
+    use crate::config::settings::sidecar as own;
+    let (app, webhook, what) = match choice {
+        Choice::Fips => (&own::USE_FIPS, &injected::USE_FIPS, "FIPS"),
+        Choice::Dualstack => (&own::USE_DUALSTACK, &injected::USE_DUALSTACK, "dual-stack"),
+    };
+    let name = app.var();
     let wants = literal(c, name).is_some_and(|v| parse::bool(v).unwrap_or(false));
-    (wants && !sidecar_fips).then(|| {
+    (wants && !sidecar_uses).then(|| {
         format!(
-            "container {:?} sets {name}, but its Bedrock calls go through the sidecar, which uses FIPS endpoints only with the webhook's --{}",
-            c.name,
-            injected::USE_FIPS.flag
+            "container {:?} sets {name}, but its Bedrock calls go through the sidecar, which uses {what} endpoints only with the webhook's --{}",
+            c.name, webhook.flag
         )
     })
+}
+
+/// The endpoint variants an app may ask for that the sidecar follows only
+/// by the webhook's setting.
+#[derive(Clone, Copy)]
+enum Choice {
+    Fips,
+    Dualstack,
 }
 
 /// A Guaranteed pod stays Guaranteed only if every container, the sidecar

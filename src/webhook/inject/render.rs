@@ -246,8 +246,13 @@ fn sidecar_env(sidecar: &SidecarSpec, resolved: &Resolved, fitted: &Fitted) -> V
         env(log::FORMAT.var(), sidecar.log_format.as_str()),
         env(vars::RUST_LOG.name, sidecar.log_level.as_str()),
     ]);
-    if sidecar.use_fips {
-        env_vars.push(env(sidecar_settings::USE_FIPS.var(), "true"));
+    for (on, setting) in [
+        (sidecar.use_fips, &sidecar_settings::USE_FIPS),
+        (sidecar.use_dualstack, &sidecar_settings::USE_DUALSTACK),
+    ] {
+        if on {
+            env_vars.push(env(setting.var(), "true"));
+        }
     }
     if let Some(bundle) = &sidecar.ca_bundle {
         // Checked to be text when the webhook started.

@@ -75,6 +75,8 @@ pub struct SidecarDefaults {
     pub log_format: LogFormat,
     /// FIPS endpoints for Bedrock and STS.
     pub use_fips: bool,
+    /// Dual-stack endpoints for Bedrock and STS.
+    pub use_dualstack: bool,
     /// The forward proxy sidecars reach AWS through.
     pub egress_proxy: Option<EgressProxy>,
     /// Extra trust anchors every sidecar gets.
@@ -122,6 +124,8 @@ pub struct SidecarSpec {
     pub log_format: LogFormat,
     /// FIPS endpoints for Bedrock and STS (the webhook's setting only).
     pub use_fips: bool,
+    /// Dual-stack endpoints for Bedrock and STS (the webhook's setting only).
+    pub use_dualstack: bool,
     /// The webhook's forward proxy, if any (no annotation).
     pub egress_proxy: Option<EgressProxy>,
     /// The webhook's extra trust anchors, if any (no annotation).
@@ -160,6 +164,7 @@ impl SidecarSpec {
             log_level: d.log_level,
             log_format: d.log_format,
             use_fips: d.use_fips,
+            use_dualstack: d.use_dualstack,
             egress_proxy: d.egress_proxy.clone(),
             ca_bundle: d.ca_bundle.clone(),
             mode: Sourced::from_default(d.mode),
