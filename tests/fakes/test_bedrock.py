@@ -207,6 +207,19 @@ def test_a_denied_model_is_an_access_denied_error(fake: Fake, sts_creds: dict):
     assert resp.status == 403 and resp.headers["x-amzn-ErrorType"] == "AccessDeniedException"
 
 
+def test_a_region_the_account_has_not_enabled_refuses_every_key(fake: Fake, sts_creds: dict):
+    client = runtime_client(fake, sts_creds)
+    control(fake, "POST", "/bedrock", {"region_enabled": False})
+    with pytest.raises(client.exceptions.ClientError) as exc:
+        client.converse(modelId=MODEL, messages=[{"role": "user", "content": [{"text": "x"}]}])
+    assert exc.value.response["Error"]["Code"] == "UnrecognizedClientException"
+    assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    (record,) = bedrock_requests(fake)[-1:]
+    assert record["verified"] and record["rejection"] == "region not enabled for the account"
+    control(fake, "POST", "/bedrock", {"region_enabled": True})
+    assert client.converse(modelId=MODEL, messages=[{"role": "user", "content": [{"text": "x"}]}])["output"]
+
+
 def test_bad_fake_header_is_a_400(fake: Fake):
     resp = send(f"{fake.bedrock}/model/{MODEL}/converse-stream", converse_body(),
                 {"Authorization": "Bearer ABSK1", "x-fake-chunks": "many"})

@@ -64,8 +64,18 @@ def _authenticate_sigv4(state: FakeState, request: web.Request, body: bytes, rec
         check.kind, check.message = "signature", "forced by x-fake-sigv4-mismatch"
     record_sigv4_check(record, check)
     if check.ok:
-        return None
+        refusal = region_refusal(state, record)
+        return refusal and aws_json_error(403, *refusal)
     return aws_json_error(403, *sigv4_rejection(check))
+
+
+def region_refusal(state: FakeState, record: dict) -> Optional[tuple]:
+    """``(error type, message)`` for a valid signature refused because the
+    account has not enabled the region (``region_enabled`` off), else None."""
+    if state.bedrock.region_enabled:
+        return None
+    record["rejection"] = "region not enabled for the account"
+    return BEDROCK_SIG_ERRORS["unknown_key"]
 
 
 def record_sigv4_check(record: dict, check: SigCheck) -> None:

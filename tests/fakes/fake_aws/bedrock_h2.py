@@ -20,7 +20,7 @@ from urllib.parse import unquote
 
 import eventstream  # tests/fakes/eventstream.py, next to this package: the tests' clients use it too
 
-from .bedrock_auth import record_sigv4_check, sigv4_rejection
+from .bedrock_auth import record_sigv4_check, region_refusal, sigv4_rejection
 from .bedrock_errors import forced_status_error
 from .bedrock_records import log_bedrock_record, store_bedrock_record
 from .common import BadFakeHeader, header_int, json_bytes, new_request_id, parse_json_body
@@ -156,7 +156,8 @@ def authenticate_bidi(state: FakeState, stream: H2Stream, record: dict) -> tuple
     )
     record_sigv4_check(record, check)
     if check.ok:
-        return check, None
+        refusal = region_refusal(state, record)
+        return (None, (403, *refusal)) if refusal else (check, None)
     if check.kind == "payload_hash":
         return None, (400, "ValidationException", check.message)
     return None, (403, *sigv4_rejection(check))

@@ -164,11 +164,12 @@ async def ctl_bearer_tokens(state: FakeState, request: web.Request) -> dict:
 
 
 async def ctl_bedrock(state: FakeState, request: web.Request) -> dict:
-    """POST /_control/bedrock {"signing_name"?, "models"?, "compress"?}: Bedrock behaviour."""
+    """POST /_control/bedrock {"signing_name"?, "models"?, "compress"?, "region_enabled"?}: Bedrock behaviour."""
     data = await read_json(request)
     check_keys(data, set(BedrockConfig.__dataclass_fields__))
-    if "compress" in data and not isinstance(data["compress"], bool):
-        raise ValueError("compress must be true or false")
+    for flag in ("compress", "region_enabled"):
+        if flag in data and not isinstance(data[flag], bool):
+            raise ValueError(f"{flag} must be true or false")
     for key, value in data.items():
         setattr(state.bedrock, key, value)
     return asdict(state.bedrock)

@@ -72,6 +72,10 @@ class BedrockConfig:
     # Compress answers (gzip or deflate, as the request's Accept-Encoding
     # allows), as a server or a proxy in front of Bedrock may.
     compress: bool = False
+    # False: every correctly signed request is refused with
+    # UnrecognizedClientException, as Bedrock answers the keys of an
+    # account that has not enabled this (opt-in) region: fresh keys too.
+    region_enabled: bool = True
 
 
 @dataclass
