@@ -90,6 +90,71 @@ async fn retries_once_with_fresher_credentials_when_bedrock_says_they_expired() 
 }
 
 #[tokio::test]
+async fn credentials_rejected_fresh_from_sts_are_not_refreshed_per_request() {
+    // An account that may not use the region (an opt-in region not
+    // enabled) rejects every key STS issues: a refresh cannot help, and
+    // one per rejected request called STS every second from every pod.
+    const UNRECOGNIZED: (&str, &str) = ("x-amzn-errortype", "UnrecognizedClientException");
+    let rejection = || {
+        Answer::Whole(
+            403,
+            vec![UNRECOGNIZED],
+            r#"{"message":"The security token included in the request is invalid."}"#,
+        )
+    };
+    let upstream = FakeUpstream::start((0..20).map(|_| rejection()).collect()).await;
+    let cell = Arc::new(CredentialCell::new());
+    cell.store(credentials("AKID0"));
+    let refreshes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let refresher = {
+        let (cell, refreshes) = (cell.clone(), refreshes.clone());
+        tokio::spawn(async move {
+            loop {
+                cell.refresh_requested().await;
+                let n = refreshes.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                cell.store(credentials(&format!("AKIDEARLY{n}")));
+            }
+        })
+    };
+    let (proxy, metrics) = proxy(&upstream, cell.clone(), Setup::default());
+    let send = || async {
+        let answer = proxy
+            .clone()
+            .handle(post("/model/m/converse", "{}"))
+            .await
+            .unwrap();
+        let (status, headers, _) = text(answer).await;
+        assert_eq!(
+            (status, &headers["x-amzn-errortype"]),
+            (403, &UNRECOGNIZED.1.parse().unwrap())
+        );
+    };
+    for _ in 0..5 {
+        send().await;
+    }
+    let refreshed = || refreshes.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        refreshed(),
+        1,
+        "one early refresh, then Bedrock's answer as it is"
+    );
+    assert_eq!(
+        upstream.seen().len(),
+        6,
+        "the first request retried once, no other"
+    );
+    let retries = &metrics.proxy.auth_retries;
+    assert_eq!(retries.with_label_values(&["retried"]).get(), 1);
+    assert_eq!(retries.with_label_values(&["gave_up"]).get(), 4);
+    // Credentials the schedule brings get their one chance again.
+    cell.store(credentials("AKIDSCHEDULED"));
+    send().await;
+    assert_eq!(refreshed(), 2);
+    assert_eq!(upstream.seen().len(), 8);
+    refresher.abort();
+}
+
+#[tokio::test]
 async fn passes_the_rejection_through_when_no_fresher_credentials_come() {
     let upstream = FakeUpstream::start(vec![Answer::Whole(
         403,

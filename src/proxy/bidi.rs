@@ -3,6 +3,7 @@
 //! ([`super::event_stream`]). There is no retry with fresher credentials:
 //! the messages already sent are gone.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -49,15 +50,17 @@ impl Proxy {
             ));
         self.fresh_enough_for_a_stream().await;
         let digest = BodyDigest::new(&[], Some(event_stream::STREAMING_PAYLOAD));
-        let chain = self.sign_with(signer, &mut parts, digest, |signer, held, seed| {
-            ChainSigner::new(
-                held.identity().clone(),
-                signer.region(),
-                signer.name(),
-                self.clock.clone(),
-                seed,
-            )
-        })?;
+        let (chain, used, obtained) =
+            self.sign_with(signer, &mut parts, digest, |signer, held, seed| {
+                let chain = ChainSigner::new(
+                    held.identity().clone(),
+                    signer.region(),
+                    signer.name(),
+                    self.clock.clone(),
+                    seed,
+                );
+                (chain, held.generation(), held.obtained)
+            })?;
         let (body, aborted) =
             event_stream::resigned(body, chain, self.max_body_bytes, self.gate.body_budget());
         let sent = upstream::send_stream(
@@ -69,10 +72,16 @@ impl Proxy {
         .await;
         match sent {
             Ok(response) => {
-                if rejects_credentials(&response) {
-                    // Not retried, but the next stream should not meet the
-                    // same answer.
-                    self.cell.request_refresh();
+                // Not retried, but the next stream should not meet the same
+                // answer. Credentials obtained within the self-heal wait are
+                // as fresh as a refresh would bring: refreshing cannot help.
+                if let Some(error) = rejects_credentials(&response) {
+                    let age = crate::clock::saturating_sub(self.clock.now(), obtained);
+                    if age < self.self_heal_wait {
+                        self.rejected_as_fresh(used, error);
+                    } else if used > self.rejected_fresh.load(Ordering::Relaxed) {
+                        self.cell.request_refresh();
+                    }
                 }
                 Ok(response)
             }

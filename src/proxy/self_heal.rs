@@ -4,6 +4,8 @@
 //! that left it out, as when a front end recycles the shared connection).
 //! The body is already buffered, so a retry is exact.
 
+use std::sync::atomic::Ordering;
+
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Full;
@@ -54,10 +56,14 @@ impl Proxy {
                 }
                 sent => sent?,
             };
-            if !rejects_credentials(&response) {
+            let Some(error) = rejects_credentials(&response) else {
                 return Ok(response);
-            }
-            if !self.fresher_credentials(used).await {
+            };
+            // Credentials no older than fresh ones Bedrock rejected too: a
+            // refresh would bring more of the same, at an STS call each.
+            if used <= self.rejected_fresh.load(Ordering::Relaxed)
+                || !self.fresher_credentials(used).await
+            {
                 self.metrics
                     .auth_retries
                     .with_label_values(&["gave_up"])
@@ -66,13 +72,35 @@ impl Proxy {
             }
             drop(response);
             let mut retry = rebuild(&unsigned);
-            self.sign(signer, &mut retry, &body)?;
+            let fresh = self.sign(signer, &mut retry, &body)?;
             self.metrics
                 .auth_retries
                 .with_label_values(&["retried"])
                 .inc();
-            tracing::info!("bedrock rejected expired credentials; retried with refreshed ones");
-            self.send_pooled(retry, Full::new(body.bytes)).await
+            tracing::info!(
+                error,
+                "Bedrock rejected the credentials; retrying with refreshed ones"
+            );
+            let again = self.send_pooled(retry, Full::new(body.bytes)).await?;
+            if let Some(error) = rejects_credentials(&again) {
+                self.rejected_as_fresh(fresh, error);
+            }
+            Ok(again)
+        }
+    }
+
+    /// Bedrock rejected credentials of generation `fresh`, refreshed for
+    /// that very reason: until credentials newer than those arrive on
+    /// schedule, rejections are passed through without asking STS again.
+    /// Logged once per generation.
+    pub(super) fn rejected_as_fresh(&self, fresh: u64, error: &str) {
+        if self.rejected_fresh.fetch_max(fresh, Ordering::Relaxed) < fresh {
+            tracing::warn!(
+                error,
+                "Bedrock rejected credentials just obtained, so refreshing cannot help: \
+                 is the region enabled for the account (opt-in regions), and this node's clock right? \
+                 Such answers pass through without a refresh until the next scheduled one"
+            );
         }
     }
 
@@ -182,21 +210,21 @@ fn refused_twice(e: ProxyError) -> ProxyError {
     }
 }
 
-/// Whether Bedrock refused the credentials themselves (expired, or unknown
-/// such as revoked), which fresher credentials can fix. Signature mismatches
-/// are not retried: new credentials would not change them.
-pub(super) fn rejects_credentials<B>(response: &Response<B>) -> bool {
+/// The error, when Bedrock refused the credentials themselves (expired,
+/// or unknown such as revoked), which fresher credentials may fix.
+/// Signature mismatches are not retried: new credentials would not change
+/// them.
+pub(super) fn rejects_credentials<B>(response: &Response<B>) -> Option<&'static str> {
     if response.status() != StatusCode::FORBIDDEN {
-        return false;
+        return None;
     }
-    super::headers::aws_error_is(
-        response.headers(),
-        &[
-            "ExpiredTokenException",
-            "ExpiredToken",
-            "UnrecognizedClientException",
-        ],
-    )
+    [
+        "ExpiredTokenException",
+        "ExpiredToken",
+        "UnrecognizedClientException",
+    ]
+    .into_iter()
+    .find(|code| super::headers::aws_error_is(response.headers(), &[code]))
 }
 
 #[cfg(test)]
@@ -212,26 +240,20 @@ mod tests {
             }
             b.body(()).unwrap()
         };
-        assert!(rejects_credentials(&resp(
-            403,
+        assert_eq!(
+            rejects_credentials(&resp(403, Some("ExpiredTokenException"))),
             Some("ExpiredTokenException")
-        )));
-        assert!(rejects_credentials(&resp(
-            403,
-            Some("UnrecognizedClientException:http://internal.amazon.com/coral/")
-        )));
-        assert!(!rejects_credentials(&resp(
-            403,
-            Some("InvalidSignatureException")
-        )));
-        assert!(!rejects_credentials(&resp(
-            403,
-            Some("AccessDeniedException")
-        )));
-        assert!(!rejects_credentials(&resp(403, None)));
-        assert!(!rejects_credentials(&resp(
-            400,
-            Some("ExpiredTokenException")
-        )));
+        );
+        assert_eq!(
+            rejects_credentials(&resp(
+                403,
+                Some("UnrecognizedClientException:http://internal.amazon.com/coral/")
+            )),
+            Some("UnrecognizedClientException")
+        );
+        assert!(rejects_credentials(&resp(403, Some("InvalidSignatureException"))).is_none());
+        assert!(rejects_credentials(&resp(403, Some("AccessDeniedException"))).is_none());
+        assert!(rejects_credentials(&resp(403, None)).is_none());
+        assert!(rejects_credentials(&resp(400, Some("ExpiredTokenException"))).is_none());
     }
 }

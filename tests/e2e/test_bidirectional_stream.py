@@ -237,6 +237,33 @@ def test_http1_clients_stream_both_ways_with_a_chunked_body(start_sidecar, bidi_
     assert record["bidi"]["frames_verified"] == 3 and record["bidi"]["completed"], record["bidi"]
 
 
+def test_a_stream_refused_with_credentials_just_obtained_asks_for_no_refresh(start_sidecar, bidi_env, fake_aws_h2):
+    # Credentials just obtained cannot have expired: when Bedrock refuses
+    # them (a region the account has not enabled), a refresh brings more of
+    # the same. Each refused stream asked for one, an STS call a second.
+    sidecar = start_sidecar(bidi_env)
+    calls = len(fake_aws_h2.sts_calls())
+    fake_aws_h2.post("/bedrock", {"region_enabled": False})
+
+    async def refused() -> tuple[int, dict]:
+        client = await H2Client.connect(sidecar.proxy)
+        try:
+            call = await client.start(bidi_headers(sidecar.proxy))
+            await call.send(chunk("hi"), end_stream=True)
+            status = await call.response_status()
+            await call.body()
+            return status, dict(call.headers)
+        finally:
+            await client.close()
+
+    for _ in range(3):
+        status, headers = asyncio.run(refused())
+        assert status == 403 and headers["x-amzn-errortype"].startswith("UnrecognizedClientException"), headers
+    wait_for(lambda: "rejected credentials just obtained" in sidecar.log_text(), timeout=10, what="the warning")
+    assert sidecar.log_text().count("rejected credentials just obtained") == 1
+    assert len(fake_aws_h2.sts_calls()) == calls
+
+
 def test_api_keys_are_refused_for_bidirectional_streams(start_sidecar, fake_aws_h2):
     # AWS: "You can't use [API keys] with InvokeModelWithBidirectionalStream".
     fake_aws_h2.post("/reset")

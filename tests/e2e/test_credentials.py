@@ -197,6 +197,25 @@ def test_request_rejected_as_expired_is_retried_once_with_fresh_credentials(star
     assert sidecar.metric("bedrock_broker_upstream_auth_retries_total", {"result": "retried"}) == 1
 
 
+def test_keys_refused_even_fresh_from_sts_cost_one_refresh_not_one_per_request(start_sidecar, irsa_env, fake_aws):
+    # An account that has not enabled the (opt-in) region: Bedrock refuses
+    # every key STS issues. One refresh shows that; a refresh per rejected
+    # request called STS every second from every pod, and hid it at INFO.
+    sidecar = start_sidecar(irsa_env, FAST)
+    fake_aws.post("/bedrock", {"region_enabled": False})
+    calls_before = len(fake_aws.sts_calls())
+    client = bedrock_client(sidecar)
+    for _ in range(5):
+        with pytest.raises(client.exceptions.ClientError) as e:
+            client.converse(modelId=MODEL_WITH_COLON, messages=[{"role": "user", "content": [{"text": "x"}]}])
+        assert e.value.response["Error"]["Code"] == "UnrecognizedClientException"
+    assert len(fake_aws.sts_calls()) == calls_before + 1
+    assert sidecar.metric("bedrock_broker_upstream_auth_retries_total", {"result": "retried"}) == 1
+    assert sidecar.metric("bedrock_broker_upstream_auth_retries_total", {"result": "gave_up"}) == 4
+    warned = [line for line in sidecar.log_text().splitlines() if "rejected credentials just obtained" in line]
+    assert len(warned) == 1 and "UnrecognizedClientException" in warned[0], warned
+
+
 def test_rejection_is_passed_through_when_no_fresher_credentials_come(start_sidecar, irsa_env, fake_aws):
     sidecar = start_sidecar(irsa_env, FAST + ["--sts-timeout", "1s"])
     fake_aws.configure_sts(fail_always=True, fail_code="InternalFailure", fail_status=500)
