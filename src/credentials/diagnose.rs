@@ -55,9 +55,12 @@ pub async fn run(config: &CredentialsConfig, clock: SharedClock) -> Result<Strin
     describe_source(&mut report, source, &clock).await;
     describe_session(&mut report, config);
 
+    // Refused as the sidecar refuses them: it never stores credentials
+    // already expired by this node's clock.
     let fetched = source_for(source, config, region)
         .fetch()
         .await
+        .and_then(|fetched| super::refresher::unexpired(fetched, clock.now()))
         .map_err(|source| DiagnoseError::Failed {
             found: report.clone(),
             step: "obtaining credentials",

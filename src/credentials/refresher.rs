@@ -240,7 +240,7 @@ impl Refresher {
 /// success: storing them would replace usable ones with unusable ones, and
 /// scheduling the next refresh from a zero lifetime is how the refresher
 /// used to spin.
-fn unexpired(fetched: Fetched, now: SystemTime) -> Result<Fetched, SourceError> {
+pub(super) fn unexpired(fetched: Fetched, now: SystemTime) -> Result<Fetched, SourceError> {
     match fetched.credentials.expiry() {
         Some(expiry) if expiry <= now => Err(SourceError::ExpiredOnArrival {
             expired_s: saturating_sub(now, expiry).as_secs(),

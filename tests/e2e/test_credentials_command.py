@@ -60,6 +60,18 @@ def test_invalid_token_explains_the_oidc_provider(irsa_env, fake_aws):
     assert "OIDC" in out.stderr
 
 
+def test_credentials_expired_on_arrival_are_refused_as_the_sidecar_refuses_them(irsa_env, fake_aws):
+    # STS's answer already expired by this machine's clock: the sidecar
+    # will not store it, so `credentials` must not call it working.
+    fake_aws.configure_sts(lifetime_seconds=-60)
+    out = run(irsa_env)
+    assert out.returncode == 1, out.stdout
+    assert "ok: credentials work" not in out.stdout
+    assert "had expired 60 s before they arrived" in out.stderr, out.stderr
+    assert "NTP" in out.stderr
+    assert [c["action"] for c in fake_aws.sts_calls()] == ["AssumeRoleWithWebIdentity"]
+
+
 def test_missing_configuration_exits_2():
     out = run({})
     assert out.returncode == 2
