@@ -84,9 +84,15 @@ impl SourceError {
     /// What usually causes this failure and where to look.
     pub fn hint(&self) -> Option<&'static str> {
         match self {
-            Self::TokenFile { .. } => Some(
-                "the projected service account token is not mounted where AWS_WEB_IDENTITY_TOKEN_FILE points; check the pod's volumes (the injector or the EKS Pod Identity Webhook adds them)",
-            ),
+            Self::TokenFile { source, .. } => Some(match source.kind() {
+                std::io::ErrorKind::PermissionDenied => {
+                    "the token is there but this user cannot read it: the kubelet makes a projected token readable by the containers' common runAsUser, or by root only when they differ; give the pod an fsGroup (the group can then read it)"
+                }
+                std::io::ErrorKind::IsADirectory | std::io::ErrorKind::InvalidData => {
+                    "AWS_WEB_IDENTITY_TOKEN_FILE must name the token file itself (a JWT as text), not its directory or another file"
+                }
+                _ => "the projected service account token is not mounted where AWS_WEB_IDENTITY_TOKEN_FILE points; check the pod's volumes (the injector or the EKS Pod Identity Webhook adds them)",
+            }),
             Self::EmptyToken { .. } => Some("the kubelet has not written the token yet"),
             Self::Service {
                 operation: "AssumeRole",
@@ -147,6 +153,14 @@ impl SourceError {
             // hyper-util's words for a CONNECT that failed.
             Self::Transport { detail, .. } if detail.contains("tunnel error") => Some(
                 "the egress proxy (HTTPS_PROXY) did not open a tunnel to STS: \"proxy authorization required\" is a 407 (credentials in HTTPS_PROXY, or the pod's address not admitted), \"unsuccessful\" another refusal (its allow list lacks the STS host, or the host belongs in NO_PROXY), \"failed to create underlying connection\" an unreachable proxy, \"unexpected end of file\" a proxy that closed the connection",
+            ),
+            // rustls's words for a certificate it does not trust.
+            Self::Transport { detail, .. } if detail.contains("invalid peer certificate") => Some(
+                "STS's TLS certificate is not trusted: behind a TLS-inspecting proxy, or with a private STS endpoint, its CA belongs in AWS_CA_BUNDLE (or BEDROCK_BROKER_CA_BUNDLE_PEM; the webhook's --sidecar-ca-bundle for injected sidecars); NotValidForName: AWS_ENDPOINT_URL_STS names a host the certificate is not for",
+            ),
+            // The SDK's words when --sts-timeout ran out.
+            Self::Transport { detail, .. } if detail.contains("timeout") => Some(
+                "STS did not answer within --sts-timeout (BEDROCK_BROKER_STS_TIMEOUT): packets dropped on the way (egress policy, a firewall, a proxy the sidecar is not told of) or a slow endpoint",
             ),
             Self::Transport { .. } => Some(
                 "STS could not be reached; check DNS, egress network policy, proxies and AWS_ENDPOINT_URL_STS",
@@ -250,6 +264,23 @@ mod tests {
                 "{operation}: {hint}"
             );
         }
+    }
+
+    #[test]
+    fn a_token_file_error_is_explained_by_its_kind() {
+        use std::io::{Error, ErrorKind};
+        let hint = |kind: ErrorKind| {
+            SourceError::TokenFile {
+                path: "/var/run/secrets/token".into(),
+                source: Error::from(kind),
+            }
+            .hint()
+            .unwrap_or_default()
+        };
+        // As root the test cannot be refused a file: the kind stands in.
+        assert!(hint(ErrorKind::PermissionDenied).contains("fsGroup"));
+        assert!(hint(ErrorKind::IsADirectory).contains("token file itself"));
+        assert!(hint(ErrorKind::NotFound).contains("not mounted"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import threading
 from contextlib import contextmanager
@@ -144,6 +145,24 @@ def test_an_answer_that_is_not_from_sts_is_called_that(irsa_env, status, content
         assert f"HTTP {status}" in out.stderr, out.stderr
 
 
+def test_a_silent_sts_names_the_timeout_to_look_at(irsa_env):
+    # Accepted, never answered: a firewall or proxy swallowing the request.
+    # "Could not be reached" sent operators to DNS and network policy.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        out = run(dict(irsa_env, AWS_ENDPOINT_URL_STS=f"http://127.0.0.1:{port}", BEDROCK_BROKER_STS_TIMEOUT="1s"))
+    assert out.returncode == 1, out.stdout
+    hint = next(line for line in out.stderr.splitlines() if "hint:" in line)
+    assert "did not answer within --sts-timeout (BEDROCK_BROKER_STS_TIMEOUT)" in hint, out.stderr
+
+
+def test_a_token_path_that_is_a_directory_is_called_that(irsa_env, token_dir):
+    out = run(dict(irsa_env, AWS_WEB_IDENTITY_TOKEN_FILE=str(token_dir.path.parent)))
+    assert out.returncode == 1, out.stdout
+    hint = next(line for line in out.stderr.splitlines() if "hint:" in line)
+    assert "must name the token file itself" in hint, out.stderr
+
+
 def test_an_api_key_is_not_claimed_to_work(fake_aws):
     # Nothing but Bedrock can check an API key; the command must not say
     # it checked one.
@@ -176,8 +195,10 @@ def test_sts_over_tls_is_trusted_through_aws_ca_bundle(irsa_env, fake_aws_tls, t
     assert "ok: credentials work" in trusted.stdout
     untrusted = run(env)
     assert untrusted.returncode == 1
-    assert "STS could not be reached" in untrusted.stderr, untrusted.stderr
-    assert "certificate" in untrusted.stderr.lower() or "UnknownIssuer" in untrusted.stderr, untrusted.stderr
+    assert "UnknownIssuer" in untrusted.stderr, untrusted.stderr
+    # The first error behind a TLS-inspecting proxy: it names the fix.
+    hint = next(line for line in untrusted.stderr.splitlines() if "hint:" in line)
+    assert "not trusted" in hint and "AWS_CA_BUNDLE" in hint, hint
 
 
 def test_a_region_typo_is_pointed_out(irsa_env):
