@@ -16,9 +16,35 @@ pub fn with_causes(e: &(dyn Error + 'static)) -> String {
     text
 }
 
+/// `text` on one line: control characters (line breaks included) as
+/// escapes, so that a message from elsewhere (an STS error, a gateway's
+/// page) cannot start a line of its own in a text log, where collectors
+/// read it as another record.
+pub fn one_line(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_the_rest_kept() {
+        assert_eq!(one_line("a\nb\r\tc é"), "a\\nb\\r\\tc é");
+        assert_eq!(one_line("\u{1b}[31m"), "\\u{1b}[31m");
+        assert_eq!(one_line("plain"), "plain");
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("dispatch failure")]

@@ -99,9 +99,53 @@ pub fn redact_token_text(text: &str) -> String {
     String::from_utf8_lossy(&redact_tokens(text.as_bytes())).into_owned()
 }
 
+/// `text` with `secret` blanked wherever it occurs, and anything shaped
+/// like a JWT too (a gateway may quote part of a token it was sent): for
+/// errors of calls that presented a web identity token.
+pub fn without_token(text: &str, secret: &str) -> String {
+    let text = if secret.is_empty() {
+        text.to_owned()
+    } else {
+        text.replace(secret, "** redacted **")
+    };
+    // A JWT's header is base64url of `{"`: it starts `eyJ`. A run of its
+    // alphabet with a dot in it, long enough not to be a word, is one.
+    let jwt_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '=');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("eyJ") {
+        let (before, from) = rest.split_at(at);
+        out.push_str(before);
+        let len = from.find(|c| !jwt_char(c)).unwrap_or(from.len());
+        let run = &from[..len];
+        if len >= 16 && run.contains('.') {
+            out.push_str("** redacted **");
+        } else {
+            out.push_str(run);
+        }
+        rest = &from[len..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_quoted_whole_or_in_part_is_blanked() {
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW0ifQ.c2ln";
+        let out = without_token(&format!("rejected {jwt} and {}", &jwt[..30]), jwt);
+        assert_eq!(out, "rejected ** redacted ** and ** redacted **");
+        // An opaque token is blanked where it stands whole.
+        assert_eq!(
+            without_token("bad token opaque-123 here", "opaque-123"),
+            "bad token ** redacted ** here"
+        );
+        // Words that merely start alike stay.
+        assert_eq!(without_token("eyJust a word.", "x"), "eyJust a word.");
+    }
 
     #[test]
     fn debug_and_display_hide_the_value() {

@@ -67,6 +67,21 @@ pub enum SourceError {
 }
 
 impl SourceError {
+    /// This error with the web identity token its call presented blanked
+    /// (whole, or anything shaped like a JWT): STS never quotes it, but a
+    /// gateway or relay in its place may, and the error is logged, served
+    /// on `/readyz` and printed.
+    pub fn without_token(mut self, token: &str) -> Self {
+        match &mut self {
+            Self::Service { message, .. } => {
+                *message = crate::secret::without_token(message, token)
+            }
+            Self::Transport { detail, .. } => *detail = crate::secret::without_token(detail, token),
+            _ => {}
+        }
+        self
+    }
+
     pub fn class(&self) -> ErrorClass {
         match self {
             // The kubelet writes the token before the container starts and

@@ -16,6 +16,7 @@ use super::error::UNKNOWN_CODE;
 use super::CredentialsConfig;
 use super::{ErrorClass, SourceError};
 use crate::config::aws::{PolicyArn, Region};
+use crate::error_text::one_line;
 use crate::secret::redact_token_text;
 
 /// An STS client for `region`, honouring `AWS_ENDPOINT_URL_STS` and
@@ -196,14 +197,14 @@ where
                 // A signature error quotes the canonical request STS
                 // expected, session token included (role chaining and
                 // GetCallerIdentity sign with one).
-                message: redact_token_text(message),
+                message: one_line(&redact_token_text(message)),
                 code,
                 status,
             }
         }
         other => SourceError::Transport {
             operation,
-            detail: redact_token_text(&crate::error_text::with_causes(&other)),
+            detail: one_line(&redact_token_text(&crate::error_text::with_causes(&other))),
         },
     }
 }

@@ -95,7 +95,7 @@ impl WebIdentitySource {
             .interceptor(date.clone())
             .send()
             .await
-            .map_err(|e| sts::source_error(OPERATION, e))?;
+            .map_err(|e| sts::source_error(OPERATION, e).without_token(token.expose()))?;
         let mut fetched = sts::fetched(
             OPERATION,
             "web-identity",

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import urllib.parse
 import threading
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import BINARY, ROLE_ARN
+from conftest import BINARY, ROLE_ARN, wait_for
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -143,6 +144,69 @@ def test_an_answer_that_is_not_from_sts_is_called_that(irsa_env, status, content
     assert "NTP" not in out.stderr and "trust policy" not in out.stderr, out.stderr
     if status != 200:
         assert f"HTTP {status}" in out.stderr, out.stderr
+
+
+@contextmanager
+def sts_echoing_the_token():
+    """An STS-shaped error whose message quotes the token it was sent and
+    carries a line break, as a misbehaving gateway or IdP relay might."""
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_POST(self):
+            form = urllib.parse.parse_qs(self.rfile.read(int(self.headers.get("content-length", 0))).decode())
+            token = form.get("WebIdentityToken", [""])[0]
+            body = (
+                '<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
+                f"<Code>InvalidIdentityToken</Code><Message>rejected {token}\nlevel=error msg=forged</Message>"
+                "</Error><RequestId>r</RequestId></ErrorResponse>"
+            ).encode()
+            self.send_response(400)
+            self.send_header("content-type", "text/xml")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_sts_error_quoting_the_token_or_breaking_lines_is_tamed(irsa_env, token_dir, start_sidecar, tmp_path):
+    token = token_dir.path.read_text()
+    text_log = tmp_path / "text.log"
+    with sts_echoing_the_token() as url:
+        env = dict(irsa_env, AWS_ENDPOINT_URL_STS=url)
+        out = run(env)
+        sidecar = start_sidecar(env, wait_ready=False)
+        wait_for(lambda: "credential refresh failed" in sidecar.log_text(), timeout=20, what="a failed refresh")
+        ready = sidecar.ready()
+        # The text log format, where a line break would start a line of
+        # its own, read by collectors as another record.
+        with open(text_log, "wb") as log:
+            text = subprocess.Popen(
+                [str(BINARY), "sidecar", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env, "BEDROCK_BROKER_LOG_FORMAT": "text"},
+                stdout=subprocess.DEVNULL, stderr=log,
+            )
+            try:
+                wait_for(lambda: "credential refresh failed" in text_log.read_text(), timeout=20, what="a failed refresh")
+            finally:
+                text.kill()
+                text.wait(timeout=10)
+    assert out.returncode == 1, out.stdout
+    assert "InvalidIdentityToken" in out.stderr
+    assert ready.status_code == 503 and "InvalidIdentityToken" in ready.text, ready.text
+    for where in (out.stdout + out.stderr, sidecar.log_text(), ready.text, text_log.read_text()):
+        assert token not in where
+    for where in (out.stderr, text_log.read_text()):
+        assert not [line for line in where.splitlines() if line.startswith("level=error msg=forged")], where
 
 
 def test_a_silent_sts_names_the_timeout_to_look_at(irsa_env):
