@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
 use crate::container_credentials::{self, ContainerCredentialsConfig, TokenFileError};
-use crate::credentials::{self, CredentialCell, CredentialsConfig, RefreshPolicy, StartError};
+use crate::credentials::{
+    self, CredentialCell, CredentialMode, CredentialsConfig, RefreshPolicy, SigV4Source, StartError,
+};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Proxy};
 use crate::secret::Secret;
@@ -150,6 +152,22 @@ fn upstream_clients(config: &SidecarConfig) -> Result<proxy::UpstreamClients, Si
     ))
 }
 
+/// Where the refresher's STS calls go, or `none` when it makes none
+/// (static keys, an API key, aws-config providers, unless a role is
+/// chained).
+fn sts_endpoint(credentials: &CredentialsConfig) -> String {
+    let web_identity = matches!(
+        credentials.mode,
+        CredentialMode::SigV4(SigV4Source::WebIdentity(_))
+    );
+    match &credentials.region {
+        Some(region) if web_identity || credentials.chain.is_some() => {
+            crate::credentials::sts::endpoint(credentials, region)
+        }
+        _ => "none".to_owned(),
+    }
+}
+
 /// One start-up line that says where everything listens and what it signs
 /// for: the first thing an operator looks for in the logs.
 fn log_listening(
@@ -170,6 +188,7 @@ fn log_listening(
             .egress_proxy
             .as_ref()
             .map_or("none", |p| p.address()),
+        sts_endpoint = sts_endpoint(&config.credentials),
         version = env!("CARGO_PKG_VERSION"),
         scheduler = ?scheduler.runtime_flavor(),
         workers = scheduler.metrics().num_workers(),

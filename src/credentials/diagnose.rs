@@ -54,6 +54,8 @@ pub async fn run(config: &CredentialsConfig, clock: SharedClock) -> Result<Strin
     let region = config.region.as_ref().ok_or(DiagnoseError::NoRegion)?;
     describe_source(&mut report, source, &clock).await;
     describe_session(&mut report, config);
+    // A DNS error below names no host: this line does.
+    let _ = writeln!(report, "sts:      {}", sts::endpoint(config, region));
 
     // Refused as the sidecar refuses them: it never stores credentials
     // already expired by this node's clock.

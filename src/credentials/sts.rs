@@ -65,6 +65,36 @@ pub fn client_over(
     aws_sdk_sts::Client::from_conf(builder.build())
 }
 
+/// Where STS calls go, as the SDK's own endpoint rules resolve these
+/// settings (an explicit endpoint as given): for the start-up line and
+/// `credentials`, so a FIPS or dual-stack host that does not resolve is
+/// named before its DNS error is read.
+pub fn endpoint(config: &CredentialsConfig, region: &Region) -> String {
+    use aws_sdk_sts::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
+    use futures::FutureExt;
+    if let Some(endpoint) = &config.sts.endpoint {
+        return endpoint.to_string().trim_end_matches('/').to_owned();
+    }
+    let params = Params::builder()
+        .region(region.as_str())
+        .use_fips(config.sts.use_fips)
+        .use_dual_stack(config.sts.use_dualstack)
+        .build();
+    let resolved = match params {
+        // The rules are evaluated in place: the future is ready at once.
+        Ok(params) => DefaultResolver::new()
+            .resolve_endpoint(&params)
+            .now_or_never()
+            .map(|r| r.map(|e| e.url().to_owned()).map_err(|e| e.to_string())),
+        Err(e) => Some(Err(e.to_string())),
+    };
+    match resolved {
+        Some(Ok(url)) => url,
+        Some(Err(e)) => format!("none ({e})"),
+        None => "unknown".to_owned(),
+    }
+}
+
 /// The HTTPS client the AWS SDK parts use (STS, and the aws-config
 /// providers): rustls with ring, system roots plus `AWS_CA_BUNDLE`, HTTPS
 /// through the egress proxy if there is one.
@@ -291,6 +321,13 @@ mod tests {
             assert!(
                 seen.first().is_some_and(|u| u.starts_with(host)),
                 "{fips} {dualstack}: {seen:?}"
+            );
+            // What the start-up line and `credentials` name is where the
+            // call went.
+            let named = super::endpoint(&config.credentials, &region);
+            assert!(
+                seen.first().is_some_and(|u| u.starts_with(&named)) && named.starts_with(host),
+                "{named} {seen:?}"
             );
         }
     }

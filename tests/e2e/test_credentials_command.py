@@ -209,6 +209,15 @@ def test_an_sts_error_quoting_the_token_or_breaking_lines_is_tamed(irsa_env, tok
         assert not [line for line in where.splitlines() if line.startswith("level=error msg=forged")], where
 
 
+def test_a_host_that_does_not_resolve_is_named(irsa_env):
+    # FIPS in a region without a FIPS STS host: the DNS error names no
+    # host, the report does.
+    env = {k: v for k, v in irsa_env.items() if k != "AWS_ENDPOINT_URL_STS"}
+    out = run(dict(env, AWS_REGION="ca-west-1", AWS_USE_FIPS_ENDPOINT="true", BEDROCK_BROKER_STS_TIMEOUT="2s"))
+    assert out.returncode == 1, out.stdout
+    assert "sts:      https://sts-fips.ca-west-1.amazonaws.com\n" in out.stderr, out.stderr
+
+
 def test_a_silent_sts_names_the_timeout_to_look_at(irsa_env):
     # Accepted, never answered: a firewall or proxy swallowing the request.
     # "Could not be reached" sent operators to DNS and network policy.

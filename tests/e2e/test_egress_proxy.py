@@ -167,6 +167,7 @@ def test_sts_and_bedrock_are_reached_through_the_proxy(start_sidecar, proxied_en
     assert sorted(egress.connects) == [(f"{BEDROCK_HOST}:443", BASIC), (f"{STS_HOST}:443", BASIC)]
     line = sidecar.listening_line()
     assert line["egress_proxy"] == f"127.0.0.1:{egress.port}"
+    assert line["sts_endpoint"] == f"https://{STS_HOST}"
     # The proxy's password is the pod's secret too.
     assert "s3cret" not in sidecar.log_text()
 
@@ -179,10 +180,13 @@ def test_dualstack_endpoints_serve_sts_as_well_as_bedrock(start_sidecar, proxied
     assert r.status_code == 200, r.text
     assert fake_aws_named.request_for(tid)["verified"]
     assert {target for target, _ in egress.connects} == {f"{STS_DUALSTACK_HOST}:443", f"{BEDROCK_DUALSTACK_HOST}:443"}
-    # `credentials` asks the same STS host as the sidecar.
+    # Named where an operator looks first, as the SDK resolved it.
+    assert sidecar.listening_line()["sts_endpoint"] == f"https://{STS_DUALSTACK_HOST}"
+    # `credentials` asks the same STS host as the sidecar, and says so.
     egress.connects.clear()
     out = run("credentials", dict(proxied_env, AWS_USE_DUALSTACK_ENDPOINT="true"))
     assert out.returncode == 0, out.stderr
+    assert f"sts:      https://{STS_DUALSTACK_HOST}\n" in out.stdout, out.stdout
     assert {target for target, _ in egress.connects} == {f"{STS_DUALSTACK_HOST}:443"}
 
 
