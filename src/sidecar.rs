@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
+use crate::config::settings::sidecar as sidecar_settings;
 use crate::container_credentials::{self, ContainerCredentialsConfig, TokenFileError};
 use crate::credentials::{
     self, CredentialCell, CredentialMode, CredentialsConfig, RefreshPolicy, SigV4Source, StartError,
@@ -200,13 +201,19 @@ fn log_listening(
 impl Sidecar {
     /// Binds every listener (port 0 picks a free port).
     pub async fn bind(config: SidecarConfig, clock: SharedClock) -> Result<Self, SidecarError> {
-        let proxy_listener = server::bind(config.listen, "proxy").await?;
-        let admin_listener = server::bind(config.admin_listen, "admin server").await?;
+        let proxy_listener = server::bind(config.listen, "proxy")
+            .await
+            .map_err(|e| e.set_by(&sidecar_settings::LISTEN))?;
+        let admin_listener = server::bind(config.admin_listen, "admin server")
+            .await
+            .map_err(|e| e.set_by(&sidecar_settings::ADMIN_LISTEN))?;
         let credentials_endpoint = match &config.container_credentials {
             None => None,
             Some(cc) => {
                 let token = container_credentials::load_or_create_token(&cc.token_file)?;
-                let listener = server::bind(cc.listen, "credentials endpoint").await?;
+                let listener = server::bind(cc.listen, "credentials endpoint")
+                    .await
+                    .map_err(|e| e.set_by(&sidecar_settings::CREDENTIALS_LISTEN))?;
                 Some((listener, token, cc.limits.clone()))
             }
         };

@@ -39,10 +39,12 @@ use peers::Peers;
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot listen on {addr} for the {what}: {source}")]
+    #[error("cannot listen on {addr} for the {what}{}: {source}", set_by(.origin.as_deref()))]
     Bind {
         addr: SocketAddr,
         what: &'static str,
+        /// The flag and variables that chose the address, when known.
+        origin: Option<String>,
         #[source]
         source: std::io::Error,
     },
@@ -52,6 +54,28 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+fn set_by(origin: Option<&str>) -> String {
+    origin.map(|o| format!(" (set by {o})")).unwrap_or_default()
+}
+
+impl ServeError {
+    /// Names where the address came from (a port in use is most often
+    /// fixed there).
+    pub fn set_by(self, setting: &crate::config::setting::Setting) -> Self {
+        match self {
+            Self::Bind {
+                addr, what, source, ..
+            } => Self::Bind {
+                addr,
+                what,
+                origin: Some(setting.origin()),
+                source,
+            },
+            other => other,
+        }
+    }
 }
 
 /// Binds `addr`, naming the address and the server in the error.
@@ -65,7 +89,12 @@ pub async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, S
     }
     TcpListener::bind(addr)
         .await
-        .map_err(|source| ServeError::Bind { addr, what, source })
+        .map_err(|source| ServeError::Bind {
+            addr,
+            what,
+            origin: None,
+            source,
+        })
 }
 
 /// `[::]:port` as one dual-stack socket, set explicitly rather than left
@@ -81,7 +110,14 @@ fn bind_every_address(
     let socket = match ipv6_socket() {
         Ok(socket) => socket,
         Err(e) if no_ipv6(&e) => return bind_ipv4_instead(port, what, &e),
-        Err(source) => return Err(ServeError::Bind { addr, what, source }),
+        Err(source) => {
+            return Err(ServeError::Bind {
+                addr,
+                what,
+                origin: None,
+                source,
+            })
+        }
     };
     let bound = socket
         .set_only_v6(false)
@@ -92,13 +128,25 @@ fn bind_every_address(
         Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
             return bind_ipv4_instead(port, what, &e)
         }
-        Err(source) => return Err(ServeError::Bind { addr, what, source }),
+        Err(source) => {
+            return Err(ServeError::Bind {
+                addr,
+                what,
+                origin: None,
+                source,
+            })
+        }
         Ok(()) => {}
     }
     socket
         .listen(LISTEN_BACKLOG)
         .and_then(|()| TcpListener::from_std(socket.into()))
-        .map_err(|source| ServeError::Bind { addr, what, source })
+        .map_err(|source| ServeError::Bind {
+            addr,
+            what,
+            origin: None,
+            source,
+        })
 }
 
 fn bind_ipv4_instead(
@@ -113,7 +161,12 @@ fn bind_ipv4_instead(
             l.set_nonblocking(true)?;
             TcpListener::from_std(l)
         })
-        .map_err(|source| ServeError::Bind { addr, what, source })
+        .map_err(|source| ServeError::Bind {
+            addr,
+            what,
+            origin: None,
+            source,
+        })
 }
 
 /// `socket(AF_INET6, ..)` on a kernel booted without IPv6 (`ipv6.disable=1`).

@@ -14,6 +14,7 @@ use super::admission::{router, AdmissionState, LookupErrorPolicy};
 use super::lookup::ClusterLookup;
 use super::{ReviewTiming, SidecarDefaults};
 use crate::admin::{Ready, Status};
+use crate::config::settings::webhook as webhook_settings;
 use crate::server::tls::{self, CertError, HandshakeLimits, ReloadingCert, TlsListener};
 use crate::server::{self, Limits, ServeError};
 
@@ -94,8 +95,12 @@ impl WebhookServer {
     pub async fn bind(config: &WebhookConfig) -> Result<Self, WebhookError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let cert = ReloadingCert::load(&config.tls.cert, &config.tls.key, provider.clone())?;
-        let listener = server::bind(config.listen, "webhook").await?;
-        let admin_listener = server::bind(config.admin_listen, "webhook admin server").await?;
+        let listener = server::bind(config.listen, "webhook")
+            .await
+            .map_err(|e| e.set_by(&webhook_settings::LISTEN))?;
+        let admin_listener = server::bind(config.admin_listen, "webhook admin server")
+            .await
+            .map_err(|e| e.set_by(&webhook_settings::ADMIN_LISTEN))?;
         Ok(Self {
             listener,
             admin_listener,

@@ -251,6 +251,20 @@ def test_bad_configuration_exits_2_naming_every_problem():
         assert name in out.stderr, out.stderr
 
 
+def test_a_port_in_use_names_the_setting_that_chose_it(irsa_env):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [str(BINARY), "sidecar", "--admin-listen", "127.0.0.1:0"],
+            env={"PATH": "/usr/bin:/bin", **irsa_env, "BEDROCK_BROKER_LISTEN": f"127.0.0.1:{port}"},
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    assert out.returncode == 1, out.stderr
+    assert f"cannot listen on 127.0.0.1:{port} for the proxy (set by --listen / BEDROCK_BROKER_LISTEN)" in out.stderr, out.stderr
+
+
 def test_a_query_with_unencoded_colon_and_slash_is_forwarded_as_signed(sidecar, fake_aws):
     # botocore (like some AWS front ends) canonicalises the query as it
     # arrives; the proxy must send it in the one encoding it signed.
