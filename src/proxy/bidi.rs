@@ -75,11 +75,12 @@ impl Proxy {
                 // Not retried, but the next stream should not meet the same
                 // answer. Credentials obtained within the self-heal wait are
                 // as fresh as a refresh would bring: refreshing cannot help.
+                self.note_signature_refusal(signer.map(|s| (s.region(), s.name())), &response);
                 if let Some(error) = rejects_credentials(&response) {
                     let age = crate::clock::saturating_sub(self.clock.now(), obtained);
                     if age < self.self_heal_wait {
                         self.rejected_as_fresh(used, error);
-                    } else if used > self.rejected_fresh.load(Ordering::Relaxed) {
+                    } else if used > self.refusals.rejected_fresh.load(Ordering::Relaxed) {
                         self.cell.request_refresh();
                     }
                 }

@@ -44,7 +44,6 @@ mod upstream;
 mod usage;
 
 use std::convert::Infallible;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -108,9 +107,8 @@ pub struct Proxy {
     max_body_bytes: usize,
     /// How long a rejected request waits for refreshed credentials.
     self_heal_wait: Duration,
-    /// The newest credentials generation Bedrock rejected although it was
-    /// refreshed because of a rejection (0: none).
-    rejected_fresh: AtomicU64,
+    /// What Bedrock's refusals of credentials and signatures taught.
+    refusals: self_heal::Refusals,
     /// Longest wait for Bedrock's response headers.
     response_header_timeout: Option<Duration>,
     /// Longest silence inside a streamed response.
@@ -147,7 +145,7 @@ impl Proxy {
             configured_bearer: config.api_key.map(|key| key.header().clone()),
             max_body_bytes: config.max_body_bytes,
             self_heal_wait: config.self_heal_wait,
-            rejected_fresh: AtomicU64::new(0),
+            refusals: self_heal::Refusals::default(),
             response_header_timeout: config.response_header_timeout,
             stream_idle_timeout: config.stream_idle_timeout,
             usage: ModelLabels::new(&config.usage, &metrics.tokens)

@@ -4,7 +4,7 @@
 //! that left it out, as when a front end recycles the shared connection).
 //! The body is already buffered, so a retry is exact.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
@@ -57,11 +57,12 @@ impl Proxy {
                 sent => sent?,
             };
             let Some(error) = rejects_credentials(&response) else {
+                self.note_signature_refusal(signer.map(|s| (s.region(), s.name())), &response);
                 return Ok(response);
             };
             // Credentials no older than fresh ones Bedrock rejected too: a
             // refresh would bring more of the same, at an STS call each.
-            if used <= self.rejected_fresh.load(Ordering::Relaxed)
+            if used <= self.refusals.rejected_fresh.load(Ordering::Relaxed)
                 || !self.fresher_credentials(used).await
             {
                 self.metrics
@@ -94,7 +95,12 @@ impl Proxy {
     /// schedule, rejections are passed through without asking STS again.
     /// Logged once per generation.
     pub(super) fn rejected_as_fresh(&self, fresh: u64, error: &str) {
-        if self.rejected_fresh.fetch_max(fresh, Ordering::Relaxed) < fresh {
+        if self
+            .refusals
+            .rejected_fresh
+            .fetch_max(fresh, Ordering::Relaxed)
+            < fresh
+        {
             tracing::warn!(
                 error,
                 "Bedrock rejected credentials just obtained, so refreshing cannot help: \
@@ -188,6 +194,69 @@ impl Proxy {
         tokio::time::timeout(self.self_heal_wait, fresher)
             .await
             .unwrap_or(false)
+    }
+}
+
+/// What the proxy remembers of Bedrock refusing its credentials or its
+/// signatures.
+#[derive(Debug, Default)]
+pub(super) struct Refusals {
+    /// The newest credentials generation Bedrock rejected although it was
+    /// refreshed because of a rejection (0: none).
+    pub(super) rejected_fresh: AtomicU64,
+    /// When a refused signature was last logged, in Unix seconds (0: never).
+    signature_logged: AtomicU64,
+}
+
+/// At most one line a minute about refused signatures: every request
+/// meets the same refusal, and the app sees each one anyway.
+const SIGNATURE_LOG_INTERVAL_S: u64 = 60;
+
+impl Proxy {
+    /// Bedrock refused a signature the sidecar made: the app gets the 403
+    /// as it came, but the cause is on the sidecar's side (a custom
+    /// endpoint's signing name, a hop that rewrites signed headers), so
+    /// the operator is told, at most once a minute. `signer` is the
+    /// (region, signing name) signed for.
+    pub(super) fn note_signature_refusal<B>(
+        &self,
+        signer: Option<(&str, &str)>,
+        response: &Response<B>,
+    ) {
+        if response.status() != StatusCode::FORBIDDEN {
+            return;
+        }
+        let Some(error) = [
+            "InvalidSignatureException",
+            "SignatureDoesNotMatch",
+            "IncompleteSignatureException",
+        ]
+        .into_iter()
+        .find(|code| super::headers::aws_error_is(response.headers(), &[code])) else {
+            return;
+        };
+        let now = crate::clock::unix_seconds(self.clock.now()) as u64;
+        let last = self.refusals.signature_logged.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= SIGNATURE_LOG_INTERVAL_S;
+        // One of the requests refused at once logs, the others do not.
+        if !due
+            || self
+                .refusals
+                .signature_logged
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let (region, signing_name) = signer.unwrap_or(("-", "-"));
+        tracing::warn!(
+            error,
+            region,
+            signing_name,
+            "Bedrock refused the sidecar's signature: a custom endpoint may need --signing-name, \
+             or something between the sidecar and Bedrock rewrites signed headers; \
+             the 403 goes to the app as it came (at most one such line a minute)"
+        );
     }
 }
 

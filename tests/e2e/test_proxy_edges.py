@@ -294,6 +294,21 @@ def test_signature_errors_reach_the_client_without_the_session_token(sidecar, fa
     assert token not in data.decode()
 
 
+def test_refused_signatures_are_logged_for_the_operator_once_a_minute(start_sidecar, irsa_env, fake_aws):
+    # The app gets the 403 as it came, but the cause is the sidecar's (a
+    # signing name, a hop rewriting signed headers): it logged nothing.
+    sidecar = start_sidecar(irsa_env)
+    for _ in range(3):
+        r, _ = raw(sidecar, "POST", CONVERSE, {"content-type": "application/json", "x-fake-sigv4-mismatch": "1"},
+                   BODY.encode())
+        assert r.status == 403 and r.getheader("x-amzn-errortype") == "InvalidSignatureException"
+    lines = [json.loads(line) for line in sidecar.log_text().splitlines() if "refused the sidecar's signature" in line]
+    assert len(lines) == 1, lines
+    (line,) = lines
+    assert line["error"] == "InvalidSignatureException" and line["signing_name"] == "bedrock", line
+    assert line["level"] == "WARN" and "--signing-name" in line["message"], line
+
+
 @pytest.mark.parametrize("coding", ["gzip", "deflate"])
 def test_a_compressed_signature_error_reaches_the_client_without_the_session_token(sidecar, fake_aws, coding):
     # Bedrock may compress its error as the client's Accept-Encoding allows;
