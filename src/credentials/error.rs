@@ -139,7 +139,13 @@ impl SourceError {
             } else {
                 "the answer carried no STS error code: something other than STS answered (an egress or HTTPS proxy, a firewall page) or AWS_ENDPOINT_URL_STS points elsewhere"
             }),
-            Self::Service { code, .. } => match code.as_str() {
+            Self::Service { code, status, .. } => match code.as_str() {
+                "Throttling" | "ThrottlingException" | "RequestLimitExceeded" => Some(
+                    "STS refused the call as over the account's request rate, which every caller in the account shares (this pod's refreshes are few): the refresher waits out its backoff; look for what else calls STS so often",
+                ),
+                _ if *status >= 500 => Some(
+                    "STS failed on its side; usually transient, and the refresher retries with backoff (held credentials stay in use meanwhile)",
+                ),
                 "InvalidIdentityToken" => Some(
                     "STS could not validate the token: the cluster's OIDC issuer must be registered as an IAM OIDC identity provider in the role's account, with the token's audience (normally sts.amazonaws.com) in its client ID list",
                 ),
@@ -277,6 +283,23 @@ mod tests {
             assert!(
                 hint.contains("AWS_SESSION_TOKEN") && !hint.contains("service account"),
                 "{operation}: {hint}"
+            );
+        }
+    }
+
+    #[test]
+    fn throttling_and_server_errors_have_hints_too() {
+        for (code, status, says) in [
+            ("Throttling", 400, "request rate"),
+            ("RequestLimitExceeded", 400, "request rate"),
+            ("InternalFailure", 500, "transient"),
+            ("ServiceUnavailable", 503, "transient"),
+        ] {
+            let e = service(WEB_IDENTITY_OPERATION, code, "m", status);
+            assert!(
+                e.hint().is_some_and(|h| h.contains(says)),
+                "{code}: {:?}",
+                e.hint()
             );
         }
     }

@@ -216,7 +216,8 @@ impl Refresher {
     fn report_failure(&self, err: &SourceError, failures: u32, retry_in: Duration) {
         let usable = self.cell.usable(self.clock.now()).is_ok();
         let summary = format!("{err}");
-        let hint = err.hint().unwrap_or("");
+        // Recorded only when there is one: `hint=""` read as a blank hint.
+        let hint = err.hint();
         let retry_in_ms = retry_in.as_millis() as u64;
         match err.class() {
             ErrorClass::Fatal => tracing::error!(
