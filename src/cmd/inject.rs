@@ -9,6 +9,12 @@ use crate::config::Env;
 use crate::webhook::{self, InjectConfig, InjectStatus};
 
 pub fn run(args: &InjectArgs, env: &Env) -> u8 {
+    for unknown in crate::config::unknown::unknown(env) {
+        let _ = writeln!(
+            std::io::stderr(),
+            "bedrock-broker inject: warning: {unknown}"
+        );
+    }
     let config = match InjectConfig::from_args(args, env) {
         Ok(config) => config,
         Err(errors) => {

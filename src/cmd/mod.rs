@@ -57,6 +57,9 @@ fn with_runtime<F: Future<Output = u8>>(
         format,
         env.get(crate::config::settings::vars::RUST_LOG.name),
     );
+    for unknown in crate::config::unknown::unknown(env) {
+        tracing::warn!(variable = %unknown.name, "{unknown}");
+    }
     match runtime() {
         Ok(runtime) => runtime.block_on(command()),
         Err(e) => {

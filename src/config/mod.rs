@@ -23,6 +23,7 @@ pub mod reference;
 pub mod setting;
 pub mod settings;
 mod sidecar;
+pub mod unknown;
 mod webhook;
 
 use std::collections::HashMap;
@@ -50,6 +51,11 @@ impl Env {
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
         )
+    }
+
+    /// The names of the variables set.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
     }
 
     /// The variable's value; empty values count as unset, as in the AWS SDKs.

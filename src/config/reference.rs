@@ -71,7 +71,10 @@ pub fn markdown() -> String {
          the process exits with status 2. Durations take a unit (`500ms`, `10s`, `2m`, \
          `1h`) and are at most `365d`; counts and sizes are whole numbers up to \
          1099511627776 (2^40); booleans accept `true`/`false` (also `yes`/`no`, \
-         `on`/`off`, `1`/`0`, in any case).\n\n",
+         `on`/`off`, `1`/`0`, in any case). A `BEDROCK_BROKER_*` variable that \
+         no setting reads (a misspelt name would otherwise leave its setting at the \
+         default without a word) is logged as a warning at start, naming the \
+         variable meant when one is a few letters away.\n\n",
     );
     out.push_str("## `bedrock-broker sidecar`\n\n");
     settings_table(

@@ -251,6 +251,13 @@ def test_bad_configuration_exits_2_naming_every_problem():
         assert name in out.stderr, out.stderr
 
 
+def test_a_misspelt_variable_is_pointed_out_not_silently_ignored(start_sidecar, irsa_env):
+    sidecar = start_sidecar(dict(irsa_env, BEDROCK_BROKER_STS_TIMOUT="3s"))
+    warned = [json.loads(line) for line in sidecar.log_text().splitlines() if "nothing reads it" in line]
+    assert [w["variable"] for w in warned] == ["BEDROCK_BROKER_STS_TIMOUT"], warned
+    assert warned[0]["level"] == "WARN" and "did you mean BEDROCK_BROKER_STS_TIMEOUT?" in warned[0]["message"]
+
+
 def test_a_port_in_use_names_the_setting_that_chose_it(irsa_env):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]

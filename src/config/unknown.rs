@@ -1,0 +1,179 @@
+//! `BEDROCK_BROKER_*` variables that nothing reads: a misspelt name would
+//! otherwise leave its setting at the default without a word.
+
+use super::setting::Setting;
+use super::settings::{self, limits};
+use super::Env;
+
+const PREFIX: &str = "BEDROCK_BROKER_";
+
+/// Read by the apps' clients, not by this binary, but ours: a pod (or a
+/// compose file) may well give them to the sidecar too.
+const CLIENT_VARIABLES: [&str; 1] = ["BEDROCK_BROKER_URL"];
+
+/// A variable with our prefix that no setting reads, and the known name
+/// closest to it if it looks like a misspelling of one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unknown {
+    pub name: String,
+    pub did_you_mean: Option<&'static str>,
+}
+
+impl std::fmt::Display for Unknown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} is set but nothing reads it", self.name)?;
+        match self.did_you_mean {
+            Some(meant) => write!(f, ": did you mean {meant}?"),
+            None => f.write_str(" (no setting of this version has that name)"),
+        }
+    }
+}
+
+/// Every `BEDROCK_BROKER_*` variable some subcommand reads.
+pub fn known() -> Vec<&'static str> {
+    let lists: [&[Setting]; 13] = [
+        settings::sidecar::ALL,
+        settings::aws::ALL,
+        settings::webhook::ALL,
+        settings::injected::ALL,
+        settings::policy::ALL,
+        settings::inject::ALL,
+        &[settings::log::FORMAT],
+        &limits::PROXY.all(),
+        &limits::ADMIN.all(),
+        &limits::CREDENTIALS.all(),
+        &limits::WEBHOOK.all(),
+        &limits::WEBHOOK_ADMIN.all(),
+        &[
+            limits::ADMIN_PER_PEER,
+            limits::WEBHOOK_PER_PEER,
+            limits::WEBHOOK_ADMIN_PER_PEER,
+            limits::WEBHOOK_TLS_HANDSHAKE_TIMEOUT,
+        ],
+    ];
+    let mut names: Vec<&'static str> = lists
+        .iter()
+        .flat_map(|list| list.iter())
+        .flat_map(|setting| setting.env.iter().copied())
+        .chain(settings::vars::ALL.iter().map(|v| v.name))
+        .chain(CLIENT_VARIABLES)
+        .filter(|name| name.starts_with(PREFIX))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+/// The variables of `env` with our prefix that nothing reads, by name.
+pub fn unknown(env: &Env) -> Vec<Unknown> {
+    let known = known();
+    let mut found: Vec<Unknown> = env
+        .names()
+        .filter(|name| name.starts_with(PREFIX) && known.binary_search(name).is_err())
+        .map(|name| Unknown {
+            name: name.to_owned(),
+            did_you_mean: closest(name, &known),
+        })
+        .collect();
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    found
+}
+
+/// The known name within a few edits of `name` (a typo, a dropped or
+/// swapped letter), if one is clearly the closest.
+fn closest(name: &str, known: &[&'static str]) -> Option<&'static str> {
+    let mut by_distance: Vec<(usize, &'static str)> = known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(name, k), *k))
+        .collect();
+    by_distance.sort_unstable();
+    match by_distance.as_slice() {
+        [(d, best), rest @ ..] if *d <= 3 && rest.first().is_none_or(|(next, _)| next > d) => {
+            Some(best)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_misspelt_variable_is_named_with_the_one_meant() {
+        let env = Env::from_pairs([
+            ("BEDROCK_BROKER_STS_TIMOUT", "3s"),
+            ("BEDROCK_BROKER_LOGFORMAT", "json"),
+            ("BEDROCK_BROKER_SOMETHING_ELSE_ENTIRELY", "x"),
+            ("BEDROCK_BROKER_STS_TIMEOUT", "3s"),
+            ("BEDROCK_BROKER_URL", "http://127.0.0.1:9787"),
+            ("AWS_WHATEVER", "x"),
+        ]);
+        assert_eq!(
+            unknown(&env),
+            [
+                Unknown {
+                    name: "BEDROCK_BROKER_LOGFORMAT".into(),
+                    did_you_mean: Some("BEDROCK_BROKER_LOG_FORMAT"),
+                },
+                Unknown {
+                    name: "BEDROCK_BROKER_SOMETHING_ELSE_ENTIRELY".into(),
+                    did_you_mean: None,
+                },
+                Unknown {
+                    name: "BEDROCK_BROKER_STS_TIMOUT".into(),
+                    did_you_mean: Some("BEDROCK_BROKER_STS_TIMEOUT"),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn every_variable_the_code_charts_and_docs_name_is_known() {
+        // A setting missing from `known` would be warned about while it
+        // works: every name written anywhere in the project must be in it.
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let known = known();
+        let mut seen = 0;
+        let mut stack = vec![
+            root.join("src"),
+            root.join("charts"),
+            root.join("deploy"),
+            root.join("docs"),
+            root.join("README.md"),
+        ];
+        while let Some(path) = stack.pop() {
+            if path.is_dir() {
+                for entry in std::fs::read_dir(&path).unwrap() {
+                    stack.push(entry.unwrap().path());
+                }
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            for (at, _) in text.match_indices(PREFIX) {
+                let name: String = text[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                // Prefixes the limits' names are built from, this module's
+                // own examples, and build.rs's variable (read when the
+                // binary is built, not when it runs).
+                if name.ends_with('_')
+                    || path.ends_with("unknown.rs")
+                    || name == "BEDROCK_BROKER_REVISION"
+                {
+                    continue;
+                }
+                seen += 1;
+                assert!(
+                    known.binary_search(&name.as_str()).is_ok(),
+                    "{name} (in {}) is not a known variable",
+                    path.display()
+                );
+            }
+        }
+        assert!(seen > 100, "scanned {seen} names");
+    }
+}
