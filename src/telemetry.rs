@@ -96,6 +96,14 @@ fn capped(rust_log: &str) -> (String, Vec<String>) {
             kept.push(directive.to_owned());
         }
     }
+    // Without a level of its own for everything else, `RUST_LOG` naming
+    // only targets (or a typo read as one: `RUST_LOG=lots`) silenced the
+    // sidecar's warnings and errors, its start-up line and all. An
+    // explicit level (`off` included) is kept as written.
+    let global = |d: &String| d.parse::<tracing::Level>().is_ok() || d.eq_ignore_ascii_case("off");
+    if !kept.iter().any(global) {
+        kept.push("warn".to_owned());
+    }
     kept.extend(CAPPED.iter().map(|c| format!("{c}=info")));
     (kept.join(","), dropped)
 }
@@ -145,6 +153,23 @@ mod tests {
         );
         let (_, dropped) = capped("[request]=trace");
         assert_eq!(dropped, ["[request]=trace"]);
+        // Targets alone leave the rest at `warn`, not silent; a level
+        // given is the level.
+        for (rust_log, floor_added) in [
+            ("lots", true),
+            ("bedrock_broker=debug", true),
+            ("error", false),
+            ("OFF", false),
+            ("bedrock_broker=debug,info", false),
+        ] {
+            let (d, _) = capped(rust_log);
+            assert_eq!(
+                d.split(',').any(|p| p == "warn"),
+                floor_added,
+                "{rust_log}: {d}"
+            );
+            assert!(EnvFilter::try_new(&d).is_ok(), "{d}");
+        }
         assert!(EnvFilter::try_new(capped("info").0).is_ok());
     }
 }

@@ -68,7 +68,7 @@ pub const HOSTNAME: Variable = Variable {
 };
 pub const RUST_LOG: Variable = Variable {
     name: "RUST_LOG",
-    help: "log levels, e.g. `info` or `info,bedrock_broker=debug`; crates that could log request details stay capped at `info`",
+    help: "log levels, e.g. `info` or `info,bedrock_broker=debug`; crates that could log request details stay capped at `info`, and without a level for the rest (only targets named) the rest is at `warn`",
 };
 
 pub const ALL: &[Variable] = &[
