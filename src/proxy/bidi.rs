@@ -3,7 +3,6 @@
 //! ([`super::event_stream`]). There is no retry with fresher credentials:
 //! the messages already sent are gone.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +14,7 @@ use super::error::ProxyError;
 use super::event_stream::{self, ChainSigner};
 use super::headers;
 use super::pool::PooledBody;
+use super::refusals::StreamRejection;
 use super::self_heal::rejects_credentials;
 use super::sigv4::{BodyDigest, Signer};
 use super::{upstream, BoxError, Proxy};
@@ -50,17 +50,16 @@ impl Proxy {
             ));
         self.fresh_enough_for_a_stream().await;
         let digest = BodyDigest::new(&[], Some(event_stream::STREAMING_PAYLOAD));
-        let (chain, used, obtained) =
-            self.sign_with(signer, &mut parts, digest, |signer, held, seed| {
-                let chain = ChainSigner::new(
-                    held.identity().clone(),
-                    signer.region(),
-                    signer.name(),
-                    self.clock.clone(),
-                    seed,
-                );
-                (chain, held.generation(), held.obtained)
-            })?;
+        let (chain, used) = self.sign_with(signer, &mut parts, digest, |signer, held, seed| {
+            let chain = ChainSigner::new(
+                held.identity().clone(),
+                signer.region(),
+                signer.name(),
+                self.clock.clone(),
+                seed,
+            );
+            (chain, held.generation())
+        })?;
         let (body, aborted) =
             event_stream::resigned(body, chain, self.max_body_bytes, self.gate.body_budget());
         let sent = upstream::send_stream(
@@ -72,16 +71,14 @@ impl Proxy {
         .await;
         match sent {
             Ok(response) => {
-                // Not retried, but the next stream should not meet the same
-                // answer. Credentials obtained within the self-heal wait are
-                // as fresh as a refresh would bring: refreshing cannot help.
                 self.note_signature_refusal(signer.map(|s| (s.region(), s.name())), &response);
+                // Not retried, but the next stream should not meet the same
+                // answer, unless refreshing does not help.
                 if let Some(error) = rejects_credentials(&response) {
-                    let age = crate::clock::saturating_sub(self.clock.now(), obtained);
-                    if age < self.self_heal_wait {
-                        self.rejected_as_fresh(used, error);
-                    } else if used > self.refusals.rejected_fresh.load(Ordering::Relaxed) {
-                        self.cell.request_refresh();
+                    match self.refusals.stream_rejected(used) {
+                        StreamRejection::Known => {}
+                        StreamRejection::Refresh => self.cell.request_refresh(),
+                        StreamRejection::RefreshedInVain => self.rejected_as_fresh(used, error),
                     }
                 }
                 Ok(response)

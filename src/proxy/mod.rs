@@ -31,6 +31,7 @@ mod headers;
 mod operation;
 mod pool;
 mod redact;
+mod refusals;
 mod request_body;
 mod response_body;
 mod route;
@@ -108,7 +109,7 @@ pub struct Proxy {
     /// How long a rejected request waits for refreshed credentials.
     self_heal_wait: Duration,
     /// What Bedrock's refusals of credentials and signatures taught.
-    refusals: self_heal::Refusals,
+    refusals: refusals::Refusals,
     /// Longest wait for Bedrock's response headers.
     response_header_timeout: Option<Duration>,
     /// Longest silence inside a streamed response.
@@ -145,7 +146,7 @@ impl Proxy {
             configured_bearer: config.api_key.map(|key| key.header().clone()),
             max_body_bytes: config.max_body_bytes,
             self_heal_wait: config.self_heal_wait,
-            refusals: self_heal::Refusals::default(),
+            refusals: refusals::Refusals::default(),
             response_header_timeout: config.response_header_timeout,
             stream_idle_timeout: config.stream_idle_timeout,
             usage: ModelLabels::new(&config.usage, &metrics.tokens)

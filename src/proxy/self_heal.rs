@@ -4,8 +4,6 @@
 //! that left it out, as when a front end recycles the shared connection).
 //! The body is already buffered, so a retry is exact.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Full;
@@ -60,9 +58,11 @@ impl Proxy {
                 self.note_signature_refusal(signer.map(|s| (s.region(), s.name())), &response);
                 return Ok(response);
             };
-            // Credentials no older than fresh ones Bedrock rejected too: a
+            // Credentials no newer than fresh ones Bedrock rejected too: a
             // refresh would bring more of the same, at an STS call each.
-            if used <= self.refusals.rejected_fresh.load(Ordering::Relaxed)
+            if self
+                .refusals
+                .refresh_cannot_help(used, self.cell.generation())
                 || !self.fresher_credentials(used).await
             {
                 self.metrics
@@ -95,16 +95,11 @@ impl Proxy {
     /// schedule, rejections are passed through without asking STS again.
     /// Logged once per generation.
     pub(super) fn rejected_as_fresh(&self, fresh: u64, error: &str) {
-        if self
-            .refusals
-            .rejected_fresh
-            .fetch_max(fresh, Ordering::Relaxed)
-            < fresh
-        {
+        if self.refusals.rejected_fresh(fresh) {
             tracing::warn!(
                 error,
                 "Bedrock rejected credentials just obtained, so refreshing cannot help: \
-                 is the region enabled for the account (opt-in regions), and this node's clock right? \
+                 is the region enabled for the account (opt-in regions), and is it the region meant? \
                  Such answers pass through without a refresh until the next scheduled one"
             );
         }
@@ -197,17 +192,6 @@ impl Proxy {
     }
 }
 
-/// What the proxy remembers of Bedrock refusing its credentials or its
-/// signatures.
-#[derive(Debug, Default)]
-pub(super) struct Refusals {
-    /// The newest credentials generation Bedrock rejected although it was
-    /// refreshed because of a rejection (0: none).
-    pub(super) rejected_fresh: AtomicU64,
-    /// When a refused signature was last logged, in Unix seconds (0: never).
-    signature_logged: AtomicU64,
-}
-
 /// At most one line a minute about refused signatures: every request
 /// meets the same refusal, and the app sees each one anyway.
 const SIGNATURE_LOG_INTERVAL_S: u64 = 60;
@@ -236,15 +220,9 @@ impl Proxy {
             return;
         };
         let now = crate::clock::unix_seconds(self.clock.now()) as u64;
-        let last = self.refusals.signature_logged.load(Ordering::Relaxed);
-        let due = last == 0 || now.saturating_sub(last) >= SIGNATURE_LOG_INTERVAL_S;
-        // One of the requests refused at once logs, the others do not.
-        if !due
-            || self
-                .refusals
-                .signature_logged
-                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
+        if !self
+            .refusals
+            .signature_log_due(now, SIGNATURE_LOG_INTERVAL_S)
         {
             return;
         }

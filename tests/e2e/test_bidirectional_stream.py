@@ -237,10 +237,11 @@ def test_http1_clients_stream_both_ways_with_a_chunked_body(start_sidecar, bidi_
     assert record["bidi"]["frames_verified"] == 3 and record["bidi"]["completed"], record["bidi"]
 
 
-def test_a_stream_refused_with_credentials_just_obtained_asks_for_no_refresh(start_sidecar, bidi_env, fake_aws_h2):
-    # Credentials just obtained cannot have expired: when Bedrock refuses
-    # them (a region the account has not enabled), a refresh brings more of
-    # the same. Each refused stream asked for one, an STS call a second.
+def test_streams_refused_even_with_refreshed_credentials_stop_asking_for_refreshes(start_sidecar, bidi_env, fake_aws_h2):
+    # A region the account has not enabled refuses every key. Streams are
+    # not retried: each refused one asked for a refresh, an STS call per
+    # stream. Now the first asks; the next, refused with the refreshed
+    # credentials, shows that refreshing does not help, and that is the end.
     sidecar = start_sidecar(bidi_env)
     calls = len(fake_aws_h2.sts_calls())
     fake_aws_h2.post("/bedrock", {"region_enabled": False})
@@ -256,12 +257,19 @@ def test_a_stream_refused_with_credentials_just_obtained_asks_for_no_refresh(sta
         finally:
             await client.close()
 
-    for _ in range(3):
+    def refused_once() -> None:
         status, headers = asyncio.run(refused())
         assert status == 403 and headers["x-amzn-errortype"].startswith("UnrecognizedClientException"), headers
-    wait_for(lambda: "rejected credentials just obtained" in sidecar.log_text(), timeout=10, what="the warning")
-    assert sidecar.log_text().count("rejected credentials just obtained") == 1
-    assert len(fake_aws_h2.sts_calls()) == calls
+
+    refused_once()
+    wait_for(lambda: len(fake_aws_h2.sts_calls()) == calls + 1, timeout=10, what="the refresh the refusal asked for")
+    wait_for(lambda: sidecar.metric("bedrock_broker_credential_refreshes_total", {"result": "success"}) == 2,
+             timeout=10, what="the refreshed credentials")
+    for _ in range(3):
+        refused_once()
+    warned = [line for line in sidecar.log_text().splitlines() if "rejected credentials just obtained" in line]
+    assert len(warned) == 1, warned
+    assert len(fake_aws_h2.sts_calls()) == calls + 1
 
 
 def test_api_keys_are_refused_for_bidirectional_streams(start_sidecar, fake_aws_h2):

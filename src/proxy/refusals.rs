@@ -1,0 +1,128 @@
+//! What Bedrock's refusals of the sidecar's credentials and signatures have
+//! taught: which credentials a refresh cannot fix, and when a refused
+//! signature was last reported. Each request, and each stream, consults it
+//! only when Bedrock has refused it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Shared by all requests; every field is one atomic of its own, so no
+/// ordering between them is needed.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    /// The newest credentials generation Bedrock rejected although it came
+    /// from a refresh a rejection asked for (0: none).
+    rejected_fresh: AtomicU64,
+    /// The generation whose rejection (of a stream, never retried) last
+    /// asked for a refresh; 0 once the outcome of that refresh is known.
+    asked_after: AtomicU64,
+    /// When a refused signature was last logged, in Unix seconds (0: never).
+    signature_logged: AtomicU64,
+}
+
+/// What a stream's rejection should lead to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamRejection {
+    /// Those credentials are known to be refused even fresh: nothing to do.
+    Known,
+    /// Ask for a refresh, so that the next stream may fare better.
+    Refresh,
+    /// These credentials came after a refresh a rejection asked for, and
+    /// are rejected too: refreshing does not help.
+    RefreshedInVain,
+}
+
+impl Refusals {
+    /// Whether a rejection of credentials of generation `used`, while the
+    /// cell holds generation `held`, is one a refresh cannot fix. A newer
+    /// generation held gets its chance: retrying with it costs no STS call.
+    pub fn refresh_cannot_help(&self, used: u64, held: u64) -> bool {
+        let rejected = self.rejected_fresh.load(Ordering::Relaxed);
+        used <= rejected && held <= rejected
+    }
+
+    /// Records that generation `fresh`, obtained because of a rejection,
+    /// was rejected too. `true` the first time for that generation (the
+    /// time to tell the operator).
+    pub fn rejected_fresh(&self, fresh: u64) -> bool {
+        // Credentials the schedule brings later get one refresh again.
+        self.asked_after.store(0, Ordering::Relaxed);
+        self.rejected_fresh.fetch_max(fresh, Ordering::Relaxed) < fresh
+    }
+
+    /// A stream signed with generation `used` was rejected. Streams are not
+    /// retried, so the refresh a rejection asks for is judged by the next
+    /// stream: rejected with credentials newer than the asking ones, it
+    /// shows that refreshing does not help.
+    pub fn stream_rejected(&self, used: u64) -> StreamRejection {
+        if used <= self.rejected_fresh.load(Ordering::Relaxed) {
+            return StreamRejection::Known;
+        }
+        let asked = self.asked_after.load(Ordering::Relaxed);
+        if asked != 0 && used > asked {
+            return StreamRejection::RefreshedInVain;
+        }
+        self.asked_after.fetch_max(used, Ordering::Relaxed);
+        StreamRejection::Refresh
+    }
+
+    /// Whether a refused signature seen at `now_s` (Unix seconds) is to be
+    /// logged: the first, then at most one per `interval_s`. Of requests
+    /// refused at the same moment, one logs.
+    pub fn signature_log_due(&self, now_s: u64, interval_s: u64) -> bool {
+        let last = self.signature_logged.load(Ordering::Relaxed);
+        let due = last == 0 || now_s.saturating_sub(last) >= interval_s;
+        due && self
+            .signature_logged
+            .compare_exchange(last, now_s.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_credentials_rejected_stop_the_refreshes_until_newer_ones_come() {
+        let r = Refusals::default();
+        // Generation 1 rejected: a refresh may help.
+        assert!(!r.refresh_cannot_help(1, 1));
+        // Generation 2, fetched for it, rejected too: told once.
+        assert!(r.rejected_fresh(2));
+        assert!(!r.rejected_fresh(2));
+        assert!(r.refresh_cannot_help(1, 2) && r.refresh_cannot_help(2, 2));
+        // A newer generation held (the schedule's) is tried at no cost,
+        // and rejected gets its own chance.
+        assert!(!r.refresh_cannot_help(2, 3));
+        assert!(!r.refresh_cannot_help(3, 3));
+    }
+
+    #[test]
+    fn a_stream_judges_the_refresh_the_one_before_asked_for() {
+        use StreamRejection::*;
+        let r = Refusals::default();
+        assert_eq!(r.stream_rejected(1), Refresh);
+        // Another stream signed before the refresh came: same question.
+        assert_eq!(r.stream_rejected(1), Refresh);
+        // The refreshed credentials rejected too.
+        assert_eq!(r.stream_rejected(2), RefreshedInVain);
+        assert!(r.rejected_fresh(2));
+        assert_eq!(r.stream_rejected(2), Known);
+        // Credentials the schedule brings get one refresh again.
+        assert_eq!(r.stream_rejected(3), Refresh);
+        assert_eq!(r.stream_rejected(4), RefreshedInVain);
+    }
+
+    #[test]
+    fn refused_signatures_are_logged_once_a_minute() {
+        let r = Refusals::default();
+        let t = 1_800_000_000;
+        assert!(r.signature_log_due(t, 60));
+        assert!(!r.signature_log_due(t, 60));
+        assert!(!r.signature_log_due(t + 59, 60));
+        assert!(r.signature_log_due(t + 60, 60));
+        assert!(!r.signature_log_due(t + 61, 60));
+        // A clock stepped back delays the next line, never repeats it.
+        assert!(!r.signature_log_due(t, 60));
+    }
+}
