@@ -69,7 +69,9 @@ pub fn unknown(env: &Env) -> Vec<Unknown> {
     let known = known();
     let mut found: Vec<Unknown> = env
         .names()
-        .filter(|name| name.starts_with(PREFIX) && known.binary_search(name).is_err())
+        .filter(|name| {
+            name.starts_with(PREFIX) && known.binary_search(name).is_err() && !is_service_link(name)
+        })
         .map(|name| Unknown {
             name: name.to_owned(),
             did_you_mean: closest(name, &known),
@@ -79,16 +81,47 @@ pub fn unknown(env: &Env) -> Vec<Unknown> {
     found
 }
 
-/// The known name within a few edits of `name` (a typo, a dropped or
-/// swapped letter), if one is clearly the closest.
+/// What the kubelet sets for every Service of the namespace (unless the
+/// pod says `enableServiceLinks: false`): the chart's own
+/// `bedrock-broker-webhook` Service gives the webhook
+/// `BEDROCK_BROKER_WEBHOOK_SERVICE_HOST`, `..._PORT_443_TCP` and the like.
+fn is_service_link(name: &str) -> bool {
+    if name.ends_with("_SERVICE_HOST") || name.ends_with("_PORT") {
+        return true;
+    }
+    if let Some((_, port)) = name.split_once("_SERVICE_PORT") {
+        return port.is_empty() || port.starts_with('_');
+    }
+    // `<SVC>_PORT_<number>_<PROTOCOL>[_PROTO|_PORT|_ADDR]`
+    name.split("_PORT_").skip(1).any(|rest| {
+        let mut parts = rest.split('_');
+        let number = parts
+            .next()
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        let protocol = parts
+            .next()
+            .is_some_and(|p| matches!(p, "TCP" | "UDP" | "SCTP"));
+        number && protocol
+    })
+}
+
+/// The known name a few edits from `name` (a typo, a dropped or swapped
+/// letter), if one is clearly the closest. Compared without the common
+/// prefix, and allowing an edit per four letters: a fixed allowance
+/// matched short names to anything (`..._PORT` to `..._URL`).
 fn closest(name: &str, known: &[&'static str]) -> Option<&'static str> {
+    let suffix = |n: &str| n.strip_prefix(PREFIX).unwrap_or(n).to_owned();
+    let wanted = suffix(name);
+    let allowed = (wanted.len() / 4).max(1);
     let mut by_distance: Vec<(usize, &'static str)> = known
         .iter()
-        .map(|k| (strsim::damerau_levenshtein(name, k), *k))
+        .map(|k| (strsim::damerau_levenshtein(&wanted, &suffix(k)), *k))
         .collect();
     by_distance.sort_unstable();
     match by_distance.as_slice() {
-        [(d, best), rest @ ..] if *d <= 3 && rest.first().is_none_or(|(next, _)| next > d) => {
+        [(d, best), rest @ ..]
+            if *d <= allowed && rest.first().is_none_or(|(next, _)| next > d) =>
+        {
             Some(best)
         }
         _ => None,
@@ -108,6 +141,17 @@ mod tests {
             ("BEDROCK_BROKER_STS_TIMEOUT", "3s"),
             ("BEDROCK_BROKER_URL", "http://127.0.0.1:9787"),
             ("AWS_WHATEVER", "x"),
+            // What the kubelet sets for the chart's webhook Service.
+            ("BEDROCK_BROKER_WEBHOOK_SERVICE_HOST", "10.0.0.1"),
+            ("BEDROCK_BROKER_WEBHOOK_SERVICE_PORT", "443"),
+            ("BEDROCK_BROKER_WEBHOOK_SERVICE_PORT_HTTPS", "443"),
+            ("BEDROCK_BROKER_WEBHOOK_PORT", "tcp://10.0.0.1:443"),
+            ("BEDROCK_BROKER_WEBHOOK_PORT_443_TCP", "tcp://10.0.0.1:443"),
+            ("BEDROCK_BROKER_WEBHOOK_PORT_443_TCP_PROTO", "tcp"),
+            ("BEDROCK_BROKER_WEBHOOK_PORT_443_TCP_ADDR", "10.0.0.1"),
+            ("BEDROCK_BROKER_WEBHOOK_PORT_9789_TCP_PORT", "9789"),
+            // Short, and nothing like any setting.
+            ("BEDROCK_BROKER_PATH", "x"),
         ]);
         assert_eq!(
             unknown(&env),
@@ -115,6 +159,10 @@ mod tests {
                 Unknown {
                     name: "BEDROCK_BROKER_LOGFORMAT".into(),
                     did_you_mean: Some("BEDROCK_BROKER_LOG_FORMAT"),
+                },
+                Unknown {
+                    name: "BEDROCK_BROKER_PATH".into(),
+                    did_you_mean: None,
                 },
                 Unknown {
                     name: "BEDROCK_BROKER_SOMETHING_ELSE_ENTIRELY".into(),
