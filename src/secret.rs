@@ -103,7 +103,8 @@ pub fn redact_token_text(text: &str) -> String {
 /// like a JWT too (a gateway may quote part of a token it was sent): for
 /// errors of calls that presented a web identity token.
 pub fn without_token(text: &str, secret: &str) -> String {
-    let text = if secret.is_empty() {
+    // A token too short to be a real one would blank ordinary words.
+    let text = if secret.len() < 16 {
         text.to_owned()
     } else {
         text.replace(secret, "** redacted **")
@@ -118,7 +119,9 @@ pub fn without_token(text: &str, secret: &str) -> String {
         out.push_str(before);
         let len = from.find(|c| !jwt_char(c)).unwrap_or(from.len());
         let run = &from[..len];
-        if len >= 16 && run.contains('.') {
+        // Inside a word (`monkeyJump.example`) it is not a token's start.
+        let starts_word = !out.ends_with(jwt_char);
+        if starts_word && len >= 16 && run.contains('.') {
             out.push_str("** redacted **");
         } else {
             out.push_str(run);
@@ -140,11 +143,19 @@ mod tests {
         assert_eq!(out, "rejected ** redacted ** and ** redacted **");
         // An opaque token is blanked where it stands whole.
         assert_eq!(
-            without_token("bad token opaque-123 here", "opaque-123"),
+            without_token(
+                "bad token opaque-token-0123456789 here",
+                "opaque-token-0123456789"
+            ),
             "bad token ** redacted ** here"
         );
-        // Words that merely start alike stay.
+        // Words that merely start alike stay, and so does text that only
+        // holds a too-short "token".
         assert_eq!(without_token("eyJust a word.", "x"), "eyJust a word.");
+        assert_eq!(
+            without_token("see monkeyJump.example.com/eyJx", "abc"),
+            "see monkeyJump.example.com/eyJx"
+        );
     }
 
     #[test]

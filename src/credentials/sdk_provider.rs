@@ -84,8 +84,12 @@ fn provider_error(kind: &'static str, e: &CredentialsError) -> SourceError {
     SourceError::Service {
         operation: kind,
         code: code.to_owned(),
-        // Providers that call STS (a profile's role) carry its message.
-        message: crate::secret::redact_token_text(&crate::error_text::with_causes(e)),
+        // Providers that call STS (a profile's role, its web identity)
+        // carry its message: blanked and on one line as STS's own is.
+        message: crate::error_text::one_line(&crate::secret::without_token(
+            &crate::secret::redact_token_text(&crate::error_text::with_causes(e)),
+            "",
+        )),
         status: 0,
         class,
     }

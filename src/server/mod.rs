@@ -39,12 +39,13 @@ use peers::Peers;
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot listen on {addr} for the {what}{}: {source}", set_by(.origin.as_deref()))]
+    #[error("cannot listen on {addr} for the {what}{origin}: {source}")]
     Bind {
         addr: SocketAddr,
         what: &'static str,
-        /// The flag and variables that chose the address, when known.
-        origin: Option<String>,
+        /// ` (set by` the flag and variables that chose the address `)`,
+        /// when known.
+        origin: String,
         #[source]
         source: std::io::Error,
     },
@@ -56,25 +57,24 @@ pub enum ServeError {
     },
 }
 
-fn set_by(origin: Option<&str>) -> String {
-    origin.map(|o| format!(" (set by {o})")).unwrap_or_default()
+/// The error of a failed bind; its origin is added by [`ServeError::set_by`].
+fn bind_error(addr: SocketAddr, what: &'static str) -> impl FnOnce(std::io::Error) -> ServeError {
+    move |source| ServeError::Bind {
+        addr,
+        what,
+        origin: String::new(),
+        source,
+    }
 }
 
 impl ServeError {
     /// Names where the address came from (a port in use is most often
     /// fixed there).
-    pub fn set_by(self, setting: &crate::config::setting::Setting) -> Self {
-        match self {
-            Self::Bind {
-                addr, what, source, ..
-            } => Self::Bind {
-                addr,
-                what,
-                origin: Some(setting.origin()),
-                source,
-            },
-            other => other,
+    pub fn set_by(mut self, setting: &crate::config::setting::Setting) -> Self {
+        if let Self::Bind { origin, .. } = &mut self {
+            *origin = format!(" (set by {})", setting.origin());
         }
+        self
     }
 }
 
@@ -89,12 +89,7 @@ pub async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, S
     }
     TcpListener::bind(addr)
         .await
-        .map_err(|source| ServeError::Bind {
-            addr,
-            what,
-            origin: None,
-            source,
-        })
+        .map_err(bind_error(addr, what))
 }
 
 /// `[::]:port` as one dual-stack socket, set explicitly rather than left
@@ -110,14 +105,7 @@ fn bind_every_address(
     let socket = match ipv6_socket() {
         Ok(socket) => socket,
         Err(e) if no_ipv6(&e) => return bind_ipv4_instead(port, what, &e),
-        Err(source) => {
-            return Err(ServeError::Bind {
-                addr,
-                what,
-                origin: None,
-                source,
-            })
-        }
+        Err(source) => return Err(bind_error(addr, what)(source)),
     };
     let bound = socket
         .set_only_v6(false)
@@ -128,25 +116,13 @@ fn bind_every_address(
         Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
             return bind_ipv4_instead(port, what, &e)
         }
-        Err(source) => {
-            return Err(ServeError::Bind {
-                addr,
-                what,
-                origin: None,
-                source,
-            })
-        }
+        Err(source) => return Err(bind_error(addr, what)(source)),
         Ok(()) => {}
     }
     socket
         .listen(LISTEN_BACKLOG)
         .and_then(|()| TcpListener::from_std(socket.into()))
-        .map_err(|source| ServeError::Bind {
-            addr,
-            what,
-            origin: None,
-            source,
-        })
+        .map_err(bind_error(addr, what))
 }
 
 fn bind_ipv4_instead(
@@ -161,12 +137,7 @@ fn bind_ipv4_instead(
             l.set_nonblocking(true)?;
             TcpListener::from_std(l)
         })
-        .map_err(|source| ServeError::Bind {
-            addr,
-            what,
-            origin: None,
-            source,
-        })
+        .map_err(bind_error(addr, what))
 }
 
 /// `socket(AF_INET6, ..)` on a kernel booted without IPv6 (`ipv6.disable=1`).
