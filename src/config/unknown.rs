@@ -206,10 +206,12 @@ mod tests {
                     .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
                     .collect();
                 // Prefixes the limits' names are built from, this module's
-                // own examples, and build.rs's variable (read when the
-                // binary is built, not when it runs).
+                // own examples, the kubelet's Service variables, and
+                // build.rs's variable (read when the binary is built, not
+                // when it runs).
                 if name.ends_with('_')
                     || path.ends_with("unknown.rs")
+                    || is_service_link(&name)
                     || name == "BEDROCK_BROKER_REVISION"
                 {
                     continue;

@@ -73,8 +73,9 @@ impl SourceError {
     /// on `/readyz` and printed.
     pub fn without_token(mut self, token: &str) -> Self {
         match &mut self {
-            Self::Service { message, .. } => {
-                *message = crate::secret::without_token(message, token)
+            Self::Service { code, message, .. } => {
+                *code = crate::secret::without_token(code, token);
+                *message = crate::secret::without_token(message, token);
             }
             Self::Transport { detail, .. } => *detail = crate::secret::without_token(detail, token),
             _ => {}
@@ -144,7 +145,7 @@ impl SourceError {
                     "STS refused the call as over the account's request rate, which every caller in the account shares (this pod's refreshes are few): the refresher waits out its backoff; look for what else calls STS so often",
                 ),
                 _ if *status >= 500 => Some(
-                    "STS failed on its side; usually transient, and the refresher retries with backoff (held credentials stay in use meanwhile)",
+                    "STS failed on its side; usually transient, and the refresher retries with backoff (credentials still held and unexpired stay in use meanwhile)",
                 ),
                 "InvalidIdentityToken" => Some(
                     "STS could not validate the token: the cluster's OIDC issuer must be registered as an IAM OIDC identity provider in the role's account, with the token's audience (normally sts.amazonaws.com) in its client ID list",
@@ -175,9 +176,12 @@ impl SourceError {
             Self::Transport { detail, .. } if detail.contains("tunnel error") => Some(
                 "the egress proxy (HTTPS_PROXY) did not open a tunnel to STS: \"proxy authorization required\" is a 407 (credentials in HTTPS_PROXY, or the pod's address not admitted), \"unsuccessful\" another refusal (its allow list lacks the STS host, or the host belongs in NO_PROXY), \"failed to create underlying connection\" an unreachable proxy, \"unexpected end of file\" a proxy that closed the connection",
             ),
-            // rustls's words for a certificate it does not trust.
+            // rustls's words for a certificate it does not accept.
+            Self::Transport { detail, .. } if detail.contains("NotValidForName") => Some(
+                "STS's TLS certificate is not for the host asked: AWS_ENDPOINT_URL_STS names a host (or an IP address) the certificate does not list",
+            ),
             Self::Transport { detail, .. } if detail.contains("invalid peer certificate") => Some(
-                "STS's TLS certificate is not trusted: behind a TLS-inspecting proxy, or with a private STS endpoint, its CA belongs in AWS_CA_BUNDLE (or BEDROCK_BROKER_CA_BUNDLE_PEM; the webhook's --sidecar-ca-bundle for injected sidecars); NotValidForName: AWS_ENDPOINT_URL_STS names a host the certificate is not for",
+                "STS's TLS certificate is not trusted: behind a TLS-inspecting proxy, or with a private STS endpoint, its CA belongs in AWS_CA_BUNDLE (or BEDROCK_BROKER_CA_BUNDLE_PEM; the webhook's --sidecar-ca-bundle for injected sidecars)",
             ),
             // The SDK's words when --sts-timeout ran out.
             Self::Transport { detail, .. } if detail.contains("timeout") => Some(

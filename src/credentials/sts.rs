@@ -214,7 +214,8 @@ where
         SdkError::ServiceError(context) => {
             let status = context.raw().status().as_u16();
             let e = context.err();
-            let code = e.code().unwrap_or(UNKNOWN_CODE).to_owned();
+            // Text from elsewhere, the code too: on one line.
+            let code = one_line(e.code().unwrap_or(UNKNOWN_CODE));
             // An answer without an STS error document (a proxy's page)
             // has neither code nor message: its status is all there is.
             let message = match e.message() {

@@ -147,17 +147,20 @@ def test_an_answer_that_is_not_from_sts_is_called_that(irsa_env, status, content
 
 
 @contextmanager
-def sts_echoing_the_token():
-    """An STS-shaped error whose message quotes the token it was sent and
-    carries a line break, as a misbehaving gateway or IdP relay might."""
+def sts_echoing_the_token(in_code: bool):
+    """An STS-shaped error whose message (or error code) quotes the token it
+    was sent and carries a line break, as a misbehaving gateway or IdP
+    relay might."""
 
     class Echo(BaseHTTPRequestHandler):
         def do_POST(self):
             form = urllib.parse.parse_qs(self.rfile.read(int(self.headers.get("content-length", 0))).decode())
             token = form.get("WebIdentityToken", [""])[0]
+            echoed = f"{token}\nlevel=error msg=forged"
+            code, message = ("InvalidIdentityToken" + echoed, "rejected") if in_code else ("InvalidIdentityToken", f"rejected {echoed}")
             body = (
                 '<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
-                f"<Code>InvalidIdentityToken</Code><Message>rejected {token}\nlevel=error msg=forged</Message>"
+                f"<Code>{code}</Code><Message>{message}</Message>"
                 "</Error><RequestId>r</RequestId></ErrorResponse>"
             ).encode()
             self.send_response(400)
@@ -178,10 +181,11 @@ def sts_echoing_the_token():
         server.server_close()
 
 
-def test_an_sts_error_quoting_the_token_or_breaking_lines_is_tamed(irsa_env, token_dir, start_sidecar, tmp_path):
+@pytest.mark.parametrize("in_code", [False, True], ids=["in-message", "in-code"])
+def test_an_sts_error_quoting_the_token_or_breaking_lines_is_tamed(irsa_env, token_dir, start_sidecar, tmp_path, in_code):
     token = token_dir.path.read_text()
     text_log = tmp_path / "text.log"
-    with sts_echoing_the_token() as url:
+    with sts_echoing_the_token(in_code) as url:
         env = dict(irsa_env, AWS_ENDPOINT_URL_STS=url)
         out = run(env)
         sidecar = start_sidecar(env, wait_ready=False)
