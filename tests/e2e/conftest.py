@@ -284,6 +284,25 @@ def _read_listening_line(log_path: Path) -> dict | None:
     return None
 
 
+def sidecar_logs_until(env: dict[str, str], needle: str, log_path: Path) -> str:
+    """Runs ``bedrock-broker sidecar`` with exactly ``env`` (and any-port
+    listeners) until its log shows ``needle``, for logs the ``start_sidecar``
+    fixture cannot read (text format, levels without the start-up line);
+    returns the log."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [str(BINARY), "sidecar", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+            stdout=subprocess.DEVNULL, stderr=log,
+        )
+        try:
+            wait_for(lambda: needle in log_path.read_text(errors="replace"), timeout=20, what=repr(needle))
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+    return log_path.read_text(errors="replace")
+
+
 @pytest.fixture
 def start_sidecar(tmp_path):
     """Starts ``bedrock-broker sidecar`` with exactly the given environment and flags."""

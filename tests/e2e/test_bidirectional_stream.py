@@ -237,6 +237,20 @@ def test_http1_clients_stream_both_ways_with_a_chunked_body(start_sidecar, bidi_
     assert record["bidi"]["frames_verified"] == 3 and record["bidi"]["completed"], record["bidi"]
 
 
+async def one_message_stream(proxy: str) -> tuple[int, dict, bytes]:
+    """A stream of one bare message, for answers that refuse it: the
+    status, the headers and the body."""
+    client = await H2Client.connect(proxy)
+    try:
+        call = await client.start(bidi_headers(proxy))
+        await call.send(chunk("hi"), end_stream=True)
+        status = await call.response_status()
+        body = await call.body()
+        return status, dict(call.headers), body
+    finally:
+        await client.close()
+
+
 def test_streams_refused_even_with_refreshed_credentials_stop_asking_for_refreshes(start_sidecar, bidi_env, fake_aws_h2):
     # A region the account has not enabled refuses every key. Streams are
     # not retried: each refused one asked for a refresh, an STS call per
@@ -246,19 +260,8 @@ def test_streams_refused_even_with_refreshed_credentials_stop_asking_for_refresh
     calls = len(fake_aws_h2.sts_calls())
     fake_aws_h2.post("/bedrock", {"region_enabled": False})
 
-    async def refused() -> tuple[int, dict]:
-        client = await H2Client.connect(sidecar.proxy)
-        try:
-            call = await client.start(bidi_headers(sidecar.proxy))
-            await call.send(chunk("hi"), end_stream=True)
-            status = await call.response_status()
-            await call.body()
-            return status, dict(call.headers)
-        finally:
-            await client.close()
-
     def refused_once() -> None:
-        status, headers = asyncio.run(refused())
+        status, headers, _ = asyncio.run(one_message_stream(sidecar.proxy))
         assert status == 403 and headers["x-amzn-errortype"].startswith("UnrecognizedClientException"), headers
 
     refused_once()
@@ -279,17 +282,8 @@ def test_api_keys_are_refused_for_bidirectional_streams(start_sidecar, fake_aws_
         {"AWS_REGION": REGION, "AWS_BEARER_TOKEN_BEDROCK": "ABSKexample", "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws_h2.bedrock_h2}
     )
 
-    async def refused() -> tuple[int, dict]:
-        client = await H2Client.connect(sidecar.proxy)
-        try:
-            call = await client.start(bidi_headers(sidecar.proxy))
-            await call.send(chunk("hi"), end_stream=True)
-            status = await call.response_status()
-            return status, dict(call.headers), json.loads(await call.body())
-        finally:
-            await client.close()
-
-    status, headers, body = asyncio.run(refused())
+    status, headers, raw = asyncio.run(one_message_stream(sidecar.proxy))
+    body = json.loads(raw)
     assert status == 400
     assert headers["x-bedrock-broker-error"] == "api_key_unsupported"
     assert "InvokeModelWithBidirectionalStream" in body["message"] and "SigV4" in body["message"]

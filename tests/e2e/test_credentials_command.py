@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import BINARY, ROLE_ARN, wait_for
+from conftest import BINARY, ROLE_ARN, sidecar_logs_until, wait_for
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -102,13 +102,14 @@ def test_sts_out_of_reach_is_said_plainly(irsa_env):
 
 
 @contextmanager
-def not_sts(status: int, content_type: str, body: bytes):
-    """Something other than STS where STS should be: an egress proxy's
-    refusal page, a captive portal, a wrong AWS_ENDPOINT_URL_STS."""
+def sts_stand_in(answer):
+    """An HTTP server where STS should be, answering each POST with
+    ``answer(form) -> (status, content type, body)``."""
 
     class Page(BaseHTTPRequestHandler):
         def do_POST(self):
-            self.rfile.read(int(self.headers.get("content-length", 0)))
+            form = urllib.parse.parse_qs(self.rfile.read(int(self.headers.get("content-length", 0))).decode())
+            status, content_type, body = answer(form)
             self.send_response(status)
             self.send_header("content-type", content_type)
             self.send_header("content-length", str(len(body)))
@@ -125,6 +126,12 @@ def not_sts(status: int, content_type: str, body: bytes):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def not_sts(status: int, content_type: str, body: bytes):
+    """Something other than STS where STS should be: an egress proxy's
+    refusal page, a captive portal, a wrong AWS_ENDPOINT_URL_STS."""
+    return sts_stand_in(lambda _form: (status, content_type, body))
 
 
 @pytest.mark.parametrize("status,content_type,body", [
@@ -146,45 +153,26 @@ def test_an_answer_that_is_not_from_sts_is_called_that(irsa_env, status, content
         assert f"HTTP {status}" in out.stderr, out.stderr
 
 
-@contextmanager
 def sts_echoing_the_token(in_code: bool):
     """An STS-shaped error whose message (or error code) quotes the token it
     was sent and carries a line break, as a misbehaving gateway or IdP
     relay might."""
 
-    class Echo(BaseHTTPRequestHandler):
-        def do_POST(self):
-            form = urllib.parse.parse_qs(self.rfile.read(int(self.headers.get("content-length", 0))).decode())
-            token = form.get("WebIdentityToken", [""])[0]
-            echoed = f"{token}\nlevel=error msg=forged"
-            code, message = ("InvalidIdentityToken" + echoed, "rejected") if in_code else ("InvalidIdentityToken", f"rejected {echoed}")
-            body = (
-                '<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
-                f"<Code>{code}</Code><Message>{message}</Message>"
-                "</Error><RequestId>r</RequestId></ErrorResponse>"
-            ).encode()
-            self.send_response(400)
-            self.send_header("content-type", "text/xml")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(form) -> tuple[int, str, bytes]:
+        echoed = f"{form.get('WebIdentityToken', [''])[0]}\nlevel=error msg=forged"
+        code, message = ("InvalidIdentityToken" + echoed, "rejected") if in_code else ("InvalidIdentityToken", f"rejected {echoed}")
+        return 400, "text/xml", (
+            '<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
+            f"<Code>{code}</Code><Message>{message}</Message>"
+            "</Error><RequestId>r</RequestId></ErrorResponse>"
+        ).encode()
 
-        def log_message(self, *_):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    return sts_stand_in(answer)
 
 
 @pytest.mark.parametrize("in_code", [False, True], ids=["in-message", "in-code"])
 def test_an_sts_error_quoting_the_token_or_breaking_lines_is_tamed(irsa_env, token_dir, start_sidecar, tmp_path, in_code):
     token = token_dir.path.read_text()
-    text_log = tmp_path / "text.log"
     with sts_echoing_the_token(in_code) as url:
         env = dict(irsa_env, AWS_ENDPOINT_URL_STS=url)
         out = run(env)
@@ -193,23 +181,14 @@ def test_an_sts_error_quoting_the_token_or_breaking_lines_is_tamed(irsa_env, tok
         ready = sidecar.ready()
         # The text log format, where a line break would start a line of
         # its own, read by collectors as another record.
-        with open(text_log, "wb") as log:
-            text = subprocess.Popen(
-                [str(BINARY), "sidecar", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env, "BEDROCK_BROKER_LOG_FORMAT": "text"},
-                stdout=subprocess.DEVNULL, stderr=log,
-            )
-            try:
-                wait_for(lambda: "credential refresh failed" in text_log.read_text(), timeout=20, what="a failed refresh")
-            finally:
-                text.kill()
-                text.wait(timeout=10)
+        text_log = sidecar_logs_until(dict(env, BEDROCK_BROKER_LOG_FORMAT="text"), "credential refresh failed",
+                                      tmp_path / "text.log")
     assert out.returncode == 1, out.stdout
     assert "InvalidIdentityToken" in out.stderr
     assert ready.status_code == 503 and "InvalidIdentityToken" in ready.text, ready.text
-    for where in (out.stdout + out.stderr, sidecar.log_text(), ready.text, text_log.read_text()):
+    for where in (out.stdout + out.stderr, sidecar.log_text(), ready.text, text_log):
         assert token not in where
-    for where in (out.stderr, text_log.read_text()):
+    for where in (out.stderr, text_log):
         assert not [line for line in where.splitlines() if line.startswith("level=error msg=forged")], where
 
 

@@ -14,7 +14,7 @@ import zlib
 import pytest
 import requests
 
-from conftest import BINARY, Collector, wait_for
+from conftest import BINARY, Collector, sidecar_logs_until, wait_for
 from test_auth_modes import BODY, CONVERSE, post
 
 
@@ -261,18 +261,9 @@ def test_a_misspelt_variable_is_pointed_out_not_silently_ignored(start_sidecar, 
 def test_rust_log_naming_only_targets_still_shows_warnings(irsa_env, tmp_path):
     # `RUST_LOG=lots` (a typo, read as a target name) silenced everything,
     # the warning about a misspelt variable too.
-    log_path = tmp_path / "sidecar.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [str(BINARY), "sidecar", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
-            env={"PATH": "/usr/bin:/bin", **irsa_env, "RUST_LOG": "lots", "BEDROCK_BROKER_STS_TIMOUT": "3s"},
-            stdout=subprocess.DEVNULL, stderr=log,
-        )
-        try:
-            wait_for(lambda: "nothing reads it" in log_path.read_text(), timeout=20, what="the warning")
-        finally:
-            proc.kill()
-            proc.wait(timeout=10)
+    env = dict(irsa_env, RUST_LOG="lots", BEDROCK_BROKER_STS_TIMOUT="3s")
+    log = sidecar_logs_until(env, "nothing reads it", tmp_path / "sidecar.log")
+    assert "did you mean BEDROCK_BROKER_STS_TIMEOUT?" in log, log
 
 
 def test_a_port_in_use_names_the_setting_that_chose_it(irsa_env):
