@@ -74,12 +74,16 @@ impl Proxy {
                 self.note_signature_refusal(signer.map(|s| (s.region(), s.name())), &response);
                 // Not retried, but the next stream should not meet the same
                 // answer, unless refreshing does not help.
-                if let Some(error) = rejects_credentials(&response) {
-                    match self.refusals.stream_rejected(used) {
-                        StreamRejection::Known => {}
-                        StreamRejection::Refresh => self.cell.request_refresh(),
-                        StreamRejection::RefreshedInVain => self.rejected_as_fresh(used, error),
-                    }
+                let Some(error) = rejects_credentials(&response) else {
+                    self.refusals.accepted(used);
+                    return Ok(response);
+                };
+                match self.refusals.stream_rejected(used) {
+                    StreamRejection::Known => {}
+                    // Newer credentials held already need no STS call.
+                    StreamRejection::Refresh if self.cell.generation() > used => {}
+                    StreamRejection::Refresh => self.cell.request_refresh(),
+                    StreamRejection::RefreshedInVain => self.rejected_as_fresh(used, error),
                 }
                 Ok(response)
             }

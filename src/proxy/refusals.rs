@@ -15,6 +15,10 @@ pub struct Refusals {
     /// The generation whose rejection (of a stream, never retried) last
     /// asked for a refresh; 0 once the outcome of that refresh is known.
     asked_after: AtomicU64,
+    /// The newest generation Bedrock has accepted: credentials that worked
+    /// and are rejected later expired or were revoked since, which a
+    /// refresh does fix.
+    accepted: AtomicU64,
     /// When a refused signature was last logged, in Unix seconds (0: never).
     signature_logged: AtomicU64,
 }
@@ -32,12 +36,23 @@ pub enum StreamRejection {
 }
 
 impl Refusals {
+    /// Bedrock accepted credentials of generation `used` (any answer but a
+    /// credential rejection). Read first, written only when newer: every
+    /// request calls it, and a store per request would bounce the cache
+    /// line between cores.
+    pub fn accepted(&self, used: u64) {
+        if self.accepted.load(Ordering::Relaxed) < used {
+            self.accepted.fetch_max(used, Ordering::Relaxed);
+        }
+    }
+
     /// Whether a rejection of credentials of generation `used`, while the
-    /// cell holds generation `held`, is one a refresh cannot fix. A newer
-    /// generation held gets its chance: retrying with it costs no STS call.
+    /// cell holds generation `held`, is one a refresh cannot fix: they
+    /// were rejected fresh and never accepted. A newer generation held
+    /// gets its chance: retrying with it costs no STS call.
     pub fn refresh_cannot_help(&self, used: u64, held: u64) -> bool {
         let rejected = self.rejected_fresh.load(Ordering::Relaxed);
-        used <= rejected && held <= rejected
+        used <= rejected && held <= rejected && used > self.accepted.load(Ordering::Relaxed)
     }
 
     /// Records that generation `fresh`, obtained because of a rejection,
@@ -54,11 +69,13 @@ impl Refusals {
     /// stream: rejected with credentials newer than the asking ones, it
     /// shows that refreshing does not help.
     pub fn stream_rejected(&self, used: u64) -> StreamRejection {
-        if used <= self.rejected_fresh.load(Ordering::Relaxed) {
+        // Credentials that worked and no longer do expired or were revoked.
+        let worked = used <= self.accepted.load(Ordering::Relaxed);
+        if !worked && used <= self.rejected_fresh.load(Ordering::Relaxed) {
             return StreamRejection::Known;
         }
         let asked = self.asked_after.load(Ordering::Relaxed);
-        if asked != 0 && used > asked {
+        if !worked && asked != 0 && used > asked {
             return StreamRejection::RefreshedInVain;
         }
         self.asked_after.fetch_max(used, Ordering::Relaxed);
@@ -111,6 +128,28 @@ mod tests {
         // Credentials the schedule brings get one refresh again.
         assert_eq!(r.stream_rejected(3), Refresh);
         assert_eq!(r.stream_rejected(4), RefreshedInVain);
+    }
+
+    #[test]
+    fn credentials_that_worked_and_are_rejected_later_get_a_refresh() {
+        use StreamRejection::*;
+        let r = Refusals::default();
+        // Refused (the region off), refreshed, then the region enabled:
+        // generation 2 works.
+        assert_eq!(r.stream_rejected(1), Refresh);
+        r.accepted(2);
+        // Hours later generation 2 is revoked or expires early.
+        assert_eq!(r.stream_rejected(2), Refresh);
+        assert!(!r.refresh_cannot_help(2, 2));
+        // Fresh credentials rejected at once, never accepted: in vain.
+        assert!(r.rejected_fresh(3));
+        assert!(r.refresh_cannot_help(3, 3));
+        // Accepted later (the region enabled meanwhile): a refresh again.
+        r.accepted(3);
+        assert!(!r.refresh_cannot_help(3, 3));
+        // Never moves back.
+        r.accepted(1);
+        assert!(!r.refresh_cannot_help(3, 3));
     }
 
     #[test]

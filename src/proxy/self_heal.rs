@@ -55,6 +55,7 @@ impl Proxy {
                 sent => sent?,
             };
             let Some(error) = rejects_credentials(&response) else {
+                self.refusals.accepted(used);
                 self.note_signature_refusal(signer.map(|s| (s.region(), s.name())), &response);
                 return Ok(response);
             };
@@ -83,8 +84,9 @@ impl Proxy {
                 "Bedrock rejected the credentials; retrying with refreshed ones"
             );
             let again = self.send_pooled(retry, Full::new(body.bytes)).await?;
-            if let Some(error) = rejects_credentials(&again) {
-                self.rejected_as_fresh(fresh, error);
+            match rejects_credentials(&again) {
+                Some(error) => self.rejected_as_fresh(fresh, error),
+                None => self.refusals.accepted(fresh),
             }
             Ok(again)
         }

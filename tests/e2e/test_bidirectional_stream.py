@@ -275,6 +275,25 @@ def test_streams_refused_even_with_refreshed_credentials_stop_asking_for_refresh
     assert len(fake_aws_h2.sts_calls()) == calls + 1
 
 
+def test_credentials_that_worked_and_are_rejected_later_get_a_refresh(start_sidecar, bidi_env, fake_aws_h2):
+    # Refused, refreshed, then working (the region enabled meanwhile), and
+    # hours later revoked or expired early: a refresh does help then. Taken
+    # for "refreshed in vain", no refresh came until the schedule's.
+    sidecar = start_sidecar(bidi_env)
+    calls = len(fake_aws_h2.sts_calls())
+    fake_aws_h2.post("/bedrock", {"region_enabled": False})
+    assert asyncio.run(one_message_stream(sidecar.proxy))[0] == 403
+    wait_for(lambda: sidecar.metric("bedrock_broker_credential_refreshes_total", {"result": "success"}) == 2,
+             timeout=10, what="the refresh the refusal asked for")
+    fake_aws_h2.post("/bedrock", {"region_enabled": True})
+    assert asyncio.run(lockstep_bare(sidecar.proxy, ["works"]))[0]["seq"] == 1
+    fake_aws_h2.post("/credentials/expire", {})
+    status, headers, _ = asyncio.run(one_message_stream(sidecar.proxy))
+    assert status == 403 and headers["x-amzn-errortype"].startswith("ExpiredToken"), headers
+    wait_for(lambda: len(fake_aws_h2.sts_calls()) == calls + 2, timeout=10, what="a refresh for the expired credentials")
+    assert "rejected credentials just obtained" not in sidecar.log_text()
+
+
 def test_api_keys_are_refused_for_bidirectional_streams(start_sidecar, fake_aws_h2):
     # AWS: "You can't use [API keys] with InvokeModelWithBidirectionalStream".
     fake_aws_h2.post("/reset")
