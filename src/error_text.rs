@@ -21,12 +21,14 @@ pub fn with_causes(e: &(dyn Error + 'static)) -> String {
 /// page) cannot start a line of its own in a text log, where collectors
 /// read it as another record.
 pub fn one_line(text: &str) -> String {
-    if !text.chars().any(char::is_control) {
+    // Unicode's line and paragraph separators end a line for some readers.
+    let breaks = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+    if !text.chars().any(breaks) {
         return text.to_owned();
     }
     text.chars()
         .map(|c| {
-            if c.is_control() {
+            if breaks(c) {
                 c.escape_default().to_string()
             } else {
                 c.to_string()
@@ -44,6 +46,7 @@ mod tests {
         assert_eq!(one_line("a\nb\r\tc é"), "a\\nb\\r\\tc é");
         assert_eq!(one_line("\u{1b}[31m"), "\\u{1b}[31m");
         assert_eq!(one_line("plain"), "plain");
+        assert_eq!(one_line("a\u{2028}b"), "a\\u{2028}b");
     }
 
     #[derive(Debug, thiserror::Error)]

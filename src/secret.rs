@@ -119,8 +119,9 @@ pub fn without_token(text: &str, secret: &str) -> String {
         out.push_str(before);
         let len = from.find(|c| !jwt_char(c)).unwrap_or(from.len());
         let run = &from[..len];
-        // Inside a word (`monkeyJump.example`) it is not a token's start.
-        let starts_word = !out.ends_with(jwt_char);
+        // Inside a word (`monkeyJump.example`) it is not a token's start;
+        // after `=`, `_`, `-` or `.` (`WebIdentityToken=eyJ...`) it is.
+        let starts_word = !out.ends_with(|c: char| c.is_ascii_alphanumeric());
         if starts_word && len >= 16 && run.contains('.') {
             out.push_str("** redacted **");
         } else {
@@ -141,6 +142,11 @@ mod tests {
         let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW0ifQ.c2ln";
         let out = without_token(&format!("rejected {jwt} and {}", &jwt[..30]), jwt);
         assert_eq!(out, "rejected ** redacted ** and ** redacted **");
+        // Glued to what named it.
+        for glue in ["WebIdentityToken=", "token_", "a-", "x."] {
+            let out = without_token(&format!("{glue}{}", &jwt[..30]), "");
+            assert_eq!(out, format!("{glue}** redacted **"));
+        }
         // An opaque token is blanked where it stands whole.
         assert_eq!(
             without_token(

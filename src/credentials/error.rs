@@ -176,10 +176,19 @@ impl SourceError {
             Self::Transport { detail, .. } if detail.contains("tunnel error") => Some(
                 "the egress proxy (HTTPS_PROXY) did not open a tunnel to STS: \"proxy authorization required\" is a 407 (credentials in HTTPS_PROXY, or the pod's address not admitted), \"unsuccessful\" another refusal (its allow list lacks the STS host, or the host belongs in NO_PROXY), \"failed to create underlying connection\" an unreachable proxy, \"unexpected end of file\" a proxy that closed the connection",
             ),
-            // rustls's words for a certificate it does not accept.
-            Self::Transport { detail, .. } if detail.contains("NotValidForName") => Some(
+            // rustls's words for a certificate it does not accept (0.23:
+            // "certificate not valid for name ...", "certificate expired:
+            // ...", "certificate not valid yet: ...").
+            Self::Transport { detail, .. } if detail.contains("not valid for name") => Some(
                 "STS's TLS certificate is not for the host asked: AWS_ENDPOINT_URL_STS names a host (or an IP address) the certificate does not list",
             ),
+            Self::Transport { detail, .. }
+                if detail.contains("certificate expired") || detail.contains("not valid yet") =>
+            {
+                Some(
+                    "STS's TLS certificate is outside its validity dates by this node's clock: check its NTP synchronisation, or the endpoint's certificate",
+                )
+            }
             Self::Transport { detail, .. } if detail.contains("invalid peer certificate") => Some(
                 "STS's TLS certificate is not trusted: behind a TLS-inspecting proxy, or with a private STS endpoint, its CA belongs in AWS_CA_BUNDLE (or BEDROCK_BROKER_CA_BUNDLE_PEM; the webhook's --sidecar-ca-bundle for injected sidecars)",
             ),
@@ -289,6 +298,25 @@ mod tests {
                 "{operation}: {hint}"
             );
         }
+    }
+
+    #[test]
+    fn certificate_errors_are_told_apart_in_rustls_words() {
+        let hint = |detail: &str| {
+            SourceError::Transport {
+                operation: WEB_IDENTITY_OPERATION,
+                detail: detail.to_owned(),
+            }
+            .hint()
+            .unwrap_or_default()
+        };
+        // rustls 0.23's Display of each CertificateError, as it reaches us.
+        let name = r#"TLS handshake failed: invalid peer certificate: certificate not valid for name "127.0.0.1"; certificate is only valid for DnsName("sts.example.test")"#;
+        assert!(hint(name).contains("not for the host"), "{}", hint(name));
+        let issuer = "TLS handshake failed: invalid peer certificate: UnknownIssuer";
+        assert!(hint(issuer).contains("AWS_CA_BUNDLE"));
+        let expired = "TLS handshake failed: invalid peer certificate: certificate expired: verification time 1800000000 (UNIX), but certificate is not valid after 1700000000 (100000000 seconds ago)";
+        assert!(hint(expired).contains("NTP"));
     }
 
     #[test]
