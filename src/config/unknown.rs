@@ -70,7 +70,9 @@ pub fn unknown(env: &Env) -> Vec<Unknown> {
     let mut found: Vec<Unknown> = env
         .names()
         .filter(|name| {
-            name.starts_with(PREFIX) && known.binary_search(name).is_err() && !is_service_link(name)
+            name.starts_with(PREFIX)
+                && known.binary_search(name).is_err()
+                && !is_service_link(name, env.get(name).unwrap_or(""))
         })
         .map(|name| Unknown {
             name: name.to_owned(),
@@ -81,28 +83,65 @@ pub fn unknown(env: &Env) -> Vec<Unknown> {
     found
 }
 
-/// What the kubelet sets for every Service of the namespace (unless the
-/// pod says `enableServiceLinks: false`): the chart's own
-/// `bedrock-broker-webhook` Service gives the webhook
-/// `BEDROCK_BROKER_WEBHOOK_SERVICE_HOST`, `..._PORT_443_TCP` and the like.
-fn is_service_link(name: &str) -> bool {
-    if name.ends_with("_SERVICE_HOST") || name.ends_with("_PORT") {
-        return true;
+/// What a Service variable of this shape holds, when the kubelet sets one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkValue {
+    Address,
+    Port,
+    Url,
+    Protocol,
+}
+
+/// The kubelet sets variables for every Service of the namespace (unless
+/// the pod says `enableServiceLinks: false`): a Service `bedrock-broker-x`
+/// gives `BEDROCK_BROKER_X_SERVICE_HOST`, `..._SERVICE_PORT[_NAME]`,
+/// `..._PORT` and `..._PORT_<n>_<PROTOCOL>[_PROTO|_PORT|_ADDR]`. What a
+/// name of such a shape holds, if it has one.
+fn service_link_name(name: &str) -> Option<LinkValue> {
+    if name.ends_with("_SERVICE_HOST") {
+        return Some(LinkValue::Address);
     }
-    if let Some((_, port)) = name.split_once("_SERVICE_PORT") {
-        return port.is_empty() || port.starts_with('_');
+    if let Some((_, rest)) = name.split_once("_SERVICE_PORT") {
+        return (rest.is_empty() || rest.starts_with('_')).then_some(LinkValue::Port);
     }
-    // `<SVC>_PORT_<number>_<PROTOCOL>[_PROTO|_PORT|_ADDR]`
-    name.split("_PORT_").skip(1).any(|rest| {
-        let mut parts = rest.split('_');
-        let number = parts
-            .next()
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-        let protocol = parts
-            .next()
-            .is_some_and(|p| matches!(p, "TCP" | "UDP" | "SCTP"));
-        number && protocol
-    })
+    if name.ends_with("_PORT") && !name.contains("_PORT_") {
+        return Some(LinkValue::Url);
+    }
+    let rest = name.rsplit_once("_PORT_")?.1;
+    let mut parts = rest.split('_');
+    let number = parts.next()?;
+    let protocol = parts.next()?;
+    if number.is_empty()
+        || !number.bytes().all(|b| b.is_ascii_digit())
+        || !matches!(protocol, "TCP" | "UDP" | "SCTP")
+    {
+        return None;
+    }
+    match (parts.next(), parts.next()) {
+        (None, _) => Some(LinkValue::Url),
+        (Some("PROTO"), None) => Some(LinkValue::Protocol),
+        (Some("PORT"), None) => Some(LinkValue::Port),
+        (Some("ADDR"), None) => Some(LinkValue::Address),
+        _ => None,
+    }
+}
+
+/// Whether `name=value` is what the kubelet would have set: the shape and
+/// the value both. `BEDROCK_BROKER_PORT=9000`, someone's guess at a
+/// setting, has the shape but not the kubelet's `tcp://ADDR:PORT`.
+fn is_service_link(name: &str, value: &str) -> bool {
+    let number = || !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+    match service_link_name(name) {
+        None => false,
+        Some(LinkValue::Address) => value.parse::<std::net::IpAddr>().is_ok(),
+        Some(LinkValue::Port) => number(),
+        Some(LinkValue::Url) => ["tcp://", "udp://", "sctp://"]
+            .iter()
+            .any(|p| value.starts_with(p)),
+        Some(LinkValue::Protocol) => ["tcp", "udp", "sctp"]
+            .iter()
+            .any(|p| value.eq_ignore_ascii_case(p)),
+    }
 }
 
 /// The known name a few edits from `name` (a typo, a dropped or swapped
@@ -148,8 +187,11 @@ mod tests {
             ("BEDROCK_BROKER_WEBHOOK_PORT", "tcp://10.0.0.1:443"),
             ("BEDROCK_BROKER_WEBHOOK_PORT_443_TCP", "tcp://10.0.0.1:443"),
             ("BEDROCK_BROKER_WEBHOOK_PORT_443_TCP_PROTO", "tcp"),
-            ("BEDROCK_BROKER_WEBHOOK_PORT_443_TCP_ADDR", "10.0.0.1"),
+            ("BEDROCK_BROKER_WEBHOOK_PORT_443_TCP_ADDR", "fd00::1"),
             ("BEDROCK_BROKER_WEBHOOK_PORT_9789_TCP_PORT", "9789"),
+            // The same shape, a user's guess at a setting.
+            ("BEDROCK_BROKER_PORT", "9000"),
+            ("BEDROCK_BROKER_ADMIN_SERVICE_HOST", "localhost"),
             // Short, and nothing like any setting.
             ("BEDROCK_BROKER_PATH", "x"),
         ]);
@@ -157,11 +199,19 @@ mod tests {
             unknown(&env),
             [
                 Unknown {
+                    name: "BEDROCK_BROKER_ADMIN_SERVICE_HOST".into(),
+                    did_you_mean: None,
+                },
+                Unknown {
                     name: "BEDROCK_BROKER_LOGFORMAT".into(),
                     did_you_mean: Some("BEDROCK_BROKER_LOG_FORMAT"),
                 },
                 Unknown {
                     name: "BEDROCK_BROKER_PATH".into(),
+                    did_you_mean: None,
+                },
+                Unknown {
+                    name: "BEDROCK_BROKER_PORT".into(),
                     did_you_mean: None,
                 },
                 Unknown {
@@ -211,7 +261,7 @@ mod tests {
                 // when it runs).
                 if name.ends_with('_')
                     || path.ends_with("unknown.rs")
-                    || is_service_link(&name)
+                    || service_link_name(&name).is_some()
                     || name == "BEDROCK_BROKER_REVISION"
                 {
                     continue;
