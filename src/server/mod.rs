@@ -43,8 +43,8 @@ pub enum ServeError {
     Bind {
         addr: SocketAddr,
         what: &'static str,
-        /// ` (set by` the flag and variables that chose the address `)`,
-        /// when known.
+        /// ` (setting:` the flag and variables that choose the address
+        /// `)`, when known.
         origin: String,
         #[source]
         source: std::io::Error,
@@ -72,7 +72,8 @@ impl ServeError {
     /// fixed there).
     pub fn set_by(mut self, setting: &crate::config::setting::Setting) -> Self {
         if let Self::Bind { origin, .. } = &mut self {
-            *origin = format!(" (set by {})", setting.origin());
+            // "setting", not "set by": the default address comes from it too.
+            *origin = format!(" (setting: {})", setting.origin());
         }
         self
     }

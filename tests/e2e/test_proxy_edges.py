@@ -277,7 +277,7 @@ def test_a_port_in_use_names_the_setting_that_chose_it(irsa_env):
             timeout=20,
         )
     assert out.returncode == 1, out.stderr
-    assert f"cannot listen on 127.0.0.1:{port} for the proxy (set by --listen / BEDROCK_BROKER_LISTEN)" in out.stderr, out.stderr
+    assert f"cannot listen on 127.0.0.1:{port} for the proxy (setting: --listen / BEDROCK_BROKER_LISTEN)" in out.stderr, out.stderr
 
 
 def test_a_query_with_unencoded_colon_and_slash_is_forwarded_as_signed(sidecar, fake_aws):
