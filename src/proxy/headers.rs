@@ -24,13 +24,24 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// The AWS error code an upstream answer carries, if any.
 pub const X_AMZN_ERRORTYPE: HeaderName = HeaderName::from_static("x-amzn-errortype");
 
-/// Whether the upstream's `x-amzn-errortype` names one of `codes`. AWS
+/// AWS's codes for a request whose signature it refused (its answer
+/// quotes the canonical request it expected).
+pub const SIGNATURE_ERRORS: &[&str] = &[
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+    "IncompleteSignatureException",
+];
+
+/// Whether the upstream's `x-amzn-errortype` names one of `codes`.
+pub fn aws_error_is(headers: &HeaderMap, codes: &[&'static str]) -> bool {
+    aws_error_among(headers, codes).is_some()
+}
+
+/// Which of `codes` the upstream's `x-amzn-errortype` names, if any. AWS
 /// appends `:<namespace>` to the code, so a code matches only whole.
-pub fn aws_error_is(headers: &HeaderMap, codes: &[&str]) -> bool {
-    let Some(kind) = headers.get(X_AMZN_ERRORTYPE).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    codes.iter().any(|code| {
+pub fn aws_error_among(headers: &HeaderMap, codes: &[&'static str]) -> Option<&'static str> {
+    let kind = headers.get(X_AMZN_ERRORTYPE)?.to_str().ok()?;
+    codes.iter().copied().find(|code| {
         kind.strip_prefix(code)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
     })

@@ -38,14 +38,7 @@ pub fn is_signature_error<B>(response: &Response<B>) -> bool {
     ) {
         return false;
     }
-    super::headers::aws_error_is(
-        response.headers(),
-        &[
-            "InvalidSignatureException",
-            "SignatureDoesNotMatch",
-            "IncompleteSignatureException",
-        ],
-    )
+    super::headers::aws_error_is(response.headers(), super::headers::SIGNATURE_ERRORS)
 }
 
 /// The same answer with every security-token value in its body blanked,

@@ -212,13 +212,10 @@ impl Proxy {
         if response.status() != StatusCode::FORBIDDEN {
             return;
         }
-        let Some(error) = [
-            "InvalidSignatureException",
-            "SignatureDoesNotMatch",
-            "IncompleteSignatureException",
-        ]
-        .into_iter()
-        .find(|code| super::headers::aws_error_is(response.headers(), &[code])) else {
+        let headers = response.headers();
+        let Some(error) =
+            super::headers::aws_error_among(headers, super::headers::SIGNATURE_ERRORS)
+        else {
             return;
         };
         let now = crate::clock::unix_seconds(self.clock.now()) as u64;
@@ -267,13 +264,14 @@ pub(super) fn rejects_credentials<B>(response: &Response<B>) -> Option<&'static 
     if response.status() != StatusCode::FORBIDDEN {
         return None;
     }
-    [
-        "ExpiredTokenException",
-        "ExpiredToken",
-        "UnrecognizedClientException",
-    ]
-    .into_iter()
-    .find(|code| super::headers::aws_error_is(response.headers(), &[code]))
+    super::headers::aws_error_among(
+        response.headers(),
+        &[
+            "ExpiredTokenException",
+            "ExpiredToken",
+            "UnrecognizedClientException",
+        ],
+    )
 }
 
 #[cfg(test)]
