@@ -21,18 +21,19 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("** redacted **")
+        f.write_str(REDACTED)
     }
 }
 
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("** redacted **")
+        f.write_str(REDACTED)
     }
 }
 
 const TOKEN_NAME: &[u8] = b"x-amz-security-token";
-const REDACTED: &[u8] = b"** redacted **";
+/// What stands where a secret was.
+const REDACTED: &str = "** redacted **";
 
 /// Whether `b` ends a token value: tokens are base64 (or its URL
 /// encoding), so any quote, escape, separator or whitespace ends one.
@@ -85,7 +86,7 @@ pub fn redact_tokens(body: &[u8]) -> Vec<u8> {
         j += spaces;
         let value = value_len(&rest[j..]);
         if value > 0 {
-            out.extend_from_slice(REDACTED);
+            out.extend_from_slice(REDACTED.as_bytes());
         }
         i += j + value;
     }
@@ -104,16 +105,21 @@ pub fn redact_token_text(text: &str) -> String {
 /// errors of calls that presented a web identity token.
 pub fn without_token(text: &str, secret: &str) -> String {
     // A token too short to be a real one would blank ordinary words.
-    let text = if secret.len() < 16 {
-        text.to_owned()
+    if secret.len() < 16 {
+        without_jwts(text)
     } else {
-        text.replace(secret, "** redacted **")
-    };
+        without_jwts(&text.replace(secret, REDACTED))
+    }
+}
+
+/// `text` with every run shaped like a JWT (a web identity token, whole
+/// or from its header on) blanked.
+pub fn without_jwts(text: &str) -> String {
     // A JWT's header is base64url of `{"`: it starts `eyJ`. A run of its
     // alphabet with a dot in it, long enough not to be a word, is one.
     let jwt_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '=');
     let mut out = String::with_capacity(text.len());
-    let mut rest = text.as_str();
+    let mut rest = text;
     while let Some(at) = rest.find("eyJ") {
         let (before, from) = rest.split_at(at);
         out.push_str(before);
@@ -123,7 +129,7 @@ pub fn without_token(text: &str, secret: &str) -> String {
         // after `=`, `_`, `-` or `.` (`WebIdentityToken=eyJ...`) it is.
         let starts_word = !out.ends_with(|c: char| c.is_ascii_alphanumeric());
         if starts_word && len >= 16 && run.contains('.') {
-            out.push_str("** redacted **");
+            out.push_str(REDACTED);
         } else {
             out.push_str(run);
         }

@@ -66,6 +66,7 @@ const CAPPED: [&str; 12] = [
 fn capped(rust_log: &str) -> (String, Vec<String>) {
     let mut kept = Vec::new();
     let mut dropped = Vec::new();
+    let mut global_level = false;
     for directive in rust_log.split(',').map(str::trim).filter(|d| !d.is_empty()) {
         if directive.contains('[') {
             dropped.push(directive.to_owned());
@@ -73,7 +74,10 @@ fn capped(rust_log: &str) -> (String, Vec<String>) {
         }
         let (target, level) = match directive.split_once('=') {
             Some((t, l)) => (t, Some(l)),
-            None if directive.parse::<tracing::Level>().is_ok() || directive == "off" => {
+            None if directive.parse::<tracing::Level>().is_ok()
+                || directive.eq_ignore_ascii_case("off") =>
+            {
+                global_level = true;
                 kept.push(directive.to_owned());
                 continue;
             }
@@ -100,8 +104,7 @@ fn capped(rust_log: &str) -> (String, Vec<String>) {
     // only targets (or a typo read as one: `RUST_LOG=lots`) silenced the
     // sidecar's warnings and errors, its start-up line and all. An
     // explicit level (`off` included) is kept as written.
-    let global = |d: &String| d.parse::<tracing::Level>().is_ok() || d.eq_ignore_ascii_case("off");
-    if !kept.iter().any(global) {
+    if !global_level {
         kept.push("warn".to_owned());
     }
     kept.extend(CAPPED.iter().map(|c| format!("{c}=info")));

@@ -86,9 +86,8 @@ fn provider_error(kind: &'static str, e: &CredentialsError) -> SourceError {
         code: code.to_owned(),
         // Providers that call STS (a profile's role, its web identity)
         // carry its message: blanked and on one line as STS's own is.
-        message: crate::error_text::one_line(&crate::secret::without_token(
-            &crate::secret::redact_token_text(&crate::error_text::with_causes(e)),
-            "",
+        message: super::sts::loggable(&crate::secret::without_jwts(
+            &crate::error_text::with_causes(e),
         )),
         status: 0,
         class,

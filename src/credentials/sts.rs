@@ -205,6 +205,12 @@ pub fn classify_code(code: &str, status: u16) -> ErrorClass {
     }
 }
 
+/// Text from an AWS answer made fit for logs, `/readyz` and `credentials`:
+/// security tokens it quotes blanked, and on one line.
+pub(super) fn loggable(text: &str) -> String {
+    one_line(&redact_token_text(text))
+}
+
 /// Turns an SDK error into a [`SourceError`] without losing the STS code.
 pub fn source_error<E>(operation: &'static str, err: SdkError<E, HttpResponse>) -> SourceError
 where
@@ -228,14 +234,14 @@ where
                 // A signature error quotes the canonical request STS
                 // expected, session token included (role chaining and
                 // GetCallerIdentity sign with one).
-                message: one_line(&redact_token_text(message)),
+                message: loggable(message),
                 code,
                 status,
             }
         }
         other => SourceError::Transport {
             operation,
-            detail: one_line(&redact_token_text(&crate::error_text::with_causes(&other))),
+            detail: loggable(&crate::error_text::with_causes(&other)),
         },
     }
 }
