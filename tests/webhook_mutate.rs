@@ -1003,4 +1003,6 @@ fn a_proxy_token_secret_must_name_a_secret_and_key() {
         msg.contains("bedrock-broker.io/proxy-token-secret"),
         "{msg}"
     );
+    // What was given is likely the token itself: not echoed.
+    assert!(!msg.contains("just-a-token-value"), "{msg}");
 }

@@ -265,8 +265,16 @@ impl SecretKeyRef {
     pub const ACCEPTED: &'static str =
         "<secret-name>/<key> naming a Secret in the pod's namespace, such as bedrock-api-key/token";
 
+    /// A value that is not a reference is not quoted back: it is often the
+    /// secret itself, pasted in its place (a key, a token, a proxy URL with
+    /// a password), and refusals reach the API server's events.
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
-        let bad = || ParseError::not_a(raw, "a secret reference", Self::ACCEPTED);
+        let bad = || {
+            ParseError::refused(format!(
+                "not a secret reference (the value is not shown: it may be the secret itself); accepted values: {}",
+                Self::ACCEPTED
+            ))
+        };
         let (name, key) = raw.split_once('/').ok_or_else(bad)?;
         if is_dns_subdomain(name) && is_config_key(key) {
             Ok(Self {
