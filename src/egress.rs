@@ -43,7 +43,7 @@ pub enum EgressError {
     TwoAts,
     #[error("has a port that is not one (0 to 65535)")]
     Port,
-    #[error("carries credentials, which would be written into every injected pod's spec in plain text; give a proxy that admits the pods without them")]
+    #[error("carries credentials, which would be written into every injected pod's spec in plain text; give a proxy that admits the pods without them, or put the URL in a Secret in each namespace and name it with the pod annotation bedrock-broker.io/https-proxy-secret")]
     InjectedCredentials,
 }
 

@@ -275,6 +275,98 @@ fn the_platforms_egress_proxy_reaches_the_sidecar_only() {
 }
 
 #[test]
+fn a_pods_own_proxy_url_with_credentials_comes_from_its_secret() {
+    let mut d = defaults();
+    let proxy = EgressProxy::parse_injected("proxy.corp:3128", Some(".internal"));
+    d.egress_proxy = Some(proxy.unwrap());
+    let mut p = opted_in(json!({}));
+    p.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(
+            "bedrock-broker.io/https-proxy-secret".to_owned(),
+            "corp-proxy/url".to_owned(),
+        );
+    for (defaults, no_proxy) in [(d, Some(json!(".internal"))), (defaults(), None)] {
+        let Ok(Outcome::Injected(i)) = webhook::inject(&p, &app_facts(), &defaults) else {
+            panic!("not injected");
+        };
+        let v = mutated(&p, &i);
+        let c = sidecar(&v);
+        let named = |name: &str| {
+            c["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["name"] == name)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        // One HTTPS_PROXY, from the Secret, never a literal: the pod's
+        // URL replaces the webhook's, whose NO_PROXY still applies.
+        assert_eq!(
+            named("HTTPS_PROXY"),
+            vec![
+                json!({"name": "HTTPS_PROXY", "valueFrom": {"secretKeyRef": {
+                "name": "corp-proxy", "key": "url", "optional": false}}})
+            ]
+        );
+        assert_eq!(env_of(&c, "NO_PROXY").map(|e| e["value"].clone()), no_proxy);
+        // The app's containers never see the proxy's credentials.
+        let app = &v["spec"]["containers"][0];
+        assert_eq!(env_of(app, "HTTPS_PROXY"), None);
+
+        // What the kubelet resolves the Secret to, the sidecar reads, and
+        // keeps out of its Debug output.
+        let url = "http://svc:s3cret@proxy.corp:3128";
+        let mut pairs: Vec<(String, String)> = c["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                Some((
+                    e["name"].as_str()?.to_owned(),
+                    e["value"].as_str()?.to_owned(),
+                ))
+            })
+            .collect();
+        pairs.push(("HTTPS_PROXY".to_owned(), url.to_owned()));
+        let env = bedrock_broker::config::Env::from_pairs(
+            pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        let parsed = bedrock_broker::sidecar::SidecarConfig::from_args(&Default::default(), &env)
+            .expect("parses");
+        let wanted = no_proxy.as_ref().and_then(Value::as_str);
+        assert_eq!(
+            parsed.credentials.egress_proxy,
+            Some(EgressProxy::parse(url, wanted).unwrap())
+        );
+        assert!(!format!("{parsed:?}").contains("s3cret"));
+    }
+}
+
+#[test]
+fn an_https_proxy_secret_must_name_a_secret_and_key() {
+    let mut p = opted_in(json!({}));
+    p.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(
+            "bedrock-broker.io/https-proxy-secret".to_owned(),
+            "http://svc:s3cret@proxy.corp:3128".to_owned(),
+        );
+    let Err(problems) = webhook::inject(&p, &app_facts(), &defaults()) else {
+        panic!("a URL is not a Secret reference");
+    };
+    let text = format!("{problems:?}");
+    assert!(
+        text.contains("bedrock-broker.io/https-proxy-secret"),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret"), "{text}");
+}
+
+#[test]
 fn the_platforms_trust_anchors_reach_the_sidecar_as_text() {
     let cert = rcgen::generate_simple_self_signed(vec!["proxy.corp".to_owned()]).unwrap();
     let pem = cert.cert.pem();

@@ -37,9 +37,12 @@ pub mod names {
     /// `<secret>/<key>`: the proxy requires this token, and the app
     /// containers get it (`BEDROCK_BROKER_PROXY_TOKEN`, `OPENAI_API_KEY`).
     pub const PROXY_TOKEN_SECRET: &str = "bedrock-broker.io/proxy-token-secret";
+    /// `<secret>/<key>`: the sidecar's `HTTPS_PROXY` (a forward proxy URL
+    /// that carries credentials, which the webhook's own setting refuses).
+    pub const HTTPS_PROXY_SECRET: &str = "bedrock-broker.io/https-proxy-secret";
 
     /// Every annotation we read (anything else under our prefix is a typo).
-    pub const KNOWN: [&str; 18] = [
+    pub const KNOWN: [&str; 19] = [
         INJECTED,
         ROLE_ARN,
         REGION,
@@ -58,6 +61,7 @@ pub mod names {
         API_KEY_SECRET,
         CLIENT_ENV,
         PROXY_TOKEN_SECRET,
+        HTTPS_PROXY_SECRET,
     ];
 
     /// The IRSA role annotation of a ServiceAccount (EKS Pod Identity Webhook).

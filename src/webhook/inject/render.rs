@@ -259,9 +259,16 @@ fn sidecar_env(sidecar: &SidecarSpec, resolved: &Resolved, fitted: &Fitted) -> V
         let pem = String::from_utf8_lossy(&bundle.pem);
         env_vars.push(env(vars::CA_BUNDLE_PEM.name, pem.as_ref()));
     }
+    // A pod's own proxy URL (credentials and all) stays in its Secret; the
+    // webhook's NO_PROXY still applies to it.
+    if let Some(secret) = &sidecar.https_proxy_secret {
+        env_vars.push(secret_env(aws_settings::HTTPS_PROXY.var(), secret));
+    }
     if let Some(proxy) = &sidecar.egress_proxy {
         if let Some(url) = proxy.injectable_url() {
-            env_vars.push(env(aws_settings::HTTPS_PROXY.var(), url));
+            if sidecar.https_proxy_secret.is_none() {
+                env_vars.push(env(aws_settings::HTTPS_PROXY.var(), url));
+            }
             if !proxy.no_proxy().is_empty() {
                 env_vars.push(env(aws_settings::NO_PROXY.var(), proxy.no_proxy()));
             }

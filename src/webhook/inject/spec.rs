@@ -147,6 +147,9 @@ pub struct SidecarSpec {
     pub api_key_secret: Option<SecretKeyRef>,
     /// The proxy token every request must carry, from this Secret key.
     pub proxy_token_secret: Option<SecretKeyRef>,
+    /// The sidecar's forward proxy URL, credentials and all, from this
+    /// Secret key; in place of the webhook's `egress_proxy` URL.
+    pub https_proxy_secret: Option<SecretKeyRef>,
     /// Whether the app containers get each popular client's endpoint
     /// variable (and the OpenAI key placeholder), or `BEDROCK_BROKER_URL` only.
     pub client_env: bool,
@@ -178,6 +181,7 @@ impl SidecarSpec {
             session_name: None,
             api_key_secret: None,
             proxy_token_secret: None,
+            https_proxy_secret: None,
             client_env: true,
             role_policy: d.role_policy,
         }
@@ -219,6 +223,9 @@ impl SidecarSpec {
             SecretKeyRef::parse(r).map(Some)
         });
         self.proxy_token_secret = a.read(names::PROXY_TOKEN_SECRET, self.proxy_token_secret, |r| {
+            SecretKeyRef::parse(r).map(Some)
+        });
+        self.https_proxy_secret = a.read(names::HTTPS_PROXY_SECRET, self.https_proxy_secret, |r| {
             SecretKeyRef::parse(r).map(Some)
         });
         self.client_env = a.read(names::CLIENT_ENV, self.client_env, parse::bool);
