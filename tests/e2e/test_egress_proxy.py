@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import BINARY, REGION, ROLE_ARN, _start_fake, _stop, make_jwt
 from test_auth_modes import post
@@ -245,3 +246,54 @@ def test_an_unsupported_proxy_url_stops_the_start_naming_the_variable(proxied_en
     assert out.returncode == 2, out.stderr
     assert "origin=HTTPS_PROXY problem=https:// proxies are not supported" in out.stderr, out.stderr
     assert "s3cret" not in out.stderr
+
+
+INJECTED_POD = """\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: chat
+  namespace: my-app
+  labels: {bedrock-broker.io/inject: "true"}
+  annotations:
+    bedrock-broker.io/role-arn: %s
+    bedrock-broker.io/region: %s
+    bedrock-broker.io/https-proxy-secret: corp-proxy/url
+spec:
+  containers:
+  - {name: app, image: app:1}
+"""
+
+
+def test_an_injected_sidecar_takes_its_proxy_url_with_credentials_from_a_secret(start_sidecar, proxied_env, egress, fake_aws_named):
+    # `inject` renders the pod as the webhook would; the kubelet's part
+    # (Secret and downward API values, the token's path) is done here.
+    out = subprocess.run([str(BINARY), "inject"], input=INJECTED_POD % (ROLE_ARN, REGION),
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    pod = next(d for d in yaml.safe_load_all(out.stdout) if d)
+    sidecar_spec = next(c for c in pod["spec"]["initContainers"] if c["name"] == "bedrock-broker")
+    proxies = [e for e in sidecar_spec["env"] if e["name"] == "HTTPS_PROXY"]
+    assert proxies == [{"name": "HTTPS_PROXY", "valueFrom": {"secretKeyRef": {"name": "corp-proxy", "key": "url", "optional": False}}}]
+    assert "s3cret" not in out.stdout
+    assert all(e["name"] != "HTTPS_PROXY" for c in pod["spec"]["containers"] for e in c.get("env", []))
+    secrets = {("corp-proxy", "url"): proxied_env["HTTPS_PROXY"]}
+    fields = {"metadata.namespace": "my-app", "metadata.name": "chat"}
+    env = {}
+    for e in sidecar_spec["env"]:
+        source = e.get("valueFrom", {})
+        if "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            env[e["name"]] = secrets[(ref["name"], ref["key"])]
+        elif "fieldRef" in source:
+            env[e["name"]] = fields[source["fieldRef"]["fieldPath"]]
+        else:
+            env[e["name"]] = e["value"]
+    env.update({k: proxied_env[k] for k in ("AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CA_BUNDLE")})
+    env["BEDROCK_BROKER_LOG_FORMAT"] = "json"
+    sidecar = start_sidecar(env)
+    tid, r = post(sidecar, {})
+    assert r.status_code == 200, r.text
+    assert fake_aws_named.request_for(tid)["verified"]
+    assert sorted(egress.connects) == [(f"{BEDROCK_HOST}:443", BASIC), (f"{STS_HOST}:443", BASIC)]
+    assert "s3cret" not in sidecar.log_text()
