@@ -371,7 +371,11 @@ fn the_platforms_trust_anchors_reach_the_sidecar_as_text() {
     let cert = rcgen::generate_simple_self_signed(vec!["proxy.corp".to_owned()]).unwrap();
     let pem = cert.cert.pem();
     let mut d = defaults();
-    d.ca_bundle = Some(CaBundle::from_pem("test", pem.clone().into_bytes()).unwrap());
+    d.ca_bundle = Some(
+        CaBundle::from_pem("test", pem.clone().into_bytes())
+            .unwrap()
+            .into(),
+    );
     let p = opted_in(json!({}));
     let Ok(Outcome::Injected(i)) = webhook::inject(&p, &app_facts(), &d) else {
         panic!("not injected");

@@ -13,7 +13,6 @@ use crate::egress::EgressProxy;
 use crate::server::tls::HandshakeLimits;
 use crate::server::Limits;
 use crate::telemetry::LogFormat;
-use crate::tls::{pem, CaBundle};
 use crate::webhook::types::{
     parse_limit, Audience, ImageRef, LogLevel, PullPolicy, Quantity, RolePolicy, SidecarMode,
     TokenExpiration,
@@ -96,12 +95,9 @@ fn sidecar_defaults(a: &SidecarDefaultsArgs, env: &Env, e: &mut Errors) -> Optio
             ),
         );
     }
-    let ca_bundle = e.read_optional(
-        &d::CA_BUNDLE,
-        a.sidecar_ca_bundle.as_deref(),
-        env,
-        injected_ca_bundle,
-    );
+    let ca_bundle = e.read_optional(&d::CA_BUNDLE, a.sidecar_ca_bundle.as_deref(), env, |path| {
+        crate::webhook::ca_bundle::read(path).map(Into::into)
+    });
     let run_as_user = e.read(
         &d::RUN_AS_USER,
         a.sidecar_run_as_user.as_deref(),
@@ -130,37 +126,6 @@ fn sidecar_defaults(a: &SidecarDefaultsArgs, env: &Env, e: &mut Errors) -> Optio
         egress_proxy: egress_proxy?,
         ca_bundle: ca_bundle?,
         run_as_user: run_as_user?,
-    })
-}
-
-/// Most a sidecar's environment takes in one variable is 128 KiB (Linux's
-/// MAX_ARG_STRLEN): past it the container cannot start at all.
-const MAX_INJECTED_CA_BUNDLE: usize = 64 * 1024;
-
-/// A trust bundle small enough to travel in every pod spec, as text.
-fn injected_ca_bundle(path: &str) -> Result<CaBundle, ParseError> {
-    let refused = |e: String| ParseError::Refused(e.into());
-    let raw = pem::read(std::path::Path::new(path)).map_err(|e| refused(e.to_string()))?;
-    let text =
-        std::str::from_utf8(&raw).map_err(|_| refused(format!("{path} is not text (PEM)")))?;
-    // Only the certificates travel, into every pod spec.
-    let blocks = pem::certificate_blocks(text).ok_or_else(|| {
-        refused(format!(
-            "{path} holds a private key; give the CA certificates only (they go into every pod spec)"
-        ))
-    })?;
-    // Checked here, naming the file; only CERTIFICATE blocks are kept.
-    pem::certificates(blocks.as_bytes(), std::path::Path::new(path))
-        .map_err(|e| refused(format!("{e} (only CERTIFICATE blocks are used)")))?;
-    if blocks.len() > MAX_INJECTED_CA_BUNDLE {
-        return Err(refused(format!(
-            "{path} holds {} bytes of certificates; at most {MAX_INJECTED_CA_BUNDLE} go into each sidecar's environment: keep only the CAs the sidecars need",
-            blocks.len()
-        )));
-    }
-    Ok(CaBundle {
-        origin: path.to_owned(),
-        pem: blocks.into_bytes(),
     })
 }
 
@@ -604,7 +569,7 @@ mod tests {
         let small = write("small.pem", 2);
         let c = webhook(WebhookArgs::default(), &[(d::CA_BUNDLE.var(), &small)]).unwrap();
         assert_eq!(
-            c.sidecar.ca_bundle.map(|b| b.pem.len()),
+            c.sidecar.ca_bundle.map(|b| b.current().pem.len()),
             Some(2 * one.len())
         );
         // A whole public root store is ~200 KiB: past Linux's 128 KiB a
@@ -631,7 +596,7 @@ mod tests {
             WebhookArgs::default(),
             &[(d::CA_BUNDLE.var(), path.to_str().unwrap())],
         );
-        let pem = c.unwrap().sidecar.ca_bundle.unwrap().pem;
+        let pem = c.unwrap().sidecar.ca_bundle.unwrap().current().pem.clone();
         assert_eq!(String::from_utf8(pem).unwrap(), one);
         let path = dir.path().join("bom.pem");
         std::fs::write(&path, format!("\u{feff}{one}")).unwrap();
@@ -639,7 +604,10 @@ mod tests {
             WebhookArgs::default(),
             &[(d::CA_BUNDLE.var(), path.to_str().unwrap())],
         );
-        assert_eq!(c.unwrap().sidecar.ca_bundle.unwrap().pem, one.as_bytes());
+        assert_eq!(
+            c.unwrap().sidecar.ca_bundle.unwrap().current().pem,
+            one.as_bytes()
+        );
         let path = dir.path().join("crl-only.pem");
         std::fs::write(
             &path,

@@ -21,6 +21,8 @@ pub struct WebhookMetrics {
     pub lookups: IntCounterVec,
     /// Certificate reloads from disk by `result` (`success`, `failure`).
     pub tls_reloads: IntCounterVec,
+    /// Reloads of the sidecars' trust bundle by `result`.
+    pub ca_bundle_reloads: IntCounterVec,
     /// Connections turned away at a connection limit, by `listener`
     /// (`webhook`, `admin`).
     pub connections_refused: IntCounterVec,
@@ -71,6 +73,14 @@ impl WebhookMetrics {
         registry.register(Box::new(admission_duration.clone()))?;
         registry.register(Box::new(lookups.clone()))?;
         registry.register(Box::new(tls_reloads.clone()))?;
+        let ca_bundle_reloads = IntCounterVec::new(
+            opts(
+                "webhook_ca_bundle_reloads_total",
+                "Reloads of the trust bundle given to injected sidecars (--sidecar-ca-bundle) by result: success, failure.",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(ca_bundle_reloads.clone()))?;
         let reviews_closed_for_room = IntCounter::with_opts(opts(
             "webhook_reviews_closed_for_room_total",
             "Reviews and unread answers whose connection was closed to hand their room in the review budget to a peer holding less (a pod filling the budget; or, with several API server addresses, their own slow readers).",
@@ -86,6 +96,7 @@ impl WebhookMetrics {
         }
         for r in ["success", "failure"] {
             tls_reloads.with_label_values(&[r]);
+            ca_bundle_reloads.with_label_values(&[r]);
         }
         Ok(Self {
             registry,
@@ -93,6 +104,7 @@ impl WebhookMetrics {
             admission_duration,
             lookups,
             tls_reloads,
+            ca_bundle_reloads,
             connections_refused,
             reviews_closed_for_room,
         })

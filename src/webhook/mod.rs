@@ -18,6 +18,7 @@
 
 mod admission;
 mod audit;
+pub mod ca_bundle;
 mod cluster;
 mod fair_share;
 mod inject;
@@ -63,6 +64,13 @@ pub async fn run_webhook(
     );
     let intake = Intake::new(config.review_timing, config.review_budget)
         .counting(metrics.reviews_closed_for_room.clone());
+    if let Some(bundle) = &config.sidecar.ca_bundle {
+        tokio::spawn(bundle.clone().watch(
+            config.tls.reload_interval,
+            metrics.ca_bundle_reloads.clone(),
+            shutdown.clone(),
+        ));
+    }
     let state = AdmissionState {
         defaults: config.sidecar.clone(),
         lookup: Arc::new(lookup),

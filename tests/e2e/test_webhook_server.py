@@ -327,6 +327,44 @@ def test_rotated_certificate_is_served_without_restart(webhook):
     assert webhook.proc.poll() is None
 
 
+def _injected_ca_bundle(webhook) -> str | None:
+    r = webhook.review(load_fixture("plain"))
+    assert r.status_code == 200, r.text
+    pod = apply_patch(load_fixture("plain")["request"]["object"], decode_patch(r.json()["response"]))
+    sidecar = next(c for c in pod["spec"]["initContainers"] if c["name"] == "bedrock-broker")
+    return next((e["value"] for e in sidecar["env"] if e["name"] == "BEDROCK_BROKER_CA_BUNDLE_PEM"), None)
+
+
+def test_an_updated_sidecar_trust_bundle_reaches_new_pods_without_restart(tmp_path, fake_api):
+    import trustme
+
+    bundle = tmp_path / "ca-bundle" / "ca.crt"
+    bundle.parent.mkdir()
+    first, second = trustme.CA().cert_pem.bytes().decode(), trustme.CA().cert_pem.bytes().decode()
+
+    def publish(text: str) -> None:  # as the kubelet updates a ConfigMap volume
+        tmp = bundle.parent / ".ca.crt.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, bundle)
+
+    publish(first)
+    with running_webhook(tmp_path, fake_api, {"BEDROCK_BROKER_SIDECAR_CA_BUNDLE": str(bundle)}) as webhook:
+        assert _injected_ca_bundle(webhook) == first
+        publish(second)
+        wait_for(lambda: _injected_ca_bundle(webhook) == second, timeout=10, what="the updated bundle in new pods")
+        assert webhook.metric("bedrock_broker_webhook_ca_bundle_reloads_total", {"result": "success"}) == 1
+        # A broken update is reported, naming the file, and keeps the bundle
+        # in use (that it is reported once is tested in ca_bundle.rs).
+        publish("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+        wait_for(lambda: webhook.metric("bedrock_broker_webhook_ca_bundle_reloads_total", {"result": "failure"}) == 1,
+                 timeout=10, what="the failed reload")
+        assert _injected_ca_bundle(webhook) == second
+        published = wait_for(lambda: [l for l in webhook.log_path.read_text().splitlines() if "trust bundle not reloaded" in l],
+                             timeout=5, what="the warning")
+        assert str(bundle) in published[0], published
+        assert webhook.proc.poll() is None
+
+
 def test_health_and_graceful_stop(webhook):
     assert requests.get(f"{webhook.admin}/healthz", timeout=5).status_code == 200
     webhook.proc.send_signal(signal.SIGTERM)

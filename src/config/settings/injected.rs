@@ -118,13 +118,13 @@ pub const NO_PROXY: Setting = Setting {
     default: Nothing,
     help: "Hosts injected sidecars reach without the --sidecar-https-proxy (NO_PROXY): host suffixes, IP addresses, CIDR ranges",
 };
-/// Read once at start and injected as text (as linkerd injects its trust
-/// anchors): no ConfigMap needs to exist in every namespace.
+/// Injected as text (as linkerd injects its trust anchors): no ConfigMap
+/// needs to exist in every namespace.
 pub const CA_BUNDLE: Setting = Setting {
     flag: "sidecar-ca-bundle",
     env: &["BEDROCK_BROKER_SIDECAR_CA_BUNDLE"],
     default: Nothing,
-    help: "PEM file of extra trust anchors for injected sidecars (a TLS-inspecting proxy's CA, a private endpoint's), read at start; its certificates at most 64 KiB",
+    help: "PEM file of extra trust anchors for injected sidecars (a TLS-inspecting proxy's CA, a private endpoint's), re-read every --tls-reload-interval; its certificates at most 64 KiB",
 };
 /// The distroless "nonroot" user.
 pub const RUN_AS_USER: Setting = Setting {

@@ -35,7 +35,7 @@ pub const TLS_RELOAD_INTERVAL: Setting = Setting {
     flag: "tls-reload-interval",
     env: &["BEDROCK_BROKER_WEBHOOK_TLS_RELOAD_INTERVAL"],
     default: Value("10s"),
-    help: "How often the certificate files are checked for changes (at least 1s)",
+    help: "How often the certificate files (and --sidecar-ca-bundle) are checked for changes (at least 1s)",
 };
 pub const ON_LOOKUP_ERROR: Setting = Setting {
     flag: "on-lookup-error",

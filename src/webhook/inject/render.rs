@@ -255,7 +255,8 @@ fn sidecar_env(sidecar: &SidecarSpec, resolved: &Resolved, fitted: &Fitted) -> V
         }
     }
     if let Some(bundle) = &sidecar.ca_bundle {
-        // Checked to be text when the webhook started.
+        // Checked to be text when it was read.
+        let bundle = bundle.current();
         let pem = String::from_utf8_lossy(&bundle.pem);
         env_vars.push(env(vars::CA_BUNDLE_PEM.name, pem.as_ref()));
     }

@@ -14,7 +14,7 @@ use crate::config::aws::{Region, RoleArn, SessionName};
 use crate::config::parse::{self, ParseError};
 use crate::egress::EgressProxy;
 use crate::telemetry::LogFormat;
-use crate::tls::CaBundle;
+use crate::webhook::ca_bundle::SidecarCaBundle;
 
 /// The contract's proxy port.
 pub const DEFAULT_PORT: Port = Port::new_unchecked(9787);
@@ -79,8 +79,8 @@ pub struct SidecarDefaults {
     pub use_dualstack: bool,
     /// The forward proxy sidecars reach AWS through.
     pub egress_proxy: Option<EgressProxy>,
-    /// Extra trust anchors every sidecar gets.
-    pub ca_bundle: Option<CaBundle>,
+    /// Extra trust anchors every sidecar gets (re-read from their file).
+    pub ca_bundle: Option<SidecarCaBundle>,
     /// UID for the sidecar unless the pod's containers share another non-root UID.
     pub run_as_user: i64,
     /// Which roles a pod may get (not a pod setting: pods cannot change it).
@@ -129,7 +129,7 @@ pub struct SidecarSpec {
     /// The webhook's forward proxy, if any (no annotation).
     pub egress_proxy: Option<EgressProxy>,
     /// The webhook's extra trust anchors, if any (no annotation).
-    pub ca_bundle: Option<CaBundle>,
+    pub ca_bundle: Option<SidecarCaBundle>,
     pub mode: Sourced<SidecarMode>,
     pub audience: Sourced<Audience>,
     pub token_expiration: Sourced<TokenExpiration>,
