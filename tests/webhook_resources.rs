@@ -274,19 +274,25 @@ fn the_platforms_egress_proxy_reaches_the_sidecar_only() {
     );
 }
 
-#[test]
-fn a_pods_own_proxy_url_with_credentials_comes_from_its_secret() {
-    let mut d = defaults();
-    let proxy = EgressProxy::parse_injected("proxy.corp:3128", Some(".internal"));
-    d.egress_proxy = Some(proxy.unwrap());
+/// An opted-in pod annotated `bedrock-broker.io/https-proxy-secret: value`.
+fn with_proxy_secret(value: &str) -> Pod {
     let mut p = opted_in(json!({}));
     p.metadata
         .annotations
         .get_or_insert_with(Default::default)
         .insert(
             "bedrock-broker.io/https-proxy-secret".to_owned(),
-            "corp-proxy/url".to_owned(),
+            value.to_owned(),
         );
+    p
+}
+
+#[test]
+fn a_pods_own_proxy_url_with_credentials_comes_from_its_secret() {
+    let mut d = defaults();
+    let proxy = EgressProxy::parse_injected("proxy.corp:3128", Some(".internal"));
+    d.egress_proxy = Some(proxy.unwrap());
+    let p = with_proxy_secret("corp-proxy/url");
     for (defaults, no_proxy) in [(d, Some(json!(".internal"))), (defaults(), None)] {
         let Ok(Outcome::Injected(i)) = webhook::inject(&p, &app_facts(), &defaults) else {
             panic!("not injected");
@@ -347,14 +353,7 @@ fn a_pods_own_proxy_url_with_credentials_comes_from_its_secret() {
 
 #[test]
 fn an_https_proxy_secret_must_name_a_secret_and_key() {
-    let mut p = opted_in(json!({}));
-    p.metadata
-        .annotations
-        .get_or_insert_with(Default::default)
-        .insert(
-            "bedrock-broker.io/https-proxy-secret".to_owned(),
-            "http://svc:s3cret@proxy.corp:3128".to_owned(),
-        );
+    let p = with_proxy_secret("http://svc:s3cret@proxy.corp:3128");
     let Err(problems) = webhook::inject(&p, &app_facts(), &defaults()) else {
         panic!("a URL is not a Secret reference");
     };

@@ -9,6 +9,7 @@
 mod conn;
 pub mod limits;
 mod peers;
+pub mod poll;
 pub mod signal;
 pub mod tls;
 

@@ -145,14 +145,8 @@ impl ReloadingCert {
         reloads: IntCounterVec,
         shutdown: CancellationToken,
     ) {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await;
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = shutdown.cancelled() => return,
-            }
+        let mut every = super::poll::Every::new(interval, shutdown);
+        while every.tick().await {
             let this = self.clone();
             let result = tokio::task::spawn_blocking(move || this.reload_if_changed()).await;
             match result {

@@ -13,6 +13,7 @@ use prometheus::IntCounterVec;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::parse::ParseError;
+use crate::server::poll::Every;
 use crate::tls::{pem, CaBundle};
 
 /// Most a sidecar's environment takes in one variable is 128 KiB (Linux's
@@ -77,15 +78,9 @@ impl SidecarCaBundle {
         reloads: IntCounterVec,
         shutdown: CancellationToken,
     ) {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await;
+        let mut every = Every::new(interval, shutdown);
         let mut poller = Poller::default();
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = shutdown.cancelled() => return,
-            }
+        while every.tick().await {
             let bundle = self.clone();
             let polled = tokio::task::spawn_blocking(move || {
                 let outcome = poller.poll(&bundle);
