@@ -64,6 +64,15 @@ pub enum SourceError {
     MissingCredentials { operation: &'static str },
     #[error("the credentials STS issued had expired {expired_s} s before they arrived, by this node's clock")]
     ExpiredOnArrival { expired_s: u64 },
+    /// One of aws-config's providers (`profile`, `container`, `imds`)
+    /// failed; a profile's role may have called STS on the way.
+    #[error("the {kind} credential source failed: {code}: {message}")]
+    Provider {
+        kind: &'static str,
+        code: String,
+        message: String,
+        class: ErrorClass,
+    },
 }
 
 impl SourceError {
@@ -89,7 +98,7 @@ impl SourceError {
             // swaps it atomically; a missing file is usually a mount problem
             // that a retry can still outlive (volume not yet projected).
             Self::TokenFile { .. } | Self::EmptyToken { .. } => ErrorClass::Token,
-            Self::Service { class, .. } => *class,
+            Self::Service { class, .. } | Self::Provider { class, .. } => *class,
             Self::Transport { .. } => ErrorClass::Transient,
             Self::MissingCredentials { .. } => ErrorClass::Transient,
             // Only the node's clock can fix it; retrying fast cannot.
@@ -205,6 +214,17 @@ impl SourceError {
             Self::ExpiredOnArrival { .. } => Some(
                 "this node's clock is probably ahead of AWS's: check its NTP synchronisation",
             ),
+            Self::Provider { kind: "imds", .. } => Some(
+                "the EC2 instance metadata service did not give the node role's credentials: from a container IMDSv2 needs the instance's metadata hop limit at 2 or more, and an egress policy may block 169.254.169.254",
+            ),
+            Self::Provider {
+                kind: "container", ..
+            } => Some(
+                "the container credentials endpoint (AWS_CONTAINER_CREDENTIALS_FULL_URI: the EKS Pod Identity agent, or ECS) did not give credentials: check that the agent runs on the node and the pod's association",
+            ),
+            Self::Provider { .. } => Some(
+                "the shared config profile (AWS_PROFILE, AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE) could not give credentials: the message says which step failed",
+            ),
         }
     }
 
@@ -230,6 +250,7 @@ impl SourceError {
             Self::Transport { .. } => "TransportError",
             Self::MissingCredentials { .. } => "MissingCredentials",
             Self::ExpiredOnArrival { .. } => "CredentialsExpiredOnArrival",
+            Self::Provider { code, .. } => code,
         }
     }
 }
@@ -366,5 +387,30 @@ mod tests {
             operation: WEB_IDENTITY_OPERATION,
         };
         assert!(missing.hint().is_some_and(|h| h.contains("proxy")));
+    }
+
+    #[test]
+    fn aws_config_sources_are_named_not_taken_for_sts() {
+        for (kind, names) in [
+            ("imds", "hop limit"),
+            ("container", "Pod Identity agent"),
+            ("profile", "AWS_PROFILE"),
+        ] {
+            let e = SourceError::Provider {
+                kind,
+                code: "ProviderError".to_owned(),
+                message: "request forbidden".to_owned(),
+                class: ErrorClass::Transient,
+            };
+            let text = e.to_string();
+            assert!(
+                text.starts_with(&format!("the {kind} credential source failed")),
+                "{text}"
+            );
+            assert!(!text.contains("STS"), "{text}");
+            assert!(e.hint().is_some_and(|h| h.contains(names)), "{kind}");
+            assert_eq!(e.code(), "ProviderError");
+            assert_eq!(e.class(), ErrorClass::Transient);
+        }
     }
 }

@@ -16,7 +16,18 @@ use crate::config::aws::Region;
 #[derive(Debug)]
 pub struct SdkProviderSource {
     kind: &'static str,
-    provider: SharedCredentialsProvider,
+    provider: Provider,
+}
+
+#[derive(Debug)]
+enum Provider {
+    Kept(SharedCredentialsProvider),
+    /// aws-config's IMDS provider answers any IMDS error with the
+    /// credentials it fetched last: the refresher would count an outage as
+    /// refreshes that worked, and then take the expired credentials for a
+    /// clock problem. One without a past each time lets the error through
+    /// (the refresher keeps serving what it holds, as that fallback would).
+    ImdsEachTime(Box<ProviderConfig>),
 }
 
 impl SdkProviderSource {
@@ -31,30 +42,36 @@ impl SdkProviderSource {
                 if let Some(name) = name {
                     b = b.profile_name(name);
                 }
-                ("profile", SharedCredentialsProvider::new(b.build()))
+                (
+                    "profile",
+                    Provider::Kept(SharedCredentialsProvider::new(b.build())),
+                )
             }
             SdkSource::Container => (
                 "container",
-                SharedCredentialsProvider::new(
+                Provider::Kept(SharedCredentialsProvider::new(
                     aws_config::ecs::EcsCredentialsProvider::builder()
                         .configure(&provider_config)
                         .build(),
-                ),
+                )),
             ),
-            SdkSource::Imds => (
-                "imds",
-                SharedCredentialsProvider::new(
-                    aws_config::imds::credentials::ImdsCredentialsProvider::builder()
-                        .configure(&provider_config)
-                        .build(),
-                ),
-            ),
+            SdkSource::Imds => ("imds", Provider::ImdsEachTime(Box::new(provider_config))),
         };
         Self { kind, provider }
     }
 
     async fn load(&self) -> Result<Fetched, SourceError> {
-        match self.provider.provide_credentials().await {
+        let loaded = match &self.provider {
+            Provider::Kept(provider) => provider.provide_credentials().await,
+            Provider::ImdsEachTime(config) => {
+                aws_config::imds::credentials::ImdsCredentialsProvider::builder()
+                    .configure(config)
+                    .build()
+                    .provide_credentials()
+                    .await
+            }
+        };
+        match loaded {
             Ok(credentials) => Ok(Fetched {
                 credentials,
                 principal: None,
@@ -81,15 +98,14 @@ fn provider_error(kind: &'static str, e: &CredentialsError) -> SourceError {
         CredentialsError::ProviderError(_) => "ProviderError",
         _ => "Unhandled",
     };
-    SourceError::Service {
-        operation: kind,
+    SourceError::Provider {
+        kind,
         code: code.to_owned(),
         // Providers that call STS (a profile's role, its web identity)
         // carry its message: blanked and on one line as STS's own is.
         message: super::sts::loggable(&crate::secret::without_jwts(
             &crate::error_text::with_causes(e),
         )),
-        status: 0,
         class,
     }
 }

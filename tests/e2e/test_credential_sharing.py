@@ -206,6 +206,34 @@ def test_imds_source_when_pinned(start_sidecar, fake_aws):
     wait_for(lambda: sidecar.metric("bedrock_broker_credential_refreshes_total", {"result": "success"}) >= 3, timeout=15, what="imds refreshes")
 
 
+def test_an_imds_outage_is_a_failed_refresh_not_the_old_credentials_again(start_sidecar, fake_aws):
+    # aws-config's IMDS provider answers an IMDS error with the credentials
+    # it fetched last: taken as a success, an outage showed as refreshes
+    # that worked until the credentials expired, then as a clock problem.
+    fake_aws.configure_sts(lifetime_seconds=12)
+    sidecar = start_sidecar({
+        "AWS_REGION": "us-east-1",
+        "BEDROCK_BROKER_CREDENTIAL_SOURCE": "imds",
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT": fake_aws.sts + "/imds/",
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws.bedrock,
+    }, FAST)
+    fake_aws.post("/imds", {"disabled": True})
+    wait_for(lambda: (sidecar.metric("bedrock_broker_credential_refresh_consecutive_failures") or 0) >= 1,
+             timeout=15, what="the outage seen as a failed refresh")
+    failed = next(line for line in sidecar.log_text().splitlines() if "credential refresh failed" in line)
+    # Seen at the first scheduled refresh, while the credentials still work.
+    assert '"still_serving":true' in failed, failed
+    assert "the imds credential source failed" in failed and "forbidden" in failed, failed
+    assert "hop limit" in failed, failed
+    assert "clock" not in failed, failed
+    fake_aws.post("/imds", {"disabled": False})
+    wait_for(lambda: sidecar.metric("bedrock_broker_credential_refresh_consecutive_failures") == 0,
+             timeout=10, what="recovery once IMDS answers")
+    tid = uuid.uuid4().hex
+    converse(sidecar, tid)
+    assert fake_aws.request_for(tid)["verified"]
+
+
 def test_ecs_or_pod_identity_container_source(start_sidecar, fake_aws):
     sidecar = start_sidecar({
         "AWS_REGION": "us-east-1",
