@@ -93,9 +93,11 @@ pub struct CredentialCell {
     /// STS answered the last attempt with throttling: the refresher waits
     /// its backoff out whatever asks, so nobody should wait for it.
     throttled: watch::Sender<bool>,
-    /// Whether a refresh has failed yet: until one has, a request finding
-    /// no credentials knows the first ones are still on their way.
-    failed: watch::Sender<bool>,
+    /// How many refresh attempts have failed: until one has, a request
+    /// finding no credentials knows the first ones are still on their way;
+    /// and one waiting for a refresh it asked for stops when an attempt
+    /// fails after it asked.
+    failures: watch::Sender<u64>,
 }
 
 impl Default for CredentialCell {
@@ -106,7 +108,7 @@ impl Default for CredentialCell {
             generation: watch::Sender::new(0),
             refresh_requested: Notify::new(),
             throttled: watch::Sender::new(false),
-            failed: watch::Sender::new(false),
+            failures: watch::Sender::new(0),
         }
     }
 }
@@ -177,14 +179,24 @@ impl CredentialCell {
     /// Records why the last refresh failed; the held credentials stay.
     pub fn record_failure(&self, summary: String) {
         self.last_error.store(Some(Arc::new(summary)));
-        self.failed
-            .send_if_modified(|f| !std::mem::replace(f, true));
+        self.failures.send_modify(|n| *n += 1);
+    }
+
+    /// How many refresh attempts have failed so far.
+    pub fn failures(&self) -> u64 {
+        *self.failures.borrow()
+    }
+
+    /// Resolves once more than `seen` attempts have failed (at once if
+    /// they have).
+    pub async fn failed_since(&self, seen: u64) {
+        let mut rx = self.failures.subscribe();
+        let _ = rx.wait_for(|n| *n > seen).await;
     }
 
     /// Resolves once a refresh has failed (at once if one has).
     pub async fn failed_once(&self) {
-        let mut rx = self.failed.subscribe();
-        let _ = rx.wait_for(|f| *f).await;
+        self.failed_since(0).await;
     }
 
     pub fn last_error(&self) -> Option<Arc<String>> {
@@ -245,6 +257,21 @@ mod tests {
             cell.usable(t0 + Duration::from_secs(10)).err(),
             Some(Unusable::Expired)
         );
+    }
+
+    #[tokio::test]
+    async fn failures_are_counted_for_waiters_that_asked_before_them() {
+        let cell = CredentialCell::new();
+        let seen = cell.failures();
+        let waiting = cell.failed_since(seen);
+        tokio::pin!(waiting);
+        assert!(futures::FutureExt::now_or_never(waiting.as_mut()).is_none());
+        cell.record_failure("boom".into());
+        assert!(futures::FutureExt::now_or_never(waiting).is_some());
+        assert_eq!(cell.failures(), seen + 1);
+        // A failure from before the asking does not end a later wait.
+        assert!(futures::FutureExt::now_or_never(cell.failed_since(seen + 1)).is_none());
+        assert!(futures::FutureExt::now_or_never(cell.failed_once()).is_some());
     }
 
     #[test]

@@ -179,13 +179,17 @@ impl Proxy {
         {
             return false;
         }
+        let failures = self.cell.failures();
         self.cell.request_refresh();
         // The refresh this asked for may be the one STS throttles: then
-        // nothing comes sooner than its backoff, so stop waiting there too.
+        // nothing comes sooner than its backoff, so stop waiting there too;
+        // and once an attempt fails after the asking, the next one waits
+        // out a backoff: Bedrock's answer is due now.
         let fresher = async {
             tokio::select! {
                 newer = self.cell.wait_newer_than(used) => newer,
                 () = self.cell.throttled() => false,
+                () = self.cell.failed_since(failures) => false,
             }
         };
         tokio::time::timeout(self.self_heal_wait, fresher)

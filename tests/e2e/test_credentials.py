@@ -225,6 +225,17 @@ def test_rejection_is_passed_through_when_no_fresher_credentials_come(start_side
     assert sidecar.metric("bedrock_broker_upstream_auth_retries_total", {"result": "gave_up"}) == 1
 
 
+def test_a_rejection_is_passed_through_as_soon_as_the_refresh_it_asked_for_fails(start_sidecar, irsa_env, fake_aws):
+    # STS failing at once: waiting on for the self-heal window (here a
+    # minute, --sts-timeout plus a second) only holds the app's request.
+    sidecar = start_sidecar(irsa_env, FAST + ["--sts-timeout", "60s"])
+    fake_aws.configure_sts(fail_always=True, fail_code="InternalFailure", fail_status=500)
+    fake_aws.post("/credentials/expire", {})
+    client = bedrock_client(sidecar, read_timeout=20)
+    expect_expired_token(client)
+    assert sidecar.metric("bedrock_broker_upstream_auth_retries_total", {"result": "gave_up"}) == 1
+
+
 def test_a_token_rotated_to_one_without_exp_leaves_no_stale_expiry(start_sidecar, irsa_env, fake_aws, token_dir):
     # The gauge is the token's `exp`: after a rotation to a token that has
     # none (an opaque token from another issuer), the old time would read as

@@ -26,7 +26,7 @@ def openai_client(sidecar) -> openai.OpenAI:
     return openai.OpenAI(base_url=sidecar.url("/openai/v1"), api_key="sk-placeholder", max_retries=0, timeout=30)
 
 
-def bedrock_client(sidecar):
+def bedrock_client(sidecar, read_timeout: float = 30):
     """boto3 pointed at the sidecar, signing with throwaway keys the sidecar replaces."""
     client = boto3.client(
         "bedrock-runtime",
@@ -34,7 +34,7 @@ def bedrock_client(sidecar):
         endpoint_url=sidecar.proxy,
         aws_access_key_id="AKIDCLIENTPLACEHOLDER",
         aws_secret_access_key="client-placeholder-secret",
-        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}, read_timeout=30),
+        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}, read_timeout=read_timeout),
     )
     return client
 
