@@ -27,6 +27,14 @@ pub const INVALID: u8 = 2;
 
 /// Runs one subcommand to completion.
 pub fn run(command: Command, env: Env) -> ExitCode {
+    // Before anything reads them: logging is not set up yet either.
+    let not_text = crate::config::unknown::not_text(&env);
+    if !not_text.is_empty() {
+        for name in not_text {
+            eprintln!("bedrock-broker: invalid configuration: {name}: the value is not UTF-8 text");
+        }
+        return ExitCode::from(INVALID);
+    }
     let status = match command {
         // Offline and one-shot: it reports on stderr as plain text.
         Command::Inject(args) => inject::run(&args, &env),
@@ -60,7 +68,11 @@ fn with_runtime<F: Future<Output = u8>>(
     for unknown in crate::config::unknown::unknown(env) {
         tracing::warn!(variable = %unknown.name, "{unknown}");
     }
-    match runtime() {
+    let workers = match worker_threads(env) {
+        Ok(workers) => workers,
+        Err(errors) => return report(&errors),
+    };
+    match runtime_for(workers) {
         Ok(runtime) => runtime.block_on(command()),
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
@@ -69,10 +81,26 @@ fn with_runtime<F: Future<Output = u8>>(
     }
 }
 
-/// The runtime for the cores this process may use (`available_parallelism`
-/// counts the CPU affinity mask and a cgroup CPU limit, rounded down).
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    runtime_for(std::thread::available_parallelism().map_or(1, usize::from))
+/// Worker threads: `TOKIO_WORKER_THREADS`, checked here (tokio panics on a
+/// bad one, and only with two CPUs or more), else one per core this
+/// process may use (`available_parallelism` counts the CPU affinity mask
+/// and a cgroup CPU limit, rounded down). On one core a single thread
+/// whatever the variable says (see [`runtime_for`]).
+fn worker_threads(env: &Env) -> Result<usize, ConfigErrors> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let name = crate::config::settings::vars::TOKIO_WORKER_THREADS.name;
+    match env
+        .get(name)
+        .map(|raw| crate::config::parse::positive_count(raw.trim()))
+    {
+        None => Ok(cores),
+        Some(Err(e)) => Err(ConfigErrors(vec![crate::config::ConfigError {
+            origin: name.to_owned(),
+            message: e.to_string(),
+        }])),
+        Some(Ok(_)) if cores <= 1 => Ok(1),
+        Some(Ok(n)) => Ok(n),
+    }
 }
 
 /// On one core, tokio's current-thread scheduler: the multi-thread one
@@ -80,14 +108,15 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// and measured 10 % fewer requests per second at 64 connections
 /// (docs/performance-history.md, the run of 9e9a4d5). linkerd2-proxy
 /// makes the same choice.
-fn runtime_for(cores: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    if cores <= 1 {
+fn runtime_for(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if workers <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
     } else {
-        // One worker per core, or TOKIO_WORKER_THREADS when set.
+        // Set, so tokio never reads TOKIO_WORKER_THREADS itself.
         tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
             .enable_all()
             .build()
     }

@@ -32,35 +32,56 @@ pub use setting::{ConfigError, ConfigErrors};
 
 /// A snapshot of the process environment, so parsing is a pure function.
 #[derive(Debug, Clone, Default)]
-pub struct Env(HashMap<String, String>);
+pub struct Env {
+    vars: HashMap<String, String>,
+    /// Names whose value is not UTF-8: read as unset, a setting would
+    /// fall back to its default (a proxy token to none), so ours among
+    /// them stop the start ([`unknown::not_text`]).
+    not_text: Vec<String>,
+}
 
 impl Env {
-    /// The current process environment (variables that are not UTF-8 are skipped).
+    /// The current process environment.
     pub fn from_process() -> Self {
-        Self(
-            std::env::vars_os()
-                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-                .collect(),
-        )
+        let mut env = Self::default();
+        for (name, value) in std::env::vars_os() {
+            // A name that is not UTF-8 is none of ours.
+            let Ok(name) = name.into_string() else {
+                continue;
+            };
+            match value.into_string() {
+                Ok(value) => {
+                    env.vars.insert(name, value);
+                }
+                Err(_) => env.not_text.push(name),
+            }
+        }
+        env
     }
 
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        Self(
-            pairs
+        Self {
+            vars: pairs
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
-        )
+            not_text: Vec::new(),
+        }
     }
 
-    /// The names of the variables set.
+    /// The names of the variables set (with text values).
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.0.keys().map(String::as_str)
+        self.vars.keys().map(String::as_str)
+    }
+
+    /// The names of the variables whose value is not UTF-8 text.
+    pub fn not_text(&self) -> impl Iterator<Item = &str> {
+        self.not_text.iter().map(String::as_str)
     }
 
     /// The variable's value; empty values count as unset, as in the AWS SDKs.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
+        self.vars
             .get(name)
             .map(String::as_str)
             .filter(|v| !v.is_empty())

@@ -31,6 +31,16 @@ impl std::fmt::Display for Unknown {
 
 /// Every `BEDROCK_BROKER_*` variable some subcommand reads.
 pub fn known() -> Vec<&'static str> {
+    let mut names = read();
+    names.retain(|name| name.starts_with(PREFIX));
+    names
+}
+
+/// Read by the libraries underneath (see the configuration reference).
+const LIBRARY_VARIABLES: [&str; 2] = ["TOKIO_WORKER_THREADS", "KUBECONFIG"];
+
+/// Every variable some subcommand reads, by its settings or directly.
+fn read() -> Vec<&'static str> {
     let lists: [&[Setting]; 13] = [
         settings::sidecar::ALL,
         settings::aws::ALL,
@@ -57,11 +67,32 @@ pub fn known() -> Vec<&'static str> {
         .flat_map(|setting| setting.env.iter().copied())
         .chain(settings::vars::ALL.iter().map(|v| v.name))
         .chain(CLIENT_VARIABLES)
-        .filter(|name| name.starts_with(PREFIX))
+        .chain(LIBRARY_VARIABLES)
         .collect();
     names.sort_unstable();
     names.dedup();
     names
+}
+
+/// The variables of `env` that a subcommand reads (or, for `AWS_*`, that
+/// the AWS libraries may) whose value is not UTF-8 text: each is a
+/// configuration error, since read as unset its setting would silently
+/// take its default. Sorted.
+pub fn not_text(env: &Env) -> Vec<&str> {
+    let read = read();
+    let mut found: Vec<&str> = env
+        .not_text()
+        .filter(|name| {
+            name.starts_with(PREFIX)
+                || name.starts_with("AWS_")
+                || read.binary_search(name).is_ok()
+                || read
+                    .binary_search(&name.to_ascii_uppercase().as_str())
+                    .is_ok()
+        })
+        .collect();
+    found.sort_unstable();
+    found
 }
 
 /// The variables of `env` with our prefix that nothing reads, by name.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -249,6 +250,36 @@ def test_bad_configuration_exits_2_naming_every_problem():
     assert out.returncode == 2
     for name in ["AWS_WEB_IDENTITY_TOKEN_FILE", "BEDROCK_BROKER_LISTEN"]:
         assert name in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("command", ["sidecar", "webhook", "inject"])
+def test_a_setting_that_is_not_utf8_text_stops_the_start_naming_it(command):
+    # Skipped as if unset, a proxy token (or a role policy) not in UTF-8
+    # turned its protection off without a word.
+    env = {b"PATH": b"/usr/bin:/bin", b"AWS_REGION": b"us-east-1", b"AWS_ACCESS_KEY_ID": b"AKIDEXAMPLE",
+           b"AWS_SECRET_ACCESS_KEY": b"secret", b"BEDROCK_BROKER_PROXY_TOKEN": b"abcdefghijklmnopqrstuv\xff",
+           b"BEDROCK_BROKER_WEBHOOK_ROLE_POLICY": b"service-account\xc2", b"LC_UNRELATED": b"\xff"}
+    out = subprocess.run([str(BINARY), command], env=env, input=b"", capture_output=True, timeout=20)
+    assert out.returncode == 2, out.stderr
+    err = out.stderr.decode(errors="replace")
+    for name in ["BEDROCK_BROKER_PROXY_TOKEN", "BEDROCK_BROKER_WEBHOOK_ROLE_POLICY"]:
+        assert f"{name}: the value is not UTF-8 text" in err, err
+    assert "LC_UNRELATED" not in err and "abcdefghijklmnopqrstuv" not in err, err
+
+
+@pytest.mark.parametrize("cpus", [{0}, None])
+@pytest.mark.parametrize("value", ["0", "abc", "-1"])
+def test_a_bad_worker_thread_count_is_a_configuration_error_on_any_node(irsa_env, value, cpus):
+    # tokio panicked (exit 101) on it with two CPUs or more, and ignored it
+    # on one: a manifest that works on one node crash-looped on another.
+    out = subprocess.run(
+        [str(BINARY), "sidecar"],
+        env={"PATH": "/usr/bin:/bin", **irsa_env, "TOKIO_WORKER_THREADS": value},
+        capture_output=True, text=True, timeout=20,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "TOKIO_WORKER_THREADS" in out.stderr and "panicked" not in out.stderr, out.stderr
 
 
 def test_a_misspelt_variable_is_pointed_out_not_silently_ignored(start_sidecar, irsa_env):

@@ -71,6 +71,13 @@ pub const RUST_LOG: Variable = Variable {
     help: "log levels, e.g. `info` or `info,bedrock_broker=debug`; crates that could log request details stay capped at `info`, and without a level for the rest (only targets named) the rest is at `warn`",
 };
 
+/// Read by the runtime set-up (checked there, not by tokio: it panics on
+/// a bad value); documented with the libraries' variables.
+pub const TOKIO_WORKER_THREADS: Variable = Variable {
+    name: "TOKIO_WORKER_THREADS",
+    help: "worker threads",
+};
+
 pub const ALL: &[Variable] = &[
     AWS_ROLE_ARN,
     AWS_WEB_IDENTITY_TOKEN_FILE,
