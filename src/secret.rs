@@ -139,9 +139,48 @@ pub fn without_jwts(text: &str) -> String {
     out
 }
 
+/// `text` with the user information of every URL in it (`user:password@`)
+/// blanked: a URL given with credentials is quoted back by parsers and
+/// by aws-config's errors.
+pub fn without_url_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, from) = rest.split_at(at + 3);
+        out.push_str(before);
+        let end = from
+            .find(|c: char| {
+                matches!(c, '/' | '?' | '#' | '"' | '\'' | '<' | '>') || c.is_whitespace()
+            })
+            .unwrap_or(from.len());
+        let authority = &from[..end];
+        match authority.rfind('@') {
+            Some(user_end) => {
+                out.push_str(REDACTED);
+                out.push_str(&authority[user_end..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &from[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_information_in_urls_is_blanked() {
+        assert_eq!(
+            without_url_credentials(
+                "invalid URI: http://u:s3cret@10.1.2.3/creds and \"https://a:b@c@h:1?x\", ftp://h/p@x"
+            ),
+            "invalid URI: http://** redacted **@10.1.2.3/creds and \"https://** redacted **@h:1?x\", ftp://h/p@x"
+        );
+        assert_eq!(without_url_credentials("no URL, a@b"), "no URL, a@b");
+    }
 
     #[test]
     fn a_token_quoted_whole_or_in_part_is_blanked() {

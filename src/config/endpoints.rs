@@ -22,17 +22,19 @@ const MANTLE_SIGNING_NAME: &str = "bedrock-mantle";
 /// split into scheme, authority (default port dropped, so the signed host
 /// matches the `Host` the client sends) and path prefix (no trailing slash).
 pub fn base_url(raw: &str) -> Result<(Scheme, Authority, String), ParseError> {
-    let refused = |why: &str| ParseError::refused(format!("{raw:?} {why}"));
+    // Quoted without its user information, which may hold a password.
+    let shown = crate::secret::without_url_credentials(raw);
+    let refused = |why: &str| ParseError::refused(format!("{shown:?} {why}"));
     let uri: Uri = raw
         .parse()
-        .map_err(|e| ParseError::refused(format!("{raw:?} is not a URL: {e}")))?;
+        .map_err(|e| ParseError::refused(format!("{shown:?} is not a URL: {e}")))?;
     let scheme = uri
         .scheme()
         .cloned()
         .ok_or_else(|| refused("has no scheme (expected https://HOST)"))?;
     if scheme != Scheme::HTTPS && scheme != Scheme::HTTP {
         return Err(ParseError::refused(format!(
-            "{raw:?}: scheme must be https or http"
+            "{shown:?}: scheme must be https or http"
         )));
     }
     let authority = uri.authority().ok_or_else(|| refused("has no host"))?;
@@ -42,12 +44,19 @@ pub fn base_url(raw: &str) -> Result<(Scheme, Authority, String), ParseError> {
     if uri.query().is_some() {
         return Err(refused("must not have a query string"));
     }
+    // `http` reads a port past 65535 as no port at all, and the
+    // connection would go to the scheme's default.
+    if let Some((_, port)) = authority.as_str().rsplit_once(':') {
+        if !port.contains(']') && !port.parse::<u16>().is_ok_and(|p| p != 0) {
+            return Err(refused("has a port that is not one (1 to 65535)"));
+        }
+    }
     let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
     let authority: Authority = match authority.port_u16() {
         Some(p) if p == default_port => authority
             .host()
             .parse()
-            .map_err(|e| ParseError::refused(format!("{raw:?}: {e}")))?,
+            .map_err(|e| ParseError::refused(format!("{shown:?}: {e}")))?,
         _ => authority.clone(),
     };
     let base_path = uri.path().trim_end_matches('/').to_owned();
@@ -291,8 +300,31 @@ mod tests {
             (scheme.as_str(), authority.as_str(), path.as_str()),
             ("https", "h.example", "/base")
         );
-        for bad in ["ftp://x", "nope", "http://u@h", "http://h/?q=1"] {
+        for bad in [
+            "ftp://x",
+            "nope",
+            "http://u@h",
+            "http://h/?q=1",
+            "https://h:99999",
+            "https://h:0",
+            "https://h:",
+            "https://[::1]:70000",
+        ] {
             assert!(base_url(bad).is_err(), "{bad}");
         }
+        for good in [
+            "https://[::1]",
+            "https://[::1]:8443/x",
+            "http://127.0.0.1:9",
+        ] {
+            assert!(base_url(good).is_ok(), "{good}");
+        }
+        let e = base_url("https://svc:s3cret@h.example")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("user information") && !e.contains("s3cret"),
+            "{e}"
+        );
     }
 }

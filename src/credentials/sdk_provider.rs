@@ -103,8 +103,10 @@ fn provider_error(kind: &'static str, e: &CredentialsError) -> SourceError {
         code: code.to_owned(),
         // Providers that call STS (a profile's role, its web identity)
         // carry its message: blanked and on one line as STS's own is.
-        message: super::sts::loggable(&crate::secret::without_jwts(
-            &crate::error_text::with_causes(e),
+        // aws-config quotes a container URL it refuses, user information
+        // (a password) and all.
+        message: super::sts::loggable(&crate::secret::without_url_credentials(
+            &crate::secret::without_jwts(&crate::error_text::with_causes(e)),
         )),
         class,
     }

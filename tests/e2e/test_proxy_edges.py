@@ -282,6 +282,38 @@ def test_a_bad_worker_thread_count_is_a_configuration_error_on_any_node(irsa_env
     assert "TOKIO_WORKER_THREADS" in out.stderr and "panicked" not in out.stderr, out.stderr
 
 
+@pytest.mark.parametrize("setting", [["--upstream"], ["--mantle-upstream"], ["env", "AWS_ENDPOINT_URL_STS"], ["env", "AWS_ENDPOINT_URL_BEDROCK_RUNTIME"]])
+def test_a_url_with_a_password_is_refused_without_repeating_it(irsa_env, setting):
+    url = "https://svc:s3cretPW@bedrock.example.com"
+    env, args = {"PATH": "/usr/bin:/bin", **irsa_env}, []
+    if setting[0] == "env":
+        env[setting[1]] = url
+    else:
+        args = [setting[0], url]
+    out = subprocess.run([str(BINARY), "sidecar", *args], env=env, capture_output=True, text=True, timeout=20)
+    assert out.returncode == 2, out.stderr
+    assert "user information" in out.stderr and "s3cretPW" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("port", ["99999", "0"])
+def test_an_upstream_port_that_is_not_one_is_refused(irsa_env, port):
+    # 99999 was taken, and the connection went to port 443.
+    out = subprocess.run([str(BINARY), "sidecar", "--upstream", f"https://127.0.0.1:{port}"],
+                         env={"PATH": "/usr/bin:/bin", **irsa_env}, capture_output=True, text=True, timeout=20)
+    assert out.returncode == 2, out.stderr
+    assert "--upstream" in out.stderr and "port" in out.stderr, out.stderr
+
+
+def test_a_container_credentials_url_with_a_password_never_reaches_readyz_or_logs(start_sidecar):
+    sidecar = start_sidecar({"AWS_REGION": "us-east-1",
+                             "AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://u:s3cretPW@10.1.2.3/creds"},
+                            wait_ready=False)
+    wait_for(lambda: "credential refresh failed" in sidecar.log_text(), timeout=20, what="a failed refresh")
+    ready = sidecar.ready()
+    assert ready.status_code == 503 and "s3cretPW" not in ready.text, ready.text
+    assert "s3cretPW" not in sidecar.log_text()
+
+
 def test_a_misspelt_variable_is_pointed_out_not_silently_ignored(start_sidecar, irsa_env):
     sidecar = start_sidecar(dict(irsa_env, BEDROCK_BROKER_STS_TIMOUT="3s"))
     warned = [json.loads(line) for line in sidecar.log_text().splitlines() if "nothing reads it" in line]
