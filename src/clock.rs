@@ -42,6 +42,8 @@ impl Clock for SystemClock {
 pub struct TokioClock {
     origin_wall: SystemTime,
     origin: tokio::time::Instant,
+    /// Wall time gained without tokio's clock moving (a suspend).
+    jumped: Arc<std::sync::Mutex<Duration>>,
 }
 
 #[cfg(any(test, feature = "test-util"))]
@@ -51,14 +53,28 @@ impl TokioClock {
         Self {
             origin_wall,
             origin: tokio::time::Instant::now(),
+            jumped: Arc::default(),
         }
+    }
+
+    /// Moves the wall clock on by `by` while the monotonic clock stands,
+    /// as a suspended machine finds on resume.
+    pub fn jump(&self, by: Duration) {
+        *self
+            .jumped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) += by;
     }
 }
 
 #[cfg(any(test, feature = "test-util"))]
 impl Clock for TokioClock {
     fn now(&self) -> SystemTime {
-        self.origin_wall + self.origin.elapsed()
+        let jumped = *self
+            .jumped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.origin_wall + self.origin.elapsed() + jumped
     }
 }
 

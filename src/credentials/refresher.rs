@@ -15,6 +15,11 @@ use super::{
 use crate::clock::{saturating_sub, unix_seconds, SharedClock};
 use crate::metrics::CredentialMetrics;
 
+/// How often a wait also looks at the wall clock: after a suspend (a VM,
+/// a laptop running kind) the monotonic clock has stood still while
+/// credentials expired by the wall clock.
+pub const WALL_CLOCK_CHECK: Duration = Duration::from_secs(10);
+
 /// The background task that fills the cell.
 pub struct Refresher {
     source: Arc<dyn CredentialSource>,
@@ -110,9 +115,29 @@ impl Refresher {
                 }
             };
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
+                () = self.sleep(delay) => {}
                 () = early => tracing::debug!("early refresh requested"),
                 _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Sleeps `delay` by the monotonic clock or by the wall clock,
+    /// whichever ends it first (the wall clock looked at every
+    /// [`WALL_CLOCK_CHECK`]): a clock stepped back by NTP cannot stretch a
+    /// wait, and a suspend cannot make it outlive the credentials.
+    async fn sleep(&self, delay: Duration) {
+        let due = self.clock.now() + delay;
+        let end = tokio::time::Instant::now() + delay;
+        loop {
+            let left = saturating_sub(due, self.clock.now());
+            if left.is_zero() {
+                return;
+            }
+            let until = end.min(tokio::time::Instant::now() + left.min(WALL_CLOCK_CHECK));
+            tokio::time::sleep_until(until).await;
+            if until >= end {
+                return;
             }
         }
     }

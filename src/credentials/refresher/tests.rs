@@ -409,3 +409,23 @@ async fn a_node_clock_far_ahead_is_measured_and_does_not_make_it_spin() {
     );
     h.shutdown.cancel();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_suspend_that_outlives_the_credentials_is_noticed_by_the_wall_clock() {
+    // A suspended VM or laptop: on resume the wall clock has moved on and
+    // the monotonic one has not, so a schedule kept by the monotonic clock
+    // alone left expired credentials in place (503s) for up to half their
+    // lifetime.
+    let h = start(vec![
+        Ok(Duration::from_secs(3600)),
+        Ok(Duration::from_secs(3600)),
+    ]);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(h.call_offsets().len(), 1);
+    h.clock.jump(Duration::from_secs(4000));
+    assert!(h.cell.usable(h.clock.now()).is_err());
+    tokio::time::sleep(WALL_CLOCK_CHECK + Duration::from_secs(1)).await;
+    assert_eq!(h.call_offsets().len(), 2, "{:?}", h.call_offsets());
+    assert!(h.cell.usable(h.clock.now()).is_ok());
+    h.shutdown.cancel();
+}
