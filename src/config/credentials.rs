@@ -331,11 +331,33 @@ fn static_keys(env: &Env, errors: &mut Errors) -> Option<StaticKeys> {
             );
             None
         }
-        (Some(id), Some(secret)) => Some(StaticKeys {
-            access_key_id: id.trim().to_owned(),
-            secret_access_key: Secret::new(secret.trim()),
-            session_token: var(env, &token_var).map(Secret::new),
-        }),
+        (Some(id), Some(secret)) => {
+            // Trimmed (a Secret written with `echo` ends with a newline),
+            // then checked: each goes into a header or the signature, and
+            // a key with a space in it would only show as a 500 per request.
+            let mut valid = |name: &str, value: &str| {
+                let ok = value.bytes().all(|b| b.is_ascii_graphic());
+                if !ok {
+                    errors.push(
+                        name,
+                        "contains a space, a control character or a character outside ASCII, which no AWS key or token has (the value is not shown)",
+                    );
+                }
+                ok
+            };
+            let (id, secret) = (id.trim(), secret.trim());
+            let token = var(env, &token_var).map(str::trim);
+            let ok = [
+                valid(id_var.name, id),
+                valid(secret_var.name, secret),
+                token.is_none_or(|t| valid(token_var.name, t)),
+            ];
+            ok.iter().all(|ok| *ok).then(|| StaticKeys {
+                access_key_id: id.to_owned(),
+                secret_access_key: Secret::new(secret),
+                session_token: token.map(Secret::new),
+            })
+        }
     }
 }
 

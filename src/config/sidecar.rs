@@ -1186,4 +1186,42 @@ mod tests {
         assert!(!dbg.contains("topsecretvalue"));
         assert!(!dbg.contains("sessiontokenvalue"));
     }
+
+    #[test]
+    fn static_keys_that_could_not_sign_stop_the_start_without_quoting_them() {
+        let keys = |id: &str, secret: &str, token: &str| {
+            sidecar(&[
+                ("AWS_REGION", "us-east-1"),
+                ("AWS_ACCESS_KEY_ID", id),
+                ("AWS_SECRET_ACCESS_KEY", secret),
+                ("AWS_SESSION_TOKEN", token),
+            ])
+        };
+        // A Secret written with `echo` ends with a newline: not the key's.
+        let c = keys("AKIDEXAMPLE\n", "topsecretvalue\n", "sessiontokenvalue\n").unwrap();
+        let crate::credentials::CredentialMode::SigV4(SigV4Source::Static(held)) =
+            c.credentials.mode
+        else {
+            panic!("static keys");
+        };
+        assert_eq!(held.access_key_id, "AKIDEXAMPLE");
+        assert_eq!(held.secret_access_key.expose(), "topsecretvalue");
+        assert_eq!(
+            held.session_token.as_ref().map(|t| t.expose()),
+            Some("sessiontokenvalue")
+        );
+        for (id, token, origin) in [
+            ("AKID EXAMPLE", "sessiontokenvalue", "AWS_ACCESS_KEY_ID"),
+            ("AKIDEXAMPLE", "session\ntokenvalue", "AWS_SESSION_TOKEN"),
+            (
+                "AKIDEXAMPLE",
+                "session\u{7f}tokenvalue",
+                "AWS_SESSION_TOKEN",
+            ),
+        ] {
+            let e = keys(id, "topsecretvalue", token).unwrap_err().to_string();
+            assert!(e.contains(origin), "{e}");
+            assert!(!e.contains("tokenvalue") && !e.contains("EXAMPLE"), "{e}");
+        }
+    }
 }
