@@ -1,10 +1,11 @@
 //! `bedrock-broker webhook`.
 
-use super::{report, FAILED, OK};
+use super::{report, FAILED, INVALID, OK};
 use crate::cli::WebhookArgs;
+use crate::config::settings::webhook as settings;
 use crate::config::Env;
 use crate::server::signal::cancel_on_signal;
-use crate::webhook::WebhookConfig;
+use crate::webhook::{WebhookConfig, WebhookError};
 
 pub async fn run(args: &WebhookArgs, env: &Env) -> u8 {
     let config = match WebhookConfig::from_args(args, env) {
@@ -13,6 +14,17 @@ pub async fn run(args: &WebhookArgs, env: &Env) -> u8 {
     };
     match crate::webhook::run_webhook(config, cancel_on_signal()).await {
         Ok(()) => OK,
+        // Read once before serving: files that cannot serve are a bad
+        // configuration like any other (a reload keeps the pair in use).
+        Err(WebhookError::Certificate(e)) => {
+            let origin = format!(
+                "{} and {}",
+                settings::TLS_CERT_FILE.origin(),
+                settings::TLS_KEY_FILE.origin()
+            );
+            tracing::error!(%origin, problem = %e, "invalid configuration");
+            INVALID
+        }
         Err(e) => {
             tracing::error!(error = %e, "webhook failed");
             FAILED

@@ -371,6 +371,28 @@ def test_health_and_graceful_stop(webhook):
     assert webhook.proc.wait(timeout=15) == 0
 
 
+@pytest.mark.parametrize("problem", ["missing", "directory", "empty", "key-as-cert"])
+def test_unusable_tls_files_are_bad_configuration_naming_the_settings(tmp_path, problem):
+    import trustme
+
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    key_path = tmp_path / "tls.key"
+    cert.private_key_pem.write_to_path(str(key_path))
+    cert_path = {"missing": tmp_path / "nope.crt", "directory": tmp_path, "empty": tmp_path / "empty.crt",
+                 "key-as-cert": key_path}[problem]
+    if problem == "empty":
+        cert_path.write_text("")
+    result = subprocess.run(
+        [str(BINARY), "webhook"],
+        env={"PATH": "/usr/bin:/bin", "BEDROCK_BROKER_WEBHOOK_TLS_CERT_FILE": str(cert_path),
+             "BEDROCK_BROKER_WEBHOOK_TLS_KEY_FILE": str(key_path), "BEDROCK_BROKER_SIDECAR_REGION": "us-east-1",
+             "BEDROCK_BROKER_WEBHOOK_LISTEN": "127.0.0.1:0", "BEDROCK_BROKER_WEBHOOK_ADMIN_LISTEN": "127.0.0.1:0"},
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "invalid configuration" in result.stderr and "BEDROCK_BROKER_WEBHOOK_TLS_CERT_FILE" in result.stderr, result.stderr
+
+
 def test_bad_configuration_exits_2_naming_the_variable(tmp_path):
     result = subprocess.run(
         [str(BINARY), "webhook"],
