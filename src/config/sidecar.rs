@@ -355,6 +355,18 @@ fn container_credentials(
 ) -> Option<Option<ContainerCredentialsConfig>> {
     let listen_raw = s::CREDENTIALS_LISTEN.find(args.credentials_listen.as_deref(), env);
     let token_raw = s::CREDENTIALS_TOKEN_FILE.find(args.credentials_token_file.as_deref(), env);
+    // Checked even while the endpoint is off: a bad value would otherwise
+    // surface only the day someone turns it on.
+    let limits = limits::limits(
+        limits::Listener {
+            settings: &CredentialsLimitArgs::SETTINGS,
+            flags: args.credentials_limits.values(),
+            per_peer: None,
+            http2: false,
+        },
+        env,
+        e,
+    );
     let listen = match listen_raw {
         None => None,
         Some(raw) => Some(e.parse(raw, |value| {
@@ -396,23 +408,11 @@ fn container_credentials(
             );
             None
         }
-        (Some(listen), Some(token)) => {
-            let limits = limits::limits(
-                limits::Listener {
-                    settings: &CredentialsLimitArgs::SETTINGS,
-                    flags: args.credentials_limits.values(),
-                    per_peer: None,
-                    http2: false,
-                },
-                env,
-                e,
-            )?;
-            Some(Some(ContainerCredentialsConfig {
-                listen,
-                token_file: token.value.into(),
-                limits,
-            }))
-        }
+        (Some(listen), Some(token)) => Some(Some(ContainerCredentialsConfig {
+            listen,
+            token_file: token.value.into(),
+            limits: limits?,
+        })),
     }
 }
 
@@ -1223,5 +1223,18 @@ mod tests {
             assert!(e.contains(origin), "{e}");
             assert!(!e.contains("tokenvalue") && !e.contains("EXAMPLE"), "{e}");
         }
+    }
+
+    #[test]
+    fn the_credentials_endpoint_limits_are_checked_while_it_is_off() {
+        let mut env = IRSA.to_vec();
+        env.push(("BEDROCK_BROKER_CREDENTIALS_IDLE_TIMEOUT", "banana"));
+        env.push(("BEDROCK_BROKER_CREDENTIALS_MAX_CONNECTIONS", "-5"));
+        let e = sidecar(&env).unwrap_err().to_string();
+        assert!(e.contains("BEDROCK_BROKER_CREDENTIALS_IDLE_TIMEOUT"), "{e}");
+        assert!(
+            e.contains("BEDROCK_BROKER_CREDENTIALS_MAX_CONNECTIONS"),
+            "{e}"
+        );
     }
 }
