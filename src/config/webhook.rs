@@ -173,6 +173,12 @@ fn resources(a: &SidecarDefaultsArgs, env: &Env, e: &mut Errors) -> Option<Resou
             ),
         );
     }
+    if let Some(limit) = resources.memory_limit_below_floor() {
+        e.push(
+            d::MEMORY_LIMIT.origin(),
+            format!("{limit} is below the 32Mi the sidecar runs in (about 10 MiB idle, 18 MiB busy, and room for request bodies): every pod would be refused"),
+        );
+    }
     // Both requests have defaults: `None` means one was invalid.
     Some(Resources {
         cpu_request: Some(cpu_request?),
@@ -698,5 +704,24 @@ mod tests {
                 .map(String::as_str),
             Some("true")
         );
+    }
+
+    #[test]
+    fn a_default_memory_limit_no_sidecar_runs_in_stops_the_start() {
+        let err = webhook(
+            WebhookArgs::default(),
+            &[
+                (d::MEMORY_REQUEST.var(), "16Mi"),
+                (d::MEMORY_LIMIT.var(), "24Mi"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(d::MEMORY_LIMIT.var()) && err.contains("24Mi is below the 32Mi"),
+            "{err}"
+        );
+        assert!(webhook(WebhookArgs::default(), &[(d::MEMORY_LIMIT.var(), "32Mi")]).is_ok());
+        assert!(webhook(WebhookArgs::default(), &[(d::MEMORY_LIMIT.var(), "none")]).is_ok());
     }
 }

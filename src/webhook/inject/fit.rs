@@ -69,7 +69,7 @@ const PROCESS_RESERVE: u64 = 24 * 1024 * 1024;
 /// The least memory limit the sidecar runs in: its reserve and a body
 /// budget of 8 MiB. Below it the budget is nothing (the sidecar refuses
 /// to start with none) or the process itself outgrows the limit.
-const MIN_MEMORY_LIMIT: u64 = 32 * 1024 * 1024;
+pub(super) const MIN_MEMORY_LIMIT: u64 = 32 * 1024 * 1024;
 
 impl BodyBudget {
     /// `None` without a memory limit: the sidecar's own default applies.

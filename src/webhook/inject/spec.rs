@@ -57,6 +57,15 @@ impl Resources {
         })
         .collect()
     }
+
+    /// The memory limit, when it is below what the sidecar runs in (every
+    /// pod would be refused with it).
+    pub fn memory_limit_below_floor(&self) -> Option<&str> {
+        self.memory_limit
+            .as_ref()
+            .filter(|l| l.units(super::quantity::Resource::Memory) < super::fit::MIN_MEMORY_LIMIT)
+            .map(|l| l.as_str())
+    }
 }
 
 /// Webhook-wide defaults of the injected sidecar.
