@@ -117,10 +117,14 @@ pub fn init(format: LogFormat, rust_log: Option<&str>) {
     let (directives, dropped) = capped(rust_log.unwrap_or("info"));
     let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // A log reader that went away (`| head`, a dead shipper) must not stop
+    // the sidecar: the layer's own write errors would be printed with
+    // `eprintln!`, which panics on the closed pipe.
     let builder = fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+        .with_ansi(ansi)
+        .log_internal_errors(false);
     let _ = match format {
         LogFormat::Text => builder.with_target(false).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

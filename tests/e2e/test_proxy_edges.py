@@ -314,6 +314,34 @@ def test_a_container_credentials_url_with_a_password_never_reaches_readyz_or_log
     assert "s3cretPW" not in sidecar.log_text()
 
 
+def test_a_log_reader_that_goes_away_does_not_take_the_sidecar_down(irsa_env, fake_aws):
+    # `bedrock-broker sidecar 2>&1 | head -1`, or a log shipper that died:
+    # the next line written to the closed pipe panicked (exit 101).
+    fake_aws.configure_sts(lifetime_seconds=3)
+    proc = subprocess.Popen(
+        [str(BINARY), "sidecar", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+         "--refresh-max-backoff", "500ms"],
+        env={"PATH": "/usr/bin:/bin", **irsa_env, "BEDROCK_BROKER_LOG_FORMAT": "json"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        first = json.loads(proc.stderr.readline())
+        while first.get("message") != "bedrock-broker sidecar listening":
+            first = json.loads(proc.stderr.readline())
+        admin = f"http://{first['admin']}"
+        proc.stderr.close()  # the reader is gone
+        refreshed = lambda: next((float(l.split()[-1]) for l in requests.get(f"{admin}/metrics", timeout=5).text.splitlines()
+                                  if l.startswith('bedrock_broker_credential_refreshes_total{result="success"}')), 0)
+        wait_for(lambda: proc.poll() is not None or refreshed() >= 4, timeout=20, what="refreshes, each logged")
+        assert proc.poll() is None, f"exited with {proc.returncode}"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 def test_a_misspelt_variable_is_pointed_out_not_silently_ignored(start_sidecar, irsa_env):
     sidecar = start_sidecar(dict(irsa_env, BEDROCK_BROKER_STS_TIMOUT="3s"))
     warned = [json.loads(line) for line in sidecar.log_text().splitlines() if "nothing reads it" in line]
