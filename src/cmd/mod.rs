@@ -125,8 +125,14 @@ fn runtime_for(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
 /// Logs a bad configuration: one structured event per problem, so a JSON
 /// log pipeline sees each with its origin.
 pub fn report(errors: &ConfigErrors) -> u8 {
-    for e in &errors.0 {
-        tracing::error!(origin = %e.origin, problem = %e.message, "invalid configuration");
+    if tracing::enabled!(tracing::Level::ERROR) {
+        for e in &errors.0 {
+            tracing::error!(origin = %e.origin, problem = %e.message, "invalid configuration");
+        }
+    } else {
+        // Logging turned off (`RUST_LOG=off`): the reason to stop is
+        // still said, or the process would exit 2 without a word.
+        eprint!("bedrock-broker: {errors}");
     }
     INVALID
 }

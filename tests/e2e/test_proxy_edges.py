@@ -342,6 +342,16 @@ def test_a_log_reader_that_goes_away_does_not_take_the_sidecar_down(irsa_env, fa
             proc.wait(timeout=10)
 
 
+def test_bad_configuration_is_reported_even_with_logging_off():
+    out = subprocess.run(
+        [str(BINARY), "sidecar"],
+        env={"PATH": "/usr/bin:/bin", "RUST_LOG": "off", "BEDROCK_BROKER_LISTEN": "nowhere", "AWS_REGION": "us-east-1"},
+        capture_output=True, text=True, timeout=20,
+    )
+    assert out.returncode == 2
+    assert "BEDROCK_BROKER_LISTEN" in out.stderr, out.stderr
+
+
 def test_a_misspelt_variable_is_pointed_out_not_silently_ignored(start_sidecar, irsa_env):
     sidecar = start_sidecar(dict(irsa_env, BEDROCK_BROKER_STS_TIMOUT="3s"))
     warned = [json.loads(line) for line in sidecar.log_text().splitlines() if "nothing reads it" in line]
