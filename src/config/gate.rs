@@ -15,10 +15,12 @@ use crate::secret::Secret;
 
 /// What a request must pass: its Host, the optional token, the budgets.
 pub(super) fn gate(args: &SidecarArgs, env: &Env, e: &mut Errors) -> Option<Gate> {
-    let allowed_hosts = s::ALLOWED_HOSTS
-        .find(args.allowed_hosts.as_deref(), env)
-        .map(|raw| parse::list(raw.value))
-        .unwrap_or_default();
+    let allowed_hosts = e.read_optional(
+        &s::ALLOWED_HOSTS,
+        args.allowed_hosts.as_deref(),
+        env,
+        allowed_hosts,
+    );
     let token = e.read_optional(
         &s::PROXY_TOKEN,
         args.proxy_token.as_deref(),
@@ -62,7 +64,7 @@ pub(super) fn gate(args: &SidecarArgs, env: &Env, e: &mut Errors) -> Option<Gate
         parse::positive_count,
     );
     Some(Gate {
-        allowed_hosts,
+        allowed_hosts: allowed_hosts?.unwrap_or_default(),
         token: token?,
         body_read_timeout: body_read_timeout?,
         body_min_rate: min_rate(body_min_rate?, body_min_rate_grace?),
@@ -79,6 +81,30 @@ fn min_rate(bytes_per_second: usize, grace: Duration) -> Option<MinRate> {
         bytes_per_second,
         grace,
     })
+}
+
+/// Host names (or IP addresses) as the `Host` header gives them, compared
+/// without the port: an entry with a port, a scheme or a wildcard would
+/// never match, and the requests it was meant for would get 403.
+fn allowed_hosts(raw: &str) -> Result<Vec<String>, ParseError> {
+    let hosts = parse::list(raw);
+    for host in &hosts {
+        let why = if host.contains("://") {
+            "is a URL; give the host name alone"
+        } else if host.contains('*') {
+            "has a wildcard, which is not supported; name each host"
+        } else if host.contains(':') && !host.starts_with('[') {
+            "has a port; give the host name alone (the Host header is compared without its port)"
+        } else if !host.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':')
+        }) {
+            "is not a host name or IP address"
+        } else {
+            continue;
+        };
+        return Err(ParseError::refused(format!("{host:?} {why}")));
+    }
+    Ok(hosts)
 }
 
 /// The token itself, or `@FILE` to read it from a file (a mounted Secret).

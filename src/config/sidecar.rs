@@ -1237,4 +1237,33 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn allowed_hosts_that_could_never_match_are_refused() {
+        for (raw, why) in [
+            ("app.local:9787", "has a port"),
+            ("*", "wildcard"),
+            ("*.svc", "wildcard"),
+            ("http://x", "is a URL"),
+            ("a b", "not a host name"),
+        ] {
+            let mut env = IRSA.to_vec();
+            env.push(("BEDROCK_BROKER_ALLOWED_HOSTS", raw));
+            let e = sidecar(&env).unwrap_err().to_string();
+            assert!(
+                e.contains("BEDROCK_BROKER_ALLOWED_HOSTS") && e.contains(why),
+                "{raw}: {e}"
+            );
+        }
+        let mut env = IRSA.to_vec();
+        env.push((
+            "BEDROCK_BROKER_ALLOWED_HOSTS",
+            "chat.my-app.svc, 10.0.0.5,[fd00::1]",
+        ));
+        let c = sidecar(&env).unwrap();
+        assert_eq!(
+            c.proxy.gate.allowed_hosts,
+            ["chat.my-app.svc", "10.0.0.5", "[fd00::1]"]
+        );
+    }
 }

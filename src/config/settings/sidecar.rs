@@ -226,7 +226,7 @@ pub const ALLOWED_HOSTS: Setting = Setting {
     flag: "allowed-hosts",
     env: &["BEDROCK_BROKER_ALLOWED_HOSTS"],
     default: Computed("loopback names and addresses only"),
-    help: "Comma-separated extra Host names the proxy answers to (beside localhost and loopback addresses)",
+    help: "Comma-separated extra Host names (or IP addresses) the proxy answers to, beside localhost and loopback addresses; compared without the port, so an entry names no port, scheme or wildcard",
 };
 pub const PROXY_TOKEN: Setting = Setting {
     flag: "proxy-token",
