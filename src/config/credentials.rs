@@ -12,8 +12,8 @@ use super::{endpoints, Env};
 use crate::cli::AwsArgs;
 use crate::credentials::select::{self, Found, SelectError, SourceChoice};
 use crate::credentials::{
-    ApiKey, ChainConfig, CredentialMode, CredentialsConfig, SessionOptions, StaticKeys, StsConfig,
-    WebIdentityConfig,
+    ApiKey, ChainConfig, CredentialMode, CredentialsConfig, SessionOptions, SigV4Source,
+    StaticKeys, StsConfig, WebIdentityConfig,
 };
 use crate::egress::EgressProxy;
 use crate::secret::Secret;
@@ -80,6 +80,9 @@ pub fn parse(
         ));
     }
     let session = session_options(args, env, chain.is_some(), errors);
+    if let Some(mode) = &mode {
+        unused_session_options(mode, chain.is_some(), &session, errors);
+    }
     let config = match (mode, sts_timeout) {
         (Some(mode), Some(timeout)) => Some(CredentialsConfig {
             region: region.clone(),
@@ -165,6 +168,38 @@ fn session_options(
                 aws::policy_arns,
             )
             .unwrap_or_default(),
+    }
+}
+
+/// Session options apply to the sessions the sidecar makes itself: with
+/// web identity, or with a chained role. Otherwise they would be ignored,
+/// and a session policy meant to narrow what the pod may do would not.
+fn unused_session_options(
+    mode: &CredentialMode,
+    chained: bool,
+    session: &SessionOptions,
+    errors: &mut Errors,
+) {
+    let source = match mode {
+        CredentialMode::SigV4(SigV4Source::WebIdentity(_)) => return,
+        _ if chained => return,
+        CredentialMode::SigV4(source) => source.kind(),
+        CredentialMode::ApiKey(_) => "API key",
+    };
+    for (setting, given) in [
+        (&s::SESSION_DURATION, session.duration.is_some()),
+        (&s::SESSION_POLICY, session.policy.is_some()),
+        (&s::SESSION_POLICY_ARNS, !session.policy_arns.is_empty()),
+    ] {
+        if given {
+            errors.push(
+                setting.origin(),
+                format!(
+                    "has no effect with the {source} credentials: only web identity, or a role chained with --{}, makes an STS session of the sidecar's; remove it, or chain a role",
+                    s::CHAIN_ROLE_ARN.flag
+                ),
+            );
+        }
     }
 }
 

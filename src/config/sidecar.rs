@@ -1266,4 +1266,36 @@ mod tests {
             ["chat.my-app.svc", "10.0.0.5", "[fd00::1]"]
         );
     }
+
+    #[test]
+    fn session_options_no_session_takes_are_refused_not_ignored() {
+        let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"bedrock:InvokeModel","Resource":"*"}]}"#;
+        let container = [
+            ("AWS_REGION", "us-east-1"),
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://127.0.0.1:9/creds",
+            ),
+        ];
+        let mut env = container.to_vec();
+        env.push(("BEDROCK_BROKER_SESSION_POLICY", policy));
+        env.push(("BEDROCK_BROKER_SESSION_DURATION", "2h"));
+        let e = sidecar(&env).unwrap_err().to_string();
+        assert!(
+            e.contains("BEDROCK_BROKER_SESSION_POLICY")
+                && e.contains("has no effect with the container credentials"),
+            "{e}"
+        );
+        assert!(e.contains("BEDROCK_BROKER_SESSION_DURATION"), "{e}");
+        // A chained role makes the session they apply to; web identity too.
+        env.push((
+            "BEDROCK_BROKER_CHAIN_ROLE_ARN",
+            "arn:aws:iam::123456789012:role/next",
+        ));
+        env.retain(|(k, _)| *k != "BEDROCK_BROKER_SESSION_DURATION");
+        assert!(sidecar(&env).is_ok());
+        let mut env = IRSA.to_vec();
+        env.push(("BEDROCK_BROKER_SESSION_POLICY", policy));
+        assert!(sidecar(&env).is_ok());
+    }
 }
