@@ -258,6 +258,11 @@ impl Refresher {
                 still_serving = usable, hint, "credential refresh failed and no usable credentials are held"
             ),
         }
+        // A request that asked while this attempt ran is answered by its
+        // failure (it stops waiting when it is recorded): its ask would
+        // otherwise cut the backoff just set. Before the record, so an ask
+        // made after it is kept.
+        self.cell.discard_refresh_request();
         self.cell.record_failure(summary);
     }
 }

@@ -27,7 +27,13 @@ struct Scripted {
     answered: Mutex<Option<SystemTime>>,
     /// The credentials last handed out, for `Err(AGAIN)`.
     last: Mutex<Option<Credentials>>,
+    /// The cell, for `Err(ASKED)`.
+    cell: Mutex<Option<Arc<CredentialCell>>>,
 }
+
+/// A script entry: a failure during which a request asks for a refresh
+/// (Bedrock rejected its credentials while the attempt ran).
+const ASKED: &str = "asked";
 
 /// A script entry: the same credentials as the last fetch, as IMDS and
 /// container endpoints hand them out until shortly before they expire.
@@ -64,6 +70,11 @@ impl CredentialSource for Scripted {
         };
         if let Some(c) = &credentials {
             *self.last.lock().unwrap() = Some(c.clone());
+        }
+        if next == Err(ASKED) {
+            if let Some(cell) = self.cell.lock().unwrap().as_ref() {
+                cell.request_refresh();
+            }
         }
         Box::pin(async move {
             match (credentials, next) {
@@ -110,8 +121,10 @@ fn start_ahead(script: Vec<Result<Duration, &'static str>>, node_ahead: Duration
         calls: Mutex::new(Vec::new()),
         answered: Mutex::new(None),
         last: Mutex::new(None),
+        cell: Mutex::new(None),
     });
     let cell = Arc::new(CredentialCell::new());
+    *source.cell.lock().unwrap() = Some(cell.clone());
     let metrics = Metrics::new();
     let shutdown = CancellationToken::new();
     let refresher = Refresher::new(
@@ -427,5 +440,17 @@ async fn a_suspend_that_outlives_the_credentials_is_noticed_by_the_wall_clock() 
     tokio::time::sleep(WALL_CLOCK_CHECK + Duration::from_secs(1)).await;
     assert_eq!(h.call_offsets().len(), 2, "{:?}", h.call_offsets());
     assert!(h.cell.usable(h.clock.now()).is_ok());
+    h.shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_made_during_a_failed_attempt_does_not_cut_its_backoff() {
+    // The request was answered by the failure (it stops waiting then):
+    // left standing, its ask called STS again a second later, inside the
+    // backoff the failure had just set.
+    let h = start(vec![Err(ASKED), Ok(Duration::from_secs(3600))]);
+    let seen = h.cell.generation();
+    assert!(h.cell.wait_newer_than(seen).await);
+    assert_eq!(h.call_offsets(), [0, 2000].map(Duration::from_millis));
     h.shutdown.cancel();
 }
