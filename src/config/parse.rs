@@ -106,7 +106,11 @@ pub fn bool(raw: &str) -> Result<bool, ParseError> {
     match raw.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(ParseError::not_a(raw, "a boolean", "true or false")),
+        _ => Err(ParseError::not_a(
+            raw,
+            "a boolean",
+            "true or false (also yes/no, on/off, 1/0)",
+        )),
     }
 }
 
@@ -202,7 +206,7 @@ mod tests {
         }
         assert_eq!(
             bool("maybe").unwrap_err().to_string(),
-            "\"maybe\" is not a boolean; accepted values: true or false"
+            "\"maybe\" is not a boolean; accepted values: true or false (also yes/no, on/off, 1/0)"
         );
     }
 

@@ -230,14 +230,16 @@ fn upstream(args: &SidecarArgs, env: &Env, e: &mut Errors) -> Option<UpstreamSet
         &s::MAX_BODY_BYTES,
         args.max_body_bytes.as_deref(),
         env,
-        |raw| match parse::positive_count(raw)? {
+        |raw| match parse::positive_count(raw) {
+            Ok(n) if u32::try_from(n).is_ok() => Ok(n),
             // The body budget reserves a body in one go, at most u32::MAX
-            // bytes: a larger one would be "busy" for ever, not 413.
-            n if u32::try_from(n).is_err() => Err(ParseError::refused(format!(
+            // bytes: a larger one would be "busy" for ever, not 413. (A
+            // count past any limit says the general one: this is lower.)
+            Ok(_) | Err(ParseError::Refused(_)) => Err(ParseError::refused(format!(
                 "must be at most {} (4 GiB; Bedrock takes 25 MB)",
                 u32::MAX
             ))),
-            n => Ok(n),
+            Err(e) => Err(e),
         },
     );
     let connect_timeout = e.read(
@@ -1297,5 +1299,15 @@ mod tests {
         let mut env = IRSA.to_vec();
         env.push(("BEDROCK_BROKER_SESSION_POLICY", policy));
         assert!(sidecar(&env).is_ok());
+    }
+
+    #[test]
+    fn a_body_limit_past_its_ceiling_names_that_ceiling() {
+        for raw in ["4294967296", "18446744073709551615"] {
+            let mut env = IRSA.to_vec();
+            env.push(("BEDROCK_BROKER_MAX_BODY_BYTES", raw));
+            let e = sidecar(&env).unwrap_err().to_string();
+            assert!(e.contains("must be at most 4294967295"), "{raw}: {e}");
+        }
     }
 }
