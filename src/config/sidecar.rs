@@ -185,6 +185,19 @@ fn listeners(args: &SidecarArgs, env: &Env, e: &mut Errors) -> Option<Listeners>
         env,
         parse::addr,
     );
+    // Found here rather than as "Address already in use" at the second bind.
+    if let (Some(p), Some(a)) = (proxy, admin) {
+        let overlap = p.ip() == a.ip() || p.ip().is_unspecified() || a.ip().is_unspecified();
+        if p.port() != 0 && p.port() == a.port() && overlap {
+            e.push(
+                format!("{} / {}", s::LISTEN.origin(), s::ADMIN_LISTEN.origin()),
+                format!(
+                    "both use port {}; the proxy and the admin server need different ports",
+                    p.port()
+                ),
+            );
+        }
+    }
     let proxy_limits = limits::limits(
         limits::Listener {
             settings: &ProxyLimitArgs::SETTINGS,
@@ -1308,6 +1321,22 @@ mod tests {
             env.push(("BEDROCK_BROKER_MAX_BODY_BYTES", raw));
             let e = sidecar(&env).unwrap_err().to_string();
             assert!(e.contains("must be at most 4294967295"), "{raw}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_proxy_and_admin_server_on_one_port_is_a_configuration_error() {
+        let mut env = IRSA.to_vec();
+        env.push(("BEDROCK_BROKER_LISTEN", "127.0.0.1:9787"));
+        env.push(("BEDROCK_BROKER_ADMIN_LISTEN", "0.0.0.0:9787"));
+        let e = sidecar(&env).unwrap_err().to_string();
+        assert!(e.contains("both use port 9787"), "{e}");
+        // Any ports (0), or the same port on different addresses, can bind.
+        for admin in ["127.0.0.1:0", "127.0.0.2:9787", "0.0.0.0:9788"] {
+            let mut env = IRSA.to_vec();
+            env.push(("BEDROCK_BROKER_LISTEN", "127.0.0.1:9787"));
+            env.push(("BEDROCK_BROKER_ADMIN_LISTEN", admin));
+            assert!(sidecar(&env).is_ok(), "{admin}");
         }
     }
 }
