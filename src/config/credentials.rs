@@ -407,7 +407,7 @@ fn chain(args: &AwsArgs, env: &Env, errors: &mut Errors) -> Option<ChainConfig> 
         if let Some(raw) = s::CHAIN_EXTERNAL_ID.find(args.chain_external_id.as_deref(), env) {
             errors.push(
                 raw.origin,
-                format!("is set without {}", s::CHAIN_ROLE_ARN.var()),
+                format!("is set without {}", s::CHAIN_ROLE_ARN.origin()),
             );
         }
         return None;

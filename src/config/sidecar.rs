@@ -400,7 +400,7 @@ fn container_credentials(
         (None, Some(token)) => {
             e.push(
                 token.origin,
-                format!("is set without {}", s::CREDENTIALS_LISTEN.var()),
+                format!("is set without {}", s::CREDENTIALS_LISTEN.origin()),
             );
             None
         }
@@ -1338,5 +1338,21 @@ mod tests {
             env.push(("BEDROCK_BROKER_ADMIN_LISTEN", admin));
             assert!(sidecar(&env).is_ok(), "{admin}");
         }
+    }
+
+    #[test]
+    fn a_setting_missing_its_partner_names_the_partners_flag_too() {
+        let mut env = IRSA.to_vec();
+        env.push(("BEDROCK_BROKER_CREDENTIALS_TOKEN_FILE", "/var/run/bb/token"));
+        env.push(("BEDROCK_BROKER_CHAIN_EXTERNAL_ID", "ext-1234"));
+        let e = sidecar(&env).unwrap_err().to_string();
+        assert!(
+            e.contains("is set without --credentials-listen / BEDROCK_BROKER_CREDENTIALS_LISTEN"),
+            "{e}"
+        );
+        assert!(
+            e.contains("is set without --chain-role-arn / BEDROCK_BROKER_CHAIN_ROLE_ARN"),
+            "{e}"
+        );
     }
 }
