@@ -17,6 +17,7 @@ pub mod container_credentials;
 pub mod credentials;
 pub mod egress;
 pub mod error_text;
+pub mod files;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fleet;
 #[cfg(feature = "fuzzing")]

@@ -450,7 +450,7 @@ const MAX_POLICY_CHARS: usize = 2048;
 /// will accept by size.
 fn session_policy(raw: &str) -> Result<String, ParseError> {
     let text = match raw.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path)
+        Some(path) => crate::files::read_small_text(std::path::Path::new(path), 64 * 1024)
             .map_err(|e| ParseError::refused(format!("cannot read the policy file {path}: {e}")))?,
         None => raw.to_owned(),
     };

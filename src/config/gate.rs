@@ -110,7 +110,7 @@ fn allowed_hosts(raw: &str) -> Result<Vec<String>, ParseError> {
 /// The token itself, or `@FILE` to read it from a file (a mounted Secret).
 fn proxy_token(raw: &str) -> Result<Secret, ParseError> {
     let token = match raw.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path)
+        Some(path) => crate::files::read_small_text(std::path::Path::new(path), 64 * 1024)
             .map_err(|e| ParseError::refused(format!("cannot read {path}: {e}")))?,
         None => raw.to_owned(),
     };

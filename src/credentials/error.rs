@@ -113,7 +113,9 @@ impl SourceError {
                 std::io::ErrorKind::PermissionDenied => {
                     "the token is there but this user cannot read it: the kubelet makes a projected token readable by the containers' common runAsUser, or by root only when they differ; give the pod an fsGroup (the group can then read it)"
                 }
-                std::io::ErrorKind::IsADirectory | std::io::ErrorKind::InvalidData => {
+                std::io::ErrorKind::IsADirectory
+                | std::io::ErrorKind::InvalidData
+                | std::io::ErrorKind::InvalidInput => {
                     "AWS_WEB_IDENTITY_TOKEN_FILE must name the token file itself (a JWT as text), not its directory or another file"
                 }
                 _ => "the projected service account token is not mounted where AWS_WEB_IDENTITY_TOKEN_FILE points; check the pod's volumes (the injector or the EKS Pod Identity Webhook adds them)",

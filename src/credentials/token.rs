@@ -12,15 +12,22 @@ use base64::Engine;
 use super::SourceError;
 use crate::secret::Secret;
 
+/// Largest token file read: STS takes web identity tokens of up to 20,000
+/// characters.
+const MAX_TOKEN_FILE: u64 = 64 * 1024;
+
 /// Reads the token file afresh. The kubelet rotates the token by swapping a
 /// symlink in its directory, so the file must be re-opened on every attempt.
 pub async fn read(path: &Path) -> Result<Secret, SourceError> {
-    let raw = tokio::fs::read_to_string(path)
-        .await
-        .map_err(|source| SourceError::TokenFile {
-            path: path.to_owned(),
-            source,
-        })?;
+    let owned = path.to_owned();
+    let raw =
+        tokio::task::spawn_blocking(move || crate::files::read_small_text(&owned, MAX_TOKEN_FILE))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+            .map_err(|source| SourceError::TokenFile {
+                path: path.to_owned(),
+                source,
+            })?;
     let token = raw.trim();
     if token.is_empty() {
         return Err(SourceError::EmptyToken {

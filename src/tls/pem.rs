@@ -23,9 +23,12 @@ pub enum PemError {
     Key { path: String, detail: String },
 }
 
+/// Largest PEM file read: a whole public root store is about 220 KiB.
+const MAX_PEM_FILE: u64 = 1024 * 1024;
+
 /// The file's bytes.
 pub fn read(path: &Path) -> Result<Vec<u8>, PemError> {
-    std::fs::read(path).map_err(|source| PemError::Read {
+    crate::files::read_small(path, MAX_PEM_FILE).map_err(|source| PemError::Read {
         path: path.display().to_string(),
         source,
     })

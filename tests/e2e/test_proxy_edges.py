@@ -352,6 +352,20 @@ def test_bad_configuration_is_reported_even_with_logging_off():
     assert "BEDROCK_BROKER_LISTEN" in out.stderr, out.stderr
 
 
+@pytest.mark.parametrize("variable", ["AWS_CA_BUNDLE", "BEDROCK_BROKER_PROXY_TOKEN", "BEDROCK_BROKER_SESSION_POLICY"])
+def test_a_device_or_pipe_named_as_a_file_fails_at_once(irsa_env, tmp_path, variable):
+    # /dev/zero filled memory until the kernel stopped the process; a FIFO
+    # hung the start with nothing in the log.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in ["/dev/zero", str(fifo)]:
+        value = path if variable == "AWS_CA_BUNDLE" else f"@{path}"
+        out = subprocess.run([str(BINARY), "sidecar"], env={"PATH": "/usr/bin:/bin", **irsa_env, variable: value},
+                             capture_output=True, text=True, timeout=20)
+        assert out.returncode == 2, out.stderr
+        assert variable in out.stderr and "not a regular file" in out.stderr, out.stderr
+
+
 def test_a_misspelt_variable_is_pointed_out_not_silently_ignored(start_sidecar, irsa_env):
     sidecar = start_sidecar(dict(irsa_env, BEDROCK_BROKER_STS_TIMOUT="3s"))
     warned = [json.loads(line) for line in sidecar.log_text().splitlines() if "nothing reads it" in line]
