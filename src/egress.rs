@@ -41,7 +41,7 @@ pub enum EgressError {
     Fragment,
     #[error("has more than one @; percent-encode @ (%40) in a user or password")]
     TwoAts,
-    #[error("has a port that is not one (0 to 65535)")]
+    #[error("has a port that is not one (1 to 65535)")]
     Port,
     #[error("carries credentials, which would be written into every injected pod's spec in plain text; give a proxy that admits the pods without them, or put the URL in a Secret in each namespace and name it with the pod annotation bedrock-broker.io/https-proxy-secret")]
     InjectedCredentials,
@@ -110,9 +110,11 @@ impl EgressProxy {
             .rsplit_once(']')
             .map_or(host_port, |(_, rest)| rest);
         let port = match after_host.rsplit_once(':') {
-            Some((_, digits)) if !digits.is_empty() => {
-                digits.parse::<u16>().map_err(|_| EgressError::Port)?
-            }
+            Some((_, digits)) if !digits.is_empty() => digits
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or(EgressError::Port)?,
             _ => 80,
         };
         let no_proxy = no_proxy.unwrap_or("").trim().to_owned();
@@ -385,6 +387,10 @@ mod tests {
             ("socks5://user:hunter2@proxy.corp:1080", "socks5:// proxies"),
             ("http://user:hunter2@proxy.corp:3128/path", "has a path"),
             ("http://user:hunter2@proxy corp:3128", "not a URL"),
+            (
+                "http://user:hunter2@proxy.corp:0",
+                "has a port that is not one (1 to 65535)",
+            ),
             ("http://", "not a URL"),
         ];
         for (url, expected) in cases {

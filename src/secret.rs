@@ -141,18 +141,17 @@ pub fn without_jwts(text: &str) -> String {
 
 /// `text` with the user information of every URL in it (`user:password@`)
 /// blanked: a URL given with credentials is quoted back by parsers and
-/// by aws-config's errors.
+/// by aws-config's errors. Everything from `://` to the last `@` before
+/// the next whitespace goes: a password not percent-encoded may hold `/`,
+/// `#`, `?` or quotes (an `@` later in a path blanks the host too, which
+/// is the safe side).
 pub fn without_url_credentials(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("://") {
         let (before, from) = rest.split_at(at + 3);
         out.push_str(before);
-        let end = from
-            .find(|c: char| {
-                matches!(c, '/' | '?' | '#' | '"' | '\'' | '<' | '>') || c.is_whitespace()
-            })
-            .unwrap_or(from.len());
+        let end = from.find(char::is_whitespace).unwrap_or(from.len());
         let authority = &from[..end];
         match authority.rfind('@') {
             Some(user_end) => {
@@ -175,10 +174,17 @@ mod tests {
     fn user_information_in_urls_is_blanked() {
         assert_eq!(
             without_url_credentials(
-                "invalid URI: http://u:s3cret@10.1.2.3/creds and \"https://a:b@c@h:1?x\", ftp://h/p@x"
+                "invalid URI: http://u:s3cret@10.1.2.3/creds and \"https://a:b@c@h:1?x\", ftp://h/p"
             ),
-            "invalid URI: http://** redacted **@10.1.2.3/creds and \"https://** redacted **@h:1?x\", ftp://h/p@x"
+            "invalid URI: http://** redacted **@10.1.2.3/creds and \"https://** redacted **@h:1?x\", ftp://h/p"
         );
+        for password in ["Top/S3cret", "Top#S3cret", "Top?S3cret", "Top\"S3cret"] {
+            let text = format!("\"https://user:{password}@h\" has a port that is not one");
+            assert_eq!(
+                without_url_credentials(&text),
+                "\"https://** redacted **@h\" has a port that is not one"
+            );
+        }
         assert_eq!(without_url_credentials("no URL, a@b"), "no URL, a@b");
     }
 

@@ -1,9 +1,9 @@
 //! `bedrock-broker webhook`.
 
-use super::{report, FAILED, INVALID, OK};
+use super::{report, FAILED, OK};
 use crate::cli::WebhookArgs;
 use crate::config::settings::webhook as settings;
-use crate::config::Env;
+use crate::config::{ConfigError, ConfigErrors, Env};
 use crate::server::signal::cancel_on_signal;
 use crate::webhook::{WebhookConfig, WebhookError};
 
@@ -16,15 +16,14 @@ pub async fn run(args: &WebhookArgs, env: &Env) -> u8 {
         Ok(()) => OK,
         // Read once before serving: files that cannot serve are a bad
         // configuration like any other (a reload keeps the pair in use).
-        Err(WebhookError::Certificate(e)) => {
-            let origin = format!(
+        Err(WebhookError::Certificate(e)) => report(&ConfigErrors(vec![ConfigError {
+            origin: format!(
                 "{} and {}",
                 settings::TLS_CERT_FILE.origin(),
                 settings::TLS_KEY_FILE.origin()
-            );
-            tracing::error!(%origin, problem = %e, "invalid configuration");
-            INVALID
-        }
+            ),
+            message: e.to_string(),
+        }])),
         Err(e) => {
             tracing::error!(error = %e, "webhook failed");
             FAILED

@@ -180,11 +180,12 @@ fn unused_session_options(
     session: &SessionOptions,
     errors: &mut Errors,
 ) {
-    let source = match mode {
+    // An API key signs nothing: a chained role is dropped with it.
+    let (source, cure) = match mode {
+        CredentialMode::ApiKey(_) => ("API key", "remove it"),
         CredentialMode::SigV4(SigV4Source::WebIdentity(_)) => return,
-        _ if chained => return,
-        CredentialMode::SigV4(source) => source.kind(),
-        CredentialMode::ApiKey(_) => "API key",
+        CredentialMode::SigV4(_) if chained => return,
+        CredentialMode::SigV4(source) => (source.kind(), "remove it, or chain a role"),
     };
     for (setting, given) in [
         (&s::SESSION_DURATION, session.duration.is_some()),
@@ -195,7 +196,7 @@ fn unused_session_options(
             errors.push(
                 setting.origin(),
                 format!(
-                    "has no effect with the {source} credentials: only web identity, or a role chained with --{}, makes an STS session of the sidecar's; remove it, or chain a role",
+                    "has no effect with the {source} credentials: only web identity, or a role chained with --{}, makes an STS session of the sidecar's; {cure}",
                     s::CHAIN_ROLE_ARN.flag
                 ),
             );
@@ -371,6 +372,10 @@ fn static_keys(env: &Env, errors: &mut Errors) -> Option<StaticKeys> {
             // then checked: each goes into a header or the signature, and
             // a key with a space in it would only show as a 500 per request.
             let mut valid = |name: &str, value: &str| {
+                if value.is_empty() {
+                    errors.push(name, "is blank (only whitespace)");
+                    return false;
+                }
                 let ok = value.bytes().all(|b| b.is_ascii_graphic());
                 if !ok {
                     errors.push(

@@ -22,24 +22,31 @@ const MANTLE_SIGNING_NAME: &str = "bedrock-mantle";
 /// split into scheme, authority (default port dropped, so the signed host
 /// matches the `Host` the client sends) and path prefix (no trailing slash).
 pub fn base_url(raw: &str) -> Result<(Scheme, Authority, String), ParseError> {
-    // Quoted without its user information, which may hold a password.
-    let shown = crate::secret::without_url_credentials(raw);
-    let refused = |why: &str| ParseError::refused(format!("{shown:?} {why}"));
+    // Never quoted with user information, which may hold a password (in
+    // any form: not percent-encoded, it may hold spaces too).
+    let shown = if raw.contains('@') {
+        "the value (not repeated: it has an @, maybe a password)".to_owned()
+    } else {
+        format!("{raw:?}")
+    };
+    let refused = |why: &str| ParseError::refused(format!("{shown} {why}"));
     let uri: Uri = raw
         .parse()
-        .map_err(|e| ParseError::refused(format!("{shown:?} is not a URL: {e}")))?;
+        .map_err(|e| ParseError::refused(format!("{shown} is not a URL: {e}")))?;
     let scheme = uri
         .scheme()
         .cloned()
         .ok_or_else(|| refused("has no scheme (expected https://HOST)"))?;
     if scheme != Scheme::HTTPS && scheme != Scheme::HTTP {
         return Err(ParseError::refused(format!(
-            "{shown:?}: scheme must be https or http"
+            "{shown}: scheme must be https or http"
         )));
     }
     let authority = uri.authority().ok_or_else(|| refused("has no host"))?;
     if authority.as_str().contains('@') {
-        return Err(refused("must not contain user information"));
+        return Err(ParseError::refused(
+            "must not contain user information (user:password@); the value is not repeated, as it may hold a password",
+        ));
     }
     if uri.query().is_some() {
         return Err(refused("must not have a query string"));
@@ -56,7 +63,7 @@ pub fn base_url(raw: &str) -> Result<(Scheme, Authority, String), ParseError> {
         Some(p) if p == default_port => authority
             .host()
             .parse()
-            .map_err(|e| ParseError::refused(format!("{shown:?}: {e}")))?,
+            .map_err(|e| ParseError::refused(format!("{shown}: {e}")))?,
         _ => authority.clone(),
     };
     let base_path = uri.path().trim_end_matches('/').to_owned();

@@ -89,15 +89,24 @@ fn min_rate(bytes_per_second: usize, grace: Duration) -> Option<MinRate> {
 fn allowed_hosts(raw: &str) -> Result<Vec<String>, ParseError> {
     let hosts = parse::list(raw);
     for host in &hosts {
-        let why = if host.contains("://") {
+        let bracketed = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok());
+        let why = if bracketed {
+            continue;
+        } else if host.contains("://") {
             "is a URL; give the host name alone"
         } else if host.contains('*') {
             "has a wildcard, which is not supported; name each host"
-        } else if host.contains(':') && !host.starts_with('[') {
+        } else if host.parse::<std::net::Ipv6Addr>().is_ok() {
+            "is an IPv6 address: write it in brackets, as the Host header has it ([fd00::1])"
+        } else if host.contains(':') {
             "has a port; give the host name alone (the Host header is compared without its port)"
-        } else if !host.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':')
-        }) {
+        } else if !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        {
             "is not a host name or IP address"
         } else {
             continue;

@@ -174,6 +174,6 @@ const OTHER_VARIABLES: &str = "
 | `AWS_CONTAINER_AUTHORIZATION_TOKEN`, `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE` | `--credential-source container` (aws-config) | the token sent to the container credentials endpoint |
 | `AWS_CONFIG_FILE`, `AWS_SHARED_CREDENTIALS_FILE` | `--credential-source profile` (aws-config) | where the shared config and credentials files are |
 | `AWS_EC2_METADATA_SERVICE_ENDPOINT` | `--credential-source imds` (aws-config) | the instance metadata endpoint |
-| `TOKIO_WORKER_THREADS` | every command (the tokio runtime) | worker threads, a whole number above 0 (checked at start, exit 2 otherwise, on any node); by default one per CPU the container may use; on one CPU a single thread, whatever it says ([operations.md](operations.md)) |
+| `TOKIO_WORKER_THREADS` | every command but `inject` (the tokio runtime) | worker threads, a whole number above 0 (checked at start, exit 2 otherwise, on any node); by default one per CPU the container may use; on one CPU a single thread, whatever it says ([operations.md](operations.md)) |
 | `KUBECONFIG` | `webhook` | the cluster to read namespaces, ServiceAccounts and LimitRanges from when not running in one (kube's config discovery) |
 ";

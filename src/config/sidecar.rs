@@ -1233,6 +1233,8 @@ mod tests {
                 "session\u{7f}tokenvalue",
                 "AWS_SESSION_TOKEN",
             ),
+            ("AKIDEXAMPLE", " \n", "AWS_SESSION_TOKEN"),
+            (" ", "sessiontokenvalue", "AWS_ACCESS_KEY_ID"),
         ] {
             let e = keys(id, "topsecretvalue", token).unwrap_err().to_string();
             assert!(e.contains(origin), "{e}");
@@ -1261,6 +1263,9 @@ mod tests {
             ("*.svc", "wildcard"),
             ("http://x", "is a URL"),
             ("a b", "not a host name"),
+            ("[fd00::1]:9787", "has a port"),
+            ("[[::1", "has a port"),
+            ("fd00::1", "write it in brackets"),
         ] {
             let mut env = IRSA.to_vec();
             env.push(("BEDROCK_BROKER_ALLOWED_HOSTS", raw));
@@ -1312,6 +1317,21 @@ mod tests {
         let mut env = IRSA.to_vec();
         env.push(("BEDROCK_BROKER_SESSION_POLICY", policy));
         assert!(sidecar(&env).is_ok());
+        // An API key drops the chained role, and the policy with it.
+        env.push((
+            "AWS_BEARER_TOKEN_BEDROCK",
+            "ABSKQmVkcm9ja0FQSUtleS1leGFtcGxl",
+        ));
+        env.push((
+            "BEDROCK_BROKER_CHAIN_ROLE_ARN",
+            "arn:aws:iam::123456789012:role/next",
+        ));
+        let e = sidecar(&env).unwrap_err().to_string();
+        assert!(
+            e.contains("has no effect with the API key credentials"),
+            "{e}"
+        );
+        assert!(!e.contains("chain a role"), "{e}");
     }
 
     #[test]

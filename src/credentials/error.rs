@@ -217,12 +217,12 @@ impl SourceError {
                 "this node's clock is probably ahead of AWS's: check its NTP synchronisation",
             ),
             Self::Provider { kind: "imds", .. } => Some(
-                "the EC2 instance metadata service did not give the node role's credentials: from a container IMDSv2 needs the instance's metadata hop limit at 2 or more, and an egress policy may block 169.254.169.254",
+                "the EC2 instance metadata service did not give the node role's credentials: it may be disabled for the instance, or (from a container) need the instance's metadata hop limit at 2 or more, or be blocked by an egress policy (169.254.169.254); the message says which",
             ),
             Self::Provider {
                 kind: "container", ..
             } => Some(
-                "the container credentials endpoint (AWS_CONTAINER_CREDENTIALS_FULL_URI: the EKS Pod Identity agent, or ECS) did not give credentials: check that the agent runs on the node and the pod's association",
+                "the container credentials endpoint (AWS_CONTAINER_CREDENTIALS_FULL_URI: the EKS Pod Identity agent, or ECS) did not give credentials: aws-config takes only loopback, the Pod Identity agent's and ECS's addresses, or https; otherwise check that the agent runs on the node and the pod's association",
             ),
             Self::Provider { .. } => Some(
                 "the shared config profile (AWS_PROFILE, AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE) could not give credentials: the message says which step failed",

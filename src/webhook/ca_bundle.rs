@@ -130,7 +130,9 @@ pub enum Poll {
 /// it changes.
 #[derive(Debug, Default)]
 pub struct Poller {
-    seen: Option<Vec<u8>>,
+    /// The bytes last read, and why they were refused (`None`: taken).
+    seen: Option<(Vec<u8>, Option<String>)>,
+    /// The failure last reported, until a look finds the file usable.
     failure: Option<String>,
 }
 
@@ -144,15 +146,22 @@ impl Poller {
             Ok(raw) => raw,
             Err(e) => return self.failed(e.to_string()),
         };
-        if self.seen.as_deref() == Some(raw.as_slice()) {
-            return if self.failure.is_some() {
-                Poll::StillFailing
-            } else {
-                Poll::Unchanged
-            };
+        if let Some((bytes, refused)) = &self.seen {
+            if *bytes == raw {
+                // The same bytes as last time: the same verdict, and a
+                // failure before (a read error, say) is over if they were
+                // good.
+                return match refused.clone() {
+                    Some(reason) => self.failed(reason),
+                    None => {
+                        self.failure = None;
+                        Poll::Unchanged
+                    }
+                };
+            }
         }
         let checked = check(path, &raw);
-        self.seen = Some(raw);
+        self.seen = Some((raw, checked.as_ref().err().map(ToString::to_string)));
         match checked {
             Err(e) => self.failed(e.to_string()),
             Ok(new) => {
@@ -247,5 +256,12 @@ mod tests {
         publish(&first);
         assert_eq!(poller.poll(&bundle), Poll::Reloaded);
         assert_eq!(copy.current().pem, first.as_bytes());
+        // Gone and back with the same bytes, twice: each outage reported.
+        for _ in 0..2 {
+            std::fs::remove_file(&path).unwrap();
+            assert!(matches!(poller.poll(&bundle), Poll::Failed(_)));
+            publish(&first);
+            assert_eq!(poller.poll(&bundle), Poll::Unchanged);
+        }
     }
 }

@@ -371,8 +371,9 @@ def test_health_and_graceful_stop(webhook):
     assert webhook.proc.wait(timeout=15) == 0
 
 
+@pytest.mark.parametrize("rust_log", ["info", "off"])
 @pytest.mark.parametrize("problem", ["missing", "directory", "empty", "key-as-cert"])
-def test_unusable_tls_files_are_bad_configuration_naming_the_settings(tmp_path, problem):
+def test_unusable_tls_files_are_bad_configuration_naming_the_settings(tmp_path, problem, rust_log):
     import trustme
 
     cert = trustme.CA().issue_cert("127.0.0.1")
@@ -386,7 +387,8 @@ def test_unusable_tls_files_are_bad_configuration_naming_the_settings(tmp_path, 
         [str(BINARY), "webhook"],
         env={"PATH": "/usr/bin:/bin", "BEDROCK_BROKER_WEBHOOK_TLS_CERT_FILE": str(cert_path),
              "BEDROCK_BROKER_WEBHOOK_TLS_KEY_FILE": str(key_path), "BEDROCK_BROKER_SIDECAR_REGION": "us-east-1",
-             "BEDROCK_BROKER_WEBHOOK_LISTEN": "127.0.0.1:0", "BEDROCK_BROKER_WEBHOOK_ADMIN_LISTEN": "127.0.0.1:0"},
+             "BEDROCK_BROKER_WEBHOOK_LISTEN": "127.0.0.1:0", "BEDROCK_BROKER_WEBHOOK_ADMIN_LISTEN": "127.0.0.1:0",
+             "RUST_LOG": rust_log},
         capture_output=True, text=True, timeout=30,
     )
     assert result.returncode == 2, result.stderr
