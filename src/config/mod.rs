@@ -20,6 +20,7 @@ mod gate;
 mod limits;
 pub mod parse;
 pub mod reference;
+mod session;
 pub mod setting;
 pub mod settings;
 mod sidecar;
