@@ -77,7 +77,7 @@ enum Found {
 }
 
 fn read_token(path: &Path) -> Result<Found, TokenFileError> {
-    match std::fs::read_to_string(path) {
+    match crate::files::read_small_text(path, 64 * 1024) {
         Ok(t) if t.trim().is_empty() => Ok(Found::Empty),
         Ok(t) => Ok(Found::Token(Secret::new(t.trim()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Found::Missing),

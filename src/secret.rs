@@ -141,17 +141,17 @@ pub fn without_jwts(text: &str) -> String {
 
 /// `text` with the user information of every URL in it (`user:password@`)
 /// blanked: a URL given with credentials is quoted back by parsers and
-/// by aws-config's errors. Everything from `://` to the last `@` before
-/// the next whitespace goes: a password not percent-encoded may hold `/`,
-/// `#`, `?` or quotes (an `@` later in a path blanks the host too, which
-/// is the safe side).
+/// by aws-config's errors. Everything from `://` to the last `@` on the
+/// same line goes: a password not percent-encoded may hold `/`, `#`, `?`,
+/// quotes or spaces (an `@` later on the line blanks more, which is the
+/// safe side).
 pub fn without_url_credentials(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("://") {
         let (before, from) = rest.split_at(at + 3);
         out.push_str(before);
-        let end = from.find(char::is_whitespace).unwrap_or(from.len());
+        let end = from.find(['\n', '\r']).unwrap_or(from.len());
         let authority = &from[..end];
         match authority.rfind('@') {
             Some(user_end) => {
@@ -174,11 +174,22 @@ mod tests {
     fn user_information_in_urls_is_blanked() {
         assert_eq!(
             without_url_credentials(
-                "invalid URI: http://u:s3cret@10.1.2.3/creds and \"https://a:b@c@h:1?x\", ftp://h/p"
+                "invalid URI: http://u:s3cret@10.1.2.3/creds\nand \"https://a:b@c@h:1?x\", ftp://h/p"
             ),
-            "invalid URI: http://** redacted **@10.1.2.3/creds and \"https://** redacted **@h:1?x\", ftp://h/p"
+            "invalid URI: http://** redacted **@10.1.2.3/creds\nand \"https://** redacted **@h:1?x\", ftp://h/p"
         );
-        for password in ["Top/S3cret", "Top#S3cret", "Top?S3cret", "Top\"S3cret"] {
+        // Two on a line: blanked up to the last `@`, the safe side.
+        assert_eq!(
+            without_url_credentials("http://u:p@a and http://v:q@b"),
+            "http://** redacted **@b"
+        );
+        for password in [
+            "Top/S3cret",
+            "Top#S3cret",
+            "Top?S3cret",
+            "Top\"S3cret",
+            "Top S3\tcret",
+        ] {
             let text = format!("\"https://user:{password}@h\" has a port that is not one");
             assert_eq!(
                 without_url_credentials(&text),

@@ -65,6 +65,19 @@ pub fn parse(
         }
     }
     let mode = mode(args, env, errors, &mut warnings);
+    // aws-config quotes a URL it refuses, and these endpoints take no
+    // user information: refused here, without repeating the value.
+    for name in [
+        vars::AWS_CONTAINER_CREDENTIALS_FULL_URI.name,
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+    ] {
+        if env.get(name).is_some_and(|v| v.contains('@')) {
+            errors.push(
+                name,
+                "must not contain user information (user:password@); the value is not repeated, as it may hold a password",
+            );
+        }
+    }
     if matches!(mode, Some(CredentialMode::SigV4(_))) && region_given.is_none() {
         errors.push(
             s::REGION.origin(),

@@ -87,13 +87,16 @@ fn min_rate(bytes_per_second: usize, grace: Duration) -> Option<MinRate> {
 /// without the port: an entry with a port, a scheme or a wildcard would
 /// never match, and the requests it was meant for would get 403.
 fn allowed_hosts(raw: &str) -> Result<Vec<String>, ParseError> {
-    let hosts = parse::list(raw);
-    for host in &hosts {
+    let mut hosts = parse::list(raw);
+    for host in &mut hosts {
         let bracketed = host
             .strip_prefix('[')
             .and_then(|h| h.strip_suffix(']'))
-            .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok());
-        let why = if bracketed {
+            .and_then(|h| h.parse::<std::net::Ipv6Addr>().ok());
+        let why = if let Some(addr) = bracketed {
+            // As the proxy compares a `Host` with an IPv6 address: in its
+            // one written form.
+            *host = format!("[{addr}]");
             continue;
         } else if host.contains("://") {
             "is a URL; give the host name alone"

@@ -187,7 +187,11 @@ fn listeners(args: &SidecarArgs, env: &Env, e: &mut Errors) -> Option<Listeners>
     );
     // Found here rather than as "Address already in use" at the second bind.
     if let (Some(p), Some(a)) = (proxy, admin) {
-        let overlap = p.ip() == a.ip() || p.ip().is_unspecified() || a.ip().is_unspecified();
+        // A wildcard covers its own family; `[::]` is dual-stack on Linux.
+        let covers = |wild: std::net::IpAddr, other: std::net::IpAddr| {
+            wild.is_unspecified() && (wild.is_ipv6() || wild.is_ipv4() == other.is_ipv4())
+        };
+        let overlap = p.ip() == a.ip() || covers(p.ip(), a.ip()) || covers(a.ip(), p.ip());
         if p.port() != 0 && p.port() == a.port() && overlap {
             e.push(
                 format!("{} / {}", s::LISTEN.origin(), s::ADMIN_LISTEN.origin()),
@@ -1278,12 +1282,13 @@ mod tests {
         let mut env = IRSA.to_vec();
         env.push((
             "BEDROCK_BROKER_ALLOWED_HOSTS",
-            "chat.my-app.svc, 10.0.0.5,[fd00::1]",
+            "chat.my-app.svc, 10.0.0.5,[fd00:0::1],[FD00::2]",
         ));
         let c = sidecar(&env).unwrap();
+        // IPv6 addresses in the one form the proxy compares.
         assert_eq!(
             c.proxy.gate.allowed_hosts,
-            ["chat.my-app.svc", "10.0.0.5", "[fd00::1]"]
+            ["chat.my-app.svc", "10.0.0.5", "[fd00::1]", "[fd00::2]"]
         );
     }
 
@@ -1351,8 +1356,22 @@ mod tests {
         env.push(("BEDROCK_BROKER_ADMIN_LISTEN", "0.0.0.0:9787"));
         let e = sidecar(&env).unwrap_err().to_string();
         assert!(e.contains("both use port 9787"), "{e}");
+        let both = |listen: &str, admin: &str| {
+            let mut env = IRSA.to_vec();
+            env.push(("BEDROCK_BROKER_LISTEN", listen));
+            env.push(("BEDROCK_BROKER_ADMIN_LISTEN", admin));
+            sidecar(&env)
+        };
+        // `[::]` takes IPv4 too; `0.0.0.0` leaves IPv6 alone.
+        assert!(both("127.0.0.1:9787", "[::]:9787").is_err());
+        assert!(both("[::1]:9787", "0.0.0.0:9787").is_ok());
         // Any ports (0), or the same port on different addresses, can bind.
-        for admin in ["127.0.0.1:0", "127.0.0.2:9787", "0.0.0.0:9788"] {
+        for admin in [
+            "127.0.0.1:0",
+            "127.0.0.2:9787",
+            "0.0.0.0:9788",
+            "[::1]:9787",
+        ] {
             let mut env = IRSA.to_vec();
             env.push(("BEDROCK_BROKER_LISTEN", "127.0.0.1:9787"));
             env.push(("BEDROCK_BROKER_ADMIN_LISTEN", admin));
@@ -1374,5 +1393,25 @@ mod tests {
             e.contains("is set without --chain-role-arn / BEDROCK_BROKER_CHAIN_ROLE_ARN"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn credential_endpoints_with_user_information_are_refused_unrepeated() {
+        for (name, value) in [
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://u:pass word@127.0.0.1:1/creds",
+            ),
+            (
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+                "user:hunter2@169.254.169.254",
+            ),
+        ] {
+            let e = sidecar(&[("AWS_REGION", "us-east-1"), (name, value)])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(name) && e.contains("user information"), "{e}");
+            assert!(!e.contains("hunter2") && !e.contains("pass word"), "{e}");
+        }
     }
 }

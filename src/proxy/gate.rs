@@ -154,11 +154,19 @@ impl GateState {
 
     /// A loopback name or address, or one of `--allowed-hosts`.
     fn host_allowed(&self, host: &str) -> bool {
-        is_loopback_host(host)
-            || self
-                .allowed_hosts
-                .iter()
-                .any(|h| h.eq_ignore_ascii_case(host))
+        if is_loopback_host(host) {
+            return true;
+        }
+        // An IPv6 address has many spellings; the list holds each in one.
+        let canonical = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .and_then(|h| h.parse::<std::net::Ipv6Addr>().ok())
+            .map(|addr| format!("[{addr}]"));
+        let host = canonical.as_deref().unwrap_or(host);
+        self.allowed_hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(host))
     }
 
     /// A page served from this pod (loopback) or an allowed host; `null`
@@ -293,6 +301,17 @@ mod tests {
             .body(())
             .unwrap();
         assert!(g.check(&h2).is_ok(), "HTTP/2 :authority");
+    }
+
+    #[test]
+    fn an_allowed_ipv6_address_matches_however_the_host_spells_it() {
+        // The configuration keeps each address in its one written form.
+        let g = gate(&["[fd00::3]"], None);
+        for ok in ["[fd00::3]", "[fd00:0::3]:9787", "[FD00:0:0::3]"] {
+            assert!(g.check(&request(Some(ok), &[])).is_ok(), "{ok}");
+        }
+        let e = g.check(&request(Some("[fd00::4]"), &[])).unwrap_err();
+        assert_eq!(e.code().name, "host_not_allowed");
     }
 
     #[test]
