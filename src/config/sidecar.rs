@@ -105,6 +105,19 @@ impl SidecarConfig {
         );
         let usage = usage_labels(args, env, &mut e);
         let container_credentials = container_credentials(args, env, credentials.as_ref(), &mut e);
+        shared_ports(
+            &mut e,
+            &[
+                (&s::LISTEN, listeners.as_ref().map(|l| l.proxy)),
+                (&s::ADMIN_LISTEN, listeners.as_ref().map(|l| l.admin)),
+                (
+                    &s::CREDENTIALS_LISTEN,
+                    container_credentials
+                        .as_ref()
+                        .and_then(|c| c.as_ref().map(|c| c.listen)),
+                ),
+            ],
+        );
 
         // FIPS and dual-stack hold for STS as for Bedrock, as in the AWS
         // SDKs; a bad value was reported with the routes.
@@ -162,6 +175,29 @@ struct Listeners {
     admin_limits: Limits,
 }
 
+/// Two servers on one port of overlapping addresses: found here rather
+/// than as "Address already in use" at the second bind.
+fn shared_ports(e: &mut Errors, servers: &[(&Setting, Option<SocketAddr>)]) {
+    // A wildcard covers its own family; `[::]` is dual-stack on Linux.
+    let covers = |wild: std::net::IpAddr, other: std::net::IpAddr| {
+        wild.is_unspecified() && (wild.is_ipv6() || wild.is_ipv4() == other.is_ipv4())
+    };
+    for (i, (first, a)) in servers.iter().enumerate() {
+        for (second, b) in &servers[i + 1..] {
+            let (Some(a), Some(b)) = (a, b) else {
+                continue;
+            };
+            let overlap = a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip());
+            if a.port() != 0 && a.port() == b.port() && overlap {
+                e.push(
+                    format!("{} / {}", first.origin(), second.origin()),
+                    format!("both use port {}; each server needs its own", a.port()),
+                );
+            }
+        }
+    }
+}
+
 fn listeners(args: &SidecarArgs, env: &Env, e: &mut Errors) -> Option<Listeners> {
     let anywhere = e.read(
         &s::ALLOW_NON_LOOPBACK_LISTEN,
@@ -185,23 +221,6 @@ fn listeners(args: &SidecarArgs, env: &Env, e: &mut Errors) -> Option<Listeners>
         env,
         parse::addr,
     );
-    // Found here rather than as "Address already in use" at the second bind.
-    if let (Some(p), Some(a)) = (proxy, admin) {
-        // A wildcard covers its own family; `[::]` is dual-stack on Linux.
-        let covers = |wild: std::net::IpAddr, other: std::net::IpAddr| {
-            wild.is_unspecified() && (wild.is_ipv6() || wild.is_ipv4() == other.is_ipv4())
-        };
-        let overlap = p.ip() == a.ip() || covers(p.ip(), a.ip()) || covers(a.ip(), p.ip());
-        if p.port() != 0 && p.port() == a.port() && overlap {
-            e.push(
-                format!("{} / {}", s::LISTEN.origin(), s::ADMIN_LISTEN.origin()),
-                format!(
-                    "both use port {}; the proxy and the admin server need different ports",
-                    p.port()
-                ),
-            );
-        }
-    }
     let proxy_limits = limits::limits(
         limits::Listener {
             settings: &ProxyLimitArgs::SETTINGS,
@@ -1365,6 +1384,15 @@ mod tests {
         // `[::]` takes IPv4 too; `0.0.0.0` leaves IPv6 alone.
         assert!(both("127.0.0.1:9787", "[::]:9787").is_err());
         assert!(both("[::1]:9787", "0.0.0.0:9787").is_ok());
+        // The container-credentials endpoint too.
+        let mut env = IRSA.to_vec();
+        env.push(("BEDROCK_BROKER_CREDENTIALS_LISTEN", "127.0.0.1:9788"));
+        env.push(("BEDROCK_BROKER_CREDENTIALS_TOKEN_FILE", "/var/run/bb/token"));
+        let e = sidecar(&env).unwrap_err().to_string();
+        assert!(
+            e.contains("--admin-listen / BEDROCK_BROKER_ADMIN_LISTEN / --credentials-listen"),
+            "{e}"
+        );
         // Any ports (0), or the same port on different addresses, can bind.
         for admin in [
             "127.0.0.1:0",
