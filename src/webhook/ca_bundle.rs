@@ -101,6 +101,9 @@ impl SidecarCaBundle {
             let file = self.current().origin.clone();
             match outcome {
                 Poll::Unchanged | Poll::StillFailing => {}
+                Poll::Recovered => {
+                    tracing::info!(%file, "sidecars' trust bundle file is usable again; it holds the bundle in use");
+                }
                 Poll::Reloaded => {
                     reloads.with_label_values(&["success"]).inc();
                     tracing::info!(%file, "sidecars' trust bundle reloaded: pods created from now on get it");
@@ -118,6 +121,8 @@ impl SidecarCaBundle {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Poll {
     Unchanged,
+    /// Unchanged, after a failure reported: the file is usable again.
+    Recovered,
     Reloaded,
     /// Not taken, for this reason (new: worth reporting).
     Failed(String),
@@ -153,25 +158,35 @@ impl Poller {
                 // good.
                 return match refused.clone() {
                     Some(reason) => self.failed(reason),
-                    None => {
-                        self.failure = None;
-                        Poll::Unchanged
-                    }
+                    None => self.usable(Poll::Unchanged),
                 };
             }
         }
         let checked = check(path, &raw);
         self.seen = Some((raw, checked.as_ref().err().map(ToString::to_string)));
         match checked {
-            Err(e) => self.failed(e.to_string()),
-            Ok(new) => {
+            // A new version of the file: reported even if it fails as the
+            // last one did.
+            Err(e) => {
                 self.failure = None;
-                if new.pem == current.pem {
-                    return Poll::Unchanged;
-                }
-                bundle.0.store(Arc::new(new));
-                Poll::Reloaded
+                self.failed(e.to_string())
             }
+            Ok(new) if new.pem == current.pem => self.usable(Poll::Unchanged),
+            Ok(new) => {
+                bundle.0.store(Arc::new(new));
+                self.usable(Poll::Reloaded)
+            }
+        }
+    }
+
+    /// The file is usable: `Recovered` when a failure was reported and
+    /// nothing new is taken, else `outcome`.
+    fn usable(&mut self, outcome: Poll) -> Poll {
+        let recovered = self.failure.take().is_some();
+        if recovered && outcome == Poll::Unchanged {
+            Poll::Recovered
+        } else {
+            outcome
         }
     }
 
@@ -249,6 +264,10 @@ mod tests {
         publish(&format!("{first}{key}"));
         assert!(matches!(poller.poll(&bundle), Poll::Failed(r) if r.contains("private key")));
         assert_eq!(copy.current().pem, second.as_bytes());
+        // Another version, broken the same way: a new file, reported.
+        publish(&format!("{second}{key}"));
+        assert!(matches!(poller.poll(&bundle), Poll::Failed(r) if r.contains("private key")));
+        assert_eq!(poller.poll(&bundle), Poll::StillFailing);
         // A file gone: reported once too.
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(poller.poll(&bundle), Poll::Failed(_)));
@@ -256,11 +275,13 @@ mod tests {
         publish(&first);
         assert_eq!(poller.poll(&bundle), Poll::Reloaded);
         assert_eq!(copy.current().pem, first.as_bytes());
-        // Gone and back with the same bytes, twice: each outage reported.
+        // Gone and back with the same bytes, twice: each outage reported,
+        // and its end.
         for _ in 0..2 {
             std::fs::remove_file(&path).unwrap();
             assert!(matches!(poller.poll(&bundle), Poll::Failed(_)));
             publish(&first);
+            assert_eq!(poller.poll(&bundle), Poll::Recovered);
             assert_eq!(poller.poll(&bundle), Poll::Unchanged);
         }
     }
