@@ -18,6 +18,7 @@ mod credentials;
 pub mod endpoints;
 mod gate;
 mod limits;
+mod listeners;
 pub mod parse;
 pub mod reference;
 mod session;

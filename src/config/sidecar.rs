@@ -1,17 +1,15 @@
 //! Assembles `bedrock-broker sidecar`'s configuration from the parts.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::parse::{self, ParseError};
 use super::setting::{ConfigErrors, Errors, Setting};
-use super::settings::{self, sidecar as s};
-use super::{credentials, endpoints, gate, limits, Env};
-use crate::cli::{AdminLimitArgs, CredentialsLimitArgs, ProxyLimitArgs, SidecarArgs};
+use super::settings::sidecar as s;
+use super::{credentials, endpoints, gate, limits, listeners, Env};
+use crate::cli::{CredentialsLimitArgs, SidecarArgs};
 use crate::container_credentials::ContainerCredentialsConfig;
 use crate::credentials::{CredentialMode, CredentialsConfig, RefreshPolicy};
 use crate::proxy::{self, UsageLabels};
-use crate::server::Limits;
 use crate::sidecar::SidecarConfig;
 
 /// Distinct `model` label values before the rest become `other`.
@@ -57,7 +55,7 @@ impl SidecarConfig {
         let plaintext =
             endpoints::plaintext_allowed(args.allow_plaintext_upstream.as_deref(), env, &mut e);
         let (region, credentials) = credentials::parse(&args.aws, env, plaintext, &mut e);
-        let listeners = listeners(args, env, &mut e);
+        let listeners = listeners::listeners(args, env, &mut e);
         // SigV4 already said a region is required.
         let region_reported = matches!(
             credentials.as_ref().map(|c| &c.mode),
@@ -105,7 +103,7 @@ impl SidecarConfig {
         );
         let usage = usage_labels(args, env, &mut e);
         let container_credentials = container_credentials(args, env, credentials.as_ref(), &mut e);
-        shared_ports(
+        listeners::shared_ports(
             &mut e,
             &[
                 (&s::LISTEN, listeners.as_ref().map(|l| l.proxy)),
@@ -165,91 +163,6 @@ impl SidecarConfig {
             })
         })
     }
-}
-
-/// The proxy's and the admin server's addresses and limits.
-struct Listeners {
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    proxy_limits: Limits,
-    admin_limits: Limits,
-}
-
-/// Two servers on one port of overlapping addresses: found here rather
-/// than as "Address already in use" at the second bind.
-fn shared_ports(e: &mut Errors, servers: &[(&Setting, Option<SocketAddr>)]) {
-    // A wildcard covers its own family; `[::]` is dual-stack on Linux.
-    let covers = |wild: std::net::IpAddr, other: std::net::IpAddr| {
-        wild.is_unspecified() && (wild.is_ipv6() || wild.is_ipv4() == other.is_ipv4())
-    };
-    for (i, (first, a)) in servers.iter().enumerate() {
-        for (second, b) in &servers[i + 1..] {
-            let (Some(a), Some(b)) = (a, b) else {
-                continue;
-            };
-            let overlap = a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip());
-            if a.port() != 0 && a.port() == b.port() && overlap {
-                e.push(
-                    format!("{} / {}", first.origin(), second.origin()),
-                    format!("both use port {}; each server needs its own", a.port()),
-                );
-            }
-        }
-    }
-}
-
-fn listeners(args: &SidecarArgs, env: &Env, e: &mut Errors) -> Option<Listeners> {
-    let anywhere = e.read(
-        &s::ALLOW_NON_LOOPBACK_LISTEN,
-        args.allow_non_loopback_listen.as_deref(),
-        env,
-        parse::bool,
-    );
-    let proxy = e.read(&s::LISTEN, args.listen.as_deref(), env, |raw| {
-        let addr = parse::addr(raw)?;
-        if addr.ip().is_loopback() || anywhere == Some(true) {
-            Ok(addr)
-        } else {
-            Err(ParseError::refused(format!(
-                "{raw:?} is not a loopback address: the proxy signs whatever reaches it, so only its own pod may; set --allow-non-loopback-listen to permit it"
-            )))
-        }
-    });
-    let admin = e.read(
-        &s::ADMIN_LISTEN,
-        args.admin_listen.as_deref(),
-        env,
-        parse::addr,
-    );
-    let proxy_limits = limits::limits(
-        limits::Listener {
-            settings: &ProxyLimitArgs::SETTINGS,
-            flags: args.proxy_limits.values(),
-            per_peer: None,
-            http2: true,
-        },
-        env,
-        e,
-    );
-    let admin_limits = limits::limits(
-        limits::Listener {
-            settings: &AdminLimitArgs::SETTINGS,
-            flags: args.admin_limits.values(),
-            per_peer: Some((
-                &settings::limits::ADMIN_PER_PEER,
-                args.admin_max_connections_per_peer.as_deref(),
-            )),
-            http2: false,
-        },
-        env,
-        e,
-    );
-    Some(Listeners {
-        proxy: proxy?,
-        admin: admin?,
-        proxy_limits: proxy_limits?,
-        admin_limits: admin_limits?,
-    })
 }
 
 /// How the proxy talks to Bedrock.
