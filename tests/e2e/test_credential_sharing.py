@@ -191,14 +191,19 @@ def test_container_credentials_source_reads_another_sidecars_endpoint(start_side
     assert consumer.metric("bedrock_broker_credentials_expiry_timestamp_seconds") > 0
 
 
-def test_imds_source_when_pinned(start_sidecar, fake_aws):
-    fake_aws.configure_sts(lifetime_seconds=3)
-    sidecar = start_sidecar({
+def imds_env(fake_aws) -> dict[str, str]:
+    """A sidecar pinned to the instance metadata source, the fake's IMDS."""
+    return {
         "AWS_REGION": "us-east-1",
         "BEDROCK_BROKER_CREDENTIAL_SOURCE": "imds",
         "AWS_EC2_METADATA_SERVICE_ENDPOINT": fake_aws.sts + "/imds/",
         "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws.bedrock,
-    }, FAST)
+    }
+
+
+def test_imds_source_when_pinned(start_sidecar, fake_aws):
+    fake_aws.configure_sts(lifetime_seconds=3)
+    sidecar = start_sidecar(imds_env(fake_aws), FAST)
     tid = uuid.uuid4().hex
     converse(sidecar, tid)
     assert fake_aws.request_for(tid)["principal_arn"].endswith(":assumed-role/node-role/i-0123456789abcdef0")
@@ -211,12 +216,7 @@ def test_an_imds_outage_is_a_failed_refresh_not_the_old_credentials_again(start_
     # it fetched last: taken as a success, an outage showed as refreshes
     # that worked until the credentials expired, then as a clock problem.
     fake_aws.configure_sts(lifetime_seconds=12)
-    sidecar = start_sidecar({
-        "AWS_REGION": "us-east-1",
-        "BEDROCK_BROKER_CREDENTIAL_SOURCE": "imds",
-        "AWS_EC2_METADATA_SERVICE_ENDPOINT": fake_aws.sts + "/imds/",
-        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws.bedrock,
-    }, FAST)
+    sidecar = start_sidecar(imds_env(fake_aws), FAST)
     fake_aws.post("/imds", {"disabled": True})
     wait_for(lambda: (sidecar.metric("bedrock_broker_credential_refresh_consecutive_failures") or 0) >= 1,
              timeout=15, what="the outage seen as a failed refresh")
