@@ -89,11 +89,7 @@ fn min_rate(bytes_per_second: usize, grace: Duration) -> Option<MinRate> {
 fn allowed_hosts(raw: &str) -> Result<Vec<String>, ParseError> {
     let mut hosts = parse::list(raw);
     for host in &mut hosts {
-        let bracketed = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .and_then(|h| h.parse::<std::net::Ipv6Addr>().ok());
-        let why = if let Some(addr) = bracketed {
+        let why = if let Some(addr) = crate::proxy::bracketed_ipv6(host) {
             // As the proxy compares a `Host` with an IPv6 address: in its
             // one written form.
             *host = format!("[{addr}]");

@@ -29,6 +29,12 @@ pub fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// The IPv6 address of a host written `[address]`, as in a `Host` header;
+/// `[address]` of it is the one form allowed hosts are kept and compared in.
+pub fn bracketed_ipv6(host: &str) -> Option<std::net::Ipv6Addr> {
+    host.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
+}
+
 /// The request's target host: HTTP/2's `:authority`, else the `Host` header.
 fn host_of<B>(request: &Request<B>) -> Option<String> {
     if let Some(authority) = request.uri().authority() {
@@ -158,11 +164,7 @@ impl GateState {
             return true;
         }
         // An IPv6 address has many spellings; the list holds each in one.
-        let canonical = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .and_then(|h| h.parse::<std::net::Ipv6Addr>().ok())
-            .map(|addr| format!("[{addr}]"));
+        let canonical = bracketed_ipv6(host).map(|addr| format!("[{addr}]"));
         let host = canonical.as_deref().unwrap_or(host);
         self.allowed_hosts
             .iter()

@@ -57,7 +57,7 @@ use prometheus::Histogram;
 pub use auth::AuthMode;
 pub use config::{Config, Gate, MinRate, RouteTable, Upstream, UsageLabels};
 pub use error::{reference_table as error_reference_table, Code, Dialect, ProxyError, CODES};
-pub use gate::is_loopback_host;
+pub use gate::{bracketed_ipv6, is_loopback_host};
 pub use operation::Operation;
 pub use signer::{RequestSigner, SignError as RequestSignError, Signature};
 pub use sigv4::{BodyDigest, Signer};
