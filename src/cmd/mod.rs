@@ -94,10 +94,7 @@ fn worker_threads(env: &Env) -> Result<usize, ConfigErrors> {
         .map(|raw| crate::config::parse::positive_count(raw.trim()))
     {
         None => Ok(cores),
-        Some(Err(e)) => Err(ConfigErrors(vec![crate::config::ConfigError {
-            origin: name.to_owned(),
-            message: e.to_string(),
-        }])),
+        Some(Err(e)) => Err(ConfigErrors::one(name, e)),
         Some(Ok(_)) if cores <= 1 => Ok(1),
         Some(Ok(n)) => Ok(n),
     }

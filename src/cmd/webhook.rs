@@ -3,7 +3,7 @@
 use super::{report, FAILED, OK};
 use crate::cli::WebhookArgs;
 use crate::config::settings::webhook as settings;
-use crate::config::{ConfigError, ConfigErrors, Env};
+use crate::config::{ConfigErrors, Env};
 use crate::server::signal::cancel_on_signal;
 use crate::webhook::{WebhookConfig, WebhookError};
 
@@ -16,14 +16,14 @@ pub async fn run(args: &WebhookArgs, env: &Env) -> u8 {
         Ok(()) => OK,
         // Read once before serving: files that cannot serve are a bad
         // configuration like any other (a reload keeps the pair in use).
-        Err(WebhookError::Certificate(e)) => report(&ConfigErrors(vec![ConfigError {
-            origin: format!(
+        Err(WebhookError::Certificate(e)) => report(&ConfigErrors::one(
+            format!(
                 "{} and {}",
                 settings::TLS_CERT_FILE.origin(),
                 settings::TLS_KEY_FILE.origin()
             ),
-            message: e.to_string(),
-        }])),
+            e,
+        )),
         Err(e) => {
             tracing::error!(error = %e, "webhook failed");
             FAILED

@@ -133,6 +133,17 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+impl ConfigErrors {
+    /// One problem, found outside the settings' parsing (a file read
+    /// before serving, a variable the runtime reads).
+    pub fn one(origin: impl fmt::Display, message: impl fmt::Display) -> Self {
+        Self(vec![ConfigError {
+            origin: origin.to_string(),
+            message: message.to_string(),
+        }])
+    }
+}
+
 /// Collects problems while parsing, so all of them are reported at once.
 #[derive(Debug, Default)]
 pub struct Errors(Vec<ConfigError>);
