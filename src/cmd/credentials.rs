@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{report, FAILED, OK};
+use super::{complain, report, say, FAILED, OK};
 use crate::cli::CredentialsArgs;
 use crate::clock::SystemClock;
 use crate::config::Env;
@@ -15,23 +15,22 @@ pub async fn run(args: &CredentialsArgs, env: &Env) -> u8 {
         Err(errors) => return report(&errors),
     };
     for warning in &config.warnings {
-        eprintln!("warning: {warning}");
+        complain(format_args!("warning: {warning}\n"));
     }
     // A failure below may be the proxy's: say it was on the way.
     if let Some(proxy) = &config.egress_proxy {
-        println!(
-            "egress:   through the proxy {} (HTTPS_PROXY)",
+        say(format_args!(
+            "egress:   through the proxy {} (HTTPS_PROXY)\n",
             proxy.address()
-        );
+        ));
     }
     match diagnose::run(&config, Arc::new(SystemClock)).await {
         Ok(found) => {
-            print!("{found}");
+            say(format_args!("{found}"));
             OK
         }
         Err(e) => {
-            eprintln!("{e}");
-            eprintln!("error: credentials do not work");
+            complain(format_args!("{e}\nerror: credentials do not work\n"));
             FAILED
         }
     }

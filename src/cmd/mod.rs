@@ -2,16 +2,14 @@
 //! and its outcome into an exit status. Everything below `cmd` returns
 //! typed errors; only here do they become log lines and exit codes.
 
-// Commands talk to people: `credentials` reports on stdout, and problems
-// found before logging starts go to stderr.
-#![allow(clippy::print_stdout, clippy::print_stderr)]
-
 pub mod credentials;
 pub mod inject;
 pub mod sidecar;
 pub mod webhook;
 
+use std::fmt;
 use std::future::Future;
+use std::io::Write;
 use std::process::ExitCode;
 
 use crate::cli::{Command, LogArgs};
@@ -25,13 +23,27 @@ pub const FAILED: u8 = 1;
 /// The configuration or the input is invalid; nothing was done.
 pub const INVALID: u8 = 2;
 
+/// Writes to stdout. A reader that went away (`credentials | head -1`)
+/// is not the command's failure: its exit status still says what it found,
+/// where `println!` panicked (exit 101).
+pub(crate) fn say(text: fmt::Arguments<'_>) {
+    let _ = std::io::stdout().lock().write_fmt(text);
+}
+
+/// Writes to stderr, as [`say`] to stdout.
+pub(crate) fn complain(text: fmt::Arguments<'_>) {
+    let _ = std::io::stderr().lock().write_fmt(text);
+}
+
 /// Runs one subcommand to completion.
 pub fn run(command: Command, env: Env) -> ExitCode {
     // Before anything reads them: logging is not set up yet either.
     let not_text = crate::config::unknown::not_text(&env);
     if !not_text.is_empty() {
         for name in not_text {
-            eprintln!("bedrock-broker: invalid configuration: {name}: the value is not UTF-8 text");
+            complain(format_args!(
+                "bedrock-broker: invalid configuration: {name}: the value is not UTF-8 text\n"
+            ));
         }
         return ExitCode::from(INVALID);
     }
@@ -57,7 +69,7 @@ fn with_runtime<F: Future<Output = u8>>(
     let format = match LogFormat::from_args(log, env) {
         Ok(format) => format,
         Err(errors) => {
-            eprint!("bedrock-broker: {errors}");
+            complain(format_args!("bedrock-broker: {errors}"));
             return INVALID;
         }
     };
@@ -129,7 +141,7 @@ pub fn report(errors: &ConfigErrors) -> u8 {
     } else {
         // Logging turned off (`RUST_LOG=off`): the reason to stop is
         // still said, or the process would exit 2 without a word.
-        eprint!("bedrock-broker: {errors}");
+        complain(format_args!("bedrock-broker: {errors}"));
     }
     INVALID
 }

@@ -263,3 +263,39 @@ def test_a_region_typo_is_pointed_out(irsa_env):
     out = run(dict(irsa_env, AWS_REGION="us-east1"))
     assert "warning: AWS_REGION" in out.stderr and "not shaped like an AWS region" in out.stderr, out.stderr
     assert "warning" not in run(irsa_env).stderr
+
+
+def run_into_closed_pipe(env: dict[str, str], closed: str, *args: str) -> subprocess.CompletedProcess:
+    """Runs the command with its stdout or stderr a pipe nobody reads any
+    more, as in `bedrock-broker credentials | head -1` once head exits."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        streams = {"stdout": write, "stderr": subprocess.PIPE}
+        if closed == "stderr":
+            streams = {"stdout": subprocess.PIPE, "stderr": write}
+        return subprocess.run(
+            [str(BINARY), "credentials", *args],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+            text=True,
+            timeout=60,
+            **streams,
+        )
+    finally:
+        os.close(write)
+
+
+def test_a_reader_that_went_away_does_not_crash_the_report(irsa_env, fake_aws):
+    out = run_into_closed_pipe(irsa_env, "stdout")
+    # The diagnosis ran and succeeded; only its report had nowhere to go.
+    assert out.returncode == 0, out.stderr
+    assert "panicked" not in out.stderr
+    assert [c["action"] for c in fake_aws.sts_calls()] == ["AssumeRoleWithWebIdentity", "GetCallerIdentity"]
+
+
+def test_a_failure_with_stderr_gone_keeps_its_exit_status(irsa_env, fake_aws):
+    fake_aws.configure_sts(fail_always=True, fail_code="AccessDenied")
+    out = run_into_closed_pipe(irsa_env, "stderr")
+    assert out.returncode == 1, out.stdout
+    out = run_into_closed_pipe({}, "stderr")
+    assert out.returncode == 2, out.stdout
