@@ -4,12 +4,34 @@
 //! instead of filling memory or hanging the start.
 
 use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// The whole of a regular file of at most `cap` bytes (symbolic links
 /// followed, as the kubelet's mounted Secrets and ConfigMaps need).
+///
+/// The file is opened first and its type read from the open file: a check
+/// by path before opening leaves a moment in which a FIFO swapped in would
+/// block the open. Opening without blocking does nothing to a regular
+/// file's reads, and an open FIFO is refused before anything is read.
 pub fn read_small(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
-    let meta = std::fs::metadata(path)?;
+    let not_regular = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "is not a regular file (a device, a pipe or a socket)",
+        )
+    };
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => file,
+        // A socket cannot be opened at all ("no such device or address").
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Err(not_regular()),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
     if meta.is_dir() {
         return Err(io::Error::new(
             io::ErrorKind::IsADirectory,
@@ -17,10 +39,7 @@ pub fn read_small(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
         ));
     }
     if !meta.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "is not a regular file (a device, a pipe or a socket)",
-        ));
+        return Err(not_regular());
     }
     let too_large = || {
         io::Error::new(
@@ -33,9 +52,7 @@ pub fn read_small(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
     }
     // The file may have grown since: read no more than the cap allows.
     let mut bytes = Vec::with_capacity(meta.len() as usize);
-    std::fs::File::open(path)?
-        .take(cap + 1)
-        .read_to_end(&mut bytes)?;
+    file.take(cap + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > cap {
         return Err(too_large());
     }
@@ -73,6 +90,10 @@ mod tests {
             let e = read_small(&fifo, 1024).unwrap_err().to_string();
             assert!(e.contains("not a regular file"), "{e}");
         }
+        let socket = dir.path().join("socket");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let e = read_small(&socket, 1024).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
         // Through a symbolic link, as in a mounted Secret.
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&small, &link).unwrap();
