@@ -88,8 +88,11 @@ pub struct CredentialCell {
     last_error: ArcSwapOption<String>,
     /// Counts stores, so a waiter can tell "newer than what I signed with".
     generation: watch::Sender<u64>,
-    /// Wakes the refresher ahead of its schedule.
+    /// Wakes the refresher ahead of its schedule (Bedrock rejected the
+    /// credentials); not during a failure's backoff.
     refresh_requested: Notify,
+    /// Wakes a failing refresher before its backoff ends (a new token).
+    retry_requested: Notify,
     /// STS answered the last attempt with throttling: the refresher waits
     /// its backoff out whatever asks, so nobody should wait for it.
     throttled: watch::Sender<bool>,
@@ -107,6 +110,7 @@ impl Default for CredentialCell {
             last_error: ArcSwapOption::empty(),
             generation: watch::Sender::new(0),
             refresh_requested: Notify::new(),
+            retry_requested: Notify::new(),
             throttled: watch::Sender::new(false),
             failures: watch::Sender::new(0),
         }
@@ -133,7 +137,10 @@ impl CredentialCell {
         *self.generation.borrow()
     }
 
-    /// Asks the refresher to refresh now (coalesced: many requests, one refresh).
+    /// Asks the refresher to refresh now (coalesced: many requests, one
+    /// refresh). A refresher waiting out a failure's backoff does not
+    /// listen: every request Bedrock rejects would ask, and STS, already
+    /// failing, would be called at the minimum interval instead.
     pub fn request_refresh(&self) {
         self.refresh_requested.notify_one();
     }
@@ -143,11 +150,27 @@ impl CredentialCell {
         self.refresh_requested.notified().await;
     }
 
+    /// Asks a failing refresher to try again without waiting its backoff
+    /// out: something it lacked (the token) has changed.
+    pub fn request_retry(&self) {
+        self.retry_requested.notify_one();
+    }
+
+    /// Resolves when someone asked a failing refresher to try again.
+    pub async fn retry_requested(&self) {
+        self.retry_requested.notified().await;
+    }
+
     /// Forgets a request for an early refresh nobody waited on: made
     /// against credentials just replaced, it would call STS again for
     /// nothing.
     pub fn discard_refresh_request(&self) {
         let _ = futures::FutureExt::now_or_never(self.refresh_requested.notified());
+    }
+
+    /// Forgets a request to retry: credentials were just stored.
+    pub fn discard_retry_request(&self) {
+        let _ = futures::FutureExt::now_or_never(self.retry_requested.notified());
     }
 
     /// Records whether STS is throttling the refresher.

@@ -68,6 +68,7 @@ impl Refresher {
                 return;
             }
             let mut throttled = false;
+            let mut failed = false;
             let delay = match self.attempt().await {
                 Ok(None) => {
                     tracing::debug!(
@@ -81,6 +82,7 @@ impl Refresher {
                     self.policy.refresh_after(lifetime, self.rng.f64())
                 }
                 Err(err) => {
+                    failed = true;
                     failures = failures.saturating_add(1);
                     let now = self.clock.now();
                     // The life left in usable credentials; none once expired.
@@ -106,10 +108,14 @@ impl Refresher {
             };
             // STS throttling the account is not hurried by anyone: a
             // rejected request or a token rotation asking for a refresh
-            // would only add to the rate the backoff waits out.
+            // would only add to the rate the backoff waits out. A failure's
+            // backoff is cut by a new token only: requests Bedrock rejects
+            // would each ask, and call a failing STS every second.
             let early = async {
                 if throttled {
                     std::future::pending().await
+                } else if failed {
+                    self.cell.retry_requested().await
                 } else {
                     self.cell.refresh_requested().await
                 }
@@ -219,6 +225,7 @@ impl Refresher {
         // Before the store, so a request about the new ones is never lost
         // (one about the old ones slipping in between costs one refresh).
         self.cell.discard_refresh_request();
+        self.cell.discard_retry_request();
         self.cell.store(HeldCredentials::new(
             fetched.credentials,
             now,
@@ -259,9 +266,8 @@ impl Refresher {
             ),
         }
         // A request that asked while this attempt ran is answered by its
-        // failure (it stops waiting when it is recorded): its ask would
-        // otherwise cut the backoff just set. Before the record, so an ask
-        // made after it is kept.
+        // failure (it stops waiting when it is recorded). A new token that
+        // came during it is kept: the attempt may have read the old one.
         self.cell.discard_refresh_request();
         self.cell.record_failure(summary);
     }

@@ -46,7 +46,7 @@ async fn fingerprint(path: &Path) -> Option<Fingerprint> {
 pub fn on_rotation(cell: &CredentialCell) -> bool {
     let failing = cell.last_error().is_some();
     if failing {
-        cell.request_refresh();
+        cell.request_retry();
     }
     failing
 }
@@ -127,7 +127,7 @@ mod tests {
         std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
         let task =
             tokio::spawn(watch.run(cell.clone(), Duration::from_millis(10), shutdown.clone()));
-        tokio::time::timeout(Duration::from_secs(5), cell.refresh_requested())
+        tokio::time::timeout(Duration::from_secs(5), cell.retry_requested())
             .await
             .expect("rotation noticed");
         shutdown.cancel();
@@ -147,7 +147,7 @@ mod tests {
         std::fs::write(dir.join("token"), "late").unwrap();
         let task =
             tokio::spawn(watch.run(cell.clone(), Duration::from_millis(10), shutdown.clone()));
-        tokio::time::timeout(Duration::from_secs(5), cell.refresh_requested())
+        tokio::time::timeout(Duration::from_secs(5), cell.retry_requested())
             .await
             .expect("the token's appearance noticed");
         shutdown.cancel();

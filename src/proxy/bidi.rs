@@ -111,11 +111,9 @@ impl Proxy {
         if crate::clock::saturating_sub(expiry, now) >= STREAM_MIN_CREDENTIAL_LIFETIME {
             return;
         }
-        if self.cell.last_error().is_some() {
-            // Refreshing keeps failing: waiting would only delay the stream.
-            self.cell.request_refresh();
-            return;
-        }
+        // Refreshing keeps failing: the refresher retries on its backoff
+        // (shortened as expiry nears), and waiting would only delay the
+        // stream, as `fresher_credentials` knows.
         self.fresher_credentials(generation).await;
     }
 }

@@ -168,9 +168,11 @@ impl Proxy {
             return true;
         }
         // Credentials without an expiry (static keys) are fetched once and
-        // have no refresher to ask, and a throttled refresher waits its
-        // backoff out: waiting only delays Bedrock's answer.
-        if self.cell.is_throttled()
+        // have no refresher to ask, and a failing (or throttled) refresher
+        // waits its backoff out whatever asks: waiting only delays
+        // Bedrock's answer.
+        if self.cell.last_error().is_some()
+            || self.cell.is_throttled()
             || self
                 .cell
                 .load()

@@ -236,6 +236,26 @@ def test_a_rejection_is_passed_through_as_soon_as_the_refresh_it_asked_for_fails
     assert sidecar.metric("bedrock_broker_upstream_auth_retries_total", {"result": "gave_up"}) == 1
 
 
+def test_requests_rejected_while_sts_fails_do_not_call_it_again(start_sidecar, irsa_env, fake_aws):
+    # Revoked credentials during an STS outage: every request Bedrock
+    # rejected asked for a refresh, and each ask cut the backoff, so STS
+    # was called once a second (and each request held until that call
+    # failed) for as long as the app kept calling.
+    sidecar = start_sidecar(irsa_env, ["--sts-timeout", "60s"])
+    fake_aws.configure_sts(fail_always=True, fail_code="InternalFailure", fail_status=500)
+    fake_aws.post("/credentials/expire", {})
+    client = bedrock_client(sidecar, read_timeout=20)
+    before = len(fake_aws.sts_calls())
+    expect_expired_token(client)  # asks; the refresh it asked for fails
+    assert len(fake_aws.sts_calls()) == before + 1
+    for _ in range(10):
+        expect_expired_token(client)
+    # The backoff's own retries only (the first waits at least a second):
+    # not one call per request.
+    assert len(fake_aws.sts_calls()) <= before + 3, fake_aws.sts_calls()[before:]
+    assert sidecar.metric("bedrock_broker_upstream_auth_retries_total", {"result": "gave_up"}) == 11
+
+
 def test_a_token_rotated_to_one_without_exp_leaves_no_stale_expiry(start_sidecar, irsa_env, fake_aws, token_dir):
     # The gauge is the token's `exp`: after a rotation to a token that has
     # none (an opaque token from another issuer), the old time would read as

@@ -358,9 +358,6 @@ async fn retries_several_times_before_held_credentials_expire() {
     h.shutdown.cancel();
 }
 
-/// Credentials that arrive already expired (a node
-/// clock far ahead, or a very short duration) made one pod call STS 190
-/// times in 10 s.
 #[tokio::test(start_paused = true)]
 async fn a_request_made_during_a_failed_attempt_does_not_cut_its_backoff() {
     // The request was answered by the failure (it stops waiting then):
@@ -370,5 +367,45 @@ async fn a_request_made_during_a_failed_attempt_does_not_cut_its_backoff() {
     let seen = h.cell.generation();
     assert!(h.cell.wait_newer_than(seen).await);
     assert_eq!(h.call_offsets(), [0, 2000].map(Duration::from_millis));
+    h.shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejections_during_a_failure_backoff_do_not_cut_it() {
+    // Bedrock rejecting the held credentials (revoked, say) while STS
+    // fails: every request asks, and the asks called STS once a second,
+    // whatever the backoff had grown to.
+    let mut script = vec![Ok(Duration::from_secs(3600))];
+    script.extend(std::iter::repeat_n(Err("InternalFailure"), 10));
+    let h = start(script);
+    // Failures at 1800, 1802, 1806 and 1814 s; the next waits 16 s.
+    tokio::time::sleep(Duration::from_secs(1815)).await;
+    assert_eq!(h.call_offsets().len(), 5, "{:?}", h.call_offsets());
+    for _ in 0..14 {
+        h.cell.request_refresh();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(h.call_offsets().len(), 5, "{:?}", h.call_offsets());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls = h.call_offsets();
+    assert_eq!(calls.len(), 6, "{calls:?}");
+    assert_eq!(calls[5], Duration::from_secs(1830));
+    h.shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_token_during_a_failure_backoff_is_tried_at_once() {
+    // The failure may have been the old token's: the new one is tried
+    // without waiting the backoff out (only the minimum interval).
+    let mut script = vec![Ok(Duration::from_secs(3600))];
+    script.extend(std::iter::repeat_n(Err("InternalFailure"), 4));
+    script.push(Ok(Duration::from_secs(3600)));
+    let h = start(script);
+    tokio::time::sleep(Duration::from_secs(1815)).await;
+    assert_eq!(h.call_offsets().len(), 5, "{:?}", h.call_offsets());
+    let seen = h.cell.generation();
+    assert!(crate::credentials::token_watch::on_rotation(&h.cell));
+    assert!(h.cell.wait_newer_than(seen).await);
+    assert_eq!(h.call_offsets()[5], Duration::from_secs(1815));
     h.shutdown.cancel();
 }
