@@ -311,6 +311,7 @@ impl Proxy {
         let model = self
             .usage
             .as_ref()
+            .filter(|_| class.operation.reports_usage())
             .map(|u| u.model(parts.uri.path(), &body.bytes));
         route.retarget(&mut parts).map_err(with_mode)?;
 

@@ -44,6 +44,26 @@ impl Operation {
         Self::Other,
     ];
 
+    /// Whether Bedrock's answer to this operation counts tokens the proxy
+    /// reads. The others (guardrails, token counting, async jobs, the
+    /// agents runtime, whatever is unrecognised) open no usage tap and
+    /// take no `model` slot: an agent's `chunk` events carry its answer's
+    /// text, and an answer that reads like a usage object (a JSON report)
+    /// was counted as tokens.
+    pub fn reports_usage(self) -> bool {
+        matches!(
+            self,
+            Self::ChatCompletions
+                | Self::Completions
+                | Self::Responses
+                | Self::Embeddings
+                | Self::Converse
+                | Self::ConverseStream
+                | Self::Invoke
+                | Self::InvokeStream
+        )
+    }
+
     /// Position in [`Operation::ALL`], for per-operation arrays.
     pub fn index(self) -> usize {
         self as usize

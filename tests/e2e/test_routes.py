@@ -98,3 +98,22 @@ def test_a_client_api_key_on_the_agents_runtime_is_told_to_drop_it(sidecar, fake
     assert "without the API key" in r.json()["message"]
     assert "ABSK" not in r.text
     assert sidecar.metric("bedrock_broker_requests_total", {"operation": "retrieve_and_generate", "code": "400", "auth": "api_key_passthrough"}) == 1
+
+
+def test_an_agent_answer_that_reads_like_usage_is_not_counted_as_tokens(sidecar, fake_aws):
+    # InvokeAgent's `chunk` events carry the agent's answer, not a model's
+    # JSON: an agent asked for a JSON report with a usage object in it
+    # added its made-up numbers to the token counters.
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    client = boto3.client("bedrock-agent-runtime", region_name="us-east-1",
+                          endpoint_url=sidecar.url("/agent-runtime"), config=Config(signature_version=UNSIGNED))
+    answer = json.dumps({"report": "monthly", "usage": {"input_tokens": 123456, "output_tokens": 654321}})
+    out = client.invoke_agent(agentId="AGENT1", agentAliasId="ALIAS1", sessionId="s1", inputText=answer)
+    text = b"".join(e["chunk"]["bytes"] for e in out["completion"] if "chunk" in e)
+    assert text.decode() == answer
+    assert sidecar.metric("bedrock_broker_requests_total", {"operation": "invoke_agent", "code": "200", "auth": "sigv4"}) == 1
+    counted = [line for line in sidecar.metrics().splitlines() if line.startswith("bedrock_broker_tokens_total{")]
+    assert counted == []

@@ -3,7 +3,8 @@
 Every request is authenticated and recorded first, then routed on the *raw*
 path: ``converse``, ``converse-stream``, ``invoke``,
 ``invoke-with-response-stream``, ``count-tokens``, ApplyGuardrail, the async
-invoke operations and the OpenAI-compatible ``/openai/v1`` routes.
+invoke operations, the OpenAI-compatible ``/openai/v1`` routes and the
+agents runtime's InvokeAgent (answering with the text it was sent).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .bedrock_replies import (
 )
 from .common import BadFakeHeader, header_int, json_response, new_request_id, parse_json_body
 from .state import STATE_KEY, FakeState
-from .stream_plans import plan_converse_stream, plan_invoke_stream, plan_openai_stream
+from .stream_plans import agent_answer, plan_converse_stream, plan_invoke_stream, plan_openai_stream
 from .streaming import StreamControls, send_stream
 
 MODEL_ROUTE_RE = re.compile(
@@ -36,6 +37,9 @@ MODEL_ROUTE_RE = re.compile(
 )
 GUARDRAIL_ROUTE_RE = re.compile(r"^/guardrail/(?P<id>[^/]+)/version/(?P<version>[^/]+)/apply$")
 ASYNC_INVOKE_ROUTE_RE = re.compile(r"^/async-invoke(?:/(?P<arn>[^/]+))?$")
+# InvokeAgent, as the agents runtime serves it (the sidecar drops its
+# /agent-runtime prefix).
+AGENT_ROUTE_RE = re.compile(r"^/agents/[^/]+/agentAliases/[^/]+/sessions/[^/]+/text$")
 # A model id containing this is refused as Bedrock refuses a model the role
 # may not use: lets a test reach a client's error path without headers.
 DENIED_MODEL_MARK = "fake-denied"
@@ -79,6 +83,8 @@ async def route_bedrock(state: FakeState, request: web.Request, body: bytes, rec
         record["route"] = "apply-guardrail"
     elif ASYNC_INVOKE_ROUTE_RE.match(path.split("?", 1)[0]):
         record["route"] = "async-invoke"
+    elif AGENT_ROUTE_RE.match(path) and request.method == "POST":
+        record["route"] = "invoke-agent"
     else:
         return aws_json_error(404, "UnknownOperationException", "UnknownOperationException")
 
@@ -102,6 +108,11 @@ async def route_bedrock(state: FakeState, request: web.Request, body: bytes, rec
         return await handle_openai_chat(state, request, record, data)
     if record["route"] == "apply-guardrail":
         return handle_apply_guardrail(data)
+    if record["route"] == "invoke-agent":
+        # The agent answers with the text it was given: a test chooses it.
+        return web.Response(status=200, body=agent_answer(str(data.get("inputText", ""))),
+                            headers={"Content-Type": "application/vnd.amazon.eventstream", "x-amzn-RequestId": new_request_id(),
+                                     "x-amzn-bedrock-agent-content-type": "application/json"})
     return await handle_model_op(state, request, record, data)
 
 

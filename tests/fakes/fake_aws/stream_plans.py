@@ -58,6 +58,12 @@ def invoke_chunk(obj: dict) -> bytes:
     return eventstream.event("chunk", json_bytes({"bytes": base64.b64encode(json_bytes(obj)).decode()}))
 
 
+def agent_answer(text: str) -> bytes:
+    """InvokeAgent's answer: its text in one ``chunk`` event (a
+    ``PayloadPart``: the bytes are the answer itself, not model JSON)."""
+    return eventstream.event("chunk", json_bytes({"bytes": base64.b64encode(text.encode()).decode()}))
+
+
 def plan_invoke_stream(model_id: str, user_text: str, n: int, pad: int) -> StreamPlan:
     """InvokeModelWithResponseStream: Anthropic-messages streaming events as chunks."""
     pieces = stream_pieces(model_id, user_text, n, pad)
