@@ -682,6 +682,15 @@ fn the_pod_is_told_what_it_may_not_expect() {
         "envFrom": [{"secretRef": {"name": "openai-creds"}}]}]});
     let p = annotated(env_from.clone(), &[]);
     assert!(warned(&p, "container \"app\": injected OPENAI_BASE_URL, OPENAI_API_KEY, AWS_ENDPOINT_URL_BEDROCK_RUNTIME, AWS_BEDROCK_RUNTIME_ENDPOINT, ANTHROPIC_BEDROCK_BASE_URL win over envFrom"));
+    // The longest container name still leaves a warning the API server
+    // passes on whole (`warned` checks the length), naming fewer.
+    let long_name = "a".repeat(63);
+    let p = annotated(
+        json!({"containers": [{"name": long_name, "image": "app:1",
+            "envFrom": [{"secretRef": {"name": "openai-creds"}}]}]}),
+        &[],
+    );
+    assert!(warned(&p, "more win over envFrom"));
     let p = annotated(env_from, &[("bedrock-broker.io/client-env", "false")]);
     assert!(!warned(&p, "envFrom"), "{:?}", inject(&p).warnings);
     // Init containers after the sidecar get the variables too; a mesh's

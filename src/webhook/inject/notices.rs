@@ -230,13 +230,32 @@ fn env_from_overridden(c: &Container, app_env: &[AppVar]) -> Option<String> {
     if added.is_empty() {
         return None;
     }
-    Some(format!(
-        "container {:?}: injected {} win over envFrom; keep yours under env or set {}: \"false\"",
-        c.name,
-        added.join(", "),
-        names::CLIENT_ENV
-    ))
+    let say = |list: &str| {
+        format!(
+            "container {:?}: injected {list} win over envFrom; keep yours under env or set {}: \"false\"",
+            c.name,
+            names::CLIENT_ENV
+        )
+    };
+    // The API server may cut a warning past 256 characters: the names
+    // that do not fit are counted instead (a container's name takes up to
+    // 63 of them).
+    let mut shown = added.len();
+    loop {
+        let list = match added.len() - shown {
+            0 => added.join(", "),
+            more => format!("{} and {more} more", added[..shown].join(", ")),
+        };
+        let warning = say(&list);
+        if warning.len() <= WARNING_MAX || shown <= 1 {
+            return Some(warning);
+        }
+        shown -= 1;
+    }
 }
+
+/// The longest warning the API server passes on whole.
+const WARNING_MAX: usize = 256;
 
 /// A container pointing a Bedrock client elsewhere keeps it (explicit
 /// variables are never overridden), and that client bypasses the sidecar.
