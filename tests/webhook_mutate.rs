@@ -287,6 +287,7 @@ fn explicit_env_is_never_overridden() {
             json!("BEDROCK_BROKER_URL"),
             // No OPENAI_API_KEY placeholder: the OpenAI SDK points elsewhere.
             json!("AWS_ENDPOINT_URL_BEDROCK_RUNTIME"),
+            json!("AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME"),
             json!("AWS_BEDROCK_RUNTIME_ENDPOINT"),
             json!("ANTHROPIC_BEDROCK_BASE_URL")
         ]
@@ -681,7 +682,7 @@ fn the_pod_is_told_what_it_may_not_expect() {
     let env_from = json!({"containers": [{"name": "app", "image": "app:1",
         "envFrom": [{"secretRef": {"name": "openai-creds"}}]}]});
     let p = annotated(env_from.clone(), &[]);
-    assert!(warned(&p, "container \"app\": injected OPENAI_BASE_URL, OPENAI_API_KEY, AWS_ENDPOINT_URL_BEDROCK_RUNTIME, AWS_BEDROCK_RUNTIME_ENDPOINT, ANTHROPIC_BEDROCK_BASE_URL win over envFrom"));
+    assert!(warned(&p, "container \"app\": injected OPENAI_BASE_URL, OPENAI_API_KEY, AWS_ENDPOINT_URL_BEDROCK_RUNTIME, AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME, AWS_BEDROCK_RUNTIME_ENDPOINT and 1 more win over envFrom"));
     // The longest container name still leaves a warning the API server
     // passes on whole (`warned` checks the length), naming fewer.
     let long_name = "a".repeat(63);

@@ -61,8 +61,10 @@ def pod_env():
 
 
 @pytest.fixture
-def sidecar(start_sidecar, irsa_env, pod_env):
-    return start_sidecar(irsa_env, listen=pod_env["listen"])
+def sidecar(start_sidecar, irsa_env, fake_aws, pod_env):
+    # The fake serves the agents runtime's InvokeAgent on its one port.
+    env = dict(irsa_env, AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME=fake_aws.bedrock)
+    return start_sidecar(env, listen=pod_env["listen"])
 
 
 def run_client(argv: list[str], env: dict[str, str], tmp_path: Path, timeout: float = 120, expect_ok: bool = True) -> dict:
@@ -110,6 +112,7 @@ def test_the_injector_writes_what_each_client_reads(pod_env):
         "OPENAI_BASE_URL": f"{base}/openai/v1",
         "OPENAI_API_KEY": "bedrock-broker-placeholder",
         "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": base,
+        "AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME": f"{base}/agent-runtime",
         "AWS_BEDROCK_RUNTIME_ENDPOINT": base,
         "ANTHROPIC_BEDROCK_BASE_URL": base,
     }
@@ -131,6 +134,15 @@ def test_boto3_without_credentials(sidecar, fake_aws, pod_env, tmp_path):
     seen = assert_through_sidecar(fake_aws, {"converse", "converse-stream"})
     # UNSIGNED: the client sent no authentication at all; the sidecar signed.
     assert all(r["auth_kind"] == "sigv4" for r in seen)
+
+
+def test_boto3_agents_runtime(sidecar, fake_aws, pod_env, tmp_path):
+    result = run_client(python_client("boto3_agent_runtime"), pod_env["app"], tmp_path)
+    assert result["reply"] == "fake reply from the agent", result
+    assert result["endpoint"] == pod_env["app"]["AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME"]
+    assert result["missing"]["error"].endswith(":UnknownOperationException"), result["missing"]
+    assert_through_sidecar(fake_aws, {"invoke-agent"})
+    assert sidecar.metric("bedrock_broker_requests_total", {"operation": "invoke_agent", "code": "200", "auth": "sigv4"}) == 2
 
 
 def test_litellm(sidecar, fake_aws, pod_env, tmp_path):
@@ -216,6 +228,7 @@ def test_curl(sidecar, fake_aws, pod_env, tmp_path):
     ("anthropic_sdk", "ANTHROPIC_BEDROCK_BASE_URL"),
     ("openai_sdk", "OPENAI_BASE_URL"),
     ("boto3_unsigned", "AWS_ENDPOINT_URL_BEDROCK_RUNTIME"),
+    ("boto3_agent_runtime", "AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME"),
 ])
 def test_without_its_variable_a_client_bypasses_the_sidecar(sidecar, fake_aws, pod_env, tmp_path, client, variable):
     """Each injected variable is what sends its client to the sidecar: without

@@ -267,6 +267,7 @@ fn own_bedrock_endpoint(c: &Container, proxy_port: u16) -> Vec<String> {
     ];
     [
         app_vars::AWS_ENDPOINT_URL_BEDROCK_RUNTIME,
+        app_vars::AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME,
         app_vars::AWS_BEDROCK_RUNTIME_ENDPOINT,
         app_vars::ANTHROPIC_BEDROCK_BASE_URL,
     ]

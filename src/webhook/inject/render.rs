@@ -41,6 +41,10 @@ pub mod app_vars {
     /// The AWS SDKs' service-specific endpoint variable for bedrock-runtime
     /// (boto3 and what builds on it, the AWS CLI, the JavaScript SDK).
     pub const AWS_ENDPOINT_URL_BEDROCK_RUNTIME: &str = "AWS_ENDPOINT_URL_BEDROCK_RUNTIME";
+    /// The AWS SDKs' endpoint variable for bedrock-agent-runtime (agents,
+    /// knowledge bases, flows), served under the proxy's `/agent-runtime`.
+    pub const AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME: &str =
+        "AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME";
     /// LiteLLM's own endpoint variable (it ignores the AWS one).
     pub const AWS_BEDROCK_RUNTIME_ENDPOINT: &str = "AWS_BEDROCK_RUNTIME_ENDPOINT";
     /// The Anthropic SDKs' `AnthropicBedrock` base URL variable.
@@ -127,6 +131,10 @@ fn app_env(sidecar: &SidecarSpec) -> Vec<AppVar> {
                 unless_set: &[OPENAI_API_KEY, OPENAI_BASE_URL],
             },
             one(&[AWS_ENDPOINT_URL_BEDROCK_RUNTIME], base.clone()),
+            one(
+                &[AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME],
+                format!("{base}/agent-runtime"),
+            ),
             one(&[AWS_BEDROCK_RUNTIME_ENDPOINT], base.clone()),
             one(&[ANTHROPIC_BEDROCK_BASE_URL], base),
         ]);
@@ -408,6 +416,10 @@ mod tests {
         assert_eq!(
             get("AWS_ENDPOINT_URL_BEDROCK_RUNTIME").as_deref(),
             Some(base)
+        );
+        assert_eq!(
+            get("AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME").as_deref(),
+            Some("http://127.0.0.1:9787/agent-runtime")
         );
         assert_eq!(get("AWS_BEDROCK_RUNTIME_ENDPOINT").as_deref(), Some(base));
         assert_eq!(get("ANTHROPIC_BEDROCK_BASE_URL").as_deref(), Some(base));
