@@ -142,14 +142,14 @@ fn remove_found(headers: &mut HeaderMap, names: &[HeaderName], found: u32) {
 }
 
 /// The trimmed items of a comma-separated list header, over all its
-/// values; values that are not visible ASCII are skipped.
-fn list_items(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
+/// values, as bytes: one item with a byte past ASCII (obs-text, which
+/// field values may hold) must not hide the others in its value.
+fn list_items(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(name)
         .into_iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
 }
 
 /// Removes the headers a `Connection` header names (RFC 9110 §7.6.1).
@@ -160,9 +160,9 @@ fn remove_connection_listed(headers: &mut HeaderMap) {
         .filter(|n| {
             !HOP_BY_HOP
                 .iter()
-                .any(|h| h.as_str().eq_ignore_ascii_case(n))
+                .any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(n))
         })
-        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .filter_map(|n| HeaderName::from_bytes(n).ok())
         .collect();
     for name in &named {
         headers.remove(name);
@@ -220,6 +220,7 @@ fn limit_accept_encoding(headers: &mut HeaderMap) {
         return;
     }
     let kept: Vec<String> = list_items(headers, header::ACCEPT_ENCODING)
+        .filter_map(|item| std::str::from_utf8(item).ok())
         .filter(|item| readable(item))
         .map(str::to_owned)
         .collect();
@@ -417,5 +418,25 @@ mod tests {
         response.append("content-length", HeaderValue::from_static("2"));
         prepare_response_headers(http::StatusCode::OK, &mut response);
         assert!(response.is_empty(), "{response:?}");
+    }
+
+    #[test]
+    fn one_odd_byte_in_a_connection_header_does_not_keep_what_it_names() {
+        // RFC 9110 allows obs-text in field values; the value was skipped
+        // whole, and the header it named went upstream, signed.
+        let mut h = HeaderMap::new();
+        h.append(
+            "connection",
+            HeaderValue::from_bytes(b"x-secret, caf\xe9").unwrap(),
+        );
+        h.append("x-secret", HeaderValue::from_static("s3cr3t"));
+        h.append("x-public", HeaderValue::from_static("1"));
+        let mut response = h.clone();
+        prepare_request_headers(&mut h);
+        prepare_response_headers(http::StatusCode::OK, &mut response);
+        for h in [h, response] {
+            let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+            assert_eq!(left, ["x-public"]);
+        }
     }
 }
