@@ -127,8 +127,12 @@ pub enum ProxyError {
     ProxyTokenMismatch,
     #[error("the request body stalled for {} (--body-read-timeout)", humantime::format_duration(*.0))]
     BodyReadTimeout(Duration),
-    #[error("the request body arrived slower than {bytes_per_second} bytes a second on average (--body-min-rate)")]
-    BodyTooSlow { bytes_per_second: u64 },
+    #[error("the request body brought {received} bytes in {}: less than {bytes_per_second} bytes a second on average after the grace (--body-min-rate, --body-min-rate-grace)", humantime::format_duration(*within))]
+    BodyTooSlow {
+        bytes_per_second: u64,
+        received: u64,
+        within: Duration,
+    },
     #[error("bedrock-broker is busy ({0}); retry shortly")]
     Overloaded(&'static str),
     #[error("{0}")]
@@ -306,6 +310,8 @@ mod tests {
             ProxyError::BodyReadTimeout(Duration::from_secs(1)),
             ProxyError::BodyTooSlow {
                 bytes_per_second: 1,
+                received: 0,
+                within: Duration::from_secs(1),
             },
             ProxyError::Overloaded("x"),
             ProxyError::UpstreamProtocol("x".into()),

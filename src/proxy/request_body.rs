@@ -147,12 +147,13 @@ fn patience(limits: &Limits<'_>, started: Instant, received: usize) -> (Duration
     let Some(rate) = limits.min_rate else {
         return silent;
     };
-    let left = rate
-        .allowance(received as u64)
-        .saturating_sub(started.elapsed());
+    let allowance = rate.allowance(received as u64);
+    let left = allowance.saturating_sub(started.elapsed());
     if left < limits.read_timeout {
         let slow = ProxyError::BodyTooSlow {
             bytes_per_second: rate.bytes_per_second.get(),
+            received: received as u64,
+            within: allowance,
         };
         (left, slow)
     } else {
@@ -246,6 +247,14 @@ mod tests {
             panic!("a trickle was read whole");
         };
         assert_eq!(error.code().name, "body_too_slow", "{error}");
+        // What came, and in how long: a body that stopped reads as such,
+        // not as a rate the client cannot relate to a few bytes.
+        assert!(
+            error
+                .to_string()
+                .starts_with("the request body brought 3 bytes in 10s 3ms"),
+            "{error}"
+        );
         // Three bytes (at 0, 5 and 10 s) earn 3 ms beyond the grace.
         assert_eq!(started.elapsed(), Duration::from_millis(10_003));
         // Its share of the budget came back with the error.
