@@ -11,6 +11,18 @@ use http::{HeaderValue, Method, Uri};
 
 use super::signer::UNSIGNED_HEADERS;
 
+/// A header value to sign: visible ASCII. Other values are forwarded but
+/// not signed: aws-sigv4 cannot read them, and a tab (which RFC 9110
+/// allows) is canonicalised differently by AWS's signers (aws-sigv4 keeps
+/// it, botocore collapses it like a space), so signing it risks a 403.
+/// The hot-path signer asks the same question.
+pub(crate) fn signable_value(value: &HeaderValue) -> Option<&str> {
+    value
+        .to_str()
+        .ok()
+        .filter(|v| !v.as_bytes().contains(&b'\t'))
+}
+
 /// The payload as the signer sees it: its SHA-256 if already computed
 /// (while the body was read), else the bytes to hash.
 #[derive(Debug, Clone, Copy)]
@@ -111,7 +123,7 @@ impl Signer {
             headers
                 .iter()
                 .filter(|(k, _)| !UNSIGNED_HEADERS.contains(&k.as_str()))
-                .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
+                .filter_map(|(k, v)| Some((k.as_str(), signable_value(v)?))),
             body.into().signable(),
         )
         .map_err(|e| SignError(e.to_string()))?;

@@ -57,6 +57,19 @@ def test_dot_segments_are_refused(sidecar, fake_aws, target):
     assert fake_aws.requests() == []
 
 
+def test_a_header_value_with_a_tab_is_forwarded_unsigned(sidecar, fake_aws):
+    # RFC 9110 lets a field value hold a tab. SigV4 canonicalisers disagree
+    # on it (aws-sigv4 keeps it, botocore collapses it like a space), so a
+    # signed one risked a 403 with a warning blaming --signing-name.
+    tid = uuid.uuid4().hex
+    r, _ = raw(sidecar, "POST", CONVERSE, {"content-type": "application/json", "x-test-id": tid,
+                                           "x-app-note": "a\tb"}, BODY.encode())
+    rec = fake_aws.request_for(tid)
+    assert rec["verified"] is True, rec["rejection"]
+    assert r.status == 200
+    assert "x-app-note" not in rec["signed_headers"], rec["signed_headers"]
+
+
 def test_client_host_header_does_not_choose_the_upstream(start_sidecar, irsa_env, fake_aws):
     sidecar = start_sidecar(irsa_env, ["--allowed-hosts", "bedrock-broker.internal"])
     # A host that is not this pod's (SSRF, DNS rebinding) is refused before

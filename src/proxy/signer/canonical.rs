@@ -73,10 +73,10 @@ pub struct SignedHeaders<'a> {
     entries: Vec<(&'a str, &'a str)>,
 }
 
-/// A header value the signer can read: visible ASCII (and tab). Others are
-/// forwarded but not signed, as with aws-sigv4 through [`super::super::sigv4`].
+/// A header value the signer signs, as for aws-sigv4 through
+/// [`super::super::sigv4`]: others are forwarded but not signed.
 fn signable(value: &http::HeaderValue) -> Option<&str> {
-    value.to_str().ok()
+    crate::proxy::sigv4::signable_value(value)
 }
 
 impl<'a> SignedHeaders<'a> {
@@ -151,7 +151,7 @@ impl<'a> SignedHeaders<'a> {
 }
 
 /// A header value with leading and trailing spaces removed and runs of
-/// spaces collapsed to one (spaces only: tabs are kept, as AWS does).
+/// spaces collapsed to one (values with a tab are not signed).
 ///
 /// Spaces are found with `memchr`: a session token is most of the
 /// canonical request, and a byte-at-a-time scan of it was a tenth of the
