@@ -305,6 +305,36 @@ async fn cuts_off_a_stalled_stream_with_an_error_event() {
 }
 
 #[tokio::test]
+async fn a_streamed_answer_loses_a_length_its_error_tail_would_break() {
+    // The error event appended when the stream stalls is not counted in
+    // the upstream's Content-Length: framed by it, the client got the tail
+    // inside the length (or cut off half-way), then a broken connection.
+    let upstream = FakeUpstream::start(vec![Answer::Stall(
+        vec![
+            ("content-type", "text/event-stream"),
+            ("content-length", "1000"),
+        ],
+        vec!["data: {\"choices\":[]}\n\n"],
+    )])
+    .await;
+    let cell = Arc::new(CredentialCell::new());
+    cell.store(credentials("AKID"));
+    let setup = Setup {
+        stream_idle_timeout: Some(Duration::from_millis(200)),
+        ..Setup::default()
+    };
+    let (proxy, _) = proxy(&upstream, cell, setup);
+    let answer = proxy
+        .handle(post("/openai/v1/chat/completions", "{}"))
+        .await
+        .unwrap();
+    assert_eq!(answer.headers().get("content-length"), None);
+    let (status, _, body) = text(answer).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("upstream_idle_timeout"), "{body}");
+}
+
+#[tokio::test]
 async fn a_stream_stalled_inside_an_event_is_aborted_not_garbled() {
     // An error event after half an event would be read as part of it: the
     // OpenAI SDK failed on JSON, boto3 on a checksum. Cut short instead.

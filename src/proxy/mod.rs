@@ -246,6 +246,11 @@ impl Proxy {
                 .map(Either::Left);
         }
         let kind = StreamKind::of(response.headers());
+        if kind != StreamKind::Plain && self.stream_idle_timeout.is_some() {
+            // An error tail may be appended to a stalled stream (see
+            // `UpstreamBody::size_hint`): a length would frame it wrongly.
+            response.headers_mut().remove(http::header::CONTENT_LENGTH);
+        }
         let tap = match (&self.usage, model) {
             (Some(usage), Some(model)) if response.status().is_success() => {
                 usage.tap(model, operation, response.headers(), kind, started)
