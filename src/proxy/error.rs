@@ -47,7 +47,7 @@ codes! {
     BODY_TOO_LARGE = "body_too_large", 413, "body over `--max-body-bytes`";
     ABSOLUTE_FORM_REFUSED = "absolute_form_refused", 400, "the client used the sidecar as an HTTP proxy (`GET http://host/...`)";
     CONNECT_REFUSED = "connect_refused", 405, "`CONNECT`";
-    INVALID_PATH = "invalid_path", 400, "a `.` or `..` path segment (also percent-encoded): it would be signed differently from what it means";
+    INVALID_PATH = "invalid_path", 400, "a `.` or `..` path segment (also percent-encoded): it would be signed differently from what it means; or a byte past ASCII in the path (percent-encode it)";
     BODY_READ_FAILED = "body_read_failed", 400, "the client stopped sending the body";
     UPSTREAM_UNREACHABLE = "upstream_unreachable", 502, "connect or TLS failure to Bedrock; or, the message says which, its connection ended before it answered (Bedrock may have processed the request), or it refused the request unprocessed (HTTP/2 REFUSED_STREAM or GOAWAY): a buffered request only the second time (it is sent once more), a bidirectional stream the first";
     ROUTE_NOT_CONFIGURED = "route_not_configured", 404, "`/agent-runtime/` or `/mantle/` without a region or endpoint";
@@ -56,6 +56,8 @@ codes! {
     INVALID_EVENT_STREAM = "invalid_event_stream", 400, "a bidirectional stream's client messages are malformed, too large, or continue after the end message (before Bedrock answered)";
     CLIENT_CLOSED = "client_closed", 499, "an HTTP/1.1 client hung up a bidirectional stream before Bedrock answered (recorded in metrics; the client is gone)";
     SIGNING_FAILED = "signing_failed", 500, "aws-sigv4 refused to sign (should not happen)";
+    INVALID_HOST = "invalid_host", 400, "an HTTP/1.1 request without a `Host` header, or any request with more than one (RFC 9112 §3.2)";
+    TRANSFER_CODING_UNSUPPORTED = "transfer_coding_unsupported", 501, "a request `Transfer-Encoding` other than `chunked` (`gzip, chunked`): its body would go upstream still encoded, as if plain";
     HOST_NOT_ALLOWED = "host_not_allowed", 403, "the `Host` is not a loopback name or address, nor in `--allowed-hosts` (an SSRF or DNS-rebinding attempt, or a missing `--allowed-hosts` entry); or a browser sent the request for a web page (`Origin`) whose host is neither";
     PROXY_TOKEN_REQUIRED = "proxy_token_required", 401, "`--proxy-token` is set and the request carries no (or the wrong) token";
     BODY_READ_TIMEOUT = "body_read_timeout", 408, "the request body stalled for `--body-read-timeout`";
@@ -117,6 +119,10 @@ pub enum ProxyError {
     ClientClosed(String),
     #[error("{0}")]
     SigningFailed(String),
+    #[error("{0}")]
+    InvalidHost(&'static str),
+    #[error("the request's Transfer-Encoding is not chunked: bedrock-broker cannot undo other transfer codings (send the body plain, or with Content-Encoding)")]
+    TransferCoding,
     #[error("bedrock-broker answers only requests for its own pod: Host {0:?} is not a loopback name or address; add it to --allowed-hosts if it is yours")]
     HostNotAllowed(String),
     #[error("bedrock-broker answers only requests for its own pod: a web page at Origin {0:?} may not call it; add the page's host to --allowed-hosts if it is yours")]
@@ -161,6 +167,8 @@ impl ProxyError {
             Self::InvalidEventStream(_) => &INVALID_EVENT_STREAM,
             Self::ClientClosed(_) => &CLIENT_CLOSED,
             Self::SigningFailed(_) => &SIGNING_FAILED,
+            Self::InvalidHost(_) => &INVALID_HOST,
+            Self::TransferCoding => &TRANSFER_CODING_UNSUPPORTED,
             Self::HostNotAllowed(_) | Self::OriginNotAllowed(_) => &HOST_NOT_ALLOWED,
             Self::ProxyTokenRequired | Self::ProxyTokenMismatch => &PROXY_TOKEN_REQUIRED,
             Self::BodyReadTimeout(_) => &BODY_READ_TIMEOUT,
@@ -303,6 +311,8 @@ mod tests {
             ProxyError::InvalidEventStream("x".into()),
             ProxyError::ClientClosed("x".into()),
             ProxyError::SigningFailed("x".into()),
+            ProxyError::InvalidHost("x"),
+            ProxyError::TransferCoding,
             ProxyError::HostNotAllowed("x".into()),
             ProxyError::OriginNotAllowed("x".into()),
             ProxyError::ProxyTokenRequired,

@@ -45,6 +45,26 @@ fn host_of<B>(request: &Request<B>) -> Option<String> {
     Some(authority.host().to_owned())
 }
 
+/// An HTTP/1.1 request has exactly one `Host` (RFC 9112 §3.2), HTTP/1.0
+/// at most one: with two, the gate read the first and whatever reads the
+/// request next may read the other.
+fn one_host<B>(request: &Request<B>) -> Result<(), ProxyError> {
+    if request.uri().authority().is_some() {
+        return Ok(());
+    }
+    let mut hosts = request.headers().get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), None) => Ok(()),
+        (Some(_), Some(_)) => Err(ProxyError::InvalidHost(
+            "the request has more than one Host header",
+        )),
+        (None, _) if request.version() == http::Version::HTTP_11 => Err(ProxyError::InvalidHost(
+            "an HTTP/1.1 request needs a Host header",
+        )),
+        (None, _) => Ok(()),
+    }
+}
+
 /// An HTTP/1 request whose `Host` is `127.0.0.1` or `localhost` with or
 /// without a port, or `[::1]` with one: what nearly every client sends,
 /// recognised without parsing an `Authority` (a copy and two allocations a
@@ -125,6 +145,7 @@ impl GateState {
     /// it carries the proxy token when one is configured. A browser-like
     /// component tricked by DNS rebinding sends its attacker's name.
     pub fn check<B>(&self, request: &Request<B>) -> Result<Admitted, ProxyError> {
+        one_host(request)?;
         if !plainly_loopback(request) {
             let host = host_of(request).unwrap_or_default();
             if !self.host_allowed(&host) {
@@ -303,6 +324,26 @@ mod tests {
             .body(())
             .unwrap();
         assert!(g.check(&h2).is_ok(), "HTTP/2 :authority");
+    }
+
+    #[test]
+    fn an_http11_request_has_exactly_one_host() {
+        // RFC 9112 §3.2: two Host lines were answered by the first, so
+        // `127.0.0.1` then `evil.example` passed the gate.
+        let g = gate(&[], None);
+        let two = request(Some("127.0.0.1"), &[("host", "evil.example")]);
+        let e = g.check(&two).unwrap_err();
+        assert_eq!((e.status().as_u16(), e.code().name), (400, "invalid_host"));
+        let none = request(None, &[]);
+        let e = g.check(&none).unwrap_err();
+        assert_eq!((e.status().as_u16(), e.code().name), (400, "invalid_host"));
+        // HTTP/1.0 needs none: it is refused as not loopback, as before.
+        let old = Request::builder()
+            .uri("/model/m/converse")
+            .version(http::Version::HTTP_10)
+            .body(())
+            .unwrap();
+        assert_eq!(g.check(&old).unwrap_err().code().name, "host_not_allowed");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Never an open proxy: the client never chooses the upstream host, and a
 //! path is forwarded only if it is signed as what it means.
 
+use http::header::TRANSFER_ENCODING;
 use http::{Method, Request, Version};
 
 use super::error::ProxyError;
@@ -16,7 +17,21 @@ pub fn check<B>(request: &Request<B>) -> Result<(), ProxyError> {
     if request.version() < Version::HTTP_2 && request.uri().authority().is_some() {
         return Err(ProxyError::AbsoluteForm);
     }
+    // hyper undoes a final `chunked` whatever came before it.
+    let mut codings = request.headers().get_all(TRANSFER_ENCODING).iter();
+    if codings.any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|c| !c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    }) {
+        return Err(ProxyError::TransferCoding);
+    }
     let path = request.uri().path();
+    if !path.is_ascii() {
+        return Err(ProxyError::InvalidPath(
+            "the request path holds bytes past ASCII: percent-encode them (RFC 3986)".into(),
+        ));
+    }
     if !path.starts_with('/') {
         return Err(ProxyError::InvalidPath(
             "the request path must start with /".into(),
@@ -103,6 +118,48 @@ mod tests {
             code(Method::GET, "/model/a.b..c/invoke", Version::HTTP_11),
             None
         );
+    }
+
+    #[test]
+    fn a_transfer_coding_other_than_chunked_is_not_implemented() {
+        // hyper takes any list ending in `chunked` and undoes that one: a
+        // gzipped body went upstream as if plain, signed as such.
+        let with = |te: &[&str]| {
+            let mut b = Request::builder()
+                .method(Method::POST)
+                .uri("/model/m/converse");
+            for v in te {
+                b = b.header("transfer-encoding", *v);
+            }
+            check(&b.body(()).unwrap())
+                .err()
+                .map(|e| (e.status().as_u16(), e.code().name))
+        };
+        assert_eq!(with(&[]), None);
+        assert_eq!(with(&["chunked"]), None);
+        assert_eq!(with(&["Chunked"]), None);
+        for bad in [
+            &["gzip, chunked"][..],
+            &["gzip", "chunked"],
+            &["x-custom , chunked"],
+        ] {
+            assert_eq!(
+                with(bad),
+                Some((501, "transfer_coding_unsupported")),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_path_with_bytes_past_ascii_is_refused() {
+        // Forwarded raw, while the query's were percent-encoded: AWS's front
+        // ends refuse such a target, and clients always encode them.
+        let uri = http::Uri::try_from(&b"/model/caf\xc3\xa9/converse"[..]).unwrap();
+        let request = Request::builder().uri(uri).body(()).unwrap();
+        let e = check(&request).unwrap_err();
+        assert_eq!((e.status().as_u16(), e.code().name), (400, "invalid_path"));
+        assert!(e.to_string().contains("percent-encode"), "{e}");
     }
 
     mod properties {

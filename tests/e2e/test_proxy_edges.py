@@ -70,6 +70,38 @@ def test_a_header_value_with_a_tab_is_forwarded_unsigned(sidecar, fake_aws):
     assert "x-app-note" not in rec["signed_headers"], rec["signed_headers"]
 
 
+def exchange(sidecar, head: bytes) -> bytes:
+    """Sends raw bytes, returns what came back until the sidecar closed or
+    went quiet."""
+    u = urllib.parse.urlparse(sidecar.proxy)
+    with socket.create_connection((u.hostname, u.port), timeout=10) as s:
+        s.sendall(head)
+        got = b""
+        try:
+            while chunk := s.recv(65536):
+                got += chunk
+                if b"\r\n\r\n" in got and b'"}' in got:
+                    break
+        except TimeoutError:
+            pass
+        return got
+
+
+def test_framing_a_proxy_must_not_guess_at_is_refused(sidecar, fake_aws):
+    # Two Host lines (the gate read the first) and a transfer coding hyper
+    # does not undo (the gzipped body went upstream as if plain).
+    two_hosts = exchange(sidecar, b"POST " + CONVERSE.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n"
+                         b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
+    assert two_hosts.startswith(b"HTTP/1.1 400"), two_hosts
+    assert b"x-bedrock-broker-error: invalid_host" in two_hosts, two_hosts
+    body = zlib.compress(BODY.encode())
+    gzipped = exchange(sidecar, b"POST " + CONVERSE.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: gzip, chunked\r\n"
+                       b"Connection: close\r\n\r\n" + f"{len(body):x}".encode() + b"\r\n" + body + b"\r\n0\r\n\r\n")
+    assert gzipped.startswith(b"HTTP/1.1 501"), gzipped
+    assert b"x-bedrock-broker-error: transfer_coding_unsupported" in gzipped, gzipped
+    assert fake_aws.requests() == []
+
+
 def test_client_host_header_does_not_choose_the_upstream(start_sidecar, irsa_env, fake_aws):
     sidecar = start_sidecar(irsa_env, ["--allowed-hosts", "bedrock-broker.internal"])
     # A host that is not this pod's (SSRF, DNS rebinding) is refused before
