@@ -79,6 +79,9 @@ pub struct ProxyMetrics {
     pub tokens: IntCounterVec,
     /// Time from request to the first streamed chunk, by `operation`.
     pub time_to_first_token: HistogramVec,
+    /// Streamed answers Bedrock ended with an exception after its 200, by
+    /// `operation` and `type`.
+    pub stream_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -264,6 +267,13 @@ impl ProxyMetrics {
                     &[0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0],
                 ),
                 &["operation"],
+            )?)?,
+            stream_errors: registered(r, IntCounterVec::new(
+                opts(
+                    "stream_errors_total",
+                    "Streamed answers Bedrock ended with an exception after answering 200 (throttlingException, modelStreamErrorException, ...; other for names not known), by operation and type. requests_total counts them as the 200 already sent.",
+                ),
+                &["operation", "type"],
             )?)?,
         })
     }

@@ -149,8 +149,13 @@ impl Proxy {
             refusals: refusals::Refusals::default(),
             response_header_timeout: config.response_header_timeout,
             stream_idle_timeout: config.stream_idle_timeout,
-            usage: ModelLabels::new(&config.usage, &metrics.tokens)
-                .map(|models| Arc::new(UsageRecorder::new(&metrics.time_to_first_token, models))),
+            usage: ModelLabels::new(&config.usage, &metrics.tokens).map(|models| {
+                Arc::new(UsageRecorder::new(
+                    &metrics.time_to_first_token,
+                    &metrics.stream_errors,
+                    models,
+                ))
+            }),
             requests: RequestCounters::new(
                 &metrics.requests,
                 Operation::ALL.len(),

@@ -265,6 +265,12 @@ impl UpstreamBody {
     }
 }
 
+/// The `type` of a stream the proxy cut off after `--stream-idle-timeout`
+/// (the code of the error event it ends with).
+const IDLE_TIMEOUT: &str = "upstream_idle_timeout";
+/// The `type` of an answer whose connection broke before its end.
+const BROKE_OFF: &str = "upstream_broke_off";
+
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // A client that disconnects mid-stream still has its usage so far counted.
@@ -320,6 +326,9 @@ impl Body for UpstreamBody {
                     error = %crate::error_text::with_causes(&e),
                     "Bedrock's answer broke off before its end"
                 );
+                if let Some(usage) = &mut this.usage {
+                    usage.cut_off(BROKE_OFF);
+                }
                 this.finish();
                 Poll::Ready(Some(Err(e.into())))
             }
@@ -339,6 +348,9 @@ impl Body for UpstreamBody {
                     mid_event,
                     "upstream stream stalled; cutting it off"
                 );
+                if let Some(usage) = &mut this.usage {
+                    usage.cut_off(IDLE_TIMEOUT);
+                }
                 this.finish();
                 let message = format!(
                     "bedrock-broker: Bedrock sent nothing for {}s (--stream-idle-timeout); stream cut off",

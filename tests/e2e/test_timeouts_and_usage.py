@@ -95,6 +95,27 @@ def test_stalled_event_stream_ends_with_an_exception_boto3_raises(start_sidecar,
     assert events and "messageStart" in events[0]
     assert e.value.response["Error"]["Code"] == "modelStreamErrorException"
     assert "stream-idle-timeout" in e.value.response["Error"]["Message"]
+    # Counted as the sidecar's cut, not as an exception from Bedrock.
+    labels = {"operation": "converse_stream", "type": "upstream_idle_timeout"}
+    wait_for(lambda: sidecar.metric("bedrock_broker_stream_errors_total", labels) == 1, timeout=10,
+             what="the cut counted")
+    assert sidecar.metric("bedrock_broker_stream_errors_total", {"operation": "converse_stream", "type": "modelStreamErrorException"}) is None
+
+
+def test_an_exception_ending_a_stream_is_counted_beside_its_200(start_sidecar, irsa_env, fake_aws):
+    # Bedrock throttles a stream it already answered 200 with its last
+    # message: boto3 raises it, and an operator alerting on 429s sees it here.
+    sidecar = start_sidecar(irsa_env)
+    client = with_headers(bedrock_client(sidecar), {"x-fake-stream-exception": "throttlingException"})
+    resp = client.converse_stream(modelId=MODEL_WITH_COLON, messages=[{"role": "user", "content": [{"text": "x"}]}])
+    with pytest.raises(botocore.exceptions.EventStreamError) as e:
+        for _ in resp["stream"]:
+            pass
+    assert e.value.response["Error"]["Code"] == "throttlingException"
+    labels = {"operation": "converse_stream", "type": "throttlingException"}
+    wait_for(lambda: sidecar.metric("bedrock_broker_stream_errors_total", labels) == 1, timeout=10,
+             what="the stream's exception counted")
+    assert sidecar.metric("bedrock_broker_requests_total", {"operation": "converse_stream", "code": "200", "auth": "sigv4"}) == 1
 
 
 def tokens(sidecar, model: str, direction: str) -> float:

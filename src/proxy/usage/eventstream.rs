@@ -98,7 +98,7 @@ impl EventScanner {
     /// `chunk`'s. Messages before them are never decoded, so one of those
     /// that would not decode no longer hides the usage after it: Bedrock
     /// billed those tokens, and the client got the answer.
-    pub fn finish(self) -> Option<Usage> {
+    pub fn finish(self) -> Ending {
         let mut found = Found::default();
         for raw in self.recent {
             let Ok(message) = read_message_from(raw) else {
@@ -106,7 +106,11 @@ impl EventScanner {
             };
             found.read(&message);
         }
-        found.usage()
+        let exception = found.exception;
+        Ending {
+            usage: found.usage(),
+            exception,
+        }
     }
 
     fn stop(&mut self) {
@@ -115,15 +119,46 @@ impl EventScanner {
     }
 }
 
-/// What decoded messages said about usage, oldest first.
+/// What the end of a stream said.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Ending {
+    pub usage: Option<Usage>,
+    /// The exception Bedrock ended the stream with, as a label.
+    pub exception: Option<&'static str>,
+}
+
+/// The exceptions Bedrock's runtime ends a stream with (botocore's model
+/// of ConverseStream and InvokeModelWithResponseStream), each its own
+/// label value; any other name is `other`, so the label stays bounded.
+pub const STREAM_EXCEPTIONS: [&str; 6] = [
+    "throttlingException",
+    "serviceUnavailableException",
+    "modelStreamErrorException",
+    "internalServerException",
+    "validationException",
+    "modelTimeoutException",
+];
+
+/// What decoded messages said, oldest first.
 #[derive(Default)]
 struct Found {
     usage: Option<Usage>,
     last_chunk: Option<Bytes>,
+    exception: Option<&'static str>,
 }
 
 impl Found {
     fn read(&mut self, message: &Message) {
+        if let Some(kind) = exception_type(message) {
+            self.exception = Some(
+                STREAM_EXCEPTIONS
+                    .iter()
+                    .find(|e| **e == kind)
+                    .copied()
+                    .unwrap_or("other"),
+            );
+            return;
+        }
         match event_type(message) {
             // ConverseStream: {"usage": {...}, "metrics": {...}}
             Some("metadata") => {
@@ -145,10 +180,24 @@ impl Found {
 }
 
 fn event_type(message: &Message) -> Option<&str> {
+    string_header(message, ":event-type")
+}
+
+/// The `:exception-type` of an exception message (an `error` message
+/// has an `:error-code` instead: `other`).
+fn exception_type(message: &Message) -> Option<&str> {
+    match string_header(message, ":message-type")? {
+        "exception" => Some(string_header(message, ":exception-type").unwrap_or("other")),
+        "error" => Some("other"),
+        _ => None,
+    }
+}
+
+fn string_header<'m>(message: &'m Message, name: &str) -> Option<&'m str> {
     message
         .headers()
         .iter()
-        .find(|h| h.name().as_str() == ":event-type")
+        .find(|h| h.name().as_str() == name)
         .and_then(|h| h.value().as_string().ok())
         .map(|s| s.as_str())
 }
@@ -195,6 +244,26 @@ pub(super) mod tests {
         buf
     }
 
+    /// An exception message as Bedrock ends a stream with one after its 200.
+    pub(in crate::proxy::usage) fn exception(kind: &str, payload: &str) -> Vec<u8> {
+        let msg = Message::new(Bytes::from(payload.to_owned()))
+            .add_header(Header::new(
+                ":message-type",
+                HeaderValue::String("exception".into()),
+            ))
+            .add_header(Header::new(
+                ":exception-type",
+                HeaderValue::String(kind.to_owned().into()),
+            ))
+            .add_header(Header::new(
+                ":content-type",
+                HeaderValue::String("application/json".into()),
+            ));
+        let mut buf = Vec::new();
+        write_message_to(&msg, &mut buf).unwrap();
+        buf
+    }
+
     /// What the scanner did before it kept only the last messages: decode
     /// every message as it arrives, with aws-smithy-eventstream's streaming
     /// decoder, and stop at the first that does not decode.
@@ -220,7 +289,7 @@ pub(super) mod tests {
         for piece in pieces {
             scanner.observe(piece);
         }
-        scanner.finish()
+        scanner.finish().usage
     }
 
     fn chunk(inner: &str) -> String {
@@ -406,7 +475,7 @@ pub(super) mod tests {
             scanner.observe(&stream);
             assert!(scanner.broken, "{declared}");
             assert_eq!(
-                scanner.finish().and_then(|u| u.input),
+                scanner.finish().usage.and_then(|u| u.input),
                 Some(3),
                 "{declared}"
             );
@@ -423,6 +492,6 @@ pub(super) mod tests {
         assert!(scanner.broken);
         assert!(scanner.pending.is_empty());
         // What was complete before it still counts.
-        assert_eq!(scanner.finish().and_then(|u| u.input), Some(3));
+        assert_eq!(scanner.finish().usage.and_then(|u| u.input), Some(3));
     }
 }

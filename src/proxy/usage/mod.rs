@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use http::header::CONTENT_ENCODING;
 use http::HeaderMap;
-use prometheus::{Histogram, HistogramVec};
+use prometheus::{Histogram, HistogramVec, IntCounterVec};
 use serde::Deserialize;
 
 use super::classify::model_in_path;
@@ -50,6 +50,9 @@ pub struct UsageRecorder {
     /// Time to first token, one histogram per [`Operation`] (by index),
     /// resolved once.
     time_to_first_token: Vec<Histogram>,
+    /// Streams Bedrock ended with an exception after its 200, by
+    /// operation and exception.
+    stream_errors: IntCounterVec,
     pub models: ModelLabels,
 }
 
@@ -58,14 +61,26 @@ pub struct UsageRecorder {
 const MAX_TOKENS: u64 = 1 << 32;
 
 impl UsageRecorder {
-    pub fn new(time_to_first_token: &HistogramVec, models: ModelLabels) -> Self {
+    pub fn new(
+        time_to_first_token: &HistogramVec,
+        stream_errors: &IntCounterVec,
+        models: ModelLabels,
+    ) -> Self {
         Self {
             time_to_first_token: Operation::ALL
                 .iter()
                 .map(|op| time_to_first_token.with_label_values(&[op.as_str()]))
                 .collect(),
+            stream_errors: stream_errors.clone(),
             models,
         }
+    }
+
+    /// A stream ended with `exception` (a bounded label value).
+    pub(super) fn stream_error(&self, operation: Operation, exception: &'static str) {
+        self.stream_errors
+            .with_label_values(&[operation.as_str(), exception])
+            .inc();
     }
 
     pub(super) fn record(model: &ModelCounters, usage: Usage) {
@@ -168,6 +183,8 @@ impl UsageRecorder {
             recorder: self.clone(),
             model,
             first_chunk: parser.is_stream().then_some((operation, started)),
+            operation,
+            cut: None,
             parser,
             inflater: Inflater::new(coding),
         })
@@ -194,7 +211,13 @@ pub fn bench_tap(headers: &HeaderMap, frames: &[bytes::Bytes]) -> (u64, u64) {
     let Some(models) = ModelLabels::new(&crate::proxy::UsageLabels::FirstSeen(1), &tokens) else {
         return (0, 0);
     };
-    let recorder = Arc::new(UsageRecorder::new(&ttft, models));
+    let Ok(errors) = prometheus::IntCounterVec::new(
+        prometheus::Opts::new("bench_stream_errors", "bench"),
+        &["operation", "type"],
+    ) else {
+        return (0, 0);
+    };
+    let recorder = Arc::new(UsageRecorder::new(&ttft, &errors, models));
     let model = recorder.models.lookup("m");
     let kind = StreamKind::of(headers);
     if let Some(mut tap) = recorder.tap(model, Operation::Other, headers, kind, Instant::now()) {
@@ -218,6 +241,7 @@ mod tests {
         r: Arc<UsageRecorder>,
         tokens: IntCounterVec,
         ttft: HistogramVec,
+        stream_errors: IntCounterVec,
     }
 
     impl std::ops::Deref for Recorder {
@@ -230,11 +254,14 @@ mod tests {
     fn recorder() -> Recorder {
         let tokens = IntCounterVec::new(Opts::new("t", "t"), &["model", "direction"]).unwrap();
         let ttft = HistogramVec::new(HistogramOpts::new("h", "h"), &["operation"]).unwrap();
+        let stream_errors =
+            IntCounterVec::new(Opts::new("e", "e"), &["operation", "type"]).unwrap();
         let models = ModelLabels::new(&UsageLabels::FirstSeen(2), &tokens).unwrap();
         Recorder {
-            r: Arc::new(UsageRecorder::new(&ttft, models)),
+            r: Arc::new(UsageRecorder::new(&ttft, &stream_errors, models)),
             tokens,
             ttft,
+            stream_errors,
         }
     }
 
@@ -510,6 +537,57 @@ mod tests {
         tap.observe(&event("chunk", &payload));
         tap.finish();
         assert_eq!((count(&r, "i", "input"), count(&r, "i", "output")), (21, 8));
+    }
+
+    #[test]
+    fn an_exception_ending_a_stream_is_counted_by_its_type() {
+        // Bedrock reports throttling and model errors of a stream already
+        // answered 200 as its last message: counted as a 200 and nothing
+        // else, an alert on 429s or 5xx never saw streamed traffic.
+        let r = recorder();
+        let es = headers("application/vnd.amazon.eventstream");
+        let mut tap = open_tap(&r, "c", Operation::ConverseStream, &es).unwrap();
+        tap.observe(&event("messageStart", r#"{"role":"assistant"}"#));
+        tap.observe(&Bytes::from(eventstream::tests::exception(
+            "throttlingException",
+            r#"{"message":"Too many tokens"}"#,
+        )));
+        tap.finish();
+        let errors = |op: &str, kind: &str| r.stream_errors.with_label_values(&[op, kind]).get();
+        assert_eq!(errors("converse_stream", "throttlingException"), 1);
+        // A name Bedrock may add later is `other`: the label stays bounded.
+        let mut tap = open_tap(&r, "i", Operation::InvokeStream, &es).unwrap();
+        tap.observe(&Bytes::from(eventstream::tests::exception(
+            "brandNewException",
+            "{}",
+        )));
+        tap.finish();
+        assert_eq!(errors("invoke_stream", "other"), 1);
+        // A stream that ends well counts none.
+        let mut tap = open_tap(&r, "c", Operation::ConverseStream, &es).unwrap();
+        tap.observe(&event("metadata", r#"{"usage":{"inputTokens":1}}"#));
+        tap.finish();
+        let all: u64 = ["throttlingException", "other"]
+            .iter()
+            .map(|k| errors("converse_stream", k))
+            .sum();
+        assert_eq!(all, 1);
+        // The proxy's own cut counts under its reason, unless Bedrock said
+        // why the stream ends.
+        let mut tap = open_tap(&r, "c", Operation::ConverseStream, &es).unwrap();
+        tap.observe(&event("messageStart", r#"{"role":"assistant"}"#));
+        tap.cut_off("upstream_idle_timeout");
+        tap.finish();
+        assert_eq!(errors("converse_stream", "upstream_idle_timeout"), 1);
+        let mut tap = open_tap(&r, "c", Operation::ConverseStream, &es).unwrap();
+        tap.observe(&Bytes::from(eventstream::tests::exception(
+            "modelStreamErrorException",
+            "{}",
+        )));
+        tap.cut_off("upstream_broke_off");
+        tap.finish();
+        assert_eq!(errors("converse_stream", "modelStreamErrorException"), 1);
+        assert_eq!(errors("converse_stream", "upstream_broke_off"), 0);
     }
 
     fn gzip(data: &[u8]) -> Vec<u8> {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use super::decode::Inflater;
-use super::eventstream::EventScanner;
+use super::eventstream::{Ending, EventScanner};
 use super::json::{Envelope, Usage};
 use super::sse::{SseScanner, USAGE_FINDER, USAGE_KEY};
 use super::UsageRecorder;
@@ -55,11 +55,15 @@ impl Parser {
         }
     }
 
-    fn finish(self) -> Option<Usage> {
-        match self {
+    fn finish(self) -> Ending {
+        let usage = match self {
             Self::Json(body) => body.usage(),
             Self::Sse(scanner) => scanner.finish(),
-            Self::EventStream(scanner) => scanner.finish(),
+            Self::EventStream(scanner) => return scanner.finish(),
+        };
+        Ending {
+            usage,
+            exception: None,
         }
     }
 }
@@ -288,6 +292,9 @@ pub struct UsageTap {
     pub(super) model: Arc<ModelCounters>,
     /// For streams: what to observe at the first chunk.
     pub(super) first_chunk: Option<(Operation, Instant)>,
+    pub(super) operation: Operation,
+    /// Why the answer ended before its end, when the proxy saw it end so.
+    pub(super) cut: Option<&'static str>,
     pub(super) parser: Parser,
     /// Undoes a gzip/deflate `content-encoding` for the parser (only).
     /// Boxed: its state is large and compressed answers are rare.
@@ -308,13 +315,23 @@ impl UsageTap {
         }
     }
 
+    /// The answer will not end as it should: `why` is counted as its
+    /// error unless Bedrock said why itself.
+    pub fn cut_off(&mut self, why: &'static str) {
+        self.cut = Some(why);
+    }
+
     /// The stream ended (or was dropped): record what was found.
     pub fn finish(self) {
         if self.inflater.as_ref().is_some_and(|i| i.is_broken()) {
             return;
         }
-        if let Some(usage) = self.parser.finish() {
+        let ending = self.parser.finish();
+        if let Some(usage) = ending.usage {
             UsageRecorder::record(&self.model, usage);
+        }
+        if let Some(exception) = ending.exception.or(self.cut) {
+            self.recorder.stream_error(self.operation, exception);
         }
     }
 }

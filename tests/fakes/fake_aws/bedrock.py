@@ -16,6 +16,8 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+import eventstream  # tests/fakes/eventstream.py, as stream_plans uses it
+
 from .bedrock_auth import authenticate_bedrock
 from .bedrock_errors import aws_json_error, forced_status_error
 from .bedrock_records import finalize_record, new_bedrock_record
@@ -176,6 +178,11 @@ async def handle_model_op(state: FakeState, request: web.Request, record: dict, 
         plan = plan_converse_stream(model_id, user_text, ctl.chunks, ctl.pad, wants_guardrail_trace(data))
     else:
         plan = plan_invoke_stream(model_id, user_text, ctl.chunks, ctl.pad)
+    failure = request.headers.get("x-fake-stream-exception")
+    if failure:
+        # Bedrock's in-stream failure after the 200: the exception message
+        # takes the place of the stream's end (no usage).
+        plan.trailer = eventstream.exception(failure, json.dumps({"message": f"fake {failure}"}).encode())
     return await send_stream(state, request, record, op, model_id, plan, ctl)
 
 
