@@ -118,6 +118,9 @@ fn runtime_operation(path: &str) -> Operation {
     if path.starts_with("/guardrail/") && path.ends_with("/apply") {
         return Operation::ApplyGuardrail;
     }
+    if path == "/guardrail-checks/invoke" {
+        return Operation::GuardrailChecks;
+    }
     if path == "/async-invoke" || path.starts_with("/async-invoke/") {
         return Operation::AsyncInvoke;
     }
@@ -148,6 +151,7 @@ mod tests {
             ),
             ("/model/m/count-tokens", "count_tokens"),
             ("/guardrail/gr1/version/1/apply", "apply_guardrail"),
+            ("/guardrail-checks/invoke", "guardrail_checks"),
             ("/async-invoke", "async_invoke"),
             ("/async-invoke/arn%3A", "async_invoke"),
             ("/mantle/v1/chat/completions", "chat_completions"),

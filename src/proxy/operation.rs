@@ -16,6 +16,7 @@ pub enum Operation {
     InvokeBidirectionalStream,
     CountTokens,
     ApplyGuardrail,
+    GuardrailChecks,
     AsyncInvoke,
     Retrieve,
     RetrieveAndGenerate,
@@ -24,7 +25,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 17] = [
+    pub const ALL: [Operation; 18] = [
         Self::ChatCompletions,
         Self::Completions,
         Self::Responses,
@@ -37,6 +38,7 @@ impl Operation {
         Self::InvokeBidirectionalStream,
         Self::CountTokens,
         Self::ApplyGuardrail,
+        Self::GuardrailChecks,
         Self::AsyncInvoke,
         Self::Retrieve,
         Self::RetrieveAndGenerate,
@@ -83,6 +85,7 @@ impl Operation {
             Self::InvokeBidirectionalStream => "invoke_bidirectional_stream",
             Self::CountTokens => "count_tokens",
             Self::ApplyGuardrail => "apply_guardrail",
+            Self::GuardrailChecks => "guardrail_checks",
             Self::AsyncInvoke => "async_invoke",
             Self::Retrieve => "retrieve",
             Self::RetrieveAndGenerate => "retrieve_and_generate",
