@@ -105,6 +105,14 @@ fn limit_counters(metrics: &Metrics, listener: &str) -> server::LimitCounters {
         refused: metrics.connections_refused.with_label_values(&[listener]),
         reclaimed: Some(metrics.connections_reclaimed.with_label_values(&[listener])),
         open: Some(metrics.connections_open.with_label_values(&[listener])),
+        unread: Some(server::UnreadCounters {
+            malformed: metrics
+                .unread_requests
+                .with_label_values(&[listener, "malformed"]),
+            too_large: metrics
+                .unread_requests
+                .with_label_values(&[listener, "too_large"]),
+        }),
     }
 }
 

@@ -20,6 +20,9 @@ pub struct Metrics {
     pub connections_reclaimed: IntCounterVec,
     /// Connections open now, by `listener` (`proxy`, `credentials`).
     pub connections_open: IntGaugeVec,
+    /// Requests hyper refused before they could be read, by `listener`
+    /// and `reason` (`malformed`, `too_large`).
+    pub unread_requests: IntCounterVec,
 }
 
 /// Health of the credential refresher.
@@ -107,6 +110,16 @@ impl Metrics {
                 &["listener"],
             )?,
         )?;
+        let unread_requests = registered(
+            &registry,
+            IntCounterVec::new(
+                opts(
+                    "unread_requests_total",
+                    "Requests refused before they could be read, by listener and reason: malformed (a head that is not HTTP/1.1, answered 400) or too_large (a head over the read buffer or with more than 100 header lines, answered 431). No other request metric sees them.",
+                ),
+                &["listener", "reason"],
+            )?,
+        )?;
         super::build_info(&registry)?;
         // Both results exist from the start so `rate()` and alerts see zeros.
         for result in ["success", "failure"] {
@@ -132,6 +145,7 @@ impl Metrics {
             connections_refused,
             connections_reclaimed,
             connections_open,
+            unread_requests,
         })
     }
 

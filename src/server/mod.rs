@@ -7,12 +7,15 @@
 //! closes what is left.
 
 mod conn;
+mod counters;
 pub mod limits;
 mod peers;
 pub mod poll;
 pub mod signal;
 pub mod tls;
 
+use counters::Open;
+pub use counters::{LimitCounters, UnreadCounters};
 pub use limits::Limits;
 
 use std::future::Future;
@@ -189,45 +192,6 @@ impl Accept for TcpListener {
     }
 }
 
-/// One open connection in the `open` gauge, until dropped.
-struct Open(prometheus::IntGauge);
-
-impl Open {
-    fn new(gauge: prometheus::IntGauge) -> Self {
-        gauge.inc();
-        Self(gauge)
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-/// What a listener's connection limit did, for its metrics.
-#[derive(Clone)]
-pub struct LimitCounters {
-    /// Newcomers closed on arrival.
-    pub refused: prometheus::IntCounter,
-    /// Idle kept-alive connections closed to make room for a newcomer
-    /// (only listeners without a per-peer limit do that).
-    pub reclaimed: Option<prometheus::IntCounter>,
-    /// Connections open now.
-    pub open: Option<prometheus::IntGauge>,
-}
-
-impl LimitCounters {
-    /// For a listener with a per-peer limit, which never reclaims.
-    pub fn refused(refused: prometheus::IntCounter) -> Self {
-        Self {
-            refused,
-            reclaimed: None,
-            open: None,
-        }
-    }
-}
-
 /// Serves HTTP/1.1 (and HTTP/2 when `limits.http2`) on `listener` within
 /// `limits` until `shutdown` fires, then stops accepting and drains for at
 /// most `grace`. What it does at its connection limit is counted in
@@ -310,6 +274,7 @@ pub async fn serve<L, S, B>(
         let service = Counted::new(service.clone(), activity.clone(), connection);
         let (builder, shutdown, idle) = (builder.clone(), shutdown.clone(), limits.idle_timeout);
         let requests_keep_open = limits.max_connections_per_peer.is_none();
+        let unread = counters.unread.clone();
         connections.spawn(async move {
             let _held = (peer_slot, open);
             let conn = builder.serve_connection(io, service);
@@ -331,7 +296,7 @@ pub async fn serve<L, S, B>(
             });
             let stop = tokio::select! {
                 biased;
-                done = conn.as_mut() => return log_end(name, done),
+                done = conn.as_mut() => return log_end(name, done, unread.as_ref()),
                 Some(stop) = rare.next() => stop,
             };
             // Its slot is already handed on. Evicted for another peer (see
@@ -354,7 +319,7 @@ pub async fn serve<L, S, B>(
             // on the wire, so the end of an answer still being written to a
             // slow reader is not cut off.
             tokio::select! {
-                done = conn.as_mut() => log_end(name, done),
+                done = conn.as_mut() => log_end(name, done, unread.as_ref()),
                 () = evicted(evicted_token), if !reclaimed => {}
                 _ = activity.quiet_for(idle, requests_keep_open) => {}
             }
@@ -393,8 +358,15 @@ impl Stop {
     }
 }
 
-fn log_end<E: std::fmt::Display>(name: &'static str, result: Result<(), E>) {
+fn log_end(
+    name: &'static str,
+    result: Result<(), Box<dyn std::error::Error + Send + Sync>>,
+    unread: Option<&UnreadCounters>,
+) {
     if let Err(e) = result {
+        if let Some(unread) = unread {
+            unread.count(&*e);
+        }
         tracing::debug!(server = name, error = %e, "connection closed with error");
     }
 }

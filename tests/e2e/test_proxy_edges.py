@@ -102,6 +102,22 @@ def test_framing_a_proxy_must_not_guess_at_is_refused(sidecar, fake_aws):
     assert fake_aws.requests() == []
 
 
+def test_requests_refused_before_they_could_be_read_are_counted(start_sidecar, irsa_env):
+    # hyper answers a broken head with a bare 400 (a too-large one 431) and
+    # closes: no request, so no requests_total; only a DEBUG line said so.
+    sidecar = start_sidecar(irsa_env)
+    name = "bedrock_broker_unread_requests_total"
+    folded = exchange(sidecar, b"POST /model/m/converse HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\r\n b\r\n\r\n")
+    assert folded.startswith(b"HTTP/1.1 400"), folded
+    wait_for(lambda: sidecar.metric(name, {"listener": "proxy", "reason": "malformed"}) == 1, timeout=10, what="malformed counted")
+    huge = exchange(sidecar, b"GET /openai/v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n")
+    assert huge.startswith(b"HTTP/1.1 431"), huge[:100]
+    wait_for(lambda: sidecar.metric(name, {"listener": "proxy", "reason": "too_large"}) == 1, timeout=10, what="too large counted")
+    # A well-formed request is not among them.
+    assert exchange(sidecar, b"GET /openai/v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    assert sidecar.metric(name, {"listener": "proxy", "reason": "malformed"}) == 1
+
+
 def test_client_host_header_does_not_choose_the_upstream(start_sidecar, irsa_env, fake_aws):
     sidecar = start_sidecar(irsa_env, ["--allowed-hosts", "bedrock-broker.internal"])
     # A host that is not this pod's (SSRF, DNS rebinding) is refused before
