@@ -79,12 +79,22 @@ pub fn model_in_path(path: &str) -> Option<&str> {
 
 fn agent_runtime_operation(rest: &str) -> Operation {
     let rest = rest.trim_end_matches('/');
+    let segments = || rest.split('/');
     if rest == "retrieveAndGenerate" || rest == "retrieveAndGenerateStream" {
         Operation::RetrieveAndGenerate
     } else if rest.starts_with("knowledgebases/") && rest.ends_with("/retrieve") {
         Operation::Retrieve
-    } else if rest.starts_with("agents/") && rest.ends_with("/text") {
+    } else if rest.starts_with("agents/") && (rest.ends_with("/text") || segments().count() == 2) {
+        // InvokeAgent (`agents/{id}/agentAliases/{alias}/sessions/{s}/text`)
+        // and InvokeInlineAgent (`agents/{sessionId}`).
         Operation::InvokeAgent
+    } else if rest.starts_with("flows/")
+        && segments().nth(2) == Some("aliases")
+        && segments().count() == 4
+    {
+        Operation::InvokeFlow
+    } else if rest == "rerank" {
+        Operation::Rerank
     } else {
         Operation::Other
     }
@@ -162,6 +172,11 @@ mod tests {
                 "/agent-runtime/agents/A1/agentAliases/AL1/sessions/s-1/text",
                 "invoke_agent",
             ),
+            ("/agent-runtime/agents/session-9", "invoke_agent"),
+            ("/agent-runtime/flows/F1/aliases/FA1", "invoke_flow"),
+            ("/agent-runtime/flows/F1/aliases/FA1/executions", "other"),
+            ("/agent-runtime/rerank", "rerank"),
+            ("/agent-runtime/agents/A1/agentAliases/AL1/memories", "other"),
             ("/agent-runtime/flows/x", "other"),
             ("/model/m/unknown", "other"),
             ("/", "other"),

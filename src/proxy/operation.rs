@@ -21,11 +21,13 @@ pub enum Operation {
     Retrieve,
     RetrieveAndGenerate,
     InvokeAgent,
+    InvokeFlow,
+    Rerank,
     Other,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 18] = [
+    pub const ALL: [Operation; 20] = [
         Self::ChatCompletions,
         Self::Completions,
         Self::Responses,
@@ -43,6 +45,8 @@ impl Operation {
         Self::Retrieve,
         Self::RetrieveAndGenerate,
         Self::InvokeAgent,
+        Self::InvokeFlow,
+        Self::Rerank,
         Self::Other,
     ];
 
@@ -90,6 +94,8 @@ impl Operation {
             Self::Retrieve => "retrieve",
             Self::RetrieveAndGenerate => "retrieve_and_generate",
             Self::InvokeAgent => "invoke_agent",
+            Self::InvokeFlow => "invoke_flow",
+            Self::Rerank => "rerank",
             Self::Other => "other",
         }
     }
