@@ -131,10 +131,17 @@ fn app_env(sidecar: &SidecarSpec) -> Vec<AppVar> {
                 unless_set: &[OPENAI_API_KEY, OPENAI_BASE_URL],
             },
             one(&[AWS_ENDPOINT_URL_BEDROCK_RUNTIME], base.clone()),
-            one(
+        ]);
+        // The Agents runtime takes no API key: a sidecar in bearer mode
+        // refuses every call there, which the app's own client (signing
+        // with credentials of its own) would otherwise make directly.
+        if sidecar.api_key_secret.is_none() {
+            vars.push(one(
                 &[AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME],
                 format!("{base}/agent-runtime"),
-            ),
+            ));
+        }
+        vars.extend([
             one(&[AWS_BEDROCK_RUNTIME_ENDPOINT], base.clone()),
             one(&[ANTHROPIC_BEDROCK_BASE_URL], base),
         ]);
@@ -421,6 +428,15 @@ mod tests {
             get("AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME").as_deref(),
             Some("http://127.0.0.1:9787/agent-runtime")
         );
+        // In bearer mode the sidecar refuses the Agents runtime: an app
+        // signing its own agent calls keeps calling AWS directly.
+        let defaults = SidecarDefaults::from_args(&Default::default(), &Default::default())
+            .expect("the documented defaults parse");
+        let mut bearer = SidecarSpec::from_defaults(&defaults);
+        bearer.api_key_secret = Some(SecretKeyRef::parse("bedrock-key/api-key").expect("a ref"));
+        let names: Vec<String> = app_env(&bearer).into_iter().map(|v| v.var.name).collect();
+        assert!(names.contains(&"AWS_ENDPOINT_URL_BEDROCK_RUNTIME".to_owned()));
+        assert!(!names.contains(&"AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME".to_owned()));
         assert_eq!(get("AWS_BEDROCK_RUNTIME_ENDPOINT").as_deref(), Some(base));
         assert_eq!(get("ANTHROPIC_BEDROCK_BASE_URL").as_deref(), Some(base));
         assert_eq!(
