@@ -17,12 +17,17 @@ pub fn check<B>(request: &Request<B>) -> Result<(), ProxyError> {
     if request.version() < Version::HTTP_2 && request.uri().authority().is_some() {
         return Err(ProxyError::AbsoluteForm);
     }
-    // hyper undoes a final `chunked` whatever came before it.
+    // hyper undoes a final `chunked` whatever came before it: a coding
+    // that changes the bytes (`gzip, chunked`) would go upstream as if
+    // plain. Empty list members and `identity` change nothing.
     let mut codings = request.headers().get_all(TRANSFER_ENCODING).iter();
     if codings.any(|v| {
-        v.as_bytes()
-            .split(|b| *b == b',')
-            .any(|c| !c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        v.as_bytes().split(|b| *b == b',').any(|c| {
+            let c = c.trim_ascii();
+            !(c.is_empty()
+                || c.eq_ignore_ascii_case(b"chunked")
+                || c.eq_ignore_ascii_case(b"identity"))
+        })
     }) {
         return Err(ProxyError::TransferCoding);
     }
@@ -138,6 +143,10 @@ mod tests {
         assert_eq!(with(&[]), None);
         assert_eq!(with(&["chunked"]), None);
         assert_eq!(with(&["Chunked"]), None);
+        // Legal lists hyper reads as chunked: empty members, `identity`.
+        for fine in [", chunked", " ,chunked", "identity, chunked"] {
+            assert_eq!(with(&[fine]), None, "{fine}");
+        }
         for bad in [
             &["gzip, chunked"][..],
             &["gzip", "chunked"],
