@@ -90,6 +90,43 @@ async fn retries_once_with_fresher_credentials_when_bedrock_says_they_expired() 
 }
 
 #[tokio::test]
+async fn a_rejection_waits_for_an_attempt_already_under_way_while_failing() {
+    // Refreshes have failed (an error is held) and the next attempt is
+    // under way: its credentials are moments off, so the request waits
+    // for them instead of getting Bedrock's 403 at once.
+    let upstream = FakeUpstream::start(vec![Answer::Whole(
+        403,
+        vec![("x-amzn-errortype", "ExpiredTokenException")],
+        r#"{"message":"expired"}"#,
+    )])
+    .await;
+    let cell = Arc::new(CredentialCell::new());
+    cell.store(credentials("AKIDOLD"));
+    cell.record_failure("InternalFailure".into());
+    cell.begin_attempt();
+    let (proxy, metrics) = proxy(&upstream, cell.clone(), Setup::default());
+    let request = tokio::spawn(async move {
+        let answer = proxy.handle(post("/model/m/converse", "{}")).await.unwrap();
+        text(answer).await.0
+    });
+    // The attempt succeeds once the request is waiting on it (it asks
+    // first; the refresher, mid-attempt, need not listen).
+    tokio::time::timeout(Duration::from_secs(10), cell.refresh_requested())
+        .await
+        .expect("the rejected request waits for the attempt");
+    cell.store(credentials("AKIDNEW"));
+    assert_eq!(request.await.unwrap(), 200);
+    assert_eq!(
+        metrics
+            .proxy
+            .auth_retries
+            .with_label_values(&["retried"])
+            .get(),
+        1
+    );
+}
+
+#[tokio::test]
 async fn credentials_rejected_fresh_from_sts_are_not_refreshed_per_request() {
     // An account that may not use the region (an opt-in region not
     // enabled) rejects every key STS issues: a refresh cannot help, and

@@ -1,5 +1,6 @@
 //! The cell the refresher writes and every request reads.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -96,6 +97,10 @@ pub struct CredentialCell {
     /// STS answered the last attempt with throttling: the refresher waits
     /// its backoff out whatever asks, so nobody should wait for it.
     throttled: watch::Sender<bool>,
+    /// A refresh attempt is under way (from its start until its outcome
+    /// is stored or recorded): a request Bedrock rejected while refreshes
+    /// are failing waits for it, its credentials may be moments off.
+    attempting: AtomicBool,
     /// How many refresh attempts have failed: until one has, a request
     /// finding no credentials knows the first ones are still on their way;
     /// and one waiting for a refresh it asked for stops when an attempt
@@ -112,6 +117,7 @@ impl Default for CredentialCell {
             refresh_requested: Notify::new(),
             retry_requested: Notify::new(),
             throttled: watch::Sender::new(false),
+            attempting: AtomicBool::new(false),
             failures: watch::Sender::new(0),
         }
     }
@@ -129,6 +135,7 @@ impl CredentialCell {
         held.generation = next;
         self.current.store(Some(Arc::new(held)));
         self.last_error.store(None);
+        self.attempting.store(false, Ordering::SeqCst);
         self.generation.send_replace(next);
     }
 
@@ -202,7 +209,21 @@ impl CredentialCell {
     /// Records why the last refresh failed; the held credentials stay.
     pub fn record_failure(&self, summary: String) {
         self.last_error.store(Some(Arc::new(summary)));
+        // Before the count: a waiter that reads the count, then finds no
+        // attempt under way, has seen this failure.
+        self.attempting.store(false, Ordering::SeqCst);
         self.failures.send_modify(|n| *n += 1);
+    }
+
+    /// A refresh attempt starts; its stored credentials or recorded
+    /// failure ends it.
+    pub fn begin_attempt(&self) {
+        self.attempting.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a refresh attempt is under way.
+    pub fn is_attempting(&self) -> bool {
+        self.attempting.load(Ordering::SeqCst)
     }
 
     /// How many refresh attempts have failed so far.

@@ -167,6 +167,7 @@ impl Refresher {
     async fn attempt(&mut self) -> Result<Option<Duration>, SourceError> {
         let started = Instant::now();
         self.last_attempt = Some(tokio::time::Instant::now());
+        self.cell.begin_attempt();
         let result = self.source.fetch().await;
         self.metrics
             .refresh_duration

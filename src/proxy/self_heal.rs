@@ -167,11 +167,17 @@ impl Proxy {
         if self.cell.generation() > used {
             return true;
         }
+        // Read before the refresher's state: a failure recorded in between
+        // then ends the wait below at once.
+        let failures = self.cell.failures();
         // Credentials without an expiry (static keys) are fetched once and
-        // have no refresher to ask, and a failing (or throttled) refresher
-        // waits its backoff out whatever asks: waiting only delays
-        // Bedrock's answer.
-        if self.cell.last_error().is_some()
+        // have no refresher to ask, and a throttled refresher, or a failing
+        // one between attempts, waits its backoff out whatever asks:
+        // waiting only delays Bedrock's answer. An attempt under way may
+        // bring credentials in a moment: its outcome is waited for.
+        let failing_between_attempts =
+            self.cell.last_error().is_some() && !self.cell.is_attempting();
+        if failing_between_attempts
             || self.cell.is_throttled()
             || self
                 .cell
@@ -181,7 +187,6 @@ impl Proxy {
         {
             return false;
         }
-        let failures = self.cell.failures();
         self.cell.request_refresh();
         // The refresh this asked for may be the one STS throttles: then
         // nothing comes sooner than its backoff, so stop waiting there too;
