@@ -11,8 +11,9 @@ use http::{HeaderValue, Method, Uri};
 
 use super::signer::UNSIGNED_HEADERS;
 
-/// A header value to sign: visible ASCII. Other values are forwarded but
-/// not signed: aws-sigv4 cannot read them, and a tab (which RFC 9110
+/// A header value to sign: visible ASCII. Other values (and the other
+/// values of their name) are forwarded but not signed: aws-sigv4 cannot
+/// read them, and a tab (which RFC 9110
 /// allows) is canonicalised differently by AWS's signers (aws-sigv4 keeps
 /// it, botocore collapses it like a space), so signing it risks a 403.
 /// The hot-path signer asks the same question.
@@ -117,12 +118,21 @@ impl Signer {
             .map_err(|e| SignError(e.to_string()))?
             .into();
         let uri = uri.to_string();
+        // A name is signed with all its values or none: one value left out
+        // of a repeated header signs the name with the others, which no
+        // verifier reproduces.
+        let unsignable: Vec<&http::HeaderName> = headers
+            .iter()
+            .filter(|(_, v)| signable_value(v).is_none())
+            .map(|(k, _)| k)
+            .collect();
         let signable = SignableRequest::new(
             method.as_str(),
             uri.as_str(),
             headers
                 .iter()
                 .filter(|(k, _)| !UNSIGNED_HEADERS.contains(&k.as_str()))
+                .filter(|(k, _)| !unsignable.contains(k))
                 .filter_map(|(k, v)| Some((k.as_str(), signable_value(v)?))),
             body.into().signable(),
         )

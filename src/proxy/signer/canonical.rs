@@ -74,7 +74,8 @@ pub struct SignedHeaders<'a> {
 }
 
 /// A header value the signer signs, as for aws-sigv4 through
-/// [`super::super::sigv4`]: others are forwarded but not signed.
+/// [`super::super::sigv4`]: others are forwarded but not signed, and
+/// neither are the other values of their name.
 fn signable(value: &http::HeaderValue) -> Option<&str> {
     crate::proxy::sigv4::signable_value(value)
 }
@@ -90,6 +91,7 @@ impl<'a> SignedHeaders<'a> {
     ) -> Self {
         let mut entries = Vec::with_capacity(headers.len() + 3);
         let mut has_host = false;
+        let mut unsignable: Vec<&str> = Vec::new();
         // `iter` yields a name's values in their order; the stable sort
         // below keeps it, which is the order SigV4 joins them in.
         for (name, value) in headers {
@@ -99,10 +101,17 @@ impl<'a> SignedHeaders<'a> {
                 continue;
             }
             let Some(value) = signable(value) else {
+                unsignable.push(n);
                 continue;
             };
             has_host |= n == "host";
             entries.push((n, value));
+        }
+        // A name is signed with all its values or not at all, as for
+        // aws-sigv4 through [`super::super::sigv4`].
+        if !unsignable.is_empty() {
+            entries.retain(|(n, _)| !unsignable.contains(n));
+            has_host = entries.iter().any(|(n, _)| *n == "host");
         }
         if !has_host {
             entries.push(("host", host));
