@@ -82,8 +82,8 @@ pub struct ProxyMetrics {
     pub tokens: IntCounterVec,
     /// Time from request to the first streamed chunk, by `operation`.
     pub time_to_first_token: HistogramVec,
-    /// Streamed answers Bedrock ended with an exception after its 200, by
-    /// `operation` and `type`.
+    /// Answers that ended in an error after their 200, by `operation` and
+    /// `type`.
     pub stream_errors: IntCounterVec,
 }
 
@@ -285,7 +285,7 @@ impl ProxyMetrics {
             stream_errors: registered(r, IntCounterVec::new(
                 opts(
                     "stream_errors_total",
-                    "Streamed answers Bedrock ended with an exception after answering 200 (throttlingException, modelStreamErrorException, ...; other for names not known), by operation and type. requests_total counts them as the 200 already sent.",
+                    "Answers that ended in an error after their 200, which requests_total counts as that 200, by operation and type: the exception Bedrock ended an event stream with (throttlingException, modelStreamErrorException, ...; other for names not known), upstream_idle_timeout (a stream the sidecar cut off), upstream_broke_off (the connection broke before the end). For the operations whose tokens are read, with usage metrics on.",
                 ),
                 &["operation", "type"],
             )?)?,

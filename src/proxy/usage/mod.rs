@@ -588,6 +588,14 @@ mod tests {
         tap.finish();
         assert_eq!(errors("converse_stream", "modelStreamErrorException"), 1);
         assert_eq!(errors("converse_stream", "upstream_broke_off"), 0);
+        // A compressed body that will not decode still says how it ended.
+        let mut gz = es.clone();
+        gz.insert("content-encoding", "gzip".parse().unwrap());
+        let mut tap = open_tap(&r, "c", Operation::ConverseStream, &gz).unwrap();
+        tap.observe(&Bytes::from_static(b"not gzip at all"));
+        tap.cut_off("upstream_broke_off");
+        tap.finish();
+        assert_eq!(errors("converse_stream", "upstream_broke_off"), 1);
     }
 
     fn gzip(data: &[u8]) -> Vec<u8> {

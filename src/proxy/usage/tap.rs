@@ -324,6 +324,10 @@ impl UsageTap {
     /// The stream ended (or was dropped): record what was found.
     pub fn finish(self) {
         if self.inflater.as_ref().is_some_and(|i| i.is_broken()) {
+            // Nothing of the body can be read, but how it ended is known.
+            if let Some(why) = self.cut {
+                self.recorder.stream_error(self.operation, why);
+            }
             return;
         }
         let ending = self.parser.finish();
