@@ -13,7 +13,8 @@ use std::path::Path;
 /// The file is opened first and its type read from the open file: a check
 /// by path before opening leaves a moment in which a FIFO swapped in would
 /// block the open. Opening without blocking does nothing to a regular
-/// file's reads, and an open FIFO is refused before anything is read.
+/// file's reads, and an open FIFO is refused before anything is read (a
+/// terminal, opened, never becomes the process's controlling one).
 pub fn read_small(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
     let not_regular = || {
         io::Error::new(
@@ -23,7 +24,7 @@ pub fn read_small(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
     };
     let file = match std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
     {
         Ok(file) => file,

@@ -49,7 +49,8 @@ impl LimitCounters {
 pub struct UnreadCounters {
     /// A head that is not HTTP/1.1 (400).
     pub malformed: prometheus::IntCounter,
-    /// A head over the read buffer, or with too many header lines (431).
+    /// A head over the read buffer, or with too many header lines (431),
+    /// or a request target too long (414).
     pub too_large: prometheus::IntCounter,
 }
 

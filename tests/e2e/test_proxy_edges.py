@@ -125,14 +125,15 @@ def test_requests_refused_before_they_could_be_read_are_counted(start_sidecar, i
     # closes: no request, so no requests_total; only a DEBUG line said so.
     sidecar = start_sidecar(irsa_env)
     name = "bedrock_broker_unread_requests_total"
+    # A well-formed request first: were it counted, the count below would
+    # be 2 once the malformed one is.
+    assert exchange(sidecar, b"GET /openai/v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
     folded = exchange(sidecar, b"POST /model/m/converse HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\r\n b\r\n\r\n")
     assert folded.startswith(b"HTTP/1.1 400"), folded
     wait_for(lambda: sidecar.metric(name, {"listener": "proxy", "reason": "malformed"}) == 1, timeout=10, what="malformed counted")
     huge = exchange(sidecar, b"GET /openai/v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n")
     assert huge.startswith(b"HTTP/1.1 431"), huge[:100]
     wait_for(lambda: sidecar.metric(name, {"listener": "proxy", "reason": "too_large"}) == 1, timeout=10, what="too large counted")
-    # A well-formed request is not among them.
-    assert exchange(sidecar, b"GET /openai/v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
     assert sidecar.metric(name, {"listener": "proxy", "reason": "malformed"}) == 1
 
 
