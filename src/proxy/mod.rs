@@ -321,7 +321,11 @@ impl Proxy {
         let model = self
             .usage
             .as_ref()
-            .filter(|_| class.operation.reports_usage())
+            .filter(|_| {
+                class
+                    .operation
+                    .reports_usage(&parts.method, parts.uri.path())
+            })
             .map(|u| u.model(parts.uri.path(), &body.bytes));
         route.retarget(&mut parts).map_err(with_mode)?;
 

@@ -56,18 +56,25 @@ impl Operation {
     /// take no `model` slot: an agent's `chunk` events carry its answer's
     /// text, and an answer that reads like a usage object (a JSON report)
     /// was counted as tokens.
-    pub fn reports_usage(self) -> bool {
-        matches!(
-            self,
+    ///
+    /// Only the call that makes the tokens counts them: a `POST`, and for
+    /// the Responses API its creation (`/responses`), not a retrieval or a
+    /// cancellation, which repeat the usage already counted.
+    pub fn reports_usage(self, method: &http::Method, path: &str) -> bool {
+        if method != http::Method::POST {
+            return false;
+        }
+        match self {
+            Self::Responses => path.trim_end_matches('/').ends_with("/responses"),
             Self::ChatCompletions
-                | Self::Completions
-                | Self::Responses
-                | Self::Embeddings
-                | Self::Converse
-                | Self::ConverseStream
-                | Self::Invoke
-                | Self::InvokeStream
-        )
+            | Self::Completions
+            | Self::Embeddings
+            | Self::Converse
+            | Self::ConverseStream
+            | Self::Invoke
+            | Self::InvokeStream => true,
+            _ => false,
+        }
     }
 
     /// Position in [`Operation::ALL`], for per-operation arrays.
@@ -104,6 +111,25 @@ impl Operation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_calls_that_make_tokens_are_read_for_them() {
+        use http::Method;
+        let post = |op: Operation, path| op.reports_usage(&Method::POST, path);
+        assert!(post(Operation::Converse, "/model/m/converse"));
+        assert!(post(Operation::Responses, "/openai/v1/responses"));
+        // Retrieving a response (or cancelling one) repeats the usage its
+        // creation reported: counted twice, under `unknown`.
+        assert!(!Operation::Responses.reports_usage(&Method::GET, "/openai/v1/responses/r1"));
+        assert!(!post(
+            Operation::Responses,
+            "/openai/v1/responses/r1/cancel"
+        ));
+        assert!(
+            !Operation::ChatCompletions.reports_usage(&Method::GET, "/openai/v1/chat/completions")
+        );
+        assert!(!post(Operation::InvokeAgent, "/agent-runtime/agents/s1"));
+    }
 
     #[test]
     fn every_operation_sits_at_its_index() {
