@@ -147,7 +147,16 @@ impl GateState {
     pub fn check<B>(&self, request: &Request<B>) -> Result<Admitted, ProxyError> {
         one_host(request)?;
         if !plainly_loopback(request) {
-            let host = host_of(request).unwrap_or_default();
+            let host = match host_of(request) {
+                Some(host) => host,
+                // A `Host` that names no host (empty, or a list).
+                None if request.headers().contains_key(HOST) => {
+                    return Err(ProxyError::InvalidHost(
+                        "the Host header does not name a host",
+                    ));
+                }
+                None => String::new(),
+            };
             if !self.host_allowed(&host) {
                 return Err(ProxyError::HostNotAllowed(host));
             }
@@ -337,6 +346,11 @@ mod tests {
         let none = request(None, &[]);
         let e = g.check(&none).unwrap_err();
         assert_eq!((e.status().as_u16(), e.code().name), (400, "invalid_host"));
+        // One that names no host (empty, or a list) is as bad as none.
+        for odd in ["", "127.0.0.1, evil.example"] {
+            let e = g.check(&request(Some(odd), &[])).unwrap_err();
+            assert_eq!(e.code().name, "invalid_host", "{odd:?}");
+        }
         // HTTP/1.0 needs none: it is refused as not loopback, as before.
         let old = Request::builder()
             .uri("/model/m/converse")

@@ -153,7 +153,9 @@ fn patience(limits: &Limits<'_>, started: Instant, received: usize) -> (Duration
         let slow = ProxyError::BodyTooSlow {
             bytes_per_second: rate.bytes_per_second.get(),
             received: received as u64,
-            within: allowance,
+            // Said to the millisecond: the nanoseconds the rate earns
+            // read as noise ("10s 30us 517ns").
+            within: Duration::from_millis(u64::try_from(allowance.as_millis()).unwrap_or(u64::MAX)),
         };
         (left, slow)
     } else {

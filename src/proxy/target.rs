@@ -20,15 +20,19 @@ pub fn check<B>(request: &Request<B>) -> Result<(), ProxyError> {
     // hyper undoes a final `chunked` whatever came before it: a coding
     // that changes the bytes (`gzip, chunked`) would go upstream as if
     // plain. Empty list members and `identity` change nothing.
-    let mut codings = request.headers().get_all(TRANSFER_ENCODING).iter();
-    if codings.any(|v| {
-        v.as_bytes().split(|b| *b == b',').any(|c| {
-            let c = c.trim_ascii();
-            !(c.is_empty()
-                || c.eq_ignore_ascii_case(b"chunked")
-                || c.eq_ignore_ascii_case(b"identity"))
-        })
-    }) {
+    // Chunked twice is undone once: the body would keep one framing.
+    let mut chunked = 0;
+    for value in request.headers().get_all(TRANSFER_ENCODING) {
+        for coding in value.as_bytes().split(|b| *b == b',') {
+            let coding = coding.trim_ascii();
+            if coding.eq_ignore_ascii_case(b"chunked") {
+                chunked += 1;
+            } else if !(coding.is_empty() || coding.eq_ignore_ascii_case(b"identity")) {
+                return Err(ProxyError::TransferCoding);
+            }
+        }
+    }
+    if chunked > 1 {
         return Err(ProxyError::TransferCoding);
     }
     let path = request.uri().path();
@@ -146,6 +150,15 @@ mod tests {
         // Legal lists hyper reads as chunked: empty members, `identity`.
         for fine in [", chunked", " ,chunked", "identity, chunked"] {
             assert_eq!(with(&[fine]), None, "{fine}");
+        }
+        // Chunked twice: hyper undoes it once, and the body went upstream
+        // still chunk-framed.
+        for twice in [&["chunked, chunked"][..], &["chunked", "Chunked"]] {
+            assert_eq!(
+                with(twice),
+                Some((501, "transfer_coding_unsupported")),
+                "{twice:?}"
+            );
         }
         for bad in [
             &["gzip, chunked"][..],
