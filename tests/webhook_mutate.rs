@@ -723,6 +723,22 @@ fn the_pod_is_told_what_it_may_not_expect() {
     ] {
         assert!(inject(&own(ours)).warnings.is_empty(), "{ours}");
     }
+    // The Agents runtime is served under /agent-runtime: at the sidecar's
+    // root its calls reach the Bedrock runtime, which knows none of them.
+    let agents = |url: &str| {
+        annotated(
+            json!({"containers": [{"name": "app", "image": "app:1",
+            "env": [{"name": "AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME", "value": url}]}]}),
+            &[],
+        )
+    };
+    assert!(warned(
+        &agents("http://127.0.0.1:9787"),
+        "sets AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME to the sidecar without /agent-runtime"
+    ));
+    assert!(inject(&agents("http://127.0.0.1:9787/agent-runtime"))
+        .warnings
+        .is_empty());
     // An HTTP proxy for the app's clients would take its calls to the
     // sidecar, unless NO_PROXY exempts the sidecar's address.
     let proxied = |env: Value| {

@@ -274,15 +274,28 @@ fn own_bedrock_endpoint(c: &Container, proxy_port: u16) -> Vec<String> {
     .into_iter()
     .filter_map(|name| {
         let value = literal(c, name)?;
-        let to_us = ours
-            .iter()
-            .any(|o| value.strip_prefix(o.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')));
-        (!to_us).then(|| {
-            format!(
+        let rest = ours.iter().find_map(|o| {
+            value
+                .strip_prefix(o.as_str())
+                .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+        });
+        match rest {
+            None => Some(format!(
                 "container {:?} sets {name} to another endpoint: clients reading it call Bedrock there, not through the sidecar",
                 c.name
-            )
-        })
+            )),
+            // The sidecar serves the Agents runtime under its own prefix.
+            Some(rest)
+                if name == app_vars::AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME
+                    && !rest.starts_with("/agent-runtime") =>
+            {
+                Some(format!(
+                    "container {:?} sets {name} to the sidecar without /agent-runtime: agent calls reach the Bedrock runtime, which serves none of them",
+                    c.name
+                ))
+            }
+            Some(_) => None,
+        }
     })
     .collect()
 }
