@@ -89,17 +89,23 @@ async fn retries_once_with_fresher_credentials_when_bedrock_says_they_expired() 
     assert_eq!(retries.with_label_values(&["gave_up"]).get(), 0);
 }
 
+/// An upstream that answers its first request as Bedrock answers expired
+/// credentials (then 200s).
+async fn expired_once() -> FakeUpstream {
+    FakeUpstream::start(vec![Answer::Whole(
+        403,
+        vec![("x-amzn-errortype", "ExpiredTokenException")],
+        r#"{"message":"expired"}"#,
+    )])
+    .await
+}
+
 #[tokio::test]
 async fn a_rejection_waits_for_an_attempt_already_under_way_while_failing() {
     // Refreshes have failed (an error is held) and the next attempt is
     // under way: its credentials are moments off, so the request waits
     // for them instead of getting Bedrock's 403 at once.
-    let upstream = FakeUpstream::start(vec![Answer::Whole(
-        403,
-        vec![("x-amzn-errortype", "ExpiredTokenException")],
-        r#"{"message":"expired"}"#,
-    )])
-    .await;
+    let upstream = expired_once().await;
     let cell = Arc::new(CredentialCell::new());
     cell.store(credentials("AKIDOLD"));
     cell.record_failure("InternalFailure".into());
@@ -193,12 +199,7 @@ async fn credentials_rejected_fresh_from_sts_are_not_refreshed_per_request() {
 
 #[tokio::test]
 async fn passes_the_rejection_through_when_no_fresher_credentials_come() {
-    let upstream = FakeUpstream::start(vec![Answer::Whole(
-        403,
-        vec![("x-amzn-errortype", "ExpiredTokenException")],
-        r#"{"message":"expired"}"#,
-    )])
-    .await;
+    let upstream = expired_once().await;
     let cell = Arc::new(CredentialCell::new());
     cell.store(credentials("AKIDOLD"));
     let setup = Setup {

@@ -226,39 +226,34 @@ pub(super) mod tests {
     /// An event message as Bedrock frames it, by aws-smithy-eventstream
     /// (the usage tap's tests use it too).
     pub(in crate::proxy::usage) fn message(kind: &str, payload: &str) -> Vec<u8> {
-        let msg = Message::new(Bytes::from(payload.to_owned()))
-            .add_header(Header::new(
-                ":message-type",
-                HeaderValue::String("event".into()),
-            ))
-            .add_header(Header::new(
-                ":event-type",
-                HeaderValue::String(kind.to_owned().into()),
-            ))
-            .add_header(Header::new(
-                ":content-type",
-                HeaderValue::String("application/json".into()),
-            ));
-        let mut buf = Vec::new();
-        write_message_to(&msg, &mut buf).unwrap();
-        buf
+        framed(
+            &[(":message-type", "event"), (":event-type", kind)],
+            payload,
+        )
     }
 
     /// An exception message as Bedrock ends a stream with one after its 200.
     pub(in crate::proxy::usage) fn exception(kind: &str, payload: &str) -> Vec<u8> {
-        let msg = Message::new(Bytes::from(payload.to_owned()))
-            .add_header(Header::new(
-                ":message-type",
-                HeaderValue::String("exception".into()),
-            ))
-            .add_header(Header::new(
-                ":exception-type",
-                HeaderValue::String(kind.to_owned().into()),
-            ))
-            .add_header(Header::new(
-                ":content-type",
-                HeaderValue::String("application/json".into()),
-            ));
+        framed(
+            &[(":message-type", "exception"), (":exception-type", kind)],
+            payload,
+        )
+    }
+
+    /// A JSON message with `headers` (string-valued) before its content type.
+    fn framed(headers: &[(&str, &str)], payload: &str) -> Vec<u8> {
+        let msg = headers
+            .iter()
+            .chain(&[(":content-type", "application/json")])
+            .fold(
+                Message::new(Bytes::from(payload.to_owned())),
+                |m, (name, value)| {
+                    m.add_header(Header::new(
+                        name.to_string(),
+                        HeaderValue::String(value.to_string().into()),
+                    ))
+                },
+            );
         let mut buf = Vec::new();
         write_message_to(&msg, &mut buf).unwrap();
         buf
