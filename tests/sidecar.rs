@@ -14,6 +14,7 @@ use std::time::Duration;
 use bedrock_broker::clock::SystemClock;
 use bedrock_broker::config::Env;
 use bedrock_broker::credentials::CredentialCell;
+use bedrock_broker::proxy::Proxy;
 use bedrock_broker::sidecar::{Sidecar, SidecarConfig};
 use http_body_util::BodyExt;
 use sidecar_support::{credentials, post, proxy, text, Answer, FakeUpstream, Setup};
@@ -273,6 +274,17 @@ async fn answers_in_the_dialect_of_the_clients_sdk() {
     assert!(json["message"].as_str().unwrap().contains("no credentials"));
 }
 
+/// A proxy with credentials and a 200 ms stream idle timeout.
+fn idle_timed_proxy(upstream: &FakeUpstream) -> Arc<Proxy> {
+    let cell = Arc::new(CredentialCell::new());
+    cell.store(credentials("AKID"));
+    let setup = Setup {
+        stream_idle_timeout: Some(Duration::from_millis(200)),
+        ..Setup::default()
+    };
+    proxy(upstream, cell, setup).0
+}
+
 /// An SSE answer that sends `events` and then stalls, through a proxy with
 /// a 200 ms stream idle timeout: its status, the bytes the client got, and
 /// the error the body ended with, if it did not end cleanly. The outer
@@ -283,13 +295,7 @@ async fn stalled_stream_read(events: Vec<&'static str>) -> (u16, Vec<u8>, Option
         events,
     )])
     .await;
-    let cell = Arc::new(CredentialCell::new());
-    cell.store(credentials("AKID"));
-    let setup = Setup {
-        stream_idle_timeout: Some(Duration::from_millis(200)),
-        ..Setup::default()
-    };
-    let (proxy, _) = proxy(&upstream, cell, setup);
+    let proxy = idle_timed_proxy(&upstream);
     let read = async {
         let answer = proxy
             .handle(post("/openai/v1/chat/completions", "{}"))
@@ -355,13 +361,7 @@ async fn a_streamed_answer_loses_a_length_its_error_tail_would_break() {
         vec!["data: {\"choices\":[]}\n\n"],
     )])
     .await;
-    let cell = Arc::new(CredentialCell::new());
-    cell.store(credentials("AKID"));
-    let setup = Setup {
-        stream_idle_timeout: Some(Duration::from_millis(200)),
-        ..Setup::default()
-    };
-    let (proxy, _) = proxy(&upstream, cell, setup);
+    let proxy = idle_timed_proxy(&upstream);
     let answer = proxy
         .handle(post("/openai/v1/chat/completions", "{}"))
         .await
