@@ -736,9 +736,16 @@ fn the_pod_is_told_what_it_may_not_expect() {
         &agents("http://127.0.0.1:9787"),
         "sets AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME to the sidecar without /agent-runtime"
     ));
-    assert!(inject(&agents("http://127.0.0.1:9787/agent-runtime"))
-        .warnings
-        .is_empty());
+    assert!(warned(
+        &agents("http://localhost:9787/agent-runtimex"),
+        "without /agent-runtime"
+    ));
+    for fine in [
+        "http://127.0.0.1:9787/agent-runtime",
+        "http://127.0.0.1:9787/agent-runtime/",
+    ] {
+        assert!(inject(&agents(fine)).warnings.is_empty(), "{fine}");
+    }
     // An HTTP proxy for the app's clients would take its calls to the
     // sidecar, unless NO_PROXY exempts the sidecar's address.
     let proxied = |env: Value| {

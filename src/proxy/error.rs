@@ -121,7 +121,7 @@ pub enum ProxyError {
     SigningFailed(String),
     #[error("{0}")]
     InvalidHost(&'static str),
-    #[error("the request's Transfer-Encoding is not chunked: bedrock-broker cannot undo other transfer codings (send the body plain, or with Content-Encoding)")]
+    #[error("the request's Transfer-Encoding is not plain chunked (another coding, or chunked twice): bedrock-broker undoes chunked once and no other transfer coding (send the body plain, or with Content-Encoding)")]
     TransferCoding,
     #[error("bedrock-broker answers only requests for its own pod: Host {0:?} is not a loopback name or address; add it to --allowed-hosts if it is yours")]
     HostNotAllowed(String),

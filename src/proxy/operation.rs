@@ -65,7 +65,10 @@ impl Operation {
             return false;
         }
         match self {
-            Self::Responses => path.trim_end_matches('/').ends_with("/responses"),
+            Self::Responses => matches!(
+                path.trim_end_matches('/'),
+                "/openai/v1/responses" | "/mantle/v1/responses"
+            ),
             Self::ChatCompletions
             | Self::Completions
             | Self::Embeddings
@@ -125,6 +128,11 @@ mod tests {
             Operation::Responses,
             "/openai/v1/responses/r1/cancel"
         ));
+        assert!(!post(
+            Operation::Responses,
+            "/openai/v1/responses/r1/responses"
+        ));
+        assert!(post(Operation::Responses, "/mantle/v1/responses/"));
         assert!(
             !Operation::ChatCompletions.reports_usage(&Method::GET, "/openai/v1/chat/completions")
         );

@@ -287,10 +287,10 @@ fn own_bedrock_endpoint(c: &Container, proxy_port: u16) -> Vec<String> {
             // The sidecar serves the Agents runtime under its own prefix.
             Some(rest)
                 if name == app_vars::AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME
-                    && !rest.starts_with("/agent-runtime") =>
+                    && rest.trim_end_matches('/') != "/agent-runtime" =>
             {
                 Some(format!(
-                    "container {:?} sets {name} to the sidecar without /agent-runtime: agent calls reach the Bedrock runtime, which serves none of them",
+                    "container {:?} sets {name} to the sidecar without /agent-runtime: agent calls reach another of its routes, which serves none of them",
                     c.name
                 ))
             }
