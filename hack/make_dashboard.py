@@ -82,23 +82,31 @@ def dashboard() -> dict:
     p.append(panel(21, "Pods by version and revision",
                    [(f"count by (version, revision) (bedrock_broker_build_info{{{SEL}}})", "{{version}} ({{revision}})")],
                    12, 50, desc="bedrock_broker_build_info: after an upgrade, a line that does not fall to 0 is pods still running the old image (restart them to get the new sidecar)."))
-    p.append(row(16, "Webhook", 58))
+    p.append(panel(23, "Answers that failed after their 200, by type",
+                   [(f"sum by (operation, type) (rate(bedrock_broker_stream_errors_total{{{SEL}}}[$__rate_interval]))", "{{operation}} {{type}}")],
+                   0, 58, unit="ops",
+                   desc="Counted as 200 in the requests panels: Bedrock's in-stream throttling and model errors, streams the sidecar cut off (upstream_idle_timeout), answers whose connection broke. Needs usage metrics (on by default)."))
+    p.append(panel(24, "Requests refused before they could be read",
+                   [(f"sum by (listener, reason) (rate(bedrock_broker_unread_requests_total{{{SEL}}}[$__rate_interval]))", "{{listener}} {{reason}}")],
+                   12, 58, unit="ops",
+                   desc="Bare 400 (malformed) and 431 (too_large) answers from the HTTP layer: a client sending broken requests. In no other panel."))
+    p.append(row(16, "Webhook", 66))
     p.append(panel(17, "Admissions by result",
                    [("sum by (result) (rate(bedrock_broker_webhook_admissions_total[$__rate_interval]))", "{{result}}")],
-                   0, 59, unit="ops"))
+                   0, 67, unit="ops"))
     p.append(panel(18, "Admission duration p99",
                    [("histogram_quantile(0.99, sum by (le, result) (rate(bedrock_broker_webhook_admission_duration_seconds_bucket[$__rate_interval])))", "{{result}}")],
-                   12, 59, unit="s"))
+                   12, 67, unit="s"))
     p.append(panel(19, "Namespace / ServiceAccount / LimitRange lookups by source",
                    [("sum by (object, source) (rate(bedrock_broker_webhook_lookups_total[$__rate_interval]))", "{{object}} {{source}}")],
-                   0, 67, unit="ops"))
+                   0, 75, unit="ops"))
     p.append(panel(20, "Certificate reloads",
                    [("sum by (result) (increase(bedrock_broker_webhook_tls_reloads_total[$__range]))", "{{result}}")],
-                   12, 67))
+                   12, 75))
     p.append(panel(22, "Webhook connections closed or refused",
                    [("sum by (listener) (rate(bedrock_broker_webhook_connections_refused_total[$__rate_interval]))", "refused at a limit ({{listener}})"),
                     ("sum(rate(bedrock_broker_webhook_reviews_closed_for_room_total[$__rate_interval]))", "closed to share the review budget")],
-                   0, 75, unit="ops",
+                   0, 83, unit="ops",
                    desc="Non-zero while the API server's reviews get 503 or time out: some pod is filling the webhook's connections or review budget (the chart's NetworkPolicy keeps pods off the port)."))
     return {
         "title": "bedrock-broker",
