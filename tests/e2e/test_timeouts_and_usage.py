@@ -159,6 +159,37 @@ def test_token_usage_is_counted_per_model_for_every_response_shape(start_sidecar
     assert sidecar.metric("bedrock_broker_time_to_first_token_seconds_count", {"operation": "converse_stream"}) == 1
 
 
+def test_cached_prompt_tokens_count_alike_whichever_api_reports_them(start_sidecar, irsa_env, fake_aws):
+    """OpenAI counts the tokens its prompt cache served inside
+    ``prompt_tokens``; Converse counts them apart. The same prompt, half of
+    it cached, must read the same in the metrics either way: ``input`` the
+    fresh tokens, ``cache_read`` the cached ones, never counted twice."""
+    sidecar = start_sidecar(irsa_env)
+    cached = {"x-fake-cached-tokens": "40"}
+    msgs = [{"role": "user", "content": [{"text": "one two three"}]}]
+    out = with_headers(bedrock_client(sidecar), cached).converse(modelId=MODEL_WITH_COLON, messages=msgs)
+    assert out["usage"]["cacheReadInputTokens"] == 40
+    wait_for(lambda: tokens(sidecar, MODEL_WITH_COLON, "cache_read") == 40, timeout=5, what="converse cache reads")
+    assert tokens(sidecar, MODEL_WITH_COLON, "input") == out["usage"]["inputTokens"]
+
+    oa = openai_client(sidecar)
+    r = oa.chat.completions.create(model="openai.gpt-oss-20b-1:0", messages=[{"role": "user", "content": "one two three"}],
+                                   extra_headers=cached)
+    assert r.usage.prompt_tokens_details.cached_tokens == 40
+    wait_for(lambda: tokens(sidecar, "openai.gpt-oss-20b-1:0", "cache_read") == 40, timeout=5, what="chat cache reads")
+    assert tokens(sidecar, "openai.gpt-oss-20b-1:0", "input") == r.usage.prompt_tokens - 40
+    assert tokens(sidecar, "openai.gpt-oss-20b-1:0", "input") == out["usage"]["inputTokens"]
+
+    chunks = list(oa.chat.completions.create(
+        model="openai.gpt-oss-120b-1:0", messages=[{"role": "user", "content": "one two three"}], stream=True,
+        stream_options={"include_usage": True}, extra_headers=cached,
+    ))
+    usage = [c.usage for c in chunks if c.usage][0]
+    assert usage.prompt_tokens_details.cached_tokens == 40
+    wait_for(lambda: tokens(sidecar, "openai.gpt-oss-120b-1:0", "cache_read") == 40, timeout=5, what="sse cache reads")
+    assert tokens(sidecar, "openai.gpt-oss-120b-1:0", "input") == usage.prompt_tokens - 40
+
+
 def test_a_guardrail_trace_does_not_hide_the_answers_tokens(start_sidecar, irsa_env, fake_aws):
     """With a guardrail's trace, Bedrock writes a second ``usage`` (policy
     units, no tokens) after the answer's; the answer's tokens still count."""

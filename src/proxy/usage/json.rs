@@ -81,7 +81,21 @@ impl Count {
 /// 480 of the 3,660 instructions reading usage cost a converse answer. The
 /// keys that count are ASCII; any other key is skipped with its value,
 /// valid or not.
-struct Key(Option<Count>);
+enum Key {
+    Count(Count),
+    /// OpenAI's breakdown of the input: `prompt_tokens_details` (Chat
+    /// Completions) or `input_tokens_details` (Responses).
+    InputDetails,
+    Other,
+}
+
+/// The part of OpenAI's input breakdown that counts: `cached_tokens` were
+/// served from the prompt cache, and are counted in `prompt_tokens` too.
+#[derive(Deserialize)]
+struct InputDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
 
 impl<'de> Deserialize<'de> for Key {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -92,7 +106,10 @@ impl<'de> Deserialize<'de> for Key {
                 f.write_str("a key of a usage object")
             }
             fn visit_bytes<E: de::Error>(self, key: &[u8]) -> Result<Key, E> {
-                Ok(Key(Count::of(key)))
+                Ok(match key {
+                    b"prompt_tokens_details" | b"input_tokens_details" => Key::InputDetails,
+                    _ => Count::of(key).map_or(Key::Other, Key::Count),
+                })
             }
             fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
                 self.visit_bytes(key.as_bytes())
@@ -109,6 +126,13 @@ impl<'de> Deserialize<'de> for Key {
 /// character or a lone surrogate escape) is skipped where the derive
 /// failed the object, and only an object is usage (the derive also took
 /// an array, by position).
+///
+/// OpenAI's shape counts the tokens its prompt cache served inside
+/// `prompt_tokens` (`input_tokens` in Responses) and says how many in
+/// `cached_tokens` of the input details; Converse and Anthropic count them
+/// apart from the input. Read the OpenAI way, they become `cache_read` and
+/// leave the input, so that `input` is the same thing for every API: the
+/// tokens read fresh. The counts never overlap.
 impl<'de> Deserialize<'de> for Usage {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct UsageVisitor;
@@ -120,15 +144,32 @@ impl<'de> Deserialize<'de> for Usage {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Usage, A::Error> {
                 let mut usage = Usage::default();
                 let mut seen = [false; 4];
-                while let Some(Key(count)) = map.next_key()? {
-                    let Some(count) = count else {
-                        map.next_value::<IgnoredAny>()?;
-                        continue;
+                let mut details: Option<Option<InputDetails>> = None;
+                while let Some(key) = map.next_key()? {
+                    let count = match key {
+                        Key::Count(count) => count,
+                        Key::InputDetails => {
+                            if details.is_some() {
+                                return Err(de::Error::duplicate_field("input_tokens_details"));
+                            }
+                            details = Some(map.next_value()?);
+                            continue;
+                        }
+                        Key::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
                     };
                     if std::mem::replace(&mut seen[count as usize], true) {
                         return Err(de::Error::duplicate_field(DIRECTIONS[count as usize]));
                     }
                     *usage.slot(count) = map.next_value()?;
+                }
+                if let Some(cached) = details.flatten().and_then(|d| d.cached_tokens) {
+                    usage.input = usage.input.map(|n| n.saturating_sub(cached));
+                    // A count of its own, where an answer gives one too
+                    // (LiteLLM's shape has both), is the one to trust.
+                    usage.cache_read.get_or_insert(cached);
                 }
                 Ok(usage)
             }
@@ -304,6 +345,33 @@ mod tests {
         let openai = br#"{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3,"prompt_tokens_details":{"cached_tokens":0}}"#;
         assert_eq!(read(openai).unwrap().input, Some(1));
         assert_eq!(read(openai).unwrap().output, Some(2));
+        // OpenAI counts cached tokens inside the prompt's: they move over.
+        let cached = Usage {
+            input: Some(6),
+            output: Some(2),
+            cache_read: Some(4),
+            cache_write: None,
+        };
+        let chat = br#"{"prompt_tokens":10,"completion_tokens":2,"total_tokens":12,"prompt_tokens_details":{"cached_tokens":4,"audio_tokens":0}}"#;
+        assert_eq!(read(chat), Some(cached));
+        let responses = br#"{"input_tokens":10,"input_tokens_details":{"cached_tokens":4},"output_tokens":2,"output_tokens_details":{"reasoning_tokens":1},"total_tokens":12}"#;
+        assert_eq!(read(responses), Some(cached));
+        // LiteLLM's shape says it twice; the direct count is kept.
+        let both = br#"{"prompt_tokens":10,"completion_tokens":2,"cache_read_input_tokens":4,"prompt_tokens_details":{"cached_tokens":4}}"#;
+        assert_eq!(read(both), Some(cached));
+        // More cached than the prompt held (a broken upstream): no wrap.
+        let over = br#"{"prompt_tokens":1,"prompt_tokens_details":{"cached_tokens":4}}"#;
+        assert_eq!(read(over).unwrap().input, Some(0));
+        for plain in [
+            &br#"{"prompt_tokens":10,"prompt_tokens_details":null}"#[..],
+            br#"{"prompt_tokens":10,"prompt_tokens_details":{"audio_tokens":3}}"#,
+            br#"{"prompt_tokens":10,"prompt_tokens_details":{"cached_tokens":null}}"#,
+        ] {
+            let usage = read(plain).unwrap();
+            assert_eq!((usage.input, usage.cache_read), (Some(10), None));
+        }
+        let twice = br#"{"prompt_tokens_details":{"cached_tokens":1},"input_tokens_details":{"cached_tokens":1}}"#;
+        assert_eq!(read(twice), None);
         // A key spelt with an escape is the same key.
         assert_eq!(read(br#"{"input\u0054okens":7}"#).unwrap().input, Some(7));
         // Keys that are not valid strings are skipped, not fatal.
@@ -356,6 +424,30 @@ mod tests {
                 alias = "cacheWriteInputTokenCount"
             )]
             cache_write: Option<u64>,
+            #[serde(default, alias = "input_tokens_details")]
+            prompt_tokens_details: Option<DerivedDetails>,
+        }
+
+        #[derive(Debug, Deserialize)]
+        struct DerivedDetails {
+            #[serde(default)]
+            cached_tokens: Option<u64>,
+        }
+
+        impl Derived {
+            /// With OpenAI's cached tokens taken out of the input.
+            fn usage(self) -> Usage {
+                let cached = self.prompt_tokens_details.and_then(|d| d.cached_tokens);
+                Usage {
+                    input: match (self.input, cached) {
+                        (Some(n), Some(c)) => Some(n.saturating_sub(c)),
+                        (n, _) => n,
+                    },
+                    output: self.output,
+                    cache_read: self.cache_read.or(cached),
+                    cache_write: self.cache_write,
+                }
+            }
         }
 
         fn key() -> impl Strategy<Value = String> {
@@ -378,6 +470,8 @@ mod tests {
                 "cacheWriteInputTokens",
                 "cache_creation_input_tokens",
                 "cacheWriteInputTokenCount",
+                "prompt_tokens_details",
+                "input_tokens_details",
             ]
             .map(|k| format!("\"{k}\""));
             prop_oneof![
@@ -399,6 +493,8 @@ mod tests {
                 1 => Just("18446744073709551616".to_owned()),
                 1 => Just(r#""12""#.to_owned()),
                 1 => Just(r#"{"cached_tokens":3,"x":[1,{"y":null}]}"#.to_owned()),
+                1 => Just(r#"{"audio_tokens":3}"#.to_owned()),
+                1 => any::<u64>().prop_map(|n| format!(r#"{{"cached_tokens":{n}}}"#)),
                 1 => Just("[true,false]".to_owned()),
             ]
         }
@@ -435,12 +531,7 @@ mod tests {
             #[test]
             fn usage_reads_as_the_derive_did(doc in object()) {
                 let ours = serde_json::from_slice::<Usage>(doc.as_bytes()).ok();
-                let derived = serde_json::from_slice::<Derived>(doc.as_bytes()).ok().map(|d| Usage {
-                    input: d.input,
-                    output: d.output,
-                    cache_read: d.cache_read,
-                    cache_write: d.cache_write,
-                });
+                let derived = serde_json::from_slice::<Derived>(doc.as_bytes()).ok().map(Derived::usage);
                 prop_assert_eq!(ours, derived, "{}", doc);
             }
 

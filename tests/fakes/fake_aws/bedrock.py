@@ -160,7 +160,9 @@ async def handle_model_op(state: FakeState, request: web.Request, record: dict, 
     user_text = last_user_text(data)
     rid = {"x-amzn-RequestId": new_request_id()}
     if op == "converse":
-        return json_response(200, converse_response(model_id, user_text, wants_guardrail_trace(data)), headers=rid)
+        cached = max(0, header_int(request, "x-fake-cached-tokens", 0) or 0)
+        reply = converse_response(model_id, user_text, wants_guardrail_trace(data), cached)
+        return json_response(200, reply, headers=rid)
     if op == "count-tokens":
         text = json.dumps(data.get("input", {}))
         return json_response(200, {"inputTokens": max(1, len(text.split()))}, headers=rid)
@@ -194,11 +196,13 @@ async def handle_openai_chat(state: FakeState, request: web.Request, record: dic
     if denied is not None:
         return denied
     user_text = last_user_text(data)
+    cached = max(0, header_int(request, "x-fake-cached-tokens", 0) or 0)
     if not data.get("stream"):
-        return json_response(200, openai_completion(model, user_text), headers={"x-amzn-RequestId": new_request_id()})
+        reply = openai_completion(model, user_text, cached)
+        return json_response(200, reply, headers={"x-amzn-RequestId": new_request_id()})
     ctl = StreamControls.from_request(request)
     include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
-    plan = plan_openai_stream(model, user_text, ctl.chunks, ctl.pad, include_usage)
+    plan = plan_openai_stream(model, user_text, ctl.chunks, ctl.pad, include_usage, cached)
     return await send_stream(state, request, record, "openai-chat-stream", model, plan, ctl)
 
 

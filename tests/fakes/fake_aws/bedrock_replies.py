@@ -51,14 +51,19 @@ def token_counts(user_text: str, output: str) -> tuple:
     return max(1, len(user_text.split())), max(1, len(output.split()))
 
 
-def converse_response(model_id: str, user_text: str, traced: bool = False) -> dict:
-    """Converse JSON response; with ``traced``, a guardrail trace after the usage."""
+def converse_response(model_id: str, user_text: str, traced: bool = False, cached: int = 0) -> dict:
+    """Converse JSON response; with ``traced``, a guardrail trace after the usage.
+    ``cached`` prompt tokens more were read from the cache: Converse counts
+    them apart from ``inputTokens``."""
     text = reply_text(model_id, user_text)
     inp, out = token_counts(user_text, text)
+    usage = {"inputTokens": inp, "outputTokens": out, "totalTokens": inp + cached + out}
+    if cached:
+        usage.update(cacheReadInputTokens=cached, cacheWriteInputTokens=0)
     reply = {
         "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
         "stopReason": "end_turn",
-        "usage": {"inputTokens": inp, "outputTokens": out, "totalTokens": inp + out},
+        "usage": usage,
         "metrics": {"latencyMs": 1},
     }
     if traced:
@@ -112,7 +117,19 @@ def invoke_response(model_id: str, user_text: str) -> dict:
     }
 
 
-def openai_completion(model: str, user_text: str) -> dict:
+def openai_usage(inp: int, out: int, cached: int) -> dict:
+    """OpenAI's ``usage``: ``cached`` prompt tokens more were read from the
+    cache, which OpenAI counts inside ``prompt_tokens`` too."""
+    return {
+        "prompt_tokens": inp + cached,
+        "completion_tokens": out,
+        "total_tokens": inp + cached + out,
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+    }
+
+
+def openai_completion(model: str, user_text: str, cached: int = 0) -> dict:
     """OpenAI ``chat.completion`` object."""
     text = reply_text(model, user_text)
     inp, out = token_counts(user_text, text)
@@ -124,5 +141,5 @@ def openai_completion(model: str, user_text: str) -> dict:
         "choices": [
             {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop", "logprobs": None}
         ],
-        "usage": {"prompt_tokens": inp, "completion_tokens": out, "total_tokens": inp + out},
+        "usage": openai_usage(inp, out, cached),
     }

@@ -13,7 +13,7 @@ from typing import Any
 
 import eventstream  # tests/fakes/eventstream.py, next to this package: the tests' clients use it too
 
-from .bedrock_replies import guardrail_trace, invoke_response, stream_pieces, token_counts
+from .bedrock_replies import guardrail_trace, invoke_response, openai_usage, stream_pieces, token_counts
 from .common import json_bytes, random_chars
 
 
@@ -97,7 +97,7 @@ def plan_invoke_stream(model_id: str, user_text: str, n: int, pad: int) -> Strea
     )
 
 
-def plan_openai_stream(model: str, user_text: str, n: int, pad: int, include_usage: bool) -> StreamPlan:
+def plan_openai_stream(model: str, user_text: str, n: int, pad: int, include_usage: bool, cached: int = 0) -> StreamPlan:
     """OpenAI chat.completion.chunk SSE stream ending in ``data: [DONE]``.
 
     With ``include_usage``, every chunk before the usage chunk carries
@@ -119,7 +119,7 @@ def plan_openai_stream(model: str, user_text: str, n: int, pad: int, include_usa
         encoded.append(sse([{"index": 0, "delta": delta, "finish_reason": None}]))
     trailer = sse([{"index": 0, "delta": {}, "finish_reason": "stop"}])
     if include_usage:
-        trailer += sse([], usage={"prompt_tokens": inp, "completion_tokens": out, "total_tokens": inp + out})
+        trailer += sse([], usage=openai_usage(inp, out, cached))
     return StreamPlan(
         content_type="text/event-stream",
         preamble=b"",
