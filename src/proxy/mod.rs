@@ -258,7 +258,7 @@ impl Proxy {
         }
         let tap = match (&self.usage, model) {
             (Some(usage), Some(model)) if response.status().is_success() => {
-                usage.tap(model, operation, response.headers(), kind, started)
+                Some(usage.tap(model, operation, response.headers(), kind, started))
             }
             _ => None,
         };

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import urllib.parse
 import uuid
 
 import boto3
@@ -116,6 +118,29 @@ def test_an_exception_ending_a_stream_is_counted_beside_its_200(start_sidecar, i
     wait_for(lambda: sidecar.metric("bedrock_broker_stream_errors_total", labels) == 1, timeout=10,
              what="the stream's exception counted")
     assert sidecar.metric("bedrock_broker_requests_total", {"operation": "converse_stream", "code": "200", "auth": "sigv4"}) == 1
+
+
+def test_an_answer_that_broke_off_is_counted_whatever_carried_its_usage(start_sidecar, irsa_env, fake_aws):
+    """An answer whose connection breaks before its end is an error the
+    200 hides: InvokeModel's (usage in its headers) as much as Converse's.
+    Raw HTTP: botocore retries a short body and then hands back an empty
+    Converse answer without raising."""
+    sidecar = start_sidecar(irsa_env)
+    body = b'{"messages":[{"role":"user","content":[{"text":"a b"}]}]}'
+    for operation, path in (("converse", f"/model/{MODEL_WITH_COLON}/converse"),
+                            ("invoke", "/model/anthropic.claude-v2/invoke")):
+        conn = http.client.HTTPConnection(urllib.parse.urlsplit(sidecar.proxy).netloc, timeout=10)
+        conn.request("POST", path, body=body, headers={"content-type": "application/json", "x-fake-break-body": "1"})
+        response = conn.getresponse()
+        assert response.status == 200
+        with pytest.raises(http.client.IncompleteRead):
+            response.read()
+        conn.close()
+        labels = {"operation": operation, "type": "upstream_broke_off"}
+        wait_for(lambda: sidecar.metric("bedrock_broker_stream_errors_total", labels) == 1, timeout=10,
+                 what=f"the broken {operation} answer counted")
+    # Bedrock billed the InvokeModel call: its headers' tokens still count.
+    assert tokens(sidecar, "anthropic.claude-v2", "input") > 0
 
 
 def tokens(sidecar, model: str, direction: str) -> float:

@@ -149,9 +149,10 @@ impl UsageRecorder {
     }
 
     /// Starts watching one successful response, whose model now counts.
-    /// Returns `None` when there is nothing to learn from the body (usage
-    /// already in the headers), or nothing the tap can read (a
-    /// `content-encoding` other than gzip or deflate).
+    /// A body with nothing to learn from (usage already in the headers) or
+    /// nothing the tap can read (a `content-encoding` other than gzip or
+    /// deflate) is still watched for how it ends: a connection that broke
+    /// before its end is an error whatever the headers said.
     pub fn tap(
         self: &Arc<Self>,
         model: ModelRef,
@@ -159,35 +160,37 @@ impl UsageRecorder {
         headers: &HeaderMap,
         kind: StreamKind,
         started: Instant,
-    ) -> Option<UsageTap> {
+    ) -> UsageTap {
         let model = self.models.resolve(model);
         let (usage, encoded) = Self::from_headers(headers);
-        if let Some(usage) = usage {
+        let coding = if let Some(usage) = usage {
             Self::record(&model, usage);
-            return None;
-        }
-        let coding = if encoded {
-            Coding::of(headers)
+            None
+        } else if encoded {
+            let coding = Coding::of(headers);
+            if coding.is_none() {
+                tracing::debug!(
+                    operation = operation.as_str(),
+                    "no token usage: a content-encoding the proxy cannot read"
+                );
+            }
+            coding
         } else {
             Some(Coding::Identity)
         };
-        let Some(coding) = coding else {
-            tracing::debug!(
-                operation = operation.as_str(),
-                "no token usage: a content-encoding the proxy cannot read"
-            );
-            return None;
+        let (parser, inflater) = match coding {
+            Some(coding) => (Parser::for_kind(kind), Inflater::new(coding)),
+            None => (Parser::Unread, None),
         };
-        let parser = Parser::for_kind(kind);
-        Some(UsageTap {
+        UsageTap {
             recorder: self.clone(),
             model,
             first_chunk: parser.is_stream().then_some((operation, started)),
             operation,
             cut: None,
             parser,
-            inflater: Inflater::new(coding),
-        })
+            inflater,
+        }
     }
 }
 
@@ -220,12 +223,11 @@ pub fn bench_tap(headers: &HeaderMap, frames: &[bytes::Bytes]) -> (u64, u64) {
     let recorder = Arc::new(UsageRecorder::new(&ttft, &errors, models));
     let model = recorder.models.lookup("m");
     let kind = StreamKind::of(headers);
-    if let Some(mut tap) = recorder.tap(model, Operation::Other, headers, kind, Instant::now()) {
-        for frame in frames {
-            tap.observe(frame);
-        }
-        tap.finish();
+    let mut tap = recorder.tap(model, Operation::Other, headers, kind, Instant::now());
+    for frame in frames {
+        tap.observe(frame);
     }
+    tap.finish();
     let count = |d: &str| tokens.with_label_values(&["m", d]).get();
     (count("input"), count("output"))
 }
@@ -269,13 +271,12 @@ mod tests {
         r.tokens.with_label_values(&[model, direction]).get()
     }
 
+    fn stream_errors(r: &Recorder, operation: &str, kind: &str) -> u64 {
+        r.stream_errors.with_label_values(&[operation, kind]).get()
+    }
+
     /// A tap on an answer for `model`, as the proxy opens one.
-    fn open_tap(
-        r: &Recorder,
-        model: &str,
-        operation: Operation,
-        h: &HeaderMap,
-    ) -> Option<UsageTap> {
+    fn open_tap(r: &Recorder, model: &str, operation: Operation, h: &HeaderMap) -> UsageTap {
         r.tap(
             known(r, model),
             operation,
@@ -307,7 +308,7 @@ mod tests {
     fn reads_usage_from_plain_json_split_over_frames() {
         let r = recorder();
         let body = br#"{"output":{},"usage":{"inputTokens":12,"outputTokens":34,"cacheReadInputTokens":5}}"#;
-        let mut tap = open_tap(&r, "m", Operation::Converse, &headers("application/json")).unwrap();
+        let mut tap = open_tap(&r, "m", Operation::Converse, &headers("application/json"));
         tap.observe(&Bytes::copy_from_slice(&body[..20]));
         tap.observe(&Bytes::copy_from_slice(&body[20..]));
         tap.finish();
@@ -340,7 +341,7 @@ mod tests {
             " ".repeat(2000)
         );
         let r = recorder();
-        let mut tap = open_tap(&r, "m", Operation::Converse, &headers("application/json")).unwrap();
+        let mut tap = open_tap(&r, "m", Operation::Converse, &headers("application/json"));
         for byte in body.bytes() {
             let mut buffer = vec![0u8; 8192];
             buffer[0] = byte;
@@ -377,7 +378,7 @@ mod tests {
             if let Some(e) = encoding {
                 h.insert(http::header::CONTENT_ENCODING, e.parse().unwrap());
             }
-            let mut tap = open_tap(&r, "m", Operation::Converse, &h).unwrap();
+            let mut tap = open_tap(&r, "m", Operation::Converse, &h);
             let mut most = 0;
             for frame in bytes.chunks(16 * 1024) {
                 tap.observe(&Bytes::copy_from_slice(frame));
@@ -406,7 +407,7 @@ mod tests {
             r#"{"usage":{"inputTokens":9223372036854775808,"outputTokens":9223372036854775808}}"#,
             r#"{"usage":{"inputTokens":9223372036854775808,"outputTokens":4294967297}}"#,
         ] {
-            let mut tap = open_tap(&r, "m", Operation::Converse, &h).unwrap();
+            let mut tap = open_tap(&r, "m", Operation::Converse, &h);
             tap.observe(&Bytes::from_static(body.as_bytes()));
             tap.finish();
         }
@@ -426,7 +427,7 @@ mod tests {
         );
         let r = recorder();
         let h = headers("application/json");
-        let mut tap = open_tap(&r, "m", Operation::Converse, &h).unwrap();
+        let mut tap = open_tap(&r, "m", Operation::Converse, &h);
         let frames = body.as_bytes().chunks(16 * 1024);
         let n = frames.len();
         let mut copied = 0;
@@ -461,7 +462,7 @@ mod tests {
         let key = body.find(r#""usage":{"inputTokens""#).unwrap();
         let r = recorder();
         let h = headers("application/json");
-        let mut tap = open_tap(&r, "m", Operation::Converse, &h).unwrap();
+        let mut tap = open_tap(&r, "m", Operation::Converse, &h);
         let (a, b) = body.as_bytes().split_at(key + 3);
         for frame in a.chunks(16 * 1024).chain(b.chunks(16 * 1024)) {
             tap.observe(&Bytes::copy_from_slice(frame));
@@ -481,8 +482,7 @@ mod tests {
             "gpt",
             Operation::ChatCompletions,
             &headers("text/event-stream"),
-        )
-        .unwrap();
+        );
         for piece in stream.as_bytes().chunks(9) {
             tap.observe(&Bytes::copy_from_slice(piece));
         }
@@ -512,8 +512,7 @@ mod tests {
             "c",
             Operation::ConverseStream,
             &headers("application/vnd.amazon.eventstream"),
-        )
-        .unwrap();
+        );
         for piece in all.chunks(7) {
             tap.observe(&Bytes::copy_from_slice(piece));
         }
@@ -531,8 +530,7 @@ mod tests {
             "i",
             Operation::InvokeStream,
             &headers("application/vnd.amazon.eventstream"),
-        )
-        .unwrap();
+        );
         tap.observe(&event("chunk", r#"{"bytes":"e30="}"#));
         tap.observe(&event("chunk", &payload));
         tap.finish();
@@ -546,7 +544,7 @@ mod tests {
         // else, an alert on 429s or 5xx never saw streamed traffic.
         let r = recorder();
         let es = headers("application/vnd.amazon.eventstream");
-        let mut tap = open_tap(&r, "c", Operation::ConverseStream, &es).unwrap();
+        let mut tap = open_tap(&r, "c", Operation::ConverseStream, &es);
         tap.observe(&event("messageStart", r#"{"role":"assistant"}"#));
         tap.observe(&Bytes::from(eventstream::tests::exception(
             "throttlingException",
@@ -556,7 +554,7 @@ mod tests {
         let errors = |op: &str, kind: &str| r.stream_errors.with_label_values(&[op, kind]).get();
         assert_eq!(errors("converse_stream", "throttlingException"), 1);
         // A name Bedrock may add later is `other`: the label stays bounded.
-        let mut tap = open_tap(&r, "i", Operation::InvokeStream, &es).unwrap();
+        let mut tap = open_tap(&r, "i", Operation::InvokeStream, &es);
         tap.observe(&Bytes::from(eventstream::tests::exception(
             "brandNewException",
             "{}",
@@ -564,7 +562,7 @@ mod tests {
         tap.finish();
         assert_eq!(errors("invoke_stream", "other"), 1);
         // A stream that ends well counts none.
-        let mut tap = open_tap(&r, "c", Operation::ConverseStream, &es).unwrap();
+        let mut tap = open_tap(&r, "c", Operation::ConverseStream, &es);
         tap.observe(&event("metadata", r#"{"usage":{"inputTokens":1}}"#));
         tap.finish();
         let all: u64 = ["throttlingException", "other"]
@@ -574,12 +572,12 @@ mod tests {
         assert_eq!(all, 1);
         // The proxy's own cut counts under its reason, unless Bedrock said
         // why the stream ends.
-        let mut tap = open_tap(&r, "c", Operation::ConverseStream, &es).unwrap();
+        let mut tap = open_tap(&r, "c", Operation::ConverseStream, &es);
         tap.observe(&event("messageStart", r#"{"role":"assistant"}"#));
         tap.cut_off("upstream_idle_timeout");
         tap.finish();
         assert_eq!(errors("converse_stream", "upstream_idle_timeout"), 1);
-        let mut tap = open_tap(&r, "c", Operation::ConverseStream, &es).unwrap();
+        let mut tap = open_tap(&r, "c", Operation::ConverseStream, &es);
         tap.observe(&Bytes::from(eventstream::tests::exception(
             "modelStreamErrorException",
             "{}",
@@ -591,7 +589,7 @@ mod tests {
         // A compressed body that will not decode still says how it ended.
         let mut gz = es.clone();
         gz.insert("content-encoding", "gzip".parse().unwrap());
-        let mut tap = open_tap(&r, "c", Operation::ConverseStream, &gz).unwrap();
+        let mut tap = open_tap(&r, "c", Operation::ConverseStream, &gz);
         tap.observe(&Bytes::from_static(b"not gzip at all"));
         tap.cut_off("upstream_broke_off");
         tap.finish();
@@ -619,7 +617,7 @@ mod tests {
         ] {
             let mut h = headers(ct);
             h.insert("content-encoding", "gzip".parse().unwrap());
-            let mut tap = open_tap(&r, model, Operation::Converse, &h).unwrap();
+            let mut tap = open_tap(&r, model, Operation::Converse, &h);
             for piece in body.chunks(5) {
                 tap.observe(&Bytes::copy_from_slice(piece));
             }
@@ -637,9 +635,17 @@ mod tests {
         let r = recorder();
         let mut h = headers("application/json");
         h.insert("content-encoding", "br".parse().unwrap());
-        assert!(open_tap(&r, "b", Operation::Converse, &h).is_none());
+        let mut tap = open_tap(&r, "b", Operation::Converse, &h);
+        tap.observe(&Bytes::from_static(br#"{"usage":{"inputTokens":5}}"#));
+        tap.finish();
+        assert_eq!(count(&r, "b", "input"), 0);
+        // Unread, but how it ended still counts.
+        let mut tap = open_tap(&r, "b", Operation::Converse, &h);
+        tap.cut_off("upstream_broke_off");
+        tap.finish();
+        assert_eq!(stream_errors(&r, "converse", "upstream_broke_off"), 1);
         h.insert("content-encoding", "gzip".parse().unwrap());
-        let mut tap = open_tap(&r, "c", Operation::Converse, &h).unwrap();
+        let mut tap = open_tap(&r, "c", Operation::Converse, &h);
         // Plain JSON labelled gzip: undecodable, so nothing is counted.
         tap.observe(&Bytes::from_static(br#"{"usage":{"inputTokens":5}}"#));
         tap.observe(&Bytes::from_static(b"more"));
@@ -653,11 +659,24 @@ mod tests {
         let mut h = headers("application/json");
         h.insert("x-amzn-bedrock-input-token-count", "11".parse().unwrap());
         h.insert("x-amzn-bedrock-output-token-count", "22".parse().unwrap());
-        assert!(open_tap(&r, "x", Operation::Invoke, &h).is_none());
+        let mut tap = open_tap(&r, "x", Operation::Invoke, &h);
         assert_eq!(
             (count(&r, "x", "input"), count(&r, "x", "output")),
             (11, 22)
         );
+        // The body's own usage is not counted a second time.
+        tap.observe(&Bytes::from_static(
+            br#"{"usage":{"input_tokens":11,"output_tokens":22}}"#,
+        ));
+        tap.finish();
+        assert_eq!(count(&r, "x", "input"), 11);
+        assert_eq!(stream_errors(&r, "invoke", "upstream_broke_off"), 0);
+        // A body that broke off is an error, usage in the headers or not.
+        let mut tap = open_tap(&r, "x", Operation::Invoke, &h);
+        tap.cut_off("upstream_broke_off");
+        tap.finish();
+        assert_eq!(stream_errors(&r, "invoke", "upstream_broke_off"), 1);
+        assert_eq!(count(&r, "x", "input"), 22);
     }
 
     #[test]
@@ -777,7 +796,7 @@ mod tests {
             "text/event-stream",
             "application/vnd.amazon.eventstream",
         ] {
-            let mut tap = open_tap(&r, "g", Operation::Other, &headers(ct)).unwrap();
+            let mut tap = open_tap(&r, "g", Operation::Other, &headers(ct));
             tap.observe(&Bytes::from_static(
                 b"\x00\x00\x00\x20garbage\n\ndata: {\"usage\": 5}\n",
             ));

@@ -32,6 +32,9 @@ pub enum Parser {
     Json(JsonBody),
     Sse(Box<SseScanner>),
     EventStream(Box<EventScanner>),
+    /// Nothing to read in the body (its usage came in the headers, or in
+    /// a coding the tap cannot undo): only how it ends is watched.
+    Unread,
 }
 
 impl Parser {
@@ -44,7 +47,7 @@ impl Parser {
     }
 
     pub fn is_stream(&self) -> bool {
-        !matches!(self, Self::Json(_))
+        matches!(self, Self::Sse(_) | Self::EventStream(_))
     }
 
     fn observe(&mut self, data: Piece<'_>) {
@@ -52,6 +55,7 @@ impl Parser {
             Self::Json(body) => body.push(data),
             Self::Sse(scanner) => scanner.observe(data.bytes()),
             Self::EventStream(scanner) => scanner.observe(data.bytes()),
+            Self::Unread => {}
         }
     }
 
@@ -60,6 +64,7 @@ impl Parser {
             Self::Json(body) => body.usage(),
             Self::Sse(scanner) => scanner.finish(),
             Self::EventStream(scanner) => return scanner.finish(),
+            Self::Unread => None,
         };
         Ending {
             usage,

@@ -32,7 +32,7 @@ from .bedrock_replies import (
 from .common import BadFakeHeader, header_int, json_response, new_request_id, parse_json_body
 from .state import STATE_KEY, FakeState
 from .stream_plans import agent_answer, plan_converse_stream, plan_invoke_stream, plan_openai_stream
-from .streaming import StreamControls, send_stream
+from .streaming import StreamControls, send_broken_off, send_stream
 
 MODEL_ROUTE_RE = re.compile(
     r"^/model/(?P<model>[^/]+)/(?P<op>converse|converse-stream|invoke|invoke-with-response-stream|count-tokens)$"
@@ -162,6 +162,8 @@ async def handle_model_op(state: FakeState, request: web.Request, record: dict, 
     if op == "converse":
         cached = max(0, header_int(request, "x-fake-cached-tokens", 0) or 0)
         reply = converse_response(model_id, user_text, wants_guardrail_trace(data), cached)
+        if request.headers.get("x-fake-break-body"):
+            return await send_broken_off(request, reply, rid)
         return json_response(200, reply, headers=rid)
     if op == "count-tokens":
         text = json.dumps(data.get("input", {}))
@@ -174,6 +176,8 @@ async def handle_model_op(state: FakeState, request: web.Request, record: dict, 
             "X-Amzn-Bedrock-Output-Token-Count": str(out["usage"]["output_tokens"]),
             "X-Amzn-Bedrock-Invocation-Latency": "1",
         }
+        if request.headers.get("x-fake-break-body"):
+            return await send_broken_off(request, out, headers)
         return json_response(200, out, headers=headers)
     ctl = StreamControls.from_request(request)
     if op == "converse-stream":

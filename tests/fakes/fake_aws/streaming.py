@@ -10,7 +10,7 @@ from typing import Optional
 from aiohttp import web
 
 from .bedrock_records import finalize_record
-from .common import header_int, new_request_id
+from .common import header_int, json_bytes, new_request_id
 from .state import FakeState, StreamState
 from .stream_plans import StreamPlan
 
@@ -110,6 +110,21 @@ def _abort(request: web.Request, stream: StreamState, resp: web.StreamResponse, 
     stream.gave_up = gave_up
     stream.aborted = not gave_up
     log.info("stream %s: %s after %d chunk(s)", stream.stream_id, "gave up" if gave_up else "aborting", stream.chunks_sent)
+    if request.transport is not None:
+        request.transport.abort()
+    return resp
+
+
+async def send_broken_off(request: web.Request, payload: dict, headers: dict) -> web.StreamResponse:
+    """A JSON answer whose connection breaks halfway (``x-fake-break-body``):
+    its headers and ``Content-Length`` as usual, then half its bytes, then
+    the connection is dropped."""
+    body = json_bytes(payload)
+    resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json", **headers})
+    resp.content_length = len(body)
+    await resp.prepare(request)
+    await resp.write(body[: len(body) // 2])
+    log.info("answer broken off after %d of %d bytes", len(body) // 2, len(body))
     if request.transport is not None:
         request.transport.abort()
     return resp
