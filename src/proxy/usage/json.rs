@@ -29,6 +29,18 @@ impl Usage {
         }
     }
 
+    /// These counts, with each one `newer` gives replacing its own: an
+    /// Anthropic stream sends the input tokens in its first event and the
+    /// output in a later one.
+    pub(super) fn updated_by(self, newer: Usage) -> Usage {
+        Usage {
+            input: newer.input.or(self.input),
+            output: newer.output.or(self.output),
+            cache_read: newer.cache_read.or(self.cache_read),
+            cache_write: newer.cache_write.or(self.cache_write),
+        }
+    }
+
     pub(super) fn slot(&mut self, count: Count) -> &mut Option<u64> {
         match count {
             Count::Input => &mut self.input,

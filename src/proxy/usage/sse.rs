@@ -1,6 +1,7 @@
-//! Usage in a `text/event-stream` response (the OpenAI-compatible API):
-//! OpenAI sends it in the last chunk, so the last `data:` line carrying a
-//! `"usage"` key wins.
+//! Usage in a `text/event-stream` response (the OpenAI-compatible and
+//! Anthropic Messages APIs): OpenAI sends it in the last chunk; Anthropic
+//! the input tokens in `message_start` and the output in `message_delta`.
+//! So each `data:` line carrying a `"usage"` key updates the counts it has.
 
 use std::sync::LazyLock;
 
@@ -67,7 +68,7 @@ impl SseScanner {
             return;
         }
         if let Some(u) = Envelope::usage(payload.trim_ascii()) {
-            self.last = Some(u);
+            self.last = Some(self.last.map_or(u, |earlier| earlier.updated_by(u)));
         }
     }
 }
@@ -97,12 +98,13 @@ fn only_null_usage(after_key: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::proxy::usage::eventstream::tests::split;
+    use crate::proxy::usage::json::Count;
     use proptest::prelude::*;
 
     /// What the scanner did before it skipped null usage: parse every line
-    /// that names `"usage"`.
+    /// that names `"usage"`, each count the latest given.
     fn parsed_whenever_named(lines: &[String]) -> Option<Usage> {
-        let mut last = None;
+        let mut last: Option<Usage> = None;
         for line in lines {
             let Some(payload) = line.as_bytes().strip_prefix(b"data:") else {
                 continue;
@@ -111,7 +113,13 @@ mod tests {
                 continue;
             }
             if let Some(u) = Envelope::usage(payload.trim_ascii()) {
-                last = Some(u);
+                let mut merged = last.unwrap_or_default();
+                for count in Count::ALL {
+                    if let Some(n) = u.get(count) {
+                        *merged.slot(count) = Some(n);
+                    }
+                }
+                last = Some(merged);
             }
         }
         last
@@ -137,6 +145,7 @@ mod tests {
             (0u32..900, 0u32..900)
                 .prop_map(|(p, c)| format!(r#"{{"prompt_tokens":{p},"completion_tokens":{c}}}"#)),
             (0u32..900).prop_map(|p| format!(r#"{{"inputTokens":{p}}}"#)),
+            (0u32..900).prop_map(|c| format!(r#"{{"output_tokens":{c}}}"#)),
             Just(r#""usage""#.to_owned()),
         ];
         (space.clone(), space.clone(), space, value)
@@ -192,6 +201,32 @@ mod tests {
         next.observe(long.as_bytes());
         next.observe(format!("{tail}\n{tail}\n").as_bytes());
         assert_eq!(next.finish().and_then(|u| u.input), Some(5));
+    }
+
+    #[test]
+    fn an_anthropic_stream_gives_its_input_first_and_its_output_last() {
+        let lines: Vec<String> = [
+            "event: message_start",
+            r#"data: {"type":"message_start","message":{"id":"m","usage":{"input_tokens":100,"cache_creation_input_tokens":500,"cache_read_input_tokens":1000,"output_tokens":1}}}"#,
+            "event: content_block_delta",
+            r#"data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#,
+            "event: message_delta",
+            r#"data: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":20}}"#,
+            "event: message_stop",
+            r#"data: {"type":"message_stop"}"#,
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let usage = scanned(&lines, &[]).unwrap();
+        assert_eq!(
+            (
+                usage.input,
+                usage.output,
+                usage.cache_read,
+                usage.cache_write
+            ),
+            (Some(100), Some(20), Some(1000), Some(500))
+        );
     }
 
     #[test]
