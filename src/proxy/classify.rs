@@ -46,21 +46,31 @@ pub fn classify(path: &str) -> Classified {
         };
     }
     if let Some(rest) = path.strip_prefix(Prefix::Mantle.path()) {
+        // Mantle serves most models' OpenAI API under `v1/`, some under
+        // `openai/v1/`, and Anthropic's Messages API under `anthropic/v1/`.
+        let operation = if let Some(rest) = rest.strip_prefix("anthropic/v1/") {
+            anthropic_operation(rest)
+        } else {
+            rest.strip_prefix("v1/")
+                .or_else(|| rest.strip_prefix("openai/v1/"))
+                .map_or(Operation::Other, openai_operation)
+        };
         return Classified {
             prefix: Prefix::Mantle,
-            operation: rest
-                .strip_prefix("v1/")
-                .map_or(Operation::Other, openai_operation),
+            operation,
             dialect: Dialect::OpenAi,
         };
     }
-    let (operation, dialect) = match path.strip_prefix("/openai/") {
-        Some(rest) => (
+    let (operation, dialect) = if let Some(rest) = path.strip_prefix("/openai/") {
+        (
             rest.strip_prefix("v1/")
                 .map_or(Operation::Other, openai_operation),
             Dialect::OpenAi,
-        ),
-        None => (runtime_operation(path), Dialect::Aws),
+        )
+    } else if let Some(rest) = path.strip_prefix("/anthropic/v1/") {
+        (anthropic_operation(rest), Dialect::Aws)
+    } else {
+        (runtime_operation(path), Dialect::Aws)
     };
     Classified {
         prefix: Prefix::Runtime,
@@ -108,6 +118,16 @@ fn openai_operation(rest: &str) -> Operation {
         "models" => Operation::Models,
         r if r.starts_with("models/") => Operation::Models,
         r if r == "responses" || r.starts_with("responses/") => Operation::Responses,
+        _ => Operation::Other,
+    }
+}
+
+/// The Anthropic Messages API, as the runtime (`/anthropic/v1/`) and
+/// Mantle (`/mantle/anthropic/v1/`) serve it.
+fn anthropic_operation(rest: &str) -> Operation {
+    match rest.trim_end_matches('/') {
+        "messages" => Operation::Messages,
+        "messages/count_tokens" => Operation::CountTokens,
         _ => Operation::Other,
     }
 }
@@ -166,6 +186,14 @@ mod tests {
             ("/async-invoke/arn%3A", "async_invoke"),
             ("/mantle/v1/chat/completions", "chat_completions"),
             ("/mantle/v1/responses", "responses"),
+            ("/mantle/openai/v1/chat/completions", "chat_completions"),
+            ("/mantle/anthropic/v1/messages", "messages"),
+            ("/mantle/anthropic/v1/messages/count_tokens", "count_tokens"),
+            ("/anthropic/v1/messages", "messages"),
+            ("/anthropic/v1/messages/", "messages"),
+            ("/anthropic/v1/messages/count_tokens", "count_tokens"),
+            ("/anthropic/v1/models", "other"),
+            ("/anthropic/messages", "other"),
             ("/agent-runtime/knowledgebases/KB12/retrieve", "retrieve"),
             ("/agent-runtime/retrieveAndGenerate", "retrieve_and_generate"),
             (
@@ -192,6 +220,10 @@ mod tests {
         assert_eq!((c.prefix, c.dialect), (Prefix::Mantle, Dialect::OpenAi));
         let c = classify("/openai/v1/models");
         assert_eq!((c.prefix, c.dialect), (Prefix::Runtime, Dialect::OpenAi));
+        let c = classify("/mantle/anthropic/v1/messages");
+        assert_eq!((c.prefix, c.dialect), (Prefix::Mantle, Dialect::OpenAi));
+        let c = classify("/anthropic/v1/messages");
+        assert_eq!((c.prefix, c.dialect), (Prefix::Runtime, Dialect::Aws));
         let c = classify("/agent-runtime/retrieveAndGenerate");
         assert_eq!((c.prefix, c.dialect), (Prefix::AgentRuntime, Dialect::Aws));
         // Not a prefix match: stays on the runtime.

@@ -23,11 +23,13 @@ pub enum Operation {
     InvokeAgent,
     InvokeFlow,
     Rerank,
+    /// The Anthropic Messages API (`/anthropic/v1/messages`).
+    Messages,
     Other,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 20] = [
+    pub const ALL: [Operation; 21] = [
         Self::ChatCompletions,
         Self::Completions,
         Self::Responses,
@@ -47,6 +49,7 @@ impl Operation {
         Self::InvokeAgent,
         Self::InvokeFlow,
         Self::Rerank,
+        Self::Messages,
         Self::Other,
     ];
 
@@ -67,9 +70,10 @@ impl Operation {
         match self {
             Self::Responses => matches!(
                 path.trim_end_matches('/'),
-                "/openai/v1/responses" | "/mantle/v1/responses"
+                "/openai/v1/responses" | "/mantle/v1/responses" | "/mantle/openai/v1/responses"
             ),
             Self::ChatCompletions
+            | Self::Messages
             | Self::Completions
             | Self::Embeddings
             | Self::Converse
@@ -106,6 +110,7 @@ impl Operation {
             Self::InvokeAgent => "invoke_agent",
             Self::InvokeFlow => "invoke_flow",
             Self::Rerank => "rerank",
+            Self::Messages => "messages",
             Self::Other => "other",
         }
     }
@@ -133,6 +138,8 @@ mod tests {
             "/openai/v1/responses/r1/responses"
         ));
         assert!(post(Operation::Responses, "/mantle/v1/responses/"));
+        assert!(post(Operation::Responses, "/mantle/openai/v1/responses"));
+        assert!(post(Operation::Messages, "/anthropic/v1/messages"));
         assert!(
             !Operation::ChatCompletions.reports_usage(&Method::GET, "/openai/v1/chat/completions")
         );

@@ -127,6 +127,14 @@ def test_openai_sdk(sidecar, fake_aws, pod_env, tmp_path):
     assert sidecar.metric("bedrock_broker_tokens_total", {"direction": "output"})
 
 
+def test_anthropic_messages_api(sidecar, fake_aws, pod_env, tmp_path):
+    result = run_client(python_client("anthropic_messages"), pod_env["app"], tmp_path)
+    assert_reply(result)
+    assert_through_sidecar(fake_aws, {"anthropic-messages"})
+    assert sidecar.metric("bedrock_broker_requests_total", {"operation": "messages", "code": "200", "auth": "sigv4"}) == 2
+    assert sidecar.metric("bedrock_broker_tokens_total", {"model": "anthropic.claude-sonnet-4-5-20250929-v1:0", "direction": "input"})
+
+
 def test_boto3_without_credentials(sidecar, fake_aws, pod_env, tmp_path):
     result = run_client(python_client("boto3_unsigned"), pod_env["app"], tmp_path)
     assert_reply(result)

@@ -3,7 +3,8 @@
 Every request is authenticated and recorded first, then routed on the *raw*
 path: ``converse``, ``converse-stream``, ``invoke``,
 ``invoke-with-response-stream``, ``count-tokens``, ApplyGuardrail, the async
-invoke operations, the OpenAI-compatible ``/openai/v1`` routes and the
+invoke operations, the OpenAI-compatible ``/openai/v1`` routes, the
+Anthropic Messages API (``/anthropic/v1/messages``) and the
 agents runtime's InvokeAgent (answering with the text it was sent).
 """
 
@@ -26,12 +27,13 @@ from .bedrock_replies import (
     converse_response,
     invoke_response,
     last_user_text,
+    messages_response,
     openai_completion,
     wants_guardrail_trace,
 )
 from .common import BadFakeHeader, header_int, json_response, new_request_id, parse_json_body
 from .state import STATE_KEY, FakeState
-from .stream_plans import agent_answer, plan_converse_stream, plan_invoke_stream, plan_openai_stream
+from .stream_plans import agent_answer, plan_converse_stream, plan_invoke_stream, plan_messages_stream, plan_openai_stream
 from .streaming import StreamControls, send_broken_off, send_stream
 
 MODEL_ROUTE_RE = re.compile(
@@ -79,6 +81,8 @@ async def route_bedrock(state: FakeState, request: web.Request, body: bytes, rec
         record["model_id"] = unquote(model_match.group("model"))
     elif path == "/openai/v1/chat/completions" and request.method == "POST":
         record["route"] = "openai-chat"
+    elif path == "/anthropic/v1/messages" and request.method == "POST":
+        record["route"] = "anthropic-messages"
     elif path == "/openai/v1/models" and request.method == "GET":
         record["route"] = "openai-models"
     elif GUARDRAIL_ROUTE_RE.match(path) and request.method == "POST":
@@ -108,6 +112,8 @@ async def route_bedrock(state: FakeState, request: web.Request, body: bytes, rec
         return aws_json_error(400, "ValidationException", "Malformed input request, please reformat your input and try again.")
     if record["route"] == "openai-chat":
         return await handle_openai_chat(state, request, record, data)
+    if record["route"] == "anthropic-messages":
+        return await handle_anthropic_messages(state, request, record, data)
     if record["route"] == "apply-guardrail":
         return handle_apply_guardrail(data)
     if record["route"] == "invoke-agent":
@@ -208,6 +214,23 @@ async def handle_openai_chat(state: FakeState, request: web.Request, record: dic
     include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
     plan = plan_openai_stream(model, user_text, ctl.chunks, ctl.pad, include_usage, cached)
     return await send_stream(state, request, record, "openai-chat-stream", model, plan, ctl)
+
+
+async def handle_anthropic_messages(state: FakeState, request: web.Request, record: dict, data: dict) -> web.StreamResponse:
+    """The Anthropic Messages API (JSON or SSE), as the runtime's
+    ``/anthropic`` and Mantle's ``/anthropic`` serve it."""
+    model = str(data.get("model") or "unknown-model")
+    record["model_id"] = model
+    denied = denied_model(model)
+    if denied is not None:
+        return denied
+    user_text = last_user_text(data)
+    cached = max(0, header_int(request, "x-fake-cached-tokens", 0) or 0)
+    if not data.get("stream"):
+        return json_response(200, messages_response(model, user_text, cached), headers={"x-amzn-RequestId": new_request_id()})
+    ctl = StreamControls.from_request(request)
+    plan = plan_messages_stream(model, user_text, ctl.chunks, ctl.pad, cached)
+    return await send_stream(state, request, record, "anthropic-messages-stream", model, plan, ctl)
 
 
 @web.middleware

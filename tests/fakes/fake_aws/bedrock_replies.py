@@ -117,6 +117,15 @@ def invoke_response(model_id: str, user_text: str) -> dict:
     }
 
 
+def messages_response(model_id: str, user_text: str, cached: int = 0) -> dict:
+    """The Anthropic Messages API's answer; ``cached`` prompt tokens more
+    were read from the prompt cache, counted apart from ``input_tokens``."""
+    reply = invoke_response(model_id, user_text)
+    if cached:
+        reply["usage"].update(cache_read_input_tokens=cached, cache_creation_input_tokens=0)
+    return reply
+
+
 def openai_usage(inp: int, out: int, cached: int) -> dict:
     """OpenAI's ``usage``: ``cached`` prompt tokens more were read from the
     cache, which OpenAI counts inside ``prompt_tokens`` too."""

@@ -64,36 +64,64 @@ def agent_answer(text: str) -> bytes:
     return eventstream.event("chunk", json_bytes({"bytes": base64.b64encode(text.encode()).decode()}))
 
 
-def plan_invoke_stream(model_id: str, user_text: str, n: int, pad: int) -> StreamPlan:
-    """InvokeModelWithResponseStream: Anthropic-messages streaming events as chunks."""
+def anthropic_events(model_id: str, user_text: str, n: int, pad: int, cached: int = 0) -> tuple:
+    """Anthropic's streaming events as (before the text, one per text
+    piece, after it, (input, output) tokens): ``message_start`` carries the
+    input tokens (and ``cached`` more read from the prompt cache),
+    ``message_delta`` the output's."""
     pieces = stream_pieces(model_id, user_text, n, pad)
     inp, out = token_counts(user_text, "".join(pieces))
     message = invoke_response(model_id, user_text)
-    message.update(content=[], stop_reason=None, usage={"input_tokens": inp, "output_tokens": 0})
+    usage = {"input_tokens": inp, "output_tokens": 0}
+    if cached:
+        usage.update(cache_read_input_tokens=cached, cache_creation_input_tokens=0)
+    message.update(content=[], stop_reason=None, usage=usage)
+    before = [
+        {"type": "message_start", "message": message},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    ]
+    deltas = [{"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}} for p in pieces]
+    after = [
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": out}},
+    ]
+    return before, deltas, after, (inp, out)
+
+
+def plan_invoke_stream(model_id: str, user_text: str, n: int, pad: int) -> StreamPlan:
+    """InvokeModelWithResponseStream: Anthropic-messages streaming events as chunks."""
+    before, deltas, after, (inp, out) = anthropic_events(model_id, user_text, n, pad)
+    stop = {
+        "type": "message_stop",
+        "amazon-bedrock-invocationMetrics": {
+            "inputTokenCount": inp,
+            "outputTokenCount": out,
+            "invocationLatency": 1,
+            "firstByteLatency": 1,
+        },
+    }
     return StreamPlan(
         content_type="application/vnd.amazon.eventstream",
         headers={"x-amzn-bedrock-content-type": "application/json"},
-        preamble=invoke_chunk({"type": "message_start", "message": message})
-        + invoke_chunk({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-        pieces=[
-            invoke_chunk({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}})
-            for p in pieces
-        ],
-        trailer=invoke_chunk({"type": "content_block_stop", "index": 0})
-        + invoke_chunk(
-            {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": out}}
-        )
-        + invoke_chunk(
-            {
-                "type": "message_stop",
-                "amazon-bedrock-invocationMetrics": {
-                    "inputTokenCount": inp,
-                    "outputTokenCount": out,
-                    "invocationLatency": 1,
-                    "firstByteLatency": 1,
-                },
-            }
-        ),
+        preamble=b"".join(invoke_chunk(e) for e in before),
+        pieces=[invoke_chunk(e) for e in deltas],
+        trailer=b"".join(invoke_chunk(e) for e in [*after, stop]),
+    )
+
+
+def plan_messages_stream(model_id: str, user_text: str, n: int, pad: int, cached: int = 0) -> StreamPlan:
+    """The Anthropic Messages API's SSE stream (``/anthropic/v1/messages``)."""
+    before, deltas, after, _ = anthropic_events(model_id, user_text, n, pad, cached)
+
+    def sse(event: dict) -> bytes:
+        return b"event: " + event["type"].encode() + b"\ndata: " + json_bytes(event) + b"\n\n"
+
+    return StreamPlan(
+        content_type="text/event-stream",
+        preamble=b"".join(sse(e) for e in before),
+        pieces=[sse(e) for e in deltas],
+        trailer=b"".join(sse(e) for e in [*after, {"type": "message_stop"}]),
+        headers={"Cache-Control": "no-cache"},
     )
 
 
