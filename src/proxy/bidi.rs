@@ -3,6 +3,7 @@
 //! ([`super::event_stream`]). There is no retry with fresher credentials:
 //! the messages already sent are gone.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +16,7 @@ use super::event_stream::{self, ChainSigner};
 use super::headers;
 use super::pool::PooledBody;
 use super::refusals::StreamRejection;
+use super::response_body::Occupancy;
 use super::self_heal::rejects_credentials;
 use super::sigv4::{BodyDigest, Signer};
 use super::{upstream, BoxError, Proxy};
@@ -32,6 +34,7 @@ impl Proxy {
         signer: Option<&Signer>,
         mut parts: http::request::Parts,
         body: B,
+        occupancy: Arc<Occupancy>,
     ) -> Result<Response<PooledBody>, ProxyError>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -60,8 +63,13 @@ impl Proxy {
             );
             (chain, held.generation())
         })?;
-        let (body, aborted) =
-            event_stream::resigned(body, chain, self.max_body_bytes, self.gate.body_budget());
+        let (body, aborted) = event_stream::resigned(
+            body,
+            chain,
+            self.max_body_bytes,
+            self.gate.body_budget(),
+            occupancy,
+        );
         let sent = upstream::send_stream(
             &self.clients.streams,
             parts,

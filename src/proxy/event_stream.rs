@@ -29,6 +29,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::error::ProxyError;
 use super::gate::BodyBudget;
+use super::response_body::Occupancy;
 use super::BoxError;
 use crate::clock::SharedClock;
 
@@ -264,6 +265,7 @@ pub fn resigned<B>(
     signer: ChainSigner,
     max_message_bytes: usize,
     budget: BodyBudget,
+    occupancy: Arc<Occupancy>,
 ) -> (UnsyncBoxBody<Bytes, StreamError>, Aborted)
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -277,6 +279,9 @@ where
         budget: BodyBudget,
         /// The budget the unfinished message's bytes hold.
         held: Option<OwnedSemaphorePermit>,
+        /// The request is in flight while its messages are still sent,
+        /// whether or not Bedrock has ended its answer.
+        _occupancy: Arc<Occupancy>,
     }
     let aborted = Aborted::default();
     let state = State {
@@ -286,6 +291,7 @@ where
         done: false,
         budget,
         held: None,
+        _occupancy: occupancy,
     };
     let frames = futures::stream::unfold(state, |mut state| async move {
         loop {
@@ -445,6 +451,59 @@ mod tests {
         }
     }
 
+    /// A hold on nothing, for tests of other things.
+    fn unheld() -> Arc<Occupancy> {
+        let gauge = prometheus::IntGauge::new("in_flight", "test").unwrap();
+        Arc::new(Occupancy::new(
+            crate::proxy::response_body::InFlight::new(&gauge),
+            None,
+        ))
+    }
+
+    #[tokio::test]
+    async fn the_request_is_in_flight_while_its_messages_are_still_sent() {
+        use crate::proxy::response_body::InFlight;
+        use futures::channel::mpsc;
+        use http_body_util::StreamBody;
+        use std::convert::Infallible;
+
+        let gate = crate::proxy::gate::GateState::new(crate::proxy::config::Gate {
+            allowed_hosts: Vec::new(),
+            token: None,
+            body_read_timeout: Duration::from_secs(1),
+            body_min_rate: None,
+            body_budget: 1 << 20,
+            body_budget_wait: Duration::from_millis(10),
+            max_requests: 4,
+        });
+        let gauge = prometheus::IntGauge::new("in_flight", "test").unwrap();
+        let slots = Arc::new(tokio::sync::Semaphore::new(1));
+        let slot = slots.clone().try_acquire_owned().unwrap();
+        let mut occupancy = Occupancy::new(InFlight::new(&gauge), Some(slot));
+        let (tx, rx) = mpsc::unbounded::<Result<Frame<Bytes>, Infallible>>();
+        let (mut body, _) = resigned(
+            StreamBody::new(rx),
+            signer("s"),
+            1 << 20,
+            gate.body_budget(),
+            occupancy.share(),
+        );
+        // Bedrock ended its answer: the response lets go of its share.
+        drop(occupancy);
+        assert_eq!(gauge.get(), 1);
+        assert!(slots.clone().try_acquire_owned().is_err());
+        tx.unbounded_send(Ok(Frame::data(Bytes::from(encode(&chunk("late"))))))
+            .unwrap();
+        assert!(body.frame().await.unwrap().is_ok(), "still forwarded");
+        drop(tx);
+        while let Some(frame) = body.frame().await {
+            frame.unwrap();
+        }
+        drop(body);
+        assert_eq!(gauge.get(), 0);
+        assert!(slots.try_acquire_owned().is_ok());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn unfinished_messages_hold_the_body_budget_until_they_complete() {
         use crate::proxy::config::Gate;
@@ -477,6 +536,7 @@ mod tests {
             signer("a"),
             1 << 20,
             gate.body_budget(),
+            unheld(),
         );
         let a = tokio::spawn(async move {
             let mut frames = 0;
@@ -501,6 +561,7 @@ mod tests {
             signer("b"),
             1 << 20,
             gate.body_budget(),
+            unheld(),
         );
         send(&tx_b, &message[..500]);
         assert!(matches!(

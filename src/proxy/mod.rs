@@ -75,7 +75,7 @@ use crate::metrics::requests::RequestCounters;
 use crate::metrics::ProxyMetrics;
 use classify::Classified;
 use pool::PooledBody;
-use response_body::{Completion, InFlight, StreamKind, UpstreamBody};
+use response_body::{Completion, InFlight, Occupancy, StreamKind, UpstreamBody};
 use unanswered::Unanswered;
 use usage::UsageRecorder;
 
@@ -189,23 +189,27 @@ impl Proxy {
             started,
             &self.durations[operation.index()],
         );
-        let admitted = self.gate.admit();
-        let forwarded = match admitted {
-            Ok(_) => match self.authenticate(&mut request) {
+        let (slot, refused) = match self.gate.admit() {
+            Ok(slot) => (Some(slot), None),
+            Err(e) => (None, Some(e)),
+        };
+        let mut occupancy = Occupancy::new(in_flight, slot);
+        let forwarded = match refused {
+            None => match self.authenticate(&mut request) {
                 Ok(decision) => {
                     unanswered.auth = decision.mode();
-                    self.forward(request, decision, &class).await
+                    self.forward(request, decision, &class, &mut occupancy)
+                        .await
                 }
                 Err(e) => Err((e, AuthMode::None)),
             },
-            Err(ref e) => Err((e.clone(), AuthMode::None)),
+            Some(e) => Err((e, AuthMode::None)),
         };
         unanswered.timed();
         let response = match forwarded {
             Ok((response, auth, model)) => {
                 unanswered.auth = auth;
-                let slot = admitted.ok();
-                let completion = Completion::new(started, duration, in_flight, slot);
+                let completion = Completion::new(started, duration, occupancy);
                 self.respond(response, auth, model, &class, completion, started)
                     .await
             }
@@ -218,7 +222,7 @@ impl Proxy {
                 } else {
                     tracing::debug!(code = err.code().name, status = status.as_u16(), operation = operation.as_str(), error = %err, "request refused");
                 }
-                drop(Completion::new(started, duration, in_flight, None));
+                drop(Completion::new(started, duration, occupancy));
                 err.into_response::<Full<Bytes>>(class.dialect)
                     .map(Either::Left)
             }
@@ -285,6 +289,7 @@ impl Proxy {
         request: Request<B>,
         decision: auth::Decision,
         class: &Classified,
+        occupancy: &mut Occupancy,
     ) -> Result<Forwarded, (ProxyError, AuthMode)>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -301,7 +306,7 @@ impl Proxy {
             // SigV4 only: API keys were refused above.
             route.retarget(&mut parts).map_err(with_mode)?;
             return self
-                .send_event_stream(route.signer(), parts, body)
+                .send_event_stream(route.signer(), parts, body, occupancy.share())
                 .await
                 .and_then(refuse_protocol_switch)
                 .map(|r| (r, mode, None))

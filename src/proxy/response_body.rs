@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -36,29 +37,61 @@ impl Drop for InFlight {
     }
 }
 
+/// What a request holds until it is over: its place in the in-flight
+/// gauge and its slot in `--max-requests`. The response ends a request,
+/// except a bidirectional stream's: Bedrock may end its answer while the
+/// client still sends, and the proxy goes on forwarding (and signing)
+/// those messages. Such a request shares its hold with its request body,
+/// and lets go when both are done.
+#[derive(Debug)]
+pub struct Occupancy {
+    in_flight: Option<InFlight>,
+    slot: Option<OwnedSemaphorePermit>,
+    /// Set once shared: the hold then lives here (and in the body).
+    shared: Option<Arc<Occupancy>>,
+}
+
+impl Occupancy {
+    pub fn new(in_flight: InFlight, slot: Option<OwnedSemaphorePermit>) -> Self {
+        Self {
+            in_flight: Some(in_flight),
+            slot,
+            shared: None,
+        }
+    }
+
+    /// The hold, for a request body that may outlast the response.
+    pub fn share(&mut self) -> Arc<Occupancy> {
+        if let Some(shared) = &self.shared {
+            return shared.clone();
+        }
+        let shared = Arc::new(Occupancy {
+            in_flight: self.in_flight.take(),
+            slot: self.slot.take(),
+            shared: None,
+        });
+        self.shared = Some(shared.clone());
+        shared
+    }
+}
+
 /// Records time-to-last-byte when the stream ends, fails, or is dropped
 /// (client disconnect), whichever comes first.
 #[derive(Debug)]
 pub struct Completion {
     started: Instant,
     duration: Histogram,
-    _in_flight: InFlight,
-    /// The request's slot in `--max-requests`, freed when the response ends.
-    _slot: Option<OwnedSemaphorePermit>,
+    /// Given back when the response ends (or, shared, when the request
+    /// body has ended too).
+    _occupancy: Occupancy,
 }
 
 impl Completion {
-    pub fn new(
-        started: Instant,
-        duration: Histogram,
-        in_flight: InFlight,
-        slot: Option<OwnedSemaphorePermit>,
-    ) -> Self {
+    pub fn new(started: Instant, duration: Histogram, occupancy: Occupancy) -> Self {
         Self {
             started,
             duration,
-            _in_flight: in_flight,
-            _slot: slot,
+            _occupancy: occupancy,
         }
     }
 }

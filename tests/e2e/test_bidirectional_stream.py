@@ -21,6 +21,7 @@ import sys
 import urllib.parse
 
 import pytest
+import requests
 
 from conftest import REGION, ROLE_ARN, ROOT, wait_for
 
@@ -389,3 +390,37 @@ def test_an_http1_client_hanging_up_mid_message_is_counted_as_499(start_sidecar,
     labels = {"operation": OPERATION, "code": "499", "auth": "sigv4"}
     wait_for(lambda: sidecar.metric("bedrock_broker_requests_total", labels) == 1, timeout=10, what="the hang-up to be counted")
     assert "bidirectional stream aborted" not in sidecar.log_text(), "a hang-up is not a warning"
+
+
+def test_a_stream_whose_answer_ended_first_holds_its_slot_until_its_input_ends(start_sidecar, bidi_env, fake_aws_h2):
+    """HTTP/2 lets Bedrock end its answer while the client still sends:
+    the sidecar goes on forwarding (and signing) the client's messages, so
+    the stream is still in flight and still takes a `--max-requests` slot
+    (a neighbour cannot open more streams than the limit this way)."""
+    sidecar = start_sidecar(bidi_env, ["--max-requests", "1"])
+    in_flight = lambda: sidecar.metric("bedrock_broker_requests_in_flight")  # noqa: E731
+
+    async def exchange() -> tuple[int, int, float]:
+        client = await H2Client.connect(sidecar.proxy)
+        try:
+            call = await client.start(bidi_headers(sidecar.proxy, ("x-fake-end-answers-after", "1")))
+            await call.send(chunk("one"))
+            status = await call.response_status()
+            assert answer(await call.next_message())["seq"] == 1
+            assert await call.next_message() is None, "the answer ended"
+            gauge = in_flight()
+            other = await asyncio.to_thread(
+                requests.post, sidecar.url("/model/m/converse"), data="{}", timeout=10)
+            await call.send(chunk("two"), end_stream=True)
+            return status, other.status_code, gauge
+        finally:
+            await client.close()
+
+    status, other, gauge = asyncio.run(exchange())
+    assert status == 200
+    assert (gauge, other) == (1, 503), "the stream still sends: in flight, holding its slot"
+    wait_for(lambda: (bidi_records(fake_aws_h2) or [{}])[0].get("bidi", {}).get("request_body_ended"), timeout=10,
+             what="the input forwarded to its end")
+    (record,) = [r for r in bidi_records(fake_aws_h2)]
+    assert record["bidi"]["frames_verified"] == 3, record["bidi"]
+    wait_for(lambda: in_flight() == 0, timeout=10, what="the slot given back")

@@ -80,6 +80,10 @@ def new_bidi_record(seed_signature: str) -> dict:
         "exception_type": None,
         "error": None,
         "frames": [],
+        # ``x-fake-end-answers-after: N``: the response ends after N answers
+        # while the input is still read (and verified) to its end.
+        "answers_left": None,
+        "response_ended": False,
     }
 
 
@@ -117,6 +121,7 @@ async def handle_h2_request(state: FakeState, stream: H2Stream) -> None:
         seed_signature=authz["Signature"],
     )
     record["bidi"] = new_bidi_record(authz["Signature"])
+    record["bidi"]["answers_left"] = header_int(stream, "x-fake-end-answers-after", None)
     first: Optional[bytes] = None
     if stream.headers.get("x-fake-headers-after-input"):
         # Hold the response headers until input arrives, so a client can see
@@ -197,7 +202,8 @@ async def run_bidi_session(stream: H2Stream, record: dict, verifier: EventStream
         bidi["request_body_ended"] = True
         check_stream_end(bidi, verifier, decoder)
         bidi["completed"] = True
-        await stream.send_data(b"", end_stream=True)
+        if not bidi["response_ended"]:
+            await stream.send_data(b"", end_stream=True)
     except FrameRejected as exc:
         await send_bidi_exception(stream, bidi, str(exc))
     except asyncio.TimeoutError:
@@ -229,8 +235,16 @@ async def answer_frames(stream: H2Stream, bidi: dict, verifier: EventStreamVerif
                 bidi["end_frame_received"] = True
                 continue
             bidi["data_frames"] += 1
+            if bidi["response_ended"]:
+                continue
             await stream.send_data(invoke_chunk({"seq": bidi["data_frames"], "echo": text}))
             bidi["events_sent"] += 1
+            if bidi["answers_left"] is not None:
+                bidi["answers_left"] -= 1
+                if bidi["answers_left"] <= 0:
+                    # Ended without a reset: the input may still come.
+                    await stream.send_data(b"", end_stream=True)
+                    bidi["response_ended"] = True
     except eventstream.DecodeError as exc:
         reject_framing(bidi, verifier, str(exc))
 
