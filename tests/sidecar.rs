@@ -457,3 +457,29 @@ async fn drains_open_streams_on_shutdown_and_accepts_no_new_connections() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_request_dropped_before_it_was_served_is_still_counted() {
+    // hyper drops a request's future unpolled when its client hangs up
+    // (or resets) right after sending it: the request reached the sidecar
+    // and must show in `requests_total`, as a client that went away.
+    let upstream = FakeUpstream::start(vec![]).await;
+    let cell = Arc::new(CredentialCell::new());
+    cell.store(credentials("AKID"));
+    let (proxy, metrics) = proxy(&upstream, cell, Setup::default());
+    let pending = proxy.clone().handle(post("/model/m/converse", "{}"));
+    drop(pending);
+    let requests = &metrics.proxy.requests;
+    assert_eq!(
+        requests
+            .with_label_values(&["converse", "499", "none"])
+            .get(),
+        1
+    );
+    let durations = metrics
+        .proxy
+        .request_duration
+        .with_label_values(&["converse"]);
+    assert_eq!(durations.get_sample_count(), 1);
+    assert!(upstream.seen().is_empty());
+}

@@ -45,6 +45,7 @@ mod upstream;
 mod usage;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -76,7 +77,7 @@ use crate::metrics::ProxyMetrics;
 use classify::Classified;
 use pool::PooledBody;
 use response_body::{Completion, InFlight, Occupancy, StreamKind, UpstreamBody};
-use unanswered::Unanswered;
+use unanswered::{Arrived, Unanswered};
 use usage::UsageRecorder;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -169,17 +170,36 @@ impl Proxy {
     }
 
     /// Serves one request. Never fails: errors become broker error responses.
-    pub async fn handle<B>(
+    ///
+    /// The request counts from the moment it arrives: hyper drops the
+    /// returned future without polling it when the client hangs up right
+    /// after sending, and such a request is still one the client sent
+    /// (counted as `499`, see [`unanswered::Arrived`]).
+    pub fn handle<B>(
         self: Arc<Self>,
-        mut request: Request<B>,
-    ) -> Result<Response<ProxyBody>, Infallible>
+        request: Request<B>,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
         let started = Instant::now();
-        let in_flight = InFlight::new(&self.metrics.in_flight);
         let class = classify::classify(request.uri().path());
+        let mut arrived = Arrived::new(self, class.operation, started);
+        async move { arrived.served().serve(request, class, started).await }
+    }
+
+    async fn serve<B>(
+        &self,
+        mut request: Request<B>,
+        class: Classified,
+        started: Instant,
+    ) -> Result<Response<ProxyBody>, Infallible>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let in_flight = InFlight::new(&self.metrics.in_flight);
         let operation = class.operation;
         let duration = self.durations[operation.index()].clone();
 

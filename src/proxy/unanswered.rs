@@ -8,12 +8,13 @@
 //! request is counted as `499` (nginx's "client closed request", already
 //! the bidirectional streams' code) with its duration, not left out.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::StatusCode;
 use prometheus::Histogram;
 
-use super::{AuthMode, Operation};
+use super::{AuthMode, Operation, Proxy};
 use crate::metrics::requests::RequestCounters;
 
 /// nginx's "client closed request".
@@ -85,5 +86,48 @@ impl Drop for Unanswered<'_> {
             operation = self.operation.as_str(),
             "the client went away before Bedrock answered"
         );
+    }
+}
+
+/// A request from its arrival until it begins to be served: hyper drops a
+/// request's future without polling it when its client hangs up (or
+/// resets the connection) right after sending it, and nothing in the
+/// future runs then. Counted as `499` if dropped so.
+pub struct Arrived {
+    proxy: Arc<Proxy>,
+    operation: Operation,
+    started: Instant,
+    served: bool,
+}
+
+impl Arrived {
+    pub fn new(proxy: Arc<Proxy>, operation: Operation, started: Instant) -> Self {
+        Self {
+            proxy,
+            operation,
+            started,
+            served: false,
+        }
+    }
+
+    /// Serving begins: [`Unanswered`] counts the request from here.
+    pub fn served(&mut self) -> &Proxy {
+        self.served = true;
+        &self.proxy
+    }
+}
+
+impl Drop for Arrived {
+    fn drop(&mut self) {
+        if self.served {
+            return;
+        }
+        // Dropped at once: counted as a client that went away.
+        drop(Unanswered::new(
+            &self.proxy.requests,
+            self.operation,
+            self.started,
+            &self.proxy.durations[self.operation.index()],
+        ));
     }
 }
