@@ -48,13 +48,13 @@ codes! {
     ABSOLUTE_FORM_REFUSED = "absolute_form_refused", 400, "the client used the sidecar as an HTTP proxy (`GET http://host/...`)";
     CONNECT_REFUSED = "connect_refused", 405, "`CONNECT`";
     INVALID_PATH = "invalid_path", 400, "a `.` or `..` path segment (also percent-encoded): it would be signed differently from what it means; or a byte past ASCII in the path (percent-encode it)";
-    BODY_READ_FAILED = "body_read_failed", 400, "the client stopped sending the body";
+    BODY_READ_FAILED = "body_read_failed", 400, "the request body is malformed (a bad chunk of a chunked body)";
     UPSTREAM_UNREACHABLE = "upstream_unreachable", 502, "connect or TLS failure to Bedrock; or, the message says which, its connection ended before it answered (Bedrock may have processed the request), or it refused the request unprocessed (HTTP/2 REFUSED_STREAM or GOAWAY): a buffered request only the second time (it is sent once more), a bidirectional stream the first";
     ROUTE_NOT_CONFIGURED = "route_not_configured", 404, "`/agent-runtime/` or `/mantle/` without a region or endpoint";
     UPSTREAM_TIMEOUT = "upstream_timeout", 504, "connect timeout, no response headers within `--response-header-timeout`, or an HTTP/2 connection to Bedrock that stopped answering PINGs (its path died; Bedrock may have processed the request)";
     API_KEY_UNSUPPORTED = "api_key_unsupported", 400, "a Bedrock API key used where AWS accepts none: InvokeModelWithBidirectionalStream, `/agent-runtime/`";
     INVALID_EVENT_STREAM = "invalid_event_stream", 400, "a bidirectional stream's client messages are malformed, too large, or continue after the end message (before Bedrock answered)";
-    CLIENT_CLOSED = "client_closed", 499, "an HTTP/1.1 client hung up a bidirectional stream before Bedrock answered (recorded in metrics; the client is gone)";
+    CLIENT_CLOSED = "client_closed", 499, "the client went away in the middle of its request body (its connection closed or reset, or its HTTP/2 stream cancelled), or an HTTP/1.1 client hung up a bidirectional stream before Bedrock answered (recorded in metrics; the client is gone)";
     SIGNING_FAILED = "signing_failed", 500, "aws-sigv4 refused to sign (should not happen)";
     INVALID_HOST = "invalid_host", 400, "an HTTP/1.1 request without a `Host` header, an HTTP/1 request with more than one (RFC 9112 §3.2), or a `Host` that names no host (empty, or a list)";
     TRANSFER_CODING_UNSUPPORTED = "transfer_coding_unsupported", 501, "a request `Transfer-Encoding` with a coding other than `chunked` (`gzip, chunked`; `identity` and empty members are fine), or `chunked` twice: its body would go upstream still encoded, as if plain";

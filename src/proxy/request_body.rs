@@ -89,7 +89,7 @@ where
         let Some(frame) = next else {
             break;
         };
-        let frame = frame.map_err(|e| ProxyError::BodyRead(e.into().to_string()))?;
+        let frame = frame.map_err(|e| unreadable(e.into()))?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
@@ -134,6 +134,41 @@ where
         sha256: hasher.map(Sha256Hex::of),
         _budget: budget,
     })
+}
+
+/// Why a body could not be read: the client went away (its connection
+/// closed or reset mid-body, or it cancelled its HTTP/2 stream), counted
+/// as `499` like a client that leaves while Bedrock works; or it sent
+/// something that is not a body (a malformed chunk), a bad request.
+fn unreadable(error: BoxError) -> ProxyError {
+    let message = error.to_string();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
+    while let Some(e) = cause {
+        if client_went_away(e) {
+            return ProxyError::ClientClosed(format!(
+                "the client went away in the middle of the body: {message}"
+            ));
+        }
+        cause = e.source();
+    }
+    ProxyError::BodyRead(message)
+}
+
+fn client_went_away(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind;
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        return matches!(
+            io.kind(),
+            ErrorKind::UnexpectedEof
+                | ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe
+        );
+    }
+    if let Some(h2) = e.downcast_ref::<h2::Error>() {
+        return h2.is_io() || h2.is_go_away() || h2.reason() == Some(h2::Reason::CANCEL);
+    }
+    false
 }
 
 /// How long to wait for the next piece of a body that began at `started`

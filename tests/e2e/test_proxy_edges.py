@@ -137,6 +137,57 @@ def test_requests_refused_before_they_could_be_read_are_counted(start_sidecar, i
     assert sidecar.metric(name, {"listener": "proxy", "reason": "malformed"}) == 1
 
 
+def test_a_client_hanging_up_mid_body_is_counted_as_499_not_a_bad_request(sidecar, fake_aws):
+    """An abandoned upload is the client going away (499, as a client that
+    leaves while Bedrock works), not a malformed request; a body that is
+    malformed still is one (400)."""
+    import asyncio
+    import struct
+    import sys as _sys
+    from conftest import ROOT
+    _sys.path.insert(0, str(ROOT / "tests" / "fakes"))
+    from h2client import H2Client
+
+    u = urllib.parse.urlparse(sidecar.proxy)
+    head = f"POST {CONVERSE} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n".encode()
+    for how, request in [
+        ("fin", head + b"Content-Length: 100\r\n\r\n" + b"{" * 10),
+        ("fin", head + b"Transfer-Encoding: chunked\r\n\r\n" + b"a\r\n" + b"{" * 5),
+        ("rst", head + b"Content-Length: 100\r\n\r\n" + b"{" * 10),
+    ]:
+        s = socket.create_connection((u.hostname, u.port), timeout=10)
+        s.sendall(request)
+        # Hung up once the sidecar is reading the body (a reset before it
+        # read the head would take the request with it, unseen).
+        wait_for(lambda: sidecar.metric("bedrock_broker_requests_in_flight") == 1, timeout=10, what="the body being read")
+        if how == "rst":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+        wait_for(lambda: sidecar.metric("bedrock_broker_requests_in_flight") == 0, timeout=10, what="the hang-up seen")
+
+    async def cancel_mid_body() -> None:
+        client = await H2Client.connect(sidecar.proxy)
+        try:
+            call = await client.start([(":method", "POST"), (":scheme", "http"), (":authority", u.netloc),
+                                       (":path", CONVERSE), ("content-length", "100")])
+            await call.send(b"{" * 10)
+            await asyncio.to_thread(wait_for, lambda: sidecar.metric("bedrock_broker_requests_in_flight") == 1,
+                                    timeout=10, what="the body being read")
+            client.conn.reset_stream(call.stream_id, error_code=8)  # CANCEL
+            await client.flush()
+        finally:
+            await client.close()
+
+    asyncio.run(cancel_mid_body())
+    closed = {"operation": "converse", "code": "499", "auth": "sigv4"}
+    wait_for(lambda: sidecar.metric("bedrock_broker_requests_total", closed) == 4, timeout=10, what="four hang-ups counted")
+    bad_chunk = exchange(sidecar, head + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n{}\r\n0\r\n\r\n")
+    assert bad_chunk.startswith(b"HTTP/1.1 400"), bad_chunk
+    assert b"body_read_failed" in bad_chunk, bad_chunk
+    assert sidecar.metric("bedrock_broker_requests_total", {"operation": "converse", "code": "400", "auth": "sigv4"}) == 1
+    assert fake_aws.requests() == []
+
+
 def test_client_host_header_does_not_choose_the_upstream(start_sidecar, irsa_env, fake_aws):
     sidecar = start_sidecar(irsa_env, ["--allowed-hosts", "bedrock-broker.internal"])
     # A host that is not this pod's (SSRF, DNS rebinding) is refused before
