@@ -62,3 +62,18 @@ def test_a_streamed_message_counts_the_input_its_first_event_carried(sidecar, fa
     assert tokens(sidecar, MODEL, "input") == final.usage.input_tokens
     assert tokens(sidecar, MODEL, "cache_read") == 9
     assert sidecar.metric("bedrock_broker_time_to_first_token_seconds_count", {"operation": "messages"}) == 1
+
+
+def test_an_error_event_ending_a_stream_is_counted_beside_its_200(sidecar, fake_aws):
+    with pytest.raises(anthropic.APIStatusError) as e:
+        with client(sidecar, "/anthropic").messages.stream(
+            model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "x"}],
+            extra_headers={"x-fake-stream-exception": "overloaded_error"},
+        ) as stream:
+            for _ in stream.text_stream:
+                pass
+    assert "overloaded_error" in str(e.value)
+    labels = {"operation": "messages", "type": "overloaded_error"}
+    wait_for(lambda: sidecar.metric("bedrock_broker_stream_errors_total", labels) == 1, timeout=10,
+             what="the stream's error counted")
+    assert sidecar.metric("bedrock_broker_requests_total", {"operation": "messages", "code": "200", "auth": "sigv4"}) == 1

@@ -120,6 +120,21 @@ def test_an_exception_ending_a_stream_is_counted_beside_its_200(start_sidecar, i
     assert sidecar.metric("bedrock_broker_requests_total", {"operation": "converse_stream", "code": "200", "auth": "sigv4"}) == 1
 
 
+def test_an_error_chunk_ending_an_openai_stream_is_counted_beside_its_200(start_sidecar, irsa_env, fake_aws):
+    sidecar = start_sidecar(irsa_env)
+    with pytest.raises(openai.APIError) as e:
+        for _ in openai_client(sidecar).chat.completions.create(
+            model="openai.gpt-oss-20b-1:0", messages=[{"role": "user", "content": "x"}], stream=True,
+            extra_headers={"x-fake-stream-exception": "rate_limit_exceeded"},
+        ):
+            pass
+    assert "fake rate_limit_exceeded" in str(e.value)
+    labels = {"operation": "chat_completions", "type": "rate_limit_exceeded"}
+    wait_for(lambda: sidecar.metric("bedrock_broker_stream_errors_total", labels) == 1, timeout=10,
+             what="the stream's error counted")
+    assert sidecar.metric("bedrock_broker_requests_total", {"operation": "chat_completions", "code": "200", "auth": "sigv4"}) == 1
+
+
 def test_an_answer_that_broke_off_is_counted_whatever_carried_its_usage(start_sidecar, irsa_env, fake_aws):
     """An answer whose connection breaks before its end is an error the
     200 hides: InvokeModel's (usage in its headers) as much as Converse's.

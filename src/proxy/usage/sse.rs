@@ -7,6 +7,9 @@ use std::sync::LazyLock;
 
 use memchr::memmem::Finder;
 
+use serde::Deserialize;
+
+use super::eventstream::{Ending, STREAM_EXCEPTIONS};
 use super::json::Envelope;
 use super::json::Usage;
 
@@ -23,6 +26,19 @@ pub struct SseScanner {
     /// up to its end is still that line, not one to read.
     dropping: bool,
     last: Option<Usage>,
+    /// The event named by the current event's `event:` line, when it is
+    /// one that reports a failure.
+    failing: Option<FailureEvent>,
+    /// The error the stream reported, as a label.
+    error: Option<&'static str>,
+}
+
+/// The events that report a failure after the `200`: Anthropic's and the
+/// Responses API's `error`, and the Responses API's `response.failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailureEvent {
+    Error,
+    ResponseFailed,
 }
 
 impl SseScanner {
@@ -53,14 +69,24 @@ impl SseScanner {
         }
     }
 
-    pub fn finish(self) -> Option<Usage> {
-        self.last
+    pub fn finish(self) -> Ending {
+        Ending {
+            usage: self.last,
+            exception: self.error,
+        }
     }
 
     fn check_line(&mut self, line: &[u8]) {
         let Some(payload) = line.strip_prefix(b"data:") else {
+            self.check_field(line);
             return;
         };
+        // Only the first byte of the data is looked at unless an event
+        // line named a failure: errors are rare, and every chunk passes.
+        let failing = self.failing.take();
+        if failing.is_some() || payload.trim_ascii_start().starts_with(b"{\"error\"") {
+            self.error = Some(failure_label(failing, payload.trim_ascii()));
+        }
         let Some(at) = USAGE_FINDER.find(payload) else {
             return;
         };
@@ -71,6 +97,79 @@ impl SseScanner {
             self.last = Some(self.last.map_or(u, |earlier| earlier.updated_by(u)));
         }
     }
+}
+
+impl SseScanner {
+    /// A line other than data: an `event:` line names the next data's
+    /// event; a blank one ends the event.
+    fn check_field(&mut self, line: &[u8]) {
+        let Some(event) = line.strip_prefix(b"event:") else {
+            if line.trim_ascii().is_empty() {
+                self.failing = None;
+            }
+            return;
+        };
+        self.failing = match event.trim_ascii() {
+            b"error" => Some(FailureEvent::Error),
+            b"response.failed" => Some(FailureEvent::ResponseFailed),
+            _ => None,
+        };
+    }
+}
+
+/// The error types the OpenAI-compatible and Anthropic APIs report inside
+/// a stream, each its own label value (with the names Bedrock's event
+/// streams use); any other is `other`, so the label stays bounded.
+const SSE_ERRORS: [&str; 9] = [
+    "overloaded_error",
+    "api_error",
+    "rate_limit_error",
+    "invalid_request_error",
+    "server_error",
+    "rate_limit_exceeded",
+    "timeout_error",
+    "internal_error",
+    "service_unavailable",
+];
+
+/// What an error event says went wrong, as far as it is read: the
+/// error's `type`, else its `code` (OpenAI's `{"error": {...}}`,
+/// Anthropic's `{"type":"error","error":{...}}`, the Responses API's
+/// `{"type":"error","code":...}`); a failed response is
+/// `response_failed`.
+fn failure_label(event: Option<FailureEvent>, data: &[u8]) -> &'static str {
+    #[derive(Deserialize, Default)]
+    struct Detail {
+        #[serde(rename = "type", default)]
+        kind: Option<String>,
+        #[serde(default)]
+        code: Option<serde_json::Value>,
+    }
+    #[derive(Deserialize, Default)]
+    struct Reported {
+        #[serde(default)]
+        error: Option<Detail>,
+        #[serde(default)]
+        code: Option<serde_json::Value>,
+    }
+    if event == Some(FailureEvent::ResponseFailed) {
+        return "response_failed";
+    }
+    let reported: Reported = serde_json::from_slice(data).unwrap_or_default();
+    let detail = reported.error.unwrap_or_default();
+    let code = |c: Option<serde_json::Value>| c.and_then(|v| v.as_str().map(str::to_owned));
+    let names = [detail.kind, code(detail.code), code(reported.code)];
+    names
+        .iter()
+        .flatten()
+        .find_map(|name| {
+            SSE_ERRORS
+                .iter()
+                .chain(STREAM_EXCEPTIONS.iter())
+                .find(|known| **known == name.as_str())
+                .copied()
+        })
+        .unwrap_or("other")
 }
 
 pub(super) const USAGE_KEY: &[u8] = b"\"usage\"";
@@ -132,7 +231,61 @@ mod tests {
         for piece in split(stream.as_bytes(), cuts) {
             scanner.observe(piece);
         }
-        scanner.finish()
+        scanner.finish().usage
+    }
+
+    /// The error a stream of these lines reported.
+    fn reported(lines: &[&str]) -> Option<&'static str> {
+        let mut scanner = SseScanner::default();
+        for line in lines {
+            scanner.observe(format!("{line}\r\n").as_bytes());
+        }
+        scanner.finish().exception
+    }
+
+    #[test]
+    fn errors_reported_inside_a_stream_are_recognised() {
+        let chunk = r#"data: {"choices":[{"delta":{"content":"a"}}]}"#;
+        assert_eq!(reported(&[chunk, "", "data: [DONE]"]), None);
+        // OpenAI's chat completions.
+        let openai = r#"data: {"error":{"message":"Too many tokens","type":"rate_limit_exceeded","code":null}}"#;
+        assert_eq!(reported(&[chunk, "", openai]), Some("rate_limit_exceeded"));
+        // Anthropic's Messages API.
+        assert_eq!(
+            reported(&[
+                "event: error",
+                r#"data: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+            ]),
+            Some("overloaded_error")
+        );
+        // The Responses API: an error event, and a failed response.
+        assert_eq!(
+            reported(&[
+                "event: error",
+                r#"data: {"type":"error","code":"server_error","message":"x"}"#
+            ]),
+            Some("server_error")
+        );
+        assert_eq!(
+            reported(&[
+                "event: response.failed",
+                r#"data: {"type":"response.failed","response":{"error":{"code":"server_error"}}}"#,
+            ]),
+            Some("response_failed")
+        );
+        // A name outside the list, or an error that is not JSON: bounded.
+        let odd = r#"data: {"error":{"type":"a-new-kind\u0000"}}"#;
+        assert_eq!(reported(&[odd]), Some("other"));
+        assert_eq!(reported(&["event: error", "data: not json"]), Some("other"));
+        // The event name holds for its own data only.
+        assert_eq!(reported(&["event: error", "", chunk]), None);
+        assert_eq!(
+            reported(&["event: message", r#"data: {"text":"{\"error\""}"#]),
+            None
+        );
+        // Text that mentions an error is not one.
+        let text = r#"data: {"choices":[{"delta":{"content":"{\"error\":1}"}}]}"#;
+        assert_eq!(reported(&[text]), None);
     }
 
     /// A `usage` member as servers write it, or as they might.
@@ -194,13 +347,13 @@ mod tests {
         let mut cut = SseScanner::default();
         cut.observe(long.as_bytes());
         cut.observe(format!("{tail}\n").as_bytes());
-        assert_eq!(whole.finish(), None);
-        assert_eq!(cut.finish(), None);
+        assert_eq!(whole.finish().usage, None);
+        assert_eq!(cut.finish().usage, None);
         // The line after it is read again.
         let mut next = SseScanner::default();
         next.observe(long.as_bytes());
         next.observe(format!("{tail}\n{tail}\n").as_bytes());
-        assert_eq!(next.finish().and_then(|u| u.input), Some(5));
+        assert_eq!(next.finish().usage.and_then(|u| u.input), Some(5));
     }
 
     #[test]

@@ -62,7 +62,7 @@ impl Parser {
     fn finish(self) -> Ending {
         let usage = match self {
             Self::Json(body) => body.usage(),
-            Self::Sse(scanner) => scanner.finish(),
+            Self::Sse(scanner) => return scanner.finish(),
             Self::EventStream(scanner) => return scanner.finish(),
             Self::Unread => None,
         };

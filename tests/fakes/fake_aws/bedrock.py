@@ -213,6 +213,11 @@ async def handle_openai_chat(state: FakeState, request: web.Request, record: dic
     ctl = StreamControls.from_request(request)
     include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
     plan = plan_openai_stream(model, user_text, ctl.chunks, ctl.pad, include_usage, cached)
+    failure = request.headers.get("x-fake-stream-exception")
+    if failure:
+        # OpenAI's in-stream failure: an error chunk instead of the end.
+        error = {"error": {"message": f"fake {failure}", "type": failure, "code": None}}
+        plan.trailer = b"data: " + json.dumps(error).encode() + b"\n\n"
     return await send_stream(state, request, record, "openai-chat-stream", model, plan, ctl)
 
 
@@ -230,6 +235,11 @@ async def handle_anthropic_messages(state: FakeState, request: web.Request, reco
         return json_response(200, messages_response(model, user_text, cached), headers={"x-amzn-RequestId": new_request_id()})
     ctl = StreamControls.from_request(request)
     plan = plan_messages_stream(model, user_text, ctl.chunks, ctl.pad, cached)
+    failure = request.headers.get("x-fake-stream-exception")
+    if failure:
+        # Anthropic's in-stream failure: an error event instead of the end.
+        error = {"type": "error", "error": {"type": failure, "message": f"fake {failure}"}}
+        plan.trailer = b"event: error\ndata: " + json.dumps(error).encode() + b"\n\n"
     return await send_stream(state, request, record, "anthropic-messages-stream", model, plan, ctl)
 
 
