@@ -67,7 +67,7 @@ def dashboard() -> dict:
     p.append(panel(11, "Request duration p95 by operation",
                    [(f"histogram_quantile(0.95, sum by (le, operation) (rate(bedrock_broker_request_duration_seconds_bucket{{{SEL}}}[$__rate_interval])))", "{{operation}}")],
                    0, 34, unit="s"))
-    p.append(panel(12, "Time to first token p95 (streams)",
+    p.append(panel(12, "Time to first streamed chunk p95 (streams)",
                    [(f"histogram_quantile(0.95, sum by (le, operation) (rate(bedrock_broker_time_to_first_token_seconds_bucket{{{SEL}}}[$__rate_interval])))", "{{operation}}")],
                    12, 34, unit="s"))
     p.append(panel(13, "In flight (incl. open streams)",
