@@ -2,7 +2,8 @@
 //!
 //! In order of precedence:
 //! 1. a bearer token in llama-stack's `x-llamastack-provider-data` header;
-//! 2. the client's own `Authorization: Bearer` when it is a Bedrock API key;
+//! 2. the client's own `Authorization: Bearer` when it is a Bedrock API key
+//!    (or its `x-api-key`, where Anthropic's clients put a key);
 //! 3. the configured API key (`AWS_BEARER_TOKEN_BEDROCK`);
 //! 4. SigV4 with the credentials in the cell.
 
@@ -11,7 +12,7 @@ use http::{HeaderMap, HeaderValue};
 
 use super::classify::{Classified, Prefix};
 use super::error::ProxyError;
-use super::headers::PROVIDER_DATA;
+use super::headers::{PROVIDER_DATA, X_API_KEY};
 use super::operation::Operation;
 use crate::credentials::{bearer_header, ApiKeyKind};
 
@@ -159,6 +160,14 @@ pub fn decide(
             return Ok(Decision::Bearer(AuthMode::ClientApiKey, value));
         }
     }
+    if let Some(key) = headers.get(X_API_KEY).and_then(|v| v.to_str().ok()) {
+        let key = key.trim();
+        if ApiKeyKind::of(key) != ApiKeyKind::Unrecognised {
+            if let Some(value) = bearer_header(key) {
+                return Ok(Decision::Bearer(AuthMode::ClientApiKey, value));
+            }
+        }
+    }
     if let Some(value) = configured {
         return Ok(Decision::Bearer(AuthMode::ConfiguredApiKey, value.clone()));
     }
@@ -229,6 +238,21 @@ mod tests {
                 &[("authorization", "bearer ABSKclient")],
                 None,
                 ("api_key_passthrough", "bearer ABSKclient"),
+            ),
+            // Anthropic's clients put the key in `x-api-key`.
+            (
+                &[("x-api-key", " ABSKanthropic ")],
+                Some("ABSKconf"),
+                ("api_key_passthrough", "Bearer ABSKanthropic"),
+            ),
+            (&[("x-api-key", "sk-ant-dummy")], None, ("sigv4", "")),
+            (
+                &[
+                    ("authorization", "Bearer bedrock-api-key-abc"),
+                    ("x-api-key", "ABSKanthropic"),
+                ],
+                None,
+                ("api_key_passthrough", "Bearer bedrock-api-key-abc"),
             ),
             (
                 &[

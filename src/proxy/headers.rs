@@ -10,6 +10,8 @@ use http::header::{self, HeaderMap, HeaderName};
 
 /// llama-stack's per-request provider data (may carry a bearer token).
 pub const PROVIDER_DATA: HeaderName = HeaderName::from_static("x-llamastack-provider-data");
+/// Where Anthropic's clients (and AWS's examples for Mantle) put a key.
+pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 /// Carries the proxy token for clients that cannot set `Authorization`.
 pub const PROXY_TOKEN: HeaderName = super::gate::PROXY_TOKEN_HEADER;
 /// Marks errors the broker generated, with a short code.
@@ -72,11 +74,11 @@ static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
 ];
 
 /// What else never goes upstream: the client's `Host`, its authentication
-/// and SigV4 headers, the provider data (it may hold a token),
-/// `Content-Length` (the body is re-framed) and `Expect` (hyper already
-/// answered `100-continue`). `static` for the reason given at
-/// [`HOP_BY_HOP`].
-static NOT_FORWARDED: [HeaderName; 9] = [
+/// (`Authorization`, Anthropic's `x-api-key`) and SigV4 headers, the
+/// provider data (it may hold a token), `Content-Length` (the body is
+/// re-framed) and `Expect` (hyper already answered `100-continue`).
+/// `static` for the reason given at [`HOP_BY_HOP`].
+static NOT_FORWARDED: [HeaderName; 10] = [
     header::HOST,
     header::AUTHORIZATION,
     X_AMZ_DATE,
@@ -86,9 +88,10 @@ static NOT_FORWARDED: [HeaderName; 9] = [
     PROXY_TOKEN,
     header::CONTENT_LENGTH,
     header::EXPECT,
+    X_API_KEY,
 ];
 
-/// Which of [`HOP_BY_HOP`] (bits 0–8) and [`NOT_FORWARDED`] (bits 9–17)
+/// Which of [`HOP_BY_HOP`] (bits 0–8) and [`NOT_FORWARDED`] (bits 9–18)
 /// `headers` holds.
 ///
 /// One pass over the few keys a message has instead of a hashed lookup
@@ -124,6 +127,7 @@ fn bit(name: &str) -> u32 {
         "x-bedrock-broker-token" => 15,
         "content-length" => 16,
         "expect" => 17,
+        "x-api-key" => 18,
         _ => return 0,
     };
     1 << place

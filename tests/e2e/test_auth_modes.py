@@ -69,6 +69,24 @@ def test_client_bedrock_api_key_passes_through(sidecar, fake_aws, key):
     assert rec["auth_kind"] == "bearer" and rec["bearer_token"] == key
 
 
+def test_an_anthropic_style_x_api_key_is_a_key_or_a_placeholder(sidecar, fake_aws):
+    """Anthropic's clients (and AWS's Mantle examples) send the key as
+    ``x-api-key``: a Bedrock API key there is used as the bearer; anything
+    else is a placeholder, never forwarded (Mantle reads the header as a
+    key, so a placeholder beside the signature would be refused)."""
+    tid, r = post(sidecar, {"x-api-key": "sk-ant-placeholder"})
+    assert r.status_code == 200, r.text
+    rec = fake_aws.request_for(tid)
+    assert rec["auth_kind"] == "sigv4" and rec["verified"]
+    assert rec["headers_present"]["x-api-key"] is False
+    tid, r = post(sidecar, {"x-api-key": "ABSKlongtermkey42"})
+    assert r.status_code == 200, r.text
+    rec = fake_aws.request_for(tid)
+    assert rec["auth_kind"] == "bearer" and rec["bearer_token"] == "ABSKlongtermkey42"
+    assert rec["headers_present"]["x-api-key"] is False
+    assert sidecar.metric("bedrock_broker_requests_total", {"operation": "converse", "code": "200", "auth": "api_key_passthrough"}) == 1
+
+
 @pytest.mark.parametrize("auth", ["Bearer sk-dummy", "AWS4-HMAC-SHA256 Credential=AKIDOTHER/20260101/us-east-1/bedrock/aws4_request, SignedHeaders=host, Signature=00"])
 def test_other_client_authorization_is_stripped_and_replaced_by_sigv4(sidecar, fake_aws, auth):
     tid, r = post(sidecar, {"authorization": auth, "x-amz-date": "20200101T000000Z", "x-amz-security-token": "client-token"})
