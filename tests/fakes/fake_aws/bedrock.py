@@ -198,15 +198,20 @@ async def handle_model_op(state: FakeState, request: web.Request, record: dict, 
     return await send_stream(state, request, record, op, model_id, plan, ctl)
 
 
-async def handle_openai_chat(state: FakeState, request: web.Request, record: dict, data: dict) -> web.StreamResponse:
-    """OpenAI-compatible chat completions (JSON or SSE)."""
+def body_model_request(request: web.Request, record: dict, data: dict) -> tuple:
+    """``(model, denial or None, user text, cached tokens)`` of a request
+    naming its model in the body (OpenAI chat, Anthropic Messages)."""
     model = str(data.get("model") or "unknown-model")
     record["model_id"] = model
-    denied = denied_model(model)
+    cached = max(0, header_int(request, "x-fake-cached-tokens", 0) or 0)
+    return model, denied_model(model), last_user_text(data), cached
+
+
+async def handle_openai_chat(state: FakeState, request: web.Request, record: dict, data: dict) -> web.StreamResponse:
+    """OpenAI-compatible chat completions (JSON or SSE)."""
+    model, denied, user_text, cached = body_model_request(request, record, data)
     if denied is not None:
         return denied
-    user_text = last_user_text(data)
-    cached = max(0, header_int(request, "x-fake-cached-tokens", 0) or 0)
     if not data.get("stream"):
         reply = openai_completion(model, user_text, cached)
         return json_response(200, reply, headers={"x-amzn-RequestId": new_request_id()})
@@ -224,13 +229,9 @@ async def handle_openai_chat(state: FakeState, request: web.Request, record: dic
 async def handle_anthropic_messages(state: FakeState, request: web.Request, record: dict, data: dict) -> web.StreamResponse:
     """The Anthropic Messages API (JSON or SSE), as the runtime's
     ``/anthropic`` and Mantle's ``/anthropic`` serve it."""
-    model = str(data.get("model") or "unknown-model")
-    record["model_id"] = model
-    denied = denied_model(model)
+    model, denied, user_text, cached = body_model_request(request, record, data)
     if denied is not None:
         return denied
-    user_text = last_user_text(data)
-    cached = max(0, header_int(request, "x-fake-cached-tokens", 0) or 0)
     if not data.get("stream"):
         return json_response(200, messages_response(model, user_text, cached), headers={"x-amzn-RequestId": new_request_id()})
     ctl = StreamControls.from_request(request)
