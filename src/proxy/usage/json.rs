@@ -17,6 +17,11 @@ pub struct Usage {
     pub output: Option<u64>,
     pub cache_read: Option<u64>,
     pub cache_write: Option<u64>,
+    /// OpenAI's `cached_tokens` (of `prompt_tokens_details`, or
+    /// `input_tokens_details` in Responses): tokens the prompt cache
+    /// served, which `input` holds too as the answer gives it. Kept apart
+    /// until [`Usage::counted`], so that a stream's events merge first.
+    pub cached_in_input: Option<u64>,
 }
 
 impl Usage {
@@ -38,6 +43,29 @@ impl Usage {
             output: newer.output.or(self.output),
             cache_read: newer.cache_read.or(self.cache_read),
             cache_write: newer.cache_write.or(self.cache_write),
+            cached_in_input: newer.cached_in_input.or(self.cached_in_input),
+        }
+    }
+
+    /// The counts as the metrics give them, the same for every API: the
+    /// directions never overlap, and `input` is the prompt's tokens read
+    /// fresh. OpenAI's shape counts the tokens its prompt cache served
+    /// inside `prompt_tokens` (and says how many in `cached_tokens`);
+    /// LiteLLM's, the tokens written to the cache too (which it gives as
+    /// `cache_creation_input_tokens`). Converse and Anthropic count both
+    /// apart already. So in an OpenAI-shaped answer they move out of the
+    /// input, the cached ones to `cache_read` (unless the answer gives
+    /// that count itself, as LiteLLM's does).
+    pub(super) fn counted(self) -> Usage {
+        let Some(cached) = self.cached_in_input else {
+            return self;
+        };
+        let cached_or_written = cached.saturating_add(self.cache_write.unwrap_or(0));
+        Usage {
+            input: self.input.map(|n| n.saturating_sub(cached_or_written)),
+            cache_read: self.cache_read.or(Some(cached)),
+            cached_in_input: None,
+            ..self
         }
     }
 
@@ -105,8 +133,15 @@ enum Key {
 /// served from the prompt cache, and are counted in `prompt_tokens` too.
 #[derive(Deserialize)]
 struct InputDetails {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count_or_nothing")]
     cached_tokens: Option<u64>,
+}
+
+/// A count, or nothing for any other value: a breakdown an upstream
+/// fills oddly (a string, a fraction) costs the answer its cache-read
+/// count, not its whole usage.
+fn count_or_nothing<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    Ok(serde_json::Value::deserialize(deserializer)?.as_u64())
 }
 
 impl<'de> Deserialize<'de> for Key {
@@ -138,13 +173,7 @@ impl<'de> Deserialize<'de> for Key {
 /// character or a lone surrogate escape) is skipped where the derive
 /// failed the object, and only an object is usage (the derive also took
 /// an array, by position).
-///
-/// OpenAI's shape counts the tokens its prompt cache served inside
-/// `prompt_tokens` (`input_tokens` in Responses) and says how many in
-/// `cached_tokens` of the input details; Converse and Anthropic count them
-/// apart from the input. Read the OpenAI way, they become `cache_read` and
-/// leave the input, so that `input` is the same thing for every API: the
-/// tokens read fresh. The counts never overlap.
+/// OpenAI's input details give `cached_in_input` (see [`Usage::counted`]).
 impl<'de> Deserialize<'de> for Usage {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct UsageVisitor;
@@ -177,12 +206,7 @@ impl<'de> Deserialize<'de> for Usage {
                     }
                     *usage.slot(count) = map.next_value()?;
                 }
-                if let Some(cached) = details.flatten().and_then(|d| d.cached_tokens) {
-                    usage.input = usage.input.map(|n| n.saturating_sub(cached));
-                    // A count of its own, where an answer gives one too
-                    // (LiteLLM's shape has both), is the one to trust.
-                    usage.cache_read.get_or_insert(cached);
-                }
+                usage.cached_in_input = details.flatten().and_then(|d| d.cached_tokens);
                 Ok(usage)
             }
         }
@@ -350,6 +374,7 @@ mod tests {
             output: Some(196),
             cache_read: Some(5),
             cache_write: Some(6),
+            cached_in_input: None,
         };
         assert_eq!(read(converse), Some(expected));
         let anthropic = br#"{"input_tokens":212,"cache_creation_input_tokens":6,"cache_read_input_tokens":5,"output_tokens":196}"#;
@@ -358,30 +383,43 @@ mod tests {
         assert_eq!(read(openai).unwrap().input, Some(1));
         assert_eq!(read(openai).unwrap().output, Some(2));
         // OpenAI counts cached tokens inside the prompt's: they move over.
+        let counted = |doc: &[u8]| read(doc).map(Usage::counted);
         let cached = Usage {
             input: Some(6),
             output: Some(2),
             cache_read: Some(4),
-            cache_write: None,
+            ..Usage::default()
         };
         let chat = br#"{"prompt_tokens":10,"completion_tokens":2,"total_tokens":12,"prompt_tokens_details":{"cached_tokens":4,"audio_tokens":0}}"#;
-        assert_eq!(read(chat), Some(cached));
+        assert_eq!(read(chat).unwrap().cached_in_input, Some(4));
+        assert_eq!(counted(chat), Some(cached));
         let responses = br#"{"input_tokens":10,"input_tokens_details":{"cached_tokens":4},"output_tokens":2,"output_tokens_details":{"reasoning_tokens":1},"total_tokens":12}"#;
-        assert_eq!(read(responses), Some(cached));
+        assert_eq!(counted(responses), Some(cached));
         // LiteLLM's shape says it twice; the direct count is kept.
         let both = br#"{"prompt_tokens":10,"completion_tokens":2,"cache_read_input_tokens":4,"prompt_tokens_details":{"cached_tokens":4}}"#;
-        assert_eq!(read(both), Some(cached));
+        assert_eq!(counted(both), Some(cached));
+        // LiteLLM's prompt holds what it wrote to the cache too.
+        let written = br#"{"prompt_tokens":1510,"completion_tokens":2,"cache_creation_input_tokens":500,"cache_read_input_tokens":1000,"prompt_tokens_details":{"cached_tokens":1000}}"#;
+        let usage = counted(written).unwrap();
+        assert_eq!(
+            (usage.input, usage.cache_read, usage.cache_write),
+            (Some(10), Some(1000), Some(500))
+        );
         // More cached than the prompt held (a broken upstream): no wrap.
         let over = br#"{"prompt_tokens":1,"prompt_tokens_details":{"cached_tokens":4}}"#;
-        assert_eq!(read(over).unwrap().input, Some(0));
+        assert_eq!(counted(over).unwrap().input, Some(0));
         for plain in [
             &br#"{"prompt_tokens":10,"prompt_tokens_details":null}"#[..],
             br#"{"prompt_tokens":10,"prompt_tokens_details":{"audio_tokens":3}}"#,
             br#"{"prompt_tokens":10,"prompt_tokens_details":{"cached_tokens":null}}"#,
+            br#"{"prompt_tokens":10,"prompt_tokens_details":{"cached_tokens":"4"}}"#,
+            br#"{"prompt_tokens":10,"prompt_tokens_details":{"cached_tokens":1.5}}"#,
         ] {
-            let usage = read(plain).unwrap();
+            let usage = counted(plain).unwrap();
             assert_eq!((usage.input, usage.cache_read), (Some(10), None));
         }
+        // Counts that are not OpenAI's stay as given.
+        assert_eq!(counted(converse), Some(expected));
         let twice = br#"{"prompt_tokens_details":{"cached_tokens":1},"input_tokens_details":{"cached_tokens":1}}"#;
         assert_eq!(read(twice), None);
         // A key spelt with an escape is the same key.
@@ -442,22 +480,18 @@ mod tests {
 
         #[derive(Debug, Deserialize)]
         struct DerivedDetails {
-            #[serde(default)]
+            #[serde(default, deserialize_with = "count_or_nothing")]
             cached_tokens: Option<u64>,
         }
 
         impl Derived {
-            /// With OpenAI's cached tokens taken out of the input.
             fn usage(self) -> Usage {
-                let cached = self.prompt_tokens_details.and_then(|d| d.cached_tokens);
                 Usage {
-                    input: match (self.input, cached) {
-                        (Some(n), Some(c)) => Some(n.saturating_sub(c)),
-                        (n, _) => n,
-                    },
+                    input: self.input,
                     output: self.output,
-                    cache_read: self.cache_read.or(cached),
+                    cache_read: self.cache_read,
                     cache_write: self.cache_write,
+                    cached_in_input: self.prompt_tokens_details.and_then(|d| d.cached_tokens),
                 }
             }
         }

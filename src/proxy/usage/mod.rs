@@ -84,6 +84,7 @@ impl UsageRecorder {
     }
 
     pub(super) fn record(model: &ModelCounters, usage: Usage) {
+        let usage = usage.counted();
         for count in Count::ALL {
             // A count no answer can have (a broken or hostile upstream)
             // would wrap the counter, which reads as a reset to `rate()`.
@@ -741,6 +742,7 @@ mod tests {
                 output: get("x-amzn-bedrock-output-token-count"),
                 cache_read: get("x-amzn-bedrock-cache-read-input-token-count"),
                 cache_write: get("x-amzn-bedrock-cache-write-input-token-count"),
+                cached_in_input: None,
             };
             (usage != Usage::default()).then_some(usage)
         }

@@ -81,10 +81,10 @@ impl SseScanner {
             self.check_field(line);
             return;
         };
-        // Only the first byte of the data is looked at unless an event
-        // line named a failure: errors are rare, and every chunk passes.
+        // Only the data's first key is looked at unless an event line
+        // named a failure: errors are rare, and every chunk passes here.
         let failing = self.failing.take();
-        if failing.is_some() || payload.trim_ascii_start().starts_with(b"{\"error\"") {
+        if failing.is_some() || opens_with_an_error(payload) {
             self.error = Some(failure_label(failing, payload.trim_ascii()));
         }
         let Some(at) = USAGE_FINDER.find(payload) else {
@@ -97,9 +97,7 @@ impl SseScanner {
             self.last = Some(self.last.map_or(u, |earlier| earlier.updated_by(u)));
         }
     }
-}
 
-impl SseScanner {
     /// A line other than data: an `event:` line names the next data's
     /// event; a blank one ends the event.
     fn check_field(&mut self, line: &[u8]) {
@@ -115,6 +113,22 @@ impl SseScanner {
             _ => None,
         };
     }
+}
+
+/// Whether the data is an object whose first member is an `"error"`
+/// object: OpenAI's error chunk (`{"error": {...}}`), where the SDK raises.
+/// An `"error": null` among a chunk's members is no error.
+fn opens_with_an_error(data: &[u8]) -> bool {
+    let Some(rest) = data.trim_ascii_start().strip_prefix(b"{") else {
+        return false;
+    };
+    let Some(rest) = rest.trim_ascii_start().strip_prefix(b"\"error\"") else {
+        return false;
+    };
+    let Some(value) = rest.trim_ascii_start().strip_prefix(b":") else {
+        return false;
+    };
+    value.trim_ascii_start().starts_with(b"{")
 }
 
 /// The error types the OpenAI-compatible and Anthropic APIs report inside
@@ -274,13 +288,18 @@ mod tests {
             Some("response_failed")
         );
         // A name outside the list, or an error that is not JSON: bounded.
-        let odd = r#"data: {"error":{"type":"a-new-kind\u0000"}}"#;
+        let odd = r#"data: { "error" : {"type":"a-new-kind\u0000"}}"#;
         assert_eq!(reported(&[odd]), Some("other"));
         assert_eq!(reported(&["event: error", "data: not json"]), Some("other"));
         // The event name holds for its own data only.
         assert_eq!(reported(&["event: error", "", chunk]), None);
         assert_eq!(
             reported(&["event: message", r#"data: {"text":"{\"error\""}"#]),
+            None
+        );
+        // A chunk with an `"error": null` member has none.
+        assert_eq!(
+            reported(&[r#"data: {"error":null,"choices":[{"delta":{"content":"a"}}]}"#]),
             None
         );
         // Text that mentions an error is not one.
@@ -379,6 +398,23 @@ mod tests {
                 usage.cache_write
             ),
             (Some(100), Some(20), Some(1000), Some(500))
+        );
+    }
+
+    #[test]
+    fn cached_tokens_leave_the_input_once_the_events_are_merged() {
+        // Only the first usage chunk says how much of the prompt was
+        // cached; the later one repeats the prompt's total.
+        let lines: Vec<String> = [
+            r#"data: {"usage":{"prompt_tokens":100,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":90}}}"#,
+            r#"data: {"usage":{"prompt_tokens":100,"completion_tokens":7}}"#,
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let usage = scanned(&lines, &[]).unwrap().counted();
+        assert_eq!(
+            (usage.input, usage.cache_read, usage.output),
+            (Some(10), Some(90), Some(7))
         );
     }
 
