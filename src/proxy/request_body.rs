@@ -166,7 +166,10 @@ fn client_went_away(e: &(dyn std::error::Error + 'static)) -> bool {
         );
     }
     if let Some(h2) = e.downcast_ref::<h2::Error>() {
-        return h2.is_io() || h2.is_go_away() || h2.reason() == Some(h2::Reason::CANCEL);
+        // Whatever the code (curl abandons a transfer with STREAM_CLOSED),
+        // a reset from the client mid-body is the client leaving; one of
+        // our own making (a protocol error it caused) is not.
+        return h2.is_io() || ((h2.is_reset() || h2.is_go_away()) && h2.is_remote());
     }
     false
 }
@@ -388,6 +391,26 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(4)).await;
         tx.send(3).unwrap();
         assert_eq!(later.await.unwrap().unwrap().unwrap(), 3);
+    }
+
+    #[test]
+    fn a_hang_up_is_the_client_leaving_and_a_bad_chunk_a_bad_request() {
+        use std::io::{Error, ErrorKind};
+        let code = |e: BoxError| unreadable(e).code().name;
+        // hyper's body error wraps the connection's cause.
+        #[derive(Debug, thiserror::Error)]
+        #[error("error reading a body from connection")]
+        struct Wrapped(#[source] Error);
+        for kind in [ErrorKind::UnexpectedEof, ErrorKind::ConnectionReset] {
+            assert_eq!(code(Box::new(Wrapped(Error::from(kind)))), "client_closed");
+        }
+        let bad_chunk = Error::new(ErrorKind::InvalidData, "invalid chunk size line");
+        assert_eq!(code(Box::new(Wrapped(bad_chunk))), "body_read_failed");
+        // A reset of our own making (not the client's) is no hang-up.
+        let ours = h2::Error::from(h2::Reason::CANCEL);
+        assert!(!ours.is_remote());
+        assert_eq!(code(Box::new(ours)), "body_read_failed");
+        assert_eq!(code("connection error".into()), "body_read_failed");
     }
 
     #[test]
