@@ -69,6 +69,7 @@ impl Proxy {
             self.max_body_bytes,
             self.gate.body_budget(),
             occupancy,
+            self.gate.body_read_timeout,
         );
         let sent = upstream::send_stream(
             &self.clients.streams,

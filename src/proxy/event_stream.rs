@@ -13,6 +13,7 @@
 //! proxy): the envelope is taken off and the message inside re-signed.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use aws_sigv4::event_stream::{sign_empty_message, sign_message};
 use aws_sigv4::sign::v4::SigningParams;
@@ -60,6 +61,8 @@ pub enum StreamError {
     Truncated(usize),
     #[error("bedrock-broker is busy (no room for an event-stream message in --request-body-budget); retry shortly")]
     Overloaded,
+    #[error("the client sent nothing for {} after Bedrock's answer ended (--body-read-timeout)", humantime::format_duration(*.0))]
+    Stalled(Duration),
 }
 
 impl StreamError {
@@ -69,6 +72,7 @@ impl StreamError {
         match self {
             // nginx's "client closed request": not an error of ours or Bedrock's.
             Self::Read(_) => ProxyError::ClientClosed(self.to_string()),
+            Self::Stalled(d) => ProxyError::BodyReadTimeout(*d),
             Self::Sign(_) | Self::Encode(_) => ProxyError::SigningFailed(self.to_string()),
             Self::Overloaded => ProxyError::Overloaded(
                 "no room for an event-stream message in --request-body-budget",
@@ -266,6 +270,7 @@ pub fn resigned<B>(
     max_message_bytes: usize,
     budget: BodyBudget,
     occupancy: Arc<Occupancy>,
+    patience: Duration,
 ) -> (UnsyncBoxBody<Bytes, StreamError>, Aborted)
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -281,7 +286,9 @@ where
         held: Option<OwnedSemaphorePermit>,
         /// The request is in flight while its messages are still sent,
         /// whether or not Bedrock has ended its answer.
-        _occupancy: Arc<Occupancy>,
+        occupancy: Arc<Occupancy>,
+        /// The silence allowed once the answer has ended.
+        patience: Duration,
     }
     let aborted = Aborted::default();
     let state = State {
@@ -291,7 +298,8 @@ where
         done: false,
         budget,
         held: None,
-        _occupancy: occupancy,
+        occupancy,
+        patience,
     };
     let frames = futures::stream::unfold(state, |mut state| async move {
         loop {
@@ -300,11 +308,13 @@ where
             }
             // What the client sent, in types that may be held across the
             // budget's wait below (its body's error need not be `Send`).
-            let polled = match state.client.frame().await {
-                None => None,
-                Some(Err(e)) => Some(Err(StreamError::Read(e.into()))),
+            let polled = match next_frame(&mut state.client, &state.occupancy, state.patience).await
+            {
+                Err(stalled) => Some(Err(stalled)),
+                Ok(None) => None,
+                Ok(Some(Err(e))) => Some(Err(StreamError::Read(e.into()))),
                 // Trailers mean nothing in an event stream.
-                Some(Ok(frame)) => Some(Ok(frame.into_data().ok())),
+                Ok(Some(Ok(frame))) => Some(Ok(frame.into_data().ok())),
             };
             let next = match polled {
                 None => {
@@ -338,7 +348,7 @@ where
                 // done then is to abort the upstream request and say why
                 // here. A client hanging up is ordinary (a call ended).
                 match e {
-                    StreamError::Read(_) => {
+                    StreamError::Read(_) | StreamError::Stalled(_) => {
                         tracing::debug!(error = %e, "bidirectional stream ended by the client")
                     }
                     _ => tracing::warn!(error = %e, "bidirectional stream aborted"),
@@ -350,6 +360,27 @@ where
         }
     });
     (StreamBody::new(frames).boxed_unsync(), aborted)
+}
+
+/// The client's next frame. While Bedrock answers, the client may be
+/// silent as long as it likes (Bedrock ends a session it finds idle); once
+/// the answer has ended (the response let go of its share of the hold),
+/// nothing else would end a stream the client leaves open, and its slot
+/// in `--max-requests` with it: silence for `patience` does then.
+async fn next_frame<B: Body + Unpin>(
+    client: &mut B,
+    occupancy: &Arc<Occupancy>,
+    patience: Duration,
+) -> Result<Option<Result<Frame<B::Data>, B::Error>>, StreamError> {
+    loop {
+        match tokio::time::timeout(patience, client.frame()).await {
+            Ok(frame) => return Ok(frame),
+            Err(_) if Arc::strong_count(occupancy) == 1 => {
+                return Err(StreamError::Stalled(patience))
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// Makes `held` cover `bytes`, drawing the difference from `budget`.
@@ -487,6 +518,7 @@ mod tests {
             1 << 20,
             gate.body_budget(),
             occupancy.share(),
+            Duration::from_secs(30),
         );
         // Bedrock ended its answer: the response lets go of its share.
         drop(occupancy);
@@ -502,6 +534,49 @@ mod tests {
         drop(body);
         assert_eq!(gauge.get(), 0);
         assert!(slots.try_acquire_owned().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_may_wait_while_bedrock_answers_not_after() {
+        use crate::proxy::response_body::InFlight;
+        use futures::channel::mpsc;
+        use http_body_util::StreamBody;
+        use std::convert::Infallible;
+
+        let gate = crate::proxy::gate::GateState::new(crate::proxy::config::Gate {
+            allowed_hosts: Vec::new(),
+            token: None,
+            body_read_timeout: Duration::from_secs(1),
+            body_min_rate: None,
+            body_budget: 1 << 20,
+            body_budget_wait: Duration::from_millis(10),
+            max_requests: 4,
+        });
+        let gauge = prometheus::IntGauge::new("in_flight", "test").unwrap();
+        let mut occupancy = Occupancy::new(InFlight::new(&gauge), None);
+        let (_tx, rx) = mpsc::unbounded::<Result<Frame<Bytes>, Infallible>>();
+        let patience = Duration::from_secs(30);
+        let (mut body, _) = resigned(
+            StreamBody::new(rx),
+            signer("s"),
+            1 << 20,
+            gate.body_budget(),
+            occupancy.share(),
+            patience,
+        );
+        // Bedrock still answering: any silence is the session's own.
+        let waited = tokio::time::timeout(patience * 3, body.frame()).await;
+        assert!(waited.is_err(), "still waiting for the client");
+        // The answer ended: silence for `patience` ends the stream.
+        drop(occupancy);
+        let started = tokio::time::Instant::now();
+        assert!(matches!(
+            body.frame().await,
+            Some(Err(StreamError::Stalled(d))) if d == patience
+        ));
+        assert!(started.elapsed() <= patience * 2);
+        drop(body);
+        assert_eq!(gauge.get(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -537,6 +612,7 @@ mod tests {
             1 << 20,
             gate.body_budget(),
             unheld(),
+            Duration::from_secs(30),
         );
         let a = tokio::spawn(async move {
             let mut frames = 0;
@@ -562,6 +638,7 @@ mod tests {
             1 << 20,
             gate.body_budget(),
             unheld(),
+            Duration::from_secs(30),
         );
         send(&tx_b, &message[..500]);
         assert!(matches!(

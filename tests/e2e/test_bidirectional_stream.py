@@ -424,3 +424,26 @@ def test_a_stream_whose_answer_ended_first_holds_its_slot_until_its_input_ends(s
     (record,) = [r for r in bidi_records(fake_aws_h2)]
     assert record["bidi"]["frames_verified"] == 3, record["bidi"]
     wait_for(lambda: in_flight() == 0, timeout=10, what="the slot given back")
+
+
+def test_a_client_silent_after_the_answer_ended_lets_go_of_its_slot(start_sidecar, bidi_env, fake_aws_h2):
+    """Once Bedrock's answer is over, nothing but the client would end the
+    stream: a client that goes quiet then (and never ends it) is cut off
+    after `--body-read-timeout`, not kept in flight for ever."""
+    sidecar = start_sidecar(bidi_env, ["--max-requests", "1", "--body-read-timeout", "1s"])
+    in_flight = lambda: sidecar.metric("bedrock_broker_requests_in_flight")  # noqa: E731
+
+    async def go_quiet() -> None:
+        client = await H2Client.connect(sidecar.proxy)
+        try:
+            call = await client.start(bidi_headers(sidecar.proxy, ("x-fake-end-answers-after", "1")))
+            await call.send(chunk("one"))
+            assert await call.response_status() == 200
+            assert answer(await call.next_message())["seq"] == 1
+            assert await call.next_message() is None, "the answer ended"
+            # The connection stays open and says nothing more.
+            await asyncio.to_thread(wait_for, lambda: in_flight() == 0, timeout=10, what="the quiet stream let go")
+        finally:
+            await client.close()
+
+    asyncio.run(go_quiet())
