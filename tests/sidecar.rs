@@ -330,7 +330,10 @@ async fn stalled_stream(events: Vec<&'static str>) -> (u16, String) {
 async fn cuts_off_a_stream_that_stalls_before_its_first_event() {
     let (status, body) = stalled_stream(vec![]).await;
     assert_eq!(status, 200);
-    assert!(body.starts_with("data: {\"error\""), "{body}");
+    assert!(
+        body.starts_with("event: error\ndata: {\"type\":\"error\",\"error\""),
+        "{body}"
+    );
     assert!(
         body.contains("\"code\":\"upstream_idle_timeout\""),
         "{body}"

@@ -134,9 +134,12 @@ impl StreamKind {
     fn error_tail(self, message: &str) -> Option<Bytes> {
         match self {
             Self::Sse => {
-                let body = serde_json::json!({"error": {
+                // Named `error` with an `error` member: the Anthropic SDK
+                // reads only named error events, the OpenAI SDKs raise on
+                // any event whose data holds an `error`.
+                let body = serde_json::json!({"type": "error", "error": {
                     "message": message, "type": "api_error", "code": "upstream_idle_timeout"}});
-                Some(Bytes::from(format!("data: {body}\n\n")))
+                Some(Bytes::from(format!("event: error\ndata: {body}\n\n")))
             }
             Self::EventStream => {
                 let payload = serde_json::json!({ "message": message }).to_string();
@@ -485,12 +488,14 @@ mod tests {
     }
 
     #[test]
-    fn sse_error_tail_is_an_openai_error_event() {
+    fn sse_error_tail_is_an_error_event_both_sdks_raise() {
         let tail = StreamKind::Sse.error_tail("stalled").unwrap();
         let text = std::str::from_utf8(&tail).unwrap();
-        let json: serde_json::Value =
-            serde_json::from_str(text.trim().strip_prefix("data: ").unwrap()).unwrap();
+        let data = text.strip_prefix("event: error\ndata: ").unwrap();
+        let json: serde_json::Value = serde_json::from_str(data.trim_end()).unwrap();
+        assert_eq!(json["type"], "error");
         assert_eq!(json["error"]["code"], "upstream_idle_timeout");
+        assert!(text.ends_with("\n\n"));
         assert!(StreamKind::Plain.error_tail("x").is_none());
     }
 }

@@ -77,3 +77,23 @@ def test_an_error_event_ending_a_stream_is_counted_beside_its_200(sidecar, fake_
     wait_for(lambda: sidecar.metric("bedrock_broker_stream_errors_total", labels) == 1, timeout=10,
              what="the stream's error counted")
     assert sidecar.metric("bedrock_broker_requests_total", {"operation": "messages", "code": "200", "auth": "sigv4"}) == 1
+
+
+def test_a_stalled_stream_ends_with_an_error_the_sdk_raises(start_sidecar, irsa_env, fake_aws):
+    """The sidecar's own cut (`--stream-idle-timeout`) must reach the
+    Anthropic SDK as an error, which reads only named `error` events."""
+    sidecar = start_sidecar(irsa_env, ["--stream-idle-timeout", "500ms"])
+    sid = "idle-msg-" + uuid.uuid4().hex
+    got = []
+    with pytest.raises(anthropic.APIStatusError) as e:
+        with client(sidecar, "/anthropic").messages.stream(
+            model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "x"}],
+            extra_headers={"x-fake-lockstep": sid, "x-fake-chunks": "3"},
+        ) as stream:
+            for text in stream.text_stream:
+                got.append(text)
+    assert got, "the text sent before the stall reached the client"
+    assert "stream-idle-timeout" in str(e.value)
+    labels = {"operation": "messages", "type": "upstream_idle_timeout"}
+    wait_for(lambda: sidecar.metric("bedrock_broker_stream_errors_total", labels) == 1, timeout=10,
+             what="the cut counted")
