@@ -366,19 +366,20 @@ where
 /// silent as long as it likes (Bedrock ends a session it finds idle); once
 /// the answer has ended (the response let go of its share of the hold),
 /// nothing else would end a stream the client leaves open, and its slot
-/// in `--max-requests` with it: silence for `patience` does then.
+/// in `--max-requests` with it: a whole `patience` of silence after the
+/// end is seen does then (the end is seen at most `patience` after it
+/// came, so the cut comes between one and two `patience`s after it).
 async fn next_frame<B: Body + Unpin>(
     client: &mut B,
     occupancy: &Arc<Occupancy>,
     patience: Duration,
 ) -> Result<Option<Result<Frame<B::Data>, B::Error>>, StreamError> {
+    let mut answer_over = false;
     loop {
         match tokio::time::timeout(patience, client.frame()).await {
             Ok(frame) => return Ok(frame),
-            Err(_) if Arc::strong_count(occupancy) == 1 => {
-                return Err(StreamError::Stalled(patience))
-            }
-            Err(_) => {}
+            Err(_) if answer_over => return Err(StreamError::Stalled(patience)),
+            Err(_) => answer_over = Arc::strong_count(occupancy) == 1,
         }
     }
 }
@@ -567,14 +568,16 @@ mod tests {
         // Bedrock still answering: any silence is the session's own.
         let waited = tokio::time::timeout(patience * 3, body.frame()).await;
         assert!(waited.is_err(), "still waiting for the client");
-        // The answer ended: silence for `patience` ends the stream.
+        // The answer ended: a whole `patience` of silence once that is
+        // seen ends the stream, however long the client was silent before.
         drop(occupancy);
-        let started = tokio::time::Instant::now();
+        let ended = tokio::time::Instant::now();
         assert!(matches!(
             body.frame().await,
             Some(Err(StreamError::Stalled(d))) if d == patience
         ));
-        assert!(started.elapsed() <= patience * 2);
+        let cut = ended.elapsed();
+        assert!(cut >= patience && cut <= patience * 2, "{cut:?}");
         drop(body);
         assert_eq!(gauge.get(), 0);
     }
