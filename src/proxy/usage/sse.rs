@@ -116,8 +116,9 @@ impl SseScanner {
 }
 
 /// Whether the data is an object whose first member is an `"error"`
-/// object: OpenAI's error chunk (`{"error": {...}}`), where the SDK raises.
-/// An `"error": null` among a chunk's members is no error.
+/// object or string: OpenAI's error chunk (`{"error": {...}}`; some
+/// OpenAI-compatible servers send a string), where the SDK raises. An
+/// `"error": null` among a chunk's members is no error.
 fn opens_with_an_error(data: &[u8]) -> bool {
     let Some(rest) = data.trim_ascii_start().strip_prefix(b"{") else {
         return false;
@@ -128,7 +129,7 @@ fn opens_with_an_error(data: &[u8]) -> bool {
     let Some(value) = rest.trim_ascii_start().strip_prefix(b":") else {
         return false;
     };
-    value.trim_ascii_start().starts_with(b"{")
+    matches!(value.trim_ascii_start().first(), Some(b'{' | b'"'))
 }
 
 /// The error types the OpenAI-compatible and Anthropic APIs report inside
@@ -297,6 +298,8 @@ mod tests {
             reported(&["event: message", r#"data: {"text":"{\"error\""}"#]),
             None
         );
+        let text_error = r#"data: {"error":"Input validation error"}"#;
+        assert_eq!(reported(&[text_error]), Some("other"));
         // A chunk with an `"error": null` member has none.
         assert_eq!(
             reported(&[r#"data: {"error":null,"choices":[{"delta":{"content":"a"}}]}"#]),
