@@ -165,7 +165,7 @@ def test_a_client_hanging_up_mid_body_is_counted_as_499_not_a_bad_request(sideca
         s.close()
         wait_for(lambda: sidecar.metric("bedrock_broker_requests_in_flight") == 0, timeout=10, what="the hang-up seen")
 
-    async def cancel_mid_body() -> None:
+    async def reset_mid_body(code: int) -> None:
         client = await H2Client.connect(sidecar.proxy)
         try:
             call = await client.start([(":method", "POST"), (":scheme", "http"), (":authority", u.netloc),
@@ -173,14 +173,18 @@ def test_a_client_hanging_up_mid_body_is_counted_as_499_not_a_bad_request(sideca
             await call.send(b"{" * 10)
             await asyncio.to_thread(wait_for, lambda: sidecar.metric("bedrock_broker_requests_in_flight") == 1,
                                     timeout=10, what="the body being read")
-            client.conn.reset_stream(call.stream_id, error_code=8)  # CANCEL
+            client.conn.reset_stream(call.stream_id, error_code=code)
             await client.flush()
+            await asyncio.to_thread(wait_for, lambda: sidecar.metric("bedrock_broker_requests_in_flight") == 0,
+                                    timeout=10, what="the reset seen")
         finally:
             await client.close()
 
-    asyncio.run(cancel_mid_body())
+    # CANCEL, and STREAM_CLOSED (curl's when it abandons a transfer).
+    for code in (8, 5):
+        asyncio.run(reset_mid_body(code))
     closed = {"operation": "converse", "code": "499", "auth": "sigv4"}
-    wait_for(lambda: sidecar.metric("bedrock_broker_requests_total", closed) == 4, timeout=10, what="four hang-ups counted")
+    wait_for(lambda: sidecar.metric("bedrock_broker_requests_total", closed) == 5, timeout=10, what="five hang-ups counted")
     bad_chunk = exchange(sidecar, head + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n{}\r\n0\r\n\r\n")
     assert bad_chunk.startswith(b"HTTP/1.1 400"), bad_chunk
     assert b"body_read_failed" in bad_chunk, bad_chunk
