@@ -248,8 +248,8 @@ fn readable(item: &str) -> bool {
 }
 
 /// Prepares client request headers for the upstream: removes hop-by-hop
-/// headers, `Host`, the client's `Authorization` and SigV4 headers, the
-/// provider-data header (it may hold a token), `Content-Length` (the body is
+/// headers, `Host`, the client's `Authorization`, `x-api-key` and SigV4
+/// headers, the provider-data header (it may hold a token), `Content-Length` (the body is
 /// re-framed) and `Expect` (hyper already answered `100-continue` to the
 /// client; the upstream gets the body without asking), and narrows
 /// `Accept-Encoding` to what the usage tap reads.
