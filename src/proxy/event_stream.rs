@@ -483,6 +483,19 @@ mod tests {
         }
     }
 
+    /// A gate whose body budget is `bytes`.
+    fn gate_with_budget(bytes: usize) -> crate::proxy::gate::GateState {
+        crate::proxy::gate::GateState::new(crate::proxy::config::Gate {
+            allowed_hosts: Vec::new(),
+            token: None,
+            body_read_timeout: Duration::from_secs(1),
+            body_min_rate: None,
+            body_budget: bytes,
+            body_budget_wait: Duration::from_millis(10),
+            max_requests: 4,
+        })
+    }
+
     /// A hold on nothing, for tests of other things.
     fn unheld() -> Arc<Occupancy> {
         let gauge = prometheus::IntGauge::new("in_flight", "test").unwrap();
@@ -499,15 +512,7 @@ mod tests {
         use http_body_util::StreamBody;
         use std::convert::Infallible;
 
-        let gate = crate::proxy::gate::GateState::new(crate::proxy::config::Gate {
-            allowed_hosts: Vec::new(),
-            token: None,
-            body_read_timeout: Duration::from_secs(1),
-            body_min_rate: None,
-            body_budget: 1 << 20,
-            body_budget_wait: Duration::from_millis(10),
-            max_requests: 4,
-        });
+        let gate = gate_with_budget(1 << 20);
         let gauge = prometheus::IntGauge::new("in_flight", "test").unwrap();
         let slots = Arc::new(tokio::sync::Semaphore::new(1));
         let slot = slots.clone().try_acquire_owned().unwrap();
@@ -544,15 +549,7 @@ mod tests {
         use http_body_util::StreamBody;
         use std::convert::Infallible;
 
-        let gate = crate::proxy::gate::GateState::new(crate::proxy::config::Gate {
-            allowed_hosts: Vec::new(),
-            token: None,
-            body_read_timeout: Duration::from_secs(1),
-            body_min_rate: None,
-            body_budget: 1 << 20,
-            body_budget_wait: Duration::from_millis(10),
-            max_requests: 4,
-        });
+        let gate = gate_with_budget(1 << 20);
         let gauge = prometheus::IntGauge::new("in_flight", "test").unwrap();
         let mut occupancy = Occupancy::new(InFlight::new(&gauge), None);
         let (_tx, rx) = mpsc::unbounded::<Result<Frame<Bytes>, Infallible>>();
@@ -584,22 +581,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn unfinished_messages_hold_the_body_budget_until_they_complete() {
-        use crate::proxy::config::Gate;
-        use crate::proxy::gate::GateState;
         use futures::channel::mpsc;
         use http_body_util::StreamBody;
         use std::convert::Infallible;
 
         type Frames = mpsc::UnboundedSender<Result<Frame<Bytes>, Infallible>>;
-        let gate = GateState::new(Gate {
-            allowed_hosts: Vec::new(),
-            token: None,
-            body_read_timeout: Duration::from_secs(1),
-            body_min_rate: None,
-            body_budget: 1000,
-            body_budget_wait: Duration::from_millis(10),
-            max_requests: 4,
-        });
+        let gate = gate_with_budget(1000);
         let budget = gate.body_budget();
         let send = |tx: &Frames, bytes: &[u8]| {
             tx.unbounded_send(Ok(Frame::data(Bytes::copy_from_slice(bytes))))
