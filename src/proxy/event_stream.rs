@@ -379,7 +379,7 @@ async fn next_frame<B: Body + Unpin>(
         match tokio::time::timeout(patience, client.frame()).await {
             Ok(frame) => return Ok(frame),
             Err(_) if answer_over => return Err(StreamError::Stalled(patience)),
-            Err(_) => answer_over = Arc::strong_count(occupancy) == 1,
+            Err(_) => answer_over = Occupancy::only_the_body_holds(occupancy),
         }
     }
 }
@@ -505,27 +505,36 @@ mod tests {
         ))
     }
 
+    type ClientFrames =
+        futures::channel::mpsc::UnboundedSender<Result<Frame<Bytes>, std::convert::Infallible>>;
+
+    /// A client's stream re-signed with a share of `occupancy`, and the
+    /// sender of the client's frames.
+    fn shared_stream(
+        occupancy: &mut Occupancy,
+        patience: Duration,
+    ) -> (UnsyncBoxBody<Bytes, StreamError>, ClientFrames) {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let (body, _) = resigned(
+            http_body_util::StreamBody::new(rx),
+            signer("s"),
+            1 << 20,
+            gate_with_budget(1 << 20).body_budget(),
+            occupancy.share(),
+            patience,
+        );
+        (body, tx)
+    }
+
     #[tokio::test]
     async fn the_request_is_in_flight_while_its_messages_are_still_sent() {
         use crate::proxy::response_body::InFlight;
-        use futures::channel::mpsc;
-        use http_body_util::StreamBody;
-        use std::convert::Infallible;
 
-        let gate = gate_with_budget(1 << 20);
         let gauge = prometheus::IntGauge::new("in_flight", "test").unwrap();
         let slots = Arc::new(tokio::sync::Semaphore::new(1));
         let slot = slots.clone().try_acquire_owned().unwrap();
         let mut occupancy = Occupancy::new(InFlight::new(&gauge), Some(slot));
-        let (tx, rx) = mpsc::unbounded::<Result<Frame<Bytes>, Infallible>>();
-        let (mut body, _) = resigned(
-            StreamBody::new(rx),
-            signer("s"),
-            1 << 20,
-            gate.body_budget(),
-            occupancy.share(),
-            Duration::from_secs(30),
-        );
+        let (mut body, tx) = shared_stream(&mut occupancy, Duration::from_secs(30));
         // Bedrock ended its answer: the response lets go of its share.
         drop(occupancy);
         assert_eq!(gauge.get(), 1);
@@ -545,23 +554,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_silent_client_may_wait_while_bedrock_answers_not_after() {
         use crate::proxy::response_body::InFlight;
-        use futures::channel::mpsc;
-        use http_body_util::StreamBody;
-        use std::convert::Infallible;
 
-        let gate = gate_with_budget(1 << 20);
         let gauge = prometheus::IntGauge::new("in_flight", "test").unwrap();
         let mut occupancy = Occupancy::new(InFlight::new(&gauge), None);
-        let (_tx, rx) = mpsc::unbounded::<Result<Frame<Bytes>, Infallible>>();
         let patience = Duration::from_secs(30);
-        let (mut body, _) = resigned(
-            StreamBody::new(rx),
-            signer("s"),
-            1 << 20,
-            gate.body_budget(),
-            occupancy.share(),
-            patience,
-        );
+        let (mut body, _tx) = shared_stream(&mut occupancy, patience);
         // Bedrock still answering: any silence is the session's own.
         let waited = tokio::time::timeout(patience * 3, body.frame()).await;
         assert!(waited.is_err(), "still waiting for the client");

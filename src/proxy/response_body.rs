@@ -73,6 +73,12 @@ impl Occupancy {
         self.shared = Some(shared.clone());
         shared
     }
+
+    /// Whether the response has let go of its share of `body_share` (from
+    /// [`Occupancy::share`]): only the request body holds it any more.
+    pub fn only_the_body_holds(body_share: &Arc<Occupancy>) -> bool {
+        Arc::strong_count(body_share) == 1
+    }
 }
 
 /// Records time-to-last-byte when the stream ends, fails, or is dropped
