@@ -90,23 +90,27 @@ def dashboard() -> dict:
                    [(f"sum by (listener, reason) (rate(bedrock_broker_unread_requests_total{{{SEL}}}[$__rate_interval]))", "{{listener}} {{reason}}")],
                    12, 58, unit="ops",
                    desc="Bare 400 (malformed) and 431 (too_large) answers from the HTTP layer: a client sending broken requests. In no other panel."))
-    p.append(row(16, "Webhook", 66))
+    p.append(panel(25, "Answers whose tokens were not counted, by reason",
+                   [(f"sum by (operation, reason) (rate(bedrock_broker_answers_without_usage_total{{{SEL}}}[$__rate_interval]))", "{{operation}} {{reason}}")],
+                   0, 66, unit="ops",
+                   desc="tokens_total misses these: not_reported is mostly OpenAI-style streams sent without stream_options.include_usage (the app can ask for it); cut_off answers that ended early; unreadable bodies in a coding the sidecar cannot decode. Needs usage metrics (on by default)."))
+    p.append(row(16, "Webhook", 74))
     p.append(panel(17, "Admissions by result",
                    [("sum by (result) (rate(bedrock_broker_webhook_admissions_total[$__rate_interval]))", "{{result}}")],
-                   0, 67, unit="ops"))
+                   0, 75, unit="ops"))
     p.append(panel(18, "Admission duration p99",
                    [("histogram_quantile(0.99, sum by (le, result) (rate(bedrock_broker_webhook_admission_duration_seconds_bucket[$__rate_interval])))", "{{result}}")],
-                   12, 67, unit="s"))
+                   12, 75, unit="s"))
     p.append(panel(19, "Namespace / ServiceAccount / LimitRange lookups by source",
                    [("sum by (object, source) (rate(bedrock_broker_webhook_lookups_total[$__rate_interval]))", "{{object}} {{source}}")],
-                   0, 75, unit="ops"))
+                   0, 83, unit="ops"))
     p.append(panel(20, "Certificate reloads",
                    [("sum by (result) (increase(bedrock_broker_webhook_tls_reloads_total[$__range]))", "{{result}}")],
-                   12, 75))
+                   12, 83))
     p.append(panel(22, "Webhook connections closed or refused",
                    [("sum by (listener) (rate(bedrock_broker_webhook_connections_refused_total[$__rate_interval]))", "refused at a limit ({{listener}})"),
                     ("sum(rate(bedrock_broker_webhook_reviews_closed_for_room_total[$__rate_interval]))", "closed to share the review budget")],
-                   0, 83, unit="ops",
+                   0, 91, unit="ops",
                    desc="Non-zero while the API server's reviews get 503 or time out: some pod is filling the webhook's connections or review budget (the chart's NetworkPolicy keeps pods off the port)."))
     return {
         "title": "bedrock-broker",

@@ -85,6 +85,8 @@ pub struct ProxyMetrics {
     /// Answers that ended in an error after their 200, by `operation` and
     /// `type`.
     pub stream_errors: IntCounterVec,
+    /// Answers whose tokens were not counted, by `operation` and `reason`.
+    pub answers_without_usage: IntCounterVec,
 }
 
 impl Metrics {
@@ -288,6 +290,13 @@ impl ProxyMetrics {
                     "Answers that ended in an error after their 200, which requests_total counts as that 200, by operation and type: the exception Bedrock ended an event stream with (throttlingException, modelStreamErrorException, ...; other for names not known), upstream_idle_timeout (a stream the sidecar cut off), upstream_broke_off (the connection broke before the end). For the operations whose tokens are read, with usage metrics on.",
                 ),
                 &["operation", "type"],
+            )?)?,
+            answers_without_usage: registered(r, IntCounterVec::new(
+                opts(
+                    "answers_without_usage_total",
+                    "Successful answers of the operations whose tokens are read in which no token count was found, by operation and reason: not_reported (the answer ended without one, e.g. an OpenAI-style stream without stream_options.include_usage), cut_off (it did not reach its end), unreadable (a body the sidecar could not decode). tokens_total misses their tokens.",
+                ),
+                &["operation", "reason"],
             )?)?,
         })
     }

@@ -154,6 +154,7 @@ impl Proxy {
                 Arc::new(UsageRecorder::new(
                     &metrics.time_to_first_token,
                     &metrics.stream_errors,
+                    &metrics.answers_without_usage,
                     models,
                 ))
             }),

@@ -317,6 +317,9 @@ impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // A client that disconnects mid-stream still has its usage so far counted.
         if !self.finished {
+            if let Some(usage) = &mut self.usage {
+                usage.client_left();
+            }
             self.finish();
         }
     }

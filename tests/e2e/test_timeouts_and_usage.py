@@ -230,6 +230,41 @@ def test_cached_prompt_tokens_count_alike_whichever_api_reports_them(start_sidec
     assert tokens(sidecar, "openai.gpt-oss-120b-1:0", "input") == usage.prompt_tokens - 40
 
 
+def test_answers_whose_tokens_went_uncounted_show_why(start_sidecar, irsa_env, fake_aws):
+    """An OpenAI SDK stream without ``stream_options.include_usage`` gets no
+    usage from Bedrock, so ``tokens_total`` cannot count it: the operator
+    must be able to see that, and why, rather than trust a low count."""
+    sidecar = start_sidecar(irsa_env)
+    oa = openai_client(sidecar)
+    msgs = [{"role": "user", "content": "one two three"}]
+    chunks = list(oa.chat.completions.create(model="openai.gpt-oss-20b-1:0", messages=msgs, stream=True))
+    assert chunks and not any(c.usage for c in chunks)
+    not_reported = {"operation": "chat_completions", "reason": "not_reported"}
+    wait_for(lambda: sidecar.metric("bedrock_broker_answers_without_usage_total", not_reported) == 1, timeout=5,
+             what="a stream without usage counted")
+    assert tokens(sidecar, "openai.gpt-oss-20b-1:0", "output") == 0
+
+    # With usage asked for, its tokens count and nothing is missing.
+    list(oa.chat.completions.create(model="openai.gpt-oss-20b-1:0", messages=msgs, stream=True,
+                                    stream_options={"include_usage": True}))
+    wait_for(lambda: tokens(sidecar, "openai.gpt-oss-20b-1:0", "output") > 0, timeout=5, what="sse usage")
+    oa.chat.completions.create(model="openai.gpt-oss-20b-1:0", messages=msgs)
+    bedrock_client(sidecar).converse(modelId=MODEL_WITH_COLON, messages=[{"role": "user", "content": [{"text": "x"}]}])
+    wait_for(lambda: tokens(sidecar, MODEL_WITH_COLON, "output") > 0, timeout=5, what="converse usage")
+
+    # A stream Bedrock ended with an error before its usage.
+    with pytest.raises(openai.APIError):
+        for _ in oa.chat.completions.create(model="openai.gpt-oss-20b-1:0", messages=msgs, stream=True,
+                                            stream_options={"include_usage": True},
+                                            extra_headers={"x-fake-stream-exception": "server_error"}):
+            pass
+    cut_off = {"operation": "chat_completions", "reason": "cut_off"}
+    wait_for(lambda: sidecar.metric("bedrock_broker_answers_without_usage_total", cut_off) == 1, timeout=5,
+             what="a stream cut off before its usage counted")
+    assert sidecar.metric("bedrock_broker_answers_without_usage_total", not_reported) == 1
+    assert sidecar.metric("bedrock_broker_answers_without_usage_total", {"operation": "converse"}) is None
+
+
 def test_a_guardrail_trace_does_not_hide_the_answers_tokens(start_sidecar, irsa_env, fake_aws):
     """With a guardrail's trace, Bedrock writes a second ``usage`` (policy
     units, no tokens) after the answer's; the answer's tokens still count."""

@@ -53,6 +53,8 @@ pub struct UsageRecorder {
     /// Streams Bedrock ended with an exception after its 200, by
     /// operation and exception.
     stream_errors: IntCounterVec,
+    /// Answers whose tokens were not counted, by operation and why.
+    without_usage: IntCounterVec,
     pub models: ModelLabels,
 }
 
@@ -64,6 +66,7 @@ impl UsageRecorder {
     pub fn new(
         time_to_first_token: &HistogramVec,
         stream_errors: &IntCounterVec,
+        without_usage: &IntCounterVec,
         models: ModelLabels,
     ) -> Self {
         Self {
@@ -72,6 +75,7 @@ impl UsageRecorder {
                 .map(|op| time_to_first_token.with_label_values(&[op.as_str()]))
                 .collect(),
             stream_errors: stream_errors.clone(),
+            without_usage: without_usage.clone(),
             models,
         }
     }
@@ -80,6 +84,14 @@ impl UsageRecorder {
     pub(super) fn stream_error(&self, operation: Operation, exception: &'static str) {
         self.stream_errors
             .with_label_values(&[operation.as_str(), exception])
+            .inc();
+    }
+
+    /// An answer's tokens were not counted, for `why` (a bounded value).
+    /// Not resolved in advance: usage is found in most answers.
+    pub(super) fn without_usage(&self, operation: Operation, why: &'static str) {
+        self.without_usage
+            .with_label_values(&[operation.as_str(), why])
             .inc();
     }
 
@@ -181,7 +193,8 @@ impl UsageRecorder {
         };
         let (parser, inflater) = match coding {
             Some(coding) => (Parser::for_kind(kind), Inflater::new(coding)),
-            None => (Parser::Unread, None),
+            None if usage.is_some() => (Parser::Counted, None),
+            None => (Parser::Unreadable, None),
         };
         UsageTap {
             recorder: self.clone(),
@@ -189,6 +202,7 @@ impl UsageRecorder {
             first_chunk: parser.is_stream().then_some((operation, started)),
             operation,
             cut: None,
+            client_left: false,
             parser,
             inflater,
         }
@@ -221,7 +235,13 @@ pub fn bench_tap(headers: &HeaderMap, frames: &[bytes::Bytes]) -> (u64, u64) {
     ) else {
         return (0, 0);
     };
-    let recorder = Arc::new(UsageRecorder::new(&ttft, &errors, models));
+    let Ok(without) = prometheus::IntCounterVec::new(
+        prometheus::Opts::new("bench_without_usage", "bench"),
+        &["operation", "reason"],
+    ) else {
+        return (0, 0);
+    };
+    let recorder = Arc::new(UsageRecorder::new(&ttft, &errors, &without, models));
     let model = recorder.models.lookup("m");
     let kind = StreamKind::of(headers);
     let mut tap = recorder.tap(model, Operation::Other, headers, kind, Instant::now());
@@ -245,6 +265,7 @@ mod tests {
         tokens: IntCounterVec,
         ttft: HistogramVec,
         stream_errors: IntCounterVec,
+        without_usage: IntCounterVec,
     }
 
     impl std::ops::Deref for Recorder {
@@ -259,13 +280,39 @@ mod tests {
         let ttft = HistogramVec::new(HistogramOpts::new("h", "h"), &["operation"]).unwrap();
         let stream_errors =
             IntCounterVec::new(Opts::new("e", "e"), &["operation", "type"]).unwrap();
+        let without_usage =
+            IntCounterVec::new(Opts::new("w", "w"), &["operation", "reason"]).unwrap();
         let models = ModelLabels::new(&UsageLabels::FirstSeen(2), &tokens).unwrap();
         Recorder {
-            r: Arc::new(UsageRecorder::new(&ttft, &stream_errors, models)),
+            r: Arc::new(UsageRecorder::new(
+                &ttft,
+                &stream_errors,
+                &without_usage,
+                models,
+            )),
             tokens,
             ttft,
             stream_errors,
+            without_usage,
         }
+    }
+
+    /// Answers without usage, by operation and reason, as exported.
+    fn without_usage(r: &Recorder, operation: &str, reason: &str) -> u64 {
+        r.without_usage
+            .with_label_values(&[operation, reason])
+            .get()
+    }
+
+    /// Every answer without usage, whatever its labels.
+    fn all_without_usage(r: &Recorder) -> u64 {
+        use prometheus::core::Collector;
+        r.without_usage
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
     }
 
     fn count(r: &Recorder, model: &str, direction: &str) -> u64 {
@@ -316,6 +363,7 @@ mod tests {
         assert_eq!(count(&r, "m", "input"), 12);
         assert_eq!(count(&r, "m", "output"), 34);
         assert_eq!(count(&r, "m", "cache_read"), 5);
+        assert_eq!(all_without_usage(&r), 0);
     }
 
     #[test]
@@ -496,6 +544,47 @@ mod tests {
                 .get_sample_count(),
             1
         );
+        assert_eq!(all_without_usage(&r), 0);
+    }
+
+    #[test]
+    fn answers_whose_tokens_went_uncounted_are_counted_by_why() {
+        // Without `stream_options.include_usage` an OpenAI-style stream
+        // reports no usage: `tokens_total` misses it, and only this tells.
+        let r = recorder();
+        let sse = headers("text/event-stream");
+        let no_usage = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n";
+        let mut tap = open_tap(&r, "gpt", Operation::ChatCompletions, &sse);
+        tap.observe(&Bytes::from_static(no_usage.as_bytes()));
+        tap.finish();
+        assert_eq!(without_usage(&r, "chat_completions", "not_reported"), 1);
+        // One that did not reach its end: Bedrock's error, a break, a
+        // client gone.
+        let mut tap = open_tap(&r, "gpt", Operation::ChatCompletions, &sse);
+        tap.observe(&Bytes::from_static(
+            b"data: {\"choices\":[{\"delta\":{}}]}\n\ndata: {\"error\":{\"message\":\"x\"}}\n\n",
+        ));
+        tap.finish();
+        let mut tap = open_tap(&r, "m", Operation::Converse, &headers("application/json"));
+        tap.observe(&Bytes::from_static(b"{\"output\":"));
+        tap.cut_off("upstream_broke_off");
+        tap.finish();
+        let mut tap = open_tap(&r, "gpt", Operation::ChatCompletions, &sse);
+        tap.observe(&Bytes::from_static(b"data: {\"choices\":[]}\n\n"));
+        tap.client_left();
+        tap.finish();
+        assert_eq!(without_usage(&r, "chat_completions", "cut_off"), 2);
+        assert_eq!(without_usage(&r, "converse", "cut_off"), 1);
+        // A stream cut off after its usage came counts that usage, and is
+        // not an answer without usage.
+        let mut tap = open_tap(&r, "gpt", Operation::ChatCompletions, &sse);
+        tap.observe(&Bytes::from_static(
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7}}\n\n",
+        ));
+        tap.client_left();
+        tap.finish();
+        assert_eq!(count(&r, "gpt", "input"), 7);
+        assert_eq!(all_without_usage(&r), 4);
     }
 
     #[test]
@@ -652,6 +741,8 @@ mod tests {
         tap.observe(&Bytes::from_static(b"more"));
         tap.finish();
         assert_eq!(count(&r, "c", "input"), 0);
+        assert_eq!(without_usage(&r, "converse", "unreadable"), 3);
+        assert_eq!(all_without_usage(&r), 3);
     }
 
     #[test]
@@ -678,6 +769,8 @@ mod tests {
         tap.finish();
         assert_eq!(stream_errors(&r, "invoke", "upstream_broke_off"), 1);
         assert_eq!(count(&r, "x", "input"), 22);
+        // Its tokens were counted from the headers.
+        assert_eq!(all_without_usage(&r), 0);
     }
 
     #[test]

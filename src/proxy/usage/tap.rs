@@ -32,9 +32,11 @@ pub enum Parser {
     Json(JsonBody),
     Sse(Box<SseScanner>),
     EventStream(Box<EventScanner>),
-    /// Nothing to read in the body (its usage came in the headers, or in
-    /// a coding the tap cannot undo): only how it ends is watched.
-    Unread,
+    /// Nothing to read in the body, its usage came in the headers: only
+    /// how it ends is watched.
+    Counted,
+    /// Nothing the tap can read: a `content-encoding` it cannot undo.
+    Unreadable,
 }
 
 impl Parser {
@@ -55,7 +57,7 @@ impl Parser {
             Self::Json(body) => body.push(data),
             Self::Sse(scanner) => scanner.observe(data.bytes()),
             Self::EventStream(scanner) => scanner.observe(data.bytes()),
-            Self::Unread => {}
+            Self::Counted | Self::Unreadable => {}
         }
     }
 
@@ -64,7 +66,7 @@ impl Parser {
             Self::Json(body) => body.usage(),
             Self::Sse(scanner) => return scanner.finish(),
             Self::EventStream(scanner) => return scanner.finish(),
-            Self::Unread => None,
+            Self::Counted | Self::Unreadable => None,
         };
         Ending {
             usage,
@@ -300,6 +302,8 @@ pub struct UsageTap {
     pub(super) operation: Operation,
     /// Why the answer ended before its end, when the proxy saw it end so.
     pub(super) cut: Option<&'static str>,
+    /// The client went away before the answer's end.
+    pub(super) client_left: bool,
     pub(super) parser: Parser,
     /// Undoes a gzip/deflate `content-encoding` for the parser (only).
     /// Boxed: its state is large and compressed answers are rare.
@@ -326,6 +330,12 @@ impl UsageTap {
         self.cut = Some(why);
     }
 
+    /// The client went away before the answer's end: what it held so far
+    /// is still counted, and a missing usage is put down to that.
+    pub fn client_left(&mut self) {
+        self.client_left = true;
+    }
+
     /// The stream ended (or was dropped): record what was found.
     pub fn finish(self) {
         if self.inflater.as_ref().is_some_and(|i| i.is_broken()) {
@@ -333,14 +343,40 @@ impl UsageTap {
             if let Some(why) = self.cut {
                 self.recorder.stream_error(self.operation, why);
             }
+            self.recorder.without_usage(self.operation, UNREADABLE);
             return;
         }
+        let unreadable = matches!(self.parser, Parser::Unreadable);
+        let counted = matches!(self.parser, Parser::Counted);
         let ending = self.parser.finish();
+        let found = ending.usage.is_some();
         if let Some(usage) = ending.usage {
             UsageRecorder::record(&self.model, usage);
         }
-        if let Some(exception) = ending.exception.or(self.cut) {
+        let failed = ending.exception.or(self.cut);
+        if let Some(exception) = failed {
             self.recorder.stream_error(self.operation, exception);
+        }
+        if !(found || counted) {
+            let why = if unreadable {
+                UNREADABLE
+            } else if failed.is_some() || self.client_left {
+                CUT_OFF
+            } else {
+                NOT_REPORTED
+            };
+            self.recorder.without_usage(self.operation, why);
         }
     }
 }
+
+/// Why an answer's tokens were not counted (`answers_without_usage_total`):
+/// the answer reached its end and held none (an OpenAI-style stream without
+/// `stream_options.include_usage`, a model that reports none, a usage out
+/// of the tap's reach in a very large body),
+const NOT_REPORTED: &str = "not_reported";
+/// it did not reach its end (an error, a break, a stall, a client gone),
+const CUT_OFF: &str = "cut_off";
+/// or the tap could not read it (a coding it cannot undo, a corrupt or
+/// oversized compressed body).
+const UNREADABLE: &str = "unreadable";
