@@ -518,6 +518,73 @@ async fn pods_holding_every_handshake_cannot_lock_the_api_server_out() {
     stop.cancel();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_reviews_from_the_api_server_is_answered_whole() {
+    // The webhook speaks HTTP/1.1, so the API server opens a connection
+    // per review in flight; a scale-up of a large Deployment sends dozens
+    // at once. With the defaults, 48 at once from one address all get
+    // their answer (the share was 32: 16 were reset, and with
+    // failurePolicy Fail their pods were refused).
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ca();
+    let (addr, stop) = running(dir.path(), &ca, |_| {}).await;
+    let tls = client_config(&ca);
+    let body = std::fs::read(fixtures().join("plain.json")).expect("fixture");
+    let mut open = Vec::new();
+    for _ in 0..48 {
+        let tcp = connect_from([127, 0, 0, 1], addr).await;
+        open.push(
+            review_head(tls.clone(), tcp, body.len())
+                .await
+                .expect("head sent"),
+        );
+    }
+    let mut statuses = Vec::new();
+    for (mut reader, mut writer) in open {
+        let sent = writer.write_all(&body).await;
+        statuses.push(match sent {
+            Ok(()) => status_of(&mut reader).await,
+            Err(_) => None,
+        });
+    }
+    assert!(statuses.iter().all(|s| *s == Some(200)), "{statuses:?}");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_below_their_share_dripping_bodies_cannot_lock_the_api_server_out() {
+    // Each pod under its per-peer share, each connection a review whose
+    // body is still coming (in flight, never quiet), together every slot:
+    // nobody was evicted, and the API server was refused for as long as
+    // the pods kept it up (an outside audit: nine pods of 30 against 256
+    // slots and a share of 32; the API server got 8 of 30 reviews in).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ca();
+    let (addr, stop) = running(dir.path(), &ca, |a| {
+        a.limits.max_connections = Some("9".into());
+        a.max_connections_per_peer = Some("4".into());
+        a.body_read_timeout = Some("60s".into());
+        a.body_read_deadline = Some("60s".into());
+    })
+    .await;
+    let tls = client_config(&ca);
+    let mut dripping = Vec::new();
+    for pod in [2, 3, 4] {
+        for _ in 0..3 {
+            let tcp = connect_from([127, 0, 0, pod], addr).await;
+            dripping.push(
+                review_head(tls.clone(), tcp, 4000)
+                    .await
+                    .expect("head sent"),
+            );
+        }
+    }
+    reviews_are_answered(&tls, addr, "while pods below their share hold every slot").await;
+    drop(dripping);
+    stop.cancel();
+}
+
 /// A TLS connection over `tcp` with a review's head sent, declaring a body
 /// of `declared` bytes; split so the body and the answer can flow at once.
 async fn review_head(

@@ -123,7 +123,11 @@ impl Peers {
     /// first (see [`PeerTable::evictable`]); if there is none, a peer
     /// holding its whole share (`limit`) loses its oldest even with a
     /// request in flight, since answering its requests as fast as they
-    /// come must not keep the port full.
+    /// come must not keep the port full; failing that, so does the busiest
+    /// peer if it holds at least two more than `ip`. Without that last
+    /// rule, nine pods each just under their share, each dripping review
+    /// bodies (requests in flight, never quiet), kept the API server out:
+    /// now a full listener gives every peer knocking its even share.
     ///
     /// The slot changes hands here rather than when the evicted task gets
     /// round to closing: on a busy runtime that can take longer than a
@@ -150,13 +154,15 @@ impl Peers {
         let quiet = heavier
             .iter()
             .find_map(|(_, list)| list.iter().find(|h| PeerTable::evictable(h)).map(|h| h.id));
-        let greedy = || {
+        let greedy = |share: &dyn Fn(usize) -> bool| {
             heavier
                 .iter()
-                .filter(|(n, _)| *n >= limit)
+                .filter(|(n, _)| share(*n))
                 .find_map(|(_, list)| list.iter().find(|h| PeerTable::can_go(h)).map(|h| h.id))
         };
-        let victim = quiet.or_else(greedy)?;
+        let victim = quiet
+            .or_else(|| greedy(&|n| n >= limit))
+            .or_else(|| greedy(&|n| n > mine + 1))?;
         let held = heavier
             .into_iter()
             .flat_map(|(_, list)| list.iter_mut())
@@ -398,10 +404,46 @@ mod tests {
         assert!(peers.evict_for(ip(3), 4).is_some());
         assert!(flood[0].evicted.is_cancelled(), "the oldest goes");
         assert!(flood[1..].iter().all(|s| !s.evicted.is_cancelled()));
-        // Below its limit now: its busy connections stay, and so does a
-        // lone scrape in flight.
-        assert!(peers.evict_for(ip(3), 4).is_none());
+        // A lone scrape in flight stays: its peer holds no more than the
+        // newcomer will.
+        let _room = peers.evict_for(ip(3), 4);
         assert!(!prometheus.evicted.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn peers_below_their_share_cannot_keep_the_listener_full() {
+        // Nine pods, each under its share of 32 and each connection a
+        // review body still dripping in (in flight, never quiet), filled
+        // the webhook's 256 slots: the API server was refused from then on
+        // (outside audit). Here three peers of three fill ten slots, share
+        // four.
+        let peers = Arc::new(Peers::default());
+        let slots = listener(10);
+        let mut requests = Vec::new();
+        let mut busy = |peer| {
+            let activity = Activity::new();
+            requests.push(InFlight::new(activity.clone()));
+            activity.touch();
+            peers.claim(peer, 4, activity, slot(&slots)).expect("slot")
+        };
+        let flood: Vec<_> = (0..9).map(|i| busy(ip(1 + i / 3))).collect();
+        let api = busy(ip(9));
+        assert_eq!(slots.available_permits(), 0);
+
+        let room = peers.evict_for(ip(9), 4).expect("room for the API server");
+        let api2 = peers
+            .claim(ip(9), 4, Activity::new(), Some(room))
+            .expect("slot");
+        assert_eq!(flood.iter().filter(|s| s.evicted.is_cancelled()).count(), 1);
+        // Even now (the flooders 3, 3, 2; the API server 2): nobody's
+        // connection goes for a peer holding as many as the busiest but one.
+        assert!(peers.evict_for(ip(9), 4).is_none());
+        assert!(peers.evict_for(ip(1), 4).is_none());
+        // A flooder knocking again takes nothing from the API server.
+        let evicted_one = flood.iter().position(|s| s.evicted.is_cancelled());
+        let flooder = ip(1 + evicted_one.unwrap_or(0) as u8 / 3);
+        assert!(peers.evict_for(flooder, 4).is_none());
+        assert!(!api.evicted.is_cancelled() && !api2.evicted.is_cancelled());
     }
 
     #[tokio::test]

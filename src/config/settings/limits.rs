@@ -150,11 +150,13 @@ pub const ADMIN_PER_PEER: Setting = Setting {
     help: "Open connections to the admin server from one address at most",
 };
 
-/// The API server opens a few; one other pod cannot starve it.
+/// Half the listener: one other pod cannot starve the API server, which
+/// speaks HTTP/1.1 here and so opens a connection per review in flight (a
+/// large scale-up sends well over 32 at once; 32 refused the rest).
 pub const WEBHOOK_PER_PEER: Setting = Setting {
     flag: "max-connections-per-peer",
     env: &["BEDROCK_BROKER_WEBHOOK_MAX_CONNECTIONS_PER_PEER"],
-    default: Value("32"),
+    default: Value("128"),
     help: "Connections (TLS handshakes included) to the webhook from one address at most",
 };
 
