@@ -315,6 +315,8 @@ pub struct WebhookArgs {
     pub lookup_timeout: Option<String>,
     #[arg(long = webhook::SHUTDOWN_GRACE_PERIOD.flag, help = webhook::SHUTDOWN_GRACE_PERIOD.help_text())]
     pub shutdown_grace_period: Option<String>,
+    #[arg(long = webhook::SHUTDOWN_DELAY.flag, help = webhook::SHUTDOWN_DELAY.help_text())]
+    pub shutdown_delay: Option<String>,
     #[arg(long = webhook::BODY_READ_TIMEOUT.flag, help = webhook::BODY_READ_TIMEOUT.help_text())]
     pub body_read_timeout: Option<String>,
     #[arg(long = webhook::BODY_READ_DEADLINE.flag, help = webhook::BODY_READ_DEADLINE.help_text())]

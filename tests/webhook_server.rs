@@ -160,6 +160,8 @@ fn config(dir: &Path) -> WebhookConfig {
         tls_cert_file: Some(dir.join("tls.crt").display().to_string()),
         tls_key_file: Some(dir.join("tls.key").display().to_string()),
         shutdown_grace_period: Some("2s".into()),
+        // Stopping is immediate here; the delay has its own test (e2e).
+        shutdown_delay: Some("0s".into()),
         ..Default::default()
     };
     let mut config = WebhookConfig::from_args(&args, &Env::default()).expect("valid config");

@@ -218,6 +218,12 @@ impl WebhookConfig {
             env,
             parse::positive_duration,
         );
+        let shutdown_delay = e.read(
+            &w::SHUTDOWN_DELAY,
+            args.shutdown_delay.as_deref(),
+            env,
+            parse::duration,
+        );
         let sidecar = sidecar_defaults(&args.sidecar, env, &mut e);
         if let (Some(l), Some(a)) = (listen, admin_listen) {
             if l.port() != 0 && l.port() == a.port() {
@@ -244,6 +250,7 @@ impl WebhookConfig {
                 on_lookup_error: on_lookup_error?,
                 lookup_timeout: lookup_timeout?,
                 shutdown_grace: shutdown_grace?,
+                shutdown_delay: shutdown_delay?,
                 sidecar: sidecar?,
             })
         })
@@ -433,6 +440,8 @@ mod tests {
         assert_eq!(c.tls.cert, PathBuf::from("/etc/bedrock-broker/tls/tls.crt"));
         assert_eq!(c.tls.reload_interval, Duration::from_secs(10));
         assert_eq!(c.on_lookup_error, LookupErrorPolicy::Deny);
+        assert_eq!(c.shutdown_delay, Duration::from_secs(5));
+        assert_eq!(c.handshake.per_peer, Some(128));
         let s = &c.sidecar;
         assert_eq!(
             s.image.as_str(),

@@ -43,6 +43,9 @@ pub struct WebhookConfig {
     pub lookup_timeout: Duration,
     /// How long open requests may finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// How long new connections are still accepted after SIGTERM, before
+    /// the grace period starts.
+    pub shutdown_delay: Duration,
     /// Limits of the HTTPS listener (per-peer counting happens at the TLS
     /// handshake, see `handshake`).
     pub limits: Limits,
@@ -118,7 +121,8 @@ impl WebhookServer {
         server::local_addr(&self.admin_listener, "webhook admin server")
     }
 
-    /// Serves until `shutdown`, then drains for at most the grace period.
+    /// Serves until `shutdown` and the shutdown delay after it, then
+    /// drains for at most the grace period.
     pub async fn run<L: ClusterLookup>(
         self,
         state: AdmissionState<L>,
@@ -131,6 +135,7 @@ impl WebhookServer {
         let admin = self.admin_addr()?;
         let config = self.config;
         tracing::info!(%listen, %admin, cert = %config.tls.cert.display(), "webhook serving");
+        let shutdown = linger(shutdown, config.shutdown_delay);
 
         tokio::spawn(self.cert.clone().watch(
             config.tls.reload_interval,
@@ -181,4 +186,26 @@ impl WebhookServer {
         let _ = admin_server.await;
         Ok(())
     }
+}
+
+/// A token cancelled `delay` after `shutdown`: until then the listener
+/// still accepts, for the API server's connections that reach the pod
+/// while it leaves the Service's endpoints. A second signal still ends the
+/// process at once.
+fn linger(shutdown: CancellationToken, delay: Duration) -> CancellationToken {
+    if delay.is_zero() {
+        return shutdown;
+    }
+    let stop = CancellationToken::new();
+    let done = stop.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        tracing::info!(
+            delay_s = delay.as_secs_f64(),
+            "still accepting reviews while the pod leaves the Service's endpoints"
+        );
+        tokio::time::sleep(delay).await;
+        done.cancel();
+    });
+    stop
 }

@@ -368,7 +368,26 @@ def test_an_updated_sidecar_trust_bundle_reaches_new_pods_without_restart(tmp_pa
 def test_health_and_graceful_stop(webhook):
     assert requests.get(f"{webhook.admin}/healthz", timeout=5).status_code == 200
     webhook.proc.send_signal(signal.SIGTERM)
-    assert webhook.proc.wait(timeout=15) == 0
+    assert webhook.proc.wait(timeout=20) == 0
+
+
+def test_reviews_are_still_answered_while_the_pod_leaves_its_endpoints(tmp_path, fake_api):
+    """Kubernetes removes a terminating pod from its Service's endpoints
+    while it sends SIGTERM, so the API server may still connect for a few
+    seconds: a webhook that stopped accepting at once refused those reviews
+    (and, with failurePolicy Fail, their pods) on every rollout."""
+    review = load_fixture("plain")
+    with running_webhook(tmp_path, fake_api, {"BEDROCK_BROKER_WEBHOOK_SHUTDOWN_DELAY": "3s"}) as hook:
+        hook.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "shutting down" in hook.log_path.read_text(), timeout=5, what="the signal taken")
+        # A new connection, as the API server opens one per review.
+        answer = hook.review(review)
+        assert answer.status_code == 200
+        assert answer.json()["response"]["allowed"] is True
+        assert hook.proc.poll() is None
+        assert hook.proc.wait(timeout=20) == 0
+        with pytest.raises(requests.ConnectionError):
+            hook.review(review)
 
 
 @pytest.mark.parametrize("rust_log", ["info", "off"])

@@ -59,6 +59,18 @@ pub const SHUTDOWN_GRACE_PERIOD: Setting = Setting {
     help: "How long open requests may finish after SIGTERM or SIGINT; a second signal ends the process at once",
 };
 
+/// Kubernetes takes a terminating pod out of its Service's endpoints at the
+/// same time as it sends SIGTERM, and the API server may still connect to
+/// the pod for a few seconds: a webhook that stopped accepting at once
+/// failed the reviews sent in that window (with `failurePolicy: Fail`, the
+/// pods too) on every rollout and drain.
+pub const SHUTDOWN_DELAY: Setting = Setting {
+    flag: "shutdown-delay",
+    env: &["BEDROCK_BROKER_WEBHOOK_SHUTDOWN_DELAY"],
+    default: Value("5s"),
+    help: "After SIGTERM or SIGINT, keep accepting reviews for this long (while the pod leaves its Service's endpoints), then stop accepting and drain for the grace period; 0s stops at once",
+};
+
 /// The API server sends a review at once; a body that stalls holds memory.
 pub const BODY_READ_TIMEOUT: Setting = Setting {
     flag: "body-read-timeout",
@@ -94,6 +106,7 @@ pub const ALL: &[Setting] = &[
     ON_LOOKUP_ERROR,
     LOOKUP_TIMEOUT,
     SHUTDOWN_GRACE_PERIOD,
+    SHUTDOWN_DELAY,
     BODY_READ_TIMEOUT,
     BODY_READ_DEADLINE,
     REVIEW_BUDGET,
