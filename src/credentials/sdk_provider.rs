@@ -32,9 +32,16 @@ enum Provider {
 
 impl SdkProviderSource {
     pub fn new(source: &SdkSource, config: &CredentialsConfig, region: &Region) -> Self {
+        // The STS clients a profile builds (its role, its web identity)
+        // get the sidecar's own STS settings: without them a profile's STS
+        // call had no timeout (a stalled STS stalled the refresher for good,
+        // `--sts-timeout` or not) and retried inside one attempt, which the
+        // refresher then counted as one. The refresher owns retrying.
         let provider_config = ProviderConfig::default()
             .with_region(Some(aws_config::Region::new(region.as_str().to_owned())))
-            .with_http_client(sts::http_client(config));
+            .with_http_client(sts::http_client(config))
+            .with_retry_config(aws_smithy_types::retry::RetryConfig::disabled())
+            .with_timeout_config(sts::timeouts(config));
         let (kind, provider) = match source {
             SdkSource::Profile(name) => {
                 let mut b = aws_config::profile::ProfileFileCredentialsProvider::builder()

@@ -43,12 +43,7 @@ pub fn client_over(
         .region(SdkRegion::new(region.as_str().to_owned()))
         .http_client(http)
         .retry_config(RetryConfig::disabled())
-        .timeout_config(
-            TimeoutConfig::builder()
-                .operation_timeout(config.sts.timeout)
-                .connect_timeout(config.sts.timeout)
-                .build(),
-        );
+        .timeout_config(timeouts(config));
     if let Some(endpoint) = &config.sts.endpoint {
         builder = builder.endpoint_url(endpoint.to_string().trim_end_matches('/'));
     }
@@ -63,6 +58,15 @@ pub fn client_over(
         builder = builder.credentials_provider(credentials);
     }
     aws_sdk_sts::Client::from_conf(builder.build())
+}
+
+/// One STS call's timeouts (`--sts-timeout`), for every STS client the
+/// sidecar makes, a profile's included.
+pub fn timeouts(config: &CredentialsConfig) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .operation_timeout(config.sts.timeout)
+        .connect_timeout(config.sts.timeout)
+        .build()
 }
 
 /// Where STS calls go, as the SDK's own endpoint rules resolve these

@@ -174,6 +174,51 @@ def test_profile_with_role_arn_and_source_profile(start_sidecar, fake_aws, tmp_p
     assert call["source_access_key_id"] == "AKIDPROFILEBASE"
 
 
+def _profile_sidecar(start_sidecar, fake_aws, tmp_path, args: list[str], wait_ready: bool = True):
+    """A sidecar on the profile source, whose profile assumes a role from
+    static keys (an STS call of aws-config's making, not the sidecar's)."""
+    fake_aws.post("/static_keys", {"access_key_id": "AKIDPROFILEBASE", "secret_access_key": "profile-base-secret"})
+    config = tmp_path / "aws-config"
+    config.write_text(
+        "[profile dev]\n"
+        f"role_arn = {ROLE_ARN}\n"
+        "source_profile = base\n"
+        "[profile base]\n"
+        "aws_access_key_id = AKIDPROFILEBASE\n"
+        "aws_secret_access_key = profile-base-secret\n"
+    )
+    return start_sidecar({
+        "AWS_REGION": "us-east-1",
+        "AWS_PROFILE": "dev",
+        "AWS_CONFIG_FILE": str(config),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_ENDPOINT_URL_STS": fake_aws.sts,
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws.bedrock,
+        "HOME": str(tmp_path),
+    }, args, wait_ready=wait_ready)
+
+
+def test_a_profiles_sts_calls_keep_the_sidecars_timeout_and_retries(start_sidecar, fake_aws, tmp_path):
+    """A profile's role is assumed by aws-config's own STS client, which had
+    neither ``--sts-timeout`` (a stalled STS stalled the refresher for good)
+    nor retries off (three STS calls were counted as one attempt)."""
+    fake_aws.post("/sts", {"delay_seconds": 30})
+    sidecar = _profile_sidecar(start_sidecar, fake_aws, tmp_path, ["--sts-timeout", "1s"], wait_ready=False)
+    failures = {"result": "failure"}
+    wait_for(lambda: (sidecar.metric("bedrock_broker_credential_refreshes_total", failures) or 0) >= 1, timeout=10,
+             what="the stalled STS call given up at --sts-timeout")
+    assert sidecar.ready().status_code == 503
+    sidecar.stop()
+
+    fake_aws.post("/reset")
+    fake_aws.post("/sts", {"fail_next": 2, "fail_code": "InternalFailure"})
+    sidecar = _profile_sidecar(start_sidecar, fake_aws, tmp_path, [], wait_ready=True)
+    calls = [c for c in fake_aws.sts_calls() if c["action"] == "AssumeRole"]
+    attempts = {r: sidecar.metric("bedrock_broker_credential_refreshes_total", {"result": r}) for r in ("failure", "success")}
+    assert attempts == {"failure": 2, "success": 1}, (attempts, len(calls))
+    assert len(calls) == 3
+
+
 def test_container_credentials_source_reads_another_sidecars_endpoint(start_sidecar, irsa_env, fake_aws, tmp_path):
     port = free_port()
     token_file = tmp_path / "cc-token"
