@@ -45,20 +45,49 @@ impl LogFormat {
 /// Crates whose debug/trace output could include request or response
 /// details (headers with tokens, canonical requests); held at `info`
 /// whatever `RUST_LOG` says, so no setting can put a secret in our logs.
-const CAPPED: [&str; 12] = [
-    "aws_sigv4",
-    "aws_smithy_runtime",
-    "aws_smithy_http_client",
-    "aws_smithy_http",
-    "aws_sdk_sts",
-    "aws_config",
-    "hyper",
-    "hyper_util",
-    "h2",
-    "rustls",
-    "kube_client",
-    "tower",
+/// aws-config is held at `error`, which it never logs at: its warnings
+/// quote STS's error bodies whole (an STS, or a relay in its place, may
+/// quote the web identity token there), and the sidecar logs each of its
+/// failures itself, blanked.
+const CAPPED: [(&str, Cap); 12] = [
+    ("aws_sigv4", Cap::Info),
+    ("aws_smithy_runtime", Cap::Info),
+    ("aws_smithy_http_client", Cap::Info),
+    ("aws_smithy_http", Cap::Info),
+    ("aws_sdk_sts", Cap::Info),
+    ("aws_config", Cap::Error),
+    ("hyper", Cap::Info),
+    ("hyper_util", Cap::Info),
+    ("h2", Cap::Info),
+    ("rustls", Cap::Info),
+    ("kube_client", Cap::Info),
+    ("tower", Cap::Info),
 ];
+
+/// The loudest a capped crate may log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cap {
+    Info,
+    Error,
+}
+
+impl Cap {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Info => "info",
+            Self::Error => "error",
+        }
+    }
+
+    /// Whether a directive's level (none: everything) is louder.
+    fn exceeded_by(self, level: Option<&str>) -> bool {
+        let quiet: &[&str] = match self {
+            Self::Info => &["off", "error", "warn", "info"],
+            Self::Error => &["off", "error"],
+        };
+        level.is_none_or(|l| !quiet.contains(&l.to_ascii_lowercase().as_str()))
+    }
+}
 
 /// `RUST_LOG` with every directive that would make a capped crate (or one
 /// of its modules) more verbose than `info` held at `info`, and span-scoped
@@ -83,21 +112,16 @@ fn capped(rust_log: &str) -> (String, Vec<String>) {
             }
             None => (directive, None),
         };
-        let is_capped = CAPPED
-            .iter()
-            .any(|c| target == *c || target.strip_prefix(c).is_some_and(|r| r.starts_with("::")));
-        let louder = match level {
+        let cap = CAPPED.iter().find_map(|(c, cap)| {
+            (target == *c || target.strip_prefix(c).is_some_and(|r| r.starts_with("::")))
+                .then_some(*cap)
+        });
+        match cap {
             // A bare target means everything it logs.
-            None => true,
-            Some(l) => !matches!(
-                l.to_ascii_lowercase().as_str(),
-                "off" | "error" | "warn" | "info"
-            ),
-        };
-        if is_capped && louder {
-            kept.push(format!("{target}=info"));
-        } else {
-            kept.push(directive.to_owned());
+            Some(cap) if cap.exceeded_by(level) => {
+                kept.push(format!("{target}={}", cap.as_str()));
+            }
+            _ => kept.push(directive.to_owned()),
         }
     }
     // Without a level of its own for everything else, `RUST_LOG` naming
@@ -107,7 +131,11 @@ fn capped(rust_log: &str) -> (String, Vec<String>) {
     if !global_level {
         kept.push("warn".to_owned());
     }
-    kept.extend(CAPPED.iter().map(|c| format!("{c}=info")));
+    kept.extend(
+        CAPPED
+            .iter()
+            .map(|(c, cap)| format!("{c}={}", cap.as_str())),
+    );
     (kept.join(","), dropped)
 }
 
@@ -150,6 +178,15 @@ mod tests {
         assert!(parts.contains(&"aws_sigv4=info"), "{d}");
         assert!(parts.contains(&"bedrock_broker=debug"), "{d}");
         assert!(parts.contains(&"h2=warn"), "quieter is fine: {d}");
+        // aws-config's warnings quote STS's error bodies.
+        let (d, _) = capped("aws_config=warn,aws_config::web_identity_token=debug,trace");
+        let parts: Vec<&str> = d.split(',').collect();
+        assert!(parts.contains(&"aws_config=error"), "{d}");
+        assert!(
+            parts.contains(&"aws_config::web_identity_token=error"),
+            "{d}"
+        );
+        assert!(!parts.contains(&"aws_config=warn"), "{d}");
         assert!(parts.contains(&"trace"), "the global level stays: {d}");
         assert!(dropped.is_empty());
         assert!(!d.contains("hyperx"), "{d}");

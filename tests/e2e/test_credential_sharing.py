@@ -219,6 +219,34 @@ def test_a_profiles_sts_calls_keep_the_sidecars_timeout_and_retries(start_sideca
     assert len(calls) == 3
 
 
+def test_a_token_quoted_by_sts_reaches_no_log_on_the_profile_source(start_sidecar, irsa_env, fake_aws, tmp_path):
+    """An STS (or a relay in its place) quoting the refused web identity
+    token in its error: the sidecar blanks it in its own lines, but
+    aws-config's warnings printed the body whole, token and all."""
+    token = open(irsa_env["AWS_WEB_IDENTITY_TOKEN_FILE"]).read().strip()
+    fake_aws.post("/sts", {"accept_tokens": ["another-token"], "quote_refused_tokens": True})
+    config = tmp_path / "aws-config"
+    config.write_text(f"[profile wi]\nrole_arn = {ROLE_ARN}\nweb_identity_token_file = {irsa_env['AWS_WEB_IDENTITY_TOKEN_FILE']}\n")
+    for rust_log in ("info", "debug"):
+        sidecar = start_sidecar({
+            "AWS_REGION": "us-east-1",
+            "AWS_PROFILE": "wi",
+            "AWS_CONFIG_FILE": str(config),
+            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+            "AWS_ENDPOINT_URL_STS": fake_aws.sts,
+            "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws.bedrock,
+            "BEDROCK_BROKER_CREDENTIAL_SOURCE": "profile",
+            "HOME": str(tmp_path),
+        }, wait_ready=False, rust_log=rust_log)
+        wait_for(lambda: sidecar.ready().json().get("last_error"), timeout=20, what="the refused token reported")
+        sidecar.stop()
+        calls = [c for c in fake_aws.sts_calls() if c["action"] == "AssumeRoleWithWebIdentity"]
+        assert calls and calls[-1]["error_code"] == "InvalidIdentityToken"
+        payload = token.split(".")[1]
+        assert payload not in sidecar.log_text(), rust_log
+        assert "Couldn't retrieve verification key" in sidecar.log_text(), "the error itself is still logged"
+
+
 def test_container_credentials_source_reads_another_sidecars_endpoint(start_sidecar, irsa_env, fake_aws, tmp_path):
     port = free_port()
     token_file = tmp_path / "cc-token"

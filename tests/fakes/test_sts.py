@@ -82,6 +82,17 @@ def test_accept_tokens(fake: Fake):
     assert results == [("good-token", "ok", None), ("bad-token", "error", "InvalidIdentityToken"), ("anything", "ok", None)]
 
 
+def test_a_refused_token_can_be_quoted_in_the_error(fake: Fake):
+    control(fake, "POST", "/sts", {"accept_tokens": ["good-token"]})
+    with pytest.raises(ClientError) as exc:
+        assume(fake, token="bad-token")
+    assert "bad-token" not in exc.value.response["Error"]["Message"]
+    control(fake, "POST", "/sts", {"quote_refused_tokens": True})
+    with pytest.raises(ClientError) as exc:
+        assume(fake, token="bad-token")
+    assert exc.value.response["Error"]["Message"].endswith(": bad-token")
+
+
 def test_fail_next_then_recover(fake: Fake):
     control(fake, "POST", "/sts", {"fail_next": 2, "fail_code": "IDPCommunicationError"})
     for _ in range(2):

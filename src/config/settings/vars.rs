@@ -68,7 +68,7 @@ pub const HOSTNAME: Variable = Variable {
 };
 pub const RUST_LOG: Variable = Variable {
     name: "RUST_LOG",
-    help: "log levels, e.g. `info` or `info,bedrock_broker=debug`; crates that could log request details stay capped at `info`, and without a level for the rest (only targets named) the rest is at `warn`",
+    help: "log levels, e.g. `info` or `info,bedrock_broker=debug`; crates that could log request details stay capped at `info` (aws-config at `error`: its warnings quote STS's error bodies), and without a level for the rest (only targets named) the rest is at `warn`",
 };
 
 /// Read by the runtime set-up (checked there, not by tokio: it panics on

@@ -61,6 +61,9 @@ class StsConfig:
     # STS's clock minus this machine's: its answers' Date header and the
     # expirations it issues (negative: the caller's clock is ahead).
     clock_offset_seconds: float = 0.0
+    # A token refused (``accept_tokens``) is quoted in the error's message,
+    # as a relay or a misbehaving identity provider may.
+    quote_refused_tokens: bool = False
 
 
 @dataclass

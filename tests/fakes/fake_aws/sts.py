@@ -165,6 +165,8 @@ async def assume_role_with_web_identity(state: FakeState, request: web.Request, 
     token = params["WebIdentityToken"]
     if state.sts.accept_tokens is not None and token not in state.sts.accept_tokens:
         msg = "Couldn't retrieve verification key from your identity provider, or token not accepted"
+        if state.sts.quote_refused_tokens:
+            msg += f": {token}"
         return _finish(record, sts_error(400, "InvalidIdentityToken", msg), "InvalidIdentityToken")
     cred = issue_credential(state, params["RoleArn"], params["RoleSessionName"], params.get("DurationSeconds"))
     _record_issued(record, cred)
