@@ -87,6 +87,10 @@ impl Proxy {
                     self.refusals.accepted(used);
                     return Ok(response);
                 };
+                self.metrics
+                    .auth_retries
+                    .with_label_values(&["gave_up"])
+                    .inc();
                 match self.refusals.stream_rejected(used) {
                     StreamRejection::Known => {}
                     // Newer credentials held already need no STS call.
@@ -112,8 +116,16 @@ impl Proxy {
             held.expiry().map(|expiry| (held.generation(), expiry))
         });
         let Ok(Some((generation, expiry))) = held else {
-            if held == Err(Unusable::NotYetObtained) {
-                self.first_credentials().await;
+            match held {
+                Err(Unusable::NotYetObtained) => {
+                    self.first_credentials().await;
+                }
+                // An attempt under way may bring fresh ones in a moment, as
+                // for credentials about to expire.
+                Err(Unusable::Expired) => {
+                    self.fresher_credentials(self.cell.generation()).await;
+                }
+                Ok(_) => {}
             }
             return;
         };

@@ -43,6 +43,13 @@ impl Refusals {
     pub fn accepted(&self, used: u64) {
         if self.accepted.load(Ordering::Relaxed) < used {
             self.accepted.fetch_max(used, Ordering::Relaxed);
+            // Credentials after the asking ones work: the refresh helped,
+            // and is no longer the question.
+            let _ = self
+                .asked_after
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |asked| {
+                    (asked != 0 && asked < used).then_some(0)
+                });
         }
     }
 
@@ -66,8 +73,13 @@ impl Refusals {
 
     /// A stream signed with generation `used` was rejected. Streams are not
     /// retried, so the refresh a rejection asks for is judged by the next
-    /// stream: rejected with credentials newer than the asking ones, it
-    /// shows that refreshing does not help.
+    /// stream: rejected with the credentials that refresh brought (the
+    /// generation after the asking one), it shows that refreshing does not
+    /// help. Later ones came from the schedule, long after: they are asked
+    /// about afresh, not taken for that refresh's (one pod's single
+    /// rejection once made every later set that was rejected before its
+    /// first use count as refreshed in vain, and the sidecar stopped
+    /// refreshing for rejections until the schedule's next).
     pub fn stream_rejected(&self, used: u64) -> StreamRejection {
         // Credentials that worked and no longer do expired or were revoked.
         let worked = used <= self.accepted.load(Ordering::Relaxed);
@@ -75,10 +87,12 @@ impl Refusals {
             return StreamRejection::Known;
         }
         let asked = self.asked_after.load(Ordering::Relaxed);
-        if !worked && asked != 0 && used > asked {
+        if !worked && asked != 0 && used == asked + 1 {
             return StreamRejection::RefreshedInVain;
         }
-        self.asked_after.fetch_max(used, Ordering::Relaxed);
+        if used > asked {
+            self.asked_after.fetch_max(used, Ordering::Relaxed);
+        }
         StreamRejection::Refresh
     }
 
@@ -127,6 +141,28 @@ mod tests {
         assert_eq!(r.stream_rejected(2), Known);
         // Credentials the schedule brings get one refresh again.
         assert_eq!(r.stream_rejected(3), Refresh);
+        assert_eq!(r.stream_rejected(4), RefreshedInVain);
+    }
+
+    #[test]
+    fn a_rejection_long_ago_does_not_judge_the_schedules_credentials() {
+        use StreamRejection::*;
+        // One stream rejected (generation 1), the refresh it asked for
+        // (2) worked; hours later the schedule's credentials (5) are
+        // rejected before anything used them: that is a new question, not
+        // the old refresh failing (an outside audit: every stream and
+        // buffered request then got the 403 until the next schedule).
+        let r = Refusals::default();
+        assert_eq!(r.stream_rejected(1), Refresh);
+        r.accepted(2);
+        assert_eq!(r.stream_rejected(5), Refresh);
+        assert!(!r.refresh_cannot_help(5, 5));
+        // Likewise when the refresh's credentials were never used at all:
+        // the schedule's next ones are not the refresh's.
+        let r = Refusals::default();
+        assert_eq!(r.stream_rejected(1), Refresh);
+        assert_eq!(r.stream_rejected(3), Refresh);
+        // The refresh those asked for, rejected too, is in vain.
         assert_eq!(r.stream_rejected(4), RefreshedInVain);
     }
 

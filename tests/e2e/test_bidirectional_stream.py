@@ -274,6 +274,9 @@ def test_streams_refused_even_with_refreshed_credentials_stop_asking_for_refresh
     warned = [line for line in sidecar.log_text().splitlines() if "rejected credentials just obtained" in line]
     assert len(warned) == 1, warned
     assert len(fake_aws_h2.sts_calls()) == calls + 1
+    # Not retried (the body is not kept): each is given up on, as
+    # dashboards of the auth retries should show.
+    assert sidecar.metric("bedrock_broker_upstream_auth_retries_total", {"result": "gave_up"}) == 4
 
 
 def test_credentials_that_worked_and_are_rejected_later_get_a_refresh(start_sidecar, bidi_env, fake_aws_h2):
