@@ -7,6 +7,7 @@
 //! [`CredentialCell`] that request handling reads without locks.
 
 mod api_key;
+mod bounded_answers;
 mod cell;
 mod chained;
 mod config;

@@ -101,8 +101,12 @@ pub fn endpoint(config: &CredentialsConfig, region: &Region) -> String {
 
 /// The HTTPS client the AWS SDK parts use (STS, and the aws-config
 /// providers): rustls with ring, system roots plus `AWS_CA_BUNDLE`, HTTPS
-/// through the egress proxy if there is one.
+/// through the egress proxy if there is one, answers bounded in size.
 pub fn http_client(config: &CredentialsConfig) -> SharedHttpClient {
+    super::bounded_answers::bounded(unbounded_http_client(config))
+}
+
+fn unbounded_http_client(config: &CredentialsConfig) -> SharedHttpClient {
     let mut trust = TrustStore::default();
     if let Some(bundle) = &config.ca_bundle {
         trust = trust.with_pem_certificate(bundle.pem.clone());

@@ -461,3 +461,29 @@ def test_on_two_cpus_the_sidecar_uses_a_worker_per_core(start_sidecar, irsa_env,
     assert (line["scheduler"], line["workers"]) == ("MultiThread", 2), line
     converse(sidecar, uuid.uuid4().hex)
     assert sidecar.stop() == 0
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_an_sts_answer_past_any_real_size_is_refused_not_read_whole(start_sidecar, irsa_env, fake_aws):
+    """An STS (or a relay in its place) padding a valid answer with 200 MiB:
+    read whole, it took the sidecar past the 128 MiB limit the injector
+    sets, an OOM kill at every restart. STS's answers are about 2 KiB."""
+    fake_aws.post("/sts", {"pad_answer_bytes": 200 * 1024 * 1024})
+    sidecar = start_sidecar(irsa_env, wait_ready=False)
+    failures = {"result": "failure"}
+    wait_for(lambda: (sidecar.metric("bedrock_broker_credential_refreshes_total", failures) or 0) >= 1, timeout=20,
+             what="the oversized answer refused")
+    assert sidecar.metric("bedrock_broker_credential_refreshes_total", {"result": "success"}) == 0
+    refused = sidecar.ready()
+    assert refused.status_code == 503
+    assert "length limit exceeded" in refused.json()["last_error"], refused.json()
+    assert _peak_rss_mib(sidecar.proc.pid) < 128
+    # An answer of a normal size works as ever.
+    fake_aws.post("/sts", {"pad_answer_bytes": 0})
+    wait_for(lambda: sidecar.ready().status_code == 200, timeout=20, what="ready on a normal answer")

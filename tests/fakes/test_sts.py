@@ -158,3 +158,8 @@ def test_get_caller_identity_expired(fake: Fake, sts_creds: dict):
 def test_unknown_action(fake: Fake):
     resp = HTTP.request("POST", fake.sts + "/", body=b"Action=Nope&Version=2011-06-15")
     assert resp.status == 400 and b"<Code>InvalidAction</Code>" in resp.data
+
+
+def test_a_padded_answer_is_still_a_valid_answer(fake: Fake):
+    control(fake, "POST", "/sts", {"pad_answer_bytes": 300_000})
+    assert assume(fake)["Credentials"]["AccessKeyId"].startswith("ASIA")

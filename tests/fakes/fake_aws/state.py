@@ -64,6 +64,9 @@ class StsConfig:
     # A token refused (``accept_tokens``) is quoted in the error's message,
     # as a relay or a misbehaving identity provider may.
     quote_refused_tokens: bool = False
+    # Bytes of whitespace after a successful answer's XML (still valid
+    # XML), streamed: an answer larger than any STS sends.
+    pad_answer_bytes: int = 0
 
 
 @dataclass

@@ -171,7 +171,27 @@ async def assume_role_with_web_identity(state: FakeState, request: web.Request, 
     cred = issue_credential(state, params["RoleArn"], params["RoleSessionName"], params.get("DurationSeconds"))
     _record_issued(record, cred)
     packed = packed_policy_size(params) if has_session_policies(params) else None
-    return _finish(record, xml_response(200, assume_role_response_xml(cred, token, packed)))
+    answer = assume_role_response_xml(cred, token, packed)
+    if state.sts.pad_answer_bytes > 0:
+        record["status"], record["result"] = 200, "ok"
+        return await _padded(request, answer, state.sts.pad_answer_bytes)
+    return _finish(record, xml_response(200, answer))
+
+
+async def _padded(request: web.Request, answer: str, pad: int) -> web.StreamResponse:
+    """``answer`` followed by ``pad`` bytes of whitespace, streamed chunked."""
+    resp = web.StreamResponse(status=200, headers={"Content-Type": "text/xml"})
+    await resp.prepare(request)
+    await resp.write(answer.encode())
+    chunk = b" " * 65536
+    try:
+        while pad > 0:
+            await resp.write(chunk[:pad])
+            pad -= len(chunk)
+        await resp.write_eof()
+    except (ConnectionResetError, ConnectionError):
+        pass  # the client stopped reading: what a bounded reader does
+    return resp
 
 
 def _verify_sts_signature(state: FakeState, request: web.Request, body: bytes, record: dict) -> tuple:
