@@ -209,6 +209,10 @@ pub fn classify_code(code: &str, status: u16) -> ErrorClass {
             ErrorClass::Token
         }
         _ if status >= 500 || status == 429 => ErrorClass::Transient,
+        // A success the SDK could not read (a proxy's page, a cut or
+        // garbled answer) is no IAM problem: like an answer without
+        // credentials, it is retried soon, not minutes apart.
+        _ if (200..300).contains(&status) => ErrorClass::Transient,
         _ => ErrorClass::Fatal,
     }
 }
@@ -234,6 +238,12 @@ where
             // has neither code nor message: its status is all there is.
             let message = match e.message() {
                 Some(message) => message,
+                // A success not understood: what the SDK failed to read
+                // in it (a bad `Expiration`, HTML) is the clue.
+                None if (200..300).contains(&status) => &format!(
+                    "HTTP {status} answer not understood: {}",
+                    crate::error_text::with_causes(e)
+                ),
                 None => &format!("HTTP {status} without an STS error message"),
             };
             SourceError::Service {
@@ -394,6 +404,9 @@ mod tests {
             ("AccessDenied", 403, Fatal),
             ("MalformedPolicyDocument", 400, Fatal),
             ("ValidationError", 400, Fatal),
+            // A 200 the SDK could not read (an audit: 5 minutes apart
+            // where a cut answer was retried within seconds).
+            ("Unknown", 200, Transient),
         ] {
             assert_eq!(classify_code(code, status), class, "{code} {status}");
         }

@@ -487,3 +487,17 @@ def test_an_sts_answer_past_any_real_size_is_refused_not_read_whole(start_sideca
     # An answer of a normal size works as ever.
     fake_aws.post("/sts", {"pad_answer_bytes": 0})
     wait_for(lambda: sidecar.ready().status_code == 200, timeout=20, what="ready on a normal answer")
+
+
+def test_a_success_that_is_no_sts_answer_is_retried_soon_and_named(start_sidecar, irsa_env, fake_aws):
+    """A 200 the SDK cannot read (a proxy's login page, a cut answer) was
+    `fatal`, retried minutes apart like an IAM problem, with an error that
+    hid what was wrong with it."""
+    fake_aws.post("/sts", {"html_answer": True})
+    sidecar = start_sidecar(irsa_env, FAST, wait_ready=False)
+    wait_for(lambda: (sidecar.metric("bedrock_broker_credential_refresh_errors_total", {"class": "transient"}) or 0) >= 1,
+             timeout=20, what="the unreadable answer classified")
+    assert sidecar.metric("bedrock_broker_credential_refresh_errors_total", {"class": "fatal"}) is None
+    assert "HTTP 200 answer not understood" in sidecar.ready().json()["last_error"]
+    fake_aws.post("/sts", {"html_answer": False})
+    wait_for(lambda: sidecar.ready().status_code == 200, timeout=20, what="ready once STS answers")

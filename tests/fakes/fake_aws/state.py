@@ -67,6 +67,9 @@ class StsConfig:
     # Bytes of whitespace after a successful answer's XML (still valid
     # XML), streamed: an answer larger than any STS sends.
     pad_answer_bytes: int = 0
+    # A 200 that is no STS answer (a proxy's login page): what
+    # AssumeRoleWithWebIdentity answers while set.
+    html_answer: bool = False
 
 
 @dataclass

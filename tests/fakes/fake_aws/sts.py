@@ -158,6 +158,9 @@ async def assume_role_with_web_identity(state: FakeState, request: web.Request, 
     failed = await _delay_and_inject(state, record, "AssumeRoleWithWebIdentity")
     if failed:
         return failed
+    if state.sts.html_answer:
+        page = web.Response(status=200, text="<html><body>Sign in to the proxy</body></html>", content_type="text/html")
+        return _finish(record, page, "html_answer")
     problem = validate_assume_role(params, "AssumeRoleWithWebIdentity")
     if problem:
         code, message = problem
