@@ -490,6 +490,19 @@ def test_cert_manager_mode():
     dep = one(objs, "Deployment")
     assert dep["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"] == serving["spec"]["secretName"]
     assert {i["metadata"]["name"] for i in by_kind(objs, "Issuer")} == {"bedrock-broker-webhook-selfsigned", "bedrock-broker-webhook-ca"}
+    # cert-manager refuses a commonName over 64 bytes: a long namespace or
+    # release name left the webhook without its certificate (an audit: the
+    # Service's name in a 42-letter namespace is 66 bytes).
+    long_ns = "platform-shared-services-bedrock-broker-prod"
+    objs = chart.render(SCENARIOS["cert-manager-selfsigned"], name="platform-genai-gateway-production-eu-central-1", namespace=long_ns)
+    certs = by_kind(objs, "Certificate")
+    assert len(certs) == 2
+    for cert in certs:
+        assert len(cert["spec"].get("commonName", "")) <= 64, cert["spec"]
+        assert cert["spec"].get("commonName") or cert["spec"].get("dnsNames"), cert["spec"]
+    serving = [c for c in certs if not c["spec"].get("isCA")][0]
+    assert any(n.endswith(f".{long_ns}.svc") for n in serving["spec"]["dnsNames"]), serving["spec"]
+
     objs = chart.render(SCENARIOS["cert-manager-cluster-issuer"])
     assert not by_kind(objs, "Issuer")
     assert one(objs, "Certificate")["spec"]["issuerRef"] == {"name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
@@ -521,6 +534,11 @@ BAD_VALUES = [
     ({"tls": {"certManager": {"issuerRef": {"name": "x", "kind": "Vault"}}}}, "kind"),
     ({"sidecar": {"mode": "sidecar"}}, "mode"),
     ({"sidecar": {"region": "Europe"}}, "region"),
+    ({"sidecar": {"region": "us-east-1-"}}, "region"),
+    # A tag in the repository rendered `repo:1.0:0.1.0`.
+    ({"image": {"repository": "ghcr.io/x/y:1.0"}}, "repository"),
+    ({"sidecar": {"image": {"repository": "ghcr.io/x/Upper"}}}, "repository"),
+    ({"webhook": {"podDisruptionBudget": {"minAvailable": "abc"}}}, "minAvailable"),
     ({"sidecar": {"tokenExpiration": 60}}, "tokenExpiration"),
     ({"sidecar": {"runAsUser": 0}}, "runAsUser"),
     ({"sidecar": {"logLevel": "verbose"}}, "logLevel"),
@@ -548,6 +566,33 @@ def test_schema_takes_the_operators_scrape_intervals(interval):
                                      "podMonitor": {"enabled": True, "interval": interval}}})
     for kind, key in (("ServiceMonitor", "endpoints"), ("PodMonitor", "podMetricsEndpoints")):
         assert one(objs, kind)["spec"][key][0]["interval"] == interval
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "us-gov-west-1", "eusc-de-east-1", "us-isob-east-1", "cn-north-1", "ap-southeast-7"])
+def test_schema_takes_every_region_the_binary_does(region):
+    # The schema refused eusc-de-east-1 (a real region) that the annotation
+    # and the webhook's own flag take.
+    objs = chart.render({"sidecar": {"region": region}})
+    env = {e["name"]: e.get("value") for e in one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["BEDROCK_BROKER_SIDECAR_REGION"] == region
+
+
+@pytest.mark.parametrize("repository", ["ghcr.io/bedrock-broker/bedrock-broker", "localhost:5000/team/broker", "registry.corp/a__b/c.d-e", "bedrock-broker"])
+def test_schema_takes_image_repositories_with_a_registry_port(repository):
+    objs = chart.render({"image": {"repository": repository}})
+    image = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image.startswith(repository + ":") or image.startswith(repository + "@"), image
+
+
+@pytest.mark.parametrize("min_available", [0, 1, "50%"])
+def test_schema_takes_a_pdbs_count_or_percentage(min_available):
+    objs = chart.render({"webhook": {"replicas": 2, "podDisruptionBudget": {"enabled": True, "minAvailable": min_available}}})
+    assert one(objs, "PodDisruptionBudget")["spec"]["minAvailable"] == min_available
+
+
+def test_the_webhook_and_its_admin_server_cannot_share_a_port():
+    with pytest.raises(helm.HelmError, match="webhook.port and webhook.adminPort must differ"):
+        chart.render({"webhook": {"port": 9789}})
 
 
 def test_a_bypass_list_without_a_proxy_is_refused_at_install():
