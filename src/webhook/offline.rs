@@ -189,6 +189,7 @@ fn skip_reason(skip: &Skip) -> &'static str {
         Skip::OptedOut => "opted out",
         Skip::AlreadyInjected => "already injected",
         Skip::HasBrokerContainer => "has a bedrock-broker container already",
+        Skip::MirrorPod => "a mirror pod (a static pod's copy)",
     }
 }
 

@@ -26,6 +26,11 @@ pub enum Skip {
     AlreadyInjected,
     /// The pod already has a container named `bedrock-broker` (added by hand).
     HasBrokerContainer,
+    /// A mirror pod: the API's copy of a static pod the kubelet runs from
+    /// a manifest on its node. Changing it changes nothing that runs, and
+    /// the API server refuses a mirror pod with a projected token anyway
+    /// (the static pod then runs unseen by the API).
+    MirrorPod,
 }
 
 impl Skip {
@@ -36,6 +41,7 @@ impl Skip {
             Self::OptedOut => "opted_out",
             Self::AlreadyInjected => "already_injected",
             Self::HasBrokerContainer => "has_broker_container",
+            Self::MirrorPod => "mirror_pod",
         }
     }
 
@@ -50,6 +56,9 @@ impl Skip {
             Self::HasBrokerContainer => Some(format!(
                 "the pod already has a container named {CONTAINER_NAME}; bedrock-broker did not inject another"
             )),
+            Self::MirrorPod => Some(
+                "a mirror pod (a static pod's copy) is never injected: add the sidecar to the static pod's manifest on its node".to_owned(),
+            ),
             Self::NotOptedIn | Self::OptedOut | Self::AlreadyInjected => None,
         }
     }
@@ -88,6 +97,13 @@ fn already_injected(pod: &Pod) -> bool {
     annotations(pod).contains_key(names::INJECTED)
 }
 
+/// The annotation the kubelet puts on the mirror pods it creates.
+const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+fn is_mirror(pod: &Pod) -> bool {
+    annotations(pod).contains_key(MIRROR_ANNOTATION)
+}
+
 /// The ServiceAccount a pod runs as (`default` when it names none).
 pub fn service_account_name(pod: &Pod) -> &str {
     let spec = pod.spec.as_ref();
@@ -99,7 +115,7 @@ pub fn service_account_name(pod: &Pod) -> &str {
 
 /// Which cluster lookups [`super::inject()`] can use for this pod.
 pub fn needs(pod: &Pod, role_policy: RolePolicy) -> Needs {
-    if already_injected(pod) {
+    if already_injected(pod) || is_mirror(pod) {
         return Needs::default();
     }
     let pod_label = inject_label(pod);
@@ -128,6 +144,9 @@ pub fn opted_in(pod: &Pod, namespace_labels: Option<&BTreeMap<String, String>>) 
 
 /// The opt-in rules, then the cases where injecting again would be wrong.
 pub fn decide<'p>(pod: &'p Pod, facts: &ClusterFacts<'_>) -> Result<Decision<'p>, Denial> {
+    if is_mirror(pod) {
+        return Ok(Decision::Skip(Skip::MirrorPod));
+    }
     match inject_label(pod) {
         Some("true") => {}
         Some("false") => return Ok(Decision::Skip(Skip::OptedOut)),
