@@ -169,9 +169,17 @@ impl Refresher {
         self.last_attempt = Some(tokio::time::Instant::now());
         self.cell.begin_attempt();
         let result = self.source.fetch().await;
-        self.metrics
-            .refresh_duration
-            .observe(started.elapsed().as_secs_f64());
+        // The histogram is STS's round trip: an attempt that stopped at
+        // the token file made no call, and its microseconds would drag the
+        // round trip down just while the mount is broken.
+        if !matches!(
+            result,
+            Err(SourceError::TokenFile { .. } | SourceError::EmptyToken { .. })
+        ) {
+            self.metrics
+                .refresh_duration
+                .observe(started.elapsed().as_secs_f64());
+        }
         let now = self.clock.now();
         let server = match &result {
             Ok(fetched) => fetched.server_time,

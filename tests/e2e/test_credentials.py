@@ -501,3 +501,20 @@ def test_a_success_that_is_no_sts_answer_is_retried_soon_and_named(start_sidecar
     assert "HTTP 200 answer not understood" in sidecar.ready().json()["last_error"]
     fake_aws.post("/sts", {"html_answer": False})
     wait_for(lambda: sidecar.ready().status_code == 200, timeout=20, what="ready once STS answers")
+
+
+def test_the_sts_round_trip_histogram_counts_only_sts_calls(start_sidecar, irsa_env, fake_aws, tmp_path):
+    """An attempt that stopped at a missing token file made no STS call:
+    counted in the round-trip histogram, its microseconds dragged the STS
+    latency down just while the mount was broken."""
+    token = tmp_path / "not-yet" / "token"
+    env = {**irsa_env, "AWS_WEB_IDENTITY_TOKEN_FILE": str(token)}
+    sidecar = start_sidecar(env, FAST, wait_ready=False)
+    wait_for(lambda: (sidecar.metric("bedrock_broker_credential_refresh_errors_total", {"class": "token"}) or 0) >= 2,
+             timeout=20, what="two attempts stopped at the token file")
+    assert fake_aws.sts_calls() == []
+    assert sidecar.metric("bedrock_broker_credential_refresh_duration_seconds_count") == 0
+    token.parent.mkdir()
+    token.write_text(make_jwt())
+    wait_for(lambda: sidecar.ready().status_code == 200, timeout=20, what="ready once the token is there")
+    assert sidecar.metric("bedrock_broker_credential_refresh_duration_seconds_count") == len(fake_aws.sts_calls()) == 1
