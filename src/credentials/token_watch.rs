@@ -42,9 +42,11 @@ async fn fingerprint(path: &Path) -> Option<Fingerprint> {
 /// together have their tokens rotated together (at 80 % of the same
 /// lifetime), and 10,000 of them called STS 100 times a second
 /// (docs/fleet.md). So only a failing refresh is hurried: the new token may
-/// be what it was missing.
+/// be what it was missing. Not a throttled one: its backoff is waited out
+/// whatever asks (and the log line would promise a retry that does not
+/// come).
 pub fn on_rotation(cell: &CredentialCell) -> bool {
-    let failing = cell.last_error().is_some();
+    let failing = cell.last_error().is_some() && !cell.is_throttled();
     if failing {
         cell.request_retry();
     }
@@ -88,7 +90,7 @@ impl TokenWatch {
                     path = %self.path.display(),
                     retrying,
                     appeared = self.last.is_none(),
-                    "web identity token rotated; the next refresh exchanges it (at once if refreshes are failing)"
+                    "web identity token rotated; the next refresh exchanges it (at once if refreshes are failing, unless STS is throttling)"
                 );
                 self.last = current;
             }
@@ -106,6 +108,9 @@ mod tests {
         assert!(!on_rotation(&cell));
         cell.record_failure("InvalidIdentityToken".into());
         assert!(on_rotation(&cell));
+        // STS throttling: its backoff stands, and the rotation says so.
+        cell.set_throttled(true);
+        assert!(!on_rotation(&cell));
     }
 
     #[tokio::test]

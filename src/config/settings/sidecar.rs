@@ -133,7 +133,7 @@ pub const REFRESH_MAX_BACKOFF: Setting = Setting {
     flag: "refresh-max-backoff",
     env: &["BEDROCK_BROKER_REFRESH_MAX_BACKOFF"],
     default: Value("5m"),
-    help: "Longest wait between failed refresh attempts while usable credentials are held (at most a quarter of their remaining life), and after fatal or token errors",
+    help: "Longest wait between failed refresh attempts while usable credentials are held (at most a quarter of their remaining life), and after fatal or token errors; STS is never called twice within a second, whatever this says",
 };
 /// Short, as the pod is not ready meanwhile; 10,000 such pods still stay
 /// near STS's quota (docs/fleet.md).
@@ -141,7 +141,7 @@ pub const REFRESH_COLD_START_MAX_BACKOFF: Setting = Setting {
     flag: "refresh-cold-start-max-backoff",
     env: &["BEDROCK_BROKER_REFRESH_COLD_START_MAX_BACKOFF"],
     default: Value("30s"),
-    help: "Longest wait between refresh attempts failing for transient reasons while no usable credentials are held (cold start, expired)",
+    help: "Longest wait between refresh attempts failing for transient reasons while no usable credentials are held (cold start, expired); never longer than --refresh-max-backoff",
 };
 /// A `stat` a second is free, and a rotated token is exchanged within a second.
 pub const TOKEN_WATCH_INTERVAL: Setting = Setting {
