@@ -539,6 +539,12 @@ BAD_VALUES = [
     ({"image": {"repository": "ghcr.io/x/y:1.0"}}, "repository"),
     ({"sidecar": {"image": {"repository": "ghcr.io/x/Upper"}}}, "repository"),
     ({"webhook": {"podDisruptionBudget": {"minAvailable": "abc"}}}, "minAvailable"),
+    # Keys the chart sets itself were written twice (which one wins is up
+    # to the tool reading the manifest; a selector label could change).
+    ({"webhook": {"podLabels": {"app.kubernetes.io/name": "x"}}}, "invalid propertyName 'app.kubernetes.io/name'"),
+    ({"webhook": {"podLabels": {"bedrock-broker.io/inject": "true"}}}, "invalid propertyName 'bedrock-broker.io/inject'"),
+    ({"commonLabels": {"app.kubernetes.io/component": "ai"}}, "invalid propertyName 'app.kubernetes.io/component'"),
+    ({"webhook": {"podAnnotations": {"checksum/config": "x"}}}, "invalid propertyName 'checksum/config'"),
     ({"sidecar": {"tokenExpiration": 60}}, "tokenExpiration"),
     ({"sidecar": {"runAsUser": 0}}, "runAsUser"),
     ({"sidecar": {"logLevel": "verbose"}}, "logLevel"),
