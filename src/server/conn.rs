@@ -44,6 +44,9 @@ pub struct Activity {
     /// Requests in flight whose response is made: the rest are still being
     /// worked on (a webhook review waits on API reads for seconds).
     answering: AtomicUsize,
+    /// Requests in flight whose body is still arriving, as far as their
+    /// handler tells ([`Connection::receiving_body`]).
+    receiving: AtomicUsize,
 }
 
 impl Activity {
@@ -56,7 +59,20 @@ impl Activity {
             last_request: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             answering: AtomicUsize::new(0),
+            receiving: AtomicUsize::new(0),
         })
+    }
+
+    /// Whether a request's body is still arriving on it: a request the
+    /// server has not got whole yet, nothing of it worked on.
+    pub fn is_receiving(&self) -> bool {
+        self.receiving.load(Ordering::Relaxed) > 0
+    }
+
+    /// Counts a body as arriving until the guard is dropped.
+    pub fn receiving(self: &Arc<Self>) -> Receiving {
+        self.receiving.fetch_add(1, Ordering::Relaxed);
+        Receiving(self.clone())
     }
 
     fn now_ms(&self) -> u64 {
@@ -277,6 +293,17 @@ impl Drop for InFlight {
     }
 }
 
+/// A request body counted as arriving on its connection; see
+/// [`Activity::receiving`].
+#[derive(Debug)]
+pub struct Receiving(Arc<Activity>);
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.0.receiving.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The connection a request came on, in the request's extensions on the
 /// listeners other pods reach: who sent it, and a way to close it so a
 /// peer holding more than its share of something gives it up.
@@ -284,11 +311,30 @@ impl Drop for InFlight {
 pub struct Connection {
     peer: IpAddr,
     close: CancellationToken,
+    activity: Option<Arc<Activity>>,
 }
 
 impl Connection {
     pub fn new(peer: IpAddr, close: CancellationToken) -> Self {
-        Self { peer, close }
+        Self {
+            peer,
+            close,
+            activity: None,
+        }
+    }
+
+    /// The connection's activity, where a request's handler marks its
+    /// body as arriving ([`Self::receiving_body`]).
+    pub fn watching(mut self, activity: Arc<Activity>) -> Self {
+        self.activity = Some(activity);
+        self
+    }
+
+    /// Marks a request's body as arriving until the guard is dropped: a
+    /// full listener may close such a connection for a peer with fewer
+    /// (`Peers::evict_for`), never one whose request is whole.
+    pub fn receiving_body(&self) -> Option<Receiving> {
+        self.activity.as_ref().map(Activity::receiving)
     }
 
     /// The peer's address (IPv4 peers of a dual-stack socket as IPv4).

@@ -270,7 +270,7 @@ pub async fn serve<L, S, B>(
         // make room for another peer (the webhook's review budget).
         let connection = limits
             .max_connections_per_peer
-            .map(|_| Connection::new(peer.ip(), evicted_token.clone()));
+            .map(|_| Connection::new(peer.ip(), evicted_token.clone()).watching(activity.clone()));
         let service = Counted::new(service.clone(), activity.clone(), connection);
         let (builder, shutdown, idle) = (builder.clone(), shutdown.clone(), limits.idle_timeout);
         let requests_keep_open = limits.max_connections_per_peer.is_none();

@@ -123,11 +123,15 @@ impl Peers {
     /// first (see [`PeerTable::evictable`]); if there is none, a peer
     /// holding its whole share (`limit`) loses its oldest even with a
     /// request in flight, since answering its requests as fast as they
-    /// come must not keep the port full; failing that, so does the busiest
-    /// peer if it holds at least two more than `ip`. Without that last
-    /// rule, nine pods each just under their share, each dripping review
-    /// bodies (requests in flight, never quiet), kept the API server out:
-    /// now a full listener gives every peer knocking its even share.
+    /// come must not keep the port full; failing that, the busiest peer
+    /// holding at least two more than `ip` loses its oldest connection
+    /// whose request body is still arriving. Without that last rule, nine
+    /// pods each just under their share, each dripping review bodies
+    /// (requests in flight, never quiet), kept the API server out. It
+    /// takes no request that has arrived whole: the first version took the
+    /// busiest peer's reviews being worked on, and in a burst the API
+    /// server is the busiest peer (an outside check: 60 reviews closed
+    /// unanswered).
     ///
     /// The slot changes hands here rather than when the evicted task gets
     /// round to closing: on a busy runtime that can take longer than a
@@ -154,15 +158,19 @@ impl Peers {
         let quiet = heavier
             .iter()
             .find_map(|(_, list)| list.iter().find(|h| PeerTable::evictable(h)).map(|h| h.id));
-        let greedy = |share: &dyn Fn(usize) -> bool| {
+        let greedy = |share: &dyn Fn(usize) -> bool, victim: &dyn Fn(&Held) -> bool| {
             heavier
                 .iter()
                 .filter(|(n, _)| share(*n))
-                .find_map(|(_, list)| list.iter().find(|h| PeerTable::can_go(h)).map(|h| h.id))
+                .find_map(|(_, list)| {
+                    list.iter()
+                        .find(|h| PeerTable::can_go(h) && victim(h))
+                        .map(|h| h.id)
+                })
         };
         let victim = quiet
-            .or_else(|| greedy(&|n| n >= limit))
-            .or_else(|| greedy(&|n| n > mine + 1))?;
+            .or_else(|| greedy(&|n| n >= limit, &|_| true))
+            .or_else(|| greedy(&|n| n > mine + 1, &|h| h.activity.is_receiving()))?;
         let held = heavier
             .into_iter()
             .flat_map(|(_, list)| list.iter_mut())
@@ -404,9 +412,9 @@ mod tests {
         assert!(peers.evict_for(ip(3), 4).is_some());
         assert!(flood[0].evicted.is_cancelled(), "the oldest goes");
         assert!(flood[1..].iter().all(|s| !s.evicted.is_cancelled()));
-        // A lone scrape in flight stays: its peer holds no more than the
-        // newcomer will.
-        let _room = peers.evict_for(ip(3), 4);
+        // Below its limit now: its busy connections stay, and so does a
+        // lone scrape in flight.
+        assert!(peers.evict_for(ip(3), 4).is_none());
         assert!(!prometheus.evicted.is_cancelled());
     }
 
@@ -420,14 +428,18 @@ mod tests {
         let peers = Arc::new(Peers::default());
         let slots = listener(10);
         let mut requests = Vec::new();
-        let mut busy = |peer| {
+        let mut bodies = Vec::new();
+        let mut busy = |peer, dripping: bool| {
             let activity = Activity::new();
             requests.push(InFlight::new(activity.clone()));
+            if dripping {
+                bodies.push(activity.receiving());
+            }
             activity.touch();
             peers.claim(peer, 4, activity, slot(&slots)).expect("slot")
         };
-        let flood: Vec<_> = (0..9).map(|i| busy(ip(1 + i / 3))).collect();
-        let api = busy(ip(9));
+        let flood: Vec<_> = (0..9).map(|i| busy(ip(1 + i / 3), true)).collect();
+        let api = busy(ip(9), false);
         assert_eq!(slots.available_permits(), 0);
 
         let room = peers.evict_for(ip(9), 4).expect("room for the API server");
@@ -444,6 +456,39 @@ mod tests {
         let flooder = ip(1 + evicted_one.unwrap_or(0) as u8 / 3);
         assert!(peers.evict_for(flooder, 4).is_none());
         assert!(!api.evicted.is_cancelled() && !api2.evicted.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_review_that_arrived_whole_is_never_taken_for_an_even_share() {
+        // The API server mid-burst is the busiest peer: its reviews, whole
+        // and waiting on API reads, were closed unanswered for pods
+        // flooding the port (an outside check: 60 of 100). Only a body
+        // still arriving goes for an even share.
+        let peers = Arc::new(Peers::default());
+        let slots = listener(6);
+        let mut requests = Vec::new();
+        let reviews: Vec<_> = (0..5)
+            .map(|_| {
+                let activity = Activity::new();
+                requests.push(InFlight::new(activity.clone()));
+                peers.claim(ip(9), 8, activity, slot(&slots)).expect("slot")
+            })
+            .collect();
+        let dripping = Activity::new();
+        requests.push(InFlight::new(dripping.clone()));
+        let _body = dripping.receiving();
+        let _pod = peers.claim(ip(1), 8, dripping, slot(&slots)).expect("slot");
+        assert!(peers.evict_for(ip(2), 8).is_none());
+        assert!(reviews.iter().all(|r| !r.evicted.is_cancelled()));
+        // One of the API server's still arriving would go.
+        let arriving = Activity::new();
+        requests.push(InFlight::new(arriving.clone()));
+        let _arriving = arriving.receiving();
+        drop(_pod);
+        let late = peers.claim(ip(9), 8, arriving, slot(&slots)).expect("slot");
+        assert!(peers.evict_for(ip(2), 8).is_some());
+        assert!(late.evicted.is_cancelled());
+        assert!(reviews.iter().all(|r| !r.evicted.is_cancelled()));
     }
 
     #[tokio::test]

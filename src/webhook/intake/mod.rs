@@ -132,7 +132,11 @@ impl Intake {
             return Err(StatusCode::PAYLOAD_TOO_LARGE);
         }
         let limit = declared.unwrap_or(MAX_REVIEW_BYTES);
-        let mut text = self.text.room(request.extensions().get::<Connection>());
+        let connection = request.extensions().get::<Connection>();
+        let mut text = self.text.room(connection);
+        // While its body arrives a review may be closed for a peer with
+        // fewer connections at a full listener; once whole, never.
+        let receiving = connection.and_then(Connection::receiving_body);
         let mut body = request.into_body();
         // Untouched capacity costs address space, not memory: only what
         // arrives is resident, and only that is drawn from the budget.
@@ -161,6 +165,7 @@ impl Intake {
             text.add(share);
             bytes.extend_from_slice(&data);
         }
+        drop(receiving);
         text.phase(Phase::Working);
         // What the pod will take once parsed, drawn before it is: text of
         // a few hundred KB can parse into gigabytes (`parse_cost`). Text
