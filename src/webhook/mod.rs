@@ -53,6 +53,8 @@ pub async fn run_webhook(
     shutdown: CancellationToken,
 ) -> Result<(), WebhookError> {
     let server = WebhookServer::bind(&config).await?;
+    // Everything the reviews need serves on through the shutdown delay.
+    let shutdown = server::linger(shutdown, config.shutdown_delay);
     let client = kube::Client::try_default().await?;
     let kube_version = cluster::kube_version(&client, config.lookup_timeout).await;
     let metrics = WebhookMetrics::new();

@@ -121,8 +121,9 @@ impl WebhookServer {
         server::local_addr(&self.admin_listener, "webhook admin server")
     }
 
-    /// Serves until `shutdown` and the shutdown delay after it, then
-    /// drains for at most the grace period.
+    /// Serves until `shutdown`, then drains for at most the grace period.
+    /// `run_webhook` hands it a token that fires the shutdown delay after
+    /// the signal ([`linger`]).
     pub async fn run<L: ClusterLookup>(
         self,
         state: AdmissionState<L>,
@@ -135,7 +136,6 @@ impl WebhookServer {
         let admin = self.admin_addr()?;
         let config = self.config;
         tracing::info!(%listen, %admin, cert = %config.tls.cert.display(), "webhook serving");
-        let shutdown = linger(shutdown, config.shutdown_delay);
 
         tokio::spawn(self.cert.clone().watch(
             config.tls.reload_interval,
@@ -190,9 +190,9 @@ impl WebhookServer {
 
 /// A token cancelled `delay` after `shutdown`: until then the listener
 /// still accepts, for the API server's connections that reach the pod
-/// while it leaves the Service's endpoints. A second signal still ends the
-/// process at once.
-fn linger(shutdown: CancellationToken, delay: Duration) -> CancellationToken {
+/// while it leaves the Service's endpoints, and the caches and watches the
+/// reviews read keep up. A second signal still ends the process at once.
+pub fn linger(shutdown: CancellationToken, delay: Duration) -> CancellationToken {
     if delay.is_zero() {
         return shutdown;
     }
