@@ -155,16 +155,11 @@ impl ImageRef {
     pub const ACCEPTED: &'static str =
         "a container image reference such as ghcr.io/org/bedrock-broker:0.1.0";
 
+    /// The grammar the kubelet and container runtimes hold references to
+    /// (the distribution project's): a pod admitted with another image
+    /// fails later, `InvalidImageName`, far from the annotation at fault.
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
-        let ok = !raw.is_empty()
-            && raw.len() <= 1024
-            && raw.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && raw
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-/:@+".contains(c))
-            && !raw.ends_with([':', '@', '/'])
-            && !raw.contains("//");
-        if ok {
+        if raw.len() <= 1024 && is_image_reference(raw) {
             Ok(Self(raw.to_owned()))
         } else {
             Err(ParseError::not_a(raw, "an image reference", Self::ACCEPTED))
@@ -174,6 +169,111 @@ impl ImageRef {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// `[domain/]path[:tag][@digest]`, each part as the distribution
+/// project's reference grammar has it.
+fn is_image_reference(raw: &str) -> bool {
+    let (rest, digest) = match raw.split_once('@') {
+        Some((rest, digest)) => (rest, Some(digest)),
+        None => (raw, None),
+    };
+    if !digest.is_none_or(is_digest) {
+        return false;
+    }
+    // A tag's colon comes after the last slash; a port's, before it.
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest[last_slash..].rfind(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    if !tag.is_none_or(is_tag) || name.len() > 255 {
+        return false;
+    }
+    let mut parts = name.split('/').peekable();
+    let first = parts.next().unwrap_or_default();
+    let has_domain = parts.peek().is_some()
+        && (first.contains(['.', ':'])
+            || first == "localhost"
+            || first.bytes().any(|b| b.is_ascii_uppercase()));
+    if has_domain {
+        is_domain(first) && parts.all(is_path_component)
+    } else {
+        std::iter::once(first).chain(parts).all(is_path_component)
+    }
+}
+
+/// Lower-case letters and digits, joined by `.`, `_`, `__` or runs of `-`.
+fn is_path_component(c: &str) -> bool {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = c.as_bytes();
+    if bytes.is_empty() || !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        if alnum(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let sep = &c[i..];
+        let len = if sep.starts_with("__") {
+            2
+        } else if matches!(bytes[i], b'.' | b'_') {
+            1
+        } else if bytes[i] == b'-' {
+            sep.bytes().take_while(|b| *b == b'-').count()
+        } else {
+            return false;
+        };
+        i += len;
+        if i >= bytes.len() || !alnum(bytes[i]) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Host name labels (letters of either case, digits, inner hyphens), and
+/// a port.
+fn is_domain(d: &str) -> bool {
+    let (host, port) = match d.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (d, None),
+    };
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    host.split('.').all(label)
+        && port
+            .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn is_tag(t: &str) -> bool {
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    (1..=128).contains(&t.len())
+        && word(t.as_bytes()[0])
+        && t.bytes().all(|b| word(b) || b == b'.' || b == b'-')
+}
+
+/// `algorithm:encoded`, the encoded part at least as long as a SHA-256's
+/// hex.
+fn is_digest(d: &str) -> bool {
+    let Some((algorithm, encoded)) = d.split_once(':') else {
+        return false;
+    };
+    !algorithm.is_empty()
+        && algorithm.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && algorithm
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b))
+        && encoded.len() >= 32
+        && encoded
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"=_-".contains(&b))
 }
 
 /// The audience of the projected service-account token.
@@ -351,14 +451,39 @@ mod tests {
 
     #[test]
     fn image_refs_are_checked_for_shape() {
+        let digest = format!("sha256:{}", "a1".repeat(32));
         for ok in [
+            "bedrock-broker",
             "bedrock-broker:0.1.0",
             "ghcr.io/org/bedrock-broker:0.1.0",
-            "localhost:5000/b@sha256:abc",
+            &format!("localhost:5000/b@{digest}"),
+            &format!("ghcr.io/org/b:0.1.0@{digest}"),
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com/team/bb:v1.2-rc_3",
+            "Registry.Corp:443/a_b__c-d.e/x--y:latest",
+            "docker.io/library/busybox",
         ] {
             assert!(ImageRef::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a b", ":tag", "repo:", "a//b", "\"x\""] {
+        // The kubelet refuses these (`InvalidImageName`): an upper-case
+        // path was admitted, and its pod never started (an audit).
+        for bad in [
+            "",
+            "a b",
+            ":tag",
+            "repo:",
+            "a//b",
+            "\"x\"",
+            "UPPER/Case:1",
+            "ghcr.io/Org/b",
+            "a/-b",
+            "a/b-",
+            "a/b:tag:more",
+            "a@sha256:abc",
+            "a:-tag",
+            "ghcr.io:port/b",
+            "a/b@",
+            "a/b@md5",
+        ] {
             assert!(ImageRef::parse(bad).is_err(), "{bad}");
         }
     }
