@@ -491,6 +491,31 @@ fn opt_in_and_opt_out_rules() {
         msg.contains("accepted values: \"true\" or \"false\""),
         "{msg}"
     );
+
+    // A mirror pod (a static pod's copy): never injected, and told so only
+    // when it is opted in; the opt-in rules apply to it as to any pod.
+    let mirror = |labels: Value| {
+        let mut p = base(labels);
+        p.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert("kubernetes.io/config.mirror".into(), "3f1c2d".into());
+        p
+    };
+    assert_eq!(outcome(&mirror(json!({})), &ns_in), Some(Skip::MirrorPod));
+    assert_eq!(
+        outcome(&mirror(json!({})), &app_facts()),
+        Some(Skip::NotOptedIn)
+    );
+    assert_eq!(
+        outcome(
+            &mirror(json!({"bedrock-broker.io/inject": "false"})),
+            &ns_in
+        ),
+        Some(Skip::OptedOut)
+    );
+    let msg = denial(&mirror(json!({"bedrock-broker.io/inject": "yes"})), &ns_in);
+    assert!(msg.contains("accepted values"), "{msg}");
 }
 
 #[test]

@@ -115,12 +115,19 @@ pub fn service_account_name(pod: &Pod) -> &str {
 
 /// Which cluster lookups [`super::inject()`] can use for this pod.
 pub fn needs(pod: &Pod, role_policy: RolePolicy) -> Needs {
-    if already_injected(pod) || is_mirror(pod) {
+    if already_injected(pod) {
         return Needs::default();
     }
     let pod_label = inject_label(pod);
     if pod_label.is_some_and(|v| v != "true") {
         return Needs::default();
+    }
+    // Only whether it is opted in matters: it is never injected.
+    if is_mirror(pod) {
+        return Needs {
+            namespace_labels: pod_label.is_none(),
+            ..Needs::default()
+        };
     }
     let a = annotations(pod);
     let names_credentials = a.contains_key(names::API_KEY_SECRET)
@@ -144,9 +151,6 @@ pub fn opted_in(pod: &Pod, namespace_labels: Option<&BTreeMap<String, String>>) 
 
 /// The opt-in rules, then the cases where injecting again would be wrong.
 pub fn decide<'p>(pod: &'p Pod, facts: &ClusterFacts<'_>) -> Result<Decision<'p>, Denial> {
-    if is_mirror(pod) {
-        return Ok(Decision::Skip(Skip::MirrorPod));
-    }
     match inject_label(pod) {
         Some("true") => {}
         Some("false") => return Ok(Decision::Skip(Skip::OptedOut)),
@@ -169,6 +173,10 @@ pub fn decide<'p>(pod: &'p Pod, facts: &ClusterFacts<'_>) -> Result<Decision<'p>
     }
     if already_injected(pod) {
         return Ok(Decision::Skip(Skip::AlreadyInjected));
+    }
+    // Opted in, but what runs is the static pod on its node.
+    if is_mirror(pod) {
+        return Ok(Decision::Skip(Skip::MirrorPod));
     }
     let Some(spec) = pod.spec.as_ref() else {
         return Err(Denial::one("the pod has no spec"));
