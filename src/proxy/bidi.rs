@@ -112,6 +112,9 @@ impl Proxy {
     /// does not outlive the credentials it is signed with.
     async fn fresh_enough_for_a_stream(&self) {
         let now = self.clock.now();
+        // Read first: credentials that land while the held ones are found
+        // expired are then newer, and nothing is asked of STS for them.
+        let seen = self.cell.generation();
         let held = self.cell.with_usable(now, |held| {
             held.expiry().map(|expiry| (held.generation(), expiry))
         });
@@ -123,7 +126,7 @@ impl Proxy {
                 // An attempt under way may bring fresh ones in a moment, as
                 // for credentials about to expire.
                 Err(Unusable::Expired) => {
-                    self.fresher_credentials(self.cell.generation()).await;
+                    self.fresher_credentials(seen).await;
                 }
                 Ok(_) => {}
             }

@@ -88,7 +88,8 @@ impl UsageRecorder {
     }
 
     /// An answer's tokens were not counted, for `why` (a bounded value).
-    /// Not resolved in advance: usage is found in most answers.
+    /// Not resolved in advance: one label lookup per such answer (never
+    /// per chunk), and answers that carry usage pay nothing.
     pub(super) fn without_usage(&self, operation: Operation, why: &'static str) {
         self.without_usage
             .with_label_values(&[operation.as_str(), why])
