@@ -147,8 +147,7 @@ def test_default_session_name_names_the_pod(start_sidecar, irsa_env, fake_aws):
 
 def test_profile_with_role_arn_and_source_profile(start_sidecar, fake_aws, tmp_path):
     fake_aws.post("/static_keys", {"access_key_id": "AKIDPROFILEBASE", "secret_access_key": "profile-base-secret"})
-    config = tmp_path / "aws-config"
-    config.write_text(
+    sidecar = start_sidecar(_profile_env(fake_aws, tmp_path, "dev", (
         "[profile dev]\n"
         f"role_arn = {ROLE_ARN}\n"
         "source_profile = base\n"
@@ -156,16 +155,7 @@ def test_profile_with_role_arn_and_source_profile(start_sidecar, fake_aws, tmp_p
         "[profile base]\n"
         "aws_access_key_id = AKIDPROFILEBASE\n"
         "aws_secret_access_key = profile-base-secret\n"
-    )
-    sidecar = start_sidecar({
-        "AWS_REGION": "us-east-1",
-        "AWS_PROFILE": "dev",
-        "AWS_CONFIG_FILE": str(config),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
-        "AWS_ENDPOINT_URL_STS": fake_aws.sts,
-        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws.bedrock,
-        "HOME": str(tmp_path),
-    })
+    )))
     tid = uuid.uuid4().hex
     converse(sidecar, tid)
     rec = fake_aws.request_for(tid)
@@ -174,28 +164,35 @@ def test_profile_with_role_arn_and_source_profile(start_sidecar, fake_aws, tmp_p
     assert call["source_access_key_id"] == "AKIDPROFILEBASE"
 
 
+def _profile_env(fake_aws, tmp_path, profile: str, profiles: str) -> dict[str, str]:
+    """The environment of a sidecar reading `profile` from a config file
+    holding `profiles` (and nothing else of the machine's)."""
+    config = tmp_path / "aws-config"
+    config.write_text(profiles)
+    return {
+        "AWS_REGION": "us-east-1",
+        "AWS_PROFILE": profile,
+        "AWS_CONFIG_FILE": str(config),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_ENDPOINT_URL_STS": fake_aws.sts,
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws.bedrock,
+        "HOME": str(tmp_path),
+    }
+
+
 def _profile_sidecar(start_sidecar, fake_aws, tmp_path, args: list[str], wait_ready: bool = True):
     """A sidecar on the profile source, whose profile assumes a role from
     static keys (an STS call of aws-config's making, not the sidecar's)."""
     fake_aws.post("/static_keys", {"access_key_id": "AKIDPROFILEBASE", "secret_access_key": "profile-base-secret"})
-    config = tmp_path / "aws-config"
-    config.write_text(
+    env = _profile_env(fake_aws, tmp_path, "dev", (
         "[profile dev]\n"
         f"role_arn = {ROLE_ARN}\n"
         "source_profile = base\n"
         "[profile base]\n"
         "aws_access_key_id = AKIDPROFILEBASE\n"
         "aws_secret_access_key = profile-base-secret\n"
-    )
-    return start_sidecar({
-        "AWS_REGION": "us-east-1",
-        "AWS_PROFILE": "dev",
-        "AWS_CONFIG_FILE": str(config),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
-        "AWS_ENDPOINT_URL_STS": fake_aws.sts,
-        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws.bedrock,
-        "HOME": str(tmp_path),
-    }, args, wait_ready=wait_ready)
+    ))
+    return start_sidecar(env, args, wait_ready=wait_ready)
 
 
 def test_a_profiles_sts_calls_keep_the_sidecars_timeout_and_retries(start_sidecar, fake_aws, tmp_path):
@@ -225,19 +222,12 @@ def test_a_token_quoted_by_sts_reaches_no_log_on_the_profile_source(start_sideca
     aws-config's warnings printed the body whole, token and all."""
     token = open(irsa_env["AWS_WEB_IDENTITY_TOKEN_FILE"]).read().strip()
     fake_aws.post("/sts", {"accept_tokens": ["another-token"], "quote_refused_tokens": True})
-    config = tmp_path / "aws-config"
-    config.write_text(f"[profile wi]\nrole_arn = {ROLE_ARN}\nweb_identity_token_file = {irsa_env['AWS_WEB_IDENTITY_TOKEN_FILE']}\n")
+    env = _profile_env(fake_aws, tmp_path, "wi", (
+        f"[profile wi]\nrole_arn = {ROLE_ARN}\nweb_identity_token_file = {irsa_env['AWS_WEB_IDENTITY_TOKEN_FILE']}\n"
+    ))
+    env["BEDROCK_BROKER_CREDENTIAL_SOURCE"] = "profile"
     for rust_log in ("info", "debug"):
-        sidecar = start_sidecar({
-            "AWS_REGION": "us-east-1",
-            "AWS_PROFILE": "wi",
-            "AWS_CONFIG_FILE": str(config),
-            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
-            "AWS_ENDPOINT_URL_STS": fake_aws.sts,
-            "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws.bedrock,
-            "BEDROCK_BROKER_CREDENTIAL_SOURCE": "profile",
-            "HOME": str(tmp_path),
-        }, wait_ready=False, rust_log=rust_log)
+        sidecar = start_sidecar(env, wait_ready=False, rust_log=rust_log)
         wait_for(lambda: sidecar.ready().json().get("last_error"), timeout=20, what="the refused token reported")
         sidecar.stop()
         calls = [c for c in fake_aws.sts_calls() if c["action"] == "AssumeRoleWithWebIdentity"]
