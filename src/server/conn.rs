@@ -40,6 +40,9 @@ pub struct Activity {
     /// Milliseconds after `started` a request last ended. Bytes
     /// alone do not keep a connection open: HTTP/2 PINGs cross an idle one.
     last_request: AtomicU64,
+    /// A request has ended on it: a client's pooled connection, not one
+    /// yet to send.
+    served: AtomicBool,
     in_flight: AtomicUsize,
     /// Requests in flight whose response is made: the rest are still being
     /// worked on (a webhook review waits on API reads for seconds).
@@ -57,6 +60,7 @@ impl Activity {
             request_coming: AtomicBool::new(true),
             http2: AtomicBool::new(false),
             last_request: AtomicU64::new(0),
+            served: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             answering: AtomicUsize::new(0),
             receiving: AtomicUsize::new(0),
@@ -96,6 +100,7 @@ impl Activity {
         self.last.store(ms, Ordering::Relaxed);
         self.last_request.store(ms, Ordering::Relaxed);
         self.request_coming.store(false, Ordering::Relaxed);
+        self.served.store(true, Ordering::Relaxed);
     }
 
     /// Since when it has waited for its next request, if it is a kept-alive
@@ -119,14 +124,33 @@ impl Activity {
         self.at(&self.last)
     }
 
-    /// Nothing in flight, or every request answered and its answer not
-    /// moving for `stalled` (answers on the ports other pods reach are
-    /// written at once; a peer that does not read one keeps its slot). A
-    /// request still being worked on is silent too, and is not stalled.
+    /// Nothing in flight and nothing lost by closing it: no request sent
+    /// yet, or kept alive with none coming for `stalled` (a client's
+    /// pooled connection is picked again within milliseconds: the API
+    /// server sends its next review on one back to back, and closing it
+    /// then failed that review, which Go's client does not retry: an
+    /// outside check saw hundreds). Or every request answered and its
+    /// answer not moving for `stalled` (answers on the ports other pods
+    /// reach are written at once; a peer that does not read one keeps its
+    /// slot). A request still being worked on is silent too, and is not
+    /// stalled.
     pub fn is_quiet(&self, stalled: Duration) -> bool {
         let in_flight = self.in_flight.load(Ordering::Relaxed);
-        in_flight == 0
-            || (self.answering.load(Ordering::Relaxed) >= in_flight && self.silent_for() >= stalled)
+        if in_flight == 0 {
+            return !self.served.load(Ordering::Relaxed)
+                || self.kept_alive_since().is_some_and(|since| {
+                    Instant::now().saturating_duration_since(since) >= stalled
+                });
+        }
+        self.answering.load(Ordering::Relaxed) >= in_flight && self.silent_for() >= stalled
+    }
+
+    /// On HTTP/1, the head of a next request is arriving on a connection
+    /// that served one: as good as a body still arriving.
+    pub fn is_head_arriving(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && self.served.load(Ordering::Relaxed)
+            && self.request_coming.load(Ordering::Relaxed)
     }
 
     /// How long since a byte last crossed the connection.

@@ -170,7 +170,11 @@ impl Peers {
         };
         let victim = quiet
             .or_else(|| greedy(&|n| n >= limit, &|_| true))
-            .or_else(|| greedy(&|n| n > mine + 1, &|h| h.activity.is_receiving()))?;
+            .or_else(|| {
+                greedy(&|n| n > mine + 1, &|h| {
+                    h.activity.is_receiving() || h.activity.is_head_arriving()
+                })
+            })?;
         let held = heavier
             .into_iter()
             .flat_map(|(_, list)| list.iter_mut())
@@ -456,6 +460,41 @@ mod tests {
         let flooder = ip(1 + evicted_one.unwrap_or(0) as u8 / 3);
         assert!(peers.evict_for(flooder, 4).is_none());
         assert!(!api.evicted.is_cancelled() && !api2.evicted.is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pooled_connection_between_two_reviews_is_not_taken_for_idle() {
+        // The API server sends its reviews back to back on pooled HTTP/1.1
+        // connections: one closed the instant after its answer lost the
+        // next review sent on it (an outside check: over a thousand
+        // `RemoteDisconnected` under a pod flood). Idle for a second, it
+        // may go; one yet to send a request may go at once.
+        let peers = Arc::new(Peers::default());
+        let slots = listener(3);
+        let pooled = Activity::new();
+        drop(InFlight::new(pooled.clone()));
+        let api = peers
+            .claim(ip(9), 8, pooled.clone(), slot(&slots))
+            .expect("slot");
+        let api2 = peers
+            .claim(ip(9), 8, Activity::new(), slot(&slots))
+            .expect("slot");
+        let busy = Activity::new();
+        let _request = InFlight::new(busy.clone());
+        let _pod = peers.claim(ip(1), 8, busy, slot(&slots)).expect("slot");
+        assert!(peers.evict_for(ip(2), 8).is_some(), "one never used goes");
+        assert!(api2.evicted.is_cancelled() && !api.evicted.is_cancelled());
+        assert!(peers.evict_for(ip(2), 8).is_none(), "just answered");
+        tokio::time::advance(STALLED).await;
+        // Its next request's head arriving: kept while the peer holds no
+        // two more than the newcomer's.
+        pooled.touch_read();
+        assert!(peers.evict_for(ip(2), 8).is_none());
+        // Idle a second with nothing coming: a spare.
+        drop(InFlight::new(pooled.clone()));
+        tokio::time::advance(STALLED).await;
+        assert!(peers.evict_for(ip(2), 8).is_some());
+        assert!(api.evicted.is_cancelled());
     }
 
     #[tokio::test]
