@@ -234,22 +234,39 @@ fn is_path_component(c: &str) -> bool {
     true
 }
 
-/// Host name labels (letters of either case, digits, inner hyphens), and
-/// a port.
+/// Host name labels (letters of either case, digits, inner hyphens) or a
+/// bracketed IPv6 address, and a port.
 fn is_domain(d: &str) -> bool {
-    let (host, port) = match d.split_once(':') {
-        Some((host, port)) => (host, Some(port)),
-        None => (d, None),
+    let (host_ok, port) = match d.strip_prefix('[') {
+        Some(v6) => {
+            let Some((address, rest)) = v6.split_once(']') else {
+                return false;
+            };
+            let address_ok =
+                !address.is_empty() && address.bytes().all(|b| b.is_ascii_hexdigit() || b == b':');
+            match rest {
+                "" => (address_ok, None),
+                _ => (address_ok, Some(rest.strip_prefix(':').unwrap_or(""))),
+            }
+        }
+        None => {
+            let (host, port) = match d.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (d, None),
+            };
+            (host.split('.').all(is_host_label), port)
+        }
     };
-    let label = |l: &str| {
-        !l.is_empty()
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    host.split('.').all(label)
+    host_ok
         && port
             .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn is_host_label(l: &str) -> bool {
+    !l.is_empty()
+        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !l.starts_with('-')
+        && !l.ends_with('-')
 }
 
 fn is_tag(t: &str) -> bool {
@@ -259,21 +276,22 @@ fn is_tag(t: &str) -> bool {
         && t.bytes().all(|b| word(b) || b == b'.' || b == b'-')
 }
 
-/// `algorithm:encoded`, the encoded part at least as long as a SHA-256's
-/// hex.
+/// `algorithm:hex` of an algorithm the runtimes verify (SHA-256, -384,
+/// -512), in lower-case hex of its length.
 fn is_digest(d: &str) -> bool {
-    let Some((algorithm, encoded)) = d.split_once(':') else {
+    let Some((algorithm, hex)) = d.split_once(':') else {
         return false;
     };
-    !algorithm.is_empty()
-        && algorithm.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && algorithm
+    let length = match algorithm {
+        "sha256" => 64,
+        "sha384" => 96,
+        "sha512" => 128,
+        _ => return false,
+    };
+    hex.len() == length
+        && hex
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b))
-        && encoded.len() >= 32
-        && encoded
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"=_-".contains(&b))
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The audience of the projected service-account token.
@@ -461,6 +479,9 @@ mod tests {
             "123456789012.dkr.ecr.us-east-1.amazonaws.com/team/bb:v1.2-rc_3",
             "Registry.Corp:443/a_b__c-d.e/x--y:latest",
             "docker.io/library/busybox",
+            "[::1]:5000/bb:1",
+            "[fd00::1]/bb",
+            &format!("bb@sha512:{}", "0f".repeat(64)),
         ] {
             assert!(ImageRef::parse(ok).is_ok(), "{ok}");
         }
@@ -483,6 +504,12 @@ mod tests {
             "ghcr.io:port/b",
             "a/b@",
             "a/b@md5",
+            &format!("a@sha256:{}", "a1".repeat(16)),
+            &format!("a@sha256:{}", "A1".repeat(32)),
+            &format!("a@md5:{}", "a1".repeat(32)),
+            "[::1:5000/bb",
+            "[zz::1]:5000/bb",
+            "[::1]x/bb",
         ] {
             assert!(ImageRef::parse(bad).is_err(), "{bad}");
         }
