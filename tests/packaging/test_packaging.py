@@ -598,6 +598,22 @@ def test_schema_takes_a_pdbs_count_or_percentage(min_available):
     assert one(objs, "PodDisruptionBudget")["spec"]["minAvailable"] == min_available
 
 
+def test_a_monitor_label_the_chart_sets_too_is_written_once():
+    # kube-prometheus-stack selects monitors on `release`, which a platform
+    # also puts in commonLabels: it was written twice.
+    values = {"commonLabels": {"release": "prom"},
+              "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom", "team": "ai"}},
+                          "podMonitor": {"enabled": True, "labels": {"release": "prom"}},
+                          "prometheusRule": {"enabled": True, "labels": {"release": "prom"}}}}
+    objs = chart.render(values)
+    for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule"):
+        assert one(objs, kind)["metadata"]["labels"]["release"] == "prom"
+    assert one(objs, "ServiceMonitor")["metadata"]["labels"]["team"] == "ai"
+    values["metrics"]["serviceMonitor"]["labels"]["release"] = "other"
+    with pytest.raises(helm.HelmError, match=r"metrics.serviceMonitor.labels.release \(other\) differs"):
+        chart.render(values)
+
+
 def test_the_webhook_and_its_admin_server_cannot_share_a_port():
     with pytest.raises(helm.HelmError, match="webhook.port and webhook.adminPort must differ"):
         chart.render({"webhook": {"port": 9789}})

@@ -58,6 +58,22 @@ app.kubernetes.io/part-of: bedrock-broker
 {{- end }}
 {{- end }}
 
+{{/* A monitoring object's own labels (`labels`, from the value `what`)
+     after the chart's: one the chart sets already is written once (the
+     same value) or refused (another value), never twice. */}}
+{{- define "bedrock-broker.extraLabels" -}}
+{{- $own := include "bedrock-broker.labels" .root | fromYaml }}
+{{- range $k, $v := .labels }}
+{{- if hasKey $own $k }}
+{{- if ne (toString (get $own $k)) (toString $v) }}
+{{- fail (printf "%s.%s (%s) differs from the chart's own label %s (%s): set it in one place" $.what $k (toString $v) $k (toString (get $own $k))) }}
+{{- end }}
+{{- else }}
+{{ $k }}: {{ $v | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* Selector labels of the webhook pods. */}}
 {{- define "bedrock-broker.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "bedrock-broker.name" . }}
