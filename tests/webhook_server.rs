@@ -587,6 +587,48 @@ async fn pods_below_their_share_dripping_bodies_cannot_lock_the_api_server_out()
     stop.cancel();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_of_one_dripping_body_each_cannot_lock_the_api_server_out() {
+    // One dripping review body per pod, as many pods as slots: none held
+    // two more connections than the API server's none, so none yielded (an
+    // outside check: 256 pods let 0 of 30 reviews in). A body arriving for
+    // a second yields to a peer holding fewer.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ca();
+    let (addr, stop) = running(dir.path(), &ca, |a| {
+        a.limits.max_connections = Some("3".into());
+        a.body_read_timeout = Some("60s".into());
+        a.body_read_deadline = Some("60s".into());
+    })
+    .await;
+    let tls = client_config(&ca);
+    let mut dripping = Vec::new();
+    for pod in [2, 3, 4] {
+        let tcp = connect_from([127, 0, 0, pod], addr).await;
+        dripping.push(
+            review_head(tls.clone(), tcp, 4000)
+                .await
+                .expect("head sent"),
+        );
+    }
+    let body = std::fs::read(fixtures().join("plain.json")).expect("fixture");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let answered = loop {
+        // Refused while every body is younger than a second: asked again.
+        if let Ok((status, _, _)) = https(&tls, addr, "POST", "/mutate", body.clone()).await {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the API server's review never got in"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(answered, 200);
+    drop(dripping);
+    stop.cancel();
+}
+
 /// A TLS connection over `tcp` with a review's head sent, declaring a body
 /// of `declared` bytes; split so the body and the answer can flow at once.
 async fn review_head(

@@ -50,6 +50,8 @@ pub struct Activity {
     /// Requests in flight whose body is still arriving, as far as their
     /// handler tells ([`Connection::receiving_body`]).
     receiving: AtomicUsize,
+    /// Milliseconds after `started` the body arriving now began to.
+    receiving_since: AtomicU64,
 }
 
 impl Activity {
@@ -64,6 +66,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             answering: AtomicUsize::new(0),
             receiving: AtomicUsize::new(0),
+            receiving_since: AtomicU64::new(0),
         })
     }
 
@@ -73,9 +76,18 @@ impl Activity {
         self.receiving.load(Ordering::Relaxed) > 0
     }
 
+    /// Whether a body has been arriving on it for `long` or more: the API
+    /// server sends a review whole at once, a pod dripping one does not.
+    pub fn is_receiving_for(&self, long: Duration) -> bool {
+        self.is_receiving()
+            && Instant::now().saturating_duration_since(self.at(&self.receiving_since)) >= long
+    }
+
     /// Counts a body as arriving until the guard is dropped.
     pub fn receiving(self: &Arc<Self>) -> Receiving {
-        self.receiving.fetch_add(1, Ordering::Relaxed);
+        if self.receiving.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.receiving_since.store(self.now_ms(), Ordering::Relaxed);
+        }
         Receiving(self.clone())
     }
 

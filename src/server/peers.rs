@@ -131,7 +131,11 @@ impl Peers {
     /// takes no request that has arrived whole: the first version took the
     /// busiest peer's reviews being worked on, and in a burst the API
     /// server is the busiest peer (an outside check: 60 reviews closed
-    /// unanswered).
+    /// unanswered). Last, any peer holding more than `ip` loses a body
+    /// that has been arriving for [`STALLED`]: 256 pods of one dripping
+    /// connection each otherwise kept every review out (none holds two
+    /// more than a newcomer), and a body the API server sends arrives whole
+    /// within that.
     ///
     /// The slot changes hands here rather than when the evicted task gets
     /// round to closing: on a busy runtime that can take longer than a
@@ -174,7 +178,8 @@ impl Peers {
                 greedy(&|n| n > mine + 1, &|h| {
                     h.activity.is_receiving() || h.activity.is_head_arriving()
                 })
-            })?;
+            })
+            .or_else(|| greedy(&|n| n > mine, &|h| h.activity.is_receiving_for(STALLED)))?;
         let held = heavier
             .into_iter()
             .flat_map(|(_, list)| list.iter_mut())
@@ -460,6 +465,53 @@ mod tests {
         let flooder = ip(1 + evicted_one.unwrap_or(0) as u8 / 3);
         assert!(peers.evict_for(flooder, 4).is_none());
         assert!(!api.evicted.is_cancelled() && !api2.evicted.is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pods_of_one_dripping_connection_each_make_room_too() {
+        // 256 pods with one dripping review body each filled the webhook:
+        // none held two more than the API server's none (an outside check:
+        // 0 of 30 reviews in). A body arriving for a second goes.
+        let peers = Arc::new(Peers::default());
+        let slots = listener(3);
+        let mut held = Vec::new();
+        for pod in 1..=3 {
+            let activity = Activity::new();
+            let request = InFlight::new(activity.clone());
+            let body = activity.receiving();
+            let slot = peers
+                .claim(ip(pod), 8, activity, slot(&slots))
+                .expect("slot");
+            held.push((slot, request, body));
+        }
+        assert!(
+            peers.evict_for(ip(9), 8).is_none(),
+            "a body just begun stays"
+        );
+        tokio::time::advance(STALLED).await;
+        let room = peers.evict_for(ip(9), 8).expect("room for the API server");
+        assert_eq!(
+            held.iter()
+                .filter(|(s, _, _)| s.evicted.is_cancelled())
+                .count(),
+            1
+        );
+        // The API server then holds one whole review, as many as each pod
+        // holds: the pod that lost its connection knocking again takes
+        // another pod's dripping body, never the review.
+        let review = Activity::new();
+        let _in_flight = InFlight::new(review.clone());
+        let api = peers.claim(ip(9), 8, review, Some(room)).expect("slot");
+        let lost = held.iter().position(|(s, _, _)| s.evicted.is_cancelled());
+        let pod = ip(1 + lost.unwrap_or(0) as u8);
+        assert!(peers.evict_for(pod, 8).is_some());
+        assert_eq!(
+            held.iter()
+                .filter(|(s, _, _)| s.evicted.is_cancelled())
+                .count(),
+            2
+        );
+        assert!(!api.evicted.is_cancelled());
     }
 
     #[tokio::test(start_paused = true)]
