@@ -7,6 +7,7 @@
 //! closes what is left.
 
 mod conn;
+mod counted;
 mod counters;
 pub mod limits;
 mod peers;
@@ -36,8 +37,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use conn::Connection;
-use conn::{Activity, Counted, Watched};
+use conn::{Activity, Watched};
+pub use counted::Connection;
+use counted::Counted;
 use peers::Peers;
 
 /// Why a server could not start.
