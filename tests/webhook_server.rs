@@ -554,18 +554,24 @@ async fn a_burst_of_reviews_from_the_api_server_is_answered_whole() {
     stop.cancel();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pods_below_their_share_dripping_bodies_cannot_lock_the_api_server_out() {
-    // Each pod under its per-peer share, each connection a review whose
-    // body is still coming (in flight, never quiet), together every slot:
-    // nobody was evicted, and the API server was refused for as long as
-    // the pods kept it up (an outside audit: nine pods of 30 against 256
-    // slots and a share of 32; the API server got 8 of 30 reviews in).
+/// A webhook of `slots` connections (`per_peer` each), and three pods
+/// filling them with `per_pod` reviews each whose bodies never finish
+/// arriving (4000 bytes declared, none sent).
+struct DrippingFlood {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    tls: Arc<rustls::ClientConfig>,
+    /// The pods' connections, held open.
+    _dripping: Vec<ReviewHalves>,
+    _dir: tempfile::TempDir,
+}
+
+async fn dripping_flood(slots: usize, per_peer: usize, per_pod: usize) -> DrippingFlood {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = ca();
     let (addr, stop) = running(dir.path(), &ca, |a| {
-        a.limits.max_connections = Some("9".into());
-        a.max_connections_per_peer = Some("4".into());
+        a.limits.max_connections = Some(slots.to_string());
+        a.max_connections_per_peer = Some(per_peer.to_string());
         a.body_read_timeout = Some("60s".into());
         a.body_read_deadline = Some("60s".into());
     })
@@ -573,7 +579,7 @@ async fn pods_below_their_share_dripping_bodies_cannot_lock_the_api_server_out()
     let tls = client_config(&ca);
     let mut dripping = Vec::new();
     for pod in [2, 3, 4] {
-        for _ in 0..3 {
+        for _ in 0..per_pod {
             let tcp = connect_from([127, 0, 0, pod], addr).await;
             dripping.push(
                 review_head(tls.clone(), tcp, 4000)
@@ -582,9 +588,30 @@ async fn pods_below_their_share_dripping_bodies_cannot_lock_the_api_server_out()
             );
         }
     }
-    reviews_are_answered(&tls, addr, "while pods below their share hold every slot").await;
-    drop(dripping);
-    stop.cancel();
+    DrippingFlood {
+        addr,
+        stop,
+        tls,
+        _dripping: dripping,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_below_their_share_dripping_bodies_cannot_lock_the_api_server_out() {
+    // Each pod under its per-peer share, each connection a review whose
+    // body is still coming (in flight, never quiet), together every slot:
+    // nobody was evicted, and the API server was refused for as long as
+    // the pods kept it up (an outside audit: nine pods of 30 against 256
+    // slots and a share of 32; the API server got 8 of 30 reviews in).
+    let flood = dripping_flood(9, 4, 3).await;
+    reviews_are_answered(
+        &flood.tls,
+        flood.addr,
+        "while pods below their share hold every slot",
+    )
+    .await;
+    flood.stop.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -593,29 +620,14 @@ async fn pods_of_one_dripping_body_each_cannot_lock_the_api_server_out() {
     // two more connections than the API server's none, so none yielded (an
     // outside check: 256 pods let 0 of 30 reviews in). A body arriving for
     // a second yields to a peer holding fewer.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca = ca();
-    let (addr, stop) = running(dir.path(), &ca, |a| {
-        a.limits.max_connections = Some("3".into());
-        a.body_read_timeout = Some("60s".into());
-        a.body_read_deadline = Some("60s".into());
-    })
-    .await;
-    let tls = client_config(&ca);
-    let mut dripping = Vec::new();
-    for pod in [2, 3, 4] {
-        let tcp = connect_from([127, 0, 0, pod], addr).await;
-        dripping.push(
-            review_head(tls.clone(), tcp, 4000)
-                .await
-                .expect("head sent"),
-        );
-    }
+    let flood = dripping_flood(3, 128, 1).await;
     let body = std::fs::read(fixtures().join("plain.json")).expect("fixture");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let answered = loop {
         // Refused while every body is younger than a second: asked again.
-        if let Ok((status, _, _)) = https(&tls, addr, "POST", "/mutate", body.clone()).await {
+        if let Ok((status, _, _)) =
+            https(&flood.tls, flood.addr, "POST", "/mutate", body.clone()).await
+        {
             break status;
         }
         assert!(
@@ -625,20 +637,23 @@ async fn pods_of_one_dripping_body_each_cannot_lock_the_api_server_out() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(answered, 200);
-    drop(dripping);
-    stop.cancel();
+    flood.stop.cancel();
 }
 
+/// A review's connection, split so its body and its answer can flow at
+/// once.
+type ReviewHalves = (
+    tokio::io::ReadHalf<tokio_rustls::client::TlsStream<TcpStream>>,
+    tokio::io::WriteHalf<tokio_rustls::client::TlsStream<TcpStream>>,
+);
+
 /// A TLS connection over `tcp` with a review's head sent, declaring a body
-/// of `declared` bytes; split so the body and the answer can flow at once.
+/// of `declared` bytes.
 async fn review_head(
     tls: Arc<rustls::ClientConfig>,
     tcp: TcpStream,
     declared: usize,
-) -> Option<(
-    tokio::io::ReadHalf<tokio_rustls::client::TlsStream<TcpStream>>,
-    tokio::io::WriteHalf<tokio_rustls::client::TlsStream<TcpStream>>,
-)> {
+) -> Option<ReviewHalves> {
     use tokio::io::AsyncWriteExt;
     let connector = tokio_rustls::TlsConnector::from(tls);
     let name = ServerName::try_from("127.0.0.1").ok()?;
