@@ -538,6 +538,14 @@ BAD_VALUES = [
     # A tag in the repository rendered `repo:1.0:0.1.0`.
     ({"image": {"repository": "ghcr.io/x/y:1.0"}}, "repository"),
     ({"sidecar": {"image": {"repository": "ghcr.io/x/Upper"}}}, "repository"),
+    # Separators and host names the binary (and the kubelet) refuse.
+    ({"image": {"repository": "ghcr.io/a..b/c"}}, "repository"),
+    ({"sidecar": {"image": {"repository": "ghcr..io/x"}}}, "repository"),
+    ({"image": {"repository": "ghcr.io/a___b"}}, "repository"),
+    # A first component with a dot is a registry, held to host names.
+    ({"image": {"repository": "under_score.io/x"}}, "repository"),
+    ({"sidecar": {"image": {"repository": "[1.2.3.4]:5000/x"}}}, "repository"),
+    ({"image": {"repository": "ghcr.io/" + "a" * 250}}, "repository"),
     ({"webhook": {"podDisruptionBudget": {"minAvailable": "abc"}}}, "minAvailable"),
     ({"webhook": {"podDisruptionBudget": {"minAvailable": "150%"}}}, "minAvailable"),
     # Keys the chart sets itself were written twice (which one wins is up
@@ -585,7 +593,7 @@ def test_schema_takes_every_aws_region_shape(region):
     assert env["BEDROCK_BROKER_SIDECAR_REGION"] == region
 
 
-@pytest.mark.parametrize("repository", ["ghcr.io/bedrock-broker/bedrock-broker", "localhost:5000/team/broker", "registry.corp/a__b/c.d-e", "bedrock-broker"])
+@pytest.mark.parametrize("repository", ["ghcr.io/bedrock-broker/bedrock-broker", "localhost:5000/team/broker", "registry.corp/a__b/c.d-e", "bedrock-broker", "[fd00::1]:5000/team/broker", "team.a/x", "localhost/x"])
 def test_schema_takes_image_repositories_with_a_registry_port(repository):
     objs = chart.render({"image": {"repository": repository}})
     image = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
