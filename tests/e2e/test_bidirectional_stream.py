@@ -339,6 +339,30 @@ def test_credentials_close_to_expiry_are_refreshed_before_a_stream_opens(start_s
     assert record["bidi"]["completed"], record["bidi"]
 
 
+def test_a_stream_opened_on_expired_credentials_waits_for_the_attempt_under_way(start_sidecar, bidi_env, fake_aws_h2):
+    # A pod whose credentials expired in an STS outage: the refresher's
+    # attempt under way as STS comes back brings fresh credentials in a
+    # moment; a stream opened meanwhile waits for them rather than fail.
+    fake_aws_h2.configure_sts(lifetime_seconds=3)
+    sidecar = start_sidecar(bidi_env, ["--refresh-max-backoff", "500ms"])
+    fake_aws_h2.configure_sts(fail_always=True, fail_code="InternalFailure", fail_status=500)
+    wait_for(lambda: sidecar.ready().status_code == 503, timeout=10, what="credentials to expire")
+
+    fake_aws_h2.configure_sts(fail_always=False, delay_seconds=3, lifetime_seconds=3600)
+    wait_for(
+        lambda: any(c.get("result") == "pending" for c in fake_aws_h2.sts_calls()),
+        timeout=10,
+        what="an STS call under way",
+    )
+    answers = asyncio.run(lockstep_bare(sidecar.proxy, ["hi"]))
+    assert answers[0]["seq"] == 1
+
+    (record,) = bidi_records(fake_aws_h2)
+    issued = {c["access_key_id"]: c for c in fake_aws_h2.get("/credentials")}
+    assert not issued[record["access_key_id"]]["expired"], "signed with the credentials the attempt brought"
+    assert record["bidi"]["completed"], record["bidi"]
+
+
 # The fake holds its response headers until input arrives: a stream the
 # client breaks before then fails before Bedrock answered.
 HOLD_HEADERS = ("x-fake-headers-after-input", "1")
