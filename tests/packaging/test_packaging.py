@@ -627,6 +627,22 @@ def test_the_webhook_and_its_admin_server_cannot_share_a_port():
         chart.render({"webhook": {"port": 9789}})
 
 
+@pytest.mark.parametrize("delay,drain,grace", [
+    ("5s", "10s", 30),  # the defaults: Kubernetes' own
+    ("20s", "25s", 50),
+    ("1m30s", "0s", 95),
+    ("1.5s", "24500ms", 31),
+])
+def test_the_webhook_pod_outlives_its_shutdown_delay_and_drain(delay, drain, grace):
+    # A SIGKILL at 30 s cut a longer delay and drain short: reviews in
+    # flight were lost, as if there were no drain.
+    objs = chart.render({"webhook": {"shutdownDelay": delay, "shutdownGracePeriod": drain}})
+    spec = one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert spec["terminationGracePeriodSeconds"] == grace
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    assert (env["BEDROCK_BROKER_WEBHOOK_SHUTDOWN_DELAY"], env["BEDROCK_BROKER_WEBHOOK_SHUTDOWN_GRACE_PERIOD"]) == (delay, drain)
+
+
 def test_a_bypass_list_without_a_proxy_is_refused_at_install():
     with pytest.raises(helm.HelmError, match="sidecar.noProxy has no effect without sidecar.httpsProxy"):
         chart.render({"sidecar": {"noProxy": ".internal"}})

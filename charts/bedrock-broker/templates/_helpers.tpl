@@ -89,6 +89,28 @@ app.kubernetes.io/component: webhook
 {{- end }}
 {{- end }}
 
+{{/* The seconds in a Go duration the schema admitted (`1m30s`, `1.5s`). */}}
+{{- define "bedrock-broker.seconds" -}}
+{{- $units := dict "ns" 1e-9 "us" 1e-6 "µs" 1e-6 "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0 }}
+{{- $total := 0.0 }}
+{{- range regexFindAll "[0-9.]+[^0-9.]+" . -1 }}
+{{- $number := regexFind "^[0-9.]+" . }}
+{{- $total = addf $total (mulf (float64 $number) (get $units (trimPrefix $number .))) }}
+{{- end }}
+{{- $total }}
+{{- end }}
+
+{{/*
+The webhook pod's termination grace: SIGKILL must not cut the drain, so
+it covers the shutdown delay, the drain and a few seconds to exit;
+Kubernetes' 30 s at least.
+*/}}
+{{- define "bedrock-broker.terminationGrace" -}}
+{{- $w := .Values.webhook }}
+{{- $stop := addf (include "bedrock-broker.seconds" $w.shutdownDelay) (include "bedrock-broker.seconds" $w.shutdownGracePeriod) }}
+{{- max 30 (add (ceil $stop) 5) }}
+{{- end }}
+
 {{/* An image reference from {repository, tag, digest}, with fallbacks. */}}
 {{- define "bedrock-broker.imageRef" -}}
 {{- $repo := .repository }}
