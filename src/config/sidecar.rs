@@ -432,6 +432,18 @@ mod tests {
         let e = with(&[("BEDROCK_BROKER_CA_BUNDLE_PEM", "not a certificate")]).unwrap_err();
         assert_eq!(origins(&e), ["BEDROCK_BROKER_CA_BUNDLE_PEM"]);
         assert!(e.to_string().contains("holds no PEM certificate"), "{e}");
+        // PEM, but no certificate: a line lost in a paste. The STS client's
+        // TLS layer panicked on it.
+        let torn =
+            format!("{text}-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n");
+        let e = with(&[("BEDROCK_BROKER_CA_BUNDLE_PEM", &torn)]).unwrap_err();
+        assert_eq!(origins(&e), ["BEDROCK_BROKER_CA_BUNDLE_PEM"]);
+        assert!(
+            e.to_string()
+                .contains("certificate 2 of 2 cannot be read: BadEncoding"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("peer"), "{e}");
     }
 
     #[test]

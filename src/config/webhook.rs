@@ -633,6 +633,20 @@ mod tests {
         let err = webhook(WebhookArgs::default(), &[(d::CA_BUNDLE.var(), crl)]).unwrap_err();
         let expected = format!("{crl} holds no PEM certificate (only CERTIFICATE blocks are used)");
         assert!(err.to_string().contains(&expected), "{err}");
+        // Every injected sidecar would refuse it (and panicked on it).
+        let path = dir.path().join("torn.pem");
+        std::fs::write(
+            &path,
+            format!("{one}-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n"),
+        )
+        .unwrap();
+        let torn = path.to_str().unwrap();
+        let err = webhook(WebhookArgs::default(), &[(d::CA_BUNDLE.var(), torn)]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("certificate 2 of 2 cannot be read"),
+            "{err}"
+        );
         let missing = dir.path().join("missing.pem");
         let missing = missing.to_str().unwrap();
         let err = webhook(WebhookArgs::default(), &[(d::CA_BUNDLE.var(), missing)]).unwrap_err();

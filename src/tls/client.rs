@@ -21,7 +21,7 @@ impl CaBundle {
     /// Reads and checks a PEM bundle.
     pub fn read(path: PathBuf) -> Result<Self, PemError> {
         let pem = pem::read(&path)?;
-        pem::certificates(&pem, &path)?;
+        pem::trust_anchors(&pem, &path)?;
         Ok(Self {
             origin: path.display().to_string(),
             pem,
@@ -30,7 +30,7 @@ impl CaBundle {
 
     /// Checks a PEM bundle given as text (`origin` names where from).
     pub fn from_pem(origin: &str, pem: Vec<u8>) -> Result<Self, PemError> {
-        pem::certificates(&pem, std::path::Path::new("its value"))?;
+        pem::trust_anchors(&pem, std::path::Path::new("its value"))?;
         Ok(Self {
             origin: origin.to_owned(),
             pem,

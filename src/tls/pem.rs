@@ -50,6 +50,30 @@ pub fn certificates(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'stati
     Ok(certs)
 }
 
+/// Every certificate in `pem` (read from `path`), each one a trust anchor
+/// rustls takes: a block that is PEM but no certificate (a line lost in a
+/// paste) is refused here, naming it, rather than where the bundle is used
+/// (the STS client's TLS layer panics on one).
+pub fn trust_anchors(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
+    let certs = certificates(pem, path)?;
+    let total = certs.len();
+    for (n, cert) in certs.iter().enumerate() {
+        rustls::RootCertStore::empty()
+            .add(cert.clone())
+            .map_err(|e| PemError::MalformedCertificate {
+                path: path.display().to_string(),
+                // rustls calls it a "peer certificate": here it is ours.
+                detail: match e {
+                    rustls::Error::InvalidCertificate(why) => {
+                        format!("certificate {} of {total} cannot be read: {why:?}", n + 1)
+                    }
+                    other => format!("certificate {} of {total} cannot be read: {other}", n + 1),
+                },
+            })?;
+    }
+    Ok(certs)
+}
+
 /// The certificate blocks of a PEM text, one after another, with what
 /// surrounds them dropped (a byte-order mark, comments, "Bag Attributes",
 /// CRLF line ends); `None` when it holds a private key: a file given by

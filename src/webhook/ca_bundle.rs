@@ -41,7 +41,7 @@ fn check(path: &str, raw: &[u8]) -> Result<CaBundle, ParseError> {
         ))
     })?;
     // Checked here, naming the file; only CERTIFICATE blocks are kept.
-    pem::certificates(blocks.as_bytes(), Path::new(path))
+    pem::trust_anchors(blocks.as_bytes(), Path::new(path))
         .map_err(|e| refused(format!("{e} (only CERTIFICATE blocks are used)")))?;
     if blocks.len() > MAX_INJECTED {
         return Err(refused(format!(

@@ -257,6 +257,19 @@ def test_sts_over_tls_is_trusted_through_aws_ca_bundle(irsa_env, fake_aws_tls, t
     assert "not trusted" in hint and "AWS_CA_BUNDLE" in hint, hint
 
 
+def test_a_bundle_with_a_torn_certificate_is_refused_at_start(irsa_env, fake_aws_tls, tls_material, tmp_path):
+    # One base64 line lost in a paste: PEM still, no certificate. The STS
+    # client's TLS layer panicked on it (exit 101), the good CA beside it
+    # or not.
+    lines = tls_material["ca"].read_text().splitlines(keepends=True)
+    torn = tmp_path / "torn.pem"
+    torn.write_text(tls_material["ca"].read_text() + "".join(lines[:3] + lines[4:]))
+    out = run(dict(irsa_env, AWS_ENDPOINT_URL_STS=fake_aws_tls.sts_tls, AWS_CA_BUNDLE=str(torn)))
+    assert out.returncode == 2, out.stderr
+    assert "panicked" not in out.stderr
+    assert "AWS_CA_BUNDLE" in out.stderr and "certificate 2 of 2 cannot be read" in out.stderr, out.stderr
+
+
 def test_a_region_typo_is_pointed_out(irsa_env):
     # The fake STS answers for any region name; against AWS the host built
     # from it would not resolve, with nothing pointing at the typo.

@@ -20,7 +20,7 @@ pub const AWS_ENDPOINT_URL_STS: Variable = Variable {
 };
 pub const AWS_CA_BUNDLE: Variable = Variable {
     name: "AWS_CA_BUNDLE",
-    help: "extra PEM trust anchors for STS and Bedrock, checked at start",
+    help: "extra PEM trust anchors for STS and Bedrock, checked at start (each certificate must parse)",
 };
 pub const CA_BUNDLE_PEM: Variable = Variable {
     name: "BEDROCK_BROKER_CA_BUNDLE_PEM",
