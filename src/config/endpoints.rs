@@ -131,10 +131,11 @@ fn default_endpoint(service: &str, region: &Region, fips: bool, dualstack: bool)
     } else {
         service.to_owned()
     };
+    let suffixes = super::partition::suffixes(region.as_str());
     let domain = if dualstack {
-        "api.aws"
+        suffixes.dual_stack
     } else {
-        "amazonaws.com"
+        suffixes.dns
     };
     format!("https://{host}.{region}.{domain}")
 }

@@ -20,6 +20,7 @@ mod gate;
 mod limits;
 mod listeners;
 pub mod parse;
+mod partition;
 pub mod reference;
 mod session;
 pub mod setting;

@@ -21,7 +21,7 @@ pub const UPSTREAM: Setting = Setting {
     flag: "upstream",
     env: &["AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "AWS_ENDPOINT_URL"],
     default: Computed("https://bedrock-runtime.<region>.amazonaws.com"),
-    help: "Bedrock base URL",
+    help: "Bedrock base URL; the default takes the region's partition's domain (amazonaws.com.cn in China, amazonaws.eu in the European Sovereign Cloud...) and FIPS/dual-stack names, as the AWS SDKs do",
 };
 pub const SIGNING_NAME: Setting = Setting {
     flag: "signing-name",
@@ -32,7 +32,9 @@ pub const SIGNING_NAME: Setting = Setting {
 pub const AGENT_RUNTIME_UPSTREAM: Setting = Setting {
     flag: "agent-runtime-upstream",
     env: &["AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME"],
-    default: Computed("https://bedrock-agent-runtime.<region>.amazonaws.com"),
+    default: Computed(
+        "https://bedrock-agent-runtime.<region>.amazonaws.com (the region's partition's domain)",
+    ),
     help: "Bedrock Agents runtime base URL, served under /agent-runtime/",
 };
 /// Mantle is only published as a dual-stack api.aws endpoint.
