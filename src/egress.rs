@@ -11,6 +11,7 @@
 //! entries are host suffixes, IP addresses or CIDR ranges, `*` is every
 //! host), so the data plane and the AWS SDK's client agree on every host.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -146,6 +147,20 @@ impl EgressProxy {
         if self.all_direct {
             return None;
         }
+        // A host written with its root dot (`...amazonaws.com.`, to skip
+        // a pod's DNS search list) matches as the same name without it,
+        // as NO_PROXY's entries do.
+        if let Some(host) = dst.host().and_then(|h| h.strip_suffix('.')) {
+            let mut parts = dst.clone().into_parts();
+            let authority = match dst.port_u16() {
+                Some(port) => format!("{host}:{port}"),
+                None => host.to_owned(),
+            };
+            parts.authority = authority.parse().ok();
+            if let Ok(bare) = Uri::from_parts(parts) {
+                return self.matcher.intercept(&bare);
+            }
+        }
         self.matcher.intercept(dst)
     }
 
@@ -192,33 +207,45 @@ impl PartialEq for EgressProxy {
     }
 }
 
-/// `NO_PROXY` as hyper-util matches it, read as Go reads it too: `*.x`
-/// means `.x` (subdomains), and a port is dropped (the destinations here
-/// are HTTPS on 443); then [`ALWAYS_DIRECT`].
+/// `NO_PROXY` as hyper-util matches it, read as Go and curl read it too:
+/// `*.x` means `.x` (subdomains), a port is dropped (the destinations here
+/// are HTTPS on 443), brackets around an IPv6 address too, and a name's
+/// trailing dot (the DNS root); then [`ALWAYS_DIRECT`].
 fn bypass_list(no_proxy: &str) -> String {
-    no_proxy
+    let mut entries: Vec<Cow<'_, str>> = no_proxy
         .split(',')
-        .map(str::trim)
+        .map(bypass_entry)
         .filter(|entry| !entry.is_empty())
-        .map(|entry| {
-            let entry = entry
-                .strip_prefix('*')
-                .filter(|e| e.starts_with('.'))
-                .unwrap_or(entry);
-            // A port follows a name or an IPv4 address; an IPv6 address
-            // has colons of its own (and a port only in brackets).
-            match entry.rsplit_once(':') {
-                Some((host, port))
-                    if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) =>
-                {
-                    host
-                }
-                _ => entry,
+        .collect();
+    entries.push(Cow::Borrowed(ALWAYS_DIRECT));
+    entries.join(",")
+}
+
+fn bypass_entry(entry: &str) -> Cow<'_, str> {
+    let entry = entry.trim();
+    let entry = entry
+        .strip_prefix('*')
+        .filter(|e| e.starts_with('.'))
+        .unwrap_or(entry);
+    // An IPv6 address has colons of its own: a port follows it only in
+    // brackets (`[fd00::1]:443`).
+    if let Some(bracketed) = entry.strip_prefix('[') {
+        return match bracketed.split_once(']') {
+            // A range: `[fd00::]/8`.
+            Some((address, rest)) if rest.starts_with('/') => {
+                Cow::Owned(format!("{address}{rest}"))
             }
-        })
-        .chain(std::iter::once(ALWAYS_DIRECT))
-        .collect::<Vec<_>>()
-        .join(",")
+            Some((address, _)) => Cow::Borrowed(address),
+            None => Cow::Borrowed(entry),
+        };
+    }
+    let host = match entry.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            host
+        }
+        _ => entry,
+    };
+    Cow::Borrowed(host.strip_suffix('.').unwrap_or(host))
 }
 
 impl fmt::Debug for EgressProxy {
@@ -371,6 +398,35 @@ mod tests {
         }
         let proxied = "https://bedrock-runtime.us-east-1.amazonaws.com/";
         assert!(via(&p, proxied).is_some());
+        // Brackets and a port around an IPv6 address, a name's root dot.
+        let p = proxy(
+            "proxy.corp:3128",
+            "[fd00::1]:443, [fd00::2], amazonaws.com., .",
+        );
+        for direct in [
+            "https://[fd00::1]/",
+            "https://[fd00::2]:8443/",
+            "https://bedrock-runtime.us-east-1.amazonaws.com/",
+        ] {
+            assert_eq!(via(&p, direct), None, "{direct}");
+        }
+        assert!(via(&p, "https://[fd00::3]/").is_some());
+        // The destination's root dot too: a name written to skip the DNS
+        // search list; and a bracketed range stays a range.
+        let p = proxy("proxy.corp:3128", "amazonaws.com, [fd00::]/16");
+        for direct in [
+            "https://bedrock-runtime.us-east-1.amazonaws.com./",
+            "https://bedrock-runtime.us-east-1.amazonaws.com.:443/",
+            "https://[fd00::9]/",
+        ] {
+            assert_eq!(via(&p, direct), None, "{direct}");
+        }
+        assert!(via(&p, "https://[fd01::9]/").is_some());
+        assert!(via(&p, "https://bedrock.internal/").is_some());
+        let p = proxy(
+            "proxy.corp:3128",
+            "*.vpce.amazonaws.com, bedrock.internal:443",
+        );
         // As given, for the sidecar to read the same way.
         assert_eq!(p.no_proxy(), "*.vpce.amazonaws.com, bedrock.internal:443");
     }
