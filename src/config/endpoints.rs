@@ -66,6 +66,11 @@ pub fn base_url(raw: &str) -> Result<(Scheme, Authority, String), ParseError> {
             .map_err(|e| ParseError::refused(format!("{shown}: {e}")))?,
         _ => authority.clone(),
     };
+    // Requests would be signed for one path and read by the server as
+    // another, as client paths with such segments would (those are refused).
+    if crate::proxy::has_dot_segment(uri.path()) {
+        return Err(refused("has a path with . or .. segments"));
+    }
     let base_path = uri.path().trim_end_matches('/').to_owned();
     Ok((scheme, authority, base_path))
 }
@@ -317,6 +322,9 @@ mod tests {
             "https://h:0",
             "https://h:",
             "https://[::1]:70000",
+            "https://h/x/..",
+            "https://h/./x",
+            "https://h/x/%2e%2E/y",
         ] {
             assert!(base_url(bad).is_err(), "{bad}");
         }
@@ -324,6 +332,7 @@ mod tests {
             "https://[::1]",
             "https://[::1]:8443/x",
             "http://127.0.0.1:9",
+            "https://h/x.y/..z/",
         ] {
             assert!(base_url(good).is_ok(), "{good}");
         }

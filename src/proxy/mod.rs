@@ -62,6 +62,7 @@ pub use gate::{bracketed_ipv6, is_loopback_host};
 pub use operation::Operation;
 pub use signer::{RequestSigner, SignError as RequestSignError, Signature};
 pub use sigv4::{BodyDigest, Signer};
+pub use target::has_dot_segment;
 pub use upstream::{
     clients as upstream_clients, clients_pinging as upstream_clients_pinging, RequestBody,
     UpstreamClient, UpstreamClients, H2_PING,

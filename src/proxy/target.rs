@@ -46,13 +46,19 @@ pub fn check<B>(request: &Request<B>) -> Result<(), ProxyError> {
             "the request path must start with /".into(),
         ));
     }
-    // Split as bytes: `str::split` runs a `memchr` search per segment.
-    if path.as_bytes().split(|&b| b == b'/').any(is_dot_segment) {
+    if has_dot_segment(path) {
         return Err(ProxyError::InvalidPath(
             "paths with . or .. segments are refused".into(),
         ));
     }
     Ok(())
+}
+
+/// Whether a segment of `path` means `.` or `..`: such a path is read by
+/// servers as another one than the one signed.
+pub fn has_dot_segment(path: &str) -> bool {
+    // Split as bytes: `str::split` runs a `memchr` search per segment.
+    path.as_bytes().split(|&b| b == b'/').any(is_dot_segment)
 }
 
 /// `.` or `..`, also percent-encoded (`%2e`, `.%2E`, ...), without allocating.
