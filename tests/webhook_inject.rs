@@ -194,6 +194,62 @@ fn bad_yaml_and_empty_input() {
 }
 
 #[test]
+fn a_large_stream_is_read_and_an_alias_bomb_refused() {
+    // `helm template` of a chart with large CRDs: many documents, more
+    // nodes in all than the YAML reader's per-input default (250,000)
+    // allowed, each document well within it.
+    let mut input = String::new();
+    for d in 0..60 {
+        input.push_str(&format!(
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm{d}}}\ndata:\n"
+        ));
+        for k in 0..2500 {
+            input.push_str(&format!("  k{k}: v{k}\n"));
+        }
+    }
+    let (status, out, err) = run(&input, InjectArgs::default());
+    assert_eq!(status, InjectStatus::Ok, "{err}");
+    assert_eq!(parse_documents(&out).expect("parses").len(), 60);
+
+    // Nine levels of nine aliases: 9^9 leaves from a kilobyte.
+    let mut bomb = String::from(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: bomb}\ndata:\n  a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n",
+    );
+    for i in 1..10 {
+        let refs = vec![format!("*a{}", i - 1); 9].join(", ");
+        bomb.push_str(&format!("  a{i}: &a{i} [{refs}]\n"));
+    }
+    let (status, out, err) = run(&bomb, InjectArgs::default());
+    assert_eq!(status, InjectStatus::BadInput);
+    assert!(out.is_empty());
+    assert!(
+        err.contains("too large") && err.contains("past a limit of the YAML reader"),
+        "{err}"
+    );
+
+    // Smaller bombs, each within one document's limits: together they
+    // expand past what the input's bytes can hold without aliases.
+    let mut bombs = String::new();
+    for d in 0..17 {
+        bombs.push_str(&format!(
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: bomb{d}}}\ndata:\n  a0: &a0 [{}]\n",
+            vec!["lol"; 40].join(", ")
+        ));
+        for i in 1..3 {
+            let refs = vec![format!("*a{}", i - 1); 40].join(", ");
+            bombs.push_str(&format!("  a{i}: &a{i} [{refs}]\n"));
+        }
+    }
+    let (status, out, err) = run(&bombs, InjectArgs::default());
+    assert_eq!(status, InjectStatus::BadInput);
+    assert!(out.is_empty());
+    assert!(
+        err.contains("aliases expand past what inject reads"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_workload_without_a_template_is_reported() {
     let (status, _, err) = run(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\nspec: {}\n",

@@ -44,6 +44,9 @@ pub enum InjectError {
     /// The input is not YAML (exit status 2).
     #[error("the input is not valid YAML: {0}")]
     Yaml(String),
+    /// A document is past the parser's limits (exit status 2).
+    #[error("the input is too large: {0}")]
+    TooLarge(String),
     /// Some pods were refused; one line per object (exit status 1).
     #[error("{}", .0.join("\n"))]
     Denied(Vec<String>),
@@ -96,13 +99,84 @@ fn string_map(v: Option<&Value>) -> StringMap {
         .unwrap_or_default()
 }
 
-/// Reads YAML documents as `kubectl` would.
+/// Nodes one document may hold: a Kubernetes object is at most the API
+/// server's 3 MiB request, and a node takes a few bytes at least.
+const MAX_NODES_PER_DOCUMENT: usize = 1_000_000;
+
+/// Reads YAML documents as `kubectl` would. The parser's limits (which
+/// stop alias bombs) hold per document: `helm template` of a chart with
+/// large CRDs is many documents, each within them.
 pub fn parse_documents(input: &str) -> Result<Vec<Value>, InjectError> {
     let mut options = serde_saphyr::Options::default();
     options.legacy_octal_numbers = true;
-    let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(input, options)
-        .map_err(|e| InjectError::Yaml(e.to_string()))?;
-    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = MAX_NODES_PER_DOCUMENT;
+    budget.max_events = 4 * MAX_NODES_PER_DOCUMENT;
+    budget.max_reader_input_bytes = None;
+    options.budget = Some(budget);
+    let mut reader = input.as_bytes();
+    let mut docs = Vec::new();
+    // The limits above hold per document: aliases in many small documents
+    // would expand past them in all. Without aliases a node takes a byte
+    // of input at least, so past one document's worth more nodes than
+    // bytes means expansion.
+    let most = MAX_NODES_PER_DOCUMENT + input.len();
+    let mut total = 0;
+    for doc in serde_saphyr::read_with_options::<_, Value>(&mut reader, options) {
+        match doc {
+            Ok(doc) if doc.is_null() => {}
+            Ok(doc) => {
+                total += nodes(&doc);
+                if total > most {
+                    return Err(InjectError::TooLarge(format!(
+                        "its {} documents so far hold over {most} nodes, aliases expanded, for {} bytes: aliases expand past what inject reads",
+                        docs.len() + 1,
+                        input.len()
+                    )));
+                }
+                docs.push(doc);
+            }
+            Err(e) => return Err(yaml_error(&e)),
+        }
+    }
+    Ok(docs)
+}
+
+/// Nodes of a document as the YAML reader counts them: each collection,
+/// key and scalar.
+fn nodes(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(nodes).sum::<usize>(),
+        Value::Object(map) => 1 + map.values().map(|v| 1 + nodes(v)).sum::<usize>(),
+        _ => 1,
+    }
+}
+
+/// A limit breached is no syntax error: say which, and where.
+fn yaml_error(e: &serde_saphyr::Error) -> InjectError {
+    let mut inner = e;
+    while let serde_saphyr::Error::AliasError { error, .. }
+    | serde_saphyr::Error::WithSnippet { error, .. } = inner
+    {
+        inner = error;
+    }
+    match inner {
+        serde_saphyr::Error::Budget { breach, .. } => {
+            let line = e.location().map(|l| l.line()).unwrap_or_default();
+            let limit = match breach {
+                serde_saphyr::budget::BudgetBreach::Nodes { .. } => {
+                    format!(
+                        "; a document may hold {MAX_NODES_PER_DOCUMENT} nodes, aliases expanded"
+                    )
+                }
+                _ => String::new(),
+            };
+            InjectError::TooLarge(format!(
+                "the document around line {line} is past a limit of the YAML reader ({breach:?}{limit})"
+            ))
+        }
+        _ => InjectError::Yaml(e.to_string()),
+    }
 }
 
 /// Writes documents as a YAML stream.
@@ -340,7 +414,7 @@ pub fn run_inject(
             }
             InjectStatus::Ok
         }
-        Err(e @ InjectError::Yaml(_)) => {
+        Err(e @ (InjectError::Yaml(_) | InjectError::TooLarge(_))) => {
             let _ = writeln!(errors, "bedrock-broker inject: {e}");
             InjectStatus::BadInput
         }
