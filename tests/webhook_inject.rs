@@ -250,6 +250,24 @@ fn a_large_stream_is_read_and_an_alias_bomb_refused() {
 }
 
 #[test]
+fn a_pod_that_is_no_pod_is_refused_naming_the_field_and_document() {
+    let input = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: chat}\nspec:\n  template:\n    metadata:\n      labels: {bedrock-broker.io/inject: true}\n    spec:\n      containers: [{name: a, image: x}]\n---\napiVersion: v1\nkind: Pod\nspec:\n  containers: {name: a}\n";
+    let (status, out, err) = run(input, InjectArgs::default());
+    assert_eq!(status, InjectStatus::Denied);
+    assert!(out.is_empty());
+    // The unquoted opt-in: YAML's boolean, where Kubernetes takes strings.
+    assert!(
+        err.contains("Deployment default/chat: not a valid pod (template): spec.template.metadata.labels.bedrock-broker.io/inject: invalid type: boolean `true`")
+            && err.contains("quote it"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Pod default/(no name, document 2): not a valid pod (template): spec.containers: invalid type: map"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_workload_without_a_template_is_reported() {
     let (status, _, err) = run(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\nspec: {}\n",

@@ -85,6 +85,26 @@ fn template_pointer(kind: &str) -> Option<&'static [&'static str]> {
     }
 }
 
+/// Where a pod (template) does not fit the Pod type, as a path in the
+/// object (`spec.template.metadata.labels.x`), and what is wrong there.
+fn field_error(template: &[&str], e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let inner = e.path().to_string();
+    let path = template
+        .iter()
+        .copied()
+        .chain((inner != ".").then_some(inner.as_str()))
+        .collect::<Vec<_>>()
+        .join(".");
+    // `inject: true` unquoted is YAML's boolean: Kubernetes takes strings.
+    let hint =
+        if inner.starts_with("metadata.labels.") || inner.starts_with("metadata.annotations.") {
+            " (label and annotation values are strings: quote it)"
+        } else {
+            ""
+        };
+    format!("{path}: {}{hint}", e.inner())
+}
+
 fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
     v.pointer(pointer).and_then(Value::as_str)
 }
@@ -267,9 +287,11 @@ fn skip_reason(skip: &Skip) -> &'static str {
     }
 }
 
-/// Mutates one object in place; `Ok(None)` when it holds no pod.
+/// Mutates one object in place (of the `document`th document, counting
+/// from 1); `Ok(None)` when it holds no pod.
 fn inject_object(
     obj: &mut Value,
+    document: usize,
     lookup: &StaticLookup,
     config: &InjectConfig,
 ) -> Result<Option<Report>, String> {
@@ -286,7 +308,12 @@ fn inject_object(
         .or_else(|| str_at(obj, "/metadata/generateName"))
         .unwrap_or("")
         .to_owned();
-    let object = format!("{kind} {namespace}/{name}");
+    // Unnamed objects (a fragment piped in) are told apart by position.
+    let object = if name.is_empty() {
+        format!("{kind} {namespace}/(no name, document {document})")
+    } else {
+        format!("{kind} {namespace}/{name}")
+    };
     if config.exclude_namespaces.contains(&namespace) {
         return Ok(Some(Report {
             object,
@@ -302,8 +329,12 @@ fn inject_object(
         Some(Value::Object(t)) => t,
         _ => return Err(format!("{object}: has no pod template at {prefix}")),
     };
-    let pod: Pod = serde_json::from_value(pod_of(&kind, template))
-        .map_err(|e| format!("{object}: not a valid pod (template): {e}"))?;
+    let pod: Pod = serde_path_to_error::deserialize(pod_of(&kind, template)).map_err(|e| {
+        format!(
+            "{object}: not a valid pod (template): {}",
+            field_error(tokens, &e)
+        )
+    })?;
 
     let ns_labels = lookup.namespace(&namespace);
     let sa = lookup.service_account(&namespace, inject::service_account_name(&pod));
@@ -356,9 +387,9 @@ pub fn inject_yaml(
     let lookup = cluster(&mut docs, config);
     let mut reports = Vec::new();
     let mut problems = Vec::new();
-    for doc in docs.iter_mut() {
+    for (n, doc) in docs.iter_mut().enumerate() {
         for obj in objects_mut(doc) {
-            match inject_object(obj, &lookup, config) {
+            match inject_object(obj, n + 1, &lookup, config) {
                 Ok(Some(report)) => reports.push(report),
                 Ok(None) => {}
                 Err(problem) => problems.push(problem),
