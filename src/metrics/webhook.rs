@@ -7,6 +7,8 @@ use super::{histogram_opts, opts};
 
 /// Bounded values of the `result` label of admissions.
 pub const RESULTS: [&str; 5] = ["injected", "skipped", "denied", "invalid", "error"];
+/// The `object` label of `webhook_lookups_total`, as the lookups record it.
+pub const LOOKUP_OBJECTS: [&str; 3] = ["namespace", "service_account", "limit_range"];
 
 /// Everything `bedrock-broker webhook` exports.
 #[derive(Debug, Clone)]
@@ -58,7 +60,7 @@ impl WebhookMetrics {
         let lookups = IntCounterVec::new(
             opts(
                 "webhook_lookups_total",
-                "Namespace and ServiceAccount reads by object and source: cache, api, not_found, error.",
+                "Namespace, ServiceAccount and LimitRange-list reads by object and source: cache, api, not_found, error.",
             ),
             &["object", "source"],
         )?;
@@ -97,6 +99,11 @@ impl WebhookMetrics {
         for r in ["success", "failure"] {
             tls_reloads.with_label_values(&[r]);
             ca_bundle_reloads.with_label_values(&[r]);
+        }
+        // A failure series born at its first failure would be missed by
+        // increase(), and so would the alert on the webhook's first one.
+        for object in LOOKUP_OBJECTS {
+            lookups.with_label_values(&[object, "error"]);
         }
         Ok(Self {
             registry,

@@ -73,7 +73,14 @@ pub struct ReloadingCert {
     current: ArcSwap<CertifiedKey>,
     /// The file contents the current certificate (or the last failed
     /// attempt) came from, so unchanged files are not parsed again.
-    seen: Mutex<(Vec<u8>, Vec<u8>)>,
+    seen: Mutex<Seen>,
+}
+
+struct Seen {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    /// The files hold a pair that could not be loaded.
+    broken: bool,
 }
 
 impl fmt::Debug for ReloadingCert {
@@ -90,6 +97,9 @@ impl fmt::Debug for ReloadingCert {
 pub enum Reload {
     Unchanged,
     Reloaded,
+    /// The files still hold the pair that failed: the certificate served
+    /// is still the previous one.
+    StillBroken,
 }
 
 impl ReloadingCert {
@@ -107,7 +117,11 @@ impl ReloadingCert {
             key_path: key_path.to_owned(),
             provider,
             current: ArcSwap::from_pointee(key),
-            seen: Mutex::new((cert_pem, key_pem)),
+            seen: Mutex::new(Seen {
+                cert_pem,
+                key_pem,
+                broken: false,
+            }),
         })
     }
 
@@ -120,20 +134,29 @@ impl ReloadingCert {
             .seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if seen.0 == cert_pem && seen.1 == key_pem {
-            return Ok(Reload::Unchanged);
+        if seen.cert_pem == cert_pem && seen.key_pem == key_pem {
+            return Ok(if seen.broken {
+                Reload::StillBroken
+            } else {
+                Reload::Unchanged
+            });
         }
-        // Remember the attempt even if it fails: a broken pair is reported
-        // once, not on every poll, and retried when the files change again.
-        *seen = (cert_pem, key_pem);
+        // Remember the attempt even if it fails: a broken pair is parsed
+        // (and logged) once, and retried when the files change again.
+        *seen = Seen {
+            cert_pem,
+            key_pem,
+            broken: true,
+        };
         let key = certified_key(
-            &seen.0,
-            &seen.1,
+            &seen.cert_pem,
+            &seen.key_pem,
             &self.cert_path,
             &self.key_path,
             &self.provider,
         )?;
         self.current.store(Arc::new(key));
+        seen.broken = false;
         Ok(Reload::Reloaded)
     }
 
@@ -151,6 +174,12 @@ impl ReloadingCert {
             let result = tokio::task::spawn_blocking(move || this.reload_if_changed()).await;
             match result {
                 Ok(Ok(Reload::Unchanged)) => {}
+                // Counted on every poll, as a missing file is, so that an
+                // alert on failures holds for as long as the pair is broken
+                // (the certificate served meanwhile ages towards expiry).
+                Ok(Ok(Reload::StillBroken)) => {
+                    reloads.with_label_values(&["failure"]).inc();
+                }
                 Ok(Ok(Reload::Reloaded)) => {
                     reloads.with_label_values(&["success"]).inc();
                     tracing::info!(cert = %self.cert_path.display(), "serving certificate reloaded");
@@ -343,5 +372,39 @@ impl super::Accept for TlsListener {
             // The accept loop stopped (shutdown): wait for the server to notice.
             None => std::future::pending().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (String, String) {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        (cert.cert.pem(), cert.signing_key.serialize_pem())
+    }
+
+    #[test]
+    fn a_broken_pair_is_reported_on_every_poll_until_mended() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let (cert, key) = pair();
+        std::fs::write(&cert_path, &cert).unwrap();
+        std::fs::write(&key_path, &key).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let reloading = ReloadingCert::load(&cert_path, &key_path, provider).unwrap();
+        assert_eq!(reloading.reload_if_changed().unwrap(), Reload::Unchanged);
+
+        // Another pair's key: parsed (and logged) once, then still broken.
+        std::fs::write(&key_path, pair().1).unwrap();
+        assert!(reloading.reload_if_changed().is_err());
+        for _ in 0..2 {
+            assert_eq!(reloading.reload_if_changed().unwrap(), Reload::StillBroken);
+        }
+        let (cert, key) = pair();
+        std::fs::write(&cert_path, &cert).unwrap();
+        std::fs::write(&key_path, &key).unwrap();
+        assert_eq!(reloading.reload_if_changed().unwrap(), Reload::Reloaded);
+        assert_eq!(reloading.reload_if_changed().unwrap(), Reload::Unchanged);
     }
 }

@@ -327,6 +327,38 @@ def test_rotated_certificate_is_served_without_restart(webhook):
     assert webhook.proc.poll() is None
 
 
+def test_a_broken_certificate_pair_counts_failures_for_as_long_as_it_stays(webhook):
+    # Counted once, the failure left the alert's window after ten minutes
+    # while the pair was still broken and the old certificate aged.
+    before = _served_certificate(webhook.port)
+    other = webhook.ca.issue_cert("127.0.0.1", "localhost")
+    (webhook.tls_dir / ".tls.key.tmp").write_bytes(other.private_key_pem.bytes())
+    os.replace(webhook.tls_dir / ".tls.key.tmp", webhook.tls_dir / "tls.key")
+    failures = lambda: webhook.metric("bedrock_broker_webhook_tls_reloads_total", {"result": "failure"})
+    wait_for(lambda: failures() >= 3, timeout=10, what="a failure counted on every poll")
+    assert _served_certificate(webhook.port) == before
+    assert webhook.review(load_fixture("plain")).status_code == 200
+    logged = [line for line in webhook.log_path.read_text().splitlines() if "serving certificate not reloaded" in line]
+    assert len(logged) == 1, "logged once"
+
+    _write_tls(webhook.ca, webhook.tls_dir)
+    wait_for(lambda: _served_certificate(webhook.port) != before, timeout=10, what="the mended pair")
+    assert webhook.metric("bedrock_broker_webhook_tls_reloads_total", {"result": "success"}) >= 1
+
+
+def test_failed_cluster_reads_are_counted_from_zero(webhook):
+    # A series born at its first failure is missed by increase(): the
+    # lookup alert stayed silent for a webhook's first failed read.
+    for obj in ("namespace", "service_account", "limit_range"):
+        assert webhook.metric("bedrock_broker_webhook_lookups_total", {"object": obj, "source": "error"}) == 0, obj
+    webhook.fake.stop()
+    review = load_fixture("plain")
+    review["request"]["object"].setdefault("spec", {})["serviceAccountName"] = "not-cached"
+    answer = webhook.review(review).json()["response"]
+    assert answer["allowed"] is False, answer
+    assert webhook.metric("bedrock_broker_webhook_lookups_total", {"object": "service_account", "source": "error"}) == 1
+
+
 def _injected_ca_bundle(webhook) -> str | None:
     r = webhook.review(load_fixture("plain"))
     assert r.status_code == 200, r.text
