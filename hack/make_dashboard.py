@@ -38,8 +38,8 @@ def dashboard() -> dict:
     p = []
     p.append(row(1, "Credentials", 0))
     p.append(panel(2, "Time until credentials expire (lowest per pod)",
-                   [(f"min by (namespace, pod) (bedrock_broker_credentials_expiry_timestamp_seconds{{{SEL}}} - time())", "{{namespace}}/{{pod}}")],
-                   0, 1, unit="s", desc="Refreshes start at half the lifetime; a line falling towards 0 means refreshes fail."))
+                   [(f"min by (namespace, pod) ((bedrock_broker_credentials_expiry_timestamp_seconds{{{SEL}}} > 0) - time())", "{{namespace}}/{{pod}}")],
+                   0, 1, unit="s", desc="Refreshes start at half the lifetime; a line falling towards 0 means refreshes fail. Pods without credentials yet (the gauge is 0) are left out: see the failures in a row."))
     p.append(panel(3, "Refresh failures in a row",
                    [(f"max by (namespace, pod) (bedrock_broker_credential_refresh_consecutive_failures{{{SEL}}})", "{{namespace}}/{{pod}}")],
                    12, 1))
@@ -54,8 +54,8 @@ def dashboard() -> dict:
                     (f"histogram_quantile(0.95, sum by (le) (rate(bedrock_broker_credential_refresh_duration_seconds_bucket{{{SEL}}}[$__rate_interval])))", "p95")],
                    0, 17, unit="s"))
     p.append(panel(7, "Age of the last refresh / service-account token lifetime left",
-                   [(f"max by (namespace, pod) (time() - bedrock_broker_credentials_last_refresh_timestamp_seconds{{{SEL}}})", "refresh age {{namespace}}/{{pod}}"),
-                    (f"min by (namespace, pod) (bedrock_broker_web_identity_token_expiry_timestamp_seconds{{{SEL}}} - time())", "token left {{namespace}}/{{pod}}")],
+                   [(f"max by (namespace, pod) (time() - (bedrock_broker_credentials_last_refresh_timestamp_seconds{{{SEL}}} > 0))", "refresh age {{namespace}}/{{pod}}"),
+                    (f"min by (namespace, pod) ((bedrock_broker_web_identity_token_expiry_timestamp_seconds{{{SEL}}} > 0) - time())", "token left {{namespace}}/{{pod}}")],
                    12, 17, unit="s"))
     p.append(row(8, "Requests", 25))
     p.append(panel(9, "Requests by status code",

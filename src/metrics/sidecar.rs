@@ -117,7 +117,7 @@ impl Metrics {
             IntCounterVec::new(
                 opts(
                     "unread_requests_total",
-                    "Requests refused before they could be read, by listener and reason: malformed (a head that is not HTTP/1.1, answered 400) or too_large (a head over the read buffer or with more than 100 header lines, answered 431; a request target too long, 414). No other request metric sees them.",
+                    "Requests refused before they could be read, by listener and reason: malformed (a head that is not HTTP/1.1, answered 400) or too_large (a head over the read buffer or with more than 100 header lines, answered 431, a long request target included; 414 for one once --max-header-bytes is past 64 KiB). No other request metric sees them.",
                 ),
                 &["listener", "reason"],
             )?,

@@ -836,6 +836,30 @@ def promtool():
     return path
 
 
+def test_credential_panels_leave_out_pods_without_credentials_yet(promtool, tmp_path):
+    # A pod before its first credentials exports 0 for these gauges: the
+    # panels plotted it at about -1.8e9 s and flattened every other line.
+    dash = make_dashboard.dashboard()
+    exprs = {t["legendFormat"].split(" {{")[0]: t["expr"].replace('namespace=~"$namespace"', "")
+             for p in dash["panels"] if p["id"] in (2, 7) for t in p["targets"]}
+    assert set(exprs) == {"{{namespace}}/{{pod}}", "refresh age", "token left"}, exprs
+    now = 600  # promtool's clock: series start at 0 s, evaluated at 10m
+    series = []
+    for name, warm in (("bedrock_broker_credentials_expiry_timestamp_seconds", now + 3600),
+                       ("bedrock_broker_credentials_last_refresh_timestamp_seconds", now - 60),
+                       ("bedrock_broker_web_identity_token_expiry_timestamp_seconds", now + 7200)):
+        series += [{"series": f'{name}{{namespace="a",pod="warm"}}', "values": f"{warm}x20"},
+                   {"series": f'{name}{{namespace="a",pod="cold"}}', "values": "0x20"}]
+    expected = {"{{namespace}}/{{pod}}": 3600, "refresh age": 60, "token left": 7200}
+    tests = {"tests": [{"interval": "1m", "input_series": series, "promql_expr_test": [
+        {"expr": expr, "eval_time": "10m", "exp_samples": [{"labels": '{namespace="a",pod="warm"}', "value": expected[k]}]}
+        for k, expr in exprs.items()]}]}
+    path = tmp_path / "panels_test.yaml"
+    path.write_text(yaml.safe_dump(tests))
+    run = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
 def test_promtool_check_rules(promtool, tmp_path):
     run = subprocess.run([promtool, "check", "rules", str(DEPLOY / "alerts.yaml")], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
