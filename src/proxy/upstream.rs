@@ -196,11 +196,28 @@ fn refused_unprocessed(e: &(dyn std::error::Error + 'static)) -> bool {
 /// A connect failure (or one of a send not yet handed to a connection),
 /// with its causes, as the client sees it.
 pub(super) fn upstream_error(e: &(dyn std::error::Error + 'static)) -> ProxyError {
-    let detail = crate::error_text::with_causes(e);
+    let mut detail = crate::error_text::with_causes(e);
     if timed_out(&detail) {
-        ProxyError::UpstreamTimeout(detail)
+        return ProxyError::UpstreamTimeout(detail);
+    }
+    if let Some(hint) = tls_hint(&detail) {
+        detail = format!("{detail} ({hint})");
+    }
+    ProxyError::UpstreamUnreachable(detail)
+}
+
+/// What to look at when rustls refused Bedrock's certificate (its words,
+/// 0.23), as the STS errors say it: behind a TLS-inspecting proxy the
+/// bare "UnknownIssuer" names neither the proxy nor the fix.
+fn tls_hint(detail: &str) -> Option<&'static str> {
+    if detail.contains("not valid for name") {
+        Some("the certificate does not list the host asked: check the endpoint URL")
+    } else if detail.contains("certificate expired") || detail.contains("not valid yet") {
+        Some("the certificate is outside its validity dates by this node's clock: check NTP, or the endpoint's certificate")
+    } else if detail.contains("UnknownIssuer") {
+        Some("the certificate is not trusted: behind a TLS-inspecting proxy, or with a private endpoint, its CA belongs in AWS_CA_BUNDLE or BEDROCK_BROKER_CA_BUNDLE_PEM (the webhook's --sidecar-ca-bundle for injected sidecars)")
     } else {
-        ProxyError::UpstreamUnreachable(detail)
+        None
     }
 }
 
@@ -208,4 +225,34 @@ pub(super) fn upstream_error(e: &(dyn std::error::Error + 'static)) -> ProxyErro
 /// hyper's), which only their text tells.
 fn timed_out(detail: &str) -> bool {
     detail.contains("timed out") || detail.contains("deadline")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tls_hint;
+
+    #[test]
+    fn refused_certificates_name_what_to_look_at() {
+        // rustls 0.23's words, as the connector reports them.
+        for (detail, hint) in [
+            ("invalid peer certificate: UnknownIssuer", Some("AWS_CA_BUNDLE")),
+            (
+                "invalid peer certificate: certificate not valid for name \"x\"; certificate is only valid for DnsName(\"y\")",
+                Some("does not list the host"),
+            ),
+            (
+                "invalid peer certificate: certificate expired: verification time 2, but certificate is not valid after 1",
+                Some("validity dates"),
+            ),
+            // Nothing a CA bundle would mend: no hint rather than a wrong one.
+            ("invalid peer certificate: BadSignature", None),
+            ("tcp connect error: Connection refused", None),
+        ] {
+            let got = tls_hint(detail);
+            match hint {
+                Some(words) => assert!(got.is_some_and(|h| h.contains(words)), "{detail}: {got:?}"),
+                None => assert_eq!(got, None, "{detail}"),
+            }
+        }
+    }
 }

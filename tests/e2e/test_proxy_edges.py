@@ -257,6 +257,9 @@ def test_https_upstream_trusted_through_aws_ca_bundle(start_sidecar, irsa_env, f
     _, r = post(untrusted, {})
     assert r.status_code == 502
     assert r.headers["x-bedrock-broker-error"] == "upstream_unreachable"
+    # The first error behind a TLS-inspecting proxy: it names the fix.
+    message = r.json()["message"]
+    assert "UnknownIssuer" in message and "AWS_CA_BUNDLE" in message, message
 
 
 def test_client_disconnect_cancels_the_upstream_stream(sidecar, fake_aws):
