@@ -268,6 +268,49 @@ fn a_pod_that_is_no_pod_is_refused_naming_the_field_and_document() {
 }
 
 #[test]
+fn a_stream_of_json_objects_is_read_as_kubectl_reads_it() {
+    // As `jq -c '.items[]'` prints them: one object after another.
+    let pod = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "labels": {"bedrock-broker.io/inject": "true"},
+                            "annotations": {"bedrock-broker.io/role-arn": "arn:aws:iam::123456789012:role/r", "bedrock-broker.io/region": "us-east-1"}},
+               "spec": {"containers": [{"name": "app", "image": "app:1"}]}})
+    };
+    let input = format!("{}\n{}\n", pod("a"), pod("b"));
+    let (status, out, err) = run(&input, InjectArgs::default());
+    assert_eq!(status, InjectStatus::Ok, "{err}");
+    let docs = parse_documents(&out).expect("parses");
+    assert_eq!(docs.len(), 2);
+    assert!(
+        pod_specs(&docs).iter().all(|(_, spec)| has_sidecar(spec)),
+        "{out}"
+    );
+
+    let (status, _, err) = run(&format!("{input} {{"), InjectArgs::default());
+    assert_eq!(status, InjectStatus::BadInput);
+    assert!(err.contains("not valid JSON"), "{err}");
+
+    // YAML that begins with `{`, as kubectl reads it too: a flow mapping,
+    // and JSON objects separated as YAML documents.
+    for yaml in [
+        "{apiVersion: v1, kind: ConfigMap, metadata: {name: a}}\n".to_owned(),
+        format!("{}\n---\n{}\n", pod("a"), pod("b")),
+        format!(
+            "{}\n---\nkind: ConfigMap\nmetadata: {{name: c}}\n",
+            pod("a")
+        ),
+    ] {
+        let (status, out, err) = run(&yaml, InjectArgs::default());
+        assert_eq!(status, InjectStatus::Ok, "{yaml}: {err}");
+        assert_eq!(
+            parse_documents(&out).expect("parses").len(),
+            parse_documents(&yaml).expect("parses").len()
+        );
+        assert!(!parse_documents(&yaml).expect("parses").is_empty());
+    }
+}
+
+#[test]
 fn a_workload_without_a_template_is_reported() {
     let (status, _, err) = run(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\nspec: {}\n",

@@ -44,6 +44,10 @@ pub enum InjectError {
     /// The input is not YAML (exit status 2).
     #[error("the input is not valid YAML: {0}")]
     Yaml(String),
+    /// The input began as JSON and is not a stream of JSON values (exit
+    /// status 2).
+    #[error("the input is not valid JSON: {0}")]
+    Json(String),
     /// A document is past the parser's limits (exit status 2).
     #[error("the input is too large: {0}")]
     TooLarge(String),
@@ -127,6 +131,26 @@ const MAX_NODES_PER_DOCUMENT: usize = 1_000_000;
 /// stop alias bombs) hold per document: `helm template` of a chart with
 /// large CRDs is many documents, each within them.
 pub fn parse_documents(input: &str) -> Result<Vec<Value>, InjectError> {
+    // JSON objects one after another (`jq -c '.items[]'`): kubectl reads
+    // such a stream, YAML does not. As kubectl's decoder, YAML is read
+    // instead when the first value is no JSON (a flow mapping) or only one
+    // came before what is not (`---` and YAML after a JSON object).
+    if input.trim_start().starts_with('{') {
+        let mut docs = Vec::new();
+        for doc in serde_json::Deserializer::from_str(input).into_iter::<Value>() {
+            match doc {
+                Ok(doc) => docs.push(doc),
+                Err(_) if docs.len() < 2 => return parse_yaml(input),
+                Err(e) => return Err(InjectError::Json(e.to_string())),
+            }
+        }
+        docs.retain(|d| !d.is_null());
+        return Ok(docs);
+    }
+    parse_yaml(input)
+}
+
+fn parse_yaml(input: &str) -> Result<Vec<Value>, InjectError> {
     let mut options = serde_saphyr::Options::default();
     options.legacy_octal_numbers = true;
     let mut budget = serde_saphyr::Budget::default();
@@ -445,7 +469,7 @@ pub fn run_inject(
             }
             InjectStatus::Ok
         }
-        Err(e @ (InjectError::Yaml(_) | InjectError::TooLarge(_))) => {
+        Err(e @ (InjectError::Yaml(_) | InjectError::Json(_) | InjectError::TooLarge(_))) => {
             let _ = writeln!(errors, "bedrock-broker inject: {e}");
             InjectStatus::BadInput
         }
