@@ -56,6 +56,9 @@ pub struct EgressProxy {
     /// `host:port`, safe to show.
     address: String,
     has_credentials: bool,
+    /// Where the URL came from (`HTTPS_PROXY`, `https_proxy`, a flag), for
+    /// messages that send the reader there.
+    origin: String,
     /// `NO_PROXY` as given (trimmed), without [`ALWAYS_DIRECT`].
     no_proxy: String,
     /// `NO_PROXY` holds `*`: every host direct, IP addresses too (which
@@ -134,11 +137,25 @@ impl EgressProxy {
             address: format!("{}:{port}", authority.host()),
             has_credentials: authority_text.contains('@'),
             url: Secret::new(url),
+            origin: "HTTPS_PROXY".to_owned(),
             no_proxy,
             all_direct,
             matcher: Arc::new(matcher),
             sdk,
         })
+    }
+
+    /// The same proxy, named as coming from `origin`.
+    pub fn from_origin(self, origin: impl Into<String>) -> Self {
+        Self {
+            origin: origin.into(),
+            ..self
+        }
+    }
+
+    /// Where the URL came from: `HTTPS_PROXY` unless told otherwise.
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// The proxy to tunnel to `dst` through, with its credentials; `None`:

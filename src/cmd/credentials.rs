@@ -20,8 +20,9 @@ pub async fn run(args: &CredentialsArgs, env: &Env) -> u8 {
     // A failure below may be the proxy's: say it was on the way.
     if let Some(proxy) = &config.egress_proxy {
         say(format_args!(
-            "egress:   through the proxy {} (HTTPS_PROXY)\n",
-            proxy.address()
+            "egress:   through the proxy {} ({})\n",
+            proxy.address(),
+            proxy.origin()
         ));
     }
     match diagnose::run(&config, Arc::new(SystemClock)).await {

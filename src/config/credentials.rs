@@ -144,10 +144,12 @@ fn ca_bundle(env: &Env, errors: &mut Errors) -> Option<CaBundle> {
 fn egress_proxy(args: &AwsArgs, env: &Env, errors: &mut Errors) -> Option<EgressProxy> {
     let no_proxy = s::NO_PROXY.find(args.no_proxy.as_deref(), env);
     let url = s::HTTPS_PROXY.find(args.https_proxy.as_deref(), env)?;
-    let proxy = errors.parse(url, |raw| {
-        EgressProxy::parse(raw, no_proxy.map(|n| n.value))
-            .map_err(|e| ParseError::Refused(e.to_string().into()))
-    })?;
+    let proxy = errors
+        .parse(url, |raw| {
+            EgressProxy::parse(raw, no_proxy.map(|n| n.value))
+                .map_err(|e| ParseError::Refused(e.to_string().into()))
+        })?
+        .from_origin(url.origin.to_string());
     // NO_PROXY=*: as if there were none (the start-up line says `none`).
     (!proxy.bypasses_all()).then_some(proxy)
 }

@@ -147,10 +147,10 @@ def proxied_env(egress, aws_named_tls, token_dir) -> dict[str, str]:
 BASIC = "Basic " + base64.b64encode(b"svc:s3cret").decode()
 
 
-def run(command: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """``bedrock-broker COMMAND`` with exactly ``env``, to its end."""
+def run(command: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """``bedrock-broker COMMAND ARGS`` with exactly ``env``, to its end."""
     return subprocess.run(
-        [str(BINARY), command],
+        [str(BINARY), command, *args],
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
         capture_output=True,
         text=True,
@@ -230,6 +230,13 @@ def test_the_credentials_command_goes_through_the_proxy(proxied_env, egress):
     assert f"egress:   through the proxy 127.0.0.1:{egress.port} (HTTPS_PROXY)" in out.stdout, out.stdout
     assert "s3cret" not in out.stdout + out.stderr
     assert {target for target, _ in egress.connects} == {f"{STS_HOST}:443"}
+    # Named where it was found: the lower-case variable, or the flag.
+    lower = {k: v for k, v in proxied_env.items() if k != "HTTPS_PROXY"}
+    lower["https_proxy"] = proxied_env["HTTPS_PROXY"]
+    out = run("credentials", lower)
+    assert f"through the proxy 127.0.0.1:{egress.port} (https_proxy)" in out.stdout, out.stdout
+    out = run("credentials", lower, "--https-proxy", proxied_env["HTTPS_PROXY"])
+    assert f"through the proxy 127.0.0.1:{egress.port} (--https-proxy)" in out.stdout, out.stdout
 
 
 def test_a_proxy_refusing_sts_is_pointed_at(proxied_env, egress):
