@@ -35,6 +35,13 @@ use sending::{Answer, Sent};
 pub(super) type H1 = http1::SendRequest<Full<Bytes>>;
 pub(super) type H2 = http2::SendRequest<Full<Bytes>>;
 
+/// Most an HTTP/1.1 upstream connection reads ahead into its buffer.
+/// hyper's default (about 400 KiB) grows to its full size on a fast answer,
+/// and a client that reads slowly then keeps it all, through the chunks
+/// still queued for it: 250 such streams held 100 MiB. Answers' heads are
+/// a few hundred bytes; their chunks pass through in pieces this size.
+const UPSTREAM_READ_BUFFER: usize = 16 * 1024;
+
 /// Open connections to each upstream host, shared by all requests.
 #[derive(Clone)]
 pub struct Pool {
@@ -284,8 +291,11 @@ impl Pool {
             let id = self.hosts.share_h2(host, &sender);
             Ok(Sender::H2(sender, id))
         } else {
-            let (sender, connection) =
-                http1::handshake(io).await.map_err(|e| upstream_error(&e))?;
+            let (sender, connection) = http1::Builder::new()
+                .max_buf_size(UPSTREAM_READ_BUFFER)
+                .handshake(io)
+                .await
+                .map_err(|e| upstream_error(&e))?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!(error = %e, "upstream connection ended");

@@ -4,13 +4,15 @@ taking the sidecar over 128Mi (six 24 MiB requests once peaked at 160 MiB)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
+import uuid
 
 import requests
 
-from conftest import shipped_env
+from conftest import shipped_env, wait_for
 from test_soak import rss_mib
 
 CONVERSE = "/model/anthropic.claude-3-haiku-20240307-v1:0/converse"
@@ -95,3 +97,54 @@ def test_a_trickling_upload_gives_its_budget_back_after_the_grace(start_sidecar,
     assert 2 <= elapsed < 15, elapsed
     after = requests.post(sidecar.url(CONVERSE), data=small, timeout=10)
     assert after.status_code == 200, after.text
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_streams_whose_clients_stop_reading_stay_under_the_memory_limit(start_sidecar, irsa_env, fake_aws):
+    # An app whose readers fall behind (a slow consumer, a stuck worker):
+    # every such stream kept its upstream connection's whole read buffer
+    # (hyper's ~400 KiB), and 200 of them took the sidecar past 128Mi.
+    sidecar = start_sidecar({**irsa_env, **shipped_env()})
+    host, port = sidecar.proxy.removeprefix("http://").split(":")
+    body = json.dumps({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}).encode()
+    run = uuid.uuid4().hex[:8]
+    ids = [f"unread-{run}-{i}" for i in range(200)]
+    sockets = []
+    try:
+        for stream_id in ids:
+            s = socket.socket()
+            # A small window: the kernel keeps little of what is not read,
+            # so the proxy's own buffers fill within seconds.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect((host, int(port)))
+            s.sendall(
+                (
+                    f"POST /model/anthropic.claude-3-haiku-20240307-v1:0/converse-stream HTTP/1.1\r\n"
+                    f"Host: {host}:{port}\r\nContent-Type: application/json\r\n"
+                    f"x-fake-stream-id: {stream_id}\r\nx-fake-chunks: 400\r\nx-fake-chunk-pad: 32768\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                ).encode()
+                + body
+            )
+            sockets.append(s)  # never read
+
+        def all_waiting() -> bool:
+            streams = {s["stream_id"]: s for s in fake_aws.get("/streams")}
+            mine = [streams.get(i, {}) for i in ids]
+            return all(m.get("blocked_on_write") or m.get("finished") for m in mine)
+
+        # Every buffer on the way is full once each write waits (or, for a
+        # stream the kernel's buffers took whole, once it was all sent).
+        wait_for(all_waiting, timeout=60, what="every stream to wait for its reader")
+        peak = _peak_rss_mib(sidecar.proc.pid)
+        print(f"\npeak RSS {peak:.1f} MiB")
+        assert peak < INJECTED_LIMIT_MIB * 0.9, f"peak RSS {peak:.1f} MiB"
+    finally:
+        for s in sockets:
+            s.close()

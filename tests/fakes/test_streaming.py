@@ -172,3 +172,19 @@ def test_abort_after_k_chunks(fake: Fake):
         assert st["chunks_sent"] == 2 and not st["finished"]
 
     asyncio.run(run())
+
+
+def test_a_write_waiting_for_a_reader_that_reads_nothing_shows(fake: Fake):
+    async def run() -> tuple[dict, dict]:
+        async with aiohttp.ClientSession() as session:
+            headers = {"x-fake-stream-id": "unread", "x-fake-chunks": "400", "x-fake-chunk-pad": "32768"}
+            resp = await _open_stream(session, fake, headers)
+            # Nothing read: the fake's writes wait once the buffers fill.
+            blocked = await _poll_stream(fake, "unread", lambda s: s["blocked_on_write"], timeout=20)
+            await resp.content.read()
+            done = await _poll_stream(fake, "unread", lambda s: s["finished"])
+            return blocked, done
+
+    blocked, done = asyncio.run(run())
+    assert 0 < blocked["chunks_sent"] < 400, blocked
+    assert not done["blocked_on_write"] and done["chunks_sent"] == 400, done

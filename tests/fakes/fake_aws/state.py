@@ -132,6 +132,9 @@ class StreamState:
         self.gave_up = False
         self.aborted = False
         self.waiting = False
+        #: A chunk's write waits for the reader: everything on the way
+        #: (the proxy's buffers included) is full.
+        self.blocked_on_write = False
         self.releases_received = 0
         self._credits = 0
         self._released = asyncio.Event()
@@ -177,6 +180,7 @@ class StreamState:
             "gave_up": self.gave_up,
             "aborted": self.aborted,
             "waiting_for_release": self.waiting,
+            "blocked_on_write": self.blocked_on_write,
             "releases_received": self.releases_received,
             "pending_releases": self._credits,
         }

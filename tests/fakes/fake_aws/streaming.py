@@ -79,7 +79,13 @@ async def send_stream(
             data = (plan.preamble if index == 0 else b"") + piece
             if index == len(plan.pieces) - 1:
                 data += plan.trailer
-            await resp.write(data)
+            # aiohttp's write yields only to wait for the transport to drain,
+            # so the control API sees this only while the reader is behind.
+            stream.blocked_on_write = True
+            try:
+                await resp.write(data)
+            finally:
+                stream.blocked_on_write = False
             stream.chunks_sent += 1
         await resp.write_eof()
         stream.finished = True
