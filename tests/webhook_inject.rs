@@ -265,6 +265,16 @@ fn a_pod_that_is_no_pod_is_refused_naming_the_field_and_document() {
         err.contains("Pod default/(no name, document 2): not a valid pod (template): spec.containers: invalid type: map"),
         "{err}"
     );
+    // Items of a List are told apart by their place in it.
+    let list = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Pod, spec: {containers: {name: a}}}\n- {apiVersion: v1, kind: Pod, spec: {containers: {name: b}}}\n";
+    let (status, _, err) = run(list, InjectArgs::default());
+    assert_eq!(status, InjectStatus::Denied);
+    for i in 0..2 {
+        assert!(
+            err.contains(&format!("Pod default/(no name, document 1, items[{i}])")),
+            "{err}"
+        );
+    }
 }
 
 #[test]

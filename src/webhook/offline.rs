@@ -126,17 +126,26 @@ fn string_map(v: Option<&Value>) -> StringMap {
         .unwrap_or_default()
 }
 
-/// Objects of a document: itself, or the items of a `List`.
-fn objects_mut(doc: &mut Value) -> Vec<&mut Value> {
+/// Objects of a document: itself, or the items of a `List`, each with
+/// where in the document it is (`items[2]`, empty for the document).
+fn objects_mut(doc: &mut Value) -> Vec<(String, &mut Value)> {
     let is_list = str_at(doc, "/kind").is_some_and(|k| k == "List" || k.ends_with("List"))
         && doc.get("items").is_some_and(Value::is_array);
-    if is_list {
-        match doc.get_mut("items").and_then(Value::as_array_mut) {
-            Some(items) => items.iter_mut().flat_map(objects_mut).collect(),
-            None => Vec::new(),
-        }
-    } else {
-        vec![doc]
+    if !is_list {
+        return vec![(String::new(), doc)];
+    }
+    match doc.get_mut("items").and_then(Value::as_array_mut) {
+        Some(items) => items
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(i, item)| {
+                objects_mut(item).into_iter().map(move |(inner, obj)| {
+                    let dot = if inner.is_empty() { "" } else { "." };
+                    (format!("items[{i}]{dot}{inner}"), obj)
+                })
+            })
+            .collect(),
+        None => Vec::new(),
     }
 }
 
@@ -148,7 +157,7 @@ fn cluster(docs: &mut [Value], config: &InjectConfig) -> StaticLookup {
         ..Default::default()
     };
     for doc in docs.iter_mut() {
-        for obj in objects_mut(doc) {
+        for (_, obj) in objects_mut(doc) {
             let Some(name) = str_at(obj, "/metadata/name").map(str::to_owned) else {
                 continue;
             };
@@ -209,11 +218,11 @@ fn skip_reason(skip: &Skip) -> &'static str {
     }
 }
 
-/// Mutates one object in place (of the `document`th document, counting
-/// from 1); `Ok(None)` when it holds no pod.
+/// Mutates one object in place (`position`: where it is in the input,
+/// for an object without a name); `Ok(None)` when it holds no pod.
 fn inject_object(
     obj: &mut Value,
-    document: usize,
+    position: &str,
     lookup: &StaticLookup,
     config: &InjectConfig,
 ) -> Result<Option<Report>, String> {
@@ -232,7 +241,7 @@ fn inject_object(
         .to_owned();
     // Unnamed objects (a fragment piped in) are told apart by position.
     let object = if name.is_empty() {
-        format!("{kind} {namespace}/(no name, document {document})")
+        format!("{kind} {namespace}/(no name, {position})")
     } else {
         format!("{kind} {namespace}/{name}")
     };
@@ -310,8 +319,15 @@ pub fn inject_yaml(
     let mut reports = Vec::new();
     let mut problems = Vec::new();
     for (n, doc) in docs.iter_mut().enumerate() {
-        for obj in objects_mut(doc) {
-            match inject_object(obj, n + 1, &lookup, config) {
+        for (path, obj) in objects_mut(doc) {
+            // Documents with content are counted: empty ones (helm's
+            // `# Source:` headers of empty templates) are never seen.
+            let position = if path.is_empty() {
+                format!("document {}", n + 1)
+            } else {
+                format!("document {}, {path}", n + 1)
+            };
+            match inject_object(obj, &position, &lookup, config) {
                 Ok(Some(report)) => reports.push(report),
                 Ok(None) => {}
                 Err(problem) => problems.push(problem),
