@@ -96,7 +96,8 @@ pub type StringMap = BTreeMap<String, String>;
 pub enum LookupError {
     #[error("the API server did not answer within {0:?}")]
     Timeout(Duration),
-    #[error("the API server refused: {0}")]
+    /// A refusal, or no answer at all (unreachable, connection lost).
+    #[error("the read from the API server failed: {0}")]
     Api(String),
 }
 
