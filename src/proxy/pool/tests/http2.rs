@@ -57,3 +57,25 @@ async fn an_idle_http2_connection_is_closed_when_it_expires() {
     assert_eq!(read_all(next).await, "ok");
     assert_eq!(up.accepted(), 2);
 }
+
+#[tokio::test]
+async fn answers_nobody_reads_leave_the_shared_connection_to_the_others() {
+    // Every request to a host shares one HTTP/2 connection: with h2's
+    // 2 MiB stream and 5 MiB connection windows, three answers whose
+    // clients stopped reading took the whole connection's window, and
+    // every other answer on it stalled.
+    let (up, pool) = tls_upstream_and_pool(Duration::from_secs(60)).await;
+    let mut unread = Vec::new();
+    for _ in 0..3 {
+        let response = pool.send(request("https", up.addr, "/big")).await.unwrap();
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        unread.push(response);
+    }
+    let read = pool.send(request("https", up.addr, "/big")).await.unwrap();
+    let body = tokio::time::timeout(Duration::from_secs(10), read_all(read))
+        .await
+        .expect("an answer read while three others are not");
+    assert_eq!(body.len(), BIG);
+    assert_eq!(up.accepted(), 1);
+    drop(unread);
+}

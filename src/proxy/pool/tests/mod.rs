@@ -59,8 +59,15 @@ type TestBody = Either<
     StreamBody<futures::stream::BoxStream<'static, Result<Frame<Bytes>, Infallible>>>,
 >;
 
-/// `/hold` answers "a", then "b" once released; anything else "ok".
+/// Bytes of a `/big` answer.
+const BIG: usize = 4 * 1024 * 1024;
+
+/// `/hold` answers "a", then "b" once released; `/big`, [`BIG`] bytes;
+/// anything else "ok".
 fn answer(path: &str, release: Arc<Semaphore>) -> Response<TestBody> {
+    if path == "/big" {
+        return Response::new(Either::Left(Full::new(Bytes::from(vec![b'x'; BIG]))));
+    }
     if path != "/hold" {
         return Response::new(Either::Left(Full::new(Bytes::from_static(b"ok"))));
     }
