@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from conftest import ROLE_ARN, Collector, make_jwt, wait_for
+from test_soak import peak_rss_mib
 from test_sdk_clients import MODEL_WITH_COLON, bedrock_client, openai_client
 
 FAST = ["--refresh-max-backoff", "500ms"]
@@ -463,13 +464,6 @@ def test_on_two_cpus_the_sidecar_uses_a_worker_per_core(start_sidecar, irsa_env,
     assert sidecar.stop() == 0
 
 
-def _peak_rss_mib(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
 def test_an_sts_answer_past_any_real_size_is_refused_not_read_whole(start_sidecar, irsa_env, fake_aws):
     """An STS (or a relay in its place) padding a valid answer with 200 MiB:
     read whole, it took the sidecar past the 128 MiB limit the injector
@@ -483,7 +477,7 @@ def test_an_sts_answer_past_any_real_size_is_refused_not_read_whole(start_sideca
     refused = sidecar.ready()
     assert refused.status_code == 503
     assert "length limit exceeded" in refused.json()["last_error"], refused.json()
-    assert _peak_rss_mib(sidecar.proc.pid) < 128
+    assert peak_rss_mib(sidecar.proc.pid) < 128
     # An answer of a normal size works as ever.
     fake_aws.post("/sts", {"pad_answer_bytes": 0})
     wait_for(lambda: sidecar.ready().status_code == 200, timeout=20, what="ready on a normal answer")

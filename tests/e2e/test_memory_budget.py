@@ -13,7 +13,7 @@ import uuid
 import requests
 
 from conftest import shipped_env, wait_for
-from test_soak import rss_mib
+from test_soak import peak_rss_mib, rss_mib
 
 CONVERSE = "/model/anthropic.claude-3-haiku-20240307-v1:0/converse"
 INJECTED_LIMIT_MIB = 128
@@ -99,13 +99,6 @@ def test_a_trickling_upload_gives_its_budget_back_after_the_grace(start_sidecar,
     assert after.status_code == 200, after.text
 
 
-def _peak_rss_mib(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
 def test_streams_whose_clients_stop_reading_stay_under_the_memory_limit(start_sidecar, irsa_env, fake_aws):
     # An app whose readers fall behind (a slow consumer, a stuck worker):
     # every such stream kept its upstream connection's whole read buffer
@@ -142,7 +135,7 @@ def test_streams_whose_clients_stop_reading_stay_under_the_memory_limit(start_si
         # Every buffer on the way is full once each write waits (or, for a
         # stream the kernel's buffers took whole, once it was all sent).
         wait_for(all_waiting, timeout=60, what="every stream to wait for its reader")
-        peak = _peak_rss_mib(sidecar.proc.pid)
+        peak = peak_rss_mib(sidecar.proc.pid)
         print(f"\npeak RSS {peak:.1f} MiB")
         assert peak < INJECTED_LIMIT_MIB * 0.9, f"peak RSS {peak:.1f} MiB"
     finally:

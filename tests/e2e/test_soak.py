@@ -31,6 +31,14 @@ def rss_mib(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+def peak_rss_mib(pid: int) -> float:
+    """The most the process has held (VmHWM), however briefly."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
