@@ -18,9 +18,6 @@ pub type RequestBody = Either<Full<Bytes>, UnsyncBoxBody<Bytes, super::event_str
 /// [`UpstreamClients`]).
 pub type UpstreamClient = Client<Connector, RequestBody>;
 
-/// Connection-level HTTP/2 receive window of the streams client.
-const STREAMS_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
-
 /// Idle connections are closed after this; below the idle timeouts
 /// of AWS front ends, so we never reuse a connection they are closing.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
@@ -152,16 +149,26 @@ fn streams_client(https: Connector, max_idle: usize, ping: Duration) -> Upstream
         .http2_keep_alive_interval(ping)
         .http2_keep_alive_timeout(ping)
         .http2_keep_alive_while_idle(false)
-        // hyper's default 5 MiB would let three sessions whose clients stop
-        // reading (2 MiB stream windows) stall every other session.
-        .http2_initial_connection_window_size(STREAMS_CONNECTION_WINDOW)
+        // As the pooled connection's: hyper's 5 MiB would let three
+        // sessions whose clients stop reading (2 MiB stream windows) stall
+        // every other session; these take 16, and hold 16 MiB at most.
+        .http2_initial_stream_window_size(super::pool::UPSTREAM_H2_STREAM_WINDOW)
+        .http2_initial_connection_window_size(super::pool::UPSTREAM_H2_CONNECTION_WINDOW)
         .build(https)
 }
 
 /// A failure of a request that was handed to a connection: the upstream
 /// may have received it, unless HTTP/2 says it did not.
 pub(super) fn answer_error(e: &(dyn std::error::Error + 'static)) -> ProxyError {
-    let detail = crate::error_text::with_causes(e);
+    let mut detail = crate::error_text::with_causes(e);
+    // hyper's words for an answer head past the read buffer: Bedrock did
+    // answer, with a head no Bedrock sends (a proxy's, an endpoint's).
+    if detail.contains("message head is too large") {
+        detail = format!(
+            "{detail} (the answer's head is over the {} KiB bedrock-broker reads)",
+            super::pool::UPSTREAM_READ_BUFFER / 1024
+        );
+    }
     // First: a GOAWAY's text is the peer's and may say anything ("idle
     // timed out").
     if refused_unprocessed(e) {
@@ -229,7 +236,7 @@ fn timed_out(detail: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::tls_hint;
+    use super::{answer_error, tls_hint};
 
     #[test]
     fn refused_certificates_name_what_to_look_at() {
@@ -254,5 +261,15 @@ mod tests {
                 None => assert_eq!(got, None, "{detail}"),
             }
         }
+    }
+
+    #[test]
+    fn an_answer_head_past_the_buffer_is_named() {
+        let e = std::io::Error::other("message head is too large");
+        let message = answer_error(&e).to_string();
+        assert!(
+            message.contains("answer's head is over the 64 KiB"),
+            "{message}"
+        );
     }
 }
