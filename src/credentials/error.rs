@@ -185,7 +185,7 @@ impl SourceError {
             },
             // hyper-util's words for a CONNECT that failed.
             Self::Transport { detail, .. } if detail.contains("tunnel error") => Some(
-                "the egress proxy (HTTPS_PROXY) did not open a tunnel to STS: \"proxy authorization required\" is a 407 (credentials in HTTPS_PROXY, or the pod's address not admitted), \"unsuccessful\" another refusal (its allow list lacks the STS host, or the host belongs in NO_PROXY), \"failed to create underlying connection\" an unreachable proxy, \"unexpected end of file\" a proxy that closed the connection",
+                "the egress proxy (HTTPS_PROXY, https_proxy or --https-proxy) did not open a tunnel to STS: \"proxy authorization required\" is a 407 (credentials in its URL, or the pod's address not admitted), \"unsuccessful\" another refusal (its allow list lacks the STS host, or the host belongs in NO_PROXY), \"failed to create underlying connection\" an unreachable proxy, \"unexpected end of file\" a proxy that closed the connection",
             ),
             // rustls's words for a certificate it does not accept (0.23:
             // "certificate not valid for name ...", "certificate expired:

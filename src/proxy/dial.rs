@@ -55,10 +55,21 @@ pub enum DialError {
         #[source]
         source: BoxError,
     },
-    #[error("the egress proxy {proxy} wants credentials for a tunnel to {to} (407): give them in HTTPS_PROXY, http://user:password@host:port")]
-    CredentialsWanted { proxy: String, to: String },
-    #[error("the egress proxy {proxy} refused the credentials in HTTPS_PROXY (407) for a tunnel to {to}")]
-    CredentialsRefused { proxy: String, to: String },
+    /// `origin`: where the proxy's URL came from (`HTTPS_PROXY`, ...).
+    #[error("the egress proxy {proxy} wants credentials for a tunnel to {to} (407): give them in {origin}, http://user:password@host:port")]
+    CredentialsWanted {
+        proxy: String,
+        to: String,
+        origin: String,
+    },
+    #[error(
+        "the egress proxy {proxy} refused the credentials in {origin} (407) for a tunnel to {to}"
+    )]
+    CredentialsRefused {
+        proxy: String,
+        to: String,
+        origin: String,
+    },
     #[error("the egress proxy {proxy} refused a tunnel to {to} (an answer other than 200): its allow list may lack the host, or the host belongs in NO_PROXY")]
     TunnelRefused { proxy: String, to: String },
     #[error("the egress proxy {proxy} broke off while opening a tunnel to {to}")]
@@ -168,13 +179,13 @@ impl Service<Uri> for Dial {
             tunnel = tunnel.with_auth(auth.clone());
         }
         let credentials = intercept.basic_auth().is_some();
-        let proxy = proxy.address().to_owned();
+        let (origin, proxy) = (proxy.origin().to_owned(), proxy.address().to_owned());
         let to = host_port(&dst);
         let tunnelled = tunnel.call(dst);
         Box::pin(async move {
             tunnelled
                 .await
-                .map_err(|e| refused(e.into(), credentials, proxy, to).into())
+                .map_err(|e| refused(e.into(), credentials, (proxy, origin), to).into())
         })
     }
 }
@@ -193,7 +204,12 @@ fn host_port(dst: &Uri) -> String {
 /// What a failed tunnel means for the operator. hyper-util's error type is
 /// not public, only its text (hyper-util 0.1, pinned by the lock file;
 /// the tests name every case).
-fn refused(e: BoxError, credentials: bool, proxy: String, to: String) -> DialError {
+fn refused(
+    e: BoxError,
+    credentials: bool,
+    (proxy, origin): (String, String),
+    to: String,
+) -> DialError {
     let text = e.to_string();
     if text.ends_with("failed to create underlying connection") {
         DialError::ProxyUnreachable {
@@ -202,9 +218,9 @@ fn refused(e: BoxError, credentials: bool, proxy: String, to: String) -> DialErr
             source: e,
         }
     } else if text.ends_with("proxy authorization required") && credentials {
-        DialError::CredentialsRefused { proxy, to }
+        DialError::CredentialsRefused { proxy, to, origin }
     } else if text.ends_with("proxy authorization required") {
-        DialError::CredentialsWanted { proxy, to }
+        DialError::CredentialsWanted { proxy, to, origin }
     } else if text.ends_with("unsuccessful") {
         DialError::TunnelRefused { proxy, to }
     } else {
@@ -213,5 +229,24 @@ fn refused(e: BoxError, credentials: bool, proxy: String, to: String) -> DialErr
             to,
             source: e,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_407_names_where_the_proxy_was_given() {
+        let wanted = || -> BoxError { "proxy authorization required".into() };
+        let to = "bedrock.example:443".to_owned();
+        let at = || ("proxy.corp:3128".to_owned(), "https_proxy".to_owned());
+        let message = refused(wanted(), false, at(), to.clone()).to_string();
+        assert!(message.contains("give them in https_proxy,"), "{message}");
+        let message = refused(wanted(), true, at(), to).to_string();
+        assert!(
+            message.contains("refused the credentials in https_proxy (407)"),
+            "{message}"
+        );
     }
 }

@@ -244,7 +244,7 @@ def test_a_proxy_refusing_sts_is_pointed_at(proxied_env, egress):
     out = run("credentials", proxied_env)
     assert out.returncode == 1, out.stderr
     assert "tunnel error: unsuccessful" in out.stderr, out.stderr
-    assert "the egress proxy (HTTPS_PROXY) did not open a tunnel to STS" in out.stderr, out.stderr
+    assert "the egress proxy (HTTPS_PROXY, https_proxy or --https-proxy) did not open a tunnel to STS" in out.stderr, out.stderr
 
 
 def test_an_unsupported_proxy_url_stops_the_start_naming_the_variable(proxied_env):
