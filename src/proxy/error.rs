@@ -113,6 +113,10 @@ pub enum ProxyError {
     UpstreamLost(String),
     #[error("Bedrock refused the request before processing it: {0}")]
     UpstreamRefused(String),
+    /// Bedrock answered (and may have processed the request), with a head
+    /// no Bedrock sends: a proxy's or an endpoint's.
+    #[error("Bedrock's answer could not be read: its head is past what bedrock-broker reads (64 KiB or more, or over 100 header lines): {0}")]
+    UpstreamHeadTooLarge(String),
     #[error("{0}")]
     InvalidEventStream(String),
     #[error("{0}")]
@@ -161,9 +165,10 @@ impl ProxyError {
             Self::ApiKeyUnsupported { .. } => &API_KEY_UNSUPPORTED,
             Self::RouteNotConfigured { .. } => &ROUTE_NOT_CONFIGURED,
             Self::NoResponseHeaders(_) | Self::UpstreamTimeout(_) => &UPSTREAM_TIMEOUT,
-            Self::UpstreamUnreachable(_) | Self::UpstreamLost(_) | Self::UpstreamRefused(_) => {
-                &UPSTREAM_UNREACHABLE
-            }
+            Self::UpstreamUnreachable(_)
+            | Self::UpstreamLost(_)
+            | Self::UpstreamRefused(_)
+            | Self::UpstreamHeadTooLarge(_) => &UPSTREAM_UNREACHABLE,
             Self::InvalidEventStream(_) => &INVALID_EVENT_STREAM,
             Self::ClientClosed(_) => &CLIENT_CLOSED,
             Self::SigningFailed(_) => &SIGNING_FAILED,

@@ -160,14 +160,11 @@ fn streams_client(https: Connector, max_idle: usize, ping: Duration) -> Upstream
 /// A failure of a request that was handed to a connection: the upstream
 /// may have received it, unless HTTP/2 says it did not.
 pub(super) fn answer_error(e: &(dyn std::error::Error + 'static)) -> ProxyError {
-    let mut detail = crate::error_text::with_causes(e);
-    // hyper's words for an answer head past the read buffer: Bedrock did
-    // answer, with a head no Bedrock sends (a proxy's, an endpoint's).
+    let detail = crate::error_text::with_causes(e);
+    // hyper's words for an answer head past its read buffer (checked
+    // between reads: up to about twice it) or past 100 header lines.
     if detail.contains("message head is too large") {
-        detail = format!(
-            "{detail} (the answer's head is over the {} KiB bedrock-broker reads)",
-            super::pool::UPSTREAM_READ_BUFFER / 1024
-        );
+        return ProxyError::UpstreamHeadTooLarge(detail);
     }
     // First: a GOAWAY's text is the peer's and may say anything ("idle
     // timed out").
@@ -236,7 +233,7 @@ fn timed_out(detail: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{answer_error, tls_hint};
+    use super::tls_hint;
 
     #[test]
     fn refused_certificates_name_what_to_look_at() {
@@ -261,15 +258,5 @@ mod tests {
                 None => assert_eq!(got, None, "{detail}"),
             }
         }
-    }
-
-    #[test]
-    fn an_answer_head_past_the_buffer_is_named() {
-        let e = std::io::Error::other("message head is too large");
-        let message = answer_error(&e).to_string();
-        assert!(
-            message.contains("answer's head is over the 64 KiB"),
-            "{message}"
-        );
     }
 }

@@ -137,3 +137,22 @@ async fn a_request_naming_no_host_is_refused_without_connecting() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn an_answer_head_past_what_is_read_is_named_as_such() {
+    // hyper's words, "message head is too large", for a head past the read
+    // buffer or over 100 lines: Bedrock did answer, and nothing was lost.
+    let up = upstream(None).await;
+    let pool = plain_pool(8, Duration::from_secs(60));
+    let fine = pool
+        .send(request("http", up.addr, "/headers/90"))
+        .await
+        .unwrap();
+    assert_eq!(read_all(fine).await, "ok");
+    match pool.send(request("http", up.addr, "/headers/120")).await {
+        Err(e @ ProxyError::UpstreamHeadTooLarge(_)) => {
+            assert!(e.to_string().contains("over 100 header lines"), "{e}");
+        }
+        other => panic!("expected a head too large, got {other:?}"),
+    }
+}

@@ -60,7 +60,7 @@ async fn an_idle_http2_connection_is_closed_when_it_expires() {
 
 #[tokio::test]
 async fn answers_nobody_reads_leave_the_shared_connection_to_the_others() {
-    // Every request to a host shares one HTTP/2 connection: with h2's
+    // Every request to a host shares one HTTP/2 connection: with hyper's
     // 2 MiB stream and 5 MiB connection windows, three answers whose
     // clients stopped reading took the whole connection's window, and
     // every other answer on it stalled.

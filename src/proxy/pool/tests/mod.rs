@@ -68,6 +68,16 @@ fn answer(path: &str, release: Arc<Semaphore>) -> Response<TestBody> {
     if path == "/big" {
         return Response::new(Either::Left(Full::new(Bytes::from(vec![b'x'; BIG]))));
     }
+    if let Some(lines) = path.strip_prefix("/headers/") {
+        let mut response = Response::new(Either::Left(Full::new(Bytes::from_static(b"ok"))));
+        for i in 0..lines.parse::<usize>().unwrap_or(0) {
+            let name = http::HeaderName::try_from(format!("x-line-{i}")).unwrap();
+            response
+                .headers_mut()
+                .insert(name, http::HeaderValue::from_static("v"));
+        }
+        return response;
+    }
     if path != "/hold" {
         return Response::new(Either::Left(Full::new(Bytes::from_static(b"ok"))));
     }
