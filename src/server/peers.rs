@@ -244,6 +244,19 @@ mod tests {
         Some(listener.clone().try_acquire_owned().expect("a free slot"))
     }
 
+    /// A connection of `peer` serving a request, and that request.
+    fn busy(
+        peers: &Arc<Peers>,
+        peer: IpAddr,
+        limit: usize,
+        listener: &Arc<tokio::sync::Semaphore>,
+    ) -> (PeerSlot, InFlight) {
+        let activity = Activity::new();
+        let request = InFlight::new(activity.clone());
+        let held = peers.claim(peer, limit, activity, slot(listener));
+        (held.expect("a slot under the limit"), request)
+    }
+
     #[tokio::test]
     async fn only_a_busier_peers_idle_connection_makes_room() {
         let peers = Arc::new(Peers::default());
@@ -404,16 +417,8 @@ mod tests {
         // stalled, and the port must still make room for the kubelet.
         let peers = Arc::new(Peers::default());
         let slots = listener(5);
-        let mut requests = Vec::new();
-        let flood: Vec<_> = (0..4)
-            .map(|_| {
-                let activity = Activity::new();
-                requests.push(InFlight::new(activity.clone()));
-                peers
-                    .claim(ip(1), 4, activity, slot(&slots))
-                    .expect("under the limit")
-            })
-            .collect();
+        let (flood, _requests): (Vec<_>, Vec<_>) =
+            (0..4).map(|_| busy(&peers, ip(1), 4, &slots)).unzip();
         let scraper = Activity::new();
         let _scrape = InFlight::new(scraper.clone());
         let prometheus = peers.claim(ip(2), 4, scraper, slot(&slots)).expect("slot");
@@ -557,14 +562,8 @@ mod tests {
         // still arriving goes for an even share.
         let peers = Arc::new(Peers::default());
         let slots = listener(6);
-        let mut requests = Vec::new();
-        let reviews: Vec<_> = (0..5)
-            .map(|_| {
-                let activity = Activity::new();
-                requests.push(InFlight::new(activity.clone()));
-                peers.claim(ip(9), 8, activity, slot(&slots)).expect("slot")
-            })
-            .collect();
+        let (reviews, mut requests): (Vec<_>, Vec<_>) =
+            (0..5).map(|_| busy(&peers, ip(9), 8, &slots)).unzip();
         let dripping = Activity::new();
         requests.push(InFlight::new(dripping.clone()));
         let _body = dripping.receiving();
@@ -586,14 +585,8 @@ mod tests {
     async fn a_peer_at_its_share_evicts_nobody_for_itself() {
         let peers = Arc::new(Peers::default());
         let slots = listener(8);
-        let busy = |peer| {
-            let activity = Activity::new();
-            let request = InFlight::new(activity.clone());
-            let held = peers.claim(peer, 4, activity, slot(&slots));
-            (held.expect("under the limit"), request)
-        };
-        let mut first: Vec<_> = (0..4).map(|_| busy(ip(1))).collect();
-        let second: Vec<_> = (0..4).map(|_| busy(ip(2))).collect();
+        let mut first: Vec<_> = (0..4).map(|_| busy(&peers, ip(1), 4, &slots)).collect();
+        let second: Vec<_> = (0..4).map(|_| busy(&peers, ip(2), 4, &slots)).collect();
         // ip 1's oldest is told to close but has not yet: it has fewer live
         // connections than ip 2, but its claim would still be refused, so
         // nobody's connection may go for it.
