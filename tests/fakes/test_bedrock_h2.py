@@ -1,4 +1,4 @@
-"""InvokeModelWithBidirectionalStream over HTTP/2 (``--h2-port``): the frame-signature verifier, and the stream on the wire."""
+"""The HTTP/2 port (``--h2-port``): InvokeModelWithBidirectionalStream (the frame-signature verifier, and the stream on the wire), and every other operation relayed to the HTTP/1.1 app."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import time
 import urllib.parse
 from typing import Any, Optional
 
+import h2.errors
 import pytest
 
 import eventstream
 import fake_aws
 from h2client import H2Client
-from harness import MODEL, REGION, Fake, assume, bedrock_requests, control, send, sign, wait_until
+from harness import MODEL, REGION, Fake, assume, bedrock_requests, control, converse_body, send, sign, wait_until
 
 
 EVENTS_PAYLOAD_HASH = "STREAMING-AWS4-HMAC-SHA256-EVENTS"
@@ -213,20 +214,57 @@ def test_h2_port_refuses_http1(fake: Fake, tls_fake: Fake):
     assert resp.status == 505
 
 
-def test_h2_port_serves_only_the_bidi_route(fake: Fake, sts_creds: dict):
-    async def run() -> tuple:
-        client = await H2Client.connect(fake.bedrock_h2)
-        try:
-            headers, _ = bidi_headers(fake.bedrock_h2, sts_creds, test_id="h2-404", path=f"/model/{MODEL}/converse")
-            call = await client.start(headers, end_stream=True)
-            return await call.response_status(), call.headers, await call.body()
-        finally:
-            await client.close()
+async def _h2_call(fake: Fake, headers: list, body: bytes) -> tuple:
+    """``(status, headers, body, reset code)`` of one request on a fresh HTTP/2 connection."""
+    client = await H2Client.connect(fake.bedrock_h2)
+    try:
+        call = await client.start(headers, end_stream=not body)
+        if body:
+            await call.send(body, end_stream=True)
+        status = await call.response_status()
+        return status, call.headers, await call.body(), call.reset_code
+    finally:
+        await client.close()
 
-    status, headers, body = asyncio.run(run())
-    assert status == 404 and headers["x-amzn-errortype"] == "UnknownOperationException"
-    assert "invoke-with-bidirectional-stream" in json.loads(body)["message"]
-    assert bidi_record(fake, "h2-404")["status"] == 404
+
+def h2_signed(fake: Fake, creds: dict, path: str, body: bytes, test_id: str, extra: Optional[dict] = None) -> list:
+    """HTTP/2 headers of a request botocore signed for ``path``."""
+    url = fake.bedrock_h2 + path
+    signed = sign(url, body, creds, headers={"x-test-id": test_id, **(extra or {})})
+    parts = urllib.parse.urlsplit(url)
+    pseudo = [(":method", "POST"), (":scheme", parts.scheme), (":authority", parts.netloc), (":path", parts.path)]
+    return pseudo + [(k.lower(), v) for k, v in signed.items()]
+
+
+def test_h2_port_relays_other_operations_to_the_http1_app(fake: Fake, sts_creds: dict):
+    path = f"/model/{MODEL}/converse"
+    body = converse_body("over h2")
+    status, headers, answer, _ = asyncio.run(_h2_call(fake, h2_signed(fake, sts_creds, path, body, "h2-relay"), body))
+    assert status == 200 and "connection" not in headers and "transfer-encoding" not in headers
+    assert json.loads(answer)["output"]["message"]["role"] == "assistant"
+    rec = bidi_record(fake, "h2-relay")
+    assert (rec["route"], rec["verified"], rec["http_version"]) == ("converse", True, "2")
+    assert "x-fake-h2-relay" not in rec["header_names"], "the relay's marker is not the client's header"
+    assert rec["peer_port"] != urllib.parse.urlsplit(fake.bedrock).port
+
+    # The signature is still checked, on what the client sent.
+    tampered = [(k, v + "0" if k == "x-amz-date" else v) for k, v in h2_signed(fake, sts_creds, path, body, "h2-bad", {})]
+    status, headers, _, _ = asyncio.run(_h2_call(fake, tampered, body))
+    assert status == 403 and bidi_record(fake, "h2-bad")["verified"] is False
+
+    # The marker counts only with this process's secret.
+    forged = h2_signed(fake, sts_creds, path, body, "h2-forged") + [("x-fake-h2-relay", "00:1")]
+    asyncio.run(_h2_call(fake, forged, body))
+    assert bidi_record(fake, "h2-forged")["http_version"] == "1.1"
+
+
+def test_h2_relay_resets_the_stream_of_an_answer_broken_off(fake: Fake, sts_creds: dict):
+    path = f"/model/{MODEL}/converse"
+    body = converse_body("break it")
+    headers = h2_signed(fake, sts_creds, path, body, "h2-break", {"x-fake-break-body": "1"})
+    status, _, answer, reset = asyncio.run(_h2_call(fake, headers, body))
+    assert status == 200 and reset == h2.errors.ErrorCodes.INTERNAL_ERROR
+    assert 0 < len(answer), "the half that came is passed on before the reset"
 
 
 async def _initial_request(fake: Fake, headers: list) -> tuple:

@@ -46,6 +46,7 @@ from fake_aws.bedrock import build_bedrock_app  # noqa: E402
 from fake_aws.bedrock_h2 import handle_h2_request  # noqa: E402
 from fake_aws.control import add_control_routes  # noqa: E402
 from fake_aws.ecs import ECS_PREFIX, ecs_handler  # noqa: E402
+from fake_aws.h2relay import H2Relay  # noqa: E402
 from fake_aws.h2server import H2Listener  # noqa: E402
 from fake_aws.imds import IMDS_PREFIX, imds_handler  # noqa: E402
 from fake_aws.state import STATE_KEY, FakeState  # noqa: E402
@@ -98,8 +99,9 @@ async def start_site(app: web.Application, sock: socket.socket, ssl_ctx: Optiona
     return runner
 
 
-async def start_h2_listener(state: FakeState, args: argparse.Namespace) -> tuple:
+async def start_h2_listener(state: FakeState, args: argparse.Namespace, bedrock_url: str) -> tuple:
     """``(listener, base URL)`` of the HTTP/2 port: TLS + ALPN with ``--tls-cert``, else h2c."""
+    state.h2_relay = H2Relay(bedrock_url)
     sock = bind_loopback(args.h2_port)
     ssl_ctx = tls_context(args.tls_cert, args.tls_key, alpn=("h2", "http/1.1")) if args.tls_cert else None
     listener = H2Listener(lambda stream: handle_h2_request(state, stream))
@@ -133,7 +135,7 @@ async def serve(args: argparse.Namespace) -> None:
         urls["sts_tls"] = f"https://127.0.0.1:{sts_tls_sock.getsockname()[1]}"
     h2_listener = None
     if args.h2_port is not None:
-        h2_listener, urls["bedrock_h2"] = await start_h2_listener(state, args)
+        h2_listener, urls["bedrock_h2"] = await start_h2_listener(state, args, urls["bedrock"])
     ready = json.dumps(urls)
     print(ready, flush=True)
     if args.ready_file:
@@ -151,6 +153,7 @@ async def serve(args: argparse.Namespace) -> None:
     log.info("shutting down")
     if h2_listener is not None:
         await h2_listener.close()
+        await state.h2_relay.close()
     for runner in runners:
         await runner.cleanup()
 
@@ -171,8 +174,9 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     p.add_argument("--bedrock-port", type=int, default=0)
     p.add_argument(
         "--h2-port", type=int, default=None,
-        help="also serve invoke-with-bidirectional-stream over HTTP/2 on this port (0 = ephemeral; "
-        "TLS + ALPN with --tls-cert, else h2c with prior knowledge)",
+        help="also serve Bedrock over HTTP/2 on this port (0 = ephemeral; TLS + ALPN with --tls-cert, "
+        "else h2c with prior knowledge): bidirectional streams natively, every other operation "
+        "through the HTTP/1.1 app",
     )
     p.add_argument("--tls-cert", help="PEM certificate chain: serve Bedrock (and a second STS port) over HTTPS")
     p.add_argument("--tls-key", help="PEM private key for --tls-cert")

@@ -1,4 +1,4 @@
-"""InvokeModelWithBidirectionalStream, the one route of the HTTP/2 listener (``--h2-port``).
+"""InvokeModelWithBidirectionalStream on the HTTP/2 listener (``--h2-port``), which relays the rest (``h2relay.py``).
 
 Full duplex: the response headers go out before any input is read, each
 input frame's chained signature is verified as it arrives
@@ -90,9 +90,13 @@ def new_bidi_record(seed_signature: str) -> dict:
 async def handle_h2_request(state: FakeState, stream: H2Stream) -> None:
     """Every request on the HTTP/2 listener: route, authenticate, then stream.
 
-    Routing comes first here (unlike the HTTP/1.1 listener): other operations'
-    bodies are not event streams, so checking them as one would only mislead.
+    Routing comes first here (unlike the HTTP/1.1 listener): other operations
+    go to the HTTP/1.1 app (``h2relay``), whose record says HTTP/2.
     """
+    if not (BIDI_ROUTE_RE.match(stream.raw_path.partition("?")[0]) and stream.method == "POST"):
+        if state.h2_relay is not None:
+            await state.h2_relay.forward(stream)
+            return
     record = store_bedrock_record(
         state, method=stream.method, raw_path=stream.raw_path, headers=stream.headers,
         body=b"", peer_port=stream.peer_port, http_version="2",

@@ -8,7 +8,9 @@ import time
 from typing import Any, Optional
 
 from aiohttp import web
+from multidict import CIMultiDict
 
+from .h2relay import RELAY_MARKER
 from .state import FakeState
 
 log = logging.getLogger(__name__)
@@ -38,16 +40,28 @@ PRESENCE_HEADERS = (
 
 
 def new_bedrock_record(state: FakeState, request: web.Request, body: bytes) -> dict:
-    """Create and store the record of one Bedrock request (HTTP/1.1 listener)."""
+    """Create and store the record of one Bedrock request (HTTP/1.1 listener).
+
+    A request the HTTP/2 listener relayed (``h2relay``) is recorded as the
+    client sent it: HTTP/2, from the client's port, without the marker."""
     peer = request.transport.get_extra_info("peername") if request.transport else None
+    peer_port = peer[1] if peer else None
+    http_version = f"{request.version.major}.{request.version.minor}"
+    headers = request.headers
+    relay = state.h2_relay
+    if relay is not None and RELAY_MARKER in headers:
+        relayed, client_port = relay.read_marker(headers.get(RELAY_MARKER))
+        if relayed:
+            http_version, peer_port = "2", client_port
+            headers = CIMultiDict((k, v) for k, v in headers.items() if k.lower() != RELAY_MARKER)
     return store_bedrock_record(
         state,
         method=request.method,
         raw_path=request.raw_path,
-        headers=request.headers,
+        headers=headers,
         body=body,
-        peer_port=peer[1] if peer else None,
-        http_version=f"{request.version.major}.{request.version.minor}",
+        peer_port=peer_port,
+        http_version=http_version,
     )
 
 

@@ -1,4 +1,4 @@
-"""A small HTTP/2 server (the h2 library on asyncio streams) for the bidirectional-stream listener.
+"""A small HTTP/2 server (the h2 library on asyncio streams) for the ``--h2-port`` listener.
 
 A server of our own rather than an ASGI server: a stream's response
 may end (say, after an exception event) while the client is still sending,
@@ -22,12 +22,14 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.settings
 from multidict import CIMultiDict
 
 log = logging.getLogger(__name__)
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 H2_READ_SIZE = 64 * 1024
+H2_MAX_CONCURRENT_STREAMS = 1000
 
 
 class StreamGone(Exception):
@@ -75,6 +77,10 @@ class H2Stream:
     async def send_data(self, data: bytes, end_stream: bool = False) -> None:
         await self._conn.send_data(self.stream_id, data, end_stream)
 
+    async def reset(self, code: h2.errors.ErrorCodes) -> None:
+        """RST_STREAM with ``code`` (nothing if the stream or connection is already gone)."""
+        await self._conn.reset_stream(self.stream_id, code)
+
 
 class H2ServerConnection:
     """One HTTP/2 connection: a read loop feeding h2, one handler task per request.
@@ -88,6 +94,16 @@ class H2ServerConnection:
                  handler: Callable[[H2Stream], Awaitable[None]]) -> None:
         self.reader, self.writer, self.handler = reader, writer, handler
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        # More streams at once than h2's default 100: the sidecar carries
+        # every request of a pod on one connection, and a test may hold
+        # more answers open than that.
+        self.h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: H2_MAX_CONCURRENT_STREAMS,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.h2.DEFAULT_MAX_HEADER_LIST_SIZE,
+            },
+        )
         peer = writer.get_extra_info("peername")
         self.peer_port = peer[1] if peer else None
         self.streams: dict[int, H2Stream] = {}
@@ -194,6 +210,15 @@ class H2ServerConnection:
             await self._flush()
             if not data:
                 return
+
+    async def reset_stream(self, stream_id: int, code: h2.errors.ErrorCodes) -> None:
+        if self.closed:
+            return
+        try:
+            self.h2.reset_stream(stream_id, code)
+        except h2.exceptions.ProtocolError:
+            return  # already closed or reset
+        await self._flush()
 
     def _check_open(self) -> None:
         if self.closed:

@@ -205,6 +205,8 @@ class FakeState:
         self.streams: dict[str, StreamState] = {}
         self._seq = 0
         self._auto_stream = 0
+        # With --h2-port: forwards ordinary operations to the HTTP/1.1 app (h2relay.H2Relay).
+        self.h2_relay: Optional[Any] = None
 
     def next_seq(self) -> int:
         """Monotonic sequence number shared by all records."""
