@@ -103,7 +103,24 @@ def test_streams_whose_clients_stop_reading_stay_under_the_memory_limit(start_si
     # An app whose readers fall behind (a slow consumer, a stuck worker):
     # every such stream kept its upstream connection's whole read buffer
     # (hyper's ~400 KiB), and 200 of them took the sidecar past 128Mi.
-    sidecar = start_sidecar({**irsa_env, **shipped_env()})
+    unread_streams_peak(start_sidecar({**irsa_env, **shipped_env()}), fake_aws)
+
+
+def test_unread_streams_over_an_http2_upstream_stay_under_the_memory_limit(start_sidecar, fake_aws_h2, irsa_env,
+                                                                           tls_material):
+    # Over HTTP/2 (Bedrock's own protocol) the 200 streams share one
+    # connection: what the sidecar holds is bounded by its flow-control
+    # windows, and the streams beyond them wait at Bedrock.
+    fake_aws_h2.post("/reset")
+    env = {**irsa_env, "AWS_ENDPOINT_URL_STS": fake_aws_h2.sts, "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws_h2.bedrock_h2,
+           "AWS_CA_BUNDLE": str(tls_material["ca"])}
+    unread_streams_peak(start_sidecar({**env, **shipped_env()}), fake_aws_h2)
+    assert {r["http_version"] for r in fake_aws_h2.requests()} == {"2"}
+
+
+def unread_streams_peak(sidecar, fake_aws) -> None:
+    """200 ConverseStreams of 32 KiB events whose clients read nothing: the
+    sidecar's peak RSS once every buffer on the way is full."""
     host, port = sidecar.proxy.removeprefix("http://").split(":")
     body = json.dumps({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}).encode()
     run = uuid.uuid4().hex[:8]
