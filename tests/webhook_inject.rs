@@ -249,6 +249,63 @@ fn a_large_stream_is_read_and_an_alias_bomb_refused() {
     );
 }
 
+/// A ConfigMap whose data holds a value nested `depth` levels deep below
+/// the document's root (which is level 1): block mappings, or flow
+/// sequences on one line.
+fn nested(depth: usize, flow: bool) -> String {
+    let mut doc = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: deep}\ndata:\n");
+    // Root and `data` are two levels; the value adds the rest.
+    let inner = depth - 2;
+    if flow {
+        doc.push_str(&format!(
+            "  v: {}{}\n",
+            "[".repeat(inner),
+            "]".repeat(inner)
+        ));
+    } else {
+        for level in 0..inner {
+            doc.push_str(&format!("{}k{level}:\n", "  ".repeat(level + 1)));
+        }
+        doc.push_str(&format!("{}leaf: x\n", "  ".repeat(inner + 1)));
+    }
+    doc
+}
+
+#[test]
+fn deep_documents_are_read_to_a_stated_depth() {
+    // A CRD's schema nests two levels a field: real ones reach past the
+    // YAML reader's default of 64. Read to 128, as kubectl does more.
+    for flow in [false, true] {
+        let (status, out, err) = run(&nested(128, flow), InjectArgs::default());
+        assert_eq!(status, InjectStatus::Ok, "flow {flow}: {err}");
+        assert!(out.contains("deep"), "flow {flow}: {out}");
+
+        let (status, out, err) = run(&nested(129, flow), InjectArgs::default());
+        assert_eq!(status, InjectStatus::BadInput, "flow {flow}");
+        assert!(out.is_empty());
+        assert!(
+            err.contains("nests too deeply") && err.contains("deeper than 128 levels"),
+            "flow {flow}: {err}"
+        );
+    }
+    // Past the scanner's own limit for flow collections, read ahead.
+    let flow = format!("x: {}{}\n", "[".repeat(300), "]".repeat(300));
+    let (status, _, err) = run(&flow, InjectArgs::default());
+    assert_eq!(status, InjectStatus::BadInput);
+    assert!(err.contains("deeper than 128 levels"), "{err}");
+    let json = format!(
+        "{{\"kind\": \"ConfigMap\", \"data\": {{\"v\": {}{}}}}}",
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let (status, _, err) = run(&json, InjectArgs::default());
+    assert_eq!(status, InjectStatus::BadInput);
+    assert!(
+        err.contains("nests too deeply") && err.contains("deeper than 128 levels"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_pod_that_is_no_pod_is_refused_naming_the_field_and_document() {
     let input = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: chat}\nspec:\n  template:\n    metadata:\n      labels: {bedrock-broker.io/inject: true}\n    spec:\n      containers: [{name: a, image: x}]\n---\napiVersion: v1\nkind: Pod\nspec:\n  containers: {name: a}\n";

@@ -54,6 +54,12 @@ pub enum InjectError {
     /// A document is past the parser's limits (exit status 2).
     #[error("the input is too large: {0}")]
     TooLarge(String),
+    /// The input could not be read (exit status 2).
+    #[error("cannot read the input: {0}")]
+    Io(String),
+    /// A document nests deeper than inject reads (exit status 2).
+    #[error("the input nests too deeply: {0}")]
+    TooDeep(String),
     /// Some pods were refused; one line per object (exit status 1).
     #[error("{}", .0.join("\n"))]
     Denied(Vec<String>),
@@ -314,6 +320,29 @@ pub fn inject_yaml(
     input: &str,
     config: &InjectConfig,
 ) -> Result<(String, Vec<Report>), InjectError> {
+    // The YAML reader recurses per level of nesting, with large frames
+    // in debug builds: the depth it admits must not depend on the
+    // caller's stack (a test thread's 2 MiB, a lowered `ulimit -s`).
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("inject".into())
+            .stack_size(READER_STACK_BYTES)
+            .spawn_scoped(scope, || inject_documents(input, config))
+            .map_err(|e| InjectError::Io(format!("cannot start the reader: {e}")))?;
+        worker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Stack of the thread `inject` reads on: what `MAX_DEPTH` levels take in
+/// a debug build (about 8 MiB) with room; only what is used is committed.
+const READER_STACK_BYTES: usize = 64 * 1024 * 1024;
+
+fn inject_documents(
+    input: &str,
+    config: &InjectConfig,
+) -> Result<(String, Vec<Report>), InjectError> {
     let mut docs = parse_documents(input)?;
     let lookup = cluster(&mut docs, config);
     let mut reports = Vec::new();
@@ -360,7 +389,11 @@ pub fn run_inject(
 ) -> InjectStatus {
     let mut text = String::new();
     if let Err(e) = input.read_to_string(&mut text) {
-        let _ = writeln!(errors, "bedrock-broker inject: cannot read the input: {e}");
+        let _ = writeln!(
+            errors,
+            "bedrock-broker inject: {}",
+            InjectError::Io(e.to_string())
+        );
         return InjectStatus::BadInput;
     }
     match inject_yaml(&text, config) {
@@ -383,7 +416,13 @@ pub fn run_inject(
             }
             InjectStatus::Ok
         }
-        Err(e @ (InjectError::Yaml(_) | InjectError::Json(_) | InjectError::TooLarge(_))) => {
+        Err(
+            e @ (InjectError::Yaml(_)
+            | InjectError::Json(_)
+            | InjectError::TooLarge(_)
+            | InjectError::TooDeep(_)
+            | InjectError::Io(_)),
+        ) => {
             let _ = writeln!(errors, "bedrock-broker inject: {e}");
             InjectStatus::BadInput
         }

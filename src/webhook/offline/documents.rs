@@ -10,6 +10,11 @@ use super::InjectError;
 /// server's 3 MiB request, and a node takes a few bytes at least.
 const MAX_NODES_PER_DOCUMENT: usize = 1_000_000;
 
+/// Levels of nesting a document may reach. A CRD's schema nests two a
+/// field, and real ones go past the YAML reader's default of 64;
+/// serde_json reads JSON to 128, so both readers stop at the same depth.
+const MAX_DEPTH: usize = 128;
+
 /// Reads YAML documents as `kubectl` would. The parser's limits (which
 /// stop alias bombs) hold per document: `helm template` of a chart with
 /// large CRDs is many documents, each within them.
@@ -23,6 +28,11 @@ pub fn parse_documents(input: &str) -> Result<Vec<Value>, InjectError> {
         for doc in serde_json::Deserializer::from_str(input).into_iter::<Value>() {
             match doc {
                 Ok(doc) => docs.push(doc),
+                Err(e) if too_deep(&e) => {
+                    return Err(InjectError::TooDeep(format!(
+                        "a JSON value nests deeper than {MAX_DEPTH} levels ({e})"
+                    )))
+                }
                 Err(_) if docs.len() < 2 => return parse_yaml(input),
                 Err(e) => return Err(InjectError::Json(e.to_string())),
             }
@@ -40,6 +50,10 @@ fn parse_yaml(input: &str) -> Result<Vec<Value>, InjectError> {
     budget.max_nodes = MAX_NODES_PER_DOCUMENT;
     budget.max_events = 4 * MAX_NODES_PER_DOCUMENT;
     budget.max_reader_input_bytes = None;
+    budget.max_depth = MAX_DEPTH;
+    // Past the depth limit, so that deep flow collections trip it too
+    // (and get its message) rather than the parser's own.
+    budget.flow_nesting_limit = 2 * MAX_DEPTH;
     options.budget = Some(budget);
     let mut reader = input.as_bytes();
     let mut docs = Vec::new();
@@ -88,6 +102,10 @@ fn yaml_error(e: &serde_saphyr::Error) -> InjectError {
         inner = error;
     }
     match inner {
+        serde_saphyr::Error::Budget {
+            breach: serde_saphyr::budget::BudgetBreach::Depth { .. },
+            ..
+        } => too_deep_at(e),
         serde_saphyr::Error::Budget { breach, .. } => {
             let line = e.location().map(|l| l.line()).unwrap_or_default();
             let limit = match breach {
@@ -102,8 +120,31 @@ fn yaml_error(e: &serde_saphyr::Error) -> InjectError {
                 "the document around line {line} is past a limit of the YAML reader ({breach:?}{limit})"
             ))
         }
+        // The scanner reads a flow collection ahead of the limit above,
+        // and has a limit of its own (`flow_nesting_limit`) for it.
+        serde_saphyr::Error::ExternalMessage { source, .. }
+            if matches!(
+                &**source,
+                serde_saphyr::ExternalMessageSource::Parser(scan)
+                    if matches!(scan.kind(), serde_saphyr::granit_parser::ErrorKind::RecursionLimitExceeded)
+            ) =>
+        {
+            too_deep_at(e)
+        }
         _ => InjectError::Yaml(e.to_string()),
     }
+}
+
+fn too_deep_at(e: &serde_saphyr::Error) -> InjectError {
+    let line = e.location().map(|l| l.line()).unwrap_or_default();
+    InjectError::TooDeep(format!(
+        "the document around line {line} nests deeper than {MAX_DEPTH} levels, the most inject reads"
+    ))
+}
+
+/// serde_json's recursion limit (128), which it reports as a syntax error.
+fn too_deep(e: &serde_json::Error) -> bool {
+    e.is_syntax() && e.to_string().starts_with("recursion limit exceeded")
 }
 
 /// Writes documents as a YAML stream.
