@@ -21,12 +21,28 @@ use webhook_support::{cluster, defaults, patch_of, state, CHAT_APP_ROLE};
 
 #[test]
 fn token_is_readable_through_fs_group() {
-    let p = opted_in(json!({"securityContext": {"runAsUser": 1000, "fsGroup": 2000}}));
+    let p = opted_in(json!({"securityContext": {"fsGroup": 2000}}));
     let i = inject(&p);
     assert_eq!(i.token_access, TokenAccess::FsGroup(2000));
     assert_eq!(
         sidecar(&mutated(&p, &i))["securityContext"]["runAsUser"],
         65532
+    );
+}
+
+#[test]
+fn a_shared_user_beside_an_fs_group_is_joined() {
+    // As OpenShift's restricted SCC assigns them, from the namespace's
+    // range: a UID of the sidecar's own would be outside it, and refused.
+    let p = opted_in(json!({
+        "securityContext": {"fsGroup": 1000650000},
+        "containers": [{"name": "app", "image": "a", "securityContext": {"runAsUser": 1000650000}}],
+    }));
+    let i = inject(&p);
+    assert_eq!(i.token_access, TokenAccess::SharedUser(1000650000));
+    assert_eq!(
+        sidecar(&mutated(&p, &i))["securityContext"]["runAsUser"],
+        1000650000
     );
 }
 

@@ -320,11 +320,12 @@ fn resolve_region(
     from_env
 }
 
+/// A UID shared by every container comes first, even beside an `fsGroup`
+/// (the kubelet then gives the file to both): where a policy assigns both,
+/// as OpenShift's restricted SCC does from the namespace's range, a UID of
+/// the sidecar's own would be outside the range and the pod refused.
 fn token_access(spec: &PodSpec) -> TokenAccess {
     let pod_sc = spec.security_context.as_ref();
-    if let Some(gid) = pod_sc.and_then(|s| s.fs_group) {
-        return TokenAccess::FsGroup(gid);
-    }
     let pod_uid = pod_sc.and_then(|s| s.run_as_user);
     let mut uids = all_containers(spec).map(|c| {
         c.security_context
@@ -333,8 +334,9 @@ fn token_access(spec: &PodSpec) -> TokenAccess {
             .or(pod_uid)
     });
     let first = uids.next().flatten();
-    match first {
-        Some(uid) if uid != 0 && uids.all(|u| u == Some(uid)) => TokenAccess::SharedUser(uid),
+    match (first, pod_sc.and_then(|s| s.fs_group)) {
+        (Some(uid), _) if uid != 0 && uids.all(|u| u == Some(uid)) => TokenAccess::SharedUser(uid),
+        (_, Some(gid)) => TokenAccess::FsGroup(gid),
         _ => TokenAccess::DefaultMode,
     }
 }
