@@ -25,7 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_service::Service;
 
 use super::error::ProxyError;
-use super::upstream::{answer_error, upstream_error, Connector};
+use super::upstream::{answer_error, upstream_error, went_away, Connector};
 use body::Lease;
 pub use body::PooledBody;
 use hosts::{Hosts, Sender, Target};
@@ -226,12 +226,13 @@ impl Pool {
                     Err(Failure::Unsent(Box::new(unsent)))
                 }
                 None => {
-                    let error = answer_error(&e.into_error());
-                    // A GOAWAY ends the connection for new streams too.
-                    if matches!(error, ProxyError::UpstreamRefused(_)) {
+                    let e = e.into_error();
+                    // A GOAWAY ends the connection for new streams too; a
+                    // stream refused alone (REFUSED_STREAM) leaves it usable.
+                    if went_away(&e) {
                         self.hosts.forget_h2(target.index, id);
                     }
-                    Err(Failure::Failed(error))
+                    Err(Failure::Failed(answer_error(&e)))
                 }
             },
         }

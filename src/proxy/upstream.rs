@@ -197,6 +197,19 @@ fn refused_unprocessed(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Whether an HTTP/2 upstream sent a GOAWAY: the connection takes no
+/// new streams.
+pub(super) fn went_away(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(h2) = c.downcast_ref::<h2::Error>() {
+            return h2.is_remote() && h2.is_go_away();
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// A connect failure (or one of a send not yet handed to a connection),
 /// with its causes, as the client sees it.
 pub(super) fn upstream_error(e: &(dyn std::error::Error + 'static)) -> ProxyError {

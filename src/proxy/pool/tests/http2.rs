@@ -79,3 +79,60 @@ async fn answers_nobody_reads_leave_the_shared_connection_to_the_others() {
     assert_eq!(up.accepted(), 1);
     drop(unread);
 }
+
+/// An HTTP/2 upstream (the h2 crate, to reset streams at will) that
+/// refuses each connection's first stream with REFUSED_STREAM and answers
+/// "ok" to the rest; counts its connections.
+async fn refusing_upstream() -> (SocketAddr, Arc<AtomicUsize>, Vec<u8>) {
+    let (acceptor, ca) = tls_acceptor_and_ca();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut connection) = h2::server::handshake(tls).await else {
+                    return;
+                };
+                let mut streams = 0;
+                while let Some(Ok((_, mut respond))) = connection.accept().await {
+                    streams += 1;
+                    if streams == 1 {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    let Ok(mut body) = respond.send_response(http::Response::new(()), false) else {
+                        continue;
+                    };
+                    let _ = body.send_data(Bytes::from_static(b"ok"), true);
+                }
+            });
+        }
+    });
+    (addr, accepted, ca)
+}
+
+#[tokio::test]
+async fn a_refused_stream_leaves_the_shared_connection_in_use() {
+    // REFUSED_STREAM concerns one stream (RFC 9113 §8.7): the connection
+    // was dropped for it, and the retry, and a pod of requests being
+    // refused under load, each dialed one of their own.
+    let (addr, accepted, ca) = refusing_upstream().await;
+    let pool = pool_trusting(Some(&ca), 8, Duration::from_secs(60));
+    match pool.send(request("https", addr, "/")).await {
+        Err(ProxyError::UpstreamRefused(_)) => {}
+        Err(other) => panic!("expected a refusal, got {other:?}"),
+        Ok(response) => panic!("expected a refusal, got {}", response.status()),
+    }
+    for _ in 0..3 {
+        let response = pool.send(request("https", addr, "/")).await.unwrap();
+        assert_eq!(read_all(response).await, "ok");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
