@@ -290,11 +290,15 @@ fn idle_timed_proxy(upstream: &FakeUpstream) -> Arc<Proxy> {
 /// the error the body ended with, if it did not end cleanly. The outer
 /// limit turns a cut-off that never comes into a failure, not a hang.
 async fn stalled_stream_read(events: Vec<&'static str>) -> (u16, Vec<u8>, Option<String>) {
-    let upstream = FakeUpstream::start(vec![Answer::Stall(
-        vec![("content-type", "text/event-stream")],
-        events,
-    )])
-    .await;
+    stalled_answer_read(vec![("content-type", "text/event-stream")], events).await
+}
+
+/// [`stalled_stream_read`] with the answer's headers.
+async fn stalled_answer_read(
+    headers: Vec<(&'static str, &'static str)>,
+    events: Vec<&'static str>,
+) -> (u16, Vec<u8>, Option<String>) {
+    let upstream = FakeUpstream::start(vec![Answer::Stall(headers, events)]).await;
     let proxy = idle_timed_proxy(&upstream);
     let read = async {
         let answer = proxy
@@ -386,6 +390,27 @@ async fn a_stream_stalled_inside_an_event_is_aborted_not_garbled() {
         "data: {\"choices\":[]}\n\ndata: {\"choi",
         "nothing appended to the half event"
     );
+    assert!(
+        error.is_some_and(|e| e.contains("--stream-idle-timeout")),
+        "the body ends in an error, not a clean end"
+    );
+}
+
+#[tokio::test]
+async fn a_compressed_stream_that_stalls_is_aborted_not_appended_to() {
+    // The body is gzip (the OpenAI and Anthropic SDKs ask for it): its
+    // bytes are no events, and a plain error event after them broke the
+    // client's gunzip, or decoded as garbage the SDK failed on with a
+    // bare JSON error. These bytes end as an event would, uncompressed.
+    let (_, got, error) = stalled_answer_read(
+        vec![
+            ("content-type", "text/event-stream"),
+            ("content-encoding", "gzip"),
+        ],
+        vec!["data: {\"choices\":[]}\n\n"],
+    )
+    .await;
+    assert_eq!(got, b"data: {\"choices\":[]}\n\n", "nothing appended");
     assert!(
         error.is_some_and(|e| e.contains("--stream-idle-timeout")),
         "the body ends in an error, not a clean end"

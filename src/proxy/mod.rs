@@ -277,7 +277,16 @@ impl Proxy {
                 .map(Either::Left);
         }
         let kind = StreamKind::of(response.headers());
-        if kind != StreamKind::Plain && self.stream_idle_timeout.is_some() {
+        // A compressed body's bytes are no events: a stall can neither be
+        // placed between two of them nor told in a plain error event
+        // after them, so it is cut off as a plain answer is (the usage tap
+        // reads a decoded copy, by the content type).
+        let framing = if kind != StreamKind::Plain && headers::is_encoded(response.headers()) {
+            StreamKind::Plain
+        } else {
+            kind
+        };
+        if framing != StreamKind::Plain && self.stream_idle_timeout.is_some() {
             // An error tail may be appended to a stalled stream (see
             // `UpstreamBody::size_hint`): a length would frame it wrongly.
             response.headers_mut().remove(http::header::CONTENT_LENGTH);
@@ -291,7 +300,7 @@ impl Proxy {
         let idle = self.stream_idle_timeout;
         response.map(|body| {
             Either::Right(Box::new(UpstreamBody::new(
-                body, completion, kind, idle, tap,
+                body, completion, framing, idle, tap,
             )))
         })
     }
