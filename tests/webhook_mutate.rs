@@ -373,6 +373,95 @@ fn a_bad_service_account_role_is_named() {
 }
 
 #[test]
+fn the_service_accounts_audience_is_the_tokens_as_eks_reads_it() {
+    // The EKS Pod Identity Webhook projects the audience its
+    // ServiceAccount names; a role trusting only that one refused ours.
+    let mut p = opted_in(json!({"serviceAccountName": "chat-app"}));
+    p.metadata.annotations = None;
+    let sa: StringMap = [
+        (
+            "eks.amazonaws.com/role-arn".to_owned(),
+            CHAT_APP_ROLE.to_owned(),
+        ),
+        (
+            "eks.amazonaws.com/audience".to_owned(),
+            "my-oidc-client".to_owned(),
+        ),
+    ]
+    .into();
+    let facts = ClusterFacts {
+        service_account_annotations: Some(&sa),
+        ..Default::default()
+    };
+    let Ok(Outcome::Injected(i)) = webhook::inject(&p, &facts, &defaults()) else {
+        panic!("not injected");
+    };
+    let audience_of = |i: &webhook::Injection, p: &Pod| {
+        let v = mutated(p, i);
+        let volumes = v["spec"]["volumes"].as_array().cloned().unwrap_or_default();
+        volumes
+            .iter()
+            .find(|v| v["name"] == "bedrock-broker-token")
+            .map(|v| v["projected"]["sources"][0]["serviceAccountToken"]["audience"].clone())
+    };
+    assert_eq!(audience_of(&i, &p), Some(json!("my-oidc-client")));
+
+    // The EKS webhook's volume, carrying that audience, is reused.
+    let mut eks = opted_in(json!({
+        "serviceAccountName": "chat-app",
+        "volumes": [{"name": "aws-iam-token", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": "my-oidc-client", "expirationSeconds": 86400, "path": "token"}}]}}],
+    }));
+    eks.metadata.annotations = None;
+    let Ok(Outcome::Injected(i)) = webhook::inject(&eks, &facts, &defaults()) else {
+        panic!("not injected");
+    };
+    assert!(matches!(
+        i.auth,
+        SidecarAuth::WebIdentity {
+            token: TokenVolume::ReusedEks { .. },
+            ..
+        }
+    ));
+
+    // The pod's own annotation still wins; a bad value is named.
+    p.metadata.annotations = Some(
+        [(
+            "bedrock-broker.io/audience".to_owned(),
+            "pod-audience".to_owned(),
+        )]
+        .into(),
+    );
+    let Ok(Outcome::Injected(i)) = webhook::inject(&p, &facts, &defaults()) else {
+        panic!("not injected");
+    };
+    assert_eq!(audience_of(&i, &p), Some(json!("pod-audience")));
+    p.metadata.annotations = None;
+    let bad: StringMap = [
+        (
+            "eks.amazonaws.com/role-arn".to_owned(),
+            CHAT_APP_ROLE.to_owned(),
+        ),
+        (
+            "eks.amazonaws.com/audience".to_owned(),
+            "two words".to_owned(),
+        ),
+    ]
+    .into();
+    let msg = denial(
+        &p,
+        &ClusterFacts {
+            service_account_annotations: Some(&bad),
+            ..Default::default()
+        },
+    );
+    assert!(
+        msg.contains("ServiceAccount \"chat-app\" annotation eks.amazonaws.com/audience"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn eks_token_volume_is_reused_unless_the_pod_asks_for_another_token() {
     let spec = json!({
         "volumes": [{"name": "aws-iam-token", "projected": {"sources": [{"serviceAccountToken": {

@@ -1,6 +1,7 @@
 //! What the admission shell reads from the cluster for one pod, and only
 //! what the pod needs ([`inject::needs`]): its namespace's labels (when the
-//! pod has no opt-in label), its ServiceAccount's annotations (the role),
+//! pod has no opt-in label), its ServiceAccount's annotations (the role
+//! and token audience),
 //! and, once it is opted in, its namespace's LimitRanges.
 
 use k8s_openapi::api::core::v1::{LimitRange, Pod};

@@ -1,5 +1,5 @@
 //! What the webhook reads from the cluster: namespace labels (namespace
-//! opt-in), ServiceAccount annotations (the IRSA role) and LimitRanges
+//! opt-in), ServiceAccount annotations (the IRSA role and token audience) and LimitRanges
 //! (what the sidecar's resources must fit).
 //!
 //! Behind a trait so the admission handler is tested without a cluster. The
@@ -54,7 +54,7 @@ impl Keep {
     /// A ServiceAccount's IRSA role.
     const SERVICE_ACCOUNT: Self = Self {
         labels: &[],
-        annotations: &[names::EKS_ROLE_ARN],
+        annotations: &[names::EKS_ROLE_ARN, names::EKS_AUDIENCE],
     };
     /// A namespace's opt-in label.
     const NAMESPACE: Self = Self {

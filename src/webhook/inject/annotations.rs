@@ -66,6 +66,9 @@ pub mod names {
 
     /// The IRSA role annotation of a ServiceAccount (EKS Pod Identity Webhook).
     pub const EKS_ROLE_ARN: &str = "eks.amazonaws.com/role-arn";
+    /// The token audience a ServiceAccount asks the EKS Pod Identity
+    /// Webhook for (its default is `sts.amazonaws.com`).
+    pub const EKS_AUDIENCE: &str = "eks.amazonaws.com/audience";
 }
 
 /// Every annotation under our prefix that we do not read: a typo would

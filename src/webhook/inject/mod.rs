@@ -120,7 +120,10 @@ pub fn inject(
     let mut warnings = Vec::new();
     decide::opt_in_annotation(pod, &mut warnings, &mut problems);
     let sidecar = match SidecarSpec::from_defaults(defaults).overlay(annotations(pod)) {
-        Ok(sidecar) => Some(sidecar),
+        Ok(mut sidecar) => {
+            role::service_account_audience(pod, &mut sidecar, facts, &mut problems);
+            Some(sidecar)
+        }
         Err(p) => {
             problems.extend(p);
             None

@@ -6,8 +6,8 @@ use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use super::annotations::names;
 use super::resolve::container_env_value;
 use super::resolve::SidecarAuth;
-use super::spec::SidecarSpec;
-use super::types::RolePolicy;
+use super::spec::{Origin, SidecarSpec, Sourced};
+use super::types::{Audience, RolePolicy};
 use super::{service_account_name, ClusterFacts};
 use crate::config::aws::RoleArn;
 use crate::config::settings::vars;
@@ -54,6 +54,41 @@ pub fn resolve_role(
             problems.push(no_role(sa, facts, true));
             None
         }
+    }
+}
+
+/// The token audience the EKS Pod Identity Webhook would project for the
+/// pod's ServiceAccount (`eks.amazonaws.com/audience`), over the webhook's
+/// default: a role whose trust policy names that audience refuses any
+/// other. The pod's own `bedrock-broker.io/audience` still wins.
+pub fn service_account_audience(
+    pod: &Pod,
+    sidecar: &mut SidecarSpec,
+    facts: &ClusterFacts<'_>,
+    problems: &mut Vec<String>,
+) {
+    if sidecar.audience.origin == Origin::Annotation || sidecar.api_key_secret.is_some() {
+        return;
+    }
+    let Some(raw) = facts
+        .service_account_annotations
+        .and_then(|a| a.get(names::EKS_AUDIENCE))
+    else {
+        return;
+    };
+    match Audience::parse(raw.trim()) {
+        Ok(audience) => {
+            sidecar.audience = Sourced {
+                value: audience,
+                origin: Origin::ServiceAccount,
+            }
+        }
+        Err(m) => problems.push(format!(
+            "ServiceAccount {:?} annotation {}: {m}; fix the ServiceAccount or set {} on the pod",
+            service_account_name(pod),
+            names::EKS_AUDIENCE,
+            names::AUDIENCE
+        )),
     }
 }
 

@@ -103,6 +103,8 @@ pub enum Origin {
     Default,
     /// A `bedrock-broker.io/*` annotation on the pod.
     Annotation,
+    /// An `eks.amazonaws.com/*` annotation of the pod's ServiceAccount.
+    ServiceAccount,
 }
 
 /// A setting whose origin matters later: for a message that names what to
