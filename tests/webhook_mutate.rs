@@ -919,6 +919,21 @@ fn the_pod_is_told_what_it_may_not_expect() {
     assert!(!warned(&maybe_in_env_from, "NO_PROXY"));
     let all_proxy = json!([{"name": "ALL_PROXY", "value": "http://egress.corp:3128"}]);
     assert!(warned(&proxied(all_proxy), "sets ALL_PROXY and its NO_PROXY does not name 127.0.0.1: clients that honour it (requests, httpx and the OpenAI SDK do)"));
+    // An API key of the app's own: botocore reads it and refuses to send
+    // a bearer token to the sidecar's http:// endpoint.
+    for key in [
+        json!({"name": "AWS_BEARER_TOKEN_BEDROCK", "value": "ABSKexample"}),
+        json!({"name": "AWS_BEARER_TOKEN_BEDROCK",
+            "valueFrom": {"secretKeyRef": {"name": "bedrock", "key": "api-key"}}}),
+    ] {
+        assert!(
+            warned(
+                &proxied(json!([key])),
+                "container \"app\" sets AWS_BEARER_TOKEN_BEDROCK: botocore"
+            ),
+            "{key}"
+        );
+    }
     // HTTPS_PROXY does not apply to the sidecar's http:// URL.
     let https_only = json!([{"name": "HTTPS_PROXY", "value": "http://egress.corp:3128"}]);
     assert!(inject(&proxied(https_only)).warnings.is_empty());

@@ -15,7 +15,7 @@ use super::render::{app_vars, AppVar};
 use super::spec::{Resources, SidecarSpec};
 use super::types::{Quantity, Resource, SidecarMode};
 use crate::config::parse;
-use crate::config::settings::injected;
+use crate::config::settings::{injected, vars};
 
 /// Every notice for this pod, in a stable order.
 pub fn notices(
@@ -51,8 +51,26 @@ pub fn notices(
             sidecar.use_dualstack,
         ));
         out.extend(sidecar_behind_proxy(c));
+        out.extend(own_api_key(c));
     }
     out
+}
+
+/// An API key of the app's own (literal or from a Secret): botocore reads
+/// `AWS_BEARER_TOKEN_BEDROCK` too, and then refuses to send to the
+/// sidecar's plain-HTTP endpoint, so boto3 and the clients on it
+/// (langchain-aws, Strands) fail on their first call. Not refused: the
+/// SDKs that send it (LiteLLM, Anthropic) work, the sidecar passing a
+/// real key on.
+fn own_api_key(c: &Container) -> Option<String> {
+    let name = vars::AWS_BEARER_TOKEN_BEDROCK.name;
+    c.env.iter().flatten().any(|e| e.name == name).then(|| {
+        format!(
+            "container {:?} sets {name}: botocore (boto3, langchain-aws) then refuses the sidecar's http:// endpoint; remove it and let the sidecar sign, or give the key to the sidecar with {}",
+            c.name,
+            names::API_KEY_SECRET
+        )
+    })
 }
 
 /// The sidecar is `http://127.0.0.1`: a client honouring the app's
