@@ -28,7 +28,7 @@ use super::error::ProxyError;
 use super::upstream::{answer_error, upstream_error, went_away, Connector};
 use body::Lease;
 pub use body::PooledBody;
-use hosts::{Hosts, Sender, Target};
+use hosts::{Hosts, Sender, Target, Turn};
 pub use sending::Sending;
 use sending::{Answer, Sent};
 
@@ -161,7 +161,7 @@ impl Pool {
                 Some(sender) => (sender, true),
                 // Boxed: connecting (TCP, TLS, HTTP/2 handshake) is rare and its
                 // state is large; inline, every request's future would carry it.
-                None => (Box::pin(self.connect(target.index, &uri)).await?, false),
+                None => Box::pin(self.connection(target.index, &uri)).await?,
             };
             let sent = match sender {
                 Sender::H1(sender) => self.send_h1(&target, sender, request).await,
@@ -272,6 +272,29 @@ impl Pool {
         self.answered_h2(target, id, answer)
     }
 
+    /// A connection for a request that found none free: the one another
+    /// request is opening, once it is up, or a new one; and whether it is
+    /// shared (a request it could not take may try another).
+    async fn connection(&self, host: usize, uri: &Uri) -> Result<(Sender, bool), ProxyError> {
+        match self.hosts.turn(host) {
+            Turn::Lead(leading) => {
+                let opened = self.connect(host, uri).await;
+                drop(leading);
+                Ok((opened?, false))
+            }
+            Turn::Wait(mut opening) => {
+                // Ends when the leader's guard is dropped, whatever became of it.
+                let _ = opening.changed().await;
+                match self.hosts.checkout(host) {
+                    Some(sender) => Ok((sender, true)),
+                    // It failed, or spoke HTTP/1.1: each request on its own.
+                    None => Ok((self.connect(host, uri).await?, false)),
+                }
+            }
+            Turn::Own => Ok((self.connect(host, uri).await?, false)),
+        }
+    }
+
     /// A new connection to `uri`'s host: TCP, TLS, and HTTP/2 when ALPN
     /// picks it.
     async fn connect(&self, host: usize, uri: &Uri) -> Result<Sender, ProxyError> {
@@ -283,7 +306,9 @@ impl Pool {
             .call(uri.clone())
             .await
             .map_err(|e| upstream_error(&*e))?;
-        if io.connected().is_negotiated_h2() {
+        let h2 = io.connected().is_negotiated_h2();
+        self.hosts.learned(host, h2);
+        if h2 {
             let mut builder = http2::Builder::new(TokioExecutor::new());
             builder
                 .timer(TokioTimer::new())

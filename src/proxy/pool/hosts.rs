@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Uri};
+use tokio::sync::watch;
 
 use super::{H1, H2};
 use crate::proxy::error::ProxyError;
@@ -36,6 +37,45 @@ struct Host {
     h2_shared_count: u64,
     /// Whether a task is closing this host's expired idle connections.
     reaping: bool,
+    /// The connection a request is opening while others wait for it
+    /// (numbered, so that only its own guard clears it).
+    connecting: Option<(u64, watch::Receiver<()>)>,
+    connects: u64,
+    /// The last connection opened spoke HTTP/1.1: requests then connect
+    /// each on their own.
+    speaks_h1: bool,
+}
+
+/// What a request that found no free connection does.
+pub(super) enum Turn {
+    /// Opens a connection; the others wait until the guard is dropped.
+    Lead(Leading),
+    /// Waits for the connection another request is opening (over HTTP/2
+    /// it serves every request), then looks again.
+    Wait(watch::Receiver<()>),
+    /// Opens one of its own: over HTTP/1.1 a connection carries one
+    /// request at a time.
+    Own,
+}
+
+/// Held by the request opening a connection: dropped (done, failed or
+/// cancelled), it lets the waiting requests go.
+pub(super) struct Leading {
+    hosts: Arc<Hosts>,
+    host: usize,
+    number: u64,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        // Cleared before the sender goes: a waiter woken finds the way free.
+        if let Some(host) = self.hosts.hosts().get_mut(self.host) {
+            if host.connecting.as_ref().map(|(n, _)| *n) == Some(self.number) {
+                host.connecting = None;
+            }
+        }
+    }
 }
 
 struct SharedH2 {
@@ -74,6 +114,9 @@ impl Host {
             shared_h2: None,
             h2_shared_count: 0,
             reaping: false,
+            connecting: None,
+            connects: 0,
+            speaks_h1: false,
         }
     }
 
@@ -142,6 +185,39 @@ impl Hosts {
     /// A free connection to the host at `index`, if there is one.
     pub(super) fn checkout(&self, index: usize) -> Option<Sender> {
         self.hosts().get_mut(index)?.take(self.idle_timeout)
+    }
+
+    /// Whether a request without a free connection opens one, or waits for
+    /// the one being opened. Until a host is known to speak HTTP/1.1, one
+    /// request connects at a time: a burst at start, or after a GOAWAY,
+    /// otherwise opens a connection per request of which HTTP/2 keeps one.
+    pub(super) fn turn(self: &Arc<Self>, index: usize) -> Turn {
+        let mut hosts = self.hosts();
+        let Some(host) = hosts.get_mut(index) else {
+            return Turn::Own;
+        };
+        if host.speaks_h1 {
+            return Turn::Own;
+        }
+        if let Some((_, opening)) = &host.connecting {
+            return Turn::Wait(opening.clone());
+        }
+        host.connects += 1;
+        let (done, opening) = watch::channel(());
+        host.connecting = Some((host.connects, opening));
+        Turn::Lead(Leading {
+            hosts: Arc::clone(self),
+            host: index,
+            number: host.connects,
+            _done: done,
+        })
+    }
+
+    /// The protocol the host's last new connection negotiated.
+    pub(super) fn learned(&self, host: usize, h2: bool) {
+        if let Some(host) = self.hosts().get_mut(host) {
+            host.speaks_h1 = !h2;
+        }
     }
 
     /// Shares a new HTTP/2 connection unless a live one is shared already;

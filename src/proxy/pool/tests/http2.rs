@@ -136,3 +136,15 @@ async fn a_refused_stream_leaves_the_shared_connection_in_use() {
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn requests_that_start_together_open_one_http2_connection() {
+    // A burst at start (or right after a GOAWAY) found no connection and
+    // each request dialed its own: 100 TLS handshakes for 200 requests.
+    let (up, pool) = tls_upstream_and_pool(Duration::from_secs(60)).await;
+    let sends = (0..20).map(|_| pool.send(request("https", up.addr, "/")));
+    for response in futures::future::join_all(sends).await {
+        assert_eq!(read_all(response.unwrap()).await, "ok");
+    }
+    assert_eq!(up.accepted(), 1);
+}

@@ -109,3 +109,19 @@ async fn a_send_polled_after_its_answer_is_an_error_not_a_panic() {
     }
     assert_eq!(up.accepted(), 1);
 }
+
+#[tokio::test]
+async fn http1_requests_that_start_together_each_get_a_connection() {
+    // Waiting for one connection is for HTTP/2; HTTP/1.1 carries one
+    // request at a time, so a burst needs a connection each (after the
+    // first tells which protocol the host speaks).
+    let up = upstream(None).await;
+    let pool = plain_pool(8, Duration::from_secs(60));
+    let sends = (0..5).map(|_| pool.send(request("http", up.addr, "/hold")));
+    let responses: Vec<_> = within_5s(futures::future::join_all(sends)).await;
+    up.release.add_permits(5);
+    for response in responses {
+        assert_eq!(read_all(response.unwrap()).await, "ab");
+    }
+    assert_eq!(up.accepted(), 5);
+}
