@@ -52,6 +52,9 @@ pub(super) const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
 /// trip: a 5 MB answer took 0.35 s at 50 ms RTT (0.23 s with 2 MiB, 1.2 s
 /// with 256 KiB).
 pub(super) const UPSTREAM_H2_STREAM_WINDOW: u32 = 1024 * 1024;
+/// Largest answer head taken over HTTP/2, as over HTTP/1.1 (where the read
+/// buffer bounds it): hyper's 16 KiB refused heads HTTP/1.1 takes.
+pub(super) const UPSTREAM_H2_MAX_HEADER_LIST: u32 = UPSTREAM_READ_BUFFER as u32;
 pub(super) const UPSTREAM_H2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 
 /// Open connections to each upstream host, shared by all requests.
@@ -313,7 +316,8 @@ impl Pool {
             builder
                 .timer(TokioTimer::new())
                 .initial_stream_window_size(UPSTREAM_H2_STREAM_WINDOW)
-                .initial_connection_window_size(UPSTREAM_H2_CONNECTION_WINDOW);
+                .initial_connection_window_size(UPSTREAM_H2_CONNECTION_WINDOW)
+                .max_header_list_size(UPSTREAM_H2_MAX_HEADER_LIST);
             if let Some(ping) = self.ping {
                 builder
                     .keep_alive_interval(ping)

@@ -154,6 +154,7 @@ fn streams_client(https: Connector, max_idle: usize, ping: Duration) -> Upstream
         // every other session; these take 16, and hold 16 MiB at most.
         .http2_initial_stream_window_size(super::pool::UPSTREAM_H2_STREAM_WINDOW)
         .http2_initial_connection_window_size(super::pool::UPSTREAM_H2_CONNECTION_WINDOW)
+        .http2_max_header_list_size(super::pool::UPSTREAM_H2_MAX_HEADER_LIST)
         .build(https)
 }
 

@@ -148,3 +148,22 @@ async fn requests_that_start_together_open_one_http2_connection() {
     }
     assert_eq!(up.accepted(), 1);
 }
+
+#[tokio::test]
+async fn an_answer_head_http1_takes_is_taken_over_http2() {
+    // hyper's HTTP/2 client takes 16 KiB of header list (each field
+    // counted with 32 bytes more); over HTTP/1.1 the 64 KiB read buffer
+    // bounds a head. 600 short fields make about 26 KiB.
+    let (up, pool) = tls_upstream_and_pool(Duration::from_secs(60)).await;
+    let response = pool
+        .send(request("https", up.addr, "/headers/600"))
+        .await
+        .unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let lines = response
+        .headers()
+        .keys()
+        .filter(|n| n.as_str().starts_with("x-line-"));
+    assert_eq!(lines.count(), 600);
+    assert_eq!(read_all(response).await, "ok");
+}
