@@ -189,6 +189,9 @@ fn the_sidecar_fits_the_namespaces_limit_range() {
         // A default CPU limit (what a ResourceQuota on limits.cpu needs)
         // and a ratio the defaults break (128Mi / 32Mi = 4 > 2).
         json!({"type": "Container", "default": {"cpu": "200m"}, "maxLimitRequestRatio": {"memory": "2"}}),
+        // A ratio alone: LimitRanger wants a limit to check it against, and
+        // the sidecar has no CPU limit by default ("no limit is specified").
+        json!({"type": "Container", "maxLimitRequestRatio": {"cpu": "4"}}),
     ];
     for item in cases {
         let lr = vec![limit_range(item.clone())];

@@ -338,7 +338,13 @@ pub fn limit_range_violations(pod: &Value, limit_ranges: &[Value]) -> Vec<String
                 }
             }
             for (r, (ratio, ratio_raw)) in list(&item["maxLimitRequestRatio"]) {
+                // "the named resource must have a request and limit that
+                // are both non-zero" (the API's LimitRangeItem).
                 let (Some((lim, _)), Some((req, _))) = (limits.get(&r), requests.get(&r)) else {
+                    out.push(format!(
+                        "{field}: {} max limit to request ratio per Container is {ratio_raw}, but no request or limit is specified",
+                        r.as_str()
+                    ));
                     continue;
                 };
                 // Ratios are plain numbers: compare in the resource's units.

@@ -10,8 +10,10 @@
 //! memory of `type: Container` items:
 //!
 //! - no limit: the LimitRange's `default`, else its `max` (a limit is
-//!   required under a max); applied here rather than left to LimitRanger,
-//!   so the body budget derived from the memory limit counts it;
+//!   required under a max), else request × `maxLimitRequestRatio` (a ratio
+//!   requires a limit too, and this is the most it allows); applied here
+//!   rather than left to LimitRanger, so the body budget derived from the
+//!   memory limit counts it;
 //! - below `min`: raised to it; above `max`: lowered to it;
 //! - a limit/request ratio above `maxLimitRequestRatio`: the request is
 //!   raised to limit / ratio;
@@ -34,6 +36,16 @@ fn bound(
 ) -> Option<Quantity> {
     let raw = list(item)?.get(r.as_str())?;
     Quantity::parse(raw.0.trim()).ok()
+}
+
+/// An item's `maxLimitRequestRatio` for `r` (a plain number), if positive.
+fn ratio(item: &LimitRangeItem, r: Resource) -> Option<f64> {
+    item.max_limit_request_ratio
+        .as_ref()
+        .and_then(|m| m.get(r.as_str()))
+        .and_then(|q| Quantity::parse(q.0.trim()).ok())
+        .map(|q| q.value())
+        .filter(|v| *v > 0.0)
 }
 
 /// The `type: Container` items of every LimitRange.
@@ -111,7 +123,8 @@ impl Fit<'_> {
         self.get(slot).map(|q| q.units(self.r))
     }
 
-    /// No limit: LimitRanger's `default`, else the `max` (which requires one).
+    /// No limit: LimitRanger's `default`, else the `max` (which requires
+    /// one), else the most a `maxLimitRequestRatio` allows (it requires one).
     fn default_limit(&mut self, items: &[&LimitRangeItem]) {
         if self.limit.is_some() {
             return;
@@ -125,6 +138,16 @@ impl Fit<'_> {
             self.set(Slot::Limit, d, "default");
         } else if let Some(m) = max {
             self.set(Slot::Limit, m, "max, which requires a limit");
+        } else if let (Some(ratio), Some(request)) = (
+            items.iter().filter_map(|i| ratio(i, r)).reduce(f64::min),
+            self.units(Slot::Request),
+        ) {
+            let most = Quantity::from_units(r, (request as f64 * ratio).floor() as u64);
+            self.set(
+                Slot::Limit,
+                most,
+                "maxLimitRequestRatio, which requires a limit",
+            );
         }
     }
 
@@ -145,16 +168,12 @@ impl Fit<'_> {
                 }
             }
         }
-        let ratio = item
-            .max_limit_request_ratio
-            .as_ref()
-            .and_then(|m| m.get(r.as_str()))
-            .and_then(|q| Quantity::parse(q.0.trim()).ok())
-            .filter(|q| q.value() > 0.0);
-        if let (Some(ratio), Some(limit), Some(request)) =
-            (ratio, self.units(Slot::Limit), self.units(Slot::Request))
-        {
-            let least = (limit as f64 / ratio.value()).ceil() as u64;
+        if let (Some(ratio), Some(limit), Some(request)) = (
+            ratio(item, r),
+            self.units(Slot::Limit),
+            self.units(Slot::Request),
+        ) {
+            let least = (limit as f64 / ratio).ceil() as u64;
             if request < least {
                 self.set(
                     Slot::Request,
