@@ -246,6 +246,25 @@ fn a_native_sidecar_starts_after_a_service_mesh_proxy() {
             vec!["migrate", "istio-proxy"],
             vec!["bedrock-broker", "migrate", "istio-proxy"],
         ),
+        // Unless it is a mesh's own pair, its setup then its proxy: another
+        // webhook (Vault's agent-init-first) put a container ahead of it,
+        // and a sidecar first would find no network until the proxy runs,
+        // which waits for the sidecar to start.
+        (
+            vec![
+                "vault-agent-init",
+                "istio-validation",
+                "istio-proxy",
+                "migrate",
+            ],
+            vec![
+                "vault-agent-init",
+                "istio-validation",
+                "istio-proxy",
+                "bedrock-broker",
+                "migrate",
+            ],
+        ),
         // A mesh whose proxy is an ordinary container (below) starts it
         // after every init container: the sidecar stays first, and gets
         // its credentials before istio-init captures the traffic.

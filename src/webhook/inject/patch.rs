@@ -139,27 +139,37 @@ const MESH_PROXIES: [&str; 2] = ["istio-proxy", "linkerd-proxy"];
 
 /// Where a native sidecar goes among the init containers: first, so it is
 /// ready before any other container of the pod starts, but after a mesh's
-/// containers at the head of the list (where the meshes put them, as
-/// Istio orders its own ahead of the rest) when their proxy is among them.
-/// A mesh whose proxy is an ordinary container starts it after every init
-/// container: there the sidecar stays first, and gets its credentials
-/// before the mesh's init container captures the pod's traffic.
+/// containers when their proxy runs as a native sidecar: those at the head
+/// of the list (where the meshes put them, as Istio orders its own ahead
+/// of the rest), or further down a mesh's own pair, its setup container
+/// then its proxy (another webhook may have put a container ahead of
+/// them, as Vault's agent does with agent-init-first). A container merely
+/// named like a proxy further down moves nothing. A mesh whose proxy is an
+/// ordinary container starts it after every init container: there the
+/// sidecar stays first, and gets its credentials before the mesh's init
+/// container captures the pod's traffic.
 pub(super) fn sidecar_index(spec: &PodSpec) -> usize {
     let native_proxy = |c: &Container| {
         MESH_PROXIES.contains(&c.name.as_str()) && c.restart_policy.as_deref() == Some("Always")
     };
-    let (head, native) = spec
-        .init_containers
+    let mesh = |c: &Container| MESH_INIT_CONTAINERS.contains(&c.name.as_str());
+    let init: Vec<&Container> = spec.init_containers.iter().flatten().collect();
+    let (head, native) = init
         .iter()
-        .flatten()
-        .take_while(|c| MESH_INIT_CONTAINERS.contains(&c.name.as_str()))
+        .take_while(|c| mesh(c))
         .fold((0, false), |(n, native), c| {
             (n + 1, native || native_proxy(c))
         });
+    let after_pair = init
+        .windows(2)
+        .rposition(|w| {
+            mesh(w[0]) && !MESH_PROXIES.contains(&w[0].name.as_str()) && native_proxy(w[1])
+        })
+        .map_or(0, |i| i + 2);
     if native {
-        head
+        head.max(after_pair)
     } else {
-        0
+        after_pair
     }
 }
 
