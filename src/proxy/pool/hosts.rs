@@ -1,8 +1,9 @@
 //! The pool's table of upstream hosts: each host's idle HTTP/1.1
-//! connections and its shared HTTP/2 connection, lent out and taken back
+//! connections and its shared HTTP/2 connections, lent out and taken back
 //! under one lock that is never held across an await, and closed when they
 //! have been idle too long.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -30,8 +31,9 @@ struct Host {
     host_header: Option<HeaderValue>,
     /// Most recently returned last: reused first, while its TLS state is warm.
     idle: Vec<Idle>,
-    /// HTTP/2 (by ALPN) carries every request on one connection.
-    shared_h2: Option<SharedH2>,
+    /// HTTP/2 (by ALPN) carries many requests on a connection: one, or
+    /// more when each is at [`H2_STREAMS_PER_CONNECTION`].
+    shared_h2: Vec<SharedH2>,
     /// Numbers the HTTP/2 connections shared, so a failed one is told apart
     /// from its successor.
     h2_shared_count: u64,
@@ -39,12 +41,16 @@ struct Host {
     reaping: bool,
     /// The connection a request is opening while others wait for it
     /// (numbered, so that only its own guard clears it).
-    connecting: Option<(u64, watch::Receiver<()>)>,
+    connecting: Option<(u64, Opening)>,
     connects: u64,
     /// The last connection opened spoke HTTP/1.1: requests then connect
     /// each on their own.
     speaks_h1: bool,
 }
+
+/// Tells the requests waiting for a connection being opened that it is
+/// done: with the error it failed with, or `None` (up, or given up).
+pub(super) type Opening = watch::Receiver<Option<ProxyError>>;
 
 /// What a request that found no free connection does.
 pub(super) enum Turn {
@@ -52,7 +58,7 @@ pub(super) enum Turn {
     Lead(Leading),
     /// Waits for the connection another request is opening (over HTTP/2
     /// it serves every request), then looks again.
-    Wait(watch::Receiver<()>),
+    Wait(Opening),
     /// Opens one of its own: over HTTP/1.1 a connection carries one
     /// request at a time.
     Own,
@@ -64,7 +70,15 @@ pub(super) struct Leading {
     hosts: Arc<Hosts>,
     host: usize,
     number: u64,
-    _done: watch::Sender<()>,
+    done: watch::Sender<Option<ProxyError>>,
+}
+
+impl Leading {
+    /// The connection could not be opened: the waiting requests get the
+    /// same answer at once, rather than each trying (and waiting) in turn.
+    pub(super) fn failed(&self, error: &ProxyError) {
+        self.done.send_replace(Some(error.clone()));
+    }
 }
 
 impl Drop for Leading {
@@ -82,6 +96,58 @@ struct SharedH2 {
     id: u64,
     sender: H2,
     last_used: Instant,
+    /// Requests on it whose answers have not ended.
+    streams: Arc<AtomicUsize>,
+}
+
+/// Streams one shared HTTP/2 connection takes before the next request
+/// opens another. A server says how many it allows (its
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`), which hyper does not tell; beyond
+/// it requests wait inside the connection for a stream to end, so long
+/// streams held everything else back. RFC 9113 §6.5.2 asks servers to
+/// allow at least 100.
+pub(super) const H2_STREAMS_PER_CONNECTION: usize = 100;
+
+/// Shared HTTP/2 connections a host gets at most; past their streams,
+/// requests wait on the least busy. Each may hold its flow-control window
+/// of answers nobody reads (16 MiB): four hold 64 MiB at most, within the
+/// sidecar's memory limit.
+pub(super) const H2_CONNECTIONS_PER_HOST: usize = 4;
+
+/// One request's stream on a shared HTTP/2 connection: counted until its
+/// answer ends (or it fails), when this is dropped.
+pub(super) struct Stream {
+    id: u64,
+    streams: Arc<AtomicUsize>,
+}
+
+impl Stream {
+    fn take(h2: &SharedH2) -> Self {
+        h2.streams.fetch_add(1, Ordering::Relaxed);
+        Self {
+            id: h2.id,
+            streams: Arc::clone(&h2.streams),
+        }
+    }
+
+    /// Which shared connection it is on.
+    pub(super) fn connection(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("connection", &self.id)
+            .finish()
+    }
 }
 
 struct Idle {
@@ -92,8 +158,8 @@ struct Idle {
 /// A connection lent to one request.
 pub(super) enum Sender {
     H1(H1),
-    /// With the id it is shared under, if it is.
-    H2(H2, Option<u64>),
+    /// With the stream it counts as, if it is shared.
+    H2(H2, Option<Stream>),
 }
 
 /// Where a request goes: its host's place in the table, and its `Host` header.
@@ -111,7 +177,7 @@ impl Host {
                 .ok()
                 .and_then(|h| HeaderValue::from_str(h).ok()),
             idle: Vec::new(),
-            shared_h2: None,
+            shared_h2: Vec::new(),
             h2_shared_count: 0,
             reaping: false,
             connecting: None,
@@ -120,16 +186,27 @@ impl Host {
         }
     }
 
-    /// The shared HTTP/2 connection, or the idle HTTP/1.1 connection
-    /// returned last; expired and closed ones are dropped on the way.
+    /// A shared HTTP/2 connection with a stream to spare, or the idle
+    /// HTTP/1.1 connection returned last; expired and closed ones are
+    /// dropped on the way (streams still open keep theirs until they end).
     fn take(&mut self, idle_timeout: Duration) -> Option<Sender> {
         let now = Instant::now();
-        if let Some(h2) = &mut self.shared_h2 {
-            if !h2.sender.is_closed() && now.duration_since(h2.last_used) < idle_timeout {
+        if !self.shared_h2.is_empty() {
+            self.shared_h2.retain(|h2| {
+                !h2.sender.is_closed() && now.duration_since(h2.last_used) < idle_timeout
+            });
+            let busy = |h2: &&mut SharedH2| h2.streams.load(Ordering::Relaxed);
+            let spare = if self.shared_h2.len() < H2_CONNECTIONS_PER_HOST {
+                self.shared_h2
+                    .iter_mut()
+                    .find(|h2| busy(h2) < H2_STREAMS_PER_CONNECTION)
+            } else {
+                self.shared_h2.iter_mut().min_by_key(busy)
+            };
+            if let Some(h2) = spare {
                 h2.last_used = now;
-                return Some(Sender::H2(h2.sender.clone(), Some(h2.id)));
+                return Some(Sender::H2(h2.sender.clone(), Some(Stream::take(h2))));
             }
-            self.shared_h2 = None;
         }
         while let Some(idle) = self.idle.pop() {
             if !idle.sender.is_closed() && now.duration_since(idle.since) < idle_timeout {
@@ -203,13 +280,13 @@ impl Hosts {
             return Turn::Wait(opening.clone());
         }
         host.connects += 1;
-        let (done, opening) = watch::channel(());
+        let (done, opening) = watch::channel(None);
         host.connecting = Some((host.connects, opening));
         Turn::Lead(Leading {
             hosts: Arc::clone(self),
             host: index,
             number: host.connects,
-            _done: done,
+            done,
         })
     }
 
@@ -220,40 +297,36 @@ impl Hosts {
         }
     }
 
-    /// Shares a new HTTP/2 connection unless a live one is shared already;
-    /// the id it is shared under.
-    pub(super) fn share_h2(self: &Arc<Self>, host: usize, sender: &H2) -> Option<u64> {
+    /// Shares a new HTTP/2 connection; the stream of the request that
+    /// opened it.
+    pub(super) fn share_h2(self: &Arc<Self>, host: usize, sender: &H2) -> Option<Stream> {
         let mut hosts = self.hosts();
         let entry = hosts.get_mut(host)?;
-        if entry
-            .shared_h2
-            .as_ref()
-            .is_some_and(|h2| !h2.sender.is_closed())
-        {
-            return None;
-        }
         entry.h2_shared_count += 1;
-        let id = entry.h2_shared_count;
-        entry.shared_h2 = Some(SharedH2 {
-            id,
+        let shared = SharedH2 {
+            id: entry.h2_shared_count,
             sender: sender.clone(),
             last_used: Instant::now(),
-        });
+            streams: Arc::new(AtomicUsize::new(0)),
+        };
+        let stream = Stream::take(&shared);
+        entry.shared_h2.push(shared);
         let start = !std::mem::replace(&mut entry.reaping, true);
         drop(hosts);
         if start {
             self.start_reaper(host);
         }
-        Some(id)
+        Some(stream)
     }
 
     /// An HTTP/2 connection that could not take a request (closing, or
     /// going away) is shared no longer, so the retry opens a new one.
-    pub(super) fn forget_h2(&self, host: usize, id: Option<u64>) {
+    pub(super) fn forget_h2(&self, host: usize, stream: Option<&Stream>) {
+        let Some(id) = stream.map(Stream::connection) else {
+            return;
+        };
         if let Some(host) = self.hosts().get_mut(host) {
-            if id.is_some() && host.shared_h2.as_ref().map(|h2| h2.id) == id {
-                host.shared_h2 = None;
-            }
+            host.shared_h2.retain(|h2| h2.id != id);
         }
     }
 
@@ -290,15 +363,10 @@ impl Hosts {
         let timeout = self.idle_timeout;
         host.idle
             .retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < timeout);
-        if host
-            .shared_h2
-            .as_ref()
-            .is_some_and(|h2| h2.sender.is_closed() || now.duration_since(h2.last_used) >= timeout)
-        {
-            // Streams still open keep the connection until they end.
-            host.shared_h2 = None;
-        }
-        host.reaping = !host.idle.is_empty() || host.shared_h2.is_some();
+        // Streams still open keep a connection until they end.
+        host.shared_h2
+            .retain(|h2| !h2.sender.is_closed() && now.duration_since(h2.last_used) < timeout);
+        host.reaping = !host.idle.is_empty() || !host.shared_h2.is_empty();
         host.reaping
     }
 

@@ -116,7 +116,9 @@ async fn upstream(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
                     let r = r.clone();
                     async move { Ok::<_, Infallible>(answer(req.uri().path(), r)) }
                 });
-                let builder = auto::Builder::new(TokioExecutor::new());
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                // What RFC 9113 asks a server to allow at least, and many allow.
+                builder.http2().max_concurrent_streams(100);
                 let _ = match tls {
                     Some(tls) => match tls.accept(stream).await {
                         Ok(s) => builder.serve_connection(TokioIo::new(s), service).await,
