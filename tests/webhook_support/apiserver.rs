@@ -341,8 +341,13 @@ pub fn limit_range_violations(pod: &Value, limit_ranges: &[Value]) -> Vec<String
                 // "the named resource must have a request and limit that
                 // are both non-zero" (the API's LimitRangeItem).
                 let (Some((lim, _)), Some((req, _))) = (limits.get(&r), requests.get(&r)) else {
+                    let missing = if requests.contains_key(&r) {
+                        "limit"
+                    } else {
+                        "request"
+                    };
                     out.push(format!(
-                        "{field}: {} max limit to request ratio per Container is {ratio_raw}, but no request or limit is specified",
+                        "{field}: {} max limit to request ratio per Container is {ratio_raw}, but no {missing} is specified or {missing} is 0",
                         r.as_str()
                     ));
                     continue;

@@ -92,7 +92,8 @@ class H2Relay:
             raise answer.exception()  # type: ignore[misc]
 
     async def _answer(self, stream: H2Stream, body: bytes) -> None:
-        headers = [(name, value) for name, value in stream.headers.items()]
+        # A marker the client sent is not ours: only the relay's goes on.
+        headers = [(name, value) for name, value in stream.headers.items() if name.lower() != RELAY_MARKER]
         headers.append((RELAY_MARKER, self.marker(stream.peer_port)))
         url = URL(self.bedrock_url + stream.raw_path, encoded=True)
         resp = await self.session().request(
