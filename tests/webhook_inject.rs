@@ -274,17 +274,17 @@ fn nested(depth: usize, flow: bool) -> String {
 #[test]
 fn deep_documents_are_read_to_a_stated_depth() {
     // A CRD's schema nests two levels a field: real ones reach past the
-    // YAML reader's default of 64. Read to 128, as kubectl does more.
+    // YAML reader's default of 64. Read to 127, as JSON is.
     for flow in [false, true] {
-        let (status, out, err) = run(&nested(128, flow), InjectArgs::default());
+        let (status, out, err) = run(&nested(127, flow), InjectArgs::default());
         assert_eq!(status, InjectStatus::Ok, "flow {flow}: {err}");
         assert!(out.contains("deep"), "flow {flow}: {out}");
 
-        let (status, out, err) = run(&nested(129, flow), InjectArgs::default());
+        let (status, out, err) = run(&nested(128, flow), InjectArgs::default());
         assert_eq!(status, InjectStatus::BadInput, "flow {flow}");
         assert!(out.is_empty());
         assert!(
-            err.contains("nests too deeply") && err.contains("deeper than 128 levels"),
+            err.contains("nests too deeply") && err.contains("deeper than 127 levels"),
             "flow {flow}: {err}"
         );
     }
@@ -292,7 +292,7 @@ fn deep_documents_are_read_to_a_stated_depth() {
     let flow = format!("x: {}{}\n", "[".repeat(300), "]".repeat(300));
     let (status, _, err) = run(&flow, InjectArgs::default());
     assert_eq!(status, InjectStatus::BadInput);
-    assert!(err.contains("deeper than 128 levels"), "{err}");
+    assert!(err.contains("deeper than 127 levels"), "{err}");
     let json = format!(
         "{{\"kind\": \"ConfigMap\", \"data\": {{\"v\": {}{}}}}}",
         "[".repeat(200),
@@ -301,7 +301,7 @@ fn deep_documents_are_read_to_a_stated_depth() {
     let (status, _, err) = run(&json, InjectArgs::default());
     assert_eq!(status, InjectStatus::BadInput);
     assert!(
-        err.contains("nests too deeply") && err.contains("deeper than 128 levels"),
+        err.contains("nests too deeply") && err.contains("deeper than 127 levels"),
         "{err}"
     );
 }

@@ -12,8 +12,9 @@ const MAX_NODES_PER_DOCUMENT: usize = 1_000_000;
 
 /// Levels of nesting a document may reach. A CRD's schema nests two a
 /// field, and real ones go past the YAML reader's default of 64;
-/// serde_json reads JSON to 128, so both readers stop at the same depth.
-const MAX_DEPTH: usize = 128;
+/// serde_json reads JSON to 127 (its recursion limit of 128 counts the
+/// value past the last), so both readers stop at the same depth.
+const MAX_DEPTH: usize = 127;
 
 /// Reads YAML documents as `kubectl` would. The parser's limits (which
 /// stop alias bombs) hold per document: `helm template` of a chart with
