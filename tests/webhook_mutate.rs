@@ -953,6 +953,19 @@ fn the_pod_is_told_what_it_may_not_expect() {
             "{key}"
         );
     }
+    // In bearer mode the sidecar already has the pod's key.
+    let mut bearer = annotated(
+        json!({"containers": [{"name": "app", "image": "app:1",
+            "env": [{"name": "AWS_BEARER_TOKEN_BEDROCK", "value": "ABSKexample"}]}]}),
+        &[("bedrock-broker.io/api-key-secret", "bedrock/api-key")],
+    );
+    if let Some(a) = bearer.metadata.annotations.as_mut() {
+        a.remove("bedrock-broker.io/role-arn");
+    }
+    assert!(warned(
+        &bearer,
+        "refuses the sidecar's http:// endpoint; remove it: the sidecar adds the pod's key"
+    ));
     // HTTPS_PROXY does not apply to the sidecar's http:// URL.
     let https_only = json!([{"name": "HTTPS_PROXY", "value": "http://egress.corp:3128"}]);
     assert!(inject(&proxied(https_only)).warnings.is_empty());

@@ -51,7 +51,7 @@ pub fn notices(
             sidecar.use_dualstack,
         ));
         out.extend(sidecar_behind_proxy(c));
-        out.extend(own_api_key(c));
+        out.extend(own_api_key(c, sidecar.api_key_secret.is_some()));
     }
     out
 }
@@ -62,13 +62,21 @@ pub fn notices(
 /// (langchain-aws, Strands) fail on their first call. Not refused: the
 /// SDKs that send it (LiteLLM, Anthropic) work, the sidecar passing a
 /// real key on.
-fn own_api_key(c: &Container) -> Option<String> {
+/// Silent when it may come from `envFrom` only: unknown.
+fn own_api_key(c: &Container, sidecar_has_key: bool) -> Option<String> {
     let name = vars::AWS_BEARER_TOKEN_BEDROCK.name;
+    let fix = if sidecar_has_key {
+        "remove it: the sidecar adds the pod's key".to_owned()
+    } else {
+        format!(
+            "remove it and let the sidecar sign, or give the key to the sidecar with {}",
+            names::API_KEY_SECRET
+        )
+    };
     c.env.iter().flatten().any(|e| e.name == name).then(|| {
         format!(
-            "container {:?} sets {name}: botocore (boto3, langchain-aws) then refuses the sidecar's http:// endpoint; remove it and let the sidecar sign, or give the key to the sidecar with {}",
-            c.name,
-            names::API_KEY_SECRET
+            "container {:?} sets {name}: botocore (boto3, langchain-aws) then refuses the sidecar's http:// endpoint; {fix}",
+            c.name
         )
     })
 }
