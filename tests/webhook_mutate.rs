@@ -341,20 +341,29 @@ fn patch_pointers_are_escaped() {
     assert_eq!(first, "/metadata/annotations/bedrock-broker.io~1injected");
 }
 
+/// A ServiceAccount's annotations.
+fn service_account(annotations: &[(&str, &str)]) -> StringMap {
+    annotations
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// What the webhook knows of a pod whose ServiceAccount has `sa`.
+fn with_service_account(sa: &StringMap) -> ClusterFacts<'_> {
+    ClusterFacts {
+        service_account_annotations: Some(sa),
+        ..Default::default()
+    }
+}
+
 #[test]
 fn role_comes_from_the_service_account_when_the_pod_names_none() {
     let mut p = opted_in(json!({"serviceAccountName": "chat-app"}));
     p.metadata.annotations = None;
-    let sa: StringMap = [(
-        "eks.amazonaws.com/role-arn".to_owned(),
-        CHAT_APP_ROLE.to_owned(),
-    )]
-    .into();
-    let facts = ClusterFacts {
-        service_account_annotations: Some(&sa),
-        ..Default::default()
-    };
-    let Ok(Outcome::Injected(i)) = webhook::inject(&p, &facts, &defaults()) else {
+    let sa = service_account(&[("eks.amazonaws.com/role-arn", CHAT_APP_ROLE)]);
+    let Ok(Outcome::Injected(i)) = webhook::inject(&p, &with_service_account(&sa), &defaults())
+    else {
         panic!("not injected");
     };
     assert!(matches!(
@@ -373,18 +382,8 @@ fn role_comes_from_the_service_account_when_the_pod_names_none() {
 fn a_bad_service_account_role_is_named() {
     let mut p = opted_in(json!({"serviceAccountName": "chat-app"}));
     p.metadata.annotations = None;
-    let sa: StringMap = [(
-        "eks.amazonaws.com/role-arn".to_owned(),
-        "chat-role".to_owned(),
-    )]
-    .into();
-    let msg = denial(
-        &p,
-        &ClusterFacts {
-            service_account_annotations: Some(&sa),
-            ..Default::default()
-        },
-    );
+    let sa = service_account(&[("eks.amazonaws.com/role-arn", "chat-role")]);
+    let msg = denial(&p, &with_service_account(&sa));
     assert!(
         msg.contains("ServiceAccount \"chat-app\" annotation eks.amazonaws.com/role-arn"),
         "{msg}"
@@ -397,21 +396,11 @@ fn the_service_accounts_audience_is_the_tokens_as_eks_reads_it() {
     // ServiceAccount names; a role trusting only that one refused ours.
     let mut p = opted_in(json!({"serviceAccountName": "chat-app"}));
     p.metadata.annotations = None;
-    let sa: StringMap = [
-        (
-            "eks.amazonaws.com/role-arn".to_owned(),
-            CHAT_APP_ROLE.to_owned(),
-        ),
-        (
-            "eks.amazonaws.com/audience".to_owned(),
-            "my-oidc-client".to_owned(),
-        ),
-    ]
-    .into();
-    let facts = ClusterFacts {
-        service_account_annotations: Some(&sa),
-        ..Default::default()
-    };
+    let sa = service_account(&[
+        ("eks.amazonaws.com/role-arn", CHAT_APP_ROLE),
+        ("eks.amazonaws.com/audience", "my-oidc-client"),
+    ]);
+    let facts = with_service_account(&sa);
     let Ok(Outcome::Injected(i)) = webhook::inject(&p, &facts, &defaults()) else {
         panic!("not injected");
     };
@@ -456,24 +445,11 @@ fn the_service_accounts_audience_is_the_tokens_as_eks_reads_it() {
     };
     assert_eq!(audience_of(&i, &p), Some(json!("pod-audience")));
     p.metadata.annotations = None;
-    let bad: StringMap = [
-        (
-            "eks.amazonaws.com/role-arn".to_owned(),
-            CHAT_APP_ROLE.to_owned(),
-        ),
-        (
-            "eks.amazonaws.com/audience".to_owned(),
-            "two words".to_owned(),
-        ),
-    ]
-    .into();
-    let msg = denial(
-        &p,
-        &ClusterFacts {
-            service_account_annotations: Some(&bad),
-            ..Default::default()
-        },
-    );
+    let bad = service_account(&[
+        ("eks.amazonaws.com/role-arn", CHAT_APP_ROLE),
+        ("eks.amazonaws.com/audience", "two words"),
+    ]);
+    let msg = denial(&p, &with_service_account(&bad));
     assert!(
         msg.contains("ServiceAccount \"chat-app\" annotation eks.amazonaws.com/audience"),
         "{msg}"

@@ -355,6 +355,21 @@ def token_dir(tmp_path) -> TokenDir:
 
 
 @pytest.fixture
+def h2_env(fake_aws_h2, token_dir, tls_material) -> dict[str, str]:
+    """The sidecar's environment against the fake's HTTP/2 port (TLS, ALPN
+    h2), as Bedrock's endpoints are reached; the fake reset first."""
+    fake_aws_h2.post("/reset")
+    return {
+        "AWS_REGION": REGION,
+        "AWS_ROLE_ARN": ROLE_ARN,
+        "AWS_WEB_IDENTITY_TOKEN_FILE": str(token_dir.path),
+        "AWS_ENDPOINT_URL_STS": fake_aws_h2.sts,
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws_h2.bedrock_h2,
+        "AWS_CA_BUNDLE": str(tls_material["ca"]),
+    }
+
+
+@pytest.fixture
 def irsa_env(fake_aws: FakeAws, token_dir: TokenDir) -> dict[str, str]:
     """The environment the EKS Pod Identity Webhook (or our injector) gives a pod."""
     return {

@@ -23,7 +23,7 @@ import urllib.parse
 import pytest
 import requests
 
-from conftest import REGION, ROLE_ARN, ROOT, wait_for
+from conftest import REGION, ROOT, wait_for
 
 sys.path.insert(0, str(ROOT / "tests" / "fakes"))
 import eventstream  # noqa: E402  (the fakes' encoder; botocore only decodes)
@@ -35,16 +35,8 @@ OPERATION = "invoke_bidirectional_stream"
 
 
 @pytest.fixture
-def bidi_env(fake_aws_h2, token_dir, tls_material) -> dict[str, str]:
-    fake_aws_h2.post("/reset")
-    return {
-        "AWS_REGION": REGION,
-        "AWS_ROLE_ARN": ROLE_ARN,
-        "AWS_WEB_IDENTITY_TOKEN_FILE": str(token_dir.path),
-        "AWS_ENDPOINT_URL_STS": fake_aws_h2.sts,
-        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws_h2.bedrock_h2,
-        "AWS_CA_BUNDLE": str(tls_material["ca"]),
-    }
+def bidi_env(h2_env) -> dict[str, str]:
+    return h2_env
 
 
 def bidi_records(fake) -> list[dict]:

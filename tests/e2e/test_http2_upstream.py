@@ -18,25 +18,12 @@ import uuid
 
 import pytest
 
-from conftest import REGION, ROLE_ARN, Collector, wait_for
+from conftest import Collector, wait_for
 from test_sdk_clients import bedrock_client, openai_client
 
 MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
 OPENAI_MODEL = "openai.gpt-oss-20b-1:0"
 MESSAGES = [{"role": "user", "content": [{"text": "one two three"}]}]
-
-
-@pytest.fixture
-def h2_env(fake_aws_h2, token_dir, tls_material) -> dict[str, str]:
-    fake_aws_h2.post("/reset")
-    return {
-        "AWS_REGION": REGION,
-        "AWS_ROLE_ARN": ROLE_ARN,
-        "AWS_WEB_IDENTITY_TOKEN_FILE": str(token_dir.path),
-        "AWS_ENDPOINT_URL_STS": fake_aws_h2.sts,
-        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws_h2.bedrock_h2,
-        "AWS_CA_BUNDLE": str(tls_material["ca"]),
-    }
 
 
 def tokens(sidecar, model: str, direction: str) -> float:

@@ -106,16 +106,12 @@ def test_streams_whose_clients_stop_reading_stay_under_the_memory_limit(start_si
     unread_streams_peak(start_sidecar({**irsa_env, **shipped_env()}), fake_aws)
 
 
-def test_unread_streams_over_an_http2_upstream_stay_under_the_memory_limit(start_sidecar, fake_aws_h2, irsa_env,
-                                                                           tls_material):
+def test_unread_streams_over_an_http2_upstream_stay_under_the_memory_limit(start_sidecar, fake_aws_h2, h2_env):
     # Over HTTP/2 (Bedrock's own protocol) the 200 streams share two
     # connections (100 streams each, which the fake allows, as servers
     # usually do): what the sidecar holds is bounded by their flow-control
     # windows, and the rest waits at Bedrock.
-    fake_aws_h2.post("/reset")
-    env = {**irsa_env, "AWS_ENDPOINT_URL_STS": fake_aws_h2.sts, "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws_h2.bedrock_h2,
-           "AWS_CA_BUNDLE": str(tls_material["ca"])}
-    unread_streams_peak(start_sidecar({**env, **shipped_env()}), fake_aws_h2)
+    unread_streams_peak(start_sidecar({**h2_env, **shipped_env()}), fake_aws_h2)
     assert {r["http_version"] for r in fake_aws_h2.requests()} == {"2"}
 
 
