@@ -929,6 +929,15 @@ fn the_pod_is_told_what_it_may_not_expect() {
             "{key}"
         );
     }
+    // An availability zone given as the region: taken, and said.
+    assert!(warned(
+        &annotated(json!({}), &[("bedrock-broker.io/region", "us-east-1a")]),
+        "region \"us-east-1a\" is not shaped like an AWS region"
+    ));
+    assert!(!warned(
+        &annotated(json!({}), &[("bedrock-broker.io/region", "us-gov-west-1")]),
+        "not shaped like"
+    ));
     // In bearer mode the sidecar already has the pod's key.
     let mut bearer = annotated(
         json!({"containers": [{"name": "app", "image": "app:1",

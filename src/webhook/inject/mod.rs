@@ -139,6 +139,14 @@ pub fn inject(
         return Err(Denial { problems });
     };
     warnings.extend(role::warning(&resolved.auth, facts));
+    if !resolved.region.is_aws_shaped() {
+        // Taken (a private endpoint may sign for a name of its own), but
+        // an availability zone (us-east-1a) is the usual slip.
+        warnings.push(format!(
+            "region {:?} is not shaped like an AWS region (such as us-east-1): the sidecar would sign for it and call hosts named after it",
+            resolved.region.as_str()
+        ));
+    }
     let rendered = render::render(&sidecar, &resolved, &fitted);
     warnings.extend(notices::notices(spec, &sidecar, &fitted, &rendered.app_env));
     let patch = patch::build(pod, spec, sidecar.mode.value, &rendered, &fitted)?;
