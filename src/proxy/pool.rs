@@ -28,7 +28,7 @@ use super::error::ProxyError;
 use super::upstream::{answer_error, upstream_error, went_away, Connector};
 use body::Lease;
 pub use body::PooledBody;
-use hosts::{Hosts, Sender, Stream, Target, Turn};
+use hosts::{Hosts, Sender, Target, Turn};
 pub use sending::Sending;
 use sending::{Answer, Sent};
 
@@ -139,9 +139,9 @@ impl Pool {
                     uri,
                 }
             }
-            Some(Sender::H2(mut sender, stream)) if sender.is_ready() => Sent::H2 {
+            Some(Sender::H2(mut sender, id)) if sender.is_ready() => Sent::H2 {
                 answer: sender.try_send_request(request),
-                stream,
+                id,
                 target,
             },
             free => Sent::Later {
@@ -168,7 +168,7 @@ impl Pool {
             };
             let sent = match sender {
                 Sender::H1(sender) => self.send_h1(&target, sender, request).await,
-                Sender::H2(sender, stream) => self.send_h2(&target, sender, stream, request).await,
+                Sender::H2(sender, id) => self.send_h2(&target, sender, id, request).await,
             };
             match sent {
                 Ok(response) => return Ok(response),
@@ -218,14 +218,14 @@ impl Pool {
     fn answered_h2(
         &self,
         target: &Target,
-        stream: Option<Stream>,
+        id: Option<u64>,
         answer: Answer,
     ) -> Result<Response<PooledBody>, Failure> {
         match answer {
-            Ok(response) => Ok(response.map(|body| PooledBody::on_stream(body, stream))),
+            Ok(response) => Ok(response.map(|body| PooledBody::new(body, None))),
             Err(mut e) => match e.take_message() {
                 Some(unsent) => {
-                    self.hosts.forget_h2(target.index, stream.as_ref());
+                    self.hosts.forget_h2(target.index, id);
                     Err(Failure::Unsent(Box::new(unsent)))
                 }
                 None => {
@@ -233,7 +233,7 @@ impl Pool {
                     // A GOAWAY ends the connection for new streams too; a
                     // stream refused alone (REFUSED_STREAM) leaves it usable.
                     if went_away(&e) {
-                        self.hosts.forget_h2(target.index, stream.as_ref());
+                        self.hosts.forget_h2(target.index, id);
                     }
                     Err(Failure::Failed(answer_error(&e)))
                 }
@@ -264,15 +264,15 @@ impl Pool {
         &self,
         target: &Target,
         mut sender: H2,
-        stream: Option<Stream>,
+        id: Option<u64>,
         request: Request<Full<Bytes>>,
     ) -> Result<Response<PooledBody>, Failure> {
         if sender.ready().await.is_err() {
-            self.hosts.forget_h2(target.index, stream.as_ref());
+            self.hosts.forget_h2(target.index, id);
             return Err(Failure::Unsent(Box::new(request)));
         }
         let answer = sender.try_send_request(request).await;
-        self.answered_h2(target, stream, answer)
+        self.answered_h2(target, id, answer)
     }
 
     /// A connection for a request that found none free: the one another
@@ -296,8 +296,8 @@ impl Pool {
                 }
                 match self.hosts.checkout(host) {
                     Some(sender) => Ok((sender, true)),
-                    // Full already, or the opener gave up (its client went
-                    // away), or the host spoke HTTP/1.1: another turn.
+                    // The opener gave up (its client went away), or the
+                    // host spoke HTTP/1.1: another turn.
                     None => Box::pin(self.connection(host, uri)).await,
                 }
             }
@@ -340,8 +340,8 @@ impl Pool {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 }
             });
-            let stream = self.hosts.share_h2(host, &sender);
-            Ok(Sender::H2(sender, stream))
+            let id = self.hosts.share_h2(host, &sender);
+            Ok(Sender::H2(sender, id))
         } else {
             let (sender, connection) = http1::Builder::new()
                 .max_buf_size(UPSTREAM_READ_BUFFER)

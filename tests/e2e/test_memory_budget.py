@@ -107,10 +107,10 @@ def test_streams_whose_clients_stop_reading_stay_under_the_memory_limit(start_si
 
 
 def test_unread_streams_over_an_http2_upstream_stay_under_the_memory_limit(start_sidecar, fake_aws_h2, h2_env):
-    # Over HTTP/2 (Bedrock's own protocol) the 200 streams share two
-    # connections (100 streams each, which the fake allows, as servers
-    # usually do): what the sidecar holds is bounded by their flow-control
-    # windows, and the rest waits at Bedrock.
+    # Over HTTP/2 (Bedrock's own protocol) the 200 streams share one
+    # connection (the fake allows 1000 streams on it): what the sidecar
+    # holds is bounded by its flow-control windows, and the rest waits at
+    # Bedrock.
     unread_streams_peak(start_sidecar({**h2_env, **shipped_env()}), fake_aws_h2)
     assert {r["http_version"] for r in fake_aws_h2.requests()} == {"2"}
 

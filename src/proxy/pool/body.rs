@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::hosts::{Hosts, Stream};
+use super::hosts::Hosts;
 use super::H1;
 
 /// An HTTP/1.1 connection lent to one response, handed back when its body ends.
@@ -29,12 +29,10 @@ impl Lease {
 
 /// A response body from the pool. When it ends, its connection goes back
 /// for the next request; dropped unfinished, the connection closes with it.
-/// On a shared HTTP/2 connection, its stream counts until then.
 #[derive(Debug)]
 pub struct PooledBody {
     inner: Incoming,
     lease: Option<Lease>,
-    stream: Option<Stream>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -45,20 +43,7 @@ impl std::fmt::Debug for Lease {
 
 impl PooledBody {
     pub(super) fn new(inner: Incoming, lease: Option<Lease>) -> Self {
-        Self {
-            inner,
-            lease,
-            stream: None,
-        }
-    }
-
-    /// A body on a stream of a shared HTTP/2 connection.
-    pub(super) fn on_stream(inner: Incoming, stream: Option<Stream>) -> Self {
-        Self {
-            inner,
-            lease: None,
-            stream,
-        }
+        Self { inner, lease }
     }
 
     /// A body whose connection is not the pool's (bidirectional streams).
@@ -70,7 +55,6 @@ impl PooledBody {
         if let Some(lease) = self.lease.take() {
             lease.give_back();
         }
-        self.stream = None;
     }
 }
 
@@ -88,10 +72,7 @@ impl Body for PooledBody {
             Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.give_back(),
             Poll::Ready(None) => this.give_back(),
             // The connection is broken: never lend it again.
-            Poll::Ready(Some(Err(_))) => {
-                drop(this.lease.take());
-                this.stream = None;
-            }
+            Poll::Ready(Some(Err(_))) => drop(this.lease.take()),
             _ => {}
         }
         polled

@@ -1,9 +1,8 @@
 //! The pool's table of upstream hosts: each host's idle HTTP/1.1
-//! connections and its shared HTTP/2 connections, lent out and taken back
+//! connections and its shared HTTP/2 connection, lent out and taken back
 //! under one lock that is never held across an await, and closed when they
 //! have been idle too long.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -31,9 +30,8 @@ struct Host {
     host_header: Option<HeaderValue>,
     /// Most recently returned last: reused first, while its TLS state is warm.
     idle: Vec<Idle>,
-    /// HTTP/2 (by ALPN) carries many requests on a connection: one, or
-    /// more when each is at [`H2_STREAMS_PER_CONNECTION`].
-    shared_h2: Vec<SharedH2>,
+    /// HTTP/2 (by ALPN) carries every request on one connection.
+    shared_h2: Option<SharedH2>,
     /// Numbers the HTTP/2 connections shared, so a failed one is told apart
     /// from its successor.
     h2_shared_count: u64,
@@ -96,58 +94,6 @@ struct SharedH2 {
     id: u64,
     sender: H2,
     last_used: Instant,
-    /// Requests on it whose answers have not ended.
-    streams: Arc<AtomicUsize>,
-}
-
-/// Streams one shared HTTP/2 connection takes before the next request
-/// opens another. A server says how many it allows (its
-/// `SETTINGS_MAX_CONCURRENT_STREAMS`), which hyper does not tell; beyond
-/// it requests wait inside the connection for a stream to end, so long
-/// streams held everything else back. RFC 9113 §6.5.2 asks servers to
-/// allow at least 100.
-pub(super) const H2_STREAMS_PER_CONNECTION: usize = 100;
-
-/// Shared HTTP/2 connections a host gets at most; past their streams,
-/// requests wait on the least busy. Each may hold its flow-control window
-/// of answers nobody reads (16 MiB): four hold 64 MiB at most, within the
-/// sidecar's memory limit.
-pub(super) const H2_CONNECTIONS_PER_HOST: usize = 4;
-
-/// One request's stream on a shared HTTP/2 connection: counted until its
-/// answer ends (or it fails), when this is dropped.
-pub(super) struct Stream {
-    id: u64,
-    streams: Arc<AtomicUsize>,
-}
-
-impl Stream {
-    fn take(h2: &SharedH2) -> Self {
-        h2.streams.fetch_add(1, Ordering::Relaxed);
-        Self {
-            id: h2.id,
-            streams: Arc::clone(&h2.streams),
-        }
-    }
-
-    /// Which shared connection it is on.
-    pub(super) fn connection(&self) -> u64 {
-        self.id
-    }
-}
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        self.streams.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl std::fmt::Debug for Stream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stream")
-            .field("connection", &self.id)
-            .finish()
-    }
 }
 
 struct Idle {
@@ -158,8 +104,8 @@ struct Idle {
 /// A connection lent to one request.
 pub(super) enum Sender {
     H1(H1),
-    /// With the stream it counts as, if it is shared.
-    H2(H2, Option<Stream>),
+    /// With the id it is shared under, if it is.
+    H2(H2, Option<u64>),
 }
 
 /// Where a request goes: its host's place in the table, and its `Host` header.
@@ -177,7 +123,7 @@ impl Host {
                 .ok()
                 .and_then(|h| HeaderValue::from_str(h).ok()),
             idle: Vec::new(),
-            shared_h2: Vec::new(),
+            shared_h2: None,
             h2_shared_count: 0,
             reaping: false,
             connecting: None,
@@ -186,27 +132,16 @@ impl Host {
         }
     }
 
-    /// A shared HTTP/2 connection with a stream to spare, or the idle
-    /// HTTP/1.1 connection returned last; expired and closed ones are
-    /// dropped on the way (streams still open keep theirs until they end).
+    /// The shared HTTP/2 connection, or the idle HTTP/1.1 connection
+    /// returned last; expired and closed ones are dropped on the way.
     fn take(&mut self, idle_timeout: Duration) -> Option<Sender> {
         let now = Instant::now();
-        if !self.shared_h2.is_empty() {
-            self.shared_h2.retain(|h2| {
-                !h2.sender.is_closed() && now.duration_since(h2.last_used) < idle_timeout
-            });
-            let busy = |h2: &&mut SharedH2| h2.streams.load(Ordering::Relaxed);
-            let spare = if self.shared_h2.len() < H2_CONNECTIONS_PER_HOST {
-                self.shared_h2
-                    .iter_mut()
-                    .find(|h2| busy(h2) < H2_STREAMS_PER_CONNECTION)
-            } else {
-                self.shared_h2.iter_mut().min_by_key(busy)
-            };
-            if let Some(h2) = spare {
+        if let Some(h2) = &mut self.shared_h2 {
+            if !h2.sender.is_closed() && now.duration_since(h2.last_used) < idle_timeout {
                 h2.last_used = now;
-                return Some(Sender::H2(h2.sender.clone(), Some(Stream::take(h2))));
+                return Some(Sender::H2(h2.sender.clone(), Some(h2.id)));
             }
+            self.shared_h2 = None;
         }
         while let Some(idle) = self.idle.pop() {
             if !idle.sender.is_closed() && now.duration_since(idle.since) < idle_timeout {
@@ -297,36 +232,40 @@ impl Hosts {
         }
     }
 
-    /// Shares a new HTTP/2 connection; the stream of the request that
-    /// opened it.
-    pub(super) fn share_h2(self: &Arc<Self>, host: usize, sender: &H2) -> Option<Stream> {
+    /// Shares a new HTTP/2 connection unless a live one is shared already;
+    /// the id it is shared under.
+    pub(super) fn share_h2(self: &Arc<Self>, host: usize, sender: &H2) -> Option<u64> {
         let mut hosts = self.hosts();
         let entry = hosts.get_mut(host)?;
+        if entry
+            .shared_h2
+            .as_ref()
+            .is_some_and(|h2| !h2.sender.is_closed())
+        {
+            return None;
+        }
         entry.h2_shared_count += 1;
-        let shared = SharedH2 {
-            id: entry.h2_shared_count,
+        let id = entry.h2_shared_count;
+        entry.shared_h2 = Some(SharedH2 {
+            id,
             sender: sender.clone(),
             last_used: Instant::now(),
-            streams: Arc::new(AtomicUsize::new(0)),
-        };
-        let stream = Stream::take(&shared);
-        entry.shared_h2.push(shared);
+        });
         let start = !std::mem::replace(&mut entry.reaping, true);
         drop(hosts);
         if start {
             self.start_reaper(host);
         }
-        Some(stream)
+        Some(id)
     }
 
     /// An HTTP/2 connection that could not take a request (closing, or
     /// going away) is shared no longer, so the retry opens a new one.
-    pub(super) fn forget_h2(&self, host: usize, stream: Option<&Stream>) {
-        let Some(id) = stream.map(Stream::connection) else {
-            return;
-        };
+    pub(super) fn forget_h2(&self, host: usize, id: Option<u64>) {
         if let Some(host) = self.hosts().get_mut(host) {
-            host.shared_h2.retain(|h2| h2.id != id);
+            if id.is_some() && host.shared_h2.as_ref().map(|h2| h2.id) == id {
+                host.shared_h2 = None;
+            }
         }
     }
 
@@ -363,10 +302,15 @@ impl Hosts {
         let timeout = self.idle_timeout;
         host.idle
             .retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < timeout);
-        // Streams still open keep a connection until they end.
-        host.shared_h2
-            .retain(|h2| !h2.sender.is_closed() && now.duration_since(h2.last_used) < timeout);
-        host.reaping = !host.idle.is_empty() || !host.shared_h2.is_empty();
+        if host
+            .shared_h2
+            .as_ref()
+            .is_some_and(|h2| h2.sender.is_closed() || now.duration_since(h2.last_used) >= timeout)
+        {
+            // Streams still open keep the connection until they end.
+            host.shared_h2 = None;
+        }
+        host.reaping = !host.idle.is_empty() || host.shared_h2.is_some();
         host.reaping
     }
 

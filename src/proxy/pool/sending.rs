@@ -11,7 +11,7 @@ use http::{Request, Response, Uri};
 use http_body_util::Full;
 use hyper::client::conn::TrySendError;
 
-use super::hosts::{Stream, Target};
+use super::hosts::Target;
 use super::{Failure, Pool, PooledBody, H1};
 use crate::proxy::error::ProxyError;
 
@@ -45,11 +45,11 @@ pin_project_lite::pin_project! {
             // The request's absolute URI, should it have to go again.
             uri: Uri,
         },
-        /// Handed to one of the host's HTTP/2 connections.
+        /// Handed to the host's HTTP/2 connection.
         H2 {
             #[pin]
             answer: A2,
-            stream: Option<Stream>,
+            id: Option<u64>,
             target: Target,
         },
         /// Connecting, waiting for a busy connection, or sending again.
@@ -93,12 +93,12 @@ where
             }
             SentProj::H2 { answer, .. } => {
                 let answer = ready!(answer.poll(cx));
-                let SentOwn::H2 { stream, target, .. } =
+                let SentOwn::H2 { id, target, .. } =
                     this.state.as_mut().project_replace(Sent::Done)
                 else {
                     return Poll::Ready(Err(answered()));
                 };
-                match pool.answered_h2(&target, stream, answer) {
+                match pool.answered_h2(&target, id, answer) {
                     Ok(response) => return Poll::Ready(Ok(response)),
                     Err(failure) => (failure, target),
                 }

@@ -170,32 +170,6 @@ async fn an_answer_head_past_16_kib_is_taken_over_http2() {
 }
 
 #[tokio::test]
-async fn requests_past_a_connections_streams_go_on_another() {
-    // Past the streams a server allows at once, requests waited inside
-    // the one shared connection: 100 long answers held up every other.
-    let (up, pool) = tls_upstream_and_pool(Duration::from_secs(60)).await;
-    let mut held = Vec::new();
-    for _ in 0..hosts::H2_STREAMS_PER_CONNECTION {
-        held.push(pool.send(request("https", up.addr, "/hold")).await.unwrap());
-    }
-    assert_eq!(up.accepted(), 1);
-    let more = within_5s(pool.send(request("https", up.addr, "/"))).await;
-    assert_eq!(within_5s(read_all(more.unwrap())).await, "ok");
-    assert_eq!(up.accepted(), 2);
-
-    // Answers that end give their streams back.
-    up.release.add_permits(held.len());
-    for response in held {
-        assert_eq!(read_all(response).await, "ab");
-    }
-    for _ in 0..3 {
-        let response = pool.send(request("https", up.addr, "/")).await.unwrap();
-        assert_eq!(read_all(response).await, "ok");
-    }
-    assert_eq!(up.accepted(), 2);
-}
-
-#[tokio::test]
 async fn requests_waiting_for_a_connection_that_fails_get_its_error_at_once() {
     // An upstream that takes TCP and never answers TLS: the request
     // opening the connection times out, and those waiting for it must not
@@ -224,25 +198,4 @@ async fn requests_waiting_for_a_connection_that_fails_get_its_error_at_once() {
     }
     // One connection tried for all: none dialed again after it failed.
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
-}
-
-#[tokio::test]
-async fn a_host_gets_a_bounded_number_of_http2_connections() {
-    // Each connection may hold its window of unread answers: past the
-    // cap, requests wait on the least busy one instead of opening more.
-    let (up, pool) = tls_upstream_and_pool(Duration::from_secs(60)).await;
-    let mut held = Vec::new();
-    let most = hosts::H2_STREAMS_PER_CONNECTION * hosts::H2_CONNECTIONS_PER_HOST;
-    for _ in 0..most {
-        held.push(pool.send(request("https", up.addr, "/hold")).await.unwrap());
-    }
-    assert_eq!(up.accepted(), hosts::H2_CONNECTIONS_PER_HOST);
-    // `send` takes its connection at once: all of them are full here.
-    let waiting = pool.send(request("https", up.addr, "/"));
-    up.release.add_permits(held.len());
-    for response in held {
-        assert_eq!(read_all(response).await, "ab");
-    }
-    assert_eq!(read_all(within_5s(waiting).await.unwrap()).await, "ok");
-    assert_eq!(up.accepted(), hosts::H2_CONNECTIONS_PER_HOST);
 }

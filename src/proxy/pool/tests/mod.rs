@@ -116,9 +116,7 @@ async fn upstream(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
                     let r = r.clone();
                     async move { Ok::<_, Infallible>(answer(req.uri().path(), r)) }
                 });
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                // What RFC 9113 asks a server to allow at least, and many allow.
-                builder.http2().max_concurrent_streams(100);
+                let builder = auto::Builder::new(TokioExecutor::new());
                 let _ = match tls {
                     Some(tls) => match tls.accept(stream).await {
                         Ok(s) => builder.serve_connection(TokioIo::new(s), service).await,
