@@ -72,21 +72,29 @@ pub mod names {
 }
 
 /// Every annotation under our prefix that we do not read: a typo would
-/// otherwise silently leave a default in place. The opt-in label written
-/// as an annotation is judged with the opt-in (`decide`).
+/// otherwise silently leave a default in place. Names are case-sensitive,
+/// so a prefix differing in case only counts as ours too. The opt-in label
+/// written as an annotation is judged with the opt-in (`decide`).
 fn unknown(annotations: &BTreeMap<String, String>) -> Vec<String> {
+    let ours = |key: &str| {
+        key.get(..names::PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(names::PREFIX))
+    };
     annotations
         .keys()
         .filter(|key| {
-            key.starts_with(names::PREFIX)
-                && !names::KNOWN.contains(&key.as_str())
-                && *key != names::INJECT_LABEL
+            ours(key) && !names::KNOWN.contains(&key.as_str()) && *key != names::INJECT_LABEL
         })
         .map(|key| {
-            format!(
-                "{key} is not an annotation bedrock-broker knows; known annotations: {}",
-                names::KNOWN[1..].join(", ")
-            )
+            let lower = key.to_ascii_lowercase();
+            if names::KNOWN.contains(&lower.as_str()) || lower == names::INJECT_LABEL {
+                format!("{key} is not an annotation bedrock-broker knows: names are case-sensitive, write {lower}")
+            } else {
+                format!(
+                    "{key} is not an annotation bedrock-broker knows; known annotations: {}",
+                    names::KNOWN[1..].join(", ")
+                )
+            }
         })
         .collect()
 }

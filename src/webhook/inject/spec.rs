@@ -397,6 +397,15 @@ mod tests {
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("bedrock-broker.io/rol-arn is not an annotation"));
         assert!(problems[0].contains("bedrock-broker.io/role-arn"));
+
+        // Annotation names are case-sensitive: a capital left the default
+        // in place without a word.
+        let problems = parse(&[("Bedrock-Broker.io/Port", "9000")]).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("Bedrock-Broker.io/Port is not an annotation bedrock-broker knows: names are case-sensitive, write bedrock-broker.io/port"),
+            "{problems:?}"
+        );
     }
 
     #[test]
