@@ -182,17 +182,6 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, found: u32) {
     remove_found(headers, &HOP_BY_HOP, found & HOP_BY_HOP_BITS);
 }
 
-/// Whether a body has a content coding other than identity: its bytes
-/// are not those its content type describes.
-pub fn is_encoded(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(http::header::CONTENT_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"identity"))
-}
-
 /// Prepares upstream response headers for the client: hop-by-hop headers
 /// go, and with `Transfer-Encoding` so does `Content-Length`. hyper decoded
 /// the body by its transfer coding (RFC 9112 §6.3: it wins over the
@@ -274,23 +263,6 @@ pub fn prepare_request_headers(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_body_is_encoded_by_any_coding_but_identity() {
-        let encoded = |values: &[&str]| {
-            let mut h = HeaderMap::new();
-            for v in values {
-                h.append(http::header::CONTENT_ENCODING, v.parse().unwrap());
-            }
-            is_encoded(&h)
-        };
-        assert!(!encoded(&[]));
-        assert!(!encoded(&["identity"]));
-        assert!(!encoded(&[" Identity , "]));
-        assert!(encoded(&["gzip"]));
-        assert!(encoded(&["identity", "br"]));
-        assert!(encoded(&["identity, deflate"]));
-    }
     use http::HeaderValue;
 
     #[test]

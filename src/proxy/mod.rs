@@ -79,6 +79,7 @@ use classify::Classified;
 use pool::PooledBody;
 use response_body::{Completion, InFlight, Occupancy, StreamKind, UpstreamBody};
 use unanswered::{Arrived, Unanswered};
+use usage::decode::Coding;
 use usage::UsageRecorder;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -281,7 +282,7 @@ impl Proxy {
         // placed between two of them nor told in a plain error event
         // after them, so it is cut off as a plain answer is (the usage tap
         // reads a decoded copy, by the content type).
-        let framing = if kind != StreamKind::Plain && headers::is_encoded(response.headers()) {
+        let framing = if kind != StreamKind::Plain && Coding::encoded(response.headers()) {
             StreamKind::Plain
         } else {
             kind

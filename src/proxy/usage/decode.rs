@@ -44,6 +44,12 @@ impl Coding {
         };
         codings.next().is_none().then_some(coding)
     }
+
+    /// Whether the body has a content coding other than identity (readable
+    /// or not): its bytes are not those its content type describes.
+    pub fn encoded(headers: &HeaderMap) -> bool {
+        Self::of(headers) != Some(Self::Identity)
+    }
 }
 
 /// Compressed input decoded per step: deflate expands at most about 1,032
@@ -172,6 +178,17 @@ mod tests {
         assert_eq!(Coding::of(&headers(&["br"])), None);
         assert_eq!(Coding::of(&headers(&["gzip, br"])), None);
         assert_eq!(Coding::of(&headers(&["gzip", "gzip"])), None);
+    }
+
+    #[test]
+    fn a_body_is_encoded_by_any_coding_but_identity() {
+        let encoded = |values: &[&str]| Coding::encoded(&headers(values));
+        assert!(!encoded(&[]));
+        assert!(!encoded(&["identity"]));
+        assert!(!encoded(&[" Identity , "]));
+        assert!(encoded(&["gzip"]));
+        assert!(encoded(&["identity", "br"]));
+        assert!(encoded(&["identity, deflate"]));
     }
 
     #[test]

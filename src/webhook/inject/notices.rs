@@ -65,15 +65,15 @@ pub fn notices(
 /// Silent when it may come from `envFrom` only: unknown.
 fn own_api_key(c: &Container, sidecar_has_key: bool) -> Option<String> {
     let name = vars::AWS_BEARER_TOKEN_BEDROCK.name;
-    let fix = if sidecar_has_key {
-        "remove it: the sidecar adds the pod's key".to_owned()
-    } else {
-        format!(
-            "remove it and let the sidecar sign, or give the key to the sidecar with {}",
-            names::API_KEY_SECRET
-        )
-    };
     c.env.iter().flatten().any(|e| e.name == name).then(|| {
+        let fix = if sidecar_has_key {
+            "remove it: the sidecar adds the pod's key".to_owned()
+        } else {
+            format!(
+                "remove it and let the sidecar sign, or give the key to the sidecar with {}",
+                names::API_KEY_SECRET
+            )
+        };
         format!(
             "container {:?} sets {name}: botocore (boto3, langchain-aws) then refuses the sidecar's http:// endpoint; {fix}",
             c.name
