@@ -59,6 +59,21 @@ helm upgrade bedrock-broker charts/bedrock-broker -n "$NS" --reuse-values --wait
 after=$(kubectl get mutatingwebhookconfiguration bedrock-broker-webhook -o jsonpath='{.webhooks[0].clientConfig.caBundle}')
 [ "$before" = "$after" ] || { echo "caBundle changed on upgrade" >&2; exit 1; }
 
+step "rotating the CA refuses no opted-in pod"
+# The replicas serve the old certificate until the kubelet updates the
+# mounted Secret: the new caBundle must keep trusting it meanwhile.
+# Server-side dry runs go through admission without creating anything.
+kubectl -n "$NS" delete secret bedrock-broker-webhook-tls
+helm upgrade bedrock-broker charts/bedrock-broker -n "$NS" --reuse-values --wait
+cas=$(kubectl get mutatingwebhookconfiguration bedrock-broker-webhook -o jsonpath='{.webhooks[0].clientConfig.caBundle}' | base64 -d | grep -c 'BEGIN CERTIFICATE')
+[ "$cas" = 2 ] || { echo "rotated caBundle holds $cas CAs, expected the new and the previous" >&2; exit 1; }
+for i in $(seq 45); do
+  kubectl -n default run "rotation-$i" --image=busybox:1.37 -l bedrock-broker.io/inject=true \
+    --restart=Never --dry-run=server -o name -- true >/dev/null \
+    || { echo "pod refused $((i * 2)) s into the rotation" >&2; exit 1; }
+  sleep 2
+done
+
 step "opt the demo namespace in and run the example app"
 sed "s#arn:aws:iam::123456789012:role/bedrock-demo#$ROLE_ARN#" deploy/example-app.yaml | kubectl apply -f -
 kubectl label namespace "$APP_NS" bedrock-broker.io/inject=true --overwrite

@@ -466,17 +466,6 @@ def test_generated_tls_is_a_valid_chain_for_the_service():
     assert vol["secret"]["secretName"] == secret["metadata"]["name"]
 
 
-def test_generated_tls_template_reuses_an_existing_secret():
-    """`lookup` of the existing Secret keeps CA and certificate on upgrade.
-    Offline rendering cannot fake a cluster, so check the template reads it
-    and only generates when the Secret is missing (the e2e script checks
-    the caBundle across a real upgrade)."""
-    src = (chart.CHART / "templates" / "webhook.yaml").read_text()
-    assert 'lookup "v1" "Secret" .Release.Namespace $secretName' in src
-    assert src.index("lookup") < src.index("genCA")
-    assert "if not $caBundle" in src
-
-
 def test_cert_manager_mode():
     objs = chart.render(SCENARIOS["cert-manager-selfsigned"])
     assert not by_kind(objs, "Secret")
