@@ -46,4 +46,4 @@ if [ "${PACKAGING_BUILD:-0}" = 1 ]; then
   echo "release binary: $(du -h "$bin" | cut -f1); links: $(ldd "$bin" | awk '{print $1}' | tr '\n' ' ')"
 fi
 
-exec "$PY" -m pytest -q -p no:cacheprovider tests/packaging/test_packaging.py tests/packaging/test_chart_upgrades.py tests/packaging/test_bench_report.py "$@"
+exec "$PY" -m pytest -q -p no:cacheprovider tests/packaging/test_packaging.py tests/packaging/test_chart_upgrades.py tests/packaging/test_chart_refusals.py tests/packaging/test_bench_report.py "$@"

@@ -213,7 +213,10 @@ def test_deployment_defaults():
 def test_a_single_webhook_replica_gets_no_budget_that_blocks_node_drains(replicas):
     # minAvailable 1 (or any percentage, rounded up) of one pod refuses every
     # eviction: `kubectl drain` and node upgrades would hang on its node.
-    objs = chart.render({"webhook": {"replicas": replicas}})
+    # No replica at all is only allowed where the API server may skip the
+    # webhook (Ignore): with Fail it would refuse every opted-in pod.
+    policy = "Ignore" if replicas == 0 else "Fail"
+    objs = chart.render({"webhook": {"replicas": replicas, "failurePolicy": policy}})
     assert one(objs, "Deployment")["spec"]["replicas"] == replicas
     assert not by_kind(objs, "PodDisruptionBudget")
     two = chart.render({"webhook": {"replicas": 2, "podDisruptionBudget": {"minAvailable": "50%"}}})
@@ -619,7 +622,7 @@ def test_the_webhook_and_its_admin_server_cannot_share_a_port():
 @pytest.mark.parametrize("delay,drain,grace", [
     ("5s", "10s", 30),  # the defaults: Kubernetes' own
     ("20s", "25s", 50),
-    ("1m30s", "0s", 95),
+    ("1m30s", "1s", 96),  # a drain of 0s is one the webhook refuses to start with
     ("1.5s", "24500ms", 31),
 ])
 def test_the_webhook_pod_outlives_its_shutdown_delay_and_drain(delay, drain, grace):

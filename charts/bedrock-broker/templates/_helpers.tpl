@@ -193,3 +193,35 @@ The webhook turns them into the injected container (src/webhook/inject/render.rs
 - name: BEDROCK_BROKER_SIDECAR_RUN_AS_USER
   value: {{ $s.runAsUser | int64 | quote }}
 {{- end }}
+
+{{/* The webhook container's own environment (webhook.extraEnv comes after). */}}
+{{- define "bedrock-broker.webhookEnv" -}}
+{{- $w := .Values.webhook }}
+- name: BEDROCK_BROKER_WEBHOOK_LISTEN
+  value: "[::]:{{ $w.port }}"
+- name: BEDROCK_BROKER_WEBHOOK_ADMIN_LISTEN
+  value: "[::]:{{ $w.adminPort }}"
+- name: BEDROCK_BROKER_WEBHOOK_TLS_CERT_FILE
+  value: /etc/bedrock-broker/tls/tls.crt
+- name: BEDROCK_BROKER_WEBHOOK_TLS_KEY_FILE
+  value: /etc/bedrock-broker/tls/tls.key
+- name: BEDROCK_BROKER_WEBHOOK_TLS_RELOAD_INTERVAL
+  value: {{ $w.tlsReloadInterval | quote }}
+- name: BEDROCK_BROKER_WEBHOOK_ON_LOOKUP_ERROR
+  value: {{ $w.onLookupError | quote }}
+- name: BEDROCK_BROKER_WEBHOOK_ROLE_POLICY
+  value: {{ $w.rolePolicy | quote }}
+- name: BEDROCK_BROKER_WEBHOOK_LOOKUP_TIMEOUT
+  value: {{ $w.lookupTimeout | quote }}
+- name: BEDROCK_BROKER_WEBHOOK_REVIEW_BUDGET
+  value: {{ $w.reviewBudget | int64 | quote }}
+- name: BEDROCK_BROKER_WEBHOOK_SHUTDOWN_GRACE_PERIOD
+  value: {{ $w.shutdownGracePeriod | quote }}
+- name: BEDROCK_BROKER_WEBHOOK_SHUTDOWN_DELAY
+  value: {{ $w.shutdownDelay | quote }}
+- name: BEDROCK_BROKER_LOG_FORMAT
+  value: {{ $w.logFormat | quote }}
+- name: RUST_LOG
+  value: {{ $w.logLevel | quote }}
+{{ include "bedrock-broker.sidecarEnv" . }}
+{{- end }}
