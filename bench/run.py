@@ -1148,6 +1148,9 @@ def profile(binary: Path, mock: Mock, body: bytes, args, workdir: Path) -> dict:
                                 body, args.profile_requests, args.profile_conc, workdir,
                                 "callgrind-nousage", [])
         total, _ = annotate(dump, True, 1)
+        if args.keep_callgrind:
+            # Beside the profile: the two annotated side by side show where reading usage goes.
+            shutil.copy(dump, RESULTS / "callgrind-nousage.out")
         p["usage_off_ok"] = ok
         p["usage_off_ir_per_request"] = total / max(ok, 1)
     return p
