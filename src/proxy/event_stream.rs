@@ -17,12 +17,9 @@ use std::time::Duration;
 
 use aws_sigv4::event_stream::{sign_empty_message, sign_message};
 use aws_sigv4::sign::v4::SigningParams;
-use aws_smithy_eventstream::frame::{
-    read_message_from, write_message_to, DecodedFrame, MessageFrameDecoder,
-};
 use aws_smithy_runtime_api::client::identity::Identity;
 use aws_smithy_types::event_stream::Message;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::{Body, Frame};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, StreamBody};
@@ -30,6 +27,8 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::error::ProxyError;
 use super::gate::BodyBudget;
+pub(super) use super::resigner::Resigner;
+use super::resigner::{MAX_EVENT_STREAM_MESSAGE, SIGNING_COPIES};
 use super::response_body::Occupancy;
 use super::BoxError;
 use crate::clock::SharedClock;
@@ -38,7 +37,7 @@ use crate::clock::SharedClock;
 pub const STREAMING_PAYLOAD: &str = "STREAMING-AWS4-HMAC-SHA256-EVENTS";
 
 /// The envelope header holding a message's signature.
-const CHUNK_SIGNATURE: &str = ":chunk-signature";
+pub(super) const CHUNK_SIGNATURE: &str = ":chunk-signature";
 
 /// Why the client's event stream could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +48,7 @@ pub enum StreamError {
     Malformed(#[from] aws_smithy_eventstream::error::Error),
     #[error("the client's event stream is malformed: a signed envelope holds {0} bytes after its message")]
     TrailingBytes(usize),
-    #[error("an event-stream message from the client exceeds {0} bytes (--max-body-bytes)")]
+    #[error("an event-stream message from the client exceeds {0} bytes (the event-stream encoding's 16 MiB of payload, --max-body-bytes, or a third of --request-body-budget: signing a message holds it three times over)")]
     TooLarge(usize),
     #[error("cannot sign an event-stream message: {0}")]
     Sign(String),
@@ -133,7 +132,7 @@ impl ChainSigner {
     }
 
     /// Wraps `message` in a signed envelope, or ends the chain when `None`.
-    fn sign(&mut self, message: Option<&Message>) -> Result<Message, StreamError> {
+    pub(super) fn sign(&mut self, message: Option<&Message>) -> Result<Message, StreamError> {
         let params = SigningParams::builder()
             .identity(&self.identity)
             .region(&self.region)
@@ -151,109 +150,6 @@ impl ChainSigner {
         self.last_signature = signature;
         Ok(envelope)
     }
-}
-
-/// Turns the client's bytes into signed envelopes, whatever the framing of
-/// the bytes on the wire.
-#[derive(Debug)]
-pub(super) struct Resigner {
-    decoder: MessageFrameDecoder,
-    pending: BytesMut,
-    /// Most bytes of one message held while waiting for its end: the
-    /// decoder trusts the length prefix, so without this a bad prefix
-    /// would make us buffer without bound.
-    max_message_bytes: usize,
-    signer: ChainSigner,
-    ended: bool,
-}
-
-/// Buffer kept for a stream's unfinished message between messages; more is
-/// given back once the message completes.
-const KEPT_CAPACITY: usize = 64 * 1024;
-
-impl Resigner {
-    pub(super) fn new(signer: ChainSigner, max_message_bytes: usize) -> Self {
-        Self {
-            decoder: MessageFrameDecoder::new(),
-            pending: BytesMut::new(),
-            max_message_bytes,
-            signer,
-            ended: false,
-        }
-    }
-
-    /// Bytes of an unfinished message held.
-    pub(super) fn pending(&self) -> usize {
-        self.pending.len()
-    }
-
-    /// Takes the next bytes from the client; returns the signed envelopes of
-    /// the messages they complete (empty when none is complete yet).
-    pub(super) fn push(&mut self, data: &[u8]) -> Result<Bytes, StreamError> {
-        self.pending.extend_from_slice(data);
-        let mut out = BytesMut::new();
-        loop {
-            let DecodedFrame::Complete(message) = self.decoder.decode_frame(&mut self.pending)?
-            else {
-                break;
-            };
-            if self.ended {
-                return Err(StreamError::AfterEnd);
-            }
-            let inner = unwrap_envelope(message)?;
-            self.ended = inner.is_none();
-            let envelope = self.signer.sign(inner.as_ref())?;
-            write_message_to(&envelope, &mut out).map_err(StreamError::Encode)?;
-        }
-        if self.pending.len() > self.max_message_bytes {
-            return Err(StreamError::TooLarge(self.max_message_bytes));
-        }
-        // Taking messages out never shrinks the buffer: after a large one
-        // it would keep its allocation, outside the budget (drawn by what
-        // is pending), for the rest of the stream.
-        if self.pending.capacity() > KEPT_CAPACITY
-            && self.pending.capacity() > 2 * self.pending.len()
-        {
-            self.pending = BytesMut::from(&self.pending[..]);
-        }
-        Ok(out.freeze())
-    }
-
-    /// At the end of the client's body: the end-of-stream envelope, unless
-    /// the client already ended the stream itself.
-    pub(super) fn finish(&mut self) -> Result<Option<Bytes>, StreamError> {
-        if !self.pending.is_empty() {
-            return Err(StreamError::Truncated(self.pending.len()));
-        }
-        if self.ended {
-            return Ok(None);
-        }
-        self.ended = true;
-        let mut out = BytesMut::new();
-        write_message_to(&self.signer.sign(None)?, &mut out).map_err(StreamError::Encode)?;
-        Ok(Some(out.freeze()))
-    }
-}
-
-/// The message a client sent: itself, or what its signed envelope carries.
-/// `None` is the client's end-of-stream envelope.
-fn unwrap_envelope(message: Message) -> Result<Option<Message>, StreamError> {
-    let wrapped = message
-        .headers()
-        .iter()
-        .any(|h| h.name().as_str() == CHUNK_SIGNATURE);
-    if !wrapped {
-        return Ok(Some(message));
-    }
-    if message.payload().is_empty() {
-        return Ok(None);
-    }
-    let mut payload = message.payload().clone();
-    let inner = read_message_from(&mut payload)?;
-    if payload.has_remaining() {
-        return Err(StreamError::TrailingBytes(payload.remaining()));
-    }
-    Ok(Some(inner))
 }
 
 /// The body sent upstream: the client's body, re-signed as it arrives. A
@@ -291,6 +187,11 @@ where
         patience: Duration,
     }
     let aborted = Aborted::default();
+    // A message the whole budget cannot sign would wait for room that
+    // never comes.
+    let max_message_bytes = max_message_bytes
+        .min(budget.total() / SIGNING_COPIES)
+        .min(MAX_EVENT_STREAM_MESSAGE);
     let state = State {
         client,
         resigner: Resigner::new(signer, max_message_bytes),
@@ -306,6 +207,9 @@ where
             if state.done {
                 return None;
             }
+            // Polled again: what was given out last time is on its way
+            // (hyper asks for more once it is).
+            release(&mut state.held, counted(state.resigner.buffered()));
             // What the client sent, in types that may be held across the
             // budget's wait below (its body's error need not be `Send`).
             let polled = match next_frame(&mut state.client, &state.occupancy, state.patience).await
@@ -328,12 +232,14 @@ where
                 Some(Err(e)) => Err(e),
                 Some(Ok(None)) => continue,
                 Some(Ok(Some(data))) => {
-                    let holding = state.resigner.pending() + data.len();
-                    match hold(&state.budget, &mut state.held, holding).await {
+                    let peak = SIGNING_COPIES * (state.resigner.pending() + data.len());
+                    match hold(&state.budget, &mut state.held, counted(peak)).await {
                         Err(e) => Err(e),
                         Ok(()) => {
                             let pushed = state.resigner.push(&data);
-                            release(&mut state.held, state.resigner.pending());
+                            let given = pushed.as_ref().map_or(0, Bytes::len);
+                            let kept = state.resigner.buffered() + given;
+                            release(&mut state.held, counted(kept));
                             match pushed {
                                 Ok(out) if out.is_empty() => continue,
                                 Ok(out) => Ok(Frame::data(out)),
@@ -384,6 +290,20 @@ async fn next_frame<B: Body + Unpin>(
     }
 }
 
+/// What a stream may hold outside the budget: its flow-control window lets
+/// in 64 KiB at a time anyway, and an audio session's messages (a few KiB)
+/// then never wait for, or lose to, room that large bodies hold.
+const UNCOUNTED: usize = 64 * 1024;
+
+/// The part of `bytes` drawn from the budget.
+fn counted(bytes: usize) -> usize {
+    if bytes <= UNCOUNTED {
+        0
+    } else {
+        bytes
+    }
+}
+
 /// Makes `held` cover `bytes`, drawing the difference from `budget`.
 async fn hold(
     budget: &BodyBudget,
@@ -417,9 +337,11 @@ fn release(held: &mut Option<OwnedSemaphorePermit>, bytes: usize) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::resigner::KEPT_CAPACITY;
     use super::*;
     use crate::clock::Clock;
     use aws_credential_types::Credentials;
+    use aws_smithy_eventstream::frame::{read_message_from, write_message_to};
     use aws_smithy_types::event_stream::{Header, HeaderValue};
     use std::sync::Arc;
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -576,31 +498,43 @@ mod tests {
         assert_eq!(gauge.get(), 0);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn unfinished_messages_hold_the_body_budget_until_they_complete() {
-        use futures::channel::mpsc;
-        use http_body_util::StreamBody;
-        use std::convert::Infallible;
+    type Frames =
+        futures::channel::mpsc::UnboundedSender<Result<Frame<Bytes>, std::convert::Infallible>>;
 
-        type Frames = mpsc::UnboundedSender<Result<Frame<Bytes>, Infallible>>;
-        let gate = gate_with_budget(1000);
-        let budget = gate.body_budget();
-        let send = |tx: &Frames, bytes: &[u8]| {
-            tx.unbounded_send(Ok(Frame::data(Bytes::copy_from_slice(bytes))))
-                .unwrap();
-        };
-        let message = encode(&chunk(&"x".repeat(600)));
+    fn send(tx: &Frames, bytes: &[u8]) {
+        tx.unbounded_send(Ok(Frame::data(Bytes::copy_from_slice(bytes))))
+            .unwrap();
+    }
 
-        // Stream A holds 600 bytes of a message it has not finished.
-        let (tx_a, rx_a) = mpsc::unbounded();
-        let (mut body_a, _) = resigned(
-            StreamBody::new(rx_a),
-            signer("a"),
-            1 << 20,
-            gate.body_budget(),
+    /// A client's stream re-signed against `budget`, and its sender.
+    fn budgeted_stream(
+        seed: &str,
+        max_message_bytes: usize,
+        budget: BodyBudget,
+    ) -> (UnsyncBoxBody<Bytes, StreamError>, Aborted, Frames) {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let (body, aborted) = resigned(
+            http_body_util::StreamBody::new(rx),
+            signer(seed),
+            max_message_bytes,
+            budget,
             unheld(),
             Duration::from_secs(30),
         );
+        (body, aborted, tx)
+    }
+
+    const MIB: usize = 1 << 20;
+
+    #[tokio::test(start_paused = true)]
+    async fn unfinished_messages_hold_the_body_budget_until_they_complete() {
+        let gate = gate_with_budget(4 * MIB);
+        let budget = gate.body_budget();
+        let message = encode(&chunk(&"x".repeat(MIB)));
+        let sent = 600 * 1024;
+
+        // Stream A holds 600 KiB of a message it has not finished.
+        let (mut body_a, _, tx_a) = budgeted_stream("a", 8 * MIB, gate.body_budget());
         let a = tokio::spawn(async move {
             let mut frames = 0;
             while let Some(frame) = body_a.frame().await {
@@ -609,25 +543,27 @@ mod tests {
             }
             Ok::<_, StreamError>(frames)
         });
-        send(&tx_a, &message[..600]);
+        send(&tx_a, &message[..sent]);
         for _ in 0..50 {
             tokio::task::yield_now().await;
         }
-        // (The decoder keeps the 12-byte prelude itself: A holds 588.)
-        assert!(budget.reserve(450).await.is_err(), "A holds most of 600");
-        drop(budget.reserve(400).await.unwrap());
-
-        // Stream B cannot hold 500 more beside it: refused, not buffered.
-        let (tx_b, rx_b) = mpsc::unbounded();
-        let (mut body_b, aborted_b) = resigned(
-            StreamBody::new(rx_b),
-            signer("b"),
-            1 << 20,
-            gate.body_budget(),
-            unheld(),
-            Duration::from_secs(30),
+        // Its buffer: at least what came (less the 12-byte prelude the
+        // decoder keeps), at most twice that.
+        assert!(
+            budget.reserve(4 * MIB - sent + 13).await.is_err(),
+            "A holds what it received"
         );
-        send(&tx_b, &message[..500]);
+        drop(budget.reserve(4 * MIB - 2 * sent).await.unwrap());
+
+        // Stream B cannot sign 1.25 MiB more beside it (3.75 MiB at the
+        // peak): refused, not buffered.
+        let big = encode(&chunk(&"y".repeat(1300 * 1024)));
+        assert!(
+            big.len() < 4 * MIB / SIGNING_COPIES,
+            "within the per-message limit"
+        );
+        let (mut body_b, aborted_b, tx_b) = budgeted_stream("b", 8 * MIB, gate.body_budget());
+        send(&tx_b, &big[..1250 * 1024]);
         assert!(matches!(
             body_b.frame().await,
             Some(Err(StreamError::Overloaded))
@@ -638,14 +574,82 @@ mod tests {
         );
 
         // A's message completes: its bytes are given back.
-        send(&tx_a, &message[600..]);
+        send(&tx_a, &message[sent..]);
         drop(tx_a);
         assert_eq!(
             a.await.unwrap().unwrap(),
             2,
             "the message and the end envelope"
         );
-        drop(budget.reserve(1000).await.unwrap());
+        drop(budget.reserve(4 * MIB).await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn small_messages_do_not_wait_for_room_large_bodies_hold() {
+        // Another request holds the whole budget: a voice session's next
+        // audio chunk was refused (the session reset) after the wait.
+        let gate = gate_with_budget(MIB);
+        let all = gate.body_budget().reserve(MIB).await.unwrap();
+        let (mut body, _, tx) = budgeted_stream("s", 8 * MIB, gate.body_budget());
+        for i in 0..3 {
+            send(
+                &tx,
+                &encode(&chunk(&format!("audio {i} {}", "z".repeat(3000)))),
+            );
+            assert!(body.frame().await.unwrap().is_ok(), "chunk {i} forwarded");
+        }
+        drop(all);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_envelope_given_out_holds_the_budget_until_the_next_poll() {
+        let gate = gate_with_budget(4 * MIB);
+        let budget = gate.body_budget();
+        let (mut body, _, tx) = budgeted_stream("g", 8 * MIB, gate.body_budget());
+        send(&tx, &encode(&chunk(&"x".repeat(MIB + MIB / 8))));
+        let envelope = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert!(envelope.len() > MIB);
+        // Hyper has the envelope and sends it before asking for more.
+        assert!(budget.reserve(4 * MIB - envelope.len() + 1).await.is_err());
+        // Asking for more: it has gone out.
+        let waiting = tokio::time::timeout(Duration::from_millis(10), body.frame()).await;
+        assert!(waiting.is_err(), "the client has sent nothing more");
+        drop(budget.reserve(4 * MIB).await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_the_budget_cannot_sign_is_refused_at_its_length() {
+        // A third of the budget: signing holds a message three times over.
+        let gate = gate_with_budget(3 * MIB);
+        let (mut body, aborted, tx) = budgeted_stream("l", 8 * MIB, gate.body_budget());
+        let message = encode(&chunk(&"x".repeat(2 * MIB)));
+        send(&tx, &message[..4096]);
+        assert!(matches!(
+            body.frame().await,
+            Some(Err(StreamError::TooLarge(limit))) if limit == MIB
+        ));
+        assert_eq!(
+            aborted.reason().map(|e| e.code().name),
+            Some("invalid_event_stream")
+        );
+    }
+
+    #[test]
+    fn a_frame_completing_a_message_past_the_limit_is_refused() {
+        // Over HTTP/2 a 113,407-byte message passed a 100,000-byte limit:
+        // only what was left pending after a frame was checked.
+        let message = encode(&chunk(&"x".repeat(113_000)));
+        assert!(message.len() > 100_000);
+        let mut r = Resigner::new(signer("seed"), 100_000);
+        assert!(matches!(
+            r.push(&message[..16_384]),
+            Err(StreamError::TooLarge(100_000))
+        ));
+        let mut whole = Resigner::new(signer("seed"), 100_000);
+        assert!(matches!(
+            whole.push(&message),
+            Err(StreamError::TooLarge(100_000))
+        ));
     }
 
     #[test]
@@ -655,15 +659,11 @@ mod tests {
         let mut most = 0;
         for piece in message.chunks(64 * 1024) {
             r.push(piece).unwrap();
-            most = most.max(r.pending.capacity());
+            most = most.max(r.buffered());
         }
         assert!(most >= 1 << 19, "the message was held: {most}");
         assert_eq!(r.pending(), 0);
-        assert!(
-            r.pending.capacity() <= KEPT_CAPACITY,
-            "{}",
-            r.pending.capacity()
-        );
+        assert!(r.buffered() <= KEPT_CAPACITY, "{}", r.buffered());
     }
 
     #[test]
@@ -819,7 +819,7 @@ mod tests {
                 for chunk in &chunks {
                     match r.push(chunk) {
                         Ok(out) => {
-                            prop_assert!(r.pending.len() <= 4096);
+                            prop_assert!(r.pending() <= 4096);
                             for message in decode_all(&out) {
                                 prop_assert!(message.headers().iter().any(|h| h.name().as_str() == CHUNK_SIGNATURE));
                             }

@@ -105,6 +105,7 @@ pub struct GateState {
     token: Option<Secret>,
     requests: Arc<Semaphore>,
     budget: Arc<Semaphore>,
+    budget_total: usize,
     budget_wait: Duration,
     pub body_read_timeout: Duration,
     pub body_min_rate: Option<MinRate>,
@@ -133,6 +134,7 @@ impl GateState {
             token: gate.token,
             requests: Arc::new(Semaphore::new(gate.max_requests)),
             budget: Arc::new(Semaphore::new(budget)),
+            budget_total: budget,
             budget_wait: gate.body_budget_wait,
             body_read_timeout: gate.body_read_timeout,
             body_min_rate: gate.body_min_rate,
@@ -227,6 +229,7 @@ impl GateState {
     pub fn body_budget(&self) -> BodyBudget {
         BodyBudget {
             budget: self.budget.clone(),
+            total: self.budget_total,
             wait: self.budget_wait,
         }
     }
@@ -236,10 +239,16 @@ impl GateState {
 #[derive(Debug, Clone)]
 pub struct BodyBudget {
     budget: Arc<Semaphore>,
+    total: usize,
     wait: Duration,
 }
 
 impl BodyBudget {
+    /// All of it, held by nobody.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
     /// Reserves `bytes`, waiting at most the budget wait.
     pub async fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit, ProxyError> {
         reserve(&self.budget, self.wait, bytes).await

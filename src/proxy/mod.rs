@@ -33,6 +33,7 @@ mod pool;
 mod redact;
 mod refusals;
 mod request_body;
+mod resigner;
 mod response_body;
 mod route;
 mod self_heal;

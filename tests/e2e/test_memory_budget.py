@@ -155,3 +155,43 @@ def unread_streams_peak(sidecar, fake_aws) -> None:
     finally:
         for s in sockets:
             s.close()
+
+
+def test_large_bidirectional_messages_stay_under_the_memory_limit(start_sidecar, fake_aws_h2, h2_env):
+    # Signing a bidirectional stream's message holds it about three times
+    # over (the client's bytes, the decoded copy, the signed envelope): one
+    # 24 MiB message took the sidecar to 132 MiB, past 128Mi, while the
+    # budget counted it once, and two 12.6 MiB ones (AWS's event streams
+    # allow 16 MiB) to 140 MiB. They now take turns in the budget (a
+    # generous wait, so both get theirs), and both arrive verified.
+    import asyncio
+
+    from test_bidirectional_stream import H2Client, bidi_headers, bidi_records, chunk
+
+    sidecar = start_sidecar({**h2_env, **shipped_env(), "BEDROCK_BROKER_BODY_BUDGET_WAIT": "60s"})
+    message = chunk("x" * (9 * 1024 * 1024))
+    assert 12 * 1024 * 1024 < len(message) < 16 * 1024 * 1024
+
+    async def one() -> None:
+        client = await H2Client.connect(sidecar.proxy)
+        try:
+            call = await client.start(bidi_headers(sidecar.proxy))
+            await call.send(message, timeout=120)
+            assert await call.response_status(timeout=120) == 200
+            echoed = await call.next_message(timeout=120)
+            assert echoed is not None and echoed.headers[":message-type"] == "event", (echoed.headers, echoed.payload[:300])
+            await call.send(b"", end_stream=True)
+            assert await call.next_message(timeout=60) is None
+        finally:
+            await client.close()
+
+    async def both() -> None:
+        await asyncio.gather(one(), one())
+
+    asyncio.run(both())
+    peak = peak_rss_mib(sidecar.proc.pid)
+    print(f"\npeak RSS {peak:.1f} MiB")
+    records = bidi_records(fake_aws_h2)
+    assert [r["bidi"]["frames_verified"] for r in records] == [2, 2], [r["bidi"] for r in records]
+    assert all(r["bidi"]["completed"] for r in records)
+    assert peak < INJECTED_LIMIT_MIB * 0.9, f"peak RSS {peak:.1f} MiB"
