@@ -28,6 +28,7 @@ mod event_stream;
 pub mod fuzz;
 mod gate;
 mod headers;
+mod occupancy;
 mod operation;
 mod pool;
 mod redact;
