@@ -16,7 +16,7 @@ use super::event_stream::{self, ChainSigner};
 use super::headers;
 use super::pool::PooledBody;
 use super::refusals::StreamRejection;
-use super::response_body::Occupancy;
+use super::response_body::SharedHold;
 use super::self_heal::rejects_credentials;
 use super::sigv4::{BodyDigest, Signer};
 use super::{upstream, BoxError, Proxy};
@@ -34,7 +34,7 @@ impl Proxy {
         signer: Option<&Signer>,
         mut parts: http::request::Parts,
         body: B,
-        occupancy: Arc<Occupancy>,
+        occupancy: Arc<SharedHold>,
     ) -> Result<Response<PooledBody>, ProxyError>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,

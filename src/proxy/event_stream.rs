@@ -29,7 +29,7 @@ use super::error::ProxyError;
 use super::gate::BodyBudget;
 pub(super) use super::resigner::Resigner;
 use super::resigner::{MAX_EVENT_STREAM_MESSAGE, SIGNING_COPIES};
-use super::response_body::Occupancy;
+use super::response_body::SharedHold;
 use super::BoxError;
 use crate::clock::SharedClock;
 
@@ -62,6 +62,8 @@ pub enum StreamError {
     Overloaded,
     #[error("the client sent nothing for {} after Bedrock's answer ended (--body-read-timeout)", humantime::format_duration(*.0))]
     Stalled(Duration),
+    #[error("the answer was given up (the client left, or it was cut off): Bedrock's stream is ended too")]
+    Abandoned,
 }
 
 impl StreamError {
@@ -70,7 +72,7 @@ impl StreamError {
     fn proxy_error(&self) -> ProxyError {
         match self {
             // nginx's "client closed request": not an error of ours or Bedrock's.
-            Self::Read(_) => ProxyError::ClientClosed(self.to_string()),
+            Self::Read(_) | Self::Abandoned => ProxyError::ClientClosed(self.to_string()),
             Self::Stalled(d) => ProxyError::BodyReadTimeout(*d),
             Self::Sign(_) | Self::Encode(_) => ProxyError::SigningFailed(self.to_string()),
             Self::Overloaded => ProxyError::Overloaded(
@@ -165,7 +167,7 @@ pub fn resigned<B>(
     signer: ChainSigner,
     max_message_bytes: usize,
     budget: BodyBudget,
-    occupancy: Arc<Occupancy>,
+    occupancy: Arc<SharedHold>,
     patience: Duration,
 ) -> (UnsyncBoxBody<Bytes, StreamError>, Aborted)
 where
@@ -182,7 +184,7 @@ where
         held: Option<OwnedSemaphorePermit>,
         /// The request is in flight while its messages are still sent,
         /// whether or not Bedrock has ended its answer.
-        occupancy: Arc<Occupancy>,
+        occupancy: Arc<SharedHold>,
         /// The silence allowed once the answer has ended.
         patience: Duration,
     }
@@ -254,7 +256,7 @@ where
                 // done then is to abort the upstream request and say why
                 // here. A client hanging up is ordinary (a call ended).
                 match e {
-                    StreamError::Read(_) | StreamError::Stalled(_) => {
+                    StreamError::Read(_) | StreamError::Stalled(_) | StreamError::Abandoned => {
                         tracing::debug!(error = %e, "bidirectional stream ended by the client")
                     }
                     _ => tracing::warn!(error = %e, "bidirectional stream aborted"),
@@ -277,15 +279,20 @@ where
 /// came, so the cut comes between one and two `patience`s after it).
 async fn next_frame<B: Body + Unpin>(
     client: &mut B,
-    occupancy: &Arc<Occupancy>,
+    occupancy: &Arc<SharedHold>,
     patience: Duration,
 ) -> Result<Option<Result<Frame<B::Data>, B::Error>>, StreamError> {
     let mut answer_over = false;
     loop {
-        match tokio::time::timeout(patience, client.frame()).await {
+        let waited = tokio::select! {
+            biased;
+            () = occupancy.abandoned() => return Err(StreamError::Abandoned),
+            waited = tokio::time::timeout(patience, client.frame()) => waited,
+        };
+        match waited {
             Ok(frame) => return Ok(frame),
             Err(_) if answer_over => return Err(StreamError::Stalled(patience)),
-            Err(_) => answer_over = Occupancy::only_the_body_holds(occupancy),
+            Err(_) => answer_over = occupancy.only_the_body_holds(),
         }
     }
 }
@@ -340,6 +347,7 @@ mod tests {
     use super::super::resigner::KEPT_CAPACITY;
     use super::*;
     use crate::clock::Clock;
+    use crate::proxy::response_body::Occupancy;
     use aws_credential_types::Credentials;
     use aws_smithy_eventstream::frame::{read_message_from, write_message_to};
     use aws_smithy_types::event_stream::{Header, HeaderValue};
@@ -419,12 +427,9 @@ mod tests {
     }
 
     /// A hold on nothing, for tests of other things.
-    fn unheld() -> Arc<Occupancy> {
+    fn unheld() -> Arc<SharedHold> {
         let gauge = prometheus::IntGauge::new("in_flight", "test").unwrap();
-        Arc::new(Occupancy::new(
-            crate::proxy::response_body::InFlight::new(&gauge),
-            None,
-        ))
+        Occupancy::new(crate::proxy::response_body::InFlight::new(&gauge), None).share()
     }
 
     type ClientFrames =
@@ -495,6 +500,40 @@ mod tests {
         let cut = ended.elapsed();
         assert!(cut >= patience && cut <= patience * 2, "{cut:?}");
         drop(body);
+        assert_eq!(gauge.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_answer_ends_the_input_and_its_hold() {
+        use crate::proxy::response_body::InFlight;
+
+        // The answer cut off (--stream-idle-timeout) or its client gone:
+        // the input went on being signed and sent to Bedrock, its stream
+        // and the request's slot held, for as long as the client sent.
+        let gauge = prometheus::IntGauge::new("in_flight", "test").unwrap();
+        let slots = Arc::new(tokio::sync::Semaphore::new(1));
+        let slot = slots.clone().try_acquire_owned().unwrap();
+        let mut occupancy = Occupancy::new(InFlight::new(&gauge), Some(slot));
+        let (mut body, tx) = shared_stream(&mut occupancy, Duration::from_secs(30));
+        tx.unbounded_send(Ok(Frame::data(Bytes::from(encode(&chunk("one"))))))
+            .unwrap();
+        assert!(body.frame().await.unwrap().is_ok());
+
+        occupancy.abandon();
+        // Let go at once, before the body is asked for more (Bedrock may
+        // not be reading).
+        assert_eq!(gauge.get(), 0);
+        assert!(slots.clone().try_acquire_owned().is_ok());
+        // The client still sending changes nothing: the input ends in an
+        // error, which resets Bedrock's stream.
+        tx.unbounded_send(Ok(Frame::data(Bytes::from(encode(&chunk("two"))))))
+            .unwrap();
+        assert!(matches!(
+            body.frame().await,
+            Some(Err(StreamError::Abandoned))
+        ));
+        assert!(body.frame().await.is_none());
+        drop(occupancy);
         assert_eq!(gauge.get(), 0);
     }
 

@@ -1,11 +1,12 @@
 //! What a request holds until it is over (its place in the in-flight
 //! gauge, its slot in `--max-requests`), and when it lets go.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use prometheus::{Histogram, IntGauge};
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
 
 /// Counts a request as in flight until dropped.
 #[derive(Debug)]
@@ -29,42 +30,79 @@ impl Drop for InFlight {
 /// except a bidirectional stream's: Bedrock may end its answer while the
 /// client still sends, and the proxy goes on forwarding (and signing)
 /// those messages. Such a request shares its hold with its request body,
-/// and lets go when both are done.
+/// and lets go when both are done, or when the answer is given up.
 #[derive(Debug)]
 pub struct Occupancy {
-    in_flight: Option<InFlight>,
-    slot: Option<OwnedSemaphorePermit>,
+    hold: Option<Hold>,
     /// Set once shared: the hold then lives here (and in the body).
-    shared: Option<Arc<Occupancy>>,
+    shared: Option<Arc<SharedHold>>,
+}
+
+#[derive(Debug)]
+struct Hold {
+    _in_flight: InFlight,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+/// The hold of a request whose body may outlast its response.
+#[derive(Debug)]
+pub struct SharedHold {
+    hold: Mutex<Option<Hold>>,
+    abandoned: CancellationToken,
 }
 
 impl Occupancy {
     pub fn new(in_flight: InFlight, slot: Option<OwnedSemaphorePermit>) -> Self {
         Self {
-            in_flight: Some(in_flight),
-            slot,
+            hold: Some(Hold {
+                _in_flight: in_flight,
+                _slot: slot,
+            }),
             shared: None,
         }
     }
 
     /// The hold, for a request body that may outlast the response.
-    pub fn share(&mut self) -> Arc<Occupancy> {
+    pub fn share(&mut self) -> Arc<SharedHold> {
         if let Some(shared) = &self.shared {
             return shared.clone();
         }
-        let shared = Arc::new(Occupancy {
-            in_flight: self.in_flight.take(),
-            slot: self.slot.take(),
-            shared: None,
+        let shared = Arc::new(SharedHold {
+            hold: Mutex::new(self.hold.take()),
+            abandoned: CancellationToken::new(),
         });
         self.shared = Some(shared.clone());
         shared
     }
 
-    /// Whether the response has let go of its share of `body_share` (from
-    /// [`Occupancy::share`]): only the request body holds it any more.
-    pub fn only_the_body_holds(body_share: &Arc<Occupancy>) -> bool {
-        Arc::strong_count(body_share) == 1
+    /// The answer was given up before its end (the client left, or the
+    /// proxy cut it off): a request body still being sent is ended too,
+    /// and Bedrock's stream with it. The hold goes at once: the body may
+    /// not be asked for more (and see this) until Bedrock reads again.
+    pub fn abandon(&self) {
+        if let Some(shared) = &self.shared {
+            shared.abandoned.cancel();
+            drop(
+                shared
+                    .hold
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take(),
+            );
+        }
+    }
+}
+
+impl SharedHold {
+    /// Whether the response has let go of its share: only the request
+    /// body holds it any more.
+    pub fn only_the_body_holds(self: &Arc<Self>) -> bool {
+        Arc::strong_count(self) == 1
+    }
+
+    /// Resolves once the answer is given up ([`Occupancy::abandon`]).
+    pub async fn abandoned(&self) {
+        self.abandoned.cancelled().await;
     }
 }
 
@@ -76,7 +114,7 @@ pub struct Completion {
     duration: Histogram,
     /// Given back when the response ends (or, shared, when the request
     /// body has ended too).
-    _occupancy: Occupancy,
+    occupancy: Occupancy,
 }
 
 impl Completion {
@@ -84,8 +122,13 @@ impl Completion {
         Self {
             started,
             duration,
-            _occupancy: occupancy,
+            occupancy,
         }
+    }
+
+    /// See [`Occupancy::abandon`].
+    pub fn abandon(&self) {
+        self.occupancy.abandon();
     }
 }
 

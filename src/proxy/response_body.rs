@@ -12,7 +12,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
-pub use super::occupancy::{Completion, InFlight, Occupancy};
+pub use super::occupancy::{Completion, InFlight, Occupancy, SharedHold};
 use super::pool::PooledBody;
 use super::usage::UsageTap;
 
@@ -227,6 +227,9 @@ impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // A client that disconnects mid-stream still has its usage so far counted.
         if !self.finished {
+            if let Some(completion) = &self.completion {
+                completion.abandon();
+            }
             if let Some(usage) = &mut self.usage {
                 usage.client_left();
             }
@@ -305,6 +308,9 @@ impl Body for UpstreamBody {
                 );
                 if let Some(usage) = &mut this.usage {
                     usage.cut_off(IDLE_TIMEOUT);
+                }
+                if let Some(completion) = &this.completion {
+                    completion.abandon();
                 }
                 this.finish();
                 let message = format!(

@@ -466,3 +466,45 @@ def test_a_client_silent_after_the_answer_ended_lets_go_of_its_slot(start_sideca
             await client.close()
 
     asyncio.run(go_quiet())
+
+
+async def input_after_a_cut(sidecar, fake) -> dict:
+    """A session whose Bedrock goes quiet: the sidecar cuts the answer off
+    (--stream-idle-timeout) while the client, still connected, sends on.
+    Returns Bedrock's record once its stream has ended."""
+    client = await H2Client.connect(sidecar.proxy)
+    try:
+        call = await client.start(bidi_headers(sidecar.proxy, ("x-fake-silent-answers", "1")))
+        await call.send(chunk("one"))
+        assert await call.response_status() == 200
+        cut = await call.next_message(timeout=30)
+        assert cut is not None and cut.headers[":message-type"] == "exception", cut
+        assert b"--stream-idle-timeout" in cut.payload, cut.payload
+        for i in range(3):
+            try:
+                await call.send(chunk(f"after the cut {i}"))
+            except Exception:  # the sidecar may have reset the client's stream already
+                break
+        # Polled while the client is still connected: its leaving would
+        # end everything anyway.
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            (record,) = bidi_records(fake)
+            if record["bidi"]["client_disconnected"] or record["bidi"]["request_body_ended"]:
+                return record
+            assert asyncio.get_running_loop().time() < deadline, f"Bedrock's stream still open: {record['bidi']}"
+            await asyncio.sleep(0.05)
+    finally:
+        await client.close()
+
+
+def test_an_answer_cut_off_for_silence_ends_bedrocks_stream_too(start_sidecar, bidi_env, fake_aws_h2):
+    # The cut ended the client's answer, yet its input went on being signed
+    # and sent to Bedrock, Bedrock's stream and the request's slot held for
+    # as long as the client sent.
+    sidecar = start_sidecar({**bidi_env, "BEDROCK_BROKER_STREAM_IDLE_TIMEOUT": "1s"})
+    record = asyncio.run(input_after_a_cut(sidecar, fake_aws_h2))
+    bidi = record["bidi"]
+    assert bidi["client_disconnected"] and not bidi["end_frame_received"], bidi
+    assert bidi["data_frames"] == 1, "nothing after the cut reached Bedrock"
+    wait_for(lambda: sidecar.metric("bedrock_broker_requests_in_flight") == 0, what="the stream to let go of its slot")

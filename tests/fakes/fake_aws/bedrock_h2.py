@@ -84,6 +84,9 @@ def new_bidi_record(seed_signature: str) -> dict:
         # while the input is still read (and verified) to its end.
         "answers_left": None,
         "response_ended": False,
+        # ``x-fake-silent-answers``: input is read and verified, nothing is
+        # answered (a model that has gone quiet).
+        "silent": False,
     }
 
 
@@ -126,6 +129,7 @@ async def handle_h2_request(state: FakeState, stream: H2Stream) -> None:
     )
     record["bidi"] = new_bidi_record(authz["Signature"])
     record["bidi"]["answers_left"] = header_int(stream, "x-fake-end-answers-after", None)
+    record["bidi"]["silent"] = bool(stream.headers.get("x-fake-silent-answers"))
     first: Optional[bytes] = None
     if stream.headers.get("x-fake-headers-after-input"):
         # Hold the response headers until input arrives, so a client can see
@@ -239,7 +243,7 @@ async def answer_frames(stream: H2Stream, bidi: dict, verifier: EventStreamVerif
                 bidi["end_frame_received"] = True
                 continue
             bidi["data_frames"] += 1
-            if bidi["response_ended"]:
+            if bidi["response_ended"] or bidi["silent"]:
                 continue
             await stream.send_data(invoke_chunk({"seq": bidi["data_frames"], "echo": text}))
             bidi["events_sent"] += 1
