@@ -114,3 +114,32 @@ def test_a_secret_missing_a_key_is_replaced_not_half_kept(work):
     tls = generated_tls(work / "charts", partial, {})
     assert tls["crt"] != first["crt"]
     assert verifies(tls["ca"], tls["crt"], work)
+
+
+def pod_template(values: dict) -> dict:
+    dep = next(o for o in chart.render(values) if o["kind"] == "Deployment")
+    return dep["spec"]["template"]
+
+
+@pytest.mark.parametrize("values", [
+    {"webhook": {"replicas": 3}},
+    {"webhook": {"podDisruptionBudget": {"minAvailable": "50%"}}},
+    {"webhook": {"failurePolicy": "Ignore"}},
+    {"webhook": {"timeoutSeconds": 5}},
+    {"webhook": {"service": {"annotations": {"team": "ai"}}}},
+    {"webhook": {"excludeNamespaces": ["kube-system", "batch"]}},
+], ids=lambda v: json.dumps(v))
+def test_an_upgrade_that_changes_nothing_the_webhook_reads_restarts_nothing(values):
+    # A checksum of every webhook.* value in the pod template rolled every
+    # replica (each relisting namespaces and ServiceAccounts before it is
+    # ready) when the webhook was merely scaled.
+    assert pod_template(values) == pod_template({})
+
+
+@pytest.mark.parametrize("values", [
+    {"sidecar": {"region": "eu-west-1"}},
+    {"webhook": {"lookupTimeout": "4s"}},
+    {"image": {"tag": "0.2.0"}},
+], ids=lambda v: json.dumps(v))
+def test_an_upgrade_that_changes_what_the_webhook_reads_rolls_it(values):
+    assert pod_template(values) != pod_template({})

@@ -545,7 +545,6 @@ BAD_VALUES = [
     ({"webhook": {"podLabels": {"app.kubernetes.io/name": "x"}}}, "invalid propertyName 'app.kubernetes.io/name'"),
     ({"webhook": {"podLabels": {"bedrock-broker.io/inject": "true"}}}, "invalid propertyName 'bedrock-broker.io/inject'"),
     ({"commonLabels": {"app.kubernetes.io/component": "ai"}}, "invalid propertyName 'app.kubernetes.io/component'"),
-    ({"webhook": {"podAnnotations": {"checksum/config": "x"}}}, "invalid propertyName 'checksum/config'"),
     ({"sidecar": {"tokenExpiration": 60}}, "tokenExpiration"),
     ({"sidecar": {"runAsUser": 0}}, "runAsUser"),
     ({"sidecar": {"logLevel": "verbose"}}, "logLevel"),
