@@ -221,6 +221,10 @@ def test_a_single_webhook_replica_gets_no_budget_that_blocks_node_drains(replica
     assert not by_kind(objs, "PodDisruptionBudget")
     two = chart.render({"webhook": {"replicas": 2, "podDisruptionBudget": {"minAvailable": "50%"}}})
     assert one(two, "PodDisruptionBudget")["spec"]["minAvailable"] == "50%"
+    # Replicas running but never ready (crash-looping) serve nothing: with
+    # Kubernetes' default policy they could not be evicted while the budget
+    # was unmet, and a node drain hung on them.
+    assert one(two, "PodDisruptionBudget")["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     # Keeping every replica is the same trap with more of them, however written.
     for replicas, min_available, kept in [(3, 3, 3), (3, "3", 3), (2, "100%", 2), (2, "51%", 2)]:
         values = {"webhook": {"replicas": replicas, "podDisruptionBudget": {"minAvailable": min_available}}}
