@@ -473,6 +473,24 @@ def test_generated_tls_is_a_valid_chain_for_the_service():
     assert vol["secret"]["secretName"] == secret["metadata"]["name"]
 
 
+def test_cert_manager_takes_an_external_issuer():
+    # aws-privateca-issuer, Google CAS, step-issuer: their own kinds and
+    # groups (the schema allowed only cert-manager's two kinds).
+    ref = {"name": "pca", "kind": "AWSPCAClusterIssuer", "group": "awspca.cert-manager.io"}
+    objs = chart.render({"tls": {"mode": "certManager", "certManager": {"issuerRef": ref}}})
+    assert one(objs, "Certificate")["spec"]["issuerRef"] == ref
+
+
+def test_selectors_that_the_api_server_takes_render():
+    objs = chart.render({"webhook": {
+        "namespaceSelector": {"matchExpressions": [{"key": "env", "operator": "In", "values": ["prod"]}]},
+        "objectSelector": {"matchExpressions": [{"key": "canary", "operator": "DoesNotExist"},
+                                                {"key": "tier", "operator": "Exists", "values": []}]},
+    }})
+    for entry in one(objs, "MutatingWebhookConfiguration")["webhooks"]:
+        assert {"key": "canary", "operator": "DoesNotExist"} in entry["objectSelector"]["matchExpressions"]
+
+
 def test_cert_manager_mode():
     objs = chart.render(SCENARIOS["cert-manager-selfsigned"])
     assert not by_kind(objs, "Secret")
@@ -527,7 +545,13 @@ BAD_VALUES = [
     ({"webhook": {"lookupTimeout": "3 seconds"}}, "lookupTimeout"),
     ({"webhook": {"port": 80}}, "port"),
     ({"tls": {"mode": "letsencrypt"}}, "mode"),
-    ({"tls": {"certManager": {"issuerRef": {"name": "x", "kind": "Vault"}}}}, "kind"),
+    ({"tls": {"certManager": {"issuerRef": {"name": "x", "kind": "cluster issuer"}}}}, "kind"),
+    # An external issuer's kind means nothing without its API group.
+    ({"tls": {"certManager": {"issuerRef": {"name": "x", "kind": "AWSPCAClusterIssuer"}}}}, "group"),
+    # Selectors the API server refuses (ValidateLabelSelectorRequirement).
+    ({"webhook": {"namespaceSelector": {"matchExpressions": [{"key": "env", "operator": "In"}]}}}, "values"),
+    ({"webhook": {"objectSelector": {"matchExpressions": [{"key": "env", "operator": "NotIn", "values": []}]}}}, "values"),
+    ({"webhook": {"objectSelector": {"matchExpressions": [{"key": "env", "operator": "Exists", "values": ["x"]}]}}}, "values"),
     ({"sidecar": {"mode": "sidecar"}}, "mode"),
     ({"sidecar": {"region": "Europe"}}, "region"),
     ({"sidecar": {"region": "us-east-1-"}}, "region"),
