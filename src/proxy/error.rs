@@ -56,7 +56,7 @@ codes! {
     INVALID_EVENT_STREAM = "invalid_event_stream", 400, "a bidirectional stream's client messages are malformed, too large, or continue after the end message (before Bedrock answered)";
     CLIENT_CLOSED = "client_closed", 499, "the client went away in the middle of its request body (its connection closed or reset, or its HTTP/2 stream cancelled), or an HTTP/1.1 client hung up a bidirectional stream before Bedrock answered (recorded in metrics; the client is gone)";
     SIGNING_FAILED = "signing_failed", 500, "aws-sigv4 refused to sign (should not happen)";
-    INVALID_HOST = "invalid_host", 400, "an HTTP/1.1 request without a `Host` header, an HTTP/1 request with more than one (RFC 9112 §3.2), or a `Host` that names no host (empty, or a list)";
+    INVALID_HOST = "invalid_host", 400, "a request without a `Host` header (HTTP/1.0 too: nothing then says it is for this pod), an HTTP/1 request with more than one (RFC 9112 §3.2), or a `Host` that names no host (empty, or a list)";
     TRANSFER_CODING_UNSUPPORTED = "transfer_coding_unsupported", 501, "a request `Transfer-Encoding` with a coding other than `chunked` (`gzip, chunked`; `identity` and empty members are fine), or `chunked` twice: its body would go upstream still encoded, as if plain";
     HOST_NOT_ALLOWED = "host_not_allowed", 403, "the `Host` is not a loopback name or address, nor in `--allowed-hosts` (an SSRF or DNS-rebinding attempt, or a missing `--allowed-hosts` entry); or a browser sent the request for a web page (`Origin`) whose host is neither";
     PROXY_TOKEN_REQUIRED = "proxy_token_required", 401, "`--proxy-token` is set and the request carries no (or the wrong) token";

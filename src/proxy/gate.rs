@@ -163,7 +163,13 @@ impl GateState {
                         "the Host header does not name a host",
                     ));
                 }
-                None => String::new(),
+                // HTTP/1.0 without one: "Host \"\" is not loopback; add it
+                // to --allowed-hosts" was no help.
+                None => {
+                    return Err(ProxyError::InvalidHost(
+                        "the request names no host: send a Host header",
+                    ));
+                }
             };
             if !self.host_allowed(&host) {
                 return Err(ProxyError::HostNotAllowed(host));
@@ -366,13 +372,17 @@ mod tests {
             let e = g.check(&request(Some(odd), &[])).unwrap_err();
             assert_eq!(e.code().name, "invalid_host", "{odd:?}");
         }
-        // HTTP/1.0 needs none: it is refused as not loopback, as before.
+        // HTTP/1.0 needs none, but the gate cannot tell such a request is
+        // for this pod: refused as naming no host (it was told to add the
+        // empty name to --allowed-hosts).
         let old = Request::builder()
             .uri("/model/m/converse")
             .version(http::Version::HTTP_10)
             .body(())
             .unwrap();
-        assert_eq!(g.check(&old).unwrap_err().code().name, "host_not_allowed");
+        let e = g.check(&old).unwrap_err();
+        assert_eq!((e.status().as_u16(), e.code().name), (400, "invalid_host"));
+        assert!(e.to_string().contains("send a Host header"), "{e}");
     }
 
     #[test]
