@@ -27,7 +27,7 @@ pub const SIGNING_NAME: Setting = Setting {
     flag: "signing-name",
     env: &["BEDROCK_BROKER_SIGNING_NAME"],
     default: Computed("bedrock-mantle for bedrock-mantle.* hosts, else bedrock"),
-    help: "SigV4 signing name, overriding the one derived from the upstream host",
+    help: "SigV4 signing name for --upstream (the runtime API and /openai), overriding the one derived from its host; the Mantle and Agents runtime upstreams sign for their own services",
 };
 pub const AGENT_RUNTIME_UPSTREAM: Setting = Setting {
     flag: "agent-runtime-upstream",
