@@ -12,7 +12,7 @@ use bedrock_broker::webhook::{
     SidecarAuth, Skip, StringMap, TokenAccess, TokenVolume,
 };
 use json_patch::PatchOperation;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::{json, Value};
 use webhook_support::pods::{
     app_facts, denial, env_of, inject, mutated, opted_in, pod, sidecar, ROLE,
@@ -653,12 +653,50 @@ fn needs_asks_only_for_what_decides() {
     let n = webhook::needs(&p, Any);
     assert!(n.namespace_labels);
     assert_eq!(n.service_account.as_deref(), Some("chat-app"));
+    // Reinvoked after injecting: the marker and the sidecar, nothing to read.
     p.metadata.annotations =
         Some([("bedrock-broker.io/injected".to_owned(), "0.1.0".to_owned())].into());
+    p.spec.as_mut().unwrap().init_containers = Some(vec![Container {
+        name: "bedrock-broker".to_owned(),
+        ..Default::default()
+    }]);
     assert_eq!(
         webhook::needs(&p, ServiceAccount),
         webhook::Needs::default()
     );
+}
+
+#[test]
+fn a_marker_copied_without_its_sidecar_is_injected_with_a_warning() {
+    // A manifest exported from an injected pod, its containers cut back to
+    // the app's, kept `bedrock-broker.io/injected`: the pod was admitted
+    // "already injected", and ran without a sidecar, unsaid.
+    let mut p = opted_in(json!({"serviceAccountName": "chat-app"}));
+    p.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert("bedrock-broker.io/injected".to_owned(), "0.1.0".to_owned());
+    let Outcome::Injected(injection) = webhook::inject(&p, &app_facts(), &defaults()).unwrap()
+    else {
+        panic!("not injected");
+    };
+    assert!(
+        injection
+            .warnings
+            .iter()
+            .any(|w| w.contains("bedrock-broker.io/injected")
+                && w.contains("no bedrock-broker container")),
+        "{:?}",
+        injection.warnings
+    );
+    let patched = mutated(&p, &injection);
+    assert_eq!(
+        patched["metadata"]["annotations"]["bedrock-broker.io/injected"],
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(patched["spec"]["initContainers"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["name"] == "bedrock-broker")));
 }
 
 #[test]

@@ -93,8 +93,27 @@ fn inject_label(pod: &Pod) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// Injected already: the marker and the sidecar. The marker alone is a
+/// copy (a manifest exported from an injected pod, with its containers
+/// cut down to the app's): that pod is injected, with a warning.
 fn already_injected(pod: &Pod) -> bool {
-    annotations(pod).contains_key(names::INJECTED)
+    annotations(pod).contains_key(names::INJECTED) && has_broker_container(pod)
+}
+
+fn has_broker_container(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .is_some_and(|spec| all_containers(spec).any(|c| c.name == CONTAINER_NAME))
+}
+
+/// The warning for a pod injected although it carried the marker.
+pub fn stale_marker(pod: &Pod, warnings: &mut Vec<String>) {
+    if annotations(pod).contains_key(names::INJECTED) {
+        warnings.push(format!(
+            "the pod carried the annotation {} but no {CONTAINER_NAME} container (copied from an injected pod's manifest?): it was injected; leave the annotation out of manifests, bedrock-broker sets it",
+            names::INJECTED
+        ));
+    }
 }
 
 /// The annotation the kubelet puts on the mirror pods it creates.

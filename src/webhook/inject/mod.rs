@@ -119,6 +119,7 @@ pub fn inject(
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
     decide::opt_in_annotation(pod, &mut warnings, &mut problems);
+    decide::stale_marker(pod, &mut warnings);
     let sidecar = match SidecarSpec::from_defaults(defaults).overlay(annotations(pod)) {
         Ok(mut sidecar) => {
             role::service_account_audience(pod, &mut sidecar, facts, &mut problems);
