@@ -58,6 +58,8 @@ pub enum StreamError {
     AfterEnd,
     #[error("the client's body ended inside an event-stream message ({0} bytes left over)")]
     Truncated(usize),
+    #[error("the client's event stream is malformed: a message declares {0} bytes, too few for its own framing")]
+    ShortLength(usize),
     #[error("bedrock-broker is busy (no room for an event-stream message in --request-body-budget); retry shortly")]
     Overloaded,
     #[error("the client sent nothing for {} after Bedrock's answer ended (--body-read-timeout)", humantime::format_duration(*.0))]
@@ -154,6 +156,25 @@ impl ChainSigner {
     }
 }
 
+/// One stream's re-signing, between polls.
+struct State<B> {
+    client: B,
+    resigner: Resigner,
+    /// What the client sent and the resigner has not taken yet.
+    rest: Bytes,
+    aborted: Aborted,
+    done: bool,
+    budget: BodyBudget,
+    /// The budget the message being received holds, or the envelope last
+    /// given out.
+    held: Option<OwnedSemaphorePermit>,
+    /// The request is in flight while its messages are still sent,
+    /// whether or not Bedrock has ended its answer.
+    occupancy: Arc<SharedHold>,
+    /// The silence allowed once the answer has ended.
+    patience: Duration,
+}
+
 /// The body sent upstream: the client's body, re-signed as it arrives. A
 /// message is forwarded as soon as its last byte is in; nothing waits for
 /// the end of the body. If it has to stop early, [`Aborted`] says why.
@@ -174,20 +195,6 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    struct State<B> {
-        client: B,
-        resigner: Resigner,
-        aborted: Aborted,
-        done: bool,
-        budget: BodyBudget,
-        /// The budget the unfinished message's bytes hold.
-        held: Option<OwnedSemaphorePermit>,
-        /// The request is in flight while its messages are still sent,
-        /// whether or not Bedrock has ended its answer.
-        occupancy: Arc<SharedHold>,
-        /// The silence allowed once the answer has ended.
-        patience: Duration,
-    }
     let aborted = Aborted::default();
     // A message the whole budget cannot sign would wait for room that
     // never comes.
@@ -197,6 +204,7 @@ where
     let state = State {
         client,
         resigner: Resigner::new(signer, max_message_bytes),
+        rest: Bytes::new(),
         aborted: aborted.clone(),
         done: false,
         budget,
@@ -209,65 +217,94 @@ where
             if state.done {
                 return None;
             }
-            // Polled again: what was given out last time is on its way
-            // (hyper asks for more once it is).
-            release(&mut state.held, counted(state.resigner.buffered()));
-            // What the client sent, in types that may be held across the
-            // budget's wait below (its body's error need not be `Send`).
-            let polled = match next_frame(&mut state.client, &state.occupancy, state.patience).await
-            {
-                Err(stalled) => Some(Err(stalled)),
-                Ok(None) => None,
-                Ok(Some(Err(e))) => Some(Err(StreamError::Read(e.into()))),
-                // Trailers mean nothing in an event stream.
-                Ok(Some(Ok(frame))) => Some(Ok(frame.into_data().ok())),
-            };
-            let next = match polled {
-                None => {
-                    state.done = true;
-                    match state.resigner.finish() {
-                        Ok(Some(end)) => Ok(Frame::data(end)),
-                        Ok(None) => return None,
-                        Err(e) => Err(e),
-                    }
-                }
-                Some(Err(e)) => Err(e),
-                Some(Ok(None)) => continue,
-                Some(Ok(Some(data))) => {
-                    let peak = SIGNING_COPIES * (state.resigner.pending() + data.len());
-                    match hold(&state.budget, &mut state.held, counted(peak)).await {
-                        Err(e) => Err(e),
-                        Ok(()) => {
-                            let pushed = state.resigner.push(&data);
-                            let given = pushed.as_ref().map_or(0, Bytes::len);
-                            let kept = state.resigner.buffered() + given;
-                            release(&mut state.held, counted(kept));
-                            match pushed {
-                                Ok(out) if out.is_empty() => continue,
-                                Ok(out) => Ok(Frame::data(out)),
-                                Err(e) => Err(e),
-                            }
+            // Polled again: the envelope given out last time is on its way
+            // (hyper asks for more once it is); what stays held is the
+            // message being received.
+            let keep = state.charge();
+            release(&mut state.held, keep);
+            if state.rest.is_empty() {
+                // What the client sent, in types that may be held across
+                // the budget's wait below (its body's error need not be
+                // `Send`).
+                let polled =
+                    match next_frame(&mut state.client, &state.occupancy, state.patience).await {
+                        Err(stalled) => Some(Err(stalled)),
+                        Ok(None) => None,
+                        Ok(Some(Err(e))) => Some(Err(StreamError::Read(e.into()))),
+                        // Trailers mean nothing in an event stream.
+                        Ok(Some(Ok(frame))) => Some(Ok(frame.into_data().ok())),
+                    };
+                match polled {
+                    Some(Ok(Some(data))) => state.rest = data,
+                    Some(Ok(None)) => continue,
+                    None => {
+                        state.done = true;
+                        match state.resigner.finish() {
+                            Ok(Some(end)) => return Some((Ok(Frame::data(end)), state)),
+                            Ok(None) => return None,
+                            Err(e) => return Some((state.fail(e), state)),
                         }
                     }
+                    Some(Err(e)) => return Some((state.fail(e), state)),
                 }
-            };
-            if let Err(e) = &next {
-                // The response may already be streaming: all that can be
-                // done then is to abort the upstream request and say why
-                // here. A client hanging up is ordinary (a call ended).
-                match e {
-                    StreamError::Read(_) | StreamError::Stalled(_) | StreamError::Abandoned => {
-                        tracing::debug!(error = %e, "bidirectional stream ended by the client")
-                    }
-                    _ => tracing::warn!(error = %e, "bidirectional stream aborted"),
-                }
-                let _ = state.aborted.0.set(e.proxy_error());
-                state.done = true;
             }
+            // One message at a time: its whole charge is held from its
+            // length on, never a part of it while waiting for the rest.
+            let piece = state
+                .rest
+                .split_to(state.resigner.piece_len(state.rest.len()));
+            let want = state.charge_with(piece.len());
+            let room = tokio::select! {
+                biased;
+                () = state.occupancy.abandoned() => Err(StreamError::Abandoned),
+                room = hold(&state.budget, &mut state.held, want) => room,
+            };
+            let next = match room.and_then(|()| state.resigner.push_piece(&piece)) {
+                Ok(None) => continue,
+                Ok(Some(envelope)) => {
+                    // Held until hyper asks for more, once it has sent it.
+                    release(&mut state.held, counted(envelope.len()));
+                    Ok(Frame::data(envelope))
+                }
+                Err(e) => state.fail(e),
+            };
             return Some((next, state));
         }
     });
     (StreamBody::new(frames).boxed_unsync(), aborted)
+}
+
+impl<B> State<B> {
+    /// What the message being received holds of the budget: signing it
+    /// takes its declared length three times over (before that is known,
+    /// only its first four bytes are in).
+    fn charge(&self) -> usize {
+        self.charge_with(0)
+    }
+
+    /// The same, with `more` of its bytes in.
+    fn charge_with(&self, more: usize) -> usize {
+        match self.resigner.declared() {
+            Some(length) => counted(SIGNING_COPIES * length),
+            None => counted(self.resigner.buffered() + more),
+        }
+    }
+
+    /// Ends the stream on `e`, saying why.
+    fn fail(&mut self, e: StreamError) -> Result<Frame<Bytes>, StreamError> {
+        // The response may already be streaming: all that can be done then
+        // is to abort the upstream request and say why here. A client
+        // hanging up is ordinary (a call ended).
+        match e {
+            StreamError::Read(_) | StreamError::Stalled(_) | StreamError::Abandoned => {
+                tracing::debug!(error = %e, "bidirectional stream ended by the client")
+            }
+            _ => tracing::warn!(error = %e, "bidirectional stream aborted"),
+        }
+        let _ = self.aborted.0.set(e.proxy_error());
+        self.done = true;
+        Err(e)
+    }
 }
 
 /// The client's next frame. While Bedrock answers, the client may be
@@ -297,10 +334,11 @@ async fn next_frame<B: Body + Unpin>(
     }
 }
 
-/// What a stream may hold outside the budget: its flow-control window lets
-/// in 64 KiB at a time anyway, and an audio session's messages (a few KiB)
-/// then never wait for, or lose to, room that large bodies hold.
-const UNCOUNTED: usize = 64 * 1024;
+/// What a message may hold outside the budget: an audio session's
+/// messages (a few KiB, signing one holds under 16 KiB) then never wait
+/// for, or lose to, room that large bodies hold. One message at a time a
+/// stream, at most `--max-requests` streams: 8 MiB for the default 512.
+const UNCOUNTED: usize = 16 * 1024;
 
 /// The part of `bytes` drawn from the budget.
 fn counted(bytes: usize) -> usize {
@@ -520,10 +558,7 @@ mod tests {
         assert!(body.frame().await.unwrap().is_ok());
 
         occupancy.abandon();
-        // Let go at once, before the body is asked for more (Bedrock may
-        // not be reading).
-        assert_eq!(gauge.get(), 0);
-        assert!(slots.clone().try_acquire_owned().is_ok());
+        drop(occupancy);
         // The client still sending changes nothing: the input ends in an
         // error, which resets Bedrock's stream.
         tx.unbounded_send(Ok(Frame::data(Bytes::from(encode(&chunk("two"))))))
@@ -532,9 +567,12 @@ mod tests {
             body.frame().await,
             Some(Err(StreamError::Abandoned))
         ));
+        // The hold goes with the input (Bedrock's stream), not before.
+        assert_eq!(gauge.get(), 1);
+        assert!(slots.clone().try_acquire_owned().is_err());
         assert!(body.frame().await.is_none());
-        drop(occupancy);
         assert_eq!(gauge.get(), 0);
+        assert!(slots.clone().try_acquire_owned().is_ok());
     }
 
     type Frames =
@@ -566,13 +604,16 @@ mod tests {
     const MIB: usize = 1 << 20;
 
     #[tokio::test(start_paused = true)]
-    async fn unfinished_messages_hold_the_body_budget_until_they_complete() {
-        let gate = gate_with_budget(4 * MIB);
+    async fn a_message_holds_what_signing_it_takes_from_its_length_on() {
+        let gate = gate_with_budget(5 * MIB);
         let budget = gate.body_budget();
         let message = encode(&chunk(&"x".repeat(MIB)));
-        let sent = 600 * 1024;
+        let charge = SIGNING_COPIES * message.len();
 
-        // Stream A holds 600 KiB of a message it has not finished.
+        // Stream A has sent the first 100 KiB of its message: the whole
+        // charge is held from its length on, not a part of it per frame
+        // (streams holding parts of what they need while waiting for the
+        // rest reset one another's sessions with room to spare).
         let (mut body_a, _, tx_a) = budgeted_stream("a", 8 * MIB, gate.body_budget());
         let a = tokio::spawn(async move {
             let mut frames = 0;
@@ -582,27 +623,17 @@ mod tests {
             }
             Ok::<_, StreamError>(frames)
         });
-        send(&tx_a, &message[..sent]);
+        send(&tx_a, &message[..100 * 1024]);
         for _ in 0..50 {
             tokio::task::yield_now().await;
         }
-        // Its buffer: at least what came (less the 12-byte prelude the
-        // decoder keeps), at most twice that.
-        assert!(
-            budget.reserve(4 * MIB - sent + 13).await.is_err(),
-            "A holds what it received"
-        );
-        drop(budget.reserve(4 * MIB - 2 * sent).await.unwrap());
+        assert!(budget.reserve(5 * MIB - charge + 1).await.is_err());
+        drop(budget.reserve(5 * MIB - charge).await.unwrap());
 
-        // Stream B cannot sign 1.25 MiB more beside it (3.75 MiB at the
-        // peak): refused, not buffered.
-        let big = encode(&chunk(&"y".repeat(1300 * 1024)));
-        assert!(
-            big.len() < 4 * MIB / SIGNING_COPIES,
-            "within the per-message limit"
-        );
+        // Stream B needs the same: it waits for A's room, then is refused
+        // (the wait is short here), holding nothing meanwhile.
         let (mut body_b, aborted_b, tx_b) = budgeted_stream("b", 8 * MIB, gate.body_budget());
-        send(&tx_b, &big[..1250 * 1024]);
+        send(&tx_b, &message[..MIB]);
         assert!(matches!(
             body_b.frame().await,
             Some(Err(StreamError::Overloaded))
@@ -612,15 +643,44 @@ mod tests {
             Some("overloaded")
         );
 
-        // A's message completes: its bytes are given back.
-        send(&tx_a, &message[sent..]);
+        // A's message completes: its room is given back.
+        send(&tx_a, &message[100 * 1024..]);
         drop(tx_a);
         assert_eq!(
             a.await.unwrap().unwrap(),
             2,
             "the message and the end envelope"
         );
-        drop(budget.reserve(4 * MIB).await.unwrap());
+        drop(budget.reserve(5 * MIB).await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_as_large_as_allowed_fits_beside_the_next_bytes() {
+        // The largest message the budget allows, with the next message's
+        // first bytes in the same frame: asking for room for both at once
+        // asked for more than the whole budget.
+        let gate = gate_with_budget(3 * MIB);
+        let (mut body, _, tx) = budgeted_stream("m", 8 * MIB, gate.body_budget());
+        let mut text = "x".repeat(MIB - 200);
+        let largest = loop {
+            let m = encode(&chunk(&text));
+            if m.len() >= MIB {
+                break m;
+            }
+            text.push('x');
+        };
+        assert!(
+            largest.len() <= MIB && largest.len() > MIB - 8,
+            "{}",
+            largest.len()
+        );
+        let next = encode(&chunk("next"));
+        let mut frame = largest.clone();
+        frame.extend_from_slice(&next[..10]);
+        send(&tx, &frame);
+        assert!(body.frame().await.unwrap().is_ok(), "the largest message");
+        send(&tx, &next[10..]);
+        assert!(body.frame().await.unwrap().is_ok(), "and the next");
     }
 
     #[tokio::test(start_paused = true)]
@@ -671,6 +731,21 @@ mod tests {
             aborted.reason().map(|e| e.code().name),
             Some("invalid_event_stream")
         );
+    }
+
+    #[test]
+    fn a_length_too_short_for_its_own_framing_is_refused() {
+        // A length under the prelude's 12 bytes: the decoder, waiting for a
+        // prelude, would never see the message end.
+        for length in [0u32, 4, 11] {
+            let mut r = Resigner::new(signer("seed"), MIB);
+            let mut bytes = length.to_be_bytes().to_vec();
+            bytes.extend_from_slice(&[0; 20]);
+            assert!(
+                matches!(r.push(&bytes), Err(StreamError::ShortLength(_))),
+                "{length}"
+            );
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! What a request holds until it is over (its place in the in-flight
 //! gauge, its slot in `--max-requests`), and when it lets go.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use prometheus::{Histogram, IntGauge};
@@ -47,7 +47,7 @@ struct Hold {
 /// The hold of a request whose body may outlast its response.
 #[derive(Debug)]
 pub struct SharedHold {
-    hold: Mutex<Option<Hold>>,
+    _hold: Option<Hold>,
     abandoned: CancellationToken,
 }
 
@@ -68,7 +68,7 @@ impl Occupancy {
             return shared.clone();
         }
         let shared = Arc::new(SharedHold {
-            hold: Mutex::new(self.hold.take()),
+            _hold: self.hold.take(),
             abandoned: CancellationToken::new(),
         });
         self.shared = Some(shared.clone());
@@ -77,18 +77,13 @@ impl Occupancy {
 
     /// The answer was given up before its end (the client left, or the
     /// proxy cut it off): a request body still being sent is ended too,
-    /// and Bedrock's stream with it. The hold goes at once: the body may
-    /// not be asked for more (and see this) until Bedrock reads again.
+    /// and Bedrock's stream with it. The hold stays with the body until
+    /// then: `--max-requests` bounds Bedrock's streams too, and one whose
+    /// input Bedrock is not reading ends only when Bedrock asks for more
+    /// (or ends it).
     pub fn abandon(&self) {
         if let Some(shared) = &self.shared {
             shared.abandoned.cancel();
-            drop(
-                shared
-                    .hold
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take(),
-            );
         }
     }
 }

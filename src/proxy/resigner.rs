@@ -19,7 +19,11 @@ pub(super) struct Resigner {
     /// Most bytes of one message: the decoder trusts the length prefix,
     /// so without this a bad prefix would make us buffer without bound.
     max_message_bytes: usize,
-    /// The length the message being received declares, once seen.
+    /// Bytes of the message being received so far.
+    received: usize,
+    /// Its first four bytes, while they come in.
+    prefix: [u8; 4],
+    /// The length it declares, once they are in.
     declared: Option<usize>,
     signer: ChainSigner,
     ended: bool,
@@ -45,6 +49,8 @@ impl Resigner {
             decoder: MessageFrameDecoder::new(),
             pending: BytesMut::new(),
             max_message_bytes,
+            received: 0,
+            prefix: [0; 4],
             declared: None,
             signer,
             ended: false,
@@ -52,6 +58,7 @@ impl Resigner {
     }
 
     /// Bytes of an unfinished message held.
+    #[cfg(test)]
     pub(super) fn pending(&self) -> usize {
         self.pending.len()
     }
@@ -61,61 +68,92 @@ impl Resigner {
         self.pending.capacity()
     }
 
-    /// Takes the next bytes from the client; returns the signed envelopes of
-    /// the messages they complete (empty when none is complete yet).
-    pub(super) fn push(&mut self, data: &[u8]) -> Result<Bytes, StreamError> {
-        self.pending.extend_from_slice(data);
+    /// The length the message being received declares, once its first
+    /// four bytes are in.
+    pub(super) fn declared(&self) -> Option<usize> {
+        self.declared
+    }
+
+    /// How many of the next `available` bytes belong to the message being
+    /// received: up to its end, or, before its length is known, up to
+    /// the end of the length. Feeding [`Resigner::push_piece`] no more
+    /// than this completes at most one message a call, and tells its
+    /// length before any of its body is held.
+    pub(super) fn piece_len(&self, available: usize) -> usize {
+        let end = self.declared.unwrap_or(4);
+        end.saturating_sub(self.received)
+            .min(available)
+            .max(1.min(available))
+    }
+
+    /// Takes the next bytes from the client, in any pieces; returns the
+    /// signed envelopes of the messages they complete (empty when none is
+    /// complete yet). The stream feeds [`Resigner::push_piece`] itself.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(super) fn push(&mut self, mut data: &[u8]) -> Result<Bytes, StreamError> {
         let mut out = BytesMut::new();
-        loop {
+        while !data.is_empty() {
+            let (piece, rest) = data.split_at(self.piece_len(data.len()));
+            if let Some(envelope) = self.push_piece(piece)? {
+                out.extend_from_slice(&envelope);
+            }
+            data = rest;
+        }
+        Ok(out.freeze())
+    }
+
+    /// Takes bytes of the message being received, at most
+    /// [`Resigner::piece_len`] of them; returns its signed envelope when
+    /// they complete it.
+    pub(super) fn push_piece(&mut self, piece: &[u8]) -> Result<Option<Bytes>, StreamError> {
+        if self.declared.is_none() {
             // A message's first four bytes declare its length: one too
             // large is refused before it is received, and a frame that
             // completes it is not let through past the limit.
-            if self.declared.is_none() && self.pending.len() >= 4 {
-                let mut prefix = [0u8; 4];
-                prefix.copy_from_slice(&self.pending[..4]);
-                let declared = u32::from_be_bytes(prefix) as usize;
+            let at = self.received;
+            self.prefix[at..at + piece.len()].copy_from_slice(piece);
+            if at + piece.len() == 4 {
+                let declared = u32::from_be_bytes(self.prefix) as usize;
                 if declared > self.max_message_bytes {
                     return Err(StreamError::TooLarge(self.max_message_bytes));
                 }
-                self.declared = Some(declared);
+                self.declared = Some(declared.max(4));
             }
-            let DecodedFrame::Complete(message) = self.decoder.decode_frame(&mut self.pending)?
-            else {
-                break;
-            };
-            // The message's bytes were copied out: a large one's buffer
-            // goes before its signed copies are made.
-            if self.declared.take().unwrap_or(0) > KEPT_CAPACITY {
-                self.pending = BytesMut::from(&self.pending[..]);
+        }
+        self.pending.extend_from_slice(piece);
+        self.received += piece.len();
+        let DecodedFrame::Complete(message) = self.decoder.decode_frame(&mut self.pending)? else {
+            if self.declared == Some(self.received) {
+                return Err(StreamError::ShortLength(self.received));
             }
-            if self.ended {
-                return Err(StreamError::AfterEnd);
-            }
-            let inner = unwrap_envelope(message)?;
-            self.ended = inner.is_none();
-            let envelope = self.signer.sign(inner.as_ref())?;
-            drop(inner);
-            write_message_to(&envelope, &mut out).map_err(StreamError::Encode)?;
+            return Ok(None);
+        };
+        self.declared = None;
+        self.received = 0;
+        // The message's bytes were copied out (nothing of the next one is
+        // in: a piece ends where its message does): a large one's buffer
+        // goes before its signed copies are made, and taking a message out
+        // never shrinks it.
+        if self.pending.capacity() > KEPT_CAPACITY {
+            self.pending = BytesMut::new();
         }
-        if self.pending.len() > self.max_message_bytes {
-            return Err(StreamError::TooLarge(self.max_message_bytes));
+        if self.ended {
+            return Err(StreamError::AfterEnd);
         }
-        // Taking messages out never shrinks the buffer: after a large one
-        // it would keep its allocation, outside the budget (drawn by what
-        // is pending), for the rest of the stream.
-        if self.pending.capacity() > KEPT_CAPACITY
-            && self.pending.capacity() > 2 * self.pending.len()
-        {
-            self.pending = BytesMut::from(&self.pending[..]);
-        }
-        Ok(out.freeze())
+        let inner = unwrap_envelope(message)?;
+        self.ended = inner.is_none();
+        let envelope = self.signer.sign(inner.as_ref())?;
+        drop(inner);
+        let mut out = BytesMut::new();
+        write_message_to(&envelope, &mut out).map_err(StreamError::Encode)?;
+        Ok(Some(out.freeze()))
     }
 
     /// At the end of the client's body: the end-of-stream envelope, unless
     /// the client already ended the stream itself.
     pub(super) fn finish(&mut self) -> Result<Option<Bytes>, StreamError> {
-        if !self.pending.is_empty() {
-            return Err(StreamError::Truncated(self.pending.len()));
+        if self.received > 0 {
+            return Err(StreamError::Truncated(self.received));
         }
         if self.ended {
             return Ok(None);

@@ -471,7 +471,8 @@ def test_a_client_silent_after_the_answer_ended_lets_go_of_its_slot(start_sideca
 async def input_after_a_cut(sidecar, fake) -> dict:
     """A session whose Bedrock goes quiet: the sidecar cuts the answer off
     (--stream-idle-timeout) while the client, still connected, sends on.
-    Returns Bedrock's record once its stream has ended."""
+    Returns Bedrock's record once its stream has ended and the request has
+    let go of its slot."""
     client = await H2Client.connect(sidecar.proxy)
     try:
         call = await client.start(bidi_headers(sidecar.proxy, ("x-fake-silent-answers", "1")))
@@ -490,9 +491,10 @@ async def input_after_a_cut(sidecar, fake) -> dict:
         deadline = asyncio.get_running_loop().time() + 10
         while True:
             (record,) = bidi_records(fake)
-            if record["bidi"]["client_disconnected"] or record["bidi"]["request_body_ended"]:
+            in_flight = sidecar.metric("bedrock_broker_requests_in_flight")
+            if (record["bidi"]["client_disconnected"] or record["bidi"]["request_body_ended"]) and in_flight == 0:
                 return record
-            assert asyncio.get_running_loop().time() < deadline, f"Bedrock's stream still open: {record['bidi']}"
+            assert asyncio.get_running_loop().time() < deadline, f"Bedrock's stream still open: {record['bidi']}, in flight {in_flight}"
             await asyncio.sleep(0.05)
     finally:
         await client.close()
@@ -507,4 +509,3 @@ def test_an_answer_cut_off_for_silence_ends_bedrocks_stream_too(start_sidecar, b
     bidi = record["bidi"]
     assert bidi["client_disconnected"] and not bidi["end_frame_received"], bidi
     assert bidi["data_frames"] == 1, "nothing after the cut reached Bedrock"
-    wait_for(lambda: sidecar.metric("bedrock_broker_requests_in_flight") == 0, what="the stream to let go of its slot")
