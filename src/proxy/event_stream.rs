@@ -66,6 +66,8 @@ pub enum StreamError {
     Stalled(Duration),
     #[error("the answer was given up (the client left, or it was cut off): Bedrock's stream is ended too")]
     Abandoned,
+    #[error("the client sent nothing for {} inside an event-stream message (--body-read-timeout)", humantime::format_duration(*.0))]
+    StalledInMessage(Duration),
 }
 
 impl StreamError {
@@ -75,7 +77,7 @@ impl StreamError {
         match self {
             // nginx's "client closed request": not an error of ours or Bedrock's.
             Self::Read(_) | Self::Abandoned => ProxyError::ClientClosed(self.to_string()),
-            Self::Stalled(d) => ProxyError::BodyReadTimeout(*d),
+            Self::Stalled(d) | Self::StalledInMessage(d) => ProxyError::BodyReadTimeout(*d),
             Self::Sign(_) | Self::Encode(_) => ProxyError::SigningFailed(self.to_string()),
             Self::Overloaded => ProxyError::Overloaded(
                 "no room for an event-stream message in --request-body-budget",
@@ -226,14 +228,21 @@ where
                 // What the client sent, in types that may be held across
                 // the budget's wait below (its body's error need not be
                 // `Send`).
-                let polled =
-                    match next_frame(&mut state.client, &state.occupancy, state.patience).await {
-                        Err(stalled) => Some(Err(stalled)),
-                        Ok(None) => None,
-                        Ok(Some(Err(e))) => Some(Err(StreamError::Read(e.into()))),
-                        // Trailers mean nothing in an event stream.
-                        Ok(Some(Ok(frame))) => Some(Ok(frame.into_data().ok())),
-                    };
+                let mid_message = state.resigner.mid_message();
+                let polled = match next_frame(
+                    &mut state.client,
+                    &state.occupancy,
+                    state.patience,
+                    mid_message,
+                )
+                .await
+                {
+                    Err(stalled) => Some(Err(stalled)),
+                    Ok(None) => None,
+                    Ok(Some(Err(e))) => Some(Err(StreamError::Read(e.into()))),
+                    // Trailers mean nothing in an event stream.
+                    Ok(Some(Ok(frame))) => Some(Ok(frame.into_data().ok())),
+                };
                 match polled {
                     Some(Ok(Some(data))) => state.rest = data,
                     Some(Ok(None)) => continue,
@@ -277,16 +286,17 @@ where
 impl<B> State<B> {
     /// What the message being received holds of the budget: signing it
     /// takes its declared length three times over (before that is known,
-    /// only its first four bytes are in).
+    /// its buffer, which a small message's leaves to the next).
     fn charge(&self) -> usize {
         self.charge_with(0)
     }
 
     /// The same, with `more` of its bytes in.
     fn charge_with(&self, more: usize) -> usize {
+        let buffer = self.resigner.buffered().max(self.resigner.pending() + more);
         match self.resigner.declared() {
-            Some(length) => counted(SIGNING_COPIES * length),
-            None => counted(self.resigner.buffered() + more),
+            Some(length) => counted((SIGNING_COPIES * length).max(buffer)),
+            None => counted(buffer),
         }
     }
 
@@ -314,10 +324,14 @@ impl<B> State<B> {
 /// in `--max-requests` with it: a whole `patience` of silence after the
 /// end is seen does then (the end is seen at most `patience` after it
 /// came, so the cut comes between one and two `patience`s after it).
+/// Inside a message (`mid_message`), a `patience` of silence is never the
+/// session's: the message holds its room in the budget, and a client that
+/// sent a few bytes of a large one would keep it from everyone else.
 async fn next_frame<B: Body + Unpin>(
     client: &mut B,
     occupancy: &Arc<SharedHold>,
     patience: Duration,
+    mid_message: bool,
 ) -> Result<Option<Result<Frame<B::Data>, B::Error>>, StreamError> {
     let mut answer_over = false;
     loop {
@@ -328,6 +342,7 @@ async fn next_frame<B: Body + Unpin>(
         };
         match waited {
             Ok(frame) => return Ok(frame),
+            Err(_) if mid_message => return Err(StreamError::StalledInMessage(patience)),
             Err(_) if answer_over => return Err(StreamError::Stalled(patience)),
             Err(_) => answer_over = occupancy.only_the_body_holds(),
         }
@@ -778,6 +793,59 @@ mod tests {
         assert!(most >= 1 << 19, "the message was held: {most}");
         assert_eq!(r.pending(), 0);
         assert!(r.buffered() <= KEPT_CAPACITY, "{}", r.buffered());
+        // A message just short of what its buffer grew to: taking it out
+        // left `capacity()` (counted from the buffer's new start) small
+        // while the whole allocation stayed, 16 MiB for a 16 MiB message.
+        let message = encode(&chunk(&"x".repeat(40 * 1024 - 200)));
+        let mut r = Resigner::new(signer("seed"), 2 << 20);
+        for piece in message.chunks(1000) {
+            r.push(piece).unwrap();
+        }
+        let next = encode(&chunk("next"));
+        r.push(&next[..20]).unwrap();
+        assert!(
+            r.buffered() <= 2 * KEPT_CAPACITY,
+            "the 40 KiB message's buffer was kept: {}",
+            r.buffered()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_silent_inside_a_message_lets_go_of_its_room() {
+        // Five bytes of a 16 MiB message held three times that of the
+        // budget for as long as the client stayed silent (Bedrock still
+        // answering): every other body got 503.
+        use crate::proxy::response_body::InFlight;
+
+        let gate = gate_with_budget(8 * MIB);
+        let budget = gate.body_budget();
+        let gauge = prometheus::IntGauge::new("in_flight", "test").unwrap();
+        let mut occupancy = Occupancy::new(InFlight::new(&gauge), None);
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let patience = Duration::from_secs(30);
+        let (mut body, aborted) = resigned(
+            http_body_util::StreamBody::new(rx),
+            signer("q"),
+            8 * MIB,
+            gate.body_budget(),
+            occupancy.share(),
+            patience,
+        );
+        let message = encode(&chunk(&"x".repeat(2 * MIB)));
+        send(&tx, &message[..5]);
+        let started = tokio::time::Instant::now();
+        assert!(matches!(
+            body.frame().await,
+            Some(Err(StreamError::StalledInMessage(d))) if d == patience
+        ));
+        assert_eq!(started.elapsed(), patience);
+        assert_eq!(
+            aborted.reason().map(|e| e.code().name),
+            Some("body_read_timeout")
+        );
+        drop(body);
+        drop(budget.reserve(8 * MIB).await.unwrap());
+        drop(occupancy);
     }
 
     #[test]

@@ -29,9 +29,11 @@ pub(super) struct Resigner {
     ended: bool,
 }
 
-/// Buffer kept for a stream's unfinished message between messages; more is
-/// given back once the message completes.
-pub(super) const KEPT_CAPACITY: usize = 64 * 1024;
+/// The longest message whose buffer a stream keeps for the next one (at
+/// most twice this, as it grew): a larger one's is given back, so what a
+/// stream holds between messages stays under what the budget leaves
+/// uncounted.
+pub(super) const KEPT_CAPACITY: usize = 4 * 1024;
 
 /// How many times over a message is held while it is signed: the client's
 /// bytes (in a buffer that may have doubled as they came) beside the
@@ -58,7 +60,6 @@ impl Resigner {
     }
 
     /// Bytes of an unfinished message held.
-    #[cfg(test)]
     pub(super) fn pending(&self) -> usize {
         self.pending.len()
     }
@@ -66,6 +67,11 @@ impl Resigner {
     /// Memory the unfinished message's buffer takes.
     pub(super) fn buffered(&self) -> usize {
         self.pending.capacity()
+    }
+
+    /// Whether a message is partly received.
+    pub(super) fn mid_message(&self) -> bool {
+        self.received > 0
     }
 
     /// The length the message being received declares, once its first
@@ -128,13 +134,14 @@ impl Resigner {
             }
             return Ok(None);
         };
-        self.declared = None;
+        let declared = self.declared.take().unwrap_or(0);
         self.received = 0;
-        // The message's bytes were copied out (nothing of the next one is
-        // in: a piece ends where its message does): a large one's buffer
-        // goes before its signed copies are made, and taking a message out
-        // never shrinks it.
-        if self.pending.capacity() > KEPT_CAPACITY {
+        // The message's bytes were copied out, and nothing of the next one
+        // is in (a piece ends where its message does): a large one's buffer
+        // goes before its signed copies are made. Judged by the message's
+        // length: taking it out moved the buffer's start, and `capacity()`
+        // counts from there, not the allocation.
+        if declared > KEPT_CAPACITY {
             self.pending = BytesMut::new();
         }
         if self.ended {

@@ -195,3 +195,39 @@ def test_large_bidirectional_messages_stay_under_the_memory_limit(start_sidecar,
     assert [r["bidi"]["frames_verified"] for r in records] == [2, 2], [r["bidi"] for r in records]
     assert all(r["bidi"]["completed"] for r in records)
     assert peak < INJECTED_LIMIT_MIB * 0.9, f"peak RSS {peak:.1f} MiB"
+
+
+def test_open_bidirectional_streams_keep_no_large_message_buffer(start_sidecar, fake_aws_h2, h2_env):
+    # A message just short of what its receiving buffer had grown to left
+    # the whole buffer with its stream after it was signed, outside the
+    # budget: six open sessions that had each sent one such 16 MiB message
+    # held 133 MiB between messages.
+    import asyncio
+
+    from test_bidirectional_stream import H2Client, bidi_headers, chunk
+
+    sidecar = start_sidecar({**h2_env, **shipped_env(), "BEDROCK_BROKER_BODY_BUDGET_WAIT": "60s"})
+    text = "x" * (12_550_000)
+    message = chunk(text)
+    assert 16 * 1024 * 1024 - 60_000 < len(message) < 16 * 1024 * 1024 - 20_000, len(message)
+
+    async def sessions() -> float:
+        clients = []
+        try:
+            for _ in range(6):
+                client = await H2Client.connect(sidecar.proxy)
+                clients.append(client)
+                call = await client.start(bidi_headers(sidecar.proxy))
+                for m in (message, chunk("and a small one")):
+                    await call.send(m, timeout=120)
+                    echoed = await call.next_message(timeout=120)
+                    assert echoed is not None and echoed.headers[":message-type"] == "event", echoed.headers
+            # Every session open, each between messages.
+            return rss_mib(sidecar.proc.pid)
+        finally:
+            for client in clients:
+                await client.close()
+
+    held = asyncio.run(sessions())
+    print(f"\nRSS with six sessions open {held:.1f} MiB")
+    assert held < INJECTED_LIMIT_MIB * 0.9, f"RSS {held:.1f} MiB"
