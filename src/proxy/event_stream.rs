@@ -225,28 +225,24 @@ where
             let keep = state.charge();
             release(&mut state.held, keep);
             if state.rest.is_empty() {
-                // What the client sent, in types that may be held across
-                // the budget's wait below (its body's error need not be
-                // `Send`).
                 let mid_message = state.resigner.mid_message();
-                let polled = match next_frame(
+                let next = next_frame(
                     &mut state.client,
                     &state.occupancy,
                     state.patience,
                     mid_message,
-                )
-                .await
-                {
-                    Err(stalled) => Some(Err(stalled)),
-                    Ok(None) => None,
-                    Ok(Some(Err(e))) => Some(Err(StreamError::Read(e.into()))),
-                    // Trailers mean nothing in an event stream.
-                    Ok(Some(Ok(frame))) => Some(Ok(frame.into_data().ok())),
-                };
-                match polled {
-                    Some(Ok(Some(data))) => state.rest = data,
-                    Some(Ok(None)) => continue,
-                    None => {
+                );
+                match next.await {
+                    // Trailers (and empty frames) mean nothing in an event stream.
+                    Ok(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) if !data.is_empty() => state.rest = data,
+                        _ => continue,
+                    },
+                    Ok(Some(Err(e))) => {
+                        let e = StreamError::Read(e.into());
+                        return Some((state.fail(e), state));
+                    }
+                    Ok(None) => {
                         state.done = true;
                         match state.resigner.finish() {
                             Ok(Some(end)) => return Some((Ok(Frame::data(end)), state)),
@@ -254,7 +250,7 @@ where
                             Err(e) => return Some((state.fail(e), state)),
                         }
                     }
-                    Some(Err(e)) => return Some((state.fail(e), state)),
+                    Err(e) => return Some((state.fail(e), state)),
                 }
             }
             // One message at a time: its whole charge is held from its
