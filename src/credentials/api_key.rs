@@ -1,11 +1,15 @@
 //! Bedrock API keys: the bearer tokens Bedrock accepts instead of SigV4.
 
 use std::fmt;
+use std::time::{Duration, SystemTime};
 
+use base64::Engine;
 use http::HeaderValue;
 
 use crate::config::parse::ParseError;
 use crate::secret::Secret;
+
+const SHORT_TERM_PREFIX: &str = "bedrock-api-key-";
 
 /// Which kind of Bedrock API key a token looks like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +26,7 @@ impl ApiKeyKind {
     pub fn of(token: &str) -> Self {
         if token.len() <= 4 {
             Self::Unrecognised
-        } else if token.starts_with("bedrock-api-key-") {
+        } else if token.starts_with(SHORT_TERM_PREFIX) {
             Self::ShortTerm
         } else if token.starts_with("ABSK") {
             Self::LongTerm
@@ -54,6 +58,73 @@ pub fn bearer_header(token: &str) -> Option<HeaderValue> {
 pub struct ApiKey {
     token: Secret,
     header: HeaderValue,
+    expiry: Option<KeyExpiry>,
+}
+
+/// When a short-term key stops working at the latest, as the key itself
+/// says: it is a presigned request (AWS's token generators, the console),
+/// valid from its `X-Amz-Date` for `X-Amz-Expires` seconds. A key minted
+/// from temporary credentials stops working with them, which may be
+/// sooner; the key does not say when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyExpiry {
+    pub at: SystemTime,
+    /// `X-Amz-Expires`: the lifetime it was minted with.
+    pub lifetime: Duration,
+}
+
+impl KeyExpiry {
+    /// Reads a short-term key's expiry; `None` for any other key, or one
+    /// not shaped as AWS mints them. Nothing read here is secret (the
+    /// signature and any session token are skipped), but none of it is
+    /// logged either.
+    fn of(token: &str) -> Option<Self> {
+        let encoded = token.strip_prefix(SHORT_TERM_PREFIX)?;
+        let engine = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        );
+        let url = engine.decode(encoded).ok()?;
+        let query = url.splitn(2, |&b| b == b'?').nth(1)?;
+        let (mut date, mut expires) = (None, None);
+        for (name, value) in form_urlencoded::parse(query) {
+            match &*name {
+                "X-Amz-Date" => date = Some(value),
+                "X-Amz-Expires" => expires = Some(value),
+                _ => {}
+            }
+        }
+        let signed = amz_date(&date?)?;
+        let lifetime = Duration::from_secs(expires?.parse().ok()?);
+        Some(Self {
+            at: signed.checked_add(lifetime)?,
+            lifetime,
+        })
+    }
+}
+
+/// SigV4's basic ISO 8601 time (`20261206T160000Z`), read by reshaping it
+/// into RFC 3339 for humantime.
+fn amz_date(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| {
+        b.get(r.clone())
+            .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+    };
+    if b.len() != 16 || !digits(0..8) || b[8] != b'T' || !digits(9..15) || b[15] != b'Z' {
+        return None;
+    }
+    let rfc3339 = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &s[0..4],
+        &s[4..6],
+        &s[6..8],
+        &s[9..11],
+        &s[11..13],
+        &s[13..15]
+    );
+    humantime::parse_rfc3339(&rfc3339).ok()
 }
 
 impl ApiKey {
@@ -68,11 +139,17 @@ impl ApiKey {
         Ok(Self {
             token: Secret::new(token),
             header,
+            expiry: KeyExpiry::of(token),
         })
     }
 
     pub fn kind(&self) -> ApiKeyKind {
         ApiKeyKind::of(self.token.expose())
+    }
+
+    /// A short-term key's expiry, when the key says it.
+    pub fn expiry(&self) -> Option<KeyExpiry> {
+        self.expiry
     }
 
     /// The `Authorization` value, marked sensitive.
@@ -85,6 +162,7 @@ impl fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ApiKey")
             .field("kind", &self.kind())
+            .field("expiry", &self.expiry)
             .finish_non_exhaustive()
     }
 }
@@ -104,5 +182,65 @@ mod tests {
         assert_eq!(ApiKeyKind::of("ABSK"), ApiKeyKind::Unrecognised);
         assert!(ApiKey::parse("  ").is_err());
         assert!(ApiKey::parse("bad\nvalue").is_err());
+    }
+
+    /// A short-term key as AWS's token generators mint them: the presigned
+    /// URL without its scheme, then `&Version=1`, in standard base64.
+    fn short_term(query: &str) -> String {
+        let url = format!("bedrock.amazonaws.com/?{query}&Version=1");
+        format!(
+            "bedrock-api-key-{}",
+            base64::engine::general_purpose::STANDARD.encode(url)
+        )
+    }
+
+    const PRESIGNED: &str = "Action=CallWithBearerToken&X-Amz-Algorithm=AWS4-HMAC-SHA256\
+        &X-Amz-Credential=ASIAEXAMPLE%2F20261206%2Fus-east-1%2Fbedrock%2Faws4_request\
+        &X-Amz-Date=20261206T235500Z&X-Amz-Expires=900&X-Amz-SignedHeaders=host\
+        &X-Amz-Security-Token=session%2Btoken%3D&X-Amz-Signature=0123abcd";
+
+    #[test]
+    fn a_short_term_key_says_when_it_expires() {
+        let key = ApiKey::parse(&short_term(PRESIGNED)).unwrap();
+        let expiry = key.expiry().unwrap();
+        assert_eq!(
+            expiry.at,
+            humantime::parse_rfc3339("2026-12-07T00:10:00Z").unwrap()
+        );
+        assert_eq!(expiry.lifetime, Duration::from_secs(900));
+        // Padding is optional: a key copied without its `=` still reads.
+        let unpadded = short_term(PRESIGNED).trim_end_matches('=').to_owned();
+        assert_eq!(KeyExpiry::of(&unpadded), Some(expiry));
+        let shown = format!("{key:?}");
+        assert!(
+            !shown.contains("0123abcd") && !shown.contains("session"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn keys_that_do_not_say_have_no_expiry() {
+        let without = |param: &str| {
+            let query: Vec<&str> = PRESIGNED
+                .split('&')
+                .filter(|p| !p.starts_with(param))
+                .collect();
+            KeyExpiry::of(&short_term(&query.join("&")))
+        };
+        assert_eq!(without("X-Amz-Date"), None);
+        assert_eq!(without("X-Amz-Expires"), None);
+        for odd in [
+            PRESIGNED.replace("20261206T235500Z", "2026-12-06T23:55:00Z"),
+            PRESIGNED.replace("20261206T235500Z", "20261306T235500Z"),
+            PRESIGNED.replace("20261206T235500Z", "20261206T2355000"),
+            PRESIGNED.replace("X-Amz-Expires=900", "X-Amz-Expires=-1"),
+            PRESIGNED.replace("X-Amz-Expires=900", "X-Amz-Expires=18446744073709551615"),
+        ] {
+            assert_eq!(KeyExpiry::of(&short_term(&odd)), None, "{odd}");
+        }
+        assert_eq!(KeyExpiry::of("bedrock-api-key-not*base64"), None);
+        assert_eq!(KeyExpiry::of("bedrock-api-key-"), None);
+        let long_term = format!("ABSK{}", &short_term(PRESIGNED)["bedrock-api-key-".len()..]);
+        assert_eq!(ApiKey::parse(&long_term).unwrap().expiry(), None);
     }
 }

@@ -15,6 +15,8 @@ use crate::clock::{saturating_sub, SharedClock};
 pub enum DiagnoseError {
     #[error("no region configured (set AWS_REGION)")]
     NoRegion,
+    #[error("{found}{}", super::api_key_expired(*at))]
+    ApiKeyExpired { found: String, at: SystemTime },
     #[error("{found}{step} failed: {source}{}", hint(source))]
     Failed {
         /// The report up to the failing step.
@@ -43,6 +45,16 @@ pub async fn run(config: &CredentialsConfig, clock: SharedClock) -> Result<Strin
                 key.kind().describe()
             );
             let _ = writeln!(report, "note:     API keys are checked by Bedrock itself; STS cannot tell who they belong to");
+            if let Some(expiry) = key.expiry() {
+                let now = clock.now();
+                let _ = writeln!(report, "expires:  {}", describe_time(expiry.at, now));
+                if expiry.at <= now {
+                    return Err(DiagnoseError::ApiKeyExpired {
+                        found: report,
+                        at: expiry.at,
+                    });
+                }
+            }
             let _ = writeln!(
                 report,
                 "ok: an API key is set (not checked: send a request through the sidecar to try it)"

@@ -25,7 +25,7 @@ pub mod token;
 pub mod token_watch;
 mod web_identity;
 
-pub use api_key::{bearer_header, ApiKey, ApiKeyKind};
+pub use api_key::{bearer_header, ApiKey, ApiKeyKind, KeyExpiry};
 pub use cell::{CredentialCell, HeldCredentials, Unusable};
 pub use chained::ChainedSource;
 pub use config::{
@@ -37,5 +37,5 @@ pub use policy::RefreshPolicy;
 pub use refresher::Refresher;
 pub use sdk_provider::SdkProviderSource;
 pub use source::{source_for, BoxFuture, CredentialSource, Fetched, StaticSource, TokenExpiry};
-pub use start::{start, Background, Readiness, StartError};
+pub use start::{api_key_expired, start, Background, Readiness, StartError};
 pub use web_identity::{TokenRead, WebIdentitySource};

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::FutureExt;
 use tokio::task::JoinSet;
@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::token_watch::TokenWatch;
 use super::{source_for, CredentialCell, CredentialMode, CredentialsConfig, RefreshPolicy};
-use super::{Refresher, SigV4Source};
+use super::{ApiKey, ApiKeyKind, Refresher, SigV4Source};
 use crate::admin::{Ready, Status};
 use crate::clock::{unix_seconds, SharedClock};
 use crate::metrics::CredentialMetrics;
@@ -25,14 +25,24 @@ pub enum Readiness {
         cell: Arc<CredentialCell>,
         clock: SharedClock,
     },
-    /// A configured API key: ready as soon as the process serves.
-    ApiKey,
+    /// A configured API key: ready as soon as the process serves, until
+    /// the key's own expiry when it says one (a short-term key), which
+    /// nothing here can renew.
+    ApiKey {
+        expiry: Option<SystemTime>,
+        clock: SharedClock,
+    },
 }
 
 impl Ready for Readiness {
     fn status(&self) -> Status {
         match self {
-            Self::ApiKey => Status::new(true).with("mode", "api_key"),
+            Self::ApiKey { expiry, clock } => match expiry {
+                Some(at) if clock.now() >= *at => Status::new(false)
+                    .with("reason", api_key_expired(*at))
+                    .with("mode", "api_key"),
+                _ => Status::new(true).with("mode", "api_key"),
+            },
             Self::Credentials { cell, clock } => match cell.usable(clock.now()) {
                 Ok(_) => Status::new(true).with("mode", "sigv4"),
                 Err(why) => {
@@ -82,6 +92,33 @@ impl Background {
     }
 }
 
+/// Why requests cannot go out with the configured API key any more.
+pub fn api_key_expired(at: SystemTime) -> String {
+    format!(
+        "the configured Bedrock API key (AWS_BEARER_TOKEN_BEDROCK) expired at {}: short-term keys \
+         cannot be renewed here; set a fresh key and restart the pod, or give the sidecar a role \
+         (web identity), whose credentials it refreshes",
+        humantime::format_rfc3339_seconds(at)
+    )
+}
+
+/// Says at start what the key's expiry means for this pod.
+fn announce_api_key(key: &ApiKey, now: SystemTime) {
+    match (key.kind(), key.expiry()) {
+        (_, Some(e)) if e.at <= now => tracing::warn!("{}", api_key_expired(e.at)),
+        (_, Some(e)) => tracing::info!(
+            expires_at = %humantime::format_rfc3339_seconds(e.at),
+            "the short-term Bedrock API key stops working by this time (sooner if the credentials \
+             that minted it expire first); requests are refused with credentials_expired after it"
+        ),
+        (ApiKeyKind::ShortTerm, None) => tracing::warn!(
+            "the short-term Bedrock API key does not say when it expires (it is not shaped as \
+             AWS's token generators mint keys): its expiry is not tracked"
+        ),
+        _ => {}
+    }
+}
+
 /// Why the credential machinery could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -102,14 +139,21 @@ pub async fn start(
 ) -> Result<(Readiness, Background), StartError> {
     let source = match &config.mode {
         CredentialMode::SigV4(source) => source,
-        CredentialMode::ApiKey(_) => {
-            // An API key never expires as far as we can tell.
-            metrics.expiry_timestamp.set(f64::INFINITY);
-            metrics.lifetime.set(f64::INFINITY);
+        CredentialMode::ApiKey(key) => {
+            let expiry = key.expiry();
+            // A long-term key's expiry is IAM's to know, not the key's.
+            metrics
+                .expiry_timestamp
+                .set(expiry.map_or(f64::INFINITY, |e| unix_seconds(e.at)));
+            metrics
+                .lifetime
+                .set(expiry.map_or(f64::INFINITY, |e| e.lifetime.as_secs_f64()));
             metrics
                 .last_refresh_timestamp
                 .set(unix_seconds(clock.now()));
-            return Ok((Readiness::ApiKey, Background::default()));
+            announce_api_key(key, clock.now());
+            let expiry = expiry.map(|e| e.at);
+            return Ok((Readiness::ApiKey { expiry, clock }, Background::default()));
         }
     };
     let region = config.region.as_ref().ok_or(StartError::NoRegion)?;
@@ -153,5 +197,32 @@ mod tests {
         }
         let mut none = Background::default();
         assert!(Box::pin(none.panicked()).now_or_never().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_api_key_is_ready_until_the_expiry_it_carries() {
+        let start = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let clock = crate::clock::TokioClock::starting_at(start);
+        let ready = Readiness::ApiKey {
+            expiry: Some(start + Duration::from_secs(60)),
+            clock: Arc::new(clock),
+        };
+        assert!(ready.status().ready);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(ready.status().ready);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let status = ready.status();
+        assert!(!status.ready);
+        let reason = status.details["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("expired at 2027-01-15T08:01:00Z"),
+            "{reason}"
+        );
+        let forever = Readiness::ApiKey {
+            expiry: None,
+            clock: Arc::new(crate::clock::TokioClock::starting_at(start)),
+        };
+        tokio::time::advance(Duration::from_secs(1 << 40)).await;
+        assert!(forever.status().ready);
     }
 }

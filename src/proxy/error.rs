@@ -8,7 +8,7 @@
 //! token, key or signature.
 
 use std::borrow::Cow;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
@@ -42,7 +42,7 @@ macro_rules! codes {
 
 codes! {
     NO_CREDENTIALS = "no_credentials", 503, "no credentials obtained yet, with `Retry-After` (or none configured for SigV4, without)";
-    CREDENTIALS_EXPIRED = "credentials_expired", 503, "held credentials expired and refreshing keeps failing; comes with `Retry-After`";
+    CREDENTIALS_EXPIRED = "credentials_expired", 503, "held credentials expired and refreshing keeps failing (comes with `Retry-After`); or the configured short-term API key is past the expiry it carries (without: nothing renews it)";
     INVALID_PROVIDER_DATA = "invalid_provider_data", 400, "malformed `x-llamastack-provider-data`";
     BODY_TOO_LARGE = "body_too_large", 413, "body over `--max-body-bytes`";
     ABSOLUTE_FORM_REFUSED = "absolute_form_refused", 400, "the client used the sidecar as an HTTP proxy (`GET http://host/...`)";
@@ -76,6 +76,8 @@ pub enum ProxyError {
     NoSigV4,
     #[error("bedrock-broker cannot sign the request: the held credentials have expired and refreshing them keeps failing")]
     CredentialsExpired,
+    #[error("bedrock-broker will not send the request: {}", crate::credentials::api_key_expired(*.0))]
+    ApiKeyExpired(SystemTime),
     #[error("request body exceeds the proxy's limit of {limit} bytes (--max-body-bytes)")]
     BodyTooLarge { limit: usize },
     #[error("could not read the request body: {0}")]
@@ -155,7 +157,7 @@ impl ProxyError {
     pub fn code(&self) -> &'static Code {
         match self {
             Self::NotYetObtained | Self::NoSigV4 => &NO_CREDENTIALS,
-            Self::CredentialsExpired => &CREDENTIALS_EXPIRED,
+            Self::CredentialsExpired | Self::ApiKeyExpired(_) => &CREDENTIALS_EXPIRED,
             Self::BodyTooLarge { .. } => &BODY_TOO_LARGE,
             Self::BodyRead(_) => &BODY_READ_FAILED,
             Self::InvalidPath(_) => &INVALID_PATH,

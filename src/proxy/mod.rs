@@ -49,7 +49,7 @@ mod usage;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
@@ -110,6 +110,8 @@ pub struct Proxy {
     routes: route::Routes,
     /// `Bearer <AWS_BEARER_TOKEN_BEDROCK>`, built once.
     configured_bearer: Option<HeaderValue>,
+    /// When that key stops working, if it says (a short-term key).
+    configured_key_expiry: Option<SystemTime>,
     max_body_bytes: usize,
     /// How long a rejected request waits for refreshed credentials.
     self_heal_wait: Duration,
@@ -148,6 +150,11 @@ impl Proxy {
             cell,
             clients,
             routes: route::Routes::new(config.routes, region),
+            configured_key_expiry: config
+                .api_key
+                .as_ref()
+                .and_then(|k| k.expiry())
+                .map(|e| e.at),
             configured_bearer: config.api_key.map(|key| key.header().clone()),
             max_body_bytes: config.max_body_bytes,
             self_heal_wait: config.self_heal_wait,
@@ -317,6 +324,17 @@ impl Proxy {
         auth::decide(request.headers(), self.configured_bearer.as_ref())
     }
 
+    /// Refuses to send the configured API key past the expiry it carries,
+    /// so the client reads what to do instead of Bedrock's refusal.
+    fn refuse_expired_key(&self, mode: AuthMode) -> Result<(), ProxyError> {
+        match self.configured_key_expiry {
+            Some(at) if mode == AuthMode::ConfiguredApiKey && self.clock.now() >= at => {
+                Err(ProxyError::ApiKeyExpired(at))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Signs (or carries the bearer of) one authenticated request and sends it.
     async fn forward<B>(
         &self,
@@ -335,6 +353,7 @@ impl Proxy {
         let (mut parts, body) = request.into_parts();
         let route = self.routes.get(class.prefix).map_err(with_mode)?;
         auth::refuse_unsupported_api_key(class, mode).map_err(with_mode)?;
+        self.refuse_expired_key(mode).map_err(with_mode)?;
         if class.operation == Operation::InvokeBidirectionalStream {
             // Never buffered: the client sends while it reads the answers.
             // SigV4 only: API keys were refused above.
