@@ -22,6 +22,18 @@ pub struct SdkProviderSource {
 #[derive(Debug)]
 enum Provider {
     Kept(SharedCredentialsProvider),
+    /// aws-config's profile provider keeps the error of its first build
+    /// (a missing profile) and hands it out once: every later attempt
+    /// failed with "initialization error already taken", and its
+    /// `ProviderConfig` keeps its first read of the files, so a fixed file
+    /// was never read again without a restart. After a failure the next
+    /// attempt starts from the files again; a provider that worked is kept
+    /// (the providers it chains to cache, an SSO token for one).
+    Profile {
+        name: Option<String>,
+        settings: Settings,
+        built: std::sync::Mutex<Option<SharedCredentialsProvider>>,
+    },
     /// aws-config's IMDS provider answers any IMDS error with the
     /// credentials it fetched last: the refresher would count an outage as
     /// refreshes that worked, and then take the expired credentials for a
@@ -32,28 +44,21 @@ enum Provider {
 
 impl SdkProviderSource {
     pub fn new(source: &SdkSource, config: &CredentialsConfig, region: &Region) -> Self {
-        // The STS clients a profile builds (its role, its web identity)
-        // get the sidecar's own STS settings: without them a profile's STS
-        // call had no timeout (a stalled STS stalled the refresher for good,
-        // `--sts-timeout` or not) and retried inside one attempt, which the
-        // refresher then counted as one. The refresher owns retrying.
-        let provider_config = ProviderConfig::default()
-            .with_region(Some(aws_config::Region::new(region.as_str().to_owned())))
-            .with_http_client(sts::http_client(config))
-            .with_retry_config(aws_smithy_types::retry::RetryConfig::disabled())
-            .with_timeout_config(sts::timeouts(config));
+        let settings = Settings {
+            region: aws_config::Region::new(region.as_str().to_owned()),
+            http: sts::http_client(config),
+            timeouts: sts::timeouts(config),
+        };
+        let provider_config = settings.provider_config();
         let (kind, provider) = match source {
-            SdkSource::Profile(name) => {
-                let mut b = aws_config::profile::ProfileFileCredentialsProvider::builder()
-                    .configure(&provider_config);
-                if let Some(name) = name {
-                    b = b.profile_name(name);
-                }
-                (
-                    "profile",
-                    Provider::Kept(SharedCredentialsProvider::new(b.build())),
-                )
-            }
+            SdkSource::Profile(name) => (
+                "profile",
+                Provider::Profile {
+                    name: name.clone(),
+                    settings,
+                    built: std::sync::Mutex::new(None),
+                },
+            ),
             SdkSource::Container => (
                 "container",
                 Provider::Kept(SharedCredentialsProvider::new(
@@ -70,6 +75,25 @@ impl SdkProviderSource {
     async fn load(&self) -> Result<Fetched, SourceError> {
         let loaded = match &self.provider {
             Provider::Kept(provider) => provider.provide_credentials().await,
+            Provider::Profile {
+                name,
+                settings,
+                built,
+            } => {
+                let lock = || {
+                    built
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                };
+                let provider = lock()
+                    .get_or_insert_with(|| profile_provider(name.as_deref(), settings))
+                    .clone();
+                let loaded = provider.provide_credentials().await;
+                if loaded.is_err() {
+                    lock().take();
+                }
+                loaded
+            }
             Provider::ImdsEachTime(config) => {
                 aws_config::imds::credentials::ImdsCredentialsProvider::builder()
                     .configure(config)
@@ -88,6 +112,42 @@ impl SdkProviderSource {
             Err(e) => Err(provider_error(self.kind, &e)),
         }
     }
+}
+
+/// What every aws-config provider here is configured with.
+#[derive(Debug)]
+struct Settings {
+    region: aws_config::Region,
+    http: aws_smithy_runtime_api::client::http::SharedHttpClient,
+    timeouts: aws_smithy_types::timeout::TimeoutConfig,
+}
+
+impl Settings {
+    /// A new `ProviderConfig`: one keeps what it parsed of the profile
+    /// files for as long as it (or any clone of it) lives.
+    fn provider_config(&self) -> ProviderConfig {
+        // The STS clients a profile builds (its role, its web identity)
+        // get the sidecar's own STS settings: without them a profile's STS
+        // call had no timeout (a stalled STS stalled the refresher for
+        // good, `--sts-timeout` or not) and retried inside one attempt,
+        // which the refresher then counted as one. The refresher owns
+        // retrying.
+        ProviderConfig::default()
+            .with_region(Some(self.region.clone()))
+            .with_http_client(self.http.clone())
+            .with_retry_config(aws_smithy_types::retry::RetryConfig::disabled())
+            .with_timeout_config(self.timeouts.clone())
+    }
+}
+
+/// A profile provider reading the files afresh.
+fn profile_provider(name: Option<&str>, settings: &Settings) -> SharedCredentialsProvider {
+    let config = settings.provider_config();
+    let mut b = aws_config::profile::ProfileFileCredentialsProvider::builder().configure(&config);
+    if let Some(name) = name {
+        b = b.profile_name(name);
+    }
+    SharedCredentialsProvider::new(b.build())
 }
 
 fn provider_error(kind: &'static str, e: &CredentialsError) -> SourceError {

@@ -180,6 +180,35 @@ def _profile_env(fake_aws, tmp_path, profile: str, profiles: str) -> dict[str, s
     }
 
 
+def test_a_profile_fixed_after_a_failure_is_read_again(start_sidecar, fake_aws, tmp_path):
+    """aws-config's profile provider hands out the error of its first build
+    once: every later attempt read "initialization error already taken"
+    (transient, the cause gone from /readyz), and a fixed file was never
+    read again without a restart."""
+    fake_aws.post("/static_keys", {"access_key_id": "AKIDPROFILEBASE", "secret_access_key": "profile-base-secret"})
+    env = _profile_env(fake_aws, tmp_path, "dev", "[profile other]\nregion = us-east-1\n")
+    sidecar = start_sidecar(env, ["--refresh-max-backoff", "1s"], wait_ready=False)
+    fatal = {"class": "fatal"}
+    wait_for(lambda: (sidecar.metric("bedrock_broker_credential_refresh_errors_total", fatal) or 0) >= 3,
+             timeout=20, what="three failed attempts")
+    last_error = sidecar.ready().json()["last_error"]
+    assert "dev" in last_error and "already taken" not in last_error, last_error
+    assert sidecar.metric("bedrock_broker_credential_refresh_errors_total", {"class": "transient"}) in (None, 0)
+
+    (tmp_path / "aws-config").write_text(
+        "[profile dev]\n"
+        f"role_arn = {ROLE_ARN}\n"
+        "source_profile = base\n"
+        "[profile base]\n"
+        "aws_access_key_id = AKIDPROFILEBASE\n"
+        "aws_secret_access_key = profile-base-secret\n"
+    )
+    wait_for(lambda: sidecar.ready().status_code == 200, timeout=20, what="the fixed profile read")
+    tid = uuid.uuid4().hex
+    converse(sidecar, tid)
+    assert fake_aws.request_for(tid)["verified"]
+
+
 def _profile_sidecar(start_sidecar, fake_aws, tmp_path, args: list[str], wait_ready: bool = True):
     """A sidecar on the profile source, whose profile assumes a role from
     static keys (an STS call of aws-config's making, not the sidecar's)."""
