@@ -122,8 +122,10 @@ pub fn parse(
 /// `AWS_CA_BUNDLE` (a file) and `BEDROCK_BROKER_CA_BUNDLE_PEM` (text),
 /// either or both.
 fn ca_bundle(env: &Env, errors: &mut Errors) -> Option<CaBundle> {
+    // A path with a newline (a ConfigMap's `|` block) named a file that
+    // looked right in every message and did not exist.
     let file = var(env, &vars::AWS_CA_BUNDLE).and_then(|path| {
-        CaBundle::read(PathBuf::from(path))
+        CaBundle::read(PathBuf::from(path.trim()))
             .map_err(|e| errors.push(vars::AWS_CA_BUNDLE.name, e))
             .ok()
     });
@@ -280,7 +282,7 @@ fn web_identity(env: &Env, errors: &mut Errors) -> Option<WebIdentityConfig> {
             let session_name = session_name(env, errors);
             Some(WebIdentityConfig {
                 role_arn: role_arn?,
-                token_file: PathBuf::from(token_file),
+                token_file: PathBuf::from(token_file.trim()),
                 session_name: session_name?,
             })
         }
