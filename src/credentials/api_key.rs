@@ -133,6 +133,16 @@ impl ApiKey {
         if token.is_empty() {
             return Err(ParseError::refused("is blank"));
         }
+        // Copied from a curl line or a header: it would go out as
+        // `Bearer Bearer …`, which Bedrock refuses as an invalid key.
+        if token
+            .get(..7)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("bearer "))
+        {
+            return Err(ParseError::refused(
+                "starts with `Bearer `: set the key alone (the sidecar sends it as `Bearer <key>`)",
+            ));
+        }
         let header = bearer_header(token).ok_or_else(|| {
             ParseError::refused("contains characters not allowed in an HTTP header")
         })?;
@@ -182,6 +192,18 @@ mod tests {
         assert_eq!(ApiKeyKind::of("ABSK"), ApiKeyKind::Unrecognised);
         assert!(ApiKey::parse("  ").is_err());
         assert!(ApiKey::parse("bad\nvalue").is_err());
+        for pasted in [
+            "Bearer ABSKxyz",
+            "bearer bedrock-api-key-abc",
+            " BEARER  ABSKxyz",
+        ] {
+            let e = ApiKey::parse(pasted).unwrap_err().to_string();
+            assert!(
+                e.contains("set the key alone") && !e.contains("xyz") && !e.contains("abc"),
+                "{e}"
+            );
+        }
+        assert!(ApiKey::parse("Bearerish-key").is_ok());
     }
 
     /// A short-term key as AWS's token generators mint them: the presigned

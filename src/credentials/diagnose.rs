@@ -45,6 +45,9 @@ pub async fn run(config: &CredentialsConfig, clock: SharedClock) -> Result<Strin
                 key.kind().describe()
             );
             let _ = writeln!(report, "note:     API keys are checked by Bedrock itself; STS cannot tell who they belong to");
+            if config.region.is_none() {
+                let _ = writeln!(report, "note:     no region (AWS_REGION): the sidecar needs one, or --upstream, to know which Bedrock endpoint to call");
+            }
             if let Some(expiry) = key.expiry() {
                 let now = clock.now();
                 let _ = writeln!(report, "expires:  {}", describe_time(expiry.at, now));

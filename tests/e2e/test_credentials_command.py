@@ -219,6 +219,16 @@ def test_a_token_path_that_is_a_directory_is_called_that(irsa_env, token_dir):
     assert "must name the token file itself" in hint, out.stderr
 
 
+def test_paths_with_a_trailing_newline_name_their_file(irsa_env, tls_material):
+    # A value from a ConfigMap's `|` block ends in a newline: the messages
+    # named a file that looked right and "did not exist".
+    env = dict(irsa_env, AWS_WEB_IDENTITY_TOKEN_FILE=irsa_env["AWS_WEB_IDENTITY_TOKEN_FILE"] + "\n",
+               AWS_CA_BUNDLE=f" {tls_material['ca']}\n")
+    out = run(env)
+    assert out.returncode == 0, out.stderr
+    assert "ok: credentials work" in out.stdout
+
+
 def test_an_api_key_is_not_claimed_to_work(fake_aws):
     # Nothing but Bedrock can check an API key; the command must not say
     # it checked one.
@@ -226,6 +236,14 @@ def test_an_api_key_is_not_claimed_to_work(fake_aws):
     assert out.returncode == 0, out.stderr
     assert "credentials work" not in out.stdout
     assert "not checked" in out.stdout, out.stdout
+    assert "ABSKZmFrZWtleQ==" not in out.stdout + out.stderr
+    assert "no region" not in out.stdout
+    # Without a region the sidecar would not know where to send requests.
+    out = run({"AWS_BEARER_TOKEN_BEDROCK": "ABSKZmFrZWtleQ=="})
+    assert out.returncode == 0 and "no region (AWS_REGION)" in out.stdout, out.stdout + out.stderr
+    # A key pasted with its scheme would go out as `Bearer Bearer ...`.
+    out = run({"AWS_REGION": "us-east-1", "AWS_BEARER_TOKEN_BEDROCK": "Bearer ABSKZmFrZWtleQ=="})
+    assert out.returncode == 2 and "AWS_BEARER_TOKEN_BEDROCK" in out.stderr and "set the key alone" in out.stderr, out.stderr
     assert "ABSKZmFrZWtleQ==" not in out.stdout + out.stderr
 
 
