@@ -152,6 +152,10 @@ fn profile_provider(name: Option<&str>, settings: &Settings) -> SharedCredential
 
 fn provider_error(kind: &'static str, e: &CredentialsError) -> SourceError {
     let class = match e {
+        // aws-config's IMDS provider says "not loaded" for a connection it
+        // could not make as for a node without a role: a blip is not
+        // something someone has to fix.
+        _ if unreachable(e) => ErrorClass::Transient,
         // Nothing to load or a broken configuration: someone has to fix it.
         CredentialsError::CredentialsNotLoaded(_) | CredentialsError::InvalidConfiguration(_) => {
             ErrorClass::Fatal
@@ -177,6 +181,21 @@ fn provider_error(kind: &'static str, e: &CredentialsError) -> SourceError {
         )),
         class,
     }
+}
+
+/// Whether the provider could not reach its endpoint at all.
+fn unreachable(e: &CredentialsError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cause {
+        if err
+            .downcast_ref::<aws_smithy_runtime_api::client::result::ConnectorError>()
+            .is_some()
+        {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
 }
 
 impl CredentialSource for SdkProviderSource {

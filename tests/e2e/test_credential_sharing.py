@@ -326,6 +326,21 @@ def test_an_imds_outage_is_a_failed_refresh_not_the_old_credentials_again(start_
     assert fake_aws.request_for(tid)["verified"]
 
 
+def test_an_unreachable_imds_is_a_transient_failure(start_sidecar, fake_aws):
+    # aws-config reports a connection it could not make to IMDS as
+    # "credentials not loaded", which is also its word for a node without
+    # a role: taken as fatal, an IMDS blip got the slow backoff meant for
+    # an IAM fix.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    env = dict(imds_env(fake_aws), AWS_EC2_METADATA_SERVICE_ENDPOINT=f"http://127.0.0.1:{port}/")
+    sidecar = start_sidecar(env, FAST, wait_ready=False)
+    wait_for(lambda: (sidecar.metric("bedrock_broker_credential_refresh_errors_total", {"class": "transient"}) or 0) >= 1,
+             timeout=15, what="the refused connection counted as transient")
+    assert (sidecar.metric("bedrock_broker_credential_refresh_errors_total", {"class": "fatal"}) or 0) == 0
+
+
 def test_ecs_or_pod_identity_container_source(start_sidecar, fake_aws):
     sidecar = start_sidecar({
         "AWS_REGION": "us-east-1",
