@@ -83,6 +83,9 @@ pub async fn run(config: &CredentialsConfig, clock: SharedClock) -> Result<Strin
             step: "obtaining credentials",
             source,
         })?;
+    if let Some(server) = fetched.server_time {
+        describe_skew(&mut report, clock.now(), server);
+    }
     let expiry = fetched.credentials.expiry();
     let client = sts::client(config, region, Some(fetched.credentials));
     let who = client
@@ -186,6 +189,21 @@ fn describe_session(report: &mut String, config: &CredentialsConfig) {
 }
 
 /// `2026-11-25T18:00:00Z (in 59m 58s)`.
+/// The sidecar warns about a skewed clock, which breaks signing in ways
+/// that look like STS or Bedrock faults: so does the diagnosis.
+fn describe_skew(report: &mut String, now: SystemTime, server: SystemTime) {
+    let skew = super::skew::seconds(now, server);
+    if skew.abs() < super::skew::NOTABLE.as_secs_f64() {
+        return;
+    }
+    let way = if skew > 0.0 { "ahead of" } else { "behind" };
+    let _ = writeln!(
+        report,
+        "clock:    this node is {}s {way} STS: check its NTP synchronisation (credentials expire by this clock, and AWS refuses signatures more than 5 minutes off)",
+        skew.abs().round()
+    );
+}
+
 fn describe_time(t: SystemTime, now: SystemTime) -> String {
     // humantime's timestamp fails to format past year 9999, and `format!`
     // would panic on that error.

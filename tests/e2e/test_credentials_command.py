@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import urllib.parse
@@ -227,6 +228,19 @@ def test_paths_with_a_trailing_newline_name_their_file(irsa_env, tls_material):
     out = run(env)
     assert out.returncode == 0, out.stderr
     assert "ok: credentials work" in out.stdout
+
+
+def test_a_skewed_clock_is_named(irsa_env, fake_aws):
+    # The first troubleshooting step for signatures AWS refuses; the
+    # sidecar warns about it, the diagnosis said nothing.
+    out = run(irsa_env)
+    assert out.returncode == 0 and "clock:" not in out.stdout, out.stdout
+    fake_aws.post("/sts", {"clock_offset_seconds": 120})
+    out = run(irsa_env)
+    assert out.returncode == 0, out.stderr
+    clock = next(line for line in out.stdout.splitlines() if line.startswith("clock:"))
+    assert "behind STS" in clock and "NTP" in clock, clock
+    assert int(re.search(r"node is (\d+)s behind", clock).group(1)) in range(118, 123), clock
 
 
 def test_an_api_key_is_not_claimed_to_work(fake_aws):
