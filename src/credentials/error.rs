@@ -171,10 +171,19 @@ impl SourceError {
                 "IDPCommunicationError" => Some(
                     "STS could not reach the OIDC issuer's discovery document; usually transient",
                 ),
-                "RegionDisabledException" => {
-                    Some("STS is not activated in this region for the account")
-                }
+                "RegionDisabledException" => Some(
+                    "STS is not activated in this region for the account: an administrator activates the region in the IAM console's account settings (Security Token Service), or AWS_ENDPOINT_URL_STS names an activated region's endpoint",
+                ),
+                "ValidationError" if message_mentions(self, "DurationSeconds") => Some(
+                    "--session-duration (BEDROCK_BROKER_SESSION_DURATION) asks for longer than the role's maximum session duration (1 hour unless raised in IAM; a chained role gets 1 hour at most): lower it, or raise the role's MaxSessionDuration",
+                ),
                 "ValidationError" => Some("STS rejected a parameter; check AWS_ROLE_ARN and AWS_ROLE_SESSION_NAME"),
+                "MalformedPolicyDocument" => Some(
+                    "STS refused the session policy: --session-policy (BEDROCK_BROKER_SESSION_POLICY) must be an IAM policy document STS accepts (the message says what it found)",
+                ),
+                "PackedPolicyTooLarge" => Some(
+                    "the session policies (--session-policy, --session-policy-arns) are over STS's packed size limit: shorten the inline policy or name fewer managed policies",
+                ),
                 "InvalidClientTokenId" => Some(
                     "the access key (or, for temporary credentials, its session token) is not valid",
                 ),
@@ -202,6 +211,10 @@ impl SourceError {
             }
             Self::Transport { detail, .. } if detail.contains("invalid peer certificate") => Some(
                 "STS's TLS certificate is not trusted: behind a TLS-inspecting proxy, or with a private STS endpoint, its CA belongs in AWS_CA_BUNDLE (or BEDROCK_BROKER_CA_BUNDLE_PEM; the webhook's --sidecar-ca-bundle for injected sidecars)",
+            ),
+            // http-body-util's words for an answer past the 1 MiB read.
+            Self::Transport { detail, .. } if detail.contains("length limit exceeded") => Some(
+                "the answer was larger than the 1 MiB read of a credential answer, which STS never sends: something other than STS answered (an egress or HTTPS proxy, a captive page) or AWS_ENDPOINT_URL_STS points elsewhere",
             ),
             // The SDK's words when --sts-timeout ran out.
             Self::Transport { detail, .. } if detail.contains("timeout") => Some(
@@ -257,9 +270,39 @@ impl SourceError {
     }
 }
 
+/// Whether STS's message says `word`: some codes cover several causes.
+fn message_mentions(e: &SourceError, word: &str) -> bool {
+    matches!(e, SourceError::Service { message, .. } if message.contains(word))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_of_what_the_sidecar_asked_for_name_its_flags() {
+        let web = WEB_IDENTITY_OPERATION;
+        for (e, says) in [
+            (
+                service(web, "ValidationError", "The requested DurationSeconds exceeds the MaxSessionDuration set for this role.", 400),
+                "--session-duration",
+            ),
+            (service(web, "ValidationError", "1 validation error detected: roleSessionName", 400), "AWS_ROLE_SESSION_NAME"),
+            (service(web, "MalformedPolicyDocument", "Syntax errors in policy.", 400), "--session-policy"),
+            (service(web, "PackedPolicyTooLarge", "Packed policy consumes 112% of allotted space", 400), "--session-policy-arns"),
+            (service(web, "RegionDisabledException", "STS is not activated in this region", 403), "account settings"),
+            (
+                SourceError::Transport {
+                    operation: web,
+                    detail: "response error: length limit exceeded".to_owned(),
+                },
+                "1 MiB",
+            ),
+        ] {
+            let hint = e.hint().unwrap_or_default();
+            assert!(hint.contains(says), "{e}: {hint}");
+        }
+    }
 
     fn service(operation: &'static str, code: &str, message: &str, status: u16) -> SourceError {
         SourceError::Service {
