@@ -73,10 +73,13 @@ pub fn select(found: Found, choice: SourceChoice) -> Result<Option<SigV4Source>,
                 .map(|p| SigV4Source::Sdk(SdkSource::Profile(Some(p))))),
         },
         SourceChoice::WebIdentity => require(
-            "web-identity",
+            "web-identity (AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE)",
             found.web_identity.map(SigV4Source::WebIdentity),
         ),
-        SourceChoice::Static => require("static", found.static_keys.map(SigV4Source::Static)),
+        SourceChoice::Static => require(
+            "static (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+            found.static_keys.map(SigV4Source::Static),
+        ),
         SourceChoice::Container => require(
             "container (AWS_CONTAINER_CREDENTIALS_FULL_URI or _RELATIVE_URI)",
             found
@@ -93,6 +96,27 @@ mod tests {
     use super::*;
     use crate::config::aws::{RoleArn, SessionName};
     use crate::secret::Secret;
+
+    #[test]
+    fn a_pinned_source_not_configured_names_its_variables() {
+        for (choice, names) in [
+            (
+                SourceChoice::WebIdentity,
+                "AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE",
+            ),
+            (
+                SourceChoice::Static,
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+            ),
+            (
+                SourceChoice::Container,
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            ),
+        ] {
+            let e = select(Found::default(), choice).unwrap_err().to_string();
+            assert!(e.contains(names), "{e}");
+        }
+    }
 
     fn web_identity() -> WebIdentityConfig {
         WebIdentityConfig {
