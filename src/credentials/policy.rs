@@ -12,7 +12,9 @@
 //! simulation in docs/fleet.md chose the values):
 //! - usable credentials held: no hurry, a long cap (5 min), but never more
 //!   than a quarter of their remaining life, so several attempts fit before
-//!   they expire;
+//!   they expire; that bound never goes below the cold-start cap, and the
+//!   wait is drawn under it like any other, so pods sharing an expiry do
+//!   not end in a call a second each;
 //! - none held (cold start, or expired) and a transient error: the pod is
 //!   not ready, so a short cap (30 s);
 //! - fatal and token errors: retrying fast fixes neither IAM nor a clock,
@@ -82,34 +84,44 @@ impl RefreshPolicy {
 
     /// How long to wait after `failure`; `rand` is uniform in [0, 1).
     pub fn backoff(&self, failure: &Failure, rand: f64) -> Duration {
+        let cold_cap = self.cold_start_backoff_cap.min(self.backoff_cap);
         let cap = match (failure.class, failure.remaining) {
-            (ErrorClass::Transient, None) => self.cold_start_backoff_cap.min(self.backoff_cap),
+            (ErrorClass::Transient, None) => cold_cap,
             _ => self.backoff_cap,
         };
         let exponent = failure.count.saturating_sub(1).min(16);
         let ramp = self.backoff_base.saturating_mul(1u32 << exponent);
         // Throttling means the whole account is over its rate: retrying in
         // a second or two cannot help, so skip the ramp.
-        let ceiling = if failure.throttled {
+        let mut ceiling = if failure.throttled {
             cap
         } else {
             ramp.min(cap)
         };
-        let ceiling = ceiling.max(self.min_interval);
-        let mut delay = if self.backoff_jitter {
-            self.min_interval + (ceiling - self.min_interval).mul_f64(rand)
-        } else {
-            ceiling
-        };
-        // Retrying a fatal error sooner because expiry nears cannot fix IAM
-        // or a clock; it only multiplies the calls of a fleet that will
-        // fail anyway.
+        // Hurry as expiry nears, so that several attempts fit before it: a
+        // quarter of the life left, but no sooner than a pod holding
+        // nothing would retry (or an eighth of the credentials' lifetime,
+        // if less), and within the jitter like any delay. Pods
+        // started together share their expiry: clamped after the jitter,
+        // their retries came in the same seconds, a call a second each at
+        // the end (4 times the quota for the account, as the fleet
+        // expired). Fatal errors are not hurried: retrying sooner cannot
+        // fix IAM or a clock.
         if let Some(remaining) = failure
             .remaining
             .filter(|_| failure.class != ErrorClass::Fatal)
         {
-            delay = delay.min(remaining / 4);
+            // Credentials living minutes or less (a test's, a fake's) get
+            // a floor to scale: 30 s would let 5 s credentials lapse.
+            let floor = failure.lifetime.map_or(cold_cap, |l| cold_cap.min(l / 8));
+            ceiling = ceiling.min((remaining / 4).max(floor));
         }
+        let ceiling = ceiling.max(self.min_interval);
+        let delay = if self.backoff_jitter {
+            self.min_interval + (ceiling - self.min_interval).mul_f64(rand)
+        } else {
+            ceiling
+        };
         delay.max(self.min_interval)
     }
 }
@@ -125,6 +137,8 @@ pub struct Failure {
     /// Life left in the held credentials while they are usable; `None`
     /// when none are (cold start, expired).
     pub remaining: Option<Duration>,
+    /// How long those credentials were valid for when obtained.
+    pub lifetime: Option<Duration>,
 }
 
 #[cfg(test)]
@@ -178,6 +192,7 @@ mod tests {
                 class,
                 throttled: false,
                 remaining,
+                lifetime: remaining.map(|_| Duration::from_secs(3600)),
             };
             p.backoff(&f, 0.0).as_secs()
         };
@@ -190,16 +205,40 @@ mod tests {
         assert_eq!(secs(9, Token, None), 300);
         assert_eq!(secs(9, Transient, hour), 300);
         assert_eq!(secs(u32::MAX, Token, hour), 300);
-        // A quarter of the remaining life bounds the wait, except for fatal
-        // errors, which retrying sooner cannot fix.
-        let soon = Some(Duration::from_secs(40));
-        assert_eq!(secs(9, Transient, soon), 10);
-        assert_eq!(secs(9, Fatal, soon), 300);
+        // A quarter of the remaining life bounds the wait, but no tighter
+        // than the cold-start cap (a pod about to hold nothing retries no
+        // faster than one holding nothing: the hurry once went down to a
+        // call a second); fatal errors, which retrying sooner cannot fix,
+        // are not hurried.
+        let soon = Some(Duration::from_secs(400));
+        assert_eq!(secs(9, Transient, soon), 100);
+        let sooner = Some(Duration::from_secs(40));
+        assert_eq!(secs(9, Transient, sooner), 30);
+        assert_eq!(secs(9, Fatal, sooner), 300);
+        // Credentials that live seconds (a test's, a fake's) are hurried
+        // to scale, or one throttled refresh would let them lapse.
+        let short = Failure {
+            count: 1,
+            class: Transient,
+            throttled: true,
+            remaining: Some(Duration::from_millis(2500)),
+            lifetime: Some(Duration::from_secs(5)),
+        };
+        assert_eq!(p.backoff(&short, 0.0), p.min_interval);
+        let minutes = Failure {
+            remaining: Some(Duration::from_secs(40)),
+            lifetime: Some(Duration::from_secs(160)),
+            ..short
+        };
+        assert_eq!(p.backoff(&minutes, 0.0), Duration::from_secs(20));
     }
 
     #[test]
     fn backoff_never_undercuts_the_minimum_interval() {
-        let p = policy();
+        let p = RefreshPolicy {
+            cold_start_backoff_cap: Duration::ZERO,
+            ..policy()
+        };
         let almost_expired = Some(Duration::from_millis(400));
         for class in [ErrorClass::Transient, ErrorClass::Token] {
             let f = Failure {
@@ -227,10 +266,13 @@ mod tests {
             p.backoff(&transient(20, None), 0.999),
             Duration::from_millis(29_971)
         );
-        let eight = Some(Duration::from_secs(8));
+        // Hurried as expiry nears, still drawn over the whole range: pods
+        // sharing an expiry must not retry in the same seconds.
+        let two_hundred = Some(Duration::from_secs(200));
+        assert_eq!(p.backoff(&transient(10, two_hundred), 0.0), p.min_interval);
         assert_eq!(
-            p.backoff(&transient(10, eight), 0.99),
-            Duration::from_secs(2)
+            p.backoff(&transient(10, two_hundred), 0.5),
+            Duration::from_millis(25_500)
         );
     }
 
@@ -246,6 +288,12 @@ mod tests {
             p.backoff(&transient(1, None), 0.5),
             Duration::from_millis(1500)
         );
+        // Near expiry, no sooner than a pod holding nothing.
+        let near = Failure {
+            remaining: Some(Duration::from_secs(60)),
+            ..throttled
+        };
+        assert_eq!(p.backoff(&near, 0.5), Duration::from_millis(15_500));
     }
 
     fn transient(count: u32, remaining: Option<Duration>) -> Failure {
@@ -254,6 +302,7 @@ mod tests {
             class: ErrorClass::Transient,
             throttled: false,
             remaining,
+            lifetime: remaining.map(|_| Duration::from_secs(3600)),
         }
     }
 }

@@ -86,13 +86,16 @@ impl Refresher {
                     failures = failures.saturating_add(1);
                     let now = self.clock.now();
                     // The life left in usable credentials; none once expired.
-                    let remaining = self
-                        .cell
-                        .load()
+                    let held = self.cell.load();
+                    let remaining = held
                         .as_ref()
                         .and_then(|h| h.expiry())
                         .map(|e| saturating_sub(e, now))
                         .filter(|r| !r.is_zero());
+                    let lifetime = held
+                        .as_ref()
+                        .and_then(|h| Some(saturating_sub(h.expiry()?, h.obtained)));
+                    drop(held);
                     throttled = err.is_throttling();
                     self.cell.set_throttled(throttled);
                     let failure = Failure {
@@ -100,6 +103,7 @@ impl Refresher {
                         class: err.class(),
                         throttled,
                         remaining,
+                        lifetime,
                     };
                     let delay = self.policy.backoff(&failure, self.rng.f64());
                     self.report_failure(&err, failures, delay);

@@ -230,6 +230,55 @@ fn an_outage_shorter_than_the_remaining_life_costs_nothing() {
     );
 }
 
+/// STS answers 5xx from the first refresh wave until after every pod's
+/// credentials have expired. Pods started together share their expiry, and
+/// hurrying retries as it nears (a quarter of the life left) once brought
+/// them to STS in the same seconds, a call a second each at the end: four
+/// times the quota for the whole account, as the fleet expired. The
+/// hurry follows the jitter now, and no retry comes sooner than the
+/// cadence of a pod holding nothing.
+#[test]
+fn an_outage_outlasting_the_credentials_brings_no_storm_at_expiry() {
+    let lifetime = Duration::from_secs(3600);
+    let mut s = small("outage", 300, lifetime);
+    s.faults[0].until = lifetime + 10 * MINUTE;
+    let fault = s.faults[0];
+    s.run_for = fault.until + 5 * MINUTE;
+    let run = simulate(&s).unwrap();
+    let quota = s.quota.per_second;
+    let during = peak(&run, fault.from, fault.until, 10);
+    assert!(
+        during <= 2.0 * quota,
+        "{during:.1}/s during the outage, quota {quota}/s"
+    );
+    let expired: std::collections::HashMap<u32, u64> = run
+        .changes
+        .iter()
+        .filter(|c| c.state == Signing::Expired)
+        .map(|c| (c.pod, c.at_ms))
+        .collect();
+    assert_eq!(
+        expired.len(),
+        s.pods as usize,
+        "the outage must outlast every pod's credentials"
+    );
+    let mut last_minute: Vec<usize> = expired
+        .iter()
+        .map(|(pod, at)| {
+            run.calls
+                .iter()
+                .filter(|c| c.pod == *pod && c.at_ms + 60_000 >= *at && c.at_ms < *at)
+                .count()
+        })
+        .collect();
+    last_minute.sort_unstable();
+    let median = last_minute[last_minute.len() / 2];
+    assert!(
+        median <= 5,
+        "{median} calls a pod in the minute before its credentials expired"
+    );
+}
+
 /// Pods that start while STS is unreachable are ready within the
 /// cold-start backoff cap of its return, and the fleet's retries exceed
 /// the quota for seconds at most.

@@ -192,15 +192,15 @@ async fn refreshes_at_half_life_while_credentials_keep_arriving() {
 #[tokio::test(start_paused = true)]
 async fn keeps_old_credentials_while_sts_fails_then_recovers() {
     let h = start(vec![
-        Ok(Duration::from_secs(40)),
+        Ok(Duration::from_secs(400)),
         Err("IDPCommunicationError"),
         Err("IDPCommunicationError"),
         Err("Throttling"),
-        Ok(Duration::from_secs(40)),
+        Ok(Duration::from_secs(400)),
     ]);
-    // First refresh due at 20 s; failures back off 2 s, 4 s, then a quarter
-    // of the 14 s left.
-    tokio::time::sleep(Duration::from_millis(26_500)).await;
+    // First refresh due at 200 s; failures back off 2 s, 4 s, then,
+    // throttled with 194 s left, a quarter of that (48.5 s).
+    tokio::time::sleep(Duration::from_millis(206_500)).await;
     assert_eq!(h.call_offsets().len(), 4);
     let now = h.clock.now();
     assert!(
@@ -209,10 +209,10 @@ async fn keeps_old_credentials_while_sts_fails_then_recovers() {
     );
     assert!(h.cell.last_error().is_some());
     assert_eq!(h.metrics.credentials.consecutive_failures.get(), 3);
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    tokio::time::sleep(Duration::from_millis(48_500)).await;
     assert_eq!(
         h.call_offsets(),
-        [0, 20_000, 22_000, 26_000, 29_500].map(Duration::from_millis)
+        [0, 200_000, 202_000, 206_000, 254_500].map(Duration::from_millis)
     );
     assert_eq!(h.metrics.credentials.consecutive_failures.get(), 0);
     assert!(h.cell.last_error().is_none());
@@ -343,17 +343,26 @@ async fn requests_made_during_a_throttled_wait_are_dropped_once_it_succeeds() {
 
 #[tokio::test(start_paused = true)]
 async fn retries_several_times_before_held_credentials_expire() {
-    // 8 s credentials: refresh at 4 s; with 4 s left, waits are capped at 1 s.
-    let mut script = vec![Ok(Duration::from_secs(8))];
-    script.extend(std::iter::repeat_n(Err("InternalFailure"), 20));
+    // STS's shortest session, 900 s: refresh at 450 s; as expiry nears the
+    // waits shrink to a quarter of the life left, but never below the
+    // cold-start cap (30 s): pods sharing an expiry once retried every
+    // second at the end, all together.
+    let mut script = vec![Ok(Duration::from_secs(900))];
+    script.extend(std::iter::repeat_n(Err("InternalFailure"), 40));
     let h = start(script);
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    tokio::time::sleep(Duration::from_secs(900)).await;
     let calls = h.call_offsets();
-    let before_expiry = calls
+    let last_two_minutes: Vec<_> = calls
         .iter()
-        .filter(|t| **t > Duration::from_secs(4) && **t < Duration::from_secs(8))
-        .count();
-    assert!(before_expiry >= 3, "{calls:?}");
+        .filter(|t| **t > Duration::from_secs(780) && **t < Duration::from_secs(900))
+        .collect();
+    assert!(last_two_minutes.len() >= 3, "{calls:?}");
+    let closest = calls[1..]
+        .windows(2)
+        .filter(|w| w[1] > Duration::from_secs(780))
+        .map(|w| w[1] - w[0])
+        .min();
+    assert_eq!(closest, Some(Duration::from_secs(30)), "{calls:?}");
     assert!(h.cell.usable(h.clock.now()).is_err());
     h.shutdown.cancel();
 }
