@@ -208,7 +208,8 @@ pub fn classify_code(code: &str, status: u16) -> ErrorClass {
         "InvalidIdentityToken" | "ExpiredTokenException" | "ExpiredToken" | "IDPRejectedClaim" => {
             ErrorClass::Token
         }
-        _ if status >= 500 || status == 429 => ErrorClass::Transient,
+        // 408: a proxy or load balancer timed the request out on its way.
+        _ if status >= 500 || status == 429 || status == 408 => ErrorClass::Transient,
         // A success the SDK could not read (a proxy's page, a cut or
         // garbled answer) is no IAM problem: like an answer without
         // credentials, it is retried soon, not minutes apart.
@@ -399,6 +400,7 @@ mod tests {
             ("InternalFailure", 500, Transient),
             ("Whatever", 503, Transient),
             ("Whatever", 429, Transient),
+            ("Unknown", 408, Transient),
             ("InvalidIdentityToken", 400, Token),
             ("ExpiredTokenException", 400, Token),
             ("AccessDenied", 403, Fatal),
