@@ -55,6 +55,8 @@ pub enum TokenFileError {
     },
     #[error("{path} is empty")]
     Empty { path: String },
+    #[error("{path} holds whitespace around its token (a trailing newline?): AWS SDKs send the file's bytes as the Authorization header and refuse a newline in it (botocore: \"not a legal header value\"); write the token alone (printf '%s', not echo)")]
+    Untrimmed { path: String },
 }
 
 /// Reads the authorization token, or creates the file with a random one
@@ -79,7 +81,12 @@ enum Found {
 fn read_token(path: &Path) -> Result<Found, TokenFileError> {
     match crate::files::read_small_text(path, 64 * 1024) {
         Ok(t) if t.trim().is_empty() => Ok(Found::Empty),
-        Ok(t) => Ok(Found::Token(Secret::new(t.trim()))),
+        // The sidecar compares it trimmed; the app's SDK would send it as
+        // it is, and no SDK sends a newline.
+        Ok(t) if t.trim() != t => Err(TokenFileError::Untrimmed {
+            path: path.display().to_string(),
+        }),
+        Ok(t) => Ok(Found::Token(Secret::new(t))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Found::Missing),
         Err(source) => Err(TokenFileError::Read {
             path: path.display().to_string(),
@@ -240,6 +247,18 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["token"]);
+        // Pre-provisioned with a newline: every SDK would refuse to send it.
+        std::fs::write(&path, "pre-provisioned-token\n").unwrap();
+        let e = load_or_create_token(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("trailing newline") && !e.contains("pre-provisioned"),
+            "{e}"
+        );
+        std::fs::write(&path, "pre-provisioned-token").unwrap();
+        assert_eq!(
+            load_or_create_token(&path).unwrap().expose(),
+            "pre-provisioned-token"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
