@@ -465,3 +465,35 @@ fn namespaces_the_webhook_never_sees_are_left_alone() {
     let (_, out, _) = run(&pod("platform"), args);
     assert!(!out.contains("initContainers"), "{out}");
 }
+
+#[test]
+fn custom_resources_named_like_workloads_pass_through() {
+    // Volcano's Job and a CRD's Deployment: their own schemas, no pod
+    // template where the built-in kinds keep theirs.
+    let input = "apiVersion: batch.volcano.sh/v1alpha1\nkind: Job\nmetadata:\n  name: tf-training\nspec:\n  minAvailable: 1\n  tasks:\n  - replicas: 2\n    name: worker\n    template:\n      spec:\n        containers: [{name: w, image: tensorflow}]\n---\napiVersion: example.com/v1\nkind: Deployment\nmetadata: {name: not-apps}\nspec:\n  template: \"a string, in some other schema\"\n---\napiVersion: example.com/v1\nkind: Pod\nmetadata:\n  name: not-core\n  labels: {bedrock-broker.io/inject: \"true\"}\nspec:\n  containers: [{name: a, image: b}]\n";
+    let args = InjectArgs {
+        service_account_annotations: vec![
+            "eks.amazonaws.com/role-arn=arn:aws:iam::123456789012:role/apps".into(),
+        ],
+        sidecar: bedrock_broker::cli::SidecarDefaultsArgs {
+            sidecar_region: Some("us-east-2".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (status, out, err) = run(input, args.clone());
+    assert_eq!(status, InjectStatus::Ok, "{err}");
+    assert_eq!(
+        parse_documents(&out).expect("output parses"),
+        parse_documents(input).expect("input parses")
+    );
+    assert!(err.is_empty(), "{err}");
+
+    // The built-in kinds, in every group that ever served them.
+    for api_version in ["apps/v1", "extensions/v1beta1"] {
+        let deployment = format!("apiVersion: {api_version}\nkind: Deployment\nmetadata: {{name: d}}\nspec:\n  template:\n    metadata:\n      labels: {{bedrock-broker.io/inject: \"true\"}}\n    spec:\n      containers: [{{name: a, image: b}}]\n");
+        let (status, out, err) = run(&deployment, args.clone());
+        assert_eq!(status, InjectStatus::Ok, "{api_version}: {err}");
+        assert!(out.contains("initContainers"), "{api_version}: {out}");
+    }
+}

@@ -24,7 +24,9 @@ use super::lookup::{StaticLookup, StringMap};
 use super::SidecarDefaults;
 
 mod documents;
+mod kinds;
 pub use documents::{parse_documents, write_documents};
+use kinds::template_pointer;
 
 /// Configuration of `bedrock-broker inject`.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,22 +81,6 @@ pub struct Report {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.object, self.outcome)
-    }
-}
-
-/// Where the pod template sits inside an object of each kind we mutate.
-fn template_pointer(kind: &str) -> Option<&'static [&'static str]> {
-    match kind {
-        "Pod" => Some(&[]),
-        "Deployment"
-        | "StatefulSet"
-        | "DaemonSet"
-        | "ReplicaSet"
-        | "Job"
-        | "ReplicationController" => Some(&["spec", "template"]),
-        "CronJob" => Some(&["spec", "jobTemplate", "spec", "template"]),
-        "PodTemplate" => Some(&["template"]),
-        _ => None,
     }
 }
 
@@ -235,7 +221,7 @@ fn inject_object(
     let Some(kind) = str_at(obj, "/kind").map(str::to_owned) else {
         return Ok(None);
     };
-    let Some(tokens) = template_pointer(&kind) else {
+    let Some(tokens) = template_pointer(str_at(obj, "/apiVersion"), &kind) else {
         return Ok(None);
     };
     let namespace = str_at(obj, "/metadata/namespace")
