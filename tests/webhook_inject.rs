@@ -497,3 +497,55 @@ fn custom_resources_named_like_workloads_pass_through() {
         assert!(out.contains("initContainers"), "{api_version}: {out}");
     }
 }
+
+#[test]
+fn a_pod_naming_its_role_is_judged_without_its_service_account() {
+    // Under --role-policy any the webhook reads no ServiceAccount for a
+    // pod naming its own role: neither may inject, for the audience.
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  labels: {bedrock-broker.io/inject: \"true\"}\n  annotations: {bedrock-broker.io/role-arn: \"arn:aws:iam::123456789012:role/pod-own\"}\nspec:\n  serviceAccountName: app\n  containers: [{name: app, image: busybox}]\n";
+    let sa = |audience: &str| {
+        format!("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: app\n  annotations:\n    eks.amazonaws.com/role-arn: arn:aws:iam::123456789012:role/sa-role\n    eks.amazonaws.com/audience: {audience}\n---\n{pod}")
+    };
+    let args = |policy: &str| InjectArgs {
+        sidecar: bedrock_broker::cli::SidecarDefaultsArgs {
+            sidecar_region: Some("us-east-1".into()),
+            role_policy: Some(policy.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let audience = |out: &str| {
+        let docs = parse_documents(out).expect("parses");
+        docs[1]["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|v| {
+                v["projected"]["sources"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .find_map(|s| {
+                s["serviceAccountToken"]["audience"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+    };
+    let (status, out, err) = run(&sa("custom-aud"), args("any"));
+    assert_eq!(status, InjectStatus::Ok, "{err}");
+    assert_eq!(
+        audience(&out).as_deref(),
+        Some("sts.amazonaws.com"),
+        "{out}"
+    );
+    // An audience the webhook never reads refuses nothing.
+    let (status, _, err) = run(&sa("\"bad audience\""), args("any"));
+    assert_eq!(status, InjectStatus::Ok, "{err}");
+
+    // Where the webhook reads the ServiceAccount, its audience counts.
+    let own_sa = sa("custom-aud").replace("role/pod-own", "role/sa-role");
+    let (status, out, err) = run(&own_sa, args("service-account"));
+    assert_eq!(status, InjectStatus::Ok, "{err}");
+    assert_eq!(audience(&out).as_deref(), Some("custom-aud"), "{out}");
+}

@@ -16,17 +16,19 @@ use std::fmt;
 use std::io::{Read, Write};
 
 use json_patch::jsonptr::PointerBuf;
-use k8s_openapi::api::core::v1::{LimitRange, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Map, Value};
 
-use super::inject::{self, rebase, ClusterFacts, Outcome, Skip};
-use super::lookup::{StaticLookup, StringMap};
+use super::inject::{self, rebase, Outcome, Skip};
+use super::lookup::StaticLookup;
 use super::SidecarDefaults;
 
 mod documents;
 mod kinds;
+mod stand_in;
 pub use documents::{parse_documents, write_documents};
 use kinds::template_pointer;
+use stand_in::cluster;
 
 /// Configuration of `bedrock-broker inject`.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,23 +106,13 @@ fn field_error(template: &[&str], e: &serde_path_to_error::Error<serde_json::Err
     format!("{path}: {}{hint}", e.inner())
 }
 
-fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
+pub(crate) fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
     v.pointer(pointer).and_then(Value::as_str)
-}
-
-fn string_map(v: Option<&Value>) -> StringMap {
-    v.and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Objects of a document: itself, or the items of a `List`, each with
 /// where in the document it is (`items[2]`, empty for the document).
-fn objects_mut(doc: &mut Value) -> Vec<(String, &mut Value)> {
+pub(crate) fn objects_mut(doc: &mut Value) -> Vec<(String, &mut Value)> {
     let is_list = str_at(doc, "/kind").is_some_and(|k| k == "List" || k.ends_with("List"))
         && doc.get("items").is_some_and(Value::is_array);
     if !is_list {
@@ -139,48 +131,6 @@ fn objects_mut(doc: &mut Value) -> Vec<(String, &mut Value)> {
             .collect(),
         None => Vec::new(),
     }
-}
-
-/// Builds the stand-in cluster from Namespace and ServiceAccount documents.
-fn cluster(docs: &mut [Value], config: &InjectConfig) -> StaticLookup {
-    let mut lookup = StaticLookup {
-        default_service_account: config.service_account_annotations.clone(),
-        default_namespace: config.namespace_labels.clone(),
-        ..Default::default()
-    };
-    for doc in docs.iter_mut() {
-        for (_, obj) in objects_mut(doc) {
-            let Some(name) = str_at(obj, "/metadata/name").map(str::to_owned) else {
-                continue;
-            };
-            match str_at(obj, "/kind") {
-                Some("Namespace") => {
-                    lookup
-                        .namespaces
-                        .insert(name, string_map(obj.pointer("/metadata/labels")));
-                }
-                Some("LimitRange") => {
-                    let ns = str_at(obj, "/metadata/namespace")
-                        .unwrap_or(&config.namespace)
-                        .to_owned();
-                    // A LimitRange that does not parse is left to kubectl.
-                    if let Ok(lr) = serde_json::from_value::<LimitRange>(obj.clone()) {
-                        lookup.limit_ranges.entry(ns).or_default().push(lr);
-                    }
-                }
-                Some("ServiceAccount") => {
-                    let ns = str_at(obj, "/metadata/namespace")
-                        .unwrap_or(&config.namespace)
-                        .to_owned();
-                    lookup
-                        .service_accounts
-                        .insert((ns, name), string_map(obj.pointer("/metadata/annotations")));
-                }
-                _ => {}
-            }
-        }
-    }
-    lookup
 }
 
 /// The pod a template stands for: the mutation reads a Pod, whatever holds it.
@@ -259,22 +209,11 @@ fn inject_object(
         )
     })?;
 
-    let ns_labels = lookup.namespace(&namespace);
-    let sa = lookup.service_account(&namespace, inject::service_account_name(&pod));
-    let limit_ranges = lookup
-        .limit_ranges
-        .get(&namespace)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let facts = ClusterFacts {
-        namespace: Some(&namespace),
-        namespace_labels: Some(&ns_labels),
-        service_account_annotations: Some(&sa),
-        limit_ranges: Some(limit_ranges),
-        // Offline there is no server: injection assumes native sidecars
-        // are available (the chart requires Kubernetes 1.29).
-        kube_version: None,
-    };
+    let read = stand_in::read(lookup, config.sidecar.role_policy, &pod, &namespace)
+        .map_err(|problem| format!("{object}: {problem}"))?;
+    // Offline there is no server: injection assumes native sidecars are
+    // available (the chart requires Kubernetes 1.29).
+    let facts = read.facts(&namespace, None);
     let outcome = inject::inject(&pod, &facts, &config.sidecar)
         .map_err(|denial| format!("{object}: {denial}"))?;
     let injection = match outcome {

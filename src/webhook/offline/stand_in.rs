@@ -1,0 +1,88 @@
+//! The cluster `inject` stands in for: Namespace, ServiceAccount and
+//! LimitRange documents of the input, completed by the flags, and read
+//! for each pod as the webhook reads the real one.
+
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
+
+use k8s_openapi::api::core::v1::{LimitRange, Pod};
+use serde_json::Value;
+
+use super::{objects_mut, str_at, InjectConfig};
+use crate::webhook::cluster;
+use crate::webhook::inject::types::RolePolicy;
+use crate::webhook::lookup::{StaticLookup, StringMap};
+
+/// What the webhook would read for this pod, by the webhook's own
+/// [`cluster::read`]: only what the pod needs (no ServiceAccount for a
+/// pod naming its role under `--role-policy any`), so that `inject` never
+/// decides on what the webhook does not see.
+pub fn read(
+    lookup: &StaticLookup,
+    role_policy: RolePolicy,
+    pod: &Pod,
+    namespace: &str,
+) -> Result<cluster::Read, String> {
+    let mut reading = std::pin::pin!(cluster::read(lookup, role_policy, pod, namespace));
+    // The stand-in answers from memory: the read is done when first polled.
+    match reading
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(Ok(read)) => Ok(read),
+        Poll::Ready(Err(failed)) => Err(format!("cannot read {}: {}", failed.what, failed.error)),
+        Poll::Pending => Err("the stand-in cluster did not answer".to_owned()),
+    }
+}
+
+fn string_map(v: Option<&Value>) -> StringMap {
+    v.and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Builds the stand-in cluster from Namespace and ServiceAccount documents.
+pub fn cluster(docs: &mut [Value], config: &InjectConfig) -> StaticLookup {
+    let mut lookup = StaticLookup {
+        default_service_account: config.service_account_annotations.clone(),
+        default_namespace: config.namespace_labels.clone(),
+        ..Default::default()
+    };
+    for doc in docs.iter_mut() {
+        for (_, obj) in objects_mut(doc) {
+            let Some(name) = str_at(obj, "/metadata/name").map(str::to_owned) else {
+                continue;
+            };
+            match str_at(obj, "/kind") {
+                Some("Namespace") => {
+                    lookup
+                        .namespaces
+                        .insert(name, string_map(obj.pointer("/metadata/labels")));
+                }
+                Some("LimitRange") => {
+                    let ns = str_at(obj, "/metadata/namespace")
+                        .unwrap_or(&config.namespace)
+                        .to_owned();
+                    // A LimitRange that does not parse is left to kubectl.
+                    if let Ok(lr) = serde_json::from_value::<LimitRange>(obj.clone()) {
+                        lookup.limit_ranges.entry(ns).or_default().push(lr);
+                    }
+                }
+                Some("ServiceAccount") => {
+                    let ns = str_at(obj, "/metadata/namespace")
+                        .unwrap_or(&config.namespace)
+                        .to_owned();
+                    lookup
+                        .service_accounts
+                        .insert((ns, name), string_map(obj.pointer("/metadata/annotations")));
+                }
+                _ => {}
+            }
+        }
+    }
+    lookup
+}
