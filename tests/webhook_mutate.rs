@@ -1239,3 +1239,44 @@ fn a_proxy_token_secret_must_name_a_secret_and_key() {
     // What was given is likely the token itself: not echoed.
     assert!(!msg.contains("just-a-token-value"), "{msg}");
 }
+
+#[test]
+fn a_service_account_not_read_is_not_said_to_have_no_role() {
+    // Under --role-policy any the webhook reads no ServiceAccount for a
+    // pod naming its role: what that ServiceAccount carries is unknown.
+    let p = opted_in(json!({}));
+    let mut d = defaults();
+    d.role_policy = webhook::RolePolicy::Any;
+    let Ok(Outcome::Injected(i)) = webhook::inject(&p, &ClusterFacts::default(), &d) else {
+        panic!("not injected");
+    };
+    assert!(
+        i.warnings.iter().all(|w| !w.contains("(none)")),
+        "{:?}",
+        i.warnings
+    );
+    // The pod still chose its role, and is told so.
+    assert!(
+        i.warnings
+            .iter()
+            .any(|w| w.contains("whatever role its ServiceAccount carries (not read)")),
+        "{:?}",
+        i.warnings
+    );
+    // Read, and carrying no role: that is said.
+    let read = BTreeMap::new();
+    let facts = ClusterFacts {
+        service_account_annotations: Some(&read),
+        ..Default::default()
+    };
+    let Ok(Outcome::Injected(i)) = webhook::inject(&p, &facts, &d) else {
+        panic!("not injected");
+    };
+    assert!(
+        i.warnings
+            .iter()
+            .any(|w| w.contains("not its ServiceAccount's role (none)")),
+        "{:?}",
+        i.warnings
+    );
+}

@@ -197,15 +197,23 @@ pub fn warning(auth: &SidecarAuth, facts: &ClusterFacts<'_>) -> Option<String> {
         RoleSource::PodAnnotation => format!("the pod annotation {}", names::ROLE_ARN),
         RoleSource::ContainerEnv => "a container's AWS_ROLE_ARN".to_owned(),
     };
-    let sa_role = facts
-        .service_account_annotations
-        .and_then(|a| a.get(names::EKS_ROLE_ARN));
+    let trust = "only the role's IAM trust policy allows this (--role-policy any";
+    // Not read (a pod naming its role needs no ServiceAccount under
+    // `any`): which role that ServiceAccount carries is not known, nor
+    // whether `service-account` would refuse the pod.
+    let Some(sa) = facts.service_account_annotations else {
+        return Some(format!(
+            "the sidecar assumes {} from {from}, whatever role its ServiceAccount carries (not read); {trust}; under --role-policy service-account, the chart's default, a pod may use only its ServiceAccount's role)",
+            role.as_str()
+        ));
+    };
+    let sa_role = sa.get(names::EKS_ROLE_ARN);
     if sa_role.is_some_and(|r| r.trim() == role.as_str()) {
         return None;
     }
-    let theirs = sa_role.map_or_else(|| "none".to_owned(), |r| r.trim().to_owned());
+    let theirs = sa_role.map_or("none", |r| r.trim());
     Some(format!(
-        "the sidecar assumes {} from {from}, not its ServiceAccount's role ({theirs}); only the role's IAM trust policy allows this (--role-policy any; under --role-policy service-account, the chart's default, this pod is refused)",
+        "the sidecar assumes {} from {from}, not its ServiceAccount's role ({theirs}); {trust}; under --role-policy service-account, the chart's default, this pod is refused)",
         role.as_str()
     ))
 }
