@@ -549,3 +549,30 @@ fn a_pod_naming_its_role_is_judged_without_its_service_account() {
     assert_eq!(status, InjectStatus::Ok, "{err}");
     assert_eq!(audience(&out).as_deref(), Some("custom-aud"), "{out}");
 }
+
+#[test]
+fn an_empty_namespace_is_no_namespace() {
+    // As kubectl and the API server read `namespace: ""`: --namespace.
+    let sa = |ns: &str| {
+        format!("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: app\n  namespace: {ns}\n  annotations: {{eks.amazonaws.com/role-arn: \"arn:aws:iam::123456789012:role/app\"}}\n")
+    };
+    let pod = |ns: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: {ns}\n  labels: {{bedrock-broker.io/inject: \"true\"}}\nspec:\n  serviceAccountName: app\n  containers: [{{name: app, image: busybox}}]\n")
+    };
+    for (sa_ns, pod_ns) in [("\"\"", "default"), ("default", "\"\""), ("\"\"", "\"\"")] {
+        let input = format!("{}---\n{}", sa(sa_ns), pod(pod_ns));
+        let args = InjectArgs {
+            sidecar: bedrock_broker::cli::SidecarDefaultsArgs {
+                sidecar_region: Some("us-east-1".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (status, _, err) = run(&input, args);
+        assert_eq!(status, InjectStatus::Ok, "{sa_ns}/{pod_ns}: {err}");
+        assert!(
+            err.contains("Pod default/p: injected"),
+            "{sa_ns}/{pod_ns}: {err}"
+        );
+    }
+}

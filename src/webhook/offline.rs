@@ -174,9 +174,7 @@ fn inject_object(
     let Some(tokens) = template_pointer(str_at(obj, "/apiVersion"), &kind) else {
         return Ok(None);
     };
-    let namespace = str_at(obj, "/metadata/namespace")
-        .unwrap_or(&config.namespace)
-        .to_owned();
+    let namespace = stand_in::namespace_of(obj, config);
     let name = str_at(obj, "/metadata/name")
         .or_else(|| str_at(obj, "/metadata/generateName"))
         .unwrap_or("")

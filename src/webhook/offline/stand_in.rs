@@ -13,6 +13,15 @@ use crate::webhook::cluster;
 use crate::webhook::inject::types::RolePolicy;
 use crate::webhook::lookup::{StaticLookup, StringMap};
 
+/// The namespace an object is in: its own, else `--namespace`. An empty
+/// one is none, as kubectl and the API server read it.
+pub fn namespace_of(obj: &Value, config: &InjectConfig) -> String {
+    str_at(obj, "/metadata/namespace")
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or(&config.namespace)
+        .to_owned()
+}
+
 /// What the webhook would read for this pod, by the webhook's own
 /// [`cluster::read`]: only what the pod needs (no ServiceAccount for a
 /// pod naming its role under `--role-policy any`), so that `inject` never
@@ -64,18 +73,14 @@ pub fn cluster(docs: &mut [Value], config: &InjectConfig) -> StaticLookup {
                         .insert(name, string_map(obj.pointer("/metadata/labels")));
                 }
                 Some("LimitRange") => {
-                    let ns = str_at(obj, "/metadata/namespace")
-                        .unwrap_or(&config.namespace)
-                        .to_owned();
+                    let ns = namespace_of(obj, config);
                     // A LimitRange that does not parse is left to kubectl.
                     if let Ok(lr) = serde_json::from_value::<LimitRange>(obj.clone()) {
                         lookup.limit_ranges.entry(ns).or_default().push(lr);
                     }
                 }
                 Some("ServiceAccount") => {
-                    let ns = str_at(obj, "/metadata/namespace")
-                        .unwrap_or(&config.namespace)
-                        .to_owned();
+                    let ns = namespace_of(obj, config);
                     lookup
                         .service_accounts
                         .insert((ns, name), string_map(obj.pointer("/metadata/annotations")));
