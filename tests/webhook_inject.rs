@@ -576,3 +576,16 @@ fn an_empty_namespace_is_no_namespace() {
         );
     }
 }
+
+#[test]
+fn an_unquoted_namespace_label_is_refused_as_on_a_pod() {
+    let input = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: apps\n  labels: {bedrock-broker.io/inject: true}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: apps}\nspec: {containers: [{name: a, image: b}]}\n";
+    let (status, out, err) = run(input, InjectArgs::default());
+    assert_eq!(status, InjectStatus::Denied, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("Namespace apps: metadata.labels.bedrock-broker.io/inject: invalid type: boolean `true`")
+            && err.contains("quote it"),
+        "{err}"
+    );
+}

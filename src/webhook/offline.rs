@@ -86,6 +86,9 @@ impl fmt::Display for Report {
     }
 }
 
+/// The hint for a label or annotation YAML reads as no string.
+const QUOTE_IT: &str = "label and annotation values are strings: quote it";
+
 /// Where a pod (template) does not fit the Pod type, as a path in the
 /// object (`spec.template.metadata.labels.x`), and what is wrong there.
 fn field_error(template: &[&str], e: &serde_path_to_error::Error<serde_json::Error>) -> String {
@@ -97,13 +100,11 @@ fn field_error(template: &[&str], e: &serde_path_to_error::Error<serde_json::Err
         .collect::<Vec<_>>()
         .join(".");
     // `inject: true` unquoted is YAML's boolean: Kubernetes takes strings.
-    let hint =
-        if inner.starts_with("metadata.labels.") || inner.starts_with("metadata.annotations.") {
-            " (label and annotation values are strings: quote it)"
-        } else {
-            ""
-        };
-    format!("{path}: {}{hint}", e.inner())
+    if inner.starts_with("metadata.labels.") || inner.starts_with("metadata.annotations.") {
+        format!("{path}: {} ({QUOTE_IT})", e.inner())
+    } else {
+        format!("{path}: {}", e.inner())
+    }
 }
 
 pub(crate) fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
@@ -267,9 +268,8 @@ fn inject_documents(
     config: &InjectConfig,
 ) -> Result<(String, Vec<Report>), InjectError> {
     let mut docs = parse_documents(input)?;
-    let lookup = cluster(&mut docs, config);
+    let (lookup, mut problems) = cluster(&mut docs, config);
     let mut reports = Vec::new();
-    let mut problems = Vec::new();
     for (n, doc) in docs.iter_mut().enumerate() {
         for (path, obj) in objects_mut(doc) {
             // Documents with content are counted: empty ones (helm's

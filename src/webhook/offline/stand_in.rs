@@ -6,10 +6,12 @@ use std::future::Future;
 use std::task::{Context, Poll, Waker};
 
 use k8s_openapi::api::core::v1::{LimitRange, Pod};
+use serde::Deserialize;
 use serde_json::Value;
 
-use super::{objects_mut, str_at, InjectConfig};
+use super::{objects_mut, str_at, InjectConfig, QUOTE_IT};
 use crate::webhook::cluster;
+use crate::webhook::inject::annotations::names;
 use crate::webhook::inject::types::RolePolicy;
 use crate::webhook::lookup::{StaticLookup, StringMap};
 
@@ -54,8 +56,24 @@ fn string_map(v: Option<&Value>) -> StringMap {
         .unwrap_or_default()
 }
 
-/// Builds the stand-in cluster from Namespace and ServiceAccount documents.
-pub fn cluster(docs: &mut [Value], config: &InjectConfig) -> StaticLookup {
+/// A Namespace's labels. The opt-in written unquoted (`true`, YAML's
+/// boolean) is no label value: dropped like any such, it would leave the
+/// namespace's pods out without a word, so it is refused, as on a pod.
+fn namespace_labels(obj: &Value, name: &str) -> Result<StringMap, String> {
+    let labels = obj.pointer("/metadata/labels");
+    let label = names::INJECT_LABEL;
+    if let Some(Err(e)) = labels.and_then(|l| l.get(label)).map(String::deserialize) {
+        return Err(format!(
+            "Namespace {name}: metadata.labels.{label}: {e} ({QUOTE_IT})"
+        ));
+    }
+    Ok(string_map(labels))
+}
+
+/// Builds the stand-in cluster from Namespace, ServiceAccount and
+/// LimitRange documents; with a line per document it cannot take.
+pub fn cluster(docs: &mut [Value], config: &InjectConfig) -> (StaticLookup, Vec<String>) {
+    let mut problems = Vec::new();
     let mut lookup = StaticLookup {
         default_service_account: config.service_account_annotations.clone(),
         default_namespace: config.namespace_labels.clone(),
@@ -67,11 +85,12 @@ pub fn cluster(docs: &mut [Value], config: &InjectConfig) -> StaticLookup {
                 continue;
             };
             match str_at(obj, "/kind") {
-                Some("Namespace") => {
-                    lookup
-                        .namespaces
-                        .insert(name, string_map(obj.pointer("/metadata/labels")));
-                }
+                Some("Namespace") => match namespace_labels(obj, &name) {
+                    Ok(labels) => {
+                        lookup.namespaces.insert(name, labels);
+                    }
+                    Err(problem) => problems.push(problem),
+                },
                 Some("LimitRange") => {
                     let ns = namespace_of(obj, config);
                     // A LimitRange that does not parse is left to kubectl.
@@ -89,5 +108,5 @@ pub fn cluster(docs: &mut [Value], config: &InjectConfig) -> StaticLookup {
             }
         }
     }
-    lookup
+    (lookup, problems)
 }
