@@ -589,3 +589,41 @@ fn an_unquoted_namespace_label_is_refused_as_on_a_pod() {
         "{err}"
     );
 }
+
+#[test]
+fn settings_on_a_workloads_own_metadata_are_reported() {
+    let input = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: chat\n  labels: {bedrock-broker.io/inject: \"true\"}\n  annotations: {bedrock-broker.io/role-arn: \"arn:aws:iam::123456789012:role/app\", bedrock-broker.io/rol-arn: typo}\nspec:\n  selector: {matchLabels: {app: chat}}\n  template:\n    metadata: {labels: {app: chat}}\n    spec: {containers: [{name: app, image: busybox}]}\n";
+    let (status, out, err) = run(input, InjectArgs::default());
+    assert_eq!(status, InjectStatus::Ok, "{err}");
+    // What is injected does not change: nothing.
+    assert_eq!(
+        parse_documents(&out).expect("parses"),
+        parse_documents(input).expect("parses")
+    );
+    assert!(
+        err.contains("Deployment default/chat: unchanged (not opted in)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Deployment default/chat: warning: the label bedrock-broker.io/inject is on the Deployment's own metadata")
+            && err.contains("spec.template.metadata.labels"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bedrock-broker.io/role-arn, bedrock-broker.io/rol-arn")
+            && err.contains("spec.template.metadata.annotations"),
+        "{err}"
+    );
+
+    // The same label on both (kustomize's commonLabels): nothing to say.
+    let both = input
+        .replace("bedrock-broker.io/rol-arn: typo", "x: y")
+        .replace(
+            "metadata: {labels: {app: chat}}",
+            "metadata: {labels: {app: chat, bedrock-broker.io/inject: \"true\"}, annotations: {bedrock-broker.io/role-arn: \"arn:aws:iam::123456789012:role/app\", bedrock-broker.io/region: us-east-1}}",
+        );
+    let (status, _, err) = run(&both, InjectArgs::default());
+    assert_eq!(status, InjectStatus::Ok, "{err}");
+    assert!(err.contains("Deployment default/chat: injected"), "{err}");
+    assert!(!err.contains("own metadata"), "{err}");
+}

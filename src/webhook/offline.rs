@@ -25,6 +25,7 @@ use super::SidecarDefaults;
 
 mod documents;
 mod kinds;
+mod misplaced;
 mod stand_in;
 pub use documents::{parse_documents, write_documents};
 use kinds::template_pointer;
@@ -195,6 +196,7 @@ fn inject_object(
             warnings: Vec::new(),
         }));
     }
+    let misplaced = misplaced::warnings(obj, &kind, tokens);
     let prefix = PointerBuf::from_tokens(tokens.iter().copied());
 
     let template = match obj.pointer_mut(prefix.as_str()) {
@@ -220,7 +222,7 @@ fn inject_object(
             return Ok(Some(Report {
                 object,
                 outcome: format!("unchanged ({})", skip_reason(&skip)),
-                warnings: skip.warning().into_iter().collect(),
+                warnings: misplaced.into_iter().chain(skip.warning()).collect(),
             }));
         }
         Outcome::Injected(injection) => *injection,
@@ -234,7 +236,7 @@ fn inject_object(
     Ok(Some(Report {
         object,
         outcome: "injected".to_owned(),
-        warnings: injection.warnings,
+        warnings: misplaced.into_iter().chain(injection.warnings).collect(),
     }))
 }
 
