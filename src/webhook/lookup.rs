@@ -51,7 +51,7 @@ struct Keep {
 }
 
 impl Keep {
-    /// A ServiceAccount's IRSA role.
+    /// A ServiceAccount's IRSA role and token audience.
     const SERVICE_ACCOUNT: Self = Self {
         labels: &[],
         annotations: &[names::EKS_ROLE_ARN, names::EKS_AUDIENCE],
