@@ -195,32 +195,29 @@ def test_a_profile_fixed_after_a_failure_is_read_again(start_sidecar, fake_aws, 
     assert "dev" in last_error and "already taken" not in last_error, last_error
     assert sidecar.metric("bedrock_broker_credential_refresh_errors_total", {"class": "transient"}) in (None, 0)
 
-    (tmp_path / "aws-config").write_text(
-        "[profile dev]\n"
-        f"role_arn = {ROLE_ARN}\n"
-        "source_profile = base\n"
-        "[profile base]\n"
-        "aws_access_key_id = AKIDPROFILEBASE\n"
-        "aws_secret_access_key = profile-base-secret\n"
-    )
+    (tmp_path / "aws-config").write_text(ROLE_FROM_STATIC_PROFILE)
     wait_for(lambda: sidecar.ready().status_code == 200, timeout=20, what="the fixed profile read")
     tid = uuid.uuid4().hex
     converse(sidecar, tid)
     assert fake_aws.request_for(tid)["verified"]
 
 
+# Profile `dev` assumes the role from profile `base`'s static keys.
+ROLE_FROM_STATIC_PROFILE = (
+    "[profile dev]\n"
+    f"role_arn = {ROLE_ARN}\n"
+    "source_profile = base\n"
+    "[profile base]\n"
+    "aws_access_key_id = AKIDPROFILEBASE\n"
+    "aws_secret_access_key = profile-base-secret\n"
+)
+
+
 def _profile_sidecar(start_sidecar, fake_aws, tmp_path, args: list[str], wait_ready: bool = True):
     """A sidecar on the profile source, whose profile assumes a role from
     static keys (an STS call of aws-config's making, not the sidecar's)."""
     fake_aws.post("/static_keys", {"access_key_id": "AKIDPROFILEBASE", "secret_access_key": "profile-base-secret"})
-    env = _profile_env(fake_aws, tmp_path, "dev", (
-        "[profile dev]\n"
-        f"role_arn = {ROLE_ARN}\n"
-        "source_profile = base\n"
-        "[profile base]\n"
-        "aws_access_key_id = AKIDPROFILEBASE\n"
-        "aws_secret_access_key = profile-base-secret\n"
-    ))
+    env = _profile_env(fake_aws, tmp_path, "dev", ROLE_FROM_STATIC_PROFILE)
     return start_sidecar(env, args, wait_ready=wait_ready)
 
 
