@@ -20,7 +20,7 @@ use clap::Parser;
 #[command(about = "Simulate a fleet of sidecars refreshing credentials against STS")]
 struct Args {
     /// Scenarios to run (`all` for every one): steady, mass-restart, outage,
-    /// throttling, token-rotation, cold-start-outage, fatal.
+    /// long-outage, throttling, token-rotation, cold-start-outage, fatal.
     #[arg(default_value = "all")]
     scenarios: Vec<String>,
     /// Number of pods.

@@ -45,6 +45,7 @@ pub const NAMES: &[&str] = &[
     "steady",
     "mass-restart",
     "outage",
+    "long-outage",
     "throttling",
     "token-rotation",
     "cold-start-outage",
@@ -99,6 +100,16 @@ impl Scenario {
             "outage" => {
                 s.name = "outage";
                 s.faults = vec![s.fault(s.first_wave(), lifetime / 4, FaultKind::Unavailable)];
+            }
+            "long-outage" => {
+                s.name = "long-outage";
+                // From the first refresh wave until every pod's credentials
+                // have expired: pods started together meet their expiry
+                // together, still failing.
+                let from = s.first_wave();
+                let until = lifetime + s.start_within + 10 * MINUTE;
+                s.faults = vec![s.fault(from, until.saturating_sub(from), FaultKind::Unavailable)];
+                s.run_for = until + 15 * MINUTE;
             }
             "throttling" => {
                 s.name = "throttling";

@@ -240,10 +240,8 @@ fn an_outage_shorter_than_the_remaining_life_costs_nothing() {
 #[test]
 fn an_outage_outlasting_the_credentials_brings_no_storm_at_expiry() {
     let lifetime = Duration::from_secs(3600);
-    let mut s = small("outage", 300, lifetime);
-    s.faults[0].until = lifetime + 10 * MINUTE;
+    let s = small("long-outage", 300, lifetime);
     let fault = s.faults[0];
-    s.run_for = fault.until + 5 * MINUTE;
     let run = simulate(&s).unwrap();
     let quota = s.quota.per_second;
     let during = peak(&run, fault.from, fault.until, 10);
