@@ -97,10 +97,11 @@ impl KeyExpiry {
         }
         let signed = amz_date(&date?)?;
         let lifetime = Duration::from_secs(expires?.parse().ok()?);
-        Some(Self {
-            at: signed.checked_add(lifetime)?,
-            lifetime,
-        })
+        let at = signed.checked_add(lifetime)?;
+        // RFC 3339 (the logs', the metrics' readers') ends at year 9999;
+        // a time past it is no expiry a key could mean.
+        let last = std::time::UNIX_EPOCH + Duration::from_secs(super::token::LAST_RFC3339_SECOND);
+        (at <= last).then_some(Self { at, lifetime })
     }
 }
 
@@ -135,9 +136,11 @@ impl ApiKey {
         }
         // Copied from a curl line or a header: it would go out as
         // `Bearer Bearer …`, which Bedrock refuses as an invalid key.
-        if token
-            .get(..7)
-            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("bearer "))
+        let mut words = token.splitn(2, char::is_whitespace);
+        if words
+            .next()
+            .is_some_and(|w| w.eq_ignore_ascii_case("bearer"))
+            && words.next().is_some()
         {
             return Err(ParseError::refused(
                 "starts with `Bearer `: set the key alone (the sidecar sends it as `Bearer <key>`)",
@@ -257,6 +260,10 @@ mod tests {
             PRESIGNED.replace("20261206T235500Z", "20261206T2355000"),
             PRESIGNED.replace("X-Amz-Expires=900", "X-Amz-Expires=-1"),
             PRESIGNED.replace("X-Amz-Expires=900", "X-Amz-Expires=18446744073709551615"),
+            // Past year 9999, which RFC 3339 cannot write (a panic in the
+            // JSON log's formatter once).
+            PRESIGNED.replace("X-Amz-Expires=900", "X-Amz-Expires=999999999999"),
+            PRESIGNED.replace("20261206T235500Z", "99991231T235959Z"),
         ] {
             assert_eq!(KeyExpiry::of(&short_term(&odd)), None, "{odd}");
         }
