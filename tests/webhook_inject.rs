@@ -626,4 +626,16 @@ fn settings_on_a_workloads_own_metadata_are_reported() {
     assert_eq!(status, InjectStatus::Ok, "{err}");
     assert!(err.contains("Deployment default/chat: injected"), "{err}");
     assert!(!err.contains("own metadata"), "{err}");
+
+    // `"false"` there meant to keep the pods out: the advice says so.
+    let out_of = input.replace(
+        "labels: {bedrock-broker.io/inject: \"true\"}",
+        "labels: {bedrock-broker.io/inject: \"false\"}",
+    );
+    let (_, _, err) = run(&out_of, InjectArgs::default());
+    assert!(
+        err.contains("to opt its pods out, put it on the pod template")
+            && !err.contains("opt its pods in"),
+        "{err}"
+    );
 }

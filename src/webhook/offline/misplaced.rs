@@ -41,8 +41,19 @@ pub fn warnings(obj: &Value, kind: &str, template: &[&str]) -> Vec<String> {
         None
     };
     if let Some(written_as) = written_as.filter(|_| !in_template("labels", label)) {
+        // `"false"` there was meant to keep the pods out (of an opted-in
+        // namespace): advice to opt them in would say the opposite.
+        let map = if written_as == "label" {
+            "labels"
+        } else {
+            "annotations"
+        };
+        let opting = match obj.pointer(&format!("/metadata/{map}/{}", label.replace('/', "~1"))) {
+            Some(Value::String(v)) if v == "false" => "out",
+            _ => "in",
+        };
         warnings.push(format!(
-            "the {written_as} {label} is on the {kind}'s own metadata, which no pod gets: to opt its pods in, put it on the pod template as a label, {place}.labels"
+            "the {written_as} {label} is on the {kind}'s own metadata, which no pod gets: to opt its pods {opting}, put it on the pod template as a label, {place}.labels"
         ));
     }
     let annotations: Vec<&str> = own("annotations")
