@@ -639,3 +639,13 @@ fn settings_on_a_workloads_own_metadata_are_reported() {
         "{err}"
     );
 }
+
+#[test]
+fn a_key_written_twice_takes_the_last_as_kubectl() {
+    let input =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  a: first\n  a: last\n";
+    let (status, out, err) = run(input, InjectArgs::default());
+    assert_eq!(status, InjectStatus::Ok, "{err}");
+    let docs = parse_documents(&out).expect("parses");
+    assert_eq!(docs[0]["data"], json!({"a": "last"}));
+}

@@ -47,6 +47,9 @@ pub fn parse_documents(input: &str) -> Result<Vec<Value>, InjectError> {
 fn parse_yaml(input: &str) -> Result<Vec<Value>, InjectError> {
     let mut options = serde_saphyr::Options::default();
     options.legacy_octal_numbers = true;
+    // A key written twice: kubectl (and JSON input here) takes the last;
+    // refusing it stopped a pipeline kubectl would have applied.
+    options.duplicate_keys = serde_saphyr::options::DuplicateKeyPolicy::LastWins;
     let mut budget = serde_saphyr::Budget::default();
     budget.max_nodes = MAX_NODES_PER_DOCUMENT;
     budget.max_events = 4 * MAX_NODES_PER_DOCUMENT;
