@@ -2,9 +2,7 @@
 //! LimitRange documents of the input, completed by the flags, and read
 //! for each pod as the webhook reads the real one.
 
-use std::future::Future;
-use std::task::{Context, Poll, Waker};
-
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::{LimitRange, Pod};
 use serde::Deserialize;
 use serde_json::Value;
@@ -34,15 +32,11 @@ pub fn read(
     pod: &Pod,
     namespace: &str,
 ) -> Result<cluster::Read, String> {
-    let mut reading = std::pin::pin!(cluster::read(lookup, role_policy, pod, namespace));
     // The stand-in answers from memory: the read is done when first polled.
-    match reading
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(Ok(read)) => Ok(read),
-        Poll::Ready(Err(failed)) => Err(format!("cannot read {}: {}", failed.what, failed.error)),
-        Poll::Pending => Err("the stand-in cluster did not answer".to_owned()),
+    match cluster::read(lookup, role_policy, pod, namespace).now_or_never() {
+        Some(Ok(read)) => Ok(read),
+        Some(Err(failed)) => Err(format!("cannot read {}: {}", failed.what, failed.error)),
+        None => Err("the stand-in cluster did not answer".to_owned()),
     }
 }
 
