@@ -13,11 +13,13 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use aws_smithy_http_client::proxy::ProxyConfig;
 use http::Uri;
 use hyper_util::client::proxy::matcher::{Intercept, Matcher};
+use ipnet::IpNet;
 
 use crate::secret::Secret;
 
@@ -196,6 +198,18 @@ impl EgressProxy {
         &self.no_proxy
     }
 
+    /// `NO_PROXY` entries that match no host however they are read (a
+    /// scheme, a path, a range that is not one): Go, curl and Python match
+    /// nothing with them either, so they are kept as given and named for
+    /// the reader rather than guessed at.
+    pub fn unmatchable_entries(&self) -> Vec<&str> {
+        self.no_proxy
+            .split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty() && !matches_a_host(entry))
+            .collect()
+    }
+
     /// Whether `NO_PROXY` is `*`: nothing goes through the proxy.
     pub fn bypasses_all(&self) -> bool {
         self.all_direct
@@ -263,6 +277,25 @@ fn bypass_entry(entry: &str) -> Cow<'_, str> {
         _ => entry,
     };
     Cow::Borrowed(host.strip_suffix('.').unwrap_or(host))
+}
+
+/// Whether `entry`, read as [`bypass_list`] reads it, can match a host:
+/// `*`, an address, a range or a host name (hyper-util takes anything else
+/// for a name no host has).
+fn matches_a_host(entry: &str) -> bool {
+    let entry = bypass_entry(entry);
+    entry == "*"
+        || entry.parse::<IpNet>().is_ok()
+        || entry.parse::<IpAddr>().is_ok()
+        || entry
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+}
+
+/// Says what is wrong with an entry [`EgressProxy::unmatchable_entries`]
+/// names.
+pub fn unmatchable_entry_message(entry: &str) -> String {
+    format!("{entry:?} matches no host (entries are host names, .example.com for a domain's subdomains, IP addresses or CIDR ranges such as 10.0.0.0/8; no scheme, path or wildcard but a leading *.)")
 }
 
 impl fmt::Debug for EgressProxy {
@@ -446,6 +479,27 @@ mod tests {
         );
         // As given, for the sidecar to read the same way.
         assert_eq!(p.no_proxy(), "*.vpce.amazonaws.com, bedrock.internal:443");
+    }
+
+    #[test]
+    fn no_proxy_entries_that_match_no_host_are_named() {
+        let p = proxy(
+            "proxy.corp:3128",
+            "https://sts.amazonaws.com, .internal, 10.0.0.0/33, a.example/path, , *.vpce.amazonaws.com, host:443, 10.0.0.0/8, [fd00::1]:443, *, my_host",
+        );
+        assert_eq!(
+            p.unmatchable_entries(),
+            ["https://sts.amazonaws.com", "10.0.0.0/33", "a.example/path"]
+        );
+        // Nothing is guessed: such an entry still bypasses nothing.
+        assert!(via(
+            &proxy("proxy.corp:3128", "https://a.example"),
+            "https://a.example/"
+        )
+        .is_some());
+        assert!(proxy("proxy.corp:3128", "")
+            .unmatchable_entries()
+            .is_empty());
     }
 
     #[test]

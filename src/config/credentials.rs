@@ -15,7 +15,7 @@ use crate::credentials::{
     ApiKey, ChainConfig, CredentialMode, CredentialsConfig, StaticKeys, StsConfig,
     WebIdentityConfig,
 };
-use crate::egress::EgressProxy;
+use crate::egress::{self, EgressProxy};
 use crate::secret::Secret;
 use crate::tls::CaBundle;
 
@@ -51,9 +51,9 @@ pub fn parse(
     );
     let ca_bundle = ca_bundle(env, errors);
 
-    let egress_proxy = egress_proxy(args, env, errors);
-
     let mut warnings = Vec::new();
+    let egress_proxy = egress_proxy(args, env, errors, &mut warnings);
+
     let region_given = s::REGION.find(args.region.as_deref(), env);
     if let (Some(region), Some(raw)) = (&region, &region_given) {
         if !region.is_aws_shaped() {
@@ -143,7 +143,12 @@ fn ca_bundle(env: &Env, errors: &mut Errors) -> Option<CaBundle> {
 
 /// `--https-proxy` with its `--no-proxy` list; the URL is never repeated
 /// in errors (it may carry a password).
-fn egress_proxy(args: &AwsArgs, env: &Env, errors: &mut Errors) -> Option<EgressProxy> {
+fn egress_proxy(
+    args: &AwsArgs,
+    env: &Env,
+    errors: &mut Errors,
+    warnings: &mut Vec<String>,
+) -> Option<EgressProxy> {
     let no_proxy = s::NO_PROXY.find(args.no_proxy.as_deref(), env);
     let url = s::HTTPS_PROXY.find(args.https_proxy.as_deref(), env)?;
     let proxy = errors
@@ -152,6 +157,17 @@ fn egress_proxy(args: &AwsArgs, env: &Env, errors: &mut Errors) -> Option<Egress
                 .map_err(|e| ParseError::Refused(e.to_string().into()))
         })?
         .from_origin(url.origin.to_string());
+    // Warned about, not refused: NO_PROXY is often set pod-wide for every
+    // program in it, and those read such an entry as matching nothing too.
+    if let Some(no_proxy) = no_proxy {
+        for entry in proxy.unmatchable_entries() {
+            warnings.push(format!(
+                "{}: {}",
+                no_proxy.origin,
+                egress::unmatchable_entry_message(entry)
+            ));
+        }
+    }
     // NO_PROXY=*: as if there were none (the start-up line says `none`).
     (!proxy.bypasses_all()).then_some(proxy)
 }

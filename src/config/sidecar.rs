@@ -476,6 +476,34 @@ mod tests {
     }
 
     #[test]
+    fn a_no_proxy_entry_that_matches_no_host_is_warned_about() {
+        let mut env = IRSA.to_vec();
+        env.extend_from_slice(&[
+            ("HTTPS_PROXY", "proxy.corp:3128"),
+            ("no_proxy", ".internal,https://bedrock.internal"),
+        ]);
+        let c = sidecar(&env).unwrap();
+        assert_eq!(
+            c.credentials.warnings.len(),
+            1,
+            "{:?}",
+            c.credentials.warnings
+        );
+        let warning = &c.credentials.warnings[0];
+        assert!(
+            warning.starts_with("no_proxy: \"https://bedrock.internal\" matches no host"),
+            "{warning}"
+        );
+        // Without a proxy, NO_PROXY is read by nothing here.
+        let env: Vec<_> = IRSA
+            .iter()
+            .copied()
+            .chain([("NO_PROXY", "https://x")])
+            .collect();
+        assert!(sidecar(&env).unwrap().credentials.warnings.is_empty());
+    }
+
+    #[test]
     fn irsa_environment_alone_is_a_complete_configuration() {
         let c = sidecar(&IRSA).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:9787");

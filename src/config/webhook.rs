@@ -9,7 +9,7 @@ use super::{limits, settings, Env};
 use crate::cli::{
     InjectArgs, SidecarDefaultsArgs, WebhookAdminLimitArgs, WebhookArgs, WebhookLimitArgs,
 };
-use crate::egress::EgressProxy;
+use crate::egress::{self, EgressProxy};
 use crate::server::tls::HandshakeLimits;
 use crate::server::Limits;
 use crate::telemetry::LogFormat;
@@ -85,6 +85,13 @@ fn sidecar_defaults(a: &SidecarDefaultsArgs, env: &Env, e: &mut Errors) -> Optio
                 .map_err(|err| ParseError::Refused(err.to_string().into()))
         },
     );
+    // Refused: the flag is only ours, and each injected sidecar would send
+    // the host it meant through the proxy.
+    if let (Some(raw), Some(Some(proxy))) = (no_proxy, &egress_proxy) {
+        for entry in proxy.unmatchable_entries() {
+            e.push(raw.origin, egress::unmatchable_entry_message(entry));
+        }
+    }
     // Said, not ignored: a bypass list alone does nothing.
     if let (Some(raw), Some(None)) = (no_proxy, &egress_proxy) {
         e.push(
@@ -668,6 +675,24 @@ mod tests {
             (d::HTTPS_PROXY.var(), "proxy:3128"),
         ];
         assert!(webhook(WebhookArgs::default(), &both).is_ok());
+    }
+
+    #[test]
+    fn a_bypass_entry_that_matches_no_host_is_refused() {
+        let given = [
+            (d::NO_PROXY.var(), ".internal, https://bedrock.internal"),
+            (d::HTTPS_PROXY.var(), "proxy:3128"),
+        ];
+        let err = webhook(WebhookArgs::default(), &given).unwrap_err();
+        assert_eq!(
+            err.0.iter().map(|e| e.origin.as_str()).collect::<Vec<_>>(),
+            [d::NO_PROXY.var()]
+        );
+        assert!(
+            err.to_string()
+                .contains("\"https://bedrock.internal\" matches no host"),
+            "{err}"
+        );
     }
 
     #[test]
