@@ -47,8 +47,9 @@ def dashboard() -> dict:
                    [(f"sum by (result) (rate(bedrock_broker_credential_refreshes_total{{{SEL}}}[$__rate_interval]))", "{{result}}")],
                    0, 9, unit="ops"))
     p.append(panel(5, "Refresh errors by class",
-                   [(f"sum by (class) (rate(bedrock_broker_credential_refresh_errors_total{{{SEL}}}[$__rate_interval]))", "{{class}}")],
-                   12, 9, unit="ops", desc="token: the projected token is unreadable or refused; transient: STS/network; fatal: role or trust policy."))
+                   [(f"sum by (class) (rate(bedrock_broker_credential_refresh_errors_total{{{SEL}}}[$__rate_interval]))", "{{class}}"),
+                    (f"sum (rate(bedrock_broker_credential_refresh_throttled_total{{{SEL}}}[$__rate_interval]))", "throttled (of transient)")],
+                   12, 9, unit="ops", desc="token: the projected token is unreadable or refused; transient: STS/network; fatal: role or trust policy; throttled: STS refused for the account's request rate, shared by every pod in it."))
     p.append(panel(6, "STS round trip (p50, p95)",
                    [(f"histogram_quantile(0.5, sum by (le) (rate(bedrock_broker_credential_refresh_duration_seconds_bucket{{{SEL}}}[$__rate_interval])))", "p50"),
                     (f"histogram_quantile(0.95, sum by (le) (rate(bedrock_broker_credential_refresh_duration_seconds_bucket{{{SEL}}}[$__rate_interval])))", "p95")],

@@ -201,6 +201,9 @@ impl Refresher {
                     .refresh_errors
                     .with_label_values(&[e.class().as_str()])
                     .inc();
+                if e.is_throttling() {
+                    self.metrics.refresh_throttled.inc();
+                }
                 self.metrics.consecutive_failures.inc();
                 return Err(e);
             }

@@ -1,7 +1,8 @@
 //! The sidecar's metrics.
 
 use prometheus::{
-    Gauge, GaugeVec, Histogram, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+    Gauge, GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Registry,
 };
 
 use super::{histogram_opts, opts, registered};
@@ -40,6 +41,9 @@ pub struct CredentialMetrics {
     pub refreshes: IntCounterVec,
     /// Failed refresh attempts by `class` (`transient`, `token`, `fatal`).
     pub refresh_errors: IntCounterVec,
+    /// Failed refresh attempts the source throttled: the account is over
+    /// its STS request rate, which every pod in it shares.
+    pub refresh_throttled: IntCounter,
     /// STS round trip of each attempt.
     pub refresh_duration: Histogram,
     /// Failures since the last success.
@@ -200,6 +204,13 @@ impl CredentialMetrics {
                     ),
                     &["class"],
                 )?,
+            )?,
+            refresh_throttled: registered(
+                r,
+                IntCounter::with_opts(opts(
+                    "credential_refresh_throttled_total",
+                    "Failed credential refresh attempts the source throttled (Throttling, 429): the account is over its STS request rate.",
+                ))?,
             )?,
             refresh_duration: registered(
                 r,

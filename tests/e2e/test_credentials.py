@@ -343,6 +343,7 @@ def test_a_rejection_whose_refresh_is_throttled_is_passed_through(start_sidecar,
     client = bedrock_client(sidecar)  # reads for at most 30 s
     expect_expired_token(client)
     assert sidecar.metric("bedrock_broker_credential_refresh_errors_total", {"class": "transient"}) == 1
+    assert sidecar.metric("bedrock_broker_credential_refresh_throttled_total") == 1
 
 
 def test_token_rotation_with_healthy_credentials_waits_for_the_next_refresh(start_sidecar, irsa_env, fake_aws, token_dir):

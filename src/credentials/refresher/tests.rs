@@ -224,6 +224,7 @@ async fn keeps_old_credentials_while_sts_fails_then_recovers() {
             .get(),
         3
     );
+    assert_eq!(h.metrics.credentials.refresh_throttled.get(), 1);
     h.shutdown.cancel();
 }
 
