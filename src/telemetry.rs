@@ -139,11 +139,24 @@ fn capped(rust_log: &str) -> (String, Vec<String>) {
     (kept.join(","), dropped)
 }
 
+/// The filter for `rust_log`, the directives dropped from it, and why it
+/// could not be read, if it could not: then `info`, still capped.
+fn log_filter(rust_log: &str) -> (EnvFilter, Vec<String>, Option<String>) {
+    let (directives, dropped) = capped(rust_log);
+    match EnvFilter::try_new(&directives) {
+        Ok(filter) => (filter, dropped, None),
+        Err(e) => {
+            let (info, _) = capped("info");
+            let filter = EnvFilter::try_new(&info).unwrap_or_else(|_| EnvFilter::new("info"));
+            (filter, dropped, Some(e.to_string()))
+        }
+    }
+}
+
 /// Installs the global subscriber: levels from `rust_log` (the process's
 /// `RUST_LOG`, default `info`), output to stderr as text or JSON.
 pub fn init(format: LogFormat, rust_log: Option<&str>) {
-    let (directives, dropped) = capped(rust_log.unwrap_or("info"));
-    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, dropped, unreadable) = log_filter(rust_log.unwrap_or("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // A log reader that went away (`| head`, a dead shipper) must not stop
     // the sidecar: the layer's own write errors would be printed with
@@ -157,6 +170,9 @@ pub fn init(format: LogFormat, rust_log: Option<&str>) {
         LogFormat::Text => builder.with_target(false).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    if let Some(problem) = unreadable {
+        tracing::warn!(%problem, "RUST_LOG cannot be read: logging at info");
+    }
     if !dropped.is_empty() {
         tracing::warn!(
             dropped = dropped.join(","),
@@ -168,6 +184,21 @@ pub fn init(format: LogFormat, rust_log: Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreadable_rust_log_is_said_and_still_capped() {
+        let (filter, _, unreadable) = log_filter("bedrock_broker=loud");
+        let problem = unreadable.expect("a level that is none is unreadable");
+        assert!(
+            problem.contains("loud") || problem.contains("level"),
+            "{problem}"
+        );
+        let shown = filter.to_string();
+        assert!(shown.contains("aws_config=error"), "{shown}");
+        assert!(shown.contains("info"), "{shown}");
+        let (_, _, unreadable) = log_filter("bedrock_broker=debug,warn");
+        assert_eq!(unreadable, None);
+    }
 
     #[test]
     fn no_directive_makes_a_capped_crate_louder_than_info() {

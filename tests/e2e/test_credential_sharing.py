@@ -245,14 +245,16 @@ def test_a_profiles_sts_calls_keep_the_sidecars_timeout_and_retries(start_sideca
 def test_a_token_quoted_by_sts_reaches_no_log_on_the_profile_source(start_sidecar, irsa_env, fake_aws, tmp_path):
     """An STS (or a relay in its place) quoting the refused web identity
     token in its error: the sidecar blanks it in its own lines, but
-    aws-config's warnings printed the body whole, token and all."""
+    aws-config's warnings printed the body whole, token and all (and
+    did again under a RUST_LOG that could not be read, whose fallback
+    lost the cap)."""
     token = open(irsa_env["AWS_WEB_IDENTITY_TOKEN_FILE"]).read().strip()
     fake_aws.post("/sts", {"accept_tokens": ["another-token"], "quote_refused_tokens": True})
     env = _profile_env(fake_aws, tmp_path, "wi", (
         f"[profile wi]\nrole_arn = {ROLE_ARN}\nweb_identity_token_file = {irsa_env['AWS_WEB_IDENTITY_TOKEN_FILE']}\n"
     ))
     env["BEDROCK_BROKER_CREDENTIAL_SOURCE"] = "profile"
-    for rust_log in ("info", "debug"):
+    for rust_log in ("info", "debug", "bedrock_broker=loud"):
         sidecar = start_sidecar(env, wait_ready=False, rust_log=rust_log)
         wait_for(lambda: sidecar.ready().json().get("last_error"), timeout=20, what="the refused token reported")
         sidecar.stop()
