@@ -37,16 +37,8 @@ pub(crate) fn complain(text: fmt::Arguments<'_>) {
 
 /// Runs one subcommand to completion.
 pub fn run(command: Command, env: Env) -> ExitCode {
-    // Before anything reads them: logging is not set up yet either.
-    let not_text = crate::config::unknown::not_text(&env);
-    if !not_text.is_empty() {
-        for name in not_text {
-            complain(format_args!(
-                "bedrock-broker: invalid configuration: {name}: the value is not UTF-8 text\n"
-            ));
-        }
-        return ExitCode::from(INVALID);
-    }
+    // A variable whose value is not UTF-8 text reads as unset until each
+    // command's configuration reports it with its other problems.
     let status = match command {
         // Offline and one-shot: it reports on stderr as plain text.
         Command::Inject(args) => inject::run(&args, &env),

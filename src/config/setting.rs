@@ -149,6 +149,17 @@ impl ConfigErrors {
 pub struct Errors(Vec<ConfigError>);
 
 impl Errors {
+    /// Starts with the variables of `env` whose value is not UTF-8 text
+    /// (see [`super::unknown::not_text`]), so they are reported with every
+    /// other problem, in the log format asked for.
+    pub fn reading(env: &Env) -> Self {
+        let mut errors = Self::default();
+        for name in super::unknown::not_text(env) {
+            errors.push(name, "the value is not UTF-8 text");
+        }
+        errors
+    }
+
     pub fn push(&mut self, origin: impl fmt::Display, message: impl fmt::Display) {
         self.0.push(ConfigError {
             origin: origin.to_string(),

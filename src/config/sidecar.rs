@@ -26,7 +26,7 @@ fn self_heal_wait(credentials: &CredentialsConfig) -> std::time::Duration {
 impl CredentialsConfig {
     /// The configuration of `bedrock-broker credentials`.
     pub fn from_args(args: &crate::cli::CredentialsArgs, env: &Env) -> Result<Self, ConfigErrors> {
-        let mut errors = Errors::default();
+        let mut errors = Errors::reading(env);
         let plaintext = endpoints::plaintext_allowed(
             args.allow_plaintext_upstream.as_deref(),
             env,
@@ -51,7 +51,7 @@ impl CredentialsConfig {
 
 impl SidecarConfig {
     pub fn from_args(args: &SidecarArgs, env: &Env) -> Result<Self, ConfigErrors> {
-        let mut e = Errors::default();
+        let mut e = Errors::reading(env);
         let plaintext =
             endpoints::plaintext_allowed(args.allow_plaintext_upstream.as_deref(), env, &mut e);
         let (region, credentials) = credentials::parse(&args.aws, env, plaintext, &mut e);
@@ -473,6 +473,22 @@ mod tests {
         let e = with(&[("HTTPS_PROXY", "https://u:hunter2@proxy.corp:3128")]).unwrap_err();
         assert_eq!(origins(&e), ["HTTPS_PROXY"]);
         assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn a_value_that_is_not_text_is_reported_with_the_other_problems() {
+        let mut env = Env::from_pairs(
+            IRSA.iter()
+                .copied()
+                .chain([("BEDROCK_BROKER_MAX_REQUESTS", "0")]),
+        );
+        env.not_text = vec!["BEDROCK_BROKER_PROXY_TOKEN".to_owned(), "LC_ALL".to_owned()];
+        let e = SidecarConfig::from_args(&SidecarArgs::default(), &env).unwrap_err();
+        assert_eq!(
+            origins(&e),
+            ["BEDROCK_BROKER_PROXY_TOKEN", "BEDROCK_BROKER_MAX_REQUESTS"]
+        );
+        assert!(e.to_string().contains("the value is not UTF-8 text"), "{e}");
     }
 
     #[test]

@@ -197,7 +197,7 @@ fn resources(a: &SidecarDefaultsArgs, env: &Env, e: &mut Errors) -> Option<Resou
 
 impl WebhookConfig {
     pub fn from_args(args: &WebhookArgs, env: &Env) -> Result<Self, ConfigErrors> {
-        let mut e = Errors::default();
+        let mut e = Errors::reading(env);
         let listen = e.read(&w::LISTEN, args.listen.as_deref(), env, parse::addr);
         let admin_listen = e.read(
             &w::ADMIN_LISTEN,
@@ -383,7 +383,7 @@ fn serving(args: &WebhookArgs, env: &Env, e: &mut Errors) -> Option<Serving> {
 
 impl InjectConfig {
     pub fn from_args(args: &InjectArgs, env: &Env) -> Result<Self, ConfigErrors> {
-        let mut e = Errors::default();
+        let mut e = Errors::reading(env);
         let namespace = e.read(&i::NAMESPACE, args.namespace.as_deref(), env, |raw| {
             parse::path(raw).map(|_| raw.to_owned())
         });

@@ -401,8 +401,24 @@ def test_a_setting_that_is_not_utf8_text_stops_the_start_naming_it(command):
     assert out.returncode == 2, out.stderr
     err = out.stderr.decode(errors="replace")
     for name in ["BEDROCK_BROKER_PROXY_TOKEN", "BEDROCK_BROKER_WEBHOOK_ROLE_POLICY"]:
-        assert f"{name}: the value is not UTF-8 text" in err, err
+        # A log line (`origin=NAME problem=...`), or `NAME: ...` from inject.
+        assert any(name in line and "the value is not UTF-8 text" in line for line in err.splitlines()), err
     assert "LC_UNRELATED" not in err and "abcdefghijklmnopqrstuv" not in err, err
+
+
+def test_a_value_that_is_not_text_is_logged_with_the_other_problems_in_the_format_asked():
+    # It was said alone, as plain text, hiding the other problems and
+    # ignoring BEDROCK_BROKER_LOG_FORMAT=json.
+    env = {b"PATH": b"/usr/bin:/bin", b"AWS_REGION": b"us-east-1", b"AWS_ACCESS_KEY_ID": b"AKIDEXAMPLE",
+           b"AWS_SECRET_ACCESS_KEY": b"secret", b"BEDROCK_BROKER_LOG_FORMAT": b"json",
+           b"BEDROCK_BROKER_MAX_REQUESTS": b"0", b"BEDROCK_BROKER_PROXY_TOKEN": b"\xff\xfeabcdefghijklmnopq"}
+    out = subprocess.run([str(BINARY), "sidecar"], env=env, capture_output=True, timeout=20)
+    assert out.returncode == 2, out.stderr
+    lines = [json.loads(line) for line in out.stderr.decode().splitlines() if line.strip()]
+    problems = {line.get("origin"): line.get("problem") for line in lines if line.get("message") == "invalid configuration"}
+    assert problems.get("BEDROCK_BROKER_PROXY_TOKEN") == "the value is not UTF-8 text", lines
+    assert "BEDROCK_BROKER_MAX_REQUESTS" in problems, lines
+    assert b"abcdefghijklmnopq" not in out.stderr
 
 
 @pytest.mark.parametrize("cpus", [{0}, None])
