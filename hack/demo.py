@@ -16,6 +16,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -46,6 +47,30 @@ def wait_for(predicate, timeout: float, what: str):
     raise SystemExit(f"demo: timed out waiting for {what}")
 
 
+def sidecar_failed(log: Path, why: str, listen: str, admin_listen: str) -> int:
+    """Says why the demo's own sidecar is not serving, and what to do."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        text = ""
+    print(f"demo: {why}; its log ({log}) ends:", file=sys.stderr)
+    for line in text.splitlines()[-3:] or ["(empty)"]:
+        print(f"   {line}", file=sys.stderr)
+    taken = re.search(r"cannot listen on (\S+) for the .*Address already in use", text)
+    if taken:
+        def other(address: str) -> str:
+            host, _, port = address.rpartition(":")
+            return f"{host}:{int(port) + 10}" if port.isdigit() else address
+        print(
+            f"demo: {taken.group(1)} is already in use, perhaps by another demo or a sidecar started by hand.\n"
+            f"   Stop that process, or run the demo on other ports (now {listen} and {admin_listen}):\n"
+            f"   BEDROCK_BROKER_LISTEN={other(listen)} BEDROCK_BROKER_ADMIN_LISTEN={other(admin_listen)} make demo\n"
+            f"   (or hack/demo.py --listen {other(listen)} --admin-listen {other(admin_listen)})",
+            file=sys.stderr,
+        )
+    return 1
+
+
 def fake_token() -> str:
     def enc(obj):
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
@@ -57,8 +82,10 @@ def fake_token() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--once", action="store_true", help="exit after the tour instead of serving until Ctrl-C")
-    parser.add_argument("--listen", default=os.environ.get("BEDROCK_BROKER_LISTEN", "127.0.0.1:9787"))
-    parser.add_argument("--admin-listen", default=os.environ.get("BEDROCK_BROKER_ADMIN_LISTEN", "127.0.0.1:9788"))
+    parser.add_argument("--listen", default=os.environ.get("BEDROCK_BROKER_LISTEN", "127.0.0.1:9787"),
+                        help="the sidecar's proxy address (default $BEDROCK_BROKER_LISTEN, else 127.0.0.1:9787)")
+    parser.add_argument("--admin-listen", default=os.environ.get("BEDROCK_BROKER_ADMIN_LISTEN", "127.0.0.1:9788"),
+                        help="its admin address (default $BEDROCK_BROKER_ADMIN_LISTEN, else 127.0.0.1:9788)")
     parser.add_argument("--lifetime", type=float, default=20.0, help="seconds the fake STS credentials live")
     args = parser.parse_args()
 
@@ -113,10 +140,25 @@ def main() -> int:
             [str(BINARY), "sidecar", "--listen", args.listen, "--admin-listen", args.admin_listen],
             env=env, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
         ))
+        sidecar = procs[-1]
         admin = f"http://{args.admin_listen}"
         proxy = f"http://{args.listen}"
-        wait_for(lambda: procs[-1].poll() is None and requests.get(f"{admin}/readyz", timeout=1).status_code == 200, 20, "sidecar readiness (see " + str(log) + ")")
-        calls = requests.get(f"{fake['control']}/sts/calls", timeout=5).json()
+        # Ready means the demo's own sidecar: alive, and it has called the
+        # demo's own STS (it binds both ports before that), so the /readyz
+        # that answers is its, not that of whatever else holds the port.
+        deadline = time.monotonic() + 20
+        while True:
+            if sidecar.poll() is not None:
+                return sidecar_failed(log, f"the sidecar exited (status {sidecar.returncode}) before it was ready", args.listen, args.admin_listen)
+            try:
+                calls = requests.get(f"{fake['control']}/sts/calls", timeout=5).json()
+                if calls and requests.get(f"{admin}/readyz", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass  # still starting
+            if time.monotonic() > deadline:
+                return sidecar_failed(log, "the sidecar was not ready within 20 s", args.listen, args.admin_listen)
+            time.sleep(0.05)
         print(f"   ready: {requests.get(f'{admin}/readyz', timeout=5).text.strip()}")
         print(f"   STS saw {len(calls)} AssumeRoleWithWebIdentity call(s) for {calls[0].get('role_arn', ROLE_ARN)}")
 
