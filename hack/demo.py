@@ -92,6 +92,7 @@ def main() -> int:
     import boto3
     import openai
     import requests
+    from botocore import UNSIGNED
     from botocore.config import Config
 
     work = Path(tempfile.mkdtemp(prefix="bedrock-broker-demo-"))
@@ -177,10 +178,10 @@ def main() -> int:
         print()
 
         say("boto3 bedrock-runtime converse, with an inference-profile ARN as model id")
+        # UNSIGNED: boto3 sends no credentials (it needs none); the sidecar signs.
         br = boto3.client(
             "bedrock-runtime", region_name="us-east-1", endpoint_url=proxy,
-            aws_access_key_id="placeholder", aws_secret_access_key="placeholder",
-            config=Config(retries={"max_attempts": 1}),
+            config=Config(signature_version=UNSIGNED, retries={"max_attempts": 1}),
         )
         out = br.converse(
             modelId="arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-5-haiku-20241022-v1:0",
