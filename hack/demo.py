@@ -125,7 +125,7 @@ def main() -> int:
         token.write_text(fake_token())
         print(f"   {token}")
 
-        say("Starting bedrock-broker sidecar with only the standard IRSA variables")
+        say("Starting bedrock-broker sidecar: the IRSA variables, plus STS and Bedrock endpoints at the fakes")
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "AWS_REGION": "us-east-1",
@@ -203,7 +203,9 @@ def main() -> int:
             say("Done")
             finished = True
             return 0
-        say("The sidecar keeps running; credentials refresh every ~%ds. Try:" % int(args.lifetime / 2))
+        # Half the lifetime, less up to a fifth of it at random (the
+        # refresh policy in docs/credentials.md).
+        say("The sidecar keeps running; credentials refresh every %g-%g s. Try:" % (round(args.lifetime * 0.3, 1), round(args.lifetime * 0.5, 1)))
         print(f"""   curl -s {proxy}/openai/v1/chat/completions -H 'content-type: application/json' \\
         -d '{{"model":"m","messages":[{{"role":"user","content":"hi"}}],"stream":true}}'
    curl -s {admin}/metrics | grep bedrock_broker_
