@@ -766,9 +766,29 @@ def run_wrk(url: str, path: str, body_file: Path, conns: int, duration: float,
     m = re.search(r"BENCH_JSON (\{.*\})", p.stdout)
     if p.returncode != 0 or not m:
         raise RuntimeError(f"wrk failed ({p.returncode}): {p.stdout}\n{p.stderr}")
+    return parse_wrk(p.stdout)
+
+
+def parse_wrk(stdout: str) -> dict:
+    """A wrk run's figures from its output with bench/wrk.lua: the script's
+    BENCH_JSON line, and the errors by kind. Answers with a status of 400
+    or more (wrk's "Non-2xx or 3xx responses") and socket errors (connect,
+    read, write, timeout) are counted from both the script's line and
+    wrk's own summary lines, the larger taken: a run with any is not a
+    measurement of the row (an error answer is cheap and fast)."""
+    m = re.search(r"BENCH_JSON (\{.*\})", stdout)
+    if not m:
+        raise RuntimeError(f"wrk gave no BENCH_JSON line: {stdout}")
     r = json.loads(m.group(1))
-    errors = sum(v for k, v in r.items() if k.startswith("errors_"))
-    r["errors"] = errors
+    non2xx = r.get("errors_status", 0)
+    socket_errors = sum(r.get(f"errors_{k}", 0) for k in ("connect", "read", "write", "timeout"))
+    if n := re.search(r"Non-2xx or 3xx responses:\s*(\d+)", stdout):
+        non2xx = max(non2xx, int(n.group(1)))
+    if n := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", stdout):
+        socket_errors = max(socket_errors, sum(int(x) for x in n.groups()))
+    r["errors_non2xx"] = non2xx
+    r["errors_socket"] = socket_errors
+    r["errors"] = non2xx + socket_errors
     r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
     return r
 
@@ -860,6 +880,9 @@ def measure(targets: list[Target], mock: Mock, path: str, body_file: Path, conns
             "p99_ms": statistics.median(r["p99_us"] for r in rs) / 1000,
             "requests": total,
             "errors": sum(r["errors"] for r in rs),
+            "errors_non2xx": sum(r["errors_non2xx"] for r in rs),
+            "errors_socket": sum(r["errors_socket"] for r in rs),
+            "all_errors": [r["errors"] for r in rs],
             "cpu_per_10k": (sum(r["cpu_s"] for r in rs) / total * 10_000) if t.proxy else None,
             "proxy_util": (sum(r["cpu_s"] for r in rs) / wall_s) if t.proxy else None,
             "others_util": max(0.0, sum(r["others_s"] for r in rs) / wall_s),
@@ -1343,8 +1366,49 @@ def tool_versions() -> str:
     return "; ".join(v)
 
 
-def verdict(ok: bool | None) -> str:
-    return "—" if ok is None else ("met" if ok else "**not met**")
+def errors_cell(r: dict) -> str:
+    """The table's errors over a row's measured runs, by kind when any."""
+    if not r.get("errors"):
+        return "0"
+    return (f"**{r['errors']:,}** ({r.get('errors_non2xx', 0):,} non-2xx, "
+            f"{r.get('errors_socket', 0):,} socket)")
+
+
+def verdict(ok: bool | None, note: str | None = None) -> str:
+    """The verdict column: met / not met, and the note that qualifies it
+    (a void row, rounds on both sides of the line)."""
+    word = "—" if ok is None else ("met" if ok else "**not met**")
+    return f"{word} ({note})" if note else word
+
+
+class Line(tuple):
+    """A line of the summary: (target, measured, met?, floor measured),
+    with `note` qualifying the verdict (None when there is nothing to
+    add)."""
+
+    def __new__(cls, label: str, measured: str, ok: bool | None, floor_value: str | None,
+                note: str | None = None):
+        line = super().__new__(cls, (label, measured, ok, floor_value))
+        line.note = note
+        return line
+
+
+def errors_note(used: list[tuple[dict, str]]) -> str | None:
+    """'void: N errors in ...' when any of the (row, target name) pairs a
+    verdict read had errors in its measured runs (non-2xx answers or
+    socket errors), else None. An error answer is cheap and fast: a row
+    with any measures something else than the requests it is named for."""
+    bad = []
+    for row, name in used:
+        r = row["results"].get(name) if row else None
+        n = (r or {}).get("errors", 0)
+        if n:
+            bad.append((f"{name} ({row['endpoint']}, {row['body']}, {row['conns']} conns)", n))
+    if not bad:
+        return None
+    total = sum(n for _, n in bad)
+    where = ", ".join(f"{w}" + (f": {n:,}" if len(bad) > 1 else "") for w, n in bad)
+    return f"void: {total:,} errors in {where}"
 
 
 def report(res: dict, args, command: str) -> str:
@@ -1386,7 +1450,7 @@ def report(res: dict, args, command: str) -> str:
                 f"{fmt(ratio)} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {fmt(add50, '+.3f')} | "
                 f"{fmt(add99, '+.3f')} | {fmt(r['cpu_per_10k'])} | "
                 f"{fmt(None if r['proxy_util'] is None else 100 * r['proxy_util'], '.0f')}{'' if r['proxy_util'] is None else ' %'} | "
-                f"{r['conns_per_1k']:.2f} | {fmt(r['peak_rss'], '.1f')} | {r['errors']} | "
+                f"{r['conns_per_1k']:.2f} | {fmt(r['peak_rss'], '.1f')} | {errors_cell(r)} | "
                 f"{100 * r['others_util']:.0f} % | "
                 f"{100 * r['steal_proxy']:.0f} / {100 * r['steal_load']:.0f} % | {r['redone']} |")
     stream = converse_stream_messages()
@@ -1443,8 +1507,9 @@ def report(res: dict, args, command: str) -> str:
     else:
         L.append("| target | measured | |")
         L.append("|---|---|---|")
-    for label, measured, ok, floor_value in s:
-        L.append(f"| {label} | {measured} | {verdict(ok)} |"
+    for line in s:
+        label, measured, ok, floor_value = line
+        L.append(f"| {label} | {measured} | {verdict(ok, getattr(line, 'note', None))} |"
                  + (f" {floor_value or '—'} |" if has_floor else ""))
     L.append("")
     if has_floor:
@@ -1567,6 +1632,14 @@ def summary(res: dict, args) -> list:
     out = []
     by = {(r["endpoint"], r["body"], r["conns"]): r for r in res["rows"]}
 
+    def add(label, measured, ok, floor_value, used=(), note=None):
+        """One line; a verdict that read a row with errors is void, not met."""
+        void = errors_note(list(used))
+        if void:
+            out.append(Line(label, measured, False if ok is not None else None, floor_value, void))
+        else:
+            out.append(Line(label, measured, ok, floor_value, note))
+
     def get(c, ep="converse", body="1 KB"):
         return by.get((ep, body, c))
 
@@ -1577,33 +1650,34 @@ def summary(res: dict, args) -> list:
         r = get(c)
         if r and floor(r):
             ratio = r["results"]["sidecar"]["rps"] / floor(r)["rps"]
-            out.append((f"throughput ≥ 0.85× the floor at {c} conns", f"{ratio:.2f}× the floor "
-                        f"({r['results']['sidecar']['rps'] / r['direct']['rps']:.2f}× direct; "
-                        f"{by_round(r['results']['sidecar'], floor(r), '.2f')})", ratio >= 0.85,
-                        f"{floor(r)['rps'] / r['direct']['rps']:.2f}× direct"))
+            add(f"throughput ≥ 0.85× the floor at {c} conns", f"{ratio:.2f}× the floor "
+                f"({r['results']['sidecar']['rps'] / r['direct']['rps']:.2f}× direct; "
+                f"{by_round(r['results']['sidecar'], floor(r), '.2f')})", ratio >= 0.85,
+                f"{floor(r)['rps'] / r['direct']['rps']:.2f}× direct",
+                [(r, "sidecar"), (r, FLOOR), (r, "direct")])
     for c in (1, 16, 64):
         r = get(c)
         if r and BASELINE in r["results"]:
             ratio = r["results"]["sidecar"]["rps"] / r["results"][BASELINE]["rps"]
-            out.append((f"throughput against --baseline-binary at {c} conn{'s' if c > 1 else ''} (no target)",
-                        f"{ratio:.3f}× ({by_round(r['results']['sidecar'], r['results'][BASELINE], '.3f')})",
-                        None, None))
+            add(f"throughput against --baseline-binary at {c} conn{'s' if c > 1 else ''} (no target)",
+                f"{ratio:.3f}× ({by_round(r['results']['sidecar'], r['results'][BASELINE], '.3f')})",
+                None, None, [(r, "sidecar"), (r, BASELINE)])
     r = get(1)
     if r and floor(r):
         a = r["results"]["sidecar"]["p50_ms"] - r["direct"]["p50_ms"]
         f = floor(r)["p50_ms"] - r["direct"]["p50_ms"]
         gaps = by_round_gap(r["results"]["sidecar"], floor(r), "all_p50_ms")
-        out.append(("added p50 at 1 conn ≤ the floor's + 0.03 ms",
-                    f"{a:+.3f} ms ({a - f:+.3f} ms over the floor; {gaps})",
-                    a <= f + 0.03, f"{f:+.3f} ms"))
+        add("added p50 at 1 conn ≤ the floor's + 0.03 ms",
+            f"{a:+.3f} ms ({a - f:+.3f} ms over the floor; {gaps})",
+            a <= f + 0.03, f"{f:+.3f} ms", [(r, "sidecar"), (r, FLOOR), (r, "direct")])
     r = get(64)
     if r and floor(r):
         a = r["results"]["sidecar"]["p99_ms"] - r["direct"]["p99_ms"]
         f = floor(r)["p99_ms"] - r["direct"]["p99_ms"]
         gaps = by_round_gap(r["results"]["sidecar"], floor(r), "all_p99_ms")
-        out.append(("added p99 at 64 conns ≤ the floor's + 0.5 ms",
-                    f"{a:+.3f} ms ({a - f:+.3f} ms over the floor; {gaps})",
-                    a <= f + 0.5, f"{f:+.3f} ms"))
+        add("added p99 at 64 conns ≤ the floor's + 0.5 ms",
+            f"{a:+.3f} ms ({a - f:+.3f} ms over the floor; {gaps})",
+            a <= f + 0.5, f"{f:+.3f} ms", [(r, "sidecar"), (r, FLOOR), (r, "direct")])
     for c in (1, 16, 64):
         r = get(c)
         if r and floor(r):
@@ -1612,10 +1686,10 @@ def summary(res: dict, args) -> list:
             # request costs the floor on the machine (the kernel's loopback
             # work), the gap with what the sidecar adds.
             gap_us = (r["results"]["sidecar"]["cpu_per_10k"] - floor(r)["cpu_per_10k"]) * 100
-            out.append((f"CPU s per 10k requests ≤ 1.5× the floor's at {c} conn{'s' if c > 1 else ''}",
-                        f"{r['results']['sidecar']['cpu_per_10k']:.2f} s ({ratio:.2f}×; "
-                        f"{gap_us:+.1f} µs a request)", ratio <= 1.5,
-                        f"{floor(r)['cpu_per_10k']:.2f} s"))
+            add(f"CPU s per 10k requests ≤ 1.5× the floor's at {c} conn{'s' if c > 1 else ''}",
+                f"{r['results']['sidecar']['cpu_per_10k']:.2f} s ({ratio:.2f}×; "
+                f"{gap_us:+.1f} µs a request)", ratio <= 1.5,
+                f"{floor(r)['cpu_per_10k']:.2f} s", [(r, "sidecar"), (r, FLOOR)])
     r = get(16)
     off = "sidecar, usage metrics off"
     if r and off in r["results"]:
@@ -1626,49 +1700,51 @@ def summary(res: dict, args) -> list:
         instructions = usage_instructions(res.get("profile"))
         if instructions:
             measured += f"; in callgrind {instructions}"
-        out.append(("usage metrics cost ≤ 3 % throughput at 16 conns", measured, cost <= 0.03, None))
+        add("usage metrics cost ≤ 3 % throughput at 16 conns", measured, cost <= 0.03, None,
+            [(r, "sidecar"), (r, off)])
     # Streamed answers are read for usage by other code than plain ones
     # (event-stream and SSE scanners): their own lines, beside the target.
     for ep, what in (("converse stream", "streamed answers"), ("chat stream", "streamed chat answers")):
         r = get(16, ep=ep)
         if r and off in r["results"]:
             cost = 1 - r["results"]["sidecar"]["rps"] / r["results"][off]["rps"]
-            out.append((f"usage metrics cost on {what} at 16 conns (no target)",
-                        f"{100 * cost:+.1f} % "
-                        f"({by_round(r['results']['sidecar'], r['results'][off], '+.1f', cost=True)} %)",
-                        None, None))
+            add(f"usage metrics cost on {what} at 16 conns (no target)",
+                f"{100 * cost:+.1f} % "
+                f"({by_round(r['results']['sidecar'], r['results'][off], '+.1f', cost=True)} %)",
+                None, None, [(r, "sidecar"), (r, off)])
     st = res["stream"]
     a = st["sidecar"]["ttfb_ms"] - st["direct"]["ttfb_ms"]
-    out.append(("stream time to first byte ≤ direct + 1 ms", f"{a:+.2f} ms", a <= 1.0,
-                f"{st['floor']['ttfb_ms'] - st['direct']['ttfb_ms']:+.2f} ms" if "floor" in st else None))
-    out.append(("idle anonymous RSS ≤ 2 MiB", f"{res['idle_rss_anon']:.1f} MiB (total {res['idle_rss']:.1f})",
-                res["idle_rss_anon"] <= 2, None))
+    add("stream time to first byte ≤ direct + 1 ms", f"{a:+.2f} ms", a <= 1.0,
+        f"{st['floor']['ttfb_ms'] - st['direct']['ttfb_ms']:+.2f} ms" if "floor" in st else None)
+    add("idle anonymous RSS ≤ 2 MiB", f"{res['idle_rss_anon']:.1f} MiB (total {res['idle_rss']:.1f})",
+        res["idle_rss_anon"] <= 2, None)
     b = res.get("burst")
     if b:
-        out.append(("RSS < 2× idle within 30 s after 16 concurrent 5 MB requests",
-                    f"{b['idle']:.1f} → {b['after']:.1f} MiB" + (f" (after {b['back_after_s']:.1f} s)"
-                                                                 if b["back_after_s"] is not None else ""),
-                    b["back_after_s"] is not None, None))
+        add("RSS < 2× idle within 30 s after 16 concurrent 5 MB requests",
+            f"{b['idle']:.1f} → {b['after']:.1f} MiB" + (f" (after {b['back_after_s']:.1f} s)"
+                                                         if b["back_after_s"] is not None else ""),
+            b["back_after_s"] is not None, None)
     r = get(64)
     if r:
         pk = r["results"]["sidecar"]["peak_rss"]
-        out.append(("peak RSS ≤ 20 MiB at 64 conns, 1 KB", f"{pk:.1f} MiB", pk <= 20,
-                    f"{floor(r)['peak_rss']:.1f} MiB" if floor(r) else None))
+        add("peak RSS ≤ 20 MiB at 64 conns, 1 KB", f"{pk:.1f} MiB", pk <= 20,
+            f"{floor(r)['peak_rss']:.1f} MiB" if floor(r) else None, [(r, "sidecar")])
     for r in res["rows"]:
         if r["body"] != "1 KB":
             pk = r["results"]["sidecar"]["peak_rss"]
-            out.append((f"peak RSS with {r['body']} bodies at {r['conns']} conns (bounded, documented)",
-                        f"{pk:.1f} MiB", None, None))
+            add(f"peak RSS with {r['body']} bodies at {r['conns']} conns (bounded, documented)",
+                f"{pk:.1f} MiB", None, None, [(r, "sidecar")])
     rows_1k = [r for r in res["rows"] if r["body"] == "1 KB"]
     floor_rows = [r["results"][FLOOR] for r in rows_1k if FLOOR in r["results"]]
     nc = [r["results"]["sidecar"]["conns_per_1k"] for r in rows_1k]
     if nc:
-        out.append(("~0 new upstream connections per 1k requests (worst 1 KB row)", f"{max(nc):.2f}",
-                    max(nc) < 0.5,
-                    f"{max(f['conns_per_1k'] for f in floor_rows):.2f}" if floor_rows else None))
+        add("~0 new upstream connections per 1k requests (worst 1 KB row)", f"{max(nc):.2f}",
+            max(nc) < 0.5,
+            f"{max(f['conns_per_1k'] for f in floor_rows):.2f}" if floor_rows else None,
+            [(r, "sidecar") for r in rows_1k])
     cold = statistics.median(res["cold"])
-    out.append(("cold start to ready ≤ 50 ms (+ one STS round trip; none here)", f"{cold:.1f} ms",
-                cold <= 50, None))
+    add("cold start to ready ≤ 50 ms (+ one STS round trip; none here)", f"{cold:.1f} ms",
+        cold <= 50, None)
     return out
 
 

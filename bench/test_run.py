@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Unit tests of bench/run.py's own functions on synthetic input: no wrk,
+nginx or sidecar is started. Plain unittest, stdlib only:
+
+    python3 -m unittest bench/test_run.py
+    python3 bench/test_run.py
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import sys
+import tempfile
+import types
+import unittest
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+_spec = importlib.util.spec_from_file_location("bench_run_under_test", HERE / "run.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+@contextlib.contextmanager
+def patched(module, **attrs):
+    """Replaces module attributes for the duration of a `with`."""
+    old = {k: getattr(module, k) for k in attrs}
+    for k, v in attrs.items():
+        setattr(module, k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            setattr(module, k, v)
+
+
+def wrk_output(requests: int, seconds: float, *, non2xx: int = 0, connect: int = 0,
+               read: int = 0, timeout: int = 0, bytes_each: int = 1200) -> str:
+    """What wrk prints with bench/wrk.lua: its own summary (with the
+    "Non-2xx or 3xx responses" and "Socket errors" lines when there are
+    any), then the script's BENCH_JSON line."""
+    lines = [f"Running {round(seconds)}s test @ http://127.0.0.1:9",
+             "  1 threads and 16 connections",
+             f"  {requests} requests in {seconds:.2f}s, {requests * bytes_each / 2**20:.2f}MB read"]
+    if connect or read or timeout:
+        lines.append(f"  Socket errors: connect {connect}, read {read}, write 0, timeout {timeout}")
+    if non2xx:
+        lines.append(f"  Non-2xx or 3xx responses: {non2xx}")
+    lines.append(f"Requests/sec: {requests / seconds:10.2f}")
+    js = {"requests": requests, "duration_us": int(seconds * 1e6), "bytes": requests * bytes_each,
+          "errors_connect": connect, "errors_read": read, "errors_write": 0,
+          "errors_status": non2xx, "errors_timeout": timeout,
+          "p50_us": 250, "p90_us": 400, "p99_us": 900, "p999_us": 1500, "mean_us": 260.0,
+          "max_us": 3000}
+    lines.append("BENCH_JSON " + json.dumps(js, separators=(",", ":")))
+    return "\n".join(lines) + "\n"
+
+
+class FakeMock:
+    def accepts(self) -> int:
+        return 0
+
+
+def fake_args(**kw) -> types.SimpleNamespace:
+    a = dict(warmup=1, duration=5, repeats=3, load_cpu=None, proxy_cpu=None, steal_retries=0,
+             max_steal=3.0, seed=1234)
+    a.update(kw)
+    return types.SimpleNamespace(**a)
+
+
+def proxy_targets(*names: str) -> list:
+    """"direct" plus a proxy target per name (a stand-in process)."""
+    out = [bench.Target("direct", "https://127.0.0.1:1", None)]
+    for i, n in enumerate(names):
+        out.append(bench.Target(n, f"http://127.0.0.1:{10 + i}", types.SimpleNamespace(pid=10 + i)))
+    return out
+
+
+def quiet_process_probes():
+    """measure()'s /proc readings, stubbed: every proxy used 1 ms of CPU a run."""
+    cpu = {"t": 0.0}
+
+    def proc_cpu_seconds(pid):
+        cpu["t"] += 0.0005
+        return cpu["t"]
+
+    return patched(bench, proc_cpu_seconds=proc_cpu_seconds,
+                   proc_mem=lambda pid: {"VmRSS": 12.0, "VmHWM": 14.0, "RssAnon": 3.0, "RssFile": 9.0},
+                   reset_peak_rss=lambda pid: True, cpu_times=lambda cpu: (0.0, 0.0))
+
+
+def run_measure(targets, fake_run_wrk, **args):
+    with quiet_process_probes(), patched(bench, run_wrk=fake_run_wrk), \
+            contextlib.redirect_stdout(sys.stderr):
+        return bench.measure(targets, FakeMock(), bench.CONVERSE_PATH, Path("/dev/null"), 16,
+                             fake_args(**args), "converse")
+
+
+def a_target(rps: list[float], p50: list[float] | None = None, p99: list[float] | None = None,
+             cpu_us: list[float] | None = None, errors: int = 0) -> dict:
+    """A target's figures as measure() leaves them, from per-round values."""
+    n = len(rps)
+    p50 = p50 or [0.3] * n
+    p99 = p99 or [1.0] * n
+    cpu_us = cpu_us or [25.0] * n
+    med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731 (odd counts only here)
+    return {"rps": med(rps), "p50_ms": med(p50), "p99_ms": med(p99), "requests": 1000 * n,
+            "errors": errors, "all_errors": [errors] + [0] * (n - 1),
+            "cpu_per_10k": sum(cpu_us) / n / 100, "all_cpu_us": cpu_us,
+            "proxy_util": 0.9, "others_util": 0.0, "steal_proxy": 0.0, "steal_load": 0.0,
+            "redone": 0, "conns_per_1k": 0.0, "peak_rss": 14.0, "rss_after": 12.0,
+            "all_rps": rps, "all_p50_ms": p50, "all_p99_ms": p99}
+
+
+def a_row(conns: int, results: dict, endpoint: str = "converse", body: str = "1 KB") -> dict:
+    results = {"direct": a_target([1000.0] * len(next(iter(results.values()))["all_rps"])), **results}
+    return {"endpoint": endpoint, "body": body, "conns": conns, "direct": results["direct"],
+            "results": results}
+
+
+def a_result(rows: list[dict], **extra) -> dict:
+    res = {"rows": rows, "stream": {"sidecar": {"ttfb_ms": 0.5, "ttlb_ms": 800.0},
+                                    "direct": {"ttfb_ms": 0.4, "ttlb_ms": 800.0}},
+           "idle_rss_anon": 1.2, "idle_rss": 10.1, "idle_rss_file": 8.9, "rss_end": 17.8,
+           "rss_end_anon": 6.5, "cold": [9.0]}
+    res.update(extra)
+    return res
+
+
+def verdicts(res: dict) -> dict:
+    """target -> (measured, ok, the verdict as the report words it)."""
+    out = {}
+    for line in bench.summary(res, None):
+        label, measured, ok, _ = line
+        word = bench.verdict(ok, getattr(line, "note", None)) if hasattr(line, "note") else bench.verdict(ok)
+        out[label] = (measured, ok, word)
+    return out
+
+
+THROUGHPUT_16 = "throughput ≥ 0.85× the floor at 16 conns"
+
+
+class ErrorsVoidVerdicts(unittest.TestCase):
+    """Bug 1: wrk's errors (non-2xx answers, socket errors) never reached a
+    verdict."""
+
+    def measured_rows(self, sidecar_out: str) -> dict:
+        """A 16-connection 1 KB converse row: the direct path and the floor
+        answer 200 to 50,000 req/s; the sidecar's wrk runs print
+        `sidecar_out` (its warm-up is clean)."""
+        calls = {"sidecar": 0}
+
+        def fake_subprocess_run(cmd, env=None, **kw):
+            url = cmd[-1]
+            if url.endswith(":10"):  # the sidecar
+                calls["sidecar"] += 1
+                out = wrk_output(250_000, 5.0) if calls["sidecar"] == 1 else sidecar_out
+            else:
+                out = wrk_output(250_000, 5.0)
+            return types.SimpleNamespace(returncode=0, stdout=out, stderr="")
+
+        fake_sp = types.SimpleNamespace(run=fake_subprocess_run)
+        real_run_wrk = bench.run_wrk
+
+        def run_wrk(*a, **kw):
+            with patched(bench, subprocess=fake_sp):
+                return real_run_wrk(*a, **kw)
+
+        results = run_measure(proxy_targets("sidecar", bench.FLOOR), run_wrk)
+        return a_row(16, results)
+
+    def test_all_non_2xx_is_not_met(self):
+        # Every answer a 503 at 60,000 req/s: more than the floor's 50,000.
+        row = self.measured_rows(wrk_output(300_000, 5.0, non2xx=300_000))
+        self.assertEqual(row["results"]["sidecar"]["errors"], 900_000)
+        measured, ok, word = verdicts(a_result([row]))[THROUGHPUT_16]
+        self.assertIs(ok, False, measured)
+        self.assertIn("void: 900,000 errors in", word)
+
+    def test_socket_errors_void_too(self):
+        row = self.measured_rows(wrk_output(260_000, 5.0, read=40, timeout=2))
+        measured, ok, word = verdicts(a_result([row]))[THROUGHPUT_16]
+        self.assertIs(ok, False, measured)
+        self.assertIn("void: 126 errors in sidecar", word)
+
+    def test_the_non_2xx_line_counts_when_the_json_says_less(self):
+        # wrk's own summary line is read as well as the script's count.
+        out = wrk_output(1000, 1.0).replace("Requests/sec", "  Non-2xx or 3xx responses: 7\nRequests/sec")
+        with patched(bench, subprocess=types.SimpleNamespace(
+                run=lambda *a, **k: types.SimpleNamespace(returncode=0, stdout=out, stderr=""))):
+            r = bench.run_wrk("http://x", "/p", Path("/dev/null"), 1, 1, None)
+        self.assertEqual(r["errors"], 7)
+        self.assertEqual(r["errors_non2xx"], 7)
+
+    def test_a_clean_row_keeps_its_verdict(self):
+        row = self.measured_rows(wrk_output(230_000, 5.0))
+        measured, ok, word = verdicts(a_result([row]))[THROUGHPUT_16]
+        self.assertIs(ok, True, measured)
+        self.assertEqual(word, "met")
+
+    def test_the_table_shows_each_kind_of_error(self):
+        row = self.measured_rows(wrk_output(260_000, 5.0, non2xx=10, read=2))
+        r = row["results"]["sidecar"]
+        self.assertEqual((r["errors_non2xx"], r["errors_socket"]), (30, 6))
+        self.assertEqual(r["all_errors"], [12, 12, 12])
+        self.assertEqual(bench.errors_cell(r), "**36** (30 non-2xx, 6 socket)")
+        self.assertEqual(bench.errors_cell(row["results"][bench.FLOOR]), "0")
+
+
+
+if __name__ == "__main__":
+    unittest.main()
