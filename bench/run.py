@@ -912,16 +912,21 @@ def burst_memory(binary: Path, mock: Mock, body: bytes, conns: int, args, workdi
         time.sleep(1.0)
         idle = proc_mem(sc.pid)
         barrier = threading.Barrier(conns)
-        statuses: list[int] = []
+        statuses: list[int | str] = []
 
         def one() -> None:
             c = http.client.HTTPConnection("127.0.0.1", sc.port, timeout=60)
-            barrier.wait()
-            c.request("POST", BIG_CONVERSE_PATH, body=body, headers={"Content-Type": "application/json"})
-            r = c.getresponse()
-            r.read()
-            statuses.append(r.status)
-            c.close()
+            try:
+                barrier.wait()
+                c.request("POST", BIG_CONVERSE_PATH, body=body,
+                          headers={"Content-Type": "application/json"})
+                r = c.getresponse()
+                r.read()
+                statuses.append(r.status)
+            except (OSError, http.client.HTTPException, threading.BrokenBarrierError) as e:
+                statuses.append(type(e).__name__)  # counted, not lost with the thread
+            finally:
+                c.close()
 
         for i in range(args.bursts):
             if i:
@@ -932,32 +937,77 @@ def burst_memory(binary: Path, mock: Mock, body: bytes, conns: int, args, workdi
             for t in threads:
                 t.join()
         ended = time.monotonic()
-        peak = proc_mem(sc.pid)["VmHWM"]
-        at_end = proc_mem(sc.pid)["VmRSS"]
-        samples = []
-        back_after = None
+        end = proc_mem(sc.pid)
+        samples = []  # (s since the burst ended, VmRSS MiB, RssAnon MiB)
         while (elapsed := time.monotonic() - ended) < watch_s:
-            rss = proc_mem(sc.pid)["VmRSS"]
-            samples.append((round(elapsed, 1), rss))
-            if back_after is None and rss < 2 * idle["VmRSS"]:
-                back_after = elapsed
+            m = proc_mem(sc.pid)
+            samples.append((round(elapsed, 1), m["VmRSS"], m["RssAnon"]))
             time.sleep(0.5)
-        return {"idle": idle["VmRSS"], "idle_anon": idle["RssAnon"], "peak": peak, "at_end": at_end,
-                "after": proc_mem(sc.pid)["VmRSS"], "back_after_s": back_after, "watch_s": watch_s,
-                "ok": sum(1 for st in statuses if st == 200), "conns": conns, "bursts": args.bursts,
+        after = proc_mem(sc.pid)
+        counts: dict = {}
+        for st in statuses:
+            counts[st] = counts.get(st, 0) + 1
+        return {"idle": idle["VmRSS"], "idle_anon": idle["RssAnon"], "peak": end["VmHWM"],
+                "at_end": end["VmRSS"], "at_end_anon": end["RssAnon"],
+                "after": after["VmRSS"], "after_anon": after["RssAnon"],
+                "back_after_s": settled_after(samples, 2 * idle["VmRSS"]), "watch_s": watch_s,
+                "ok": counts.get(200, 0), "statuses": counts, "conns": conns, "bursts": args.bursts,
                 "mb": len(body) / 1e6, "samples": samples}
     finally:
         sc.stop()
 
 
+def settled_after(samples: list[tuple], limit: float) -> float | None:
+    """When VmRSS went under `limit` for good: the time of the first
+    sample from which every later one (to the end of the window) is under
+    it; None if the last is not. A dip under the line that climbs back is
+    not memory given back."""
+    settled = None
+    for t, rss, *_ in samples:
+        if rss >= limit:
+            settled = None
+        elif settled is None:
+            settled = t
+    return settled
+
+
+def burst_judgement(b: dict) -> tuple[str, bool, str | None]:
+    """The burst verdict: (measured, met?, note). Met when VmRSS is under
+    2× its idle RSS at start in every sample from the crossing to the end
+    of the window (the target as the issue states it); anonymous memory
+    (RssAnon, the pod's own, without the ~9 MiB of file-backed code) is
+    given beside, not judged. Void unless every burst request answered
+    200: a refused request allocates nothing."""
+    total = b["conns"] * b["bursts"]
+    limit = 2 * b["idle"]
+    settled = settled_after(b["samples"], limit) if b.get("samples") else None
+    measured = f"{b['idle']:.1f} → {b['after']:.1f} MiB"
+    measured += (f" (under {limit:.1f} MiB from {settled:.1f} s to the end of the {b['watch_s']:.0f} s window)"
+                 if settled is not None else
+                 f" (not under {limit:.1f} MiB for good within {b['watch_s']:.0f} s)")
+    if b.get("after_anon") is not None:
+        measured += f"; anonymous {b['idle_anon']:.1f} → {b['after_anon']:.1f} MiB"
+    note = None
+    if b["ok"] < total:
+        note = f"void: {total - b['ok']} of {total} burst answers not 200"
+    return measured, settled is not None and note is None, note
+
+
 def burst_line(b: dict) -> str:
-    back = (f"under 2× idle ({2 * b['idle']:.1f} MiB) {b['back_after_s']:.1f} s after the burst ended"
-            if b["back_after_s"] is not None else f"**not** back under 2× idle within {b['watch_s']:.0f} s")
-    return (f"Memory after a burst ({b['conns']} concurrent {b['mb']:.0f} MB requests at once, "
+    settled = settled_after(b["samples"], 2 * b["idle"]) if b.get("samples") else None
+    back = (f"under 2× idle ({2 * b['idle']:.1f} MiB) from {settled:.1f} s after the burst ended "
+            f"to the end of the {b['watch_s']:.0f} s window"
+            if settled is not None else
+            f"**not** under 2× idle for good within {b['watch_s']:.0f} s")
+    anon = (lambda k: f" ({b[k]:.1f} MiB anonymous)" if b.get(k) is not None else "")
+    others = {k: n for k, n in b.get("statuses", {}).items() if k != 200}
+    return (f"Memory after a burst ({b['conns']} concurrent {b['mb'] * 1e6 / MIB:g} MiB requests at once, "
             f"{b['bursts']} bursts 2 s apart on a fresh sidecar, measured after the last; "
-            f"{b['ok']}/{b['conns'] * b['bursts']} answered 200): idle RSS at start {b['idle']:.1f} MiB "
-            f"({b['idle_anon']:.1f} MiB anonymous); peak {b['peak']:.1f} MiB; {b['at_end']:.1f} MiB when the "
-            f"burst ended; {back}; {b['after']:.1f} MiB after {b['watch_s']:.0f} s.")
+            f"{b['ok']}/{b['conns'] * b['bursts']} answered 200"
+            + ("".join(f", {n} {k}" for k, n in others.items())) +
+            f"): idle RSS at start {b['idle']:.1f} MiB{anon('idle_anon')}; peak {b['peak']:.1f} MiB; "
+            f"{b['at_end']:.1f} MiB{anon('at_end_anon')} when the burst ended; {back}; "
+            f"{b['after']:.1f} MiB{anon('after_anon')} after {b['watch_s']:.0f} s.")
 
 
 def stream_timing(conn_factory, path: str, body: bytes, n: int) -> dict:
@@ -1720,10 +1770,9 @@ def summary(res: dict, args) -> list:
         res["idle_rss_anon"] <= 2, None)
     b = res.get("burst")
     if b:
-        add("RSS < 2× idle within 30 s after 16 concurrent 5 MB requests",
-            f"{b['idle']:.1f} → {b['after']:.1f} MiB" + (f" (after {b['back_after_s']:.1f} s)"
-                                                         if b["back_after_s"] is not None else ""),
-            b["back_after_s"] is not None, None)
+        measured, ok, note = burst_judgement(b)
+        add("RSS < 2× idle within 30 s after 16 concurrent 5 MB requests", measured, ok, None,
+            note=note)
     r = get(64)
     if r:
         pk = r["results"]["sidecar"]["peak_rss"]

@@ -209,6 +209,57 @@ class ErrorsVoidVerdicts(unittest.TestCase):
         self.assertEqual(bench.errors_cell(row["results"][bench.FLOOR]), "0")
 
 
+BURST = "RSS < 2× idle within 30 s after 16 concurrent 5 MB requests"
+
+
+def a_burst(samples: list[tuple[float, float, float]], ok: int = 48) -> dict:
+    """burst_memory()'s result from (elapsed s, VmRSS, RssAnon) samples
+    taken after the last burst; back_after_s as the first sample under 2×
+    idle (what the old code judged on)."""
+    idle = 10.0
+    first_under = next((t for t, rss, _ in samples if rss < 2 * idle), None)
+    return {"idle": idle, "idle_anon": 1.2, "peak": 66.9, "at_end": samples[0][1],
+            "at_end_anon": samples[0][2], "after": samples[-1][1], "after_anon": samples[-1][2],
+            "back_after_s": first_under, "watch_s": 30.0, "ok": ok, "conns": 16, "bursts": 3,
+            "statuses": {200: ok, 503: 48 - ok} if ok < 48 else {200: ok}, "mb": 5 * 2**20 / 1e6,
+            "samples": samples}
+
+
+def half_second_samples(rss_at) -> list[tuple[float, float, float]]:
+    return [(t / 2, rss_at(t / 2), rss_at(t / 2) - 8.9) for t in range(60)]
+
+
+class BurstVerdict(unittest.TestCase):
+    """Bug 2: the burst verdict ignored the answers' statuses, passed on the
+    first sample under 2× idle, and gave only VmRSS."""
+
+    def test_memory_that_climbs_back_is_not_met(self):
+        # Under 2× idle for a moment at 0.5 s, then over it to the end.
+        b = a_burst(half_second_samples(lambda t: 15.0 if t < 1 else 25.0))
+        measured, ok, word = verdicts(a_result([], burst=b))[BURST]
+        self.assertIs(ok, False, measured)
+
+    def test_judged_on_the_samples_from_the_crossing_to_the_end(self):
+        b = a_burst(half_second_samples(lambda t: 40.0 if t < 3 else (15.0 if t != 10 else 21.0)))
+        self.assertEqual(bench.settled_after(b["samples"], 20.0), 10.5)
+        measured, ok, word = verdicts(a_result([], burst=b))[BURST]
+        self.assertIs(ok, True, measured)
+        self.assertIn("from 10.5 s", measured)
+
+    def test_an_answer_other_than_200_voids_it(self):
+        b = a_burst(half_second_samples(lambda t: 12.0), ok=47)
+        measured, ok, word = verdicts(a_result([], burst=b))[BURST]
+        self.assertIs(ok, False, measured)
+        self.assertIn("void: 1 of 48 burst answers not 200", word)
+
+    def test_anonymous_memory_is_reported_beside(self):
+        b = a_burst(half_second_samples(lambda t: 12.9))
+        measured, ok, word = verdicts(a_result([], burst=b))[BURST]
+        self.assertIs(ok, True, measured)
+        self.assertIn("anonymous 1.2 → 4.0 MiB", measured)
+        self.assertIn("4.0 MiB anonymous", bench.burst_line(b))
+
+
 
 if __name__ == "__main__":
     unittest.main()
