@@ -260,6 +260,46 @@ class BurstVerdict(unittest.TestCase):
         self.assertIn("4.0 MiB anonymous", bench.burst_line(b))
 
 
+class PairedRoundVerdicts(unittest.TestCase):
+    """Bug 3: verdicts took the ratio of the medians although the rounds
+    are paired; now the median of the paired ratios, and rounds on both
+    sides of the line are said to leave it unresolved."""
+
+    def test_throughput_is_judged_on_the_paired_ratios(self):
+        # Medians 90 and 100 (0.90×), but round by round 0.90, 0.80, 0.80.
+        row = a_row(16, {"sidecar": a_target([90.0, 80.0, 120.0]),
+                         bench.FLOOR: a_target([100.0, 100.0, 150.0])})
+        measured, ok, word = verdicts(a_result([row]))[THROUGHPUT_16]
+        self.assertIs(ok, False, measured)
+        self.assertTrue(measured.startswith("0.80× the floor"), measured)
+        self.assertEqual(word, "**not met** (unresolved: rounds on both sides)")
+
+    def test_rounds_on_one_side_are_resolved(self):
+        row = a_row(16, {"sidecar": a_target([90.0, 88.0, 95.0]),
+                         bench.FLOOR: a_target([100.0, 100.0, 100.0])})
+        measured, ok, word = verdicts(a_result([row]))[THROUGHPUT_16]
+        self.assertIs(ok, True, measured)
+        self.assertEqual(word, "met")
+
+    def test_usage_cost_is_the_median_of_paired_costs(self):
+        # Medians 96 and 100: 4 %. Paired: 4.0, 2.0, 1.1 %: median 2.0 %.
+        row = a_row(16, {"sidecar": a_target([96.0, 99.0, 90.0]),
+                         "sidecar, usage metrics off": a_target([100.0, 101.0, 91.0])})
+        measured, ok, word = verdicts(a_result([row]))["usage metrics cost ≤ 3 % throughput at 16 conns"]
+        self.assertIs(ok, True, measured)
+        self.assertTrue(measured.startswith("+2.0 % ("), measured)
+        self.assertEqual(word, "met (unresolved: rounds on both sides)")
+
+    def test_latency_is_judged_on_the_paired_gaps(self):
+        # Medians 0.40 and 0.30 (+0.10 over the floor); paired +0.01, +0.01, +0.20.
+        rows = [a_row(1, {"sidecar": a_target([90.0] * 3, p50=[0.30, 0.40, 0.50]),
+                          bench.FLOOR: a_target([95.0] * 3, p50=[0.29, 0.39, 0.30])})]
+        measured, ok, word = verdicts(a_result(rows))["added p50 at 1 conn ≤ the floor's + 0.03 ms"]
+        self.assertIs(ok, True, measured)
+        self.assertIn("+0.010 ms over the floor", measured)
+        self.assertEqual(word, "met (unresolved: rounds on both sides)")
+
+
 
 if __name__ == "__main__":
     unittest.main()
