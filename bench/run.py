@@ -15,8 +15,9 @@ One command (`make bench`, or `python3 bench/run.py`):
 * starts the sidecar with static credentials (SigV4 on), trusting the mock
   through AWS_CA_BUNDLE;
 * drives both with wrk (keep-alive, ~1 KB JSON POST bodies, concurrency 1,
-  16, 64, fixed duration, several repeats, medians), interleaving direct and
-  proxied runs so drift hits both alike;
+  16, 64, fixed duration, several rounds, medians): every target runs once
+  a round, in an order shuffled per round from a seed the report prints,
+  so drift hits all alike and the verdicts pair each round's figures;
 * unless --no-floor, also drives the 1 KB converse rows and the slow stream
   through a "floor": a separate plain nginx reverse proxy (no signing,
   upstream keepalive to the mock), pinned like the sidecar, to show what any
@@ -56,6 +57,7 @@ import json
 import mmap
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -825,9 +827,26 @@ def check_answers(target: str, endpoint: str, r: dict) -> None:
                            f"{want:,}-byte answer the row is for: the mock served another route")
 
 
+def round_orders(targets: list, repeats: int, seed, row: str) -> list[list]:
+    """The order of the targets in each round: shuffled afresh every
+    round, from `seed` and the row's name, so the same seed gives the same
+    orders again. In a fixed order the A/B twins ('usage metrics off',
+    --baseline-binary) always ran right after the sidecar, in whatever
+    state it left the machine (caches, frequency, the mock's buffers)."""
+    rng = random.Random(f"{seed}/{row}")
+    orders = []
+    for _ in range(repeats):
+        order = list(targets)
+        rng.shuffle(order)
+        orders.append(order)
+    return orders
+
+
 def measure(targets: list[Target], mock: Mock, path: str, body_file: Path, conns: int,
             args, endpoint: str) -> dict[str, dict]:
-    """Warm-up then `repeats` interleaved runs per target; medians."""
+    """Warm-up (every target, in the order given), then `repeats` rounds
+    of one run per target, in an order shuffled per round (see
+    round_orders()); medians, and every round's figures."""
     for t in targets:
         check_answers(t.name, endpoint, run_wrk(t.url, path, body_file, conns, args.warmup, args.load_cpu))
     runs: dict[str, list] = {t.name: [] for t in targets}
@@ -854,8 +873,9 @@ def measure(targets: list[Target], mock: Mock, path: str, body_file: Path, conns
         r["accepts"] = mock.accepts() - a0
         return r
 
-    for _ in range(args.repeats):
-        for t in targets:
+    orders = round_orders(targets, args.repeats, args.seed, f"{endpoint} {path} {conns}")
+    for order in orders:
+        for t in order:
             # A run during which the hypervisor took a share of either pinned
             # CPU measures the host's other tenants, not this code: do it
             # again (a bounded number of times; the report counts them).
@@ -895,6 +915,7 @@ def measure(targets: list[Target], mock: Mock, path: str, body_file: Path, conns
             "all_rps": [round(r["rps"]) for r in rs],
             "all_p50_ms": [r["p50_us"] / 1000 for r in rs],
             "all_p99_ms": [r["p99_us"] / 1000 for r in rs],
+            "all_order": [order.index(t) for order in orders],
         }
     return out
 
@@ -1482,7 +1503,9 @@ def report(res: dict, args, command: str) -> str:
                                      ("the stack floor", args.no_stack_floor)) if not off]
     L.append(f"Pinning: sidecar{' (and ' + ' and '.join(others) + ')' if others else ''} on CPU {args.proxy_cpu}; wrk (1 thread), the mock nginx (1 worker) and the "
              f"driver on CPU {args.load_cpu}. Runs: {args.warmup:g} s warm-up, then {args.repeats} × "
-             f"{args.duration:g} s per row, direct and sidecar interleaved; medians shown.\n")
+             f"{args.duration:g} s per row, every target once a round, in an order shuffled per round "
+             f"(seed {args.seed}; `--seed {args.seed}` repeats the orders); medians shown, verdicts "
+             f"on the rounds paired.\n")
     L.append("## Load (wrk, keep-alive, POST)\n")
     L.append("| row | body | conns | req/s | × direct | p50 ms | p99 ms | +p50 ms | +p99 ms "
              "| CPU s / 10k req | proxy CPU busy | new upstream conns / 1k req | peak RSS MiB | errors "
@@ -1907,8 +1930,13 @@ def main() -> int:
                          "anyway (3)")
     ap.add_argument("--wait-idle", type=float, default=0,
                     help="wait up to this many seconds for other load on the machine to stop (0)")
+    ap.add_argument("--seed", type=int, metavar="N",
+                    help="seed of the targets' order, shuffled in every round (default: a random "
+                         "one, printed in the report; give it to run the same orders again)")
     ap.add_argument("--out", type=Path, default=RESULTS / "latest.md")
     args = ap.parse_args()
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(2**32)
     if not 0 <= args.max_steal <= 100:
         ap.error(f"--max-steal: a percentage from 0 to 100, got {args.max_steal:g}")
     if args.steal_retries < 0:

@@ -300,6 +300,55 @@ class PairedRoundVerdicts(unittest.TestCase):
         self.assertEqual(word, "met (unresolved: rounds on both sides)")
 
 
+class ShuffledRounds(unittest.TestCase):
+    """Bug 4: every round ran the targets in the same order, so the A/B
+    twins always ran right after the sidecar."""
+
+    NAMES = ("sidecar", "sidecar, usage metrics off", "sidecar, API key (no SigV4)", bench.FLOOR,
+             bench.BASELINE)
+
+    def calls(self, seed: int, repeats: int = 8) -> list[str]:
+        seen = []
+
+        def run_wrk(url, path, body_file, conns, duration, cpu):
+            seen.append(url)
+            return {**json.loads(wrk_output(5000, 5.0).split("BENCH_JSON ")[1]), "errors": 0, "errors_non2xx": 0, "errors_socket": 0, "rps": 1000.0}
+
+        targets = proxy_targets(*self.NAMES)
+        results = run_measure(targets, run_wrk, repeats=repeats, seed=seed)
+        by_url = {t.url: t.name for t in targets}
+        self.results = results
+        return [by_url[u] for u in seen]
+
+    def rounds(self, seed: int, repeats: int = 8) -> list[list[str]]:
+        names = self.calls(seed, repeats)
+        n = len(self.NAMES) + 1
+        self.assertEqual(names[:n], ["direct", *self.NAMES])  # warm-up: every target, in order
+        return [names[i:i + n] for i in range(n, len(names), n)]
+
+    def test_the_order_changes_between_rounds(self):
+        rounds = self.rounds(seed=7)
+        self.assertEqual(len(rounds), 8)
+        for r in rounds:
+            self.assertEqual(sorted(r), sorted(["direct", *self.NAMES]))
+        self.assertGreater(len({tuple(r) for r in rounds}), 1)
+
+    def test_the_twins_do_not_always_follow_the_sidecar(self):
+        rounds = self.rounds(seed=7)
+        for twin in ("sidecar, usage metrics off", bench.BASELINE):
+            follows = [r.index(twin) == r.index("sidecar") + 1 for r in rounds]
+            self.assertFalse(all(follows), twin)
+
+    def test_the_seed_repeats_the_order(self):
+        self.assertEqual(self.rounds(seed=11), self.rounds(seed=11))
+        self.assertNotEqual(self.rounds(seed=11), self.rounds(seed=12))
+
+    def test_each_target_records_its_place_in_each_round(self):
+        rounds = self.rounds(seed=3, repeats=4)
+        for name in ("direct", *self.NAMES):
+            self.assertEqual(self.results[name]["all_order"], [r.index(name) for r in rounds])
+
+
 
 if __name__ == "__main__":
     unittest.main()
