@@ -1600,7 +1600,9 @@ def report(res: dict, args, command: str) -> str:
              f"median {statistics.median(res['cold']):.1f} ms, all {', '.join(f'{c:.1f}' for c in res['cold'])} ms.  ")
     L.append(f"Idle RSS after start: {res['idle_rss']:.1f} MiB ({res['idle_rss_anon']:.1f} MiB anonymous, "
              f"{res['idle_rss_file']:.1f} MiB file-backed: code and read-only data, shared by every "
-             f"process mapping the same binary); after the load rows, idle: {res['rss_end']:.1f} MiB.  ")
+             f"process mapping the same binary); after the load rows, idle: {res['rss_end']:.1f} MiB"
+             + (f" ({res['rss_end_anon']:.1f} MiB anonymous)" if res.get("rss_end_anon") is not None else "")
+             + ".  ")
     if res.get("burst"):
         L.append(burst_line(res["burst"]) + "\n")
     if res.get("profile"):
@@ -2113,7 +2115,8 @@ def main() -> int:
                           f"p99 {r['p99_ms']:.3f} ms  runs {r['all_rps']}", flush=True)
             res["rows"] = rows
             time.sleep(1.0)
-            res["rss_end"] = proc_mem(sc.pid)["VmRSS"]
+            end = proc_mem(sc.pid)
+            res["rss_end"], res["rss_end_anon"] = end["VmRSS"], end["RssAnon"]
 
             print("bench: slow stream time to first byte ...", flush=True)
             ctx = ssl.create_default_context(cafile=str(mock.ca))

@@ -349,6 +349,38 @@ class ShuffledRounds(unittest.TestCase):
             self.assertEqual(self.results[name]["all_order"], [r.index(name) for r in rounds])
 
 
+def report_args(**kw) -> types.SimpleNamespace:
+    a = dict(binary=Path("/x/bedrock-broker"), baseline_binary=None, no_floor=False,
+             no_stack_floor=True, proxy_cpu=1, load_cpu=0, warmup=1, repeats=3, duration=5,
+             seed=42, stream_conns="16", chat_stream_conns="16", max_steal=3.0, steal_retries=3,
+             events=5, gap_ms=200, stream_repeats=5)
+    a.update(kw)
+    return types.SimpleNamespace(**a)
+
+
+def a_report(res: dict) -> str:
+    base = {"when": "2026-12-06 19:00", "machine": "test machine", "binary": Path("/x/bedrock-broker"),
+            "git": "abc1234", "tools": "wrk 4.1.0"}
+    res = {**base, **res}
+    res["summary"] = bench.summary(res, None)
+    return bench.report(res, report_args(), "python3 bench/run.py")
+
+
+def cpu_rows() -> list[dict]:
+    # The sidecar: 24.6, 24.9, 25.3 µs a request; the floor 21.0 each round.
+    return [a_row(16, {"sidecar": a_target([40000.0] * 3, cpu_us=[24.6, 24.9, 25.3]),
+                       bench.FLOOR: a_target([46000.0] * 3, cpu_us=[21.0, 21.0, 21.0])})]
+
+
+class MemoryAfterTheLoadRows(unittest.TestCase):
+    """Bug 6: after the load rows only VmRSS was kept, not RssAnon."""
+
+    def test_anonymous_rss_after_the_load_rows_is_shown(self):
+        text = a_report(a_result(cpu_rows()))
+        self.assertIn("after the load rows, idle: 17.8 MiB (6.5 MiB anonymous)", text)
+
+
+
 
 if __name__ == "__main__":
     unittest.main()
