@@ -865,6 +865,7 @@ def measure(targets: list[Target], mock: Mock, path: str, body_file: Path, conns
         b1, s1 = cpu_times(args.proxy_cpu)
         l1 = cpu_times(args.load_cpu)[1]
         r["cpu_s"] = (proc_cpu_seconds(t.proxy.pid) - c0) if t.proxy else None
+        r["cpu_us"] = (r["cpu_s"] * 1e6 / r["requests"]) if t.proxy and r["requests"] else None
         # How busy the proxy's CPU was with anything else (other jobs on a
         # shared machine): the noise indicator of the row.
         r["others_s"] = b1 - b0 - (r["cpu_s"] or 0.0)
@@ -916,6 +917,8 @@ def measure(targets: list[Target], mock: Mock, path: str, body_file: Path, conns
             "all_p50_ms": [r["p50_us"] / 1000 for r in rs],
             "all_p99_ms": [r["p99_us"] / 1000 for r in rs],
             "all_order": [order.index(t) for order in orders],
+            "all_cpu_us": [r["cpu_us"] for r in rs],
+            "runs": rs,  # every measured run's own figures, for latest.json
         }
     return out
 
@@ -1505,10 +1508,11 @@ def report(res: dict, args, command: str) -> str:
              f"driver on CPU {args.load_cpu}. Runs: {args.warmup:g} s warm-up, then {args.repeats} × "
              f"{args.duration:g} s per row, every target once a round, in an order shuffled per round "
              f"(seed {args.seed}; `--seed {args.seed}` repeats the orders); medians shown, verdicts "
-             f"on the rounds paired.\n")
+             f"on the rounds paired; every run's own figures in `{args.out.with_suffix('.json').name}` "
+             f"beside this report.\n")
     L.append("## Load (wrk, keep-alive, POST)\n")
     L.append("| row | body | conns | req/s | × direct | p50 ms | p99 ms | +p50 ms | +p99 ms "
-             "| CPU s / 10k req | proxy CPU busy | new upstream conns / 1k req | peak RSS MiB | errors "
+             "| CPU µs / req | proxy CPU busy | new upstream conns / 1k req | peak RSS MiB | errors "
              "| other load on proxy CPU | steal, proxy / load CPU | runs re-done |")
     L.append("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for row in res["rows"]:
@@ -1521,7 +1525,7 @@ def report(res: dict, args, command: str) -> str:
             L.append(
                 f"| {name} ({row['endpoint']}) | {row['body']} | {row['conns']} | {r['rps']:,.0f} | "
                 f"{fmt(ratio)} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {fmt(add50, '+.3f')} | "
-                f"{fmt(add99, '+.3f')} | {fmt(r['cpu_per_10k'])} | "
+                f"{fmt(add99, '+.3f')} | {fmt(r['cpu_per_10k'] and 100 * r['cpu_per_10k'], '.1f')} | "
                 f"{fmt(None if r['proxy_util'] is None else 100 * r['proxy_util'], '.0f')}{'' if r['proxy_util'] is None else ' %'} | "
                 f"{r['conns_per_1k']:.2f} | {fmt(r['peak_rss'], '.1f')} | {errors_cell(r)} | "
                 f"{100 * r['others_util']:.0f} % | "
@@ -1630,6 +1634,24 @@ def report(res: dict, args, command: str) -> str:
     if res.get("cache_sim"):
         L.extend(cache_sim_lines(res["cache_sim"]))
     return "\n".join(L) + "\n"
+
+
+def results_json(res: dict, args, command: str) -> str:
+    """The run's raw data as JSON (written beside the markdown report):
+    every measured run of every target in every row, in round order, with
+    its place in the round, the seed of the orders, and the verdicts."""
+    rows = [{k: v for k, v in row.items() if k != "direct"} for row in res.get("rows", [])]
+    data = {"when": res.get("when"), "command": command, "seed": getattr(args, "seed", None),
+            "machine": res.get("machine"), "binary": res.get("binary"), "git": res.get("git"),
+            "rows": rows,
+            "summary": [{"target": line[0], "measured": line[1], "met": line[2],
+                         "floor": line[3], "note": getattr(line, "note", None)}
+                        for line in res.get("summary", [])]}
+    for k in ("burst", "stream", "cold", "idle_rss", "idle_rss_anon", "idle_rss_file", "rss_end",
+              "rss_end_anon", "floor_idle_rss", "profile", "cache_sim"):
+        if res.get(k) is not None:
+            data[k] = res[k]
+    return json.dumps(data, indent=1, default=str) + "\n"
 
 
 def stack_floor_lines(res: dict) -> list[str]:
@@ -1775,15 +1797,22 @@ def summary(res: dict, args) -> list:
     for c in (1, 16, 64):
         r = get(c)
         if r and floor(r):
-            ratio = r["results"]["sidecar"]["cpu_per_10k"] / floor(r)["cpu_per_10k"]
+            sc, fl = r["results"]["sidecar"], floor(r)
+            # Per round, paired: the sidecar's CPU a request over the floor's.
+            ratios = [x / y for x, y in zip(sc.get("all_cpu_us") or [], fl.get("all_cpu_us") or [])
+                      if x is not None and y]
+            if not ratios:  # results from before per-round CPU was kept
+                ratios = [sc["cpu_per_10k"] / fl["cpu_per_10k"]]
+            ratio, ok, note = paired(ratios, lambda x: x <= 1.5)
             # The gap in µs a request as well: a ratio moves with how much a
             # request costs the floor on the machine (the kernel's loopback
             # work), the gap with what the sidecar adds.
-            gap_us = (r["results"]["sidecar"]["cpu_per_10k"] - floor(r)["cpu_per_10k"]) * 100
+            gap_us = (sc["cpu_per_10k"] - fl["cpu_per_10k"]) * 100
             add(f"CPU s per 10k requests ≤ 1.5× the floor's at {c} conn{'s' if c > 1 else ''}",
-                f"{r['results']['sidecar']['cpu_per_10k']:.2f} s ({ratio:.2f}×; "
-                f"{gap_us:+.1f} µs a request)", ratio <= 1.5,
-                f"{floor(r)['cpu_per_10k']:.2f} s", [(r, "sidecar"), (r, FLOOR)])
+                f"{sc['cpu_per_10k']:.2f} s ({100 * sc['cpu_per_10k']:.1f} µs a request; {ratio:.2f}×, "
+                f"{spread(sorted(ratios), '.2f')}; {gap_us:+.1f} µs a request over the floor)", ok,
+                f"{fl['cpu_per_10k']:.2f} s ({100 * fl['cpu_per_10k']:.1f} µs a request)",
+                [(r, "sidecar"), (r, FLOOR)], note)
     r = get(16)
     off = "sidecar, usage metrics off"
     if r and off in r["results"]:
@@ -2190,9 +2219,11 @@ def main() -> int:
     text = report(res, args, command)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
+    raw = args.out.with_suffix(".json")
+    raw.write_text(results_json(res, args, command))
     print()
     print(text)
-    print(f"bench: written to {args.out}")
+    print(f"bench: written to {args.out}; every round's figures to {raw}")
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

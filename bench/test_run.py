@@ -352,7 +352,7 @@ class ShuffledRounds(unittest.TestCase):
 def report_args(**kw) -> types.SimpleNamespace:
     a = dict(binary=Path("/x/bedrock-broker"), baseline_binary=None, no_floor=False,
              no_stack_floor=True, proxy_cpu=1, load_cpu=0, warmup=1, repeats=3, duration=5,
-             seed=42, stream_conns="16", chat_stream_conns="16", max_steal=3.0, steal_retries=3,
+             seed=42, out=Path("bench/results/latest.md"), stream_conns="16", chat_stream_conns="16", max_steal=3.0, steal_retries=3,
              events=5, gap_ms=200, stream_repeats=5)
     a.update(kw)
     return types.SimpleNamespace(**a)
@@ -379,6 +379,39 @@ class MemoryAfterTheLoadRows(unittest.TestCase):
         text = a_report(a_result(cpu_rows()))
         self.assertIn("after the load rows, idle: 17.8 MiB (6.5 MiB anonymous)", text)
 
+
+class CpuInMicroseconds(unittest.TestCase):
+    """Bug 7: the CPU column printed s per 10k requests to two decimals
+    (steps of 1 µs a request); the per-round data were not written."""
+
+    def test_the_table_gives_microseconds_a_request(self):
+        text = a_report(a_result(cpu_rows()))
+        self.assertIn("| CPU µs / req |", text)
+        sidecar = next(line for line in text.splitlines() if line.startswith("| sidecar (converse)"))
+        self.assertIn("| 24.9 |", sidecar)
+
+    def test_the_verdict_keeps_the_targets_unit_and_pairs_rounds(self):
+        measured, ok, word = verdicts(a_result(cpu_rows()))[
+            "CPU s per 10k requests ≤ 1.5× the floor's at 16 conns"]
+        self.assertIs(ok, True)
+        self.assertTrue(measured.startswith("0.25 s (24.9 µs a request; 1.19×"), measured)
+
+    def test_every_rounds_raw_figures_go_to_json(self):
+        runs = [{"requests": 200_000, "duration_us": 5_000_000, "rps": 40000.0, "cpu_s": 4.98,
+                 "errors": 0}]
+        rows = cpu_rows()
+        rows[0]["results"]["sidecar"]["runs"] = runs
+        res = a_result(rows, burst=None, when="2026-12-06 19:00", binary=Path("/x/b"))
+        res["summary"] = bench.summary(res, None)
+        data = json.loads(bench.results_json(res, report_args(), "python3 bench/run.py"))
+        self.assertEqual(data["seed"], 42)
+        row = data["rows"][0]
+        self.assertEqual((row["endpoint"], row["body"], row["conns"]), ("converse", "1 KB", 16))
+        self.assertEqual(row["results"]["sidecar"]["runs"], runs)
+        self.assertEqual(row["results"]["sidecar"]["all_cpu_us"], [24.6, 24.9, 25.3])
+        self.assertIn({"target": "CPU s per 10k requests ≤ 1.5× the floor's at 16 conns",
+                       "met": True, "note": None},
+                      [{k: v[k] for k in ("target", "met", "note")} for v in data["summary"]])
 
 
 
