@@ -33,7 +33,10 @@ One command (`make bench`, or `python3 bench/run.py`):
   /proc/PID/clear_refs), CPU time (/proc/PID/stat utime+stime), new upstream
   connections (nginx stub_status `accepts`), time to first byte of the slow
   stream, and cold start to /readyz 200;
-* prints a markdown table and writes it to bench/results/latest.md;
+* prints a markdown table and writes it to bench/results/latest.md, and
+  every measured run's own figures to bench/results/latest.json; a
+  verdict that read a row with errors (non-2xx answers, socket errors)
+  is void, and verdicts are judged on the rounds paired;
 * then (unless --no-profile) runs the sidecar under valgrind callgrind for a
   fixed number of requests and adds the top entries to the report.
 * with --cache-sim 8,64, also runs the sidecar and the floor under
