@@ -194,12 +194,30 @@ impl SessionName {
     }
 
     /// `<namespace>.<pod>`, so CloudTrail names the calling pod; falls back
-    /// to [`SessionName::derive`] outside Kubernetes.
+    /// to [`SessionName::derive`] outside Kubernetes. Past 64 characters
+    /// the namespace is cut to its first 20 and the pod's name in its
+    /// middle (`..`): its end (a ReplicaSet's hash and the pod's own
+    /// suffix) is what tells one replica from another.
     pub fn for_pod(namespace: Option<&str>, pod: Option<&str>) -> Self {
+        const NAMESPACE_KEPT: usize = 20;
+        const POD_END_KEPT: usize = 16;
         match (namespace, pod) {
             (Some(ns), Some(pod)) => {
-                let mut name = format!("{}.{}", Self::clean(ns), Self::clean(pod));
-                name.truncate(64);
+                // ASCII from here: `clean` turns anything else into `-`.
+                let (ns_clean, pod_clean) = (Self::clean(ns), Self::clean(pod));
+                let mut name = format!("{ns_clean}.{pod_clean}");
+                if name.len() > 64 {
+                    let pod_room = 64 - 1 - ns_clean.len().min(NAMESPACE_KEPT);
+                    let pod_short = if pod_clean.len() <= pod_room {
+                        pod_clean
+                    } else {
+                        let head = pod_room - 2 - POD_END_KEPT;
+                        let tail = pod_clean.len() - POD_END_KEPT;
+                        format!("{}..{}", &pod_clean[..head], &pod_clean[tail..])
+                    };
+                    let ns_room = 64 - 1 - pod_short.len();
+                    name = format!("{}.{pod_short}", &ns_clean[..ns_clean.len().min(ns_room)]);
+                }
                 Self::parse(&name).unwrap_or_else(|_| Self::derive(Some(pod)))
             }
             (_, pod) => Self::derive(pod),
@@ -263,5 +281,39 @@ mod tests {
         );
         let long = SessionName::for_pod(Some(&"n".repeat(40)), Some(&"p".repeat(40)));
         assert_eq!(long.as_str().len(), 64);
+        // Two replicas of one Deployment stay apart: the pod's end is kept.
+        let ns = "a-very-long-namespace-name-abcdefghij";
+        let replica = |suffix: &str| {
+            SessionName::for_pod(
+                Some(ns),
+                Some(&format!(
+                    "chat-api-deployment-with-a-long-name-6d8f9c7b5-{suffix}"
+                )),
+            )
+        };
+        assert_eq!(
+            replica("xk2p1").as_str(),
+            "a-very-long-namespac.chat-api-deployment-with-..-6d8f9c7b5-xk2p1"
+        );
+        assert_ne!(replica("xk2p1"), replica("q8z4m"));
+        // A long pod with a short namespace keeps the whole namespace; a
+        // long namespace with a short pod keeps the whole pod.
+        let short_ns =
+            SessionName::for_pod(Some("team-a"), Some(&format!("{}-abcde", "p".repeat(80))));
+        assert!(short_ns.as_str().starts_with("team-a.ppp"), "{short_ns:?}");
+        assert!(short_ns.as_str().ends_with("ppp-abcde"), "{short_ns:?}");
+        let short_pod = SessionName::for_pod(Some(&"n".repeat(63)), Some("chat-7d9f-x2"));
+        assert!(
+            short_pod.as_str().ends_with(".chat-7d9f-x2"),
+            "{short_pod:?}"
+        );
+        for (ns, pod) in [(63, 253), (1, 253), (63, 1), (21, 63), (64, 0)] {
+            let name = SessionName::for_pod(Some(&"n".repeat(ns)), Some(&"p".repeat(pod)));
+            assert!(
+                SessionName::parse(name.as_str()).is_ok(),
+                "{ns} {pod}: {name:?}"
+            );
+            assert!(name.as_str().len() <= 64);
+        }
     }
 }

@@ -12,7 +12,7 @@ pub const AWS_WEB_IDENTITY_TOKEN_FILE: Variable = Variable {
 };
 pub const AWS_ROLE_SESSION_NAME: Variable = Variable {
     name: "AWS_ROLE_SESSION_NAME",
-    help: "STS session name; default `<namespace>.<pod>` from POD_NAMESPACE and POD_NAME, else `bedrock-broker-<POD_NAME or hostname>`, else `bedrock-broker`",
+    help: "STS session name; default `<namespace>.<pod>` from POD_NAMESPACE and POD_NAME (past 64 characters the namespace cut to 20 and the pod's name in its middle, its end kept), else `bedrock-broker-<POD_NAME or hostname>`, else `bedrock-broker`",
 };
 pub const AWS_ENDPOINT_URL_STS: Variable = Variable {
     name: "AWS_ENDPOINT_URL_STS",
