@@ -112,6 +112,60 @@ pub fn without_token(text: &str, secret: &str) -> String {
     }
 }
 
+/// `text` with every word (a run between spaces, quotes and punctuation
+/// that ends values) of 8 characters or more that is part of one of
+/// `secrets` blanked: a parser's message may quote a piece of a field it
+/// could not read, cut anywhere.
+pub fn without_fragments_of(text: &str, secrets: &[&str]) -> String {
+    const SHORTEST: usize = 8;
+    let secrets: Vec<&str> = secrets
+        .iter()
+        .copied()
+        .filter(|s| s.len() >= SHORTEST)
+        .collect();
+    if secrets.is_empty() {
+        return text.to_owned();
+    }
+    let ends_word = |c: char| c.is_whitespace() || "'\"`:;,()<>[]{}".contains(c);
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while !rest.is_empty() {
+        let word_len = rest.find(ends_word).unwrap_or(rest.len());
+        let (word, after) = rest.split_at(word_len);
+        if word.len() >= SHORTEST && secrets.iter().any(|s| s.contains(word)) {
+            out.push_str(REDACTED);
+        } else {
+            out.push_str(word);
+        }
+        let gap_len = after.find(|c| !ends_word(c)).unwrap_or(after.len());
+        out.push_str(&after[..gap_len]);
+        rest = &after[gap_len..];
+    }
+    out
+}
+
+/// The text of every `<tag>` element in an XML answer, found by its
+/// tags (not parsed: the answer is one the SDK could not read): the
+/// secrets a credentials answer carries, for [`without_fragments_of`].
+pub fn xml_texts<'a>(answer: &'a [u8], tags: &[&str]) -> Vec<&'a str> {
+    let mut found = Vec::new();
+    for tag in tags {
+        let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+        let mut rest = answer;
+        while let Some(start) = memchr::memmem::find(rest, open.as_bytes()) {
+            let inner = &rest[start + open.len()..];
+            let Some(end) = memchr::memmem::find(inner, close.as_bytes()) else {
+                break;
+            };
+            if let Ok(text) = std::str::from_utf8(&inner[..end]) {
+                found.push(text.trim());
+            }
+            rest = &inner[end..];
+        }
+    }
+    found
+}
+
 /// `text` with every run shaped like a JWT (a web identity token, whole
 /// or from its header on) blanked.
 pub fn without_jwts(text: &str) -> String {
@@ -169,6 +223,39 @@ pub fn without_url_credentials(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pieces_of_a_secret_a_parser_quotes_are_blanked() {
+        let answer = b"<Credentials><SecretAccessKey>&#xSECRETSECRETmarker0123;</SecretAccessKey>\
+            <SessionToken> FwoGZXIvYXdzEBYaDH+abc/def </SessionToken></Credentials>";
+        let secrets = xml_texts(answer, &["SecretAccessKey", "SessionToken"]);
+        assert_eq!(
+            secrets,
+            ["&#xSECRETSECRETmarker0123;", "FwoGZXIvYXdzEBYaDH+abc/def"]
+        );
+        let message = "invalid XML escape: expected numeric escape in base 16; got: SECRETSECRETmarker0123 (at FwoGZXIvYXdz)";
+        let out = without_fragments_of(message, &secrets);
+        assert!(
+            !out.contains("SECRETSECRET") && !out.contains("FwoGZXIv"),
+            "{out}"
+        );
+        assert!(
+            out.starts_with(
+                "invalid XML escape: expected numeric escape in base 16; got: ** redacted **"
+            ),
+            "{out}"
+        );
+        // Words of the message itself stay, short pieces too.
+        assert_eq!(
+            without_fragments_of("got: Fwo escape", &secrets),
+            "got: Fwo escape"
+        );
+        assert_eq!(without_fragments_of("anything", &["short"]), "anything");
+        assert_eq!(
+            xml_texts(b"<SessionToken>cut", &["SessionToken"]),
+            Vec::<&str>::new()
+        );
+    }
 
     #[test]
     fn user_information_in_urls_is_blanked() {

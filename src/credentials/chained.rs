@@ -53,6 +53,15 @@ impl ChainedSource {
                 return Err(e);
             }
         };
+        // STS never quotes the session token it was signed with, but a
+        // relay in its place may: blanked in what this call's error says.
+        let first_token = crate::secret::Secret::new(
+            first
+                .credentials
+                .session_token()
+                .unwrap_or_default()
+                .to_owned(),
+        );
         // A client per fetch: it is signed with this fetch's base credentials.
         let client = sts::client(&self.config, &self.region, Some(first.credentials));
         let date = ServerDate::default();
@@ -73,7 +82,7 @@ impl ChainedSource {
             .interceptor(date.clone())
             .send()
             .await
-            .map_err(|e| sts::source_error(OPERATION, e));
+            .map_err(|e| sts::source_error(OPERATION, e).without_secrets(&[first_token.expose()]));
         // A refusal's own date (a clock off by minutes fails only the signed
         // second hop). Not the first hop's when the second got no answer:
         // read after a timeout, it would add the wait to the skew.

@@ -87,6 +87,13 @@ pub async fn run(config: &CredentialsConfig, clock: SharedClock) -> Result<Strin
         describe_skew(&mut report, clock.now(), server);
     }
     let expiry = fetched.credentials.expiry();
+    let token = crate::secret::Secret::new(
+        fetched
+            .credentials
+            .session_token()
+            .unwrap_or_default()
+            .to_owned(),
+    );
     let client = sts::client(config, region, Some(fetched.credentials));
     let who = client
         .get_caller_identity()
@@ -95,7 +102,8 @@ pub async fn run(config: &CredentialsConfig, clock: SharedClock) -> Result<Strin
         .map_err(|e| DiagnoseError::Failed {
             found: report.clone(),
             step: "GetCallerIdentity with the obtained credentials",
-            source: sts::source_error("GetCallerIdentity", e),
+            // As for role chaining: a relay may quote the session token.
+            source: sts::source_error("GetCallerIdentity", e).without_secrets(&[token.expose()]),
         })?;
     let or_dash = |v: Option<&str>| v.unwrap_or("-").to_owned();
     let _ = writeln!(report, "account:  {}", or_dash(who.account.as_deref()));

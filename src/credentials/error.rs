@@ -92,6 +92,23 @@ impl SourceError {
         self
     }
 
+    /// This error with any piece of `secrets` (8 characters or more) it
+    /// quotes blanked: a session token the call was signed with, which a
+    /// relay in STS's place may quote, or the fields of an answer the SDK
+    /// could not read, which its parser's message may quote.
+    pub fn without_secrets(mut self, secrets: &[&str]) -> Self {
+        let blank = |text: &mut String| *text = crate::secret::without_fragments_of(text, secrets);
+        match &mut self {
+            Self::Service { code, message, .. } => {
+                blank(code);
+                blank(message);
+            }
+            Self::Transport { detail, .. } => blank(detail),
+            _ => {}
+        }
+        self
+    }
+
     pub fn class(&self) -> ErrorClass {
         match self {
             // The kubelet writes the token before the container starts and

@@ -241,9 +241,17 @@ where
                 Some(message) => message,
                 // A success not understood: what the SDK failed to read
                 // in it (a bad `Expiration`, HTML) is the clue.
-                None if (200..300).contains(&status) => &format!(
-                    "HTTP {status} answer not understood: {}",
-                    crate::error_text::with_causes(e)
+                // The parser may quote a piece of a credential field it
+                // could not read (`invalid XML escape ... got: ...`).
+                None if (200..300).contains(&status) => &crate::secret::without_fragments_of(
+                    &format!(
+                        "HTTP {status} answer not understood: {}",
+                        crate::error_text::with_causes(e)
+                    ),
+                    &crate::secret::xml_texts(
+                        context.raw().body().bytes().unwrap_or_default(),
+                        &["SecretAccessKey", "SessionToken"],
+                    ),
                 ),
                 None => &format!("HTTP {status} without an STS error message"),
             };

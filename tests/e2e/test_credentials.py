@@ -484,6 +484,22 @@ def test_an_sts_answer_past_any_real_size_is_refused_not_read_whole(start_sideca
     wait_for(lambda: sidecar.ready().status_code == 200, timeout=20, what="ready on a normal answer")
 
 
+def test_a_credential_field_quoted_by_the_parser_is_blanked(start_sidecar, irsa_env, fake_aws):
+    """A 200 whose secret key the SDK cannot read: its parser's message
+    quoted the key itself, into the log, /readyz and `credentials`."""
+    fake_aws.post("/sts", {"garbled_secret": True})
+    sidecar = start_sidecar(irsa_env, FAST, wait_ready=False)
+    wait_for(lambda: "answer not understood" in (sidecar.ready().json().get("last_error") or ""), timeout=20,
+             what="the unreadable answer reported")
+    error = sidecar.ready().json()["last_error"]
+    assert "escape" in error and "** redacted **" in error, error
+    secrets = [c["secret_access_key"] for c in fake_aws.get("/credentials?include_secrets=1") if c["kind"] == "sts"]
+    assert secrets
+    sidecar.stop()
+    for secret in secrets:
+        assert secret not in error and secret not in sidecar.log_text()
+
+
 def test_a_success_that_is_no_sts_answer_is_retried_soon_and_named(start_sidecar, irsa_env, fake_aws):
     """A 200 the SDK cannot read (a proxy's login page, a cut answer) was
     `fatal`, retried minutes apart like an IAM problem, with an error that

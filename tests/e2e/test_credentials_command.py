@@ -94,6 +94,23 @@ def test_a_refused_chained_role_points_at_that_role_not_the_token(irsa_env, fake
     assert "chained role's trust policy" in hint and "sts:AssumeRole" in hint, hint
 
 
+@pytest.mark.parametrize("chained", [False, True])
+def test_a_session_token_quoted_back_is_blanked(irsa_env, fake_aws, chained):
+    """A relay in STS's place quoting the session token a signed call (the
+    chained AssumeRole, GetCallerIdentity) carried: it was printed whole."""
+    fake_aws.configure_sts(quote_security_token=True)
+    env = dict(irsa_env, BEDROCK_BROKER_CHAIN_ROLE_ARN="arn:aws:iam::210987654321:role/chained") if chained else irsa_env
+    out = run(env)
+    assert out.returncode == 1, out
+    quoted = re.search(r"The security token '([^']*)' included", out.stderr)
+    assert quoted, out.stderr
+    assert quoted.group(1) == "** redacted **", out.stderr
+    tokens = [c["session_token"] for c in fake_aws.get("/credentials?include_secrets=1") if c["kind"] == "sts"]
+    assert tokens and "InvalidClientTokenId" in out.stderr
+    for token in tokens:
+        assert token not in out.stderr and token[:40] not in out.stderr
+
+
 def test_sts_out_of_reach_is_said_plainly(irsa_env):
     out = run(dict(irsa_env, AWS_ENDPOINT_URL_STS="http://127.0.0.1:1"))
     assert out.returncode == 1

@@ -70,6 +70,13 @@ class StsConfig:
     # A 200 that is no STS answer (a proxy's login page): what
     # AssumeRoleWithWebIdentity answers while set.
     html_answer: bool = False
+    # AssumeRoleWithWebIdentity answers 200 with credentials whose secret
+    # key holds a broken XML escape (`&#x` + the secret + `;`): an answer
+    # the SDK cannot read, whose parser quotes that field.
+    garbled_secret: bool = False
+    # Signed calls (AssumeRole, GetCallerIdentity) are refused with their
+    # X-Amz-Security-Token quoted in the message, as a relay may.
+    quote_security_token: bool = False
 
 
 @dataclass

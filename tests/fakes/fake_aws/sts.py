@@ -13,6 +13,7 @@ import time
 from email.utils import formatdate
 from typing import Optional
 from urllib.parse import parse_qsl
+from xml.sax.saxutils import escape as xml_escape
 
 from aiohttp import web
 
@@ -175,6 +176,9 @@ async def assume_role_with_web_identity(state: FakeState, request: web.Request, 
     _record_issued(record, cred)
     packed = packed_policy_size(params) if has_session_policies(params) else None
     answer = assume_role_response_xml(cred, token, packed)
+    if state.sts.garbled_secret:
+        secret = xml_escape(cred.secret_access_key)
+        answer = answer.replace(f"<SecretAccessKey>{secret}<", f"<SecretAccessKey>&#x{secret};<", 1)
     if state.sts.pad_answer_bytes > 0:
         record["status"], record["result"] = 200, "ok"
         return await _padded(request, answer, state.sts.pad_answer_bytes)
@@ -199,6 +203,11 @@ async def _padded(request: web.Request, answer: str, pad: int) -> web.StreamResp
 
 def _verify_sts_signature(state: FakeState, request: web.Request, body: bytes, record: dict) -> tuple:
     """``(credential, None)`` for a valid SigV4 (service ``sts``) request, else ``(None, error)``."""
+    if state.sts.quote_security_token:
+        code = "InvalidClientTokenId"
+        quoted = request.headers.get("X-Amz-Security-Token", "")
+        message = f"The security token '{quoted}' included in the request is invalid."
+        return None, _finish(record, sts_error(403, code, message), code)
     if "Authorization" not in request.headers:
         code = "MissingAuthenticationToken"
         return None, _finish(record, sts_error(403, code, "Request is missing Authentication Token"), code)
