@@ -39,13 +39,13 @@ macro_rules! limit_args {
         $(#[$doc])*
         #[derive(Debug, Args, Default, Clone)]
         pub struct $name {
-            #[arg(id = LIMITS.header_read_timeout.flag, long = LIMITS.header_read_timeout.flag, help = LIMITS.header_read_timeout.help_text())]
+            #[arg(id = LIMITS.header_read_timeout.flag, long = LIMITS.header_read_timeout.flag, value_name = "DURATION", help = LIMITS.header_read_timeout.help_text())]
             pub header_read_timeout: Option<String>,
-            #[arg(id = LIMITS.idle_timeout.flag, long = LIMITS.idle_timeout.flag, help = LIMITS.idle_timeout.help_text())]
+            #[arg(id = LIMITS.idle_timeout.flag, long = LIMITS.idle_timeout.flag, value_name = "DURATION", help = LIMITS.idle_timeout.help_text())]
             pub idle_timeout: Option<String>,
-            #[arg(id = LIMITS.max_connections.flag, long = LIMITS.max_connections.flag, help = LIMITS.max_connections.help_text())]
+            #[arg(id = LIMITS.max_connections.flag, long = LIMITS.max_connections.flag, value_name = "COUNT", help = LIMITS.max_connections.help_text())]
             pub max_connections: Option<String>,
-            #[arg(id = LIMITS.max_header_bytes.flag, long = LIMITS.max_header_bytes.flag, help = LIMITS.max_header_bytes.help_text())]
+            #[arg(id = LIMITS.max_header_bytes.flag, long = LIMITS.max_header_bytes.flag, value_name = "BYTES", help = LIMITS.max_header_bytes.help_text())]
             pub max_header_bytes: Option<String>,
         }
 
@@ -356,6 +356,28 @@ mod tests {
     use super::*;
     use crate::config::setting::Setting;
     use clap::CommandFactory;
+
+    /// `--flag <VALUE>`, in capitals everywhere (clap names a value after
+    /// the argument's id, which the limit flags set to the flag itself).
+    #[test]
+    fn every_value_name_is_in_capitals() {
+        let cli = Cli::command();
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let name = arg
+                    .get_value_names()
+                    .and_then(|names| names.first().map(|n| n.to_string()))
+                    .unwrap_or_else(|| arg.get_id().as_str().to_ascii_uppercase());
+                assert_eq!(
+                    name,
+                    name.to_ascii_uppercase(),
+                    "{} --{:?}",
+                    sub.get_name(),
+                    arg.get_long()
+                );
+            }
+        }
+    }
 
     /// Every setting is a flag of the subcommands that read it, with its
     /// generated help, so `--help` and the reference cannot drift.

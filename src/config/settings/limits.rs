@@ -37,8 +37,25 @@ macro_rules! when_full {
     };
 }
 
+/// What the timeouts' help says of HTTP/2, on the one listener that
+/// speaks it; the others speak HTTP/1 only.
+macro_rules! protocol_note {
+    (http2, header) => {
+        " (HTTP/1: HTTP/2 connections are bounded by the idle timeout)"
+    };
+    (http2, idle) => {
+        " (HTTP/2 PINGs do not keep it open)"
+    };
+    (http1, header) => {
+        " (it speaks HTTP/1 only)"
+    };
+    (http1, idle) => {
+        ""
+    };
+}
+
 macro_rules! server_limits {
-    ($flag:literal, $env:literal, $what:literal, $header:literal, $idle:literal, $conns:literal, $bytes:literal, $full:ident) => {
+    ($flag:literal, $env:literal, $what:literal, $header:literal, $idle:literal, $conns:literal, $bytes:literal, $full:ident, $protocol:ident) => {
         ServerLimits {
             header_read_timeout: Setting {
                 flag: concat!($flag, "header-read-timeout"),
@@ -46,7 +63,8 @@ macro_rules! server_limits {
                 default: Value($header),
                 help: concat!(
                     "Time a client of the ", $what,
-                    " has to send a request's headers, and how long a kept-alive connection may wait for its next request (HTTP/1: HTTP/2 connections are bounded by the idle timeout)"
+                    " has to send a request's headers, and how long a kept-alive connection may wait for its next request",
+                    protocol_note!($protocol, header)
                 ),
             },
             idle_timeout: Setting {
@@ -55,7 +73,8 @@ macro_rules! server_limits {
                 default: Value($idle),
                 help: concat!(
                     "A connection to the ", $what,
-                    " that has had no request in flight for this long is closed (HTTP/2 PINGs do not keep it open)"
+                    " that has had no request in flight for this long is closed",
+                    protocol_note!($protocol, idle)
                 ),
             },
             max_connections: Setting {
@@ -90,7 +109,8 @@ pub const PROXY: ServerLimits = server_limits!(
     "90s",
     "256",
     "32768",
-    in_pod
+    in_pod,
+    http2
 );
 
 /// The sidecar's admin port: probes and Prometheus, a handful of clients.
@@ -102,7 +122,8 @@ pub const ADMIN: ServerLimits = server_limits!(
     "30s",
     "32",
     "8192",
-    reached_by_pods
+    reached_by_pods,
+    http1
 );
 
 /// The container-credentials endpoint: a few SDKs in the pod.
@@ -114,7 +135,8 @@ pub const CREDENTIALS: ServerLimits = server_limits!(
     "30s",
     "32",
     "8192",
-    in_pod
+    in_pod,
+    http1
 );
 
 /// The webhook: the API server pools a few connections.
@@ -126,7 +148,8 @@ pub const WEBHOOK: ServerLimits = server_limits!(
     "60s",
     "256",
     "16384",
-    reached_by_pods
+    reached_by_pods,
+    http1
 );
 
 /// The webhook's admin port.
@@ -138,7 +161,8 @@ pub const WEBHOOK_ADMIN: ServerLimits = server_limits!(
     "30s",
     "32",
     "8192",
-    reached_by_pods
+    reached_by_pods,
+    http1
 );
 
 /// Kubelet probes and a Prometheus scrape need a few connections each; a
