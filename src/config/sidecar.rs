@@ -249,6 +249,25 @@ fn refresh_policy(args: &SidecarArgs, env: &Env, e: &mut Errors) -> Option<Refre
         env,
         parse::positive_duration,
     );
+    // Given, a cap above the other would be cut to it without a word; by
+    // default it follows a lower --refresh-max-backoff, as documented.
+    let cold_start_given =
+        s::REFRESH_COLD_START_MAX_BACKOFF.find(args.refresh_cold_start_max_backoff.as_deref(), env);
+    if let (Some(given), Some(cold), Some(cap)) =
+        (cold_start_given, cold_start_backoff_cap, backoff_cap)
+    {
+        if cold > cap {
+            e.push(
+                given.origin,
+                format!(
+                    "{} is longer than --{} ({}): a pod holding no credentials would retry less often than one holding some",
+                    humantime::format_duration(cold),
+                    s::REFRESH_MAX_BACKOFF.flag,
+                    humantime::format_duration(cap)
+                ),
+            );
+        }
+    }
     let (fraction, jitter) = (fraction?, jitter?);
     if jitter >= fraction {
         // Jitter past the fraction would schedule refreshes at once.
@@ -473,6 +492,33 @@ mod tests {
         let e = with(&[("HTTPS_PROXY", "https://u:hunter2@proxy.corp:3128")]).unwrap_err();
         assert_eq!(origins(&e), ["HTTPS_PROXY"]);
         assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn a_cold_start_cap_above_the_backoff_cap_is_refused_when_given() {
+        let with = |extra: &[(&str, &str)]| {
+            let mut env = IRSA.to_vec();
+            env.extend_from_slice(extra);
+            sidecar(&env)
+        };
+        let e = with(&[
+            ("BEDROCK_BROKER_REFRESH_COLD_START_MAX_BACKOFF", "10m"),
+            ("BEDROCK_BROKER_REFRESH_MAX_BACKOFF", "5m"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            origins(&e),
+            ["BEDROCK_BROKER_REFRESH_COLD_START_MAX_BACKOFF"]
+        );
+        assert!(
+            e.to_string()
+                .contains("10m is longer than --refresh-max-backoff (5m)"),
+            "{e}"
+        );
+        // The default (30s) follows a shorter cap.
+        let c = with(&[("BEDROCK_BROKER_REFRESH_MAX_BACKOFF", "10s")]).unwrap();
+        assert_eq!(c.refresh.backoff_cap, std::time::Duration::from_secs(10));
+        assert!(with(&[("BEDROCK_BROKER_REFRESH_COLD_START_MAX_BACKOFF", "5m")]).is_ok());
     }
 
     #[test]

@@ -143,7 +143,7 @@ pub const REFRESH_COLD_START_MAX_BACKOFF: Setting = Setting {
     flag: "refresh-cold-start-max-backoff",
     env: &["BEDROCK_BROKER_REFRESH_COLD_START_MAX_BACKOFF"],
     default: Value("30s"),
-    help: "Longest wait between refresh attempts failing for transient reasons while no usable credentials are held (cold start, expired); never longer than --refresh-max-backoff",
+    help: "Longest wait between refresh attempts failing for transient reasons while no usable credentials are held (cold start, expired); the default follows a shorter --refresh-max-backoff, a longer value given is refused",
 };
 /// A `stat` a second is free, and a rotated token is exchanged within a second.
 pub const TOKEN_WATCH_INTERVAL: Setting = Setting {
