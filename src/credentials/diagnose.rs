@@ -5,7 +5,8 @@ use std::fmt::Write as _;
 use std::time::SystemTime;
 
 use super::{
-    source_for, sts, token, CredentialMode, CredentialsConfig, SdkSource, SigV4Source, SourceError,
+    source_for, sts, token, ApiKeyKind, CredentialMode, CredentialsConfig, SdkSource, SigV4Source,
+    SourceError,
 };
 use crate::clock::{saturating_sub, SharedClock};
 
@@ -48,14 +49,30 @@ pub async fn run(config: &CredentialsConfig, clock: SharedClock) -> Result<Strin
             if config.region.is_none() {
                 let _ = writeln!(report, "note:     no region (AWS_REGION): the sidecar needs one, or --upstream, to know which Bedrock endpoint to call");
             }
-            if let Some(expiry) = key.expiry() {
-                let now = clock.now();
-                let _ = writeln!(report, "expires:  {}", describe_time(expiry.at, now));
-                if expiry.at <= now {
-                    return Err(DiagnoseError::ApiKeyExpired {
-                        found: report,
-                        at: expiry.at,
-                    });
+            match (key.kind(), key.expiry()) {
+                (_, Some(expiry)) => {
+                    let now = clock.now();
+                    let _ = writeln!(report, "expires:  {}", describe_time(expiry.at, now));
+                    if expiry.at <= now {
+                        return Err(DiagnoseError::ApiKeyExpired {
+                            found: report,
+                            at: expiry.at,
+                        });
+                    }
+                }
+                // As the sidecar warns at start: nothing will refuse it
+                // before Bedrock does.
+                (ApiKeyKind::ShortTerm, None) => {
+                    let _ = writeln!(report, "expires:  unknown (the key is not shaped as AWS's token generators mint short-term keys: the sidecar cannot track its expiry)");
+                }
+                (ApiKeyKind::LongTerm, None) => {
+                    let _ = writeln!(report, "expires:  as set when it was created (an IAM service-specific credential: never, or after the days chosen; not in the key)");
+                }
+                (ApiKeyKind::Unrecognised, None) => {
+                    let _ = writeln!(
+                        report,
+                        "expires:  unknown (not a key shape the sidecar knows: Bedrock decides)"
+                    );
                 }
             }
             let _ = writeln!(

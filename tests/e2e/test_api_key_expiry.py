@@ -122,6 +122,17 @@ def test_the_credentials_command_says_when_a_key_expires():
     assert key not in expired.stdout + expired.stderr
 
 
+@pytest.mark.parametrize("key, says", [("ABSKbG9uZy10ZXJta2V5", "service-specific credential"),
+                                       ("bedrock-api-key-bm90IGEgcHJlc2lnbmVkIHVybA==", "unknown")])
+def test_the_credentials_command_says_when_it_cannot_tell_the_expiry(key, says):
+    # It said nothing of the expiry, as if none could come.
+    out = run_credentials(key)
+    assert out.returncode == 0, out.stderr
+    expires = next((line for line in out.stdout.splitlines() if line.startswith("expires:")), None)
+    assert expires is not None and says in expires, out.stdout
+    assert key not in out.stdout + out.stderr
+
+
 @pytest.mark.parametrize("key", ["ABSKbG9uZy10ZXJta2V5", "bedrock-api-key-bm90IGEgcHJlc2lnbmVkIHVybA=="])
 def test_keys_that_carry_no_expiry_are_never_refused_for_it(start_sidecar, fake_aws, key):
     sidecar = start_sidecar(env_with(key, fake_aws))
