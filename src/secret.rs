@@ -166,6 +166,40 @@ pub fn xml_texts<'a>(answer: &'a [u8], tags: &[&str]) -> Vec<&'a str> {
     found
 }
 
+/// `text` with anything shaped like a secret blanked: a URL's user
+/// information, a JWT, a Bedrock API key. For messages that quote a
+/// value given to the wrong setting (a key pasted into `--region`).
+pub fn without_secret_shapes(text: &str) -> String {
+    without_url_credentials(&without_api_keys(&without_jwts(text)))
+}
+
+/// `text` with every Bedrock API key (`ABSK...`, `bedrock-api-key-...`)
+/// blanked, from its prefix to the end of its base64.
+fn without_api_keys(text: &str) -> String {
+    let key_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=' | '-' | '_');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        let at = [rest.find("ABSK"), rest.find("bedrock-api-key-")]
+            .into_iter()
+            .flatten()
+            .min();
+        let Some(at) = at else { break };
+        let (before, from) = rest.split_at(at);
+        out.push_str(before);
+        let len = from.find(|c| !key_char(c)).unwrap_or(from.len());
+        // `ABSK` inside a word, or alone, is no key.
+        if len >= 20 && !out.ends_with(|c: char| c.is_ascii_alphanumeric()) {
+            out.push_str(REDACTED);
+        } else {
+            out.push_str(&from[..len.max(1)]);
+        }
+        rest = &from[len.max(1)..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// `text` with every run shaped like a JWT (a web identity token, whole
 /// or from its header on) blanked.
 pub fn without_jwts(text: &str) -> String {
@@ -223,6 +257,26 @@ pub fn without_url_credentials(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shapes_of_secrets_are_blanked_in_quoted_values() {
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlc2lnbmF0dXJl";
+        let text = format!(
+            "\"https://u:hunter2@h\" is a URL; \"ABSKQmVkcm9ja0FQSUtleS1hYmNkZWYxMjM0\" and \"bedrock-api-key-YmVkcm9jay5hbWF6b25hd3MuY29t\" and \"{jwt}\" are not regions; ABSK is short, FABSKxxxxxxxxxxxxxxxxxxxxx inside a word"
+        );
+        let out = without_secret_shapes(&text);
+        for secret in ["hunter2", "QmVkcm9ja0FQ", "YmVkcm9jay5h", "c2lnbmF0dXJl"] {
+            assert!(!out.contains(secret), "{out}");
+        }
+        assert!(
+            out.contains("ABSK is short, FABSKxxxxxxxxxxxxxxxxxxxxx inside a word"),
+            "{out}"
+        );
+        assert!(
+            out.contains("is a URL") && out.contains("are not regions"),
+            "{out}"
+        );
+    }
 
     #[test]
     fn pieces_of_a_secret_a_parser_quotes_are_blanked() {

@@ -163,7 +163,9 @@ impl Errors {
     pub fn push(&mut self, origin: impl fmt::Display, message: impl fmt::Display) {
         self.0.push(ConfigError {
             origin: origin.to_string(),
-            message: message.to_string(),
+            // Messages quote the value refused, which may be a secret
+            // given to the wrong setting or a URL with a password.
+            message: crate::secret::without_secret_shapes(&message.to_string()),
         });
     }
 

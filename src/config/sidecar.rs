@@ -495,6 +495,20 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_given_to_the_wrong_setting_is_not_repeated() {
+        let key = "ABSKQmVkcm9ja0FQSUtleS1hYmNkZWYxMjM0NTY3ODkw";
+        let env = [
+            ("AWS_REGION", key),
+            ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/app"),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"),
+            ("BEDROCK_BROKER_ALLOWED_HOSTS", "https://u:hunter2@h"),
+        ];
+        let e = sidecar(&env).unwrap_err().to_string();
+        assert!(!e.contains(key) && !e.contains("hunter2"), "{e}");
+        assert!(e.contains("is a URL") && e.contains("AWS_REGION"), "{e}");
+    }
+
+    #[test]
     fn a_cold_start_cap_above_the_backoff_cap_is_refused_when_given() {
         let with = |extra: &[(&str, &str)]| {
             let mut env = IRSA.to_vec();
