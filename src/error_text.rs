@@ -37,9 +37,58 @@ pub fn one_line(text: &str) -> String {
         .collect()
 }
 
+/// A parser's message (`invalid type: string "...", expected ...`) with
+/// any quoted string longer than a word described instead of repeated:
+/// a value in the wrong place may be a secret (a key pasted where an
+/// object goes), and the message reaches logs and the one who sent it.
+pub fn without_long_strings(text: &str) -> String {
+    const LONGEST_SHOWN: usize = 16;
+    const OPEN: &str = "string \"";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(OPEN) {
+        let (before, from) = rest.split_at(at);
+        out.push_str(before);
+        let quoted = &from[OPEN.len()..];
+        // Serde writes the string with `{:?}`: a `"` inside is escaped.
+        let mut escaped = false;
+        let end = quoted.char_indices().find_map(|(i, c)| {
+            let closes = c == '"' && !escaped;
+            escaped = c == '\\' && !escaped;
+            closes.then_some(i)
+        });
+        let Some(end) = end else {
+            out.push_str(from);
+            return out;
+        };
+        let chars = quoted[..end].chars().count();
+        if chars > LONGEST_SHOWN {
+            out.push_str(&format!("a string of {chars} characters"));
+        } else {
+            out.push_str(&from[..OPEN.len() + end + 1]);
+        }
+        rest = &quoted[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_strings_a_parser_quotes_are_described() {
+        assert_eq!(
+            without_long_strings(
+                r#"env[0].valueFrom: invalid type: string "SECRET\"SECRETSECRET", expected EnvVarSource at line 1"#
+            ),
+            "env[0].valueFrom: invalid type: a string of 20 characters, expected EnvVarSource at line 1"
+        );
+        let short = r#"invalid value: string "Alwayz", expected one of Always"#;
+        assert_eq!(without_long_strings(short), short);
+        assert_eq!(without_long_strings(r#"string "cut"#), r#"string "cut"#);
+    }
 
     #[test]
     fn control_characters_are_escaped_and_the_rest_kept() {

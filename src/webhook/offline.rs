@@ -101,10 +101,11 @@ fn field_error(template: &[&str], e: &serde_path_to_error::Error<serde_json::Err
         .collect::<Vec<_>>()
         .join(".");
     // `inject: true` unquoted is YAML's boolean: Kubernetes takes strings.
+    let problem = crate::error_text::without_long_strings(&e.inner().to_string());
     if inner.starts_with("metadata.labels.") || inner.starts_with("metadata.annotations.") {
-        format!("{path}: {} ({QUOTE_IT})", e.inner())
+        format!("{path}: {problem} ({QUOTE_IT})")
     } else {
-        format!("{path}: {}", e.inner())
+        format!("{path}: {problem}")
     }
 }
 

@@ -146,7 +146,7 @@ fn unreadable(body: &[u8], what: &'static str, detail: impl ToString) -> Unreada
     Unreadable {
         uid,
         what,
-        detail: shortened(detail.to_string()),
+        detail: shortened(crate::error_text::without_long_strings(&detail.to_string())),
     }
 }
 

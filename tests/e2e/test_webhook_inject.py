@@ -92,6 +92,26 @@ def test_the_injected_admin_address_answers_probes_over_ipv4_and_ipv6(start_side
         assert r.status_code == 200, (address, r.text)
 
 
+def test_a_value_in_the_wrong_place_is_not_repeated():
+    # A secret literal written where an object goes (`valueFrom: <key>`)
+    # came back whole in the refusal, and into logs with it.
+    secret = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY"
+    out = inject(f"""apiVersion: v1
+kind: Pod
+metadata: {{name: p, namespace: team-a, labels: {{bedrock-broker.io/inject: "true"}}}}
+spec:
+  containers:
+  - name: app
+    image: app:1
+    env:
+    - name: AWS_SECRET_ACCESS_KEY
+      valueFrom: {secret}
+""")
+    assert out.returncode == 1, out.stderr
+    assert f"env[0].valueFrom: invalid type: a string of {len(secret)} characters, expected EnvVarSource" in out.stderr, out.stderr
+    assert secret not in out.stderr + out.stdout
+
+
 def test_injecting_twice_changes_nothing():
     once = inject((MANIFESTS / "workloads.yaml").read_text())
     twice = inject(once.stdout)
