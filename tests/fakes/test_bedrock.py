@@ -226,6 +226,32 @@ def test_bad_fake_header_is_a_400(fake: Fake):
     assert resp.status == 400 and b"x-fake-chunks" in resp.data
 
 
+@pytest.mark.parametrize("style,written", [
+    ("json", "Bearer ABSKa+b/c="),
+    ("json-u", "Bearer ABSKa\\u002Bb\\u002fc\\u003D"),
+    ("html", "Bearer ABSKa&#43;b&#x2F;c&equals;"),
+    ("percent", "Bearer%20ABSKa%2Bb%2Fc%3D"),
+    ("colon-space", "Authorization : Bearer ABSKa+b/c="),
+    ("text", "Authorization: Bearer ABSKa+b/c="),
+])
+def test_echoed_headers_are_written_as_asked(fake: Fake, style: str, written: str):
+    resp = send(f"{fake.bedrock}/model/{MODEL}/converse", converse_body(),
+                {"Authorization": "Bearer ABSKa+b/c=", "x-fake-echo-headers": style, "x-fake-status": "500"})
+    assert resp.status == 500
+    assert written in resp.data.decode()
+    if style != "text":
+        assert resp.headers["x-amzn-ErrorType"] == "InternalServerException"
+        assert json.loads(resp.data)["code"] == "InternalServerException"
+
+
+def test_a_signature_error_may_name_its_type_in_the_body_only(fake: Fake, sts_creds: dict):
+    client = runtime_client(fake, sts_creds, {"x-fake-sigv4-mismatch": "type-in-body"})
+    with pytest.raises(ClientError) as raised:
+        client.converse(modelId=MODEL, messages=[{"role": "user", "content": [{"text": "x"}]}])
+    assert raised.value.response["Error"]["Code"] == "InvalidSignatureException"
+    assert "x-amzn-ErrorType" not in raised.value.response["ResponseMetadata"]["HTTPHeaders"]
+
+
 def test_malformed_json_body(fake: Fake):
     resp = send(f"{fake.bedrock}/model/{MODEL}/converse", b"{not json", {"Authorization": "Bearer ABSK1"})
     assert resp.status == 400 and resp.headers["x-amzn-ErrorType"] == "ValidationException"

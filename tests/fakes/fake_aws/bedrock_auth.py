@@ -7,6 +7,7 @@ from typing import Optional
 from aiohttp import web
 
 from .bedrock_errors import aws_json_error
+from .common import json_response
 from .sigv4 import SigCheck, expected_signing_text, verify_sigv4
 from .state import FakeState
 
@@ -66,7 +67,11 @@ def _authenticate_sigv4(state: FakeState, request: web.Request, body: bytes, rec
     if check.ok:
         refusal = region_refusal(state, record)
         return refusal and aws_json_error(403, *refusal)
-    return aws_json_error(403, *sigv4_rejection(check))
+    error_type, message = sigv4_rejection(check)
+    if request.headers.get("x-fake-sigv4-mismatch") == "type-in-body":
+        # Some front ends name the error only in the body.
+        return json_response(403, {"__type": error_type, "message": message})
+    return aws_json_error(403, error_type, message)
 
 
 def region_refusal(state: FakeState, record: dict) -> Optional[tuple]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from urllib.parse import quote
+
 from aiohttp import web
 
 from .common import json_response, new_request_id
@@ -32,3 +35,36 @@ def forced_status_error(forced: int) -> tuple:
     """``(status, error type, message)`` for an ``x-fake-status`` of 400 or more."""
     err = BEDROCK_STATUS_ERRORS.get(forced, "InternalServerException" if forced >= 500 else "ValidationException")
     return forced, err, f"fake {err} (x-fake-status {forced})"
+
+
+def _entities(text: str) -> str:
+    """HTML character references for ``+``, ``/`` and ``=``, in the mix of
+    decimal, hexadecimal and named forms encoders write."""
+    return text.replace("+", "&#43;").replace("/", "&#x2F;").replace("=", "&equals;")
+
+
+def echo_error(status: int, style: str, headers) -> web.Response:
+    """An error that quotes the request's headers back, as a relay or a
+    non-AWS upstream may (``x-fake-echo-headers``). ``style`` is how the
+    body writes them: ``json``, ``json-u`` (System.Text.Json's default,
+    ``+``, ``/`` and ``=`` as ``\\uXXXX``), ``html`` (character
+    references), ``percent`` (values percent-encoded), ``colon-space``
+    (``Name : value``) or ``text`` (a plain-text body)."""
+    sep = " : " if style == "colon-space" else ": "
+    lines = []
+    for name, value in headers.items():
+        if style == "percent":
+            value = quote(value, safe="")
+        lines.append(f"{name}{sep}{value}")
+    message = "fake relay refused the request; it was sent with\n" + "\n".join(lines)
+    error_type = BEDROCK_STATUS_ERRORS.get(status, "InternalServerException")
+    extra = {"x-amzn-RequestId": new_request_id()}
+    if style == "text":
+        return web.Response(status=status, text=message, headers=extra)
+    if style == "html":
+        message = _entities(message)
+    body = json.dumps({"message": message, "code": error_type})
+    if style == "json-u":
+        body = body.replace("+", "\\u002B").replace("/", "\\u002f").replace("=", "\\u003D")
+    extra["x-amzn-ErrorType"] = error_type
+    return web.Response(status=status, body=body.encode(), content_type="application/json", headers=extra)

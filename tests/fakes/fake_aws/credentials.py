@@ -14,6 +14,13 @@ ROLE_ARN_RE = re.compile(r"^arn:aws:iam::(\d{12}):role/(?:[\w+=,.@-]+/)*([\w+=,.
 DEFAULT_LIFETIME_SECONDS = 3600.0
 
 
+def session_token() -> str:
+    """A token shaped like STS's: base64, so with ``+``, ``/`` and ``=``
+    in it (each at least once), which encoders of error bodies escape."""
+    b64 = string.ascii_letters + string.digits + "+/"
+    return "FwoGZXIvYXdzE" + random_chars(60, b64) + "+" + random_chars(30, b64) + "/" + random_chars(28, b64) + "=="
+
+
 def issue_credential(state: FakeState, role_arn: str, session: str, duration: Optional[str]) -> Credential:
     """Mint and remember a fresh temporary credential for an assumed role."""
     m = ROLE_ARN_RE.match(role_arn)
@@ -26,7 +33,7 @@ def issue_credential(state: FakeState, role_arn: str, session: str, duration: Op
     cred = Credential(
         access_key_id="ASIA" + random_chars(16),
         secret_access_key=random_chars(40, string.ascii_letters + string.digits + "+/"),
-        session_token="FwoGZXIvYXdzE" + random_chars(120, string.ascii_letters + string.digits),
+        session_token=session_token(),
         expires_at=time.time() + state.sts.clock_offset_seconds + lifetime,
         arn=f"arn:aws:sts::{account}:assumed-role/{role_name}/{session}",
         user_id=f"{role_id}:{session}",
