@@ -84,7 +84,11 @@ pub fn redact_tokens(body: &[u8]) -> Vec<u8> {
             .count();
         out.extend_from_slice(&rest[j..j + spaces]);
         j += spaces;
-        let value = value_len(&rest[j..]);
+        // Blanked already, by the exact token (`proxy::blank`).
+        let value = match rest[j..].starts_with(REDACTED.as_bytes()) {
+            true => 0,
+            false => value_len(&rest[j..]),
+        };
         if value > 0 {
             out.extend_from_slice(REDACTED.as_bytes());
         }
@@ -406,6 +410,12 @@ mod tests {
         let spaced = b"x-amz-security-token: \tIQoJabc/def==\nhost:b";
         let out = String::from_utf8(redact_tokens(spaced)).unwrap();
         assert_eq!(out, "x-amz-security-token: \t** redacted **\nhost:b");
+    }
+
+    #[test]
+    fn a_value_blanked_already_is_left_as_it_is() {
+        let body = b"x-amz-security-token: ** redacted **\nhost:b";
+        assert_eq!(redact_tokens(body), body);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use super::refusals::StreamRejection;
 use super::response_body::SharedHold;
 use super::self_heal::rejects_credentials;
 use super::sigv4::{BodyDigest, Signer};
-use super::{upstream, BoxError, Proxy};
+use super::{redact, upstream, BoxError, Proxy};
 use crate::credentials::Unusable;
 
 /// Least lifetime credentials must have left to open a bidirectional
@@ -63,6 +63,7 @@ impl Proxy {
             );
             (chain, held.generation())
         })?;
+        let token = super::sign::token_of(&parts);
         let (body, aborted) = event_stream::resigned(
             body,
             chain,
@@ -85,7 +86,7 @@ impl Proxy {
                 // answer, unless refreshing does not help.
                 let Some(error) = rejects_credentials(&response) else {
                     self.refusals.accepted(used);
-                    return Ok(response);
+                    return Ok(redact::carrying(response, token));
                 };
                 self.metrics
                     .auth_retries
@@ -98,7 +99,7 @@ impl Proxy {
                     StreamRejection::Refresh => self.cell.request_refresh(),
                     StreamRejection::RefreshedInVain => self.rejected_as_fresh(used, error),
                 }
-                Ok(response)
+                Ok(redact::carrying(response, token))
             }
             // A client that broke its stream (or hung up) before Bedrock
             // answered is the client's fault, not an unreachable Bedrock.

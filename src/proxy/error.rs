@@ -65,6 +65,7 @@ codes! {
     OVERLOADED = "overloaded", 503, "`--max-requests` are in flight, or `--request-body-budget` had no room within `--body-budget-wait`; comes with `Retry-After`";
     UPSTREAM_PROTOCOL_ERROR = "upstream_protocol_error", 502, "the upstream answered with something the proxy does not forward (a protocol switch)";
     SIGNATURE_ERROR_WITHHELD = "signature_error_withheld", 403, "Bedrock answered a signature error whose body could not be read whole to blank the session token it quotes (over 64 KiB, stalled, corrupt, or in a coding other than gzip and deflate); Bedrock's status (400 or 403) and `x-amzn-ErrorType` are kept";
+    ERROR_BODY_WITHHELD = "error_body_withheld", 502, "the upstream answered an error without a length, to a request that carried the session token or the configured API key, and its body could not be read whole to blank them (over 64 KiB, stalled, corrupt, or in a coding other than gzip and deflate); the upstream's status and `x-amzn-ErrorType` are kept";
 }
 
 /// Why the broker answers a request itself.
@@ -151,6 +152,8 @@ pub enum ProxyError {
     UpstreamProtocol(String),
     #[error("Bedrock answered a signature error; bedrock-broker withheld its body because it could not be read whole (too large, too slow, or in an unreadable encoding) to remove the credentials it quotes")]
     SignatureErrorWithheld,
+    #[error("the upstream answered an error; bedrock-broker withheld its body because it could not be read whole (too large, too slow, or in an unreadable encoding) to remove the credentials it may quote")]
+    ErrorBodyWithheld,
 }
 
 impl ProxyError {
@@ -183,6 +186,7 @@ impl ProxyError {
             Self::Overloaded(_) => &OVERLOADED,
             Self::UpstreamProtocol(_) => &UPSTREAM_PROTOCOL_ERROR,
             Self::SignatureErrorWithheld => &SIGNATURE_ERROR_WITHHELD,
+            Self::ErrorBodyWithheld => &ERROR_BODY_WITHHELD,
         }
     }
 
@@ -333,6 +337,7 @@ mod tests {
             ProxyError::Overloaded("x"),
             ProxyError::UpstreamProtocol("x".into()),
             ProxyError::SignatureErrorWithheld,
+            ProxyError::ErrorBodyWithheld,
         ];
         let mut used: Vec<&str> = all.iter().map(|e| e.code().name).collect();
         used.sort_unstable();

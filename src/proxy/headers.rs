@@ -18,7 +18,7 @@ pub const PROXY_TOKEN: HeaderName = super::gate::PROXY_TOKEN_HEADER;
 pub const BROKER_ERROR: HeaderName = HeaderName::from_static("x-bedrock-broker-error");
 
 const X_AMZ_DATE: HeaderName = HeaderName::from_static("x-amz-date");
-const X_AMZ_SECURITY_TOKEN: HeaderName = HeaderName::from_static("x-amz-security-token");
+pub const X_AMZ_SECURITY_TOKEN: HeaderName = HeaderName::from_static("x-amz-security-token");
 pub const X_AMZ_CONTENT_SHA256: HeaderName = HeaderName::from_static("x-amz-content-sha256");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");

@@ -19,6 +19,7 @@
 
 mod auth;
 mod bidi;
+mod blank;
 mod classify;
 mod config;
 mod dial;
@@ -264,8 +265,8 @@ impl Proxy {
     }
 
     /// Bedrock's answer, on its way back: streamed and measured, its usage
-    /// read if it succeeded; a signature error's body cleaned of the
-    /// session token it may quote.
+    /// read if it succeeded; an error's body cleaned of the session token
+    /// or configured API key it may quote.
     async fn respond(
         &self,
         mut response: Response<PooledBody>,
@@ -280,9 +281,21 @@ impl Proxy {
         // Each hop speaks its own HTTP version to its client (RFC 9110
         // §6.2), whatever the upstream's was.
         *response.version_mut() = http::Version::HTTP_11;
-        if auth == AuthMode::SigV4 && redact::is_signature_error(&response) {
+        // The secrets this request carried that the client did not send.
+        let token = redact::signed_with(&mut response);
+        let carried = match auth {
+            AuthMode::SigV4 => token.as_ref().map(HeaderValue::as_bytes),
+            AuthMode::ConfiguredApiKey => self.configured_key(),
+            _ => None,
+        };
+        let signature = auth == AuthMode::SigV4 && redact::is_signature_error(&response);
+        if signature || (carried.is_some() && redact::is_held(&response)) {
+            let secrets = redact::Secrets {
+                exact: carried,
+                labelled: auth == AuthMode::SigV4,
+            };
             let timeout = self.stream_idle_timeout;
-            return redact::redacted(response, timeout, class.dialect)
+            return redact::redacted(response, secrets, timeout, class.dialect)
                 .await
                 .map(Either::Left);
         }
@@ -313,6 +326,13 @@ impl Proxy {
                 body, completion, framing, idle, tap,
             )))
         })
+    }
+
+    /// The configured API key, as the request's `Authorization` carries it.
+    fn configured_key(&self) -> Option<&[u8]> {
+        self.configured_bearer
+            .as_ref()
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
     }
 
     /// Checks a request and decides how it is authenticated upstream.

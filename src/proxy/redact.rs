@@ -1,9 +1,12 @@
-//! Signature errors answered by AWS quote the canonical request they
-//! expected, `x-amz-security-token:<token>` line included. That body goes
-//! back to the client, which must never see the sidecar's session token:
-//! such (small) error bodies are read whole and the token values blanked.
-//! Nothing else is buffered: successful and streaming answers pass as
-//! they come.
+//! Error answers may quote back what the request carried: AWS's
+//! signature errors quote the canonical request they expected,
+//! `x-amz-security-token:<token>` line included, and a relay or a
+//! non-AWS upstream may echo the request's headers (the session token, or
+//! `authorization: Bearer <the configured API key>`). The client must
+//! never read either: an error body the proxy can hold is read whole and
+//! those exact secrets blanked, however it escapes them ([`super::blank`]).
+//! Nothing else is buffered: successful and streaming answers, and errors
+//! that say they are longer than [`MAX_ERROR_BODY`], pass as they come.
 
 use std::time::Duration;
 
@@ -15,6 +18,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
 
+use super::blank::blank;
 use super::error::{Dialect, ProxyError};
 use super::headers::X_AMZN_ERRORTYPE;
 use super::usage::decode::Coding;
@@ -23,11 +27,37 @@ use crate::secret::redact_tokens;
 /// Bedrock's request id, kept on a withheld answer for support cases.
 const X_AMZN_REQUESTID: HeaderName = HeaderName::from_static("x-amzn-requestid");
 
-/// Largest signature-error body read for redaction (AWS's are ~2 KiB).
+/// Largest error body read for redaction (AWS's are ~2 KiB).
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// How long reading it may take when no idle timeout is configured.
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The session token a request was signed with, on the error answer it
+/// got (a response extension: successful answers carry none).
+#[derive(Clone)]
+pub struct SignedWith(HeaderValue);
+
+/// `response`, marked with the session token its request carried if it
+/// is an error.
+pub fn carrying<B>(mut response: Response<B>, token: Option<HeaderValue>) -> Response<B> {
+    if let Some(token) = token.filter(|_| is_error(response.status())) {
+        response.extensions_mut().insert(SignedWith(token));
+    }
+    response
+}
+
+/// The session token [`carrying`] marked `response` with.
+pub fn signed_with<B>(response: &mut Response<B>) -> Option<HeaderValue> {
+    response
+        .extensions_mut()
+        .remove::<SignedWith>()
+        .map(|t| t.0)
+}
+
+fn is_error(status: StatusCode) -> bool {
+    status.is_client_error() || status.is_server_error()
+}
 
 /// Whether an AWS answer is a signature error (the kind that quotes the
 /// canonical request).
@@ -41,13 +71,36 @@ pub fn is_signature_error<B>(response: &Response<B>) -> bool {
     super::headers::aws_error_is(response.headers(), super::headers::SIGNATURE_ERRORS)
 }
 
-/// The same answer with every security-token value in its body blanked,
-/// decompressed if Bedrock compressed it (the token is in there too). A
-/// body that cannot be read whole (too large, too slow, corrupt, or in a
-/// coding the proxy does not read) is withheld: a broker error in the
-/// client's dialect takes its place, with Bedrock's status and error type.
+/// Whether an error answer of a request that carried a secret is read
+/// whole to blank it: any error unless it says it is longer than the
+/// proxy holds (its length unknown, it is read up to the limit).
+pub fn is_held<B: Body>(response: &Response<B>) -> bool {
+    is_error(response.status())
+        && response
+            .body()
+            .size_hint()
+            .upper()
+            .is_none_or(|n| n <= MAX_ERROR_BODY as u64)
+}
+
+/// What an error body is cleaned of.
+pub struct Secrets<'a> {
+    /// The exact secret the request carried, blanked wherever it is.
+    pub exact: Option<&'a [u8]>,
+    /// Whether the request was signed: the value after every
+    /// `x-amz-security-token` label is blanked too (a signature error's
+    /// canonical request).
+    pub labelled: bool,
+}
+
+/// The same answer with `secrets` blanked in its body, decompressed if
+/// it came compressed (the secrets are in there too). A body that cannot
+/// be read whole (too large, too slow, corrupt, or in a coding the proxy
+/// does not read) is withheld: a broker error in the client's dialect
+/// takes its place, with the upstream's status and error type.
 pub async fn redacted<B>(
     response: Response<B>,
+    secrets: Secrets<'_>,
     timeout: Option<Duration>,
     dialect: Dialect,
 ) -> Response<Full<Bytes>>
@@ -55,6 +108,7 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let signature = is_signature_error(&response);
     let (mut parts, body) = response.into_parts();
     let read = Limited::new(body, MAX_ERROR_BODY).collect();
     let read = tokio::time::timeout(timeout.unwrap_or(DEFAULT_READ_TIMEOUT), read).await;
@@ -63,9 +117,13 @@ where
         _ => None,
     };
     let Some(plain) = plain else {
-        return withheld(&parts, dialect);
+        return withheld(&parts, dialect, signature);
     };
-    let body = Bytes::from(redact_tokens(&plain));
+    let plain = blank(&plain, secrets.exact.as_slice()).map_or(plain, Bytes::from);
+    let body = match secrets.labelled {
+        true => Bytes::from(redact_tokens(&plain)),
+        false => plain,
+    };
     parts.headers.remove(CONTENT_ENCODING);
     parts.headers.remove(CONTENT_LENGTH);
     if let Ok(len) = HeaderValue::from_str(&body.len().to_string()) {
@@ -95,9 +153,16 @@ fn decoded(headers: &HeaderMap, body: Bytes) -> Option<Bytes> {
     (out.len() <= MAX_ERROR_BODY).then(|| Bytes::from(out))
 }
 
-fn withheld(upstream: &http::response::Parts, dialect: Dialect) -> Response<Full<Bytes>> {
-    let mut response: Response<Full<Bytes>> =
-        ProxyError::SignatureErrorWithheld.into_response(dialect);
+fn withheld(
+    upstream: &http::response::Parts,
+    dialect: Dialect,
+    signature: bool,
+) -> Response<Full<Bytes>> {
+    let error = match signature {
+        true => ProxyError::SignatureErrorWithheld,
+        false => ProxyError::ErrorBodyWithheld,
+    };
+    let mut response: Response<Full<Bytes>> = error.into_response(dialect);
     *response.status_mut() = upstream.status;
     let headers = response.headers_mut();
     for name in [X_AMZN_ERRORTYPE, X_AMZN_REQUESTID] {
@@ -121,6 +186,13 @@ mod tests {
     use super::*;
 
     const TOKEN: &str = "IQoJb3JpZ2luX2VjEunit+token/value==";
+
+    fn signed() -> Secrets<'static> {
+        Secrets {
+            exact: Some(TOKEN.as_bytes()),
+            labelled: true,
+        }
+    }
 
     fn signature_error(coding: Option<&str>, body: Vec<u8>) -> Response<Full<Bytes>> {
         let mut r = Response::builder()
@@ -163,7 +235,7 @@ mod tests {
             (Some("gzip"), gzip(&aws_message())),
             (Some("deflate"), zlib(&aws_message())),
         ] {
-            let r = redacted(signature_error(coding, body), None, Dialect::Aws).await;
+            let r = redacted(signature_error(coding, body), signed(), None, Dialect::Aws).await;
             let (parts, text) = text(r).await;
             assert_eq!(parts.status, 403);
             assert!(!text.contains(TOKEN), "{coding:?}: {text}");
@@ -193,7 +265,13 @@ mod tests {
             (Some("gzip, gzip"), gzip(&gzip(&aws_message()))),
         ];
         for (coding, body) in cases {
-            let r = redacted(signature_error(coding, body), None, Dialect::OpenAi).await;
+            let r = redacted(
+                signature_error(coding, body),
+                signed(),
+                None,
+                Dialect::OpenAi,
+            )
+            .await;
             let (parts, text) = text(r).await;
             assert_eq!(parts.status, 403, "{coding:?}");
             assert_eq!(
@@ -216,7 +294,13 @@ mod tests {
             .header("x-amzn-errortype", "InvalidSignatureException")
             .body(stalled)
             .unwrap();
-        let r = redacted(upstream, Some(Duration::from_secs(5)), Dialect::Aws).await;
+        let r = redacted(
+            upstream,
+            signed(),
+            Some(Duration::from_secs(5)),
+            Dialect::Aws,
+        )
+        .await;
         let (parts, text) = text(r).await;
         assert_eq!(
             parts.headers["x-amzn-errortype"],
@@ -251,5 +335,78 @@ mod tests {
         )));
         assert!(!is_signature_error(&resp(403, "AccessDeniedException")));
         assert!(!is_signature_error(&resp(200, "InvalidSignatureException")));
+    }
+
+    #[tokio::test]
+    async fn any_error_is_cleaned_of_the_exact_secret_however_escaped() {
+        let key = "ABSKa2V5+d2l0aA/c2xhc2g=";
+        let body = r#"{"message":"echo: authorization: Bearer ABSKa2V5\u002Bd2l0aA\/c2xhc2g\u003d, x-test: 1","code":"AccessDeniedException"}"#;
+        let upstream = Response::builder()
+            .status(403)
+            .header("x-amzn-errortype", "AccessDeniedException")
+            .header("content-length", body.len())
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let secrets = Secrets {
+            exact: Some(key.as_bytes()),
+            labelled: false,
+        };
+        let (parts, text) = text(redacted(upstream, secrets, None, Dialect::Aws).await).await;
+        assert_eq!(parts.status, 403);
+        assert_eq!(parts.headers["x-amzn-errortype"], "AccessDeniedException");
+        assert_eq!(
+            text,
+            r#"{"message":"echo: authorization: Bearer ** redacted **, x-test: 1","code":"AccessDeniedException"}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn an_error_of_unknown_length_past_the_limit_is_withheld() {
+        let chunks = [
+            Bytes::from(vec![b'x'; MAX_ERROR_BODY]),
+            Bytes::from(format!("x-amz-security-token: {TOKEN}")),
+        ];
+        let frames = chunks.map(|c| Ok::<_, Infallible>(Frame::data(c)));
+        let upstream = Response::builder()
+            .status(500)
+            .body(StreamBody::new(futures::stream::iter(frames)))
+            .unwrap();
+        assert!(is_held(&upstream), "its length is unknown: it is read");
+        let (parts, text) = text(redacted(upstream, signed(), None, Dialect::Aws).await).await;
+        assert_eq!(parts.status, 500);
+        assert_eq!(
+            parts.headers["x-bedrock-broker-error"],
+            "error_body_withheld"
+        );
+        assert!(!text.contains(TOKEN));
+    }
+
+    #[test]
+    fn errors_said_to_be_longer_than_the_limit_and_successes_are_not_held() {
+        let answer = |status: u16, len: usize| {
+            Response::builder()
+                .status(status)
+                .body(Full::new(Bytes::from(vec![b'x'; len])))
+                .unwrap()
+        };
+        assert!(is_held(&answer(403, MAX_ERROR_BODY)));
+        assert!(is_held(&answer(500, 10)));
+        assert!(!is_held(&answer(500, MAX_ERROR_BODY + 1)));
+        assert!(!is_held(&answer(200, 10)));
+        assert!(!is_held(&answer(304, 0)));
+    }
+
+    #[test]
+    fn only_error_answers_carry_the_token() {
+        let token = HeaderValue::from_static("tok");
+        let mut ok = carrying(answer_of(200), Some(token.clone()));
+        assert!(signed_with(&mut ok).is_none());
+        let mut refused = carrying(answer_of(403), Some(token));
+        assert_eq!(signed_with(&mut refused).unwrap(), "tok");
+        assert!(signed_with(&mut refused).is_none());
+    }
+
+    fn answer_of(status: u16) -> Response<()> {
+        Response::builder().status(status).body(()).unwrap()
     }
 }

@@ -12,7 +12,7 @@ use super::error::ProxyError;
 use super::pool::PooledBody;
 use super::request_body::ReadBody;
 use super::signer::RequestSigner;
-use super::{upstream, Proxy};
+use super::{redact, upstream, Proxy};
 
 impl Proxy {
     /// Signs and sends; retries once with fresher credentials if Bedrock
@@ -55,22 +55,22 @@ impl Proxy {
                 sent => sent?,
             };
             let Some(error) = rejects_credentials(&response) else {
-                self.refusals.accepted(used);
+                self.refusals.accepted(used.generation);
                 self.note_signature_refusal(signer.map(|s| (s.region(), s.name())), &response);
-                return Ok(response);
+                return Ok(redact::carrying(response, used.token));
             };
             // Credentials no newer than fresh ones Bedrock rejected too: a
             // refresh would bring more of the same, at an STS call each.
             if self
                 .refusals
-                .refresh_cannot_help(used, self.cell.generation())
-                || !self.fresher_credentials(used).await
+                .refresh_cannot_help(used.generation, self.cell.generation())
+                || !self.fresher_credentials(used.generation).await
             {
                 self.metrics
                     .auth_retries
                     .with_label_values(&["gave_up"])
                     .inc();
-                return Ok(response);
+                return Ok(redact::carrying(response, used.token));
             }
             drop(response);
             let mut retry = rebuild(&unsigned);
@@ -85,10 +85,10 @@ impl Proxy {
             );
             let again = self.send_pooled(retry, Full::new(body.bytes)).await?;
             match rejects_credentials(&again) {
-                Some(error) => self.rejected_as_fresh(fresh, error),
-                None => self.refusals.accepted(fresh),
+                Some(error) => self.rejected_as_fresh(fresh.generation, error),
+                None => self.refusals.accepted(fresh.generation),
             }
-            Ok(again)
+            Ok(redact::carrying(again, fresh.token))
         }
     }
 

@@ -2,22 +2,38 @@
 //! credential cell and the pure signer ([`super::sigv4`]), and what the
 //! client is told when there is nothing usable to sign with.
 
+use http::HeaderValue;
+
 use super::error::ProxyError;
+use super::headers::X_AMZ_SECURITY_TOKEN;
 use super::request_body::ReadBody;
 use super::signer::{RequestSigner, Sha256Hex};
 use super::sigv4::{BodyDigest, Signer};
 use super::Proxy;
 use crate::credentials::{HeldCredentials, Unusable};
 
+/// What a request was signed with.
+pub(super) struct Signed {
+    /// The credentials' generation, so a rejected request can wait for
+    /// newer ones.
+    pub generation: u64,
+    /// The session token it carries, to blank in an error that quotes it.
+    pub token: Option<HeaderValue>,
+}
+
+/// The session token a signed request carries.
+pub(super) fn token_of(parts: &http::request::Parts) -> Option<HeaderValue> {
+    parts.headers.get(X_AMZ_SECURITY_TOKEN).cloned()
+}
+
 impl Proxy {
-    /// Signs a buffered request with the cell's credentials; returns their
-    /// generation, so a rejected request can wait for newer ones.
+    /// Signs a buffered request with the cell's credentials.
     pub(super) fn sign(
         &self,
         signer: Option<&RequestSigner>,
         parts: &mut http::request::Parts,
         body: &ReadBody,
-    ) -> Result<u64, ProxyError> {
+    ) -> Result<Signed, ProxyError> {
         let signer = signer.ok_or(ProxyError::NoSigV4)?;
         let digest = BodyDigest::new(&body.bytes, body.sha256.as_ref().map(Sha256Hex::as_str));
         let now = self.clock.now();
@@ -33,7 +49,11 @@ impl Proxy {
                 )
                 .map(|_| held.generation())
         });
-        unpack(signed)
+        let generation = unpack(signed)?;
+        Ok(Signed {
+            generation,
+            token: token_of(parts),
+        })
     }
 
     /// Signs with aws-sigv4 (the bidirectional stream) and the cell's

@@ -1,0 +1,298 @@
+//! Blanking the secrets a request carried out of an error body that
+//! quotes them back, however the body escapes them.
+//!
+//! A body may write a character of a secret as itself or as an escape:
+//! JSON's `\uXXXX` and `\/`, HTML's `&#43;`, `&#x2B;` and `&plus;`, a
+//! URL's `%2B`, in any mix, and nested (a JSON string quoted inside
+//! another: `\\u002B`). The body is decoded layer by layer into a view
+//! that remembers which bytes of the body each character came from; the
+//! secret is searched for in each view, and the bytes it came from are
+//! blanked. Nothing is parsed, so a body that is not what it says it is
+//! (text labelled JSON, JSON cut short) is cleaned the same.
+
+use memchr::memmem;
+
+/// What stands where a secret was.
+pub const BLANKED: &[u8] = b"** redacted **";
+
+/// Layers of escaping undone: a quoted JSON string inside an HTML page
+/// inside a JSON error is three. Each layer is a pass over the body.
+const MAX_LAYERS: usize = 4;
+
+/// The body as a reader of one more layer of escapes sees it.
+struct View {
+    /// One byte per character.
+    bytes: Vec<u8>,
+    /// Where in the body each character's bytes start; they end where the
+    /// next one's start (or at the body's end).
+    starts: Vec<u32>,
+}
+
+impl View {
+    fn of(body: &[u8]) -> Self {
+        Self {
+            bytes: body.to_vec(),
+            starts: (0..body.len() as u32).collect(),
+        }
+    }
+
+    /// The view with one more layer of escapes undone; `None` when there
+    /// was none to undo.
+    fn decoded(&self) -> Option<Self> {
+        let mut next = Self {
+            bytes: Vec::with_capacity(self.bytes.len()),
+            starts: Vec::with_capacity(self.bytes.len()),
+        };
+        let mut i = 0;
+        let mut changed = false;
+        while i < self.bytes.len() {
+            let (byte, len) = escape_at(&self.bytes[i..]).unwrap_or((self.bytes[i], 1));
+            changed |= len > 1;
+            next.bytes.push(byte);
+            next.starts.push(self.starts[i]);
+            i += len;
+        }
+        changed.then_some(next)
+    }
+
+    /// Where in the body (`start..end`) each occurrence of `secret` in
+    /// this view came from.
+    fn find(&self, secret: &[u8], body_len: usize, spans: &mut Vec<(usize, usize)>) {
+        for at in memmem::find_iter(&self.bytes, secret) {
+            let last = at + secret.len();
+            let end = self.starts.get(last).map_or(body_len, |&s| s as usize);
+            spans.push((self.starts[at] as usize, end));
+        }
+    }
+}
+
+/// The ASCII character an escape at the start of `s` stands for, and the
+/// escape's length. Only ASCII: every secret the proxy blanks is ASCII.
+fn escape_at(s: &[u8]) -> Option<(u8, usize)> {
+    let (value, len) = match s.first()? {
+        b'\\' => match s.get(1)? {
+            b'u' => (hex(s.get(2..6)?)?, 6),
+            &c @ (b'/' | b'\\' | b'"') => (u32::from(c), 2),
+            _ => return None,
+        },
+        b'%' => (hex(s.get(1..3)?)?, 3),
+        b'&' => entity(s)?,
+        _ => return None,
+    };
+    let byte = u8::try_from(value).ok().filter(u8::is_ascii)?;
+    Some((byte, len))
+}
+
+/// An HTML character reference at the start of `s` (which starts `&`):
+/// its code point and length. Named ones: those of characters a secret
+/// (base64, base64url) holds, and of the escapes' own introducers.
+fn entity(s: &[u8]) -> Option<(u32, usize)> {
+    const NAMED: [(&[u8], u8); 8] = [
+        (b"&plus;", b'+'),
+        (b"&sol;", b'/'),
+        (b"&equals;", b'='),
+        (b"&lowbar;", b'_'),
+        (b"&amp;", b'&'),
+        (b"&bsol;", b'\\'),
+        (b"&percnt;", b'%'),
+        (b"&quot;", b'"'),
+    ];
+    if let Some((name, c)) = NAMED.iter().find(|(name, _)| s.starts_with(name)) {
+        return Some((u32::from(*c), name.len()));
+    }
+    let rest = s.strip_prefix(b"&#")?;
+    let (digits, radix, skip) = match rest.first()? {
+        b'x' | b'X' => (&rest[1..], 16, 3),
+        _ => (rest, 10, 2),
+    };
+    // Seven digits hold any code point; more are leading zeros at best.
+    let n = digits
+        .iter()
+        .take(8)
+        .take_while(|c| (**c as char).is_digit(radix))
+        .count();
+    if n == 0 || n > 7 || digits.get(n) != Some(&b';') {
+        return None;
+    }
+    let text = std::str::from_utf8(&digits[..n]).ok()?;
+    Some((u32::from_str_radix(text, radix).ok()?, skip + n + 1))
+}
+
+/// Two or four hex digits' value.
+fn hex(digits: &[u8]) -> Option<u32> {
+    if !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u32::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+}
+
+/// `body` with every occurrence of each of `secrets` blanked, written
+/// plainly or escaped; `None` when there was none. Empty secrets are
+/// skipped (they would match everywhere).
+pub fn blank(body: &[u8], secrets: &[&[u8]]) -> Option<Vec<u8>> {
+    let secrets: Vec<&[u8]> = secrets.iter().copied().filter(|s| !s.is_empty()).collect();
+    // Offsets are kept as u32: error bodies are read up to 64 KiB.
+    if secrets.is_empty() || u32::try_from(body.len()).is_err() {
+        return None;
+    }
+    let mut spans = Vec::new();
+    let mut view = View::of(body);
+    for _ in 0..MAX_LAYERS {
+        for secret in &secrets {
+            view.find(secret, body.len(), &mut spans);
+        }
+        match view.decoded() {
+            Some(next) => view = next,
+            None => break,
+        }
+    }
+    if spans.is_empty() {
+        return None;
+    }
+    spans.sort_unstable();
+    let mut out = Vec::with_capacity(body.len());
+    let mut done = 0;
+    for (start, end) in spans {
+        // Overlapping finds (the same secret in two layers) merge.
+        if start >= done {
+            out.extend_from_slice(&body[done..start]);
+            out.extend_from_slice(BLANKED);
+        }
+        done = done.max(end);
+    }
+    out.extend_from_slice(&body[done..]);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "IQoJb3JpZ2luX2Vj+ab/cd+ef/gh==";
+
+    fn blanked(body: &str) -> String {
+        let out = blank(body.as_bytes(), &[TOKEN.as_bytes()]);
+        String::from_utf8(out.unwrap_or_else(|| body.as_bytes().to_vec())).unwrap()
+    }
+
+    #[test]
+    fn every_escaping_of_the_secret_is_blanked_and_nothing_else() {
+        let escaped = [
+            TOKEN.to_owned(),
+            TOKEN.replace('+', "\\u002B").replace('/', "\\u002F"),
+            TOKEN.replace('+', "\\u002b").replace('/', "\\/"),
+            TOKEN.replace('=', "\\u003D"),
+            TOKEN.replace('+', "&#43;").replace('/', "&#47;"),
+            TOKEN.replace('+', "&#x2B;").replace('/', "&#X2f;"),
+            TOKEN
+                .replace('+', "&plus;")
+                .replace('/', "&sol;")
+                .replace('=', "&equals;"),
+            TOKEN
+                .replace('+', "%2B")
+                .replace('/', "%2f")
+                .replace('=', "%3D"),
+            // Nested: a JSON string quoted in JSON, twice percent-encoded,
+            // entities escaped again.
+            TOKEN.replace('+', "\\\\u002B").replace('/', "\\\\\\/"),
+            TOKEN.replace('+', "%252B").replace('/', "%252F"),
+            TOKEN.replace('+', "&amp;#43;").replace('/', "\\u0026#47;"),
+        ];
+        for form in escaped {
+            let body = format!(r#"{{"message":"token: {form}\nhost: b","code":"X"}}"#);
+            assert_eq!(
+                blanked(&body),
+                r#"{"message":"token: ** redacted **\nhost: b","code":"X"}"#,
+                "{form}"
+            );
+        }
+    }
+
+    #[test]
+    fn bodies_without_the_secret_are_left_alone() {
+        for body in [
+            "",
+            "%",
+            "&#",
+            "\\u00",
+            "&#99999999;",
+            "\\uD83D",
+            "IQoJb3JpZ2luX2Vj+ab",
+        ] {
+            assert_eq!(blank(body.as_bytes(), &[TOKEN.as_bytes()]), None, "{body}");
+        }
+        assert_eq!(blank(b"anything", &[b""]), None);
+        assert_eq!(blank(b"anything", &[]), None);
+    }
+
+    #[test]
+    fn every_occurrence_of_every_secret_goes() {
+        let body = format!("a {TOKEN} b KEY-1 c {} d", TOKEN.replace('+', "%2B"));
+        let out = blank(body.as_bytes(), &[TOKEN.as_bytes(), b"KEY-1"]).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "a ** redacted ** b ** redacted ** c ** redacted ** d"
+        );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One character written as itself or as one of the escapes an
+        /// encoder may choose for it.
+        fn written(c: u8) -> impl Strategy<Value = String> {
+            let code = u32::from(c);
+            let forms = vec![
+                (c as char).to_string(),
+                format!("\\u{code:04X}"),
+                format!("\\u{code:04x}"),
+                format!("&#{code};"),
+                format!("&#x{code:X};"),
+                format!("%{code:02X}"),
+                format!("%{code:02x}"),
+                format!("%25{code:02X}"),
+                format!("\\\\u{code:04x}"),
+            ];
+            proptest::sample::select(forms)
+        }
+
+        fn base64_token() -> impl Strategy<Value = String> {
+            "[A-Za-z0-9+/]{16,200}={0,2}"
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Whatever the token and however each of its characters is
+            /// written, it is blanked and the text around it kept.
+            #[test]
+            fn any_mix_of_escapes_is_blanked(
+                (token, forms) in base64_token().prop_flat_map(|t| {
+                    let forms: Vec<_> = t.bytes().map(written).collect();
+                    (Just(t), forms)
+                }),
+                before in "[a-zA-Z0-9 :\\n\"{}]{0,40}",
+                after in "[ \\n\"{},;]{0,40}",
+            ) {
+                let body = format!("{before}{}{after}", forms.concat());
+                let out = blank(body.as_bytes(), &[token.as_bytes()]).unwrap();
+                let out = String::from_utf8(out).unwrap();
+                prop_assert_eq!(out, format!("{before}** redacted **{after}"));
+            }
+
+            /// Arbitrary bytes never panic, and what comes back does not
+            /// hold the secret as it is. (Secrets of characters not in
+            /// the blank's own text.)
+            #[test]
+            fn arbitrary_bodies_never_panic(
+                body in prop::collection::vec(any::<u8>(), 0..256),
+                secret in "[A-Z0-9+/=]{1,8}",
+            ) {
+                if let Some(out) = blank(&body, &[secret.as_bytes()]) {
+                    prop_assert!(memmem::find(&out, secret.as_bytes()).is_none());
+                }
+            }
+        }
+    }
+}

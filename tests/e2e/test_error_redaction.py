@@ -1,0 +1,112 @@
+"""Error answers that quote the request back never hand the client the
+pod's session token or the configured API key, however they escape it."""
+
+from __future__ import annotations
+
+import html
+import json
+import urllib.parse
+import uuid
+
+import pytest
+import requests
+
+from test_auth_modes import BODY, CONVERSE
+
+STYLES = ["json", "json-u", "html", "percent", "colon-space", "text"]
+# base64, with every character an error body's encoder may escape.
+CONFIGURED_KEY = "ABSKY29uZmlndXJlZC1rZXk+a2V5/d2l0aC1zbGFzaGVz+cGx1c2Vz/ZW5k=="
+
+
+def views(text: str) -> list[str]:
+    """What a reader can make of `text`: as it is, JSON-decoded, with HTML
+    references and percent escapes undone, and all of these in turn."""
+    out = [text]
+    try:
+        out.append(json.dumps(json.loads(text)))
+        out.append(json.loads(text)["message"])
+    except (ValueError, KeyError, TypeError):
+        pass
+    for v in list(out):
+        out += [html.unescape(v), urllib.parse.unquote(v), urllib.parse.unquote(html.unescape(v))]
+    return out
+
+
+def assert_no_part_of(secret: str, text: str) -> None:
+    # Any 20 characters of it would be a fragment given away.
+    pieces = [secret[i:i + 20] for i in range(0, len(secret) - 20)]
+    for view in views(text):
+        leaked = [p for p in pieces if p in view]
+        assert not leaked, f"{leaked[:3]} in {view!r}"
+
+
+def session_token(fake_aws, tid: str) -> str:
+    creds = {c["access_key_id"]: c for c in fake_aws.get("/credentials?include_secrets=1")}
+    token = creds[fake_aws.request_for(tid)["access_key_id"]]["session_token"]
+    assert "+" in token and "/" in token
+    return token
+
+
+def echoed(sidecar, style: str, status: int, extra: dict | None = None) -> tuple[str, requests.Response]:
+    tid = uuid.uuid4().hex
+    headers = {"content-type": "application/json", "x-test-id": tid, "x-fake-echo-headers": style,
+               "x-fake-status": str(status), **(extra or {})}
+    r = requests.post(sidecar.url(CONVERSE), data=BODY, headers=headers, timeout=30)
+    return tid, r
+
+
+def assert_error_passes_through(r: requests.Response, style: str, status: int) -> None:
+    assert r.status_code == status, r.text
+    assert "x-bedrock-broker-error" not in r.headers, r.headers
+    assert "fake relay refused the request; it was sent with" in r.text
+    assert "x-test-id" in r.text, "the rest of the echo must pass"
+    if style != "text":
+        kind = "AccessDeniedException" if status == 403 else "InternalServerException"
+        assert r.headers["x-amzn-errortype"] == kind
+        assert r.json()["code"] == kind
+
+
+@pytest.mark.parametrize("status", [403, 500])
+@pytest.mark.parametrize("style", STYLES)
+def test_an_error_quoting_the_request_never_shows_the_session_token(start_sidecar, irsa_env, fake_aws, style, status):
+    sidecar = start_sidecar(irsa_env)
+    tid, r = echoed(sidecar, style, status)
+    assert_error_passes_through(r, style, status)
+    assert fake_aws.request_for(tid)["auth_kind"] == "sigv4"
+    assert_no_part_of(session_token(fake_aws, tid), r.text)
+    assert "** redacted **" in r.text
+    if style == "json":
+        assert "x-amz-security-token: ** redacted **\n" in r.json()["message"].lower()
+
+
+@pytest.mark.parametrize("status", [403, 500])
+@pytest.mark.parametrize("style", STYLES)
+def test_an_error_quoting_the_request_never_shows_the_configured_key(start_sidecar, irsa_env, fake_aws, style, status):
+    sidecar = start_sidecar({**irsa_env, "AWS_BEARER_TOKEN_BEDROCK": CONFIGURED_KEY})
+    tid, r = echoed(sidecar, style, status)
+    assert_error_passes_through(r, style, status)
+    assert fake_aws.request_for(tid)["bearer_token"] == CONFIGURED_KEY
+    assert_no_part_of(CONFIGURED_KEY, r.text)
+    assert "** redacted **" in r.text
+
+
+def test_the_clients_own_key_is_no_secret_from_it(start_sidecar, irsa_env, fake_aws):
+    # The client sent it: blanking it would only hide what the relay saw.
+    own = "ABSKY2xpZW50LWtleQ+b3du/a2V5=="
+    sidecar = start_sidecar({**irsa_env, "AWS_BEARER_TOKEN_BEDROCK": CONFIGURED_KEY})
+    tid, r = echoed(sidecar, "json", 403, {"authorization": f"Bearer {own}"})
+    assert_error_passes_through(r, "json", 403)
+    assert fake_aws.request_for(tid)["bearer_token"] == own
+    assert f"Bearer {own}" in r.json()["message"]
+
+
+def test_a_signature_error_typed_only_in_its_body_never_shows_the_session_token(start_sidecar, irsa_env, fake_aws):
+    sidecar = start_sidecar(irsa_env)
+    tid = uuid.uuid4().hex
+    r = requests.post(sidecar.url(CONVERSE), data=BODY, timeout=30, headers={
+        "content-type": "application/json", "x-test-id": tid, "x-fake-sigv4-mismatch": "type-in-body",
+    })
+    assert r.status_code == 403
+    assert r.json()["__type"] == "InvalidSignatureException"
+    assert "The Canonical String for this request should have been" in r.json()["message"]
+    assert_no_part_of(session_token(fake_aws, tid), r.text)
