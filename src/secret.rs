@@ -41,22 +41,50 @@ fn ends_value(b: u8) -> bool {
     matches!(b, b'\\' | b'\'' | b'"' | b'&' | b',' | b';' | b'<') || b.is_ascii_whitespace()
 }
 
-/// The length of the token value `rest` starts with. JSON may write its
-/// `/` as `\/`, which is still the token; any other escape ends it.
+/// Whether `c` may stand in a token (base64, base64url).
+fn in_token(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'-' | b'_')
+}
+
+/// The length of the token value `rest` starts with. An escape of a
+/// token's character (JSON's `\/` and `\u002B`, HTML's `&#43;`) is
+/// still the token; any other escape ends it.
 fn value_len(rest: &[u8]) -> usize {
     let mut n = 0;
     while n < rest.len() {
-        match rest[n] {
-            b'\\' if rest.get(n + 1) == Some(&b'/') => n += 2,
-            b if ends_value(b) => break,
+        match escape_at(&rest[n..]) {
+            Some((c, len)) if in_token(c) => n += len,
+            _ if ends_value(rest[n]) => break,
             _ => n += 1,
         }
     }
     n
 }
 
+/// The length of what separates a token's label from its value: `:` or
+/// `=`, with blanks either side (`X-Amz-Security-Token : …`), and the
+/// quotes of a JSON member (`"x-amz-security-token": "…"`, or `\"` in a
+/// string); `None` when the label is not followed by one.
+fn separator_len(s: &[u8]) -> Option<usize> {
+    let blanks = |s: &[u8]| s.iter().take_while(|b| matches!(b, b' ' | b'\t')).count();
+    let quote = |s: &[u8]| match s {
+        [b'\\', b'"', ..] => 2,
+        [b'"' | b'\'', ..] => 1,
+        _ => 0,
+    };
+    let mut n = quote(s);
+    n += blanks(&s[n..]);
+    if !matches!(s.get(n), Some(b':' | b'=')) {
+        return None;
+    }
+    n += 1;
+    n += blanks(&s[n..]);
+    Some(n + quote(&s[n..]))
+}
+
 /// Blanks the value after every `x-amz-security-token:` (or `=`), in any
-/// letter case, whether it stands in a header line or a query string.
+/// letter case, whether it stands in a header line, a query string or a
+/// JSON object.
 pub fn redact_tokens(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len());
     let mut i = 0;
@@ -69,21 +97,14 @@ pub fn redact_tokens(body: &[u8]) -> Vec<u8> {
             i += 1;
             continue;
         }
-        let mut j = TOKEN_NAME.len();
-        out.extend_from_slice(&rest[..j]);
-        if !matches!(rest[j], b':' | b'=') {
-            i += j;
+        let name = TOKEN_NAME.len();
+        let Some(separator) = separator_len(&rest[name..]) else {
+            out.extend_from_slice(&rest[..name]);
+            i += name;
             continue;
-        }
-        out.push(rest[j]);
-        j += 1;
-        // A header line may put spaces after its colon.
-        let spaces = rest[j..]
-            .iter()
-            .take_while(|b| matches!(b, b' ' | b'\t'))
-            .count();
-        out.extend_from_slice(&rest[j..j + spaces]);
-        j += spaces;
+        };
+        let j = name + separator;
+        out.extend_from_slice(&rest[..j]);
         // Blanked already, by the exact token (`proxy::blank`).
         let value = match rest[j..].starts_with(REDACTED.as_bytes()) {
             true => 0,
@@ -95,6 +116,67 @@ pub fn redact_tokens(body: &[u8]) -> Vec<u8> {
         i += j + value;
     }
     out
+}
+
+/// The ASCII character an escape at the start of `s` stands for, and the
+/// escape's length: JSON's `\uXXXX`, `\/`, `\\` and `\"`, a URL's `%XX`,
+/// and HTML's character references. Only ASCII: the secrets blanked are.
+pub(crate) fn escape_at(s: &[u8]) -> Option<(u8, usize)> {
+    let (value, len) = match s.first()? {
+        b'\\' => match s.get(1)? {
+            b'u' => (hex(s.get(2..6)?)?, 6),
+            &c @ (b'/' | b'\\' | b'"') => (u32::from(c), 2),
+            _ => return None,
+        },
+        b'%' => (hex(s.get(1..3)?)?, 3),
+        b'&' => entity(s)?,
+        _ => return None,
+    };
+    let byte = u8::try_from(value).ok().filter(u8::is_ascii)?;
+    Some((byte, len))
+}
+
+/// An HTML character reference at the start of `s` (which starts `&`):
+/// its code point and length. Named ones: those of characters a secret
+/// (base64, base64url) holds, and of the escapes' own introducers.
+fn entity(s: &[u8]) -> Option<(u32, usize)> {
+    const NAMED: [(&[u8], u8); 8] = [
+        (b"&plus;", b'+'),
+        (b"&sol;", b'/'),
+        (b"&equals;", b'='),
+        (b"&lowbar;", b'_'),
+        (b"&amp;", b'&'),
+        (b"&bsol;", b'\\'),
+        (b"&percnt;", b'%'),
+        (b"&quot;", b'"'),
+    ];
+    if let Some((name, c)) = NAMED.iter().find(|(name, _)| s.starts_with(name)) {
+        return Some((u32::from(*c), name.len()));
+    }
+    let rest = s.strip_prefix(b"&#")?;
+    let (digits, radix, skip) = match rest.first()? {
+        b'x' | b'X' => (&rest[1..], 16, 3),
+        _ => (rest, 10, 2),
+    };
+    // Seven digits hold any code point; more are leading zeros at best.
+    let n = digits
+        .iter()
+        .take(8)
+        .take_while(|c| (**c as char).is_digit(radix))
+        .count();
+    if n == 0 || n > 7 || digits.get(n) != Some(&b';') {
+        return None;
+    }
+    let text = std::str::from_utf8(&digits[..n]).ok()?;
+    Some((u32::from_str_radix(text, radix).ok()?, skip + n + 1))
+}
+
+/// Two or four hex digits' value.
+fn hex(digits: &[u8]) -> Option<u32> {
+    if !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u32::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
 }
 
 /// [`redact_tokens`] for text: a signature error's message from STS or
@@ -410,6 +492,35 @@ mod tests {
         let spaced = b"x-amz-security-token: \tIQoJabc/def==\nhost:b";
         let out = String::from_utf8(redact_tokens(spaced)).unwrap();
         assert_eq!(out, "x-amz-security-token: \t** redacted **\nhost:b");
+    }
+
+    #[test]
+    fn a_label_spaced_or_quoted_and_escaped_values_are_blanked_whole() {
+        // Each once sent the client the token whole, or all of it after
+        // its first escaped character.
+        for body in [
+            r"X-Amz-Security-Token : IQoJabc+def/ghi==\nhost:b",
+            "x-amz-security-token\t=\tIQoJabc+def/ghi==\nhost:b",
+            r#"{"x-amz-security-token": "IQoJabc+def/ghi==", "host": "b"}"#,
+            r#"{"m":"{\"x-amz-security-token\":\"IQoJabc+def/ghi==\"}"}"#,
+            r"x-amz-security-token:IQoJabc\u002Bdef\u002fghi\u003D\u003d\nhost:b",
+            r"x-amz-security-token:IQoJabc&#43;def&#x2F;ghi&equals;&#61;\nhost:b",
+            r"x-amz-security-token:IQoJabc&plus;def&sol;ghi%3D%3d\nhost:b",
+        ] {
+            let out = String::from_utf8(redact_tokens(body.as_bytes())).unwrap();
+            assert!(!out.contains("IQoJ"), "{out}");
+            assert!(!out.contains("ghi"), "{out}");
+            assert!(out.contains("** redacted **"), "{out}");
+            assert!(out.contains("host") || out.ends_with('}'), "{out}");
+        }
+        // Not a label: the name alone, or followed by other text.
+        for body in [
+            "x-amz-security-token",
+            "x-amz-security-token;host",
+            "x-amz-security-token  x",
+        ] {
+            assert_eq!(redact_tokens(body.as_bytes()), body.as_bytes());
+        }
     }
 
     #[test]

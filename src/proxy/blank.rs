@@ -12,6 +12,8 @@
 
 use memchr::memmem;
 
+use crate::secret::escape_at;
+
 /// What stands where a secret was.
 pub const BLANKED: &[u8] = b"** redacted **";
 
@@ -64,66 +66,6 @@ impl View {
             spans.push((self.starts[at] as usize, end));
         }
     }
-}
-
-/// The ASCII character an escape at the start of `s` stands for, and the
-/// escape's length. Only ASCII: every secret the proxy blanks is ASCII.
-fn escape_at(s: &[u8]) -> Option<(u8, usize)> {
-    let (value, len) = match s.first()? {
-        b'\\' => match s.get(1)? {
-            b'u' => (hex(s.get(2..6)?)?, 6),
-            &c @ (b'/' | b'\\' | b'"') => (u32::from(c), 2),
-            _ => return None,
-        },
-        b'%' => (hex(s.get(1..3)?)?, 3),
-        b'&' => entity(s)?,
-        _ => return None,
-    };
-    let byte = u8::try_from(value).ok().filter(u8::is_ascii)?;
-    Some((byte, len))
-}
-
-/// An HTML character reference at the start of `s` (which starts `&`):
-/// its code point and length. Named ones: those of characters a secret
-/// (base64, base64url) holds, and of the escapes' own introducers.
-fn entity(s: &[u8]) -> Option<(u32, usize)> {
-    const NAMED: [(&[u8], u8); 8] = [
-        (b"&plus;", b'+'),
-        (b"&sol;", b'/'),
-        (b"&equals;", b'='),
-        (b"&lowbar;", b'_'),
-        (b"&amp;", b'&'),
-        (b"&bsol;", b'\\'),
-        (b"&percnt;", b'%'),
-        (b"&quot;", b'"'),
-    ];
-    if let Some((name, c)) = NAMED.iter().find(|(name, _)| s.starts_with(name)) {
-        return Some((u32::from(*c), name.len()));
-    }
-    let rest = s.strip_prefix(b"&#")?;
-    let (digits, radix, skip) = match rest.first()? {
-        b'x' | b'X' => (&rest[1..], 16, 3),
-        _ => (rest, 10, 2),
-    };
-    // Seven digits hold any code point; more are leading zeros at best.
-    let n = digits
-        .iter()
-        .take(8)
-        .take_while(|c| (**c as char).is_digit(radix))
-        .count();
-    if n == 0 || n > 7 || digits.get(n) != Some(&b';') {
-        return None;
-    }
-    let text = std::str::from_utf8(&digits[..n]).ok()?;
-    Some((u32::from_str_radix(text, radix).ok()?, skip + n + 1))
-}
-
-/// Two or four hex digits' value.
-fn hex(digits: &[u8]) -> Option<u32> {
-    if !digits.iter().all(u8::is_ascii_hexdigit) {
-        return None;
-    }
-    u32::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
 }
 
 /// `body` with every occurrence of each of `secrets` blanked, written
