@@ -33,7 +33,7 @@ impl fmt::Display for Secret {
 
 const TOKEN_NAME: &[u8] = b"x-amz-security-token";
 /// What stands where a secret was.
-const REDACTED: &str = "** redacted **";
+pub(crate) const REDACTED: &str = "** redacted **";
 
 /// Whether `b` ends a token value: tokens are base64 (or its URL
 /// encoding), so any quote, escape, separator or whitespace ends one.

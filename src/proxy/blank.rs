@@ -12,10 +12,7 @@
 
 use memchr::memmem;
 
-use crate::secret::escape_at;
-
-/// What stands where a secret was.
-pub const BLANKED: &[u8] = b"** redacted **";
+use crate::secret::{escape_at, REDACTED};
 
 /// Layers of escaping undone: a quoted JSON string inside an HTML page
 /// inside a JSON error is three. Each layer is a pass over the body.
@@ -98,7 +95,7 @@ pub fn blank(body: &[u8], secrets: &[&[u8]]) -> Option<Vec<u8>> {
         // Overlapping finds (the same secret in two layers) merge.
         if start >= done {
             out.extend_from_slice(&body[done..start]);
-            out.extend_from_slice(BLANKED);
+            out.extend_from_slice(REDACTED.as_bytes());
         }
         done = done.max(end);
     }
