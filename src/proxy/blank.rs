@@ -28,27 +28,32 @@ struct View {
 }
 
 impl View {
-    fn of(body: &[u8]) -> Self {
-        Self {
-            bytes: body.to_vec(),
-            starts: (0..body.len() as u32).collect(),
-        }
+    /// The body with one layer of escapes undone; `None` when it has none
+    /// (the usual error body: no copy is made then).
+    fn first(body: &[u8]) -> Option<Self> {
+        Self::decode(body, |i| i as u32)
     }
 
     /// The view with one more layer of escapes undone; `None` when there
     /// was none to undo.
     fn decoded(&self) -> Option<Self> {
+        Self::decode(&self.bytes, |i| self.starts[i])
+    }
+
+    fn decode(bytes: &[u8], start: impl Fn(usize) -> u32) -> Option<Self> {
+        // Every escape starts with one of these.
+        memchr::memchr3(b'\\', b'&', b'%', bytes)?;
         let mut next = Self {
-            bytes: Vec::with_capacity(self.bytes.len()),
-            starts: Vec::with_capacity(self.bytes.len()),
+            bytes: Vec::with_capacity(bytes.len()),
+            starts: Vec::with_capacity(bytes.len()),
         };
         let mut i = 0;
         let mut changed = false;
-        while i < self.bytes.len() {
-            let (byte, len) = escape_at(&self.bytes[i..]).unwrap_or((self.bytes[i], 1));
+        while i < bytes.len() {
+            let (byte, len) = escape_at(&bytes[i..]).unwrap_or((bytes[i], 1));
             changed |= len > 1;
             next.bytes.push(byte);
-            next.starts.push(self.starts[i]);
+            next.starts.push(start(i));
             i += len;
         }
         changed.then_some(next)
@@ -75,15 +80,16 @@ pub fn blank(body: &[u8], secrets: &[&[u8]]) -> Option<Vec<u8>> {
         return None;
     }
     let mut spans = Vec::new();
-    let mut view = View::of(body);
-    for _ in 0..MAX_LAYERS {
+    for secret in &secrets {
+        spans.extend(memmem::find_iter(body, secret).map(|at| (at, at + secret.len())));
+    }
+    let mut next = View::first(body);
+    for _ in 1..MAX_LAYERS {
+        let Some(view) = next else { break };
         for secret in &secrets {
             view.find(secret, body.len(), &mut spans);
         }
-        match view.decoded() {
-            Some(next) => view = next,
-            None => break,
-        }
+        next = view.decoded();
     }
     if spans.is_empty() {
         return None;
