@@ -1018,3 +1018,43 @@ async fn an_idle_http2_connection_is_told_goaway_before_it_closes() {
     assert!(frames.contains(&0x7), "frames before the close: {frames:?}");
     stop.cancel();
 }
+
+/// An answer the client has not read keeps its `--max-requests` slot
+/// (security.md), an error too: read whole to blank the session token,
+/// it gave the slot back before the client read a byte.
+#[tokio::test]
+async fn an_unread_answer_keeps_its_slot_error_or_not() {
+    for status in [200u16, 500] {
+        let upstream = FakeUpstream::start(vec![Answer::Whole(
+            status,
+            vec![("content-type", "application/json")],
+            r#"{"message":"x"}"#,
+        )])
+        .await;
+        let cell = Arc::new(CredentialCell::new());
+        cell.store(credentials("AKID"));
+        let mut setup = Setup::default();
+        setup.gate.max_requests = 1;
+        let (proxy, _) = proxy(&upstream, cell, setup);
+        // The first answer is kept, its body not read.
+        let first = proxy
+            .clone()
+            .handle(post("/model/m/converse", "{}"))
+            .await
+            .unwrap();
+        assert_eq!(first.status().as_u16(), status);
+        let (second, _, _) = text(
+            proxy
+                .clone()
+                .handle(post("/model/m/converse", "{}"))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            second, 503,
+            "first answered {status}: its slot was given back unread"
+        );
+        drop(first);
+    }
+}

@@ -80,7 +80,7 @@ use crate::metrics::requests::RequestCounters;
 use crate::metrics::ProxyMetrics;
 use classify::Classified;
 use pool::PooledBody;
-use response_body::{Completion, InFlight, Occupancy, StreamKind, UpstreamBody};
+use response_body::{Completion, HeldBody, InFlight, Occupancy, StreamKind, UpstreamBody};
 use unanswered::{Arrived, Unanswered};
 use usage::decode::Coding;
 use usage::UsageRecorder;
@@ -97,7 +97,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// (mostly one poll), the allocator hands back the block the previous one
 /// freed, still warm. A stream keeps its box for as long as it runs, the
 /// same bytes it held in hyper's slot before.
-pub type ProxyBody = Either<Full<Bytes>, Box<UpstreamBody>>;
+pub type ProxyBody = Either<HeldBody, Box<UpstreamBody>>;
 
 /// A forwarded request: Bedrock's answer, how the request was
 /// authenticated, and the model usage is counted for if it succeeds.
@@ -257,7 +257,7 @@ impl Proxy {
                 }
                 drop(Completion::new(started, duration, occupancy));
                 err.into_response::<Full<Bytes>>(class.dialect)
-                    .map(Either::Left)
+                    .map(|body| Either::Left(HeldBody::new(body, None)))
             }
         };
         unanswered.answer(response.status());
@@ -297,7 +297,7 @@ impl Proxy {
             let timeout = self.stream_idle_timeout;
             return redact::redacted(response, secrets, timeout, class.dialect)
                 .await
-                .map(Either::Left);
+                .map(|body| Either::Left(HeldBody::new(body, Some(completion))));
         }
         let kind = StreamKind::of(response.headers());
         // A compressed body's bytes are no events: a stall can neither be

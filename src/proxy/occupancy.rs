@@ -1,8 +1,14 @@
 //! What a request holds until it is over (its place in the in-flight
 //! gauge, its slot in `--max-requests`), and when it lets go.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
 
 use prometheus::{Histogram, IntGauge};
 use tokio::sync::OwnedSemaphorePermit;
@@ -130,5 +136,44 @@ impl Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         self.duration.observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// An answer the proxy made whole (a broker error, an error body cleaned
+/// of secrets), holding its request's [`Completion`] until the client has
+/// read it: an error left unread keeps its `--max-requests` slot, as an
+/// unread success does.
+pub struct HeldBody {
+    body: Full<Bytes>,
+    completion: Option<Completion>,
+}
+
+impl HeldBody {
+    pub fn new(body: Full<Bytes>, completion: Option<Completion>) -> Self {
+        Self { body, completion }
+    }
+}
+
+impl Body for HeldBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            self.completion = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

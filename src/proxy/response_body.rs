@@ -12,7 +12,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
-pub use super::occupancy::{Completion, InFlight, Occupancy, SharedHold};
+pub use super::occupancy::{Completion, HeldBody, InFlight, Occupancy, SharedHold};
 use super::pool::PooledBody;
 use super::usage::UsageTap;
 
