@@ -65,7 +65,7 @@ codes! {
     OVERLOADED = "overloaded", 503, "`--max-requests` are in flight, or `--request-body-budget` had no room within `--body-budget-wait`; comes with `Retry-After`";
     UPSTREAM_PROTOCOL_ERROR = "upstream_protocol_error", 502, "the upstream answered with something the proxy does not forward (a protocol switch)";
     SIGNATURE_ERROR_WITHHELD = "signature_error_withheld", 403, "Bedrock answered a signature error whose body could not be read whole to blank the session token it quotes (over 64 KiB, stalled, corrupt, or in a coding other than gzip and deflate); Bedrock's status (400 or 403) and `x-amzn-ErrorType` are kept";
-    ERROR_BODY_WITHHELD = "error_body_withheld", 502, "the upstream answered an error without a length, to a request that carried the session token or the configured API key, and its body could not be read whole to blank them (over 64 KiB, stalled, corrupt, or in a coding other than gzip and deflate); the upstream's status and `x-amzn-ErrorType` are kept";
+    ERROR_BODY_WITHHELD = "error_body_withheld", 502, "the upstream answered an error to a request that carried the session token or the configured API key, and its body could not be read whole to blank them (over 64 KiB or said to be, stalled, corrupt, or in a coding other than gzip and deflate); sent with the upstream's status (not 502) and `x-amzn-ErrorType`";
 }
 
 /// Why the broker answers a request itself.

@@ -71,16 +71,13 @@ pub fn is_signature_error<B>(response: &Response<B>) -> bool {
     super::headers::aws_error_is(response.headers(), super::headers::SIGNATURE_ERRORS)
 }
 
-/// Whether an error answer of a request that carried a secret is read
-/// whole to blank it: any error unless it says it is longer than the
-/// proxy holds (its length unknown, it is read up to the limit).
-pub fn is_held<B: Body>(response: &Response<B>) -> bool {
+/// Whether an error answer of a request that carried a secret is held
+/// to blank it: every error. One that says it is longer than the proxy
+/// holds is withheld unread ([`redacted`]): streamed, it could carry the
+/// secret out, and the app can make a relay's echo of its request that
+/// long.
+pub fn is_held<B>(response: &Response<B>) -> bool {
     is_error(response.status())
-        && response
-            .body()
-            .size_hint()
-            .upper()
-            .is_none_or(|n| n <= MAX_ERROR_BODY as u64)
 }
 
 /// What an error body is cleaned of.
@@ -110,6 +107,9 @@ where
 {
     let signature = is_signature_error(&response);
     let (mut parts, body) = response.into_parts();
+    if body.size_hint().lower() > MAX_ERROR_BODY as u64 {
+        return withheld(&parts, dialect, signature);
+    }
     let read = Limited::new(body, MAX_ERROR_BODY).collect();
     let read = tokio::time::timeout(timeout.unwrap_or(DEFAULT_READ_TIMEOUT), read).await;
     let plain = match read {
@@ -381,19 +381,30 @@ mod tests {
         assert!(!text.contains(TOKEN));
     }
 
-    #[test]
-    fn errors_said_to_be_longer_than_the_limit_and_successes_are_not_held() {
+    #[tokio::test]
+    async fn every_error_is_held_and_one_said_to_be_too_long_is_withheld() {
         let answer = |status: u16, len: usize| {
+            let mut body = vec![b'x'; len];
+            body.extend_from_slice(format!("x-amz-security-token: {TOKEN}").as_bytes());
             Response::builder()
                 .status(status)
-                .body(Full::new(Bytes::from(vec![b'x'; len])))
+                .body(Full::new(Bytes::from(body)))
                 .unwrap()
         };
         assert!(is_held(&answer(403, MAX_ERROR_BODY)));
         assert!(is_held(&answer(500, 10)));
-        assert!(!is_held(&answer(500, MAX_ERROR_BODY + 1)));
         assert!(!is_held(&answer(200, 10)));
         assert!(!is_held(&answer(304, 0)));
+        // Streamed, the echo past 64 KiB carried the token out.
+        let long = answer(500, MAX_ERROR_BODY + 1);
+        assert!(is_held(&long));
+        let (parts, text) = text(redacted(long, signed(), None, Dialect::Aws).await).await;
+        assert_eq!(parts.status, 500);
+        assert_eq!(
+            parts.headers["x-bedrock-broker-error"],
+            "error_body_withheld"
+        );
+        assert!(!text.contains(TOKEN));
     }
 
     #[test]
