@@ -198,35 +198,50 @@ pub fn without_token(text: &str, secret: &str) -> String {
     }
 }
 
-/// `text` with every word (a run between spaces, quotes and punctuation
-/// that ends values) of 8 characters or more that is part of one of
-/// `secrets` blanked: a parser's message may quote a piece of a field it
-/// could not read, cut anywhere.
+/// `text` with every piece of 8 bytes or more that is also part of one
+/// of `secrets` blanked: a parser's or a relay's message may quote a piece
+/// of a field, cut anywhere and glued to anything (`token=<it>.`).
 pub fn without_fragments_of(text: &str, secrets: &[&str]) -> String {
     const SHORTEST: usize = 8;
-    let secrets: Vec<&str> = secrets
+    let grams: std::collections::HashSet<&[u8]> = secrets
         .iter()
-        .copied()
-        .filter(|s| s.len() >= SHORTEST)
+        .flat_map(|s| s.as_bytes().windows(SHORTEST))
         .collect();
-    if secrets.is_empty() {
+    let bytes = text.as_bytes();
+    if grams.is_empty() || bytes.len() < SHORTEST {
         return text.to_owned();
     }
-    let ends_word = |c: char| c.is_whitespace() || "'\"`:;,()<>[]{}".contains(c);
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while !rest.is_empty() {
-        let word_len = rest.find(ends_word).unwrap_or(rest.len());
-        let (word, after) = rest.split_at(word_len);
-        if word.len() >= SHORTEST && secrets.iter().any(|s| s.contains(word)) {
-            out.push_str(REDACTED);
-        } else {
-            out.push_str(word);
+    // Spans covered by an 8-byte window found in a secret; overlapping
+    // and touching windows merge into one blank.
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    for (at, window) in bytes.windows(SHORTEST).enumerate() {
+        if grams.contains(window) {
+            match spans.last_mut() {
+                Some((_, end)) if *end >= at => *end = at + SHORTEST,
+                _ => spans.push((at, at + SHORTEST)),
+            }
         }
-        let gap_len = after.find(|c| !ends_word(c)).unwrap_or(after.len());
-        out.push_str(&after[..gap_len]);
-        rest = &after[gap_len..];
     }
+    let mut out = String::with_capacity(text.len());
+    let mut done = 0;
+    for (start, end) in spans {
+        // A secret that is not ASCII may match inside a character: the
+        // blank takes the whole character.
+        let start = (0..=start)
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
+        let end = (end..=text.len())
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(text.len());
+        if start < done {
+            continue;
+        }
+        out.push_str(&text[done..start]);
+        out.push_str(REDACTED);
+        done = end;
+    }
+    out.push_str(&text[done..]);
     out
 }
 
@@ -274,8 +289,9 @@ fn without_api_keys(text: &str) -> String {
         let (before, from) = rest.split_at(at);
         out.push_str(before);
         let len = from.find(|c| !key_char(c)).unwrap_or(from.len());
-        // `ABSK` inside a word, or alone, is no key.
-        if len >= 20 && !out.ends_with(|c: char| c.is_ascii_alphanumeric()) {
+        // `ABSK` alone, or in a short word, is no key; glued to what
+        // precedes it, a long one still is.
+        if len >= 20 {
             out.push_str(REDACTED);
         } else {
             out.push_str(&from[..len.max(1)]);
@@ -355,7 +371,7 @@ mod tests {
             assert!(!out.contains(secret), "{out}");
         }
         assert!(
-            out.contains("ABSK is short, FABSKxxxxxxxxxxxxxxxxxxxxx inside a word"),
+            out.contains("ABSK is short, F** redacted ** inside a word"),
             "{out}"
         );
         assert!(
@@ -389,6 +405,24 @@ mod tests {
         assert_eq!(
             without_fragments_of("got: Fwo escape", &secrets),
             "got: Fwo escape"
+        );
+        // Glued to punctuation or a label, a piece is blanked all the same.
+        let token = "FwoGZXIvYXdzEBYaDH+abc/def0123456789xyz";
+        for message in [
+            format!("The security token included in the request is invalid: {token}."),
+            format!("rejected token={token}"),
+            format!("é{token}é"),
+        ] {
+            let out = without_fragments_of(&message, &[token]);
+            assert!(
+                !out.contains("FwoGZXIv") && !out.contains("56789xyz"),
+                "{out}"
+            );
+            assert!(out.contains(REDACTED), "{out}");
+        }
+        assert_eq!(
+            without_fragments_of("rejected token=FwoGZXIvYXdzEBYaDH.", &[token]),
+            "rejected token=** redacted **."
         );
         assert_eq!(without_fragments_of("anything", &["short"]), "anything");
         assert_eq!(
