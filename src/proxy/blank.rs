@@ -84,12 +84,12 @@ pub fn blank(body: &[u8], secrets: &[&[u8]]) -> Option<Vec<u8>> {
         spans.extend(memmem::find_iter(body, secret).map(|at| (at, at + secret.len())));
     }
     let mut next = View::first(body);
-    for _ in 1..MAX_LAYERS {
+    for layer in 1..=MAX_LAYERS {
         let Some(view) = next else { break };
         for secret in &secrets {
             view.find(secret, body.len(), &mut spans);
         }
-        next = view.decoded();
+        next = (layer < MAX_LAYERS).then(|| view.decoded()).flatten();
     }
     if spans.is_empty() {
         return None;
@@ -112,6 +112,20 @@ pub fn blank(body: &[u8], secrets: &[&[u8]]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn four_layers_of_escapes_are_undone_and_no_more() {
+        const TOKEN: &str = "IQoJb3JpZ2luX2Vj+ab/cd+ef/gh==";
+        for (layers, plus, blanked) in [
+            (3, "%25252B", true),
+            (4, "%2525252B", true),
+            (5, "%252525252B", false),
+        ] {
+            let body = format!("token: {}", TOKEN.replace('+', plus));
+            let out = blank(body.as_bytes(), &[TOKEN.as_bytes()]);
+            assert_eq!(out.is_some(), blanked, "{layers} layers");
+        }
+    }
 
     const TOKEN: &str = "IQoJb3JpZ2luX2Vj+ab/cd+ef/gh==";
 
