@@ -150,6 +150,8 @@ fn decoded(headers: &HeaderMap, body: Bytes) -> Option<Bytes> {
         .take(MAX_ERROR_BODY as u64 + 1)
         .read_to_end(&mut out)
         .ok()?;
+    // `read_to_end` doubles its buffer: what is not used goes back.
+    out.shrink_to_fit();
     (out.len() <= MAX_ERROR_BODY).then(|| Bytes::from(out))
 }
 
