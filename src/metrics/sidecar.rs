@@ -41,8 +41,8 @@ pub struct CredentialMetrics {
     pub refreshes: IntCounterVec,
     /// Failed refresh attempts by `class` (`transient`, `token`, `fatal`).
     pub refresh_errors: IntCounterVec,
-    /// Failed refresh attempts the source throttled: the account is over
-    /// its STS request rate, which every pod in it shares.
+    /// Failed refresh attempts STS throttled: the account is over its
+    /// request rate, which every pod in it shares.
     pub refresh_throttled: IntCounter,
     /// STS round trip of each attempt.
     pub refresh_duration: Histogram,
@@ -209,7 +209,7 @@ impl CredentialMetrics {
                 r,
                 IntCounter::with_opts(opts(
                     "credential_refresh_throttled_total",
-                    "Failed credential refresh attempts the source throttled (Throttling, 429): the account is over its STS request rate.",
+                    "Failed credential refresh attempts STS throttled (Throttling, 429): the account is over its STS request rate.",
                 ))?,
             )?,
             refresh_duration: registered(
