@@ -1693,9 +1693,9 @@ def round_ratios(a: dict, b: dict) -> list[float]:
 
 def by_round(a: dict, b: dict, spec: str, cost: bool = False) -> str:
     """How far the figure moves between rounds: the median and the range of
-    the per-round ratios (as a cost in % with ``cost``). Shown beside the
-    ratio of medians the targets are judged on, so a reader can tell a
-    real change from the run's own spread."""
+    the per-round ratios (as a cost in % with ``cost``), which the targets
+    are judged on (their median), so a reader can tell a real change from
+    the run's own spread."""
     rs = round_ratios(a, b)
     if cost:
         rs = sorted(100 * (1 - x) for x in rs)

@@ -529,9 +529,20 @@ mod tests {
                 .contains("10m is longer than --refresh-max-backoff (5m)"),
             "{e}"
         );
-        // The default (30s) follows a shorter cap.
+        // The default (30s) follows a shorter cap: a pod holding nothing
+        // waits at most 10 s between transient failures, not 30 s.
         let c = with(&[("BEDROCK_BROKER_REFRESH_MAX_BACKOFF", "10s")]).unwrap();
-        assert_eq!(c.refresh.backoff_cap, std::time::Duration::from_secs(10));
+        let cold = crate::credentials::Failure {
+            count: 20,
+            class: crate::credentials::ErrorClass::Transient,
+            throttled: false,
+            remaining: None,
+            lifetime: None,
+        };
+        assert_eq!(
+            c.refresh.backoff(&cold, 1.0),
+            std::time::Duration::from_secs(10)
+        );
         assert!(with(&[("BEDROCK_BROKER_REFRESH_COLD_START_MAX_BACKOFF", "5m")]).is_ok());
     }
 

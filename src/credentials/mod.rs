@@ -33,7 +33,7 @@ pub use config::{
     StaticKeys, StsConfig, WebIdentityConfig,
 };
 pub use error::{ErrorClass, SourceError};
-pub use policy::RefreshPolicy;
+pub use policy::{Failure, RefreshPolicy};
 pub use refresher::Refresher;
 pub use sdk_provider::SdkProviderSource;
 pub use source::{source_for, BoxFuture, CredentialSource, Fetched, StaticSource, TokenExpiry};
