@@ -234,7 +234,9 @@ pub fn without_fragments_of(text: &str, secrets: &[&str]) -> String {
         let end = (end..=text.len())
             .find(|&i| text.is_char_boundary(i))
             .unwrap_or(text.len());
+        // Widened into the blank before it: that blank covers it too.
         if start < done {
+            done = done.max(end);
             continue;
         }
         out.push_str(&text[done..start]);
@@ -424,6 +426,13 @@ mod tests {
             without_fragments_of("rejected token=FwoGZXIvYXdzEBYaDH.", &[token]),
             "rejected token=** redacted **."
         );
+        // Secrets that are not ASCII: blanked whole, no character cut.
+        let accented = "abcdefghé12345678";
+        let out = without_fragments_of(
+            "xx abcdefghé12345678 yy",
+            &["abcdefgh\u{e9}", "\u{e9}12345678"],
+        );
+        assert_eq!(out, "xx ** redacted ** yy", "{accented}");
         assert_eq!(without_fragments_of("anything", &["short"]), "anything");
         assert_eq!(
             xml_texts(b"<SessionToken>cut", &["SessionToken"]),
