@@ -80,30 +80,27 @@ impl SourceError {
     /// (whole, or anything shaped like a JWT): STS never quotes it, but a
     /// gateway or relay in its place may, and the error is logged, served
     /// on `/readyz` and printed.
-    pub fn without_token(mut self, token: &str) -> Self {
-        match &mut self {
-            Self::Service { code, message, .. } => {
-                *code = crate::secret::without_token(code, token);
-                *message = crate::secret::without_token(message, token);
-            }
-            Self::Transport { detail, .. } => *detail = crate::secret::without_token(detail, token),
-            _ => {}
-        }
-        self
+    pub fn without_token(self, token: &str) -> Self {
+        self.with_texts(|text| crate::secret::without_token(text, token))
     }
 
     /// This error with any piece of `secrets` (8 characters or more) it
     /// quotes blanked: a session token the call was signed with, which a
     /// relay in STS's place may quote, or the fields of an answer the SDK
     /// could not read, which its parser's message may quote.
-    pub fn without_secrets(mut self, secrets: &[&str]) -> Self {
-        let blank = |text: &mut String| *text = crate::secret::without_fragments_of(text, secrets);
+    pub fn without_secrets(self, secrets: &[&str]) -> Self {
+        self.with_texts(|text| crate::secret::without_fragments_of(text, secrets))
+    }
+
+    /// This error with `clean` applied to the text that came from the
+    /// other side (an STS code and message, a transport error).
+    fn with_texts(mut self, clean: impl Fn(&str) -> String) -> Self {
         match &mut self {
             Self::Service { code, message, .. } => {
-                blank(code);
-                blank(message);
+                *code = clean(code);
+                *message = clean(message);
             }
-            Self::Transport { detail, .. } => blank(detail),
+            Self::Transport { detail, .. } => *detail = clean(detail),
             _ => {}
         }
         self
