@@ -93,21 +93,39 @@ fn request_signer(c: &mut Criterion) {
     // before (all but the payload line). Alternating two signing times
     // makes every request differ from the last: the cost without that.
     let later = now + Duration::from_secs(1);
-    for (name, times) in [
+    // An AWS SDK's calls carry a new `amz-sdk-invocation-id` each (forwarded
+    // unsigned, so they share their prefix like any other client's).
+    let ids: Vec<HeaderValue> = (0..64)
+        .map(|i| HeaderValue::try_from(format!("3f1c2a9e-0000-4000-8000-{i:012}")).unwrap())
+        .collect();
+    for (name, times, sdk) in [
         (
             "1 KB, session token, warm headers (incl. clone)",
             &[now][..],
+            false,
         ),
         (
             "1 KB, session token, warm headers (incl. clone), never like the last",
             &[now, later][..],
+            false,
+        ),
+        (
+            "1 KB, session token, warm headers (incl. clone), AWS SDK invocation ids",
+            &[now][..],
+            true,
         ),
     ] {
         let mut times = times.iter().cycle();
+        let mut ids = ids.iter().cycle();
         group.bench_function(name, |b| {
             b.iter(|| {
                 let time = times.next().copied().unwrap_or(now);
                 let mut headers = template.clone();
+                if sdk {
+                    if let Some(id) = ids.next() {
+                        headers.insert("amz-sdk-invocation-id", id.clone());
+                    }
+                }
                 signer
                     .sign(
                         &Method::POST,

@@ -118,7 +118,8 @@ fn header_name() -> impl Strategy<Value = String> {
         6 => pick(&["content-type", "Content-Type", "accept", "X-Amzn-Bedrock-GuardrailIdentifier",
                     "x-amzn-bedrock-trace", "anthropic-beta", "X-Custom", "x-custom", "a", "zz", "x-amz-meta-Ü"
                         ]).prop_map(String::from),
-        2 => pick(&["user-agent", "traceparent", "x-request-id", "x-amzn-trace-id", "b3", "transfer-encoding"])
+        2 => pick(&["user-agent", "traceparent", "x-request-id", "x-amzn-trace-id", "b3", "transfer-encoding",
+                    "amz-sdk-invocation-id", "Amz-Sdk-Request"])
             .prop_map(String::from),
         1 => pick(&["host", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256", "authorization"])
             .prop_map(String::from),

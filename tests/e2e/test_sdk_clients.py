@@ -133,6 +133,11 @@ class TestBoto3:
         record = fake_aws.request_for(tid)
         assert_signed_by_sidecar(fake_aws, record)
         assert record["model_id"] == model_id
+        # botocore's attempt headers reach AWS, unsigned: a new invocation
+        # id on every call would otherwise cost each call a whole re-hash.
+        for name in ["amz-sdk-invocation-id", "amz-sdk-request"]:
+            assert name in record["header_names"], record["header_names"]
+            assert name not in record["signed_headers"], record["signed_headers"]
         # The path went through byte for byte (botocore percent-encodes the ARN).
         assert record["raw_path"].endswith("/converse")
         if "/" in model_id:

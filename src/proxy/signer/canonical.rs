@@ -17,9 +17,14 @@ use super::query;
 
 /// Headers forwarded but never signed: ones an egress proxy or tracing
 /// middleware between us and AWS may add to or rewrite (a service mesh
-/// sidecar creates a child span in `traceparent`, for example). Signing them
-/// would turn harmless rewrites into signature failures.
-pub const UNSIGNED_HEADERS: [&str; 15] = [
+/// sidecar creates a child span in `traceparent`, for example), since
+/// signing them would turn harmless rewrites into signature failures; and
+/// the AWS SDKs' per-attempt bookkeeping (`amz-sdk-invocation-id`, new on
+/// every call, and `amz-sdk-request`, the attempt number). Those two sort
+/// before the session token, so signing them made every SDK request
+/// re-hash its whole canonical request (`prefix.rs`); AWS requires only
+/// `host` and the `x-amz-*` headers to be signed.
+pub const UNSIGNED_HEADERS: [&str; 17] = [
     "authorization",
     "user-agent",
     "x-amzn-trace-id",
@@ -35,10 +40,12 @@ pub const UNSIGNED_HEADERS: [&str; 15] = [
     "x-b3-flags",
     "x-request-id",
     "x-forwarded-for",
+    "amz-sdk-invocation-id",
+    "amz-sdk-request",
 ];
 
 /// Whether a header is one of [`UNSIGNED_HEADERS`] (a `match`, which the
-/// compiler turns into a length switch, instead of fifteen comparisons).
+/// compiler turns into a length switch, instead of one comparison each).
 fn is_unsigned(name: &str) -> bool {
     matches!(
         name,
@@ -57,6 +64,8 @@ fn is_unsigned(name: &str) -> bool {
             | "x-b3-flags"
             | "x-request-id"
             | "x-forwarded-for"
+            | "amz-sdk-invocation-id"
+            | "amz-sdk-request"
     )
 }
 
@@ -361,6 +370,49 @@ mod tests {
             assert!(is_unsigned(name), "{name}");
         }
         assert!(!is_unsigned("content-type"));
+    }
+
+    /// Two calls of one AWS SDK client differ only in the SDK's attempt
+    /// headers: their canonical requests must share the prefix that
+    /// `prefix.rs` reuses, or every SDK request re-hashes the session token.
+    #[test]
+    fn sdk_attempt_headers_leave_the_prefix_alike() {
+        let uri: Uri = "https://bedrock-runtime.us-east-1.amazonaws.com/model/m/converse"
+            .parse()
+            .unwrap();
+        let call = |id: &'static str, attempt: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "content-type",
+                http::HeaderValue::from_static("application/json"),
+            );
+            h.insert("amz-sdk-invocation-id", http::HeaderValue::from_static(id));
+            h.insert("amz-sdk-request", http::HeaderValue::from_static(attempt));
+            h
+        };
+        let token = "t".repeat(700);
+        let prefix = |headers: &HeaderMap| {
+            let signed = SignedHeaders::new(headers, "h", "20261201T000000Z", Some(&token));
+            let mut out = Vec::new();
+            Request {
+                method: &Method::POST,
+                uri: &uri,
+                signed: &signed,
+                payload_sha256_hex: "0",
+            }
+            .write_prefix(&mut out);
+            String::from_utf8(out).unwrap()
+        };
+        let first = prefix(&call(
+            "3f1c2a9e-0000-4000-8000-000000000001",
+            "attempt=1; max=3",
+        ));
+        let next = prefix(&call(
+            "b7d4e6f0-0000-4000-8000-000000000002",
+            "attempt=2; max=3",
+        ));
+        assert_eq!(first, next);
+        assert!(!first.contains("amz-sdk"), "{first}");
     }
 
     #[test]

@@ -12,9 +12,10 @@
 //!
 //! The state is SHA-256 over exactly the bytes it is stored with, so a hit
 //! hashes the same input as a miss; no key or credential is cached beyond
-//! what the bytes hold. Requests with a per-request signed header (boto3's
-//! `amz-sdk-invocation-id`) always miss, at the cost of one comparison
-//! that stops at that header's line, before the session token's.
+//! what the bytes hold. Requests with a signed header that changes per
+//! request always miss, at the cost of one comparison that stops at that
+//! header's line; the AWS SDKs' `amz-sdk-invocation-id` would be one, and
+//! is forwarded unsigned for that reason (`canonical.rs`).
 //!
 //! Each thread keeps its last prefix (and the one before, in the second
 //! buffer) for as long as it runs, which for a runtime's worker is the
