@@ -91,7 +91,8 @@ pub struct Secrets<'a> {
 }
 
 /// The same answer with `secrets` blanked in its body, decompressed if
-/// it came compressed (the secrets are in there too). A body that cannot
+/// it came compressed (the secrets are in there too); as it came, bytes
+/// and coding, when it held none of them. A body that cannot
 /// be read whole (too large, too slow, corrupt, or in a coding the proxy
 /// does not read) is withheld: a broker error in the client's dialect
 /// takes its place, with the upstream's status and error type.
@@ -112,19 +113,26 @@ where
     }
     let read = Limited::new(body, MAX_ERROR_BODY).collect();
     let read = tokio::time::timeout(timeout.unwrap_or(DEFAULT_READ_TIMEOUT), read).await;
-    let plain = match read {
-        Ok(Ok(collected)) => decoded(&parts.headers, collected.to_bytes()),
-        _ => None,
-    };
-    let Some(plain) = plain else {
+    let Ok(Ok(raw)) = read.map(|r| r.map(|c| c.to_bytes())) else {
         return withheld(&parts, dialect, signature);
     };
-    let plain = blank(&plain, secrets.exact.as_slice()).map_or(plain, Bytes::from);
-    let body = match secrets.labelled {
-        true => Bytes::from(redact_tokens(&plain)),
-        false => plain,
+    let Some(plain) = decoded(&parts.headers, raw.clone()) else {
+        return withheld(&parts, dialect, signature);
     };
-    parts.headers.remove(CONTENT_ENCODING);
+    let exact = blank(&plain, secrets.exact.as_slice());
+    let labelled = secrets
+        .labelled
+        .then(|| redact_tokens(exact.as_deref().unwrap_or(&plain)))
+        .filter(|cleaned| cleaned[..] != plain[..]);
+    // Upstream errors pass through unchanged: only a body that held a
+    // secret goes out rewritten (and so decompressed).
+    let body = match labelled.or(exact) {
+        None => raw,
+        Some(cleaned) => {
+            parts.headers.remove(CONTENT_ENCODING);
+            Bytes::from(cleaned)
+        }
+    };
     parts.headers.remove(CONTENT_LENGTH);
     if let Ok(len) = HeaderValue::from_str(&body.len().to_string()) {
         parts.headers.insert(CONTENT_LENGTH, len);
@@ -249,6 +257,31 @@ mod tests {
             assert_eq!(
                 parts.headers["content-length"],
                 text.len().to_string().as_str()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_error_holding_no_secret_goes_out_as_it_came() {
+        let message = br#"{"message":"Too many requests, please wait."}"#.to_vec();
+        for (coding, body) in [
+            (None, message.clone()),
+            (Some("gzip"), gzip(&message)),
+            (Some("deflate"), zlib(&message)),
+        ] {
+            let mut upstream = signature_error(coding, body.clone());
+            *upstream.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+            let r = redacted(upstream, signed(), None, Dialect::Aws).await;
+            let (parts, got) = r.into_parts();
+            let got = got.collect().await.unwrap().to_bytes();
+            assert_eq!(got, body, "{coding:?}");
+            assert_eq!(
+                parts.headers.get("content-encoding").map(|v| v.as_bytes()),
+                coding.map(str::as_bytes)
+            );
+            assert_eq!(
+                parts.headers["content-length"],
+                body.len().to_string().as_str()
             );
         }
     }

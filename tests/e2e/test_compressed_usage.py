@@ -7,9 +7,14 @@ codings it can read, so Bedrock never answers in one that hides usage.
 
 from __future__ import annotations
 
+import gzip
+import json
+
 import openai
 import pytest
 import requests
+
+from test_auth_modes import BODY, CONVERSE
 
 MODEL = "openai.gpt-oss-20b-1:0"
 
@@ -50,3 +55,32 @@ def test_accept_encoding_is_narrowed_to_what_the_tap_reads(sidecar, fake_aws, ac
     assert r.json()["usage"]["prompt_tokens"] == tokens(sidecar, "input") > 0
     # The signature still matched: the narrowed header is what was signed.
     assert all(rec["verified"] for rec in fake_aws.requests())
+
+
+def compressed_error(sidecar, extra: dict) -> tuple[requests.Response, bytes]:
+    headers = {"content-type": "application/json", "accept-encoding": "gzip", **extra}
+    r = requests.post(sidecar.url(CONVERSE), data=BODY, headers=headers, timeout=30, stream=True)
+    return r, r.raw.read(decode_content=False)
+
+
+def test_an_error_holding_no_secret_passes_through_as_it_came(sidecar, fake_aws):
+    # Every error to a signed request is held to blank the session token;
+    # one that does not hold it goes out unchanged, bytes and coding.
+    r, raw = compressed_error(sidecar, {"x-fake-status": "429"})
+    assert r.status_code == 429
+    assert r.headers.get("content-encoding") == "gzip", r.headers
+    assert r.headers["content-length"] == str(len(raw))
+    assert "x-fake-status 429" in json.loads(gzip.decompress(raw))["message"]
+    assert "x-bedrock-broker-error" not in r.headers
+
+
+def test_an_error_holding_the_token_goes_out_decoded_and_blanked(sidecar, fake_aws):
+    r, raw = compressed_error(sidecar, {"x-fake-status": "500", "x-fake-echo-headers": "json"})
+    assert r.status_code == 500
+    assert "content-encoding" not in r.headers, r.headers
+    assert r.headers["content-length"] == str(len(raw))
+    echoed = json.loads(raw)["message"]
+    assert "fake relay refused the request" in echoed
+    assert "x-amz-security-token" in echoed.lower()
+    minted = [c["session_token"] for c in fake_aws.get("/credentials?include_secrets=1") if c.get("session_token")]
+    assert minted and not any(t in echoed for t in minted)
