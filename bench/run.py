@@ -55,6 +55,7 @@ import argparse
 import datetime as _dt
 import glob
 import http.client
+import math
 import importlib.util
 import json
 import mmap
@@ -1702,13 +1703,34 @@ def by_round(a: dict, b: dict, spec: str, cost: bool = False) -> str:
     return spread(rs, spec)
 
 
+def median_interval(sorted_values: list[float]) -> tuple[float, float]:
+    """A 95 % interval for the median of paired rounds that assumes
+    nothing of their distribution: the k-th lowest and k-th highest round,
+    k the largest with P(Binomial(n, 1/2) < k) ≤ 2.5 % on each side. Up to
+    eight rounds only the lowest and highest are that far out, and the
+    interval is the whole range (at three rounds it covers 75 %)."""
+    v = sorted_values
+    n = len(v)
+    k, below = 0, 0.0
+    while k < n and below + math.comb(n, k) / 2 ** n <= 0.025:
+        below += math.comb(n, k) / 2 ** n
+        k += 1
+    k = max(k, 1)
+    return v[k - 1], v[n - k]
+
+
 def spread(sorted_values: list[float], spec: str, unit: str = "") -> str:
-    """'by round: median M, LO to HI over N' of figures already sorted."""
+    """'by round: median M, LO to HI over N' of figures already sorted,
+    with the median's 95 % interval when the rounds allow one."""
     v = sorted_values
     if not v:
         return "no rounds"
-    return (f"by round: median {statistics.median(v):{spec}}{unit}, "
+    text = (f"by round: median {statistics.median(v):{spec}}{unit}, "
             f"{v[0]:{spec}} to {v[-1]:{spec}}{unit} over {len(v)}")
+    lo, hi = median_interval(v)
+    if (lo, hi) != (v[0], v[-1]):
+        text += f"; the median's 95 % interval {lo:{spec}} to {hi:{spec}}{unit}"
+    return text
 
 
 def round_gaps(a: dict, b: dict, key: str) -> list[float]:
@@ -1727,14 +1749,19 @@ def by_round_gap(a: dict, b: dict, key: str) -> str:
 def paired(values: list[float], ok_fn) -> tuple[float | None, bool | None, str | None]:
     """A verdict from per-round paired figures (ratios, costs or gaps of
     two targets in the same round): (the median, met?, note). The note
-    says 'unresolved' when the lowest and highest round lie on both sides
-    of the line: the run's own spread is wider than the distance to it,
-    and another run may well give the other verdict."""
+    says 'unresolved' when the median's 95 % interval (median_interval)
+    lies on both sides of the line: the run's own spread is wider than the
+    distance to it, and another run may well give the other verdict. Up to
+    eight rounds that interval is the whole range: rounds on both sides."""
     if not values:
         return None, None, "no rounds"
     v = sorted(values)
     med = statistics.median(v)
-    note = "unresolved: rounds on both sides" if ok_fn(v[0]) != ok_fn(v[-1]) else None
+    lo, hi = median_interval(v)
+    note = None
+    if ok_fn(lo) != ok_fn(hi):
+        note = ("unresolved: rounds on both sides" if (lo, hi) == (v[0], v[-1])
+                else "unresolved: the median's 95 % interval on both sides")
     return med, ok_fn(med), note
 
 
@@ -1868,9 +1895,10 @@ def summary(res: dict, args) -> list:
             max(nc) < 0.5,
             f"{max(f['conns_per_1k'] for f in floor_rows):.2f}" if floor_rows else None,
             [(r, "sidecar") for r in rows_1k])
-    cold = statistics.median(res["cold"])
-    add("cold start to ready ≤ 50 ms (+ one STS round trip; none here)", f"{cold:.1f} ms",
-        cold <= 50, None)
+    if res.get("cold"):  # none with --cold-starts 0
+        cold = statistics.median(res["cold"])
+        add("cold start to ready ≤ 50 ms (+ one STS round trip; none here)", f"{cold:.1f} ms",
+            cold <= 50, None)
     return out
 
 

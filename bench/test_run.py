@@ -290,6 +290,34 @@ class PairedRoundVerdicts(unittest.TestCase):
         self.assertTrue(measured.startswith("+2.0 % ("), measured)
         self.assertEqual(word, "met (unresolved: rounds on both sides)")
 
+    def test_many_rounds_are_judged_on_the_medians_interval(self):
+        # 25 rounds from 0.70 to 1.06 of the floor: the lowest under the
+        # line, but the median's 95 % interval (rounds 8 and 18) above it.
+        ratios = [0.70, 0.72, 0.75, 0.78, 0.80, 0.82, 0.84] + [0.86 + 0.01 * i for i in range(18)]
+        row = a_row(16, {"sidecar": a_target([100.0 * r for r in ratios]),
+                         bench.FLOOR: a_target([100.0] * 25)})
+        measured, ok, word = verdicts(a_result([row]))[THROUGHPUT_16]
+        self.assertIs(ok, True, measured)
+        self.assertEqual(word, "met")
+        self.assertIn("the median's 95 % interval 0.86 to 0.96", measured)
+        # One more round under the line brings the interval across it.
+        ratios[7] = 0.83
+        row = a_row(16, {"sidecar": a_target([100.0 * r for r in ratios]),
+                         bench.FLOOR: a_target([100.0] * 25)})
+        _, _, word = verdicts(a_result([row]))[THROUGHPUT_16]
+        self.assertEqual(word, "met (unresolved: the median's 95 % interval on both sides)")
+
+    def test_the_medians_interval_is_the_range_up_to_eight_rounds(self):
+        for n, k in [(3, 1), (5, 1), (6, 1), (9, 2), (25, 8)]:
+            v = list(range(n))
+            self.assertEqual(bench.median_interval(v), (k - 1, n - k), n)
+
+    def test_no_cold_starts_leave_no_cold_start_verdict(self):
+        row = a_row(16, {"sidecar": a_target([90.0] * 3), bench.FLOOR: a_target([100.0] * 3)})
+        got = verdicts(a_result([row], cold=[]))
+        self.assertFalse([k for k in got if k.startswith("cold start")], got)
+        self.assertIn(THROUGHPUT_16, got)
+
     def test_latency_is_judged_on_the_paired_gaps(self):
         # Medians 0.40 and 0.30 (+0.10 over the floor); paired +0.01, +0.01, +0.20.
         rows = [a_row(1, {"sidecar": a_target([90.0] * 3, p50=[0.30, 0.40, 0.50]),
