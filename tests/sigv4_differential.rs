@@ -252,9 +252,12 @@ fn check(case: &Case, signer: &RequestSigner, cell: &CredentialCell) -> Result<(
         let mut headers = header_map(case);
         signer
             .sign(&case.method, &uri, &mut headers, digest, held, time)
-            .map(|sig| {
+            .map(|signed| {
+                if let Some(token) = &signed.token {
+                    assert_eq!(Some(token), headers.get("x-amz-security-token"));
+                }
                 (
-                    sig.as_str().to_owned(),
+                    signed.signature.as_str().to_owned(),
                     headers.clone(),
                     sensitivity(&headers),
                 )

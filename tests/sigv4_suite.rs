@@ -233,9 +233,17 @@ fn run(case: &Path) -> Result<(), String> {
     );
 
     let mut ours = headers.clone();
-    let signature = signer
+    let signed = signer
         .sign(&req.method, &uri, &mut ours, body, held, ctx.time)
         .unwrap();
+    let signature = signed.signature;
+    if let Some(token) = &signed.token {
+        assert_eq!(
+            Some(token),
+            ours.get("x-amz-security-token"),
+            "{name}: the token handed back is the one added"
+        );
+    }
     let mut oracle = headers.clone();
     let oracle_signature = Signer::new(&ctx.region, &ctx.service)
         .sign(

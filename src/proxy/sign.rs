@@ -47,13 +47,12 @@ impl Proxy {
                     held,
                     now,
                 )
-                .map(|_| held.generation())
+                .map(|signed| Signed {
+                    generation: held.generation(),
+                    token: signed.token,
+                })
         });
-        let generation = unpack(signed)?;
-        Ok(Signed {
-            generation,
-            token: token_of(parts),
-        })
+        unpack(signed)
     }
 
     /// Signs with aws-sigv4 (the bidirectional stream) and the cell's

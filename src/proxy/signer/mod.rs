@@ -64,6 +64,14 @@ impl fmt::Debug for Signature {
     }
 }
 
+/// What [`RequestSigner::sign`] gives back besides the headers it added.
+pub struct Signed {
+    pub signature: Signature,
+    /// The session token header it added, for the proxy to blank in an
+    /// error that quotes it (handed back rather than looked up again).
+    pub token: Option<HeaderValue>,
+}
+
 /// `bytes` as lower-case hex (`M` is `2 * N`).
 pub(crate) fn hex<const N: usize, const M: usize>(bytes: &[u8; N]) -> [u8; M] {
     let mut out = [0u8; M];
@@ -102,7 +110,7 @@ impl RequestSigner {
         body: BodyDigest<'_>,
         held: &HeldCredentials,
         time: SystemTime,
-    ) -> Result<Signature, SignError> {
+    ) -> Result<Signed, SignError> {
         let date = AmzDate::new(time).ok_or(SignError::Time)?;
         let key = self.keys.get(held, &date, &self.region, &self.service)?;
         let payload = Payload::of(body);
@@ -142,7 +150,10 @@ impl RequestSigner {
         if let Some(token) = &key.token {
             headers.insert(HeaderName::from_static(X_AMZ_SECURITY_TOKEN), token.clone());
         }
-        Ok(signature)
+        Ok(Signed {
+            signature,
+            token: key.token.clone(),
+        })
     }
 
     /// The canonical request [`Self::sign`] would sign, for tests and
