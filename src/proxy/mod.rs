@@ -96,8 +96,11 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// answer's body lives only from the answer to its last byte written
 /// (mostly one poll), the allocator hands back the block the previous one
 /// freed, still warm. A stream keeps its box for as long as it runs, the
-/// same bytes it held in hyper's slot before.
-pub type ProxyBody = Either<HeldBody, Box<UpstreamBody>>;
+/// same bytes it held in hyper's slot before. A held answer (an error the
+/// proxy made or cleaned) is boxed too: it carries its request's
+/// [`Completion`], which unboxed made every response, success included,
+/// about 80 bytes larger to move.
+pub type ProxyBody = Either<Box<HeldBody>, Box<UpstreamBody>>;
 
 /// A forwarded request: Bedrock's answer, how the request was
 /// authenticated, and the model usage is counted for if it succeeds.
@@ -257,7 +260,7 @@ impl Proxy {
                 }
                 drop(Completion::new(started, duration, occupancy));
                 err.into_response::<Full<Bytes>>(class.dialect)
-                    .map(|body| Either::Left(HeldBody::new(body, None)))
+                    .map(|body| Either::Left(Box::new(HeldBody::new(body, None))))
             }
         };
         unanswered.answer(response.status());
@@ -297,7 +300,7 @@ impl Proxy {
             let timeout = self.stream_idle_timeout;
             return redact::redacted(response, secrets, timeout, class.dialect)
                 .await
-                .map(|body| Either::Left(HeldBody::new(body, Some(completion))));
+                .map(|body| Either::Left(Box::new(HeldBody::new(body, Some(completion)))));
         }
         let kind = StreamKind::of(response.headers());
         // A compressed body's bytes are no events: a stall can neither be
