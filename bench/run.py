@@ -1604,8 +1604,9 @@ def report(res: dict, args, command: str) -> str:
              f"{st['direct']['ttlb_ms']:.1f} ms, sidecar {st['sidecar']['ttlb_ms']:.1f} ms"
              + (f"; floor (nginx, no signing): first byte {st['floor']['ttfb_ms']:.2f} ms, "
                 f"last byte {st['floor']['ttlb_ms']:.1f} ms" if "floor" in st else "") + ".  ")
-    L.append(f"Cold start (process start → /readyz 200, static keys, no STS), {len(res['cold'])} starts: "
-             f"median {statistics.median(res['cold']):.1f} ms, all {', '.join(f'{c:.1f}' for c in res['cold'])} ms.  ")
+    if res.get("cold"):  # none with --cold-starts 0
+        L.append(f"Cold start (process start → /readyz 200, static keys, no STS), {len(res['cold'])} starts: "
+                 f"median {statistics.median(res['cold']):.1f} ms, all {', '.join(f'{c:.1f}' for c in res['cold'])} ms.  ")
     L.append(f"Idle RSS after start: {res['idle_rss']:.1f} MiB ({res['idle_rss_anon']:.1f} MiB anonymous, "
              f"{res['idle_rss_file']:.1f} MiB file-backed: code and read-only data, shared by every "
              f"process mapping the same binary); after the load rows, idle: {res['rss_end']:.1f} MiB"

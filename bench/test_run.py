@@ -317,6 +317,9 @@ class PairedRoundVerdicts(unittest.TestCase):
         got = verdicts(a_result([row], cold=[]))
         self.assertFalse([k for k in got if k.startswith("cold start")], got)
         self.assertIn(THROUGHPUT_16, got)
+        text = a_report(a_result([row], cold=[]))
+        self.assertIn(THROUGHPUT_16, text)
+        self.assertNotIn("Cold start", text)
 
     def test_latency_is_judged_on_the_paired_gaps(self):
         # Medians 0.40 and 0.30 (+0.10 over the floor); paired +0.01, +0.01, +0.20.
