@@ -110,6 +110,7 @@ impl EventScanner {
         Ending {
             usage: found.usage(),
             exception,
+            complete: false,
         }
     }
 
@@ -125,6 +126,10 @@ pub struct Ending {
     pub usage: Option<Usage>,
     /// The exception Bedrock ended the stream with, as a label.
     pub exception: Option<&'static str>,
+    /// The stream's own last event was seen (OpenAI's `data: [DONE]`): a
+    /// client that leaves after it, before the proxy has read the body's
+    /// end from Bedrock, left a whole answer, not one cut off.
+    pub complete: bool,
 }
 
 /// The exceptions Bedrock's runtime ends a stream with (botocore's model

@@ -31,6 +31,8 @@ pub struct SseScanner {
     failing: Option<FailureEvent>,
     /// The error the stream reported, as a label.
     error: Option<&'static str>,
+    /// `data: [DONE]` was seen.
+    done: bool,
 }
 
 /// The events that report a failure after the `200`: Anthropic's and the
@@ -73,6 +75,7 @@ impl SseScanner {
         Ending {
             usage: self.last,
             exception: self.error,
+            complete: self.done,
         }
     }
 
@@ -88,6 +91,7 @@ impl SseScanner {
             self.error = Some(failure_label(failing, payload.trim_ascii()));
         }
         let Some(at) = USAGE_FINDER.find(payload) else {
+            self.done |= payload.trim_ascii() == b"[DONE]";
             return;
         };
         if only_null_usage(&payload[at + USAGE_KEY.len()..]) {

@@ -71,6 +71,7 @@ impl Parser {
         Ending {
             usage,
             exception: None,
+            complete: false,
         }
     }
 }
@@ -349,6 +350,7 @@ impl UsageTap {
         let unreadable = matches!(self.parser, Parser::Unreadable);
         let counted = matches!(self.parser, Parser::Counted);
         let ending = self.parser.finish();
+        let complete = ending.complete;
         let found = ending.usage.is_some();
         if let Some(usage) = ending.usage {
             UsageRecorder::record(&self.model, usage);
@@ -360,7 +362,7 @@ impl UsageTap {
         if !(found || counted) {
             let why = if unreadable {
                 UNREADABLE
-            } else if failed.is_some() || self.client_left {
+            } else if failed.is_some() || (self.client_left && !complete) {
                 CUT_OFF
             } else {
                 NOT_REPORTED
