@@ -145,19 +145,32 @@ where
 /// state passes through the stack, and inlined into the proxy's response
 /// path it would enlarge that frame for every answer (as it once did the
 /// usage tap's, docs/performance.md).
+///
+/// Every byte must be decoded: every gzip member (clients decode them
+/// all), and nothing after the compressed data, since a body that held
+/// no secret goes out as it came, whatever followed the part read.
 #[inline(never)]
 fn decoded(headers: &HeaderMap, body: Bytes) -> Option<Bytes> {
-    let mut reader: Box<dyn Read + '_> = match Coding::of(headers)? {
-        Coding::Identity => return Some(body),
-        Coding::Gzip => Box::new(flate2::read::GzDecoder::new(&body[..])),
-        Coding::Deflate => Box::new(flate2::read::ZlibDecoder::new(&body[..])),
-    };
+    let coding = Coding::of(headers)?;
+    if matches!(coding, Coding::Identity) {
+        return Some(body);
+    }
+    let mut rest: &[u8] = &body[..];
     let mut out = Vec::new();
-    // One byte past the limit tells a body at the limit from a bomb.
-    (&mut reader)
-        .take(MAX_ERROR_BODY as u64 + 1)
-        .read_to_end(&mut out)
-        .ok()?;
+    {
+        let mut reader: Box<dyn Read + '_> = match coding {
+            Coding::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(&mut rest)),
+            _ => Box::new(flate2::bufread::ZlibDecoder::new(&mut rest)),
+        };
+        // One byte past the limit tells a body at the limit from a bomb.
+        (&mut reader)
+            .take(MAX_ERROR_BODY as u64 + 1)
+            .read_to_end(&mut out)
+            .ok()?;
+    }
+    if !rest.is_empty() {
+        return None;
+    }
     // `read_to_end` doubles its buffer: what is not used goes back.
     out.shrink_to_fit();
     (out.len() <= MAX_ERROR_BODY).then(|| Bytes::from(out))
@@ -283,6 +296,56 @@ mod tests {
                 parts.headers["content-length"],
                 body.len().to_string().as_str()
             );
+        }
+    }
+
+    /// Only the first gzip member or zlib stream was decoded, and a body
+    /// found clean there went out whole: what followed reached the client
+    /// unread (found in review).
+    #[tokio::test]
+    async fn bytes_after_the_first_member_are_read_too() {
+        let harmless = br#"{"message":"Too many requests, please wait."}"#.to_vec();
+        let echo = format!("x-amz-security-token:{TOKEN}").into_bytes();
+        let mut multi = gzip(&harmless);
+        multi.extend(gzip(&echo));
+        let mut gz_trailing = gzip(&harmless);
+        gz_trailing.extend(&echo);
+        let mut zlib_trailing = zlib(&harmless);
+        zlib_trailing.extend(&echo);
+        for (name, coding, body) in [
+            ("two gzip members", "gzip", multi),
+            ("gzip + plain tail", "gzip", gz_trailing),
+            ("zlib + plain tail", "deflate", zlib_trailing),
+        ] {
+            let mut upstream = signature_error(Some(coding), body);
+            *upstream.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+            let r = redacted(upstream, signed(), None, Dialect::Aws).await;
+            let (parts, got) = r.into_parts();
+            let got = got.collect().await.unwrap().to_bytes();
+            let mut all = Vec::new();
+            let _ = flate2::read::MultiGzDecoder::new(&got[..]).read_to_end(&mut all);
+            for seen in [&got[..], &all[..]] {
+                assert!(
+                    memchr::memmem::find(seen, TOKEN.as_bytes()).is_none(),
+                    "{name}: {}",
+                    String::from_utf8_lossy(seen)
+                );
+            }
+            assert_eq!(parts.status, 429, "{name}");
+            if name == "two gzip members" {
+                // A well-formed body: cleaned, both members' text kept.
+                let text = String::from_utf8_lossy(&got);
+                assert!(text.contains("Too many requests"), "{text}");
+                assert!(
+                    text.contains("x-amz-security-token:** redacted **"),
+                    "{text}"
+                );
+            } else {
+                assert_eq!(
+                    parts.headers["x-bedrock-broker-error"],
+                    "error_body_withheld"
+                );
+            }
         }
     }
 
