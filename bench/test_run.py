@@ -291,7 +291,7 @@ class PairedRoundVerdicts(unittest.TestCase):
         self.assertEqual(word, "met (unresolved: rounds on both sides)")
 
     def test_many_rounds_are_judged_on_the_medians_interval(self):
-        # 25 rounds from 0.70 to 1.06 of the floor: the lowest under the
+        # 25 rounds from 0.70 to 1.03 of the floor: the lowest under the
         # line, but the median's 95 % interval (rounds 8 and 18) above it.
         ratios = [0.70, 0.72, 0.75, 0.78, 0.80, 0.82, 0.84] + [0.86 + 0.01 * i for i in range(18)]
         row = a_row(16, {"sidecar": a_target([100.0 * r for r in ratios]),
