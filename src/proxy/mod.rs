@@ -63,7 +63,7 @@ pub use config::{Config, Gate, MinRate, RouteTable, Upstream, UsageLabels};
 pub use error::{reference_table as error_reference_table, Code, Dialect, ProxyError, CODES};
 pub use gate::{bracketed_ipv6, is_loopback_host};
 pub use operation::Operation;
-pub use signer::{RequestSigner, SignError as RequestSignError, Signature, Signed};
+pub use signer::{RequestSigner, SignError as RequestSignError, SignOutput, Signature};
 pub use sigv4::{BodyDigest, Signer};
 pub use target::has_dot_segment;
 pub use upstream::{

@@ -151,16 +151,17 @@ where
 /// no secret goes out as it came, whatever followed the part read.
 #[inline(never)]
 fn decoded(headers: &HeaderMap, body: Bytes) -> Option<Bytes> {
-    let coding = Coding::of(headers)?;
-    if matches!(coding, Coding::Identity) {
-        return Some(body);
-    }
+    let gzip = match Coding::of(headers)? {
+        Coding::Identity => return Some(body),
+        Coding::Gzip => true,
+        Coding::Deflate => false,
+    };
     let mut rest: &[u8] = &body[..];
     let mut out = Vec::new();
     {
-        let mut reader: Box<dyn Read + '_> = match coding {
-            Coding::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(&mut rest)),
-            _ => Box::new(flate2::bufread::ZlibDecoder::new(&mut rest)),
+        let mut reader: Box<dyn Read + '_> = match gzip {
+            true => Box::new(flate2::bufread::MultiGzDecoder::new(&mut rest)),
+            false => Box::new(flate2::bufread::ZlibDecoder::new(&mut rest)),
         };
         // One byte past the limit tells a body at the limit from a bomb.
         (&mut reader)

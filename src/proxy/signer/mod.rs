@@ -65,7 +65,7 @@ impl fmt::Debug for Signature {
 }
 
 /// What [`RequestSigner::sign`] gives back besides the headers it added.
-pub struct Signed {
+pub struct SignOutput {
     pub signature: Signature,
     /// The session token header it added, for the proxy to blank in an
     /// error that quotes it (handed back rather than looked up again).
@@ -110,7 +110,7 @@ impl RequestSigner {
         body: BodyDigest<'_>,
         held: &HeldCredentials,
         time: SystemTime,
-    ) -> Result<Signed, SignError> {
+    ) -> Result<SignOutput, SignError> {
         let date = AmzDate::new(time).ok_or(SignError::Time)?;
         let key = self.keys.get(held, &date, &self.region, &self.service)?;
         let payload = Payload::of(body);
@@ -150,7 +150,7 @@ impl RequestSigner {
         if let Some(token) = &key.token {
             headers.insert(HeaderName::from_static(X_AMZ_SECURITY_TOKEN), token.clone());
         }
-        Ok(Signed {
+        Ok(SignOutput {
             signature,
             token: key.token.clone(),
         })
