@@ -89,37 +89,62 @@ fn request_signer(c: &mut Criterion) {
     let held = held.as_deref().unwrap();
     let digest = BodyDigest::new(&body, Some(hash.as_str()));
     let template = client_headers();
-    // Each thread reuses the hash of what a request shares with the one
-    // before (all but the payload line). Alternating two signing times
-    // makes every request differ from the last: the cost without that.
-    let later = now + Duration::from_secs(1);
+    // Each thread reuses the hash of what a request shares with one of the
+    // last few (all but the payload line). Sixteen signing times in turn,
+    // more than it keeps, make every request differ from those: the cost
+    // without that. They are seconds after noon UTC, so never two days.
+    let day = now.duration_since(UNIX_EPOCH).unwrap().as_secs() / 86_400;
+    let noon = UNIX_EPOCH + Duration::from_secs(day * 86_400 + 43_200);
+    let seconds: Vec<SystemTime> = (0..16).map(|i| noon + Duration::from_secs(i)).collect();
     // An AWS SDK's calls carry a new `amz-sdk-invocation-id` each (forwarded
     // unsigned, so they share their prefix like any other client's).
     let ids: Vec<HeaderValue> = (0..64)
         .map(|i| HeaderValue::try_from(format!("3f1c2a9e-0000-4000-8000-{i:012}")).unwrap())
         .collect();
-    for (name, times, sdk) in [
+    // An application calling two models in turn (a chat and an embedding
+    // model, say): each thread keeps a few recent prefixes, not only the last.
+    let other: Uri = URI
+        .replace(
+            "anthropic.claude-3-haiku-20240307-v1:0",
+            "amazon.titan-embed-text-v2:0",
+        )
+        .parse()
+        .unwrap();
+    let one = [&uri];
+    let two = [&uri, &other];
+    for (name, times, uris, sdk) in [
         (
             "1 KB, session token, warm headers (incl. clone)",
             &[now][..],
+            &one[..],
             false,
         ),
         (
             "1 KB, session token, warm headers (incl. clone), never like the last",
-            &[now, later][..],
+            &seconds[..],
+            &one[..],
+            false,
+        ),
+        (
+            "1 KB, session token, warm headers (incl. clone), two models in turn",
+            &[now][..],
+            &two[..],
             false,
         ),
         (
             "1 KB, session token, warm headers (incl. clone), AWS SDK invocation ids",
             &[now][..],
+            &one[..],
             true,
         ),
     ] {
         let mut times = times.iter().cycle();
+        let mut uris = uris.iter().cycle();
         let mut ids = ids.iter().cycle();
         group.bench_function(name, |b| {
             b.iter(|| {
                 let time = times.next().copied().unwrap_or(now);
+                let target = uris.next().copied().unwrap_or(&uri);
                 let mut headers = template.clone();
                 if sdk {
                     if let Some(id) = ids.next() {
@@ -129,7 +154,7 @@ fn request_signer(c: &mut Criterion) {
                 signer
                     .sign(
                         &Method::POST,
-                        &uri,
+                        target,
                         &mut headers,
                         black_box(digest),
                         held,

@@ -1,7 +1,7 @@
 //! SigV4 for the buffered request path, built for it: the signing key is
 //! derived once per credentials and day ([`key`]), the canonical request
 //! is written without intermediate strings ([`canonical`]), and each
-//! thread reuses the hash of the part a request shares with the previous
+//! thread reuses the hash of the part a request shares with a recent
 //! one ([`prefix`]).
 //!
 //! aws-sigv4 ([`super::sigv4`]) still signs what this does not: the

@@ -1,14 +1,14 @@
-//! The hash of a canonical request, reusing the previous one's work.
+//! The hash of a canonical request, reusing a recent one's work.
 //!
 //! Under load a proxy signs thousands of requests a second, and most of
 //! them share all of their canonical request but the last line: the same
 //! method, path and headers, the same `x-amz-date` within one second, the
 //! same session token (most of the bytes). Only the payload hash differs.
-//! So each thread keeps the bytes of the last canonical request it hashed
-//! without its payload line, and the SHA-256 state after them. When the
-//! next request's bytes are equal, the state is reused and only the
-//! payload line is hashed: 2 or 3 SHA-256 blocks instead of about 17 with
-//! a session token. Comparing the bytes costs far less than hashing them.
+//! So each thread keeps the bytes of the last canonical requests it
+//! hashed without their payload line, and the SHA-256 state after each.
+//! When the next request's bytes equal one of them, its state is reused
+//! and only the payload line is hashed: 2 or 3 SHA-256 blocks instead of
+//! about 17 with a session token. Comparing the bytes costs far less than hashing them.
 //!
 //! The state is SHA-256 over exactly the bytes it is stored with, so a hit
 //! hashes the same input as a miss; no key or credential is cached beyond
@@ -17,12 +17,17 @@
 //! header's line; the AWS SDKs' `amz-sdk-invocation-id` would be one, and
 //! is forwarded unsigned for that reason (`canonical.rs`).
 //!
-//! Each thread keeps its last prefix (and the one before, in the second
-//! buffer) for as long as it runs, which for a runtime's worker is the
-//! life of the process: the session token of the last request it signed
-//! stays in memory, as it does in the credential cell, until a later
-//! request overwrites it. Prefixes over [`MAX_CACHED`] are not kept, so
-//! the two buffers stay small whatever headers a client sends.
+//! Each thread keeps its last [`ENTRIES`] prefixes, the one used last
+//! first, so that requests alternating between a few models or operations
+//! (a chat model and an embedding model, `converse` and
+//! `converse-stream`) hit as one model's requests do; a new prefix
+//! replaces the one used longest ago. They live for as long as the thread
+//! runs, which for a runtime's worker is the life of the process: the
+//! session token of the requests it signed stays in memory, as it does in
+//! the credential cell, until later requests replace them (after a
+//! credential refresh, within a second under load; an idle sidecar keeps
+//! them). Prefixes over [`MAX_CACHED`] are not kept, so the buffers stay
+//! small whatever headers a client sends.
 
 use std::cell::RefCell;
 
@@ -35,58 +40,108 @@ use super::canonical::Request;
 /// and a dozen headers (about 1.3 KB).
 const MAX_CACHED: usize = 8 * 1024;
 
-/// One thread's last canonical request and the state after it.
-struct Last {
-    /// The canonical request without its payload line. It holds the
-    /// session token: wiped when the thread ends or a longer prefix than
-    /// [`MAX_CACHED`] passed through. (An allocation left behind when a
-    /// buffer grows is not wiped; nor are hyper's buffers that send the
-    /// token.)
+/// How many prefixes each thread keeps. A miss compares against each
+/// (most stop at the length, the rest at the first line that differs), so
+/// a few cost little more than one.
+const ENTRIES: usize = 4;
+
+/// One canonical request without its payload line, and the state after it.
+struct Entry {
+    /// It holds the session token: wiped when the thread ends. (An
+    /// allocation left behind when a buffer grows is not wiped; nor are
+    /// hyper's buffers that send the token.)
     bytes: Zeroizing<Vec<u8>>,
-    /// Where the next request is written before the comparison.
-    scratch: Zeroizing<Vec<u8>>,
     /// SHA-256 after exactly `bytes` (wiped on drop: `sha2`'s `zeroize`).
     state: Sha256,
 }
 
+/// One thread's recent prefixes.
+struct Recent {
+    /// The prefix used last first; at most [`ENTRIES`].
+    entries: Vec<Entry>,
+    /// Where the next request is written before the comparison; wiped
+    /// when a prefix longer than [`MAX_CACHED`] passed through.
+    scratch: Zeroizing<Vec<u8>>,
+}
+
 thread_local! {
-    static LAST: RefCell<Option<Last>> = const { RefCell::new(None) };
+    static RECENT: RefCell<Option<Recent>> = const { RefCell::new(None) };
+}
+
+/// Whether a hash reused a kept state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Hit,
+    /// Hashed whole, and kept.
+    Miss,
+    /// Hashed whole, not kept (too long, or the cache was unavailable).
+    Uncached,
 }
 
 /// SHA-256 of `request`'s canonical form.
 pub fn hash(request: &Request<'_>) -> [u8; 32] {
-    let reused = LAST.try_with(|cell| {
+    hash_counted(request).0
+}
+
+fn hash_counted(request: &Request<'_>) -> ([u8; 32], Outcome) {
+    let reused = RECENT.try_with(|cell| {
         // Never contended (one thread, no re-entry); a failed borrow falls
         // back to hashing without the cache rather than panicking.
-        let mut last = cell.try_borrow_mut().ok()?;
-        let last = last.get_or_insert_with(|| Last {
-            bytes: Zeroizing::new(Vec::with_capacity(2048)),
+        let mut recent = cell.try_borrow_mut().ok()?;
+        let recent = recent.get_or_insert_with(|| Recent {
+            entries: Vec::with_capacity(ENTRIES),
             scratch: Zeroizing::new(Vec::with_capacity(2048)),
-            state: Sha256::new(),
         });
-        last.scratch.clear();
-        request.write_prefix(&mut last.scratch);
-        let mut state = if last.scratch[..] == last.bytes[..] {
-            last.state.clone()
-        } else if last.scratch.len() > MAX_CACHED {
-            let state = Sha256::new_with_prefix(&last.scratch[..]);
-            // Wipe it and give the memory back.
-            last.scratch.zeroize();
-            last.scratch.shrink_to(2048);
-            state
-        } else {
-            // The bytes and their state are replaced together.
-            std::mem::swap(&mut last.bytes, &mut last.scratch);
-            last.state = Sha256::new_with_prefix(&last.bytes[..]);
-            last.state.clone()
-        };
+        recent.scratch.clear();
+        request.write_prefix(&mut recent.scratch);
+        let (mut state, outcome) = recent.state_after_scratch();
         state.update(request.payload_sha256_hex.as_bytes());
-        Some(state.finalize().into())
+        Some((state.finalize().into(), outcome))
     });
     match reused {
-        Ok(Some(hash)) => hash,
+        Ok(Some(done)) => done,
         // The thread is exiting, or the cache is in use: hash it all.
-        _ => whole(request),
+        _ => (whole(request), Outcome::Uncached),
+    }
+}
+
+impl Recent {
+    /// SHA-256 after the prefix in `scratch`: a kept one, or computed
+    /// (and kept in place of the one used longest ago).
+    fn state_after_scratch(&mut self) -> (Sha256, Outcome) {
+        let scratch = &self.scratch[..];
+        if let Some(i) = self.entries.iter().position(|e| e.bytes[..] == *scratch) {
+            self.entries[..=i].rotate_right(1);
+            return (self.entries[0].state.clone(), Outcome::Hit);
+        }
+        if scratch.len() > MAX_CACHED {
+            let state = Sha256::new_with_prefix(scratch);
+            // Wipe it and give the memory back.
+            self.scratch.zeroize();
+            self.scratch.shrink_to(2048);
+            return (state, Outcome::Uncached);
+        }
+        let state = Sha256::new_with_prefix(scratch);
+        // The bytes and their state are replaced together; the replaced
+        // bytes become the next scratch, overwritten before they are read.
+        let oldest = if self.entries.len() < ENTRIES {
+            None
+        } else {
+            self.entries.pop()
+        };
+        let mut entry = match oldest {
+            Some(mut oldest) => {
+                oldest.state = state.clone();
+                oldest
+            }
+            None => Entry {
+                bytes: Zeroizing::new(Vec::with_capacity(2048)),
+                state: state.clone(),
+            },
+        };
+        std::mem::swap(&mut entry.bytes, &mut self.scratch);
+        self.entries.insert(0, entry);
+        (state, Outcome::Miss)
     }
 }
 
@@ -104,18 +159,31 @@ mod tests {
     use super::*;
     use crate::proxy::signer::canonical::SignedHeaders;
 
-    fn cached_prefix() -> Option<Vec<u8>> {
-        LAST.with(|cell| cell.borrow().as_ref().map(|l| l.bytes.to_vec()))
+    /// The prefixes kept, the one used last first.
+    fn cached_prefixes() -> Vec<Vec<u8>> {
+        RECENT.with(|cell| {
+            cell.borrow()
+                .as_ref()
+                .map(|r| r.entries.iter().map(|e| e.bytes.to_vec()).collect())
+                .unwrap_or_default()
+        })
+    }
+
+    fn prefix_of(request: &Request<'_>) -> Vec<u8> {
+        let mut prefix = Vec::new();
+        request.write_prefix(&mut prefix);
+        prefix
+    }
+
+    fn model(name: &str) -> Uri {
+        format!("https://bedrock-runtime.us-east-1.amazonaws.com/model/{name}/converse")
+            .parse()
+            .unwrap()
     }
 
     #[test]
     fn hits_and_misses_hash_the_whole_request() {
-        let uri: Uri = "https://bedrock-runtime.us-east-1.amazonaws.com/model/m/converse"
-            .parse()
-            .unwrap();
-        let other: Uri = "https://bedrock-runtime.us-east-1.amazonaws.com/model/n/converse"
-            .parse()
-            .unwrap();
+        let (uri, other) = (model("m"), model("n"));
         let mut headers = HeaderMap::new();
         headers.insert("content-type", HeaderValue::from_static("application/json"));
         let token = "t".repeat(700);
@@ -128,27 +196,76 @@ mod tests {
             signed,
             payload_sha256_hex: payload,
         };
+        use Outcome::{Hit, Miss};
         // Miss, hit with another payload, another path, another second,
         // back to the first: each must equal hashing the whole request.
-        for (uri, signed, payload) in [
-            (&uri, &a, &p1),
-            (&uri, &a, &p2),
-            (&uri, &a, &p2),
-            (&other, &a, &p1),
-            (&other, &b, &p1),
-            (&uri, &a, &p1),
-            (&uri, &a, &p2),
+        for (uri, signed, payload, expected) in [
+            (&uri, &a, &p1, Miss),
+            (&uri, &a, &p2, Hit),
+            (&uri, &a, &p2, Hit),
+            (&other, &a, &p1, Miss),
+            (&other, &b, &p1, Miss),
+            (&uri, &a, &p1, Hit),
+            (&uri, &a, &p2, Hit),
         ] {
             let r = request(uri, signed, payload.as_str());
-            assert_eq!(hash(&r), whole(&r));
-            let mut prefix = Vec::new();
-            r.write_prefix(&mut prefix);
+            let (hash, outcome) = hash_counted(&r);
+            assert_eq!(hash, whole(&r));
+            assert_eq!(outcome, expected);
             assert_eq!(
-                cached_prefix(),
-                Some(prefix),
-                "the cache holds this request"
+                cached_prefixes().first(),
+                Some(&prefix_of(&r)),
+                "the cache holds this request first"
             );
         }
+    }
+
+    #[test]
+    fn requests_alternating_between_models_hit() {
+        let names: Vec<String> = (0..=ENTRIES).map(|i| format!("model-{i}")).collect();
+        let uris: Vec<Uri> = names.iter().map(|n| model(n)).collect();
+        let headers = HeaderMap::new();
+        let token = "t".repeat(700);
+        let signed = SignedHeaders::new(&headers, "h", "20261201T000000Z", Some(&token));
+        let payload = "0".repeat(64);
+        let request = |uri| Request {
+            method: &Method::POST,
+            uri,
+            signed: &signed,
+            payload_sha256_hex: &payload,
+        };
+        // The first `models` of them in turn, `rounds` times.
+        let outcomes = |models: usize, rounds: usize| -> Vec<Outcome> {
+            let mut seen = Vec::new();
+            for _ in 0..rounds {
+                for uri in &uris[..models] {
+                    let r = request(uri);
+                    let (hash, outcome) = hash_counted(&r);
+                    assert_eq!(hash, whole(&r));
+                    seen.push(outcome);
+                }
+            }
+            seen
+        };
+
+        // As many models as entries: each misses once, then always hits.
+        let first = outcomes(ENTRIES, 3);
+        assert!(first[..ENTRIES].iter().all(|o| *o == Outcome::Miss));
+        assert!(first[ENTRIES..].iter().all(|o| *o == Outcome::Hit));
+        assert_eq!(cached_prefixes().len(), ENTRIES);
+
+        // One more in rotation: each replaces the one used longest ago,
+        // which is the next one wanted, so all miss; never more are kept.
+        let more = outcomes(ENTRIES + 1, 2);
+        assert_eq!(more[0], Outcome::Hit);
+        assert!(more[ENTRIES..].iter().all(|o| *o == Outcome::Miss));
+        assert_eq!(cached_prefixes().len(), ENTRIES);
+        let kept: Vec<Vec<u8>> = uris[1..]
+            .iter()
+            .rev()
+            .map(|u| prefix_of(&request(u)))
+            .collect();
+        assert_eq!(cached_prefixes(), kept, "the last ones used, last first");
     }
 
     #[test]
@@ -171,23 +288,23 @@ mod tests {
         // Cached, then a request while the cache is borrowed: no panic,
         // the right hash, the cache untouched.
         assert_eq!(hash(&short), whole(&short));
-        let mut prefix = Vec::new();
-        short.write_prefix(&mut prefix);
-        LAST.with(|cell| {
+        let kept = cached_prefixes();
+        assert_eq!(kept.first(), Some(&prefix_of(&short)));
+        RECENT.with(|cell| {
             let _busy = cell.borrow();
-            assert_eq!(hash(&long), whole(&long));
+            assert_eq!(hash_counted(&long), (whole(&long), Outcome::Uncached));
         });
-        assert_eq!(cached_prefix(), Some(prefix.clone()));
+        assert_eq!(cached_prefixes(), kept);
 
         // Too long to keep: hashed, not kept, its buffer wiped and shrunk.
-        assert_eq!(hash(&long), whole(&long));
-        assert_eq!(cached_prefix(), Some(prefix));
-        LAST.with(|cell| {
-            let last = cell.borrow();
-            let last = last.as_ref().unwrap();
-            assert!(last.scratch.is_empty());
-            assert!(last.scratch.capacity() < MAX_CACHED);
+        assert_eq!(hash_counted(&long), (whole(&long), Outcome::Uncached));
+        assert_eq!(cached_prefixes(), kept);
+        RECENT.with(|cell| {
+            let recent = cell.borrow();
+            let recent = recent.as_ref().unwrap();
+            assert!(recent.scratch.is_empty());
+            assert!(recent.scratch.capacity() < MAX_CACHED);
         });
-        assert_eq!(hash(&short), whole(&short));
+        assert_eq!(hash_counted(&short), (whole(&short), Outcome::Hit));
     }
 }
