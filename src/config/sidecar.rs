@@ -1054,6 +1054,33 @@ mod tests {
             c.credentials.mode,
             CredentialMode::SigV4(SigV4Source::Static(_))
         ));
+        // The container endpoint's token is known, to be blanked from its
+        // errors, and never shown.
+        let mut container = base.to_vec();
+        container.extend([
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://127.0.0.1:1/v1/credentials",
+            ),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "a-container-token"),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "/var/run/token"),
+        ]);
+        let c = sidecar(&container).unwrap();
+        let CredentialMode::SigV4(SigV4Source::Sdk(crate::credentials::SdkSource::Container(
+            token,
+        ))) = &c.credentials.mode
+        else {
+            panic!("the container source: {:?}", c.credentials.mode);
+        };
+        assert_eq!(
+            token.inline,
+            Some(crate::secret::Secret::new("a-container-token"))
+        );
+        assert_eq!(
+            token.file.as_deref(),
+            Some(std::path::Path::new("/var/run/token"))
+        );
+        assert!(!format!("{c:?}").contains("a-container-token"));
     }
 
     #[test]

@@ -64,7 +64,7 @@ impl SigV4Source {
             Self::WebIdentity(_) => "web-identity",
             Self::Static(_) => "static",
             Self::Sdk(SdkSource::Profile(_)) => "profile",
-            Self::Sdk(SdkSource::Container) => "container",
+            Self::Sdk(SdkSource::Container(_)) => "container",
             Self::Sdk(SdkSource::Imds) => "imds",
         }
     }
@@ -93,9 +93,36 @@ pub enum SdkSource {
     /// Shared config/credentials files; `None` is the default profile.
     Profile(Option<String>),
     /// ECS / EKS Pod Identity container credentials endpoint.
-    Container,
+    Container(ContainerToken),
     /// EC2 instance metadata (IMDSv2).
     Imds,
+}
+
+/// Where aws-config reads the token it presents to the container
+/// credentials endpoint: known here only to blank it out of an error that
+/// quotes it (a relay in the agent's place may).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerToken {
+    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN`.
+    pub inline: Option<Secret>,
+    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`: read when an error needs
+    /// it, as aws-config reads it for every call (the Pod Identity agent's
+    /// token is rotated).
+    pub file: Option<std::path::PathBuf>,
+}
+
+impl ContainerToken {
+    /// The tokens aws-config may have sent, as they stand now.
+    pub fn current(&self) -> Vec<Secret> {
+        // A token file is small; one too long to be one is not read.
+        const MAX_TOKEN_FILE: u64 = 64 * 1024;
+        let from_file = self.file.as_deref().and_then(|path| {
+            crate::files::read_small_text(path, MAX_TOKEN_FILE)
+                .ok()
+                .map(|text| Secret::new(text.trim()))
+        });
+        self.inline.iter().cloned().chain(from_file).collect()
+    }
 }
 
 /// What STS is asked to put in the session it issues (on the last hop).

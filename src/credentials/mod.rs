@@ -29,8 +29,8 @@ pub use api_key::{bearer_header, ApiKey, ApiKeyKind, KeyExpiry};
 pub use cell::{CredentialCell, HeldCredentials, Unusable};
 pub use chained::ChainedSource;
 pub use config::{
-    ChainConfig, CredentialMode, CredentialsConfig, SdkSource, SessionOptions, SigV4Source,
-    StaticKeys, StsConfig, WebIdentityConfig,
+    ChainConfig, ContainerToken, CredentialMode, CredentialsConfig, SdkSource, SessionOptions,
+    SigV4Source, StaticKeys, StsConfig, WebIdentityConfig,
 };
 pub use error::{ErrorClass, SourceError};
 pub use policy::{Failure, RefreshPolicy};

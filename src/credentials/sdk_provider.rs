@@ -3,20 +3,24 @@
 //! Identity) and EC2 instance metadata (IMDSv2). Each feeds the same
 //! refresher, cell, metrics and readiness as the web identity source.
 
+use aws_config::imds::client::error::ImdsError;
 use aws_config::provider_config::ProviderConfig;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 
 use super::source::{BoxFuture, CredentialSource, Fetched};
 use super::{sts, ErrorClass, SourceError};
-use super::{CredentialsConfig, SdkSource};
+use super::{ContainerToken, CredentialsConfig, SdkSource};
 use crate::config::aws::Region;
+use crate::secret::Secret;
 
 /// An aws-config credentials provider seen as a [`CredentialSource`].
 #[derive(Debug)]
 pub struct SdkProviderSource {
     kind: &'static str,
     provider: Provider,
+    /// The token the container endpoint is sent, blanked from its errors.
+    token: Option<ContainerToken>,
 }
 
 #[derive(Debug)]
@@ -50,6 +54,10 @@ impl SdkProviderSource {
             timeouts: sts::timeouts(config),
         };
         let provider_config = settings.provider_config();
+        let token = match source {
+            SdkSource::Container(token) => Some(token.clone()),
+            _ => None,
+        };
         let (kind, provider) = match source {
             SdkSource::Profile(name) => (
                 "profile",
@@ -59,7 +67,7 @@ impl SdkProviderSource {
                     built: std::sync::Mutex::new(None),
                 },
             ),
-            SdkSource::Container => (
+            SdkSource::Container(_) => (
                 "container",
                 Provider::Kept(SharedCredentialsProvider::new(
                     aws_config::ecs::EcsCredentialsProvider::builder()
@@ -69,7 +77,11 @@ impl SdkProviderSource {
             ),
             SdkSource::Imds => ("imds", Provider::ImdsEachTime(Box::new(provider_config))),
         };
-        Self { kind, provider }
+        Self {
+            kind,
+            provider,
+            token,
+        }
     }
 
     async fn load(&self) -> Result<Fetched, SourceError> {
@@ -109,7 +121,14 @@ impl SdkProviderSource {
                 token_expiry: super::TokenExpiry::NoToken,
                 server_time: None,
             }),
-            Err(e) => Err(provider_error(self.kind, &e)),
+            Err(e) => {
+                let secrets = self.token.as_ref().map(ContainerToken::current);
+                Err(provider_error(
+                    self.kind,
+                    &e,
+                    secrets.as_deref().unwrap_or(&[]),
+                ))
+            }
         }
     }
 }
@@ -150,7 +169,8 @@ fn profile_provider(name: Option<&str>, settings: &Settings) -> SharedCredential
     SharedCredentialsProvider::new(b.build())
 }
 
-fn provider_error(kind: &'static str, e: &CredentialsError) -> SourceError {
+/// `secrets`: what the provider sent that its endpoint may quote back.
+fn provider_error(kind: &'static str, e: &CredentialsError, secrets: &[Secret]) -> SourceError {
     let class = match e {
         // aws-config's IMDS provider says "not loaded" for a connection it
         // could not make as for a node without a role: a blip is not
@@ -175,12 +195,40 @@ fn provider_error(kind: &'static str, e: &CredentialsError) -> SourceError {
         // Providers that call STS (a profile's role, its web identity)
         // carry its message: blanked and on one line as STS's own is.
         // aws-config quotes a container URL it refuses, user information
-        // (a password) and all.
-        message: super::sts::loggable(&crate::secret::without_url_credentials(
-            &crate::secret::without_jwts(&crate::error_text::with_causes(e)),
+        // (a password) and all, and the container endpoint's message,
+        // which a relay in its place may fill with the token it was sent.
+        message: super::sts::loggable(&without_fragments(
+            &crate::secret::without_url_credentials(&crate::secret::without_jwts(&described(e))),
+            secrets,
         )),
         class,
     }
+}
+
+/// `e` and its causes, as [`crate::error_text::with_causes`] joins them,
+/// but IMDS's error answers by their status alone: aws-config writes the
+/// whole answer into its message (headers, body, connection details),
+/// and a relay in IMDS's place may fill the body with the session token
+/// the request sent, which the sidecar never sees to blank.
+fn described(e: &CredentialsError) -> String {
+    let mut parts = Vec::new();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cause {
+        match err.downcast_ref::<ImdsError>() {
+            Some(ImdsError::ErrorResponse(answer)) => parts.push(format!(
+                "error response from IMDS (code: {})",
+                answer.response().status().as_u16()
+            )),
+            _ => parts.push(err.to_string()),
+        }
+        cause = err.source();
+    }
+    parts.join(": ")
+}
+
+fn without_fragments(text: &str, secrets: &[Secret]) -> String {
+    let secrets: Vec<&str> = secrets.iter().map(Secret::expose).collect();
+    crate::secret::without_fragments_of(text, &secrets)
 }
 
 /// Whether the provider could not reach its endpoint at all.
@@ -205,5 +253,50 @@ impl CredentialSource for SdkProviderSource {
 
     fn fetch(&self) -> BoxFuture<'_, Result<Fetched, SourceError>> {
         Box::pin(self.load())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_container_endpoint_quoting_its_token_is_blanked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "file-token-Zq81Lx0pVv\n").unwrap();
+        let token = ContainerToken {
+            inline: Some(Secret::new("inline-token-Mw42Rt7kBb")),
+            file: Some(file),
+        };
+        let secrets = token.current();
+        assert_eq!(
+            secrets.len(),
+            2,
+            "the file's token, trimmed, beside the inline one"
+        );
+        // Whole, and cut short as a relay may quote it.
+        let e = CredentialsError::provider_error(
+            "failed to load credentials [AccessDenied]: Authorization inline-token-Mw42Rt7kBb \
+             and file-token-Zq81L... may not assume the role",
+        );
+        let SourceError::Provider { message, .. } = provider_error("container", &e, &secrets)
+        else {
+            panic!("a provider error");
+        };
+        assert!(message.contains("AccessDenied"), "{message}");
+        for piece in ["Mw42Rt7k", "Zq81L", "token-Mw", "file-tok"] {
+            assert!(!message.contains(piece), "{piece} in {message}");
+        }
+    }
+
+    #[test]
+    fn a_missing_token_file_leaves_the_inline_token() {
+        let token = ContainerToken {
+            inline: Some(Secret::new("inline")),
+            file: Some("/nonexistent/token".into()),
+        };
+        assert_eq!(token.current(), vec![Secret::new("inline")]);
+        assert!(ContainerToken::default().current().is_empty());
     }
 }

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import uuid
 
+import pytest
 import requests
 
 from conftest import BINARY, ROLE_ARN, wait_for
@@ -350,6 +352,52 @@ def test_ecs_or_pod_identity_container_source(start_sidecar, fake_aws):
     tid = uuid.uuid4().hex
     converse(sidecar, tid)
     assert fake_aws.request_for(tid)["principal_arn"].endswith(":assumed-role/pod-identity-role/eks-pod")
+
+
+@pytest.mark.parametrize("from_file", [False, True])
+def test_a_container_endpoint_quoting_its_token_reaches_no_log(start_sidecar, fake_aws, tmp_path, from_file):
+    """A relay in the Pod Identity agent's place (or a broken agent)
+    quoting the Authorization token it was sent in its error: aws-config
+    repeats the error's message, and the sidecar printed it whole into
+    its log and /readyz."""
+    token = "pod-identity-" + "k9Qz7wLm" * 6
+    fake_aws.post("/ecs", {"token": token, "quote_authorization": True})
+    env = {
+        "AWS_REGION": "us-east-1",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI": fake_aws.sts + "/ecs/v1/credentials",
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws.bedrock,
+    }
+    if from_file:
+        (tmp_path / "token").write_text(token)
+        env["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"] = str(tmp_path / "token")
+    else:
+        env["AWS_CONTAINER_AUTHORIZATION_TOKEN"] = token
+    sidecar = start_sidecar(env, FAST, wait_ready=False)
+    wait_for(lambda: sidecar.ready().json().get("last_error"), timeout=20, what="the refusal reported")
+    ready = json.dumps(sidecar.ready().json())
+    sidecar.stop()
+    calls = fake_aws.get("/ecs/calls")
+    assert calls and calls[-1]["error"] == "quoted the Authorization", calls[-1]
+    for text in (sidecar.log_text(), ready):
+        assert "AccessDenied" in text, text
+        assert "k9Qz7wLm" not in text, text
+
+
+def test_an_imds_quoting_its_session_token_reaches_no_log(start_sidecar, fake_aws):
+    """The same from instance metadata: aws-config's error for an IMDS
+    failure carries the whole answer, which a relay may fill with the
+    session token the request sent."""
+    fake_aws.post("/imds", {"fail_next": 1000, "quote_token": True})
+    sidecar = start_sidecar(imds_env(fake_aws), FAST, wait_ready=False)
+    wait_for(lambda: sidecar.ready().json().get("last_error"), timeout=20, what="the failure reported")
+    ready = json.dumps(sidecar.ready().json())
+    sidecar.stop()
+    calls = fake_aws.get("/imds/calls")
+    assert any(c["error"] == "injected 500" for c in calls), calls
+    for text in (sidecar.log_text(), ready):
+        assert "500" in text, text
+        # The fake's tokens: AQAEA and 51 more characters.
+        assert not re.search(r"AQAEA[A-Za-z0-9_-]{8}", text), text
 
 
 def test_imds_is_never_used_unless_pinned(start_sidecar, fake_aws):

@@ -166,7 +166,8 @@ def test_imds_controls(fake: Fake):
     def fetch(attempts: int = 1) -> dict:
         return InstanceMetadataFetcher(timeout=5, num_attempts=attempts, base_url=imds_url(fake)).retrieve_iam_role_credentials()
 
-    assert control(fake, "GET", "/imds") == {"role_name": "node-role", "fail_next": 0, "fail_status": 500, "disabled": False}
+    assert control(fake, "GET", "/imds") == {"role_name": "node-role", "fail_next": 0, "fail_status": 500, "disabled": False,
+                                             "quote_token": False}
     control(fake, "POST", "/imds", {"role_name": "worker-role"})
     got = fetch()
     assert got["role_name"] == "worker-role"
@@ -196,8 +197,14 @@ def test_imds_controls(fake: Fake):
     control(fake, "POST", "/imds", {"disabled": False})
     assert fetch()["role_name"] == "node-role"
 
+    # A relay's failure quoting the session token the request sent.
+    control(fake, "POST", "/imds", {"fail_next": 1, "fail_status": 500, "quote_token": True})
+    failed = imds_get(fake, "latest/meta-data/placement/region", token)
+    assert failed.status == 500 and token in failed.data.decode()
+    assert imds_get(fake, "latest/meta-data/placement/region", token).status == 200
+
     for bad in ({"role": "x"}, {"role_name": ""}, {"role_name": "a/b"}, {"fail_next": -1}, {"fail_next": "1"},
-                {"fail_status": 200}, {"disabled": "yes"}):
+                {"fail_status": 200}, {"disabled": "yes"}, {"quote_token": 1}):
         assert control_status(fake, "POST", "/imds", bad) == 400, bad
 
 
@@ -269,7 +276,16 @@ def test_container_credentials_auth_and_controls(fake: Fake):
     control(fake, "POST", "/ecs", {"token": None})  # no Authorization required (like the ECS relative URI)
     assert HTTP.request("GET", fake.sts + "/ecs/anything", headers={}).status == 200
     assert HTTP.request("POST", url, headers={"Authorization": "rotated"}).status == 405
-    for bad in ({"tok": "x"}, {"token": 5}, {"role_arn": "arn:aws:iam::1:role/x"}, {"fail_next": -2}):
+    # The protocol's error shape in a 200, quoting the token sent.
+    control(fake, "POST", "/ecs", {"token": "quoted-token", "quote_authorization": True})
+    quoted = HTTP.request("GET", url, headers={"Authorization": "quoted-token"})
+    assert quoted.status == 200
+    body = json.loads(quoted.data)
+    assert body["Code"] == "AccessDenied" and "quoted-token" in body["Message"]
+    assert HTTP.request("GET", url, headers={"Authorization": "wrong"}).status == 401
+    assert [c["error"] for c in control(fake, "GET", "/ecs/calls")][-2:] == ["quoted the Authorization", "wrong Authorization"]
+    for bad in ({"tok": "x"}, {"token": 5}, {"role_arn": "arn:aws:iam::1:role/x"}, {"fail_next": -2},
+                {"quote_authorization": "yes"}):
         assert control_status(fake, "POST", "/ecs", bad) == 400, bad
 
 
@@ -279,9 +295,10 @@ def test_reset_restores_imds_and_ecs(fake: Fake):
     control(fake, "POST", "/ecs", {"token": "t2", "fail_next": 2})
     HTTP.request("GET", fake.sts + "/ecs/v1/credentials")
     control(fake, "POST", "/reset", {})
-    assert control(fake, "GET", "/imds") == {"role_name": "node-role", "fail_next": 0, "fail_status": 500, "disabled": False}
+    assert control(fake, "GET", "/imds") == {"role_name": "node-role", "fail_next": 0, "fail_status": 500, "disabled": False,
+                                             "quote_token": False}
     assert control(fake, "GET", "/ecs") == {"token": "ecs-test-token", "role_arn": "arn:aws:iam::123456789012:role/pod-identity-role",
-                                            "fail_next": 0, "fail_status": 500}
+                                            "fail_next": 0, "fail_status": 500, "quote_authorization": False}
     assert control(fake, "GET", "/imds/calls") == [] and control(fake, "GET", "/ecs/calls") == []
     assert imds_get(fake, "latest/meta-data/placement/region", token).status == 200, "tokens survive a reset"
 

@@ -218,14 +218,15 @@ def _check_fail_fields(data: dict) -> None:
 
 
 async def ctl_imds(state: FakeState, request: web.Request) -> dict:
-    """POST /_control/imds {role_name?, fail_next?, fail_status?, disabled?}: IMDS behaviour."""
+    """POST /_control/imds {role_name?, fail_next?, fail_status?, disabled?, quote_token?}: IMDS behaviour."""
     data = await read_json(request)
     check_keys(data, set(ImdsConfig.__dataclass_fields__))
     role = data.get("role_name")
     if role is not None and not (isinstance(role, str) and IMDS_ROLE_NAME_RE.match(role)):
         raise ValueError("role_name must be null or a role name matching [\\w+=,.@-]{1,64}")
-    if "disabled" in data and not isinstance(data["disabled"], bool):
-        raise ValueError("disabled must be a boolean")
+    for flag in ("disabled", "quote_token"):
+        if flag in data and not isinstance(data[flag], bool):
+            raise ValueError(f"{flag} must be a boolean")
     _check_fail_fields(data)
     for key, value in data.items():
         setattr(state.imds, key, value)
@@ -243,13 +244,15 @@ async def ctl_imds_calls(state: FakeState, request: web.Request) -> list:
 
 
 async def ctl_ecs(state: FakeState, request: web.Request) -> dict:
-    """POST /_control/ecs {token?, role_arn?, fail_next?, fail_status?}: container-credentials behaviour."""
+    """POST /_control/ecs {token?, role_arn?, fail_next?, fail_status?, quote_authorization?}: container-credentials behaviour."""
     data = await read_json(request)
     check_keys(data, set(EcsConfig.__dataclass_fields__))
     if "token" in data and data["token"] is not None and not isinstance(data["token"], str):
         raise ValueError("token must be a string or null")
     if "role_arn" in data and not (isinstance(data["role_arn"], str) and ROLE_ARN_RE.match(data["role_arn"])):
         raise ValueError("role_arn must be an IAM role ARN")
+    if "quote_authorization" in data and not isinstance(data["quote_authorization"], bool):
+        raise ValueError("quote_authorization must be a boolean")
     _check_fail_fields(data)
     for key, value in data.items():
         setattr(state.ecs, key, value)

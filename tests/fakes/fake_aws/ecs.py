@@ -64,6 +64,10 @@ def _ecs_dispatch(state: FakeState, cfg: EcsConfig, method: str, authz: Optional
     failed = take_failure(cfg)
     if failed is not None:
         return json_response(failed, {"message": "injected failure"}), f"injected {failed}"
+    if cfg.quote_authorization:
+        # The protocol's error shape, which SDKs read from a 200 answer.
+        body = {"Code": "AccessDenied", "Message": f"Authorization {authz} may not assume {cfg.role_arn}"}
+        return json_response(200, body), "quoted the Authorization"
     cred = issue_credential(state, cfg.role_arn, ECS_SESSION_NAME, None)
     credential_record_fields(record, cred)
     body = {

@@ -90,7 +90,8 @@ def _imds_dispatch(state: FakeState, request: web.Request, path: str, record: di
         return _text(401, "Unauthorized"), problem
     failed = take_failure(cfg)
     if failed is not None:
-        return _text(failed, "injected failure"), f"injected {failed}"
+        text = f"injected failure for {IMDS_TOKEN_HEADER}: {token}" if cfg.quote_token else "injected failure"
+        return _text(failed, text), f"injected {failed}"
     return _imds_metadata(state, path, record)
 
 

@@ -102,6 +102,7 @@ class ImdsConfig:
     fail_next: int = 0  # fail the next N metadata GETs (token PUTs are not affected)
     fail_status: int = 500
     disabled: bool = False  # every IMDS request gets 403, as when IMDS is turned off
+    quote_token: bool = False  # injected failures quote the request's session token, as a relay may
 
 
 @dataclass
@@ -111,6 +112,7 @@ class EcsConfig:
     token: Optional[str] = ECS_DEFAULT_TOKEN  # None: no Authorization required
     role_arn: str = ECS_DEFAULT_ROLE_ARN
     fail_next: int = 0  # fail the next N authorized requests
+    quote_authorization: bool = False  # answer 200 with an error quoting the Authorization sent, as a relay may
     fail_status: int = 500
 
 
