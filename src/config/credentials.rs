@@ -113,6 +113,18 @@ pub fn parse(
             session,
             chain,
             warnings,
+            // aws-config's own variables, read by it: known here only to be
+            // blanked from the endpoint's errors. Any aws-config source may
+            // call the endpoint (a profile's `credential_source =
+            // EcsContainer`), not only the container source.
+            container_token: ContainerToken {
+                inline: env
+                    .get("AWS_CONTAINER_AUTHORIZATION_TOKEN")
+                    .map(Secret::new),
+                file: env
+                    .get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
+                    .map(PathBuf::from),
+            },
         }),
         _ => None,
     };
@@ -185,16 +197,6 @@ fn mode(
         static_keys: static_keys(env, errors),
         container_env: var(env, &vars::AWS_CONTAINER_CREDENTIALS_FULL_URI).is_some()
             || var(env, &vars::AWS_CONTAINER_CREDENTIALS_RELATIVE_URI).is_some(),
-        // aws-config's own variables, read by it: known here only to be
-        // blanked from the endpoint's errors.
-        container_token: ContainerToken {
-            inline: env
-                .get("AWS_CONTAINER_AUTHORIZATION_TOKEN")
-                .map(Secret::new),
-            file: env
-                .get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
-                .map(PathBuf::from),
-        },
         profile: var(env, &vars::AWS_PROFILE).map(str::to_owned),
     };
     let api_key = var(env, &vars::AWS_BEARER_TOKEN_BEDROCK).and_then(|raw| {

@@ -1066,12 +1066,8 @@ mod tests {
             ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "/var/run/token"),
         ]);
         let c = sidecar(&container).unwrap();
-        let CredentialMode::SigV4(SigV4Source::Sdk(crate::credentials::SdkSource::Container(
-            token,
-        ))) = &c.credentials.mode
-        else {
-            panic!("the container source: {:?}", c.credentials.mode);
-        };
+        assert_eq!(c.credentials.mode.describe(), "container");
+        let token = &c.credentials.container_token;
         assert_eq!(
             token.inline,
             Some(crate::secret::Secret::new("a-container-token"))

@@ -28,6 +28,8 @@ pub struct CredentialsConfig {
     pub chain: Option<ChainConfig>,
     /// Non-fatal remarks about the configuration, logged at start.
     pub warnings: Vec<String>,
+    /// The token aws-config sends to a container credentials endpoint.
+    pub container_token: ContainerToken,
 }
 
 /// How the proxy authenticates requests that bring no credentials of their own.
@@ -64,7 +66,7 @@ impl SigV4Source {
             Self::WebIdentity(_) => "web-identity",
             Self::Static(_) => "static",
             Self::Sdk(SdkSource::Profile(_)) => "profile",
-            Self::Sdk(SdkSource::Container(_)) => "container",
+            Self::Sdk(SdkSource::Container) => "container",
             Self::Sdk(SdkSource::Imds) => "imds",
         }
     }
@@ -93,7 +95,7 @@ pub enum SdkSource {
     /// Shared config/credentials files; `None` is the default profile.
     Profile(Option<String>),
     /// ECS / EKS Pod Identity container credentials endpoint.
-    Container(ContainerToken),
+    Container,
     /// EC2 instance metadata (IMDSv2).
     Imds,
 }

@@ -19,8 +19,8 @@ use crate::secret::Secret;
 pub struct SdkProviderSource {
     kind: &'static str,
     provider: Provider,
-    /// The token the container endpoint is sent, blanked from its errors.
-    token: Option<ContainerToken>,
+    /// The token a container endpoint is sent, blanked from its errors.
+    token: ContainerToken,
 }
 
 #[derive(Debug)]
@@ -54,10 +54,6 @@ impl SdkProviderSource {
             timeouts: sts::timeouts(config),
         };
         let provider_config = settings.provider_config();
-        let token = match source {
-            SdkSource::Container(token) => Some(token.clone()),
-            _ => None,
-        };
         let (kind, provider) = match source {
             SdkSource::Profile(name) => (
                 "profile",
@@ -67,7 +63,7 @@ impl SdkProviderSource {
                     built: std::sync::Mutex::new(None),
                 },
             ),
-            SdkSource::Container(_) => (
+            SdkSource::Container => (
                 "container",
                 Provider::Kept(SharedCredentialsProvider::new(
                     aws_config::ecs::EcsCredentialsProvider::builder()
@@ -80,7 +76,7 @@ impl SdkProviderSource {
         Self {
             kind,
             provider,
-            token,
+            token: config.container_token.clone(),
         }
     }
 
@@ -121,14 +117,8 @@ impl SdkProviderSource {
                 token_expiry: super::TokenExpiry::NoToken,
                 server_time: None,
             }),
-            Err(e) => {
-                let secrets = self.token.as_ref().map(ContainerToken::current);
-                Err(provider_error(
-                    self.kind,
-                    &e,
-                    secrets.as_deref().unwrap_or(&[]),
-                ))
-            }
+            // Read only now: an error is rare, and the file turns.
+            Err(e) => Err(provider_error(self.kind, &e, &self.token.current())),
         }
     }
 }
@@ -206,10 +196,12 @@ fn provider_error(kind: &'static str, e: &CredentialsError, secrets: &[Secret]) 
 }
 
 /// `e` and its causes, as [`crate::error_text::with_causes`] joins them,
-/// but IMDS's error answers by their status alone: aws-config writes the
-/// whole answer into its message (headers, body, connection details),
-/// and a relay in IMDS's place may fill the body with the session token
-/// the request sent, which the sidecar never sees to blank.
+/// but what IMDS said only by its status or its error code: aws-config
+/// writes an error answer whole into its message (headers, body,
+/// connection details) and repeats the `Message` of an error in IMDS's
+/// own shape, and a relay in IMDS's place may fill either with the
+/// session token the request sent, which the sidecar never sees to
+/// blank (aws-config fetches it).
 fn described(e: &CredentialsError) -> String {
     let mut parts = Vec::new();
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -219,11 +211,34 @@ fn described(e: &CredentialsError) -> String {
                 "error response from IMDS (code: {})",
                 answer.response().status().as_u16()
             )),
-            _ => parts.push(err.to_string()),
+            _ => parts.push(without_imds_message(err.to_string())),
         }
         cause = err.source();
     }
     parts.join(": ")
+}
+
+/// How aws-config (1.x, `imds/credentials.rs`) words IMDS's
+/// `{"Code","Message"}` errors: the text before the code, and what ends
+/// the code.
+const IMDS_MESSAGES: [(&str, &str); 2] = [
+    ("Error retrieving credentials from IMDS: ", " "),
+    ("Incorrect IMDS/IAM configuration: [", "] "),
+];
+
+/// `text` with the `Message` of an IMDS error cut off after its code.
+fn without_imds_message(text: String) -> String {
+    for (lead, code_end) in IMDS_MESSAGES {
+        let Some(rest) = text.strip_prefix(lead) else {
+            continue;
+        };
+        let code = rest.find(code_end).map_or(rest, |end| &rest[..end]);
+        let close = if code_end.starts_with(']') { "]" } else { "" };
+        return format!(
+            "{lead}{code}{close} (IMDS's message not repeated: it may quote the request's token)"
+        );
+    }
+    text
 }
 
 fn without_fragments(text: &str, secrets: &[Secret]) -> String {
@@ -298,5 +313,30 @@ mod tests {
         };
         assert_eq!(token.current(), vec![Secret::new("inline")]);
         assert!(ContainerToken::default().current().is_empty());
+    }
+
+    #[test]
+    fn what_imds_says_is_cut_to_its_code() {
+        for (said, kept) in [
+            (
+                "Error retrieving credentials from IMDS: Failure token AQAEA1234 refused",
+                "Error retrieving credentials from IMDS: Failure (IMDS's",
+            ),
+            (
+                "Incorrect IMDS/IAM configuration: [AssumeRoleUnauthorizedAccess] AQAEA1234. \
+                 Hint: Does this role have a trust relationship with EC2?",
+                "Incorrect IMDS/IAM configuration: [AssumeRoleUnauthorizedAccess] (IMDS's",
+            ),
+            (
+                "Error retrieving credentials from IMDS: Failure",
+                "Error retrieving credentials from IMDS: Failure (IMDS's",
+            ),
+        ] {
+            let out = without_imds_message(said.to_owned());
+            assert!(out.starts_with(kept), "{out}");
+            assert!(!out.contains("AQAEA"), "{out}");
+        }
+        let other = "an error occurred while loading credentials";
+        assert_eq!(without_imds_message(other.to_owned()), other);
     }
 }

@@ -3,7 +3,7 @@
 //! chain: static keys, web identity, container credentials, a named
 //! profile. Never IMDS on its own: in a pod it would yield the node's role.
 
-use super::config::{ContainerToken, SdkSource, SigV4Source, StaticKeys, WebIdentityConfig};
+use super::config::{SdkSource, SigV4Source, StaticKeys, WebIdentityConfig};
 use crate::config::parse::ParseError;
 
 /// Which credential source to use (`--credential-source`).
@@ -44,8 +44,6 @@ pub struct Found {
     pub static_keys: Option<StaticKeys>,
     /// `AWS_CONTAINER_CREDENTIALS_FULL_URI` or `_RELATIVE_URI` is set.
     pub container_env: bool,
-    /// Where the container endpoint's token comes from, if set.
-    pub container_token: ContainerToken,
     /// `AWS_PROFILE`.
     pub profile: Option<String>,
 }
@@ -69,9 +67,7 @@ pub fn select(found: Found, choice: SourceChoice) -> Result<Option<SigV4Source>,
             (Some(_), Some(_)) => Err(SelectError::Ambiguous),
             (Some(w), None) => Ok(Some(SigV4Source::WebIdentity(w))),
             (None, Some(s)) => Ok(Some(SigV4Source::Static(s))),
-            (None, None) if found.container_env => Ok(Some(SigV4Source::Sdk(
-                SdkSource::Container(found.container_token),
-            ))),
+            (None, None) if found.container_env => Ok(Some(SigV4Source::Sdk(SdkSource::Container))),
             (None, None) => Ok(found
                 .profile
                 .map(|p| SigV4Source::Sdk(SdkSource::Profile(Some(p))))),
@@ -88,9 +84,7 @@ pub fn select(found: Found, choice: SourceChoice) -> Result<Option<SigV4Source>,
             "container (AWS_CONTAINER_CREDENTIALS_FULL_URI or _RELATIVE_URI)",
             found
                 .container_env
-                .then_some(SigV4Source::Sdk(SdkSource::Container(
-                    found.container_token,
-                ))),
+                .then_some(SigV4Source::Sdk(SdkSource::Container)),
         ),
         SourceChoice::Profile => Ok(Some(SigV4Source::Sdk(SdkSource::Profile(found.profile)))),
         SourceChoice::Imds => Ok(Some(SigV4Source::Sdk(SdkSource::Imds))),
@@ -154,7 +148,6 @@ mod tests {
             web_identity: None,
             static_keys: None,
             container_env: true,
-            container_token: ContainerToken::default(),
             profile: Some("dev".into()),
         };
         assert_eq!(kind(all.clone(), SourceChoice::Auto), "container");

@@ -354,12 +354,14 @@ def test_ecs_or_pod_identity_container_source(start_sidecar, fake_aws):
     assert fake_aws.request_for(tid)["principal_arn"].endswith(":assumed-role/pod-identity-role/eks-pod")
 
 
-@pytest.mark.parametrize("from_file", [False, True])
-def test_a_container_endpoint_quoting_its_token_reaches_no_log(start_sidecar, fake_aws, tmp_path, from_file):
+@pytest.mark.parametrize("how", ["inline", "file", "profile"])
+def test_a_container_endpoint_quoting_its_token_reaches_no_log(start_sidecar, fake_aws, tmp_path, how):
     """A relay in the Pod Identity agent's place (or a broken agent)
     quoting the Authorization token it was sent in its error: aws-config
     repeats the error's message, and the sidecar printed it whole into
-    its log and /readyz."""
+    its log and /readyz. A profile whose role is assumed from the
+    container's credentials (`credential_source = EcsContainer`) calls
+    the same endpoint with the same token."""
     token = "pod-identity-" + "k9Qz7wLm" * 6
     fake_aws.post("/ecs", {"token": token, "quote_authorization": True})
     env = {
@@ -367,7 +369,12 @@ def test_a_container_endpoint_quoting_its_token_reaches_no_log(start_sidecar, fa
         "AWS_CONTAINER_CREDENTIALS_FULL_URI": fake_aws.sts + "/ecs/v1/credentials",
         "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws.bedrock,
     }
-    if from_file:
+    if how == "profile":
+        env.update(_profile_env(fake_aws, tmp_path, "chained", (
+            f"[profile chained]\nrole_arn = {CHAIN_ROLE}\ncredential_source = EcsContainer\n"
+        )))
+        env["BEDROCK_BROKER_CREDENTIAL_SOURCE"] = "profile"
+    if how == "file":
         (tmp_path / "token").write_text(token)
         env["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"] = str(tmp_path / "token")
     else:
@@ -383,19 +390,24 @@ def test_a_container_endpoint_quoting_its_token_reaches_no_log(start_sidecar, fa
         assert "k9Qz7wLm" not in text, text
 
 
-def test_an_imds_quoting_its_session_token_reaches_no_log(start_sidecar, fake_aws):
-    """The same from instance metadata: aws-config's error for an IMDS
-    failure carries the whole answer, which a relay may fill with the
-    session token the request sent."""
-    fake_aws.post("/imds", {"fail_next": 1000, "quote_token": True})
+@pytest.mark.parametrize("answer", [
+    {"fail_next": 1000},  # an error status: aws-config quotes the whole answer
+    {"error_code": "AssumeRoleUnauthorizedAccess"},  # IMDS's error shape in a 200
+    {"error_code": "Failure"},
+])
+def test_an_imds_quoting_its_session_token_reaches_no_log(start_sidecar, fake_aws, answer):
+    """The same from instance metadata, whose session token is fetched
+    inside aws-config: the sidecar never sees it to blank, so what IMDS
+    says beyond its status or code is not repeated."""
+    fake_aws.post("/imds", {**answer, "quote_token": True})
     sidecar = start_sidecar(imds_env(fake_aws), FAST, wait_ready=False)
     wait_for(lambda: sidecar.ready().json().get("last_error"), timeout=20, what="the failure reported")
     ready = json.dumps(sidecar.ready().json())
     sidecar.stop()
     calls = fake_aws.get("/imds/calls")
-    assert any(c["error"] == "injected 500" for c in calls), calls
+    assert any(c["error"] in ("injected 500", f"answered {answer.get('error_code')}") for c in calls), calls
     for text in (sidecar.log_text(), ready):
-        assert "500" in text, text
+        assert answer.get("error_code", "500") in text, text
         # The fake's tokens: AQAEA and 51 more characters.
         assert not re.search(r"AQAEA[A-Za-z0-9_-]{8}", text), text
 

@@ -167,7 +167,7 @@ def test_imds_controls(fake: Fake):
         return InstanceMetadataFetcher(timeout=5, num_attempts=attempts, base_url=imds_url(fake)).retrieve_iam_role_credentials()
 
     assert control(fake, "GET", "/imds") == {"role_name": "node-role", "fail_next": 0, "fail_status": 500, "disabled": False,
-                                             "quote_token": False}
+                                             "quote_token": False, "error_code": None}
     control(fake, "POST", "/imds", {"role_name": "worker-role"})
     got = fetch()
     assert got["role_name"] == "worker-role"
@@ -202,9 +202,16 @@ def test_imds_controls(fake: Fake):
     failed = imds_get(fake, "latest/meta-data/placement/region", token)
     assert failed.status == 500 and token in failed.data.decode()
     assert imds_get(fake, "latest/meta-data/placement/region", token).status == 200
+    control(fake, "POST", "/imds", {"error_code": "AssumeRoleUnauthorizedAccess"})
+    answer = imds_get(fake, "latest/meta-data/iam/security-credentials/node-role", token)
+    assert answer.status == 200
+    body = json.loads(answer.data)
+    assert body["Code"] == "AssumeRoleUnauthorizedAccess" and token in body["Message"]
+    control(fake, "POST", "/imds", {"error_code": None, "quote_token": False})
+    assert "AccessKeyId" in json.loads(imds_get(fake, "latest/meta-data/iam/security-credentials/node-role", token).data)
 
     for bad in ({"role": "x"}, {"role_name": ""}, {"role_name": "a/b"}, {"fail_next": -1}, {"fail_next": "1"},
-                {"fail_status": 200}, {"disabled": "yes"}, {"quote_token": 1}):
+                {"fail_status": 200}, {"disabled": "yes"}, {"quote_token": 1}, {"error_code": ""}, {"error_code": 5}):
         assert control_status(fake, "POST", "/imds", bad) == 400, bad
 
 
@@ -296,7 +303,7 @@ def test_reset_restores_imds_and_ecs(fake: Fake):
     HTTP.request("GET", fake.sts + "/ecs/v1/credentials")
     control(fake, "POST", "/reset", {})
     assert control(fake, "GET", "/imds") == {"role_name": "node-role", "fail_next": 0, "fail_status": 500, "disabled": False,
-                                             "quote_token": False}
+                                             "quote_token": False, "error_code": None}
     assert control(fake, "GET", "/ecs") == {"token": "ecs-test-token", "role_arn": "arn:aws:iam::123456789012:role/pod-identity-role",
                                             "fail_next": 0, "fail_status": 500, "quote_authorization": False}
     assert control(fake, "GET", "/imds/calls") == [] and control(fake, "GET", "/ecs/calls") == []

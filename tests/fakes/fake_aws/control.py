@@ -218,7 +218,7 @@ def _check_fail_fields(data: dict) -> None:
 
 
 async def ctl_imds(state: FakeState, request: web.Request) -> dict:
-    """POST /_control/imds {role_name?, fail_next?, fail_status?, disabled?, quote_token?}: IMDS behaviour."""
+    """POST /_control/imds {role_name?, fail_next?, fail_status?, disabled?, quote_token?, error_code?}: IMDS behaviour."""
     data = await read_json(request)
     check_keys(data, set(ImdsConfig.__dataclass_fields__))
     role = data.get("role_name")
@@ -227,6 +227,8 @@ async def ctl_imds(state: FakeState, request: web.Request) -> dict:
     for flag in ("disabled", "quote_token"):
         if flag in data and not isinstance(data[flag], bool):
             raise ValueError(f"{flag} must be a boolean")
+    if data.get("error_code") is not None and not (isinstance(data["error_code"], str) and data["error_code"]):
+        raise ValueError("error_code must be null or a non-empty string")
     _check_fail_fields(data)
     for key, value in data.items():
         setattr(state.imds, key, value)

@@ -92,7 +92,7 @@ def _imds_dispatch(state: FakeState, request: web.Request, path: str, record: di
     if failed is not None:
         text = f"injected failure for {IMDS_TOKEN_HEADER}: {token}" if cfg.quote_token else "injected failure"
         return _text(failed, text), f"injected {failed}"
-    return _imds_metadata(state, path, record)
+    return _imds_metadata(state, path, record, token or "")
 
 
 def _imds_token(state: FakeState, request: web.Request) -> tuple:
@@ -107,7 +107,7 @@ def _imds_token(state: FakeState, request: web.Request) -> tuple:
     return _text(200, token, headers={IMDS_TOKEN_TTL_HEADER: raw_ttl}), None
 
 
-def _imds_metadata(state: FakeState, path: str, record: dict) -> tuple:
+def _imds_metadata(state: FakeState, path: str, record: dict, token: str) -> tuple:
     """The token-authenticated metadata GETs."""
     cfg = state.imds
     if path in (IMDS_CREDENTIALS_PATH, IMDS_CREDENTIALS_PATH.rstrip("/")):
@@ -119,6 +119,11 @@ def _imds_metadata(state: FakeState, path: str, record: dict) -> tuple:
         record["role_name"] = role
         if cfg.role_name is None or role != cfg.role_name:
             return _text(404, "Not Found"), f"no role {role!r}"
+        if cfg.error_code is not None:
+            # IMDS's own error shape, in a 200 (as when EC2 cannot assume the role).
+            message = f"refused for {IMDS_TOKEN_HEADER}: {token}" if cfg.quote_token else "refused"
+            body = {"Code": cfg.error_code, "LastUpdated": iso8601_floor(time.time()), "Message": message}
+            return _text(200, json.dumps(body, indent=2)), f"answered {cfg.error_code}"
         role_arn = f"arn:aws:iam::{DEFAULT_ACCOUNT}:role/{role}"
         cred = issue_credential(state, role_arn, IMDS_INSTANCE_ID, None)
         credential_record_fields(record, cred)

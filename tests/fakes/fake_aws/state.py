@@ -102,7 +102,8 @@ class ImdsConfig:
     fail_next: int = 0  # fail the next N metadata GETs (token PUTs are not affected)
     fail_status: int = 500
     disabled: bool = False  # every IMDS request gets 403, as when IMDS is turned off
-    quote_token: bool = False  # injected failures quote the request's session token, as a relay may
+    quote_token: bool = False  # failures and error_code answers quote the request's session token, as a relay may
+    error_code: Optional[str] = None  # the role's credentials GET answers 200 {"Code": it, "Message": ...}
 
 
 @dataclass
