@@ -6,11 +6,20 @@ use std::error::Error;
 /// AWS SDK's `DisplayErrorContext` appends the error's `Debug` form as
 /// well, a dump of nested structs that repeats the same causes.
 pub fn with_causes(e: &(dyn Error + 'static)) -> String {
-    let mut text = e.to_string();
+    with_causes_described(e, |err| err.to_string())
+}
+
+/// [`with_causes`], each error (`e` and each cause) written by `describe`:
+/// for a library error whose own text says more than should be repeated.
+pub fn with_causes_described(
+    e: &(dyn Error + 'static),
+    describe: impl Fn(&(dyn Error + 'static)) -> String,
+) -> String {
+    let mut text = describe(e);
     let mut source = e.source();
     while let Some(cause) = source {
         text.push_str(": ");
-        text.push_str(&cause.to_string());
+        text.push_str(&describe(cause));
         source = cause.source();
     }
     text

@@ -203,19 +203,13 @@ fn provider_error(kind: &'static str, e: &CredentialsError, secrets: &[Secret]) 
 /// session token the request sent, which the sidecar never sees to
 /// blank (aws-config fetches it).
 fn described(e: &CredentialsError) -> String {
-    let mut parts = Vec::new();
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cause {
-        match err.downcast_ref::<ImdsError>() {
-            Some(ImdsError::ErrorResponse(answer)) => parts.push(format!(
-                "error response from IMDS (code: {})",
-                answer.response().status().as_u16()
-            )),
-            _ => parts.push(without_imds_message(err.to_string())),
-        }
-        cause = err.source();
-    }
-    parts.join(": ")
+    crate::error_text::with_causes_described(e, |err| match err.downcast_ref::<ImdsError>() {
+        Some(ImdsError::ErrorResponse(answer)) => format!(
+            "error response from IMDS (code: {})",
+            answer.response().status().as_u16()
+        ),
+        _ => without_imds_message(err.to_string()),
+    })
 }
 
 /// How aws-config (1.x, `imds/credentials.rs`) words IMDS's

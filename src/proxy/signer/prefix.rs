@@ -122,25 +122,22 @@ impl Recent {
             return (state, Outcome::Uncached);
         }
         let state = Sha256::new_with_prefix(scratch);
-        // The bytes and their state are replaced together; the replaced
-        // bytes become the next scratch, overwritten before they are read.
-        let oldest = if self.entries.len() < ENTRIES {
-            None
-        } else {
-            self.entries.pop()
+        // The scratch becomes the newest entry; the oldest one's buffer (a
+        // new one until there are enough) the next scratch, overwritten
+        // before it is read.
+        let spare = match self.entries.len() < ENTRIES {
+            true => None,
+            false => self.entries.pop().map(|oldest| oldest.bytes),
         };
-        let mut entry = match oldest {
-            Some(mut oldest) => {
-                oldest.state = state.clone();
-                oldest
-            }
-            None => Entry {
-                bytes: Zeroizing::new(Vec::with_capacity(2048)),
+        let spare = spare.unwrap_or_else(|| Zeroizing::new(Vec::with_capacity(2048)));
+        let bytes = std::mem::replace(&mut self.scratch, spare);
+        self.entries.insert(
+            0,
+            Entry {
+                bytes,
                 state: state.clone(),
             },
-        };
-        std::mem::swap(&mut entry.bytes, &mut self.scratch);
-        self.entries.insert(0, entry);
+        );
         (state, Outcome::Miss)
     }
 }
