@@ -1,6 +1,8 @@
 //! Micro-benchmarks of the hot-path pieces: signing a 1 KB request (the
 //! buffered path's own signer, aws-sigv4 beside it, and the hashing any
-//! signer needs) and reading the credentials cell. Run with `cargo bench --bench hot_path`.
+//! signer needs) and reading the credentials cell; and what blanking the
+//! secrets out of an error answer's body costs. Run with `cargo bench
+//! --bench hot_path`.
 
 // A benchmark panics on setup errors, and it reads the real clock.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
@@ -10,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_credential_types::Credentials;
 use bedrock_broker::credentials::{CredentialCell, HeldCredentials};
-use bedrock_broker::proxy::{BodyDigest, RequestSigner, Signer};
+use bedrock_broker::proxy::{bench_blank, BodyDigest, RequestSigner, Signer};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use sha2::Digest;
@@ -255,6 +257,43 @@ fn hashing_floor(c: &mut Criterion) {
     group.finish();
 }
 
+/// Blanking an error body of the secrets its request carried: every error
+/// answer of a request the proxy signed or gave its API key is read whole
+/// and searched, in each layer of escapes it has, for the secret and for
+/// every 8-byte piece of it.
+fn error_body(c: &mut Criterion) {
+    let token = "IQoJb3JpZ2luX2VjE+/".repeat(40);
+    let aws = format!(
+        r#"{{"message":"The security token included in the request is invalid. {}"}}"#,
+        "Check your AWS credentials and try again. ".repeat(45)
+    );
+    let quoting = format!(
+        r#"{{"message":"relay refused the request; it was sent with\nx-amz-security-token: {}\n{}"}}"#,
+        token.replace('/', "\\/"),
+        "x-header: value\n".repeat(60)
+    );
+    // The worst an error body can make of it: 64 KiB (all the proxy
+    // reads), every character of the token percent-encoded four times
+    // over, so each of the four layers undone is a view of its own.
+    let mut nested = String::new();
+    while nested.len() < 64 * 1024 - 16 {
+        let c = token.as_bytes()[nested.len() % token.len()];
+        nested.push_str(&format!("%252525{c:02X}"));
+    }
+    let mut group = c.benchmark_group("error body blanking");
+    for (name, body) in [
+        ("2 KiB AWS error, no secret in it", aws),
+        ("2 KiB echo quoting the token", quoting),
+        ("64 KiB, escaped four times over", nested),
+    ] {
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| bench_blank(black_box(body.as_bytes()), &[token.as_bytes()]))
+        });
+    }
+    group.finish();
+}
+
 fn cell(c: &mut Criterion) {
     let cell = CredentialCell::new();
     cell.store(held(true));
@@ -264,5 +303,12 @@ fn cell(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, request_signer, hashing_floor, signing, cell);
+criterion_group!(
+    benches,
+    request_signer,
+    hashing_floor,
+    signing,
+    cell,
+    error_body
+);
 criterion_main!(benches);

@@ -1,6 +1,7 @@
 //! A string that never shows itself in `Debug` or `Display`, and the
 //! blanking of security tokens that AWS quotes back in signature errors.
 
+use std::collections::HashSet;
 use std::fmt;
 
 /// Holds a secret (secret key, session token, bearer token, web identity
@@ -198,29 +199,61 @@ pub fn without_token(text: &str, secret: &str) -> String {
     }
 }
 
-/// `text` with every piece of 8 bytes or more that is also part of one
-/// of `secrets` blanked: a parser's or a relay's message may quote a piece
-/// of a field, cut anywhere and glued to anything (`token=<it>.`).
-pub fn without_fragments_of(text: &str, secrets: &[&str]) -> String {
-    const SHORTEST: usize = 8;
-    let grams: std::collections::HashSet<&[u8]> = secrets
-        .iter()
-        .flat_map(|s| s.as_bytes().windows(SHORTEST))
-        .collect();
-    let bytes = text.as_bytes();
-    if grams.is_empty() || bytes.len() < SHORTEST {
-        return text.to_owned();
+/// Every run of 8 bytes or more taken from some secrets, found in a text:
+/// a parser's or a relay's message may quote a piece of a secret, cut
+/// anywhere and glued to anything (`token=<it>.`), where neither the
+/// whole secret nor its label is there to find. Shorter pieces are not
+/// told from ordinary words; a base64 run of eight is.
+pub(crate) struct Pieces(HashSet<u64, foldhash::fast::RandomState>);
+
+/// How long a piece of a secret is blanked on its own.
+const PIECE: usize = 8;
+
+impl Pieces {
+    pub fn of<'a>(secrets: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        // foldhash, not SipHash: every error answer of a signed request
+        // builds one (a session token's ~1,000 pieces) and looks up each
+        // 8 bytes of the body in every layer of escapes; what it holds
+        // is the secret's, not chosen by whoever wrote the body.
+        Self(
+            secrets
+                .into_iter()
+                .flat_map(|s| s.windows(PIECE))
+                .filter_map(word)
+                .collect(),
+        )
     }
-    // Spans covered by an 8-byte window found in a secret; overlapping
-    // and touching windows merge into one blank.
-    let mut spans: Vec<(usize, usize)> = Vec::new();
-    for (at, window) in bytes.windows(SHORTEST).enumerate() {
-        if grams.contains(window) {
-            match spans.last_mut() {
-                Some((_, end)) if *end >= at => *end = at + SHORTEST,
-                _ => spans.push((at, at + SHORTEST)),
+
+    /// Where in `bytes` (`start..end`) runs of pieces are: overlapping
+    /// and touching pieces make one run.
+    pub fn runs(&self, bytes: &[u8]) -> Vec<(usize, usize)> {
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        if self.0.is_empty() {
+            return runs;
+        }
+        for (at, window) in bytes.windows(PIECE).enumerate() {
+            if word(window).is_some_and(|w| self.0.contains(&w)) {
+                match runs.last_mut() {
+                    Some((_, end)) if *end >= at => *end = at + PIECE,
+                    _ => runs.push((at, at + PIECE)),
+                }
             }
         }
+        runs
+    }
+}
+
+/// A piece as one integer: looked up without hashing a slice.
+fn word(piece: &[u8]) -> Option<u64> {
+    piece.try_into().ok().map(u64::from_ne_bytes)
+}
+
+/// `text` with every piece of 8 bytes or more that is also part of one
+/// of `secrets` blanked ([`Pieces`]): for a credential source's errors.
+pub fn without_fragments_of(text: &str, secrets: &[&str]) -> String {
+    let spans = Pieces::of(secrets.iter().map(|s| s.as_bytes())).runs(text.as_bytes());
+    if spans.is_empty() {
+        return text.to_owned();
     }
     let mut out = String::with_capacity(text.len());
     let mut done = 0;

@@ -11,6 +11,14 @@ use crate::secret::Secret;
 
 const SHORT_TERM_PREFIX: &str = "bedrock-api-key-";
 
+/// `token` without the prefix every short-term key starts with: its words
+/// are no secret, and ordinary error messages say them (`bedrock-runtime`).
+pub fn without_public_prefix(token: &[u8]) -> &[u8] {
+    token
+        .strip_prefix(SHORT_TERM_PREFIX.as_bytes())
+        .unwrap_or(token)
+}
+
 /// Which kind of Bedrock API key a token looks like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApiKeyKind {

@@ -25,7 +25,7 @@ pub mod token;
 pub mod token_watch;
 mod web_identity;
 
-pub use api_key::{bearer_header, ApiKey, ApiKeyKind, KeyExpiry};
+pub use api_key::{bearer_header, without_public_prefix, ApiKey, ApiKeyKind, KeyExpiry};
 pub use cell::{CredentialCell, HeldCredentials, Unusable};
 pub use chained::ChainedSource;
 pub use config::{

@@ -1,18 +1,21 @@
 //! Blanking the secrets a request carried out of an error body that
-//! quotes them back, however the body escapes them.
+//! quotes them back, whole or a piece of them, however the body escapes
+//! them.
 //!
 //! A body may write a character of a secret as itself or as an escape:
 //! JSON's `\uXXXX` and `\/`, HTML's `&#43;`, `&#x2B;` and `&plus;`, a
 //! URL's `%2B`, in any mix, and nested (a JSON string quoted inside
 //! another: `\\u002B`). The body is decoded layer by layer into a view
 //! that remembers which bytes of the body each character came from; the
-//! secret is searched for in each view, and the bytes it came from are
-//! blanked. Nothing is parsed, so a body that is not what it says it is
+//! secret, and every run of 8 bytes or more taken from it (a relay's log
+//! line cut to a width quotes a piece, without the header's name), is
+//! searched for in each view, and the bytes it came from are blanked. Nothing is parsed, so a body that is not what it says it is
 //! (text labelled JSON, JSON cut short) is cleaned the same.
 
 use memchr::memmem;
 
-use crate::secret::{escape_at, REDACTED};
+use crate::credentials::without_public_prefix;
+use crate::secret::{escape_at, Pieces, REDACTED};
 
 /// Layers of escaping undone: a quoted JSON string inside an HTML page
 /// inside a JSON error is three. Each layer is a pass over the body.
@@ -63,23 +66,38 @@ impl View {
     /// this view came from.
     fn find(&self, secret: &[u8], body_len: usize, spans: &mut Vec<(usize, usize)>) {
         for at in memmem::find_iter(&self.bytes, secret) {
-            let last = at + secret.len();
-            let end = self.starts.get(last).map_or(body_len, |&s| s as usize);
-            spans.push((self.starts[at] as usize, end));
+            spans.push(self.in_body(at, at + secret.len(), body_len));
         }
+    }
+
+    /// Where in the body each run of `pieces` in this view came from.
+    fn find_pieces(&self, pieces: &Pieces, body_len: usize, spans: &mut Vec<(usize, usize)>) {
+        for (start, end) in pieces.runs(&self.bytes) {
+            spans.push(self.in_body(start, end, body_len));
+        }
+    }
+
+    /// The body's bytes that this view's `start..end` came from.
+    fn in_body(&self, start: usize, end: usize, body_len: usize) -> (usize, usize) {
+        let end = self.starts.get(end).map_or(body_len, |&s| s as usize);
+        (self.starts[start] as usize, end)
     }
 }
 
-/// `body` with every occurrence of each of `secrets` blanked, written
-/// plainly or escaped; `None` when there was none. Empty secrets are
-/// skipped (they would match everywhere).
+/// `body` with every occurrence of each of `secrets`, and of every run of
+/// 8 bytes or more taken from one, blanked, written plainly or escaped;
+/// `None` when there was none. Empty secrets are skipped (they would
+/// match everywhere).
 pub fn blank(body: &[u8], secrets: &[&[u8]]) -> Option<Vec<u8>> {
     let secrets: Vec<&[u8]> = secrets.iter().copied().filter(|s| !s.is_empty()).collect();
     // Offsets are kept as u32: error bodies are read up to 64 KiB.
     if secrets.is_empty() || u32::try_from(body.len()).is_err() {
         return None;
     }
-    let mut spans = Vec::new();
+    // A short-term key's public prefix is blanked with the whole key, not
+    // as a piece.
+    let pieces = Pieces::of(secrets.iter().map(|s| without_public_prefix(s)));
+    let mut spans = pieces.runs(body);
     for secret in &secrets {
         spans.extend(memmem::find_iter(body, secret).map(|at| (at, at + secret.len())));
     }
@@ -89,6 +107,7 @@ pub fn blank(body: &[u8], secrets: &[&[u8]]) -> Option<Vec<u8>> {
         for secret in &secrets {
             view.find(secret, body.len(), &mut spans);
         }
+        view.find_pieces(&pieces, body.len(), &mut spans);
         next = (layer < MAX_LAYERS).then(|| view.decoded()).flatten();
     }
     if spans.is_empty() {
@@ -117,13 +136,19 @@ mod tests {
     fn four_layers_of_escapes_are_undone_and_no_more() {
         const TOKEN: &str = "IQoJb3JpZ2luX2Vj+ab/cd+ef/gh==";
         for (layers, plus, blanked) in [
-            (3, "%25252B", true),
-            (4, "%2525252B", true),
-            (5, "%252525252B", false),
+            (3, "%25252B", "token: ** redacted **"),
+            (4, "%2525252B", "token: ** redacted **"),
+            // Only the pieces between the escapes are found: the first
+            // one is long enough.
+            (
+                5,
+                "%252525252B",
+                "token: ** redacted **%252525252Bab/cd%252525252Bef/gh==",
+            ),
         ] {
             let body = format!("token: {}", TOKEN.replace('+', plus));
-            let out = blank(body.as_bytes(), &[TOKEN.as_bytes()]);
-            assert_eq!(out.is_some(), blanked, "{layers} layers");
+            let out = blank(body.as_bytes(), &[TOKEN.as_bytes()]).unwrap();
+            assert_eq!(String::from_utf8(out).unwrap(), blanked, "{layers} layers");
         }
     }
 
@@ -176,7 +201,9 @@ mod tests {
             "\\u00",
             "&#99999999;",
             "\\uD83D",
-            "IQoJb3JpZ2luX2Vj+ab",
+            // Seven bytes of it: no piece.
+            "IQoJb3J",
+            "x IQoJb3J ab/cd+e",
         ] {
             assert_eq!(blank(body.as_bytes(), &[TOKEN.as_bytes()]), None, "{body}");
         }
@@ -191,6 +218,43 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "a ** redacted ** b ** redacted ** c ** redacted ** d"
+        );
+    }
+
+    #[test]
+    fn pieces_of_the_secret_are_blanked_however_written() {
+        const LONG: &str = "IQoJb3JpZ2luX2Vj+ab/cd+ef/gh0123456789ZYXWVU==";
+        for (start, end) in [(0, 8), (0, 20), (5, 13), (10, LONG.len()), (3, 40)] {
+            let piece = &LONG[start..end];
+            for form in [
+                piece.to_owned(),
+                piece.replace('+', "\\u002B").replace('/', "\\/"),
+                piece.replace('+', "&#43;").replace('/', "%2F"),
+                piece.replace('+', "%252B").replace('=', "\\u003d"),
+            ] {
+                let body = format!(r#"{{"message":"saw [{form}] and [{form}]","code":"X"}}"#);
+                let out = blank(body.as_bytes(), &[LONG.as_bytes()]).unwrap();
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    r#"{"message":"saw [** redacted **] and [** redacted **]","code":"X"}"#,
+                    "{form}"
+                );
+            }
+        }
+        // Seven bytes are not told from a word.
+        assert_eq!(blank(b"saw [IQoJb3J]", &[LONG.as_bytes()]), None);
+    }
+
+    #[test]
+    fn a_short_term_keys_public_prefix_is_no_piece_of_it() {
+        const KEY: &str = "bedrock-api-key-YmVkcm9jay5hbWF6b25hd3MuY29tLz9BY3Rpb249Q2FsbA==";
+        let body = "bedrock-runtime refused: bedrock-api-key-x";
+        assert_eq!(blank(body.as_bytes(), &[KEY.as_bytes()]), None);
+        let body = format!("saw {} and {KEY}.", &KEY[..30]);
+        let out = blank(body.as_bytes(), &[KEY.as_bytes()]).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "saw bedrock-api-key-** redacted ** and ** redacted **."
         );
     }
 
@@ -238,6 +302,28 @@ mod tests {
                 let out = blank(body.as_bytes(), &[token.as_bytes()]).unwrap();
                 let out = String::from_utf8(out).unwrap();
                 prop_assert_eq!(out, format!("{before}** redacted **{after}"));
+            }
+
+            /// Any piece of 8 bytes or more, however written, is blanked and
+            /// the text around it kept.
+            #[test]
+            fn any_piece_in_any_mix_of_escapes_is_blanked(
+                (token, start, len, forms) in base64_token().prop_flat_map(|t| {
+                    let n = t.len();
+                    (Just(t), 0..n - 8).prop_flat_map(move |(t, start)| {
+                        (Just(t), Just(start), 8..=n - start)
+                    }).prop_flat_map(|(t, start, len)| {
+                        let forms: Vec<_> = t.bytes().skip(start).take(len).map(written).collect();
+                        (Just(t), Just(start), Just(len), forms)
+                    })
+                }),
+                before in "[ :\\n\"{}]{0,40}",
+                after in "[ \\n\"{},;]{0,40}",
+            ) {
+                let body = format!("{before}{}{after}", forms.concat());
+                let out = blank(body.as_bytes(), &[token.as_bytes()]);
+                let out = String::from_utf8(out.unwrap_or_default()).unwrap();
+                prop_assert_eq!(out, format!("{before}** redacted **{after}"), "{}..{}", start, start + len);
             }
 
             /// Arbitrary bytes never panic, and what comes back does not

@@ -4,7 +4,8 @@
 //! non-AWS upstream may echo the request's headers (the session token, or
 //! `authorization: Bearer <the configured API key>`). The client must
 //! never read either: an error body the proxy can hold is read whole and
-//! those exact secrets blanked, however it escapes them ([`super::blank`]).
+//! those secrets blanked, whole or any piece of 8 bytes or more, however
+//! it escapes them ([`super::blank`]).
 //! Nothing else is buffered: successful and streaming answers, and errors
 //! that say they are longer than [`MAX_ERROR_BODY`], pass as they come.
 
@@ -82,7 +83,8 @@ pub fn is_held<B>(response: &Response<B>) -> bool {
 
 /// What an error body is cleaned of.
 pub struct Secrets<'a> {
-    /// The exact secret the request carried, blanked wherever it is.
+    /// The secret the request carried, blanked wherever it is, whole or
+    /// a piece of it.
     pub exact: Option<&'a [u8]>,
     /// Whether the request was signed: the value after every
     /// `x-amz-security-token` label is blanked too (a signature error's

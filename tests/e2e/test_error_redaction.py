@@ -3,8 +3,10 @@ pod's session token or the configured API key, however they escape it."""
 
 from __future__ import annotations
 
+import base64
 import html
 import json
+import time
 import urllib.parse
 import uuid
 
@@ -88,6 +90,49 @@ def test_an_error_quoting_the_request_never_shows_the_configured_key(start_sidec
     assert fake_aws.request_for(tid)["bearer_token"] == CONFIGURED_KEY
     assert_no_part_of(CONFIGURED_KEY, r.text)
     assert "** redacted **" in r.text
+
+
+def short_term_key() -> str:
+    """A short-term key shaped as AWS's token generators mint them: a
+    presigned URL, base64, after a public prefix."""
+    now = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    url = ("bedrock.amazonaws.com/?Action=CallWithBearerToken&X-Amz-Algorithm=AWS4-HMAC-SHA256"
+           f"&X-Amz-Credential=ASIAEXAMPLE%2F{now[:8]}%2Fus-east-1%2Fbedrock%2Faws4_request&X-Amz-Date={now}"
+           f"&X-Amz-Expires=43200&X-Amz-Security-Token={uuid.uuid4().hex * 4}"
+           f"&X-Amz-Signature={uuid.uuid4().hex * 2}&Version=1")
+    return "bedrock-api-key-" + base64.b64encode(url.encode()).decode()
+
+
+def assert_cut_echo_passes_through(r: requests.Response, style: str, status: int) -> None:
+    assert r.status_code == status, r.text
+    assert "x-bedrock-broker-error" not in r.headers, r.headers
+    # Ordinary words that happen to be in a key's public prefix stay.
+    assert "fake bedrock-runtime relay refused the request; it saw (cut)" in r.text
+    assert "** redacted **" in r.text
+
+
+@pytest.mark.parametrize("cut", ["0:60", "37:45"])
+@pytest.mark.parametrize("style", STYLES)
+def test_a_piece_of_the_session_token_quoted_without_its_name_is_blanked(start_sidecar, irsa_env, fake_aws, style, cut):
+    """A relay's log line cut to a width quotes a piece of a value, and no
+    header name before it: neither the whole token nor its label is there
+    to find."""
+    sidecar = start_sidecar(irsa_env)
+    tid, r = echoed(sidecar, style, 500, {"x-fake-echo-cut": cut})
+    assert_cut_echo_passes_through(r, style, 500)
+    assert fake_aws.request_for(tid)["auth_kind"] == "sigv4"
+    assert_no_part_of(session_token(fake_aws, tid), r.text)
+
+
+@pytest.mark.parametrize("cut", ["0:40", "30:30"])
+@pytest.mark.parametrize("key", ["long-term", "short-term"])
+def test_a_piece_of_the_configured_key_quoted_without_its_name_is_blanked(start_sidecar, irsa_env, fake_aws, key, cut):
+    configured = CONFIGURED_KEY if key == "long-term" else short_term_key()
+    sidecar = start_sidecar({**irsa_env, "AWS_BEARER_TOKEN_BEDROCK": configured})
+    tid, r = echoed(sidecar, "json-u", 403, {"x-fake-echo-cut": cut})
+    assert_cut_echo_passes_through(r, "json-u", 403)
+    assert fake_aws.request_for(tid)["bearer_token"] == configured
+    assert_no_part_of(configured, r.text)
 
 
 def test_the_clients_own_key_is_no_secret_from_it(start_sidecar, irsa_env, fake_aws):

@@ -244,6 +244,20 @@ def test_echoed_headers_are_written_as_asked(fake: Fake, style: str, written: st
         assert json.loads(resp.data)["code"] == "InternalServerException"
 
 
+@pytest.mark.parametrize("cut,written,unwritten", [
+    ("12", "[Bearer ABSKa]", "ABSKa+"),
+    ("9:6", "[SKa+b/]", "ABSKa+b/"),
+])
+def test_echoed_headers_may_be_cut_and_unnamed(fake: Fake, cut: str, written: str, unwritten: str):
+    resp = send(f"{fake.bedrock}/model/{MODEL}/converse", converse_body(),
+                {"Authorization": "Bearer ABSKa+b/c=", "x-fake-echo-headers": "json", "x-fake-echo-cut": cut})
+    assert resp.status == 403
+    message = json.loads(resp.data)["message"]
+    assert message.startswith("fake bedrock-runtime relay refused the request; it saw (cut)\n")
+    assert written in message
+    assert unwritten not in message and "Authorization" not in message
+
+
 def test_a_signature_error_may_name_its_type_in_the_body_only(fake: Fake, sts_creds: dict):
     client = runtime_client(fake, sts_creds, {"x-fake-sigv4-mismatch": "type-in-body"})
     with pytest.raises(ClientError) as raised:

@@ -20,7 +20,7 @@ from aiohttp import web
 import eventstream  # tests/fakes/eventstream.py, as stream_plans uses it
 
 from .bedrock_auth import authenticate_bedrock
-from .bedrock_errors import aws_json_error, echo_error, forced_status_error
+from .bedrock_errors import aws_json_error, echo_error, forced_status_error, parse_cut
 from .bedrock_records import finalize_record, new_bedrock_record
 from .bedrock_replies import (
     GUARDRAIL_USAGE,
@@ -102,7 +102,8 @@ async def route_bedrock(state: FakeState, request: web.Request, body: bytes, rec
     forced = header_int(request, "x-fake-status", None)
     echo = request.headers.get("x-fake-echo-headers")
     if echo:
-        return echo_error(forced if forced is not None and forced >= 400 else 403, echo, request.headers)
+        cut = parse_cut(request.headers.get("x-fake-echo-cut"))
+        return echo_error(forced if forced is not None and forced >= 400 else 403, echo, request.headers, cut)
     if forced is not None and forced >= 400:
         return aws_json_error(*forced_status_error(forced))
 

@@ -43,20 +43,40 @@ def _entities(text: str) -> str:
     return text.replace("+", "&#43;").replace("/", "&#x2F;").replace("=", "&equals;")
 
 
-def echo_error(status: int, style: str, headers) -> web.Response:
+def parse_cut(text: str | None) -> tuple[int, int] | None:
+    """``x-fake-echo-cut``: ``N`` (the first N characters of each value)
+    or ``SKIP:N`` (N characters from SKIP on)."""
+    if text is None:
+        return None
+    skip, _, n = text.rpartition(":")
+    try:
+        cut = (int(skip or 0), int(n))
+    except ValueError:
+        return None
+    return cut if cut[0] >= 0 and cut[1] > 0 else None
+
+
+def echo_error(status: int, style: str, headers, cut: tuple[int, int] | None = None) -> web.Response:
     """An error that quotes the request's headers back, as a relay or a
     non-AWS upstream may (``x-fake-echo-headers``). ``style`` is how the
     body writes them: ``json``, ``json-u`` (System.Text.Json's default,
     ``+``, ``/`` and ``=`` as ``\\uXXXX``), ``html`` (character
     references), ``percent`` (values percent-encoded), ``colon-space``
-    (``Name : value``) or ``text`` (a plain-text body)."""
+    (``Name : value``) or ``text`` (a plain-text body). With ``cut``
+    (``x-fake-echo-cut``) it quotes only a piece of each value, without
+    its name, as a log line cut to a width does."""
     sep = " : " if style == "colon-space" else ": "
     lines = []
     for name, value in headers.items():
+        if cut is not None:
+            value = value[cut[0]:cut[0] + cut[1]]
         if style == "percent":
             value = quote(value, safe="")
-        lines.append(f"{name}{sep}{value}")
-    message = "fake relay refused the request; it was sent with\n" + "\n".join(lines)
+        lines.append(f"[{value}]" if cut is not None else f"{name}{sep}{value}")
+    if cut is None:
+        message = "fake relay refused the request; it was sent with\n" + "\n".join(lines)
+    else:
+        message = "fake bedrock-runtime relay refused the request; it saw (cut)\n" + "\n".join(lines)
     error_type = BEDROCK_STATUS_ERRORS.get(status, "InternalServerException")
     extra = {"x-amzn-RequestId": new_request_id()}
     if style == "text":
