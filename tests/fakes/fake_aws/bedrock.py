@@ -32,6 +32,7 @@ from .bedrock_replies import (
     wants_guardrail_trace,
 )
 from .common import BadFakeHeader, header_int, json_response, new_request_id, parse_json_body
+from .h2relay import hold_little
 from .state import STATE_KEY, FakeState
 from .stream_plans import agent_answer, plan_converse_stream, plan_invoke_stream, plan_messages_stream, plan_openai_stream
 from .streaming import StreamControls, send_broken_off, send_stream
@@ -61,6 +62,8 @@ async def bedrock_handler(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     body = await request.read()
     record = new_bedrock_record(state, request, body)
+    if record["http_version"] == "2":
+        hold_little(request)
     resp = authenticate_bedrock(state, request, body, record)
     if resp is None:
         try:

@@ -22,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import socket
 from typing import Optional
 
 import aiohttp
+from aiohttp import web
 import h2.errors
 from yarl import URL
 
@@ -35,6 +37,11 @@ log = logging.getLogger(__name__)
 RELAY_MARKER = "x-fake-h2-relay"
 # Read from the HTTP/1.1 answer at a time; also the most held per stream.
 RELAY_READ_SIZE = 64 * 1024
+# The HTTP/1.1 hop's receive buffer. Left to the kernel's autotuning, an
+# answer its HTTP/2 client does not read piled up there (about 9 MB a
+# stream): 200 unread streams had the fake write 1.8 GB, and its
+# control API stalled for tens of seconds under that load.
+RELAY_SOCKET_BUFFER = 64 * 1024
 # HTTP/1.1 hop-by-hop headers an HTTP/2 answer must not carry (RFC 9113 8.2.2).
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"})
 # Headers the client library would add on its own; the relay sends only what came.
@@ -52,7 +59,7 @@ class H2Relay:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             # The fake's own certificate: trust is what the HTTP/2 side checked.
-            connector = aiohttp.TCPConnector(ssl=False, limit=0, force_close=False)
+            connector = aiohttp.TCPConnector(ssl=False, limit=0, force_close=False, socket_factory=_relay_socket)
             timeout = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=10)
             self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
         return self._session
@@ -114,6 +121,25 @@ class H2Relay:
             # Closed, not released: an answer cut short must end its
             # HTTP/1.1 connection, which is how the route learns of it.
             resp.close()
+
+
+def _relay_socket(addr_info) -> socket.socket:
+    """The HTTP/1.1 hop's socket, its receive buffer set before it connects
+    (so the window it offers is scaled to it): what Bedrock would hold
+    for a stream is what HTTP/2's flow control lets through, not what a
+    loopback connection can take."""
+    family, type_, proto, _, _ = addr_info
+    sock = socket.socket(family=family, type=type_, proto=proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RELAY_SOCKET_BUFFER)
+    return sock
+
+
+def hold_little(request: web.Request) -> None:
+    """The HTTP/1.1 app's side of a relayed request: its send buffer
+    capped too (autotuned, it took about 4 MB of an unread answer)."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, RELAY_SOCKET_BUFFER)
 
 
 async def _until_reset(stream: H2Stream) -> None:
