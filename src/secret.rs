@@ -203,25 +203,37 @@ pub fn without_token(text: &str, secret: &str) -> String {
 /// a parser's or a relay's message may quote a piece of a secret, cut
 /// anywhere and glued to anything (`token=<it>.`), where neither the
 /// whole secret nor its label is there to find. Shorter pieces are not
-/// told from ordinary words; a base64 run of eight is.
+/// told from ordinary words; a base64 run of eight is, unless it repeats
+/// a few characters: real session tokens hold `//////////`, which a
+/// page's or a path's text may too, so such a window is no piece (one
+/// either side of it is, and the run is blanked whole).
 pub(crate) struct Pieces(HashSet<u64, foldhash::fast::RandomState>);
 
 /// How long a piece of a secret is blanked on its own.
 const PIECE: usize = 8;
 
+/// How many different bytes a piece has at least.
+const DISTINCT: usize = 4;
+
 impl Pieces {
-    pub fn of<'a>(secrets: impl IntoIterator<Item = &'a [u8]>) -> Self {
+    pub fn of<'a>(secrets: impl IntoIterator<Item = &'a [u8]> + Clone) -> Self {
         // foldhash, not SipHash: every error answer of a signed request
         // builds one (a session token's ~1,000 pieces) and looks up each
         // 8 bytes of the body in every layer of escapes; what it holds
         // is the secret's, not chosen by whoever wrote the body.
-        Self(
+        let windows = secrets
+            .clone()
+            .into_iter()
+            .map(|s| s.len().saturating_sub(PIECE - 1));
+        let mut set = HashSet::with_capacity_and_hasher(windows.sum(), Default::default());
+        set.extend(
             secrets
                 .into_iter()
                 .flat_map(|s| s.windows(PIECE))
-                .filter_map(word)
-                .collect(),
-        )
+                .filter(|w| distinct(w) >= DISTINCT)
+                .filter_map(word),
+        );
+        Self(set)
     }
 
     /// Where in `bytes` (`start..end`) runs of pieces are: overlapping
@@ -241,6 +253,13 @@ impl Pieces {
         }
         runs
     }
+}
+
+/// How many different bytes `piece` holds.
+fn distinct(piece: &[u8]) -> usize {
+    (0..piece.len())
+        .filter(|&i| !piece[..i].contains(&piece[i]))
+        .count()
 }
 
 /// A piece as one integer: looked up without hashing a slice.
@@ -467,6 +486,16 @@ mod tests {
         );
         assert_eq!(out, "xx ** redacted ** yy", "{accented}");
         assert_eq!(without_fragments_of("anything", &["short"]), "anything");
+        // A run of slashes is in real tokens and in ordinary text.
+        let real = "AQoDYXdzEPT//////////wEXAMPLEtc764bNrC9SAPBSM22wDOk4x4HIZ8j4FZTwdQW";
+        assert_eq!(
+            without_fragments_of("no route: //////////////", &[real]),
+            "no route: //////////////"
+        );
+        assert_eq!(
+            without_fragments_of("got EPT//////////wEXAM.", &[real]),
+            "got ** redacted **."
+        );
         assert_eq!(
             xml_texts(b"<SessionToken>cut", &["SessionToken"]),
             Vec::<&str>::new()

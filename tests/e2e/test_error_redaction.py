@@ -103,12 +103,16 @@ def short_term_key() -> str:
     return "bedrock-api-key-" + base64.b64encode(url.encode()).decode()
 
 
-def assert_cut_echo_passes_through(r: requests.Response, style: str, status: int) -> None:
+def assert_cut_echo_passes_through(r: requests.Response, status: int, tid: str, cut: str) -> None:
     assert r.status_code == status, r.text
     assert "x-bedrock-broker-error" not in r.headers, r.headers
     # Ordinary words that happen to be in a key's public prefix stay.
     assert "fake bedrock-runtime relay refused the request; it saw (cut)" in r.text
     assert "** redacted **" in r.text
+    if cut.startswith("0:"):
+        # What is no secret stays: the test id, hex, is written alike in
+        # every style.
+        assert f"[{tid}]" in r.text, r.text
 
 
 @pytest.mark.parametrize("cut", ["0:60", "37:45"])
@@ -119,7 +123,7 @@ def test_a_piece_of_the_session_token_quoted_without_its_name_is_blanked(start_s
     to find."""
     sidecar = start_sidecar(irsa_env)
     tid, r = echoed(sidecar, style, 500, {"x-fake-echo-cut": cut})
-    assert_cut_echo_passes_through(r, style, 500)
+    assert_cut_echo_passes_through(r, 500, tid, cut)
     assert fake_aws.request_for(tid)["auth_kind"] == "sigv4"
     assert_no_part_of(session_token(fake_aws, tid), r.text)
 
@@ -130,7 +134,7 @@ def test_a_piece_of_the_configured_key_quoted_without_its_name_is_blanked(start_
     configured = CONFIGURED_KEY if key == "long-term" else short_term_key()
     sidecar = start_sidecar({**irsa_env, "AWS_BEARER_TOKEN_BEDROCK": configured})
     tid, r = echoed(sidecar, "json-u", 403, {"x-fake-echo-cut": cut})
-    assert_cut_echo_passes_through(r, "json-u", 403)
+    assert_cut_echo_passes_through(r, 403, tid, cut)
     assert fake_aws.request_for(tid)["bearer_token"] == configured
     assert_no_part_of(configured, r.text)
 
