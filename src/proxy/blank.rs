@@ -9,8 +9,9 @@
 //! that remembers which bytes of the body each character came from; the
 //! secret, and every run of 8 bytes or more taken from it (a relay's log
 //! line cut to a width quotes a piece, without the header's name), is
-//! searched for in each view, and the bytes it came from are blanked. Nothing is parsed, so a body that is not what it says it is
-//! (text labelled JSON, JSON cut short) is cleaned the same.
+//! searched for in each view, and the bytes it came from are blanked.
+//! Nothing is parsed, so a body that is not what it says it is (text
+//! labelled JSON, JSON cut short) is cleaned the same.
 
 use memchr::memmem;
 

@@ -59,8 +59,9 @@ use http_body_util::{Either, Full};
 use prometheus::Histogram;
 
 pub use auth::AuthMode;
-/// The error-body blanking, for `cargo bench` (its worst case is a
-/// 64 KiB body escaped four times over), not for callers.
+/// The error-body blanking, for `cargo bench` (its worst case: 64 KiB
+/// in five views, a piece of the secret in each every few bytes), not
+/// for callers.
 #[doc(hidden)]
 pub use blank::blank as bench_blank;
 pub use config::{Config, Gate, MinRate, RouteTable, Upstream, UsageLabels};
