@@ -49,10 +49,14 @@ def session_token(fake_aws, tid: str) -> str:
     return token
 
 
+# No secret, though real session tokens hold a run of slashes too.
+SLASHES = "a////////////////b"
+
+
 def echoed(sidecar, style: str, status: int, extra: dict | None = None) -> tuple[str, requests.Response]:
     tid = uuid.uuid4().hex
     headers = {"content-type": "application/json", "x-test-id": tid, "x-fake-echo-headers": style,
-               "x-fake-status": str(status), **(extra or {})}
+               "x-fake-status": str(status), "x-note": SLASHES, **(extra or {})}
     r = requests.post(sidecar.url(CONVERSE), data=BODY, headers=headers, timeout=30)
     return tid, r
 
@@ -62,6 +66,7 @@ def assert_error_passes_through(r: requests.Response, style: str, status: int) -
     assert "x-bedrock-broker-error" not in r.headers, r.headers
     assert "fake relay refused the request; it was sent with" in r.text
     assert "x-test-id" in r.text, "the rest of the echo must pass"
+    assert any(SLASHES in v for v in views(r.text)), r.text
     if style != "text":
         kind = "AccessDeniedException" if status == 403 else "InternalServerException"
         assert r.headers["x-amzn-errortype"] == kind
@@ -113,6 +118,7 @@ def assert_cut_echo_passes_through(r: requests.Response, status: int, tid: str, 
         # What is no secret stays: the test id, hex, is written alike in
         # every style.
         assert f"[{tid}]" in r.text, r.text
+        assert any(f"[{SLASHES}]" in v for v in views(r.text)), r.text
 
 
 @pytest.mark.parametrize("cut", ["0:60", "37:45"])

@@ -16,9 +16,14 @@ DEFAULT_LIFETIME_SECONDS = 3600.0
 
 def session_token() -> str:
     """A token shaped like STS's: base64, so with ``+``, ``/`` and ``=``
-    in it (each at least once), which encoders of error bodies escape."""
+    in it (each at least once), which encoders of error bodies escape,
+    and the run of slashes real ones have (``EPT//////////wE`` in AWS's
+    documented example), which ordinary text may hold too."""
     b64 = string.ascii_letters + string.digits + "+/"
-    return "FwoGZXIvYXdzE" + random_chars(60, b64) + "+" + random_chars(30, b64) + "/" + random_chars(28, b64) + "=="
+    return (
+        "IQoJb3JpZ2luX2VjE" + random_chars(20, b64) + "//////////" + random_chars(40, b64)
+        + "+" + random_chars(30, b64) + "/" + random_chars(28, b64) + "=="
+    )
 
 
 def issue_credential(state: FakeState, role_arn: str, session: str, duration: Optional[str]) -> Credential:
