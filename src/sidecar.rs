@@ -41,6 +41,9 @@ pub struct SidecarConfig {
     /// The optional loopback container-credentials endpoint for other SDKs.
     pub container_credentials: Option<ContainerCredentialsConfig>,
     pub proxy: proxy::Config,
+    /// Settings that work but should change, said once at start (the
+    /// credential sources' own are in `credentials.warnings`).
+    pub warnings: Vec<String>,
 }
 
 /// Why the sidecar could not start.
@@ -253,7 +256,7 @@ impl Sidecar {
             clock,
             metrics,
         } = self;
-        for warning in &config.credentials.warnings {
+        for warning in config.credentials.warnings.iter().chain(&config.warnings) {
             tracing::warn!("{warning}");
         }
         let background = CancellationToken::new();

@@ -14,7 +14,12 @@ use crate::proxy::{Gate, MinRate};
 use crate::secret::Secret;
 
 /// What a request must pass: its Host, the optional token, the budgets.
-pub(super) fn gate(args: &SidecarArgs, env: &Env, e: &mut Errors) -> Option<Gate> {
+pub(super) fn gate(
+    args: &SidecarArgs,
+    env: &Env,
+    e: &mut Errors,
+    warnings: &mut Vec<String>,
+) -> Option<Gate> {
     let allowed_hosts = e.read_optional(
         &s::ALLOWED_HOSTS,
         args.allowed_hosts.as_deref(),
@@ -27,6 +32,22 @@ pub(super) fn gate(args: &SidecarArgs, env: &Env, e: &mut Errors) -> Option<Gate
         env,
         proxy_token,
     );
+    if args
+        .proxy_token
+        .as_ref()
+        .is_some_and(|raw| !raw.starts_with('@'))
+    {
+        // As `docker login --password` warns: a command line is readable by
+        // every process that can list processes (`ps`, /proc/PID/cmdline),
+        // in the pod with a shared process namespace and on the node.
+        warnings.push(format!(
+            "--{} was given on the command line, where any process that can list \
+             processes can read it; give it as --{} @FILE or in {} instead",
+            s::PROXY_TOKEN.flag,
+            s::PROXY_TOKEN.flag,
+            s::PROXY_TOKEN.env[0],
+        ));
+    }
     let body_read_timeout = e.read(
         &s::BODY_READ_TIMEOUT,
         args.body_read_timeout.as_deref(),

@@ -70,7 +70,8 @@ impl SidecarConfig {
             &mut e,
         );
         let upstream = upstream(args, env, &mut e);
-        let gate = gate::gate(args, env, &mut e);
+        let mut warnings = Vec::new();
+        let gate = gate::gate(args, env, &mut e, &mut warnings);
         if let (Some(u), Some(g)) = (&upstream, &gate) {
             if g.body_budget < u.max_body_bytes {
                 e.push(
@@ -160,6 +161,7 @@ impl SidecarConfig {
                 container_credentials: container_credentials?,
                 credentials,
                 proxy,
+                warnings,
             })
         })
     }
@@ -1272,6 +1274,39 @@ mod tests {
         let token = c.proxy.gate.token.as_ref().unwrap();
         assert_eq!(token.expose(), "a-proxy-token-of-32-characters!");
         assert!(!format!("{c:?}").contains("a-proxy-token"));
+    }
+
+    #[test]
+    fn a_proxy_token_on_the_command_line_is_warned_about_without_showing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "a-proxy-token-of-32-characters!").unwrap();
+        let from_file = format!("@{}", file.display());
+        let with_flag = |value: &str, env: &[(&str, &str)]| {
+            let args = SidecarArgs {
+                proxy_token: Some(value.to_owned()),
+                ..SidecarArgs::default()
+            };
+            SidecarConfig::from_args(&args, &Env::from_pairs(env.iter().copied())).unwrap()
+        };
+        let inline = with_flag("a-proxy-token-of-32-characters!", &IRSA);
+        assert_eq!(inline.warnings.len(), 1, "{:?}", inline.warnings);
+        let warning = &inline.warnings[0];
+        assert!(
+            warning.starts_with("--proxy-token was given on the command line")
+                && warning.contains("--proxy-token @FILE")
+                && warning.contains("BEDROCK_BROKER_PROXY_TOKEN"),
+            "{warning}"
+        );
+        assert!(!warning.contains("a-proxy-token-of"), "{warning}");
+        // A file named on the command line, or the variable: nothing to say.
+        assert!(with_flag(&from_file, &IRSA).warnings.is_empty());
+        let mut env = IRSA.to_vec();
+        env.push((
+            "BEDROCK_BROKER_PROXY_TOKEN",
+            "a-proxy-token-of-32-characters!",
+        ));
+        assert!(sidecar(&env).unwrap().warnings.is_empty());
     }
 
     #[test]

@@ -5,6 +5,7 @@ through while a request without the token is refused."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
 
@@ -113,3 +114,29 @@ def test_a_proxy_token_shaped_like_an_api_key_never_reaches_bedrock(start_sideca
         assert seen["auth_kind"] == "sigv4" and seen["verified"], seen
         assert seen["bearer_token"] is None
         assert token not in seen["canonical_request"]
+
+
+def test_a_proxy_token_on_the_command_line_is_warned_about_and_still_works(start_sidecar, irsa_env, tmp_path):
+    # A command line is readable by anything that can list processes; the
+    # token still works there (a local run), but the log says where to put it.
+    token = secrets.token_urlsafe(24)
+    sidecar = start_sidecar(irsa_env, args=["--proxy-token", token])
+    log = sidecar.log_text()
+    assert token not in log
+    warned = [json.loads(line) for line in log.splitlines() if "--proxy-token" in line]
+    assert len(warned) == 1, log
+    assert warned[0]["level"] == "WARN", warned
+    assert "given on the command line" in warned[0]["message"], warned
+    assert "--proxy-token @FILE" in warned[0]["message"] and "BEDROCK_BROKER_PROXY_TOKEN" in warned[0]["message"]
+    url = sidecar.url("/model/anthropic.claude-3-haiku-20240307-v1:0/converse")
+    body = {"messages": [{"role": "user", "content": [{"text": "hi"}]}]}
+    assert requests.post(url, json=body, timeout=30).status_code == 401
+    assert requests.post(url, json=body, headers={"x-bedrock-broker-token": token}, timeout=30).status_code == 200
+
+    # From a file named on the command line, nothing to warn about.
+    path = tmp_path / "proxy-token"
+    path.write_text(token)
+    quiet = start_sidecar(irsa_env, args=["--proxy-token", f"@{path}"])
+    assert "--proxy-token" not in quiet.log_text(), quiet.log_text()
+    assert requests.post(quiet.url("/model/anthropic.claude-3-haiku-20240307-v1:0/converse"), json=body,
+                         headers={"x-bedrock-broker-token": token}, timeout=30).status_code == 200

@@ -234,7 +234,7 @@ pub const PROXY_TOKEN: Setting = Setting {
     flag: "proxy-token",
     env: &["BEDROCK_BROKER_PROXY_TOKEN"],
     default: Nothing,
-    help: "A token every request must carry (Authorization: Bearer, or x-bedrock-broker-token), at least 16 printable characters; @FILE reads it from a file",
+    help: "A token every request must carry (Authorization: Bearer, or x-bedrock-broker-token), at least 16 printable characters; @FILE reads it from a file (given inline, the token shows in `ps`, which is warned about at start)",
 };
 pub const ALLOW_NON_LOOPBACK_LISTEN: Setting = Setting {
     flag: "allow-non-loopback-listen",
