@@ -65,10 +65,21 @@ def sidecar_failed(log: Path, why: str, listen: str, admin_listen: str) -> int:
             f"demo: {taken.group(1)} is already in use, perhaps by another demo or a sidecar started by hand.\n"
             f"   Stop that process, or run the demo on other ports (now {listen} and {admin_listen}):\n"
             f"   BEDROCK_BROKER_LISTEN={other(listen)} BEDROCK_BROKER_ADMIN_LISTEN={other(admin_listen)} make demo\n"
-            f"   (or hack/demo.py --listen {other(listen)} --admin-listen {other(admin_listen)})",
+            f"   (or hack/demo.py --listen {other(listen)} --admin-listen {other(admin_listen)};\n"
+            f"   port 0 takes any free one: hack/demo.py --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0)",
             file=sys.stderr,
         )
     return 1
+
+
+def listening(log: Path) -> tuple[str, str] | None:
+    """The (proxy, admin) addresses the sidecar's start-up line says it bound."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return None
+    found = re.search(r"sidecar listening proxy=(\S+) admin=(\S+)", text)
+    return (found.group(1), found.group(2)) if found else None
 
 
 def fake_token() -> str:
@@ -83,9 +94,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--once", action="store_true", help="exit after the tour instead of serving until Ctrl-C")
     parser.add_argument("--listen", default=os.environ.get("BEDROCK_BROKER_LISTEN", "127.0.0.1:9787"),
-                        help="the sidecar's proxy address (default $BEDROCK_BROKER_LISTEN, else 127.0.0.1:9787)")
+                        help="the sidecar's proxy address (default $BEDROCK_BROKER_LISTEN, else 127.0.0.1:9787; port 0 is any free port)")
     parser.add_argument("--admin-listen", default=os.environ.get("BEDROCK_BROKER_ADMIN_LISTEN", "127.0.0.1:9788"),
-                        help="its admin address (default $BEDROCK_BROKER_ADMIN_LISTEN, else 127.0.0.1:9788)")
+                        help="its admin address (default $BEDROCK_BROKER_ADMIN_LISTEN, else 127.0.0.1:9788; port 0 is any free port)")
     parser.add_argument("--lifetime", type=float, default=20.0, help="seconds the fake STS credentials live")
     args = parser.parse_args()
 
@@ -142,24 +153,34 @@ def main() -> int:
             env=env, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
         ))
         sidecar = procs[-1]
-        admin = f"http://{args.admin_listen}"
-        proxy = f"http://{args.listen}"
         # Ready means the demo's own sidecar: alive, and it has called the
         # demo's own STS (it binds both ports before that), so the /readyz
         # that answers is its, not that of whatever else holds the port.
+        # Where it listens is what its start-up line says (port 0 is any
+        # free port); without that line (RUST_LOG=warn) the given addresses.
+        any_port = args.listen.endswith(":0") or args.admin_listen.endswith(":0")
         deadline = time.monotonic() + 20
         while True:
             if sidecar.poll() is not None:
                 return sidecar_failed(log, f"the sidecar exited (status {sidecar.returncode}) before it was ready", args.listen, args.admin_listen)
-            try:
-                calls = requests.get(f"{fake['control']}/sts/calls", timeout=5).json()
-                if calls and requests.get(f"{admin}/readyz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass  # still starting
+            bound = listening(log)
+            if bound or not any_port:
+                listen, admin_listen = bound or (args.listen, args.admin_listen)
+                admin = f"http://{admin_listen}"
+                proxy = f"http://{listen}"
+                try:
+                    calls = requests.get(f"{fake['control']}/sts/calls", timeout=5).json()
+                    if calls and requests.get(f"{admin}/readyz", timeout=1).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass  # still starting
             if time.monotonic() > deadline:
-                return sidecar_failed(log, "the sidecar was not ready within 20 s", args.listen, args.admin_listen)
+                why = "the sidecar was not ready within 20 s"
+                if any_port and not bound:
+                    why += " (with port 0 the demo reads the bound ports from its `listening` line, logged at info: is RUST_LOG set lower?)"
+                return sidecar_failed(log, why, args.listen, args.admin_listen)
             time.sleep(0.05)
+        print(f"   proxy {proxy}, admin {admin}")
         print(f"   ready: {requests.get(f'{admin}/readyz', timeout=5).text.strip()}")
         print(f"   STS saw {len(calls)} AssumeRoleWithWebIdentity call(s) for {calls[0].get('role_arn', ROLE_ARN)}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -22,12 +23,16 @@ def free_port() -> int:
 
 
 def test_demo_tour_runs_end_to_end(tmp_path):
+    # Port 0: any free ports, read back from the sidecar's start-up line
+    # (nothing to collide with, unlike ports picked before the start).
     out = subprocess.run(
         [sys.executable, str(ROOT / "hack" / "demo.py"), "--once",
-         "--listen", f"127.0.0.1:{free_port()}", "--admin-listen", f"127.0.0.1:{free_port()}"],
+         "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
         capture_output=True, text=True, timeout=120, env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     assert out.returncode == 0, out.stdout + out.stderr
+    bound = re.search(r"proxy http://127\.0\.0\.1:(\d+), admin http://127\.0\.0\.1:(\d+)", out.stdout)
+    assert bound and "0" not in bound.groups(), out.stdout
     assert "verified=True" in out.stdout
     assert "verified=False" not in out.stdout
     assert 'bedrock_broker_credential_refreshes_total{result="success"}' in out.stdout
@@ -92,3 +97,4 @@ def test_demo_stops_clearly_when_its_port_is_taken(tmp_path, taken, how):
     assert f"127.0.0.1:{port} is already in use" in output, output
     # ... and it says how to get past it.
     assert "BEDROCK_BROKER_LISTEN" in output, output
+    assert "--listen 127.0.0.1:0 --admin-listen 127.0.0.1:0" in output, output
