@@ -9,7 +9,7 @@
 #
 #   hack/packaging-test.sh              # everything (about a minute once installed)
 #   hack/packaging-test.sh -k schema    # extra arguments go to pytest
-#   PACKAGING_BUILD=1 hack/packaging-test.sh   # also cargo build --release of a static binary (slow)
+#   PACKAGING_BUILD=1 hack/packaging-test.sh   # also the image's cargo build --release, glibc as in the Dockerfile (slow)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -62,7 +62,7 @@ fn variables_table(out: &mut String, vars: &[Variable]) {
 pub fn markdown() -> String {
     let mut out = String::from(
         "# Configuration reference\n\n\
-         <!-- Generated from src/config/settings.rs by `make generate`; do not edit. -->\n\n\
+         <!-- Generated from src/config/settings/ by `make generate`; do not edit. -->\n\n\
          Every flag also reads the environment variables listed next to it; a flag \
          wins over its variables, the first variable set wins over the next, and an \
          empty variable counts as unset. Every value is checked at start: all \

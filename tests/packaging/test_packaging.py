@@ -164,7 +164,7 @@ def test_custom_resources_are_well_formed(rendered):
 
 
 def webhook_env_names():
-    """Every variable the binary reads: docs/configuration.md, generated from src/config/settings.rs."""
+    """Every variable the binary reads: docs/configuration.md, generated from src/config/settings/."""
     return set(re.findall(r"`((?:BEDROCK_BROKER|AWS)_[A-Z0-9_]+|RUST_LOG)`", (ROOT / "docs/configuration.md").read_text()))
 
 
