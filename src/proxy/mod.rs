@@ -25,7 +25,7 @@ mod config;
 mod dial;
 mod error;
 mod event_stream;
-#[cfg(feature = "fuzzing")]
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 mod gate;
 mod headers;
