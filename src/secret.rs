@@ -205,9 +205,15 @@ pub fn without_token(text: &str, secret: &str) -> String {
 /// whole secret nor its label is there to find. Shorter pieces are not
 /// told from ordinary words; a base64 run of eight is, unless it repeats
 /// a few characters: real session tokens hold `//////////`, which a
-/// page's or a path's text may too, so such a window is no piece (one
-/// either side of it is, and the run is blanked whole).
-pub(crate) struct Pieces(HashSet<u64, foldhash::fast::RandomState>);
+/// page's or a path's text may too, so such a window is no piece on its
+/// own. Between two pieces it is the secret's own run, and blanked with
+/// them.
+pub(crate) struct Pieces {
+    /// Windows of 8 with [`DISTINCT`] different bytes or more.
+    pieces: HashSet<u64, foldhash::fast::RandomState>,
+    /// The others (a few, from runs of a repeated character).
+    repeats: HashSet<u64, foldhash::fast::RandomState>,
+}
 
 /// How long a piece of a secret is blanked on its own.
 const PIECE: usize = 8;
@@ -225,33 +231,45 @@ impl Pieces {
             .clone()
             .into_iter()
             .map(|s| s.len().saturating_sub(PIECE - 1));
-        let mut set = HashSet::with_capacity_and_hasher(windows.sum(), Default::default());
-        set.extend(
-            secrets
-                .into_iter()
-                .flat_map(|s| s.windows(PIECE))
-                .filter(|w| distinct(w) >= DISTINCT)
-                .filter_map(word),
-        );
-        Self(set)
+        let mut pieces = HashSet::with_capacity_and_hasher(windows.sum(), Default::default());
+        let mut repeats = HashSet::default();
+        for window in secrets.into_iter().flat_map(|s| s.windows(PIECE)) {
+            let Some(word) = word(window) else { continue };
+            match distinct(window) >= DISTINCT {
+                true => pieces.insert(word),
+                false => repeats.insert(word),
+            };
+        }
+        Self { pieces, repeats }
     }
 
     /// Where in `bytes` (`start..end`) runs of pieces are: overlapping
-    /// and touching pieces make one run.
+    /// and touching pieces make one run, and so do two pieces with only
+    /// windows of the secret's repeated characters between them.
     pub fn runs(&self, bytes: &[u8]) -> Vec<(usize, usize)> {
         let mut runs: Vec<(usize, usize)> = Vec::new();
-        if self.0.is_empty() {
+        if self.pieces.is_empty() {
             return runs;
         }
         for (at, window) in bytes.windows(PIECE).enumerate() {
-            if word(window).is_some_and(|w| self.0.contains(&w)) {
+            if word(window).is_some_and(|w| self.pieces.contains(&w)) {
                 match runs.last_mut() {
-                    Some((_, end)) if *end >= at => *end = at + PIECE,
+                    Some((_, end)) if *end >= at || self.bridged(bytes, *end, at) => {
+                        *end = at + PIECE
+                    }
                     _ => runs.push((at, at + PIECE)),
                 }
             }
         }
         runs
+    }
+
+    /// Whether every window over `bytes[end..at]`, the gap between a run
+    /// and the next piece, is one of the secret's repeats.
+    fn bridged(&self, bytes: &[u8], end: usize, at: usize) -> bool {
+        !self.repeats.is_empty()
+            && (end + 1 - PIECE..at)
+                .all(|p| word(&bytes[p..p + PIECE]).is_some_and(|w| self.repeats.contains(&w)))
     }
 }
 
@@ -267,13 +285,18 @@ fn word(piece: &[u8]) -> Option<u64> {
     piece.try_into().ok().map(u64::from_ne_bytes)
 }
 
-/// `text` with every piece of 8 bytes or more that is also part of one
-/// of `secrets` blanked ([`Pieces`]): for a credential source's errors.
+/// `text` with each of `secrets`, and every piece of 8 bytes or more
+/// that is also part of one ([`Pieces`]), blanked: for a credential
+/// source's errors.
 pub fn without_fragments_of(text: &str, secrets: &[&str]) -> String {
-    let spans = Pieces::of(secrets.iter().map(|s| s.as_bytes())).runs(text.as_bytes());
+    let mut spans = Pieces::of(secrets.iter().map(|s| s.as_bytes())).runs(text.as_bytes());
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        spans.extend(text.match_indices(secret).map(|(at, s)| (at, at + s.len())));
+    }
     if spans.is_empty() {
         return text.to_owned();
     }
+    spans.sort_unstable();
     let mut out = String::with_capacity(text.len());
     let mut done = 0;
     for (start, end) in spans {
@@ -286,8 +309,8 @@ pub fn without_fragments_of(text: &str, secrets: &[&str]) -> String {
         let end = (end..=text.len())
             .find(|&i| text.is_char_boundary(i))
             .unwrap_or(text.len());
-        // Widened into the blank before it: that blank covers it too.
-        if start < done {
+        // Overlapping or touching the blank before it: that blank grows.
+        if start <= done && !out.is_empty() {
             done = done.max(end);
             continue;
         }
@@ -499,6 +522,34 @@ mod tests {
         assert_eq!(
             xml_texts(b"<SessionToken>cut", &["SessionToken"]),
             Vec::<&str>::new()
+        );
+    }
+
+    #[test]
+    fn a_long_run_of_slashes_in_the_token_is_blanked_with_it() {
+        // Pieces reach five slashes into a run from either side, so a run
+        // longer than ten (the character next to it a slash too), or one
+        // beside repeated characters, left its middle between two blanks;
+        // and a token ending in a few repeated characters kept them.
+        for token in [
+            "IQoJb3JpZ2luX2VjEabcdefghij0123456789////////////wEaCXVzLWVhc3QtMSJGMEQCIG==",
+            "IQoJb3JpZ2luX2VjEabcdefghijxx//////////xxwEaCXVzLWVhc3QtMSJGMEQCIG==",
+            "IQoJb3JpZ2luX2VjEabcdefghij0123456789//////////wEaCXVzLWVhc3AAAAAAAA==",
+        ] {
+            let said = format!("The security token '{token}' included in the request is invalid.");
+            assert_eq!(
+                without_fragments_of(&said, &[token]),
+                "The security token '** redacted **' included in the request is invalid.",
+                "{token}"
+            );
+        }
+        // A piece across the run, cut from the token, is one blank too.
+        let token =
+            "IQoJb3JpZ2luX2VjEabcdefghij0123456789//////////////wEaCXVzLWVhc3QtMSJGMEQCIG==";
+        let piece = &token[30..60];
+        assert_eq!(
+            without_fragments_of(&format!("saw [{piece}]"), &[token]),
+            "saw [** redacted **]"
         );
     }
 

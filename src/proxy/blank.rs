@@ -281,6 +281,24 @@ mod tests {
     }
 
     #[test]
+    fn a_long_run_of_slashes_in_a_piece_is_blanked_with_it() {
+        // Pieces reach five slashes into a run from either side: a longer
+        // run quoted inside a piece left its middle between two blanks.
+        let token =
+            "IQoJb3JpZ2luX2VjEabcdefghij0123456789//////////////wEaCXVzLWVhc3QtMSJGMEQCIG==";
+        let piece = &token[30..60];
+        for quoted in [piece.to_owned(), piece.replace('/', "\\/")] {
+            let body = format!("saw [{quoted}] there");
+            let out = blank(body.as_bytes(), &[token.as_bytes()]).unwrap();
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                "saw [** redacted **] there",
+                "{quoted}"
+            );
+        }
+    }
+
+    #[test]
     fn finds_side_by_side_make_one_blank() {
         let out = blank(b"[abcabc]", &[b"abc"]).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "[** redacted **]");

@@ -18,10 +18,14 @@ def session_token() -> str:
     """A token shaped like STS's: base64, so with ``+``, ``/`` and ``=``
     in it (each at least once), which encoders of error bodies escape,
     and the run of slashes real ones have (``EPT//////////wE`` in AWS's
-    documented example), which ordinary text may hold too."""
+    documented example), which ordinary text may hold too. Twelve here
+    (a run is as long as the bytes it encodes, and a neighbour may be a
+    slash too): a piece of 8 with four different characters reaches five
+    slashes into a run from either end, so blanking by pieces alone would
+    leave the middle of every token's run."""
     b64 = string.ascii_letters + string.digits + "+/"
     return (
-        "IQoJb3JpZ2luX2VjE" + random_chars(20, b64) + "//////////" + random_chars(40, b64)
+        "IQoJb3JpZ2luX2VjE" + random_chars(20, b64) + "x////////////w" + random_chars(40, b64)
         + "+" + random_chars(30, b64) + "/" + random_chars(28, b64) + "=="
     )
 
