@@ -90,44 +90,68 @@ impl View {
 /// `None` when there was none. Empty secrets are skipped (they would
 /// match everywhere).
 pub fn blank(body: &[u8], secrets: &[&[u8]]) -> Option<Vec<u8>> {
-    let secrets: Vec<&[u8]> = secrets.iter().copied().filter(|s| !s.is_empty()).collect();
-    // Offsets are kept as u32: error bodies are read up to 64 KiB.
-    if secrets.is_empty() || u32::try_from(body.len()).is_err() {
-        return None;
-    }
-    // A short-term key's public prefix is blanked with the whole key, not
-    // as a piece.
-    let pieces = Pieces::of(secrets.iter().map(|s| without_public_prefix(s)));
-    let mut spans = pieces.runs(body);
-    for secret in &secrets {
-        spans.extend(memmem::find_iter(body, secret).map(|at| (at, at + secret.len())));
-    }
-    let mut next = View::first(body);
-    for layer in 1..=MAX_LAYERS {
-        let Some(view) = next else { break };
-        for secret in &secrets {
-            view.find(secret, body.len(), &mut spans);
+    Blanker::new(secrets)?.blank(body)
+}
+
+/// The secrets a request carried, and the pieces of them, ready to blank
+/// out of several texts (an error answer's body and its header values)
+/// with the pieces found once.
+pub struct Blanker<'a> {
+    secrets: Vec<&'a [u8]>,
+    pieces: Pieces,
+}
+
+impl<'a> Blanker<'a> {
+    /// `None` when no secret is left once the empty ones are skipped.
+    pub fn new(secrets: &[&'a [u8]]) -> Option<Self> {
+        let secrets: Vec<&[u8]> = secrets.iter().copied().filter(|s| !s.is_empty()).collect();
+        if secrets.is_empty() {
+            return None;
         }
-        view.find_pieces(&pieces, body.len(), &mut spans);
-        next = (layer < MAX_LAYERS).then(|| view.decoded()).flatten();
+        // A short-term key's public prefix is blanked with the whole key,
+        // not as a piece.
+        let pieces = Pieces::of(secrets.iter().map(|s| without_public_prefix(s)));
+        Some(Self { secrets, pieces })
     }
-    if spans.is_empty() {
-        return None;
-    }
-    spans.sort_unstable();
-    let mut out = Vec::with_capacity(body.len());
-    let mut done = 0;
-    for (i, (start, end)) in spans.into_iter().enumerate() {
-        // Overlapping and touching finds (the same secret in two layers,
-        // pieces found in different ones) merge into one blank.
-        if i == 0 || start > done {
-            out.extend_from_slice(&body[done..start]);
-            out.extend_from_slice(REDACTED.as_bytes());
+
+    /// `body` with the secrets blanked (see [`blank`]); `None` when it
+    /// held none.
+    pub fn blank(&self, body: &[u8]) -> Option<Vec<u8>> {
+        // Offsets are kept as u32: error bodies are read up to 64 KiB.
+        if u32::try_from(body.len()).is_err() {
+            return None;
         }
-        done = done.max(end);
+        let mut spans = self.pieces.runs(body);
+        for secret in &self.secrets {
+            spans.extend(memmem::find_iter(body, secret).map(|at| (at, at + secret.len())));
+        }
+        let mut next = View::first(body);
+        for layer in 1..=MAX_LAYERS {
+            let Some(view) = next else { break };
+            for secret in &self.secrets {
+                view.find(secret, body.len(), &mut spans);
+            }
+            view.find_pieces(&self.pieces, body.len(), &mut spans);
+            next = (layer < MAX_LAYERS).then(|| view.decoded()).flatten();
+        }
+        if spans.is_empty() {
+            return None;
+        }
+        spans.sort_unstable();
+        let mut out = Vec::with_capacity(body.len());
+        let mut done = 0;
+        for (i, (start, end)) in spans.into_iter().enumerate() {
+            // Overlapping and touching finds (the same secret in two
+            // layers, pieces found in different ones) merge into one blank.
+            if i == 0 || start > done {
+                out.extend_from_slice(&body[done..start]);
+                out.extend_from_slice(REDACTED.as_bytes());
+            }
+            done = done.max(end);
+        }
+        out.extend_from_slice(&body[done..]);
+        Some(out)
     }
-    out.extend_from_slice(&body[done..]);
-    Some(out)
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! `authorization: Bearer <the configured API key>`). The client must
 //! never read either: an error body the proxy can hold is read whole and
 //! those secrets blanked, whole or any piece of 8 bytes or more, however
-//! it escapes them ([`super::blank`]).
+//! it escapes them ([`super::blank`]), and so are the answer's header
+//! values (a relay's debugging header may quote the request too).
 //! Nothing else is buffered: successful and streaming answers, and errors
 //! that say they are longer than [`MAX_ERROR_BODY`], pass as they come.
 
@@ -19,7 +20,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
 
-use super::blank::blank;
+use super::blank::Blanker;
 use super::error::{Dialect, ProxyError};
 use super::headers::X_AMZN_ERRORTYPE;
 use super::usage::decode::Coding;
@@ -110,6 +111,10 @@ where
 {
     let signature = is_signature_error(&response);
     let (mut parts, body) = response.into_parts();
+    let blanker = Blanker::new(secrets.exact.as_slice());
+    let clean = |text: &[u8]| cleaned(text, blanker.as_ref(), secrets.labelled);
+    // A relay may quote the request's headers in its own as well.
+    clean_headers(&mut parts.headers, clean);
     if body.size_hint().lower() > MAX_ERROR_BODY as u64 {
         return withheld(&parts, dialect, signature);
     }
@@ -121,14 +126,9 @@ where
     let Some(plain) = decoded(&parts.headers, raw.clone()) else {
         return withheld(&parts, dialect, signature);
     };
-    let exact = blank(&plain, secrets.exact.as_slice());
-    let labelled = secrets
-        .labelled
-        .then(|| redact_tokens(exact.as_deref().unwrap_or(&plain)))
-        .filter(|cleaned| cleaned[..] != plain[..]);
     // Upstream errors pass through unchanged: only a body that held a
     // secret goes out rewritten (and so decompressed).
-    let body = match labelled.or(exact) {
+    let body = match clean(&plain) {
         None => raw,
         Some(cleaned) => {
             parts.headers.remove(CONTENT_ENCODING);
@@ -140,6 +140,36 @@ where
         parts.headers.insert(CONTENT_LENGTH, len);
     }
     Response::from_parts(parts, Full::new(body))
+}
+
+/// `text` without the secrets the request carried (and, when it was
+/// signed, the value after every `x-amz-security-token` label); `None`
+/// when it held none.
+fn cleaned(text: &[u8], blanker: Option<&Blanker<'_>>, labelled: bool) -> Option<Vec<u8>> {
+    let exact = blanker.and_then(|b| b.blank(text));
+    let labelled = labelled
+        .then(|| redact_tokens(exact.as_deref().unwrap_or(text)))
+        .filter(|cleaned| cleaned[..] != text[..]);
+    labelled.or(exact)
+}
+
+/// Each header value `clean` changes, replaced by what it gave; a header
+/// whose cleaned value is no valid one (it cannot happen: a blank is
+/// visible ASCII) is dropped rather than sent as it came.
+fn clean_headers(headers: &mut HeaderMap, clean: impl Fn(&[u8]) -> Option<Vec<u8>>) {
+    let mut invalid = Vec::new();
+    for (name, value) in headers.iter_mut() {
+        let Some(cleaned) = clean(value.as_bytes()) else {
+            continue;
+        };
+        match HeaderValue::from_bytes(&cleaned) {
+            Ok(cleaned) => *value = cleaned,
+            Err(_) => invalid.push(name.clone()),
+        }
+    }
+    for name in invalid {
+        headers.remove(name);
+    }
 }
 
 /// The body without its content coding, at most [`MAX_ERROR_BODY`] bytes
@@ -300,6 +330,47 @@ mod tests {
                 body.len().to_string().as_str()
             );
         }
+    }
+
+    #[tokio::test]
+    async fn header_values_are_cleaned_as_the_body_is() {
+        let piece = &TOKEN[6..20];
+        let mut upstream = signature_error(None, aws_message());
+        let headers = upstream.headers_mut();
+        headers.insert(
+            "x-relay-saw",
+            HeaderValue::from_str(&format!("token={TOKEN}; ok")).unwrap(),
+        );
+        headers.insert(
+            "x-relay-cut",
+            HeaderValue::from_str(&format!("[{piece}]")).unwrap(),
+        );
+        headers.insert(
+            "x-relay-label",
+            HeaderValue::from_static("x-amz-security-token:OTHERTOKENVALUE"),
+        );
+        headers.insert(
+            "x-relay-plain",
+            HeaderValue::from_static("nothing here //////////"),
+        );
+        let (parts, body) = text(redacted(upstream, signed(), None, Dialect::Aws).await).await;
+        assert!(!body.contains(TOKEN), "{body}");
+        assert_eq!(parts.headers["x-relay-saw"], "token=** redacted **; ok");
+        assert_eq!(parts.headers["x-relay-cut"], "[** redacted **]");
+        assert_eq!(
+            parts.headers["x-relay-label"],
+            "x-amz-security-token:** redacted **"
+        );
+        assert_eq!(parts.headers["x-relay-plain"], "nothing here //////////");
+        assert_eq!(parts.headers["x-amzn-requestid"], "req-1");
+        // Withheld, the headers it keeps are the cleaned ones.
+        let mut long = signature_error(None, vec![b'x'; MAX_ERROR_BODY + 1]);
+        long.headers_mut().insert(
+            "x-amzn-requestid",
+            HeaderValue::from_str(&format!("req-{TOKEN}")).unwrap(),
+        );
+        let (parts, _) = text(redacted(long, signed(), None, Dialect::Aws).await).await;
+        assert_eq!(parts.headers["x-amzn-requestid"], "req-** redacted **");
     }
 
     /// Only the first gzip member or zlib stream was decoded, and a body

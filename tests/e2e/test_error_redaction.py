@@ -177,3 +177,25 @@ def test_an_echo_the_app_makes_longer_than_the_limit_is_withheld(start_sidecar, 
     assert r.status_code == 500
     assert r.headers["x-bedrock-broker-error"] == "error_body_withheld", r.headers
     assert_no_part_of(session_token(fake_aws, tid), r.text)
+
+
+@pytest.mark.parametrize("cut", [None, "37:45"])
+@pytest.mark.parametrize("secret", ["session token", "configured key"])
+def test_an_error_quoting_the_request_in_a_header_never_shows_the_secret(start_sidecar, irsa_env, fake_aws, secret, cut):
+    """A relay's debugging header may quote the request's headers, whole or
+    cut, as its error body does; the app reads headers as it reads bodies."""
+    env = irsa_env if secret == "session token" else {**irsa_env, "AWS_BEARER_TOKEN_BEDROCK": CONFIGURED_KEY}
+    sidecar = start_sidecar(env)
+    extra = {"x-fake-echo-into-header": "x-relay-saw", **({"x-fake-echo-cut": cut} if cut else {})}
+    tid, r = echoed(sidecar, "json", 500, extra)
+    assert r.status_code == 500, r.text
+    assert "x-bedrock-broker-error" not in r.headers, r.headers
+    quoted = r.headers["x-relay-saw"]
+    value = session_token(fake_aws, tid) if secret == "session token" else CONFIGURED_KEY
+    assert_no_part_of(value, quoted)
+    assert_no_part_of(value, r.text)
+    assert "** redacted **" in quoted, quoted
+    if cut is None:
+        # What is no secret stays, in the header as in the body.
+        assert f"x-test-id: {tid}" in quoted and f"x-note: {SLASHES}" in quoted, quoted
+    assert r.headers["x-amzn-errortype"] == "InternalServerException"

@@ -106,7 +106,8 @@ async def route_bedrock(state: FakeState, request: web.Request, body: bytes, rec
     echo = request.headers.get("x-fake-echo-headers")
     if echo:
         cut = parse_cut(request.headers.get("x-fake-echo-cut"))
-        return echo_error(forced if forced is not None and forced >= 400 else 403, echo, request.headers, cut)
+        into = request.headers.get("x-fake-echo-into-header")
+        return echo_error(forced if forced is not None and forced >= 400 else 403, echo, request.headers, cut, into)
     if forced is not None and forced >= 400:
         return aws_json_error(*forced_status_error(forced))
 

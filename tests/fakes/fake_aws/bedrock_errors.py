@@ -56,7 +56,8 @@ def parse_cut(text: str | None) -> tuple[int, int] | None:
     return cut if cut[0] >= 0 and cut[1] > 0 else None
 
 
-def echo_error(status: int, style: str, headers, cut: tuple[int, int] | None = None) -> web.Response:
+def echo_error(status: int, style: str, headers, cut: tuple[int, int] | None = None,
+               into: str | None = None) -> web.Response:
     """An error that quotes the request's headers back, as a relay or a
     non-AWS upstream may (``x-fake-echo-headers``). ``style`` is how the
     body writes them: ``json``, ``json-u`` (System.Text.Json's default,
@@ -64,7 +65,10 @@ def echo_error(status: int, style: str, headers, cut: tuple[int, int] | None = N
     references), ``percent`` (values percent-encoded), ``colon-space``
     (``Name : value``) or ``text`` (a plain-text body). With ``cut``
     (``x-fake-echo-cut``) it quotes only a piece of each value, without
-    its name, as a log line cut to a width does."""
+    its name, as a log line cut to a width does. With ``into``
+    (``x-fake-echo-into-header``) the same lines, joined by ``; ``, are
+    also sent in a response header of that name, as a relay's debugging
+    header may."""
     sep = " : " if style == "colon-space" else ": "
     lines = []
     for name, value in headers.items():
@@ -79,6 +83,8 @@ def echo_error(status: int, style: str, headers, cut: tuple[int, int] | None = N
         message = "fake bedrock-runtime relay refused the request; it saw (cut)\n" + "\n".join(lines)
     error_type = BEDROCK_STATUS_ERRORS.get(status, "InternalServerException")
     extra = {"x-amzn-RequestId": new_request_id()}
+    if into:
+        extra[into] = "; ".join(lines).replace("\r", " ").replace("\n", " ")
     if style == "text":
         return web.Response(status=status, text=message, headers=extra)
     if style == "html":
