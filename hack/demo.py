@@ -60,7 +60,8 @@ def sidecar_failed(log: Path, why: str, listen: str, admin_listen: str) -> int:
     if taken:
         def other(address: str) -> str:
             host, _, port = address.rpartition(":")
-            return f"{host}:{int(port) + 10}" if port.isdigit() else address
+            # Port 0 (any free port) cannot be taken: it stays.
+            return f"{host}:{int(port) + 10}" if port.isdigit() and port != "0" else address
         print(
             f"demo: {taken.group(1)} is already in use, perhaps by another demo or a sidecar started by hand.\n"
             f"   Stop that process, or run the demo on other ports (now {listen} and {admin_listen}):\n"

@@ -35,7 +35,7 @@ pub(super) fn gate(
     if args
         .proxy_token
         .as_ref()
-        .is_some_and(|raw| !raw.starts_with('@'))
+        .is_some_and(|raw| !raw.trim_start().starts_with('@'))
     {
         // As `docker login --password` warns: a command line is readable by
         // every process that can list processes (`ps`, /proc/PID/cmdline),

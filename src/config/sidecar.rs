@@ -1301,6 +1301,9 @@ mod tests {
         assert!(!warning.contains("a-proxy-token-of"), "{warning}");
         // A file named on the command line, or the variable: nothing to say.
         assert!(with_flag(&from_file, &IRSA).warnings.is_empty());
+        assert!(with_flag(&format!(" {from_file}"), &IRSA)
+            .warnings
+            .is_empty());
         let mut env = IRSA.to_vec();
         env.push((
             "BEDROCK_BROKER_PROXY_TOKEN",

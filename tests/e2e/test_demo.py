@@ -16,12 +16,6 @@ import pytest
 from conftest import ROOT
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_demo_tour_runs_end_to_end(tmp_path):
     # Port 0: any free ports, read back from the sidecar's start-up line
     # (nothing to collide with, unlike ports picked before the start).
@@ -82,8 +76,9 @@ def held_port(how: str):
 @pytest.mark.parametrize("taken, how", [("proxy", "socket"), ("admin", "socket"), ("admin", "ready")])
 def test_demo_stops_clearly_when_its_port_is_taken(tmp_path, taken, how):
     with held_port(how) as port:
-        listen = port if taken == "proxy" else free_port()
-        admin = port if taken == "admin" else free_port()
+        # The other port any free one (0), which the hint must keep.
+        listen = port if taken == "proxy" else 0
+        admin = port if taken == "admin" else 0
         out = subprocess.run(
             [sys.executable, str(ROOT / "hack" / "demo.py"), "--once",
              "--listen", f"127.0.0.1:{listen}", "--admin-listen", f"127.0.0.1:{admin}"],
@@ -98,3 +93,7 @@ def test_demo_stops_clearly_when_its_port_is_taken(tmp_path, taken, how):
     # ... and it says how to get past it.
     assert "BEDROCK_BROKER_LISTEN" in output, output
     assert "--listen 127.0.0.1:0 --admin-listen 127.0.0.1:0" in output, output
+    if taken == "admin":
+        assert "BEDROCK_BROKER_LISTEN=127.0.0.1:0 " in output, output
+    else:
+        assert "BEDROCK_BROKER_ADMIN_LISTEN=127.0.0.1:0 " in output, output
