@@ -300,7 +300,7 @@ pub fn without_fragments_of(text: &str, secrets: &[&str]) -> String {
     spans.sort_unstable();
     let mut out = String::with_capacity(text.len());
     let mut done = 0;
-    for (start, end) in spans {
+    for (i, (start, end)) in spans.into_iter().enumerate() {
         // A secret that is not ASCII may match inside a character: the
         // blank takes the whole character.
         let start = (0..=start)
@@ -310,8 +310,9 @@ pub fn without_fragments_of(text: &str, secrets: &[&str]) -> String {
         let end = (end..=text.len())
             .find(|&i| text.is_char_boundary(i))
             .unwrap_or(text.len());
-        // Overlapping or touching the blank before it: that blank grows.
-        if start <= done && !out.is_empty() {
+        // Overlapping or touching the blank before it: that blank grows
+        // (as in the proxy's `blank`).
+        if i > 0 && start <= done {
             done = done.max(end);
             continue;
         }
