@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs the AWS SDK for JavaScript clients the end-to-end tests drive
-# (tests/e2e/js). Re-installs only when the lockfile changed.
+# Installs the JavaScript clients the end-to-end tests drive (the AWS SDK
+# for JavaScript, the Vercel AI SDK; tests/e2e/js). Re-installs only when the lockfile changed.
 set -euo pipefail
 cd "$(dirname "$0")/../tests/e2e/js"
 major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)

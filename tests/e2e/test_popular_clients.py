@@ -195,6 +195,18 @@ def test_javascript_sdk(sidecar, fake_aws, pod_env, tmp_path):
     assert_through_sidecar(fake_aws, {"converse", "converse-stream"})
 
 
+def test_vercel_ai_sdk(sidecar, fake_aws, pod_env, tmp_path):
+    node_modules = ROOT / "tests" / "e2e" / "js" / "node_modules"
+    assert node_modules.exists(), "run hack/node-deps.sh (make js) first"
+    result = run_client(["node", str(ROOT / "tests/e2e/js/ai_sdk_client.mjs")], pod_env["app"], tmp_path)
+    assert_reply(result)
+    assert result["denied"]["status"] == 403, result["denied"]
+    assert_through_sidecar(fake_aws, {"converse", "converse-stream"})
+    # The usage the SDK read from both answers is what the sidecar counted.
+    model = {"model": "anthropic.claude-3-haiku-20240307-v1:0", "direction": "output"}
+    assert result["output_tokens"] > 0 and sidecar.metric("bedrock_broker_tokens_total", model) == result["output_tokens"]
+
+
 def shell_snippets(name: str) -> list[str]:
     return [textwrap.dedent(m.group("body")) for m in SNIPPET.finditer((CLIENTS / name).read_text())]
 
@@ -237,18 +249,20 @@ def test_curl(sidecar, fake_aws, pod_env, tmp_path):
     ("openai_sdk", "OPENAI_BASE_URL"),
     ("boto3_unsigned", "AWS_ENDPOINT_URL_BEDROCK_RUNTIME"),
     ("boto3_agent_runtime", "AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME"),
+    ("ai_sdk_client.mjs", "AWS_ENDPOINT_URL_BEDROCK_RUNTIME"),
 ])
 def test_without_its_variable_a_client_bypasses_the_sidecar(sidecar, fake_aws, pod_env, tmp_path, client, variable):
     """Each injected variable is what sends its client to the sidecar: without
     it the client goes for the public endpoint (unreachable here) instead."""
     env = {k: v for k, v in pod_env["app"].items() if k != variable}
-    result = run_client(python_client(client), env, tmp_path, expect_ok=False)
+    argv = ["node", str(ROOT / "tests/e2e/js" / client)] if client.endswith(".mjs") else python_client(client)
+    result = run_client(argv, env, tmp_path, expect_ok=False)
     assert "crashed" in result, result
     assert fake_aws.requests() == []
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in CLIENTS.iterdir() if p.suffix in (".py", ".sh") and not p.name.startswith("_"))
-                         + ["../js/converse_client.mjs"])
+                         + ["../js/converse_client.mjs", "../js/ai_sdk_client.mjs"])
 def test_docs_show_each_tested_snippet_verbatim(script):
     doc = DOC.read_text()
     snippets = [textwrap.dedent(m.group("body")) for m in SNIPPET.finditer((CLIENTS / script).read_text())]
