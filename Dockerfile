@@ -7,7 +7,7 @@
 #
 # Stages (cargo-chef): planner writes the dependency recipe, cook builds only
 # the dependencies (cached until Cargo.toml/Cargo.lock change), build compiles
-# the crate. The binary links glibc (rustls + ring, no OpenSSL) and runs on
+# the crate. The binary links glibc (rustls + aws-lc-rs, no OpenSSL) and runs on
 # distroless/cc, whose glibc is Debian 12's like the build stage's: the same
 # libc and malloc that `make bench` measures (see docs/performance.md).
 # Nothing is fetched but the base images and crates. See docs/packaging.md.

@@ -644,7 +644,7 @@ class Floor:
 
 class StackFloor:
     """`bench/stack_floor.rs`: the leanest proxy on the sidecar's own stack
-    (tokio current-thread, hyper HTTP/1.1, tokio-rustls with ring), none of
+    (tokio current-thread, hyper HTTP/1.1, tokio-rustls with aws-lc-rs), none of
     the sidecar's code. Pinned like the sidecar. Between nginx's floor and
     the sidecar it splits the distance: what the stack costs, and what the
     sidecar adds to it."""
@@ -1562,7 +1562,7 @@ def report(res: dict, args, command: str) -> str:
              "machine (CPU, RSS and connection columns are that nginx process's). "
              f"'{STACK_FLOOR}' rows (1 KB converse only; off with --no-stack-floor): "
              "bench/stack_floor.rs in the sidecar's place, the leanest proxy on the sidecar's own "
-             "stack (tokio current-thread, hyper HTTP/1.1, tokio-rustls with ring): no signing, "
+             "stack (tokio current-thread, hyper HTTP/1.1, tokio-rustls with aws-lc-rs): no signing, "
              "metrics, limits, timeouts or body buffering, one upstream connection per client "
              "connection. The gap from it to the 'sidecar' row is what the sidecar's own code "
              "costs; from nginx to it, what the stack does. "

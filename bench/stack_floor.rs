@@ -1,5 +1,5 @@
 //! The leanest reverse proxy this stack allows: tokio's current-thread
-//! runtime, hyper's HTTP/1.1 server and client and tokio-rustls (ring), as
+//! runtime, hyper's HTTP/1.1 server and client and tokio-rustls (aws-lc-rs), as
 //! the sidecar uses them, with nothing of the sidecar's own: no signing,
 //! no metrics, no limits or timeouts, no pool (each client connection gets
 //! its own upstream connection), bodies streamed through untouched.
@@ -54,7 +54,7 @@ fn main() -> Result<(), BoxError> {
     for cert in CertificateDer::pem_file_iter(ca)? {
         roots.add(cert?)?;
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)

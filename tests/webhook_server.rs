@@ -18,6 +18,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::NamedGroup;
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -60,10 +61,18 @@ fn publish(path: &Path, contents: &str) {
 }
 
 fn client_config(ca: &Ca) -> Arc<rustls::ClientConfig> {
+    client_config_offering(ca, None)
+}
+
+/// `only`: the one key-exchange group the client offers.
+fn client_config_offering(ca: &Ca, only: Option<NamedGroup>) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der.clone()).expect("trust the CA");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if let Some(group) = only {
+        provider.kx_groups.retain(|g| g.name() == group);
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_root_certificates(roots)
@@ -280,6 +289,52 @@ async fn start_up_fails_clearly_without_a_usable_certificate() {
         .expect("refuses a mismatched pair")
         .to_string();
     assert!(err.contains("does not belong"), "{err}");
+}
+
+/// The key exchange a TLS handshake with `addr` agreed on.
+async fn key_exchange(tls: &Arc<rustls::ClientConfig>, addr: SocketAddr) -> Option<NamedGroup> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::try_from("127.0.0.1").expect("name");
+    let stream = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    stream
+        .get_ref()
+        .1
+        .negotiated_key_exchange_group()
+        .map(|g| g.name())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_offering_ml_kem_gets_it_and_an_older_one_x25519() {
+    // API servers built with Go 1.24 or later offer the hybrid group
+    // first, older ones X25519, and some clients only P-256. Each client
+    // here offers one group, so the handshake shows what the webhook
+    // agrees to, and the review is still answered over it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ca();
+    let (addr, stop) = running(dir.path(), &ca, |_| {}).await;
+    let plain = std::fs::read(fixtures().join("plain.json")).expect("fixture");
+    for group in [
+        NamedGroup::X25519MLKEM768,
+        NamedGroup::X25519,
+        NamedGroup::secp256r1,
+    ] {
+        let tls = client_config_offering(&ca, Some(group));
+        assert_eq!(key_exchange(&tls, addr).await, Some(group));
+        let (status, _, _) = https(&tls, addr, "POST", "/mutate", plain.clone())
+            .await
+            .expect("review");
+        assert_eq!(status, 200, "{group:?}");
+    }
+    // A client offering every group the provider has gets the hybrid one.
+    let all = client_config_offering(&ca, None);
+    assert_eq!(
+        key_exchange(&all, addr).await,
+        Some(NamedGroup::X25519MLKEM768)
+    );
+    stop.cancel();
 }
 
 /// A webhook running with default settings, a client that trusts it, and

@@ -100,7 +100,7 @@ pub fn endpoint(config: &CredentialsConfig, region: &Region) -> String {
 }
 
 /// The HTTPS client the AWS SDK parts use (STS, and the aws-config
-/// providers): rustls with ring, system roots plus `AWS_CA_BUNDLE`, HTTPS
+/// providers): rustls with aws-lc-rs, system roots plus `AWS_CA_BUNDLE`, HTTPS
 /// through the egress proxy if there is one, answers bounded in size.
 pub fn http_client(config: &CredentialsConfig) -> SharedHttpClient {
     super::bounded_answers::bounded(unbounded_http_client(config))
@@ -117,7 +117,7 @@ fn unbounded_http_client(config: &CredentialsConfig) -> SharedHttpClient {
         .unwrap_or_default();
     let Some(proxy) = &config.egress_proxy else {
         return aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+            .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
             .tls_context(tls_context)
             .build_https();
     };
@@ -136,7 +136,7 @@ fn unbounded_http_client(config: &CredentialsConfig) -> SharedHttpClient {
         }
         connector
             .proxy_config(proxy.clone())
-            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+            .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
             .tls_context(tls_context.clone())
             .build()
     })
@@ -420,5 +420,86 @@ mod tests {
         ] {
             assert_eq!(classify_code(code, status), class, "{code} {status}");
         }
+    }
+
+    #[tokio::test]
+    async fn sts_gets_a_post_quantum_key_exchange_when_it_offers_one() {
+        // A TLS server that agrees to the hybrid group only: the call
+        // succeeds only if the STS client offers it.
+        use http_body_util::Full;
+        use hyper::body::Bytes;
+        use hyper_util::rt::TokioIo;
+        use std::sync::{Arc, Mutex};
+
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("cert");
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider
+            .kx_groups
+            .retain(|g| g.name() == rustls::NamedGroup::X25519MLKEM768);
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let agreed = Arc::new(Mutex::new(None));
+        let seen = agreed.clone();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            *seen.lock().expect("lock") = tls
+                .get_ref()
+                .1
+                .negotiated_key_exchange_group()
+                .map(|g| g.name());
+            let answer = hyper::service::service_fn(|_| async {
+                let xml = "<AssumeRoleWithWebIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\
+                    <AssumeRoleWithWebIdentityResult><Credentials>\
+                    <AccessKeyId>ASIAEXAMPLE</AccessKeyId><SecretAccessKey>secret</SecretAccessKey>\
+                    <SessionToken>token</SessionToken><Expiration>2030-01-01T00:00:00Z</Expiration>\
+                    </Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>";
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(xml))))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), answer)
+                .await;
+        });
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bundle = dir.path().join("ca.pem");
+        std::fs::write(&bundle, cert.pem()).expect("write the CA bundle");
+        let endpoint = format!("https://127.0.0.1:{}", addr.port());
+        let env = crate::config::Env::from_pairs([
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/app"),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/token"),
+            ("AWS_ENDPOINT_URL_STS", endpoint.as_str()),
+            ("AWS_CA_BUNDLE", bundle.to_str().expect("utf-8 path")),
+        ]);
+        let config = crate::credentials::CredentialsConfig::from_args(&Default::default(), &env)
+            .expect("valid");
+        let region = config.region.clone().expect("a region");
+        let answer = client(&config, &region, None)
+            .assume_role_with_web_identity()
+            .role_arn("arn:aws:iam::123456789012:role/app")
+            .role_session_name("s")
+            .web_identity_token("t")
+            .send()
+            .await
+            .expect("STS answered over the hybrid key exchange");
+        assert!(answer.credentials().is_some());
+        assert_eq!(
+            *agreed.lock().expect("lock"),
+            Some(rustls::NamedGroup::X25519MLKEM768)
+        );
     }
 }

@@ -391,7 +391,7 @@ mod tests {
         let (cert, key) = pair();
         std::fs::write(&cert_path, &cert).unwrap();
         std::fs::write(&key_path, &key).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crate::tls::provider();
         let reloading = ReloadingCert::load(&cert_path, &key_path, provider).unwrap();
         assert_eq!(reloading.reload_if_changed().unwrap(), Reload::Unchanged);
 

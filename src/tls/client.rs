@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use rustls::RootCertStore;
 
@@ -78,7 +77,7 @@ pub fn root_store(extra_pem: Option<&[u8]>) -> RootCertStore {
 
 /// A rustls client configuration (ALPN is set by the connector).
 pub fn client_config(extra_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crate::tls::provider();
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(root_store(extra_pem))

@@ -88,7 +88,7 @@ pub struct WebhookServer {
     admin_listener: TcpListener,
     /// Loaded at bind time, so a bad certificate fails start-up.
     cert: Arc<ReloadingCert>,
-    /// ring, the one crypto provider this binary is built with.
+    /// aws-lc-rs, the one crypto provider this binary is built with.
     provider: Arc<rustls::crypto::CryptoProvider>,
     config: WebhookConfig,
 }
@@ -96,7 +96,7 @@ pub struct WebhookServer {
 impl WebhookServer {
     /// Loads the certificate and binds both ports (port 0 picks a free one).
     pub async fn bind(config: &WebhookConfig) -> Result<Self, WebhookError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crate::tls::provider();
         let cert = ReloadingCert::load(&config.tls.cert, &config.tls.key, provider.clone())?;
         let listener = server::bind(config.listen, "webhook")
             .await

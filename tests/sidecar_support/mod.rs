@@ -349,7 +349,7 @@ pub fn tls_acceptor(names: &[&str], alpn: &[&[u8]]) -> (tokio_rustls::TlsAccepto
     let rcgen::CertifiedKey { cert, signing_key } =
         rcgen::generate_simple_self_signed(names).unwrap();
     let key = rustls_pki_types::PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = bedrock_broker::tls::provider();
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()

@@ -5,10 +5,21 @@
 use super::*;
 
 fn tls_acceptor_and_ca() -> (tokio_rustls::TlsAcceptor, Vec<u8>) {
+    tls_acceptor_and_ca_agreeing(None)
+}
+
+/// `only`: the one key-exchange group the server will agree to.
+fn tls_acceptor_and_ca_agreeing(
+    only: Option<rustls::NamedGroup>,
+) -> (tokio_rustls::TlsAcceptor, Vec<u8>) {
     let rcgen::CertifiedKey { cert, signing_key } =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
     let key = rustls_pki_types::PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if let Some(group) = only {
+        provider.kx_groups.retain(|g| g.name() == group);
+    }
+    let provider = Arc::new(provider);
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -27,6 +38,26 @@ async fn tls_upstream_and_pool(idle_timeout: Duration) -> (Upstream, Pool) {
     let (acceptor, ca) = tls_acceptor_and_ca();
     let up = upstream(Some(acceptor)).await;
     (up, pool_trusting(Some(&ca), 8, idle_timeout))
+}
+
+#[tokio::test]
+async fn bedrock_gets_a_post_quantum_key_exchange_and_a_classical_one_still_works() {
+    // Each server agrees to one group only, so a handshake succeeds only
+    // if the pool offers it (the hybrid one, and the X25519 share sent
+    // beside it) or falls back to it (P-256, after a retry).
+    use rustls::NamedGroup;
+    for group in [
+        NamedGroup::X25519MLKEM768,
+        NamedGroup::X25519,
+        NamedGroup::secp256r1,
+    ] {
+        let (acceptor, ca) = tls_acceptor_and_ca_agreeing(Some(group));
+        let up = upstream(Some(acceptor)).await;
+        let pool = pool_trusting(Some(&ca), 8, Duration::from_secs(60));
+        let response = pool.send(request("https", up.addr, "/")).await;
+        let response = response.unwrap_or_else(|e| panic!("{group:?}: {e}"));
+        assert_eq!(read_all(response).await, "ok", "{group:?}");
+    }
 }
 
 #[tokio::test]

@@ -1,0 +1,32 @@
+//! The one crypto provider every TLS connection of this binary uses.
+
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+
+/// aws-lc-rs, the provider AWS's own SDK for Rust defaults to. With
+/// rustls' `prefer-post-quantum` it offers the hybrid X25519MLKEM768 key
+/// exchange first, and X25519 beside it, so a peer without ML-KEM (STS,
+/// an older API server, Python's `ssl` in the tests) costs no extra round
+/// trip; prompts travelling to Bedrock today stay unreadable to whoever
+/// records them for a quantum computer later. rustls deprecated ring's
+/// provider for lacking exactly this.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::NamedGroup;
+
+    use super::*;
+
+    #[test]
+    fn the_hybrid_post_quantum_group_comes_first_with_x25519_beside_it() {
+        let groups: Vec<NamedGroup> = provider().kx_groups.iter().map(|g| g.name()).collect();
+        assert_eq!(
+            groups[..2],
+            [NamedGroup::X25519MLKEM768, NamedGroup::X25519]
+        );
+    }
+}
