@@ -536,6 +536,54 @@ async fn neighbours_hammering_the_admin_port_cannot_starve_the_kubelets_probes()
     stop.cancel();
 }
 
+/// Opens a connection from `source` that asks once, reads the whole
+/// answer, then starts the next request's head and stops: a request on its
+/// way on a kept-alive connection, never idle, nothing in flight.
+async fn dripping_a_next_head_from(source: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let mut c = connect_from(source, addr).await;
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.ends_with(b"\r\n\r\nok\n") {
+        let n = c.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before answering");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    c.write_all(b"GET /hea").await.unwrap();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neighbours_dripping_their_next_request_cannot_starve_the_kubelets_probes() {
+    let upstream = FakeUpstream::start(vec![]).await;
+    // The defaults: 32 admin connections, 8 per peer address. 32 pods of
+    // one connection each: none holds two more than the kubelet's none,
+    // and none is quiet (a head is on its way).
+    let (_, admin, stop) = sidecar(&upstream, &[]).await;
+    let mut held = Vec::new();
+    for pod in 10..42u8 {
+        held.push(dripping_a_next_head_from([127, 0, 0, pod], admin).await);
+    }
+    // A head the API server or a scrape sends arrives whole within
+    // milliseconds; one still arriving after a second is a neighbour's.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for round in 0..3 {
+        let answer = probe(admin).await.expect("the probe's connection ends");
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "probe {round} answered: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        // The neighbours fill the port again (from another pod: which one
+        // lost its connection is the sidecar's choice).
+        held.push(dripping_a_next_head_from([127, 0, 0, 50 + round], admin).await);
+    }
+    drop(held);
+    stop.cancel();
+}
+
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed() {
     let upstream = FakeUpstream::start(vec![]).await;

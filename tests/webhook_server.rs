@@ -695,6 +695,80 @@ async fn pods_of_one_dripping_body_each_cannot_lock_the_api_server_out() {
     flood.stop.cancel();
 }
 
+/// A TLS connection from `source` that asks once, reads the whole answer,
+/// then starts the next request's head and stops.
+async fn dripping_a_next_head_from(
+    tls: &Arc<rustls::ClientConfig>,
+    source: [u8; 4],
+    addr: SocketAddr,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = connect_from(source, addr).await;
+    let name = ServerName::try_from("127.0.0.1").expect("name");
+    let mut c = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("ask");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    let whole = |a: &[u8]| {
+        let text = String::from_utf8_lossy(a).to_lowercase();
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            return false;
+        };
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|n| n.trim().parse::<usize>().ok());
+        length.is_some_and(|n| body.len() >= n)
+    };
+    while !whole(&answer) {
+        let n = c.read(&mut buf).await.expect("read");
+        assert!(n > 0, "closed before answering");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    c.write_all(b"POST /mu").await.expect("a head begun");
+    c.flush().await.expect("flush");
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_dripping_their_next_request_cannot_lock_the_api_server_out() {
+    // As many pods as slots, each asking once and then dripping the next
+    // request's head: nothing in flight, never quiet, no body arriving, so
+    // none yielded (an outside check: 300 such pods let 1 review in 50).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ca();
+    let (addr, stop) = running(dir.path(), &ca, |a| {
+        a.limits.max_connections = Some("3".into());
+    })
+    .await;
+    let tls = client_config(&ca);
+    let mut dripping = Vec::new();
+    for pod in [2, 3, 4] {
+        dripping.push(dripping_a_next_head_from(&tls, [127, 0, 0, pod], addr).await);
+    }
+    let body = std::fs::read(fixtures().join("plain.json")).expect("fixture");
+    // Well inside the 10 s the header timeout would give the pods.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let answered = loop {
+        // Refused while every head is younger than a second: asked again.
+        if let Ok((status, _, _)) = https(&tls, addr, "POST", "/mutate", body.clone()).await {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the API server's review never got in"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(answered, 200);
+    stop.cancel();
+}
+
 /// A review's connection, split so its body and its answer can flow at
 /// once.
 type ReviewHalves = (

@@ -25,6 +25,9 @@ pub struct Activity {
     /// (milliseconds could not tell, a fast request reads and ends within
     /// one).
     request_coming: AtomicBool,
+    /// Milliseconds after `started` `request_coming` last turned true: when
+    /// the head of a next request began to arrive.
+    coming_since: AtomicU64,
     /// The client spoke HTTP/2 (its preface): control frames cross an idle
     /// connection (PING replies, WINDOW_UPDATE, SETTINGS acknowledgements),
     /// and a request is dispatched only once its headers are whole, so
@@ -53,6 +56,7 @@ impl Activity {
             started: Instant::now(),
             last: AtomicU64::new(0),
             request_coming: AtomicBool::new(true),
+            coming_since: AtomicU64::new(0),
             http2: AtomicBool::new(false),
             last_request: AtomicU64::new(0),
             served: AtomicBool::new(false),
@@ -93,9 +97,11 @@ impl Activity {
     }
 
     pub(super) fn touch_read(&self) {
-        self.last.store(self.now_ms(), Ordering::Relaxed);
-        if !self.http2.load(Ordering::Relaxed) {
-            self.request_coming.store(true, Ordering::Relaxed);
+        let ms = self.now_ms();
+        self.last.store(ms, Ordering::Relaxed);
+        if !self.http2.load(Ordering::Relaxed) && !self.request_coming.swap(true, Ordering::Relaxed)
+        {
+            self.coming_since.store(ms, Ordering::Relaxed);
         }
     }
 
@@ -156,6 +162,14 @@ impl Activity {
         self.in_flight.load(Ordering::Relaxed) == 0
             && self.served.load(Ordering::Relaxed)
             && self.request_coming.load(Ordering::Relaxed)
+    }
+
+    /// Whether such a head has been arriving for `long` or more: the API
+    /// server, a kubelet or a scrape sends one whole at once, a neighbour
+    /// dripping it to hold the connection does not.
+    pub fn is_head_arriving_for(&self, long: Duration) -> bool {
+        self.is_head_arriving()
+            && Instant::now().saturating_duration_since(self.at(&self.coming_since)) >= long
     }
 
     /// How long since a byte last crossed the connection.

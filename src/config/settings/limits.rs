@@ -33,7 +33,7 @@ macro_rules! when_full {
         "beyond it a kept-alive connection idle a second or more is closed to make room, else the newcomer is closed at once"
     };
     (reached_by_pods) => {
-        "beyond it a busier peer's idle or stalled connection (else one of a peer at its whole share, else a request whose head or body is still arriving from a peer holding two more, or a body that has been arriving for a second from a peer holding more) is closed to make room for a peer with fewer, else the newcomer is closed at once"
+        "beyond it a busier peer's idle or stalled connection (else one of a peer at its whole share, else a request whose head or body is still arriving from a peer holding two more, or a head or body that has been arriving for a second from a peer holding more) is closed to make room for a peer with fewer, else the newcomer is closed at once"
     };
 }
 
