@@ -32,8 +32,10 @@ use crate::metrics::webhook::WebhookMetrics;
 /// gets variables, so a pod of thousands of tiny containers asks for
 /// megabytes: a pod that large could not be stored anyway (etcd keeps
 /// objects up to 1.5 MiB), and the answer, its bytes written out as
-/// numbers, would be three to four times the patch.
-const MAX_PATCH_BYTES: usize = 1024 * 1024;
+/// numbers, would be three to four times the patch. Building the patch
+/// already stops there (`inject::patch`); this catches what its count,
+/// a lower bound, let through.
+const MAX_PATCH_BYTES: usize = inject::patch::MAX_PATCH_BYTES;
 
 /// The path the MutatingWebhookConfiguration points at.
 pub const MUTATE_PATH: &str = "/mutate";

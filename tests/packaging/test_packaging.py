@@ -1015,9 +1015,10 @@ def test_webhook_memory_limit_covers_its_review_budget(scenario):
     assert _bytes(container["resources"]["limits"]["memory"]) >= 64 * 2**20 + 5 * budget
 
 
-def _flood_webhook(tmp_path, shape, check=None) -> tuple:
+def _flood_webhook(tmp_path, shape, check=None, annotations=None) -> tuple:
     """Starts the binary as the chart's defaults configure it and sends two
-    rounds of 12 concurrent reviews, the fixture pod changed by `shape`.
+    rounds of 12 concurrent reviews, the fixture pod changed by `shape`
+    (and given `annotations`).
     Returns the answers (status, or "refused" when the webhook answered
     before reading the body), its peak RSS and the chart's memory limit;
     `check(hook)` runs against the same webhook afterwards."""
@@ -1037,6 +1038,7 @@ def _flood_webhook(tmp_path, shape, check=None) -> tuple:
     budget = {e["name"]: e["value"] for e in container["env"]}["BEDROCK_BROKER_WEBHOOK_REVIEW_BUDGET"]
     review = load_fixture("plain")
     shape(review["request"]["object"]["spec"])
+    review["request"]["object"]["metadata"].setdefault("annotations", {}).update(annotations or {})
     body = json.dumps(review, separators=(",", ":"))
 
     def peak(pid):
@@ -1102,6 +1104,35 @@ def test_webhook_memory_stays_within_its_limit_under_reviews_that_parse_large(tm
     assert peak < limit, f"peak RSS {peak / 2**20:.0f} MiB over the {limit / 2**20:.0f} MiB limit"
     assert answers.count(413) >= 12 and set(answers) <= {413, 503, "refused"}, answers
     assert ordinary == [200]
+
+
+def test_webhook_memory_stays_within_its_limit_under_reviews_whose_patch_is_huge(tmp_path):
+    """A pod whose review is small but whose patch would be huge: 30,000
+    containers with an empty env list, each of which gets the client
+    variables one operation at a time (0.8 MB of review, 33 MB of patch,
+    which one review took the webhook to 284 MiB building). It is denied
+    before the patch is built, naming the limit, and the peak RSS stays
+    under the chart's limit."""
+    annotations = {"bedrock-broker.io/proxy-token-secret": "tok/key"}
+
+    def many_containers(spec):
+        spec["containers"] = [{"name": f"c{i}", "image": "x", "env": []} for i in range(30000)]
+
+    def denied_naming_the_limit(hook):
+        from test_webhook_support import load_fixture
+        review = load_fixture("plain")
+        many_containers(review["request"]["object"]["spec"])
+        review["request"]["object"]["metadata"].setdefault("annotations", {}).update(annotations)
+        response = hook.review(json.dumps(review)).json()["response"]
+        denials.append((response["allowed"], response.get("status", {}).get("message", "")))
+
+    denials: list = []
+    answers, peak, limit, _, size = _flood_webhook(tmp_path, many_containers, denied_naming_the_limit, annotations)
+    assert size < 2 * 2**20
+    assert set(answers) <= {200, 503, "refused"} and answers.count(200) >= 2, answers
+    assert peak < limit, f"peak RSS {peak / 2**20:.0f} MiB over the {limit / 2**20:.0f} MiB limit"
+    [(allowed, message)] = denials
+    assert not allowed and "1048576 bytes" in message and "30000 containers" in message, message
 
 
 def test_binary_serves_with_the_charts_env_and_generated_tls(tmp_path):

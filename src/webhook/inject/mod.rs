@@ -21,7 +21,7 @@ mod fit;
 mod kube_version;
 mod limit_range;
 mod notices;
-mod patch;
+pub(crate) mod patch;
 mod quantity;
 mod render;
 mod resolve;

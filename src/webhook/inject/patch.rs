@@ -10,7 +10,7 @@
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
-use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use serde_json::Value;
 
 use super::annotations::names;
@@ -72,19 +72,63 @@ fn add_volume(spec: &PodSpec, volume: Value) -> PatchOperation {
     }
 }
 
+/// The largest patch answered: the API server stores objects up to 1.5
+/// MiB, so a pod that needs more could not be created anyway.
+pub const MAX_PATCH_BYTES: usize = 1024 * 1024;
+
 /// The app variables a container does not set itself. Init containers get
 /// them only in native mode: a classic sidecar starts after they have run.
+///
+/// Each container that already has an `env` list gets one operation per
+/// variable, so a small review can ask for a large patch (30,000
+/// containers with `env: []` in 0.8 MB of review: 33 MB of patch, and
+/// ten times that held while building it). The operations' size is
+/// counted as they are made, and the pod is refused once it passes
+/// [`MAX_PATCH_BYTES`], before the rest is built.
 fn add_app_env(
     spec: &PodSpec,
     mode: SidecarMode,
     app_env: &[AppVar],
 ) -> Result<Vec<PatchOperation>, Denial> {
+    add_app_env_within(spec, mode, app_env, MAX_PATCH_BYTES).map(|(ops, _)| ops)
+}
+
+/// [`add_app_env`] refusing past `max` bytes; also returns the bytes
+/// counted (at most what the operations take once encoded).
+fn add_app_env_within(
+    spec: &PodSpec,
+    mode: SidecarMode,
+    app_env: &[AppVar],
+    max: usize,
+) -> Result<(Vec<PatchOperation>, usize), Denial> {
     let mut lists: Vec<(&str, &[Container])> = vec![("containers", &spec.containers)];
     if mode == SidecarMode::Native {
         if let Some(init) = &spec.init_containers {
             lists.push(("initContainers", init));
         }
     }
+    // Each variable's value once, and the bytes it takes in the patch.
+    let values = app_env
+        .iter()
+        .map(|v| {
+            let value = to_value(&v.var)?;
+            let size = value.to_string().len();
+            Ok((value, size))
+        })
+        .collect::<Result<Vec<_>, Denial>>()?;
+    let containers: usize = lists.iter().map(|(_, c)| c.len()).sum();
+    let mut size = 0;
+    let mut counted = |path: &PointerBuf, value: usize| {
+        // `{"op":"add","path":…,"value":…},`: a lower bound of what the
+        // operation takes once encoded.
+        size += 30 + path.as_str().len() + value;
+        if size > max {
+            return Err(Denial::one(format!(
+                "its patch would be more than {max} bytes (the client variables added to each of its {containers} containers), so the pod it made could not be stored (the API server keeps objects up to 1.5 MiB)"
+            )));
+        }
+        Ok(())
+    };
     let mut ops = Vec::new();
     for (field, containers) in lists {
         // Init containers that start before the sidecar cannot use it.
@@ -94,32 +138,34 @@ fn add_app_env(
         };
         for (i, c) in containers.iter().enumerate().skip(first) {
             let sets = |name: &&str| c.env.iter().flatten().any(|e| e.name == *name);
-            let missing: Vec<&EnvVar> = app_env
+            let missing: Vec<&(Value, usize)> = app_env
                 .iter()
-                .filter(|v| !v.unless_set.iter().any(sets))
-                .map(|v| &v.var)
+                .zip(&values)
+                .filter(|(v, _)| !v.unless_set.iter().any(sets))
+                .map(|(_, value)| value)
                 .collect();
             if missing.is_empty() {
                 continue;
             }
             let index = i.to_string();
             match &c.env {
-                None => ops.push(add(
-                    pointer(["spec", field, &index, "env"]),
-                    to_value(&missing)?,
-                )),
+                None => {
+                    let path = pointer(["spec", field, &index, "env"]);
+                    counted(&path, missing.iter().map(|(_, n)| n + 1).sum())?;
+                    let list = missing.into_iter().map(|(v, _)| v.clone()).collect();
+                    ops.push(add(path, Value::Array(list)));
+                }
                 Some(_) => {
-                    for v in missing {
-                        ops.push(add(
-                            pointer(["spec", field, &index, "env", "-"]),
-                            to_value(v)?,
-                        ));
+                    for (value, n) in missing {
+                        let path = pointer(["spec", field, &index, "env", "-"]);
+                        counted(&path, *n)?;
+                        ops.push(add(path, value.clone()));
                     }
                 }
             }
         }
     }
-    Ok(ops)
+    Ok((ops, size))
 }
 
 /// Init containers of the service meshes that capture a pod's traffic
@@ -239,4 +285,82 @@ pub fn apply(object: &Value, patch: &Patch) -> Result<Value, json_patch::PatchEr
     let mut out = object.clone();
     json_patch::patch(&mut out, patch)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::EnvVar;
+
+    use super::*;
+
+    fn var(name: &str, value: &str) -> AppVar {
+        AppVar {
+            var: EnvVar {
+                name: name.to_owned(),
+                value: Some(value.to_owned()),
+                ..Default::default()
+            },
+            unless_set: &[],
+        }
+    }
+
+    /// `n` containers, every other one with an empty `env` list (one
+    /// operation per variable) and the rest with none (one per container).
+    fn pod_of(n: usize) -> PodSpec {
+        let containers = (0..n)
+            .map(|i| Container {
+                name: format!("c{i}"),
+                env: (i % 2 == 0).then(Vec::new),
+                ..Default::default()
+            })
+            .collect();
+        PodSpec {
+            containers,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn what_is_counted_never_exceeds_the_encoded_patch() {
+        // A lower bound: a pod refused for its count would have been
+        // refused for its encoded patch too.
+        let vars = [
+            var("BEDROCK_BROKER_URL", "http://127.0.0.1:9787"),
+            var("OPENAI_BASE_URL", "http://127.0.0.1:9787/openai/v1"),
+            var("A\"quoted\u{e9}", "line\nbreak"),
+        ];
+        for n in [1, 2, 7, 100, 1000] {
+            let (ops, counted) =
+                add_app_env_within(&pod_of(n), SidecarMode::Native, &vars, usize::MAX)
+                    .expect("no limit");
+            let encoded = serde_json::to_vec(&Patch(ops)).expect("encodes").len();
+            assert!(counted <= encoded, "{n}: {counted} > {encoded}");
+            // And close to it, so the limit bites where the patch does.
+            assert!(counted * 10 >= encoded * 9, "{n}: {counted} of {encoded}");
+        }
+    }
+
+    #[test]
+    fn a_patch_past_the_limit_is_refused_before_it_is_built() {
+        let vars = [var("BEDROCK_BROKER_URL", "http://127.0.0.1:9787")];
+        let (_, small) = add_app_env_within(&pod_of(10), SidecarMode::Native, &vars, usize::MAX)
+            .expect("no limit");
+        let refused = add_app_env_within(&pod_of(11), SidecarMode::Native, &vars, small)
+            .expect_err("over the limit");
+        let text = refused.to_string();
+        assert!(
+            text.contains(&format!("more than {small} bytes"))
+                && text.contains("its 11 containers"),
+            "{text}"
+        );
+        assert!(add_app_env_within(&pod_of(10), SidecarMode::Native, &vars, small).is_ok());
+        // 30,000 containers of `env: []` in a review of 0.8 MB.
+        let text = add_app_env(&pod_of(30_000), SidecarMode::Native, &vars)
+            .expect_err("a patch of megabytes")
+            .to_string();
+        assert!(
+            text.contains(&format!("more than {MAX_PATCH_BYTES} bytes")),
+            "{text}"
+        );
+    }
 }
