@@ -99,9 +99,14 @@ impl Activity {
     pub(super) fn touch_read(&self) {
         let ms = self.now_ms();
         self.last.store(ms, Ordering::Relaxed);
-        if !self.http2.load(Ordering::Relaxed) && !self.request_coming.swap(true, Ordering::Relaxed)
-        {
+        // A load first: on the proxy's hot path most reads find a request
+        // already coming, and a store is cheaper than a swap. Only the
+        // connection's own task reads, so nothing turns the flag meanwhile.
+        if !self.http2.load(Ordering::Relaxed) && !self.request_coming.load(Ordering::Relaxed) {
+            // The time before the flag, so an eviction that sees the flag
+            // sees this head's start, not an older one.
             self.coming_since.store(ms, Ordering::Relaxed);
+            self.request_coming.store(true, Ordering::Release);
         }
     }
 
@@ -110,6 +115,10 @@ impl Activity {
         let ms = self.now_ms();
         self.last.store(ms, Ordering::Relaxed);
         self.last_request.store(ms, Ordering::Relaxed);
+        // Whatever `coming_since` a racing eviction reads is then no older
+        // than this end: a connection it would take for a dripped head has
+        // been quiet as long.
+        self.coming_since.store(ms, Ordering::Relaxed);
         self.request_coming.store(false, Ordering::Relaxed);
         self.served.store(true, Ordering::Relaxed);
     }
@@ -161,7 +170,7 @@ impl Activity {
     pub fn is_head_arriving(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) == 0
             && self.served.load(Ordering::Relaxed)
-            && self.request_coming.load(Ordering::Relaxed)
+            && self.request_coming.load(Ordering::Acquire)
     }
 
     /// Whether such a head has been arriving for `long` or more: the API
@@ -390,6 +399,27 @@ mod tests {
         drop(InFlight::new(h2.clone()));
         h2.touch_read();
         assert!(h2.kept_alive_since().is_some(), "a PING is not a request");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_next_head_arrives_since_its_first_byte_not_its_last() {
+        // One byte every 600 ms: stamped at each read, the head would
+        // never look a second old.
+        let stalled = Duration::from_secs(1);
+        let activity = Activity::new();
+        activity.touch_read();
+        drop(InFlight::new(activity.clone()));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        activity.touch_read();
+        assert!(!activity.is_head_arriving_for(stalled), "just begun");
+        tokio::time::advance(Duration::from_millis(600)).await;
+        activity.touch_read();
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert!(activity.is_head_arriving_for(stalled), "begun 1.2 s ago");
+        // Once that request has ended, the next head is timed afresh.
+        drop(InFlight::new(activity.clone()));
+        activity.touch_read();
+        assert!(!activity.is_head_arriving_for(stalled));
     }
 
     #[tokio::test(start_paused = true)]
