@@ -101,10 +101,12 @@ fn add_app_env_within(
     app_env: &[AppVar],
     max: usize,
 ) -> Result<(Vec<PatchOperation>, usize), Denial> {
-    let mut lists: Vec<(&str, &[Container])> = vec![("containers", &spec.containers)];
+    // Each list, and the first of its containers that can use the sidecar:
+    // init containers that start before it cannot.
+    let mut lists: Vec<(&str, &[Container], usize)> = vec![("containers", &spec.containers, 0)];
     if mode == SidecarMode::Native {
         if let Some(init) = &spec.init_containers {
-            lists.push(("initContainers", init));
+            lists.push(("initContainers", init, sidecar_index(spec)));
         }
     }
     // Each variable's value once, and the bytes it takes in the patch.
@@ -116,7 +118,10 @@ fn add_app_env_within(
             Ok((value, size))
         })
         .collect::<Result<Vec<_>, Denial>>()?;
-    let containers: usize = lists.iter().map(|(_, c)| c.len()).sum();
+    let containers: usize = lists
+        .iter()
+        .map(|(_, c, first)| c.len().saturating_sub(*first))
+        .sum();
     let mut size = 0;
     let mut counted = |path: &PointerBuf, value: usize| {
         // `{"op":"add","path":…,"value":…},`: a lower bound of what the
@@ -124,18 +129,13 @@ fn add_app_env_within(
         size += 30 + path.as_str().len() + value;
         if size > max {
             return Err(Denial::one(format!(
-                "its patch would be more than {max} bytes (the client variables added to each of its {containers} containers), so the pod it made could not be stored (the API server keeps objects up to 1.5 MiB)"
+                "its patch is too large: more than {max} bytes (the client variables added to each of its {containers} containers), so the pod it made could not be stored (the API server keeps objects up to 1.5 MiB)"
             )));
         }
         Ok(())
     };
     let mut ops = Vec::new();
-    for (field, containers) in lists {
-        // Init containers that start before the sidecar cannot use it.
-        let first = match field {
-            "initContainers" => sidecar_index(spec),
-            _ => 0,
-        };
+    for (field, containers, first) in lists {
         for (i, c) in containers.iter().enumerate().skip(first) {
             let sets = |name: &&str| c.env.iter().flatten().any(|e| e.name == *name);
             let missing: Vec<&(Value, usize)> = app_env
@@ -304,63 +304,115 @@ mod tests {
         }
     }
 
-    /// `n` containers, every other one with an empty `env` list (one
-    /// operation per variable) and the rest with none (one per container).
-    fn pod_of(n: usize) -> PodSpec {
-        let containers = (0..n)
+    /// `n` containers of every shape: an `env` list empty (one operation
+    /// per variable), one that sets `OPENAI_BASE_URL` itself, or none
+    /// (one operation for the container).
+    fn containers(prefix: &str, n: usize) -> Vec<Container> {
+        (0..n)
             .map(|i| Container {
-                name: format!("c{i}"),
-                env: (i % 2 == 0).then(Vec::new),
+                name: format!("{prefix}{i}"),
+                env: match i % 3 {
+                    0 => Some(Vec::new()),
+                    1 => Some(vec![EnvVar {
+                        name: "OPENAI_BASE_URL".to_owned(),
+                        value: Some("mine".to_owned()),
+                        ..Default::default()
+                    }]),
+                    _ => None,
+                },
                 ..Default::default()
             })
-            .collect();
+            .collect()
+    }
+
+    fn pod_of(n: usize) -> PodSpec {
         PodSpec {
-            containers,
+            containers: containers("c", n),
             ..Default::default()
         }
+    }
+
+    /// Native mode: a mesh's pair first (its setup and its native proxy
+    /// start before the sidecar and get nothing), then `n` init containers
+    /// that do.
+    fn pod_with_init(n: usize) -> PodSpec {
+        let mut init = vec![
+            Container {
+                name: "istio-init".to_owned(),
+                env: Some(Vec::new()),
+                ..Default::default()
+            },
+            Container {
+                name: "istio-proxy".to_owned(),
+                env: Some(Vec::new()),
+                restart_policy: Some("Always".to_owned()),
+                ..Default::default()
+            },
+        ];
+        init.extend(containers("i", n));
+        PodSpec {
+            init_containers: Some(init),
+            containers: containers("c", 1),
+            ..Default::default()
+        }
+    }
+
+    fn client_vars() -> [AppVar; 3] {
+        let mut openai = var("OPENAI_BASE_URL", "http://127.0.0.1:9787/openai/v1");
+        openai.unless_set = &["OPENAI_BASE_URL"];
+        [
+            var("BEDROCK_BROKER_URL", "http://127.0.0.1:9787"),
+            openai,
+            var("A\"quoted\u{e9}", "line\nbreak"),
+        ]
     }
 
     #[test]
     fn what_is_counted_never_exceeds_the_encoded_patch() {
         // A lower bound: a pod refused for its count would have been
         // refused for its encoded patch too.
-        let vars = [
-            var("BEDROCK_BROKER_URL", "http://127.0.0.1:9787"),
-            var("OPENAI_BASE_URL", "http://127.0.0.1:9787/openai/v1"),
-            var("A\"quoted\u{e9}", "line\nbreak"),
-        ];
+        let vars = client_vars();
         for n in [1, 2, 7, 100, 1000] {
-            let (ops, counted) =
-                add_app_env_within(&pod_of(n), SidecarMode::Native, &vars, usize::MAX)
-                    .expect("no limit");
-            let encoded = serde_json::to_vec(&Patch(ops)).expect("encodes").len();
-            assert!(counted <= encoded, "{n}: {counted} > {encoded}");
-            // And close to it, so the limit bites where the patch does.
-            assert!(counted * 10 >= encoded * 9, "{n}: {counted} of {encoded}");
+            for (shape, pod) in [("containers", pod_of(n)), ("init", pod_with_init(n))] {
+                let (ops, counted) =
+                    add_app_env_within(&pod, SidecarMode::Native, &vars, usize::MAX)
+                        .expect("no limit");
+                let encoded = serde_json::to_vec(&Patch(ops)).expect("encodes").len();
+                assert!(counted <= encoded, "{shape} {n}: {counted} > {encoded}");
+                // And close to it, so the limit bites where the patch does.
+                assert!(
+                    counted * 10 >= encoded * 9,
+                    "{shape} {n}: {counted} of {encoded}"
+                );
+            }
         }
     }
 
     #[test]
     fn a_patch_past_the_limit_is_refused_before_it_is_built() {
-        let vars = [var("BEDROCK_BROKER_URL", "http://127.0.0.1:9787")];
+        let vars = client_vars();
         let (_, small) = add_app_env_within(&pod_of(10), SidecarMode::Native, &vars, usize::MAX)
             .expect("no limit");
         let refused = add_app_env_within(&pod_of(11), SidecarMode::Native, &vars, small)
             .expect_err("over the limit");
         let text = refused.to_string();
         assert!(
-            text.contains(&format!("more than {small} bytes"))
+            text.contains(&format!("too large: more than {small} bytes"))
                 && text.contains("its 11 containers"),
             "{text}"
         );
         assert!(add_app_env_within(&pod_of(10), SidecarMode::Native, &vars, small).is_ok());
-        // 30,000 containers of `env: []` in a review of 0.8 MB.
-        let text = add_app_env(&pod_of(30_000), SidecarMode::Native, &vars)
-            .expect_err("a patch of megabytes")
-            .to_string();
-        assert!(
-            text.contains(&format!("more than {MAX_PATCH_BYTES} bytes")),
-            "{text}"
-        );
+        // 30,000 containers in a review of 0.8 MB; init containers too, of
+        // which the mesh's two, starting before the sidecar, are not counted.
+        for (pod, n) in [(pod_of(30_000), 30_000), (pod_with_init(30_000), 30_001)] {
+            let text = add_app_env(&pod, SidecarMode::Native, &vars)
+                .expect_err("a patch of megabytes")
+                .to_string();
+            assert!(
+                text.contains(&format!("more than {MAX_PATCH_BYTES} bytes"))
+                    && text.contains(&format!("its {n} containers")),
+                "{text}"
+            );
+        }
     }
 }
