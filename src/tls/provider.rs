@@ -22,6 +22,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn kubes_client_offers_it_too() {
+        // kube builds its own rustls configuration, from the process's
+        // provider: the webhook's calls to the API server are covered only
+        // if that is this one.
+        use kube::client::ConfigExt;
+        let config = kube::Config::new("https://127.0.0.1:6443".parse().expect("uri"))
+            .rustls_client_config()
+            .expect("kube's rustls configuration");
+        let groups: Vec<NamedGroup> = config
+            .crypto_provider()
+            .kx_groups
+            .iter()
+            .map(|g| g.name())
+            .collect();
+        assert_eq!(
+            groups[..2],
+            [NamedGroup::X25519MLKEM768, NamedGroup::X25519]
+        );
+    }
+
+    #[test]
     fn the_hybrid_post_quantum_group_comes_first_with_x25519_beside_it() {
         let groups: Vec<NamedGroup> = provider().kx_groups.iter().map(|g| g.name()).collect();
         assert_eq!(
