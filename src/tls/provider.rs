@@ -6,11 +6,12 @@ use rustls::crypto::CryptoProvider;
 
 /// aws-lc-rs, the provider AWS's own SDK for Rust defaults to. With
 /// rustls' `prefer-post-quantum` it offers the hybrid X25519MLKEM768 key
-/// exchange first, and X25519 beside it, so a peer without ML-KEM (STS,
-/// an older API server, Python's `ssl` in the tests) costs no extra round
-/// trip; prompts travelling to Bedrock today stay unreadable to whoever
-/// records them for a quantum computer later. rustls deprecated ring's
-/// provider for lacking exactly this.
+/// exchange first, and X25519 beside it, so a peer without ML-KEM (an
+/// endpoint that has none yet, an older API server, Python's `ssl` in
+/// the tests) costs no extra round trip; where the peer has it, prompts
+/// travelling to Bedrock today stay unreadable to whoever records them
+/// for a quantum computer later. rustls deprecated ring's provider for
+/// lacking exactly this.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
