@@ -69,15 +69,19 @@ impl Activity {
 
     /// Whether a request's body is still arriving on it: a request the
     /// server has not got whole yet, nothing of it worked on.
-    pub fn is_receiving(&self) -> bool {
+    fn is_receiving(&self) -> bool {
         self.receiving.load(Ordering::Relaxed) > 0
     }
 
-    /// Whether a body has been arriving on it for `long` or more: the API
-    /// server sends a review whole at once, a pod dripping one does not.
-    pub fn is_receiving_for(&self, long: Duration) -> bool {
-        self.is_receiving()
-            && Instant::now().saturating_duration_since(self.at(&self.receiving_since)) >= long
+    /// Whether a request has been arriving on it for `long` or more (any
+    /// time at all for `Duration::ZERO`): its body, or, on HTTP/1, the
+    /// head of a next one on a connection that served one. The API
+    /// server, a kubelet or a scrape sends either whole at once; a pod
+    /// dripping one to hold the connection does not.
+    pub fn is_arriving_for(&self, long: Duration) -> bool {
+        let since = |ms: &AtomicU64| Instant::now().saturating_duration_since(self.at(ms)) >= long;
+        (self.is_receiving() && since(&self.receiving_since))
+            || (self.is_head_arriving() && since(&self.coming_since))
     }
 
     /// Counts a body as arriving until the guard is dropped.
@@ -167,18 +171,10 @@ impl Activity {
 
     /// On HTTP/1, the head of a next request is arriving on a connection
     /// that served one: as good as a body still arriving.
-    pub fn is_head_arriving(&self) -> bool {
+    fn is_head_arriving(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) == 0
             && self.served.load(Ordering::Relaxed)
             && self.request_coming.load(Ordering::Acquire)
-    }
-
-    /// Whether such a head has been arriving for `long` or more: the API
-    /// server, a kubelet or a scrape sends one whole at once, a neighbour
-    /// dripping it to hold the connection does not.
-    pub fn is_head_arriving_for(&self, long: Duration) -> bool {
-        self.is_head_arriving()
-            && Instant::now().saturating_duration_since(self.at(&self.coming_since)) >= long
     }
 
     /// How long since a byte last crossed the connection.
@@ -411,15 +407,15 @@ mod tests {
         drop(InFlight::new(activity.clone()));
         tokio::time::advance(Duration::from_secs(5)).await;
         activity.touch_read();
-        assert!(!activity.is_head_arriving_for(stalled), "just begun");
+        assert!(!activity.is_arriving_for(stalled), "just begun");
         tokio::time::advance(Duration::from_millis(600)).await;
         activity.touch_read();
         tokio::time::advance(Duration::from_millis(600)).await;
-        assert!(activity.is_head_arriving_for(stalled), "begun 1.2 s ago");
+        assert!(activity.is_arriving_for(stalled), "begun 1.2 s ago");
         // Once that request has ended, the next head is timed afresh.
         drop(InFlight::new(activity.clone()));
         activity.touch_read();
-        assert!(!activity.is_head_arriving_for(stalled));
+        assert!(!activity.is_arriving_for(stalled));
     }
 
     #[tokio::test(start_paused = true)]

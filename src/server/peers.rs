@@ -178,14 +178,10 @@ impl Peers {
             .or_else(|| greedy(&|n| n >= limit, &|_| true))
             .or_else(|| {
                 greedy(&|n| n > mine + 1, &|h| {
-                    h.activity.is_receiving() || h.activity.is_head_arriving()
+                    h.activity.is_arriving_for(Duration::ZERO)
                 })
             })
-            .or_else(|| {
-                greedy(&|n| n > mine, &|h| {
-                    h.activity.is_receiving_for(STALLED) || h.activity.is_head_arriving_for(STALLED)
-                })
-            })?;
+            .or_else(|| greedy(&|n| n > mine, &|h| h.activity.is_arriving_for(STALLED)))?;
         let held = heavier
             .into_iter()
             .flat_map(|(_, list)| list.iter_mut())
