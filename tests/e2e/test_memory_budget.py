@@ -5,6 +5,7 @@ taking the sidecar over 128Mi (six 24 MiB requests once peaked at 160 MiB)."""
 from __future__ import annotations
 
 import json
+import selectors
 import socket
 import threading
 import time
@@ -231,3 +232,114 @@ def test_open_bidirectional_streams_keep_no_large_message_buffer(start_sidecar, 
     held = asyncio.run(sessions())
     print(f"\nRSS with six sessions open {held:.1f} MiB")
     assert held < INJECTED_LIMIT_MIB * 0.9, f"RSS {held:.1f} MiB"
+
+
+def test_event_streams_of_large_events_stay_under_the_memory_limit(start_sidecar, irsa_env, fake_aws):
+    # The usage tap keeps an event stream's last messages until its end:
+    # up to 1 MiB a stream, multiplied by every stream in flight. 240
+    # ConverseStreams of 240 KB events, all between their fifth and last
+    # event at once, took the sidecar far past 128Mi. All taps together
+    # now hold at most their shared budget; a stream that finds none left
+    # still reaches its client whole, only its tokens go uncounted.
+    sidecar = start_sidecar({**irsa_env, **shipped_env()})
+    host, port = sidecar.proxy.removeprefix("http://").split(":")
+    body = json.dumps({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}).encode()
+    run = uuid.uuid4().hex[:8]
+    ids = [f"large-events-{run}-{i}" for i in range(240)]
+    pad, chunks = 240_000, 6
+    model = "anthropic.claude-3-haiku-20240307-v1:0"
+
+    def output_tokens() -> float:
+        return sidecar.metric("bedrock_broker_tokens_total", {"model": model, "direction": "output"}) or 0
+
+    def without_usage(reason: str) -> float:
+        labels = {"operation": "converse_stream", "reason": reason}
+        return sidecar.metric("bedrock_broker_answers_without_usage_total", labels) or 0
+
+    # One such answer alone has all the room it needs: its tokens, as
+    # each of the 240 would count them.
+    alone = requests.post(
+        sidecar.url(f"/model/{model}/converse-stream"),
+        data=body,
+        headers={"content-type": "application/json", "x-fake-chunks": str(chunks), "x-fake-chunk-pad": str(pad)},
+        timeout=60,
+    )
+    assert alone.status_code == 200 and len(alone.content) > chunks * pad
+    wait_for(lambda: output_tokens() > 0, timeout=10, what="the lone answer's tokens")
+    each = output_tokens()
+    received = {i: 0 for i in ids}
+    answers = {i: b"" for i in ids}
+    closed: set[str] = set()
+    sel = selectors.DefaultSelector()
+    for stream_id in ids:
+        s = socket.create_connection((host, int(port)))
+        s.sendall(
+            (
+                f"POST /model/anthropic.claude-3-haiku-20240307-v1:0/converse-stream HTTP/1.1\r\n"
+                f"Host: {host}:{port}\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                f"x-fake-lockstep: {stream_id}\r\nx-fake-lockstep-timeout-ms: 120000\r\n"
+                f"x-fake-chunks: {chunks}\r\nx-fake-chunk-pad: {pad}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            + body
+        )
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ, stream_id)
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def drain() -> None:
+        # One reader for every stream: what the proxy sends is taken at
+        # once, so each answer's frames pass its tap as they come.
+        while not stop.is_set() and len(closed) < len(ids):
+            for key, _ in sel.select(timeout=0.1):
+                stream_id = key.data
+                data = key.fileobj.recv(1 << 20)
+                with lock:
+                    if not data:
+                        sel.unregister(key.fileobj)
+                        key.fileobj.close()
+                        closed.add(stream_id)
+                        continue
+                    received[stream_id] += len(data)
+                    if len(answers[stream_id]) < 200:
+                        answers[stream_id] += data[:200]
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        for stream_id in ids:
+            fake_aws.post("/stream/release", {"stream_id": stream_id, "count": chunks - 2})
+
+        def all_past_their_fifth_event() -> bool:
+            with lock:
+                return all(n > (chunks - 1) * pad for n in received.values())
+
+        wait_for(all_past_their_fifth_event, timeout=120, what="every stream to pass its fifth event")
+        peak = peak_rss_mib(sidecar.proc.pid)
+        for stream_id in ids:
+            fake_aws.release(stream_id)
+        wait_for(lambda: len(closed) == len(ids), timeout=120, what="every answer to end")
+    finally:
+        stop.set()
+        reader.join(timeout=10)
+        for key in list(sel.get_map().values()):
+            key.fileobj.close()
+    print(f"\npeak RSS {peak:.1f} MiB")
+    assert all(a.startswith(b"HTTP/1.1 200") for a in answers.values()), {a[:40] for a in answers.values()}
+    # Each answer reached its client whole: every event and the end.
+    assert all(n > chunks * pad for n in received.values())
+    finished = [fake_aws.stream(i) for i in ids]
+    assert all(s["finished"] and not s["client_disconnected"] for s in finished)
+    assert peak < INJECTED_LIMIT_MIB * 0.9, f"peak RSS {peak:.1f} MiB"
+    # Every answer is accounted for: its tokens counted in full, or the
+    # answer counted as one whose usage did not fit. 240 answers holding
+    # three 240 KB events each cannot all fit.
+    wait_for(
+        lambda: output_tokens() - each + without_usage("over_budget") * each == 240 * each,
+        timeout=10,
+        what="every answer counted, by its tokens or as over budget",
+    )
+    print(f"{without_usage('over_budget'):.0f} answers over budget")
+    assert without_usage("over_budget") > 0
+    assert [without_usage(r) for r in ("not_reported", "cut_off", "unreadable")] == [0, 0, 0]

@@ -20,8 +20,8 @@ use super::json::{Envelope, Usage};
 /// Longest message read; a longer one ends the reading (Bedrock's events
 /// are a few KiB; only the usage metrics of such a stream are lost). Up to
 /// [`KEPT`] messages are held besides the unfinished one, so a stream's tap
-/// holds at most four times this: 1 MiB. At 1 MiB a message, an upstream
-/// sending large events held 3 MiB per stream outside every budget.
+/// holds at most about four times this, and all taps together what their
+/// shared budget allows ([`super::room`]).
 const MAX_MESSAGE: usize = 256 * 1024;
 
 /// The shortest message: a prelude (two lengths and their CRC) and the
@@ -34,15 +34,28 @@ const MIN_MESSAGE: usize = 16;
 /// with the chunk carrying its metrics; three leaves a margin.
 pub(super) const KEPT: usize = 3;
 
+/// Room a buffer may keep beyond what it holds: an ordinary stream's
+/// buffers stay allocated from frame to frame, and a large message's are
+/// given back once it has passed. Small, as every stream in flight keeps
+/// this much out of the taps' shared budget.
+const SPARE: usize = 4 * 1024;
+
 /// Splits messages as frames arrive and keeps the last [`KEPT`].
 #[derive(Debug)]
 pub struct EventScanner {
     splitter: LengthDelimitedCodec,
     pending: BytesMut,
+    /// Bytes split off the front of `pending` since it was allocated:
+    /// they stay in its allocation, behind what `capacity()` reports,
+    /// until `BytesMut` reuses them or the buffer is replaced. (At most
+    /// that much: `BytesMut` may have reused some already.)
+    behind: usize,
     /// The stream stopped making sense (or grew too large): ignore the rest.
     broken: bool,
-    /// The newest last.
-    recent: VecDeque<Bytes>,
+    /// Copies, the newest last: a message split off `pending` would keep
+    /// the whole buffer it was read into alive, out of the count of what
+    /// the tap holds. Their buffers are reused for the next messages.
+    recent: VecDeque<Vec<u8>>,
 }
 
 impl Default for EventScanner {
@@ -60,6 +73,7 @@ impl Default for EventScanner {
                 .max_frame_length(MAX_MESSAGE)
                 .new_codec(),
             pending: BytesMut::new(),
+            behind: 0,
             broken: false,
             recent: VecDeque::with_capacity(KEPT),
         }
@@ -79,10 +93,8 @@ impl EventScanner {
                     return;
                 }
                 Ok(Some(message)) => {
-                    if self.recent.len() == KEPT {
-                        self.recent.pop_front();
-                    }
-                    self.recent.push_back(message.freeze());
+                    self.behind += message.len();
+                    self.keep(&message);
                 }
                 Ok(None) => break,
                 Err(_) => {
@@ -91,6 +103,30 @@ impl EventScanner {
                 }
             }
         }
+        // Once the bytes behind outweigh the unfinished message, a fresh
+        // buffer with only that message costs less than the old one.
+        if self.behind > SPARE && self.behind >= self.pending.len() {
+            self.pending = BytesMut::from(&self.pending[..]);
+            self.behind = 0;
+        }
+    }
+
+    /// Bytes this scanner holds, its buffers' spare room included.
+    pub fn held(&self) -> usize {
+        self.pending.capacity() + self.behind + self.recent.iter().map(Vec::capacity).sum::<usize>()
+    }
+
+    fn keep(&mut self, message: &[u8]) {
+        let mut slot = match self.recent.len() {
+            KEPT => self.recent.pop_front().unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        if slot.capacity() > message.len() + SPARE {
+            slot = Vec::new();
+        }
+        slot.clear();
+        slot.extend_from_slice(message);
+        self.recent.push_back(slot);
     }
 
     /// Decodes the kept messages, oldest first, up to the first that does
@@ -100,8 +136,8 @@ impl EventScanner {
     /// billed those tokens, and the client got the answer.
     pub fn finish(self) -> Ending {
         let mut found = Found::default();
-        for raw in self.recent {
-            let Ok(message) = read_message_from(raw) else {
+        for raw in &self.recent {
+            let Ok(message) = read_message_from(raw.as_slice()) else {
                 break;
             };
             found.read(&message);
@@ -117,6 +153,7 @@ impl EventScanner {
     fn stop(&mut self) {
         self.broken = true;
         self.pending = BytesMut::new();
+        self.behind = 0;
     }
 }
 
@@ -345,8 +382,6 @@ pub(super) mod tests {
         )
     }
 
-    /// Cuts `bytes` where `cuts` say (fractions of its length), as frames
-    /// arrive.
     /// `bytes` cut where `cuts` say (each a fraction of the length, in
     /// 65,535ths), as a response's frames might arrive.
     pub(in crate::proxy::usage) fn split<'a>(bytes: &'a [u8], cuts: &[u16]) -> Vec<&'a [u8]> {
@@ -493,5 +528,85 @@ pub(super) mod tests {
         assert!(scanner.pending.is_empty());
         // What was complete before it still counts.
         assert_eq!(scanner.finish().usage.and_then(|u| u.input), Some(3));
+    }
+
+    /// A content event of about `n` bytes.
+    fn large(n: usize) -> Vec<u8> {
+        message(
+            "contentBlockDelta",
+            &format!(
+                r#"{{"contentBlockIndex":0,"delta":{{"text":"{}"}}}}"#,
+                "x".repeat(n)
+            ),
+        )
+    }
+
+    #[test]
+    fn what_a_stream_holds_does_not_grow_with_its_length() {
+        // 200 messages of 100 KB in 16 KiB frames: the bytes split off the
+        // buffer's front are counted until the buffer is replaced, and old
+        // copies are reused, so neither piles up.
+        let one = large(100_000);
+        let mut stream: Vec<u8> = std::iter::repeat_n(&one, 200).flatten().copied().collect();
+        stream.extend(metadata_3_4());
+        let mut scanner = EventScanner::default();
+        let mut most = 0;
+        for frame in stream.chunks(16 * 1024) {
+            scanner.observe(frame);
+            most = most.max(scanner.held());
+        }
+        // The unfinished message's buffer (grown by doubling), what lies
+        // behind it, and three copies.
+        assert!(most <= 7 * one.len(), "held {most} bytes");
+        assert_eq!(scanner.finish().usage.and_then(|u| u.output), Some(4));
+    }
+
+    #[test]
+    fn a_large_message_leaves_no_large_buffer_behind() {
+        // What a stream holds falls back once ordinary events follow a
+        // large one, so it does not keep the taps' shared room.
+        let mut scanner = EventScanner::default();
+        for frame in large(200_000).chunks(16 * 1024) {
+            scanner.observe(frame);
+        }
+        assert!(scanner.held() >= 200_000);
+        for _ in 0..KEPT {
+            scanner.observe(&message("messageStop", "{}"));
+        }
+        assert!(scanner.held() <= 2 * SPARE, "held {}", scanner.held());
+        scanner.observe(&metadata_3_4());
+        assert_eq!(scanner.finish().usage.and_then(|u| u.input), Some(3));
+    }
+
+    #[test]
+    fn an_ordinary_stream_holds_a_few_kib() {
+        // Bedrock's events, a few hundred bytes each, one to a frame or
+        // many to an HTTP/2 frame of 16 KiB.
+        let events: Vec<Vec<u8>> = (0..1_000)
+            .map(|i| {
+                message(
+                    "contentBlockDelta",
+                    &format!(r#"{{"delta":{{"text":"{i:0>200}"}}}}"#),
+                )
+            })
+            .collect();
+        let mut one_a_frame = EventScanner::default();
+        let mut most = 0;
+        for e in &events {
+            one_a_frame.observe(e);
+            most = most.max(one_a_frame.held());
+        }
+        assert!(most <= 2 * SPARE, "one to a frame: held {most} bytes");
+        let all: Vec<u8> = events.concat();
+        let mut packed = EventScanner::default();
+        let mut most = 0;
+        for frame in all.chunks(16 * 1024) {
+            packed.observe(frame);
+            most = most.max(packed.held());
+        }
+        assert!(
+            most <= 2 * 16 * 1024 + 2 * SPARE,
+            "packed: held {most} bytes"
+        );
     }
 }

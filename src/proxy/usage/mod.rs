@@ -10,6 +10,7 @@
 pub(super) mod decode;
 mod eventstream;
 mod json;
+mod room;
 mod sse;
 mod tap;
 
@@ -29,6 +30,7 @@ use crate::metrics::labels::{ModelCounters, ModelLabels, ModelRef};
 use decode::{Coding, Inflater};
 use json::Count;
 pub use json::Usage;
+use room::{TapBudget, TAP_BUDGET};
 use tap::Parser;
 pub use tap::UsageTap;
 
@@ -56,6 +58,8 @@ pub struct UsageRecorder {
     /// Answers whose tokens were not counted, by operation and why.
     without_usage: IntCounterVec,
     pub models: ModelLabels,
+    /// What all taps may hold at once.
+    budget: TapBudget,
 }
 
 /// More tokens than any answer has: the largest context windows hold a
@@ -77,7 +81,15 @@ impl UsageRecorder {
             stream_errors: stream_errors.clone(),
             without_usage: without_usage.clone(),
             models,
+            budget: TapBudget::new(TAP_BUDGET),
         }
+    }
+
+    /// The same, its taps sharing `bytes` (tests).
+    #[cfg(test)]
+    fn with_tap_budget(mut self, bytes: usize) -> Self {
+        self.budget = TapBudget::new(bytes);
+        self
     }
 
     /// A stream ended with `exception` (a bounded label value).
@@ -206,6 +218,7 @@ impl UsageRecorder {
             client_left: false,
             parser,
             inflater,
+            share: self.budget.share(),
         }
     }
 }
@@ -277,6 +290,11 @@ mod tests {
     }
 
     fn recorder() -> Recorder {
+        recorder_sharing(TAP_BUDGET)
+    }
+
+    /// A recorder whose taps share `budget` bytes.
+    fn recorder_sharing(budget: usize) -> Recorder {
         let tokens = IntCounterVec::new(Opts::new("t", "t"), &["model", "direction"]).unwrap();
         let ttft = HistogramVec::new(HistogramOpts::new("h", "h"), &["operation"]).unwrap();
         let stream_errors =
@@ -285,12 +303,10 @@ mod tests {
             IntCounterVec::new(Opts::new("w", "w"), &["operation", "reason"]).unwrap();
         let models = ModelLabels::new(&UsageLabels::FirstSeen(2), &tokens).unwrap();
         Recorder {
-            r: Arc::new(UsageRecorder::new(
-                &ttft,
-                &stream_errors,
-                &without_usage,
-                models,
-            )),
+            r: Arc::new(
+                UsageRecorder::new(&ttft, &stream_errors, &without_usage, models)
+                    .with_tap_budget(budget),
+            ),
             tokens,
             ttft,
             stream_errors,
@@ -634,6 +650,93 @@ mod tests {
         tap.observe(&event("chunk", &payload));
         tap.finish();
         assert_eq!((count(&r, "i", "input"), count(&r, "i", "output")), (21, 8));
+    }
+
+    /// A ConverseStream event of about `n` bytes.
+    fn large_event(n: usize) -> Bytes {
+        event(
+            "contentBlockDelta",
+            &format!(
+                r#"{{"contentBlockIndex":0,"delta":{{"text":"{}"}}}}"#,
+                "x".repeat(n)
+            ),
+        )
+    }
+
+    #[test]
+    fn taps_share_one_budget_and_an_answer_past_it_goes_uncounted() {
+        // Four streams of 100 KB events, room for about two: what the taps
+        // hold together stays within the budget; an answer that found none
+        // left still ends, counted as over budget, and the room comes back
+        // when the answers end.
+        const BUDGET: usize = 1024 * 1024;
+        let r = recorder_sharing(BUDGET);
+        let es = headers("application/vnd.amazon.eventstream");
+        let big = large_event(100_000);
+        let mut taps: Vec<_> = (0..4)
+            .map(|_| open_tap(&r, "c", Operation::ConverseStream, &es))
+            .collect();
+        for _ in 0..5 {
+            for i in 0..taps.len() {
+                for frame in big.chunks(16 * 1024) {
+                    taps[i].observe(&Bytes::copy_from_slice(frame));
+                    let held: usize = taps.iter().map(|t| t.parser.held()).sum();
+                    assert!(held <= BUDGET, "the taps hold {held} bytes");
+                }
+            }
+        }
+        let metadata = event(
+            "metadata",
+            r#"{"usage":{"inputTokens":9,"outputTokens":4}}"#,
+        );
+        for tap in &mut taps {
+            tap.observe(&metadata);
+        }
+        assert!(r.budget.held() > 0);
+        for tap in taps {
+            tap.finish();
+        }
+        let counted = count(&r, "c", "output") / 4;
+        let over = without_usage(&r, "converse_stream", "over_budget");
+        assert!(counted >= 1 && over >= 1, "{counted} counted, {over} over");
+        assert_eq!(counted + over, 4);
+        assert_eq!(all_without_usage(&r), over);
+        assert_eq!(r.budget.held(), 0);
+    }
+
+    #[test]
+    fn a_json_answer_past_the_budget_goes_uncounted_and_holds_nothing() {
+        let r = recorder_sharing(64 * 1024);
+        let json = headers("application/json");
+        let body = format!(
+            r#"{{"output":{{"text":"{}"}},"usage":{{"inputTokens":12,"outputTokens":34}}}}"#,
+            "x".repeat(200_000)
+        );
+        let mut tap = open_tap(&r, "m", Operation::Converse, &json);
+        for frame in body.as_bytes().chunks(16 * 1024) {
+            tap.observe(&Bytes::copy_from_slice(frame));
+        }
+        assert_eq!((tap.parser.held(), r.budget.held()), (0, 0));
+        tap.finish();
+        assert_eq!(count(&r, "m", "output"), 0);
+        assert_eq!(without_usage(&r, "converse", "over_budget"), 1);
+        // Cut off as well: that is what it is counted as.
+        let mut tap = open_tap(&r, "m", Operation::Converse, &json);
+        for frame in body.as_bytes()[..100_000].chunks(16 * 1024) {
+            tap.observe(&Bytes::copy_from_slice(frame));
+        }
+        tap.cut_off("broken");
+        tap.finish();
+        assert_eq!(without_usage(&r, "converse", "cut_off"), 1);
+        // Within the budget, the same answer counts as ever.
+        let r = recorder_sharing(512 * 1024);
+        let mut tap = open_tap(&r, "m", Operation::Converse, &json);
+        for frame in body.as_bytes().chunks(16 * 1024) {
+            tap.observe(&Bytes::copy_from_slice(frame));
+        }
+        tap.finish();
+        assert_eq!(count(&r, "m", "output"), 34);
+        assert_eq!((all_without_usage(&r), r.budget.held()), (0, 0));
     }
 
     #[test]

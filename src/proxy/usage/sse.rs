@@ -71,6 +71,11 @@ impl SseScanner {
         }
     }
 
+    /// Bytes held: the unfinished line's buffer.
+    pub fn held(&self) -> usize {
+        self.carry.capacity()
+    }
+
     pub fn finish(self) -> Ending {
         Ending {
             usage: self.last,

@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use super::decode::Inflater;
 use super::eventstream::{Ending, EventScanner};
 use super::json::{Envelope, Usage};
+use super::room::Share;
 use super::sse::{SseScanner, USAGE_FINDER, USAGE_KEY};
 use super::UsageRecorder;
 use crate::metrics::labels::ModelCounters;
@@ -37,6 +38,9 @@ pub enum Parser {
     Counted,
     /// Nothing the tap can read: a `content-encoding` it cannot undo.
     Unreadable,
+    /// The taps' shared budget had no room for what this one held: what it
+    /// kept is dropped and the rest of the answer goes by unread.
+    NoRoom,
 }
 
 impl Parser {
@@ -57,7 +61,17 @@ impl Parser {
             Self::Json(body) => body.push(data),
             Self::Sse(scanner) => scanner.observe(data.bytes()),
             Self::EventStream(scanner) => scanner.observe(data.bytes()),
-            Self::Counted | Self::Unreadable => {}
+            Self::Counted | Self::Unreadable | Self::NoRoom => {}
+        }
+    }
+
+    /// Bytes held for reading usage at the end.
+    pub(super) fn held(&self) -> usize {
+        match self {
+            Self::Json(body) => body.held(),
+            Self::Sse(scanner) => scanner.held(),
+            Self::EventStream(scanner) => scanner.held(),
+            Self::Counted | Self::Unreadable | Self::NoRoom => 0,
         }
     }
 
@@ -66,7 +80,7 @@ impl Parser {
             Self::Json(body) => body.usage(),
             Self::Sse(scanner) => return scanner.finish(),
             Self::EventStream(scanner) => return scanner.finish(),
-            Self::Counted | Self::Unreadable => None,
+            Self::Counted | Self::Unreadable | Self::NoRoom => None,
         };
         Ending {
             usage,
@@ -141,11 +155,11 @@ impl JsonBody {
         self.tail.as_ref().map_or(0, |t| t.copied())
     }
 
-    /// Bytes held, for the tests of what a body may cost.
-    #[cfg(test)]
+    /// Bytes held (of the first frame, its length: the buffer it was
+    /// read into may be larger).
     pub(super) fn held(&self) -> usize {
         self.first.as_ref().map_or(0, Bytes::len)
-            + self.more.len()
+            + self.more.capacity()
             + self.tail.as_ref().map_or(0, |t| t.held())
     }
 
@@ -262,7 +276,6 @@ impl LargeBody {
         self.copied
     }
 
-    #[cfg(test)]
     fn held(&self) -> usize {
         self.tail.capacity()
             + self.overlap.capacity()
@@ -309,6 +322,8 @@ pub struct UsageTap {
     /// Undoes a gzip/deflate `content-encoding` for the parser (only).
     /// Boxed: its state is large and compressed answers are rare.
     pub(super) inflater: Option<Box<Inflater>>,
+    /// What the parser holds, drawn from the budget all taps share.
+    pub(super) share: Share,
 }
 
 impl UsageTap {
@@ -322,6 +337,17 @@ impl UsageTap {
             Some(inflater) => {
                 inflater.feed(data, &mut |d| parser.observe(Piece::Decoded(d)));
             }
+        }
+        // Checked after the frame is taken in: at most one frame per
+        // thread running a tap passes the budget, for as long as this.
+        if !self.share.cover(self.parser.held()) {
+            tracing::debug!(
+                operation = self.operation.as_str(),
+                "no token usage: the usage taps' memory budget is full"
+            );
+            self.parser = Parser::NoRoom;
+            self.inflater = None;
+            self.share.clear();
         }
     }
 
@@ -348,6 +374,7 @@ impl UsageTap {
             return;
         }
         let unreadable = matches!(self.parser, Parser::Unreadable);
+        let no_room = matches!(self.parser, Parser::NoRoom);
         let counted = matches!(self.parser, Parser::Counted);
         let ending = self.parser.finish();
         let complete = ending.complete;
@@ -364,6 +391,8 @@ impl UsageTap {
                 UNREADABLE
             } else if failed.is_some() || (self.client_left && !complete) {
                 CUT_OFF
+            } else if no_room {
+                OVER_BUDGET
             } else {
                 NOT_REPORTED
             };
@@ -379,6 +408,8 @@ impl UsageTap {
 const NOT_REPORTED: &str = "not_reported";
 /// it did not reach its end (an error, a break, a stall, a client gone),
 const CUT_OFF: &str = "cut_off";
+/// the taps' shared memory budget had no room for what it needed,
+const OVER_BUDGET: &str = "over_budget";
 /// or the tap could not read it (a coding it cannot undo, a corrupt or
 /// oversized compressed body).
 const UNREADABLE: &str = "unreadable";

@@ -1,0 +1,192 @@
+//! The memory every usage tap holds, bounded as a whole.
+//!
+//! A tap keeps little of an answer (an event stream's last messages, a
+//! JSON body while it is small, a partial SSE line), but it keeps it per
+//! answer, and `--max-requests` answers can be in flight: 240 event
+//! streams of 240 KB events held 1 MiB each and took the sidecar to
+//! 240 MiB. So the taps draw what they hold from one budget, and an
+//! answer that finds none left stops reading its usage (the answer
+//! itself streams on untouched). Bedrock's events are a few KiB, so
+//! ordinary answers never come near it.
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+/// Bytes all taps may hold at once: beside `--request-body-budget` (half
+/// the injected limit), the sidecar's own few MiB and its connections'
+/// windows, this leaves room within 128Mi.
+pub const TAP_BUDGET: usize = 16 * 1024 * 1024;
+
+/// Room is taken and given back in steps of this much: an answer whose
+/// holdings stay within one step touches the shared count twice, when it
+/// first holds something and when it ends.
+const STEP: usize = 4 * 1024;
+
+/// The budget the taps share.
+#[derive(Debug, Clone)]
+pub struct TapBudget {
+    free: Arc<Semaphore>,
+    #[cfg(test)]
+    total: usize,
+}
+
+impl TapBudget {
+    pub fn new(bytes: usize) -> Self {
+        // Permits count bytes; a budget past what a semaphore holds is
+        // as good as none.
+        let total = bytes.min(Semaphore::MAX_PERMITS);
+        Self {
+            free: Arc::new(Semaphore::new(total)),
+            #[cfg(test)]
+            total,
+        }
+    }
+
+    /// Bytes held by taps now.
+    #[cfg(test)]
+    pub fn held(&self) -> usize {
+        self.total - self.free.available_permits()
+    }
+
+    /// An empty share for one answer's tap.
+    pub fn share(&self) -> Share {
+        Share {
+            budget: self.free.clone(),
+            granted: 0,
+        }
+    }
+}
+
+/// One tap's part of the budget; given back when the tap is dropped.
+#[derive(Debug)]
+pub struct Share {
+    budget: Arc<Semaphore>,
+    granted: usize,
+}
+
+impl Share {
+    /// Makes the share cover `held` bytes, taking more room or giving
+    /// back what it no longer needs. `false` when the budget has not
+    /// enough left: the share is then unchanged.
+    pub fn cover(&mut self, held: usize) -> bool {
+        if held <= self.granted {
+            // Given back only once far below, so a holding that moves
+            // around a step boundary does not take and give each frame.
+            if held < self.granted / 2 {
+                self.give_back(self.granted - held.next_multiple_of(STEP));
+            }
+            return true;
+        }
+        let want = held.saturating_add(STEP - 1) / STEP * STEP - self.granted;
+        let Ok(n) = u32::try_from(want) else {
+            return false;
+        };
+        match self.budget.try_acquire_many(n) {
+            Ok(permit) => {
+                permit.forget();
+                self.granted += want;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Gives all of it back.
+    pub fn clear(&mut self) {
+        self.give_back(self.granted);
+    }
+
+    #[cfg(test)]
+    pub fn granted(&self) -> usize {
+        self.granted
+    }
+
+    fn give_back(&mut self, bytes: usize) {
+        if bytes > 0 {
+            self.budget.add_permits(bytes);
+            self.granted -= bytes;
+        }
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_share_takes_room_in_steps_and_gives_it_back_when_dropped() {
+        let budget = TapBudget::new(10 * STEP);
+        let mut share = budget.share();
+        assert!(share.cover(1));
+        assert_eq!((share.granted(), budget.held()), (STEP, STEP));
+        assert!(share.cover(STEP + 1));
+        assert_eq!(budget.held(), 2 * STEP);
+        drop(share);
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
+    fn past_the_budget_a_share_is_refused_and_keeps_what_it_had() {
+        let budget = TapBudget::new(4 * STEP);
+        let mut first = budget.share();
+        let mut second = budget.share();
+        assert!(first.cover(3 * STEP));
+        assert!(!second.cover(2 * STEP));
+        assert_eq!((second.granted(), budget.held()), (0, 3 * STEP));
+        assert!(second.cover(STEP));
+        assert!(!first.cover(3 * STEP + 1));
+        assert_eq!(first.granted(), 3 * STEP);
+        first.clear();
+        assert!(second.cover(4 * STEP));
+        assert_eq!(budget.held(), 4 * STEP);
+    }
+
+    #[test]
+    fn room_no_longer_needed_is_given_back_once_well_below() {
+        let budget = TapBudget::new(100 * STEP);
+        let mut share = budget.share();
+        assert!(share.cover(40 * STEP));
+        // Within half of it: kept, so a holding that moves around does
+        // not take and give each time.
+        assert!(share.cover(25 * STEP));
+        assert_eq!(budget.held(), 40 * STEP);
+        assert!(share.cover(10 * STEP + 1));
+        assert_eq!(budget.held(), 11 * STEP);
+        assert!(share.cover(0));
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
+    fn shares_on_many_threads_give_back_all_they_took() {
+        let budget = TapBudget::new(16 * STEP);
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let budget = budget.clone();
+                std::thread::spawn(move || {
+                    let mut share = budget.share();
+                    for i in 0..2_000usize {
+                        let before = share.granted;
+                        let held = (i * 997 + t * 4_099) % (12 * STEP);
+                        if share.cover(held) {
+                            assert!(share.granted >= held);
+                        } else {
+                            assert_eq!(share.granted, before);
+                        }
+                        assert!(budget.held() <= 16 * STEP);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            assert!(t.join().is_ok());
+        }
+        assert_eq!(budget.held(), 0);
+    }
+}
