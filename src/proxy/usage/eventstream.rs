@@ -103,8 +103,16 @@ impl EventScanner {
                 }
             }
         }
-        // Once the bytes behind outweigh the unfinished message, a fresh
-        // buffer with only that message costs less than the old one.
+        // Moving what is left to the front of the allocation (nothing to
+        // move, when the frame ended with a message) lets the buffer be
+        // reused for the next frame with nothing behind: bytes does so
+        // without allocating whenever that front is at least as long.
+        let reuse = self.pending.capacity() - self.pending.len() + 1;
+        if self.behind > 0 && self.pending.try_reclaim(reuse) {
+            self.behind = 0;
+        }
+        // Else, once the bytes behind outweigh the unfinished message, a
+        // fresh buffer with only that message costs less than the old one.
         if self.behind > SPARE && self.behind >= self.pending.len() {
             self.pending = BytesMut::from(&self.pending[..]);
             self.behind = 0;
