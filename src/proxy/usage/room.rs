@@ -9,9 +9,8 @@
 //! itself streams on untouched). Bedrock's events are a few KiB, so
 //! ordinary answers never come near it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-
-use tokio::sync::Semaphore;
 
 /// Bytes all taps may hold at once: beside `--request-body-budget` (half
 /// the injected limit), the sidecar's own few MiB and its connections'
@@ -23,36 +22,36 @@ pub const TAP_BUDGET: usize = 16 * 1024 * 1024;
 /// first holds something and when it ends.
 const STEP: usize = 4 * 1024;
 
-/// The budget the taps share.
+/// The budget the taps share. A count rather than a semaphore: a tap
+/// never waits for room (it stops reading instead), so giving room back
+/// needs no queue of waiters and no lock.
 #[derive(Debug, Clone)]
-pub struct TapBudget {
-    free: Arc<Semaphore>,
-    #[cfg(test)]
+pub struct TapBudget(Arc<Count>);
+
+#[derive(Debug)]
+struct Count {
+    used: AtomicUsize,
     total: usize,
 }
 
 impl TapBudget {
     pub fn new(bytes: usize) -> Self {
-        // Permits count bytes; a budget past what a semaphore holds is
-        // as good as none.
-        let total = bytes.min(Semaphore::MAX_PERMITS);
-        Self {
-            free: Arc::new(Semaphore::new(total)),
-            #[cfg(test)]
-            total,
-        }
+        Self(Arc::new(Count {
+            used: AtomicUsize::new(0),
+            total: bytes,
+        }))
     }
 
     /// Bytes held by taps now.
     #[cfg(test)]
     pub fn held(&self) -> usize {
-        self.total - self.free.available_permits()
+        self.0.used.load(Ordering::Acquire)
     }
 
     /// An empty share for one answer's tap.
     pub fn share(&self) -> Share {
         Share {
-            budget: self.free.clone(),
+            budget: self.0.clone(),
             granted: 0,
         }
     }
@@ -61,7 +60,7 @@ impl TapBudget {
 /// One tap's part of the budget; given back when the tap is dropped.
 #[derive(Debug)]
 pub struct Share {
-    budget: Arc<Semaphore>,
+    budget: Arc<Count>,
     granted: usize,
 }
 
@@ -79,17 +78,17 @@ impl Share {
             return true;
         }
         let want = held.saturating_add(STEP - 1) / STEP * STEP - self.granted;
-        let Ok(n) = u32::try_from(want) else {
-            return false;
-        };
-        match self.budget.try_acquire_many(n) {
-            Ok(permit) => {
-                permit.forget();
-                self.granted += want;
-                true
-            }
-            Err(_) => false,
+        let total = self.budget.total;
+        let taken = self
+            .budget
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(want).filter(|n| *n <= total)
+            });
+        if taken.is_ok() {
+            self.granted += want;
         }
+        taken.is_ok()
     }
 
     /// Gives all of it back.
@@ -104,7 +103,7 @@ impl Share {
 
     fn give_back(&mut self, bytes: usize) {
         if bytes > 0 {
-            self.budget.add_permits(bytes);
+            self.budget.used.fetch_sub(bytes, Ordering::AcqRel);
             self.granted -= bytes;
         }
     }
