@@ -17,9 +17,10 @@ use std::sync::Arc;
 /// windows, this leaves room within 128Mi.
 pub const TAP_BUDGET: usize = 16 * 1024 * 1024;
 
-/// Room is taken and given back in steps of this much: an answer whose
-/// holdings stay within one step touches the shared count twice, when it
-/// first holds something and when it ends.
+/// Room is taken in steps of this much, and given back only when a share
+/// holds less than half of what it has and at least two steps more than
+/// it needs: an ordinary answer touches the shared count when it first
+/// holds something, seldom in between, and when it ends.
 const STEP: usize = 4 * 1024;
 
 /// The budget the taps share. A count rather than a semaphore: a tap
@@ -72,8 +73,9 @@ impl Share {
         if held <= self.granted {
             // Given back only once far below, so a holding that moves
             // around a step boundary does not take and give each frame.
-            if held < self.granted / 2 {
-                self.give_back(self.granted - held.next_multiple_of(STEP));
+            let spare = self.granted - held.next_multiple_of(STEP);
+            if held < self.granted / 2 && spare >= 2 * STEP {
+                self.give_back(spare);
             }
             return true;
         }
@@ -158,6 +160,15 @@ mod tests {
         assert_eq!(budget.held(), 40 * STEP);
         assert!(share.cover(10 * STEP + 1));
         assert_eq!(budget.held(), 11 * STEP);
+        assert!(share.cover(0));
+        assert_eq!(budget.held(), 0);
+        // A holding moving between one step and two keeps both: no
+        // taking and giving back on every frame.
+        assert!(share.cover(2 * STEP));
+        for held in [1, 2 * STEP, 100, STEP + 1, 1] {
+            assert!(share.cover(held));
+            assert_eq!(budget.held(), 2 * STEP, "{held}");
+        }
         assert!(share.cover(0));
         assert_eq!(budget.held(), 0);
     }
