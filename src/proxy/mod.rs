@@ -76,7 +76,7 @@ pub use upstream::{
     UpstreamClient, UpstreamClients, H2_PING,
 };
 #[doc(hidden)]
-pub use usage::bench_tap;
+pub use usage::{bench_tap, TapBench};
 
 use crate::clock::SharedClock;
 use crate::credentials::CredentialCell;

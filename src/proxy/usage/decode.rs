@@ -61,6 +61,12 @@ const INPUT_STEP: usize = 1024;
 /// that expanded a lot) is given back.
 const KEPT_CAPACITY: usize = 64 * 1024;
 
+/// What a decoder holds besides its output, counted against the taps'
+/// budget: miniz_oxide's inflate state (about 43 KB, its 32 KiB window
+/// included), flate2's 32 KiB write buffer and the gzip header's state
+/// (tests/usage_tap_memory.rs holds it to what they allocate).
+const DECODER_STATE: usize = 80 * 1024;
+
 /// A streaming decoder fed frame by frame.
 pub struct Inflater {
     decoder: Decoder,
@@ -146,6 +152,15 @@ impl Inflater {
             }
         }
         true
+    }
+
+    /// Bytes held: the decoder's state and its output buffer.
+    pub fn held(&self) -> usize {
+        DECODER_STATE
+            + match &self.decoder {
+                Decoder::Gzip(d) => d.get_ref().capacity(),
+                Decoder::Deflate(d) => d.get_ref().capacity(),
+            }
     }
 
     /// Whether the stream proved corrupt or too large (no usage then).

@@ -223,48 +223,61 @@ impl UsageRecorder {
     }
 }
 
+/// Usage taps outside the proxy: for `cargo bench` (the cost of reading
+/// usage) and for the test that holds what a tap says it holds to what it
+/// really allocates (tests/usage_tap_memory.rs), not for the proxy.
+#[doc(hidden)]
+pub struct TapBench {
+    recorder: Arc<UsageRecorder>,
+    tokens: IntCounterVec,
+}
+
+impl TapBench {
+    pub fn new() -> Option<Self> {
+        let counter = |name: &str, labels: &[&str]| {
+            IntCounterVec::new(prometheus::Opts::new(name, "bench"), labels).ok()
+        };
+        let tokens = counter("bench_tokens", &["model", "direction"])?;
+        let errors = counter("bench_stream_errors", &["operation", "type"])?;
+        let without = counter("bench_without_usage", &["operation", "reason"])?;
+        let ttft = HistogramVec::new(
+            prometheus::HistogramOpts::new("bench_ttft", "bench"),
+            &["operation"],
+        )
+        .ok()?;
+        let models = ModelLabels::new(&crate::proxy::UsageLabels::FirstSeen(1), &tokens)?;
+        let recorder = Arc::new(UsageRecorder::new(&ttft, &errors, &without, models));
+        Some(Self { recorder, tokens })
+    }
+
+    /// A tap on an answer with `headers`, as the proxy opens one.
+    pub fn open(&self, headers: &HeaderMap) -> UsageTap {
+        let model = self.recorder.models.lookup("m");
+        let kind = StreamKind::of(headers);
+        self.recorder
+            .tap(model, Operation::Other, headers, kind, Instant::now())
+    }
+
+    /// The (input, output) tokens counted so far.
+    pub fn tokens(&self) -> (u64, u64) {
+        let count = |d: &str| self.tokens.with_label_values(&["m", d]).get();
+        (count("input"), count("output"))
+    }
+}
+
 /// Runs one response body through a fresh tap, as the proxy would, and
-/// returns the (input, output) tokens it counted: for `cargo bench` (the
-/// cost of reading usage from a compressed body), not for the proxy.
+/// returns the (input, output) tokens it counted (for `cargo bench`).
 #[doc(hidden)]
 pub fn bench_tap(headers: &HeaderMap, frames: &[bytes::Bytes]) -> (u64, u64) {
-    let Ok(tokens) = prometheus::IntCounterVec::new(
-        prometheus::Opts::new("bench_tokens", "bench"),
-        &["model", "direction"],
-    ) else {
+    let Some(bench) = TapBench::new() else {
         return (0, 0);
     };
-    let Ok(ttft) = HistogramVec::new(
-        prometheus::HistogramOpts::new("bench_ttft", "bench"),
-        &["operation"],
-    ) else {
-        return (0, 0);
-    };
-    let Some(models) = ModelLabels::new(&crate::proxy::UsageLabels::FirstSeen(1), &tokens) else {
-        return (0, 0);
-    };
-    let Ok(errors) = prometheus::IntCounterVec::new(
-        prometheus::Opts::new("bench_stream_errors", "bench"),
-        &["operation", "type"],
-    ) else {
-        return (0, 0);
-    };
-    let Ok(without) = prometheus::IntCounterVec::new(
-        prometheus::Opts::new("bench_without_usage", "bench"),
-        &["operation", "reason"],
-    ) else {
-        return (0, 0);
-    };
-    let recorder = Arc::new(UsageRecorder::new(&ttft, &errors, &without, models));
-    let model = recorder.models.lookup("m");
-    let kind = StreamKind::of(headers);
-    let mut tap = recorder.tap(model, Operation::Other, headers, kind, Instant::now());
+    let mut tap = bench.open(headers);
     for frame in frames {
         tap.observe(frame);
     }
     tap.finish();
-    let count = |d: &str| tokens.with_label_values(&["m", d]).get();
-    (count("input"), count("output"))
+    bench.tokens()
 }
 
 #[cfg(test)]

@@ -340,7 +340,7 @@ impl UsageTap {
         }
         // Checked after the frame is taken in: at most one frame per
         // thread running a tap passes the budget, for as long as this.
-        if !self.share.cover(self.parser.held()) {
+        if !self.share.cover(self.held()) {
             tracing::debug!(
                 operation = self.operation.as_str(),
                 "no token usage: the usage taps' memory budget is full"
@@ -349,6 +349,11 @@ impl UsageTap {
             self.inflater = None;
             self.share.clear();
         }
+    }
+
+    /// Bytes held for reading usage: the parser's, and a decoder's.
+    pub fn held(&self) -> usize {
+        self.parser.held() + self.inflater.as_ref().map_or(0, |i| i.held())
     }
 
     /// The answer will not end as it should: `why` is counted as its

@@ -1,0 +1,186 @@
+//! What a usage tap says it holds, against what it really allocates.
+//!
+//! All taps draw what they hold from one budget (src/proxy/usage/room.rs),
+//! so a tap that counts less than it allocates lets the sidecar past the
+//! budget, and one that counts far more turns answers away for nothing.
+//! Each answer here is fed frame by frame, and after every frame the
+//! bytes allocated since the tap was opened (dhat's count of live heap
+//! bytes) must be within what the tap reports, and not far below it.
+
+// Test code: a failed setup is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+
+use aws_smithy_types::event_stream::{Header, HeaderValue as Value, Message};
+use bedrock_broker::proxy::TapBench;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+
+#[global_allocator]
+static ALLOCATOR: dhat::Alloc = dhat::Alloc;
+
+/// The tap itself and what it boxes (a scanner, its ring of messages)
+/// are allocated when it opens and are not part of what it reports.
+const FIXED: usize = 2 * 1024;
+
+fn headers(content_type: &str, encoding: Option<&str>) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("content-type", HeaderValue::from_str(content_type).unwrap());
+    if let Some(e) = encoding {
+        h.insert("content-encoding", HeaderValue::from_str(e).unwrap());
+    }
+    h
+}
+
+/// A ConverseStream answer: `n` text events of about `size` bytes, then
+/// the metadata event with usage 3 in, 4 out.
+fn converse_stream(n: usize, size: usize) -> Vec<u8> {
+    converse_stream_of(&vec![size; n])
+}
+
+/// A ConverseStream answer of text events of about `sizes` bytes.
+fn converse_stream_of(sizes: &[usize]) -> Vec<u8> {
+    let event = |kind: &str, payload: String| {
+        let message = Message::new(Bytes::from(payload))
+            .add_header(Header::new(":message-type", Value::String("event".into())))
+            .add_header(Header::new(
+                ":event-type",
+                Value::String(kind.to_owned().into()),
+            ))
+            .add_header(Header::new(
+                ":content-type",
+                Value::String("application/json".into()),
+            ));
+        let mut out = Vec::new();
+        aws_smithy_eventstream::frame::write_message_to(&message, &mut out).unwrap();
+        out
+    };
+    let mut out = Vec::new();
+    for size in sizes {
+        let text = "x".repeat(*size);
+        out.extend(event(
+            "contentBlockDelta",
+            format!(r#"{{"contentBlockIndex":0,"delta":{{"text":"{text}"}}}}"#),
+        ));
+    }
+    out.extend(event(
+        "metadata",
+        r#"{"usage":{"inputTokens":3,"outputTokens":4}}"#.to_owned(),
+    ));
+    out
+}
+
+/// An OpenAI-style SSE stream of `n` chunks of about `size` bytes, usage last.
+fn sse(n: usize, size: usize) -> Vec<u8> {
+    let text = "x".repeat(size);
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.extend(
+            format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"{text}\"}}}}]}}\n\n").bytes(),
+        );
+    }
+    out.extend(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\ndata: [DONE]\n\n");
+    out
+}
+
+/// A Converse answer of about `size` bytes, usage at its end.
+fn converse(size: usize) -> Vec<u8> {
+    format!(
+        r#"{{"output":{{"message":{{"content":[{{"text":"{}"}}]}}}},"usage":{{"inputTokens":3,"outputTokens":4}}}}"#,
+        "x".repeat(size)
+    )
+    .into_bytes()
+}
+
+fn gzip(body: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(body).unwrap();
+    e.finish().unwrap()
+}
+
+/// Feeds `pieces` to a tap, each as a frame that arrives and is dropped
+/// once passed on, as the proxy does; after each, what the tap reports
+/// is checked against what it has allocated (or kept of the frames).
+fn check(name: &str, h: &HeaderMap, pieces: &[&[u8]]) {
+    let bench = TapBench::new().unwrap();
+    let base = dhat::HeapStats::get().curr_bytes;
+    let mut tap = bench.open(h);
+    for (i, piece) in pieces.iter().enumerate() {
+        let frame = Bytes::copy_from_slice(piece);
+        tap.observe(&frame);
+        drop(frame);
+        let live = dhat::HeapStats::get().curr_bytes.saturating_sub(base);
+        let held = tap.held();
+        assert!(
+            live <= held + FIXED,
+            "{name}, frame {i}: {live} bytes allocated, {held} reported"
+        );
+        assert!(
+            held <= 2 * live + 8 * 1024,
+            "{name}, frame {i}: {held} bytes reported, {live} allocated"
+        );
+    }
+    tap.finish();
+    assert_eq!(bench.tokens(), (3, 4), "{name}: usage not read");
+}
+
+fn cut(body: &[u8], frame: usize) -> Vec<&[u8]> {
+    body.chunks(frame).collect()
+}
+
+#[test]
+fn a_tap_reports_what_it_allocates() {
+    let _profiler = dhat::Profiler::builder().testing().build();
+    let es = headers("application/vnd.amazon.eventstream", None);
+    for (n, size) in [(200, 300), (50, 5_000), (8, 100_000), (6, 240_000)] {
+        let body = converse_stream(n, size);
+        // One message to a frame, as Bedrock sends them.
+        let one = converse_stream(1, size).len() - converse_stream(0, size).len();
+        let mut frames = cut(&body[..n * one], one);
+        frames.push(&body[n * one..]);
+        check(&format!("events of {size} B, one a frame"), &es, &frames);
+        for frame in [512, 16 * 1024, 64 * 1024] {
+            let name = format!("events of {size} B in {frame} B frames");
+            check(&name, &es, &cut(&body, frame));
+        }
+        let gz = headers("application/vnd.amazon.eventstream", Some("gzip"));
+        let name = format!("events of {size} B, gzipped, in 16 KiB frames");
+        check(&name, &gz, &cut(&gzip(&body), 16 * 1024));
+    }
+    // A message shorter than the start of the next one in the same frame:
+    // what was split off stays in front of the buffer as it grows.
+    let body = converse_stream_of(&[50_000, 200_000].repeat(4));
+    for frame in [16 * 1024, 64 * 1024, 120 * 1024] {
+        let name = format!("events of 50 and 200 KB in {frame} B frames");
+        check(&name, &es, &cut(&body, frame));
+    }
+    let ss = headers("text/event-stream", None);
+    let gz = headers("text/event-stream", Some("gzip"));
+    for (n, size) in [(500, 100), (20, 50_000)] {
+        let body = sse(n, size);
+        for frame in [100, 4 * 1024, 16 * 1024] {
+            check(
+                &format!("SSE of {size} B in {frame} B frames"),
+                &ss,
+                &cut(&body, frame),
+            );
+        }
+        let name = format!("SSE of {size} B, gzipped, in 1 KiB frames");
+        check(&name, &gz, &cut(&gzip(&body), 1024));
+    }
+    let json = headers("application/json", None);
+    let gz = headers("application/json", Some("gzip"));
+    for size in [2_000, 60_000, 1_000_000] {
+        let body = converse(size);
+        for frame in [1_000, 16 * 1024] {
+            check(
+                &format!("JSON of {size} B in {frame} B frames"),
+                &json,
+                &cut(&body, frame),
+            );
+        }
+        let name = format!("JSON of {size} B, gzipped, in 16 KiB frames");
+        check(&name, &gz, &cut(&gzip(&body), 16 * 1024));
+    }
+}
