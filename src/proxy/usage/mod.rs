@@ -726,10 +726,18 @@ mod tests {
             "x".repeat(200_000)
         );
         let mut tap = open_tap(&r, "m", Operation::Converse, &json);
-        for frame in body.as_bytes().chunks(16 * 1024) {
+        let mut refused = None;
+        for (i, frame) in body.as_bytes().chunks(16 * 1024).enumerate() {
             tap.observe(&Bytes::copy_from_slice(frame));
+            if refused.is_none() && matches!(tap.parser, tap::Parser::NoRoom) {
+                // Given back at once, not when a later frame comes.
+                assert_eq!(r.budget.held(), 0, "frame {i}");
+                refused = Some(i);
+            }
         }
-        assert_eq!((tap.parser.held(), r.budget.held()), (0, 0));
+        // The first frame kept as it came and the next two copied fit in
+        // 64 KiB; the fourth grows the copy's buffer to 64 KiB.
+        assert_eq!(refused, Some(3));
         tap.finish();
         assert_eq!(count(&r, "m", "output"), 0);
         assert_eq!(without_usage(&r, "converse", "over_budget"), 1);
