@@ -93,6 +93,12 @@ fn converse(size: usize) -> Vec<u8> {
     .into_bytes()
 }
 
+fn deflate(body: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(body).unwrap();
+    e.finish().unwrap()
+}
+
 fn gzip(body: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     e.write_all(body).unwrap();
@@ -106,6 +112,13 @@ fn check(name: &str, h: &HeaderMap, pieces: &[&[u8]]) {
     let bench = TapBench::new().unwrap();
     let base = dhat::HeapStats::get().curr_bytes;
     let mut tap = bench.open(h);
+    // A decoder is allocated as the tap opens: counted from then on.
+    let live = dhat::HeapStats::get().curr_bytes.saturating_sub(base);
+    assert!(
+        live <= tap.held() + FIXED,
+        "{name}, opened: {live} bytes allocated, {} reported",
+        tap.held()
+    );
     for (i, piece) in pieces.iter().enumerate() {
         let frame = Bytes::copy_from_slice(piece);
         tap.observe(&frame);
@@ -171,6 +184,7 @@ fn a_tap_reports_what_it_allocates() {
     }
     let json = headers("application/json", None);
     let gz = headers("application/json", Some("gzip"));
+    let zl = headers("application/json", Some("deflate"));
     for size in [2_000, 60_000, 1_000_000] {
         let body = converse(size);
         for frame in [1_000, 16 * 1024] {
@@ -182,5 +196,7 @@ fn a_tap_reports_what_it_allocates() {
         }
         let name = format!("JSON of {size} B, gzipped, in 16 KiB frames");
         check(&name, &gz, &cut(&gzip(&body), 16 * 1024));
+        let name = format!("JSON of {size} B, deflated, in 16 KiB frames");
+        check(&name, &zl, &cut(&deflate(&body), 16 * 1024));
     }
 }

@@ -164,6 +164,7 @@ impl Inflater {
     }
 
     /// Whether the stream proved corrupt or too large (no usage then).
+    #[cfg(test)]
     pub fn is_broken(&self) -> bool {
         self.broken
     }

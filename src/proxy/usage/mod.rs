@@ -209,7 +209,7 @@ impl UsageRecorder {
             None if usage.is_some() => (Parser::Counted, None),
             None => (Parser::Unreadable, None),
         };
-        UsageTap {
+        let mut tap = UsageTap {
             recorder: self.clone(),
             model,
             first_chunk: parser.is_stream().then_some((operation, started)),
@@ -219,7 +219,11 @@ impl UsageRecorder {
             parser,
             inflater,
             share: self.budget.share(),
-        }
+        };
+        // A decoder is counted from the start: 512 compressed answers
+        // opening at once hold 38 MiB before their first frames.
+        tap.fit();
+        tap
     }
 }
 
@@ -758,6 +762,21 @@ mod tests {
         tap.finish();
         assert_eq!(count(&r, "m", "output"), 34);
         assert_eq!((all_without_usage(&r), r.budget.held()), (0, 0));
+    }
+
+    #[test]
+    fn a_compressed_answer_that_proves_corrupt_gives_its_room_back() {
+        // Its decoder is counted from the start; once nothing more can be
+        // read, it is let go, and the answer counts as unreadable.
+        let r = recorder_sharing(TAP_BUDGET);
+        let mut h = headers("application/json");
+        h.insert(http::header::CONTENT_ENCODING, "gzip".parse().unwrap());
+        let mut tap = open_tap(&r, "m", Operation::Converse, &h);
+        assert!(r.budget.held() >= 64 * 1024);
+        tap.observe(&Bytes::from_static(b"this is not gzip at all"));
+        assert_eq!((tap.held(), r.budget.held()), (0, 0));
+        tap.finish();
+        assert_eq!(without_usage(&r, "converse", "unreadable"), 1);
     }
 
     #[test]

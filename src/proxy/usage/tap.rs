@@ -335,11 +335,21 @@ impl UsageTap {
         match &mut self.inflater {
             None => parser.observe(Piece::Frame(data)),
             Some(inflater) => {
-                inflater.feed(data, &mut |d| parser.observe(Piece::Decoded(d)));
+                if !inflater.feed(data, &mut |d| parser.observe(Piece::Decoded(d))) {
+                    // Nothing more can be read: its decoder and what the
+                    // parser kept are let go, and it ends as unreadable.
+                    self.parser = Parser::Unreadable;
+                    self.inflater = None;
+                }
             }
         }
         // Checked after the frame is taken in: at most one frame per
         // thread running a tap passes the budget, for as long as this.
+        self.fit();
+    }
+
+    /// Makes the tap's share cover what it holds, or stops its reading.
+    pub(super) fn fit(&mut self) {
         if !self.share.cover(self.held()) {
             tracing::debug!(
                 operation = self.operation.as_str(),
@@ -370,14 +380,6 @@ impl UsageTap {
 
     /// The stream ended (or was dropped): record what was found.
     pub fn finish(self) {
-        if self.inflater.as_ref().is_some_and(|i| i.is_broken()) {
-            // Nothing of the body can be read, but how it ended is known.
-            if let Some(why) = self.cut {
-                self.recorder.stream_error(self.operation, why);
-            }
-            self.recorder.without_usage(self.operation, UNREADABLE);
-            return;
-        }
         let unreadable = matches!(self.parser, Parser::Unreadable);
         let no_room = matches!(self.parser, Parser::NoRoom);
         let counted = matches!(self.parser, Parser::Counted);
