@@ -13,6 +13,10 @@ use bedrock_broker::proxy::bench_tap;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::{HeaderMap, HeaderValue};
+use usage_support::event;
+
+#[path = "../tests/usage_support/mod.rs"]
+mod usage_support;
 
 /// `n` words of text that compresses about as well as a model's prose
 /// (gzip: about a third), not as well as one word repeated.
@@ -52,22 +56,6 @@ fn sse(n: usize, null_usage: bool) -> Vec<u8> {
 /// A ConverseStream answer of `n` text deltas, framed by
 /// aws-smithy-eventstream, the metadata event with the usage last.
 fn converse_stream(n: usize) -> Vec<u8> {
-    use aws_smithy_types::event_stream::{Header, HeaderValue as Value, Message};
-    let event = |kind: &str, payload: String| {
-        let message = Message::new(Bytes::from(payload))
-            .add_header(Header::new(":message-type", Value::String("event".into())))
-            .add_header(Header::new(
-                ":event-type",
-                Value::String(kind.to_owned().into()),
-            ))
-            .add_header(Header::new(
-                ":content-type",
-                Value::String("application/json".into()),
-            ));
-        let mut out = Vec::new();
-        aws_smithy_eventstream::frame::write_message_to(&message, &mut out).unwrap();
-        out
-    };
     let mut out = event("messageStart", r#"{"role":"assistant"}"#.to_owned());
     for word in prose(n, &mut 13) {
         out.extend(event(

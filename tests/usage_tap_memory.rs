@@ -12,10 +12,12 @@
 
 use std::io::Write;
 
-use aws_smithy_types::event_stream::{Header, HeaderValue as Value, Message};
 use bedrock_broker::proxy::TapBench;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
+use usage_support::event;
+
+mod usage_support;
 
 #[global_allocator]
 static ALLOCATOR: dhat::Alloc = dhat::Alloc;
@@ -41,21 +43,6 @@ fn converse_stream(n: usize, size: usize) -> Vec<u8> {
 
 /// A ConverseStream answer of text events of about `sizes` bytes.
 fn converse_stream_of(sizes: &[usize]) -> Vec<u8> {
-    let event = |kind: &str, payload: String| {
-        let message = Message::new(Bytes::from(payload))
-            .add_header(Header::new(":message-type", Value::String("event".into())))
-            .add_header(Header::new(
-                ":event-type",
-                Value::String(kind.to_owned().into()),
-            ))
-            .add_header(Header::new(
-                ":content-type",
-                Value::String("application/json".into()),
-            ));
-        let mut out = Vec::new();
-        aws_smithy_eventstream::frame::write_message_to(&message, &mut out).unwrap();
-        out
-    };
     let mut out = Vec::new();
     for size in sizes {
         let text = "x".repeat(*size);
