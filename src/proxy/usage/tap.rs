@@ -322,7 +322,8 @@ pub struct UsageTap {
     /// Undoes a gzip/deflate `content-encoding` for the parser (only).
     /// Boxed: its state is large and compressed answers are rare.
     pub(super) inflater: Option<Box<Inflater>>,
-    /// What the parser holds, drawn from the budget all taps share.
+    /// What the tap holds (its parser's buffers, a decoder), drawn from
+    /// the budget all taps share.
     pub(super) share: Share,
 }
 
