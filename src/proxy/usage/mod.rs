@@ -3,9 +3,12 @@
 //! The tap ([`tap`]) sees each frame after it has been handed on (it never
 //! delays the stream) and keeps as little as it can: a partial line of an
 //! SSE stream ([`sse`]), the last few event-stream messages, decoded when
-//! the stream ends ([`eventstream`]), and for plain JSON bodies only cheap
-//! `Bytes` handles parsed at the end. Usage is found in any of the shapes
-//! Bedrock answers with ([`json`]); the model label comes from the request.
+//! the stream ends ([`eventstream`]), and of a plain JSON body its first
+//! frame as a handle and the rest copied (past 256 KiB, only its end),
+//! parsed at the end. What all taps hold together is drawn from one
+//! budget ([`room`]); a compressed body is decoded for the tap only
+//! ([`decode`]). Usage is found in any of the shapes Bedrock answers with
+//! ([`json`]); the model label comes from the request.
 
 pub(super) mod decode;
 mod eventstream;
