@@ -38,11 +38,15 @@ pub(super) type H2 = http2::SendRequest<Full<Bytes>>;
 /// Most an HTTP/1.1 upstream connection reads ahead into its buffer.
 /// hyper's default (about 400 KiB) grows to its full size on a fast answer,
 /// and a client that reads slowly then keeps it all, through the chunks
-/// still queued for it: 250 such streams held 100 MiB. It also bounds an
-/// answer's head (checked between reads: up to about twice this), a few
-/// hundred bytes from Bedrock. 16 KiB cost large answers a third of their
-/// throughput.
-pub(super) const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
+/// still queued for it: 250 such streams held 100 MiB. Each queued chunk
+/// keeps its whole buffer alive while the connection reads on into a new
+/// one, so what a stream holds is a few times this: with 64 KiB, 512
+/// streams of 240 KB events took the sidecar to 171 MiB (78 MiB with
+/// 16 KiB). Smaller reads cost one large answer over plain loopback about
+/// a quarter of its rate (650 to 480 MB/s), far above what Bedrock sends.
+/// It also bounds an answer's head over HTTP/1.1 (a few hundred bytes
+/// from Bedrock; nginx reads 4 or 8 KiB of an upstream's head).
+pub(super) const UPSTREAM_READ_BUFFER: usize = 16 * 1024;
 
 /// HTTP/2 windows of the connection every request to a host shares. An
 /// answer whose client stopped reading keeps its stream's window taken:
@@ -52,9 +56,10 @@ pub(super) const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
 /// trip: a 5 MB answer took 0.35 s at 50 ms RTT (0.23 s with 2 MiB, 1.2 s
 /// with 256 KiB).
 pub(super) const UPSTREAM_H2_STREAM_WINDOW: u32 = 1024 * 1024;
-/// Largest answer head taken over HTTP/2, as over HTTP/1.1 (where the read
-/// buffer bounds it): hyper's 16 KiB refused heads HTTP/1.1 takes.
-pub(super) const UPSTREAM_H2_MAX_HEADER_LIST: u32 = UPSTREAM_READ_BUFFER as u32;
+/// Largest answer head taken over HTTP/2, where it holds no read buffer:
+/// with hyper's 16 KiB, a head past about 32 KiB broke the shared
+/// connection's header compression, and every other answer on it.
+pub(super) const UPSTREAM_H2_MAX_HEADER_LIST: u32 = 64 * 1024;
 pub(super) const UPSTREAM_H2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 
 /// Open connections to each upstream host, shared by all requests.

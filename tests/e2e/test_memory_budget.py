@@ -4,6 +4,8 @@ taking the sidecar over 128Mi (six 24 MiB requests once peaked at 160 MiB)."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import selectors
 import socket
@@ -11,6 +13,7 @@ import threading
 import time
 import uuid
 
+import httpx
 import requests
 
 from conftest import shipped_env, wait_for
@@ -343,3 +346,70 @@ def test_event_streams_of_large_events_stay_under_the_memory_limit(start_sidecar
     print(f"{without_usage('over_budget'):.0f} answers over budget")
     assert without_usage("over_budget") > 0
     assert [without_usage(r) for r in ("not_reported", "cut_off", "unreadable")] == [0, 0, 0]
+
+
+def test_http2_clients_of_many_large_event_streams_stay_under_the_memory_limit(start_sidecar, irsa_env, fake_aws):
+    # An app that multiplexes its streams over HTTP/2 reaches --max-requests
+    # (512) on a few connections, each stream with its own HTTP/1.1
+    # upstream connection. Every chunk queued for a client pinned the whole
+    # read buffer it was read into while the connection read on into a new
+    # one: 512 ConverseStreams of 240 KB events took the sidecar to 185 MiB.
+    sidecar = start_sidecar({**irsa_env, **shipped_env()})
+    body = json.dumps({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}).encode()
+    run = uuid.uuid4().hex[:8]
+    ids = [f"h2-large-events-{run}-{i}" for i in range(512)]
+    pad, chunks = 240_000, 6
+    received = {i: 0 for i in ids}
+    statuses: dict[str, int] = {}
+    lock = threading.Lock()
+    url = sidecar.url("/model/anthropic.claude-3-haiku-20240307-v1:0/converse-stream")
+
+    async def one(client: httpx.AsyncClient, stream_id: str) -> None:
+        headers = {
+            "content-type": "application/json",
+            "x-fake-lockstep": stream_id,
+            "x-fake-lockstep-timeout-ms": "120000",
+            "x-fake-chunks": str(chunks),
+            "x-fake-chunk-pad": str(pad),
+        }
+        async with client.stream("POST", url, content=body, headers=headers) as answer:
+            statuses[stream_id] = answer.status_code
+            async for data in answer.aiter_raw():
+                with lock:
+                    received[stream_id] += len(data)
+
+    async def all_streams() -> list:
+        # httpx (httpcore) runs at most 100 streams on a connection: six
+        # connections carry all 512 at once.
+        clients = [
+            httpx.AsyncClient(http1=False, http2=True, timeout=180, limits=httpx.Limits(max_connections=1))
+            for _ in range(6)
+        ]
+        try:
+            calls = [one(clients[n % len(clients)], i) for n, i in enumerate(ids)]
+            return await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as streams, concurrent.futures.ThreadPoolExecutor(16) as control:
+        outcome = streams.submit(asyncio.run, all_streams())
+        list(control.map(lambda i: fake_aws.post("/stream/release", {"stream_id": i, "count": chunks - 2}), ids))
+
+        def all_past_their_fifth_event() -> bool:
+            if outcome.done():
+                raise AssertionError(f"the streams ended early: {outcome.result()[:3]}")
+            with lock:
+                return all(n > (chunks - 1) * pad for n in received.values())
+
+        wait_for(all_past_their_fifth_event, timeout=120, what="every stream to pass its fifth event")
+        peak = peak_rss_mib(sidecar.proc.pid)
+        list(control.map(fake_aws.release, ids))
+        results = outcome.result(timeout=120)
+    print(f"\npeak RSS {peak:.1f} MiB")
+    assert [r for r in results if r is not None] == []
+    assert set(statuses.values()) == {200} and len(statuses) == len(ids)
+    assert all(n > chunks * pad for n in received.values())
+    assert all(fake_aws.stream(i)["finished"] for i in ids)
+    assert {r["http_version"] for r in fake_aws.requests()} == {"1.1"}
+    assert peak < INJECTED_LIMIT_MIB * 0.9, f"peak RSS {peak:.1f} MiB"
