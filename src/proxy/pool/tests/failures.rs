@@ -139,6 +139,28 @@ async fn a_request_naming_no_host_is_refused_without_connecting() {
 }
 
 #[tokio::test]
+async fn an_http1_answer_head_is_read_to_16_kib() {
+    // The read buffer bounds the head: what a queued chunk keeps alive.
+    let up = upstream(None).await;
+    let pool = plain_pool(8, Duration::from_secs(60));
+    let fine = pool
+        .send(request("http", up.addr, "/head-bytes/15000"))
+        .await
+        .unwrap();
+    assert_eq!(fine.headers()["x-large"].len(), 15_000);
+    assert_eq!(read_all(fine).await, "ok");
+    match pool
+        .send(request("http", up.addr, "/head-bytes/17000"))
+        .await
+    {
+        Err(e @ ProxyError::UpstreamHeadTooLarge(_)) => {
+            assert!(e.to_string().contains("16 KiB or more"), "{e}");
+        }
+        other => panic!("expected a head too large, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn an_answer_head_past_what_is_read_is_named_as_such() {
     // hyper's words, "message head is too large", for a head past the read
     // buffer or over 100 lines: Bedrock did answer, and nothing was lost.

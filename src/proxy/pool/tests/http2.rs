@@ -183,9 +183,9 @@ async fn requests_that_start_together_open_one_http2_connection() {
 #[tokio::test]
 async fn an_answer_head_past_16_kib_is_taken_over_http2() {
     // hyper's HTTP/2 client takes 16 KiB of header list (each field
-    // counted with 32 bytes more), where HTTP/1.1 reads heads to its
-    // 64 KiB buffer. 600 short fields make about 26 KiB (HTTP/1.1 would
-    // refuse their number, past 100, not their size).
+    // counted with 32 bytes more); the proxy takes 64 KiB, as a head it
+    // refuses breaks the shared connection's header compression. 600
+    // short fields make about 26 KiB.
     let (up, pool) = tls_upstream_and_pool(Duration::from_secs(60)).await;
     let response = pool
         .send(request("https", up.addr, "/headers/600"))

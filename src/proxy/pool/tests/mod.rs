@@ -63,6 +63,7 @@ type TestBody = Either<
 const BIG: usize = 4 * 1024 * 1024;
 
 /// `/hold` answers "a", then "b" once released; `/big`, [`BIG`] bytes;
+/// `/headers/N`, N header lines; `/head-bytes/N`, a header of N bytes;
 /// anything else "ok".
 fn answer(path: &str, release: Arc<Semaphore>) -> Response<TestBody> {
     if path == "/big" {
@@ -76,6 +77,14 @@ fn answer(path: &str, release: Arc<Semaphore>) -> Response<TestBody> {
                 .headers_mut()
                 .insert(name, http::HeaderValue::from_static("v"));
         }
+        return response;
+    }
+    if let Some(bytes) = path.strip_prefix("/head-bytes/") {
+        let value = "v".repeat(bytes.parse::<usize>().unwrap_or(0));
+        let mut response = Response::new(Either::Left(Full::new(Bytes::from_static(b"ok"))));
+        response
+            .headers_mut()
+            .insert("x-large", http::HeaderValue::from_str(&value).unwrap());
         return response;
     }
     if path != "/hold" {
