@@ -119,8 +119,10 @@ def test_a_proxy_token_shaped_like_an_api_key_never_reaches_bedrock(start_sideca
 def test_a_proxy_token_on_the_command_line_is_warned_about_and_still_works(start_sidecar, irsa_env, tmp_path):
     # A command line is readable by anything that can list processes; the
     # token still works there (a local run), but the log says where to put it.
-    token = secrets.token_urlsafe(24)
-    sidecar = start_sidecar(irsa_env, args=["--proxy-token", token])
+    # One token in 64 starts with "-": given as its own argument it would
+    # read as a flag, as with any command; the "=" form takes it whole.
+    token = "-" + secrets.token_urlsafe(24)
+    sidecar = start_sidecar(irsa_env, args=[f"--proxy-token={token}"])
     log = sidecar.log_text()
     assert token not in log
     warned = [json.loads(line) for line in log.splitlines() if "--proxy-token" in line]
