@@ -13,6 +13,9 @@ import threading
 import time
 import uuid
 
+import h2.config
+import h2.connection
+import h2.settings
 import httpx
 import requests
 
@@ -397,12 +400,12 @@ def test_http2_clients_of_many_large_event_streams_stay_under_the_memory_limit(s
         list(control.map(lambda i: fake_aws.post("/stream/release", {"stream_id": i, "count": chunks - 2}), ids))
 
         def all_past_their_fifth_event() -> bool:
-            if outcome.done():
-                raise AssertionError(f"the streams ended early: {outcome.result()[:3]}")
             with lock:
                 return all(n > (chunks - 1) * pad for n in received.values())
 
-        wait_for(all_past_their_fifth_event, timeout=120, what="every stream to pass its fifth event")
+        # Polled until every stream is past its fifth event, or they ended.
+        wait_for(lambda: outcome.done() or all_past_their_fifth_event(), timeout=120, what="every fifth event")
+        assert not outcome.done(), f"the streams ended early: {outcome.result()[:3]}"
         peak = peak_rss_mib(sidecar.proc.pid)
         list(control.map(fake_aws.release, ids))
         results = outcome.result(timeout=120)
@@ -413,3 +416,52 @@ def test_http2_clients_of_many_large_event_streams_stay_under_the_memory_limit(s
     assert all(fake_aws.stream(i)["finished"] for i in ids)
     assert {r["http_version"] for r in fake_aws.requests()} == {"1.1"}
     assert peak < INJECTED_LIMIT_MIB * 0.9, f"peak RSS {peak:.1f} MiB"
+
+
+def test_http2_clients_that_stop_reading_small_events_stay_under_the_memory_limit(start_sidecar, irsa_env, fake_aws):
+    # Token events arrive one by one, each read alone into a buffer that
+    # the event, queued for a client that has stopped reading, keeps
+    # alive: 16 KiB queued for a stream kept about fifty 8 KiB buffers.
+    # HTTP/2 clients grant large windows (httpx 16 MiB), so nothing stops
+    # the queue filling: 512 such streams took the sidecar to 165 MiB.
+    sidecar = start_sidecar({**irsa_env, **shipped_env()})
+    host, port = sidecar.proxy.removeprefix("http://").split(":")
+    body = json.dumps({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}).encode()
+    run = uuid.uuid4().hex[:8]
+    ids = [f"h2-unread-{run}-{i}" for i in range(512)]
+    window = 16 * 1024 * 1024
+    sockets = []
+    try:
+        for first in range(0, len(ids), 128):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect((host, int(port)))
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            conn.initiate_connection()
+            conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
+            conn.increment_flow_control_window(window)
+            for stream_id in ids[first:first + 128]:
+                sid = conn.get_next_available_stream_id()
+                conn.send_headers(sid, [
+                    (":method", "POST"), (":scheme", "http"), (":authority", f"{host}:{port}"),
+                    (":path", "/model/anthropic.claude-3-haiku-20240307-v1:0/converse-stream"),
+                    ("content-type", "application/json"), ("x-fake-stream-id", stream_id),
+                    ("x-fake-chunks", "3000"), ("x-fake-chunk-pad", "300"), ("x-fake-chunk-delay-ms", "20"),
+                ])
+                conn.send_data(sid, body, end_stream=True)
+            s.sendall(conn.data_to_send())
+            sockets.append(s)  # never read
+
+        def all_queues_full() -> bool:
+            # 150 events (about 60 KB) are past what the client's socket
+            # and a stream's queue take, so the rest waits in the sidecar.
+            streams = {r["stream_id"]: r for r in fake_aws.get("/streams")}
+            return all(streams.get(i, {}).get("chunks_sent", 0) >= 150 for i in ids)
+
+        wait_for(all_queues_full, timeout=90, what="every stream to send 150 events")
+        peak = peak_rss_mib(sidecar.proc.pid)
+        print(f"\npeak RSS {peak:.1f} MiB")
+        assert peak < INJECTED_LIMIT_MIB * 0.9, f"peak RSS {peak:.1f} MiB"
+    finally:
+        for s in sockets:
+            s.close()
