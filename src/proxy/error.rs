@@ -118,7 +118,7 @@ pub enum ProxyError {
     UpstreamRefused(String),
     /// Bedrock answered (and may have processed the request), with a head
     /// no Bedrock sends: a proxy's or an endpoint's.
-    #[error("Bedrock's answer could not be read: its head is past what bedrock-broker reads (16 KiB or more, or over 100 header lines): {0}")]
+    #[error("Bedrock's answer could not be read: its head is past what bedrock-broker reads (over 16 KiB, or over 100 header lines): {0}")]
     UpstreamHeadTooLarge(String),
     #[error("{0}")]
     InvalidEventStream(String),
