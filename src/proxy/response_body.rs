@@ -222,9 +222,9 @@ impl UpstreamBody {
 /// it waits for its client, and the connection reads on into a new one:
 /// token events, each read alone, kept an 8 KiB buffer apiece, and 512
 /// streams whose clients had stopped reading (with HTTP/2 windows open,
-/// so 16 KiB queued each) took the sidecar to 141 MiB. A longer chunk is
-/// most of its buffer already, so the copy would buy little.
-const COPY_BELOW: usize = 4 * 1024;
+/// so 16 KiB queued each) took the sidecar to 141 MiB. Half the upstream
+/// read buffer: a longer chunk keeps at most twice its size alive.
+const COPY_BELOW: usize = super::pool::UPSTREAM_READ_BUFFER / 2;
 
 fn unpinned(data: Bytes) -> Bytes {
     if data.len() < COPY_BELOW {
@@ -272,6 +272,8 @@ impl Body for UpstreamBody {
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                // Before the usage tap, which may keep a chunk to the end.
+                let frame = frame.map_data(unpinned);
                 if let (Some(d), Some(timer)) = (this.idle, &mut this.timer) {
                     timer.as_mut().reset(tokio::time::Instant::now() + d);
                 }
@@ -288,7 +290,7 @@ impl Body for UpstreamBody {
                 if this.inner.is_end_stream() {
                     this.finish();
                 }
-                Poll::Ready(Some(Ok(frame.map_data(unpinned))))
+                Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(None) => {
                 this.finish();
@@ -366,7 +368,7 @@ mod tests {
     fn a_short_chunk_leaves_the_buffer_it_was_read_into() {
         // As hyper reads: chunks split off the front of one buffer.
         let mut read = bytes::BytesMut::with_capacity(16 * 1024);
-        read.extend_from_slice(&[b'e'; 8 * 1024]);
+        read.extend_from_slice(&[b'e'; 16 * 1024]);
         let event = read.split_to(300).freeze();
         let passed = unpinned(event.clone());
         assert_eq!(passed, event);
