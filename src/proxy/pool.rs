@@ -42,8 +42,9 @@ pub(super) type H2 = http2::SendRequest<Full<Bytes>>;
 /// (but a short one, copied) keeps its whole buffer alive while the
 /// connection reads on into a new one, so a stream holds a few times this:
 /// with 64 KiB, 512 streams of 240 KB events took the sidecar to 171 MiB
-/// (78 MiB with 16 KiB; release builds). Smaller reads cost one large answer over plain loopback about
-/// a quarter of its rate (650 to 480 MB/s), far above what Bedrock sends.
+/// (78 MiB with 16 KiB; release builds). Smaller reads cost one large
+/// answer over plain loopback about a quarter of its rate (650 to
+/// 480 MB/s), far above what Bedrock sends.
 /// It also bounds an answer's head over HTTP/1.1 (a few hundred bytes
 /// from Bedrock; nginx reads 4 or 8 KiB of an upstream's head).
 pub(super) const UPSTREAM_READ_BUFFER: usize = 16 * 1024;

@@ -403,10 +403,11 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 const MAX_CONCURRENT_STREAMS: u32 = 128;
 /// What an HTTP/2 peer may send before the server reads it, per stream and
 /// per connection: HTTP/2's own default. Unread request data sits in
-/// hyper's buffers, outside every body budget; with hyper's defaults (1 MiB a connection) 250 connections
-/// that never finished their bodies held 278 MB. The proxy's clients are
-/// on loopback, where a small window costs no throughput; the webhook's
-/// reviews (a few MB at most) take a few more round trips.
+/// hyper's buffers, outside every body budget; with hyper's defaults
+/// (1 MiB a connection) 250 connections that never finished their bodies
+/// held 278 MB. The proxy's clients are on loopback, where a small window
+/// costs no throughput; the webhook's reviews (a few MB at most) take a
+/// few more round trips.
 const HTTP2_WINDOW: u32 = 65_535;
 /// What is queued for an HTTP/2 stream before the connection writes it
 /// out (plus the chunk that passes it). Each chunk keeps alive the upstream
