@@ -23,6 +23,9 @@ from conftest import shipped_env, wait_for
 from test_soak import peak_rss_mib, rss_mib
 
 CONVERSE = "/model/anthropic.claude-3-haiku-20240307-v1:0/converse"
+CONVERSE_STREAM = CONVERSE + "-stream"
+# The smallest converse request: what each stream of these tests asks.
+HI = json.dumps({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}).encode()
 INJECTED_LIMIT_MIB = 128
 
 
@@ -126,7 +129,6 @@ def unread_streams_peak(sidecar, fake_aws) -> None:
     """200 ConverseStreams of 32 KiB events whose clients read nothing: the
     sidecar's peak RSS once every buffer on the way is full."""
     host, port = sidecar.proxy.removeprefix("http://").split(":")
-    body = json.dumps({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}).encode()
     run = uuid.uuid4().hex[:8]
     ids = [f"unread-{run}-{i}" for i in range(200)]
     sockets = []
@@ -139,12 +141,12 @@ def unread_streams_peak(sidecar, fake_aws) -> None:
             s.connect((host, int(port)))
             s.sendall(
                 (
-                    f"POST /model/anthropic.claude-3-haiku-20240307-v1:0/converse-stream HTTP/1.1\r\n"
+                    f"POST {CONVERSE_STREAM} HTTP/1.1\r\n"
                     f"Host: {host}:{port}\r\nContent-Type: application/json\r\n"
                     f"x-fake-stream-id: {stream_id}\r\nx-fake-chunks: 400\r\nx-fake-chunk-pad: 32768\r\n"
-                    f"Content-Length: {len(body)}\r\n\r\n"
+                    f"Content-Length: {len(HI)}\r\n\r\n"
                 ).encode()
-                + body
+                + HI
             )
             sockets.append(s)  # never read
 
@@ -249,7 +251,6 @@ def test_event_streams_of_large_events_stay_under_the_memory_limit(start_sidecar
     # still reaches its client whole, only its tokens go uncounted.
     sidecar = start_sidecar({**irsa_env, **shipped_env()})
     host, port = sidecar.proxy.removeprefix("http://").split(":")
-    body = json.dumps({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}).encode()
     run = uuid.uuid4().hex[:8]
     ids = [f"large-events-{run}-{i}" for i in range(240)]
     pad, chunks = 240_000, 6
@@ -266,7 +267,7 @@ def test_event_streams_of_large_events_stay_under_the_memory_limit(start_sidecar
     # each of the 240 would count them.
     alone = requests.post(
         sidecar.url(f"/model/{model}/converse-stream"),
-        data=body,
+        data=HI,
         headers={"content-type": "application/json", "x-fake-chunks": str(chunks), "x-fake-chunk-pad": str(pad)},
         timeout=60,
     )
@@ -281,13 +282,13 @@ def test_event_streams_of_large_events_stay_under_the_memory_limit(start_sidecar
         s = socket.create_connection((host, int(port)))
         s.sendall(
             (
-                f"POST /model/anthropic.claude-3-haiku-20240307-v1:0/converse-stream HTTP/1.1\r\n"
+                f"POST {CONVERSE_STREAM} HTTP/1.1\r\n"
                 f"Host: {host}:{port}\r\nContent-Type: application/json\r\nConnection: close\r\n"
                 f"x-fake-lockstep: {stream_id}\r\nx-fake-lockstep-timeout-ms: 120000\r\n"
                 f"x-fake-chunks: {chunks}\r\nx-fake-chunk-pad: {pad}\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n"
+                f"Content-Length: {len(HI)}\r\n\r\n"
             ).encode()
-            + body
+            + HI
         )
         s.setblocking(False)
         sel.register(s, selectors.EVENT_READ, stream_id)
@@ -358,14 +359,13 @@ def test_http2_clients_of_many_large_event_streams_stay_under_the_memory_limit(s
     # read buffer it was read into while the connection read on into a new
     # one: 512 ConverseStreams of 240 KB events took the sidecar to 185 MiB.
     sidecar = start_sidecar({**irsa_env, **shipped_env()})
-    body = json.dumps({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}).encode()
     run = uuid.uuid4().hex[:8]
     ids = [f"h2-large-events-{run}-{i}" for i in range(512)]
     pad, chunks = 240_000, 6
     received = {i: 0 for i in ids}
     statuses: dict[str, int] = {}
     lock = threading.Lock()
-    url = sidecar.url("/model/anthropic.claude-3-haiku-20240307-v1:0/converse-stream")
+    url = sidecar.url(CONVERSE_STREAM)
 
     async def one(client: httpx.AsyncClient, stream_id: str) -> None:
         headers = {
@@ -375,7 +375,7 @@ def test_http2_clients_of_many_large_event_streams_stay_under_the_memory_limit(s
             "x-fake-chunks": str(chunks),
             "x-fake-chunk-pad": str(pad),
         }
-        async with client.stream("POST", url, content=body, headers=headers) as answer:
+        async with client.stream("POST", url, content=HI, headers=headers) as answer:
             statuses[stream_id] = answer.status_code
             async for data in answer.aiter_raw():
                 with lock:
@@ -426,7 +426,6 @@ def test_http2_clients_that_stop_reading_small_events_stay_under_the_memory_limi
     # the queue filling: 512 such streams took the sidecar to 141 MiB.
     sidecar = start_sidecar({**irsa_env, **shipped_env()})
     host, port = sidecar.proxy.removeprefix("http://").split(":")
-    body = json.dumps({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}).encode()
     run = uuid.uuid4().hex[:8]
     ids = [f"h2-unread-{run}-{i}" for i in range(512)]
     window = 16 * 1024 * 1024
@@ -444,11 +443,11 @@ def test_http2_clients_that_stop_reading_small_events_stay_under_the_memory_limi
                 sid = conn.get_next_available_stream_id()
                 conn.send_headers(sid, [
                     (":method", "POST"), (":scheme", "http"), (":authority", f"{host}:{port}"),
-                    (":path", "/model/anthropic.claude-3-haiku-20240307-v1:0/converse-stream"),
+                    (":path", CONVERSE_STREAM),
                     ("content-type", "application/json"), ("x-fake-stream-id", stream_id),
                     ("x-fake-chunks", "3000"), ("x-fake-chunk-pad", "300"), ("x-fake-chunk-delay-ms", "20"),
                 ])
-                conn.send_data(sid, body, end_stream=True)
+                conn.send_data(sid, HI, end_stream=True)
             s.sendall(conn.data_to_send())
             sockets.append(s)  # never read
 
