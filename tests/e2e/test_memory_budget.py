@@ -15,6 +15,7 @@ import uuid
 
 import h2.config
 import h2.connection
+import h2.events
 import h2.settings
 import httpx
 import requests
@@ -415,6 +416,87 @@ def test_http2_clients_of_many_large_event_streams_stay_under_the_memory_limit(s
     assert all(n > chunks * pad for n in received.values())
     assert all(fake_aws.stream(i)["finished"] for i in ids)
     assert {r["http_version"] for r in fake_aws.requests()} == {"1.1"}
+    assert peak < INJECTED_LIMIT_MIB * 0.9, f"peak RSS {peak:.1f} MiB"
+
+
+def test_http2_clients_of_large_event_streams_over_an_http2_upstream_stay_under_the_memory_limit(
+    start_sidecar, fake_aws_h2, h2_env
+):
+    # The test above with Bedrock's own protocol upstream: all 512 answers
+    # share one HTTP/2 connection to the fake, so what the sidecar holds is
+    # what its windows let in (16 MiB) plus what it queues for the clients.
+    # The clients are raw h2 ones that read every frame as it comes: httpx
+    # (httpcore 1.0) left a stream's frames in its own queue while the
+    # stream's task waited for the connection's read lock, held by a task
+    # blocked on a read (nothing more came until the release), and a dozen
+    # streams stopped short until then. The sidecar had sent them whole.
+    sidecar = start_sidecar({**h2_env, **shipped_env()})
+    host, port = sidecar.proxy.removeprefix("http://").split(":")
+    run = uuid.uuid4().hex[:8]
+    ids = [f"h2-h2-large-events-{run}-{i}" for i in range(512)]
+    pad, chunks = 240_000, 6
+    received = {i: 0 for i in ids}
+    statuses: dict[str, str] = {}
+    ended: set[str] = set()
+
+    async def connection(mine: list[str]) -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        conn.initiate_connection()
+        # The windows httpx opens: 16 MiB a connection and a stream.
+        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 16 * 1024 * 1024})
+        conn.increment_flow_control_window(16 * 1024 * 1024)
+        streams = {}
+        for stream_id in mine:
+            sid = conn.get_next_available_stream_id()
+            streams[sid] = stream_id
+            conn.send_headers(sid, [
+                (":method", "POST"), (":scheme", "http"), (":authority", f"{host}:{port}"),
+                (":path", CONVERSE_STREAM), ("content-type", "application/json"),
+                ("x-fake-lockstep", stream_id), ("x-fake-lockstep-timeout-ms", "120000"),
+                ("x-fake-chunks", str(chunks)), ("x-fake-chunk-pad", str(pad)),
+            ])
+            conn.send_data(sid, HI, end_stream=True)
+        writer.write(conn.data_to_send())
+        try:
+            while not ended.issuperset(mine):
+                data = await reader.read(65536)
+                assert data, "the sidecar closed the connection"
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        statuses[streams[event.stream_id]] = dict(event.headers)[":status"]
+                    elif isinstance(event, h2.events.DataReceived):
+                        received[streams[event.stream_id]] += len(event.data)
+                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                        ended.add(streams[event.stream_id])
+                writer.write(conn.data_to_send())
+                await writer.drain()
+        finally:
+            writer.close()
+
+    async def all_streams() -> list:
+        # Six connections of about 85 streams, as httpx would carry them.
+        return await asyncio.gather(*(connection(ids[k::6]) for k in range(6)), return_exceptions=True)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as streams, concurrent.futures.ThreadPoolExecutor(16) as control:
+        outcome = streams.submit(asyncio.run, all_streams())
+        list(control.map(lambda i: fake_aws_h2.post("/stream/release", {"stream_id": i, "count": chunks - 2}), ids))
+
+        def all_past_their_fifth_event() -> bool:
+            return all(n > (chunks - 1) * pad for n in list(received.values()))
+
+        wait_for(lambda: outcome.done() or all_past_their_fifth_event(), timeout=120, what="every fifth event")
+        assert not outcome.done(), f"the streams ended early: {outcome.result()[:3]}"
+        peak = peak_rss_mib(sidecar.proc.pid)
+        list(control.map(fake_aws_h2.release, ids))
+        results = outcome.result(timeout=120)
+    print(f"\npeak RSS {peak:.1f} MiB")
+    assert [r for r in results if r is not None] == []
+    assert set(statuses.values()) == {"200"} and len(statuses) == len(ids)
+    assert all(n > chunks * pad for n in received.values())
+    assert all(fake_aws_h2.stream(i)["finished"] for i in ids)
+    assert {r["http_version"] for r in fake_aws_h2.requests()} == {"2"}
     assert peak < INJECTED_LIMIT_MIB * 0.9, f"peak RSS {peak:.1f} MiB"
 
 
