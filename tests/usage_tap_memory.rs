@@ -169,6 +169,19 @@ fn a_tap_reports_what_it_allocates() {
         let name = format!("SSE of {size} B, gzipped, in 1 KiB frames");
         check(&name, &gz, &cut(&gzip(&body), 1024));
     }
+    // A gzip header may carry a name and a comment of any length; a
+    // decoder that kept them held what the budget did not see.
+    let mut e = flate2::GzBuilder::new()
+        .filename("n".repeat(60_000))
+        .comment("c".repeat(60_000))
+        .write(Vec::new(), flate2::Compression::fast());
+    e.write_all(&sse(20, 100)).unwrap();
+    let named = e.finish().unwrap();
+    check(
+        "SSE gzipped with a long name and comment",
+        &gz,
+        &cut(&named, 16 * 1024),
+    );
     let json = headers("application/json", None);
     let gz = headers("application/json", Some("gzip"));
     let zl = headers("application/json", Some("deflate"));

@@ -7,13 +7,16 @@ codings it can read, so Bedrock never answers in one that hides usage.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
+import uuid
 
 import openai
 import pytest
 import requests
 
+from conftest import wait_for
 from test_auth_modes import BODY, CONVERSE
 
 MODEL = "openai.gpt-oss-20b-1:0"
@@ -44,6 +47,45 @@ def test_openai_sdk_json_and_stream_are_counted_when_gzipped(sidecar, fake_aws):
     usage = chunks[-1].usage
     assert usage is not None and "<chunk" in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert tokens(sidecar, "input") == reply.usage.prompt_tokens + usage.prompt_tokens
+
+
+def test_as_many_gzipped_streams_as_the_proxy_takes_connections_are_all_counted(sidecar, fake_aws):
+    # An HTTP/1.1 client holds a connection per stream and the proxy takes
+    # 256 (--max-connections). Every gzipped answer's decoder is counted
+    # against the taps' shared 16 MiB from its first byte: at 80 KiB and
+    # more each, 78 of 256 streams went uncounted, as over budget.
+    run = uuid.uuid4().hex[:8]
+    ids = [f"gzipped-{run}-{i}" for i in range(256)]
+
+    async def one(client: openai.AsyncOpenAI, stream_id: str):
+        stream = await client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "count me"}], stream=True,
+            stream_options={"include_usage": True},
+            extra_headers={"x-fake-lockstep": stream_id, "x-fake-lockstep-timeout-ms": "120000", "x-fake-chunks": "3"},
+        )
+        chunks = [chunk async for chunk in stream]
+        return chunks[-1].usage
+
+    async def all_streams() -> list:
+        client = openai.AsyncOpenAI(base_url=sidecar.url("/openai/v1"), api_key="unused", max_retries=0, timeout=120)
+        async with client:
+            calls = [asyncio.create_task(one(client, i)) for i in ids]
+
+            def all_open() -> bool:
+                return all(fake_aws.stream(i).get("waiting_for_release") for i in ids)
+
+            # Every decoder open at once, then every answer let through.
+            await asyncio.to_thread(wait_for, all_open, timeout=60, interval=0.2, what="every stream open")
+            for i in ids:
+                await asyncio.to_thread(fake_aws.post, "/stream/release", {"stream_id": i, "count": 3})
+            return await asyncio.gather(*calls)
+
+    usages = asyncio.run(all_streams())
+    assert all(u is not None for u in usages)
+    over = sidecar.metric("bedrock_broker_answers_without_usage_total", {"reason": "over_budget"}) or 0
+    assert over == 0
+    assert tokens(sidecar, "output") == sum(u.completion_tokens for u in usages)
+    assert tokens(sidecar, "input") == sum(u.prompt_tokens for u in usages)
 
 
 @pytest.mark.parametrize("accept, coding", [("br, gzip;q=0.5", "gzip"), ("br", None), ("zstd, deflate", "deflate")])

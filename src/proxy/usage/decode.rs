@@ -5,9 +5,7 @@
 //! default); the proxy asks Bedrock for nothing else
 //! ([`crate::proxy::headers`]), so any other coding means no usage.
 
-use std::io::Write;
-
-use flate2::write::{GzDecoder, ZlibDecoder};
+use flate2::{Decompress, FlushDecompress, Status};
 use http::header::CONTENT_ENCODING;
 use http::HeaderMap;
 
@@ -52,115 +50,102 @@ impl Coding {
     }
 }
 
-/// Compressed input decoded per step: deflate expands at most about 1,032
-/// times, so a step's output stays near 1 MiB however a frame is built
-/// (a gzip bomb's 16 KB frame decodes to 16 MB at once otherwise).
-const INPUT_STEP: usize = 1024;
+/// Decoded bytes handed to the tap at a time, from a buffer on the stack
+/// (kept between frames, such a buffer cost each compressed answer up to
+/// 64 KiB of the taps' budget). The decoder takes only the input that
+/// fits it, so a gzip bomb's 16 KB frame, 16 MB decoded, is handed on
+/// 8 KiB at a time too.
+const OUTPUT_STEP: usize = 8 * 1024;
 
-/// Output capacity kept between frames; a larger buffer (left by a step
-/// that expanded a lot) is given back.
-const KEPT_CAPACITY: usize = 64 * 1024;
-
-/// What a decoder holds besides its output, counted against the taps'
-/// budget: miniz_oxide's inflate state (about 43 KB, its 32 KiB window
-/// included), flate2's 32 KiB write buffer and the gzip header's state
-/// (tests/usage_tap_memory.rs holds it to what they allocate).
-const DECODER_STATE: usize = 80 * 1024;
+/// What a decoder holds, counted against the taps' budget: zlib-rs's
+/// inflate state and its 32 KiB window, allocated as it opens
+/// (tests/usage_tap_memory.rs holds this to what they allocate). A gzip
+/// header's name and comment are skipped, not kept. flate2's `write`
+/// decoders on miniz_oxide held 80 KiB and their output: 256 gzipped
+/// streams, as many as HTTP/1.1 clients can hold, did not fit 16 MiB.
+const DECODER_STATE: usize = 48 * 1024;
 
 /// A streaming decoder fed frame by frame.
 pub struct Inflater {
-    decoder: Decoder,
+    decoder: Decompress,
     decoded: usize,
     broken: bool,
-}
-
-enum Decoder {
-    Gzip(GzDecoder<Vec<u8>>),
-    Deflate(ZlibDecoder<Vec<u8>>),
+    /// The stream's end was read: what follows is not decoded.
+    ended: bool,
 }
 
 impl std::fmt::Debug for Inflater {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self.decoder {
-            Decoder::Gzip(_) => "Inflater::Gzip",
-            Decoder::Deflate(_) => "Inflater::Deflate",
-        })
+        f.write_str("Inflater")
     }
 }
 
 impl Inflater {
     /// `None` for identity: nothing to undo.
     pub fn new(coding: Coding) -> Option<Box<Self>> {
-        match coding {
-            Coding::Identity => None,
-            Coding::Gzip => Some(Self::boxed(true)),
-            Coding::Deflate => Some(Self::boxed(false)),
-        }
-    }
-
-    /// Out of line, and reached only for compressed answers: a decoder's
-    /// 43 KB inflate state passes through the stack, and inlined into the
-    /// tap it gave the tap a 54 KB frame on every response (a stack probe
-    /// per 4 KB page).
-    #[inline(never)]
-    fn boxed(gzip: bool) -> Box<Self> {
-        Box::new(Self {
-            decoder: if gzip {
-                Decoder::Gzip(GzDecoder::new(Vec::new()))
-            } else {
-                Decoder::Deflate(ZlibDecoder::new(Vec::new()))
-            },
+        let decoder = match coding {
+            Coding::Identity => return None,
+            // 15: the largest window, which any stream may use.
+            Coding::Gzip => Decompress::new_gzip(15),
+            Coding::Deflate => Decompress::new(true),
+        };
+        Some(Box::new(Self {
+            decoder,
             decoded: 0,
             broken: false,
-        })
+            ended: false,
+        }))
     }
 
-    /// Decodes `data`, handing what it decodes to `sink` a step at a time
-    /// (about 1 MiB at most each). `false` once the stream is corrupt or
-    /// past [`MAX_DECODED`]: nothing more is decoded then.
+    /// Decodes `data`, handing what it decodes to `sink` a piece at a
+    /// time (at most [`OUTPUT_STEP`] bytes each). `false` once the stream
+    /// is corrupt or past [`MAX_DECODED`]: nothing more is decoded then.
+    /// Out of line: its buffer is on the stack, and only compressed
+    /// answers need it.
+    #[inline(never)]
     pub fn feed(&mut self, data: &[u8], sink: &mut impl FnMut(&[u8])) -> bool {
         if self.broken {
             return false;
         }
-        for step in data.chunks(INPUT_STEP) {
-            let out = match &mut self.decoder {
-                Decoder::Gzip(d) => d
-                    .write_all(step)
-                    .and_then(|()| d.flush())
-                    .map(|()| d.get_mut()),
-                Decoder::Deflate(d) => d
-                    .write_all(step)
-                    .and_then(|()| d.flush())
-                    .map(|()| d.get_mut()),
-            };
-            let Ok(out) = out else {
-                self.broken = true;
-                return false;
-            };
-            self.decoded = self.decoded.saturating_add(out.len());
+        let mut out = [0u8; OUTPUT_STEP];
+        let mut rest = data;
+        // Until the input is used up and nothing more comes out: a full
+        // buffer may leave decoded bytes behind, which come with no more
+        // input (zlib's contract).
+        while !self.ended {
+            let (before_in, before_out) = (self.decoder.total_in(), self.decoder.total_out());
+            let status = self
+                .decoder
+                .decompress(rest, &mut out, FlushDecompress::None);
+            let used = (self.decoder.total_in() - before_in) as usize;
+            let made = (self.decoder.total_out() - before_out) as usize;
+            rest = rest.get(used..).unwrap_or_default();
+            match status {
+                Ok(Status::StreamEnd) => self.ended = true,
+                Ok(Status::Ok | Status::BufError) => {}
+                Err(_) => return self.stop(),
+            }
+            self.decoded = self.decoded.saturating_add(made);
             if self.decoded > MAX_DECODED {
-                self.broken = true;
-                *out = Vec::new();
-                return false;
+                return self.stop();
             }
-            if !out.is_empty() {
-                sink(out);
-            }
-            out.clear();
-            if out.capacity() > KEPT_CAPACITY {
-                *out = Vec::new();
+            if made > 0 {
+                sink(&out[..made]);
+            } else if used == 0 {
+                break;
             }
         }
         true
     }
 
-    /// Bytes held: the decoder's state and its output buffer.
+    fn stop(&mut self) -> bool {
+        self.broken = true;
+        false
+    }
+
+    /// Bytes held: the decoder's state.
     pub fn held(&self) -> usize {
         DECODER_STATE
-            + match &self.decoder {
-                Decoder::Gzip(d) => d.get_ref().capacity(),
-                Decoder::Deflate(d) => d.get_ref().capacity(),
-            }
     }
 
     /// Whether the stream proved corrupt or too large (no usage then).
@@ -175,6 +160,7 @@ mod tests {
     use super::*;
     use flate2::write::{GzEncoder, ZlibEncoder};
     use flate2::Compression;
+    use std::io::Write;
 
     fn headers(ce: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -207,22 +193,26 @@ mod tests {
         assert!(encoded(&["identity, deflate"]));
     }
 
+    fn compress(coding: Coding, text: &[u8]) -> Vec<u8> {
+        match coding {
+            Coding::Gzip => {
+                let mut e = GzEncoder::new(Vec::new(), Compression::default());
+                e.write_all(text).unwrap();
+                e.finish().unwrap()
+            }
+            _ => {
+                let mut e = ZlibEncoder::new(Vec::new(), Compression::default());
+                e.write_all(text).unwrap();
+                e.finish().unwrap()
+            }
+        }
+    }
+
     #[test]
     fn decodes_byte_by_byte_and_stops_on_garbage() {
         let text = b"data: {\"usage\": {\"prompt_tokens\": 3}}\n\n".repeat(50);
         for coding in [Coding::Gzip, Coding::Deflate] {
-            let compressed = match coding {
-                Coding::Gzip => {
-                    let mut e = GzEncoder::new(Vec::new(), Compression::default());
-                    e.write_all(&text).unwrap();
-                    e.finish().unwrap()
-                }
-                _ => {
-                    let mut e = ZlibEncoder::new(Vec::new(), Compression::default());
-                    e.write_all(&text).unwrap();
-                    e.finish().unwrap()
-                }
-            };
+            let compressed = compress(coding, &text);
             let mut inflater = Inflater::new(coding).unwrap();
             let mut out = Vec::new();
             for byte in compressed.chunks(1) {
@@ -234,6 +224,41 @@ mod tests {
         assert!(!inflater.feed(b"definitely not gzip", &mut |_| {}));
         assert!(inflater.is_broken());
         assert!(!inflater.feed(b"", &mut |_| {}));
+    }
+
+    #[test]
+    fn a_frame_decoding_to_many_buffers_is_decoded_to_its_end() {
+        // The usage is in the last bytes of a body whose last frame (or
+        // only one) decodes to far more than a buffer: what the decoder
+        // still holds once the input is used up must come out too.
+        let mut text = b"x".repeat(60_000);
+        text.extend(br#"{"usage":{"inputTokens":3,"outputTokens":4}}"#);
+        for coding in [Coding::Gzip, Coding::Deflate] {
+            let compressed = compress(coding, &text);
+            for frame in [compressed.len(), 16 * 1024, 7] {
+                let mut inflater = Inflater::new(coding).unwrap();
+                let mut out = Vec::new();
+                for piece in compressed.chunks(frame) {
+                    assert!(inflater.feed(piece, &mut |d| out.extend_from_slice(d)));
+                }
+                assert!(
+                    out == text,
+                    "{coding:?} in {frame} B frames: {} bytes",
+                    out.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn what_follows_the_end_of_the_stream_is_not_decoded() {
+        let mut body = compress(Coding::Gzip, b"one");
+        body.extend(compress(Coding::Gzip, b"two"));
+        let mut inflater = Inflater::new(Coding::Gzip).unwrap();
+        let mut out = Vec::new();
+        assert!(inflater.feed(&body, &mut |d| out.extend_from_slice(d)));
+        assert!(inflater.feed(b"garbage", &mut |d| out.extend_from_slice(d)));
+        assert_eq!(out, b"one");
     }
 
     #[test]
@@ -250,10 +275,7 @@ mod tests {
             total += d.len();
         }));
         assert_eq!(total, 16 * 1024 * 1024);
-        assert!(
-            largest <= 1100 * INPUT_STEP,
-            "a step decoded {largest} bytes"
-        );
+        assert!(largest <= OUTPUT_STEP, "{largest} bytes decoded at once");
         // Past the cap the stream stops, its buffer given back.
         let mut e = GzEncoder::new(Vec::new(), Compression::best());
         e.write_all(&vec![0u8; MAX_DECODED + 1]).unwrap();
