@@ -396,21 +396,11 @@ def test_http2_clients_of_many_large_event_streams_stay_under_the_memory_limit(s
             for client in clients:
                 await client.aclose()
 
-    with concurrent.futures.ThreadPoolExecutor(1) as streams, concurrent.futures.ThreadPoolExecutor(16) as control:
-        outcome = streams.submit(asyncio.run, all_streams())
-        list(control.map(lambda i: fake_aws.post("/stream/release", {"stream_id": i, "count": chunks - 2}), ids))
+    def all_past_their_fifth_event() -> bool:
+        with lock:
+            return all(n > (chunks - 1) * pad for n in received.values())
 
-        def all_past_their_fifth_event() -> bool:
-            with lock:
-                return all(n > (chunks - 1) * pad for n in received.values())
-
-        # Polled until every stream is past its fifth event, or they ended.
-        wait_for(lambda: outcome.done() or all_past_their_fifth_event(), timeout=120, what="every fifth event")
-        assert not outcome.done(), f"the streams ended early: {outcome.result()[:3]}"
-        peak = peak_rss_mib(sidecar.proc.pid)
-        list(control.map(fake_aws.release, ids))
-        results = outcome.result(timeout=120)
-    print(f"\npeak RSS {peak:.1f} MiB")
+    peak, results = peak_before_the_last_event(sidecar, fake_aws, ids, all_streams(), all_past_their_fifth_event)
     assert [r for r in results if r is not None] == []
     assert set(statuses.values()) == {200} and len(statuses) == len(ids)
     assert all(n > chunks * pad for n in received.values())
@@ -479,25 +469,33 @@ def test_http2_clients_of_large_event_streams_over_an_http2_upstream_stay_under_
         # Six connections of about 85 streams, as httpx would carry them.
         return await asyncio.gather(*(connection(ids[k::6]) for k in range(6)), return_exceptions=True)
 
-    with concurrent.futures.ThreadPoolExecutor(1) as streams, concurrent.futures.ThreadPoolExecutor(16) as control:
-        outcome = streams.submit(asyncio.run, all_streams())
-        list(control.map(lambda i: fake_aws_h2.post("/stream/release", {"stream_id": i, "count": chunks - 2}), ids))
+    def all_past_their_fifth_event() -> bool:
+        return all(n > (chunks - 1) * pad for n in list(received.values()))
 
-        def all_past_their_fifth_event() -> bool:
-            return all(n > (chunks - 1) * pad for n in list(received.values()))
-
-        wait_for(lambda: outcome.done() or all_past_their_fifth_event(), timeout=120, what="every fifth event")
-        assert not outcome.done(), f"the streams ended early: {outcome.result()[:3]}"
-        peak = peak_rss_mib(sidecar.proc.pid)
-        list(control.map(fake_aws_h2.release, ids))
-        results = outcome.result(timeout=120)
-    print(f"\npeak RSS {peak:.1f} MiB")
+    peak, results = peak_before_the_last_event(sidecar, fake_aws_h2, ids, all_streams(), all_past_their_fifth_event)
     assert [r for r in results if r is not None] == []
     assert set(statuses.values()) == {"200"} and len(statuses) == len(ids)
     assert all(n > chunks * pad for n in received.values())
     assert all(fake_aws_h2.stream(i)["finished"] for i in ids)
     assert {r["http_version"] for r in fake_aws_h2.requests()} == {"2"}
     assert peak < INJECTED_LIMIT_MIB * 0.9, f"peak RSS {peak:.1f} MiB"
+
+
+def peak_before_the_last_event(sidecar, fake_aws, ids, streams, all_past_their_fifth_event) -> tuple[float, list]:
+    """Runs ``streams`` (six-event lockstep answers, ``ids``) and lets each
+    through to its fifth event: the sidecar's peak RSS then, and the
+    streams' results once all are let through to their end."""
+    with concurrent.futures.ThreadPoolExecutor(1) as runner, concurrent.futures.ThreadPoolExecutor(16) as control:
+        outcome = runner.submit(asyncio.run, streams)
+        list(control.map(lambda i: fake_aws.post("/stream/release", {"stream_id": i, "count": 4}), ids))
+        # Polled until every stream is past its fifth event, or they ended.
+        wait_for(lambda: outcome.done() or all_past_their_fifth_event(), timeout=120, what="every fifth event")
+        assert not outcome.done(), f"the streams ended early: {outcome.result()[:3]}"
+        peak = peak_rss_mib(sidecar.proc.pid)
+        list(control.map(fake_aws.release, ids))
+        results = outcome.result(timeout=120)
+    print(f"\npeak RSS {peak:.1f} MiB")
+    return peak, results
 
 
 def test_http2_clients_that_stop_reading_small_events_stay_under_the_memory_limit(start_sidecar, irsa_env, fake_aws):
