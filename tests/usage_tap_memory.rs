@@ -169,11 +169,13 @@ fn a_tap_reports_what_it_allocates() {
         let name = format!("SSE of {size} B, gzipped, in 1 KiB frames");
         check(&name, &gz, &cut(&gzip(&body), 1024));
     }
-    // A gzip header may carry a name and a comment of any length; a
-    // decoder that kept them held what the budget did not see.
+    // A gzip header may carry a name, a comment and an extra field of
+    // 64 KiB each; a decoder that kept them held what the budget did not
+    // see.
     let mut e = flate2::GzBuilder::new()
         .filename("n".repeat(60_000))
         .comment("c".repeat(60_000))
+        .extra(vec![b'e'; 60_000])
         .write(Vec::new(), flate2::Compression::fast());
     e.write_all(&sse(20, 100)).unwrap();
     let named = e.finish().unwrap();

@@ -68,8 +68,11 @@ const DECODER_STATE: usize = 48 * 1024;
 /// A streaming decoder fed frame by frame.
 pub struct Inflater {
     decoder: Decompress,
+    gzip: bool,
     decoded: usize,
     broken: bool,
+    /// A gzip member ended: another may follow (RFC 1952, 2.2).
+    member_ended: bool,
     /// The stream's end was read: what follows is not decoded.
     ended: bool,
 }
@@ -91,8 +94,10 @@ impl Inflater {
         };
         Some(Box::new(Self {
             decoder,
+            gzip: coding == Coding::Gzip,
             decoded: 0,
             broken: false,
+            member_ended: false,
             ended: false,
         }))
     }
@@ -121,8 +126,16 @@ impl Inflater {
             let made = (self.decoder.total_out() - before_out) as usize;
             rest = rest.get(used..).unwrap_or_default();
             match status {
+                Ok(Status::StreamEnd) if self.gzip => {
+                    // Ready for the next member, if one comes.
+                    self.decoder.reset(true);
+                    self.member_ended = true;
+                }
                 Ok(Status::StreamEnd) => self.ended = true,
                 Ok(Status::Ok | Status::BufError) => {}
+                // Bytes after a whole member that are not another one
+                // (padding, a server's stray bytes): what was read stands.
+                Err(_) if self.member_ended => self.ended = true,
                 Err(_) => return self.stop(),
             }
             self.decoded = self.decoded.saturating_add(made);
@@ -251,13 +264,29 @@ mod tests {
     }
 
     #[test]
-    fn what_follows_the_end_of_the_stream_is_not_decoded() {
-        let mut body = compress(Coding::Gzip, b"one");
-        body.extend(compress(Coding::Gzip, b"two"));
-        let mut inflater = Inflater::new(Coding::Gzip).unwrap();
+    fn every_gzip_member_is_decoded_and_stray_bytes_after_them_ignored() {
+        // A gzip body may be several members (a server may start one at
+        // each flush): usage in the last must be read.
+        let mut body = compress(Coding::Gzip, b"one ");
+        body.extend(compress(Coding::Gzip, b"two "));
+        let third = compress(Coding::Gzip, b"three");
+        for frame in [body.len(), 5] {
+            let mut inflater = Inflater::new(Coding::Gzip).unwrap();
+            let mut out = Vec::new();
+            for piece in body.chunks(frame) {
+                assert!(inflater.feed(piece, &mut |d| out.extend_from_slice(d)));
+            }
+            assert!(inflater.feed(&third, &mut |d| out.extend_from_slice(d)));
+            assert!(inflater.feed(b"\0\0garbage", &mut |d| out.extend_from_slice(d)));
+            assert!(inflater.feed(&third, &mut |d| out.extend_from_slice(d)));
+            assert_eq!(out, b"one two three", "in {frame} B frames");
+        }
+        // One zlib stream only: what follows it is not decoded.
+        let mut body = compress(Coding::Deflate, b"one");
+        body.extend(compress(Coding::Deflate, b"two"));
+        let mut inflater = Inflater::new(Coding::Deflate).unwrap();
         let mut out = Vec::new();
         assert!(inflater.feed(&body, &mut |d| out.extend_from_slice(d)));
-        assert!(inflater.feed(b"garbage", &mut |d| out.extend_from_slice(d)));
         assert_eq!(out, b"one");
     }
 
@@ -276,7 +305,7 @@ mod tests {
         }));
         assert_eq!(total, 16 * 1024 * 1024);
         assert!(largest <= OUTPUT_STEP, "{largest} bytes decoded at once");
-        // Past the cap the stream stops, its buffer given back.
+        // Past the cap the stream stops.
         let mut e = GzEncoder::new(Vec::new(), Compression::best());
         e.write_all(&vec![0u8; MAX_DECODED + 1]).unwrap();
         let over = e.finish().unwrap();
