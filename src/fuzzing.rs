@@ -2,7 +2,7 @@
 //! parser of untrusted input, driven by arbitrary bytes. See
 //! docs/development.md for how to run them.
 
-pub use crate::proxy::fuzz::{error_body, event_stream, provider_data, request_target};
+pub use crate::proxy::fuzz::{error_body, event_stream, provider_data, request_target, usage_tap};
 
 use std::sync::Arc;
 

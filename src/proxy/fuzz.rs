@@ -128,6 +128,44 @@ pub fn error_body(data: &[u8]) {
     }
 }
 
+/// An answer's body read by a usage tap, as Bedrock's would be: the first
+/// byte picks its content type and coding (a compressed body is decoded
+/// for the tap by zlib-rs, code with `unsafe` fed by the upstream), the
+/// second the size of the frames it arrives in.
+pub fn usage_tap(data: &[u8]) {
+    let [kind, step, body @ ..] = data else {
+        return;
+    };
+    let content_type = [
+        "application/json",
+        "text/event-stream",
+        "application/vnd.amazon.eventstream",
+    ][usize::from(kind % 3)];
+    let coding = [None, Some("gzip"), Some("deflate")][usize::from(kind / 3 % 3)];
+    let _ = super::bench_tap(&answer_headers(content_type, coding), &frames(body, *step));
+}
+
+fn answer_headers(content_type: &'static str, coding: Option<&'static str>) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
+    if let Some(coding) = coding {
+        h.insert(
+            http::header::CONTENT_ENCODING,
+            HeaderValue::from_static(coding),
+        );
+    }
+    h
+}
+
+fn frames(body: &[u8], step: u8) -> Vec<bytes::Bytes> {
+    body.chunks(usize::from(step).max(1))
+        .map(bytes::Bytes::copy_from_slice)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -186,6 +224,62 @@ mod tests {
             provider_data(&data);
             request_target(&data);
             error_body(&data);
+            usage_tap(&data);
+        }
+    }
+
+    proptest! {
+        // Each case runs the tap six times over up to 12 KB.
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        #[test]
+        fn a_compressed_answer_gives_the_usage_of_the_plain_one(
+            chunks in prop::collection::vec("[a-z \\\\\"]{0,300}", 0..40),
+            members in 1usize..4,
+            step in 1u8..=255,
+            cut in any::<prop::sample::Index>(),
+        ) {
+            // An OpenAI stream of arbitrary text, usage last: gzipped (in
+            // one member or several, split anywhere) or deflated, in any
+            // framing, the tap counts what it counts on the plain body;
+            // cut short, it counts nothing it did not read, and never
+            // panics.
+            let mut plain = Vec::new();
+            for text in &chunks {
+                let text = text.replace('\\', "\\\\").replace('"', "\\\"");
+                plain.extend(format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"{text}\"}}}}]}}\n\n").bytes());
+            }
+            plain.extend(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\n");
+            let sse = "text/event-stream";
+            let want = crate::proxy::bench_tap(&answer_headers(sse, None), &frames(&plain, step));
+            prop_assert_eq!(want, (7, 3));
+            let mut gzipped = Vec::new();
+            let size = plain.len().div_ceil(members).max(1);
+            for member in plain.chunks(size) {
+                gzipped.extend(compress(true, member));
+            }
+            let deflated = compress(false, &plain);
+            for (coding, body) in [("gzip", &gzipped), ("deflate", &deflated)] {
+                let got = crate::proxy::bench_tap(&answer_headers(sse, Some(coding)), &frames(body, step));
+                prop_assert_eq!(got, want, "{}", coding);
+                let short = &body[..cut.index(body.len())];
+                let got = crate::proxy::bench_tap(&answer_headers(sse, Some(coding)), &frames(short, step));
+                prop_assert!(got == (0, 0) || got == want, "{} cut: {:?}", coding, got);
+            }
+        }
+    }
+
+    fn compress(gzip: bool, data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let level = flate2::Compression::fast();
+        if gzip {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), level);
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        } else {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), level);
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
         }
     }
 }
