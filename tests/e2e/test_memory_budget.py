@@ -30,6 +30,13 @@ HI = json.dumps({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}).e
 INJECTED_LIMIT_MIB = 128
 
 
+def assert_peak_under_the_limit(sidecar) -> None:
+    """The sidecar's peak RSS so far is within the injected limit's 90 %."""
+    peak = peak_rss_mib(sidecar.proc.pid)
+    print(f"\npeak RSS {peak:.1f} MiB")
+    assert peak < INJECTED_LIMIT_MIB * 0.9, f"peak RSS {peak:.1f} MiB"
+
+
 def test_six_large_requests_at_once_stay_under_the_memory_limit(start_sidecar, irsa_env, fake_aws):
     # As the image runs it: its allocator settings return large buffers
     # to the system once freed (without them glibc keeps them around).
@@ -159,9 +166,7 @@ def unread_streams_peak(sidecar, fake_aws) -> None:
         # Every buffer on the way is full once each write waits (or, for a
         # stream the kernel's buffers took whole, once it was all sent).
         wait_for(all_waiting, timeout=60, what="every stream to wait for its reader")
-        peak = peak_rss_mib(sidecar.proc.pid)
-        print(f"\npeak RSS {peak:.1f} MiB")
-        assert peak < INJECTED_LIMIT_MIB * 0.9, f"peak RSS {peak:.1f} MiB"
+        assert_peak_under_the_limit(sidecar)
     finally:
         for s in sockets:
             s.close()
@@ -540,9 +545,7 @@ def test_http2_clients_that_stop_reading_small_events_stay_under_the_memory_limi
         # seconds) are three times what a client's socket and a stream's
         # queue take; the sidecar reads each as it comes until then.
         wait_for(lambda: all_sent(300), timeout=50, interval=0.5, what="every stream to send 300 events")
-        peak = peak_rss_mib(sidecar.proc.pid)
-        print(f"\npeak RSS {peak:.1f} MiB")
-        assert peak < INJECTED_LIMIT_MIB * 0.9, f"peak RSS {peak:.1f} MiB"
+        assert_peak_under_the_limit(sidecar)
     finally:
         for s in sockets:
             s.close()

@@ -168,10 +168,33 @@ impl Inflater {
     }
 }
 
+/// `text` gzipped or deflated (identity: as it is), for the tests of
+/// whatever reads compressed answers.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn compress(coding: Coding, text: &[u8]) -> Vec<u8> {
+    use flate2::write::{GzEncoder, ZlibEncoder};
+    use flate2::Compression;
+    use std::io::Write;
+    match coding {
+        Coding::Identity => text.to_vec(),
+        Coding::Gzip => {
+            let mut e = GzEncoder::new(Vec::new(), Compression::default());
+            e.write_all(text).unwrap();
+            e.finish().unwrap()
+        }
+        Coding::Deflate => {
+            let mut e = ZlibEncoder::new(Vec::new(), Compression::default());
+            e.write_all(text).unwrap();
+            e.finish().unwrap()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flate2::write::{GzEncoder, ZlibEncoder};
+    use flate2::write::GzEncoder;
     use flate2::Compression;
     use std::io::Write;
 
@@ -204,21 +227,6 @@ mod tests {
         assert!(encoded(&["gzip"]));
         assert!(encoded(&["identity", "br"]));
         assert!(encoded(&["identity, deflate"]));
-    }
-
-    fn compress(coding: Coding, text: &[u8]) -> Vec<u8> {
-        match coding {
-            Coding::Gzip => {
-                let mut e = GzEncoder::new(Vec::new(), Compression::default());
-                e.write_all(text).unwrap();
-                e.finish().unwrap()
-            }
-            _ => {
-                let mut e = ZlibEncoder::new(Vec::new(), Compression::default());
-                e.write_all(text).unwrap();
-                e.finish().unwrap()
-            }
-        }
     }
 
     #[test]

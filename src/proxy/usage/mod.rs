@@ -843,10 +843,7 @@ mod tests {
     }
 
     fn gzip(data: &[u8]) -> Vec<u8> {
-        use std::io::Write;
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        e.write_all(data).unwrap();
-        e.finish().unwrap()
+        decode::compress(Coding::Gzip, data)
     }
 
     #[test]
