@@ -6,6 +6,7 @@
 //! bounded label values only (never a raw path, model id or token). Each
 //! process owns its registry; nothing registers in the global one.
 
+pub mod budgets;
 pub mod labels;
 pub mod requests;
 pub mod sidecar;

@@ -5,6 +5,7 @@ use prometheus::{
     Registry,
 };
 
+use super::budgets::BudgetGauges;
 use super::{histogram_opts, opts, registered};
 
 /// Everything the sidecar exports, registered in its own registry.
@@ -91,6 +92,8 @@ pub struct ProxyMetrics {
     pub stream_errors: IntCounterVec,
     /// Answers whose tokens were not counted, by `operation` and `reason`.
     pub answers_without_usage: IntCounterVec,
+    /// How full the memory budgets the proxy watches are.
+    pub budgets: BudgetGauges,
 }
 
 impl Metrics {
@@ -309,6 +312,7 @@ impl ProxyMetrics {
                 ),
                 &["operation", "reason"],
             )?)?,
+            budgets: BudgetGauges::register(r)?,
         })
     }
 }

@@ -261,6 +261,16 @@ impl BodyBudget {
     }
 }
 
+impl crate::metrics::budgets::Budget for BodyBudget {
+    fn held(&self) -> usize {
+        self.total.saturating_sub(self.budget.available_permits())
+    }
+
+    fn total(&self) -> usize {
+        self.total
+    }
+}
+
 async fn reserve(
     budget: &Arc<Semaphore>,
     wait: Duration,

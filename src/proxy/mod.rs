@@ -155,6 +155,22 @@ impl Proxy {
             .map(|op| metrics.request_duration.with_label_values(&[op.as_str()]))
             .collect();
         let region = config.region.as_ref().map(|r| r.as_str());
+        let gate = gate::GateState::new(config.gate);
+        metrics
+            .budgets
+            .watch("request_bodies", Arc::new(gate.body_budget()));
+        let usage = ModelLabels::new(&config.usage, &metrics.tokens).map(|models| {
+            let recorder = UsageRecorder::new(
+                &metrics.time_to_first_token,
+                &metrics.stream_errors,
+                &metrics.answers_without_usage,
+                models,
+            );
+            metrics
+                .budgets
+                .watch("usage_taps", Arc::new(recorder.tap_budget()));
+            Arc::new(recorder)
+        });
         Self {
             cell,
             clients,
@@ -170,14 +186,7 @@ impl Proxy {
             refusals: refusals::Refusals::default(),
             response_header_timeout: config.response_header_timeout,
             stream_idle_timeout: config.stream_idle_timeout,
-            usage: ModelLabels::new(&config.usage, &metrics.tokens).map(|models| {
-                Arc::new(UsageRecorder::new(
-                    &metrics.time_to_first_token,
-                    &metrics.stream_errors,
-                    &metrics.answers_without_usage,
-                    models,
-                ))
-            }),
+            usage,
             requests: RequestCounters::new(
                 &metrics.requests,
                 Operation::ALL.len(),
@@ -186,7 +195,7 @@ impl Proxy {
             clock,
             metrics,
             durations,
-            gate: gate::GateState::new(config.gate),
+            gate,
         }
     }
 

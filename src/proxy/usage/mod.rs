@@ -88,6 +88,11 @@ impl UsageRecorder {
         }
     }
 
+    /// What the taps hold, for the metrics to read.
+    pub fn tap_budget(&self) -> TapBudget {
+        self.budget.clone()
+    }
+
     /// The same, its taps sharing `bytes` (tests).
     #[cfg(test)]
     fn with_tap_budget(mut self, bytes: usize) -> Self {

@@ -44,7 +44,6 @@ impl TapBudget {
     }
 
     /// Bytes held by taps now.
-    #[cfg(test)]
     pub fn held(&self) -> usize {
         self.0.used.load(Ordering::Acquire)
     }
@@ -55,6 +54,16 @@ impl TapBudget {
             budget: self.0.clone(),
             granted: 0,
         }
+    }
+}
+
+impl crate::metrics::budgets::Budget for TapBudget {
+    fn held(&self) -> usize {
+        TapBudget::held(self)
+    }
+
+    fn total(&self) -> usize {
+        self.0.total
     }
 }
 
