@@ -94,6 +94,9 @@ def test_as_many_gzipped_streams_as_the_proxy_takes_connections_are_all_counted(
     assert over == 0
     assert tokens(sidecar, "output") == sum(u.completion_tokens for u in usages)
     assert tokens(sidecar, "input") == sum(u.prompt_tokens for u in usages)
+    # Every decoder's room came back with its answer's end.
+    taps = {"budget": "usage_taps"}
+    wait_for(lambda: sidecar.metric("bedrock_broker_memory_budget_used_bytes", taps) == 0, timeout=10, what="room back")
 
 
 @pytest.mark.parametrize("accept, coding", [("br, gzip;q=0.5", "gzip"), ("br", None), ("zstd, deflate", "deflate")])

@@ -210,6 +210,8 @@ def test_large_bidirectional_messages_stay_under_the_memory_limit(start_sidecar,
     assert [r["bidi"]["frames_verified"] for r in records] == [2, 2], [r["bidi"] for r in records]
     assert all(r["bidi"]["completed"] for r in records)
     assert peak < INJECTED_LIMIT_MIB * 0.9, f"peak RSS {peak:.1f} MiB"
+    bodies = {"budget": "request_bodies"}
+    wait_for(lambda: sidecar.metric("bedrock_broker_memory_budget_used_bytes", bodies) == 0, timeout=10, what="room back")
 
 
 def test_open_bidirectional_streams_keep_no_large_message_buffer(start_sidecar, fake_aws_h2, h2_env):
@@ -356,6 +358,9 @@ def test_event_streams_of_large_events_stay_under_the_memory_limit(start_sidecar
     print(f"{without_usage('over_budget'):.0f} answers over budget")
     assert without_usage("over_budget") > 0
     assert [without_usage(r) for r in ("not_reported", "cut_off", "unreadable")] == [0, 0, 0]
+    # What the taps took, the full ones' and the refused ones', came back.
+    taps = {"budget": "usage_taps"}
+    wait_for(lambda: sidecar.metric("bedrock_broker_memory_budget_used_bytes", taps) == 0, timeout=10, what="room back")
 
 
 def test_http2_clients_of_many_large_event_streams_stay_under_the_memory_limit(start_sidecar, irsa_env, fake_aws):
@@ -549,3 +554,74 @@ def test_http2_clients_that_stop_reading_small_events_stay_under_the_memory_limi
     finally:
         for s in sockets:
             s.close()
+
+
+def test_the_budgets_show_what_they_hold_and_get_it_all_back(start_sidecar, irsa_env, fake_aws):
+    # A full budget refuses (a body is told to retry, an answer goes
+    # uncounted); the gauges show how near each is before that, and that
+    # everything taken is given back once its request is over.
+    budget = 1024 * 1024
+    sidecar = start_sidecar({
+        **irsa_env,
+        "BEDROCK_BROKER_REQUEST_BODY_BUDGET": str(budget),
+        "BEDROCK_BROKER_MAX_BODY_BYTES": str(budget),
+        "BEDROCK_BROKER_BODY_BUDGET_WAIT": "0s",
+    })
+
+    def used(name: str) -> float | None:
+        return sidecar.metric("bedrock_broker_memory_budget_used_bytes", {"budget": name})
+
+    assert sidecar.metric("bedrock_broker_memory_budget_limit_bytes", {"budget": "request_bodies"}) == budget
+    assert sidecar.metric("bedrock_broker_memory_budget_limit_bytes", {"budget": "usage_taps"}) == 16 * 1024 * 1024
+    assert (used("request_bodies"), used("usage_taps")) == (0, 0)
+
+    host, port = sidecar.proxy.removeprefix("http://").rsplit(":", 1)
+    declared = 600 * 1024
+    with socket.create_connection((host, int(port)), timeout=30) as upload:
+        upload.sendall(
+            f"POST {CONVERSE} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {declared}\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        # hyper sends 100 Continue once the proxy reads the body, after it
+        # reserved the declared length.
+        assert upload.recv(64).startswith(b"HTTP/1.1 100 Continue")
+        assert used("request_bodies") == declared
+        # A body that does not fit in what is left is refused: what the
+        # gauge warned of.
+        big = requests.post(sidecar.url(CONVERSE), data=b"x" * (budget - declared + 1), timeout=30)
+        assert (big.status_code, big.headers["x-bedrock-broker-error"]) == (503, "overloaded")
+    # The client went away mid-body: its room comes back.
+    wait_for(lambda: used("request_bodies") == 0, timeout=10, what="the abandoned body's room back")
+
+    # An event stream's tap keeps its last messages until the end.
+    pad, chunks = 240_000, 6
+    stream_id = f"budget-gauge-{uuid.uuid4().hex[:8]}"
+    received = 0
+    with socket.create_connection((host, int(port)), timeout=60) as s:
+        s.sendall(
+            (
+                f"POST {CONVERSE_STREAM} HTTP/1.1\r\n"
+                f"Host: {host}:{port}\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                f"x-fake-lockstep: {stream_id}\r\nx-fake-lockstep-timeout-ms: 60000\r\n"
+                f"x-fake-chunks: {chunks}\r\nx-fake-chunk-pad: {pad}\r\n"
+                f"Content-Length: {len(HI)}\r\n\r\n"
+            ).encode()
+            + HI
+        )
+        fake_aws.post("/stream/release", {"stream_id": stream_id, "count": chunks - 2})
+        deadline = time.monotonic() + 60
+        while received <= (chunks - 1) * pad:
+            assert time.monotonic() < deadline, f"{received} bytes of the stream"
+            data = s.recv(1 << 20)
+            assert data, f"the stream ended after {received} bytes"
+            received += len(data)
+        # Past its fifth event: the tap holds at least the last two.
+        holding = used("usage_taps")
+        print(f"\nthe tap holds {holding:.0f} bytes")
+        assert 2 * pad <= holding <= 16 * 1024 * 1024
+        fake_aws.release(stream_id)
+        while data := s.recv(1 << 20):
+            received += len(data)
+    assert received > chunks * pad
+    wait_for(lambda: used("usage_taps") == 0, timeout=10, what="the tap's room back")
+    assert fake_aws.stream(stream_id)["finished"]
