@@ -95,6 +95,10 @@ def dashboard() -> dict:
                    [(f"sum by (operation, reason) (rate(bedrock_broker_answers_without_usage_total{{{SEL}}}[$__rate_interval]))", "{{operation}} {{reason}}")],
                    0, 66, unit="ops",
                    desc="tokens_total misses these: not_reported is mostly OpenAI-style streams sent without stream_options.include_usage (the app can ask for it); cut_off answers that ended early; unreadable bodies in a coding the sidecar cannot decode. Needs usage metrics (on by default)."))
+    p.append(panel(26, "Memory budgets in use (fullest pod)",
+                   [(f"max by (budget) (bedrock_broker_memory_budget_used_bytes{{{SEL}}} / bedrock_broker_memory_budget_limit_bytes{{{SEL}}})", "{{budget}}")],
+                   12, 66, unit="percentunit",
+                   desc="Full, a budget refuses: request_bodies (--request-body-budget) answers new bodies 503 with Retry-After, usage_taps leaves answers uncounted (over_budget in the panel beside). Near 100 % for long: raise --request-body-budget with the sidecar's memory limit, or spread the load over more pods."))
     p.append(row(16, "Webhook", 74))
     p.append(panel(17, "Admissions by result",
                    [("sum by (result) (rate(bedrock_broker_webhook_admissions_total[$__rate_interval]))", "{{result}}")],
