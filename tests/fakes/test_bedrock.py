@@ -340,3 +340,29 @@ def test_compression_when_configured(fake: Fake):
                   json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "z"}]}).encode(),
                   headers)
     assert stream.headers["Content-Encoding"] == "gzip" and stream.data.decode().endswith("data: [DONE]\n\n")
+
+
+def test_bedrock_judges_signatures_by_the_aws_clock_and_dates_its_answers_by_it(fake: Fake, sts_creds: dict):
+    # One AWS clock for STS and Bedrock: 400 s behind the caller's, a
+    # botocore signature is "expired" to Bedrock, and the refusal's Date
+    # says what time AWS thinks it is.
+    from email.utils import parsedate_to_datetime
+    import time
+
+    client = runtime_client(fake, sts_creds)
+    control(fake, "POST", "/sts", {"clock_offset_seconds": -400})
+    try:
+        with pytest.raises(ClientError) as raised:
+            client.converse(modelId=MODEL, messages=[{"role": "user", "content": [{"text": "x"}]}])
+        error = raised.value.response
+        assert error["Error"]["Code"] == "InvalidSignatureException"
+        assert error["Error"]["Message"].startswith("Signature expired")
+        behind = time.time() - parsedate_to_datetime(error["ResponseMetadata"]["HTTPHeaders"]["date"]).timestamp()
+        assert 398 <= behind <= 402, behind
+        # Within five minutes the same signature is fine, dated as AWS has it.
+        control(fake, "POST", "/sts", {"clock_offset_seconds": -120})
+        answer = client.converse(modelId=MODEL, messages=[{"role": "user", "content": [{"text": "x"}]}])
+        behind = time.time() - parsedate_to_datetime(answer["ResponseMetadata"]["HTTPHeaders"]["date"]).timestamp()
+        assert 118 <= behind <= 122, behind
+    finally:
+        control(fake, "POST", "/sts", {"clock_offset_seconds": 0})

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
+from email.utils import formatdate
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -268,4 +270,13 @@ def build_bedrock_app(state: FakeState) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[compress_if_configured])
     app[STATE_KEY] = state
     app.router.add_route("*", "/{tail:.*}", bedrock_handler)
+    app.on_response_prepare.append(date_by_aws_clock)
     return app
+
+
+async def date_by_aws_clock(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer's ``Date`` is AWS's time (``clock_offset_seconds`` of
+    ``POST /_control/sts`` sets it off this machine's), as STS's are."""
+    offset = request.app[STATE_KEY].sts.clock_offset_seconds
+    if offset:
+        response.headers["Date"] = formatdate(time.time() + offset, usegmt=True)

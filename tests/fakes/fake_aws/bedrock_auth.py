@@ -57,6 +57,8 @@ def _authenticate_sigv4(state: FakeState, request: web.Request, body: bytes, rec
         headers=request.headers,
         body=body,
         service=state.bedrock.signing_name,
+        # One AWS clock: STS's and Bedrock's agree.
+        clock_offset=state.sts.clock_offset_seconds,
     )
     if check.ok and request.headers.get("x-fake-sigv4-mismatch"):
         # A correct signature answered as a wrong one, with the body AWS
