@@ -51,7 +51,8 @@ pub struct CredentialMetrics {
     pub consecutive_failures: IntGauge,
     /// `exp` claim of the projected service account token.
     pub web_identity_token_expiry_timestamp: LateGauge,
-    /// This node's clock minus STS's `Date`, in seconds (positive: ahead).
+    /// This node's clock minus the `Date` of AWS's last answer measured,
+    /// in seconds (positive: ahead).
     pub clock_skew: Gauge,
 }
 
@@ -94,6 +95,10 @@ pub struct ProxyMetrics {
     pub answers_without_usage: IntCounterVec,
     /// How full the memory budgets the proxy watches are.
     pub budgets: BudgetGauges,
+    /// The credentials' `clock_skew_seconds`: a signature Bedrock refused
+    /// measures it too, where no STS call does (keys from the container
+    /// endpoint, IMDS or the environment).
+    pub clock_skew: Gauge,
 }
 
 impl Metrics {
@@ -104,7 +109,7 @@ impl Metrics {
     fn try_new() -> prometheus::Result<Self> {
         let registry = Registry::new();
         let credentials = CredentialMetrics::register(&registry)?;
-        let proxy = ProxyMetrics::register(&registry)?;
+        let proxy = ProxyMetrics::register(&registry, credentials.clock_skew.clone())?;
         let connections_refused = registered(
             &registry,
             super::connections_refused("connections_refused_total")?,
@@ -244,7 +249,7 @@ impl CredentialMetrics {
                 r,
                 Gauge::with_opts(opts(
                     "clock_skew_seconds",
-                    "This node's clock minus the Date of STS's last answer, in seconds; positive when the node is ahead.",
+                    "This node's clock minus the Date of AWS's last answer measured (STS's at each refresh; Bedrock's when it refuses a signature, and its next answer after that), in seconds; positive when the node is ahead.",
                 ))?,
             )?,
         })
@@ -252,7 +257,7 @@ impl CredentialMetrics {
 }
 
 impl ProxyMetrics {
-    fn register(r: &Registry) -> prometheus::Result<Self> {
+    fn register(r: &Registry, clock_skew: Gauge) -> prometheus::Result<Self> {
         Ok(ProxyMetrics {
             requests: registered(r, IntCounterVec::new(
                 opts(
@@ -313,6 +318,7 @@ impl ProxyMetrics {
                 &["operation", "reason"],
             )?)?,
             budgets: BudgetGauges::register(r)?,
+            clock_skew,
         })
     }
 }

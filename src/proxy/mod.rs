@@ -40,6 +40,7 @@ mod response_body;
 mod route;
 mod self_heal;
 mod sign;
+mod signature_refusal;
 pub mod signer;
 pub(crate) mod sigv4;
 mod target;

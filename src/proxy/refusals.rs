@@ -3,7 +3,7 @@
 //! signature was last reported. Each request, and each stream, consults it
 //! only when Bedrock has refused it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Shared by all requests; every field is one atomic of its own, so no
 /// ordering between them is needed.
@@ -21,6 +21,9 @@ pub struct Refusals {
     accepted: AtomicU64,
     /// When a refused signature was last logged, in Unix seconds (0: never).
     signature_logged: AtomicU64,
+    /// Bedrock refused a signature while this node's clock was off its
+    /// own: the skew is measured again on the next answer, to see it end.
+    clock_refused: AtomicBool,
 }
 
 /// What a stream's rejection should lead to.
@@ -94,6 +97,20 @@ impl Refusals {
             self.asked_after.fetch_max(used, Ordering::Relaxed);
         }
         StreamRejection::Refresh
+    }
+
+    /// Whether the last refused signature was refused for the clock.
+    pub fn clock_refused(&self) -> bool {
+        self.clock_refused.load(Ordering::Relaxed)
+    }
+
+    /// Records whether a refused signature was refused for the clock,
+    /// or, once `false`, that an answer since showed the clocks agree.
+    pub fn set_clock_refused(&self, refused: bool) {
+        // Written only when it changes: every answer reads it.
+        if self.clock_refused() != refused {
+            self.clock_refused.store(refused, Ordering::Relaxed);
+        }
     }
 
     /// Whether a refused signature seen at `now_s` (Unix seconds) is to be

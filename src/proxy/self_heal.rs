@@ -205,49 +205,6 @@ impl Proxy {
     }
 }
 
-/// At most one line a minute about refused signatures: every request
-/// meets the same refusal, and the app sees each one anyway.
-const SIGNATURE_LOG_INTERVAL_S: u64 = 60;
-
-impl Proxy {
-    /// Bedrock refused a signature the sidecar made: the app gets the 403
-    /// as it came, but the cause is on the sidecar's side (a custom
-    /// endpoint's signing name, a hop that rewrites signed headers), so
-    /// the operator is told, at most once a minute. `signer` is the
-    /// (region, signing name) signed for.
-    pub(super) fn note_signature_refusal<B>(
-        &self,
-        signer: Option<(&str, &str)>,
-        response: &Response<B>,
-    ) {
-        if response.status() != StatusCode::FORBIDDEN {
-            return;
-        }
-        let headers = response.headers();
-        let Some(error) =
-            super::headers::aws_error_among(headers, super::headers::SIGNATURE_ERRORS)
-        else {
-            return;
-        };
-        let now = crate::clock::unix_seconds(self.clock.now()) as u64;
-        if !self
-            .refusals
-            .signature_log_due(now, SIGNATURE_LOG_INTERVAL_S)
-        {
-            return;
-        }
-        let (region, signing_name) = signer.unwrap_or(("-", "-"));
-        tracing::warn!(
-            error,
-            region,
-            signing_name,
-            "Bedrock refused the sidecar's signature: a custom endpoint may need --signing-name, \
-             or something between the sidecar and Bedrock rewrites signed headers; \
-             the 403 goes to the app as it came (at most one such line a minute)"
-        );
-    }
-}
-
 /// A request to send again, from the method, URI and headers it had
 /// before it was signed.
 fn rebuild((method, uri, headers): &(Method, Uri, HeaderMap)) -> http::request::Parts {

@@ -596,6 +596,38 @@ def test_refused_signatures_are_logged_for_the_operator_once_a_minute(start_side
     assert line["level"] == "WARN" and "--signing-name" in line["message"], line
 
 
+def test_a_signature_refused_for_the_nodes_clock_names_the_clock(start_sidecar, fake_aws):
+    # With keys from EKS Pod Identity (or IMDS, or the environment) the
+    # sidecar calls no STS, so nothing measured its clock: a node 400 s
+    # ahead of AWS had every call refused "Signature expired", and the log
+    # line blamed --signing-name. The refusal's Date measures it.
+    sidecar = start_sidecar({
+        "AWS_REGION": "us-east-1",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI": fake_aws.sts + "/ecs/v1/credentials",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN": "ecs-test-token",
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws.bedrock,
+    })
+    assert sidecar.metric("bedrock_broker_clock_skew_seconds") == 0
+    fake_aws.configure_sts(clock_offset_seconds=-400)
+    for _ in range(3):
+        r, data = raw(sidecar, "POST", CONVERSE, {"content-type": "application/json"}, BODY.encode())
+        assert r.status == 403 and r.getheader("x-amzn-errortype") == "InvalidSignatureException"
+        assert json.loads(data)["message"].startswith("Signature expired"), data
+    skew = sidecar.metric("bedrock_broker_clock_skew_seconds")
+    assert 395 <= skew <= 405, skew
+    lines = [json.loads(line) for line in sidecar.log_text().splitlines() if "refused the sidecar's signature" in line]
+    assert len(lines) == 1, lines
+    (line,) = lines
+    assert "NTP" in line["message"] and "--signing-name" not in line["message"], line
+    assert 395 <= line["skew_s"] <= 405 and line["error"] == "InvalidSignatureException", line
+    # The clock mended: the next answer measures it again, and the alert
+    # on the gauge ends.
+    fake_aws.configure_sts(clock_offset_seconds=0)
+    r, data = raw(sidecar, "POST", CONVERSE, {"content-type": "application/json"}, BODY.encode())
+    assert r.status == 200, data
+    assert abs(sidecar.metric("bedrock_broker_clock_skew_seconds")) <= 2
+
+
 @pytest.mark.parametrize("coding", ["gzip", "deflate"])
 def test_a_compressed_signature_error_reaches_the_client_without_the_session_token(sidecar, fake_aws, coding):
     # Bedrock may compress its error as the client's Accept-Encoding allows;
