@@ -48,7 +48,7 @@ impl BudgetGauges {
             used: IntGaugeVec::new(
                 opts(
                     "memory_budget_used_bytes",
-                    "Bytes held now in a memory budget, by budget: request_bodies (--request-body-budget: request bodies being read or waiting to be sent, bidirectional stream messages) or usage_taps (what the token-usage readers hold of answers in flight). A full budget refuses: request bodies get a 503 to retry, answers go uncounted (answers_without_usage_total{reason=\"over_budget\"}).",
+                    "Bytes held now in a memory budget, by budget: request_bodies (--request-body-budget: request bodies from when they start to be read until Bedrock's answer begins, large bidirectional stream messages while signed, and room a body waiting for more has taken) or usage_taps (room the token-usage readers reserved for answers in flight). A full budget refuses: request bodies get a 503 to retry, answers go uncounted (answers_without_usage_total{reason=\"over_budget\"}).",
                 ),
                 &["budget"],
             )?,
