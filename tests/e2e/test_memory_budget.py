@@ -332,6 +332,8 @@ def test_event_streams_of_large_events_stay_under_the_memory_limit(start_sidecar
 
         wait_for(all_past_their_fifth_event, timeout=120, what="every stream to pass its fifth event")
         peak = peak_rss_mib(sidecar.proc.pid)
+        # The taps that found room hold nearly all of it now.
+        held = sidecar.metric("bedrock_broker_memory_budget_used_bytes", {"budget": "usage_taps"})
         for stream_id in ids:
             fake_aws.release(stream_id)
         wait_for(lambda: len(closed) == len(ids), timeout=120, what="every answer to end")
@@ -358,6 +360,8 @@ def test_event_streams_of_large_events_stay_under_the_memory_limit(start_sidecar
     print(f"{without_usage('over_budget'):.0f} answers over budget")
     assert without_usage("over_budget") > 0
     assert [without_usage(r) for r in ("not_reported", "cut_off", "unreadable")] == [0, 0, 0]
+    print(f"the taps held {held / 2**20:.1f} MiB of 16")
+    assert 8 * 2**20 < held <= 16 * 2**20
     # What the taps took, the full ones' and the refused ones', came back.
     taps = {"budget": "usage_taps"}
     wait_for(lambda: sidecar.metric("bedrock_broker_memory_budget_used_bytes", taps) == 0, timeout=10, what="room back")
