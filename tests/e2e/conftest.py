@@ -382,6 +382,18 @@ def irsa_env(fake_aws: FakeAws, token_dir: TokenDir) -> dict[str, str]:
     }
 
 
+@pytest.fixture
+def pod_identity_env(fake_aws: FakeAws) -> dict[str, str]:
+    """The environment EKS Pod Identity gives a pod: credentials from the
+    container endpoint (the fake's), no STS call of the sidecar's own."""
+    return {
+        "AWS_REGION": REGION,
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI": fake_aws.sts + "/ecs/v1/credentials",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN": "ecs-test-token",
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws.bedrock,
+    }
+
+
 class Collector(threading.Thread):
     """Reads an iterator in the background, timestamping each item."""
 

@@ -342,13 +342,8 @@ def test_an_unreachable_imds_is_a_transient_failure(start_sidecar, fake_aws):
     assert (sidecar.metric("bedrock_broker_credential_refresh_errors_total", {"class": "fatal"}) or 0) == 0
 
 
-def test_ecs_or_pod_identity_container_source(start_sidecar, fake_aws):
-    sidecar = start_sidecar({
-        "AWS_REGION": "us-east-1",
-        "AWS_CONTAINER_CREDENTIALS_FULL_URI": fake_aws.sts + "/ecs/v1/credentials",
-        "AWS_CONTAINER_AUTHORIZATION_TOKEN": "ecs-test-token",
-        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws.bedrock,
-    })
+def test_ecs_or_pod_identity_container_source(start_sidecar, fake_aws, pod_identity_env):
+    sidecar = start_sidecar(pod_identity_env)
     tid = uuid.uuid4().hex
     converse(sidecar, tid)
     assert fake_aws.request_for(tid)["principal_arn"].endswith(":assumed-role/pod-identity-role/eks-pod")

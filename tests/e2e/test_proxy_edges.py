@@ -596,17 +596,12 @@ def test_refused_signatures_are_logged_for_the_operator_once_a_minute(start_side
     assert line["level"] == "WARN" and "--signing-name" in line["message"], line
 
 
-def test_a_signature_refused_for_the_nodes_clock_names_the_clock(start_sidecar, fake_aws):
+def test_a_signature_refused_for_the_nodes_clock_names_the_clock(start_sidecar, fake_aws, pod_identity_env):
     # With keys from EKS Pod Identity (or IMDS, or the environment) the
     # sidecar calls no STS, so nothing measured its clock: a node 400 s
     # ahead of AWS had every call refused "Signature expired", and the log
     # line blamed --signing-name. The refusal's Date measures it.
-    sidecar = start_sidecar({
-        "AWS_REGION": "us-east-1",
-        "AWS_CONTAINER_CREDENTIALS_FULL_URI": fake_aws.sts + "/ecs/v1/credentials",
-        "AWS_CONTAINER_AUTHORIZATION_TOKEN": "ecs-test-token",
-        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_aws.bedrock,
-    })
+    sidecar = start_sidecar(pod_identity_env)
     assert sidecar.metric("bedrock_broker_clock_skew_seconds") == 0
     fake_aws.configure_sts(clock_offset_seconds=-400)
     for _ in range(3):
