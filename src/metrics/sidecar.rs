@@ -249,7 +249,7 @@ impl CredentialMetrics {
                 r,
                 Gauge::with_opts(opts(
                     "clock_skew_seconds",
-                    "This node's clock minus the Date of AWS's last answer measured (STS's at each refresh; Bedrock's when it refuses a signature, and its next answer after that), in seconds; positive when the node is ahead.",
+                    "This node's clock minus the Date of AWS's last answer measured (STS's at each refresh; Bedrock's when it refuses a signature, and after a refusal for the time, the first answer accepting one again), in seconds; positive when the node is ahead.",
                 ))?,
             )?,
         })

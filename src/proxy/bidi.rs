@@ -81,7 +81,13 @@ impl Proxy {
         .await;
         match sent {
             Ok(response) => {
-                self.note_signature_refusal(signer.map(|s| (s.region(), s.name())), &response);
+                // The signing time stays inside the chain signer: the
+                // refusal's clock is judged by the skew alone.
+                self.note_signature_refusal(
+                    signer.map(|s| (s.region(), s.name())),
+                    None,
+                    &response,
+                );
                 // Not retried, but the next stream should not meet the same
                 // answer, unless refreshing does not help.
                 let Some(error) = rejects_credentials(&response) else {

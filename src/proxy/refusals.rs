@@ -1,7 +1,8 @@
 //! What Bedrock's refusals of the sidecar's credentials and signatures have
 //! taught: which credentials a refresh cannot fix, and when a refused
-//! signature was last reported. Each request, and each stream, consults it
-//! only when Bedrock has refused it.
+//! signature was last reported, and whether the last was refused for this
+//! node's clock. Each answer reads one flag of it; the rest is consulted
+//! only when Bedrock has refused a request.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 

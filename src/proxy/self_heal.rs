@@ -56,7 +56,11 @@ impl Proxy {
             };
             let Some(error) = rejects_credentials(&response) else {
                 self.refusals.accepted(used.generation);
-                self.note_signature_refusal(signer.map(|s| (s.region(), s.name())), &response);
+                self.note_signature_refusal(
+                    signer.map(|s| (s.region(), s.name())),
+                    Some(used.at),
+                    &response,
+                );
                 return Ok(redact::carrying(response, used.token));
             };
             // Credentials no newer than fresh ones Bedrock rejected too: a
@@ -86,7 +90,14 @@ impl Proxy {
             let again = self.send_pooled(retry, Full::new(body.bytes)).await?;
             match rejects_credentials(&again) {
                 Some(error) => self.rejected_as_fresh(fresh.generation, error),
-                None => self.refusals.accepted(fresh.generation),
+                None => {
+                    self.refusals.accepted(fresh.generation);
+                    self.note_signature_refusal(
+                        signer.map(|s| (s.region(), s.name())),
+                        Some(fresh.at),
+                        &again,
+                    );
+                }
             }
             Ok(redact::carrying(again, fresh.token))
         }

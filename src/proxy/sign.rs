@@ -2,6 +2,8 @@
 //! credential cell and the pure signer ([`super::sigv4`]), and what the
 //! client is told when there is nothing usable to sign with.
 
+use std::time::SystemTime;
+
 use http::HeaderValue;
 
 use super::error::ProxyError;
@@ -19,6 +21,9 @@ pub(super) struct Signed {
     pub generation: u64,
     /// The session token it carries, to blank in an error that quotes it.
     pub token: Option<HeaderValue>,
+    /// When it was signed (its `X-Amz-Date`), to tell a refusal for the
+    /// time from one for the signature.
+    pub at: SystemTime,
 }
 
 /// The session token a signed request carries.
@@ -50,6 +55,7 @@ impl Proxy {
                 .map(|signed| Signed {
                     generation: held.generation(),
                     token: signed.token,
+                    at: now,
                 })
         });
         unpack(signed)

@@ -616,11 +616,15 @@ def test_a_signature_refused_for_the_nodes_clock_names_the_clock(start_sidecar, 
     assert "NTP" in line["message"] and "--signing-name" not in line["message"], line
     assert 395 <= line["skew_s"] <= 405 and line["error"] == "InvalidSignatureException", line
     # The clock mended: the next answer measures it again, and the alert
-    # on the gauge ends.
+    # on the gauge ends. A 403 for something else (a model the account
+    # may not use) accepted the signature too.
     fake_aws.configure_sts(clock_offset_seconds=0)
+    denied = "/model/anthropic.fake-denied-v1:0/converse"
+    r, data = raw(sidecar, "POST", denied, {"content-type": "application/json"}, BODY.encode())
+    assert r.status == 403 and r.getheader("x-amzn-errortype") == "AccessDeniedException", data
+    assert abs(sidecar.metric("bedrock_broker_clock_skew_seconds")) <= 2
     r, data = raw(sidecar, "POST", CONVERSE, {"content-type": "application/json"}, BODY.encode())
     assert r.status == 200, data
-    assert abs(sidecar.metric("bedrock_broker_clock_skew_seconds")) <= 2
 
 
 @pytest.mark.parametrize("coding", ["gzip", "deflate"])
