@@ -241,7 +241,7 @@ impl SourceError {
                 "the answer held no complete credentials, which STS never sends: something other than STS answered (an egress or HTTPS proxy) or AWS_ENDPOINT_URL_STS points elsewhere",
             ),
             Self::ExpiredOnArrival { .. } => Some(
-                "this node's clock is probably ahead of AWS's: check its NTP synchronisation; if bedrock_broker_clock_skew_seconds (measured from STS's answers) is near 0, the clocks agree and the source itself issued credentials already expired",
+                "this node's clock is probably ahead of AWS's: check its NTP synchronisation; if bedrock_broker_clock_skew_seconds is near 0 where STS's answers measure it (web identity, a chained role), the clocks agree and the source itself issued credentials already expired",
             ),
             Self::Provider { kind: "imds", .. } => Some(
                 "the EC2 instance metadata service did not give the node role's credentials: it may be disabled for the instance, or (from a container) need the instance's metadata hop limit at 2 or more, or be blocked by an egress policy (169.254.169.254); the message says which",

@@ -1,5 +1,6 @@
-//! Clock skew between this node and STS, read from the `Date` header of
-//! STS's answers. Credentials expire by this node's clock and AWS refuses
+//! Clock skew between this node and AWS, read from the `Date` header of
+//! STS's answers (Bedrock's refusals of a signature measure it too, in
+//! the proxy). Credentials expire by this node's clock and AWS refuses
 //! signatures more than five minutes off, so a skewed node clock breaks
 //! signing in ways that look like STS or Bedrock faults.
 
