@@ -1,8 +1,9 @@
 //! What Bedrock's refusals of the sidecar's credentials and signatures have
 //! taught: which credentials a refresh cannot fix, and when a refused
 //! signature was last reported, and whether the last was refused for this
-//! node's clock. Each answer reads one flag of it; the rest is consulted
-//! only when Bedrock has refused a request.
+//! node's clock. Each answer reads two of its fields (the newest
+//! generation accepted, and that flag); the rest is consulted only when
+//! Bedrock has refused a request.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -22,8 +23,9 @@ pub struct Refusals {
     accepted: AtomicU64,
     /// When a refused signature was last logged, in Unix seconds (0: never).
     signature_logged: AtomicU64,
-    /// Bedrock refused a signature while this node's clock was off its
-    /// own: the skew is measured again on the next answer, to see it end.
+    /// Bedrock refused a signature for its time (this node's clock off
+    /// AWS's): the first answer accepting one again measures the skew
+    /// once more, to see it end.
     clock_refused: AtomicBool,
 }
 
@@ -106,7 +108,7 @@ impl Refusals {
     }
 
     /// Records whether a refused signature was refused for the clock,
-    /// or, once `false`, that an answer since showed the clocks agree.
+    /// or, with `false`, that a signature was accepted since.
     pub fn set_clock_refused(&self, refused: bool) {
         // Written only when it changes: every answer reads it.
         if self.clock_refused() != refused {

@@ -3,7 +3,8 @@
 //! The app gets the 403 as it came, but the cause is on the sidecar's
 //! side: this node's clock (AWS refuses signatures more than five minutes
 //! off its own), a custom endpoint's signing name, or a hop that rewrites
-//! signed headers. The clock is told apart by the refusal's `Date`. Where
+//! signed headers. The clock is told apart by the refusal's `Date`
+//! against the signing time, which is what AWS judged. Where
 //! the sidecar calls STS, each refresh measures the clock already; with
 //! keys from the container endpoint (EKS Pod Identity), IMDS or the
 //! environment, nothing else does, and the refusal was the only sign.
