@@ -421,7 +421,7 @@ async fn running_with_lookup<L: bedrock_broker::webhook::ClusterLookup>(
     let config = WebhookConfig::from_args(&args, &Env::default()).expect("valid config");
     let mut state = state(lookup);
     state.intake = bedrock_broker::webhook::Intake::new(config.review_timing, config.review_budget)
-        .counting(state.metrics.reviews_closed_for_room.clone());
+        .metered(&state.metrics);
     let server = WebhookServer::bind(&config).await.expect("binds");
     let addr = server.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
@@ -1129,6 +1129,9 @@ async fn a_pod_filling_the_review_budget_cannot_shut_out_the_api_server() {
         },
     )
     .await;
+    // What an operator sees of it: the review budget full.
+    assert!(budget_gauge(&metrics, "used", "review_text") >= (ALL - 1) as f64);
+    assert_eq!(budget_gauge(&metrics, "limit", "review_text"), ALL as f64);
     reviews_are_answered(&tls, addr, "while a pod holds the whole budget").await;
     // The pod's review made room: its connection was closed, unanswered.
     let answer = tokio::time::timeout(Duration::from_secs(5), status_of(&mut reader))
@@ -1137,7 +1140,32 @@ async fn a_pod_filling_the_review_budget_cannot_shut_out_the_api_server() {
     assert_eq!(answer, None);
     assert_eq!(metrics.reviews_closed_for_room.get(), 1);
     fill.abort();
+    // Every review over, both budgets are empty again.
+    eventually("the budgets to empty", Duration::from_secs(10), || {
+        let empty = ["review_text", "parsed_reviews"]
+            .iter()
+            .all(|b| budget_gauge(&metrics, "used", b) == 0.0);
+        async move { empty }
+    })
+    .await;
     stop.cancel();
+}
+
+/// `bedrock_broker_webhook_memory_budget_{used,limit}_bytes` of `budget`,
+/// as a scrape reads it.
+fn budget_gauge(
+    metrics: &bedrock_broker::metrics::WebhookMetrics,
+    which: &str,
+    budget: &str,
+) -> f64 {
+    let series =
+        format!("bedrock_broker_webhook_memory_budget_{which}_bytes{{budget=\"{budget}\"}} ");
+    let text = metrics.render();
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"));
+    line.parse().expect("a number")
 }
 
 /// A review from `source` declaring `declared` bytes with only `sent` of

@@ -1,4 +1,4 @@
-//! How full the sidecar's memory budgets are, read when scraped.
+//! How full the memory budgets are, read when scraped.
 //!
 //! A budget refuses work once full (a request body is told to retry, an
 //! answer's tokens go uncounted), and the counters see that only after
@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{IntGaugeVec, Registry};
+use prometheus::{IntGaugeVec, Opts, Registry};
 
-use super::{opts, registered};
+use super::registered;
 
 /// What a budget says of itself: read at each scrape.
 pub trait Budget: Send + Sync {
@@ -23,10 +23,10 @@ pub trait Budget: Send + Sync {
     fn total(&self) -> usize;
 }
 
-/// `…memory_budget_used_bytes{budget}` and `…memory_budget_limit_bytes`,
-/// for the budgets the proxy watches with [`BudgetGauges::watch`]. A
-/// budget not watched (the usage taps', with usage metrics off) has no
-/// series.
+/// `…memory_budget_used_bytes{budget}` and `…memory_budget_limit_bytes`
+/// (the webhook's `…webhook_memory_budget_…`), for the budgets watched
+/// with [`BudgetGauges::watch`]. A budget not watched (the usage taps',
+/// with usage metrics off) has no series.
 #[derive(Clone)]
 pub struct BudgetGauges(Arc<Inner>);
 
@@ -43,22 +43,15 @@ impl std::fmt::Debug for BudgetGauges {
 }
 
 impl BudgetGauges {
-    pub(super) fn register(registry: &Registry) -> prometheus::Result<Self> {
+    /// The gauges named by `used` and `limit`, each with a `budget` label.
+    pub(super) fn register(
+        registry: &Registry,
+        used: Opts,
+        limit: Opts,
+    ) -> prometheus::Result<Self> {
         let gauges = Self(Arc::new(Inner {
-            used: IntGaugeVec::new(
-                opts(
-                    "memory_budget_used_bytes",
-                    "Bytes held now in a memory budget, by budget: request_bodies (--request-body-budget: request bodies from when they start to be read until Bedrock's answer begins, large bidirectional stream messages while signed, and room a body waiting for more has taken) or usage_taps (room the token-usage readers reserved for answers in flight). A full budget refuses: request bodies get a 503 to retry, answers go uncounted (answers_without_usage_total{reason=\"over_budget\"}).",
-                ),
-                &["budget"],
-            )?,
-            limit: IntGaugeVec::new(
-                opts(
-                    "memory_budget_limit_bytes",
-                    "Bytes a memory budget may hold at once, by budget (see memory_budget_used_bytes).",
-                ),
-                &["budget"],
-            )?,
+            used: IntGaugeVec::new(used, &["budget"])?,
+            limit: IntGaugeVec::new(limit, &["budget"])?,
             watched: Mutex::default(),
         }));
         registered(registry, gauges)
@@ -134,7 +127,12 @@ mod tests {
     #[test]
     fn a_scrape_reads_what_each_watched_budget_holds_then() {
         let registry = Registry::new();
-        let gauges = BudgetGauges::register(&registry).unwrap();
+        let gauges = BudgetGauges::register(
+            &registry,
+            super::super::opts("memory_budget_used_bytes", "used"),
+            super::super::opts("memory_budget_limit_bytes", "limit"),
+        )
+        .unwrap();
         let text = || super::super::render(&registry);
         assert!(!text().contains("memory_budget_used_bytes{"), "{}", text());
 

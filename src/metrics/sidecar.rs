@@ -317,7 +317,17 @@ impl ProxyMetrics {
                 ),
                 &["operation", "reason"],
             )?)?,
-            budgets: BudgetGauges::register(r)?,
+            budgets: BudgetGauges::register(
+                r,
+                opts(
+                    "memory_budget_used_bytes",
+                    "Bytes held now in a memory budget, by budget: request_bodies (--request-body-budget: request bodies from when they start to be read until Bedrock's answer begins, large bidirectional stream messages while signed, and room a body waiting for more has taken) or usage_taps (room the token-usage readers reserved for answers in flight). A full budget refuses: request bodies get a 503 to retry, answers go uncounted (answers_without_usage_total{reason=\"over_budget\"}).",
+                ),
+                opts(
+                    "memory_budget_limit_bytes",
+                    "Bytes a memory budget may hold at once, by budget (see memory_budget_used_bytes).",
+                ),
+            )?,
             clock_skew,
         })
     }

@@ -3,6 +3,7 @@
 
 use prometheus::{HistogramVec, IntCounter, IntCounterVec, Registry};
 
+use super::budgets::BudgetGauges;
 use super::{histogram_opts, opts};
 
 /// Bounded values of the `result` label of admissions.
@@ -31,6 +32,8 @@ pub struct WebhookMetrics {
     /// Reviews and unread answers whose connection was closed to hand
     /// their room in the review budget to a peer holding less.
     pub reviews_closed_for_room: IntCounter,
+    /// How full the review budgets are.
+    pub budgets: BudgetGauges,
 }
 
 impl WebhookMetrics {
@@ -89,6 +92,17 @@ impl WebhookMetrics {
         ))?;
         registry.register(Box::new(reviews_closed_for_room.clone()))?;
         let connections_refused = super::connections_refused("webhook_connections_refused_total")?;
+        let budgets = BudgetGauges::register(
+            &registry,
+            opts(
+                "webhook_memory_budget_used_bytes",
+                "Bytes held now in a memory budget of the webhook, by budget: review_text (--review-budget: review bodies as they arrive, and answers until taken) or parsed_reviews (room for reviews being parsed and answered, by their estimated size). Full, reviews wait; waiting past their time, they get 503.",
+            ),
+            opts(
+                "webhook_memory_budget_limit_bytes",
+                "Bytes a memory budget of the webhook may hold at once, by budget (see webhook_memory_budget_used_bytes).",
+            ),
+        )?;
         registry.register(Box::new(connections_refused.clone()))?;
         // The same build_info as the sidecar's: one query finds both.
         super::build_info(&registry)?;
@@ -114,6 +128,7 @@ impl WebhookMetrics {
             ca_bundle_reloads,
             connections_refused,
             reviews_closed_for_room,
+            budgets,
         })
     }
 

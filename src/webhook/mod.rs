@@ -64,8 +64,7 @@ pub async fn run_webhook(
         metrics.clone(),
         shutdown.clone(),
     );
-    let intake = Intake::new(config.review_timing, config.review_budget)
-        .counting(metrics.reviews_closed_for_room.clone());
+    let intake = Intake::new(config.review_timing, config.review_budget).metered(&metrics);
     if let Some(bundle) = &config.sidecar.ca_bundle {
         tokio::spawn(bundle.clone().watch(
             config.tls.reload_interval,

@@ -77,6 +77,11 @@ impl Turns {
         })))
     }
 
+    /// Room nobody holds now.
+    pub fn free(&self) -> usize {
+        self.lines().free
+    }
+
     fn lines(&self) -> MutexGuard<'_, Lines> {
         self.0
             .lock()

@@ -295,6 +295,12 @@ def test_every_fixture_over_tls_matches_the_golden_answer(webhook):
     assert direct and all("/serviceaccounts/" in p for p in direct), direct
     assert webhook.metric("bedrock_broker_webhook_admissions_total", {"result": "injected"}) >= 12
     assert webhook.metric("bedrock_broker_webhook_admissions_total", {"result": "denied"}) >= 5
+    # Every review answered, its room is back; the limits are the defaults.
+    for budget, limit in [("review_text", 32 * 2**20), ("parsed_reviews", 4 * 32 * 2**20)]:
+        labels = {"budget": budget}
+        assert webhook.metric("bedrock_broker_webhook_memory_budget_limit_bytes", labels) == limit
+        wait_for(lambda: webhook.metric("bedrock_broker_webhook_memory_budget_used_bytes", labels) == 0,
+                 timeout=10, what=f"{budget} back to 0")
 
 
 def test_reinvocation_changes_nothing(webhook):

@@ -22,7 +22,6 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, Request, StatusCode};
 use bytes::BytesMut;
 use http_body_util::BodyExt;
-use prometheus::IntCounter;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -32,6 +31,8 @@ mod text_budget;
 use super::fair_share::{Holder, Phase};
 use super::parse_cost;
 use super::turns::{self, Turns};
+use crate::metrics::budgets::Budget;
+use crate::metrics::WebhookMetrics;
 use crate::server::Connection;
 use text_budget::{Room, TextBudget};
 
@@ -81,6 +82,32 @@ pub struct Intake {
     parsed_capacity: usize,
 }
 
+impl Budget for TextBudget {
+    fn held(&self) -> usize {
+        TextBudget::held(self)
+    }
+
+    fn total(&self) -> usize {
+        self.capacity()
+    }
+}
+
+/// The parsed pods' budget, as the metrics read it.
+struct ParsedBudget {
+    turns: Arc<Turns>,
+    capacity: usize,
+}
+
+impl Budget for ParsedBudget {
+    fn held(&self) -> usize {
+        self.capacity.saturating_sub(self.turns.free())
+    }
+
+    fn total(&self) -> usize {
+        self.capacity
+    }
+}
+
 /// A review body, holding its shares of the budgets until dropped: its
 /// text, and what parsing it will take.
 pub struct Received {
@@ -108,9 +135,20 @@ impl Intake {
         }
     }
 
-    /// Counts the holds taken for another peer in `closed`.
-    pub fn counting(mut self, closed: IntCounter) -> Self {
-        self.text.counting(closed);
+    /// Counts the holds taken for another peer in `metrics`, and shows
+    /// there how full both budgets are.
+    pub fn metered(mut self, metrics: &WebhookMetrics) -> Self {
+        self.text.counting(metrics.reviews_closed_for_room.clone());
+        metrics
+            .budgets
+            .watch("review_text", Arc::new(self.text.clone()));
+        metrics.budgets.watch(
+            "parsed_reviews",
+            Arc::new(ParsedBudget {
+                turns: self.parsed.clone(),
+                capacity: self.parsed_capacity,
+            }),
+        );
         self
     }
 

@@ -50,6 +50,11 @@ impl TextBudget {
         self.capacity - self.budget.available_permits()
     }
 
+    /// Bytes it may hold at once.
+    pub(super) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// The room of a request that came on `connection` (none: a request
     /// from no connection of the listener's, whose room nobody can take).
     pub(super) fn room(&self, connection: Option<&Connection>) -> Room {
