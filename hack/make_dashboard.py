@@ -117,6 +117,10 @@ def dashboard() -> dict:
                     ("sum(rate(bedrock_broker_webhook_reviews_closed_for_room_total[$__rate_interval]))", "closed to share the review budget")],
                    0, 91, unit="ops",
                    desc="Non-zero while the API server's reviews get 503 or time out: some pod is filling the webhook's connections or review budget (the chart's NetworkPolicy keeps pods off the port)."))
+    p.append(panel(27, "Webhook review budgets in use (fullest replica)",
+                   [("max by (budget) (bedrock_broker_webhook_memory_budget_used_bytes / bedrock_broker_webhook_memory_budget_limit_bytes)", "{{budget}}")],
+                   12, 91, unit="percentunit",
+                   desc="review_text (--review-budget) and parsed_reviews: full, reviews wait for room and, after a second, get 503 (the panel beside shows the connections closed to make room)."))
     return {
         "title": "bedrock-broker",
         "uid": "bedrock-broker",
