@@ -96,7 +96,7 @@ impl WebhookMetrics {
             &registry,
             opts(
                 "webhook_memory_budget_used_bytes",
-                "Bytes held now in a memory budget of the webhook, by budget: review_text (--review-budget: review bodies as they arrive, and answers until taken) or parsed_reviews (room for reviews being parsed and answered, by their estimated size). Full, reviews wait; waiting past their time, they get 503.",
+                "Bytes held now in a memory budget of the webhook, by budget: review_text (--review-budget: review bodies from their first bytes until answered, and answers until written out) or parsed_reviews (room for reviews being parsed and answered, by their estimated size). Full, reviews wait; a wait longer than a second gets 503.",
             ),
             opts(
                 "webhook_memory_budget_limit_bytes",

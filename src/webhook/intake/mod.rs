@@ -310,6 +310,32 @@ mod tests {
     use tokio::sync::OwnedSemaphorePermit;
     use tokio_util::sync::CancellationToken;
 
+    #[tokio::test]
+    async fn the_metrics_read_both_budgets_as_reviews_hold_them() {
+        let metrics = WebhookMetrics::new();
+        let intake = Intake::new(ReviewTiming::default(), MAX_REVIEW_BYTES).metered(&metrics);
+        let gauge = |which: &str, budget: &str| {
+            let series = format!(
+                "bedrock_broker_webhook_memory_budget_{which}_bytes{{budget=\"{budget}\"}} "
+            );
+            let text = metrics.render();
+            text.lines()
+                .find_map(|l| l.strip_prefix(&series).map(str::to_owned))
+                .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        };
+        let parsed = (MAX_REVIEW_BYTES * PARSED_PER_TEXT).to_string();
+        assert_eq!(gauge("limit", "parsed_reviews"), parsed);
+        assert_eq!(gauge("limit", "review_text"), MAX_REVIEW_BYTES.to_string());
+
+        let room = intake.parsed.ask(None, 1000).await.expect("room at once");
+        let text = held(&intake, 300);
+        assert_eq!(gauge("used", "parsed_reviews"), "1000");
+        assert_eq!(gauge("used", "review_text"), "300");
+        drop((room, text));
+        assert_eq!(gauge("used", "parsed_reviews"), "0");
+        assert_eq!(gauge("used", "review_text"), "0");
+    }
+
     /// `bytes` of the intake's text budget, taken as a review would hold them.
     fn held(intake: &Intake, bytes: u32) -> Option<OwnedSemaphorePermit> {
         intake
