@@ -46,17 +46,18 @@ impl Intercept for ServerDate {
         _: &RuntimeComponents,
         _: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let date = context
-            .response()
-            .headers()
-            .get("date")
-            .and_then(|d| DateTime::from_str(d, Format::HttpDate).ok())
-            .and_then(|d| SystemTime::try_from(d).ok());
+        let date = context.response().headers().get("date").and_then(http_date);
         if date.is_some() {
             *self.0.lock().unwrap_or_else(PoisonError::into_inner) = date;
         }
         Ok(())
     }
+}
+
+/// The time an HTTP `Date` value gives, if it is a valid HTTP date.
+pub fn http_date(value: &str) -> Option<SystemTime> {
+    let date = DateTime::from_str(value, Format::HttpDate).ok()?;
+    SystemTime::try_from(date).ok()
 }
 
 /// This node's clock minus the server's, in seconds: positive when the

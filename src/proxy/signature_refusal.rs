@@ -11,7 +11,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use aws_smithy_types::date_time::{DateTime, Format};
 use http::{HeaderMap, Response, StatusCode};
 
 use super::Proxy;
@@ -121,9 +120,7 @@ fn refused_for_the_time(
 
 /// The time an answer's `Date` header gives, if it is a valid HTTP date.
 fn server_date(headers: &HeaderMap) -> Option<SystemTime> {
-    let date = headers.get(http::header::DATE)?.to_str().ok()?;
-    let date = DateTime::from_str(date, Format::HttpDate).ok()?;
-    SystemTime::try_from(date).ok()
+    skew::http_date(headers.get(http::header::DATE)?.to_str().ok()?)
 }
 
 #[cfg(test)]
