@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import shutil
+import subprocess
 import sys
 import tempfile
 import types
@@ -409,6 +411,28 @@ class MemoryAfterTheLoadRows(unittest.TestCase):
     def test_anonymous_rss_after_the_load_rows_is_shown(self):
         text = a_report(a_result(cpu_rows()))
         self.assertIn("after the load rows, idle: 17.8 MiB (6.5 MiB anonymous)", text)
+
+
+class BinaryReadFromDisk(unittest.TestCase):
+    """A binary just written maps in larger pieces than one read back from
+    disk (about 1 MiB more file-backed RSS): every run drops the binaries'
+    cached pages first, so RSS compares between runs."""
+
+    def resident_bytes(self, path: Path) -> int:
+        out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                             capture_output=True, text=True, check=True).stdout
+        return int(out.split()[0])
+
+    @unittest.skipUnless(shutil.which("fincore"), "fincore (util-linux) not installed")
+    def test_a_freshly_written_file_leaves_the_page_cache(self):
+        # Next to the sources, not in /tmp: a tmpfs holds its files in memory
+        # and cannot evict them.
+        with tempfile.TemporaryDirectory(dir=HERE) as d:
+            path = Path(d) / "binary"
+            path.write_bytes(bytes(range(256)) * 4096)  # 1 MiB, cached as written
+            self.assertGreater(self.resident_bytes(path), 0)
+            bench.drop_cached_pages(path)
+            self.assertEqual(self.resident_bytes(path), 0)
 
 
 class CpuInMicroseconds(unittest.TestCase):
