@@ -55,12 +55,41 @@ fn main() {
 /// A position-independent binary carries one 24-byte record for every
 /// pointer in its read-only data (31,763 of them, 744 KiB), which the loader
 /// reads whole at every start: 744 KiB of every sidecar's RSS, for as long
-/// as it runs. Packed (`DT_RELR`, glibc 2.36 and later, as in the image's
-/// Debian 12) the same relocations take a few KiB. A linker too old for the
-/// option (GNU ld before 2.38) warns and ignores it.
+/// as it runs. Packed (`DT_RELR`) the same relocations take a few KiB.
+///
+/// Only where the C library linked against can load such a binary
+/// (glibc 2.36 and later, as in the image's Debian 12): rust-lld marks a
+/// packed binary as needing `GLIBC_ABI_DT_RELR` without asking the
+/// library, so on an older system the binary would build and then refuse
+/// to start. Cross builds are left unpacked: their C library is not found
+/// by asking the host's compiler. A linker too old for the option (GNU ld
+/// before 2.38) warns and ignores it.
 fn pack_relative_relocations() {
     let var = |name: &str| std::env::var(name).unwrap_or_default();
-    if var("CARGO_CFG_TARGET_OS") == "linux" && var("CARGO_CFG_TARGET_ENV") == "gnu" {
+    println!("cargo:rerun-if-env-changed=CC");
+    if var("CARGO_CFG_TARGET_OS") == "linux"
+        && var("CARGO_CFG_TARGET_ENV") == "gnu"
+        && var("TARGET") == var("HOST")
+        && glibc_loads_packed_relocations()
+    {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
+}
+
+/// Whether the `libc.so.6` the C compiler links against defines the
+/// version that marks `DT_RELR` support.
+fn glibc_loads_packed_relocations() -> bool {
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+    let Ok(out) = Command::new(cc).arg("-print-file-name=libc.so.6").output() else {
+        return false;
+    };
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    // Not found, the compiler echoes the bare name back.
+    if !out.status.success() || !path.starts_with('/') {
+        return false;
+    }
+    println!("cargo:rerun-if-changed={path}");
+    std::fs::read(&path)
+        .map(|lib| lib.windows(17).any(|w| w == b"GLIBC_ABI_DT_RELR"))
+        .unwrap_or(false)
 }
