@@ -1184,22 +1184,23 @@ def annotate(out_file: Path, inclusive: bool, top: int) -> tuple[int, list[tuple
 
 
 def callgrind(start, body: bytes, requests: int, conc: int, workdir: Path, name: str,
-              tool_args: list[str]) -> tuple[Path, int, float]:
-    """Runs a proxy under callgrind for exactly `requests` converse requests
-    at concurrency `conc`, after warm-up; returns the dump, the number
-    answered 200 and the wall time. `start(wrapper)` starts the proxy (a
-    ready Sidecar or Floor) under that command prefix."""
+              tool_args: list[str], path: str = CONVERSE_PATH) -> tuple[Path, int, float]:
+    """Runs a proxy under callgrind for exactly `requests` requests to
+    `path` (converse by default) at concurrency `conc`, after warm-up;
+    returns the dump, the number answered 200 and the wall time.
+    `start(wrapper)` starts the proxy (a ready Sidecar or Floor) under
+    that command prefix."""
     out = workdir / f"{name}.out"
     proxy = start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *tool_args])
     try:
         # Warm the pool: every connection used below exists before counting.
-        fixed_load(proxy.port, CONVERSE_PATH, body, max(100, 4 * conc), conc)
+        fixed_load(proxy.port, path, body, max(100, 4 * conc), conc)
         # Zero the counters after start-up and warm-up, dump right after the
         # measured requests: the dump holds only their cost (plus the idle
         # runtime ticking meanwhile, negligible).
         run(["callgrind_control", "-z", str(proxy.pid)])
         t0 = time.perf_counter()
-        ok = fixed_load(proxy.port, CONVERSE_PATH, body, requests, conc)
+        ok = fixed_load(proxy.port, path, body, requests, conc)
         wall = time.perf_counter() - t0
         run(["callgrind_control", "-d", str(proxy.pid)])
     finally:
@@ -1242,7 +1243,8 @@ def stack_floor_starter(binary: Path, mock: Mock, args, workdir: Path, name: str
     return start
 
 
-def profile(binary: Path, mock: Mock, body: bytes, args, workdir: Path) -> dict:
+def profile(binary: Path, mock: Mock, body: bytes, args, workdir: Path,
+            streams: list[tuple[str, str, bytes]]) -> dict:
     dump, ok, wall = callgrind(sidecar_starter(binary, mock, args, workdir, "callgrind"), body,
                                args.profile_requests, args.profile_conc, workdir, "callgrind", [])
     total, incl = annotate(dump, True, args.profile_top)
@@ -1271,7 +1273,34 @@ def profile(binary: Path, mock: Mock, body: bytes, args, workdir: Path) -> dict:
             shutil.copy(dump, RESULTS / "callgrind-nousage.out")
         p["usage_off_ok"] = ok
         p["usage_off_ir_per_request"] = total / max(ok, 1)
+        # Streamed answers are read by other code (the event-stream and SSE
+        # scanners), message by message: their cost in instructions too,
+        # where the throughput rows' figure for them is as noisy as the rest.
+        p["streams"] = {}
+        for what, path, stream_body in streams:
+            counts = {}
+            for usage, env in (("on", None), ("off", USAGE_OFF)):
+                name = f"callgrind-{what.replace(' ', '-')}-{usage}"
+                print(f"bench: callgrind profile, {what}, usage metrics {usage} ...", flush=True)
+                dump, ok, _ = callgrind(sidecar_starter(binary, mock, args, workdir, name, env),
+                                        stream_body, args.profile_requests, args.profile_conc,
+                                        workdir, name, [], path)
+                total, _ = annotate(dump, True, 1)
+                counts[f"{usage}_ok"] = ok
+                counts[f"{usage}_ir_per_request"] = total / max(ok, 1)
+            p["streams"][what] = counts
     return p
+
+
+def stream_usage_instructions(p: dict | None, what: str) -> str | None:
+    """What reading usage cost a streamed answer (`what`, a stream row's
+    endpoint) in the callgrind profiles: instructions a request and their
+    share; None unless both ran and answered every request."""
+    c = ((p or {}).get("streams") or {}).get(what)
+    if not c or not c["on_ok"] == c["off_ok"] == p["requests"]:
+        return None
+    on, off = c["on_ir_per_request"], c["off_ir_per_request"]
+    return f"{on - off:+,.0f} instructions a request, {100 * (on - off) / on:+.1f} % of {on:,.0f}"
 
 
 # callgrind's name for the SHA-256 block function: software under valgrind
@@ -1646,6 +1675,10 @@ def report(res: dict, args, command: str) -> str:
                      "and the kernel's work for each request (system calls, loopback TCP), which callgrind "
                      "does not count, is CPU time too; a native profile (`perf record`) gives the share of "
                      "CPU time.\n")
+        for what in p.get("streams") or {}:
+            if text := stream_usage_instructions(p, what):
+                L.append(f"A {what} answer (the row's request, {p['requests']} of them): "
+                         f"reading usage costs {text}.\n")
         for title, key in (("Inclusive", "inclusive"), ("Self (exclusive)", "self")):
             L.append(f"### {title}, top {len(p[key])}\n")
             L.append("| Ir / request | % | function |")
@@ -1880,9 +1913,12 @@ def summary(res: dict, args) -> list:
         r = get(16, ep=ep)
         if r and off in r["results"]:
             cost = 1 - median_ratio(r["results"]["sidecar"], r["results"][off])
-            add(f"usage metrics cost on {what} at 16 conns (no target)",
-                f"{100 * cost:+.1f} % "
-                f"({by_round(r['results']['sidecar'], r['results'][off], '+.1f', cost=True)} %)",
+            measured = (f"{100 * cost:+.1f} % "
+                        f"({by_round(r['results']['sidecar'], r['results'][off], '+.1f', cost=True)} %)")
+            instructions = stream_usage_instructions(res.get("profile"), ep)
+            if instructions:
+                measured += f"; in callgrind {instructions}"
+            add(f"usage metrics cost on {what} at 16 conns (no target)", measured,
                 None, None, [(r, "sidecar"), (r, off)])
     st = res["stream"]
     a = st["sidecar"]["ttfb_ms"] - st["direct"]["ttfb_ms"]
@@ -2232,7 +2268,13 @@ def main() -> int:
 
         if not args.no_profile:
             print(f"bench: callgrind profile ({args.profile_requests} requests) ...", flush=True)
-            res["profile"] = profile(binary, mock, small_body, args, workdir)
+            streams = []
+            if not args.no_feature_rows:
+                if args.stream_conns:
+                    streams.append(("converse stream", CONVERSE_STREAM_PATH, small_body))
+                if args.chat_stream_conns:
+                    streams.append(("chat stream", CHAT_STREAM_PATH, chat_stream.read_bytes()))
+            res["profile"] = profile(binary, mock, small_body, args, workdir, streams)
         if cache_concs:
             res["cache_sim"] = []
             proxies = (["sidecar"] + ([] if args.no_floor else ["floor"])
@@ -2268,6 +2310,9 @@ def main() -> int:
             if instructions:
                 print(f"usage metrics off: {p['usage_off_ir_per_request']:,.0f}; "
                       f"reading usage: {instructions}")
+            for what in p.get("streams") or {}:
+                if text := stream_usage_instructions(p, what):
+                    print(f"reading usage of a {what} answer: {text}")
             for title, key in (("inclusive", "inclusive"), ("self", "self")):
                 print(f"-- {title}")
                 for n, fn in p[key]:

@@ -333,6 +333,38 @@ class PairedRoundVerdicts(unittest.TestCase):
         self.assertEqual(word, "met (unresolved: rounds on both sides)")
 
 
+class StreamUsageInstructions(unittest.TestCase):
+    """The streamed answers' usage cost, beside its throughput figure, in
+    callgrind's instructions: the throughput rows' figure moves by tens
+    of points from round to round on a shared VM; instructions do not."""
+
+    LABEL = "usage metrics cost on streamed answers at 16 conns (no target)"
+
+    def stream_row(self) -> dict:
+        return a_row(16, {"sidecar": a_target([80.0, 82.0, 78.0]),
+                          "sidecar, usage metrics off": a_target([100.0] * 3)},
+                     endpoint="converse stream")
+
+    def profile(self, on_ok: int = 2000) -> dict:
+        return {"requests": 2000, "ok": 2000, "usage_off_ok": 2000,
+                "ir_per_request": 200_000.0, "usage_off_ir_per_request": 195_000.0,
+                "streams": {"converse stream": {"on_ok": on_ok, "off_ok": 2000,
+                                                "on_ir_per_request": 250_000.0,
+                                                "off_ir_per_request": 210_000.0}}}
+
+    def test_the_instructions_follow_the_throughput_figure(self):
+        res = a_result([self.stream_row()], profile=self.profile())
+        measured, ok, _ = verdicts(res)[self.LABEL]
+        self.assertIsNone(ok)
+        self.assertTrue(measured.startswith("+20.0 % ("), measured)
+        self.assertIn("; in callgrind +40,000 instructions a request, +16.0 % of 250,000", measured)
+
+    def test_a_failed_request_leaves_them_out(self):
+        res = a_result([self.stream_row()], profile=self.profile(on_ok=1999))
+        measured, _, _ = verdicts(res)[self.LABEL]
+        self.assertNotIn("callgrind", measured)
+
+
 class ShuffledRounds(unittest.TestCase):
     """Bug 4: every round ran the targets in the same order, so the A/B
     twins always ran right after the sidecar."""
