@@ -38,8 +38,11 @@ ARG REVISION=unknown
 ENV BEDROCK_BROKER_REVISION=${REVISION}
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
+# The functions a sidecar runs, placed together at link time (build.rs).
+COPY link ./link
+# The release profile keeps the symbols the list names; the image needs none.
 RUN cargo build --release --locked --bin bedrock-broker \
- && cp target/release/bedrock-broker /bedrock-broker \
+ && strip --strip-all -o /bedrock-broker target/release/bedrock-broker \
  && /bedrock-broker --version
 
 # distroless/cc: glibc, libgcc, CA certificates, /etc/passwd with nonroot

@@ -2,7 +2,7 @@
 CARGO ?= cargo
 PY := .venv/bin/python
 
-.PHONY: demo test lint unit e2e packaging generate generate-check deny bench kind-e2e build venv js fmt clean
+.PHONY: demo test lint unit e2e packaging generate generate-check deny bench hot-code kind-e2e build venv js fmt clean
 
 ## demo: run the whole flow locally (fake STS + fake Bedrock, no AWS account needed)
 demo: build venv
@@ -56,6 +56,12 @@ deny: venv
 ## bench: sidecar vs direct under load (wrk, nginx TLS mock): bench/results/latest.md
 bench:
 	python3 bench/run.py
+
+## hot-code: write link/hot-code.txt again, the functions the release build
+## places first (a release build run under callgrind; after a toolchain or
+## dependency update, when `make bench` says the list is stale)
+hot-code:
+	python3 bench/hot_code.py
 
 ## kind-e2e: the chart, the webhook and an injected app on a real cluster (needs kind, docker, AWS)
 kind-e2e:

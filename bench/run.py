@@ -316,6 +316,83 @@ def run(cmd, **kw) -> subprocess.CompletedProcess:
 
 
 # --------------------------------------------------------------------------
+# The hot-code list
+
+
+# The hot-code list (bench/hot_code.py writes it, build.rs applies it) and
+# how much of it a binary holds. Under this share found, the list is stale.
+HOT_CODE_LIST = ROOT / "link" / "hot-code.txt"
+HOT_CODE_FRESH = 0.9
+
+
+def text_symbols(binary: Path) -> dict[str, tuple[int, int]]:
+    """Function symbols of `binary`: name -> (address, size)."""
+    out = subprocess.run(["nm", "--defined-only", "-S", str(binary)], capture_output=True,
+                         text=True, check=True).stdout
+    return parse_nm(out)
+
+
+def parse_nm(out: str) -> dict[str, tuple[int, int]]:
+    syms: dict[str, tuple[int, int]] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[2] in "tTwW":
+            syms.setdefault(parts[3], (int(parts[0], 16), int(parts[1], 16)))
+    return syms
+
+
+class Coverage:
+    """How much of the hot-code list a binary holds: names `listed`, of
+    them `found` (`found_bytes` of code), and the `span` from the first to
+    the end of the last found, about `found_bytes` when the linker placed
+    them together."""
+
+    def __init__(self, listed: int, found: int, found_bytes: int, span: int):
+        self.listed, self.found, self.found_bytes, self.span = listed, found, found_bytes, span
+
+    @property
+    def fresh(self) -> bool:
+        return self.listed > 0 and self.found >= HOT_CODE_FRESH * self.listed
+
+    @property
+    def together(self) -> bool:
+        return self.found > 0 and self.span <= 1.1 * self.found_bytes + 64 * 1024
+
+    def describe(self) -> str:
+        if not self.listed:
+            return "no hot-code list (link/hot-code.txt)"
+        text = (f"{self.found:,} of the {self.listed:,} functions in link/hot-code.txt "
+                f"({self.found_bytes / MIB:.1f} MiB)")
+        if not self.fresh:
+            return text + "; the list is stale (`make hot-code` writes it again)"
+        if not self.together:
+            return (text + f", but spread over {self.span / MIB:.1f} MiB: "
+                    "not linked in the list's order")
+        return text + ", placed together"
+
+
+def listed_names(path: Path = HOT_CODE_LIST) -> list[str]:
+    """The list's names (lines starting with `#` are comments, as for lld)."""
+    if not path.exists():
+        return []
+    return [n.strip() for n in path.read_text().splitlines()
+            if n.strip() and not n.lstrip().startswith("#")]
+
+
+def coverage(symbols: dict[str, tuple[int, int]], names: list[str]) -> Coverage:
+    found = [symbols[n] for n in names if n in symbols]
+    if not found:
+        return Coverage(len(names), 0, 0, 0)
+    lo = min(a for a, _ in found)
+    hi = max(a + s for a, s in found)
+    return Coverage(len(names), len(found), sum(s for _, s in found), hi - lo)
+
+
+def binary_coverage(binary: Path, path: Path = HOT_CODE_LIST) -> Coverage:
+    return coverage(text_symbols(binary), listed_names(path))
+
+
+# --------------------------------------------------------------------------
 # Tools
 
 
@@ -338,14 +415,12 @@ def ensure_tools(need_valgrind: bool) -> None:
 
 
 def cargo_release(target_dir: Path, *extra: str) -> None:
-    """Release build with debug symbols (same code as the shipped binary;
-    debug info is not loaded at run time, so RSS is unaffected)."""
-    env = dict(
-        os.environ,
-        CARGO_TARGET_DIR=str(target_dir),
-        CARGO_PROFILE_RELEASE_DEBUG="true",
-        CARGO_PROFILE_RELEASE_STRIP="false",
-    )
+    """Release build, with the release profile as it is: the binary the
+    image ships (which strips its symbols after the build). Overriding the
+    profile (debug info, say) would change every symbol's hash, so the
+    hot-code list (link/hot-code.txt) would no longer match, and the code
+    measured would be laid out otherwise than the code shipped."""
+    env = dict(os.environ, CARGO_TARGET_DIR=str(target_dir))
     cmd = ["cargo", "build", "--release", "--locked", *extra]
     print(f"bench: {' '.join(cmd)} (CARGO_TARGET_DIR={target_dir}) ...", flush=True)
     subprocess.run(cmd, cwd=ROOT, env=env, check=True)
@@ -1542,6 +1617,8 @@ def report(res: dict, args, command: str) -> str:
     L.append(f"Machine: {res['machine']}  ")
     L.append(f"Binary: `{res['binary']}`" + (f" (built from the work tree at git {res['git']})  "
              if not args.binary else f" (given with --binary; work tree at git {res['git']})  "))
+    if res.get("hot_code"):
+        L.append(f"Hot code: {res['hot_code']}  ")
     if args.baseline_binary:
         L.append(f"Baseline binary (A/B, 1 KB converse rows): `{args.baseline_binary}`  ")
     L.append(f"Tools: {res['tools']}  ")
@@ -1698,7 +1775,7 @@ def results_json(res: dict, args, command: str) -> str:
     rows = [{k: v for k, v in row.items() if k != "direct"} for row in res.get("rows", [])]
     data = {"when": res.get("when"), "command": command, "seed": getattr(args, "seed", None),
             "machine": res.get("machine"), "binary": res.get("binary"), "git": res.get("git"),
-            "rows": rows,
+            "hot_code": res.get("hot_code"), "rows": rows,
             "summary": [{"target": line[0], "measured": line[1], "met": line[2],
                          "floor": line[3], "note": getattr(line, "note", None)}
                         for line in res.get("summary", [])]}
@@ -2094,7 +2171,6 @@ def main() -> int:
         if path and built_with_test_clock(path):
             ap.error(f"{flag}: {path} has tokio's test-util clock, so it was built together with an "
                      "example or a test and is not the binary that ships; build it alone: "
-                     "CARGO_PROFILE_RELEASE_DEBUG=true CARGO_PROFILE_RELEASE_STRIP=false "
                      "cargo build --release --locked --bin bedrock-broker")
     # Built only when a row or the cache simulation will run it.
     wants_stack = not args.no_stack_floor and not args.burst_only and (
@@ -2113,6 +2189,7 @@ def main() -> int:
         "machine": machine_line() + f", CPUs {100 * busy:.0f} % busy just before the run",
         "tools": tool_versions(),
         "binary": binary,
+        "hot_code": binary_coverage(binary).describe(),
         "stack_binary": stack_binary,
         "git": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
                               capture_output=True, text=True).stdout.strip() or "?",

