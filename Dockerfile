@@ -40,6 +40,7 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 # The functions a sidecar runs, placed together at link time (build.rs).
 COPY link ./link
+ENV BEDROCK_BROKER_HOT_CODE=1
 # The release profile keeps the symbols the list names; the image needs none.
 RUN cargo build --release --locked --bin bedrock-broker \
  && strip --strip-all -o /bedrock-broker target/release/bedrock-broker \

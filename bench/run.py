@@ -4,8 +4,8 @@ upstream directly.
 
 One command (`make bench`, or `python3 bench/run.py`):
 
-* builds the release binary (with debug symbols, for the profile) unless
-  --binary is given;
+* builds the release binary as the image does (the release profile as it
+  is, the hot-code list applied) unless --binary is given;
 * starts a TLS mock upstream on loopback: Debian's nginx with a throwaway CA
   and an ECDSA leaf for 127.0.0.1, serving a converse-like JSON answer, an
   OpenAI chat completion, plain and streamed (SSE, all at once), a
@@ -347,8 +347,11 @@ class Coverage:
     the end of the last found, about `found_bytes` when the linker placed
     them together."""
 
-    def __init__(self, listed: int, found: int, found_bytes: int, span: int):
+    def __init__(self, listed: int, found: int, found_bytes: int, span: int,
+                 unknown: str | None = None):
         self.listed, self.found, self.found_bytes, self.span = listed, found, found_bytes, span
+        # Why the binary cannot tell (no symbols, no `nm`), if it cannot.
+        self.unknown = unknown
 
     @property
     def fresh(self) -> bool:
@@ -361,6 +364,8 @@ class Coverage:
     def describe(self) -> str:
         if not self.listed:
             return "no hot-code list (link/hot-code.txt)"
+        if self.unknown:
+            return f"cannot tell whether link/hot-code.txt applies: {self.unknown}"
         text = (f"{self.found:,} of the {self.listed:,} functions in link/hot-code.txt "
                 f"({self.found_bytes / MIB:.1f} MiB)")
         if not self.fresh:
@@ -389,7 +394,17 @@ def coverage(symbols: dict[str, tuple[int, int]], names: list[str]) -> Coverage:
 
 
 def binary_coverage(binary: Path, path: Path = HOT_CODE_LIST) -> Coverage:
-    return coverage(text_symbols(binary), listed_names(path))
+    names = listed_names(path)
+    try:
+        symbols = text_symbols(binary)
+    except FileNotFoundError:
+        return Coverage(len(names), 0, 0, 0, "no `nm` here (binutils)")
+    except subprocess.CalledProcessError as e:
+        return Coverage(len(names), 0, 0, 0, f"`nm` failed: {e.stderr.strip()[:200]}")
+    if not symbols:
+        # The image's binary, say: stripped after the build.
+        return Coverage(len(names), 0, 0, 0, "the binary has no symbols (stripped?)")
+    return coverage(symbols, names)
 
 
 # --------------------------------------------------------------------------
@@ -397,7 +412,7 @@ def binary_coverage(binary: Path, path: Path = HOT_CODE_LIST) -> Coverage:
 
 
 def ensure_tools(need_valgrind: bool) -> None:
-    want = {"wrk": "wrk", "nginx": "nginx-light", "openssl": "openssl"}
+    want = {"wrk": "wrk", "nginx": "nginx-light", "openssl": "openssl", "nm": "binutils"}
     if need_valgrind:
         want["valgrind"] = "valgrind"
         want["callgrind_annotate"] = "valgrind"
@@ -415,12 +430,13 @@ def ensure_tools(need_valgrind: bool) -> None:
 
 
 def cargo_release(target_dir: Path, *extra: str) -> None:
-    """Release build, with the release profile as it is: the binary the
-    image ships (which strips its symbols after the build). Overriding the
-    profile (debug info, say) would change every symbol's hash, so the
-    hot-code list (link/hot-code.txt) would no longer match, and the code
-    measured would be laid out otherwise than the code shipped."""
-    env = dict(os.environ, CARGO_TARGET_DIR=str(target_dir))
+    """Release build as the image's: the release profile as it is and the
+    hot-code list applied (`BEDROCK_BROKER_HOT_CODE=1`; the image strips
+    the symbols after the build). Overriding the profile (debug info, say)
+    would change every symbol's hash, so the list would no longer match,
+    and the code measured would be laid out otherwise than the code
+    shipped."""
+    env = dict(os.environ, CARGO_TARGET_DIR=str(target_dir), BEDROCK_BROKER_HOT_CODE="1")
     cmd = ["cargo", "build", "--release", "--locked", *extra]
     print(f"bench: {' '.join(cmd)} (CARGO_TARGET_DIR={target_dir}) ...", flush=True)
     subprocess.run(cmd, cwd=ROOT, env=env, check=True)

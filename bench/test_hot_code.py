@@ -8,7 +8,7 @@ sidecar or valgrind is run. Plain unittest, stdlib only:
 from __future__ import annotations
 
 import importlib.util
-import sys
+import re
 import tempfile
 import unittest
 from pathlib import Path
@@ -16,7 +16,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 _spec = importlib.util.spec_from_file_location("bench_hot_code_under_test", HERE / "hot_code.py")
 hot = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = hot  # its dataclass looks its module up there
 _spec.loader.exec_module(hot)
 
 # What `callgrind_annotate --inclusive=no --threshold=100 --auto=no` prints
@@ -120,12 +119,46 @@ class Coverage(unittest.TestCase):
         self.assertFalse(c.fresh)
         self.assertIn("stale", c.describe())
 
+    def test_a_binary_without_symbols_cannot_tell(self):
+        with tempfile.TemporaryDirectory() as d:
+            stripped = Path(d) / "stripped"
+            # A Debian binary is stripped; `nm` finds nothing in it.
+            stripped.write_bytes(Path("/usr/bin/true").read_bytes())
+            listed = Path(d) / "hot-code.txt"
+            listed.write_text("first\n")
+            c = hot.bench.binary_coverage(stripped, listed)
+            self.assertEqual(c.unknown, "the binary has no symbols (stripped?)")
+            self.assertIn("cannot tell", c.describe())
+            self.assertNotIn("stale", c.describe())
+
     def test_comments_and_blank_lines_are_not_names(self):
         with tempfile.TemporaryDirectory() as d:
             p = Path(d) / "hot-code.txt"
             p.write_text("# a comment\n\nfirst\n  # indented comment\nsecond\n")
             self.assertEqual(hot.bench.listed_names(p), ["first", "second"])
             self.assertEqual(hot.bench.listed_names(Path(d) / "none.txt"), [])
+
+
+class TheCommittedList(unittest.TestCase):
+    """link/hot-code.txt as committed. Every symbol's hash changes with the
+    toolchain, so a list made by another rustc than rust-toolchain.toml's
+    matches nothing (the linker would skip it all, without a word)."""
+
+    LIST = HERE.parent / "link" / "hot-code.txt"
+
+    def test_it_was_made_by_the_pinned_toolchain(self):
+        channel = re.search(r'^channel = "([^"]+)"', (HERE.parent / "rust-toolchain.toml").read_text(),
+                            re.M).group(1)
+        made = re.search(r"rustc (\S+)", self.LIST.read_text())
+        self.assertIsNotNone(made, "the list's header names no rustc")
+        self.assertEqual(made.group(1), channel,
+                         "link/hot-code.txt was made by another toolchain: run `make hot-code`")
+
+    def test_names_are_symbols_once_each(self):
+        names = hot.bench.listed_names(self.LIST)
+        self.assertGreater(len(names), 500)
+        self.assertEqual(len(names), len(set(names)))
+        self.assertFalse([n for n in names if " " in n or "::" in n], "demangled names")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ echo "promtool: $(promtool --version 2>&1 | head -1)"
 if [ "${PACKAGING_BUILD:-0}" = 1 ]; then
   # The Dockerfile's build step as far as this machine allows (Debian 12,
   # glibc, like the rust:bookworm build stage).
-  cargo build --release --locked --target-dir target/packaging
+  BEDROCK_BROKER_HOT_CODE=1 cargo build --release --locked --target-dir target/packaging
   bin=target/packaging/release/bedrock-broker
   "$bin" --version
   echo "release binary: $(du -h "$bin" | cut -f1); links: $(ldd "$bin" | awk '{print $1}' | tr '\n' ' ')"

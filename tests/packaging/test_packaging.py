@@ -996,17 +996,22 @@ def test_build_context_is_enough_for_cargo(tmp_path):
 
 
 def test_the_image_build_links_the_hot_code_list_and_strips_after():
-    """build.rs reads link/hot-code.txt, whose names carry a hash of the
-    release profile: the image's build stage gets the list, builds with
-    the profile as it is (no CARGO_PROFILE_* override, the symbols it
-    keeps), and strips the symbols only from the copy it ships."""
+    """build.rs reads link/hot-code.txt when BEDROCK_BROKER_HOT_CODE=1, and
+    its names carry a hash of the release profile: the image's build stage
+    gets the list and the switch before it builds, builds with the profile
+    as it is (no CARGO_PROFILE_* override, the symbols it keeps), and
+    strips the symbols only from the copy it ships."""
     rules = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     assert "!link/" in rules, rules
     assert (ROOT / "link" / "hot-code.txt").is_file()
     text = (ROOT / "Dockerfile").read_text()
     build = text[text.index(" AS build"):text.rindex("\nFROM ")]
-    assert re.search(r"^COPY link \./link$", build, re.M), build
+    copy = re.search(r"^COPY link \./link$", build, re.M)
+    switch = re.search(r"^ENV BEDROCK_BROKER_HOT_CODE=1$", build, re.M)
+    cargo = re.search(r"^RUN cargo build --release", build, re.M)
+    assert copy and switch and cargo, build
+    assert copy.start() < cargo.start() and switch.start() < cargo.start(), "the list must be there before the build"
     assert "CARGO_PROFILE_" not in text
     assert re.search(r"strip --strip-all -o /bedrock-broker target/release/bedrock-broker", build), build
     profile = tomllib.loads((ROOT / "Cargo.toml").read_text())["profile"]["release"]
