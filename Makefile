@@ -58,7 +58,7 @@ bench:
 	python3 bench/run.py
 
 ## hot-code: write link/hot-code.txt again, the functions the release build
-## places first (a release build run under callgrind; after a toolchain or
+## places first (a release build run under callgrind and perf; after a toolchain or
 ## dependency update, when `make bench` says the list is stale)
 hot-code:
 	python3 bench/hot_code.py

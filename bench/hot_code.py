@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import re
 import shutil
 import signal
@@ -47,6 +46,7 @@ ROOT = HERE.parent
 _spec = importlib.util.spec_from_file_location("bench_run", HERE / "run.py")
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
+
 
 def parse_annotate(out: str) -> dict[str, int]:
     """Self instructions by symbol from `callgrind_annotate --inclusive=no`
@@ -179,11 +179,8 @@ def collect(binary: Path) -> tuple[dict[str, int], list[dict[str, int]]]:
     workdir = Path(tempfile.mkdtemp(prefix="hot-code-"))
     mock = bench.Mock(workdir, None, 5, 0.2)
     small = bench.converse_request_body(1024)
-    chat = {"model": "openai.gpt-oss-20b-1:0",
-            "messages": [{"role": "user", "content": small.decode()[:900]}]}
-    bodies = {"small": small, "chat": json.dumps(chat).encode(),
-              "chat_stream": json.dumps({**chat, "stream": True,
-                                         "stream_options": {"include_usage": True}}).encode(),
+    chat, chat_stream = bench.chat_request_bodies(small, 1024)
+    bodies = {"small": small, "chat": chat, "chat_stream": chat_stream,
               "big": bench.converse_request_body(5 * bench.MIB)}
     serving: dict[str, int] = {}
     start: dict[str, int] = {}
@@ -210,7 +207,7 @@ def collect(binary: Path) -> tuple[dict[str, int], list[dict[str, int]]]:
     return serving, [start, stop]
 
 
-def header(binary: Path, names: list[str], symbols: dict[str, tuple[int, int]]) -> str:
+def header(names: list[str], symbols: dict[str, tuple[int, int]]) -> str:
     rustc = subprocess.run(["rustc", "--version"], cwd=ROOT, capture_output=True,
                            text=True).stdout.strip()
     rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT,
@@ -229,7 +226,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=bench.HOT_CODE_LIST)
     ap.add_argument("--check", type=Path, metavar="BINARY",
                     help="only say how much of the list BINARY holds, placed together; "
-                         "exit 1 when stale or not placed together")
+                         "exit 1 when stale, not placed together or unknowable "
+                         "(no symbols, no nm)")
     args = ap.parse_args()
     if args.check:
         c = bench.binary_coverage(args.check, args.out)
@@ -248,7 +246,7 @@ def main() -> int:
     serving, others = collect(binary)
     names = hot_list(serving, others, symbols)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(header(binary, names, symbols) + "\n".join(names) + "\n")
+    args.out.write_text(header(names, symbols) + "\n".join(names) + "\n")
     print(f"hot-code: wrote {args.out}: {len(names)} functions "
           f"({sum(symbols[n][1] for n in names) / bench.MIB:.2f} MiB); rebuild to apply it")
     return 0

@@ -96,6 +96,15 @@ SLOW_STREAM_PATH = "/openai/v1/bench/slow-stream"
 # Fixed payloads (~1 KB each way)
 
 
+def chat_request_bodies(converse_body: bytes, size: int) -> tuple[bytes, bytes]:
+    """An OpenAI chat request of about `size` bytes, the converse request's
+    text as its message: plain, and streamed with usage asked for."""
+    request = {"model": "openai.gpt-oss-20b-1:0", "messages": [
+        {"role": "user", "content": converse_body.decode()[: size - 90]}]}
+    streamed = {**request, "stream": True, "stream_options": {"include_usage": True}}
+    return json.dumps(request).encode(), json.dumps(streamed).encode()
+
+
 def converse_request_body(size: int) -> bytes:
     """A Bedrock Converse request of about `size` bytes."""
     base = {
@@ -2220,12 +2229,10 @@ def main() -> int:
         small_body = converse_request_body(args.body_bytes)
         small.write_bytes(small_body)
         chat = workdir / "body-chat.json"
-        chat_request = {"model": "openai.gpt-oss-20b-1:0", "messages": [
-            {"role": "user", "content": small_body.decode()[: args.body_bytes - 90]}]}
-        chat.write_bytes(json.dumps(chat_request).encode())
         chat_stream = workdir / "body-chat-stream.json"
-        chat_stream.write_bytes(json.dumps(
-            {**chat_request, "stream": True, "stream_options": {"include_usage": True}}).encode())
+        plain, streamed = chat_request_bodies(small_body, args.body_bytes)
+        chat.write_bytes(plain)
+        chat_stream.write_bytes(streamed)
 
         big_conns = int(args.big_body_conns.split(",")[0] or 16)
         if args.burst_only:
